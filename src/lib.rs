@@ -1,0 +1,32 @@
+//! # rbac-gateway
+//!
+//! An authorization sidecar in front of Console: every request is matched against the route
+//! mapping (`routes.toml`) exactly as Werkzeug would route it, the session's roles are resolved
+//! from Console's PostgreSQL (cached), and the request is forwarded or answered 403 with an
+//! audit row.
+//!
+//! ## Layout, in the order a request flows
+//! - [`config`]: flags and environment.
+//! - [`target`]: the request line and headers, refused (400) unless their routing is certain.
+//! - [`mapping`]: `routes.toml`: parse, validate, compile, match (Werkzeug semantics).
+//! - [`identity`]: session cookie -> admin -> effective roles and permissions; the cache.
+//! - [`decision`]: pure: rule + principal -> allow / redirect / deny, with the reason.
+//! - [`proxy`]: pingora glue only.
+//! - [`audit`]: the durable writer of `access_audit_events`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`db`]: pool and embedded migrations.
+//! - [`cli`]: `serve`, `migrate`, `check`, `explain`.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod decision;
+pub mod identity;
+pub mod mapping;
+pub mod metrics;
+pub mod proxy;
+pub mod target;

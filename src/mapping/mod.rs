@@ -1,0 +1,561 @@
+//! `routes.toml`: parsed (serde, unknown keys are errors), validated, compiled into a matcher.
+//!
+//! Raw structs mirror the file; [`Mapping::load`] turns them into typed [`Route`]s or a list of
+//! [`Diagnostic`]s printed as `FILE:LINE:COL: message`. The compiled [`Mapping`] is immutable: a
+//! reload builds a new one and swaps it in whole.
+
+pub mod matcher;
+pub mod rule;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use matcher::{Match, Matcher};
+
+/// What a route requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A session holding one of the roles or permissions.
+    Protected,
+    /// Forwarded without a session (login flow, static assets, health).
+    Public,
+    /// Machine-to-machine (bearer/HMAC checked by Console, I-7): forwarded untouched.
+    Machine,
+    /// Removed from Console: answered 404 by the gateway.
+    Gone,
+}
+
+/// What happens to a denial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Deny is 403.
+    Enforce,
+    /// Decide, record a would-be denial, forward anyway.
+    Shadow,
+    /// Forward; Console decides.
+    Off,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+            Mode::Off => "off",
+        }
+    }
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Protected => "protected",
+            Access::Public => "public",
+            Access::Machine => "machine",
+            Access::Gone => "gone",
+        }
+    }
+}
+
+/// Review metadata; never used to decide.
+#[derive(Debug, Clone, Default)]
+pub struct Meta {
+    pub blueprint: Option<String>,
+    pub cluster: Option<String>,
+    pub legacy: Option<String>,
+    pub totp: bool,
+    pub pending: Option<String>,
+    pub guess: Option<String>,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub index: usize,
+    /// Methods as written (HEAD added to the matcher when GET is present).
+    pub methods: Vec<String>,
+    pub path: String,
+    pub roles: Vec<String>,
+    pub permissions: Vec<String>,
+    pub access: Access,
+    pub mode: Mode,
+    /// Name of the path variable holding a customer id (ticket-scoped grants).
+    pub customer_param: Option<String>,
+    pub line: usize,
+    pub col: usize,
+    pub meta: Meta,
+}
+
+impl Route {
+    /// "GET,POST /console/customers/<id>": how logs, audit rows and `explain` name a rule.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.methods.join(","), self.path)
+    }
+
+    /// What the rule requires, as stored in the audit row.
+    pub fn required(&self) -> String {
+        let mut parts: Vec<String> = self.roles.iter().map(|r| format!("role:{r}")).collect();
+        parts.extend(self.permissions.iter().map(|p| format!("permission:{p}")));
+        parts.join(" | ")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One problem in a mapping file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "",
+            Severity::Warning => "warning: ",
+        };
+        write!(f, "{}:{}:{}: {sev}{}", self.file, self.line, self.col, self.message)
+    }
+}
+
+/// A mapping that failed to load: every error found, in file order.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct LoadError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    mode: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    methods: Spanned<Vec<Spanned<String>>>,
+    path: Spanned<String>,
+    #[serde(default)]
+    roles: Vec<Spanned<String>>,
+    #[serde(default)]
+    permissions: Vec<Spanned<String>>,
+    access: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    customer_param: Option<Spanned<String>>,
+    blueprint: Option<String>,
+    cluster: Option<String>,
+    legacy: Option<String>,
+    #[serde(default)]
+    totp: bool,
+    pending: Option<Spanned<String>>,
+    guess: Option<String>,
+    note: Option<String>,
+}
+
+const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// A compiled, validated mapping.
+#[derive(Debug)]
+pub struct Mapping {
+    pub file: PathBuf,
+    /// First 12 hex digits of the SHA-256 of the file's bytes.
+    pub version: String,
+    pub default_mode: Mode,
+    pub routes: Vec<Route>,
+    /// Warnings found while loading (pending decisions, guesses are not warnings).
+    pub warnings: Vec<Diagnostic>,
+    matcher: Matcher,
+}
+
+struct Lines<'a> {
+    file: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(file: &'a str, text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Lines { file, starts }
+    }
+
+    fn at(&self, offset: usize, severity: Severity, message: impl Into<String>) -> Diagnostic {
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let col = offset - self.starts[line - 1] + 1;
+        Diagnostic { file: self.file.to_string(), line, col, severity, message: message.into() }
+    }
+}
+
+impl Mapping {
+    /// Reads and compiles a mapping file.
+    pub fn load(path: &Path) -> Result<Mapping, LoadError> {
+        let display = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| LoadError {
+            diagnostics: vec![Diagnostic {
+                file: display.clone(),
+                line: 0,
+                col: 0,
+                severity: Severity::Error,
+                message: format!("cannot read the mapping: {e}"),
+            }],
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| LoadError {
+            diagnostics: vec![Diagnostic {
+                file: display.clone(),
+                line: 0,
+                col: 0,
+                severity: Severity::Error,
+                message: format!("the mapping is not UTF-8: {e}"),
+            }],
+        })?;
+        Self::from_str(&display, path, &text)
+    }
+
+    /// Compiles mapping text; `name` is used in diagnostics.
+    pub fn from_str(name: &str, path: &Path, text: &str) -> Result<Mapping, LoadError> {
+        let lines = Lines::new(name, text);
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            // toml's message repeats the location and source line; keep only the first line.
+            let msg = e.message().lines().next().unwrap_or("invalid TOML").to_string();
+            LoadError { diagnostics: vec![lines.at(offset, Severity::Error, msg)] }
+        })?;
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+
+        let default_mode = match &raw.defaults.mode {
+            None => Mode::Enforce,
+            Some(m) => parse_mode(m, &lines, &mut errors).unwrap_or(Mode::Enforce),
+        };
+        if raw.route.is_empty() {
+            errors.push(lines.at(0, Severity::Error, "the mapping has no [[route]]: every request would be denied"));
+        }
+
+        let mut routes = Vec::new();
+        let mut matcher = Matcher::default();
+        // (method, rule signature) -> (index, label) for duplicate and shadowing checks.
+        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        for spanned in &raw.route {
+            let start = spanned.span().start;
+            let r = spanned.get_ref();
+            let index = routes.len();
+            let before = errors.len();
+
+            let path = r.path.get_ref().clone();
+            let parts = match rule::parse_rule(&path) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    errors.push(lines.at(r.path.span().start, Severity::Error, format!("path {path:?}: {e}")));
+                    None
+                }
+            };
+
+            let mut methods = Vec::new();
+            if r.methods.get_ref().is_empty() {
+                errors.push(lines.at(r.methods.span().start, Severity::Error, "methods is empty: the rule can never match"));
+            }
+            for m in r.methods.get_ref() {
+                let name = m.get_ref();
+                if !KNOWN_METHODS.contains(&name.as_str()) {
+                    errors.push(lines.at(
+                        m.span().start,
+                        Severity::Error,
+                        format!("unknown method {name:?} (expected one of {}; methods are upper-case)", KNOWN_METHODS.join(", ")),
+                    ));
+                } else if methods.contains(name) {
+                    errors.push(lines.at(m.span().start, Severity::Error, format!("method {name} is listed twice")));
+                } else {
+                    methods.push(name.clone());
+                }
+            }
+
+            let access = match &r.access {
+                None => Access::Protected,
+                Some(a) => match a.get_ref().as_str() {
+                    "protected" => Access::Protected,
+                    "public" => Access::Public,
+                    "machine" => Access::Machine,
+                    "gone" => Access::Gone,
+                    other => {
+                        errors.push(lines.at(
+                            a.span().start,
+                            Severity::Error,
+                            format!("unknown access {other:?} (expected \"public\", \"machine\" or \"gone\"; omit it for a protected route)"),
+                        ));
+                        Access::Protected
+                    }
+                },
+            };
+            let mode = match &r.mode {
+                None => default_mode,
+                Some(m) => parse_mode(m, &lines, &mut errors).unwrap_or(default_mode),
+            };
+            let roles: Vec<String> = r.roles.iter().map(|s| s.get_ref().clone()).collect();
+            let permissions: Vec<String> = r.permissions.iter().map(|s| s.get_ref().clone()).collect();
+            for name in r.roles.iter().chain(&r.permissions) {
+                if name.get_ref().trim().is_empty() || name.get_ref().trim() != name.get_ref() {
+                    errors.push(lines.at(name.span().start, Severity::Error, format!("{:?} is not a valid role or permission name", name.get_ref())));
+                }
+            }
+            match access {
+                Access::Protected if roles.is_empty() && permissions.is_empty() => errors.push(lines.at(
+                    start,
+                    Severity::Error,
+                    "a protected route needs at least one role or permission (or access = \"public\" / \"machine\" / \"gone\")",
+                )),
+                Access::Public | Access::Machine | Access::Gone if !roles.is_empty() || !permissions.is_empty() => {
+                    errors.push(lines.at(
+                        start,
+                        Severity::Error,
+                        format!("access = \"{}\" takes no roles or permissions: they would never be checked", access.as_str()),
+                    ))
+                }
+                _ => {}
+            }
+            let customer_param = r.customer_param.as_ref().map(|c| c.get_ref().clone());
+            if let (Some(c), Some(parts)) = (&r.customer_param, &parts) {
+                if !parts.iter().any(|p| p.names.iter().any(|n| n == c.get_ref())) {
+                    errors.push(lines.at(
+                        c.span().start,
+                        Severity::Error,
+                        format!("customer_param {:?} is not a variable of path {path:?}", c.get_ref()),
+                    ));
+                }
+            }
+            if let Some(p) = &r.pending {
+                warnings.push(lines.at(
+                    p.span().start,
+                    Severity::Warning,
+                    format!("pending operator decision {} on {} {path} (encoded with option A)", p.get_ref(), methods.join(",")),
+                ));
+            }
+
+            if let Some(parts) = &parts {
+                let signature = signature(parts);
+                let mut matcher_methods = methods.clone();
+                if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
+                    matcher_methods.push("HEAD".to_string());
+                }
+                for m in &matcher_methods {
+                    if let Some(prev) = seen.get(&(m.clone(), signature.clone())) {
+                        let prev: &Route = &routes[*prev];
+                        let what = if prev.path == path { "duplicate rule" } else { "rule is shadowed" };
+                        errors.push(lines.at(
+                            r.path.span().start,
+                            Severity::Error,
+                            format!("{what}: {m} {path} can never match, {} (line {}) takes it first", prev.label(), prev.line),
+                        ));
+                    }
+                }
+                if errors.len() == before {
+                    for m in &matcher_methods {
+                        seen.insert((m.clone(), signature.clone()), index);
+                    }
+                    matcher.add(index, parts, matcher_methods);
+                }
+            }
+            let pos = lines.at(start, Severity::Error, "");
+            routes.push(Route {
+                index,
+                methods,
+                path,
+                roles,
+                permissions,
+                access,
+                mode,
+                customer_param,
+                line: pos.line,
+                col: pos.col,
+                meta: Meta {
+                    blueprint: r.blueprint.clone(),
+                    cluster: r.cluster.clone(),
+                    legacy: r.legacy.clone(),
+                    totp: r.totp,
+                    pending: r.pending.as_ref().map(|p| p.get_ref().clone()),
+                    guess: r.guess.clone(),
+                    note: r.note.clone(),
+                },
+            });
+        }
+
+        if !errors.is_empty() {
+            return Err(LoadError { diagnostics: errors });
+        }
+        let digest = Sha256::digest(text.as_bytes());
+        Ok(Mapping {
+            file: path.to_path_buf(),
+            version: hex::encode(&digest[..6]),
+            default_mode,
+            routes,
+            warnings,
+            matcher,
+        })
+    }
+
+    /// The rule Werkzeug would pick for this method and decoded path.
+    pub fn find(&self, method: &str, path: &str) -> Option<(&Route, Match)> {
+        let m = self.matcher.find(method, path)?;
+        Some((&self.routes[m.rule], m))
+    }
+
+    /// Every role and permission the mapping names.
+    pub fn names(&self) -> (BTreeSet<&str>, BTreeSet<&str>) {
+        let roles = self.routes.iter().flat_map(|r| r.roles.iter().map(String::as_str)).collect();
+        let perms = self.routes.iter().flat_map(|r| r.permissions.iter().map(String::as_str)).collect();
+        (roles, perms)
+    }
+}
+
+fn parse_mode(m: &Spanned<String>, lines: &Lines<'_>, errors: &mut Vec<Diagnostic>) -> Option<Mode> {
+    match m.get_ref().as_str() {
+        "enforce" => Some(Mode::Enforce),
+        "shadow" => Some(Mode::Shadow),
+        "off" => Some(Mode::Off),
+        other => {
+            errors.push(lines.at(
+                m.span().start,
+                Severity::Error,
+                format!("unknown mode {other:?} (expected \"enforce\", \"shadow\" or \"off\")"),
+            ));
+            None
+        }
+    }
+}
+
+/// A rule's shape with variable names erased: two rules with the same signature and method are
+/// the same Werkzeug state, so the later one can never be chosen.
+fn signature(parts: &[rule::Part]) -> String {
+    parts
+        .iter()
+        .map(|p| {
+            p.pieces
+                .iter()
+                .map(|piece| match piece {
+                    rule::Piece::Literal(s) => s.clone(),
+                    rule::Piece::Var(c) => format!("<{c:?}>"),
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Mapping, LoadError> {
+        Mapping::from_str("routes.toml", Path::new("routes.toml"), text)
+    }
+
+    fn first_error(text: &str) -> String {
+        load(text).unwrap_err().diagnostics[0].to_string()
+    }
+
+    #[test]
+    fn loads_a_minimal_mapping() {
+        let m = load(
+            r#"
+[[route]]
+methods = ["GET"]
+path = "/console/customers/<id>"
+roles = ["console-audit-user"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(m.routes.len(), 1);
+        assert_eq!(m.routes[0].line, 2);
+        assert!(m.find("HEAD", "/console/customers/5").is_some(), "GET implies HEAD");
+        assert!(m.find("POST", "/console/customers/5").is_none());
+        assert_eq!(m.version.len(), 12);
+    }
+
+    #[test]
+    fn unknown_keys_are_located_errors() {
+        let e = first_error("[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nrole = [\"x\"]\n");
+        assert!(e.starts_with("routes.toml:4:1: unknown field `role`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_values_are_errors() {
+        let e = first_error("[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"x\"]\nmode = \"enforcing\"\n");
+        assert!(e.starts_with("routes.toml:5:8: unknown mode \"enforcing\""), "{e}");
+        let e = first_error("[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\naccess = \"open\"\n");
+        assert!(e.starts_with("routes.toml:4:10: unknown access \"open\""), "{e}");
+        let e = first_error("[[route]]\nmethods = [\"get\"]\npath = \"/a\"\nroles = [\"x\"]\n");
+        assert!(e.starts_with("routes.toml:2:12: unknown method \"get\""), "{e}");
+    }
+
+    #[test]
+    fn duplicates_and_shadowed_rules_are_errors() {
+        let text = "[[route]]\nmethods = [\"GET\"]\npath = \"/a/<x>\"\nroles = [\"r\"]\n\n[[route]]\nmethods = [\"POST\", \"GET\"]\npath = \"/a/<y>\"\nroles = [\"r\"]\n";
+        let e = first_error(text);
+        assert!(e.starts_with("routes.toml:8:8: rule is shadowed: GET /a/<y> can never match"), "{e}");
+        let text = "[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"r\"]\n[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"s\"]\n";
+        assert!(first_error(text).contains("duplicate rule"));
+    }
+
+    #[test]
+    fn rules_that_can_never_match_are_errors() {
+        let e = first_error("[[route]]\nmethods = [\"GET\"]\npath = \"/a//b\"\nroles = [\"r\"]\n");
+        assert!(e.contains("empty segment"), "{e}");
+        let e = first_error("[[route]]\nmethods = []\npath = \"/a\"\nroles = [\"r\"]\n");
+        assert!(e.contains("methods is empty"), "{e}");
+        let e = first_error("[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\n");
+        assert!(e.contains("needs at least one role"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let e = first_error("[[route]]\nmethods = [\"GET\"\npath = \"/a\"\n");
+        assert!(e.starts_with("routes.toml:"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn pending_decisions_are_warnings() {
+        let m = load("[[route]]\nmethods = [\"POST\"]\npath = \"/a\"\nroles = [\"r\"]\npending = \"AMBIGUOUS-3\"\n").unwrap();
+        assert_eq!(m.warnings.len(), 1);
+        assert!(m.warnings[0].to_string().contains("AMBIGUOUS-3"));
+    }
+}
+
+#[cfg(test)]
+mod production {
+    use super::*;
+
+    #[test]
+    fn production_mapping_loads_with_only_pending_warnings() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml"));
+        let m = Mapping::load(path).unwrap_or_else(|e| panic!("routes.toml does not load:\n{e}"));
+        assert!(m.routes.len() > 100);
+        assert!(m.warnings.iter().all(|w| w.message.contains("AMBIGUOUS-")));
+        let customers_invite = m.find("GET", "/console/customers/invite").unwrap().0;
+        assert_eq!(customers_invite.roles, vec!["console-invite-admin".to_string()]);
+        let verify = m.find("POST", "/console/flags/promotions/verify").unwrap().0;
+        assert_eq!(verify.path, "/console/flags/<key>/verify");
+    }
+}

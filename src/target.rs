@@ -1,0 +1,298 @@
+//! The request line and headers, checked before anything is matched: the gateway decides from
+//! exactly the path Console will route, or refuses with 400.
+//!
+//! Console runs under gunicorn + Werkzeug, which percent-decode the path once and route on the
+//! result. A proxy that matches one string while Console routes another is the classic
+//! authorization bypass, so every target whose routed form is not certain is refused here:
+//! non-origin-form targets, fragments, encoded `/` or `\`, dot and empty segments, malformed
+//! escapes, escapes that decode to control characters or invalid UTF-8, raw bytes outside visible
+//! ASCII, and headers that make Console (or a proxy in front of it) route somewhere else.
+//! The original target is forwarded unchanged; only the decoded path is matched.
+
+use std::fmt;
+
+/// Why a request was refused with 400. The `as_str` form is what logs and metrics carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    NotOriginForm,
+    Fragment,
+    RawByte(u8),
+    RawBackslash,
+    MalformedEscape,
+    EncodedSlash,
+    EncodedBackslash,
+    ControlChar,
+    /// An escape decoding to a character the gateway cannot tell from a raw one it was sent
+    /// (space, `<`, `>`, `"`: the proxy layer escapes those when it receives them raw).
+    AmbiguousChar,
+    InvalidUtf8,
+    /// A non-ASCII digit: Werkzeug's `int` converter (`\d`) would accept it.
+    UnicodeDigit,
+    DotSegment,
+    EmptySegment,
+    MethodNotUppercase,
+    RewriteHeader(String),
+    UnderscoreHeader(String),
+    ObsFold,
+    MalformedRequestLine,
+}
+
+impl Refusal {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::NotOriginForm => "not_origin_form",
+            Refusal::Fragment => "fragment",
+            Refusal::RawByte(_) => "raw_byte",
+            Refusal::RawBackslash => "raw_backslash",
+            Refusal::MalformedEscape => "malformed_escape",
+            Refusal::EncodedSlash => "encoded_slash",
+            Refusal::EncodedBackslash => "encoded_backslash",
+            Refusal::ControlChar => "encoded_control_char",
+            Refusal::AmbiguousChar => "encoded_ambiguous_char",
+            Refusal::InvalidUtf8 => "invalid_utf8",
+            Refusal::UnicodeDigit => "unicode_digit",
+            Refusal::DotSegment => "dot_segment",
+            Refusal::EmptySegment => "empty_segment",
+            Refusal::MethodNotUppercase => "method_not_uppercase",
+            Refusal::RewriteHeader(_) => "rewrite_header",
+            Refusal::UnderscoreHeader(_) => "underscore_header",
+            Refusal::ObsFold => "obs_fold",
+            Refusal::MalformedRequestLine => "malformed_request_line",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::RawByte(b) => write!(f, "raw_byte 0x{b:02x}"),
+            Refusal::RewriteHeader(h) | Refusal::UnderscoreHeader(h) => write!(f, "{} {h}", self.as_str()),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// A target that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The path, percent-decoded exactly once: what Werkzeug routes on.
+    pub path: String,
+    /// Path and query as sent (what is forwarded and what `next=` carries).
+    pub original: String,
+}
+
+/// Characters that may not appear in a decoded path (see [`Refusal::AmbiguousChar`]).
+pub fn refused_decoded_char(c: char) -> bool {
+    c.is_control() || matches!(c, ' ' | '<' | '>' | '"' | '\\')
+}
+
+/// Validates the method token: Console's routing is case-sensitive, so only upper case passes.
+pub fn check_method(method: &[u8]) -> Result<(), Refusal> {
+    if !method.is_empty() && method.iter().all(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(Refusal::MethodNotUppercase)
+    }
+}
+
+/// Validates a raw request target and decodes its path once.
+pub fn parse_target(raw: &[u8]) -> Result<Target, Refusal> {
+    if raw.first() != Some(&b'/') {
+        return Err(Refusal::NotOriginForm);
+    }
+    if let Some(&b) = raw.iter().find(|b| !(0x21..=0x7e).contains(*b)) {
+        return Err(Refusal::RawByte(b));
+    }
+    if raw.contains(&b'#') {
+        return Err(Refusal::Fragment);
+    }
+    let path_end = raw.iter().position(|&b| b == b'?').unwrap_or(raw.len());
+    let raw_path = &raw[..path_end];
+    if raw_path.contains(&b'\\') {
+        return Err(Refusal::RawBackslash);
+    }
+    let mut decoded = Vec::with_capacity(raw_path.len());
+    let mut i = 0;
+    while i < raw_path.len() {
+        let b = raw_path[i];
+        if b != b'%' {
+            decoded.push(b);
+            i += 1;
+            continue;
+        }
+        let hex = raw_path.get(i + 1..i + 3).ok_or(Refusal::MalformedEscape)?;
+        let v = match (hex_val(hex[0]), hex_val(hex[1])) {
+            (Some(h), Some(l)) => h * 16 + l,
+            _ => return Err(Refusal::MalformedEscape),
+        };
+        match v {
+            b'/' => return Err(Refusal::EncodedSlash),
+            b'\\' => return Err(Refusal::EncodedBackslash),
+            0x00..=0x1f | 0x7f => return Err(Refusal::ControlChar),
+            b' ' | b'<' | b'>' | b'"' => return Err(Refusal::AmbiguousChar),
+            _ => decoded.push(v),
+        }
+        i += 3;
+    }
+    let path = String::from_utf8(decoded).map_err(|_| Refusal::InvalidUtf8)?;
+    if path.chars().any(|c| c.is_control()) {
+        // C1 controls (U+0080..U+009F) arrive as valid UTF-8 escapes.
+        return Err(Refusal::ControlChar);
+    }
+    if path.chars().any(|c| !c.is_ascii() && c.is_numeric()) {
+        return Err(Refusal::UnicodeDigit);
+    }
+    let segments: Vec<&str> = path.split('/').collect();
+    let last = segments.len() - 1;
+    for (i, seg) in segments.iter().enumerate().skip(1) {
+        if seg.is_empty() && i != last {
+            return Err(Refusal::EmptySegment);
+        }
+        if *seg == "." || *seg == ".." {
+            return Err(Refusal::DotSegment);
+        }
+    }
+    // Validated as visible ASCII above.
+    let original = String::from_utf8(raw.to_vec()).map_err(|_| Refusal::InvalidUtf8)?;
+    Ok(Target { path, original })
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Header names that rewrite the route or the method somewhere behind the gateway.
+const REWRITE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-prefix",
+    "x-script-name",
+];
+
+/// Validates one header name (any case).
+pub fn check_header_name(name: &str) -> Result<(), Refusal> {
+    if name.contains('_') {
+        return Err(Refusal::UnderscoreHeader(name.to_ascii_lowercase()));
+    }
+    if REWRITE_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        return Err(Refusal::RewriteHeader(name.to_ascii_lowercase()));
+    }
+    Ok(())
+}
+
+/// Splits the raw request head into (method, target) and rejects obsolete line folding.
+/// `head` is the request line plus headers exactly as received.
+pub fn split_request_line(head: &[u8]) -> Result<(&[u8], &[u8]), Refusal> {
+    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let line = head[..line_end].strip_suffix(b"\r").unwrap_or(&head[..line_end]);
+    let mut it = line.splitn(3, |&b| b == b' ');
+    let (Some(method), Some(target), Some(version)) = (it.next(), it.next(), it.next()) else {
+        return Err(Refusal::MalformedRequestLine);
+    };
+    if !version.starts_with(b"HTTP/") || version.contains(&b' ') {
+        return Err(Refusal::MalformedRequestLine);
+    }
+    // A header line starting with SP or HTAB continues the previous one (obs-fold, RFC 9112 §5.2).
+    let rest = &head[line_end.saturating_add(1).min(head.len())..];
+    if rest.split(|&b| b == b'\n').any(|l| matches!(l.first(), Some(b' ' | b'\t'))) {
+        return Err(Refusal::ObsFold);
+    }
+    Ok((method, target))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(t: &str) -> Refusal {
+        parse_target(t.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn decodes_once_and_keeps_the_original() {
+        let t = parse_target(b"/console/%61dmins/online?next=%2F").unwrap();
+        assert_eq!(t.path, "/console/admins/online");
+        assert_eq!(t.original, "/console/%61dmins/online?next=%2F");
+        let t = parse_target(b"/a/%252F").unwrap();
+        assert_eq!(t.path, "/a/%2F");
+        let t = parse_target(b"/caf%C3%A9/").unwrap();
+        assert_eq!(t.path, "/caf\u{e9}/");
+    }
+
+    #[test]
+    fn refuses_every_uncertain_form() {
+        let cases: &[(&str, Refusal)] = &[
+            ("http://console/ops", Refusal::NotOriginForm),
+            ("console:443", Refusal::NotOriginForm),
+            ("*", Refusal::NotOriginForm),
+            ("/a#b", Refusal::Fragment),
+            ("/a%2Fb", Refusal::EncodedSlash),
+            ("/a%2fb", Refusal::EncodedSlash),
+            ("/a%5Cb", Refusal::EncodedBackslash),
+            ("/a%5cb", Refusal::EncodedBackslash),
+            ("/a\\b", Refusal::RawBackslash),
+            ("/a/./b", Refusal::DotSegment),
+            ("/a/../b", Refusal::DotSegment),
+            ("/a/%2e%2E/b", Refusal::DotSegment),
+            ("/a/%2e", Refusal::DotSegment),
+            ("/a/.%2e", Refusal::DotSegment),
+            ("//a", Refusal::EmptySegment),
+            ("/a//b", Refusal::EmptySegment),
+            ("/a//", Refusal::EmptySegment),
+            ("/a%zz", Refusal::MalformedEscape),
+            ("/a%4", Refusal::MalformedEscape),
+            ("/a%", Refusal::MalformedEscape),
+            ("/a%00", Refusal::ControlChar),
+            ("/a%0A", Refusal::ControlChar),
+            ("/a%7F", Refusal::ControlChar),
+            ("/a%C2%85", Refusal::ControlChar),
+            ("/a%FF", Refusal::InvalidUtf8),
+            ("/a%C3", Refusal::InvalidUtf8),
+            ("/a%20b", Refusal::AmbiguousChar),
+            ("/a/%D9%A3", Refusal::UnicodeDigit),
+        ];
+        for (t, want) in cases {
+            assert_eq!(&refusal(t), want, "target {t:?}");
+        }
+        assert_eq!(parse_target(b"/a\xffb").unwrap_err(), Refusal::RawByte(0xff));
+        assert_eq!(parse_target(b"/a\tb").unwrap_err(), Refusal::RawByte(b'\t'));
+    }
+
+    #[test]
+    fn query_does_not_affect_the_path() {
+        let t = parse_target(b"/ops?x=/../%2F&y=#").unwrap_err();
+        assert_eq!(t, Refusal::Fragment);
+        let t = parse_target(b"/ops?x=/../%2F").unwrap();
+        assert_eq!(t.path, "/ops");
+    }
+
+    #[test]
+    fn methods_and_headers() {
+        assert!(check_method(b"GET").is_ok());
+        assert_eq!(check_method(b"get"), Err(Refusal::MethodNotUppercase));
+        assert_eq!(check_method(b"Get"), Err(Refusal::MethodNotUppercase));
+        assert!(check_header_name("X-Forwarded-For").is_ok());
+        assert!(matches!(check_header_name("x-http-method-override"), Err(Refusal::RewriteHeader(_))));
+        assert!(matches!(check_header_name("X-Original-URL"), Err(Refusal::RewriteHeader(_))));
+        assert!(matches!(check_header_name("SCRIPT_NAME"), Err(Refusal::UnderscoreHeader(_))));
+    }
+
+    #[test]
+    fn request_line_and_obs_fold() {
+        let (m, t) = split_request_line(b"GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!((m, t), (&b"GET"[..], &b"/a?b"[..]));
+        assert_eq!(
+            split_request_line(b"GET /a HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n").unwrap_err(),
+            Refusal::ObsFold
+        );
+    }
+}
