@@ -1,1 +1,583 @@
-//! todo
+//! The commands: `serve`, `migrate`, `check`, `explain`. Configuration is loaded and checked
+//! before any port is bound; an invalid mapping or flag exits 64.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use arc_swap::ArcSwap;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+
+use crate::audit::AuditWriter;
+use crate::config::{CheckArgs, ExplainArgs, MigrateArgs, ServeArgs, EXIT_PROBLEMS, EXIT_USAGE};
+use crate::decision::{authorize, route_step, Step, Verdict};
+use crate::identity::Identity;
+use crate::mapping::{Mapping, Severity};
+use crate::metrics::Metrics;
+use crate::proxy::{Gateway, Proxy};
+use crate::{db, identity, target};
+
+/// A command's failure, with the exit code it maps to.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+fn usage(e: impl Into<anyhow::Error>) -> Exit {
+    Exit {
+        code: EXIT_USAGE,
+        error: e.into(),
+    }
+}
+
+fn failure(e: impl Into<anyhow::Error>) -> Exit {
+    Exit {
+        code: EXIT_PROBLEMS,
+        error: e.into(),
+    }
+}
+
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "text" {
+        let _ = builder.try_init();
+    } else {
+        let _ = builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init();
+    }
+}
+
+fn load_mapping(path: &Path) -> Result<Mapping, Exit> {
+    Mapping::load(path)
+        .map_err(|e| usage(anyhow!("{e}\n{}: the mapping is invalid", path.display())))
+}
+
+fn resolve(addr: &str, what: &str) -> Result<SocketAddr, Exit> {
+    addr.to_socket_addrs()
+        .map_err(|e| usage(anyhow!("{what} {addr:?} cannot be resolved: {e}")))?
+        .next()
+        .ok_or_else(|| usage(anyhow!("{what} {addr:?} resolves to no address")))
+}
+
+pub fn serve(args: ServeArgs) -> Result<(), Exit> {
+    init_logging(&args.log_format);
+    if args.log_format != "json" && args.log_format != "text" {
+        return Err(usage(anyhow!("--log-format must be json or text")));
+    }
+    if !(args.cache_ttl.is_finite() && args.cache_ttl >= 0.0) {
+        return Err(usage(anyhow!(
+            "--cache-ttl must be a number of seconds >= 0"
+        )));
+    }
+    let mapping = load_mapping(&args.routes)?;
+    let upstream = resolve(&args.upstream, "--upstream")?;
+    let listen = resolve(&args.listen, "--listen")?;
+    let admin_addr = resolve(&args.admin_listen, "--admin-listen")?;
+    // Fail before pingora does (it panics on a port it cannot bind).
+    drop(
+        std::net::TcpListener::bind(listen)
+            .map_err(|e| failure(anyhow!("cannot listen on {listen}: {e}")))?,
+    );
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+
+    let metrics = Arc::new(Metrics::new());
+    let db_timeout = Duration::from_millis(args.db_timeout_ms);
+    // The runtime for everything that is not request handling: admin listener, spool replay,
+    // signals. It lives as long as the process.
+    let bg = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("rbac-gateway-bg")
+        .enable_all()
+        .build()
+        .map_err(failure)?;
+    let gw = bg.block_on(async {
+        let pool = db::pool(&args.database_url, args.db_pool_size, db_timeout).map_err(usage)?;
+        let identity = Identity::new(
+            pool.clone(),
+            Duration::from_secs_f64(args.cache_ttl),
+            args.cache_capacity,
+            metrics.clone(),
+        );
+        let audit = Arc::new(AuditWriter::new(
+            pool,
+            args.audit_spool.clone(),
+            args.audit_spool_max_bytes,
+            db_timeout,
+            metrics.clone(),
+        ));
+        metrics.mapping_info.with_label_values(&[&mapping.version]).set(1);
+        for w in &mapping.warnings {
+            tracing::warn!(warning = %w, "mapping warning");
+        }
+        tracing::info!(
+            routes = mapping.routes.len(), mapping_version = %mapping.version, file = %args.routes.display(),
+            upstream = %upstream, listen = %listen, threads, kill_switch = args.kill_switch(), "mapping loaded"
+        );
+        if args.kill_switch() {
+            tracing::warn!("FLAG_RBAC_V2=0: kill switch on, every route is off (forwarded; Console decides)");
+        }
+        let gw = Arc::new(Gateway {
+            mapping: ArcSwap::from_pointee(mapping),
+            identity,
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            kill_switch: args.kill_switch(),
+            cookie: args.session_cookie.clone(),
+            upstream,
+            connect_timeout: Duration::from_millis(args.upstream_connect_timeout_ms),
+            read_timeout: Duration::from_millis(args.upstream_read_timeout_ms),
+        });
+        let admin = tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .map_err(|e| failure(anyhow!("cannot listen on {admin_addr}: {e}")))?;
+        tokio::spawn(crate::admin::serve(admin, gw.clone()));
+        tokio::spawn(audit.replay_forever(Duration::from_millis(500)));
+        tokio::spawn(reload_on_sighup(gw.clone(), args.routes.clone()));
+        Ok::<_, Exit>(gw)
+    })?;
+
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(args.shutdown_grace),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, Proxy { gw });
+    // Let CONNECT reach request_filter, which refuses it with 400 like every other
+    // non-origin-form target (pingora would answer 405 on its own).
+    if let Some(app) = svc.app_logic_mut() {
+        let mut opts = pingora::apps::HttpServerOptions::default();
+        opts.allow_connect_method_proxying = true;
+        app.server_options = Some(opts);
+    }
+    svc.add_tcp(&listen.to_string());
+    server.add_service(svc);
+    server.run(pingora::server::RunArgs::default());
+    tracing::info!("shut down");
+    drop(bg);
+    Ok(())
+}
+
+/// Applies a new mapping, keeping the old one when the new file is invalid.
+pub fn reload(gw: &Gateway, path: &Path) -> bool {
+    match Mapping::load(path) {
+        Ok(new) => {
+            let old = gw.mapping.load_full();
+            if old.version == new.version {
+                return true;
+            }
+            gw.metrics
+                .mapping_info
+                .with_label_values(&[&old.version])
+                .set(0);
+            gw.metrics
+                .mapping_info
+                .with_label_values(&[&new.version])
+                .set(1);
+            gw.metrics
+                .mapping_reloads
+                .with_label_values(&["success"])
+                .inc();
+            tracing::info!(from = %old.version, to = %new.version, routes = new.routes.len(), "mapping reloaded");
+            gw.mapping.store(Arc::new(new));
+            true
+        }
+        Err(e) => {
+            gw.metrics
+                .mapping_reloads
+                .with_label_values(&["failure"])
+                .inc();
+            for d in &e.diagnostics {
+                tracing::error!(error = %d, "mapping rejected; the previous mapping stays live");
+            }
+            false
+        }
+    }
+}
+
+async fn reload_on_sighup(gw: Arc<Gateway>, path: std::path::PathBuf) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the mapping");
+        reload(&gw, &path);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(failure)
+}
+
+pub fn migrate(args: MigrateArgs) -> Result<(), Exit> {
+    runtime()?.block_on(async {
+        let pool = db::pool(&args.database_url, 1, Duration::from_secs(30)).map_err(usage)?;
+        db::migrate(&pool)
+            .await
+            .context("migration failed")
+            .map_err(failure)?;
+        println!("migrations applied");
+        Ok(())
+    })
+}
+
+/// The columns the gateway reads or writes, per table.
+const SCHEMA: &[(&str, &[&str])] = &[
+    ("admins", &["id", "email"]),
+    (
+        "admin_sessions",
+        &[
+            "id",
+            "admin_id",
+            "token_sha256",
+            "expires_at_utc",
+            "revoked_at_utc",
+        ],
+    ),
+    ("rbac_groups", &["id", "name"]),
+    ("rbac_roles", &["id", "name"]),
+    ("rbac_permissions", &["id", "name"]),
+    ("rbac_role_permissions", &["role_id", "permission_id"]),
+    (
+        "rbac_role_inheritance",
+        &["child_role_id", "parent_role_id"],
+    ),
+    ("rbac_group_roles", &["group_id", "role_id"]),
+    ("rbac_user_groups", &["user_id", "group_id"]),
+    (
+        "rbac_break_glass_sessions",
+        &["user_id", "expires_at_utc", "revoked_at_utc"],
+    ),
+    (
+        "rbac_ticket_grants",
+        &[
+            "user_id",
+            "role_id",
+            "customer_id",
+            "expires_at_utc",
+            "revoked_at_utc",
+        ],
+    ),
+    (
+        "access_audit_events",
+        &[
+            "id",
+            "event_type",
+            "admin_id",
+            "method",
+            "path",
+            "route",
+            "required",
+            "reason",
+            "request_id",
+            "client_ip",
+            "user_agent",
+            "created_at_utc",
+        ],
+    ),
+];
+
+pub fn check(args: CheckArgs) -> Result<(), Exit> {
+    let file = args.routes.display().to_string();
+    let mapping = match Mapping::load(&args.routes) {
+        Ok(m) => m,
+        Err(e) => {
+            for d in &e.diagnostics {
+                println!("{d}");
+            }
+            return Err(usage(anyhow!("{file}: {} error(s)", e.diagnostics.len())));
+        }
+    };
+    let mut problems = Vec::new();
+    for w in &mapping.warnings {
+        println!("{w}");
+    }
+    if let Some(url) = &args.database_url {
+        problems.extend(runtime()?.block_on(check_database(&mapping, &file, url))?);
+    }
+    if let Some(app) = &args.app_routes {
+        problems.extend(crate::cli::check_app_routes(&mapping, &file, app)?);
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    let errors = problems
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    println!(
+        "{file}: {} routes, version {}, {} warning(s), {} error(s)",
+        mapping.routes.len(),
+        mapping.version,
+        mapping.warnings.len() + problems.len() - errors,
+        errors
+    );
+    if errors > 0 {
+        return Err(Exit {
+            code: EXIT_PROBLEMS,
+            error: anyhow!("{file}: the check found {errors} problem(s)"),
+        });
+    }
+    Ok(())
+}
+
+fn diag(
+    file: &str,
+    line: usize,
+    col: usize,
+    severity: Severity,
+    message: String,
+) -> crate::mapping::Diagnostic {
+    crate::mapping::Diagnostic {
+        file: file.to_string(),
+        line,
+        col,
+        severity,
+        message,
+    }
+}
+
+async fn check_database(
+    mapping: &Mapping,
+    file: &str,
+    url: &str,
+) -> Result<Vec<crate::mapping::Diagnostic>, Exit> {
+    let pool = db::pool(url, 1, Duration::from_secs(10)).map_err(usage)?;
+    let mut out = Vec::new();
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns WHERE table_schema = current_schema()",
+    )
+    .fetch_all(&pool)
+    .await
+    .context("cannot read the schema")
+    .map_err(failure)?;
+    for (table, cols) in SCHEMA {
+        for col in *cols {
+            if !columns.iter().any(|(t, c)| t == table && c == col) {
+                out.push(diag(
+                    file,
+                    0,
+                    0,
+                    Severity::Error,
+                    format!(
+                        "database: column {table}.{col} is missing (run `rbac-gateway migrate`?)"
+                    ),
+                ));
+            }
+        }
+    }
+    if !out.is_empty() {
+        return Ok(out);
+    }
+    let roles: Vec<String> = sqlx::query_scalar("SELECT name FROM rbac_roles")
+        .fetch_all(&pool)
+        .await
+        .map_err(failure)?;
+    let perms: Vec<String> = sqlx::query_scalar("SELECT name FROM rbac_permissions")
+        .fetch_all(&pool)
+        .await
+        .map_err(failure)?;
+    for route in &mapping.routes {
+        for r in route.roles.iter().filter(|r| !roles.contains(r)) {
+            out.push(diag(
+                file,
+                route.line,
+                route.col,
+                Severity::Error,
+                format!(
+                    "unknown role {r:?} in {} (not in rbac_roles)",
+                    route.label()
+                ),
+            ));
+        }
+        for p in route.permissions.iter().filter(|p| !perms.contains(p)) {
+            out.push(diag(
+                file,
+                route.line,
+                route.col,
+                Severity::Error,
+                format!(
+                    "unknown permission {p:?} in {} (not in rbac_permissions)",
+                    route.label()
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// One route of the upstream's `url_map` dump.
+#[derive(Debug, serde::Deserialize)]
+struct AppRoute {
+    rule: String,
+    methods: Vec<String>,
+    #[serde(default)]
+    endpoint: String,
+}
+
+pub fn check_app_routes(
+    mapping: &Mapping,
+    file: &str,
+    app: &Path,
+) -> Result<Vec<crate::mapping::Diagnostic>, Exit> {
+    let text =
+        std::fs::read_to_string(app).map_err(|e| usage(anyhow!("{}: {e}", app.display())))?;
+    let routes: Vec<AppRoute> = serde_json::from_str(&text).map_err(|e| {
+        usage(anyhow!(
+            "{}:{}:{}: {e}",
+            app.display(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let mut out = Vec::new();
+    let norm = |rule: &str| crate::mapping::rule_signature(rule);
+    for ar in &routes {
+        let sig = norm(&ar.rule);
+        for m in ar
+            .methods
+            .iter()
+            .filter(|m| *m != "HEAD" && *m != "OPTIONS")
+        {
+            let covered = mapping
+                .routes
+                .iter()
+                .any(|r| norm(&r.path) == sig && r.methods.iter().any(|x| x == m));
+            if !covered {
+                out.push(diag(
+                    file,
+                    0,
+                    0,
+                    Severity::Error,
+                    format!("Console route {m} {} (endpoint {}) has no gateway rule: it would be denied with no_route", ar.rule, ar.endpoint),
+                ));
+            }
+        }
+    }
+    for r in &mapping.routes {
+        if r.access == crate::mapping::Access::Gone {
+            continue;
+        }
+        let sig = norm(&r.path);
+        for m in &r.methods {
+            let exists = routes
+                .iter()
+                .any(|ar| norm(&ar.rule) == sig && ar.methods.iter().any(|x| x == m));
+            if !exists {
+                out.push(diag(
+                    file,
+                    r.line,
+                    r.col,
+                    Severity::Error,
+                    format!("gateway rule {m} {} matches no Console route", r.path),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
+    let mapping = load_mapping(&args.routes)?;
+    let t = target::check_method(args.method.as_bytes())
+        .and_then(|_| target::parse_target(args.path.as_bytes()));
+    let t = match t {
+        Ok(t) => t,
+        Err(r) => {
+            println!("decision: 400 refused ({r})");
+            return Ok(());
+        }
+    };
+    let found = mapping.find(&args.method, &t.path);
+    let route = found.as_ref().map(|(r, _)| *r);
+    match route {
+        Some(r) => {
+            println!(
+                "rule: {} ({}:{}:{})",
+                r.label(),
+                args.routes.display(),
+                r.line,
+                r.col
+            );
+            println!(
+                "requires: {}",
+                if r.required().is_empty() {
+                    r.access.as_str().to_string()
+                } else {
+                    r.required()
+                }
+            );
+            println!("access: {}, mode: {}", r.access.as_str(), r.mode.as_str());
+        }
+        None => println!("rule: none matches {} {}", args.method, t.path),
+    }
+    let kill = std::env::var("FLAG_RBAC_V2").is_ok_and(|v| v == "0");
+    runtime()?.block_on(async {
+        let pool = db::pool(&args.database_url, 1, Duration::from_secs(10)).map_err(usage)?;
+        let principal = identity::resolve(&pool, &args.admin, Duration::ZERO)
+            .await
+            .map_err(failure)?;
+        let provenance = identity::provenance(&pool, &args.admin)
+            .await
+            .map_err(failure)?;
+        println!(
+            "admin: {}{}",
+            args.admin,
+            if principal.break_glass {
+                " (break-glass active)"
+            } else {
+                ""
+            }
+        );
+        println!("effective roles:");
+        for line in &provenance {
+            println!("  {line}");
+        }
+        if principal.roles.is_empty() {
+            println!("  (none)");
+        }
+        println!(
+            "permissions: {}",
+            if principal.permissions.is_empty() {
+                "(none)".into()
+            } else {
+                principal.permissions.join(", ")
+            }
+        );
+        let decision = match route_step(route, kill) {
+            Step::NoRoute => "403 denied (no_route)".to_string(),
+            Step::Gone => "404 gone".to_string(),
+            Step::Forward(k) => format!("forward ({})", k.as_str()),
+            Step::NeedPrincipal => match authorize(route.unwrap(), &principal) {
+                Verdict::Allow { by } => format!("allow (granted by {by:?})"),
+                Verdict::Deny => format!(
+                    "403 denied (missing_role, mode {})",
+                    route.unwrap().mode.as_str()
+                ),
+            },
+        };
+        println!("decision: {decision}");
+        Ok(())
+    })
+}

@@ -1,1 +1,154 @@
-//! todo
+//! Flags and environment. Every flag also reads an environment variable; `--help` lists both,
+//! and the README's configuration reference is generated from this definition.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit code for bad usage or an unreadable/invalid file (sysexits EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+/// Exit code when `check` found problems.
+pub const EXIT_PROBLEMS: i32 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rbac-gateway",
+    version,
+    about = "Authorization sidecar enforcing Console's RBAC V2 per route"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway in front of Console.
+    Serve(ServeArgs),
+    /// Apply the embedded migrations (schema and role catalogue); safe to run twice.
+    Migrate(MigrateArgs),
+    /// Validate a mapping without serving; prints every problem as FILE:LINE:COL: message.
+    Check(CheckArgs),
+    /// Explain the decision for one admin, method and path.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the gateway listens on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Console's address, host:port (resolved once at start-up).
+    #[arg(long, env = "GATEWAY_UPSTREAM", default_value = "127.0.0.1:5000")]
+    pub upstream: String,
+    /// The route mapping.
+    #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
+    pub routes: PathBuf,
+    /// Console's PostgreSQL.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Address of the admin listener (/healthz, /readyz, /metrics).
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: String,
+    /// Name of Console's session cookie.
+    #[arg(
+        long,
+        env = "GATEWAY_SESSION_COOKIE",
+        default_value = "console_session"
+    )]
+    pub session_cookie: String,
+    /// Longest time a resolved session or role set is reused, in seconds (never past the
+    /// session's or a break-glass row's expiry).
+    #[arg(long, env = "GATEWAY_CACHE_TTL", default_value_t = 5.0)]
+    pub cache_ttl: f64,
+    /// Most entries per cache (sessions; admins).
+    #[arg(long, env = "GATEWAY_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: u64,
+    /// Proxy worker threads (default: the number of cores).
+    #[arg(long, env = "GATEWAY_THREADS")]
+    pub threads: Option<usize>,
+    /// Upstream connect timeout in milliseconds (exceeded: 504).
+    #[arg(
+        long,
+        env = "GATEWAY_UPSTREAM_CONNECT_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
+    pub upstream_connect_timeout_ms: u64,
+    /// Upstream read timeout in milliseconds (exceeded: 504).
+    #[arg(
+        long,
+        env = "GATEWAY_UPSTREAM_READ_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub upstream_read_timeout_ms: u64,
+    /// Database acquire and statement timeout in milliseconds (exceeded: 503).
+    #[arg(long, env = "GATEWAY_DB_TIMEOUT_MS", default_value_t = 2_000)]
+    pub db_timeout_ms: u64,
+    /// Database connections.
+    #[arg(long, env = "GATEWAY_DB_POOL_SIZE", default_value_t = 8)]
+    pub db_pool_size: u32,
+    /// Append-only file where audit rows wait while the database is unreachable.
+    #[arg(
+        long,
+        env = "GATEWAY_AUDIT_SPOOL",
+        default_value = "rbac-gateway-audit.spool"
+    )]
+    pub audit_spool: PathBuf,
+    /// Largest spool in bytes; when full, requests that would be denied get 503.
+    #[arg(long, env = "GATEWAY_AUDIT_SPOOL_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub audit_spool_max_bytes: u64,
+    /// Seconds to finish in-flight requests after SIGTERM.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value_t = 2)]
+    pub shutdown_grace: u64,
+    /// Log format: json or text.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+    /// Kill switch (I-5): 0 makes every route `off` (forward; Console decides). 1 or unset: the
+    /// mapping's modes apply.
+    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", value_parser = ["0", "1"])]
+    pub flag_rbac_v2: String,
+}
+
+impl ServeArgs {
+    pub fn kill_switch(&self) -> bool {
+        self.flag_rbac_v2 == "0"
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// PostgreSQL to migrate.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The mapping to check.
+    #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
+    pub routes: PathBuf,
+    /// Also check roles, permissions and schema against this database.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// JSON dump of the upstream's routes ([{"rule", "methods", "endpoint"}]): every Console
+    /// route must be covered and every gateway rule must exist in Console.
+    #[arg(long)]
+    pub app_routes: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// The mapping.
+    #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
+    pub routes: PathBuf,
+    /// Console's PostgreSQL.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// The admin's id (admins.id).
+    #[arg(long)]
+    pub admin: String,
+    /// HTTP method (upper case).
+    pub method: String,
+    /// Request path (and query), as a client would send it.
+    pub path: String,
+}

@@ -1,1 +1,323 @@
-//! todo
+//! Who is asking: session cookie -> admin (`admin_sessions`, by the SHA-256 of the cookie) ->
+//! effective roles and permissions (004 §3.4: groups -> group roles -> the inheritance DAG walked
+//! transitively -> permissions, plus the `break-glass` group while an active break-glass row
+//! exists), each resolved in one SQL round trip and cached with moka.
+//!
+//! A cache entry never outlives the TTL, the session's expiry, or the earliest expiry of a
+//! break-glass row behind it. Concurrent misses for one key share one query. A cached answer
+//! costs no database query.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::Expiry;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::metrics::Metrics;
+
+/// A live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub admin_id: String,
+    /// How long the cached answer may be reused.
+    valid_for: Duration,
+}
+
+/// An admin's effective authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub admin_id: String,
+    /// Expanded role names, sorted.
+    pub roles: Vec<String>,
+    /// Effective permission names, sorted.
+    pub permissions: Vec<String>,
+    /// An active break-glass row contributed the `break-glass` group.
+    pub break_glass: bool,
+    valid_for: Duration,
+}
+
+impl Principal {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles
+            .binary_search_by(|r| r.as_str().cmp(role))
+            .is_ok()
+    }
+
+    pub fn has_permission(&self, perm: &str) -> bool {
+        self.permissions
+            .binary_search_by(|p| p.as_str().cmp(perm))
+            .is_ok()
+    }
+
+    /// A principal built in memory (tests, benchmarks): roles and permissions get sorted.
+    pub fn for_tests(
+        admin_id: &str,
+        mut roles: Vec<String>,
+        mut permissions: Vec<String>,
+    ) -> Principal {
+        roles.sort();
+        permissions.sort();
+        Principal {
+            admin_id: admin_id.to_string(),
+            roles,
+            permissions,
+            break_glass: false,
+            valid_for: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("database unavailable")]
+    DatabaseUnavailable(#[source] Arc<sqlx::Error>),
+}
+
+/// Expires each entry after its own `valid_for`.
+struct OwnExpiry;
+
+impl Expiry<String, Option<Arc<Session>>> for OwnExpiry {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        v: &Option<Arc<Session>>,
+        _: Instant,
+    ) -> Option<Duration> {
+        v.as_ref().map(|s| s.valid_for).or(Some(NEGATIVE_TTL))
+    }
+}
+
+impl Expiry<String, Arc<Principal>> for OwnExpiry {
+    fn expire_after_create(&self, _: &String, v: &Arc<Principal>, _: Instant) -> Option<Duration> {
+        Some(v.valid_for)
+    }
+}
+
+/// Unknown, expired and revoked tokens are remembered this long, so a flood of bad cookies does
+/// not become a flood of queries. Denying longer is the safe direction.
+const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+
+pub struct Identity {
+    pool: PgPool,
+    ttl: Duration,
+    sessions: Cache<String, Option<Arc<Session>>>,
+    principals: Cache<String, Arc<Principal>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Lowercase hex SHA-256 of a cookie value: the key `admin_sessions.token_sha256` holds.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The resolution algorithm of 004 §3.4 in one statement. `UNION` (not `UNION ALL`) makes the
+/// recursive walk stop on a cycle in `rbac_role_inheritance`: it only ever adds new role ids.
+pub const PRINCIPAL_SQL: &str = r#"
+WITH RECURSIVE
+bg AS (
+    SELECT min(expires_at_utc) AS until FROM rbac_break_glass_sessions
+    WHERE user_id = $1 AND revoked_at_utc IS NULL AND expires_at_utc > now()
+),
+grp AS (
+    SELECT ug.group_id AS id FROM rbac_user_groups ug WHERE ug.user_id = $1
+    UNION
+    SELECT g.id FROM rbac_groups g, bg WHERE g.name = 'break-glass' AND bg.until IS NOT NULL
+),
+expanded(role_id) AS (
+    SELECT gr.role_id FROM rbac_group_roles gr JOIN grp ON grp.id = gr.group_id
+    UNION
+    SELECT ri.parent_role_id FROM rbac_role_inheritance ri JOIN expanded e ON ri.child_role_id = e.role_id
+)
+SELECT
+    COALESCE((SELECT array_agg(r.name ORDER BY r.name) FROM rbac_roles r WHERE r.id IN (SELECT role_id FROM expanded)), '{}') AS roles,
+    COALESCE((SELECT array_agg(DISTINCT p.name ORDER BY p.name) FROM rbac_role_permissions rp
+              JOIN rbac_permissions p ON p.id = rp.permission_id
+              WHERE rp.role_id IN (SELECT role_id FROM expanded)), '{}') AS permissions,
+    (SELECT EXTRACT(EPOCH FROM (until - now()))::float8 FROM bg) AS break_glass_seconds
+"#;
+
+const SESSION_SQL: &str = r#"
+SELECT admin_id, EXTRACT(EPOCH FROM (expires_at_utc - now()))::float8 AS seconds_left
+FROM admin_sessions
+WHERE token_sha256 = $1 AND revoked_at_utc IS NULL AND expires_at_utc > now()
+"#;
+
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+impl Identity {
+    pub fn new(pool: PgPool, ttl: Duration, capacity: u64, metrics: Arc<Metrics>) -> Identity {
+        Identity {
+            pool,
+            ttl,
+            sessions: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(OwnExpiry)
+                .build(),
+            principals: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(OwnExpiry)
+                .build(),
+            metrics,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The live session behind a cookie value, or None (unknown, expired, revoked).
+    pub async fn session(&self, token: &str) -> Result<Option<Arc<Session>>, IdentityError> {
+        let key = token_hash(token);
+        if let Some(hit) = self.sessions.get(&key).await {
+            self.metrics
+                .cache_hits
+                .with_label_values(&["session"])
+                .inc();
+            return Ok(hit);
+        }
+        self.metrics
+            .cache_misses
+            .with_label_values(&["session"])
+            .inc();
+        let init = async {
+            self.metrics.db_queries.inc();
+            let row: Option<(String, f64)> = sqlx::query_as(SESSION_SQL)
+                .bind(&key)
+                .fetch_optional(&self.pool)
+                .await
+                .inspect_err(|_| {
+                    self.metrics.db_errors.inc();
+                })?;
+            Ok::<_, sqlx::Error>(row.map(|(admin_id, left)| {
+                Arc::new(Session {
+                    admin_id,
+                    valid_for: self.ttl.min(seconds(left)),
+                })
+            }))
+        };
+        self.sessions
+            .try_get_with(key.clone(), init)
+            .await
+            .map_err(IdentityError::DatabaseUnavailable)
+    }
+
+    /// A session from the cache only (no query): used to name the admin in a `no_route` row.
+    pub async fn cached_session(&self, token: &str) -> Option<Arc<Session>> {
+        self.sessions.get(&token_hash(token)).await.flatten()
+    }
+
+    /// The admin's effective roles and permissions.
+    pub async fn principal(&self, admin_id: &str) -> Result<Arc<Principal>, IdentityError> {
+        if let Some(hit) = self.principals.get(admin_id).await {
+            self.metrics
+                .cache_hits
+                .with_label_values(&["principal"])
+                .inc();
+            return Ok(hit);
+        }
+        self.metrics
+            .cache_misses
+            .with_label_values(&["principal"])
+            .inc();
+        let init = async {
+            self.metrics.db_queries.inc();
+            resolve(&self.pool, admin_id, self.ttl)
+                .await
+                .inspect_err(|_| {
+                    self.metrics.db_errors.inc();
+                })
+        };
+        self.principals
+            .try_get_with(admin_id.to_string(), init)
+            .await
+            .map_err(IdentityError::DatabaseUnavailable)
+    }
+
+    /// Drops every cached answer (used when the gateway cannot tell what changed).
+    pub fn invalidate_all(&self) {
+        self.sessions.invalidate_all();
+        self.principals.invalidate_all();
+    }
+}
+
+/// Resolves a principal with one query (also used by `explain`).
+pub async fn resolve(
+    pool: &PgPool,
+    admin_id: &str,
+    ttl: Duration,
+) -> Result<Arc<Principal>, sqlx::Error> {
+    let (roles, permissions, bg): (Vec<String>, Vec<String>, Option<f64>) =
+        sqlx::query_as(PRINCIPAL_SQL)
+            .bind(admin_id)
+            .fetch_one(pool)
+            .await?;
+    let valid_for = match bg {
+        Some(left) => ttl.min(seconds(left)),
+        None => ttl,
+    };
+    Ok(Arc::new(Principal {
+        admin_id: admin_id.to_string(),
+        roles,
+        permissions,
+        break_glass: bg.is_some(),
+        valid_for,
+    }))
+}
+
+/// How each effective role was obtained ("break-glass -> console-manager -> console-flag-admin"),
+/// for `explain`. Walks the same tables as [`PRINCIPAL_SQL`], in Rust, keeping the first path
+/// found to each role; a cycle is cut by the visited set.
+pub async fn provenance(pool: &PgPool, admin_id: &str) -> Result<Vec<String>, sqlx::Error> {
+    let groups: Vec<(String, String, bool)> = sqlx::query_as(
+        r#"SELECT g.id, g.name, false FROM rbac_user_groups ug JOIN rbac_groups g ON g.id = ug.group_id WHERE ug.user_id = $1
+           UNION
+           SELECT g.id, g.name, true FROM rbac_groups g WHERE g.name = 'break-glass' AND EXISTS (
+               SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND b.expires_at_utc > now())
+           ORDER BY 2"#,
+    )
+    .bind(admin_id)
+    .fetch_all(pool)
+    .await?;
+    let group_roles: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT gr.group_id, r.id, r.name FROM rbac_group_roles gr JOIN rbac_roles r ON r.id = gr.role_id ORDER BY r.name",
+    )
+    .fetch_all(pool)
+    .await?;
+    let edges: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT ri.child_role_id, p.id, p.name FROM rbac_role_inheritance ri JOIN rbac_roles p ON p.id = ri.parent_role_id ORDER BY p.name",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::new();
+    for (gid, gname, via_bg) in &groups {
+        let origin = if *via_bg {
+            format!("break-glass session -> group {gname}")
+        } else {
+            format!("group {gname}")
+        };
+        for (_, rid, rname) in group_roles.iter().filter(|(g, _, _)| g == gid) {
+            queue.push_back((rid.clone(), rname.clone(), format!("{origin} -> {rname}")));
+        }
+    }
+    while let Some((rid, rname, path)) = queue.pop_front() {
+        if !seen.insert(rid.clone()) {
+            continue;
+        }
+        out.push(format!("{rname}: {path}"));
+        for (_, pid, pname) in edges.iter().filter(|(c, _, _)| *c == rid) {
+            queue.push_back((
+                pid.clone(),
+                pname.clone(),
+                format!("{path} -> inherits {pname}"),
+            ));
+        }
+    }
+    out.sort();
+    Ok(out)
+}

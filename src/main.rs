@@ -1,1 +1,26 @@
-fn main() {}
+//! The `rbac-gateway` binary: parses the command line and runs one command.
+
+use clap::Parser;
+use rbac_gateway::cli;
+use rbac_gateway::config::{Cli, Command, EXIT_USAGE};
+
+fn main() {
+    let parsed = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let result = match parsed.command {
+        Command::Serve(a) => cli::serve(a),
+        Command::Migrate(a) => cli::migrate(a),
+        Command::Check(a) => cli::check(a),
+        Command::Explain(a) => cli::explain(a),
+    };
+    if let Err(exit) = result {
+        eprintln!("rbac-gateway: {:#}", exit.error);
+        std::process::exit(exit.code);
+    }
+}

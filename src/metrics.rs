@@ -1,1 +1,151 @@
-//! todo
+//! The Prometheus registry: what an operator charts. Names are stable (dashboards use them).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by decision: allowed, denied, redirected, refused, public, machine, gone, off,
+    /// shadow_denied, unavailable.
+    pub requests: IntCounterVec,
+    /// Time to decide (before the upstream is contacted), by decision.
+    pub decision_seconds: HistogramVec,
+    /// Denials by route label (no_route uses "-").
+    pub denials_by_route: IntCounterVec,
+    /// Refusals (400) by reason.
+    pub refusals: IntCounterVec,
+    pub cache_hits: IntCounterVec,
+    pub cache_misses: IntCounterVec,
+    /// Every statement sent to PostgreSQL on the request path (steady state: 0 per request).
+    pub db_queries: IntCounter,
+    pub db_errors: IntCounter,
+    /// Audit rows made durable, by sink: database, spool.
+    pub audit_rows: IntCounterVec,
+    /// Audit rows replayed from the spool into the database.
+    pub audit_replayed: IntCounter,
+    pub audit_spool_bytes: IntGauge,
+    /// 1 for the active mapping's version.
+    pub mapping_info: IntGaugeVec,
+    pub mapping_reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            requests: IntCounterVec::new(
+                Opts::new("rbac_gateway_requests_total", "Requests by decision"),
+                &["decision"],
+            )
+            .unwrap(),
+            decision_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "rbac_gateway_decision_duration_seconds",
+                    "Time to decide a request",
+                )
+                .buckets(vec![
+                    0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+                ]),
+                &["decision"],
+            )
+            .unwrap(),
+            denials_by_route: IntCounterVec::new(
+                Opts::new("rbac_gateway_denials_total", "403s by route and reason"),
+                &["route", "reason"],
+            )
+            .unwrap(),
+            refusals: IntCounterVec::new(
+                Opts::new("rbac_gateway_refusals_total", "400s by reason"),
+                &["reason"],
+            )
+            .unwrap(),
+            cache_hits: IntCounterVec::new(
+                Opts::new("rbac_gateway_cache_hits_total", "Cache hits by cache"),
+                &["cache"],
+            )
+            .unwrap(),
+            cache_misses: IntCounterVec::new(
+                Opts::new("rbac_gateway_cache_misses_total", "Cache misses by cache"),
+                &["cache"],
+            )
+            .unwrap(),
+            db_queries: IntCounter::new(
+                "rbac_gateway_db_queries_total",
+                "Statements sent to PostgreSQL for requests",
+            )
+            .unwrap(),
+            db_errors: IntCounter::new(
+                "rbac_gateway_db_errors_total",
+                "Failed database round trips",
+            )
+            .unwrap(),
+            audit_rows: IntCounterVec::new(
+                Opts::new(
+                    "rbac_gateway_audit_rows_total",
+                    "Audit rows made durable, by sink",
+                ),
+                &["sink"],
+            )
+            .unwrap(),
+            audit_replayed: IntCounter::new(
+                "rbac_gateway_audit_replayed_total",
+                "Audit rows replayed from the spool into PostgreSQL",
+            )
+            .unwrap(),
+            audit_spool_bytes: IntGauge::new(
+                "rbac_gateway_audit_spool_bytes",
+                "Bytes waiting in the audit spool",
+            )
+            .unwrap(),
+            mapping_info: IntGaugeVec::new(
+                Opts::new(
+                    "rbac_gateway_mapping_info",
+                    "The active mapping version (value 1)",
+                ),
+                &["version"],
+            )
+            .unwrap(),
+            mapping_reloads: IntCounterVec::new(
+                Opts::new(
+                    "rbac_gateway_mapping_reloads_total",
+                    "Mapping reloads by result",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.requests.clone())).unwrap();
+        r.register(Box::new(m.decision_seconds.clone())).unwrap();
+        r.register(Box::new(m.denials_by_route.clone())).unwrap();
+        r.register(Box::new(m.refusals.clone())).unwrap();
+        r.register(Box::new(m.cache_hits.clone())).unwrap();
+        r.register(Box::new(m.cache_misses.clone())).unwrap();
+        r.register(Box::new(m.db_queries.clone())).unwrap();
+        r.register(Box::new(m.db_errors.clone())).unwrap();
+        r.register(Box::new(m.audit_rows.clone())).unwrap();
+        r.register(Box::new(m.audit_replayed.clone())).unwrap();
+        r.register(Box::new(m.audit_spool_bytes.clone())).unwrap();
+        r.register(Box::new(m.mapping_info.clone())).unwrap();
+        r.register(Box::new(m.mapping_reloads.clone())).unwrap();
+        m
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding never fails");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

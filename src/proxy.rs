@@ -1,1 +1,488 @@
-//! todo
+//! Pingora glue: for each request, run the checks of [`crate::target`], match the rule, ask
+//! [`crate::identity`] and [`crate::decision`], then forward or answer. All policy lives in
+//! those modules; this file only moves bytes and headers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::http::ServerSession as HttpSession;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+
+use crate::audit::{AuditEvent, AuditWriter, EVENT_DENIED, EVENT_SHADOW_DENIED};
+use crate::decision::{
+    authorize, effective_mode, route_step, Step, Verdict, REASON_MISSING_ROLE, REASON_NO_ROUTE,
+};
+use crate::identity::Identity;
+use crate::mapping::{Mapping, Mode, Route};
+use crate::metrics::Metrics;
+use crate::target::{self, Refusal, Target};
+
+/// Everything a request needs, shared by all workers.
+pub struct Gateway {
+    pub mapping: ArcSwap<Mapping>,
+    pub identity: Identity,
+    pub audit: Arc<AuditWriter>,
+    pub metrics: Arc<Metrics>,
+    pub kill_switch: bool,
+    pub cookie: String,
+    pub upstream: SocketAddr,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    request_id: String,
+    /// Set when the request is forwarded on behalf of an admin.
+    admin_id: Option<String>,
+    roles: Option<String>,
+    shadow_denied: bool,
+}
+
+/// `next=` keeps only unreserved characters unescaped.
+const NEXT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// What a denial (or a shadow would-be denial) records.
+struct Denial<'a> {
+    admin: Option<&'a str>,
+    target: &'a Target,
+    route: Option<&'a Route>,
+    reason: &'static str,
+}
+
+pub struct Proxy {
+    pub gw: Arc<Gateway>,
+}
+
+/// The value of the session cookie, from every `Cookie` header (first occurrence wins, as in
+/// Werkzeug).
+fn session_cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+        .filter(|v| !v.is_empty())
+}
+
+/// All checks that can refuse a request before it is matched.
+fn check_request(head: &[u8], req: &RequestHeader) -> std::result::Result<Target, Refusal> {
+    let (method, raw_target) = target::split_request_line(head)?;
+    target::check_method(method)?;
+    if method == b"CONNECT" {
+        return Err(Refusal::NotOriginForm);
+    }
+    let t = target::parse_target(raw_target)?;
+    for name in req.headers.keys() {
+        target::check_header_name(name.as_str())?;
+    }
+    Ok(t)
+}
+
+fn client_ip(session: &Session) -> Option<String> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
+}
+
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+impl Proxy {
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        status: u16,
+        location: Option<String>,
+        body: &'static str,
+        close: bool,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(status, Some(6))?;
+        resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
+        resp.insert_header("Content-Length", body.len().to_string())?;
+        resp.insert_header("Cache-Control", "no-store")?;
+        resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        if let Some(loc) = location {
+            resp.insert_header("Location", loc)?;
+        }
+        if close || has_body(session.req_header()) {
+            // An unread request body must not be taken for the next request.
+            session.set_keepalive(None);
+            resp.insert_header("Connection", "close")?;
+        }
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
+        if !head_only {
+            session
+                .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn audit_event(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        event_type: &str,
+        d: &Denial<'_>,
+    ) -> AuditEvent {
+        let (admin, t, route, reason) = (d.admin, d.target, d.route, d.reason);
+        let req = session.req_header();
+        let path = t.original.split('?').next().unwrap_or("").to_string();
+        AuditEvent {
+            id: uuid::Uuid::new_v4().to_string(),
+            event_type: event_type.to_string(),
+            admin_id: admin.map(str::to_string),
+            method: req.method.as_str().to_string(),
+            path,
+            route: route.map(Route::label),
+            required: route.map(Route::required),
+            reason: reason.to_string(),
+            request_id: ctx.request_id.clone(),
+            client_ip: client_ip(session),
+            user_agent: req
+                .headers
+                .get(http::header::USER_AGENT)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            created_at_utc: chrono::Utc::now(),
+        }
+    }
+
+    /// Writes the audit row, then the 403. If the row cannot be made durable: 503, no 403.
+    async fn deny(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        mapping: &Mapping,
+        d: Denial<'_>,
+    ) -> Result<bool> {
+        let event = self.audit_event(session, ctx, EVENT_DENIED, &d);
+        let (admin, route, reason) = (d.admin, d.route, d.reason);
+        let label = route.map(Route::label).unwrap_or_else(|| "-".into());
+        if let Err(e) = self.gw.audit.record(&event).await {
+            tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record the denial: answering 503");
+            self.count(ctx, "unavailable");
+            self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
+                .await?;
+            return Ok(true);
+        }
+        self.gw
+            .metrics
+            .denials_by_route
+            .with_label_values(&[label.as_str(), reason])
+            .inc();
+        tracing::info!(
+            request_id = %ctx.request_id, admin_id = admin.unwrap_or("-"), method = %event.method,
+            path = %event.path, rule = %label, required = event.required.as_deref().unwrap_or("-"),
+            reason, mapping_version = %mapping.version, "denied"
+        );
+        self.count(ctx, "denied");
+        self.respond(session, ctx, 403, None, "Forbidden\n", false)
+            .await?;
+        Ok(true)
+    }
+
+    fn count(&self, _ctx: &Ctx, decision: &str) {
+        self.gw
+            .metrics
+            .requests
+            .with_label_values(&[decision])
+            .inc();
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            admin_id: None,
+            roles: None,
+            shadow_denied: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let started = Instant::now();
+        let head = match session.downstream_session.as_ref() {
+            HttpSession::H1(s) => s.get_headers_raw_bytes(),
+            _ => Bytes::new(),
+        };
+        let t = match check_request(&head, session.req_header()) {
+            Ok(t) => t,
+            Err(refusal) => {
+                tracing::warn!(request_id = %ctx.request_id, reason = %refusal, client_ip = client_ip(session).as_deref().unwrap_or("-"), "refused");
+                self.gw
+                    .metrics
+                    .refusals
+                    .with_label_values(&[refusal.as_str()])
+                    .inc();
+                self.count(ctx, "refused");
+                self.respond(session, ctx, 400, None, "Bad Request\n", true)
+                    .await?;
+                return Ok(true);
+            }
+        };
+        let mapping = self.gw.mapping.load_full();
+        let method = session.req_header().method.as_str().to_string();
+        let found = mapping.find(&method, &t.path);
+        let route = found.as_ref().map(|(r, _)| *r);
+        let decided = |what: &str| {
+            self.gw
+                .metrics
+                .decision_seconds
+                .with_label_values(&[what])
+                .observe(started.elapsed().as_secs_f64());
+        };
+
+        let step = route_step(route, self.gw.kill_switch);
+        let route = match step {
+            Step::NoRoute => {
+                let admin = match session_cookie(session.req_header(), &self.gw.cookie) {
+                    Some(tok) => self
+                        .gw
+                        .identity
+                        .cached_session(tok)
+                        .await
+                        .map(|s| s.admin_id.clone()),
+                    None => None,
+                };
+                decided("denied");
+                let d = Denial {
+                    admin: admin.as_deref(),
+                    target: &t,
+                    route: None,
+                    reason: REASON_NO_ROUTE,
+                };
+                return self.deny(session, ctx, &mapping, d).await;
+            }
+            Step::Gone => {
+                decided("gone");
+                self.count(ctx, "gone");
+                self.respond(session, ctx, 404, None, "Not Found\n", false)
+                    .await?;
+                return Ok(true);
+            }
+            Step::Forward(kind) => {
+                decided(kind.as_str());
+                self.count(ctx, kind.as_str());
+                tracing::debug!(request_id = %ctx.request_id, method = %method, path = %t.path, rule = route.map(Route::label).as_deref().unwrap_or("-"), decision = kind.as_str(), mapping_version = %mapping.version, "forward");
+                return Ok(false);
+            }
+            Step::NeedPrincipal => route.expect("NeedPrincipal implies a rule"),
+        };
+
+        let redirect = |t: &Target| {
+            format!(
+                "/auth/login?next={}",
+                utf8_percent_encode(&t.original, NEXT)
+            )
+        };
+        let Some(token) = session_cookie(session.req_header(), &self.gw.cookie).map(str::to_string)
+        else {
+            decided("redirected");
+            self.count(ctx, "redirected");
+            self.respond(session, ctx, 302, Some(redirect(&t)), "Found\n", false)
+                .await?;
+            return Ok(true);
+        };
+        let unavailable = |e: &dyn std::error::Error| {
+            tracing::error!(request_id = %ctx.request_id, error = %e, "cannot resolve the session: answering 503");
+        };
+        let sess = match self.gw.identity.session(&token).await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                decided("redirected");
+                self.count(ctx, "redirected");
+                self.respond(session, ctx, 302, Some(redirect(&t)), "Found\n", false)
+                    .await?;
+                return Ok(true);
+            }
+            Err(e) => {
+                unavailable(&e);
+                decided("unavailable");
+                self.count(ctx, "unavailable");
+                self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
+                    .await?;
+                return Ok(true);
+            }
+        };
+        let principal = match self.gw.identity.principal(&sess.admin_id).await {
+            Ok(p) => p,
+            Err(e) => {
+                unavailable(&e);
+                decided("unavailable");
+                self.count(ctx, "unavailable");
+                self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
+                    .await?;
+                return Ok(true);
+            }
+        };
+        match authorize(route, &principal) {
+            Verdict::Allow { by } => {
+                decided("allowed");
+                self.count(ctx, "allowed");
+                tracing::debug!(request_id = %ctx.request_id, admin_id = %principal.admin_id, method = %method, path = %t.path, rule = %route.label(), granted_by = ?by, mapping_version = %mapping.version, "allowed");
+                ctx.admin_id = Some(principal.admin_id.clone());
+                ctx.roles = Some(principal.roles.join(","));
+                Ok(false)
+            }
+            Verdict::Deny => match effective_mode(route, self.gw.kill_switch) {
+                Mode::Shadow => {
+                    let d = Denial {
+                        admin: Some(&principal.admin_id),
+                        target: &t,
+                        route: Some(route),
+                        reason: REASON_MISSING_ROLE,
+                    };
+                    let event = self.audit_event(session, ctx, EVENT_SHADOW_DENIED, &d);
+                    if let Err(e) = self.gw.audit.record(&event).await {
+                        tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record a shadow denial");
+                    }
+                    decided("shadow_denied");
+                    self.count(ctx, "shadow_denied");
+                    tracing::info!(request_id = %ctx.request_id, admin_id = %principal.admin_id, rule = %route.label(), mapping_version = %mapping.version, "shadow: would deny, forwarding");
+                    ctx.admin_id = Some(principal.admin_id.clone());
+                    ctx.roles = Some(principal.roles.join(","));
+                    ctx.shadow_denied = true;
+                    Ok(false)
+                }
+                _ => {
+                    decided("denied");
+                    self.deny(
+                        session,
+                        ctx,
+                        &mapping,
+                        Denial {
+                            admin: Some(&principal.admin_id),
+                            target: &t,
+                            route: Some(route),
+                            reason: REASON_MISSING_ROLE,
+                        },
+                    )
+                    .await
+                }
+            },
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let mut peer = HttpPeer::new(self.gw.upstream, false, String::new());
+        peer.options.connection_timeout = Some(self.gw.connect_timeout);
+        peer.options.read_timeout = Some(self.gw.read_timeout);
+        peer.options.write_timeout = Some(self.gw.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Identity headers come from the gateway only, whatever spelling the client used.
+        let spoofed: Vec<http::HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|k| {
+                let k = k.as_str().as_bytes();
+                k.len() >= 7
+                    && (k[..7].eq_ignore_ascii_case(b"x-rbac-")
+                        || k[..7].eq_ignore_ascii_case(b"x_rbac_"))
+            })
+            .cloned()
+            .collect();
+        for name in spoofed {
+            upstream.remove_header(&name);
+        }
+        if let Some(admin) = &ctx.admin_id {
+            upstream.insert_header("X-Rbac-Admin-Id", admin.as_str())?;
+        }
+        if let Some(roles) = &ctx.roles {
+            upstream.insert_header("X-Rbac-Roles", roles.as_str())?;
+        }
+        if ctx.shadow_denied {
+            upstream.insert_header("X-Rbac-Shadow-Decision", "deny")?;
+        }
+        upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        if let Some(ip) = client_ip(session) {
+            let xff = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+                _ => ip,
+            };
+            upstream.insert_header("X-Forwarded-For", xff)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        use ErrorType::*;
+        let code = match e.etype() {
+            HTTPStatus(code) => *code,
+            ConnectTimedout | ReadTimedout | WriteTimedout => 504,
+            _ => match e.esource() {
+                pingora::ErrorSource::Upstream => 502,
+                pingora::ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 502,
+            },
+        };
+        if code > 0 {
+            tracing::warn!(request_id = %ctx.request_id, status = code, error = %e, "upstream failure");
+            let body = match code {
+                504 => "Gateway Timeout\n",
+                400 => "Bad Request\n",
+                _ => "Bad Gateway\n",
+            };
+            let _ = self.respond(session, ctx, code, None, body, true).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}

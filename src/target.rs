@@ -66,7 +66,9 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::RawByte(b) => write!(f, "raw_byte 0x{b:02x}"),
-            Refusal::RewriteHeader(h) | Refusal::UnderscoreHeader(h) => write!(f, "{} {h}", self.as_str()),
+            Refusal::RewriteHeader(h) | Refusal::UnderscoreHeader(h) => {
+                write!(f, "{} {h}", self.as_str())
+            }
             other => f.write_str(other.as_str()),
         }
     }
@@ -193,7 +195,9 @@ pub fn check_header_name(name: &str) -> Result<(), Refusal> {
 /// `head` is the request line plus headers exactly as received.
 pub fn split_request_line(head: &[u8]) -> Result<(&[u8], &[u8]), Refusal> {
     let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
-    let line = head[..line_end].strip_suffix(b"\r").unwrap_or(&head[..line_end]);
+    let line = head[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&head[..line_end]);
     let mut it = line.splitn(3, |&b| b == b' ');
     let (Some(method), Some(target), Some(version)) = (it.next(), it.next(), it.next()) else {
         return Err(Refusal::MalformedRequestLine);
@@ -203,7 +207,10 @@ pub fn split_request_line(head: &[u8]) -> Result<(&[u8], &[u8]), Refusal> {
     }
     // A header line starting with SP or HTAB continues the previous one (obs-fold, RFC 9112 §5.2).
     let rest = &head[line_end.saturating_add(1).min(head.len())..];
-    if rest.split(|&b| b == b'\n').any(|l| matches!(l.first(), Some(b' ' | b'\t'))) {
+    if rest
+        .split(|&b| b == b'\n')
+        .any(|l| matches!(l.first(), Some(b' ' | b'\t')))
+    {
         return Err(Refusal::ObsFold);
     }
     Ok((method, target))
@@ -263,7 +270,10 @@ mod tests {
         for (t, want) in cases {
             assert_eq!(&refusal(t), want, "target {t:?}");
         }
-        assert_eq!(parse_target(b"/a\xffb").unwrap_err(), Refusal::RawByte(0xff));
+        assert_eq!(
+            parse_target(b"/a\xffb").unwrap_err(),
+            Refusal::RawByte(0xff)
+        );
         assert_eq!(parse_target(b"/a\tb").unwrap_err(), Refusal::RawByte(b'\t'));
     }
 
@@ -281,9 +291,18 @@ mod tests {
         assert_eq!(check_method(b"get"), Err(Refusal::MethodNotUppercase));
         assert_eq!(check_method(b"Get"), Err(Refusal::MethodNotUppercase));
         assert!(check_header_name("X-Forwarded-For").is_ok());
-        assert!(matches!(check_header_name("x-http-method-override"), Err(Refusal::RewriteHeader(_))));
-        assert!(matches!(check_header_name("X-Original-URL"), Err(Refusal::RewriteHeader(_))));
-        assert!(matches!(check_header_name("SCRIPT_NAME"), Err(Refusal::UnderscoreHeader(_))));
+        assert!(matches!(
+            check_header_name("x-http-method-override"),
+            Err(Refusal::RewriteHeader(_))
+        ));
+        assert!(matches!(
+            check_header_name("X-Original-URL"),
+            Err(Refusal::RewriteHeader(_))
+        ));
+        assert!(matches!(
+            check_header_name("SCRIPT_NAME"),
+            Err(Refusal::UnderscoreHeader(_))
+        ));
     }
 
     #[test]

@@ -42,12 +42,19 @@ impl Matcher {
             state = if let Some(text) = part.static_text() {
                 state.statics.entry(text.to_string()).or_default()
             } else {
-                let pos = state.dynamic.iter().position(|(p, _)| p.same_transition(part));
+                let pos = state
+                    .dynamic
+                    .iter()
+                    .position(|(p, _)| p.same_transition(part));
                 let pos = pos.unwrap_or_else(|| {
                     state.dynamic.push((part.clone(), State::default()));
                     // Stable sort by weight, as Werkzeug's `update()` does.
                     state.dynamic.sort_by(|a, b| a.0.cmp_weight(&b.0));
-                    state.dynamic.iter().position(|(p, _)| p.same_transition(part)).unwrap()
+                    state
+                        .dynamic
+                        .iter()
+                        .position(|(p, _)| p.same_transition(part))
+                        .unwrap()
                 });
                 &mut state.dynamic[pos].1
             };
@@ -69,7 +76,11 @@ impl Matcher {
             Walk::None => return None,
         };
         let names = &self.names[rule];
-        Some(Match { rule, values: names.iter().cloned().zip(values).collect(), slash_redirect })
+        Some(Match {
+            rule,
+            values: names.iter().cloned().zip(values).collect(),
+            slash_redirect,
+        })
     }
 
     /// Every rule index the path would match for some method (for "shadowed rule" checks).
@@ -108,8 +119,11 @@ fn walk(state: &State, parts: &[&str], method: &str, values: &mut Vec<String>) -
         }
     }
     for (part, next) in &state.dynamic {
-        let (target, remaining): (String, &[&str]) =
-            if part.is_final { (parts.join("/"), &[]) } else { (head.to_string(), rest) };
+        let (target, remaining): (String, &[&str]) = if part.is_final {
+            (parts.join("/"), &[])
+        } else {
+            (head.to_string(), rest)
+        };
         if let Some(caps) = part.matches(&target) {
             let mark = values.len();
             values.extend(caps);
@@ -138,7 +152,10 @@ mod tests {
 
     #[test]
     fn static_beats_variable_in_any_order() {
-        let m = build(&[("/console/customers/<id>", &["GET"]), ("/console/customers/invite", &["GET"])]);
+        let m = build(&[
+            ("/console/customers/<id>", &["GET"]),
+            ("/console/customers/invite", &["GET"]),
+        ]);
         assert_eq!(m.find("GET", "/console/customers/invite").unwrap().rule, 1);
         assert_eq!(m.find("GET", "/console/customers/42").unwrap().rule, 0);
     }
@@ -152,7 +169,10 @@ mod tests {
         ]);
         let hit = m.find("POST", "/console/flags/promotions/verify").unwrap();
         assert_eq!(hit.rule, 2);
-        assert_eq!(hit.values, vec![("key".to_string(), "promotions".to_string())]);
+        assert_eq!(
+            hit.values,
+            vec![("key".to_string(), "promotions".to_string())]
+        );
     }
 
     #[test]
@@ -175,7 +195,9 @@ mod tests {
         let m = build(&[("/console/customers/", &["GET"])]);
         let hit = m.find("GET", "/console/customers").unwrap();
         assert!(hit.slash_redirect);
-        assert!(m.find("GET", "/console/customers/").is_some_and(|h| !h.slash_redirect));
+        assert!(m
+            .find("GET", "/console/customers/")
+            .is_some_and(|h| !h.slash_redirect));
         let m = build(&[("/secrets", &["GET"])]);
         assert!(m.find("GET", "/secrets/").is_none());
     }
@@ -189,7 +211,10 @@ mod tests {
 
     #[test]
     fn path_converter_spans_segments() {
-        let m = build(&[("/static/<path:f>", &["GET"]), ("/static/app.css", &["GET"])]);
+        let m = build(&[
+            ("/static/<path:f>", &["GET"]),
+            ("/static/app.css", &["GET"]),
+        ]);
         assert_eq!(m.find("GET", "/static/app.css").unwrap().rule, 1);
         assert_eq!(m.find("GET", "/static/a/b.css").unwrap().rule, 0);
     }

@@ -127,7 +127,11 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "",
             Severity::Warning => "warning: ",
         };
-        write!(f, "{}:{}:{}: {sev}{}", self.file, self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {sev}{}",
+            self.file, self.line, self.col, self.message
+        )
     }
 }
 
@@ -205,7 +209,13 @@ impl<'a> Lines<'a> {
     fn at(&self, offset: usize, severity: Severity, message: impl Into<String>) -> Diagnostic {
         let line = self.starts.partition_point(|&s| s <= offset);
         let col = offset - self.starts[line - 1] + 1;
-        Diagnostic { file: self.file.to_string(), line, col, severity, message: message.into() }
+        Diagnostic {
+            file: self.file.to_string(),
+            line,
+            col,
+            severity,
+            message: message.into(),
+        }
     }
 }
 
@@ -240,8 +250,15 @@ impl Mapping {
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             // toml's message repeats the location and source line; keep only the first line.
-            let msg = e.message().lines().next().unwrap_or("invalid TOML").to_string();
-            LoadError { diagnostics: vec![lines.at(offset, Severity::Error, msg)] }
+            let msg = e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .to_string();
+            LoadError {
+                diagnostics: vec![lines.at(offset, Severity::Error, msg)],
+            }
         })?;
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
@@ -251,7 +268,11 @@ impl Mapping {
             Some(m) => parse_mode(m, &lines, &mut errors).unwrap_or(Mode::Enforce),
         };
         if raw.route.is_empty() {
-            errors.push(lines.at(0, Severity::Error, "the mapping has no [[route]]: every request would be denied"));
+            errors.push(lines.at(
+                0,
+                Severity::Error,
+                "the mapping has no [[route]]: every request would be denied",
+            ));
         }
 
         let mut routes = Vec::new();
@@ -268,14 +289,22 @@ impl Mapping {
             let parts = match rule::parse_rule(&path) {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    errors.push(lines.at(r.path.span().start, Severity::Error, format!("path {path:?}: {e}")));
+                    errors.push(lines.at(
+                        r.path.span().start,
+                        Severity::Error,
+                        format!("path {path:?}: {e}"),
+                    ));
                     None
                 }
             };
 
             let mut methods = Vec::new();
             if r.methods.get_ref().is_empty() {
-                errors.push(lines.at(r.methods.span().start, Severity::Error, "methods is empty: the rule can never match"));
+                errors.push(lines.at(
+                    r.methods.span().start,
+                    Severity::Error,
+                    "methods is empty: the rule can never match",
+                ));
             }
             for m in r.methods.get_ref() {
                 let name = m.get_ref();
@@ -283,10 +312,17 @@ impl Mapping {
                     errors.push(lines.at(
                         m.span().start,
                         Severity::Error,
-                        format!("unknown method {name:?} (expected one of {}; methods are upper-case)", KNOWN_METHODS.join(", ")),
+                        format!(
+                            "unknown method {name:?} (expected one of {}; methods are upper-case)",
+                            KNOWN_METHODS.join(", ")
+                        ),
                     ));
                 } else if methods.contains(name) {
-                    errors.push(lines.at(m.span().start, Severity::Error, format!("method {name} is listed twice")));
+                    errors.push(lines.at(
+                        m.span().start,
+                        Severity::Error,
+                        format!("method {name} is listed twice"),
+                    ));
                 } else {
                     methods.push(name.clone());
                 }
@@ -314,10 +350,18 @@ impl Mapping {
                 Some(m) => parse_mode(m, &lines, &mut errors).unwrap_or(default_mode),
             };
             let roles: Vec<String> = r.roles.iter().map(|s| s.get_ref().clone()).collect();
-            let permissions: Vec<String> = r.permissions.iter().map(|s| s.get_ref().clone()).collect();
+            let permissions: Vec<String> =
+                r.permissions.iter().map(|s| s.get_ref().clone()).collect();
             for name in r.roles.iter().chain(&r.permissions) {
                 if name.get_ref().trim().is_empty() || name.get_ref().trim() != name.get_ref() {
-                    errors.push(lines.at(name.span().start, Severity::Error, format!("{:?} is not a valid role or permission name", name.get_ref())));
+                    errors.push(lines.at(
+                        name.span().start,
+                        Severity::Error,
+                        format!(
+                            "{:?} is not a valid role or permission name",
+                            name.get_ref()
+                        ),
+                    ));
                 }
             }
             match access {
@@ -337,11 +381,17 @@ impl Mapping {
             }
             let customer_param = r.customer_param.as_ref().map(|c| c.get_ref().clone());
             if let (Some(c), Some(parts)) = (&r.customer_param, &parts) {
-                if !parts.iter().any(|p| p.names.iter().any(|n| n == c.get_ref())) {
+                if !parts
+                    .iter()
+                    .any(|p| p.names.iter().any(|n| n == c.get_ref()))
+                {
                     errors.push(lines.at(
                         c.span().start,
                         Severity::Error,
-                        format!("customer_param {:?} is not a variable of path {path:?}", c.get_ref()),
+                        format!(
+                            "customer_param {:?} is not a variable of path {path:?}",
+                            c.get_ref()
+                        ),
                     ));
                 }
             }
@@ -349,7 +399,11 @@ impl Mapping {
                 warnings.push(lines.at(
                     p.span().start,
                     Severity::Warning,
-                    format!("pending operator decision {} on {} {path} (encoded with option A)", p.get_ref(), methods.join(",")),
+                    format!(
+                        "pending operator decision {} on {} {path} (encoded with option A)",
+                        p.get_ref(),
+                        methods.join(",")
+                    ),
                 ));
             }
 
@@ -362,11 +416,19 @@ impl Mapping {
                 for m in &matcher_methods {
                     if let Some(prev) = seen.get(&(m.clone(), signature.clone())) {
                         let prev: &Route = &routes[*prev];
-                        let what = if prev.path == path { "duplicate rule" } else { "rule is shadowed" };
+                        let what = if prev.path == path {
+                            "duplicate rule"
+                        } else {
+                            "rule is shadowed"
+                        };
                         errors.push(lines.at(
                             r.path.span().start,
                             Severity::Error,
-                            format!("{what}: {m} {path} can never match, {} (line {}) takes it first", prev.label(), prev.line),
+                            format!(
+                                "{what}: {m} {path} can never match, {} (line {}) takes it first",
+                                prev.label(),
+                                prev.line
+                            ),
                         ));
                     }
                 }
@@ -402,7 +464,9 @@ impl Mapping {
         }
 
         if !errors.is_empty() {
-            return Err(LoadError { diagnostics: errors });
+            return Err(LoadError {
+                diagnostics: errors,
+            });
         }
         let digest = Sha256::digest(text.as_bytes());
         Ok(Mapping {
@@ -423,13 +487,25 @@ impl Mapping {
 
     /// Every role and permission the mapping names.
     pub fn names(&self) -> (BTreeSet<&str>, BTreeSet<&str>) {
-        let roles = self.routes.iter().flat_map(|r| r.roles.iter().map(String::as_str)).collect();
-        let perms = self.routes.iter().flat_map(|r| r.permissions.iter().map(String::as_str)).collect();
+        let roles = self
+            .routes
+            .iter()
+            .flat_map(|r| r.roles.iter().map(String::as_str))
+            .collect();
+        let perms = self
+            .routes
+            .iter()
+            .flat_map(|r| r.permissions.iter().map(String::as_str))
+            .collect();
         (roles, perms)
     }
 }
 
-fn parse_mode(m: &Spanned<String>, lines: &Lines<'_>, errors: &mut Vec<Diagnostic>) -> Option<Mode> {
+fn parse_mode(
+    m: &Spanned<String>,
+    lines: &Lines<'_>,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Mode> {
     match m.get_ref().as_str() {
         "enforce" => Some(Mode::Enforce),
         "shadow" => Some(Mode::Shadow),
@@ -488,7 +564,10 @@ roles = ["console-audit-user"]
         .unwrap();
         assert_eq!(m.routes.len(), 1);
         assert_eq!(m.routes[0].line, 2);
-        assert!(m.find("HEAD", "/console/customers/5").is_some(), "GET implies HEAD");
+        assert!(
+            m.find("HEAD", "/console/customers/5").is_some(),
+            "GET implies HEAD"
+        );
         assert!(m.find("POST", "/console/customers/5").is_none());
         assert_eq!(m.version.len(), 12);
     }
@@ -496,24 +575,39 @@ roles = ["console-audit-user"]
     #[test]
     fn unknown_keys_are_located_errors() {
         let e = first_error("[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nrole = [\"x\"]\n");
-        assert!(e.starts_with("routes.toml:4:1: unknown field `role`"), "{e}");
+        assert!(
+            e.starts_with("routes.toml:4:1: unknown field `role`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_values_are_errors() {
         let e = first_error("[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"x\"]\nmode = \"enforcing\"\n");
-        assert!(e.starts_with("routes.toml:5:8: unknown mode \"enforcing\""), "{e}");
+        assert!(
+            e.starts_with("routes.toml:5:8: unknown mode \"enforcing\""),
+            "{e}"
+        );
         let e = first_error("[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\naccess = \"open\"\n");
-        assert!(e.starts_with("routes.toml:4:10: unknown access \"open\""), "{e}");
+        assert!(
+            e.starts_with("routes.toml:4:10: unknown access \"open\""),
+            "{e}"
+        );
         let e = first_error("[[route]]\nmethods = [\"get\"]\npath = \"/a\"\nroles = [\"x\"]\n");
-        assert!(e.starts_with("routes.toml:2:12: unknown method \"get\""), "{e}");
+        assert!(
+            e.starts_with("routes.toml:2:12: unknown method \"get\""),
+            "{e}"
+        );
     }
 
     #[test]
     fn duplicates_and_shadowed_rules_are_errors() {
         let text = "[[route]]\nmethods = [\"GET\"]\npath = \"/a/<x>\"\nroles = [\"r\"]\n\n[[route]]\nmethods = [\"POST\", \"GET\"]\npath = \"/a/<y>\"\nroles = [\"r\"]\n";
         let e = first_error(text);
-        assert!(e.starts_with("routes.toml:8:8: rule is shadowed: GET /a/<y> can never match"), "{e}");
+        assert!(
+            e.starts_with("routes.toml:8:8: rule is shadowed: GET /a/<y> can never match"),
+            "{e}"
+        );
         let text = "[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"r\"]\n[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"s\"]\n";
         assert!(first_error(text).contains("duplicate rule"));
     }
@@ -554,8 +648,22 @@ mod production {
         assert!(m.routes.len() > 100);
         assert!(m.warnings.iter().all(|w| w.message.contains("AMBIGUOUS-")));
         let customers_invite = m.find("GET", "/console/customers/invite").unwrap().0;
-        assert_eq!(customers_invite.roles, vec!["console-invite-admin".to_string()]);
-        let verify = m.find("POST", "/console/flags/promotions/verify").unwrap().0;
+        assert_eq!(
+            customers_invite.roles,
+            vec!["console-invite-admin".to_string()]
+        );
+        let verify = m
+            .find("POST", "/console/flags/promotions/verify")
+            .unwrap()
+            .0;
         assert_eq!(verify.path, "/console/flags/<key>/verify");
     }
+}
+
+/// The shape of a Flask rule with variable names erased (`/a/<int:x>` and `/a/<int:id>` are
+/// the same rule); an unparsable rule is its own signature.
+pub fn rule_signature(rule: &str) -> String {
+    rule::parse_rule(rule)
+        .map(|p| signature(&p))
+        .unwrap_or_else(|_| rule.to_string())
 }

@@ -75,7 +75,9 @@ impl Part {
 
     /// Werkzeug compares parts by their regex (variable names are numbered, not named).
     pub fn same_transition(&self, other: &Part) -> bool {
-        self.pieces == other.pieces && self.is_final == other.is_final && self.weight == other.weight
+        self.pieces == other.pieces
+            && self.is_final == other.is_final
+            && self.weight == other.weight
     }
 
     pub fn cmp_weight(&self, other: &Part) -> Ordering {
@@ -98,7 +100,9 @@ fn match_pieces(pieces: &[Piece], s: &str, caps: &mut Vec<String>) -> bool {
         return s.is_empty();
     };
     match first {
-        Piece::Literal(lit) => s.strip_prefix(lit.as_str()).is_some_and(|r| match_pieces(rest, r, caps)),
+        Piece::Literal(lit) => s
+            .strip_prefix(lit.as_str())
+            .is_some_and(|r| match_pieces(rest, r, caps)),
         Piece::Var(conv) => {
             // Candidate end offsets in the order Python's regex engine would try them:
             // greedy converters longest first, the lazy `path` converter shortest first.
@@ -197,7 +201,10 @@ pub fn parse_rule(rule: &str) -> Result<Vec<Part>, RuleError> {
                 pos += 1;
             }
             b'<' => {
-                let end = rule[pos..].find('>').map(|e| pos + e).ok_or(RuleError::Malformed(pos))?;
+                let end = rule[pos..]
+                    .find('>')
+                    .map(|e| pos + e)
+                    .ok_or(RuleError::Malformed(pos))?;
                 let inner = &rule[pos + 1..end];
                 let (conv, name) = match inner.split_once(':') {
                     Some((c, n)) => (c, n),
@@ -209,7 +216,8 @@ pub fn parse_rule(rule: &str) -> Result<Vec<Part>, RuleError> {
                 if !is_identifier(name) || (!conv.is_empty() && !is_identifier(conv)) {
                     return Err(RuleError::Malformed(pos));
                 }
-                let conv = Converter::parse(conv).ok_or_else(|| RuleError::UnknownConverter(conv.to_string()))?;
+                let conv = Converter::parse(conv)
+                    .ok_or_else(|| RuleError::UnknownConverter(conv.to_string()))?;
                 if names_seen.iter().any(|n| n == name) {
                     return Err(RuleError::DuplicateVariable(name.to_string()));
                 }
@@ -218,9 +226,15 @@ pub fn parse_rule(rule: &str) -> Result<Vec<Part>, RuleError> {
                 pos = end + 1;
             }
             _ => {
-                let end = rule[pos..].find(['/', '<']).map(|e| pos + e).unwrap_or(rule.len());
+                let end = rule[pos..]
+                    .find(['/', '<'])
+                    .map(|e| pos + e)
+                    .unwrap_or(rule.len());
                 let text = &rule[pos..end];
-                if let Some(c) = text.chars().find(|c| crate::target::refused_decoded_char(*c)) {
+                if let Some(c) = text
+                    .chars()
+                    .find(|c| crate::target::refused_decoded_char(*c))
+                {
                     return Err(RuleError::RefusedChar(c));
                 }
                 cur.push_literal(text);
@@ -266,7 +280,8 @@ impl Builder {
     fn push_literal(&mut self, text: &str) {
         if text != "/" || !self.is_final {
             let n = self.static_weights.len() as i64;
-            self.static_weights.push((n, -(text.chars().count() as i64)));
+            self.static_weights
+                .push((n, -(text.chars().count() as i64)));
         }
         match self.pieces.last_mut() {
             Some(Piece::Literal(prev)) => prev.push_str(text),
@@ -294,7 +309,12 @@ impl Builder {
             [Piece::Literal(s)] if s.is_empty() => vec![],
             _ => self.pieces,
         };
-        Part { pieces, names: self.names, is_final: self.is_final, weight }
+        Part {
+            pieces,
+            names: self.names,
+            is_final: self.is_final,
+            weight,
+        }
     }
 }
 
@@ -306,7 +326,16 @@ mod tests {
     fn parses_static_and_dynamic_parts() {
         let parts = parse_rule("/console/customers/<int:id>/audit").unwrap();
         let kinds: Vec<Option<&str>> = parts.iter().map(|p| p.static_text()).collect();
-        assert_eq!(kinds, vec![Some(""), Some("console"), Some("customers"), None, Some("audit")]);
+        assert_eq!(
+            kinds,
+            vec![
+                Some(""),
+                Some("console"),
+                Some("customers"),
+                None,
+                Some("audit")
+            ]
+        );
         assert_eq!(parts[3].names, vec!["id".to_string()]);
     }
 
@@ -321,9 +350,15 @@ mod tests {
     fn path_converter_makes_the_rest_final() {
         let parts = parse_rule("/static/<path:filename>").unwrap();
         assert!(parts.last().unwrap().is_final);
-        assert_eq!(parts.last().unwrap().matches("css/app.css"), Some(vec!["css/app.css".into()]));
+        assert_eq!(
+            parts.last().unwrap().matches("css/app.css"),
+            Some(vec!["css/app.css".into()])
+        );
         let parts = parse_rule("/wiki/<path:page>/edit").unwrap();
-        assert_eq!(parts.last().unwrap().matches("a/b/edit"), Some(vec!["a/b".into()]));
+        assert_eq!(
+            parts.last().unwrap().matches("a/b/edit"),
+            Some(vec!["a/b".into()])
+        );
         assert_eq!(parts.last().unwrap().matches("/a/edit"), None);
     }
 
@@ -334,7 +369,9 @@ mod tests {
         assert!(int.matches("-1").is_none());
         assert!(int.matches("4a").is_none());
         let uuid = parse_rule("/<uuid:x>").unwrap().pop().unwrap();
-        assert!(uuid.matches("123e4567-e89b-12d3-a456-426614174000").is_some());
+        assert!(uuid
+            .matches("123e4567-e89b-12d3-a456-426614174000")
+            .is_some());
         assert!(uuid.matches("123e4567e89b12d3a456426614174000").is_none());
         let mixed = parse_rule("/v<int:n>.json").unwrap().pop().unwrap();
         assert_eq!(mixed.matches("v12.json"), Some(vec!["12".into()]));
@@ -345,13 +382,25 @@ mod tests {
 
     #[test]
     fn rejects_bad_rules() {
-        assert_eq!(parse_rule("console").unwrap_err(), RuleError::NoLeadingSlash);
-        assert_eq!(parse_rule("/a/<float:x>").unwrap_err(), RuleError::UnknownConverter("float".into()));
-        assert_eq!(parse_rule("/a/<x>/<x>").unwrap_err(), RuleError::DuplicateVariable("x".into()));
+        assert_eq!(
+            parse_rule("console").unwrap_err(),
+            RuleError::NoLeadingSlash
+        );
+        assert_eq!(
+            parse_rule("/a/<float:x>").unwrap_err(),
+            RuleError::UnknownConverter("float".into())
+        );
+        assert_eq!(
+            parse_rule("/a/<x>/<x>").unwrap_err(),
+            RuleError::DuplicateVariable("x".into())
+        );
         assert_eq!(parse_rule("/a//b").unwrap_err(), RuleError::EmptySegment);
         assert_eq!(parse_rule("/a/../b").unwrap_err(), RuleError::DotSegment);
         assert_eq!(parse_rule("/a/<x").unwrap_err(), RuleError::Malformed(3));
-        assert!(matches!(parse_rule("/a b").unwrap_err(), RuleError::RefusedChar(' ')));
+        assert!(matches!(
+            parse_rule("/a b").unwrap_err(),
+            RuleError::RefusedChar(' ')
+        ));
     }
 
     #[test]

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, the integration suite (real PostgreSQL, a real upstream, the real
+# gateway binary on real sockets), formatting and clippy. Starts a throwaway PostgreSQL when
+# DATABASE_URL is not set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+if [ -z "${DATABASE_URL:-}" ]; then
+  PG_TMP=$(mktemp -d /tmp/rbacgw-test-pg.XXXXXX)
+  chmod 755 "$PG_TMP"
+  trap 'scripts/pg.sh stop "$PG_TMP"; rm -rf "$PG_TMP"' EXIT
+  eval "$(scripts/pg.sh start "$PG_TMP")"
+  echo "throwaway PostgreSQL at $DATABASE_URL"
+fi
+export DATABASE_URL
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets

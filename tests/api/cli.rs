@@ -1,0 +1,214 @@
+//! The commands as an operator runs them: migrate, check, explain.
+
+use std::process::Command;
+
+use crate::helpers::*;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rbac-gateway"));
+    c.env_remove("FLAG_RBAC_V2")
+        .env_remove("DATABASE_URL")
+        .env_remove("GATEWAY_ROUTES");
+    c
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_the_audit_table_is_append_only() {
+    let db = TestDb::new().await; // already migrated once by the library
+    for _ in 0..2 {
+        let out = bin()
+            .args(["migrate", "--database-url", &db.url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let roles: i64 = sqlx::query_scalar("SELECT count(*) FROM rbac_roles")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(roles, 19, "the catalogue is seeded once");
+    sqlx::query(
+        "INSERT INTO access_audit_events (id, event_type, method, path, reason, request_id, created_at_utc) VALUES ('a1', 'access_denied', 'GET', '/x', 'no_route', 'r1', now())",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let upd = sqlx::query("UPDATE access_audit_events SET reason = 'forged' WHERE id = 'a1'")
+        .execute(&db.pool)
+        .await;
+    assert!(upd.is_err(), "UPDATE must fail");
+    let del = sqlx::query("DELETE FROM access_audit_events WHERE id = 'a1'")
+        .execute(&db.pool)
+        .await;
+    assert!(del.is_err(), "DELETE must fail");
+    let tr = sqlx::query("TRUNCATE access_audit_events")
+        .execute(&db.pool)
+        .await;
+    assert!(tr.is_err(), "TRUNCATE must fail");
+    assert_eq!(db.audit_count().await, 1);
+}
+
+#[tokio::test]
+async fn check_accepts_the_production_mapping_with_only_ambiguous_warnings() {
+    let db = TestDb::new().await;
+    let out = bin()
+        .args(["check", "--routes"])
+        .arg(root().join("routes.toml"))
+        .args(["--database-url", &db.url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains(": warning: "))
+        .collect();
+    assert!(!warnings.is_empty());
+    assert!(
+        warnings.iter().all(|w| w.contains("AMBIGUOUS-")),
+        "{stdout}"
+    );
+    for n in 1..=4 {
+        assert!(
+            stdout.contains(&format!("AMBIGUOUS-{n}")),
+            "AMBIGUOUS-{n} listed: {stdout}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn check_reports_broken_files_with_locations_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let cases = [
+        ("unknown-key.toml", "[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"console-user\"]\nrole = \"x\"\n", ":5:1: unknown field `role`"),
+        ("bad-mode.toml", "[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"console-user\"]\nmode = \"strict\"\n", ":5:8: unknown mode"),
+        ("dup.toml", "[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"console-user\"]\n[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"console-manager\"]\n", ":7:8: duplicate rule"),
+        ("syntax.toml", "[[route]\nmethods = [\"GET\"]\n", ":1:"),
+    ];
+    for (name, text, want) in cases {
+        let p = write(name, text);
+        let out = bin().arg("check").arg("--routes").arg(&p).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(64), "{name}: {stdout}");
+        assert!(
+            stdout.contains(&format!("{}{want}", p.display())),
+            "{name}: {stdout}"
+        );
+    }
+    // A valid file naming a role that does not exist: exit 1 with --database-url.
+    let db = TestDb::new().await;
+    let p = write(
+        "unknown-role.toml",
+        "[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"console-superuser\"]\n",
+    );
+    let out = bin()
+        .arg("check")
+        .arg("--routes")
+        .arg(&p)
+        .args(["--database-url", &db.url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(":1:1: unknown role \"console-superuser\""),
+        "{stdout}"
+    );
+    // Bad usage.
+    let out = bin().arg("check").arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[tokio::test]
+async fn serve_refuses_an_invalid_mapping_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r.toml");
+    std::fs::write(
+        &p,
+        "[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\naccess = \"open\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args([
+            "serve",
+            "--database-url",
+            "postgres://127.0.0.1:1/x",
+            "--routes",
+        ])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":4:10: unknown access \"open\""));
+}
+
+#[tokio::test]
+async fn explain_shows_rule_provenance_and_decision() {
+    let db = TestDb::new().await;
+    let admin = db.admin("ex@example.test").await;
+    db.join_group(&admin, "raxx-devops-team").await;
+    db.break_glass(&admin, 600.0).await;
+    let out = bin()
+        .args(["explain", "--routes"])
+        .arg(core_routes())
+        .args([
+            "--database-url",
+            &db.url,
+            "--admin",
+            &admin,
+            "GET",
+            "/console/customers/invite",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("rule: GET /console/customers/invite ("),
+        "{stdout}"
+    );
+    assert!(stdout.contains("core.toml:10:1)"), "{stdout}");
+    assert!(
+        stdout.contains("requires: role:console-invite-admin"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("console-secrets-user: break-glass session -> group break-glass -> console-secrets-admin -> inherits console-secrets-user"), "{stdout}");
+    assert!(
+        stdout.contains("console-audit-user: group raxx-devops-team -> console-audit-user"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("decision: allow"), "{stdout}");
+    let out = bin()
+        .args(["explain", "--routes"])
+        .arg(core_routes())
+        .args([
+            "--database-url",
+            &db.url,
+            "--admin",
+            &admin,
+            "GET",
+            "/secrets/x/sop",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("decision: allow"), "{stdout}");
+}

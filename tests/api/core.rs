@@ -1,0 +1,331 @@
+//! The interface table, row by row, through the running gateway.
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn allowed_request_reaches_console_byte_for_byte_with_identity_headers() {
+    let env = Env::core().await;
+    let (admin, token) = env.db.admin_with_roles(&["console-audit-user"]).await;
+    let r = env
+        .gw
+        .request(
+            "GET",
+            "/console/customers/42?tab=%2Fsessions&x=a+b",
+            Some(&token),
+            &[
+                ("X-Rbac-Admin-Id", "spoofed"),
+                ("x-rbac-roles", "console-manager"),
+                ("X-RBAC-EXTRA", "1"),
+                ("X-Forwarded-For", "10.9.8.7"),
+            ],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", env.gw.log());
+    let seen = env.up.requests();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.method, "GET");
+    assert_eq!(s.target, "/console/customers/42?tab=%2Fsessions&x=a+b");
+    assert_eq!(s.headers_named("x-rbac-admin-id"), vec![admin.as_str()]);
+    assert_eq!(s.headers_named("x-rbac-roles"), vec!["console-audit-user"]);
+    assert!(
+        s.header("x-rbac-extra").is_none(),
+        "client X-Rbac-* never reaches Console"
+    );
+    assert_eq!(s.header("x-request-id"), Some(r.request_id().as_str()));
+    assert_eq!(s.header("x-forwarded-for"), Some("10.9.8.7, 127.0.0.1"));
+    assert!(
+        s.header("cookie").unwrap().contains("console_session="),
+        "Console still gets its cookie"
+    );
+    assert_eq!(env.db.audit_count().await, 0);
+}
+
+#[tokio::test]
+async fn roles_header_is_sorted_and_expanded() {
+    let env = Env::core().await;
+    // console-manager inherits console-flag-admin, console-invite-admin, console-env-admin.
+    let (_, token) = env
+        .db
+        .admin_with_roles(&["console-manager", "console-audit-user"])
+        .await;
+    assert_eq!(env.gw.get("/ops", Some(&token)).await.status, 200);
+    let seen = env.up.requests();
+    assert_eq!(
+        seen[0].header("x-rbac-roles"),
+        Some("console-audit-user,console-env-admin,console-flag-admin,console-invite-admin,console-manager")
+    );
+}
+
+#[tokio::test]
+async fn streamed_bodies_arrive_intact() {
+    let env = Env::core().await;
+    let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    // Chunked request body, sent in pieces.
+    let mut req = format!(
+        "POST /upload HTTP/1.1\r\nHost: c\r\nConnection: close\r\nCookie: console_session={token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for piece in payload.chunks(7000) {
+        req.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        req.extend_from_slice(piece);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let r = send(env.gw.addr, &req).await.unwrap();
+    assert_eq!(r.status, 200, "{}", env.gw.log());
+    let seen = env.up.requests();
+    assert_eq!(seen[0].body, payload);
+    // And a Content-Length body.
+    let r = env
+        .gw
+        .request("PUT", "/upload", Some(&token), &[], &payload[..12345])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(env.up.requests()[1].body, payload[..12345].to_vec());
+}
+
+#[tokio::test]
+async fn no_session_redirects_to_login_with_next() {
+    let env = Env::core().await;
+    let admin = env.db.admin("gone@example.test").await;
+    let expired = env.db.session_for(&admin, -10).await;
+    let revoked = env.db.session(&admin).await;
+    env.db.revoke_session(&revoked).await;
+    let cases: [(&str, Option<&str>); 4] = [
+        ("no cookie", None),
+        ("unknown token", Some("not-a-session")),
+        ("expired", Some(&expired)),
+        ("revoked", Some(&revoked)),
+    ];
+    for (what, token) in cases {
+        let r = env
+            .gw
+            .get("/console/customers/7?tab=audit&q=a%20b", token)
+            .await;
+        assert_eq!(r.status, 302, "{what}");
+        assert_eq!(
+            r.header("location"),
+            Some("/auth/login?next=%2Fconsole%2Fcustomers%2F7%3Ftab%3Daudit%26q%3Da%2520b"),
+            "{what}"
+        );
+    }
+    assert_eq!(env.up.count(), 0);
+    assert_eq!(
+        env.db.audit_count().await,
+        0,
+        "a redirect writes no audit row"
+    );
+}
+
+#[tokio::test]
+async fn missing_role_is_403_with_exactly_one_audit_row() {
+    let env = Env::core().await;
+    let (admin, token) = env.db.admin_with_roles(&["console-user"]).await;
+    let r = env
+        .gw
+        .request(
+            "POST",
+            "/console/customers/9?x=1",
+            Some(&token),
+            &[("User-Agent", "curl/8")],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(env.up.count(), 0);
+    let rows = env.db.audit_rows(&r.request_id()).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row.event_type, "access_denied");
+    assert_eq!(row.admin_id.as_deref(), Some(admin.as_str()));
+    assert_eq!(row.method, "POST");
+    assert_eq!(row.path, "/console/customers/9");
+    assert_eq!(
+        row.route.as_deref(),
+        Some("GET,POST /console/customers/<id>")
+    );
+    assert_eq!(row.required.as_deref(), Some("role:console-audit-user"));
+    assert_eq!(row.reason, "missing_role");
+    assert_eq!(row.client_ip.as_deref(), Some("127.0.0.1"));
+    assert!(row
+        .user_agent
+        .as_deref()
+        .unwrap()
+        .contains("rbac-gateway-tests"));
+    assert_eq!(env.db.audit_count().await, 1);
+}
+
+#[tokio::test]
+async fn no_route_is_403_with_a_no_route_row() {
+    let env = Env::core().await;
+    let (_, token) = env.db.admin_with_roles(&["console-manager"]).await;
+    for (method, path) in [
+        ("GET", "/nowhere"),
+        ("DELETE", "/console/customers/5"),
+        ("GET", "/OPS"),
+        ("GET", "/ops/"),
+    ] {
+        let r = env.gw.request(method, path, Some(&token), &[], b"").await;
+        assert_eq!(r.status, 403, "{method} {path}");
+        let rows = env.db.audit_rows(&r.request_id()).await;
+        assert_eq!(rows.len(), 1, "{method} {path}");
+        assert_eq!(rows[0].reason, "no_route");
+        assert_eq!(rows[0].route, None);
+    }
+    // Also without any session.
+    let r = env.gw.get("/nowhere", None).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(env.db.audit_rows(&r.request_id()).await.len(), 1);
+    assert_eq!(env.up.count(), 0);
+}
+
+#[tokio::test]
+async fn public_machine_and_gone_routes() {
+    let env = Env::core().await;
+    let r = env
+        .gw
+        .request(
+            "POST",
+            "/auth/login",
+            None,
+            &[("X-Rbac-Admin-Id", "x")],
+            b"user=a",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = env
+        .gw
+        .request(
+            "POST",
+            "/api/internal/deploys/5/status",
+            None,
+            &[("Authorization", "Bearer m2m")],
+            b"{}",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = env.up.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[0].header("x-rbac-admin-id").is_none(),
+        "spoofed identity stripped on public routes too"
+    );
+    assert_eq!(seen[1].header("authorization"), Some("Bearer m2m"));
+    let r = env.gw.get("/console/rbac/shadow-comparison", None).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(env.up.count(), 2);
+    assert_eq!(env.db.audit_count().await, 0);
+}
+
+#[tokio::test]
+async fn werkzeug_precedence_static_before_variable() {
+    let env = Env::core().await;
+    let (_, audit_token) = env.db.admin_with_roles(&["console-audit-user"]).await;
+    // /console/customers/invite is the invite rule (console-invite-admin), not <id>.
+    let r = env
+        .gw
+        .get("/console/customers/invite", Some(&audit_token))
+        .await;
+    assert_eq!(r.status, 403);
+    let rows = env.db.audit_rows(&r.request_id()).await;
+    assert_eq!(
+        rows[0].route.as_deref(),
+        Some("GET /console/customers/invite")
+    );
+    // HEAD is implied by GET.
+    let r = env
+        .gw
+        .request("HEAD", "/console/customers/5", Some(&audit_token), &[], b"")
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn shadow_mode_forwards_and_records() {
+    let env = Env::core().await;
+    let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
+    let r = env.gw.get("/shadowed", Some(&token)).await;
+    assert_eq!(r.status, 200);
+    let seen = env.up.requests();
+    assert_eq!(seen[0].header("x-rbac-shadow-decision"), Some("deny"));
+    let rows = env.db.audit_rows(&r.request_id()).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].event_type, "access_denied_shadow");
+}
+
+#[tokio::test]
+async fn kill_switch_forwards_everything_but_gone() {
+    let env = Env::with(core_routes(), |o| o.env("FLAG_RBAC_V2", "0")).await;
+    assert_eq!(env.gw.get("/ops", None).await.status, 200);
+    assert_eq!(env.gw.get("/nowhere", None).await.status, 200);
+    assert_eq!(
+        env.gw
+            .get("/console/rbac/shadow-comparison", None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(env.db.audit_count().await, 0);
+}
+
+#[tokio::test]
+async fn upstream_refused_is_502_and_timeout_is_504() {
+    let db = TestDb::new().await;
+    let closed: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw = Gateway::start(GatewayOpts::new(core_routes(), &db, closed)).await;
+    let (_, token) = db.admin_with_roles(&["console-user"]).await;
+    let r = gw.request("POST", "/upload", Some(&token), &[], b"x").await;
+    assert_eq!(r.status, 502, "{}", gw.log());
+
+    let env = Env::core().await;
+    let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
+    let started = std::time::Instant::now();
+    let r = env.gw.get("/slow", Some(&token)).await;
+    assert_eq!(r.status, 504, "{}", env.gw.log());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let env = Env::core().await;
+    let (_, token) = env
+        .db
+        .admin_with_roles(&["console-user", "console-audit-user"])
+        .await;
+    for i in 0..5 {
+        assert_eq!(
+            env.gw
+                .get(&format!("/console/customers/{i}"), Some(&token))
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(env.up.count(), 5);
+    let conns = env.up.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        conns < 5,
+        "5 sequential requests opened {conns} upstream connections: no keep-alive pooling"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_within_a_few_seconds() {
+    let mut env = Env::core().await;
+    env.gw.signal("TERM");
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = env.gw.child.try_wait().unwrap() {
+            assert!(status.success() || status.code().is_some(), "{status:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(8),
+            "still running after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,139 @@
+//! Fail closed: the database unreachable, the audit row kept while it is.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn database_down_uncached_is_503_cached_keeps_its_answer() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let link = PgLink::new(&db.url).await;
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--cache-ttl")
+        .arg("60")
+        .arg("--db-timeout-ms")
+        .arg("500");
+    opts.database_url = link.url.clone();
+    let gw = Gateway::start(opts).await;
+    let (_, cached) = db.admin_with_roles(&["console-audit-user"]).await;
+    let (_, uncached) = db.admin_with_roles(&["console-audit-user"]).await;
+    assert_eq!(
+        gw.get("/console/customers/1", Some(&cached)).await.status,
+        200
+    );
+
+    link.cut();
+    let r = gw.get("/console/customers/1", Some(&uncached)).await;
+    assert_eq!(r.status, 503, "uncached session with the database down");
+    assert_eq!(
+        gw.get("/console/customers/2", Some(&cached)).await.status,
+        200,
+        "cached answer kept within the TTL"
+    );
+    assert_eq!(up.count(), 2, "the 503 was not forwarded");
+    assert_eq!(gw.admin_get("/readyz").await.status, 503);
+
+    // A denial for a cached principal while the database is down: 403, the row spooled...
+    let r = gw.get("/ops", Some(&cached)).await;
+    assert_eq!(r.status, 403);
+    let rid = r.request_id();
+    assert!(db.audit_rows(&rid).await.is_empty());
+    assert!(
+        gw.metric("rbac_gateway_audit_rows_total{sink=\"spool\"}")
+            .await
+            >= 1.0
+    );
+
+    // ...and written exactly once when the database answers again; the gateway recovers alone.
+    link.restore();
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = db.audit_rows(&rid).await;
+        if !rows.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows.len(), 1, "spooled row replayed once");
+    assert_eq!(rows[0].reason, "missing_role");
+    assert_eq!(
+        gw.get("/console/customers/3", Some(&uncached)).await.status,
+        200,
+        "recovered without a restart"
+    );
+    assert_eq!(gw.admin_get("/readyz").await.status, 200);
+}
+
+#[tokio::test]
+async fn database_unreachable_from_the_start_fails_closed() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--db-timeout-ms")
+        .arg("300");
+    opts.database_url = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port());
+    opts.wait_ready = false;
+    let gw = Gateway::start(opts).await;
+    assert_eq!(gw.admin_get("/readyz").await.status, 503);
+    assert_eq!(gw.admin_get("/healthz").await.status, 200);
+    let r = gw.get("/ops", Some("some-token")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        gw.get("/auth/login", None).await.status,
+        200,
+        "public routes need no database"
+    );
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn spool_survives_a_gateway_kill_and_is_replayed_at_start() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let link = PgLink::new(&db.url).await;
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--cache-ttl")
+        .arg("60")
+        .arg("--db-timeout-ms")
+        .arg("500");
+    opts.database_url = link.url.clone();
+    let mut gw = Gateway::start(opts).await;
+    let (_, token) = db.admin_with_roles(&["console-user"]).await;
+    assert_eq!(
+        gw.get("/ops", Some(&token)).await.status,
+        403,
+        "primes the cache"
+    );
+    link.cut();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let r = gw.get("/ops", Some(&token)).await;
+        assert_eq!(r.status, 403);
+        ids.push(r.request_id());
+    }
+    // SIGKILL: nothing gets a chance to flush.
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    link.restore();
+    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().unwrap());
+    let routes = gw.routes.clone();
+    drop(gw);
+    let gw = Gateway::start_in(GatewayOpts::new(core_routes(), &db, up.addr), dir, routes).await;
+    for id in &ids {
+        let mut n = 0;
+        for _ in 0..100 {
+            n = db.audit_rows(id).await.len();
+            if n > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            n,
+            1,
+            "row {id} replayed exactly once after restart; log:\n{}",
+            gw.log()
+        );
+    }
+}

@@ -1,0 +1,731 @@
+//! Test harness: a fresh database per test, a recording upstream, the real gateway binary, and
+//! a raw HTTP client that sends exactly the bytes a test gives it.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Database
+
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    /// A new, migrated database on the server of DATABASE_URL.
+    pub async fn new() -> TestDb {
+        let base = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL must be set (scripts/test.sh sets it)");
+        let name = format!("rbacgw_{}", uuid::Uuid::new_v4().simple());
+        let admin = PgPool::connect(&base)
+            .await
+            .expect("connect to DATABASE_URL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let (prefix, _) = base.rsplit_once('/').unwrap();
+        let url = format!("{prefix}/{name}");
+        let pool = PgPool::connect(&url).await.unwrap();
+        rbac_gateway::db::migrate(&pool).await.unwrap();
+        TestDb { url, pool }
+    }
+
+    pub async fn admin(&self, email: &str) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        sqlx::query("INSERT INTO admins (id, email) VALUES ($1, $2)")
+            .bind(&id)
+            .bind(email)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        id
+    }
+
+    /// A session expiring in `secs` seconds; returns the cookie value.
+    pub async fn session_for(&self, admin: &str, secs: i64) -> String {
+        let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(
+            "INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc) VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(admin)
+        .bind(rbac_gateway::identity::token_hash(&token))
+        .bind(secs as f64)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        token
+    }
+
+    pub async fn session(&self, admin: &str) -> String {
+        self.session_for(admin, 3600).await
+    }
+
+    pub async fn revoke_session(&self, token: &str) {
+        sqlx::query("UPDATE admin_sessions SET revoked_at_utc = now() WHERE token_sha256 = $1")
+            .bind(rbac_gateway::identity::token_hash(token))
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    pub async fn join_group(&self, admin: &str, group: &str) {
+        let n = sqlx::query(
+            "INSERT INTO rbac_user_groups (user_id, group_id, granted_by) SELECT $1, id, 'test' FROM rbac_groups WHERE name = $2",
+        )
+        .bind(admin)
+        .bind(group)
+        .execute(&self.pool)
+        .await
+        .unwrap()
+        .rows_affected();
+        assert_eq!(n, 1, "group {group} exists");
+    }
+
+    pub async fn leave_group(&self, admin: &str, group: &str) {
+        sqlx::query("DELETE FROM rbac_user_groups WHERE user_id = $1 AND group_id = (SELECT id FROM rbac_groups WHERE name = $2)")
+            .bind(admin)
+            .bind(group)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    /// A new group holding exactly these roles (never the legacy table).
+    pub async fn group_with_roles(&self, roles: &[&str]) -> String {
+        let name = format!("test-group-{}", uuid::Uuid::new_v4().simple());
+        sqlx::query("INSERT INTO rbac_groups (id, name) VALUES (gen_random_uuid()::text, $1)")
+            .bind(&name)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        for role in roles {
+            let n = sqlx::query(
+                "INSERT INTO rbac_group_roles (group_id, role_id) SELECT g.id, r.id FROM rbac_groups g, rbac_roles r WHERE g.name = $1 AND r.name = $2",
+            )
+            .bind(&name)
+            .bind(role)
+            .execute(&self.pool)
+            .await
+            .unwrap()
+            .rows_affected();
+            assert_eq!(n, 1, "role {role} exists in the catalogue");
+        }
+        name
+    }
+
+    /// An admin with a live session, member of a new group holding exactly `roles`.
+    pub async fn admin_with_roles(&self, roles: &[&str]) -> (String, String) {
+        let admin = self
+            .admin(&format!("{}@example.test", uuid::Uuid::new_v4().simple()))
+            .await;
+        if !roles.is_empty() {
+            let group = self.group_with_roles(roles).await;
+            self.join_group(&admin, &group).await;
+        }
+        let token = self.session(&admin).await;
+        (admin, token)
+    }
+
+    pub async fn break_glass(&self, admin: &str, secs: f64) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        sqlx::query(
+            "INSERT INTO rbac_break_glass_sessions (id, user_id, justification, granted_by, expires_at_utc) VALUES ($1, $2, 'incident 42: database failover', 'test', now() + make_interval(secs => $3))",
+        )
+        .bind(&id)
+        .bind(admin)
+        .bind(secs)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        id
+    }
+
+    pub async fn audit_rows(&self, request_id: &str) -> Vec<AuditRow> {
+        sqlx::query_as(
+            "SELECT event_type, admin_id, method, path, route, required, reason, request_id, client_ip, user_agent FROM access_audit_events WHERE request_id = $1",
+        )
+        .bind(request_id)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn audit_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM access_audit_events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuditRow {
+    pub event_type: String,
+    pub admin_id: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub route: Option<String>,
+    pub required: Option<String>,
+    pub reason: String,
+    pub request_id: String,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream
+
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A real HTTP/1.1 server that records every request and answers 200 (or `status`), after
+/// `delay` for paths starting with /slow.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub status: Arc<Mutex<u16>>,
+    /// TCP connections accepted (keep-alive pooling keeps this low).
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(Mutex::new(200u16));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s2, st2, c2) = (seen.clone(), status.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (seen, status) = (s2.clone(), st2.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (seen, status) = (seen.clone(), status.clone());
+                        async move {
+                            let method = req.method().to_string();
+                            let target = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.as_str().to_string())
+                                .unwrap_or_default();
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (
+                                        k.as_str().to_string(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
+                                })
+                                .collect();
+                            if target.starts_with("/slow") {
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                            }
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
+                            let n = body.len();
+                            seen.lock().unwrap().push(Seen {
+                                method,
+                                target,
+                                headers,
+                                body,
+                            });
+                            let code = *status.lock().unwrap();
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(code)
+                                    .body(Full::new(Bytes::from(format!(
+                                        "upstream ok, body {n} bytes\n"
+                                    ))))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            status,
+            connections,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway process
+
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub routes: PathBuf,
+}
+
+pub struct GatewayOpts {
+    pub routes: PathBuf,
+    pub database_url: String,
+    pub upstream: SocketAddr,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+    /// Wait for /readyz (true) or only /healthz (database deliberately unreachable).
+    pub wait_ready: bool,
+}
+
+impl GatewayOpts {
+    pub fn new(routes: impl AsRef<Path>, db: &TestDb, upstream: SocketAddr) -> GatewayOpts {
+        GatewayOpts {
+            routes: routes.as_ref().to_path_buf(),
+            database_url: db.url.clone(),
+            upstream,
+            env: vec![],
+            args: vec![],
+            wait_ready: true,
+        }
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_string());
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+}
+
+pub fn core_routes() -> PathBuf {
+    root().join("tests/fixtures/core.toml")
+}
+
+impl Gateway {
+    pub async fn start(opts: GatewayOpts) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        // A private copy, so tests may rewrite it.
+        let routes = dir.path().join("routes.toml");
+        std::fs::copy(&opts.routes, &routes).unwrap();
+        Self::start_in(opts, dir, routes).await
+    }
+
+    pub async fn start_in(opts: GatewayOpts, dir: tempfile::TempDir, routes: PathBuf) -> Gateway {
+        let port = free_port();
+        let admin_port = free_port();
+        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbac-gateway"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .arg("--upstream")
+            .arg(opts.upstream.to_string())
+            .arg("--routes")
+            .arg(&routes)
+            .arg("--database-url")
+            .arg(&opts.database_url)
+            .arg("--audit-spool")
+            .arg(dir.path().join("audit.spool"))
+            .arg("--threads")
+            .arg("1")
+            .arg("--upstream-read-timeout-ms")
+            .arg("1500")
+            .args(&opts.args)
+            .env_remove("FLAG_RBAC_V2")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start the gateway");
+        let gw = Gateway {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+            dir,
+            routes,
+        };
+        gw.wait(if opts.wait_ready {
+            "/readyz"
+        } else {
+            "/healthz"
+        })
+        .await;
+        // The proxy port opens after the admin port.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(gw.addr).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not listen; log:\n{}",
+                gw.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        gw
+    }
+
+    async fn wait(&self, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = send(
+                self.admin,
+                format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready at {path}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Resp {
+        send(
+            self.admin,
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The value of one metric line, e.g. `rbac_gateway_db_queries_total`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let body = self.admin_get("/metrics").await.body_str();
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        self.request("GET", path, token, &[], b"").await
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Resp {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: console.test\r\nConnection: close\r\nUser-Agent: rbac-gateway-tests\r\n");
+        if let Some(t) = token {
+            req.push_str(&format!("Cookie: theme=dark; console_session={t}\r\n"));
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" || method == "PUT" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        send(self.addr, &bytes)
+            .await
+            .unwrap_or_else(|e| panic!("request failed: {e}; log:\n{}", self.log()))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw client
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn request_id(&self) -> String {
+        self.header("x-request-id")
+            .expect("x-request-id on every gateway answer")
+            .to_string()
+    }
+}
+
+/// Sends raw bytes and reads one response (until the server closes or the body is complete).
+pub async fn send(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(bytes).await?;
+    read_response(&mut s).await
+}
+
+pub async fn read_response(s: &mut TcpStream) -> std::io::Result<Resp> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let deadline = Duration::from_secs(15);
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = tokio::time::timeout(deadline, s.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::other("timeout"))??;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("closed after {} bytes", buf.len()),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[head_end..].to_vec();
+    let len = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse::<usize>().unwrap());
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    loop {
+        if let Some(len) = len {
+            if body.len() >= len {
+                body.truncate(len);
+                break;
+            }
+        }
+        if chunked && body.windows(5).any(|w| w == b"0\r\n\r\n") {
+            body = dechunk(&body);
+            break;
+        }
+        let n = match tokio::time::timeout(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        };
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(p) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..p]).unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[p + 2..p + 2 + size]);
+        b = &b[p + 2 + size + 2..];
+    }
+    out
+}
+
+/// Everything a test needs for the core mapping: database, upstream, gateway.
+pub struct Env {
+    pub db: TestDb,
+    pub up: Upstream,
+    pub gw: Gateway,
+}
+
+impl Env {
+    pub async fn core() -> Env {
+        Self::with(core_routes(), |o| o).await
+    }
+
+    pub async fn with(routes: PathBuf, f: impl FnOnce(GatewayOpts) -> GatewayOpts) -> Env {
+        let db = TestDb::new().await;
+        let up = Upstream::start().await;
+        let gw = Gateway::start(f(GatewayOpts::new(routes, &db, up.addr))).await;
+        Env { db, up, gw }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A cuttable TCP path to PostgreSQL (a real network fault: connections reset, new ones refused).
+
+pub struct PgLink {
+    pub url: String,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl PgLink {
+    pub async fn new(db_url: &str) -> PgLink {
+        let target: String = {
+            let rest = db_url.split("@").nth(1).unwrap();
+            rest.split('/').next().unwrap().to_string()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let url = db_url.replacen(&target, &format!("127.0.0.1:{port}"), 1);
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::new(Mutex::new(Vec::new()));
+        let (d2, c2) = (down.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if d2.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c2.lock().unwrap().push(h.abort_handle());
+            }
+        });
+        PgLink { url, down, conns }
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}

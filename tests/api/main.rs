@@ -1,0 +1,10 @@
+//! The integration suite: one binary, each test with its own database, upstream and gateway
+//! process on real sockets. Needs DATABASE_URL (scripts/test.sh starts a throwaway server).
+
+mod helpers;
+
+mod cli;
+mod core;
+mod faults;
+mod identity;
+mod refusals;
