@@ -7,4 +7,5 @@ mod cli;
 mod core;
 mod faults;
 mod identity;
+mod mapping;
 mod refusals;
