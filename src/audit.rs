@@ -34,6 +34,9 @@ pub struct AuditEvent {
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
     pub created_at_utc: DateTime<Utc>,
+    /// Version of the mapping that decided.
+    #[serde(default)]
+    pub mapping_version: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,10 +49,12 @@ pub enum AuditError {
 
 pub const EVENT_DENIED: &str = "access_denied";
 pub const EVENT_SHADOW_DENIED: &str = "access_denied_shadow";
+/// Shadow mode: the gateway's decision and Console's own answer disagree.
+pub const EVENT_DRIFT: &str = "rbac_drift";
 
 const INSERT_SQL: &str = "INSERT INTO access_audit_events \
-    (id, event_type, admin_id, method, path, route, required, reason, request_id, client_ip, user_agent, created_at_utc) \
-    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) ON CONFLICT (id) DO NOTHING";
+    (id, event_type, admin_id, method, path, route, required, reason, request_id, client_ip, user_agent, created_at_utc, mapping_version) \
+    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT (id) DO NOTHING";
 
 pub struct AuditWriter {
     pool: PgPool,
@@ -75,6 +80,7 @@ async fn insert(pool: &PgPool, e: &AuditEvent) -> Result<(), sqlx::Error> {
         .bind(&e.client_ip)
         .bind(&e.user_agent)
         .bind(e.created_at_utc)
+        .bind(&e.mapping_version)
         .execute(pool)
         .await
         .map(|_| ())
@@ -189,6 +195,7 @@ impl AuditWriter {
                     .bind(&e.client_ip)
                     .bind(&e.user_agent)
                     .bind(e.created_at_utc)
+                    .bind(&e.mapping_version)
                     .execute(&mut *tx)
                     .await?;
             }

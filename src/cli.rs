@@ -12,7 +12,9 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
 use crate::audit::AuditWriter;
-use crate::config::{CheckArgs, ExplainArgs, MigrateArgs, ServeArgs, EXIT_PROBLEMS, EXIT_USAGE};
+use crate::config::{
+    CheckArgs, DriftArgs, ExplainArgs, MigrateArgs, ServeArgs, EXIT_PROBLEMS, EXIT_USAGE,
+};
 use crate::decision::{authorize, route_step, Step, Verdict};
 use crate::identity::Identity;
 use crate::mapping::{Mapping, Severity};
@@ -147,7 +149,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             .map_err(|e| failure(anyhow!("cannot listen on {admin_addr}: {e}")))?;
         tokio::spawn(crate::admin::serve(admin, gw.clone()));
         tokio::spawn(audit.replay_forever(Duration::from_millis(500)));
-        tokio::spawn(reload_on_sighup(gw.clone(), args.routes.clone()));
+        tokio::spawn(crate::reload::watch(gw.clone(), args.routes.clone()));
         Ok::<_, Exit>(gw)
     })?;
 
@@ -173,54 +175,6 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     tracing::info!("shut down");
     drop(bg);
     Ok(())
-}
-
-/// Applies a new mapping, keeping the old one when the new file is invalid.
-pub fn reload(gw: &Gateway, path: &Path) -> bool {
-    match Mapping::load(path) {
-        Ok(new) => {
-            let old = gw.mapping.load_full();
-            if old.version == new.version {
-                return true;
-            }
-            gw.metrics
-                .mapping_info
-                .with_label_values(&[&old.version])
-                .set(0);
-            gw.metrics
-                .mapping_info
-                .with_label_values(&[&new.version])
-                .set(1);
-            gw.metrics
-                .mapping_reloads
-                .with_label_values(&["success"])
-                .inc();
-            tracing::info!(from = %old.version, to = %new.version, routes = new.routes.len(), "mapping reloaded");
-            gw.mapping.store(Arc::new(new));
-            true
-        }
-        Err(e) => {
-            gw.metrics
-                .mapping_reloads
-                .with_label_values(&["failure"])
-                .inc();
-            for d in &e.diagnostics {
-                tracing::error!(error = %d, "mapping rejected; the previous mapping stays live");
-            }
-            false
-        }
-    }
-}
-
-async fn reload_on_sighup(gw: Arc<Gateway>, path: std::path::PathBuf) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading the mapping");
-        reload(&gw, &path);
-    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
@@ -580,4 +534,77 @@ pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
         println!("decision: {decision}");
         Ok(())
     })
+}
+
+pub fn drift(args: DriftArgs) -> Result<(), Exit> {
+    let mapping = load_mapping(&args.routes)?;
+    let cluster_of = |label: &str| {
+        mapping
+            .routes
+            .iter()
+            .find(|r| r.label() == label)
+            .and_then(|r| r.meta.cluster.clone())
+            .unwrap_or_else(|| "-".to_string())
+    };
+    let rows: Vec<(Option<String>, String, String, i64)> = runtime()?.block_on(async {
+        let pool = db::pool(&args.database_url, 1, Duration::from_secs(10)).map_err(usage)?;
+        sqlx::query_as(
+            "SELECT route, event_type, reason, count(*) FROM access_audit_events \
+             WHERE event_type IN ('rbac_drift', 'access_denied_shadow') \
+               AND created_at_utc > now() - make_interval(hours => $1) \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .bind(args.since_hours as i32)
+        .fetch_all(&pool)
+        .await
+        .context("cannot read drift events")
+        .map_err(failure)
+    })?;
+    let wanted = |c: &str| args.cluster.as_deref().is_none_or(|w| w == c);
+    let mut clusters: std::collections::BTreeMap<String, (usize, i64, i64)> = Default::default();
+    for r in mapping
+        .routes
+        .iter()
+        .filter(|r| r.mode == crate::mapping::Mode::Shadow)
+    {
+        let c = r.meta.cluster.clone().unwrap_or_else(|| "-".into());
+        clusters.entry(c).or_default().0 += 1;
+    }
+    println!(
+        "drift report: last {} h, mapping {} ({})",
+        args.since_hours,
+        args.routes.display(),
+        mapping.version
+    );
+    let mut drift_total = 0;
+    let mut lines = Vec::new();
+    for (route, event, reason, n) in &rows {
+        let label = route.clone().unwrap_or_else(|| "-".into());
+        let c = cluster_of(&label);
+        if !wanted(&c) {
+            continue;
+        }
+        let entry = clusters.entry(c.clone()).or_default();
+        if event == crate::audit::EVENT_DRIFT {
+            entry.1 += n;
+            drift_total += n;
+            lines.push(format!("  DRIFT {label} [{c}]: {n} x {reason}"));
+        } else {
+            entry.2 += n;
+        }
+    }
+    for (c, (rules, drift, would_deny)) in clusters.iter().filter(|(c, _)| wanted(c)) {
+        println!("cluster {c}: {rules} shadow rule(s), {drift} drift event(s), {would_deny} would-be denial(s)");
+    }
+    for l in &lines {
+        println!("{l}");
+    }
+    if drift_total > 0 {
+        return Err(Exit {
+            code: EXIT_PROBLEMS,
+            error: anyhow!("{drift_total} drift event(s) in the window"),
+        });
+    }
+    println!("zero drift");
+    Ok(())
 }

@@ -31,6 +31,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Explain the decision for one admin, method and path.
     Explain(ExplainArgs),
+    /// Report shadow-mode drift (gateway vs Console's own answer) per cluster and route; exits 1
+    /// when there is drift in the window.
+    Drift(DriftArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -151,4 +154,20 @@ pub struct ExplainArgs {
     pub method: String,
     /// Request path (and query), as a client would send it.
     pub path: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DriftArgs {
+    /// The mapping (to group routes by cluster and list the shadow-mode rules).
+    #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
+    pub routes: PathBuf,
+    /// Console's PostgreSQL (where drift events are recorded).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// The window, in hours (default: 7 days).
+    #[arg(long, default_value_t = 168)]
+    pub since_hours: u32,
+    /// Only this cluster (e.g. S2).
+    #[arg(long)]
+    pub cluster: Option<String>,
 }

@@ -16,6 +16,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`db`]: pool and embedded migrations.
+//! - [`reload`]: live policy: the mapping file watched and swapped in whole.
 //! - [`cli`]: `serve`, `migrate`, `check`, `explain`.
 #![forbid(unsafe_code)]
 
@@ -29,4 +30,5 @@ pub mod identity;
 pub mod mapping;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod target;

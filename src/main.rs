@@ -18,6 +18,7 @@ fn main() {
         Command::Migrate(a) => cli::migrate(a),
         Command::Check(a) => cli::check(a),
         Command::Explain(a) => cli::explain(a),
+        Command::Drift(a) => cli::drift(a),
     };
     if let Err(exit) = result {
         eprintln!("rbac-gateway: {:#}", exit.error);

@@ -29,6 +29,10 @@ pub struct Metrics {
     /// 1 for the active mapping's version.
     pub mapping_info: IntGaugeVec,
     pub mapping_reloads: IntCounterVec,
+    /// Shadow mode: gateway and Console disagree, by route and kind.
+    pub drift: IntCounterVec,
+    /// Shadow mode: gateway and Console agree, by route.
+    pub shadow_agreements: IntCounterVec,
 }
 
 impl Metrics {
@@ -115,6 +119,22 @@ impl Metrics {
                 &["result"],
             )
             .unwrap(),
+            drift: IntCounterVec::new(
+                Opts::new(
+                    "rbac_gateway_drift_total",
+                    "Shadow mode: the gateway and Console disagree",
+                ),
+                &["route", "kind"],
+            )
+            .unwrap(),
+            shadow_agreements: IntCounterVec::new(
+                Opts::new(
+                    "rbac_gateway_shadow_agreements_total",
+                    "Shadow mode: the gateway and Console agree",
+                ),
+                &["route"],
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -131,6 +151,8 @@ impl Metrics {
         r.register(Box::new(m.audit_spool_bytes.clone())).unwrap();
         r.register(Box::new(m.mapping_info.clone())).unwrap();
         r.register(Box::new(m.mapping_reloads.clone())).unwrap();
+        r.register(Box::new(m.drift.clone())).unwrap();
+        r.register(Box::new(m.shadow_agreements.clone())).unwrap();
         m
     }
 

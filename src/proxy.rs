@@ -16,7 +16,7 @@ use pingora::protocols::http::ServerSession as HttpSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
-use crate::audit::{AuditEvent, AuditWriter, EVENT_DENIED, EVENT_SHADOW_DENIED};
+use crate::audit::{AuditEvent, AuditWriter, EVENT_DENIED, EVENT_DRIFT, EVENT_SHADOW_DENIED};
 use crate::decision::{
     authorize, effective_mode, route_step, Step, Verdict, REASON_MISSING_ROLE, REASON_NO_ROUTE,
 };
@@ -45,7 +45,13 @@ pub struct Ctx {
     admin_id: Option<String>,
     roles: Option<String>,
     shadow_denied: bool,
+    /// Shadow-mode routes: the row to write if Console's answer disagrees with the gateway.
+    drift: Option<AuditEvent>,
 }
+
+/// Drift kinds (stored as the reason of an `rbac_drift` row).
+pub const DRIFT_CONSOLE_DENIED: &str = "gateway_allowed_console_denied";
+pub const DRIFT_CONSOLE_ALLOWED: &str = "gateway_denied_console_allowed";
 
 /// `next=` keeps only unreserved characters unescaped.
 const NEXT: &AsciiSet = &NON_ALPHANUMERIC
@@ -56,6 +62,7 @@ const NEXT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// What a denial (or a shadow would-be denial) records.
 struct Denial<'a> {
+    mapping_version: &'a str,
     admin: Option<&'a str>,
     target: &'a Target,
     route: Option<&'a Route>,
@@ -170,6 +177,7 @@ impl Proxy {
                 .get(http::header::USER_AGENT)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
             created_at_utc: chrono::Utc::now(),
+            mapping_version: Some(d.mapping_version.to_string()),
         }
     }
 
@@ -226,6 +234,7 @@ impl ProxyHttp for Proxy {
             admin_id: None,
             roles: None,
             shadow_denied: false,
+            drift: None,
         }
     }
 
@@ -276,6 +285,7 @@ impl ProxyHttp for Proxy {
                 };
                 decided("denied");
                 let d = Denial {
+                    mapping_version: &mapping.version,
                     admin: admin.as_deref(),
                     target: &t,
                     route: None,
@@ -352,11 +362,22 @@ impl ProxyHttp for Proxy {
                 tracing::debug!(request_id = %ctx.request_id, admin_id = %principal.admin_id, method = %method, path = %t.path, rule = %route.label(), granted_by = ?by, mapping_version = %mapping.version, "allowed");
                 ctx.admin_id = Some(principal.admin_id.clone());
                 ctx.roles = Some(principal.roles.join(","));
+                if effective_mode(route, self.gw.kill_switch) == Mode::Shadow {
+                    let d = Denial {
+                        mapping_version: &mapping.version,
+                        admin: Some(&principal.admin_id),
+                        target: &t,
+                        route: Some(route),
+                        reason: DRIFT_CONSOLE_DENIED,
+                    };
+                    ctx.drift = Some(self.audit_event(session, ctx, EVENT_DRIFT, &d));
+                }
                 Ok(false)
             }
             Verdict::Deny => match effective_mode(route, self.gw.kill_switch) {
                 Mode::Shadow => {
                     let d = Denial {
+                        mapping_version: &mapping.version,
                         admin: Some(&principal.admin_id),
                         target: &t,
                         route: Some(route),
@@ -372,6 +393,10 @@ impl ProxyHttp for Proxy {
                     ctx.admin_id = Some(principal.admin_id.clone());
                     ctx.roles = Some(principal.roles.join(","));
                     ctx.shadow_denied = true;
+                    let mut drift = event;
+                    drift.event_type = EVENT_DRIFT.to_string();
+                    drift.reason = DRIFT_CONSOLE_ALLOWED.to_string();
+                    ctx.drift = Some(drift);
                     Ok(false)
                 }
                 _ => {
@@ -381,6 +406,7 @@ impl ProxyHttp for Proxy {
                         ctx,
                         &mapping,
                         Denial {
+                            mapping_version: &mapping.version,
                             admin: Some(&principal.admin_id),
                             target: &t,
                             route: Some(route),
@@ -443,6 +469,46 @@ impl ProxyHttp for Proxy {
                 _ => ip,
             };
             upstream.insert_header("X-Forwarded-For", xff)?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Drift (002 Phase 4): Console's legacy gate answers 403 when it denies.
+        let Some(mut drift) = ctx.drift.take() else {
+            return Ok(());
+        };
+        let status = resp.status.as_u16();
+        let disagree = match drift.reason.as_str() {
+            DRIFT_CONSOLE_DENIED => status == 403,
+            _ => status < 400,
+        };
+        if disagree {
+            let route = drift.route.clone().unwrap_or_default();
+            self.gw
+                .metrics
+                .drift
+                .with_label_values(&[route.as_str(), drift.reason.as_str()])
+                .inc();
+            tracing::warn!(request_id = %ctx.request_id, rule = %route, kind = %drift.reason, console_status = status, "drift: the gateway and Console disagree");
+            drift.id = uuid::Uuid::new_v4().to_string();
+            let audit = self.gw.audit.clone();
+            tokio::spawn(async move {
+                if let Err(e) = audit.record(&drift).await {
+                    tracing::error!(error = %e, "cannot record a drift event");
+                }
+            });
+        } else if let Some(route) = &drift.route {
+            self.gw
+                .metrics
+                .shadow_agreements
+                .with_label_values(&[route.as_str()])
+                .inc();
         }
         Ok(())
     }

@@ -7,5 +7,6 @@ mod cli;
 mod core;
 mod faults;
 mod identity;
+mod live;
 mod mapping;
 mod refusals;

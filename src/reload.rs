@@ -1,0 +1,203 @@
+//! Live policy: the mapping file is watched and swapped in whole when it changes.
+//!
+//! The file is polled (read and hashed) every [`POLL`]; a new content is applied once it has
+//! been read identical twice in a row, so a half-written file is never taken for a new mapping.
+//! Polling the resolved path, instead of inotify, sees every way operators replace the file:
+//! in place, by rename, and Kubernetes' ConfigMap `..data` symlink swap. SIGHUP forces a check.
+//! A file that fails to load (syntax, validation, truncated, missing) leaves the old mapping
+//! live; the errors are logged with `FILE:LINE:COL`, and `rbac_gateway_mapping_reloads_total`
+//! counts the failure.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::mapping::{Mapping, Route};
+use crate::proxy::Gateway;
+
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// What an operator needs to read in the log: one line per rule that changed.
+pub fn diff(old: &Mapping, new: &Mapping) -> Vec<String> {
+    fn describe(r: &Route) -> String {
+        let what = match r.access {
+            crate::mapping::Access::Protected => {
+                let mut names: Vec<&str> = r.roles.iter().map(String::as_str).collect();
+                names.extend(r.permissions.iter().map(String::as_str));
+                names.join("|")
+            }
+            other => other.as_str().to_string(),
+        };
+        if r.mode == crate::mapping::Mode::Enforce {
+            what
+        } else {
+            format!("{what} (mode {})", r.mode.as_str())
+        }
+    }
+    fn index(m: &Mapping) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for r in &m.routes {
+            for method in &r.methods {
+                out.insert(format!("{method} {}", r.path), describe(r));
+            }
+        }
+        out
+    }
+    let (a, b) = (index(old), index(new));
+    let mut lines = Vec::new();
+    for (k, v) in &a {
+        match b.get(k) {
+            None => lines.push(format!("{k}: {v} -> removed")),
+            Some(w) if w != v => lines.push(format!("{k}: {v} -> {w}")),
+            _ => {}
+        }
+    }
+    for (k, w) in &b {
+        if !a.contains_key(k) {
+            lines.push(format!("{k}: added -> {w}"));
+        }
+    }
+    if old.default_mode != new.default_mode {
+        lines.push(format!(
+            "default mode: {} -> {}",
+            old.default_mode.as_str(),
+            new.default_mode.as_str()
+        ));
+    }
+    lines
+}
+
+/// Applies a mapping read from `path` if it differs from the live one. Returns false when the
+/// file was rejected (the old mapping stays live).
+pub fn apply(gw: &Gateway, path: &Path, text: &str) -> bool {
+    let display = path.display().to_string();
+    match Mapping::from_str(&display, path, text) {
+        Ok(new) => {
+            let old = gw.mapping.load_full();
+            if old.version == new.version {
+                return true;
+            }
+            let changes = diff(&old, &new);
+            gw.metrics
+                .mapping_info
+                .with_label_values(&[&old.version])
+                .set(0);
+            gw.metrics
+                .mapping_info
+                .with_label_values(&[&new.version])
+                .set(1);
+            gw.metrics
+                .mapping_reloads
+                .with_label_values(&["success"])
+                .inc();
+            tracing::info!(
+                from = %old.version, to = %new.version, routes = new.routes.len(),
+                changes = %changes.join("; "), "mapping reloaded"
+            );
+            for w in &new.warnings {
+                tracing::warn!(warning = %w, "mapping warning");
+            }
+            gw.mapping.store(Arc::new(new));
+            true
+        }
+        Err(e) => {
+            gw.metrics
+                .mapping_reloads
+                .with_label_values(&["failure"])
+                .inc();
+            for d in &e.diagnostics {
+                tracing::error!(error = %d, mapping_version = %gw.mapping.load().version, "mapping rejected; the previous mapping stays live");
+            }
+            false
+        }
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Watches `path` until the process ends.
+pub async fn watch(gw: Arc<Gateway>, path: PathBuf) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    if hup.is_none() {
+        tracing::error!("cannot install the SIGHUP handler; file polling still reloads");
+    }
+    // The content last applied or rejected, and a candidate seen once.
+    let mut settled: Option<[u8; 32]> = std::fs::read(&path).ok().map(|b| digest(&b));
+    let mut candidate: Option<[u8; 32]> = None;
+    loop {
+        let forced = tokio::select! {
+            _ = tokio::time::sleep(POLL) => false,
+            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let read = tokio::fs::read(&path).await;
+        let bytes = match read {
+            Ok(b) => b,
+            Err(e) => {
+                if forced || settled.is_some() {
+                    gw.metrics
+                        .mapping_reloads
+                        .with_label_values(&["failure"])
+                        .inc();
+                    tracing::error!(file = %path.display(), error = %e, "mapping unreadable; the previous mapping stays live");
+                }
+                settled = None;
+                candidate = None;
+                continue;
+            }
+        };
+        let d = digest(&bytes);
+        if forced {
+            tracing::info!(file = %path.display(), "SIGHUP: reloading the mapping");
+        } else if Some(d) == settled {
+            candidate = None;
+            continue;
+        } else if candidate != Some(d) {
+            // Seen once: wait one more poll to be sure the writer is done.
+            candidate = Some(d);
+            continue;
+        }
+        candidate = None;
+        settled = Some(d);
+        match String::from_utf8(bytes) {
+            Ok(text) => {
+                apply(&gw, &path, &text);
+            }
+            Err(_) => {
+                gw.metrics
+                    .mapping_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(file = %path.display(), "mapping is not UTF-8; the previous mapping stays live");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(text: &str) -> Mapping {
+        Mapping::from_str("r.toml", Path::new("r.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn diff_names_each_changed_rule() {
+        let a = m("[[route]]\nmethods = [\"POST\"]\npath = \"/secrets/<name>/rotate/htmx\"\nroles = [\"console-secrets-admin\"]\n[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manager\"]\n");
+        let b = m("[[route]]\nmethods = [\"POST\"]\npath = \"/secrets/<name>/rotate/htmx\"\nroles = [\"console-manager\"]\n[[route]]\nmethods = [\"GET\"]\npath = \"/ops2\"\nroles = [\"console-manager\"]\nmode = \"shadow\"\n");
+        assert_eq!(
+            diff(&a, &b),
+            vec![
+                "GET /ops: console-manager -> removed".to_string(),
+                "POST /secrets/<name>/rotate/htmx: console-secrets-admin -> console-manager"
+                    .to_string(),
+                "GET /ops2: added -> console-manager (mode shadow)".to_string(),
+            ]
+        );
+    }
+}

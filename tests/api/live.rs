@@ -1,0 +1,311 @@
+//! Live policy: hot reload under load, rejected files, ConfigMap swaps, SIGHUP, drift.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+const A: &str = "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manager\"]\n\n[[route]]\nmethods = [\"GET\"]\npath = \"/console/customers/<id>\"\nroles = [\"console-audit-user\"]\n";
+const B: &str = "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-user\"]\n\n[[route]]\nmethods = [\"GET\"]\npath = \"/console/customers/<id>\"\nroles = [\"console-audit-user\"]\n";
+
+fn version(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..6])
+}
+
+/// Replaces the file atomically (write a sibling, rename over), as editors and deploy tools do.
+fn swap(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn wait_for(gw: &Gateway, token: &str, status: u16) -> Duration {
+    let started = Instant::now();
+    loop {
+        if gw.get("/ops", Some(token)).await.status == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "mapping not live after 3 s; log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn env_with(text: &str) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("initial.toml");
+    std::fs::write(&p, text).unwrap();
+    let env = Env::with(p, |o| o.arg("--cache-ttl").arg("60")).await;
+    drop(dir);
+    env
+}
+
+#[tokio::test]
+async fn fifty_swaps_under_load_fail_no_request_and_each_is_decided_by_one_mapping() {
+    let env = env_with(A).await;
+    let (_, token) = env
+        .db
+        .admin_with_roles(&["console-user", "console-audit-user"])
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, denied, failed) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let denied_ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (stop, ok, denied, failed, ids, addr, token) = (
+            stop.clone(),
+            ok.clone(),
+            denied.clone(),
+            failed.clone(),
+            denied_ids.clone(),
+            env.gw.addr,
+            token.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let path = if i % 2 == 0 { "/ops".to_string() } else { format!("/console/customers/{c}{i}") };
+                let req = format!("GET {path} HTTP/1.1\r\nHost: c\r\nCookie: console_session={token}\r\nConnection: close\r\n\r\n");
+                match send(addr, req.as_bytes()).await {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(r) if r.status == 403 && path == "/ops" => {
+                        denied.fetch_add(1, Ordering::SeqCst);
+                        ids.lock().unwrap().push(r.request_id());
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    for i in 0..50 {
+        swap(&env.gw.routes, if i % 2 == 0 { B } else { A });
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    // The last swap (i = 49) wrote A.
+    let lag = wait_for(&env.gw, &token, 403).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no request may fail during reloads"
+    );
+    assert!(
+        ok.load(Ordering::SeqCst) > 50 && denied.load(Ordering::SeqCst) > 0,
+        "both mappings were live at times"
+    );
+    assert!(
+        lag < Duration::from_secs(1),
+        "the final mapping was live {lag:?} after the last check started"
+    );
+    // Every 403 on /ops was decided by mapping A (under B this admin is allowed).
+    let va = version(A);
+    let ids = denied_ids.lock().unwrap().clone();
+    for id in ids.iter().take(200) {
+        let rows: Vec<(Option<String>,)> =
+            sqlx::query_as("SELECT mapping_version FROM access_audit_events WHERE request_id = $1")
+                .bind(id)
+                .fetch_all(&env.db.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            rows,
+            vec![(Some(va.clone()),)],
+            "403 {id} decided by mapping A"
+        );
+    }
+    assert!(
+        env.gw
+            .metric("rbac_gateway_mapping_reloads_total{result=\"success\"}")
+            .await
+            >= 10.0
+    );
+}
+
+#[tokio::test]
+async fn reload_is_live_within_a_second_and_logs_what_changed() {
+    let env = env_with(A).await;
+    let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
+    assert_eq!(env.gw.get("/ops", Some(&token)).await.status, 403);
+    swap(&env.gw.routes, B);
+    let lag = wait_for(&env.gw, &token, 200).await;
+    assert!(lag < Duration::from_secs(1), "{lag:?}");
+    assert!(
+        env.gw
+            .log()
+            .contains("GET /ops: console-manager -> console-user"),
+        "{}",
+        env.gw.log()
+    );
+    assert_eq!(
+        env.gw
+            .metric(&format!(
+                "rbac_gateway_mapping_info{{version=\"{}\"}}",
+                version(B)
+            ))
+            .await,
+        1.0
+    );
+    // In-place edit (same inode).
+    std::fs::write(&env.gw.routes, A).unwrap();
+    assert!(wait_for(&env.gw, &token, 403).await < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn invalid_truncated_or_missing_files_keep_the_old_mapping() {
+    let env = env_with(B).await;
+    let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
+    assert_eq!(env.gw.get("/ops", Some(&token)).await.status, 200);
+    let broken = [
+        "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manager\"]\nmode = \"strict\"\n".to_string(),
+        B[..B.len() / 2].to_string(),
+        "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nrole = [\"x\"]\n".to_string(),
+    ];
+    for (i, text) in broken.iter().enumerate() {
+        swap(&env.gw.routes, text);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(
+            env.gw.get("/ops", Some(&token)).await.status,
+            200,
+            "broken file {i}: old mapping still enforced"
+        );
+        assert_eq!(env.gw.admin_get("/readyz").await.status, 200);
+    }
+    assert!(
+        env.gw
+            .metric("rbac_gateway_mapping_reloads_total{result=\"failure\"}")
+            .await
+            >= 3.0
+    );
+    let log = env.gw.log();
+    assert!(
+        log.contains(":5:8: unknown mode \\\"strict\\\"") || log.contains(":5:8: unknown mode"),
+        "{log}"
+    );
+    std::fs::remove_file(&env.gw.routes).unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        env.gw.get("/ops", Some(&token)).await.status,
+        200,
+        "missing file: old mapping kept"
+    );
+    // And a good file afterwards is picked up.
+    swap(&env.gw.routes, A);
+    wait_for(&env.gw, &token, 403).await;
+}
+
+#[tokio::test]
+async fn configmap_symlink_swap_and_sighup_reload() {
+    // Kubernetes mounts a ConfigMap as: routes.toml -> ..data/routes.toml, ..data -> ..2026_v1/
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("..v1")).unwrap();
+    std::fs::write(d.join("..v1/routes.toml"), A).unwrap();
+    std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/routes.toml", d.join("routes.toml")).unwrap();
+    let routes = d.join("routes.toml");
+    let gw = Gateway::start_in(
+        GatewayOpts::new(&routes, &db, up.addr)
+            .arg("--cache-ttl")
+            .arg("60"),
+        dir,
+        routes.clone(),
+    )
+    .await;
+    let (_, token) = db.admin_with_roles(&["console-user"]).await;
+    assert_eq!(gw.get("/ops", Some(&token)).await.status, 403);
+    let d = gw.dir.path().to_path_buf();
+    std::fs::create_dir(d.join("..v2")).unwrap();
+    std::fs::write(d.join("..v2/routes.toml"), B).unwrap();
+    std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    assert!(wait_for(&gw, &token, 200).await < Duration::from_secs(1));
+
+    // SIGHUP forces a reload check (and a reload of an unchanged file is a no-op).
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.get("/ops", Some(&token)).await.status, 200);
+    assert!(gw.log().contains("SIGHUP"), "{}", gw.log());
+    assert!(gw.child.id() > 0);
+}
+
+#[tokio::test]
+async fn shadow_mode_detects_drift_against_console() {
+    let text = "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manager\"]\nmode = \"shadow\"\ncluster = \"S2\"\n\n[[route]]\nmethods = [\"GET\"]\npath = \"/console/audit\"\nroles = [\"console-audit-user\"]\nmode = \"shadow\"\ncluster = \"S2\"\n";
+    let env = env_with(text).await;
+    let (_, user) = env.db.admin_with_roles(&["console-user"]).await;
+    let (_, auditor) = env.db.admin_with_roles(&["console-audit-user"]).await;
+    // Console allows what the gateway would deny: drift (gateway_denied_console_allowed).
+    let r = env.gw.get("/ops", Some(&user)).await;
+    assert_eq!(r.status, 200, "shadow forwards");
+    assert_eq!(
+        env.up.requests()[0].header("x-rbac-shadow-decision"),
+        Some("deny")
+    );
+    // Console denies what the gateway allows: drift (gateway_allowed_console_denied).
+    *env.up.status.lock().unwrap() = 403;
+    let r2 = env.gw.get("/console/audit", Some(&auditor)).await;
+    assert_eq!(r2.status, 403, "Console's answer is what the client gets");
+    // Agreement: both deny.
+    env.gw.get("/ops", Some(&user)).await;
+    let mut kinds = Vec::new();
+    for _ in 0..50 {
+        kinds = sqlx::query_scalar::<_, String>("SELECT reason FROM access_audit_events WHERE event_type = 'rbac_drift' ORDER BY reason")
+            .fetch_all(&env.db.pool)
+            .await
+            .unwrap();
+        if kinds.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            "gateway_allowed_console_denied",
+            "gateway_denied_console_allowed"
+        ]
+    );
+    assert_eq!(env.gw.metric("rbac_gateway_drift_total{kind=\"gateway_denied_console_allowed\",route=\"GET /ops\"}").await, 1.0);
+    assert_eq!(
+        env.gw
+            .metric("rbac_gateway_shadow_agreements_total{route=\"GET /ops\"}")
+            .await,
+        1.0
+    );
+    // The command lists it and exits 1.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .args(["drift", "--routes"])
+        .arg(&env.gw.routes)
+        .args(["--database-url", &env.db.url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("cluster S2: 2 shadow rule(s), 2 drift event(s)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("DRIFT GET /ops [S2]: 1 x gateway_denied_console_allowed"),
+        "{stdout}"
+    );
+}
