@@ -419,10 +419,14 @@ pub fn check_app_routes(
                 .iter()
                 .any(|r| norm(&r.path) == sig && r.methods.iter().any(|x| x == m));
             if !covered {
+                // Point at the rule in the dump, so the message is clickable too.
+                let at = text.find(&format!("\"{}\"", ar.rule)).unwrap_or(0);
+                let line = text[..at].matches('\n').count() + 1;
+                let col = at - text[..at].rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
                 out.push(diag(
-                    file,
-                    0,
-                    0,
+                    &app.display().to_string(),
+                    line,
+                    col,
                     Severity::Error,
                     format!("Console route {m} {} (endpoint {}) has no gateway rule: it would be denied with no_route", ar.rule, ar.endpoint),
                 ));

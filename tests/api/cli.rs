@@ -212,3 +212,86 @@ async fn explain_shows_rule_provenance_and_decision() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("decision: allow"), "{stdout}");
 }
+
+#[test]
+fn readme_configuration_reference_matches_the_cli() {
+    let out = Command::new("bash")
+        .arg(root().join("scripts/config-reference.sh"))
+        .arg(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find("<!-- config-reference:start -->\n")
+        .expect("marker")
+        + "<!-- config-reference:start -->\n".len();
+    let end = readme
+        .find("<!-- config-reference:end -->")
+        .expect("marker");
+    assert!(
+        readme[start..end] == generated,
+        "README's configuration reference is stale: regenerate it with scripts/config-reference.sh"
+    );
+}
+
+#[test]
+fn check_app_routes_finds_uncovered_and_stale_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.py");
+    std::fs::write(
+        &app,
+        "from flask import Flask\napp = Flask(__name__)\n\
+         @app.route('/ops')\ndef ops(): return 'x'\n\
+         @app.route('/console/customers/<int:id>', methods=['GET', 'POST'])\ndef customer(id): return 'x'\n\
+         @app.route('/console/customers/<int:id>/danger-zone')\ndef danger(id): return 'x'\n",
+    )
+    .unwrap();
+    let dump = Command::new("python3")
+        .arg(root().join("scripts/dump_flask_routes.py"))
+        .arg("app:app")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let json = dir.path().join("routes.json");
+    std::fs::write(&json, &dump.stdout).unwrap();
+    let routes = dir.path().join("r.toml");
+    std::fs::write(
+        &routes,
+        "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manager\"]\n\n\
+         [[route]]\nmethods = [\"GET\", \"POST\"]\npath = \"/console/customers/<int:cid>\"\nroles = [\"console-audit-user\"]\n\n\
+         [[route]]\nmethods = [\"GET\"]\npath = \"/replay\"\nroles = [\"console-manager\"]\n\n\
+         [[route]]\nmethods = [\"GET\"]\npath = \"/static/<path:filename>\"\naccess = \"public\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check")
+        .arg("--routes")
+        .arg(&routes)
+        .arg("--app-routes")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("routes.json:"), "{stdout}");
+    assert!(stdout.contains("Console route GET /console/customers/<int:id>/danger-zone (endpoint danger) has no gateway rule"), "{stdout}");
+    assert!(
+        stdout.contains(":11:1: gateway rule GET /replay matches no Console route"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("GET /ops"),
+        "covered routes are not reported: {stdout}"
+    );
+    assert!(
+        !stdout.contains("/static"),
+        "Flask's static rule is covered: {stdout}"
+    );
+}

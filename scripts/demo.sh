@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One command, a complete local setup: installs what is missing, builds the gateway, starts a
+# throwaway PostgreSQL, applies the migrations, seeds demo admins and sessions, starts a
+# stand-in Console and the gateway, and prints curl lines that show a 200, a 302 and a 403.
+#   scripts/demo.sh          keep everything running until Ctrl-C
+#   scripts/demo.sh --check  run the curl lines, check the answers, stop everything (CI)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-run}
+scripts/setup.sh
+cargo build --quiet
+bin=target/debug/rbac-gateway
+state=$(mktemp -d /tmp/rbacgw-demo.XXXXXX)
+chmod 755 "$state"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  scripts/pg.sh stop "$state/pg"
+  rm -rf "$state"
+}
+trap cleanup EXIT
+eval "$(scripts/pg.sh start "$state/pg")"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+up_port=$(free_port); gw_port=$(free_port); admin_port=$(free_port)
+"$bin" migrate --database-url "$DATABASE_URL" >/dev/null
+sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+psql -q "$DATABASE_URL" <<SQL
+INSERT INTO admins (id, email) VALUES
+  ('00000000-0000-4000-8000-00000000a11c', 'alice@example.test'),
+  ('00000000-0000-4000-8000-000000000b0b', 'bob@example.test');
+INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
+  SELECT '00000000-0000-4000-8000-00000000a11c', id, 'demo' FROM rbac_groups WHERE name = 'raxx-platform-admins';
+INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
+  SELECT '00000000-0000-4000-8000-000000000b0b', id, 'demo' FROM rbac_groups WHERE name = 'raxx-support-team';
+INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc) VALUES
+  (gen_random_uuid()::text, '00000000-0000-4000-8000-00000000a11c', '$(sha demo-alice)', now() + interval '8 hours'),
+  (gen_random_uuid()::text, '00000000-0000-4000-8000-000000000b0b', '$(sha demo-bob)', now() + interval '8 hours');
+SQL
+python3 scripts/demo_upstream.py "$up_port" & pids+=($!)
+"$bin" serve --listen "127.0.0.1:$gw_port" --admin-listen "127.0.0.1:$admin_port" \
+  --upstream "127.0.0.1:$up_port" --routes routes.toml --database-url "$DATABASE_URL" \
+  --audit-spool "$state/audit.spool" --log-format text 2>"$state/gateway.log" & pids+=($!)
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null || { cat "$state/gateway.log"; exit 1; }
+
+gw="http://127.0.0.1:$gw_port"
+lines=(
+  "200|alice (raxx-platform-admins) opens the ops page|curl -si -H 'Cookie: console_session=demo-alice' $gw/ops"
+  "302|no session: sent to the login page|curl -si $gw/console/customers/42?tab=audit"
+  "403|bob (raxx-support-team) is not a console-manager|curl -si -H 'Cookie: console_session=demo-bob' $gw/ops"
+  "400|a path Console would route differently is refused|curl -si --path-as-is $gw/console/customers/42/%2e%2e/invite"
+)
+fail=0
+echo
+echo "rbac-gateway is listening on $gw (admin: http://127.0.0.1:$admin_port/metrics), Console stand-in on :$up_port"
+for l in "${lines[@]}"; do
+  IFS='|' read -r want what cmd <<<"$l"
+  echo
+  echo "# $what (expect $want)"
+  echo "$cmd"
+  got=$(eval "$cmd -o /dev/null -w '%{http_code}'")
+  echo "-> $got"
+  [ "$got" = "$want" ] || fail=1
+done
+echo
+echo "# the audit row of the 403:"
+echo "psql '$DATABASE_URL' -c 'SELECT event_type, admin_id, method, path, route, required, reason FROM access_audit_events'"
+psql "$DATABASE_URL" -c 'SELECT event_type, admin_id, method, path, route, required, reason FROM access_audit_events'
+if [ "$mode" = "--check" ]; then
+  [ "$fail" = 0 ] && echo "demo check: ok" || { echo "demo check: FAILED"; cat "$state/gateway.log"; exit 1; }
+  exit 0
+fi
+[ "$fail" = 0 ] || echo "warning: an answer differed from the expected one; see $state/gateway.log"
+echo
+echo "Everything keeps running; press Ctrl-C to stop and clean up. Gateway log: $state/gateway.log"
+wait
