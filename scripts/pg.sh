@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts a throwaway PostgreSQL on a free loopback port with a private socket dir.
 # Usage: eval "$(scripts/pg.sh start DIR)"   -> exports DATABASE_URL and PG_DIR
-#        scripts/pg.sh stop DIR
+#        scripts/pg.sh restart DIR | stop DIR
 set -euo pipefail
 cmd=${1:?start|stop}
 dir=${2:?data directory}
@@ -20,6 +20,9 @@ start)
   echo "$port" >"$dir/port"
   echo "export PG_DIR=$dir"
   echo "export DATABASE_URL=postgres://postgres@127.0.0.1:$port/postgres"
+  ;;
+restart)
+  as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -m fast -w -t 60 restart >/dev/null
   ;;
 stop)
   [ -f "$dir/data/postmaster.pid" ] && as_pg "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true

@@ -109,12 +109,13 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         .map_err(failure)?;
     let gw = bg.block_on(async {
         let pool = db::pool(&args.database_url, args.db_pool_size, db_timeout).map_err(usage)?;
-        let identity = Identity::new(
+        let identity = Arc::new(Identity::new(
             pool.clone(),
             Duration::from_secs_f64(args.cache_ttl),
             args.cache_capacity,
             metrics.clone(),
-        );
+        ));
+        tokio::spawn(crate::feed::follow(pool.clone(), identity.clone(), metrics.clone()));
         let audit = Arc::new(AuditWriter::new(
             pool,
             args.audit_spool.clone(),

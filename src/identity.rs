@@ -237,10 +237,25 @@ impl Identity {
             .map_err(IdentityError::DatabaseUnavailable)
     }
 
-    /// Drops every cached answer (used when the gateway cannot tell what changed).
+    /// Drops every cached answer (a catalogue change, or the gateway cannot tell what changed).
     pub fn invalidate_all(&self) {
         self.sessions.invalidate_all();
         self.principals.invalidate_all();
+    }
+
+    /// Drops what is cached for one admin: their principal, and the session `token_sha256`
+    /// when a session row changed. A change to the admin row itself drops all their sessions.
+    pub async fn invalidate_admin(&self, admin_id: &str, token_sha256: Option<&str>) {
+        self.principals.invalidate(admin_id).await;
+        match token_sha256 {
+            Some(t) => self.sessions.invalidate(t).await,
+            None => {
+                let admin = admin_id.to_string();
+                let _ = self.sessions.invalidate_entries_if(move |_, v| {
+                    v.as_ref().is_some_and(|s| s.admin_id == admin)
+                });
+            }
+        }
     }
 }
 

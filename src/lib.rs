@@ -10,6 +10,7 @@
 //! - [`target`]: the request line and headers, refused (400) unless their routing is certain.
 //! - [`mapping`]: `routes.toml`: parse, validate, compile, match (Werkzeug semantics).
 //! - [`identity`]: session cookie -> admin -> effective roles and permissions; the cache.
+//! - [`feed`]: the change feed that evicts cache entries when grants change.
 //! - [`decision`]: pure: rule + principal -> allow / redirect / deny, with the reason.
 //! - [`proxy`]: pingora glue only.
 //! - [`audit`]: the durable writer of `access_audit_events`.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod decision;
+pub mod feed;
 pub mod identity;
 pub mod mapping;
 pub mod metrics;

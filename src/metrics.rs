@@ -33,6 +33,8 @@ pub struct Metrics {
     pub drift: IntCounterVec,
     /// Shadow mode: gateway and Console agree, by route.
     pub shadow_agreements: IntCounterVec,
+    /// Change-feed rows applied (cache evictions).
+    pub feed_events: IntCounter,
 }
 
 impl Metrics {
@@ -135,6 +137,11 @@ impl Metrics {
                 &["route"],
             )
             .unwrap(),
+            feed_events: IntCounter::new(
+                "rbac_gateway_feed_events_total",
+                "Change-feed rows applied to the caches",
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -153,6 +160,7 @@ impl Metrics {
         r.register(Box::new(m.mapping_reloads.clone())).unwrap();
         r.register(Box::new(m.drift.clone())).unwrap();
         r.register(Box::new(m.shadow_agreements.clone())).unwrap();
+        r.register(Box::new(m.feed_events.clone())).unwrap();
         m
     }
 

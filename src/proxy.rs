@@ -28,7 +28,7 @@ use crate::target::{self, Refusal, Target};
 /// Everything a request needs, shared by all workers.
 pub struct Gateway {
     pub mapping: ArcSwap<Mapping>,
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
     pub audit: Arc<AuditWriter>,
     pub metrics: Arc<Metrics>,
     pub kill_switch: bool,

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod cli;
+mod coherence;
 mod core;
 mod faults;
 mod identity;

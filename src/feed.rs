@@ -1,0 +1,136 @@
+//! The change feed: keeps the caches coherent with the database (issue 5, 004 §3.4).
+//!
+//! Triggers installed by `migrate` write one `rbac_change_log` row per change (the admin it
+//! affects, or NULL for "everyone") and `NOTIFY rbac_gateway_changes`. This task LISTENs (a
+//! notification wakes it at once) and, on every wake-up and at least every [`POLL`], reads the
+//! log from its cursor and evicts exactly the affected cache entries.
+//!
+//! The cursor is a transaction id: each read also takes the snapshot's xmin, and the next read
+//! asks for rows with `txid >= xmin`, so rows of transactions that commit out of order are never
+//! skipped. A dropped LISTEN connection, a lost notification or a PostgreSQL restart only delays
+//! the next read; the read catches up from the durable log. When the gateway cannot tell what it
+//! missed (no successful read for longer than [`BLIND_LIMIT`]), it clears every cache.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+
+pub const CHANNEL: &str = "rbac_gateway_changes";
+/// Longest time between two reads of the log, notification or not.
+pub const POLL: Duration = Duration::from_millis(250);
+/// Without a successful read for this long, the caches are cleared on recovery.
+pub const BLIND_LIMIT: Duration = Duration::from_secs(3600);
+
+const READ_SQL: &str = r#"
+WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+SELECT s.xmin::text, c.id, c.admin_id, c.token_sha256
+FROM s LEFT JOIN rbac_change_log c ON c.txid >= $1::text::xid8
+ORDER BY c.id
+"#;
+
+/// One read of the log: the new cursor and the changes since the old one.
+pub struct Batch {
+    pub xmin: String,
+    pub changes: Vec<(i64, Option<String>, Option<String>)>,
+}
+
+pub async fn read(pool: &PgPool, cursor: &str) -> Result<Batch, sqlx::Error> {
+    let rows: Vec<(String, Option<i64>, Option<String>, Option<String>)> = sqlx::query_as(READ_SQL)
+        .bind(cursor)
+        .fetch_all(pool)
+        .await?;
+    let xmin = rows
+        .first()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| cursor.to_string());
+    let changes = rows
+        .into_iter()
+        .filter_map(|(_, id, a, t)| id.map(|id| (id, a, t)))
+        .collect();
+    Ok(Batch { xmin, changes })
+}
+
+pub async fn current_xmin(pool: &PgPool) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        .fetch_one(pool)
+        .await
+}
+
+/// Follows the feed until the process ends.
+pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>) {
+    // Nothing is cached yet, so the past does not matter: start at the current xmin.
+    let mut cursor: Option<String> = None;
+    let mut seen: HashSet<i64> = HashSet::new();
+    let mut last_ok = Instant::now();
+    let mut listener: Option<PgListener> = None;
+    loop {
+        // (Re)connect the listener; failures only cost latency, the poll still runs.
+        if listener.is_none() {
+            match PgListener::connect_with(&pool).await {
+                Ok(mut l) => match l.listen(CHANNEL).await {
+                    Ok(()) => {
+                        tracing::info!("change feed: listening");
+                        listener = Some(l);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "change feed: LISTEN failed"),
+                },
+                Err(e) => tracing::warn!(error = %e, "change feed: cannot connect the listener"),
+            }
+        }
+        let Some(cur) = cursor.clone() else {
+            match current_xmin(&pool).await {
+                Ok(x) => {
+                    cursor = Some(x);
+                    last_ok = Instant::now();
+                }
+                Err(_) => tokio::time::sleep(POLL).await,
+            }
+            continue;
+        };
+        match read(&pool, &cur).await {
+            Ok(batch) => {
+                if last_ok.elapsed() > BLIND_LIMIT {
+                    tracing::warn!("change feed: blind for too long; clearing every cache");
+                    identity.invalidate_all();
+                }
+                last_ok = Instant::now();
+                let mut fresh = HashSet::with_capacity(batch.changes.len());
+                for (id, admin, token) in &batch.changes {
+                    fresh.insert(*id);
+                    if seen.contains(id) {
+                        continue;
+                    }
+                    metrics.feed_events.inc();
+                    match admin {
+                        None => identity.invalidate_all(),
+                        Some(admin) => identity.invalidate_admin(admin, token.as_deref()).await,
+                    }
+                }
+                // Rows below the new xmin will not be returned again.
+                seen = fresh;
+                cursor = Some(batch.xmin);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "change feed: cannot read the log; will catch up");
+                listener = None;
+            }
+        }
+        // Sleep until a notification or the poll interval, whichever comes first.
+        match listener.as_mut() {
+            Some(l) => match tokio::time::timeout(POLL, l.try_recv()).await {
+                Ok(Ok(Some(_))) | Err(_) => {}
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    tracing::warn!("change feed: listener connection lost; reconnecting");
+                    listener = None;
+                }
+            },
+            None => tokio::time::sleep(POLL).await,
+        }
+    }
+}
