@@ -144,6 +144,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             upstream,
             connect_timeout: Duration::from_millis(args.upstream_connect_timeout_ms),
             read_timeout: Duration::from_millis(args.upstream_read_timeout_ms),
+            ticket_grants: args.flag_ticket_scoped_grants == "1",
+            ticket_validation_url: args.ticket_validation_url.clone(),
         });
         let admin = tokio::net::TcpListener::bind(admin_addr)
             .await

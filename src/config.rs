@@ -103,6 +103,13 @@ pub struct ServeArgs {
     /// Seconds to finish in-flight requests after SIGTERM.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value_t = 2)]
     pub shutdown_grace: u64,
+    /// Re-validate ticket-scoped grants on every request against this URL ({ticket_id} is
+    /// replaced), e.g. FreeScout's conversation status; unreachable: 503. Unset: no re-validation.
+    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
+    pub ticket_validation_url: Option<String>,
+    /// Ticket-scoped grants on (1) or off (0; FLAG_TICKET_SCOPED_GRANTS=0 of 004 §9.1: they grant nothing).
+    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", value_parser = ["0", "1"])]
+    pub flag_ticket_scoped_grants: String,
     /// Log format: json or text.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "json")]
     pub log_format: String,

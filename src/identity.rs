@@ -51,6 +51,18 @@ impl Principal {
             .is_ok()
     }
 
+    /// This principal plus roles and permissions from elsewhere (ticket grants); never cached.
+    pub fn with_extra(&self, roles: &[String], permissions: &[String]) -> Principal {
+        let mut p = self.clone();
+        p.roles.extend(roles.iter().cloned());
+        p.roles.sort();
+        p.roles.dedup();
+        p.permissions.extend(permissions.iter().cloned());
+        p.permissions.sort();
+        p.permissions.dedup();
+        p
+    }
+
     /// A principal built in memory (tests, benchmarks): roles and permissions get sorted.
     pub fn for_tests(
         admin_id: &str,

@@ -11,6 +11,7 @@
 //! - [`mapping`]: `routes.toml`: parse, validate, compile, match (Werkzeug semantics).
 //! - [`identity`]: session cookie -> admin -> effective roles and permissions; the cache.
 //! - [`feed`]: the change feed that evicts cache entries when grants change.
+//! - [`ticket`]: ticket-scoped grants, checked live (never cached).
 //! - [`decision`]: pure: rule + principal -> allow / redirect / deny, with the reason.
 //! - [`proxy`]: pingora glue only.
 //! - [`audit`]: the durable writer of `access_audit_events`.
@@ -34,3 +35,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod target;
+pub mod ticket;

@@ -20,7 +20,7 @@ use crate::audit::{AuditEvent, AuditWriter, EVENT_DENIED, EVENT_DRIFT, EVENT_SHA
 use crate::decision::{
     authorize, effective_mode, route_step, Step, Verdict, REASON_MISSING_ROLE, REASON_NO_ROUTE,
 };
-use crate::identity::Identity;
+use crate::identity::{Identity, Principal};
 use crate::mapping::{Mapping, Mode, Route};
 use crate::metrics::Metrics;
 use crate::target::{self, Refusal, Target};
@@ -36,6 +36,9 @@ pub struct Gateway {
     pub upstream: SocketAddr,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Ticket-scoped grants honoured (FLAG_TICKET_SCOPED_GRANTS).
+    pub ticket_grants: bool,
+    pub ticket_validation_url: Option<String>,
 }
 
 /// Per-request state.
@@ -215,6 +218,54 @@ impl Proxy {
         Ok(true)
     }
 
+    /// The principal with its live ticket grants for `customer` (re-validated when configured),
+    /// or None when there are none. Err: the database or the ticket validator did not answer.
+    async fn ticket_principal(
+        &self,
+        principal: &Principal,
+        customer: i32,
+        ctx: &Ctx,
+    ) -> std::result::Result<Option<Principal>, ()> {
+        let pool = self.gw.identity.pool();
+        self.gw.metrics.db_queries.inc();
+        let all = crate::ticket::grants(pool, &principal.admin_id, customer, None).await.map_err(|e| {
+            tracing::error!(request_id = %ctx.request_id, error = %e, "cannot read ticket grants: answering 503");
+        })?;
+        if all.tickets.is_empty() {
+            return Ok(None);
+        }
+        let grants = match &self.gw.ticket_validation_url {
+            None => all,
+            Some(url) => {
+                let mut open = Vec::new();
+                let mut ids: Vec<&String> = all.tickets.iter().map(|(t, _)| t).collect();
+                ids.dedup();
+                for t in ids {
+                    match crate::ticket::ticket_open(url, t, Duration::from_secs(2)).await {
+                        Ok(true) => open.push(t.clone()),
+                        Ok(false) => {
+                            tracing::info!(request_id = %ctx.request_id, ticket = %t, "ticket closed: its grant is ignored")
+                        }
+                        Err(e) => {
+                            tracing::error!(request_id = %ctx.request_id, ticket = %t, error = %e, "ticket re-validation failed: answering 503 (fail closed)");
+                            return Err(());
+                        }
+                    }
+                }
+                if open.is_empty() {
+                    return Ok(None);
+                }
+                self.gw.metrics.db_queries.inc();
+                crate::ticket::grants(pool, &principal.admin_id, customer, Some(&open)).await.map_err(|e| {
+                    tracing::error!(request_id = %ctx.request_id, error = %e, "cannot read ticket grants: answering 503");
+                })?
+            }
+        };
+        Ok(Some(
+            principal.with_extra(&grants.roles, &grants.permissions),
+        ))
+    }
+
     fn count(&self, _ctx: &Ctx, decision: &str) {
         self.gw
             .metrics
@@ -355,7 +406,36 @@ impl ProxyHttp for Proxy {
                 return Ok(true);
             }
         };
-        match authorize(route, &principal) {
+        let mut verdict = authorize(route, &principal);
+        let mut principal = principal;
+        if verdict == Verdict::Deny && self.gw.ticket_grants {
+            let customer = route.customer_param.as_ref().and_then(|param| {
+                let values = &found.as_ref()?.1.values;
+                values
+                    .iter()
+                    .find(|(n, _)| n == param)?
+                    .1
+                    .parse::<i32>()
+                    .ok()
+            });
+            if let Some(customer) = customer {
+                match self.ticket_principal(&principal, customer, ctx).await {
+                    Ok(Some(p)) => {
+                        verdict = authorize(route, &p);
+                        principal = Arc::new(p);
+                    }
+                    Ok(None) => {}
+                    Err(()) => {
+                        decided("unavailable");
+                        self.count(ctx, "unavailable");
+                        self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
+                            .await?;
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        match verdict {
             Verdict::Allow { by } => {
                 decided("allowed");
                 self.count(ctx, "allowed");

@@ -11,3 +11,4 @@ mod identity;
 mod live;
 mod mapping;
 mod refusals;
+mod tickets;

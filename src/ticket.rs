@@ -1,0 +1,146 @@
+//! Ticket-scoped grants (004 §3.2, §5, §9.3; RV-4): on a rule that names the path variable
+//! holding the customer id (`customer_param`), an admin also holds the roles of their active
+//! `rbac_ticket_grants` rows for that customer. Checked live on every request, never cached:
+//! a ticket can close between two requests.
+//!
+//! Optionally each granting ticket is re-validated against an HTTP endpoint (FreeScout's
+//! conversation status, T-PEN-6). When that endpoint is configured and does not answer, the
+//! request fails closed with 503.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Roles and permissions granted through active ticket grants, with the tickets behind them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TicketGrants {
+    pub roles: Vec<String>,
+    pub permissions: Vec<String>,
+    /// (ticket id, role name) of every active grant row.
+    pub tickets: Vec<(String, String)>,
+}
+
+const SQL: &str = r#"
+WITH RECURSIVE
+t AS (
+    SELECT tg.role_id, tg.ticket_id FROM rbac_ticket_grants tg
+    WHERE tg.user_id = $1 AND tg.customer_id = $2 AND tg.revoked_at_utc IS NULL
+      AND (tg.expires_at_utc IS NULL OR tg.expires_at_utc > now())
+      AND ($3::text[] IS NULL OR tg.ticket_id = ANY($3))
+),
+expanded(role_id) AS (
+    SELECT role_id FROM t
+    UNION
+    SELECT ri.parent_role_id FROM rbac_role_inheritance ri JOIN expanded e ON ri.child_role_id = e.role_id
+)
+SELECT
+    COALESCE((SELECT array_agg(r.name ORDER BY r.name) FROM rbac_roles r WHERE r.id IN (SELECT role_id FROM expanded)), '{}'),
+    COALESCE((SELECT array_agg(DISTINCT p.name ORDER BY p.name) FROM rbac_role_permissions rp
+              JOIN rbac_permissions p ON p.id = rp.permission_id WHERE rp.role_id IN (SELECT role_id FROM expanded)), '{}'),
+    COALESCE((SELECT array_agg(t.ticket_id || ' ' || r.name ORDER BY t.ticket_id) FROM t JOIN rbac_roles r ON r.id = t.role_id), '{}')
+"#;
+
+/// The admin's live ticket grants for one customer (one round trip, inheritance expanded),
+/// restricted to `only` tickets when given.
+pub async fn grants(
+    pool: &PgPool,
+    admin_id: &str,
+    customer_id: i32,
+    only: Option<&[String]>,
+) -> Result<TicketGrants, sqlx::Error> {
+    let (roles, permissions, pairs): (Vec<String>, Vec<String>, Vec<String>) = sqlx::query_as(SQL)
+        .bind(admin_id)
+        .bind(customer_id)
+        .bind(only)
+        .fetch_one(pool)
+        .await?;
+    let tickets = pairs
+        .into_iter()
+        .filter_map(|p| {
+            p.split_once(' ')
+                .map(|(t, r)| (t.to_string(), r.to_string()))
+        })
+        .collect();
+    Ok(TicketGrants {
+        roles,
+        permissions,
+        tickets,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TicketCheckError {
+    #[error("ticket validation endpoint unreachable: {0}")]
+    Unreachable(String),
+    #[error("ticket validation endpoint answered {0}")]
+    BadAnswer(String),
+}
+
+/// Everything but RFC 3986 unreserved characters is escaped in the ticket id.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Statuses of a FreeScout conversation that keep a ticket grant alive.
+const OPEN: &[&str] = &["active", "pending"];
+
+/// Asks `url_template` (with `{ticket_id}` replaced) whether the ticket is still open.
+/// The endpoint answers 200 with JSON `{"status": "active" | "pending" | "closed" | ...}`;
+/// 404 means the ticket does not exist (not open). Only `http://host:port/...` is supported:
+/// the validator is expected on a local or sidecar address.
+pub async fn ticket_open(
+    url_template: &str,
+    ticket_id: &str,
+    timeout: Duration,
+) -> Result<bool, TicketCheckError> {
+    let encoded: String = percent_encoding::utf8_percent_encode(ticket_id, UNRESERVED).to_string();
+    let url = url_template.replace("{ticket_id}", &encoded);
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        TicketCheckError::Unreachable(format!("only http:// is supported: {url}"))
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|e| TicketCheckError::Unreachable(e.to_string()))?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| TicketCheckError::Unreachable(e.to_string()))?;
+        let mut buf = Vec::new();
+        s.take(64 * 1024)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| TicketCheckError::Unreachable(e.to_string()))?;
+        Ok::<_, TicketCheckError>(buf)
+    };
+    let buf = tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| TicketCheckError::Unreachable("timed out".into()))??;
+    let text = String::from_utf8_lossy(&buf);
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| TicketCheckError::BadAnswer("no status line".into()))?;
+    match status {
+        404 => Ok(false),
+        200 => {
+            let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+            let v: serde_json::Value = serde_json::from_str(body.trim())
+                .map_err(|e| TicketCheckError::BadAnswer(format!("not JSON: {e}")))?;
+            let st = v
+                .get("status")
+                .and_then(|s| s.as_str())
+                .ok_or_else(|| TicketCheckError::BadAnswer("no status".into()))?;
+            Ok(OPEN.contains(&st))
+        }
+        other => Err(TicketCheckError::BadAnswer(format!("HTTP {other}"))),
+    }
+}
