@@ -34,14 +34,18 @@ FROM s LEFT JOIN rbac_change_log c ON c.txid >= $1::text::xid8
 ORDER BY c.id
 "#;
 
+/// One change: log id, affected admin (None: everyone), session token hash.
+pub type Change = (i64, Option<String>, Option<String>);
+
 /// One read of the log: the new cursor and the changes since the old one.
 pub struct Batch {
     pub xmin: String,
-    pub changes: Vec<(i64, Option<String>, Option<String>)>,
+    pub changes: Vec<Change>,
 }
 
 pub async fn read(pool: &PgPool, cursor: &str) -> Result<Batch, sqlx::Error> {
-    let rows: Vec<(String, Option<i64>, Option<String>, Option<String>)> = sqlx::query_as(READ_SQL)
+    type Row = (String, Option<i64>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(READ_SQL)
         .bind(cursor)
         .fetch_all(pool)
         .await?;
