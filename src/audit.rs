@@ -1,11 +1,16 @@
 //! The durable writer of `access_audit_events` (I-2: a row on every 403).
 //!
-//! [`AuditWriter::record`] returns only once the row is durable: inserted into PostgreSQL, or,
-//! while PostgreSQL does not answer, appended to a local spool file and fsynced. The spool is
-//! replayed into PostgreSQL when it answers again (at start-up too, so it survives a crash);
-//! the row id is the primary key and replay uses `ON CONFLICT DO NOTHING`, so a row is stored
-//! exactly once even if a replay is interrupted. When the spool is full, `record` fails and the
-//! caller answers 503 instead of denying without a record.
+//! One writer task groups rows (group commit): it takes every row queued within a couple of
+//! milliseconds, up to [`MAX_BATCH`], and writes them with one multi-row INSERT. Each caller of
+//! [`AuditWriter::record`] waits until its row is durable: committed in PostgreSQL, or, while
+//! PostgreSQL does not answer, appended to a local spool file and fsynced (once per batch). The
+//! spool is replayed into PostgreSQL when it answers again, and at start-up, so it survives a
+//! crash; the row id is the primary key and every INSERT says `ON CONFLICT (id) DO NOTHING`, so a
+//! replay interrupted half-way stores each row exactly once. When the spool is full, `record`
+//! fails and the caller answers 503 instead of denying without a record.
+//!
+//! Allowed traffic never waits for this writer, and the writer holds at most one database
+//! connection, so a flood of denials cannot starve the session and role lookups.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,7 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::metrics::Metrics;
 
@@ -39,12 +44,14 @@ pub struct AuditEvent {
     pub mapping_version: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {
     #[error("audit spool is full ({0} bytes): refusing to deny without a record")]
     SpoolFull(u64),
-    #[error("audit spool cannot be written")]
-    SpoolIo(#[source] std::io::Error),
+    #[error("audit spool cannot be written: {0}")]
+    SpoolIo(String),
+    #[error("audit writer stopped")]
+    Stopped,
 }
 
 pub const EVENT_DENIED: &str = "access_denied";
@@ -52,11 +59,49 @@ pub const EVENT_SHADOW_DENIED: &str = "access_denied_shadow";
 /// Shadow mode: the gateway's decision and Console's own answer disagree.
 pub const EVENT_DRIFT: &str = "rbac_drift";
 
+/// Most rows per INSERT.
+pub const MAX_BATCH: usize = 512;
+/// How long the writer waits for more rows once it has one.
+pub const GATHER: Duration = Duration::from_millis(2);
+/// Rows waiting for the writer before `record` itself waits (backpressure on denials only).
+const QUEUE: usize = 16_384;
+
 const INSERT_SQL: &str = "INSERT INTO access_audit_events \
     (id, event_type, admin_id, method, path, route, required, reason, request_id, client_ip, user_agent, created_at_utc, mapping_version) \
-    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT (id) DO NOTHING";
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                         $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::text[]) \
+    ON CONFLICT (id) DO NOTHING";
 
-pub struct AuditWriter {
+/// Inserts rows with one statement (on any executor: the pool or a transaction).
+async fn insert<'e, E: sqlx::PgExecutor<'e>>(
+    exec: E,
+    rows: &[AuditEvent],
+) -> Result<(), sqlx::Error> {
+    fn col<T>(rows: &[AuditEvent], f: impl Fn(&AuditEvent) -> T) -> Vec<T> {
+        rows.iter().map(f).collect()
+    }
+    sqlx::query(INSERT_SQL)
+        .bind(col(rows, |e| e.id.clone()))
+        .bind(col(rows, |e| e.event_type.clone()))
+        .bind(col(rows, |e| e.admin_id.clone()))
+        .bind(col(rows, |e| e.method.clone()))
+        .bind(col(rows, |e| e.path.clone()))
+        .bind(col(rows, |e| e.route.clone()))
+        .bind(col(rows, |e| e.required.clone()))
+        .bind(col(rows, |e| e.reason.clone()))
+        .bind(col(rows, |e| e.request_id.clone()))
+        .bind(col(rows, |e| e.client_ip.clone()))
+        .bind(col(rows, |e| e.user_agent.clone()))
+        .bind(col(rows, |e| e.created_at_utc))
+        .bind(col(rows, |e| e.mapping_version.clone()))
+        .execute(exec)
+        .await
+        .map(|_| ())
+}
+
+type Job = (AuditEvent, oneshot::Sender<Result<(), AuditError>>);
+
+struct Inner {
     pool: PgPool,
     spool: PathBuf,
     max_spool: u64,
@@ -66,66 +111,87 @@ pub struct AuditWriter {
     timeout: Duration,
 }
 
-async fn insert(pool: &PgPool, e: &AuditEvent) -> Result<(), sqlx::Error> {
-    sqlx::query(INSERT_SQL)
-        .bind(&e.id)
-        .bind(&e.event_type)
-        .bind(&e.admin_id)
-        .bind(&e.method)
-        .bind(&e.path)
-        .bind(&e.route)
-        .bind(&e.required)
-        .bind(&e.reason)
-        .bind(&e.request_id)
-        .bind(&e.client_ip)
-        .bind(&e.user_agent)
-        .bind(e.created_at_utc)
-        .bind(&e.mapping_version)
-        .execute(pool)
-        .await
-        .map(|_| ())
+pub struct AuditWriter {
+    tx: mpsc::Sender<Job>,
+    inner: Arc<Inner>,
 }
 
 impl AuditWriter {
-    pub fn new(
+    /// Starts the writer task on the current runtime.
+    pub fn start(
         pool: PgPool,
         spool: PathBuf,
         max_spool: u64,
         timeout: Duration,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        AuditWriter {
+    ) -> Arc<Self> {
+        let inner = Arc::new(Inner {
             pool,
             spool,
             max_spool,
             lock: Mutex::new(()),
             metrics,
             timeout,
-        }
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write_loop(inner.clone(), rx));
+        Arc::new(AuditWriter { tx, inner })
     }
 
-    /// Makes the row durable (database or spool) before returning.
+    /// Returns once the row is durable (database or spool).
     pub async fn record(&self, event: &AuditEvent) -> Result<(), AuditError> {
-        // While rows wait in the spool, new rows join them so that replay keeps their order.
-        let spooled = self.spool_len().await > 0;
-        if !spooled {
-            match tokio::time::timeout(self.timeout, insert(&self.pool, event)).await {
-                Ok(Ok(())) => {
-                    self.metrics
-                        .audit_rows
-                        .with_label_values(&["database"])
-                        .inc();
-                    return Ok(());
+        let (done, wait) = oneshot::channel();
+        self.inner.metrics.audit_queue_depth.inc();
+        if self.tx.send((event.clone(), done)).await.is_err() {
+            self.inner.metrics.audit_queue_depth.dec();
+            return Err(AuditError::Stopped);
+        }
+        wait.await.unwrap_or(Err(AuditError::Stopped))
+    }
+
+    /// Moves every spooled row into PostgreSQL, then empties the spool. Returns rows replayed.
+    pub async fn replay(&self) -> Result<usize, sqlx::Error> {
+        self.inner.replay().await
+    }
+
+    /// Replays the spool every `every` until the process ends.
+    pub async fn replay_forever(self: Arc<Self>, every: Duration) {
+        loop {
+            if self.inner.spool_len().await > 0 {
+                match self.replay().await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(rows = n, "replayed spooled audit rows into the database")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "audit spool replay failed; will retry"),
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "audit insert failed; spooling the row"),
-                Err(_) => tracing::warn!("audit insert timed out; spooling the row"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+async fn write_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + GATHER;
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(job)) => batch.push(job),
+                _ => break,
             }
         }
-        self.append(event).await?;
-        self.metrics.audit_rows.with_label_values(&["spool"]).inc();
-        Ok(())
+        let (rows, waiters): (Vec<AuditEvent>, Vec<_>) = batch.into_iter().unzip();
+        inner.metrics.audit_queue_depth.sub(rows.len() as i64);
+        let result = inner.write(&rows).await;
+        inner.metrics.audit_batches.inc();
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
     }
+}
 
+impl Inner {
     async fn spool_len(&self) -> u64 {
         tokio::fs::metadata(&self.spool)
             .await
@@ -133,34 +199,65 @@ impl AuditWriter {
             .unwrap_or(0)
     }
 
-    async fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
+    async fn write(&self, rows: &[AuditEvent]) -> Result<(), AuditError> {
+        // While rows wait in the spool, new rows join them so that replay keeps their order.
+        if self.spool_len().await == 0 {
+            match tokio::time::timeout(self.timeout, insert(&self.pool, rows)).await {
+                Ok(Ok(())) => {
+                    self.metrics
+                        .audit_rows
+                        .with_label_values(&["database"])
+                        .inc_by(rows.len() as u64);
+                    return Ok(());
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, rows = rows.len(), "audit insert failed; spooling the rows")
+                }
+                Err(_) => tracing::warn!(
+                    rows = rows.len(),
+                    "audit insert timed out; spooling the rows"
+                ),
+            }
+        }
+        self.append(rows).await?;
+        self.metrics
+            .audit_rows
+            .with_label_values(&["spool"])
+            .inc_by(rows.len() as u64);
+        Ok(())
+    }
+
+    async fn append(&self, rows: &[AuditEvent]) -> Result<(), AuditError> {
         let _guard = self.lock.lock().await;
-        let mut line = serde_json::to_vec(event).expect("audit events serialize");
-        line.push(b'\n');
+        let mut lines = Vec::new();
+        for e in rows {
+            serde_json::to_writer(&mut lines, e).expect("audit events serialize");
+            lines.push(b'\n');
+        }
         let path = self.spool.clone();
         let max = self.max_spool;
         let len = tokio::task::spawn_blocking(move || -> Result<u64, AuditError> {
             let current = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if current + line.len() as u64 > max {
+            if current + lines.len() as u64 > max {
                 return Err(AuditError::SpoolFull(current));
             }
+            let io = |e: std::io::Error| AuditError::SpoolIo(e.to_string());
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
-                .map_err(AuditError::SpoolIo)?;
-            f.write_all(&line).map_err(AuditError::SpoolIo)?;
-            f.sync_data().map_err(AuditError::SpoolIo)?;
-            Ok(current + line.len() as u64)
+                .map_err(io)?;
+            f.write_all(&lines).map_err(io)?;
+            f.sync_data().map_err(io)?;
+            Ok(current + lines.len() as u64)
         })
         .await
-        .map_err(|e| AuditError::SpoolIo(std::io::Error::other(e)))??;
+        .map_err(|e| AuditError::SpoolIo(e.to_string()))??;
         self.metrics.audit_spool_bytes.set(len as i64);
         Ok(())
     }
 
-    /// Moves every spooled row into PostgreSQL, then empties the spool. Returns rows replayed.
-    pub async fn replay(&self) -> Result<usize, sqlx::Error> {
+    async fn replay(&self) -> Result<usize, sqlx::Error> {
         let _guard = self.lock.lock().await;
         let text = match tokio::fs::read_to_string(&self.spool).await {
             Ok(t) => t,
@@ -181,23 +278,8 @@ impl AuditWriter {
             .collect();
         if !events.is_empty() {
             let mut tx = self.pool.begin().await?;
-            for e in &events {
-                sqlx::query(INSERT_SQL)
-                    .bind(&e.id)
-                    .bind(&e.event_type)
-                    .bind(&e.admin_id)
-                    .bind(&e.method)
-                    .bind(&e.path)
-                    .bind(&e.route)
-                    .bind(&e.required)
-                    .bind(&e.reason)
-                    .bind(&e.request_id)
-                    .bind(&e.client_ip)
-                    .bind(&e.user_agent)
-                    .bind(e.created_at_utc)
-                    .bind(&e.mapping_version)
-                    .execute(&mut *tx)
-                    .await?;
+            for chunk in events.chunks(MAX_BATCH) {
+                insert(&mut *tx, chunk).await?;
             }
             tx.commit().await?;
         }
@@ -212,21 +294,5 @@ impl AuditWriter {
         self.metrics.audit_spool_bytes.set(0);
         self.metrics.audit_replayed.inc_by(events.len() as u64);
         Ok(events.len())
-    }
-
-    /// Replays the spool every `every` until the process ends.
-    pub async fn replay_forever(self: Arc<Self>, every: Duration) {
-        loop {
-            if self.spool_len().await > 0 {
-                match self.replay().await {
-                    Ok(n) if n > 0 => {
-                        tracing::info!(rows = n, "replayed spooled audit rows into the database")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "audit spool replay failed; will retry"),
-                }
-            }
-            tokio::time::sleep(every).await;
-        }
     }
 }

@@ -116,13 +116,13 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             metrics.clone(),
         ));
         tokio::spawn(crate::feed::follow(pool.clone(), identity.clone(), metrics.clone()));
-        let audit = Arc::new(AuditWriter::new(
-            pool,
+        let audit = AuditWriter::start(
+            pool.clone(),
             args.audit_spool.clone(),
             args.audit_spool_max_bytes,
             db_timeout,
             metrics.clone(),
-        ));
+        );
         metrics.mapping_info.with_label_values(&[&mapping.version]).set(1);
         for w in &mapping.warnings {
             tracing::warn!(warning = %w, "mapping warning");

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub drift: IntCounterVec,
     /// Shadow mode: gateway and Console agree, by route.
     pub shadow_agreements: IntCounterVec,
+    /// Audit rows waiting for the writer.
+    pub audit_queue_depth: IntGauge,
+    /// Multi-row INSERTs (or spool appends) the writer made.
+    pub audit_batches: IntCounter,
     /// Change-feed rows applied (cache evictions).
     pub feed_events: IntCounter,
 }
@@ -142,6 +146,16 @@ impl Metrics {
                 "Change-feed rows applied to the caches",
             )
             .unwrap(),
+            audit_queue_depth: IntGauge::new(
+                "rbac_gateway_audit_queue_depth",
+                "Audit rows waiting for the writer",
+            )
+            .unwrap(),
+            audit_batches: IntCounter::new(
+                "rbac_gateway_audit_batches_total",
+                "Group commits made by the audit writer",
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -161,6 +175,8 @@ impl Metrics {
         r.register(Box::new(m.drift.clone())).unwrap();
         r.register(Box::new(m.shadow_agreements.clone())).unwrap();
         r.register(Box::new(m.feed_events.clone())).unwrap();
+        r.register(Box::new(m.audit_queue_depth.clone())).unwrap();
+        r.register(Box::new(m.audit_batches.clone())).unwrap();
         m
     }
 

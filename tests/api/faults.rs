@@ -18,6 +18,7 @@ async fn database_down_uncached_is_503_cached_keeps_its_answer() {
     let gw = Gateway::start(opts).await;
     let (_, cached) = db.admin_with_roles(&["console-audit-user"]).await;
     let (_, uncached) = db.admin_with_roles(&["console-audit-user"]).await;
+    settle().await;
     assert_eq!(
         gw.get("/console/customers/1", Some(&cached)).await.status,
         200
@@ -100,6 +101,7 @@ async fn spool_survives_a_gateway_kill_and_is_replayed_at_start() {
     opts.database_url = link.url.clone();
     let mut gw = Gateway::start(opts).await;
     let (_, token) = db.admin_with_roles(&["console-user"]).await;
+    settle().await;
     assert_eq!(
         gw.get("/ops", Some(&token)).await.status,
         403,

@@ -729,3 +729,9 @@ impl PgLink {
         self.down.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Lets every gateway's change feed apply the rows the test just wrote: a feed eviction that
+/// lands after the test primed a cache would otherwise turn "cached" into "uncached".
+pub async fn settle() {
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+}

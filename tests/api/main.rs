@@ -6,6 +6,7 @@ mod helpers;
 mod cli;
 mod coherence;
 mod core;
+mod durability;
 mod faults;
 mod identity;
 mod live;
