@@ -10,4 +10,6 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The Console stand-in (tests/console_standin) and the Werkzeug oracle of the test suite.
+python3 -c 'import flask, gunicorn' 2>/dev/null || python3 -m pip install -q flask gunicorn werkzeug
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
