@@ -334,7 +334,7 @@ async fn misbehaving_upstreams_leak_no_connections() {
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
                     .await;
-                let _ = s.set_linger(Some(Duration::ZERO));
+                // Abort mid-body (the promised 1000 bytes never come).
                 drop(s);
             });
         }
@@ -353,9 +353,9 @@ async fn misbehaving_upstreams_leak_no_connections() {
     }
     let before = fds(gw.pid());
     for _ in 0..100 {
-        match send(gw.addr, format!("POST /upload HTTP/1.1\r\nHost: c\r\nCookie: console_session={token}\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx").as_bytes()).await {
-            Ok(r) => assert!(r.status == 200 || r.status == 502, "{}", r.status),
-            Err(_) => {} // the reset may reach the client after headers were relayed
+        // An Err is fine: the abort may reach the client after the headers were relayed.
+        if let Ok(r) = send(gw.addr, format!("POST /upload HTTP/1.1\r\nHost: c\r\nCookie: console_session={token}\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx").as_bytes()).await {
+            assert!(r.status == 200 || r.status == 502, "{}", r.status);
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
