@@ -1,0 +1,366 @@
+#!/usr/bin/env bash
+# Loopback load test of the gateway against two baselines, all on 127.0.0.1:
+#   (a) wrk -> nginx upstream (answers 200 "ok\n" to everything)
+#   (b) wrk -> nginx proxy_pass (keepalive upstream pool) -> upstream
+#   (c) wrk -> gateway -> upstream: an allowed route, one cached session
+#   (d) wrk -> gateway: a route that session is denied (403 + durable audit row each)
+#   (e) wrk -> gateway -> upstream: 10,000 distinct sessions (10,000 admins) in rotation
+# Each round runs a..e one after another with the same wrk settings; the table shows medians over
+# the rounds, plus c/b, d/c, the gateway's peak RSS after (e), database queries per request in
+# case (c), and audit rows written during (d) next to the 403s wrk saw. The table is also written
+# to target/load-report.md.
+#
+# Usage: [ROUNDS=3] [DURATION=10] [CONNECTIONS=64] [THREADS=2] scripts/load.sh
+#   DURATION      seconds per wrk run (a bare number or "10s"); total is about 5 x ROUNDS x DURATION
+#                 plus ~20 s of set-up once the release build exists
+#   CONNECTIONS   wrk connections; THREADS: wrk threads
+#   PROXY_WORKERS nginx proxy worker_processes (default: the gateway's default thread count, the
+#                 number of cores)
+#   ALLOWED_PATH  default /ops (console-manager); DENIED_PATH default /console/flags/promotions
+#                 (console-flag_promotion_queue-read, which raxx-platform-admins does not hold)
+#   BUILD=0       skip `cargo build --release` (use the existing target/release/rbac-gateway)
+#   KEEP=1        keep the temporary directory (logs, nginx configs, raw wrk output)
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+DURATION=${DURATION%s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+NPROC=$(nproc)
+PROXY_WORKERS=${PROXY_WORKERS:-$NPROC}
+ALLOWED_PATH=${ALLOWED_PATH:-/ops}
+DENIED_PATH=${DENIED_PATH:-/console/flags/promotions}
+SESSIONS=${SESSIONS:-10000}
+BUILD=${BUILD:-1}
+KEEP=${KEEP:-0}
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+log() { printf '[load] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+[[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a whole number of seconds"
+(( THREADS <= CONNECTIONS )) || die "THREADS must not exceed CONNECTIONS"
+
+# --- what is missing ----------------------------------------------------------------------------
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v cmake >/dev/null || need+=(cmake)
+command -v curl >/dev/null || need+=(curl)
+command -v psql >/dev/null || need+=(postgresql-client)
+command -v python3 >/dev/null || need+=(python3)
+command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "missing: ${need[*]} (install them, or run as root)"
+  log "installing: ${need[*]}"
+  apt-get update -qq
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; then
+    # nginx-light is gone from newer Debian releases: the full package does the same here.
+    need=("${need[@]/nginx-light/nginx}")
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+# --- build --------------------------------------------------------------------------------------
+if [ "$BUILD" != 0 ]; then
+  log "cargo build --release (a few minutes from cold)"
+  cargo build --release --quiet --bin rbac-gateway
+fi
+GW_BIN=$root/target/release/rbac-gateway
+[ -x "$GW_BIN" ] || die "$GW_BIN is missing (run without BUILD=0)"
+
+# --- throwaway directory and cleanup ------------------------------------------------------------
+tmp=$(mktemp -d /tmp/rbac-load.XXXXXX)
+chmod 755 "$tmp" # the postgres user must reach $tmp/pg
+pids=()
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
+  [ -d "$tmp/pg" ] && "$root/scripts/pg.sh" stop "$tmp/pg"
+  if [ "$KEEP" = 1 ]; then log "kept $tmp"; else rm -rf "$tmp"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_http() { # url expected-status seconds
+  local i
+  for i in $(seq $(( $3 * 10 ))); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null)" = "$2" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# --- PostgreSQL, migrations, seed -------------------------------------------------------------
+log "starting PostgreSQL"
+eval "$("$root/scripts/pg.sh" start "$tmp/pg")"
+"$GW_BIN" migrate --database-url "$DATABASE_URL" >/dev/null
+psql_q() { psql "$DATABASE_URL" -X -q -At -v ON_ERROR_STOP=1 "$@"; }
+
+run=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+tok_admin="load-admin-$run"
+tok_norole="load-norole-$run"
+seq -f "load-e-$run-%.0f" 1 "$SESSIONS" >"$tmp/cookies.txt"
+log "seeding: 1 platform admin, 1 admin without roles, $SESSIONS admins with one session each"
+psql_q -v tok_admin="$tok_admin" -v tok_norole="$tok_norole" -v prefix="load-e-$run-" -v n="$SESSIONS" <<'SQL'
+INSERT INTO admins (id, email) VALUES
+  ('load-admin', 'load-admin@example.test'),
+  ('load-norole', 'load-norole@example.test');
+INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
+  SELECT 'load-admin', id, 'load.sh' FROM rbac_groups WHERE name = 'raxx-platform-admins';
+INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc) VALUES
+  ('load-s-admin', 'load-admin', encode(sha256(convert_to(:'tok_admin', 'UTF8')), 'hex'), now() + interval '3 hours'),
+  ('load-s-norole', 'load-norole', encode(sha256(convert_to(:'tok_norole', 'UTF8')), 'hex'), now() + interval '3 hours');
+INSERT INTO admins (id, email)
+  SELECT 'load-e-' || i, 'load-e-' || i || '@example.test' FROM generate_series(1, :n) i;
+INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
+  SELECT 'load-e-' || i, g.id, 'load.sh' FROM generate_series(1, :n) i, rbac_groups g
+  WHERE g.name = 'raxx-platform-admins';
+INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc)
+  SELECT 'load-se-' || i, 'load-e-' || i, encode(sha256(convert_to(:'prefix' || i, 'UTF8')), 'hex'), now() + interval '3 hours'
+  FROM generate_series(1, :n) i;
+ANALYZE;
+SQL
+
+# --- nginx upstream and nginx proxy -------------------------------------------------------------
+up_port=$(free_port)
+px_port=$(free_port)
+user_line=""
+[ "$(id -u)" = 0 ] && user_line="user root;"
+nginx_conf() { # name workers server-block
+  mkdir -p "$tmp/$1"
+  cat >"$tmp/$1/nginx.conf" <<EOF
+$user_line
+worker_processes $2;
+daemon off;
+pid $tmp/$1/nginx.pid;
+error_log $tmp/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  client_body_temp_path $tmp/$1/body;
+  proxy_temp_path $tmp/$1/proxy;
+  fastcgi_temp_path $tmp/$1/fastcgi;
+  uwsgi_temp_path $tmp/$1/uwsgi;
+  scgi_temp_path $tmp/$1/scgi;
+$3
+}
+EOF
+}
+nginx_conf upstream 1 "  server {
+    listen 127.0.0.1:$up_port;
+    location / { default_type text/plain; return 200 \"ok\\n\"; }
+  }"
+nginx_conf proxy "$PROXY_WORKERS" "  upstream app {
+    server 127.0.0.1:$up_port;
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$px_port;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }
+  }"
+for n in upstream proxy; do
+  "$NGINX" -t -q -p "$tmp/$n" -c "$tmp/$n/nginx.conf" -e "$tmp/$n/error.log" 2>"$tmp/$n/test.log" ||
+    die "nginx $n config: $(cat "$tmp/$n/test.log")"
+  "$NGINX" -p "$tmp/$n" -c "$tmp/$n/nginx.conf" -e "$tmp/$n/error.log" >"$tmp/$n/stdout.log" 2>&1 &
+  pids+=($!)
+done
+wait_http "http://127.0.0.1:$up_port/" 200 10 || die "nginx upstream did not start: $(cat "$tmp/upstream/error.log")"
+wait_http "http://127.0.0.1:$px_port/" 200 10 || die "nginx proxy did not start: $(cat "$tmp/proxy/error.log")"
+
+# --- the gateway ----------------------------------------------------------------------------------
+gw_port=$(free_port)
+adm_port=$(free_port)
+log "starting the gateway (default threads: $NPROC)"
+"$GW_BIN" serve \
+  --listen "127.0.0.1:$gw_port" \
+  --admin-listen "127.0.0.1:$adm_port" \
+  --upstream "127.0.0.1:$up_port" \
+  --routes "$root/routes.toml" \
+  --database-url "$DATABASE_URL" \
+  --audit-spool "$tmp/audit.spool" \
+  --cache-ttl 60 \
+  >"$tmp/gateway.log" 2>&1 &
+gw_pid=$!
+pids+=("$gw_pid")
+wait_http "http://127.0.0.1:$adm_port/readyz" 200 30 || die "gateway not ready: $(tail -5 "$tmp/gateway.log")"
+
+GW=http://127.0.0.1:$gw_port
+cookie() { printf 'Cookie: console_session=%s' "$1"; }
+status() { curl -s -o /dev/null -w '%{http_code}' "${@:2}" "$1"; }
+check() { # what url expected [curl args]
+  local got
+  got=$(status "$2" "${@:4}")
+  [ "$got" = "$3" ] || die "$1: expected $3, got $got"
+}
+check "upstream" "http://127.0.0.1:$up_port$ALLOWED_PATH" 200
+check "nginx proxy" "http://127.0.0.1:$px_port$ALLOWED_PATH" 200
+check "platform admin on $ALLOWED_PATH" "$GW$ALLOWED_PATH" 200 -H "$(cookie "$tok_admin")"
+check "platform admin on $DENIED_PATH" "$GW$DENIED_PATH" 403 -H "$(cookie "$tok_admin")"
+check "admin without roles on $ALLOWED_PATH" "$GW$ALLOWED_PATH" 403 -H "$(cookie "$tok_norole")"
+check "a rotated session" "$GW$ALLOWED_PATH" 200 -H "$(cookie "$(sed -n 7p "$tmp/cookies.txt")")"
+check "no session" "$GW$ALLOWED_PATH" 302
+
+metric() { # name or name{labels}: the sample's value, 0 when absent
+  curl -s "http://127.0.0.1:$adm_port/metrics" |
+    awk -v m="$1" '$1 == m { v = $2 } END { printf "%.0f\n", (v == "" ? 0 : v) }'
+}
+audit_rows() { psql_q -c "SELECT count(*) FROM access_audit_events WHERE event_type = 'access_denied'"; }
+
+# --- rounds -------------------------------------------------------------------------------------
+results=$tmp/results.tsv
+: >"$results"
+run_wrk() { # case round url [wrk args]: appends "round case rps p50_us p99_us requests errors_status socket_errors"
+  local c=$1 r=$2 url=$3 out
+  out=$tmp/wrk-$c-$r.txt
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${@:4}" "$url" >"$out" 2>&1 ||
+    die "wrk ($c) failed: $(cat "$out")"
+  awk -v r="$r" -v c="$c" '
+    function us(v,  n) {
+      n = v + 0
+      if (v ~ /us$/) return n
+      if (v ~ /ms$/) return n * 1000
+      if (v ~ /m$/) return n * 60000000
+      if (v ~ /s$/) return n * 1000000
+      return n
+    }
+    /^ +50%/ { p50 = us($2) }
+    /^ +99%/ { p99 = us($2) }
+    / requests in / { reqs = $1 }
+    /^Requests\/sec:/ { rps = $2 }
+    /Non-2xx or 3xx responses:/ { non2xx = $5 }
+    /Socket errors:/ { sock = $0; gsub(/[^0-9 ]/, "", sock); split(sock, a, " "); se = a[1] + a[2] + a[3] + a[4] }
+    END { printf "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", r, c, rps, p50, p99, reqs, non2xx, se }
+  ' "$out" >>"$results"
+  tail -1 "$results"
+}
+
+est=$(( ROUNDS * 5 * DURATION ))
+log "$ROUNDS round(s) x 5 cases x ${DURATION}s (~${est}s), wrk -t$THREADS -c$CONNECTIONS"
+extra=$tmp/extra.tsv
+: >"$extra"
+for r in $(seq "$ROUNDS"); do
+  log "round $r/$ROUNDS"
+  run_wrk a "$r" "http://127.0.0.1:$up_port$ALLOWED_PATH" >/dev/null
+  run_wrk b "$r" "http://127.0.0.1:$px_port$ALLOWED_PATH" >/dev/null
+
+  # (c): the session is resolved once, then served from the cache (steady state).
+  check "warm-up" "$GW$ALLOWED_PATH" 200 -H "$(cookie "$tok_admin")"
+  q0=$(metric rbac_gateway_db_queries_total)
+  line=$(run_wrk c "$r" "$GW$ALLOWED_PATH" -H "$(cookie "$tok_admin")")
+  q1=$(metric rbac_gateway_db_queries_total)
+  reqs_c=$(cut -f6 <<<"$line")
+
+  # (d): every request is a 403 with an audit row made durable first.
+  a0=$(audit_rows)
+  m0=$(metric 'rbac_gateway_requests_total{decision="denied"}')
+  line=$(run_wrk d "$r" "$GW$DENIED_PATH" -H "$(cookie "$tok_admin")")
+  sleep 1 # requests in flight when wrk stopped finish (row first, then the 403)
+  a1=$(audit_rows)
+  m1=$(metric 'rbac_gateway_requests_total{decision="denied"}')
+  wrk403=$(cut -f7 <<<"$line")
+
+  # (e): 10,000 sessions in rotation.
+  e0=$(metric rbac_gateway_db_queries_total)
+  line=$(COOKIES=$tmp/cookies.txt LOAD_PATH=$ALLOWED_PATH run_wrk e "$r" "$GW$ALLOWED_PATH" -s "$root/scripts/load/rotate.lua")
+  e1=$(metric rbac_gateway_db_queries_total)
+  reqs_e=$(cut -f6 <<<"$line")
+  hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$gw_pid/status")
+  rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$gw_pid/status")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$((q1 - q0))" "$reqs_c" "$((a1 - a0))" "$wrk403" \
+    "$((m1 - m0))" "$((e1 - e0))" "$reqs_e" "$hwm" "$rss" "$(cut -f2 <<<"$line")" >>"$extra"
+done
+kill -0 "$gw_pid" 2>/dev/null || die "the gateway died: $(tail -5 "$tmp/gateway.log")"
+
+# --- report -------------------------------------------------------------------------------------
+mkdir -p "$root/target"
+report=$root/target/load-report.md
+python3 - "$results" "$extra" "$report" <<PY
+import statistics, sys
+res, extra, out = sys.argv[1:4]
+rows = [l.rstrip("\n").split("\t") for l in open(res) if l.strip()]
+ex = [l.rstrip("\n").split("\t") for l in open(extra) if l.strip()]
+med = statistics.median
+names = {
+    "a": "a  wrk -> upstream (nginx return 200)",
+    "b": "b  wrk -> nginx proxy_pass keepalive -> upstream",
+    "c": "c  wrk -> gateway -> upstream, allowed $ALLOWED_PATH, cached session",
+    "d": "d  wrk -> gateway, denied $DENIED_PATH (403 + audit row)",
+    "e": "e  wrk -> gateway -> upstream, $SESSIONS sessions rotating",
+}
+def ms(us):
+    return f"{us / 1000:.3f} ms"
+stat = {}
+lines = []
+lines.append(f"# rbac-gateway loopback load ({len(ex)} round(s), medians)")
+lines.append("")
+lines.append("wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency; $NPROC cores shared by wrk, nginx, the gateway "
+             "(default threads = $NPROC) and PostgreSQL; nginx upstream worker_processes 1, "
+             "nginx proxy worker_processes $PROXY_WORKERS")
+lines.append("")
+lines.append("| case | requests/s | p50 | p99 |")
+lines.append("| --- | ---: | ---: | ---: |")
+for c in "abcde":
+    rs = [r for r in rows if r[1] == c]
+    rps = med(float(r[2]) for r in rs)
+    p50 = med(float(r[3]) for r in rs)
+    p99 = med(float(r[4]) for r in rs)
+    bad = sum(int(r[7]) for r in rs)
+    non2xx = sum(int(r[6]) for r in rs)
+    stat[c] = rps
+    note = ""
+    if c != "d" and non2xx:
+        note += f" ({non2xx} non-2xx!)"
+    if bad:
+        note += f" ({bad} socket errors)"
+    lines.append(f"| {names[c]}{note} | {rps:,.0f} | {ms(p50)} | {ms(p99)} |")
+lines.append("")
+lines.append(f"- c/b (gateway vs nginx proxy_pass): {stat['c'] / stat['b']:.2f}")
+lines.append(f"- d/c (denied with audit vs allowed): {stat['d'] / stat['c']:.2f}")
+lines.append(f"- c/a (gateway vs upstream alone): {stat['c'] / stat['a']:.2f}")
+hwm = max(int(e[8]) for e in ex)
+rss = int(ex[-1][9])
+lines.append(f"- gateway peak RSS after (e): VmHWM {hwm / 1024:.1f} MiB (VmRSS now {rss / 1024:.1f} MiB)")
+qc = [int(e[1]) / max(int(e[2]), 1) for e in ex]
+qe = [int(e[6]) / max(int(e[7]), 1) for e in ex]
+lines.append(f"- database queries per request, case c (steady state): {med(qc):.6f} "
+             f"(per round: {', '.join(f'{int(e[1])}/{e[2]}' for e in ex)})")
+lines.append(f"- database queries per request, case e: {med(qe):.4f} "
+             f"(per round: {', '.join(f'{int(e[6])}/{e[7]}' for e in ex)})")
+lines.append("- case d, per round: audit rows written / 403s wrk reported / gateway denials counted:")
+ok = True
+for e in ex:
+    rows_d, wrk403, denied = int(e[3]), int(e[4]), int(e[5])
+    inflight = rows_d - wrk403
+    match = rows_d == denied and 0 <= inflight <= $CONNECTIONS
+    ok &= match
+    lines.append(f"  - round {e[0]}: {rows_d} / {wrk403} / {denied}"
+                 + ("" if rows_d == wrk403 else f" ({inflight} answered after wrk stopped reading)")
+                 + ("" if match else "  MISMATCH"))
+lines.append(f"- audit rows vs 403s: {'match' if ok else 'MISMATCH'} "
+             "(every 403 has its row; wrk stops reading with up to one request per connection in flight)")
+text = "\n".join(lines) + "\n"
+sys.stdout.write(text)
+open(out, "w").write(text)
+PY
+log "report written to target/load-report.md"
