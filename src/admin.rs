@@ -47,7 +47,24 @@ async fn handle(mut stream: TcpStream, gw: Arc<Gateway>) -> std::io::Result<()> 
     let (status, ctype, body) = match (method, path) {
         (b"GET", b"/healthz") => (200, "text/plain", "ok\n".to_string()),
         (b"GET", b"/readyz") => ready(&gw).await,
-        (b"GET", b"/metrics") => (200, "text/plain; version=0.0.4", gw.metrics.render()),
+        (b"GET", b"/metrics") => {
+            let (sessions, principals) = gw.identity.cache_sizes();
+            let m = &gw.metrics;
+            m.cache_entries
+                .with_label_values(&["session"])
+                .set(sessions as i64);
+            m.cache_entries
+                .with_label_values(&["principal"])
+                .set(principals as i64);
+            let pool = gw.identity.pool();
+            m.db_pool
+                .with_label_values(&["open"])
+                .set(pool.size() as i64);
+            m.db_pool
+                .with_label_values(&["idle"])
+                .set(pool.num_idle() as i64);
+            (200, "text/plain; version=0.0.4", m.render())
+        }
         (b"GET", _) => (404, "text/plain", "not found\n".to_string()),
         _ => (405, "text/plain", "method not allowed\n".to_string()),
     };

@@ -44,8 +44,20 @@ fn failure(e: impl Into<anyhow::Error>) -> Exit {
 }
 
 pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // pingora's debug and trace records print whole request headers, cookies included: a session
+    // token must never reach the log, whatever RUST_LOG asks for.
+    for krate in [
+        "pingora",
+        "pingora_core",
+        "pingora_proxy",
+        "pingora_http",
+        "pingora_pool",
+        "pingora_cache",
+    ] {
+        filter = filter.add_directive(format!("{krate}=info").parse().expect("static directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

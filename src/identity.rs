@@ -249,6 +249,11 @@ impl Identity {
             .map_err(IdentityError::DatabaseUnavailable)
     }
 
+    /// (sessions, principals) cached right now.
+    pub fn cache_sizes(&self) -> (u64, u64) {
+        (self.sessions.entry_count(), self.principals.entry_count())
+    }
+
     /// Drops every cached answer (a catalogue change, or the gateway cannot tell what changed).
     pub fn invalidate_all(&self) {
         self.sessions.invalidate_all();

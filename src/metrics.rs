@@ -33,6 +33,12 @@ pub struct Metrics {
     pub drift: IntCounterVec,
     /// Shadow mode: gateway and Console agree, by route.
     pub shadow_agreements: IntCounterVec,
+    /// Upstream response time (first byte of the response head), by status class.
+    pub upstream_seconds: HistogramVec,
+    /// Entries per cache (refreshed when /metrics is read).
+    pub cache_entries: IntGaugeVec,
+    /// Database pool connections by state: open, idle (refreshed when /metrics is read).
+    pub db_pool: IntGaugeVec,
     /// Audit rows waiting for the writer.
     pub audit_queue_depth: IntGauge,
     /// Multi-row INSERTs (or spool appends) the writer made.
@@ -146,6 +152,31 @@ impl Metrics {
                 "Change-feed rows applied to the caches",
             )
             .unwrap(),
+            upstream_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "rbac_gateway_upstream_duration_seconds",
+                    "Upstream response time to the response head",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ]),
+                &["status_class"],
+            )
+            .unwrap(),
+            cache_entries: IntGaugeVec::new(
+                Opts::new("rbac_gateway_cache_entries", "Entries per cache"),
+                &["cache"],
+            )
+            .unwrap(),
+            db_pool: IntGaugeVec::new(
+                Opts::new(
+                    "rbac_gateway_db_pool_connections",
+                    "Database pool connections by state",
+                ),
+                &["state"],
+            )
+            .unwrap(),
             audit_queue_depth: IntGauge::new(
                 "rbac_gateway_audit_queue_depth",
                 "Audit rows waiting for the writer",
@@ -176,6 +207,9 @@ impl Metrics {
         r.register(Box::new(m.shadow_agreements.clone())).unwrap();
         r.register(Box::new(m.feed_events.clone())).unwrap();
         r.register(Box::new(m.audit_queue_depth.clone())).unwrap();
+        r.register(Box::new(m.upstream_seconds.clone())).unwrap();
+        r.register(Box::new(m.cache_entries.clone())).unwrap();
+        r.register(Box::new(m.db_pool.clone())).unwrap();
         r.register(Box::new(m.audit_batches.clone())).unwrap();
         m
     }

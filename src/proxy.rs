@@ -50,6 +50,8 @@ pub struct Ctx {
     shadow_denied: bool,
     /// Shadow-mode routes: the row to write if Console's answer disagrees with the gateway.
     drift: Option<AuditEvent>,
+    /// When the request was sent upstream.
+    upstream_started: Option<Instant>,
 }
 
 /// Drift kinds (stored as the reason of an `rbac_drift` row).
@@ -286,6 +288,7 @@ impl ProxyHttp for Proxy {
             roles: None,
             shadow_denied: false,
             drift: None,
+            upstream_started: None,
         }
     }
 
@@ -370,6 +373,7 @@ impl ProxyHttp for Proxy {
         else {
             decided("redirected");
             self.count(ctx, "redirected");
+            tracing::debug!(request_id = %ctx.request_id, method = %method, path = %t.path, rule = %route.label(), mapping_version = %mapping.version, "redirected to login: no valid session");
             self.respond(session, ctx, 302, Some(redirect(&t)), "Found\n", false)
                 .await?;
             return Ok(true);
@@ -382,6 +386,7 @@ impl ProxyHttp for Proxy {
             Ok(None) => {
                 decided("redirected");
                 self.count(ctx, "redirected");
+                tracing::debug!(request_id = %ctx.request_id, method = %method, path = %t.path, rule = %route.label(), mapping_version = %mapping.version, "redirected to login: no valid session");
                 self.respond(session, ctx, 302, Some(redirect(&t)), "Found\n", false)
                     .await?;
                 return Ok(true);
@@ -539,6 +544,7 @@ impl ProxyHttp for Proxy {
             upstream.insert_header("X-Rbac-Shadow-Decision", "deny")?;
         }
         upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        ctx.upstream_started = Some(Instant::now());
         if let Some(ip) = client_ip(session) {
             let xff = match upstream
                 .headers
@@ -559,11 +565,20 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let status = resp.status.as_u16();
+        if let Some(t) = ctx.upstream_started {
+            let class =
+                ["1xx", "2xx", "3xx", "4xx", "5xx"][(status / 100).clamp(1, 5) as usize - 1];
+            self.gw
+                .metrics
+                .upstream_seconds
+                .with_label_values(&[class])
+                .observe(t.elapsed().as_secs_f64());
+        }
         // Drift (002 Phase 4): Console's legacy gate answers 403 when it denies.
         let Some(mut drift) = ctx.drift.take() else {
             return Ok(());
         };
-        let status = resp.status.as_u16();
         let disagree = match drift.reason.as_str() {
             DRIFT_CONSOLE_DENIED => status == 403,
             _ => status < 400,

@@ -329,3 +329,58 @@ async fn sigterm_shuts_down_within_a_few_seconds() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn logs_are_json_one_line_per_decision_and_never_carry_the_token() {
+    let env = Env::with(core_routes(), |o| o.env("RUST_LOG", "debug")).await;
+    let (admin, token) = env.db.admin_with_roles(&["console-audit-user"]).await;
+    let allowed = env.gw.get("/console/customers/1", Some(&token)).await;
+    let denied = env.gw.get("/ops", Some(&token)).await;
+    let redirected = env.gw.get("/ops", None).await;
+    assert_eq!(
+        (allowed.status, denied.status, redirected.status),
+        (200, 403, 302)
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = env.gw.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let find = |rid: &str, msg: &str| {
+        lines
+            .iter()
+            .find(|v| v["request_id"] == rid && v["message"] == msg)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {msg:?} line for {rid}:\n{log}"))
+    };
+    let d = find(&denied.request_id(), "denied");
+    assert_eq!(d["level"], "INFO");
+    assert_eq!(d["admin_id"], admin.as_str());
+    assert_eq!(d["rule"], "GET /ops");
+    assert_eq!(d["mapping_version"].as_str().unwrap().len(), 12);
+    let a = find(&allowed.request_id(), "allowed");
+    assert_eq!(a["level"], "DEBUG");
+    find(
+        &redirected.request_id(),
+        "redirected to login: no valid session",
+    );
+    if let Some(l) = log.lines().find(|l| l.contains(&token)) {
+        panic!("the session token reached the log: {l}");
+    }
+    assert!(!log.contains("console_session"), "nor the cookie");
+    // pingora's own `log` records are captured as JSON too.
+    assert!(lines.iter().any(|v| v["target"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("pingora"))));
+    let metrics = env.gw.admin_get("/metrics").await.body_str();
+    for name in [
+        "rbac_gateway_upstream_duration_seconds_bucket",
+        "rbac_gateway_cache_entries{cache=\"session\"}",
+        "rbac_gateway_db_pool_connections{state=\"open\"}",
+        "rbac_gateway_audit_queue_depth",
+        "rbac_gateway_requests_total{decision=\"allowed\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} in /metrics");
+    }
+}
