@@ -103,6 +103,7 @@ fn check_request(head: &[u8], req: &RequestHeader) -> std::result::Result<Target
     for name in req.headers.keys() {
         target::check_header_name(name.as_str())?;
     }
+    target::check_framing(&req.headers, req.version == http::Version::HTTP_11)?;
     Ok(t)
 }
 

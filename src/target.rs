@@ -35,6 +35,11 @@ pub enum Refusal {
     UnderscoreHeader(String),
     ObsFold,
     MalformedRequestLine,
+    /// Message framing two parsers could read differently (request smuggling): Content-Length
+    /// with Transfer-Encoding, repeated or malformed Content-Length, a Transfer-Encoding other
+    /// than a single `chunked`.
+    AmbiguousFraming,
+    MissingHost,
 }
 
 impl Refusal {
@@ -58,6 +63,8 @@ impl Refusal {
             Refusal::UnderscoreHeader(_) => "underscore_header",
             Refusal::ObsFold => "obs_fold",
             Refusal::MalformedRequestLine => "malformed_request_line",
+            Refusal::AmbiguousFraming => "ambiguous_framing",
+            Refusal::MissingHost => "missing_host",
         }
     }
 }
@@ -191,6 +198,36 @@ pub fn check_header_name(name: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Refuses framing that Console's server could read differently from the gateway.
+pub fn check_framing(headers: &http::HeaderMap, http11: bool) -> Result<(), Refusal> {
+    let te: Vec<&http::HeaderValue> = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .collect();
+    let cl: Vec<&http::HeaderValue> = headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .collect();
+    if !te.is_empty() && !cl.is_empty() {
+        return Err(Refusal::AmbiguousFraming);
+    }
+    if te.len() > 1 || te.first().is_some_and(|v| v.as_bytes() != b"chunked") {
+        return Err(Refusal::AmbiguousFraming);
+    }
+    if cl.len() > 1
+        || cl
+            .first()
+            .is_some_and(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
+    {
+        return Err(Refusal::AmbiguousFraming);
+    }
+    let hosts = headers.get_all(http::header::HOST).iter().count();
+    if (http11 && hosts == 0) || hosts > 1 {
+        return Err(Refusal::MissingHost);
+    }
+    Ok(())
+}
+
 /// Splits the raw request head into (method, target) and rejects obsolete line folding.
 /// `head` is the request line plus headers exactly as received.
 pub fn split_request_line(head: &[u8]) -> Result<(&[u8], &[u8]), Refusal> {
@@ -303,6 +340,45 @@ mod tests {
             check_header_name("SCRIPT_NAME"),
             Err(Refusal::UnderscoreHeader(_))
         ));
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = http::HeaderMap::new();
+            m.insert(http::header::HOST, "c".parse().unwrap());
+            for (k, v) in pairs {
+                m.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            m
+        };
+        assert!(check_framing(&h(&[("content-length", "5")]), true).is_ok());
+        assert!(check_framing(&h(&[("transfer-encoding", "chunked")]), true).is_ok());
+        for bad in [
+            vec![("content-length", "5"), ("transfer-encoding", "chunked")],
+            vec![("content-length", "5"), ("content-length", "5")],
+            vec![("content-length", "+5")],
+            vec![("transfer-encoding", "identity, chunked")],
+            vec![("transfer-encoding", "Chunked")],
+            vec![
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+        ] {
+            assert_eq!(
+                check_framing(&h(&bad), true),
+                Err(Refusal::AmbiguousFraming),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            check_framing(&http::HeaderMap::new(), true),
+            Err(Refusal::MissingHost)
+        );
+        assert!(check_framing(&http::HeaderMap::new(), false).is_ok());
     }
 
     #[test]
