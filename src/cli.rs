@@ -170,6 +170,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
 
     let conf = ServerConf {
         threads,
+        work_stealing: args.work_stealing,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(args.shutdown_grace),
         ..ServerConf::default()

@@ -72,6 +72,11 @@ pub struct ServeArgs {
     /// Proxy worker threads (default: the number of cores).
     #[arg(long, env = "GATEWAY_THREADS")]
     pub threads: Option<usize>,
+    /// Share one work-stealing runtime between the workers instead of one runtime per worker
+    /// thread (off by default: keeping a request's tasks on the thread that accepted it measured
+    /// faster, see the README's Performance section).
+    #[arg(long, env = "GATEWAY_WORK_STEALING", default_value_t = false)]
+    pub work_stealing: bool,
     /// Upstream connect timeout in milliseconds (exceeded: 504).
     #[arg(
         long,

@@ -54,6 +54,20 @@ pub struct Ctx {
     upstream_started: Option<Instant>,
 }
 
+/// A request id: 32 hex digits, a random per-process prefix and a counter. Unique without a
+/// getrandom syscall per request (measured in the load benchmark's profile).
+fn next_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    format!(
+        "{prefix:016x}{:016x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Drift kinds (stored as the reason of an `rbac_drift` row).
 pub const DRIFT_CONSOLE_DENIED: &str = "gateway_allowed_console_denied";
 pub const DRIFT_CONSOLE_ALLOWED: &str = "gateway_denied_console_allowed";
@@ -284,7 +298,7 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            request_id: next_request_id(),
             admin_id: None,
             roles: None,
             shadow_denied: false,
