@@ -1,7 +1,7 @@
 //! The durable writer of `access_audit_events` (I-2: a row on every 403).
 //!
-//! One writer task groups rows (group commit): it takes every row queued within a couple of
-//! milliseconds, up to [`MAX_BATCH`], and writes them with one multi-row INSERT. Each caller of
+//! One writer task groups rows (group commit): it takes every row queued while its previous
+//! write was in flight, up to [`MAX_BATCH`], and writes them with one multi-row INSERT. Each caller of
 //! [`AuditWriter::record`] waits until its row is durable: committed in PostgreSQL, or, while
 //! PostgreSQL does not answer, appended to a local spool file and fsynced (once per batch). The
 //! spool is replayed into PostgreSQL when it answers again, and at start-up, so it survives a
@@ -61,8 +61,6 @@ pub const EVENT_DRIFT: &str = "rbac_drift";
 
 /// Most rows per INSERT.
 pub const MAX_BATCH: usize = 512;
-/// How long the writer waits for more rows once it has one.
-pub const GATHER: Duration = Duration::from_millis(2);
 /// Rows waiting for the writer before `record` itself waits (backpressure on denials only).
 const QUEUE: usize = 16_384;
 
@@ -173,12 +171,14 @@ impl AuditWriter {
 
 async fn write_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.recv().await {
+        // Natural group commit: take every row queued while the previous write was in flight,
+        // without waiting for more (a fixed gathering delay measured as pure latency on the
+        // 403 path: d/c 0.48 with a 2 ms wait).
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + GATHER;
         while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(job)) => batch.push(job),
-                _ => break,
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
         }
         let (rows, waiters): (Vec<AuditEvent>, Vec<_>) = batch.into_iter().unzip();

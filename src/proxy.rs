@@ -430,13 +430,8 @@ impl ProxyHttp for Proxy {
         let mut principal = principal;
         if verdict == Verdict::Deny && self.gw.ticket_grants {
             let customer = route.customer_param.as_ref().and_then(|param| {
-                let values = &found.as_ref()?.1.values;
-                values
-                    .iter()
-                    .find(|(n, _)| n == param)?
-                    .1
-                    .parse::<i32>()
-                    .ok()
+                let m = &found.as_ref()?.1;
+                mapping.value(m, &t.path, param)?.parse::<i32>().ok()
             });
             if let Some(customer) = customer {
                 match self.ticket_principal(&principal, customer, ctx).await {

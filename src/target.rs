@@ -151,13 +151,13 @@ pub fn parse_target(raw: &[u8]) -> Result<Target, Refusal> {
     if path.chars().any(|c| !c.is_ascii() && c.is_numeric()) {
         return Err(Refusal::UnicodeDigit);
     }
-    let segments: Vec<&str> = path.split('/').collect();
-    let last = segments.len() - 1;
-    for (i, seg) in segments.iter().enumerate().skip(1) {
-        if seg.is_empty() && i != last {
+    // The first segment is the empty text before the leading '/'; only the last may be empty.
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(seg) = segments.next() {
+        if seg.is_empty() && segments.peek().is_some() {
             return Err(Refusal::EmptySegment);
         }
-        if *seg == "." || *seg == ".." {
+        if seg == "." || seg == ".." {
             return Err(Refusal::DotSegment);
         }
     }

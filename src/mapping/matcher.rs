@@ -20,8 +20,9 @@ struct State {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Match {
     pub rule: usize,
-    /// Variable values in rule order (name, value).
-    pub values: Vec<(String, String)>,
+    /// Byte ranges of the variable values in the matched path, in rule order (see
+    /// [`Matcher::values`]); kept as ranges so that matching allocates no string.
+    pub spans: Vec<(usize, usize)>,
     /// The path lacked the rule's trailing slash (Console answers with a 308 to the slash form).
     pub slash_redirect: bool,
 }
@@ -68,24 +69,44 @@ impl Matcher {
 
     /// Finds the rule for `method` and an already decoded, validated `path` (starts with '/').
     pub fn find(&self, method: &str, path: &str) -> Option<Match> {
-        let parts: Vec<&str> = path.split('/').collect();
-        let mut values = Vec::new();
-        let (rule, slash_redirect) = match walk(&self.root, &parts, method, &mut values) {
+        // Byte offset where each segment starts: a final (path-converter) part matches the
+        // suffix of `path` from its segment on, which is exactly Werkzeug's "/".join(parts).
+        let mut starts: Vec<usize> = Vec::with_capacity(16);
+        starts.push(0);
+        starts.extend(path.match_indices('/').map(|(i, _)| i + 1));
+        let w = Walker {
+            path,
+            starts: &starts,
+            method,
+        };
+        let mut values = Vec::with_capacity(4);
+        let (rule, slash_redirect) = match w.walk(&self.root, 0, &mut values) {
             Walk::Found(rule) => (rule, false),
             Walk::SlashRequired(rule) => (rule, true),
             Walk::None => return None,
         };
-        let names = &self.names[rule];
+        let base = path.as_ptr() as usize;
+        let spans = values
+            .iter()
+            .map(|v| {
+                let start = v.as_ptr() as usize - base;
+                (start, start + v.len())
+            })
+            .collect();
         Some(Match {
             rule,
-            values: names.iter().cloned().zip(values).collect(),
+            spans,
             slash_redirect,
         })
     }
 
-    /// Every rule index the path would match for some method (for "shadowed rule" checks).
-    pub fn rule_count(&self) -> usize {
-        self.names.len()
+    /// (name, value) of each variable of a match on `path`.
+    pub fn values<'p>(&self, m: &Match, path: &'p str) -> Vec<(&str, &'p str)> {
+        self.names[m.rule]
+            .iter()
+            .map(String::as_str)
+            .zip(m.spans.iter().map(|&(a, b)| &path[a..b]))
+            .collect()
     }
 }
 
@@ -99,41 +120,60 @@ fn method_ok(methods: &[String], method: &str) -> bool {
     methods.iter().any(|m| m == method)
 }
 
-fn walk(state: &State, parts: &[&str], method: &str, values: &mut Vec<String>) -> Walk {
-    let Some((&head, rest)) = parts.split_first() else {
-        if let Some((rule, _)) = state.rules.iter().find(|(_, m)| method_ok(m, method)) {
-            return Walk::Found(*rule);
-        }
-        if let Some(slash) = state.statics.get("") {
-            if let Some((rule, _)) = slash.rules.iter().find(|(_, m)| method_ok(m, method)) {
-                // Werkzeug raises here (a redirect) instead of backtracking.
-                return Walk::SlashRequired(*rule);
-            }
-        }
-        return Walk::None;
-    };
-    if let Some(next) = state.statics.get(head) {
-        match walk(next, rest, method, values) {
-            Walk::None => {}
-            found => return found,
-        }
+struct Walker<'a> {
+    path: &'a str,
+    /// Start offset of each segment (the first segment is the empty text before the leading '/').
+    starts: &'a [usize],
+    method: &'a str,
+}
+
+impl<'a> Walker<'a> {
+    fn segment(&self, i: usize) -> &'a str {
+        let end = self
+            .starts
+            .get(i + 1)
+            .map(|e| e - 1)
+            .unwrap_or(self.path.len());
+        &self.path[self.starts[i]..end]
     }
-    for (part, next) in &state.dynamic {
-        let (target, remaining): (String, &[&str]) = if part.is_final {
-            (parts.join("/"), &[])
-        } else {
-            (head.to_string(), rest)
-        };
-        if let Some(caps) = part.matches(&target) {
-            let mark = values.len();
-            values.extend(caps);
-            match walk(next, remaining, method, values) {
-                Walk::None => values.truncate(mark),
+
+    fn walk(&self, state: &State, i: usize, values: &mut Vec<&'a str>) -> Walk {
+        if i == self.starts.len() {
+            if let Some((rule, _)) = state.rules.iter().find(|(_, m)| method_ok(m, self.method)) {
+                return Walk::Found(*rule);
+            }
+            if let Some(slash) = state.statics.get("") {
+                if let Some((rule, _)) = slash.rules.iter().find(|(_, m)| method_ok(m, self.method))
+                {
+                    // Werkzeug raises here (a redirect) instead of backtracking.
+                    return Walk::SlashRequired(*rule);
+                }
+            }
+            return Walk::None;
+        }
+        let head = self.segment(i);
+        if let Some(next) = state.statics.get(head) {
+            match self.walk(next, i + 1, values) {
+                Walk::None => {}
                 found => return found,
             }
         }
+        for (part, next) in &state.dynamic {
+            let (target, after) = if part.is_final {
+                (&self.path[self.starts[i]..], self.starts.len())
+            } else {
+                (head, i + 1)
+            };
+            let mark = values.len();
+            if part.matches_into(target, values) {
+                match self.walk(next, after, values) {
+                    Walk::None => values.truncate(mark),
+                    found => return found,
+                }
+            }
+        }
+        Walk::None
     }
-    Walk::None
 }
 
 #[cfg(test)]
@@ -170,8 +210,8 @@ mod tests {
         let hit = m.find("POST", "/console/flags/promotions/verify").unwrap();
         assert_eq!(hit.rule, 2);
         assert_eq!(
-            hit.values,
-            vec![("key".to_string(), "promotions".to_string())]
+            m.values(&hit, "/console/flags/promotions/verify"),
+            vec![("key", "promotions")]
         );
     }
 

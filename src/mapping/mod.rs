@@ -485,6 +485,15 @@ impl Mapping {
         Some((&self.routes[m.rule], m))
     }
 
+    /// The value of variable `name` in a match of this mapping on `path`.
+    pub fn value<'p>(&self, m: &Match, path: &'p str, name: &str) -> Option<&'p str> {
+        self.matcher
+            .values(m, path)
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+
     /// Every role and permission the mapping names.
     pub fn names(&self) -> (BTreeSet<&str>, BTreeSet<&str>) {
         let roles = self

@@ -85,66 +85,62 @@ impl Part {
     }
 
     /// Matches the whole `target` (regex `\Z` semantics), returning captured values in order.
-    pub fn matches(&self, target: &str) -> Option<Vec<String>> {
+    pub fn matches<'a>(&self, target: &'a str) -> Option<Vec<&'a str>> {
         let mut caps = Vec::new();
-        if match_pieces(&self.pieces, target, &mut caps) {
+        if self.matches_into(target, &mut caps) {
             Some(caps)
         } else {
             None
         }
     }
+
+    /// As [`Part::matches`], appending captures to `caps` (left untouched on failure).
+    pub fn matches_into<'a>(&self, target: &'a str, caps: &mut Vec<&'a str>) -> bool {
+        let mark = caps.len();
+        let ok = match_pieces(&self.pieces, target, caps);
+        if !ok {
+            caps.truncate(mark);
+        }
+        ok
+    }
 }
 
-fn match_pieces(pieces: &[Piece], s: &str, caps: &mut Vec<String>) -> bool {
+fn match_pieces<'a>(pieces: &[Piece], s: &'a str, caps: &mut Vec<&'a str>) -> bool {
     let Some((first, rest)) = pieces.split_first() else {
         return s.is_empty();
     };
+    let attempt = |end: usize, caps: &mut Vec<&'a str>| {
+        caps.push(&s[..end]);
+        if match_pieces(rest, &s[end..], caps) {
+            return true;
+        }
+        caps.pop();
+        false
+    };
+    // Candidate ends in the order Python's regex engine tries them: greedy converters longest
+    // first, the lazy `path` converter shortest first. No allocation: this is the hot path.
     match first {
         Piece::Literal(lit) => s
             .strip_prefix(lit.as_str())
             .is_some_and(|r| match_pieces(rest, r, caps)),
-        Piece::Var(conv) => {
-            // Candidate end offsets in the order Python's regex engine would try them:
-            // greedy converters longest first, the lazy `path` converter shortest first.
-            let ends: Vec<usize> = match conv {
-                Converter::Default => {
-                    let max = s.find('/').unwrap_or(s.len());
-                    char_ends(&s[..max]).into_iter().rev().collect()
-                }
-                Converter::Int => {
-                    let max = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-                    (1..=max).rev().collect()
-                }
-                Converter::Uuid => {
-                    if is_uuid(s.get(..36).unwrap_or("")) {
-                        vec![36]
-                    } else {
-                        vec![]
-                    }
-                }
-                Converter::Path => {
-                    if s.starts_with('/') {
-                        vec![]
-                    } else {
-                        char_ends(s)
-                    }
-                }
-            };
-            for end in ends {
-                caps.push(s[..end].to_string());
-                if match_pieces(rest, &s[end..], caps) {
-                    return true;
-                }
-                caps.pop();
-            }
-            false
+        Piece::Var(Converter::Default) => {
+            let max = s.find('/').unwrap_or(s.len());
+            s[..max]
+                .char_indices()
+                .rev()
+                .any(|(i, c)| attempt(i + c.len_utf8(), caps))
+        }
+        Piece::Var(Converter::Int) => {
+            let max = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            (1..=max).rev().any(|end| attempt(end, caps))
+        }
+        Piece::Var(Converter::Uuid) => is_uuid(s.get(..36).unwrap_or("")) && attempt(36, caps),
+        Piece::Var(Converter::Path) => {
+            !s.starts_with('/')
+                && s.char_indices()
+                    .any(|(i, c)| attempt(i + c.len_utf8(), caps))
         }
     }
-}
-
-/// Byte offsets just after each char of `s` (so every candidate is a char boundary, length >= 1).
-fn char_ends(s: &str) -> Vec<usize> {
-    s.char_indices().map(|(i, c)| i + c.len_utf8()).collect()
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -352,13 +348,10 @@ mod tests {
         assert!(parts.last().unwrap().is_final);
         assert_eq!(
             parts.last().unwrap().matches("css/app.css"),
-            Some(vec!["css/app.css".into()])
+            Some(vec!["css/app.css"])
         );
         let parts = parse_rule("/wiki/<path:page>/edit").unwrap();
-        assert_eq!(
-            parts.last().unwrap().matches("a/b/edit"),
-            Some(vec!["a/b".into()])
-        );
+        assert_eq!(parts.last().unwrap().matches("a/b/edit"), Some(vec!["a/b"]));
         assert_eq!(parts.last().unwrap().matches("/a/edit"), None);
     }
 
@@ -374,10 +367,10 @@ mod tests {
             .is_some());
         assert!(uuid.matches("123e4567e89b12d3a456426614174000").is_none());
         let mixed = parse_rule("/v<int:n>.json").unwrap().pop().unwrap();
-        assert_eq!(mixed.matches("v12.json"), Some(vec!["12".into()]));
+        assert_eq!(mixed.matches("v12.json"), Some(vec!["12"]));
         let two = parse_rule("/<a>-<b>").unwrap().pop().unwrap();
         // greedy first converter, as Python's regex engine does
-        assert_eq!(two.matches("x-y-z"), Some(vec!["x-y".into(), "z".into()]));
+        assert_eq!(two.matches("x-y-z"), Some(vec!["x-y", "z"]));
     }
 
     #[test]
