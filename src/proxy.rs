@@ -214,7 +214,7 @@ impl Proxy {
         let label = route.map(Route::label).unwrap_or_else(|| "-".into());
         if let Err(e) = self.gw.audit.record(&event).await {
             tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record the denial: answering 503");
-            self.count(ctx, "unavailable");
+            self.count("unavailable");
             self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
                 .await?;
             return Ok(true);
@@ -229,7 +229,7 @@ impl Proxy {
             path = %event.path, rule = %label, required = event.required.as_deref().unwrap_or("-"),
             reason, mapping_version = %mapping.version, "denied"
         );
-        self.count(ctx, "denied");
+        self.count("denied");
         self.respond(session, ctx, 403, None, "Forbidden\n", false)
             .await?;
         Ok(true)
@@ -283,7 +283,7 @@ impl Proxy {
         ))
     }
 
-    fn count(&self, _ctx: &Ctx, decision: &str) {
+    fn count(&self, decision: &str) {
         self.gw
             .metrics
             .requests
@@ -322,7 +322,7 @@ impl ProxyHttp for Proxy {
                     .refusals
                     .with_label_values(&[refusal.as_str()])
                     .inc();
-                self.count(ctx, "refused");
+                self.count("refused");
                 self.respond(session, ctx, 400, None, "Bad Request\n", true)
                     .await?;
                 return Ok(true);
@@ -364,14 +364,14 @@ impl ProxyHttp for Proxy {
             }
             Step::Gone => {
                 decided("gone");
-                self.count(ctx, "gone");
+                self.count("gone");
                 self.respond(session, ctx, 404, None, "Not Found\n", false)
                     .await?;
                 return Ok(true);
             }
             Step::Forward(kind) => {
                 decided(kind.as_str());
-                self.count(ctx, kind.as_str());
+                self.count(kind.as_str());
                 tracing::debug!(request_id = %ctx.request_id, method = %method, path = %t.path, rule = route.map(Route::label).as_deref().unwrap_or("-"), decision = kind.as_str(), mapping_version = %mapping.version, "forward");
                 return Ok(false);
             }
@@ -387,7 +387,7 @@ impl ProxyHttp for Proxy {
         let Some(token) = session_cookie(session.req_header(), &self.gw.cookie).map(str::to_string)
         else {
             decided("redirected");
-            self.count(ctx, "redirected");
+            self.count("redirected");
             tracing::debug!(request_id = %ctx.request_id, method = %method, path = %t.path, rule = %route.label(), mapping_version = %mapping.version, "redirected to login: no valid session");
             self.respond(session, ctx, 302, Some(redirect(&t)), "Found\n", false)
                 .await?;
@@ -400,7 +400,7 @@ impl ProxyHttp for Proxy {
             Ok(Some(s)) => s,
             Ok(None) => {
                 decided("redirected");
-                self.count(ctx, "redirected");
+                self.count("redirected");
                 tracing::debug!(request_id = %ctx.request_id, method = %method, path = %t.path, rule = %route.label(), mapping_version = %mapping.version, "redirected to login: no valid session");
                 self.respond(session, ctx, 302, Some(redirect(&t)), "Found\n", false)
                     .await?;
@@ -409,7 +409,7 @@ impl ProxyHttp for Proxy {
             Err(e) => {
                 unavailable(&e);
                 decided("unavailable");
-                self.count(ctx, "unavailable");
+                self.count("unavailable");
                 self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
                     .await?;
                 return Ok(true);
@@ -420,7 +420,7 @@ impl ProxyHttp for Proxy {
             Err(e) => {
                 unavailable(&e);
                 decided("unavailable");
-                self.count(ctx, "unavailable");
+                self.count("unavailable");
                 self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
                     .await?;
                 return Ok(true);
@@ -442,7 +442,7 @@ impl ProxyHttp for Proxy {
                     Ok(None) => {}
                     Err(()) => {
                         decided("unavailable");
-                        self.count(ctx, "unavailable");
+                        self.count("unavailable");
                         self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
                             .await?;
                         return Ok(true);
@@ -453,7 +453,7 @@ impl ProxyHttp for Proxy {
         match verdict {
             Verdict::Allow { by } => {
                 decided("allowed");
-                self.count(ctx, "allowed");
+                self.count("allowed");
                 tracing::debug!(request_id = %ctx.request_id, admin_id = %principal.admin_id, method = %method, path = %t.path, rule = %route.label(), granted_by = ?by, mapping_version = %mapping.version, "allowed");
                 ctx.admin_id = Some(principal.admin_id.clone());
                 ctx.roles = Some(principal.roles.join(","));
@@ -483,7 +483,7 @@ impl ProxyHttp for Proxy {
                         tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record a shadow denial");
                     }
                     decided("shadow_denied");
-                    self.count(ctx, "shadow_denied");
+                    self.count("shadow_denied");
                     tracing::info!(request_id = %ctx.request_id, admin_id = %principal.admin_id, rule = %route.label(), mapping_version = %mapping.version, "shadow: would deny, forwarding");
                     ctx.admin_id = Some(principal.admin_id.clone());
                     ctx.roles = Some(principal.roles.join(","));

@@ -51,6 +51,22 @@ async fn until_all(
     done.into_iter().map(Option::unwrap).collect()
 }
 
+/// An admin in raxx-platform-admins, seen allowed on /ops by every replica.
+async fn platform_admin(db: &TestDb, gws: &[Gateway]) -> (String, String) {
+    let (admin, token) = db.admin_with_roles(&[]).await;
+    db.join_group(&admin, "raxx-platform-admins").await;
+    until_all(
+        gws,
+        "/ops",
+        &token,
+        200,
+        Instant::now(),
+        Duration::from_secs(5),
+    )
+    .await;
+    (admin, token)
+}
+
 fn report(what: &str, mut samples: Vec<Duration>) {
     samples.sort();
     let p50 = samples[samples.len() / 2];
@@ -72,17 +88,7 @@ async fn revocations_reach_three_replicas_within_a_second() {
     let mut samples = Vec::new();
     for _ in 0..5 {
         // A removed group membership.
-        let (admin, token) = db.admin_with_roles(&[]).await;
-        db.join_group(&admin, "raxx-platform-admins").await;
-        until_all(
-            &gws,
-            "/ops",
-            &token,
-            200,
-            Instant::now(),
-            Duration::from_secs(5),
-        )
-        .await;
+        let (admin, token) = platform_admin(&db, &gws).await;
         let t0 = Instant::now();
         db.leave_group(&admin, "raxx-platform-admins").await;
         samples.extend(until_all(&gws, "/ops", &token, 403, t0, Duration::from_secs(5)).await);
@@ -155,17 +161,7 @@ async fn a_killed_listen_connection_still_meets_the_bound() {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
     let gws = replicas(&db, &up, 1, None).await;
-    let (admin, token) = db.admin_with_roles(&[]).await;
-    db.join_group(&admin, "raxx-platform-admins").await;
-    until_all(
-        &gws,
-        "/ops",
-        &token,
-        200,
-        Instant::now(),
-        Duration::from_secs(5),
-    )
-    .await;
+    let (admin, token) = platform_admin(&db, &gws).await;
     let killed: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
     )
@@ -186,83 +182,23 @@ async fn a_killed_listen_connection_still_meets_the_bound() {
 #[tokio::test]
 async fn a_postgres_restart_leaves_no_stale_entry() {
     // A private server, so the restart does not disturb other tests.
-    let dir = tempfile::tempdir().unwrap();
-    let pgdir = dir.path().join("pg");
-    let out = std::process::Command::new("bash")
-        .arg(root().join("scripts/pg.sh"))
-        .arg("start")
-        .arg(&pgdir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let env = String::from_utf8(out.stdout).unwrap();
-    let base = env
-        .lines()
-        .find_map(|l| l.strip_prefix("export DATABASE_URL="))
-        .unwrap()
-        .to_string();
-    struct Stop(std::path::PathBuf);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("bash")
-                .arg(root().join("scripts/pg.sh"))
-                .arg("stop")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _stop = Stop(pgdir.clone());
-    let pool = sqlx::PgPool::connect(&base).await.unwrap();
-    rbac_gateway::db::migrate(&pool).await.unwrap();
-    let db = TestDb {
-        url: base.clone(),
-        pool,
-    };
+    let (pg, db) = PrivatePg::start().await;
+    let base = pg.url.clone();
     let up = Upstream::start().await;
     let gws = replicas(&db, &up, 1, None).await;
-    let (admin, token) = db.admin_with_roles(&[]).await;
-    db.join_group(&admin, "raxx-platform-admins").await;
-    until_all(
-        &gws,
-        "/ops",
-        &token,
-        200,
-        Instant::now(),
-        Duration::from_secs(5),
-    )
-    .await;
+    let (admin, token) = platform_admin(&db, &gws).await;
     // The change is committed, then the server restarts at once: the notification may be lost,
     // the log is not.
     db.leave_group(&admin, "raxx-platform-admins").await;
     db.pool.close().await;
-    let status = std::process::Command::new("bash")
-        .arg(root().join("scripts/pg.sh"))
-        .arg("restart")
-        .arg(&pgdir)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    pg.pg("restart");
     let t0 = Instant::now();
     let s = until_all(&gws, "/ops", &token, 403, t0, Duration::from_secs(10)).await;
     report("PostgreSQL restarted", s);
     // And the feed works again after the restart.
     let pool = sqlx::PgPool::connect(&base).await.unwrap();
     let db = TestDb { url: base, pool };
-    let (admin2, token2) = db.admin_with_roles(&[]).await;
-    db.join_group(&admin2, "raxx-platform-admins").await;
-    until_all(
-        &gws,
-        "/ops",
-        &token2,
-        200,
-        Instant::now(),
-        Duration::from_secs(5),
-    )
-    .await;
+    let (admin2, token2) = platform_admin(&db, &gws).await;
     let t0 = Instant::now();
     db.leave_group(&admin2, "raxx-platform-admins").await;
     let s = until_all(&gws, "/ops", &token2, 403, t0, Duration::from_secs(5)).await;

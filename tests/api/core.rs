@@ -251,9 +251,33 @@ async fn shadow_mode_forwards_and_records() {
     assert_eq!(r.status, 200);
     let seen = env.up.requests();
     assert_eq!(seen[0].header("x-rbac-shadow-decision"), Some("deny"));
-    let rows = env.db.audit_rows(&r.request_id()).await;
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].event_type, "access_denied_shadow");
+    // The would-be denial, and (written after Console answered 200) the drift event.
+    let mut kinds = Vec::new();
+    for _ in 0..50 {
+        let rows = env.db.audit_rows(&r.request_id()).await;
+        kinds = rows
+            .iter()
+            .map(|r| (r.event_type.clone(), r.reason.clone()))
+            .collect::<Vec<_>>();
+        kinds.sort();
+        if kinds.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            (
+                "access_denied_shadow".to_string(),
+                "missing_role".to_string()
+            ),
+            (
+                "rbac_drift".to_string(),
+                "gateway_denied_console_allowed".to_string()
+            ),
+        ]
+    );
 }
 
 #[tokio::test]

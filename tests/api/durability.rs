@@ -7,68 +7,6 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-/// A private PostgreSQL that a test may stop and start.
-struct PrivatePg {
-    dir: tempfile::TempDir,
-    url: String,
-}
-
-impl PrivatePg {
-    fn pg(&self, cmd: &str) {
-        let out = std::process::Command::new("bash")
-            .arg(root().join("scripts/pg.sh"))
-            .arg(cmd)
-            .arg(self.dir.path().join("pg"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg.sh {cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    async fn start() -> (PrivatePg, TestDb) {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("bash")
-            .arg(root().join("scripts/pg.sh"))
-            .arg("start")
-            .arg(dir.path().join("pg"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let url = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("export DATABASE_URL="))
-            .unwrap()
-            .to_string();
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        rbac_gateway::db::migrate(&pool).await.unwrap();
-        (
-            PrivatePg {
-                dir,
-                url: url.clone(),
-            },
-            TestDb { url, pool },
-        )
-    }
-}
-
-impl Drop for PrivatePg {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(root().join("scripts/pg.sh"))
-            .arg("stop")
-            .arg(self.dir.path().join("pg"))
-            .status();
-    }
-}
-
 #[tokio::test]
 async fn postgres_stopped_during_a_denial_flood_and_gateway_killed_loses_no_row() {
     let (pg, db) = PrivatePg::start().await;
@@ -196,14 +134,14 @@ async fn a_full_spool_answers_503_instead_of_denying_without_a_record() {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
     let link = PgLink::new(&db.url).await;
-    let mut o = GatewayOpts::new(core_routes(), &db, up.addr)
+    let o = GatewayOpts::new(core_routes(), &db, up.addr)
         .arg("--cache-ttl")
         .arg("60")
         .arg("--db-timeout-ms")
         .arg("300")
         .arg("--audit-spool-max-bytes")
-        .arg("1500");
-    o.database_url = link.url.clone();
+        .arg("1500")
+        .via(&link);
     let gw = Gateway::start(o).await;
     let (_, token) = db.admin_with_roles(&["console-user"]).await;
     settle().await;

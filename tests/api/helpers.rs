@@ -365,6 +365,12 @@ impl GatewayOpts {
         self
     }
 
+    /// Reach the database through a cuttable link.
+    pub fn via(mut self, link: &PgLink) -> Self {
+        self.database_url = link.url.clone();
+        self
+    }
+
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.to_string(), v.to_string()));
         self
@@ -734,4 +740,67 @@ impl PgLink {
 /// lands after the test primed a cache would otherwise turn "cached" into "uncached".
 pub async fn settle() {
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+/// A private PostgreSQL that a test may stop and start.
+pub struct PrivatePg {
+    dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl PrivatePg {
+    pub fn pg(&self, cmd: &str) {
+        let out = std::process::Command::new("bash")
+            .arg(root().join("scripts/pg.sh"))
+            .arg(cmd)
+            .arg(self.dir.path().join("pg"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub async fn start() -> (PrivatePg, TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("bash")
+            .arg(root().join("scripts/pg.sh"))
+            .arg("start")
+            .arg(dir.path().join("pg"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("export DATABASE_URL="))
+            .unwrap()
+            .to_string();
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        rbac_gateway::db::migrate(&pool).await.unwrap();
+        (
+            PrivatePg {
+                dir,
+                url: url.clone(),
+            },
+            TestDb { url, pool },
+        )
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(root().join("scripts/pg.sh"))
+            .arg("stop")
+            .arg(self.dir.path().join("pg"))
+            .status();
+    }
 }
