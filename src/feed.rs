@@ -60,6 +60,31 @@ pub async fn read(pool: &PgPool, cursor: &str) -> Result<Batch, sqlx::Error> {
     Ok(Batch { xmin, changes })
 }
 
+/// Rows older than this are deleted from the log (every gateway may do it; it is idempotent).
+pub const RETAIN: &str = "1 day";
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+async fn prune(pool: &PgPool) {
+    let sql =
+        format!("DELETE FROM rbac_change_log WHERE created_at_utc < now() - interval '{RETAIN}'");
+    match sqlx::query(&sql).execute(pool).await {
+        Ok(r) if r.rows_affected() > 0 => {
+            tracing::info!(rows = r.rows_affected(), "change feed: pruned old log rows")
+        }
+        Ok(_) => {}
+        // A gateway without DELETE on the log still works; the log just grows.
+        Err(e) => tracing::debug!(error = %e, "change feed: cannot prune the log"),
+    }
+}
+
+/// The new xmin is older than the cursor (both are xid8 in text).
+pub fn went_backwards(cursor: &str, xmin: &str) -> bool {
+    match (cursor.parse::<u64>(), xmin.parse::<u64>()) {
+        (Ok(c), Ok(x)) => x < c,
+        _ => false,
+    }
+}
+
 pub async fn current_xmin(pool: &PgPool) -> Result<String, sqlx::Error> {
     sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
         .fetch_one(pool)
@@ -72,6 +97,7 @@ pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>
     let mut cursor: Option<String> = None;
     let mut seen: HashSet<i64> = HashSet::new();
     let mut last_ok = Instant::now();
+    let mut last_prune = Instant::now();
     let mut listener: Option<PgListener> = None;
     loop {
         // (Re)connect the listener; failures only cost latency, the poll still runs.
@@ -102,6 +128,17 @@ pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>
                 if last_ok.elapsed() > BLIND_LIMIT {
                     tracing::warn!("change feed: blind for too long; clearing every cache");
                     identity.invalidate_all();
+                }
+                if went_backwards(&cur, &batch.xmin) {
+                    // A database restored from a backup, or another server: the log cannot
+                    // say what changed since our cursor.
+                    tracing::warn!(from = %cur, to = %batch.xmin, "change feed: transaction ids went backwards; clearing every cache");
+                    identity.invalidate_all();
+                    seen.clear();
+                }
+                if last_prune.elapsed() > PRUNE_EVERY {
+                    last_prune = Instant::now();
+                    prune(&pool).await;
                 }
                 last_ok = Instant::now();
                 let mut fresh = HashSet::with_capacity(batch.changes.len());
@@ -136,5 +173,15 @@ pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>
             },
             None => tokio::time::sleep(POLL).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn detects_a_cursor_from_the_future() {
+        assert!(super::went_backwards("1000", "999"));
+        assert!(!super::went_backwards("1000", "1000"));
+        assert!(!super::went_backwards("1000", "1001"));
     }
 }
