@@ -139,3 +139,73 @@ async fn spool_survives_a_gateway_kill_and_is_replayed_at_start() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_database_connection_can_require_tls() {
+    let (pg, db) = PrivatePg::start().await;
+    // A self-signed certificate for the private server, then ssl = on.
+    let data = pg.data_dir();
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(data.join("server.key"))
+        .arg("-out")
+        .arg(data.join("server.crt"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for f in ["server.key", "server.crt"] {
+        let _ = std::process::Command::new("chown")
+            .arg("postgres")
+            .arg(data.join(f))
+            .status();
+        let _ = std::process::Command::new("chmod")
+            .arg("600")
+            .arg(data.join(f))
+            .status();
+    }
+    sqlx::query("ALTER SYSTEM SET ssl = on")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let up = Upstream::start().await;
+    let mut o = GatewayOpts::new(core_routes(), &db, up.addr);
+    o.database_url = format!("{}?sslmode=require", pg.url);
+    let gw = Gateway::start(o).await;
+    let (_, token) = db.admin_with_roles(&["console-audit-user"]).await;
+    assert_eq!(
+        gw.get("/console/customers/1", Some(&token)).await.status,
+        200,
+        "{}",
+        gw.log()
+    );
+    let tls: Vec<bool> = sqlx::query_scalar(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid WHERE a.application_name = 'rbac-gateway'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        !tls.is_empty() && tls.iter().all(|t| *t),
+        "every gateway connection uses TLS: {tls:?}"
+    );
+}

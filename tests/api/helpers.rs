@@ -750,6 +750,11 @@ pub struct PrivatePg {
 }
 
 impl PrivatePg {
+    /// The server's data directory (owned by the postgres user).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("pg/data")
+    }
+
     pub fn pg(&self, cmd: &str) {
         let out = std::process::Command::new("bash")
             .arg(root().join("scripts/pg.sh"))
