@@ -492,6 +492,11 @@ impl Gateway {
             .unwrap_or(0.0)
     }
 
+    /// The status of a GET.
+    pub async fn status(&self, path: &str, token: Option<&str>) -> u16 {
+        self.get(path, token).await.status
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
         self.request("GET", path, token, &[], b"").await
     }

@@ -28,25 +28,22 @@ async fn ticket_grants_apply_to_their_customer_only_and_are_never_cached() {
     let (admin, token) = env.db.admin_with_roles(&["console-user"]).await;
     assert_eq!(
         env.gw
-            .get("/console/customers/7/audit", Some(&token))
-            .await
-            .status,
+            .status("/console/customers/7/audit", Some(&token))
+            .await,
         403
     );
     // raptor-audit-admin held through a ticket for customer 7.
     let g = grant(&env.db, &admin, "raptor-audit-admin", 7, "T-100").await;
     assert_eq!(
         env.gw
-            .get("/console/customers/7/audit", Some(&token))
-            .await
-            .status,
+            .status("/console/customers/7/audit", Some(&token))
+            .await,
         200
     );
     assert_eq!(
         env.gw
-            .get("/console/customers/8/audit", Some(&token))
-            .await
-            .status,
+            .status("/console/customers/8/audit", Some(&token))
+            .await,
         403,
         "another customer"
     );
@@ -59,18 +56,16 @@ async fn ticket_grants_apply_to_their_customer_only_and_are_never_cached() {
     sqlx::query("UPDATE rbac_ticket_grants SET revoked_at_utc = now(), revoke_reason = 'ticket_closed' WHERE id = $1").bind(&g).execute(&env.db.pool).await.unwrap();
     assert_eq!(
         env.gw
-            .get("/console/customers/7/audit", Some(&token))
-            .await
-            .status,
+            .status("/console/customers/7/audit", Some(&token))
+            .await,
         403
     );
     // Expired.
     let g2 = grant(&env.db, &admin, "raptor-audit-admin", 7, "T-101").await;
     assert_eq!(
         env.gw
-            .get("/console/customers/7/audit", Some(&token))
-            .await
-            .status,
+            .status("/console/customers/7/audit", Some(&token))
+            .await,
         200
     );
     sqlx::query(
@@ -82,9 +77,8 @@ async fn ticket_grants_apply_to_their_customer_only_and_are_never_cached() {
     .unwrap();
     assert_eq!(
         env.gw
-            .get("/console/customers/7/audit", Some(&token))
-            .await
-            .status,
+            .status("/console/customers/7/audit", Some(&token))
+            .await,
         403
     );
     // A ticket role that inherits the required one (raptor-audit-admin inherits nothing above it,
@@ -92,9 +86,8 @@ async fn ticket_grants_apply_to_their_customer_only_and_are_never_cached() {
     grant(&env.db, &admin, "raptor-audit-support", 7, "T-102").await;
     assert_eq!(
         env.gw
-            .get("/console/customers/7/audit", Some(&token))
-            .await
-            .status,
+            .status("/console/customers/7/audit", Some(&token))
+            .await,
         403
     );
 }
@@ -106,9 +99,8 @@ async fn ticket_grants_can_be_switched_off() {
     grant(&env.db, &admin, "raptor-audit-admin", 7, "T-1").await;
     assert_eq!(
         env.gw
-            .get("/console/customers/7/audit", Some(&token))
-            .await
-            .status,
+            .status("/console/customers/7/audit", Some(&token))
+            .await,
         403
     );
 }
@@ -162,18 +154,16 @@ async fn ticket_revalidation_follows_freescout_and_fails_closed() {
     grant(&env.db, &admin, "raptor-audit-admin", 3, "T-9").await;
     assert_eq!(
         env.gw
-            .get("/console/customers/3/audit", Some(&token))
-            .await
-            .status,
+            .status("/console/customers/3/audit", Some(&token))
+            .await,
         200
     );
     // The ticket closes in FreeScout before the grant is revoked in the database.
     statuses.lock().unwrap()[0].1 = "closed".into();
     assert_eq!(
         env.gw
-            .get("/console/customers/3/audit", Some(&token))
-            .await
-            .status,
+            .status("/console/customers/3/audit", Some(&token))
+            .await,
         403
     );
 
@@ -188,9 +178,8 @@ async fn ticket_revalidation_follows_freescout_and_fails_closed() {
     grant(&env2.db, &admin, "raptor-audit-admin", 3, "T-9").await;
     assert_eq!(
         env2.gw
-            .get("/console/customers/3/audit", Some(&token))
-            .await
-            .status,
+            .status("/console/customers/3/audit", Some(&token))
+            .await,
         503
     );
     assert_eq!(env2.up.count(), 0);
