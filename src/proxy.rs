@@ -44,10 +44,10 @@ pub struct Gateway {
 /// Per-request state.
 pub struct Ctx {
     request_id: String,
+    /// When the request arrived (decision latency).
+    started: Instant,
     /// Set when the request is forwarded on behalf of an admin.
-    admin_id: Option<String>,
-    roles: Option<String>,
-    shadow_denied: bool,
+    principal: Option<Arc<Principal>>,
     /// Shadow-mode routes: the row to write if Console's answer disagrees with the gateway.
     drift: Option<AuditEvent>,
     /// When the request was sent upstream.
@@ -214,7 +214,7 @@ impl Proxy {
         let label = route.map(Route::label).unwrap_or_else(|| "-".into());
         if let Err(e) = self.gw.audit.record(&event).await {
             tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record the denial: answering 503");
-            self.count("unavailable");
+            self.outcome(ctx, "unavailable");
             self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
                 .await?;
             return Ok(true);
@@ -229,7 +229,7 @@ impl Proxy {
             path = %event.path, rule = %label, required = event.required.as_deref().unwrap_or("-"),
             reason, mapping_version = %mapping.version, "denied"
         );
-        self.count("denied");
+        self.outcome(ctx, "denied");
         self.respond(session, ctx, 403, None, "Forbidden\n", false)
             .await?;
         Ok(true)
@@ -283,12 +283,13 @@ impl Proxy {
         ))
     }
 
-    fn count(&self, decision: &str) {
-        self.gw
-            .metrics
-            .requests
-            .with_label_values(&[decision])
-            .inc();
+    /// Counts the request's outcome and how long it took to reach it.
+    fn outcome(&self, ctx: &Ctx, what: &str) {
+        let m = &self.gw.metrics;
+        m.requests.with_label_values(&[what]).inc();
+        m.decision_seconds
+            .with_label_values(&[what])
+            .observe(ctx.started.elapsed().as_secs_f64());
     }
 }
 
@@ -299,16 +300,14 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             request_id: next_request_id(),
-            admin_id: None,
-            roles: None,
-            shadow_denied: false,
+            started: Instant::now(),
+            principal: None,
             drift: None,
             upstream_started: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let started = Instant::now();
         let head = match session.downstream_session.as_ref() {
             HttpSession::H1(s) => s.get_headers_raw_bytes(),
             _ => Bytes::new(),
@@ -322,7 +321,7 @@ impl ProxyHttp for Proxy {
                     .refusals
                     .with_label_values(&[refusal.as_str()])
                     .inc();
-                self.count("refused");
+                self.outcome(ctx, "refused");
                 self.respond(session, ctx, 400, None, "Bad Request\n", true)
                     .await?;
                 return Ok(true);
@@ -332,13 +331,6 @@ impl ProxyHttp for Proxy {
         let method = session.req_header().method.as_str().to_string();
         let found = mapping.find(&method, &t.path);
         let route = found.as_ref().map(|(r, _)| *r);
-        let decided = |what: &str| {
-            self.gw
-                .metrics
-                .decision_seconds
-                .with_label_values(&[what])
-                .observe(started.elapsed().as_secs_f64());
-        };
 
         let step = route_step(route, self.gw.kill_switch);
         let route = match step {
@@ -352,7 +344,6 @@ impl ProxyHttp for Proxy {
                         .map(|s| s.admin_id.clone()),
                     None => None,
                 };
-                decided("denied");
                 let d = Denial {
                     mapping_version: &mapping.version,
                     admin: admin.as_deref(),
@@ -363,15 +354,13 @@ impl ProxyHttp for Proxy {
                 return self.deny(session, ctx, &mapping, d).await;
             }
             Step::Gone => {
-                decided("gone");
-                self.count("gone");
+                self.outcome(ctx, "gone");
                 self.respond(session, ctx, 404, None, "Not Found\n", false)
                     .await?;
                 return Ok(true);
             }
             Step::Forward(kind) => {
-                decided(kind.as_str());
-                self.count(kind.as_str());
+                self.outcome(ctx, kind.as_str());
                 tracing::debug!(request_id = %ctx.request_id, method = %method, path = %t.path, rule = route.map(Route::label).as_deref().unwrap_or("-"), decision = kind.as_str(), mapping_version = %mapping.version, "forward");
                 return Ok(false);
             }
@@ -386,8 +375,7 @@ impl ProxyHttp for Proxy {
         };
         let Some(token) = session_cookie(session.req_header(), &self.gw.cookie).map(str::to_string)
         else {
-            decided("redirected");
-            self.count("redirected");
+            self.outcome(ctx, "redirected");
             tracing::debug!(request_id = %ctx.request_id, method = %method, path = %t.path, rule = %route.label(), mapping_version = %mapping.version, "redirected to login: no valid session");
             self.respond(session, ctx, 302, Some(redirect(&t)), "Found\n", false)
                 .await?;
@@ -399,8 +387,7 @@ impl ProxyHttp for Proxy {
         let sess = match self.gw.identity.session(&token).await {
             Ok(Some(s)) => s,
             Ok(None) => {
-                decided("redirected");
-                self.count("redirected");
+                self.outcome(ctx, "redirected");
                 tracing::debug!(request_id = %ctx.request_id, method = %method, path = %t.path, rule = %route.label(), mapping_version = %mapping.version, "redirected to login: no valid session");
                 self.respond(session, ctx, 302, Some(redirect(&t)), "Found\n", false)
                     .await?;
@@ -408,8 +395,7 @@ impl ProxyHttp for Proxy {
             }
             Err(e) => {
                 unavailable(&e);
-                decided("unavailable");
-                self.count("unavailable");
+                self.outcome(ctx, "unavailable");
                 self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
                     .await?;
                 return Ok(true);
@@ -419,8 +405,7 @@ impl ProxyHttp for Proxy {
             Ok(p) => p,
             Err(e) => {
                 unavailable(&e);
-                decided("unavailable");
-                self.count("unavailable");
+                self.outcome(ctx, "unavailable");
                 self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
                     .await?;
                 return Ok(true);
@@ -441,8 +426,7 @@ impl ProxyHttp for Proxy {
                     }
                     Ok(None) => {}
                     Err(()) => {
-                        decided("unavailable");
-                        self.count("unavailable");
+                        self.outcome(ctx, "unavailable");
                         self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
                             .await?;
                         return Ok(true);
@@ -452,11 +436,9 @@ impl ProxyHttp for Proxy {
         }
         match verdict {
             Verdict::Allow { by } => {
-                decided("allowed");
-                self.count("allowed");
+                self.outcome(ctx, "allowed");
                 tracing::debug!(request_id = %ctx.request_id, admin_id = %principal.admin_id, method = %method, path = %t.path, rule = %route.label(), granted_by = ?by, mapping_version = %mapping.version, "allowed");
-                ctx.admin_id = Some(principal.admin_id.clone());
-                ctx.roles = Some(principal.roles.join(","));
+                ctx.principal = Some(principal.clone());
                 if effective_mode(route, self.gw.kill_switch) == Mode::Shadow {
                     let d = Denial {
                         mapping_version: &mapping.version,
@@ -482,12 +464,9 @@ impl ProxyHttp for Proxy {
                     if let Err(e) = self.gw.audit.record(&event).await {
                         tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record a shadow denial");
                     }
-                    decided("shadow_denied");
-                    self.count("shadow_denied");
+                    self.outcome(ctx, "shadow_denied");
                     tracing::info!(request_id = %ctx.request_id, admin_id = %principal.admin_id, rule = %route.label(), mapping_version = %mapping.version, "shadow: would deny, forwarding");
-                    ctx.admin_id = Some(principal.admin_id.clone());
-                    ctx.roles = Some(principal.roles.join(","));
-                    ctx.shadow_denied = true;
+                    ctx.principal = Some(principal.clone());
                     let mut drift = event;
                     drift.event_type = EVENT_DRIFT.to_string();
                     drift.reason = DRIFT_CONSOLE_ALLOWED.to_string();
@@ -495,7 +474,6 @@ impl ProxyHttp for Proxy {
                     Ok(false)
                 }
                 _ => {
-                    decided("denied");
                     self.deny(
                         session,
                         ctx,
@@ -544,13 +522,16 @@ impl ProxyHttp for Proxy {
         for name in spoofed {
             upstream.remove_header(&name);
         }
-        if let Some(admin) = &ctx.admin_id {
-            upstream.insert_header("X-Rbac-Admin-Id", admin.as_str())?;
+        if let Some(p) = &ctx.principal {
+            upstream.insert_header("X-Rbac-Admin-Id", p.admin_id.as_str())?;
+            upstream.insert_header("X-Rbac-Roles", p.roles_header.as_str())?;
         }
-        if let Some(roles) = &ctx.roles {
-            upstream.insert_header("X-Rbac-Roles", roles.as_str())?;
-        }
-        if ctx.shadow_denied {
+        // A would-be denial: its drift row waits for Console's answer.
+        if ctx
+            .drift
+            .as_ref()
+            .is_some_and(|d| d.reason == DRIFT_CONSOLE_ALLOWED)
+        {
             upstream.insert_header("X-Rbac-Shadow-Decision", "deny")?;
         }
         upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
