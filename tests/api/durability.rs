@@ -131,18 +131,8 @@ async fn postgres_stopped_during_a_denial_flood_and_gateway_killed_loses_no_row(
 
 #[tokio::test]
 async fn a_full_spool_answers_503_instead_of_denying_without_a_record() {
-    let db = TestDb::new().await;
-    let up = Upstream::start().await;
-    let link = PgLink::new(&db.url).await;
-    let o = GatewayOpts::new(core_routes(), &db, up.addr)
-        .arg("--cache-ttl")
-        .arg("60")
-        .arg("--db-timeout-ms")
-        .arg("300")
-        .arg("--audit-spool-max-bytes")
-        .arg("1500")
-        .via(&link);
-    let gw = Gateway::start(o).await;
+    let LinkedEnv { db, up, link, gw } =
+        LinkedEnv::start(&["--db-timeout-ms", "300", "--audit-spool-max-bytes", "1500"]).await;
     let (_, token) = db.admin_with_roles(&["console-user"]).await;
     settle().await;
     assert_eq!(gw.get("/ops", Some(&token)).await.status, 403);

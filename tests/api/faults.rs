@@ -6,16 +6,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn database_down_uncached_is_503_cached_keeps_its_answer() {
-    let db = TestDb::new().await;
-    let up = Upstream::start().await;
-    let link = PgLink::new(&db.url).await;
-    let opts = GatewayOpts::new(core_routes(), &db, up.addr)
-        .arg("--cache-ttl")
-        .arg("60")
-        .arg("--db-timeout-ms")
-        .arg("500")
-        .via(&link);
-    let gw = Gateway::start(opts).await;
+    let LinkedEnv { db, up, link, gw } = LinkedEnv::start(&["--db-timeout-ms", "500"]).await;
     let (_, cached) = db.admin_with_roles(&["console-audit-user"]).await;
     let (_, uncached) = db.admin_with_roles(&["console-audit-user"]).await;
     settle().await;
@@ -90,16 +81,12 @@ async fn database_unreachable_from_the_start_fails_closed() {
 
 #[tokio::test]
 async fn spool_survives_a_gateway_kill_and_is_replayed_at_start() {
-    let db = TestDb::new().await;
-    let up = Upstream::start().await;
-    let link = PgLink::new(&db.url).await;
-    let opts = GatewayOpts::new(core_routes(), &db, up.addr)
-        .arg("--cache-ttl")
-        .arg("60")
-        .arg("--db-timeout-ms")
-        .arg("500")
-        .via(&link);
-    let mut gw = Gateway::start(opts).await;
+    let LinkedEnv {
+        db,
+        up,
+        link,
+        mut gw,
+    } = LinkedEnv::start(&["--db-timeout-ms", "500"]).await;
     let (_, token) = db.admin_with_roles(&["console-user"]).await;
     settle().await;
     assert_eq!(

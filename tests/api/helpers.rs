@@ -741,6 +741,32 @@ impl PgLink {
     }
 }
 
+/// A gateway that reaches its database through a cuttable link, caching for 60 s, with
+/// `extra` flags (e.g. a database timeout).
+pub struct LinkedEnv {
+    pub db: TestDb,
+    pub up: Upstream,
+    pub link: PgLink,
+    pub gw: Gateway,
+}
+
+impl LinkedEnv {
+    pub async fn start(extra: &[&str]) -> LinkedEnv {
+        let db = TestDb::new().await;
+        let up = Upstream::start().await;
+        let link = PgLink::new(&db.url).await;
+        let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--cache-ttl")
+            .arg("60")
+            .via(&link);
+        for a in extra {
+            opts = opts.arg(a);
+        }
+        let gw = Gateway::start(opts).await;
+        LinkedEnv { db, up, link, gw }
+    }
+}
+
 /// Lets every gateway's change feed apply the rows the test just wrote: a feed eviction that
 /// lands after the test primed a cache would otherwise turn "cached" into "uncached".
 pub async fn settle() {
