@@ -38,6 +38,9 @@ INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc) VALUES
   (gen_random_uuid()::text, '00000000-0000-4000-8000-000000000b0b', '$(sha demo-bob)', now() + interval '8 hours');
 SQL
 python3 scripts/demo_upstream.py "$up_port" & pids+=($!)
+# The stand-in must answer before the first curl line, or the 200 line sees a 502.
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$up_port/" && break; sleep 0.1; done
+curl -s -o /dev/null "http://127.0.0.1:$up_port/" || { echo "the Console stand-in did not start" >&2; exit 1; }
 "$bin" serve --listen "127.0.0.1:$gw_port" --admin-listen "127.0.0.1:$admin_port" \
   --upstream "127.0.0.1:$up_port" --routes routes.toml --database-url "$DATABASE_URL" \
   --audit-spool "$state/audit.spool" --log-format text 2>"$state/gateway.log" & pids+=($!)
