@@ -5,13 +5,15 @@
 #   (c) wrk -> gateway -> upstream: an allowed route, one cached session
 #   (d) wrk -> gateway: a route that session is denied (403 + durable audit row each)
 #   (e) wrk -> gateway -> upstream: 10,000 distinct sessions (10,000 admins) in rotation
-# Each round runs a..e one after another with the same wrk settings; the table shows medians over
+#   (f) wrk -> examples/bare_proxy -> upstream: pingora set up like the gateway, no authorization
+#       (what pingora itself costs: c/f is the price of authorization, f/b pingora vs nginx)
+# Each round runs a..f one after another with the same wrk settings; the table shows medians over
 # the rounds, plus c/b, d/c, the gateway's peak RSS after (e), database queries per request in
 # case (c), and audit rows written during (d) next to the 403s wrk saw. The table is also written
 # to target/load-report.md.
 #
 # Usage: [ROUNDS=3] [DURATION=10] [CONNECTIONS=64] [THREADS=2] scripts/load.sh
-#   DURATION      seconds per wrk run (a bare number or "10s"); total is about 5 x ROUNDS x DURATION
+#   DURATION      seconds per wrk run (a bare number or "10s"); total is about 6 x ROUNDS x DURATION
 #                 plus ~20 s of set-up once the release build exists
 #   CONNECTIONS   wrk connections; THREADS: wrk threads
 #   PROXY_WORKERS nginx proxy worker_processes (default: the gateway's default thread count, the
@@ -67,10 +69,12 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 # --- build --------------------------------------------------------------------------------------
 if [ "$BUILD" != 0 ]; then
   log "cargo build --release (a few minutes from cold)"
-  cargo build --release --quiet --bin rbac-gateway
+  cargo build --release --quiet --bin rbac-gateway --example bare_proxy
 fi
 GW_BIN=$root/target/release/rbac-gateway
+BARE_BIN=$root/target/release/examples/bare_proxy
 [ -x "$GW_BIN" ] || die "$GW_BIN is missing (run without BUILD=0)"
+[ -x "$BARE_BIN" ] || die "$BARE_BIN is missing (run without BUILD=0)"
 
 # --- throwaway directory and cleanup ------------------------------------------------------------
 tmp=$(mktemp -d /tmp/rbac-load.XXXXXX)
@@ -205,6 +209,11 @@ gw_pid=$!
 pids+=("$gw_pid")
 wait_http "http://127.0.0.1:$adm_port/readyz" 200 30 || die "gateway not ready: $(tail -5 "$tmp/gateway.log")"
 
+bare_port=$(free_port)
+"$BARE_BIN" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" >"$tmp/bare.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$bare_port/" 200 10 || die "bare pingora proxy did not start: $(tail -5 "$tmp/bare.log")"
+
 GW=http://127.0.0.1:$gw_port
 cookie() { printf 'Cookie: console_session=%s' "$1"; }
 status() { curl -s -o /dev/null -w '%{http_code}' "${@:2}" "$1"; }
@@ -255,14 +264,15 @@ run_wrk() { # case round url [wrk args]: appends "round case rps p50_us p99_us r
   tail -1 "$results"
 }
 
-est=$(( ROUNDS * 5 * DURATION ))
-log "$ROUNDS round(s) x 5 cases x ${DURATION}s (~${est}s), wrk -t$THREADS -c$CONNECTIONS"
+est=$(( ROUNDS * 6 * DURATION ))
+log "$ROUNDS round(s) x 6 cases x ${DURATION}s (~${est}s), wrk -t$THREADS -c$CONNECTIONS"
 extra=$tmp/extra.tsv
 : >"$extra"
 for r in $(seq "$ROUNDS"); do
   log "round $r/$ROUNDS"
   run_wrk a "$r" "http://127.0.0.1:$up_port$ALLOWED_PATH" >/dev/null
   run_wrk b "$r" "http://127.0.0.1:$px_port$ALLOWED_PATH" >/dev/null
+  run_wrk f "$r" "http://127.0.0.1:$bare_port$ALLOWED_PATH" >/dev/null
 
   # (c): the session is resolved once, then served from the cache (steady state).
   check "warm-up" "$GW$ALLOWED_PATH" 200 -H "$(cookie "$tok_admin")"
@@ -307,6 +317,7 @@ names = {
     "c": "c  wrk -> gateway -> upstream, allowed $ALLOWED_PATH, cached session",
     "d": "d  wrk -> gateway, denied $DENIED_PATH (403 + audit row)",
     "e": "e  wrk -> gateway -> upstream, $SESSIONS sessions rotating",
+    "f": "f  wrk -> bare pingora proxy (no authorization) -> upstream",
 }
 def ms(us):
     return f"{us / 1000:.3f} ms"
@@ -320,7 +331,7 @@ lines.append("wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency; $NPROC cor
 lines.append("")
 lines.append("| case | requests/s | p50 | p99 |")
 lines.append("| --- | ---: | ---: | ---: |")
-for c in "abcde":
+for c in "abfcde":
     rs = [r for r in rows if r[1] == c]
     rps = med(float(r[2]) for r in rs)
     p50 = med(float(r[3]) for r in rs)
@@ -338,6 +349,8 @@ lines.append("")
 lines.append(f"- c/b (gateway vs nginx proxy_pass): {stat['c'] / stat['b']:.2f}")
 lines.append(f"- d/c (denied with audit vs allowed): {stat['d'] / stat['c']:.2f}")
 lines.append(f"- c/a (gateway vs upstream alone): {stat['c'] / stat['a']:.2f}")
+lines.append(f"- c/f (gateway vs pingora without authorization): {stat['c'] / stat['f']:.2f}")
+lines.append(f"- f/b (pingora without authorization vs nginx proxy_pass): {stat['f'] / stat['b']:.2f}")
 hwm = max(int(e[8]) for e in ex)
 rss = int(ex[-1][9])
 lines.append(f"- gateway peak RSS after (e): VmHWM {hwm / 1024:.1f} MiB (VmRSS now {rss / 1024:.1f} MiB)")

@@ -545,15 +545,15 @@ pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
         for line in &provenance {
             println!("  {line}");
         }
-        if principal.roles.is_empty() {
+        if principal.roles().is_empty() {
             println!("  (none)");
         }
         println!(
             "permissions: {}",
-            if principal.permissions.is_empty() {
+            if principal.permissions().is_empty() {
                 "(none)".into()
             } else {
-                principal.permissions.join(", ")
+                principal.permissions().join(", ")
             }
         );
         let decision = match route_step(route, kill) {

@@ -524,7 +524,7 @@ impl ProxyHttp for Proxy {
         }
         if let Some(p) = &ctx.principal {
             upstream.insert_header("X-Rbac-Admin-Id", p.admin_id.as_str())?;
-            upstream.insert_header("X-Rbac-Roles", p.roles_header.as_str())?;
+            upstream.insert_header("X-Rbac-Roles", p.roles_header())?;
         }
         // A would-be denial: its drift row waits for Console's answer.
         if ctx

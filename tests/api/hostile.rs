@@ -1451,11 +1451,11 @@ async fn hostile_corpus_never_runs_a_forbidden_view() {
         .await
         .unwrap();
     assert_eq!(
-        principal.roles,
+        principal.roles(),
         vec!["console-user".to_string()],
         "the session holds only console-user"
     );
-    let roles_header = principal.roles.join(",");
+    let roles_header = principal.roles().join(",");
 
     // Which views this session may run: public and machine rules, and protected rules naming a
     // role or permission it holds. Gone rules never run (the gateway answers 404).
@@ -1466,10 +1466,10 @@ async fn hostile_corpus_never_runs_a_forbidden_view() {
             Access::Public | Access::Machine => true,
             Access::Gone => false,
             Access::Protected => {
-                r.roles.iter().any(|x| principal.roles.contains(x))
+                r.roles.iter().any(|x| principal.roles().contains(x))
                     || r.permissions
                         .iter()
-                        .any(|x| principal.permissions.contains(x))
+                        .any(|x| principal.permissions().contains(x))
             }
         })
         .map(|r| format!("r{}", r.index))
