@@ -69,12 +69,13 @@ pub struct ServeArgs {
     /// Most entries per cache (sessions; admins).
     #[arg(long, env = "GATEWAY_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
-    /// Proxy worker threads (default: the number of cores).
+    /// Proxy worker threads (default: the number of cores). Each runs its own single-threaded
+    /// proxy service and upstream connection pool on the listening port (SO_REUSEPORT).
     #[arg(long, env = "GATEWAY_THREADS")]
     pub threads: Option<usize>,
-    /// Share one work-stealing runtime between the workers instead of one runtime per worker
-    /// thread (off by default: keeping a request's tasks on the thread that accepted it measured
-    /// faster, see the README's Performance section).
+    /// One service whose workers share a work-stealing runtime and one upstream pool, instead of
+    /// a service per worker (off by default: the per-worker services measured faster, see the
+    /// README's Performance section).
     #[arg(long, env = "GATEWAY_WORK_STEALING", default_value_t = false)]
     pub work_stealing: bool,
     /// Upstream connect timeout in milliseconds (exceeded: 504).
