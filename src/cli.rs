@@ -523,7 +523,7 @@ pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
         }
         None => println!("rule: none matches {} {}", args.method, t.path),
     }
-    let kill = std::env::var("FLAG_RBAC_V2").is_ok_and(|v| v == "0");
+    let kill = args.flag_rbac_v2 == "0";
     runtime()?.block_on(async {
         let pool = db::pool(&args.database_url, 1, Duration::from_secs(10)).map_err(usage)?;
         let principal = identity::resolve(&pool, &args.admin, Duration::ZERO)

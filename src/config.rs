@@ -169,6 +169,9 @@ pub struct ExplainArgs {
     pub method: String,
     /// Request path (and query), as a client would send it.
     pub path: String,
+    /// The kill switch, as `serve` reads it: 0 explains the decision with every route `off`.
+    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", value_parser = ["0", "1"])]
+    pub flag_rbac_v2: String,
 }
 
 #[derive(Debug, Clone, Args)]

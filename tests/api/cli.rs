@@ -211,6 +211,29 @@ async fn explain_shows_rule_provenance_and_decision() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("decision: allow"), "{stdout}");
+
+    // An admin without roles, explained with and without the kill switch (read like `serve`
+    // reads it: the FLAG_RBAC_V2 variable or --flag-rbac-v2).
+    let nobody = db.admin("ex-nobody@example.test").await;
+    let explain_denied = |flag: Option<&str>| {
+        let mut c = bin();
+        c.args(["explain", "--routes"]).arg(core_routes()).args([
+            "--database-url",
+            &db.url,
+            "--admin",
+            &nobody,
+            "GET",
+            "/ops",
+        ]);
+        if let Some(f) = flag {
+            c.env("FLAG_RBAC_V2", f);
+        }
+        String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
+    };
+    let stdout = explain_denied(None);
+    assert!(stdout.contains("decision: 403 denied"), "{stdout}");
+    let stdout = explain_denied(Some("0"));
+    assert!(stdout.contains("decision: forward"), "{stdout}");
 }
 
 #[test]
