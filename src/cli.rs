@@ -97,6 +97,10 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     let mapping = load_mapping(&args.routes)?;
     let upstream = resolve(&args.upstream, "--upstream")?;
     let listen = resolve(&args.listen, "--listen")?;
+    if listen.port() == 0 {
+        // Each worker binds the port itself: port 0 would give every worker a different one.
+        return Err(usage(anyhow!("--listen needs a fixed port, not 0")));
+    }
     let admin_addr = resolve(&args.admin_listen, "--admin-listen")?;
     // Fail before pingora does (it panics on a port it cannot bind).
     drop(

@@ -156,6 +156,29 @@ async fn serve_refuses_an_invalid_mapping_before_binding() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(":4:10: unknown access \"open\""));
 }
 
+#[test]
+fn serve_refuses_port_zero() {
+    // Every worker binds the listening port itself (SO_REUSEPORT): port 0 would give each a
+    // different port.
+    let out = bin()
+        .args([
+            "serve",
+            "--database-url",
+            "postgres://127.0.0.1:1/x",
+            "--routes",
+        ])
+        .arg(root().join("routes.toml"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--listen needs a fixed port"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn explain_shows_rule_provenance_and_decision() {
     let db = TestDb::new().await;
