@@ -1,7 +1,8 @@
-//! A pingora reverse proxy with no authorization at all, set up exactly like `rbac-gateway serve`
-//! (same allocator, one single-threaded service per core on a SO_REUSEPORT port, same peer
-//! options). `scripts/load.sh` runs it as a reference row: the difference between this and the
-//! gateway is what the authorization costs; the difference between this and nginx is pingora's.
+//! A pingora reverse proxy with no authorization at all, set up by the gateway's own code
+//! (`cli::add_proxy_services`, `proxy::upstream_peer`, the same allocator and timeouts as the
+//! defaults of `serve`). `scripts/load.sh` runs it as a reference row: the difference between this
+//! and the gateway is what the authorization costs; the difference between this and nginx is
+//! pingora's.
 //!
 //!   cargo run --release --example bare_proxy -- LISTEN UPSTREAM [THREADS]
 use std::net::SocketAddr;
@@ -10,6 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
+use rbac_gateway::cli::add_proxy_services;
+use rbac_gateway::proxy::upstream_peer;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -24,12 +27,11 @@ impl ProxyHttp for Bare {
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        let mut peer = HttpPeer::new(self.upstream, false, String::new());
-        peer.options.connection_timeout = Some(Duration::from_secs(2));
-        peer.options.read_timeout = Some(Duration::from_secs(30));
-        peer.options.write_timeout = Some(Duration::from_secs(30));
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        Ok(Box::new(peer))
+        Ok(Box::new(upstream_peer(
+            self.upstream,
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+        )))
     }
 }
 
@@ -39,6 +41,7 @@ fn main() {
         eprintln!("usage: bare_proxy LISTEN UPSTREAM [THREADS]");
         std::process::exit(64);
     }
+    let listen: SocketAddr = args[1].parse().expect("LISTEN must be IP:PORT");
     let upstream: SocketAddr = args[2].parse().expect("UPSTREAM must be IP:PORT");
     let threads = args.get(3).map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -46,20 +49,12 @@ fn main() {
     );
     let conf = ServerConf {
         threads,
-        work_stealing: false,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    for _ in 0..threads {
-        let mut svc = http_proxy_service(&server.configuration, Bare { upstream });
-        svc.threads = Some(1);
-        let mut sock = pingora::listeners::TcpSocketOptions::default();
-        sock.so_reuseport = Some(true);
-        svc.add_tcp_with_settings(&args[1], sock);
-        server.add_service(svc);
-    }
+    add_proxy_services(&mut server, listen, threads, false, || Bare { upstream });
     server.run_forever();
 }

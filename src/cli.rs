@@ -181,24 +181,44 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    // One single-threaded proxy service per worker, all on the listening port (SO_REUSEPORT: the
-    // kernel spreads connections over them). Each has its own upstream connection pool, so a
-    // pooled connection is never handed between threads: pingora parks an idle connection in a
-    // task on a random worker of its service, and with several workers per service every reuse
-    // woke another thread twice (measured: 2.2 eventfd writes and ~1 context switch per request).
-    // With --work-stealing, one service shares a work-stealing runtime instead.
-    let services = if args.work_stealing { 1 } else { threads };
+    add_proxy_services(&mut server, listen, threads, args.work_stealing, || Proxy {
+        gw: gw.clone(),
+    });
+    server.run(pingora::server::RunArgs::default());
+    tracing::info!("shut down");
+    drop(bg);
+    Ok(())
+}
+
+/// Adds the proxy to `server` the way `serve` runs it (also used by `examples/bare_proxy.rs`, so
+/// the load benchmark's pingora baseline is set up exactly like the gateway).
+///
+/// One single-threaded proxy service per worker, all on the listening port (SO_REUSEPORT: the
+/// kernel spreads connections over them). Each has its own upstream connection pool, so a pooled
+/// connection is never handed between threads: pingora parks an idle connection in a task on a
+/// random worker of its service, and with several workers per service every reuse woke another
+/// thread twice (measured: 2.2 eventfd writes and ~1 context switch per request). With
+/// `work_stealing`, one service shares a work-stealing runtime instead.
+pub fn add_proxy_services<SV: pingora::proxy::ProxyHttp + Send + Sync + 'static>(
+    server: &mut Server,
+    listen: SocketAddr,
+    threads: usize,
+    work_stealing: bool,
+    app: impl Fn() -> SV,
+) where
+    SV::CTX: Send + Sync,
+{
+    let services = if work_stealing { 1 } else { threads };
     for _ in 0..services {
-        let mut svc =
-            pingora::proxy::http_proxy_service(&server.configuration, Proxy { gw: gw.clone() });
+        let mut svc = pingora::proxy::http_proxy_service(&server.configuration, app());
         // Let CONNECT reach request_filter, which refuses it with 400 like every other
         // non-origin-form target (pingora would answer 405 on its own).
-        if let Some(app) = svc.app_logic_mut() {
+        if let Some(proxy) = svc.app_logic_mut() {
             let mut opts = pingora::apps::HttpServerOptions::default();
             opts.allow_connect_method_proxying = true;
-            app.server_options = Some(opts);
+            proxy.server_options = Some(opts);
         }
-        if args.work_stealing {
+        if work_stealing {
             svc.add_tcp(&listen.to_string());
         } else {
             svc.threads = Some(1);
@@ -208,10 +228,6 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         }
         server.add_service(svc);
     }
-    server.run(pingora::server::RunArgs::default());
-    tracing::info!("shut down");
-    drop(bg);
-    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Exit> {

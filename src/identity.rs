@@ -324,6 +324,17 @@ impl Identity {
             .map_err(IdentityError::DatabaseUnavailable)
     }
 
+    /// Who holds this session cookie: `None` when no live session has it.
+    pub async fn principal_for_token(
+        &self,
+        token: &str,
+    ) -> Result<Option<Arc<Principal>>, IdentityError> {
+        match self.session(token).await? {
+            Some(s) => self.principal(&s.admin_id).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// (sessions, principals) cached right now.
     pub fn cache_sizes(&self) -> (u64, u64) {
         (self.sessions.entry_count(), self.principals.entry_count())

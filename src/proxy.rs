@@ -121,6 +121,21 @@ fn check_request(head: &[u8], req: &RequestHeader) -> std::result::Result<Target
     Ok(t)
 }
 
+/// The upstream (Console) as pingora reaches it: plain HTTP, pooled connections kept 60 s idle;
+/// `read_timeout` bounds each read and each write.
+pub fn upstream_peer(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(connect_timeout);
+    peer.options.read_timeout = Some(read_timeout);
+    peer.options.write_timeout = Some(read_timeout);
+    peer.options.idle_timeout = Some(Duration::from_secs(60));
+    peer
+}
+
 fn client_ip(session: &Session) -> Option<String> {
     session
         .client_addr()
@@ -373,19 +388,12 @@ impl ProxyHttp for Proxy {
                 utf8_percent_encode(&t.original, NEXT)
             )
         };
-        let Some(token) = session_cookie(session.req_header(), &self.gw.cookie).map(str::to_string)
-        else {
-            self.outcome(ctx, "redirected");
-            tracing::debug!(request_id = %ctx.request_id, method = %method, path = %t.path, rule = %route.label(), mapping_version = %mapping.version, "redirected to login: no valid session");
-            self.respond(session, ctx, 302, Some(redirect(&t)), "Found\n", false)
-                .await?;
-            return Ok(true);
+        let resolved = match session_cookie(session.req_header(), &self.gw.cookie) {
+            Some(token) => self.gw.identity.principal_for_token(token).await,
+            None => Ok(None),
         };
-        let unavailable = |e: &dyn std::error::Error| {
-            tracing::error!(request_id = %ctx.request_id, error = %e, "cannot resolve the session: answering 503");
-        };
-        let sess = match self.gw.identity.session(&token).await {
-            Ok(Some(s)) => s,
+        let principal = match resolved {
+            Ok(Some(p)) => p,
             Ok(None) => {
                 self.outcome(ctx, "redirected");
                 tracing::debug!(request_id = %ctx.request_id, method = %method, path = %t.path, rule = %route.label(), mapping_version = %mapping.version, "redirected to login: no valid session");
@@ -394,17 +402,7 @@ impl ProxyHttp for Proxy {
                 return Ok(true);
             }
             Err(e) => {
-                unavailable(&e);
-                self.outcome(ctx, "unavailable");
-                self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
-                    .await?;
-                return Ok(true);
-            }
-        };
-        let principal = match self.gw.identity.principal(&sess.admin_id).await {
-            Ok(p) => p,
-            Err(e) => {
-                unavailable(&e);
+                tracing::error!(request_id = %ctx.request_id, error = %e, "cannot resolve the session: answering 503");
                 self.outcome(ctx, "unavailable");
                 self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
                     .await?;
@@ -493,12 +491,11 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let mut peer = HttpPeer::new(self.gw.upstream, false, String::new());
-        peer.options.connection_timeout = Some(self.gw.connect_timeout);
-        peer.options.read_timeout = Some(self.gw.read_timeout);
-        peer.options.write_timeout = Some(self.gw.read_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        Ok(Box::new(peer))
+        Ok(Box::new(upstream_peer(
+            self.gw.upstream,
+            self.gw.connect_timeout,
+            self.gw.read_timeout,
+        )))
     }
 
     async fn upstream_request_filter(

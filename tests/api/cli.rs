@@ -185,19 +185,23 @@ async fn explain_shows_rule_provenance_and_decision() {
     let admin = db.admin("ex@example.test").await;
     db.join_group(&admin, "raxx-devops-team").await;
     db.break_glass(&admin, 600.0).await;
-    let out = bin()
-        .args(["explain", "--routes"])
-        .arg(core_routes())
-        .args([
+    // `rbac-gateway explain` over the core fixture; `kill` sets FLAG_RBAC_V2.
+    let explain = |admin: &str, path: &str, kill: Option<&str>| {
+        let mut c = bin();
+        c.args(["explain", "--routes"]).arg(core_routes()).args([
             "--database-url",
             &db.url,
             "--admin",
-            &admin,
+            admin,
             "GET",
-            "/console/customers/invite",
-        ])
-        .output()
-        .unwrap();
+            path,
+        ]);
+        if let Some(flag) = kill {
+            c.env("FLAG_RBAC_V2", flag);
+        }
+        c.output().unwrap()
+    };
+    let out = explain(&admin, "/console/customers/invite", None);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -219,43 +223,18 @@ async fn explain_shows_rule_provenance_and_decision() {
         "{stdout}"
     );
     assert!(stdout.contains("decision: allow"), "{stdout}");
-    let out = bin()
-        .args(["explain", "--routes"])
-        .arg(core_routes())
-        .args([
-            "--database-url",
-            &db.url,
-            "--admin",
-            &admin,
-            "GET",
-            "/secrets/x/sop",
-        ])
-        .output()
-        .unwrap();
+    let out = explain(&admin, "/secrets/x/sop", None);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("decision: allow"), "{stdout}");
 
     // An admin without roles, explained with and without the kill switch (read like `serve`
     // reads it: the FLAG_RBAC_V2 variable or --flag-rbac-v2).
     let nobody = db.admin("ex-nobody@example.test").await;
-    let explain_denied = |flag: Option<&str>| {
-        let mut c = bin();
-        c.args(["explain", "--routes"]).arg(core_routes()).args([
-            "--database-url",
-            &db.url,
-            "--admin",
-            &nobody,
-            "GET",
-            "/ops",
-        ]);
-        if let Some(f) = flag {
-            c.env("FLAG_RBAC_V2", f);
-        }
-        String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
-    };
-    let stdout = explain_denied(None);
+    let out = explain(&nobody, "/ops", None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("decision: 403 denied"), "{stdout}");
-    let stdout = explain_denied(Some("0"));
+    let out = explain(&nobody, "/ops", Some("0"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("decision: forward"), "{stdout}");
 }
 
