@@ -343,8 +343,8 @@ impl ProxyHttp for Proxy {
             }
         };
         let mapping = self.gw.mapping.load_full();
-        let method = session.req_header().method.as_str().to_string();
-        let found = mapping.find(&method, &t.path);
+        let method = session.req_header().method.clone();
+        let found = mapping.find(method.as_str(), &t.path);
         let route = found.as_ref().map(|(r, _)| *r);
 
         let step = route_step(route, self.gw.kill_switch);
