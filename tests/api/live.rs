@@ -93,7 +93,11 @@ async fn fifty_swaps_under_load_fail_no_request_and_each_is_decided_by_one_mappi
     }
     for i in 0..50 {
         swap(&env.gw.routes, if i % 2 == 0 { B } else { A });
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        // Mostly faster than the watcher's two-poll debounce (churn), but every fifth version is
+        // held for several polls, so it is applied for certain: ten held versions, each unlike
+        // the one held before, make at least ten successful reloads whatever the scheduling.
+        let hold = if i % 5 == 4 { 700 } else { 120 };
+        tokio::time::sleep(Duration::from_millis(hold)).await;
     }
     // The last swap (i = 49) wrote A.
     let lag = wait_for(&env.gw, &token, 403).await;
