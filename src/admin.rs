@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::proxy::Gateway;
+use crate::state::Gateway;
 
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     loop {

@@ -34,5 +34,6 @@ pub mod mapping;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod state;
 pub mod target;
 pub mod ticket;

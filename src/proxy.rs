@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -16,30 +15,14 @@ use pingora::protocols::http::ServerSession as HttpSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
-use crate::audit::{AuditEvent, AuditWriter, EVENT_DENIED, EVENT_DRIFT, EVENT_SHADOW_DENIED};
+use crate::audit::{AuditEvent, EVENT_DENIED, EVENT_DRIFT, EVENT_SHADOW_DENIED};
 use crate::decision::{
     authorize, effective_mode, route_step, Step, Verdict, REASON_MISSING_ROLE, REASON_NO_ROUTE,
 };
-use crate::identity::{Identity, Principal};
+use crate::identity::Principal;
 use crate::mapping::{Mapping, Mode, Route};
-use crate::metrics::Metrics;
+use crate::state::Gateway;
 use crate::target::{self, Refusal, Target};
-
-/// Everything a request needs, shared by all workers.
-pub struct Gateway {
-    pub mapping: ArcSwap<Mapping>,
-    pub identity: Arc<Identity>,
-    pub audit: Arc<AuditWriter>,
-    pub metrics: Arc<Metrics>,
-    pub kill_switch: bool,
-    pub cookie: String,
-    pub upstream: SocketAddr,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    /// Ticket-scoped grants honoured (FLAG_TICKET_SCOPED_GRANTS).
-    pub ticket_grants: bool,
-    pub ticket_validation_url: Option<String>,
-}
 
 /// Per-request state.
 pub struct Ctx {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::mapping::{Mapping, Route};
-use crate::proxy::Gateway;
+use crate::state::Gateway;
 
 pub const POLL: Duration = Duration::from_millis(200);
 

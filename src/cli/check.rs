@@ -1,0 +1,256 @@
+//! `rbac-gateway check`: validates a mapping, optionally against the database and Console's
+//! own routes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+
+use super::{diag, failure, runtime, usage, Exit};
+use crate::config::{CheckArgs, EXIT_PROBLEMS};
+use crate::db;
+use crate::mapping::{Mapping, Severity};
+
+/// The columns the gateway reads or writes, per table.
+const SCHEMA: &[(&str, &[&str])] = &[
+    ("admins", &["id", "email"]),
+    (
+        "admin_sessions",
+        &[
+            "id",
+            "admin_id",
+            "token_sha256",
+            "expires_at_utc",
+            "revoked_at_utc",
+        ],
+    ),
+    ("rbac_groups", &["id", "name"]),
+    ("rbac_roles", &["id", "name"]),
+    ("rbac_permissions", &["id", "name"]),
+    ("rbac_role_permissions", &["role_id", "permission_id"]),
+    (
+        "rbac_role_inheritance",
+        &["child_role_id", "parent_role_id"],
+    ),
+    ("rbac_group_roles", &["group_id", "role_id"]),
+    ("rbac_user_groups", &["user_id", "group_id"]),
+    (
+        "rbac_break_glass_sessions",
+        &["user_id", "expires_at_utc", "revoked_at_utc"],
+    ),
+    (
+        "rbac_ticket_grants",
+        &[
+            "user_id",
+            "role_id",
+            "customer_id",
+            "expires_at_utc",
+            "revoked_at_utc",
+        ],
+    ),
+    (
+        "access_audit_events",
+        &[
+            "id",
+            "event_type",
+            "admin_id",
+            "method",
+            "path",
+            "route",
+            "required",
+            "reason",
+            "request_id",
+            "client_ip",
+            "user_agent",
+            "created_at_utc",
+        ],
+    ),
+];
+
+pub fn check(args: CheckArgs) -> Result<(), Exit> {
+    let file = args.routes.display().to_string();
+    let mapping = match Mapping::load(&args.routes) {
+        Ok(m) => m,
+        Err(e) => {
+            for d in &e.diagnostics {
+                println!("{d}");
+            }
+            return Err(usage(anyhow!("{file}: {} error(s)", e.diagnostics.len())));
+        }
+    };
+    let mut problems = Vec::new();
+    for w in &mapping.warnings {
+        println!("{w}");
+    }
+    if let Some(url) = &args.database_url {
+        problems.extend(runtime()?.block_on(check_database(&mapping, &file, url))?);
+    }
+    if let Some(app) = &args.app_routes {
+        problems.extend(crate::cli::check_app_routes(&mapping, &file, app)?);
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    let errors = problems
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    println!(
+        "{file}: {} routes, version {}, {} warning(s), {} error(s)",
+        mapping.routes.len(),
+        mapping.version,
+        mapping.warnings.len() + problems.len() - errors,
+        errors
+    );
+    if errors > 0 {
+        return Err(Exit {
+            code: EXIT_PROBLEMS,
+            error: anyhow!("{file}: the check found {errors} problem(s)"),
+        });
+    }
+    Ok(())
+}
+
+async fn check_database(
+    mapping: &Mapping,
+    file: &str,
+    url: &str,
+) -> Result<Vec<crate::mapping::Diagnostic>, Exit> {
+    let pool = db::pool(url, 1, Duration::from_secs(10)).map_err(usage)?;
+    let mut out = Vec::new();
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns WHERE table_schema = current_schema()",
+    )
+    .fetch_all(&pool)
+    .await
+    .context("cannot read the schema")
+    .map_err(failure)?;
+    for (table, cols) in SCHEMA {
+        for col in *cols {
+            if !columns.iter().any(|(t, c)| t == table && c == col) {
+                out.push(diag(
+                    file,
+                    0,
+                    0,
+                    Severity::Error,
+                    format!(
+                        "database: column {table}.{col} is missing (run `rbac-gateway migrate`?)"
+                    ),
+                ));
+            }
+        }
+    }
+    if !out.is_empty() {
+        return Ok(out);
+    }
+    let roles: Vec<String> = sqlx::query_scalar("SELECT name FROM rbac_roles")
+        .fetch_all(&pool)
+        .await
+        .map_err(failure)?;
+    let perms: Vec<String> = sqlx::query_scalar("SELECT name FROM rbac_permissions")
+        .fetch_all(&pool)
+        .await
+        .map_err(failure)?;
+    for route in &mapping.routes {
+        for r in route.roles.iter().filter(|r| !roles.contains(r)) {
+            out.push(diag(
+                file,
+                route.line,
+                route.col,
+                Severity::Error,
+                format!(
+                    "unknown role {r:?} in {} (not in rbac_roles)",
+                    route.label()
+                ),
+            ));
+        }
+        for p in route.permissions.iter().filter(|p| !perms.contains(p)) {
+            out.push(diag(
+                file,
+                route.line,
+                route.col,
+                Severity::Error,
+                format!(
+                    "unknown permission {p:?} in {} (not in rbac_permissions)",
+                    route.label()
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// One route of the upstream's `url_map` dump.
+#[derive(Debug, serde::Deserialize)]
+struct AppRoute {
+    rule: String,
+    methods: Vec<String>,
+    #[serde(default)]
+    endpoint: String,
+}
+
+pub fn check_app_routes(
+    mapping: &Mapping,
+    file: &str,
+    app: &Path,
+) -> Result<Vec<crate::mapping::Diagnostic>, Exit> {
+    let text =
+        std::fs::read_to_string(app).map_err(|e| usage(anyhow!("{}: {e}", app.display())))?;
+    let routes: Vec<AppRoute> = serde_json::from_str(&text).map_err(|e| {
+        usage(anyhow!(
+            "{}:{}:{}: {e}",
+            app.display(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let mut out = Vec::new();
+    let norm = |rule: &str| crate::mapping::rule_signature(rule);
+    for ar in &routes {
+        let sig = norm(&ar.rule);
+        for m in ar
+            .methods
+            .iter()
+            .filter(|m| *m != "HEAD" && *m != "OPTIONS")
+        {
+            let covered = mapping
+                .routes
+                .iter()
+                .any(|r| norm(&r.path) == sig && r.methods.iter().any(|x| x == m));
+            if !covered {
+                // Point at the rule in the dump, so the message is clickable too.
+                let at = text.find(&format!("\"{}\"", ar.rule)).unwrap_or(0);
+                let line = text[..at].matches('\n').count() + 1;
+                let col = at - text[..at].rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+                out.push(diag(
+                    &app.display().to_string(),
+                    line,
+                    col,
+                    Severity::Error,
+                    format!("Console route {m} {} (endpoint {}) has no gateway rule: it would be denied with no_route", ar.rule, ar.endpoint),
+                ));
+            }
+        }
+    }
+    for r in &mapping.routes {
+        if r.access == crate::mapping::Access::Gone {
+            continue;
+        }
+        let sig = norm(&r.path);
+        for m in &r.methods {
+            let exists = routes
+                .iter()
+                .any(|ar| norm(&ar.rule) == sig && ar.methods.iter().any(|x| x == m));
+            if !exists {
+                out.push(diag(
+                    file,
+                    r.line,
+                    r.col,
+                    Severity::Error,
+                    format!("gateway rule {m} {} matches no Console route", r.path),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}

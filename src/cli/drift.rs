@@ -1,0 +1,82 @@
+//! `rbac-gateway drift`: shadow-mode drift per cluster and route.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+
+use super::{failure, load_mapping, runtime, usage, Exit};
+use crate::config::{DriftArgs, EXIT_PROBLEMS};
+use crate::db;
+
+pub fn drift(args: DriftArgs) -> Result<(), Exit> {
+    let mapping = load_mapping(&args.routes)?;
+    let cluster_of = |label: &str| {
+        mapping
+            .routes
+            .iter()
+            .find(|r| r.label() == label)
+            .and_then(|r| r.meta.cluster.clone())
+            .unwrap_or_else(|| "-".to_string())
+    };
+    let rows: Vec<(Option<String>, String, String, i64)> = runtime()?.block_on(async {
+        let pool = db::pool(&args.database_url, 1, Duration::from_secs(10)).map_err(usage)?;
+        sqlx::query_as(
+            "SELECT route, event_type, reason, count(*) FROM access_audit_events \
+             WHERE event_type IN ('rbac_drift', 'access_denied_shadow') \
+               AND created_at_utc > now() - make_interval(hours => $1) \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .bind(args.since_hours as i32)
+        .fetch_all(&pool)
+        .await
+        .context("cannot read drift events")
+        .map_err(failure)
+    })?;
+    let wanted = |c: &str| args.cluster.as_deref().is_none_or(|w| w == c);
+    let mut clusters: std::collections::BTreeMap<String, (usize, i64, i64)> = Default::default();
+    for r in mapping
+        .routes
+        .iter()
+        .filter(|r| r.mode == crate::mapping::Mode::Shadow)
+    {
+        let c = r.meta.cluster.clone().unwrap_or_else(|| "-".into());
+        clusters.entry(c).or_default().0 += 1;
+    }
+    println!(
+        "drift report: last {} h, mapping {} ({})",
+        args.since_hours,
+        args.routes.display(),
+        mapping.version
+    );
+    let mut drift_total = 0;
+    let mut lines = Vec::new();
+    for (route, event, reason, n) in &rows {
+        let label = route.clone().unwrap_or_else(|| "-".into());
+        let c = cluster_of(&label);
+        if !wanted(&c) {
+            continue;
+        }
+        let entry = clusters.entry(c.clone()).or_default();
+        if event == crate::audit::EVENT_DRIFT {
+            entry.1 += n;
+            drift_total += n;
+            lines.push(format!("  DRIFT {label} [{c}]: {n} x {reason}"));
+        } else {
+            entry.2 += n;
+        }
+    }
+    for (c, (rules, drift, would_deny)) in clusters.iter().filter(|(c, _)| wanted(c)) {
+        println!("cluster {c}: {rules} shadow rule(s), {drift} drift event(s), {would_deny} would-be denial(s)");
+    }
+    for l in &lines {
+        println!("{l}");
+    }
+    if drift_total > 0 {
+        return Err(Exit {
+            code: EXIT_PROBLEMS,
+            error: anyhow!("{drift_total} drift event(s) in the window"),
+        });
+    }
+    println!("zero drift");
+    Ok(())
+}

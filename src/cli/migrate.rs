@@ -1,0 +1,21 @@
+//! `rbac-gateway migrate`: applies the embedded migrations.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{failure, runtime, usage, Exit};
+use crate::config::MigrateArgs;
+use crate::db;
+
+pub fn migrate(args: MigrateArgs) -> Result<(), Exit> {
+    runtime()?.block_on(async {
+        let pool = db::pool(&args.database_url, 1, Duration::from_secs(30)).map_err(usage)?;
+        db::migrate(&pool)
+            .await
+            .context("migration failed")
+            .map_err(failure)?;
+        println!("migrations applied");
+        Ok(())
+    })
+}

@@ -1,0 +1,107 @@
+//! The commands, one file each: `serve`, `migrate`, `check`, `explain`, `drift`. Configuration is
+//! loaded and checked before any port is bound; an invalid mapping or flag exits 64.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+
+use anyhow::anyhow;
+
+use crate::config::{EXIT_PROBLEMS, EXIT_USAGE};
+use crate::mapping::{Mapping, Severity};
+
+mod check;
+mod drift;
+mod explain;
+mod migrate;
+mod serve;
+
+pub use check::{check, check_app_routes};
+pub use drift::drift;
+pub use explain::explain;
+pub use migrate::migrate;
+pub use serve::{add_proxy_services, serve};
+
+/// A command's failure, with the exit code it maps to.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+pub(crate) fn usage(e: impl Into<anyhow::Error>) -> Exit {
+    Exit {
+        code: EXIT_USAGE,
+        error: e.into(),
+    }
+}
+
+pub(crate) fn failure(e: impl Into<anyhow::Error>) -> Exit {
+    Exit {
+        code: EXIT_PROBLEMS,
+        error: e.into(),
+    }
+}
+
+pub fn init_logging(format: &str) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // pingora's debug and trace records print whole request headers, cookies included: a session
+    // token must never reach the log, whatever RUST_LOG asks for.
+    for krate in [
+        "pingora",
+        "pingora_core",
+        "pingora_proxy",
+        "pingora_http",
+        "pingora_pool",
+        "pingora_cache",
+    ] {
+        filter = filter.add_directive(format!("{krate}=info").parse().expect("static directive"));
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "text" {
+        let _ = builder.try_init();
+    } else {
+        let _ = builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init();
+    }
+}
+
+pub(crate) fn load_mapping(path: &Path) -> Result<Mapping, Exit> {
+    Mapping::load(path)
+        .map_err(|e| usage(anyhow!("{e}\n{}: the mapping is invalid", path.display())))
+}
+
+pub(crate) fn resolve(addr: &str, what: &str) -> Result<SocketAddr, Exit> {
+    addr.to_socket_addrs()
+        .map_err(|e| usage(anyhow!("{what} {addr:?} cannot be resolved: {e}")))?
+        .next()
+        .ok_or_else(|| usage(anyhow!("{what} {addr:?} resolves to no address")))
+}
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(failure)
+}
+
+pub(crate) fn diag(
+    file: &str,
+    line: usize,
+    col: usize,
+    severity: Severity,
+    message: String,
+) -> crate::mapping::Diagnostic {
+    crate::mapping::Diagnostic {
+        file: file.to_string(),
+        line,
+        col,
+        severity,
+        message,
+    }
+}
