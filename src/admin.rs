@@ -1,12 +1,17 @@
 //! The admin listener: `/healthz` (process alive), `/readyz` (mapping loaded and the database
-//! answered), `/metrics` (Prometheus text). A deliberately tiny HTTP/1.1 responder: GET only,
-//! one request per connection, bounded reads.
+//! answered), `/metrics` (Prometheus text). Served by hyper, GET only.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
 
 use crate::state::Gateway;
 
@@ -22,32 +27,27 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
         };
         let gw = gw.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), handle(stream, gw)).await;
+            let service = service_fn(move |req| {
+                let gw = gw.clone();
+                async move { Ok::<_, Infallible>(handle(req, &gw).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Some(Duration::from_secs(5)))
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, gw: Arc<Gateway>) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 || buf.len() > 8192 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-    let (status, ctype, body) = match (method, path) {
-        (b"GET", b"/healthz") => (200, "text/plain", "ok\n".to_string()),
-        (b"GET", b"/readyz") => ready(&gw).await,
-        (b"GET", b"/metrics") => {
+async fn handle(req: Request<Incoming>, gw: &Gateway) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => (200, "text/plain", "ok\n".to_string()),
+        (&Method::GET, "/readyz") => ready(gw).await,
+        (&Method::GET, "/metrics") => {
             let (sessions, principals) = gw.identity.cache_sizes();
             let m = &gw.metrics;
             m.cache_entries
@@ -65,22 +65,16 @@ async fn handle(mut stream: TcpStream, gw: Arc<Gateway>) -> std::io::Result<()> 
                 .set(pool.num_idle() as i64);
             (200, "text/plain; version=0.0.4", m.render())
         }
-        (b"GET", _) => (404, "text/plain", "not found\n".to_string()),
+        (&Method::GET, _) => (404, "text/plain", "not found\n".to_string()),
         _ => (405, "text/plain", "method not allowed\n".to_string()),
     };
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::from_u16(status).expect("a valid status");
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
     );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    resp
 }
 
 async fn ready(gw: &Gateway) -> (u16, &'static str, String) {

@@ -70,14 +70,23 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
     /// Proxy worker threads (default: the number of cores). Each runs its own single-threaded
-    /// proxy service and upstream connection pool on the listening port (SO_REUSEPORT).
+    /// runtime, listening socket (SO_REUSEPORT) and upstream connection pool.
     #[arg(long, env = "GATEWAY_THREADS")]
     pub threads: Option<usize>,
-    /// One service whose workers share a work-stealing runtime and one upstream pool, instead of
-    /// a service per worker (off by default: the per-worker services measured faster, see the
-    /// README's Performance section).
-    #[arg(long, env = "GATEWAY_WORK_STEALING", default_value_t = false)]
-    pub work_stealing: bool,
+    /// A client must send a whole request head within this many milliseconds (exceeded: the
+    /// connection is closed); also the longest idle time of a keep-alive connection.
+    #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (request line and headers) in bytes (exceeded: 431).
+    #[arg(long, env = "GATEWAY_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// Most header lines per request (exceeded: 431).
+    #[arg(long, env = "GATEWAY_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+    /// Largest request body in bytes; bodies are read completely before Console sees the
+    /// request (exceeded: 413).
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
     /// Upstream connect timeout in milliseconds (exceeded: 504).
     #[arg(
         long,
@@ -172,6 +181,12 @@ pub struct ExplainArgs {
     /// The kill switch, as `serve` reads it: 0 explains the decision with every route `off`.
     #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", value_parser = ["0", "1"])]
     pub flag_rbac_v2: String,
+    /// Ticket-scoped grants, as `serve` reads them.
+    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", value_parser = ["0", "1"])]
+    pub flag_ticket_scoped_grants: String,
+    /// Re-validate ticket grants against this URL, as `serve` does.
+    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
+    pub ticket_validation_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -13,13 +13,17 @@
 //! - [`feed`]: the change feed that evicts cache entries when grants change.
 //! - [`ticket`]: ticket-scoped grants, checked live (never cached).
 //! - [`decision`]: pure: rule + principal -> allow / redirect / deny, with the reason.
-//! - [`proxy`]: pingora glue only.
+//! - [`outcome`]: the per-request policy as one function: facts in, a typed outcome out.
+//! - [`proxy`]: the hyper data plane: checks, [`outcome::decide`], the answer.
+//! - [`sniff`]: request heads as received, beside hyper's parse.
+//! - [`upstream`]: the per-worker pool of connections to Console.
+//! - [`state`]: the shared state; the gateway's [`outcome::Authority`].
 //! - [`audit`]: the durable writer of `access_audit_events`.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`db`]: pool and embedded migrations.
 //! - [`reload`]: live policy: the mapping file watched and swapped in whole.
-//! - [`cli`]: `serve`, `migrate`, `check`, `explain`.
+//! - [`cli`]: one file per command.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -32,8 +36,11 @@ pub mod feed;
 pub mod identity;
 pub mod mapping;
 pub mod metrics;
+pub mod outcome;
 pub mod proxy;
 pub mod reload;
+pub mod sniff;
 pub mod state;
 pub mod target;
 pub mod ticket;
+pub mod upstream;

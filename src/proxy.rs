@@ -1,40 +1,59 @@
-//! Pingora glue: for each request, run the checks of [`crate::target`], match the rule, ask
-//! [`crate::identity`] and [`crate::decision`], then forward or answer. All policy lives in
-//! those modules; this file only moves bytes and headers.
+//! The data plane, on hyper (HTTP/1.1 both ways). Each worker thread runs one current-thread
+//! runtime with its own SO_REUSEPORT listener and its own upstream pool ([`crate::upstream`]).
+//!
+//! For each request: the checks of [`crate::target`] on what hyper parsed, the session cookie,
+//! then [`crate::outcome::decide`], and [`respond`] turns the outcome into the answer: the one
+//! place where outcomes become HTTP. What is forwarded is exactly what was decided on: the target
+//! as received (hyper keeps its bytes), the one session cookie resolved, the request body read
+//! completely first.
+//!
+//! What hyper does before the handler runs, and what the gateway adds (the README has the table):
+//! hyper answers 400 itself to a malformed request line or header (obs-fold included), 431 to a
+//! head over the size limit; it drops a `#fragment`; with `Transfer-Encoding` it drops any
+//! `Content-Length` and reads the body as chunked (the gateway refuses the pair when it can see
+//! it, and otherwise forwards the chunked reading it decided on, with an exact `Content-Length`,
+//! on a connection hyper closes after the answer); identical repeated `Content-Length`s are
+//! merged. The gateway itself refuses a missing (HTTP/1.1), repeated, empty or path-holding
+//! `Host`, non-origin-form targets (`*`, authority and absolute form, `CONNECT`), lower-case
+//! methods and `Upgrade`.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::prelude::HttpPeer;
-use pingora::protocols::http::ServerSession as HttpSession;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorType, Result};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::watch;
 
-use crate::audit::{AuditEvent, EVENT_DENIED, EVENT_DRIFT, EVENT_SHADOW_DENIED};
-use crate::decision::{
-    authorize, effective_mode, route_step, Step, Verdict, REASON_MISSING_ROLE, REASON_NO_ROUTE,
-};
-use crate::identity::Principal;
-use crate::mapping::{Mapping, Mode, Route};
+use crate::outcome::{decide, Facts, Forward, Outcome, Unavailable, Via};
+use crate::sniff::{Heads, RawHead, Sniff};
 use crate::state::Gateway;
 use crate::target::{self, Refusal, Target};
+use crate::upstream::{GatewayBody, Pool, PooledBody, UpstreamError};
 
-/// Per-request state.
-pub struct Ctx {
-    request_id: String,
-    /// When the request arrived (decision latency).
-    started: Instant,
-    /// Set when the request is forwarded on behalf of an admin.
-    principal: Option<Arc<Principal>>,
-    /// Shadow-mode routes: the row to write if Console's answer disagrees with the gateway.
-    drift: Option<AuditEvent>,
-    /// When the request was sent upstream.
-    upstream_started: Option<Instant>,
+/// The data plane's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    /// A client must send a whole request head within this time (slow clients cannot hold a
+    /// worker); also the longest idle time of a keep-alive connection.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes: over it, 431.
+    pub max_header_bytes: usize,
+    /// Most header lines in a request: over it, 431.
+    pub max_headers: usize,
+    /// Largest request body, in bytes: over it, 413.
+    pub max_body_bytes: usize,
+    /// In-flight requests get this long to finish after SIGTERM.
+    pub shutdown_grace: Duration,
 }
 
 /// A request id: 32 hex digits, a random per-process prefix and a counter. Unique without a
@@ -51,35 +70,145 @@ fn next_request_id() -> String {
     )
 }
 
-/// Drift kinds (stored as the reason of an `rbac_drift` row).
-pub const DRIFT_CONSOLE_DENIED: &str = "gateway_allowed_console_denied";
-pub const DRIFT_CONSOLE_ALLOWED: &str = "gateway_denied_console_allowed";
-
-/// `next=` keeps only unreserved characters unescaped.
-const NEXT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// What a denial (or a shadow would-be denial) records.
-struct Denial<'a> {
-    mapping_version: &'a str,
-    admin: Option<&'a str>,
-    target: &'a Target,
-    route: Option<&'a Route>,
-    reason: &'static str,
+/// Binds the listening socket of one worker (SO_REUSEPORT: the kernel spreads connections
+/// over the workers' sockets).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    Ok(sock.into())
 }
 
-pub struct Proxy {
-    pub gw: Arc<Gateway>,
+/// Starts the workers; each returns when `shutdown` turns true and its connections finished
+/// (or the grace period ran out). The listeners are bound before this returns, so a port in
+/// use is reported to the caller.
+pub fn start_workers(
+    gw: Arc<Gateway>,
+    settings: Settings,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut listeners = Vec::with_capacity(settings.threads);
+    for _ in 0..settings.threads.max(1) {
+        listeners.push(bind(settings.listen)?);
+    }
+    let mut handles = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (gw, settings, shutdown) = (gw.clone(), settings.clone(), shutdown.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("rbac-gateway-w{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a worker runtime");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, worker(gw, settings, listener, shutdown));
+            })?;
+        handles.push(handle);
+    }
+    Ok(handles)
 }
 
-/// The value of the session cookie, from every `Cookie` header (first occurrence wins, as in
+/// One worker: accepts connections and serves them until shutdown.
+async fn worker(
+    gw: Arc<Gateway>,
+    settings: Settings,
+    listener: std::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the listener");
+            return;
+        }
+    };
+    let w = Rc::new(Worker {
+        pool: Pool::new(gw.upstream, gw.connect_timeout),
+        gw,
+        max_body_bytes: settings.max_body_bytes,
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(settings.header_read_timeout))
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .max_headers(settings.max_headers)
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                let w = w.clone();
+                let heads = Heads::new(settings.max_headers, settings.max_header_bytes);
+                let io = TokioIo::new(Sniff::new(stream, heads.clone()));
+                let service = service_fn(move |req| handle(w.clone(), peer, heads.next(), req));
+                let conn = graceful.watch(builder.serve_connection(io, service));
+                tokio::task::spawn_local(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "client connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over: closing the connections still open");
+    }
+}
+
+/// A worker's share of the gateway.
+struct Worker {
+    gw: Arc<Gateway>,
+    pool: Rc<Pool>,
+    max_body_bytes: usize,
+}
+
+/// Per-request facts the answer needs besides the outcome.
+struct Ctx {
+    request_id: String,
+    started: Instant,
+    peer: SocketAddr,
+    /// HEAD: answers carry no body.
+    head: bool,
+    /// The request has a body the gateway has not read: its own answers close the connection.
+    unread_body: bool,
+    /// Every answer to this request closes the connection.
+    close: bool,
+}
+
+/// The session cookie's value, from every `Cookie` header (first occurrence wins, as in
 /// Werkzeug).
-fn session_cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers
-        .get_all(http::header::COOKIE)
+fn session_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
@@ -89,532 +218,392 @@ fn session_cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// All checks that can refuse a request before it is matched.
-fn check_request(head: &[u8], req: &RequestHeader) -> std::result::Result<Target, Refusal> {
-    let (method, raw_target) = target::split_request_line(head)?;
-    target::check_method(method)?;
-    if method == b"CONNECT" {
+/// Every check that can refuse a request before it is decided: on the head as received
+/// (`raw`), and on what hyper parsed of it, which must be the same request.
+fn check_request(req: &Request<Incoming>, raw: Option<&RawHead>) -> Result<Target, Refusal> {
+    let raw = raw.ok_or(Refusal::Unparsed)?;
+    target::check_method(&raw.method)?;
+    if raw.method != req.method().as_str().as_bytes() {
+        return Err(Refusal::Unparsed);
+    }
+    if req.method() == Method::CONNECT {
         return Err(Refusal::NotOriginForm);
     }
-    let t = target::parse_target(raw_target)?;
-    for name in req.headers.keys() {
+    let t = target::parse_target(&raw.target)?;
+    let uri = req.uri();
+    if uri.scheme().is_some()
+        || uri.authority().is_some()
+        || uri.path_and_query().map(|p| p.as_str().as_bytes()) != Some(raw.target.as_slice())
+    {
+        // What hyper hands on must be the target decided on, byte for byte.
+        return Err(Refusal::Unparsed);
+    }
+    raw.framing.clone()?;
+    let headers = req.headers();
+    for name in headers.keys() {
         target::check_header_name(name.as_str())?;
     }
-    target::check_framing(&req.headers, req.version == http::Version::HTTP_11)?;
+    if headers.contains_key(header::UPGRADE) {
+        return Err(Refusal::Upgrade);
+    }
+    target::check_framing(headers, req.version() == Version::HTTP_11)?;
+    target::check_host(headers)?;
     Ok(t)
 }
 
-/// The upstream (Console) as pingora reaches it: plain HTTP, pooled connections kept 60 s idle;
-/// `read_timeout` bounds each read and each write.
-pub fn upstream_peer(
-    addr: SocketAddr,
-    connect_timeout: Duration,
-    read_timeout: Duration,
-) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, false, String::new());
-    peer.options.connection_timeout = Some(connect_timeout);
-    peer.options.read_timeout = Some(read_timeout);
-    peer.options.write_timeout = Some(read_timeout);
-    peer.options.idle_timeout = Some(Duration::from_secs(60));
-    peer
+fn text_response(ctx: &Ctx, status: u16, body: &'static str, close: bool) -> Response<GatewayBody> {
+    let mut resp = Response::new(if ctx.head {
+        GatewayBody::Own(None)
+    } else {
+        GatewayBody::text(body)
+    });
+    *resp.status_mut() = StatusCode::from_u16(status).expect("a valid status");
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        h.insert(X_REQUEST_ID, v);
+    }
+    if close || ctx.unread_body || ctx.close {
+        // An unread request body must not be taken for the next request.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
-fn client_ip(session: &Session) -> Option<String> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_string())
-}
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_RBAC_ADMIN_ID: HeaderName = HeaderName::from_static("x-rbac-admin-id");
+const X_RBAC_ROLES: HeaderName = HeaderName::from_static("x-rbac-roles");
+const X_RBAC_SHADOW: HeaderName = HeaderName::from_static("x-rbac-shadow-decision");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-fn has_body(req: &RequestHeader) -> bool {
-    req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
-}
-
-impl Proxy {
-    async fn respond(
-        &self,
-        session: &mut Session,
-        ctx: &Ctx,
-        status: u16,
-        location: Option<String>,
-        body: &'static str,
-        close: bool,
-    ) -> Result<()> {
-        let mut resp = ResponseHeader::build(status, Some(6))?;
-        resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
-        resp.insert_header("Content-Length", body.len().to_string())?;
-        resp.insert_header("Cache-Control", "no-store")?;
-        resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
-        if let Some(loc) = location {
-            resp.insert_header("Location", loc)?;
+async fn handle(
+    w: Rc<Worker>,
+    peer: SocketAddr,
+    raw: Option<RawHead>,
+    req: Request<Incoming>,
+) -> Result<Response<GatewayBody>, Infallible> {
+    let mut ctx = Ctx {
+        request_id: next_request_id(),
+        started: Instant::now(),
+        peer,
+        head: req.method() == Method::HEAD,
+        unread_body: !req.body().is_end_stream(),
+        // Nothing after a request with a body was sniffed: the connection ends with its answer.
+        close: raw.as_ref().is_none_or(|r| r.has_body),
+    };
+    let gw = &w.gw;
+    let outcome = match check_request(&req, raw.as_ref()) {
+        Err(refusal) => {
+            tracing::warn!(request_id = %ctx.request_id, reason = %refusal, client_ip = %peer.ip(), "refused");
+            gw.metrics
+                .refusals
+                .with_label_values(&[refusal.as_str()])
+                .inc();
+            Outcome::Refuse(refusal)
         }
-        if close || has_body(session.req_header()) {
-            // An unread request body must not be taken for the next request.
-            session.set_keepalive(None);
-            resp.insert_header("Connection", "close")?;
-        }
-        let head_only = session.req_header().method == http::Method::HEAD;
-        session
-            .write_response_header(Box::new(resp), head_only)
-            .await?;
-        if !head_only {
-            session
-                .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-                .await?;
-        }
-        Ok(())
-    }
-
-    fn audit_event(
-        &self,
-        session: &Session,
-        ctx: &Ctx,
-        event_type: &str,
-        d: &Denial<'_>,
-    ) -> AuditEvent {
-        let (admin, t, route, reason) = (d.admin, d.target, d.route, d.reason);
-        let req = session.req_header();
-        let path = t.original.split('?').next().unwrap_or("").to_string();
-        AuditEvent {
-            id: uuid::Uuid::new_v4().to_string(),
-            event_type: event_type.to_string(),
-            admin_id: admin.map(str::to_string),
-            method: req.method.as_str().to_string(),
-            path,
-            route: route.map(Route::label),
-            required: route.map(Route::required),
-            reason: reason.to_string(),
-            request_id: ctx.request_id.clone(),
-            client_ip: client_ip(session),
-            user_agent: req
-                .headers
-                .get(http::header::USER_AGENT)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
-            created_at_utc: chrono::Utc::now(),
-            mapping_version: Some(d.mapping_version.to_string()),
-        }
-    }
-
-    /// Writes the audit row, then the 403. If the row cannot be made durable: 503, no 403.
-    async fn deny(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        mapping: &Mapping,
-        d: Denial<'_>,
-    ) -> Result<bool> {
-        let event = self.audit_event(session, ctx, EVENT_DENIED, &d);
-        let (admin, route, reason) = (d.admin, d.route, d.reason);
-        let label = route.map(Route::label).unwrap_or_else(|| "-".into());
-        if let Err(e) = self.gw.audit.record(&event).await {
-            tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record the denial: answering 503");
-            self.outcome(ctx, "unavailable");
-            self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
-                .await?;
-            return Ok(true);
-        }
-        self.gw
-            .metrics
-            .denials_by_route
-            .with_label_values(&[label.as_str(), reason])
-            .inc();
-        tracing::info!(
-            request_id = %ctx.request_id, admin_id = admin.unwrap_or("-"), method = %event.method,
-            path = %event.path, rule = %label, required = event.required.as_deref().unwrap_or("-"),
-            reason, mapping_version = %mapping.version, "denied"
-        );
-        self.outcome(ctx, "denied");
-        self.respond(session, ctx, 403, None, "Forbidden\n", false)
-            .await?;
-        Ok(true)
-    }
-
-    /// The principal with its live ticket grants for `customer` (re-validated when configured),
-    /// or None when there are none. Err: the database or the ticket validator did not answer.
-    async fn ticket_principal(
-        &self,
-        principal: &Principal,
-        customer: i32,
-        ctx: &Ctx,
-    ) -> std::result::Result<Option<Principal>, ()> {
-        let pool = self.gw.identity.pool();
-        self.gw.metrics.db_queries.inc();
-        let all = crate::ticket::grants(pool, &principal.admin_id, customer, None).await.map_err(|e| {
-            tracing::error!(request_id = %ctx.request_id, error = %e, "cannot read ticket grants: answering 503");
-        })?;
-        if all.tickets.is_empty() {
-            return Ok(None);
-        }
-        let grants = match &self.gw.ticket_validation_url {
-            None => all,
-            Some(url) => {
-                let mut open = Vec::new();
-                let mut ids: Vec<&String> = all.tickets.iter().map(|(t, _)| t).collect();
-                ids.dedup();
-                for t in ids {
-                    match crate::ticket::ticket_open(url, t, Duration::from_secs(2)).await {
-                        Ok(true) => open.push(t.clone()),
-                        Ok(false) => {
-                            tracing::info!(request_id = %ctx.request_id, ticket = %t, "ticket closed: its grant is ignored")
-                        }
-                        Err(e) => {
-                            tracing::error!(request_id = %ctx.request_id, ticket = %t, error = %e, "ticket re-validation failed: answering 503 (fail closed)");
-                            return Err(());
-                        }
-                    }
-                }
-                if open.is_empty() {
-                    return Ok(None);
-                }
-                self.gw.metrics.db_queries.inc();
-                crate::ticket::grants(pool, &principal.admin_id, customer, Some(&open)).await.map_err(|e| {
-                    tracing::error!(request_id = %ctx.request_id, error = %e, "cannot read ticket grants: answering 503");
-                })?
-            }
-        };
-        Ok(Some(
-            principal.with_extra(&grants.roles, &grants.permissions),
-        ))
-    }
-
-    /// Counts the request's outcome and how long it took to reach it.
-    fn outcome(&self, ctx: &Ctx, what: &str) {
-        let m = &self.gw.metrics;
-        m.requests.with_label_values(&[what]).inc();
-        m.decision_seconds
-            .with_label_values(&[what])
-            .observe(ctx.started.elapsed().as_secs_f64());
-    }
-}
-
-#[async_trait]
-impl ProxyHttp for Proxy {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx {
-            request_id: next_request_id(),
-            started: Instant::now(),
-            principal: None,
-            drift: None,
-            upstream_started: None,
-        }
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let head = match session.downstream_session.as_ref() {
-            HttpSession::H1(s) => s.get_headers_raw_bytes(),
-            _ => Bytes::new(),
-        };
-        let t = match check_request(&head, session.req_header()) {
-            Ok(t) => t,
-            Err(refusal) => {
-                tracing::warn!(request_id = %ctx.request_id, reason = %refusal, client_ip = client_ip(session).as_deref().unwrap_or("-"), "refused");
-                self.gw
-                    .metrics
-                    .refusals
-                    .with_label_values(&[refusal.as_str()])
-                    .inc();
-                self.outcome(ctx, "refused");
-                self.respond(session, ctx, 400, None, "Bad Request\n", true)
-                    .await?;
-                return Ok(true);
-            }
-        };
-        let mapping = self.gw.mapping.load_full();
-        let method = session.req_header().method.clone();
-        let found = mapping.find(method.as_str(), &t.path);
-        let route = found.as_ref().map(|(r, _)| *r);
-
-        let step = route_step(route, self.gw.kill_switch);
-        let route = match step {
-            Step::NoRoute => {
-                let admin = match session_cookie(session.req_header(), &self.gw.cookie) {
-                    Some(tok) => self
-                        .gw
-                        .identity
-                        .cached_session(tok)
-                        .await
-                        .map(|s| s.admin_id.clone()),
-                    None => None,
-                };
-                let d = Denial {
-                    mapping_version: &mapping.version,
-                    admin: admin.as_deref(),
-                    target: &t,
-                    route: None,
-                    reason: REASON_NO_ROUTE,
-                };
-                return self.deny(session, ctx, &mapping, d).await;
-            }
-            Step::Gone => {
-                self.outcome(ctx, "gone");
-                self.respond(session, ctx, 404, None, "Not Found\n", false)
-                    .await?;
-                return Ok(true);
-            }
-            Step::Forward(kind) => {
-                self.outcome(ctx, kind.as_str());
-                tracing::debug!(request_id = %ctx.request_id, method = %method, path = %t.path, rule = route.map(Route::label).as_deref().unwrap_or("-"), decision = kind.as_str(), mapping_version = %mapping.version, "forward");
-                return Ok(false);
-            }
-            Step::NeedPrincipal => route.expect("NeedPrincipal implies a rule"),
-        };
-
-        let redirect = |t: &Target| {
-            format!(
-                "/auth/login?next={}",
-                utf8_percent_encode(&t.original, NEXT)
-            )
-        };
-        let resolved = match session_cookie(session.req_header(), &self.gw.cookie) {
-            Some(token) => self.gw.identity.principal_for_token(token).await,
-            None => Ok(None),
-        };
-        let principal = match resolved {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                self.outcome(ctx, "redirected");
-                tracing::debug!(request_id = %ctx.request_id, method = %method, path = %t.path, rule = %route.label(), mapping_version = %mapping.version, "redirected to login: no valid session");
-                self.respond(session, ctx, 302, Some(redirect(&t)), "Found\n", false)
-                    .await?;
-                return Ok(true);
-            }
-            Err(e) => {
-                tracing::error!(request_id = %ctx.request_id, error = %e, "cannot resolve the session: answering 503");
-                self.outcome(ctx, "unavailable");
-                self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
-                    .await?;
-                return Ok(true);
-            }
-        };
-        let mut verdict = authorize(route, &principal);
-        let mut principal = principal;
-        if verdict == Verdict::Deny && self.gw.ticket_grants {
-            let customer = route.customer_param.as_ref().and_then(|param| {
-                let m = &found.as_ref()?.1;
-                mapping.value(m, &t.path, param)?.parse::<i32>().ok()
-            });
-            if let Some(customer) = customer {
-                match self.ticket_principal(&principal, customer, ctx).await {
-                    Ok(Some(p)) => {
-                        verdict = authorize(route, &p);
-                        principal = Arc::new(p);
-                    }
-                    Ok(None) => {}
-                    Err(()) => {
-                        self.outcome(ctx, "unavailable");
-                        self.respond(session, ctx, 503, None, "Service Unavailable\n", false)
-                            .await?;
-                        return Ok(true);
-                    }
-                }
-            }
-        }
-        match verdict {
-            Verdict::Allow { by } => {
-                self.outcome(ctx, "allowed");
-                tracing::debug!(request_id = %ctx.request_id, admin_id = %principal.admin_id, method = %method, path = %t.path, rule = %route.label(), granted_by = ?by, mapping_version = %mapping.version, "allowed");
-                ctx.principal = Some(principal.clone());
-                if effective_mode(route, self.gw.kill_switch) == Mode::Shadow {
-                    let d = Denial {
-                        mapping_version: &mapping.version,
-                        admin: Some(&principal.admin_id),
-                        target: &t,
-                        route: Some(route),
-                        reason: DRIFT_CONSOLE_DENIED,
-                    };
-                    ctx.drift = Some(self.audit_event(session, ctx, EVENT_DRIFT, &d));
-                }
-                Ok(false)
-            }
-            Verdict::Deny => match effective_mode(route, self.gw.kill_switch) {
-                Mode::Shadow => {
-                    let d = Denial {
-                        mapping_version: &mapping.version,
-                        admin: Some(&principal.admin_id),
-                        target: &t,
-                        route: Some(route),
-                        reason: REASON_MISSING_ROLE,
-                    };
-                    let event = self.audit_event(session, ctx, EVENT_SHADOW_DENIED, &d);
-                    if let Err(e) = self.gw.audit.record(&event).await {
-                        tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record a shadow denial");
-                    }
-                    self.outcome(ctx, "shadow_denied");
-                    tracing::info!(request_id = %ctx.request_id, admin_id = %principal.admin_id, rule = %route.label(), mapping_version = %mapping.version, "shadow: would deny, forwarding");
-                    ctx.principal = Some(principal.clone());
-                    let mut drift = event;
-                    drift.event_type = EVENT_DRIFT.to_string();
-                    drift.reason = DRIFT_CONSOLE_ALLOWED.to_string();
-                    ctx.drift = Some(drift);
-                    Ok(false)
-                }
-                _ => {
-                    self.deny(
-                        session,
-                        ctx,
-                        &mapping,
-                        Denial {
-                            mapping_version: &mapping.version,
-                            admin: Some(&principal.admin_id),
-                            target: &t,
-                            route: Some(route),
-                            reason: REASON_MISSING_ROLE,
-                        },
-                    )
-                    .await
-                }
-            },
-        }
-    }
-
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(upstream_peer(
-            self.gw.upstream,
-            self.gw.connect_timeout,
-            self.gw.read_timeout,
-        )))
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream: &mut RequestHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        // Identity headers come from the gateway only, whatever spelling the client used.
-        let spoofed: Vec<http::HeaderName> = upstream
-            .headers
-            .keys()
-            .filter(|k| {
-                let k = k.as_str().as_bytes();
-                k.len() >= 7
-                    && (k[..7].eq_ignore_ascii_case(b"x-rbac-")
-                        || k[..7].eq_ignore_ascii_case(b"x_rbac_"))
-            })
-            .cloned()
-            .collect();
-        for name in spoofed {
-            upstream.remove_header(&name);
-        }
-        if let Some(p) = &ctx.principal {
-            upstream.insert_header("X-Rbac-Admin-Id", p.admin_id.as_str())?;
-            upstream.insert_header("X-Rbac-Roles", p.roles_header())?;
-        }
-        // A would-be denial: its drift row waits for Console's answer.
-        if ctx
-            .drift
-            .as_ref()
-            .is_some_and(|d| d.reason == DRIFT_CONSOLE_ALLOWED)
-        {
-            upstream.insert_header("X-Rbac-Shadow-Decision", "deny")?;
-        }
-        upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
-        ctx.upstream_started = Some(Instant::now());
-        if let Some(ip) = client_ip(session) {
-            let xff = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-                _ => ip,
+        Ok(target) => {
+            let mapping = gw.mapping.load();
+            let ip = peer.ip().to_string();
+            let facts = Facts {
+                method: req.method().as_str(),
+                target: &target,
+                token: session_cookie(req.headers(), &gw.cookie),
+                client_ip: Some(&ip),
+                user_agent: req
+                    .headers()
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok()),
+                request_id: &ctx.request_id,
             };
-            upstream.insert_header("X-Forwarded-For", xff)?;
+            let outcome = decide(&**gw, &mapping, gw.switches(), &facts).await;
+            tracing::debug!(request_id = %ctx.request_id, method = %req.method(), path = %target.path, decision = outcome.label(), mapping_version = %mapping.version, "decided");
+            outcome
         }
-        Ok(())
-    }
+    };
+    Ok(respond(&w, &mut ctx, outcome, req).await)
+}
 
-    async fn upstream_response_filter(
-        &self,
-        _session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        let status = resp.status.as_u16();
-        if let Some(t) = ctx.upstream_started {
-            let class =
-                ["1xx", "2xx", "3xx", "4xx", "5xx"][(status / 100).clamp(1, 5) as usize - 1];
-            self.gw
-                .metrics
-                .upstream_seconds
-                .with_label_values(&[class])
-                .observe(t.elapsed().as_secs_f64());
+/// Counts the request's outcome and how long it took to reach it.
+fn count(gw: &Gateway, ctx: &Ctx, label: &str) {
+    let m = &gw.metrics;
+    m.requests.with_label_values(&[label]).inc();
+    m.decision_seconds
+        .with_label_values(&[label])
+        .observe(ctx.started.elapsed().as_secs_f64());
+}
+
+/// The one place where an outcome becomes an answer.
+async fn respond(
+    w: &Rc<Worker>,
+    ctx: &mut Ctx,
+    outcome: Outcome,
+    req: Request<Incoming>,
+) -> Response<GatewayBody> {
+    let gw = &w.gw;
+    match outcome {
+        Outcome::Refuse(_) => {
+            count(gw, ctx, "refused");
+            text_response(ctx, 400, "Bad Request\n", true)
         }
-        // Drift (002 Phase 4): Console's legacy gate answers 403 when it denies.
-        let Some(mut drift) = ctx.drift.take() else {
-            return Ok(());
-        };
-        let disagree = match drift.reason.as_str() {
-            DRIFT_CONSOLE_DENIED => status == 403,
-            _ => status < 400,
-        };
-        if disagree {
-            let route = drift.route.clone().unwrap_or_default();
-            self.gw
-                .metrics
+        Outcome::Gone => {
+            count(gw, ctx, "gone");
+            text_response(ctx, 404, "Not Found\n", false)
+        }
+        Outcome::Redirect { location } => {
+            count(gw, ctx, "redirected");
+            let mut resp = text_response(ctx, 302, "Found\n", false);
+            match HeaderValue::from_str(&location) {
+                Ok(v) => {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                // Built from a checked, percent-encoded target: cannot happen.
+                Err(e) => tracing::error!(error = %e, "login location is not a header value"),
+            }
+            resp
+        }
+        Outcome::Unavailable(why) => unavailable(gw, ctx, why),
+        Outcome::Deny { row } => {
+            if let Err(e) = gw.audit.record(&row).await {
+                tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record the denial: answering 503");
+                return unavailable(gw, ctx, Unavailable::Audit);
+            }
+            let label = row.route.as_deref().unwrap_or("-");
+            gw.metrics
+                .denials_by_route
+                .with_label_values(&[label, row.reason.as_str()])
+                .inc();
+            tracing::info!(
+                request_id = %ctx.request_id, admin_id = row.admin_id.as_deref().unwrap_or("-"), method = %row.method,
+                path = %row.path, rule = %label, required = row.required.as_deref().unwrap_or("-"),
+                reason = %row.reason, mapping_version = row.mapping_version.as_deref().unwrap_or("-"), "denied"
+            );
+            count(gw, ctx, "denied");
+            text_response(ctx, 403, "Forbidden\n", false)
+        }
+        Outcome::ShadowDeny { forward, row } => {
+            if let Err(e) = gw.audit.record(&row).await {
+                tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record a shadow denial");
+            }
+            tracing::info!(request_id = %ctx.request_id, admin_id = row.admin_id.as_deref().unwrap_or("-"), rule = row.route.as_deref().unwrap_or("-"), "shadow: would deny, forwarding");
+            count(gw, ctx, "shadow_denied");
+            forward_request(w, ctx, forward, req).await
+        }
+        Outcome::Forward(forward) => {
+            count(gw, ctx, outcome_label(&forward));
+            forward_request(w, ctx, forward, req).await
+        }
+    }
+}
+
+fn outcome_label(f: &Forward) -> &'static str {
+    match f.via {
+        Via::Open(k) => k.as_str(),
+        Via::Allowed(_) => "allowed",
+        Via::ShadowDenied => "shadow_denied",
+    }
+}
+
+fn unavailable(gw: &Gateway, ctx: &Ctx, why: Unavailable) -> Response<GatewayBody> {
+    tracing::warn!(request_id = %ctx.request_id, cause = why.as_str(), "answering 503");
+    count(gw, ctx, "unavailable");
+    text_response(ctx, 503, "Service Unavailable\n", false)
+}
+
+/// Removes the hop-by-hop headers (RFC 9110 §7.6.1), those `Connection` names included.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        h.remove(n);
+    }
+}
+
+/// Identity headers come from the gateway only, whatever spelling the client used.
+fn strip_identity_headers(h: &mut HeaderMap) {
+    let spoofed: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| {
+            let k = k.as_str().as_bytes();
+            k.len() >= 7
+                && (k[..7].eq_ignore_ascii_case(b"x-rbac-")
+                    || k[..7].eq_ignore_ascii_case(b"x_rbac_"))
+        })
+        .cloned()
+        .collect();
+    for name in spoofed {
+        h.remove(name);
+    }
+}
+
+async fn forward_request(
+    w: &Rc<Worker>,
+    ctx: &mut Ctx,
+    forward: Forward,
+    req: Request<Incoming>,
+) -> Response<GatewayBody> {
+    let gw = &w.gw;
+    let (mut parts, body) = req.into_parts();
+    // The body is read completely before Console sees the request (like nginx's request
+    // buffering): a body that turns out malformed or cut short never reaches Console.
+    let had_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let bytes = if body.is_end_stream() {
+        Bytes::new()
+    } else {
+        match Limited::new(body, w.max_body_bytes).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                ctx.unread_body = true;
+                if e.is::<http_body_util::LengthLimitError>() {
+                    tracing::warn!(request_id = %ctx.request_id, limit = w.max_body_bytes, "request body too large: 413");
+                    return text_response(ctx, 413, "Payload Too Large\n", true);
+                }
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "request body malformed or incomplete: 400, not forwarded");
+                gw.metrics
+                    .refusals
+                    .with_label_values(&["malformed_body"])
+                    .inc();
+                return text_response(ctx, 400, "Bad Request\n", true);
+            }
+        }
+    };
+    ctx.unread_body = false;
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h);
+    strip_identity_headers(h);
+    h.remove(header::CONTENT_LENGTH);
+    h.remove(header::EXPECT);
+    if had_length || !bytes.is_empty() {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    }
+    if let Some(p) = &forward.principal {
+        match (
+            HeaderValue::from_str(&p.admin_id),
+            HeaderValue::from_str(p.roles_header()),
+        ) {
+            (Ok(id), Ok(roles)) => {
+                h.insert(X_RBAC_ADMIN_ID, id);
+                h.insert(X_RBAC_ROLES, roles);
+            }
+            _ => {
+                tracing::error!(request_id = %ctx.request_id, admin_id = %p.admin_id, "admin id or role names are not valid header values: answering 503");
+                return unavailable(gw, ctx, Unavailable::Identity);
+            }
+        }
+    }
+    if forward.via == Via::ShadowDenied {
+        h.insert(X_RBAC_SHADOW, HeaderValue::from_static("deny"));
+    }
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        h.insert(X_REQUEST_ID, v);
+    }
+    let ip = ctx.peer.ip().to_string();
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    if !h.contains_key(header::HOST) {
+        // HTTP/1.0 without Host: Console gets its own address.
+        if let Ok(v) = HeaderValue::from_str(&gw.upstream.to_string()) {
+            h.insert(header::HOST, v);
+        }
+    }
+    parts.version = Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
+    let upstream_req = Request::from_parts(parts, Full::new(bytes));
+
+    let sent = Instant::now();
+    let result = tokio::time::timeout(gw.read_timeout, w.pool.send(upstream_req)).await;
+    let (resp, sender) = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let status = match e {
+                UpstreamError::ConnectTimeout => 504,
+                _ => 502,
+            };
+            tracing::warn!(request_id = %ctx.request_id, status, error = %e, "upstream failure");
+            return text_response(
+                ctx,
+                status,
+                if status == 504 {
+                    "Gateway Timeout\n"
+                } else {
+                    "Bad Gateway\n"
+                },
+                true,
+            );
+        }
+        Err(_) => {
+            tracing::warn!(request_id = %ctx.request_id, status = 504, "upstream read timed out");
+            return text_response(ctx, 504, "Gateway Timeout\n", true);
+        }
+    };
+    let status = resp.status().as_u16();
+    let class = ["1xx", "2xx", "3xx", "4xx", "5xx"][(status / 100).clamp(1, 5) as usize - 1];
+    gw.metrics
+        .upstream_seconds
+        .with_label_values(&[class])
+        .observe(sent.elapsed().as_secs_f64());
+    if let Some(mut drift) = forward.drift.clone() {
+        let route = drift.route.clone().unwrap_or_default();
+        if forward.drifts(status) {
+            gw.metrics
                 .drift
                 .with_label_values(&[route.as_str(), drift.reason.as_str()])
                 .inc();
             tracing::warn!(request_id = %ctx.request_id, rule = %route, kind = %drift.reason, console_status = status, "drift: the gateway and Console disagree");
             drift.id = uuid::Uuid::new_v4().to_string();
-            let audit = self.gw.audit.clone();
-            tokio::spawn(async move {
+            let audit = gw.audit.clone();
+            tokio::task::spawn_local(async move {
                 if let Err(e) = audit.record(&drift).await {
                     tracing::error!(error = %e, "cannot record a drift event");
                 }
             });
-        } else if let Some(route) = &drift.route {
-            self.gw
-                .metrics
+        } else {
+            gw.metrics
                 .shadow_agreements
                 .with_label_values(&[route.as_str()])
                 .inc();
         }
-        Ok(())
     }
-
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
-        Ok(())
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        rparts.headers.insert(X_REQUEST_ID, v);
     }
-
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        use ErrorType::*;
-        let code = match e.etype() {
-            HTTPStatus(code) => *code,
-            ConnectTimedout | ReadTimedout | WriteTimedout => 504,
-            _ => match e.esource() {
-                pingora::ErrorSource::Upstream => 502,
-                pingora::ErrorSource::Downstream => match e.etype() {
-                    WriteError | ReadError | ConnectionClosed => 0,
-                    _ => 400,
-                },
-                _ => 502,
-            },
-        };
-        if code > 0 {
-            tracing::warn!(request_id = %ctx.request_id, status = code, error = %e, "upstream failure");
-            let body = match code {
-                504 => "Gateway Timeout\n",
-                400 => "Bad Request\n",
-                _ => "Bad Gateway\n",
-            };
-            let _ = self.respond(session, ctx, code, None, body, true).await;
-        }
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+    rparts.version = Version::HTTP_11;
+    if ctx.close {
+        rparts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    Response::from_parts(
+        rparts,
+        GatewayBody::Upstream(PooledBody::new(rbody, w.pool.clone(), sender)),
+    )
 }

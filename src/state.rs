@@ -1,5 +1,7 @@
 //! The state every request shares: the active mapping, the identity resolver and its caches, the
-//! audit writer, metrics, and the settings the data plane needs.
+//! audit writer, metrics, and the settings of the data plane. [`Gateway`] is also the
+//! [`Authority`] the decision asks: sessions and roles from the cache or PostgreSQL, ticket
+//! grants live.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,9 +10,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::audit::AuditWriter;
-use crate::identity::Identity;
+use crate::identity::{Identity, Principal};
 use crate::mapping::Mapping;
 use crate::metrics::Metrics;
+use crate::outcome::{Authority, Switches, Unavailable};
 
 /// Everything a request needs, shared by all workers.
 pub struct Gateway {
@@ -26,4 +29,103 @@ pub struct Gateway {
     /// Ticket-scoped grants honoured (FLAG_TICKET_SCOPED_GRANTS).
     pub ticket_grants: bool,
     pub ticket_validation_url: Option<String>,
+}
+
+impl Gateway {
+    pub fn switches(&self) -> Switches {
+        Switches {
+            kill_switch: self.kill_switch,
+            ticket_grants: self.ticket_grants,
+        }
+    }
+}
+
+impl Authority for Gateway {
+    async fn principal_for_token(
+        &self,
+        token: &str,
+    ) -> Result<Option<Arc<Principal>>, Unavailable> {
+        self.identity.principal_for_token(token).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot resolve the session: answering 503");
+            Unavailable::Identity
+        })
+    }
+
+    async fn known_admin(&self, token: &str) -> Option<String> {
+        self.identity
+            .cached_session(token)
+            .await
+            .map(|s| s.admin_id.clone())
+    }
+
+    async fn with_ticket_grants(
+        &self,
+        principal: &Principal,
+        customer: i32,
+        request_id: &str,
+    ) -> Result<Option<Principal>, Unavailable> {
+        ticket_principal(
+            self.identity.pool(),
+            &self.metrics,
+            self.ticket_validation_url.as_deref(),
+            principal,
+            customer,
+            request_id,
+        )
+        .await
+    }
+}
+
+/// The principal with its live ticket grants for `customer` (re-validated against
+/// `validation_url` when given), or None when there are none. Shared by the gateway and
+/// `explain`.
+pub async fn ticket_principal(
+    pool: &sqlx::PgPool,
+    metrics: &Metrics,
+    validation_url: Option<&str>,
+    principal: &Principal,
+    customer: i32,
+    request_id: &str,
+) -> Result<Option<Principal>, Unavailable> {
+    let read = |only: Option<Vec<String>>| async move {
+        metrics.db_queries.inc();
+        crate::ticket::grants(pool, &principal.admin_id, customer, only.as_deref())
+            .await
+            .map_err(|e| {
+                metrics.db_errors.inc();
+                tracing::error!(request_id, error = %e, "cannot read ticket grants: answering 503");
+                Unavailable::Tickets
+            })
+    };
+    let all = read(None).await?;
+    if all.tickets.is_empty() {
+        return Ok(None);
+    }
+    let grants = match validation_url {
+        None => all,
+        Some(url) => {
+            let mut open = Vec::new();
+            let mut ids: Vec<&String> = all.tickets.iter().map(|(t, _)| t).collect();
+            ids.dedup();
+            for t in ids {
+                match crate::ticket::ticket_open(url, t, Duration::from_secs(2)).await {
+                    Ok(true) => open.push(t.clone()),
+                    Ok(false) => {
+                        tracing::info!(request_id, ticket = %t, "ticket closed: its grant is ignored")
+                    }
+                    Err(e) => {
+                        tracing::error!(request_id, ticket = %t, error = %e, "ticket re-validation failed: answering 503 (fail closed)");
+                        return Err(Unavailable::Tickets);
+                    }
+                }
+            }
+            if open.is_empty() {
+                return Ok(None);
+            }
+            read(Some(open)).await?
+        }
+    };
+    Ok(Some(
+        principal.with_extra(&grants.roles, &grants.permissions),
+    ))
 }

@@ -40,6 +40,13 @@ pub enum Refusal {
     /// than a single `chunked`.
     AmbiguousFraming,
     MissingHost,
+    /// A `Host` that is empty or holds more than a host and port (a path, user info).
+    InvalidHost,
+    /// `Upgrade` (WebSocket, h2c): the gateway decides on HTTP/1.1 requests only.
+    Upgrade,
+    /// The request as received and as parsed cannot be shown to be the same request (or its
+    /// head could not be read as received).
+    Unparsed,
 }
 
 impl Refusal {
@@ -65,6 +72,9 @@ impl Refusal {
             Refusal::MalformedRequestLine => "malformed_request_line",
             Refusal::AmbiguousFraming => "ambiguous_framing",
             Refusal::MissingHost => "missing_host",
+            Refusal::InvalidHost => "invalid_host",
+            Refusal::Upgrade => "upgrade",
+            Refusal::Unparsed => "unparsed",
         }
     }
 }
@@ -228,6 +238,20 @@ pub fn check_framing(headers: &http::HeaderMap, http11: bool) -> Result<(), Refu
     Ok(())
 }
 
+/// Refuses a `Host` that is empty or holds anything but a host name or address and a port.
+pub fn check_host(headers: &http::HeaderMap) -> Result<(), Refusal> {
+    let Some(host) = headers.get(http::header::HOST) else {
+        return Ok(());
+    };
+    let v = host.as_bytes();
+    let allowed =
+        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']');
+    if v.is_empty() || !v.iter().all(allowed) {
+        return Err(Refusal::InvalidHost);
+    }
+    Ok(())
+}
+
 /// Splits the raw request head into (method, target) and rejects obsolete line folding.
 /// `head` is the request line plus headers exactly as received.
 pub fn split_request_line(head: &[u8]) -> Result<(&[u8], &[u8]), Refusal> {
@@ -379,6 +403,34 @@ mod tests {
             Err(Refusal::MissingHost)
         );
         assert!(check_framing(&http::HeaderMap::new(), false).is_ok());
+    }
+
+    #[test]
+    fn hosts() {
+        let host = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(http::header::HOST, v.parse().unwrap());
+            check_host(&m)
+        };
+        for ok in [
+            "console",
+            "console.example:8443",
+            "127.0.0.1:80",
+            "[::1]:80",
+        ] {
+            assert_eq!(host(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "console/admin",
+            "a@console",
+            "console?x",
+            "console#x",
+            "con sole",
+            "console\\x",
+        ] {
+            assert_eq!(host(bad), Err(Refusal::InvalidHost), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,13 +1,10 @@
 //! `rbac-gateway serve`: runs the gateway.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use arc_swap::ArcSwap;
-use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
 
 use super::{failure, init_logging, load_mapping, resolve, usage, Exit};
 use crate::audit::AuditWriter;
@@ -15,7 +12,7 @@ use crate::config::ServeArgs;
 use crate::db;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{self, Settings};
 use crate::state::Gateway;
 
 pub fn serve(args: ServeArgs) -> Result<(), Exit> {
@@ -36,11 +33,11 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         return Err(usage(anyhow!("--listen needs a fixed port, not 0")));
     }
     let admin_addr = resolve(&args.admin_listen, "--admin-listen")?;
-    // Fail before pingora does (it panics on a port it cannot bind).
-    drop(
-        std::net::TcpListener::bind(listen)
-            .map_err(|e| failure(anyhow!("cannot listen on {listen}: {e}")))?,
-    );
+    if args.max_body_bytes == 0 || args.max_header_bytes < 1024 || args.max_headers == 0 {
+        return Err(usage(anyhow!(
+            "--max-body-bytes and --max-headers must be > 0, --max-header-bytes >= 1024"
+        )));
+    }
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -106,60 +103,42 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         Ok::<_, Exit>(gw)
     })?;
 
-    let conf = ServerConf {
-        threads,
-        work_stealing: args.work_stealing,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(args.shutdown_grace),
-        ..ServerConf::default()
+    let settings = Settings {
+        listen,
+        threads: threads.max(1),
+        header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
+        max_header_bytes: args.max_header_bytes,
+        max_headers: args.max_headers,
+        max_body_bytes: args.max_body_bytes,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    add_proxy_services(&mut server, listen, threads, args.work_stealing, || Proxy {
-        gw: gw.clone(),
-    });
-    server.run(pingora::server::RunArgs::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers = proxy::start_workers(gw.clone(), settings, stopped)
+        .map_err(|e| failure(anyhow!("cannot listen on {listen}: {e}")))?;
+    tracing::info!(listen = %listen, threads, "listening");
+    bg.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(failure)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(failure)?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok::<_, Exit>(())
+    })?;
+    tracing::info!(
+        grace_seconds = args.shutdown_grace,
+        "shutting down: finishing in-flight requests"
+    );
+    if stop.send(true).is_err() {
+        tracing::warn!("every worker had already stopped");
+    }
+    for w in workers {
+        if w.join().is_err() {
+            tracing::error!("a worker thread panicked");
+        }
+    }
     tracing::info!("shut down");
     drop(bg);
     Ok(())
-}
-
-/// Adds the proxy to `server` the way `serve` runs it (also used by `examples/bare_proxy.rs`, so
-/// the load benchmark's pingora baseline is set up exactly like the gateway).
-///
-/// One single-threaded proxy service per worker, all on the listening port (SO_REUSEPORT: the
-/// kernel spreads connections over them). Each has its own upstream connection pool, so a pooled
-/// connection is never handed between threads: pingora parks an idle connection in a task on a
-/// random worker of its service, and with several workers per service every reuse woke another
-/// thread twice (measured: 2.2 eventfd writes and ~1 context switch per request). With
-/// `work_stealing`, one service shares a work-stealing runtime instead.
-pub fn add_proxy_services<SV: pingora::proxy::ProxyHttp + Send + Sync + 'static>(
-    server: &mut Server,
-    listen: SocketAddr,
-    threads: usize,
-    work_stealing: bool,
-    app: impl Fn() -> SV,
-) where
-    SV::CTX: Send + Sync,
-{
-    let services = if work_stealing { 1 } else { threads };
-    for _ in 0..services {
-        let mut svc = pingora::proxy::http_proxy_service(&server.configuration, app());
-        // Let CONNECT reach request_filter, which refuses it with 400 like every other
-        // non-origin-form target (pingora would answer 405 on its own).
-        if let Some(proxy) = svc.app_logic_mut() {
-            let mut opts = pingora::apps::HttpServerOptions::default();
-            opts.allow_connect_method_proxying = true;
-            proxy.server_options = Some(opts);
-        }
-        if work_stealing {
-            svc.add_tcp(&listen.to_string());
-        } else {
-            svc.threads = Some(1);
-            let mut sock = pingora::listeners::TcpSocketOptions::default();
-            sock.so_reuseport = Some(true);
-            svc.add_tcp_with_settings(&listen.to_string(), sock);
-        }
-        server.add_service(svc);
-    }
 }
