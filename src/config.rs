@@ -14,7 +14,9 @@ pub const EXIT_PROBLEMS: i32 = 1;
 #[command(
     name = "rbac-gateway",
     version,
-    about = "Authorization sidecar enforcing Console's RBAC V2 per route"
+    about = "Authorization sidecar enforcing Console's RBAC V2 per route",
+    // A flag given twice takes its last value (wrappers append overrides to a base command).
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]

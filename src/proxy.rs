@@ -142,7 +142,8 @@ async fn worker(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(Some(settings.header_read_timeout))
-        .max_buf_size(settings.max_header_bytes.max(8192))
+        .max_header_size(settings.max_header_bytes)
+        .max_buf_size((settings.max_header_bytes + 8192).max(16 * 1024))
         .max_headers(settings.max_headers)
         .keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -323,7 +324,24 @@ async fn handle(
                 request_id: &ctx.request_id,
             };
             let outcome = decide(&**gw, &mapping, gw.switches(), &facts).await;
-            tracing::debug!(request_id = %ctx.request_id, method = %req.method(), path = %target.path, decision = outcome.label(), mapping_version = %mapping.version, "decided");
+            let (method, path, version) = (req.method(), &target.path, &mapping.version);
+            match &outcome {
+                Outcome::Forward(Forward {
+                    via: Via::Allowed(by),
+                    principal: Some(p),
+                    rule,
+                    ..
+                }) => {
+                    tracing::debug!(request_id = %ctx.request_id, admin_id = %p.admin_id, %method, %path, rule = rule.as_deref().unwrap_or("-"), granted_by = ?by, mapping_version = %version, "allowed")
+                }
+                Outcome::Forward(f) => {
+                    tracing::debug!(request_id = %ctx.request_id, %method, %path, rule = f.rule.as_deref().unwrap_or("-"), decision = outcome.label(), mapping_version = %version, "forward")
+                }
+                Outcome::Redirect { .. } => {
+                    tracing::debug!(request_id = %ctx.request_id, %method, %path, mapping_version = %version, "redirected to login: no valid session")
+                }
+                _ => {}
+            }
             outcome
         }
     };

@@ -9,6 +9,7 @@ mod core;
 mod differential;
 mod durability;
 mod faults;
+mod framing;
 mod hostile;
 mod identity;
 mod live;

@@ -1,0 +1,271 @@
+//! Message framing and connection handling of the hyper data plane: what Console receives is
+//! exactly what the gateway decided on, every request is answered or its connection closed, and
+//! slow or oversized clients cannot hold a worker.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+/// Every response on a connection read to its end: (status, headers lower-cased, body).
+async fn responses(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<(u16, Vec<(String, String)>)> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the gateway closes the connection")
+        .ok();
+    let mut out = Vec::new();
+    let mut rest = &buf[..];
+    while !rest.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        let n = match resp.parse(rest) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!(
+                "unparsable answer {other:?}: {}",
+                String::from_utf8_lossy(rest)
+            ),
+        };
+        let hs: Vec<(String, String)> = resp
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let len: usize = hs
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        out.push((resp.code.unwrap(), hs));
+        rest = &rest[(n + len).min(rest.len())..];
+    }
+    out
+}
+
+fn header<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    hs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_refused_in_either_order() {
+    let env = Env::core().await;
+    let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
+    let c = format!("Cookie: console_session={token}\r\n");
+    for framing in [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        "Content-Length: 5\r\nContent-Length: 5\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        let req = format!(
+            "POST /upload HTTP/1.1\r\nHost: c\r\n{c}{framing}\r\n0\r\n\r\nGET /upload HTTP/1.1\r\nHost: c\r\n\r\n"
+        );
+        let answers = responses(env.gw.addr, req.as_bytes()).await;
+        assert_eq!(answers.len(), 1, "{framing:?}: {answers:?}");
+        assert_eq!(answers[0].0, 400, "{framing:?}");
+        assert_eq!(header(&answers[0].1, "connection"), Some("close"));
+    }
+    assert_eq!(env.up.count(), 0, "{:?}", env.up.requests());
+    assert!(
+        env.gw
+            .metric("rbac_gateway_refusals_total{reason=\"ambiguous_framing\"}")
+            .await
+            >= 4.0
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_or_cut_body_never_reaches_console() {
+    let env = Env::core().await;
+    let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
+    let c = format!("Cookie: console_session={token}\r\n");
+    // A chunk size that is not hex, after a valid first chunk.
+    let bad = format!(
+        "POST /upload HTTP/1.1\r\nHost: c\r\n{c}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nxx\r\n0\r\n\r\n"
+    );
+    let answers = responses(env.gw.addr, bad.as_bytes()).await;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0].0, 400);
+    // A Content-Length body cut short by the client.
+    let mut s = TcpStream::connect(env.gw.addr).await.unwrap();
+    s.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: c\r\n{c}Content-Length: 100\r\n\r\nonly ten..")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    // The gateway may answer 400 or just close: either way nothing is forwarded.
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .ok();
+    settle().await;
+    assert_eq!(env.up.count(), 0, "{:?}", env.up.requests());
+    // And a well-formed body still arrives whole, with an exact length.
+    let good = format!(
+        "POST /upload HTTP/1.1\r\nHost: c\r\n{c}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    let answers = responses(env.gw.addr, good.as_bytes()).await;
+    assert_eq!(answers[0].0, 200);
+    let seen = env.up.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, b"hello");
+    assert_eq!(seen[0].header("content-length"), Some("5"));
+    assert_eq!(seen[0].header("transfer-encoding"), None);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_each_answered_in_order() {
+    let env = Env::core().await;
+    let (_, token) = env.db.admin_with_roles(&["console-audit-user"]).await;
+    let c = format!("Cookie: console_session={token}\r\n");
+    // Three body-less requests in one write: three answers, in order.
+    let req = format!(
+        "GET /console/customers/1 HTTP/1.1\r\nHost: c\r\n{c}\r\nGET /ops HTTP/1.1\r\nHost: c\r\n{c}\r\nGET /console/customers/3 HTTP/1.1\r\nHost: c\r\n{c}Connection: close\r\n\r\n"
+    );
+    let answers = responses(env.gw.addr, req.as_bytes()).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [200, 403, 200]);
+    let targets: Vec<String> = env.up.requests().into_iter().map(|s| s.target).collect();
+    assert_eq!(targets, ["/console/customers/1", "/console/customers/3"]);
+    // A request with a body, then another in the same write: the first answer closes the
+    // connection (nothing after a body is taken as a request on faith), never a silent drop
+    // after a keep-alive answer.
+    let req = format!(
+        "POST /console/customers/2 HTTP/1.1\r\nHost: c\r\n{c}Content-Length: 4\r\n\r\nbodyGET /console/customers/4 HTTP/1.1\r\nHost: c\r\n{c}\r\n"
+    );
+    let answers = responses(env.gw.addr, req.as_bytes()).await;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0].0, 200);
+    assert_eq!(header(&answers[0].1, "connection"), Some("close"));
+    assert_eq!(env.up.count(), 3);
+}
+
+#[tokio::test]
+async fn hosts_upgrades_and_http10() {
+    let env = Env::core().await;
+    let (_, token) = env.db.admin_with_roles(&["console-audit-user"]).await;
+    let c = format!("Cookie: console_session={token}\r\n");
+    for (what, head) in [
+        ("empty host", "Host: \r\n".to_string()),
+        ("host with a path", "Host: console/secrets\r\n".to_string()),
+        ("host with user info", "Host: evil@console\r\n".to_string()),
+        ("no host", String::new()),
+        ("two hosts", "Host: a\r\nHost: b\r\n".to_string()),
+        (
+            "websocket upgrade",
+            "Host: c\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n".to_string(),
+        ),
+        (
+            "h2c upgrade",
+            "Host: c\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n".to_string(),
+        ),
+    ] {
+        let req = format!("GET /console/customers/1 HTTP/1.1\r\n{head}{c}Connection: close\r\n\r\n");
+        let r = send(env.gw.addr, req.as_bytes()).await.unwrap();
+        assert_eq!(r.status, 400, "{what}");
+    }
+    assert_eq!(env.up.count(), 0);
+    // HTTP/1.0 without Host is answered, and Console gets a Host.
+    let req = format!("GET /console/customers/1 HTTP/1.0\r\n{c}\r\n");
+    let r = send(env.gw.addr, req.as_bytes()).await.unwrap();
+    assert_eq!(r.status, 200);
+    let seen = env.up.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].header("host").is_some());
+}
+
+#[tokio::test]
+async fn oversized_heads_and_slow_clients_are_cut_off() {
+    let env = Env::with(core_routes(), |o| {
+        o.arg("--header-read-timeout-ms")
+            .arg("500")
+            .arg("--max-header-bytes")
+            .arg("4096")
+            .arg("--max-headers")
+            .arg("20")
+    })
+    .await;
+    let long = format!(
+        "GET /ops HTTP/1.1\r\nHost: c\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(8000)
+    );
+    let r = send(env.gw.addr, long.as_bytes()).await.unwrap();
+    assert_eq!(r.status, 431);
+    let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let r = send(
+        env.gw.addr,
+        format!("GET /ops HTTP/1.1\r\nHost: c\r\n{many}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 431);
+    // A client that never finishes its head is disconnected after the header-read timeout.
+    let mut s = TcpStream::connect(env.gw.addr).await.unwrap();
+    s.write_all(b"GET /ops HTTP/1.1\r\nHost: c\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a slow client held its connection for 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(env.up.count(), 0);
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let mut env = Env::with(core_routes(), |o| {
+        o.arg("--shutdown-grace")
+            .arg("10")
+            .arg("--upstream-read-timeout-ms")
+            .arg("10000")
+    })
+    .await;
+    let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
+    let addr = env.gw.addr;
+    // The upstream answers /slow after 5 s.
+    let slow = tokio::spawn(async move {
+        send(
+            addr,
+            format!("GET /slow HTTP/1.1\r\nHost: c\r\nCookie: console_session={token}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No new connections are taken once shutdown began.
+    assert!(
+        send(
+            env.gw.addr,
+            b"GET /ops HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n"
+        )
+        .await
+        .is_err(),
+        "a new connection was served after SIGTERM"
+    );
+    let r = slow
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(r.status, 200);
+    let started = std::time::Instant::now();
+    loop {
+        if env.gw.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
