@@ -17,9 +17,13 @@ use std::path::Path;
 use casbin::prelude::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 
+use std::future::Future;
+use std::sync::Arc;
+
 use rbac_gateway::decision::{authorize, route_step, Step, Verdict};
 use rbac_gateway::identity::Principal;
 use rbac_gateway::mapping::{Access, Mapping, Route};
+use rbac_gateway::outcome::{self, Authority, Facts, Switches, Unavailable};
 use rbac_gateway::target::parse_target;
 
 /// Roles of raxx-platform-admins after inheritance (migrations/0002_catalogue.sql).
@@ -172,15 +176,66 @@ fn decide(step: Step, route: Option<&Route>, principal: &Principal) -> Outcome {
     }
 }
 
-/// (a) this gateway: parse_target + find + route_step + authorize.
-fn gateway(mapping: &Mapping, principal: &Principal, method: &str, raw: &[u8]) -> Outcome {
+/// The gateway's authority for the benchmark: every cookie is the one in-memory principal (a
+/// cached session costs the gateway no I/O either).
+struct InMemory(Arc<Principal>);
+
+impl Authority for InMemory {
+    async fn principal_for_token(
+        &self,
+        _: &str,
+    ) -> std::result::Result<Option<Arc<Principal>>, Unavailable> {
+        Ok(Some(self.0.clone()))
+    }
+
+    async fn known_admin(&self, _: &str) -> Option<String> {
+        Some(self.0.admin_id.clone())
+    }
+
+    async fn with_ticket_grants(
+        &self,
+        _: &Principal,
+        _: i32,
+        _: &str,
+    ) -> std::result::Result<Option<Principal>, Unavailable> {
+        Ok(None)
+    }
+}
+
+/// (a) this gateway: parse_target, then the proxy's own outcome function ([`decide`] of
+/// `rbac_gateway::outcome`, which matches, resolves and builds the audit row of a denial).
+fn gateway(mapping: &Mapping, authority: &InMemory, method: &str, raw: &[u8]) -> Outcome {
     let Ok(target) = parse_target(raw) else {
         return Outcome::Refused;
     };
-    let found = mapping.find(method, &target.path);
-    let route = found.as_ref().map(|(r, _)| *r);
-    let step = route_step(route, false);
-    decide(step, route, principal)
+    let facts = Facts {
+        method,
+        target: &target,
+        token: Some("bench"),
+        client_ip: Some("127.0.0.1"),
+        user_agent: None,
+        request_id: "bench",
+    };
+    let switches = Switches {
+        kill_switch: false,
+        ticket_grants: true,
+    };
+    // Nothing in the decision waits on an in-memory authority: one poll completes it.
+    let mut fut = std::pin::pin!(outcome::decide(authority, mapping, switches, &facts));
+    let std::task::Poll::Ready(o) = fut
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    else {
+        unreachable!("an in-memory authority never waits")
+    };
+    match o {
+        outcome::Outcome::Forward(_) | outcome::Outcome::ShadowDeny { .. } => Outcome::Allow,
+        outcome::Outcome::Deny { row } if row.reason == "no_route" => Outcome::NoRoute,
+        outcome::Outcome::Deny { .. } => Outcome::Deny,
+        outcome::Outcome::Gone => Outcome::Gone,
+        outcome::Outcome::Refuse(_) => Outcome::Refused,
+        other => unreachable!("{other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -373,6 +428,7 @@ fn benches(c: &mut Criterion) {
         PLATFORM_ADMIN_ROLES.iter().map(|s| s.to_string()).collect(),
         vec![],
     );
+    let authority = InMemory(Arc::new(principal.clone()));
     let lin = Linear::new(&mapping);
     let (enforcer, np, ng) = casbin_enforcer(&mapping, &casbin_model(CASBIN_MATCHER));
     let (enforcer_act_first, _, _) =
@@ -388,7 +444,7 @@ fn benches(c: &mut Criterion) {
     );
     let mut differ = 0;
     for (kind, m, raw) in &mix {
-        let g = gateway(&mapping, &principal, m, raw);
+        let g = gateway(&mapping, &authority, m, raw);
         let l = linear(&lin, &principal, m, raw);
         let cb = casbin(&enforcer, m, raw);
         let cb2 = casbin(&enforcer_act_first, m, raw);
@@ -402,7 +458,7 @@ fn benches(c: &mut Criterion) {
     }
     let allowed = mix
         .iter()
-        .filter(|(_, m, raw)| gateway(&mapping, &principal, m, raw).allows())
+        .filter(|(_, m, raw)| gateway(&mapping, &authority, m, raw).allows())
         .count();
     eprintln!(
         "  gateway allows {allowed}/{} of the mix; {differ} request(s) answered differently",
@@ -415,7 +471,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let (_, m, raw) = mix[i % mix.len()];
             i = i.wrapping_add(1);
-            black_box(gateway(&mapping, &principal, black_box(m), black_box(raw)))
+            black_box(gateway(&mapping, &authority, black_box(m), black_box(raw)))
         })
     });
     g.bench_function("casbin", |b| {
@@ -458,7 +514,7 @@ fn benches(c: &mut Criterion) {
             b.iter(|| {
                 let (_, m, raw) = subset[i % subset.len()];
                 i = i.wrapping_add(1);
-                black_box(gateway(&mapping, &principal, black_box(m), black_box(raw)))
+                black_box(gateway(&mapping, &authority, black_box(m), black_box(raw)))
             })
         });
     }
