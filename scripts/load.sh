@@ -5,14 +5,17 @@
 #   (c) wrk -> gateway -> upstream: an allowed route, one cached session
 #   (d) wrk -> gateway: a route that session is denied (403 + durable audit row each)
 #   (e) wrk -> gateway -> upstream: 10,000 distinct sessions (10,000 admins) in rotation
-#   (f) wrk -> examples/bare_proxy -> upstream: pingora set up like the gateway, no authorization
-#       (what pingora itself costs: c/f is the price of authorization, f/b pingora vs nginx)
+#   (f) wrk -> examples/bare_proxy -> upstream: the gateway's own data plane (hyper workers, checks,
+#       outcome function, upstream pool) with every path public: no authorization
+#       (c/f is the price of authorization, f/b the data plane vs nginx)
 # Each round runs a..f one after another with the same wrk settings; the table shows medians over
-# the rounds, plus c/b, d/c, the gateway's peak RSS after (e), database queries per request in
-# case (c), and audit rows written during (d) next to the 403s wrk saw. The table is also written
-# to target/load-report.md.
+# the rounds of requests/s, p50, p99 and the CPU time the proxy process under test (nginx proxy
+# master + workers, bare_proxy, gateway) used per request, from /proc/PID/stat utime+stime around
+# each wrk run. On a shared, noisy machine the ratios of one run are the figures that count.
+# Also: c/b, d/c, the gateway's peak RSS after (e), database queries per request in case (c), and
+# audit rows written during (d) next to the 403s wrk saw. Written to target/load-report.md too.
 #
-# Usage: [ROUNDS=3] [DURATION=10] [CONNECTIONS=64] [THREADS=2] scripts/load.sh
+# Usage: [ROUNDS=3] [DURATION=10] [CONNECTIONS=32] [THREADS=1] scripts/load.sh  (the issue-12 setting: wrk -t1 -c32)
 #   DURATION      seconds per wrk run (a bare number or "10s"); total is about 6 x ROUNDS x DURATION
 #                 plus ~20 s of set-up once the release build exists
 #   CONNECTIONS   wrk connections; THREADS: wrk threads
@@ -27,8 +30,8 @@ set -euo pipefail
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 DURATION=${DURATION%s}
-CONNECTIONS=${CONNECTIONS:-64}
-THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-1}
 NPROC=$(nproc)
 PROXY_WORKERS=${PROXY_WORKERS:-$NPROC}
 ALLOWED_PATH=${ALLOWED_PATH:-/ops}
@@ -212,7 +215,9 @@ wait_http "http://127.0.0.1:$adm_port/readyz" 200 30 || die "gateway not ready: 
 bare_port=$(free_port)
 "$BARE_BIN" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" >"$tmp/bare.log" 2>&1 &
 pids+=($!)
-wait_http "http://127.0.0.1:$bare_port/" 200 10 || die "bare pingora proxy did not start: $(tail -5 "$tmp/bare.log")"
+bare_pid=$!
+wait_http "http://127.0.0.1:$bare_port/" 200 10 || die "bare proxy did not start: $(tail -5 "$tmp/bare.log")"
+px_pid=${pids[1]} # the nginx proxy's master (its workers are its children)
 
 GW=http://127.0.0.1:$gw_port
 cookie() { printf 'Cookie: console_session=%s' "$1"; }
@@ -239,11 +244,23 @@ audit_rows() { psql_q -c "SELECT count(*) FROM access_audit_events WHERE event_t
 # --- rounds -------------------------------------------------------------------------------------
 results=$tmp/results.tsv
 : >"$results"
-run_wrk() { # case round url [wrk args]: appends "round case rps p50_us p99_us requests errors_status socket_errors"
-  local c=$1 r=$2 url=$3 out
+cpu_ticks() { # pid: utime+stime of the process and its children processes (nginx workers), in ticks
+  local p t=0
+  for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+    [ -r "/proc/$p/stat" ] || continue
+    t=$(( t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat") ))
+  done
+  echo "$t"
+}
+CLK_TCK=$(getconf CLK_TCK)
+run_wrk() { # case round url [wrk args]: appends "round case rps p50_us p99_us requests errors_status socket_errors cpu_ticks"
+  # CPU_PID (optional): the proxy process whose CPU time is measured around the run.
+  local c=$1 r=$2 url=$3 out t0=0 t1=0
   out=$tmp/wrk-$c-$r.txt
+  [ -n "${CPU_PID:-}" ] && t0=$(cpu_ticks "$CPU_PID")
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${@:4}" "$url" >"$out" 2>&1 ||
     die "wrk ($c) failed: $(cat "$out")"
+  [ -n "${CPU_PID:-}" ] && t1=$(cpu_ticks "$CPU_PID")
   awk -v r="$r" -v c="$c" '
     function us(v,  n) {
       n = v + 0
@@ -259,8 +276,8 @@ run_wrk() { # case round url [wrk args]: appends "round case rps p50_us p99_us r
     /^Requests\/sec:/ { rps = $2 }
     /Non-2xx or 3xx responses:/ { non2xx = $5 }
     /Socket errors:/ { sock = $0; gsub(/[^0-9 ]/, "", sock); split(sock, a, " "); se = a[1] + a[2] + a[3] + a[4] }
-    END { printf "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", r, c, rps, p50, p99, reqs, non2xx, se }
-  ' "$out" >>"$results"
+    END { printf "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", r, c, rps, p50, p99, reqs, non2xx, se, ticks }
+  ' ticks=$(( t1 - t0 )) "$out" >>"$results"
   tail -1 "$results"
 }
 
@@ -271,20 +288,20 @@ extra=$tmp/extra.tsv
 for r in $(seq "$ROUNDS"); do
   log "round $r/$ROUNDS"
   run_wrk a "$r" "http://127.0.0.1:$up_port$ALLOWED_PATH" >/dev/null
-  run_wrk b "$r" "http://127.0.0.1:$px_port$ALLOWED_PATH" >/dev/null
-  run_wrk f "$r" "http://127.0.0.1:$bare_port$ALLOWED_PATH" >/dev/null
+  CPU_PID=$px_pid run_wrk b "$r" "http://127.0.0.1:$px_port$ALLOWED_PATH" >/dev/null
+  CPU_PID=$bare_pid run_wrk f "$r" "http://127.0.0.1:$bare_port$ALLOWED_PATH" >/dev/null
 
   # (c): the session is resolved once, then served from the cache (steady state).
   check "warm-up" "$GW$ALLOWED_PATH" 200 -H "$(cookie "$tok_admin")"
   q0=$(metric rbac_gateway_db_queries_total)
-  line=$(run_wrk c "$r" "$GW$ALLOWED_PATH" -H "$(cookie "$tok_admin")")
+  line=$(CPU_PID=$gw_pid run_wrk c "$r" "$GW$ALLOWED_PATH" -H "$(cookie "$tok_admin")")
   q1=$(metric rbac_gateway_db_queries_total)
   reqs_c=$(cut -f6 <<<"$line")
 
   # (d): every request is a 403 with an audit row made durable first.
   a0=$(audit_rows)
   m0=$(metric 'rbac_gateway_requests_total{decision="denied"}')
-  line=$(run_wrk d "$r" "$GW$DENIED_PATH" -H "$(cookie "$tok_admin")")
+  line=$(CPU_PID=$gw_pid run_wrk d "$r" "$GW$DENIED_PATH" -H "$(cookie "$tok_admin")")
   sleep 1 # requests in flight when wrk stopped finish (row first, then the 403)
   a1=$(audit_rows)
   m1=$(metric 'rbac_gateway_requests_total{decision="denied"}')
@@ -292,7 +309,7 @@ for r in $(seq "$ROUNDS"); do
 
   # (e): 10,000 sessions in rotation.
   e0=$(metric rbac_gateway_db_queries_total)
-  line=$(COOKIES=$tmp/cookies.txt LOAD_PATH=$ALLOWED_PATH run_wrk e "$r" "$GW$ALLOWED_PATH" -s "$root/scripts/load/rotate.lua")
+  line=$(CPU_PID=$gw_pid COOKIES=$tmp/cookies.txt LOAD_PATH=$ALLOWED_PATH run_wrk e "$r" "$GW$ALLOWED_PATH" -s "$root/scripts/load/rotate.lua")
   e1=$(metric rbac_gateway_db_queries_total)
   reqs_e=$(cut -f6 <<<"$line")
   hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$gw_pid/status")
@@ -317,7 +334,7 @@ names = {
     "c": "c  wrk -> gateway -> upstream, allowed $ALLOWED_PATH, cached session",
     "d": "d  wrk -> gateway, denied $DENIED_PATH (403 + audit row)",
     "e": "e  wrk -> gateway -> upstream, $SESSIONS sessions rotating",
-    "f": "f  wrk -> bare pingora proxy (no authorization) -> upstream",
+    "f": "f  wrk -> bare hyper data plane (the gateway's, every path public) -> upstream",
 }
 def ms(us):
     return f"{us / 1000:.3f} ms"
@@ -329,8 +346,9 @@ lines.append("wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency; $NPROC cor
              "(default threads = $NPROC) and PostgreSQL; nginx upstream worker_processes 1, "
              "nginx proxy worker_processes $PROXY_WORKERS")
 lines.append("")
-lines.append("| case | requests/s | p50 | p99 |")
-lines.append("| --- | ---: | ---: | ---: |")
+lines.append("| case | requests/s | x nginx (b) | p50 | p99 | proxy CPU µs/request |")
+lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+cpu = {}
 for c in "abfcde":
     rs = [r for r in rows if r[1] == c]
     rps = med(float(r[2]) for r in rs)
@@ -339,18 +357,27 @@ for c in "abfcde":
     bad = sum(int(r[7]) for r in rs)
     non2xx = sum(int(r[6]) for r in rs)
     stat[c] = rps
+    ticks = [int(r[8]) / $CLK_TCK * 1e6 / max(int(r[5]), 1) for r in rs]
+    cpu[c] = med(ticks) if c != "a" else None
     note = ""
     if c != "d" and non2xx:
         note += f" ({non2xx} non-2xx!)"
     if bad:
         note += f" ({bad} socket errors)"
-    lines.append(f"| {names[c]}{note} | {rps:,.0f} | {ms(p50)} | {ms(p99)} |")
+    stat[c + "p99"] = p99
+    rows_b = [r for r in rows if r[1] == "b"]
+    xb = rps / med(float(r[2]) for r in rows_b)
+    cpu_s = "-" if cpu[c] is None else f"{cpu[c]:.1f}"
+    lines.append(f"| {names[c]}{note} | {rps:,.0f} | {xb:.2f} | {ms(p50)} | {ms(p99)} | {cpu_s} |")
 lines.append("")
 lines.append(f"- c/b (gateway vs nginx proxy_pass): {stat['c'] / stat['b']:.2f}")
 lines.append(f"- d/c (denied with audit vs allowed): {stat['d'] / stat['c']:.2f}")
 lines.append(f"- c/a (gateway vs upstream alone): {stat['c'] / stat['a']:.2f}")
-lines.append(f"- c/f (gateway vs pingora without authorization): {stat['c'] / stat['f']:.2f}")
-lines.append(f"- f/b (pingora without authorization vs nginx proxy_pass): {stat['f'] / stat['b']:.2f}")
+lines.append(f"- c/f (gateway vs its own data plane without authorization): {stat['c'] / stat['f']:.2f}")
+lines.append(f"- f/b (data plane without authorization vs nginx proxy_pass): {stat['f'] / stat['b']:.2f}")
+lines.append(f"- p99 c - b: {(stat['cp99'] - stat['bp99']) / 1000:+.3f} ms")
+lines.append(f"- CPU per request, c/b: {cpu['c'] / cpu['b']:.2f} (gateway {cpu['c']:.1f} µs, nginx {cpu['b']:.1f} µs); "
+             f"f/b: {cpu['f'] / cpu['b']:.2f}; d: {cpu['d']:.1f} µs")
 hwm = max(int(e[8]) for e in ex)
 rss = int(ex[-1][9])
 lines.append(f"- gateway peak RSS after (e): VmHWM {hwm / 1024:.1f} MiB (VmRSS now {rss / 1024:.1f} MiB)")

@@ -1,0 +1,116 @@
+//! The gateway's data plane with no authorization: the same workers, connection handling,
+//! target checks, outcome function and upstream pool as `serve` (`rbac_gateway::proxy`), with a
+//! mapping in which every path is `public` (no session is resolved, no database is reached).
+//! `scripts/load.sh` runs it as a reference row: the gateway minus this is what authorization
+//! costs; this minus nginx is what the data plane costs.
+//!
+//!   cargo run --release --example bare_proxy -- LISTEN UPSTREAM [THREADS]
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rbac_gateway::audit::AuditWriter;
+use rbac_gateway::identity::Identity;
+use rbac_gateway::mapping::Mapping;
+use rbac_gateway::metrics::Metrics;
+use rbac_gateway::proxy::{start_workers, Settings};
+use rbac_gateway::state::Gateway;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const PUBLIC: &str = r#"
+[[route]]
+methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+path = "/"
+access = "public"
+
+[[route]]
+methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+path = "/<path:rest>"
+access = "public"
+"#;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!("usage: bare_proxy LISTEN UPSTREAM [THREADS]");
+        std::process::exit(64);
+    }
+    let listen: SocketAddr = args[1].parse().expect("LISTEN must be IP:PORT");
+    let upstream: SocketAddr = args[2].parse().expect("UPSTREAM must be IP:PORT");
+    let threads = args.get(3).map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |t| t.parse().expect("THREADS must be a number"),
+    );
+    let mapping = Mapping::from_str("public.toml", Path::new("public.toml"), PUBLIC)
+        .expect("the public mapping is valid");
+    let bg = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let gw = bg.block_on(async {
+        let metrics = Arc::new(Metrics::new());
+        // Never used: public routes resolve no session and write no audit row.
+        let pool = rbac_gateway::db::pool(
+            "postgres://bare@127.0.0.1:9/none",
+            1,
+            Duration::from_secs(1),
+        )
+        .expect("a lazy pool");
+        let spool = std::env::temp_dir().join(format!("bare-proxy-{}.spool", std::process::id()));
+        Arc::new(Gateway {
+            mapping: ArcSwap::from_pointee(mapping),
+            identity: Arc::new(Identity::new(
+                pool.clone(),
+                Duration::from_secs(5),
+                1000,
+                metrics.clone(),
+            )),
+            audit: AuditWriter::start(
+                pool,
+                spool,
+                1 << 20,
+                Duration::from_secs(1),
+                metrics.clone(),
+            ),
+            metrics,
+            kill_switch: false,
+            cookie: "console_session".into(),
+            upstream,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(30),
+            ticket_grants: false,
+            ticket_validation_url: None,
+        })
+    });
+    let settings = Settings {
+        listen,
+        threads,
+        header_read_timeout: Duration::from_secs(10),
+        max_header_bytes: 32 * 1024,
+        max_headers: 100,
+        max_body_bytes: 16 << 20,
+        shutdown_grace: Duration::from_secs(1),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers = start_workers(gw, settings, stopped).expect("listen");
+    bg.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    });
+    // The workers may all have ended already: nothing is left to tell then.
+    let _ = stop.send(true);
+    for w in workers {
+        if w.join().is_err() {
+            eprintln!("a worker panicked");
+        }
+    }
+}
