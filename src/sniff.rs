@@ -101,9 +101,17 @@ impl State {
     /// Parses every complete head in `buf`; returns the bytes used.
     fn parse_all(&mut self, buf: &[u8]) -> usize {
         let mut used = 0;
+        // hyper's own default limit fits on the stack; a larger --max-headers uses the heap.
+        let mut on_stack = [httparse::EMPTY_HEADER; 100];
+        let mut on_heap = Vec::new();
+        let slots: &mut [httparse::Header<'_>] = if self.max_headers <= on_stack.len() {
+            &mut on_stack[..self.max_headers]
+        } else {
+            on_heap.resize(self.max_headers, httparse::EMPTY_HEADER);
+            &mut on_heap
+        };
         while !self.stopped && used < buf.len() {
-            let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers];
-            let mut req = httparse::Request::new(&mut headers);
+            let mut req = httparse::Request::new(slots);
             match req.parse(&buf[used..]) {
                 Ok(httparse::Status::Complete(n)) => {
                     let head = head_of(&req);
