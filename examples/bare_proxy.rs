@@ -85,6 +85,7 @@ fn main() {
             read_timeout: Duration::from_secs(30),
             ticket_grants: false,
             ticket_validation_url: None,
+            tasks: Default::default(),
         })
     });
     let settings = Settings {

@@ -78,6 +78,14 @@ async fn handle(req: Request<Incoming>, gw: &Gateway) -> Response<Full<Bytes>> {
 }
 
 async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
+    let dead = gw.tasks.dead();
+    if !dead.is_empty() {
+        return (
+            503,
+            "text/plain",
+            format!("background task stopped: {}\n", dead.join(", ")),
+        );
+    }
     let version = gw.mapping.load().version.clone();
     let db = tokio::time::timeout(
         Duration::from_secs(2),

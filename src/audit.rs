@@ -123,6 +123,22 @@ impl AuditWriter {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        let (writer, task) = Self::new(pool, spool, max_spool, timeout, metrics);
+        tokio::spawn(task);
+        writer
+    }
+
+    /// The writer and the task that writes for it (the caller runs the task, e.g. supervised).
+    pub fn new(
+        pool: PgPool,
+        spool: PathBuf,
+        max_spool: u64,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> (
+        Arc<Self>,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let inner = Arc::new(Inner {
             pool,
             spool,
@@ -132,8 +148,8 @@ impl AuditWriter {
             timeout,
         });
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(inner.clone(), rx));
-        Arc::new(AuditWriter { tx, inner })
+        let task = write_loop(inner.clone(), rx);
+        (Arc::new(AuditWriter { tx, inner }), task)
     }
 
     /// Returns once the row is durable (database or spool).

@@ -41,6 +41,7 @@ pub mod proxy;
 pub mod reload;
 pub mod sniff;
 pub mod state;
+pub mod supervise;
 pub mod target;
 pub mod ticket;
 pub mod upstream;

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub audit_batches: IntCounter,
     /// Change-feed rows applied (cache evictions).
     pub feed_events: IntCounter,
+    /// Background tasks that stopped (returned or panicked), by task.
+    pub task_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -187,6 +189,14 @@ impl Metrics {
                 "Group commits made by the audit writer",
             )
             .unwrap(),
+            task_failures: IntCounterVec::new(
+                Opts::new(
+                    "rbac_gateway_task_failures_total",
+                    "Background tasks that stopped, by task",
+                ),
+                &["task"],
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -211,6 +221,10 @@ impl Metrics {
         r.register(Box::new(m.cache_entries.clone())).unwrap();
         r.register(Box::new(m.db_pool.clone())).unwrap();
         r.register(Box::new(m.audit_batches.clone())).unwrap();
+        r.register(Box::new(m.task_failures.clone())).unwrap();
+        for task in crate::supervise::TASKS {
+            m.task_failures.with_label_values(&[task]);
+        }
         m
     }
 

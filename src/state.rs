@@ -29,6 +29,8 @@ pub struct Gateway {
     /// Ticket-scoped grants honoured (FLAG_TICKET_SCOPED_GRANTS).
     pub ticket_grants: bool,
     pub ticket_validation_url: Option<String>,
+    /// The supervised background tasks (`/readyz` names the dead ones).
+    pub tasks: Arc<crate::supervise::Tasks>,
 }
 
 impl Gateway {

@@ -14,6 +14,10 @@ use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Settings};
 use crate::state::Gateway;
+use crate::supervise::{self, Tasks};
+
+/// A supervised background task.
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     init_logging(&args.log_format);
@@ -62,14 +66,17 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             args.cache_capacity,
             metrics.clone(),
         ));
-        tokio::spawn(crate::feed::follow(pool.clone(), identity.clone(), metrics.clone()));
-        let audit = AuditWriter::start(
+        let tasks = Arc::new(Tasks::default());
+        let supervised = |name, task| supervise::spawn(tasks.clone(), metrics.clone(), name, task);
+        supervised("feed", Box::pin(crate::feed::follow(pool.clone(), identity.clone(), metrics.clone())) as Task);
+        let (audit, writer) = AuditWriter::new(
             pool.clone(),
             args.audit_spool.clone(),
             args.audit_spool_max_bytes,
             db_timeout,
             metrics.clone(),
         );
+        supervised("audit_writer", Box::pin(writer));
         metrics.mapping_info.with_label_values(&[&mapping.version]).set(1);
         for w in &mapping.warnings {
             tracing::warn!(warning = %w, "mapping warning");
@@ -93,13 +100,14 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             read_timeout: Duration::from_millis(args.upstream_read_timeout_ms),
             ticket_grants: args.flag_ticket_scoped_grants == "1",
             ticket_validation_url: args.ticket_validation_url.clone(),
+            tasks: tasks.clone(),
         });
         let admin = tokio::net::TcpListener::bind(admin_addr)
             .await
             .map_err(|e| failure(anyhow!("cannot listen on {admin_addr}: {e}")))?;
-        tokio::spawn(crate::admin::serve(admin, gw.clone()));
-        tokio::spawn(audit.replay_forever(Duration::from_millis(500)));
-        tokio::spawn(crate::reload::watch(gw.clone(), args.routes.clone()));
+        supervised("admin", Box::pin(crate::admin::serve(admin, gw.clone())));
+        supervised("audit_replay", Box::pin(audit.replay_forever(Duration::from_millis(500))));
+        supervised("reload", Box::pin(crate::reload::watch(gw.clone(), args.routes.clone())));
         Ok::<_, Exit>(gw)
     })?;
 

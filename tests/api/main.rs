@@ -16,4 +16,5 @@ mod identity;
 mod live;
 mod mapping;
 mod refusals;
+mod supervision;
 mod tickets;

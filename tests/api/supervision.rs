@@ -1,0 +1,54 @@
+//! Supervised background tasks: a task that dies is named by /readyz (503) and counted.
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_dead_background_task_makes_readyz_fail_and_is_counted() {
+    for task in ["feed", "reload", "audit_replay"] {
+        let db = TestDb::new().await;
+        let up = Upstream::start().await;
+        let mut opts =
+            GatewayOpts::new(core_routes(), &db, up.addr).env("GATEWAY_TEST_PANIC_TASK", task);
+        opts.wait_ready = false;
+        let gw = Gateway::start(opts).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let body = loop {
+            let r = gw.admin_get("/readyz").await;
+            if r.status == 503 && r.body_str().contains(task) {
+                break r.body_str();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz never named {task}: {} {}",
+                r.status,
+                r.body_str()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(body.contains("background task stopped"), "{body}");
+        assert_eq!(
+            gw.metric(&format!(
+                "rbac_gateway_task_failures_total{{task=\"{task}\"}}"
+            ))
+            .await,
+            1.0
+        );
+        assert!(gw.log().contains("a background task stopped"));
+        // /healthz still answers: the process is alive, it is just not ready.
+        assert_eq!(gw.admin_get("/healthz").await.status, 200);
+    }
+    // Without a fault every task is alive and counted at zero from the start.
+    let env = Env::core().await;
+    assert_eq!(env.gw.admin_get("/readyz").await.status, 200);
+    let metrics = env.gw.admin_get("/metrics").await.body_str();
+    for task in ["feed", "reload", "audit_writer", "audit_replay", "admin"] {
+        assert!(
+            metrics.contains(&format!(
+                "rbac_gateway_task_failures_total{{task=\"{task}\"}} 0"
+            )),
+            "{task}"
+        );
+    }
+}
