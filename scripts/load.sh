@@ -392,13 +392,17 @@ ok = True
 for e in ex:
     rows_d, wrk403, denied = int(e[3]), int(e[4]), int(e[5])
     inflight = rows_d - wrk403
-    match = rows_d == denied and 0 <= inflight <= $CONNECTIONS
+    # A request whose client hung up while its row was being written has the row but was never
+    # answered (hyper drops the handler of a closed connection): rows may exceed the counted 403s
+    # by at most one request per connection, never fall short.
+    match = 0 <= rows_d - denied <= $CONNECTIONS and 0 <= inflight <= $CONNECTIONS
     ok &= match
     lines.append(f"  - round {e[0]}: {rows_d} / {wrk403} / {denied}"
                  + ("" if rows_d == wrk403 else f" ({inflight} answered after wrk stopped reading)")
                  + ("" if match else "  MISMATCH"))
 lines.append(f"- audit rows vs 403s: {'match' if ok else 'MISMATCH'} "
-             "(every 403 has its row; wrk stops reading with up to one request per connection in flight)")
+             "(every 403 has its row; wrk stops reading with up to one request per connection in flight, "
+             "whose row is written even when its answer is not)")
 text = "\n".join(lines) + "\n"
 sys.stdout.write(text)
 open(out, "w").write(text)
