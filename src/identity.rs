@@ -271,14 +271,19 @@ impl Identity {
             .with_label_values(&["session"])
             .inc();
         let init = async {
-            self.metrics.db_queries.inc();
-            let row: Option<(String, f64)> = sqlx::query_as(SESSION_SQL)
-                .bind(&key)
-                .fetch_optional(&self.pool)
-                .await
-                .inspect_err(|_| {
-                    self.metrics.db_errors.inc();
-                })?;
+            let key = &key;
+            // A dead pooled connection (after a connection storm) costs one retry, not a 503.
+            let row: Option<(String, f64)> = crate::db::retry_once(|| async move {
+                self.metrics.db_queries.inc();
+                sqlx::query_as(SESSION_SQL)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .inspect_err(|_| {
+                        self.metrics.db_errors.inc();
+                    })
+            })
+            .await?;
             Ok::<_, sqlx::Error>(row.map(|(admin_id, left)| {
                 Arc::new(Session {
                     admin_id,
@@ -368,10 +373,9 @@ pub async fn resolve(
     admin_id: &str,
     ttl: Duration,
 ) -> Result<Arc<Principal>, sqlx::Error> {
+    // A dead pooled connection (after a connection storm) costs one retry, not a 503.
     let (roles, permissions, bg): (Vec<String>, Vec<String>, Option<f64>) =
-        sqlx::query_as(PRINCIPAL_SQL)
-            .bind(admin_id)
-            .fetch_one(pool)
+        crate::db::retry_once(|| sqlx::query_as(PRINCIPAL_SQL).bind(admin_id).fetch_one(pool))
             .await?;
     let valid_for = match bg {
         Some(left) => ttl.min(seconds(left)),

@@ -49,11 +49,15 @@ pub async fn grants(
     customer_id: i32,
     only: Option<&[String]>,
 ) -> Result<TicketGrants, sqlx::Error> {
-    let (roles, permissions, pairs): (Vec<String>, Vec<String>, Vec<String>) = sqlx::query_as(SQL)
-        .bind(admin_id)
-        .bind(customer_id)
-        .bind(only)
-        .fetch_one(pool)
+    // A dead pooled connection (after a connection storm) costs one retry, not a 503.
+    let (roles, permissions, pairs): (Vec<String>, Vec<String>, Vec<String>) =
+        crate::db::retry_once(|| {
+            sqlx::query_as(SQL)
+                .bind(admin_id)
+                .bind(customer_id)
+                .bind(only)
+                .fetch_one(pool)
+        })
         .await?;
     let tickets = pairs
         .into_iter()
