@@ -240,9 +240,11 @@ impl Identity {
         Identity {
             pool,
             ttl,
+            // Invalidation closures: `invalidate_admin` drops every session of one admin.
             sessions: Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(OwnExpiry)
+                .support_invalidation_closures()
                 .build(),
             principals: Cache::builder()
                 .max_capacity(capacity)
@@ -359,9 +361,16 @@ impl Identity {
             Some(t) => self.sessions.invalidate(t).await,
             None => {
                 let admin = admin_id.to_string();
-                let _ = self.sessions.invalidate_entries_if(move |_, v| {
+                let dropped = self.sessions.invalidate_entries_if(move |_, v| {
                     v.as_ref().is_some_and(|s| s.admin_id == admin)
                 });
+                if let Err(e) = dropped {
+                    // Cannot happen with the builder above; if it ever does, the safe
+                    // direction is to drop everything rather than keep a stale session.
+                    self.metrics.cache_invalidation_errors.inc();
+                    tracing::error!(error = %e, admin = admin_id, "cannot drop one admin's sessions; clearing the session cache");
+                    self.sessions.invalidate_all();
+                }
             }
         }
     }

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub audit_batches: IntCounter,
     /// Change-feed rows applied (cache evictions).
     pub feed_events: IntCounter,
+    /// Targeted cache invalidations that failed (the whole cache was cleared instead).
+    pub cache_invalidation_errors: IntCounter,
 }
 
 impl Metrics {
@@ -187,6 +189,11 @@ impl Metrics {
                 "Group commits made by the audit writer",
             )
             .unwrap(),
+            cache_invalidation_errors: IntCounter::new(
+                "rbac_gateway_cache_invalidation_errors_total",
+                "Targeted cache invalidations that failed (the cache was cleared instead)",
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -211,6 +218,8 @@ impl Metrics {
         r.register(Box::new(m.cache_entries.clone())).unwrap();
         r.register(Box::new(m.db_pool.clone())).unwrap();
         r.register(Box::new(m.audit_batches.clone())).unwrap();
+        r.register(Box::new(m.cache_invalidation_errors.clone()))
+            .unwrap();
         m
     }
 

@@ -290,3 +290,52 @@ async fn the_first_uncached_request_after_a_connection_storm_is_answered() {
         );
     }
 }
+
+/// Issue 11 point 4: a change to an admin's row drops every cached session of theirs (moka's
+/// `invalidate_entries_if` needs invalidation closures; without them it failed silently).
+/// The session row is revoked behind the feed's back (triggers off), so only the admin-row
+/// change can make a replica notice.
+#[tokio::test]
+async fn an_admin_row_change_drops_their_cached_sessions() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let gws = replicas(&db, &up, 1, None).await;
+    let (admin, token) = db.admin_with_roles(&["console-manager"]).await;
+    until_all(
+        &gws,
+        "/ops",
+        &token,
+        200,
+        Instant::now(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE admin_sessions SET revoked_at_utc = now() WHERE admin_id = $1")
+        .bind(&admin)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // Unseen by the gateway: the session is still cached (TTL 60 s).
+    settle().await;
+    assert_eq!(gws[0].status("/ops", Some(&token)).await, 200);
+    let t0 = Instant::now();
+    sqlx::query("UPDATE admins SET email = 'renamed-' || email WHERE id = $1")
+        .bind(&admin)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let s = until_all(&gws, "/ops", &token, 302, t0, Duration::from_secs(5)).await;
+    assert!(s[0] < BOUND, "{s:?}");
+    assert_eq!(
+        gws[0]
+            .metric("rbac_gateway_cache_invalidation_errors_total")
+            .await,
+        0.0
+    );
+}
