@@ -5,6 +5,20 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Every `decision` label of `requests_total` and `decision_duration_seconds`.
+pub const DECISIONS: &[&str] = &[
+    "allowed",
+    "denied",
+    "redirected",
+    "refused",
+    "public",
+    "machine",
+    "gone",
+    "off",
+    "shadow_denied",
+    "unavailable",
+];
+
 pub struct Metrics {
     registry: Registry,
     /// Requests by decision: allowed, denied, redirected, refused, public, machine, gone, off,
@@ -220,7 +234,43 @@ impl Metrics {
         r.register(Box::new(m.audit_batches.clone())).unwrap();
         r.register(Box::new(m.cache_invalidation_errors.clone()))
             .unwrap();
+        m.initialise_labels();
         m
+    }
+
+    /// Creates every labelled series whose labels are known in advance, at 0, so a dashboard
+    /// query (and `rate()`) finds them from start-up instead of after the first event.
+    fn initialise_labels(&self) {
+        for d in DECISIONS {
+            self.requests.with_label_values(&[d]);
+            self.decision_seconds.with_label_values(&[d]);
+        }
+        for r in crate::target::Refusal::REASONS {
+            self.refusals.with_label_values(&[r]);
+        }
+        for r in crate::cookie::CookieRefusal::ALL {
+            self.refusals.with_label_values(&[r.as_str()]);
+        }
+        for c in ["session", "principal"] {
+            self.cache_hits.with_label_values(&[c]);
+            self.cache_misses.with_label_values(&[c]);
+            self.cache_entries.with_label_values(&[c]);
+        }
+        for s in ["database", "spool"] {
+            self.audit_rows.with_label_values(&[s]);
+        }
+        for r in ["success", "failure"] {
+            self.mapping_reloads.with_label_values(&[r]);
+        }
+        for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            self.upstream_seconds.with_label_values(&[c]);
+        }
+        for s in ["open", "idle"] {
+            self.db_pool.with_label_values(&[s]);
+        }
+        // Route labels are the mapping's; `no_route` (route "-") is the one known up front.
+        self.denials_by_route
+            .with_label_values(&["-", crate::decision::REASON_NO_ROUTE]);
     }
 
     /// The Prometheus text exposition.
