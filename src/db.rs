@@ -1,8 +1,22 @@
 //! The database pool and the embedded migrations. The pool connects lazily: the gateway starts
 //! (and answers 503 where it must) while PostgreSQL is down, and recovers by itself.
+//!
+//! # Connection storms
+//! When PostgreSQL terminates every backend at once (failover, `pg_terminate_backend`, a
+//! PgBouncer restart), every idle connection in the pool is dead, and nothing notices until a
+//! statement is sent on one. Pinging each connection before handing it out
+//! (`test_before_acquire`) would cost a round trip on every cache miss and ticket check, so
+//! instead: the first connection error anyone sees ([`note_error`]) marks the time, and the
+//! pool's `before_acquire` hook discards every connection that has been idle since before
+//! that mark (no round trip: an atomic load and a clock read), so the next acquire opens a
+//! fresh one. Callers on the request path retry a statement once after a connection error
+//! ([`retry_once`]), which then runs on a fresh connection.
 
+use std::future::Future;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -21,10 +35,89 @@ pub fn pool(url: &str, size: u32, timeout: Duration) -> Result<PgPool, sqlx::Err
         .acquire_timeout(timeout)
         .idle_timeout(Some(Duration::from_secs(60)))
         .test_before_acquire(false)
+        .before_acquire(|_, meta| Box::pin(async move { Ok(!idle_since_broken(meta.idle_for)) }))
         .connect_lazy_with(opts))
 }
 
 /// Applies `migrations/` (idempotent: applied versions are recorded in `_sqlx_migrations`).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+/// When a connection error was last seen: nanoseconds since [`epoch`] plus one (0: never).
+/// Process-wide: a second pool in the same process only reconnects a little more.
+static BROKEN_AT: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64 + 1
+}
+
+/// Connections idle since before this moment are presumed dead.
+pub fn mark_broken() {
+    BROKEN_AT.fetch_max(now_ns(), Ordering::AcqRel);
+}
+
+/// A connection idle for `idle_for` went idle before the last connection error.
+fn idle_since_broken(idle_for: Duration) -> bool {
+    let at = BROKEN_AT.load(Ordering::Acquire);
+    at != 0 && idle_for.as_nanos() as u64 > now_ns().saturating_sub(at)
+}
+
+/// The connection itself failed (as opposed to the statement): the server closed it, the
+/// socket broke, or PostgreSQL said it is shutting the session down (SQLSTATE class 08
+/// connection exception, 57P01..57P03 admin/crash shutdown, cannot connect now).
+pub fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// Marks the pool's idle connections stale when `e` is a connection error; true when it was.
+pub fn note_error(e: &sqlx::Error) -> bool {
+    let broken = is_connection_error(e);
+    if broken {
+        mark_broken();
+    }
+    broken
+}
+
+/// Runs `f`, and once more when it failed on a connection error: the second run draws a fresh
+/// connection (the first error made every older idle connection stale).
+pub async fn retry_once<T, F, Fut>(mut f: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    match f().await {
+        Err(e) if note_error(&e) => {
+            tracing::warn!(error = %e, "database connection lost; retrying once on a fresh one");
+            f().await.inspect_err(|e| {
+                note_error(e);
+            })
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connections_idle_since_before_the_error_are_stale() {
+        mark_broken();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(idle_since_broken(Duration::from_secs(1)));
+        assert!(!idle_since_broken(Duration::from_millis(1)));
+    }
 }

@@ -10,6 +10,11 @@
 //! skipped. A dropped LISTEN connection, a lost notification or a PostgreSQL restart only delays
 //! the next read; the read catches up from the durable log. When the gateway cannot tell what it
 //! missed (no successful read for longer than [`BLIND_LIMIT`]), it clears every cache.
+//!
+//! After a connection storm (every backend terminated) the lost LISTEN connection or the first
+//! failed read marks the pool's idle connections stale (`db::mark_broken`) and the read is
+//! retried at once on a fresh connection, so a change committed right after the storm is
+//! applied within milliseconds, not one POLL per dead connection.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -99,6 +104,9 @@ pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>
     let mut last_ok = Instant::now();
     let mut last_prune = Instant::now();
     let mut listener: Option<PgListener> = None;
+    // Consecutive failed reads: the first is retried at once (after a connection storm it drew
+    // a dead connection, and the retry gets a fresh one); later ones wait a POLL.
+    let mut failures: u32 = 0;
     loop {
         // (Re)connect the listener; failures only cost latency, the poll still runs.
         if listener.is_none() {
@@ -108,9 +116,15 @@ pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>
                         tracing::info!("change feed: listening");
                         listener = Some(l);
                     }
-                    Err(e) => tracing::warn!(error = %e, "change feed: LISTEN failed"),
+                    Err(e) => {
+                        crate::db::note_error(&e);
+                        tracing::warn!(error = %e, "change feed: LISTEN failed")
+                    }
                 },
-                Err(e) => tracing::warn!(error = %e, "change feed: cannot connect the listener"),
+                Err(e) => {
+                    crate::db::note_error(&e);
+                    tracing::warn!(error = %e, "change feed: cannot connect the listener")
+                }
             }
         }
         let Some(cur) = cursor.clone() else {
@@ -119,12 +133,16 @@ pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>
                     cursor = Some(x);
                     last_ok = Instant::now();
                 }
-                Err(_) => tokio::time::sleep(POLL).await,
+                Err(e) => {
+                    crate::db::note_error(&e);
+                    tokio::time::sleep(POLL).await
+                }
             }
             continue;
         };
         match read(&pool, &cur).await {
             Ok(batch) => {
+                failures = 0;
                 if last_ok.elapsed() > BLIND_LIMIT {
                     tracing::warn!("change feed: blind for too long; clearing every cache");
                     identity.invalidate_all();
@@ -158,8 +176,13 @@ pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>
                 cursor = Some(batch.xmin);
             }
             Err(e) => {
+                crate::db::note_error(&e);
                 tracing::warn!(error = %e, "change feed: cannot read the log; will catch up");
                 listener = None;
+                failures += 1;
+                if failures == 1 {
+                    continue;
+                }
             }
         }
         // Sleep until a notification or the poll interval, whichever comes first.
@@ -167,6 +190,10 @@ pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>
             Some(l) => match tokio::time::timeout(POLL, l.try_recv()).await {
                 Ok(Ok(Some(_))) | Err(_) => {}
                 Ok(Ok(None)) | Ok(Err(_)) => {
+                    // The server dropped a connection: the pool's idle ones are likely gone
+                    // too (failover, pg_terminate_backend, a pooler restart), so none of them
+                    // is handed out again; the next read runs at once on a fresh one.
+                    crate::db::mark_broken();
                     tracing::warn!("change feed: listener connection lost; reconnecting");
                     listener = None;
                 }

@@ -240,9 +240,11 @@ impl Identity {
         Identity {
             pool,
             ttl,
+            // Invalidation closures: `invalidate_admin` drops every session of one admin.
             sessions: Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(OwnExpiry)
+                .support_invalidation_closures()
                 .build(),
             principals: Cache::builder()
                 .max_capacity(capacity)
@@ -271,14 +273,19 @@ impl Identity {
             .with_label_values(&["session"])
             .inc();
         let init = async {
-            self.metrics.db_queries.inc();
-            let row: Option<(String, f64)> = sqlx::query_as(SESSION_SQL)
-                .bind(&key)
-                .fetch_optional(&self.pool)
-                .await
-                .inspect_err(|_| {
-                    self.metrics.db_errors.inc();
-                })?;
+            let key = &key;
+            // A dead pooled connection (after a connection storm) costs one retry, not a 503.
+            let row: Option<(String, f64)> = crate::db::retry_once(|| async move {
+                self.metrics.db_queries.inc();
+                sqlx::query_as(SESSION_SQL)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .inspect_err(|_| {
+                        self.metrics.db_errors.inc();
+                    })
+            })
+            .await?;
             Ok::<_, sqlx::Error>(row.map(|(admin_id, left)| {
                 Arc::new(Session {
                     admin_id,
@@ -354,9 +361,16 @@ impl Identity {
             Some(t) => self.sessions.invalidate(t).await,
             None => {
                 let admin = admin_id.to_string();
-                let _ = self.sessions.invalidate_entries_if(move |_, v| {
+                let dropped = self.sessions.invalidate_entries_if(move |_, v| {
                     v.as_ref().is_some_and(|s| s.admin_id == admin)
                 });
+                if let Err(e) = dropped {
+                    // Cannot happen with the builder above; if it ever does, the safe
+                    // direction is to drop everything rather than keep a stale session.
+                    self.metrics.cache_invalidation_errors.inc();
+                    tracing::error!(error = %e, admin = admin_id, "cannot drop one admin's sessions; clearing the session cache");
+                    self.sessions.invalidate_all();
+                }
             }
         }
     }
@@ -368,10 +382,9 @@ pub async fn resolve(
     admin_id: &str,
     ttl: Duration,
 ) -> Result<Arc<Principal>, sqlx::Error> {
+    // A dead pooled connection (after a connection storm) costs one retry, not a 503.
     let (roles, permissions, bg): (Vec<String>, Vec<String>, Option<f64>) =
-        sqlx::query_as(PRINCIPAL_SQL)
-            .bind(admin_id)
-            .fetch_one(pool)
+        crate::db::retry_once(|| sqlx::query_as(PRINCIPAL_SQL).bind(admin_id).fetch_one(pool))
             .await?;
     let valid_for = match bg {
         Some(left) => ttl.min(seconds(left)),

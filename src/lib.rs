@@ -8,6 +8,7 @@
 //! ## Layout, in the order a request flows
 //! - [`config`]: flags and environment.
 //! - [`target`]: the request line and headers, refused (400) unless their routing is certain.
+//! - [`cookie`]: the session cookie read exactly as Console (gunicorn + Werkzeug) reads it, or refused.
 //! - [`mapping`]: `routes.toml`: parse, validate, compile, match (Werkzeug semantics).
 //! - [`identity`]: session cookie -> admin -> effective roles and permissions; the cache.
 //! - [`feed`]: the change feed that evicts cache entries when grants change.
@@ -30,6 +31,7 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod cookie;
 pub mod db;
 pub mod decision;
 pub mod feed;

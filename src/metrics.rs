@@ -5,6 +5,20 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Every `decision` label of `requests_total` and `decision_duration_seconds`.
+pub const DECISIONS: &[&str] = &[
+    "allowed",
+    "denied",
+    "redirected",
+    "refused",
+    "public",
+    "machine",
+    "gone",
+    "off",
+    "shadow_denied",
+    "unavailable",
+];
+
 pub struct Metrics {
     registry: Registry,
     /// Requests by decision: allowed, denied, redirected, refused, public, machine, gone, off,
@@ -47,6 +61,8 @@ pub struct Metrics {
     pub feed_events: IntCounter,
     /// Background tasks that stopped (returned or panicked), by task.
     pub task_failures: IntCounterVec,
+    /// Targeted cache invalidations that failed (the whole cache was cleared instead).
+    pub cache_invalidation_errors: IntCounter,
 }
 
 impl Metrics {
@@ -197,6 +213,11 @@ impl Metrics {
                 &["task"],
             )
             .unwrap(),
+            cache_invalidation_errors: IntCounter::new(
+                "rbac_gateway_cache_invalidation_errors_total",
+                "Targeted cache invalidations that failed (the cache was cleared instead)",
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -222,10 +243,50 @@ impl Metrics {
         r.register(Box::new(m.db_pool.clone())).unwrap();
         r.register(Box::new(m.audit_batches.clone())).unwrap();
         r.register(Box::new(m.task_failures.clone())).unwrap();
-        for task in crate::supervise::TASKS {
-            m.task_failures.with_label_values(&[task]);
-        }
+        r.register(Box::new(m.cache_invalidation_errors.clone()))
+            .unwrap();
+        m.initialise_labels();
         m
+    }
+
+    /// Creates every labelled series whose labels are known in advance, at 0, so a dashboard
+    /// query (and `rate()`) finds them from start-up instead of after the first event.
+    fn initialise_labels(&self) {
+        for d in DECISIONS {
+            self.requests.with_label_values(&[d]);
+            self.decision_seconds.with_label_values(&[d]);
+        }
+        for r in crate::target::Refusal::REASONS {
+            self.refusals.with_label_values(&[r]);
+        }
+        // Refused by the data plane after the decision: a request body that is malformed or cut.
+        self.refusals.with_label_values(&["malformed_body"]);
+        for r in crate::cookie::CookieRefusal::ALL {
+            self.refusals.with_label_values(&[r.as_str()]);
+        }
+        for c in ["session", "principal"] {
+            self.cache_hits.with_label_values(&[c]);
+            self.cache_misses.with_label_values(&[c]);
+            self.cache_entries.with_label_values(&[c]);
+        }
+        for s in ["database", "spool"] {
+            self.audit_rows.with_label_values(&[s]);
+        }
+        for r in ["success", "failure"] {
+            self.mapping_reloads.with_label_values(&[r]);
+        }
+        for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            self.upstream_seconds.with_label_values(&[c]);
+        }
+        for s in ["open", "idle"] {
+            self.db_pool.with_label_values(&[s]);
+        }
+        for task in crate::supervise::TASKS {
+            self.task_failures.with_label_values(&[task]);
+        }
+        // Route labels are the mapping's; `no_route` (route "-") is the one known up front.
+        self.denials_by_route
+            .with_label_values(&["-", crate::decision::REASON_NO_ROUTE]);
     }
 
     /// The Prometheus text exposition.

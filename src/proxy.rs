@@ -133,7 +133,7 @@ async fn worker(
             return;
         }
     };
-    let by_decision = DECISIONS
+    let by_decision = crate::metrics::DECISIONS
         .iter()
         .map(|d| {
             (
@@ -196,20 +196,6 @@ async fn worker(
     }
 }
 
-/// Every label of `rbac_gateway_requests_total{decision}` the data plane counts.
-pub const DECISIONS: &[&str] = &[
-    "allowed",
-    "denied",
-    "redirected",
-    "refused",
-    "public",
-    "machine",
-    "gone",
-    "off",
-    "shadow_denied",
-    "unavailable",
-];
-
 /// A worker's share of the gateway.
 struct Worker {
     gw: Arc<Gateway>,
@@ -236,18 +222,36 @@ struct Ctx {
     close: bool,
 }
 
-/// The session cookie's value, from every `Cookie` header (first occurrence wins, as in
-/// Werkzeug).
-fn session_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+/// What happens to the request's `Cookie` headers on the way to Console.
+enum CookieRewrite {
+    /// The one header, unchanged.
+    Keep,
+    /// None at all.
+    Drop,
+    /// Exactly this one value (repeated headers joined as gunicorn would).
+    Set(Vec<u8>),
+}
+
+/// The session cookie as Console will read it ([`crate::cookie::session`]), and what to forward.
+fn read_cookie<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<(Option<&'a str>, CookieRewrite), Refusal> {
+    let values: Vec<&[u8]> = headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
-        .filter(|v| !v.is_empty())
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if values.is_empty() {
+        return Ok((None, CookieRewrite::Keep));
+    }
+    let s = crate::cookie::session(&values, name).map_err(|r| Refusal::Cookie(r.as_str()))?;
+    let rewrite = match s.forward {
+        None => CookieRewrite::Drop,
+        Some(std::borrow::Cow::Borrowed(_)) => CookieRewrite::Keep,
+        Some(std::borrow::Cow::Owned(v)) => CookieRewrite::Set(v),
+    };
+    Ok((s.token, rewrite))
 }
 
 /// Every check that can refuse a request before it is decided: on the head as received
@@ -331,7 +335,10 @@ async fn handle(
         close: raw.as_ref().is_none_or(|r| r.has_body),
     };
     let gw = &w.gw;
-    let outcome = match check_request(&req, raw.as_ref()) {
+    let checked = check_request(&req, raw.as_ref())
+        .and_then(|t| read_cookie(req.headers(), &gw.cookie).map(|c| (t, c)));
+    let mut cookie = CookieRewrite::Keep;
+    let outcome = match checked {
         Err(refusal) => {
             tracing::warn!(request_id = %ctx.request_id, reason = %refusal, client_ip = %peer.ip(), "refused");
             gw.metrics
@@ -340,12 +347,13 @@ async fn handle(
                 .inc();
             Outcome::Refuse(refusal)
         }
-        Ok(target) => {
+        Ok((target, (token, rewrite))) => {
+            cookie = rewrite;
             let mapping = gw.mapping.load();
             let facts = Facts {
                 method: req.method().as_str(),
                 target: &target,
-                token: session_cookie(req.headers(), &gw.cookie),
+                token,
                 client_ip: Some(&ctx.client_ip),
                 user_agent: req
                     .headers()
@@ -375,7 +383,7 @@ async fn handle(
             outcome
         }
     };
-    Ok(respond(&w, &mut ctx, outcome, req).await)
+    Ok(respond(&w, &mut ctx, outcome, req, cookie).await)
 }
 
 /// Counts the request's outcome and how long it took to reach it.
@@ -400,6 +408,7 @@ async fn respond(
     ctx: &mut Ctx,
     outcome: Outcome,
     req: Request<Incoming>,
+    cookie: CookieRewrite,
 ) -> Response<GatewayBody> {
     let gw = &w.gw;
     match outcome {
@@ -448,11 +457,11 @@ async fn respond(
             }
             tracing::info!(request_id = %ctx.request_id, admin_id = row.admin_id.as_deref().unwrap_or("-"), rule = row.route.as_deref().unwrap_or("-"), "shadow: would deny, forwarding");
             count(w, ctx, "shadow_denied");
-            forward_request(w, ctx, forward, req).await
+            forward_request(w, ctx, forward, req, cookie).await
         }
         Outcome::Forward(forward) => {
             count(w, ctx, outcome_label(&forward));
-            forward_request(w, ctx, forward, req).await
+            forward_request(w, ctx, forward, req, cookie).await
         }
     }
 }
@@ -520,6 +529,7 @@ async fn forward_request(
     ctx: &mut Ctx,
     forward: Forward,
     req: Request<Incoming>,
+    cookie: CookieRewrite,
 ) -> Response<GatewayBody> {
     let gw = &w.gw;
     let (mut parts, body) = req.into_parts();
@@ -550,6 +560,24 @@ async fn forward_request(
     let h = &mut parts.headers;
     strip_hop_by_hop(h);
     strip_identity_headers(h);
+    match cookie {
+        CookieRewrite::Keep => {}
+        CookieRewrite::Drop => {
+            h.remove(header::COOKIE);
+        }
+        CookieRewrite::Set(v) => {
+            h.remove(header::COOKIE);
+            match HeaderValue::from_bytes(&v) {
+                Ok(v) => {
+                    h.insert(header::COOKIE, v);
+                }
+                // Joined from header values hyper accepted: cannot happen; forward none.
+                Err(e) => {
+                    tracing::error!(request_id = %ctx.request_id, error = %e, "joined Cookie is not a header value")
+                }
+            }
+        }
+    }
     h.remove(header::CONTENT_LENGTH);
     h.remove(header::EXPECT);
     if had_length || !bytes.is_empty() {

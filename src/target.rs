@@ -47,9 +47,39 @@ pub enum Refusal {
     /// The request as received and as parsed cannot be shown to be the same request (or its
     /// head could not be read as received).
     Unparsed,
+    /// `Cookie` headers Console could read differently from the gateway (`src/cookie.rs`);
+    /// the reason is one of `CookieRefusal`'s.
+    Cookie(&'static str),
 }
 
 impl Refusal {
+    /// Every `as_str` label, so `/metrics` shows each refusal counter at 0 from start-up.
+    pub const REASONS: &'static [&'static str] = &[
+        "not_origin_form",
+        "fragment",
+        "raw_byte",
+        "raw_backslash",
+        "malformed_escape",
+        "encoded_slash",
+        "encoded_backslash",
+        "encoded_control_char",
+        "encoded_ambiguous_char",
+        "invalid_utf8",
+        "unicode_digit",
+        "dot_segment",
+        "empty_segment",
+        "method_not_uppercase",
+        "rewrite_header",
+        "underscore_header",
+        "obs_fold",
+        "malformed_request_line",
+        "ambiguous_framing",
+        "missing_host",
+        "invalid_host",
+        "upgrade",
+        "unparsed",
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Refusal::NotOriginForm => "not_origin_form",
@@ -75,6 +105,7 @@ impl Refusal {
             Refusal::InvalidHost => "invalid_host",
             Refusal::Upgrade => "upgrade",
             Refusal::Unparsed => "unparsed",
+            Refusal::Cookie(reason) => reason,
         }
     }
 }
@@ -280,6 +311,70 @@ pub fn split_request_line(head: &[u8]) -> Result<(&[u8], &[u8]), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_refusal_label_is_listed() {
+        // Exhaustive: a new variant does not compile here until it is added to `all` below.
+        fn listed(r: &Refusal) {
+            match r {
+                Refusal::NotOriginForm
+                | Refusal::Fragment
+                | Refusal::RawByte(_)
+                | Refusal::RawBackslash
+                | Refusal::MalformedEscape
+                | Refusal::EncodedSlash
+                | Refusal::EncodedBackslash
+                | Refusal::ControlChar
+                | Refusal::AmbiguousChar
+                | Refusal::InvalidUtf8
+                | Refusal::UnicodeDigit
+                | Refusal::DotSegment
+                | Refusal::EmptySegment
+                | Refusal::MethodNotUppercase
+                | Refusal::RewriteHeader(_)
+                | Refusal::UnderscoreHeader(_)
+                | Refusal::ObsFold
+                | Refusal::MalformedRequestLine
+                | Refusal::AmbiguousFraming
+                | Refusal::MissingHost
+                | Refusal::InvalidHost
+                | Refusal::Upgrade
+                | Refusal::Unparsed => {}
+                // Listed in CookieRefusal::ALL.
+                Refusal::Cookie(_) => {}
+            }
+        }
+        let all = [
+            Refusal::NotOriginForm,
+            Refusal::Fragment,
+            Refusal::RawByte(0),
+            Refusal::RawBackslash,
+            Refusal::MalformedEscape,
+            Refusal::EncodedSlash,
+            Refusal::EncodedBackslash,
+            Refusal::ControlChar,
+            Refusal::AmbiguousChar,
+            Refusal::InvalidUtf8,
+            Refusal::UnicodeDigit,
+            Refusal::DotSegment,
+            Refusal::EmptySegment,
+            Refusal::MethodNotUppercase,
+            Refusal::RewriteHeader(String::new()),
+            Refusal::UnderscoreHeader(String::new()),
+            Refusal::ObsFold,
+            Refusal::MalformedRequestLine,
+            Refusal::AmbiguousFraming,
+            Refusal::MissingHost,
+            Refusal::InvalidHost,
+            Refusal::Upgrade,
+            Refusal::Unparsed,
+        ];
+        for r in &all {
+            listed(r);
+            assert!(Refusal::REASONS.contains(&r.as_str()), "{}", r.as_str());
+        }
+        assert_eq!(all.len(), Refusal::REASONS.len());
+    }
 
     fn refusal(t: &str) -> Refusal {
         parse_target(t.as_bytes()).unwrap_err()

@@ -9,8 +9,11 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use sqlx::PgPool;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Roles and permissions granted through active ticket grants, with the tickets behind them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,11 +52,15 @@ pub async fn grants(
     customer_id: i32,
     only: Option<&[String]>,
 ) -> Result<TicketGrants, sqlx::Error> {
-    let (roles, permissions, pairs): (Vec<String>, Vec<String>, Vec<String>) = sqlx::query_as(SQL)
-        .bind(admin_id)
-        .bind(customer_id)
-        .bind(only)
-        .fetch_one(pool)
+    // A dead pooled connection (after a connection storm) costs one retry, not a 503.
+    let (roles, permissions, pairs): (Vec<String>, Vec<String>, Vec<String>) =
+        crate::db::retry_once(|| {
+            sqlx::query_as(SQL)
+                .bind(admin_id)
+                .bind(customer_id)
+                .bind(only)
+                .fetch_one(pool)
+        })
         .await?;
     let tickets = pairs
         .into_iter()
@@ -87,10 +94,19 @@ const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUME
 /// Statuses of a FreeScout conversation that keep a ticket grant alive.
 const OPEN: &[&str] = &["active", "pending"];
 
+/// The largest validator answer read; a longer one is a bad answer (fails closed).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// Asks `url_template` (with `{ticket_id}` replaced) whether the ticket is still open.
 /// The endpoint answers 200 with JSON `{"status": "active" | "pending" | "closed" | ...}`;
 /// 404 means the ticket does not exist (not open). Only `http://host:port/...` is supported:
 /// the validator is expected on a local or sidecar address.
+///
+/// hyper's HTTP/1.1 client reads the answer, so any framing the validator picks (Content-Length,
+/// chunked, keep-alive or close) is read correctly; the whole exchange, body included, is bounded
+/// by `timeout` and the body by [`MAX_ANSWER_BYTES`]. One client per call: validations are rare
+/// (ticket-scoped routes only) and a client shared across the proxy's runtimes would hand out
+/// connections whose tasks live on another runtime.
 pub async fn ticket_open(
     url_template: &str,
     ticket_id: &str,
@@ -98,42 +114,39 @@ pub async fn ticket_open(
 ) -> Result<bool, TicketCheckError> {
     let encoded: String = percent_encoding::utf8_percent_encode(ticket_id, UNRESERVED).to_string();
     let url = url_template.replace("{ticket_id}", &encoded);
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        TicketCheckError::Unreachable(format!("only http:// is supported: {url}"))
-    })?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| TicketCheckError::Unreachable(format!("bad URL {url}: {e}")))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(TicketCheckError::Unreachable(format!(
+            "only http:// is supported: {url}"
+        )));
+    }
+    let req = hyper::Request::get(uri)
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| TicketCheckError::Unreachable(format!("bad request for {url}: {e}")))?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(authority)
+        let resp = client
+            .request(req)
             .await
-            .map_err(|e| TicketCheckError::Unreachable(e.to_string()))?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes())
+            .map_err(|e| TicketCheckError::Unreachable(format!("{e:#}")))?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+            .collect()
             .await
-            .map_err(|e| TicketCheckError::Unreachable(e.to_string()))?;
-        let mut buf = Vec::new();
-        s.take(64 * 1024)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(|e| TicketCheckError::Unreachable(e.to_string()))?;
-        Ok::<_, TicketCheckError>(buf)
+            .map_err(|e| TicketCheckError::BadAnswer(format!("body: {e}")))?
+            .to_bytes();
+        Ok::<_, TicketCheckError>((status, body))
     };
-    let buf = tokio::time::timeout(timeout, fetch)
+    let (status, body) = tokio::time::timeout(timeout, fetch)
         .await
         .map_err(|_| TicketCheckError::Unreachable("timed out".into()))??;
-    let text = String::from_utf8_lossy(&buf);
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| TicketCheckError::BadAnswer("no status line".into()))?;
     match status {
         404 => Ok(false),
         200 => {
-            let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-            let v: serde_json::Value = serde_json::from_str(body.trim())
+            let v: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| TicketCheckError::BadAnswer(format!("not JSON: {e}")))?;
             let st = v
                 .get("status")

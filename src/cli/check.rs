@@ -12,6 +12,8 @@ use crate::db;
 use crate::mapping::{Mapping, Severity};
 
 /// The columns the gateway reads or writes, per table.
+/// Every table and column a statement of `serve` (identity, tickets, the change feed, the audit
+/// writer, `drift`) names: grep the SQL in src/ when adding one.
 const SCHEMA: &[(&str, &[&str])] = &[
     ("admins", &["id", "email"]),
     (
@@ -36,7 +38,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ("rbac_user_groups", &["user_id", "group_id"]),
     (
         "rbac_break_glass_sessions",
-        &["user_id", "expires_at_utc", "revoked_at_utc"],
+        &["id", "user_id", "expires_at_utc", "revoked_at_utc"],
     ),
     (
         "rbac_ticket_grants",
@@ -44,6 +46,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "user_id",
             "role_id",
             "customer_id",
+            "ticket_id",
             "expires_at_utc",
             "revoked_at_utc",
         ],
@@ -63,8 +66,35 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "client_ip",
             "user_agent",
             "created_at_utc",
+            "mapping_version",
         ],
     ),
+    (
+        "rbac_change_log",
+        &[
+            "id",
+            "txid",
+            "table_name",
+            "admin_id",
+            "token_sha256",
+            "created_at_utc",
+        ],
+    ),
+];
+
+/// Tables whose changes must reach the change feed (migrations/0004_change_feed.sql): without
+/// the trigger, a grant removed there stays cached until the TTL, silently.
+const FEED_TABLES: &[&str] = &[
+    "rbac_user_groups",
+    "rbac_break_glass_sessions",
+    "rbac_ticket_grants",
+    "admin_sessions",
+    "admins",
+    "rbac_group_roles",
+    "rbac_role_inheritance",
+    "rbac_role_permissions",
+    "rbac_roles",
+    "rbac_groups",
 ];
 
 pub fn check(args: CheckArgs) -> Result<(), Exit> {
@@ -138,6 +168,26 @@ async fn check_database(
                     ),
                 ));
             }
+        }
+    }
+    let triggered: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+         WHERE t.tgname = 'rbac_gateway_change' AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
+         AND c.relnamespace = current_schema()::regnamespace",
+    )
+    .fetch_all(&pool)
+    .await
+    .context("cannot read the triggers")
+    .map_err(failure)?;
+    for table in FEED_TABLES {
+        if !triggered.iter().any(|t| t == table) {
+            out.push(diag(
+                file,
+                0,
+                0,
+                Severity::Error,
+                format!("database: change-feed trigger rbac_gateway_change on {table} is missing or disabled (run `rbac-gateway migrate`?)"),
+            ));
         }
     }
     if !out.is_empty() {

@@ -320,3 +320,36 @@ fn check_app_routes_finds_uncovered_and_stale_rules() {
         "Flask's static rule is covered: {stdout}"
     );
 }
+
+/// Issue 11 point 4: `check --database-url` checks every table and column `serve` uses, and
+/// the change-feed triggers (each missing one used to pass the check and fail at run time, or
+/// never fail at all).
+#[tokio::test]
+async fn check_names_every_missing_column_table_and_trigger_serve_needs() {
+    let db = TestDb::new().await;
+    for stmt in [
+        "ALTER TABLE access_audit_events DROP COLUMN mapping_version",
+        "ALTER TABLE rbac_ticket_grants DROP COLUMN ticket_id CASCADE",
+        "DROP TABLE rbac_change_log",
+        "ALTER TABLE admins DISABLE TRIGGER rbac_gateway_change",
+    ] {
+        sqlx::query(stmt).execute(&db.pool).await.unwrap();
+    }
+    let out = bin()
+        .args(["check", "--routes"])
+        .arg(root().join("routes.toml"))
+        .args(["--database-url", &db.url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for missing in [
+        "access_audit_events.mapping_version",
+        "rbac_ticket_grants.ticket_id",
+        "rbac_change_log.txid",
+        "rbac_change_log.admin_id",
+        "rbac_gateway_change on admins",
+    ] {
+        assert!(stdout.contains(missing), "{missing} named: {stdout}");
+    }
+}

@@ -404,3 +404,53 @@ async fn logs_are_json_one_line_per_decision_and_never_carry_the_token() {
         assert!(metrics.contains(name), "{name} in /metrics");
     }
 }
+
+/// Issue 11 point 4: every metric the Grafana dashboard queries is on `/metrics` from
+/// start-up, before any request (labelled counters initialised to 0), so no panel reads
+/// "No data" on a fresh replica and `rate()` sees the first event.
+#[tokio::test]
+async fn every_dashboard_metric_exists_from_start_up() {
+    let env = Env::core().await;
+    let body = env.gw.admin_get("/metrics").await.body_str();
+    let mut names = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(root().join("deploy/grafana")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut rest = text.as_str();
+            while let Some(i) = rest.find("rbac_gateway_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                names.insert(name);
+            }
+        }
+    }
+    assert!(names.len() >= 10, "dashboard metrics found: {names:?}");
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            // A series of that name, or (a histogram's base name) its TYPE line.
+            let type_line = format!("# TYPE {n} ");
+            !body.lines().any(|l| {
+                l.starts_with(&type_line)
+                    || l.strip_prefix(n.as_str())
+                        .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "missing at start-up: {missing:?}\n{body}"
+    );
+    for series in [
+        "rbac_gateway_requests_total{decision=\"denied\"} 0",
+        "rbac_gateway_refusals_total{reason=\"cookie_repeated_header\"} 0",
+        "rbac_gateway_audit_rows_total{sink=\"spool\"} 0",
+        "rbac_gateway_mapping_reloads_total{result=\"failure\"} 0",
+    ] {
+        assert!(body.lines().any(|l| l == series), "{series}");
+    }
+}

@@ -269,3 +269,59 @@ async fn sigterm_lets_in_flight_requests_finish() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn console_receives_exactly_the_session_the_gateway_decided_on() {
+    let env = Env::core().await;
+    let (admin, token) = env.db.admin_with_roles(&["console-audit-user"]).await;
+    // Ambiguous readings of the session cookie are refused, whatever the route.
+    for (what, cookies) in [
+        (
+            "repeated headers",
+            format!("Cookie: theme=dark\r\nCookie: console_session={token}\r\n"),
+        ),
+        (
+            "quoted semicolon",
+            format!("Cookie: console_session=\"{token};x\"\r\n"),
+        ),
+        (
+            "space before =",
+            format!("Cookie: console_session ={token}\r\n"),
+        ),
+        (
+            "twice",
+            format!("Cookie: console_session={token}; console_session=other\r\n"),
+        ),
+        (
+            "non-ASCII",
+            "Cookie: console_session=t\u{e9}st\r\n".to_string(),
+        ),
+    ] {
+        for path in ["/console/customers/1", "/auth/login"] {
+            let req =
+                format!("GET {path} HTTP/1.1\r\nHost: c\r\n{cookies}Connection: close\r\n\r\n");
+            let r = send(env.gw.addr, req.as_bytes()).await.unwrap();
+            assert_eq!(r.status, 400, "{what} on {path}");
+        }
+    }
+    assert_eq!(env.up.count(), 0);
+    // A plain header is forwarded unchanged, with the admin the gateway resolved.
+    let req = format!("GET /console/customers/1 HTTP/1.1\r\nHost: c\r\nCookie: theme=dark; console_session={token}\r\nConnection: close\r\n\r\n");
+    assert_eq!(send(env.gw.addr, req.as_bytes()).await.unwrap().status, 200);
+    // Repeated headers without the session cookie reach Console as gunicorn would join them.
+    let req = "GET /auth/login HTTP/1.1\r\nHost: c\r\nCookie: a=1\r\nCookie: b=2\r\nConnection: close\r\n\r\n";
+    assert_eq!(send(env.gw.addr, req.as_bytes()).await.unwrap().status, 200);
+    let seen = env.up.requests();
+    assert_eq!(
+        seen[0].headers_named("cookie"),
+        [format!("theme=dark; console_session={token}")]
+    );
+    assert_eq!(seen[0].header("x-rbac-admin-id"), Some(admin.as_str()));
+    assert_eq!(seen[1].headers_named("cookie"), ["a=1,b=2"]);
+    assert!(
+        env.gw
+            .metric("rbac_gateway_refusals_total{reason=\"cookie_repeated_header\"}")
+            .await
+            >= 2.0
+    );
+}

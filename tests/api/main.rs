@@ -5,6 +5,7 @@ mod helpers;
 
 mod cli;
 mod coherence;
+mod cookie_differential;
 mod core;
 mod differential;
 mod durability;

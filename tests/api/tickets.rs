@@ -184,3 +184,73 @@ async fn ticket_revalidation_follows_freescout_and_fails_closed() {
     );
     assert_eq!(env2.up.count(), 0);
 }
+
+/// A validator that answers every request on a connection with a chunked body and keeps the
+/// connection open (HTTP/1.1 keep-alive), as most real servers do; `pad` bytes of JSON
+/// whitespace make the body as long as a test needs.
+async fn chunked_keep_alive_validator(status: &'static str, pad: usize) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                // One answer per request head; the connection stays open until the client ends it.
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let body = format!("{{\"status\": {}\"{status}\"}}", " ".repeat(pad));
+                    let (a, b) = body.split_at(body.len() / 2);
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                        a.len(),
+                        b.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Issue 11 point 4: the validator's answer is read by a real HTTP client: chunked bodies on a
+/// kept-alive connection are understood (they used to wait for a close that never came, then
+/// fail closed with 503), and an oversized answer still fails closed.
+#[tokio::test]
+async fn ticket_validation_reads_chunked_keep_alive_answers() {
+    for (status, pad, want) in [
+        ("active", 0, 200),
+        ("closed", 0, 403),
+        ("active", 200 * 1024, 503),
+    ] {
+        let v = chunked_keep_alive_validator(status, pad).await;
+        let url = format!("http://{v}/conversations/{{ticket_id}}");
+        let env = Env::with(core_routes(), |o| {
+            o.arg("--ticket-validation-url").arg(&url)
+        })
+        .await;
+        let (admin, token) = env.db.admin_with_roles(&["console-user"]).await;
+        grant(&env.db, &admin, "raptor-audit-admin", 3, "T-1").await;
+        let t0 = std::time::Instant::now();
+        let got = env
+            .gw
+            .status("/console/customers/3/audit", Some(&token))
+            .await;
+        assert_eq!(
+            got, want,
+            "validator says {status:?} with {pad} bytes of padding"
+        );
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(1),
+            "answered without waiting for the validator to close: {:?}",
+            t0.elapsed()
+        );
+    }
+}
