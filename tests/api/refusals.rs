@@ -161,7 +161,7 @@ fn hostile(token: &str) -> Vec<(&'static str, Vec<u8>)> {
                 "X-Rewrite-URL: /ops\r\n",
             ),
         ),
-        // httparse (inside pingora) already rejects obs-fold with 400 before the gateway sees it.
+        // httparse (inside hyper) already rejects obs-fold with 400 before the gateway sees it.
         (
             "obs-fold",
             req("GET /console/customers/1 HTTP/1.1", "X-Note: a\r\n b\r\n"),
