@@ -310,6 +310,11 @@ async fn an_admin_row_change_drops_their_cached_sessions() {
         Duration::from_secs(5),
     )
     .await;
+    // The feed may still be applying the set-up's own changes (group, membership, session),
+    // each of which drops this admin's cached answers: let it finish, then cache again.
+    settle().await;
+    settle().await;
+    assert_eq!(gws[0].status("/ops", Some(&token)).await, 200);
     let mut tx = db.pool.begin().await.unwrap();
     sqlx::query("SET LOCAL session_replication_role = replica")
         .execute(&mut *tx)
