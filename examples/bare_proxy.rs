@@ -85,6 +85,8 @@ fn main() {
             read_timeout: Duration::from_secs(30),
             ticket_grants: false,
             ticket_validation_url: None,
+            // A bare proxy: every path forwarded, the reader API included.
+            rbac_api: false,
         })
     });
     let settings = Settings {

@@ -129,6 +129,15 @@ pub struct ServeArgs {
     /// Ticket-scoped grants on (1) or off (0; FLAG_TICKET_SCOPED_GRANTS=0 of 004 §9.1: they grant nothing).
     #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", value_parser = ["0", "1"])]
     pub flag_ticket_scoped_grants: String,
+    /// Answer Console's reader API (`GET /api/rbac/me`, `GET /api/rbac/permissions/check`) in the
+    /// gateway itself: those paths are then never forwarded. `--rbac-api=false` forwards them.
+    #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub rbac_api: bool,
+    /// Address of the forward-auth listener for edge proxies (`/authz`: nginx `auth_request`,
+    /// Traefik `forwardAuth`, Caddy `forward_auth`). Unset: no such listener.
+    #[arg(long, env = "GATEWAY_AUTHZ_LISTEN")]
+    pub authz_listen: Option<String>,
     /// Log format: json or text.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -136,6 +145,15 @@ pub struct ServeArgs {
     /// mapping's modes apply.
     #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", value_parser = ["0", "1"])]
     pub flag_rbac_v2: String,
+}
+
+/// A switch: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` (any case).
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false (or 1/0), not {s:?}")),
+    }
 }
 
 impl ServeArgs {

@@ -33,6 +33,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
 use crate::outcome::{decide, Facts, Forward, Outcome, Unavailable, Via};
+use crate::reader;
 use crate::sniff::{Heads, RawHead, Sniff};
 use crate::state::Gateway;
 use crate::target::{self, Refusal, Target};
@@ -207,7 +208,7 @@ struct Ctx {
 
 /// The session cookie's value, from every `Cookie` header (first occurrence wins, as in
 /// Werkzeug).
-fn session_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn session_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -310,6 +311,13 @@ async fn handle(
             Outcome::Refuse(refusal)
         }
         Ok(target) => {
+            // The reader API is answered here, never decided as a route nor forwarded.
+            if let Some(call) = gw.rbac_api.then(|| reader::Call::of(&target)).flatten() {
+                let token = session_cookie(req.headers(), &gw.cookie);
+                let close = ctx.unread_body || ctx.close;
+                let resp = reader::respond(gw, &call, req.method(), token, &ctx.request_id, close);
+                return Ok(resp.await);
+            }
             let mapping = gw.mapping.load();
             let ip = peer.ip().to_string();
             let facts = Facts {

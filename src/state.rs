@@ -29,6 +29,8 @@ pub struct Gateway {
     /// Ticket-scoped grants honoured (FLAG_TICKET_SCOPED_GRANTS).
     pub ticket_grants: bool,
     pub ticket_validation_url: Option<String>,
+    /// The reader API (`/api/rbac/me`, `/api/rbac/permissions/check`) is answered by the gateway.
+    pub rbac_api: bool,
 }
 
 impl Gateway {

@@ -15,5 +15,6 @@ mod hostile;
 mod identity;
 mod live;
 mod mapping;
+mod reader;
 mod refusals;
 mod tickets;
