@@ -8,6 +8,7 @@ mod coherence;
 mod core;
 mod differential;
 mod durability;
+mod edge;
 mod explain_agrees;
 mod faults;
 mod framing;
