@@ -191,13 +191,27 @@ pub struct ExplainArgs {
     /// Console's PostgreSQL.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
-    /// The admin's id (admins.id).
-    #[arg(long)]
-    pub admin: String,
+    /// The admin's id (admins.id). Not with --request-id (the audit row names the admin).
+    #[arg(
+        long,
+        required_unless_present = "request_id",
+        conflicts_with = "request_id"
+    )]
+    pub admin: Option<String>,
     /// HTTP method (upper case).
-    pub method: String,
+    #[arg(required_unless_present = "request_id", conflicts_with = "request_id")]
+    pub method: Option<String>,
     /// Request path (and query), as a client would send it.
-    pub path: String,
+    #[arg(required_unless_present = "request_id", conflicts_with = "request_id")]
+    pub path: Option<String>,
+    /// Explain a logged request from its audit row (access_audit_events.request_id): its admin,
+    /// method and path, with the mapping version the row carries when that file is at hand.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// A folder of earlier mapping files (any *.toml); with --request-id, the one whose version
+    /// is the row's is used when --routes is another version.
+    #[arg(long)]
+    pub mapping_history: Option<PathBuf>,
     /// The kill switch, as `serve` reads it: 0 explains the decision with every route `off`.
     #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", value_parser = ["0", "1"])]
     pub flag_rbac_v2: String,

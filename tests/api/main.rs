@@ -10,6 +10,7 @@ mod differential;
 mod durability;
 mod edge;
 mod explain_agrees;
+mod explain_request;
 mod faults;
 mod framing;
 mod hostile;
