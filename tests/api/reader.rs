@@ -255,3 +255,33 @@ async fn rbac_api_false_forwards_the_paths_as_mapped() {
     let env = Env::with(core_routes(), |o| o.env("GATEWAY_RBAC_API", "0")).await;
     assert_eq!(env.gw.status("/api/rbac/me", None).await, 403);
 }
+
+#[tokio::test]
+async fn check_warns_that_mapped_reader_paths_never_reach_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    let mut text = std::fs::read_to_string(core_routes()).unwrap();
+    text.push_str(
+        "\n[[route]]\nmethods = [\"GET\"]\npath = \"/api/rbac/me\"\nroles = [\"console-user\"]\n",
+    );
+    std::fs::write(&routes, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .args(["check", "--routes"])
+        .arg(&routes)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning, not an error: {stdout}"
+    );
+    assert!(
+        stdout.contains("warning: GET /api/rbac/me is answered by the gateway itself"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("/api/rbac/permissions/check is answered"),
+        "{stdout}"
+    );
+}
