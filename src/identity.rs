@@ -31,6 +31,8 @@ pub struct Principal {
     pub admin_id: String,
     /// An active break-glass row contributed the `break-glass` group.
     pub break_glass: bool,
+    /// When the latest-ending active break-glass row expires (the reader API's `break_glass`).
+    pub break_glass_until: Option<chrono::DateTime<chrono::Utc>>,
     grants: Arc<Grants>,
     valid_for: Duration,
 }
@@ -88,7 +90,7 @@ impl Principal {
         admin_id: &str,
         mut roles: Vec<String>,
         mut permissions: Vec<String>,
-        break_glass: bool,
+        break_glass_until: Option<chrono::DateTime<chrono::Utc>>,
         valid_for: Duration,
     ) -> Principal {
         roles.sort();
@@ -98,7 +100,8 @@ impl Principal {
         let roles_header = roles.join(",");
         Principal {
             admin_id: admin_id.to_string(),
-            break_glass,
+            break_glass: break_glass_until.is_some(),
+            break_glass_until,
             grants: intern(Grants {
                 roles,
                 permissions,
@@ -145,14 +148,14 @@ impl Principal {
                 .chain(permissions)
                 .cloned()
                 .collect(),
-            self.break_glass,
+            self.break_glass_until,
             Duration::ZERO,
         )
     }
 
     /// A principal built in memory (tests, benchmarks): roles and permissions get sorted.
     pub fn for_tests(admin_id: &str, roles: Vec<String>, permissions: Vec<String>) -> Principal {
-        Principal::new(admin_id, roles, permissions, false, Duration::ZERO)
+        Principal::new(admin_id, roles, permissions, None, Duration::ZERO)
     }
 }
 
@@ -204,7 +207,7 @@ pub fn token_hash(token: &str) -> String {
 pub const PRINCIPAL_SQL: &str = r#"
 WITH RECURSIVE
 bg AS (
-    SELECT min(expires_at_utc) AS until FROM rbac_break_glass_sessions
+    SELECT min(expires_at_utc) AS until, max(expires_at_utc) AS last FROM rbac_break_glass_sessions
     WHERE user_id = $1 AND revoked_at_utc IS NULL AND expires_at_utc > now()
 ),
 grp AS (
@@ -222,7 +225,8 @@ SELECT
     COALESCE((SELECT array_agg(DISTINCT p.name ORDER BY p.name) FROM rbac_role_permissions rp
               JOIN rbac_permissions p ON p.id = rp.permission_id
               WHERE rp.role_id IN (SELECT role_id FROM expanded)), '{}') AS permissions,
-    (SELECT EXTRACT(EPOCH FROM (until - now()))::float8 FROM bg) AS break_glass_seconds
+    (SELECT EXTRACT(EPOCH FROM (until - now()))::float8 FROM bg) AS break_glass_seconds,
+    (SELECT last FROM bg) AS break_glass_until
 "#;
 
 const SESSION_SQL: &str = r#"
@@ -382,8 +386,14 @@ pub async fn resolve(
     admin_id: &str,
     ttl: Duration,
 ) -> Result<Arc<Principal>, sqlx::Error> {
-    // A dead pooled connection (after a connection storm) costs one retry, not a 503.
-    let (roles, permissions, bg): (Vec<String>, Vec<String>, Option<f64>) =
+    type Row = (
+        Vec<String>,
+        Vec<String>,
+        Option<f64>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    );
+    let (roles, permissions, bg, bg_until): Row =
+        // A dead pooled connection (after a connection storm) costs one retry, not a 503.
         crate::db::retry_once(|| sqlx::query_as(PRINCIPAL_SQL).bind(admin_id).fetch_one(pool))
             .await?;
     let valid_for = match bg {
@@ -394,7 +404,7 @@ pub async fn resolve(
         admin_id,
         roles,
         permissions,
-        bg.is_some(),
+        bg_until,
         valid_for,
     )))
 }

@@ -16,6 +16,8 @@
 //! - [`decision`]: pure: rule + principal -> allow / redirect / deny, with the reason.
 //! - [`outcome`]: the per-request policy as one function: facts in, a typed outcome out.
 //! - [`proxy`]: the hyper data plane: checks, [`outcome::decide`], the answer.
+//! - [`reader`]: Console's reader API (`/api/rbac/me`, `/api/rbac/permissions/check`).
+//! - [`authz`]: forward-auth for edge proxies (`/authz` on `--authz-listen`), the same decision.
 //! - [`sniff`]: request heads as received, beside hyper's parse.
 //! - [`upstream`]: the per-worker pool of connections to Console.
 //! - [`state`]: the shared state; the gateway's [`outcome::Authority`].
@@ -29,6 +31,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod cookie;
@@ -40,6 +43,7 @@ pub mod mapping;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;
+pub mod reader;
 pub mod reload;
 pub mod sniff;
 pub mod state;

@@ -24,6 +24,8 @@ pub struct Metrics {
     /// Requests by decision: allowed, denied, redirected, refused, public, machine, gone, off,
     /// shadow_denied, unavailable.
     pub requests: IntCounterVec,
+    /// Forward-auth answers (`/authz`), by decision.
+    pub authz_requests: IntCounterVec,
     /// Time to decide (before the upstream is contacted), by decision.
     pub decision_seconds: HistogramVec,
     /// Denials by route label (no_route uses "-").
@@ -69,6 +71,14 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let m = Metrics {
+            authz_requests: IntCounterVec::new(
+                Opts::new(
+                    "rbac_gateway_authz_requests_total",
+                    "Forward-auth answers to edge proxies, by decision",
+                ),
+                &["decision"],
+            )
+            .unwrap(),
             requests: IntCounterVec::new(
                 Opts::new("rbac_gateway_requests_total", "Requests by decision"),
                 &["decision"],
@@ -222,6 +232,7 @@ impl Metrics {
         };
         let r = &m.registry;
         r.register(Box::new(m.requests.clone())).unwrap();
+        r.register(Box::new(m.authz_requests.clone())).unwrap();
         r.register(Box::new(m.decision_seconds.clone())).unwrap();
         r.register(Box::new(m.denials_by_route.clone())).unwrap();
         r.register(Box::new(m.refusals.clone())).unwrap();

@@ -33,6 +33,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
 use crate::outcome::{decide, Facts, Forward, Outcome, Unavailable, Via};
+use crate::reader;
 use crate::sniff::{Heads, RawHead, Sniff};
 use crate::state::Gateway;
 use crate::target::{self, Refusal, Target};
@@ -222,6 +223,15 @@ struct Ctx {
     close: bool,
 }
 
+/// The session cookie as Console will read it, for the doors that forward nothing themselves
+/// (the reader API, forward-auth): a `Cookie` header Console could read differently is refused.
+pub(crate) fn session_token<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a str>, Refusal> {
+    read_cookie(headers, name).map(|(token, _)| token)
+}
+
 /// What happens to the request's `Cookie` headers on the way to Console.
 enum CookieRewrite {
     /// The one header, unchanged.
@@ -349,6 +359,12 @@ async fn handle(
         }
         Ok((target, (token, rewrite))) => {
             cookie = rewrite;
+            // The reader API is answered here, never decided as a route nor forwarded.
+            if let Some(call) = gw.rbac_api.then(|| reader::Call::of(&target)).flatten() {
+                let close = ctx.unread_body || ctx.close;
+                let resp = reader::respond(gw, &call, req.method(), token, &ctx.request_id, close);
+                return Ok(resp.await);
+            }
             let mapping = gw.mapping.load();
             let facts = Facts {
                 method: req.method().as_str(),

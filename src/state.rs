@@ -31,6 +31,8 @@ pub struct Gateway {
     pub ticket_validation_url: Option<String>,
     /// The supervised background tasks (`/readyz` names the dead ones).
     pub tasks: Arc<crate::supervise::Tasks>,
+    /// The reader API (`/api/rbac/me`, `/api/rbac/permissions/check`) is answered by the gateway.
+    pub rbac_api: bool,
 }
 
 impl Gateway {

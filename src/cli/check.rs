@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context};
 use super::{diag, failure, runtime, usage, Exit};
 use crate::config::{CheckArgs, EXIT_PROBLEMS};
 use crate::db;
-use crate::mapping::{Mapping, Severity};
+use crate::mapping::{Diagnostic, Mapping, Severity};
 
 /// The columns the gateway reads or writes, per table.
 /// Every table and column a statement of `serve` (identity, tickets, the change feed, the audit
@@ -97,6 +97,27 @@ const FEED_TABLES: &[&str] = &[
     "rbac_groups",
 ];
 
+/// Rules that map the reader API's paths: with `--rbac-api` on (the default) the gateway answers
+/// those paths itself and the rule never applies.
+fn reader_paths(mapping: &Mapping, file: &str) -> Vec<Diagnostic> {
+    [crate::reader::ME, crate::reader::CHECK]
+        .into_iter()
+        .filter_map(|path| {
+            let (route, _) = mapping.find("GET", path)?;
+            Some(Diagnostic {
+                file: file.to_string(),
+                line: route.line,
+                col: route.col,
+                severity: Severity::Warning,
+                message: format!(
+                    "GET {path} is answered by the gateway itself (reader API, --rbac-api, on by default) and never reaches Console: this rule ({}) applies only with --rbac-api=false",
+                    route.label()
+                ),
+            })
+        })
+        .collect()
+}
+
 pub fn check(args: CheckArgs) -> Result<(), Exit> {
     let file = args.routes.display().to_string();
     let mapping = match Mapping::load(&args.routes) {
@@ -112,6 +133,7 @@ pub fn check(args: CheckArgs) -> Result<(), Exit> {
     for w in &mapping.warnings {
         println!("{w}");
     }
+    problems.extend(reader_paths(&mapping, &file));
     if let Some(url) = &args.database_url {
         problems.extend(runtime()?.block_on(check_database(&mapping, &file, url))?);
     }

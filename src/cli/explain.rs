@@ -1,12 +1,14 @@
 //! `rbac-gateway explain`: the decision for one admin, method and path, from the same
 //! [`decide`] the proxy calls (shadow mode, ticket grants and the kill switch included).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{failure, load_mapping, runtime, usage, Exit};
 use crate::config::ExplainArgs;
 use crate::identity::Principal;
+use crate::mapping::Mapping;
 use crate::metrics::Metrics;
 use crate::outcome::{decide, Authority, Facts, Outcome, Switches, Unavailable, Via};
 use crate::{db, identity, target};
@@ -75,8 +77,146 @@ pub fn describe(o: &Outcome) -> String {
 
 pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
     let mapping = load_mapping(&args.routes)?;
-    let t = target::check_method(args.method.as_bytes())
-        .and_then(|_| target::parse_target(args.path.as_bytes()));
+    match (&args.request_id, &args.admin, &args.method, &args.path) {
+        (Some(id), _, _, _) => {
+            let id = id.clone();
+            from_audit_row(&args, mapping, &id)
+        }
+        (None, Some(admin), Some(method), Some(path)) => {
+            let (admin, method, path) = (admin.clone(), method.clone(), path.clone());
+            explain_request(&args, &mapping, &args.routes, Some(&admin), &method, &path)
+        }
+        _ => Err(usage(anyhow::anyhow!(
+            "give --admin ADMIN_ID METHOD PATH, or --request-id ID"
+        ))),
+    }
+}
+
+/// One audit row, as `explain --request-id` reads it.
+#[derive(sqlx::FromRow)]
+struct Row {
+    event_type: String,
+    admin_id: Option<String>,
+    method: String,
+    path: String,
+    route: Option<String>,
+    reason: String,
+    mapping_version: Option<String>,
+    created_at_utc: chrono::DateTime<chrono::Utc>,
+}
+
+/// The mapping file in `dir` whose version is `version`, if any.
+fn find_version(dir: &Path, version: &str) -> Option<(Mapping, PathBuf)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files.into_iter().find_map(|p| {
+        Mapping::load(&p)
+            .ok()
+            .filter(|m| m.version == version)
+            .map(|m| (m, p))
+    })
+}
+
+fn from_audit_row(args: &ExplainArgs, at_hand: Mapping, request_id: &str) -> Result<(), Exit> {
+    let rows: Vec<Row> = runtime()?.block_on(async {
+        let pool = db::pool(&args.database_url, 1, Duration::from_secs(10)).map_err(usage)?;
+        sqlx::query_as(
+            "SELECT event_type, admin_id, method, path, route, reason, mapping_version, created_at_utc \
+             FROM access_audit_events WHERE request_id = $1 ORDER BY created_at_utc, id",
+        )
+        .bind(request_id)
+        .fetch_all(&pool)
+        .await
+        .map_err(failure)
+    })?;
+    let Some(first) = rows.first() else {
+        return Err(Exit {
+            code: crate::config::EXIT_PROBLEMS,
+            error: anyhow::anyhow!(
+                "request {request_id}: no audit row (only denials, shadow denials and drift are recorded)"
+            ),
+        });
+    };
+    for r in &rows {
+        println!(
+            "audit row: {} {} {} {} admin={} rule={} reason={} mapping_version={}",
+            r.created_at_utc
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            r.event_type,
+            r.method,
+            r.path,
+            r.admin_id.as_deref().unwrap_or("-"),
+            r.route.as_deref().unwrap_or("-"),
+            r.reason,
+            r.mapping_version.as_deref().unwrap_or("-"),
+        );
+    }
+    let (mapping, file) = match first.mapping_version.as_deref() {
+        Some(v) if v == at_hand.version => {
+            println!(
+                "mapping: {} is version {v}, the row's",
+                args.routes.display()
+            );
+            (at_hand, args.routes.clone())
+        }
+        Some(v) => match args
+            .mapping_history
+            .as_deref()
+            .and_then(|d| find_version(d, v))
+        {
+            Some((m, p)) => {
+                println!(
+                    "mapping: {} is version {v}, the row's (--routes is {})",
+                    p.display(),
+                    at_hand.version
+                );
+                (m, p)
+            }
+            None => {
+                println!(
+                    "WARNING: the row was decided with mapping version {v}; {} is version {} and no file of version {v} is at hand{}: explained with {}, which may decide differently",
+                    args.routes.display(),
+                    at_hand.version,
+                    if args.mapping_history.is_some() { " in --mapping-history" } else { " (give --mapping-history DIR)" },
+                    at_hand.version,
+                );
+                (at_hand, args.routes.clone())
+            }
+        },
+        None => {
+            println!(
+                "WARNING: the row carries no mapping version: explained with {} (version {})",
+                args.routes.display(),
+                at_hand.version
+            );
+            (at_hand, args.routes.clone())
+        }
+    };
+    println!("note: roles are read as they are now, not as they were at the row's time");
+    explain_request(
+        args,
+        &mapping,
+        &file,
+        first.admin_id.as_deref(),
+        &first.method,
+        &first.path,
+    )
+}
+
+fn explain_request(
+    args: &ExplainArgs,
+    mapping: &Mapping,
+    routes: &Path,
+    admin: Option<&str>,
+    method: &str,
+    path: &str,
+) -> Result<(), Exit> {
+    let t =
+        target::check_method(method.as_bytes()).and_then(|_| target::parse_target(path.as_bytes()));
     let t = match t {
         Ok(t) => t,
         Err(r) => {
@@ -85,14 +225,14 @@ pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
             return Ok(());
         }
     };
-    let found = mapping.find(&args.method, &t.path);
+    let found = mapping.find(method, &t.path);
     let route = found.as_ref().map(|(r, _)| *r);
     match route {
         Some(r) => {
             println!(
                 "rule: {} ({}:{}:{})",
                 r.label(),
-                args.routes.display(),
+                routes.display(),
                 r.line,
                 r.col
             );
@@ -106,7 +246,7 @@ pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
             );
             println!("access: {}, mode: {}", r.access.as_str(), r.mode.as_str());
         }
-        None => println!("rule: none matches {} {}", args.method, t.path),
+        None => println!("rule: none matches {} {}", method, t.path),
     }
     let switches = Switches {
         kill_switch: args.flag_rbac_v2 == "0",
@@ -117,36 +257,43 @@ pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
     }
     runtime()?.block_on(async {
         let pool = db::pool(&args.database_url, 1, Duration::from_secs(10)).map_err(usage)?;
-        let principal = identity::resolve(&pool, &args.admin, Duration::ZERO)
-            .await
-            .map_err(failure)?;
-        let provenance = identity::provenance(&pool, &args.admin)
-            .await
-            .map_err(failure)?;
-        println!(
-            "admin: {}{}",
-            args.admin,
-            if principal.break_glass {
-                " (break-glass active)"
-            } else {
-                ""
+        let principal = match admin {
+            None => {
+                println!("admin: none (the request had no session the gateway knew)");
+                Arc::new(Principal::for_tests("", vec![], vec![]))
             }
-        );
-        println!("effective roles:");
-        for line in &provenance {
-            println!("  {line}");
-        }
-        if principal.roles().is_empty() {
-            println!("  (none)");
-        }
-        println!(
-            "permissions: {}",
-            if principal.permissions().is_empty() {
-                "(none)".into()
-            } else {
-                principal.permissions().join(", ")
+            Some(admin) => {
+                let principal = identity::resolve(&pool, admin, Duration::ZERO)
+                    .await
+                    .map_err(failure)?;
+                let provenance = identity::provenance(&pool, admin).await.map_err(failure)?;
+                println!(
+                    "admin: {}{}",
+                    admin,
+                    if principal.break_glass {
+                        " (break-glass active)"
+                    } else {
+                        ""
+                    }
+                );
+                println!("effective roles:");
+                for line in &provenance {
+                    println!("  {line}");
+                }
+                if principal.roles().is_empty() {
+                    println!("  (none)");
+                }
+                println!(
+                    "permissions: {}",
+                    if principal.permissions().is_empty() {
+                        "(none)".into()
+                    } else {
+                        principal.permissions().join(", ")
+                    }
+                );
+                principal
             }
-        );
+        };
         let authority = ExplainAuthority {
             pool,
             principal,
@@ -154,14 +301,14 @@ pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
             ticket_validation_url: args.ticket_validation_url.clone(),
         };
         let facts = Facts {
-            method: &args.method,
+            method,
             target: &t,
-            token: Some("explain"),
+            token: admin.map(|_| "explain"),
             client_ip: None,
             user_agent: None,
             request_id: "explain",
         };
-        let outcome = decide(&authority, &mapping, switches, &facts).await;
+        let outcome = decide(&authority, mapping, switches, &facts).await;
         if let Outcome::Forward(f) | Outcome::ShadowDeny { forward: f, .. } = &outcome {
             if let Some(p) = &f.principal {
                 if p.roles() != authority.principal.roles() {

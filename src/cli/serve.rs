@@ -101,7 +101,11 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             ticket_grants: args.flag_ticket_scoped_grants == "1",
             ticket_validation_url: args.ticket_validation_url.clone(),
             tasks: tasks.clone(),
+            rbac_api: args.rbac_api,
         });
+        if args.rbac_api {
+            metrics.requests.with_label_values(&[crate::reader::LABEL]);
+        }
         let admin = tokio::net::TcpListener::bind(admin_addr)
             .await
             .map_err(|e| failure(anyhow!("cannot listen on {admin_addr}: {e}")))?;
@@ -124,6 +128,21 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     let workers = proxy::start_workers(gw.clone(), settings, stopped)
         .map_err(|e| failure(anyhow!("cannot listen on {listen}: {e}")))?;
     tracing::info!(listen = %listen, threads, "listening");
+    // ---- Forward-auth listener for edge proxies (issue 13): off unless --authz-listen. ----
+    let authz = match &args.authz_listen {
+        None => None,
+        Some(a) => {
+            let addr = resolve(a, "--authz-listen")?;
+            let handle = crate::authz::start(gw.clone(), addr, threads, stop.subscribe())
+                .map_err(|e| failure(anyhow!("cannot listen on {addr} (--authz-listen): {e}")))?;
+            for label in ["allowed", "redirected", "denied", "refused", "unavailable"] {
+                gw.metrics.authz_requests.with_label_values(&[label]);
+            }
+            tracing::info!(authz_listen = %addr, "forward-auth listening");
+            Some(handle)
+        }
+    };
+    // ---- end of the forward-auth block ----
     bg.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).map_err(failure)?;
@@ -145,6 +164,9 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         if w.join().is_err() {
             tracing::error!("a worker thread panicked");
         }
+    }
+    if authz.is_some_and(|a| a.join().is_err()) {
+        tracing::error!("the forward-auth thread panicked");
     }
     tracing::info!("shut down");
     drop(bg);

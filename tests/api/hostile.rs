@@ -196,9 +196,15 @@ fn corpus(token: &str) -> Vec<Case> {
     );
     add(
         "control: allowed view 2",
+        get("/dashboard/_activity"),
+        How::Once,
+        Expect::View("/dashboard/_activity"),
+    );
+    add(
+        "reader API: answered by the gateway, never Console's view",
         get("/api/rbac/me"),
         How::Once,
-        Expect::View("/api/rbac/me"),
+        Expect::NoView,
     );
     add(
         "control: public view without session",

@@ -6,7 +6,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
 
-async fn grant(db: &TestDb, admin: &str, role: &str, customer: i32, ticket: &str) -> String {
+pub(crate) async fn grant(
+    db: &TestDb,
+    admin: &str,
+    role: &str,
+    customer: i32,
+    ticket: &str,
+) -> String {
     let id = uuid::Uuid::new_v4().to_string();
     sqlx::query(
         "INSERT INTO rbac_ticket_grants (id, user_id, role_id, ticket_id, customer_id, granted_by) SELECT $1, $2, id, $3, $4, 'test' FROM rbac_roles WHERE name = $5",
@@ -106,7 +112,7 @@ async fn ticket_grants_can_be_switched_off() {
 }
 
 /// A FreeScout stand-in: GET /conversations/<id> answers {"status": ...} from a table.
-async fn freescout(statuses: Arc<Mutex<Vec<(String, String)>>>) -> std::net::SocketAddr {
+pub(crate) async fn freescout(statuses: Arc<Mutex<Vec<(String, String)>>>) -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {

