@@ -35,6 +35,10 @@ pub enum Command {
     Check(CheckArgs),
     /// Explain the decision for one admin, method and path.
     Explain(ExplainArgs),
+    /// Run the lifecycle sweep once: revoke ticket grants whose ticket FreeScout reports closed or
+    /// resolved, or whose expiry passed (audit row first), and write break-glass expiry rows.
+    /// Prints what it did; exits 1 when FreeScout failed for a ticket or the sweep failed.
+    Sweep(SweepArgs),
     /// Report shadow-mode drift (gateway vs Console's own answer) per cluster and route; exits 1
     /// when there is drift in the window.
     Drift(DriftArgs),
@@ -138,6 +142,11 @@ pub struct ServeArgs {
     /// Traefik `forwardAuth`, Caddy `forward_auth`). Unset: no such listener.
     #[arg(long, env = "GATEWAY_AUTHZ_LISTEN")]
     pub authz_listen: Option<String>,
+    /// Seconds between lifecycle sweeps (ticket grants of closed tickets and expired grants
+    /// revoked, break-glass expiry rows); every replica runs them, one at a time under an
+    /// advisory lock. 0 turns the sweep off in this process.
+    #[arg(long, env = "GATEWAY_SWEEP_INTERVAL", default_value_t = 120.0)]
+    pub sweep_interval: f64,
     /// Log format: json or text.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -154,6 +163,19 @@ fn parse_bool(s: &str) -> Result<bool, String> {
         "0" | "false" | "no" | "off" => Ok(false),
         _ => Err(format!("expected true or false (or 1/0), not {s:?}")),
     }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SweepArgs {
+    /// Console's PostgreSQL.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// FreeScout's status URL ({ticket_id} is replaced); unset: only expired grants are revoked.
+    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
+    pub ticket_validation_url: Option<String>,
+    /// Run once and exit (the only mode; for a cron job or a Kubernetes CronJob).
+    #[arg(long, default_value_t = true)]
+    pub once: bool,
 }
 
 impl ServeArgs {

@@ -39,6 +39,7 @@ pub mod db;
 pub mod decision;
 pub mod feed;
 pub mod identity;
+pub mod lifecycle;
 pub mod mapping;
 pub mod metrics;
 pub mod outcome;

@@ -24,6 +24,7 @@ fn main() {
         Command::Check(a) => cli::check(a),
         Command::Explain(a) => cli::explain(a),
         Command::Drift(a) => cli::drift(a),
+        Command::Sweep(a) => cli::sweep(a),
     };
     if let Err(exit) = result {
         eprintln!("rbac-gateway: {:#}", exit.error);

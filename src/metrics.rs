@@ -63,6 +63,14 @@ pub struct Metrics {
     pub feed_events: IntCounter,
     /// Background tasks that stopped (returned or panicked), by task.
     pub task_failures: IntCounterVec,
+    /// Lifecycle sweeps by result: done, skipped (another replica held the lock), failed.
+    pub sweeps: IntCounterVec,
+    /// Grants the sweep ended, by reason: ticket_closed, expired, break_glass_expire.
+    pub sweep_revocations: IntCounterVec,
+    /// Sweep failures: a failed sweep, or a ticket FreeScout did not answer for.
+    pub sweep_failures: IntCounter,
+    /// Unix time of the last sweep with no failure.
+    pub sweep_last_success: IntGauge,
     /// Targeted cache invalidations that failed (the whole cache was cleared instead).
     pub cache_invalidation_errors: IntCounter,
 }
@@ -223,6 +231,29 @@ impl Metrics {
                 &["task"],
             )
             .unwrap(),
+            sweeps: IntCounterVec::new(
+                Opts::new("rbac_gateway_sweeps_total", "Lifecycle sweeps by result"),
+                &["result"],
+            )
+            .unwrap(),
+            sweep_revocations: IntCounterVec::new(
+                Opts::new(
+                    "rbac_gateway_sweep_revocations_total",
+                    "Grants the lifecycle sweep ended, by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            sweep_failures: IntCounter::new(
+                "rbac_gateway_sweep_failures_total",
+                "Failed sweeps and tickets FreeScout did not answer for",
+            )
+            .unwrap(),
+            sweep_last_success: IntGauge::new(
+                "rbac_gateway_sweep_last_success_timestamp_seconds",
+                "Unix time of the last sweep without a failure",
+            )
+            .unwrap(),
             cache_invalidation_errors: IntCounter::new(
                 "rbac_gateway_cache_invalidation_errors_total",
                 "Targeted cache invalidations that failed (the cache was cleared instead)",
@@ -254,6 +285,10 @@ impl Metrics {
         r.register(Box::new(m.db_pool.clone())).unwrap();
         r.register(Box::new(m.audit_batches.clone())).unwrap();
         r.register(Box::new(m.task_failures.clone())).unwrap();
+        r.register(Box::new(m.sweeps.clone())).unwrap();
+        r.register(Box::new(m.sweep_revocations.clone())).unwrap();
+        r.register(Box::new(m.sweep_failures.clone())).unwrap();
+        r.register(Box::new(m.sweep_last_success.clone())).unwrap();
         r.register(Box::new(m.cache_invalidation_errors.clone()))
             .unwrap();
         m.initialise_labels();
@@ -291,6 +326,12 @@ impl Metrics {
         }
         for s in ["open", "idle"] {
             self.db_pool.with_label_values(&[s]);
+        }
+        for r in ["done", "skipped", "failed"] {
+            self.sweeps.with_label_values(&[r]);
+        }
+        for r in ["ticket_closed", "expired", "break_glass_expire"] {
+            self.sweep_revocations.with_label_values(&[r]);
         }
         for task in crate::supervise::TASKS {
             self.task_failures.with_label_values(&[task]);

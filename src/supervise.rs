@@ -30,7 +30,14 @@ impl Tasks {
 }
 
 /// Names every supervised task (the label values of `rbac_gateway_task_failures_total`).
-pub const TASKS: &[&str] = &["feed", "reload", "audit_writer", "audit_replay", "admin"];
+pub const TASKS: &[&str] = &[
+    "feed",
+    "reload",
+    "audit_writer",
+    "audit_replay",
+    "admin",
+    "sweeper",
+];
 
 /// Spawns `task` on the current runtime and watches it.
 pub fn spawn<F>(tasks: Arc<Tasks>, metrics: Arc<Metrics>, name: &'static str, task: F)

@@ -112,6 +112,18 @@ pub async fn ticket_open(
     ticket_id: &str,
     timeout: Duration,
 ) -> Result<bool, TicketCheckError> {
+    Ok(ticket_status(url_template, ticket_id, timeout)
+        .await?
+        .is_some_and(|st| OPEN.contains(&st.as_str())))
+}
+
+/// The ticket's status as the validator reports it (`{"status": ...}`), or None when it answers
+/// 404 (no such ticket).
+pub async fn ticket_status(
+    url_template: &str,
+    ticket_id: &str,
+    timeout: Duration,
+) -> Result<Option<String>, TicketCheckError> {
     let encoded: String = percent_encoding::utf8_percent_encode(ticket_id, UNRESERVED).to_string();
     let url = url_template.replace("{ticket_id}", &encoded);
     let uri: hyper::Uri = url
@@ -144,7 +156,7 @@ pub async fn ticket_open(
         .await
         .map_err(|_| TicketCheckError::Unreachable("timed out".into()))??;
     match status {
-        404 => Ok(false),
+        404 => Ok(None),
         200 => {
             let v: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| TicketCheckError::BadAnswer(format!("not JSON: {e}")))?;
@@ -152,7 +164,7 @@ pub async fn ticket_open(
                 .get("status")
                 .and_then(|s| s.as_str())
                 .ok_or_else(|| TicketCheckError::BadAnswer("no status".into()))?;
-            Ok(OPEN.contains(&st))
+            Ok(Some(st.to_string()))
         }
         other => Err(TicketCheckError::BadAnswer(format!("HTTP {other}"))),
     }

@@ -14,12 +14,14 @@ mod drift;
 mod explain;
 mod migrate;
 mod serve;
+mod sweep;
 
 pub use check::{check, check_app_routes};
 pub use drift::drift;
 pub use explain::explain;
 pub use migrate::migrate;
 pub use serve::serve;
+pub use sweep::sweep;
 
 /// A command's failure, with the exit code it maps to.
 #[derive(Debug)]

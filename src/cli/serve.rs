@@ -24,6 +24,11 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     if args.log_format != "json" && args.log_format != "text" {
         return Err(usage(anyhow!("--log-format must be json or text")));
     }
+    if !(args.sweep_interval.is_finite() && args.sweep_interval >= 0.0) {
+        return Err(usage(anyhow!(
+            "--sweep-interval must be a number of seconds >= 0"
+        )));
+    }
     if !(args.cache_ttl.is_finite() && args.cache_ttl >= 0.0) {
         return Err(usage(anyhow!(
             "--cache-ttl must be a number of seconds >= 0"
@@ -112,6 +117,17 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         supervised("admin", Box::pin(crate::admin::serve(admin, gw.clone())));
         supervised("audit_replay", Box::pin(audit.replay_forever(Duration::from_millis(500))));
         supervised("reload", Box::pin(crate::reload::watch(gw.clone(), args.routes.clone())));
+        if args.sweep_interval > 0.0 {
+            supervised(
+                "sweeper",
+                Box::pin(crate::lifecycle::run_forever(
+                    pool.clone(),
+                    args.ticket_validation_url.clone(),
+                    Duration::from_secs_f64(args.sweep_interval),
+                    metrics.clone(),
+                )),
+            );
+        }
         Ok::<_, Exit>(gw)
     })?;
 

@@ -16,6 +16,7 @@ mod faults;
 mod framing;
 mod hostile;
 mod identity;
+mod lifecycle;
 mod live;
 mod mapping;
 mod reader;

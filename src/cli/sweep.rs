@@ -1,0 +1,47 @@
+//! `rbac-gateway sweep`: the lifecycle sweep once (ticket auto-revoke, break-glass expiry rows).
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+
+use super::{failure, runtime, usage, Exit};
+use crate::config::{SweepArgs, EXIT_PROBLEMS};
+use crate::{db, lifecycle};
+
+pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
+    let report = runtime()?.block_on(async {
+        let pool = db::pool(&args.database_url, 2, Duration::from_secs(10)).map_err(usage)?;
+        lifecycle::sweep_once(&pool, args.ticket_validation_url.as_deref())
+            .await
+            .map_err(|e| failure(anyhow!("sweep failed, nothing was committed: {e}")))
+    })?;
+    if report.skipped {
+        println!("another replica is sweeping right now: nothing done");
+        return Ok(());
+    }
+    for (grant, ticket, reason) in &report.revoked {
+        println!("revoked ticket grant {grant} (ticket {ticket}): {reason}");
+    }
+    for s in &report.break_glass_expired {
+        println!("break-glass session {s} ended: break_glass_expire row written");
+    }
+    for (t, e) in &report.freescout_failures {
+        println!("FreeScout did not answer for ticket {t} ({e}): its grants are kept");
+    }
+    println!(
+        "sweep: {} grant(s) revoked, {} break-glass expiry row(s), {} FreeScout failure(s)",
+        report.revoked.len(),
+        report.break_glass_expired.len(),
+        report.freescout_failures.len()
+    );
+    if !report.freescout_failures.is_empty() {
+        return Err(Exit {
+            code: EXIT_PROBLEMS,
+            error: anyhow!(
+                "FreeScout failed for {} ticket(s)",
+                report.freescout_failures.len()
+            ),
+        });
+    }
+    Ok(())
+}

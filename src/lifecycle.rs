@@ -1,0 +1,224 @@
+//! Grants that end by themselves (004 §3.2, §5, §6; I-9; RV-4, RV-12 in part): one sweep
+//!
+//! - revokes every active `rbac_ticket_grants` row whose ticket FreeScout reports RESOLVED or
+//!   CLOSED (`revoke_reason = 'ticket_closed'`) or whose `expires_at_utc` passed (`'expired'`),
+//!   writing its `rbac_grants_audit` row (`ticket_expire`) **first**, in the same transaction
+//!   (I-9: if the audit insert fails, nothing is revoked);
+//! - writes one `break_glass_expire` row for every break-glass session that expired or was
+//!   revoked.
+//!
+//! Each row's id is derived from what it records (`ticket_expire:<grant id>`,
+//! `break_glass_expire:<session id>`) and inserted with `ON CONFLICT DO NOTHING`, so a sweep
+//! repeated by any replica never writes a row twice. A sweep runs inside one transaction that
+//! first takes a transaction-level advisory lock: one replica at a time, and a replica that dies
+//! mid-sweep releases the lock with its connection. FreeScout unreachable: nothing is revoked on
+//! a guess for that ticket; the failure is counted and the sweep reports it. A ticket FreeScout
+//! does not know (404) or reports in another state is left to the per-request check (which
+//! fails closed on it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::metrics::Metrics;
+
+/// The advisory lock key of the sweep (any constant; "rbacswep" in ASCII).
+const LOCK_KEY: i64 = 0x7262_6163_7377_6570;
+
+/// FreeScout statuses that end a ticket grant.
+const ENDED: &[&str] = &["closed", "resolved"];
+
+/// Most FreeScout requests in flight during a sweep.
+const CONCURRENCY: usize = 8;
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Another replica held the lock: this one did nothing.
+    pub skipped: bool,
+    /// (grant id, ticket id, reason) of every grant revoked.
+    pub revoked: Vec<(String, String, String)>,
+    /// Break-glass sessions whose expiry row was written.
+    pub break_glass_expired: Vec<String>,
+    /// (ticket, error) of every ticket FreeScout could not answer for.
+    pub freescout_failures: Vec<(String, String)>,
+}
+
+/// The status of each ticket, asked with at most [`CONCURRENCY`] requests in flight.
+async fn statuses(
+    url: &str,
+    tickets: BTreeSet<String>,
+) -> BTreeMap<String, Result<Option<String>, String>> {
+    let mut out = BTreeMap::new();
+    let mut pending = tickets.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < CONCURRENCY {
+            let Some(t) = pending.next() else { break };
+            let url = url.to_string();
+            running.spawn(async move {
+                let st = crate::ticket::ticket_status(&url, &t, Duration::from_secs(5)).await;
+                (t, st.map_err(|e| e.to_string()))
+            });
+        }
+        match running.join_next().await {
+            Some(Ok((t, st))) => {
+                out.insert(t, st);
+            }
+            Some(Err(e)) => tracing::error!(error = %e, "sweep: a FreeScout request task failed"),
+            None => break,
+        }
+    }
+    out
+}
+
+/// One sweep. `validation_url`: FreeScout's status URL template (`{ticket_id}`); without it only
+/// expired grants are revoked.
+pub async fn sweep_once(
+    pool: &PgPool,
+    validation_url: Option<&str>,
+) -> Result<Report, sqlx::Error> {
+    let mut report = Report::default();
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(LOCK_KEY)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        report.skipped = true;
+        return Ok(report);
+    }
+    type Grant = (String, String, String, String, i32, bool);
+    let grants: Vec<Grant> = sqlx::query_as(
+        "SELECT id, user_id, role_id, ticket_id, customer_id, \
+                (expires_at_utc IS NOT NULL AND expires_at_utc <= now()) \
+         FROM rbac_ticket_grants WHERE revoked_at_utc IS NULL ORDER BY id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let live: BTreeSet<String> = grants
+        .iter()
+        .filter(|g| !g.5)
+        .map(|g| g.3.clone())
+        .collect();
+    let known = match validation_url {
+        Some(url) if !live.is_empty() => statuses(url, live).await,
+        _ => BTreeMap::new(),
+    };
+    for (t, st) in &known {
+        if let Err(e) = st {
+            tracing::error!(ticket = %t, error = %e, "sweep: FreeScout did not answer; the ticket's grants are kept");
+            report.freescout_failures.push((t.clone(), e.clone()));
+        }
+    }
+    for (id, user, role, ticket, customer, expired) in &grants {
+        let reason = if *expired {
+            "expired"
+        } else {
+            match known.get(ticket) {
+                Some(Ok(Some(st))) if ENDED.contains(&st.to_ascii_lowercase().as_str()) => {
+                    "ticket_closed"
+                }
+                _ => continue,
+            }
+        };
+        // I-9: the audit row first; a failure aborts the transaction and revokes nothing.
+        sqlx::query(
+            "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, role_id, ticket_id, customer_id, justification, granted_by) \
+             VALUES ($1, 'ticket_expire', $2, $3, $4, $5, $6, 'rbac-gateway') ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(format!("ticket_expire:{id}"))
+        .bind(user)
+        .bind(role)
+        .bind(ticket)
+        .bind(customer)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query(
+            "UPDATE rbac_ticket_grants SET revoked_at_utc = now(), revoke_reason = $2 \
+             WHERE id = $1 AND revoked_at_utc IS NULL",
+        )
+        .bind(id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            report
+                .revoked
+                .push((id.clone(), ticket.clone(), reason.to_string()));
+        }
+    }
+    report.break_glass_expired = sqlx::query_scalar(
+        "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \
+         SELECT 'break_glass_expire:' || b.id, 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', b.expires_at_utc \
+         FROM rbac_break_glass_sessions b \
+         WHERE b.revoked_at_utc IS NOT NULL OR b.expires_at_utc <= now() \
+         ON CONFLICT (id) DO NOTHING RETURNING substr(id, 20)",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// Counts a sweep in the metrics.
+pub fn count(metrics: &Metrics, result: &Result<Report, sqlx::Error>) {
+    match result {
+        Ok(r) if r.skipped => metrics.sweeps.with_label_values(&["skipped"]).inc(),
+        Ok(r) => {
+            metrics.sweeps.with_label_values(&["done"]).inc();
+            for (_, _, reason) in &r.revoked {
+                metrics
+                    .sweep_revocations
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+            }
+            metrics
+                .sweep_revocations
+                .with_label_values(&["break_glass_expire"])
+                .inc_by(r.break_glass_expired.len() as u64);
+            metrics
+                .sweep_failures
+                .inc_by(r.freescout_failures.len() as u64);
+            if r.freescout_failures.is_empty() {
+                metrics
+                    .sweep_last_success
+                    .set(chrono::Utc::now().timestamp());
+            }
+        }
+        Err(_) => {
+            metrics.sweeps.with_label_values(&["failed"]).inc();
+            metrics.sweep_failures.inc();
+        }
+    }
+}
+
+/// Sweeps every `interval` until the process ends (every replica runs this; the lock lets one
+/// sweep at a time).
+pub async fn run_forever(
+    pool: PgPool,
+    validation_url: Option<String>,
+    interval: Duration,
+    metrics: std::sync::Arc<Metrics>,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let result = sweep_once(&pool, validation_url.as_deref()).await;
+        count(&metrics, &result);
+        match &result {
+            Ok(r) if r.skipped => {}
+            Ok(r) => {
+                for (grant, ticket, reason) in &r.revoked {
+                    tracing::info!(grant = %grant, ticket = %ticket, reason = %reason, "sweep: ticket grant revoked (audit row written first)");
+                }
+                for s in &r.break_glass_expired {
+                    tracing::info!(session = %s, "sweep: break-glass session ended (break_glass_expire row written)");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "sweep failed; nothing of it was committed"),
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The lifecycle sweep (issue 14, in part): ticket grants end with their ticket or their expiry,
+//! audit row first (I-9), exactly once across replicas; break-glass expiry rows exactly once.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+use crate::tickets::{freescout, grant};
+
+/// Runs `sweep --once` without blocking the test's runtime (the FreeScout stand-in runs on it).
+async fn sweep(db: &TestDb, url: &str) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .args([
+            "sweep",
+            "--once",
+            "--database-url",
+            &db.url,
+            "--ticket-validation-url",
+            url,
+        ])
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn revoked(db: &TestDb, grant: &str) -> Option<String> {
+    sqlx::query_scalar(
+        "SELECT revoke_reason FROM rbac_ticket_grants WHERE id = $1 AND revoked_at_utc IS NOT NULL",
+    )
+    .bind(grant)
+    .fetch_optional(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn audit_rows(db: &TestDb, event: &str) -> Vec<(String, Option<String>, Option<String>)> {
+    sqlx::query_as(
+        "SELECT id, ticket_id, justification FROM rbac_grants_audit WHERE event_type = $1 ORDER BY id",
+    )
+    .bind(event)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn sweep_revokes_closed_and_expired_grants_audit_first_and_only_once() {
+    let db = TestDb::new().await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let statuses = Arc::new(Mutex::new(vec![
+        ("T-closed".to_string(), "closed".to_string()),
+        ("T-resolved".to_string(), "RESOLVED".to_string()),
+        ("T-open".to_string(), "active".to_string()),
+    ]));
+    let fs = freescout(statuses.clone()).await;
+    let url = format!("http://{fs}/api/conversations/{{ticket_id}}");
+    let closed = grant(&db, &admin, "console-user", 7, "T-closed").await;
+    let resolved = grant(&db, &admin, "console-user", 7, "T-resolved").await;
+    let open = grant(&db, &admin, "console-user", 7, "T-open").await;
+    let unknown = grant(&db, &admin, "console-user", 7, "T-unknown").await;
+    let expired = grant(&db, &admin, "console-user", 8, "T-open").await;
+    sqlx::query(
+        "UPDATE rbac_ticket_grants SET expires_at_utc = now() - interval '1 minute' WHERE id = $1",
+    )
+    .bind(&expired)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    // The audit insert fails: nothing is revoked (I-9).
+    sqlx::query("CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit down'; END $$")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TRIGGER no_audit BEFORE INSERT ON rbac_grants_audit FOR EACH ROW EXECUTE FUNCTION no_audit()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (code, out) = sweep(&db, &url).await;
+    assert_ne!(code, 0, "{out}");
+    for g in [&closed, &resolved, &expired] {
+        assert_eq!(revoked(&db, g).await, None, "revoked without its audit row");
+    }
+    sqlx::query("DROP TRIGGER no_audit ON rbac_grants_audit")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let (code, out) = sweep(&db, &url).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        revoked(&db, &closed).await.as_deref(),
+        Some("ticket_closed")
+    );
+    assert_eq!(
+        revoked(&db, &resolved).await.as_deref(),
+        Some("ticket_closed")
+    );
+    assert_eq!(revoked(&db, &expired).await.as_deref(), Some("expired"));
+    assert_eq!(
+        revoked(&db, &open).await,
+        None,
+        "an open ticket keeps its grant"
+    );
+    assert_eq!(
+        revoked(&db, &unknown).await,
+        None,
+        "a ticket FreeScout does not know is not guessed"
+    );
+    let rows = audit_rows(&db, "ticket_expire").await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.contains(&(
+        format!("ticket_expire:{closed}"),
+        Some("T-closed".into()),
+        Some("ticket_closed".into())
+    )));
+    assert!(out.contains("3 grant(s) revoked"), "{out}");
+
+    // Again: nothing new, no second row.
+    let (code, out) = sweep(&db, &url).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 grant(s) revoked"), "{out}");
+    assert_eq!(audit_rows(&db, "ticket_expire").await.len(), 3);
+}
+
+#[tokio::test]
+async fn freescout_down_revokes_nothing_on_a_guess_and_exits_1() {
+    let db = TestDb::new().await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let g = grant(&db, &admin, "console-user", 7, "T-1").await;
+    let dead = format!("http://127.0.0.1:{}/api/{{ticket_id}}", free_port());
+    let (code, out) = sweep(&db, &dead).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FreeScout did not answer for ticket T-1"),
+        "{out}"
+    );
+    assert_eq!(revoked(&db, &g).await, None);
+    assert!(audit_rows(&db, "ticket_expire").await.is_empty());
+}
+
+#[tokio::test]
+async fn three_replicas_sweep_each_grant_and_break_glass_exactly_once() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let statuses = Arc::new(Mutex::new(vec![("T-9".to_string(), "active".to_string())]));
+    let fs = freescout(statuses.clone()).await;
+    let url = format!("http://{fs}/api/conversations/{{ticket_id}}");
+    let mut gws = Vec::new();
+    for _ in 0..3 {
+        let o = GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--sweep-interval")
+            .arg("0.3")
+            .arg("--ticket-validation-url")
+            .arg(&url);
+        gws.push(Gateway::start(o).await);
+    }
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let g = grant(&db, &admin, "console-user", 9, "T-9").await;
+    let session = db.break_glass(&admin, 0.5).await;
+    // The ticket closes in FreeScout: within a few intervals the grant is revoked by one replica.
+    statuses.lock().unwrap()[0].1 = "closed".to_string();
+    let t0 = Instant::now();
+    while revoked(&db, &g).await.is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "not revoked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "ticket grant revoked {:?} after the ticket closed (interval 0.3 s)",
+        t0.elapsed()
+    );
+    while audit_rows(&db, "break_glass_expire").await.is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no break_glass_expire row"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Several more sweeps by every replica: still exactly one row each.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(audit_rows(&db, "ticket_expire").await.len(), 1);
+    let bg = audit_rows(&db, "break_glass_expire").await;
+    assert_eq!(bg.len(), 1);
+    assert_eq!(bg[0].0, format!("break_glass_expire:{session}"));
+    let mut done = 0.0;
+    for gw in &gws {
+        done += gw
+            .metric("rbac_gateway_sweeps_total{result=\"done\"}")
+            .await;
+    }
+    assert!(done >= 3.0, "{done} sweeps done");
+    let mut revocations = 0.0;
+    for gw in &gws {
+        revocations += gw
+            .metric("rbac_gateway_sweep_revocations_total{reason=\"ticket_closed\"}")
+            .await;
+    }
+    assert_eq!(revocations, 1.0);
+    // A replica killed does not stop the sweep: the others go on.
+    let mut first = gws.remove(0);
+    first.child.kill().unwrap();
+    let g2 = grant(&db, &admin, "console-user", 9, "T-9").await;
+    let t1 = Instant::now();
+    while revoked(&db, &g2).await.is_none() {
+        assert!(
+            t1.elapsed() < Duration::from_secs(10),
+            "not revoked after a replica died"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
