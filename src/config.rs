@@ -147,6 +147,11 @@ pub struct ServeArgs {
     /// advisory lock. 0 turns the sweep off in this process.
     #[arg(long, env = "GATEWAY_SWEEP_INTERVAL", default_value_t = 120.0)]
     pub sweep_interval: f64,
+    /// Slack-compatible incoming webhook for alerts (new break-glass sessions, changes to the
+    /// break-glass group's roles): a JSON POST `{"text": ...}`, retried with backoff until
+    /// delivered. Unset: alerts are recorded in rbac_gateway_alerts only.
+    #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL")]
+    pub alert_webhook_url: Option<String>,
     /// Log format: json or text.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -173,6 +178,9 @@ pub struct SweepArgs {
     /// FreeScout's status URL ({ticket_id} is replaced); unset: only expired grants are revoked.
     #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
     pub ticket_validation_url: Option<String>,
+    /// Slack-compatible incoming webhook for alerts (see `serve --help`).
+    #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL")]
+    pub alert_webhook_url: Option<String>,
     /// Run once and exit (the only mode; for a cron job or a Kubernetes CronJob).
     #[arg(long, default_value_t = true)]
     pub once: bool,

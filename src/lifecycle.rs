@@ -222,3 +222,187 @@ pub async fn run_forever(
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Alerts (RV-12): a new break-glass session, or a change to the break-glass group's roles, is
+// recorded in `rbac_gateway_alerts` (exactly once, by key) and delivered to the webhook as a
+// Slack-compatible `{"text": ...}` POST, retried with exponential backoff until delivered.
+
+/// The advisory lock key of the alert job.
+const ALERT_LOCK_KEY: i64 = 0x7262_6163_616c_7274;
+
+/// What one alert pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AlertReport {
+    pub skipped: bool,
+    /// Keys of alerts recorded in this pass.
+    pub raised: Vec<String>,
+    /// Keys delivered in this pass.
+    pub delivered: Vec<String>,
+    /// (key, error) of deliveries that failed (retried later).
+    pub failed: Vec<(String, String)>,
+}
+
+/// POSTs `{"text": text}` to the webhook; Ok on a 2xx answer.
+async fn deliver(url: &str, text: &str) -> Result<(), String> {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let body = serde_json::json!({ "text": text }).to_string();
+    let req = hyper::Request::post(url)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| format!("bad webhook request: {e}"))?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        let resp = client.request(req).await.map_err(|e| format!("{e:#}"))?;
+        let status = resp.status();
+        // Drained so the connection closes cleanly; the body itself says nothing we need.
+        let _ = resp.into_body().collect().await;
+        Ok::<_, String>(status)
+    })
+    .await
+    .map_err(|_| "timed out".to_string())??;
+    if answer.is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {}", answer.as_u16()))
+    }
+}
+
+/// One alert pass: record new alerts, then deliver what is due.
+pub async fn alerts_once(pool: &PgPool, webhook: Option<&str>) -> Result<AlertReport, sqlx::Error> {
+    let mut report = AlertReport::default();
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(ALERT_LOCK_KEY)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        report.skipped = true;
+        return Ok(report);
+    }
+    let mut raised: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO rbac_gateway_alerts (key, text) \
+         SELECT 'break_glass:' || b.id, \
+                format('Break-glass session opened for %s (%s). Justification: %s. Expires %s UTC.', \
+                       a.email, b.user_id, b.justification, to_char(b.expires_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')) \
+         FROM rbac_break_glass_sessions b JOIN admins a ON a.id = b.user_id \
+         WHERE b.revoked_at_utc IS NULL AND b.expires_at_utc > now() \
+         ON CONFLICT (key) DO NOTHING RETURNING key",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    // The composition of the break-glass group against the snapshot.
+    let current: Vec<(String, String)> = sqlx::query_as(
+        "SELECT g.name, r.name FROM rbac_group_roles gr JOIN rbac_groups g ON g.id = gr.group_id \
+         JOIN rbac_roles r ON r.id = gr.role_id ORDER BY 1, 2",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let snapshot: Vec<(String, String)> = sqlx::query_as(
+        "SELECT group_name, role_name FROM rbac_gateway_group_roles_snapshot ORDER BY 1, 2",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if current != snapshot {
+        let bg = |v: &[(String, String)]| -> BTreeSet<String> {
+            v.iter()
+                .filter(|(g, _)| g == "break-glass")
+                .map(|(_, r)| r.clone())
+                .collect()
+        };
+        let (now, before) = (bg(&current), bg(&snapshot));
+        if !snapshot.is_empty() && now != before {
+            let added: Vec<&String> = now.difference(&before).collect();
+            let removed: Vec<&String> = before.difference(&now).collect();
+            let text = format!(
+                "The break-glass group's roles changed: added {added:?}, removed {removed:?}. It now grants {now:?}."
+            );
+            let key = format!("composition:{}", crate::outcome::row_id());
+            sqlx::query("INSERT INTO rbac_gateway_alerts (key, text) VALUES ($1, $2)")
+                .bind(&key)
+                .bind(&text)
+                .execute(&mut *tx)
+                .await?;
+            raised.push(key);
+        }
+        sqlx::query("DELETE FROM rbac_gateway_group_roles_snapshot")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO rbac_gateway_group_roles_snapshot (group_name, role_name) \
+             SELECT g.name, r.name FROM rbac_group_roles gr JOIN rbac_groups g ON g.id = gr.group_id \
+             JOIN rbac_roles r ON r.id = gr.role_id ON CONFLICT DO NOTHING",
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    report.raised = raised;
+    if let Some(url) = webhook {
+        let due: Vec<(String, String)> = sqlx::query_as(
+            "SELECT key, text FROM rbac_gateway_alerts \
+             WHERE delivered_at_utc IS NULL AND next_attempt_utc <= now() ORDER BY created_at_utc LIMIT 50",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (key, text) in due {
+            match deliver(url, &text).await {
+                Ok(()) => {
+                    sqlx::query(
+                        "UPDATE rbac_gateway_alerts SET delivered_at_utc = now(), attempts = attempts + 1 WHERE key = $1",
+                    )
+                    .bind(&key)
+                    .execute(&mut *tx)
+                    .await?;
+                    report.delivered.push(key);
+                }
+                Err(e) => {
+                    // Backoff: 1, 2, 4 ... seconds, at most 5 minutes between attempts.
+                    sqlx::query(
+                        "UPDATE rbac_gateway_alerts SET attempts = attempts + 1, last_error = $2, \
+                         next_attempt_utc = now() + make_interval(secs => least(300, power(2, attempts)::int)) WHERE key = $1",
+                    )
+                    .bind(&key)
+                    .bind(&e)
+                    .execute(&mut *tx)
+                    .await?;
+                    report.failed.push((key, e));
+                }
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// Runs the alert pass every `interval` until the process ends.
+pub async fn alerts_forever(
+    pool: PgPool,
+    webhook: Option<String>,
+    interval: Duration,
+    metrics: std::sync::Arc<Metrics>,
+) {
+    if webhook.is_none() {
+        tracing::warn!("no --alert-webhook-url: break-glass alerts are recorded in rbac_gateway_alerts but not delivered");
+    }
+    loop {
+        tokio::time::sleep(interval).await;
+        match alerts_once(&pool, webhook.as_deref()).await {
+            Ok(r) => {
+                for k in &r.raised {
+                    tracing::warn!(alert = %k, "alert raised");
+                }
+                for k in &r.delivered {
+                    metrics.alerts.with_label_values(&["delivered"]).inc();
+                    tracing::info!(alert = %k, "alert delivered");
+                }
+                for (k, e) in &r.failed {
+                    metrics.alerts.with_label_values(&["failed"]).inc();
+                    tracing::warn!(alert = %k, error = %e, "alert delivery failed; will retry");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "alert pass failed; will retry"),
+        }
+    }
+}

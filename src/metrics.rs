@@ -71,6 +71,8 @@ pub struct Metrics {
     pub sweep_failures: IntCounter,
     /// Unix time of the last sweep with no failure.
     pub sweep_last_success: IntGauge,
+    /// Alert deliveries by result: delivered, failed (retried).
+    pub alerts: IntCounterVec,
     /// Targeted cache invalidations that failed (the whole cache was cleared instead).
     pub cache_invalidation_errors: IntCounter,
 }
@@ -254,6 +256,11 @@ impl Metrics {
                 "Unix time of the last sweep without a failure",
             )
             .unwrap(),
+            alerts: IntCounterVec::new(
+                Opts::new("rbac_gateway_alerts_total", "Alert deliveries by result"),
+                &["result"],
+            )
+            .unwrap(),
             cache_invalidation_errors: IntCounter::new(
                 "rbac_gateway_cache_invalidation_errors_total",
                 "Targeted cache invalidations that failed (the cache was cleared instead)",
@@ -289,6 +296,7 @@ impl Metrics {
         r.register(Box::new(m.sweep_revocations.clone())).unwrap();
         r.register(Box::new(m.sweep_failures.clone())).unwrap();
         r.register(Box::new(m.sweep_last_success.clone())).unwrap();
+        r.register(Box::new(m.alerts.clone())).unwrap();
         r.register(Box::new(m.cache_invalidation_errors.clone()))
             .unwrap();
         m.initialise_labels();
@@ -329,6 +337,9 @@ impl Metrics {
         }
         for r in ["done", "skipped", "failed"] {
             self.sweeps.with_label_values(&[r]);
+        }
+        for r in ["delivered", "failed"] {
+            self.alerts.with_label_values(&[r]);
         }
         for r in ["ticket_closed", "expired", "break_glass_expire"] {
             self.sweep_revocations.with_label_values(&[r]);

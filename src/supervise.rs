@@ -37,6 +37,7 @@ pub const TASKS: &[&str] = &[
     "audit_replay",
     "admin",
     "sweeper",
+    "alerts",
 ];
 
 /// Spawns `task` on the current runtime and watches it.

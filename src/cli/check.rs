@@ -38,17 +38,25 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ("rbac_user_groups", &["user_id", "group_id"]),
     (
         "rbac_break_glass_sessions",
-        &["id", "user_id", "expires_at_utc", "revoked_at_utc"],
+        &[
+            "id",
+            "user_id",
+            "justification",
+            "expires_at_utc",
+            "revoked_at_utc",
+        ],
     ),
     (
         "rbac_ticket_grants",
         &[
+            "id",
             "user_id",
             "role_id",
             "customer_id",
             "ticket_id",
             "expires_at_utc",
             "revoked_at_utc",
+            "revoke_reason",
         ],
     ),
     (
@@ -79,6 +87,36 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "token_sha256",
             "created_at_utc",
         ],
+    ),
+    (
+        "rbac_grants_audit",
+        &[
+            "id",
+            "event_type",
+            "target_user_id",
+            "role_id",
+            "ticket_id",
+            "customer_id",
+            "justification",
+            "granted_by",
+            "expires_at_utc",
+        ],
+    ),
+    (
+        "rbac_gateway_alerts",
+        &[
+            "key",
+            "text",
+            "created_at_utc",
+            "delivered_at_utc",
+            "attempts",
+            "next_attempt_utc",
+            "last_error",
+        ],
+    ),
+    (
+        "rbac_gateway_group_roles_snapshot",
+        &["group_name", "role_name"],
     ),
 ];
 

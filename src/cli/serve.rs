@@ -117,6 +117,15 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         supervised("admin", Box::pin(crate::admin::serve(admin, gw.clone())));
         supervised("audit_replay", Box::pin(audit.replay_forever(Duration::from_millis(500))));
         supervised("reload", Box::pin(crate::reload::watch(gw.clone(), args.routes.clone())));
+        supervised(
+            "alerts",
+            Box::pin(crate::lifecycle::alerts_forever(
+                pool.clone(),
+                args.alert_webhook_url.clone(),
+                Duration::from_secs(1),
+                metrics.clone(),
+            )),
+        );
         if args.sweep_interval > 0.0 {
             supervised(
                 "sweeper",

@@ -9,12 +9,25 @@ use crate::config::{SweepArgs, EXIT_PROBLEMS};
 use crate::{db, lifecycle};
 
 pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
-    let report = runtime()?.block_on(async {
+    let (report, alerts) = runtime()?.block_on(async {
         let pool = db::pool(&args.database_url, 2, Duration::from_secs(10)).map_err(usage)?;
-        lifecycle::sweep_once(&pool, args.ticket_validation_url.as_deref())
+        let report = lifecycle::sweep_once(&pool, args.ticket_validation_url.as_deref())
             .await
-            .map_err(|e| failure(anyhow!("sweep failed, nothing was committed: {e}")))
+            .map_err(|e| failure(anyhow!("sweep failed, nothing was committed: {e}")))?;
+        let alerts = lifecycle::alerts_once(&pool, args.alert_webhook_url.as_deref())
+            .await
+            .map_err(|e| failure(anyhow!("alert pass failed: {e}")))?;
+        Ok::<_, Exit>((report, alerts))
     })?;
+    for k in &alerts.raised {
+        println!("alert raised: {k}");
+    }
+    for k in &alerts.delivered {
+        println!("alert delivered: {k}");
+    }
+    for (k, e) in &alerts.failed {
+        println!("alert delivery failed: {k} ({e}); retried later");
+    }
     if report.skipped {
         println!("another replica is sweeping right now: nothing done");
         return Ok(());
@@ -34,6 +47,15 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
         report.break_glass_expired.len(),
         report.freescout_failures.len()
     );
+    if !alerts.failed.is_empty() {
+        return Err(Exit {
+            code: EXIT_PROBLEMS,
+            error: anyhow!(
+                "the alert webhook failed for {} alert(s)",
+                alerts.failed.len()
+            ),
+        });
+    }
     if !report.freescout_failures.is_empty() {
         return Err(Exit {
             code: EXIT_PROBLEMS,

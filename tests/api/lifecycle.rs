@@ -217,3 +217,97 @@ async fn three_replicas_sweep_each_grant_and_break_glass_exactly_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn break_glass_and_composition_alerts_are_delivered_once_with_retries() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    // The webhook receiver answers 500 until told otherwise.
+    let hook = Upstream::start().await;
+    *hook.status.lock().unwrap() = 500;
+    let url = format!("http://{}/services/T000/B000/XXXX", hook.addr);
+    let mut gws = Vec::new();
+    for _ in 0..3 {
+        let o = GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--alert-webhook-url")
+            .arg(&url);
+        gws.push(Gateway::start(o).await);
+    }
+    // Let a first pass snapshot the group roles.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let session = db.break_glass(&admin, 600.0).await;
+    let t0 = Instant::now();
+    while hook.count() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no delivery attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    *hook.status.lock().unwrap() = 200;
+    let delivered = || async {
+        sqlx::query_as::<_, (String, i32)>(
+            "SELECT key, attempts FROM rbac_gateway_alerts WHERE delivered_at_utc IS NOT NULL ORDER BY key",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    while delivered().await.is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(15), "never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows = delivered().await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, format!("break_glass:{session}"));
+    assert!(rows[0].1 >= 3, "delivered after retries: {rows:?}");
+    let last = hook.requests().last().unwrap().clone();
+    assert_eq!(last.method, "POST");
+    let body: serde_json::Value = serde_json::from_slice(&last.body).unwrap();
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.contains("incident 42") && text.contains(&admin),
+        "{text}"
+    );
+    // No second delivery of the same alert by another replica.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let accepted = hook.requests().len();
+    assert_eq!(delivered().await.len(), 1);
+
+    // A role added to the break-glass group: one alert within 5 s.
+    let t1 = Instant::now();
+    sqlx::query(
+        "INSERT INTO rbac_group_roles (group_id, role_id) SELECT g.id, r.id FROM rbac_groups g, rbac_roles r \
+         WHERE g.name = 'break-glass' AND r.name = 'raptor-audit-admin' ON CONFLICT DO NOTHING",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    while hook.requests().len() == accepted {
+        assert!(
+            t1.elapsed() < Duration::from_secs(5),
+            "no composition alert within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "composition alert delivered {:?} after the change",
+        t1.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let composition: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM rbac_gateway_alerts WHERE key LIKE 'composition:%' AND text LIKE '%raptor-audit-admin%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(composition, 1);
+    let mut delivered_metric = 0.0;
+    for gw in &gws {
+        delivered_metric += gw
+            .metric("rbac_gateway_alerts_total{result=\"delivered\"}")
+            .await;
+    }
+    assert_eq!(delivered_metric, 2.0);
+}
