@@ -152,6 +152,10 @@ pub struct ServeArgs {
     /// delivered. Unset: alerts are recorded in rbac_gateway_alerts only.
     #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL")]
     pub alert_webhook_url: Option<String>,
+    /// Honour a break-glass session's roles only after its alert was delivered (I-4: alert
+    /// before the session proceeds). Trade-off: a webhook that is down blocks emergency access.
+    #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub break_glass_requires_alert: bool,
     /// Log format: json or text.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "json")]
     pub log_format: String,

@@ -195,6 +195,7 @@ pub struct Identity {
     sessions: Cache<String, Option<Arc<Session>>>,
     principals: Cache<String, Arc<Principal>>,
     metrics: Arc<Metrics>,
+    break_glass_requires_alert: bool,
 }
 
 /// Lowercase hex SHA-256 of a cookie value: the key `admin_sessions.token_sha256` holds.
@@ -207,8 +208,11 @@ pub fn token_hash(token: &str) -> String {
 pub const PRINCIPAL_SQL: &str = r#"
 WITH RECURSIVE
 bg AS (
-    SELECT min(expires_at_utc) AS until, max(expires_at_utc) AS last FROM rbac_break_glass_sessions
-    WHERE user_id = $1 AND revoked_at_utc IS NULL AND expires_at_utc > now()
+    SELECT min(b.expires_at_utc) AS until, max(b.expires_at_utc) AS last FROM rbac_break_glass_sessions b
+    WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND b.expires_at_utc > now()
+      -- --break-glass-requires-alert: a session counts once its alert was delivered (I-4).
+      AND (NOT $2::bool OR EXISTS (SELECT 1 FROM rbac_gateway_alerts a
+                                   WHERE a.key = 'break_glass:' || b.id AND a.delivered_at_utc IS NOT NULL))
 ),
 grp AS (
     SELECT ug.group_id AS id FROM rbac_user_groups ug WHERE ug.user_id = $1
@@ -255,7 +259,14 @@ impl Identity {
                 .expire_after(OwnExpiry)
                 .build(),
             metrics,
+            break_glass_requires_alert: false,
         }
+    }
+
+    /// Break-glass sessions count only once their alert was delivered (I-4).
+    pub fn with_break_glass_requires_alert(mut self, on: bool) -> Identity {
+        self.break_glass_requires_alert = on;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -323,11 +334,16 @@ impl Identity {
             .inc();
         let init = async {
             self.metrics.db_queries.inc();
-            resolve(&self.pool, admin_id, self.ttl)
-                .await
-                .inspect_err(|_| {
-                    self.metrics.db_errors.inc();
-                })
+            resolve_with(
+                &self.pool,
+                admin_id,
+                self.ttl,
+                self.break_glass_requires_alert,
+            )
+            .await
+            .inspect_err(|_| {
+                self.metrics.db_errors.inc();
+            })
         };
         self.principals
             .try_get_with(admin_id.to_string(), init)
@@ -386,6 +402,17 @@ pub async fn resolve(
     admin_id: &str,
     ttl: Duration,
 ) -> Result<Arc<Principal>, sqlx::Error> {
+    resolve_with(pool, admin_id, ttl, false).await
+}
+
+/// [`resolve`], with break-glass sessions counted only once their alert was delivered when
+/// `requires_alert` (`--break-glass-requires-alert`).
+pub async fn resolve_with(
+    pool: &PgPool,
+    admin_id: &str,
+    ttl: Duration,
+    requires_alert: bool,
+) -> Result<Arc<Principal>, sqlx::Error> {
     type Row = (
         Vec<String>,
         Vec<String>,
@@ -394,8 +421,13 @@ pub async fn resolve(
     );
     let (roles, permissions, bg, bg_until): Row =
         // A dead pooled connection (after a connection storm) costs one retry, not a 503.
-        crate::db::retry_once(|| sqlx::query_as(PRINCIPAL_SQL).bind(admin_id).fetch_one(pool))
-            .await?;
+        crate::db::retry_once(|| {
+            sqlx::query_as(PRINCIPAL_SQL)
+                .bind(admin_id)
+                .bind(requires_alert)
+                .fetch_one(pool)
+        })
+        .await?;
     let valid_for = match bg {
         Some(left) => ttl.min(seconds(left)),
         None => ttl,

@@ -355,6 +355,19 @@ pub async fn alerts_once(pool: &PgPool, webhook: Option<&str>) -> Result<AlertRe
                     .bind(&key)
                     .execute(&mut *tx)
                     .await?;
+                    // The session's admin is re-resolved at once on every replica (the change
+                    // feed), which --break-glass-requires-alert waits for.
+                    sqlx::query(
+                        "INSERT INTO rbac_change_log (table_name, admin_id) \
+                         SELECT 'rbac_gateway_alerts', b.user_id FROM rbac_break_glass_sessions b \
+                         WHERE 'break_glass:' || b.id = $1",
+                    )
+                    .bind(&key)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("SELECT pg_notify('rbac_gateway_changes', '')")
+                        .execute(&mut *tx)
+                        .await?;
                     report.delivered.push(key);
                 }
                 Err(e) => {

@@ -65,12 +65,15 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         .map_err(failure)?;
     let gw = bg.block_on(async {
         let pool = db::pool(&args.database_url, args.db_pool_size, db_timeout).map_err(usage)?;
-        let identity = Arc::new(Identity::new(
-            pool.clone(),
-            Duration::from_secs_f64(args.cache_ttl),
-            args.cache_capacity,
-            metrics.clone(),
-        ));
+        let identity = Arc::new(
+            Identity::new(
+                pool.clone(),
+                Duration::from_secs_f64(args.cache_ttl),
+                args.cache_capacity,
+                metrics.clone(),
+            )
+            .with_break_glass_requires_alert(args.break_glass_requires_alert),
+        );
         let tasks = Arc::new(Tasks::default());
         let supervised = |name, task| supervise::spawn(tasks.clone(), metrics.clone(), name, task);
         supervised("feed", Box::pin(crate::feed::follow(pool.clone(), identity.clone(), metrics.clone())) as Task);
