@@ -26,6 +26,8 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`db`]: pool and embedded migrations.
 //! - [`reload`]: live policy: the mapping file watched and swapped in whole.
+//! - [`supervise`]: background tasks under supervision (`/readyz` names a dead one).
+//! - [`lifecycle`]: grants that end by themselves (sweep) and operator alerts.
 //! - [`cli`]: one file per command.
 #![forbid(unsafe_code)]
 
