@@ -19,7 +19,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,8 +111,9 @@ pub fn start_workers(
                         return;
                     }
                 };
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, worker(gw, settings, listener, shutdown));
+                // Tasks are spawned on this runtime itself (not a LocalSet): a task woken by
+                // this thread is queued without waking the driver through its eventfd.
+                rt.block_on(worker(gw, settings, listener, shutdown));
             })?;
         handles.push(handle);
     }
@@ -144,7 +144,7 @@ async fn worker(
             )
         })
         .collect();
-    let w = Rc::new(Worker {
+    let w = Arc::new(Worker {
         pool: Pool::new(gw.upstream, gw.connect_timeout),
         gw,
         max_body_bytes: settings.max_body_bytes,
@@ -179,7 +179,7 @@ async fn worker(
                 let io = TokioIo::new(Sniff::new(stream, heads.clone()));
                 let service = service_fn(move |req| handle(w.clone(), peer, heads.next(), req));
                 let conn = graceful.watch(builder.serve_connection(io, service));
-                tokio::task::spawn_local(async move {
+                tokio::task::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "client connection ended with an error");
                     }
@@ -200,7 +200,7 @@ async fn worker(
 /// A worker's share of the gateway.
 struct Worker {
     gw: Arc<Gateway>,
-    pool: Rc<Pool>,
+    pool: Arc<Pool>,
     max_body_bytes: usize,
     /// The request counter and decision-time histogram of each decision label, looked up once
     /// per worker instead of hashed per request.
@@ -328,7 +328,7 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 async fn handle(
-    w: Rc<Worker>,
+    w: Arc<Worker>,
     peer: SocketAddr,
     raw: Option<RawHead>,
     req: Request<Incoming>,
@@ -420,7 +420,7 @@ fn count(w: &Worker, ctx: &Ctx, label: &str) {
 
 /// The one place where an outcome becomes an answer.
 async fn respond(
-    w: &Rc<Worker>,
+    w: &Arc<Worker>,
     ctx: &mut Ctx,
     outcome: Outcome,
     req: Request<Incoming>,
@@ -541,7 +541,7 @@ fn strip_identity_headers(h: &mut HeaderMap) {
 }
 
 async fn forward_request(
-    w: &Rc<Worker>,
+    w: &Arc<Worker>,
     ctx: &mut Ctx,
     forward: Forward,
     req: Request<Incoming>,
@@ -679,7 +679,7 @@ async fn forward_request(
             tracing::warn!(request_id = %ctx.request_id, rule = %route, kind = %drift.reason, console_status = status, "drift: the gateway and Console disagree");
             drift.id = crate::outcome::row_id();
             let audit = gw.audit.clone();
-            tokio::task::spawn_local(async move {
+            tokio::task::spawn(async move {
                 if let Err(e) = audit.record(&drift).await {
                     tracing::error!(error = %e, "cannot record a drift event");
                 }

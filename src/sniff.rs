@@ -13,11 +13,10 @@
 //! parsed), sniffing stops and the handler answers that request with `Connection: close`, so hyper
 //! reads nothing after it; a request that arrives with no recorded head is refused.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -49,11 +48,11 @@ struct State {
 
 /// The heads recorded on one connection, shared by the reader and the handler.
 #[derive(Debug, Clone)]
-pub struct Heads(Rc<RefCell<State>>);
+pub struct Heads(Arc<Mutex<State>>);
 
 impl Heads {
     pub fn new(max_headers: usize, max_head_bytes: usize) -> Heads {
-        Heads(Rc::new(RefCell::new(State {
+        Heads(Arc::new(Mutex::new(State {
             max_headers,
             max_head_bytes,
             ..State::default()
@@ -62,12 +61,18 @@ impl Heads {
 
     /// The next request's head; None when it was not recorded (the request must be refused).
     pub fn next(&self) -> Option<RawHead> {
-        self.0.borrow_mut().heads.pop_front()
+        self.state().heads.pop_front()
+    }
+
+    /// The state; a panic while it was held leaves nothing half-done that matters (the
+    /// connection's next request is refused when its head is missing).
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Feeds bytes as read from the client.
     pub fn feed(&self, bytes: &[u8]) {
-        let mut st = self.0.borrow_mut();
+        let mut st = self.state();
         if st.stopped || bytes.is_empty() {
             return;
         }

@@ -7,10 +7,9 @@
 //! idle is skipped, and a request it could not take is sent on another one. A request that was
 //! written to Console is never sent twice.
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -41,15 +40,15 @@ pub enum UpstreamError {
 pub struct Pool {
     addr: SocketAddr,
     connect_timeout: Duration,
-    idle: RefCell<Vec<Sender>>,
+    idle: Mutex<Vec<Sender>>,
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Rc<Pool> {
-        Rc::new(Pool {
+    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Arc<Pool> {
+        Arc::new(Pool {
             addr,
             connect_timeout,
-            idle: RefCell::new(Vec::new()),
+            idle: Mutex::new(Vec::new()),
         })
     }
 
@@ -68,7 +67,7 @@ impl Pool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Handshake)?;
-        tokio::task::spawn_local(async move {
+        tokio::task::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
@@ -79,11 +78,11 @@ impl Pool {
     /// Sends `req` on an idle connection, or on a new one. Returns the response head and the
     /// connection, to be given back with [`PooledBody`] once the body is read.
     pub async fn send(
-        self: &Rc<Self>,
+        self: &Arc<Self>,
         mut req: Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Sender), UpstreamError> {
         loop {
-            let pooled = self.idle.borrow_mut().pop();
+            let pooled = self.idle().pop();
             let Some(mut sender) = pooled else { break };
             if sender.is_closed() || (!sender.is_ready() && sender.ready().await.is_err()) {
                 continue;
@@ -105,8 +104,13 @@ impl Pool {
         Ok((resp, sender))
     }
 
+    /// The idle list; only its worker thread takes the lock, so it is never contended.
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Sender>> {
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn give_back(&self, sender: Sender) {
-        let mut idle = self.idle.borrow_mut();
+        let mut idle = self.idle();
         if idle.len() < MAX_IDLE && !sender.is_closed() {
             idle.push(sender);
         }
@@ -117,11 +121,11 @@ impl Pool {
 /// end of the body.
 pub struct PooledBody {
     inner: Incoming,
-    owner: Option<(Rc<Pool>, Sender)>,
+    owner: Option<(Arc<Pool>, Sender)>,
 }
 
 impl PooledBody {
-    pub fn new(inner: Incoming, pool: Rc<Pool>, sender: Sender) -> PooledBody {
+    pub fn new(inner: Incoming, pool: Arc<Pool>, sender: Sender) -> PooledBody {
         let mut body = PooledBody {
             inner,
             owner: Some((pool, sender)),
