@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -36,7 +36,7 @@ use crate::reader;
 use crate::sniff::{Heads, RawHead, Sniff};
 use crate::state::Gateway;
 use crate::target::{self, Refusal, Target};
-use crate::upstream::{GatewayBody, Pool, PooledBody, UpstreamError};
+use crate::upstream::{GatewayBody, Pool, UpstreamError};
 
 /// The data plane's settings.
 #[derive(Debug, Clone)]
@@ -63,11 +63,16 @@ fn next_request_id() -> String {
     use std::sync::OnceLock;
     static PREFIX: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
-    format!(
-        "{prefix:016x}{:016x}",
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut id = String::with_capacity(32);
+    for v in [prefix, n] {
+        for shift in (0..16).rev() {
+            id.push(char::from(HEX[((v >> (shift * 4)) & 15) as usize]));
+        }
+    }
+    id
 }
 
 /// Binds the listening socket of one worker (SO_REUSEPORT: the kernel spreads connections
@@ -144,11 +149,14 @@ async fn worker(
             )
         })
         .collect();
+    let upstream_seconds = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+        .map(|class| gw.metrics.upstream_seconds.with_label_values(&[class]));
     let w = Arc::new(Worker {
         pool: Pool::new(gw.upstream, gw.connect_timeout),
         gw,
         max_body_bytes: settings.max_body_bytes,
         by_decision,
+        upstream_seconds,
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -177,7 +185,11 @@ async fn worker(
                 let w = w.clone();
                 let heads = Heads::new(settings.max_headers, settings.max_header_bytes);
                 let io = TokioIo::new(Sniff::new(stream, heads.clone()));
-                let service = service_fn(move |req| handle(w.clone(), peer, heads.next(), req));
+                // The client's address as text, once per connection.
+                let client_ip: Arc<str> = peer.ip().to_string().into();
+                let service = service_fn(move |req| {
+                    handle(w.clone(), client_ip.clone(), heads.next(), req)
+                });
                 let conn = graceful.watch(builder.serve_connection(io, service));
                 tokio::task::spawn(async move {
                     if let Err(e) = conn.await {
@@ -205,6 +217,8 @@ struct Worker {
     /// The request counter and decision-time histogram of each decision label, looked up once
     /// per worker instead of hashed per request.
     by_decision: Vec<(&'static str, prometheus::IntCounter, prometheus::Histogram)>,
+    /// Console's answer time by status class (1xx..5xx), looked up once per worker.
+    upstream_seconds: [prometheus::Histogram; 5],
 }
 
 /// Per-request facts the answer needs besides the outcome.
@@ -213,7 +227,7 @@ struct Ctx {
     /// The same id as a header value (built once, cloned by reference count).
     request_id_value: HeaderValue,
     /// The client's address as text (audit rows, X-Forwarded-For).
-    client_ip: String,
+    client_ip: Arc<str>,
     started: Instant,
     /// HEAD: answers carry no body.
     head: bool,
@@ -329,7 +343,7 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 
 async fn handle(
     w: Arc<Worker>,
-    peer: SocketAddr,
+    client_ip: Arc<str>,
     raw: Option<RawHead>,
     req: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, Infallible> {
@@ -337,7 +351,7 @@ async fn handle(
     let mut ctx = Ctx {
         request_id_value: HeaderValue::from_str(&request_id).expect("hex digits"),
         request_id,
-        client_ip: peer.ip().to_string(),
+        client_ip,
         started: Instant::now(),
         head: req.method() == Method::HEAD,
         unread_body: !req.body().is_end_stream(),
@@ -350,7 +364,7 @@ async fn handle(
     let mut cookie = CookieRewrite::Keep;
     let outcome = match checked {
         Err(refusal) => {
-            tracing::warn!(request_id = %ctx.request_id, reason = %refusal, client_ip = %peer.ip(), "refused");
+            tracing::warn!(request_id = %ctx.request_id, reason = %refusal, client_ip = %ctx.client_ip, "refused");
             gw.metrics
                 .refusals
                 .with_label_values(&[refusal.as_str()])
@@ -496,22 +510,37 @@ fn unavailable(w: &Worker, ctx: &Ctx, why: Unavailable) -> Response<GatewayBody>
     text_response(ctx, 503, "Service Unavailable\n", false)
 }
 
-/// Removes the hop-by-hop headers (RFC 9110 §7.6.1), those `Connection` names included.
+/// Hop-by-hop headers (RFC 9110 §7.6.1) besides those a `Connection` header names.
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    *n == header::CONNECTION
+        || *n == KEEP_ALIVE
+        || *n == PROXY_CONNECTION
+        || *n == header::TE
+        || *n == header::TRAILER
+        || *n == header::TRANSFER_ENCODING
+        || *n == header::UPGRADE
+}
+
+/// The header names a message's `Connection` headers list (hop-by-hop as well).
+fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Removes the hop-by-hop headers, those `Connection` names included.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
-        }
-        h.remove(header::CONNECTION);
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
+    for n in connection_named(h) {
+        h.remove(n);
     }
     for n in [
+        header::CONNECTION,
         KEEP_ALIVE,
         PROXY_CONNECTION,
         header::TE,
@@ -524,20 +553,23 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// Identity headers come from the gateway only, whatever spelling the client used.
-fn strip_identity_headers(h: &mut HeaderMap) {
-    let spoofed: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| {
-            let k = k.as_str().as_bytes();
-            k.len() >= 7
-                && (k[..7].eq_ignore_ascii_case(b"x-rbac-")
-                    || k[..7].eq_ignore_ascii_case(b"x_rbac_"))
-        })
-        .cloned()
-        .collect();
-    for name in spoofed {
-        h.remove(name);
-    }
+fn is_identity_header(n: &HeaderName) -> bool {
+    let k = n.as_str().as_bytes();
+    k.len() >= 7
+        && (k[..7].eq_ignore_ascii_case(b"x-rbac-") || k[..7].eq_ignore_ascii_case(b"x_rbac_"))
+}
+
+/// Whether bytes can be sent as a header value (what `HeaderValue::from_bytes` accepts).
+fn is_header_value(v: &[u8]) -> bool {
+    v.iter().all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+}
+
+/// Writes one header line.
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 async fn forward_request(
@@ -548,7 +580,7 @@ async fn forward_request(
     cookie: CookieRewrite,
 ) -> Response<GatewayBody> {
     let gw = &w.gw;
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     // The body is read completely before Console sees the request (like nginx's request
     // buffering): a body that turns out malformed or cut short never reaches Console.
     let had_length = parts.headers.contains_key(header::CONTENT_LENGTH);
@@ -573,73 +605,106 @@ async fn forward_request(
         }
     };
     ctx.unread_body = false;
-    let h = &mut parts.headers;
-    strip_hop_by_hop(h);
-    strip_identity_headers(h);
-    match cookie {
-        CookieRewrite::Keep => {}
-        CookieRewrite::Drop => {
-            h.remove(header::COOKIE);
-        }
-        CookieRewrite::Set(v) => {
-            h.remove(header::COOKIE);
-            match HeaderValue::from_bytes(&v) {
-                Ok(v) => {
-                    h.insert(header::COOKIE, v);
-                }
-                // Joined from header values hyper accepted: cannot happen; forward none.
-                Err(e) => {
-                    tracing::error!(request_id = %ctx.request_id, error = %e, "joined Cookie is not a header value")
-                }
-            }
-        }
-    }
-    h.remove(header::CONTENT_LENGTH);
-    h.remove(header::EXPECT);
-    if had_length || !bytes.is_empty() {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-    }
-    if let Some(p) = &forward.principal {
-        match (
-            HeaderValue::from_str(&p.admin_id),
-            HeaderValue::from_str(p.roles_header()),
-        ) {
-            (Ok(id), Ok(roles)) => {
-                h.insert(X_RBAC_ADMIN_ID, id);
-                h.insert(X_RBAC_ROLES, roles);
-            }
-            _ => {
+    // What Console receives, written in one pass over the request's headers: the target decided
+    // on, byte for byte (checked equal to the bytes received); the client's headers without the
+    // hop-by-hop ones, spoofed identity headers, framing headers and what the gateway sets
+    // itself; then the gateway's own; then the body read whole.
+    let h = &parts.headers;
+    let (admin_id, roles) = match &forward.principal {
+        Some(p) => {
+            let (id, roles) = (p.admin_id.as_bytes(), p.roles_header().as_bytes());
+            if !is_header_value(id) || !is_header_value(roles) {
                 tracing::error!(request_id = %ctx.request_id, admin_id = %p.admin_id, "admin id or role names are not valid header values: answering 503");
                 return unavailable(w, ctx, Unavailable::Identity);
             }
+            (Some(id), Some(roles))
         }
-    }
-    if forward.via == Via::ShadowDenied {
-        h.insert(X_RBAC_SHADOW, HeaderValue::from_static("deny"));
-    }
-    h.insert(X_REQUEST_ID, ctx.request_id_value.clone());
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => {
-            HeaderValue::from_str(&format!("{prev}, {}", ctx.client_ip))
-        }
-        _ => HeaderValue::from_str(&ctx.client_ip),
+        None => (None, None),
     };
-    if let Ok(v) = xff {
-        h.insert(X_FORWARDED_FOR, v);
+    let named = if h.contains_key(header::CONNECTION) {
+        connection_named(h)
+    } else {
+        Vec::new()
+    };
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = Vec::with_capacity(512 + bytes.len());
+    request.extend_from_slice(parts.method.as_str().as_bytes());
+    request.push(b' ');
+    request.extend_from_slice(target.as_bytes());
+    request.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in h {
+        if is_hop_by_hop(name)
+            || is_identity_header(name)
+            || *name == header::CONTENT_LENGTH
+            || *name == header::EXPECT
+            || *name == X_REQUEST_ID
+            || *name == X_FORWARDED_FOR
+            || (*name == header::COOKIE && !matches!(cookie, CookieRewrite::Keep))
+            || named.contains(name)
+        {
+            continue;
+        }
+        put_header(&mut request, name.as_str().as_bytes(), value.as_bytes());
     }
     if !h.contains_key(header::HOST) {
         // HTTP/1.0 without Host: Console gets its own address.
-        if let Ok(v) = HeaderValue::from_str(&gw.upstream.to_string()) {
-            h.insert(header::HOST, v);
+        put_header(&mut request, b"host", gw.upstream.to_string().as_bytes());
+    }
+    if let CookieRewrite::Set(v) = &cookie {
+        // Joined from header values hyper accepted.
+        if is_header_value(v) {
+            put_header(&mut request, b"cookie", v);
+        } else {
+            tracing::error!(request_id = %ctx.request_id, "joined Cookie is not a header value: none forwarded");
         }
     }
-    parts.version = Version::HTTP_11;
-    parts.extensions = http::Extensions::new();
-    let upstream_req = Request::from_parts(parts, Full::new(bytes));
+    if had_length || !bytes.is_empty() {
+        put_header(
+            &mut request,
+            b"content-length",
+            bytes.len().to_string().as_bytes(),
+        );
+    }
+    if let (Some(id), Some(roles)) = (admin_id, roles) {
+        put_header(&mut request, X_RBAC_ADMIN_ID.as_str().as_bytes(), id);
+        put_header(&mut request, X_RBAC_ROLES.as_str().as_bytes(), roles);
+    }
+    if forward.via == Via::ShadowDenied {
+        put_header(&mut request, X_RBAC_SHADOW.as_str().as_bytes(), b"deny");
+    }
+    put_header(
+        &mut request,
+        X_REQUEST_ID.as_str().as_bytes(),
+        ctx.request_id.as_bytes(),
+    );
+    match h
+        .get(&X_FORWARDED_FOR)
+        .map(HeaderValue::as_bytes)
+        .filter(|v| !v.is_empty())
+    {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + ctx.client_ip.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ctx.client_ip.as_bytes());
+            put_header(&mut request, X_FORWARDED_FOR.as_str().as_bytes(), &v);
+        }
+        None => put_header(
+            &mut request,
+            X_FORWARDED_FOR.as_str().as_bytes(),
+            ctx.client_ip.as_bytes(),
+        ),
+    }
+    request.extend_from_slice(b"\r\n");
+    request.extend_from_slice(&bytes);
 
     let sent = Instant::now();
-    let result = tokio::time::timeout(gw.read_timeout, w.pool.send(upstream_req)).await;
-    let (resp, sender) = match result {
+    let result = tokio::time::timeout(
+        gw.read_timeout,
+        w.pool.send(&request, parts.method == Method::HEAD),
+    )
+    .await;
+    let resp = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             let status = match e {
@@ -664,10 +729,7 @@ async fn forward_request(
         }
     };
     let status = resp.status().as_u16();
-    let class = ["1xx", "2xx", "3xx", "4xx", "5xx"][(status / 100).clamp(1, 5) as usize - 1];
-    gw.metrics
-        .upstream_seconds
-        .with_label_values(&[class])
+    w.upstream_seconds[(status / 100).clamp(1, 5) as usize - 1]
         .observe(sent.elapsed().as_secs_f64());
     if let Some(mut drift) = forward.drift.clone() {
         let route = drift.route.clone().unwrap_or_default();
@@ -702,8 +764,5 @@ async fn forward_request(
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    Response::from_parts(
-        rparts,
-        GatewayBody::Upstream(PooledBody::new(rbody, w.pool.clone(), sender)),
-    )
+    Response::from_parts(rparts, rbody)
 }

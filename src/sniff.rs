@@ -67,7 +67,9 @@ impl Heads {
     /// The state; a panic while it was held leaves nothing half-done that matters (the
     /// connection's next request is refused when its head is missing).
     fn state(&self) -> MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Feeds bytes as read from the client.

@@ -207,26 +207,35 @@ async fn a_postgres_restart_leaves_no_stale_entry() {
 
 /// Opens several pooled connections in each gateway: `n` uncached sessions asked for at once.
 async fn warm_pools(db: &TestDb, gws: &[Gateway], n: usize) {
-    let mut tokens = Vec::new();
-    for _ in 0..n {
-        tokens.push(db.admin_with_roles(&["console-manager"]).await.1);
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    for gw in gws {
-        for t in &tokens {
-            let req = format!("GET /ops HTTP/1.1\r\nHost: console.test\r\nConnection: close\r\nCookie: console_session={t}\r\n\r\n");
-            let addr = gw.addr;
-            tasks.spawn(async move { send(addr, req.as_bytes()).await.map(|r| r.status) });
+    // Concurrent uncached requests open several pooled connections; on a loaded machine the
+    // requests may be served one after another, so a few rounds are allowed.
+    for round in 0..5 {
+        let mut tokens = Vec::new();
+        for _ in 0..n {
+            tokens.push(db.admin_with_roles(&["console-manager"]).await.1);
         }
-    }
-    while let Some(r) = tasks.join_next().await {
-        assert_eq!(r.unwrap().unwrap(), 200, "warm-up request");
-    }
-    for gw in gws {
-        let idle = gw
-            .metric("rbac_gateway_db_pool_connections{state=\"idle\"}")
-            .await;
-        assert!(idle >= 2.0, "only {idle} idle pooled connections to kill");
+        let mut tasks = tokio::task::JoinSet::new();
+        for gw in gws {
+            for t in &tokens {
+                let req = format!("GET /ops HTTP/1.1\r\nHost: console.test\r\nConnection: close\r\nCookie: console_session={t}\r\n\r\n");
+                let addr = gw.addr;
+                tasks.spawn(async move { send(addr, req.as_bytes()).await.map(|r| r.status) });
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            assert_eq!(r.unwrap().unwrap(), 200, "warm-up request");
+        }
+        let mut least = f64::MAX;
+        for gw in gws {
+            let idle = gw
+                .metric("rbac_gateway_db_pool_connections{state=\"idle\"}")
+                .await;
+            least = least.min(idle);
+        }
+        if least >= 2.0 {
+            return;
+        }
+        assert!(round < 4, "only {least} idle pooled connections to kill");
     }
 }
 

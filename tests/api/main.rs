@@ -23,3 +23,4 @@ mod reader;
 mod refusals;
 mod supervision;
 mod tickets;
+mod upstream_differential;

@@ -1,0 +1,498 @@
+//! The gateway's own upstream leg (`rbac_gateway::upstream`) against hyper's client (issue 12).
+//!
+//! Thousands of seeded responses (interim 1xx heads, status lines and reason phrases, HTTP/1.0
+//! and 1.1, `Connection` tokens, obs-fold and odd header lines, every framing: `Content-Length`
+//! right, short, long, repeated, signed; `Transfer-Encoding` chunked in several spellings, with
+//! `Content-Length`, repeated; close-delimited; chunked bodies with extensions, upper-case hex,
+//! whitespace, trailers, and broken size lines, data and CRLFs; HEAD requests, 204 and 304) are
+//! written, byte for byte and cut into random pieces, by a raw TCP server to each of:
+//!
+//! * hyper's client connection (`hyper::client::conn::http1`), the reading the gateway used
+//!   before, and
+//! * the gateway's `upstream::Pool::send`.
+//!
+//! For every case: when the gateway's leg accepts the response, hyper accepts it and both read
+//! the same status, version, reason phrase, headers (in order) and body; when hyper refuses it,
+//! the gateway refuses it; the gateway may refuse what hyper accepts only for the cases its
+//! module documentation names (trailers, unusual transfer codings, repeated Content-Length, 101).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rbac_gateway::upstream::Pool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// splitmix64: tiny, seeded, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pct(&mut self, pct: u64) -> bool {
+        self.next() % 100 < pct
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len())]
+    }
+}
+
+/// One generated response and what is known of it.
+struct Case {
+    bytes: Vec<u8>,
+    head: bool,
+    /// Something the gateway's leg refuses by design although hyper reads it.
+    strict: Vec<&'static str>,
+}
+
+const STATUS: &[&str] = &[
+    "HTTP/1.1 200 OK",
+    "HTTP/1.1 200 OK",
+    "HTTP/1.1 200 OK",
+    "HTTP/1.0 200 OK",
+    "HTTP/1.1 404 Not Found",
+    "HTTP/1.1 403 Forbidden",
+    "HTTP/1.1 302 Found",
+    "HTTP/1.1 500 Internal Server Error",
+    "HTTP/1.1 200 Everything Fine",
+    "HTTP/1.1 200 ",
+    "HTTP/1.1 200",
+    "HTTP/1.1 204 No Content",
+    "HTTP/1.1 304 Not Modified",
+    "HTTP/1.1 101 Switching Protocols",
+    "HTTP/1.1 999 Odd",
+    "HTTP/1.1 099 Low",
+    "HTTP/1.1 20 Short",
+    "HTTP/1.1 2000 Long",
+    "http/1.1 200 OK",
+    "HTTP/2 200 OK",
+    "HTTP/1.1  200 OK",
+    "HTTP/1.1 200 OK\u{7f}",
+    "HTTP/1.1 200 r\u{e9}sum\u{e9}",
+];
+
+const INTERIM: &[&str] = &[
+    "HTTP/1.1 100 Continue\r\n\r\n",
+    "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+    "HTTP/1.1 102 Processing\r\n\r\n",
+];
+
+const HEADERS: &[&str] = &[
+    "Content-Type: text/html; charset=utf-8",
+    "Set-Cookie: a=1; Path=/",
+    "Set-Cookie: b=2; HttpOnly",
+    "X-Custom: value",
+    "x-custom: second",
+    "Connection: close",
+    "Connection: keep-alive",
+    "Connection: Keep-Alive, Close",
+    "Vary: Cookie",
+    "Empty:",
+    "Spaces:    padded   ",
+    "Tab:\tx",
+    "X-Obs: caf\u{e9}",
+    "X-Fold: a\r\n folded",
+    "X-Space : before colon",
+    "Bad Name: x",
+    "X-Ctl: a\u{1}b",
+    "X-Bare-LF: a\nX-After: b",
+    ": no name",
+    "Cache-Control: no-store",
+    "X-Long: ",
+];
+
+fn chunked_body(rng: &mut Rng, body: &[u8], strict: &mut Vec<&'static str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let n = 1 + rng.below(rest.len().min(9));
+        let size = match rng.below(6) {
+            0 => format!("{n:X}"),
+            1 => format!("00{n:x}"),
+            _ => format!("{n:x}"),
+        };
+        out.extend_from_slice(size.as_bytes());
+        match rng.below(12) {
+            0 => out.extend_from_slice(b";ext=1"),
+            1 => out.extend_from_slice(b" ;a"),
+            2 => out.extend_from_slice(b"\t"),
+            3 if rng.pct(30) => out.extend_from_slice(b";a\nb"),
+            4 if rng.pct(30) => out.extend_from_slice(b"x"),
+            5 if rng.pct(20) => out.extend_from_slice(b" 1"),
+            _ => {}
+        }
+        out.extend_from_slice(match rng.below(20) {
+            0 => b"\n",
+            1 => b"\r",
+            _ => b"\r\n",
+        });
+        out.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        out.extend_from_slice(match rng.below(25) {
+            0 => b"\n",
+            1 => b"",
+            2 => b"\r\r\n",
+            _ => b"\r\n",
+        });
+    }
+    if rng.pct(90) {
+        out.extend_from_slice(if rng.pct(10) { b"0;last\r\n" } else { b"0\r\n" });
+        match rng.below(10) {
+            0 => {
+                out.extend_from_slice(b"X-Trailer: t\r\n\r\n");
+                strict.push("trailers");
+            }
+            1 => out.extend_from_slice(b"X-Trailer: t\r\n"),
+            2 => out.extend_from_slice(b"\n"),
+            _ => out.extend_from_slice(b"\r\n"),
+        }
+    }
+    out
+}
+
+fn generate(rng: &mut Rng) -> Case {
+    let mut strict = Vec::new();
+    let head = rng.pct(10);
+    let mut out = Vec::new();
+    if rng.pct(15) {
+        out.extend_from_slice(rng.pick(INTERIM).as_bytes());
+        if rng.pct(20) {
+            out.extend_from_slice(rng.pick(INTERIM).as_bytes());
+        }
+    }
+    let status = if rng.pct(75) {
+        STATUS[0]
+    } else {
+        *rng.pick(STATUS)
+    };
+    if status.contains(" 101 ") {
+        strict.push("101");
+    }
+    out.extend_from_slice(status.as_bytes());
+    out.extend_from_slice(if rng.pct(97) { b"\r\n" } else { b"\n" });
+    for _ in 0..rng.below(5) {
+        let h = if rng.pct(70) {
+            HEADERS[rng.below(9)]
+        } else {
+            *rng.pick(HEADERS)
+        };
+        out.extend_from_slice(h.as_bytes());
+        if h == "X-Long: " {
+            out.extend(std::iter::repeat_n(b'v', 1 + rng.below(3000)));
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    let body: Vec<u8> = (0..rng.below(40))
+        .map(|i| b"abcdefghij\r\n0123456789"[i % 22])
+        .collect();
+    let mut body_bytes = body.clone();
+    match rng.below(14) {
+        0..=4 => {
+            let len = match rng.below(8) {
+                0 => body.len() + 1 + rng.below(5),
+                1 => body.len().saturating_sub(1 + rng.below(5)),
+                _ => body.len(),
+            };
+            out.extend_from_slice(format!("Content-Length: {len}\r\n").as_bytes());
+            match rng.below(14) {
+                0 => {
+                    out.extend_from_slice(format!("Content-Length: {len}\r\n").as_bytes());
+                    strict.push("repeated content-length");
+                }
+                1 => out.extend_from_slice(format!("Content-Length: {}\r\n", len + 1).as_bytes()),
+                2 => out.extend_from_slice(b"Content-Length: +1\r\n"),
+                _ => {}
+            }
+        }
+        5..=9 => {
+            let te = match rng.below(12) {
+                0 => {
+                    strict.push("transfer-encoding spelling");
+                    "Transfer-Encoding: gzip, chunked"
+                }
+                1 => {
+                    strict.push("transfer-encoding spelling");
+                    "Transfer-Encoding: gzip"
+                }
+                2 => "Transfer-Encoding: Chunked",
+                3 => {
+                    strict.push("transfer-encoding spelling");
+                    "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked"
+                }
+                4 => {
+                    strict.push("transfer-encoding with content-length");
+                    "Transfer-Encoding: chunked\r\nContent-Length: 3"
+                }
+                _ => "Transfer-Encoding: chunked",
+            };
+            out.extend_from_slice(te.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            body_bytes = chunked_body(rng, &body, &mut strict);
+        }
+        10 => {
+            out.extend_from_slice(b"Content-Length: x3\r\n");
+        }
+        _ => {} // close-delimited
+    }
+    out.extend_from_slice(if rng.pct(97) { b"\r\n" } else { b"\n" });
+    out.extend_from_slice(&body_bytes);
+    if rng.pct(5) {
+        out.truncate(rng.below(out.len() + 1));
+    }
+    Case {
+        bytes: out,
+        head,
+        strict,
+    }
+}
+
+/// What a client read: status, version, reason, headers in order, body; or that it refused.
+#[derive(Debug, PartialEq, Eq)]
+struct Read {
+    status: u16,
+    version: http::Version,
+    reason: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+fn read_of<B>(resp: &http::Response<B>, body: Vec<u8>) -> Read {
+    Read {
+        status: resp.status().as_u16(),
+        version: resp.version(),
+        reason: resp
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|r| r.as_bytes().to_vec()),
+        headers: resp
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        body,
+    }
+}
+
+/// A one-shot server: reads a request head, writes `bytes` in random pieces, closes.
+async fn serve_once(bytes: Vec<u8>, seed: u64) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        let mut rng = Rng(seed);
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let piece = if rng.pct(50) { 7 } else { 4096 };
+            let n = 1 + rng.below(rest.len().min(piece));
+            if s.write_all(&rest[..n]).await.is_err() {
+                return;
+            }
+            rest = &rest[n..];
+            if rng.pct(30) {
+                tokio::task::yield_now().await;
+            }
+        }
+        // Why ignored: the client may have hung up already (it refused the response).
+        let _ = s.shutdown().await;
+        // Hold the socket until the client is done, so a reset cannot overtake the bytes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    });
+    addr
+}
+
+async fn via_hyper(case: &Case, seed: u64) -> Result<Read, String> {
+    let addr = serve_once(case.bytes.clone(), seed).await;
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        // Why ignored: the result reaches the caller through the response.
+        let _ = conn.await;
+    });
+    let req = http::Request::builder()
+        .method(if case.head { "HEAD" } else { "GET" })
+        .uri("/x")
+        .header("host", "console")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(read_of(
+        &http::Response::from_parts(parts, ()),
+        body.to_vec(),
+    ))
+}
+
+async fn via_gateway(case: &Case, seed: u64) -> Result<Read, String> {
+    let addr = serve_once(case.bytes.clone(), seed).await;
+    let pool = Pool::new(addr, Duration::from_secs(5));
+    let request = format!(
+        "{} /x HTTP/1.1\r\nhost: console\r\n\r\n",
+        if case.head { "HEAD" } else { "GET" }
+    );
+    let resp = pool
+        .send(request.as_bytes(), case.head)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(read_of(
+        &http::Response::from_parts(parts, ()),
+        body.to_vec(),
+    ))
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).escape_debug().to_string()
+}
+
+#[tokio::test]
+async fn the_upstream_leg_reads_responses_as_hyper_does_or_refuses_them() {
+    let cases: u64 = std::env::var("UPSTREAM_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    let mut rng = Rng(0x005e_ed12);
+    let (mut same_ok, mut same_err, mut stricter) = (0, 0, 0);
+    let mut strict_kinds = std::collections::BTreeMap::<&str, usize>::new();
+    let mut failures = Vec::new();
+    for i in 0..cases {
+        let case = generate(&mut rng);
+        let seed = rng.next();
+        let limit = Duration::from_secs(10);
+        let hyper = tokio::time::timeout(limit, via_hyper(&case, seed))
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()));
+        let ours = tokio::time::timeout(limit, via_gateway(&case, seed))
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()));
+        match (&hyper, &ours) {
+            (Ok(h), Ok(o)) if h == o => same_ok += 1,
+            (Err(_), Err(o)) if o != "timed out" => same_err += 1,
+            (Ok(_), Err(_)) if !case.strict.is_empty() => {
+                stricter += 1;
+                for k in &case.strict {
+                    *strict_kinds.entry(k).or_default() += 1;
+                }
+            }
+            _ => failures.push(format!(
+                "case {i}: {}{}\n  hyper: {hyper:?}\n  ours:  {ours:?}",
+                if case.head { "(HEAD) " } else { "" },
+                show(&case.bytes)
+            )),
+        }
+    }
+    println!(
+        "upstream differential: {cases} responses; both read the same: {same_ok}; both refused: \
+         {same_err}; refused by the gateway only (by design): {stricter} {strict_kinds:?}; \
+         mismatches: {}",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} mismatches, first ones:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(8)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The corpus exercises both sides: plenty read alike, plenty refused alike.
+    assert!(same_ok > cases / 3, "only {same_ok} read alike");
+    assert!(same_err > cases / 10, "only {same_err} refused alike");
+}
+
+/// A connection goes back to the pool only when its response was read to the end and nothing
+/// else came with it; a connection the upstream closed while idle is not used again.
+#[tokio::test]
+async fn connections_are_reused_only_when_clean() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let resp: &[u8] = if req.contains("/close-after") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    } else if req.contains("/extra") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"
+                    } else if req.contains("/conn-close") {
+                        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+                    } else if req.contains("/chunked") {
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    };
+                    if s.write_all(resp).await.is_err() {
+                        return;
+                    }
+                    if req.contains("/close-after") {
+                        return; // closes the connection while the gateway holds it idle
+                    }
+                }
+            });
+        }
+    });
+    let pool = Pool::new(addr, Duration::from_secs(5));
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: console\r\n\r\n");
+    let fetch = |path: &'static str| {
+        let pool = pool.clone();
+        let req = get(path);
+        async move {
+            let resp = pool.send(req.as_bytes(), false).await.unwrap();
+            resp.into_body().collect().await.unwrap().to_bytes()
+        }
+    };
+    let n = || accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(fetch("/a").await, "ok");
+    assert_eq!(fetch("/a").await, "ok");
+    assert_eq!(fetch("/chunked").await, "ok");
+    assert_eq!(fetch("/a").await, "ok");
+    assert_eq!(n(), 1, "keep-alive responses reuse one connection");
+    assert_eq!(fetch("/extra").await, "ok");
+    assert_eq!(fetch("/a").await, "ok");
+    assert_eq!(n(), 2, "bytes after a response retire the connection");
+    assert_eq!(fetch("/conn-close").await, "ok");
+    assert_eq!(fetch("/a").await, "ok");
+    assert_eq!(n(), 3, "Connection: close retires the connection");
+    assert_eq!(fetch("/close-after").await, "ok");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        fetch("/a").await,
+        "ok",
+        "a connection closed while idle is not used"
+    );
+    assert_eq!(n(), 4);
+}
