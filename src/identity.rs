@@ -7,6 +7,7 @@
 //! break-glass row behind it. Concurrent misses for one key share one query. A cached answer
 //! costs no database query.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ pub struct Session {
     pub admin_id: String,
     /// How long the cached answer may be reused.
     valid_for: Duration,
+    /// When that ends.
+    until: Instant,
 }
 
 /// An admin's effective authorization.
@@ -35,6 +38,8 @@ pub struct Principal {
     pub break_glass_until: Option<chrono::DateTime<chrono::Utc>>,
     grants: Arc<Grants>,
     valid_for: Duration,
+    /// When the cached answer stops being reusable.
+    until: Instant,
 }
 
 /// A set of roles and permissions, shared by every principal that holds exactly that set: admins
@@ -108,6 +113,7 @@ impl Principal {
                 roles_header,
             }),
             valid_for,
+            until: Instant::now() + valid_for,
         }
     }
 
@@ -198,6 +204,10 @@ pub struct Identity {
     /// Hit counters of the two caches, looked up once (not hashed by label per request).
     hits: [prometheus::IntCounter; 2],
     break_glass_requires_alert: bool,
+    /// Tells this identity's remembered answers from another's on the same thread.
+    id: u64,
+    /// Advanced after every invalidation: remembered answers read before it are stale.
+    generation: AtomicU64,
 }
 
 /// Lowercase hex SHA-256 of a cookie value: the key `admin_sessions.token_sha256` holds.
@@ -273,6 +283,11 @@ impl Identity {
             ],
             metrics,
             break_glass_requires_alert: false,
+            id: {
+                static IDS: AtomicU64 = AtomicU64::new(0);
+                IDS.fetch_add(1, Ordering::Relaxed)
+            },
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -312,9 +327,11 @@ impl Identity {
             })
             .await?;
             Ok::<_, sqlx::Error>(row.map(|(admin_id, left)| {
+                let valid_for = self.ttl.min(seconds(left));
                 Arc::new(Session {
                     admin_id,
-                    valid_for: self.ttl.min(seconds(left)),
+                    valid_for,
+                    until: Instant::now() + valid_for,
                 })
             }))
         };
@@ -359,14 +376,53 @@ impl Identity {
     }
 
     /// Who holds this session cookie: `None` when no live session has it.
+    ///
+    /// A worker thread remembers its recent answers ([`Recent`]); one is reused only while the
+    /// caches have not been invalidated since it was read and neither the session nor the
+    /// principal behind it has expired, so it is never staler than the caches themselves.
     pub async fn principal_for_token(
         &self,
         token: &str,
     ) -> Result<Option<Arc<Principal>>, IdentityError> {
-        match self.session(token).await? {
-            Some(s) => self.principal(&s.admin_id).await.map(Some),
-            None => Ok(None),
+        // Read before the caches: an invalidation after this makes what is read now stale.
+        let generation = self.generation.load(Ordering::Acquire);
+        let now = Instant::now();
+        let recent = RECENT.with(|r| {
+            r.borrow()
+                .get(token)
+                .filter(|e| e.identity == self.id && e.generation == generation && now < e.until)
+                .map(|e| e.principal.clone())
+        });
+        if let Some(p) = recent {
+            self.hits[0].inc();
+            self.hits[1].inc();
+            return Ok(Some(p));
         }
+        let Some(s) = self.session(token).await? else {
+            return Ok(None);
+        };
+        let p = self.principal(&s.admin_id).await?;
+        RECENT.with(|r| {
+            let mut r = r.borrow_mut();
+            if r.len() >= RECENT_MAX {
+                r.clear();
+            }
+            r.insert(
+                token.to_string(),
+                Recent {
+                    identity: self.id,
+                    generation,
+                    until: s.until.min(p.until),
+                    principal: p.clone(),
+                },
+            );
+        });
+        Ok(Some(p))
+    }
+
+    /// Marks every answer read before now stale: called after the caches were invalidated.
+    fn advance(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// (sessions, principals) cached right now.
@@ -378,6 +434,7 @@ impl Identity {
     pub fn invalidate_all(&self) {
         self.sessions.invalidate_all();
         self.principals.invalidate_all();
+        self.advance();
     }
 
     /// Drops what is cached for one admin: their principal, and the session `token_sha256`
@@ -400,7 +457,25 @@ impl Identity {
                 }
             }
         }
+        self.advance();
     }
+}
+
+/// One answer a worker thread remembers: the principal behind a cookie, read from the caches of
+/// one [`Identity`] at one generation, reusable until `until`.
+struct Recent {
+    identity: u64,
+    generation: u64,
+    until: Instant,
+    principal: Arc<Principal>,
+}
+
+/// Answers remembered per thread; the map is emptied when full.
+const RECENT_MAX: usize = 16 * 1024;
+
+thread_local! {
+    static RECENT: std::cell::RefCell<std::collections::HashMap<String, Recent>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 /// Resolves a principal with one query (also used by `explain`).

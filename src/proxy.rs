@@ -533,21 +533,14 @@ fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
 
 /// Removes the hop-by-hop headers, those `Connection` names included.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if !h.keys().any(is_hop_by_hop) {
+    let found: Vec<HeaderName> = h.keys().filter(|k| is_hop_by_hop(k)).cloned().collect();
+    if found.is_empty() {
         return;
     }
     for n in connection_named(h) {
         h.remove(n);
     }
-    for n in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for n in found {
         h.remove(n);
     }
 }
@@ -765,4 +758,68 @@ async fn forward_request(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     Response::from_parts(rparts, rbody)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        h.keys().map(HeaderName::as_str).collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = map(&[
+            ("content-type", "text/plain"),
+            ("connection", "keep-alive, X-Private"),
+            ("x-private", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["content-type", "set-cookie"]);
+        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+
+        let mut untouched = map(&[("content-type", "a"), ("x-private", "b")]);
+        strip_hop_by_hop(&mut untouched);
+        assert_eq!(names(&untouched), ["content-type", "x-private"]);
+    }
+
+    #[test]
+    fn identity_headers_in_any_spelling() {
+        for n in [
+            "x-rbac-admin-id",
+            "X-RBAC-ROLES",
+            "x_rbac_roles",
+            "X_Rbac_x",
+        ] {
+            assert!(
+                is_identity_header(&HeaderName::from_bytes(n.as_bytes()).unwrap()),
+                "{n}"
+            );
+        }
+        for n in ["x-rbac", "x-rbacx-a", "x-request-id"] {
+            assert!(
+                !is_identity_header(&HeaderName::from_bytes(n.as_bytes()).unwrap()),
+                "{n}"
+            );
+        }
+        assert!(is_header_value(b"raxx-admin,console-user"));
+        assert!(!is_header_value(b"a\r\nx-rbac-roles: all"));
+        assert!(!is_header_value(b"a\x7f"));
+    }
 }
