@@ -155,11 +155,7 @@ pub fn start(
         .spawn(move || rt.block_on(serve(gw, listener, shutdown)))
 }
 
-async fn serve(
-    gw: Arc<Gateway>,
-    listener: std::net::TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn serve(gw: Arc<Gateway>, listener: std::net::TcpListener, shutdown: watch::Receiver<bool>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -167,48 +163,26 @@ async fn serve(
             return;
         }
     };
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "forward-auth accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(Duration::from_secs(10)))
+        .keep_alive(true);
+    crate::proxy::accept_until_shutdown(
+        listener,
+        shutdown,
+        Duration::from_secs(2),
+        "forward-auth",
+        move |stream, peer| {
+            let gw = gw.clone();
+            let service = service_fn(move |req| {
                 let gw = gw.clone();
-                let service = service_fn(move |req| {
-                    let gw = gw.clone();
-                    async move { Ok::<_, Infallible>(handle(&gw, peer, req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Some(Duration::from_secs(10)))
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "forward-auth connection ended with an error");
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(Duration::from_secs(2), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("forward-auth: closing the connections still open");
-    }
+                async move { Ok::<_, Infallible>(handle(&gw, peer, req).await) }
+            });
+            builder.serve_connection(TokioIo::new(stream), service)
+        },
+    )
+    .await;
 }
 
 fn answer(status: u16, decision: &str, request_id: &str) -> Response<Full<Bytes>> {

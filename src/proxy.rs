@@ -130,7 +130,7 @@ async fn worker(
     gw: Arc<Gateway>,
     settings: Settings,
     listener: std::net::TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -166,6 +166,38 @@ async fn worker(
         .max_buf_size((settings.max_header_bytes + 8192).max(16 * 1024))
         .max_headers(settings.max_headers)
         .keep_alive(true);
+    accept_until_shutdown(
+        listener,
+        shutdown,
+        settings.shutdown_grace,
+        "data plane",
+        move |stream, peer| {
+            let w = w.clone();
+            let heads = Heads::new(settings.max_headers, settings.max_header_bytes);
+            let io = TokioIo::new(Sniff::new(stream, heads.clone()));
+            // The client's address as text, once per connection.
+            let client_ip: Arc<str> = peer.ip().to_string().into();
+            let service =
+                service_fn(move |req| handle(w.clone(), client_ip.clone(), heads.next(), req));
+            builder.serve_connection(io, service)
+        },
+    )
+    .await;
+}
+
+/// Accepts connections until `shutdown` turns true, serving each with the connection `serve`
+/// makes of it (on its own task), then gives the open ones `grace` to finish. Shared by the
+/// data plane's workers and the forward-auth listener; `what` names the listener in logs.
+pub(crate) async fn accept_until_shutdown<C>(
+    listener: tokio::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+    what: &'static str,
+    mut serve: impl FnMut(tokio::net::TcpStream, SocketAddr) -> C,
+) where
+    C: hyper_util::server::graceful::GracefulConnection + Send + 'static,
+    C::Error: std::fmt::Display + Send,
+{
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -174,7 +206,7 @@ async fn worker(
                     Ok(a) => a,
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
+                        tracing::warn!(error = %e, listener = what, "accept failed");
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
@@ -182,18 +214,10 @@ async fn worker(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
-                let w = w.clone();
-                let heads = Heads::new(settings.max_headers, settings.max_header_bytes);
-                let io = TokioIo::new(Sniff::new(stream, heads.clone()));
-                // The client's address as text, once per connection.
-                let client_ip: Arc<str> = peer.ip().to_string().into();
-                let service = service_fn(move |req| {
-                    handle(w.clone(), client_ip.clone(), heads.next(), req)
-                });
-                let conn = graceful.watch(builder.serve_connection(io, service));
+                let conn = graceful.watch(serve(stream, peer));
                 tokio::task::spawn(async move {
                     if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "client connection ended with an error");
+                        tracing::debug!(error = %e, listener = what, "client connection ended with an error");
                     }
                 });
             }
@@ -201,11 +225,14 @@ async fn worker(
         }
     }
     drop(listener);
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("shutdown grace period over: closing the connections still open");
+        tracing::warn!(
+            listener = what,
+            "shutdown grace period over: closing the connections still open"
+        );
     }
 }
 
