@@ -22,9 +22,7 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub admin_id: String,
-    /// How long the cached answer may be reused.
-    valid_for: Duration,
-    /// When that ends.
+    /// Until when the cached answer may be reused.
     until: Instant,
 }
 
@@ -37,8 +35,7 @@ pub struct Principal {
     /// When the latest-ending active break-glass row expires (the reader API's `break_glass`).
     pub break_glass_until: Option<chrono::DateTime<chrono::Utc>>,
     grants: Arc<Grants>,
-    valid_for: Duration,
-    /// When the cached answer stops being reusable.
+    /// Until when the cached answer may be reused.
     until: Instant,
 }
 
@@ -112,7 +109,6 @@ impl Principal {
                 permissions,
                 roles_header,
             }),
-            valid_for,
             until: Instant::now() + valid_for,
         }
     }
@@ -171,8 +167,13 @@ pub enum IdentityError {
     DatabaseUnavailable(#[source] Arc<sqlx::Error>),
 }
 
-/// Expires each entry after its own `valid_for`.
+/// Expires each entry at its own `until`.
 struct OwnExpiry;
+
+/// What is left of a cached answer's life, from its insertion (now).
+fn remaining(until: Instant) -> Duration {
+    until.saturating_duration_since(Instant::now())
+}
 
 impl Expiry<String, Option<Arc<Session>>> for OwnExpiry {
     fn expire_after_create(
@@ -181,13 +182,15 @@ impl Expiry<String, Option<Arc<Session>>> for OwnExpiry {
         v: &Option<Arc<Session>>,
         _: Instant,
     ) -> Option<Duration> {
-        v.as_ref().map(|s| s.valid_for).or(Some(NEGATIVE_TTL))
+        v.as_ref()
+            .map(|s| remaining(s.until))
+            .or(Some(NEGATIVE_TTL))
     }
 }
 
 impl Expiry<String, Arc<Principal>> for OwnExpiry {
     fn expire_after_create(&self, _: &String, v: &Arc<Principal>, _: Instant) -> Option<Duration> {
-        Some(v.valid_for)
+        Some(remaining(v.until))
     }
 }
 
@@ -327,11 +330,9 @@ impl Identity {
             })
             .await?;
             Ok::<_, sqlx::Error>(row.map(|(admin_id, left)| {
-                let valid_for = self.ttl.min(seconds(left));
                 Arc::new(Session {
                     admin_id,
-                    valid_for,
-                    until: Instant::now() + valid_for,
+                    until: Instant::now() + self.ttl.min(seconds(left)),
                 })
             }))
         };
