@@ -73,8 +73,7 @@ pub struct Conn {
 impl Conn {
     /// Reads more bytes into the buffer; 0 at the end of the stream.
     async fn fill(&mut self) -> io::Result<usize> {
-        self.buf.reserve(READ_SIZE);
-        self.io.read_buf(&mut self.buf).await
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
@@ -499,22 +498,16 @@ impl UpstreamBody {
                         return Ok(Some(buf.split_to(n).freeze()));
                     }
                     Chunk::DataEnd | Chunk::End => {
-                        if buf.len() < 2 {
-                            if buf.first().is_some_and(|&b| b != b'\r') {
-                                return Err(if *state == Chunk::End {
-                                    malformed("chunked trailers are refused")
-                                } else {
-                                    malformed("invalid chunk end")
-                                });
-                            }
-                            return Ok(None);
-                        }
-                        if &buf[..2] != b"\r\n" {
-                            return Err(if *state == Chunk::End {
-                                malformed("chunked trailers are refused")
+                        let seen = &buf[..buf.len().min(2)];
+                        if !b"\r\n".starts_with(seen) {
+                            return Err(malformed(if *state == Chunk::End {
+                                "chunked trailers are refused"
                             } else {
-                                malformed("invalid chunk end")
-                            });
+                                "invalid chunk end"
+                            }));
+                        }
+                        if seen.len() < 2 {
+                            return Ok(None);
                         }
                         buf.advance(2);
                         if *state == Chunk::End {
@@ -655,50 +648,47 @@ mod tests {
     fn framing_of_responses() {
         let f =
             |b: &str, head| parse(b.as_bytes(), head).map(|p| p.map(|p| (p.framing, p.keep_alive)));
-        assert_eq!(
-            f("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", false).unwrap(),
-            Some((Framing::Length(3), true))
-        );
-        assert_eq!(
-            f("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true).unwrap(),
-            Some((Framing::Length(0), true))
-        );
-        assert_eq!(
-            f(
+        for (response, head, expected) in [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
+                false,
+                Some((Framing::Length(3), true)),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+                true,
+                Some((Framing::Length(0), true)),
+            ),
+            (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                false
-            )
-            .unwrap(),
-            Some((Framing::Chunked, true))
-        );
-        assert_eq!(
-            f(
+                false,
+                Some((Framing::Chunked, true)),
+            ),
+            (
                 "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
-                false
-            )
-            .unwrap(),
-            Some((Framing::Length(1), false))
-        );
-        assert_eq!(
-            f("HTTP/1.1 200 OK\r\n\r\n", false).unwrap(),
-            Some((Framing::Close, false))
-        );
-        assert_eq!(
-            f("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).unwrap(),
-            Some((Framing::Length(1), false))
-        );
-        assert_eq!(
-            f(
+                false,
+                Some((Framing::Length(1), false)),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\n\r\n",
+                false,
+                Some((Framing::Close, false)),
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+                false,
+                Some((Framing::Length(1), false)),
+            ),
+            (
                 "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
-                false
-            )
-            .unwrap(),
-            Some((Framing::Length(0), true))
-        );
-        assert!(f("HTTP/1.1 100 Continue\r\n\r\n", false).unwrap().is_none());
-        assert!(f("HTTP/1.1 200 OK\r\nContent-Len", false)
-            .unwrap()
-            .is_none());
+                false,
+                Some((Framing::Length(0), true)),
+            ),
+            ("HTTP/1.1 100 Continue\r\n\r\n", false, None),
+            ("HTTP/1.1 200 OK\r\nContent-Len", false, None),
+        ] {
+            assert_eq!(f(response, head).unwrap(), expected, "{response:?}");
+        }
         for refused in [
             "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
