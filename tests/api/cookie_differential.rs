@@ -20,34 +20,9 @@ use std::process::{Command, Stdio};
 
 use rbac_gateway::cookie;
 
-use crate::helpers::root;
+use crate::helpers::{root, Rng};
 
 const NAME: &str = "console_session";
-
-/// splitmix64: tiny, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pct(&mut self, pct: u64) -> bool {
-        self.next() % 100 < pct
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len())]
-    }
-    fn bytes(&mut self, xs: &[&'static [u8]]) -> &'static [u8] {
-        xs[self.below(xs.len())]
-    }
-}
 
 const NAMES: &[&[u8]] = &[
     b"console_session",
