@@ -35,6 +35,8 @@ pub struct Principal {
     /// When the latest-ending active break-glass row expires (the reader API's `break_glass`).
     pub break_glass_until: Option<chrono::DateTime<chrono::Utc>>,
     grants: Arc<Grants>,
+    /// `admin_id` can be sent as a header value.
+    admin_id_ok: bool,
     /// Until when the cached answer may be reused.
     until: Instant,
 }
@@ -51,6 +53,8 @@ struct Grants {
     /// `roles` joined with ',': the `X-Rbac-Roles` value, built once per distinct set instead of
     /// once per forwarded request.
     roles_header: String,
+    /// `roles_header` can be sent as a header value (checked once per set, not per request).
+    roles_header_ok: bool,
 }
 
 /// The distinct sets in use. Entries nobody else holds are dropped when the set has doubled
@@ -102,11 +106,13 @@ impl Principal {
         let roles_header = roles.join(",");
         Principal {
             admin_id: admin_id.to_string(),
+            admin_id_ok: crate::target::is_header_value(admin_id.as_bytes()),
             break_glass: break_glass_until.is_some(),
             break_glass_until,
             grants: intern(Grants {
                 roles,
                 permissions,
+                roles_header_ok: crate::target::is_header_value(roles_header.as_bytes()),
                 roles_header,
             }),
             until: Instant::now() + valid_for,
@@ -126,6 +132,12 @@ impl Principal {
     /// The roles joined with ',' (the `X-Rbac-Roles` value).
     pub fn roles_header(&self) -> &str {
         &self.grants.roles_header
+    }
+
+    /// Whether the admin id and the roles can be sent to Console as header values (a name
+    /// with a control byte cannot; the gateway then answers 503 instead of forwarding).
+    pub fn forwardable(&self) -> bool {
+        self.admin_id_ok && self.grants.roles_header_ok
     }
 
     pub fn has_role(&self, role: &str) -> bool {

@@ -38,6 +38,7 @@ pub mod cli;
 pub mod config;
 pub mod cookie;
 pub mod db;
+pub mod deadline;
 pub mod decision;
 pub mod feed;
 pub mod identity;

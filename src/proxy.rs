@@ -28,14 +28,15 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use crate::deadline::Deadlines;
 use crate::outcome::{decide, Facts, Forward, Outcome, Unavailable, Via};
 use crate::reader;
 use crate::sniff::{Heads, RawHead, Sniff};
 use crate::state::Gateway;
-use crate::target::{self, Refusal, Target};
+use crate::target::{self, is_header_value, Refusal, Target};
 use crate::upstream::{GatewayBody, Pool, UpstreamError};
 
 /// The data plane's settings.
@@ -107,7 +108,8 @@ pub fn start_workers(
             .name(format!("rbac-gateway-w{i}"))
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
+                    .enable_io()
+                    .enable_time()
                     .build()
                 {
                     Ok(rt) => rt,
@@ -151,8 +153,11 @@ async fn worker(
         .collect();
     let upstream_seconds = ["1xx", "2xx", "3xx", "4xx", "5xx"]
         .map(|class| gw.metrics.upstream_seconds.with_label_values(&[class]));
+    let deadlines = Deadlines::for_timeouts(&[settings.header_read_timeout, gw.read_timeout]);
+    tokio::task::spawn(deadlines.clone().run_ticker());
     let w = Arc::new(Worker {
         pool: Pool::new(gw.upstream, gw.connect_timeout),
+        deadlines: deadlines.clone(),
         gw,
         max_body_bytes: settings.max_body_bytes,
         by_decision,
@@ -160,7 +165,7 @@ async fn worker(
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
+        .timer(deadlines)
         .header_read_timeout(Some(settings.header_read_timeout))
         .max_header_size(settings.max_header_bytes)
         .max_buf_size((settings.max_header_bytes + 8192).max(16 * 1024))
@@ -240,6 +245,8 @@ pub(crate) async fn accept_until_shutdown<C>(
 struct Worker {
     gw: Arc<Gateway>,
     pool: Arc<Pool>,
+    /// The per-request timeouts (header read, upstream read), swept by one ticker.
+    deadlines: Deadlines,
     max_body_bytes: usize,
     /// The request counter and decision-time histogram of each decision label, looked up once
     /// per worker instead of hashed per request.
@@ -548,13 +555,15 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
         || *n == header::UPGRADE
 }
 
-/// The header names a message's `Connection` headers list (hop-by-hop as well).
+/// The header names a message's `Connection` headers list (hop-by-hop as well). `keep-alive`,
+/// the usual one, is left out: that header is hop-by-hop anyway ([`is_hop_by_hop`]).
 fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
     h.get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|n| !n.eq_ignore_ascii_case(b"keep-alive"))
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
         .collect()
 }
 
@@ -577,11 +586,6 @@ fn is_identity_header(n: &HeaderName) -> bool {
     let k = n.as_str().as_bytes();
     k.len() >= 7
         && (k[..7].eq_ignore_ascii_case(b"x-rbac-") || k[..7].eq_ignore_ascii_case(b"x_rbac_"))
-}
-
-/// Whether bytes can be sent as a header value (what `HeaderValue::from_bytes` accepts).
-fn is_header_value(v: &[u8]) -> bool {
-    v.iter().all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }
 
 /// Writes one header line.
@@ -633,7 +637,7 @@ async fn forward_request(
     let (admin_id, roles) = match &forward.principal {
         Some(p) => {
             let (id, roles) = (p.admin_id.as_bytes(), p.roles_header().as_bytes());
-            if !is_header_value(id) || !is_header_value(roles) {
+            if !p.forwardable() {
                 tracing::error!(request_id = %ctx.request_id, admin_id = %p.admin_id, "admin id or role names are not valid header values: answering 503");
                 return unavailable(w, ctx, Unavailable::Identity);
             }
@@ -719,11 +723,13 @@ async fn forward_request(
     request.extend_from_slice(&bytes);
 
     let sent = Instant::now();
-    let result = tokio::time::timeout(
-        gw.read_timeout,
-        w.pool.send(&request, parts.method == Method::HEAD),
-    )
-    .await;
+    let result = w
+        .deadlines
+        .timeout_at(
+            sent + gw.read_timeout,
+            w.pool.send(&request, parts.method == Method::HEAD),
+        )
+        .await;
     let resp = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {

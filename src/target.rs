@@ -228,6 +228,11 @@ const REWRITE_HEADERS: &[&str] = &[
     "x-script-name",
 ];
 
+/// Whether bytes can be sent as a header value (what `HeaderValue::from_bytes` accepts).
+pub fn is_header_value(v: &[u8]) -> bool {
+    v.iter().all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+}
+
 /// Validates one header name (any case).
 pub fn check_header_name(name: &str) -> Result<(), Refusal> {
     if name.contains('_') {

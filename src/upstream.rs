@@ -244,9 +244,13 @@ pub fn parse_response(
     head_request: bool,
 ) -> Result<Option<Parsed>, UpstreamError> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut slots);
-        let len = match res.parse(buf) {
+        // Uninitialised slots: filling 100 empty headers cost more than parsing the head.
+        let mut slots =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut res, buf, &mut slots)
+        {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
@@ -283,13 +287,16 @@ pub fn parse_response(
             .flatten();
         // Where each name and value is in the head (the parse borrows `buf`).
         let base = buf.as_ptr() as usize;
-        let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
         let count = res.headers.len();
-        for (slot, h) in at.iter_mut().zip(res.headers.iter()) {
-            let n = h.name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            *slot = (n, n + h.name.len(), v, v + h.value.len());
-        }
+        let at: Vec<(usize, usize, usize, usize)> = res
+            .headers
+            .iter()
+            .map(|h| {
+                let n = h.name.as_ptr() as usize - base;
+                let v = h.value.as_ptr() as usize - base;
+                (n, n + h.name.len(), v, v + h.value.len())
+            })
+            .collect();
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
         let mut keep_alive = version == Version::HTTP_11;
@@ -297,7 +304,7 @@ pub fn parse_response(
         let mut length = None;
         let mut encodings = 0usize;
         let mut chunked = false;
-        for &(n0, n1, v0, v1) in &at[..count] {
+        for &(n0, n1, v0, v1) in &at {
             let (raw_name, raw_value) = (&head[n0..n1], &head[v0..v1]);
             let name = HeaderName::from_bytes(raw_name)
                 .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
