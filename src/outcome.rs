@@ -107,7 +107,7 @@ pub struct Forward {
     /// The admin the request is forwarded for (`X-Rbac-Admin-Id`, `X-Rbac-Roles`).
     pub principal: Option<Arc<Principal>>,
     /// The rule that matched (label), if any.
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     /// Shadow mode: the row to write if Console's answer disagrees with the gateway.
     pub drift: Option<Box<AuditEvent>>,
 }
@@ -224,7 +224,7 @@ pub fn audit_row(
         admin_id: admin.map(str::to_string),
         method: f.method.to_string(),
         path: path.to_string(),
-        route: route.map(Route::label),
+        route: route.map(|r| r.label().to_string()),
         required: route.map(Route::required),
         reason: reason.to_string(),
         request_id: f.request_id.to_string(),
@@ -265,7 +265,7 @@ pub async fn decide<A: Authority>(
             return Outcome::Forward(Forward {
                 via: Via::Open(kind),
                 principal: None,
-                rule: route.map(Route::label),
+                rule: route.map(Route::shared_label),
                 drift: None,
             })
         }
@@ -321,7 +321,7 @@ pub async fn decide<A: Authority>(
             Outcome::Forward(Forward {
                 via: Via::Allowed(by),
                 principal: Some(principal),
-                rule: Some(route.label()),
+                rule: Some(route.shared_label()),
                 drift,
             })
         }
@@ -342,7 +342,7 @@ pub async fn decide<A: Authority>(
                 forward: Forward {
                     via: Via::ShadowDenied,
                     principal: Some(principal),
-                    rule: Some(route.label()),
+                    rule: Some(route.shared_label()),
                     drift: Some(Box::new(drift)),
                 },
                 row: Box::new(row),

@@ -10,6 +10,7 @@ pub mod rule;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -89,12 +90,19 @@ pub struct Route {
     pub line: usize,
     pub col: usize,
     pub meta: Meta,
+    /// [`Route::label`], built once when the mapping is loaded, not per request.
+    label: Arc<str>,
 }
 
 impl Route {
     /// "GET,POST /console/customers/<id>": how logs, audit rows and `explain` name a rule.
-    pub fn label(&self) -> String {
-        format!("{} {}", self.methods.join(","), self.path)
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The label, shared (a forwarded request names its rule without copying it).
+    pub fn shared_label(&self) -> Arc<str> {
+        self.label.clone()
     }
 
     /// What the rule requires, as stored in the audit row.
@@ -442,6 +450,7 @@ impl Mapping {
             let pos = lines.at(start, Severity::Error, "");
             routes.push(Route {
                 index,
+                label: format!("{} {}", methods.join(","), path).into(),
                 methods,
                 path,
                 roles,

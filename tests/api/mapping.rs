@@ -818,7 +818,7 @@ fn labels(m: &Mapping, access: Access) -> BTreeSet<String> {
     m.routes
         .iter()
         .filter(|r| r.access == access)
-        .map(|r| r.label())
+        .map(|r| r.label().to_string())
         .collect()
 }
 
