@@ -450,9 +450,10 @@ async fn handle(
     Ok(respond(&w, &mut ctx, outcome, req, cookie).await)
 }
 
-/// Counts the request's outcome and how long it took to reach it.
-fn count(w: &Worker, ctx: &Ctx, label: &str) {
-    let secs = ctx.started.elapsed().as_secs_f64();
+/// Counts the request's outcome and how long it took to reach it; returns the time it read.
+fn count(w: &Worker, ctx: &Ctx, label: &str) -> Instant {
+    let now = Instant::now();
+    let secs = now.saturating_duration_since(ctx.started).as_secs_f64();
     match w.by_decision.iter().find(|(d, _, _)| *d == label) {
         Some((_, n, t)) => {
             n.inc();
@@ -464,6 +465,7 @@ fn count(w: &Worker, ctx: &Ctx, label: &str) {
             m.decision_seconds.with_label_values(&[label]).observe(secs);
         }
     }
+    now
 }
 
 /// The one place where an outcome becomes an answer.
@@ -520,12 +522,12 @@ async fn respond(
                 tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record a shadow denial");
             }
             tracing::info!(request_id = %ctx.request_id, admin_id = row.admin_id.as_deref().unwrap_or("-"), rule = row.route.as_deref().unwrap_or("-"), "shadow: would deny, forwarding");
-            count(w, ctx, "shadow_denied");
-            forward_request(w, ctx, forward, req, cookie).await
+            let decided = count(w, ctx, "shadow_denied");
+            forward_request(w, ctx, forward, req, cookie, decided).await
         }
         Outcome::Forward(forward) => {
-            count(w, ctx, outcome_label(&forward));
-            forward_request(w, ctx, forward, req, cookie).await
+            let decided = count(w, ctx, outcome_label(&forward));
+            forward_request(w, ctx, forward, req, cookie, decided).await
         }
     }
 }
@@ -602,6 +604,7 @@ async fn forward_request(
     forward: Forward,
     req: Request<Incoming>,
     cookie: CookieRewrite,
+    decided: Instant,
 ) -> Response<GatewayBody> {
     let gw = &w.gw;
     let (parts, body) = req.into_parts();
@@ -722,7 +725,13 @@ async fn forward_request(
     request.extend_from_slice(b"\r\n");
     request.extend_from_slice(&bytes);
 
-    let sent = Instant::now();
+    // Console's time starts when the request goes out: after the body was read, if there was
+    // one (otherwise the decision's clock reading serves, one clock read less per request).
+    let sent = if bytes.is_empty() {
+        decided
+    } else {
+        Instant::now()
+    };
     let result = w
         .deadlines
         .timeout_at(
