@@ -178,7 +178,26 @@ fn pass_through<'a>(headers: &[&'a [u8]]) -> Result<CookieSession<'a>, CookieRef
 
 /// RFC 6265 token characters (RFC 2616 `token`: no CTL, no separator).
 fn is_token(b: u8) -> bool {
-    b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)
+    b.is_ascii_graphic()
+        && !matches!(
+            b,
+            b'(' | b')'
+                | b'<'
+                | b'>'
+                | b'@'
+                | b','
+                | b';'
+                | b':'
+                | b'\\'
+                | b'"'
+                | b'/'
+                | b'['
+                | b']'
+                | b'?'
+                | b'='
+                | b'{'
+                | b'}'
+        )
 }
 
 /// RFC 6265 `cookie-octet`.

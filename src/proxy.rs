@@ -560,13 +560,19 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
 /// The header names a message's `Connection` headers list (hop-by-hop as well). `keep-alive`,
 /// the usual one, is left out: that header is hop-by-hop anyway ([`is_hop_by_hop`]).
 fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
-    h.get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|n| !n.eq_ignore_ascii_case(b"keep-alive"))
-        .filter_map(|n| HeaderName::from_bytes(n).ok())
-        .collect()
+    let mut named = Vec::new();
+    for value in h.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                named.push(name);
+            }
+        }
+    }
+    named
 }
 
 /// Removes the hop-by-hop headers, those `Connection` names included.
