@@ -18,8 +18,11 @@ use rbac_gateway::metrics::Metrics;
 use rbac_gateway::proxy::{start_workers, Settings};
 use rbac_gateway::state::Gateway;
 
+// The gateway's own allocator set-up, so the two compare like for like.
+#[path = "../src/allocator.rs"]
+mod allocator;
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: allocator::Mimalloc = allocator::Mimalloc;
 
 const PUBLIC: &str = r#"
 [[route]]
