@@ -8,6 +8,8 @@
 #   (f) wrk -> examples/bare_proxy -> upstream: the gateway's own data plane (hyper workers, checks,
 #       outcome function, upstream pool) with every path public: no authorization
 #       (c/f is the price of authorization, f/b the data plane vs nginx)
+#   (p) b and c at the same moments, half the connections each (CPU per request of both under the
+#       same machine noise)
 # Each round runs a..f one after another with the same wrk settings; the table shows medians over
 # the rounds of requests/s, p50, p99 and the CPU time the proxy process under test (nginx proxy
 # master + workers, bare_proxy, gateway) used per request, from /proc/PID/stat utime+stime around
@@ -304,15 +306,8 @@ cpu_ticks() { # "pid [pid...]": utime+stime of the processes and their children 
   echo "$t"
 }
 CLK_TCK=$(getconf CLK_TCK)
-run_wrk() { # case round url [wrk args]: appends "round case rps p50_us p99_us requests errors_status socket_errors cpu_ticks"
-  # CPU_PID (optional): the proxy process whose CPU time is measured around the run.
-  local c=$1 r=$2 url=$3 out t0=0 t1=0
-  out=$tmp/wrk-$c-$r.txt
-  [ -n "${CPU_PID:-}" ] && t0=$(cpu_ticks "$CPU_PID")
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${@:4}" "$url" >"$out" 2>&1 ||
-    die "wrk ($c) failed: $(cat "$out")"
-  [ -n "${CPU_PID:-}" ] && t1=$(cpu_ticks "$CPU_PID")
-  awk -v r="$r" -v c="$c" '
+parse_wrk() { # case round wrk-output cpu-ticks: prints "round case rps p50_us p99_us requests non2xx socket_errors cpu_ticks"
+  awk -v r="$2" -v c="$1" -v ticks="$4" '
     function us(v,  n) {
       n = v + 0
       if (v ~ /us$/) return n
@@ -328,12 +323,40 @@ run_wrk() { # case round url [wrk args]: appends "round case rps p50_us p99_us r
     /Non-2xx or 3xx responses:/ { non2xx = $5 }
     /Socket errors:/ { sock = $0; gsub(/[^0-9 ]/, "", sock); split(sock, a, " "); se = a[1] + a[2] + a[3] + a[4] }
     END { printf "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", r, c, rps, p50, p99, reqs, non2xx, se, ticks }
-  ' ticks=$(( t1 - t0 )) "$out" >>"$results"
+  ' "$3"
+}
+run_wrk() { # case round url [wrk args]: appends "round case rps p50_us p99_us requests errors_status socket_errors cpu_ticks"
+  # CPU_PID (optional): the proxy process whose CPU time is measured around the run.
+  local c=$1 r=$2 url=$3 out t0=0 t1=0
+  out=$tmp/wrk-$c-$r.txt
+  [ -n "${CPU_PID:-}" ] && t0=$(cpu_ticks "$CPU_PID")
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${@:4}" "$url" >"$out" 2>&1 ||
+    die "wrk ($c) failed: $(cat "$out")"
+  [ -n "${CPU_PID:-}" ] && t1=$(cpu_ticks "$CPU_PID")
+  parse_wrk "$c" "$r" "$out" $(( t1 - t0 )) >>"$results"
   tail -1 "$results"
 }
+# (p): nginx proxy_pass (pb) and the gateway (pc) loaded at the same moments, half the
+# connections each: the machine's noise (other tenants, frequency) hits both alike, so their
+# CPU per request compares more steadily than b and c run one after the other.
+paired=$tmp/paired.tsv
+: >"$paired"
+run_pair() { # round
+  local r=$1 half=$(( (CONNECTIONS + 1) / 2 )) b0 c0 b1 c1
+  b0=$(cpu_ticks "$px_pid"); c0=$(cpu_ticks "$gw_pid")
+  wrk -t"$THREADS" -c"$half" -d"${DURATION}s" --latency "http://127.0.0.1:$px_port$ALLOWED_PATH" >"$tmp/wrk-pb-$r.txt" 2>&1 &
+  local wb=$!
+  wrk -t"$THREADS" -c"$half" -d"${DURATION}s" --latency -H "$(cookie "$tok_admin")" "$GW$ALLOWED_PATH" >"$tmp/wrk-pc-$r.txt" 2>&1 &
+  local wc=$!
+  wait "$wb" || die "wrk (pb) failed: $(cat "$tmp/wrk-pb-$r.txt")"
+  wait "$wc" || die "wrk (pc) failed: $(cat "$tmp/wrk-pc-$r.txt")"
+  b1=$(cpu_ticks "$px_pid"); c1=$(cpu_ticks "$gw_pid")
+  parse_wrk pb "$r" "$tmp/wrk-pb-$r.txt" $(( b1 - b0 )) >>"$paired"
+  parse_wrk pc "$r" "$tmp/wrk-pc-$r.txt" $(( c1 - c0 )) >>"$paired"
+}
 
-est=$(( ROUNDS * 7 * DURATION ))
-log "$ROUNDS round(s) x 7 cases x ${DURATION}s (~${est}s), wrk -t$THREADS -c$CONNECTIONS"
+est=$(( ROUNDS * 8 * DURATION ))
+log "$ROUNDS round(s) x 8 cases x ${DURATION}s (~${est}s), wrk -t$THREADS -c$CONNECTIONS"
 extra=$tmp/extra.tsv
 : >"$extra"
 for r in $(seq "$ROUNDS"); do
@@ -341,6 +364,8 @@ for r in $(seq "$ROUNDS"); do
   run_wrk a "$r" "http://127.0.0.1:$up_port$ALLOWED_PATH" >/dev/null
   CPU_PID=$px_pid run_wrk b "$r" "http://127.0.0.1:$px_port$ALLOWED_PATH" >/dev/null
   CPU_PID=$bare_pid run_wrk f "$r" "http://127.0.0.1:$bare_port$ALLOWED_PATH" >/dev/null
+  check "warm-up" "$GW$ALLOWED_PATH" 200 -H "$(cookie "$tok_admin")"
+  run_pair "$r"
 
   # (c): the session is resolved once, then served from the cache (steady state).
   check "warm-up" "$GW$ALLOWED_PATH" 200 -H "$(cookie "$tok_admin")"
@@ -376,9 +401,9 @@ kill -0 "$gw_pid" 2>/dev/null || die "the gateway died: $(tail -5 "$tmp/gateway.
 # --- report -------------------------------------------------------------------------------------
 mkdir -p "$root/target"
 report=$root/target/load-report.md
-python3 - "$results" "$extra" "$report" <<PY
+python3 - "$results" "$extra" "$report" "$paired" <<PY
 import statistics, sys
-res, extra, out = sys.argv[1:4]
+res, extra, out, paired = sys.argv[1:5]
 rows = [l.rstrip("\n").split("\t") for l in open(res) if l.strip()]
 ex = [l.rstrip("\n").split("\t") for l in open(extra) if l.strip()]
 med = statistics.median
@@ -433,6 +458,19 @@ lines.append(f"- f/b (data plane without authorization vs nginx proxy_pass): {st
 lines.append(f"- p99 c - b: {(stat['cp99'] - stat['bp99']) / 1000:+.3f} ms")
 lines.append(f"- CPU per request, c/b: {cpu['c'] / cpu['b']:.2f} (gateway {cpu['c']:.1f} µs, nginx {cpu['b']:.1f} µs); "
              f"f/b: {cpu['f'] / cpu['b']:.2f}; d: {cpu['d']:.1f} µs")
+pr = [l.rstrip("\n").split("\t") for l in open(paired) if l.strip()]
+def pcol(c, i):
+    return [float(r[i]) for r in pr if r[1] == c]
+def pcpu(c):
+    return [int(r[8]) / $CLK_TCK * 1e6 / max(int(r[5]), 1) for r in pr if r[1] == c]
+pb_rps, pc_rps, pb_cpu, pc_cpu = pcol("pb", 2), pcol("pc", 2), pcpu("pb"), pcpu("pc")
+pb_p99, pc_p99 = pcol("pb", 4), pcol("pc", 4)
+lines.append(f"- paired (p: b and c loaded at the same moments, wrk -t$THREADS -c{($CONNECTIONS + 1) // 2} each): "
+             f"nginx {med(pb_rps):,.0f} req/s at {med(pb_cpu):.1f} µs CPU/request, p99 {ms(med(pb_p99))}; "
+             f"gateway {med(pc_rps):,.0f} req/s at {med(pc_cpu):.1f} µs, p99 {ms(med(pc_p99))}; gateway/nginx per round: "
+             f"requests {med(c / b for b, c in zip(pb_rps, pc_rps)):.2f}, "
+             f"CPU per request {med(c / b for b, c in zip(pb_cpu, pc_cpu)):.2f} "
+             f"({', '.join(f'{c / b:.2f}' for b, c in zip(pb_cpu, pc_cpu))})")
 hwm = max(int(e[8]) for e in ex)
 rss = int(ex[-1][9])
 lines.append(f"- gateway peak RSS after (e): VmHWM {hwm / 1024:.1f} MiB (VmRSS now {rss / 1024:.1f} MiB)")
