@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by callgrind: a figure the machine's noise
+# does not move (wall-clock CPU on this shared machine varies by 10-30% between runs).
+# The gateway runs under `valgrind --tool=callgrind` in front of an nginx upstream; after a
+# warm-up, instrumentation is switched on for one `wrk -t1 -c32 -d${DURATION}s` run of the
+# allowed path with one cached session (load.sh's case c), and the process's instructions
+# (every thread: the data plane and the background tasks) are divided by the requests wrk saw.
+#   scripts/instructions.sh [BIN]     (BIN defaults to target/release/rbac-gateway, built first)
+#   DURATION=10  TOP=25 (functions listed, by own instructions; 0 for none)  KEEP=1 (keep the profile)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+DURATION=${DURATION:-10}
+TOP=${TOP:-25}
+KEEP=${KEEP:-0}
+log() { printf '[instructions] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+need=()
+command -v valgrind >/dev/null || need+=(valgrind)
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v psql >/dev/null || need+=(postgresql-client)
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "missing: ${need[*]} (install them, or run as root)"
+  log "installing: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+if [ $# -ge 1 ]; then
+  BIN=$1
+else
+  log "cargo build --release"
+  cargo build --release --quiet --bin rbac-gateway
+  BIN=$root/target/release/rbac-gateway
+fi
+[ -x "$BIN" ] || die "$BIN is not an executable"
+
+tmp=$(mktemp -d /tmp/rbac-instr.XXXXXX)
+chmod 755 "$tmp"
+pids=()
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+  [ -d "$tmp/pg" ] && "$root/scripts/pg.sh" stop "$tmp/pg"
+  if [ "$KEEP" = 1 ]; then log "kept $tmp"; else rm -rf "$tmp"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+eval "$("$root/scripts/pg.sh" start "$tmp/pg")"
+"$BIN" migrate --database-url "$DATABASE_URL" >/dev/null
+token="instr-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+psql "$DATABASE_URL" -X -q -v ON_ERROR_STOP=1 -v tok="$token" <<'SQL'
+INSERT INTO admins (id, email) VALUES ('instr-admin', 'instr-admin@example.test');
+INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
+  SELECT 'instr-admin', id, 'instructions.sh' FROM rbac_groups WHERE name = 'raxx-platform-admins';
+INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc) VALUES
+  ('instr-s', 'instr-admin', encode(sha256(convert_to(:'tok', 'UTF8')), 'hex'), now() + interval '3 hours');
+SQL
+
+up=$(free_port)
+mkdir -p "$tmp/nginx"
+user_line=""
+[ "$(id -u)" = 0 ] && user_line="user root;"
+cat >"$tmp/nginx/nginx.conf" <<EOF
+$user_line
+worker_processes 1;
+daemon off;
+pid $tmp/nginx/nginx.pid;
+error_log $tmp/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $tmp/nginx/body;
+  proxy_temp_path $tmp/nginx/proxy;
+  fastcgi_temp_path $tmp/nginx/fastcgi;
+  uwsgi_temp_path $tmp/nginx/uwsgi;
+  scgi_temp_path $tmp/nginx/scgi;
+  server {
+    listen 127.0.0.1:$up;
+    location / { default_type text/plain; return 200 "ok\n"; }
+  }
+}
+EOF
+"$NGINX" -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" >/dev/null 2>&1 &
+pids+=($!)
+
+gw=$(free_port)
+adm=$(free_port)
+out=$tmp/callgrind.out
+valgrind --tool=callgrind --callgrind-out-file="$out" --instr-atstart=no --dump-instr=no \
+  "$BIN" serve --listen "127.0.0.1:$gw" --admin-listen "127.0.0.1:$adm" --upstream "127.0.0.1:$up" \
+  --routes "$root/routes.toml" --database-url "$DATABASE_URL" --audit-spool "$tmp/audit.spool" \
+  --cache-ttl 600 >"$tmp/gateway.log" 2>&1 &
+vg=$!
+pids+=("$vg")
+for _ in $(seq 300); do
+  curl -s -o /dev/null "http://127.0.0.1:$adm/readyz" && break
+  kill -0 "$vg" 2>/dev/null || die "the gateway did not start: $(tail -5 "$tmp/gateway.log")"
+  sleep 0.2
+done
+url="http://127.0.0.1:$gw/ops"
+got=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: console_session=$token" "$url")
+[ "$got" = 200 ] || die "allowed request answered $got, expected 200"
+
+log "warm-up, then ${DURATION}s of wrk -t1 -c32 under callgrind"
+wrk -t1 -c32 -d3s -H "Cookie: console_session=$token" "$url" >/dev/null
+callgrind_control -i on "$vg" >/dev/null
+wrk_out=$(wrk -t1 -c32 -d"${DURATION}s" -H "Cookie: console_session=$token" "$url")
+callgrind_control -i off "$vg" >/dev/null
+callgrind_control -d "$vg" >/dev/null
+requests=$(awk '/ requests in /{ print $1 }' <<<"$wrk_out")
+non2xx=$(awk '/Non-2xx or 3xx responses:/{ print $5 }' <<<"$wrk_out")
+[ -z "$non2xx" ] || die "wrk saw $non2xx non-2xx answers"
+[ "${requests:-0}" -gt 0 ] || die "wrk made no requests: $wrk_out"
+total=$(cat "$out"* | awk '/^(summary|totals):/ { s += $2 } END { printf "%.0f\n", s }')
+printf 'instructions per request: %d (%s instructions, %s requests; %s)\n' \
+  "$((total / requests))" "$total" "$requests" "$(basename "$BIN")"
+if [ "$TOP" -gt 0 ]; then
+  last=$(ls "$out"* | tail -1)
+  callgrind_annotate --inclusive=no "$last" 2>/dev/null | awk '/^-+$/ { n++ } n >= 4' |
+    grep -E '^ *[0-9,]+ \(' | head -"$TOP" | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | cut -c1-160
+fi
