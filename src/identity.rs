@@ -487,8 +487,9 @@ struct Recent {
 const RECENT_MAX: usize = 16 * 1024;
 
 thread_local! {
-    static RECENT: std::cell::RefCell<std::collections::HashMap<String, Recent>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
+    // A cookie is inserted only once it named a live session (see [`crate::fasthash`]).
+    static RECENT: std::cell::RefCell<std::collections::HashMap<String, Recent, crate::fasthash::FxBuild>> =
+        std::cell::RefCell::new(std::collections::HashMap::default());
 }
 
 /// Resolves a principal with one query (also used by `explain`).

@@ -25,6 +25,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`db`]: pool and embedded migrations.
+//! - [`fasthash`]: the unkeyed hasher of the two per-request maps no attacker fills.
 //! - [`reload`]: live policy: the mapping file watched and swapped in whole.
 //! - [`supervise`]: background tasks under supervision (`/readyz` names a dead one).
 //! - [`lifecycle`]: grants that end by themselves (sweep) and operator alerts.
@@ -40,6 +41,7 @@ pub mod cookie;
 pub mod db;
 pub mod deadline;
 pub mod decision;
+pub mod fasthash;
 pub mod feed;
 pub mod identity;
 pub mod lifecycle;

@@ -7,12 +7,14 @@
 use std::collections::HashMap;
 
 use super::rule::Part;
+use crate::fasthash::FxBuild;
 
 #[derive(Debug, Default)]
 struct State {
     /// (rule index, methods) in the order the rules were added.
     rules: Vec<(usize, Vec<String>)>,
-    statics: HashMap<String, State>,
+    /// Keys come from `routes.toml` only (see [`crate::fasthash`]).
+    statics: HashMap<String, State, FxBuild>,
     dynamic: Vec<(Part, State)>,
 }
 
