@@ -617,7 +617,9 @@ async fn forward_request(
     // The body is read completely before Console sees the request (like nginx's request
     // buffering): a body that turns out malformed or cut short never reaches Console.
     let had_length = parts.headers.contains_key(header::CONTENT_LENGTH);
-    let bytes = if body.is_end_stream() {
+    // No body to wait for: nothing awaited between the decision and sending to Console.
+    let body_was_done = body.is_end_stream();
+    let bytes = if body_was_done {
         Bytes::new()
     } else {
         match Limited::new(body, w.max_body_bytes).collect().await {
@@ -732,8 +734,10 @@ async fn forward_request(
     request.extend_from_slice(&bytes);
 
     // Console's time starts when the request goes out: after the body was read, if there was
-    // one (otherwise the decision's clock reading serves, one clock read less per request).
-    let sent = if bytes.is_empty() {
+    // one to wait for (otherwise the decision's clock reading serves, one clock read less per
+    // request). A body can be empty and still have been waited for (chunked, its last chunk
+    // held back): then the clock is read now, or the read timeout would start too early.
+    let sent = if body_was_done {
         decided
     } else {
         Instant::now()

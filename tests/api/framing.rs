@@ -325,3 +325,33 @@ async fn console_receives_exactly_the_session_the_gateway_decided_on() {
             >= 2.0
     );
 }
+
+#[tokio::test]
+async fn a_body_waited_for_does_not_eat_into_consoles_read_timeout() {
+    // The upstream read timeout is 1.5 s (helpers). A chunked body with no data whose last chunk
+    // the client holds back for longer than that, and a Console that answers in 0.4 s (longer
+    // than the deadline sweep's tick): Console's time starts once the body is read, so its
+    // answer is relayed, not a 504 for the time spent waiting on the client.
+    let env = Env::core().await;
+    let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
+    let mut s = TcpStream::connect(env.gw.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: c\r\nCookie: console_session={token}\r\nX-Test-Delay-Ms: 400\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut s))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let seen = env.up.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].body.is_empty());
+    assert_eq!(seen[0].header("transfer-encoding"), None);
+}

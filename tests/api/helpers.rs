@@ -233,7 +233,8 @@ impl Seen {
 }
 
 /// A real HTTP/1.1 server that records every request and answers 200 (or `status`), after
-/// `delay` for paths starting with /slow.
+/// `delay` for paths starting with /slow (5 s), or the milliseconds an `X-Test-Delay-Ms`
+/// request header asks for.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -267,7 +268,7 @@ impl Upstream {
                                 .path_and_query()
                                 .map(|p| p.as_str().to_string())
                                 .unwrap_or_default();
-                            let headers = req
+                            let headers: Vec<(String, String)> = req
                                 .headers()
                                 .iter()
                                 .map(|(k, v)| {
@@ -279,6 +280,14 @@ impl Upstream {
                                 .collect();
                             if target.starts_with("/slow") {
                                 tokio::time::sleep(Duration::from_secs(5)).await;
+                            }
+                            // A test can ask for a shorter delay of its own.
+                            let delay_ms = headers
+                                .iter()
+                                .find(|(k, _)| k == "x-test-delay-ms")
+                                .and_then(|(_, v)| v.parse::<u64>().ok());
+                            if let Some(ms) = delay_ms {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
                             }
                             let body = req
                                 .into_body()
