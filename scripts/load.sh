@@ -10,15 +10,16 @@
 #       (c/f is the price of authorization, f/b the data plane vs nginx)
 #   (p) b and c at the same moments, half the connections each (CPU per request of both under the
 #       same machine noise)
-# Each round runs a..f one after another with the same wrk settings; the table shows medians over
-# the rounds of requests/s, p50, p99 and the CPU time the proxy process under test (nginx proxy
-# master + workers, bare_proxy, gateway) used per request, from /proc/PID/stat utime+stime around
-# each wrk run. On a shared, noisy machine the ratios of one run are the figures that count.
+# Each round runs a, b, f, p, c, d, e, g one after another with the same wrk settings; the table
+# shows medians over the rounds of requests/s, p50, p99 and the CPU time the proxy process under
+# test (nginx proxy master + workers, bare_proxy, gateway) used per request, from /proc/PID/stat
+# utime+stime around each wrk run. On a shared, noisy machine the ratios of one run are the
+# figures that count.
 # Also: c/b, d/c, the gateway's peak RSS after (e), database queries per request in case (c), and
 # audit rows written during (d) next to the 403s wrk saw. Written to target/load-report.md too.
 #
 # Usage: [ROUNDS=3] [DURATION=10] [CONNECTIONS=32] [THREADS=1] scripts/load.sh  (the issue-12 setting: wrk -t1 -c32)
-#   DURATION      seconds per wrk run (a bare number or "10s"); total is about 6 x ROUNDS x DURATION
+#   DURATION      seconds per wrk run (a bare number or "10s"); total is about 8 x ROUNDS x DURATION
 #                 plus ~20 s of set-up once the release build exists
 #   CONNECTIONS   wrk connections; THREADS: wrk threads
 #   PROXY_WORKERS nginx proxy worker_processes (default: the gateway's default thread count, the
@@ -49,6 +50,7 @@ die() { log "error: $*"; exit 1; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a whole number of seconds"
 (( THREADS <= CONNECTIONS )) || die "THREADS must not exceed CONNECTIONS"
+(( THREADS <= (CONNECTIONS + 1) / 2 )) || die "THREADS must not exceed half the CONNECTIONS (case p splits them)"
 
 # --- what is missing ----------------------------------------------------------------------------
 need=()
@@ -348,8 +350,10 @@ run_pair() { # round
   local wb=$!
   wrk -t"$THREADS" -c"$half" -d"${DURATION}s" --latency -H "$(cookie "$tok_admin")" "$GW$ALLOWED_PATH" >"$tmp/wrk-pc-$r.txt" 2>&1 &
   local wc=$!
+  pids+=("$wb" "$wc") # stopped by cleanup if one of them fails
   wait "$wb" || die "wrk (pb) failed: $(cat "$tmp/wrk-pb-$r.txt")"
   wait "$wc" || die "wrk (pc) failed: $(cat "$tmp/wrk-pc-$r.txt")"
+  pids=("${pids[@]:0:${#pids[@]}-2}") # both ended: not ours to signal any more
   b1=$(cpu_ticks "$px_pid"); c1=$(cpu_ticks "$gw_pid")
   parse_wrk pb "$r" "$tmp/wrk-pb-$r.txt" $(( b1 - b0 )) >>"$paired"
   parse_wrk pc "$r" "$tmp/wrk-pc-$r.txt" $(( c1 - c0 )) >>"$paired"

@@ -7,7 +7,8 @@
 //! the user time tokio's timers cost. Here a sleep is a slot in a list: armed when first polled
 //! pending, freed when dropped, and one ticker task per worker wakes the slots whose deadline
 //! passed, every [`Deadlines::tick`] while any slot is armed (it sleeps without a timer when
-//! none is). A sleep never ends before its deadline and at most one tick after it.
+//! none is). A sleep never ends before its deadline, and ends within about one tick after it
+//! (a tick, plus however long the worker takes to get to the ticker).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -68,7 +69,7 @@ impl Deadlines {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A sleep that ends at `deadline` (at most one tick later).
+    /// A sleep that ends at `deadline` (about one tick later at most, see the module).
     pub fn sleep_until(&self, deadline: Instant) -> Sleep {
         Sleep {
             deadlines: self.clone(),
