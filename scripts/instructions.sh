@@ -41,27 +41,8 @@ else
 fi
 [ -x "$BIN" ] || die "$BIN is not an executable"
 
-tmp=$(mktemp -d /tmp/rbac-instr.XXXXXX)
-chmod 755 "$tmp"
-pids=()
-cleanup() {
-  local rc=$?
-  set +e
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-  done
-  [ -d "$tmp/pg" ] && "$root/scripts/pg.sh" stop "$tmp/pg"
-  if [ "$KEEP" = 1 ]; then log "kept $tmp"; else rm -rf "$tmp"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+. "$root/scripts/bench-lib.sh"
+bench_tmp rbac-instr
 
 eval "$("$root/scripts/pg.sh" start "$tmp/pg")"
 "$BIN" migrate --database-url "$DATABASE_URL" >/dev/null

@@ -84,28 +84,8 @@ BARE_BIN=$root/target/release/examples/bare_proxy
 [ -x "$BARE_BIN" ] || die "$BARE_BIN is missing (run without BUILD=0)"
 
 # --- throwaway directory and cleanup ------------------------------------------------------------
-tmp=$(mktemp -d /tmp/rbac-load.XXXXXX)
-chmod 755 "$tmp" # the postgres user must reach $tmp/pg
-pids=()
-cleanup() {
-  local rc=$?
-  set +e
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-  done
-  [ -d "$tmp/pg" ] && "$root/scripts/pg.sh" stop "$tmp/pg"
-  if [ "$KEEP" = 1 ]; then log "kept $tmp"; else rm -rf "$tmp"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+. "$root/scripts/bench-lib.sh"
+bench_tmp rbac-load
 wait_http() { # url expected-status seconds
   local i
   for i in $(seq $(( $3 * 10 ))); do
