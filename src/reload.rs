@@ -1,7 +1,8 @@
 //! Live policy: the mapping file is watched and swapped in whole when it changes.
 //!
 //! The file is polled (read and compared with what was last seen) every [`POLL`]; a new content
-//! is applied once it has been read identical twice in a row, so a half-written file is never taken for a new mapping.
+//! is applied once it has been read identical twice in a row, so a half-written file is never
+//! taken for a new mapping.
 //! Polling the resolved path, instead of inotify, sees every way operators replace the file:
 //! in place, by rename, and Kubernetes' ConfigMap `..data` symlink swap. SIGHUP forces a check.
 //! A file that fails to load (syntax, validation, truncated, missing) leaves the old mapping
@@ -157,10 +158,9 @@ pub async fn watch(gw: Arc<Gateway>, path: PathBuf) {
             continue;
         }
         candidate = None;
-        settled = Some(bytes.clone());
-        match String::from_utf8(bytes) {
+        match std::str::from_utf8(&bytes) {
             Ok(text) => {
-                apply(&gw, &path, &text);
+                apply(&gw, &path, text);
             }
             Err(_) => {
                 gw.metrics
@@ -170,6 +170,7 @@ pub async fn watch(gw: Arc<Gateway>, path: PathBuf) {
                 tracing::error!(file = %path.display(), "mapping is not UTF-8; the previous mapping stays live");
             }
         }
+        settled = Some(bytes);
     }
 }
 

@@ -285,18 +285,22 @@ pub fn parse_response(
         let reason = (Some(reason) != status.canonical_reason())
             .then(|| hyper::ext::ReasonPhrase::try_from(reason.as_bytes().to_vec()).ok())
             .flatten();
-        // Where each name and value is in the head (the parse borrows `buf`).
+        // Where each name and value is in the head (the parse borrows `buf`), on the stack:
+        // the head is at most MAX_HEAD (64 KiB, checked above), so offsets fit in u32 and the
+        // array is a quarter of what usize offsets would zero, with no allocation.
         let base = buf.as_ptr() as usize;
         let count = res.headers.len();
-        let at: Vec<(usize, usize, usize, usize)> = res
-            .headers
-            .iter()
-            .map(|h| {
-                let n = h.name.as_ptr() as usize - base;
-                let v = h.value.as_ptr() as usize - base;
-                (n, n + h.name.len(), v, v + h.value.len())
-            })
-            .collect();
+        let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        for (slot, h) in at.iter_mut().zip(res.headers.iter()) {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            *slot = (
+                n as u32,
+                (n + h.name.len()) as u32,
+                v as u32,
+                (v + h.value.len()) as u32,
+            );
+        }
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
         let mut keep_alive = version == Version::HTTP_11;
@@ -304,7 +308,8 @@ pub fn parse_response(
         let mut length = None;
         let mut encodings = 0usize;
         let mut chunked = false;
-        for &(n0, n1, v0, v1) in &at {
+        for &(n0, n1, v0, v1) in &at[..count] {
+            let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
             let (raw_name, raw_value) = (&head[n0..n1], &head[v0..v1]);
             let name = HeaderName::from_bytes(raw_name)
                 .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
