@@ -470,7 +470,7 @@ for e in ex:
     rows_d, wrk403, denied = int(e[3]), int(e[4]), int(e[5])
     inflight = rows_d - wrk403
     # A request whose client hung up while its row was being written has the row but was never
-    # answered (hyper drops the handler of a closed connection): rows may exceed the counted 403s
+    # answered (the 403 cannot reach a closed connection): rows may exceed the counted 403s
     # by at most one request per connection, never fall short.
     match = 0 <= rows_d - denied <= $CONNECTIONS and 0 <= inflight <= $CONNECTIONS
     ok &= match

@@ -277,6 +277,8 @@ async fn write_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
         let result = inner.write(&rows).await;
         inner.metrics.audit_batches.inc();
         for w in waiters {
+            // Err: that caller stopped waiting (its client hung up); the row is durable, or
+            // failed, either way.
             let _ = w.send(result.clone());
         }
     }

@@ -16,6 +16,8 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            // Printing clap's message can only fail when stderr/stdout is gone: nothing is
+            // left to tell then, and the exit code still says what happened.
             let _ = e.print();
             std::process::exit(code);
         }

@@ -170,7 +170,15 @@ async fn worker(
         .max_header_size(settings.max_header_bytes)
         .max_buf_size((settings.max_header_bytes + 8192).max(16 * 1024))
         .max_headers(settings.max_headers)
-        .keep_alive(true);
+        .keep_alive(true)
+        // A client may send its requests and then close its side (`nc -N`, some HTTP/1.0
+        // clients): each request is still decided and answered. Without this, hyper reads
+        // once more after each head to notice such a close and drops the request unanswered;
+        // that read also made hyper take a fresh read buffer per request while the request
+        // still held the old one (measured: 600 instructions per request, 2%). A client that
+        // goes away does not cancel its request: Console's answer is read (its connection
+        // stays pooled) and the write to the client fails.
+        .half_close(true);
     accept_until_shutdown(
         listener,
         shutdown,

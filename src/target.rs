@@ -235,7 +235,7 @@ pub fn is_header_value(v: &[u8]) -> bool {
 
 /// Validates one header name (any case).
 pub fn check_header_name(name: &str) -> Result<(), Refusal> {
-    if name.contains('_') {
+    if name.as_bytes().contains(&b'_') {
         return Err(Refusal::UnderscoreHeader(name.to_ascii_lowercase()));
     }
     if REWRITE_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {

@@ -43,8 +43,13 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// Largest chunk-size line (size and extensions), in bytes (hyper allows 16 KiB of extensions).
 const MAX_CHUNK_LINE: usize = 16 * 1024;
-/// Bytes asked of the kernel per read.
+/// Bytes asked of the kernel per read, at most.
 const READ_SIZE: usize = 16 * 1024;
+/// Room left in the read buffer below which a new one is taken. The heads and short bodies
+/// read are split off the buffer (they share it until the answer is sent), so asking for
+/// READ_SIZE of room before every read took a fresh buffer, and released one, per request;
+/// reading into the room left serves dozens of short answers per buffer.
+const MIN_READ: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -68,6 +73,31 @@ fn malformed(why: &'static str) -> io::Error {
 pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    names: Names,
+}
+
+/// The header names already read on one connection, by their bytes as received. Console sends
+/// the same few names in every answer; finding one here (a length and a byte comparison) is
+/// cheaper than [`HeaderName::from_bytes`], which checks and lower-cases every byte and then
+/// looks the name up among the standard ones. A name is only ever cached as `from_bytes` gave
+/// it for exactly the same bytes, so the result is the same.
+#[derive(Debug, Default)]
+pub struct Names(Vec<(Box<[u8]>, HeaderName)>);
+
+impl Names {
+    /// Names kept per connection; others are checked each time.
+    const MAX: usize = 32;
+
+    fn get(&mut self, raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+        if let Some((_, name)) = self.0.iter().find(|(seen, _)| **seen == *raw) {
+            return Ok(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw)?;
+        if self.0.len() < Self::MAX {
+            self.0.push((raw.into(), name.clone()));
+        }
+        Ok(name)
+    }
 }
 
 impl Conn {
@@ -77,7 +107,9 @@ impl Conn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.buf.reserve(READ_SIZE);
+        if self.buf.capacity() - self.buf.len() < MIN_READ {
+            self.buf.reserve(READ_SIZE);
+        }
         let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
         std::future::Future::poll(read, cx)
     }
@@ -134,6 +166,7 @@ impl Pool {
         Ok(Conn {
             io,
             buf: BytesMut::new(),
+            names: Names::default(),
         })
     }
 
@@ -171,7 +204,7 @@ impl Pool {
             .map_err(UpstreamError::Io)?;
         let parsed = loop {
             if !conn.buf.is_empty() {
-                if let Some(p) = parse_response(&mut conn.buf, head_request)? {
+                if let Some(p) = parse_response(&mut conn.buf, head_request, &mut conn.names)? {
                     break p;
                 }
                 if conn.buf.len() > MAX_HEAD {
@@ -242,6 +275,7 @@ pub struct Parsed {
 pub fn parse_response(
     buf: &mut BytesMut,
     head_request: bool,
+    names: &mut Names,
 ) -> Result<Option<Parsed>, UpstreamError> {
     loop {
         // Uninitialised slots: filling 100 empty headers cost more than parsing the head.
@@ -311,7 +345,8 @@ pub fn parse_response(
         for &(n0, n1, v0, v1) in &at[..count] {
             let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
             let (raw_name, raw_value) = (&head[n0..n1], &head[v0..v1]);
-            let name = HeaderName::from_bytes(raw_name)
+            let name = names
+                .get(raw_name)
                 .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
             if name == header::CONNECTION {
                 if has_token(raw_value, b"close") {
@@ -653,7 +688,37 @@ mod tests {
     use super::*;
 
     fn parse(bytes: &[u8], head: bool) -> Result<Option<Parsed>, UpstreamError> {
-        parse_response(&mut BytesMut::from(bytes), head)
+        parse_response(&mut BytesMut::from(bytes), head, &mut Names::default())
+    }
+
+    #[test]
+    fn cached_header_names_are_what_from_bytes_gives() {
+        let mut names = Names::default();
+        for _ in 0..2 {
+            for raw in [
+                &b"Content-Type"[..],
+                b"content-type",
+                b"X-Custom",
+                b"x-custom",
+            ] {
+                assert_eq!(
+                    names.get(raw).unwrap(),
+                    HeaderName::from_bytes(raw).unwrap()
+                );
+            }
+            assert!(names.get(b"bad name").is_err());
+            assert!(names.get(b"").is_err());
+        }
+        assert_eq!(
+            names.0.len(),
+            4,
+            "one entry per spelling, none for a refused name"
+        );
+        for i in 0..100 {
+            let raw = format!("x-{i}");
+            assert_eq!(names.get(raw.as_bytes()).unwrap().as_str(), raw);
+        }
+        assert_eq!(names.0.len(), Names::MAX);
     }
 
     #[test]

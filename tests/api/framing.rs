@@ -152,6 +152,36 @@ async fn pipelined_requests_are_each_answered_in_order() {
 }
 
 #[tokio::test]
+async fn a_client_that_half_closes_after_its_requests_gets_every_answer() {
+    let env = Env::core().await;
+    let (_, token) = env.db.admin_with_roles(&["console-audit-user"]).await;
+    let c = format!("Cookie: console_session={token}\r\n");
+    let rows_before = env.db.audit_count().await;
+    // `printf ... | nc -N`: the requests, then FIN at once. Each is decided and answered (the
+    // allowed one forwarded, the denied one with its row), then the connection closes.
+    let req = format!(
+        "GET /console/customers/1 HTTP/1.1\r\nHost: c\r\n{c}\r\nGET /ops HTTP/1.1\r\nHost: c\r\n{c}\r\n"
+    );
+    let mut s = TcpStream::connect(env.gw.addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the gateway closes the connection after its answers")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "403"], "{text}");
+    let targets: Vec<String> = env.up.requests().into_iter().map(|s| s.target).collect();
+    assert_eq!(targets, ["/console/customers/1"]);
+    assert_eq!(env.db.audit_count().await, rows_before + 1);
+}
+
+#[tokio::test]
 async fn hosts_upgrades_and_http10() {
     let env = Env::core().await;
     let (_, token) = env.db.admin_with_roles(&["console-audit-user"]).await;
