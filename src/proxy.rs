@@ -341,15 +341,7 @@ fn check_request(req: &Request<Incoming>, raw: Option<&RawHead>) -> Result<Targe
         return Err(Refusal::Unparsed);
     }
     raw.framing.clone()?;
-    let headers = req.headers();
-    for name in headers.keys() {
-        target::check_header_name(name.as_str())?;
-    }
-    if headers.contains_key(header::UPGRADE) {
-        return Err(Refusal::Upgrade);
-    }
-    target::check_framing(headers, req.version() == Version::HTTP_11)?;
-    target::check_host(headers)?;
+    target::check_headers(req.headers(), req.version() == Version::HTTP_11)?;
     Ok(t)
 }
 
@@ -624,7 +616,6 @@ async fn forward_request(
     let (parts, body) = req.into_parts();
     // The body is read completely before Console sees the request (like nginx's request
     // buffering): a body that turns out malformed or cut short never reaches Console.
-    let had_length = parts.headers.contains_key(header::CONTENT_LENGTH);
     // No body to wait for: nothing awaited between the decision and sending to Console.
     let body_was_done = body.is_end_stream();
     let bytes = if body_was_done {
@@ -675,13 +666,25 @@ async fn forward_request(
     request.push(b' ');
     request.extend_from_slice(target.as_bytes());
     request.extend_from_slice(b" HTTP/1.1\r\n");
+    // What the loop sees of the headers it does not copy (no lookup by name afterwards).
+    let mut had_length = false;
+    let mut had_host = false;
+    let mut forwarded_for: Option<&[u8]> = None;
     for (name, value) in h {
+        if *name == header::CONTENT_LENGTH {
+            had_length = true;
+            continue;
+        }
+        if *name == X_FORWARDED_FOR {
+            // The first one is extended below, as a lookup by name would find it.
+            forwarded_for.get_or_insert(value.as_bytes());
+            continue;
+        }
+        had_host |= *name == header::HOST;
         if is_hop_by_hop(name)
             || is_identity_header(name)
-            || *name == header::CONTENT_LENGTH
             || *name == header::EXPECT
             || *name == X_REQUEST_ID
-            || *name == X_FORWARDED_FOR
             || (*name == header::COOKIE && !matches!(cookie, CookieRewrite::Keep))
             || named.contains(name)
         {
@@ -689,7 +692,7 @@ async fn forward_request(
         }
         put_header(&mut request, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !h.contains_key(header::HOST) {
+    if !had_host {
         // HTTP/1.0 without Host: Console gets its own address.
         put_header(&mut request, b"host", gw.upstream.to_string().as_bytes());
     }
@@ -720,11 +723,7 @@ async fn forward_request(
         X_REQUEST_ID.as_str().as_bytes(),
         ctx.request_id.as_bytes(),
     );
-    match h
-        .get(&X_FORWARDED_FOR)
-        .map(HeaderValue::as_bytes)
-        .filter(|v| !v.is_empty())
-    {
+    match forwarded_for.filter(|v| !v.is_empty()) {
         Some(prev) => {
             let mut v = Vec::with_capacity(prev.len() + 2 + ctx.client_ip.len());
             v.extend_from_slice(prev);

@@ -244,45 +244,51 @@ pub fn check_header_name(name: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Refuses framing that Console's server could read differently from the gateway.
-pub fn check_framing(headers: &http::HeaderMap, http11: bool) -> Result<(), Refusal> {
-    let te: Vec<&http::HeaderValue> = headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .collect();
-    let cl: Vec<&http::HeaderValue> = headers
-        .get_all(http::header::CONTENT_LENGTH)
-        .iter()
-        .collect();
-    if !te.is_empty() && !cl.is_empty() {
+/// Every check on a request's headers, in one pass over them (a lookup by name hashes the
+/// name; five lookups cost more than the pass). In order of precedence: each name
+/// ([`check_header_name`]); `Upgrade`; framing Console's server could read differently from the
+/// gateway (`Transfer-Encoding` with `Content-Length`, either repeated, a `Transfer-Encoding`
+/// other than `chunked`, a `Content-Length` that is not digits); a missing (HTTP/1.1) or
+/// repeated `Host`; a `Host` that is empty or holds anything but a host name or address and a
+/// port.
+pub fn check_headers(headers: &http::HeaderMap, http11: bool) -> Result<(), Refusal> {
+    use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+    let (mut te, mut te_ok) = (0usize, true);
+    let (mut cl, mut cl_ok) = (0usize, true);
+    let mut hosts: Option<(usize, &http::HeaderValue)> = None;
+    let mut upgrade = false;
+    for (name, value) in headers {
+        check_header_name(name.as_str())?;
+        if *name == TRANSFER_ENCODING {
+            te += 1;
+            te_ok &= value.as_bytes() == b"chunked";
+        } else if *name == CONTENT_LENGTH {
+            cl += 1;
+            cl_ok &= !value.is_empty() && value.as_bytes().iter().all(u8::is_ascii_digit);
+        } else if *name == HOST {
+            hosts = Some(match hosts {
+                None => (1, value),
+                Some((n, first)) => (n + 1, first),
+            });
+        } else if *name == UPGRADE {
+            upgrade = true;
+        }
+    }
+    if upgrade {
+        return Err(Refusal::Upgrade);
+    }
+    if (te > 0 && cl > 0) || te > 1 || !te_ok || cl > 1 || !cl_ok {
         return Err(Refusal::AmbiguousFraming);
     }
-    if te.len() > 1 || te.first().is_some_and(|v| v.as_bytes() != b"chunked") {
-        return Err(Refusal::AmbiguousFraming);
-    }
-    if cl.len() > 1
-        || cl
-            .first()
-            .is_some_and(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
-    {
-        return Err(Refusal::AmbiguousFraming);
-    }
-    let hosts = headers.get_all(http::header::HOST).iter().count();
-    if (http11 && hosts == 0) || hosts > 1 {
-        return Err(Refusal::MissingHost);
-    }
-    Ok(())
-}
-
-/// Refuses a `Host` that is empty or holds anything but a host name or address and a port.
-pub fn check_host(headers: &http::HeaderMap) -> Result<(), Refusal> {
-    let Some(host) = headers.get(http::header::HOST) else {
-        return Ok(());
+    let host = match hosts {
+        None if http11 => return Err(Refusal::MissingHost),
+        None => return Ok(()),
+        Some((n, _)) if n > 1 => return Err(Refusal::MissingHost),
+        Some((_, host)) => host.as_bytes(),
     };
-    let v = host.as_bytes();
     let allowed =
         |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']');
-    if v.is_empty() || !v.iter().all(allowed) {
+    if host.is_empty() || !host.iter().all(allowed) {
         return Err(Refusal::InvalidHost);
     }
     Ok(())
@@ -479,8 +485,8 @@ mod tests {
             }
             m
         };
-        assert!(check_framing(&h(&[("content-length", "5")]), true).is_ok());
-        assert!(check_framing(&h(&[("transfer-encoding", "chunked")]), true).is_ok());
+        assert!(check_headers(&h(&[("content-length", "5")]), true).is_ok());
+        assert!(check_headers(&h(&[("transfer-encoding", "chunked")]), true).is_ok());
         for bad in [
             vec![("content-length", "5"), ("transfer-encoding", "chunked")],
             vec![("content-length", "5"), ("content-length", "5")],
@@ -493,16 +499,38 @@ mod tests {
             ],
         ] {
             assert_eq!(
-                check_framing(&h(&bad), true),
+                check_headers(&h(&bad), true),
                 Err(Refusal::AmbiguousFraming),
                 "{bad:?}"
             );
         }
         assert_eq!(
-            check_framing(&http::HeaderMap::new(), true),
+            check_headers(&http::HeaderMap::new(), true),
             Err(Refusal::MissingHost)
         );
-        assert!(check_framing(&http::HeaderMap::new(), false).is_ok());
+        assert!(check_headers(&http::HeaderMap::new(), false).is_ok());
+        assert_eq!(
+            check_headers(&h(&[("host", "d")]), false),
+            Err(Refusal::MissingHost),
+            "two hosts"
+        );
+        // Precedence: a name first, then Upgrade, then framing, then the host.
+        let mut m = h(&[
+            ("upgrade", "h2c"),
+            ("content-length", "+1"),
+            ("x-original-url", "/a"),
+        ]);
+        assert!(matches!(
+            check_headers(&m, true),
+            Err(Refusal::RewriteHeader(_))
+        ));
+        m.remove("x-original-url");
+        assert_eq!(check_headers(&m, true), Err(Refusal::Upgrade));
+        m.remove("upgrade");
+        m.insert(http::header::HOST, "bad host".parse().unwrap());
+        assert_eq!(check_headers(&m, true), Err(Refusal::AmbiguousFraming));
+        m.remove("content-length");
+        assert_eq!(check_headers(&m, true), Err(Refusal::InvalidHost));
     }
 
     #[test]
@@ -510,7 +538,7 @@ mod tests {
         let host = |v: &str| {
             let mut m = http::HeaderMap::new();
             m.insert(http::header::HOST, v.parse().unwrap());
-            check_host(&m)
+            check_headers(&m, true)
         };
         for ok in [
             "console",
