@@ -37,7 +37,7 @@ use crate::reader;
 use crate::sniff::{Heads, RawHead, Sniff};
 use crate::state::Gateway;
 use crate::target::{self, is_header_value, Refusal, Target};
-use crate::upstream::{GatewayBody, Pool, UpstreamError};
+use crate::upstream::{connection_tokens, is_hop_by_hop, GatewayBody, Pool, UpstreamError};
 
 /// The data plane's settings.
 #[derive(Debug, Clone)]
@@ -372,8 +372,6 @@ const X_RBAC_ADMIN_ID: HeaderName = HeaderName::from_static("x-rbac-admin-id");
 const X_RBAC_ROLES: HeaderName = HeaderName::from_static("x-rbac-roles");
 const X_RBAC_SHADOW: HeaderName = HeaderName::from_static("x-rbac-shadow-decision");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 async fn handle(
     w: Arc<Worker>,
@@ -546,47 +544,13 @@ fn unavailable(w: &Worker, ctx: &Ctx, why: Unavailable) -> Response<GatewayBody>
     text_response(ctx, 503, "Service Unavailable\n", false)
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) besides those a `Connection` header names.
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    *n == header::CONNECTION
-        || *n == KEEP_ALIVE
-        || *n == PROXY_CONNECTION
-        || *n == header::TE
-        || *n == header::TRAILER
-        || *n == header::TRANSFER_ENCODING
-        || *n == header::UPGRADE
-}
-
-/// The header names a message's `Connection` headers list (hop-by-hop as well). `keep-alive`,
-/// the usual one, is left out: that header is hop-by-hop anyway ([`is_hop_by_hop`]).
+/// The header names a message's `Connection` headers list (hop-by-hop as well).
 fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
     let mut named = Vec::new();
     for value in h.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token) {
-                named.push(name);
-            }
-        }
+        connection_tokens(value.as_bytes(), &mut named);
     }
     named
-}
-
-/// Removes the hop-by-hop headers, those `Connection` names included.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let found: Vec<HeaderName> = h.keys().filter(|k| is_hop_by_hop(k)).cloned().collect();
-    if found.is_empty() {
-        return;
-    }
-    for n in connection_named(h) {
-        h.remove(n);
-    }
-    for n in found {
-        h.remove(n);
-    }
 }
 
 /// Identity headers come from the gateway only, whatever spelling the client used.
@@ -805,8 +769,8 @@ async fn forward_request(
                 .inc();
         }
     }
+    // Console's hop-by-hop headers were left out when its answer was read.
     let (mut rparts, rbody) = resp.into_parts();
-    strip_hop_by_hop(&mut rparts.headers);
     rparts
         .headers
         .insert(X_REQUEST_ID, ctx.request_id_value.clone());
@@ -836,26 +800,6 @@ mod tests {
 
     fn names(h: &HeaderMap) -> Vec<&str> {
         h.keys().map(HeaderName::as_str).collect()
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
-        let mut h = map(&[
-            ("content-type", "text/plain"),
-            ("connection", "keep-alive, X-Private"),
-            ("x-private", "secret"),
-            ("keep-alive", "timeout=5"),
-            ("transfer-encoding", "chunked"),
-            ("set-cookie", "a=1"),
-            ("set-cookie", "b=2"),
-        ]);
-        strip_hop_by_hop(&mut h);
-        assert_eq!(names(&h), ["content-type", "set-cookie"]);
-        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
-
-        let mut untouched = map(&[("content-type", "a"), ("x-private", "b")]);
-        strip_hop_by_hop(&mut untouched);
-        assert_eq!(names(&untouched), ["content-type", "x-private"]);
     }
 
     #[test]

@@ -65,6 +65,35 @@ pub enum UpstreamError {
     Malformed(&'static str),
 }
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) besides those a `Connection` header names: never
+/// handed on, in either direction.
+pub(crate) fn is_hop_by_hop(n: &HeaderName) -> bool {
+    *n == header::CONNECTION
+        || *n == KEEP_ALIVE
+        || *n == PROXY_CONNECTION
+        || *n == header::TE
+        || *n == header::TRAILER
+        || *n == header::TRANSFER_ENCODING
+        || *n == header::UPGRADE
+}
+
+/// Adds the header names one `Connection` value lists (hop-by-hop as well) to `named`.
+/// `keep-alive`, the usual one, is left out: that header is hop-by-hop anyway.
+pub(crate) fn connection_tokens(value: &[u8], named: &mut Vec<HeaderName>) {
+    for token in value.split(|&b| b == b',') {
+        let token = token.trim_ascii();
+        if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token) {
+            named.push(name);
+        }
+    }
+}
+
 fn malformed(why: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, UpstreamError::Malformed(why))
 }
@@ -336,7 +365,16 @@ pub fn parse_response(
             );
         }
         let head = buf.split_to(len).freeze();
+        // The end-to-end headers only, in their order: the hop-by-hop ones, and those a
+        // `Connection` header names, are read for the framing and never handed on (left out
+        // here rather than removed later: each insertion and removal hashes the name).
         let mut headers = HeaderMap::with_capacity(count);
+        let mut named = Vec::new();
+        for &(n0, n1, v0, v1) in &at[..count] {
+            if head[n0 as usize..n1 as usize].eq_ignore_ascii_case(b"connection") {
+                connection_tokens(&head[v0 as usize..v1 as usize], &mut named);
+            }
+        }
         let mut keep_alive = version == Version::HTTP_11;
         let mut lengths = 0usize;
         let mut length = None;
@@ -348,6 +386,8 @@ pub fn parse_response(
             let name = names
                 .get(raw_name)
                 .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+                .map_err(|_| UpstreamError::Malformed("invalid header value"))?;
             if name == header::CONNECTION {
                 if has_token(raw_value, b"close") {
                     keep_alive = false;
@@ -359,9 +399,10 @@ pub fn parse_response(
                 encodings += 1;
                 chunked = raw_value.eq_ignore_ascii_case(b"chunked");
             }
-            let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
-                .map_err(|_| UpstreamError::Malformed("invalid header value"))?;
-            headers.append(name, value);
+            // Left out, not removed afterwards: a removal would also reorder the others.
+            if !is_hop_by_hop(&name) && !named.contains(&name) {
+                headers.append(name, value);
+            }
         }
         let framing = if head_request || code == 204 || code == 304 {
             Framing::Length(0)
@@ -719,6 +760,40 @@ mod tests {
             assert_eq!(names.get(raw.as_bytes()).unwrap().as_str(), raw);
         }
         assert_eq!(names.0.len(), Names::MAX);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_left_out() {
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Private: secret\r\n\
+            Connection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\nTrailer: x\r\n\
+            Upgrade: h2c\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+            Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let p = parse(head.as_bytes(), false).unwrap().unwrap();
+        assert_eq!(
+            p.framing,
+            Framing::Chunked,
+            "read for the framing all the same"
+        );
+        assert!(p.keep_alive);
+        let h = p.response.headers();
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type", "set-cookie"]);
+        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+
+        let p = parse(
+            b"HTTP/1.1 204 No Content\r\nX-Private: b\r\nConnection: close\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!p.keep_alive);
+        let names: Vec<&str> = p
+            .response
+            .headers()
+            .keys()
+            .map(HeaderName::as_str)
+            .collect();
+        assert_eq!(names, ["x-private"], "kept when no Connection names it");
     }
 
     #[test]

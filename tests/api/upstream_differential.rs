@@ -12,7 +12,8 @@
 //! * the gateway's `upstream::Pool::send`.
 //!
 //! For every case: when the gateway's leg accepts the response, hyper accepts it and both read
-//! the same status, version, reason phrase, headers (in order) and body; when hyper refuses it,
+//! the same status, version, reason phrase, headers (in order; the gateway's leg leaves out the
+//! hop-by-hop ones, so they are taken out of hyper's reading first) and body; when hyper refuses it,
 //! the gateway refuses it; the gateway may refuse what hyper accepts only for the cases its
 //! module documentation names (trailers, unusual transfer codings, repeated Content-Length, 101).
 
@@ -76,6 +77,12 @@ const HEADERS: &[&str] = &[
     "Connection: close",
     "Connection: keep-alive",
     "Connection: Keep-Alive, Close",
+    "Connection: keep-alive, X-Custom",
+    "Connection: Vary ,  set-cookie",
+    "Keep-Alive: timeout=5",
+    "Proxy-Connection: keep-alive",
+    "Trailer: X-Sum",
+    "Upgrade: h2c",
     "Vary: Cookie",
     "Empty:",
     "Spaces:    padded   ",
@@ -315,12 +322,42 @@ async fn via_hyper(case: &Case, seed: u64) -> Result<Read, String> {
         .body(Empty::<Bytes>::new())
         .unwrap();
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    end_to_end_only(&mut parts.headers);
     Ok(read_of(
         &http::Response::from_parts(parts, ()),
         body.to_vec(),
     ))
+}
+
+/// hyper's client hands on every header; the gateway's leg hands on the end-to-end ones only
+/// (RFC 9110 §7.6.1), in their order: the hop-by-hop headers and those a `Connection` header
+/// names go.
+fn end_to_end_only(h: &mut http::HeaderMap) {
+    let mut gone: Vec<String> = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ]
+    .map(String::from)
+    .to_vec();
+    for v in h.get_all("connection") {
+        for token in String::from_utf8_lossy(v.as_bytes()).split(',') {
+            gone.push(token.trim().to_ascii_lowercase());
+        }
+    }
+    let mut kept = http::HeaderMap::new();
+    for (name, value) in h.iter() {
+        if !gone.iter().any(|g| g == name.as_str()) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    *h = kept;
 }
 
 async fn via_gateway(case: &Case, seed: u64) -> Result<Read, String> {
