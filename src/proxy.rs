@@ -798,8 +798,19 @@ mod tests {
         h
     }
 
-    fn names(h: &HeaderMap) -> Vec<&str> {
-        h.keys().map(HeaderName::as_str).collect()
+    #[test]
+    fn every_connection_header_names_its_hop_by_hop_headers() {
+        let h = map(&[
+            ("connection", "keep-alive, X-Private"),
+            ("x-private", "secret"),
+            ("connection", " Upgrade ,, not a name"),
+        ]);
+        let named: Vec<String> = connection_named(&h)
+            .iter()
+            .map(|n| n.as_str().to_string())
+            .collect();
+        assert_eq!(named, ["x-private", "upgrade"]);
+        assert!(connection_named(&map(&[("connection", "keep-alive")])).is_empty());
     }
 
     #[test]
