@@ -36,7 +36,7 @@ use crate::outcome::{decide, Facts, Forward, Outcome, Unavailable, Via};
 use crate::reader;
 use crate::sniff::{Heads, RawHead, Sniff};
 use crate::state::Gateway;
-use crate::target::{self, is_header_value, Refusal, Target};
+use crate::target::{self, is_header_value, Refusal, Seen, Target};
 use crate::upstream::{connection_tokens, is_hop_by_hop, GatewayBody, Pool, UpstreamError};
 
 /// The data plane's settings.
@@ -277,6 +277,8 @@ struct Ctx {
     unread_body: bool,
     /// Every answer to this request closes the connection.
     close: bool,
+    /// The request has a `Connection` header (which may name headers not to forward).
+    connection: bool,
 }
 
 /// The session cookie as Console will read it, for the doors that forward nothing themselves
@@ -285,7 +287,12 @@ pub(crate) fn session_token<'a>(
     headers: &'a HeaderMap,
     name: &str,
 ) -> Result<Option<&'a str>, Refusal> {
-    read_cookie(headers, name).map(|(token, _)| token)
+    let values: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    read_cookie(&values, name).map(|(token, _)| token)
 }
 
 /// What happens to the request's `Cookie` headers on the way to Console.
@@ -298,20 +305,16 @@ enum CookieRewrite {
     Set(Vec<u8>),
 }
 
-/// The session cookie as Console will read it ([`crate::cookie::session`]), and what to forward.
+/// The session cookie as Console will read it ([`crate::cookie::session`]) from every `Cookie`
+/// value of a request in order, and what to forward.
 fn read_cookie<'a>(
-    headers: &'a HeaderMap,
+    values: &[&'a [u8]],
     name: &str,
 ) -> Result<(Option<&'a str>, CookieRewrite), Refusal> {
-    let values: Vec<&[u8]> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
     if values.is_empty() {
         return Ok((None, CookieRewrite::Keep));
     }
-    let s = crate::cookie::session(&values, name).map_err(|r| Refusal::Cookie(r.as_str()))?;
+    let s = crate::cookie::session(values, name).map_err(|r| Refusal::Cookie(r.as_str()))?;
     let rewrite = match s.forward {
         None => CookieRewrite::Drop,
         Some(std::borrow::Cow::Borrowed(_)) => CookieRewrite::Keep,
@@ -321,8 +324,12 @@ fn read_cookie<'a>(
 }
 
 /// Every check that can refuse a request before it is decided: on the head as received
-/// (`raw`), and on what hyper parsed of it, which must be the same request.
-fn check_request(req: &Request<Incoming>, raw: Option<&RawHead>) -> Result<Target, Refusal> {
+/// (`raw`), and on what hyper parsed of it, which must be the same request. Also returns what
+/// the header checks saw of the headers read later.
+fn check_request<'r>(
+    req: &'r Request<Incoming>,
+    raw: Option<&RawHead>,
+) -> Result<(Target, Seen<'r>), Refusal> {
     let raw = raw.ok_or(Refusal::Unparsed)?;
     target::check_method(&raw.method)?;
     if raw.method != req.method().as_str().as_bytes() {
@@ -341,8 +348,8 @@ fn check_request(req: &Request<Incoming>, raw: Option<&RawHead>) -> Result<Targe
         return Err(Refusal::Unparsed);
     }
     raw.framing.clone()?;
-    target::check_headers(req.headers(), req.version() == Version::HTTP_11)?;
-    Ok(t)
+    let seen = target::check_headers(req.headers(), req.version() == Version::HTTP_11)?;
+    Ok((t, seen))
 }
 
 fn text_response(ctx: &Ctx, status: u16, body: &'static str, close: bool) -> Response<GatewayBody> {
@@ -389,10 +396,22 @@ async fn handle(
         unread_body: !req.body().is_end_stream(),
         // Nothing after a request with a body was sniffed: the connection ends with its answer.
         close: raw.as_ref().is_none_or(|r| r.has_body),
+        connection: false,
     };
     let gw = &w.gw;
-    let checked = check_request(&req, raw.as_ref())
-        .and_then(|t| read_cookie(req.headers(), &gw.cookie).map(|c| (t, c)));
+    let checked = check_request(&req, raw.as_ref()).and_then(|(t, seen)| {
+        ctx.connection = seen.connection;
+        let cookie = match seen.cookie {
+            None => read_cookie(&[], &gw.cookie),
+            Some(first) if seen.more_cookies.is_empty() => read_cookie(&[first], &gw.cookie),
+            Some(first) => {
+                let mut all = vec![first];
+                all.extend_from_slice(&seen.more_cookies);
+                read_cookie(&all, &gw.cookie)
+            }
+        }?;
+        Ok((t, seen.user_agent, cookie))
+    });
     let mut cookie = CookieRewrite::Keep;
     let outcome = match checked {
         Err(refusal) => {
@@ -403,7 +422,7 @@ async fn handle(
                 .inc();
             Outcome::Refuse(refusal)
         }
-        Ok((target, (token, rewrite))) => {
+        Ok((target, user_agent, (token, rewrite))) => {
             cookie = rewrite;
             // The reader API is answered here, never decided as a route nor forwarded.
             if let Some(call) = gw.rbac_api.then(|| reader::Call::of(&target)).flatten() {
@@ -417,10 +436,7 @@ async fn handle(
                 target: &target,
                 token,
                 client_ip: Some(&ctx.client_ip),
-                user_agent: req
-                    .headers()
-                    .get(header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok()),
+                user_agent: user_agent.and_then(|v| v.to_str().ok()),
                 request_id: &ctx.request_id,
             };
             let outcome = decide(&**gw, &mapping, gw.switches(), &facts).await;
@@ -619,7 +635,7 @@ async fn forward_request(
         }
         None => (None, None),
     };
-    let named = if h.contains_key(header::CONNECTION) {
+    let named = if ctx.connection {
         connection_named(h)
     } else {
         Vec::new()

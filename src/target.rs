@@ -251,8 +251,14 @@ pub fn check_header_name(name: &str) -> Result<(), Refusal> {
 /// other than `chunked`, a `Content-Length` that is not digits); a missing (HTTP/1.1) or
 /// repeated `Host`; a `Host` that is empty or holds anything but a host name or address and a
 /// port.
-pub fn check_headers(headers: &http::HeaderMap, http11: bool) -> Result<(), Refusal> {
-    use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+///
+/// Returns what the pass saw of the headers the gateway reads itself, so that nothing looks
+/// them up by name again.
+pub fn check_headers(headers: &http::HeaderMap, http11: bool) -> Result<Seen<'_>, Refusal> {
+    use http::header::{
+        CONNECTION, CONTENT_LENGTH, COOKIE, HOST, TRANSFER_ENCODING, UPGRADE, USER_AGENT,
+    };
+    let mut seen = Seen::default();
     let (mut te, mut te_ok) = (0usize, true);
     let (mut cl, mut cl_ok) = (0usize, true);
     let mut hosts: Option<(usize, &http::HeaderValue)> = None;
@@ -272,6 +278,15 @@ pub fn check_headers(headers: &http::HeaderMap, http11: bool) -> Result<(), Refu
             });
         } else if *name == UPGRADE {
             upgrade = true;
+        } else if *name == COOKIE {
+            match seen.cookie {
+                None => seen.cookie = Some(value.as_bytes()),
+                Some(_) => seen.more_cookies.push(value.as_bytes()),
+            }
+        } else if *name == USER_AGENT {
+            seen.user_agent = seen.user_agent.or(Some(value));
+        } else if *name == CONNECTION {
+            seen.connection = true;
         }
     }
     if upgrade {
@@ -282,7 +297,7 @@ pub fn check_headers(headers: &http::HeaderMap, http11: bool) -> Result<(), Refu
     }
     let host = match hosts {
         None if http11 => return Err(Refusal::MissingHost),
-        None => return Ok(()),
+        None => return Ok(seen),
         Some((n, _)) if n > 1 => return Err(Refusal::MissingHost),
         Some((_, host)) => host.as_bytes(),
     };
@@ -291,7 +306,20 @@ pub fn check_headers(headers: &http::HeaderMap, http11: bool) -> Result<(), Refu
     if host.is_empty() || !host.iter().all(allowed) {
         return Err(Refusal::InvalidHost);
     }
-    Ok(())
+    Ok(seen)
+}
+
+/// What [`check_headers`] saw of the headers the gateway reads itself.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Seen<'a> {
+    /// The first `Cookie` header's value, and any more in order (most requests have one: no
+    /// allocation then).
+    pub cookie: Option<&'a [u8]>,
+    pub more_cookies: Vec<&'a [u8]>,
+    /// The first `User-Agent`.
+    pub user_agent: Option<&'a http::HeaderValue>,
+    /// A `Connection` header is present (it may name headers that are not forwarded).
+    pub connection: bool,
 }
 
 /// Splits the raw request head into (method, target) and rejects obsolete line folding.
@@ -534,11 +562,35 @@ mod tests {
     }
 
     #[test]
+    fn the_headers_the_gateway_reads_are_seen_in_the_same_pass() {
+        let mut m = http::HeaderMap::new();
+        for (k, v) in [
+            ("host", "c"),
+            ("cookie", "a=1"),
+            ("user-agent", "first"),
+            ("cookie", "b=2"),
+            ("user-agent", "second"),
+            ("cookie", "c=3"),
+        ] {
+            m.append(k, v.parse().unwrap());
+        }
+        let seen = check_headers(&m, true).unwrap();
+        assert_eq!(seen.cookie, Some(&b"a=1"[..]));
+        assert_eq!(seen.more_cookies, [&b"b=2"[..], b"c=3"]);
+        assert_eq!(seen.user_agent.map(|v| v.as_bytes()), Some(&b"first"[..]));
+        assert!(!seen.connection);
+        m.append("connection", "x-a".parse().unwrap());
+        assert!(check_headers(&m, true).unwrap().connection);
+        let empty = http::HeaderMap::new();
+        assert_eq!(check_headers(&empty, false), Ok(Seen::default()));
+    }
+
+    #[test]
     fn hosts() {
         let host = |v: &str| {
             let mut m = http::HeaderMap::new();
             m.insert(http::header::HOST, v.parse().unwrap());
-            check_headers(&m, true)
+            check_headers(&m, true).map(|_| ())
         };
         for ok in [
             "console",
