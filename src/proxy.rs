@@ -58,22 +58,43 @@ pub struct Settings {
 }
 
 /// A request id: 32 hex digits, a random per-process prefix and a counter. Unique without a
-/// getrandom syscall per request (measured in the load benchmark's profile).
-fn next_request_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static PREFIX: OnceLock<u64> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut id = String::with_capacity(32);
-    for v in [prefix, n] {
-        for shift in (0..16).rev() {
-            id.push(char::from(HEX[((v >> (shift * 4)) & 15) as usize]));
+/// getrandom syscall per request (measured in the load benchmark's profile), and kept on the
+/// stack (the answer's header value is its one allocation).
+#[derive(Clone, Copy)]
+struct RequestId([u8; 32]);
+
+impl RequestId {
+    fn next() -> RequestId {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::OnceLock;
+        static PREFIX: OnceLock<u64> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut id = [0u8; 32];
+        for (half, v) in id.chunks_exact_mut(16).zip([prefix, n]) {
+            for (i, digit) in half.iter_mut().enumerate() {
+                *digit = HEX[((v >> ((15 - i) * 4)) & 15) as usize];
+            }
         }
+        RequestId(id)
     }
-    id
+
+    fn as_str(&self) -> &str {
+        // Hex digits only: never the fallback.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    fn header(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.0).expect("hex digits")
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Binds the listening socket of one worker (SO_REUSEPORT: the kernel spreads connections
@@ -265,9 +286,7 @@ struct Worker {
 
 /// Per-request facts the answer needs besides the outcome.
 struct Ctx {
-    request_id: String,
-    /// The same id as a header value (built once, cloned by reference count).
-    request_id_value: HeaderValue,
+    request_id: RequestId,
     /// The client's address as text (audit rows, X-Forwarded-For).
     client_ip: Arc<str>,
     started: Instant,
@@ -366,7 +385,7 @@ fn text_response(ctx: &Ctx, status: u16, body: &'static str, close: bool) -> Res
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(X_REQUEST_ID, ctx.request_id_value.clone());
+    h.insert(X_REQUEST_ID, ctx.request_id.header());
     if close || ctx.unread_body || ctx.close {
         // An unread request body must not be taken for the next request.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -386,10 +405,8 @@ async fn handle(
     raw: Option<RawHead>,
     req: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, Infallible> {
-    let request_id = next_request_id();
     let mut ctx = Ctx {
-        request_id_value: HeaderValue::from_str(&request_id).expect("hex digits"),
-        request_id,
+        request_id: RequestId::next(),
         client_ip,
         started: Instant::now(),
         head: req.method() == Method::HEAD,
@@ -427,7 +444,14 @@ async fn handle(
             // The reader API is answered here, never decided as a route nor forwarded.
             if let Some(call) = gw.rbac_api.then(|| reader::Call::of(&target)).flatten() {
                 let close = ctx.unread_body || ctx.close;
-                let resp = reader::respond(gw, &call, req.method(), token, &ctx.request_id, close);
+                let resp = reader::respond(
+                    gw,
+                    &call,
+                    req.method(),
+                    token,
+                    ctx.request_id.as_str(),
+                    close,
+                );
                 return Ok(resp.await);
             }
             let mapping = gw.mapping.load();
@@ -437,7 +461,7 @@ async fn handle(
                 token,
                 client_ip: Some(&ctx.client_ip),
                 user_agent: user_agent.and_then(|v| v.to_str().ok()),
-                request_id: &ctx.request_id,
+                request_id: ctx.request_id.as_str(),
             };
             let outcome = decide(&**gw, &mapping, gw.switches(), &facts).await;
             let (method, path, version) = (req.method(), &target.path, &mapping.version);
@@ -701,7 +725,7 @@ async fn forward_request(
     put_header(
         &mut request,
         X_REQUEST_ID.as_str().as_bytes(),
-        ctx.request_id.as_bytes(),
+        &ctx.request_id.0,
     );
     match forwarded_for.filter(|v| !v.is_empty()) {
         Some(prev) => {
@@ -787,9 +811,7 @@ async fn forward_request(
     }
     // Console's hop-by-hop headers were left out when its answer was read.
     let (mut rparts, rbody) = resp.into_parts();
-    rparts
-        .headers
-        .insert(X_REQUEST_ID, ctx.request_id_value.clone());
+    rparts.headers.insert(X_REQUEST_ID, ctx.request_id.header());
     rparts.version = Version::HTTP_11;
     if ctx.close {
         rparts
@@ -827,6 +849,26 @@ mod tests {
             .collect();
         assert_eq!(named, ["x-private", "upgrade"]);
         assert!(connection_named(&map(&[("connection", "keep-alive")])).is_empty());
+    }
+
+    #[test]
+    fn request_ids_are_a_process_prefix_and_a_counter_in_hex() {
+        let (a, b) = (RequestId::next(), RequestId::next());
+        for id in [a, b] {
+            assert_eq!(id.as_str().len(), 32);
+            assert!(id
+                .as_str()
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+            assert_eq!(id.header().as_bytes(), id.as_str().as_bytes());
+            assert_eq!(id.to_string(), id.as_str());
+        }
+        assert_eq!(a.as_str()[..16], b.as_str()[..16], "one prefix per process");
+        let counter = |id: RequestId| u64::from_str_radix(&id.as_str()[16..], 16).unwrap();
+        // Other tests may take ids in between, never the same one.
+        assert!(counter(b) > counter(a));
+        let c = RequestId::next();
+        assert_ne!(c.as_str(), b.as_str());
     }
 
     #[test]
