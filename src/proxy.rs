@@ -753,12 +753,10 @@ async fn forward_request(
     } else {
         Instant::now()
     };
+    let exchange = std::pin::pin!(w.pool.send(&request, parts.method == Method::HEAD));
     let result = w
         .deadlines
-        .timeout_at(
-            sent + gw.read_timeout,
-            w.pool.send(&request, parts.method == Method::HEAD),
-        )
+        .timeout_at(sent + gw.read_timeout, exchange)
         .await;
     let resp = match result {
         Ok(Ok(r)) => r,
