@@ -24,6 +24,7 @@
 //! - [`audit`]: the durable writer of `access_audit_events`.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`logfmt`]: the JSON log line.
 //! - [`db`]: pool and embedded migrations.
 //! - [`fasthash`]: the unkeyed hasher of the two per-request maps no attacker fills.
 //! - [`reload`]: live policy: the mapping file watched and swapped in whole.
@@ -45,6 +46,7 @@ pub mod fasthash;
 pub mod feed;
 pub mod identity;
 pub mod lifecycle;
+pub mod logfmt;
 pub mod mapping;
 pub mod metrics;
 pub mod outcome;

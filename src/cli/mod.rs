@@ -59,11 +59,8 @@ pub fn init_logging(format: &str) {
     if format == "text" {
         let _ = builder.try_init();
     } else {
-        let _ = builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init();
+        // tracing-subscriber's JSON lines, written faster (`crate::logfmt`).
+        let _ = builder.event_format(crate::logfmt::JsonLine).try_init();
     }
 }
 
