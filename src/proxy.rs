@@ -350,18 +350,18 @@ fn check_request<'r>(
     raw: Option<&RawHead>,
 ) -> Result<(Target, Seen<'r>), Refusal> {
     let raw = raw.ok_or(Refusal::Unparsed)?;
-    target::check_method(&raw.method)?;
-    if raw.method != req.method().as_str().as_bytes() {
+    target::check_method(raw.method())?;
+    if raw.method() != req.method().as_str().as_bytes() {
         return Err(Refusal::Unparsed);
     }
     if req.method() == Method::CONNECT {
         return Err(Refusal::NotOriginForm);
     }
-    let t = target::parse_target(&raw.target)?;
+    let t = target::parse_target(raw.target())?;
     let uri = req.uri();
     if uri.scheme().is_some()
         || uri.authority().is_some()
-        || uri.path_and_query().map(|p| p.as_str().as_bytes()) != Some(raw.target.as_slice())
+        || uri.path_and_query().map(|p| p.as_str().as_bytes()) != Some(raw.target())
     {
         // What hyper hands on must be the target decided on, byte for byte.
         return Err(Refusal::Unparsed);

@@ -27,8 +27,9 @@ use crate::target::Refusal;
 /// One request head as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawHead {
-    pub method: Vec<u8>,
-    pub target: Vec<u8>,
+    /// The method's bytes, then the target's (one allocation per request).
+    line: Vec<u8>,
+    method_len: usize,
     /// Framing the raw headers make ambiguous (checked before hyper's normalisation).
     pub framing: Result<(), Refusal>,
     /// A body follows the head: nothing after it is sniffed, and the answer closes the
@@ -45,6 +46,28 @@ struct State {
     stopped: bool,
     max_headers: usize,
     max_head_bytes: usize,
+}
+
+impl RawHead {
+    pub fn new(method: &[u8], target: &[u8]) -> RawHead {
+        let mut line = Vec::with_capacity(method.len() + target.len());
+        line.extend_from_slice(method);
+        line.extend_from_slice(target);
+        RawHead {
+            line,
+            method_len: method.len(),
+            framing: Ok(()),
+            has_body: false,
+        }
+    }
+
+    pub fn method(&self) -> &[u8] {
+        &self.line[..self.method_len]
+    }
+
+    pub fn target(&self) -> &[u8] {
+        &self.line[self.method_len..]
+    }
 }
 
 /// The heads recorded on one connection, shared by the reader and the handler.
@@ -169,10 +192,12 @@ fn head_of(req: &httparse::Request<'_, '_>) -> RawHead {
     };
     let has_body = te > 0 || cl.iter().any(|v| v.iter().any(|&b| b != b'0'));
     RawHead {
-        method: req.method.unwrap_or_default().as_bytes().to_vec(),
-        target: req.path.unwrap_or_default().as_bytes().to_vec(),
         framing,
         has_body,
+        ..RawHead::new(
+            req.method.unwrap_or_default().as_bytes(),
+            req.path.unwrap_or_default().as_bytes(),
+        )
     }
 }
 
@@ -247,7 +272,9 @@ mod tests {
         let h = heads();
         h.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b#frag HTTP/1.1\r\nHost: x\r\n\r\nGET /c");
         h.feed(b" HTTP/1.1\r\nHost: x\r\n\r\n");
-        let targets: Vec<Vec<u8>> = std::iter::from_fn(|| h.next()).map(|h| h.target).collect();
+        let targets: Vec<Vec<u8>> = std::iter::from_fn(|| h.next())
+            .map(|h| h.target().to_vec())
+            .collect();
         assert_eq!(targets, [&b"/a"[..], b"/b#frag", b"/c"]);
     }
 
@@ -260,8 +287,11 @@ mod tests {
             h.feed(&[*b]);
         }
         let a = h.next().unwrap();
-        assert_eq!((a.method.as_slice(), a.has_body), (&b"POST"[..], false));
-        assert_eq!(h.next().unwrap().target, b"/y");
+        assert_eq!(
+            (a.method(), a.target(), a.has_body),
+            (&b"POST"[..], &b"/x"[..], false)
+        );
+        assert_eq!(h.next().unwrap().target(), b"/y");
     }
 
     #[test]
@@ -302,7 +332,7 @@ mod tests {
     fn nothing_after_a_body_is_taken_for_a_head() {
         let h = heads();
         h.feed(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 28\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(h.next().unwrap().target, b"/a");
+        assert_eq!(h.next().unwrap().target(), b"/a");
         assert_eq!(h.next(), None);
         h.feed(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(h.next(), None);

@@ -73,15 +73,34 @@ impl Matcher {
     pub fn find(&self, method: &str, path: &str) -> Option<Match> {
         // Byte offset where each segment starts: a final (path-converter) part matches the
         // suffix of `path` from its segment on, which is exactly Werkzeug's "/".join(parts).
-        let mut starts: Vec<usize> = Vec::with_capacity(16);
-        starts.push(0);
-        starts.extend(path.match_indices('/').map(|(i, _)| i + 1));
+        // On the stack for paths of up to STACK segments (a heap list past that): matching a
+        // route allocates nothing unless it captures variables.
+        const STACK: usize = 32;
+        let mut on_stack = [0usize; STACK];
+        let mut on_heap: Vec<usize> = Vec::new();
+        let mut count = 1; // on_stack[0] = 0: the text before the leading '/'
+        for (i, _) in path.bytes().enumerate().filter(|&(_, b)| b == b'/') {
+            if count < STACK {
+                on_stack[count] = i + 1;
+            } else {
+                if on_heap.is_empty() {
+                    on_heap.extend_from_slice(&on_stack);
+                }
+                on_heap.push(i + 1);
+            }
+            count += 1;
+        }
+        let starts: &[usize] = if count <= STACK {
+            &on_stack[..count]
+        } else {
+            &on_heap
+        };
         let w = Walker {
             path,
-            starts: &starts,
+            starts,
             method,
         };
-        let mut values = Vec::with_capacity(4);
+        let mut values = Vec::new();
         let (rule, slash_redirect) = match w.walk(&self.root, 0, &mut values) {
             Walk::Found(rule) => (rule, false),
             Walk::SlashRequired(rule) => (rule, true),
@@ -200,6 +219,32 @@ mod tests {
         ]);
         assert_eq!(m.find("GET", "/console/customers/invite").unwrap().rule, 1);
         assert_eq!(m.find("GET", "/console/customers/42").unwrap().rule, 0);
+    }
+
+    #[test]
+    fn paths_of_any_depth_match_the_same_way() {
+        let deep: String = (0..40).map(|i| format!("/s{i}")).collect();
+        let m = build(&[
+            ("/files/<path:rest>", &["GET"]),
+            (deep.as_str(), &["GET"]),
+            ("/a/<x>/b", &["GET"]),
+        ]);
+        // Around the number of segments kept on the stack (32) and well past it.
+        for n in [1, 30, 31, 32, 33, 40, 100] {
+            let path = format!("/files{}", "/d".repeat(n));
+            let hit = m
+                .find("GET", &path)
+                .unwrap_or_else(|| panic!("{n} segments"));
+            assert_eq!(
+                (hit.rule, m.values(&hit, &path)),
+                (0, vec![("rest", &path[7..])])
+            );
+        }
+        assert_eq!(m.find("GET", &deep).map(|h| h.rule), Some(1));
+        assert!(m.find("GET", &format!("{deep}/x")).is_none());
+        assert!(m.find("GET", &deep[..deep.len() - 4]).is_none());
+        let hit = m.find("GET", "/a/x1/b").unwrap();
+        assert_eq!(m.values(&hit, "/a/x1/b"), vec![("x", "x1")]);
     }
 
     #[test]
