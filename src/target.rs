@@ -44,6 +44,9 @@ pub enum Refusal {
     InvalidHost,
     /// `Upgrade` (WebSocket, h2c): the gateway decides on HTTP/1.1 requests only.
     Upgrade,
+    /// A `Connection` header names `Host` or `Cookie`: as hop-by-hop headers they would not be
+    /// forwarded, so Console would not receive the session or host the gateway decided on.
+    ConnectionNamesHeader(String),
     /// The request as received and as parsed cannot be shown to be the same request (or its
     /// head could not be read as received).
     Unparsed,
@@ -77,6 +80,7 @@ impl Refusal {
         "missing_host",
         "invalid_host",
         "upgrade",
+        "connection_names_header",
         "unparsed",
     ];
 
@@ -104,6 +108,7 @@ impl Refusal {
             Refusal::MissingHost => "missing_host",
             Refusal::InvalidHost => "invalid_host",
             Refusal::Upgrade => "upgrade",
+            Refusal::ConnectionNamesHeader(_) => "connection_names_header",
             Refusal::Unparsed => "unparsed",
             Refusal::Cookie(reason) => reason,
         }
@@ -114,7 +119,9 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::RawByte(b) => write!(f, "raw_byte 0x{b:02x}"),
-            Refusal::RewriteHeader(h) | Refusal::UnderscoreHeader(h) => {
+            Refusal::RewriteHeader(h)
+            | Refusal::UnderscoreHeader(h)
+            | Refusal::ConnectionNamesHeader(h) => {
                 write!(f, "{} {h}", self.as_str())
             }
             other => f.write_str(other.as_str()),
@@ -295,16 +302,31 @@ pub fn check_headers(headers: &http::HeaderMap, http11: bool) -> Result<Seen<'_>
     if (te > 0 && cl > 0) || te > 1 || !te_ok || cl > 1 || !cl_ok {
         return Err(Refusal::AmbiguousFraming);
     }
-    let host = match hosts {
+    match hosts {
         None if http11 => return Err(Refusal::MissingHost),
-        None => return Ok(seen),
+        None => {}
         Some((n, _)) if n > 1 => return Err(Refusal::MissingHost),
-        Some((_, host)) => host.as_bytes(),
-    };
-    let allowed =
-        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']');
-    if host.is_empty() || !host.iter().all(allowed) {
-        return Err(Refusal::InvalidHost);
+        Some((_, host)) => {
+            let host = host.as_bytes();
+            let allowed = |b: &u8| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+            };
+            if host.is_empty() || !host.iter().all(allowed) {
+                return Err(Refusal::InvalidHost);
+            }
+        }
+    }
+    if seen.connection {
+        for value in headers.get_all(CONNECTION) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"host") || token.eq_ignore_ascii_case(b"cookie") {
+                    return Err(Refusal::ConnectionNamesHeader(
+                        String::from_utf8_lossy(token).to_ascii_lowercase(),
+                    ));
+                }
+            }
+        }
     }
     Ok(seen)
 }
@@ -378,6 +400,7 @@ mod tests {
                 | Refusal::MissingHost
                 | Refusal::InvalidHost
                 | Refusal::Upgrade
+                | Refusal::ConnectionNamesHeader(_)
                 | Refusal::Unparsed => {}
                 // Listed in CookieRefusal::ALL.
                 Refusal::Cookie(_) => {}
@@ -406,6 +429,7 @@ mod tests {
             Refusal::MissingHost,
             Refusal::InvalidHost,
             Refusal::Upgrade,
+            Refusal::ConnectionNamesHeader(String::new()),
             Refusal::Unparsed,
         ];
         for r in &all {
@@ -583,6 +607,41 @@ mod tests {
         assert!(check_headers(&m, true).unwrap().connection);
         let empty = http::HeaderMap::new();
         assert_eq!(check_headers(&empty, false), Ok(Seen::default()));
+    }
+
+    #[test]
+    fn a_connection_header_may_not_name_host_or_cookie() {
+        let check = |connections: &[&str], http11: bool| {
+            let mut m = http::HeaderMap::new();
+            if http11 {
+                m.insert(http::header::HOST, "c".parse().unwrap());
+            }
+            for c in connections {
+                m.append(http::header::CONNECTION, c.parse().unwrap());
+            }
+            check_headers(&m, http11).map(|_| ())
+        };
+        for ok in [
+            &["close"][..],
+            &["keep-alive, X-A"],
+            &["Upgrade-Insecure"],
+            &["hostname, cookies"],
+        ] {
+            assert_eq!(check(ok, true), Ok(()), "{ok:?}");
+        }
+        for (bad, named) in [
+            (&["keep-alive, Host"][..], "host"),
+            (&["close", " COOKIE "], "cookie"),
+            (&["x,cookie,y"], "cookie"),
+        ] {
+            for http11 in [true, false] {
+                assert_eq!(
+                    check(bad, http11),
+                    Err(Refusal::ConnectionNamesHeader(named.into())),
+                    "{bad:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -173,6 +173,20 @@ fn hostile(token: &str) -> Vec<(&'static str, Vec<u8>)> {
             v
         }),
         ("raw tab", req("GET /console/customers/1\t HTTP/1.1", "")),
+        (
+            "connection names host",
+            req(
+                "GET /console/customers/1 HTTP/1.1",
+                "Connection: keep-alive, Host\r\n",
+            ),
+        ),
+        (
+            "connection names the cookie",
+            req(
+                "GET /console/customers/1 HTTP/1.1",
+                "Connection: Cookie\r\n",
+            ),
+        ),
     ]
 }
 
@@ -209,6 +223,7 @@ async fn hostile_targets_are_refused_and_never_forwarded() {
         "method_not_uppercase",
         "rewrite_header",
         "underscore_header",
+        "connection_names_header",
     ] {
         assert!(log.contains(reason), "refusal reason {reason} is logged");
     }
