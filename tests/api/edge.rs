@@ -19,6 +19,20 @@ struct Edge {
 
 impl Drop for Edge {
     fn drop(&mut self) {
+        // TERM first: nginx's master then stops its workers (a KILLed master leaves its worker
+        // running, and listening, after the test).
+        let termed = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        if termed.is_ok_and(|s| s.success()) {
+            for _ in 0..100 {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         // Already gone is fine: the test is over either way.
         let _ = self.child.kill();
         let _ = self.child.wait();
