@@ -293,7 +293,7 @@ pub fn check_headers(headers: &http::HeaderMap, http11: bool) -> Result<Seen<'_>
         } else if *name == USER_AGENT {
             seen.user_agent = seen.user_agent.or(Some(value));
         } else if *name == CONNECTION {
-            seen.connection = true;
+            connection_tokens(value.as_bytes(), &mut seen.connection_named);
         }
     }
     if upgrade {
@@ -316,19 +316,44 @@ pub fn check_headers(headers: &http::HeaderMap, http11: bool) -> Result<Seen<'_>
             }
         }
     }
-    if seen.connection {
-        for value in headers.get_all(CONNECTION) {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"host") || token.eq_ignore_ascii_case(b"cookie") {
-                    return Err(Refusal::ConnectionNamesHeader(
-                        String::from_utf8_lossy(token).to_ascii_lowercase(),
-                    ));
-                }
-            }
-        }
+    if let Some(named) = seen
+        .connection_named
+        .iter()
+        .find(|n| **n == HOST || **n == COOKIE)
+    {
+        return Err(Refusal::ConnectionNamesHeader(named.as_str().to_string()));
     }
     Ok(seen)
+}
+
+const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) besides those a `Connection` header names: never
+/// handed on, in either direction.
+pub fn is_hop_by_hop(n: &http::HeaderName) -> bool {
+    use http::header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+    *n == CONNECTION
+        || *n == KEEP_ALIVE
+        || *n == PROXY_CONNECTION
+        || *n == TE
+        || *n == TRAILER
+        || *n == TRANSFER_ENCODING
+        || *n == UPGRADE
+}
+
+/// Adds the header names one `Connection` value lists (hop-by-hop as well) to `named`.
+/// `keep-alive`, the usual one, is left out: that header is hop-by-hop anyway.
+pub fn connection_tokens(value: &[u8], named: &mut Vec<http::HeaderName>) {
+    for token in value.split(|&b| b == b',') {
+        let token = token.trim_ascii();
+        if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") {
+            continue;
+        }
+        if let Ok(name) = http::HeaderName::from_bytes(token) {
+            named.push(name);
+        }
+    }
 }
 
 /// What [`check_headers`] saw of the headers the gateway reads itself.
@@ -340,8 +365,9 @@ pub struct Seen<'a> {
     pub more_cookies: Vec<&'a [u8]>,
     /// The first `User-Agent`.
     pub user_agent: Option<&'a http::HeaderValue>,
-    /// A `Connection` header is present (it may name headers that are not forwarded).
-    pub connection: bool,
+    /// The header names the `Connection` headers list ([`connection_tokens`]): hop-by-hop,
+    /// not forwarded. Empty (no allocation) without a `Connection` header.
+    pub connection_named: Vec<http::HeaderName>,
 }
 
 /// Splits the raw request head into (method, target) and rejects obsolete line folding.
@@ -602,11 +628,38 @@ mod tests {
         assert_eq!(seen.cookie, Some(&b"a=1"[..]));
         assert_eq!(seen.more_cookies, [&b"b=2"[..], b"c=3"]);
         assert_eq!(seen.user_agent.map(|v| v.as_bytes()), Some(&b"first"[..]));
-        assert!(!seen.connection);
+        assert!(seen.connection_named.is_empty());
         m.append("connection", "x-a".parse().unwrap());
-        assert!(check_headers(&m, true).unwrap().connection);
+        assert_eq!(check_headers(&m, true).unwrap().connection_named, ["x-a"]);
         let empty = http::HeaderMap::new();
         assert_eq!(check_headers(&empty, false), Ok(Seen::default()));
+    }
+
+    #[test]
+    fn every_connection_header_names_its_hop_by_hop_headers() {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::HOST, "c".parse().unwrap());
+        for (n, v) in [
+            ("connection", "keep-alive, X-Private"),
+            ("x-private", "secret"),
+            ("connection", " Upgrade ,, not a name"),
+        ] {
+            h.append(n, v.parse().unwrap());
+        }
+        let named: Vec<String> = check_headers(&h, true)
+            .unwrap()
+            .connection_named
+            .iter()
+            .map(|n| n.as_str().to_string())
+            .collect();
+        assert_eq!(named, ["x-private", "upgrade"]);
+        let mut only_keep_alive = http::HeaderMap::new();
+        only_keep_alive.insert(http::header::HOST, "c".parse().unwrap());
+        only_keep_alive.insert(http::header::CONNECTION, "keep-alive".parse().unwrap());
+        assert!(check_headers(&only_keep_alive, true)
+            .unwrap()
+            .connection_named
+            .is_empty());
     }
 
     #[test]

@@ -35,6 +35,8 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::target::{connection_tokens, is_hop_by_hop};
+
 /// Idle connections kept per worker; more are closed when they become idle.
 const MAX_IDLE: usize = 512;
 /// Largest response head read from the upstream, in bytes.
@@ -63,35 +65,6 @@ pub enum UpstreamError {
     Closed,
     #[error("the upstream's response is refused: {0}")]
     Malformed(&'static str),
-}
-
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) besides those a `Connection` header names: never
-/// handed on, in either direction.
-pub(crate) fn is_hop_by_hop(n: &HeaderName) -> bool {
-    *n == header::CONNECTION
-        || *n == KEEP_ALIVE
-        || *n == PROXY_CONNECTION
-        || *n == header::TE
-        || *n == header::TRAILER
-        || *n == header::TRANSFER_ENCODING
-        || *n == header::UPGRADE
-}
-
-/// Adds the header names one `Connection` value lists (hop-by-hop as well) to `named`.
-/// `keep-alive`, the usual one, is left out: that header is hop-by-hop anyway.
-pub(crate) fn connection_tokens(value: &[u8], named: &mut Vec<HeaderName>) {
-    for token in value.split(|&b| b == b',') {
-        let token = token.trim_ascii();
-        if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") {
-            continue;
-        }
-        if let Ok(name) = HeaderName::from_bytes(token) {
-            named.push(name);
-        }
-    }
 }
 
 fn malformed(why: &'static str) -> io::Error {

@@ -59,7 +59,8 @@ pub fn init_logging(format: &str) {
     if format == "text" {
         let _ = builder.try_init();
     } else {
-        // tracing-subscriber's JSON lines, written faster (`crate::logfmt`).
+        // tracing-subscriber's JSON lines, written faster (`crate::logfmt`). Err: a subscriber
+        // is already installed (tests call this twice); that one keeps logging.
         let _ = builder.event_format(crate::logfmt::JsonLine).try_init();
     }
 }
