@@ -44,10 +44,11 @@ fn main() {
     }
     let listen: SocketAddr = args[1].parse().expect("LISTEN must be IP:PORT");
     let upstream: SocketAddr = args[2].parse().expect("UPSTREAM must be IP:PORT");
-    let threads = args.get(3).map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |t| t.parse().expect("THREADS must be a number"),
-    );
+    let threads = args
+        .get(3)
+        .map_or_else(rbac_gateway::proxy::default_threads, |t| {
+            t.parse().expect("THREADS must be a number")
+        });
     let mapping = Mapping::from_str("public.toml", Path::new("public.toml"), PUBLIC)
         .expect("the public mapping is valid");
     let bg = tokio::runtime::Builder::new_multi_thread()

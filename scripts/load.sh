@@ -22,8 +22,8 @@
 #   DURATION      seconds per wrk run (a bare number or "10s"); total is about 8 x ROUNDS x DURATION
 #                 plus ~20 s of set-up once the release build exists
 #   CONNECTIONS   wrk connections; THREADS: wrk threads
-#   PROXY_WORKERS nginx proxy worker_processes (default: the gateway's default thread count, the
-#                 number of cores)
+#   PROXY_WORKERS nginx proxy worker_processes (default: the gateway's default thread count, half
+#                 the cores, at least one)
 #   ALLOWED_PATH  default /ops (console-manager); DENIED_PATH default /console/flags/promotions
 #                 (console-flag_promotion_queue-read, which raxx-platform-admins does not hold)
 #   BUILD=0       skip `cargo build --release` (use the existing target/release/rbac-gateway)
@@ -36,7 +36,8 @@ DURATION=${DURATION%s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 NPROC=$(nproc)
-PROXY_WORKERS=${PROXY_WORKERS:-$NPROC}
+GW_THREADS=$(( NPROC / 2 > 0 ? NPROC / 2 : 1 )) # the gateway's default (proxy::default_threads)
+PROXY_WORKERS=${PROXY_WORKERS:-$GW_THREADS}
 ALLOWED_PATH=${ALLOWED_PATH:-/ops}
 DENIED_PATH=${DENIED_PATH:-/console/flags/promotions}
 SESSIONS=${SESSIONS:-10000}
@@ -183,7 +184,7 @@ wait_http "http://127.0.0.1:$px_port/" 200 10 || die "nginx proxy did not start:
 gw_port=$(free_port)
 adm_port=$(free_port)
 authz_port=$(free_port)
-log "starting the gateway (default threads: $NPROC)"
+log "starting the gateway (default threads: $GW_THREADS)"
 "$GW_BIN" serve \
   --listen "127.0.0.1:$gw_port" \
   --admin-listen "127.0.0.1:$adm_port" \
@@ -407,7 +408,7 @@ lines = []
 lines.append(f"# rbac-gateway loopback load ({len(ex)} round(s), medians)")
 lines.append("")
 lines.append("wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency; $NPROC cores shared by wrk, nginx, the gateway "
-             "(default threads = $NPROC) and PostgreSQL; nginx upstream worker_processes 1, "
+             "(default threads = $GW_THREADS) and PostgreSQL; nginx upstream worker_processes 1, "
              "nginx proxy worker_processes $PROXY_WORKERS")
 lines.append("")
 lines.append("| case | requests/s | x nginx (b) | p50 | p99 | proxy CPU µs/request |")

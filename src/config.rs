@@ -75,8 +75,9 @@ pub struct ServeArgs {
     /// Most entries per cache (sessions; admins).
     #[arg(long, env = "GATEWAY_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
-    /// Proxy worker threads (default: the number of cores). Each runs its own single-threaded
-    /// runtime, listening socket (SO_REUSEPORT) and upstream connection pool.
+    /// Proxy worker threads (default: half the cores, at least one; the rest are Console's).
+    /// Each runs its own single-threaded runtime, listening socket (SO_REUSEPORT) and upstream
+    /// connection pool.
     #[arg(long, env = "GATEWAY_THREADS")]
     pub threads: Option<usize>,
     /// A client must send a whole request head within this many milliseconds (exceeded: the

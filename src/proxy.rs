@@ -97,6 +97,17 @@ impl std::fmt::Display for RequestId {
     }
 }
 
+/// The default number of worker threads: half the cores, at least one. The gateway is a sidecar:
+/// it shares its host with Console, whose gunicorn workers need the other cores, and one worker
+/// thread serves far more requests than Console can (README, Performance: about 90,000 allowed
+/// requests/s on this 2-core machine). Measured here with wrk, the nginx upstream and the gateway
+/// on two cores: two workers answered no faster than one, at more CPU per request and a p99
+/// two to three times higher (a worker preempted with its connections waiting). `--threads`
+/// sets it.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 /// Binds the listening socket of one worker (SO_REUSEPORT: the kernel spreads connections
 /// over the workers' sockets).
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

@@ -47,11 +47,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             "--max-body-bytes and --max-headers must be > 0, --max-header-bytes >= 1024"
         )));
     }
-    let threads = args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let threads = args.threads.unwrap_or_else(crate::proxy::default_threads);
 
     let metrics = Arc::new(Metrics::new());
     let db_timeout = Duration::from_millis(args.db_timeout_ms);
