@@ -137,14 +137,7 @@ pub fn session<'a>(headers: &[&'a [u8]], name: &str) -> Result<CookieSession<'a>
 }
 
 fn mentions(header: &[u8], name: &[u8]) -> bool {
-    // The first byte is compared before the rest: a call to memcmp per window was the
-    // costliest step of reading a short cookie.
-    match name.first() {
-        None => true,
-        Some(first) => header
-            .windows(name.len())
-            .any(|w| w[0] == *first && w == name),
-    }
+    memchr::memmem::find(header, name).is_some()
 }
 
 /// Headers that cannot name the session cookie: on as they are, joined the way gunicorn joins
@@ -177,7 +170,7 @@ fn pass_through<'a>(headers: &[&'a [u8]]) -> Result<CookieSession<'a>, CookieRef
 }
 
 /// RFC 6265 token characters (RFC 2616 `token`: no CTL, no separator).
-fn is_token(b: u8) -> bool {
+const fn is_token(b: u8) -> bool {
     b.is_ascii_graphic()
         && !matches!(
             b,
@@ -201,22 +194,53 @@ fn is_token(b: u8) -> bool {
 }
 
 /// RFC 6265 `cookie-octet`.
-fn is_cookie_octet(b: u8) -> bool {
+const fn is_cookie_octet(b: u8) -> bool {
     b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'\\')
 }
 
-/// The strict subset (see the module doc); the session cookie's value when present once.
-fn strict<'a>(header: &'a [u8], name: &[u8]) -> Result<Option<&'a str>, CookieRefusal> {
-    if header.iter().any(|&b| !(0x20..=0x7E).contains(&b)) {
-        return Err(CookieRefusal::Byte);
+/// [`CLASS`] bits: an RFC 6265 token byte, a `cookie-octet`.
+const TOKEN: u8 = 1;
+const OCTET: u8 = 2;
+
+/// The class of every byte, one lookup per byte of a cookie.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if is_token(c) { TOKEN } else { 0 } | if is_cookie_octet(c) { OCTET } else { 0 };
+        b += 1;
     }
+    t
+};
+
+/// The bytes of `header` from `i` on that are in `class`; returns the first index past them.
+fn skip(header: &[u8], mut i: usize, class: u8) -> usize {
+    while i < header.len() && CLASS[header[i] as usize] & class != 0 {
+        i += 1;
+    }
+    i
+}
+
+/// The strict subset (see the module doc); the session cookie's value when present once. A
+/// byte outside visible ASCII is reported as such whatever else is wrong.
+fn strict<'a>(header: &'a [u8], name: &[u8]) -> Result<Option<&'a str>, CookieRefusal> {
+    // A header in the subset holds only visible ASCII and spaces: looked at only when refused.
+    strict_syntax(header, name).map_err(|refusal| {
+        if header.iter().any(|&b| !(0x20..=0x7E).contains(&b)) {
+            CookieRefusal::Byte
+        } else {
+            refusal
+        }
+    })
+}
+
+fn strict_syntax<'a>(header: &'a [u8], name: &[u8]) -> Result<Option<&'a str>, CookieRefusal> {
     let mut token: Option<&'a [u8]> = None;
     let mut i = 0;
     loop {
         let start = i;
-        while i < header.len() && is_token(header[i]) {
-            i += 1;
-        }
+        i = skip(header, i, TOKEN);
         let key = &header[start..i];
         if key.is_empty() || header.get(i) != Some(&b'=') {
             return Err(CookieRefusal::Syntax);
@@ -227,10 +251,7 @@ fn strict<'a>(header: &'a [u8], name: &[u8]) -> Result<Option<&'a str>, CookieRe
         i += 1;
         let value = if header.get(i) == Some(&b'"') {
             let inner = i + 1;
-            let mut end = inner;
-            while end < header.len() && is_cookie_octet(header[end]) {
-                end += 1;
-            }
+            let end = skip(header, inner, OCTET);
             if header.get(end) != Some(&b'"') {
                 return Err(CookieRefusal::Syntax);
             }
@@ -238,9 +259,7 @@ fn strict<'a>(header: &'a [u8], name: &[u8]) -> Result<Option<&'a str>, CookieRe
             &header[inner..end]
         } else {
             let begin = i;
-            while i < header.len() && is_cookie_octet(header[i]) {
-                i += 1;
-            }
+            i = skip(header, i, OCTET);
             &header[begin..i]
         };
         if key == name {
@@ -260,7 +279,7 @@ fn strict<'a>(header: &'a [u8], name: &[u8]) -> Result<Option<&'a str>, CookieRe
             Some(_) => return Err(CookieRefusal::Syntax),
         }
     }
-    // Only visible ASCII got here, so this never fails.
+    // Only cookie-octets got here (visible ASCII), so this never fails.
     Ok(token.map(|t| std::str::from_utf8(t).unwrap_or_default()))
 }
 

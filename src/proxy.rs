@@ -74,8 +74,9 @@ impl RequestId {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let mut id = [0u8; 32];
         for (half, v) in id.chunks_exact_mut(16).zip([prefix, n]) {
-            for (i, digit) in half.iter_mut().enumerate() {
-                *digit = HEX[((v >> ((15 - i) * 4)) & 15) as usize];
+            for (pair, byte) in half.chunks_exact_mut(2).zip(v.to_be_bytes()) {
+                pair[0] = HEX[usize::from(byte >> 4)];
+                pair[1] = HEX[usize::from(byte & 15)];
             }
         }
         RequestId(id)
