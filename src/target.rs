@@ -157,17 +157,63 @@ pub fn parse_target(raw: &[u8]) -> Result<Target, Refusal> {
     if raw.first() != Some(&b'/') {
         return Err(Refusal::NotOriginForm);
     }
-    if let Some(&b) = raw.iter().find(|b| !(0x21..=0x7e).contains(*b)) {
+    // One pass for what the checks below look for; the refusals keep their order.
+    let mut bad_byte = None;
+    let mut fragment = false;
+    let mut path_end = raw.len();
+    let mut backslash = false;
+    let mut escaped = false;
+    for (i, &b) in raw.iter().enumerate() {
+        match b {
+            0x21..=0x7e => {}
+            _ => {
+                bad_byte = Some(b);
+                break;
+            }
+        }
+        fragment |= b == b'#';
+        if i < path_end {
+            match b {
+                b'?' => path_end = i,
+                b'\\' => backslash = true,
+                b'%' => escaped = true,
+                _ => {}
+            }
+        }
+    }
+    if let Some(b) = bad_byte {
         return Err(Refusal::RawByte(b));
     }
-    if raw.contains(&b'#') {
+    if fragment {
         return Err(Refusal::Fragment);
     }
-    let path_end = raw.iter().position(|&b| b == b'?').unwrap_or(raw.len());
-    let raw_path = &raw[..path_end];
-    if raw_path.contains(&b'\\') {
+    if backslash {
         return Err(Refusal::RawBackslash);
     }
+    // Visible ASCII (checked above): never the error.
+    let original = String::from_utf8(raw.to_vec()).map_err(|_| Refusal::InvalidUtf8)?;
+    let path = if escaped {
+        decode_path(&raw[..path_end])?
+    } else {
+        // Nothing to decode: visible ASCII holds no control character and no Unicode digit.
+        original[..path_end].to_owned()
+    };
+    // The first segment is the empty text before the leading '/'; only the last may be empty.
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(seg) = segments.next() {
+        if seg.is_empty() && segments.peek().is_some() {
+            return Err(Refusal::EmptySegment);
+        }
+        if seg == "." || seg == ".." {
+            return Err(Refusal::DotSegment);
+        }
+    }
+    Ok(Target { path, original })
+}
+
+/// Percent-decodes a path once, refusing what decodes to a separator, a control character, an
+/// ambiguous character, invalid UTF-8 or a non-ASCII digit.
+fn decode_path(raw_path: &[u8]) -> Result<String, Refusal> {
     let mut decoded = Vec::with_capacity(raw_path.len());
     let mut i = 0;
     while i < raw_path.len() {
@@ -199,19 +245,7 @@ pub fn parse_target(raw: &[u8]) -> Result<Target, Refusal> {
     if path.chars().any(|c| !c.is_ascii() && c.is_numeric()) {
         return Err(Refusal::UnicodeDigit);
     }
-    // The first segment is the empty text before the leading '/'; only the last may be empty.
-    let mut segments = path.split('/').skip(1).peekable();
-    while let Some(seg) = segments.next() {
-        if seg.is_empty() && segments.peek().is_some() {
-            return Err(Refusal::EmptySegment);
-        }
-        if seg == "." || seg == ".." {
-            return Err(Refusal::DotSegment);
-        }
-    }
-    // Validated as visible ASCII above.
-    let original = String::from_utf8(raw.to_vec()).map_err(|_| Refusal::InvalidUtf8)?;
-    Ok(Target { path, original })
+    Ok(path)
 }
 
 fn hex_val(b: u8) -> Option<u8> {
