@@ -12,6 +12,7 @@
 //! Allowed traffic never waits for this writer, and the writer holds at most one database
 //! connection, so a flood of denials cannot starve the session and role lookups.
 
+use std::borrow::Borrow;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,10 +74,10 @@ const INSERT_SQL: &str = "INSERT INTO access_audit_events \
 /// Inserts rows with one statement (on any executor: the pool or a transaction).
 async fn insert<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
-    rows: &[AuditEvent],
+    rows: &[impl Borrow<AuditEvent>],
 ) -> Result<(), sqlx::Error> {
-    fn col<T>(rows: &[AuditEvent], f: impl Fn(&AuditEvent) -> T) -> Vec<T> {
-        rows.iter().map(f).collect()
+    fn col<T>(rows: &[impl Borrow<AuditEvent>], f: impl Fn(&AuditEvent) -> T) -> Vec<T> {
+        rows.iter().map(|r| f(r.borrow())).collect()
     }
     sqlx::query(INSERT_SQL)
         .bind(col(rows, |e| e.id.clone()))
@@ -103,7 +104,7 @@ const COPY_SQL: &str = "COPY access_audit_events \
     FROM STDIN";
 
 /// Rows in PostgreSQL's COPY text format: tab-separated, `\N` for NULL, backslash escapes.
-fn copy_text(rows: &[AuditEvent]) -> Vec<u8> {
+fn copy_text(rows: &[impl Borrow<AuditEvent>]) -> Vec<u8> {
     fn field(out: &mut Vec<u8>, v: Option<&str>) {
         match v {
             None => out.extend_from_slice(b"\\N"),
@@ -122,6 +123,7 @@ fn copy_text(rows: &[AuditEvent]) -> Vec<u8> {
     }
     let mut out = Vec::with_capacity(rows.len() * 320);
     for e in rows {
+        let e: &AuditEvent = e.borrow();
         let created = e.created_at_utc.to_rfc3339();
         let cols = [
             Some(e.id.as_str()),
@@ -152,7 +154,7 @@ fn copy_text(rows: &[AuditEvent]) -> Vec<u8> {
 /// Writes fresh rows with COPY (about half the server's CPU per row of the multi-row INSERT,
 /// measured with `scripts/load.sh` case d). All or nothing, like the INSERT; rows that may exist
 /// already (spool replay) go through [`insert`] and its `ON CONFLICT`.
-async fn copy_rows(pool: &PgPool, rows: &[AuditEvent]) -> Result<(), sqlx::Error> {
+async fn copy_rows(pool: &PgPool, rows: &[Arc<AuditEvent>]) -> Result<(), sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let mut copy = conn.copy_in_raw(COPY_SQL).await?;
     if let Err(e) = copy.send(copy_text(rows)).await {
@@ -163,7 +165,8 @@ async fn copy_rows(pool: &PgPool, rows: &[AuditEvent]) -> Result<(), sqlx::Error
     copy.finish().await.map(|_| ())
 }
 
-type Job = (AuditEvent, oneshot::Sender<Result<(), AuditError>>);
+/// A row shared with the caller that waits for it (no copy of its fields per row).
+type Job = (Arc<AuditEvent>, oneshot::Sender<Result<(), AuditError>>);
 
 struct Inner {
     pool: PgPool,
@@ -223,10 +226,10 @@ impl AuditWriter {
     }
 
     /// Returns once the row is durable (database or spool).
-    pub async fn record(&self, event: &AuditEvent) -> Result<(), AuditError> {
+    pub async fn record(&self, event: Arc<AuditEvent>) -> Result<(), AuditError> {
         let (done, wait) = oneshot::channel();
         self.inner.metrics.audit_queue_depth.inc();
-        if self.tx.send((event.clone(), done)).await.is_err() {
+        if self.tx.send((event, done)).await.is_err() {
             self.inner.metrics.audit_queue_depth.dec();
             return Err(AuditError::Stopped);
         }
@@ -272,7 +275,7 @@ async fn write_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let (rows, waiters): (Vec<AuditEvent>, Vec<_>) = batch.into_iter().unzip();
+        let (rows, waiters): (Vec<Arc<AuditEvent>>, Vec<_>) = batch.into_iter().unzip();
         inner.metrics.audit_queue_depth.sub(rows.len() as i64);
         let result = inner.write(&rows).await;
         inner.metrics.audit_batches.inc();
@@ -292,7 +295,7 @@ impl Inner {
             .unwrap_or(0)
     }
 
-    async fn write(&self, rows: &[AuditEvent]) -> Result<(), AuditError> {
+    async fn write(&self, rows: &[Arc<AuditEvent>]) -> Result<(), AuditError> {
         use std::sync::atomic::Ordering;
         // While rows wait in the spool, new rows join them so that replay keeps their order.
         if !self.spooled.load(Ordering::Acquire) || self.spool_len().await == 0 {
@@ -324,11 +327,11 @@ impl Inner {
         Ok(())
     }
 
-    async fn append(&self, rows: &[AuditEvent]) -> Result<(), AuditError> {
+    async fn append(&self, rows: &[Arc<AuditEvent>]) -> Result<(), AuditError> {
         let _guard = self.lock.lock().await;
         let mut lines = Vec::new();
         for e in rows {
-            serde_json::to_writer(&mut lines, e).expect("audit events serialize");
+            serde_json::to_writer(&mut lines, &**e).expect("audit events serialize");
             lines.push(b'\n');
         }
         let path = self.spool.clone();

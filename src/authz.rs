@@ -279,7 +279,7 @@ async fn handle(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> Respo
         Outcome::Refuse(_) => (400, None, false),
         Outcome::Forward(f) => (200, f.principal, f.via == Via::ShadowDenied),
         Outcome::ShadowDeny { forward, row } => {
-            if let Err(e) = gw.audit.record(&row).await {
+            if let Err(e) = gw.audit.record(row.clone()).await {
                 tracing::error!(request_id = %request_id, error = %e, "cannot record a shadow denial");
             }
             (200, forward.principal, true)
@@ -297,7 +297,7 @@ async fn handle(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> Respo
             return resp;
         }
         Outcome::Deny { row } => {
-            if let Err(e) = gw.audit.record(&row).await {
+            if let Err(e) = gw.audit.record(row.clone()).await {
                 tracing::error!(request_id = %request_id, error = %e, "cannot record the denial: answering 503");
                 count(gw, started, "unavailable");
                 return answer(503, "unavailable", &request_id);

@@ -134,12 +134,12 @@ pub enum Outcome {
     /// Shadow mode would deny: write `row` (`access_denied_shadow`), then forward.
     ShadowDeny {
         forward: Forward,
-        row: Box<AuditEvent>,
+        row: Arc<AuditEvent>,
     },
     /// 302 to the login page.
     Redirect { location: String },
     /// 403, after `row` is durable.
-    Deny { row: Box<AuditEvent> },
+    Deny { row: Arc<AuditEvent> },
     /// 404: the route was removed.
     Gone,
     /// 503: fail closed.
@@ -258,7 +258,7 @@ pub async fn decide<A: Authority>(
                 None,
                 REASON_NO_ROUTE,
             );
-            return Outcome::Deny { row: Box::new(row) };
+            return Outcome::Deny { row: Arc::new(row) };
         }
         Step::Gone => return Outcome::Gone,
         Step::Forward(kind) => {
@@ -345,11 +345,11 @@ pub async fn decide<A: Authority>(
                     rule: Some(route.shared_label()),
                     drift: Some(Box::new(drift)),
                 },
-                row: Box::new(row),
+                row: Arc::new(row),
             }
         }
         Verdict::Deny => Outcome::Deny {
-            row: Box::new(audit_row(
+            row: Arc::new(audit_row(
                 f,
                 &mapping.version,
                 EVENT_DENIED,

@@ -550,7 +550,7 @@ async fn respond(
         }
         Outcome::Unavailable(why) => unavailable(w, ctx, why),
         Outcome::Deny { row } => {
-            if let Err(e) = gw.audit.record(&row).await {
+            if let Err(e) = gw.audit.record(row.clone()).await {
                 tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record the denial: answering 503");
                 return unavailable(w, ctx, Unavailable::Audit);
             }
@@ -568,7 +568,7 @@ async fn respond(
             text_response(ctx, 403, "Forbidden\n", false)
         }
         Outcome::ShadowDeny { forward, row } => {
-            if let Err(e) = gw.audit.record(&row).await {
+            if let Err(e) = gw.audit.record(row.clone()).await {
                 tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record a shadow denial");
             }
             tracing::info!(request_id = %ctx.request_id, admin_id = row.admin_id.as_deref().unwrap_or("-"), rule = row.route.as_deref().unwrap_or("-"), "shadow: would deny, forwarding");
@@ -794,7 +794,7 @@ async fn forward_request(
             drift.id = crate::outcome::row_id();
             let audit = gw.audit.clone();
             tokio::task::spawn(async move {
-                if let Err(e) = audit.record(&drift).await {
+                if let Err(e) = audit.record(Arc::from(drift)).await {
                     tracing::error!(error = %e, "cannot record a drift event");
                 }
             });
