@@ -47,6 +47,7 @@ pub mod feed;
 pub mod identity;
 pub mod lifecycle;
 pub mod logfmt;
+pub mod logout;
 pub mod mapping;
 pub mod metrics;
 pub mod outcome;

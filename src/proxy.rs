@@ -140,9 +140,12 @@ pub fn start_workers(
         let handle = std::thread::Builder::new()
             .name(format!("rbac-gateway-w{i}"))
             .spawn(move || {
+                // This worker's log lines are written when it goes idle (`crate::logout`).
+                crate::logout::gather_on_this_thread();
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_io()
                     .enable_time()
+                    .on_thread_park(crate::logout::flush)
                     .build()
                 {
                     Ok(rt) => rt,

@@ -54,7 +54,7 @@ pub fn init_logging(format: &str) {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(crate::logout::LogOut);
     // try_init fails only when a subscriber is already installed (tests call this twice).
     if format == "text" {
         let _ = builder.try_init();
