@@ -279,7 +279,7 @@ async fn handle(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> Respo
         Outcome::Refuse(_) => (400, None, false),
         Outcome::Forward(f) => (200, f.principal, f.via == Via::ShadowDenied),
         Outcome::ShadowDeny { forward, row } => {
-            if let Err(e) = gw.audit.record(row.clone()).await {
+            if let Err(e) = gw.audit.record(row).await {
                 tracing::error!(request_id = %request_id, error = %e, "cannot record a shadow denial");
             }
             (200, forward.principal, true)
