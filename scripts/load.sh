@@ -2,6 +2,9 @@
 # Loopback load test of the gateway against two baselines, all on 127.0.0.1:
 #   (a) wrk -> nginx upstream (answers 200 "ok\n" to everything)
 #   (b) wrk -> nginx proxy_pass (keepalive upstream pool) -> upstream
+#   (h) b with the four headers the gateway adds for the platform admin (X-Rbac-Admin-Id,
+#       X-Rbac-Roles, X-Request-Id, X-Forwarded-For) set by nginx, and c's session cookie: the
+#       same bytes to the upstream as c, no authorization (c/h compares the gateway with nginx doing that part of its job)
 #   (c) wrk -> gateway -> upstream: an allowed route, one cached session
 #   (d) wrk -> gateway: a route that session is denied (403 + durable audit row each)
 #   (e) wrk -> gateway -> upstream: 10,000 distinct sessions (10,000 admins) in rotation
@@ -10,16 +13,16 @@
 #       (c/f is the price of authorization, f/b the data plane vs nginx)
 #   (p) b and c at the same moments, half the connections each (CPU per request of both under the
 #       same machine noise)
-# Each round runs a, b, f, p, c, d, e, g one after another with the same wrk settings; the table
-# shows medians over the rounds of requests/s, p50, p99 and the CPU time the proxy process under
-# test (nginx proxy master + workers, bare_proxy, gateway) used per request, from /proc/PID/stat
-# utime+stime around each wrk run. On a shared, noisy machine the ratios of one run are the
-# figures that count.
+# Each round runs a, b, h, f, p, c, d, e, g one after another with the same wrk settings; the
+# table shows medians over the rounds of requests/s, p50, p99 and the CPU time the proxy process
+# under test (nginx proxy master + workers, bare_proxy, gateway) and the nginx upstream used per
+# request, from /proc/PID/stat utime+stime around each wrk run. On a shared, noisy machine the
+# ratios of one run are the figures that count.
 # Also: c/b, d/c, the gateway's peak RSS after (e), database queries per request in case (c), and
 # audit rows written during (d) next to the 403s wrk saw. Written to target/load-report.md too.
 #
 # Usage: [ROUNDS=3] [DURATION=10] [CONNECTIONS=32] [THREADS=1] scripts/load.sh  (the issue-12 setting: wrk -t1 -c32)
-#   DURATION      seconds per wrk run (a bare number or "10s"); total is about 8 x ROUNDS x DURATION
+#   DURATION      seconds per wrk run (a bare number or "10s"); total is about 9 x ROUNDS x DURATION
 #                 plus ~20 s of set-up once the release build exists
 #   CONNECTIONS   wrk connections; THREADS: wrk threads
 #   PROXY_WORKERS nginx proxy worker_processes (default: the gateway's default thread count, half
@@ -204,6 +207,7 @@ bare_port=$(free_port)
 pids+=($!)
 bare_pid=$!
 wait_http "http://127.0.0.1:$bare_port/" 200 10 || die "bare proxy did not start: $(tail -5 "$tmp/bare.log")"
+up_pid=${pids[0]} # the nginx upstream's master
 px_pid=${pids[1]} # the nginx proxy's master (its workers are its children)
 
 # (g): nginx auth_request -> the gateway's forward-auth listener, then nginx -> upstream.
@@ -250,6 +254,36 @@ nginx_conf fauth "$PROXY_WORKERS" "  upstream app {
 fa_pid=$!
 pids+=("$fa_pid")
 wait_http "http://127.0.0.1:$fa_port$ALLOWED_PATH" 401 10 || die "nginx auth_request front did not start: $(cat "$tmp/fauth/error.log")"
+
+# (h): nginx proxy_pass setting the headers the gateway adds for the platform admin. The roles
+# are the gateway's own answer (explain's effective roles: sorted, as X-Rbac-Roles has them).
+roles=$("$GW_BIN" explain --routes "$root/routes.toml" --database-url "$DATABASE_URL" --admin load-admin GET "$ALLOWED_PATH" |
+  awk '/^effective roles:/ { on = 1; next } on && /^  [^ ]/ { sub(/^  /, ""); sub(/:.*/, ""); r = r (r == "" ? "" : ",") $0; next } on { exit } END { print r }')
+[ -n "$roles" ] || die "explain listed no roles for load-admin"
+hx_port=$(free_port)
+nginx_conf headers "$PROXY_WORKERS" "  upstream app {
+    server 127.0.0.1:$up_port;
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$hx_port;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header X-Rbac-Admin-Id load-admin;
+      proxy_set_header X-Rbac-Roles $roles;
+      proxy_set_header X-Request-Id \$request_id;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+    }
+  }"
+"$NGINX" -t -q -p "$tmp/headers" -c "$tmp/headers/nginx.conf" -e "$tmp/headers/error.log" 2>"$tmp/headers/test.log" ||
+  die "nginx headers config: $(cat "$tmp/headers/test.log")"
+"$NGINX" -p "$tmp/headers" -c "$tmp/headers/nginx.conf" -e "$tmp/headers/error.log" >"$tmp/headers/stdout.log" 2>&1 &
+hx_pid=$!
+pids+=("$hx_pid")
+wait_http "http://127.0.0.1:$hx_port/" 200 10 || die "nginx proxy with headers did not start: $(cat "$tmp/headers/error.log")"
 
 GW=http://127.0.0.1:$gw_port
 cookie() { printf 'Cookie: console_session=%s' "$1"; }
@@ -308,15 +342,17 @@ parse_wrk() { # case round wrk-output cpu-ticks: prints "round case rps p50_us p
     END { printf "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", r, c, rps, p50, p99, reqs, non2xx, se, ticks }
   ' "$3"
 }
-run_wrk() { # case round url [wrk args]: appends "round case rps p50_us p99_us requests errors_status socket_errors cpu_ticks"
+run_wrk() { # case round url [wrk args]: appends "round case rps p50_us p99_us requests errors_status socket_errors cpu_ticks upstream_ticks"
   # CPU_PID (optional): the proxy process whose CPU time is measured around the run.
-  local c=$1 r=$2 url=$3 out t0=0 t1=0
+  local c=$1 r=$2 url=$3 out t0=0 t1=0 u0 u1
   out=$tmp/wrk-$c-$r.txt
   [ -n "${CPU_PID:-}" ] && t0=$(cpu_ticks "$CPU_PID")
+  u0=$(cpu_ticks "$up_pid")
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${@:4}" "$url" >"$out" 2>&1 ||
     die "wrk ($c) failed: $(cat "$out")"
   [ -n "${CPU_PID:-}" ] && t1=$(cpu_ticks "$CPU_PID")
-  parse_wrk "$c" "$r" "$out" $(( t1 - t0 )) >>"$results"
+  u1=$(cpu_ticks "$up_pid")
+  printf '%s\t%d\n' "$(parse_wrk "$c" "$r" "$out" $(( t1 - t0 )))" $(( u1 - u0 )) >>"$results"
   tail -1 "$results"
 }
 # (p): nginx proxy_pass (pb) and the gateway (pc) loaded at the same moments, half the
@@ -340,14 +376,15 @@ run_pair() { # round
   parse_wrk pc "$r" "$tmp/wrk-pc-$r.txt" $(( c1 - c0 )) >>"$paired"
 }
 
-est=$(( ROUNDS * 8 * DURATION ))
-log "$ROUNDS round(s) x 8 cases x ${DURATION}s (~${est}s), wrk -t$THREADS -c$CONNECTIONS"
+est=$(( ROUNDS * 9 * DURATION ))
+log "$ROUNDS round(s) x 9 cases x ${DURATION}s (~${est}s), wrk -t$THREADS -c$CONNECTIONS"
 extra=$tmp/extra.tsv
 : >"$extra"
 for r in $(seq "$ROUNDS"); do
   log "round $r/$ROUNDS"
   run_wrk a "$r" "http://127.0.0.1:$up_port$ALLOWED_PATH" >/dev/null
   CPU_PID=$px_pid run_wrk b "$r" "http://127.0.0.1:$px_port$ALLOWED_PATH" >/dev/null
+  CPU_PID=$hx_pid run_wrk h "$r" "http://127.0.0.1:$hx_port$ALLOWED_PATH" -H "$(cookie "$tok_admin")" >/dev/null
   CPU_PID=$bare_pid run_wrk f "$r" "http://127.0.0.1:$bare_port$ALLOWED_PATH" >/dev/null
   check "warm-up" "$GW$ALLOWED_PATH" 200 -H "$(cookie "$tok_admin")"
   run_pair "$r"
@@ -395,6 +432,7 @@ med = statistics.median
 names = {
     "a": "a  wrk -> upstream (nginx return 200)",
     "b": "b  wrk -> nginx proxy_pass keepalive -> upstream",
+    "h": "h  b, nginx setting the gateway's four headers (c's bytes to the upstream)",
     "c": "c  wrk -> gateway -> upstream, allowed $ALLOWED_PATH, cached session",
     "d": "d  wrk -> gateway, denied $DENIED_PATH (403 + audit row)",
     "e": "e  wrk -> gateway -> upstream, $SESSIONS sessions rotating",
@@ -411,10 +449,11 @@ lines.append("wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency; $NPROC cor
              "(default threads = $GW_THREADS) and PostgreSQL; nginx upstream worker_processes 1, "
              "nginx proxy worker_processes $PROXY_WORKERS")
 lines.append("")
-lines.append("| case | requests/s | x nginx (b) | p50 | p99 | proxy CPU µs/request |")
-lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+lines.append("| case | requests/s | x nginx (b) | p50 | p99 | proxy CPU µs/request | upstream CPU µs/request |")
+lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 cpu = {}
-for c in "abfcdeg":
+upcpu = {}
+for c in "abhfcdeg":
     rs = [r for r in rows if r[1] == c]
     rps = med(float(r[2]) for r in rs)
     p50 = med(float(r[3]) for r in rs)
@@ -424,6 +463,7 @@ for c in "abfcdeg":
     stat[c] = rps
     ticks = [int(r[8]) / $CLK_TCK * 1e6 / max(int(r[5]), 1) for r in rs]
     cpu[c] = med(ticks) if c != "a" else None
+    upcpu[c] = med(int(r[9]) / $CLK_TCK * 1e6 / max(int(r[5]), 1) for r in rs)
     note = ""
     if c != "d" and non2xx:
         note += f" ({non2xx} non-2xx!)"
@@ -433,16 +473,22 @@ for c in "abfcdeg":
     rows_b = [r for r in rows if r[1] == "b"]
     xb = rps / med(float(r[2]) for r in rows_b)
     cpu_s = "-" if cpu[c] is None else f"{cpu[c]:.1f}"
-    lines.append(f"| {names[c]}{note} | {rps:,.0f} | {xb:.2f} | {ms(p50)} | {ms(p99)} | {cpu_s} |")
+    up_s = "-" if c == "d" else f"{upcpu[c]:.1f}"
+    lines.append(f"| {names[c]}{note} | {rps:,.0f} | {xb:.2f} | {ms(p50)} | {ms(p99)} | {cpu_s} | {up_s} |")
 lines.append("")
 lines.append(f"- c/b (gateway vs nginx proxy_pass): {stat['c'] / stat['b']:.2f}")
+lines.append(f"- c/h (gateway vs nginx proxy_pass setting the same headers): {stat['c'] / stat['h']:.2f}; "
+             f"h/b: {stat['h'] / stat['b']:.2f}")
 lines.append(f"- d/c (denied with audit vs allowed): {stat['d'] / stat['c']:.2f}")
 lines.append(f"- c/a (gateway vs upstream alone): {stat['c'] / stat['a']:.2f}")
 lines.append(f"- c/f (gateway vs its own data plane without authorization): {stat['c'] / stat['f']:.2f}")
 lines.append(f"- f/b (data plane without authorization vs nginx proxy_pass): {stat['f'] / stat['b']:.2f}")
 lines.append(f"- p99 c - b: {(stat['cp99'] - stat['bp99']) / 1000:+.3f} ms")
 lines.append(f"- CPU per request, c/b: {cpu['c'] / cpu['b']:.2f} (gateway {cpu['c']:.1f} µs, nginx {cpu['b']:.1f} µs); "
-             f"f/b: {cpu['f'] / cpu['b']:.2f}; d: {cpu['d']:.1f} µs")
+             f"f/b: {cpu['f'] / cpu['b']:.2f}; h/b: {cpu['h'] / cpu['b']:.2f}; d: {cpu['d']:.1f} µs")
+lines.append(f"- upstream CPU per request: behind nginx (b) {upcpu['b']:.1f} µs, behind nginx with the headers (h) "
+             f"{upcpu['h']:.1f} µs, behind the data plane (f) {upcpu['f']:.1f} µs, behind the gateway (c) {upcpu['c']:.1f} µs "
+             f"(the three processes share the machine's cores)")
 pr = [l.rstrip("\n").split("\t") for l in open(paired) if l.strip()]
 def pcol(c, i):
     return [float(r[i]) for r in pr if r[1] == c]
