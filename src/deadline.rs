@@ -35,6 +35,29 @@ struct List {
     ticker: Option<Waker>,
 }
 
+impl List {
+    /// After a spike of connections the list would stay as long as the spike was, and every
+    /// sweep would walk it: the free slots at its end are dropped, and the free list is rebuilt
+    /// so that the lowest free slot is taken first (armed slots gather at the start, and the end
+    /// frees up for the next sweep). Only free slots are dropped: an armed sleep's slot index
+    /// stays valid. Its cost is one more walk of the list, once per sweep.
+    fn compact(&mut self) {
+        while matches!(self.slots.last(), Some(None)) {
+            self.slots.pop();
+        }
+        self.free.clear();
+        let slots = &self.slots;
+        self.free
+            .extend((0..slots.len()).rev().filter(|&i| slots[i].is_none()));
+        // Memory back after a spike (keeps room to double without reallocating).
+        let keep = (self.slots.len() * 2).max(64);
+        if self.slots.capacity() > 2 * keep {
+            self.slots.shrink_to(keep);
+            self.free.shrink_to(keep);
+        }
+    }
+}
+
 /// A worker's deadlines. Only its own thread arms, polls and sweeps them, so the lock is never
 /// contended; it is a `Mutex` because hyper's sleeps must be `Send + Sync`.
 #[derive(Debug, Clone)]
@@ -117,7 +140,7 @@ impl Deadlines {
         }
     }
 
-    /// Wakes every armed sleep whose deadline is not after `now`.
+    /// Wakes every armed sleep whose deadline is not after `now`, and compacts the list.
     fn sweep(&self, now: Instant) {
         let mut due = Vec::new();
         {
@@ -128,6 +151,7 @@ impl Deadlines {
                     due.extend(slot.waker.take());
                 }
             }
+            list.compact();
         }
         // Woken outside the lock: a woken task may poll (and lock) at once.
         for waker in due {
@@ -295,5 +319,62 @@ mod tests {
             assert_eq!(list.armed, 0);
             assert!(list.slots.len() <= 1, "{} slots", list.slots.len());
         });
+    }
+
+    /// Arms a sleep (polled pending once, as hyper and `timeout_at` do) without a runtime.
+    fn arm(d: &Deadlines, deadline: Instant) -> Sleep {
+        let mut sleep = d.sleep_until(deadline);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut sleep).poll(&mut cx).is_pending());
+        sleep
+    }
+
+    #[test]
+    fn the_list_shrinks_after_a_spike_and_armed_sleeps_keep_their_slots() {
+        let d = Deadlines::new(Duration::from_millis(5));
+        let later = Instant::now() + Duration::from_secs(60);
+        let mut spike: Vec<Option<Sleep>> = (0..10_000).map(|_| Some(arm(&d, later))).collect();
+        assert_eq!(d.list().slots.len(), 10_000);
+        // Everything but two ends (slot 7 and slot 5000) while the spike passes.
+        for (i, s) in spike.iter_mut().enumerate() {
+            if i != 7 && i != 5000 {
+                *s = None;
+            }
+        }
+        d.sweep(Instant::now());
+        {
+            let list = d.list();
+            assert_eq!(list.slots.len(), 5001, "the free end is dropped");
+            assert_eq!(list.armed, 2);
+            let bound = 2 * (list.slots.len() * 2).max(64);
+            assert!(list.slots.capacity() <= bound, "{}", list.slots.capacity());
+        }
+        // New sleeps take the lowest free slots, so the end keeps freeing up.
+        let fresh: Vec<Sleep> = (0..3).map(|_| arm(&d, later)).collect();
+        assert_eq!(
+            fresh.iter().map(|s| s.slot).collect::<Vec<_>>(),
+            [Some(0), Some(1), Some(2)]
+        );
+        spike[5000] = None;
+        d.sweep(Instant::now());
+        {
+            let list = d.list();
+            assert_eq!(list.slots.len(), 8, "slots 0-2 and 7 are armed");
+            assert!(
+                list.slots.capacity() <= 128,
+                "{} slots of memory kept",
+                list.slots.capacity()
+            );
+        }
+        // The sleeps still armed are still woken at their deadline, and free their slots.
+        d.sweep(later);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut kept = spike[7].take().unwrap();
+        assert!(Pin::new(&mut kept).poll(&mut cx).is_ready());
+        drop(kept);
+        drop(fresh);
+        d.sweep(later);
+        let list = d.list();
+        assert_eq!((list.armed, list.slots.len(), list.free.len()), (0, 0, 0));
     }
 }
