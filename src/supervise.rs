@@ -45,6 +45,8 @@ pub fn spawn<F>(tasks: Arc<Tasks>, metrics: Arc<Metrics>, name: &'static str, ta
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    // In release builds the block only awaits `task` (the fault injection is compiled out).
+    #[cfg_attr(not(debug_assertions), allow(clippy::redundant_async_block))]
     let handle = tokio::spawn(async move {
         #[cfg(debug_assertions)]
         if std::env::var("GATEWAY_TEST_PANIC_TASK").as_deref() == Ok(name) {
