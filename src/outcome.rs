@@ -192,9 +192,9 @@ pub fn login_location(t: &Target) -> String {
     )
 }
 
-/// A unique row id (a version-4 UUID): a random per-process half and a counter, so a denial
-/// costs no getrandom syscall.
-pub fn row_id() -> String {
+/// 16 bytes no other call in any gateway process returns: a random per-process half and a
+/// counter, so request ids and audit row ids cost no getrandom syscall.
+pub fn unique_id() -> [u8; 16] {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     static PREFIX: OnceLock<u64> = OnceLock::new();
@@ -203,7 +203,12 @@ pub fn row_id() -> String {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&prefix.to_be_bytes());
     bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    uuid::Builder::from_random_bytes(bytes)
+    bytes
+}
+
+/// A unique row id: [`unique_id`] as a version-4 UUID.
+pub fn row_id() -> String {
+    uuid::Builder::from_random_bytes(unique_id())
         .into_uuid()
         .to_string()
 }

@@ -57,27 +57,19 @@ pub struct Settings {
     pub shutdown_grace: Duration,
 }
 
-/// A request id: 32 hex digits, a random per-process prefix and a counter. Unique without a
-/// getrandom syscall per request (measured in the load benchmark's profile), and kept on the
-/// stack (the answer's header value is its one allocation).
+/// A request id: [`crate::outcome::unique_id`] in 32 hex digits. Unique without a getrandom
+/// syscall per request (measured in the load benchmark's profile), and kept on the stack (the
+/// answer's header value is its one allocation).
 #[derive(Clone, Copy)]
 struct RequestId([u8; 32]);
 
 impl RequestId {
     fn next() -> RequestId {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        use std::sync::OnceLock;
-        static PREFIX: OnceLock<u64> = OnceLock::new();
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let mut id = [0u8; 32];
-        for (half, v) in id.chunks_exact_mut(16).zip([prefix, n]) {
-            for (pair, byte) in half.chunks_exact_mut(2).zip(v.to_be_bytes()) {
-                pair[0] = HEX[usize::from(byte >> 4)];
-                pair[1] = HEX[usize::from(byte & 15)];
-            }
+        for (pair, byte) in id.chunks_exact_mut(2).zip(crate::outcome::unique_id()) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 15)];
         }
         RequestId(id)
     }
