@@ -192,8 +192,9 @@ pub fn login_location(t: &Target) -> String {
     )
 }
 
-/// 16 bytes no other call in any gateway process returns: a random per-process half and a
-/// counter, so request ids and audit row ids cost no getrandom syscall.
+/// 16 bytes no other call in this process returns: a random per-process half and a counter, so
+/// request ids and audit row ids cost no getrandom syscall (another process repeating them is as
+/// unlikely as two random 64-bit halves being equal).
 pub fn unique_id() -> [u8; 16] {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
