@@ -25,8 +25,9 @@
 #   DURATION      seconds per wrk run (a bare number or "10s"); total is about 9 x ROUNDS x DURATION
 #                 plus ~20 s of set-up once the release build exists
 #   CONNECTIONS   wrk connections; THREADS: wrk threads
-#   PROXY_WORKERS nginx proxy worker_processes (default: the gateway's default thread count, half
-#                 the cores, at least one)
+#   PROXY_WORKERS nginx proxy worker_processes (default: as many as the gateway's worker threads,
+#                 read from its start-up log: half the cores, at least one, unless GATEWAY_THREADS
+#                 is set)
 #   ALLOWED_PATH  default /ops (console-manager); DENIED_PATH default /console/flags/promotions
 #                 (console-flag_promotion_queue-read, which raxx-platform-admins does not hold)
 #   BUILD=0       skip `cargo build --release` (use the existing target/release/rbac-gateway)
@@ -39,8 +40,6 @@ DURATION=${DURATION%s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 NPROC=$(nproc)
-GW_THREADS=$(( NPROC / 2 > 0 ? NPROC / 2 : 1 )) # the gateway's default (proxy::default_threads)
-PROXY_WORKERS=${PROXY_WORKERS:-$GW_THREADS}
 ALLOWED_PATH=${ALLOWED_PATH:-/ops}
 DENIED_PATH=${DENIED_PATH:-/console/flags/promotions}
 SESSIONS=${SESSIONS:-10000}
@@ -157,10 +156,46 @@ $3
 }
 EOF
 }
+start_nginx() { # name url expected-status: checks the config, starts it, waits for url; sets started_pid
+  "$NGINX" -t -q -p "$tmp/$1" -c "$tmp/$1/nginx.conf" -e "$tmp/$1/error.log" 2>"$tmp/$1/test.log" ||
+    die "nginx $1 config: $(cat "$tmp/$1/test.log")"
+  "$NGINX" -p "$tmp/$1" -c "$tmp/$1/nginx.conf" -e "$tmp/$1/error.log" >"$tmp/$1/stdout.log" 2>&1 &
+  started_pid=$!
+  pids+=("$started_pid")
+  wait_http "$2" "$3" 10 || die "nginx $1 did not start: $(cat "$tmp/$1/error.log")"
+}
 nginx_conf upstream 1 "  server {
     listen 127.0.0.1:$up_port;
     location / { default_type text/plain; return 200 \"ok\\n\"; }
   }"
+start_nginx upstream "http://127.0.0.1:$up_port/" 200
+up_pid=$started_pid # the nginx upstream's master
+
+# --- the gateway ----------------------------------------------------------------------------------
+gw_port=$(free_port)
+adm_port=$(free_port)
+authz_port=$(free_port)
+log "starting the gateway"
+"$GW_BIN" serve \
+  --listen "127.0.0.1:$gw_port" \
+  --admin-listen "127.0.0.1:$adm_port" \
+  --upstream "127.0.0.1:$up_port" \
+  --routes "$root/routes.toml" \
+  --database-url "$DATABASE_URL" \
+  --audit-spool "$tmp/audit.spool" \
+  --cache-ttl 60 \
+  --authz-listen "127.0.0.1:$authz_port" \
+  --log-format json \
+  >"$tmp/gateway.log" 2>&1 &
+gw_pid=$!
+pids+=("$gw_pid")
+wait_http "http://127.0.0.1:$adm_port/readyz" 200 30 || die "gateway not ready: $(tail -5 "$tmp/gateway.log")"
+# Its worker threads, as it reports them (the "listening" line), not a copy of its default.
+gw_threads=$(grep -m1 '"listening"' "$tmp/gateway.log" | grep -oE '"threads":[0-9]+' | grep -oE '[0-9]+$' || true)
+[[ $gw_threads =~ ^[1-9][0-9]*$ ]] || die "no thread count in the gateway's \"listening\" line: $(head -5 "$tmp/gateway.log")"
+PROXY_WORKERS=${PROXY_WORKERS:-$gw_threads}
+log "gateway worker threads: $gw_threads; nginx proxy worker_processes: $PROXY_WORKERS"
+
 nginx_conf proxy "$PROXY_WORKERS" "  upstream app {
     server 127.0.0.1:$up_port;
     keepalive 128;
@@ -174,41 +209,14 @@ nginx_conf proxy "$PROXY_WORKERS" "  upstream app {
       proxy_set_header Connection \"\";
     }
   }"
-for n in upstream proxy; do
-  "$NGINX" -t -q -p "$tmp/$n" -c "$tmp/$n/nginx.conf" -e "$tmp/$n/error.log" 2>"$tmp/$n/test.log" ||
-    die "nginx $n config: $(cat "$tmp/$n/test.log")"
-  "$NGINX" -p "$tmp/$n" -c "$tmp/$n/nginx.conf" -e "$tmp/$n/error.log" >"$tmp/$n/stdout.log" 2>&1 &
-  pids+=($!)
-done
-wait_http "http://127.0.0.1:$up_port/" 200 10 || die "nginx upstream did not start: $(cat "$tmp/upstream/error.log")"
-wait_http "http://127.0.0.1:$px_port/" 200 10 || die "nginx proxy did not start: $(cat "$tmp/proxy/error.log")"
-
-# --- the gateway ----------------------------------------------------------------------------------
-gw_port=$(free_port)
-adm_port=$(free_port)
-authz_port=$(free_port)
-log "starting the gateway (default threads: $GW_THREADS)"
-"$GW_BIN" serve \
-  --listen "127.0.0.1:$gw_port" \
-  --admin-listen "127.0.0.1:$adm_port" \
-  --upstream "127.0.0.1:$up_port" \
-  --routes "$root/routes.toml" \
-  --database-url "$DATABASE_URL" \
-  --audit-spool "$tmp/audit.spool" \
-  --cache-ttl 60 \
-  --authz-listen "127.0.0.1:$authz_port" \
-  >"$tmp/gateway.log" 2>&1 &
-gw_pid=$!
-pids+=("$gw_pid")
-wait_http "http://127.0.0.1:$adm_port/readyz" 200 30 || die "gateway not ready: $(tail -5 "$tmp/gateway.log")"
+start_nginx proxy "http://127.0.0.1:$px_port/" 200
+px_pid=$started_pid # the nginx proxy's master (its workers are its children)
 
 bare_port=$(free_port)
 "$BARE_BIN" "127.0.0.1:$bare_port" "127.0.0.1:$up_port" >"$tmp/bare.log" 2>&1 &
 pids+=($!)
 bare_pid=$!
 wait_http "http://127.0.0.1:$bare_port/" 200 10 || die "bare proxy did not start: $(tail -5 "$tmp/bare.log")"
-up_pid=${pids[0]} # the nginx upstream's master
-px_pid=${pids[1]} # the nginx proxy's master (its workers are its children)
 
 # (g): nginx auth_request -> the gateway's forward-auth listener, then nginx -> upstream.
 fa_port=$(free_port)
@@ -248,12 +256,8 @@ nginx_conf fauth "$PROXY_WORKERS" "  upstream app {
       proxy_set_header Connection \"\";
     }
   }"
-"$NGINX" -t -q -p "$tmp/fauth" -c "$tmp/fauth/nginx.conf" -e "$tmp/fauth/error.log" 2>"$tmp/fauth/test.log" ||
-  die "nginx fauth config: $(cat "$tmp/fauth/test.log")"
-"$NGINX" -p "$tmp/fauth" -c "$tmp/fauth/nginx.conf" -e "$tmp/fauth/error.log" >"$tmp/fauth/stdout.log" 2>&1 &
-fa_pid=$!
-pids+=("$fa_pid")
-wait_http "http://127.0.0.1:$fa_port$ALLOWED_PATH" 401 10 || die "nginx auth_request front did not start: $(cat "$tmp/fauth/error.log")"
+start_nginx fauth "http://127.0.0.1:$fa_port$ALLOWED_PATH" 401
+fa_pid=$started_pid
 
 # (h): nginx proxy_pass setting the headers the gateway adds for the platform admin. The roles
 # are the gateway's own answer (explain's effective roles: sorted, as X-Rbac-Roles has them).
@@ -278,12 +282,8 @@ nginx_conf headers "$PROXY_WORKERS" "  upstream app {
       proxy_set_header X-Forwarded-For \$remote_addr;
     }
   }"
-"$NGINX" -t -q -p "$tmp/headers" -c "$tmp/headers/nginx.conf" -e "$tmp/headers/error.log" 2>"$tmp/headers/test.log" ||
-  die "nginx headers config: $(cat "$tmp/headers/test.log")"
-"$NGINX" -p "$tmp/headers" -c "$tmp/headers/nginx.conf" -e "$tmp/headers/error.log" >"$tmp/headers/stdout.log" 2>&1 &
-hx_pid=$!
-pids+=("$hx_pid")
-wait_http "http://127.0.0.1:$hx_port/" 200 10 || die "nginx proxy with headers did not start: $(cat "$tmp/headers/error.log")"
+start_nginx headers "http://127.0.0.1:$hx_port/" 200
+hx_pid=$started_pid
 
 GW=http://127.0.0.1:$gw_port
 cookie() { printf 'Cookie: console_session=%s' "$1"; }
@@ -446,7 +446,7 @@ lines = []
 lines.append(f"# rbac-gateway loopback load ({len(ex)} round(s), medians)")
 lines.append("")
 lines.append("wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency; $NPROC cores shared by wrk, nginx, the gateway "
-             "(default threads = $GW_THREADS) and PostgreSQL; nginx upstream worker_processes 1, "
+             "(worker threads = $gw_threads) and PostgreSQL; nginx upstream worker_processes 1, "
              "nginx proxy worker_processes $PROXY_WORKERS")
 lines.append("")
 lines.append("| case | requests/s | x nginx (b) | p50 | p99 | proxy CPU µs/request | upstream CPU µs/request |")
