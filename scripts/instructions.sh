@@ -56,32 +56,11 @@ INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc) VALUES
 SQL
 
 up=$(free_port)
-mkdir -p "$tmp/nginx"
-user_line=""
-[ "$(id -u)" = 0 ] && user_line="user root;"
-cat >"$tmp/nginx/nginx.conf" <<EOF
-$user_line
-worker_processes 1;
-daemon off;
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $tmp/nginx/body;
-  proxy_temp_path $tmp/nginx/proxy;
-  fastcgi_temp_path $tmp/nginx/fastcgi;
-  uwsgi_temp_path $tmp/nginx/uwsgi;
-  scgi_temp_path $tmp/nginx/scgi;
-  server {
+nginx_conf upstream 1 "  server {
     listen 127.0.0.1:$up;
-    location / { default_type text/plain; return 200 "ok\n"; }
-  }
-}
-EOF
-"$NGINX" -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" >/dev/null 2>&1 &
-pids+=($!)
+    location / { default_type text/plain; return 200 \"ok\\n\"; }
+  }"
+start_nginx upstream "http://127.0.0.1:$up/" 200
 
 gw=$(free_port)
 adm=$(free_port)

@@ -89,14 +89,6 @@ BARE_BIN=$root/target/release/examples/bare_proxy
 # --- throwaway directory and cleanup ------------------------------------------------------------
 . "$root/scripts/bench-lib.sh"
 bench_tmp rbac-load
-wait_http() { # url expected-status seconds
-  local i
-  for i in $(seq $(( $3 * 10 ))); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null)" = "$2" ] && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 # --- PostgreSQL, migrations, seed -------------------------------------------------------------
 log "starting PostgreSQL"
@@ -132,38 +124,6 @@ SQL
 # --- nginx upstream and nginx proxy -------------------------------------------------------------
 up_port=$(free_port)
 px_port=$(free_port)
-user_line=""
-[ "$(id -u)" = 0 ] && user_line="user root;"
-nginx_conf() { # name workers server-block
-  mkdir -p "$tmp/$1"
-  cat >"$tmp/$1/nginx.conf" <<EOF
-$user_line
-worker_processes $2;
-daemon off;
-pid $tmp/$1/nginx.pid;
-error_log $tmp/$1/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
-  client_body_temp_path $tmp/$1/body;
-  proxy_temp_path $tmp/$1/proxy;
-  fastcgi_temp_path $tmp/$1/fastcgi;
-  uwsgi_temp_path $tmp/$1/uwsgi;
-  scgi_temp_path $tmp/$1/scgi;
-$3
-}
-EOF
-}
-start_nginx() { # name url expected-status: checks the config, starts it, waits for url; sets started_pid
-  "$NGINX" -t -q -p "$tmp/$1" -c "$tmp/$1/nginx.conf" -e "$tmp/$1/error.log" 2>"$tmp/$1/test.log" ||
-    die "nginx $1 config: $(cat "$tmp/$1/test.log")"
-  "$NGINX" -p "$tmp/$1" -c "$tmp/$1/nginx.conf" -e "$tmp/$1/error.log" >"$tmp/$1/stdout.log" 2>&1 &
-  started_pid=$!
-  pids+=("$started_pid")
-  wait_http "$2" "$3" 10 || die "nginx $1 did not start: $(cat "$tmp/$1/error.log")"
-}
 nginx_conf upstream 1 "  server {
     listen 127.0.0.1:$up_port;
     location / { default_type text/plain; return 200 \"ok\\n\"; }
