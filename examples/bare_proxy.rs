@@ -98,6 +98,7 @@ fn main() {
         listen,
         threads,
         header_read_timeout: Duration::from_secs(10),
+        body_read_timeout: Duration::from_secs(10),
         max_header_bytes: 32 * 1024,
         max_headers: 100,
         max_body_bytes: 16 << 20,

@@ -84,6 +84,11 @@ pub struct ServeArgs {
     /// connection is closed); also the longest idle time of a keep-alive connection.
     #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
+    /// The longest a client may pause while sending a request body, in milliseconds: each part
+    /// of the body must arrive within this time of the previous one (exceeded: 408, the
+    /// connection is closed, nothing is forwarded).
+    #[arg(long, env = "GATEWAY_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
     /// Largest request head (request line and headers) in bytes (exceeded: 431).
     #[arg(long, env = "GATEWAY_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
     pub max_header_bytes: usize,

@@ -313,8 +313,10 @@ impl Metrics {
         for r in crate::target::Refusal::REASONS {
             self.refusals.with_label_values(&[r]);
         }
-        // Refused by the data plane after the decision: a request body that is malformed or cut.
+        // Refused by the data plane after the decision: a request body that is malformed or cut,
+        // or that stopped arriving (408).
         self.refusals.with_label_values(&["malformed_body"]);
+        self.refusals.with_label_values(&["body_timeout"]);
         for r in crate::cookie::CookieRefusal::ALL {
             self.refusals.with_label_values(&[r.as_str()]);
         }

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
@@ -47,6 +47,9 @@ pub struct Settings {
     /// A client must send a whole request head within this time (slow clients cannot hold a
     /// worker); also the longest idle time of a keep-alive connection.
     pub header_read_timeout: Duration,
+    /// The longest pause between two parts of a request body (a client that stops sending its
+    /// body cannot hold the connection): over it, 408.
+    pub body_read_timeout: Duration,
     /// Largest request head (request line and headers), in bytes: over it, 431.
     pub max_header_bytes: usize,
     /// Most header lines in a request: over it, 431.
@@ -181,13 +184,18 @@ async fn worker(
         .collect();
     let upstream_seconds = ["1xx", "2xx", "3xx", "4xx", "5xx"]
         .map(|class| gw.metrics.upstream_seconds.with_label_values(&[class]));
-    let deadlines = Deadlines::for_timeouts(&[settings.header_read_timeout, gw.read_timeout]);
+    let deadlines = Deadlines::for_timeouts(&[
+        settings.header_read_timeout,
+        settings.body_read_timeout,
+        gw.read_timeout,
+    ]);
     tokio::task::spawn(deadlines.clone().run_ticker());
     let w = Arc::new(Worker {
         pool: Pool::new(gw.upstream, gw.connect_timeout),
         deadlines: deadlines.clone(),
         gw,
         max_body_bytes: settings.max_body_bytes,
+        body_read_timeout: settings.body_read_timeout,
         by_decision,
         upstream_seconds,
     });
@@ -284,6 +292,7 @@ struct Worker {
     /// The per-request timeouts (header read, upstream read), swept by one ticker.
     deadlines: Deadlines,
     max_body_bytes: usize,
+    body_read_timeout: Duration,
     /// The request counter and decision-time histogram of each decision label, looked up once
     /// per worker instead of hashed per request.
     by_decision: Vec<(&'static str, prometheus::IntCounter, prometheus::Histogram)>,
@@ -591,6 +600,49 @@ fn unavailable(w: &Worker, ctx: &Ctx, why: Unavailable) -> Response<GatewayBody>
     text_response(ctx, 503, "Service Unavailable\n", false)
 }
 
+enum BodyError {
+    /// The client paused longer than the body-read timeout.
+    TimedOut,
+    /// Over the size limit, malformed, or cut short.
+    Read(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Reads a request body whole, up to the worker's size limit, each part within the body-read
+/// timeout of the one before (like nginx's `client_body_timeout`: a slow upload that keeps
+/// sending is read; a client that stops is not waited for). Trailers are dropped.
+async fn read_body(w: &Worker, body: Incoming) -> Result<Bytes, BodyError> {
+    let mut body = Limited::new(body, w.max_body_bytes);
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    loop {
+        let next = std::pin::pin!(body.frame());
+        let frame = match w
+            .deadlines
+            .timeout_at(Instant::now() + w.body_read_timeout, next)
+            .await
+        {
+            Err(_) => return Err(BodyError::TimedOut),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if let Some(m) = more.as_mut() {
+            m.extend_from_slice(&data);
+        } else if let Some(f) = first.take() {
+            let mut m = BytesMut::with_capacity(f.len() + data.len());
+            m.extend_from_slice(&f);
+            m.extend_from_slice(&data);
+            more = Some(m);
+        } else {
+            first = Some(data);
+        }
+    }
+    Ok(more.map(BytesMut::freeze).or(first).unwrap_or_default())
+}
+
 /// Identity headers come from the gateway only, whatever spelling the client used.
 fn is_identity_header(n: &HeaderName) -> bool {
     let k = n.as_str().as_bytes();
@@ -623,9 +675,18 @@ async fn forward_request(
     let bytes = if body_was_done {
         Bytes::new()
     } else {
-        match Limited::new(body, w.max_body_bytes).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) => {
+        match read_body(w, body).await {
+            Ok(b) => b,
+            Err(BodyError::TimedOut) => {
+                ctx.unread_body = true;
+                tracing::warn!(request_id = %ctx.request_id, timeout_ms = w.body_read_timeout.as_millis() as u64, "request body stalled: 408, not forwarded");
+                gw.metrics
+                    .refusals
+                    .with_label_values(&["body_timeout"])
+                    .inc();
+                return text_response(ctx, 408, "Request Timeout\n", true);
+            }
+            Err(BodyError::Read(e)) => {
                 ctx.unread_body = true;
                 if e.is::<http_body_util::LengthLimitError>() {
                     tracing::warn!(request_id = %ctx.request_id, limit = w.max_body_bytes, "request body too large: 413");

@@ -143,6 +143,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         listen,
         threads: threads.max(1),
         header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
+        body_read_timeout: Duration::from_millis(args.body_read_timeout_ms.max(1)),
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
         max_body_bytes: args.max_body_bytes,

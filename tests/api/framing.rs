@@ -254,6 +254,66 @@ async fn oversized_heads_and_slow_clients_are_cut_off() {
 }
 
 #[tokio::test]
+async fn a_stalled_body_is_answered_408_and_a_slow_one_is_read() {
+    let env = Env::with(core_routes(), |o| {
+        o.arg("--body-read-timeout-ms").arg("500")
+    })
+    .await;
+    let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
+    let c = format!("Cookie: console_session={token}\r\n");
+    // A Content-Length body that stops arriving, and a chunked one that stops mid-chunk: each
+    // gets 408 and a close once the client has paused for the timeout; nothing is forwarded.
+    for (what, head) in [
+        ("content-length", format!("POST /upload HTTP/1.1\r\nHost: c\r\n{c}Content-Length: 10\r\n\r\nabc")),
+        ("chunked", format!("POST /upload HTTP/1.1\r\nHost: c\r\n{c}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n8\r\nab")),
+    ] {
+        let mut s = TcpStream::connect(env.gw.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "{what}: a stalled body held its connection for 5 s");
+        assert!(started.elapsed() >= Duration::from_millis(400), "{what}");
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("HTTP/1.1 408 "), "{what}: {text}");
+        assert!(text.to_ascii_lowercase().contains("connection: close"), "{what}: {text}");
+    }
+    assert_eq!(env.up.count(), 0, "{:?}", env.up.requests());
+    assert_eq!(
+        env.gw
+            .metric("rbac_gateway_refusals_total{reason=\"body_timeout\"}")
+            .await,
+        2.0
+    );
+    // A body sent slowly, each part within the timeout, is read whole and forwarded.
+    let mut s = TcpStream::connect(env.gw.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: c\r\n{c}Content-Length: 8\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // 800 ms in all, in pauses of 200 ms: the timeout is between parts, not for the whole body.
+    for part in [&b"ab"[..], b"cd", b"ef", b"gh"] {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(part).await.unwrap();
+    }
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    let seen = env.up.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, b"abcdefgh");
+    assert_eq!(seen[0].header("content-length"), Some("8"));
+}
+
+#[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
     let mut env = Env::with(core_routes(), |o| {
         o.arg("--shutdown-grace")
