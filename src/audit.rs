@@ -317,8 +317,6 @@ impl Inner {
                 ),
             }
         }
-        self.spooled
-            .store(true, std::sync::atomic::Ordering::Release);
         self.append(rows).await?;
         self.metrics
             .audit_rows
@@ -329,6 +327,11 @@ impl Inner {
 
     async fn append(&self, rows: &[Arc<AuditEvent>]) -> Result<(), AuditError> {
         let _guard = self.lock.lock().await;
+        // Marked under the lock that replay clears it under: marked before taking the lock, a
+        // replay finishing in between cleared the mark after it, and rows appended then waited
+        // in the spool, unreplayed, until the next outage or restart.
+        self.spooled
+            .store(true, std::sync::atomic::Ordering::Release);
         let mut lines = Vec::new();
         for e in rows {
             serde_json::to_writer(&mut lines, &**e).expect("audit events serialize");
@@ -402,6 +405,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn copy_text_escapes_and_marks_nulls() {
@@ -425,5 +429,71 @@ mod tests {
         let text = String::from_utf8(copy_text(&[e.clone(), e])).unwrap();
         let line = "i\taccess_denied\t\\N\tGET\t/a\\tb\\\\c\t\\N\tr1 | r2\tmissing_role\trid\t10.0.0.1\tua\\r\\nx\t2026-11-22T10:00:00+00:00\tabc\n";
         assert_eq!(text, format!("{line}{line}"));
+    }
+
+    fn row(id: &str) -> Arc<AuditEvent> {
+        Arc::new(AuditEvent {
+            id: id.into(),
+            event_type: "access_denied".into(),
+            admin_id: None,
+            method: "GET".into(),
+            path: "/x".into(),
+            route: None,
+            required: None,
+            reason: "no_route".into(),
+            request_id: id.into(),
+            client_ip: None,
+            user_agent: None,
+            created_at_utc: Utc::now(),
+            mapping_version: None,
+        })
+    }
+
+    /// A row spooled while a replay runs is replayed when the database answers: the spool stays
+    /// marked. (Before, the replay's end cleared the mark the writer had set before it waited
+    /// for the spool, and the row stayed in the spool until the next outage or restart.)
+    #[tokio::test]
+    async fn rows_spooled_during_a_replay_stay_marked_for_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        // A database that refuses at once: every insert fails and is spooled.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy(&format!("postgres://x@127.0.0.1:{port}/x"))
+            .unwrap();
+        let (writer, _task) = AuditWriter::new(
+            pool,
+            dir.path().join("spool"),
+            1 << 20,
+            Duration::from_millis(200),
+            Arc::new(Metrics::new()),
+        );
+        let inner = writer.inner.clone();
+        // A replay is under way (it holds the spool), with the spool found empty so far.
+        let replaying = inner.lock.lock().await;
+        inner.spooled.store(false, Ordering::Release);
+        let writing = tokio::spawn({
+            let inner = inner.clone();
+            async move { inner.write(&[row("r1")]).await }
+        });
+        // The insert times out (200 ms), and the write waits for the spool.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(
+            !writing.is_finished(),
+            "the write waits while the replay holds the spool"
+        );
+        // The replay ends: it truncated the spool and clears the mark, under the lock.
+        inner.spooled.store(false, Ordering::Release);
+        drop(replaying);
+        writing.await.unwrap().unwrap();
+        assert!(inner.spool_len().await > 0, "the row is in the spool");
+        assert!(
+            inner.spooled.load(Ordering::Acquire),
+            "the spool holds a row but is not marked: no replay would take it"
+        );
     }
 }
