@@ -117,6 +117,29 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
+/// SO_REUSEPORT would let this process share a port another process listens on with it (a
+/// forgotten gateway, one started with another mapping): each would answer a share of the
+/// requests. A socket bound without it is refused while anyone listens on the port, so the
+/// port is tried that way first.
+fn refuse_shared_port(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                e.kind(),
+                format!("{e}: another process (another gateway?) listens on {addr}"),
+            )
+        } else {
+            e
+        }
+    })
+}
+
 /// Starts the workers; each returns when `shutdown` turns true and its connections finished
 /// (or the grace period ran out). The listeners are bound before this returns, so a port in
 /// use is reported to the caller.
@@ -125,6 +148,7 @@ pub fn start_workers(
     settings: Settings,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    refuse_shared_port(settings.listen)?;
     let mut listeners = Vec::with_capacity(settings.threads);
     for _ in 0..settings.threads.max(1) {
         listeners.push(bind(settings.listen)?);

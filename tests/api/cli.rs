@@ -188,6 +188,62 @@ fn serve_refuses_port_zero() {
 }
 
 #[tokio::test]
+async fn serve_refuses_a_port_another_gateway_listens_on() {
+    // SO_REUSEPORT would let a second gateway (a forgotten one, or one with another mapping)
+    // share the port and answer a share of the requests: it must not start.
+    let env = Env::core().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut second = bin()
+        .arg("serve")
+        .arg("--listen")
+        .arg(env.gw.addr.to_string())
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--upstream")
+        .arg(env.up.addr.to_string())
+        .arg("--routes")
+        .arg(core_routes())
+        .arg("--database-url")
+        .arg(&env.db.url)
+        .arg("--audit-spool")
+        .arg(dir.path().join("spool"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = second.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            // Reason: the test fails below either way; the kill only stops the process.
+            let _ = second.kill();
+            panic!(
+                "a second gateway started on {} and kept running",
+                env.gw.addr
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another process (another gateway?) listens on"),
+        "{err}"
+    );
+    // The first gateway still answers.
+    let r = send(
+        env.gw.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_ne!(r.status, 0);
+}
+
+#[tokio::test]
 async fn explain_shows_rule_provenance_and_decision() {
     let db = TestDb::new().await;
     let admin = db.admin("ex@example.test").await;
