@@ -133,6 +133,7 @@ const FEED_TABLES: &[&str] = &[
     "rbac_role_permissions",
     "rbac_roles",
     "rbac_groups",
+    "rbac_permissions",
 ];
 
 /// Rules that map the reader API's paths: with `--rbac-api` on (the default) the gateway answers

@@ -353,3 +353,36 @@ async fn an_admin_row_change_drops_their_cached_sessions() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn a_renamed_permission_reaches_the_cache_within_a_second() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let gws = replicas(&db, &up, 1, None).await;
+    // /console/audit requires the permission console:audit:read, which console-audit-user has.
+    let (_, token) = db.admin_with_roles(&["console-audit-user"]).await;
+    until_all(
+        &gws,
+        "/console/audit",
+        &token,
+        200,
+        Instant::now(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let t0 = Instant::now();
+    sqlx::query("UPDATE rbac_permissions SET name = 'console:audit:read-renamed' WHERE name = 'console:audit:read'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let s = until_all(
+        &gws,
+        "/console/audit",
+        &token,
+        403,
+        t0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(s.iter().all(|d| *d < BOUND), "{s:?}");
+}
