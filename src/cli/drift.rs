@@ -10,6 +10,21 @@ use crate::db;
 
 pub fn drift(args: DriftArgs) -> Result<(), Exit> {
     let mapping = load_mapping(&args.routes)?;
+    // A cluster no rule names would report zero drift: a typo must not pass the go/no-go gate.
+    if let Some(w) = args.cluster.as_deref() {
+        let known: std::collections::BTreeSet<&str> = mapping
+            .routes
+            .iter()
+            .filter_map(|r| r.meta.cluster.as_deref())
+            .collect();
+        if !known.contains(w) {
+            let list = known.into_iter().collect::<Vec<_>>().join(", ");
+            return Err(usage(anyhow!(
+                "--cluster {w}: no rule of {} names this cluster (clusters: {list})",
+                args.routes.display()
+            )));
+        }
+    }
     let cluster_of = |label: &str| {
         mapping
             .routes

@@ -312,4 +312,20 @@ async fn shadow_mode_detects_drift_against_console() {
         stdout.contains("DRIFT GET /ops [S2]: 1 x gateway_denied_console_allowed"),
         "{stdout}"
     );
+    // A cluster no rule names (a typo: s2, S99) is a usage error, not "zero drift".
+    for typo in ["s2", "S99"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+            .args(["drift", "--cluster", typo, "--routes"])
+            .arg(&env.gw.routes)
+            .args(["--database-url", &env.db.url])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{typo}: {stderr}");
+        assert!(
+            stderr.contains("names this cluster (clusters: "),
+            "{stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("zero drift"));
+    }
 }
