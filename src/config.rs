@@ -261,6 +261,11 @@ pub struct ExplainArgs {
     /// Re-validate ticket grants against this URL, as `serve` does.
     #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
     pub ticket_validation_url: Option<String>,
+    /// Console's reader API answered by the gateway, as `serve` reads it: its paths are then
+    /// answered by the gateway itself, never decided as a route nor forwarded.
+    #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub rbac_api: bool,
 }
 
 #[derive(Debug, Clone, Args)]

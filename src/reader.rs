@@ -131,7 +131,7 @@ fn utc(t: &DateTime<Utc>) -> String {
 
 /// The check's parameters: `permission` (required, non-empty) and `customer_id` (digits, fits
 /// an i32). A parameter given twice is refused: the answer would depend on which one is read.
-fn check_params(query: Option<&str>) -> Result<(String, Option<i32>), Answer> {
+pub(crate) fn check_params(query: Option<&str>) -> Result<(String, Option<i32>), Answer> {
     let mut permission = None;
     let mut customer = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {

@@ -225,6 +225,9 @@ fn explain_request(
             return Ok(());
         }
     };
+    if let Some(call) = args.rbac_api.then(|| crate::reader::Call::of(&t)).flatten() {
+        return explain_reader_api(admin, method, &call);
+    }
     let found = mapping.find(method, &t.path);
     let route = found.as_ref().map(|(r, _)| *r);
     match route {
@@ -325,4 +328,35 @@ fn explain_request(
         );
         Ok(())
     })
+}
+
+/// A reader API path (`--rbac-api`, on by default as in `serve`): the gateway answers it
+/// itself, in the order `serve` does (method, parameters, session), and never forwards it.
+fn explain_reader_api(
+    admin: Option<&str>,
+    method: &str,
+    call: &crate::reader::Call,
+) -> Result<(), Exit> {
+    println!("rule: none applies: Console's reader API, answered by the gateway (--rbac-api)");
+    let (decision, answer) = if method != "GET" && method != "HEAD" {
+        ("405 (only GET is answered)", "405")
+    } else if let Err(a) = match call {
+        crate::reader::Call::Check { query } => {
+            crate::reader::check_params(query.as_deref()).map(|_| ())
+        }
+        crate::reader::Call::Me => Ok(()),
+    } {
+        println!("parameters: {}", a.body);
+        ("400 bad parameters", "400")
+    } else if admin.is_none() {
+        ("401 (no session)", "401")
+    } else {
+        (
+            "answered by the gateway from the admin's roles, permissions and ticket grants (never forwarded)",
+            "200, or 503 when the database cannot be read",
+        )
+    };
+    println!("decision: {decision}");
+    println!("answer: {answer}");
+    Ok(())
 }

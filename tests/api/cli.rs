@@ -244,6 +244,44 @@ async fn serve_refuses_a_port_another_gateway_listens_on() {
 }
 
 #[tokio::test]
+async fn explain_says_the_gateway_answers_the_reader_api_as_serve_does() {
+    let db = TestDb::new().await;
+    let admin = db.admin("reader@example.test").await;
+    let explain = |method: &str, path: &str, extra: &[&str]| {
+        let out = bin()
+            .args(["explain", "--routes"])
+            .arg(core_routes())
+            .args(["--database-url", &db.url, "--admin", &admin])
+            .args(extra)
+            .args([method, path])
+            .env_remove("GATEWAY_RBAC_API")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // An admin with no roles: serve answers /api/rbac/me itself (200), never a 403.
+    let me = explain("GET", "/api/rbac/me", &[]);
+    assert!(
+        me.contains("Console's reader API, answered by the gateway"),
+        "{me}"
+    );
+    assert!(me.contains("answer: 200"), "{me}");
+    assert!(!me.contains("403"), "{me}");
+    assert!(explain("POST", "/api/rbac/me", &[]).contains("answer: 405"));
+    let bad = explain("GET", "/api/rbac/permissions/check", &[]);
+    assert!(bad.contains("answer: 400"), "{bad}");
+    // With --rbac-api=false serve decides the path as a route: so does explain.
+    let off = explain("GET", "/api/rbac/me", &["--rbac-api=false"]);
+    assert!(!off.contains("reader API"), "{off}");
+    assert!(off.contains("decision: 403 denied (no_route)"), "{off}");
+}
+
+#[tokio::test]
 async fn explain_shows_rule_provenance_and_decision() {
     let db = TestDb::new().await;
     let admin = db.admin("ex@example.test").await;
