@@ -279,6 +279,22 @@ async fn explain_says_the_gateway_answers_the_reader_api_as_serve_does() {
     let off = explain("GET", "/api/rbac/me", &["--rbac-api=false"]);
     assert!(!off.contains("reader API"), "{off}");
     assert!(off.contains("decision: 403 denied (no_route)"), "{off}");
+    // An admin id that does not exist is bad input, not a "403 missing_role".
+    let out = bin()
+        .args(["explain", "--routes"])
+        .arg(core_routes())
+        .args([
+            "--database-url",
+            &db.url,
+            "--admin",
+            "nobody-such",
+            "GET",
+            "/ops",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--admin nobody-such: no such admin"));
 }
 
 #[tokio::test]
