@@ -471,3 +471,21 @@ async fn check_names_every_missing_column_table_and_trigger_serve_needs() {
         assert!(stdout.contains(missing), "{missing} named: {stdout}");
     }
 }
+
+#[test]
+fn a_report_piped_into_a_reader_that_goes_away_ends_quietly() {
+    // `check ... | head -1`: the reader goes away before the report is written. The command ends
+    // by SIGPIPE, as command-line tools do, not with a panic and exit 101.
+    let mut child = bin()
+        .args(["check", "--routes"])
+        .arg(root().join("routes.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}
