@@ -22,16 +22,6 @@ fn main() {
             std::process::exit(code);
         }
     };
-    if !matches!(parsed.command, Command::Serve(_)) {
-        // The one-shot commands print reports that are piped into `head`, `grep -m1` and the
-        // like: a reader that goes away ends them quietly, as it ends other command-line tools,
-        // instead of a panic on the next `println!` (Rust ignores SIGPIPE by default). `serve`
-        // keeps ignoring it: a client that hangs up must not end the gateway.
-        // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
     let result = match parsed.command {
         Command::Serve(a) => cli::serve(a),
         Command::Migrate(a) => cli::migrate(a),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 
-use super::{diag, failure, runtime, usage, Exit};
+use super::{diag, failure, runtime, say, usage, Exit};
 use crate::config::{CheckArgs, EXIT_PROBLEMS};
 use crate::db;
 use crate::mapping::{Diagnostic, Mapping, Severity};
@@ -163,14 +163,14 @@ pub fn check(args: CheckArgs) -> Result<(), Exit> {
         Ok(m) => m,
         Err(e) => {
             for d in &e.diagnostics {
-                println!("{d}");
+                say!("{d}");
             }
             return Err(usage(anyhow!("{file}: {} error(s)", e.diagnostics.len())));
         }
     };
     let mut problems = Vec::new();
     for w in &mapping.warnings {
-        println!("{w}");
+        say!("{w}");
     }
     problems.extend(reader_paths(&mapping, &file));
     if let Some(url) = &args.database_url {
@@ -180,13 +180,13 @@ pub fn check(args: CheckArgs) -> Result<(), Exit> {
         problems.extend(crate::cli::check_app_routes(&mapping, &file, app)?);
     }
     for p in &problems {
-        println!("{p}");
+        say!("{p}");
     }
     let errors = problems
         .iter()
         .filter(|d| d.severity == Severity::Error)
         .count();
-    println!(
+    say!(
         "{file}: {} routes, version {}, {} warning(s), {} error(s)",
         mapping.routes.len(),
         mapping.version,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 
-use super::{failure, load_mapping, runtime, usage, Exit};
+use super::{failure, load_mapping, runtime, say, usage, Exit};
 use crate::config::{DriftArgs, EXIT_PROBLEMS};
 use crate::db;
 
@@ -57,7 +57,7 @@ pub fn drift(args: DriftArgs) -> Result<(), Exit> {
         let c = r.meta.cluster.clone().unwrap_or_else(|| "-".into());
         clusters.entry(c).or_default().0 += 1;
     }
-    println!(
+    say!(
         "drift report: last {} h, mapping {} ({})",
         args.since_hours,
         args.routes.display(),
@@ -81,10 +81,10 @@ pub fn drift(args: DriftArgs) -> Result<(), Exit> {
         }
     }
     for (c, (rules, drift, would_deny)) in clusters.iter().filter(|(c, _)| wanted(c)) {
-        println!("cluster {c}: {rules} shadow rule(s), {drift} drift event(s), {would_deny} would-be denial(s)");
+        say!("cluster {c}: {rules} shadow rule(s), {drift} drift event(s), {would_deny} would-be denial(s)");
     }
     for l in &lines {
-        println!("{l}");
+        say!("{l}");
     }
     if drift_total > 0 {
         return Err(Exit {
@@ -92,6 +92,6 @@ pub fn drift(args: DriftArgs) -> Result<(), Exit> {
             error: anyhow!("{drift_total} drift event(s) in the window"),
         });
     }
-    println!("zero drift");
+    say!("zero drift");
     Ok(())
 }

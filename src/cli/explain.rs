@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{failure, load_mapping, runtime, usage, Exit};
+use super::{failure, load_mapping, runtime, say, usage, Exit};
 use crate::config::ExplainArgs;
 use crate::identity::Principal;
 use crate::mapping::Mapping;
@@ -142,7 +142,7 @@ fn from_audit_row(args: &ExplainArgs, at_hand: Mapping, request_id: &str) -> Res
         });
     };
     for r in &rows {
-        println!(
+        say!(
             "audit row: {} {} {} {} admin={} rule={} reason={} mapping_version={}",
             r.created_at_utc
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -157,7 +157,7 @@ fn from_audit_row(args: &ExplainArgs, at_hand: Mapping, request_id: &str) -> Res
     }
     let (mapping, file) = match first.mapping_version.as_deref() {
         Some(v) if v == at_hand.version => {
-            println!(
+            say!(
                 "mapping: {} is version {v}, the row's",
                 args.routes.display()
             );
@@ -169,7 +169,7 @@ fn from_audit_row(args: &ExplainArgs, at_hand: Mapping, request_id: &str) -> Res
             .and_then(|d| find_version(d, v))
         {
             Some((m, p)) => {
-                println!(
+                say!(
                     "mapping: {} is version {v}, the row's (--routes is {})",
                     p.display(),
                     at_hand.version
@@ -177,7 +177,7 @@ fn from_audit_row(args: &ExplainArgs, at_hand: Mapping, request_id: &str) -> Res
                 (m, p)
             }
             None => {
-                println!(
+                say!(
                     "WARNING: the row was decided with mapping version {v}; {} is version {} and no file of version {v} is at hand{}: explained with {}, which may decide differently",
                     args.routes.display(),
                     at_hand.version,
@@ -188,7 +188,7 @@ fn from_audit_row(args: &ExplainArgs, at_hand: Mapping, request_id: &str) -> Res
             }
         },
         None => {
-            println!(
+            say!(
                 "WARNING: the row carries no mapping version: explained with {} (version {})",
                 args.routes.display(),
                 at_hand.version
@@ -196,7 +196,7 @@ fn from_audit_row(args: &ExplainArgs, at_hand: Mapping, request_id: &str) -> Res
             (at_hand, args.routes.clone())
         }
     };
-    println!("note: roles are read as they are now, not as they were at the row's time");
+    say!("note: roles are read as they are now, not as they were at the row's time");
     explain_request(
         args,
         &mapping,
@@ -220,8 +220,8 @@ fn explain_request(
     let t = match t {
         Ok(t) => t,
         Err(r) => {
-            println!("decision: {}", describe(&Outcome::Refuse(r)));
-            println!("answer: 400");
+            say!("decision: {}", describe(&Outcome::Refuse(r)));
+            say!("answer: 400");
             return Ok(());
         }
     };
@@ -232,14 +232,14 @@ fn explain_request(
     let route = found.as_ref().map(|(r, _)| *r);
     match route {
         Some(r) => {
-            println!(
+            say!(
                 "rule: {} ({}:{}:{})",
                 r.label(),
                 routes.display(),
                 r.line,
                 r.col
             );
-            println!(
+            say!(
                 "requires: {}",
                 if r.required().is_empty() {
                     r.access.as_str().to_string()
@@ -247,22 +247,22 @@ fn explain_request(
                     r.required()
                 }
             );
-            println!("access: {}, mode: {}", r.access.as_str(), r.mode.as_str());
+            say!("access: {}, mode: {}", r.access.as_str(), r.mode.as_str());
         }
-        None => println!("rule: none matches {} {}", method, t.path),
+        None => say!("rule: none matches {} {}", method, t.path),
     }
     let switches = Switches {
         kill_switch: args.flag_rbac_v2 == "0",
         ticket_grants: args.flag_ticket_scoped_grants == "1",
     };
     if switches.kill_switch {
-        println!("kill switch: on (FLAG_RBAC_V2=0), every route is off");
+        say!("kill switch: on (FLAG_RBAC_V2=0), every route is off");
     }
     runtime()?.block_on(async {
         let pool = db::pool(&args.database_url, 1, Duration::from_secs(10)).map_err(usage)?;
         let principal = match admin {
             None => {
-                println!("admin: none (the request had no session the gateway knew)");
+                say!("admin: none (the request had no session the gateway knew)");
                 Arc::new(Principal::for_tests("", vec![], vec![]))
             }
             Some(admin) => {
@@ -282,7 +282,7 @@ fn explain_request(
                     .await
                     .map_err(failure)?;
                 let provenance = identity::provenance(&pool, admin).await.map_err(failure)?;
-                println!(
+                say!(
                     "admin: {}{}",
                     admin,
                     if principal.break_glass {
@@ -291,14 +291,14 @@ fn explain_request(
                         ""
                     }
                 );
-                println!("effective roles:");
+                say!("effective roles:");
                 for line in &provenance {
-                    println!("  {line}");
+                    say!("  {line}");
                 }
                 if principal.roles().is_empty() {
-                    println!("  (none)");
+                    say!("  (none)");
                 }
-                println!(
+                say!(
                     "permissions: {}",
                     if principal.permissions().is_empty() {
                         "(none)".into()
@@ -327,12 +327,12 @@ fn explain_request(
         if let Outcome::Forward(f) | Outcome::ShadowDeny { forward: f, .. } = &outcome {
             if let Some(p) = &f.principal {
                 if p.roles() != authority.principal.roles() {
-                    println!("ticket-scoped grants add: {}", p.roles_header());
+                    say!("ticket-scoped grants add: {}", p.roles_header());
                 }
             }
         }
-        println!("decision: {}", describe(&outcome));
-        println!(
+        say!("decision: {}", describe(&outcome));
+        say!(
             "answer: {}",
             outcome
                 .status()
@@ -349,7 +349,7 @@ fn explain_reader_api(
     method: &str,
     call: &crate::reader::Call,
 ) -> Result<(), Exit> {
-    println!("rule: none applies: Console's reader API, answered by the gateway (--rbac-api)");
+    say!("rule: none applies: Console's reader API, answered by the gateway (--rbac-api)");
     let (decision, answer) = if method != "GET" && method != "HEAD" {
         ("405 (only GET is answered)", "405")
     } else if let Err(a) = match call {
@@ -358,7 +358,7 @@ fn explain_reader_api(
         }
         crate::reader::Call::Me => Ok(()),
     } {
-        println!("parameters: {}", a.body);
+        say!("parameters: {}", a.body);
         ("400 bad parameters", "400")
     } else if admin.is_none() {
         ("401 (no session)", "401")
@@ -368,7 +368,7 @@ fn explain_reader_api(
             "200, or 503 when the database cannot be read",
         )
     };
-    println!("decision: {decision}");
-    println!("answer: {answer}");
+    say!("decision: {decision}");
+    say!("answer: {answer}");
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{failure, runtime, usage, Exit};
+use super::{failure, runtime, say, usage, Exit};
 use crate::config::MigrateArgs;
 use crate::db;
 
@@ -15,7 +15,7 @@ pub fn migrate(args: MigrateArgs) -> Result<(), Exit> {
             .await
             .context("migration failed")
             .map_err(failure)?;
-        println!("migrations applied");
+        say!("migrations applied");
         Ok(())
     })
 }

@@ -99,3 +99,25 @@ pub(crate) fn diag(
         message,
     }
 }
+
+/// `println!` for the one-shot commands' reports. A reader that went away (`explain ... | head
+/// -1`) ends the command with 141 (128 + SIGPIPE, what a shell reports for a command ended by
+/// it), quietly: `println!` panics there (exit 101). SIGPIPE itself stays ignored, so a closed
+/// database or FreeScout connection is an error the command reports, never a silent death.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::cli::stdout_failed(e);
+        }
+    }};
+}
+pub(crate) use say;
+
+pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("rbac-gateway: cannot write the report: {e}");
+    std::process::exit(crate::config::EXIT_PROBLEMS);
+}

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use super::{failure, runtime, usage, Exit};
+use super::{failure, runtime, say, usage, Exit};
 use crate::config::{SweepArgs, EXIT_PROBLEMS};
 use crate::{db, lifecycle};
 
@@ -20,28 +20,28 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
         Ok::<_, Exit>((report, alerts))
     })?;
     for k in &alerts.raised {
-        println!("alert raised: {k}");
+        say!("alert raised: {k}");
     }
     for k in &alerts.delivered {
-        println!("alert delivered: {k}");
+        say!("alert delivered: {k}");
     }
     for (k, e) in &alerts.failed {
-        println!("alert delivery failed: {k} ({e}); retried later");
+        say!("alert delivery failed: {k} ({e}); retried later");
     }
     if report.skipped {
-        println!("another replica is sweeping right now: nothing done");
+        say!("another replica is sweeping right now: nothing done");
         return Ok(());
     }
     for (grant, ticket, reason) in &report.revoked {
-        println!("revoked ticket grant {grant} (ticket {ticket}): {reason}");
+        say!("revoked ticket grant {grant} (ticket {ticket}): {reason}");
     }
     for s in &report.break_glass_expired {
-        println!("break-glass session {s} ended: break_glass_expire row written");
+        say!("break-glass session {s} ended: break_glass_expire row written");
     }
     for (t, e) in &report.freescout_failures {
-        println!("FreeScout did not answer for ticket {t} ({e}): its grants are kept");
+        say!("FreeScout did not answer for ticket {t} ({e}): its grants are kept");
     }
-    println!(
+    say!(
         "sweep: {} grant(s) revoked, {} break-glass expiry row(s), {} FreeScout failure(s)",
         report.revoked.len(),
         report.break_glass_expired.len(),

@@ -475,7 +475,8 @@ async fn check_names_every_missing_column_table_and_trigger_serve_needs() {
 #[test]
 fn a_report_piped_into_a_reader_that_goes_away_ends_quietly() {
     // `check ... | head -1`: the reader goes away before the report is written. The command ends
-    // by SIGPIPE, as command-line tools do, not with a panic and exit 101.
+    // quietly with 141 (what a shell reports for a command ended by SIGPIPE), not with a panic
+    // and exit 101.
     let mut child = bin()
         .args(["check", "--routes"])
         .arg(root().join("routes.toml"))
@@ -488,4 +489,10 @@ fn a_report_piped_into_a_reader_that_goes_away_ends_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(out.status.code(), Some(101), "{stderr}");
+    // Either it wrote before the reader went away (0), or it saw the closed pipe (141).
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(141)),
+        "{:?} {stderr}",
+        out.status
+    );
 }
