@@ -313,7 +313,7 @@ pub(crate) async fn accept_until_shutdown<C>(
 struct Worker {
     gw: Arc<Gateway>,
     pool: Arc<Pool>,
-    /// The per-request timeouts (header read, upstream read), swept by one ticker.
+    /// The per-request timeouts (header read, body read, upstream read), swept by one ticker.
     deadlines: Deadlines,
     max_body_bytes: usize,
     body_read_timeout: Duration,

@@ -131,7 +131,7 @@ fn utc(t: &DateTime<Utc>) -> String {
 
 /// The check's parameters: `permission` (required, non-empty) and `customer_id` (digits, fits
 /// an i32). A parameter given twice is refused: the answer would depend on which one is read.
-pub(crate) fn check_params(query: Option<&str>) -> Result<(String, Option<i32>), Answer> {
+fn check_params(query: Option<&str>) -> Result<(String, Option<i32>), Answer> {
     let mut permission = None;
     let mut customer = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -182,20 +182,38 @@ pub(crate) fn check_params(query: Option<&str>) -> Result<(String, Option<i32>),
     Ok((permission, customer))
 }
 
+/// The check's parameters: the permission asked and the customer, if any.
+type Params = (String, Option<i32>);
+
+/// What a reader API call gets before any session or database is read, in this order: 405 for
+/// a method other than GET or HEAD, 400 for bad parameters (a malformed call is the caller's
+/// bug whether or not it has a session). Otherwise the check's parameters (None for `me`).
+/// `serve` answers through it, and `explain` reports from it.
+pub fn precheck(call: &Call, method: &str) -> Result<Option<Params>, Answer> {
+    if method != "GET" && method != "HEAD" {
+        return Err(Answer::error(
+            405,
+            "method_not_allowed",
+            "only GET is answered here",
+        ));
+    }
+    match call {
+        Call::Me => Ok(None),
+        Call::Check { query } => check_params(query.as_deref()).map(Some),
+    }
+}
+
 /// The answer to a reader API call for the session `token`.
 pub async fn answer<S: Source>(
     src: &S,
     call: &Call,
+    method: &str,
     token: Option<&str>,
     request_id: &str,
 ) -> Answer {
-    // Parameters first: a malformed call is the caller's bug whether or not it has a session.
-    let params = match call {
-        Call::Me => None,
-        Call::Check { query } => match check_params(query.as_deref()) {
-            Ok(p) => Some(p),
-            Err(a) => return a,
-        },
+    let params = match precheck(call, method) {
+        Ok(p) => p,
+        Err(a) => return a,
     };
     let resolved = match token {
         None => Ok(None),
@@ -288,11 +306,7 @@ pub async fn respond(
     request_id: &str,
     close: bool,
 ) -> Response<GatewayBody> {
-    let a = if method == Method::GET || method == Method::HEAD {
-        answer(gw, call, token, request_id).await
-    } else {
-        Answer::error(405, "method_not_allowed", "only GET is answered here")
-    };
+    let a = answer(gw, call, method.as_str(), token, request_id).await;
     gw.metrics.requests.with_label_values(&[LABEL]).inc();
     if a.status >= 500 {
         tracing::warn!(request_id, status = a.status, "reader API: answering 503");

@@ -350,23 +350,17 @@ fn explain_reader_api(
     call: &crate::reader::Call,
 ) -> Result<(), Exit> {
     say!("rule: none applies: Console's reader API, answered by the gateway (--rbac-api)");
-    let (decision, answer) = if method != "GET" && method != "HEAD" {
-        ("405 (only GET is answered)", "405")
-    } else if let Err(a) = match call {
-        crate::reader::Call::Check { query } => {
-            crate::reader::check_params(query.as_deref()).map(|_| ())
+    // `serve` answers in this order: the method and parameters, then the session.
+    let (decision, answer) = match crate::reader::precheck(call, method) {
+        Err(a) => {
+            say!("refused: {}", a.body);
+            (format!("{} refused", a.status), a.status.to_string())
         }
-        crate::reader::Call::Me => Ok(()),
-    } {
-        say!("parameters: {}", a.body);
-        ("400 bad parameters", "400")
-    } else if admin.is_none() {
-        ("401 (no session)", "401")
-    } else {
-        (
-            "answered by the gateway from the admin's roles, permissions and ticket grants (never forwarded)",
-            "200, or 503 when the database cannot be read",
-        )
+        Ok(_) if admin.is_none() => ("401 (no session)".into(), "401".into()),
+        Ok(_) => (
+            "answered by the gateway from the admin's roles, permissions and ticket grants (never forwarded)".into(),
+            "200, or 503 when the database cannot be read".into(),
+        ),
     };
     say!("decision: {decision}");
     say!("answer: {answer}");
