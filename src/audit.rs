@@ -55,6 +55,50 @@ pub enum AuditError {
     Stopped,
 }
 
+/// The spool, held for the life of the process: an exclusive lock on the file (`flock`), so a
+/// second gateway given the same `--audit-spool` (two instances started from one directory with
+/// the default path, say) does not start. Two processes appending to and replaying one spool
+/// would lose rows: one replay's truncate drops the rows another process appended after that
+/// replay read the file, and their 403s were already sent.
+#[derive(Debug)]
+pub struct SpoolClaim {
+    _file: Option<std::fs::File>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the audit spool {0} is in use by another process (another gateway?): give each gateway its own --audit-spool")]
+pub struct SpoolInUse(pub String);
+
+impl SpoolClaim {
+    /// Takes the spool's lock, creating the (empty) file if it is missing. A spool that cannot
+    /// be opened or locked here (a read-only directory, a file system without locks) is logged
+    /// and the gateway runs as it did without the claim: a denial it cannot record in the
+    /// database or the spool still gets 503, never a 403 without its row.
+    pub fn take(path: &std::path::Path) -> Result<SpoolClaim, SpoolInUse> {
+        let file = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(spool = %path.display(), error = %e,
+                    "cannot open the audit spool: while the database is unreachable, requests that would be denied get 503");
+                return Ok(SpoolClaim { _file: None });
+            }
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(SpoolClaim { _file: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(SpoolInUse(path.display().to_string())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!(spool = %path.display(), error = %e,
+                    "cannot lock the audit spool: make sure no other gateway uses it");
+                Ok(SpoolClaim { _file: Some(file) })
+            }
+        }
+    }
+}
+
 pub const EVENT_DENIED: &str = "access_denied";
 pub const EVENT_SHADOW_DENIED: &str = "access_denied_shadow";
 /// Shadow mode: the gateway's decision and Console's own answer disagree.

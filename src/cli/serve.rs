@@ -48,6 +48,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         )));
     }
     let threads = args.threads.unwrap_or_else(crate::proxy::default_threads);
+    // Held until serve returns: the lock keeps a second gateway off this spool.
+    let _spool = crate::audit::SpoolClaim::take(&args.audit_spool).map_err(failure)?;
 
     let metrics = Arc::new(Metrics::new());
     let db_timeout = Duration::from_millis(args.db_timeout_ms);

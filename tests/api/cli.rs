@@ -12,6 +12,28 @@ fn bin() -> Command {
     c
 }
 
+/// Waits up to 20 s for a command that must end by itself; its exit status and standard error.
+async fn exit_of(
+    child: &mut std::process::Child,
+    what: &str,
+) -> (std::process::ExitStatus, String) {
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            // Reason: the test fails just below either way; the kill only stops the process.
+            let _ = child.kill();
+            panic!("{what} started and kept running");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
 #[tokio::test]
 async fn migrate_is_idempotent_and_the_audit_table_is_append_only() {
     let db = TestDb::new().await; // already migrated once by the library
@@ -211,23 +233,7 @@ async fn serve_refuses_a_port_another_gateway_listens_on() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = second.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > std::time::Duration::from_secs(20) {
-            // Reason: the test fails below either way; the kill only stops the process.
-            let _ = second.kill();
-            panic!(
-                "a second gateway started on {} and kept running",
-                env.gw.addr
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    let (status, err) = exit_of(&mut second, "a second gateway on the same port").await;
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         err.contains("another process (another gateway?) listens on"),
@@ -241,6 +247,66 @@ async fn serve_refuses_a_port_another_gateway_listens_on() {
     .await
     .unwrap();
     assert_ne!(r.status, 0);
+}
+
+#[tokio::test]
+async fn serve_refuses_an_audit_spool_another_gateway_uses() {
+    // Two gateways on one spool (two instances started from one directory with the default
+    // path): one's replay truncates rows the other appended after the replay read the file.
+    let env = Env::core().await;
+    let spool = env.gw.dir.path().join("audit.spool");
+    let mut second = bin()
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--upstream")
+        .arg(env.up.addr.to_string())
+        .arg("--routes")
+        .arg(core_routes())
+        .arg("--database-url")
+        .arg(&env.db.url)
+        .arg("--audit-spool")
+        .arg(&spool)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (status, err) = exit_of(&mut second, "a second gateway on the same spool").await;
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the audit spool {} is in use by another process",
+            spool.display()
+        )),
+        "{err}"
+    );
+    // The first gateway still answers, and a gateway with a spool of its own starts.
+    let r = send(
+        env.gw.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_ne!(r.status, 0);
+    let own = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_in(
+        GatewayOpts::new(core_routes(), &env.db, env.up.addr),
+        own,
+        core_routes(),
+    )
+    .await;
+    assert_eq!(
+        send(
+            gw.admin,
+            b"GET /readyz HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n"
+        )
+        .await
+        .unwrap()
+        .status,
+        200
+    );
 }
 
 #[tokio::test]
