@@ -80,10 +80,9 @@ pub fn apply(gw: &Gateway, path: &Path, text: &str) -> bool {
                 return true;
             }
             let changes = diff(&old, &new);
-            gw.metrics
-                .mapping_info
-                .with_label_values(&[&old.version])
-                .set(0);
+            // One series, the live version's: a series per version ever loaded would grow with
+            // every reload. Err: the old version has no series (never happens; nothing to drop).
+            let _ = gw.metrics.mapping_info.remove_label_values(&[&old.version]);
             gw.metrics
                 .mapping_info
                 .with_label_values(&[&new.version])

@@ -169,6 +169,17 @@ async fn reload_is_live_within_a_second_and_logs_what_changed() {
     // In-place edit (same inode).
     std::fs::write(&env.gw.routes, A).unwrap();
     assert!(wait_for(&env.gw, &token, 403).await < Duration::from_secs(1));
+    // The info metric names the live version only (not one series per version ever loaded).
+    let metrics = env.gw.admin_get("/metrics").await.body_str();
+    let info: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("rbac_gateway_mapping_info{"))
+        .collect();
+    assert_eq!(
+        info,
+        [format!("rbac_gateway_mapping_info{{version=\"{}\"}} 1", version(A)).as_str()],
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
