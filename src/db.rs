@@ -23,6 +23,74 @@ use sqlx::PgPool;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// A role or permission a rule of the mapping names that the database does not have: the rule
+/// can never be satisfied by it (a typo makes the route 403 for everyone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownName {
+    /// "role" or "permission".
+    pub kind: &'static str,
+    pub name: String,
+    /// The rule, as [`crate::mapping::Route::label`] names it.
+    pub rule: String,
+    pub line: usize,
+    pub col: usize,
+}
+
+impl std::fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let table = if self.kind == "role" {
+            "rbac_roles"
+        } else {
+            "rbac_permissions"
+        };
+        write!(
+            f,
+            "unknown {} {:?} in {} (not in {table})",
+            self.kind, self.name, self.rule
+        )
+    }
+}
+
+/// The role and permission names of `mapping` that `rbac_roles` / `rbac_permissions` lack, in
+/// the mapping's order. Used by `check --database-url` (errors) and by `serve` at load and on
+/// every reload (warnings: the role may be created after the mapping ships).
+pub async fn unknown_names(
+    pool: &PgPool,
+    mapping: &crate::mapping::Mapping,
+) -> Result<Vec<UnknownName>, sqlx::Error> {
+    let roles: std::collections::HashSet<String> =
+        sqlx::query_scalar("SELECT name FROM rbac_roles")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    let perms: std::collections::HashSet<String> =
+        sqlx::query_scalar("SELECT name FROM rbac_permissions")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    let mut out = Vec::new();
+    for route in &mapping.routes {
+        let unknown = |kind, known: &std::collections::HashSet<String>, names: &[String]| {
+            names
+                .iter()
+                .filter(|n| !known.contains(*n))
+                .map(|n| UnknownName {
+                    kind,
+                    name: n.clone(),
+                    rule: route.label().to_string(),
+                    line: route.line,
+                    col: route.col,
+                })
+                .collect::<Vec<_>>()
+        };
+        out.extend(unknown("role", &roles, &route.roles));
+        out.extend(unknown("permission", &perms, &route.permissions));
+    }
+    Ok(out)
+}
+
 /// A lazily connecting pool whose statements time out after `timeout`.
 pub fn pool(url: &str, size: u32, timeout: Duration) -> Result<PgPool, sqlx::Error> {
     let ms = timeout.as_millis().max(1).to_string();

@@ -114,6 +114,25 @@ pub fn apply(gw: &Gateway, path: &Path, text: &str) -> bool {
     }
 }
 
+/// Warns about each role or permission the live mapping names that the database lacks: such a
+/// name can never be held, so its rules deny everyone it alone would allow (a typo in an edit
+/// turns a route into 403s). Run at start-up and after each reload that changed the mapping;
+/// `check --database-url` reports the same names as errors before a file ships. A database that
+/// does not answer is logged, not waited for.
+pub async fn warn_unknown_names(gw: &Gateway) {
+    let mapping = gw.mapping.load_full();
+    match crate::db::unknown_names(gw.identity.pool(), &mapping).await {
+        Ok(unknown) => {
+            for u in unknown {
+                tracing::warn!(mapping_version = %mapping.version, line = u.line, warning = %u,
+                    "mapping names a role or permission the database does not have: no session can hold it");
+            }
+        }
+        Err(e) => tracing::info!(error = %e, mapping_version = %mapping.version,
+            "cannot check the mapping's role and permission names against the database"),
+    }
+}
+
 /// Watches `path` until the process ends.
 pub async fn watch(gw: Arc<Gateway>, path: PathBuf) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -159,7 +178,10 @@ pub async fn watch(gw: Arc<Gateway>, path: PathBuf) {
         candidate = None;
         match std::str::from_utf8(&bytes) {
             Ok(text) => {
-                apply(&gw, &path, text);
+                let before = gw.mapping.load().version.clone();
+                if apply(&gw, &path, text) && gw.mapping.load().version != before {
+                    warn_unknown_names(&gw).await;
+                }
             }
             Err(_) => {
                 gw.metrics

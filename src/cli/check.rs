@@ -254,40 +254,14 @@ async fn check_database(
     if !out.is_empty() {
         return Ok(out);
     }
-    let roles: Vec<String> = sqlx::query_scalar("SELECT name FROM rbac_roles")
-        .fetch_all(&pool)
+    let unknown = crate::db::unknown_names(&pool, mapping)
         .await
         .map_err(failure)?;
-    let perms: Vec<String> = sqlx::query_scalar("SELECT name FROM rbac_permissions")
-        .fetch_all(&pool)
-        .await
-        .map_err(failure)?;
-    for route in &mapping.routes {
-        for r in route.roles.iter().filter(|r| !roles.contains(r)) {
-            out.push(diag(
-                file,
-                route.line,
-                route.col,
-                Severity::Error,
-                format!(
-                    "unknown role {r:?} in {} (not in rbac_roles)",
-                    route.label()
-                ),
-            ));
-        }
-        for p in route.permissions.iter().filter(|p| !perms.contains(p)) {
-            out.push(diag(
-                file,
-                route.line,
-                route.col,
-                Severity::Error,
-                format!(
-                    "unknown permission {p:?} in {} (not in rbac_permissions)",
-                    route.label()
-                ),
-            ));
-        }
-    }
+    out.extend(
+        unknown
+            .into_iter()
+            .map(|u| diag(file, u.line, u.col, Severity::Error, u.to_string())),
+    );
     Ok(out)
 }
 

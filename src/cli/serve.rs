@@ -118,6 +118,10 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         supervised("admin", Box::pin(crate::admin::serve(admin, gw.clone())));
         supervised("audit_replay", Box::pin(audit.replay_forever(Duration::from_millis(500))));
         supervised("reload", Box::pin(crate::reload::watch(gw.clone(), args.routes.clone())));
+        tokio::spawn({
+            let gw = gw.clone();
+            async move { crate::reload::warn_unknown_names(&gw).await }
+        });
         supervised(
             "alerts",
             Box::pin(crate::lifecycle::alerts_forever(

@@ -340,3 +340,48 @@ async fn shadow_mode_detects_drift_against_console() {
         assert!(!String::from_utf8_lossy(&out.stdout).contains("zero drift"));
     }
 }
+
+#[tokio::test]
+async fn serve_warns_about_role_and_permission_names_the_database_lacks() {
+    // A typo in a role name turns its routes into 403s for everyone; `check --database-url`
+    // catches it before shipping, and serve says so at load and on the reload that brings it.
+    const TYPO: &str =
+        "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manger\"]\n";
+    const PERM: &str = "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manager\"]\npermissions = [\"console:ops:nope\"]\n";
+    let warnings = |log: &str, name: &str| {
+        log.lines()
+            .filter(|l| l.contains("the database does not have") && l.contains(name))
+            .count()
+    };
+    let env = env_with(TYPO).await;
+    let (_, token) = env.db.admin_with_roles(&["console-manager"]).await;
+    let started = Instant::now();
+    while warnings(&env.gw.log(), "console-manger") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no warning at load; log:\n{}",
+            env.gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(env.gw.get("/ops", Some(&token)).await.status, 403);
+    swap(&env.gw.routes, A);
+    wait_for(&env.gw, &token, 200).await;
+    swap(&env.gw.routes, PERM);
+    let started = Instant::now();
+    while warnings(&env.gw.log(), "console:ops:nope") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no warning after the reload; log:\n{}",
+            env.gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = env.gw.log();
+    // A (every name known) warned about nothing; the typo was reported once, at load.
+    assert_eq!(warnings(&log, "console-manger"), 1, "{log}");
+    assert_eq!(warnings(&log, "\"console-manager"), 0, "{log}");
+    assert_eq!(warnings(&log, "console-audit-user"), 0, "{log}");
+    // The rule still allows by its role: the unknown permission only adds nothing.
+    assert_eq!(env.gw.get("/ops", Some(&token)).await.status, 200);
+}
