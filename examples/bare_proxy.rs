@@ -92,6 +92,7 @@ fn main() {
             tasks: Default::default(),
             // A bare proxy: every path forwarded, the reader API included.
             rbac_api: false,
+            file_rejected: Default::default(),
         })
     });
     let settings = Settings {

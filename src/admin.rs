@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz` (process alive), `/readyz` (mapping loaded and the database
-//! answered), `/metrics` (Prometheus text). Served by hyper, GET only.
+//! answered; a routes file on disk that was not applied is named, the status stays 200),
+//! `/metrics` (Prometheus text). Served by hyper, GET only.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -93,7 +94,17 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
     )
     .await;
     match db {
-        Ok(Ok(_)) => (200, "text/plain", format!("ready mapping={version}\n")),
+        Ok(Ok(_)) => {
+            let mut body = format!("ready mapping={version}\n");
+            if let Some(why) = gw.file_rejected() {
+                // Still ready: the live mapping serves. The operator who just saved a file
+                // sees here that it is not the one in force.
+                body.push_str(&format!(
+                    "routes file not applied (mapping={version} stays live): {why}\n"
+                ));
+            }
+            (200, "text/plain", body)
+        }
         Ok(Err(e)) => (503, "text/plain", format!("database unavailable: {e}\n")),
         Err(_) => (
             503,

@@ -77,6 +77,7 @@ pub fn apply(gw: &Gateway, path: &Path, text: &str) -> bool {
         Ok(new) => {
             let old = gw.mapping.load_full();
             if old.version == new.version {
+                gw.set_file_rejected(None);
                 return true;
             }
             let changes = diff(&old, &new);
@@ -99,6 +100,7 @@ pub fn apply(gw: &Gateway, path: &Path, text: &str) -> bool {
                 tracing::warn!(warning = %w, "mapping warning");
             }
             gw.mapping.store(Arc::new(new));
+            gw.set_file_rejected(None);
             true
         }
         Err(e) => {
@@ -109,6 +111,8 @@ pub fn apply(gw: &Gateway, path: &Path, text: &str) -> bool {
             for d in &e.diagnostics {
                 tracing::error!(error = %d, mapping_version = %gw.mapping.load().version, "mapping rejected; the previous mapping stays live");
             }
+            let first = e.diagnostics.first().map(|d| d.to_string());
+            gw.set_file_rejected(Some(first.unwrap_or_else(|| e.to_string())));
             false
         }
     }
@@ -160,6 +164,7 @@ pub async fn watch(gw: Arc<Gateway>, path: PathBuf) {
                         .inc();
                     tracing::error!(file = %path.display(), error = %e, "mapping unreadable; the previous mapping stays live");
                 }
+                gw.set_file_rejected(Some(format!("{}: {e}", path.display())));
                 settled = None;
                 candidate = None;
                 continue;
@@ -189,6 +194,7 @@ pub async fn watch(gw: Arc<Gateway>, path: PathBuf) {
                     .with_label_values(&["failure"])
                     .inc();
                 tracing::error!(file = %path.display(), "mapping is not UTF-8; the previous mapping stays live");
+                gw.set_file_rejected(Some(format!("{}: not UTF-8", path.display())));
             }
         }
         settled = Some(bytes);

@@ -33,9 +33,27 @@ pub struct Gateway {
     pub tasks: Arc<crate::supervise::Tasks>,
     /// The reader API (`/api/rbac/me`, `/api/rbac/permissions/check`) is answered by the gateway.
     pub rbac_api: bool,
+    /// Why the routes file on disk is not the live mapping (rejected, unreadable), until a file
+    /// is applied again; `/readyz` shows it.
+    pub file_rejected: std::sync::Mutex<Option<String>>,
 }
 
 impl Gateway {
+    /// Records why the file on disk was not applied (None: it was).
+    pub fn set_file_rejected(&self, why: Option<String>) {
+        *self
+            .file_rejected
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = why;
+    }
+
+    pub fn file_rejected(&self) -> Option<String> {
+        self.file_rejected
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     pub fn switches(&self) -> Switches {
         Switches {
             kill_switch: self.kill_switch,

@@ -108,6 +108,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             ticket_validation_url: args.ticket_validation_url.clone(),
             tasks: tasks.clone(),
             rbac_api: args.rbac_api,
+            file_rejected: Default::default(),
         });
         if args.rbac_api {
             metrics.requests.with_label_values(&[crate::reader::LABEL]);

@@ -200,7 +200,20 @@ async fn invalid_truncated_or_missing_files_keep_the_old_mapping() {
             200,
             "broken file {i}: old mapping still enforced"
         );
-        assert_eq!(env.gw.admin_get("/readyz").await.status, 200);
+        // Still ready (the old mapping serves), and /readyz says the file is not in force.
+        let ready = env.gw.admin_get("/readyz").await;
+        assert_eq!(ready.status, 200);
+        let body = ready.body_str();
+        assert!(
+            body.contains(&format!(
+                "routes file not applied (mapping={} stays live): ",
+                version(B)
+            )),
+            "broken file {i}: {body}"
+        );
+        if i == 0 {
+            assert!(body.contains(":5:8: unknown mode"), "{body}");
+        }
     }
     assert!(
         env.gw
@@ -220,9 +233,16 @@ async fn invalid_truncated_or_missing_files_keep_the_old_mapping() {
         200,
         "missing file: old mapping kept"
     );
-    // And a good file afterwards is picked up.
+    let body = env.gw.admin_get("/readyz").await.body_str();
+    assert!(
+        body.contains("routes file not applied") && body.contains("No such file"),
+        "{body}"
+    );
+    // And a good file afterwards is picked up, and /readyz names it alone.
     swap(&env.gw.routes, A);
     wait_for(&env.gw, &token, 403).await;
+    let body = env.gw.admin_get("/readyz").await.body_str();
+    assert_eq!(body, format!("ready mapping={}\n", version(A)));
 }
 
 #[tokio::test]
