@@ -105,7 +105,19 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
             }
             (200, "text/plain", body)
         }
-        Ok(Err(e)) => (503, "text/plain", format!("database unavailable: {e}\n")),
+        Ok(Err(e)) => {
+            let cause = match &e {
+                sqlx::Error::PoolTimedOut => {
+                    crate::db::why_unreachable(gw.identity.pool(), Duration::from_secs(2)).await
+                }
+                _ => None,
+            };
+            let body = match cause {
+                Some(cause) => format!("database unavailable: {cause}\n"),
+                None => format!("database unavailable: {e}\n"),
+            };
+            (503, "text/plain", body)
+        }
         Err(_) => (
             503,
             "text/plain",

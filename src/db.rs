@@ -91,6 +91,25 @@ pub async fn unknown_names(
     Ok(out)
 }
 
+/// Why the database cannot be reached, as a connection attempt of its own reports it. The pool
+/// only says "pool timed out while waiting for an open connection" whatever the cause (refused,
+/// unknown host, wrong password, no such database); an operator needs the cause. One direct
+/// connection, outside the pool, closed at once; None when it succeeds.
+pub async fn why_unreachable(pool: &PgPool, within: Duration) -> Option<String> {
+    use sqlx::{ConnectOptions, Connection};
+    let opts = pool.connect_options();
+    match tokio::time::timeout(within, opts.connect()).await {
+        Ok(Ok(conn)) => {
+            if let Err(e) = conn.close().await {
+                tracing::debug!(error = %e, "closing the probe connection");
+            }
+            None
+        }
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {} ms", within.as_millis())),
+    }
+}
+
 /// A lazily connecting pool whose statements time out after `timeout`.
 pub fn pool(url: &str, size: u32, timeout: Duration) -> Result<PgPool, sqlx::Error> {
     let ms = timeout.as_millis().max(1).to_string();

@@ -121,7 +121,15 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         supervised("reload", Box::pin(crate::reload::watch(gw.clone(), args.routes.clone())));
         tokio::spawn({
             let gw = gw.clone();
-            async move { crate::reload::warn_unknown_names(&gw).await }
+            async move {
+                // The cause, once, at start: the pool's own errors only say it timed out.
+                let within = db_timeout.max(Duration::from_secs(2));
+                match db::why_unreachable(gw.identity.pool(), within).await {
+                    Some(cause) => tracing::error!(error = %cause,
+                        "database unreachable at start-up: sessions not cached get 503 and denials are spooled until it answers"),
+                    None => crate::reload::warn_unknown_names(&gw).await,
+                }
+            }
         });
         supervised(
             "alerts",

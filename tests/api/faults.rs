@@ -67,8 +67,26 @@ async fn database_unreachable_from_the_start_fails_closed() {
     opts.database_url = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port());
     opts.wait_ready = false;
     let gw = Gateway::start(opts).await;
-    assert_eq!(gw.admin_get("/readyz").await.status, 503);
+    let ready = gw.admin_get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    // The cause, not the pool's "pool timed out": here nothing listens on the port.
+    assert!(
+        ready.body_str().contains("database unavailable: ")
+            && ready.body_str().contains("Connection refused"),
+        "{}",
+        ready.body_str()
+    );
     assert_eq!(gw.admin_get("/healthz").await.status, 200);
+    let started = std::time::Instant::now();
+    while !gw.log().contains("database unreachable at start-up") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no start-up error naming the cause; log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.log().contains("Connection refused"), "{}", gw.log());
     let r = gw.get("/ops", Some("some-token")).await;
     assert_eq!(r.status, 503);
     assert_eq!(
