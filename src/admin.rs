@@ -78,6 +78,44 @@ async fn handle(req: Request<Incoming>, gw: &Gateway) -> Response<Full<Bytes>> {
     resp
 }
 
+/// Whether the database answers, within [`READY_LIMIT`]; why not, as well as can be told. The
+/// pool's own error says only "pool timed out" whatever the cause, so a database that has not
+/// answered after [`PROBE_AFTER`] is also tried with a connection of its own
+/// ([`crate::db::why_unreachable`]), at the same time, within the same limit: the answer
+/// comes within the probes' timeouts (3 s in `deploy/`) and names the cause.
+async fn database_state(pool: &sqlx::PgPool) -> Result<(), String> {
+    let select = tokio::time::timeout(
+        READY_LIMIT,
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool),
+    );
+    tokio::pin!(select);
+    let (outcome, cause) = match tokio::time::timeout(PROBE_AFTER, &mut select).await {
+        Ok(outcome) => (outcome, None),
+        Err(_) => {
+            let probe = crate::db::why_unreachable(pool, READY_LIMIT - PROBE_AFTER);
+            let (outcome, cause) = tokio::join!(select, probe);
+            (outcome, Some(cause))
+        }
+    };
+    let pool_error = match outcome {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(e)) if !matches!(e, sqlx::Error::PoolTimedOut) => return Err(e.to_string()),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
+    // A pool that failed fast (a --db-timeout-ms below PROBE_AFTER) was not probed yet.
+    let cause = match cause {
+        Some(cause) => cause,
+        None => crate::db::why_unreachable(pool, READY_LIMIT - PROBE_AFTER).await,
+    };
+    Err(cause.unwrap_or(pool_error))
+}
+
+/// The longest `/readyz` waits for the database.
+const READY_LIMIT: Duration = Duration::from_secs(2);
+/// How long the database may take before `/readyz` also tries a connection of its own.
+const PROBE_AFTER: Duration = Duration::from_millis(300);
+
 async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
     let dead = gw.tasks.dead();
     if !dead.is_empty() {
@@ -88,40 +126,17 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
         );
     }
     let version = gw.mapping.load().version.clone();
-    let db = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(gw.identity.pool()),
-    )
-    .await;
-    match db {
-        Ok(Ok(_)) => {
-            let mut body = format!("ready mapping={version}\n");
-            if let Some(why) = gw.file_rejected() {
-                // Still ready: the live mapping serves. The operator who just saved a file
-                // sees here that it is not the one in force.
-                body.push_str(&format!(
-                    "routes file not applied (mapping={version} stays live): {why}\n"
-                ));
-            }
-            (200, "text/plain", body)
-        }
-        Ok(Err(e)) => {
-            let cause = match &e {
-                sqlx::Error::PoolTimedOut => {
-                    crate::db::why_unreachable(gw.identity.pool(), Duration::from_secs(2)).await
-                }
-                _ => None,
-            };
-            let body = match cause {
-                Some(cause) => format!("database unavailable: {cause}\n"),
-                None => format!("database unavailable: {e}\n"),
-            };
-            (503, "text/plain", body)
-        }
-        Err(_) => (
-            503,
-            "text/plain",
-            "database unavailable: timed out\n".to_string(),
-        ),
+    let rejected = gw.file_rejected().map(|why| {
+        // The live mapping serves; the operator who just saved a file sees here that it is not
+        // the one in force.
+        format!("routes file not applied (mapping={version} stays live): {why}\n")
+    });
+    let (status, mut body) = match database_state(gw.identity.pool()).await {
+        Ok(()) => (200, format!("ready mapping={version}\n")),
+        Err(why) => (503, format!("database unavailable: {why}\n")),
+    };
+    if let Some(line) = rejected {
+        body.push_str(&line);
     }
+    (status, "text/plain", body)
 }

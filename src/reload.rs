@@ -82,12 +82,13 @@ pub fn apply(gw: &Gateway, path: &Path, text: &str) -> bool {
             }
             let changes = diff(&old, &new);
             // One series, the live version's: a series per version ever loaded would grow with
-            // every reload. Err: the old version has no series (never happens; nothing to drop).
-            let _ = gw.metrics.mapping_info.remove_label_values(&[&old.version]);
+            // every reload. The new one is set first, so no scrape finds none.
             gw.metrics
                 .mapping_info
                 .with_label_values(&[&new.version])
                 .set(1);
+            // Err: the old version has no series (never happens; nothing to drop).
+            let _ = gw.metrics.mapping_info.remove_label_values(&[&old.version]);
             gw.metrics
                 .mapping_reloads
                 .with_label_values(&["success"])
@@ -120,21 +121,57 @@ pub fn apply(gw: &Gateway, path: &Path, text: &str) -> bool {
 
 /// Warns about each role or permission the live mapping names that the database lacks: such a
 /// name can never be held, so its rules deny everyone it alone would allow (a typo in an edit
-/// turns a route into 403s). Run at start-up and after each reload that changed the mapping;
-/// `check --database-url` reports the same names as errors before a file ships. A database that
-/// does not answer is logged, not waited for.
+/// turns a route into 403s). Run once the database answers after start-up, and after each
+/// reload that changed the mapping (in a task of its own: the watcher never waits for the
+/// database); `check --database-url` reports the same names as errors before a file ships. A
+/// database that does not answer within [`NAMES_CHECK_LIMIT`] is logged, not waited for.
 pub async fn warn_unknown_names(gw: &Gateway) {
     let mapping = gw.mapping.load_full();
-    match crate::db::unknown_names(gw.identity.pool(), &mapping).await {
-        Ok(unknown) => {
+    let checked = tokio::time::timeout(
+        NAMES_CHECK_LIMIT,
+        crate::db::unknown_names(gw.identity.pool(), &mapping),
+    )
+    .await;
+    match checked {
+        Ok(Ok(unknown)) => {
             for u in unknown {
                 tracing::warn!(mapping_version = %mapping.version, line = u.line, warning = %u,
                     "mapping names a role or permission the database does not have: no session can hold it");
             }
         }
-        Err(e) => tracing::info!(error = %e, mapping_version = %mapping.version,
+        Ok(Err(e)) => tracing::info!(error = %e, mapping_version = %mapping.version,
             "cannot check the mapping's role and permission names against the database"),
+        Err(_) => {
+            tracing::info!(mapping_version = %mapping.version, limit_ms = NAMES_CHECK_LIMIT.as_millis() as u64,
+            "cannot check the mapping's role and permission names: the database did not answer in time")
+        }
     }
+}
+
+/// How long the check of a mapping's names waits for the database.
+pub const NAMES_CHECK_LIMIT: Duration = Duration::from_secs(5);
+
+/// At start-up: logs why the database cannot be reached (once; the pool's own errors only say
+/// it timed out), and checks the mapping's names as soon as it answers.
+pub async fn check_database_at_start(gw: Arc<Gateway>, within: Duration) {
+    let mut reported = false;
+    loop {
+        match crate::db::why_unreachable(gw.identity.pool(), within).await {
+            None => break,
+            Some(cause) => {
+                if !reported {
+                    tracing::error!(error = %cause,
+                        "database unreachable at start-up: sessions not cached get 503 and denials are spooled until it answers");
+                    reported = true;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    if reported {
+        tracing::info!("database reachable");
+    }
+    warn_unknown_names(&gw).await;
 }
 
 /// Watches `path` until the process ends.
@@ -185,7 +222,8 @@ pub async fn watch(gw: Arc<Gateway>, path: PathBuf) {
             Ok(text) => {
                 let before = gw.mapping.load().version.clone();
                 if apply(&gw, &path, text) && gw.mapping.load().version != before {
-                    warn_unknown_names(&gw).await;
+                    let gw = gw.clone();
+                    tokio::spawn(async move { warn_unknown_names(&gw).await });
                 }
             }
             Err(_) => {

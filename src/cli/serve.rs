@@ -119,18 +119,10 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         supervised("admin", Box::pin(crate::admin::serve(admin, gw.clone())));
         supervised("audit_replay", Box::pin(audit.replay_forever(Duration::from_millis(500))));
         supervised("reload", Box::pin(crate::reload::watch(gw.clone(), args.routes.clone())));
-        tokio::spawn({
-            let gw = gw.clone();
-            async move {
-                // The cause, once, at start: the pool's own errors only say it timed out.
-                let within = db_timeout.max(Duration::from_secs(2));
-                match db::why_unreachable(gw.identity.pool(), within).await {
-                    Some(cause) => tracing::error!(error = %cause,
-                        "database unreachable at start-up: sessions not cached get 503 and denials are spooled until it answers"),
-                    None => crate::reload::warn_unknown_names(&gw).await,
-                }
-            }
-        });
+        tokio::spawn(crate::reload::check_database_at_start(
+            gw.clone(),
+            db_timeout.max(Duration::from_secs(2)),
+        ));
         supervised(
             "alerts",
             Box::pin(crate::lifecycle::alerts_forever(

@@ -214,3 +214,93 @@ async fn the_database_connection_can_require_tls() {
         "every gateway connection uses TLS: {tls:?}"
     );
 }
+
+/// Waits up to `limit` for the gateway's log to satisfy `ok`.
+async fn log_until(gw: &Gateway, limit: Duration, what: &str, ok: impl Fn(&str) -> bool) {
+    let started = std::time::Instant::now();
+    while !ok(&gw.log()) {
+        assert!(
+            started.elapsed() < limit,
+            "{what} not logged within {limit:?}; log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_database_holds_up_neither_reloads_nor_readyz() {
+    // Connections that stay open and carry nothing (a partition, a hung PgBouncer): no timeout
+    // of the server's own can fire. Edits must still be live within a second (the change made
+    // after each reload asks the database about the file's role names), and /readyz must
+    // answer within the probes' 3 s.
+    let LinkedEnv { db, link, gw, .. } = LinkedEnv::start(&["--db-timeout-ms", "500"]).await;
+    // Connections in the pool, idle: the check after a reload takes one (and waits on it).
+    let (_, token) = db.admin_with_roles(&["console-manager"]).await;
+    assert_eq!(gw.get("/ops", Some(&token)).await.status, 200);
+    assert_eq!(gw.admin_get("/readyz").await.status, 200);
+    const GONE: &str = "[[route]]\nmethods = [\"GET\"]\npath = \"/zz\"\naccess = \"gone\"\n";
+    const PUBLIC: &str = "[[route]]\nmethods = [\"GET\"]\npath = \"/zz\"\naccess = \"public\"\n";
+    link.stall();
+    for (i, (text, status)) in [(GONE, 404), (PUBLIC, 200), (GONE, 404)]
+        .into_iter()
+        .enumerate()
+    {
+        let tmp = gw.routes.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &gw.routes).unwrap();
+        let started = std::time::Instant::now();
+        while gw.get("/zz", None).await.status != status {
+            assert!(
+                started.elapsed() < Duration::from_millis(1500),
+                "edit {i} not live after 1.5 s with the database stalled; log:\n{}",
+                gw.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let started = std::time::Instant::now();
+    let ready = gw.admin_get("/readyz").await;
+    let took = started.elapsed();
+    assert_eq!(ready.status, 503, "{}", ready.body_str());
+    assert!(
+        ready.body_str().starts_with("database unavailable: "),
+        "{}",
+        ready.body_str()
+    );
+    assert!(took < Duration::from_millis(2800), "/readyz took {took:?}");
+    link.restore();
+}
+
+#[tokio::test]
+async fn names_are_checked_once_the_database_answers_after_start() {
+    // Started while the database is unreachable: the cause is logged, and the mapping's names
+    // are checked when it answers (not only at the next reload).
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let link = PgLink::new(&db.url).await;
+    link.cut();
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(
+        &typo,
+        "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manger\"]\n",
+    )
+    .unwrap();
+    let mut opts = GatewayOpts::new(&typo, &db, up.addr)
+        .via(&link)
+        .arg("--db-timeout-ms")
+        .arg("300");
+    opts.wait_ready = false;
+    let gw = Gateway::start(opts).await;
+    log_until(&gw, Duration::from_secs(5), "the start-up cause", |l| {
+        l.contains("database unreachable at start-up")
+    })
+    .await;
+    assert!(!gw.log().contains("console-manger"), "{}", gw.log());
+    link.restore();
+    log_until(&gw, Duration::from_secs(10), "the unknown role", |l| {
+        l.contains("the database does not have") && l.contains("console-manger")
+    })
+    .await;
+}

@@ -702,6 +702,8 @@ pub struct PgLink {
     pub url: String,
     down: Arc<std::sync::atomic::AtomicBool>,
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// True: connections stay open and carry nothing (a partition, a hung PgBouncer).
+    stalled: tokio::sync::watch::Sender<bool>,
 }
 
 impl PgLink {
@@ -716,6 +718,8 @@ impl PgLink {
         let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::new(Mutex::new(Vec::new()));
         let (d2, c2) = (down.clone(), conns.clone());
+        let stalled = tokio::sync::watch::Sender::new(false);
+        let s2 = stalled.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -726,15 +730,36 @@ impl PgLink {
                     continue;
                 }
                 let target = target.clone();
+                let mut stall = s2.subscribe();
                 let h = tokio::spawn(async move {
+                    let stalled_now = *stall.borrow();
+                    if stalled_now {
+                        // Accepted, never answered; closed when the stall ends.
+                        let _held = inbound;
+                        let _ended = stall.wait_for(|s| !*s).await.is_ok();
+                        return;
+                    }
                     if let Ok(mut outbound) = TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            // The copy stops (its future is dropped before this runs); both
+                            // ends stay open, carrying nothing, until the stall ends (then they
+                            // close, as peers reset after a partition).
+                            _ = async { stall.wait_for(|s| *s).await.is_ok() } => {
+                                let _ended = stall.wait_for(|s| !*s).await.is_ok();
+                            }
+                        }
                     }
                 });
                 c2.lock().unwrap().push(h.abort_handle());
             }
         });
-        PgLink { url, down, conns }
+        PgLink {
+            url,
+            down,
+            conns,
+            stalled,
+        }
     }
 
     /// Cuts every connection and refuses new ones.
@@ -747,6 +772,12 @@ impl PgLink {
 
     pub fn restore(&self) {
         self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.stalled.send_replace(false);
+    }
+
+    /// Every connection, open or new, stays open and carries nothing until [`PgLink::restore`].
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
     }
 }
 
