@@ -65,6 +65,10 @@ pub struct SpoolClaim {
     _file: Option<std::fs::File>,
 }
 
+/// How long start-up waits for a spool lock or a port that a process which just ended may still
+/// hold.
+pub const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 #[error("the audit spool {0} is in use by another process (another gateway?): give each gateway its own --audit-spool")]
 pub struct SpoolInUse(pub String);
@@ -87,7 +91,19 @@ impl SpoolClaim {
                 return Ok(SpoolClaim { _file: None });
             }
         };
-        match file.try_lock() {
+        let started = std::time::Instant::now();
+        let locked = loop {
+            match file.try_lock() {
+                // A gateway restarted right after a SIGKILL may start before the old process
+                // has finished exiting (its files close last): a lock still held after the
+                // grace is another live process's.
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < RESTART_GRACE => {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                other => break other,
+            }
+        };
+        match locked {
             Ok(()) => Ok(SpoolClaim { _file: Some(file) }),
             Err(std::fs::TryLockError::WouldBlock) => Err(SpoolInUse(path.display().to_string())),
             Err(std::fs::TryLockError::Error(e)) => {

@@ -143,7 +143,7 @@ pub fn start(
     threads: usize,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let listener = std::net::TcpListener::bind(addr)?;
+    let listener = crate::proxy::retry_in_use(|| std::net::TcpListener::bind(addr))?;
     listener.set_nonblocking(true)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))

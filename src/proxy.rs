@@ -117,6 +117,25 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
+/// Binds with `bind`, trying again for up to [`crate::audit::RESTART_GRACE`] while the address
+/// is in use: a process that just ended (a SIGKILLed gateway being restarted) may hold its
+/// ports for a moment, until the kernel has closed its files. A port still taken after that is
+/// another live process's.
+pub fn retry_in_use<T>(mut bind: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let started = std::time::Instant::now();
+    loop {
+        match bind() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < crate::audit::RESTART_GRACE =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// SO_REUSEPORT would let this process share a port another process listens on with it (a
 /// forgotten gateway, one started with another mapping): each would answer a share of the
 /// requests. A socket bound without it is refused while anyone listens on the port, so the
@@ -126,9 +145,12 @@ fn refuse_shared_port(addr: SocketAddr) -> std::io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    probe.set_reuse_address(true)?;
-    probe.bind(&addr.into()).map_err(|e| {
+    let bound = retry_in_use(|| {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())
+    });
+    bound.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             std::io::Error::new(
                 e.kind(),

@@ -113,8 +113,11 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         if args.rbac_api {
             metrics.requests.with_label_values(&[crate::reader::LABEL]);
         }
-        let admin = tokio::net::TcpListener::bind(admin_addr)
-            .await
+        let admin = proxy::retry_in_use(|| std::net::TcpListener::bind(admin_addr))
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            })
             .map_err(|e| failure(anyhow!("cannot listen on {admin_addr}: {e}")))?;
         supervised("admin", Box::pin(crate::admin::serve(admin, gw.clone())));
         supervised("audit_replay", Box::pin(audit.replay_forever(Duration::from_millis(500))));

@@ -562,3 +562,73 @@ fn a_report_piped_into_a_reader_that_goes_away_ends_quietly() {
         out.status
     );
 }
+
+#[tokio::test]
+async fn a_gateway_restarted_right_after_a_sigkill_gets_its_ports_and_spool() {
+    // The spool lock and the port check refuse a second live gateway; a restart right after a
+    // SIGKILL (not waited for: the old process may still be closing its files) must not be
+    // taken for one.
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let spool = dir.path().join("audit.spool");
+    let start = || {
+        bin()
+            .arg("serve")
+            .args(["--listen", &listen, "--admin-listen", &admin])
+            .args(["--upstream", &up.addr.to_string()])
+            .arg("--routes")
+            .arg(core_routes())
+            .args(["--database-url", &db.url])
+            .arg("--audit-spool")
+            .arg(&spool)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let admin_addr: std::net::SocketAddr = admin.parse().unwrap();
+    let ready = |mut child: std::process::Child| async move {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+                panic!("the restarted gateway exited ({status}):\n{err}");
+            }
+            let r = send(
+                admin_addr,
+                b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            if matches!(r, Ok(ref r) if r.status == 200) {
+                return child;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "not ready after 20 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    let mut running = ready(start()).await;
+    for _ in 0..5 {
+        running.kill().unwrap();
+        let next = start();
+        let mut old = std::mem::replace(&mut running, ready(next).await);
+        old.wait().unwrap();
+    }
+    let r = send(
+        listen.parse().unwrap(),
+        b"GET /auth/login HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    running.kill().unwrap();
+    running.wait().unwrap();
+}
