@@ -60,9 +60,35 @@ pub enum AuditError {
 /// the default path, say) does not start. Two processes appending to and replaying one spool
 /// would lose rows: one replay's truncate drops the rows another process appended after that
 /// replay read the file, and their 403s were already sent.
+///
+/// The writer opens the spool by its path for each append and each replay; each time it checks
+/// that the path still names the locked file ([`SpoolClaim::follow`]). A spool deleted or
+/// replaced while the gateway runs is locked anew before a row goes into it, and one that
+/// another process holds by then is not written (the denial gets 503) nor replayed.
 #[derive(Debug)]
 pub struct SpoolClaim {
-    _file: Option<std::fs::File>,
+    held: std::sync::Mutex<Option<Held>>,
+}
+
+/// The locked file and its identity on disk.
+#[derive(Debug)]
+struct Held {
+    /// Kept open: the lock lasts as long as this handle.
+    _file: std::fs::File,
+    dev: u64,
+    ino: u64,
+}
+
+impl Held {
+    fn new(file: std::fs::File) -> std::io::Result<Held> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata()?;
+        Ok(Held {
+            _file: file,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
 }
 
 /// How long start-up waits for a spool lock or a port that a process which just ended may still
@@ -88,7 +114,7 @@ impl SpoolClaim {
             Err(e) => {
                 tracing::warn!(spool = %path.display(), error = %e,
                     "cannot open the audit spool: while the database is unreachable, requests that would be denied get 503");
-                return Ok(SpoolClaim { _file: None });
+                return Ok(SpoolClaim::unheld());
             }
         };
         let started = std::time::Instant::now();
@@ -104,13 +130,60 @@ impl SpoolClaim {
             }
         };
         match locked {
-            Ok(()) => Ok(SpoolClaim { _file: Some(file) }),
+            Ok(()) => match Held::new(file) {
+                Ok(held) => Ok(SpoolClaim {
+                    held: std::sync::Mutex::new(Some(held)),
+                }),
+                Err(e) => {
+                    tracing::warn!(spool = %path.display(), error = %e,
+                        "cannot read the audit spool's metadata: make sure no other gateway uses it");
+                    Ok(SpoolClaim::unheld())
+                }
+            },
             Err(std::fs::TryLockError::WouldBlock) => Err(SpoolInUse(path.display().to_string())),
             Err(std::fs::TryLockError::Error(e)) => {
                 tracing::warn!(spool = %path.display(), error = %e,
                     "cannot lock the audit spool: make sure no other gateway uses it");
-                Ok(SpoolClaim { _file: Some(file) })
+                Ok(SpoolClaim::unheld())
             }
+        }
+    }
+
+    /// No lock (none could be taken; or a writer in a test): every file is written as it is.
+    pub fn unheld() -> SpoolClaim {
+        SpoolClaim {
+            held: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Checks that `opened` (the spool just opened by its path) is the locked file. When the
+    /// path names another file now (the spool was deleted or replaced), that file is locked and
+    /// followed from then on; Err when another process holds it.
+    pub fn follow(&self, opened: &std::fs::File, path: &std::path::Path) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(current) = held.as_ref() else {
+            return Ok(());
+        };
+        let meta = opened.metadata()?;
+        if (meta.dev(), meta.ino()) == (current.dev, current.ino) {
+            return Ok(());
+        }
+        match opened.try_lock() {
+            Ok(()) => {
+                tracing::warn!(spool = %path.display(),
+                    "the audit spool was deleted or replaced while the gateway ran: locked the file now at its path");
+                *held = Some(Held::new(opened.try_clone()?)?);
+                Ok(())
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::new(
+                std::io::ErrorKind::ResourceBusy,
+                format!(
+                    "the audit spool {} was replaced by a file another process holds",
+                    path.display()
+                ),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
     }
 }
@@ -239,6 +312,8 @@ struct Inner {
     /// Rows may wait in the spool (set by an append; cleared when the spool is found empty or
     /// replayed), so most batches skip a file-system round trip.
     spooled: std::sync::atomic::AtomicBool,
+    /// The spool's lock ([`AuditWriter::hold_spool`]); unheld until then.
+    claim: Arc<std::sync::OnceLock<SpoolClaim>>,
 }
 
 pub struct AuditWriter {
@@ -279,10 +354,19 @@ impl AuditWriter {
             metrics,
             timeout,
             spooled: std::sync::atomic::AtomicBool::new(true),
+            claim: Arc::new(std::sync::OnceLock::new()),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = write_loop(inner.clone(), rx);
         (Arc::new(AuditWriter { tx, inner }), task)
+    }
+
+    /// Keeps the spool's lock for as long as the writer lives, and follows the spool with it
+    /// ([`SpoolClaim::follow`]). A second call changes nothing.
+    pub fn hold_spool(&self, claim: SpoolClaim) {
+        if self.inner.claim.set(claim).is_err() {
+            tracing::debug!("the audit spool's lock is held already");
+        }
     }
 
     /// Returns once the row is durable (database or spool).
@@ -399,6 +483,7 @@ impl Inner {
         }
         let path = self.spool.clone();
         let max = self.max_spool;
+        let claim = self.claim.clone();
         let len = tokio::task::spawn_blocking(move || -> Result<u64, AuditError> {
             let current = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             if current + lines.len() as u64 > max {
@@ -410,6 +495,9 @@ impl Inner {
                 .append(true)
                 .open(&path)
                 .map_err(io)?;
+            if let Some(claim) = claim.get() {
+                claim.follow(&f, &path).map_err(io)?;
+            }
             f.write_all(&lines).map_err(io)?;
             f.sync_data().map_err(io)?;
             Ok(current + lines.len() as u64)
@@ -422,10 +510,34 @@ impl Inner {
 
     async fn replay(&self) -> Result<usize, sqlx::Error> {
         let _guard = self.lock.lock().await;
-        let text = match tokio::fs::read_to_string(&self.spool).await {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(sqlx::Error::Io(e)),
+        // Read and later emptied through one handle, checked to be the locked file: a spool
+        // another process holds now is neither replayed nor emptied.
+        let (path, claim) = (self.spool.clone(), self.claim.clone());
+        let opened = tokio::task::spawn_blocking(
+            move || -> std::io::Result<Option<(std::fs::File, String)>> {
+                use std::io::Read;
+                let mut f = match std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                if let Some(claim) = claim.get() {
+                    claim.follow(&f, &path)?;
+                }
+                let mut text = String::new();
+                f.read_to_string(&mut text)?;
+                Ok(Some((f, text)))
+            },
+        )
+        .await
+        .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
+        .map_err(sqlx::Error::Io)?;
+        let Some((f, text)) = opened else {
+            return Ok(0);
         };
         // A crash mid-append can leave a torn last line; it was never acknowledged (no 403 was
         // sent for it), so it is skipped.
@@ -448,10 +560,6 @@ impl Inner {
         }
         // Truncate only after the commit: a crash in between replays again, and the primary key
         // makes the second replay a no-op.
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.spool)
-            .map_err(sqlx::Error::Io)?;
         f.set_len(0).map_err(sqlx::Error::Io)?;
         f.sync_all().map_err(sqlx::Error::Io)?;
         self.metrics.audit_spool_bytes.set(0);
@@ -555,5 +663,71 @@ mod tests {
             inner.spooled.load(Ordering::Acquire),
             "the spool holds a row but is not marked: no replay would take it"
         );
+    }
+
+    #[tokio::test]
+    async fn a_spool_replaced_while_held_is_followed_and_one_another_process_holds_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(200))
+            .connect_lazy(&format!("postgres://x@127.0.0.1:{port}/x"))
+            .unwrap();
+        let (writer, task) = AuditWriter::new(
+            pool,
+            path.clone(),
+            1 << 20,
+            Duration::from_millis(200),
+            Arc::new(Metrics::new()),
+        );
+        tokio::spawn(task);
+        writer.hold_spool(SpoolClaim::take(&path).unwrap());
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap()
+        };
+        let another_process_locks = || match open().try_lock() {
+            Ok(()) => false,
+            Err(std::fs::TryLockError::WouldBlock) => true,
+            Err(std::fs::TryLockError::Error(e)) => panic!("{e}"),
+        };
+        // The database refuses: the row goes to the spool, the locked file.
+        writer.record(row("r1")).await.unwrap();
+        assert!(another_process_locks());
+
+        // Deleted while held: the next row creates the file again, and it is locked anew.
+        std::fs::remove_file(&path).unwrap();
+        assert!(!another_process_locks(), "nobody holds the new path yet");
+        std::fs::remove_file(&path).unwrap();
+        writer.record(row("r2")).await.unwrap();
+        assert!(another_process_locks(), "the new spool is locked");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\"r2\"") && !text.contains("\"r1\""),
+            "{text}"
+        );
+
+        // Replaced by a file another process holds: no row goes into it, and the replay
+        // neither reads nor empties it.
+        std::fs::remove_file(&path).unwrap();
+        let theirs = open();
+        theirs.try_lock().unwrap();
+        std::io::Write::write_all(&mut &theirs, b"theirs\n").unwrap();
+        let refused = writer.record(row("r3")).await;
+        assert!(
+            matches!(&refused, Err(AuditError::SpoolIo(why)) if why.contains("another process holds")),
+            "{refused:?}"
+        );
+        let replay = writer.replay().await;
+        assert!(replay.is_err(), "{replay:?}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "theirs\n");
     }
 }

@@ -48,8 +48,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         )));
     }
     let threads = args.threads.unwrap_or_else(crate::proxy::default_threads);
-    // Held until serve returns: the lock keeps a second gateway off this spool.
-    let _spool = crate::audit::SpoolClaim::take(&args.audit_spool).map_err(failure)?;
+    // Held by the audit writer from its start: the lock keeps a second gateway off this spool.
+    let spool = crate::audit::SpoolClaim::take(&args.audit_spool).map_err(failure)?;
 
     let metrics = Arc::new(Metrics::new());
     let db_timeout = Duration::from_millis(args.db_timeout_ms);
@@ -82,6 +82,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             db_timeout,
             metrics.clone(),
         );
+        audit.hold_spool(spool);
         supervised("audit_writer", Box::pin(writer));
         metrics.mapping_info.with_label_values(&[&mapping.version]).set(1);
         for w in &mapping.warnings {
