@@ -266,6 +266,9 @@ pub struct ExplainArgs {
     #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
     pub rbac_api: bool,
+    /// Break-glass sessions count only once their alert was delivered, as `serve` reads it.
+    #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub break_glass_requires_alert: bool,
 }
 
 #[derive(Debug, Clone, Args)]

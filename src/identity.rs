@@ -540,15 +540,22 @@ pub async fn resolve_with(
 /// How each effective role was obtained ("break-glass -> console-manager -> console-flag-admin"),
 /// for `explain`. Walks the same tables as [`PRINCIPAL_SQL`], in Rust, keeping the first path
 /// found to each role; a cycle is cut by the visited set.
-pub async fn provenance(pool: &PgPool, admin_id: &str) -> Result<Vec<String>, sqlx::Error> {
+pub async fn provenance(
+    pool: &PgPool,
+    admin_id: &str,
+    requires_alert: bool,
+) -> Result<Vec<String>, sqlx::Error> {
     let groups: Vec<(String, String, bool)> = sqlx::query_as(
         r#"SELECT g.id, g.name, false FROM rbac_user_groups ug JOIN rbac_groups g ON g.id = ug.group_id WHERE ug.user_id = $1
            UNION
            SELECT g.id, g.name, true FROM rbac_groups g WHERE g.name = 'break-glass' AND EXISTS (
-               SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND b.expires_at_utc > now())
+               SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND b.expires_at_utc > now()
+                 AND (NOT $2::bool OR EXISTS (SELECT 1 FROM rbac_gateway_alerts a
+                                              WHERE a.key = 'break_glass:' || b.id AND a.delivered_at_utc IS NOT NULL)))
            ORDER BY 2"#,
     )
     .bind(admin_id)
+    .bind(requires_alert)
     .fetch_all(pool)
     .await?;
     let group_roles: Vec<(String, String, String)> = sqlx::query_as(

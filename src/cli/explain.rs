@@ -92,6 +92,39 @@ pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
     }
 }
 
+/// `Some(admin)` when the admin has a live session (not expired, not revoked), or none at all
+/// yet (explained as the admin would be decided once logged in); None, said so, when every
+/// session of the admin expired or was revoked: `serve` answers such a cookie as no session.
+/// An admin id that does not exist is a usage error.
+async fn live_session<'a>(args: &ExplainArgs, admin: &'a str) -> Result<Option<&'a str>, Exit> {
+    let pool = db::pool(&args.database_url, 1, Duration::from_secs(10)).map_err(usage)?;
+    let (known, any, live): (bool, bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM admins WHERE id = $1), \
+         EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1), \
+         EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1 \
+                 AND revoked_at_utc IS NULL AND expires_at_utc > now())",
+    )
+    .bind(admin)
+    .fetch_one(&pool)
+    .await
+    .map_err(failure)?;
+    if !known {
+        return Err(usage(anyhow::anyhow!(
+            "--admin {admin}: no such admin (admins.id)"
+        )));
+    }
+    if live {
+        return Ok(Some(admin));
+    }
+    if !any {
+        say!("session: none yet: explained as the admin would be decided once logged in");
+        return Ok(Some(admin));
+    }
+    say!("admin: {admin} has no live session (each one expired or was revoked)");
+    say!("session: none: decided as a request without a valid session, as serve decides it");
+    Ok(None)
+}
+
 /// One audit row, as `explain --request-id` reads it.
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -225,6 +258,12 @@ fn explain_request(
             return Ok(());
         }
     };
+    // `serve` decides on a session: an admin whose every session expired or was revoked is a
+    // request without one (302, or 401 from the reader API), whatever their roles.
+    let admin = match admin {
+        Some(a) if args.request_id.is_none() => runtime()?.block_on(live_session(args, a))?,
+        other => other,
+    };
     if let Some(call) = args.rbac_api.then(|| crate::reader::Call::of(&t)).flatten() {
         return explain_reader_api(admin, method, &call);
     }
@@ -278,10 +317,27 @@ fn explain_request(
                         "--admin {admin}: no such admin (admins.id)"
                     )));
                 }
-                let principal = identity::resolve(&pool, admin, Duration::ZERO)
+                let requires_alert = args.break_glass_requires_alert;
+                let principal =
+                    identity::resolve_with(&pool, admin, Duration::ZERO, requires_alert)
+                        .await
+                        .map_err(failure)?;
+                let provenance = identity::provenance(&pool, admin, requires_alert)
                     .await
                     .map_err(failure)?;
-                let provenance = identity::provenance(&pool, admin).await.map_err(failure)?;
+                if requires_alert && !principal.break_glass {
+                    let waiting: Option<i32> = sqlx::query_scalar(
+                        "SELECT 1 FROM rbac_break_glass_sessions WHERE user_id = $1 \
+                         AND revoked_at_utc IS NULL AND expires_at_utc > now() LIMIT 1",
+                    )
+                    .bind(admin)
+                    .fetch_optional(&pool)
+                    .await
+                    .map_err(failure)?;
+                    if waiting.is_some() {
+                        say!("break-glass: a session is active, not honoured until its alert is delivered (--break-glass-requires-alert)");
+                    }
+                }
                 say!(
                     "admin: {}{}",
                     admin,
@@ -332,12 +388,25 @@ fn explain_request(
             }
         }
         say!("decision: {}", describe(&outcome));
-        say!(
-            "answer: {}",
-            outcome
-                .status()
-                .map_or("forwarded (Console answers)".to_string(), |s| s.to_string())
-        );
+        // As the proxy does before it forwards: an admin id or role name that is not a valid
+        // header value is never sent to Console.
+        let unsendable = match &outcome {
+            Outcome::Forward(f) | Outcome::ShadowDeny { forward: f, .. } => {
+                f.principal.as_ref().is_some_and(|p| !p.forwardable())
+            }
+            _ => false,
+        };
+        if unsendable {
+            say!("not forwarded: the admin id or a role name is not a valid header value");
+            say!("answer: 503");
+        } else {
+            say!(
+                "answer: {}",
+                outcome
+                    .status()
+                    .map_or("forwarded (Console answers)".to_string(), |s| s.to_string())
+            );
+        }
         Ok(())
     })
 }
@@ -358,8 +427,8 @@ fn explain_reader_api(
         }
         Ok(_) if admin.is_none() => ("401 (no session)".into(), "401".into()),
         Ok(_) => (
-            "answered by the gateway from the admin's roles, permissions and ticket grants (never forwarded)".into(),
-            "200, or 503 when the database cannot be read".into(),
+            "answered by the gateway from the admin's roles, permissions and ticket grants (never forwarded; 503 while the database cannot be read)".into(),
+            "200".into(),
         ),
     };
     say!("decision: {decision}");
