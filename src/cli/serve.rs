@@ -19,6 +19,29 @@ use crate::supervise::{self, Tasks};
 /// A supervised background task.
 type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// The spool this gateway writes, locked. A spool named on the command line or in the
+/// environment that another process holds is an error (exit 1). The default one held by
+/// another gateway started in the same directory (replicas side by side, each on its own port,
+/// none given a spool) gives way to `rbac-gateway-audit.PORT.spool`: a spool of this gateway's
+/// own, the same one again when it restarts on that port.
+fn claim_spool(
+    path: &std::path::Path,
+    port: u16,
+) -> Result<(std::path::PathBuf, crate::audit::SpoolClaim), Exit> {
+    use crate::audit::SpoolClaim;
+    match SpoolClaim::take(path) {
+        Ok(claim) => Ok((path.to_path_buf(), claim)),
+        Err(in_use) if path == std::path::Path::new(crate::config::DEFAULT_AUDIT_SPOOL) => {
+            let own = std::path::PathBuf::from(format!("rbac-gateway-audit.{port}.spool"));
+            tracing::warn!(held = %in_use, spool = %own.display(),
+                "the default audit spool is another gateway's: this one spools to a file of its own (set --audit-spool to choose)");
+            let claim = SpoolClaim::take(&own).map_err(failure)?;
+            Ok((own, claim))
+        }
+        Err(in_use) => Err(failure(in_use)),
+    }
+}
+
 pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     init_logging(&args.log_format);
     if args.log_format != "json" && args.log_format != "text" {
@@ -49,7 +72,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     }
     let threads = args.threads.unwrap_or_else(crate::proxy::default_threads);
     // Held by the audit writer from its start: the lock keeps a second gateway off this spool.
-    let spool = crate::audit::SpoolClaim::take(&args.audit_spool).map_err(failure)?;
+    let (spool_path, spool) = claim_spool(&args.audit_spool, listen.port())?;
 
     let metrics = Arc::new(Metrics::new());
     let db_timeout = Duration::from_millis(args.db_timeout_ms);
@@ -77,7 +100,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         supervised("feed", Box::pin(crate::feed::follow(pool.clone(), identity.clone(), metrics.clone())) as Task);
         let (audit, writer) = AuditWriter::new(
             pool.clone(),
-            args.audit_spool.clone(),
+            spool_path,
             args.audit_spool_max_bytes,
             db_timeout,
             metrics.clone(),

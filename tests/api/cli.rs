@@ -563,6 +563,90 @@ fn a_report_piped_into_a_reader_that_goes_away_ends_quietly() {
     );
 }
 
+/// `serve` on these addresses in front of `up`, with the test mapping; standard error piped.
+fn serve_cmd(db: &TestDb, up: &Upstream, listen: &str, admin: &str) -> Command {
+    let mut cmd = bin();
+    cmd.arg("serve")
+        .args(["--listen", listen, "--admin-listen", admin])
+        .args(["--upstream", &up.addr.to_string()])
+        .arg("--routes")
+        .arg(core_routes())
+        .args(["--database-url", &db.url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// Waits until the gateway whose admin listener is `admin` answers /readyz 200; panics with its
+/// standard error if it exits first, or after 20 s.
+async fn ready_or_exited(
+    mut child: std::process::Child,
+    admin: std::net::SocketAddr,
+) -> std::process::Child {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("the gateway exited ({status}):\n{err}");
+        }
+        let r = send(
+            admin,
+            b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if matches!(r, Ok(ref r) if r.status == 200) {
+            return child;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "not ready after 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn replicas_started_side_by_side_without_a_spool_get_one_each() {
+    // Three gateways started in one directory, each on its own port, none given --audit-spool
+    // (as a test rig or a quick trial starts replicas): the first takes the default spool, the
+    // others one of their own named after their port; all three run, and no two share a file.
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let (port, admin) = (free_port(), free_port());
+        let child = serve_cmd(
+            &db,
+            &up,
+            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{admin}"),
+        )
+        .current_dir(dir.path())
+        .env_remove("GATEWAY_AUDIT_SPOOL")
+        .spawn()
+        .unwrap();
+        running.push(ready_or_exited(child, format!("127.0.0.1:{admin}").parse().unwrap()).await);
+        ports.push(port);
+    }
+    let held = |name: &str| {
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+    };
+    assert!(held("rbac-gateway-audit.spool"));
+    assert!(held(&format!("rbac-gateway-audit.{}.spool", ports[1])));
+    assert!(held(&format!("rbac-gateway-audit.{}.spool", ports[2])));
+    for mut child in running {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_gateway_restarted_right_after_a_sigkill_gets_its_ports_and_spool() {
     // The spool lock and the port check refuse a second live gateway; a restart right after a
@@ -577,44 +661,14 @@ async fn a_gateway_restarted_right_after_a_sigkill_gets_its_ports_and_spool() {
     );
     let spool = dir.path().join("audit.spool");
     let start = || {
-        bin()
-            .arg("serve")
-            .args(["--listen", &listen, "--admin-listen", &admin])
-            .args(["--upstream", &up.addr.to_string()])
-            .arg("--routes")
-            .arg(core_routes())
-            .args(["--database-url", &db.url])
+        serve_cmd(&db, &up, &listen, &admin)
             .arg("--audit-spool")
             .arg(&spool)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     };
     let admin_addr: std::net::SocketAddr = admin.parse().unwrap();
-    let ready = |mut child: std::process::Child| async move {
-        let started = std::time::Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                let mut err = String::new();
-                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-                panic!("the restarted gateway exited ({status}):\n{err}");
-            }
-            let r = send(
-                admin_addr,
-                b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-            )
-            .await;
-            if matches!(r, Ok(ref r) if r.status == 200) {
-                return child;
-            }
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(20),
-                "not ready after 20 s"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    };
+    let ready = |child| ready_or_exited(child, admin_addr);
     let mut running = ready(start()).await;
     for _ in 0..5 {
         running.kill().unwrap();
