@@ -19,11 +19,10 @@ use crate::supervise::{self, Tasks};
 /// A supervised background task.
 type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// The spool this gateway writes, locked. A spool named on the command line or in the
-/// environment that another process holds is an error (exit 1). The default one held by
-/// another gateway started in the same directory (replicas side by side, each on its own port,
-/// none given a spool) gives way to `rbac-gateway-audit.PORT.spool`: a spool of this gateway's
-/// own, the same one again when it restarts on that port.
+/// The spool this gateway writes, locked. A spool another gateway holds (replicas started side
+/// by side with one `--audit-spool`, or none) gives way to one of this gateway's own, named
+/// after its `--listen` port (`audit.spool` -> `audit.PORT.spool`), the same file again when it
+/// restarts on that port: two gateways never share a spool, and neither fails to start.
 fn claim_spool(
     path: &std::path::Path,
     port: u16,
@@ -31,15 +30,27 @@ fn claim_spool(
     use crate::audit::SpoolClaim;
     match SpoolClaim::take(path) {
         Ok(claim) => Ok((path.to_path_buf(), claim)),
-        Err(in_use) if path == std::path::Path::new(crate::config::DEFAULT_AUDIT_SPOOL) => {
-            let own = std::path::PathBuf::from(format!("rbac-gateway-audit.{port}.spool"));
+        Err(in_use) => {
+            let own = per_port(path, port);
             tracing::warn!(held = %in_use, spool = %own.display(),
-                "the default audit spool is another gateway's: this one spools to a file of its own (set --audit-spool to choose)");
+                "the audit spool is another gateway's: this one spools to a file of its own (give each gateway its own --audit-spool)");
             let claim = SpoolClaim::take(&own).map_err(failure)?;
             Ok((own, claim))
         }
-        Err(in_use) => Err(failure(in_use)),
     }
+}
+
+/// `dir/audit.spool` -> `dir/audit.PORT.spool`; a name without `.spool` gets `.PORT` appended.
+fn per_port(path: &std::path::Path, port: u16) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let own = match name.strip_suffix(".spool") {
+        Some(stem) => format!("{stem}.{port}.spool"),
+        None => format!("{name}.{port}"),
+    };
+    path.with_file_name(own)
 }
 
 pub fn serve(args: ServeArgs) -> Result<(), Exit> {
@@ -230,4 +241,26 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     tracing::info!("shut down");
     drop(bg);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::per_port;
+    use std::path::Path;
+
+    #[test]
+    fn a_spool_of_its_own_is_named_after_the_port_beside_the_held_one() {
+        assert_eq!(
+            per_port(Path::new("rbac-gateway-audit.spool"), 8081),
+            Path::new("rbac-gateway-audit.8081.spool")
+        );
+        assert_eq!(
+            per_port(Path::new("/var/lib/rbac-gateway/audit.spool"), 9000),
+            Path::new("/var/lib/rbac-gateway/audit.9000.spool")
+        );
+        assert_eq!(
+            per_port(Path::new("/tmp/rows"), 9000),
+            Path::new("/tmp/rows.9000")
+        );
+    }
 }

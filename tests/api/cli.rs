@@ -250,63 +250,42 @@ async fn serve_refuses_a_port_another_gateway_listens_on() {
 }
 
 #[tokio::test]
-async fn serve_refuses_an_audit_spool_another_gateway_uses() {
-    // Two gateways on one spool (two instances started from one directory with the default
-    // path): one's replay truncates rows the other appended after the replay read the file.
+async fn a_second_gateway_given_a_held_spool_spools_to_one_of_its_own() {
+    // Two gateways on one spool would lose rows (one's replay empties the file after reading
+    // it, taking rows the other appended in between); refusing to start would take a replica
+    // down for a shared setting. The second one spools to a file of its own, beside it.
     let env = Env::core().await;
     let spool = env.gw.dir.path().join("audit.spool");
-    let mut second = bin()
-        .arg("serve")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--upstream")
-        .arg(env.up.addr.to_string())
-        .arg("--routes")
-        .arg(core_routes())
-        .arg("--database-url")
-        .arg(&env.db.url)
-        .arg("--audit-spool")
-        .arg(&spool)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (status, err) = exit_of(&mut second, "a second gateway on the same spool").await;
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(&format!(
-            "the audit spool {} is in use by another process",
-            spool.display()
-        )),
-        "{err}"
-    );
-    // The first gateway still answers, and a gateway with a spool of its own starts.
-    let r = send(
-        env.gw.addr,
-        b"GET /healthz HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+    let (port, admin) = (free_port(), free_port());
+    let second = serve_cmd(
+        &env.db,
+        &env.up,
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{admin}"),
     )
-    .await
+    .arg("--audit-spool")
+    .arg(&spool)
+    .spawn()
     .unwrap();
-    assert_ne!(r.status, 0);
-    let own = tempfile::tempdir().unwrap();
-    let gw = Gateway::start_in(
-        GatewayOpts::new(core_routes(), &env.db, env.up.addr),
-        own,
-        core_routes(),
-    )
-    .await;
-    assert_eq!(
-        send(
-            gw.admin,
-            b"GET /readyz HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n"
-        )
-        .await
-        .unwrap()
-        .status,
-        200
-    );
+    let mut second = ready_or_exited(second, format!("127.0.0.1:{admin}").parse().unwrap()).await;
+    let held = |path: &std::path::Path| {
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+    };
+    assert!(held(&spool), "the first gateway keeps its spool");
+    let own = env.gw.dir.path().join(format!("audit.{port}.spool"));
+    assert!(held(&own), "the second holds {}", own.display());
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("spools to a file of its own"), "{err}");
+    assert!(!held(&own), "released when the second gateway ended");
+    // The first gateway still answers.
+    assert_eq!(env.gw.admin_get("/readyz").await.status, 200);
 }
 
 #[tokio::test]
