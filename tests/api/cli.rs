@@ -556,12 +556,34 @@ fn serve_cmd(db: &TestDb, up: &Upstream, listen: &str, admin: &str) -> Command {
     cmd
 }
 
+/// A gateway process, killed and reaped when dropped: a failing test leaves none behind.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Errs when the process has ended already; nothing is left to stop then.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
 /// Waits until the gateway whose admin listener is `admin` answers /readyz 200; panics with its
 /// standard error if it exits first, or after 20 s.
-async fn ready_or_exited(
-    mut child: std::process::Child,
-    admin: std::net::SocketAddr,
-) -> std::process::Child {
+async fn ready_or_exited(child: std::process::Child, admin: std::net::SocketAddr) -> Running {
+    let mut child = Running(child);
     let started = std::time::Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
