@@ -387,7 +387,6 @@ fn explain_request(
                 }
             }
         }
-        say!("decision: {}", describe(&outcome));
         // As the proxy does before it forwards: an admin id or role name that is not a valid
         // header value is never sent to Console.
         let unsendable = match &outcome {
@@ -397,9 +396,18 @@ fn explain_request(
             _ => false,
         };
         if unsendable {
+            match &outcome {
+                Outcome::ShadowDeny { row, .. } => say!(
+                    "decision: shadow mode: would deny, {}; an {} row is written",
+                    row.reason,
+                    row.event_type
+                ),
+                _ => say!("decision: {}", describe(&outcome)),
+            }
             say!("not forwarded: the admin id or a role name is not a valid header value");
             say!("answer: 503");
         } else {
+            say!("decision: {}", describe(&outcome));
             say!(
                 "answer: {}",
                 outcome
