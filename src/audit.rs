@@ -55,139 +55,6 @@ pub enum AuditError {
     Stopped,
 }
 
-/// The spool, held for the life of the process: an exclusive lock on the file (`flock`), so a
-/// second gateway given the same `--audit-spool` (two instances started from one directory with
-/// the default path, say) does not start. Two processes appending to and replaying one spool
-/// would lose rows: one replay's truncate drops the rows another process appended after that
-/// replay read the file, and their 403s were already sent.
-///
-/// The writer opens the spool by its path for each append and each replay; each time it checks
-/// that the path still names the locked file ([`SpoolClaim::follow`]). A spool deleted or
-/// replaced while the gateway runs is locked anew before a row goes into it, and one that
-/// another process holds by then is not written (the denial gets 503) nor replayed.
-#[derive(Debug)]
-pub struct SpoolClaim {
-    held: std::sync::Mutex<Option<Held>>,
-}
-
-/// The locked file and its identity on disk.
-#[derive(Debug)]
-struct Held {
-    /// Kept open: the lock lasts as long as this handle.
-    _file: std::fs::File,
-    dev: u64,
-    ino: u64,
-}
-
-impl Held {
-    fn new(file: std::fs::File) -> std::io::Result<Held> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = file.metadata()?;
-        Ok(Held {
-            _file: file,
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
-    }
-}
-
-/// How long start-up waits for a spool lock or a port that a process which just ended may still
-/// hold.
-pub const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
-#[derive(Debug, thiserror::Error)]
-#[error("the audit spool {0} is in use by another process (another gateway?): give each gateway its own --audit-spool")]
-pub struct SpoolInUse(pub String);
-
-impl SpoolClaim {
-    /// Takes the spool's lock, creating the (empty) file if it is missing. A spool that cannot
-    /// be opened or locked here (a read-only directory, a file system without locks) is logged
-    /// and the gateway runs as it did without the claim: a denial it cannot record in the
-    /// database or the spool still gets 503, never a 403 without its row.
-    pub fn take(path: &std::path::Path) -> Result<SpoolClaim, SpoolInUse> {
-        let file = match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(spool = %path.display(), error = %e,
-                    "cannot open the audit spool: while the database is unreachable, requests that would be denied get 503");
-                return Ok(SpoolClaim::unheld());
-            }
-        };
-        let started = std::time::Instant::now();
-        let locked = loop {
-            match file.try_lock() {
-                // A gateway restarted right after a SIGKILL may start before the old process
-                // has finished exiting (its files close last): a lock still held after the
-                // grace is another live process's.
-                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < RESTART_GRACE => {
-                    std::thread::sleep(std::time::Duration::from_millis(25));
-                }
-                other => break other,
-            }
-        };
-        match locked {
-            Ok(()) => match Held::new(file) {
-                Ok(held) => Ok(SpoolClaim {
-                    held: std::sync::Mutex::new(Some(held)),
-                }),
-                Err(e) => {
-                    tracing::warn!(spool = %path.display(), error = %e,
-                        "cannot read the audit spool's metadata: make sure no other gateway uses it");
-                    Ok(SpoolClaim::unheld())
-                }
-            },
-            Err(std::fs::TryLockError::WouldBlock) => Err(SpoolInUse(path.display().to_string())),
-            Err(std::fs::TryLockError::Error(e)) => {
-                tracing::warn!(spool = %path.display(), error = %e,
-                    "cannot lock the audit spool: make sure no other gateway uses it");
-                Ok(SpoolClaim::unheld())
-            }
-        }
-    }
-
-    /// No lock (none could be taken; or a writer in a test): every file is written as it is.
-    pub fn unheld() -> SpoolClaim {
-        SpoolClaim {
-            held: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// Checks that `opened` (the spool just opened by its path) is the locked file. When the
-    /// path names another file now (the spool was deleted or replaced), that file is locked and
-    /// followed from then on; Err when another process holds it.
-    pub fn follow(&self, opened: &std::fs::File, path: &std::path::Path) -> std::io::Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(current) = held.as_ref() else {
-            return Ok(());
-        };
-        let meta = opened.metadata()?;
-        if (meta.dev(), meta.ino()) == (current.dev, current.ino) {
-            return Ok(());
-        }
-        match opened.try_lock() {
-            Ok(()) => {
-                tracing::warn!(spool = %path.display(),
-                    "the audit spool was deleted or replaced while the gateway ran: locked the file now at its path");
-                *held = Some(Held::new(opened.try_clone()?)?);
-                Ok(())
-            }
-            Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::new(
-                std::io::ErrorKind::ResourceBusy,
-                format!(
-                    "the audit spool {} was replaced by a file another process holds",
-                    path.display()
-                ),
-            )),
-            Err(std::fs::TryLockError::Error(e)) => Err(e),
-        }
-    }
-}
-
 pub const EVENT_DENIED: &str = "access_denied";
 pub const EVENT_SHADOW_DENIED: &str = "access_denied_shadow";
 /// Shadow mode: the gateway's decision and Console's own answer disagree.
@@ -312,8 +179,6 @@ struct Inner {
     /// Rows may wait in the spool (set by an append; cleared when the spool is found empty or
     /// replayed), so most batches skip a file-system round trip.
     spooled: std::sync::atomic::AtomicBool,
-    /// The spool's lock ([`AuditWriter::hold_spool`]); unheld until then.
-    claim: Arc<std::sync::OnceLock<SpoolClaim>>,
 }
 
 pub struct AuditWriter {
@@ -354,19 +219,10 @@ impl AuditWriter {
             metrics,
             timeout,
             spooled: std::sync::atomic::AtomicBool::new(true),
-            claim: Arc::new(std::sync::OnceLock::new()),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = write_loop(inner.clone(), rx);
         (Arc::new(AuditWriter { tx, inner }), task)
-    }
-
-    /// Keeps the spool's lock for as long as the writer lives, and follows the spool with it
-    /// ([`SpoolClaim::follow`]). A second call changes nothing.
-    pub fn hold_spool(&self, claim: SpoolClaim) {
-        if self.inner.claim.set(claim).is_err() {
-            tracing::debug!("the audit spool's lock is held already");
-        }
     }
 
     /// Returns once the row is durable (database or spool).
@@ -388,12 +244,9 @@ impl AuditWriter {
     /// Replays the spool every `every` until the process ends.
     pub async fn replay_forever(self: Arc<Self>, every: Duration) {
         loop {
-            if self
-                .inner
-                .spooled
-                .load(std::sync::atomic::Ordering::Acquire)
-                && self.inner.spool_len().await > 0
-            {
+            // The file, not only this process's mark: a spool may be shared by gateways side
+            // by side, and rows another one left there (it ended) are replayed here.
+            if self.inner.spool_len().await > 0 {
                 match self.replay().await {
                     Ok(n) if n > 0 => {
                         tracing::info!(rows = n, "replayed spooled audit rows into the database")
@@ -483,20 +336,19 @@ impl Inner {
         }
         let path = self.spool.clone();
         let max = self.max_spool;
-        let claim = self.claim.clone();
         let len = tokio::task::spawn_blocking(move || -> Result<u64, AuditError> {
-            let current = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if current + lines.len() as u64 > max {
-                return Err(AuditError::SpoolFull(current));
-            }
             let io = |e: std::io::Error| AuditError::SpoolIo(e.to_string());
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .map_err(io)?;
-            if let Some(claim) = claim.get() {
-                claim.follow(&f, &path).map_err(io)?;
+            // Other gateways may share the spool: an append waits for one that is replaying
+            // it (the lock is released when `f` closes).
+            f.lock().map_err(io)?;
+            let current = f.metadata().map_err(io)?.len();
+            if current + lines.len() as u64 > max {
+                return Err(AuditError::SpoolFull(current));
             }
             f.write_all(&lines).map_err(io)?;
             f.sync_data().map_err(io)?;
@@ -510,9 +362,11 @@ impl Inner {
 
     async fn replay(&self) -> Result<usize, sqlx::Error> {
         let _guard = self.lock.lock().await;
-        // Read and later emptied through one handle, checked to be the locked file: a spool
-        // another process holds now is neither replayed nor emptied.
-        let (path, claim) = (self.spool.clone(), self.claim.clone());
+        // Read and later emptied through one handle, under an exclusive lock held until the
+        // rows are committed and the file emptied: a gateway sharing the spool cannot append
+        // between the read and the truncate (its rows would be emptied unreplayed), nor replay
+        // the same rows at once.
+        let path = self.spool.clone();
         let opened = tokio::task::spawn_blocking(
             move || -> std::io::Result<Option<(std::fs::File, String)>> {
                 use std::io::Read;
@@ -525,9 +379,7 @@ impl Inner {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                     Err(e) => return Err(e),
                 };
-                if let Some(claim) = claim.get() {
-                    claim.follow(&f, &path)?;
-                }
+                f.lock()?;
                 let mut text = String::new();
                 f.read_to_string(&mut text)?;
                 Ok(Some((f, text)))
@@ -666,7 +518,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_spool_replaced_while_held_is_followed_and_one_another_process_holds_is_left_alone() {
+    async fn appends_and_replays_wait_while_another_gateway_holds_the_spool() {
+        // Gateways may share a spool: one replaying it holds its lock from the read to the
+        // truncate, and an append in between would be emptied unreplayed.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -686,48 +540,34 @@ mod tests {
             Arc::new(Metrics::new()),
         );
         tokio::spawn(task);
-        writer.hold_spool(SpoolClaim::take(&path).unwrap());
-        let open = || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .unwrap()
-        };
-        let another_process_locks = || match open().try_lock() {
-            Ok(()) => false,
-            Err(std::fs::TryLockError::WouldBlock) => true,
-            Err(std::fs::TryLockError::Error(e)) => panic!("{e}"),
-        };
-        // The database refuses: the row goes to the spool, the locked file.
-        writer.record(row("r1")).await.unwrap();
-        assert!(another_process_locks());
-
-        // Deleted while held: the next row creates the file again, and it is locked anew.
-        std::fs::remove_file(&path).unwrap();
-        assert!(!another_process_locks(), "nobody holds the new path yet");
-        std::fs::remove_file(&path).unwrap();
-        writer.record(row("r2")).await.unwrap();
-        assert!(another_process_locks(), "the new spool is locked");
+        // Another gateway replaying the spool (another open file description's lock conflicts
+        // as another process's does).
+        let theirs = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        theirs.lock().unwrap();
+        let writing = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.record(row("r1")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(
+            !writing.is_finished(),
+            "the append (the database refused) waits for the other gateway's replay"
+        );
+        let replaying = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.replay().await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!replaying.is_finished(), "the replay waits too");
+        drop(theirs);
+        writing.await.unwrap().unwrap();
+        // The database still refuses: the replay fails and leaves the row where it is.
+        assert!(replaying.await.unwrap().is_err());
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(
-            text.contains("\"r2\"") && !text.contains("\"r1\""),
-            "{text}"
-        );
-
-        // Replaced by a file another process holds: no row goes into it, and the replay
-        // neither reads nor empties it.
-        std::fs::remove_file(&path).unwrap();
-        let theirs = open();
-        theirs.try_lock().unwrap();
-        std::io::Write::write_all(&mut &theirs, b"theirs\n").unwrap();
-        let refused = writer.record(row("r3")).await;
-        assert!(
-            matches!(&refused, Err(AuditError::SpoolIo(why)) if why.contains("another process holds")),
-            "{refused:?}"
-        );
-        let replay = writer.replay().await;
-        assert!(replay.is_err(), "{replay:?}");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "theirs\n");
+        assert!(text.contains("\"r1\""), "{text}");
     }
 }

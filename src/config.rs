@@ -121,9 +121,8 @@ pub struct ServeArgs {
     /// Database connections.
     #[arg(long, env = "GATEWAY_DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: u32,
-    /// Append-only file where audit rows wait while the database is unreachable; one gateway's
-    /// alone (locked while it runs). Held by another gateway: NAME.PORT.spool beside it (PORT of
-    /// --listen) instead
+    /// Append-only file where audit rows wait while the database is unreachable (gateways may
+    /// share one: appends and replays lock it)
     #[arg(long, env = "GATEWAY_AUDIT_SPOOL", default_value = DEFAULT_AUDIT_SPOOL)]
     pub audit_spool: PathBuf,
     /// Largest spool in bytes; when full, requests that would be denied get 503.

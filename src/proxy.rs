@@ -117,7 +117,10 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
-/// Binds with `bind`, trying again for up to [`crate::audit::RESTART_GRACE`] while the address
+/// How long start-up waits for a port that a process which just ended may still hold.
+pub const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Binds with `bind`, trying again for up to [`RESTART_GRACE`] while the address
 /// is in use: a process that just ended (a SIGKILLed gateway being restarted) may hold its
 /// ports for a moment, until the kernel has closed its files. A port still taken after that is
 /// another live process's.
@@ -127,7 +130,7 @@ pub fn retry_in_use<T>(mut bind: impl FnMut() -> std::io::Result<T>) -> std::io:
         match bind() {
             Err(e)
                 if e.kind() == std::io::ErrorKind::AddrInUse
-                    && started.elapsed() < crate::audit::RESTART_GRACE =>
+                    && started.elapsed() < RESTART_GRACE =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(25));
             }

@@ -19,40 +19,6 @@ use crate::supervise::{self, Tasks};
 /// A supervised background task.
 type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// The spool this gateway writes, locked. A spool another gateway holds (replicas started side
-/// by side with one `--audit-spool`, or none) gives way to one of this gateway's own, named
-/// after its `--listen` port (`audit.spool` -> `audit.PORT.spool`), the same file again when it
-/// restarts on that port: two gateways never share a spool, and neither fails to start.
-fn claim_spool(
-    path: &std::path::Path,
-    port: u16,
-) -> Result<(std::path::PathBuf, crate::audit::SpoolClaim), Exit> {
-    use crate::audit::SpoolClaim;
-    match SpoolClaim::take(path) {
-        Ok(claim) => Ok((path.to_path_buf(), claim)),
-        Err(in_use) => {
-            let own = per_port(path, port);
-            tracing::warn!(held = %in_use, spool = %own.display(),
-                "the audit spool is another gateway's: this one spools to a file of its own (give each gateway its own --audit-spool)");
-            let claim = SpoolClaim::take(&own).map_err(failure)?;
-            Ok((own, claim))
-        }
-    }
-}
-
-/// `dir/audit.spool` -> `dir/audit.PORT.spool`; a name without `.spool` gets `.PORT` appended.
-fn per_port(path: &std::path::Path, port: u16) -> std::path::PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let own = match name.strip_suffix(".spool") {
-        Some(stem) => format!("{stem}.{port}.spool"),
-        None => format!("{name}.{port}"),
-    };
-    path.with_file_name(own)
-}
-
 pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     init_logging(&args.log_format);
     if args.log_format != "json" && args.log_format != "text" {
@@ -82,8 +48,6 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         )));
     }
     let threads = args.threads.unwrap_or_else(crate::proxy::default_threads);
-    // Held by the audit writer from its start: the lock keeps a second gateway off this spool.
-    let (spool_path, spool) = claim_spool(&args.audit_spool, listen.port())?;
 
     let metrics = Arc::new(Metrics::new());
     let db_timeout = Duration::from_millis(args.db_timeout_ms);
@@ -111,12 +75,11 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         supervised("feed", Box::pin(crate::feed::follow(pool.clone(), identity.clone(), metrics.clone())) as Task);
         let (audit, writer) = AuditWriter::new(
             pool.clone(),
-            spool_path,
+            args.audit_spool.clone(),
             args.audit_spool_max_bytes,
             db_timeout,
             metrics.clone(),
         );
-        audit.hold_spool(spool);
         supervised("audit_writer", Box::pin(writer));
         metrics.mapping_info.with_label_values(&[&mapping.version]).set(1);
         for w in &mapping.warnings {
@@ -241,26 +204,4 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     tracing::info!("shut down");
     drop(bg);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::per_port;
-    use std::path::Path;
-
-    #[test]
-    fn a_spool_of_its_own_is_named_after_the_port_beside_the_held_one() {
-        assert_eq!(
-            per_port(Path::new("rbac-gateway-audit.spool"), 8081),
-            Path::new("rbac-gateway-audit.8081.spool")
-        );
-        assert_eq!(
-            per_port(Path::new("/var/lib/rbac-gateway/audit.spool"), 9000),
-            Path::new("/var/lib/rbac-gateway/audit.9000.spool")
-        );
-        assert_eq!(
-            per_port(Path::new("/tmp/rows"), 9000),
-            Path::new("/tmp/rows.9000")
-        );
-    }
 }
