@@ -404,11 +404,31 @@ impl Inner {
             })
             .collect();
         if !events.is_empty() {
-            let mut tx = self.pool.begin().await?;
+            // Each step bounded: the spool stays locked while this runs, and a database that
+            // stops answering mid-replay (its connections open, carrying nothing) would
+            // otherwise hold every append here and in the gateways sharing the spool, and the
+            // denials waiting on them, for as long as the stall lasts.
+            let limit = self.timeout.max(Duration::from_secs(1));
+            let late = || {
+                sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the database did not answer within {} ms",
+                        limit.as_millis()
+                    ),
+                ))
+            };
+            let mut tx = tokio::time::timeout(limit, self.pool.begin())
+                .await
+                .map_err(|_| late())??;
             for chunk in events.chunks(MAX_BATCH) {
-                insert(&mut *tx, chunk).await?;
+                tokio::time::timeout(limit, insert(&mut *tx, chunk))
+                    .await
+                    .map_err(|_| late())??;
             }
-            tx.commit().await?;
+            tokio::time::timeout(limit, tx.commit())
+                .await
+                .map_err(|_| late())??;
         }
         // Truncate only after the commit: a crash in between replays again, and the primary key
         // makes the second replay a no-op.

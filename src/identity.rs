@@ -179,6 +179,26 @@ pub enum IdentityError {
     DatabaseUnavailable(#[source] Arc<sqlx::Error>),
 }
 
+/// `lookup`, or a timed-out error after `limit`: a database whose connections stay open and
+/// carry nothing (a partition, a stopped server) answers nothing, and no server-side timeout
+/// fires.
+async fn within<T>(
+    limit: Duration,
+    lookup: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(limit, lookup)
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the database did not answer within {} ms",
+                    limit.as_millis()
+                ),
+            )))
+        })
+}
+
 /// Expires each entry at its own `until`.
 struct OwnExpiry;
 
@@ -219,6 +239,9 @@ pub struct Identity {
     /// Hit counters of the two caches, looked up once (not hashed by label per request).
     hits: [prometheus::IntCounter; 2],
     break_glass_requires_alert: bool,
+    /// The longest a lookup waits for the database (`--db-timeout-ms`), on the client's side:
+    /// the server's statement timeout cannot fire while the connection carries nothing.
+    query_timeout: Duration,
     /// Tells this identity's remembered answers from another's on the same thread.
     id: u64,
     /// Advanced after every invalidation: remembered answers read before it are stale.
@@ -298,12 +321,20 @@ impl Identity {
             ],
             metrics,
             break_glass_requires_alert: false,
+            query_timeout: Duration::from_secs(2),
             id: {
                 static IDS: AtomicU64 = AtomicU64::new(0);
                 IDS.fetch_add(1, Ordering::Relaxed)
             },
             generation: AtomicU64::new(0),
         }
+    }
+
+    /// The longest a session or role lookup waits for the database (default 2 s); then the
+    /// request gets 503, as when the database refuses.
+    pub fn with_query_timeout(mut self, timeout: Duration) -> Identity {
+        self.query_timeout = timeout;
+        self
     }
 
     /// Break-glass sessions count only once their alert was delivered (I-4).
@@ -330,7 +361,7 @@ impl Identity {
         let init = async {
             let key = &key;
             // A dead pooled connection (after a connection storm) costs one retry, not a 503.
-            let row: Option<(String, f64)> = crate::db::retry_once(|| async move {
+            let lookup = crate::db::retry_once(|| async move {
                 self.metrics.db_queries.inc();
                 sqlx::query_as(SESSION_SQL)
                     .bind(key)
@@ -339,8 +370,8 @@ impl Identity {
                     .inspect_err(|_| {
                         self.metrics.db_errors.inc();
                     })
-            })
-            .await?;
+            });
+            let row: Option<(String, f64)> = within(self.query_timeout, lookup).await?;
             Ok::<_, sqlx::Error>(row.map(|(admin_id, left)| {
                 Arc::new(Session {
                     admin_id,
@@ -371,14 +402,13 @@ impl Identity {
             .inc();
         let init = async {
             self.metrics.db_queries.inc();
-            resolve_with(
+            let lookup = resolve_with(
                 &self.pool,
                 admin_id,
                 self.ttl,
                 self.break_glass_requires_alert,
-            )
-            .await
-            .inspect_err(|_| {
+            );
+            within(self.query_timeout, lookup).await.inspect_err(|_| {
                 self.metrics.db_errors.inc();
             })
         };

@@ -68,7 +68,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
                 args.cache_capacity,
                 metrics.clone(),
             )
-            .with_break_glass_requires_alert(args.break_glass_requires_alert),
+            .with_break_glass_requires_alert(args.break_glass_requires_alert)
+            .with_query_timeout(db_timeout),
         );
         let tasks = Arc::new(Tasks::default());
         let supervised = |name, task| supervise::spawn(tasks.clone(), metrics.clone(), name, task);

@@ -304,3 +304,55 @@ async fn names_are_checked_once_the_database_answers_after_start() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_stalled_database_gets_503_or_a_spooled_row_not_a_hung_request() {
+    // A database that stops answering with its connections open (a partition, a stopped
+    // server): no server-side timeout fires. An uncached session gets 503 within the database
+    // timeout; a cached one's denial is spooled, and the replay that then meets the stall
+    // (the spool locked while it writes) does not hold the denials after it.
+    let LinkedEnv { db, link, gw, .. } = LinkedEnv::start(&["--db-timeout-ms", "300"]).await;
+    let (_, token) = db.admin_with_roles(&[]).await;
+    let (_, uncached) = db.admin_with_roles(&["console-user"]).await;
+    settle().await;
+    assert_eq!(
+        gw.get("/ops", Some(&token)).await.status,
+        403,
+        "primes the cache"
+    );
+    assert_eq!(gw.admin_get("/readyz").await.status, 200);
+    link.stall();
+    let timed = |token: String| {
+        let gw = &gw;
+        async move {
+            let started = std::time::Instant::now();
+            let r = tokio::time::timeout(Duration::from_secs(6), gw.get("/ops", Some(&token)))
+                .await
+                .unwrap_or_else(|_| panic!("still waiting after 6 s; log:\n{}", gw.log()));
+            (r.status, started.elapsed())
+        }
+    };
+    let (status, took) = timed(uncached.clone()).await;
+    assert_eq!(status, 503, "uncached session, database stalled");
+    assert!(took < Duration::from_secs(2), "503 after {took:?}");
+    // Its insert times out: spooled; the replay that follows meets the stall.
+    assert_eq!(timed(token.clone()).await.0, 403);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..3 {
+        let (status, took) = timed(token.clone()).await;
+        assert_eq!(status, 403, "denial {i}");
+        assert!(took < Duration::from_secs(3), "denial {i} took {took:?}");
+    }
+    link.restore();
+    // Every row reaches the database once it answers.
+    let started = std::time::Instant::now();
+    while db.audit_count().await < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "rows not replayed; log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(db.audit_count().await, 5);
+}
