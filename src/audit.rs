@@ -409,26 +409,11 @@ impl Inner {
             // otherwise hold every append here and in the gateways sharing the spool, and the
             // denials waiting on them, for as long as the stall lasts.
             let limit = self.timeout.max(Duration::from_secs(1));
-            let late = || {
-                sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "the database did not answer within {} ms",
-                        limit.as_millis()
-                    ),
-                ))
-            };
-            let mut tx = tokio::time::timeout(limit, self.pool.begin())
-                .await
-                .map_err(|_| late())??;
+            let mut tx = crate::db::within(limit, self.pool.begin()).await?;
             for chunk in events.chunks(MAX_BATCH) {
-                tokio::time::timeout(limit, insert(&mut *tx, chunk))
-                    .await
-                    .map_err(|_| late())??;
+                crate::db::within(limit, insert(&mut *tx, chunk)).await?;
             }
-            tokio::time::timeout(limit, tx.commit())
-                .await
-                .map_err(|_| late())??;
+            crate::db::within(limit, tx.commit()).await?;
         }
         // Truncate only after the commit: a crash in between replays again, and the primary key
         // makes the second replay a no-op.
@@ -489,29 +474,40 @@ mod tests {
         })
     }
 
-    /// A row spooled while a replay runs is replayed when the database answers: the spool stays
-    /// marked. (Before, the replay's end cleared the mark the writer had set before it waited
-    /// for the spool, and the row stayed in the spool until the next outage or restart.)
-    #[tokio::test]
-    async fn rows_spooled_during_a_replay_stay_marked_for_the_next_one() {
-        let dir = tempfile::tempdir().unwrap();
-        // A database that refuses at once: every insert fails and is spooled.
+    /// A writer spooling to `spool` in front of a database that refuses at once (nothing
+    /// listens on its port): every insert fails (within 200 ms) and is spooled.
+    fn refused_writer(
+        spool: &std::path::Path,
+        acquire: Duration,
+    ) -> (
+        Arc<AuditWriter>,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let pool = sqlx::postgres::PgPoolOptions::new()
-            .acquire_timeout(Duration::from_secs(2))
+            .acquire_timeout(acquire)
             .connect_lazy(&format!("postgres://x@127.0.0.1:{port}/x"))
             .unwrap();
-        let (writer, _task) = AuditWriter::new(
+        AuditWriter::new(
             pool,
-            dir.path().join("spool"),
+            spool.to_path_buf(),
             1 << 20,
             Duration::from_millis(200),
             Arc::new(Metrics::new()),
-        );
+        )
+    }
+
+    /// A row spooled while a replay runs is replayed when the database answers: the spool stays
+    /// marked. (Before, the replay's end cleared the mark the writer had set before it waited
+    /// for the spool, and the row stayed in the spool until the next outage or restart.)
+    #[tokio::test]
+    async fn rows_spooled_during_a_replay_stay_marked_for_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _task) = refused_writer(&dir.path().join("spool"), Duration::from_secs(2));
         let inner = writer.inner.clone();
         // A replay is under way (it holds the spool), with the spool found empty so far.
         let replaying = inner.lock.lock().await;
@@ -543,22 +539,7 @@ mod tests {
         // truncate, and an append in between would be emptied unreplayed.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .acquire_timeout(Duration::from_millis(200))
-            .connect_lazy(&format!("postgres://x@127.0.0.1:{port}/x"))
-            .unwrap();
-        let (writer, task) = AuditWriter::new(
-            pool,
-            path.clone(),
-            1 << 20,
-            Duration::from_millis(200),
-            Arc::new(Metrics::new()),
-        );
+        let (writer, task) = refused_writer(&path, Duration::from_millis(200));
         tokio::spawn(task);
         // Another gateway replaying the spool (another open file description's lock conflicts
         // as another process's does).

@@ -7,8 +7,6 @@ use clap::{Args, Parser, Subcommand};
 
 /// Exit code for bad usage or an unreadable/invalid file (sysexits EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
-/// `--audit-spool`'s default, in the working directory.
-pub const DEFAULT_AUDIT_SPOOL: &str = "rbac-gateway-audit.spool";
 /// Exit code when `check` found problems.
 pub const EXIT_PROBLEMS: i32 = 1;
 
@@ -123,7 +121,11 @@ pub struct ServeArgs {
     pub db_pool_size: u32,
     /// Append-only file where audit rows wait while the database is unreachable (gateways may
     /// share one: appends and replays lock it)
-    #[arg(long, env = "GATEWAY_AUDIT_SPOOL", default_value = DEFAULT_AUDIT_SPOOL)]
+    #[arg(
+        long,
+        env = "GATEWAY_AUDIT_SPOOL",
+        default_value = "rbac-gateway-audit.spool"
+    )]
     pub audit_spool: PathBuf,
     /// Largest spool in bytes; when full, requests that would be denied get 503.
     #[arg(long, env = "GATEWAY_AUDIT_SPOOL_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]

@@ -58,18 +58,15 @@ pub async fn unknown_names(
     pool: &PgPool,
     mapping: &crate::mapping::Mapping,
 ) -> Result<Vec<UnknownName>, sqlx::Error> {
-    let roles: std::collections::HashSet<String> =
-        sqlx::query_scalar("SELECT name FROM rbac_roles")
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .collect();
-    let perms: std::collections::HashSet<String> =
-        sqlx::query_scalar("SELECT name FROM rbac_permissions")
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .collect();
+    let names = |sql: &'static str| async move {
+        let all: Vec<String> = sqlx::query_scalar(sql).fetch_all(pool).await?;
+        Ok::<_, sqlx::Error>(
+            all.into_iter()
+                .collect::<std::collections::HashSet<String>>(),
+        )
+    };
+    let roles = names("SELECT name FROM rbac_roles").await?;
+    let perms = names("SELECT name FROM rbac_permissions").await?;
     let mut out = Vec::new();
     for route in &mapping.routes {
         let unknown = |kind, known: &std::collections::HashSet<String>, names: &[String]| {
@@ -108,6 +105,26 @@ pub async fn why_unreachable(pool: &PgPool, within: Duration) -> Option<String> 
         Ok(Err(e)) => Some(e.to_string()),
         Err(_) => Some(format!("no answer within {} ms", within.as_millis())),
     }
+}
+
+/// `lookup`, or a timed-out error after `limit`: a database whose connections stay open and
+/// carry nothing (a partition, a stopped server) answers nothing, and no server-side timeout
+/// fires.
+pub async fn within<T>(
+    limit: Duration,
+    lookup: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(limit, lookup)
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the database did not answer within {} ms",
+                    limit.as_millis()
+                ),
+            )))
+        })
 }
 
 /// A lazily connecting pool whose statements time out after `timeout`.

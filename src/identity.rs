@@ -179,26 +179,6 @@ pub enum IdentityError {
     DatabaseUnavailable(#[source] Arc<sqlx::Error>),
 }
 
-/// `lookup`, or a timed-out error after `limit`: a database whose connections stay open and
-/// carry nothing (a partition, a stopped server) answers nothing, and no server-side timeout
-/// fires.
-async fn within<T>(
-    limit: Duration,
-    lookup: impl std::future::Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, sqlx::Error> {
-    tokio::time::timeout(limit, lookup)
-        .await
-        .unwrap_or_else(|_| {
-            Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "the database did not answer within {} ms",
-                    limit.as_millis()
-                ),
-            )))
-        })
-}
-
 /// Expires each entry at its own `until`.
 struct OwnExpiry;
 
@@ -371,7 +351,7 @@ impl Identity {
                         self.metrics.db_errors.inc();
                     })
             });
-            let row: Option<(String, f64)> = within(self.query_timeout, lookup).await?;
+            let row: Option<(String, f64)> = crate::db::within(self.query_timeout, lookup).await?;
             Ok::<_, sqlx::Error>(row.map(|(admin_id, left)| {
                 Arc::new(Session {
                     admin_id,
@@ -408,9 +388,11 @@ impl Identity {
                 self.ttl,
                 self.break_glass_requires_alert,
             );
-            within(self.query_timeout, lookup).await.inspect_err(|_| {
-                self.metrics.db_errors.inc();
-            })
+            crate::db::within(self.query_timeout, lookup)
+                .await
+                .inspect_err(|_| {
+                    self.metrics.db_errors.inc();
+                })
         };
         self.principals
             .try_get_with(admin_id.to_string(), init)

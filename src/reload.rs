@@ -127,24 +127,16 @@ pub fn apply(gw: &Gateway, path: &Path, text: &str) -> bool {
 /// database that does not answer within [`NAMES_CHECK_LIMIT`] is logged, not waited for.
 pub async fn warn_unknown_names(gw: &Gateway) {
     let mapping = gw.mapping.load_full();
-    let checked = tokio::time::timeout(
-        NAMES_CHECK_LIMIT,
-        crate::db::unknown_names(gw.identity.pool(), &mapping),
-    )
-    .await;
-    match checked {
-        Ok(Ok(unknown)) => {
+    let unknown = crate::db::unknown_names(gw.identity.pool(), &mapping);
+    match crate::db::within(NAMES_CHECK_LIMIT, unknown).await {
+        Ok(unknown) => {
             for u in unknown {
                 tracing::warn!(mapping_version = %mapping.version, line = u.line, warning = %u,
                     "mapping names a role or permission the database does not have: no session can hold it");
             }
         }
-        Ok(Err(e)) => tracing::info!(error = %e, mapping_version = %mapping.version,
+        Err(e) => tracing::info!(error = %e, mapping_version = %mapping.version,
             "cannot check the mapping's role and permission names against the database"),
-        Err(_) => {
-            tracing::info!(mapping_version = %mapping.version, limit_ms = NAMES_CHECK_LIMIT.as_millis() as u64,
-            "cannot check the mapping's role and permission names: the database did not answer in time")
-        }
     }
 }
 

@@ -305,18 +305,9 @@ fn explain_request(
                 Arc::new(Principal::for_tests("", vec![], vec![]))
             }
             Some(admin) => {
-                let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM admins WHERE id = $1")
-                    .bind(admin)
-                    .fetch_optional(&pool)
-                    .await
-                    .map_err(failure)?;
-                // From --request-id, the row's admin may have been removed since: explained
-                // with the roles it has now (none).
-                if known.is_none() && args.request_id.is_none() {
-                    return Err(usage(anyhow::anyhow!(
-                        "--admin {admin}: no such admin (admins.id)"
-                    )));
-                }
+                // `live_session` refused an --admin that does not exist. From --request-id, the
+                // row's admin may have been removed since: explained with the roles it has now
+                // (none).
                 let requires_alert = args.break_glass_requires_alert;
                 let principal =
                     identity::resolve_with(&pool, admin, Duration::ZERO, requires_alert)
