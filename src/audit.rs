@@ -340,6 +340,7 @@ impl Inner {
             let io = |e: std::io::Error| AuditError::SpoolIo(e.to_string());
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
+                .read(true)
                 .append(true)
                 .open(&path)
                 .map_err(io)?;
@@ -347,12 +348,33 @@ impl Inner {
             // it (the lock is released when `f` closes).
             f.lock().map_err(io)?;
             let current = f.metadata().map_err(io)?.len();
-            if current + lines.len() as u64 > max {
+            // A last line cut short (a gateway killed mid-append, or a disk that filled where
+            // the cut could not be undone) was never answered 403. The rows appended now start
+            // a line of their own: appended to the fragment, their first row would be skipped
+            // with it at replay, after its 403 was sent.
+            let mut torn = [0u8; 1];
+            if current > 0 {
+                std::os::unix::fs::FileExt::read_exact_at(&f, &mut torn, current - 1)
+                    .map_err(io)?;
+            }
+            let start: &[u8] = if current > 0 && torn[0] != b'\n' { b"\n" } else { b"" };
+            let added = (start.len() + lines.len()) as u64;
+            if current + added > max {
                 return Err(AuditError::SpoolFull(current));
             }
-            f.write_all(&lines).map_err(io)?;
-            f.sync_data().map_err(io)?;
-            Ok(current + lines.len() as u64)
+            let written = f
+                .write_all(start)
+                .and_then(|()| f.write_all(&lines))
+                .and_then(|()| f.sync_data());
+            if let Err(e) = written {
+                // Cut back to what was there (a full disk can take part of the batch): the
+                // rows of this batch are answered 503, so none of them may be stored later.
+                if let Err(cut) = f.set_len(current) {
+                    tracing::error!(error = %cut, "cannot cut a failed append from the audit spool: a row answered 503 may be stored");
+                }
+                return Err(io(e));
+            }
+            Ok(current + added)
         })
         .await
         .map_err(|e| AuditError::SpoolIo(e.to_string()))??;
@@ -570,5 +592,29 @@ mod tests {
         assert!(replaying.await.unwrap().is_err());
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"r1\""), "{text}");
+    }
+
+    /// A last line cut short (a gateway killed mid-append) was never answered 403 and is
+    /// skipped at replay; the rows appended after it start a line of their own. (Before, the
+    /// next batch's first row was written onto the fragment and skipped with it, its 403 sent.)
+    #[tokio::test]
+    async fn rows_appended_after_a_torn_line_are_not_skipped_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let fragment = "{\"id\":\"torn-00000000-0000-4000-8000-0000";
+        std::fs::write(&path, fragment).unwrap();
+        let (writer, task) = refused_writer(&path, Duration::from_millis(200));
+        tokio::spawn(task);
+        writer.record(row("r1")).await.unwrap();
+        writer.record(row("r2")).await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[0], fragment);
+        for (line, id) in lines[1..].iter().zip(["r1", "r2"]) {
+            let e: AuditEvent = serde_json::from_str(line).expect("a whole row on its own line");
+            assert_eq!(e.id, id);
+        }
+        assert!(text.ends_with('\n'));
     }
 }
