@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Makes the profile release builds are optimised with (profile-guided optimisation):
+# pgo/rbac-gateway.profdata and pgo/rustc-version. Builds an instrumented gateway (in
+# target/pgo-generate), runs it in front of an nginx upstream with its own PostgreSQL through the
+# request kinds scripts/load.sh measures (an allowed route with one cached session, a mix of
+# routes, denials with their audit rows, an admin without roles, sessions rotating through the
+# cache, no session, request bodies, the forward-auth listener), merges what it counted, and
+# cleans target/release so the next `cargo build --release` uses the new profile
+# (scripts/rustc-pgo adds it; cargo does not see the profile change by itself).
+# Run it again after changing the data plane: functions that changed since the profile was made
+# are compiled without it (correct, not optimised for their hot paths).
+#   scripts/pgo.sh      (about 5 minutes here; KEEP=1 keeps the temporary directory; SECS=5 per load)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+KEEP=${KEEP:-0}
+SECS=${SECS:-5}
+log() { printf '[pgo] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v cmake >/dev/null || need+=(cmake)
+command -v curl >/dev/null || need+=(curl)
+command -v psql >/dev/null || need+=(postgresql-client)
+command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "missing: ${need[*]} (install them, or run as root)"
+  log "installing: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+# llvm-profdata of this rustc's LLVM (rustup's llvm-tools component).
+profdata="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
+if [ ! -x "$profdata" ]; then
+  log "rustup component add llvm-tools"
+  rustup component add llvm-tools >/dev/null
+fi
+[ -x "$profdata" ] || die "no llvm-profdata at $profdata"
+
+. "$root/scripts/bench-lib.sh"
+bench_tmp rbac-pgo
+
+log "building the instrumented gateway (target/pgo-generate)"
+RUSTFLAGS="-Cprofile-generate=$tmp/build-scripts" \
+  cargo build --release --quiet --bin rbac-gateway --target-dir "$root/target/pgo-generate"
+BIN=$root/target/pgo-generate/release/rbac-gateway
+
+eval "$("$root/scripts/pg.sh" start "$tmp/pg")"
+"$BIN" migrate --database-url "$DATABASE_URL" >/dev/null
+sessions=2000
+seq -f "pgo-e-%.0f" 1 "$sessions" >"$tmp/cookies.txt"
+psql "$DATABASE_URL" -X -q -v ON_ERROR_STOP=1 -v n="$sessions" <<'SQL'
+INSERT INTO admins (id, email) VALUES
+  ('pgo-admin', 'pgo-admin@example.test'), ('pgo-norole', 'pgo-norole@example.test');
+INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
+  SELECT 'pgo-admin', id, 'pgo.sh' FROM rbac_groups WHERE name = 'raxx-platform-admins';
+INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc) VALUES
+  ('pgo-s-admin', 'pgo-admin', encode(sha256(convert_to('pgo-admin-token', 'UTF8')), 'hex'), now() + interval '3 hours'),
+  ('pgo-s-norole', 'pgo-norole', encode(sha256(convert_to('pgo-norole-token', 'UTF8')), 'hex'), now() + interval '3 hours');
+INSERT INTO admins (id, email)
+  SELECT 'pgo-e-' || i, 'pgo-e-' || i || '@example.test' FROM generate_series(1, :n) i;
+INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
+  SELECT 'pgo-e-' || i, g.id, 'pgo.sh' FROM generate_series(1, :n) i, rbac_groups g
+  WHERE g.name = 'raxx-platform-admins';
+INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc)
+  SELECT 'pgo-se-' || i, 'pgo-e-' || i, encode(sha256(convert_to('pgo-e-' || i, 'UTF8')), 'hex'), now() + interval '3 hours'
+  FROM generate_series(1, :n) i;
+ANALYZE;
+SQL
+
+up=$(free_port)
+nginx_conf upstream 1 "  server {
+    listen 127.0.0.1:$up;
+    location / { default_type text/plain; return 200 \"ok\\n\"; }
+  }"
+start_nginx upstream "http://127.0.0.1:$up/" 200
+
+gw=$(free_port)
+adm=$(free_port)
+authz=$(free_port)
+LLVM_PROFILE_FILE="$tmp/gateway-%p.profraw" "$BIN" serve --listen "127.0.0.1:$gw" \
+  --admin-listen "127.0.0.1:$adm" --authz-listen "127.0.0.1:$authz" --upstream "127.0.0.1:$up" \
+  --routes "$root/routes.toml" --database-url "$DATABASE_URL" --audit-spool "$tmp/audit.spool" \
+  --cache-ttl 60 --log-format json >"$tmp/gateway.log" 2>&1 &
+gw_pid=$!
+pids+=("$gw_pid")
+wait_http "http://127.0.0.1:$adm/readyz" 200 30 || die "gateway not ready: $(tail -5 "$tmp/gateway.log")"
+
+GW=http://127.0.0.1:$gw
+admin="Cookie: console_session=pgo-admin-token"
+check() { # expected url [curl args]
+  local got
+  got=$(curl -s -o /dev/null -w '%{http_code}' "${@:3}" "$2")
+  [ "$got" = "$1" ] || die "$2: expected $1, got $got"
+}
+check 200 "$GW/ops" -H "$admin"
+check 403 "$GW/console/flags/promotions" -H "$admin"
+check 403 "$GW/ops" -H "Cookie: console_session=pgo-norole-token"
+check 302 "$GW/ops"
+check 200 "$GW/_alerts/dismiss-all" -H "$admin" -X POST --data x=1
+check 200 "http://127.0.0.1:$authz/authz" -H "$admin" -H "X-Original-Method: GET" -H "X-Original-URI: /ops"
+
+cat >"$tmp/mix.lua" <<'LUA'
+-- allowed routes of several kinds (static, variables, deep), one session, in turn
+local paths = { "/ops", "/dashboard", "/console/customers/", "/console/customers/42",
+  "/console/customers/42/audit", "/console/customers/42/rbac-grants/roles", "/api/status/sites/7",
+  "/dashboard/api/sites/7/latency-history", "/console/audit", "/api/billing/dashboard/a/b/c",
+  "/console/admins/online", "/api/rbac/me" }
+local reqs, i = {}, 0
+function init(args)
+  for k, p in ipairs(paths) do
+    reqs[k] = wrk.format("GET", p, { ["Cookie"] = "console_session=pgo-admin-token" }, nil)
+  end
+end
+function request()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+LUA
+cat >"$tmp/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = "reason=pgo&note=" .. string.rep("x", 200)
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+wrk.headers["Cookie"] = "console_session=pgo-admin-token"
+LUA
+
+load() { # what wrk-args...
+  log "$1"
+  wrk -t1 -d"${SECS}s" "${@:2}" >"$tmp/wrk.out" || die "wrk failed ($1): $(cat "$tmp/wrk.out")"
+  grep -q ' requests in ' "$tmp/wrk.out" || die "wrk made no requests ($1)"
+}
+load "allowed route, one cached session" -c32 -H "$admin" "$GW/ops"
+load "allowed route, one cached session (again)" -c32 -H "$admin" "$GW/ops"
+load "a mix of allowed routes" -c32 -s "$tmp/mix.lua" "$GW/"
+load "denied (403 and an audit row each)" -c16 -H "$admin" "$GW/console/flags/promotions"
+load "an admin without roles" -c8 -H "Cookie: console_session=pgo-norole-token" "$GW/ops"
+COOKIES=$tmp/cookies.txt LOAD_PATH=/ops \
+  load "$sessions sessions rotating through the cache" -c32 -s "$root/scripts/load/rotate.lua" "$GW/ops"
+load "no session (302)" -c8 "$GW/ops"
+load "request bodies" -c16 -s "$tmp/post.lua" "$GW/_alerts/dismiss-all"
+load "forward-auth /authz" -c16 -H "$admin" -H "X-Original-Method: GET" -H "X-Original-URI: /ops" \
+  "http://127.0.0.1:$authz/authz"
+
+log "stopping the gateway (it writes its profile as it exits)"
+kill -TERM "$gw_pid"
+wait "$gw_pid" || die "the gateway exited with $?: $(tail -5 "$tmp/gateway.log")"
+raw=("$tmp"/gateway-*.profraw)
+[ -s "${raw[0]}" ] || die "the gateway wrote no profile"
+
+"$profdata" merge --sparse -o "$root/pgo/rbac-gateway.profdata" "${raw[@]}"
+rustc -vV >"$root/pgo/rustc-version"
+log "wrote pgo/rbac-gateway.profdata ($(du -h "$root/pgo/rbac-gateway.profdata" | cut -f1)) and pgo/rustc-version"
+log "cargo clean --release: the next release build uses the new profile"
+cargo clean --release --quiet
