@@ -1,4 +1,4 @@
-# Sourced by scripts/load.sh and scripts/instructions.sh: a throwaway directory, the processes
+# Sourced by scripts/load.sh, scripts/instructions.sh and scripts/pgo.sh: a throwaway directory, the processes
 # started for the run, their cleanup however the script ends, and nginx instances in it. Expects
 # $root, $KEEP, log and die (and $NGINX for start_nginx).
 
@@ -73,4 +73,42 @@ start_nginx() { # name url expected-status: checks the config, starts it, waits 
   started_pid=$!
   pids+=("$started_pid")
   wait_http "$2" "$3" 10 || die "nginx $1 did not start: $(cat "$tmp/$1/error.log")"
+}
+
+# The benchmarks' stand-in for Console: one nginx worker answering 200 "ok\n" to everything.
+# Sets up_port and up_pid (its master).
+start_upstream() {
+  up_port=$(free_port)
+  nginx_conf upstream 1 "  server {
+    listen 127.0.0.1:$up_port;
+    location / { default_type text/plain; return 200 \"ok\\n\"; }
+  }"
+  start_nginx upstream "http://127.0.0.1:$up_port/" 200
+  up_pid=$started_pid
+}
+
+# Seeds the benchmarks' admins in $DATABASE_URL: NAME-admin in raxx-platform-admins and
+# NAME-norole (no group), with the session tokens TOKEN_ADMIN and TOKEN_NOROLE, and N admins
+# NAME-e-I in raxx-platform-admins with one session each, whose token is TOKEN_PREFIX then I.
+seed_admins() { # name token-admin token-norole token-prefix n
+  psql "$DATABASE_URL" -X -q -At -v ON_ERROR_STOP=1 -v name="$1" -v tok_admin="$2" \
+    -v tok_norole="$3" -v prefix="$4" -v n="$5" <<'SQL'
+INSERT INTO admins (id, email) VALUES
+  (:'name' || '-admin', :'name' || '-admin@example.test'),
+  (:'name' || '-norole', :'name' || '-norole@example.test');
+INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
+  SELECT :'name' || '-admin', id, :'name' FROM rbac_groups WHERE name = 'raxx-platform-admins';
+INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc) VALUES
+  (:'name' || '-s-admin', :'name' || '-admin', encode(sha256(convert_to(:'tok_admin', 'UTF8')), 'hex'), now() + interval '3 hours'),
+  (:'name' || '-s-norole', :'name' || '-norole', encode(sha256(convert_to(:'tok_norole', 'UTF8')), 'hex'), now() + interval '3 hours');
+INSERT INTO admins (id, email)
+  SELECT :'name' || '-e-' || i, :'name' || '-e-' || i || '@example.test' FROM generate_series(1, :n) i;
+INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
+  SELECT :'name' || '-e-' || i, g.id, :'name' FROM generate_series(1, :n) i, rbac_groups g
+  WHERE g.name = 'raxx-platform-admins';
+INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc)
+  SELECT :'name' || '-se-' || i, :'name' || '-e-' || i, encode(sha256(convert_to(:'prefix' || i, 'UTF8')), 'hex'), now() + interval '3 hours'
+  FROM generate_series(1, :n) i;
+ANALYZE;
+SQL
 }

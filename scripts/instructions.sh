@@ -55,12 +55,8 @@ INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc) VALUES
   ('instr-s', 'instr-admin', encode(sha256(convert_to(:'tok', 'UTF8')), 'hex'), now() + interval '3 hours');
 SQL
 
-up=$(free_port)
-nginx_conf upstream 1 "  server {
-    listen 127.0.0.1:$up;
-    location / { default_type text/plain; return 200 \"ok\\n\"; }
-  }"
-start_nginx upstream "http://127.0.0.1:$up/" 200
+start_upstream
+up=$up_port
 
 gw=$(free_port)
 adm=$(free_port)

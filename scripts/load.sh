@@ -101,35 +101,11 @@ tok_admin="load-admin-$run"
 tok_norole="load-norole-$run"
 seq -f "load-e-$run-%.0f" 1 "$SESSIONS" >"$tmp/cookies.txt"
 log "seeding: 1 platform admin, 1 admin without roles, $SESSIONS admins with one session each"
-psql_q -v tok_admin="$tok_admin" -v tok_norole="$tok_norole" -v prefix="load-e-$run-" -v n="$SESSIONS" <<'SQL'
-INSERT INTO admins (id, email) VALUES
-  ('load-admin', 'load-admin@example.test'),
-  ('load-norole', 'load-norole@example.test');
-INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
-  SELECT 'load-admin', id, 'load.sh' FROM rbac_groups WHERE name = 'raxx-platform-admins';
-INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc) VALUES
-  ('load-s-admin', 'load-admin', encode(sha256(convert_to(:'tok_admin', 'UTF8')), 'hex'), now() + interval '3 hours'),
-  ('load-s-norole', 'load-norole', encode(sha256(convert_to(:'tok_norole', 'UTF8')), 'hex'), now() + interval '3 hours');
-INSERT INTO admins (id, email)
-  SELECT 'load-e-' || i, 'load-e-' || i || '@example.test' FROM generate_series(1, :n) i;
-INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
-  SELECT 'load-e-' || i, g.id, 'load.sh' FROM generate_series(1, :n) i, rbac_groups g
-  WHERE g.name = 'raxx-platform-admins';
-INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc)
-  SELECT 'load-se-' || i, 'load-e-' || i, encode(sha256(convert_to(:'prefix' || i, 'UTF8')), 'hex'), now() + interval '3 hours'
-  FROM generate_series(1, :n) i;
-ANALYZE;
-SQL
+seed_admins load "$tok_admin" "$tok_norole" "load-e-$run-" "$SESSIONS"
 
 # --- nginx upstream and nginx proxy -------------------------------------------------------------
-up_port=$(free_port)
+start_upstream # up_port, up_pid (its master)
 px_port=$(free_port)
-nginx_conf upstream 1 "  server {
-    listen 127.0.0.1:$up_port;
-    location / { default_type text/plain; return 200 \"ok\\n\"; }
-  }"
-start_nginx upstream "http://127.0.0.1:$up_port/" 200
-up_pid=$started_pid # the nginx upstream's master
 
 # --- the gateway ----------------------------------------------------------------------------------
 gw_port=$(free_port)

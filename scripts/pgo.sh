@@ -53,31 +53,10 @@ eval "$("$root/scripts/pg.sh" start "$tmp/pg")"
 "$BIN" migrate --database-url "$DATABASE_URL" >/dev/null
 sessions=2000
 seq -f "pgo-e-%.0f" 1 "$sessions" >"$tmp/cookies.txt"
-psql "$DATABASE_URL" -X -q -v ON_ERROR_STOP=1 -v n="$sessions" <<'SQL'
-INSERT INTO admins (id, email) VALUES
-  ('pgo-admin', 'pgo-admin@example.test'), ('pgo-norole', 'pgo-norole@example.test');
-INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
-  SELECT 'pgo-admin', id, 'pgo.sh' FROM rbac_groups WHERE name = 'raxx-platform-admins';
-INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc) VALUES
-  ('pgo-s-admin', 'pgo-admin', encode(sha256(convert_to('pgo-admin-token', 'UTF8')), 'hex'), now() + interval '3 hours'),
-  ('pgo-s-norole', 'pgo-norole', encode(sha256(convert_to('pgo-norole-token', 'UTF8')), 'hex'), now() + interval '3 hours');
-INSERT INTO admins (id, email)
-  SELECT 'pgo-e-' || i, 'pgo-e-' || i || '@example.test' FROM generate_series(1, :n) i;
-INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
-  SELECT 'pgo-e-' || i, g.id, 'pgo.sh' FROM generate_series(1, :n) i, rbac_groups g
-  WHERE g.name = 'raxx-platform-admins';
-INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc)
-  SELECT 'pgo-se-' || i, 'pgo-e-' || i, encode(sha256(convert_to('pgo-e-' || i, 'UTF8')), 'hex'), now() + interval '3 hours'
-  FROM generate_series(1, :n) i;
-ANALYZE;
-SQL
+seed_admins pgo pgo-admin-token pgo-norole-token pgo-e- "$sessions"
 
-up=$(free_port)
-nginx_conf upstream 1 "  server {
-    listen 127.0.0.1:$up;
-    location / { default_type text/plain; return 200 \"ok\\n\"; }
-  }"
-start_nginx upstream "http://127.0.0.1:$up/" 200
+start_upstream
+up=$up_port
 
 gw=$(free_port)
 adm=$(free_port)
