@@ -369,7 +369,7 @@ impl Inner {
             if let Err(e) = written {
                 // Cut back to what was there (a full disk can take part of the batch): the
                 // rows of this batch are answered 503, so none of them may be stored later.
-                if let Err(cut) = f.set_len(current) {
+                if let Err(cut) = f.set_len(current).and_then(|()| f.sync_all()) {
                     tracing::error!(error = %cut, "cannot cut a failed append from the audit spool: a row answered 503 may be stored");
                 }
                 return Err(io(e));
@@ -390,7 +390,7 @@ impl Inner {
         // the same rows at once.
         let path = self.spool.clone();
         let opened = tokio::task::spawn_blocking(
-            move || -> std::io::Result<Option<(std::fs::File, String)>> {
+            move || -> std::io::Result<Option<(std::fs::File, Vec<u8>)>> {
                 use std::io::Read;
                 let mut f = match std::fs::OpenOptions::new()
                     .read(true)
@@ -402,8 +402,8 @@ impl Inner {
                     Err(e) => return Err(e),
                 };
                 f.lock()?;
-                let mut text = String::new();
-                f.read_to_string(&mut text)?;
+                let mut text = Vec::new();
+                f.read_to_end(&mut text)?;
                 Ok(Some((f, text)))
             },
         )
@@ -413,18 +413,7 @@ impl Inner {
         let Some((f, text)) = opened else {
             return Ok(0);
         };
-        // A crash mid-append can leave a torn last line; it was never acknowledged (no 403 was
-        // sent for it), so it is skipped.
-        let events: Vec<AuditEvent> = text
-            .lines()
-            .filter_map(|l| match serde_json::from_str(l) {
-                Ok(e) => Some(e),
-                Err(err) => {
-                    tracing::warn!(error = %err, "skipping a torn spool line");
-                    None
-                }
-            })
-            .collect();
+        let events = spooled_rows(&text);
         if !events.is_empty() {
             // Each step bounded: the spool stays locked while this runs, and a database that
             // stops answering mid-replay (its connections open, carrying nothing) would
@@ -447,6 +436,24 @@ impl Inner {
         self.metrics.audit_replayed.inc_by(events.len() as u64);
         Ok(events.len())
     }
+}
+
+/// The rows of a spool, a JSON object a line. A line cut short (a gateway killed mid-append, a
+/// disk that filled) was never answered 403, so it is skipped, also when the cut fell inside a
+/// character: read as text, one invalid byte failed every replay, and every row behind it
+/// stayed in the spool until it filled.
+fn spooled_rows(spool: &[u8]) -> Vec<AuditEvent> {
+    spool
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| match serde_json::from_slice(line) {
+            Ok(e) => Some(e),
+            Err(err) => {
+                tracing::warn!(error = %err, "skipping a torn spool line");
+                None
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -616,5 +623,26 @@ mod tests {
             assert_eq!(e.id, id);
         }
         assert!(text.ends_with('\n'));
+    }
+
+    /// Replay skips a line cut short, also inside a multi-byte character, and reads the rows
+    /// around it.
+    #[test]
+    fn replay_reads_the_rows_around_a_torn_line() {
+        let mut spool = Vec::new();
+        serde_json::to_writer(&mut spool, &*row("r1")).unwrap();
+        spool.push(b'\n');
+        let mut cut = Vec::new();
+        let mut torn = (*row("r2")).clone();
+        torn.user_agent = Some("agent \u{e9}t\u{e9}".into());
+        serde_json::to_writer(&mut cut, &torn).unwrap();
+        let inside = cut.iter().position(|&b| b >= 0x80).unwrap() + 1;
+        spool.extend_from_slice(&cut[..inside]); // ends inside the two bytes of \u{e9}
+        spool.push(b'\n');
+        serde_json::to_writer(&mut spool, &*row("r3")).unwrap();
+        spool.push(b'\n');
+        assert!(std::str::from_utf8(&spool).is_err());
+        let ids: Vec<String> = spooled_rows(&spool).into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["r1", "r3"]);
     }
 }
