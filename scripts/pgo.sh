@@ -5,8 +5,9 @@
 # request kinds scripts/load.sh measures (an allowed route with one cached session, a mix of
 # routes, denials with their audit rows, an admin without roles, sessions rotating through the
 # cache, no session, request bodies, the forward-auth listener), merges what it counted, and
-# cleans target/release so the next `cargo build --release` uses the new profile
-# (scripts/rustc-pgo adds it; cargo does not see the profile change by itself).
+# cleans target/release so the next `cargo build --release` uses the new profile everywhere
+# (scripts/rustc-pgo adds it; cargo rebuilds the gateway's own crates when the profile changes,
+# rustc lists it as an input, but not the crates.io dependencies).
 # Run it again after changing the data plane: functions that changed since the profile was made
 # are compiled without it (correct, not optimised for their hot paths).
 #   scripts/pgo.sh      (about 5 minutes here; KEEP=1 keeps the temporary directory; SECS=5 per load)
@@ -130,8 +131,12 @@ wait "$gw_pid" || die "the gateway exited with $?: $(tail -5 "$tmp/gateway.log")
 raw=("$tmp"/gateway-*.profraw)
 [ -s "${raw[0]}" ] || die "the gateway wrote no profile"
 
-"$profdata" merge --sparse -o "$root/pgo/rbac-gateway.profdata" "${raw[@]}"
-rustc -vV >"$root/pgo/rustc-version"
+# Merged beside the profile and then renamed over it: a failed merge leaves the old profile (rustc
+# reports an unreadable one as a warning only, and the build would go on without it).
+"$profdata" merge --sparse -o "$root/pgo/rbac-gateway.profdata.new" "${raw[@]}"
+rustc -vV >"$root/pgo/rustc-version.new"
+mv "$root/pgo/rbac-gateway.profdata.new" "$root/pgo/rbac-gateway.profdata"
+mv "$root/pgo/rustc-version.new" "$root/pgo/rustc-version"
 log "wrote pgo/rbac-gateway.profdata ($(du -h "$root/pgo/rbac-gateway.profdata" | cut -f1)) and pgo/rustc-version"
 log "cargo clean --release: the next release build uses the new profile"
 cargo clean --release --quiet
