@@ -1,6 +1,7 @@
-# Sourced by scripts/load.sh, scripts/instructions.sh and scripts/pgo.sh: a throwaway directory, the processes
-# started for the run, their cleanup however the script ends, and nginx instances in it. Expects
-# $root, $KEEP, log and die (and $NGINX for start_nginx).
+# Sourced by scripts/load.sh, scripts/instructions.sh and scripts/pgo.sh: the tools they need, a
+# throwaway directory, the processes started for the run and their cleanup however the script
+# ends, nginx instances in it (the upstream), the admins they seed. Expects $root, $KEEP, log and
+# die (and $NGINX, set by install_missing, for start_nginx).
 
 # Makes $tmp (/tmp/PREFIX.XXXXXX, reachable by the postgres user for $tmp/pg) and an empty
 # $pids, and stops both on exit.
@@ -111,4 +112,19 @@ INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc)
   FROM generate_series(1, :n) i;
 ANALYZE;
 SQL
+}
+
+# Installs the Debian packages named (the tools the script found missing; root only), nginx-light
+# falling back to nginx (gone from newer Debian releases), and sets NGINX.
+install_missing() { # package...
+  if [ $# -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "missing: $* (install them, or run as root)"
+    log "installing: $*"
+    apt-get update -qq
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; then
+      set -- "${@/nginx-light/nginx}"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    fi
+  fi
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 }

@@ -18,19 +18,15 @@ KEEP=${KEEP:-0}
 log() { printf '[instructions] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+. "$root/scripts/bench-lib.sh"
+
 need=()
 command -v valgrind >/dev/null || need+=(valgrind)
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v psql >/dev/null || need+=(postgresql-client)
 command -v python3 >/dev/null || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || die "missing: ${need[*]} (install them, or run as root)"
-  log "installing: ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+install_missing "${need[@]}"
 
 if [ $# -ge 1 ]; then
   BIN=$1
@@ -41,7 +37,6 @@ else
 fi
 [ -x "$BIN" ] || die "$BIN is not an executable"
 
-. "$root/scripts/bench-lib.sh"
 bench_tmp rbac-instr
 
 eval "$("$root/scripts/pg.sh" start "$tmp/pg")"

@@ -56,6 +56,8 @@ die() { log "error: $*"; exit 1; }
 (( THREADS <= (CONNECTIONS + 1) / 2 )) || die "THREADS must not exceed half the CONNECTIONS (case p splits them)"
 
 # --- what is missing ----------------------------------------------------------------------------
+. "$root/scripts/bench-lib.sh"
+
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
@@ -64,17 +66,7 @@ command -v curl >/dev/null || need+=(curl)
 command -v psql >/dev/null || need+=(postgresql-client)
 command -v python3 >/dev/null || need+=(python3)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || die "missing: ${need[*]} (install them, or run as root)"
-  log "installing: ${need[*]}"
-  apt-get update -qq
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; then
-    # nginx-light is gone from newer Debian releases: the full package does the same here.
-    need=("${need[@]/nginx-light/nginx}")
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  fi
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+install_missing "${need[@]}"
 
 # --- build --------------------------------------------------------------------------------------
 if [ "$BUILD" != 0 ]; then
@@ -87,7 +79,6 @@ BARE_BIN=$root/target/release/examples/bare_proxy
 [ -x "$BARE_BIN" ] || die "$BARE_BIN is missing (run without BUILD=0)"
 
 # --- throwaway directory and cleanup ------------------------------------------------------------
-. "$root/scripts/bench-lib.sh"
 bench_tmp rbac-load
 
 # --- PostgreSQL, migrations, seed -------------------------------------------------------------

@@ -19,6 +19,8 @@ SECS=${SECS:-5}
 log() { printf '[pgo] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+. "$root/scripts/bench-lib.sh"
+
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -26,13 +28,7 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v curl >/dev/null || need+=(curl)
 command -v psql >/dev/null || need+=(postgresql-client)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || die "missing: ${need[*]} (install them, or run as root)"
-  log "installing: ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+install_missing "${need[@]}"
 
 # llvm-profdata of this rustc's LLVM (rustup's llvm-tools component).
 profdata="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
@@ -42,7 +38,6 @@ if [ ! -x "$profdata" ]; then
 fi
 [ -x "$profdata" ] || die "no llvm-profdata at $profdata"
 
-. "$root/scripts/bench-lib.sh"
 bench_tmp rbac-pgo
 
 log "building the instrumented gateway (target/pgo-generate)"
