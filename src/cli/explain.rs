@@ -96,8 +96,7 @@ pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
 /// yet (explained as the admin would be decided once logged in); None, said so, when every
 /// session of the admin expired or was revoked: `serve` answers such a cookie as no session.
 /// An admin id that does not exist is a usage error.
-async fn live_session<'a>(args: &ExplainArgs, admin: &'a str) -> Result<Option<&'a str>, Exit> {
-    let pool = db::pool(&args.database_url, 1, Duration::from_secs(10)).map_err(usage)?;
+async fn live_session<'a>(pool: &sqlx::PgPool, admin: &'a str) -> Result<Option<&'a str>, Exit> {
     let (known, any, live): (bool, bool, bool) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM admins WHERE id = $1), \
          EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1), \
@@ -105,7 +104,7 @@ async fn live_session<'a>(args: &ExplainArgs, admin: &'a str) -> Result<Option<&
                  AND revoked_at_utc IS NULL AND expires_at_utc > now())",
     )
     .bind(admin)
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
     .map_err(failure)?;
     if !known {
@@ -258,10 +257,16 @@ fn explain_request(
             return Ok(());
         }
     };
+    // One runtime and one pool for what follows (the pool connects when first used; sqlx makes
+    // it on a runtime).
+    let rt = runtime()?;
+    let pool = rt
+        .block_on(async { db::pool(&args.database_url, 1, Duration::from_secs(10)) })
+        .map_err(usage)?;
     // `serve` decides on a session: an admin whose every session expired or was revoked is a
     // request without one (302, or 401 from the reader API), whatever their roles.
     let admin = match admin {
-        Some(a) if args.request_id.is_none() => runtime()?.block_on(live_session(args, a))?,
+        Some(a) if args.request_id.is_none() => rt.block_on(live_session(&pool, a))?,
         other => other,
     };
     if let Some(call) = args.rbac_api.then(|| crate::reader::Call::of(&t)).flatten() {
@@ -297,8 +302,7 @@ fn explain_request(
     if switches.kill_switch {
         say!("kill switch: on (FLAG_RBAC_V2=0), every route is off");
     }
-    runtime()?.block_on(async {
-        let pool = db::pool(&args.database_url, 1, Duration::from_secs(10)).map_err(usage)?;
+    rt.block_on(async {
         let principal = match admin {
             None => {
                 say!("admin: none (the request had no session the gateway knew)");

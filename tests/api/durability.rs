@@ -19,13 +19,7 @@ async fn postgres_stopped_during_a_denial_flood_and_gateway_killed_loses_no_row(
             .arg("300")
     };
     let mut gw = Gateway::start(opts()).await;
-    let (_, token) = db.admin_with_roles(&["console-user"]).await;
-    settle().await;
-    assert_eq!(
-        gw.get("/ops", Some(&token)).await.status,
-        403,
-        "primes the cache"
-    );
+    let token = cached_denied_session(&db, &gw).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent_403 = Arc::new(Mutex::new(vec![gw

@@ -105,13 +105,7 @@ async fn spool_survives_a_gateway_kill_and_is_replayed_at_start() {
         link,
         mut gw,
     } = LinkedEnv::start(&["--db-timeout-ms", "500"]).await;
-    let (_, token) = db.admin_with_roles(&["console-user"]).await;
-    settle().await;
-    assert_eq!(
-        gw.get("/ops", Some(&token)).await.status,
-        403,
-        "primes the cache"
-    );
+    let token = cached_denied_session(&db, &gw).await;
     link.cut();
     let mut ids = Vec::new();
     for _ in 0..5 {
@@ -312,14 +306,8 @@ async fn a_stalled_database_gets_503_or_a_spooled_row_not_a_hung_request() {
     // timeout; a cached one's denial is spooled, and the replay that then meets the stall
     // (the spool locked while it writes) does not hold the denials after it.
     let LinkedEnv { db, link, gw, .. } = LinkedEnv::start(&["--db-timeout-ms", "300"]).await;
-    let (_, token) = db.admin_with_roles(&[]).await;
     let (_, uncached) = db.admin_with_roles(&["console-user"]).await;
-    settle().await;
-    assert_eq!(
-        gw.get("/ops", Some(&token)).await.status,
-        403,
-        "primes the cache"
-    );
+    let token = cached_denied_session(&db, &gw).await;
     assert_eq!(gw.admin_get("/readyz").await.status, 200);
     link.stall();
     let timed = |token: String| {

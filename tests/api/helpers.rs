@@ -813,6 +813,19 @@ pub async fn settle() {
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
 }
 
+/// The token of a new admin holding only `console-user`, denied `/ops`, whose session and roles
+/// `gw` has cached (its denials need no database read).
+pub async fn cached_denied_session(db: &TestDb, gw: &Gateway) -> String {
+    let (_, token) = db.admin_with_roles(&["console-user"]).await;
+    settle().await;
+    assert_eq!(
+        gw.get("/ops", Some(&token)).await.status,
+        403,
+        "primes the cache"
+    );
+    token
+}
+
 // ---------------------------------------------------------------------------------------------
 /// A private PostgreSQL that a test may stop and start.
 pub struct PrivatePg {
