@@ -1,7 +1,7 @@
 # Sourced by scripts/load.sh, scripts/instructions.sh and scripts/pgo.sh: the tools they need, a
 # throwaway directory, the processes started for the run and their cleanup however the script
 # ends, nginx instances in it (the upstream), the admins they seed. Expects $root, $KEEP, log and
-# die (and $NGINX, set by install_missing, for start_nginx).
+# die (and $NGINX, set by need_tools, for start_nginx).
 
 # Makes $tmp (/tmp/PREFIX.XXXXXX, reachable by the postgres user for $tmp/pg) and an empty
 # $pids, and stops both on exit.
@@ -114,17 +114,24 @@ ANALYZE;
 SQL
 }
 
-# Installs the Debian packages named (the tools the script found missing; root only), nginx-light
-# falling back to nginx (gone from newer Debian releases), and sets NGINX.
-install_missing() { # package...
-  if [ $# -gt 0 ]; then
-    [ "$(id -u)" = 0 ] || die "missing: $* (install them, or run as root)"
-    log "installing: $*"
+# Installs the Debian packages of the tools named that this machine lacks (root only) and sets
+# NGINX. Tools: a command, or nginx (also found in /usr/sbin), psql (postgresql-client), initdb
+# (postgresql; also found in /usr/lib/postgresql/*/bin).
+need_tools() { # tool...
+  local need=() t
+  for t in "$@"; do
+    case $t in
+      nginx) command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx) ;;
+      psql) command -v psql >/dev/null || need+=(postgresql-client) ;;
+      initdb) command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql) ;;
+      *) command -v "$t" >/dev/null || need+=("$t") ;;
+    esac
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "missing: ${need[*]} (install them, or run as root)"
+    log "installing: ${need[*]}"
     apt-get update -qq
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; then
-      set -- "${@/nginx-light/nginx}"
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   fi
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 }

@@ -20,13 +20,7 @@ die() { log "error: $*"; exit 1; }
 
 . "$root/scripts/bench-lib.sh"
 
-need=()
-command -v valgrind >/dev/null || need+=(valgrind)
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
-command -v psql >/dev/null || need+=(postgresql-client)
-command -v python3 >/dev/null || need+=(python3)
-install_missing "${need[@]}"
+need_tools valgrind wrk nginx psql python3
 
 if [ $# -ge 1 ]; then
   BIN=$1

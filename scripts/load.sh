@@ -58,15 +58,7 @@ die() { log "error: $*"; exit 1; }
 # --- what is missing ----------------------------------------------------------------------------
 . "$root/scripts/bench-lib.sh"
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v cmake >/dev/null || need+=(cmake)
-command -v curl >/dev/null || need+=(curl)
-command -v psql >/dev/null || need+=(postgresql-client)
-command -v python3 >/dev/null || need+=(python3)
-command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-install_missing "${need[@]}"
+need_tools wrk nginx cmake curl psql python3 initdb
 
 # --- build --------------------------------------------------------------------------------------
 if [ "$BUILD" != 0 ]; then

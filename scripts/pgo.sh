@@ -21,14 +21,7 @@ die() { log "error: $*"; exit 1; }
 
 . "$root/scripts/bench-lib.sh"
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
-command -v cmake >/dev/null || need+=(cmake)
-command -v curl >/dev/null || need+=(curl)
-command -v psql >/dev/null || need+=(postgresql-client)
-command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-install_missing "${need[@]}"
+need_tools wrk nginx cmake curl psql initdb
 
 # llvm-profdata of this rustc's LLVM (rustup's llvm-tools component).
 profdata="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
