@@ -226,6 +226,9 @@ pub struct Identity {
     id: u64,
     /// Advanced after every invalidation: remembered answers read before it are stale.
     generation: AtomicU64,
+    /// Advanced by the change feed before it invalidates: a cache fill that saw it move kept a
+    /// value read before the change (see [`Identity::drop_if_changed`]).
+    changes: AtomicU64,
 }
 
 /// Lowercase hex SHA-256 of a cookie value: the key `admin_sessions.token_sha256` holds.
@@ -307,6 +310,7 @@ impl Identity {
                 IDS.fetch_add(1, Ordering::Relaxed)
             },
             generation: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -338,6 +342,7 @@ impl Identity {
             .cache_misses
             .with_label_values(&["session"])
             .inc();
+        let changes = self.changes.load(Ordering::SeqCst);
         let init = async {
             let key = &key;
             // A dead pooled connection (after a connection storm) costs one retry, not a 503.
@@ -359,10 +364,13 @@ impl Identity {
                 })
             }))
         };
-        self.sessions
+        let found = self
+            .sessions
             .try_get_with(key.clone(), init)
             .await
-            .map_err(IdentityError::DatabaseUnavailable)
+            .map_err(IdentityError::DatabaseUnavailable)?;
+        self.drop_if_changed(changes, &self.sessions, &key).await;
+        Ok(found)
     }
 
     /// A session from the cache only (no query): used to name the admin in a `no_route` row.
@@ -380,6 +388,7 @@ impl Identity {
             .cache_misses
             .with_label_values(&["principal"])
             .inc();
+        let changes = self.changes.load(Ordering::SeqCst);
         let init = async {
             self.metrics.db_queries.inc();
             let lookup = resolve_with(
@@ -394,10 +403,39 @@ impl Identity {
                     self.metrics.db_errors.inc();
                 })
         };
-        self.principals
+        let found = self
+            .principals
             .try_get_with(admin_id.to_string(), init)
             .await
-            .map_err(IdentityError::DatabaseUnavailable)
+            .map_err(IdentityError::DatabaseUnavailable)?;
+        self.drop_if_changed(changes, &self.principals, admin_id)
+            .await;
+        Ok(found)
+    }
+
+    /// Called after a cache fill that began when the feed's counter read `since`. If the feed
+    /// invalidated anything since, the value just cached may have been read before that change
+    /// committed and stored after the feed's invalidation ran (finding nothing to drop): it
+    /// would then outlive the change until its TTL. So it is dropped, and the remembered
+    /// answers with it. The request that made the fill still uses it: it was read no earlier
+    /// than the request's own arrival, as any answer given before the feed saw the change.
+    async fn drop_if_changed<V>(&self, since: u64, cache: &Cache<String, V>, key: &str)
+    where
+        V: Clone + Send + Sync + 'static,
+    {
+        // Pairs with the fence in `changing`: either the feed's invalidation saw this fill's
+        // insert, or this load sees the feed's counter move.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.changes.load(Ordering::SeqCst) != since {
+            cache.invalidate(key).await;
+            self.advance();
+        }
+    }
+
+    /// Marks the start of an invalidation by the change feed (before the caches are touched).
+    fn changing(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     /// Who holds this session cookie: `None` when no live session has it.
@@ -457,6 +495,7 @@ impl Identity {
 
     /// Drops every cached answer (a catalogue change, or the gateway cannot tell what changed).
     pub fn invalidate_all(&self) {
+        self.changing();
         self.sessions.invalidate_all();
         self.principals.invalidate_all();
         self.advance();
@@ -465,6 +504,7 @@ impl Identity {
     /// Drops what is cached for one admin: their principal, and the session `token_sha256`
     /// when a session row changed. A change to the admin row itself drops all their sessions.
     pub async fn invalidate_admin(&self, admin_id: &str, token_sha256: Option<&str>) {
+        self.changing();
         self.principals.invalidate(admin_id).await;
         match token_sha256 {
             Some(t) => self.sessions.invalidate(t).await,

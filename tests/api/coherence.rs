@@ -386,3 +386,95 @@ async fn a_renamed_permission_reaches_the_cache_within_a_second() {
     .await;
     assert!(s.iter().all(|d| *d < BOUND), "{s:?}");
 }
+
+/// A gateway that reaches its database through `link`, caching for 60 s, with a database
+/// timeout longer than any answer the link holds back.
+async fn linked(db: &TestDb, up: &Upstream, link: &PgLink) -> Gateway {
+    let opts = GatewayOpts::new(core_routes(), db, up.addr)
+        .arg("--cache-ttl")
+        .arg("60")
+        .arg("--db-timeout-ms")
+        .arg("10000")
+        .via(link);
+    Gateway::start(opts).await
+}
+
+/// Sends `GET /ops` for `token` while the link holds back the answer carrying `marker`, commits
+/// `change` while it is held, lets the feed apply it, then lets the answer through. Returns
+/// the held request's status.
+async fn change_during_lookup(
+    gw: &Gateway,
+    link: &PgLink,
+    token: &str,
+    marker: &[u8],
+    change: impl std::future::Future<Output = ()>,
+) -> u16 {
+    let feed = "rbac_gateway_feed_events_total";
+    link.hold_next(marker);
+    let asked = gw.get("/ops", Some(token));
+    let meanwhile = async {
+        link.held().await;
+        let before = gw.metric(feed).await;
+        change.await;
+        let t0 = Instant::now();
+        while gw.metric(feed).await <= before {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "the feed did not see the change"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        link.release();
+    };
+    let (asked, ()) = tokio::join!(asked, meanwhile);
+    asked.status
+}
+
+/// A lookup reads the database as it was when its query began. A revocation that commits while
+/// it runs is seen by the feed, which finds nothing cached to drop yet; the lookup's answer,
+/// cached afterwards, must not keep the revoked roles alive until the TTL (60 s here).
+#[tokio::test]
+async fn a_revocation_during_a_role_lookup_is_not_undone_when_its_answer_is_cached() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let link = PgLink::new(&db.url).await;
+    let gw = linked(&db, &up, &link).await;
+    // A role only this admin's group holds marks the answer to their role lookup.
+    let marker = format!("race-marker-{}", uuid::Uuid::new_v4().simple());
+    sqlx::query("INSERT INTO rbac_roles (id, name) VALUES (gen_random_uuid()::text, $1)")
+        .bind(&marker)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let group = db.group_with_roles(&["console-manager", &marker]).await;
+    let admin = db.admin("race@example.test").await;
+    db.join_group(&admin, &group).await;
+    let token = db.session(&admin).await;
+    settle().await;
+    let revoke = db.leave_group(&admin, &group);
+    let held = change_during_lookup(&gw, &link, &token, marker.as_bytes(), revoke).await;
+    // The held request was decided on the roles its lookup read.
+    assert_eq!(held, 200);
+    assert_eq!(gw.status("/ops", Some(&token)).await, 403);
+    settle().await;
+    assert_eq!(gw.status("/ops", Some(&token)).await, 403);
+}
+
+/// The same for a session revoked while its lookup runs: the next request goes to the login
+/// page, not to Console.
+#[tokio::test]
+async fn a_session_revoked_during_its_lookup_is_not_undone_when_its_answer_is_cached() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let link = PgLink::new(&db.url).await;
+    let gw = linked(&db, &up, &link).await;
+    let (admin, token) = db.admin_with_roles(&["console-manager"]).await;
+    settle().await;
+    // The session lookup's answer is the first to carry the admin's id.
+    let revoke = db.revoke_session(&token);
+    let held = change_during_lookup(&gw, &link, &token, admin.as_bytes(), revoke).await;
+    assert_eq!(held, 200);
+    assert_eq!(gw.status("/ops", Some(&token)).await, 302);
+    settle().await;
+    assert_eq!(gw.status("/ops", Some(&token)).await, 302);
+}

@@ -704,6 +704,50 @@ pub struct PgLink {
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     /// True: connections stay open and carry nothing (a partition, a hung PgBouncer).
     stalled: tokio::sync::watch::Sender<bool>,
+    /// One answer from the server held back on its way to the gateway (a slow query).
+    hold: tokio::sync::watch::Sender<Hold>,
+}
+
+/// [`PgLink::hold_next`]'s state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Hold {
+    Off,
+    /// The next bytes from the server containing these are held.
+    Armed(Vec<u8>),
+    /// They are being held, until [`PgLink::release`].
+    Holding,
+}
+
+/// Copies the server's bytes to the gateway, holding the ones [`PgLink::hold_next`] armed for.
+async fn copy_answers(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    hold: tokio::sync::watch::Sender<Hold>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        let caught = hold.send_if_modified(|h| match h {
+            Hold::Armed(m) if chunk.windows(m.len()).any(|w| w == m.as_slice()) => {
+                *h = Hold::Holding;
+                true
+            }
+            _ => false,
+        });
+        if caught {
+            let mut seen = hold.subscribe();
+            if seen.wait_for(|h| *h != Hold::Holding).await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(chunk).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl PgLink {
@@ -720,9 +764,11 @@ impl PgLink {
         let (d2, c2) = (down.clone(), conns.clone());
         let stalled = tokio::sync::watch::Sender::new(false);
         let s2 = stalled.clone();
+        let hold = tokio::sync::watch::Sender::new(Hold::Off);
+        let h2 = hold.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 if d2.load(std::sync::atomic::Ordering::SeqCst) {
@@ -731,6 +777,7 @@ impl PgLink {
                 }
                 let target = target.clone();
                 let mut stall = s2.subscribe();
+                let hold = h2.clone();
                 let h = tokio::spawn(async move {
                     let stalled_now = *stall.borrow();
                     if stalled_now {
@@ -739,9 +786,18 @@ impl PgLink {
                         let _ended = stall.wait_for(|s| !*s).await.is_ok();
                         return;
                     }
-                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                    if let Ok(outbound) = TcpStream::connect(&target).await {
+                        let (mut asked, answered) = inbound.into_split();
+                        let (answers, mut to_server) = outbound.into_split();
+                        // Either side closing ends both (PostgreSQL's peers never half-close).
+                        let carry = async {
+                            tokio::select! {
+                                _ = tokio::io::copy(&mut asked, &mut to_server) => {}
+                                _ = copy_answers(answers, answered, hold) => {}
+                            }
+                        };
                         tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = carry => {}
                             // The copy stops (its future is dropped before this runs); both
                             // ends stay open, carrying nothing, until the stall ends (then they
                             // close, as peers reset after a partition).
@@ -759,6 +815,7 @@ impl PgLink {
             down,
             conns,
             stalled,
+            hold,
         }
     }
 
@@ -773,6 +830,32 @@ impl PgLink {
     pub fn restore(&self) {
         self.down.store(false, std::sync::atomic::Ordering::SeqCst);
         self.stalled.send_replace(false);
+        self.release();
+    }
+
+    /// Holds back the next bytes from the server that contain `marker` (an answer to one
+    /// query, as if it ran long) until [`PgLink::release`]; everything else still flows.
+    pub fn hold_next(&self, marker: &[u8]) {
+        self.hold.send_replace(Hold::Armed(marker.to_vec()));
+    }
+
+    /// Waits until the answer [`PgLink::hold_next`] armed for is being held.
+    pub async fn held(&self) {
+        let mut seen = self.hold.subscribe();
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            seen.wait_for(|h| *h == Hold::Holding),
+        )
+        .await;
+        assert!(
+            matches!(waited, Ok(Ok(_))),
+            "no answer with the marker was held"
+        );
+    }
+
+    /// Lets a held answer through.
+    pub fn release(&self) {
+        self.hold.send_replace(Hold::Off);
     }
 
     /// Every connection, open or new, stays open and carries nothing until [`PgLink::restore`].
