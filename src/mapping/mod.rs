@@ -388,19 +388,44 @@ impl Mapping {
                 _ => {}
             }
             let customer_param = r.customer_param.as_ref().map(|c| c.get_ref().clone());
-            if let (Some(c), Some(parts)) = (&r.customer_param, &parts) {
-                if !parts
-                    .iter()
-                    .any(|p| p.names.iter().any(|n| n == c.get_ref()))
-                {
+            if let Some(c) = &r.customer_param {
+                if access != Access::Protected {
                     errors.push(lines.at(
                         c.span().start,
                         Severity::Error,
                         format!(
-                            "customer_param {:?} is not a variable of path {path:?}",
-                            c.get_ref()
+                            "access = \"{}\" takes no customer_param: ticket grants would never be checked",
+                            access.as_str()
                         ),
                     ));
+                }
+            }
+            if let (Some(c), Some(parts)) = (&r.customer_param, &parts) {
+                let converter = parts.iter().find_map(|p| {
+                    let vars = p.pieces.iter().filter_map(|piece| match piece {
+                        rule::Piece::Var(conv) => Some(*conv),
+                        rule::Piece::Literal(_) => None,
+                    });
+                    vars.zip(&p.names)
+                        .find(|(_, n)| *n == c.get_ref())
+                        .map(|(conv, _)| conv)
+                });
+                let problem = match converter {
+                    None => Some(format!(
+                        "customer_param {:?} is not a variable of path {path:?}",
+                        c.get_ref()
+                    )),
+                    // A customer id is an integer: these never read as one, so a ticket grant
+                    // would silently never apply on this route.
+                    Some(conv @ (rule::Converter::Uuid | rule::Converter::Path)) => Some(format!(
+                        "customer_param {:?} is a <{}:...> variable: a customer id is an integer, so ticket grants would never apply (use <int:...> or a plain variable)",
+                        c.get_ref(),
+                        if conv == rule::Converter::Uuid { "uuid" } else { "path" }
+                    )),
+                    Some(rule::Converter::Int | rule::Converter::Default) => None,
+                };
+                if let Some(problem) = problem {
+                    errors.push(lines.at(c.span().start, Severity::Error, problem));
                 }
             }
             if let Some(p) = &r.pending {
@@ -638,6 +663,41 @@ roles = ["console-audit-user"]
         assert!(e.contains("methods is empty"), "{e}");
         let e = first_error("[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\n");
         assert!(e.contains("needs at least one role"), "{e}");
+    }
+
+    #[test]
+    fn a_customer_param_that_could_never_read_a_customer_id_is_an_error() {
+        let route = |path: &str, extra: &str| {
+            format!("[[route]]\nmethods = [\"GET\"]\npath = \"{path}\"\n{extra}customer_param = \"c\"\n")
+        };
+        let roles = "roles = [\"r\"]\n";
+        for ok in [
+            "/customers/<int:c>/x",
+            "/customers/<c>/x",
+            "/customers/<string:c>",
+        ] {
+            let m = load(&route(ok, roles)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(m.routes[0].customer_param.as_deref(), Some("c"));
+        }
+        let e = first_error(&route("/customers/<uuid:c>/x", roles));
+        assert!(
+            e.starts_with("routes.toml:5:18: customer_param \"c\" is a <uuid:...> variable"),
+            "{e}"
+        );
+        let e = first_error(&route("/customers/<path:c>", roles));
+        assert!(e.contains("is a <path:...> variable"), "{e}");
+        let e = first_error(&route("/customers/<int:d>", roles));
+        assert!(e.contains("is not a variable of path"), "{e}");
+        for access in ["public", "machine", "gone"] {
+            let e = first_error(&route(
+                "/customers/<int:c>",
+                &format!("access = \"{access}\"\n"),
+            ));
+            assert!(
+                e.contains(&format!("access = \"{access}\" takes no customer_param")),
+                "{e}"
+            );
+        }
     }
 
     #[test]
