@@ -29,24 +29,25 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
         say!("alert delivery failed: {k} ({e}); retried later");
     }
     if report.skipped {
+        // The alert pass above ran all the same: its failures still make the exit code.
         say!("another replica is sweeping right now: nothing done");
-        return Ok(());
+    } else {
+        for (grant, ticket, reason) in &report.revoked {
+            say!("revoked ticket grant {grant} (ticket {ticket}): {reason}");
+        }
+        for s in &report.break_glass_expired {
+            say!("break-glass session {s} ended: break_glass_expire row written");
+        }
+        for (t, e) in &report.freescout_failures {
+            say!("FreeScout did not answer for ticket {t} ({e}): its grants are kept");
+        }
+        say!(
+            "sweep: {} grant(s) revoked, {} break-glass expiry row(s), {} FreeScout failure(s)",
+            report.revoked.len(),
+            report.break_glass_expired.len(),
+            report.freescout_failures.len()
+        );
     }
-    for (grant, ticket, reason) in &report.revoked {
-        say!("revoked ticket grant {grant} (ticket {ticket}): {reason}");
-    }
-    for s in &report.break_glass_expired {
-        say!("break-glass session {s} ended: break_glass_expire row written");
-    }
-    for (t, e) in &report.freescout_failures {
-        say!("FreeScout did not answer for ticket {t} ({e}): its grants are kept");
-    }
-    say!(
-        "sweep: {} grant(s) revoked, {} break-glass expiry row(s), {} FreeScout failure(s)",
-        report.revoked.len(),
-        report.break_glass_expired.len(),
-        report.freescout_failures.len()
-    );
     if !alerts.failed.is_empty() {
         return Err(Exit {
             code: EXIT_PROBLEMS,

@@ -353,3 +353,44 @@ async fn break_glass_requires_a_delivered_alert_when_asked() {
         t1.elapsed()
     );
 }
+
+/// `sweep --once` exits 1 when the alert webhook failed, also when another replica holds the
+/// sweep's lock (the alert pass runs all the same; a cron job watching for undelivered
+/// break-glass alerts must not see success then).
+#[tokio::test]
+async fn sweep_once_reports_a_failed_webhook_while_another_replica_sweeps() {
+    let db = TestDb::new().await;
+    let hook = Upstream::start().await;
+    *hook.status.lock().unwrap() = 500;
+    let url = format!("http://{}/services/T000/B000/XXXX", hook.addr);
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    db.break_glass(&admin, 600.0).await;
+    // Another replica sweeping: it holds the sweep's advisory lock (src/lifecycle.rs LOCK_KEY).
+    let mut other = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(x'7262616373776570'::bigint)")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .args([
+            "sweep",
+            "--once",
+            "--database-url",
+            &db.url,
+            "--alert-webhook-url",
+            &url,
+        ])
+        .output()
+        .await
+        .unwrap();
+    other.rollback().await.unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("another replica is sweeping"), "{text}");
+    assert!(text.contains("alert delivery failed"), "{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(hook.count() >= 1, "the webhook was tried");
+}
