@@ -8,7 +8,6 @@ use anyhow::{anyhow, Context};
 
 use super::{diag, failure, runtime, say, usage, Exit};
 use crate::config::{CheckArgs, EXIT_PROBLEMS};
-use crate::db;
 use crate::mapping::{Diagnostic, Mapping, Severity};
 
 /// The columns the gateway reads or writes, per table.
@@ -207,7 +206,7 @@ async fn check_database(
     file: &str,
     url: &str,
 ) -> Result<Vec<crate::mapping::Diagnostic>, Exit> {
-    let pool = db::pool(url, 1, Duration::from_secs(10)).map_err(usage)?;
+    let pool = super::command_pool(url, 1, Duration::from_secs(10)).await?;
     let mut out = Vec::new();
     let columns: Vec<(String, String)> = sqlx::query_as(
         "SELECT table_name::text, column_name::text FROM information_schema.columns WHERE table_schema = current_schema()",

@@ -6,7 +6,6 @@ use anyhow::{anyhow, Context};
 
 use super::{failure, load_mapping, runtime, say, usage, Exit};
 use crate::config::{DriftArgs, EXIT_PROBLEMS};
-use crate::db;
 
 pub fn drift(args: DriftArgs) -> Result<(), Exit> {
     let mapping = load_mapping(&args.routes)?;
@@ -34,7 +33,7 @@ pub fn drift(args: DriftArgs) -> Result<(), Exit> {
             .unwrap_or_else(|| "-".to_string())
     };
     let rows: Vec<(Option<String>, String, String, i64)> = runtime()?.block_on(async {
-        let pool = db::pool(&args.database_url, 1, Duration::from_secs(10)).map_err(usage)?;
+        let pool = super::command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
         sqlx::query_as(
             "SELECT route, event_type, reason, count(*) FROM access_audit_events \
              WHERE event_type IN ('rbac_drift', 'access_denied_shadow') \

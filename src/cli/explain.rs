@@ -11,7 +11,7 @@ use crate::identity::Principal;
 use crate::mapping::Mapping;
 use crate::metrics::Metrics;
 use crate::outcome::{decide, Authority, Facts, Outcome, Switches, Unavailable, Via};
-use crate::{db, identity, target};
+use crate::{identity, target};
 
 /// The admin being explained holds the (pretend) session; everything is read fresh from the
 /// database, nothing is cached.
@@ -155,7 +155,7 @@ fn find_version(dir: &Path, version: &str) -> Option<(Mapping, PathBuf)> {
 
 fn from_audit_row(args: &ExplainArgs, at_hand: Mapping, request_id: &str) -> Result<(), Exit> {
     let rows: Vec<Row> = runtime()?.block_on(async {
-        let pool = db::pool(&args.database_url, 1, Duration::from_secs(10)).map_err(usage)?;
+        let pool = super::command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
         sqlx::query_as(
             "SELECT event_type, admin_id, method, path, route, reason, mapping_version, created_at_utc \
              FROM access_audit_events WHERE request_id = $1 ORDER BY created_at_utc, id",
@@ -260,9 +260,11 @@ fn explain_request(
     // One runtime and one pool for what follows (the pool connects when first used; sqlx makes
     // it on a runtime).
     let rt = runtime()?;
-    let pool = rt
-        .block_on(async { db::pool(&args.database_url, 1, Duration::from_secs(10)) })
-        .map_err(usage)?;
+    let pool = rt.block_on(super::command_pool(
+        &args.database_url,
+        1,
+        Duration::from_secs(10),
+    ))?;
     // `serve` decides on a session: an admin whose every session expired or was revoked is a
     // request without one (302, or 401 from the reader API), whatever their roles.
     let admin = match admin {

@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{failure, runtime, say, usage, Exit};
+use super::{failure, runtime, say, Exit};
 use crate::config::MigrateArgs;
 use crate::db;
 
 pub fn migrate(args: MigrateArgs) -> Result<(), Exit> {
     runtime()?.block_on(async {
-        let pool = db::pool(&args.database_url, 1, Duration::from_secs(30)).map_err(usage)?;
+        let pool = super::command_pool(&args.database_url, 1, Duration::from_secs(30)).await?;
         db::migrate(&pool)
             .await
             .context("migration failed")

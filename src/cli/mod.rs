@@ -44,6 +44,32 @@ pub(crate) fn failure(e: impl Into<anyhow::Error>) -> Exit {
     }
 }
 
+/// A pool for a one-shot command, once one connection was made: a database that never answered
+/// is reported with the reason (refused, unknown host, bad password), not as sqlx's bare "pool
+/// timed out". Waits up to `timeout` for a database that is still starting.
+pub(crate) async fn command_pool(
+    url: &str,
+    size: u32,
+    timeout: std::time::Duration,
+) -> Result<sqlx::PgPool, Exit> {
+    let pool = crate::db::pool(url, size, timeout).map_err(usage)?;
+    match pool.acquire().await {
+        // Back to the pool, for the command's first query.
+        Ok(first) => drop(first),
+        Err(sqlx::Error::PoolTimedOut) => {
+            let why = crate::db::why_unreachable(&pool, std::time::Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|| "it answered only now".to_string());
+            return Err(failure(anyhow!(
+                "cannot connect to the database (tried for {} s): {why}",
+                timeout.as_secs()
+            )));
+        }
+        Err(e) => return Err(failure(anyhow!("cannot connect to the database: {e}"))),
+    }
+    Ok(pool)
+}
+
 pub fn init_logging(format: &str) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use super::{failure, runtime, say, usage, Exit};
+use super::{failure, runtime, say, Exit};
 use crate::config::{SweepArgs, EXIT_PROBLEMS};
-use crate::{db, lifecycle};
+use crate::lifecycle;
 
 pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
     let (report, alerts) = runtime()?.block_on(async {
-        let pool = db::pool(&args.database_url, 2, Duration::from_secs(10)).map_err(usage)?;
+        let pool = super::command_pool(&args.database_url, 2, Duration::from_secs(10)).await?;
         let report = lifecycle::sweep_once(&pool, args.ticket_validation_url.as_deref())
             .await
             .map_err(|e| failure(anyhow!("sweep failed, nothing was committed: {e}")))?;

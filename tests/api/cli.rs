@@ -700,3 +700,42 @@ async fn a_gateway_restarted_right_after_a_sigkill_gets_its_ports_and_spool() {
     running.kill().unwrap();
     running.wait().unwrap();
 }
+
+/// A command whose database never answers says why (not sqlx's bare "pool timed out") and
+/// exits 1; one pointed at a database that does not exist says so at once.
+#[tokio::test]
+async fn commands_name_the_reason_the_database_cannot_be_reached() {
+    let refused = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port());
+    let mut sweep = bin()
+        .args(["sweep", "--once", "--database-url", &refused])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (status, err) = exit_of(&mut sweep, "sweep").await;
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot connect to the database (tried for 10 s)")
+            && err.contains("Connection refused"),
+        "{err}"
+    );
+    let db = TestDb::new().await;
+    let (server, _) = db.url.rsplit_once('/').unwrap();
+    let missing = format!("{server}/no_such_database");
+    let started = std::time::Instant::now();
+    let mut check = bin()
+        .args([
+            "check",
+            "--routes",
+            "routes.toml",
+            "--database-url",
+            &missing,
+        ])
+        .current_dir(root())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (status, err) = exit_of(&mut check, "check").await;
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("\"no_such_database\" does not exist"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
