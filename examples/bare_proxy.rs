@@ -103,6 +103,7 @@ fn main() {
         max_header_bytes: 32 * 1024,
         max_headers: 100,
         max_body_bytes: 16 << 20,
+        max_buffered_body_bytes: 256 << 20,
         shutdown_grace: Duration::from_secs(1),
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -99,6 +99,15 @@ pub struct ServeArgs {
     /// request (exceeded: 413).
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Most request-body bytes held at once by all requests whose bodies are being read (many
+    /// slow uploads cannot take the host's memory); a request that would go over it gets 503
+    /// with `Retry-After: 1`. At least --max-body-bytes.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_BUFFERED_BODY_BYTES",
+        default_value_t = 256 * 1024 * 1024
+    )]
+    pub max_buffered_body_bytes: usize,
     /// Upstream connect timeout in milliseconds (exceeded: 504).
     #[arg(
         long,

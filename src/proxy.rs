@@ -56,6 +56,9 @@ pub struct Settings {
     pub max_headers: usize,
     /// Largest request body, in bytes: over it, 413.
     pub max_body_bytes: usize,
+    /// Most request-body bytes held by all workers together while bodies are read whole: a
+    /// request whose body would go over it gets 503.
+    pub max_buffered_body_bytes: usize,
     /// In-flight requests get this long to finish after SIGTERM.
     pub shutdown_grace: Duration,
 }
@@ -179,8 +182,10 @@ pub fn start_workers(
         listeners.push(bind(settings.listen)?);
     }
     let mut handles = Vec::new();
+    let bodies = BodyBudget::new(settings.max_buffered_body_bytes);
     for (i, listener) in listeners.into_iter().enumerate() {
         let (gw, settings, shutdown) = (gw.clone(), settings.clone(), shutdown.clone());
+        let bodies = bodies.clone();
         let handle = std::thread::Builder::new()
             .name(format!("rbac-gateway-w{i}"))
             .spawn(move || {
@@ -200,7 +205,7 @@ pub fn start_workers(
                 };
                 // Tasks are spawned on this runtime itself (not a LocalSet): a task woken by
                 // this thread is queued without waking the driver through its eventfd.
-                rt.block_on(worker(gw, settings, listener, shutdown));
+                rt.block_on(worker(gw, settings, bodies, listener, shutdown));
             })?;
         handles.push(handle);
     }
@@ -211,6 +216,7 @@ pub fn start_workers(
 async fn worker(
     gw: Arc<Gateway>,
     settings: Settings,
+    bodies: Arc<BodyBudget>,
     listener: std::net::TcpListener,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -244,6 +250,7 @@ async fn worker(
         deadlines: deadlines.clone(),
         gw,
         max_body_bytes: settings.max_body_bytes,
+        bodies,
         body_read_timeout: settings.body_read_timeout,
         by_decision,
         upstream_seconds,
@@ -334,6 +341,64 @@ pub(crate) async fn accept_until_shutdown<C>(
     }
 }
 
+/// The request-body bytes all workers may hold at once (`--max-buffered-body-bytes`). Bodies
+/// are read whole before Console sees them; without a bound, many slow uploads at once (each
+/// within `--max-body-bytes`, each sending a byte before the body-read timeout) could take all
+/// of the host's memory.
+#[derive(Debug)]
+pub struct BodyBudget {
+    left: std::sync::atomic::AtomicUsize,
+}
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> Arc<BodyBudget> {
+        Arc::new(BodyBudget {
+            left: std::sync::atomic::AtomicUsize::new(bytes),
+        })
+    }
+
+    /// Bytes not held by any request right now.
+    pub fn left(&self) -> usize {
+        self.left.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The part of the [`BodyBudget`] one request holds; given back when it is dropped.
+struct Held {
+    budget: Arc<BodyBudget>,
+    bytes: usize,
+}
+
+impl Held {
+    fn new(budget: &Arc<BodyBudget>) -> Held {
+        Held {
+            budget: budget.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Holds `n` more bytes, or nothing more when the budget has not that many left.
+    fn grow(&mut self, n: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let took = self
+            .budget
+            .left
+            .fetch_update(Relaxed, Relaxed, |left| left.checked_sub(n));
+        if took.is_ok() {
+            self.bytes += n;
+        }
+        took.is_ok()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget
+            .left
+            .fetch_add(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A worker's share of the gateway.
 struct Worker {
     gw: Arc<Gateway>,
@@ -341,6 +406,8 @@ struct Worker {
     /// The per-request timeouts (header read, body read, upstream read), swept by one ticker.
     deadlines: Deadlines,
     max_body_bytes: usize,
+    /// Shared by every worker of the process.
+    bodies: Arc<BodyBudget>,
     body_read_timeout: Duration,
     /// The request counter and decision-time histogram of each decision label, looked up once
     /// per worker instead of hashed per request.
@@ -654,12 +721,17 @@ enum BodyError {
     TimedOut,
     /// Over the size limit, malformed, or cut short.
     Read(Box<dyn std::error::Error + Send + Sync>),
+    /// The bodies being read by all workers hold `--max-buffered-body-bytes` already.
+    Busy,
 }
 
 /// Reads a request body whole, up to the worker's size limit, each part within the body-read
 /// timeout of the one before (like nginx's `client_body_timeout`: a slow upload that keeps
 /// sending is read; a client that stops is not waited for). Trailers are dropped.
-async fn read_body(w: &Worker, body: Incoming) -> Result<Bytes, BodyError> {
+async fn read_body(w: &Worker, body: Incoming) -> Result<(Bytes, Held), BodyError> {
+    // With a Content-Length, the buffer is made that size once, not grown by doubling.
+    let declared = body.size_hint().exact().map_or(0, |n| n as usize);
+    let mut held = Held::new(&w.bodies);
     let mut body = Limited::new(body, w.max_body_bytes);
     let mut first: Option<Bytes> = None;
     let mut more: Option<BytesMut> = None;
@@ -678,10 +750,14 @@ async fn read_body(w: &Worker, body: Incoming) -> Result<Bytes, BodyError> {
         let Ok(data) = frame.into_data() else {
             continue;
         };
+        if !held.grow(data.len()) {
+            return Err(BodyError::Busy);
+        }
         if let Some(m) = more.as_mut() {
             m.extend_from_slice(&data);
         } else if let Some(f) = first.take() {
-            let mut m = BytesMut::with_capacity(f.len() + data.len());
+            let size = (f.len() + data.len()).max(declared.min(w.max_body_bytes));
+            let mut m = BytesMut::with_capacity(size);
             m.extend_from_slice(&f);
             m.extend_from_slice(&data);
             more = Some(m);
@@ -689,7 +765,8 @@ async fn read_body(w: &Worker, body: Incoming) -> Result<Bytes, BodyError> {
             first = Some(data);
         }
     }
-    Ok(more.map(BytesMut::freeze).or(first).unwrap_or_default())
+    let bytes = more.map(BytesMut::freeze).or(first).unwrap_or_default();
+    Ok((bytes, held))
 }
 
 /// Identity headers come from the gateway only, whatever spelling the client used.
@@ -721,11 +798,24 @@ async fn forward_request(
     // buffering): a body that turns out malformed or cut short never reaches Console.
     // No body to wait for: nothing awaited between the decision and sending to Console.
     let body_was_done = body.is_end_stream();
-    let bytes = if body_was_done {
-        Bytes::new()
+    // Held until this request is over: the body is in memory until Console has it.
+    let (bytes, _held) = if body_was_done {
+        (Bytes::new(), Held::new(&w.bodies))
     } else {
         match read_body(w, body).await {
             Ok(b) => b,
+            Err(BodyError::Busy) => {
+                ctx.unread_body = true;
+                tracing::warn!(request_id = %ctx.request_id, limit = w.bodies.left(), "request bodies being read hold --max-buffered-body-bytes: 503, not forwarded");
+                gw.metrics
+                    .refusals
+                    .with_label_values(&["body_budget"])
+                    .inc();
+                let mut resp = text_response(ctx, 503, "Service Unavailable\n", true);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return resp;
+            }
             Err(BodyError::TimedOut) => {
                 ctx.unread_body = true;
                 tracing::warn!(request_id = %ctx.request_id, timeout_ms = w.body_read_timeout.as_millis() as u64, "request body stalled: 408, not forwarded");

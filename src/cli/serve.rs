@@ -47,6 +47,11 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             "--max-body-bytes and --max-headers must be > 0, --max-header-bytes >= 1024"
         )));
     }
+    if args.max_buffered_body_bytes < args.max_body_bytes {
+        return Err(usage(anyhow!(
+            "--max-buffered-body-bytes must be at least --max-body-bytes: a body of the largest size allowed could never be read"
+        )));
+    }
     let threads = args.threads.unwrap_or_else(crate::proxy::default_threads);
 
     let metrics = Arc::new(Metrics::new());
@@ -156,6 +161,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
         max_body_bytes: args.max_body_bytes,
+        max_buffered_body_bytes: args.max_buffered_body_bytes,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -445,3 +445,67 @@ async fn a_body_waited_for_does_not_eat_into_consoles_read_timeout() {
     assert!(seen[0].body.is_empty());
     assert_eq!(seen[0].header("transfer-encoding"), None);
 }
+
+/// Bodies being read are held in memory together up to `--max-buffered-body-bytes`: a request
+/// whose body would go over it gets 503 (`Retry-After: 1`, closed, not forwarded), so many slow
+/// uploads cannot take the host's memory; the bytes are given back when a request is over.
+#[tokio::test]
+async fn bodies_held_at_once_are_bounded() {
+    let env = Env::with(core_routes(), |o| {
+        o.arg("--max-body-bytes")
+            .arg("1000000")
+            .arg("--max-buffered-body-bytes")
+            .arg("1000000")
+    })
+    .await;
+    let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
+    let post = |len: usize| {
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: c\r\nCookie: console_session={token}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let answer = |mut s: TcpStream| async move {
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    // A slow upload holds 900,000 bytes of the budget and keeps its connection.
+    let mut slow = TcpStream::connect(env.gw.addr).await.unwrap();
+    slow.write_all(post(950_000).as_bytes()).await.unwrap();
+    slow.write_all(&vec![b'a'; 900_000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another body of 200,000 bytes would go over: 503, not forwarded.
+    let mut other = TcpStream::connect(env.gw.addr).await.unwrap();
+    other.write_all(post(200_000).as_bytes()).await.unwrap();
+    // The gateway may answer and close before it has read all of it.
+    if let Err(e) = other.write_all(&vec![b'b'; 200_000]).await {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    let text = answer(other).await;
+    assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
+    assert_eq!(env.up.count(), 0);
+    assert_eq!(
+        env.gw
+            .metric("rbac_gateway_refusals_total{reason=\"body_budget\"}")
+            .await,
+        1.0
+    );
+    // The slow upload completes and is forwarded; then its bytes are free again.
+    slow.write_all(&vec![b'a'; 50_000]).await.unwrap();
+    let text = answer(slow).await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(env.up.requests()[0].body.len(), 950_000);
+    let mut again = TcpStream::connect(env.gw.addr).await.unwrap();
+    again.write_all(post(200_000).as_bytes()).await.unwrap();
+    again.write_all(&vec![b'b'; 200_000]).await.unwrap();
+    let text = answer(again).await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(env.up.count(), 2);
+}
