@@ -98,7 +98,7 @@ pub async fn current_xmin(pool: &PgPool) -> Result<String, sqlx::Error> {
 
 /// Follows the feed until the process ends.
 pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>) {
-    // Nothing is cached yet, so the past does not matter: start at the current xmin.
+    // The past does not matter: start at the current xmin and drop whatever was cached before.
     let mut cursor: Option<String> = None;
     let mut seen: HashSet<i64> = HashSet::new();
     let mut last_ok = Instant::now();
@@ -132,6 +132,11 @@ pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>
                 Ok(x) => {
                     cursor = Some(x);
                     last_ok = Instant::now();
+                    // Requests may have filled the caches before this first cursor (the
+                    // database answered them first, or this read was slow). A change committed
+                    // before it is below the cursor and will never be read, so what they cached
+                    // is dropped: from here on every change is seen.
+                    identity.invalidate_all();
                 }
                 Err(e) => {
                     crate::db::note_error(&e);

@@ -478,3 +478,42 @@ async fn a_session_revoked_during_its_lookup_is_not_undone_when_its_answer_is_ca
     settle().await;
     assert_eq!(gw.status("/ops", Some(&token)).await, 302);
 }
+
+/// Requests can fill the caches before the change feed has taken its first cursor (the
+/// database answered them first). A revocation committed in that gap is below the cursor, so
+/// the feed never reads it; what was cached before the cursor must not outlive it (here the
+/// TTL is 60 s). The link holds back the feed's first cursor while a request fills the cache
+/// and the revocation commits.
+#[tokio::test]
+async fn a_revocation_before_the_feed_starts_is_not_served_from_the_cache() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let link = PgLink::new(&db.url).await;
+    let (admin, token) = db.admin_with_roles(&["console-manager"]).await;
+    // Only the feed's first-cursor query names this column.
+    link.hold_next(b"pg_snapshot_xmin");
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--cache-ttl")
+        .arg("60")
+        .arg("--db-timeout-ms")
+        .arg("10000")
+        .via(&link);
+    opts.wait_ready = false;
+    let gw = Gateway::start(opts).await;
+    link.held().await;
+    assert_eq!(gw.status("/ops", Some(&token)).await, 200, "cached");
+    sqlx::query("DELETE FROM rbac_user_groups WHERE user_id = $1")
+        .bind(&admin)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    link.release();
+    let t0 = Instant::now();
+    while gw.status("/ops", Some(&token)).await != 403 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "the revoked roles were still served from the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
