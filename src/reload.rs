@@ -2,7 +2,8 @@
 //!
 //! The file is polled (read and compared with what was last seen) every [`POLL`]; a new content
 //! is applied once it has been read identical twice in a row, so a half-written file is never
-//! taken for a new mapping.
+//! taken for a new mapping. SIGHUP applies the file at once, but also only if it reads the same
+//! again one [`POLL`] later.
 //! Polling the resolved path, instead of inotify, sees every way operators replace the file:
 //! in place, by rename, and Kubernetes' ConfigMap `..data` symlink swap. SIGHUP forces a check.
 //! A file that fails to load (syntax, validation, truncated, missing) leaves the old mapping
@@ -175,7 +176,12 @@ pub async fn watch(gw: Arc<Gateway>, path: PathBuf) {
     // The content last applied or rejected, and a candidate seen once, kept whole and compared
     // byte for byte (no hash of the file five times a second; under callgrind, which hides the
     // CPU's SHA instructions, that hash dominated the gateway's background instructions).
-    let mut settled: Option<Vec<u8>> = std::fs::read(&path).ok();
+    // The file may have been replaced since it was loaded (start-up resolves the upstream and
+    // waits for the admin port first): it counts as settled only if it is what was loaded.
+    let live = gw.mapping.load().version.clone();
+    let mut settled: Option<Vec<u8>> = std::fs::read(&path)
+        .ok()
+        .filter(|b| crate::mapping::version_of(b) == live);
     let mut candidate: Option<Vec<u8>> = None;
     loop {
         let forced = tokio::select! {
@@ -201,6 +207,14 @@ pub async fn watch(gw: Arc<Gateway>, path: PathBuf) {
         };
         if forced {
             tracing::info!(file = %path.display(), "SIGHUP: reloading the mapping");
+            // A signal right after a save in place may find the file half-written: it is
+            // applied only if it reads the same once more after a poll interval.
+            tokio::time::sleep(POLL).await;
+            if tokio::fs::read(&path).await.ok().as_ref() != Some(&bytes) {
+                tracing::info!(file = %path.display(), "SIGHUP: the mapping is still being written; applying it once it settles");
+                candidate = None;
+                continue;
+            }
         } else if settled.as_ref() == Some(&bytes) {
             candidate = None;
             continue;

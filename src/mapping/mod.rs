@@ -227,6 +227,11 @@ impl<'a> Lines<'a> {
     }
 }
 
+/// The version a mapping file's content gets: the first 6 bytes of its SHA-256, in hex.
+pub fn version_of(content: &[u8]) -> String {
+    hex::encode(&Sha256::digest(content)[..6])
+}
+
 impl Mapping {
     /// Reads and compiles a mapping file.
     pub fn load(path: &Path) -> Result<Mapping, LoadError> {
@@ -502,10 +507,9 @@ impl Mapping {
                 diagnostics: errors,
             });
         }
-        let digest = Sha256::digest(text.as_bytes());
         Ok(Mapping {
             file: path.to_path_buf(),
-            version: hex::encode(&digest[..6]),
+            version: version_of(text.as_bytes()),
             default_mode,
             routes,
             warnings,

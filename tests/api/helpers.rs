@@ -355,6 +355,8 @@ pub struct GatewayOpts {
     pub args: Vec<String>,
     /// Wait for /readyz (true) or only /healthz (database deliberately unreachable).
     pub wait_ready: bool,
+    /// The admin port (default: a free one).
+    pub admin_port: Option<u16>,
 }
 
 impl GatewayOpts {
@@ -366,6 +368,7 @@ impl GatewayOpts {
             env: vec![],
             args: vec![],
             wait_ready: true,
+            admin_port: None,
         }
     }
 
@@ -401,7 +404,7 @@ impl Gateway {
 
     pub async fn start_in(opts: GatewayOpts, dir: tempfile::TempDir, routes: PathBuf) -> Gateway {
         let port = free_port();
-        let admin_port = free_port();
+        let admin_port = opts.admin_port.unwrap_or_else(free_port);
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbac-gateway"));
         cmd.arg("serve")

@@ -405,3 +405,66 @@ async fn serve_warns_about_role_and_permission_names_the_database_lacks() {
     // The rule still allows by its role: the unknown permission only adds nothing.
     assert_eq!(env.gw.get("/ops", Some(&token)).await.status, 200);
 }
+
+/// A file replaced while the gateway starts (after it loaded the mapping, before the watcher
+/// runs: here while it waits for its admin port) is applied, not taken for the one loaded.
+#[tokio::test]
+async fn a_file_replaced_during_start_up_is_applied() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, A).unwrap();
+    let log = dir.path().join("gateway.log");
+    let admin_port = free_port();
+    // The admin port is busy for a moment: the gateway retries it for up to a second.
+    let busy = std::net::TcpListener::bind(("127.0.0.1", admin_port)).unwrap();
+    let mut opts = GatewayOpts::new(&routes, &db, up.addr);
+    opts.admin_port = Some(admin_port);
+    let replace = async {
+        let t0 = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("mapping loaded")
+        {
+            assert!(t0.elapsed() < Duration::from_secs(10), "never loaded");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        swap(&routes, B);
+        drop(busy);
+    };
+    let (gw, ()) = tokio::join!(Gateway::start_in(opts, dir, routes.clone()), replace);
+    assert!(
+        gw.log().contains(&version(A)),
+        "A was loaded first: {}",
+        gw.log()
+    );
+    let (_, token) = db.admin_with_roles(&["console-user"]).await;
+    wait_for(&gw, &token, 200).await;
+    let info = format!("rbac_gateway_mapping_info{{version=\"{}\"}}", version(B));
+    assert_eq!(gw.metric(&info).await, 1.0);
+}
+
+/// SIGHUP right after a save in place that is still being written: the half-written file
+/// (valid on its own here) is not applied; the finished one is.
+#[tokio::test]
+async fn sighup_during_a_save_applies_only_the_finished_file() {
+    let env = env_with(A).await;
+    let gw = &env.gw;
+    let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
+    assert_eq!(gw.get("/ops", Some(&token)).await.status, 403);
+    // B without its last rule: valid, and different from both A and B.
+    let half = &B[..B.find("\n\n[[route]]").unwrap() + 1];
+    std::fs::write(&gw.routes, half).unwrap();
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::write(&gw.routes, B).unwrap();
+    wait_for(gw, &token, 200).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = gw.log();
+    assert!(log.contains(&version(B)), "{log}");
+    assert!(
+        !log.contains(&version(half)),
+        "the half-written file was applied: {log}"
+    );
+}
