@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz` (process alive), `/readyz` (mapping loaded and the database
-//! answered; a routes file on disk that was not applied is named, the status stays 200),
+//! answered; a routes file on disk that was not applied, and an audit spool that cannot be
+//! written or emptied, are named, the status stays 200),
 //! `/metrics` (Prometheus text). Served by hyper, GET only.
 
 use std::convert::Infallible;
@@ -137,6 +138,11 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
     };
     if let Some(line) = rejected {
         body.push_str(&line);
+    }
+    // Named, the status unchanged: with the database up, denials are recorded in it.
+    for line in gw.audit.spool_problems() {
+        body.push_str(&line);
+        body.push('\n');
     }
     (status, "text/plain", body)
 }

@@ -179,6 +179,13 @@ struct Inner {
     /// Rows may wait in the spool (set by an append; cleared when the spool is found empty or
     /// replayed), so most batches skip a file-system round trip.
     spooled: std::sync::atomic::AtomicBool,
+    /// Why the last append to the spool failed (cleared by one that succeeds): shown by
+    /// `/readyz`, since denials get 503 while the database is down too.
+    append_problem: std::sync::Mutex<Option<String>>,
+    /// A spool replayed that could not be emptied (a read-only volume, a file this process may
+    /// not write): its length and modification time, so it is not replayed again until it
+    /// changes, and why, for `/readyz`.
+    stuck: std::sync::Mutex<Option<(u64, std::time::SystemTime, String)>>,
 }
 
 pub struct AuditWriter {
@@ -219,6 +226,8 @@ impl AuditWriter {
             metrics,
             timeout,
             spooled: std::sync::atomic::AtomicBool::new(true),
+            append_problem: Default::default(),
+            stuck: Default::default(),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = write_loop(inner.clone(), rx);
@@ -241,12 +250,37 @@ impl AuditWriter {
         self.inner.replay().await
     }
 
+    /// What is wrong with the spool, for `/readyz`: appends that fail, or a spool that cannot
+    /// be emptied after its rows were replayed.
+    pub fn spool_problems(&self) -> Vec<String> {
+        let path = self.inner.spool.display();
+        let mut out = Vec::new();
+        if let Some(why) = lock(&self.inner.append_problem).clone() {
+            out.push(format!(
+                "audit spool {path} cannot be written ({why}): denials get 503 while the database is down"
+            ));
+        }
+        if let Some((len, _, why)) = lock(&self.inner.stuck).clone() {
+            out.push(format!(
+                "audit spool {path} cannot be emptied ({why}): its rows ({len} bytes) are in the database; remove the file or make it writable"
+            ));
+        }
+        out
+    }
+
     /// Replays the spool every `every` until the process ends.
     pub async fn replay_forever(self: Arc<Self>, every: Duration) {
+        // The spool must be writable before it is needed: found out during an outage, every
+        // denial would get 503.
+        self.inner.probe_spool().await;
         loop {
             // The file, not only this process's mark: a spool may be shared by gateways side
             // by side, and rows another one left there (it ended) are replayed here.
-            if self.inner.spool_len().await > 0 {
+            let len = self.inner.spool_len().await;
+            self.inner.metrics.audit_spool_bytes.set(len as i64);
+            if len == 0 {
+                *lock(&self.inner.stuck) = None;
+            } else {
                 match self.replay().await {
                     Ok(n) if n > 0 => {
                         tracing::info!(rows = n, "replayed spooled audit rows into the database")
@@ -292,34 +326,73 @@ impl Inner {
             .unwrap_or(0)
     }
 
+    /// Writes rows to the database within the timeout.
+    async fn to_database(&self, rows: &[Arc<AuditEvent>]) -> Result<(), String> {
+        match tokio::time::timeout(self.timeout, copy_rows(&self.pool, rows)).await {
+            Ok(Ok(())) => {
+                self.metrics
+                    .audit_rows
+                    .with_label_values(&["database"])
+                    .inc_by(rows.len() as u64);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_string()),
+        }
+    }
+
     async fn write(&self, rows: &[Arc<AuditEvent>]) -> Result<(), AuditError> {
         use std::sync::atomic::Ordering;
-        // While rows wait in the spool, new rows join them so that replay keeps their order.
-        if !self.spooled.load(Ordering::Acquire) || self.spool_len().await == 0 {
+        // While rows wait in the spool (the database is likely still down), new rows join
+        // them, without waiting for the database first; replay keeps their order.
+        let database_first = !self.spooled.load(Ordering::Acquire) || self.spool_len().await == 0;
+        if database_first {
             self.spooled.store(false, Ordering::Release);
-            match tokio::time::timeout(self.timeout, copy_rows(&self.pool, rows)).await {
-                Ok(Ok(())) => {
-                    self.metrics
-                        .audit_rows
-                        .with_label_values(&["database"])
-                        .inc_by(rows.len() as u64);
-                    return Ok(());
-                }
-                Ok(Err(e)) => {
+            match self.to_database(rows).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
                     tracing::warn!(error = %e, rows = rows.len(), "audit insert failed; spooling the rows")
                 }
-                Err(_) => tracing::warn!(
-                    rows = rows.len(),
-                    "audit insert timed out; spooling the rows"
-                ),
             }
         }
-        self.append(rows).await?;
-        self.metrics
-            .audit_rows
-            .with_label_values(&["spool"])
-            .inc_by(rows.len() as u64);
-        Ok(())
+        match self.append(rows).await {
+            Ok(()) => {
+                self.metrics
+                    .audit_rows
+                    .with_label_values(&["spool"])
+                    .inc_by(rows.len() as u64);
+                Ok(())
+            }
+            // The spool cannot take them (full, read-only, not ours): the database may.
+            Err(spool) if !database_first => match self.to_database(rows).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, rows = rows.len(), "audit insert failed too");
+                    Err(spool)
+                }
+            },
+            Err(spool) => Err(spool),
+        }
+    }
+
+    /// Opens the spool for appending (creating it empty if missing) and notes why that fails.
+    async fn probe_spool(&self) {
+        let path = self.spool.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map(drop)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        if let Err(e) = opened {
+            tracing::error!(spool = %self.spool.display(), error = %e,
+                "the audit spool cannot be written: denials will get 503 while the database is down");
+            *lock(&self.append_problem) = Some(e.to_string());
+        }
     }
 
     async fn append(&self, rows: &[Arc<AuditEvent>]) -> Result<(), AuditError> {
@@ -336,7 +409,7 @@ impl Inner {
         }
         let path = self.spool.clone();
         let max = self.max_spool;
-        let len = tokio::task::spawn_blocking(move || -> Result<u64, AuditError> {
+        let appended = tokio::task::spawn_blocking(move || -> Result<u64, AuditError> {
             let io = |e: std::io::Error| AuditError::SpoolIo(e.to_string());
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
@@ -377,9 +450,21 @@ impl Inner {
             Ok(current + added)
         })
         .await
-        .map_err(|e| AuditError::SpoolIo(e.to_string()))??;
-        self.metrics.audit_spool_bytes.set(len as i64);
-        Ok(())
+        .map_err(|e| AuditError::SpoolIo(e.to_string()))
+        .and_then(|r| r);
+        match appended {
+            Ok(len) => {
+                self.metrics.audit_spool_bytes.set(len as i64);
+                *lock(&self.append_problem) = None;
+                Ok(())
+            }
+            Err(e) => {
+                if let AuditError::SpoolIo(why) = &e {
+                    *lock(&self.append_problem) = Some(why.clone());
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn replay(&self) -> Result<usize, sqlx::Error> {
@@ -389,29 +474,43 @@ impl Inner {
         // between the read and the truncate (its rows would be emptied unreplayed), nor replay
         // the same rows at once.
         let path = self.spool.clone();
-        let opened = tokio::task::spawn_blocking(
-            move || -> std::io::Result<Option<(std::fs::File, Vec<u8>)>> {
-                use std::io::Read;
-                let mut f = match std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(e),
-                };
-                f.lock()?;
-                let mut text = Vec::new();
-                f.read_to_end(&mut text)?;
-                Ok(Some((f, text)))
-            },
-        )
+        let stuck = lock(&self.stuck).as_ref().map(|(l, m, _)| (*l, *m));
+        let opened = tokio::task::spawn_blocking(move || -> std::io::Result<Opened> {
+            use std::io::Read;
+            let (mut f, read_only) = match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+            {
+                Ok(f) => (f, None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Opened::Missing),
+                // Not writable here (a read-only volume, another owner): its rows can still be
+                // stored, and new rows go to the database, not to it.
+                Err(e) => match std::fs::File::open(&path) {
+                    Ok(f) => (f, Some(e.to_string())),
+                    Err(_) => return Err(e),
+                },
+            };
+            let meta = f.metadata()?;
+            let id = (meta.len(), meta.modified()?);
+            if read_only.is_some() && stuck == Some(id) {
+                return Ok(Opened::Unchanged);
+            }
+            f.lock()?;
+            let mut text = Vec::new();
+            f.read_to_end(&mut text)?;
+            Ok(Opened::Spool {
+                f,
+                text,
+                read_only: read_only.map(|why| (id.0, id.1, why)),
+            })
+        })
         .await
         .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
         .map_err(sqlx::Error::Io)?;
-        let Some((f, text)) = opened else {
-            return Ok(0);
+        let (f, text, read_only) = match opened {
+            Opened::Missing | Opened::Unchanged => return Ok(0),
+            Opened::Spool { f, text, read_only } => (f, text, read_only),
         };
         let events = spooled_rows(&text);
         if !events.is_empty() {
@@ -426,6 +525,19 @@ impl Inner {
             }
             crate::db::within(limit, tx.commit()).await?;
         }
+        if let Some((len, modified, why)) = read_only {
+            // Stored, but the file keeps them: replayed again only if it changes (the primary
+            // key makes that a no-op for these rows), and new rows go to the database.
+            tracing::error!(spool = %self.spool.display(), error = %why, rows = events.len(),
+                "audit spool replayed but cannot be emptied; remove the file or make it writable");
+            *lock(&self.stuck) = Some((len, modified, why));
+            self.metrics.audit_spool_bytes.set(len as i64);
+            self.spooled
+                .store(false, std::sync::atomic::Ordering::Release);
+            self.metrics.audit_replayed.inc_by(events.len() as u64);
+            return Ok(events.len());
+        }
+        *lock(&self.stuck) = None;
         // Truncate only after the commit: a crash in between replays again, and the primary key
         // makes the second replay a no-op.
         f.set_len(0).map_err(sqlx::Error::Io)?;
@@ -436,6 +548,24 @@ impl Inner {
         self.metrics.audit_replayed.inc_by(events.len() as u64);
         Ok(events.len())
     }
+}
+
+/// The spool as [`Inner::replay`] found it.
+enum Opened {
+    Missing,
+    /// Read-only, and unchanged since it was last replayed.
+    Unchanged,
+    Spool {
+        f: std::fs::File,
+        text: Vec<u8>,
+        /// Why it could not be opened for writing: its length, modification time and the error.
+        read_only: Option<(u64, std::time::SystemTime, String)>,
+    },
+}
+
+/// A mutex that a panic elsewhere did not make unusable (what it guards is a plain value).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The rows of a spool, a JSON object a line. A line cut short (a gateway killed mid-append, a

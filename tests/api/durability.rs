@@ -295,3 +295,101 @@ async fn misbehaving_upstreams_leak_no_connections() {
     );
     assert_eq!(gw.admin_get("/healthz").await.status, 200);
 }
+
+/// A tmpfs mounted at a fresh directory, unmounted when dropped; None where this process may
+/// not mount (not root).
+struct Mounted(tempfile::TempDir);
+
+impl Mounted {
+    fn tmpfs() -> Option<Mounted> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "none"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Mounted(dir))
+    }
+
+    fn read_only(&self) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(self.0.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount read-only");
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        // Best effort at the end of a test: a mount left behind is only a tmpfs of 4 MiB.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// A spool left with rows on a volume that became read-only (or a file the gateway may not
+/// write): its rows are still stored, new denials go to the database (403, not 503), and
+/// `/readyz` and the spool gauge say what is wrong. Before, every denial got 503 with the
+/// database up, and the rows never reached it.
+#[tokio::test]
+async fn a_spool_that_cannot_be_written_is_replayed_and_denials_go_to_the_database() {
+    let Some(mnt) = Mounted::tmpfs() else {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let spool = mnt.0.path().join("audit.spool");
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let link = PgLink::new(&db.url).await;
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--cache-ttl")
+        .arg("60")
+        .arg("--db-timeout-ms")
+        .arg("300")
+        .via(&link);
+    opts.spool = Some(spool.clone());
+    let first = Gateway::start(opts).await;
+    let token = cached_denied_session(&db, &first).await;
+    link.cut();
+    let r = first.get("/ops", Some(&token)).await;
+    assert_eq!(r.status, 403);
+    let spooled = r.request_id();
+    drop(first);
+    assert!(std::fs::metadata(&spool).unwrap().len() > 0, "row spooled");
+    mnt.read_only();
+
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr).arg("--db-timeout-ms");
+    opts = opts.arg("300");
+    opts.spool = Some(spool.clone());
+    let gw = Gateway::start(opts).await;
+    let t0 = std::time::Instant::now();
+    while db.audit_rows(&spooled).await.is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the spooled row never reached the database; log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, other) = db.admin_with_roles(&["console-user"]).await;
+    let r = gw.get("/ops", Some(&other)).await;
+    assert_eq!(r.status, 403, "log:\n{}", gw.log());
+    assert_eq!(db.audit_rows(&r.request_id()).await.len(), 1);
+    let ready = gw.admin_get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert!(
+        ready.body_str().contains("cannot be emptied"),
+        "{}",
+        ready.body_str()
+    );
+    assert!(gw.metric("rbac_gateway_audit_spool_bytes").await > 0.0);
+    // Replayed once, not every half second.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(gw.metric("rbac_gateway_audit_replayed_total").await, 1.0);
+    assert_eq!(db.audit_rows(&spooled).await.len(), 1);
+}

@@ -357,6 +357,8 @@ pub struct GatewayOpts {
     pub wait_ready: bool,
     /// The admin port (default: a free one).
     pub admin_port: Option<u16>,
+    /// The audit spool (default: `audit.spool` in the gateway's directory).
+    pub spool: Option<PathBuf>,
 }
 
 impl GatewayOpts {
@@ -369,6 +371,7 @@ impl GatewayOpts {
             args: vec![],
             wait_ready: true,
             admin_port: None,
+            spool: None,
         }
     }
 
@@ -419,7 +422,11 @@ impl Gateway {
             .arg("--database-url")
             .arg(&opts.database_url)
             .arg("--audit-spool")
-            .arg(dir.path().join("audit.spool"))
+            .arg(
+                opts.spool
+                    .clone()
+                    .unwrap_or_else(|| dir.path().join("audit.spool")),
+            )
             .arg("--threads")
             .arg("1")
             .arg("--upstream-read-timeout-ms")
