@@ -93,6 +93,7 @@ fn main() {
             // A bare proxy: every path forwarded, the reader API included.
             rbac_api: false,
             file_rejected: Default::default(),
+            feed: Default::default(),
         })
     });
     let settings = Settings {

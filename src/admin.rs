@@ -1,5 +1,5 @@
-//! The admin listener: `/healthz` (process alive), `/readyz` (mapping loaded and the database
-//! answered; a routes file on disk that was not applied, and an audit spool that cannot be
+//! The admin listener: `/healthz` (process alive), `/readyz` (mapping loaded, the database
+//! answered and the change feed read its log within [`crate::feed::STALE`]; a routes file on disk that was not applied, and an audit spool that cannot be
 //! written or emptied, are named, the status stays 200),
 //! `/metrics` (Prometheus text). Served by hyper, GET only.
 
@@ -133,7 +133,12 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
         format!("routes file not applied (mapping={version} stays live): {why}\n")
     });
     let (status, mut body) = match database_state(gw.identity.pool()).await {
-        Ok(()) => (200, format!("ready mapping={version}\n")),
+        Ok(()) => match gw.feed.stale() {
+            None => (200, format!("ready mapping={version}\n")),
+            // The database answers, but changes to it are not applied: a revocation would wait
+            // for the cache TTL.
+            Some(why) => (503, format!("{why}\n")),
+        },
         Err(why) => (503, format!("database unavailable: {why}\n")),
     };
     if let Some(line) = rejected {

@@ -96,8 +96,69 @@ pub async fn current_xmin(pool: &PgPool) -> Result<String, sqlx::Error> {
         .await
 }
 
+/// Without a successful read for this long, `/readyz` answers 503: changes are not applied
+/// within the promised second.
+pub const STALE: Duration = Duration::from_secs(3);
+
+/// When the feed last read the log, and why its last attempt failed: `/readyz` reads it.
+pub struct Health {
+    started: Instant,
+    state: std::sync::Mutex<(Option<Instant>, Option<String>)>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            started: Instant::now(),
+            state: Default::default(),
+        }
+    }
+}
+
+impl Health {
+    fn state(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, Option<String>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_ok(&self, metrics: &Metrics) {
+        *self.state() = (Some(Instant::now()), None);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        metrics.feed_last_read.set(now as i64);
+    }
+
+    fn failed(&self, why: String) {
+        self.state().1 = Some(why);
+    }
+
+    /// Why the caches may be stale beyond the bound: no read yet, or none for [`STALE`].
+    pub fn stale(&self) -> Option<String> {
+        let (last, why) = self.state().clone();
+        let why = why
+            .map(|w| format!(" (last error: {w})"))
+            .unwrap_or_default();
+        match last {
+            None if self.started.elapsed() > STALE || !why.is_empty() => {
+                Some(format!("change feed has not read rbac_change_log yet{why}"))
+            }
+            None => Some("change feed starting".to_string()),
+            Some(t) if t.elapsed() > STALE => Some(format!(
+                "change feed: no read of rbac_change_log for {:.1} s{why}: changes are not applied",
+                t.elapsed().as_secs_f64()
+            )),
+            Some(_) => None,
+        }
+    }
+}
+
 /// Follows the feed until the process ends.
-pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>) {
+pub async fn follow(
+    pool: PgPool,
+    identity: Arc<Identity>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) {
     // The past does not matter: start at the current xmin and drop whatever was cached before.
     let mut cursor: Option<String> = None;
     let mut seen: HashSet<i64> = HashSet::new();
@@ -140,6 +201,7 @@ pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>
                 }
                 Err(e) => {
                     crate::db::note_error(&e);
+                    health.failed(e.to_string());
                     tokio::time::sleep(POLL).await
                 }
             }
@@ -148,6 +210,7 @@ pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>
         match read(&pool, &cur).await {
             Ok(batch) => {
                 failures = 0;
+                health.read_ok(&metrics);
                 if last_ok.elapsed() > BLIND_LIMIT {
                     tracing::warn!("change feed: blind for too long; clearing every cache");
                     identity.invalidate_all();
@@ -182,6 +245,7 @@ pub async fn follow(pool: PgPool, identity: Arc<Identity>, metrics: Arc<Metrics>
             }
             Err(e) => {
                 crate::db::note_error(&e);
+                health.failed(e.to_string());
                 tracing::warn!(error = %e, "change feed: cannot read the log; will catch up");
                 listener = None;
                 failures += 1;

@@ -71,6 +71,7 @@ pub struct Metrics {
     pub sweep_failures: IntCounter,
     /// Unix time of the last sweep with no failure.
     pub sweep_last_success: IntGauge,
+    pub feed_last_read: IntGauge,
     /// Alert deliveries by result: delivered, failed (retried).
     pub alerts: IntCounterVec,
     /// Targeted cache invalidations that failed (the whole cache was cleared instead).
@@ -256,6 +257,11 @@ impl Metrics {
                 "Unix time of the last sweep without a failure",
             )
             .unwrap(),
+            feed_last_read: IntGauge::new(
+                "rbac_gateway_feed_last_read_timestamp_seconds",
+                "Unix time of the change feed's last successful read of rbac_change_log",
+            )
+            .unwrap(),
             alerts: IntCounterVec::new(
                 Opts::new("rbac_gateway_alerts_total", "Alert deliveries by result"),
                 &["result"],
@@ -296,6 +302,7 @@ impl Metrics {
         r.register(Box::new(m.sweep_revocations.clone())).unwrap();
         r.register(Box::new(m.sweep_failures.clone())).unwrap();
         r.register(Box::new(m.sweep_last_success.clone())).unwrap();
+        r.register(Box::new(m.feed_last_read.clone())).unwrap();
         r.register(Box::new(m.alerts.clone())).unwrap();
         r.register(Box::new(m.cache_invalidation_errors.clone()))
             .unwrap();

@@ -36,6 +36,8 @@ pub struct Gateway {
     /// Why the routes file on disk is not the live mapping (rejected, unreadable), until a file
     /// is applied again; `/readyz` shows it.
     pub file_rejected: std::sync::Mutex<Option<String>>,
+    /// The change feed's last read (`/readyz` answers 503 while it is stale).
+    pub feed: Arc<crate::feed::Health>,
 }
 
 impl Gateway {

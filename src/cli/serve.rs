@@ -78,7 +78,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         );
         let tasks = Arc::new(Tasks::default());
         let supervised = |name, task| supervise::spawn(tasks.clone(), metrics.clone(), name, task);
-        supervised("feed", Box::pin(crate::feed::follow(pool.clone(), identity.clone(), metrics.clone())) as Task);
+        let feed = Arc::new(crate::feed::Health::default());
+        supervised("feed", Box::pin(crate::feed::follow(pool.clone(), identity.clone(), metrics.clone(), feed.clone())) as Task);
         let (audit, writer) = AuditWriter::new(
             pool.clone(),
             args.audit_spool.clone(),
@@ -113,6 +114,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             tasks: tasks.clone(),
             rbac_api: args.rbac_api,
             file_rejected: Default::default(),
+            feed: feed.clone(),
         });
         if args.rbac_api {
             metrics.requests.with_label_values(&[crate::reader::LABEL]);

@@ -344,3 +344,48 @@ async fn a_stalled_database_gets_503_or_a_spooled_row_not_a_hung_request() {
     }
     assert_eq!(db.audit_count().await, 5);
 }
+
+/// The database answers but the change feed cannot read its log (here a lock holds it; a
+/// revoked SELECT or a statement timeout do the same): changes would wait for the cache TTL,
+/// so `/readyz` says so with 503 until the feed reads again.
+#[tokio::test]
+async fn readyz_fails_while_the_change_feed_cannot_read_its_log() {
+    let env = Env::core().await;
+    let gw = &env.gw;
+    assert_eq!(gw.admin_get("/readyz").await.status, 200);
+    assert!(
+        gw.metric("rbac_gateway_feed_last_read_timestamp_seconds")
+            .await
+            > 1.7e9
+    );
+    let mut tx = env.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE rbac_change_log IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let ready = loop {
+        let r = gw.admin_get("/readyz").await;
+        if r.status == 503 {
+            break r;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "/readyz stayed {} while the feed could not read: {}",
+            r.status,
+            r.body_str()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        ready.body_str().contains("change feed"),
+        "{}",
+        ready.body_str()
+    );
+    tx.rollback().await.unwrap();
+    let t0 = std::time::Instant::now();
+    while gw.admin_get("/readyz").await.status != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "not ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
