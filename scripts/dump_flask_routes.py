@@ -4,8 +4,11 @@
 Usage: python3 scripts/dump_flask_routes.py MODULE:APP_OR_FACTORY > console-routes.json
        (e.g. console.app:create_app, or app:app)
 
-Output: [{"rule": "/console/customers/<int:id>", "methods": ["GET"], "endpoint": "customers.detail"}, ...]
+Output: [{"rule": "/console/customers/<int:id>", "methods": ["GET"], "endpoint": "customers.detail",
+          "strict_slashes": true}, ...]
 HEAD and OPTIONS, which Flask adds to every rule, are left out; Flask's own `static` rule is kept.
+The rules are in Console's registration order: Werkzeug tries equally weighted segments in that
+order, and `check --app-routes` reports such rules (routes.toml cannot express the order).
 """
 import importlib
 import json
@@ -29,8 +32,15 @@ def main():
     out = []
     for rule in app.url_map.iter_rules():
         methods = sorted(m for m in (rule.methods or ()) if m not in ("HEAD", "OPTIONS"))
-        out.append({"rule": rule.rule, "methods": methods, "endpoint": rule.endpoint})
-    out.sort(key=lambda r: (r["rule"], r["methods"]))
+        out.append(
+            {
+                "rule": rule.rule,
+                "methods": methods,
+                "endpoint": rule.endpoint,
+                # Resolved from the map's default when the rule is bound.
+                "strict_slashes": bool(rule.strict_slashes),
+            }
+        )
     json.dump(out, sys.stdout, indent=1)
     sys.stdout.write("\n")
 

@@ -227,8 +227,9 @@ pub struct CheckArgs {
     /// Also check roles, permissions and schema against this database.
     #[arg(long)]
     pub database_url: Option<String>,
-    /// JSON dump of the upstream's routes ([{"rule", "methods", "endpoint"}]): every Console
-    /// route must be covered and every gateway rule must exist in Console.
+    /// JSON dump of the upstream's routes ([{"rule", "methods", "endpoint", "strict_slashes"}],
+    /// in registration order; scripts/dump_flask_routes.py): every Console route must be
+    /// covered and every gateway rule must exist in Console.
     #[arg(long)]
     pub app_routes: Option<PathBuf>,
 }

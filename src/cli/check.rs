@@ -271,6 +271,10 @@ struct AppRoute {
     methods: Vec<String>,
     #[serde(default)]
     endpoint: String,
+    /// False: Werkzeug matches the rule with or without its trailing slash, which the mapping
+    /// cannot express. Absent in older dumps.
+    #[serde(default)]
+    strict_slashes: Option<bool>,
 }
 
 pub fn check_app_routes(
@@ -290,7 +294,55 @@ pub fn check_app_routes(
     })?;
     let mut out = Vec::new();
     let norm = |rule: &str| crate::mapping::rule_signature(rule);
+    // Point at the rule in the dump, so the message is clickable too.
+    let at_rule = |rule: &str, message: String| {
+        let at = text.find(&format!("\"{rule}\"")).unwrap_or(0);
+        let line = text[..at].matches('\n').count() + 1;
+        let col = at - text[..at].rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+        diag(
+            &app.display().to_string(),
+            line,
+            col,
+            Severity::Error,
+            message,
+        )
+    };
+    // Console's rules in its registration order, as Werkzeug builds its state machine.
+    let mut console = crate::mapping::matcher::Matcher::default();
+    for (i, ar) in routes.iter().enumerate() {
+        let methods = ar.methods.join(",");
+        let parts = match crate::mapping::rule::parse_rule(&ar.rule) {
+            Ok(parts) => parts,
+            Err(e) => {
+                out.push(at_rule(&ar.rule, format!(
+                    "Console route {methods} {} (endpoint {}) cannot be expressed in routes.toml ({e}): its requests are decided by whichever gateway rule matches their path, or denied with no_route",
+                    ar.rule, ar.endpoint
+                )));
+                continue;
+            }
+        };
+        let mut matcher_methods = ar.methods.clone();
+        if ar.methods.iter().any(|m| m == "GET") {
+            matcher_methods.push("HEAD".to_string());
+        }
+        if let Err(j) = console.add(i, &parts, matcher_methods) {
+            out.push(at_rule(&ar.rule, format!(
+                "Console routes {} and {} (endpoints {} and {}) have a segment Werkzeug weighs equally and that can match the same value: Console tries {} first because it was registered first, an order routes.toml cannot express (the gateway refuses such rules); give one of them a converter or a literal that tells them apart",
+                ar.rule, routes[j].rule, ar.endpoint, routes[j].endpoint, routes[j].rule
+            )));
+        }
+        if ar.strict_slashes == Some(false) {
+            out.push(at_rule(&ar.rule, format!(
+                "Console route {methods} {} (endpoint {}) has strict_slashes=False: Werkzeug also matches it with the trailing slash {}, which routes.toml cannot express (the gateway decides such a request by another rule, or denies it with no_route)",
+                ar.rule, ar.endpoint,
+                if ar.rule.ends_with('/') { "left out" } else { "added" }
+            )));
+        }
+    }
     for ar in &routes {
+        if crate::mapping::rule::parse_rule(&ar.rule).is_err() {
+            continue; // reported above
+        }
         let sig = norm(&ar.rule);
         for m in ar
             .methods
@@ -302,16 +354,26 @@ pub fn check_app_routes(
                 .iter()
                 .any(|r| norm(&r.path) == sig && r.methods.iter().any(|x| x == m));
             if !covered {
-                // Point at the rule in the dump, so the message is clickable too.
-                let at = text.find(&format!("\"{}\"", ar.rule)).unwrap_or(0);
-                let line = text[..at].matches('\n').count() + 1;
-                let col = at - text[..at].rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-                out.push(diag(
-                    &app.display().to_string(),
-                    line,
-                    col,
-                    Severity::Error,
-                    format!("Console route {m} {} (endpoint {}) has no gateway rule: it would be denied with no_route", ar.rule, ar.endpoint),
+                // Another rule may take its requests (`/console/<page>` those of
+                // `/console/audit`): say which, on a path the Console rule matches.
+                let taken = crate::mapping::rule::parse_rule(&ar.rule)
+                    .ok()
+                    .map(|parts| crate::mapping::rule::example(&parts))
+                    .and_then(|path| mapping.find(m, &path).map(|(r, _)| (path, r)));
+                let fate = match taken {
+                    Some((path, r)) => format!(
+                        "its requests (e.g. {m} {path}) are decided by the gateway rule {} (line {})",
+                        r.label(),
+                        r.line
+                    ),
+                    None => "it would be denied with no_route".to_string(),
+                };
+                out.push(at_rule(
+                    &ar.rule,
+                    format!(
+                        "Console route {m} {} (endpoint {}) has no gateway rule: {fate}",
+                        ar.rule, ar.endpoint
+                    ),
                 ));
             }
         }

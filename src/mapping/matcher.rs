@@ -18,6 +18,65 @@ struct State {
     dynamic: Vec<(Part, State)>,
 }
 
+impl State {
+    /// A rule at or below this state for one of `methods` that a path matching `rest` might
+    /// also reach. Over-cautious: parts that are not told apart by [`Part::disjoint`] and
+    /// rest-of-path (`path`) parts are taken as overlapping.
+    fn overlapping(&self, rest: &[Part], methods: &[String]) -> Option<usize> {
+        let shares = |m: &[String]| m.iter().any(|x| methods.contains(x));
+        let Some((first, tail)) = rest.split_first() else {
+            return self
+                .rules
+                .iter()
+                .find(|(_, m)| shares(m))
+                .map(|(rule, _)| *rule);
+        };
+        if first.is_final {
+            return self.any_rule(&shares);
+        }
+        let statics = self
+            .statics
+            .iter()
+            .filter(|(text, _)| match first.static_text() {
+                Some(t) => t == text.as_str(),
+                None => first.matches(text).is_some(),
+            });
+        for (_, next) in statics {
+            if let Some(rule) = next.overlapping(tail, methods) {
+                return Some(rule);
+            }
+        }
+        for (part, next) in &self.dynamic {
+            let may_match = match first.static_text() {
+                Some(t) => part.is_final || part.matches(t).is_some(),
+                None => part.is_final || !part.disjoint(first),
+            };
+            if !may_match {
+                continue;
+            }
+            let found = if part.is_final {
+                next.any_rule(&shares)
+            } else {
+                next.overlapping(tail, methods)
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    }
+
+    /// Any rule at or below this state whose methods pass `shares`.
+    fn any_rule(&self, shares: &dyn Fn(&[String]) -> bool) -> Option<usize> {
+        self.rules
+            .iter()
+            .find(|(_, m)| shares(m))
+            .map(|(rule, _)| *rule)
+            .or_else(|| self.statics.values().find_map(|s| s.any_rule(shares)))
+            .or_else(|| self.dynamic.iter().find_map(|(_, s)| s.any_rule(shares)))
+    }
+}
+
 /// A successful match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Match {
@@ -37,7 +96,16 @@ pub struct Matcher {
 
 impl Matcher {
     /// Adds a rule (already parsed) under an index. Methods are upper-case, HEAD included.
-    pub fn add(&mut self, index: usize, parts: &[Part], methods: Vec<String>) {
+    ///
+    /// Refused (`Err` with the index of a rule behind the rival transition, nothing added):
+    /// a segment that Werkzeug weighs equally with a different one already at the same place,
+    /// both able to match one value (`<uuid:a>` and `<b>`; `<a>-<b>` and `<a>.<b>`). Werkzeug
+    /// tries such transitions in the order Console registered its rules, which the mapping
+    /// does not know: the file's order could pick a different rule than Console does.
+    pub fn add(&mut self, index: usize, parts: &[Part], methods: Vec<String>) -> Result<(), usize> {
+        if let Some(rival) = self.rival(parts, &methods) {
+            return Err(rival);
+        }
         let mut state = &mut self.root;
         let mut names = Vec::new();
         for part in parts {
@@ -67,6 +135,37 @@ impl Matcher {
         }
         self.names[index] = names;
         state.rules.push((index, methods));
+        Ok(())
+    }
+
+    /// A rule behind a transition that competes with one of `parts` in an order Werkzeug takes
+    /// from Console's registration order (see [`Matcher::add`]).
+    fn rival(&self, parts: &[Part], methods: &[String]) -> Option<usize> {
+        let mut state = Some(&self.root);
+        for (i, part) in parts.iter().enumerate() {
+            let here = state?;
+            if let Some(text) = part.static_text() {
+                state = here.statics.get(text);
+                continue;
+            }
+            for (other, next) in &here.dynamic {
+                if !other.same_transition(part)
+                    && other.cmp_weight(part) == std::cmp::Ordering::Equal
+                    && !other.disjoint(part)
+                {
+                    // Only if a path can go on to a rule behind both (Werkzeug backtracks).
+                    if let Some(rule) = next.overlapping(&parts[i + 1..], methods) {
+                        return Some(rule);
+                    }
+                }
+            }
+            state = here
+                .dynamic
+                .iter()
+                .find(|(p, _)| p.same_transition(part))
+                .map(|(_, next)| next);
+        }
+        None
     }
 
     /// Finds the rule for `method` and an already decoded, validated `path` (starts with '/').
@@ -206,7 +305,8 @@ mod tests {
         let mut m = Matcher::default();
         for (i, (path, methods)) in rules.iter().enumerate() {
             let parts = parse_rule(path).unwrap();
-            m.add(i, &parts, methods.iter().map(|s| s.to_string()).collect());
+            m.add(i, &parts, methods.iter().map(|s| s.to_string()).collect())
+                .unwrap();
         }
         m
     }

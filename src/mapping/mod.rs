@@ -474,7 +474,17 @@ impl Mapping {
                     for m in &matcher_methods {
                         seen.insert((m.clone(), signature.clone()), index);
                     }
-                    matcher.add(index, parts, matcher_methods);
+                    if let Err(rival) = matcher.add(index, parts, matcher_methods) {
+                        let rival: &Route = &routes[rival];
+                        errors.push(lines.at(
+                            r.path.span().start,
+                            Severity::Error,
+                            format!(
+                                "{path} and {} (line {}) have a segment Werkzeug weighs equally and that can match the same value: Console tries them in the order it registers its routes, which routes.toml cannot know. Make the segments differ (a converter, a literal), or map one of them",
+                                rival.path, rival.line
+                            ),
+                        ));
+                    }
                 }
             }
             let pos = lines.at(start, Severity::Error, "");
@@ -702,6 +712,42 @@ roles = ["console-audit-user"]
                 "{e}"
             );
         }
+    }
+
+    /// Werkzeug orders equally weighted transitions by Console's registration order, which
+    /// the file cannot know: siblings that can match one value are refused.
+    #[test]
+    fn equally_weighted_siblings_that_overlap_are_refused() {
+        let two = |a: &str, b: &str| {
+            format!("[[route]]\nmethods = [\"GET\"]\npath = \"{a}\"\nroles = [\"r\"]\n[[route]]\nmethods = [\"GET\"]\npath = \"{b}\"\nroles = [\"s\"]\n")
+        };
+        for (a, b) in [
+            ("/x/<uuid:a>", "/x/<b>"),
+            ("/x/<a>-<b>", "/x/<a>.<b>"),
+            ("/x/<uuid:a>/edit", "/x/<b>/edit"),
+            ("/x/<uuid:a>/<c>", "/x/<b>/edit"),
+            ("/x/<uuid:a>/<path:c>", "/x/<b>/y/z"),
+        ] {
+            let e = first_error(&two(a, b));
+            assert!(e.contains("weighs equally"), "{a} {b}: {e}");
+            assert!(e.contains("(line 1)"), "{e}");
+        }
+        // Different weights, literals that tell them apart, or one transition: the order is
+        // Werkzeug's own.
+        for (a, b) in [
+            ("/x/<int:a>", "/x/<b>"),
+            ("/x/v<int:a>", "/x/w<int:a>"),
+            ("/x/<a>.json", "/x/<a>.yaml"),
+            ("/x/<a>/edit", "/x/<b>/view"),
+            ("/x/<path:a>", "/x/<b>"),
+            // Werkzeug backtracks: no path reaches a rule behind both.
+            ("/x/<b>/view", "/x/<uuid:a>/edit"),
+        ] {
+            assert!(load(&two(a, b)).is_ok(), "{a} {b}");
+        }
+        // Rules of disjoint methods never compete.
+        let e = two("/x/<uuid:a>", "/x/<b>").replacen("GET", "POST", 1);
+        assert!(load(&e).is_ok());
     }
 
     #[test]

@@ -80,6 +80,22 @@ impl Part {
             && self.weight == other.weight
     }
 
+    /// No value can match both: their leading (or trailing) literal texts differ. Anything
+    /// else is taken as overlapping (an over-cautious answer only refuses a mapping).
+    pub fn disjoint(&self, other: &Part) -> bool {
+        fn apart(a: Option<&Piece>, b: Option<&Piece>, f: fn(&str, &str) -> bool) -> bool {
+            match (a, b) {
+                (Some(Piece::Literal(x)), Some(Piece::Literal(y))) => !f(x, y) && !f(y, x),
+                _ => false,
+            }
+        }
+        apart(self.pieces.first(), other.pieces.first(), |x, y| {
+            x.starts_with(y)
+        }) || apart(self.pieces.last(), other.pieces.last(), |x, y| {
+            x.ends_with(y)
+        })
+    }
+
     pub fn cmp_weight(&self, other: &Part) -> Ordering {
         self.weight.cmp(&other.weight)
     }
@@ -175,6 +191,25 @@ pub enum RuleError {
 }
 
 /// Parses a Flask rule into parts, mirroring `Rule._parse_rule`.
+/// A path the rule matches: its variables filled with plain values.
+pub fn example(parts: &[Part]) -> String {
+    parts
+        .iter()
+        .map(|p| {
+            p.pieces
+                .iter()
+                .map(|piece| match piece {
+                    Piece::Literal(s) => s.as_str(),
+                    Piece::Var(Converter::Int) => "1",
+                    Piece::Var(Converter::Uuid) => "123e4567-e89b-12d3-a456-426614174000",
+                    Piece::Var(Converter::Default | Converter::Path) => "x",
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 pub fn parse_rule(rule: &str) -> Result<Vec<Part>, RuleError> {
     if !rule.starts_with('/') {
         return Err(RuleError::NoLeadingSlash);

@@ -394,7 +394,12 @@ fn check_app_routes_finds_uncovered_and_stale_rules() {
         "from flask import Flask\napp = Flask(__name__)\n\
          @app.route('/ops')\ndef ops(): return 'x'\n\
          @app.route('/console/customers/<int:id>', methods=['GET', 'POST'])\ndef customer(id): return 'x'\n\
-         @app.route('/console/customers/<int:id>/danger-zone')\ndef danger(id): return 'x'\n",
+         @app.route('/console/customers/<int:id>/danger-zone')\ndef danger(id): return 'x'\n\
+         @app.route('/items/<uuid:a>')\ndef item_by_uuid(a): return 'x'\n\
+         @app.route('/items/<b>')\ndef item_by_name(b): return 'x'\n\
+         @app.route('/reports', strict_slashes=False)\ndef reports(): return 'x'\n\
+         @app.route('/price/<float:p>')\ndef price(p): return 'x'\n\
+         @app.route('/console/audit')\ndef audit(): return 'x'\n",
     )
     .unwrap();
     let dump = Command::new("python3")
@@ -416,7 +421,8 @@ fn check_app_routes_finds_uncovered_and_stale_rules() {
         "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manager\"]\n\n\
          [[route]]\nmethods = [\"GET\", \"POST\"]\npath = \"/console/customers/<int:cid>\"\nroles = [\"console-audit-user\"]\n\n\
          [[route]]\nmethods = [\"GET\"]\npath = \"/replay\"\nroles = [\"console-manager\"]\n\n\
-         [[route]]\nmethods = [\"GET\"]\npath = \"/static/<path:filename>\"\naccess = \"public\"\n",
+         [[route]]\nmethods = [\"GET\"]\npath = \"/static/<path:filename>\"\naccess = \"public\"\n\n\
+         [[route]]\nmethods = [\"GET\"]\npath = \"/console/<page>\"\nroles = [\"console-user\"]\n",
     )
     .unwrap();
     let out = bin()
@@ -439,6 +445,23 @@ fn check_app_routes_finds_uncovered_and_stale_rules() {
         !stdout.contains("GET /ops"),
         "covered routes are not reported: {stdout}"
     );
+    // Werkzeug tries /items/<uuid:a> first only because Console registered it first.
+    assert!(stdout.contains("Console routes /items/<b> and /items/<uuid:a> (endpoints item_by_name and item_by_uuid) have a segment Werkzeug weighs equally"), "{stdout}");
+    assert!(
+        stdout.contains("Console tries /items/<uuid:a> first"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Console route GET /reports (endpoint reports) has strict_slashes=False"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Console route GET /price/<float:p> (endpoint price) cannot be expressed in routes.toml (unknown converter 'float'"), "{stdout}");
+    assert!(
+        !stdout.contains("GET /price/<float:p> (endpoint price) has no gateway rule"),
+        "{stdout}"
+    );
+    // Not denied: another gateway rule takes its requests.
+    assert!(stdout.contains("Console route GET /console/audit (endpoint audit) has no gateway rule: its requests (e.g. GET /console/audit) are decided by the gateway rule GET /console/<page> (line 21)"), "{stdout}");
     assert!(
         !stdout.contains("/static"),
         "Flask's static rule is covered: {stdout}"
