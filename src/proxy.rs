@@ -866,15 +866,18 @@ async fn forward_request(
     // What the loop sees of the headers it does not copy (no lookup by name afterwards).
     let mut had_length = false;
     let mut had_host = false;
-    let mut forwarded_for: Option<&[u8]> = None;
+    // Every X-Forwarded-For line, in order: gunicorn joins repeated ones with ','.
+    let mut forwarded_for: Vec<&[u8]> = Vec::new();
     for (name, value) in h {
         if *name == header::CONTENT_LENGTH {
             had_length = true;
             continue;
         }
         if *name == X_FORWARDED_FOR {
-            // The first one is extended below, as a lookup by name would find it.
-            forwarded_for.get_or_insert(value.as_bytes());
+            // Joined and extended below.
+            if !value.is_empty() {
+                forwarded_for.push(value.as_bytes());
+            }
             continue;
         }
         had_host |= *name == header::HOST;
@@ -920,19 +923,20 @@ async fn forward_request(
         X_REQUEST_ID.as_str().as_bytes(),
         &ctx.request_id.0,
     );
-    match forwarded_for.filter(|v| !v.is_empty()) {
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + ctx.client_ip.len());
-            v.extend_from_slice(prev);
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(ctx.client_ip.as_bytes());
-            put_header(&mut request, X_FORWARDED_FOR.as_str().as_bytes(), &v);
-        }
-        None => put_header(
+    if forwarded_for.is_empty() {
+        put_header(
             &mut request,
             X_FORWARDED_FOR.as_str().as_bytes(),
             ctx.client_ip.as_bytes(),
-        ),
+        );
+    } else {
+        let mut v = Vec::with_capacity(64);
+        for prev in forwarded_for {
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+        }
+        v.extend_from_slice(ctx.client_ip.as_bytes());
+        put_header(&mut request, X_FORWARDED_FOR.as_str().as_bytes(), &v);
     }
     request.extend_from_slice(b"\r\n");
     request.extend_from_slice(&bytes);

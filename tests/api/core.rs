@@ -17,6 +17,7 @@ async fn allowed_request_reaches_console_byte_for_byte_with_identity_headers() {
                 ("x-rbac-roles", "console-manager"),
                 ("X-RBAC-EXTRA", "1"),
                 ("X-Forwarded-For", "10.9.8.7"),
+                ("X-Forwarded-For", "10.0.0.2"),
             ],
             b"",
         )
@@ -34,7 +35,11 @@ async fn allowed_request_reaches_console_byte_for_byte_with_identity_headers() {
         "client X-Rbac-* never reaches Console"
     );
     assert_eq!(s.header("x-request-id"), Some(r.request_id().as_str()));
-    assert_eq!(s.header("x-forwarded-for"), Some("10.9.8.7, 127.0.0.1"));
+    // Repeated lines joined in order (gunicorn joins them), the client's address last.
+    assert_eq!(
+        s.headers_named("x-forwarded-for"),
+        vec!["10.9.8.7, 10.0.0.2, 127.0.0.1"]
+    );
     assert!(
         s.header("cookie").unwrap().contains("console_session="),
         "Console still gets its cookie"
