@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz` (process alive), `/readyz` (mapping loaded, the database
-//! answered and the change feed read its log within [`crate::feed::STALE`]; a routes file on disk that was not applied, and an audit spool that cannot be
-//! written or emptied, are named, the status stays 200),
+//! answered and the change feed read its log within [`crate::feed::STALE`]; a routes file on
+//! disk that was not applied, role or permission names the database lacks, and an audit spool
+//! that cannot be written or emptied, are named, the status stays 200),
 //! `/metrics` (Prometheus text). Served by hyper, GET only.
 
 use std::convert::Infallible;
@@ -112,6 +113,9 @@ async fn database_state(pool: &sqlx::PgPool) -> Result<(), String> {
     Err(cause.unwrap_or(pool_error))
 }
 
+/// The longest `/readyz` waits for the mapping's role and permission names to be checked.
+const UNKNOWN_NAMES_LIMIT: Duration = Duration::from_millis(500);
+
 /// The longest `/readyz` waits for the database.
 const READY_LIMIT: Duration = Duration::from_secs(2);
 /// How long the database may take before `/readyz` also tries a connection of its own.
@@ -143,6 +147,23 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
     };
     if let Some(line) = rejected {
         body.push_str(&line);
+    }
+    if status == 200 {
+        // Named, the status unchanged: a name can be created after the file ships. Read at
+        // every probe (two small catalogue tables), so it is as current as the database.
+        let mapping = gw.mapping.load_full();
+        let unknown = crate::db::unknown_names(gw.identity.pool(), &mapping);
+        if let Ok(unknown) = crate::db::within(UNKNOWN_NAMES_LIMIT, unknown).await {
+            if !unknown.is_empty() {
+                let shown: Vec<String> = unknown.iter().take(5).map(|u| u.to_string()).collect();
+                let more = unknown.len().saturating_sub(shown.len());
+                body.push_str(&format!(
+                    "mapping={version} names what the database lacks (no session can hold it, its rules deny): {}{}\n",
+                    shown.join("; "),
+                    if more > 0 { format!("; and {more} more") } else { String::new() }
+                ));
+            }
+        }
     }
     // Named, the status unchanged: with the database up, denials are recorded in it.
     for line in gw.audit.spool_problems() {

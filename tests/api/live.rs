@@ -404,6 +404,22 @@ async fn serve_warns_about_role_and_permission_names_the_database_lacks() {
     assert_eq!(warnings(&log, "console-audit-user"), 0, "{log}");
     // The rule still allows by its role: the unknown permission only adds nothing.
     assert_eq!(env.gw.get("/ops", Some(&token)).await.status, 200);
+    // /readyz names it too (still 200), until the database has it.
+    let ready = env.gw.admin_get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert!(
+        ready
+            .body_str()
+            .contains("names what the database lacks (no session can hold it, its rules deny): unknown permission \"console:ops:nope\""),
+        "{}",
+        ready.body_str()
+    );
+    sqlx::query("INSERT INTO rbac_permissions (id, name, description) VALUES (gen_random_uuid()::text, 'console:ops:nope', 'test')")
+        .execute(&env.db.pool)
+        .await
+        .unwrap();
+    let ready = env.gw.admin_get("/readyz").await;
+    assert!(!ready.body_str().contains("lacks"), "{}", ready.body_str());
 }
 
 /// A file replaced while the gateway starts (after it loaded the mapping, before the watcher
