@@ -123,6 +123,21 @@ pub async fn sweep_once(
                 _ => continue,
             }
         };
+        // The list above was read without locks, and FreeScout may have taken seconds: the
+        // grant is read again under a row lock, so one revoked (by an operator) or given a
+        // later expiry meanwhile gets no audit row of a revocation that does not happen.
+        let still_expired: Option<bool> = sqlx::query_scalar(
+            "SELECT (expires_at_utc IS NOT NULL AND expires_at_utc <= now()) \
+             FROM rbac_ticket_grants WHERE id = $1 AND revoked_at_utc IS NULL FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match still_expired {
+            None => continue,
+            Some(false) if reason == "expired" => continue,
+            Some(_) => {}
+        }
         // I-9: the audit row first; a failure aborts the transaction and revokes nothing.
         sqlx::query(
             "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, role_id, ticket_id, customer_id, justification, granted_by) \
@@ -226,7 +241,10 @@ pub async fn run_forever(
 // ---------------------------------------------------------------------------------------------
 // Alerts (RV-12): a new break-glass session, or a change to the break-glass group's roles, is
 // recorded in `rbac_gateway_alerts` (exactly once, by key) and delivered to the webhook as a
-// Slack-compatible `{"text": ...}` POST, retried with exponential backoff until delivered.
+// Slack-compatible `{"text": ...}` POST, retried with exponential backoff until delivered. A
+// session that was active at some point and ended before a pass saw it (revoked or expired within
+// a second) is alerted too, when it was granted in the last day (its text says it ended); a row
+// that was never active (inserted already expired or revoked) is not.
 
 /// The advisory lock key of the alert job.
 const ALERT_LOCK_KEY: i64 = 0x7262_6163_616c_7274;
@@ -285,10 +303,14 @@ pub async fn alerts_once(pool: &PgPool, webhook: Option<&str>) -> Result<AlertRe
     let mut raised: Vec<String> = sqlx::query_scalar(
         "INSERT INTO rbac_gateway_alerts (key, text) \
          SELECT 'break_glass:' || b.id, \
-                format('Break-glass session opened for %s (%s). Justification: %s. Expires %s UTC.', \
-                       a.email, b.user_id, b.justification, to_char(b.expires_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')) \
+                format('Break-glass session opened for %s (%s). Justification: %s. Expires %s UTC.%s', \
+                       a.email, b.user_id, b.justification, to_char(b.expires_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
+                       CASE WHEN b.revoked_at_utc IS NOT NULL OR b.expires_at_utc <= now() \
+                            THEN ' It ended before this alert was raised.' ELSE '' END) \
          FROM rbac_break_glass_sessions b JOIN admins a ON a.id = b.user_id \
-         WHERE b.revoked_at_utc IS NULL AND b.expires_at_utc > now() \
+         WHERE (b.revoked_at_utc IS NULL AND b.expires_at_utc > now()) \
+            OR (b.granted_at_utc > now() - interval '1 day' AND b.expires_at_utc > b.granted_at_utc \
+                AND (b.revoked_at_utc IS NULL OR b.revoked_at_utc > b.granted_at_utc)) \
          ON CONFLICT (key) DO NOTHING RETURNING key",
     )
     .fetch_all(&mut *tx)

@@ -128,21 +128,8 @@ pub async fn ticket_principal(
     let grants = match validation_url {
         None => all,
         Some(url) => {
-            let mut open = Vec::new();
-            let mut ids: Vec<&String> = all.tickets.iter().map(|(t, _)| t).collect();
-            ids.dedup();
-            for t in ids {
-                match crate::ticket::ticket_open(url, t, Duration::from_secs(2)).await {
-                    Ok(true) => open.push(t.clone()),
-                    Ok(false) => {
-                        tracing::info!(request_id, ticket = %t, "ticket closed: its grant is ignored")
-                    }
-                    Err(e) => {
-                        tracing::error!(request_id, ticket = %t, error = %e, "ticket re-validation failed: answering 503 (fail closed)");
-                        return Err(Unavailable::Tickets);
-                    }
-                }
-            }
+            let ids: Vec<String> = all.tickets.into_iter().map(|(t, _)| t).collect();
+            let open = open_tickets(url, ids, request_id).await?;
             if open.is_empty() {
                 return Ok(None);
             }
@@ -152,4 +139,30 @@ pub async fn ticket_principal(
     Ok(Some(
         principal.with_extra(&grants.roles, &grants.permissions),
     ))
+}
+
+/// The tickets of `tickets` the validator at `url` reports open, each asked once. One it cannot
+/// answer for fails the whole request closed (503), whichever ticket the decision would have
+/// used: the proxy and the reader API ask the same tickets and agree on when to answer 503.
+pub async fn open_tickets(
+    url: &str,
+    mut tickets: Vec<String>,
+    request_id: &str,
+) -> Result<Vec<String>, Unavailable> {
+    tickets.sort();
+    tickets.dedup();
+    let mut open = Vec::new();
+    for t in tickets {
+        match crate::ticket::ticket_open(url, &t, Duration::from_secs(2)).await {
+            Ok(true) => open.push(t),
+            Ok(false) => {
+                tracing::info!(request_id, ticket = %t, "ticket closed: its grant is ignored")
+            }
+            Err(e) => {
+                tracing::error!(request_id, ticket = %t, error = %e, "ticket re-validation failed: answering 503 (fail closed)");
+                return Err(Unavailable::Tickets);
+            }
+        }
+    }
+    Ok(open)
 }

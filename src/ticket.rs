@@ -91,7 +91,8 @@ const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUME
     .remove(b'_')
     .remove(b'~');
 
-/// Statuses of a FreeScout conversation that keep a ticket grant alive.
+/// Statuses of a FreeScout conversation that keep a ticket grant alive, in any case (the sweep
+/// reads the ending ones in any case too: FreeScout's API and its webhooks differ in case).
 const OPEN: &[&str] = &["active", "pending"];
 
 /// The largest validator answer read; a longer one is a bad answer (fails closed).
@@ -114,7 +115,7 @@ pub async fn ticket_open(
 ) -> Result<bool, TicketCheckError> {
     Ok(ticket_status(url_template, ticket_id, timeout)
         .await?
-        .is_some_and(|st| OPEN.contains(&st.as_str())))
+        .is_some_and(|st| OPEN.contains(&st.to_ascii_lowercase().as_str())))
 }
 
 /// The ticket's status as the validator reports it (`{"status": ...}`), or None when it answers

@@ -99,6 +99,13 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         if args.kill_switch() {
             tracing::warn!("FLAG_RBAC_V2=0: kill switch on, every route is off (forwarded; Console decides)");
         }
+        if args.flag_ticket_scoped_grants == "1" && args.ticket_validation_url.is_none() {
+            tracing::warn!(
+                "no --ticket-validation-url: ticket grants are honoured from rbac_ticket_grants alone; no ticket is \
+                 re-checked against FreeScout per request (004 §9.3) and the sweep revokes only expired grants \
+                 (set the URL, or FLAG_TICKET_SCOPED_GRANTS=0 to honour none)"
+            );
+        }
         let gw = Arc::new(Gateway {
             mapping: ArcSwap::from_pointee(mapping),
             identity,

@@ -394,3 +394,163 @@ async fn sweep_once_reports_a_failed_webhook_while_another_replica_sweeps() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(hook.count() >= 1, "the webhook was tried");
 }
+
+/// A FreeScout stand-in that answers `status` for every ticket, but only once `release` has a
+/// permit: `asked` is notified when the first request arrives, so a test can change grants while
+/// a sweep waits for FreeScout.
+async fn held_freescout(
+    status: &'static str,
+    asked: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Semaphore>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (asked, release) = (asked.clone(), release.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                assert!(n > 0, "FreeScout stand-in: empty request");
+                asked.notify_one();
+                let _permit = release.acquire().await.unwrap();
+                let body = format!("{{\"status\": \"{status}\"}}");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(resp.as_bytes()).await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+/// The sweep reads the grants, then asks FreeScout (seconds, with many tickets). A grant an
+/// operator revoked meanwhile gets no `ticket_expire` row (before: the sweep wrote one for a
+/// revocation it did not make, timed before the operator's), and an expired grant given a later
+/// expiry meanwhile is not revoked (before: revoked as `expired`).
+#[tokio::test]
+async fn the_sweep_acts_on_grants_as_they_are_when_it_revokes_them() {
+    let db = TestDb::new().await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let asked = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let fs = held_freescout("closed", asked.clone(), release.clone()).await;
+    let url = format!("http://{fs}/api/conversations/{{ticket_id}}");
+    let closed = grant(&db, &admin, "console-user", 7, "T-closed").await;
+    let expired = grant(&db, &admin, "console-user", 8, "T-old").await;
+    sqlx::query(
+        "UPDATE rbac_ticket_grants SET expires_at_utc = now() - interval '1 minute' WHERE id = $1",
+    )
+    .bind(&expired)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let sweeping = {
+        let db_url = db.url.clone();
+        let url = url.clone();
+        tokio::spawn(async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+                .args(["sweep", "--once", "--database-url", &db_url])
+                .args(["--ticket-validation-url", &url])
+                .output()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(15), asked.notified())
+        .await
+        .expect("the sweep never asked FreeScout");
+    // While the sweep waits: an operator revokes one grant and renews the expired one.
+    sqlx::query(
+        "UPDATE rbac_ticket_grants SET revoked_at_utc = now(), revoke_reason = 'manual' WHERE id = $1",
+    )
+    .bind(&closed)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE rbac_ticket_grants SET expires_at_utc = now() + interval '1 day' WHERE id = $1",
+    )
+    .bind(&expired)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    release.add_permits(100);
+    let out = tokio::time::timeout(Duration::from_secs(30), sweeping)
+        .await
+        .expect("the sweep did not end")
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("0 grant(s) revoked"), "{text}");
+    assert_eq!(
+        audit_rows(&db, "ticket_expire").await,
+        vec![],
+        "an audit row for a revocation the sweep did not make"
+    );
+    assert_eq!(
+        revoked(&db, &closed).await.as_deref(),
+        Some("manual"),
+        "the operator's revocation stands"
+    );
+    assert_eq!(
+        revoked(&db, &expired).await,
+        None,
+        "a renewed grant was revoked"
+    );
+}
+
+/// A break-glass session that ends before an alert pass sees it (revoked at once, or shorter
+/// than the pass interval) was honoured, so it is alerted all the same, saying it ended; a row
+/// that was never active (inserted already expired) is not alerted.
+#[tokio::test]
+async fn a_break_glass_session_that_ended_before_the_alert_pass_is_still_alerted() {
+    let db = TestDb::new().await;
+    let hook = Upstream::start().await;
+    let url = format!("http://{}/services/T000/B000/XXXX", hook.addr);
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let ended = db.break_glass(&admin, 600.0).await;
+    sqlx::query("UPDATE rbac_break_glass_sessions SET revoked_at_utc = now() WHERE id = $1")
+        .bind(&ended)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let never = db.break_glass(&admin, -60.0).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .args(["sweep", "--once", "--database-url", &db.url])
+        .args(["--alert-webhook-url", &url])
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let alerts: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT key, text, delivered_at_utc IS NOT NULL FROM rbac_gateway_alerts WHERE key LIKE 'break_glass:%' ORDER BY key",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        alerts[0].0,
+        format!("break_glass:{ended}"),
+        "never active: {never}"
+    );
+    assert!(alerts[0].1.contains("ended before"), "{alerts:?}");
+    assert!(alerts[0].2, "not delivered: {alerts:?}");
+    let body: serde_json::Value =
+        serde_json::from_slice(&hook.requests().last().expect("no webhook call").body).unwrap();
+    assert!(body["text"].as_str().unwrap().contains(&admin), "{body}");
+}

@@ -111,7 +111,8 @@ async fn ticket_grants_can_be_switched_off() {
     );
 }
 
-/// A FreeScout stand-in: GET /conversations/<id> answers {"status": ...} from a table.
+/// A FreeScout stand-in: GET /conversations/<id> answers {"status": ...} from a table (a
+/// status of "500" answers HTTP 500 instead).
 pub(crate) async fn freescout(statuses: Arc<Mutex<Vec<(String, String)>>>) -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -134,6 +135,10 @@ pub(crate) async fn freescout(statuses: Arc<Mutex<Vec<(String, String)>>>) -> st
                     .find(|(t, _)| *t == id)
                     .map(|(_, s)| s.clone());
                 let resp = match found {
+                    Some(st) if st == "500" => {
+                        "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
+                            .to_string()
+                    }
                     Some(st) => {
                         let body = format!("{{\"id\": \"{id}\", \"status\": \"{st}\"}}");
                         format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
@@ -259,4 +264,66 @@ async fn ticket_validation_reads_chunked_keep_alive_answers() {
             t0.elapsed()
         );
     }
+}
+
+/// FreeScout's statuses are read in any case ("ACTIVE" keeps a grant, as the sweep already read
+/// "CLOSED" as ending one), and the reader API fails closed exactly when the proxy does: one
+/// ticket of the customer's that the validator cannot answer for makes both 503, also when
+/// another open ticket grants what was asked (before, the reader answered "allowed" from it).
+#[tokio::test]
+async fn the_proxy_and_the_reader_api_read_freescout_alike() {
+    let statuses = Arc::new(Mutex::new(vec![("T-A".to_string(), "ACTIVE".to_string())]));
+    let fs = freescout(statuses.clone()).await;
+    let url = format!("http://{fs}/conversations/{{ticket_id}}");
+    let env = Env::with(core_routes(), |o| {
+        o.arg("--ticket-validation-url").arg(&url)
+    })
+    .await;
+    let (admin, token) = env.db.admin_with_roles(&["console-user"]).await;
+    grant(&env.db, &admin, "raptor-audit-admin", 3, "T-A").await;
+    let check = "/api/rbac/permissions/check?permission=raptor:audit:read-admin&customer_id=3";
+    assert_eq!(
+        env.gw
+            .status("/console/customers/3/audit", Some(&token))
+            .await,
+        200,
+        "an upper-case open status"
+    );
+    let r = env.gw.get(check, Some(&token)).await;
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert!(
+        r.body_str().contains("\"allowed\":true"),
+        "{}",
+        r.body_str()
+    );
+
+    // A second ticket for the same customer, which the validator cannot answer for.
+    statuses
+        .lock()
+        .unwrap()
+        .push(("T-B".to_string(), "500".to_string()));
+    grant(&env.db, &admin, "console-user", 3, "T-B").await;
+    assert_eq!(
+        env.gw
+            .status("/console/customers/3/audit", Some(&token))
+            .await,
+        503
+    );
+    let r = env.gw.get(check, Some(&token)).await;
+    assert_eq!(r.status, 503, "{}", r.body_str());
+
+    statuses.lock().unwrap().retain(|(t, _)| t != "T-B");
+    statuses.lock().unwrap()[0].1 = "CLOSED".into();
+    assert_eq!(
+        env.gw
+            .status("/console/customers/3/audit", Some(&token))
+            .await,
+        403
+    );
+    let r = env.gw.get(check, Some(&token)).await;
+    assert!(
+        r.body_str().contains("\"allowed\":false"),
+        "{}",
+        r.body_str()
+    );
 }
