@@ -100,6 +100,12 @@ pub fn nginx_server_block(listen: u16, authz: SocketAddr, upstream: SocketAddr) 
       proxy_set_header X-Rbac-Admin-Id $rbac_admin_id;
       proxy_set_header X-Rbac-Roles $rbac_roles;
       proxy_set_header X-Rbac-Shadow-Decision $rbac_shadow;
+      # The target the gateway decided on is nginx's own: a client's report of one never
+      # reaches Console (the gateway refuses these names, but it sees nginx's values here).
+      proxy_set_header X-Original-URI "";
+      proxy_set_header X-Original-Method "";
+      proxy_set_header X-Forwarded-Uri "";
+      proxy_set_header X-Forwarded-Method "";
       proxy_set_header Connection "";
       proxy_http_version 1.1;
       proxy_pass http://{upstream};
@@ -376,6 +382,31 @@ async fn behind(edge_name: &str, start: impl AsyncFnOnce(SocketAddr, SocketAddr)
     let r = get(&edge, "/console/rbac/shadow-comparison", Some(&token), &[]).await;
     assert_eq!(r.status, 404, "{}", ctx("gone"));
     assert_eq!(up.count(), 2, "{}", ctx("nothing else was forwarded"));
+    // A client's own report of the target: refused by /authz where the edge passes it there, or
+    // never passed on to Console where the edge replaces it for /authz (nginx).
+    let reports = [
+        ("X-Original-URI", "/console/admins/online"),
+        ("X-Original-Method", "DELETE"),
+        ("X-Forwarded-Uri", "/console/admins/online"),
+        ("X-Forwarded-Method", "DELETE"),
+    ];
+    let r = get(&edge, "/auth/login", None, &reports).await;
+    match r.status {
+        400 => assert_eq!(up.count(), 2, "{}", ctx("a refused report was forwarded")),
+        200 => {
+            let seen = up.requests();
+            let last = seen.last().unwrap();
+            for (name, _) in reports {
+                assert_eq!(
+                    last.headers_named(&name.to_ascii_lowercase()),
+                    Vec::<&str>::new(),
+                    "{}",
+                    ctx(&format!("a client's {name} reached Console"))
+                );
+            }
+        }
+        other => panic!("{}", ctx(&format!("a client's target report: {other}"))),
+    }
     assert!(
         gw.metric("rbac_gateway_authz_requests_total{decision=\"allowed\"}")
             .await
