@@ -248,8 +248,9 @@ pub fn token_hash(token: &str) -> String {
 pub const PRINCIPAL_SQL: &str = r#"
 WITH RECURSIVE
 bg AS (
-    SELECT min(b.expires_at_utc) AS until, max(b.expires_at_utc) AS last FROM rbac_break_glass_sessions b
-    WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND b.expires_at_utc > now()
+    -- I-4: a break-glass session lasts 4 hours at most, whatever expiry its row was given.
+    SELECT min(least(b.expires_at_utc, b.granted_at_utc + interval '4 hours')) AS until, max(least(b.expires_at_utc, b.granted_at_utc + interval '4 hours')) AS last FROM rbac_break_glass_sessions b
+    WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND least(b.expires_at_utc, b.granted_at_utc + interval '4 hours') > now()
       -- --break-glass-requires-alert: a session counts once its alert was delivered (I-4).
       AND (NOT $2::bool OR EXISTS (SELECT 1 FROM rbac_gateway_alerts a
                                    WHERE a.key = 'break_glass:' || b.id AND a.delivered_at_utc IS NOT NULL))
@@ -601,7 +602,7 @@ pub async fn provenance(
         r#"SELECT g.id, g.name, false FROM rbac_user_groups ug JOIN rbac_groups g ON g.id = ug.group_id WHERE ug.user_id = $1
            UNION
            SELECT g.id, g.name, true FROM rbac_groups g WHERE g.name = 'break-glass' AND EXISTS (
-               SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND b.expires_at_utc > now()
+               SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND least(b.expires_at_utc, b.granted_at_utc + interval '4 hours') > now()
                  AND (NOT $2::bool OR EXISTS (SELECT 1 FROM rbac_gateway_alerts a
                                               WHERE a.key = 'break_glass:' || b.id AND a.delivered_at_utc IS NOT NULL)))
            ORDER BY 2"#,

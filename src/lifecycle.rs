@@ -5,7 +5,8 @@
 //!   writing its `rbac_grants_audit` row (`ticket_expire`) **first**, in the same transaction
 //!   (I-9: if the audit insert fails, nothing is revoked);
 //! - writes one `break_glass_expire` row for every break-glass session that expired or was
-//!   revoked.
+//!   revoked (a session ends 4 hours after it was granted at the latest, I-4, whatever expiry
+//!   its row was given: [`crate::identity::PRINCIPAL_SQL`] honours it no longer).
 //!
 //! Each row's id is derived from what it records (`ticket_expire:<grant id>`,
 //! `break_glass_expire:<session id>`) and inserted with `ON CONFLICT DO NOTHING`, so a sweep
@@ -168,9 +169,9 @@ pub async fn sweep_once(
     }
     report.break_glass_expired = sqlx::query_scalar(
         "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \
-         SELECT 'break_glass_expire:' || b.id, 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', b.expires_at_utc \
+         SELECT 'break_glass_expire:' || b.id, 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', least(b.expires_at_utc, b.granted_at_utc + interval '4 hours') \
          FROM rbac_break_glass_sessions b \
-         WHERE b.revoked_at_utc IS NOT NULL OR b.expires_at_utc <= now() \
+         WHERE b.revoked_at_utc IS NOT NULL OR least(b.expires_at_utc, b.granted_at_utc + interval '4 hours') <= now() \
          ON CONFLICT (id) DO NOTHING RETURNING substr(id, 20)",
     )
     .fetch_all(&mut *tx)
@@ -304,11 +305,11 @@ pub async fn alerts_once(pool: &PgPool, webhook: Option<&str>) -> Result<AlertRe
         "INSERT INTO rbac_gateway_alerts (key, text) \
          SELECT 'break_glass:' || b.id, \
                 format('Break-glass session opened for %s (%s). Justification: %s. Expires %s UTC.%s', \
-                       a.email, b.user_id, b.justification, to_char(b.expires_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
-                       CASE WHEN b.revoked_at_utc IS NOT NULL OR b.expires_at_utc <= now() \
+                       a.email, b.user_id, b.justification, to_char(least(b.expires_at_utc, b.granted_at_utc + interval '4 hours') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
+                       CASE WHEN b.revoked_at_utc IS NOT NULL OR least(b.expires_at_utc, b.granted_at_utc + interval '4 hours') <= now() \
                             THEN ' It ended before this alert was raised.' ELSE '' END) \
          FROM rbac_break_glass_sessions b JOIN admins a ON a.id = b.user_id \
-         WHERE (b.revoked_at_utc IS NULL AND b.expires_at_utc > now()) \
+         WHERE (b.revoked_at_utc IS NULL AND least(b.expires_at_utc, b.granted_at_utc + interval '4 hours') > now()) \
             OR (b.granted_at_utc > now() - interval '1 day' AND b.expires_at_utc > b.granted_at_utc \
                 AND (b.revoked_at_utc IS NULL OR b.revoked_at_utc > b.granted_at_utc)) \
          ON CONFLICT (key) DO NOTHING RETURNING key",

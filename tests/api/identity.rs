@@ -194,3 +194,60 @@ async fn concurrent_misses_share_one_query() {
         "30 concurrent misses for one session: one session query, one role query"
     );
 }
+
+/// I-4: a break-glass session lasts 4 hours at most. A row whose expiry lies further out (Console
+/// writes the rows; an operator may extend one by hand) grants nothing past 4 hours after it was
+/// granted, the reader API does not list it, and the sweep records its end.
+#[tokio::test]
+async fn break_glass_ends_four_hours_after_it_was_granted_whatever_its_expiry() {
+    let env = Env::with(core_routes(), |o| o.arg("--cache-ttl").arg("60")).await;
+    let admin = env.db.admin("bg-long@example.test").await;
+    let token = env.db.session(&admin).await;
+    let id = env.db.break_glass(&admin, 3600.0).await;
+    // Granted 4 h 1 min ago, still 1 h to run by its own expiry.
+    sqlx::query(
+        "UPDATE rbac_break_glass_sessions SET granted_at_utc = now() - interval '4 hours 1 minute' WHERE id = $1",
+    )
+    .bind(&id)
+    .execute(&env.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        env.gw.get("/ops", Some(&token)).await.status,
+        403,
+        "break-glass honoured past 4 hours"
+    );
+    let me = env.gw.get("/api/rbac/me", Some(&token)).await;
+    assert_eq!(me.status, 200, "{}", me.body_str());
+    assert!(
+        me.body_str().contains("\"break_glass\":null"),
+        "{}",
+        me.body_str()
+    );
+    // Within its 4 hours, the same row grants break-glass.
+    let other = env.db.admin("bg-3h@example.test").await;
+    let t2 = env.db.session(&other).await;
+    let id2 = env.db.break_glass(&other, 3600.0).await;
+    sqlx::query(
+        "UPDATE rbac_break_glass_sessions SET granted_at_utc = now() - interval '3 hours 30 minutes' WHERE id = $1",
+    )
+    .bind(&id2)
+    .execute(&env.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(env.gw.get("/ops", Some(&t2)).await.status, 200);
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .args(["sweep", "--once", "--database-url", &env.db.url])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let ended: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM rbac_grants_audit WHERE event_type = 'break_glass_expire' ORDER BY id",
+    )
+    .fetch_all(&env.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(ended, vec![format!("break_glass_expire:{id}")]);
+}
