@@ -31,6 +31,17 @@ async fn sweep(db: &TestDb, url: &str) -> (i32, String) {
     )
 }
 
+/// Gives a grant an expiry a minute ago.
+async fn expire(db: &TestDb, grant: &str) {
+    sqlx::query(
+        "UPDATE rbac_ticket_grants SET expires_at_utc = now() - interval '1 minute' WHERE id = $1",
+    )
+    .bind(grant)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
 async fn revoked(db: &TestDb, grant: &str) -> Option<String> {
     sqlx::query_scalar(
         "SELECT revoke_reason FROM rbac_ticket_grants WHERE id = $1 AND revoked_at_utc IS NOT NULL",
@@ -67,13 +78,7 @@ async fn sweep_revokes_closed_and_expired_grants_audit_first_and_only_once() {
     let open = grant(&db, &admin, "console-user", 7, "T-open").await;
     let unknown = grant(&db, &admin, "console-user", 7, "T-unknown").await;
     let expired = grant(&db, &admin, "console-user", 8, "T-open").await;
-    sqlx::query(
-        "UPDATE rbac_ticket_grants SET expires_at_utc = now() - interval '1 minute' WHERE id = $1",
-    )
-    .bind(&expired)
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    expire(&db, &expired).await;
 
     // The audit insert fails: nothing is revoked (I-9).
     sqlx::query("CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit down'; END $$")
@@ -441,13 +446,7 @@ async fn the_sweep_acts_on_grants_as_they_are_when_it_revokes_them() {
     let url = format!("http://{fs}/api/conversations/{{ticket_id}}");
     let closed = grant(&db, &admin, "console-user", 7, "T-closed").await;
     let expired = grant(&db, &admin, "console-user", 8, "T-old").await;
-    sqlx::query(
-        "UPDATE rbac_ticket_grants SET expires_at_utc = now() - interval '1 minute' WHERE id = $1",
-    )
-    .bind(&expired)
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    expire(&db, &expired).await;
 
     let sweeping = {
         let db_url = db.url.clone();

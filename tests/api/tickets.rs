@@ -152,15 +152,21 @@ pub(crate) async fn freescout(statuses: Arc<Mutex<Vec<(String, String)>>>) -> st
     addr
 }
 
+/// A gateway on the core mapping whose ticket validator is a [`freescout`] stand-in with
+/// `statuses` (the table the test changes as tickets open and close).
+async fn behind_freescout(statuses: &Arc<Mutex<Vec<(String, String)>>>) -> Env {
+    let fs = freescout(statuses.clone()).await;
+    let url = format!("http://{fs}/conversations/{{ticket_id}}");
+    Env::with(core_routes(), |o| {
+        o.arg("--ticket-validation-url").arg(&url)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn ticket_revalidation_follows_freescout_and_fails_closed() {
     let statuses = Arc::new(Mutex::new(vec![("T-9".to_string(), "active".to_string())]));
-    let fs = freescout(statuses.clone()).await;
-    let url = format!("http://{fs}/conversations/{{ticket_id}}");
-    let env = Env::with(core_routes(), |o| {
-        o.arg("--ticket-validation-url").arg(&url)
-    })
-    .await;
+    let env = behind_freescout(&statuses).await;
     let (admin, token) = env.db.admin_with_roles(&["console-user"]).await;
     grant(&env.db, &admin, "raptor-audit-admin", 3, "T-9").await;
     assert_eq!(
@@ -273,12 +279,7 @@ async fn ticket_validation_reads_chunked_keep_alive_answers() {
 #[tokio::test]
 async fn the_proxy_and_the_reader_api_read_freescout_alike() {
     let statuses = Arc::new(Mutex::new(vec![("T-A".to_string(), "ACTIVE".to_string())]));
-    let fs = freescout(statuses.clone()).await;
-    let url = format!("http://{fs}/conversations/{{ticket_id}}");
-    let env = Env::with(core_routes(), |o| {
-        o.arg("--ticket-validation-url").arg(&url)
-    })
-    .await;
+    let env = behind_freescout(&statuses).await;
     let (admin, token) = env.db.admin_with_roles(&["console-user"]).await;
     grant(&env.db, &admin, "raptor-audit-admin", 3, "T-A").await;
     let check = "/api/rbac/permissions/check?permission=raptor:audit:read-admin&customer_id=3";
