@@ -243,14 +243,32 @@ pub fn token_hash(token: &str) -> String {
     out
 }
 
+/// When a break-glass session ends, as SQL over a row `b` of `rbac_break_glass_sessions`: its
+/// `expires_at_utc`, but 4 hours after it was granted at the latest (I-4: "1h default, 4h max"),
+/// whatever expiry the row was given. The one definition: the principal, `explain`, the sweep's
+/// `break_glass_expire` rows and the alerts all read a session's end through it.
+#[macro_export]
+macro_rules! break_glass_end {
+    () => {
+        "least(b.expires_at_utc, b.granted_at_utc + interval '4 hours')"
+    };
+}
+
 /// The resolution algorithm of 004 §3.4 in one statement. `UNION` (not `UNION ALL`) makes the
 /// recursive walk stop on a cycle in `rbac_role_inheritance`: it only ever adds new role ids.
-pub const PRINCIPAL_SQL: &str = r#"
+pub const PRINCIPAL_SQL: &str = concat!(
+    r#"
 WITH RECURSIVE
 bg AS (
-    -- I-4: a break-glass session lasts 4 hours at most, whatever expiry its row was given.
-    SELECT min(least(b.expires_at_utc, b.granted_at_utc + interval '4 hours')) AS until, max(least(b.expires_at_utc, b.granted_at_utc + interval '4 hours')) AS last FROM rbac_break_glass_sessions b
-    WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND least(b.expires_at_utc, b.granted_at_utc + interval '4 hours') > now()
+    -- I-4: a session ends at break_glass_end!() (4 hours at most).
+    SELECT min("#,
+    break_glass_end!(),
+    r#") AS until, max("#,
+    break_glass_end!(),
+    r#") AS last FROM rbac_break_glass_sessions b
+    WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND "#,
+    break_glass_end!(),
+    r#" > now()
       -- --break-glass-requires-alert: a session counts once its alert was delivered (I-4).
       AND (NOT $2::bool OR EXISTS (SELECT 1 FROM rbac_gateway_alerts a
                                    WHERE a.key = 'break_glass:' || b.id AND a.delivered_at_utc IS NOT NULL))
@@ -272,7 +290,8 @@ SELECT
               WHERE rp.role_id IN (SELECT role_id FROM expanded)), '{}') AS permissions,
     (SELECT EXTRACT(EPOCH FROM (until - now()))::float8 FROM bg) AS break_glass_seconds,
     (SELECT last FROM bg) AS break_glass_until
-"#;
+"#,
+);
 
 const SESSION_SQL: &str = r#"
 SELECT admin_id, EXTRACT(EPOCH FROM (expires_at_utc - now()))::float8 AS seconds_left
@@ -599,13 +618,17 @@ pub async fn provenance(
     requires_alert: bool,
 ) -> Result<Vec<String>, sqlx::Error> {
     let groups: Vec<(String, String, bool)> = sqlx::query_as(
-        r#"SELECT g.id, g.name, false FROM rbac_user_groups ug JOIN rbac_groups g ON g.id = ug.group_id WHERE ug.user_id = $1
+        concat!(
+            r#"SELECT g.id, g.name, false FROM rbac_user_groups ug JOIN rbac_groups g ON g.id = ug.group_id WHERE ug.user_id = $1
            UNION
            SELECT g.id, g.name, true FROM rbac_groups g WHERE g.name = 'break-glass' AND EXISTS (
-               SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND least(b.expires_at_utc, b.granted_at_utc + interval '4 hours') > now()
+               SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND "#,
+            break_glass_end!(),
+            r#" > now()
                  AND (NOT $2::bool OR EXISTS (SELECT 1 FROM rbac_gateway_alerts a
                                               WHERE a.key = 'break_glass:' || b.id AND a.delivered_at_utc IS NOT NULL)))
-           ORDER BY 2"#,
+           ORDER BY 2"#
+        ),
     )
     .bind(admin_id)
     .bind(requires_alert)

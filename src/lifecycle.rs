@@ -6,7 +6,7 @@
 //!   (I-9: if the audit insert fails, nothing is revoked);
 //! - writes one `break_glass_expire` row for every break-glass session that expired or was
 //!   revoked (a session ends 4 hours after it was granted at the latest, I-4, whatever expiry
-//!   its row was given: [`crate::identity::PRINCIPAL_SQL`] honours it no longer).
+//!   its row was given: [`crate::break_glass_end`], as the principal reads it).
 //!
 //! Each row's id is derived from what it records (`ticket_expire:<grant id>`,
 //! `break_glass_expire:<session id>`) and inserted with `ON CONFLICT DO NOTHING`, so a sweep
@@ -167,13 +167,14 @@ pub async fn sweep_once(
                 .push((id.clone(), ticket.clone(), reason.to_string()));
         }
     }
-    report.break_glass_expired = sqlx::query_scalar(
+    report.break_glass_expired = sqlx::query_scalar(concat!(
         "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \
-         SELECT 'break_glass_expire:' || b.id, 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', least(b.expires_at_utc, b.granted_at_utc + interval '4 hours') \
-         FROM rbac_break_glass_sessions b \
-         WHERE b.revoked_at_utc IS NOT NULL OR least(b.expires_at_utc, b.granted_at_utc + interval '4 hours') <= now() \
-         ON CONFLICT (id) DO NOTHING RETURNING substr(id, 20)",
-    )
+         SELECT 'break_glass_expire:' || b.id, 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', ",
+        crate::break_glass_end!(),
+        " FROM rbac_break_glass_sessions b WHERE b.revoked_at_utc IS NOT NULL OR ",
+        crate::break_glass_end!(),
+        " <= now() ON CONFLICT (id) DO NOTHING RETURNING substr(id, 20)"
+    ))
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -301,19 +302,24 @@ pub async fn alerts_once(pool: &PgPool, webhook: Option<&str>) -> Result<AlertRe
         report.skipped = true;
         return Ok(report);
     }
-    let mut raised: Vec<String> = sqlx::query_scalar(
+    let mut raised: Vec<String> = sqlx::query_scalar(concat!(
         "INSERT INTO rbac_gateway_alerts (key, text) \
          SELECT 'break_glass:' || b.id, \
                 format('Break-glass session opened for %s (%s). Justification: %s. Expires %s UTC.%s', \
-                       a.email, b.user_id, b.justification, to_char(least(b.expires_at_utc, b.granted_at_utc + interval '4 hours') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
-                       CASE WHEN b.revoked_at_utc IS NOT NULL OR least(b.expires_at_utc, b.granted_at_utc + interval '4 hours') <= now() \
-                            THEN ' It ended before this alert was raised.' ELSE '' END) \
+                       a.email, b.user_id, b.justification, to_char(",
+        crate::break_glass_end!(),
+        " AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
+                       CASE WHEN b.revoked_at_utc IS NOT NULL OR ",
+        crate::break_glass_end!(),
+        " <= now() THEN ' It ended before this alert was raised.' ELSE '' END) \
          FROM rbac_break_glass_sessions b JOIN admins a ON a.id = b.user_id \
-         WHERE (b.revoked_at_utc IS NULL AND least(b.expires_at_utc, b.granted_at_utc + interval '4 hours') > now()) \
+         WHERE (b.revoked_at_utc IS NULL AND ",
+        crate::break_glass_end!(),
+        " > now()) \
             OR (b.granted_at_utc > now() - interval '1 day' AND b.expires_at_utc > b.granted_at_utc \
                 AND (b.revoked_at_utc IS NULL OR b.revoked_at_utc > b.granted_at_utc)) \
-         ON CONFLICT (key) DO NOTHING RETURNING key",
-    )
+         ON CONFLICT (key) DO NOTHING RETURNING key"
+    ))
     .fetch_all(&mut *tx)
     .await?;
     // The composition of the break-glass group against the snapshot.

@@ -115,7 +115,7 @@ pub async fn ticket_open(
 ) -> Result<bool, TicketCheckError> {
     Ok(ticket_status(url_template, ticket_id, timeout)
         .await?
-        .is_some_and(|st| OPEN.contains(&st.to_ascii_lowercase().as_str())))
+        .is_some_and(|st| OPEN.iter().any(|o| o.eq_ignore_ascii_case(&st))))
 }
 
 /// The ticket's status as the validator reports it (`{"status": ...}`), or None when it answers

@@ -324,9 +324,12 @@ fn explain_request(
                     .map_err(failure)?;
                 if requires_alert && !principal.break_glass {
                     let waiting: Option<i32> = sqlx::query_scalar(
-                        "SELECT 1 FROM rbac_break_glass_sessions WHERE user_id = $1 \
-                         AND revoked_at_utc IS NULL \
-                         AND least(expires_at_utc, granted_at_utc + interval '4 hours') > now() LIMIT 1",
+                        concat!(
+                            "SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 \
+                             AND b.revoked_at_utc IS NULL AND ",
+                            crate::break_glass_end!(),
+                            " > now() LIMIT 1"
+                        ),
                     )
                     .bind(admin)
                     .fetch_optional(&pool)
