@@ -184,6 +184,7 @@ impl Authority for InMemory {
     async fn principal_for_token(
         &self,
         _: &str,
+        _: std::time::Instant,
     ) -> std::result::Result<Option<Arc<Principal>>, Unavailable> {
         Ok(Some(self.0.clone()))
     }
@@ -215,6 +216,7 @@ fn gateway(mapping: &Mapping, authority: &InMemory, method: &str, raw: &[u8]) ->
         client_ip: Some("127.0.0.1"),
         user_agent: None,
         request_id: "bench",
+        at: std::time::Instant::now(),
     };
     let switches = Switches {
         kill_switch: false,

@@ -283,6 +283,7 @@ async fn handle(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> Respo
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok()),
         request_id: &request_id,
+        at: started,
     };
     let outcome = decide(gw, &mapping, gw.switches(), &facts).await;
     let label = outcome.label();

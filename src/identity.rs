@@ -463,17 +463,21 @@ impl Identity {
     /// A worker thread remembers its recent answers ([`Recent`]); one is reused only while the
     /// caches have not been invalidated since it was read and neither the session nor the
     /// principal behind it has expired, so it is never staler than the caches themselves.
+    ///
+    /// `at` is when the request arrived (a clock read the caller already made, one fewer per
+    /// request): a remembered answer is reused only if the session and principal were still
+    /// live then.
     pub async fn principal_for_token(
         &self,
         token: &str,
+        at: Instant,
     ) -> Result<Option<Arc<Principal>>, IdentityError> {
         // Read before the caches: an invalidation after this makes what is read now stale.
         let generation = self.generation.load(Ordering::Acquire);
-        let now = Instant::now();
         let recent = RECENT.with(|r| {
             r.borrow()
                 .get(token)
-                .filter(|e| e.identity == self.id && e.generation == generation && now < e.until)
+                .filter(|e| e.identity == self.id && e.generation == generation && at < e.until)
                 .map(|e| e.principal.clone())
         });
         if let Some(p) = recent {

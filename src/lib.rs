@@ -20,6 +20,7 @@
 //! - [`authz`]: forward-auth for edge proxies (`/authz` on `--authz-listen`), the same decision.
 //! - [`sniff`]: request heads as received, beside hyper's parse.
 //! - [`upstream`]: the per-worker pool of connections to Console.
+//! - [`drain`]: graceful shutdown of a listener's connections.
 //! - [`state`]: the shared state; the gateway's [`outcome::Authority`].
 //! - [`audit`]: the durable writer of `access_audit_events`.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
@@ -42,6 +43,7 @@ pub mod cookie;
 pub mod db;
 pub mod deadline;
 pub mod decision;
+pub mod drain;
 pub mod fasthash;
 pub mod feed;
 pub mod identity;

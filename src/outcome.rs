@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -34,6 +35,8 @@ pub struct Facts<'a> {
     pub client_ip: Option<&'a str>,
     pub user_agent: Option<&'a str>,
     pub request_id: &'a str,
+    /// When the request arrived: a session or grant that ended before it does not count.
+    pub at: Instant,
 }
 
 /// Why a request could not be decided (answered 503, fail closed).
@@ -60,10 +63,11 @@ impl Unavailable {
 /// The I/O the decision needs. The gateway answers from its caches and the database
 /// ([`crate::state::Gateway`]); tests answer from memory.
 pub trait Authority {
-    /// Who holds this session cookie; `Ok(None)` when no live session has it.
+    /// Who holds this session cookie at `at`; `Ok(None)` when no session live then has it.
     fn principal_for_token(
         &self,
         token: &str,
+        at: Instant,
     ) -> impl Future<Output = Result<Option<Arc<Principal>>, Unavailable>> + Send;
 
     /// The admin behind a session cookie, only if already known without I/O (names the admin in
@@ -279,7 +283,7 @@ pub async fn decide<A: Authority>(
     };
 
     let resolved = match f.token {
-        Some(token) => authority.principal_for_token(token).await,
+        Some(token) => authority.principal_for_token(token, f.at).await,
         None => Ok(None),
     };
     let mut principal = match resolved {
@@ -388,6 +392,7 @@ mod tests {
         async fn principal_for_token(
             &self,
             token: &str,
+            _at: Instant,
         ) -> Result<Option<Arc<Principal>>, Unavailable> {
             if self.db_down {
                 return Err(Unavailable::Identity);
@@ -481,6 +486,7 @@ access = "gone"
             client_ip: Some("10.0.0.1"),
             user_agent: None,
             request_id: "rid",
+            at: Instant::now(),
         };
         decide(a, &mapping(), switches, &facts).await
     }

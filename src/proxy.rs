@@ -300,10 +300,9 @@ pub(crate) async fn accept_until_shutdown<C>(
     what: &'static str,
     mut serve: impl FnMut(tokio::net::TcpStream, SocketAddr) -> C,
 ) where
-    C: hyper_util::server::graceful::GracefulConnection + Send + 'static,
-    C::Error: std::fmt::Display + Send,
+    C: crate::drain::GracefulConnection<Output = Result<(), hyper::Error>> + Send + 'static,
 {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let drain = crate::drain::Drain::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -319,7 +318,7 @@ pub(crate) async fn accept_until_shutdown<C>(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
-                let conn = graceful.watch(serve(stream, peer));
+                let conn = drain.watch(serve(stream, peer));
                 tokio::task::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, listener = what, "client connection ended with an error");
@@ -330,10 +329,7 @@ pub(crate) async fn accept_until_shutdown<C>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, drain.shutdown()).await.is_err() {
         tracing::warn!(
             listener = what,
             "shutdown grace period over: closing the connections still open"
@@ -594,6 +590,7 @@ async fn handle(
                 client_ip: Some(&ctx.client_ip),
                 user_agent: user_agent.and_then(|v| v.to_str().ok()),
                 request_id: ctx.request_id.as_str(),
+                at: ctx.started,
             };
             let outcome = decide(&**gw, &mapping, gw.switches(), &facts).await;
             let (method, path, version) = (req.method(), &target.path, &mapping.version);

@@ -217,7 +217,7 @@ pub async fn answer<S: Source>(
     };
     let resolved = match token {
         None => Ok(None),
-        Some(t) => src.principal_for_token(t).await,
+        Some(t) => src.principal_for_token(t, std::time::Instant::now()).await,
     };
     let principal: Arc<Principal> = match resolved {
         Ok(Some(p)) => p,

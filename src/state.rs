@@ -68,11 +68,15 @@ impl Authority for Gateway {
     async fn principal_for_token(
         &self,
         token: &str,
+        at: std::time::Instant,
     ) -> Result<Option<Arc<Principal>>, Unavailable> {
-        self.identity.principal_for_token(token).await.map_err(|e| {
-            tracing::error!(error = %e, "cannot resolve the session: answering 503");
-            Unavailable::Identity
-        })
+        self.identity
+            .principal_for_token(token, at)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot resolve the session: answering 503");
+                Unavailable::Identity
+            })
     }
 
     async fn known_admin(&self, token: &str) -> Option<String> {

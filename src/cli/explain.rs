@@ -26,6 +26,7 @@ impl Authority for ExplainAuthority {
     async fn principal_for_token(
         &self,
         _token: &str,
+        _at: std::time::Instant,
     ) -> Result<Option<Arc<Principal>>, Unavailable> {
         Ok(Some(self.principal.clone()))
     }
@@ -379,6 +380,7 @@ fn explain_request(
             client_ip: None,
             user_agent: None,
             request_id: "explain",
+            at: std::time::Instant::now(),
         };
         let outcome = decide(&authority, mapping, switches, &facts).await;
         if let Outcome::Forward(f) | Outcome::ShadowDeny { forward: f, .. } = &outcome {

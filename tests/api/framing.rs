@@ -360,6 +360,44 @@ async fn sigterm_lets_in_flight_requests_finish() {
     }
 }
 
+/// An idle keep-alive connection does not hold a shutdown for its grace period: it is closed at
+/// once, and the gateway exits long before `--shutdown-grace`.
+#[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    let mut env = Env::with(core_routes(), |o| o.arg("--shutdown-grace").arg("30")).await;
+    let (_, token) = env.db.admin_with_roles(&["console-manager"]).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(env.gw.addr).await.unwrap();
+        s.write_all(
+            format!("GET /ops HTTP/1.1\r\nHost: c\r\nCookie: console_session={token}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let r = read_response(&mut s).await.expect("answered");
+        assert_eq!(r.status, 200);
+        idle.push(s);
+    }
+    env.gw.signal("TERM");
+    for mut s in idle {
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+            .await
+            .expect("an idle connection is closed at shutdown, not after the grace")
+            .expect("closed cleanly");
+        assert_eq!(n, 0, "nothing more is sent on an idle connection");
+    }
+    let started = std::time::Instant::now();
+    while env.gw.child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still running: idle connections held the shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn console_receives_exactly_the_session_the_gateway_decided_on() {
     let env = Env::core().await;
