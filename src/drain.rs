@@ -233,92 +233,77 @@ mod tests {
         }
     }
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
+    #[tokio::test]
+    async fn shutdown_asks_every_connection_once_and_waits_for_all() {
+        let drain = Drain::new();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = [0, 3, 50]
+            .into_iter()
+            .map(|linger| tokio::spawn(drain.watch(Fake::new(&asked, linger))))
+            .collect();
+        // Each has been polled (and parked) before the shutdown.
+        tokio::task::yield_now().await;
+        assert_eq!(drain.open(), 3);
+        assert_eq!(asked.load(Ordering::SeqCst), 0);
+        tokio::time::timeout(Duration::from_secs(5), drain.shutdown())
+            .await
+            .expect("shutdown ends once the connections have");
+        assert_eq!(drain.open(), 0);
+        assert_eq!(asked.load(Ordering::SeqCst), 3);
+        for t in tasks {
+            t.await.expect("the connection task ended");
+        }
     }
 
-    #[test]
-    fn shutdown_asks_every_connection_once_and_waits_for_all() {
-        rt().block_on(async {
-            let drain = Drain::new();
-            let asked = Arc::new(AtomicUsize::new(0));
-            let tasks: Vec<_> = [0, 3, 50]
-                .into_iter()
-                .map(|linger| tokio::spawn(drain.watch(Fake::new(&asked, linger))))
-                .collect();
-            // Each has been polled (and parked) before the shutdown.
-            tokio::task::yield_now().await;
-            assert_eq!(drain.open(), 3);
-            assert_eq!(asked.load(Ordering::SeqCst), 0);
-            tokio::time::timeout(Duration::from_secs(5), drain.shutdown())
-                .await
-                .expect("shutdown ends once the connections have");
-            assert_eq!(drain.open(), 0);
-            assert_eq!(asked.load(Ordering::SeqCst), 3);
-            for t in tasks {
-                t.await.expect("the connection task ended");
-            }
-        });
+    #[tokio::test]
+    async fn a_connection_not_yet_polled_counts_and_is_asked_at_its_first_poll() {
+        let drain = Drain::new();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let conn = drain.watch(Fake::new(&asked, 0));
+        assert_eq!(drain.open(), 1);
+        let mut shutdown = std::pin::pin!(drain.shutdown());
+        // Not done while the watched connection has not run.
+        assert!(futures_poll_once(shutdown.as_mut()).await.is_pending());
+        conn.await;
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        tokio::time::timeout(Duration::from_secs(5), shutdown)
+            .await
+            .expect("shutdown ends");
     }
 
-    #[test]
-    fn a_connection_not_yet_polled_counts_and_is_asked_at_its_first_poll() {
-        rt().block_on(async {
-            let drain = Drain::new();
-            let asked = Arc::new(AtomicUsize::new(0));
-            let conn = drain.watch(Fake::new(&asked, 0));
-            assert_eq!(drain.open(), 1);
-            let mut shutdown = std::pin::pin!(drain.shutdown());
-            // Not done while the watched connection has not run.
-            assert!(futures_poll_once(shutdown.as_mut()).await.is_pending());
-            conn.await;
-            assert_eq!(asked.load(Ordering::SeqCst), 1);
-            tokio::time::timeout(Duration::from_secs(5), shutdown)
-                .await
-                .expect("shutdown ends");
-        });
+    #[tokio::test]
+    async fn a_connection_that_ends_by_itself_frees_its_slot_for_the_next() {
+        let drain = Drain::new();
+        let asked = Arc::new(AtomicUsize::new(0));
+        for _ in 0..3 {
+            let mut fake = Fake::new(&asked, 0);
+            fake.shutting = true; // ends at its first poll, never asked
+            drain.watch(fake).await;
+        }
+        assert_eq!(drain.open(), 0);
+        assert_eq!(drain.inner.slots().wakers.len(), 1);
+        assert_eq!(asked.load(Ordering::SeqCst), 0);
+        // With nothing open, shutdown ends at once.
+        tokio::time::timeout(Duration::from_millis(100), drain.shutdown())
+            .await
+            .expect("nothing to wait for");
     }
 
-    #[test]
-    fn a_connection_that_ends_by_itself_frees_its_slot_for_the_next() {
-        rt().block_on(async {
-            let drain = Drain::new();
-            let asked = Arc::new(AtomicUsize::new(0));
-            for _ in 0..3 {
-                let mut fake = Fake::new(&asked, 0);
-                fake.shutting = true; // ends at its first poll, never asked
-                drain.watch(fake).await;
-            }
-            assert_eq!(drain.open(), 0);
-            assert_eq!(drain.inner.slots().wakers.len(), 1);
-            assert_eq!(asked.load(Ordering::SeqCst), 0);
-            // With nothing open, shutdown ends at once.
-            tokio::time::timeout(Duration::from_millis(100), drain.shutdown())
-                .await
-                .expect("nothing to wait for");
-        });
-    }
-
-    #[test]
-    fn shutdown_is_not_done_while_a_connection_lingers() {
-        rt().block_on(async {
-            let drain = Drain::new();
-            let asked = Arc::new(AtomicUsize::new(0));
-            // Never finishes: asked, but its poll keeps answering pending without a wake-up.
-            let stuck = tokio::spawn(
-                drain.watch(std::future::poll_fn(|_| Poll::<()>::Pending).then_asked(&asked)),
-            );
-            tokio::task::yield_now().await;
-            let r = tokio::time::timeout(Duration::from_millis(50), drain.shutdown()).await;
-            assert!(r.is_err(), "shutdown waited for the open connection");
-            assert_eq!(asked.load(Ordering::SeqCst), 1);
-            stuck.abort();
-            assert!(stuck.await.unwrap_err().is_cancelled());
-            assert_eq!(drain.open(), 0, "an aborted connection frees its slot");
-        });
+    #[tokio::test]
+    async fn shutdown_is_not_done_while_a_connection_lingers() {
+        let drain = Drain::new();
+        let asked = Arc::new(AtomicUsize::new(0));
+        // Never finishes: asked, but its poll keeps answering pending without a wake-up.
+        let stuck = tokio::spawn(
+            drain.watch(std::future::poll_fn(|_| Poll::<()>::Pending).then_asked(&asked)),
+        );
+        tokio::task::yield_now().await;
+        let r = tokio::time::timeout(Duration::from_millis(50), drain.shutdown()).await;
+        assert!(r.is_err(), "shutdown waited for the open connection");
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        stuck.abort();
+        assert!(stuck.await.unwrap_err().is_cancelled());
+        assert_eq!(drain.open(), 0, "an aborted connection frees its slot");
     }
 
     /// Polls a future once.
