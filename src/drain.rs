@@ -42,9 +42,15 @@ struct Slots {
     wakers: Vec<Option<Waker>>,
     /// Indices of `wakers` no connection holds.
     free: Vec<usize>,
-    open: usize,
-    /// [`Drain::shutdown`], waiting for `open` to reach zero.
+    /// [`Drain::shutdown`], waiting for no connection to be open.
     closed: Option<Waker>,
+}
+
+impl Slots {
+    /// Connections holding a slot.
+    fn open(&self) -> usize {
+        self.wakers.len() - self.free.len()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -75,7 +81,7 @@ impl Drain {
 
     /// Connections open now (watched and not yet finished).
     pub fn open(&self) -> usize {
-        self.inner.slots().open
+        self.inner.slots().open()
     }
 
     /// Serves `conn` until it finishes; once [`Drain::shutdown`] was called (before or during),
@@ -111,7 +117,7 @@ impl Drain {
         }
         std::future::poll_fn(|cx| {
             let mut slots = self.inner.slots();
-            if slots.open == 0 {
+            if slots.open() == 0 {
                 Poll::Ready(())
             } else {
                 slots.closed = Some(cx.waker().clone());
@@ -136,7 +142,6 @@ impl Slot {
     fn new(inner: Arc<Inner>) -> Slot {
         let index = {
             let mut slots = inner.slots();
-            slots.open += 1;
             match slots.free.pop() {
                 Some(i) => i,
                 None => {
@@ -174,8 +179,7 @@ impl Drop for Slot {
             let mut slots = self.inner.slots();
             slots.wakers[self.index] = None;
             slots.free.push(self.index);
-            slots.open -= 1;
-            if slots.open == 0 {
+            if slots.open() == 0 {
                 slots.closed.take()
             } else {
                 None

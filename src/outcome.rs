@@ -35,7 +35,7 @@ pub struct Facts<'a> {
     pub client_ip: Option<&'a str>,
     pub user_agent: Option<&'a str>,
     pub request_id: &'a str,
-    /// When the request arrived: a session or grant that ended before it does not count.
+    /// When the request arrived: a remembered session that had ended by then is not used.
     pub at: Instant,
 }
 
