@@ -407,7 +407,14 @@ impl Gateway {
 
     pub async fn start_in(opts: GatewayOpts, dir: tempfile::TempDir, routes: PathBuf) -> Gateway {
         let port = free_port();
-        let admin_port = opts.admin_port.unwrap_or_else(free_port);
+        // Two draws of port 0 can return the same port: the proxy and admin listeners would then
+        // share it (seen once in CI: a request to the proxy port answered by the admin listener).
+        let admin_port = opts.admin_port.unwrap_or_else(|| loop {
+            let p = free_port();
+            if p != port {
+                break p;
+            }
+        });
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbac-gateway"));
         cmd.arg("serve")
