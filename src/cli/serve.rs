@@ -42,6 +42,28 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         return Err(usage(anyhow!("--listen needs a fixed port, not 0")));
     }
     let admin_addr = resolve(&args.admin_listen, "--admin-listen")?;
+    let authz_addr = match &args.authz_listen {
+        None => None,
+        Some(a) => Some(resolve(a, "--authz-listen")?),
+    };
+    // Two listeners on one port: the second bind would fail only after the 1 s retry meant for
+    // a restart, with a message about another process. Said here instead, before anything runs.
+    let named = [
+        ("--listen", Some(listen)),
+        ("--admin-listen", Some(admin_addr)),
+        ("--authz-listen", authz_addr),
+    ];
+    for (i, (a_flag, a)) in named.iter().enumerate() {
+        for (b_flag, b) in &named[i + 1..] {
+            if let (Some(a), Some(b)) = (a, b) {
+                if overlap(*a, *b) {
+                    return Err(usage(anyhow!(
+                        "{a_flag} {a} and {b_flag} {b} need different ports: one listener cannot serve both"
+                    )));
+                }
+            }
+        }
+    }
     if args.max_body_bytes == 0 || args.max_header_bytes < 1024 || args.max_headers == 0 {
         return Err(usage(anyhow!(
             "--max-body-bytes and --max-headers must be > 0, --max-header-bytes >= 1024"
@@ -64,7 +86,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         .enable_all()
         .build()
         .map_err(failure)?;
-    let gw = bg.block_on(async {
+    let (gw, admin) = bg.block_on(async {
         let pool = db::pool(&args.database_url, args.db_pool_size, db_timeout).map_err(usage)?;
         let identity = Arc::new(
             Identity::new(
@@ -126,13 +148,15 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         if args.rbac_api {
             metrics.requests.with_label_values(&[crate::reader::LABEL]);
         }
+        // Bound now, so a port in use is found before anything else starts; served only once the
+        // data plane (and the forward-auth listener) listen: `/readyz` never answers 200 for a
+        // gateway that cannot take requests.
         let admin = proxy::retry_in_use(|| std::net::TcpListener::bind(admin_addr))
             .and_then(|l| {
                 l.set_nonblocking(true)?;
                 tokio::net::TcpListener::from_std(l)
             })
             .map_err(|e| failure(anyhow!("cannot listen on {admin_addr}: {e}")))?;
-        supervised("admin", Box::pin(crate::admin::serve(admin, gw.clone())));
         supervised("audit_replay", Box::pin(audit.replay_forever(Duration::from_millis(500))));
         supervised("reload", Box::pin(crate::reload::watch(gw.clone(), args.routes.clone())));
         tokio::spawn(crate::reload::check_database_at_start(
@@ -159,7 +183,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
                 )),
             );
         }
-        Ok::<_, Exit>(gw)
+        Ok::<_, Exit>((gw, admin))
     })?;
 
     let settings = Settings {
@@ -178,10 +202,9 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         .map_err(|e| failure(anyhow!("cannot listen on {listen}: {e}")))?;
     tracing::info!(listen = %listen, threads, "listening");
     // ---- Forward-auth listener for edge proxies (issue 13): off unless --authz-listen. ----
-    let authz = match &args.authz_listen {
+    let authz = match authz_addr {
         None => None,
-        Some(a) => {
-            let addr = resolve(a, "--authz-listen")?;
+        Some(addr) => {
             let handle = crate::authz::start(gw.clone(), addr, threads, stop.subscribe())
                 .map_err(|e| failure(anyhow!("cannot listen on {addr} (--authz-listen): {e}")))?;
             for label in ["allowed", "redirected", "denied", "refused", "unavailable"] {
@@ -192,6 +215,15 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         }
     };
     // ---- end of the forward-auth block ----
+    {
+        let _runtime = bg.enter();
+        supervise::spawn(
+            gw.tasks.clone(),
+            gw.metrics.clone(),
+            "admin",
+            crate::admin::serve(admin, gw.clone()),
+        );
+    }
     bg.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).map_err(failure)?;
@@ -220,4 +252,31 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     tracing::info!("shut down");
     drop(bg);
     Ok(())
+}
+
+/// Whether listeners on `a` and `b` would take the same port: the same address, or the same
+/// port where one is a wildcard covering the other (`[::]` also takes IPv4 on Linux).
+fn overlap(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    let covers = |w: std::net::SocketAddr, o: std::net::SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv6() || o.is_ipv4())
+    };
+    a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlap;
+
+    #[test]
+    fn listeners_overlap_on_one_port_of_one_address_or_a_wildcard() {
+        let o = |a: &str, b: &str| overlap(a.parse().unwrap(), b.parse().unwrap());
+        assert!(o("127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(o("0.0.0.0:8080", "127.0.0.1:8080"));
+        assert!(o("127.0.0.1:8080", "0.0.0.0:8080"));
+        assert!(o("[::]:8080", "127.0.0.1:8080"));
+        assert!(o("[::1]:8080", "[::]:8080"));
+        assert!(!o("127.0.0.1:8080", "127.0.0.1:8081"));
+        assert!(!o("127.0.0.1:8080", "127.0.0.2:8080"));
+        assert!(!o("0.0.0.0:8080", "[::1]:8080"));
+    }
 }

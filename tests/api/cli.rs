@@ -209,18 +209,53 @@ fn serve_refuses_port_zero() {
     );
 }
 
+#[test]
+fn serve_refuses_two_listeners_on_one_port() {
+    // A usage error at once, not a bind failure after the restart retry.
+    for (flag, admin, authz) in [
+        ("--admin-listen", "127.0.0.1:18080", None),
+        ("--admin-listen", "0.0.0.0:18080", None),
+        ("--authz-listen", "127.0.0.1:19090", Some("127.0.0.1:18080")),
+        ("--authz-listen", "127.0.0.1:19090", Some("[::]:19090")),
+    ] {
+        let mut cmd = bin();
+        cmd.args([
+            "serve",
+            "--database-url",
+            "postgres://127.0.0.1:1/x",
+            "--listen",
+            "127.0.0.1:18080",
+            "--admin-listen",
+            admin,
+        ])
+        .arg("--routes")
+        .arg(root().join("routes.toml"));
+        if let Some(a) = authz {
+            cmd.args(["--authz-listen", a]);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{flag}: {err}");
+        assert!(
+            err.contains("need different ports") && err.contains(flag),
+            "{flag}: {err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn serve_refuses_a_port_another_gateway_listens_on() {
     // SO_REUSEPORT would let a second gateway (a forgotten one, or one with another mapping)
     // share the port and answer a share of the requests: it must not start.
     let env = Env::core().await;
     let dir = tempfile::tempdir().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut second = bin()
         .arg("serve")
         .arg("--listen")
         .arg(env.gw.addr.to_string())
         .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(admin.to_string())
         .arg("--upstream")
         .arg(env.up.addr.to_string())
         .arg("--routes")
@@ -233,6 +268,23 @@ async fn serve_refuses_a_port_another_gateway_listens_on() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // While it tries the port (about a second), its admin listener never says it is ready: a
+    // gateway that cannot take requests must not pass a readiness probe.
+    let mut probes = 0;
+    while second.try_wait().unwrap().is_none() {
+        // Connected but unanswered (bound, not served yet) is the expected case: 100 ms each.
+        let probe = send(
+            admin,
+            b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        if let Ok(Ok(r)) = tokio::time::timeout(std::time::Duration::from_millis(100), probe).await
+        {
+            assert_ne!(r.status, 200, "/readyz 200 before the data plane listens");
+        }
+        probes += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(probes > 5, "the second gateway ended before it was probed");
     let (status, err) = exit_of(&mut second, "a second gateway on the same port").await;
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(
