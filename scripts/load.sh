@@ -30,6 +30,8 @@
 #                 is set)
 #   ALLOWED_PATH  default /ops (console-manager); DENIED_PATH default /console/flags/promotions
 #                 (console-flag_promotion_queue-read, which raxx-platform-admins does not hold)
+#   PG_FSYNC=on   PostgreSQL flushes each commit to disk (default off, see scripts/pg.sh): case d's
+#                 audit rows then wait for the disk too
 #   BUILD=0       skip `cargo build --release` (use the existing target/release/rbac-gateway)
 #   KEEP=1        keep the temporary directory (logs, nginx configs, raw wrk output)
 set -euo pipefail
@@ -366,7 +368,7 @@ lines.append(f"# rbac-gateway loopback load ({len(ex)} round(s), medians)")
 lines.append("")
 lines.append("wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency; $NPROC cores shared by wrk, nginx, the gateway "
              "(worker threads = $gw_threads) and PostgreSQL; nginx upstream worker_processes 1, "
-             "nginx proxy worker_processes $PROXY_WORKERS")
+             "nginx proxy worker_processes $PROXY_WORKERS; PostgreSQL fsync=${PG_FSYNC:-off}")
 lines.append("")
 lines.append("| case | requests/s | x nginx (b) | p50 | p99 | proxy CPU µs/request | upstream CPU µs/request |")
 lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
