@@ -1,12 +1,13 @@
 //! The durable writer of `access_audit_events` (I-2: a row on every 403).
 //!
 //! One writer task groups rows (group commit): it takes every row queued while its previous
-//! write was in flight, up to [`MAX_BATCH`], and writes them with one multi-row INSERT. Each caller of
-//! [`AuditWriter::record`] waits until its row is durable: committed in PostgreSQL, or, while
-//! PostgreSQL does not answer, appended to a local spool file and fsynced (once per batch). The
-//! spool is replayed into PostgreSQL when it answers again, and at start-up, so it survives a
-//! crash; the row id is the primary key and every INSERT says `ON CONFLICT (id) DO NOTHING`, so a
-//! replay interrupted half-way stores each row exactly once. When the spool is full, `record`
+//! write was in flight, up to [`MAX_BATCH`], and writes them with one COPY (all or nothing). Each
+//! caller of [`AuditWriter::record`] waits until its row is durable: committed in PostgreSQL, or,
+//! while PostgreSQL does not answer, appended to a local spool file and fsynced (once per batch).
+//! The spool is replayed into PostgreSQL when it answers again, and at start-up, so it survives a
+//! crash; the row id is the primary key and the replay's INSERT says `ON CONFLICT (id) DO
+//! NOTHING`, so a replay interrupted half-way, or of rows whose COPY committed after it had
+//! timed out, stores each row exactly once. When the spool is full, `record`
 //! fails and the caller answers 503 instead of denying without a record.
 //!
 //! Allowed traffic never waits for this writer, and the writer holds at most one database
