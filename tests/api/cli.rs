@@ -780,7 +780,8 @@ async fn a_gateway_restarted_right_after_a_sigkill_gets_its_ports_and_spool() {
 /// exits 1; one pointed at a database that does not exist says so at once.
 #[tokio::test]
 async fn commands_name_the_reason_the_database_cannot_be_reached() {
-    let refused = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port());
+    let (_closed, port) = closed_port();
+    let refused = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     let mut sweep = bin()
         .args(["sweep", "--once", "--database-url", &refused])
         .stderr(std::process::Stdio::piped())

@@ -303,7 +303,8 @@ async fn kill_switch_forwards_everything_but_gone() {
 #[tokio::test]
 async fn upstream_refused_is_502_and_timeout_is_504() {
     let db = TestDb::new().await;
-    let closed: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (_held, port) = closed_port();
+    let closed: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let gw = Gateway::start(GatewayOpts::new(core_routes(), &db, closed)).await;
     let (_, token) = db.admin_with_roles(&["console-user"]).await;
     let r = gw.request("POST", "/upload", Some(&token), &[], b"x").await;

@@ -64,7 +64,8 @@ async fn database_unreachable_from_the_start_fails_closed() {
     let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
         .arg("--db-timeout-ms")
         .arg("300");
-    opts.database_url = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port());
+    let (_closed, port) = closed_port();
+    opts.database_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     opts.wait_ready = false;
     let gw = Gateway::start(opts).await;
     let ready = gw.admin_get("/readyz").await;

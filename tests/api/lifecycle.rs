@@ -141,7 +141,8 @@ async fn freescout_down_revokes_nothing_on_a_guess_and_exits_1() {
     let db = TestDb::new().await;
     let (admin, _) = db.admin_with_roles(&[]).await;
     let g = grant(&db, &admin, "console-user", 7, "T-1").await;
-    let dead = format!("http://127.0.0.1:{}/api/{{ticket_id}}", free_port());
+    let (_closed, port) = closed_port();
+    let dead = format!("http://127.0.0.1:{port}/api/{{ticket_id}}");
     let (code, out) = sweep(&db, &dead).await;
     assert_eq!(code, 1, "{out}");
     assert!(

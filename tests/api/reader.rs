@@ -176,7 +176,7 @@ async fn check_answers_from_roles_inheritance_and_live_ticket_grants() {
     assert_eq!(env.up.count(), 0, "the reader API never reaches Console");
 
     // FreeScout unreachable: 503 JSON, fail closed.
-    let closed_port = free_port();
+    let (_closed, closed_port) = closed_port();
     let env2 = Env::with(core_routes(), |o| {
         o.arg("--ticket-validation-url")
             .arg(&format!("http://127.0.0.1:{closed_port}/c/{{ticket_id}}"))

@@ -185,7 +185,7 @@ async fn ticket_revalidation_follows_freescout_and_fails_closed() {
     );
 
     // FreeScout unreachable: 503, nothing forwarded.
-    let closed_port = free_port();
+    let (_closed, closed_port) = closed_port();
     let env2 = Env::with(core_routes(), |o| {
         o.arg("--ticket-validation-url")
             .arg(&format!("http://127.0.0.1:{closed_port}/c/{{ticket_id}}"))
