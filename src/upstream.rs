@@ -14,6 +14,11 @@
 //! - chunked trailers (hyper parses them; nothing forwards them to Console's clients);
 //! - `101 Switching Protocols` (the gateway never asks for an upgrade).
 //!
+//! Two of Console's headers are not handed on where hyper's server writes them itself: `Date`
+//! (the gateway's, as nginx's `proxy_pass` sends its own) and, where a body follows, the
+//! `Content-Length` (hyper writes the exact length of the body it sends, which is the length
+//! Console's header gave); the differential test compares that length instead of the header.
+//!
 //! A pool belongs to one worker thread, so a connection is never handed between threads (no
 //! cross-thread wake-ups: see the README's Performance section). A connection returns to the pool
 //! when its response has been read to the end, framed by length or chunks, on HTTP/1.1 without
@@ -353,13 +358,13 @@ pub fn parse_response(
         let mut length = None;
         let mut encodings = 0usize;
         let mut chunked = false;
+        // No body follows this head whatever it says (RFC 9112 §6.3).
+        let bodiless = head_request || code == 204 || code == 304;
         for h in res.headers.iter() {
             let (raw_name, raw_value) = (h.name.as_bytes(), h.value);
             let name = names
                 .get(raw_name)
                 .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
-            let value = HeaderValue::from_bytes(raw_value)
-                .map_err(|_| UpstreamError::Malformed("invalid header value"))?;
             if name == header::CONNECTION {
                 if has_token(raw_value, b"close") {
                     keep_alive = false;
@@ -367,16 +372,30 @@ pub fn parse_response(
             } else if name == header::CONTENT_LENGTH {
                 lengths += 1;
                 length = parse_length(raw_value);
+                if !bodiless {
+                    // The body handed on is exactly this long (its size hint says so), and
+                    // hyper's server writes `content-length` from it: the same header, without
+                    // a copy of Console's one to make, store and check again.
+                    continue;
+                }
             } else if name == header::TRANSFER_ENCODING {
                 encodings += 1;
                 chunked = raw_value.eq_ignore_ascii_case(b"chunked");
+            } else if name == header::DATE {
+                // The gateway's own `Date` goes out (hyper's, cached per second), as nginx's
+                // `proxy_pass` sends its own by default. httparse accepted the value, so
+                // `HeaderValue` would have (the same bytes are valid to both).
+                continue;
             }
             // Left out, not removed afterwards: a removal would also reorder the others.
-            if !is_hop_by_hop(&name) && !named.contains(&name) {
-                headers.append(name, value);
+            if is_hop_by_hop(&name) || named.contains(&name) {
+                continue;
             }
+            let value = HeaderValue::from_bytes(raw_value)
+                .map_err(|_| UpstreamError::Malformed("invalid header value"))?;
+            headers.append(name, value);
         }
-        let framing = if head_request || code == 204 || code == 304 {
+        let framing = if bodiless {
             Framing::Length(0)
         } else if encodings > 0 {
             if encodings > 1 || !chunked || lengths > 0 || version == Version::HTTP_10 {
@@ -767,6 +786,46 @@ mod tests {
             .map(HeaderName::as_str)
             .collect();
         assert_eq!(names, ["x-private"], "kept when no Connection names it");
+    }
+
+    #[test]
+    fn console_date_and_content_length_are_left_to_hyper_where_a_body_follows() {
+        let names = |p: &Parsed| -> Vec<String> {
+            p.response
+                .headers()
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+                .collect()
+        };
+        let head = "HTTP/1.1 200 OK\r\nServer: gunicorn\r\nDate: Wed, 25 Nov 2026 06:00:00 GMT\r\n\
+            Content-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n";
+        let p = parse(head.as_bytes(), false).unwrap().unwrap();
+        assert_eq!(p.framing, Framing::Length(3));
+        assert_eq!(names(&p), ["server: gunicorn", "content-type: text/plain"]);
+        // Without a body to measure, Console's Content-Length is the only one there is.
+        let p = parse(head.as_bytes(), true).unwrap().unwrap();
+        assert_eq!(p.framing, Framing::Length(0));
+        assert_eq!(
+            names(&p),
+            [
+                "server: gunicorn",
+                "content-length: 3",
+                "content-type: text/plain"
+            ]
+        );
+        for status in ["204 No Content", "304 Not Modified"] {
+            let head = format!("HTTP/1.1 {status}\r\nDate: x\r\nContent-Length: 7\r\n\r\n");
+            let p = parse(head.as_bytes(), false).unwrap().unwrap();
+            assert_eq!(names(&p), ["content-length: 7"], "{status}");
+        }
+        // Still read for the framing: two lengths or a length with chunks are refused.
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nok\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\nok\n",
+        ] {
+            assert!(parse(bad.as_bytes(), false).is_err(), "{bad}");
+        }
     }
 
     #[test]

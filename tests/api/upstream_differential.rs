@@ -96,6 +96,8 @@ const HEADERS: &[&str] = &[
     ": no name",
     "Cache-Control: no-store",
     "X-Long: ",
+    "Date: Wed, 25 Nov 2026 06:00:00 GMT",
+    "date: odd\u{e9}",
 ];
 
 fn chunked_body(rng: &mut Rng, body: &[u8], strict: &mut Vec<&'static str>) -> Vec<u8> {
@@ -244,17 +246,37 @@ fn generate(rng: &mut Rng) -> Case {
 }
 
 /// What a client read: status, version, reason, headers in order, body; or that it refused.
+/// `Content-Length` is compared by its value apart from the other headers, and `Date` not at
+/// all: where a body follows, the gateway's leg leaves Console's `Content-Length` for hyper's
+/// server to write from the body's exact length (`length`, at the end of the head), and it
+/// never hands Console's `Date` on (hyper's server writes the gateway's own).
 #[derive(Debug, PartialEq, Eq)]
 struct Read {
     status: u16,
     version: http::Version,
     reason: Option<Vec<u8>>,
     headers: Vec<(String, Vec<u8>)>,
+    length: Option<u64>,
     body: Vec<u8>,
 }
 
-fn read_of<B>(resp: &http::Response<B>, body: Vec<u8>) -> Read {
+/// `length`: the body's exact length, for a response whose `Content-Length` the reader left to
+/// the server writing it on; otherwise the `Content-Length` read is the one compared.
+fn read_of<B>(resp: &http::Response<B>, body: Vec<u8>, length: Option<u64>) -> Read {
+    let header_length = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| {
+            v.to_str()
+                .ok()?
+                .split(',')
+                .next()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
     Read {
+        length: header_length.or(length),
         status: resp.status().as_u16(),
         version: resp.version(),
         reason: resp
@@ -264,6 +286,7 @@ fn read_of<B>(resp: &http::Response<B>, body: Vec<u8>) -> Read {
         headers: resp
             .headers()
             .iter()
+            .filter(|(n, _)| **n != http::header::CONTENT_LENGTH && **n != http::header::DATE)
             .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
             .collect(),
         body,
@@ -328,6 +351,7 @@ async fn via_hyper(case: &Case, seed: u64) -> Result<Read, String> {
     Ok(read_of(
         &http::Response::from_parts(parts, ()),
         body.to_vec(),
+        None,
     ))
 }
 
@@ -372,10 +396,20 @@ async fn via_gateway(case: &Case, seed: u64) -> Result<Read, String> {
         .await
         .map_err(|e| e.to_string())?;
     let (parts, body) = resp.into_parts();
+    assert!(
+        parts.headers.get(http::header::DATE).is_none(),
+        "Console's Date is never handed on"
+    );
+    // What hyper's server writes as `content-length` (a body it may have one).
+    let bodiless = case.head || parts.status == 204 || parts.status == 304;
+    let length = (!bodiless)
+        .then(|| hyper::body::Body::size_hint(&body).exact())
+        .flatten();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok(read_of(
         &http::Response::from_parts(parts, ()),
         body.to_vec(),
+        length,
     ))
 }
 
