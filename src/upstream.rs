@@ -383,14 +383,16 @@ pub fn parse_response(
                 chunked = raw_value.eq_ignore_ascii_case(b"chunked");
             } else if name == header::DATE {
                 // The gateway's own `Date` goes out (hyper's, cached per second), as nginx's
-                // `proxy_pass` sends its own by default. httparse accepted the value, so
-                // `HeaderValue` would have (the same bytes are valid to both).
+                // `proxy_pass` sends its own by default.
                 continue;
             }
             // Left out, not removed afterwards: a removal would also reorder the others.
             if is_hop_by_hop(&name) || named.contains(&name) {
                 continue;
             }
+            // Only the values handed on are made: one left out is refused by nothing, as
+            // before, since httparse accepted it and the bytes httparse accepts in a value are
+            // the bytes `HeaderValue` accepts.
             let value = HeaderValue::from_bytes(raw_value)
                 .map_err(|_| UpstreamError::Malformed("invalid header value"))?;
             headers.append(name, value);

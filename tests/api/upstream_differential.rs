@@ -400,7 +400,7 @@ async fn via_gateway(case: &Case, seed: u64) -> Result<Read, String> {
         parts.headers.get(http::header::DATE).is_none(),
         "Console's Date is never handed on"
     );
-    // What hyper's server writes as `content-length` (a body it may have one).
+    // Where a body may follow, hyper's server writes `content-length` from its exact length.
     let bodiless = case.head || parts.status == 204 || parts.status == 304;
     let length = (!bodiless)
         .then(|| hyper::body::Body::size_hint(&body).exact())
