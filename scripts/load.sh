@@ -13,13 +13,15 @@
 #       (c/f is the price of authorization, f/b the data plane vs nginx)
 #   (p) b and c at the same moments, half the connections each (CPU per request of both under the
 #       same machine noise)
-# Each round runs a, b, h, f, p, c, d, e, g one after another with the same wrk settings; the
-# table shows medians over the rounds of requests/s, p50, p99 and the CPU time the proxy process
-# under test (nginx proxy master + workers, bare_proxy, gateway) and the nginx upstream used per
-# request, from /proc/PID/stat utime+stime around each wrk run. On a shared, noisy machine the
-# ratios of one run are the figures that count.
-# Also: c/b, d/c, the gateway's peak RSS after (e), database queries per request in case (c), and
-# audit rows written during (d) next to the 403s wrk saw. Written to target/load-report.md too.
+# Each round runs a, then b and c back to back (b first in odd rounds, c first in even ones),
+# then h, f, p, d, e, g, one after another with the same wrk settings; the table shows medians
+# over the rounds of requests/s, p50, p99 and the CPU time the proxy process under test (nginx
+# proxy master + workers, bare_proxy, gateway) and the nginx upstream used per request, from
+# /proc/PID/stat utime+stime around each wrk run. On a shared, noisy machine the ratios of one
+# run are the figures that count.
+# Also: c/b (of the medians, and per round from its back-to-back b and c), d/c, the gateway's
+# peak RSS after (e), database queries per request in case (c), and audit rows written during
+# (d) next to the 403s wrk saw. Written to target/load-report.md too.
 #
 # Usage: [ROUNDS=3] [DURATION=10] [CONNECTIONS=32] [THREADS=1] scripts/load.sh  (the issue-12 setting: wrk -t1 -c32)
 #   DURATION      seconds per wrk run (a bare number or "10s"); total is about 9 x ROUNDS x DURATION
@@ -297,6 +299,19 @@ run_pair() { # round
   parse_wrk pc "$r" "$tmp/wrk-pc-$r.txt" $(( c1 - c0 )) >>"$paired"
 }
 
+run_b() { # round
+  CPU_PID=$px_pid run_wrk b "$1" "http://127.0.0.1:$px_port$ALLOWED_PATH" >/dev/null
+}
+run_c() { # round; sets q0, q1 (database queries around it) and reqs_c
+  # (c): the session is resolved once, then served from the cache (steady state).
+  check "warm-up" "$GW$ALLOWED_PATH" 200 -H "$(cookie "$tok_admin")"
+  q0=$(metric rbac_gateway_db_queries_total)
+  local line
+  line=$(CPU_PID=$gw_pid run_wrk c "$1" "$GW$ALLOWED_PATH" -H "$(cookie "$tok_admin")")
+  q1=$(metric rbac_gateway_db_queries_total)
+  reqs_c=$(cut -f6 <<<"$line")
+}
+
 est=$(( ROUNDS * 9 * DURATION ))
 log "$ROUNDS round(s) x 9 cases x ${DURATION}s (~${est}s), wrk -t$THREADS -c$CONNECTIONS"
 extra=$tmp/extra.tsv
@@ -304,18 +319,13 @@ extra=$tmp/extra.tsv
 for r in $(seq "$ROUNDS"); do
   log "round $r/$ROUNDS"
   run_wrk a "$r" "http://127.0.0.1:$up_port$ALLOWED_PATH" >/dev/null
-  CPU_PID=$px_pid run_wrk b "$r" "http://127.0.0.1:$px_port$ALLOWED_PATH" >/dev/null
+  # b and c back to back, in turns b-c and c-b: the machine's drift between the two is the
+  # smallest this run can make it, and neither always goes first.
+  if (( r % 2 )); then run_b "$r"; run_c "$r"; else run_c "$r"; run_b "$r"; fi
   CPU_PID=$hx_pid run_wrk h "$r" "http://127.0.0.1:$hx_port$ALLOWED_PATH" -H "$(cookie "$tok_admin")" >/dev/null
   CPU_PID=$bare_pid run_wrk f "$r" "http://127.0.0.1:$bare_port$ALLOWED_PATH" >/dev/null
   check "warm-up" "$GW$ALLOWED_PATH" 200 -H "$(cookie "$tok_admin")"
   run_pair "$r"
-
-  # (c): the session is resolved once, then served from the cache (steady state).
-  check "warm-up" "$GW$ALLOWED_PATH" 200 -H "$(cookie "$tok_admin")"
-  q0=$(metric rbac_gateway_db_queries_total)
-  line=$(CPU_PID=$gw_pid run_wrk c "$r" "$GW$ALLOWED_PATH" -H "$(cookie "$tok_admin")")
-  q1=$(metric rbac_gateway_db_queries_total)
-  reqs_c=$(cut -f6 <<<"$line")
 
   # (d): every request is a 403 with an audit row made durable first.
   a0=$(audit_rows)
@@ -397,7 +407,11 @@ for c in "abhfcdeg":
     up_s = "-" if c == "d" else f"{upcpu[c]:.1f}"
     lines.append(f"| {names[c]}{note} | {rps:,.0f} | {xb:.2f} | {ms(p50)} | {ms(p99)} | {cpu_s} | {up_s} |")
 lines.append("")
-lines.append(f"- c/b (gateway vs nginx proxy_pass): {stat['c'] / stat['b']:.2f}")
+def per_round(c):
+    return {r[0]: float(r[2]) for r in rows if r[1] == c}
+cb = [c / per_round("b")[r] for r, c in sorted(per_round("c").items(), key=lambda x: int(x[0]))]
+lines.append(f"- c/b (gateway vs nginx proxy_pass): {stat['c'] / stat['b']:.2f}; per round, b and c back to back "
+             f"(order b-c, c-b, ...): {', '.join(f'{x:.2f}' for x in cb)}, median {med(cb):.2f}")
 lines.append(f"- c/h (gateway vs nginx proxy_pass setting the same headers): {stat['c'] / stat['h']:.2f}; "
              f"h/b: {stat['h'] / stat['b']:.2f}")
 lines.append(f"- d/c (denied with audit vs allowed): {stat['d'] / stat['c']:.2f}")
