@@ -901,7 +901,9 @@ async fn forward_request(
             tracing::error!(request_id = %ctx.request_id, "joined Cookie is not a header value: none forwarded");
         }
     }
-    if had_length || !bytes.is_empty() {
+    // Any body the client framed (a Content-Length, or chunks, even none) is sent with its
+    // exact length: `Content-Length: 0` for an empty chunked one, so Console never infers it.
+    if had_length || !body_was_done {
         put_header(
             &mut request,
             b"content-length",

@@ -122,6 +122,18 @@ async fn a_malformed_or_cut_body_never_reaches_console() {
     assert_eq!(seen[0].body, b"hello");
     assert_eq!(seen[0].header("content-length"), Some("5"));
     assert_eq!(seen[0].header("transfer-encoding"), None);
+    // An empty chunked body is a body too: Console is told its length (0), as it is told any
+    // other's, not left to infer it from the absence of framing headers.
+    let empty = format!(
+        "POST /upload HTTP/1.1\r\nHost: c\r\n{c}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n"
+    );
+    let answers = responses(env.gw.addr, empty.as_bytes()).await;
+    assert_eq!(answers[0].0, 200);
+    let seen = env.up.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].body, b"");
+    assert_eq!(seen[1].header("content-length"), Some("0"));
+    assert_eq!(seen[1].header("transfer-encoding"), None);
 }
 
 #[tokio::test]
