@@ -55,7 +55,9 @@ pub fn route_step(route: Option<&Route>, kill_switch: bool) -> Step {
     match route.access {
         Access::Public => Step::Forward(ForwardKind::Public),
         Access::Machine => Step::Forward(ForwardKind::Machine),
-        // A removed route stays removed under the kill switch: Console no longer has it either.
+        // The kill switch forwards everything (interface.md, I-5), a removed route too: Console's
+        // own code decides, and answers 404 itself where the route is gone from it as well.
+        Access::Gone if kill_switch => Step::Forward(ForwardKind::Off),
         Access::Gone => Step::Gone,
         Access::Protected if effective_mode(route, kill_switch) == Mode::Off => {
             Step::Forward(ForwardKind::Off)
@@ -181,6 +183,11 @@ access = "gone"
             route_step(Some(&m.routes[2]), false),
             Step::Forward(ForwardKind::Public)
         );
-        assert_eq!(route_step(Some(&m.routes[3]), true), Step::Gone);
+        assert_eq!(route_step(Some(&m.routes[3]), false), Step::Gone);
+        // The kill switch forwards a removed route too: Console decides.
+        assert_eq!(
+            route_step(Some(&m.routes[3]), true),
+            Step::Forward(ForwardKind::Off)
+        );
     }
 }

@@ -574,7 +574,7 @@ access = "gone"
             (&down, on, "GET", "/open", "", ("public", None, None)),
             (&down, on, "POST", "/hook", "", ("machine", None, None)),
             (&up, on, "GET", "/removed", "reader", ("gone", None, None)),
-            (&up, kill, "GET", "/removed", "reader", ("gone", None, None)),
+            (&up, kill, "GET", "/removed", "reader", ("off", None, None)),
             (&up, on, "GET", "/nowhere", "reader", ("denied", denied.clone(), None)),
             (&down, on, "GET", "/nowhere", "", ("denied", denied.clone(), None)),
             (&up, kill, "GET", "/nowhere", "", ("off", None, None)),

@@ -286,16 +286,24 @@ async fn shadow_mode_forwards_and_records() {
 }
 
 #[tokio::test]
-async fn kill_switch_forwards_everything_but_gone() {
+async fn kill_switch_forwards_everything() {
     let env = Env::with(core_routes(), |o| o.env("FLAG_RBAC_V2", "0")).await;
     assert_eq!(env.gw.get("/ops", None).await.status, 200);
     assert_eq!(env.gw.get("/nowhere", None).await.status, 200);
+    // A removed (`gone`) route too (interface.md: "forward everything; Console's own checks
+    // decide"): Console answers it, here the test upstream's 200.
     assert_eq!(
         env.gw
             .get("/console/rbac/shadow-comparison", None)
             .await
             .status,
-        404
+        200
+    );
+    let paths: Vec<String> = env.up.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(
+        paths,
+        ["/ops", "/nowhere", "/console/rbac/shadow-comparison"],
+        "{paths:?}"
     );
     assert_eq!(env.db.audit_count().await, 0);
 }
