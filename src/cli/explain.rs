@@ -385,8 +385,15 @@ fn explain_request(
         let outcome = decide(&authority, mapping, switches, &facts).await;
         if let Outcome::Forward(f) | Outcome::ShadowDeny { forward: f, .. } = &outcome {
             if let Some(p) = &f.principal {
-                if p.roles() != authority.principal.roles() {
-                    say!("ticket-scoped grants add: {}", p.roles_header());
+                // Only what the ticket added: the roles the admin holds without it are listed above.
+                let added: Vec<&str> = p
+                    .roles()
+                    .iter()
+                    .filter(|r| !authority.principal.has_role(r))
+                    .map(String::as_str)
+                    .collect();
+                if !added.is_empty() {
+                    say!("ticket-scoped grants add: {}", added.join(","));
                 }
             }
         }

@@ -328,3 +328,34 @@ async fn the_proxy_and_the_reader_api_read_freescout_alike() {
         r.body_str()
     );
 }
+
+#[tokio::test]
+async fn explain_names_only_the_roles_a_ticket_adds() {
+    let db = TestDb::new().await;
+    let (admin, _token) = db.admin_with_roles(&["console-user"]).await;
+    grant(&db, &admin, "raptor-audit-admin", 7, "T-200").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .env_remove("FLAG_RBAC_V2")
+        .env_remove("FLAG_TICKET_SCOPED_GRANTS")
+        .args(["explain", "--routes"])
+        .arg(core_routes())
+        .args(["--database-url", &db.url, "--admin", &admin])
+        .args(["GET", "/console/customers/7/audit"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ticket-scoped grants add: "))
+        .unwrap_or_else(|| panic!("no ticket line:\n{stdout}"));
+    let added: Vec<&str> = added.split(',').collect();
+    assert!(added.contains(&"raptor-audit-admin"), "{stdout}");
+    // console-user is the admin's own role, held without the ticket.
+    assert!(!added.contains(&"console-user"), "{stdout}");
+    assert!(stdout.contains("answer: forwarded"), "{stdout}");
+}
