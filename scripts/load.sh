@@ -67,7 +67,11 @@ need_tools wrk nginx cmake curl psql python3 initdb
 # --- build --------------------------------------------------------------------------------------
 if [ "$BUILD" != 0 ]; then
   log "cargo build --release (a few minutes from cold)"
-  cargo build --release --quiet --bin rbac-gateway --example bare_proxy
+  # Two invocations: built together with an example, the gateway would get the features its
+  # dev-dependencies switch on (casbin's rhai turns on smallvec's `union`, which changes hyper's
+  # code), and the profile-guided build (made from `--bin rbac-gateway` alone) would not match it.
+  cargo build --release --quiet --bin rbac-gateway
+  cargo build --release --quiet --example bare_proxy
 fi
 GW_BIN=$root/target/release/rbac-gateway
 BARE_BIN=$root/target/release/examples/bare_proxy
