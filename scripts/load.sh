@@ -413,7 +413,8 @@ for c in "abhfcdeg":
 lines.append("")
 def per_round(c):
     return {r[0]: float(r[2]) for r in rows if r[1] == c}
-cb = [c / per_round("b")[r] for r, c in sorted(per_round("c").items(), key=lambda x: int(x[0]))]
+b_by_round = per_round("b")
+cb = [c / b_by_round[r] for r, c in sorted(per_round("c").items(), key=lambda x: int(x[0]))]
 lines.append(f"- c/b (gateway vs nginx proxy_pass): {stat['c'] / stat['b']:.2f}; per round, b and c back to back "
              f"(order b-c, c-b, ...): {', '.join(f'{x:.2f}' for x in cb)}, median {med(cb):.2f}")
 lines.append(f"- c/h (gateway vs nginx proxy_pass setting the same headers): {stat['c'] / stat['h']:.2f}; "
