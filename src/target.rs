@@ -30,7 +30,11 @@ pub enum Refusal {
     UnicodeDigit,
     DotSegment,
     EmptySegment,
+    /// A method with a lower-case letter: Console's routing is case-sensitive (`get` is not `GET`).
     MethodNotUppercase,
+    /// A method with a byte other than a letter (`M-SEARCH`, `GET2`): no rule can name it, since
+    /// the mapping's methods are upper-case letters.
+    MethodNotLetters,
     RewriteHeader(String),
     UnderscoreHeader(String),
     ObsFold,
@@ -72,6 +76,7 @@ impl Refusal {
         "dot_segment",
         "empty_segment",
         "method_not_uppercase",
+        "method_not_letters",
         "rewrite_header",
         "underscore_header",
         "obs_fold",
@@ -100,6 +105,7 @@ impl Refusal {
             Refusal::DotSegment => "dot_segment",
             Refusal::EmptySegment => "empty_segment",
             Refusal::MethodNotUppercase => "method_not_uppercase",
+            Refusal::MethodNotLetters => "method_not_letters",
             Refusal::RewriteHeader(_) => "rewrite_header",
             Refusal::UnderscoreHeader(_) => "underscore_header",
             Refusal::ObsFold => "obs_fold",
@@ -143,12 +149,15 @@ pub fn refused_decoded_char(c: char) -> bool {
     c.is_control() || matches!(c, ' ' | '<' | '>' | '"' | '\\')
 }
 
-/// Validates the method token: Console's routing is case-sensitive, so only upper case passes.
+/// Validates the method token: Console's routing is case-sensitive, so only upper-case letters
+/// pass (the mapping names no other method).
 pub fn check_method(method: &[u8]) -> Result<(), Refusal> {
     if !method.is_empty() && method.iter().all(|b| b.is_ascii_uppercase()) {
         Ok(())
-    } else {
+    } else if method.iter().any(|b| b.is_ascii_lowercase()) {
         Err(Refusal::MethodNotUppercase)
+    } else {
+        Err(Refusal::MethodNotLetters)
     }
 }
 
@@ -452,6 +461,7 @@ mod tests {
                 | Refusal::DotSegment
                 | Refusal::EmptySegment
                 | Refusal::MethodNotUppercase
+                | Refusal::MethodNotLetters
                 | Refusal::RewriteHeader(_)
                 | Refusal::UnderscoreHeader(_)
                 | Refusal::ObsFold
@@ -481,6 +491,7 @@ mod tests {
             Refusal::DotSegment,
             Refusal::EmptySegment,
             Refusal::MethodNotUppercase,
+            Refusal::MethodNotLetters,
             Refusal::RewriteHeader(String::new()),
             Refusal::UnderscoreHeader(String::new()),
             Refusal::ObsFold,
@@ -569,6 +580,10 @@ mod tests {
         assert!(check_method(b"GET").is_ok());
         assert_eq!(check_method(b"get"), Err(Refusal::MethodNotUppercase));
         assert_eq!(check_method(b"Get"), Err(Refusal::MethodNotUppercase));
+        assert_eq!(check_method(b"m-search"), Err(Refusal::MethodNotUppercase));
+        assert_eq!(check_method(b"M-SEARCH"), Err(Refusal::MethodNotLetters));
+        assert_eq!(check_method(b"GET2"), Err(Refusal::MethodNotLetters));
+        assert_eq!(check_method(b""), Err(Refusal::MethodNotLetters));
         assert!(check_header_name("X-Forwarded-For").is_ok());
         assert!(matches!(
             check_header_name("x-http-method-override"),

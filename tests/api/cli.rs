@@ -4,7 +4,9 @@ use std::process::Command;
 
 use crate::helpers::*;
 
-fn bin() -> Command {
+/// The gateway's command with the settings an environment could give it removed: each test
+/// passes its own.
+pub(crate) fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rbac-gateway"));
     c.env_remove("FLAG_RBAC_V2")
         .env_remove("DATABASE_URL")

@@ -116,6 +116,10 @@ fn hostile(token: &str) -> Vec<(&'static str, Vec<u8>)> {
             req("Get /console/customers/1 HTTP/1.1", ""),
         ),
         (
+            "method with a hyphen",
+            req("M-SEARCH /console/customers/1 HTTP/1.1", ""),
+        ),
+        (
             "method override",
             req(
                 "POST /console/customers/1 HTTP/1.1",
@@ -221,6 +225,7 @@ async fn hostile_targets_are_refused_and_never_forwarded() {
         "invalid_utf8",
         "fragment",
         "method_not_uppercase",
+        "method_not_letters",
         "rewrite_header",
         "underscore_header",
         "connection_names_header",

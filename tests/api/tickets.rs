@@ -334,8 +334,7 @@ async fn explain_names_only_the_roles_a_ticket_adds() {
     let db = TestDb::new().await;
     let (admin, _token) = db.admin_with_roles(&["console-user"]).await;
     grant(&db, &admin, "raptor-audit-admin", 7, "T-200").await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
-        .env_remove("FLAG_RBAC_V2")
+    let out = crate::cli::bin()
         .env_remove("FLAG_TICKET_SCOPED_GRANTS")
         .args(["explain", "--routes"])
         .arg(core_routes())
