@@ -68,8 +68,8 @@ need_tools wrk nginx cmake curl psql python3 initdb
 if [ "$BUILD" != 0 ]; then
   log "cargo build --release (a few minutes from cold)"
   # Two invocations: built together with an example, the gateway would get the features its
-  # dev-dependencies switch on (casbin's rhai turns on smallvec's `union`, which changes hyper's
-  # code), and the profile-guided build (made from `--bin rbac-gateway` alone) would not match it.
+  # dev-dependencies switch on; the profile in pgo/ covers that build too (README, PGO), but the
+  # binary measured here is the one `cargo build --release` ships.
   cargo build --release --quiet --bin rbac-gateway
   cargo build --release --quiet --example bare_proxy
 fi
