@@ -50,6 +50,7 @@ build_instrumented "$root/target/pgo-generate" --bin rbac-gateway
 log "building it again as a build with tests builds it (target/pgo-generate-dev)"
 build_instrumented "$root/target/pgo-generate-dev" --bin rbac-gateway --example bare_proxy
 BIN=$root/target/pgo-generate/release/rbac-gateway
+DEV_BIN=$root/target/pgo-generate-dev/release/rbac-gateway
 
 eval "$("$root/scripts/pg.sh" start "$tmp/pg")"
 "$BIN" migrate --database-url "$DATABASE_URL" >/dev/null
@@ -60,34 +61,13 @@ seed_admins pgo pgo-admin-token pgo-norole-token pgo-e- "$sessions"
 start_upstream
 up=$up_port
 
-train() { # gateway-binary: serves the request kinds load.sh measures, then exits
-  log "training $1"
-  gw=$(free_port)
-  adm=$(free_port)
-  authz=$(free_port)
-  LLVM_PROFILE_FILE="$tmp/gateway-%p.profraw" "$1" serve --listen "127.0.0.1:$gw" \
-    --admin-listen "127.0.0.1:$adm" --authz-listen "127.0.0.1:$authz" --upstream "127.0.0.1:$up" \
-    --routes "$root/routes.toml" --database-url "$DATABASE_URL" --audit-spool "$tmp/audit.spool" \
-    --cache-ttl 60 --log-format json >"$tmp/gateway.log" 2>&1 &
-  gw_pid=$!
-  pids+=("$gw_pid")
-  wait_http "http://127.0.0.1:$adm/readyz" 200 30 || die "gateway not ready: $(tail -5 "$tmp/gateway.log")"
-
-  GW=http://127.0.0.1:$gw
-  admin="Cookie: console_session=pgo-admin-token"
-  check() { # expected url [curl args]
-    local got
-    got=$(curl -s -o /dev/null -w '%{http_code}' "${@:3}" "$2")
-    [ "$got" = "$1" ] || die "$2: expected $1, got $got"
-  }
-  check 200 "$GW/ops" -H "$admin"
-  check 403 "$GW/console/flags/promotions" -H "$admin"
-  check 403 "$GW/ops" -H "Cookie: console_session=pgo-norole-token"
-  check 302 "$GW/ops"
-  check 200 "$GW/_alerts/dismiss-all" -H "$admin" -X POST --data x=1
-  check 200 "http://127.0.0.1:$authz/authz" -H "$admin" -H "X-Original-Method: GET" -H "X-Original-URI: /ops"
-
-  cat >"$tmp/mix.lua" <<'LUA'
+admin="Cookie: console_session=pgo-admin-token"
+check() { # expected url [curl args]
+  local got
+  got=$(curl -s -o /dev/null -w '%{http_code}' "${@:3}" "$2")
+  [ "$got" = "$1" ] || die "$2: expected $1, got $got"
+}
+cat >"$tmp/mix.lua" <<'LUA'
 -- allowed routes of several kinds (static, variables, deep), one session, in turn
 local paths = { "/ops", "/dashboard", "/console/customers/", "/console/customers/42",
   "/console/customers/42/audit", "/console/customers/42/rbac-grants/roles", "/api/status/sites/7",
@@ -104,18 +84,40 @@ function request()
   return reqs[i]
 end
 LUA
-  cat >"$tmp/post.lua" <<'LUA'
+cat >"$tmp/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = "reason=pgo&note=" .. string.rep("x", 200)
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 wrk.headers["Cookie"] = "console_session=pgo-admin-token"
 LUA
 
-  load() { # what wrk-args...
-    log "$1"
-    wrk -t1 -d"${SECS}s" "${@:2}" >"$tmp/wrk.out" || die "wrk failed ($1): $(cat "$tmp/wrk.out")"
-    grep -q ' requests in ' "$tmp/wrk.out" || die "wrk made no requests ($1)"
-  }
+load() { # what wrk-args...
+  log "$1"
+  wrk -t1 -d"${SECS}s" "${@:2}" >"$tmp/wrk.out" || die "wrk failed ($1): $(cat "$tmp/wrk.out")"
+  grep -q ' requests in ' "$tmp/wrk.out" || die "wrk made no requests ($1)"
+}
+
+train() { # gateway-binary: serves the request kinds load.sh measures, then exits
+  log "training $1"
+  gw=$(free_port)
+  adm=$(free_port)
+  authz=$(free_port)
+  LLVM_PROFILE_FILE="$tmp/gateway-%p.profraw" "$1" serve --listen "127.0.0.1:$gw" \
+    --admin-listen "127.0.0.1:$adm" --authz-listen "127.0.0.1:$authz" --upstream "127.0.0.1:$up" \
+    --routes "$root/routes.toml" --database-url "$DATABASE_URL" --audit-spool "$tmp/audit.spool" \
+    --cache-ttl 60 --log-format json >"$tmp/gateway.log" 2>&1 &
+  gw_pid=$!
+  pids+=("$gw_pid")
+  wait_http "http://127.0.0.1:$adm/readyz" 200 30 || die "gateway not ready: $(tail -5 "$tmp/gateway.log")"
+
+  GW=http://127.0.0.1:$gw
+  check 200 "$GW/ops" -H "$admin"
+  check 403 "$GW/console/flags/promotions" -H "$admin"
+  check 403 "$GW/ops" -H "Cookie: console_session=pgo-norole-token"
+  check 302 "$GW/ops"
+  check 200 "$GW/_alerts/dismiss-all" -H "$admin" -X POST --data x=1
+  check 200 "http://127.0.0.1:$authz/authz" -H "$admin" -H "X-Original-Method: GET" -H "X-Original-URI: /ops"
+
   load "allowed route, one cached session" -c32 -H "$admin" "$GW/ops"
   load "allowed route, one cached session (again)" -c32 -H "$admin" "$GW/ops"
   load "a mix of allowed routes" -c32 -s "$tmp/mix.lua" "$GW/"
@@ -134,7 +136,7 @@ LUA
 }
 
 train "$BIN"
-train "$root/target/pgo-generate-dev/release/rbac-gateway"
+train "$DEV_BIN"
 raw=("$tmp"/gateway-*.profraw)
 [ "${#raw[@]}" = 2 ] && [ -s "${raw[0]}" ] && [ -s "${raw[1]}" ] || die "expected two profiles, got: ${raw[*]}"
 
