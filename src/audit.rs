@@ -1,17 +1,18 @@
 //! The durable writer of `access_audit_events` (I-2: a row on every 403).
 //!
 //! One writer task groups rows (group commit): it takes every row queued while its previous
-//! write was in flight, up to [`MAX_BATCH`], and writes them with one COPY (all or nothing). Each
-//! caller of [`AuditWriter::record`] waits until its row is durable: committed in PostgreSQL, or,
-//! while PostgreSQL does not answer, appended to a local spool file and fsynced (once per batch).
-//! The spool is replayed into PostgreSQL when it answers again, and at start-up, so it survives a
-//! crash; the row id is the primary key and the replay's INSERT says `ON CONFLICT (id) DO
-//! NOTHING`, so a replay interrupted half-way, or of rows whose COPY committed after it had
-//! timed out, stores each row exactly once. When the spool is full, `record`
-//! fails and the caller answers 503 instead of denying without a record.
+//! write was in flight, up to [`MAX_BATCH`], and writes them with one INSERT (all or nothing) on
+//! the one connection it keeps. Each caller of [`AuditWriter::record`] waits until its row is
+//! durable: committed in PostgreSQL, or, while PostgreSQL does not answer, appended to a local
+//! spool file and fsynced (once per batch). The spool is replayed into PostgreSQL when it answers
+//! again, and at start-up, so it survives a crash; the row id is the primary key and the replay's
+//! INSERT says `ON CONFLICT (id) DO NOTHING`, so a replay interrupted half-way, or of rows whose
+//! INSERT committed after it had timed out, stores each row exactly once. When the spool is full,
+//! `record` fails and the caller answers 503 instead of denying without a record.
 //!
-//! Allowed traffic never waits for this writer, and the writer holds at most one database
-//! connection, so a flood of denials cannot starve the session and role lookups.
+//! Allowed traffic never waits for this writer, and the writer holds one database connection
+//! (the replay one more while it runs), so a flood of denials cannot starve the session and role
+//! lookups.
 
 use std::borrow::Borrow;
 use std::io::Write;
@@ -21,7 +22,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::metrics::Metrics;
@@ -66,21 +68,37 @@ pub const MAX_BATCH: usize = 512;
 /// Rows waiting for the writer before `record` itself waits (backpressure on denials only).
 const QUEUE: usize = 16_384;
 
-const INSERT_SQL: &str = "INSERT INTO access_audit_events \
+/// The multi-row INSERT of `rows` (one array per column), with `$tail` after it.
+macro_rules! insert_sql {
+    ($tail:literal) => {
+        concat!(
+            "INSERT INTO access_audit_events \
     (id, event_type, admin_id, method, path, route, required, reason, request_id, client_ip, user_agent, created_at_utc, mapping_version) \
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                         $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::text[]) \
-    ON CONFLICT (id) DO NOTHING";
+                         $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::text[])",
+            $tail
+        )
+    };
+}
+/// Fresh rows: an id already stored is an error (the batch is spooled, and the replay sorts it out).
+const INSERT_SQL: &str = insert_sql!("");
+/// Spooled rows, some of which may be stored already (a replay cut short, a write that timed out
+/// after its commit): each row once.
+const REPLAY_SQL: &str = insert_sql!(" ON CONFLICT (id) DO NOTHING");
 
-/// Inserts rows with one statement (on any executor: the pool or a transaction).
+/// Inserts rows with one statement (on any executor: a connection or a transaction). One round
+/// trip (the statement is prepared once per connection): COPY took two (its start is answered
+/// before the rows may follow), and in case d of `scripts/load.sh` the INSERT answered 8-12% more
+/// denials per second for 0-5% more of PostgreSQL's CPU per row (README).
 async fn insert<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
+    sql: &'static str,
     rows: &[impl Borrow<AuditEvent>],
 ) -> Result<(), sqlx::Error> {
     fn col<T>(rows: &[impl Borrow<AuditEvent>], f: impl Fn(&AuditEvent) -> T) -> Vec<T> {
         rows.iter().map(|r| f(r.borrow())).collect()
     }
-    sqlx::query(INSERT_SQL)
+    sqlx::query(sql)
         .bind(col(rows, |e| e.id.clone()))
         .bind(col(rows, |e| e.event_type.clone()))
         .bind(col(rows, |e| e.admin_id.clone()))
@@ -99,71 +117,31 @@ async fn insert<'e, E: sqlx::PgExecutor<'e>>(
         .map(|_| ())
 }
 
-/// The columns, in the order [`copy_text`] writes them.
-const COPY_SQL: &str = "COPY access_audit_events \
-    (id, event_type, admin_id, method, path, route, required, reason, request_id, client_ip, user_agent, created_at_utc, mapping_version) \
-    FROM STDIN";
-
-/// Rows in PostgreSQL's COPY text format: tab-separated, `\N` for NULL, backslash escapes.
-fn copy_text(rows: &[impl Borrow<AuditEvent>]) -> Vec<u8> {
-    fn field(out: &mut Vec<u8>, v: Option<&str>) {
-        match v {
-            None => out.extend_from_slice(b"\\N"),
-            Some(v) => {
-                for b in v.bytes() {
-                    match b {
-                        b'\\' => out.extend_from_slice(b"\\\\"),
-                        b'\t' => out.extend_from_slice(b"\\t"),
-                        b'\n' => out.extend_from_slice(b"\\n"),
-                        b'\r' => out.extend_from_slice(b"\\r"),
-                        _ => out.push(b),
-                    }
-                }
-            }
-        }
-    }
-    let mut out = Vec::with_capacity(rows.len() * 320);
-    for e in rows {
-        let e: &AuditEvent = e.borrow();
-        let created = e.created_at_utc.to_rfc3339();
-        let cols = [
-            Some(e.id.as_str()),
-            Some(e.event_type.as_str()),
-            e.admin_id.as_deref(),
-            Some(e.method.as_str()),
-            Some(e.path.as_str()),
-            e.route.as_deref(),
-            e.required.as_deref(),
-            Some(e.reason.as_str()),
-            Some(e.request_id.as_str()),
-            e.client_ip.as_deref(),
-            e.user_agent.as_deref(),
-            Some(created.as_str()),
-            e.mapping_version.as_deref(),
-        ];
-        for (i, c) in cols.iter().enumerate() {
-            if i > 0 {
-                out.push(b'\t');
-            }
-            field(&mut out, *c);
-        }
-        out.push(b'\n');
-    }
-    out
+/// The writer's connection, kept from one batch to the next. Drawn from the pool for each
+/// batch, a connection went back through a task that pings the server first, so the next batch
+/// found none idle, the pool opened more, and the batches went round seven backends in turn:
+/// a round trip more per batch and every backend's caches cold (README, case d).
+struct Held {
+    conn: PoolConnection<Postgres>,
+    used: std::time::Instant,
 }
 
-/// Writes fresh rows with COPY (about half the server's CPU per row of the multi-row INSERT,
-/// measured with `scripts/load.sh` case d). All or nothing, like the INSERT; rows that may exist
-/// already (spool replay) go through [`insert`] and its `ON CONFLICT`.
-async fn copy_rows(pool: &PgPool, rows: &[Arc<AuditEvent>]) -> Result<(), sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    let mut copy = conn.copy_in_raw(COPY_SQL).await?;
-    if let Err(e) = copy.send(copy_text(rows)).await {
-        // Ending the COPY is best effort: the connection reports the send error either way.
-        let _ = copy.abort("send failed").await;
-        return Err(e);
+/// A kept connection idle this long goes back to the pool (whose own idle limit is as long)
+/// and the next batch draws one the pool has checked.
+const HELD_IDLE: Duration = Duration::from_secs(60);
+
+impl Held {
+    /// Idle too long, or since before the last connection error anyone saw: presumed dead.
+    fn stale(&self) -> bool {
+        let idle = self.used.elapsed();
+        idle >= HELD_IDLE || crate::db::idle_since_broken(idle)
     }
-    copy.finish().await.map(|_| ())
+
+    /// Closes the connection without returning it (it may be mid-statement); the pool may open
+    /// another in its place.
+    fn discard(self) {
+        drop(self.conn.detach());
+    }
 }
 
 /// A row shared with the caller that waits for it (no copy of its fields per row).
@@ -175,6 +153,8 @@ struct Inner {
     max_spool: u64,
     /// Serializes spool appends with replay-and-truncate.
     lock: Mutex<()>,
+    /// The writer's connection between batches.
+    held: Mutex<Option<Held>>,
     metrics: Arc<Metrics>,
     timeout: Duration,
     /// Rows may wait in the spool (set by an append; cleared when the spool is found empty or
@@ -224,6 +204,7 @@ impl AuditWriter {
             spool,
             max_spool,
             lock: Mutex::new(()),
+            held: Mutex::new(None),
             metrics,
             timeout,
             spooled: std::sync::atomic::AtomicBool::new(true),
@@ -327,19 +308,74 @@ impl Inner {
             .unwrap_or(0)
     }
 
-    /// Writes rows to the database within the timeout.
+    /// Writes rows to the database within the timeout, on the kept connection.
     async fn to_database(&self, rows: &[Arc<AuditEvent>]) -> Result<(), String> {
-        match tokio::time::timeout(self.timeout, copy_rows(&self.pool, rows)).await {
-            Ok(Ok(())) => {
-                self.metrics
-                    .audit_rows
-                    .with_label_values(&["database"])
-                    .inc_by(rows.len() as u64);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".to_string()),
+        let mut held = self.held.lock().await;
+        let result =
+            match tokio::time::timeout(self.timeout, self.insert_held(&mut held, rows)).await {
+                Ok(Ok(())) => {
+                    self.metrics
+                        .audit_rows
+                        .with_label_values(&["database"])
+                        .inc_by(rows.len() as u64);
+                    return Ok(());
+                }
+                Ok(Err(e)) => {
+                    crate::db::note_error(&e);
+                    e.to_string()
+                }
+                Err(_) => "timed out".to_string(),
+            };
+        // Whatever state the failure left the connection in, the next batch starts afresh.
+        if let Some(h) = held.take() {
+            h.discard();
         }
+        Err(result)
+    }
+
+    /// The INSERT on the kept connection (drawn first if there is none or it is stale), and
+    /// once more on a fresh one when a kept connection turns out to be broken (the server
+    /// restarted while it was idle): rows go to the database, not to the spool. If the first had
+    /// committed after all, the second fails on the primary key and the rows are spooled, and
+    /// the replay's `ON CONFLICT` stores them once.
+    async fn insert_held(
+        &self,
+        held: &mut Option<Held>,
+        rows: &[Arc<AuditEvent>],
+    ) -> Result<(), sqlx::Error> {
+        if held.as_ref().is_some_and(Held::stale) {
+            // Back to the pool, which checks it before anyone gets it again.
+            *held = None;
+        }
+        let kept = held.is_some();
+        let first = self.insert_on(held, rows).await;
+        match first {
+            Err(e) if kept && crate::db::note_error(&e) => {
+                tracing::warn!(error = %e, "audit connection lost; writing the rows on a fresh one");
+                if let Some(h) = held.take() {
+                    h.discard();
+                }
+                self.insert_on(held, rows).await
+            }
+            other => other,
+        }
+    }
+
+    async fn insert_on(
+        &self,
+        held: &mut Option<Held>,
+        rows: &[Arc<AuditEvent>],
+    ) -> Result<(), sqlx::Error> {
+        let h = match held {
+            Some(h) => h,
+            None => held.insert(Held {
+                conn: self.pool.acquire().await?,
+                used: std::time::Instant::now(),
+            }),
+        };
+        let result = insert(&mut *h.conn, INSERT_SQL, rows).await;
+        h.used = std::time::Instant::now();
+        result
     }
 
     async fn write(&self, rows: &[Arc<AuditEvent>]) -> Result<(), AuditError> {
@@ -522,7 +558,7 @@ impl Inner {
             let limit = self.timeout.max(Duration::from_secs(1));
             let mut tx = crate::db::within(limit, self.pool.begin()).await?;
             for chunk in events.chunks(MAX_BATCH) {
-                crate::db::within(limit, insert(&mut *tx, chunk)).await?;
+                crate::db::within(limit, insert(&mut *tx, REPLAY_SQL, chunk)).await?;
             }
             crate::db::within(limit, tx.commit()).await?;
         }
@@ -591,30 +627,6 @@ fn spooled_rows(spool: &[u8]) -> Vec<AuditEvent> {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
-
-    #[test]
-    fn copy_text_escapes_and_marks_nulls() {
-        let e = AuditEvent {
-            id: "i".into(),
-            event_type: "access_denied".into(),
-            admin_id: None,
-            method: "GET".into(),
-            path: "/a\tb\\c".into(),
-            route: None,
-            required: Some("r1 | r2".into()),
-            reason: "missing_role".into(),
-            request_id: "rid".into(),
-            client_ip: Some("10.0.0.1".into()),
-            user_agent: Some("ua\r\nx".into()),
-            created_at_utc: chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z")
-                .unwrap()
-                .with_timezone(&Utc),
-            mapping_version: Some("abc".into()),
-        };
-        let text = String::from_utf8(copy_text(&[e.clone(), e])).unwrap();
-        let line = "i\taccess_denied\t\\N\tGET\t/a\\tb\\\\c\t\\N\tr1 | r2\tmissing_role\trid\t10.0.0.1\tua\\r\\nx\t2026-11-22T10:00:00+00:00\tabc\n";
-        assert_eq!(text, format!("{line}{line}"));
-    }
 
     fn row(id: &str) -> Arc<AuditEvent> {
         Arc::new(AuditEvent {

@@ -167,7 +167,7 @@ pub fn mark_broken() {
 }
 
 /// A connection idle for `idle_for` went idle before the last connection error.
-fn idle_since_broken(idle_for: Duration) -> bool {
+pub fn idle_since_broken(idle_for: Duration) -> bool {
     let at = BROKEN_AT.load(Ordering::Acquire);
     at != 0 && idle_for.as_nanos() as u64 > now_ns().saturating_sub(at)
 }

@@ -393,3 +393,83 @@ async fn a_spool_that_cannot_be_written_is_replayed_and_denials_go_to_the_databa
     assert_eq!(gw.metric("rbac_gateway_audit_replayed_total").await, 1.0);
     assert_eq!(db.audit_rows(&spooled).await.len(), 1);
 }
+
+/// Connections the gateway holds to this test's database.
+async fn gateway_connections(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'rbac-gateway'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_denial_flood_is_written_on_one_kept_connection() {
+    let env = Env::with(core_routes(), |o| o.arg("--cache-ttl").arg("60")).await;
+    let token = cached_denied_session(&env.db, &env.gw).await;
+    // The writer's connection exists once a row was written.
+    assert_eq!(env.gw.get("/ops", Some(&token)).await.status, 403);
+    let before = gateway_connections(&env.db).await;
+    // 32 keep-alive clients: rows keep arriving while each batch is written.
+    let mut flood = Vec::new();
+    for _ in 0..32 {
+        let (gw, token) = (env.gw.addr, token.clone());
+        flood.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+            let req =
+                format!("GET /ops HTTP/1.1\r\nHost: c\r\nCookie: console_session={token}\r\n\r\n");
+            for _ in 0..300 {
+                tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+                    .await
+                    .unwrap();
+                assert_eq!(read_response(&mut s).await.unwrap().status, 403);
+            }
+        }));
+    }
+    for f in flood {
+        f.await.unwrap();
+    }
+    let batches = env.gw.metric("rbac_gateway_audit_batches_total").await;
+    assert!(batches > 2.0, "the flood took several batches: {batches}");
+    assert_eq!(env.db.audit_count().await, 2 + 32 * 300, "one row per 403");
+    // Drawn from the pool per batch, each connection went back through a task that pings the
+    // server first: the next batch found none idle and the pool opened more (seven in load runs).
+    let after = gateway_connections(&env.db).await;
+    assert_eq!(
+        after, before,
+        "the flood opened no connection ({before} before, {after} after, {batches} batches): the writer keeps its own"
+    );
+    assert_eq!(
+        env.gw
+            .metric("rbac_gateway_audit_rows_total{sink=\"spool\"}")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_kept_audit_connection_cut_while_idle_is_replaced_without_spooling() {
+    let LinkedEnv { db, up, link, gw } = LinkedEnv::start(&["--db-timeout-ms", "2000"]).await;
+    let token = cached_denied_session(&db, &gw).await;
+    assert_eq!(gw.get("/ops", Some(&token)).await.status, 403);
+    // Every connection through the link ends (the server restarted, a proxy in between
+    // dropped them); new ones are accepted again. Whether the writer learns it from the change
+    // feed's failure first or from its own INSERT, the row goes to the database.
+    link.cut();
+    link.restore();
+    let r = gw.get("/ops", Some(&token)).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        db.audit_rows(&r.request_id()).await.len(),
+        1,
+        "the row is in the database when the 403 is sent"
+    );
+    assert_eq!(
+        gw.metric("rbac_gateway_audit_rows_total{sink=\"spool\"}")
+            .await,
+        0.0,
+        "written again on a fresh connection, not spooled"
+    );
+    assert_eq!(up.count(), 0);
+}
