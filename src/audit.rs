@@ -122,7 +122,8 @@ async fn insert<'e, E: sqlx::PgExecutor<'e>>(
 /// found none idle, the pool opened more, and the batches went round seven backends in turn:
 /// a round trip more per batch and every backend's caches cold (README, case d).
 struct Held {
-    conn: PoolConnection<Postgres>,
+    /// Always `Some` until dropped.
+    conn: Option<PoolConnection<Postgres>>,
     used: std::time::Instant,
 }
 
@@ -139,8 +140,23 @@ impl Held {
 
     /// Closes the connection without returning it (it may be mid-statement); the pool may open
     /// another in its place.
-    fn discard(self) {
-        drop(self.conn.detach());
+    fn discard(mut self) {
+        if let Some(c) = self.conn.take() {
+            drop(c.detach());
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // The writer ends with the process, after the runtimes have stopped: sqlx gives a pool
+        // connection back from a task it spawns, and spawning with no runtime panics (the
+        // gateway exited 101 after SIGTERM). With no runtime here, the connection is closed.
+        if tokio::runtime::Handle::try_current().is_err() {
+            if let Some(c) = self.conn.take() {
+                drop(c.detach());
+            }
+        }
     }
 }
 
@@ -369,11 +385,12 @@ impl Inner {
         let h = match held {
             Some(h) => h,
             None => held.insert(Held {
-                conn: self.pool.acquire().await?,
+                conn: Some(self.pool.acquire().await?),
                 used: std::time::Instant::now(),
             }),
         };
-        let result = insert(&mut *h.conn, INSERT_SQL, rows).await;
+        let conn = h.conn.as_mut().expect("a held connection until dropped");
+        let result = insert(&mut **conn, INSERT_SQL, rows).await;
         h.used = std::time::Instant::now();
         result
     }

@@ -353,11 +353,16 @@ async fn upstream_connections_are_reused() {
 #[tokio::test]
 async fn sigterm_shuts_down_within_a_few_seconds() {
     let mut env = Env::core().await;
+    // A denial first: the audit writer then holds a database connection when the process ends.
+    let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
+    assert_eq!(env.gw.get("/ops", Some(&token)).await.status, 403);
     env.gw.signal("TERM");
     let started = std::time::Instant::now();
     loop {
         if let Some(status) = env.gw.child.try_wait().unwrap() {
-            assert!(status.success() || status.code().is_some(), "{status:?}");
+            let log = env.gw.log();
+            assert!(status.success(), "{status:?}\n{log}");
+            assert!(!log.contains("panicked"), "{log}");
             break;
         }
         assert!(
