@@ -88,8 +88,8 @@ const REPLAY_SQL: &str = insert_sql!(" ON CONFLICT (id) DO NOTHING");
 
 /// Inserts rows with one statement (on any executor: a connection or a transaction). One round
 /// trip (the statement is prepared once per connection): COPY took two (its start is answered
-/// before the rows may follow), and in case d of `scripts/load.sh` the INSERT answered 8-12% more
-/// denials per second for 0-5% more of PostgreSQL's CPU per row (README).
+/// before the rows may follow); `scripts/denials.sh` measured about 9% more denials per second
+/// for about 7% more of PostgreSQL's CPU per row (README, Performance).
 async fn insert<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
     sql: &'static str,
