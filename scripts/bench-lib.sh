@@ -135,3 +135,20 @@ need_tools() { # tool...
   fi
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 }
+
+# The gateway's metric (its admin listener on $adm_port).
+metric() { # name or name{labels}: the sample's value, 0 when absent
+  curl -s "http://127.0.0.1:$adm_port/metrics" |
+    awk -v m="$1" '$1 == m { v = $2 } END { printf "%.0f\n", (v == "" ? 0 : v) }'
+}
+
+cpu_ticks() { # "pid [pid...]": utime+stime of the processes and their children (nginx workers), in ticks
+  local p q t=0
+  for q in $1; do
+    for p in "$q" $(pgrep -P "$q" 2>/dev/null); do
+      [ -r "/proc/$p/stat" ] || continue
+      t=$(( t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat") ))
+    done
+  done
+  echo "$t"
+}

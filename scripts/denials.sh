@@ -61,30 +61,21 @@ GW=http://127.0.0.1:$gw_port
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$cookie" "$GW$ALLOWED_PATH")" = 200 ] || die "$ALLOWED_PATH is not allowed"
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$cookie" "$GW$DENIED_PATH")" = 403 ] || die "$DENIED_PATH is not denied"
 
-ticks() { # stat-file...: utime+stime summed
-  local t=0 f
-  for f in "$@"; do
-    [ -r "$f" ] && t=$(( t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "$f") ))
+bg_ticks() { # the bg runtime's thread (audit writer, admin listener, replay)
+  local d t=0
+  for d in /proc/"$gw_pid"/task/*; do
+    [ "$(cat "$d/comm" 2>/dev/null)" = rbac-gateway-bg ] || continue
+    t=$(( t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "$d/stat") ))
   done
   echo "$t"
 }
-gw_ticks() { ticks "/proc/$gw_pid/stat"; }
-bg_ticks() { # the bg runtime's thread (audit writer, admin listener, replay)
-  local d files=()
-  for d in /proc/"$gw_pid"/task/*; do
-    [ "$(cat "$d/comm" 2>/dev/null)" = rbac-gateway-bg ] && files+=("$d/stat")
-  done
-  ticks "${files[@]}"
-}
-pg_ticks() { local p files=(); for p in "$pg_master" $(pgrep -P "$pg_master"); do files+=("/proc/$p/stat"); done; ticks "${files[@]}"; }
 idle_ticks() { awk '/^cpu / { print $5 + $6 }' /proc/stat; }
-metric() { curl -s "http://127.0.0.1:$adm_port/metrics" | awk -v m="$1" '$1 == m { v = $2 } END { printf "%.0f\n", v }'; }
 
 measure() { # label connections path
   local g0 b0 p0 i0 g1 b1 p1 i1 out
-  g0=$(gw_ticks); b0=$(bg_ticks); p0=$(pg_ticks); i0=$(idle_ticks)
+  g0=$(cpu_ticks "$gw_pid"); b0=$(bg_ticks); p0=$(cpu_ticks "$pg_master"); i0=$(idle_ticks)
   out=$(wrk -t1 -c"$2" -d"${DURATION}s" -H "$cookie" "$GW$3") || die "wrk failed: $out"
-  g1=$(gw_ticks); b1=$(bg_ticks); p1=$(pg_ticks); i1=$(idle_ticks)
+  g1=$(cpu_ticks "$gw_pid"); b1=$(bg_ticks); p1=$(cpu_ticks "$pg_master"); i1=$(idle_ticks)
   python3 - "$1" "$(getconf CLK_TCK)" "$out" $((g1 - g0)) $((b1 - b0)) $((p1 - p0)) $((i1 - i0)) <<'PY'
 import re, sys
 label, hz, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -230,25 +230,11 @@ check "no session" "$GW$ALLOWED_PATH" 302
 check "forward-auth, platform admin" "http://127.0.0.1:$fa_port$ALLOWED_PATH" 200 -H "$(cookie "$tok_admin")"
 check "forward-auth, no roles" "http://127.0.0.1:$fa_port$ALLOWED_PATH" 403 -H "$(cookie "$tok_norole")"
 
-metric() { # name or name{labels}: the sample's value, 0 when absent
-  curl -s "http://127.0.0.1:$adm_port/metrics" |
-    awk -v m="$1" '$1 == m { v = $2 } END { printf "%.0f\n", (v == "" ? 0 : v) }'
-}
 audit_rows() { psql_q -c "SELECT count(*) FROM access_audit_events WHERE event_type = 'access_denied'"; }
 
 # --- rounds -------------------------------------------------------------------------------------
 results=$tmp/results.tsv
 : >"$results"
-cpu_ticks() { # "pid [pid...]": utime+stime of the processes and their children (nginx workers), in ticks
-  local p q t=0
-  for q in $1; do
-    for p in "$q" $(pgrep -P "$q" 2>/dev/null); do
-      [ -r "/proc/$p/stat" ] || continue
-      t=$(( t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat") ))
-    done
-  done
-  echo "$t"
-}
 CLK_TCK=$(getconf CLK_TCK)
 parse_wrk() { # case round wrk-output cpu-ticks: prints "round case rps p50_us p99_us requests non2xx socket_errors cpu_ticks"
   awk -v r="$2" -v c="$1" -v ticks="$4" '

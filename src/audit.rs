@@ -140,10 +140,14 @@ impl Held {
 
     /// Closes the connection without returning it (it may be mid-statement); the pool may open
     /// another in its place.
-    fn discard(mut self) {
+    fn close(&mut self) {
         if let Some(c) = self.conn.take() {
             drop(c.detach());
         }
+    }
+
+    fn discard(mut self) {
+        self.close();
     }
 }
 
@@ -153,9 +157,7 @@ impl Drop for Held {
         // connection back from a task it spawns, and spawning with no runtime panics (the
         // gateway exited 101 after SIGTERM). With no runtime here, the connection is closed.
         if tokio::runtime::Handle::try_current().is_err() {
-            if let Some(c) = self.conn.take() {
-                drop(c.detach());
-            }
+            self.close();
         }
     }
 }
@@ -363,6 +365,8 @@ impl Inner {
             // Back to the pool, which checks it before anyone gets it again.
             *held = None;
         }
+        // Not `db::retry_once`: its closure cannot lend the kept connection to both tries, and
+        // only a connection kept from before is retried (a fresh one that fails is not).
         let kept = held.is_some();
         let first = self.insert_on(held, rows).await;
         match first {
