@@ -150,23 +150,98 @@ pub struct LoadError {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+// Unknown keys are errors. They are gathered (`unknown`) rather than refused by serde's
+// `deny_unknown_fields`, which stops at the first: `check` reports every problem of a file.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawFile {
     #[serde(default)]
-    defaults: RawDefaults,
+    defaults: Option<Spanned<RawDefaults>>,
     #[serde(default)]
     route: Vec<Spanned<RawRoute>>,
+    #[serde(flatten)]
+    unknown: Unknown,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawDefaults {
     mode: Option<Spanned<String>>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+/// The keys of a table that are not fields of its struct.
+type Unknown = std::collections::BTreeMap<String, toml::Value>;
+
+const FILE_KEYS: &[&str] = &["defaults", "route"];
+const DEFAULTS_KEYS: &[&str] = &["mode"];
+const ROUTE_KEYS: &[&str] = &[
+    "methods",
+    "path",
+    "roles",
+    "permissions",
+    "access",
+    "mode",
+    "customer_param",
+    "blueprint",
+    "cluster",
+    "legacy",
+    "totp",
+    "pending",
+    "guess",
+    "note",
+];
+
+/// An error for each key of `unknown`, at the first line from `from` that assigns it or opens a
+/// table of that name: up to the next table header when `from` starts a table (`Some`), in the
+/// whole file for the file's own keys (`None`).
+fn unknown_keys(
+    text: &str,
+    from: Option<usize>,
+    unknown: &Unknown,
+    expected: &[&str],
+    lines: &Lines,
+) -> Vec<Diagnostic> {
+    let expected: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+    unknown
+        .keys()
+        .map(|key| {
+            let at = key_offset(text, from, key).unwrap_or(from.unwrap_or(0));
+            lines.at(
+                at,
+                Severity::Error,
+                format!(
+                    "unknown field `{key}`, expected one of {}",
+                    expected.join(", ")
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Where `key` is written in the table whose text starts at `from` (`None`: the file).
+fn key_offset(text: &str, from: Option<usize>, key: &str) -> Option<usize> {
+    let mut offset = from.unwrap_or(0);
+    for (i, line) in text.get(offset..)?.split_inclusive('\n').enumerate() {
+        let body = line.trim_start();
+        let indent = line.len() - body.len();
+        let header = body.starts_with('[');
+        if from.is_some() && header && i > 0 {
+            // The next table: the key is not in this one.
+            return None;
+        }
+        let name = body.trim_start_matches('[').trim_start_matches('"');
+        if let Some(rest) = name.strip_prefix(key) {
+            let rest = rest.trim_start_matches('"').trim_start();
+            if rest.starts_with('=') || rest.starts_with(']') || rest.starts_with('.') {
+                return Some(offset + indent);
+            }
+        }
+        offset += line.len();
+    }
+    None
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRoute {
     methods: Spanned<Vec<Spanned<String>>>,
     path: Spanned<String>,
@@ -185,6 +260,8 @@ struct RawRoute {
     pending: Option<Spanned<String>>,
     guess: Option<String>,
     note: Option<String>,
+    #[serde(flatten)]
+    unknown: Unknown,
 }
 
 const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -276,7 +353,18 @@ impl Mapping {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
 
-        let default_mode = match &raw.defaults.mode {
+        errors.extend(unknown_keys(text, None, &raw.unknown, FILE_KEYS, &lines));
+        let defaults = raw.defaults.as_ref();
+        if let Some(d) = defaults {
+            errors.extend(unknown_keys(
+                text,
+                Some(d.span().start),
+                &d.get_ref().unknown,
+                DEFAULTS_KEYS,
+                &lines,
+            ));
+        }
+        let default_mode = match defaults.and_then(|d| d.get_ref().mode.as_ref()) {
             None => Mode::Enforce,
             Some(m) => parse_mode(m, &lines, &mut errors).unwrap_or(Mode::Enforce),
         };
@@ -297,6 +385,13 @@ impl Mapping {
             let r = spanned.get_ref();
             let index = routes.len();
             let before = errors.len();
+            errors.extend(unknown_keys(
+                text,
+                Some(start),
+                &r.unknown,
+                ROUTE_KEYS,
+                &lines,
+            ));
 
             let path = r.path.get_ref().clone();
             let parts = match rule::parse_rule(&path) {
@@ -341,23 +436,25 @@ impl Mapping {
                 }
             }
 
-            let access = match &r.access {
-                None => Access::Protected,
+            // None: an access this file misspelt (reported here; what it takes is not checked).
+            let known_access = match &r.access {
+                None => Some(Access::Protected),
                 Some(a) => match a.get_ref().as_str() {
-                    "protected" => Access::Protected,
-                    "public" => Access::Public,
-                    "machine" => Access::Machine,
-                    "gone" => Access::Gone,
+                    "protected" => Some(Access::Protected),
+                    "public" => Some(Access::Public),
+                    "machine" => Some(Access::Machine),
+                    "gone" => Some(Access::Gone),
                     other => {
                         errors.push(lines.at(
                             a.span().start,
                             Severity::Error,
                             format!("unknown access {other:?} (expected \"public\", \"machine\" or \"gone\"; omit it for a protected route)"),
                         ));
-                        Access::Protected
+                        None
                     }
                 },
             };
+            let access = known_access.unwrap_or(Access::Protected);
             let mode = match &r.mode {
                 None => default_mode,
                 Some(m) => parse_mode(m, &lines, &mut errors).unwrap_or(default_mode),
@@ -377,13 +474,17 @@ impl Mapping {
                     ));
                 }
             }
-            match access {
-                Access::Protected if roles.is_empty() && permissions.is_empty() => errors.push(lines.at(
+            // A misspelt access or key: what the rule takes is not checked (it says nothing of
+            // what the author meant).
+            let known_access = known_access.filter(|_| r.unknown.is_empty());
+            match known_access {
+                None => {}
+                Some(Access::Protected) if roles.is_empty() && permissions.is_empty() => errors.push(lines.at(
                     start,
                     Severity::Error,
                     "a protected route needs at least one role or permission (or access = \"public\" / \"machine\" / \"gone\")",
                 )),
-                Access::Public | Access::Machine | Access::Gone if !roles.is_empty() || !permissions.is_empty() => {
+                Some(Access::Public | Access::Machine | Access::Gone) if !roles.is_empty() || !permissions.is_empty() => {
                     errors.push(lines.at(
                         start,
                         Severity::Error,
@@ -636,6 +737,36 @@ roles = ["console-audit-user"]
             e.starts_with("routes.toml:4:1: unknown field `role`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_the_other_errors() {
+        let text = "[defaults]\nmod = \"shadow\"\n\n[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nrolez = [\"x\"]\n\n[[route]]\nmethods = [\"GET\"]\npath = \"/b\"\npermisions = [\"y\"]\nmode = \"enforcing\"\n\n[[route]]\nmethods = [\"GET\"]\npath = \"/c\"\n\n[[routes]]\npath = \"/d\"\n";
+        let e = load(text).unwrap_err();
+        let mut all: Vec<String> = e.diagnostics.iter().map(|d| d.to_string()).collect();
+        all.sort();
+        let starts = [
+            "routes.toml:13:8: unknown mode \"enforcing\"",
+            "routes.toml:12:1: unknown field `permisions`",
+            "routes.toml:15:1: a protected route needs at least one role",
+            "routes.toml:19:1: unknown field `routes`",
+            "routes.toml:2:1: unknown field `mod`",
+            "routes.toml:7:1: unknown field `rolez`",
+        ];
+        assert_eq!(all.len(), starts.len(), "{all:#?}");
+        for s in starts {
+            assert!(all.iter().any(|a| a.starts_with(s)), "{s} in {all:#?}");
+        }
+    }
+
+    #[test]
+    fn a_misspelt_access_is_the_one_error_of_its_rule() {
+        // Not also "a protected route needs at least one role": the rule did not say protected.
+        let e = load("[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\naccess = \"publik\"\n")
+            .unwrap_err();
+        let all: Vec<String> = e.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert!(all[0].contains("unknown access \"publik\""), "{all:?}");
     }
 
     #[test]
