@@ -175,8 +175,8 @@ pub struct ServeArgs {
     /// Log format: json or text.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
-    /// Kill switch (I-5): 0 makes every route `off` (forward; Console decides). 1 or unset: the
-    /// mapping's modes apply.
+    /// Kill switch (I-5): 0 makes every route `off` (forward; Console decides). 1, unset or set
+    /// empty: the mapping's modes apply.
     #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", value_parser = ["0", "1"])]
     pub flag_rbac_v2: String,
 }
@@ -204,6 +204,21 @@ pub struct SweepArgs {
     /// Run once and exit (the only mode; for a cron job or a Kubernetes CronJob).
     #[arg(long, default_value_t = true)]
     pub once: bool,
+}
+
+/// The switches whose documented states include "unset" (interface.md: `FLAG_RBAC_V2` "Unset or
+/// `1`: the modes in the mapping apply"). Set empty (`FLAG_RBAC_V2=` in a compose file, a unit
+/// or a pod spec, how such files unset a variable), each is taken as unset, not as a usage error.
+pub const UNSET_WHEN_EMPTY: [&str; 2] = ["FLAG_RBAC_V2", "FLAG_TICKET_SCOPED_GRANTS"];
+
+/// Removes the [`UNSET_WHEN_EMPTY`] variables that are set empty. Call before parsing, while the
+/// process has one thread.
+pub fn unset_empty_switches() {
+    for name in UNSET_WHEN_EMPTY {
+        if std::env::var_os(name).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(name);
+        }
+    }
 }
 
 impl ServeArgs {

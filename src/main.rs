@@ -12,6 +12,7 @@ use rbac_gateway::cli;
 use rbac_gateway::config::{Cli, Command, EXIT_USAGE};
 
 fn main() {
+    rbac_gateway::config::unset_empty_switches();
     let parsed = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

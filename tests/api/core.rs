@@ -309,6 +309,21 @@ async fn kill_switch_forwards_everything() {
 }
 
 #[tokio::test]
+async fn an_empty_kill_switch_is_unset_and_the_mapping_applies() {
+    // `FLAG_RBAC_V2=` (a compose file or a unit that clears it) is how operators unset a
+    // variable: the gateway starts and the mapping's modes apply (interface.md: "Unset or 1").
+    let env = Env::with(core_routes(), |o| {
+        o.env("FLAG_RBAC_V2", "")
+            .env("FLAG_TICKET_SCOPED_GRANTS", "")
+    })
+    .await;
+    assert_eq!(env.gw.get("/ops", None).await.status, 302);
+    assert_eq!(env.gw.get("/nowhere", None).await.status, 403);
+    assert!(env.up.requests().is_empty());
+    assert_eq!(env.db.audit_count().await, 1);
+}
+
+#[tokio::test]
 async fn upstream_refused_is_502_and_timeout_is_504() {
     let db = TestDb::new().await;
     let (_held, port) = closed_port();
