@@ -185,6 +185,9 @@ struct Inner {
     /// not write): its length and modification time, so it is not replayed again until it
     /// changes, and why, for `/readyz`.
     stuck: std::sync::Mutex<Option<(u64, std::time::SystemTime, String)>>,
+    /// Why the database last refused rows it answered for (no permission to insert, a changed
+    /// table): cleared when it takes rows again. Such rows wait in the spool, which may fill.
+    refused: std::sync::Mutex<Option<String>>,
 }
 
 pub struct AuditWriter {
@@ -228,6 +231,7 @@ impl AuditWriter {
             spooled: std::sync::atomic::AtomicBool::new(true),
             append_problem: Default::default(),
             stuck: Default::default(),
+            refused: Default::default(),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = write_loop(inner.clone(), rx);
@@ -265,6 +269,21 @@ impl AuditWriter {
                 "audit spool {path} cannot be emptied ({why}): its rows ({len} bytes) are in the database; remove the file or make it writable"
             ));
         }
+        if let Some(why) = lock(&self.inner.refused).clone() {
+            out.push(format!(
+                "the database refuses audit rows ({why}): they wait in the audit spool {path}; denials get 503 once it is full"
+            ));
+        }
+        let rejected = self.inner.rejected_path();
+        if let Ok(meta) = std::fs::metadata(&rejected) {
+            if meta.len() > 0 {
+                out.push(format!(
+                    "audit rows the database cannot store were set aside in {} ({} bytes): read them, then remove the file",
+                    rejected.display(),
+                    meta.len()
+                ));
+            }
+        }
         out
     }
 
@@ -274,6 +293,11 @@ impl AuditWriter {
         // denial would get 503.
         self.inner.probe_spool().await;
         loop {
+            if lock(&self.inner.append_problem).is_some() {
+                // Fixed (the volume made writable again, space freed), the next append would
+                // say so only during the next outage: until then, /readyz would still warn.
+                self.inner.probe_spool().await;
+            }
             // The file, not only this process's mark: a spool may be shared by gateways side
             // by side, and rows another one left there (it ended) are replayed here.
             let len = self.inner.spool_len().await;
@@ -286,6 +310,8 @@ impl AuditWriter {
                         tracing::info!(rows = n, "replayed spooled audit rows into the database")
                     }
                     Ok(_) => {}
+                    // Database errors were counted where they happened (`failed`); the
+                    // spool's own I/O errors are not the database's.
                     Err(e) => tracing::warn!(error = %e, "audit spool replay failed; will retry"),
                 }
             }
@@ -336,13 +362,16 @@ impl Inner {
                         .audit_rows
                         .with_label_values(&["database"])
                         .inc_by(rows.len() as u64);
+                    *lock(&self.refused) = None;
                     return Ok(());
                 }
-                Ok(Err(e)) => {
-                    crate::db::note_error(&e);
-                    e.to_string()
+                Ok(Err(e)) => self.failed(e).to_string(),
+                Err(_) => {
+                    // The connection may be silent, and the pool's other ones with it.
+                    crate::db::mark_broken();
+                    self.metrics.db_errors.inc();
+                    "timed out".to_string()
                 }
-                Err(_) => "timed out".to_string(),
             };
         // Whatever state the failure left the connection in, the next batch starts afresh.
         if let Some(h) = held.take() {
@@ -433,24 +462,62 @@ impl Inner {
         }
     }
 
-    /// Opens the spool for appending (creating it empty if missing) and notes why that fails.
+    /// Opens the spool for appending (creating it empty if missing), and writes and syncs a
+    /// byte in a file of its own beside it (a full volume opens files but takes no byte); notes
+    /// why that fails, or that it works again.
     async fn probe_spool(&self) {
         let path = self.spool.clone();
+        let probe = self.sibling(".probe");
         let opened = tokio::task::spawn_blocking(move || {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(&path)
-                .map(drop)
+                .open(&path)?;
+            let written = std::fs::File::create(&probe)
+                .and_then(|mut f| f.write_all(b"\n").and_then(|()| f.sync_data()));
+            let removed = std::fs::remove_file(&probe);
+            written.and(removed)
         })
         .await
         .map_err(std::io::Error::other)
         .and_then(|r| r);
-        if let Err(e) = opened {
-            tracing::error!(spool = %self.spool.display(), error = %e,
-                "the audit spool cannot be written: denials will get 503 while the database is down");
-            *lock(&self.append_problem) = Some(e.to_string());
+        let mut problem = lock(&self.append_problem);
+        match opened {
+            Ok(()) => {
+                if problem.take().is_some() {
+                    tracing::info!(spool = %self.spool.display(), "the audit spool can be written again");
+                }
+            }
+            Err(e) => {
+                if problem.is_none() {
+                    tracing::error!(spool = %self.spool.display(), error = %e,
+                        "the audit spool cannot be written: denials will get 503 while the database is down");
+                }
+                *problem = Some(e.to_string());
+            }
         }
+    }
+
+    /// A file beside the spool: its name with `suffix` added.
+    fn sibling(&self, suffix: &str) -> PathBuf {
+        let mut name = self.spool.clone().into_os_string();
+        name.push(suffix);
+        PathBuf::from(name)
+    }
+
+    /// Where rows the database cannot store, and spool lines that are not rows, are set aside.
+    fn rejected_path(&self) -> PathBuf {
+        self.sibling(".rejected")
+    }
+
+    /// Counts a failed database write and, when the database answered it (not a lost or
+    /// silent connection), notes why for `/readyz`.
+    fn failed(&self, e: sqlx::Error) -> sqlx::Error {
+        self.metrics.db_errors.inc();
+        if !crate::db::note_error(&e) && refused(&e) {
+            *lock(&self.refused) = Some(e.to_string());
+        }
+        e
     }
 
     async fn append(&self, rows: &[Arc<AuditEvent>]) -> Result<(), AuditError> {
@@ -570,18 +637,56 @@ impl Inner {
             Opened::Missing | Opened::Unchanged => return Ok(0),
             Opened::Spool { f, text, read_only } => (f, text, read_only),
         };
-        let events = spooled_rows(&text);
-        if !events.is_empty() {
-            // Each step bounded: the spool stays locked while this runs, and a database that
-            // stops answering mid-replay (its connections open, carrying nothing) would
-            // otherwise hold every append here and in the gateways sharing the spool, and the
-            // denials waiting on them, for as long as the stall lasts.
-            let limit = self.timeout.max(Duration::from_secs(1));
-            let mut tx = crate::db::within(limit, self.pool.begin()).await?;
-            for chunk in events.chunks(MAX_BATCH) {
-                crate::db::within(limit, insert(&mut *tx, REPLAY_SQL, chunk)).await?;
+        let (events, unreadable) = spooled_rows(&text);
+        let mut aside: Vec<serde_json::Value> = unreadable
+            .iter()
+            .map(|line| {
+                serde_json::json!({
+                    "why": "not an audit row",
+                    "line": String::from_utf8_lossy(line),
+                })
+            })
+            .collect();
+        // Each step bounded: the spool stays locked while this runs, and a database that stops
+        // answering mid-replay (its connections open, carrying nothing) would otherwise hold
+        // every append here and in the gateways sharing the spool, and the denials waiting on
+        // them, for as long as the stall lasts. Each chunk commits on its own: a replay cut
+        // short leaves rows stored that the next one skips (`ON CONFLICT`).
+        let limit = self.timeout.max(Duration::from_secs(1));
+        for chunk in events.chunks(MAX_BATCH) {
+            match crate::db::within(limit, insert(&self.pool, REPLAY_SQL, chunk)).await {
+                Ok(()) => {}
+                // A row the database cannot store (a byte it refuses, a constraint added to
+                // the table): stored one by one, the others go in and it is set aside, instead
+                // of holding every row behind it in the spool for good.
+                Err(e) if row_refused(&e) => {
+                    for row in chunk {
+                        let one = std::slice::from_ref(row);
+                        match crate::db::within(limit, insert(&self.pool, REPLAY_SQL, one)).await {
+                            Ok(()) => {}
+                            Err(e) if row_refused(&e) => aside.push(serde_json::json!({
+                                "why": e.to_string(),
+                                "row": row,
+                            })),
+                            Err(e) => return Err(self.failed(e)),
+                        }
+                    }
+                }
+                Err(e) => return Err(self.failed(e)),
             }
-            crate::db::within(limit, tx.commit()).await?;
+        }
+        *lock(&self.refused) = None;
+        if !aside.is_empty() {
+            tracing::error!(rows = aside.len(), file = %self.rejected_path().display(),
+                "audit spool lines the database cannot store were set aside");
+            if read_only.is_none() {
+                // Kept before the spool is emptied: a failure here leaves them in the spool.
+                self.set_aside(&aside).map_err(sqlx::Error::Io)?;
+                self.metrics
+                    .audit_rows
+                    .with_label_values(&["rejected"])
+                    .inc_by(aside.len() as u64);
+            }
         }
         if let Some((len, modified, why)) = read_only {
             // Stored, but the file keeps them: replayed again only if it changes (the primary
@@ -608,6 +713,45 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Appends `lines` to the set-aside file, synced.
+    fn set_aside(&self, lines: &[serde_json::Value]) -> std::io::Result<()> {
+        let mut text = Vec::new();
+        for line in lines {
+            serde_json::to_writer(&mut text, line).map_err(std::io::Error::other)?;
+            text.push(b'\n');
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.rejected_path())?;
+        f.write_all(&text)?;
+        f.sync_data()
+    }
+}
+
+/// The database answered and refused the statement (as opposed to a lost connection or a
+/// timeout: those are retried).
+fn refused(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            !crate::db::is_connection_error(e) && d.code().as_deref() != Some("57014")
+        }
+        _ => false,
+    }
+}
+
+/// The database refused a row for what it holds (SQLSTATE class 22, data exception, or 23,
+/// integrity constraint violation), not the statement for what it is.
+fn row_refused(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+        _ => false,
+    }
+}
+
 /// The spool as [`Inner::replay`] found it.
 enum Opened {
     Missing,
@@ -626,22 +770,24 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The rows of a spool, a JSON object a line. A line cut short (a gateway killed mid-append, a
-/// disk that filled) was never answered 403, so it is skipped, also when the cut fell inside a
-/// character: read as text, one invalid byte failed every replay, and every row behind it
-/// stayed in the spool until it filled.
-fn spooled_rows(spool: &[u8]) -> Vec<AuditEvent> {
-    spool
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.is_empty())
-        .filter_map(|line| match serde_json::from_slice(line) {
-            Ok(e) => Some(e),
+/// The rows of a spool, a JSON object a line, and the lines that are not rows. A line cut short
+/// (a gateway killed mid-append, a disk that filled) was never answered 403; a whole line that
+/// is not a row (a damaged file, a row of another version) may have been: neither is stored,
+/// both are set aside, also when a cut fell inside a character (read as text, one invalid byte
+/// failed every replay, and every row behind it stayed in the spool until it filled).
+fn spooled_rows(spool: &[u8]) -> (Vec<AuditEvent>, Vec<&[u8]>) {
+    let mut rows = Vec::new();
+    let mut unreadable = Vec::new();
+    for line in spool.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice(line) {
+            Ok(e) => rows.push(e),
             Err(err) => {
-                tracing::warn!(error = %err, "skipping a torn spool line");
-                None
+                tracing::warn!(error = %err, "a spool line is not an audit row: setting it aside");
+                unreadable.push(line);
             }
-        })
-        .collect()
+        }
+    }
+    (rows, unreadable)
 }
 
 #[cfg(test)]
@@ -806,7 +952,9 @@ mod tests {
         serde_json::to_writer(&mut spool, &*row("r3")).unwrap();
         spool.push(b'\n');
         assert!(std::str::from_utf8(&spool).is_err());
-        let ids: Vec<String> = spooled_rows(&spool).into_iter().map(|e| e.id).collect();
+        let (rows, unreadable) = spooled_rows(&spool);
+        let ids: Vec<String> = rows.into_iter().map(|e| e.id).collect();
         assert_eq!(ids, ["r1", "r3"]);
+        assert_eq!(unreadable, [&cut[..inside]]);
     }
 }

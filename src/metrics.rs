@@ -37,7 +37,8 @@ pub struct Metrics {
     /// Every statement sent to PostgreSQL on the request path (steady state: 0 per request).
     pub db_queries: IntCounter,
     pub db_errors: IntCounter,
-    /// Audit rows made durable, by sink: database, spool.
+    /// Audit rows made durable, by sink: database, spool, rejected (set aside beside the spool:
+    /// the database cannot store them).
     pub audit_rows: IntCounterVec,
     /// Audit rows replayed from the spool into the database.
     pub audit_replayed: IntCounter,
@@ -332,7 +333,7 @@ impl Metrics {
             self.cache_misses.with_label_values(&[c]);
             self.cache_entries.with_label_values(&[c]);
         }
-        for s in ["database", "spool"] {
+        for s in ["database", "spool", "rejected"] {
             self.audit_rows.with_label_values(&[s]);
         }
         for r in ["success", "failure"] {

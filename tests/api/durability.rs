@@ -312,13 +312,21 @@ impl Mounted {
     }
 
     fn read_only(&self) {
+        self.remount("remount,ro");
+    }
+
+    fn read_write(&self) {
+        self.remount("remount,rw");
+    }
+
+    fn remount(&self, how: &str) {
         let ok = std::process::Command::new("mount")
-            .args(["-o", "remount,ro"])
+            .args(["-o", how])
             .arg(self.0.path())
             .status()
             .unwrap()
             .success();
-        assert!(ok, "remount read-only");
+        assert!(ok, "mount -o {how}");
     }
 }
 
@@ -472,4 +480,177 @@ async fn a_kept_audit_connection_cut_while_idle_is_replaced_without_spooling() {
         "written again on a fresh connection, not spooled"
     );
     assert_eq!(up.count(), 0);
+}
+
+/// A spool row as the gateway writes it (`src/audit.rs`, `AuditEvent`), with this user agent.
+fn spool_line(id: &str, user_agent: &str) -> String {
+    serde_json::json!({
+        "id": id, "event_type": "access_denied", "admin_id": null, "method": "GET",
+        "path": "/spooled", "route": null, "required": null, "reason": "no_route",
+        "request_id": id, "client_ip": "127.0.0.1", "user_agent": user_agent,
+        "created_at_utc": "2026-11-25T18:00:00Z", "mapping_version": null,
+    })
+    .to_string()
+}
+
+/// A spool row the database refuses (a NUL byte: PostgreSQL's text cannot hold it) and a whole
+/// line that is not a row: both are set aside beside the spool, every other row is stored, and
+/// the spool is emptied. Before, the replay failed every half second for good, every later
+/// denial went to the spool behind it (none reached the database), and nothing but the spool
+/// gauge said so.
+#[tokio::test]
+async fn a_spooled_row_the_database_refuses_is_set_aside_not_holding_the_others() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("audit.spool");
+    let ids: Vec<String> = (0..4)
+        .map(|i| format!("0000000{i}-aaaa-4000-8000-{:012}", std::process::id()))
+        .collect();
+    let mut text = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        let agent = if i == 1 { "bad\u{0}agent" } else { "curl" };
+        text.push_str(&spool_line(id, agent));
+        text.push('\n');
+        if i == 2 {
+            text.push_str("this is not a row {\n");
+        }
+    }
+    std::fs::write(&spool, &text).unwrap();
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr);
+    opts.spool = Some(spool.clone());
+    let gw = Gateway::start(opts).await;
+    let t0 = std::time::Instant::now();
+    while std::fs::metadata(&spool).unwrap().len() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the spool was not emptied; log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let stored = db.audit_rows(id).await.len();
+        assert_eq!(stored, usize::from(i != 1), "row {i} stored {stored} times");
+    }
+    let rejected = std::fs::read_to_string(dir.path().join("audit.spool.rejected")).unwrap();
+    let kept: Vec<serde_json::Value> = rejected
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(kept.len(), 2, "{rejected}");
+    assert!(
+        kept.iter().any(|k| k["row"]["id"] == ids[1].as_str()),
+        "{rejected}"
+    );
+    assert!(
+        kept.iter().any(|k| k["line"] == "this is not a row {"),
+        "{rejected}"
+    );
+    // A new denial goes to the database, and /readyz names the set-aside file.
+    let r = gw.get("/nowhere", None).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(db.audit_rows(&r.request_id()).await.len(), 1);
+    assert_eq!(
+        gw.metric("rbac_gateway_audit_rows_total{sink=\"rejected\"}")
+            .await,
+        2.0
+    );
+    let ready = gw.admin_get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert!(
+        ready.body_str().contains("audit.spool.rejected"),
+        "{}",
+        ready.body_str()
+    );
+}
+
+/// A database that answers but refuses the gateway's inserts (its role lost INSERT on the
+/// table): denials are still answered 403 with their rows spooled, and `/readyz` says why they
+/// do not reach the database; when INSERT is granted again, the rows are stored and the line
+/// goes.
+#[tokio::test]
+async fn a_database_that_refuses_audit_rows_is_named_by_readyz() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let role = format!("gw_{}", uuid::Uuid::new_v4().simple());
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT pg_read_all_data TO {role}"),
+    ] {
+        sqlx::query(&sql).execute(&db.pool).await.unwrap();
+    }
+    // The same server and database as this role, without a password (the test server trusts
+    // local connections).
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    let url = format!("{scheme}://{role}@{host}");
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr);
+    opts.database_url = url;
+    let gw = Gateway::start(opts).await;
+    let r = gw.get("/nowhere", None).await;
+    assert_eq!(r.status, 403, "log:\n{}", gw.log());
+    let spooled = r.request_id();
+    assert!(db.audit_rows(&spooled).await.is_empty());
+    let ready = gw.admin_get("/readyz").await;
+    assert!(
+        ready.body_str().contains("the database refuses audit rows"),
+        "{}",
+        ready.body_str()
+    );
+    sqlx::query(&format!("GRANT INSERT ON access_audit_events TO {role}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while db.audit_rows(&spooled).await.is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the spooled row never reached the database; log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = gw.admin_get("/readyz").await;
+    assert!(
+        !ready.body_str().contains("refuses"),
+        "{}",
+        ready.body_str()
+    );
+}
+
+/// `/readyz` names a spool that cannot be written (a read-only volume) and stops naming it once
+/// the volume is writable again, without waiting for the next outage's append to find out.
+#[tokio::test]
+async fn a_spool_made_writable_again_is_no_longer_named_by_readyz() {
+    let Some(mnt) = Mounted::tmpfs() else {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    mnt.read_only();
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr);
+    opts.spool = Some(mnt.0.path().join("audit.spool"));
+    let gw = Gateway::start(opts).await;
+    let ready = gw.admin_get("/readyz").await;
+    assert!(
+        ready.body_str().contains("cannot be written"),
+        "{}",
+        ready.body_str()
+    );
+    mnt.read_write();
+    let t0 = std::time::Instant::now();
+    loop {
+        let ready = gw.admin_get("/readyz").await;
+        if !ready.body_str().contains("cannot be written") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still named after the volume was made writable: {}",
+            ready.body_str()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
