@@ -109,14 +109,20 @@ pub async fn why_unreachable(pool: &PgPool, within: Duration) -> Option<String> 
 
 /// `lookup`, or a timed-out error after `limit`: a database whose connections stay open and
 /// carry nothing (a partition, a stopped server) answers nothing, and no server-side timeout
-/// fires.
+/// fires. A timeout marks the pool's connections stale ([`mark_broken`]) before `lookup`, and
+/// the connection it holds, is dropped: the pool then closes that connection instead of
+/// testing it with a ping that a silent connection never answers (its slot would be held
+/// until the kernel gave the connection up, many minutes later).
 pub async fn within<T>(
     limit: Duration,
     lookup: impl std::future::Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, sqlx::Error> {
-    tokio::time::timeout(limit, lookup)
-        .await
-        .unwrap_or_else(|_| {
+    // Pinned here, so that a timeout drops it only when this returns, after the mark.
+    let mut lookup = std::pin::pin!(lookup);
+    match tokio::time::timeout(limit, lookup.as_mut()).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            mark_broken();
             Err(sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!(
@@ -124,8 +130,18 @@ pub async fn within<T>(
                     limit.as_millis()
                 ),
             )))
-        })
+        }
+    }
 }
+
+/// [`within`] as a method, for a chain of statements: `.fetch_one(&mut *tx).bounded(limit)`.
+pub trait Bounded<T>: std::future::Future<Output = Result<T, sqlx::Error>> + Sized {
+    fn bounded(self, limit: Duration) -> impl std::future::Future<Output = Result<T, sqlx::Error>> {
+        within(limit, self)
+    }
+}
+
+impl<T, F: std::future::Future<Output = Result<T, sqlx::Error>>> Bounded<T> for F {}
 
 /// A lazily connecting pool whose statements time out after `timeout`.
 pub fn pool(url: &str, size: u32, timeout: Duration) -> Result<PgPool, sqlx::Error> {
@@ -140,6 +156,10 @@ pub fn pool(url: &str, size: u32, timeout: Duration) -> Result<PgPool, sqlx::Err
         .idle_timeout(Some(Duration::from_secs(60)))
         .test_before_acquire(false)
         .before_acquire(|_, meta| Box::pin(async move { Ok(!idle_since_broken(meta.idle_for)) }))
+        // A connection given back that was opened before the last connection error may be the
+        // one that failed, or a silent one a timeout gave up on: closed, not pinged (sqlx's
+        // ping on release has no timeout of its own).
+        .after_release(|_, meta| Box::pin(async move { Ok(!idle_since_broken(meta.age)) }))
         .connect_lazy_with(opts))
 }
 
@@ -166,7 +186,8 @@ pub fn mark_broken() {
     BROKEN_AT.fetch_max(now_ns(), Ordering::AcqRel);
 }
 
-/// A connection idle for `idle_for` went idle before the last connection error.
+/// A connection idle for `idle_for` went idle before the last connection error (with its age:
+/// it was opened before it).
 pub fn idle_since_broken(idle_for: Duration) -> bool {
     let at = BROKEN_AT.load(Ordering::Acquire);
     at != 0 && idle_for.as_nanos() as u64 > now_ns().saturating_sub(at)

@@ -69,10 +69,10 @@ pub async fn read(pool: &PgPool, cursor: &str) -> Result<Batch, sqlx::Error> {
 pub const RETAIN: &str = "1 day";
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-async fn prune(pool: &PgPool) {
+async fn prune(pool: &PgPool, limit: Duration) {
     let sql =
         format!("DELETE FROM rbac_change_log WHERE created_at_utc < now() - interval '{RETAIN}'");
-    match sqlx::query(&sql).execute(pool).await {
+    match crate::db::within(limit, sqlx::query(&sql).execute(pool)).await {
         Ok(r) if r.rows_affected() > 0 => {
             tracing::info!(rows = r.rows_affected(), "change feed: pruned old log rows")
         }
@@ -152,13 +152,32 @@ impl Health {
     }
 }
 
+/// A pool of one connection for a listener, made with `pool`'s options. A listener dropped
+/// (its read failed, its LISTEN timed out) sends `UNLISTEN *` before giving its connection
+/// back, with no timeout: on a silent connection that never ends. In a pool of its own, only
+/// that pool's one slot waits, not one of the slots the request path draws from.
+fn listener_pool(pool: &PgPool, limit: Duration) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(limit)
+        .idle_timeout(None)
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
 /// Follows the feed until the process ends.
+///
+/// Every database step is bounded by `limit` (the database timeout): a connection that stays
+/// open and carries nothing (a NAT or firewall that dropped its state, a failover behind a
+/// virtual address) fires no timeout of the server's own, and a read waiting on it would stop
+/// the feed until the kernel gave the connection up, many minutes later.
 pub async fn follow(
     pool: PgPool,
     identity: Arc<Identity>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    limit: Duration,
 ) {
+    use crate::db::within;
     // The past does not matter: start at the current xmin and drop whatever was cached before.
     let mut cursor: Option<String> = None;
     let mut seen: HashSet<i64> = HashSet::new();
@@ -171,25 +190,24 @@ pub async fn follow(
     loop {
         // (Re)connect the listener; failures only cost latency, the poll still runs.
         if listener.is_none() {
-            match PgListener::connect_with(&pool).await {
-                Ok(mut l) => match l.listen(CHANNEL).await {
-                    Ok(()) => {
-                        tracing::info!("change feed: listening");
-                        listener = Some(l);
-                    }
-                    Err(e) => {
-                        crate::db::note_error(&e);
-                        tracing::warn!(error = %e, "change feed: LISTEN failed")
-                    }
-                },
+            let listen = async {
+                let mut l = PgListener::connect_with(&listener_pool(&pool, limit)).await?;
+                l.listen(CHANNEL).await?;
+                Ok(l)
+            };
+            match within(limit, listen).await {
+                Ok(l) => {
+                    tracing::info!("change feed: listening");
+                    listener = Some(l);
+                }
                 Err(e) => {
                     crate::db::note_error(&e);
-                    tracing::warn!(error = %e, "change feed: cannot connect the listener")
+                    tracing::warn!(error = %e, "change feed: cannot LISTEN")
                 }
             }
         }
         let Some(cur) = cursor.clone() else {
-            match current_xmin(&pool).await {
+            match within(limit, current_xmin(&pool)).await {
                 Ok(x) => {
                     cursor = Some(x);
                     last_ok = Instant::now();
@@ -207,7 +225,7 @@ pub async fn follow(
             }
             continue;
         };
-        match read(&pool, &cur).await {
+        match within(limit, read(&pool, &cur)).await {
             Ok(batch) => {
                 failures = 0;
                 health.read_ok(&metrics);
@@ -224,7 +242,7 @@ pub async fn follow(
                 }
                 if last_prune.elapsed() > PRUNE_EVERY {
                     last_prune = Instant::now();
-                    prune(&pool).await;
+                    prune(&pool, limit).await;
                 }
                 last_ok = Instant::now();
                 let mut fresh = HashSet::with_capacity(batch.changes.len());

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use crate::db::Bounded;
 use crate::metrics::Metrics;
 
 /// The advisory lock key of the sweep (any constant; "rbacswep" in ASCII).
@@ -79,12 +80,14 @@ async fn statuses(
 pub async fn sweep_once(
     pool: &PgPool,
     validation_url: Option<&str>,
+    limit: Duration,
 ) -> Result<Report, sqlx::Error> {
     let mut report = Report::default();
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin().bounded(limit).await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(LOCK_KEY)
         .fetch_one(&mut *tx)
+        .bounded(limit)
         .await?;
     if !locked {
         report.skipped = true;
@@ -97,6 +100,7 @@ pub async fn sweep_once(
          FROM rbac_ticket_grants WHERE revoked_at_utc IS NULL ORDER BY id",
     )
     .fetch_all(&mut *tx)
+    .bounded(limit)
     .await?;
     let live: BTreeSet<String> = grants
         .iter()
@@ -133,6 +137,7 @@ pub async fn sweep_once(
         )
         .bind(id)
         .fetch_optional(&mut *tx)
+        .bounded(limit)
         .await?;
         match still_expired {
             None => continue,
@@ -151,6 +156,7 @@ pub async fn sweep_once(
         .bind(customer)
         .bind(reason)
         .execute(&mut *tx)
+        .bounded(limit)
         .await?;
         let n = sqlx::query(
             "UPDATE rbac_ticket_grants SET revoked_at_utc = now(), revoke_reason = $2 \
@@ -159,6 +165,7 @@ pub async fn sweep_once(
         .bind(id)
         .bind(reason)
         .execute(&mut *tx)
+        .bounded(limit)
         .await?
         .rows_affected();
         if n == 1 {
@@ -176,8 +183,9 @@ pub async fn sweep_once(
         " <= now() ON CONFLICT (id) DO NOTHING RETURNING substr(id, 20)"
     ))
     .fetch_all(&mut *tx)
+    .bounded(limit)
     .await?;
-    tx.commit().await?;
+    tx.commit().bounded(limit).await?;
     Ok(report)
 }
 
@@ -219,11 +227,12 @@ pub async fn run_forever(
     pool: PgPool,
     validation_url: Option<String>,
     interval: Duration,
+    limit: Duration,
     metrics: std::sync::Arc<Metrics>,
 ) {
     loop {
         tokio::time::sleep(interval).await;
-        let result = sweep_once(&pool, validation_url.as_deref()).await;
+        let result = sweep_once(&pool, validation_url.as_deref(), limit).await;
         count(&metrics, &result);
         match &result {
             Ok(r) if r.skipped => {}
@@ -291,12 +300,17 @@ async fn deliver(url: &str, text: &str) -> Result<(), String> {
 }
 
 /// One alert pass: record new alerts, then deliver what is due.
-pub async fn alerts_once(pool: &PgPool, webhook: Option<&str>) -> Result<AlertReport, sqlx::Error> {
+pub async fn alerts_once(
+    pool: &PgPool,
+    webhook: Option<&str>,
+    limit: Duration,
+) -> Result<AlertReport, sqlx::Error> {
     let mut report = AlertReport::default();
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin().bounded(limit).await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(ALERT_LOCK_KEY)
         .fetch_one(&mut *tx)
+        .bounded(limit)
         .await?;
     if !locked {
         report.skipped = true;
@@ -321,6 +335,7 @@ pub async fn alerts_once(pool: &PgPool, webhook: Option<&str>) -> Result<AlertRe
          ON CONFLICT (key) DO NOTHING RETURNING key"
     ))
     .fetch_all(&mut *tx)
+    .bounded(limit)
     .await?;
     // The composition of the break-glass group against the snapshot.
     let current: Vec<(String, String)> = sqlx::query_as(
@@ -328,11 +343,13 @@ pub async fn alerts_once(pool: &PgPool, webhook: Option<&str>) -> Result<AlertRe
          JOIN rbac_roles r ON r.id = gr.role_id ORDER BY 1, 2",
     )
     .fetch_all(&mut *tx)
+    .bounded(limit)
     .await?;
     let snapshot: Vec<(String, String)> = sqlx::query_as(
         "SELECT group_name, role_name FROM rbac_gateway_group_roles_snapshot ORDER BY 1, 2",
     )
     .fetch_all(&mut *tx)
+    .bounded(limit)
     .await?;
     if current != snapshot {
         let bg = |v: &[(String, String)]| -> BTreeSet<String> {
@@ -353,11 +370,13 @@ pub async fn alerts_once(pool: &PgPool, webhook: Option<&str>) -> Result<AlertRe
                 .bind(&key)
                 .bind(&text)
                 .execute(&mut *tx)
+                .bounded(limit)
                 .await?;
             raised.push(key);
         }
         sqlx::query("DELETE FROM rbac_gateway_group_roles_snapshot")
             .execute(&mut *tx)
+            .bounded(limit)
             .await?;
         sqlx::query(
             "INSERT INTO rbac_gateway_group_roles_snapshot (group_name, role_name) \
@@ -365,6 +384,7 @@ pub async fn alerts_once(pool: &PgPool, webhook: Option<&str>) -> Result<AlertRe
              JOIN rbac_roles r ON r.id = gr.role_id ON CONFLICT DO NOTHING",
         )
         .execute(&mut *tx)
+        .bounded(limit)
         .await?;
     }
     report.raised = raised;
@@ -374,6 +394,7 @@ pub async fn alerts_once(pool: &PgPool, webhook: Option<&str>) -> Result<AlertRe
              WHERE delivered_at_utc IS NULL AND next_attempt_utc <= now() ORDER BY created_at_utc LIMIT 50",
         )
         .fetch_all(&mut *tx)
+        .bounded(limit)
         .await?;
         for (key, text) in due {
             match deliver(url, &text).await {
@@ -383,6 +404,7 @@ pub async fn alerts_once(pool: &PgPool, webhook: Option<&str>) -> Result<AlertRe
                     )
                     .bind(&key)
                     .execute(&mut *tx)
+                    .bounded(limit)
                     .await?;
                     // The session's admin is re-resolved at once on every replica (the change
                     // feed), which --break-glass-requires-alert waits for.
@@ -393,9 +415,11 @@ pub async fn alerts_once(pool: &PgPool, webhook: Option<&str>) -> Result<AlertRe
                     )
                     .bind(&key)
                     .execute(&mut *tx)
+                    .bounded(limit)
                     .await?;
                     sqlx::query("SELECT pg_notify('rbac_gateway_changes', '')")
                         .execute(&mut *tx)
+                        .bounded(limit)
                         .await?;
                     report.delivered.push(key);
                 }
@@ -408,13 +432,14 @@ pub async fn alerts_once(pool: &PgPool, webhook: Option<&str>) -> Result<AlertRe
                     .bind(&key)
                     .bind(&e)
                     .execute(&mut *tx)
+                    .bounded(limit)
                     .await?;
                     report.failed.push((key, e));
                 }
             }
         }
     }
-    tx.commit().await?;
+    tx.commit().bounded(limit).await?;
     Ok(report)
 }
 
@@ -423,6 +448,7 @@ pub async fn alerts_forever(
     pool: PgPool,
     webhook: Option<String>,
     interval: Duration,
+    limit: Duration,
     metrics: std::sync::Arc<Metrics>,
 ) {
     if webhook.is_none() {
@@ -430,7 +456,7 @@ pub async fn alerts_forever(
     }
     loop {
         tokio::time::sleep(interval).await;
-        match alerts_once(&pool, webhook.as_deref()).await {
+        match alerts_once(&pool, webhook.as_deref(), limit).await {
             Ok(r) => {
                 for k in &r.raised {
                     tracing::warn!(alert = %k, "alert raised");

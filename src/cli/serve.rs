@@ -101,7 +101,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         let tasks = Arc::new(Tasks::default());
         let supervised = |name, task| supervise::spawn(tasks.clone(), metrics.clone(), name, task);
         let feed = Arc::new(crate::feed::Health::default());
-        supervised("feed", Box::pin(crate::feed::follow(pool.clone(), identity.clone(), metrics.clone(), feed.clone())) as Task);
+        supervised("feed", Box::pin(crate::feed::follow(pool.clone(), identity.clone(), metrics.clone(), feed.clone(), db_timeout)) as Task);
         let (audit, writer) = AuditWriter::new(
             pool.clone(),
             args.audit_spool.clone(),
@@ -169,6 +169,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
                 pool.clone(),
                 args.alert_webhook_url.clone(),
                 Duration::from_secs(1),
+                db_timeout,
                 metrics.clone(),
             )),
         );
@@ -179,6 +180,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
                     pool.clone(),
                     args.ticket_validation_url.clone(),
                     Duration::from_secs_f64(args.sweep_interval),
+                    db_timeout,
                     metrics.clone(),
                 )),
             );

@@ -10,11 +10,12 @@ use crate::lifecycle;
 
 pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
     let (report, alerts) = runtime()?.block_on(async {
-        let pool = super::command_pool(&args.database_url, 2, Duration::from_secs(10)).await?;
-        let report = lifecycle::sweep_once(&pool, args.ticket_validation_url.as_deref())
+        let limit = Duration::from_secs(10);
+        let pool = super::command_pool(&args.database_url, 2, limit).await?;
+        let report = lifecycle::sweep_once(&pool, args.ticket_validation_url.as_deref(), limit)
             .await
             .map_err(|e| failure(anyhow!("sweep failed, nothing was committed: {e}")))?;
-        let alerts = lifecycle::alerts_once(&pool, args.alert_webhook_url.as_deref())
+        let alerts = lifecycle::alerts_once(&pool, args.alert_webhook_url.as_deref(), limit)
             .await
             .map_err(|e| failure(anyhow!("alert pass failed: {e}")))?;
         Ok::<_, Exit>((report, alerts))

@@ -517,3 +517,83 @@ async fn a_revocation_before_the_feed_starts_is_not_served_from_the_cache() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_silent_database_connection_delays_the_feed_by_the_database_timeout_only() {
+    // A NAT or firewall that dropped its state leaves the pool's connections open and carrying
+    // nothing; no timeout of the server's own fires, and the kernel gives them up only after
+    // minutes. Connections made afterwards work. The feed's next read meets a silent one: it
+    // must give it up after the database timeout and read again on a fresh one, so a
+    // revocation is enforced within about that long, not after the cache TTL (60 s here).
+    let LinkedEnv { db, link, gw, .. } = LinkedEnv::start(&["--db-timeout-ms", "500"]).await;
+    let (_, token) = db.admin_with_roles(&["console-manager"]).await;
+    settle().await;
+    assert_eq!(gw.status("/ops", Some(&token)).await, 200);
+    // Cached: the next answers need no database read.
+    assert_eq!(gw.status("/ops", Some(&token)).await, 200);
+    link.silence_open();
+    // Written directly, not through the link.
+    db.revoke_session(&token).await;
+    let started = Instant::now();
+    loop {
+        let status = gw.status("/ops", Some(&token)).await;
+        if status == 302 {
+            break;
+        }
+        assert_eq!(status, 200, "log:\n{}", gw.log());
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "the revocation is not enforced after {:?} with the feed's connection silent; log:\n{}",
+            started.elapsed(),
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The feed reads again: ready within its staleness bound.
+    let started = Instant::now();
+    loop {
+        let ready = gw.admin_get("/readyz").await;
+        if ready.status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "/readyz: {}",
+            ready.body_str()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn silent_database_connections_do_not_keep_their_pool_slots() {
+    // Two pool connections, and every connection open goes silent. A lookup that meets one gives
+    // it up after the database timeout; the pool must then close it, not hold its slot while it
+    // waits for an answer to its ping (sqlx tests a connection given back with a ping that has no
+    // timeout). Otherwise both slots are held until the kernel gives the connections up, minutes
+    // later, and every uncached session gets 503 with the database answering again.
+    let LinkedEnv { db, link, gw, .. } =
+        LinkedEnv::start(&["--db-timeout-ms", "300", "--db-pool-size", "2"]).await;
+    let (_, token) = db.admin_with_roles(&["console-manager"]).await;
+    assert_eq!(gw.status("/ops", Some(&token)).await, 200);
+    link.silence_open();
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    loop {
+        // Never cached: each is looked up in the database.
+        let (_, fresh) = db.admin_with_roles(&["console-manager"]).await;
+        let status = gw.status("/ops", Some(&fresh)).await;
+        statuses.push(status);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{statuses:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "no lookup answered in {:?} with fresh connections possible: {statuses:?}; log:\n{}",
+            started.elapsed(),
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -735,6 +735,10 @@ pub struct PgLink {
     stalled: tokio::sync::watch::Sender<bool>,
     /// One answer from the server held back on its way to the gateway (a slow query).
     hold: tokio::sync::watch::Sender<Hold>,
+    /// Connections accepted so far (each is numbered in order).
+    opened: Arc<std::sync::atomic::AtomicU64>,
+    /// Connections numbered below this carry nothing from now on; newer ones work.
+    silenced: tokio::sync::watch::Sender<u64>,
 }
 
 /// [`PgLink::hold_next`]'s state.
@@ -750,7 +754,7 @@ pub enum Hold {
 /// Copies the server's bytes to the gateway, holding the ones [`PgLink::hold_next`] armed for.
 async fn copy_answers(
     mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
     hold: tokio::sync::watch::Sender<Hold>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
@@ -795,6 +799,9 @@ impl PgLink {
         let s2 = stalled.clone();
         let hold = tokio::sync::watch::Sender::new(Hold::Off);
         let h2 = hold.clone();
+        let opened = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let silenced = tokio::sync::watch::Sender::new(0u64);
+        let (o2, si2) = (opened.clone(), silenced.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -807,6 +814,8 @@ impl PgLink {
                 let target = target.clone();
                 let mut stall = s2.subscribe();
                 let hold = h2.clone();
+                let number = o2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut silence = si2.subscribe();
                 let h = tokio::spawn(async move {
                     let stalled_now = *stall.borrow();
                     if stalled_now {
@@ -816,13 +825,13 @@ impl PgLink {
                         return;
                     }
                     if let Ok(outbound) = TcpStream::connect(&target).await {
-                        let (mut asked, answered) = inbound.into_split();
+                        let (mut asked, mut answered) = inbound.into_split();
                         let (answers, mut to_server) = outbound.into_split();
                         // Either side closing ends both (PostgreSQL's peers never half-close).
                         let carry = async {
                             tokio::select! {
                                 _ = tokio::io::copy(&mut asked, &mut to_server) => {}
-                                _ = copy_answers(answers, answered, hold) => {}
+                                _ = copy_answers(answers, &mut answered, hold) => {}
                             }
                         };
                         tokio::select! {
@@ -833,7 +842,14 @@ impl PgLink {
                             _ = async { stall.wait_for(|s| *s).await.is_ok() } => {
                                 let _ended = stall.wait_for(|s| !*s).await.is_ok();
                             }
+                            // Silenced for good: open and carrying nothing until the link is
+                            // cut or the test ends (the kernel would give up after minutes).
+                            _ = async { silence.wait_for(|below| number < *below).await.is_ok() } => {
+                                std::future::pending::<()>().await;
+                            }
                         }
+                        // Closed here, after the copies stopped, not while they are stopped.
+                        drop((asked, answered, to_server));
                     }
                 });
                 c2.lock().unwrap().push(h.abort_handle());
@@ -845,7 +861,17 @@ impl PgLink {
             conns,
             stalled,
             hold,
+            opened,
+            silenced,
         }
+    }
+
+    /// Every connection open now stays open and carries nothing from here on, as after a NAT or
+    /// firewall dropped its state without telling either peer; connections made after this
+    /// work.
+    pub fn silence_open(&self) {
+        let next = self.opened.load(std::sync::atomic::Ordering::SeqCst);
+        self.silenced.send_replace(next);
     }
 
     /// Cuts every connection and refuses new ones.

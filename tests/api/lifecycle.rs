@@ -554,3 +554,43 @@ async fn a_break_glass_session_that_ended_before_the_alert_pass_is_still_alerted
         serde_json::from_slice(&hook.requests().last().expect("no webhook call").body).unwrap();
     assert!(body["text"].as_str().unwrap().contains(&admin), "{body}");
 }
+
+/// The alert pass, like every other database step, gives up a connection that went silent (a
+/// NAT or firewall that dropped its state) after the database timeout, and runs again on a fresh
+/// one: a break-glass session opened afterwards is alerted within seconds. Before (found by a
+/// review), a pass waiting on a silent connection waited until the kernel gave it up, many
+/// minutes later: no alert was delivered meanwhile and, with `--break-glass-requires-alert`, no
+/// break-glass session was honoured.
+#[tokio::test]
+async fn the_alert_pass_survives_a_silent_database_connection() {
+    let hook = Upstream::start().await;
+    let url = format!("http://{}/hook", hook.addr);
+    let LinkedEnv { db, link, gw, .. } =
+        LinkedEnv::start(&["--db-timeout-ms", "500", "--alert-webhook-url", &url]).await;
+    // A first pass snapshots the group roles; every connection open then goes silent.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    link.silence_open();
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let session = db.break_glass(&admin, 600.0).await;
+    let t0 = Instant::now();
+    loop {
+        let delivered: Option<String> = sqlx::query_scalar(
+            "SELECT key FROM rbac_gateway_alerts WHERE delivered_at_utc IS NOT NULL AND key = $1",
+        )
+        .bind(format!("break_glass:{session}"))
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap();
+        if delivered.is_some() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(6),
+            "no alert delivered {:?} after the connections went silent; log:\n{}",
+            t0.elapsed(),
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(hook.count() >= 1);
+}
