@@ -375,15 +375,7 @@ async fn a_spool_that_cannot_be_written_is_replayed_and_denials_go_to_the_databa
     opts = opts.arg("300");
     opts.spool = Some(spool.clone());
     let gw = Gateway::start(opts).await;
-    let t0 = std::time::Instant::now();
-    while db.audit_rows(&spooled).await.is_empty() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "the spooled row never reached the database; log:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    replayed_within_5s(&db, &gw, &spooled).await;
     let (_, other) = db.admin_with_roles(&["console-user"]).await;
     let r = gw.get("/ops", Some(&other)).await;
     assert_eq!(r.status, 403, "log:\n{}", gw.log());
@@ -602,15 +594,7 @@ async fn a_database_that_refuses_audit_rows_is_named_by_readyz() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let t0 = std::time::Instant::now();
-    while db.audit_rows(&spooled).await.is_empty() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "the spooled row never reached the database; log:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    replayed_within_5s(&db, &gw, &spooled).await;
     let ready = gw.admin_get("/readyz").await;
     assert!(
         !ready.body_str().contains("refuses"),
@@ -650,6 +634,19 @@ async fn a_spool_made_writable_again_is_no_longer_named_by_readyz() {
             t0.elapsed() < Duration::from_secs(5),
             "still named after the volume was made writable: {}",
             ready.body_str()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits up to 5 s for the spooled row `id` to be replayed into the database.
+async fn replayed_within_5s(db: &TestDb, gw: &Gateway, id: &str) {
+    let t0 = std::time::Instant::now();
+    while db.audit_rows(id).await.is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the spooled row never reached the database; log:\n{}",
+            gw.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
