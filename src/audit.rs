@@ -94,7 +94,7 @@ async fn insert<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
     sql: &'static str,
     rows: &[impl Borrow<AuditEvent>],
-) -> Result<(), sqlx::Error> {
+) -> Result<u64, sqlx::Error> {
     fn col<T>(rows: &[impl Borrow<AuditEvent>], f: impl Fn(&AuditEvent) -> T) -> Vec<T> {
         rows.iter().map(|r| f(r.borrow())).collect()
     }
@@ -114,7 +114,7 @@ async fn insert<'e, E: sqlx::PgExecutor<'e>>(
         .bind(col(rows, |e| e.mapping_version.clone()))
         .execute(exec)
         .await
-        .map(|_| ())
+        .map(|done| done.rows_affected())
 }
 
 /// The writer's connection, kept from one batch to the next. Drawn from the pool for each
@@ -423,7 +423,7 @@ impl Inner {
             }),
         };
         let conn = h.conn.as_mut().expect("a held connection until dropped");
-        let result = insert(&mut **conn, INSERT_SQL, rows).await;
+        let result = insert(&mut **conn, INSERT_SQL, rows).await.map(drop);
         h.used = std::time::Instant::now();
         result
     }
@@ -467,7 +467,8 @@ impl Inner {
     /// why that fails, or that it works again.
     async fn probe_spool(&self) {
         let path = self.spool.clone();
-        let probe = self.sibling(".probe");
+        // Named for this process: gateways sharing the spool probe at the same moments.
+        let probe = self.sibling(&format!(".probe.{}", std::process::id()));
         let opened = tokio::task::spawn_blocking(move || {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -653,9 +654,12 @@ impl Inner {
         // them, for as long as the stall lasts. Each chunk commits on its own: a replay cut
         // short leaves rows stored that the next one skips (`ON CONFLICT`).
         let limit = self.timeout.max(Duration::from_secs(1));
+        // Counted as each statement commits, as inserted (not rows an earlier replay, cut
+        // short, or another gateway sharing the spool already stored).
+        let replayed = |n: u64| self.metrics.audit_replayed.inc_by(n);
         for chunk in events.chunks(MAX_BATCH) {
             match crate::db::within(limit, insert(&self.pool, REPLAY_SQL, chunk)).await {
-                Ok(()) => {}
+                Ok(n) => replayed(n),
                 // A row the database cannot store (a byte it refuses, a constraint added to
                 // the table): stored one by one, the others go in and it is set aside, instead
                 // of holding every row behind it in the spool for good.
@@ -663,7 +667,7 @@ impl Inner {
                     for row in chunk {
                         let one = std::slice::from_ref(row);
                         match crate::db::within(limit, insert(&self.pool, REPLAY_SQL, one)).await {
-                            Ok(()) => {}
+                            Ok(n) => replayed(n),
                             Err(e) if row_refused(&e) => aside.push(serde_json::json!({
                                 "why": e.to_string(),
                                 "row": row,
@@ -697,7 +701,6 @@ impl Inner {
             self.metrics.audit_spool_bytes.set(len as i64);
             self.spooled
                 .store(false, std::sync::atomic::Ordering::Release);
-            self.metrics.audit_replayed.inc_by(events.len() as u64);
             return Ok(events.len());
         }
         *lock(&self.stuck) = None;
@@ -708,7 +711,6 @@ impl Inner {
         self.metrics.audit_spool_bytes.set(0);
         self.spooled
             .store(false, std::sync::atomic::Ordering::Release);
-        self.metrics.audit_replayed.inc_by(events.len() as u64);
         Ok(events.len())
     }
 }

@@ -158,7 +158,8 @@ pub fn pool(url: &str, size: u32, timeout: Duration) -> Result<PgPool, sqlx::Err
         .before_acquire(|_, meta| Box::pin(async move { Ok(!idle_since_broken(meta.idle_for)) }))
         // A connection given back that was opened before the last connection error may be the
         // one that failed, or a silent one a timeout gave up on: closed, not pinged (sqlx's
-        // ping on release has no timeout of its own).
+        // ping on release has no timeout of its own; its close has none either, but only
+        // waits when more is unsent than the socket's buffer holds).
         .after_release(|_, meta| Box::pin(async move { Ok(!idle_since_broken(meta.age)) }))
         .connect_lazy_with(opts))
 }
