@@ -355,24 +355,20 @@ impl Inner {
     /// Writes rows to the database within the timeout, on the kept connection.
     async fn to_database(&self, rows: &[Arc<AuditEvent>]) -> Result<(), String> {
         let mut held = self.held.lock().await;
-        let result =
-            match tokio::time::timeout(self.timeout, self.insert_held(&mut held, rows)).await {
-                Ok(Ok(())) => {
-                    self.metrics
-                        .audit_rows
-                        .with_label_values(&["database"])
-                        .inc_by(rows.len() as u64);
-                    *lock(&self.refused) = None;
-                    return Ok(());
-                }
-                Ok(Err(e)) => self.failed(e).to_string(),
-                Err(_) => {
-                    // The connection may be silent, and the pool's other ones with it.
-                    crate::db::mark_broken();
-                    self.metrics.db_errors.inc();
-                    "timed out".to_string()
-                }
-            };
+        // A timeout marks the pool stale (`db::within`): the connection may be silent, and
+        // the pool's other ones with it.
+        let result = match crate::db::within(self.timeout, self.insert_held(&mut held, rows)).await
+        {
+            Ok(()) => {
+                self.metrics
+                    .audit_rows
+                    .with_label_values(&["database"])
+                    .inc_by(rows.len() as u64);
+                *lock(&self.refused) = None;
+                return Ok(());
+            }
+            Err(e) => self.failed(e).to_string(),
+        };
         // Whatever state the failure left the connection in, the next batch starts afresh.
         if let Some(h) = held.take() {
             h.discard();

@@ -209,7 +209,7 @@ pub struct SweepArgs {
 /// The switches whose documented states include "unset" (interface.md: `FLAG_RBAC_V2` "Unset or
 /// `1`: the modes in the mapping apply"). Set empty (`FLAG_RBAC_V2=` in a compose file, a unit
 /// or a pod spec, how such files unset a variable), each is taken as unset, not as a usage error.
-pub const UNSET_WHEN_EMPTY: [&str; 2] = ["FLAG_RBAC_V2", "FLAG_TICKET_SCOPED_GRANTS"];
+const UNSET_WHEN_EMPTY: [&str; 2] = ["FLAG_RBAC_V2", "FLAG_TICKET_SCOPED_GRANTS"];
 
 /// Removes the [`UNSET_WHEN_EMPTY`] variables that are set empty. Call before parsing, while the
 /// process has one thread.
