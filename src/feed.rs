@@ -192,10 +192,27 @@ pub async fn follow(
         if listener.is_none() {
             let listen = async {
                 let mut l = PgListener::connect_with(&listener_pool(&pool, limit)).await?;
+                // A lost connection is reported at once, not after sqlx has opened another
+                // and LISTENed on it, which this loop would drop unused: it reconnects on a
+                // pool of its own (see `listener_pool`).
+                l.eager_reconnect(false);
                 l.listen(CHANNEL).await?;
                 Ok(l)
             };
-            match within(limit, listen).await {
+            // After a lost connection the pool's idle ones are stale as well, and the read
+            // below would start opening a fresh one only once LISTEN is back. Opened side by
+            // side, the two backend starts (the slowest steps after a connection storm) cost
+            // the time of one; the connection goes back to the pool for the read.
+            let (listened, warmed) =
+                tokio::join!(within(limit, listen), within(limit, pool.acquire()));
+            match warmed {
+                Ok(conn) => drop(conn),
+                Err(e) => {
+                    crate::db::note_error(&e);
+                    tracing::debug!(error = %e, "change feed: cannot open a connection for the read");
+                }
+            }
+            match listened {
                 Ok(l) => {
                     tracing::info!("change feed: listening");
                     listener = Some(l);
