@@ -106,6 +106,7 @@ fn main() {
         max_body_bytes: 16 << 20,
         max_buffered_body_bytes: 256 << 20,
         shutdown_grace: Duration::from_secs(1),
+        authz_listen: None,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let workers = start_workers(gw, settings, stopped).expect("listen");
@@ -119,7 +120,7 @@ fn main() {
     });
     // The workers may all have ended already: nothing is left to tell then.
     let _ = stop.send(true);
-    for w in workers {
+    for w in workers.handles {
         if w.join().is_err() {
             eprintln!("a worker panicked");
         }

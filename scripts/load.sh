@@ -37,6 +37,8 @@
 #   BUILD=0       skip `cargo build --release` (use the existing target/release/rbac-gateway)
 #   KEEP=1        keep the temporary directory (logs, nginx configs, raw wrk output)
 set -euo pipefail
+# `scripts/load.sh forward-auth`: forward-auth against its floor, per edge (scripts/bench/forward-auth.sh).
+if [ "${1:-}" = forward-auth ]; then exec "$(dirname "$0")/bench/forward-auth.sh"; fi
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}

@@ -35,10 +35,11 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use crate::outcome::{decide, Facts, Outcome, Via};
+use crate::answer::{carry_out, Answer, Decision, Reply, RequestId, Tally};
+use crate::outcome::{decide, Facts};
 use crate::proxy::session_token;
 use crate::state::Gateway;
 use crate::target::{self, Refusal, Target};
@@ -147,48 +148,30 @@ pub fn reported(h: &HeaderMap) -> Result<(String, Target), TargetHeaderError> {
     Ok((method, t))
 }
 
-/// Binds the listener and serves it on its own runtime thread until `shutdown` turns true.
-pub fn start(
+/// Serves forward-auth on `listener` until `shutdown` turns true: one task per data-plane
+/// worker, on that worker's runtime (each worker has its own SO_REUSEPORT socket of
+/// `--authz-listen`; no thread of its own, no cross-thread wake-up).
+pub(crate) async fn serve(
     gw: Arc<Gateway>,
-    addr: SocketAddr,
-    threads: usize,
+    listener: tokio::net::TcpListener,
+    mut builder: hyper::server::conn::http1::Builder,
     shutdown: watch::Receiver<bool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let listener = crate::proxy::retry_in_use(|| std::net::TcpListener::bind(addr))?;
-    listener.set_nonblocking(true)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name("rbac-gateway-authz")
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("rbac-gateway-authz".into())
-        .spawn(move || rt.block_on(serve(gw, listener, shutdown)))
-}
-
-async fn serve(gw: Arc<Gateway>, listener: std::net::TcpListener, shutdown: watch::Receiver<bool>) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot register the forward-auth listener");
-            return;
-        }
-    };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Some(Duration::from_secs(10)))
-        .keep_alive(true);
-    crate::proxy::accept_until_shutdown(
+    grace: Duration,
+) {
+    builder.keep_alive(true);
+    let accepted = gw.metrics.connections.with_label_values(&["forward-auth"]);
+    let door = Arc::new(Door::new(gw));
+    crate::listen::accept_until_shutdown(
         listener,
         shutdown,
-        Duration::from_secs(2),
+        grace,
         "forward-auth",
+        accepted,
         move |stream, peer| {
-            let gw = gw.clone();
+            let door = door.clone();
             let service = service_fn(move |req| {
-                let gw = gw.clone();
-                async move { Ok::<_, Infallible>(handle(&gw, peer, req).await) }
+                let door = door.clone();
+                async move { Ok::<_, Infallible>(handle(&door, peer, req).await) }
             });
             builder.serve_connection(TokioIo::new(stream), service)
         },
@@ -196,38 +179,48 @@ async fn serve(gw: Arc<Gateway>, listener: std::net::TcpListener, shutdown: watc
     .await;
 }
 
-fn answer(status: u16, decision: &str, request_id: &str) -> Response<Full<Bytes>> {
-    let body = match status {
-        200 => "OK\n",
-        400 => "Bad Request\n",
-        401 => "Unauthorized\n",
-        403 => "Forbidden\n",
-        404 => "Not Found\n",
-        _ => "Service Unavailable\n",
-    };
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *resp.status_mut() = StatusCode::from_u16(status).expect("a valid status");
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(v) = HeaderValue::from_str(decision) {
-        h.insert(X_RBAC_DECISION, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert(X_REQUEST_ID, v);
-    }
-    resp
+/// Forward-auth's share of the gateway: its counters, looked up once.
+struct Door {
+    gw: Arc<Gateway>,
+    by_decision: Vec<(prometheus::IntCounter, prometheus::Histogram)>,
 }
 
-fn count(gw: &Gateway, started: Instant, label: &str) {
-    gw.metrics.authz_requests.with_label_values(&[label]).inc();
-    gw.metrics
-        .decision_seconds
-        .with_label_values(&[label])
-        .observe(started.elapsed().as_secs_f64());
+impl Door {
+    fn new(gw: Arc<Gateway>) -> Door {
+        let by_decision = Decision::ALL
+            .iter()
+            .map(|d| {
+                (
+                    gw.metrics.authz_requests.with_label_values(&[d.as_str()]),
+                    gw.metrics.decision_seconds.with_label_values(&[d.as_str()]),
+                )
+            })
+            .collect();
+        Door { gw, by_decision }
+    }
+}
+
+impl Tally for Door {
+    fn count(&self, decision: Decision, started: Instant) -> Instant {
+        let now = Instant::now();
+        let (n, t) = &self.by_decision[decision.index()];
+        n.inc();
+        t.observe(now.saturating_duration_since(started).as_secs_f64());
+        now
+    }
+}
+
+/// An answer with no body (`Content-Length: 0`) on every status: nginx keeps its
+/// `auth_request` connection only when the answer has none, and Caddy and Traefik read only
+/// the status and headers. The edge renders its own error pages.
+fn answer(status: u16, decision: Decision, request_id: &RequestId) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::from_u16(status).expect("a valid status");
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(X_RBAC_DECISION, HeaderValue::from_static(decision.as_str()));
+    h.insert(X_REQUEST_ID, request_id.header());
+    resp
 }
 
 /// The client's address as the edge proxy reports it (the last `X-Forwarded-For` hop, the one
@@ -242,35 +235,37 @@ fn client_ip(h: &HeaderMap, peer: SocketAddr) -> String {
         .map_or_else(|| peer.ip().to_string(), str::to_string)
 }
 
-async fn handle(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(door: &Door, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let gw = &*door.gw;
+    let request_id = RequestId::next();
     if req.uri().path() != PATH {
-        return answer(404, "not_found", &request_id);
+        let mut resp = answer(404, Decision::Gone, &request_id);
+        resp.headers_mut().remove(X_RBAC_DECISION);
+        return resp;
     }
+    let refused = |why: &dyn std::fmt::Display, label: &str| {
+        tracing::warn!(request_id = %request_id, reason = %why, edge = %peer, "forward-auth: refused");
+        gw.metrics.refusals.with_label_values(&[label]).inc();
+        door.count(Decision::Refused, started);
+        answer(400, Decision::Refused, &request_id)
+    };
     if req.method() == Method::CONNECT {
-        return answer(400, "refused", &request_id);
+        return refused(
+            &"CONNECT to the authorizer",
+            Refusal::NotOriginForm.as_str(),
+        );
     }
     let headers = req.headers();
     let (method, t) = match reported(headers) {
         Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(request_id = %request_id, reason = %e, edge = %peer, "forward-auth: refused");
-            gw.metrics.refusals.with_label_values(&[e.label()]).inc();
-            count(gw, started, "refused");
-            return answer(400, "refused", &request_id);
-        }
+        Err(e) => return refused(&e, e.label()),
     };
     // The edge forwards the client's own Cookie header to Console: one Console could read
     // differently from the gateway is refused, exactly as in the proxy.
     let token = match session_token(headers, &gw.cookie) {
         Ok(t) => t,
-        Err(r) => {
-            tracing::warn!(request_id = %request_id, reason = %r, edge = %peer, "forward-auth: refused");
-            gw.metrics.refusals.with_label_values(&[r.as_str()]).inc();
-            count(gw, started, "refused");
-            return answer(400, "refused", &request_id);
-        }
+        Err(r) => return refused(&r, r.as_str()),
     };
     let mapping = gw.mapping.load();
     let ip = client_ip(headers, peer);
@@ -282,78 +277,46 @@ async fn handle(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> Respo
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok()),
-        request_id: &request_id,
+        request_id: request_id.as_str(),
         at: started,
     };
     let outcome = decide(gw, &mapping, gw.switches(), &facts).await;
-    let label = outcome.label();
-    let (status, principal, shadow) = match outcome {
-        Outcome::Refuse(_) => (400, None, false),
-        Outcome::Forward(f) => (200, f.principal, f.via == Via::ShadowDenied),
-        Outcome::ShadowDeny { forward, row } => {
-            if let Err(e) = gw.audit.record(row).await {
-                tracing::error!(request_id = %request_id, error = %e, "cannot record a shadow denial");
-            }
-            (200, forward.principal, true)
-        }
-        Outcome::Redirect { location } => {
-            count(gw, started, label);
-            let mut resp = answer(401, label, &request_id);
-            match HeaderValue::from_str(&location) {
-                Ok(v) => {
-                    resp.headers_mut().insert(header::LOCATION, v);
+    let carried = carry_out(gw, door, outcome, request_id.as_str(), started).await;
+    let done = carried.answer;
+    let mut resp = answer(done.authz_status(), carried.decision, &request_id);
+    let h = resp.headers_mut();
+    match &done {
+        Answer::Forward {
+            identity, shadow, ..
+        } => {
+            if let Some(id) = identity {
+                // Checked to be header values when the answer was made.
+                match (
+                    HeaderValue::from_str(id.admin_id()),
+                    HeaderValue::from_str(id.roles()),
+                ) {
+                    (Ok(a), Ok(r)) => {
+                        h.insert(X_RBAC_ADMIN_ID, a);
+                        h.insert(X_RBAC_ROLES, r);
+                    }
+                    _ => {
+                        tracing::error!(request_id = %request_id, "identity is not a header value: answering 503");
+                        return answer(503, Decision::Unavailable, &request_id);
+                    }
                 }
-                // Built from a checked, percent-encoded target: cannot happen.
-                Err(e) => tracing::error!(error = %e, "login location is not a header value"),
             }
-            return resp;
-        }
-        Outcome::Deny { row } => {
-            if let Err(e) = gw.audit.record(row.clone()).await {
-                tracing::error!(request_id = %request_id, error = %e, "cannot record the denial: answering 503");
-                count(gw, started, "unavailable");
-                return answer(503, "unavailable", &request_id);
-            }
-            let rule = row.route.as_deref().unwrap_or("-");
-            gw.metrics
-                .denials_by_route
-                .with_label_values(&[rule, row.reason.as_str()])
-                .inc();
-            tracing::info!(
-                request_id = %request_id, admin_id = row.admin_id.as_deref().unwrap_or("-"), method = %row.method,
-                path = %row.path, rule = %rule, reason = %row.reason, mapping_version = row.mapping_version.as_deref().unwrap_or("-"),
-                "forward-auth: denied"
-            );
-            (403, None, false)
-        }
-        Outcome::Gone => (404, None, false),
-        Outcome::Unavailable(u) => {
-            tracing::warn!(request_id = %request_id, cause = u.as_str(), "forward-auth: answering 503");
-            (503, None, false)
-        }
-    };
-    count(gw, started, label);
-    let mut resp = answer(status, label, &request_id);
-    if let Some(p) = principal {
-        match (
-            HeaderValue::from_str(&p.admin_id),
-            HeaderValue::from_str(p.roles_header()),
-        ) {
-            (Ok(id), Ok(roles)) => {
-                let h = resp.headers_mut();
-                h.insert(X_RBAC_ADMIN_ID, id);
-                h.insert(X_RBAC_ROLES, roles);
-            }
-            _ => {
-                tracing::error!(request_id = %request_id, admin_id = %p.admin_id, "admin id or role names are not valid header values: answering 503");
-                count(gw, started, "unavailable");
-                return answer(503, "unavailable", &request_id);
+            if *shadow {
+                h.insert(X_RBAC_SHADOW, HeaderValue::from_static("deny"));
             }
         }
-    }
-    if shadow {
-        resp.headers_mut()
-            .insert(X_RBAC_SHADOW, HeaderValue::from_static("deny"));
+        Answer::Reply(Reply::Login { location }) => match HeaderValue::from_str(location) {
+            Ok(v) => {
+                h.insert(header::LOCATION, v);
+            }
+            // Built from a checked, percent-encoded target: cannot happen.
+            Err(e) => tracing::error!(error = %e, "login location is not a header value"),
+        },
+        Answer::Reply(_) => {}
     }
     resp
 }

@@ -33,6 +33,15 @@ impl ForwardKind {
             ForwardKind::Off => "off",
         }
     }
+
+    pub fn decision(self) -> crate::answer::Decision {
+        use crate::answer::Decision;
+        match self {
+            ForwardKind::Public => Decision::Public,
+            ForwardKind::Machine => Decision::Machine,
+            ForwardKind::Off => Decision::Off,
+        }
+    }
 }
 
 /// The effective mode of a route, with the kill switch (I-5) applied.

@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod answer;
 pub mod audit;
 pub mod authz;
 pub mod cli;
@@ -48,6 +49,7 @@ pub mod fasthash;
 pub mod feed;
 pub mod identity;
 pub mod lifecycle;
+pub mod listen;
 pub mod logfmt;
 pub mod logout;
 pub mod mapping;

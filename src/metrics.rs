@@ -5,20 +5,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-/// Every `decision` label of `requests_total` and `decision_duration_seconds`.
-pub const DECISIONS: &[&str] = &[
-    "allowed",
-    "denied",
-    "redirected",
-    "refused",
-    "public",
-    "machine",
-    "gone",
-    "off",
-    "shadow_denied",
-    "unavailable",
-];
-
 pub struct Metrics {
     registry: Registry,
     /// Requests by decision: allowed, denied, redirected, refused, public, machine, gone, off,
@@ -26,6 +12,9 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Forward-auth answers (`/authz`), by decision.
     pub authz_requests: IntCounterVec,
+    /// Client connections accepted, by listener (`data plane`, `forward-auth`): with requests,
+    /// shows whether an edge keeps its connections.
+    pub connections: IntCounterVec,
     /// Time to decide (before the upstream is contacted), by decision.
     pub decision_seconds: HistogramVec,
     /// Denials by route label (no_route uses "-").
@@ -83,6 +72,14 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let m = Metrics {
+            connections: IntCounterVec::new(
+                Opts::new(
+                    "rbac_gateway_connections_accepted_total",
+                    "Client connections accepted, by listener",
+                ),
+                &["listener"],
+            )
+            .unwrap(),
             authz_requests: IntCounterVec::new(
                 Opts::new(
                     "rbac_gateway_authz_requests_total",
@@ -278,6 +275,7 @@ impl Metrics {
         let r = &m.registry;
         r.register(Box::new(m.requests.clone())).unwrap();
         r.register(Box::new(m.authz_requests.clone())).unwrap();
+        r.register(Box::new(m.connections.clone())).unwrap();
         r.register(Box::new(m.decision_seconds.clone())).unwrap();
         r.register(Box::new(m.denials_by_route.clone())).unwrap();
         r.register(Box::new(m.refusals.clone())).unwrap();
@@ -314,9 +312,9 @@ impl Metrics {
     /// Creates every labelled series whose labels are known in advance, at 0, so a dashboard
     /// query (and `rate()`) finds them from start-up instead of after the first event.
     fn initialise_labels(&self) {
-        for d in DECISIONS {
-            self.requests.with_label_values(&[d]);
-            self.decision_seconds.with_label_values(&[d]);
+        for d in crate::answer::Decision::ALL {
+            self.requests.with_label_values(&[d.as_str()]);
+            self.decision_seconds.with_label_values(&[d.as_str()]);
         }
         for r in crate::target::Refusal::REASONS {
             self.refusals.with_label_values(&[r]);

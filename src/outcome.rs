@@ -153,18 +153,24 @@ pub enum Outcome {
 impl Outcome {
     /// The label of `rbac_gateway_requests_total{decision}`.
     pub fn label(&self) -> &'static str {
+        self.decision().as_str()
+    }
+
+    /// The decision label this outcome is counted under when every write succeeds.
+    pub fn decision(&self) -> crate::answer::Decision {
+        use crate::answer::Decision;
         match self {
-            Outcome::Refuse(_) => "refused",
+            Outcome::Refuse(_) => Decision::Refused,
             Outcome::Forward(f) => match f.via {
-                Via::Open(k) => k.as_str(),
-                Via::Allowed(_) => "allowed",
-                Via::ShadowDenied => "shadow_denied",
+                Via::Open(k) => k.decision(),
+                Via::Allowed(_) => Decision::Allowed,
+                Via::ShadowDenied => Decision::ShadowDenied,
             },
-            Outcome::ShadowDeny { .. } => "shadow_denied",
-            Outcome::Redirect { .. } => "redirected",
-            Outcome::Deny { .. } => "denied",
-            Outcome::Gone => "gone",
-            Outcome::Unavailable(_) => "unavailable",
+            Outcome::ShadowDeny { .. } => Decision::ShadowDenied,
+            Outcome::Redirect { .. } => Decision::Redirected,
+            Outcome::Deny { .. } => Decision::Denied,
+            Outcome::Gone => Decision::Gone,
+            Outcome::Unavailable(_) => Decision::Unavailable,
         }
     }
 
@@ -372,7 +378,7 @@ pub async fn decide<A: Authority>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::target::parse_target;
     use std::collections::HashMap;
@@ -381,11 +387,11 @@ mod tests {
     /// An in-memory authority: tokens -> principals, ticket grants per (admin, customer), and
     /// switches for a database or validator that does not answer.
     #[derive(Default)]
-    struct Fake {
-        sessions: HashMap<String, Arc<Principal>>,
-        tickets: HashMap<(String, i32), Vec<String>>,
-        db_down: bool,
-        tickets_down: bool,
+    pub(crate) struct Fake {
+        pub(crate) sessions: HashMap<String, Arc<Principal>>,
+        pub(crate) tickets: HashMap<(String, i32), Vec<String>>,
+        pub(crate) db_down: bool,
+        pub(crate) tickets_down: bool,
     }
 
     impl Authority for Fake {
@@ -464,7 +470,7 @@ access = "gone"
         Mapping::from_str("t.toml", Path::new("t.toml"), MAPPING).unwrap()
     }
 
-    fn fake() -> Fake {
+    pub(crate) fn fake() -> Fake {
         let mut f = Fake::default();
         let reader = Principal::for_tests("reader-admin", vec!["reader".into()], vec![]);
         let nobody = Principal::for_tests("nobody-admin", vec![], vec![]);
@@ -477,7 +483,13 @@ access = "gone"
         f
     }
 
-    async fn run(a: &Fake, switches: Switches, method: &str, path: &str, token: &str) -> Outcome {
+    pub(crate) async fn run(
+        a: &Fake,
+        switches: Switches,
+        method: &str,
+        path: &str,
+        token: &str,
+    ) -> Outcome {
         let target = parse_target(path.as_bytes()).unwrap();
         let facts = Facts {
             method,
@@ -510,7 +522,7 @@ access = "gone"
         (o.label(), row, drift)
     }
 
-    fn block_on<F: Future>(f: F) -> F::Output {
+    pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()

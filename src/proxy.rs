@@ -31,8 +31,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use crate::answer::{carry_out, Answer, Decision, Identity, Reply, RequestId, Tally};
 use crate::deadline::Deadlines;
-use crate::outcome::{decide, Facts, Forward, Outcome, Unavailable, Via};
+use crate::outcome::{decide, Facts, Forward, Outcome, Via};
 use crate::reader;
 use crate::sniff::{Heads, RawHead, Sniff};
 use crate::state::Gateway;
@@ -61,39 +62,8 @@ pub struct Settings {
     pub max_buffered_body_bytes: usize,
     /// In-flight requests get this long to finish after SIGTERM.
     pub shutdown_grace: Duration,
-}
-
-/// A request id: [`crate::outcome::unique_id`] in 32 hex digits. Unique without a getrandom
-/// syscall per request (measured in the load benchmark's profile), and kept on the stack (the
-/// answer's header value is its one allocation).
-#[derive(Clone, Copy)]
-struct RequestId([u8; 32]);
-
-impl RequestId {
-    fn next() -> RequestId {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut id = [0u8; 32];
-        for (pair, byte) in id.chunks_exact_mut(2).zip(crate::outcome::unique_id()) {
-            pair[0] = HEX[usize::from(byte >> 4)];
-            pair[1] = HEX[usize::from(byte & 15)];
-        }
-        RequestId(id)
-    }
-
-    fn as_str(&self) -> &str {
-        // Hex digits only: never the fallback.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-
-    fn header(&self) -> HeaderValue {
-        HeaderValue::from_bytes(&self.0).expect("hex digits")
-    }
-}
-
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
+    /// Forward-auth (`--authz-listen`): served by the same workers, on a socket of its own.
+    pub authz_listen: Option<SocketAddr>,
 }
 
 /// The default number of worker threads: half the cores, at least one. The gateway is a sidecar:
@@ -107,67 +77,6 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
-/// Binds the listening socket of one worker (SO_REUSEPORT: the kernel spreads connections
-/// over the workers' sockets).
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
-    sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(1024)?;
-    Ok(sock.into())
-}
-
-/// How long start-up waits for a port that a process which just ended may still hold.
-pub const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Binds with `bind`, trying again for up to [`RESTART_GRACE`] while the address
-/// is in use: a process that just ended (a SIGKILLed gateway being restarted) may hold its
-/// ports for a moment, until the kernel has closed its files. A port still taken after that is
-/// another live process's.
-pub fn retry_in_use<T>(mut bind: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
-    let started = std::time::Instant::now();
-    loop {
-        match bind() {
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && started.elapsed() < RESTART_GRACE =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(25));
-            }
-            other => return other,
-        }
-    }
-}
-
-/// SO_REUSEPORT would let this process share a port another process listens on with it (a
-/// forgotten gateway, one started with another mapping): each would answer a share of the
-/// requests. A socket bound without it is refused while anyone listens on the port, so the
-/// port is tried that way first.
-fn refuse_shared_port(addr: SocketAddr) -> std::io::Result<()> {
-    use socket2::{Domain, Socket, Type};
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    let bound = retry_in_use(|| {
-        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-        probe.set_reuse_address(true)?;
-        probe.bind(&addr.into())
-    });
-    bound.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            std::io::Error::new(
-                e.kind(),
-                format!("{e}: another process (another gateway?) listens on {addr}"),
-            )
-        } else {
-            e
-        }
-    })
-}
-
 /// Starts the workers; each returns when `shutdown` turns true and its connections finished
 /// (or the grace period ran out). The listeners are bound before this returns, so a port in
 /// use is reported to the caller.
@@ -175,16 +84,23 @@ pub fn start_workers(
     gw: Arc<Gateway>,
     settings: Settings,
     shutdown: watch::Receiver<bool>,
-) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-    refuse_shared_port(settings.listen)?;
-    let mut listeners = Vec::with_capacity(settings.threads);
-    for _ in 0..settings.threads.max(1) {
-        listeners.push(bind(settings.listen)?);
-    }
+) -> Result<Started, StartError> {
+    let threads = settings.threads.max(1);
+    let (listen, listeners) =
+        crate::listen::bind_workers(settings.listen, threads).map_err(StartError::Listen)?;
+    let (authz, mut authz_listeners) = match settings.authz_listen {
+        None => (None, Vec::new()),
+        Some(addr) => {
+            let (bound, all) =
+                crate::listen::bind_workers(addr, threads).map_err(StartError::Authz)?;
+            (Some(bound), all)
+        }
+    };
     let mut handles = Vec::new();
     let bodies = BodyBudget::new(settings.max_buffered_body_bytes);
     for (i, listener) in listeners.into_iter().enumerate() {
         let (gw, settings, shutdown) = (gw.clone(), settings.clone(), shutdown.clone());
+        let authz_listener = authz_listeners.pop();
         let bodies = bodies.clone();
         let handle = std::thread::Builder::new()
             .name(format!("rbac-gateway-w{i}"))
@@ -205,11 +121,41 @@ pub fn start_workers(
                 };
                 // Tasks are spawned on this runtime itself (not a LocalSet): a task woken by
                 // this thread is queued without waking the driver through its eventfd.
-                rt.block_on(worker(gw, settings, bodies, listener, shutdown));
-            })?;
+                rt.block_on(worker(
+                    gw,
+                    settings,
+                    bodies,
+                    listener,
+                    authz_listener,
+                    shutdown,
+                ));
+            })
+            .map_err(StartError::Thread)?;
         handles.push(handle);
     }
-    Ok(handles)
+    Ok(Started {
+        handles,
+        listen,
+        authz,
+    })
+}
+
+/// The running workers and the addresses they listen on (port 0 resolved).
+pub struct Started {
+    pub handles: Vec<std::thread::JoinHandle<()>>,
+    pub listen: SocketAddr,
+    pub authz: Option<SocketAddr>,
+}
+
+/// Why the workers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on --listen: {0}")]
+    Listen(std::io::Error),
+    #[error("cannot listen on --authz-listen: {0}")]
+    Authz(std::io::Error),
+    #[error("cannot start a worker thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// One worker: accepts connections and serves them until shutdown.
@@ -218,6 +164,7 @@ async fn worker(
     settings: Settings,
     bodies: Arc<BodyBudget>,
     listener: std::net::TcpListener,
+    authz: Option<std::net::TcpListener>,
     shutdown: watch::Receiver<bool>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -227,13 +174,12 @@ async fn worker(
             return;
         }
     };
-    let by_decision = crate::metrics::DECISIONS
+    let by_decision = Decision::ALL
         .iter()
         .map(|d| {
             (
-                *d,
-                gw.metrics.requests.with_label_values(&[d]),
-                gw.metrics.decision_seconds.with_label_values(&[d]),
+                gw.metrics.requests.with_label_values(&[d.as_str()]),
+                gw.metrics.decision_seconds.with_label_values(&[d.as_str()]),
             )
         })
         .collect();
@@ -271,11 +217,27 @@ async fn worker(
         // away does not cancel its request: Console's answer is read and dropped (the write to
         // the client fails).
         .half_close(true);
-    accept_until_shutdown(
+    // Forward-auth, on this worker's runtime beside the data plane.
+    let authz = match authz.map(tokio::net::TcpListener::from_std) {
+        None => None,
+        Some(Ok(l)) => Some(tokio::task::spawn(crate::authz::serve(
+            w.gw.clone(),
+            l,
+            builder.clone(),
+            shutdown.clone(),
+            settings.shutdown_grace,
+        ))),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot register the forward-auth listener");
+            None
+        }
+    };
+    crate::listen::accept_until_shutdown(
         listener,
         shutdown,
         settings.shutdown_grace,
         "data plane",
+        w.gw.metrics.connections.with_label_values(&["data plane"]),
         move |stream, peer| {
             let w = w.clone();
             let heads = Heads::new(settings.max_headers, settings.max_header_bytes);
@@ -288,52 +250,11 @@ async fn worker(
         },
     )
     .await;
-}
-
-/// Accepts connections until `shutdown` turns true, serving each with the connection `serve`
-/// makes of it (on its own task), then gives the open ones `grace` to finish. Shared by the
-/// data plane's workers and the forward-auth listener; `what` names the listener in logs.
-pub(crate) async fn accept_until_shutdown<C>(
-    listener: tokio::net::TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-    grace: Duration,
-    what: &'static str,
-    mut serve: impl FnMut(tokio::net::TcpStream, SocketAddr) -> C,
-) where
-    C: crate::drain::GracefulConnection<Output = Result<(), hyper::Error>> + Send + 'static,
-{
-    let drain = crate::drain::Drain::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, listener = what, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-                let conn = drain.watch(serve(stream, peer));
-                tokio::task::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, listener = what, "client connection ended with an error");
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, drain.shutdown()).await.is_err() {
-        tracing::warn!(
-            listener = what,
-            "shutdown grace period over: closing the connections still open"
-        );
+    if let Some(Err(e)) = match authz {
+        Some(task) => Some(task.await),
+        None => None,
+    } {
+        tracing::error!(error = %e, "the forward-auth listener's task failed");
     }
 }
 
@@ -407,7 +328,7 @@ struct Worker {
     body_read_timeout: Duration,
     /// The request counter and decision-time histogram of each decision label, looked up once
     /// per worker instead of hashed per request.
-    by_decision: Vec<(&'static str, prometheus::IntCounter, prometheus::Histogram)>,
+    by_decision: Vec<(prometheus::IntCounter, prometheus::Histogram)>,
     /// Console's answer time by status class (1xx..5xx), looked up once per worker.
     upstream_seconds: [prometheus::Histogram; 5],
 }
@@ -617,25 +538,19 @@ async fn handle(
     Ok(respond(&w, &mut ctx, outcome, req, cookie).await)
 }
 
-/// Counts the request's outcome and how long it took to reach it; returns the time it read.
-fn count(w: &Worker, ctx: &Ctx, label: &str) -> Instant {
-    let now = Instant::now();
-    let secs = now.saturating_duration_since(ctx.started).as_secs_f64();
-    match w.by_decision.iter().find(|(d, _, _)| *d == label) {
-        Some((_, n, t)) => {
-            n.inc();
-            t.observe(secs);
-        }
-        None => {
-            let m = &w.gw.metrics;
-            m.requests.with_label_values(&[label]).inc();
-            m.decision_seconds.with_label_values(&[label]).observe(secs);
-        }
+impl Tally for Worker {
+    /// Counts the request's decision and how long it took to reach it.
+    fn count(&self, decision: Decision, started: Instant) -> Instant {
+        let now = Instant::now();
+        let (n, t) = &self.by_decision[decision.index()];
+        n.inc();
+        t.observe(now.saturating_duration_since(started).as_secs_f64());
+        now
     }
-    now
 }
 
-/// The one place where an outcome becomes an answer.
+/// The one place where an outcome becomes the data plane's answer: carried out
+/// ([`carry_out`]), then sent to Console or answered here.
 async fn respond(
     w: &Arc<Worker>,
     ctx: &mut Ctx,
@@ -643,74 +558,35 @@ async fn respond(
     req: Request<Incoming>,
     cookie: CookieRewrite,
 ) -> Response<GatewayBody> {
-    let gw = &w.gw;
-    match outcome {
-        Outcome::Refuse(_) => {
-            count(w, ctx, "refused");
-            text_response(ctx, 400, "Bad Request\n", true)
-        }
-        Outcome::Gone => {
-            count(w, ctx, "gone");
-            text_response(ctx, 404, "Not Found\n", false)
-        }
-        Outcome::Redirect { location } => {
-            count(w, ctx, "redirected");
-            let mut resp = text_response(ctx, 302, "Found\n", false);
-            match HeaderValue::from_str(&location) {
-                Ok(v) => {
-                    resp.headers_mut().insert(header::LOCATION, v);
+    let carried = carry_out(&*w.gw, &**w, outcome, ctx.request_id.as_str(), ctx.started).await;
+    let decided = carried.decided_at;
+    match carried.answer {
+        Answer::Forward {
+            forward,
+            identity,
+            shadow,
+        } => forward_request(w, ctx, forward, identity, shadow, req, cookie, decided).await,
+        Answer::Reply(reply) => {
+            let (status, body, close) = match &reply {
+                Reply::Refused => (400, "Bad Request\n", true),
+                Reply::Login { .. } => (302, "Found\n", false),
+                Reply::Denied => (403, "Forbidden\n", false),
+                Reply::Gone => (404, "Not Found\n", false),
+                Reply::Unavailable => (503, "Service Unavailable\n", false),
+            };
+            let mut resp = text_response(ctx, status, body, close);
+            if let Reply::Login { location } = &reply {
+                match HeaderValue::from_str(location) {
+                    Ok(v) => {
+                        resp.headers_mut().insert(header::LOCATION, v);
+                    }
+                    // Built from a checked, percent-encoded target: cannot happen.
+                    Err(e) => tracing::error!(error = %e, "login location is not a header value"),
                 }
-                // Built from a checked, percent-encoded target: cannot happen.
-                Err(e) => tracing::error!(error = %e, "login location is not a header value"),
             }
             resp
         }
-        Outcome::Unavailable(why) => unavailable(w, ctx, why),
-        Outcome::Deny { row } => {
-            if let Err(e) = gw.audit.record(row.clone()).await {
-                tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record the denial: answering 503");
-                return unavailable(w, ctx, Unavailable::Audit);
-            }
-            let label = row.route.as_deref().unwrap_or("-");
-            gw.metrics
-                .denials_by_route
-                .with_label_values(&[label, row.reason.as_str()])
-                .inc();
-            tracing::info!(
-                request_id = %ctx.request_id, admin_id = row.admin_id.as_deref().unwrap_or("-"), method = %row.method,
-                path = %row.path, rule = %label, required = row.required.as_deref().unwrap_or("-"),
-                reason = %row.reason, mapping_version = row.mapping_version.as_deref().unwrap_or("-"), "denied"
-            );
-            count(w, ctx, "denied");
-            text_response(ctx, 403, "Forbidden\n", false)
-        }
-        Outcome::ShadowDeny { forward, row } => {
-            if let Err(e) = gw.audit.record(row.clone()).await {
-                tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record a shadow denial");
-            }
-            tracing::info!(request_id = %ctx.request_id, admin_id = row.admin_id.as_deref().unwrap_or("-"), rule = row.route.as_deref().unwrap_or("-"), "shadow: would deny, forwarding");
-            let decided = count(w, ctx, "shadow_denied");
-            forward_request(w, ctx, forward, req, cookie, decided).await
-        }
-        Outcome::Forward(forward) => {
-            let decided = count(w, ctx, outcome_label(&forward));
-            forward_request(w, ctx, forward, req, cookie, decided).await
-        }
     }
-}
-
-fn outcome_label(f: &Forward) -> &'static str {
-    match f.via {
-        Via::Open(k) => k.as_str(),
-        Via::Allowed(_) => "allowed",
-        Via::ShadowDenied => "shadow_denied",
-    }
-}
-
-fn unavailable(w: &Worker, ctx: &Ctx, why: Unavailable) -> Response<GatewayBody> {
-    tracing::warn!(request_id = %ctx.request_id, cause = why.as_str(), "answering 503");
-    count(w, ctx, "unavailable");
-    text_response(ctx, 503, "Service Unavailable\n", false)
 }
 
 enum BodyError {
@@ -781,10 +657,13 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward_request(
     w: &Arc<Worker>,
     ctx: &mut Ctx,
     forward: Forward,
+    identity: Option<Identity>,
+    shadow: bool,
     req: Request<Incoming>,
     cookie: CookieRewrite,
     decided: Instant,
@@ -843,17 +722,6 @@ async fn forward_request(
     // hop-by-hop ones, spoofed identity headers, framing headers and what the gateway sets
     // itself; then the gateway's own; then the body read whole.
     let h = &parts.headers;
-    let (admin_id, roles) = match &forward.principal {
-        Some(p) => {
-            let (id, roles) = (p.admin_id.as_bytes(), p.roles_header().as_bytes());
-            if !p.forwardable() {
-                tracing::error!(request_id = %ctx.request_id, admin_id = %p.admin_id, "admin id or role names are not valid header values: answering 503");
-                return unavailable(w, ctx, Unavailable::Identity);
-            }
-            (Some(id), Some(roles))
-        }
-        None => (None, None),
-    };
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut request = Vec::with_capacity(512 + bytes.len());
     request.extend_from_slice(parts.method.as_str().as_bytes());
@@ -910,17 +778,25 @@ async fn forward_request(
             bytes.len().to_string().as_bytes(),
         );
     }
-    if let (Some(id), Some(roles)) = (admin_id, roles) {
-        put_header(&mut request, X_RBAC_ADMIN_ID.as_str().as_bytes(), id);
-        put_header(&mut request, X_RBAC_ROLES.as_str().as_bytes(), roles);
+    if let Some(id) = &identity {
+        put_header(
+            &mut request,
+            X_RBAC_ADMIN_ID.as_str().as_bytes(),
+            id.admin_id().as_bytes(),
+        );
+        put_header(
+            &mut request,
+            X_RBAC_ROLES.as_str().as_bytes(),
+            id.roles().as_bytes(),
+        );
     }
-    if forward.via == Via::ShadowDenied {
+    if shadow {
         put_header(&mut request, X_RBAC_SHADOW.as_str().as_bytes(), b"deny");
     }
     put_header(
         &mut request,
         X_REQUEST_ID.as_str().as_bytes(),
-        &ctx.request_id.0,
+        ctx.request_id.as_bytes(),
     );
     if forwarded_for.is_empty() {
         put_header(
@@ -1018,26 +894,6 @@ async fn forward_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_ids_are_a_process_prefix_and_a_counter_in_hex() {
-        let (a, b) = (RequestId::next(), RequestId::next());
-        for id in [a, b] {
-            assert_eq!(id.as_str().len(), 32);
-            assert!(id
-                .as_str()
-                .bytes()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
-            assert_eq!(id.header().as_bytes(), id.as_str().as_bytes());
-            assert_eq!(id.to_string(), id.as_str());
-        }
-        assert_eq!(a.as_str()[..16], b.as_str()[..16], "one prefix per process");
-        let counter = |id: RequestId| u64::from_str_radix(&id.as_str()[16..], 16).unwrap();
-        // Other tests may take ids in between, never the same one.
-        assert!(counter(b) > counter(a));
-        let c = RequestId::next();
-        assert_ne!(c.as_str(), b.as_str());
-    }
 
     #[test]
     fn identity_headers_in_any_spelling() {

@@ -37,10 +37,6 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     let mapping = load_mapping(&args.routes)?;
     let upstream = resolve(&args.upstream, "--upstream")?;
     let listen = resolve(&args.listen, "--listen")?;
-    if listen.port() == 0 {
-        // Each worker binds the port itself: port 0 would give every worker a different one.
-        return Err(usage(anyhow!("--listen needs a fixed port, not 0")));
-    }
     let admin_addr = resolve(&args.admin_listen, "--admin-listen")?;
     let authz_addr = match &args.authz_listen {
         None => None,
@@ -151,7 +147,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         // Bound now, so a port in use is found before anything else starts; served only once the
         // data plane (and the forward-auth listener) listen: `/readyz` never answers 200 for a
         // gateway that cannot take requests.
-        let admin = proxy::retry_in_use(|| std::net::TcpListener::bind(admin_addr))
+        let admin = crate::listen::retry_in_use(|| std::net::TcpListener::bind(admin_addr))
             .and_then(|l| {
                 l.set_nonblocking(true)?;
                 tokio::net::TcpListener::from_std(l)
@@ -198,25 +194,30 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         max_body_bytes: args.max_body_bytes,
         max_buffered_body_bytes: args.max_buffered_body_bytes,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        authz_listen: authz_addr,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let workers = proxy::start_workers(gw.clone(), settings, stopped)
-        .map_err(|e| failure(anyhow!("cannot listen on {listen}: {e}")))?;
-    tracing::info!(listen = %listen, threads, "listening");
-    // ---- Forward-auth listener for edge proxies (issue 13): off unless --authz-listen. ----
-    let authz = match authz_addr {
-        None => None,
-        Some(addr) => {
-            let handle = crate::authz::start(gw.clone(), addr, threads, stop.subscribe())
-                .map_err(|e| failure(anyhow!("cannot listen on {addr} (--authz-listen): {e}")))?;
-            for label in ["allowed", "redirected", "denied", "refused", "unavailable"] {
-                gw.metrics.authz_requests.with_label_values(&[label]);
+    let started = proxy::start_workers(gw.clone(), settings, stopped).map_err(|e| {
+        let addr = match &e {
+            proxy::StartError::Authz(_) => authz_addr.unwrap_or(listen),
+            _ => listen,
+        };
+        failure(anyhow!("{e} ({addr})"))
+    })?;
+    // The addresses bound (port 0 resolved): tests and supervisors read them from this line.
+    let admin_bound = admin.local_addr().map_err(failure)?;
+    match started.authz {
+        Some(authz) => {
+            for d in crate::answer::Decision::ALL {
+                gw.metrics.authz_requests.with_label_values(&[d.as_str()]);
             }
-            tracing::info!(authz_listen = %addr, "forward-auth listening");
-            Some(handle)
+            tracing::info!(listen = %started.listen, admin_listen = %admin_bound, authz_listen = %authz, threads, "listening");
         }
-    };
-    // ---- end of the forward-auth block ----
+        None => {
+            tracing::info!(listen = %started.listen, admin_listen = %admin_bound, threads, "listening")
+        }
+    }
+    let workers = started.handles;
     {
         let _runtime = bg.enter();
         supervise::spawn(
@@ -248,9 +249,6 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             tracing::error!("a worker thread panicked");
         }
     }
-    if authz.is_some_and(|a| a.join().is_err()) {
-        tracing::error!("the forward-auth thread panicked");
-    }
     tracing::info!("shut down");
     drop(bg);
     Ok(())
@@ -262,7 +260,8 @@ fn overlap(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
     let covers = |w: std::net::SocketAddr, o: std::net::SocketAddr| {
         w.ip().is_unspecified() && (w.is_ipv6() || o.is_ipv4())
     };
-    a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+    // Port 0: each listener gets a port of its own.
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 #[cfg(test)]
@@ -280,5 +279,6 @@ mod tests {
         assert!(!o("127.0.0.1:8080", "127.0.0.1:8081"));
         assert!(!o("127.0.0.1:8080", "127.0.0.2:8080"));
         assert!(!o("0.0.0.0:8080", "[::1]:8080"));
+        assert!(!o("127.0.0.1:0", "127.0.0.1:0"));
     }
 }

@@ -188,27 +188,39 @@ async fn serve_refuses_an_invalid_mapping_before_binding() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(":4:10: unknown access \"open\""));
 }
 
-#[test]
-fn serve_refuses_port_zero() {
-    // Every worker binds the listening port itself (SO_REUSEPORT): port 0 would give each a
-    // different port.
-    let out = bin()
-        .args([
-            "serve",
-            "--database-url",
-            "postgres://127.0.0.1:1/x",
-            "--routes",
-        ])
-        .arg(root().join("routes.toml"))
-        .args(["--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
+/// Port 0 on every listener: each gets a free port (every worker's socket the same one), and
+/// the "listening" line reports what was bound, which is what answers.
+#[tokio::test]
+async fn serve_on_port_zero_reports_the_ports_it_bound() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--threads")
+            .arg("2")
+            .arg("--authz-listen")
+            .arg("127.0.0.1:0"),
+    )
+    .await;
+    let authz = gw.authz_addr();
+    let ports = [gw.addr.port(), gw.admin.port(), authz.port()];
+    assert!(ports.iter().all(|p| *p != 0), "{ports:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--listen needs a fixed port"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2],
+        "{ports:?}"
     );
+    // Both workers' sockets are on the one port reported: every connection is answered.
+    for _ in 0..8 {
+        assert_eq!(gw.status("/auth/login", None).await, 200);
+    }
+    let r = send(
+        authz,
+        b"GET /authz HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Original-Method: GET\r\nX-Original-URI: /auth/login\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(gw.admin_get("/healthz").await.status, 200);
 }
 
 #[test]

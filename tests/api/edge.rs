@@ -68,60 +68,62 @@ async fn wait_port(addr: SocketAddr, what: &str, log: &Path) {
     }
 }
 
-/// The nginx configuration the README documents, with test ports.
+/// The fenced blocks of README.md written in `lang`, in order: the configurations the README
+/// prints are the ones these tests run.
+fn readme_blocks(lang: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        match &mut current {
+            None if line.trim_end() == format!("```{lang}") => current = Some(String::new()),
+            None => {}
+            Some(_) if line.trim_end() == "```" => blocks.push(current.take().unwrap()),
+            Some(b) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+        }
+    }
+    blocks
+}
+
+/// The one README block of `lang` containing `marker`.
+fn readme_block(lang: &str, marker: &str) -> String {
+    let found: Vec<String> = readme_blocks(lang)
+        .into_iter()
+        .filter(|b| b.contains(marker))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "README.md: one ```{lang} block with {marker:?}"
+    );
+    found.into_iter().next().unwrap()
+}
+
+/// `text` with every `from` replaced by `to`; `from` must be there (a README that no longer
+/// has it would otherwise run with the printed address).
+fn put(text: String, from: &str, to: &str) -> String {
+    assert!(
+        text.contains(from),
+        "README configuration has no {from:?}:\n{text}"
+    );
+    text.replace(from, to)
+}
+
+/// The README's addresses: the gateway's forward-auth listener and Console.
+const README_AUTHZ: &str = "127.0.0.1:9191";
+const README_CONSOLE: &str = "127.0.0.1:5000";
+
+/// The nginx configuration the README prints (the `upstream` and `server` blocks for the
+/// `http` context), with test ports.
 pub fn nginx_server_block(listen: u16, authz: SocketAddr, upstream: SocketAddr) -> String {
-    format!(
-        r#"
-  server {{
-    listen 127.0.0.1:{listen};
-    absolute_redirect off;
-    location = /_rbac_authz {{
-      internal;
-      proxy_pass http://{authz}/authz;
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-Method $request_method;
-      proxy_set_header X-Original-URI $request_uri;
-      # Only one pair reaches the gateway: a client's own X-Forwarded-* are not passed on.
-      proxy_set_header X-Forwarded-Method "";
-      proxy_set_header X-Forwarded-Uri "";
-      proxy_set_header X-Forwarded-For $remote_addr;
-    }}
-    location / {{
-      auth_request /_rbac_authz;
-      auth_request_set $rbac_admin_id $upstream_http_x_rbac_admin_id;
-      auth_request_set $rbac_roles $upstream_http_x_rbac_roles;
-      auth_request_set $rbac_shadow $upstream_http_x_rbac_shadow_decision;
-      auth_request_set $rbac_location $upstream_http_location;
-      auth_request_set $rbac_decision $upstream_http_x_rbac_decision;
-      error_page 401 = @rbac_login;
-      error_page 500 = @rbac_status;
-      # Set from the authorizer's answer only (empty: not sent); a client's own are dropped.
-      proxy_set_header X-Rbac-Admin-Id $rbac_admin_id;
-      proxy_set_header X-Rbac-Roles $rbac_roles;
-      proxy_set_header X-Rbac-Shadow-Decision $rbac_shadow;
-      # The target the gateway decided on is nginx's own: a client's report of one never
-      # reaches Console (the gateway refuses these names, but it sees nginx's values here).
-      proxy_set_header X-Original-URI "";
-      proxy_set_header X-Original-Method "";
-      proxy_set_header X-Forwarded-Uri "";
-      proxy_set_header X-Forwarded-Method "";
-      proxy_set_header Connection "";
-      proxy_http_version 1.1;
-      proxy_pass http://{upstream};
-    }}
-    location @rbac_login {{
-      return 302 $rbac_location;
-    }}
-    # nginx answers 500 to any authorizer status but 2xx/401/403: give back the gateway's.
-    location @rbac_status {{
-      if ($rbac_decision = refused) {{ return 400; }}
-      if ($rbac_decision = gone) {{ return 404; }}
-      if ($rbac_decision = unavailable) {{ return 503; }}
-      return 500;
-    }}
-  }}"#
-    )
+    let conf = readme_block("nginx", "auth_request");
+    let conf = put(conf, "listen 80;", &format!("listen 127.0.0.1:{listen};"));
+    let conf = put(conf, README_AUTHZ, &authz.to_string());
+    put(conf, README_CONSOLE, &upstream.to_string())
 }
 
 async fn nginx(authz: SocketAddr, upstream: SocketAddr) -> Edge {
@@ -172,30 +174,18 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The Caddyfile the README documents, with test ports.
+/// The Caddyfile the README prints, with test ports (and Caddy's admin endpoint and automatic
+/// HTTPS off, which a test cannot use).
 pub fn caddyfile(listen: u16, authz: SocketAddr, upstream: SocketAddr) -> String {
-    format!(
-        r#"{{
-	admin off
-	auto_https off
-	persist_config off
-}}
-http://:{listen} {{
-	bind 127.0.0.1
-	# copy_headers sets each listed header from the authorizer's answer, or removes it: a
-	# client's own never pass.
-	forward_auth {authz} {{
-		uri /authz
-		copy_headers X-Rbac-Admin-Id X-Rbac-Roles X-Rbac-Shadow-Decision
-		@login status 401
-		handle_response @login {{
-			redir {{rp.header.Location}} 302
-		}}
-	}}
-	reverse_proxy {upstream}
-}}
-"#
-    )
+    let conf = readme_block("caddyfile", "forward_auth");
+    let conf = put(
+        conf,
+        ":80 {",
+        &format!("http://:{listen} {{\n\tbind 127.0.0.1"),
+    );
+    let conf = put(conf, README_AUTHZ, &authz.to_string());
+    let conf = put(conf, README_CONSOLE, &upstream.to_string());
+    format!("{{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}}\n{conf}")
 }
 
 async fn caddy(authz: SocketAddr, upstream: SocketAddr) -> Edge {
@@ -258,20 +248,13 @@ async fn denied_rows(db: &TestDb, path: &str) -> i64 {
 async fn behind(edge_name: &str, start: impl AsyncFnOnce(SocketAddr, SocketAddr) -> Edge) {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
-    let authz_port = free_port();
-    let authz: SocketAddr = format!("127.0.0.1:{authz_port}").parse().unwrap();
     let gw = Gateway::start(
         GatewayOpts::new(core_routes(), &db, up.addr)
             .arg("--authz-listen")
-            .arg(&authz.to_string()),
+            .arg("127.0.0.1:0"),
     )
     .await;
-    wait_port(
-        authz,
-        "the forward-auth listener",
-        &gw.dir.path().join("gateway.log"),
-    )
-    .await;
+    let authz = gw.authz_addr();
     let edge = start(authz, up.addr).await;
     let (admin, token) = db.admin_with_roles(&["console-audit-user"]).await;
     let (_other, weak) = db.admin_with_roles(&["console-user"]).await;
@@ -300,7 +283,10 @@ async fn behind(edge_name: &str, start: impl AsyncFnOnce(SocketAddr, SocketAddr)
         seen.len(),
         1,
         "{}",
-        ctx("allowed reaches the upstream once")
+        ctx(&format!(
+            "allowed reaches the upstream once: {:?}",
+            seen.iter().map(|s| s.target.clone()).collect::<Vec<_>>()
+        ))
     );
     assert_eq!(seen[0].target, "/console/customers/42?tab=1");
     assert_eq!(
@@ -412,6 +398,55 @@ async fn behind(edge_name: &str, start: impl AsyncFnOnce(SocketAddr, SocketAddr)
             .await
             >= 1.0
     );
+    edge_keeps_its_connection_to_the_authorizer(&edge, &gw, &token, &weak, edge_name).await;
+}
+
+const AUTHZ_CONNECTIONS: &str =
+    "rbac_gateway_connections_accepted_total{listener=\"forward-auth\"}";
+
+/// Twenty allowed, redirected and denied requests through the edge, each on a new client
+/// connection, reach the authorizer over far fewer connections: the edge keeps them (an answer
+/// with a body, or a configuration without keep-alive, costs one per request).
+async fn edge_keeps_its_connection_to_the_authorizer(
+    edge: &Edge,
+    gw: &Gateway,
+    token: &str,
+    weak: &str,
+    edge_name: &str,
+) {
+    let before = gw.metric(AUTHZ_CONNECTIONS).await;
+    let asked = || async {
+        let mut n = 0.0;
+        for d in ["allowed", "redirected", "denied"] {
+            n += gw
+                .metric(&format!(
+                    "rbac_gateway_authz_requests_total{{decision=\"{d}\"}}"
+                ))
+                .await;
+        }
+        n
+    };
+    let asked_before = asked().await;
+    for i in 0..21 {
+        let (path, tok) = match i % 3 {
+            0 => ("/console/customers/42", Some(token)),
+            1 => ("/console/customers/42", None),
+            _ => ("/console/customers/44", Some(weak)),
+        };
+        let r = get(edge, path, tok, &[]).await;
+        assert!(
+            [200, 302, 401, 403].contains(&r.status),
+            "{edge_name}: {path}: {}",
+            r.status
+        );
+    }
+    let opened = gw.metric(AUTHZ_CONNECTIONS).await - before;
+    let asked = asked().await - asked_before;
+    assert_eq!(asked, 21.0, "{edge_name}: every request was asked about");
+    assert!(
+        opened <= 3.0,
+        "{edge_name}: {opened} connections to the authorizer for 21 requests: the edge does not keep them"
+    );
 }
 
 #[tokio::test]
@@ -428,20 +463,13 @@ async fn caddy_forward_auth_allow_login_deny_refuse_and_no_spoofing() {
 async fn authz_refuses_missing_duplicated_and_disagreeing_target_headers() {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
-    let authz_port = free_port();
-    let authz: SocketAddr = format!("127.0.0.1:{authz_port}").parse().unwrap();
     let gw = Gateway::start(
         GatewayOpts::new(core_routes(), &db, up.addr)
             .arg("--authz-listen")
-            .arg(&authz.to_string()),
+            .arg("127.0.0.1:0"),
     )
     .await;
-    wait_port(
-        authz,
-        "the forward-auth listener",
-        &gw.dir.path().join("gateway.log"),
-    )
-    .await;
+    let authz = gw.authz_addr();
     let (admin, token) = db.admin_with_roles(&["console-audit-user"]).await;
     let ask = |headers: &'static str, cookie: bool| {
         let token = token.clone();
@@ -502,28 +530,73 @@ async fn authz_refuses_missing_duplicated_and_disagreeing_target_headers() {
     assert_eq!(up.count(), 0, "the forward-auth listener never forwards");
 }
 
-/// The Traefik dynamic configuration the README documents, with test ports (file provider).
-pub fn traefik_dynamic(authz: SocketAddr, upstream: SocketAddr) -> String {
-    format!(
-        r#"http:
-  routers:
-    console:
-      entryPoints: ["web"]
-      rule: "PathPrefix(`/`)"
-      middlewares: ["rbac"]
-      service: console
-  middlewares:
-    rbac:
-      forwardAuth:
-        address: "http://{authz}/authz"
-        authResponseHeaders: ["X-Rbac-Admin-Id", "X-Rbac-Roles", "X-Rbac-Shadow-Decision"]
-  services:
-    console:
-      loadBalancer:
-        servers:
-          - url: "http://{upstream}"
-"#
+/// Every answer an edge reads as a decision (200, 401, 403, 400, 404) has no body and leaves
+/// the connection open: all of them are asked on one connection, in turn.
+#[tokio::test]
+async fn authz_answers_have_no_body_and_keep_the_connection() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--authz-listen")
+            .arg("127.0.0.1:0"),
     )
+    .await;
+    let authz = gw.authz_addr();
+    let (_admin, token) = db.admin_with_roles(&["console-audit-user"]).await;
+    let (_other, weak) = db.admin_with_roles(&["console-user"]).await;
+    let mut conn = tokio::net::TcpStream::connect(authz).await.unwrap();
+    let cookie = |t: &str| format!("Cookie: console_session={t}\r\n");
+    #[rustfmt::skip]
+    let asks: [(&str, String, String, u16); 6] = [
+        ("allowed", "/authz".into(), format!("X-Original-Method: GET\r\nX-Original-URI: /console/customers/1\r\n{}", cookie(&token)), 200),
+        ("no session", "/authz".into(), "X-Original-Method: GET\r\nX-Original-URI: /console/customers/1\r\n".into(), 401),
+        ("denied", "/authz".into(), format!("X-Original-Method: GET\r\nX-Original-URI: /console/customers/2\r\n{}", cookie(&weak)), 403),
+        ("refused", "/authz".into(), "X-Original-Method: GET\r\nX-Original-URI: /a%2Fb\r\n".into(), 400),
+        ("gone", "/authz".into(), format!("X-Original-Method: GET\r\nX-Original-URI: /console/rbac/shadow-comparison\r\n{}", cookie(&token)), 404),
+        ("not /authz", "/elsewhere".into(), String::new(), 404),
+    ];
+    for (what, path, headers, status) in asks {
+        use tokio::io::AsyncWriteExt;
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: gw\r\n{headers}\r\n").as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the connection was closed: {e}"));
+        let r = read_response(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: no answer on the kept connection: {e}"));
+        assert_eq!(r.status, status, "{what}");
+        assert_eq!(
+            r.header("content-length"),
+            Some("0"),
+            "{what}: {:?}",
+            r.headers
+        );
+        assert!(r.body.is_empty(), "{what}");
+        assert_eq!(r.header("transfer-encoding"), None, "{what}");
+        assert_ne!(r.header("connection"), Some("close"), "{what}");
+        assert_eq!(r.header("x-request-id").map(str::len), Some(32), "{what}");
+    }
+    assert_eq!(gw.metric(AUTHZ_CONNECTIONS).await, 1.0);
+    assert_eq!(up.count(), 0, "the forward-auth listener never forwards");
+}
+
+/// The Traefik dynamic configuration the README prints, with test ports (file provider).
+pub fn traefik_dynamic(authz: SocketAddr, upstream: SocketAddr) -> String {
+    let conf = readme_block("yaml", "forwardAuth");
+    let conf = put(conf, README_AUTHZ, &authz.to_string());
+    put(conf, README_CONSOLE, &upstream.to_string())
+}
+
+/// The Traefik static configuration the README prints, with the test's port and file.
+pub fn traefik_static(listen: u16, dynamic: &Path) -> String {
+    let conf = readme_block("yaml", "entryPoints:\n  web:");
+    let conf = put(conf, "\":80\"", &format!("\"127.0.0.1:{listen}\""));
+    let conf = put(
+        conf,
+        "/etc/traefik/rbac-gateway.yml",
+        &dynamic.display().to_string(),
+    );
+    format!("{conf}log:\n  level: ERROR\n")
 }
 
 async fn traefik(authz: SocketAddr, upstream: SocketAddr) -> Edge {
@@ -532,11 +605,11 @@ async fn traefik(authz: SocketAddr, upstream: SocketAddr) -> Edge {
     let port = free_port();
     let file = dir.path().join("dynamic.yml");
     std::fs::write(&file, traefik_dynamic(authz, upstream)).unwrap();
+    let static_file = dir.path().join("traefik.yml");
+    std::fs::write(&static_file, traefik_static(port, &file)).unwrap();
     let log = dir.path().join("stderr.log");
     let child = Command::new(bin)
-        .arg(format!("--entryPoints.web.address=127.0.0.1:{port}"))
-        .arg(format!("--providers.file.filename={}", file.display()))
-        .arg("--log.level=ERROR")
+        .arg(format!("--configFile={}", static_file.display()))
         .env("HOME", dir.path())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -567,19 +640,13 @@ async fn traefik(authz: SocketAddr, upstream: SocketAddr) -> Edge {
 async fn traefik_forward_auth_refuses_headers_that_reroute_console() {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
-    let authz: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let gw = Gateway::start(
         GatewayOpts::new(core_routes(), &db, up.addr)
             .arg("--authz-listen")
-            .arg(&authz.to_string()),
+            .arg("127.0.0.1:0"),
     )
     .await;
-    wait_port(
-        authz,
-        "the forward-auth listener",
-        &gw.dir.path().join("gateway.log"),
-    )
-    .await;
+    let authz = gw.authz_addr();
     let edge = traefik(authz, up.addr).await;
     let before = up.count();
     let (admin, token) = db.admin_with_roles(&["console-audit-user"]).await;
@@ -597,6 +664,24 @@ async fn traefik_forward_auth_refuses_headers_that_reroute_console() {
         seen.last().unwrap().headers_named("x-rbac-admin-id"),
         vec![admin.as_str()]
     );
+    // No session: Traefik returns the authorizer's 401 with its relative Location as it is
+    // (preserveLocationHeader), never rewritten to the authorizer's internal address.
+    let r = get(&edge, "/console/customers/42?tab=1", None, &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("location"),
+        Some("/auth/login?next=%2Fconsole%2Fcustomers%2F42%3Ftab%3D1")
+    );
+    // Denied: 403 after its row.
+    let (_weak_admin, weak) = db.admin_with_roles(&["console-user"]).await;
+    let r = get(&edge, "/console/customers/45", Some(&weak), &[]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(denied_rows(&db, "/console/customers/45").await, 1);
+    assert_eq!(
+        up.count(),
+        before + 1,
+        "nothing but the allowed request was forwarded"
+    );
     // (Traefik drops a client's own X-Forwarded-* headers itself.)
     for (name, value) in [
         ("SCRIPT_NAME", "/auth"),
@@ -606,4 +691,5 @@ async fn traefik_forward_auth_refuses_headers_that_reroute_console() {
         assert_eq!(r.status, 400, "{name}");
         assert_eq!(up.count(), before + 1, "{name} reached Console");
     }
+    edge_keeps_its_connection_to_the_authorizer(&edge, &gw, &token, &weak, "traefik").await;
 }

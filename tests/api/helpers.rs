@@ -351,10 +351,55 @@ impl Upstream {
 // ---------------------------------------------------------------------------------------------
 // The gateway process
 
+/// The addresses a gateway reports in its "listening" line (port 0 resolved).
+pub struct Bound {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub authz: Option<SocketAddr>,
+}
+
+/// Waits (20 s at most) for the gateway's JSON "listening" line in `log` and reads the
+/// addresses from it; a gateway that exits first fails the test with its log.
+pub async fn listening(child: &mut Child, log: &Path) -> Bound {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if v["message"] != "listening" {
+                continue;
+            }
+            let addr = |k: &str| {
+                v[k].as_str().map(|a| {
+                    a.parse::<SocketAddr>()
+                        .unwrap_or_else(|e| panic!("{k}: {a}: {e}"))
+                })
+            };
+            return Bound {
+                listen: addr("listen").expect("listen in the listening line"),
+                admin: addr("admin_listen").expect("admin_listen in the listening line"),
+                authz: addr("authz_listen"),
+            };
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the gateway exited ({status}) before listening; log:\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never said it was listening; log:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub struct Gateway {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The forward-auth listener, when started with `--authz-listen`.
+    pub authz: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub routes: PathBuf,
 }
@@ -367,7 +412,7 @@ pub struct GatewayOpts {
     pub args: Vec<String>,
     /// Wait for /readyz (true) or only /healthz (database deliberately unreachable).
     pub wait_ready: bool,
-    /// The admin port (default: a free one).
+    /// The admin port (default: 0, the one bound is read from the gateway's "listening" line).
     pub admin_port: Option<u16>,
     /// The audit spool (default: `audit.spool` in the gateway's directory).
     pub spool: Option<PathBuf>,
@@ -418,20 +463,13 @@ impl Gateway {
     }
 
     pub async fn start_in(opts: GatewayOpts, dir: tempfile::TempDir, routes: PathBuf) -> Gateway {
-        let port = free_port();
-        // Two draws of port 0 can return the same port: the proxy and admin listeners would then
-        // share it (seen once in CI: a request to the proxy port answered by the admin listener).
-        let admin_port = opts.admin_port.unwrap_or_else(|| loop {
-            let p = free_port();
-            if p != port {
-                break p;
-            }
-        });
-        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+        let admin_port = opts.admin_port.unwrap_or(0);
+        let log_path = dir.path().join("gateway.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbac-gateway"));
         cmd.arg("serve")
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg("127.0.0.1:0")
             .arg("--admin-listen")
             .arg(format!("127.0.0.1:{admin_port}"))
             .arg("--upstream")
@@ -453,16 +491,19 @@ impl Gateway {
             .args(&opts.args)
             .env_remove("FLAG_RBAC_V2")
             .env("RUST_LOG", "info")
+            .env("GATEWAY_LOG_FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(log);
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start the gateway");
+        let mut child = cmd.spawn().expect("start the gateway");
+        let bound = listening(&mut child, &log_path).await;
         let gw = Gateway {
             child,
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+            addr: bound.listen,
+            admin: bound.admin,
+            authz: bound.authz,
             dir,
             routes,
         };
@@ -472,17 +513,14 @@ impl Gateway {
             "/healthz"
         })
         .await;
-        // The proxy port opens after the admin port.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(gw.addr).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not listen; log:\n{}",
-                gw.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         gw
+    }
+
+    /// The forward-auth listener's address (the gateway must have been started with
+    /// `--authz-listen`).
+    pub fn authz_addr(&self) -> SocketAddr {
+        self.authz
+            .expect("the gateway was started without --authz-listen")
     }
 
     async fn wait(&self, path: &str) {
