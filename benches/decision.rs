@@ -20,11 +20,11 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use std::future::Future;
 use std::sync::Arc;
 
-use rbac_gateway::decision::{authorize, route_step, Step, Verdict};
-use rbac_gateway::identity::Principal;
-use rbac_gateway::mapping::{Access, Mapping, Route};
-use rbac_gateway::outcome::{self, Authority, Facts, Switches, Unavailable};
-use rbac_gateway::target::parse_target;
+use rbac_gateway::policy::mapping::{Access, Mapping, Route};
+use rbac_gateway::policy::outcome::{self, Authority, Facts, Switches, Unavailable};
+use rbac_gateway::policy::target::parse_target;
+use rbac_gateway::policy::verdict::{authorize, route_step, Step, Verdict};
+use rbac_gateway::stores::identity::Principal;
 
 /// Roles of raxx-platform-admins after inheritance (migrations/0002_catalogue.sql).
 const PLATFORM_ADMIN_ROLES: &[&str] = &[
@@ -204,7 +204,7 @@ impl Authority for InMemory {
 }
 
 /// (a) this gateway: parse_target, then the proxy's own outcome function ([`decide`] of
-/// `rbac_gateway::outcome`, which matches, resolves and builds the audit row of a denial).
+/// `rbac_gateway::policy::outcome`, which matches, resolves and builds the audit row of a denial).
 fn gateway(mapping: &Mapping, authority: &InMemory, method: &str, raw: &[u8]) -> Outcome {
     let Ok(target) = parse_target(raw) else {
         return Outcome::Refused;

@@ -1,7 +1,7 @@
 //! The gateway's data plane with no authorization: the same workers, connection handling,
-//! target checks, outcome function and upstream pool as `serve` (`rbac_gateway::proxy`), with a
+//! target checks, outcome function and upstream pool as `serve` (`rbac_gateway::doors::proxy`), with a
 //! mapping in which every path is `public` (no session is resolved, no database is reached).
-//! `scripts/load.sh` runs it as a reference row: the gateway minus this is what authorization
+//! `scripts/bench/load.sh` runs it as a reference row: the gateway minus this is what authorization
 //! costs; this minus nginx is what the data plane costs.
 //!
 //!   cargo run --release --example bare_proxy -- LISTEN UPSTREAM [THREADS]
@@ -11,18 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rbac_gateway::audit::AuditWriter;
-use rbac_gateway::identity::Identity;
-use rbac_gateway::mapping::Mapping;
-use rbac_gateway::metrics::Metrics;
-use rbac_gateway::proxy::{start_workers, Settings};
-use rbac_gateway::state::Gateway;
+use rbac_gateway::doors::proxy::{start_workers, Settings};
+use rbac_gateway::policy::mapping::Mapping;
+use rbac_gateway::runtime::metrics::Metrics;
+use rbac_gateway::runtime::state::Gateway;
+use rbac_gateway::stores::audit::AuditWriter;
+use rbac_gateway::stores::identity::Identity;
 
 // The gateway's own allocator set-up, so the two compare like for like.
-#[path = "../src/allocator.rs"]
-mod allocator;
 #[global_allocator]
-static GLOBAL: allocator::Mimalloc = allocator::Mimalloc;
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PUBLIC: &str = r#"
 [[route]]
@@ -46,7 +44,7 @@ fn main() {
     let upstream: SocketAddr = args[2].parse().expect("UPSTREAM must be IP:PORT");
     let threads = args
         .get(3)
-        .map_or_else(rbac_gateway::proxy::default_threads, |t| {
+        .map_or_else(rbac_gateway::doors::proxy::default_threads, |t| {
             t.parse().expect("THREADS must be a number")
         });
     let mapping = Mapping::from_str("public.toml", Path::new("public.toml"), PUBLIC)
@@ -59,7 +57,7 @@ fn main() {
     let gw = bg.block_on(async {
         let metrics = Arc::new(Metrics::new());
         // Never used: public routes resolve no session and write no audit row.
-        let pool = rbac_gateway::db::pool(
+        let pool = rbac_gateway::stores::db::pool(
             "postgres://bare@127.0.0.1:9/none",
             1,
             Duration::from_secs(1),

@@ -2,17 +2,16 @@
 
 use clap::Parser;
 
-mod allocator;
-
 // glibc malloc's arena locks showed up at ~15% of the proxy's CPU under load (perf); mimalloc
-// keeps per-thread heaps (called as `allocator` explains).
+// keeps per-thread heaps. The `mimalloc` crate, not a shim of our own: docs/performance-log.md
+// (2026-11-26) has the paired run that decided it.
 #[global_allocator]
-static GLOBAL: allocator::Mimalloc = allocator::Mimalloc;
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rbac_gateway::cli;
-use rbac_gateway::config::{Cli, Command, EXIT_USAGE};
+use rbac_gateway::runtime::config::{Cli, Command, EXIT_USAGE};
 
 fn main() {
-    rbac_gateway::config::unset_empty_switches();
+    rbac_gateway::runtime::config::unset_empty_switches();
     let parsed = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 
 use super::{diag, failure, runtime, say, usage, Exit};
-use crate::config::{CheckArgs, EXIT_PROBLEMS};
-use crate::mapping::{Diagnostic, Mapping, Severity};
+use crate::policy::mapping::{Diagnostic, Mapping, Severity};
+use crate::runtime::config::{CheckArgs, EXIT_PROBLEMS};
 
 /// The columns the gateway reads or writes, per table.
 /// Every table and column a statement of `serve` (identity, tickets, the change feed, the audit
@@ -138,7 +138,7 @@ const FEED_TABLES: &[&str] = &[
 /// Rules that map the reader API's paths: with `--rbac-api` on (the default) the gateway answers
 /// those paths itself and the rule never applies.
 fn reader_paths(mapping: &Mapping, file: &str) -> Vec<Diagnostic> {
-    [crate::reader::ME, crate::reader::CHECK]
+    [crate::doors::rbac_api::ME, crate::doors::rbac_api::CHECK]
         .into_iter()
         .filter_map(|path| {
             let (route, _) = mapping.find("GET", path)?;
@@ -205,7 +205,7 @@ async fn check_database(
     mapping: &Mapping,
     file: &str,
     url: &str,
-) -> Result<Vec<crate::mapping::Diagnostic>, Exit> {
+) -> Result<Vec<crate::policy::mapping::Diagnostic>, Exit> {
     let pool = super::command_pool(url, 1, Duration::from_secs(10)).await?;
     let mut out = Vec::new();
     let columns: Vec<(String, String)> = sqlx::query_as(
@@ -253,7 +253,7 @@ async fn check_database(
     if !out.is_empty() {
         return Ok(out);
     }
-    let unknown = crate::db::unknown_names(&pool, mapping)
+    let unknown = crate::stores::db::unknown_names(&pool, mapping)
         .await
         .map_err(failure)?;
     out.extend(
@@ -281,7 +281,7 @@ pub fn check_app_routes(
     mapping: &Mapping,
     file: &str,
     app: &Path,
-) -> Result<Vec<crate::mapping::Diagnostic>, Exit> {
+) -> Result<Vec<crate::policy::mapping::Diagnostic>, Exit> {
     let text =
         std::fs::read_to_string(app).map_err(|e| usage(anyhow!("{}: {e}", app.display())))?;
     let routes: Vec<AppRoute> = serde_json::from_str(&text).map_err(|e| {
@@ -293,7 +293,7 @@ pub fn check_app_routes(
         ))
     })?;
     let mut out = Vec::new();
-    let norm = |rule: &str| crate::mapping::rule_signature(rule);
+    let norm = |rule: &str| crate::policy::mapping::rule_signature(rule);
     // Point at the rule in the dump, so the message is clickable too.
     let at_rule = |rule: &str, message: String| {
         let at = text.find(&format!("\"{rule}\"")).unwrap_or(0);
@@ -308,10 +308,10 @@ pub fn check_app_routes(
         )
     };
     // Console's rules in its registration order, as Werkzeug builds its state machine.
-    let mut console = crate::mapping::matcher::Matcher::default();
+    let mut console = crate::policy::mapping::matcher::Matcher::default();
     for (i, ar) in routes.iter().enumerate() {
         let methods = ar.methods.join(",");
-        let parts = match crate::mapping::rule::parse_rule(&ar.rule) {
+        let parts = match crate::policy::mapping::rule::parse_rule(&ar.rule) {
             Ok(parts) => parts,
             Err(e) => {
                 out.push(at_rule(&ar.rule, format!(
@@ -340,7 +340,7 @@ pub fn check_app_routes(
         }
     }
     for ar in &routes {
-        if crate::mapping::rule::parse_rule(&ar.rule).is_err() {
+        if crate::policy::mapping::rule::parse_rule(&ar.rule).is_err() {
             continue; // reported above
         }
         let sig = norm(&ar.rule);
@@ -356,9 +356,9 @@ pub fn check_app_routes(
             if !covered {
                 // Another rule may take its requests (`/console/<page>` those of
                 // `/console/audit`): say which, on a path the Console rule matches.
-                let taken = crate::mapping::rule::parse_rule(&ar.rule)
+                let taken = crate::policy::mapping::rule::parse_rule(&ar.rule)
                     .ok()
-                    .map(|parts| crate::mapping::rule::example(&parts))
+                    .map(|parts| crate::policy::mapping::rule::example(&parts))
                     .and_then(|path| mapping.find(m, &path).map(|(r, _)| (path, r)));
                 let fate = match taken {
                     Some((path, r)) => format!(
@@ -379,7 +379,7 @@ pub fn check_app_routes(
         }
     }
     for r in &mapping.routes {
-        if r.access == crate::mapping::Access::Gone {
+        if r.access == crate::policy::mapping::Access::Gone {
             continue;
         }
         let sig = norm(&r.path);

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 
 use super::{failure, load_mapping, runtime, say, usage, Exit};
-use crate::config::{DriftArgs, EXIT_PROBLEMS};
+use crate::runtime::config::{DriftArgs, EXIT_PROBLEMS};
 
 pub fn drift(args: DriftArgs) -> Result<(), Exit> {
     let mapping = load_mapping(&args.routes)?;
@@ -51,7 +51,7 @@ pub fn drift(args: DriftArgs) -> Result<(), Exit> {
     for r in mapping
         .routes
         .iter()
-        .filter(|r| r.mode == crate::mapping::Mode::Shadow)
+        .filter(|r| r.mode == crate::policy::mapping::Mode::Shadow)
     {
         let c = r.meta.cluster.clone().unwrap_or_else(|| "-".into());
         clusters.entry(c).or_default().0 += 1;
@@ -71,7 +71,7 @@ pub fn drift(args: DriftArgs) -> Result<(), Exit> {
             continue;
         }
         let entry = clusters.entry(c.clone()).or_default();
-        if event == crate::audit::EVENT_DRIFT {
+        if event == crate::stores::audit::EVENT_DRIFT {
             entry.1 += n;
             drift_total += n;
             lines.push(format!("  DRIFT {label} [{c}]: {n} x {reason}"));

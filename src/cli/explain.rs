@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{failure, load_mapping, runtime, say, usage, Exit};
-use crate::config::ExplainArgs;
-use crate::identity::Principal;
-use crate::mapping::Mapping;
-use crate::metrics::Metrics;
-use crate::outcome::{decide, Authority, Facts, Outcome, Switches, Unavailable, Via};
-use crate::{identity, target};
+use crate::policy::mapping::Mapping;
+use crate::policy::outcome::{decide, Authority, Facts, Outcome, Switches, Unavailable, Via};
+use crate::policy::target;
+use crate::runtime::config::ExplainArgs;
+use crate::runtime::metrics::Metrics;
+use crate::stores::identity;
+use crate::stores::identity::Principal;
 
 /// The admin being explained holds the (pretend) session; everything is read fresh from the
 /// database, nothing is cached.
@@ -41,7 +42,7 @@ impl Authority for ExplainAuthority {
         customer: i32,
         request_id: &str,
     ) -> Result<Option<Principal>, Unavailable> {
-        crate::state::ticket_principal(
+        crate::runtime::state::ticket_principal(
             &self.pool,
             &self.metrics,
             self.ticket_validation_url.as_deref(),
@@ -168,7 +169,7 @@ fn from_audit_row(args: &ExplainArgs, at_hand: Mapping, request_id: &str) -> Res
     })?;
     let Some(first) = rows.first() else {
         return Err(Exit {
-            code: crate::config::EXIT_PROBLEMS,
+            code: crate::runtime::config::EXIT_PROBLEMS,
             error: anyhow::anyhow!(
                 "request {request_id}: no audit row (only denials, shadow denials and drift are recorded)"
             ),
@@ -272,7 +273,11 @@ fn explain_request(
         Some(a) if args.request_id.is_none() => rt.block_on(live_session(&pool, a))?,
         other => other,
     };
-    if let Some(call) = args.rbac_api.then(|| crate::reader::Call::of(&t)).flatten() {
+    if let Some(call) = args
+        .rbac_api
+        .then(|| crate::doors::rbac_api::Call::of(&t))
+        .flatten()
+    {
         return explain_reader_api(admin, method, &call);
     }
     let found = mapping.find(method, &t.path);
@@ -299,8 +304,8 @@ fn explain_request(
         None => say!("rule: none matches {} {}", method, t.path),
     }
     let switches = Switches {
-        kill_switch: args.flag_rbac_v2 == "0",
-        ticket_grants: args.flag_ticket_scoped_grants == "1",
+        kill_switch: !args.flag_rbac_v2,
+        ticket_grants: args.flag_ticket_scoped_grants,
     };
     if switches.kill_switch {
         say!("kill switch: on (FLAG_RBAC_V2=0), every route is off");
@@ -434,11 +439,11 @@ fn explain_request(
 fn explain_reader_api(
     admin: Option<&str>,
     method: &str,
-    call: &crate::reader::Call,
+    call: &crate::doors::rbac_api::Call,
 ) -> Result<(), Exit> {
     say!("rule: none applies: Console's reader API, answered by the gateway (--rbac-api)");
     // `serve` answers in this order: the method and parameters, then the session.
-    let (decision, answer) = match crate::reader::precheck(call, method) {
+    let (decision, answer) = match crate::doors::rbac_api::precheck(call, method) {
         Err(a) => {
             say!("refused: {}", a.body);
             (format!("{} refused", a.status), a.status.to_string())

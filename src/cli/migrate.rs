@@ -5,8 +5,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{failure, runtime, say, Exit};
-use crate::config::MigrateArgs;
-use crate::db;
+use crate::runtime::config::MigrateArgs;
+use crate::stores::db;
 
 pub fn migrate(args: MigrateArgs) -> Result<(), Exit> {
     runtime()?.block_on(async {

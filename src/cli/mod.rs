@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::anyhow;
 
-use crate::config::{EXIT_PROBLEMS, EXIT_USAGE};
-use crate::mapping::{Mapping, Severity};
+use crate::policy::mapping::{Mapping, Severity};
+use crate::runtime::config::{EXIT_PROBLEMS, EXIT_USAGE};
 
 mod check;
 mod drift;
@@ -52,12 +52,12 @@ pub(crate) async fn command_pool(
     size: u32,
     timeout: std::time::Duration,
 ) -> Result<sqlx::PgPool, Exit> {
-    let pool = crate::db::pool(url, size, timeout).map_err(usage)?;
+    let pool = crate::stores::db::pool(url, size, timeout).map_err(usage)?;
     match pool.acquire().await {
         // Back to the pool, for the command's first query.
         Ok(first) => drop(first),
         Err(sqlx::Error::PoolTimedOut) => {
-            let why = crate::db::why_unreachable(&pool, std::time::Duration::from_secs(5))
+            let why = crate::stores::db::why_unreachable(&pool, std::time::Duration::from_secs(5))
                 .await
                 .unwrap_or_else(|| "it answered only now".to_string());
             return Err(failure(anyhow!(
@@ -80,14 +80,16 @@ pub fn init_logging(format: &str) {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(crate::logout::LogOut);
+        .with_writer(crate::runtime::log_sink::LogOut);
     // try_init fails only when a subscriber is already installed (tests call this twice).
     if format == "text" {
         let _ = builder.try_init();
     } else {
-        // tracing-subscriber's JSON lines, written faster (`crate::logfmt`). Err: a subscriber
+        // tracing-subscriber's JSON lines, written faster (`crate::runtime::logfmt`). Err: a subscriber
         // is already installed (tests call this twice); that one keeps logging.
-        let _ = builder.event_format(crate::logfmt::JsonLine).try_init();
+        let _ = builder
+            .event_format(crate::runtime::logfmt::JsonLine)
+            .try_init();
     }
 }
 
@@ -116,8 +118,8 @@ pub(crate) fn diag(
     col: usize,
     severity: Severity,
     message: String,
-) -> crate::mapping::Diagnostic {
-    crate::mapping::Diagnostic {
+) -> crate::policy::mapping::Diagnostic {
+    crate::policy::mapping::Diagnostic {
         file: file.to_string(),
         line,
         col,
@@ -145,5 +147,5 @@ pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
         std::process::exit(141);
     }
     eprintln!("rbac-gateway: cannot write the report: {e}");
-    std::process::exit(crate::config::EXIT_PROBLEMS);
+    std::process::exit(crate::runtime::config::EXIT_PROBLEMS);
 }

@@ -7,17 +7,17 @@ use anyhow::anyhow;
 use arc_swap::ArcSwap;
 
 use super::{failure, init_logging, load_mapping, resolve, usage, Exit};
-use crate::audit::AuditWriter;
-use crate::config::ServeArgs;
-use crate::db;
-use crate::identity::Identity;
-use crate::metrics::Metrics;
-use crate::proxy::{self, Settings};
-use crate::state::Gateway;
-use crate::supervise::{self, Tasks};
+use crate::doors::proxy::{self, Settings};
+use crate::runtime::config::ServeArgs;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::state::Gateway;
+use crate::runtime::supervise::{self, Task, Tasks};
+use crate::stores::audit::AuditWriter;
+use crate::stores::db;
+use crate::stores::identity::Identity;
 
-/// A supervised background task.
-type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// A supervised background task's future.
+type Job = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     init_logging(&args.log_format);
@@ -70,9 +70,12 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             "--max-buffered-body-bytes must be at least --max-body-bytes: a body of the largest size allowed could never be read"
         )));
     }
-    let threads = args.threads.unwrap_or_else(crate::proxy::default_threads);
+    let threads = args
+        .threads
+        .unwrap_or_else(crate::doors::proxy::default_threads);
 
     let metrics = Arc::new(Metrics::new());
+    crate::runtime::state::prime_metric_labels(&metrics);
     let db_timeout = Duration::from_millis(args.db_timeout_ms);
     // The runtime for everything that is not request handling: admin listener, spool replay,
     // signals. It lives as long as the process.
@@ -96,8 +99,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         );
         let tasks = Arc::new(Tasks::default());
         let supervised = |name, task| supervise::spawn(tasks.clone(), metrics.clone(), name, task);
-        let feed = Arc::new(crate::feed::Health::default());
-        supervised("feed", Box::pin(crate::feed::follow(pool.clone(), identity.clone(), metrics.clone(), feed.clone(), db_timeout)) as Task);
+        let feed = Arc::new(crate::stores::feed::Health::default());
+        supervised(Task::Feed, Box::pin(crate::stores::feed::follow(pool.clone(), identity.clone(), metrics.clone(), feed.clone(), db_timeout)) as Job);
         let (audit, writer) = AuditWriter::new(
             pool.clone(),
             args.audit_spool.clone(),
@@ -105,7 +108,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             db_timeout,
             metrics.clone(),
         );
-        supervised("audit_writer", Box::pin(writer));
+        supervised(Task::AuditWriter, Box::pin(writer));
         metrics.mapping_info.with_label_values(&[&mapping.version]).set(1);
         for w in &mapping.warnings {
             tracing::warn!(warning = %w, "mapping warning");
@@ -117,7 +120,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         if args.kill_switch() {
             tracing::warn!("FLAG_RBAC_V2=0: kill switch on, every route is off (forwarded; Console decides)");
         }
-        if args.flag_ticket_scoped_grants == "1" && args.ticket_validation_url.is_none() {
+        if args.flag_ticket_scoped_grants && args.ticket_validation_url.is_none() {
             tracing::warn!(
                 "no --ticket-validation-url: ticket grants are honoured from rbac_ticket_grants alone; no ticket is \
                  re-checked against FreeScout per request (004 §9.3) and the sweep revokes only expired grants \
@@ -134,7 +137,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             upstream,
             connect_timeout: Duration::from_millis(args.upstream_connect_timeout_ms),
             read_timeout: Duration::from_millis(args.upstream_read_timeout_ms),
-            ticket_grants: args.flag_ticket_scoped_grants == "1",
+            ticket_grants: args.flag_ticket_scoped_grants,
             ticket_validation_url: args.ticket_validation_url.clone(),
             tasks: tasks.clone(),
             rbac_api: args.rbac_api,
@@ -142,26 +145,26 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             feed: feed.clone(),
         });
         if args.rbac_api {
-            metrics.requests.with_label_values(&[crate::reader::LABEL]);
+            metrics.requests.with_label_values(&[crate::doors::rbac_api::LABEL]);
         }
         // Bound now, so a port in use is found before anything else starts; served only once the
         // data plane (and the forward-auth listener) listen: `/readyz` never answers 200 for a
         // gateway that cannot take requests.
-        let admin = crate::listen::retry_in_use(|| std::net::TcpListener::bind(admin_addr))
+        let admin = crate::dataplane::listen::retry_in_use(|| std::net::TcpListener::bind(admin_addr))
             .and_then(|l| {
                 l.set_nonblocking(true)?;
                 tokio::net::TcpListener::from_std(l)
             })
             .map_err(|e| failure(anyhow!("cannot listen on {admin_addr}: {e}")))?;
-        supervised("audit_replay", Box::pin(audit.replay_forever(Duration::from_millis(500))));
-        supervised("reload", Box::pin(crate::reload::watch(gw.clone(), args.routes.clone())));
-        tokio::spawn(crate::reload::check_database_at_start(
+        supervised(Task::AuditReplay, Box::pin(audit.replay_forever(Duration::from_millis(500))));
+        supervised(Task::Reload, Box::pin(crate::runtime::reload::watch(gw.clone(), args.routes.clone())));
+        tokio::spawn(crate::runtime::reload::check_database_at_start(
             gw.clone(),
             db_timeout.max(Duration::from_secs(2)),
         ));
         supervised(
-            "alerts",
-            Box::pin(crate::lifecycle::alerts_forever(
+            Task::Alerts,
+            Box::pin(crate::stores::lifecycle::alerts_forever(
                 pool.clone(),
                 args.alert_webhook_url.clone(),
                 Duration::from_secs(1),
@@ -171,8 +174,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         );
         if args.sweep_interval > 0.0 {
             supervised(
-                "sweeper",
-                Box::pin(crate::lifecycle::run_forever(
+                Task::Sweeper,
+                Box::pin(crate::stores::lifecycle::run_forever(
                     pool.clone(),
                     args.ticket_validation_url.clone(),
                     Duration::from_secs_f64(args.sweep_interval),
@@ -208,7 +211,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     let admin_bound = admin.local_addr().map_err(failure)?;
     match started.authz {
         Some(authz) => {
-            for d in crate::answer::Decision::ALL {
+            for d in crate::policy::answer::Decision::ALL {
                 gw.metrics.authz_requests.with_label_values(&[d.as_str()]);
             }
             tracing::info!(listen = %started.listen, admin_listen = %admin_bound, authz_listen = %authz, threads, "listening");
@@ -223,8 +226,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         supervise::spawn(
             gw.tasks.clone(),
             gw.metrics.clone(),
-            "admin",
-            crate::admin::serve(admin, gw.clone()),
+            Task::Admin,
+            crate::doors::admin::serve(admin, gw.clone()),
         );
     }
     bg.block_on(async {

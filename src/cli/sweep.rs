@@ -5,8 +5,8 @@ use std::time::Duration;
 use anyhow::anyhow;
 
 use super::{failure, runtime, say, Exit};
-use crate::config::{SweepArgs, EXIT_PROBLEMS};
-use crate::lifecycle;
+use crate::runtime::config::{SweepArgs, EXIT_PROBLEMS};
+use crate::stores::lifecycle;
 
 pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
     let (report, alerts) = runtime()?.block_on(async {

@@ -669,6 +669,7 @@ async fn replicas_sharing_one_spool_through_an_outage_lose_no_row() {
     let (_, token) = db.admin_with_roles(&[]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut replicas = Vec::new();
+    let mut admins: Vec<std::net::SocketAddr> = Vec::new();
     for _ in 0..3 {
         let (port, admin) = (free_port(), free_port());
         let mut cmd = serve_cmd(
@@ -687,6 +688,7 @@ async fn replicas_sharing_one_spool_through_an_outage_lose_no_row() {
         .await;
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         replicas.push((child, addr));
+        admins.push(format!("127.0.0.1:{admin}").parse().unwrap());
     }
     let deny = |addr| {
         let token = token.clone();
@@ -706,7 +708,7 @@ async fn replicas_sharing_one_spool_through_an_outage_lose_no_row() {
     for (_, addr) in &replicas {
         ids.push(deny(*addr).await); // primes the replica's cache; its row goes to the database
     }
-    settle().await;
+    settle_at(&admins).await;
     link.cut();
     for round in 0..10 {
         for (_, addr) in &replicas {

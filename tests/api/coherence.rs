@@ -71,7 +71,7 @@ fn report(what: &str, mut samples: Vec<Duration>) {
     samples.sort();
     let p50 = samples[samples.len() / 2];
     let max = *samples.last().unwrap();
-    // Printed for the README (cargo test -- --nocapture coherence); the bound is asserted.
+    // Printed for docs/design/coherence.md (cargo test -- --nocapture coherence); the bound is asserted.
     println!(
         "staleness {what}: n={} p50={:.1} ms max={:.1} ms",
         samples.len(),
@@ -321,8 +321,8 @@ async fn an_admin_row_change_drops_their_cached_sessions() {
     .await;
     // The feed may still be applying the set-up's own changes (group, membership, session),
     // each of which drops this admin's cached answers: let it finish, then cache again.
-    settle().await;
-    settle().await;
+    settle(&gws.iter().collect::<Vec<_>>()).await;
+    settle(&gws.iter().collect::<Vec<_>>()).await;
     assert_eq!(gws[0].status("/ops", Some(&token)).await, 200);
     let mut tx = db.pool.begin().await.unwrap();
     sqlx::query("SET LOCAL session_replication_role = replica")
@@ -336,7 +336,7 @@ async fn an_admin_row_change_drops_their_cached_sessions() {
         .unwrap();
     tx.commit().await.unwrap();
     // Unseen by the gateway: the session is still cached (TTL 60 s).
-    settle().await;
+    settle(&gws.iter().collect::<Vec<_>>()).await;
     assert_eq!(gws[0].status("/ops", Some(&token)).await, 200);
     let t0 = Instant::now();
     sqlx::query("UPDATE admins SET email = 'renamed-' || email WHERE id = $1")
@@ -450,13 +450,13 @@ async fn a_revocation_during_a_role_lookup_is_not_undone_when_its_answer_is_cach
     let admin = db.admin("race@example.test").await;
     db.join_group(&admin, &group).await;
     let token = db.session(&admin).await;
-    settle().await;
+    settle(&[&gw]).await;
     let revoke = db.leave_group(&admin, &group);
     let held = change_during_lookup(&gw, &link, &token, marker.as_bytes(), revoke).await;
     // The held request was decided on the roles its lookup read.
     assert_eq!(held, 200);
     assert_eq!(gw.status("/ops", Some(&token)).await, 403);
-    settle().await;
+    settle(&[&gw]).await;
     assert_eq!(gw.status("/ops", Some(&token)).await, 403);
 }
 
@@ -469,13 +469,13 @@ async fn a_session_revoked_during_its_lookup_is_not_undone_when_its_answer_is_ca
     let link = PgLink::new(&db.url).await;
     let gw = linked(&db, &up, &link).await;
     let (admin, token) = db.admin_with_roles(&["console-manager"]).await;
-    settle().await;
+    settle(&[&gw]).await;
     // The session lookup's answer is the first to carry the admin's id.
     let revoke = db.revoke_session(&token);
     let held = change_during_lookup(&gw, &link, &token, admin.as_bytes(), revoke).await;
     assert_eq!(held, 200);
     assert_eq!(gw.status("/ops", Some(&token)).await, 302);
-    settle().await;
+    settle(&[&gw]).await;
     assert_eq!(gw.status("/ops", Some(&token)).await, 302);
 }
 
@@ -527,7 +527,7 @@ async fn a_silent_database_connection_delays_the_feed_by_the_database_timeout_on
     // revocation is enforced within about that long, not after the cache TTL (60 s here).
     let LinkedEnv { db, link, gw, .. } = LinkedEnv::start(&["--db-timeout-ms", "500"]).await;
     let (_, token) = db.admin_with_roles(&["console-manager"]).await;
-    settle().await;
+    settle(&[&gw]).await;
     assert_eq!(gw.status("/ops", Some(&token)).await, 200);
     // Cached: the next answers need no database read.
     assert_eq!(gw.status("/ops", Some(&token)).await, 200);

@@ -18,7 +18,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use rbac_gateway::cookie;
+use rbac_gateway::policy::cookie;
 
 use crate::helpers::{root, Rng};
 

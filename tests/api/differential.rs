@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use rbac_gateway::mapping::Mapping;
-use rbac_gateway::target;
+use rbac_gateway::policy::mapping::Mapping;
+use rbac_gateway::policy::target;
 
 use crate::helpers::{root, Rng};
 

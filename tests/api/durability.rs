@@ -128,7 +128,7 @@ async fn a_full_spool_answers_503_instead_of_denying_without_a_record() {
     let LinkedEnv { db, up, link, gw } =
         LinkedEnv::start(&["--db-timeout-ms", "300", "--audit-spool-max-bytes", "1500"]).await;
     let (_, token) = db.admin_with_roles(&["console-user"]).await;
-    settle().await;
+    settle(&[&gw]).await;
     assert_eq!(gw.get("/ops", Some(&token)).await.status, 403);
     link.cut();
     let mut statuses = Vec::new();
@@ -165,7 +165,7 @@ async fn a_slow_database_spools_denials_and_503s_uncached_sessions() {
     )
     .await;
     let (_, cached) = db.admin_with_roles(&["console-user"]).await;
-    settle().await;
+    settle(&[&gw]).await;
     assert_eq!(gw.get("/ops", Some(&cached)).await.status, 403);
     // Hold locks so that audit inserts and session lookups block past the statement timeout.
     let mut tx = db.pool.begin().await.unwrap();

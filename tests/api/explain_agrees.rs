@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use rbac_gateway::mapping::Mapping;
+use rbac_gateway::policy::mapping::Mapping;
 
 use crate::helpers::*;
 

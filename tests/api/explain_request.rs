@@ -29,7 +29,7 @@ async fn explain_request_id_uses_the_rows_mapping_version_or_says_it_differs() {
     let r = env.gw.get("/console/customers/43?x=1", Some(&weak)).await;
     assert_eq!(r.status, 403);
     let id = r.request_id();
-    let version = rbac_gateway::mapping::Mapping::load(&env.gw.routes)
+    let version = rbac_gateway::policy::mapping::Mapping::load(&env.gw.routes)
         .unwrap()
         .version;
 

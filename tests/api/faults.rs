@@ -9,7 +9,7 @@ async fn database_down_uncached_is_503_cached_keeps_its_answer() {
     let LinkedEnv { db, up, link, gw } = LinkedEnv::start(&["--db-timeout-ms", "500"]).await;
     let (_, cached) = db.admin_with_roles(&["console-audit-user"]).await;
     let (_, uncached) = db.admin_with_roles(&["console-audit-user"]).await;
-    settle().await;
+    settle(&[&gw]).await;
     assert_eq!(
         gw.get("/console/customers/1", Some(&cached)).await.status,
         200

@@ -109,7 +109,7 @@ async fn a_malformed_or_cut_body_never_reaches_console() {
         .await
         .unwrap()
         .ok();
-    settle().await;
+    // The gateway closed the connection: anything it forwarded was received before that.
     assert_eq!(env.up.count(), 0, "{:?}", env.up.requests());
     // And a well-formed body still arrives whole, with an exact length.
     let good = format!(

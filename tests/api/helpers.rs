@@ -70,7 +70,7 @@ impl TestDb {
         let (prefix, _) = base.rsplit_once('/').unwrap();
         let url = format!("{prefix}/{name}");
         let pool = PgPool::connect(&url).await.unwrap();
-        rbac_gateway::db::migrate(&pool).await.unwrap();
+        rbac_gateway::stores::db::migrate(&pool).await.unwrap();
         TestDb { url, pool }
     }
 
@@ -93,7 +93,7 @@ impl TestDb {
         )
         .bind(uuid::Uuid::new_v4().to_string())
         .bind(admin)
-        .bind(rbac_gateway::identity::token_hash(&token))
+        .bind(rbac_gateway::stores::identity::token_hash(&token))
         .bind(secs as f64)
         .execute(&self.pool)
         .await
@@ -107,7 +107,7 @@ impl TestDb {
 
     pub async fn revoke_session(&self, token: &str) {
         sqlx::query("UPDATE admin_sessions SET revoked_at_utc = now() WHERE token_sha256 = $1")
-            .bind(rbac_gateway::identity::token_hash(token))
+            .bind(rbac_gateway::stores::identity::token_hash(token))
             .execute(&self.pool)
             .await
             .unwrap();
@@ -560,12 +560,7 @@ impl Gateway {
 
     /// The value of one metric line, e.g. `rbac_gateway_db_queries_total`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let body = self.admin_get("/metrics").await.body_str();
-        body.lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        metric_at(self.admin, series).await
     }
 
     /// The status of a GET.
@@ -983,17 +978,63 @@ impl LinkedEnv {
     }
 }
 
-/// Lets every gateway's change feed apply the rows the test just wrote: a feed eviction that
-/// lands after the test primed a cache would otherwise turn "cached" into "uncached".
-pub async fn settle() {
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+/// Waits until each gateway's change feed has applied the rows the test just wrote: two more
+/// completed reads of the log (the second started after the write). A feed eviction that lands
+/// after the test primed a cache would otherwise turn "cached" into "uncached".
+pub async fn settle(gws: &[&Gateway]) {
+    let admins: Vec<SocketAddr> = gws.iter().map(|g| g.admin).collect();
+    settle_at(&admins).await;
+}
+
+/// [`settle`] for gateways known by their admin addresses.
+pub async fn settle_at(admins: &[SocketAddr]) {
+    let reads = "rbac_gateway_feed_reads_total";
+    for admin in admins {
+        let from = metric_at(*admin, reads).await;
+        eventually(
+            Duration::from_secs(10),
+            "the change feed read the log twice",
+            || async { metric_at(*admin, reads).await >= from + 2.0 },
+        )
+        .await;
+    }
+}
+
+/// One metric line's value from the admin listener at `admin` (0 when absent).
+pub async fn metric_at(admin: SocketAddr, series: &str) -> f64 {
+    let body = send(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap()
+    .body_str();
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls `ready` until it holds, failing the test with `what` after `limit`: the one way tests
+/// wait (on a metric, `/readyz`, a row), never a fixed sleep.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !ready().await {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The token of a new admin holding only `console-user`, denied `/ops`, whose session and roles
 /// `gw` has cached (its denials need no database read).
 pub async fn cached_denied_session(db: &TestDb, gw: &Gateway) -> String {
     let (_, token) = db.admin_with_roles(&["console-user"]).await;
-    settle().await;
+    settle(&[gw]).await;
     assert_eq!(
         gw.get("/ops", Some(&token)).await.status,
         403,
@@ -1049,7 +1090,7 @@ impl PrivatePg {
             .unwrap()
             .to_string();
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        rbac_gateway::db::migrate(&pool).await.unwrap();
+        rbac_gateway::stores::db::migrate(&pool).await.unwrap();
         (
             PrivatePg {
                 dir,

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rbac_gateway::mapping::{Access, Mapping};
+use rbac_gateway::policy::mapping::{Access, Mapping};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -1453,9 +1453,10 @@ async fn hostile_corpus_never_runs_a_forbidden_view() {
     let mapping = Mapping::load(&routes_file).unwrap_or_else(|e| panic!("routes.toml: {e}"));
     let db = TestDb::new().await;
     let (admin, token) = db.admin_with_roles(&["console-user"]).await;
-    let principal = rbac_gateway::identity::resolve(&db.pool, &admin, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let principal =
+        rbac_gateway::stores::identity::resolve(&db.pool, &admin, Duration::from_secs(60))
+            .await
+            .unwrap();
     assert_eq!(
         principal.roles(),
         vec!["console-user".to_string()],
@@ -1555,7 +1556,7 @@ async fn hostile_corpus_never_runs_a_forbidden_view() {
             violations.push(format!("[{what}] SCRIPT_NAME is not empty: {view}"));
         }
         // The rule that ran is the one the gateway matched for the target it forwarded.
-        let gw_rule = rbac_gateway::target::parse_target(raw_uri.as_bytes())
+        let gw_rule = rbac_gateway::policy::target::parse_target(raw_uri.as_bytes())
             .ok()
             .and_then(|t| rule_of(method, &t.path));
         if gw_rule.as_deref() != Some(endpoint) {

@@ -136,7 +136,7 @@ async fn a_cycle_in_role_inheritance_neither_hangs_nor_crashes() {
 async fn a_cached_answer_makes_no_database_query() {
     let env = Env::with(core_routes(), |o| o.arg("--cache-ttl").arg("60")).await;
     let (_, token) = env.db.admin_with_roles(&["console-audit-user"]).await;
-    settle().await;
+    settle(&[&env.gw]).await;
     let q0 = env.gw.metric("rbac_gateway_db_queries_total").await;
     assert_eq!(
         env.gw
@@ -174,7 +174,7 @@ async fn a_cached_answer_makes_no_database_query() {
 async fn concurrent_misses_share_one_query() {
     let env = Env::with(core_routes(), |o| o.arg("--cache-ttl").arg("60")).await;
     let (_, token) = env.db.admin_with_roles(&["console-audit-user"]).await;
-    settle().await;
+    settle(&[&env.gw]).await;
     let q0 = env.gw.metric("rbac_gateway_db_queries_total").await;
     let mut tasks = Vec::new();
     for i in 0..30 {

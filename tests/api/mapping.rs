@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
-use rbac_gateway::mapping::{Access, Mapping};
+use rbac_gateway::policy::mapping::{Access, Mapping};
 
 use crate::helpers::*;
 

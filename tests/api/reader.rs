@@ -38,9 +38,10 @@ async fn me_lists_expanded_roles_permissions_break_glass_and_ticket_grants() {
     let roles: Vec<String> = serde_json::from_value(v["roles"].clone()).unwrap();
     let perms: Vec<String> = serde_json::from_value(v["permissions"].clone()).unwrap();
     // What the resolution algorithm (004 §3.4) gives for this admin, read fresh.
-    let want = rbac_gateway::identity::resolve(&env.db.pool, &admin, std::time::Duration::ZERO)
-        .await
-        .unwrap();
+    let want =
+        rbac_gateway::stores::identity::resolve(&env.db.pool, &admin, std::time::Duration::ZERO)
+            .await
+            .unwrap();
     assert_eq!(roles, want.roles());
     assert_eq!(perms, want.permissions());
     assert!(roles.contains(&"raptor-audit-support".to_string()));

@@ -1,4 +1,4 @@
-//! The gateway's own upstream leg (`rbac_gateway::upstream`) against hyper's client (issue 12).
+//! The gateway's own upstream leg (`rbac_gateway::dataplane::upstream`) against hyper's client (issue 12).
 //!
 //! Thousands of seeded responses (interim 1xx heads, status lines and reason phrases, HTTP/1.0
 //! and 1.1, `Connection` tokens, obs-fold and odd header lines, every framing: `Content-Length`
@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use rbac_gateway::upstream::Pool;
+use rbac_gateway::dataplane::upstream::Pool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -1,0 +1,180 @@
+//! The admin listener: `/healthz` (process alive), `/readyz` (mapping loaded, the database
+//! answered and the change feed read its log within [`crate::stores::feed::STALE`]; a routes file on
+//! disk that was not applied, role or permission names the database lacks, and an audit spool
+//! that cannot be written or emptied, are named, the status stays 200),
+//! `/metrics` (Prometheus text). Served by hyper, GET only.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::runtime::state::Gateway;
+
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let gw = gw.clone();
+                async move { Ok::<_, Infallible>(handle(req, &gw).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Some(Duration::from_secs(5)))
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>, gw: &Gateway) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => (200, "text/plain", "ok\n".to_string()),
+        (&Method::GET, "/readyz") => ready(gw).await,
+        (&Method::GET, "/metrics") => {
+            let (sessions, principals) = gw.identity.cache_sizes();
+            let m = &gw.metrics;
+            m.cache_entries
+                .with_label_values(&["session"])
+                .set(sessions as i64);
+            m.cache_entries
+                .with_label_values(&["principal"])
+                .set(principals as i64);
+            let pool = gw.identity.pool();
+            m.db_pool
+                .with_label_values(&["open"])
+                .set(pool.size() as i64);
+            m.db_pool
+                .with_label_values(&["idle"])
+                .set(pool.num_idle() as i64);
+            (200, "text/plain; version=0.0.4", m.render())
+        }
+        (&Method::GET, _) => (404, "text/plain", "not found\n".to_string()),
+        _ => (405, "text/plain", "method not allowed\n".to_string()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::from_u16(status).expect("a valid status");
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
+    resp
+}
+
+/// Whether the database answers, within [`READY_LIMIT`]; why not, as well as can be told. The
+/// pool's own error says only "pool timed out" whatever the cause, so a database that has not
+/// answered after [`PROBE_AFTER`] is also tried with a connection of its own
+/// ([`crate::stores::db::why_unreachable`]), at the same time, within the same limit: the answer
+/// comes within the probes' timeouts (3 s in `deploy/`) and names the cause.
+async fn database_state(pool: &sqlx::PgPool) -> Result<(), String> {
+    let select = tokio::time::timeout(
+        READY_LIMIT,
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool),
+    );
+    tokio::pin!(select);
+    let (outcome, cause) = match tokio::time::timeout(PROBE_AFTER, &mut select).await {
+        Ok(outcome) => (outcome, None),
+        Err(_) => {
+            let probe = crate::stores::db::why_unreachable(pool, READY_LIMIT - PROBE_AFTER);
+            let (outcome, cause) = tokio::join!(select, probe);
+            (outcome, Some(cause))
+        }
+    };
+    let pool_error = match outcome {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(e)) if !matches!(e, sqlx::Error::PoolTimedOut) => return Err(e.to_string()),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
+    // A pool that failed fast (a --db-timeout-ms below PROBE_AFTER) was not probed yet.
+    let cause = match cause {
+        Some(cause) => cause,
+        None => crate::stores::db::why_unreachable(pool, READY_LIMIT - PROBE_AFTER).await,
+    };
+    Err(cause.unwrap_or(pool_error))
+}
+
+/// The longest `/readyz` waits for the mapping's role and permission names to be checked.
+const UNKNOWN_NAMES_LIMIT: Duration = Duration::from_millis(500);
+
+/// The longest `/readyz` waits for the database.
+const READY_LIMIT: Duration = Duration::from_secs(2);
+/// How long the database may take before `/readyz` also tries a connection of its own.
+const PROBE_AFTER: Duration = Duration::from_millis(300);
+
+async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
+    let dead = gw.tasks.dead();
+    if !dead.is_empty() {
+        return (
+            503,
+            "text/plain",
+            format!(
+                "background task stopped: {}\n",
+                dead.iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
+    let version = gw.mapping.load().version.clone();
+    let rejected = gw.file_rejected().map(|why| {
+        // The live mapping serves; the operator who just saved a file sees here that it is not
+        // the one in force.
+        format!("routes file not applied (mapping={version} stays live): {why}\n")
+    });
+    let (status, mut body) = match database_state(gw.identity.pool()).await {
+        Ok(()) => match gw.feed.stale() {
+            None => (200, format!("ready mapping={version}\n")),
+            // The database answers, but changes to it are not applied: a revocation would wait
+            // for the cache TTL.
+            Some(why) => (503, format!("{why}\n")),
+        },
+        Err(why) => (503, format!("database unavailable: {why}\n")),
+    };
+    if let Some(line) = rejected {
+        body.push_str(&line);
+    }
+    if status == 200 {
+        // Named, the status unchanged: a name can be created after the file ships. Read at
+        // every probe (two small catalogue tables), so it is as current as the database.
+        let mapping = gw.mapping.load_full();
+        let unknown = crate::stores::db::unknown_names(gw.identity.pool(), &mapping);
+        if let Ok(unknown) = crate::stores::db::within(UNKNOWN_NAMES_LIMIT, unknown).await {
+            if !unknown.is_empty() {
+                let shown: Vec<String> = unknown.iter().take(5).map(|u| u.to_string()).collect();
+                let more = unknown.len().saturating_sub(shown.len());
+                body.push_str(&format!(
+                    "mapping={version} names what the database lacks (no session can hold it, its rules deny): {}{}\n",
+                    shown.join("; "),
+                    if more > 0 { format!("; and {more} more") } else { String::new() }
+                ));
+            }
+        }
+    }
+    // Named, the status unchanged: with the database up, denials are recorded in it.
+    for line in gw.audit.spool_problems() {
+        body.push_str(&line);
+        body.push('\n');
+    }
+    (status, "text/plain", body)
+}

@@ -1,0 +1,379 @@
+//! Forward-auth for edge proxies: a separate listener (`--authz-listen`) whose `/authz` answers
+//! an edge proxy's question "may this request pass?" from the same [`decide`] as the data plane.
+//!
+//! The edge proxy reports the original request in headers: `X-Forwarded-Method` +
+//! `X-Forwarded-Uri` (Traefik `forwardAuth`, Caddy `forward_auth`) or `X-Original-Method` +
+//! `X-Original-URI` (the nginx `auth_request` convention), with the client's `Cookie`. The
+//! reported target passes the proxy's own checks ([`target::check_method`],
+//! [`target::parse_target`]); a header missing or given twice, or both pairs present and
+//! disagreeing (a client can send either pair itself: the edge sets only one), is a 400: never
+//! a guess.
+//!
+//! | outcome | answer |
+//! |---|---|
+//! | allowed | 200 + `X-Rbac-Admin-Id`, `X-Rbac-Roles` |
+//! | public, machine, off, kill switch | 200, no identity headers |
+//! | shadow: would deny | 200 + identity headers + `X-Rbac-Shadow-Decision: deny`, after the `access_denied_shadow` row |
+//! | no valid session | 401 + `Location` of the login redirect |
+//! | denied (no route too) | 403, after the durable audit row (not durable: 503) |
+//! | gone | 404 (nginx turns any status but 2xx/401/403 into 500: its configuration maps it back) |
+//! | refused target, bad target headers | 400 |
+//! | unavailable | 503 |
+//!
+//! Every answer carries `X-Rbac-Decision` (the outcome's label), which lets nginx map its 500
+//! back to the gateway's status. Drift rows are not written in this mode: Console's answer
+//! never passes through the gateway.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+use crate::doors::proxy::session_token;
+use crate::policy::answer::{carry_out, Answer, Decision, Reply, RequestId, Tally};
+use crate::policy::outcome::{decide, Facts};
+use crate::policy::target::{self, Refusal, Target};
+use crate::runtime::state::Gateway;
+
+pub const PATH: &str = "/authz";
+
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+const X_RBAC_DECISION: HeaderName = HeaderName::from_static("x-rbac-decision");
+const X_RBAC_ADMIN_ID: HeaderName = HeaderName::from_static("x-rbac-admin-id");
+const X_RBAC_ROLES: HeaderName = HeaderName::from_static("x-rbac-roles");
+const X_RBAC_SHADOW: HeaderName = HeaderName::from_static("x-rbac-shadow-decision");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Why the reported target cannot be read (all answered 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetHeaderError {
+    #[error("no X-Forwarded-Method + X-Forwarded-Uri nor X-Original-Method + X-Original-URI")]
+    Missing,
+    #[error("{0} without {1}")]
+    Incomplete(&'static str, &'static str),
+    #[error("{0} given more than once")]
+    Duplicated(&'static str),
+    #[error("X-Forwarded-* and X-Original-* report different requests")]
+    Disagree,
+    #[error("the reported target is refused: {0}")]
+    Refused(Refusal),
+}
+
+impl TargetHeaderError {
+    fn label(&self) -> &'static str {
+        match self {
+            TargetHeaderError::Refused(r) => r.as_str(),
+            _ => "target_headers",
+        }
+    }
+}
+
+/// One header's single value, as bytes.
+fn one<'a>(
+    h: &'a HeaderMap,
+    name: &HeaderName,
+    label: &'static str,
+) -> Result<Option<&'a [u8]>, TargetHeaderError> {
+    let mut all = h.get_all(name).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(TargetHeaderError::Duplicated(label));
+    }
+    Ok(first.map(|v| v.as_bytes()))
+}
+
+/// A reported (method, target), as bytes.
+type Reported<'a> = (&'a [u8], &'a [u8]);
+
+fn pair<'a>(
+    h: &'a HeaderMap,
+    method: (&HeaderName, &'static str),
+    uri: (&HeaderName, &'static str),
+) -> Result<Option<Reported<'a>>, TargetHeaderError> {
+    match (one(h, method.0, method.1)?, one(h, uri.0, uri.1)?) {
+        (Some(m), Some(u)) => Ok(Some((m, u))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(TargetHeaderError::Incomplete(method.1, uri.1)),
+        (None, Some(_)) => Err(TargetHeaderError::Incomplete(uri.1, method.1)),
+    }
+}
+
+/// The method and target the edge proxy reports, checked as the data plane checks its own.
+///
+/// The edge passes the client's other headers on to Console as they are (Traefik forwards a
+/// `SCRIPT_NAME` header, which gunicorn, trusting its local edge, turns into a prefix cut from
+/// the path Werkzeug routes). So the names the data plane refuses are refused here too: a name
+/// with `_`, and those that rewrite the route or the method. `X-Original-URI` is the edge's own
+/// (the nginx convention) and is read below.
+pub fn reported(h: &HeaderMap) -> Result<(String, Target), TargetHeaderError> {
+    for name in h.keys() {
+        if name != X_ORIGINAL_URI {
+            target::check_header_name(name.as_str()).map_err(TargetHeaderError::Refused)?;
+        }
+    }
+    let fwd = pair(
+        h,
+        (&X_FORWARDED_METHOD, "X-Forwarded-Method"),
+        (&X_FORWARDED_URI, "X-Forwarded-Uri"),
+    )?;
+    let orig = pair(
+        h,
+        (&X_ORIGINAL_METHOD, "X-Original-Method"),
+        (&X_ORIGINAL_URI, "X-Original-URI"),
+    )?;
+    let (method, uri) = match (fwd, orig) {
+        (Some(a), Some(b)) if a != b => return Err(TargetHeaderError::Disagree),
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => return Err(TargetHeaderError::Missing),
+    };
+    target::check_method(method).map_err(TargetHeaderError::Refused)?;
+    if method == b"CONNECT" {
+        return Err(TargetHeaderError::Refused(Refusal::NotOriginForm));
+    }
+    let t = target::parse_target(uri).map_err(TargetHeaderError::Refused)?;
+    let method = String::from_utf8(method.to_vec())
+        .map_err(|_| TargetHeaderError::Refused(Refusal::MalformedRequestLine))?;
+    Ok((method, t))
+}
+
+/// Serves forward-auth on `listener` until `shutdown` turns true: one task per data-plane
+/// worker, on that worker's runtime (each worker has its own SO_REUSEPORT socket of
+/// `--authz-listen`; no thread of its own, no cross-thread wake-up).
+pub(crate) async fn serve(
+    gw: Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+    mut builder: hyper::server::conn::http1::Builder,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    builder.keep_alive(true);
+    let accepted = gw.metrics.connections.with_label_values(&["forward-auth"]);
+    let door = Arc::new(Door::new(gw));
+    crate::dataplane::listen::accept_until_shutdown(
+        listener,
+        shutdown,
+        grace,
+        "forward-auth",
+        accepted,
+        move |stream, peer| {
+            let door = door.clone();
+            let service = service_fn(move |req| {
+                let door = door.clone();
+                async move { Ok::<_, Infallible>(handle(&door, peer, req).await) }
+            });
+            builder.serve_connection(TokioIo::new(stream), service)
+        },
+    )
+    .await;
+}
+
+/// Forward-auth's share of the gateway: its counters, looked up once.
+struct Door {
+    gw: Arc<Gateway>,
+    by_decision: Vec<(prometheus::IntCounter, prometheus::Histogram)>,
+}
+
+impl Door {
+    fn new(gw: Arc<Gateway>) -> Door {
+        let by_decision = Decision::ALL
+            .iter()
+            .map(|d| {
+                (
+                    gw.metrics.authz_requests.with_label_values(&[d.as_str()]),
+                    gw.metrics.decision_seconds.with_label_values(&[d.as_str()]),
+                )
+            })
+            .collect();
+        Door { gw, by_decision }
+    }
+}
+
+impl Tally for Door {
+    fn count(&self, decision: Decision, started: Instant) -> Instant {
+        let now = Instant::now();
+        let (n, t) = &self.by_decision[decision.index()];
+        n.inc();
+        t.observe(now.saturating_duration_since(started).as_secs_f64());
+        now
+    }
+}
+
+/// An answer with no body (`Content-Length: 0`) on every status: nginx keeps its
+/// `auth_request` connection only when the answer has none, and Caddy and Traefik read only
+/// the status and headers. The edge renders its own error pages.
+fn answer(status: u16, decision: Decision, request_id: &RequestId) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::from_u16(status).expect("a valid status");
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(X_RBAC_DECISION, HeaderValue::from_static(decision.as_str()));
+    h.insert(X_REQUEST_ID, request_id.header());
+    resp
+}
+
+/// The client's address as the edge proxy reports it (the last `X-Forwarded-For` hop, the one
+/// the edge appended), else the edge's own address. Only ever written into audit rows.
+fn client_ip(h: &HeaderMap, peer: SocketAddr) -> String {
+    h.get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .rfind(|s| !s.is_empty())
+        .map_or_else(|| peer.ip().to_string(), str::to_string)
+}
+
+async fn handle(door: &Door, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let gw = &*door.gw;
+    let request_id = RequestId::next();
+    if req.uri().path() != PATH {
+        let mut resp = answer(404, Decision::Gone, &request_id);
+        resp.headers_mut().remove(X_RBAC_DECISION);
+        return resp;
+    }
+    let refused = |why: &dyn std::fmt::Display, label: &str| {
+        tracing::warn!(request_id = %request_id, reason = %why, edge = %peer, "forward-auth: refused");
+        gw.metrics.refusals.with_label_values(&[label]).inc();
+        door.count(Decision::Refused, started);
+        answer(400, Decision::Refused, &request_id)
+    };
+    if req.method() == Method::CONNECT {
+        return refused(
+            &"CONNECT to the authorizer",
+            Refusal::NotOriginForm.as_str(),
+        );
+    }
+    let headers = req.headers();
+    let (method, t) = match reported(headers) {
+        Ok(r) => r,
+        Err(e) => return refused(&e, e.label()),
+    };
+    // The edge forwards the client's own Cookie header to Console: one Console could read
+    // differently from the gateway is refused, exactly as in the proxy.
+    let token = match session_token(headers, &gw.cookie) {
+        Ok(t) => t,
+        Err(r) => return refused(&r, r.as_str()),
+    };
+    let mapping = gw.mapping.load();
+    let ip = client_ip(headers, peer);
+    let facts = Facts {
+        method: &method,
+        target: &t,
+        token,
+        client_ip: Some(&ip),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+        request_id: request_id.as_str(),
+        at: started,
+    };
+    let outcome = decide(gw, &mapping, gw.switches(), &facts).await;
+    let carried = carry_out(gw, door, outcome, request_id.as_str(), started).await;
+    let done = carried.answer;
+    let mut resp = answer(done.authz_status(), carried.decision, &request_id);
+    let h = resp.headers_mut();
+    match &done {
+        Answer::Forward {
+            identity, shadow, ..
+        } => {
+            if let Some(id) = identity {
+                // Checked to be header values when the answer was made.
+                match (
+                    HeaderValue::from_str(id.admin_id()),
+                    HeaderValue::from_str(id.roles()),
+                ) {
+                    (Ok(a), Ok(r)) => {
+                        h.insert(X_RBAC_ADMIN_ID, a);
+                        h.insert(X_RBAC_ROLES, r);
+                    }
+                    _ => {
+                        tracing::error!(request_id = %request_id, "identity is not a header value: answering 503");
+                        return answer(503, Decision::Unavailable, &request_id);
+                    }
+                }
+            }
+            if *shadow {
+                h.insert(X_RBAC_SHADOW, HeaderValue::from_static("deny"));
+            }
+        }
+        Answer::Reply(Reply::Login { location }) => match HeaderValue::from_str(location) {
+            Ok(v) => {
+                h.insert(header::LOCATION, v);
+            }
+            // Built from a checked, percent-encoded target: cannot happen.
+            Err(e) => tracing::error!(error = %e, "login location is not a header value"),
+        },
+        Answer::Reply(_) => {}
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn target_headers_are_read_exactly_or_refused() {
+        let ok = |pairs: &[(&str, &str)]| reported(&headers(pairs)).map(|(m, t)| (m, t.original));
+        let fwd = [("x-forwarded-method", "GET"), ("x-forwarded-uri", "/a?b=1")];
+        let orig = [("x-original-method", "GET"), ("x-original-uri", "/a?b=1")];
+        assert_eq!(ok(&fwd), Ok(("GET".into(), "/a?b=1".into())));
+        assert_eq!(ok(&orig), Ok(("GET".into(), "/a?b=1".into())));
+        assert_eq!(
+            ok(&[fwd[0], fwd[1], orig[0], orig[1]]),
+            Ok(("GET".into(), "/a?b=1".into()))
+        );
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, TargetHeaderError);
+        #[rustfmt::skip]
+        let table: Vec<Case> = vec![
+            ("nothing", vec![], TargetHeaderError::Missing),
+            ("method only", vec![fwd[0]], TargetHeaderError::Incomplete("X-Forwarded-Method", "X-Forwarded-Uri")),
+            ("uri only", vec![orig[1]], TargetHeaderError::Incomplete("X-Original-URI", "X-Original-Method")),
+            ("uri twice", vec![fwd[0], fwd[1], ("x-forwarded-uri", "/b")], TargetHeaderError::Duplicated("X-Forwarded-Uri")),
+            ("method twice", vec![orig[0], orig[1], ("x-original-method", "GET")], TargetHeaderError::Duplicated("X-Original-Method")),
+            ("pairs disagree", vec![fwd[0], fwd[1], orig[0], ("x-original-uri", "/public")], TargetHeaderError::Disagree),
+            ("pair plus half", vec![fwd[0], fwd[1], ("x-original-uri", "/a?b=1")], TargetHeaderError::Incomplete("X-Original-URI", "X-Original-Method")),
+            ("lower-case method", vec![("x-forwarded-method", "get"), fwd[1]], TargetHeaderError::Refused(Refusal::MethodNotUppercase)),
+            ("connect", vec![("x-forwarded-method", "CONNECT"), fwd[1]], TargetHeaderError::Refused(Refusal::NotOriginForm)),
+            ("encoded slash", vec![fwd[0], ("x-forwarded-uri", "/a%2Fb")], TargetHeaderError::Refused(Refusal::EncodedSlash)),
+            ("dot segment", vec![fwd[0], ("x-forwarded-uri", "/a/../b")], TargetHeaderError::Refused(Refusal::DotSegment)),
+            ("script name", vec![fwd[0], fwd[1], ("script_name", "/static")], TargetHeaderError::Refused(Refusal::UnderscoreHeader("script_name".into()))),
+            ("method override", vec![fwd[0], fwd[1], ("x-http-method-override", "DELETE")], TargetHeaderError::Refused(Refusal::RewriteHeader("x-http-method-override".into()))),
+            ("prefix", vec![orig[0], orig[1], ("x-forwarded-prefix", "/static")], TargetHeaderError::Refused(Refusal::RewriteHeader("x-forwarded-prefix".into()))),
+        ];
+        for (what, pairs, want) in table {
+            assert_eq!(reported(&headers(&pairs)).map(|_| ()), Err(want), "{what}");
+        }
+        assert!(
+            matches!(
+                reported(&headers(&[fwd[0], ("x-forwarded-uri", "http://evil/a")])),
+                Err(TargetHeaderError::Refused(_))
+            ),
+            "absolute form"
+        );
+    }
+}

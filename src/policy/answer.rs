@@ -1,0 +1,533 @@
+//! One step from outcome to answer, for every door.
+//!
+//! [`crate::policy::outcome::decide`] says what should happen to a request; [`carry_out`] makes it
+//! happen, once, whatever door the request came through: the denial's row made durable (or
+//! 503 when it cannot be), the shadow row written, the request counted under its [`Decision`],
+//! the log line, the identity Console is told (checked to be sendable), the request id. What is
+//! left is transport: the data plane serialises an [`Answer`] onto the request to Console or
+//! onto its own response, forward-auth maps it to a status and headers for the edge. A new door
+//! costs only its transport.
+//!
+//! The shape follows Envoy's `CheckResponse` (an OK answer with headers to set, or a denied
+//! answer with a status) and oauth2-proxy, whose `AuthOnly` and `Proxy` share everything but
+//! the last step.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::policy::outcome::{Forward, Outcome, Unavailable, Via};
+use crate::stores::audit::AuditEvent;
+use crate::stores::identity::Principal;
+
+/// What was decided about a request: the `decision` label of `rbac_gateway_requests_total`,
+/// `rbac_gateway_authz_requests_total` and `rbac_gateway_decision_duration_seconds`. A new
+/// label is a new variant here (and its line in [`Decision::as_str`]); everything that lists
+/// the labels (metrics registered at start, explain, dashboards' queries) reads [`Decision::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    Allowed,
+    Denied,
+    Redirected,
+    Refused,
+    Public,
+    Machine,
+    Gone,
+    Off,
+    ShadowDenied,
+    Unavailable,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 10] = [
+        Decision::Allowed,
+        Decision::Denied,
+        Decision::Redirected,
+        Decision::Refused,
+        Decision::Public,
+        Decision::Machine,
+        Decision::Gone,
+        Decision::Off,
+        Decision::ShadowDenied,
+        Decision::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Denied => "denied",
+            Decision::Redirected => "redirected",
+            Decision::Refused => "refused",
+            Decision::Public => "public",
+            Decision::Machine => "machine",
+            Decision::Gone => "gone",
+            Decision::Off => "off",
+            Decision::ShadowDenied => "shadow_denied",
+            Decision::Unavailable => "unavailable",
+        }
+    }
+
+    /// Index into [`Decision::ALL`] (per-worker tables of counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request id: [`crate::policy::outcome::unique_id`] in 32 hex digits, the one scheme of every door
+/// (`X-Request-Id` on the answer and to Console, `request_id` in log lines and audit rows).
+/// Unique without a getrandom syscall per request (measured in the load benchmark's profile),
+/// and kept on the stack.
+#[derive(Clone, Copy)]
+pub struct RequestId([u8; 32]);
+
+impl RequestId {
+    pub fn next() -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = [0u8; 32];
+        for (pair, byte) in id
+            .chunks_exact_mut(2)
+            .zip(crate::policy::outcome::unique_id())
+        {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 15)];
+        }
+        RequestId(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Hex digits only: never the fallback.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn header(&self) -> http::HeaderValue {
+        http::HeaderValue::from_bytes(&self.0).expect("hex digits")
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the aftermath writes: the gateway's durable audit writer and its metrics; an
+/// in-memory list in tests.
+pub trait Records {
+    /// Makes `row` durable (for a denial, before the 403 leaves).
+    fn record(
+        &self,
+        row: Arc<AuditEvent>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    /// Counts a durable denial by rule and reason (`rbac_gateway_denials_total`).
+    fn denied(&self, rule: &str, reason: &str);
+}
+
+impl Records for crate::runtime::state::Gateway {
+    async fn record(&self, row: Arc<AuditEvent>) -> Result<(), String> {
+        self.audit.record(row).await.map_err(|e| e.to_string())
+    }
+
+    fn denied(&self, rule: &str, reason: &str) {
+        self.metrics
+            .denials_by_route
+            .with_label_values(&[rule, reason])
+            .inc();
+    }
+}
+
+/// Where a door counts its answers: the data plane keeps per-worker handles of
+/// `rbac_gateway_requests_total`, forward-auth counts `rbac_gateway_authz_requests_total`.
+/// Returns the time it read (the data plane starts Console's clock there).
+pub trait Tally {
+    fn count(&self, decision: Decision, started: Instant) -> Instant;
+}
+
+/// The gateway's own answer, when Console is not asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// 400: the request cannot be decided with certainty.
+    Refused,
+    /// No valid session: the data plane answers 302, forward-auth 401 (an edge reads only
+    /// 2xx/401/403 as decisions), both with this `Location`.
+    Login { location: String },
+    /// 403, its row durable.
+    Denied,
+    /// 404: the route was deleted by the cutover.
+    Gone,
+    /// 503: the decision or its row could not be made.
+    Unavailable,
+}
+
+impl Reply {
+    pub fn decision(&self) -> Decision {
+        match self {
+            Reply::Refused => Decision::Refused,
+            Reply::Login { .. } => Decision::Redirected,
+            Reply::Denied => Decision::Denied,
+            Reply::Gone => Decision::Gone,
+            Reply::Unavailable => Decision::Unavailable,
+        }
+    }
+}
+
+/// What a door does with the request, the aftermath of its outcome already carried out.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// Let it through to Console, telling it who asks (`identity`; none: every identity header
+    /// removed) and, in shadow mode, that the gateway would have denied.
+    Forward {
+        forward: Forward,
+        identity: Option<Identity>,
+        shadow: bool,
+    },
+    /// The gateway answers itself.
+    Reply(Reply),
+}
+
+impl Answer {
+    /// The status the client sees from the data plane, or None when Console answers.
+    pub fn proxy_status(&self) -> Option<u16> {
+        match self {
+            Answer::Forward { .. } => None,
+            Answer::Reply(r) => Some(match r {
+                Reply::Refused => 400,
+                Reply::Login { .. } => 302,
+                Reply::Denied => 403,
+                Reply::Gone => 404,
+                Reply::Unavailable => 503,
+            }),
+        }
+    }
+
+    /// The status forward-auth gives the edge.
+    pub fn authz_status(&self) -> u16 {
+        match self {
+            Answer::Forward { .. } => 200,
+            Answer::Reply(Reply::Login { .. }) => 401,
+            Answer::Reply(_) => self.proxy_status().unwrap_or(500),
+        }
+    }
+}
+
+/// The identity Console is told (`X-Rbac-Admin-Id`, `X-Rbac-Roles`): checked to be valid
+/// header values when the answer is made, so no door has to check again.
+#[derive(Debug, Clone)]
+pub struct Identity(Arc<Principal>);
+
+impl Identity {
+    pub fn admin_id(&self) -> &str {
+        &self.0.admin_id
+    }
+    pub fn roles(&self) -> &str {
+        self.0.roles_header()
+    }
+}
+
+/// Carries out `outcome`: its row, its count, its log line; returns the answer the door
+/// sends. Errors do not escape: a denial whose row cannot be made durable becomes 503, an
+/// identity that cannot be sent becomes 503, a shadow row that cannot be written is logged
+/// (the request is forwarded either way: shadow mode never changes what Console sees).
+pub async fn carry_out(
+    gw: &impl Records,
+    tally: &impl Tally,
+    outcome: Outcome,
+    request_id: &str,
+    started: Instant,
+) -> Carried {
+    let decided = outcome.decision();
+    let answer = match outcome {
+        Outcome::Refuse(_) => Answer::Reply(Reply::Refused),
+        Outcome::Gone => Answer::Reply(Reply::Gone),
+        Outcome::Redirect { location } => Answer::Reply(Reply::Login { location }),
+        Outcome::Unavailable(why) => unavailable(request_id, why),
+        Outcome::Deny { row } => {
+            if let Err(e) = gw.record(row.clone()).await {
+                tracing::error!(request_id, error = %e, "cannot record the denial: answering 503");
+                unavailable(request_id, Unavailable::Audit)
+            } else {
+                let rule = row.route.as_deref().unwrap_or("-");
+                gw.denied(rule, row.reason.as_str());
+                tracing::info!(
+                    request_id, admin_id = row.admin_id.as_deref().unwrap_or("-"), method = %row.method,
+                    path = %row.path, rule = %rule, required = row.required.as_deref().unwrap_or("-"),
+                    reason = %row.reason, mapping_version = row.mapping_version.as_deref().unwrap_or("-"), "denied"
+                );
+                Answer::Reply(Reply::Denied)
+            }
+        }
+        Outcome::ShadowDeny { forward, row } => {
+            if let Err(e) = gw.record(row.clone()).await {
+                tracing::error!(request_id, error = %e, "cannot record a shadow denial");
+            }
+            tracing::info!(
+                request_id,
+                admin_id = row.admin_id.as_deref().unwrap_or("-"),
+                rule = row.route.as_deref().unwrap_or("-"),
+                "shadow: would deny, forwarding"
+            );
+            forward_answer(request_id, forward, true)
+        }
+        Outcome::Forward(forward) => {
+            let shadow = forward.via == Via::ShadowDenied;
+            forward_answer(request_id, forward, shadow)
+        }
+    };
+    // What was decided, unless carrying it out failed (503).
+    let decision = match &answer {
+        Answer::Reply(r) => r.decision(),
+        Answer::Forward { .. } => decided,
+    };
+    let decided_at = tally.count(decision, started);
+    Carried {
+        answer,
+        decision,
+        decided_at,
+    }
+}
+
+/// An outcome carried out.
+pub struct Carried {
+    pub answer: Answer,
+    /// What it was counted as: the outcome's decision, or `unavailable` when carrying it out
+    /// failed.
+    pub decision: Decision,
+    /// When it was counted (the data plane starts Console's clock there).
+    pub decided_at: Instant,
+}
+
+/// Runs the aftermath with an authority other than the gateway's (explain, the matrix): no
+/// row is written, nothing is counted; the answer is the one the doors would carry out when
+/// every write succeeds.
+pub fn answer_of(outcome: &Outcome) -> Answer {
+    match outcome {
+        Outcome::Refuse(_) => Answer::Reply(Reply::Refused),
+        Outcome::Gone => Answer::Reply(Reply::Gone),
+        Outcome::Redirect { location } => Answer::Reply(Reply::Login {
+            location: location.clone(),
+        }),
+        Outcome::Unavailable(_) => Answer::Reply(Reply::Unavailable),
+        Outcome::Deny { .. } => Answer::Reply(Reply::Denied),
+        Outcome::ShadowDeny { forward, .. } => forward_answer("-", forward.clone(), true),
+        Outcome::Forward(forward) => {
+            let shadow = forward.via == Via::ShadowDenied;
+            forward_answer("-", forward.clone(), shadow)
+        }
+    }
+}
+
+fn forward_answer(request_id: &str, forward: Forward, shadow: bool) -> Answer {
+    let identity = match &forward.principal {
+        None => None,
+        Some(p) if p.forwardable() => Some(Identity(p.clone())),
+        Some(p) => {
+            tracing::error!(request_id, admin_id = %p.admin_id, "admin id or role names are not valid header values: answering 503");
+            return unavailable(request_id, Unavailable::Identity);
+        }
+    };
+    Answer::Forward {
+        forward,
+        identity,
+        shadow,
+    }
+}
+
+fn unavailable(request_id: &str, why: Unavailable) -> Answer {
+    tracing::warn!(request_id, cause = why.as_str(), "answering 503");
+    Answer::Reply(Reply::Unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::outcome::tests::{block_on, fake, run, Fake};
+    use crate::policy::outcome::Switches;
+    use std::sync::Mutex;
+
+    /// Rows in memory; `fail` makes every write fail (a database and spool that cannot take it).
+    #[derive(Default)]
+    struct Rows {
+        written: Mutex<Vec<String>>,
+        denied: Mutex<Vec<(String, String)>>,
+        fail: bool,
+    }
+
+    impl Records for Rows {
+        async fn record(&self, row: Arc<AuditEvent>) -> Result<(), String> {
+            if self.fail {
+                return Err("spool full".into());
+            }
+            self.written.lock().unwrap().push(row.event_type.clone());
+            Ok(())
+        }
+
+        fn denied(&self, rule: &str, reason: &str) {
+            self.denied
+                .lock()
+                .unwrap()
+                .push((rule.to_string(), reason.to_string()));
+        }
+    }
+
+    #[derive(Default)]
+    struct Counts(Mutex<Vec<Decision>>);
+
+    impl Tally for Counts {
+        fn count(&self, decision: Decision, _started: Instant) -> Instant {
+            self.0.lock().unwrap().push(decision);
+            Instant::now()
+        }
+    }
+
+    /// (decision counted, data-plane status (None: Console answers), forward-auth status, rows
+    /// written, identity sent, shadow flag sent)
+    type Expect = (
+        Decision,
+        Option<u16>,
+        u16,
+        &'static [&'static str],
+        bool,
+        bool,
+    );
+
+    #[test]
+    fn every_outcome_is_carried_out_once_for_every_door() {
+        let on = Switches {
+            kill_switch: false,
+            ticket_grants: true,
+        };
+        let up = fake();
+        let down = Fake {
+            db_down: true,
+            ..fake()
+        };
+        let ok = Rows::default();
+        let failing = Rows {
+            fail: true,
+            ..Rows::default()
+        };
+        use Decision::*;
+        #[rustfmt::skip]
+        let table: Vec<(&Fake, &Rows, &str, &str, &str, Expect)> = vec![
+            (&up, &ok, "GET", "/enforced", "reader", (Allowed, None, 200, &[], true, false)),
+            (&up, &ok, "GET", "/enforced", "nobody", (Denied, Some(403), 403, &["access_denied"], false, false)),
+            (&up, &failing, "GET", "/enforced", "nobody", (Unavailable, Some(503), 503, &[], false, false)),
+            (&up, &ok, "GET", "/enforced", "", (Redirected, Some(302), 401, &[], false, false)),
+            (&up, &ok, "GET", "/shadowed", "nobody", (ShadowDenied, None, 200, &["access_denied_shadow"], true, true)),
+            // A shadow row that cannot be written never changes what Console sees.
+            (&up, &failing, "GET", "/shadowed", "nobody", (ShadowDenied, None, 200, &[], true, true)),
+            (&up, &ok, "GET", "/shadowed", "reader", (Allowed, None, 200, &[], true, false)),
+            (&up, &ok, "GET", "/open", "", (Public, None, 200, &[], false, false)),
+            (&up, &ok, "POST", "/hook", "", (Machine, None, 200, &[], false, false)),
+            (&up, &ok, "GET", "/offroute", "", (Off, None, 200, &[], false, false)),
+            (&up, &ok, "GET", "/removed", "reader", (Gone, Some(404), 404, &[], false, false)),
+            (&up, &ok, "GET", "/nowhere", "reader", (Denied, Some(403), 403, &["access_denied"], false, false)),
+            (&down, &ok, "GET", "/enforced", "reader", (Unavailable, Some(503), 503, &[], false, false)),
+        ];
+        for (authority, rows, method, path, token, want) in table {
+            let what = format!("{method} {path} as {token:?} (rows fail: {})", rows.fail);
+            rows.written.lock().unwrap().clear();
+            let counts = Counts::default();
+            let outcome = block_on(run(authority, on, method, path, token));
+            let carried = block_on(carry_out(rows, &counts, outcome, "rid", Instant::now()));
+            let (identity, shadow) = match &carried.answer {
+                Answer::Forward {
+                    identity, shadow, ..
+                } => (identity.is_some(), *shadow),
+                Answer::Reply(_) => (false, false),
+            };
+            let written = rows.written.lock().unwrap().clone();
+            let got: Expect = (
+                carried.decision,
+                carried.answer.proxy_status(),
+                carried.answer.authz_status(),
+                &[],
+                identity,
+                shadow,
+            );
+            assert_eq!(
+                (got.0, got.1, got.2, got.4, got.5),
+                (want.0, want.1, want.2, want.4, want.5),
+                "{what}"
+            );
+            assert_eq!(written, want.3, "{what}: rows");
+            assert_eq!(
+                *counts.0.lock().unwrap(),
+                vec![want.0],
+                "{what}: counted once"
+            );
+        }
+        // Counted by rule and reason only when durable.
+        assert_eq!(
+            ok.denied.lock().unwrap().len(),
+            2,
+            "{:?}",
+            ok.denied.lock().unwrap()
+        );
+        assert!(failing.denied.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_login_carries_its_location_to_both_doors() {
+        let outcome = block_on(run(
+            &fake(),
+            Switches {
+                kill_switch: false,
+                ticket_grants: true,
+            },
+            "GET",
+            "/enforced?a=1",
+            "",
+        ));
+        let carried = block_on(carry_out(
+            &Rows::default(),
+            &Counts::default(),
+            outcome,
+            "rid",
+            Instant::now(),
+        ));
+        match carried.answer {
+            Answer::Reply(Reply::Login { location }) => {
+                assert_eq!(location, "/auth/login?next=%2Fenforced%3Fa%3D1")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn decision_labels_are_distinct_and_indexed_in_order() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, d) in Decision::ALL.iter().enumerate() {
+            assert_eq!(d.index(), i);
+            assert!(seen.insert(d.as_str()), "{d} twice");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_a_process_prefix_and_a_counter_in_hex() {
+        let (a, b) = (RequestId::next(), RequestId::next());
+        for id in [a, b] {
+            assert_eq!(id.as_str().len(), 32);
+            assert!(id
+                .as_str()
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+            assert_eq!(id.header().as_bytes(), id.as_str().as_bytes());
+            assert_eq!(id.to_string(), id.as_str());
+        }
+        assert_eq!(a.as_str()[..16], b.as_str()[..16], "one prefix per process");
+        let counter = |id: RequestId| u64::from_str_radix(&id.as_str()[16..], 16).unwrap();
+        // Other tests may take ids in between, never the same one.
+        assert!(counter(b) > counter(a));
+        let c = RequestId::next();
+        assert_ne!(c.as_str(), b.as_str());
+    }
+}

@@ -1,0 +1,320 @@
+//! Flags and environment. Every flag also reads an environment variable; `--help` lists both,
+//! and the README's configuration reference is generated from this definition.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit code for bad usage or an unreadable/invalid file (sysexits EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+/// Exit code when `check` found problems.
+pub const EXIT_PROBLEMS: i32 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rbac-gateway",
+    version,
+    about = "Authorization sidecar enforcing Console's RBAC V2 per route",
+    // A flag given twice takes its last value (wrappers append overrides to a base command).
+    args_override_self = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// Parsed once at start-up: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway in front of Console.
+    Serve(ServeArgs),
+    /// Apply the embedded migrations (schema and role catalogue); safe to run twice.
+    Migrate(MigrateArgs),
+    /// Validate a mapping without serving; prints every problem as FILE:LINE:COL: message.
+    Check(CheckArgs),
+    /// Explain the decision for one admin, method and path.
+    Explain(ExplainArgs),
+    /// Run the lifecycle sweep once: revoke ticket grants whose ticket FreeScout reports closed or
+    /// resolved, or whose expiry passed (audit row first), and write break-glass expiry rows.
+    /// Prints what it did (and runs the alert pass); exits 1 when FreeScout failed for a ticket, the alert webhook failed, or the sweep failed.
+    Sweep(SweepArgs),
+    /// Report shadow-mode drift (gateway vs Console's own answer) per cluster and route; exits 1
+    /// when there is drift in the window.
+    Drift(DriftArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the gateway listens on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Console's address, host:port (resolved once at start-up).
+    #[arg(long, env = "GATEWAY_UPSTREAM", default_value = "127.0.0.1:5000")]
+    pub upstream: String,
+    /// The route mapping.
+    #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
+    pub routes: PathBuf,
+    /// Console's PostgreSQL.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Address of the admin listener (/healthz, /readyz, /metrics).
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: String,
+    /// Name of Console's session cookie.
+    #[arg(
+        long,
+        env = "GATEWAY_SESSION_COOKIE",
+        default_value = "console_session"
+    )]
+    pub session_cookie: String,
+    /// Longest time a resolved session or role set is reused, in seconds (never past the
+    /// session's or a break-glass row's expiry).
+    #[arg(long, env = "GATEWAY_CACHE_TTL", default_value_t = 5.0)]
+    pub cache_ttl: f64,
+    /// Most entries per cache (sessions; admins).
+    #[arg(long, env = "GATEWAY_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: u64,
+    /// Proxy worker threads (default: half the cores, at least one; the rest are Console's).
+    /// Each runs its own single-threaded runtime, listening socket (SO_REUSEPORT) and upstream
+    /// connection pool.
+    #[arg(long, env = "GATEWAY_THREADS")]
+    pub threads: Option<usize>,
+    /// A client must send a whole request head within this many milliseconds (exceeded: the
+    /// connection is closed); also the longest idle time of a keep-alive connection.
+    #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// The longest a client may pause while sending a request body, in milliseconds: each part
+    /// of the body must arrive within this time of the previous one (exceeded: 408, the
+    /// connection is closed, nothing is forwarded).
+    #[arg(long, env = "GATEWAY_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
+    /// Largest request head (request line and headers) in bytes (exceeded: 431).
+    #[arg(long, env = "GATEWAY_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// Most header lines per request (exceeded: 431).
+    #[arg(long, env = "GATEWAY_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+    /// Largest request body in bytes; bodies are read completely before Console sees the
+    /// request (exceeded: 413).
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most request-body bytes held at once by all requests whose bodies are being read (many
+    /// slow uploads cannot take the host's memory); a request that would go over it gets 503
+    /// with `Retry-After: 1`. At least --max-body-bytes.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_BUFFERED_BODY_BYTES",
+        default_value_t = 256 * 1024 * 1024
+    )]
+    pub max_buffered_body_bytes: usize,
+    /// Upstream connect timeout in milliseconds (exceeded: 504).
+    #[arg(
+        long,
+        env = "GATEWAY_UPSTREAM_CONNECT_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
+    pub upstream_connect_timeout_ms: u64,
+    /// Upstream read timeout in milliseconds (exceeded: 504).
+    #[arg(
+        long,
+        env = "GATEWAY_UPSTREAM_READ_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub upstream_read_timeout_ms: u64,
+    /// Database acquire and statement timeout in milliseconds (exceeded: 503).
+    #[arg(long, env = "GATEWAY_DB_TIMEOUT_MS", default_value_t = 2_000)]
+    pub db_timeout_ms: u64,
+    /// Database connections (the change feed's listener has one more of its own).
+    #[arg(long, env = "GATEWAY_DB_POOL_SIZE", default_value_t = 8)]
+    pub db_pool_size: u32,
+    /// Append-only file where audit rows wait while the database is unreachable (gateways may
+    /// share one: appends and replays lock it)
+    #[arg(
+        long,
+        env = "GATEWAY_AUDIT_SPOOL",
+        default_value = "rbac-gateway-audit.spool"
+    )]
+    pub audit_spool: PathBuf,
+    /// Largest spool in bytes; when full, requests that would be denied get 503.
+    #[arg(long, env = "GATEWAY_AUDIT_SPOOL_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub audit_spool_max_bytes: u64,
+    /// Seconds to finish in-flight requests after SIGTERM.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value_t = 2)]
+    pub shutdown_grace: u64,
+    /// Re-validate ticket-scoped grants on every request against this URL ({ticket_id} is
+    /// replaced), e.g. FreeScout's conversation status; unreachable: 503. Unset: no re-validation.
+    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
+    pub ticket_validation_url: Option<String>,
+    /// Ticket-scoped grants on (1) or off (0; FLAG_TICKET_SCOPED_GRANTS=0 of 004 §9.1: they grant nothing).
+    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", value_parser = switch())]
+    pub flag_ticket_scoped_grants: bool,
+    /// Answer Console's reader API (`GET /api/rbac/me`, `GET /api/rbac/permissions/check`) in the
+    /// gateway itself: those paths are then never forwarded. `--rbac-api=false` forwards them.
+    #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub rbac_api: bool,
+    /// Address of the forward-auth listener for edge proxies (`/authz`: nginx `auth_request`,
+    /// Traefik `forwardAuth`, Caddy `forward_auth`). Unset: no such listener.
+    #[arg(long, env = "GATEWAY_AUTHZ_LISTEN")]
+    pub authz_listen: Option<String>,
+    /// Seconds between lifecycle sweeps (ticket grants of closed tickets and expired grants
+    /// revoked, break-glass expiry rows); every replica runs them, one at a time under an
+    /// advisory lock. 0 turns the sweep off in this process.
+    #[arg(long, env = "GATEWAY_SWEEP_INTERVAL", default_value_t = 120.0)]
+    pub sweep_interval: f64,
+    /// Slack-compatible incoming webhook for alerts (new break-glass sessions, changes to the
+    /// break-glass group's roles): a JSON POST `{"text": ...}`, retried with backoff until
+    /// delivered. Unset: alerts are recorded in rbac_gateway_alerts only.
+    #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL")]
+    pub alert_webhook_url: Option<String>,
+    /// Honour a break-glass session's roles only after its alert was delivered (I-4: alert
+    /// before the session proceeds). Trade-off: a webhook that is down blocks emergency access.
+    #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub break_glass_requires_alert: bool,
+    /// Log format: json or text.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+    /// Kill switch (I-5): 0 makes every route `off` (forward; Console decides). 1, unset or set
+    /// empty: the mapping's modes apply.
+    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", value_parser = switch())]
+    pub flag_rbac_v2: bool,
+}
+
+/// A switch: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` (any case).
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false (or 1/0), not {s:?}")),
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SweepArgs {
+    /// Console's PostgreSQL.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// FreeScout's status URL ({ticket_id} is replaced); unset: only expired grants are revoked.
+    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
+    pub ticket_validation_url: Option<String>,
+    /// Slack-compatible incoming webhook for alerts (see `serve --help`).
+    #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL")]
+    pub alert_webhook_url: Option<String>,
+    /// Run once and exit (the only mode; for a cron job or a Kubernetes CronJob).
+    #[arg(long, default_value_t = true)]
+    pub once: bool,
+}
+
+/// The switches whose documented states include "unset" (interface.md: `FLAG_RBAC_V2` "Unset or
+/// `1`: the modes in the mapping apply"). Set empty (`FLAG_RBAC_V2=` in a compose file, a unit
+/// or a pod spec, how such files unset a variable), each is taken as unset, not as a usage error.
+const UNSET_WHEN_EMPTY: [&str; 2] = ["FLAG_RBAC_V2", "FLAG_TICKET_SCOPED_GRANTS"];
+
+/// Removes the [`UNSET_WHEN_EMPTY`] variables that are set empty. Call before parsing, while the
+/// process has one thread.
+pub fn unset_empty_switches() {
+    for name in UNSET_WHEN_EMPTY {
+        if std::env::var_os(name).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(name);
+        }
+    }
+}
+
+impl ServeArgs {
+    pub fn kill_switch(&self) -> bool {
+        !self.flag_rbac_v2
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// PostgreSQL to migrate.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The mapping to check.
+    #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
+    pub routes: PathBuf,
+    /// Also check roles, permissions and schema against this database.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// JSON dump of the upstream's routes ([{"rule", "methods", "endpoint", "strict_slashes"}],
+    /// in registration order; scripts/dump_flask_routes.py): every Console route must be
+    /// covered and every gateway rule must exist in Console.
+    #[arg(long)]
+    pub app_routes: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// The mapping.
+    #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
+    pub routes: PathBuf,
+    /// Console's PostgreSQL.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// The admin's id (admins.id). Not with --request-id (the audit row names the admin).
+    #[arg(
+        long,
+        required_unless_present = "request_id",
+        conflicts_with = "request_id"
+    )]
+    pub admin: Option<String>,
+    /// HTTP method (upper case).
+    #[arg(required_unless_present = "request_id", conflicts_with = "request_id")]
+    pub method: Option<String>,
+    /// Request path (and query), as a client would send it.
+    #[arg(required_unless_present = "request_id", conflicts_with = "request_id")]
+    pub path: Option<String>,
+    /// Explain a logged request from its audit row (access_audit_events.request_id): its admin,
+    /// method and path, with the mapping version the row carries when that file is at hand.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// A folder of earlier mapping files (any *.toml); with --request-id, the one whose version
+    /// is the row's is used when --routes is another version.
+    #[arg(long)]
+    pub mapping_history: Option<PathBuf>,
+    /// The kill switch, as `serve` reads it: 0 explains the decision with every route `off`.
+    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", value_parser = switch())]
+    pub flag_rbac_v2: bool,
+    /// Ticket-scoped grants, as `serve` reads them.
+    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", value_parser = switch())]
+    pub flag_ticket_scoped_grants: bool,
+    /// Re-validate ticket grants against this URL, as `serve` does.
+    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
+    pub ticket_validation_url: Option<String>,
+    /// Console's reader API answered by the gateway, as `serve` reads it: its paths are then
+    /// answered by the gateway itself, never decided as a route nor forwarded.
+    #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub rbac_api: bool,
+    /// Break-glass sessions count only once their alert was delivered, as `serve` reads it.
+    #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub break_glass_requires_alert: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DriftArgs {
+    /// The mapping (to group routes by cluster and list the shadow-mode rules).
+    #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
+    pub routes: PathBuf,
+    /// Console's PostgreSQL (where drift events are recorded).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// The window, in hours (default: 7 days).
+    #[arg(long, default_value_t = 168)]
+    pub since_hours: u32,
+    /// Only this cluster (e.g. S2).
+    #[arg(long)]
+    pub cluster: Option<String>,
+}
+
+/// A feature switch as Console's flags are written: `0` (off) or `1` (on), nothing else.
+fn switch() -> impl clap::builder::TypedValueParser<Value = bool> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["0", "1"]).map(|v| v == "1")
+}

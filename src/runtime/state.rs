@@ -1,0 +1,198 @@
+//! The state every request shares: the active mapping, the identity resolver and its caches, the
+//! audit writer, metrics, and the settings of the data plane. [`Gateway`] is also the
+//! [`Authority`] the decision asks: sessions and roles from the cache or PostgreSQL, ticket
+//! grants live.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::policy::mapping::Mapping;
+use crate::policy::outcome::{Authority, Switches, Unavailable};
+use crate::runtime::metrics::Metrics;
+use crate::stores::audit::AuditWriter;
+use crate::stores::identity::{Identity, Principal};
+
+/// Everything a request needs, shared by all workers.
+pub struct Gateway {
+    pub mapping: ArcSwap<Mapping>,
+    pub identity: Arc<Identity>,
+    pub audit: Arc<AuditWriter>,
+    pub metrics: Arc<Metrics>,
+    pub kill_switch: bool,
+    pub cookie: String,
+    pub upstream: SocketAddr,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// Ticket-scoped grants honoured (FLAG_TICKET_SCOPED_GRANTS).
+    pub ticket_grants: bool,
+    pub ticket_validation_url: Option<String>,
+    /// The supervised background tasks (`/readyz` names the dead ones).
+    pub tasks: Arc<crate::runtime::supervise::Tasks>,
+    /// The reader API (`/api/rbac/me`, `/api/rbac/permissions/check`) is answered by the gateway.
+    pub rbac_api: bool,
+    /// Why the routes file on disk is not the live mapping (rejected, unreadable), until a file
+    /// is applied again; `/readyz` shows it.
+    pub file_rejected: std::sync::Mutex<Option<String>>,
+    /// The change feed's last read (`/readyz` answers 503 while it is stale).
+    pub feed: Arc<crate::stores::feed::Health>,
+}
+
+impl Gateway {
+    /// Records why the file on disk was not applied (None: it was).
+    pub fn set_file_rejected(&self, why: Option<String>) {
+        *self
+            .file_rejected
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = why;
+    }
+
+    pub fn file_rejected(&self) -> Option<String> {
+        self.file_rejected
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn switches(&self) -> Switches {
+        Switches {
+            kill_switch: self.kill_switch,
+            ticket_grants: self.ticket_grants,
+        }
+    }
+}
+
+impl Authority for Gateway {
+    async fn principal_for_token(
+        &self,
+        token: &str,
+        at: std::time::Instant,
+    ) -> Result<Option<Arc<Principal>>, Unavailable> {
+        self.identity
+            .principal_for_token(token, at)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot resolve the session: answering 503");
+                Unavailable::Identity
+            })
+    }
+
+    async fn known_admin(&self, token: &str) -> Option<String> {
+        self.identity
+            .cached_session(token)
+            .await
+            .map(|s| s.admin_id.clone())
+    }
+
+    async fn with_ticket_grants(
+        &self,
+        principal: &Principal,
+        customer: i32,
+        request_id: &str,
+    ) -> Result<Option<Principal>, Unavailable> {
+        ticket_principal(
+            self.identity.pool(),
+            &self.metrics,
+            self.ticket_validation_url.as_deref(),
+            principal,
+            customer,
+            request_id,
+        )
+        .await
+    }
+}
+
+/// The principal with its live ticket grants for `customer` (re-validated against
+/// `validation_url` when given), or None when there are none. Shared by the gateway and
+/// `explain`.
+pub async fn ticket_principal(
+    pool: &sqlx::PgPool,
+    metrics: &Metrics,
+    validation_url: Option<&str>,
+    principal: &Principal,
+    customer: i32,
+    request_id: &str,
+) -> Result<Option<Principal>, Unavailable> {
+    let read = |only: Option<Vec<String>>| async move {
+        metrics.db_queries.inc();
+        crate::stores::ticket::grants(pool, &principal.admin_id, customer, only.as_deref())
+            .await
+            .map_err(|e| {
+                metrics.db_errors.inc();
+                tracing::error!(request_id, error = %e, "cannot read ticket grants: answering 503");
+                Unavailable::Tickets
+            })
+    };
+    let all = read(None).await?;
+    if all.tickets.is_empty() {
+        return Ok(None);
+    }
+    let grants = match validation_url {
+        None => all,
+        Some(url) => {
+            let ids: Vec<String> = all.tickets.into_iter().map(|(t, _)| t).collect();
+            let open = open_tickets(url, ids, request_id).await?;
+            if open.is_empty() {
+                return Ok(None);
+            }
+            read(Some(open)).await?
+        }
+    };
+    Ok(Some(
+        principal.with_extra(&grants.roles, &grants.permissions),
+    ))
+}
+
+/// The tickets of `tickets` the validator at `url` reports open, each asked once. One it cannot
+/// answer for fails the whole request closed (503), whichever ticket the decision would have
+/// used: the proxy and the reader API ask the same tickets and agree on when to answer 503.
+pub async fn open_tickets(
+    url: &str,
+    mut tickets: Vec<String>,
+    request_id: &str,
+) -> Result<Vec<String>, Unavailable> {
+    tickets.sort();
+    tickets.dedup();
+    let mut open = Vec::new();
+    for t in tickets {
+        match crate::stores::ticket::ticket_open(url, &t, Duration::from_secs(2)).await {
+            Ok(true) => open.push(t),
+            Ok(false) => {
+                tracing::info!(request_id, ticket = %t, "ticket closed: its grant is ignored")
+            }
+            Err(e) => {
+                tracing::error!(request_id, ticket = %t, error = %e, "ticket re-validation failed: answering 503 (fail closed)");
+                return Err(Unavailable::Tickets);
+            }
+        }
+    }
+    Ok(open)
+}
+
+/// Creates, at 0, every labelled series whose labels the policy and the runtime know in advance
+/// (decisions, refusal reasons, task names, the `no_route` denial), so a dashboard query finds
+/// them from start-up. Here rather than in [`Metrics`], which knows no policy vocabulary.
+pub fn prime_metric_labels(m: &Metrics) {
+    for d in crate::policy::answer::Decision::ALL {
+        m.requests.with_label_values(&[d.as_str()]);
+        m.decision_seconds.with_label_values(&[d.as_str()]);
+    }
+    for r in crate::policy::target::Refusal::REASONS {
+        m.refusals.with_label_values(&[r]);
+    }
+    // Refused by the data plane after the decision: a request body that is malformed or cut, or
+    // that stopped arriving (408).
+    m.refusals.with_label_values(&["malformed_body"]);
+    m.refusals.with_label_values(&["body_timeout"]);
+    for r in crate::policy::cookie::CookieRefusal::ALL {
+        m.refusals.with_label_values(&[r.as_str()]);
+    }
+    for task in crate::runtime::supervise::Task::ALL {
+        m.task_failures.with_label_values(&[task.as_str()]);
+    }
+    // Route labels are the mapping's; `no_route` (route "-") is the one known up front.
+    m.denials_by_route
+        .with_label_values(&["-", crate::policy::verdict::REASON_NO_ROUTE]);
+}

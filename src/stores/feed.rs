@@ -1,0 +1,320 @@
+//! The change feed: keeps the caches coherent with the database (issue 5, 004 §3.4).
+//!
+//! Triggers installed by `migrate` write one `rbac_change_log` row per change (the admin it
+//! affects, or NULL for "everyone") and `NOTIFY rbac_gateway_changes`. This task LISTENs (a
+//! notification wakes it at once) and, on every wake-up and at least every [`POLL`], reads the
+//! log from its cursor and evicts exactly the affected cache entries.
+//!
+//! The cursor is a transaction id: each read also takes the snapshot's xmin, and the next read
+//! asks for rows with `txid >= xmin`, so rows of transactions that commit out of order are never
+//! skipped. A dropped LISTEN connection, a lost notification or a PostgreSQL restart only delays
+//! the next read; the read catches up from the durable log. When the gateway cannot tell what it
+//! missed (no successful read for longer than [`BLIND_LIMIT`]), it clears every cache.
+//!
+//! After a connection storm (every backend terminated) the lost LISTEN connection or the first
+//! failed read marks the pool's idle connections stale (`db::mark_broken`) and the read is
+//! retried at once on a fresh connection, so a change committed right after the storm is
+//! applied within milliseconds, not one POLL per dead connection.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+
+use crate::runtime::metrics::Metrics;
+use crate::stores::identity::Identity;
+
+pub const CHANNEL: &str = "rbac_gateway_changes";
+/// Longest time between two reads of the log, notification or not.
+pub const POLL: Duration = Duration::from_millis(250);
+/// Without a successful read for this long, the caches are cleared on recovery.
+pub const BLIND_LIMIT: Duration = Duration::from_secs(3600);
+
+const READ_SQL: &str = r#"
+WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+SELECT s.xmin::text, c.id, c.admin_id, c.token_sha256
+FROM s LEFT JOIN rbac_change_log c ON c.txid >= $1::text::xid8
+ORDER BY c.id
+"#;
+
+/// One change: log id, affected admin (None: everyone), session token hash.
+pub type Change = (i64, Option<String>, Option<String>);
+
+/// One read of the log: the new cursor and the changes since the old one.
+pub struct Batch {
+    pub xmin: String,
+    pub changes: Vec<Change>,
+}
+
+pub async fn read(pool: &PgPool, cursor: &str) -> Result<Batch, sqlx::Error> {
+    type Row = (String, Option<i64>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(READ_SQL)
+        .bind(cursor)
+        .fetch_all(pool)
+        .await?;
+    let xmin = rows
+        .first()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| cursor.to_string());
+    let changes = rows
+        .into_iter()
+        .filter_map(|(_, id, a, t)| id.map(|id| (id, a, t)))
+        .collect();
+    Ok(Batch { xmin, changes })
+}
+
+/// Rows older than this are deleted from the log (every gateway may do it; it is idempotent).
+pub const RETAIN: &str = "1 day";
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+async fn prune(pool: &PgPool, limit: Duration) {
+    let sql =
+        format!("DELETE FROM rbac_change_log WHERE created_at_utc < now() - interval '{RETAIN}'");
+    match crate::stores::db::within(limit, sqlx::query(&sql).execute(pool)).await {
+        Ok(r) if r.rows_affected() > 0 => {
+            tracing::info!(rows = r.rows_affected(), "change feed: pruned old log rows")
+        }
+        Ok(_) => {}
+        // A gateway without DELETE on the log still works; the log just grows.
+        Err(e) => tracing::debug!(error = %e, "change feed: cannot prune the log"),
+    }
+}
+
+/// The new xmin is older than the cursor (both are xid8 in text).
+pub fn went_backwards(cursor: &str, xmin: &str) -> bool {
+    match (cursor.parse::<u64>(), xmin.parse::<u64>()) {
+        (Ok(c), Ok(x)) => x < c,
+        _ => false,
+    }
+}
+
+pub async fn current_xmin(pool: &PgPool) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        .fetch_one(pool)
+        .await
+}
+
+/// Without a successful read for this long, `/readyz` answers 503: changes are not applied
+/// within the promised second.
+pub const STALE: Duration = Duration::from_secs(3);
+
+/// When the feed last read the log, and why its last attempt failed: `/readyz` reads it.
+pub struct Health {
+    started: Instant,
+    state: std::sync::Mutex<(Option<Instant>, Option<String>)>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            started: Instant::now(),
+            state: Default::default(),
+        }
+    }
+}
+
+impl Health {
+    fn state(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, Option<String>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_ok(&self, metrics: &Metrics) {
+        *self.state() = (Some(Instant::now()), None);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        metrics.feed_last_read.set(now as i64);
+    }
+
+    fn failed(&self, why: String) {
+        self.state().1 = Some(why);
+    }
+
+    /// Why the caches may be stale beyond the bound: no read yet, or none for [`STALE`].
+    pub fn stale(&self) -> Option<String> {
+        let (last, why) = self.state().clone();
+        let why = why
+            .map(|w| format!(" (last error: {w})"))
+            .unwrap_or_default();
+        match last {
+            None if self.started.elapsed() > STALE || !why.is_empty() => {
+                Some(format!("change feed has not read rbac_change_log yet{why}"))
+            }
+            None => Some("change feed starting".to_string()),
+            Some(t) if t.elapsed() > STALE => Some(format!(
+                "change feed: no read of rbac_change_log for {:.1} s{why}: changes are not applied",
+                t.elapsed().as_secs_f64()
+            )),
+            Some(_) => None,
+        }
+    }
+}
+
+/// A pool of one connection for a listener, made with `pool`'s options. A listener dropped
+/// (its read failed, its LISTEN timed out) sends `UNLISTEN *` before giving its connection
+/// back, with no timeout: on a silent connection that never ends. In a pool of its own, only
+/// that pool's one slot waits, not one of the slots the request path draws from.
+fn listener_pool(pool: &PgPool, limit: Duration) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(limit)
+        .idle_timeout(None)
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
+/// Follows the feed until the process ends.
+///
+/// Every database step is bounded by `limit` (the database timeout): a connection that stays
+/// open and carries nothing (a NAT or firewall that dropped its state, a failover behind a
+/// virtual address) fires no timeout of the server's own, and a read waiting on it would stop
+/// the feed until the kernel gave the connection up, many minutes later.
+pub async fn follow(
+    pool: PgPool,
+    identity: Arc<Identity>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    limit: Duration,
+) {
+    use crate::stores::db::within;
+    // The past does not matter: start at the current xmin and drop whatever was cached before.
+    let mut cursor: Option<String> = None;
+    let mut seen: HashSet<i64> = HashSet::new();
+    let mut last_ok = Instant::now();
+    let mut last_prune = Instant::now();
+    let mut listener: Option<PgListener> = None;
+    // Consecutive failed reads: the first is retried at once (after a connection storm it drew
+    // a dead connection, and the retry gets a fresh one); later ones wait a POLL.
+    let mut failures: u32 = 0;
+    loop {
+        // (Re)connect the listener; failures only cost latency, the poll still runs.
+        if listener.is_none() {
+            let listen = async {
+                let mut l = PgListener::connect_with(&listener_pool(&pool, limit)).await?;
+                // A lost connection is reported at once, not after sqlx has opened another
+                // and LISTENed on it, which this loop would drop unused: it reconnects on a
+                // pool of its own (see `listener_pool`).
+                l.eager_reconnect(false);
+                l.listen(CHANNEL).await?;
+                Ok(l)
+            };
+            // After a lost connection the pool's idle ones are stale as well, and the read
+            // below would start opening a fresh one only once LISTEN is back. Opened side by
+            // side, the two backend starts (the slowest steps after a connection storm) cost
+            // the time of one; the connection goes back to the pool for the read.
+            let (listened, warmed) =
+                tokio::join!(within(limit, listen), within(limit, pool.acquire()));
+            match warmed {
+                Ok(conn) => drop(conn),
+                Err(e) => {
+                    crate::stores::db::note_error(&e);
+                    tracing::debug!(error = %e, "change feed: cannot open a connection for the read");
+                }
+            }
+            match listened {
+                Ok(l) => {
+                    tracing::info!("change feed: listening");
+                    listener = Some(l);
+                }
+                Err(e) => {
+                    crate::stores::db::note_error(&e);
+                    tracing::warn!(error = %e, "change feed: cannot LISTEN")
+                }
+            }
+        }
+        let Some(cur) = cursor.clone() else {
+            match within(limit, current_xmin(&pool)).await {
+                Ok(x) => {
+                    cursor = Some(x);
+                    last_ok = Instant::now();
+                    // Requests may have filled the caches before this first cursor (the
+                    // database answered them first, or this read was slow). A change committed
+                    // before it is below the cursor and will never be read, so what they cached
+                    // is dropped: from here on every change is seen.
+                    identity.invalidate_all();
+                }
+                Err(e) => {
+                    crate::stores::db::note_error(&e);
+                    health.failed(e.to_string());
+                    tokio::time::sleep(POLL).await
+                }
+            }
+            continue;
+        };
+        match within(limit, read(&pool, &cur)).await {
+            Ok(batch) => {
+                failures = 0;
+                health.read_ok(&metrics);
+                if last_ok.elapsed() > BLIND_LIMIT {
+                    tracing::warn!("change feed: blind for too long; clearing every cache");
+                    identity.invalidate_all();
+                }
+                if went_backwards(&cur, &batch.xmin) {
+                    // A database restored from a backup, or another server: the log cannot
+                    // say what changed since our cursor.
+                    tracing::warn!(from = %cur, to = %batch.xmin, "change feed: transaction ids went backwards; clearing every cache");
+                    identity.invalidate_all();
+                    seen.clear();
+                }
+                if last_prune.elapsed() > PRUNE_EVERY {
+                    last_prune = Instant::now();
+                    prune(&pool, limit).await;
+                }
+                last_ok = Instant::now();
+                let mut fresh = HashSet::with_capacity(batch.changes.len());
+                for (id, admin, token) in &batch.changes {
+                    fresh.insert(*id);
+                    if seen.contains(id) {
+                        continue;
+                    }
+                    metrics.feed_events.inc();
+                    match admin {
+                        None => identity.invalidate_all(),
+                        Some(admin) => identity.invalidate_admin(admin, token.as_deref()).await,
+                    }
+                }
+                // Rows below the new xmin will not be returned again.
+                seen = fresh;
+                cursor = Some(batch.xmin);
+                // Counted once applied: a read counted after a commit has evicted for it.
+                metrics.feed_reads.inc();
+            }
+            Err(e) => {
+                crate::stores::db::note_error(&e);
+                health.failed(e.to_string());
+                tracing::warn!(error = %e, "change feed: cannot read the log; will catch up");
+                listener = None;
+                failures += 1;
+                if failures == 1 {
+                    continue;
+                }
+            }
+        }
+        // Sleep until a notification or the poll interval, whichever comes first.
+        match listener.as_mut() {
+            Some(l) => match tokio::time::timeout(POLL, l.try_recv()).await {
+                Ok(Ok(Some(_))) | Err(_) => {}
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    // The server dropped a connection: the pool's idle ones are likely gone
+                    // too (failover, pg_terminate_backend, a pooler restart), so none of them
+                    // is handed out again; the next read runs at once on a fresh one.
+                    crate::stores::db::mark_broken();
+                    tracing::warn!("change feed: listener connection lost; reconnecting");
+                    listener = None;
+                }
+            },
+            None => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn detects_a_cursor_from_the_future() {
+        assert!(super::went_backwards("1000", "999"));
+        assert!(!super::went_backwards("1000", "1000"));
+        assert!(!super::went_backwards("1000", "1001"));
+    }
+}

@@ -1,0 +1,729 @@
+//! Who is asking: session cookie -> admin (`admin_sessions`, by the SHA-256 of the cookie) ->
+//! effective roles and permissions (004 §3.4: groups -> group roles -> the inheritance DAG walked
+//! transitively -> permissions, plus the `break-glass` group while an active break-glass row
+//! exists), each resolved in one SQL round trip and cached with moka.
+//!
+//! A cache entry never outlives the TTL, the session's expiry, or the earliest expiry of a
+//! break-glass row behind it. Concurrent misses for one key share one query. A cached answer
+//! costs no database query.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::Expiry;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::runtime::metrics::Metrics;
+
+/// A live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub admin_id: String,
+    /// Until when the cached answer may be reused.
+    until: Instant,
+}
+
+/// An admin's effective authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub admin_id: String,
+    /// An active break-glass row contributed the `break-glass` group.
+    pub break_glass: bool,
+    /// When the latest-ending active break-glass row expires (the reader API's `break_glass`).
+    pub break_glass_until: Option<chrono::DateTime<chrono::Utc>>,
+    grants: Arc<Grants>,
+    /// `admin_id` can be sent as a header value.
+    admin_id_ok: bool,
+    /// Until when the cached answer may be reused.
+    until: Instant,
+}
+
+/// A set of roles and permissions, shared by every principal that holds exactly that set: admins
+/// get their roles from a handful of groups, so 10,000 cached principals hold a few distinct sets
+/// (measured with `scripts/bench/load.sh` case e: docs/performance-log.md).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Grants {
+    /// Expanded role names, sorted.
+    roles: Vec<String>,
+    /// Effective permission names, sorted.
+    permissions: Vec<String>,
+    /// `roles` joined with ',': the `X-Rbac-Roles` value, built once per distinct set instead of
+    /// once per forwarded request.
+    roles_header: String,
+    /// `roles_header` can be sent as a header value (checked once per set, not per request).
+    roles_header_ok: bool,
+}
+
+/// The distinct sets in use. Entries nobody else holds are dropped when the set has doubled
+/// since the last sweep, so it stays proportional to the sets actually cached.
+struct Interner {
+    sets: std::collections::HashSet<Arc<Grants>>,
+    sweep_at: usize,
+}
+
+static INTERNER: std::sync::Mutex<Option<Interner>> = std::sync::Mutex::new(None);
+
+#[cfg(test)]
+fn interned_sets() -> usize {
+    let guard = INTERNER.lock().unwrap_or_else(|e| e.into_inner());
+    guard.as_ref().map_or(0, |i| i.sets.len())
+}
+
+fn intern(grants: Grants) -> Arc<Grants> {
+    let mut guard = INTERNER.lock().unwrap_or_else(|e| e.into_inner());
+    let interner = guard.get_or_insert_with(|| Interner {
+        sets: Default::default(),
+        sweep_at: 64,
+    });
+    if let Some(found) = interner.sets.get(&grants) {
+        return found.clone();
+    }
+    if interner.sets.len() >= interner.sweep_at {
+        interner.sets.retain(|g| Arc::strong_count(g) > 1);
+        interner.sweep_at = (interner.sets.len() * 2).max(64);
+    }
+    let grants = Arc::new(grants);
+    interner.sets.insert(grants.clone());
+    grants
+}
+
+impl Principal {
+    /// Sorts and dedups roles and permissions, and derives the header value.
+    fn new(
+        admin_id: &str,
+        mut roles: Vec<String>,
+        mut permissions: Vec<String>,
+        break_glass_until: Option<chrono::DateTime<chrono::Utc>>,
+        valid_for: Duration,
+    ) -> Principal {
+        roles.sort();
+        roles.dedup();
+        permissions.sort();
+        permissions.dedup();
+        let roles_header = roles.join(",");
+        Principal {
+            admin_id: admin_id.to_string(),
+            admin_id_ok: crate::policy::target::is_header_value(admin_id.as_bytes()),
+            break_glass: break_glass_until.is_some(),
+            break_glass_until,
+            grants: intern(Grants {
+                roles,
+                permissions,
+                roles_header_ok: crate::policy::target::is_header_value(roles_header.as_bytes()),
+                roles_header,
+            }),
+            until: Instant::now() + valid_for,
+        }
+    }
+
+    /// Expanded role names, sorted.
+    pub fn roles(&self) -> &[String] {
+        &self.grants.roles
+    }
+
+    /// Effective permission names, sorted.
+    pub fn permissions(&self) -> &[String] {
+        &self.grants.permissions
+    }
+
+    /// The roles joined with ',' (the `X-Rbac-Roles` value).
+    pub fn roles_header(&self) -> &str {
+        &self.grants.roles_header
+    }
+
+    /// Whether the admin id and the roles can be sent to Console as header values (a name
+    /// with a control byte cannot; the gateway then answers 503 instead of forwarding).
+    pub fn forwardable(&self) -> bool {
+        self.admin_id_ok && self.grants.roles_header_ok
+    }
+
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles()
+            .binary_search_by(|r| r.as_str().cmp(role))
+            .is_ok()
+    }
+
+    pub fn has_permission(&self, perm: &str) -> bool {
+        self.permissions()
+            .binary_search_by(|p| p.as_str().cmp(perm))
+            .is_ok()
+    }
+
+    /// This principal plus roles and permissions from elsewhere (ticket grants); never cached.
+    pub fn with_extra(&self, roles: &[String], permissions: &[String]) -> Principal {
+        Principal::new(
+            &self.admin_id,
+            self.roles().iter().chain(roles).cloned().collect(),
+            self.permissions()
+                .iter()
+                .chain(permissions)
+                .cloned()
+                .collect(),
+            self.break_glass_until,
+            Duration::ZERO,
+        )
+    }
+
+    /// A principal built in memory (tests, benchmarks): roles and permissions get sorted.
+    pub fn for_tests(admin_id: &str, roles: Vec<String>, permissions: Vec<String>) -> Principal {
+        Principal::new(admin_id, roles, permissions, None, Duration::ZERO)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("database unavailable")]
+    DatabaseUnavailable(#[source] Arc<sqlx::Error>),
+}
+
+/// Expires each entry at its own `until`.
+struct OwnExpiry;
+
+/// What is left of a cached answer's life, from its insertion (now).
+fn remaining(until: Instant) -> Duration {
+    until.saturating_duration_since(Instant::now())
+}
+
+impl Expiry<String, Option<Arc<Session>>> for OwnExpiry {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        v: &Option<Arc<Session>>,
+        _: Instant,
+    ) -> Option<Duration> {
+        v.as_ref()
+            .map(|s| remaining(s.until))
+            .or(Some(NEGATIVE_TTL))
+    }
+}
+
+impl Expiry<String, Arc<Principal>> for OwnExpiry {
+    fn expire_after_create(&self, _: &String, v: &Arc<Principal>, _: Instant) -> Option<Duration> {
+        Some(remaining(v.until))
+    }
+}
+
+/// Unknown, expired and revoked tokens are remembered this long, so a flood of bad cookies does
+/// not become a flood of queries. Denying longer is the safe direction.
+const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+
+pub struct Identity {
+    pool: PgPool,
+    ttl: Duration,
+    sessions: Cache<String, Option<Arc<Session>>>,
+    principals: Cache<String, Arc<Principal>>,
+    metrics: Arc<Metrics>,
+    /// Hit counters of the two caches, looked up once (not hashed by label per request).
+    hits: [prometheus::IntCounter; 2],
+    break_glass_requires_alert: bool,
+    /// The longest a lookup waits for the database (`--db-timeout-ms`), on the client's side:
+    /// the server's statement timeout cannot fire while the connection carries nothing.
+    query_timeout: Duration,
+    /// Tells this identity's remembered answers from another's on the same thread.
+    id: u64,
+    /// Advanced after every invalidation: remembered answers read before it are stale.
+    generation: AtomicU64,
+    /// Advanced by the change feed before it invalidates: a cache fill that saw it move kept a
+    /// value read before the change (see [`Identity::drop_if_changed`]).
+    changes: AtomicU64,
+}
+
+/// Lowercase hex SHA-256 of a cookie value: the key `admin_sessions.token_sha256` holds.
+pub fn token_hash(token: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(token.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// When a break-glass session ends, as SQL over a row `b` of `rbac_break_glass_sessions`: its
+/// `expires_at_utc`, but 4 hours after it was granted at the latest (I-4: "1h default, 4h max"),
+/// whatever expiry the row was given. The one definition: the principal, `explain`, the sweep's
+/// `break_glass_expire` rows and the alerts all read a session's end through it.
+#[macro_export]
+macro_rules! break_glass_end {
+    () => {
+        "least(b.expires_at_utc, b.granted_at_utc + interval '4 hours')"
+    };
+}
+
+/// The resolution algorithm of 004 §3.4 in one statement. `UNION` (not `UNION ALL`) makes the
+/// recursive walk stop on a cycle in `rbac_role_inheritance`: it only ever adds new role ids.
+pub const PRINCIPAL_SQL: &str = concat!(
+    r#"
+WITH RECURSIVE
+bg AS (
+    -- I-4: a session ends at break_glass_end!() (4 hours at most).
+    SELECT min("#,
+    break_glass_end!(),
+    r#") AS until, max("#,
+    break_glass_end!(),
+    r#") AS last FROM rbac_break_glass_sessions b
+    WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND "#,
+    break_glass_end!(),
+    r#" > now()
+      -- --break-glass-requires-alert: a session counts once its alert was delivered (I-4).
+      AND (NOT $2::bool OR EXISTS (SELECT 1 FROM rbac_gateway_alerts a
+                                   WHERE a.key = 'break_glass:' || b.id AND a.delivered_at_utc IS NOT NULL))
+),
+grp AS (
+    SELECT ug.group_id AS id FROM rbac_user_groups ug WHERE ug.user_id = $1
+    UNION
+    SELECT g.id FROM rbac_groups g, bg WHERE g.name = 'break-glass' AND bg.until IS NOT NULL
+),
+expanded(role_id) AS (
+    SELECT gr.role_id FROM rbac_group_roles gr JOIN grp ON grp.id = gr.group_id
+    UNION
+    SELECT ri.parent_role_id FROM rbac_role_inheritance ri JOIN expanded e ON ri.child_role_id = e.role_id
+)
+SELECT
+    COALESCE((SELECT array_agg(r.name ORDER BY r.name) FROM rbac_roles r WHERE r.id IN (SELECT role_id FROM expanded)), '{}') AS roles,
+    COALESCE((SELECT array_agg(DISTINCT p.name ORDER BY p.name) FROM rbac_role_permissions rp
+              JOIN rbac_permissions p ON p.id = rp.permission_id
+              WHERE rp.role_id IN (SELECT role_id FROM expanded)), '{}') AS permissions,
+    (SELECT EXTRACT(EPOCH FROM (until - now()))::float8 FROM bg) AS break_glass_seconds,
+    (SELECT last FROM bg) AS break_glass_until
+"#,
+);
+
+const SESSION_SQL: &str = r#"
+SELECT admin_id, EXTRACT(EPOCH FROM (expires_at_utc - now()))::float8 AS seconds_left
+FROM admin_sessions
+WHERE token_sha256 = $1 AND revoked_at_utc IS NULL AND expires_at_utc > now()
+"#;
+
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+impl Identity {
+    pub fn new(pool: PgPool, ttl: Duration, capacity: u64, metrics: Arc<Metrics>) -> Identity {
+        Identity {
+            pool,
+            ttl,
+            // Invalidation closures: `invalidate_admin` drops every session of one admin.
+            sessions: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(OwnExpiry)
+                .support_invalidation_closures()
+                .build(),
+            principals: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(OwnExpiry)
+                .build(),
+            hits: [
+                metrics.cache_hits.with_label_values(&["session"]),
+                metrics.cache_hits.with_label_values(&["principal"]),
+            ],
+            metrics,
+            break_glass_requires_alert: false,
+            query_timeout: Duration::from_secs(2),
+            id: {
+                static IDS: AtomicU64 = AtomicU64::new(0);
+                IDS.fetch_add(1, Ordering::Relaxed)
+            },
+            generation: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
+        }
+    }
+
+    /// The longest a session or role lookup waits for the database (default 2 s); then the
+    /// request gets 503, as when the database refuses.
+    pub fn with_query_timeout(mut self, timeout: Duration) -> Identity {
+        self.query_timeout = timeout;
+        self
+    }
+
+    /// Break-glass sessions count only once their alert was delivered (I-4).
+    pub fn with_break_glass_requires_alert(mut self, on: bool) -> Identity {
+        self.break_glass_requires_alert = on;
+        self
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The live session behind a cookie value, or None (unknown, expired, revoked).
+    pub async fn session(&self, token: &str) -> Result<Option<Arc<Session>>, IdentityError> {
+        let key = token_hash(token);
+        if let Some(hit) = self.sessions.get(&key).await {
+            self.hits[0].inc();
+            return Ok(hit);
+        }
+        self.metrics
+            .cache_misses
+            .with_label_values(&["session"])
+            .inc();
+        let changes = self.changes.load(Ordering::SeqCst);
+        let init = async {
+            let key = &key;
+            // A dead pooled connection (after a connection storm) costs one retry, not a 503.
+            let lookup = crate::stores::db::retry_once(|| async move {
+                self.metrics.db_queries.inc();
+                sqlx::query_as(SESSION_SQL)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .inspect_err(|_| {
+                        self.metrics.db_errors.inc();
+                    })
+            });
+            let row: Option<(String, f64)> =
+                crate::stores::db::within(self.query_timeout, lookup).await?;
+            Ok::<_, sqlx::Error>(row.map(|(admin_id, left)| {
+                Arc::new(Session {
+                    admin_id,
+                    until: Instant::now() + self.ttl.min(seconds(left)),
+                })
+            }))
+        };
+        let found = self
+            .sessions
+            .try_get_with(key.clone(), init)
+            .await
+            .map_err(IdentityError::DatabaseUnavailable)?;
+        self.drop_if_changed(changes, &self.sessions, &key).await;
+        Ok(found)
+    }
+
+    /// A session from the cache only (no query): used to name the admin in a `no_route` row.
+    pub async fn cached_session(&self, token: &str) -> Option<Arc<Session>> {
+        self.sessions.get(&token_hash(token)).await.flatten()
+    }
+
+    /// The admin's effective roles and permissions.
+    pub async fn principal(&self, admin_id: &str) -> Result<Arc<Principal>, IdentityError> {
+        if let Some(hit) = self.principals.get(admin_id).await {
+            self.hits[1].inc();
+            return Ok(hit);
+        }
+        self.metrics
+            .cache_misses
+            .with_label_values(&["principal"])
+            .inc();
+        let changes = self.changes.load(Ordering::SeqCst);
+        let init = async {
+            self.metrics.db_queries.inc();
+            let lookup = resolve_with(
+                &self.pool,
+                admin_id,
+                self.ttl,
+                self.break_glass_requires_alert,
+            );
+            crate::stores::db::within(self.query_timeout, lookup)
+                .await
+                .inspect_err(|_| {
+                    self.metrics.db_errors.inc();
+                })
+        };
+        let found = self
+            .principals
+            .try_get_with(admin_id.to_string(), init)
+            .await
+            .map_err(IdentityError::DatabaseUnavailable)?;
+        self.drop_if_changed(changes, &self.principals, admin_id)
+            .await;
+        Ok(found)
+    }
+
+    /// Called after a cache fill that began when the feed's counter read `since`. If the feed
+    /// invalidated anything since, the value just cached may have been read before that change
+    /// committed and stored after the feed's invalidation ran (finding nothing to drop): it
+    /// would then outlive the change until its TTL. So it is dropped, and the remembered
+    /// answers with it. The request that made the fill still uses it: it was read no earlier
+    /// than the request's own arrival, as any answer given before the feed saw the change.
+    async fn drop_if_changed<V>(&self, since: u64, cache: &Cache<String, V>, key: &str)
+    where
+        V: Clone + Send + Sync + 'static,
+    {
+        // Pairs with the fence in `changing`: either the feed's invalidation saw this fill's
+        // insert, or this load sees the feed's counter move.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.changes.load(Ordering::SeqCst) != since {
+            cache.invalidate(key).await;
+            self.advance();
+        }
+    }
+
+    /// Marks the start of an invalidation by the change feed (before the caches are touched).
+    fn changing(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// Who holds this session cookie: `None` when no live session has it.
+    ///
+    /// A worker thread remembers its recent answers ([`Recent`]); one is reused only while the
+    /// caches have not been invalidated since it was read and neither the session nor the
+    /// principal behind it has expired, so it is never staler than the caches themselves.
+    ///
+    /// `at` is when the request arrived (a clock read the caller already made, one fewer per
+    /// request): a remembered answer is reused only if the session and principal were still
+    /// live then.
+    pub async fn principal_for_token(
+        &self,
+        token: &str,
+        at: Instant,
+    ) -> Result<Option<Arc<Principal>>, IdentityError> {
+        // Read before the caches: an invalidation after this makes what is read now stale.
+        let generation = self.generation.load(Ordering::Acquire);
+        let recent = RECENT.with(|r| {
+            r.borrow()
+                .get(token)
+                .filter(|e| e.identity == self.id && e.generation == generation && at < e.until)
+                .map(|e| e.principal.clone())
+        });
+        if let Some(p) = recent {
+            self.hits[0].inc();
+            self.hits[1].inc();
+            return Ok(Some(p));
+        }
+        let Some(s) = self.session(token).await? else {
+            return Ok(None);
+        };
+        let p = self.principal(&s.admin_id).await?;
+        RECENT.with(|r| {
+            let mut r = r.borrow_mut();
+            if r.len() >= RECENT_MAX {
+                r.clear();
+            }
+            r.insert(
+                token.to_string(),
+                Recent {
+                    identity: self.id,
+                    generation,
+                    until: s.until.min(p.until),
+                    principal: p.clone(),
+                },
+            );
+        });
+        Ok(Some(p))
+    }
+
+    /// Marks every answer read before now stale: called after the caches were invalidated.
+    fn advance(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// (sessions, principals) cached right now.
+    pub fn cache_sizes(&self) -> (u64, u64) {
+        (self.sessions.entry_count(), self.principals.entry_count())
+    }
+
+    /// Drops every cached answer (a catalogue change, or the gateway cannot tell what changed).
+    pub fn invalidate_all(&self) {
+        self.changing();
+        self.sessions.invalidate_all();
+        self.principals.invalidate_all();
+        self.advance();
+    }
+
+    /// Drops what is cached for one admin: their principal, and the session `token_sha256`
+    /// when a session row changed. A change to the admin row itself drops all their sessions.
+    pub async fn invalidate_admin(&self, admin_id: &str, token_sha256: Option<&str>) {
+        self.changing();
+        self.principals.invalidate(admin_id).await;
+        match token_sha256 {
+            Some(t) => self.sessions.invalidate(t).await,
+            None => {
+                let admin = admin_id.to_string();
+                let dropped = self.sessions.invalidate_entries_if(move |_, v| {
+                    v.as_ref().is_some_and(|s| s.admin_id == admin)
+                });
+                if let Err(e) = dropped {
+                    // Cannot happen with the builder above; if it ever does, the safe
+                    // direction is to drop everything rather than keep a stale session.
+                    self.metrics.cache_invalidation_errors.inc();
+                    tracing::error!(error = %e, admin = admin_id, "cannot drop one admin's sessions; clearing the session cache");
+                    self.sessions.invalidate_all();
+                }
+            }
+        }
+        self.advance();
+    }
+}
+
+/// One answer a worker thread remembers: the principal behind a cookie, read from the caches of
+/// one [`Identity`] at one generation, reusable until `until`.
+struct Recent {
+    identity: u64,
+    generation: u64,
+    until: Instant,
+    principal: Arc<Principal>,
+}
+
+/// Answers remembered per thread; the map is emptied when full.
+const RECENT_MAX: usize = 16 * 1024;
+
+thread_local! {
+    // A cookie is inserted only once it named a live session: an attacker cannot fill this map,
+    // so it uses rustc's unkeyed FxHasher (rustc-hash) rather than std's keyed SipHash (measured
+    // about 400 instructions per proxied request, scripts/bench/instructions.sh).
+    static RECENT: std::cell::RefCell<std::collections::HashMap<String, Recent, rustc_hash::FxBuildHasher>> =
+        std::cell::RefCell::new(std::collections::HashMap::default());
+}
+
+/// Resolves a principal with one query (also used by `explain`).
+pub async fn resolve(
+    pool: &PgPool,
+    admin_id: &str,
+    ttl: Duration,
+) -> Result<Arc<Principal>, sqlx::Error> {
+    resolve_with(pool, admin_id, ttl, false).await
+}
+
+/// [`resolve`], with break-glass sessions counted only once their alert was delivered when
+/// `requires_alert` (`--break-glass-requires-alert`).
+pub async fn resolve_with(
+    pool: &PgPool,
+    admin_id: &str,
+    ttl: Duration,
+    requires_alert: bool,
+) -> Result<Arc<Principal>, sqlx::Error> {
+    type Row = (
+        Vec<String>,
+        Vec<String>,
+        Option<f64>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    );
+    let (roles, permissions, bg, bg_until): Row =
+        // A dead pooled connection (after a connection storm) costs one retry, not a 503.
+        crate::stores::db::retry_once(|| {
+            sqlx::query_as(PRINCIPAL_SQL)
+                .bind(admin_id)
+                .bind(requires_alert)
+                .fetch_one(pool)
+        })
+        .await?;
+    let valid_for = match bg {
+        Some(left) => ttl.min(seconds(left)),
+        None => ttl,
+    };
+    Ok(Arc::new(Principal::new(
+        admin_id,
+        roles,
+        permissions,
+        bg_until,
+        valid_for,
+    )))
+}
+
+/// How each effective role was obtained ("break-glass -> console-manager -> console-flag-admin"),
+/// for `explain`. Walks the same tables as [`PRINCIPAL_SQL`], in Rust, keeping the first path
+/// found to each role; a cycle is cut by the visited set.
+pub async fn provenance(
+    pool: &PgPool,
+    admin_id: &str,
+    requires_alert: bool,
+) -> Result<Vec<String>, sqlx::Error> {
+    let groups: Vec<(String, String, bool)> = sqlx::query_as(
+        concat!(
+            r#"SELECT g.id, g.name, false FROM rbac_user_groups ug JOIN rbac_groups g ON g.id = ug.group_id WHERE ug.user_id = $1
+           UNION
+           SELECT g.id, g.name, true FROM rbac_groups g WHERE g.name = 'break-glass' AND EXISTS (
+               SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND "#,
+            break_glass_end!(),
+            r#" > now()
+                 AND (NOT $2::bool OR EXISTS (SELECT 1 FROM rbac_gateway_alerts a
+                                              WHERE a.key = 'break_glass:' || b.id AND a.delivered_at_utc IS NOT NULL)))
+           ORDER BY 2"#
+        ),
+    )
+    .bind(admin_id)
+    .bind(requires_alert)
+    .fetch_all(pool)
+    .await?;
+    let group_roles: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT gr.group_id, r.id, r.name FROM rbac_group_roles gr JOIN rbac_roles r ON r.id = gr.role_id ORDER BY r.name",
+    )
+    .fetch_all(pool)
+    .await?;
+    let edges: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT ri.child_role_id, p.id, p.name FROM rbac_role_inheritance ri JOIN rbac_roles p ON p.id = ri.parent_role_id ORDER BY p.name",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::new();
+    for (gid, gname, via_bg) in &groups {
+        let origin = if *via_bg {
+            format!("break-glass session -> group {gname}")
+        } else {
+            format!("group {gname}")
+        };
+        for (_, rid, rname) in group_roles.iter().filter(|(g, _, _)| g == gid) {
+            queue.push_back((rid.clone(), rname.clone(), format!("{origin} -> {rname}")));
+        }
+    }
+    while let Some((rid, rname, path)) = queue.pop_front() {
+        if !seen.insert(rid.clone()) {
+            continue;
+        }
+        out.push(format!("{rname}: {path}"));
+        for (_, pid, pname) in edges.iter().filter(|(c, _, _)| *c == rid) {
+            queue.push_back((
+                pid.clone(),
+                pname.clone(),
+                format!("{path} -> inherits {pname}"),
+            ));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn principals_with_the_same_grants_share_one_set() {
+        let a = Principal::for_tests("a", names(&["r2", "r1"]), names(&["p"]));
+        let b = Principal::for_tests("b", names(&["r1", "r2", "r1"]), names(&["p"]));
+        let c = Principal::for_tests("c", names(&["r1"]), names(&["p"]));
+        assert!(Arc::ptr_eq(&a.grants, &b.grants));
+        assert!(!Arc::ptr_eq(&a.grants, &c.grants));
+        assert_eq!(b.roles(), ["r1", "r2"]);
+        assert_eq!(b.roles_header(), "r1,r2");
+        assert!(b.has_role("r2") && !c.has_role("r2") && c.has_permission("p"));
+    }
+
+    #[test]
+    fn sets_nobody_holds_are_swept() {
+        // Far more distinct sets than the first sweep threshold, each dropped at once: the
+        // interner must not keep them all.
+        for i in 0..1_000 {
+            let role = format!("sweep-test-role-{i}");
+            drop(Principal::for_tests("x", vec![role], vec![]));
+        }
+        let held = Principal::for_tests("y", names(&["sweep-test-held"]), vec![]);
+        let again = Principal::for_tests("z", names(&["sweep-test-held"]), vec![]);
+        assert!(Arc::ptr_eq(&held.grants, &again.grants));
+        let kept = interned_sets();
+        assert!(kept < 1_000, "{kept} sets kept");
+    }
+
+    #[test]
+    fn token_hash_is_lowercase_hex_sha256() {
+        for t in ["", "abc", "a-long-cookie-value-\u{e9}"] {
+            assert_eq!(token_hash(t), hex::encode(Sha256::digest(t.as_bytes())));
+        }
+        assert_eq!(
+            token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! Ticket-scoped grants (004 §3.2, §5, §9.3; RV-4): on a rule that names the path variable
+//! holding the customer id (`customer_param`), an admin also holds the roles of their active
+//! `rbac_ticket_grants` rows for that customer. Checked live on every request, never cached:
+//! a ticket can close between two requests.
+//!
+//! Optionally each granting ticket is re-validated against an HTTP endpoint (FreeScout's
+//! conversation status, T-PEN-6). When that endpoint is configured and does not answer, the
+//! request fails closed with 503.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sqlx::PgPool;
+
+/// Roles and permissions granted through active ticket grants, with the tickets behind them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TicketGrants {
+    pub roles: Vec<String>,
+    pub permissions: Vec<String>,
+    /// (ticket id, role name) of every active grant row.
+    pub tickets: Vec<(String, String)>,
+}
+
+const SQL: &str = r#"
+WITH RECURSIVE
+t AS (
+    SELECT tg.role_id, tg.ticket_id FROM rbac_ticket_grants tg
+    WHERE tg.user_id = $1 AND tg.customer_id = $2 AND tg.revoked_at_utc IS NULL
+      AND (tg.expires_at_utc IS NULL OR tg.expires_at_utc > now())
+      AND ($3::text[] IS NULL OR tg.ticket_id = ANY($3))
+),
+expanded(role_id) AS (
+    SELECT role_id FROM t
+    UNION
+    SELECT ri.parent_role_id FROM rbac_role_inheritance ri JOIN expanded e ON ri.child_role_id = e.role_id
+)
+SELECT
+    COALESCE((SELECT array_agg(r.name ORDER BY r.name) FROM rbac_roles r WHERE r.id IN (SELECT role_id FROM expanded)), '{}'),
+    COALESCE((SELECT array_agg(DISTINCT p.name ORDER BY p.name) FROM rbac_role_permissions rp
+              JOIN rbac_permissions p ON p.id = rp.permission_id WHERE rp.role_id IN (SELECT role_id FROM expanded)), '{}'),
+    COALESCE((SELECT array_agg(t.ticket_id || ' ' || r.name ORDER BY t.ticket_id) FROM t JOIN rbac_roles r ON r.id = t.role_id), '{}')
+"#;
+
+/// The admin's live ticket grants for one customer (one round trip, inheritance expanded),
+/// restricted to `only` tickets when given.
+pub async fn grants(
+    pool: &PgPool,
+    admin_id: &str,
+    customer_id: i32,
+    only: Option<&[String]>,
+) -> Result<TicketGrants, sqlx::Error> {
+    // A dead pooled connection (after a connection storm) costs one retry, not a 503.
+    let (roles, permissions, pairs): (Vec<String>, Vec<String>, Vec<String>) =
+        crate::stores::db::retry_once(|| {
+            sqlx::query_as(SQL)
+                .bind(admin_id)
+                .bind(customer_id)
+                .bind(only)
+                .fetch_one(pool)
+        })
+        .await?;
+    let tickets = pairs
+        .into_iter()
+        .filter_map(|p| {
+            p.split_once(' ')
+                .map(|(t, r)| (t.to_string(), r.to_string()))
+        })
+        .collect();
+    Ok(TicketGrants {
+        roles,
+        permissions,
+        tickets,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TicketCheckError {
+    #[error("ticket validation endpoint unreachable: {0}")]
+    Unreachable(String),
+    #[error("ticket validation endpoint answered {0}")]
+    BadAnswer(String),
+}
+
+/// Everything but RFC 3986 unreserved characters is escaped in the ticket id.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Statuses of a FreeScout conversation that keep a ticket grant alive, in any case (the sweep
+/// reads the ending ones in any case too: FreeScout's API and its webhooks differ in case).
+const OPEN: &[&str] = &["active", "pending"];
+
+/// The largest validator answer read; a longer one is a bad answer (fails closed).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Asks `url_template` (with `{ticket_id}` replaced) whether the ticket is still open.
+/// The endpoint answers 200 with JSON `{"status": "active" | "pending" | "closed" | ...}`;
+/// 404 means the ticket does not exist (not open). Only `http://host:port/...` is supported:
+/// the validator is expected on a local or sidecar address.
+///
+/// hyper's HTTP/1.1 client reads the answer, so any framing the validator picks (Content-Length,
+/// chunked, keep-alive or close) is read correctly; the whole exchange, body included, is bounded
+/// by `timeout` and the body by [`MAX_ANSWER_BYTES`]. One client per call: validations are rare
+/// (ticket-scoped routes only) and a client shared across the proxy's runtimes would hand out
+/// connections whose tasks live on another runtime.
+pub async fn ticket_open(
+    url_template: &str,
+    ticket_id: &str,
+    timeout: Duration,
+) -> Result<bool, TicketCheckError> {
+    Ok(ticket_status(url_template, ticket_id, timeout)
+        .await?
+        .is_some_and(|st| OPEN.iter().any(|o| o.eq_ignore_ascii_case(&st))))
+}
+
+/// The ticket's status as the validator reports it (`{"status": ...}`), or None when it answers
+/// 404 (no such ticket).
+pub async fn ticket_status(
+    url_template: &str,
+    ticket_id: &str,
+    timeout: Duration,
+) -> Result<Option<String>, TicketCheckError> {
+    let encoded: String = percent_encoding::utf8_percent_encode(ticket_id, UNRESERVED).to_string();
+    let url = url_template.replace("{ticket_id}", &encoded);
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| TicketCheckError::Unreachable(format!("bad URL {url}: {e}")))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(TicketCheckError::Unreachable(format!(
+            "only http:// is supported: {url}"
+        )));
+    }
+    let req = hyper::Request::get(uri)
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| TicketCheckError::Unreachable(format!("bad request for {url}: {e}")))?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let fetch = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| TicketCheckError::Unreachable(format!("{e:#}")))?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| TicketCheckError::BadAnswer(format!("body: {e}")))?
+            .to_bytes();
+        Ok::<_, TicketCheckError>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| TicketCheckError::Unreachable("timed out".into()))??;
+    match status {
+        404 => Ok(None),
+        200 => {
+            let v: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| TicketCheckError::BadAnswer(format!("not JSON: {e}")))?;
+            let st = v
+                .get("status")
+                .and_then(|s| s.as_str())
+                .ok_or_else(|| TicketCheckError::BadAnswer("no status".into()))?;
+            Ok(Some(st.to_string()))
+        }
+        other => Err(TicketCheckError::BadAnswer(format!("HTTP {other}"))),
+    }
+}
