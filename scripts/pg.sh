@@ -3,8 +3,8 @@
 # Usage: eval "$(scripts/pg.sh start DIR)"   -> exports DATABASE_URL and PG_DIR
 #        scripts/pg.sh restart DIR | stop DIR
 # PG_FSYNC=off (the default: a throwaway server for tests and benchmarks) or on: commits reach
-# the disk before they are acknowledged, as on a production server (`scripts/load.sh`'s denied
-# path, whose audit rows are committed before each 403, is measured both ways in the README).
+# the disk before they are acknowledged, as on a production server (`scripts/bench/load.sh`'s denied
+# path, whose audit rows are committed before each 403, is measured both ways in docs/performance-log.md).
 set -euo pipefail
 cmd=${1:?start|stop}
 dir=${2:?data directory}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Forward-auth against its floor, per edge, all on 127.0.0.1 (`scripts/load.sh forward-auth`).
+# Forward-auth against its floor, per edge, all on 127.0.0.1 (`scripts/bench/load.sh forward-auth`).
 #
 # For each edge (nginx auth_request, Caddy forward_auth, Traefik forwardAuth), the README's
 # configuration as printed (read out of README.md, addresses replaced) in front of an nginx
@@ -11,7 +11,7 @@
 # Console's stand-in, medians over the rounds; gateway/floor of the medians and per round.
 #
 # Usage: [ROUNDS=3] [DURATION=6] [CONNECTIONS=32] [EDGE_WORKERS=2] [EDGES="nginx caddy traefik"]
-#        [BUILD=0] [KEEP=1] scripts/load.sh forward-auth
+#        [BUILD=0] [KEEP=1] scripts/bench/load.sh forward-auth
 # Written to target/forward-auth-report.md too.
 set -euo pipefail
 
@@ -32,7 +32,7 @@ log() { printf '[forward-auth] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a whole number of seconds"
-. "$root/scripts/bench-lib.sh"
+. "$root/scripts/bench/bench-lib.sh"
 need_tools wrk nginx curl psql python3 initdb
 for e in $EDGES; do
   case $e in

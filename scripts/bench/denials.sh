@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# What a denial costs, machine-wide: the allowed request of scripts/load.sh (c) and its denied
+# What a denial costs, machine-wide: the allowed request of scripts/bench/load.sh (c) and its denied
 # one (d: a 403 after a durable audit row) in alternating runs against one gateway and its own
 # PostgreSQL, with CPU per request from /proc of the gateway (and of its rbac-gateway-bg thread,
 # where the audit writer runs), of every PostgreSQL process, and the machine's idle time; then
 # the audit writer's rows per batch at each wrk connection count of SWEEP.
 #
-# Usage: [ROUNDS=2] [DURATION=5] [CONNECTIONS=32] [SWEEP="8 16 32 64 128"] [BINARY=path] scripts/denials.sh
+# Usage: [ROUNDS=2] [DURATION=5] [CONNECTIONS=32] [SWEEP="8 16 32 64 128"] [BINARY=path] scripts/bench/denials.sh
 #   BINARY   the gateway to measure (default target/release/rbac-gateway, built if missing):
 #            compare two builds by running this once per binary, in turns
 #   SWEEP    wrk connection counts for the batch-size runs of d ("" skips them)
@@ -22,14 +22,14 @@ KEEP=${KEEP:-0}
 ALLOWED_PATH=/ops
 DENIED_PATH=/console/flags/promotions
 
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 log() { printf '[denials] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a whole number of seconds"
 for n in $CONNECTIONS $SWEEP; do [[ $n =~ ^[1-9][0-9]*$ ]] || die "connection counts must be positive integers: $n"; done
-. "$root/scripts/bench-lib.sh"
+. "$root/scripts/bench/bench-lib.sh"
 need_tools wrk nginx cmake curl psql python3 initdb
 
 BINARY=${BINARY:-$root/target/release/rbac-gateway}

@@ -1,4 +1,4 @@
-# Sourced by scripts/load.sh, scripts/denials.sh, scripts/instructions.sh and scripts/pgo.sh: the
+# Sourced by scripts/bench/load.sh, denials.sh, instructions.sh and forward-auth.sh: the
 # tools they need, a throwaway directory, the processes started for the run and their cleanup
 # however the script ends, nginx instances in it (the upstream), the admins they seed. Expects
 # $root, $KEEP, log and die (and $NGINX, set by need_tools, for start_nginx).

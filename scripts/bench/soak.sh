@@ -3,9 +3,9 @@
 # DURATION seconds (default 600), the mapping reloaded every RELOAD_EVERY seconds, grants
 # changing every GRANT_EVERY seconds. At the end: errors (socket errors + 5xx), 403s answered vs
 # audit rows stored (lost rows), and the gateway's RSS sampled every 10 s (memory flat?).
-#   DURATION=60 scripts/soak.sh
+#   DURATION=60 scripts/bench/soak.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-600}
 RELOAD_EVERY=${RELOAD_EVERY:-3}
 GRANT_EVERY=${GRANT_EVERY:-2}
@@ -62,7 +62,7 @@ for _ in $(seq 100); do curl -fs "http://127.0.0.1:$adm/readyz" >/dev/null 2>&1 
 ( while true; do awk '/VmRSS/ {print $2}' "/proc/$gw/status" >>"$state/rss.kb" 2>/dev/null; sleep 10; done ) & pids+=($!)
 
 SOAK_ALLOWED=soak-allowed SOAK_DENIED=soak-denied wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s \
-  -s scripts/soak/mixed.lua "http://127.0.0.1:$gwp" | tee "$state/wrk.txt"
+  -s scripts/bench/soak/mixed.lua "http://127.0.0.1:$gwp" | tee "$state/wrk.txt"
 sleep 2   # let the last group commits land
 counts=$(grep SOAK_COUNTS "$state/wrk.txt")
 answered_403=$(sed -E 's/.* 403=([0-9]+).*/\1/' <<<"$counts")

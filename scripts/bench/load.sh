@@ -23,7 +23,7 @@
 # peak RSS after (e), database queries per request in case (c), and audit rows written during
 # (d) next to the 403s wrk saw. Written to target/load-report.md too.
 #
-# Usage: [ROUNDS=3] [DURATION=10] [CONNECTIONS=32] [THREADS=1] scripts/load.sh  (the issue-12 setting: wrk -t1 -c32)
+# Usage: [ROUNDS=3] [DURATION=10] [CONNECTIONS=32] [THREADS=1] scripts/bench/load.sh  (the issue-12 setting: wrk -t1 -c32)
 #   DURATION      seconds per wrk run (a bare number or "10s"); total is about 9 x ROUNDS x DURATION
 #                 plus ~20 s of set-up once the release build exists
 #   CONNECTIONS   wrk connections; THREADS: wrk threads
@@ -37,8 +37,8 @@
 #   BUILD=0       skip `cargo build --release` (use the existing target/release/rbac-gateway)
 #   KEEP=1        keep the temporary directory (logs, nginx configs, raw wrk output)
 set -euo pipefail
-# `scripts/load.sh forward-auth`: forward-auth against its floor, per edge (scripts/bench/forward-auth.sh).
-if [ "${1:-}" = forward-auth ]; then exec "$(dirname "$0")/bench/forward-auth.sh"; fi
+# `scripts/bench/load.sh forward-auth`: forward-auth against its floor, per edge (scripts/bench/forward-auth.sh).
+if [ "${1:-}" = forward-auth ]; then exec "$(dirname "$0")/forward-auth.sh"; fi
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
@@ -52,7 +52,7 @@ SESSIONS=${SESSIONS:-10000}
 BUILD=${BUILD:-1}
 KEEP=${KEEP:-0}
 
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 log() { printf '[load] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -62,7 +62,7 @@ die() { log "error: $*"; exit 1; }
 (( THREADS <= (CONNECTIONS + 1) / 2 )) || die "THREADS must not exceed half the CONNECTIONS (case p splits them)"
 
 # --- what is missing ----------------------------------------------------------------------------
-. "$root/scripts/bench-lib.sh"
+. "$root/scripts/bench/bench-lib.sh"
 
 need_tools wrk nginx cmake curl psql python3 initdb
 
@@ -70,8 +70,8 @@ need_tools wrk nginx cmake curl psql python3 initdb
 if [ "$BUILD" != 0 ]; then
   log "cargo build --release (a few minutes from cold)"
   # Two invocations: built together with an example, the gateway would get the features its
-  # dev-dependencies switch on; the profile in pgo/ covers that build too (README, PGO), but the
-  # binary measured here is the one `cargo build --release` ships.
+  # dev-dependencies switch on; the binary measured here is the one a plain
+  # `cargo build --release` ships.
   cargo build --release --quiet --bin rbac-gateway
   cargo build --release --quiet --example bare_proxy
 fi
@@ -330,7 +330,7 @@ for r in $(seq "$ROUNDS"); do
 
   # (e): 10,000 sessions in rotation.
   e0=$(metric rbac_gateway_db_queries_total)
-  line=$(CPU_PID=$gw_pid COOKIES=$tmp/cookies.txt LOAD_PATH=$ALLOWED_PATH run_wrk e "$r" "$GW$ALLOWED_PATH" -s "$root/scripts/load/rotate.lua")
+  line=$(CPU_PID=$gw_pid COOKIES=$tmp/cookies.txt LOAD_PATH=$ALLOWED_PATH run_wrk e "$r" "$GW$ALLOWED_PATH" -s "$root/scripts/bench/load/rotate.lua")
   e1=$(metric rbac_gateway_db_queries_total)
   reqs_e=$(cut -f6 <<<"$line")
   hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$gw_pid/status")

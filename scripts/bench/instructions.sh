@@ -7,10 +7,10 @@
 # warm-up, instrumentation is switched on for one `wrk -t1 -c32 -d${DURATION}s` run of the
 # allowed path with one cached session (load.sh's case c), and the process's instructions
 # (every thread: the data plane and the background tasks) are divided by the requests wrk saw.
-#   scripts/instructions.sh [BIN]     (BIN defaults to target/release/rbac-gateway, built first)
+#   scripts/bench/instructions.sh [BIN]     (BIN defaults to target/release/rbac-gateway, built first)
 #   DURATION=10  TOP=25 (functions listed, by own instructions; 0 for none)  KEEP=1 (keep the profile)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 root=$(pwd)
 DURATION=${DURATION:-10}
 TOP=${TOP:-25}
@@ -18,7 +18,7 @@ KEEP=${KEEP:-0}
 log() { printf '[instructions] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-. "$root/scripts/bench-lib.sh"
+. "$root/scripts/bench/bench-lib.sh"
 
 need_tools valgrind wrk nginx psql python3
 
