@@ -62,3 +62,4 @@ pub mod supervise;
 pub mod target;
 pub mod ticket;
 pub mod upstream;
+pub mod webhook;

@@ -38,6 +38,7 @@ pub const TASKS: &[&str] = &[
     "admin",
     "sweeper",
     "alerts",
+    "freescout_webhook",
 ];
 
 /// Spawns `task` on the current runtime and watches it.
