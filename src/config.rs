@@ -125,7 +125,7 @@ pub struct ServeArgs {
     /// Database acquire and statement timeout in milliseconds (exceeded: 503).
     #[arg(long, env = "GATEWAY_DB_TIMEOUT_MS", default_value_t = 2_000)]
     pub db_timeout_ms: u64,
-    /// Database connections (the change feed's listener has one more of its own).
+    /// Database connections (the change feed's listener and the sweeper have one more each).
     #[arg(long, env = "GATEWAY_DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: u32,
     /// Append-only file where audit rows wait while the database is unreachable (gateways may

@@ -29,8 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 
 use crate::db::Bounded;
 use crate::metrics::Metrics;
@@ -243,8 +242,10 @@ impl Drop for InFlight {
 pub struct Sweeper {
     pool: PgPool,
     settings: Arc<SweepSettings>,
-    /// The connection holding the sweep's advisory lock (this process sweeps while it lives).
-    lease: Option<PoolConnection<Postgres>>,
+    /// The sweeper's own connection, outside the pool: it holds the sweep's advisory lock
+    /// when `leader` (this process sweeps while it lives).
+    lease: Option<PgConnection>,
+    leader: bool,
     in_flight: Arc<Mutex<HashSet<String>>>,
     permits: Arc<tokio::sync::Semaphore>,
     /// One task per ticket being asked; each yields what it did.
@@ -258,63 +259,63 @@ impl Sweeper {
             pool,
             settings: Arc::new(settings),
             lease: None,
+            leader: false,
             in_flight: Default::default(),
             permits,
             tasks: tokio::task::JoinSet::new(),
         }
     }
 
-    /// Whether this process holds the sweep's lock (taking it when free). A lease whose
-    /// connection no longer answers is given up (its lock went with it).
+    /// Whether this process holds the sweep's lock (taking it when free). The lock lives on a
+    /// connection of the sweeper's own, outside the pool (the requests' connections stay
+    /// theirs); a connection that fails is dropped, its socket closes and the server releases
+    /// the lock with it, and the next tick opens another.
     async fn lead(&mut self) -> Result<bool, sqlx::Error> {
         let limit = self.settings.limit;
-        if let Some(conn) = self.lease.as_mut() {
-            let alive = sqlx::query("SELECT 1")
-                .execute(&mut **conn)
-                .bounded(limit)
-                .await;
-            match alive {
-                Ok(_) => return Ok(true),
-                Err(e) => {
-                    tracing::warn!(error = %e, "sweep: the connection holding the sweep's lock failed; taking it again");
-                    if let Some(mut conn) = self.lease.take() {
-                        conn.close_on_drop();
-                    }
-                }
+        let conn = match self.lease.as_mut() {
+            Some(conn) => conn,
+            None => {
+                let options = self.pool.connect_options();
+                let conn = PgConnection::connect_with(&options).bounded(limit).await?;
+                self.leader = false;
+                self.lease.insert(conn)
             }
-        }
-        let mut conn = self.pool.acquire().bounded(limit).await?;
-        let locked: Result<bool, sqlx::Error> =
+        };
+        let answer: Result<bool, sqlx::Error> = if self.leader {
+            // Still ours while the connection answers.
+            sqlx::query_scalar("SELECT true")
+                .fetch_one(&mut *conn)
+                .bounded(limit)
+                .await
+        } else {
             sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                 .bind(LOCK_KEY)
                 .fetch_one(&mut *conn)
                 .bounded(limit)
-                .await;
-        match locked {
-            Ok(true) => {
-                self.lease = Some(conn);
-                Ok(true)
+                .await
+        };
+        match answer {
+            Ok(lead) => {
+                self.leader = lead;
+                Ok(lead)
             }
-            Ok(false) => Ok(false),
             Err(e) => {
-                // Whether the lock was taken is unknown: the connection is not reused.
-                conn.close_on_drop();
+                if self.leader {
+                    tracing::warn!(error = %e, "sweep: the connection holding the sweep's lock failed; it is given up");
+                }
+                self.lease = None;
+                self.leader = false;
                 Err(e)
             }
         }
     }
 
-    /// Gives the lock up (the connection goes back to the pool without it, or is closed).
+    /// Gives the lock up: its connection is closed, and the lock goes with it.
     pub async fn release(&mut self) {
-        if let Some(mut conn) = self.lease.take() {
-            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(LOCK_KEY)
-                .execute(&mut *conn)
-                .bounded(self.settings.limit)
-                .await;
-            if let Err(e) = unlocked {
-                tracing::warn!(error = %e, "sweep: unlocking failed; the connection is closed instead");
-                conn.close_on_drop();
+        self.leader = false;
+        if let Some(conn) = self.lease.take() {
+            if let Err(e) = crate::db::within(self.settings.limit, conn.close()).await {
+                tracing::debug!(error = %e, "sweep: the lock's connection did not close cleanly (dropped: closed all the same)");
             }
         }
     }
@@ -746,7 +747,15 @@ type Change = (
 /// The text of the alert for one transaction's changes.
 fn change_text(txid: &str, changes: &[Change], roles_now: &[String]) -> String {
     let (_, _, db_user, actor, application, client, when, window) = &changes[0];
-    let whats: Vec<&str> = changes.iter().map(|c| c.1.as_str()).collect();
+    // A bulk change (a re-seed, a TRUNCATE) is summed up, not pasted whole into the chat.
+    const SHOWN: usize = 20;
+    let mut whats: Vec<String> = changes.iter().take(SHOWN).map(|c| c.1.clone()).collect();
+    if changes.len() > SHOWN {
+        whats.push(format!(
+            "and {} more (rbac_gateway_group_changes, txid {txid})",
+            changes.len() - SHOWN
+        ));
+    }
     let mut who = format!("database user {db_user}");
     if let Some(a) = actor {
         who.push_str(&format!(", actor {a}"));
@@ -980,5 +989,62 @@ mod tests {
         assert!(!super::ended("active"));
         assert!(!super::ended("pending"));
         assert!(!super::ended(""));
+    }
+
+    fn change(what: &str, window: Option<&str>) -> super::Change {
+        (
+            "812".into(),
+            what.into(),
+            "console_app".into(),
+            Some("ops@example.test".into()),
+            None,
+            Some("10.0.0.5/32".into()),
+            "2026-11-26 02:00:00.000".into(),
+            window.map(String::from),
+        )
+    }
+
+    #[test]
+    fn a_change_alert_says_what_who_when_and_whether_during_a_deploy() {
+        let roles = vec!["console-manager".to_string()];
+        let t = super::change_text(
+            "812",
+            &[change("role x added to the break-glass group", None)],
+            &roles,
+        );
+        assert!(
+            t.starts_with(
+                "Break-glass group changed OUTSIDE any declared deploy window: role x added"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("By database user console_app, actor ops@example.test, from 10.0.0.5/32, at 2026-11-26 02:00:00.000 UTC (transaction 812)"), "{t}");
+        assert!(
+            t.ends_with("as this alert is raised: console-manager."),
+            "{t}"
+        );
+        let t = super::change_text(
+            "812",
+            &[change(
+                "role x added",
+                Some("v42 (declared by ci, until ...)"),
+            )],
+            &[],
+        );
+        assert!(
+            t.starts_with("Break-glass group changed during deploy window v42 (declared by ci"),
+            "{t}"
+        );
+        assert!(t.contains("raised: none."), "{t}");
+        // A bulk change is summed up.
+        let many: Vec<super::Change> = (0..25)
+            .map(|i| change(&format!("change {i}"), None))
+            .collect();
+        let t = super::change_text("812", &many, &roles);
+        assert!(
+            t.contains("change 19; and 5 more (rbac_gateway_group_changes, txid 812)"),
+            "{t}"
+        );
+        assert!(!t.contains("change 20"), "{t}");
     }
 }

@@ -682,3 +682,74 @@ async fn the_webhook_receiver_refuses_to_run_without_a_secret_or_a_status_url() 
         );
     }
 }
+
+/// The daily snapshot, the second net: a change the triggers did not see (made with
+/// `session_replication_role = replica`) is alerted at the next daily comparison, saying that
+/// nothing was recorded as it happened.
+#[tokio::test]
+async fn the_daily_snapshot_alerts_a_change_the_triggers_did_not_see() {
+    let db = TestDb::new().await;
+    let sweep = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+            .args(["sweep", "--once", "--database-url", &db.url])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sweep().await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM rbac_gateway_break_glass_snapshots"
+        )
+        .await,
+        1
+    );
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO rbac_group_roles (group_id, role_id) SELECT g.id, r.id FROM rbac_groups g, rbac_roles r \
+         WHERE g.name = 'break-glass' AND r.name = 'raptor-audit-admin'",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // Not yet a day: no comparison.
+    sweep().await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM rbac_gateway_alerts").await,
+        0
+    );
+    sqlx::query("UPDATE rbac_gateway_break_glass_snapshots SET taken_at_utc = taken_at_utc - interval '25 hours'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sweep().await;
+    let alerts: Vec<(String, String)> = sqlx::query_as("SELECT key, text FROM rbac_gateway_alerts")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(alerts[0].0.starts_with("snapshot:"), "{alerts:?}");
+    let t = &alerts[0].1;
+    assert!(t.contains("raptor-audit-admin"), "{t}");
+    assert!(t.contains("No change was recorded as it happened"), "{t}");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM rbac_gateway_break_glass_snapshots"
+        )
+        .await,
+        2
+    );
+}
