@@ -483,13 +483,14 @@ fn account(metrics: &Metrics, done: &Done) {
     }
 }
 
-/// Counts a sweep's tick in the metrics.
-pub fn count(metrics: &Metrics, result: &Result<Report, sqlx::Error>) {
+/// Counts a sweep's tick in the metrics. `answers_clean`: no FreeScout answer acted on since the
+/// previous tick failed (the last-success time moves only when nothing failed).
+pub fn count(metrics: &Metrics, result: &Result<Report, sqlx::Error>, answers_clean: bool) {
     match result {
         Ok(r) if r.skipped => metrics.sweeps.with_label_values(&["skipped"]).inc(),
         Ok(r) => {
             metrics.sweeps.with_label_values(&["done"]).inc();
-            let mut clean = true;
+            let mut clean = answers_clean;
             for (g, t, reason) in &r.revoked {
                 account(
                     metrics,
@@ -536,6 +537,7 @@ pub async fn run_forever(
     let mut sweeper = Sweeper::new(pool, settings);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut answers_clean = true;
     loop {
         let event = tokio::select! {
             _ = ticker.tick() => Event::Tick,
@@ -544,13 +546,20 @@ pub async fn run_forever(
         match event {
             Event::Tick => {
                 let result = sweeper.tick().await;
-                count(&metrics, &result);
+                count(&metrics, &result, answers_clean);
+                answers_clean = true;
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "sweep failed; grants already handled stay handled, the rest is retried next sweep");
                 }
             }
-            Event::Done(Ok(done)) => done.iter().for_each(|d| account(&metrics, d)),
+            Event::Done(Ok(done)) => {
+                for d in &done {
+                    answers_clean &= matches!(d, Done::Revoked(..) | Done::BreakGlassExpired(..));
+                    account(&metrics, d);
+                }
+            }
             Event::Done(Err(e)) => {
+                answers_clean = false;
                 metrics.sweep_item_failures.inc();
                 tracing::error!(error = %e, "sweep: a FreeScout task failed");
             }
@@ -673,6 +682,22 @@ pub async fn alerts_once(
     raised.extend(group_change_alerts(&mut tx, limit).await?);
     // The daily snapshot: the second net, for changes the triggers could not see.
     raised.extend(daily_snapshot(&mut tx, limit).await?);
+    // A declared deploy window is said when it is declared: changes in it are alerted "during
+    // deploy", and whoever reads them should know who opened it.
+    let windows: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO rbac_gateway_alerts (key, text) \
+         SELECT 'deploy_window:' || d.id, \
+                format('Deploy window declared by %s: %s, from %s to %s UTC. Break-glass group changes in it are alerted as during deploy.', \
+                       d.declared_by, d.reason, \
+                       to_char(d.starts_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
+                       to_char(d.ends_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')) \
+         FROM rbac_gateway_deploy_windows d WHERE d.created_at_utc > now() - interval '1 day' \
+         ON CONFLICT (key) DO NOTHING RETURNING key",
+    )
+    .fetch_all(&mut *tx)
+    .bounded(limit)
+    .await?;
+    raised.extend(windows);
     report.raised = raised;
     if let Some(url) = webhook {
         let due: Vec<(String, String)> = sqlx::query_as(

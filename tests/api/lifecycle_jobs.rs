@@ -255,6 +255,17 @@ async fn deploy_window_inheritance_and_permission_changes_are_alerted_and_rollba
         "{t}"
     );
     assert!(t.contains("actor ops-lead@example.test"), "{t}");
+    // The window itself was alerted when declared.
+    let window: Vec<String> =
+        sqlx::query_scalar("SELECT text FROM rbac_gateway_alerts WHERE key LIKE 'deploy_window:%'")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(window.len(), 1, "{window:?}");
+    assert!(
+        window[0].starts_with("Deploy window declared by release-bot: console deploy v42"),
+        "{window:?}"
+    );
     // The change rows stay as the record.
     assert_eq!(
         count(&db, "SELECT count(*) FROM rbac_gateway_group_changes WHERE deploy_window LIKE 'console deploy v42%'").await,
