@@ -345,9 +345,9 @@ async fn a_hanging_ticket_does_not_delay_another_ticket_s_revocation() {
 
 /// Issue 40, case 3: one grant whose `ticket_expire` row cannot be written stops nobody else: a
 /// healthy expired grant and a healthy closed-ticket grant are revoked, a break-glass expiry row
-/// is written; the poisoned grant stays unrevoked (I-9), is retried every sweep and, after 3
-/// failures, named on `/readyz` of every replica (status 200); once the cause is fixed it is
-/// revoked and no longer named.
+/// is written (another session's cannot be); the poisoned grant stays unrevoked (I-9), both are
+/// retried every sweep and, after 3 failures, named on `/readyz` of every replica (status 200);
+/// once the cause is fixed they are written and no longer named.
 #[tokio::test]
 async fn a_poisoned_grant_does_not_stop_another_s_revocation() {
     let db = TestDb::new().await;
@@ -367,9 +367,13 @@ async fn a_poisoned_grant_does_not_stop_another_s_revocation() {
         .execute(&db.pool)
         .await
         .unwrap();
+    // Two break-glass sessions that ended: one's expiry row cannot be written.
+    let session = db.break_glass(&admin, -1.0).await;
+    let bad_session = db.break_glass(&admin, -1.0).await;
     sqlx::query(&format!(
         "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-         IF NEW.id = 'ticket_expire:{poisoned}' THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$"
+         IF NEW.id IN ('ticket_expire:{poisoned}', 'break_glass_expire:{bad_session}') THEN \
+         RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$"
     ))
     .execute(&db.pool)
     .await
@@ -392,7 +396,6 @@ async fn a_poisoned_grant_does_not_stop_another_s_revocation() {
     )
     .await;
     let closed = grant(&db, &admin, "console-user", 9, "T-closed").await;
-    let session = db.break_glass(&admin, -1.0).await;
     wait_for(Duration::from_secs(10), "the healthy grants revoked and the expiry row written", || async {
         revoked(&db, &healthy).await.is_some()
             && revoked(&db, &closed).await.is_some()
@@ -416,9 +419,10 @@ async fn a_poisoned_grant_does_not_stop_another_s_revocation() {
             "/readyz naming the poisoned grant",
             || async {
                 let r = gw.admin_get("/readyz").await;
+                let body = r.body_str();
                 r.status == 200
-                    && r.body_str()
-                        .contains(&format!("sweep: grant:{poisoned} failed"))
+                    && body.contains(&format!("sweep: grant:{poisoned} failed"))
+                    && body.contains(&format!("sweep: break_glass:{bad_session} failed"))
             },
         )
         .await;
@@ -439,7 +443,10 @@ async fn a_poisoned_grant_does_not_stop_another_s_revocation() {
     wait_for(
         Duration::from_secs(10),
         "the poisoned grant revoked once fixed",
-        || async { revoked(&db, &poisoned).await.is_some() },
+        || async {
+            revoked(&db, &poisoned).await.is_some()
+                && count(&db, &format!("SELECT count(*) FROM rbac_grants_audit WHERE id = 'break_glass_expire:{bad_session}'")).await == 1
+        },
     )
     .await;
     for gw in &gws {
