@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS rbac_gateway_group_changes (
     db_user        TEXT NOT NULL DEFAULT session_user,
     actor          TEXT NULL DEFAULT nullif(current_setting('rbac_gateway.actor', true), ''),
     application    TEXT NULL DEFAULT nullif(current_setting('application_name', true), ''),
-    client_addr    TEXT NULL DEFAULT inet_client_addr()::text,
+    client_addr    TEXT NULL DEFAULT host(inet_client_addr()),
     changed_at_utc TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
     -- the deploy window the change fell in (its description), NULL outside any
     deploy_window  TEXT NULL,

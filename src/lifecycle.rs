@@ -1023,7 +1023,7 @@ mod tests {
             "console_app".into(),
             Some("ops@example.test".into()),
             None,
-            Some("10.0.0.5/32".into()),
+            Some("10.0.0.5".into()),
             "2026-11-26 02:00:00.000".into(),
             window.map(String::from),
         )
@@ -1043,7 +1043,7 @@ mod tests {
             ),
             "{t}"
         );
-        assert!(t.contains("By database user console_app, actor ops@example.test, from 10.0.0.5/32, at 2026-11-26 02:00:00.000 UTC (transaction 812)"), "{t}");
+        assert!(t.contains("By database user console_app, actor ops@example.test, from 10.0.0.5, at 2026-11-26 02:00:00.000 UTC (transaction 812)"), "{t}");
         assert!(
             t.ends_with("as this alert is raised: console-manager."),
             "{t}"

@@ -153,7 +153,8 @@ async fn a_role_added_and_removed_within_50_ms_is_alerted_once_each_across_three
     assert_eq!((added.len(), removed.len()), (1, 1), "{all:#?}");
     for t in &all {
         assert!(t.contains("OUTSIDE any declared deploy window"), "{t}");
-        assert!(t.contains("By database user "), "who: {t}");
+        assert!(t.contains("By database user postgres"), "who: {t}");
+        assert!(t.contains(", from 127.0.0.1, at "), "from where: {t}");
         assert!(t.contains(" UTC (transaction "), "when: {t}");
     }
     let rows = count(&db, "SELECT count(*) FROM rbac_gateway_alerts WHERE key LIKE 'composition:%' AND delivered_at_utc IS NOT NULL").await;
