@@ -25,7 +25,7 @@
 //! not know (404) or reports in another state is left to the per-request check (which fails
 //! closed on it).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -349,18 +349,11 @@ impl Sweeper {
         .fetch_all(&pool)
         .bounded(limit)
         .await?;
-        let mut live: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (id, ticket, expired) in grants {
-            if expired {
-                if let Some(d) = revoke_or_record(&pool, &id, &ticket, "expired", limit).await {
-                    report.add(d);
-                }
-            } else {
-                live.entry(ticket).or_default().push(id);
-            }
-        }
+        let (expired, live): (Vec<_>, Vec<_>) = grants.into_iter().partition(|g| g.2);
+        let live: BTreeSet<String> = live.into_iter().map(|g| g.1).collect();
+        // FreeScout first (its answers take longest), then the expired grants meanwhile.
         if let Some(url) = self.settings.validation_url.clone() {
-            for ticket in live.into_keys() {
+            for ticket in live {
                 let guard = {
                     let mut set = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
                     if !set.insert(ticket.clone()) {
@@ -393,6 +386,11 @@ impl Sweeper {
                         }
                     }
                 });
+            }
+        }
+        for (id, ticket, _) in expired {
+            if let Some(d) = revoke_or_record(&pool, &id, &ticket, "expired", limit).await {
+                report.add(d);
             }
         }
         // Break-glass sessions that ended and have no expiry row yet, each on its own.
