@@ -92,6 +92,7 @@ fn main() {
             rbac_api: false,
             file_rejected: Default::default(),
             feed: Default::default(),
+            sweep_failure_threshold: 3,
         })
     });
     let settings = Settings {

@@ -42,12 +42,44 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         None => None,
         Some(a) => Some(resolve(a, "--authz-listen")?),
     };
+    let webhook_addr = match &args.freescout_webhook_listen {
+        None => None,
+        Some(a) => Some(resolve(a, "--freescout-webhook-listen")?),
+    };
+    // The receiver revokes only what FreeScout itself reports closed, and only for callers that
+    // know the secret: without either it is refused, not run open.
+    let webhook_auth = match (&webhook_addr, &args.freescout_webhook_secret) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(usage(anyhow!(
+                "--freescout-webhook-listen needs --freescout-webhook-secret (GATEWAY_FREESCOUT_WEBHOOK_SECRET)"
+            )))
+        }
+        (Some(_), Some(secret)) => Some(
+            crate::doors::freescout_webhook::Auth::new(&args.freescout_webhook_auth, secret)
+                .map_err(|e| usage(anyhow!(e)))?,
+        ),
+    };
+    if webhook_addr.is_some() && args.ticket_validation_url.is_none() {
+        return Err(usage(anyhow!(
+            "--freescout-webhook-listen needs --ticket-validation-url: a webhook call is only a hint, the ticket's status is read again from FreeScout"
+        )));
+    }
+    if args.freescout_concurrency == 0
+        || args.freescout_timeout_ms == 0
+        || args.sweep_failure_threshold == 0
+    {
+        return Err(usage(anyhow!(
+            "--freescout-concurrency, --freescout-timeout-ms and --sweep-failure-threshold must be > 0"
+        )));
+    }
     // Two listeners on one port: the second bind would fail only after the 1 s retry meant for
     // a restart, with a message about another process. Said here instead, before anything runs.
     let named = [
         ("--listen", Some(listen)),
         ("--admin-listen", Some(admin_addr)),
         ("--authz-listen", authz_addr),
+        ("--freescout-webhook-listen", webhook_addr),
     ];
     for (i, (a_flag, a)) in named.iter().enumerate() {
         for (b_flag, b) in &named[i + 1..] {
@@ -143,6 +175,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             rbac_api: args.rbac_api,
             file_rejected: Default::default(),
             feed: feed.clone(),
+            sweep_failure_threshold: args.sweep_failure_threshold,
         });
         if args.rbac_api {
             metrics.requests.with_label_values(&[crate::doors::rbac_api::LABEL]);
@@ -177,12 +210,36 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
                 Task::Sweeper,
                 Box::pin(crate::stores::lifecycle::run_forever(
                     pool.clone(),
-                    args.ticket_validation_url.clone(),
+                    crate::stores::lifecycle::SweepSettings {
+                        validation_url: args.ticket_validation_url.clone(),
+                        freescout_timeout: Duration::from_millis(args.freescout_timeout_ms),
+                        concurrency: args.freescout_concurrency,
+                        limit: db_timeout,
+                    },
                     Duration::from_secs_f64(args.sweep_interval),
-                    db_timeout,
                     metrics.clone(),
                 )),
             );
+        }
+        if let (Some(addr), Some(auth), Some(url)) =
+            (webhook_addr, webhook_auth, args.ticket_validation_url.clone())
+        {
+            let listener = crate::dataplane::listen::retry_in_use(|| std::net::TcpListener::bind(addr))
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(l)
+                })
+                .map_err(|e| failure(anyhow!("cannot listen on {addr} (--freescout-webhook-listen): {e}")))?;
+            let receiver = Arc::new(crate::doors::freescout_webhook::Receiver {
+                pool: pool.clone(),
+                auth,
+                validation_url: url,
+                freescout_timeout: Duration::from_millis(args.freescout_timeout_ms),
+                db_limit: db_timeout,
+                metrics: metrics.clone(),
+            });
+            tracing::info!(freescout_webhook_listen = %addr, path = crate::doors::freescout_webhook::PATH, "FreeScout webhook receiver listening");
+            supervised(Task::FreescoutWebhook, Box::pin(crate::doors::freescout_webhook::serve(listener, receiver)));
         }
         Ok::<_, Exit>((gw, admin))
     })?;

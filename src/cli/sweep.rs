@@ -12,9 +12,17 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
     let (report, alerts) = runtime()?.block_on(async {
         let limit = Duration::from_secs(10);
         let pool = super::command_pool(&args.database_url, 2, limit).await?;
-        let report = lifecycle::sweep_once(&pool, args.ticket_validation_url.as_deref(), limit)
-            .await
-            .map_err(|e| failure(anyhow!("sweep failed, nothing was committed: {e}")))?;
+        let settings = lifecycle::SweepSettings {
+            validation_url: args.ticket_validation_url.clone(),
+            freescout_timeout: Duration::from_millis(args.freescout_timeout_ms.max(1)),
+            concurrency: args.freescout_concurrency.max(1),
+            limit,
+        };
+        let report = lifecycle::sweep_once(&pool, settings).await.map_err(|e| {
+            failure(anyhow!(
+                "sweep failed (grants it handled stay handled; the rest is retried): {e}"
+            ))
+        })?;
         let alerts = lifecycle::alerts_once(&pool, args.alert_webhook_url.as_deref(), limit)
             .await
             .map_err(|e| failure(anyhow!("alert pass failed: {e}")))?;
@@ -42,11 +50,15 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
         for (t, e) in &report.freescout_failures {
             say!("FreeScout did not answer for ticket {t} ({e}): its grants are kept");
         }
+        for (item, e) in &report.failures {
+            say!("{item}: its rows could not be written ({e}): nothing of it committed, retried next sweep");
+        }
         say!(
-            "sweep: {} grant(s) revoked, {} break-glass expiry row(s), {} FreeScout failure(s)",
+            "sweep: {} grant(s) revoked, {} break-glass expiry row(s), {} FreeScout failure(s), {} failed item(s)",
             report.revoked.len(),
             report.break_glass_expired.len(),
-            report.freescout_failures.len()
+            report.freescout_failures.len(),
+            report.failures.len()
         );
     }
     if !alerts.failed.is_empty() {
@@ -55,6 +67,15 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
             error: anyhow!(
                 "the alert webhook failed for {} alert(s)",
                 alerts.failed.len()
+            ),
+        });
+    }
+    if !report.failures.is_empty() {
+        return Err(Exit {
+            code: EXIT_PROBLEMS,
+            error: anyhow!(
+                "{} grant(s) or break-glass session(s) could not be written",
+                report.failures.len()
             ),
         });
     }

@@ -171,6 +171,28 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
             }
         }
     }
+    if status == 200 {
+        // Named, the status unchanged: one grant or session whose rows cannot be written is
+        // retried every sweep while every other one proceeds; an operator must look at it.
+        let stuck =
+            crate::stores::lifecycle::stuck(gw.identity.pool(), gw.sweep_failure_threshold, 5);
+        match crate::stores::db::within(UNKNOWN_NAMES_LIMIT, stuck).await {
+            Ok((items, total)) => {
+                for (item, failures, error) in &items {
+                    body.push_str(&format!(
+                        "sweep: {item} failed {failures} sweeps in a row (retried every sweep): {error}\n"
+                    ));
+                }
+                if total > items.len() as i64 {
+                    body.push_str(&format!(
+                        "sweep: and {} more failing (rbac_gateway_sweep_failures)\n",
+                        total - items.len() as i64
+                    ));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "readyz: the sweep's failures could not be read"),
+        }
+    }
     // Named, the status unchanged: with the database up, denials are recorded in it.
     for line in gw.audit.spool_problems() {
         body.push_str(&line);

@@ -4,5 +4,6 @@
 
 pub mod admin;
 pub mod forward_auth;
+pub mod freescout_webhook;
 pub mod proxy;
 pub mod rbac_api;

@@ -37,7 +37,7 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Run the lifecycle sweep once: revoke ticket grants whose ticket FreeScout reports closed or
     /// resolved, or whose expiry passed (audit row first), and write break-glass expiry rows.
-    /// Prints what it did (and runs the alert pass); exits 1 when FreeScout failed for a ticket, the alert webhook failed, or the sweep failed.
+    /// Prints what it did (and runs the alert pass); exits 1 when FreeScout failed for a ticket, a grant or break-glass session could not be written, the alert webhook failed, or the sweep failed.
     Sweep(SweepArgs),
     /// Report shadow-mode drift (gateway vs Console's own answer) per cluster and route; exits 1
     /// when there is drift in the window.
@@ -125,7 +125,7 @@ pub struct ServeArgs {
     /// Database acquire and statement timeout in milliseconds (exceeded: 503).
     #[arg(long, env = "GATEWAY_DB_TIMEOUT_MS", default_value_t = 2_000)]
     pub db_timeout_ms: u64,
-    /// Database connections (the change feed's listener has one more of its own).
+    /// Database connections (the change feed's listener and the sweeper have one more each).
     #[arg(long, env = "GATEWAY_DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: u32,
     /// Append-only file where audit rows wait while the database is unreachable (gateways may
@@ -163,6 +163,31 @@ pub struct ServeArgs {
     /// advisory lock. 0 turns the sweep off in this process.
     #[arg(long, env = "GATEWAY_SWEEP_INTERVAL", default_value_t = 120.0)]
     pub sweep_interval: f64,
+    /// The deadline of one FreeScout status request of the sweep and the webhook receiver, in
+    /// milliseconds (exceeded: that ticket's grants are kept, retried next sweep).
+    #[arg(long, env = "GATEWAY_FREESCOUT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub freescout_timeout_ms: u64,
+    /// Most FreeScout status requests the sweep has in flight (one per ticket).
+    #[arg(long, env = "GATEWAY_FREESCOUT_CONCURRENCY", default_value_t = 8)]
+    pub freescout_concurrency: usize,
+    /// A grant or break-glass session whose rows the sweep failed to write this many sweeps is
+    /// named on /readyz (the status stays 200; it is retried every sweep).
+    #[arg(long, env = "GATEWAY_SWEEP_FAILURE_THRESHOLD", default_value_t = 3)]
+    pub sweep_failure_threshold: u32,
+    /// Address of the FreeScout webhook receiver (`POST /freescout/webhook`: a ticket FreeScout
+    /// reports closed or resolved has its grants revoked at once). Needs
+    /// --freescout-webhook-secret and --ticket-validation-url. Unset: no such listener.
+    #[arg(long, env = "GATEWAY_FREESCOUT_WEBHOOK_LISTEN")]
+    pub freescout_webhook_listen: Option<String>,
+    /// The webhook's shared secret (at least 16 bytes; from the environment, never a file that
+    /// ships).
+    #[arg(long, env = "GATEWAY_FREESCOUT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub freescout_webhook_secret: Option<String>,
+    /// How a webhook call proves it knows the secret: `signature` (X-FreeScout-Signature, the
+    /// base64 HMAC-SHA1 of the body) or `secret-header` (X-Webhook-Secret: the secret). Other
+    /// calls get 401.
+    #[arg(long, env = "GATEWAY_FREESCOUT_WEBHOOK_AUTH", default_value = "signature", value_parser = ["signature", "secret-header"])]
+    pub freescout_webhook_auth: String,
     /// Slack-compatible incoming webhook for alerts (new break-glass sessions, changes to the
     /// break-glass group's roles): a JSON POST `{"text": ...}`, retried with backoff until
     /// delivered. Unset: alerts are recorded in rbac_gateway_alerts only.
@@ -198,6 +223,12 @@ pub struct SweepArgs {
     /// FreeScout's status URL ({ticket_id} is replaced); unset: only expired grants are revoked.
     #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
     pub ticket_validation_url: Option<String>,
+    /// The deadline of one FreeScout status request, in milliseconds.
+    #[arg(long, env = "GATEWAY_FREESCOUT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub freescout_timeout_ms: u64,
+    /// Most FreeScout status requests in flight (one per ticket).
+    #[arg(long, env = "GATEWAY_FREESCOUT_CONCURRENCY", default_value_t = 8)]
+    pub freescout_concurrency: usize,
     /// Slack-compatible incoming webhook for alerts (see `serve --help`).
     #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL")]
     pub alert_webhook_url: Option<String>,

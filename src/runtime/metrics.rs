@@ -67,6 +67,12 @@ pub struct Metrics {
     pub feed_reads: IntCounter,
     /// Alert deliveries by result: delivered, failed (retried).
     pub alerts: IntCounterVec,
+    /// Alert passes by result: done, skipped (another replica held the lock), failed.
+    pub alert_passes: IntCounterVec,
+    /// Grants or break-glass sessions whose rows the sweep could not write (retried).
+    pub sweep_item_failures: IntCounter,
+    /// FreeScout webhook calls by result (see `crate::doors::freescout_webhook`).
+    pub freescout_webhooks: IntCounterVec,
     /// Targeted cache invalidations that failed (the whole cache was cleared instead).
     pub cache_invalidation_errors: IntCounter,
 }
@@ -273,6 +279,24 @@ impl Metrics {
                 &["result"],
             )
             .unwrap(),
+            alert_passes: IntCounterVec::new(
+                Opts::new("rbac_gateway_alert_passes_total", "Alert passes by result"),
+                &["result"],
+            )
+            .unwrap(),
+            sweep_item_failures: IntCounter::new(
+                "rbac_gateway_sweep_item_failures_total",
+                "Grants or break-glass sessions whose rows the sweep could not write (retried next sweep)",
+            )
+            .unwrap(),
+            freescout_webhooks: IntCounterVec::new(
+                Opts::new(
+                    "rbac_gateway_freescout_webhooks_total",
+                    "FreeScout webhook calls by result",
+                ),
+                &["result"],
+            )
+            .unwrap(),
             cache_invalidation_errors: IntCounter::new(
                 "rbac_gateway_cache_invalidation_errors_total",
                 "Targeted cache invalidations that failed (the cache was cleared instead)",
@@ -312,6 +336,9 @@ impl Metrics {
         r.register(Box::new(m.feed_last_read.clone())).unwrap();
         r.register(Box::new(m.feed_reads.clone())).unwrap();
         r.register(Box::new(m.alerts.clone())).unwrap();
+        r.register(Box::new(m.alert_passes.clone())).unwrap();
+        r.register(Box::new(m.sweep_item_failures.clone())).unwrap();
+        r.register(Box::new(m.freescout_webhooks.clone())).unwrap();
         r.register(Box::new(m.cache_invalidation_errors.clone()))
             .unwrap();
         m.initialise_labels();
@@ -345,6 +372,12 @@ impl Metrics {
         }
         for r in ["delivered", "failed"] {
             self.alerts.with_label_values(&[r]);
+        }
+        for r in ["done", "skipped", "failed"] {
+            self.alert_passes.with_label_values(&[r]);
+        }
+        for r in crate::doors::freescout_webhook::RESULTS {
+            self.freescout_webhooks.with_label_values(&[r]);
         }
         for r in ["ticket_closed", "expired", "break_glass_expire"] {
             self.sweep_revocations.with_label_values(&[r]);

@@ -38,6 +38,8 @@ pub struct Gateway {
     pub file_rejected: std::sync::Mutex<Option<String>>,
     /// The change feed's last read (`/readyz` answers 503 while it is stale).
     pub feed: Arc<crate::stores::feed::Health>,
+    /// Sweep failures after which `/readyz` names a grant or break-glass session.
+    pub sweep_failure_threshold: u32,
 }
 
 impl Gateway {

@@ -20,10 +20,11 @@ pub enum Task {
     Admin,
     Sweeper,
     Alerts,
+    FreescoutWebhook,
 }
 
 impl Task {
-    pub const ALL: [Task; 7] = [
+    pub const ALL: [Task; 8] = [
         Task::Feed,
         Task::Reload,
         Task::AuditWriter,
@@ -31,6 +32,7 @@ impl Task {
         Task::Admin,
         Task::Sweeper,
         Task::Alerts,
+        Task::FreescoutWebhook,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +44,7 @@ impl Task {
             Task::Admin => "admin",
             Task::Sweeper => "sweeper",
             Task::Alerts => "alerts",
+            Task::FreescoutWebhook => "freescout_webhook",
         }
     }
 }

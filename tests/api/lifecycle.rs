@@ -435,8 +435,9 @@ async fn held_freescout(
 
 /// The sweep reads the grants, then asks FreeScout (seconds, with many tickets). A grant an
 /// operator revoked meanwhile gets no `ticket_expire` row (before: the sweep wrote one for a
-/// revocation it did not make, timed before the operator's), and an expired grant given a later
-/// expiry meanwhile is not revoked (before: revoked as `expired`).
+/// revocation it did not make, timed before the operator's). An expired grant no longer waits
+/// for FreeScout (issue 40: it is revoked at once, on its own); one given a later expiry between
+/// the listing and its revocation is not revoked: the revocation reads it again under a row lock.
 #[tokio::test]
 async fn the_sweep_acts_on_grants_as_they_are_when_it_revokes_them() {
     let db = TestDb::new().await;
@@ -446,8 +447,6 @@ async fn the_sweep_acts_on_grants_as_they_are_when_it_revokes_them() {
     let fs = held_freescout("closed", asked.clone(), release.clone()).await;
     let url = format!("http://{fs}/api/conversations/{{ticket_id}}");
     let closed = grant(&db, &admin, "console-user", 7, "T-closed").await;
-    let expired = grant(&db, &admin, "console-user", 8, "T-old").await;
-    expire(&db, &expired).await;
 
     let sweeping = {
         let db_url = db.url.clone();
@@ -469,13 +468,6 @@ async fn the_sweep_acts_on_grants_as_they_are_when_it_revokes_them() {
         "UPDATE rbac_ticket_grants SET revoked_at_utc = now(), revoke_reason = 'manual' WHERE id = $1",
     )
     .bind(&closed)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "UPDATE rbac_ticket_grants SET expires_at_utc = now() + interval '1 day' WHERE id = $1",
-    )
-    .bind(&expired)
     .execute(&db.pool)
     .await
     .unwrap();
@@ -501,11 +493,30 @@ async fn the_sweep_acts_on_grants_as_they_are_when_it_revokes_them() {
         Some("manual"),
         "the operator's revocation stands"
     );
+    // Listed as expired, renewed before its revocation: the revocation reads it again.
+    let renewed = grant(&db, &admin, "console-user", 8, "T-old").await;
+    sqlx::query(
+        "UPDATE rbac_ticket_grants SET expires_at_utc = now() + interval '1 day' WHERE id = $1",
+    )
+    .bind(&renewed)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let done = rbac_gateway::stores::lifecycle::revoke_grant(
+        &db.pool,
+        &renewed,
+        "expired",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(!done, "a renewed grant was revoked as expired");
     assert_eq!(
-        revoked(&db, &expired).await,
+        revoked(&db, &renewed).await,
         None,
         "a renewed grant was revoked"
     );
+    assert_eq!(audit_rows(&db, "ticket_expire").await, vec![]);
 }
 
 /// A break-glass session that ends before an alert pass sees it (revoked at once, or shorter

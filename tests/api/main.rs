@@ -17,6 +17,7 @@ mod framing;
 mod hostile;
 mod identity;
 mod lifecycle;
+mod lifecycle_jobs;
 mod live;
 mod mapping;
 mod reader;

@@ -112,7 +112,7 @@ async fn ticket_grants_can_be_switched_off() {
 }
 
 /// A FreeScout stand-in: GET /conversations/<id> answers {"status": ...} from a table (a
-/// status of "500" answers HTTP 500 instead).
+/// status of "500" answers HTTP 500 instead, "hang" never answers).
 pub(crate) async fn freescout(statuses: Arc<Mutex<Vec<(String, String)>>>) -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -134,6 +134,11 @@ pub(crate) async fn freescout(statuses: Arc<Mutex<Vec<(String, String)>>>) -> st
                     .iter()
                     .find(|(t, _)| *t == id)
                     .map(|(_, s)| s.clone());
+                if found.as_deref() == Some("hang") {
+                    // Never answers, the connection held open: a FreeScout request that hangs.
+                    let _held = s;
+                    return std::future::pending::<()>().await;
+                }
                 let resp = match found {
                     Some(st) if st == "500" => {
                         "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"

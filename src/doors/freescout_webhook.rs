@@ -1,0 +1,361 @@
+//! FreeScout's webhook (004 §5: ticket -> RESOLVED or CLOSED revokes the ticket's grants at once;
+//! OQ-2 (b): a shared secret the receiver checks). Off unless `--freescout-webhook-listen`.
+//!
+//! `POST /freescout/webhook` with FreeScout's conversation JSON (`{"id": ..., ...}`; `ticket_id`
+//! is read too). The caller is authenticated first, with the configured secret:
+//! - `signature` (default): `X-FreeScout-Signature` is the base64 HMAC-SHA1 of the raw body
+//!   under the secret, the signature FreeScout's webhooks module sends;
+//! - `secret-header`: `X-Webhook-Secret` carries the secret itself (a proxy that adds it).
+//!
+//! Both are compared in constant time; anything else gets 401 and changes nothing. The call is
+//! only a hint: the ticket's status is read again from FreeScout (`--ticket-validation-url`),
+//! and only a ticket FreeScout reports closed or resolved has its grants revoked, each with its
+//! `ticket_expire` row first (I-9), exactly as the sweep does ([`crate::stores::lifecycle::revoke_ticket`]).
+//! A forged, replayed or early call therefore revokes nothing still open, and a repeated one
+//! revokes nothing twice. Any replica can take it: revocations lock the grant's row.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+
+use crate::runtime::metrics::Metrics;
+use crate::stores::lifecycle::Done;
+
+/// The path FreeScout posts to.
+pub const PATH: &str = "/freescout/webhook";
+/// The signature header (base64 HMAC-SHA1 of the body).
+pub const SIGNATURE_HEADER: &str = "x-freescout-signature";
+/// The shared-secret header.
+pub const SECRET_HEADER: &str = "x-webhook-secret";
+/// The largest body read.
+const MAX_BODY: usize = 256 * 1024;
+/// The shortest secret accepted.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// The label values of `rbac_gateway_freescout_webhooks_total`.
+pub const RESULTS: &[&str] = &[
+    "revoked",
+    "not_closed",
+    "unknown_ticket",
+    "unauthenticated",
+    "bad_request",
+    "freescout_failed",
+    "failed",
+];
+
+/// How callers prove who they are.
+#[derive(Clone)]
+pub enum Auth {
+    Signature(Vec<u8>),
+    SecretHeader(Vec<u8>),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret is never printed.
+        match self {
+            Auth::Signature(_) => f.write_str("Signature(..)"),
+            Auth::SecretHeader(_) => f.write_str("SecretHeader(..)"),
+        }
+    }
+}
+
+impl Auth {
+    /// `mode` is `signature` or `secret-header`.
+    pub fn new(mode: &str, secret: &str) -> Result<Auth, String> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "--freescout-webhook-secret must be at least {MIN_SECRET_BYTES} bytes"
+            ));
+        }
+        match mode {
+            "signature" => Ok(Auth::Signature(secret.as_bytes().to_vec())),
+            "secret-header" => Ok(Auth::SecretHeader(secret.as_bytes().to_vec())),
+            other => Err(format!(
+                "--freescout-webhook-auth must be signature or secret-header, not {other:?}"
+            )),
+        }
+    }
+
+    /// Whether the call carries the proof this receiver asks for.
+    pub fn verify(&self, headers: &http::HeaderMap, body: &[u8]) -> bool {
+        match self {
+            Auth::Signature(key) => {
+                let Some(given) = headers.get(SIGNATURE_HEADER) else {
+                    return false;
+                };
+                let Ok(given) = base64::engine::general_purpose::STANDARD.decode(given.as_bytes())
+                else {
+                    return false;
+                };
+                let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(key) else {
+                    return false;
+                };
+                mac.update(body);
+                mac.verify_slice(&given).is_ok()
+            }
+            Auth::SecretHeader(secret) => headers
+                .get(SECRET_HEADER)
+                .is_some_and(|v| bool::from(v.as_bytes().ct_eq(secret))),
+        }
+    }
+}
+
+/// The signature of `body` under `secret`, as FreeScout sends it (for tests and tools).
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// What the receiver needs.
+pub struct Receiver {
+    pub pool: PgPool,
+    pub auth: Auth,
+    /// FreeScout's status URL template (`{ticket_id}`).
+    pub validation_url: String,
+    pub freescout_timeout: Duration,
+    pub db_limit: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let receiver = receiver.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let receiver = receiver.clone();
+                async move { Ok::<_, Infallible>(handle(req, &receiver, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Some(Duration::from_secs(5)))
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "webhook connection ended with an error");
+            }
+        });
+    }
+}
+
+fn answer(status: u16, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+    *resp.status_mut() = StatusCode::from_u16(status).expect("a valid status");
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The ticket the call names: `id` (FreeScout's conversation id) or `ticket_id`, a string or a
+/// whole number.
+fn ticket_of(body: &[u8]) -> Result<String, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let field = v
+        .get("ticket_id")
+        .or_else(|| v.get("id"))
+        .ok_or("no \"id\" (or \"ticket_id\") in the body")?;
+    match field {
+        serde_json::Value::String(s) if !s.is_empty() && s.len() <= 200 => Ok(s.clone()),
+        serde_json::Value::Number(n) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
+        _ => Err("\"id\" must be a non-empty string or a whole number".into()),
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    r: &Receiver,
+    peer: std::net::SocketAddr,
+) -> Response<Full<Bytes>> {
+    let count = |result: &str| {
+        r.metrics
+            .freescout_webhooks
+            .with_label_values(&[result])
+            .inc()
+    };
+    if req.uri().path() != PATH {
+        return answer(404, serde_json::json!({"error": "not found"}));
+    }
+    if req.method() != Method::POST {
+        return answer(405, serde_json::json!({"error": "POST only"}));
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            count("bad_request");
+            return answer(
+                413,
+                serde_json::json!({"error": format!("body unreadable or over {MAX_BODY} bytes: {e}")}),
+            );
+        }
+    };
+    if !r.auth.verify(&parts.headers, &body) {
+        count("unauthenticated");
+        tracing::warn!(peer = %peer, "FreeScout webhook: unauthenticated call refused (401), nothing changed");
+        return answer(401, serde_json::json!({"error": "unauthenticated"}));
+    }
+    let ticket = match ticket_of(&body) {
+        Ok(t) => t,
+        Err(e) => {
+            count("bad_request");
+            return answer(400, serde_json::json!({ "error": e }));
+        }
+    };
+    // A hint only: FreeScout says what the ticket's status is now.
+    let status =
+        crate::stores::ticket::ticket_status(&r.validation_url, &ticket, r.freescout_timeout).await;
+    match status {
+        Err(e) => {
+            count("freescout_failed");
+            tracing::error!(ticket = %ticket, error = %e, "FreeScout webhook: the ticket's status could not be read again; nothing revoked (the sweep retries)");
+            answer(
+                503,
+                serde_json::json!({"ticket_id": ticket, "error": format!("FreeScout did not answer: {e}"), "revoked": []}),
+            )
+        }
+        Ok(None) => {
+            count("unknown_ticket");
+            answer(
+                200,
+                serde_json::json!({"ticket_id": ticket, "status": null, "revoked": [], "note": "FreeScout does not know this ticket: nothing revoked"}),
+            )
+        }
+        Ok(Some(st)) if !crate::stores::lifecycle::ended(&st) => {
+            count("not_closed");
+            tracing::warn!(ticket = %ticket, status = %st, peer = %peer, "FreeScout webhook: the ticket is not closed; nothing revoked");
+            answer(
+                200,
+                serde_json::json!({"ticket_id": ticket, "status": st, "revoked": [], "note": "the ticket is not closed or resolved: nothing revoked"}),
+            )
+        }
+        Ok(Some(st)) => {
+            match crate::stores::lifecycle::revoke_ticket(&r.pool, &ticket, r.db_limit).await {
+                Err(e) => {
+                    count("failed");
+                    tracing::error!(ticket = %ticket, error = %e, "FreeScout webhook: the ticket's grants could not be read; nothing revoked (the sweep retries)");
+                    answer(
+                        503,
+                        serde_json::json!({"ticket_id": ticket, "status": st, "error": format!("database: {e}"), "revoked": []}),
+                    )
+                }
+                Ok(done) => {
+                    let mut revoked = Vec::new();
+                    let mut failed = Vec::new();
+                    for d in &done {
+                        match d {
+                            Done::Revoked(g, _, reason) => {
+                                r.metrics
+                                    .sweep_revocations
+                                    .with_label_values(&[reason.as_str()])
+                                    .inc();
+                                tracing::info!(grant = %g, ticket = %ticket, "FreeScout webhook: ticket grant revoked (audit row written first)");
+                                revoked.push(g.clone());
+                            }
+                            Done::Failed(item, e) => {
+                                failed.push(serde_json::json!({"item": item, "error": e}))
+                            }
+                            _ => {}
+                        }
+                    }
+                    let code = if failed.is_empty() { 200 } else { 503 };
+                    count(if failed.is_empty() {
+                        "revoked"
+                    } else {
+                        "failed"
+                    });
+                    answer(
+                        code,
+                        serde_json::json!({"ticket_id": ticket, "status": st, "revoked": revoked, "failed": failed}),
+                    )
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_verifies_only_its_body_under_its_secret() {
+        let auth = Auth::new("signature", "0123456789abcdef-secret").unwrap();
+        let body = br#"{"id": 42, "status": "closed"}"#;
+        let mut h = http::HeaderMap::new();
+        assert!(!auth.verify(&h, body), "no signature");
+        h.insert(
+            SIGNATURE_HEADER,
+            sign(b"0123456789abcdef-secret", body).parse().unwrap(),
+        );
+        assert!(auth.verify(&h, body));
+        assert!(
+            !auth.verify(&h, br#"{"id": 43, "status": "closed"}"#),
+            "another body"
+        );
+        h.insert(
+            SIGNATURE_HEADER,
+            sign(b"another secret!!!!", body).parse().unwrap(),
+        );
+        assert!(!auth.verify(&h, body), "another secret");
+        h.insert(SIGNATURE_HEADER, "not base64 !".parse().unwrap());
+        assert!(!auth.verify(&h, body));
+        // The secret header is not accepted in signature mode.
+        let mut h = http::HeaderMap::new();
+        h.insert(SECRET_HEADER, "0123456789abcdef-secret".parse().unwrap());
+        assert!(!auth.verify(&h, body));
+    }
+
+    #[test]
+    fn the_secret_header_must_match_exactly() {
+        let auth = Auth::new("secret-header", "0123456789abcdef-secret").unwrap();
+        let mut h = http::HeaderMap::new();
+        assert!(!auth.verify(&h, b"{}"));
+        h.insert(SECRET_HEADER, "0123456789abcdef-secre".parse().unwrap());
+        assert!(!auth.verify(&h, b"{}"));
+        h.insert(SECRET_HEADER, "0123456789abcdef-secret".parse().unwrap());
+        assert!(auth.verify(&h, b"{}"));
+    }
+
+    #[test]
+    fn short_secrets_and_unknown_modes_are_refused() {
+        assert!(Auth::new("signature", "short").is_err());
+        assert!(Auth::new("bearer", "0123456789abcdef-secret").is_err());
+    }
+
+    #[test]
+    fn the_ticket_is_read_from_id_or_ticket_id() {
+        assert_eq!(ticket_of(br#"{"id": 42}"#).unwrap(), "42");
+        assert_eq!(ticket_of(br#"{"id": "T-9"}"#).unwrap(), "T-9");
+        assert_eq!(
+            ticket_of(br#"{"ticket_id": "T-1", "id": 5}"#).unwrap(),
+            "T-1"
+        );
+        assert!(ticket_of(br#"{"number": 42}"#).is_err());
+        assert!(ticket_of(br#"{"id": 4.5}"#).is_err());
+        assert!(ticket_of(b"nonsense").is_err());
+    }
+}

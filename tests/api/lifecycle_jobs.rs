@@ -1,0 +1,781 @@
+//! Lifecycle jobs that miss nothing (issue 40), on real PostgreSQL and three replicas:
+//! break-glass group changes alerted from the change itself, exactly once; one hanging FreeScout
+//! ticket or one poisoned grant delays nobody else; FreeScout's webhook revokes at once, and only
+//! for an authenticated caller and a ticket FreeScout itself reports closed.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+use crate::tickets::{freescout, grant};
+
+const SECRET: &str = "test-webhook-secret-0123456789";
+
+/// Waits for `cond` until `limit`, failing with `what`.
+async fn wait_for<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t0 = Instant::now();
+    while !cond().await {
+        assert!(t0.elapsed() < limit, "{what} not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn revoked(db: &TestDb, grant: &str) -> Option<String> {
+    sqlx::query_scalar(
+        "SELECT revoke_reason FROM rbac_ticket_grants WHERE id = $1 AND revoked_at_utc IS NOT NULL",
+    )
+    .bind(grant)
+    .fetch_optional(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap()
+}
+
+/// Alert passes each replica has run (done or skipped).
+async fn passes(gws: &[Gateway]) -> Vec<f64> {
+    let mut out = Vec::new();
+    for gw in gws {
+        out.push(
+            gw.metric("rbac_gateway_alert_passes_total{result=\"done\"}")
+                .await
+                + gw.metric("rbac_gateway_alert_passes_total{result=\"skipped\"}")
+                    .await,
+        );
+    }
+    out
+}
+
+/// Waits until every replica ran two more alert passes than now: whatever any of them would
+/// still raise or deliver, it has.
+async fn two_more_passes(gws: &[Gateway]) {
+    let before = passes(gws).await;
+    let t0 = Instant::now();
+    loop {
+        let now = passes(gws).await;
+        if now.iter().zip(&before).all(|(n, b)| *n >= b + 2.0) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "alert passes stalled: {before:?} -> {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn replicas(db: &TestDb, up: &Upstream, extra: &[String]) -> Vec<Gateway> {
+    let mut gws = Vec::new();
+    for _ in 0..3 {
+        let mut o = GatewayOpts::new(core_routes(), db, up.addr);
+        for a in extra {
+            o = o.arg(a);
+        }
+        gws.push(Gateway::start(o).await);
+    }
+    gws
+}
+
+fn texts(hook: &Upstream) -> Vec<String> {
+    hook.requests()
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            v["text"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// Issue 40, case 1: a role added to `break-glass` and removed within 50 ms (two commits) is
+/// alerted: the addition once and the removal once, by exactly one of three replicas, naming
+/// the role, the database user and the time, "outside any declared deploy window".
+#[tokio::test]
+async fn a_role_added_and_removed_within_50_ms_is_alerted_once_each_across_three_replicas() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    let url = format!("http://{}/services/T000/B000/XXXX", hook.addr);
+    let gws = replicas(&db, &up, &["--alert-webhook-url".into(), url]).await;
+    two_more_passes(&gws).await;
+    let t0 = Instant::now();
+    sqlx::query(
+        "INSERT INTO rbac_group_roles (group_id, role_id) SELECT g.id, r.id FROM rbac_groups g, rbac_roles r \
+         WHERE g.name = 'break-glass' AND r.name = 'raptor-audit-admin'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "DELETE FROM rbac_group_roles WHERE group_id = (SELECT id FROM rbac_groups WHERE name = 'break-glass') \
+         AND role_id = (SELECT id FROM rbac_roles WHERE name = 'raptor-audit-admin')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let gap = t0.elapsed();
+    assert!(
+        gap < Duration::from_millis(50),
+        "added and removed {gap:?} apart"
+    );
+    let delivered = || async {
+        texts(&hook)
+            .into_iter()
+            .filter(|t| t.contains("raptor-audit-admin"))
+            .count()
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "two composition alerts delivered",
+        || async { delivered().await >= 2 },
+    )
+    .await;
+    eprintln!(
+        "both alerts delivered {:?} after the first change",
+        t0.elapsed()
+    );
+    two_more_passes(&gws).await;
+    let all = texts(&hook);
+    assert_eq!(all.len(), 2, "exactly two deliveries: {all:#?}");
+    let added: Vec<&String> = all
+        .iter()
+        .filter(|t| t.contains("role raptor-audit-admin added to the break-glass group"))
+        .collect();
+    let removed: Vec<&String> = all
+        .iter()
+        .filter(|t| t.contains("role raptor-audit-admin removed from the break-glass group"))
+        .collect();
+    assert_eq!((added.len(), removed.len()), (1, 1), "{all:#?}");
+    for t in &all {
+        assert!(t.contains("OUTSIDE any declared deploy window"), "{t}");
+        assert!(t.contains("By database user postgres"), "who: {t}");
+        assert!(t.contains(", from 127.0.0.1, at "), "from where: {t}");
+        assert!(t.contains(" UTC (transaction "), "when: {t}");
+    }
+    let rows = count(&db, "SELECT count(*) FROM rbac_gateway_alerts WHERE key LIKE 'composition:%' AND delivered_at_utc IS NOT NULL").await;
+    assert_eq!(rows, 2);
+    let mut delivered_metric = 0.0;
+    for gw in &gws {
+        delivered_metric += gw
+            .metric("rbac_gateway_alerts_total{result=\"delivered\"}")
+            .await;
+    }
+    assert_eq!(
+        delivered_metric, 2.0,
+        "one delivery per alert across the replicas"
+    );
+}
+
+/// Changes inside a declared deploy window are alerted "during deploy", naming the window and
+/// the actor Console set; inheritance and permission changes of roles the group holds are
+/// alerted (one alert for one transaction); a rolled-back change is not.
+#[tokio::test]
+async fn deploy_window_inheritance_and_permission_changes_are_alerted_and_rollbacks_are_not() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let gws = replicas(&db, &up, &[]).await;
+    two_more_passes(&gws).await;
+    // Rolled back: nothing recorded, nothing alerted.
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO rbac_group_roles (group_id, role_id) SELECT g.id, r.id FROM rbac_groups g, rbac_roles r \
+         WHERE g.name = 'break-glass' AND r.name = 'raptor-audit-admin'",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    // A role outside the group, then (in one transaction, during a deploy window) inherited by a
+    // role the group holds and given a permission.
+    sqlx::query("INSERT INTO rbac_roles (id, name) VALUES ('r-test-deploy', 'test-deploy-role')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO rbac_permissions (id, name) VALUES ('p-test-deploy', 'test:deploy:write')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO rbac_gateway_deploy_windows (ends_at_utc, declared_by, reason) \
+         VALUES (now() + interval '10 minutes', 'release-bot', 'console deploy v42')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL rbac_gateway.actor = 'ops-lead@example.test'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO rbac_role_inheritance (child_role_id, parent_role_id) \
+         SELECT id, 'r-test-deploy' FROM rbac_roles WHERE name = 'console-manager'",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO rbac_role_permissions (role_id, permission_id) VALUES ('r-test-deploy', 'p-test-deploy')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let alerts = || async {
+        sqlx::query_scalar::<_, String>("SELECT text FROM rbac_gateway_alerts WHERE key LIKE 'composition:%' ORDER BY created_at_utc")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "the deploy-window alert",
+        || async { !alerts().await.is_empty() },
+    )
+    .await;
+    two_more_passes(&gws).await;
+    let all = alerts().await;
+    assert_eq!(
+        all.len(),
+        1,
+        "one alert for one transaction, none for the rollback: {all:#?}"
+    );
+    let t = &all[0];
+    assert!(
+        t.contains("during deploy window console deploy v42 (declared by release-bot"),
+        "{t}"
+    );
+    assert!(t.contains("role console-manager (held by the break-glass group) now inherits role test-deploy-role"), "{t}");
+    assert!(
+        t.contains("permission test:deploy:write granted to role test-deploy-role"),
+        "{t}"
+    );
+    assert!(t.contains("actor ops-lead@example.test"), "{t}");
+    // The window itself was alerted when declared.
+    let window: Vec<String> =
+        sqlx::query_scalar("SELECT text FROM rbac_gateway_alerts WHERE key LIKE 'deploy_window:%'")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(window.len(), 1, "{window:?}");
+    assert!(
+        window[0].starts_with("Deploy window declared by release-bot: console deploy v42"),
+        "{window:?}"
+    );
+    // The change rows stay as the record.
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM rbac_gateway_group_changes WHERE deploy_window LIKE 'console deploy v42%'").await,
+        2
+    );
+}
+
+/// Issue 40, case 2: with one ticket's FreeScout request hanging, another ticket closed
+/// meanwhile is revoked within one sweep interval + 1 s (3 replicas sweeping every 0.5 s).
+#[tokio::test]
+async fn a_hanging_ticket_does_not_delay_another_ticket_s_revocation() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let statuses = Arc::new(Mutex::new(vec![
+        ("T-hang".to_string(), "hang".to_string()),
+        ("T-b".to_string(), "active".to_string()),
+    ]));
+    let fs = freescout(statuses.clone()).await;
+    let url = format!("http://{fs}/api/conversations/{{ticket_id}}");
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let hanging = grant(&db, &admin, "console-user", 7, "T-hang").await;
+    let other = grant(&db, &admin, "console-user", 8, "T-b").await;
+    let gws = replicas(
+        &db,
+        &up,
+        &[
+            "--sweep-interval".into(),
+            "0.5".into(),
+            "--ticket-validation-url".into(),
+            url,
+        ],
+    )
+    .await;
+    // A few sweeps with T-hang's request hanging (the deadline is 5 s).
+    let done = || async {
+        let mut n = 0.0;
+        for gw in &gws {
+            n += gw
+                .metric("rbac_gateway_sweeps_total{result=\"done\"}")
+                .await;
+        }
+        n
+    };
+    wait_for(Duration::from_secs(10), "three sweeps", || async {
+        done().await >= 3.0
+    })
+    .await;
+    statuses.lock().unwrap()[1].1 = "CLOSED".to_string();
+    let t0 = Instant::now();
+    wait_for(
+        Duration::from_secs(10),
+        "the closed ticket's grant revoked",
+        || async { revoked(&db, &other).await.is_some() },
+    )
+    .await;
+    let took = t0.elapsed();
+    eprintln!("closed ticket revoked {took:?} after it closed, another ticket's request hanging (interval 0.5 s)");
+    assert!(
+        took <= Duration::from_millis(1500),
+        "revoked {took:?} after the ticket closed: more than one interval (0.5 s) + 1 s"
+    );
+    assert_eq!(revoked(&db, &other).await.as_deref(), Some("ticket_closed"));
+    assert_eq!(
+        revoked(&db, &hanging).await,
+        None,
+        "nothing revoked on a guess"
+    );
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) FROM rbac_grants_audit WHERE id = 'ticket_expire:{other}'")
+        )
+        .await,
+        1
+    );
+}
+
+/// Issue 40, case 3: one grant whose `ticket_expire` row cannot be written stops nobody else: a
+/// healthy expired grant and a healthy closed-ticket grant are revoked, a break-glass expiry row
+/// is written (another session's cannot be); the poisoned grant stays unrevoked (I-9), both are
+/// retried every sweep and, after 3 failures, named on `/readyz` of every replica (status 200);
+/// once the cause is fixed they are written and no longer named.
+#[tokio::test]
+async fn a_poisoned_grant_does_not_stop_another_s_revocation() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let statuses = Arc::new(Mutex::new(vec![(
+        "T-closed".to_string(),
+        "closed".to_string(),
+    )]));
+    let fs = freescout(statuses.clone()).await;
+    let url = format!("http://{fs}/api/conversations/{{ticket_id}}");
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let poisoned = grant(&db, &admin, "console-user", 7, "T-old-1").await;
+    let healthy = grant(&db, &admin, "console-user", 8, "T-old-2").await;
+    sqlx::query("UPDATE rbac_ticket_grants SET expires_at_utc = now() - interval '1 minute' WHERE id IN ($1, $2)")
+        .bind(&poisoned)
+        .bind(&healthy)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // Two break-glass sessions that ended: one's expiry row cannot be written.
+    let session = db.break_glass(&admin, -1.0).await;
+    let bad_session = db.break_glass(&admin, -1.0).await;
+    sqlx::query(&format!(
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW.id IN ('ticket_expire:{poisoned}', 'break_glass_expire:{bad_session}') THEN \
+         RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("CREATE TRIGGER poison BEFORE INSERT ON rbac_grants_audit FOR EACH ROW EXECUTE FUNCTION poison()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let gws = replicas(
+        &db,
+        &up,
+        &[
+            "--sweep-interval".into(),
+            "0.3".into(),
+            "--ticket-validation-url".into(),
+            url,
+            "--sweep-failure-threshold".into(),
+            "3".into(),
+        ],
+    )
+    .await;
+    let closed = grant(&db, &admin, "console-user", 9, "T-closed").await;
+    wait_for(Duration::from_secs(10), "the healthy grants revoked and the expiry row written", || async {
+        revoked(&db, &healthy).await.is_some()
+            && revoked(&db, &closed).await.is_some()
+            && count(&db, &format!("SELECT count(*) FROM rbac_grants_audit WHERE id = 'break_glass_expire:{session}'")).await == 1
+    })
+    .await;
+    assert_eq!(revoked(&db, &healthy).await.as_deref(), Some("expired"));
+    assert_eq!(
+        revoked(&db, &closed).await.as_deref(),
+        Some("ticket_closed")
+    );
+    assert_eq!(
+        revoked(&db, &poisoned).await,
+        None,
+        "revoked without its audit row (I-9)"
+    );
+    // Named on every replica's /readyz after 3 failures, the status unchanged.
+    for gw in &gws {
+        wait_for(
+            Duration::from_secs(10),
+            "/readyz naming the poisoned grant",
+            || async {
+                let r = gw.admin_get("/readyz").await;
+                let body = r.body_str();
+                r.status == 200
+                    && body.contains(&format!("sweep: grant:{poisoned} failed"))
+                    && body.contains(&format!("sweep: break_glass:{bad_session} failed"))
+            },
+        )
+        .await;
+    }
+    let body = gws[2].admin_get("/readyz").await.body_str();
+    assert!(body.contains("poisoned row"), "the error is named: {body}");
+    assert!(!body.contains(&healthy), "{body}");
+    let mut failures = 0.0;
+    for gw in &gws {
+        failures += gw.metric("rbac_gateway_sweep_item_failures_total").await;
+    }
+    assert!(failures >= 3.0, "{failures} item failures counted");
+    // Fixed: retried, revoked, no longer named.
+    sqlx::query("DROP TRIGGER poison ON rbac_grants_audit")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the poisoned grant revoked once fixed",
+        || async {
+            revoked(&db, &poisoned).await.is_some()
+                && count(&db, &format!("SELECT count(*) FROM rbac_grants_audit WHERE id = 'break_glass_expire:{bad_session}'")).await == 1
+        },
+    )
+    .await;
+    for gw in &gws {
+        let body = gw.admin_get("/readyz").await.body_str();
+        assert!(!body.contains("sweep:"), "{body}");
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM rbac_grants_audit WHERE event_type = 'ticket_expire'"
+        )
+        .await,
+        3,
+        "one row per grant"
+    );
+}
+
+/// A POST to a replica's webhook receiver, signed with `secret` (None: unsigned), plus extra
+/// headers.
+async fn webhook(port: u16, body: &str, secret: Option<&str>, extra: &[(&str, &str)]) -> Resp {
+    let mut req = format!(
+        "POST /freescout/webhook HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(s) = secret {
+        req.push_str(&format!(
+            "X-FreeScout-Signature: {}\r\n",
+            rbac_gateway::doors::freescout_webhook::sign(s.as_bytes(), body.as_bytes())
+        ));
+    }
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    send(format!("127.0.0.1:{port}").parse().unwrap(), req.as_bytes())
+        .await
+        .unwrap()
+}
+
+/// Three replicas, each with a webhook receiver and no sweep (only the webhook can revoke).
+async fn webhook_replicas(
+    db: &TestDb,
+    up: &Upstream,
+    fs: std::net::SocketAddr,
+) -> (Vec<Gateway>, Vec<u16>) {
+    let url = format!("http://{fs}/api/conversations/{{ticket_id}}");
+    let mut gws = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let o = GatewayOpts::new(core_routes(), db, up.addr)
+            .arg("--sweep-interval")
+            .arg("0")
+            .arg("--ticket-validation-url")
+            .arg(&url)
+            .arg("--freescout-webhook-listen")
+            .arg(&format!("127.0.0.1:{port}"))
+            .env("GATEWAY_FREESCOUT_WEBHOOK_SECRET", SECRET);
+        gws.push(Gateway::start(o).await);
+        ports.push(port);
+    }
+    (gws, ports)
+}
+
+/// Issue 40, case 4: FreeScout's webhook for a closed ticket, to any replica, revokes the
+/// ticket's grants within 0.5 s, audit row first; a repeated call revokes nothing twice.
+#[tokio::test]
+async fn a_webhook_for_a_closed_ticket_revokes_within_half_a_second_on_any_replica() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let statuses = Arc::new(Mutex::new(vec![("4711".to_string(), "active".to_string())]));
+    let fs = freescout(statuses.clone()).await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let g1 = grant(&db, &admin, "console-user", 7, "4711").await;
+    let g2 = grant(&db, &admin, "raptor-audit-support", 7, "4711").await;
+    let (gws, ports) = webhook_replicas(&db, &up, fs).await;
+    statuses.lock().unwrap()[0].1 = "closed".to_string();
+    // FreeScout's conversation JSON: the id is a number.
+    let body = r#"{"id": 4711, "number": 311, "status": "closed", "subject": "help"}"#;
+    // Sent, and the database watched from the moment it is sent.
+    let t0 = Instant::now();
+    let port = ports[1];
+    let call = tokio::spawn(async move { webhook(port, body, Some(SECRET), &[]).await });
+    wait_for(Duration::from_secs(10), "both grants revoked", || async {
+        revoked(&db, &g1).await.is_some() && revoked(&db, &g2).await.is_some()
+    })
+    .await;
+    let took = t0.elapsed();
+    eprintln!("webhook call to revocation: {took:?}");
+    assert!(
+        took <= Duration::from_millis(500),
+        "revoked {took:?} after the call: over 0.5 s"
+    );
+    let r = call.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let mut ids: Vec<&str> = v["revoked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut want = vec![g1.as_str(), g2.as_str()];
+    want.sort();
+    assert_eq!(ids, want, "{v}");
+    assert_eq!(revoked(&db, &g1).await.as_deref(), Some("ticket_closed"));
+    // Audit row first (I-9): written in the grant's transaction, before its revocation.
+    let ordered = count(
+        &db,
+        "SELECT count(*) FROM rbac_grants_audit a JOIN rbac_ticket_grants g ON a.id = 'ticket_expire:' || g.id \
+         WHERE g.ticket_id = '4711' AND a.justification = 'ticket_closed' AND a.created_at_utc <= g.revoked_at_utc",
+    )
+    .await;
+    assert_eq!(ordered, 2);
+    // Replayed to another replica: nothing more.
+    let again = webhook(ports[2], body, Some(SECRET), &[]).await;
+    assert_eq!(again.status, 200, "{}", again.body_str());
+    let v: serde_json::Value = serde_json::from_slice(&again.body).unwrap();
+    assert_eq!(v["revoked"], serde_json::json!([]), "{v}");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM rbac_grants_audit WHERE event_type = 'ticket_expire'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        gws[1]
+            .metric("rbac_gateway_freescout_webhooks_total{result=\"revoked\"}")
+            .await,
+        1.0
+    );
+}
+
+/// Issue 40, case 5: unauthenticated calls get 401 and change nothing; an authenticated call
+/// for a ticket FreeScout reports open (a forged or replayed "closed") revokes nothing.
+#[tokio::test]
+async fn a_forged_or_unauthenticated_webhook_revokes_nothing() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let statuses = Arc::new(Mutex::new(vec![(
+        "T-open".to_string(),
+        "active".to_string(),
+    )]));
+    let fs = freescout(statuses.clone()).await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let g = grant(&db, &admin, "console-user", 7, "T-open").await;
+    let (gws, ports) = webhook_replicas(&db, &up, fs).await;
+    let body = r#"{"id": "T-open", "status": "closed"}"#;
+    // No proof, a wrong key, the secret in the header of the other mode, a body changed after
+    // signing: 401 on every replica.
+    let signed_other =
+        rbac_gateway::doors::freescout_webhook::sign(SECRET.as_bytes(), br#"{"id": "T-other"}"#);
+    for (i, port) in ports.iter().enumerate() {
+        for (what, secret, extra) in [
+            ("unsigned", None, vec![]),
+            ("wrong key", Some("another-secret-of-some-length"), vec![]),
+            ("secret header", None, vec![("X-Webhook-Secret", SECRET)]),
+            (
+                "signature of another body",
+                None,
+                vec![("X-FreeScout-Signature", signed_other.as_str())],
+            ),
+        ] {
+            let r = webhook(*port, body, secret, &extra).await;
+            assert_eq!(r.status, 401, "replica {i}, {what}: {}", r.body_str());
+        }
+    }
+    // Authenticated, but FreeScout says the ticket is open: nothing revoked.
+    let r = webhook(ports[0], body, Some(SECRET), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["status"], "active", "{v}");
+    assert_eq!(v["revoked"], serde_json::json!([]), "{v}");
+    // Not JSON, no id: 400; another method: 405.
+    assert_eq!(
+        webhook(ports[0], "nonsense", Some(SECRET), &[])
+            .await
+            .status,
+        400
+    );
+    let get = send(
+        format!("127.0.0.1:{}", ports[0]).parse().unwrap(),
+        b"GET /freescout/webhook HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(get.status, 405);
+    assert_eq!(
+        revoked(&db, &g).await,
+        None,
+        "an open ticket's grant was revoked"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM rbac_grants_audit").await,
+        0
+    );
+    let mut refused = 0.0;
+    for gw in &gws {
+        refused += gw
+            .metric("rbac_gateway_freescout_webhooks_total{result=\"unauthenticated\"}")
+            .await;
+    }
+    assert_eq!(refused, 12.0);
+}
+
+/// The receiver does not run open: without a secret (or with a short one), or without FreeScout
+/// to read the status from, `serve` refuses to start (64).
+#[tokio::test]
+async fn the_webhook_receiver_refuses_to_run_without_a_secret_or_a_status_url() {
+    let db = TestDb::new().await;
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    for (env_secret, url, wants) in [
+        (
+            None,
+            Some("http://127.0.0.1:1/{ticket_id}"),
+            "needs --freescout-webhook-secret",
+        ),
+        (
+            Some("short"),
+            Some("http://127.0.0.1:1/{ticket_id}"),
+            "at least 16 bytes",
+        ),
+        (Some(SECRET), None, "needs --ticket-validation-url"),
+    ] {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"));
+        cmd.args(["serve", "--routes"])
+            .arg(core_routes())
+            .args([
+                "--database-url",
+                &db.url,
+                "--freescout-webhook-listen",
+                &listen,
+            ])
+            .env_remove("GATEWAY_FREESCOUT_WEBHOOK_SECRET")
+            .env_remove("GATEWAY_TICKET_VALIDATION_URL");
+        if let Some(s) = env_secret {
+            cmd.env("GATEWAY_FREESCOUT_WEBHOOK_SECRET", s);
+        }
+        if let Some(u) = url {
+            cmd.args(["--ticket-validation-url", u]);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+            .await
+            .expect("serve did not refuse")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(64), "{text}");
+        assert!(text.contains(wants), "{wants}: {text}");
+        assert!(
+            !text.contains(SECRET),
+            "the secret is never printed: {text}"
+        );
+    }
+}
+
+/// The daily snapshot, the second net: a change the triggers did not see (made with
+/// `session_replication_role = replica`) is alerted at the next daily comparison, saying that
+/// nothing was recorded as it happened.
+#[tokio::test]
+async fn the_daily_snapshot_alerts_a_change_the_triggers_did_not_see() {
+    let db = TestDb::new().await;
+    let sweep = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+            .args(["sweep", "--once", "--database-url", &db.url])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sweep().await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM rbac_gateway_break_glass_snapshots"
+        )
+        .await,
+        1
+    );
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO rbac_group_roles (group_id, role_id) SELECT g.id, r.id FROM rbac_groups g, rbac_roles r \
+         WHERE g.name = 'break-glass' AND r.name = 'raptor-audit-admin'",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // Not yet a day: no comparison.
+    sweep().await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM rbac_gateway_alerts").await,
+        0
+    );
+    sqlx::query("UPDATE rbac_gateway_break_glass_snapshots SET taken_at_utc = taken_at_utc - interval '25 hours'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sweep().await;
+    let alerts: Vec<(String, String)> = sqlx::query_as("SELECT key, text FROM rbac_gateway_alerts")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(alerts[0].0.starts_with("snapshot:"), "{alerts:?}");
+    let t = &alerts[0].1;
+    assert!(t.contains("raptor-audit-admin"), "{t}");
+    assert!(t.contains("No change was recorded as it happened"), "{t}");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM rbac_gateway_break_glass_snapshots"
+        )
+        .await,
+        2
+    );
+}
