@@ -172,6 +172,7 @@ pub fn check(args: CheckArgs) -> Result<(), Exit> {
         say!("{w}");
     }
     problems.extend(reader_paths(&mapping, &file));
+    problems.extend(mapping.stage_problems());
     if let Some(url) = &args.database_url {
         problems.extend(runtime()?.block_on(check_database(&mapping, &file, url))?);
     }
