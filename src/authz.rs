@@ -291,6 +291,10 @@ async fn handle(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> Respo
         Outcome::Refuse(_) => (400, None, false),
         Outcome::Forward(f) => (200, f.principal, f.via == Via::ShadowDenied),
         Outcome::ShadowDeny { forward, row } => {
+            gw.metrics
+                .shadow_denials
+                .with_label_values(&[row.route.as_deref().unwrap_or("-")])
+                .inc();
             if let Err(e) = gw.audit.record(row).await {
                 tracing::error!(request_id = %request_id, error = %e, "cannot record a shadow denial");
             }

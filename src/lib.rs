@@ -15,6 +15,7 @@
 //! - [`ticket`]: ticket-scoped grants, checked live (never cached).
 //! - [`decision`]: pure: rule + principal -> allow / redirect / deny, with the reason.
 //! - [`outcome`]: the per-request policy as one function: facts in, a typed outcome out.
+//! - [`access`]: the access review (`matrix`, `diff`): principals in memory, each cell [`outcome::decide`]'s answer.
 //! - [`proxy`]: the hyper data plane: checks, [`outcome::decide`], the answer.
 //! - [`reader`]: Console's reader API (`/api/rbac/me`, `/api/rbac/permissions/check`).
 //! - [`authz`]: forward-auth for edge proxies (`/authz` on `--authz-listen`), the same decision.
@@ -29,11 +30,13 @@
 //! - [`db`]: pool and embedded migrations.
 //! - [`fasthash`]: the unkeyed hasher of the two per-request maps no attacker fills.
 //! - [`reload`]: live policy: the mapping file watched and swapped in whole.
+//! - [`rollout`]: the cutover's stages assessed: the mapping versions the fleet ran, soak, drift, verdicts.
 //! - [`supervise`]: background tasks under supervision (`/readyz` names a dead one).
 //! - [`lifecycle`]: grants that end by themselves (sweep) and operator alerts.
 //! - [`cli`]: one file per command.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod authz;
@@ -56,6 +59,7 @@ pub mod outcome;
 pub mod proxy;
 pub mod reader;
 pub mod reload;
+pub mod rollout;
 pub mod sniff;
 pub mod state;
 pub mod supervise;

@@ -688,6 +688,10 @@ async fn respond(
             if let Err(e) = gw.audit.record(row.clone()).await {
                 tracing::error!(request_id = %ctx.request_id, error = %e, "cannot record a shadow denial");
             }
+            gw.metrics
+                .shadow_denials
+                .with_label_values(&[row.route.as_deref().unwrap_or("-")])
+                .inc();
             tracing::info!(request_id = %ctx.request_id, admin_id = row.admin_id.as_deref().unwrap_or("-"), rule = row.route.as_deref().unwrap_or("-"), "shadow: would deny, forwarding");
             let decided = count(w, ctx, "shadow_denied");
             forward_request(w, ctx, forward, req, cookie, decided).await
