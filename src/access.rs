@@ -337,10 +337,13 @@ impl Cell {
     }
 }
 
-/// [`decide`]'s answer for `principal` (None: a request without a session) on a probe.
+/// [`decide`]'s answer for `principal` (None: a request without a session) on a probe. With
+/// `rbac_api` (`serve --rbac-api`, the default), Console's reader API paths are answered by the
+/// gateway itself, before any rule: [`crate::reader::outline`]'s answer, as `serve` gives it.
 pub async fn cell(
     mapping: &Mapping,
     switches: Switches,
+    rbac_api: bool,
     authority: &InMemory,
     method: &str,
     path: Option<&str>,
@@ -354,6 +357,19 @@ pub async fn cell(
         Ok(t) => t,
         Err(r) => return Cell::of(&Outcome::Refuse(r)),
     };
+    if let Some(call) = rbac_api.then(|| crate::reader::Call::of(&target)).flatten() {
+        let (status, decision, _) =
+            crate::reader::outline(&call, method, authority.principal.is_some());
+        return Cell {
+            outcome: "reader_api",
+            status: Some(status),
+            decision,
+            reach: if status == 200 { Reach::Yes } else { Reach::No },
+            by: None,
+            how: None,
+            ticket: None,
+        };
+    }
     let facts = Facts {
         method,
         target: &target,
@@ -483,7 +499,8 @@ access = "public"
         };
         assert_eq!(ask(&nobody, kill, "/c/item-9").outcome, "off");
         assert_eq!(
-            rt.block_on(cell(&m, on, &nobody, "GET", None)).outcome,
+            rt.block_on(cell(&m, on, true, &nobody, "GET", None))
+                .outcome,
             "unreachable"
         );
     }

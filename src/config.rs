@@ -334,6 +334,11 @@ pub struct MatrixArgs {
     /// the groups of the catalogue `migrate` seeds.
     #[arg(long)]
     pub database_url: Option<String>,
+    /// Console's reader API answered by the gateway, as `serve` reads it: its paths are
+    /// answered before any rule.
+    #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub rbac_api: bool,
     /// md (a table per kind of principal), csv (one line per cell) or json.
     #[arg(long, default_value = "md", value_parser = ["md", "csv", "json"])]
     pub format: String,

@@ -181,7 +181,10 @@ pub async fn record_version(gw: &Gateway) {
             tracing::info!(mapping_version = %mapping.version, kill_switch = gw.kill_switch,
             "mapping version recorded for rollout (the fleet's latest was another)")
         }
-        Ok(false) => {}
+        Ok(false) => {
+            tracing::info!(mapping_version = %mapping.version, kill_switch = gw.kill_switch,
+            "mapping version already the fleet's latest recorded one")
+        }
         Err(e) => tracing::warn!(error = %e, mapping_version = %mapping.version,
             "cannot record the mapping version (rbac_gateway_mapping_versions; run `rbac-gateway migrate`?): rollout will not count this version's soak"),
     }

@@ -297,8 +297,8 @@ async fn compare(
             other: vec![],
         };
         for ((method, path), rule) in &asked {
-            let before = cell(old, switches, &authority, method, Some(path)).await;
-            let after = cell(new, switches, &authority, method, Some(path)).await;
+            let before = cell(old, switches, true, &authority, method, Some(path)).await;
+            let after = cell(new, switches, true, &authority, method, Some(path)).await;
             if before.outcome == after.outcome && before.reach == after.reach {
                 continue;
             }

@@ -448,17 +448,10 @@ fn explain_reader_api(
 ) -> Result<(), Exit> {
     say!("rule: none applies: Console's reader API, answered by the gateway (--rbac-api)");
     // `serve` answers in this order: the method and parameters, then the session.
-    let (decision, answer) = match crate::reader::precheck(call, method) {
-        Err(a) => {
-            say!("refused: {}", a.body);
-            (format!("{} refused", a.status), a.status.to_string())
-        }
-        Ok(_) if admin.is_none() => ("401 (no session)".into(), "401".into()),
-        Ok(_) => (
-            "answered by the gateway from the admin's roles, permissions and ticket grants (never forwarded; 503 while the database cannot be read)".into(),
-            "200".into(),
-        ),
-    };
+    let (answer, decision, refused) = crate::reader::outline(call, method, admin.is_some());
+    if let Some(body) = refused {
+        say!("refused: {body}");
+    }
     say!("decision: {decision}");
     say!("answer: {answer}");
     Ok(())

@@ -53,6 +53,7 @@ pub struct Matrix {
     pub catalogue: &'static str,
     pub kill_switch: bool,
     pub ticket_grants: bool,
+    pub rbac_api: bool,
     pub columns: Vec<Column>,
     pub rows: Vec<Row>,
 }
@@ -148,6 +149,7 @@ pub async fn admin_principals(
 pub async fn build(
     mapping: &Mapping,
     switches: Switches,
+    rbac_api: bool,
     catalogue: &Catalogue,
     catalogue_source: &'static str,
     who: Vec<Reviewed>,
@@ -170,7 +172,7 @@ pub async fn build(
     for r in who {
         let mut cells = Vec::with_capacity(probes.len());
         for probe in &probes {
-            cells.push(review(mapping, switches, catalogue, &r, probe).await);
+            cells.push(review(mapping, switches, rbac_api, catalogue, &r, probe).await);
         }
         rows.push(Row {
             kind: r.kind,
@@ -192,6 +194,7 @@ pub async fn build(
         catalogue: catalogue_source,
         kill_switch: switches.kill_switch,
         ticket_grants: switches.ticket_grants,
+        rbac_api,
         columns,
         rows,
     }
@@ -201,6 +204,7 @@ pub async fn build(
 async fn review(
     mapping: &Mapping,
     switches: Switches,
+    rbac_api: bool,
     catalogue: &Catalogue,
     r: &Reviewed,
     probe: &Probe<'_>,
@@ -212,6 +216,7 @@ async fn review(
     let mut c = cell(
         mapping,
         switches,
+        rbac_api,
         &authority,
         &probe.method,
         probe.path.as_deref(),
@@ -243,7 +248,15 @@ async fn review(
                 principal: Some(principal.clone()),
                 tickets: BTreeMap::from([(*customer, grants.clone())]),
             };
-            let t = cell(mapping, switches, &with, &probe.method, Some(&path)).await;
+            let t = cell(
+                mapping,
+                switches,
+                rbac_api,
+                &with,
+                &probe.method,
+                Some(&path),
+            )
+            .await;
             if t.reach > c.reach {
                 opened.push(format!("{customer} ({})", t.by.unwrap_or_default()));
             }
@@ -265,6 +278,8 @@ fn short(c: &Cell) -> String {
         "shadow_denied" => "shadow-deny",
         "refused" => "400",
         "unavailable" => "503",
+        "reader_api" if c.status == Some(200) => "reader-api",
+        "reader_api" => "reader-api 401",
         other => other,
     };
     match (&c.ticket, c.how.as_deref()) {
@@ -397,7 +412,7 @@ pub fn matrix(args: MatrixArgs) -> Result<(), Exit> {
         };
         let mut who = catalogue_principals(&catalogue);
         who.extend(admins);
-        Ok::<_, Exit>(build(&mapping, switches, &catalogue, source, who).await)
+        Ok::<_, Exit>(build(&mapping, switches, args.rbac_api, &catalogue, source, who).await)
     })?;
     match args.format.as_str() {
         "json" => match serde_json::to_string_pretty(&m) {

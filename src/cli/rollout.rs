@@ -186,7 +186,13 @@ fn table(r: &Report, now: chrono::DateTime<chrono::Utc>) {
             say!(
                 "          {} {}{}{}{}{}",
                 s.rule,
-                s.fleet_mode.as_deref().unwrap_or("not running"),
+                s.fleet_mode
+                    .as_deref()
+                    .unwrap_or(if r.fleet_version.is_some() {
+                        "not running"
+                    } else {
+                        "unknown"
+                    }),
                 s.since.map_or(String::new(), |t| format!(
                     " since {}",
                     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
