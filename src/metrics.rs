@@ -386,7 +386,8 @@ impl Metrics {
             .with_label_values(&["-", crate::decision::REASON_NO_ROUTE]);
     }
 
-    /// `route_info` for a newly live mapping: the series of the rules it no longer has go.
+    /// `route_info` for a newly live mapping (the series of the rules it no longer has go), and
+    /// its rules' shadow-denial and drift counters.
     pub fn set_routes(&self, mapping: &crate::mapping::Mapping, kill_switch: bool) {
         self.route_info.reset();
         for r in &mapping.routes {
@@ -399,6 +400,17 @@ impl Metrics {
             self.route_info
                 .with_label_values(&[r.label(), r.meta.cluster.as_deref().unwrap_or("-"), mode])
                 .set(1);
+            // The per-cluster panels' series exist at 0 from the load on (a reload that puts a
+            // rule in shadow finds them there for `rate()`); a rule dropped keeps its counters.
+            if r.access == crate::mapping::Access::Protected {
+                self.shadow_denials.with_label_values(&[r.label()]);
+                for kind in [
+                    crate::outcome::DRIFT_CONSOLE_DENIED,
+                    crate::outcome::DRIFT_CONSOLE_ALLOWED,
+                ] {
+                    self.drift.with_label_values(&[r.label(), kind]);
+                }
+            }
         }
     }
 
