@@ -474,8 +474,9 @@ access = "public"
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let ask =
-            |a: &InMemory, s: Switches, path: &str| rt.block_on(cell(&m, s, a, "GET", Some(path)));
+        let ask = |a: &InMemory, s: Switches, path: &str| {
+            rt.block_on(cell(&m, s, true, a, "GET", Some(path)))
+        };
         let c = ask(&reader, on, "/c/item-9");
         assert_eq!(
             (c.outcome, c.reach, c.by.as_deref()),
