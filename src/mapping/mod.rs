@@ -762,8 +762,9 @@ impl Mapping {
     }
 
     /// What `check` reports about stages: a protected route in no cluster (no stage steers it)
-    /// and a cluster no `[cluster.NAME]` declares. Errors once the file declares clusters (an
-    /// undeclared one is already refused when loading), warnings for a file that declares none.
+    /// and a cluster no `[cluster.NAME]` declares. Once the file declares clusters, both are
+    /// errors (an undeclared one is already refused when loading). A file that declares none
+    /// does not use stages: only the clusters its rules name are reported, as warnings.
     pub fn stage_problems(&self) -> Vec<Diagnostic> {
         let severity = if self.clusters.is_empty() {
             Severity::Warning
@@ -782,7 +783,7 @@ impl Mapping {
                 message,
             };
             match r.meta.cluster.as_deref() {
-                None if r.access == Access::Protected => out.push(at(format!(
+                None if r.access == Access::Protected && !self.clusters.is_empty() => out.push(at(format!(
                     "protected route {} is in no cluster: no stage of the cutover steers or reports it (add cluster = \"...\")",
                     r.label()
                 ))),
@@ -1164,11 +1165,11 @@ roles = ["r"]
     fn a_file_without_clusters_gets_warnings_not_errors() {
         let m = load("[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"r\"]\ncluster = \"S1\"\n[[route]]\nmethods = [\"GET\"]\npath = \"/b\"\nroles = [\"r\"]\n[[route]]\nmethods = [\"GET\"]\npath = \"/c\"\naccess = \"public\"\n").unwrap();
         let problems: Vec<String> = m.stage_problems().iter().map(|d| d.to_string()).collect();
+        // The rule in no cluster is not reported: the file uses no stages.
         assert_eq!(
             problems,
             vec![
                 "routes.toml:1:1: warning: cluster \"S1\" is not declared: add a [cluster.S1] table (its mode and blockers)".to_string(),
-                "routes.toml:6:1: warning: protected route GET /b is in no cluster: no stage of the cutover steers or reports it (add cluster = \"...\")".to_string(),
             ]
         );
     }
