@@ -3,7 +3,7 @@
 # documentation cannot drift from the binary. tests/api/cli.rs checks the README holds exactly this.
 set -euo pipefail
 bin=${1:-target/debug/rbac-gateway}
-for cmd in serve migrate check explain drift sweep; do
+for cmd in serve migrate check explain drift rollout diff matrix sweep; do
   echo "### \`rbac-gateway $cmd\`"
   echo
   echo '```text'

@@ -29,6 +29,9 @@ fn main() {
         Command::Explain(a) => cli::explain(a),
         Command::Drift(a) => cli::drift(a),
         Command::Sweep(a) => cli::sweep(a),
+        Command::Matrix(a) => cli::matrix(a),
+        Command::Diff(a) => cli::diff(a),
+        Command::Rollout(a) => cli::rollout(a),
     };
     if let Err(exit) = result {
         eprintln!("rbac-gateway: {:#}", exit.error);

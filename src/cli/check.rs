@@ -117,6 +117,10 @@ const SCHEMA: &[(&str, &[&str])] = &[
         "rbac_gateway_group_roles_snapshot",
         &["group_name", "role_name"],
     ),
+    (
+        "rbac_gateway_mapping_versions",
+        &["id", "version", "kill_switch", "routes", "loaded_at_utc"],
+    ),
 ];
 
 /// Tables whose changes must reach the change feed (migrations/0004_change_feed.sql): without
@@ -172,6 +176,7 @@ pub fn check(args: CheckArgs) -> Result<(), Exit> {
         say!("{w}");
     }
     problems.extend(reader_paths(&mapping, &file));
+    problems.extend(mapping.stage_problems());
     if let Some(url) = &args.database_url {
         problems.extend(runtime()?.block_on(check_database(&mapping, &file, url))?);
     }

@@ -1,4 +1,5 @@
-//! `rbac-gateway drift`: shadow-mode drift per cluster and route.
+//! `rbac-gateway drift`: shadow-mode drift per cluster and route (the drift part of `rollout`,
+//! kept for the scripts that call it; both read [`crate::stores::rollout::window`]).
 
 use std::time::Duration;
 
@@ -7,22 +8,34 @@ use anyhow::{anyhow, Context};
 use super::{failure, load_mapping, runtime, say, usage, Exit};
 use crate::runtime::config::{DriftArgs, EXIT_PROBLEMS};
 
+/// A cluster no rule names would report zero drift: a typo must not pass the go/no-go gate
+/// (`drift --cluster`, `rollout --cluster`).
+pub(crate) fn known_cluster(
+    mapping: &crate::policy::mapping::Mapping,
+    file: &std::path::Path,
+    w: &str,
+) -> Result<(), Exit> {
+    let known: std::collections::BTreeSet<&str> = mapping
+        .routes
+        .iter()
+        .filter_map(|r| r.meta.cluster.as_deref())
+        .collect();
+    if !known.contains(w) {
+        let list = known.into_iter().collect::<Vec<_>>().join(", ");
+        return Err(usage(anyhow!(
+            "--cluster {w}: no rule of {} names this cluster (clusters: {list})",
+            file.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The drift part of `rollout`'s report, over a window in hours: the same rows
+/// ([`crate::stores::rollout::window`]), per cluster and rule; exits 1 on any drift.
 pub fn drift(args: DriftArgs) -> Result<(), Exit> {
     let mapping = load_mapping(&args.routes)?;
-    // A cluster no rule names would report zero drift: a typo must not pass the go/no-go gate.
     if let Some(w) = args.cluster.as_deref() {
-        let known: std::collections::BTreeSet<&str> = mapping
-            .routes
-            .iter()
-            .filter_map(|r| r.meta.cluster.as_deref())
-            .collect();
-        if !known.contains(w) {
-            let list = known.into_iter().collect::<Vec<_>>().join(", ");
-            return Err(usage(anyhow!(
-                "--cluster {w}: no rule of {} names this cluster (clusters: {list})",
-                args.routes.display()
-            )));
-        }
+        known_cluster(&mapping, &args.routes, w)?;
     }
     let cluster_of = |label: &str| {
         mapping
@@ -34,17 +47,10 @@ pub fn drift(args: DriftArgs) -> Result<(), Exit> {
     };
     let rows: Vec<(Option<String>, String, String, i64)> = runtime()?.block_on(async {
         let pool = super::command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
-        sqlx::query_as(
-            "SELECT route, event_type, reason, count(*) FROM access_audit_events \
-             WHERE event_type IN ('rbac_drift', 'access_denied_shadow') \
-               AND created_at_utc > now() - make_interval(hours => $1) \
-             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-        )
-        .bind(args.since_hours as i32)
-        .fetch_all(&pool)
-        .await
-        .context("cannot read drift events")
-        .map_err(failure)
+        crate::stores::rollout::window(&pool, i64::from(args.since_hours) * 3600)
+            .await
+            .context("cannot read drift events")
+            .map_err(failure)
     })?;
     let wanted = |c: &str| args.cluster.as_deref().is_none_or(|w| w == c);
     let mut clusters: std::collections::BTreeMap<String, (usize, i64, i64)> = Default::default();

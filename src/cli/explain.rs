@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{failure, load_mapping, runtime, say, usage, Exit};
+use crate::policy::access::InMemory;
 use crate::policy::mapping::Mapping;
-use crate::policy::outcome::{decide, Authority, Facts, Outcome, Switches, Unavailable, Via};
+use crate::policy::outcome::{decide, Authority, Facts, Outcome, Switches, Unavailable};
 use crate::policy::target;
 use crate::runtime::config::ExplainArgs;
 use crate::runtime::metrics::Metrics;
@@ -54,29 +55,6 @@ impl Authority for ExplainAuthority {
     }
 }
 
-/// One line saying what the gateway answers, in the words the proxy's metrics use.
-pub fn describe(o: &Outcome) -> String {
-    match o {
-        Outcome::Refuse(r) => format!("400 refused ({r})"),
-        Outcome::Forward(f) => match &f.via {
-            Via::Open(k) => format!("forward ({})", k.as_str()),
-            Via::Allowed(by) if f.drift.is_some() => format!(
-                "allow (granted by {by:?}; shadow mode: forwarded, Console's answer is compared)"
-            ),
-            Via::Allowed(by) => format!("allow (granted by {by:?})"),
-            Via::ShadowDenied => "forward (shadow mode: would deny, missing_role)".to_string(),
-        },
-        Outcome::ShadowDeny { row, .. } => format!(
-            "forward (shadow mode: would deny, {}; an {} row is written and Console's answer is compared)",
-            row.reason, row.event_type
-        ),
-        Outcome::Redirect { location } => format!("302 redirect to {location}"),
-        Outcome::Deny { row } => format!("403 denied ({})", row.reason),
-        Outcome::Gone => "404 gone".to_string(),
-        Outcome::Unavailable(u) => format!("503 unavailable ({})", u.as_str()),
-    }
-}
-
 pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
     let mapping = load_mapping(&args.routes)?;
     match (&args.request_id, &args.admin, &args.method, &args.path) {
@@ -84,14 +62,33 @@ pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
             let id = id.clone();
             from_audit_row(&args, mapping, &id)
         }
-        (None, Some(admin), Some(method), Some(path)) => {
+        (None, admin, Some(method), Some(path)) => {
             let (admin, method, path) = (admin.clone(), method.clone(), path.clone());
-            explain_request(&args, &mapping, &args.routes, Some(&admin), &method, &path)
+            if admin.is_none() {
+                say!("session: none (no --admin): decided as a request without a session");
+            }
+            explain_request(
+                &args,
+                &mapping,
+                &args.routes,
+                admin.as_deref(),
+                &method,
+                &path,
+            )
         }
         _ => Err(usage(anyhow::anyhow!(
-            "give --admin ADMIN_ID METHOD PATH, or --request-id ID"
+            "give [--admin ADMIN_ID] METHOD PATH, or --request-id ID"
         ))),
     }
+}
+
+/// `--database-url`, which `what` needs (a request without a session needs none).
+fn database_url<'a>(args: &'a ExplainArgs, what: &str) -> Result<&'a str, Exit> {
+    args.database_url.as_deref().ok_or_else(|| {
+        usage(anyhow::anyhow!(
+            "{what} needs --database-url (or DATABASE_URL): the admin's roles are read there"
+        ))
+    })
 }
 
 /// `Some(admin)` when the admin has a live session (not expired, not revoked), or none at all
@@ -156,8 +153,9 @@ fn find_version(dir: &Path, version: &str) -> Option<(Mapping, PathBuf)> {
 }
 
 fn from_audit_row(args: &ExplainArgs, at_hand: Mapping, request_id: &str) -> Result<(), Exit> {
+    let url = database_url(args, "--request-id")?;
     let rows: Vec<Row> = runtime()?.block_on(async {
-        let pool = super::command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
+        let pool = super::command_pool(url, 1, Duration::from_secs(10)).await?;
         sqlx::query_as(
             "SELECT event_type, admin_id, method, path, route, reason, mapping_version, created_at_utc \
              FROM access_audit_events WHERE request_id = $1 ORDER BY created_at_utc, id",
@@ -254,24 +252,27 @@ fn explain_request(
     let t = match t {
         Ok(t) => t,
         Err(r) => {
-            say!("decision: {}", describe(&Outcome::Refuse(r)));
+            say!("decision: {}", Outcome::Refuse(r).describe());
             say!("answer: 400");
             return Ok(());
         }
     };
-    // One runtime and one pool for what follows (the pool connects when first used; sqlx makes
-    // it on a runtime).
+    // One runtime and, for an admin, one pool for what follows (the pool connects when first
+    // used; sqlx makes it on a runtime). A request without a session needs no database.
     let rt = runtime()?;
-    let pool = rt.block_on(super::command_pool(
-        &args.database_url,
-        1,
-        Duration::from_secs(10),
-    ))?;
+    let pool = match admin {
+        Some(_) => Some(rt.block_on(super::command_pool(
+            database_url(args, "--admin")?,
+            1,
+            Duration::from_secs(10),
+        ))?),
+        None => None,
+    };
     // `serve` decides on a session: an admin whose every session expired or was revoked is a
     // request without one (302, or 401 from the reader API), whatever their roles.
-    let admin = match admin {
-        Some(a) if args.request_id.is_none() => rt.block_on(live_session(&pool, a))?,
-        other => other,
+    let admin = match (admin, &pool) {
+        (Some(a), Some(pool)) if args.request_id.is_none() => rt.block_on(live_session(pool, a))?,
+        (other, _) => other,
     };
     if let Some(call) = args
         .rbac_api
@@ -311,12 +312,8 @@ fn explain_request(
         say!("kill switch: on (FLAG_RBAC_V2=0), every route is off");
     }
     rt.block_on(async {
-        let principal = match admin {
-            None => {
-                say!("admin: none (the request had no session the gateway knew)");
-                Arc::new(Principal::for_tests("", vec![], vec![]))
-            }
-            Some(admin) => {
+        let (principal, pool) = match (admin, pool) {
+            (Some(admin), Some(pool)) => {
                 // `live_session` refused an --admin that does not exist. From --request-id, the
                 // row's admin may have been removed since: explained with the roles it has now
                 // (none).
@@ -369,32 +366,45 @@ fn explain_request(
                         principal.permissions().join(", ")
                     }
                 );
-                principal
+                (principal, Some(pool))
             }
-        };
-        let authority = ExplainAuthority {
-            pool,
-            principal,
-            metrics: Metrics::new(),
-            ticket_validation_url: args.ticket_validation_url.clone(),
+            _ => {
+                // Without --admin, the first line said so already.
+                if args.admin.is_some() || args.request_id.is_some() {
+                    say!("admin: none (the request had no session the gateway knew)");
+                }
+                (Arc::new(Principal::for_tests("", vec![], vec![])), None)
+            }
         };
         let facts = Facts {
             method,
             target: &t,
-            token: admin.map(|_| "explain"),
+            token: pool.as_ref().map(|_| "explain"),
             client_ip: None,
             user_agent: None,
             request_id: "explain",
             at: std::time::Instant::now(),
         };
-        let outcome = decide(&authority, mapping, switches, &facts).await;
+        let outcome = match pool {
+            Some(pool) => {
+                let authority = ExplainAuthority {
+                    pool,
+                    principal: principal.clone(),
+                    metrics: Metrics::new(),
+                    ticket_validation_url: args.ticket_validation_url.clone(),
+                };
+                decide(&authority, mapping, switches, &facts).await
+            }
+            // No session: nothing is read (the cookie-less request never reaches the authority).
+            None => decide(&InMemory::default(), mapping, switches, &facts).await,
+        };
         if let Outcome::Forward(f) | Outcome::ShadowDeny { forward: f, .. } = &outcome {
             if let Some(p) = &f.principal {
                 // Only what the ticket added: the roles the admin holds without it are listed above.
                 let added: Vec<&str> = p
                     .roles()
                     .iter()
-                    .filter(|r| !authority.principal.has_role(r))
+                    .filter(|r| !principal.has_role(r))
                     .map(String::as_str)
                     .collect();
                 if !added.is_empty() {
@@ -417,12 +427,12 @@ fn explain_request(
                     row.reason,
                     row.event_type
                 ),
-                _ => say!("decision: {}", describe(&outcome)),
+                _ => say!("decision: {}", outcome.describe()),
             }
             say!("not forwarded: the admin id or a role name is not a valid header value");
             say!("answer: 503");
         } else {
-            say!("decision: {}", describe(&outcome));
+            say!("decision: {}", outcome.describe());
             say!(
                 "answer: {}",
                 outcome
@@ -443,17 +453,11 @@ fn explain_reader_api(
 ) -> Result<(), Exit> {
     say!("rule: none applies: Console's reader API, answered by the gateway (--rbac-api)");
     // `serve` answers in this order: the method and parameters, then the session.
-    let (decision, answer) = match crate::doors::rbac_api::precheck(call, method) {
-        Err(a) => {
-            say!("refused: {}", a.body);
-            (format!("{} refused", a.status), a.status.to_string())
-        }
-        Ok(_) if admin.is_none() => ("401 (no session)".into(), "401".into()),
-        Ok(_) => (
-            "answered by the gateway from the admin's roles, permissions and ticket grants (never forwarded; 503 while the database cannot be read)".into(),
-            "200".into(),
-        ),
-    };
+    let (answer, decision, refused) =
+        crate::doors::rbac_api::outline(call, method, admin.is_some());
+    if let Some(body) = refused {
+        say!("refused: {body}");
+    }
     say!("decision: {decision}");
     say!("answer: {answer}");
     Ok(())

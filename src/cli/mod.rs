@@ -1,4 +1,4 @@
-//! The commands, one file each: `serve`, `migrate`, `check`, `explain`, `drift`. Configuration is
+//! The commands, one file each: `serve`, `migrate`, `check`, `explain`, `drift`, `rollout`, `matrix`, `diff`. Configuration is
 //! loaded and checked before any port is bound; an invalid mapping or flag exits 64.
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -10,16 +10,22 @@ use crate::policy::mapping::{Mapping, Severity};
 use crate::runtime::config::{EXIT_PROBLEMS, EXIT_USAGE};
 
 mod check;
+mod diff;
 mod drift;
 mod explain;
+mod matrix;
 mod migrate;
+mod rollout;
 mod serve;
 mod sweep;
 
 pub use check::{check, check_app_routes};
+pub use diff::diff;
 pub use drift::drift;
 pub use explain::explain;
+pub use matrix::matrix;
 pub use migrate::migrate;
+pub use rollout::rollout;
 pub use serve::serve;
 pub use sweep::sweep;
 

@@ -189,6 +189,21 @@ type Params = (String, Option<i32>);
 /// a method other than GET or HEAD, 400 for bad parameters (a malformed call is the caller's
 /// bug whether or not it has a session). Otherwise the check's parameters (None for `me`).
 /// `serve` answers through it, and `explain` reports from it.
+/// What the gateway answers a reader API call, as far as it is known without reading the
+/// session's grants, in `serve`'s order (the method and parameters, then the session): the
+/// status, the words of `explain`'s decision line (also a `matrix` cell), and a refusal's body.
+pub fn outline(call: &Call, method: &str, session: bool) -> (u16, String, Option<Value>) {
+    match precheck(call, method) {
+        Err(a) => (a.status, format!("{} refused", a.status), Some(a.body)),
+        Ok(_) if !session => (401, "401 (no session)".into(), None),
+        Ok(_) => (
+            200,
+            "answered by the gateway from the admin's roles, permissions and ticket grants (never forwarded; 503 while the database cannot be read)".into(),
+            None,
+        ),
+    }
+}
+
 pub fn precheck(call: &Call, method: &str) -> Result<Option<Params>, Answer> {
     if method != "GET" && method != "HEAD" {
         return Err(Answer::error(

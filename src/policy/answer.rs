@@ -129,6 +129,8 @@ pub trait Records {
     ) -> impl std::future::Future<Output = Result<(), String>> + Send;
     /// Counts a durable denial by rule and reason (`rbac_gateway_denials_total`).
     fn denied(&self, rule: &str, reason: &str);
+    /// Counts a shadow-mode would-be denial by rule (`rbac_gateway_shadow_denials_total`).
+    fn shadow_denied(&self, rule: &str);
 }
 
 impl Records for crate::runtime::state::Gateway {
@@ -141,6 +143,10 @@ impl Records for crate::runtime::state::Gateway {
             .denials_by_route
             .with_label_values(&[rule, reason])
             .inc();
+    }
+
+    fn shadow_denied(&self, rule: &str) {
+        self.metrics.shadow_denials.with_label_values(&[rule]).inc();
     }
 }
 
@@ -265,6 +271,7 @@ pub async fn carry_out(
             }
         }
         Outcome::ShadowDeny { forward, row } => {
+            gw.shadow_denied(row.route.as_deref().unwrap_or("-"));
             if let Err(e) = gw.record(row.clone()).await {
                 tracing::error!(request_id, error = %e, "cannot record a shadow denial");
             }
@@ -357,6 +364,7 @@ mod tests {
     struct Rows {
         written: Mutex<Vec<String>>,
         denied: Mutex<Vec<(String, String)>>,
+        shadow: Mutex<Vec<String>>,
         fail: bool,
     }
 
@@ -374,6 +382,10 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((rule.to_string(), reason.to_string()));
+        }
+
+        fn shadow_denied(&self, rule: &str) {
+            self.shadow.lock().unwrap().push(rule.to_string());
         }
     }
 
@@ -473,6 +485,9 @@ mod tests {
             ok.denied.lock().unwrap()
         );
         assert!(failing.denied.lock().unwrap().is_empty());
+        // Would-be denials are counted whether or not their row could be written.
+        assert_eq!(ok.shadow.lock().unwrap().len(), 1);
+        assert_eq!(failing.shadow.lock().unwrap().len(), 1);
     }
 
     #[test]

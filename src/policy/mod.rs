@@ -2,6 +2,7 @@
 //! gateway decides, and what that means for every door. Nothing here opens a socket or a file
 //! but [`mapping`]'s loader; the I/O a decision needs comes through [`outcome::Authority`].
 
+pub mod access;
 pub mod answer;
 pub mod cookie;
 pub mod mapping;

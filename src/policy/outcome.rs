@@ -207,6 +207,30 @@ impl Outcome {
         }
     }
 
+    /// One line saying what the gateway answers, in the words the proxy's metrics use
+    /// (`explain`'s `decision:` line, a `matrix` cell).
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Refuse(r) => format!("400 refused ({r})"),
+            Outcome::Forward(f) => match &f.via {
+                Via::Open(k) => format!("forward ({})", k.as_str()),
+                Via::Allowed(by) if f.drift.is_some() => format!(
+                    "allow (granted by {by:?}; shadow mode: forwarded, Console's answer is compared)"
+                ),
+                Via::Allowed(by) => format!("allow (granted by {by:?})"),
+                Via::ShadowDenied => "forward (shadow mode: would deny, missing_role)".to_string(),
+            },
+            Outcome::ShadowDeny { row, .. } => format!(
+                "forward (shadow mode: would deny, {}; an {} row is written and Console's answer is compared)",
+                row.reason, row.event_type
+            ),
+            Outcome::Redirect { location } => format!("302 redirect to {location}"),
+            Outcome::Deny { row } => format!("403 denied ({})", row.reason),
+            Outcome::Gone => "404 gone".to_string(),
+            Outcome::Unavailable(u) => format!("503 unavailable ({})", u.as_str()),
+        }
+    }
+
     /// The status the gateway answers itself, or None when Console answers.
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -33,7 +33,7 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Validate a mapping without serving; prints every problem as FILE:LINE:COL: message.
     Check(CheckArgs),
-    /// Explain the decision for one admin, method and path.
+    /// Explain the decision for one admin (or a request without a session), method and path.
     Explain(ExplainArgs),
     /// Run the lifecycle sweep once: revoke ticket grants whose ticket FreeScout reports closed or
     /// resolved, or whose expiry passed (audit row first), and write break-glass expiry rows.
@@ -42,6 +42,20 @@ pub enum Command {
     /// Report shadow-mode drift (gateway vs Console's own answer) per cluster and route; exits 1
     /// when there is drift in the window.
     Drift(DriftArgs),
+    /// Who reaches which route, for an access review: a request without a session and each
+    /// group x every method of every rule (and, with --database-url, each admin), every cell the
+    /// gateway's own decision.
+    Matrix(MatrixArgs),
+    /// The blast radius of a mapping change: every method and rule whose access, roles,
+    /// permissions, mode or cluster changes, what each group (and, with --database-url, each
+    /// admin) gains and loses. Exits 0 when access does not change, 1 when it does, 64 on bad
+    /// input.
+    Diff(DiffArgs),
+    /// The cutover's stages: per cluster (003 §6), its rules and modes, since when the fleet runs
+    /// each, shadow denials and drift rows in the window, blockers and a verdict (ready to
+    /// enforce, not ready and why, enforced). Exits 1 when the file enforces a cluster that is
+    /// not ready (or --cluster names one neither ready nor enforced): a CI gate.
+    Rollout(RolloutArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -285,15 +299,13 @@ pub struct ExplainArgs {
     /// The mapping.
     #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
     pub routes: PathBuf,
-    /// Console's PostgreSQL.
+    /// Console's PostgreSQL (needed with --admin and --request-id).
     #[arg(long, env = "DATABASE_URL")]
-    pub database_url: String,
-    /// The admin's id (admins.id). Not with --request-id (the audit row names the admin).
-    #[arg(
-        long,
-        required_unless_present = "request_id",
-        conflicts_with = "request_id"
-    )]
+    pub database_url: Option<String>,
+    /// The admin's id (admins.id). Without it, the request is decided as one without a session
+    /// (302 to the login page, public forwarded, 401 from the reader API, gone, refused). Not
+    /// with --request-id (the audit row names the admin).
+    #[arg(long, conflicts_with = "request_id")]
     pub admin: Option<String>,
     /// HTTP method (upper case).
     #[arg(required_unless_present = "request_id", conflicts_with = "request_id")]
@@ -348,4 +360,68 @@ pub struct DriftArgs {
 fn switch() -> impl clap::builder::TypedValueParser<Value = bool> {
     use clap::builder::TypedValueParser;
     clap::builder::PossibleValuesParser::new(["0", "1"]).map(|v| v == "1")
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MatrixArgs {
+    /// The mapping.
+    #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
+    pub routes: PathBuf,
+    /// Console's PostgreSQL: the groups as Console holds them, and a row per admin. Without it,
+    /// the groups of the catalogue `migrate` seeds.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Console's reader API answered by the gateway, as `serve` reads it: its paths are
+    /// answered before any rule.
+    #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub rbac_api: bool,
+    /// md (a table per kind of principal), csv (one line per cell) or json.
+    #[arg(long, default_value = "md", value_parser = ["md", "csv", "json"])]
+    pub format: String,
+    /// The kill switch, as `serve` reads it: 0 decides with every route `off`.
+    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", value_parser = switch())]
+    pub flag_rbac_v2: bool,
+    /// Ticket-scoped grants, as `serve` reads them.
+    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", value_parser = switch())]
+    pub flag_ticket_scoped_grants: bool,
+    /// Break-glass sessions count only once their alert was delivered, as `serve` reads it.
+    #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub break_glass_requires_alert: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    /// The mapping as it is (e.g. the live routes.toml).
+    pub old: PathBuf,
+    /// The mapping as it would be.
+    pub new: PathBuf,
+    /// Console's PostgreSQL: the groups as Console holds them, and the admins who gain or lose
+    /// access. Without it, the groups of the catalogue `migrate` seeds.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// The report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RolloutArgs {
+    /// The mapping (live, or the one a change would swap in: the clusters it enforces that the
+    /// fleet does not yet must be ready).
+    #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
+    pub routes: PathBuf,
+    /// Console's PostgreSQL (mapping versions and shadow-mode audit rows).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// The soak window (e.g. 7d, 24h, 90m): a cluster is ready after this long in shadow with no
+    /// drift row in it (002 Phase 4: 7 days).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub since: std::time::Duration,
+    /// Only this cluster (e.g. S2): exits 1 unless it is ready or enforced.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// The report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub drift: IntCounterVec,
     /// Shadow mode: gateway and Console agree, by route.
     pub shadow_agreements: IntCounterVec,
+    /// Shadow mode: requests the gateway would have denied (forwarded), by route.
+    pub shadow_denials: IntCounterVec,
+    /// 1 per rule of the live mapping, by route, cluster and effective mode (the kill switch
+    /// applied): the cutover dashboard's modes per cluster, and the join from a route's
+    /// counters to its cluster.
+    pub route_info: IntGaugeVec,
     /// Upstream response time (first byte of the response head), by status class.
     pub upstream_seconds: HistogramVec,
     /// Entries per cache (refreshed when /metrics is read).
@@ -193,6 +199,22 @@ impl Metrics {
                 &["route"],
             )
             .unwrap(),
+            shadow_denials: IntCounterVec::new(
+                Opts::new(
+                    "rbac_gateway_shadow_denials_total",
+                    "Shadow mode: requests the gateway would have denied, forwarded",
+                ),
+                &["route"],
+            )
+            .unwrap(),
+            route_info: IntGaugeVec::new(
+                Opts::new(
+                    "rbac_gateway_route_info",
+                    "Each rule of the live mapping (value 1), by cluster and effective mode",
+                ),
+                &["route", "cluster", "mode"],
+            )
+            .unwrap(),
             feed_events: IntCounter::new(
                 "rbac_gateway_feed_events_total",
                 "Change-feed rows applied to the caches",
@@ -322,6 +344,8 @@ impl Metrics {
         r.register(Box::new(m.mapping_reloads.clone())).unwrap();
         r.register(Box::new(m.drift.clone())).unwrap();
         r.register(Box::new(m.shadow_agreements.clone())).unwrap();
+        r.register(Box::new(m.shadow_denials.clone())).unwrap();
+        r.register(Box::new(m.route_info.clone())).unwrap();
         r.register(Box::new(m.feed_events.clone())).unwrap();
         r.register(Box::new(m.audit_queue_depth.clone())).unwrap();
         r.register(Box::new(m.upstream_seconds.clone())).unwrap();
@@ -381,6 +405,34 @@ impl Metrics {
         }
         for r in ["ticket_closed", "expired", "break_glass_expire"] {
             self.sweep_revocations.with_label_values(&[r]);
+        }
+    }
+
+    /// `route_info` for a newly live mapping (the series of the rules it no longer has go), and
+    /// its rules' shadow-denial and drift counters.
+    pub fn set_routes(&self, mapping: &crate::policy::mapping::Mapping, kill_switch: bool) {
+        self.route_info.reset();
+        for r in &mapping.routes {
+            let mode = match r.access {
+                crate::policy::mapping::Access::Protected => {
+                    crate::policy::verdict::effective_mode(r, kill_switch).as_str()
+                }
+                other => other.as_str(),
+            };
+            self.route_info
+                .with_label_values(&[r.label(), r.meta.cluster.as_deref().unwrap_or("-"), mode])
+                .set(1);
+            // The per-cluster panels' series exist at 0 from the load on (a reload that puts a
+            // rule in shadow finds them there for `rate()`); a rule dropped keeps its counters.
+            if r.access == crate::policy::mapping::Access::Protected {
+                self.shadow_denials.with_label_values(&[r.label()]);
+                for kind in [
+                    crate::policy::outcome::DRIFT_CONSOLE_DENIED,
+                    crate::policy::outcome::DRIFT_CONSOLE_ALLOWED,
+                ] {
+                    self.drift.with_label_values(&[r.label(), kind]);
+                }
+            }
         }
     }
 

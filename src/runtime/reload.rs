@@ -101,6 +101,7 @@ pub fn apply(gw: &Gateway, path: &Path, text: &str) -> bool {
             for w in &new.warnings {
                 tracing::warn!(warning = %w, "mapping warning");
             }
+            gw.metrics.set_routes(&new, gw.kill_switch);
             gw.mapping.store(Arc::new(new));
             gw.set_file_rejected(None);
             true
@@ -165,6 +166,28 @@ pub async fn check_database_at_start(gw: Arc<Gateway>, within: Duration) {
         tracing::info!("database reachable");
     }
     warn_unknown_names(&gw).await;
+    record_version(&gw).await;
+}
+
+/// Records the live mapping in `rbac_gateway_mapping_versions` (`rollout`'s soak times), unless
+/// the fleet's latest row already names it: once the database answers after start-up, and after
+/// each reload that changed the mapping. A failure is logged: `rollout` then reports the soak
+/// from the rows it has, never longer than they show.
+pub async fn record_version(gw: &Gateway) {
+    let mapping = gw.mapping.load_full();
+    let record = crate::stores::rollout::record(gw.identity.pool(), &mapping, gw.kill_switch);
+    match crate::stores::db::within(NAMES_CHECK_LIMIT, record).await {
+        Ok(true) => {
+            tracing::info!(mapping_version = %mapping.version, kill_switch = gw.kill_switch,
+            "mapping version recorded for rollout (the fleet's latest was another)")
+        }
+        Ok(false) => {
+            tracing::info!(mapping_version = %mapping.version, kill_switch = gw.kill_switch,
+            "mapping version already the fleet's latest recorded one")
+        }
+        Err(e) => tracing::warn!(error = %e, mapping_version = %mapping.version,
+            "cannot record the mapping version (rbac_gateway_mapping_versions; run `rbac-gateway migrate`?): rollout will not count this version's soak"),
+    }
 }
 
 /// Watches `path` until the process ends.
@@ -229,7 +252,10 @@ pub async fn watch(gw: Arc<Gateway>, path: PathBuf) {
                 let before = gw.mapping.load().version.clone();
                 if apply(&gw, &path, text) && gw.mapping.load().version != before {
                     let gw = gw.clone();
-                    tokio::spawn(async move { warn_unknown_names(&gw).await });
+                    tokio::spawn(async move {
+                        warn_unknown_names(&gw).await;
+                        record_version(&gw).await;
+                    });
                 }
             }
             Err(_) => {

@@ -7,4 +7,5 @@ pub mod db;
 pub mod feed;
 pub mod identity;
 pub mod lifecycle;
+pub mod rollout;
 pub mod ticket;

@@ -7,6 +7,7 @@ mod cli;
 mod coherence;
 mod cookie_differential;
 mod core;
+mod cutover;
 mod differential;
 mod durability;
 mod edge;

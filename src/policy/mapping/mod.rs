@@ -7,7 +7,7 @@
 pub mod matcher;
 pub mod rule;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,7 +63,41 @@ impl Access {
     }
 }
 
-/// Review metadata; never used to decide.
+/// Where a route's mode comes from: its own `mode`, its cluster's, or `[defaults]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeFrom {
+    Route,
+    Cluster,
+    Default,
+}
+
+impl ModeFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModeFrom::Route => "route",
+            ModeFrom::Cluster => "cluster",
+            ModeFrom::Default => "defaults",
+        }
+    }
+}
+
+/// A stage of the cutover (003 §6: a sub-card, S1..S9), declared as `[cluster.NAME]`: the mode
+/// of every route of the cluster that sets none itself, and what still blocks its promotion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    pub title: Option<String>,
+    /// The mode of the cluster's routes that name none (route's own > cluster's > defaults).
+    pub mode: Option<Mode>,
+    /// Open operator decisions (003 §4 AMBIGUOUS-N) or other blockers: while any is listed, the
+    /// cluster is not ready to enforce. Removed from the list once the decision is recorded.
+    pub blocked_by: Vec<String>,
+    pub note: Option<String>,
+    pub line: usize,
+    pub col: usize,
+}
+
+/// Review metadata; never used to decide (the cluster's mode is folded into [`Route::mode`]).
 #[derive(Debug, Clone, Default)]
 pub struct Meta {
     pub blueprint: Option<String>,
@@ -84,7 +118,10 @@ pub struct Route {
     pub roles: Vec<String>,
     pub permissions: Vec<String>,
     pub access: Access,
+    /// The mode the route runs in (before the kill switch): its own, else its cluster's, else
+    /// `[defaults]`.
     pub mode: Mode,
+    pub mode_from: ModeFrom,
     /// Name of the path variable holding a customer id (ticket-scoped grants).
     pub customer_param: Option<String>,
     pub line: usize,
@@ -158,6 +195,19 @@ struct RawFile {
     defaults: Option<Spanned<RawDefaults>>,
     #[serde(default)]
     route: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    cluster: BTreeMap<String, Spanned<RawCluster>>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawCluster {
+    title: Option<String>,
+    mode: Option<Spanned<String>>,
+    #[serde(default)]
+    blocked_by: Vec<Spanned<String>>,
+    note: Option<String>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -172,7 +222,8 @@ struct RawDefaults {
 /// The keys of a table that are not fields of its struct.
 type Unknown = std::collections::BTreeMap<String, toml::Value>;
 
-const FILE_KEYS: &[&str] = &["defaults", "route"];
+const FILE_KEYS: &[&str] = &["defaults", "route", "cluster"];
+const CLUSTER_KEYS: &[&str] = &["title", "mode", "blocked_by", "note"];
 const DEFAULTS_KEYS: &[&str] = &["mode"];
 const ROUTE_KEYS: &[&str] = &[
     "methods",
@@ -253,7 +304,7 @@ struct RawRoute {
     mode: Option<Spanned<String>>,
     customer_param: Option<Spanned<String>>,
     blueprint: Option<String>,
-    cluster: Option<String>,
+    cluster: Option<Spanned<String>>,
     legacy: Option<String>,
     #[serde(default)]
     totp: bool,
@@ -274,6 +325,8 @@ pub struct Mapping {
     pub version: String,
     pub default_mode: Mode,
     pub routes: Vec<Route>,
+    /// The `[cluster.NAME]` tables, by name (empty: the file declares no stages).
+    pub clusters: BTreeMap<String, Cluster>,
     /// Warnings found while loading (pending decisions, guesses are not warnings).
     pub warnings: Vec<Diagnostic>,
     matcher: Matcher,
@@ -368,6 +421,54 @@ impl Mapping {
             None => Mode::Enforce,
             Some(m) => parse_mode(m, &lines, &mut errors).unwrap_or(Mode::Enforce),
         };
+        let mut clusters = BTreeMap::new();
+        for (name, spanned) in &raw.cluster {
+            let start = spanned.span().start;
+            let c = spanned.get_ref();
+            errors.extend(unknown_keys(
+                text,
+                Some(start),
+                &c.unknown,
+                CLUSTER_KEYS,
+                &lines,
+            ));
+            let mode = c
+                .mode
+                .as_ref()
+                .and_then(|m| parse_mode(m, &lines, &mut errors));
+            let mut blocked_by = Vec::new();
+            for b in &c.blocked_by {
+                let id = b.get_ref();
+                if id.trim().is_empty() || id.trim() != id {
+                    errors.push(lines.at(
+                        b.span().start,
+                        Severity::Error,
+                        format!("{id:?} is not a valid blocker name"),
+                    ));
+                } else if blocked_by.contains(id) {
+                    errors.push(lines.at(
+                        b.span().start,
+                        Severity::Error,
+                        format!("blocker {id} is listed twice"),
+                    ));
+                } else {
+                    blocked_by.push(id.clone());
+                }
+            }
+            let pos = lines.at(start, Severity::Error, "");
+            clusters.insert(
+                name.clone(),
+                Cluster {
+                    name: name.clone(),
+                    title: c.title.clone(),
+                    mode,
+                    blocked_by,
+                    note: c.note.clone(),
+                    line: pos.line,
+                    col: pos.col,
+                },
+            );
+        }
         if raw.route.is_empty() {
             errors.push(lines.at(
                 0,
@@ -455,9 +556,34 @@ impl Mapping {
                 },
             };
             let access = known_access.unwrap_or(Access::Protected);
-            let mode = match &r.mode {
-                None => default_mode,
-                Some(m) => parse_mode(m, &lines, &mut errors).unwrap_or(default_mode),
+            // A cluster the file does not declare, once it declares any: a misspelt name would
+            // silently drop the cluster's mode from the route.
+            if let Some(c) = &r.cluster {
+                if !clusters.is_empty() && !clusters.contains_key(c.get_ref()) {
+                    errors.push(lines.at(
+                        c.span().start,
+                        Severity::Error,
+                        format!(
+                            "cluster {:?} is not declared (declared: {}; add a [cluster.{}] table)",
+                            c.get_ref(),
+                            clusters.keys().cloned().collect::<Vec<_>>().join(", "),
+                            c.get_ref()
+                        ),
+                    ));
+                }
+            }
+            let cluster_mode = r
+                .cluster
+                .as_ref()
+                .and_then(|c| clusters.get(c.get_ref()))
+                .and_then(|c: &Cluster| c.mode);
+            let (mode, mode_from) = match (&r.mode, cluster_mode) {
+                (Some(m), _) => (
+                    parse_mode(m, &lines, &mut errors).unwrap_or(default_mode),
+                    ModeFrom::Route,
+                ),
+                (None, Some(m)) => (m, ModeFrom::Cluster),
+                (None, None) => (default_mode, ModeFrom::Default),
             };
             let roles: Vec<String> = r.roles.iter().map(|s| s.get_ref().clone()).collect();
             let permissions: Vec<String> =
@@ -598,12 +724,13 @@ impl Mapping {
                 permissions,
                 access,
                 mode,
+                mode_from,
                 customer_param,
                 line: pos.line,
                 col: pos.col,
                 meta: Meta {
                     blueprint: r.blueprint.clone(),
-                    cluster: r.cluster.clone(),
+                    cluster: r.cluster.as_ref().map(|c| c.get_ref().clone()),
                     legacy: r.legacy.clone(),
                     totp: r.totp,
                     pending: r.pending.as_ref().map(|p| p.get_ref().clone()),
@@ -623,9 +750,53 @@ impl Mapping {
             version: version_of(text.as_bytes()),
             default_mode,
             routes,
+            clusters,
             warnings,
             matcher,
         })
+    }
+
+    /// The cluster a route names, when the file declares it.
+    pub fn cluster_of(&self, route: &Route) -> Option<&Cluster> {
+        self.clusters.get(route.meta.cluster.as_deref()?)
+    }
+
+    /// What `check` reports about stages: a protected route in no cluster (no stage steers it)
+    /// and a cluster no `[cluster.NAME]` declares. Once the file declares clusters, both are
+    /// errors (an undeclared one is already refused when loading). A file that declares none
+    /// does not use stages: only the clusters its rules name are reported, as warnings.
+    pub fn stage_problems(&self) -> Vec<Diagnostic> {
+        let severity = if self.clusters.is_empty() {
+            Severity::Warning
+        } else {
+            Severity::Error
+        };
+        let file = self.file.display().to_string();
+        let mut out = Vec::new();
+        let mut undeclared = BTreeSet::new();
+        for r in &self.routes {
+            let at = |message: String| Diagnostic {
+                file: file.clone(),
+                line: r.line,
+                col: r.col,
+                severity,
+                message,
+            };
+            match r.meta.cluster.as_deref() {
+                None if r.access == Access::Protected && !self.clusters.is_empty() => out.push(at(format!(
+                    "protected route {} is in no cluster: no stage of the cutover steers or reports it (add cluster = \"...\")",
+                    r.label()
+                ))),
+                None => {}
+                Some(c) if !self.clusters.contains_key(c) && undeclared.insert(c) => {
+                    out.push(at(format!(
+                        "cluster {c:?} is not declared: add a [cluster.{c}] table (its mode and blockers)"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        out
     }
 
     /// The rule Werkzeug would pick for this method and decoded path.
@@ -886,6 +1057,121 @@ roles = ["console-audit-user"]
         let e = first_error("[[route]]\nmethods = [\"GET\"\npath = \"/a\"\n");
         assert!(e.starts_with("routes.toml:"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    const STAGED: &str = r#"
+[defaults]
+mode = "enforce"
+
+[cluster.S2]
+title = "Audit, security, replay, ops"
+mode = "shadow"
+
+[cluster.S3]
+blocked_by = ["AMBIGUOUS-2", "AMBIGUOUS-3"]
+
+[[route]]
+methods = ["GET"]
+path = "/a"
+roles = ["r"]
+cluster = "S2"
+
+[[route]]
+methods = ["GET"]
+path = "/b"
+roles = ["r"]
+cluster = "S2"
+mode = "enforce"
+
+[[route]]
+methods = ["GET"]
+path = "/c"
+roles = ["r"]
+cluster = "S3"
+
+[[route]]
+methods = ["GET"]
+path = "/d"
+roles = ["r"]
+"#;
+
+    #[test]
+    fn a_cluster_sets_the_mode_of_its_routes_below_their_own() {
+        let m = load(STAGED).unwrap();
+        let mode = |p: &str| {
+            let r = m.find("GET", p).unwrap().0;
+            (r.mode, r.mode_from)
+        };
+        assert_eq!(mode("/a"), (Mode::Shadow, ModeFrom::Cluster));
+        assert_eq!(mode("/b"), (Mode::Enforce, ModeFrom::Route));
+        assert_eq!(mode("/c"), (Mode::Enforce, ModeFrom::Default));
+        assert_eq!(mode("/d"), (Mode::Enforce, ModeFrom::Default));
+        let s3 = &m.clusters["S3"];
+        assert_eq!(s3.blocked_by, vec!["AMBIGUOUS-2", "AMBIGUOUS-3"]);
+        assert_eq!((s3.line, s3.mode), (9, None));
+        assert_eq!(
+            m.clusters["S2"].title.as_deref(),
+            Some("Audit, security, replay, ops")
+        );
+        // The kill switch stays above all.
+        let a = m.find("GET", "/a").unwrap().0;
+        assert_eq!(crate::policy::verdict::effective_mode(a, true), Mode::Off);
+        // A protected route in no cluster: an error once clusters are declared.
+        let problems = m.stage_problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].severity, Severity::Error);
+        assert!(
+            problems[0]
+                .to_string()
+                .starts_with("routes.toml:31:1: protected route GET /d is in no cluster"),
+            "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn an_undeclared_cluster_or_a_bad_cluster_table_is_an_error() {
+        let text = STAGED.replace("cluster = \"S3\"", "cluster = \"S33\"");
+        let e = load(&text).unwrap_err().diagnostics[0].to_string();
+        assert!(
+            e.starts_with("routes.toml:29:11: cluster \"S33\" is not declared (declared: S2, S3;"),
+            "{e}"
+        );
+        let text = STAGED.replace(
+            "mode = \"shadow\"",
+            "mode = \"shadowed\"\nblockers = [\"x\"]",
+        );
+        let all: Vec<String> = load(&text)
+            .unwrap_err()
+            .diagnostics
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert!(
+            all.iter()
+                .any(|d| d.starts_with("routes.toml:7:8: unknown mode \"shadowed\"")),
+            "{all:?}"
+        );
+        assert!(
+            all.iter()
+                .any(|d| d.starts_with("routes.toml:8:1: unknown field `blockers`")),
+            "{all:?}"
+        );
+        let text = STAGED.replace("\"AMBIGUOUS-3\"]", "\"AMBIGUOUS-2\"]");
+        assert!(first_error(&text).contains("blocker AMBIGUOUS-2 is listed twice"));
+    }
+
+    #[test]
+    fn a_file_without_clusters_gets_warnings_not_errors() {
+        let m = load("[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"r\"]\ncluster = \"S1\"\n[[route]]\nmethods = [\"GET\"]\npath = \"/b\"\nroles = [\"r\"]\n[[route]]\nmethods = [\"GET\"]\npath = \"/c\"\naccess = \"public\"\n").unwrap();
+        let problems: Vec<String> = m.stage_problems().iter().map(|d| d.to_string()).collect();
+        // The rule in no cluster is not reported: the file uses no stages.
+        assert_eq!(
+            problems,
+            vec![
+                "routes.toml:1:1: warning: cluster \"S1\" is not declared: add a [cluster.S1] table (its mode and blockers)".to_string(),
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,226 @@
+//! `rbac-gateway rollout`: per cluster of the mapping (003 §6, S1-S8), its rules and modes,
+//! since when the fleet runs each in its mode, shadow denials and drift rows in the window,
+//! blockers, and a verdict ([`crate::stores::rollout::assess`]). Exit codes for a CI gate: 1 when the
+//! file promotes (enforces) a cluster that is not ready, or `--cluster` names one that is
+//! neither ready nor enforced; 0 otherwise; 64 on bad usage.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use serde::Serialize;
+
+use super::{failure, load_mapping, runtime, say, usage, Exit};
+use crate::runtime::config::{RolloutArgs, EXIT_PROBLEMS};
+use crate::stores::rollout::{assess, history, human, window, ClusterStatus, Verdict};
+
+#[derive(Debug, Serialize)]
+struct Report {
+    mapping: String,
+    version: String,
+    /// The version the fleet runs (its latest recorded load), when any is recorded.
+    fleet_version: Option<String>,
+    fleet_since: Option<chrono::DateTime<chrono::Utc>>,
+    fleet_kill_switch: Option<bool>,
+    window_seconds: i64,
+    clusters: Vec<ClusterStatus>,
+    /// Clusters that fail the gate, and why.
+    failing: Vec<String>,
+}
+
+pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
+    let mapping = load_mapping(&args.routes)?;
+    if let Some(c) = &args.cluster {
+        super::drift::known_cluster(&mapping, &args.routes, c)?;
+    }
+    let window_seconds = i64::try_from(args.since.as_secs())
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| usage(anyhow!("--since must be a positive duration")))?;
+    let (loads, rows, now) = runtime()?.block_on(async {
+        let pool = super::command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
+        let loads = history(&pool)
+            .await
+            .context("cannot read rbac_gateway_mapping_versions (run `rbac-gateway migrate`?)")
+            .map_err(failure)?;
+        let rows = window(&pool, window_seconds)
+            .await
+            .context("cannot read the shadow-mode audit rows")
+            .map_err(failure)?;
+        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&pool)
+            .await
+            .map_err(failure)?;
+        Ok::<_, Exit>((loads, rows, now))
+    })?;
+    let mut clusters = assess(&mapping, &loads, &rows, window_seconds, now);
+    if let Some(c) = &args.cluster {
+        clusters.retain(|s| &s.cluster == c);
+    }
+    let failing: Vec<String> = clusters
+        .iter()
+        .filter(|s| match &args.cluster {
+            Some(_) => !matches!(s.verdict, Verdict::Ready | Verdict::Enforced),
+            None => s.promoted && s.verdict != Verdict::Ready,
+        })
+        .map(|s| {
+            format!(
+                "{}{}: {}",
+                s.cluster,
+                if s.promoted {
+                    " (enforced by this file)"
+                } else {
+                    ""
+                },
+                if s.reasons.is_empty() {
+                    s.verdict.as_str().to_string()
+                } else {
+                    s.reasons.join("; ")
+                }
+            )
+        })
+        .collect();
+    let latest = loads.first();
+    let report = Report {
+        mapping: args.routes.display().to_string(),
+        version: mapping.version.clone(),
+        fleet_version: latest.map(|l| l.version.clone()),
+        fleet_since: latest.map(|l| l.at),
+        fleet_kill_switch: latest.map(|l| l.kill_switch),
+        window_seconds,
+        clusters,
+        failing,
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => say!("{text}"),
+            Err(e) => return Err(failure(e)),
+        }
+    } else {
+        table(&report, now);
+    }
+    if !report.failing.is_empty() {
+        return Err(Exit {
+            code: EXIT_PROBLEMS,
+            error: anyhow!("not ready: {}", report.failing.join(" | ")),
+        });
+    }
+    Ok(())
+}
+
+fn table(r: &Report, now: chrono::DateTime<chrono::Utc>) {
+    say!(
+        "rollout: {} (version {}), window {} (since {})",
+        r.mapping,
+        r.version,
+        human(r.window_seconds),
+        (now - chrono::Duration::seconds(r.window_seconds))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    match (&r.fleet_version, r.fleet_since) {
+        (Some(v), Some(at)) => {
+            say!(
+                "fleet: runs version {v} since {}{}{}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                if r.fleet_kill_switch == Some(true) {
+                    ", KILL SWITCH ON (every rule off)"
+                } else {
+                    ""
+                },
+                if *v == r.version {
+                    String::new()
+                } else {
+                    format!(
+                        "; {} is another version: modes and soak below are the fleet's, the file's are shown where they differ",
+                        r.mapping
+                    )
+                }
+            )
+        }
+        _ => say!("fleet: no mapping version recorded yet (gateways record one when they load a mapping; `rbac-gateway migrate` creates the table)"),
+    }
+    say!(
+        "{:<9} {:>6} {:<18} {:>12} {:>8} {:>6}  verdict",
+        "cluster",
+        "rules",
+        "modes (fleet)",
+        "in shadow",
+        "denials",
+        "drift"
+    );
+    for c in &r.clusters {
+        let mut modes: std::collections::BTreeMap<&str, usize> = Default::default();
+        for s in &c.routes {
+            *modes
+                .entry(s.fleet_mode.as_deref().unwrap_or("?"))
+                .or_default() += 1;
+        }
+        let modes: Vec<String> = modes.iter().map(|(m, n)| format!("{n} {m}")).collect();
+        let soaked = c
+            .shadow_since
+            .map_or("-".to_string(), |s| human((now - s).num_seconds()));
+        say!(
+            "{:<9} {:>6} {:<18} {:>12} {:>8} {:>6}  {}{}{}",
+            c.cluster,
+            c.routes.len(),
+            modes.join(", "),
+            soaked,
+            c.shadow_denials,
+            c.drift,
+            c.verdict.as_str(),
+            if c.reasons.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", c.reasons.join("; "))
+            },
+            if c.promoted {
+                " [this file enforces it]"
+            } else {
+                ""
+            }
+        );
+        if let Some(t) = &c.title {
+            say!("          {t}");
+        }
+        for s in &c.routes {
+            let differs = s.fleet_mode.as_deref() != Some(s.file_mode.as_str());
+            say!(
+                "          {} {}{}{}{}{}",
+                s.rule,
+                s.fleet_mode
+                    .as_deref()
+                    .unwrap_or(if r.fleet_version.is_some() {
+                        "not running"
+                    } else {
+                        "unknown"
+                    }),
+                s.since.map_or(String::new(), |t| format!(
+                    " since {}",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )),
+                if differs {
+                    format!(" (file: {})", s.file_mode)
+                } else {
+                    String::new()
+                },
+                if s.shadow_denials + s.drift > 0 {
+                    format!(
+                        ", {} would-be denial(s), {} drift",
+                        s.shadow_denials, s.drift
+                    )
+                } else {
+                    String::new()
+                },
+                s.pending
+                    .as_deref()
+                    .map_or(String::new(), |p| format!(", pending {p}"))
+            );
+        }
+    }
+    if r.failing.is_empty() {
+        say!("gate: pass");
+    } else {
+        for f in &r.failing {
+            say!("gate: FAIL {f}");
+        }
+    }
+}
