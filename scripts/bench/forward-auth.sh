@@ -144,15 +144,18 @@ measure() { # edge which round
   local name=$1-$2 out a0 a1 e0 e1 u0 u1 apid
   out=$tmp/wrk-$name-$3.txt
   if [ "$2" = floor ]; then apid=$noop_pid; else apid=$gw_pid; fi
+  local c0 c1
+  c0=$(metric 'rbac_gateway_connections_accepted_total{listener="forward-auth"}')
   e0=$(cpu_ticks "${edge_pid[$name]}"); a0=$(cpu_ticks "$apid"); u0=$(cpu_ticks "$up_pid")
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Cookie: console_session=$tok_admin" \
     "http://127.0.0.1:${edge_port[$name]}$ALLOWED_PATH" >"$out" 2>&1 || die "wrk ($name) failed: $(cat "$out")"
   e1=$(cpu_ticks "${edge_pid[$name]}"); a1=$(cpu_ticks "$apid"); u1=$(cpu_ticks "$up_pid")
-  awk -v e="$1" -v w="$2" -v r="$3" -v et=$((e1 - e0)) -v at=$((a1 - a0)) -v ut=$((u1 - u0)) '
+  c1=$(metric 'rbac_gateway_connections_accepted_total{listener="forward-auth"}')
+  awk -v e="$1" -v w="$2" -v r="$3" -v et=$((e1 - e0)) -v at=$((a1 - a0)) -v ut=$((u1 - u0)) -v cn=$((c1 - c0)) '
     function us(v,  n) { n = v + 0; if (v ~ /us$/) return n; if (v ~ /ms$/) return n * 1000; if (v ~ /s$/) return n * 1000000; return n }
     /^ +50%/ { p50 = us($2) } /^ +99%/ { p99 = us($2) } / requests in / { reqs = $1 }
     /^Requests\/sec:/ { rps = $2 } /Non-2xx or 3xx responses:/ { bad = $5 }
-    END { printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", e, w, r, rps, p50, p99, reqs, bad, et, at, ut }
+    END { printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", e, w, r, rps, p50, p99, reqs, bad, et, at, ut, cn }
   ' "$out" >>"$results"
 }
 log "$ROUNDS round(s) x $(wc -w <<<"$EDGES") edge(s) x 2 x ${DURATION}s, wrk -t$THREADS -c$CONNECTIONS"
@@ -177,8 +180,8 @@ L = [f"# forward-auth vs its floor ({len(set(r[2] for r in rows))} round(s), med
      "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency; the README's edge configurations (nginx "
      "worker_processes $EDGE_WORKERS); Console: nginx return 200; floor: nginx return 200 with the three "
      "X-Rbac-* headers, no body", "",
-     "| edge | authorizer | requests/s | p50 | p99 | edge µs/req | authorizer µs/req | Console µs/req | non-2xx |",
-     "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+     "| edge | authorizer | requests/s | p50 | p99 | edge µs/req | authorizer µs/req | Console µs/req | non-2xx | new connections to /authz |",
+     "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 summary = []
 for e in dict.fromkeys(r[0] for r in rows):
     st = {}
@@ -187,11 +190,13 @@ for e in dict.fromkeys(r[0] for r in rows):
         per = lambda i: med(int(r[i]) / tck * 1e6 / max(int(r[6]), 1) for r in rs)
         st[w] = dict(rps=med(float(r[3]) for r in rs), p50=med(float(r[4]) for r in rs),
                      p99=med(float(r[5]) for r in rs), edge=per(8), auth=per(9), up=per(10),
-                     bad=sum(int(r[7]) for r in rs),
+                     bad=sum(int(r[7]) for r in rs), conns=sum(int(r[11]) for r in rs),
+                     reqs=sum(int(r[6]) for r in rs),
                      by_round={r[2]: float(r[3]) for r in rs})
         s = st[w]
         L.append(f"| {e} | {w} | {s['rps']:,.0f} | {s['p50']/1000:.3f} ms | {s['p99']/1000:.3f} ms | "
-                 f"{s['edge']:.1f} | {s['auth']:.1f} | {s['up']:.1f} | {s['bad']} |")
+                 f"{s['edge']:.1f} | {s['auth']:.1f} | {s['up']:.1f} | {s['bad']} | "
+                 + (f"{s['conns']:,} for {s['reqs']:,} requests |" if w == "gateway" else "- |"))
     f, g = st["floor"], st["gateway"]
     per_round = [g["by_round"][k] / f["by_round"][k] for k in sorted(f["by_round"], key=int)]
     summary.append(f"- {e}: gateway/floor {g['rps'] / f['rps']:.2f} (per round {', '.join(f'{x:.2f}' for x in per_round)}); "
@@ -199,7 +204,7 @@ for e in dict.fromkeys(r[0] for r in rows):
                    f"floor {f['edge'] + f['auth']:.1f} µs, gateway {g['edge'] + g['auth']:.1f} µs")
 L.append("")
 L += summary
-L.append(f"- connections the gateway's forward-auth listener accepted: {opened} for {asked} allowed answers")
+L.append(f"- in all, the gateway's forward-auth listener accepted {opened:,} connections for {asked:,} allowed answers")
 text = "\n".join(L) + "\n"
 sys.stdout.write(text)
 open(out, "w").write(text)

@@ -161,7 +161,7 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
     pub ticket_validation_url: Option<String>,
     /// Ticket-scoped grants on (1) or off (0; FLAG_TICKET_SCOPED_GRANTS=0 of 004 §9.1: they grant nothing).
-    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", value_parser = switch())]
+    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
     pub flag_ticket_scoped_grants: bool,
     /// Answer Console's reader API (`GET /api/rbac/me`, `GET /api/rbac/permissions/check`) in the
     /// gateway itself: those paths are then never forwarded. `--rbac-api=false` forwards them.
@@ -216,7 +216,7 @@ pub struct ServeArgs {
     pub log_format: String,
     /// Kill switch (I-5): 0 makes every route `off` (forward; Console decides). 1, unset or set
     /// empty: the mapping's modes apply.
-    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", value_parser = switch())]
+    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
     pub flag_rbac_v2: bool,
 }
 
@@ -322,10 +322,10 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub mapping_history: Option<PathBuf>,
     /// The kill switch, as `serve` reads it: 0 explains the decision with every route `off`.
-    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", value_parser = switch())]
+    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
     pub flag_rbac_v2: bool,
     /// Ticket-scoped grants, as `serve` reads them.
-    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", value_parser = switch())]
+    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
     pub flag_ticket_scoped_grants: bool,
     /// Re-validate ticket grants against this URL, as `serve` does.
     #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
@@ -380,10 +380,10 @@ pub struct MatrixArgs {
     #[arg(long, default_value = "md", value_parser = ["md", "csv", "json"])]
     pub format: String,
     /// The kill switch, as `serve` reads it: 0 decides with every route `off`.
-    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", value_parser = switch())]
+    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
     pub flag_rbac_v2: bool,
     /// Ticket-scoped grants, as `serve` reads them.
-    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", value_parser = switch())]
+    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
     pub flag_ticket_scoped_grants: bool,
     /// Break-glass sessions count only once their alert was delivered, as `serve` reads it.
     #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
