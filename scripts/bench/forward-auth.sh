@@ -199,7 +199,8 @@ for e in dict.fromkeys(r[0] for r in rows):
                  + (f"{s['conns']:,} for {s['reqs']:,} requests |" if w == "gateway" else "- |"))
     f, g = st["floor"], st["gateway"]
     per_round = [g["by_round"][k] / f["by_round"][k] for k in sorted(f["by_round"], key=int)]
-    summary.append(f"- {e}: gateway/floor {g['rps'] / f['rps']:.2f} (per round {', '.join(f'{x:.2f}' for x in per_round)}); "
+    summary.append(f"- {e}: gateway/floor {g['rps'] / f['rps']:.2f} of the medians; per round, back to back: "
+                   f"{', '.join(f'{x:.2f}' for x in per_round)}, median {med(per_round):.2f}; "
                    f"p99 gateway - floor {(g['p99'] - f['p99']) / 1000:+.3f} ms; CPU per request, edge + authorizer: "
                    f"floor {f['edge'] + f['auth']:.1f} µs, gateway {g['edge'] + g['auth']:.1f} µs")
 L.append("")

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::{failure, load_mapping, runtime, say, usage, Exit};
 use crate::policy::access::InMemory;
+use crate::policy::answer::{Answer, Reply};
 use crate::policy::mapping::Mapping;
 use crate::policy::outcome::{decide, Authority, Facts, Outcome, Switches, Unavailable};
 use crate::policy::target;
@@ -412,34 +413,28 @@ fn explain_request(
                 }
             }
         }
-        // As the proxy does before it forwards: an admin id or role name that is not a valid
-        // header value is never sent to Console.
-        let unsendable = match &outcome {
-            Outcome::Forward(f) | Outcome::ShadowDeny { forward: f, .. } => {
-                f.principal.as_ref().is_some_and(|p| !p.forwardable())
-            }
-            _ => false,
-        };
-        if unsendable {
-            match &outcome {
-                Outcome::ShadowDeny { row, .. } => say!(
-                    "decision: shadow mode: would deny, {}; an {} row is written",
-                    row.reason,
-                    row.event_type
-                ),
-                _ => say!("decision: {}", outcome.describe()),
-            }
-            say!("not forwarded: the admin id or a role name is not a valid header value");
-            say!("answer: 503");
-        } else {
-            say!("decision: {}", outcome.describe());
-            say!(
-                "answer: {}",
-                outcome
-                    .status()
-                    .map_or("forwarded (Console answers)".to_string(), |s| s.to_string())
-            );
+        // What the doors carry out (src/policy/answer.rs): an admin id or role name that is not
+        // a valid header value is never sent to Console, the request gets 503.
+        let answer = crate::policy::answer::answer_of(&outcome);
+        let unsendable = matches!(answer, Answer::Reply(Reply::Unavailable))
+            && !matches!(outcome, Outcome::Unavailable(_));
+        match &outcome {
+            Outcome::ShadowDeny { row, .. } if unsendable => say!(
+                "decision: shadow mode: would deny, {}; an {} row is written",
+                row.reason,
+                row.event_type
+            ),
+            _ => say!("decision: {}", outcome.describe()),
         }
+        if unsendable {
+            say!("not forwarded: the admin id or a role name is not a valid header value");
+        }
+        say!(
+            "answer: {}",
+            answer
+                .proxy_status()
+                .map_or("forwarded (Console answers)".to_string(), |s| s.to_string())
+        );
         Ok(())
     })
 }

@@ -314,7 +314,8 @@ impl Cell {
         };
         Cell {
             outcome: o.label(),
-            status: o.status(),
+            // What the doors answer (an unsendable identity is a 503 there too).
+            status: crate::policy::answer::answer_of(o).proxy_status(),
             decision: o.describe(),
             reach,
             by,

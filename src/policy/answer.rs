@@ -281,11 +281,11 @@ pub async fn carry_out(
                 rule = row.route.as_deref().unwrap_or("-"),
                 "shadow: would deny, forwarding"
             );
-            forward_answer(request_id, forward, true)
+            forward_answer(Some(request_id), forward, true)
         }
         Outcome::Forward(forward) => {
             let shadow = forward.via == Via::ShadowDenied;
-            forward_answer(request_id, forward, shadow)
+            forward_answer(Some(request_id), forward, shadow)
         }
     };
     // What was decided, unless carrying it out failed (503).
@@ -311,9 +311,8 @@ pub struct Carried {
     pub decided_at: Instant,
 }
 
-/// Runs the aftermath with an authority other than the gateway's (explain, the matrix): no
-/// row is written, nothing is counted; the answer is the one the doors would carry out when
-/// every write succeeds.
+/// The answer the doors would carry out for `outcome` when every write succeeds, without
+/// writing, counting or logging anything: what `explain` prints.
 pub fn answer_of(outcome: &Outcome) -> Answer {
     match outcome {
         Outcome::Refuse(_) => Answer::Reply(Reply::Refused),
@@ -323,21 +322,28 @@ pub fn answer_of(outcome: &Outcome) -> Answer {
         }),
         Outcome::Unavailable(_) => Answer::Reply(Reply::Unavailable),
         Outcome::Deny { .. } => Answer::Reply(Reply::Denied),
-        Outcome::ShadowDeny { forward, .. } => forward_answer("-", forward.clone(), true),
+        Outcome::ShadowDeny { forward, .. } => forward_answer(None, forward.clone(), true),
         Outcome::Forward(forward) => {
             let shadow = forward.via == Via::ShadowDenied;
-            forward_answer("-", forward.clone(), shadow)
+            forward_answer(None, forward.clone(), shadow)
         }
     }
 }
 
-fn forward_answer(request_id: &str, forward: Forward, shadow: bool) -> Answer {
+/// `request_id`: the request being carried out (logged when it cannot be); None for a
+/// question about an answer (explain, the matrix), which logs nothing.
+fn forward_answer(request_id: Option<&str>, forward: Forward, shadow: bool) -> Answer {
     let identity = match &forward.principal {
         None => None,
         Some(p) if p.forwardable() => Some(Identity(p.clone())),
         Some(p) => {
-            tracing::error!(request_id, admin_id = %p.admin_id, "admin id or role names are not valid header values: answering 503");
-            return unavailable(request_id, Unavailable::Identity);
+            return match request_id {
+                Some(request_id) => {
+                    tracing::error!(request_id, admin_id = %p.admin_id, "admin id or role names are not valid header values: answering 503");
+                    unavailable(request_id, Unavailable::Identity)
+                }
+                None => Answer::Reply(Reply::Unavailable),
+            };
         }
     };
     Answer::Forward {

@@ -230,18 +230,6 @@ impl Outcome {
             Outcome::Unavailable(u) => format!("503 unavailable ({})", u.as_str()),
         }
     }
-
-    /// The status the gateway answers itself, or None when Console answers.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            Outcome::Refuse(_) => Some(400),
-            Outcome::Forward(_) | Outcome::ShadowDeny { .. } => None,
-            Outcome::Redirect { .. } => Some(302),
-            Outcome::Deny { .. } => Some(403),
-            Outcome::Gone => Some(404),
-            Outcome::Unavailable(_) => Some(503),
-        }
-    }
 }
 
 /// `next=` keeps only unreserved characters unescaped.
