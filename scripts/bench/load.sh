@@ -13,8 +13,10 @@
 #       (c/f is the price of authorization, f/b the data plane vs nginx)
 #   (p) b and c at the same moments, half the connections each (CPU per request of both under the
 #       same machine noise)
+# Forward-auth is measured per edge against its own floor by `scripts/bench/load.sh forward-auth`
+# (scripts/bench/forward-auth.sh; it replaced this script's former case g).
 # Each round runs a, then b and c back to back (b first in odd rounds, c first in even ones),
-# then h, f, p, d, e, g, one after another with the same wrk settings; the table shows medians
+# then h, f, p, d, e, one after another with the same wrk settings; the table shows medians
 # over the rounds of requests/s, p50, p99 and the CPU time the proxy process under test (nginx
 # proxy master + workers, bare_proxy, gateway) and the nginx upstream used per request, from
 # /proc/PID/stat utime+stime around each wrk run. On a shared, noisy machine the ratios of one
@@ -24,7 +26,7 @@
 # (d) next to the 403s wrk saw. Written to target/load-report.md too.
 #
 # Usage: [ROUNDS=3] [DURATION=10] [CONNECTIONS=32] [THREADS=1] scripts/bench/load.sh  (the issue-12 setting: wrk -t1 -c32)
-#   DURATION      seconds per wrk run (a bare number or "10s"); total is about 9 x ROUNDS x DURATION
+#   DURATION      seconds per wrk run (a bare number or "10s"); total is about 8 x ROUNDS x DURATION
 #                 plus ~20 s of set-up once the release build exists
 #   CONNECTIONS   wrk connections; THREADS: wrk threads
 #   PROXY_WORKERS nginx proxy worker_processes (default: as many as the gateway's worker threads,
@@ -103,7 +105,6 @@ px_port=$(free_port)
 # --- the gateway ----------------------------------------------------------------------------------
 gw_port=$(free_port)
 adm_port=$(free_port)
-authz_port=$(free_port)
 log "starting the gateway"
 "$GW_BIN" serve \
   --listen "127.0.0.1:$gw_port" \
@@ -113,7 +114,6 @@ log "starting the gateway"
   --database-url "$DATABASE_URL" \
   --audit-spool "$tmp/audit.spool" \
   --cache-ttl 60 \
-  --authz-listen "127.0.0.1:$authz_port" \
   --log-format json \
   >"$tmp/gateway.log" 2>&1 &
 gw_pid=$!
@@ -147,46 +147,6 @@ pids+=($!)
 bare_pid=$!
 wait_http "http://127.0.0.1:$bare_port/" 200 10 || die "bare proxy did not start: $(tail -5 "$tmp/bare.log")"
 
-# (g): nginx auth_request -> the gateway's forward-auth listener, then nginx -> upstream.
-fa_port=$(free_port)
-nginx_conf fauth "$PROXY_WORKERS" "  upstream app {
-    server 127.0.0.1:$up_port;
-    keepalive 128;
-    keepalive_requests 1000000;
-  }
-  upstream authz {
-    server 127.0.0.1:$authz_port;
-    keepalive 128;
-    keepalive_requests 1000000;
-  }
-  server {
-    listen 127.0.0.1:$fa_port;
-    absolute_redirect off;
-    location = /_rbac_authz {
-      internal;
-      proxy_pass http://authz/authz;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length \"\";
-      proxy_set_header X-Original-Method \$request_method;
-      proxy_set_header X-Original-URI \$request_uri;
-      proxy_set_header X-Forwarded-Method \"\";
-      proxy_set_header X-Forwarded-Uri \"\";
-    }
-    location / {
-      auth_request /_rbac_authz;
-      auth_request_set \$rbac_admin_id \$upstream_http_x_rbac_admin_id;
-      auth_request_set \$rbac_roles \$upstream_http_x_rbac_roles;
-      proxy_set_header X-Rbac-Admin-Id \$rbac_admin_id;
-      proxy_set_header X-Rbac-Roles \$rbac_roles;
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-    }
-  }"
-start_nginx fauth "http://127.0.0.1:$fa_port$ALLOWED_PATH" 401
-fa_pid=$started_pid
 
 # (h): nginx proxy_pass setting the headers the gateway adds for the platform admin. The roles
 # are the gateway's own answer (explain's effective roles: sorted, as X-Rbac-Roles has them).
@@ -229,8 +189,6 @@ check "platform admin on $DENIED_PATH" "$GW$DENIED_PATH" 403 -H "$(cookie "$tok_
 check "admin without roles on $ALLOWED_PATH" "$GW$ALLOWED_PATH" 403 -H "$(cookie "$tok_norole")"
 check "a rotated session" "$GW$ALLOWED_PATH" 200 -H "$(cookie "$(sed -n 7p "$tmp/cookies.txt")")"
 check "no session" "$GW$ALLOWED_PATH" 302
-check "forward-auth, platform admin" "http://127.0.0.1:$fa_port$ALLOWED_PATH" 200 -H "$(cookie "$tok_admin")"
-check "forward-auth, no roles" "http://127.0.0.1:$fa_port$ALLOWED_PATH" 403 -H "$(cookie "$tok_norole")"
 
 audit_rows() { psql_q -c "SELECT count(*) FROM access_audit_events WHERE event_type = 'access_denied'"; }
 
@@ -304,8 +262,8 @@ run_c() { # round; sets q0, q1 (database queries around it) and reqs_c
   reqs_c=$(cut -f6 <<<"$line")
 }
 
-est=$(( ROUNDS * 9 * DURATION ))
-log "$ROUNDS round(s) x 9 cases x ${DURATION}s (~${est}s), wrk -t$THREADS -c$CONNECTIONS"
+est=$(( ROUNDS * 8 * DURATION ))
+log "$ROUNDS round(s) x 8 cases x ${DURATION}s (~${est}s), wrk -t$THREADS -c$CONNECTIONS"
 extra=$tmp/extra.tsv
 : >"$extra"
 for r in $(seq "$ROUNDS"); do
@@ -335,9 +293,6 @@ for r in $(seq "$ROUNDS"); do
   reqs_e=$(cut -f6 <<<"$line")
   hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$gw_pid/status")
   rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$gw_pid/status")
-  # (g): the same allowed request through nginx auth_request + the forward-auth listener; the
-  # CPU is the gateway's and the front nginx's together.
-  CPU_PID="$gw_pid $fa_pid" run_wrk g "$r" "http://127.0.0.1:$fa_port$ALLOWED_PATH" -H "$(cookie "$tok_admin")" >/dev/null
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$((q1 - q0))" "$reqs_c" "$((a1 - a0))" "$wrk403" \
     "$((m1 - m0))" "$((e1 - e0))" "$reqs_e" "$hwm" "$rss" "$(cut -f2 <<<"$line")" >>"$extra"
 done
@@ -360,7 +315,6 @@ names = {
     "d": "d  wrk -> gateway, denied $DENIED_PATH (403 + audit row)",
     "e": "e  wrk -> gateway -> upstream, $SESSIONS sessions rotating",
     "f": "f  wrk -> bare hyper data plane (the gateway's, every path public) -> upstream",
-    "g": "g  wrk -> nginx auth_request -> gateway /authz; nginx -> upstream (forward-auth mode; CPU = gateway + nginx)",
 }
 def ms(us):
     return f"{us / 1000:.3f} ms"
@@ -376,7 +330,7 @@ lines.append("| case | requests/s | x nginx (b) | p50 | p99 | proxy CPU µs/requ
 lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 cpu = {}
 upcpu = {}
-for c in "abhfcdeg":
+for c in "abhfcde":
     rs = [r for r in rows if r[1] == c]
     rps = med(float(r[2]) for r in rs)
     p50 = med(float(r[3]) for r in rs)
