@@ -142,7 +142,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         );
         supervised(Task::AuditWriter, Box::pin(writer));
         metrics.mapping_info.with_label_values(&[&mapping.version]).set(1);
-        metrics.set_routes(&mapping, args.kill_switch());
+        crate::runtime::state::set_route_metrics(&metrics, &mapping, args.kill_switch());
         for w in &mapping.warnings {
             tracing::warn!(warning = %w, "mapping warning");
         }

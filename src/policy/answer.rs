@@ -16,67 +16,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::policy::outcome::{Forward, Outcome, Unavailable, Via};
+pub use crate::policy::verdict::Decision;
 use crate::stores::audit::AuditEvent;
 use crate::stores::identity::Principal;
-
-/// What was decided about a request: the `decision` label of `rbac_gateway_requests_total`,
-/// `rbac_gateway_authz_requests_total` and `rbac_gateway_decision_duration_seconds`. A new
-/// label is a new variant here (and its line in [`Decision::as_str`]); everything that lists
-/// the labels (metrics registered at start, explain, dashboards' queries) reads [`Decision::ALL`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Decision {
-    Allowed,
-    Denied,
-    Redirected,
-    Refused,
-    Public,
-    Machine,
-    Gone,
-    Off,
-    ShadowDenied,
-    Unavailable,
-}
-
-impl Decision {
-    pub const ALL: [Decision; 10] = [
-        Decision::Allowed,
-        Decision::Denied,
-        Decision::Redirected,
-        Decision::Refused,
-        Decision::Public,
-        Decision::Machine,
-        Decision::Gone,
-        Decision::Off,
-        Decision::ShadowDenied,
-        Decision::Unavailable,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Allowed => "allowed",
-            Decision::Denied => "denied",
-            Decision::Redirected => "redirected",
-            Decision::Refused => "refused",
-            Decision::Public => "public",
-            Decision::Machine => "machine",
-            Decision::Gone => "gone",
-            Decision::Off => "off",
-            Decision::ShadowDenied => "shadow_denied",
-            Decision::Unavailable => "unavailable",
-        }
-    }
-
-    /// Index into [`Decision::ALL`] (per-worker tables of counters).
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl std::fmt::Display for Decision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A request id: [`crate::policy::outcome::unique_id`] in 32 hex digits, the one scheme of every door
 /// (`X-Request-Id` on the answer and to Console, `request_id` in log lines and audit rows).
@@ -131,23 +73,6 @@ pub trait Records {
     fn denied(&self, rule: &str, reason: &str);
     /// Counts a shadow-mode would-be denial by rule (`rbac_gateway_shadow_denials_total`).
     fn shadow_denied(&self, rule: &str);
-}
-
-impl Records for crate::runtime::state::Gateway {
-    async fn record(&self, row: Arc<AuditEvent>) -> Result<(), String> {
-        self.audit.record(row).await.map_err(|e| e.to_string())
-    }
-
-    fn denied(&self, rule: &str, reason: &str) {
-        self.metrics
-            .denials_by_route
-            .with_label_values(&[rule, reason])
-            .inc();
-    }
-
-    fn shadow_denied(&self, rule: &str) {
-        self.metrics.shadow_denials.with_label_values(&[rule]).inc();
-    }
 }
 
 /// Where a door counts its answers: the data plane keeps per-worker handles of

@@ -190,8 +190,8 @@ impl Outcome {
     }
 
     /// The decision label this outcome is counted under when every write succeeds.
-    pub fn decision(&self) -> crate::policy::answer::Decision {
-        use crate::policy::answer::Decision;
+    pub fn decision(&self) -> crate::policy::verdict::Decision {
+        use crate::policy::verdict::Decision;
         match self {
             Outcome::Refuse(_) => Decision::Refused,
             Outcome::Forward(f) => match f.via {

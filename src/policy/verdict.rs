@@ -34,8 +34,7 @@ impl ForwardKind {
         }
     }
 
-    pub fn decision(self) -> crate::policy::answer::Decision {
-        use crate::policy::answer::Decision;
+    pub fn decision(self) -> Decision {
         match self {
             ForwardKind::Public => Decision::Public,
             ForwardKind::Machine => Decision::Machine,
@@ -112,6 +111,65 @@ pub fn authorize(route: &Route, principal: &Principal) -> Verdict {
 /// Reasons stored in `access_audit_events.reason`.
 pub const REASON_NO_ROUTE: &str = "no_route";
 pub const REASON_MISSING_ROLE: &str = "missing_role";
+
+/// What was decided about a request: the `decision` label of `rbac_gateway_requests_total`,
+/// `rbac_gateway_authz_requests_total` and `rbac_gateway_decision_duration_seconds`. A new
+/// label is a new variant here (and its line in [`Decision::as_str`]); everything that lists
+/// the labels (metrics registered at start, explain, dashboards' queries) reads [`Decision::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    Allowed,
+    Denied,
+    Redirected,
+    Refused,
+    Public,
+    Machine,
+    Gone,
+    Off,
+    ShadowDenied,
+    Unavailable,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 10] = [
+        Decision::Allowed,
+        Decision::Denied,
+        Decision::Redirected,
+        Decision::Refused,
+        Decision::Public,
+        Decision::Machine,
+        Decision::Gone,
+        Decision::Off,
+        Decision::ShadowDenied,
+        Decision::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Denied => "denied",
+            Decision::Redirected => "redirected",
+            Decision::Refused => "refused",
+            Decision::Public => "public",
+            Decision::Machine => "machine",
+            Decision::Gone => "gone",
+            Decision::Off => "off",
+            Decision::ShadowDenied => "shadow_denied",
+            Decision::Unavailable => "unavailable",
+        }
+    }
+
+    /// Index into [`Decision::ALL`] (per-worker tables of counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -77,7 +77,7 @@ pub struct Metrics {
     pub alert_passes: IntCounterVec,
     /// Grants or break-glass sessions whose rows the sweep could not write (retried).
     pub sweep_item_failures: IntCounter,
-    /// FreeScout webhook calls by result (see `crate::doors::freescout_webhook`).
+    /// FreeScout webhook calls by result (see doors/freescout_webhook.rs).
     pub freescout_webhooks: IntCounterVec,
     /// Targeted cache invalidations that failed (the whole cache was cleared instead).
     pub cache_invalidation_errors: IntCounter,
@@ -400,39 +400,8 @@ impl Metrics {
         for r in ["done", "skipped", "failed"] {
             self.alert_passes.with_label_values(&[r]);
         }
-        for r in crate::doors::freescout_webhook::RESULTS {
-            self.freescout_webhooks.with_label_values(&[r]);
-        }
         for r in ["ticket_closed", "expired", "break_glass_expire"] {
             self.sweep_revocations.with_label_values(&[r]);
-        }
-    }
-
-    /// `route_info` for a newly live mapping (the series of the rules it no longer has go), and
-    /// its rules' shadow-denial and drift counters.
-    pub fn set_routes(&self, mapping: &crate::policy::mapping::Mapping, kill_switch: bool) {
-        self.route_info.reset();
-        for r in &mapping.routes {
-            let mode = match r.access {
-                crate::policy::mapping::Access::Protected => {
-                    crate::policy::verdict::effective_mode(r, kill_switch).as_str()
-                }
-                other => other.as_str(),
-            };
-            self.route_info
-                .with_label_values(&[r.label(), r.meta.cluster.as_deref().unwrap_or("-"), mode])
-                .set(1);
-            // The per-cluster panels' series exist at 0 from the load on (a reload that puts a
-            // rule in shadow finds them there for `rate()`); a rule dropped keeps its counters.
-            if r.access == crate::policy::mapping::Access::Protected {
-                self.shadow_denials.with_label_values(&[r.label()]);
-                for kind in [
-                    crate::policy::outcome::DRIFT_CONSOLE_DENIED,
-                    crate::policy::outcome::DRIFT_CONSOLE_ALLOWED,
-                ] {
-                    self.drift.with_label_values(&[r.label(), kind]);
-                }
-            }
         }
     }
 

@@ -101,7 +101,7 @@ pub fn apply(gw: &Gateway, path: &Path, text: &str) -> bool {
             for w in &new.warnings {
                 tracing::warn!(warning = %w, "mapping warning");
             }
-            gw.metrics.set_routes(&new, gw.kill_switch);
+            crate::runtime::state::set_route_metrics(&gw.metrics, &new, gw.kill_switch);
             gw.mapping.store(Arc::new(new));
             gw.set_file_rejected(None);
             true

@@ -194,7 +194,60 @@ pub fn prime_metric_labels(m: &Metrics) {
     for task in crate::runtime::supervise::Task::ALL {
         m.task_failures.with_label_values(&[task.as_str()]);
     }
+    for r in crate::doors::freescout_webhook::RESULTS {
+        m.freescout_webhooks.with_label_values(&[r]);
+    }
     // Route labels are the mapping's; `no_route` (route "-") is the one known up front.
     m.denials_by_route
         .with_label_values(&["-", crate::policy::verdict::REASON_NO_ROUTE]);
+}
+
+/// `route_info` for a newly live mapping (the series of the rules it no longer has go), and
+/// its rules' shadow-denial and drift counters.
+pub fn set_route_metrics(
+    m: &Metrics,
+    mapping: &crate::policy::mapping::Mapping,
+    kill_switch: bool,
+) {
+    m.route_info.reset();
+    for r in &mapping.routes {
+        let mode = match r.access {
+            crate::policy::mapping::Access::Protected => {
+                crate::policy::verdict::effective_mode(r, kill_switch).as_str()
+            }
+            other => other.as_str(),
+        };
+        m.route_info
+            .with_label_values(&[r.label(), r.meta.cluster.as_deref().unwrap_or("-"), mode])
+            .set(1);
+        // The per-cluster panels' series exist at 0 from the load on (a reload that puts a
+        // rule in shadow finds them there for `rate()`); a rule dropped keeps its counters.
+        if r.access == crate::policy::mapping::Access::Protected {
+            m.shadow_denials.with_label_values(&[r.label()]);
+            for kind in [
+                crate::policy::outcome::DRIFT_CONSOLE_DENIED,
+                crate::policy::outcome::DRIFT_CONSOLE_ALLOWED,
+            ] {
+                m.drift.with_label_values(&[r.label(), kind]);
+            }
+        }
+    }
+}
+
+/// The aftermath of every door writes through the audit writer and counts in the metrics.
+impl crate::policy::answer::Records for Gateway {
+    async fn record(&self, row: Arc<crate::stores::audit::AuditEvent>) -> Result<(), String> {
+        self.audit.record(row).await.map_err(|e| e.to_string())
+    }
+
+    fn denied(&self, rule: &str, reason: &str) {
+        self.metrics
+            .denials_by_route
+            .with_label_values(&[rule, reason])
+            .inc();
+    }
+
+    fn shadow_denied(&self, rule: &str) {
+        self.metrics.shadow_denials.with_label_values(&[rule]).inc();
+    }
 }
