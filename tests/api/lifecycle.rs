@@ -31,6 +31,48 @@ async fn sweep(db: &TestDb, url: &str) -> (i32, String) {
     )
 }
 
+/// Passes of a periodic job (`rbac_gateway_sweeps_total`, `rbac_gateway_alert_passes_total`)
+/// `gw` has finished, whatever their result.
+async fn passes(gw: &Gateway, series: &str) -> f64 {
+    let mut n = 0.0;
+    for result in ["done", "skipped", "failed"] {
+        n += gw.metric(&format!("{series}{{result=\"{result}\"}}")).await;
+    }
+    n
+}
+
+/// Waits until every gateway finished `n` more passes of the job counted by `series`: at least
+/// one of them started after this call, so whatever it would do again has been done.
+async fn after_passes(gws: &[Gateway], series: &str, n: f64) {
+    let mut from = Vec::new();
+    for gw in gws {
+        from.push(passes(gw, series).await);
+    }
+    for (gw, from) in gws.iter().zip(from) {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{n} more passes of {series}"),
+            || async { passes(gw, series).await >= from + n },
+        )
+        .await;
+    }
+}
+
+/// Waits until one of `gws` finished an alert pass that did its work (a first snapshot of the
+/// break-glass group's roles).
+async fn first_alert_pass(gws: &[&Gateway]) {
+    eventually(Duration::from_secs(10), "a first alert pass", || async {
+        let mut done = 0.0;
+        for gw in gws {
+            done += gw
+                .metric("rbac_gateway_alert_passes_total{result=\"done\"}")
+                .await;
+        }
+        done >= 1.0
+    })
+    .await;
+}
+
 /// Gives a grant an expiry a minute ago.
 async fn expire(db: &TestDb, grant: &str) {
     sqlx::query(
@@ -191,7 +233,7 @@ async fn three_replicas_sweep_each_grant_and_break_glass_exactly_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Several more sweeps by every replica: still exactly one row each.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after_passes(&gws, "rbac_gateway_sweeps_total", 2.0).await;
     assert_eq!(audit_rows(&db, "ticket_expire").await.len(), 1);
     let bg = audit_rows(&db, "break_glass_expire").await;
     assert_eq!(bg.len(), 1);
@@ -240,7 +282,7 @@ async fn break_glass_and_composition_alerts_are_delivered_once_with_retries() {
         gws.push(Gateway::start(o).await);
     }
     // Let a first pass snapshot the group roles.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first_alert_pass(&gws.iter().collect::<Vec<_>>()).await;
     let (admin, _) = db.admin_with_roles(&[]).await;
     let session = db.break_glass(&admin, 600.0).await;
     let t0 = Instant::now();
@@ -277,7 +319,7 @@ async fn break_glass_and_composition_alerts_are_delivered_once_with_retries() {
         "{text}"
     );
     // No second delivery of the same alert by another replica.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after_passes(&gws, "rbac_gateway_alert_passes_total", 2.0).await;
     let accepted = hook.requests().len();
     assert_eq!(delivered().await.len(), 1);
 
@@ -301,7 +343,7 @@ async fn break_glass_and_composition_alerts_are_delivered_once_with_retries() {
         "composition alert delivered {:?} after the change",
         t1.elapsed()
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after_passes(&gws, "rbac_gateway_alert_passes_total", 2.0).await;
     let composition: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM rbac_gateway_alerts WHERE key LIKE 'composition:%' AND text LIKE '%raptor-audit-admin%'",
     )
@@ -579,7 +621,7 @@ async fn the_alert_pass_survives_a_silent_database_connection() {
     let LinkedEnv { db, link, gw, .. } =
         LinkedEnv::start(&["--db-timeout-ms", "500", "--alert-webhook-url", &url]).await;
     // A first pass snapshots the group roles; every connection open then goes silent.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first_alert_pass(&[&gw]).await;
     link.silence_open();
     let (admin, _) = db.admin_with_roles(&[]).await;
     let session = db.break_glass(&admin, 600.0).await;

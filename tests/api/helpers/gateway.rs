@@ -373,3 +373,71 @@ pub async fn cached_denied_session(db: &TestDb, gw: &Gateway) -> String {
     );
     token
 }
+
+/// One IPv4 socket as `/proc/net/tcp` reports it.
+struct TcpRow {
+    local: String,
+    remote: String,
+    state: String,
+    /// Bytes sent and not yet acknowledged by the peer.
+    tx_queue: u64,
+    /// Bytes received and not yet read by the process that owns the socket.
+    rx_queue: u64,
+}
+
+/// `/proc/net/tcp`'s address form: the IPv4 address as a little-endian hex word, the port.
+fn proc_addr(addr: SocketAddr) -> String {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("{addr}: only IPv4 sockets are looked up");
+    };
+    format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    )
+}
+
+/// The kernel's table of IPv4 TCP sockets: how a test sees a listener close, or a peer read
+/// what was sent to it, without sending anything itself.
+fn tcp_rows() -> Vec<TcpRow> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (tx, rx) = f.get(4)?.split_once(':')?;
+            Some(TcpRow {
+                local: f.get(1)?.to_string(),
+                remote: f.get(2)?.to_string(),
+                state: f.get(3)?.to_string(),
+                tx_queue: u64::from_str_radix(tx, 16).ok()?,
+                rx_queue: u64::from_str_radix(rx, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Whether a socket is listening on `addr`.
+pub fn is_listening(addr: SocketAddr) -> bool {
+    const LISTEN: &str = "0A";
+    let want = proc_addr(addr);
+    tcp_rows()
+        .iter()
+        .any(|r| r.local == want && r.state == LISTEN)
+}
+
+/// Whether everything the client socket `client` sent to `server` has been read by the
+/// server's process: nothing unacknowledged on the client's side, nothing unread on the
+/// server's. False while either socket is not in the table.
+pub fn all_read(client: SocketAddr, server: SocketAddr) -> bool {
+    let (c, s) = (proc_addr(client), proc_addr(server));
+    let rows = tcp_rows();
+    let sent = rows
+        .iter()
+        .any(|r| r.local == c && r.remote == s && r.tx_queue == 0);
+    let read = rows
+        .iter()
+        .any(|r| r.local == s && r.remote == c && r.rx_queue == 0);
+    sent && read
+}
