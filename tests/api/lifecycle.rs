@@ -217,21 +217,22 @@ async fn three_replicas_sweep_each_grant_and_break_glass_exactly_once() {
     // The ticket closes in FreeScout: within a few intervals the grant is revoked by one replica.
     statuses.lock().unwrap()[0].1 = "closed".to_string();
     let t0 = Instant::now();
-    while revoked(&db, &g).await.is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "not revoked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10).saturating_sub(t0.elapsed()),
+        "not revoked",
+        || async { revoked(&db, &g).await.is_some() },
+    )
+    .await;
     eprintln!(
         "ticket grant revoked {:?} after the ticket closed (interval 0.3 s)",
         t0.elapsed()
     );
-    while audit_rows(&db, "break_glass_expire").await.is_empty() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no break_glass_expire row"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10).saturating_sub(t0.elapsed()),
+        "no break_glass_expire row",
+        || async { !audit_rows(&db, "break_glass_expire").await.is_empty() },
+    )
+    .await;
     // Several more sweeps by every replica: still exactly one row each.
     after_passes(&gws, "rbac_gateway_sweeps_total", 2.0).await;
     assert_eq!(audit_rows(&db, "ticket_expire").await.len(), 1);
@@ -257,13 +258,12 @@ async fn three_replicas_sweep_each_grant_and_break_glass_exactly_once() {
     first.child.kill().unwrap();
     let g2 = grant(&db, &admin, "console-user", 9, "T-9").await;
     let t1 = Instant::now();
-    while revoked(&db, &g2).await.is_none() {
-        assert!(
-            t1.elapsed() < Duration::from_secs(10),
-            "not revoked after a replica died"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10).saturating_sub(t1.elapsed()),
+        "not revoked after a replica died",
+        || async { revoked(&db, &g2).await.is_some() },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -286,13 +286,12 @@ async fn break_glass_and_composition_alerts_are_delivered_once_with_retries() {
     let (admin, _) = db.admin_with_roles(&[]).await;
     let session = db.break_glass(&admin, 600.0).await;
     let t0 = Instant::now();
-    while hook.count() < 2 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no delivery attempt"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10).saturating_sub(t0.elapsed()),
+        "no delivery attempt",
+        || async { hook.count() >= 2 },
+    )
+    .await;
     *hook.status.lock().unwrap() = 200;
     let delivered = || async {
         sqlx::query_as::<_, (String, i32)>(
@@ -302,10 +301,12 @@ async fn break_glass_and_composition_alerts_are_delivered_once_with_retries() {
         .await
         .unwrap()
     };
-    while delivered().await.is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(15), "never delivered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(15).saturating_sub(t0.elapsed()),
+        "never delivered",
+        || async { !delivered().await.is_empty() },
+    )
+    .await;
     let rows = delivered().await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].0, format!("break_glass:{session}"));
@@ -332,13 +333,12 @@ async fn break_glass_and_composition_alerts_are_delivered_once_with_retries() {
     .execute(&db.pool)
     .await
     .unwrap();
-    while hook.requests().len() == accepted {
-        assert!(
-            t1.elapsed() < Duration::from_secs(5),
-            "no composition alert within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(5).saturating_sub(t1.elapsed()),
+        "no composition alert within 5 s",
+        || async { hook.requests().len() > accepted },
+    )
+    .await;
     eprintln!(
         "composition alert delivered {:?} after the change",
         t1.elapsed()
@@ -378,24 +378,22 @@ async fn break_glass_requires_a_delivered_alert_when_asked() {
     db.break_glass(&admin, 600.0).await;
     // The webhook is down: the session's roles are not honoured (I-4), however long it waits.
     let t0 = Instant::now();
-    while hook.count() < 2 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no delivery attempt"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10).saturating_sub(t0.elapsed()),
+        "no delivery attempt",
+        || async { hook.count() >= 2 },
+    )
+    .await;
     assert_eq!(gw.status("/ops", Some(&token)).await, 403);
     // Delivered: honoured at once (the delivery goes through the change feed), not after the TTL.
     *hook.status.lock().unwrap() = 200;
     let t1 = Instant::now();
-    while gw.status("/ops", Some(&token)).await != 200 {
-        assert!(
-            t1.elapsed() < Duration::from_secs(10),
-            "break-glass never honoured"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(10).saturating_sub(t1.elapsed()),
+        "break-glass never honoured",
+        || async { gw.status("/ops", Some(&token)).await == 200 },
+    )
+    .await;
     eprintln!(
         "break-glass honoured {:?} after the webhook recovered",
         t1.elapsed()
