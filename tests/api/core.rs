@@ -399,7 +399,28 @@ async fn logs_are_json_one_line_per_decision_and_never_carry_the_token() {
         (allowed.status, denied.status, redirected.status),
         (200, 403, 302)
     );
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The log sink writes a worker's lines when it goes idle: wait for the three decisions'.
+    let written = |log: &str, rid: &str, msg: &str| {
+        log.lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["request_id"] == rid && v["message"] == msg)
+        })
+    };
+    eventually(
+        std::time::Duration::from_secs(5),
+        "the three decisions' log lines",
+        || async {
+            let log = env.gw.log();
+            written(&log, &denied.request_id(), "denied")
+                && written(&log, &allowed.request_id(), "allowed")
+                && written(
+                    &log,
+                    &redirected.request_id(),
+                    "redirected to login: no valid session",
+                )
+        },
+    )
+    .await;
     let log = env.gw.log();
     let lines: Vec<serde_json::Value> = log
         .lines()

@@ -186,10 +186,21 @@ async fn the_database_connection_can_require_tls() {
         .execute(&db.pool)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The reload is asynchronous: wait until the server accepts a TLS-only connection.
+    let tls_url = format!("{}?sslmode=require", pg.url);
+    eventually(
+        Duration::from_secs(10),
+        "PostgreSQL accepts sslmode=require",
+        || async {
+            <sqlx::PgConnection as sqlx::Connection>::connect(&tls_url)
+                .await
+                .is_ok()
+        },
+    )
+    .await;
     let up = Upstream::start().await;
     let mut o = GatewayOpts::new(core_routes(), &db, up.addr);
-    o.database_url = format!("{}?sslmode=require", pg.url);
+    o.database_url = tls_url;
     let gw = Gateway::start(o).await;
     let (_, token) = db.admin_with_roles(&["console-audit-user"]).await;
     assert_eq!(
@@ -324,9 +335,16 @@ async fn a_stalled_database_gets_503_or_a_spooled_row_not_a_hung_request() {
     let (status, took) = timed(uncached.clone()).await;
     assert_eq!(status, 503, "uncached session, database stalled");
     assert!(took < Duration::from_secs(2), "503 after {took:?}");
-    // Its insert times out: spooled; the replay that follows meets the stall.
+    // Its insert times out: spooled; the replay that follows meets the stall (and gives up
+    // after its bound, counted as a database error; the next one meets it again).
     assert_eq!(timed(token.clone()).await.0, 403);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let errors = gw.metric("rbac_gateway_db_errors_total").await;
+    eventually(
+        Duration::from_secs(10),
+        "a spool replay met the stalled database",
+        || async { gw.metric("rbac_gateway_db_errors_total").await > errors },
+    )
+    .await;
     for i in 0..3 {
         let (status, took) = timed(token.clone()).await;
         assert_eq!(status, 403, "denial {i}");
@@ -385,8 +403,10 @@ async fn readyz_fails_while_the_change_feed_cannot_read_its_log() {
     );
     tx.rollback().await.unwrap();
     let t0 = std::time::Instant::now();
-    while gw.admin_get("/readyz").await.status != 200 {
-        assert!(t0.elapsed() < Duration::from_secs(5), "not ready again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(5).saturating_sub(t0.elapsed()),
+        "not ready again",
+        || async { gw.admin_get("/readyz").await.status == 200 },
+    )
+    .await;
 }

@@ -344,9 +344,25 @@ async fn sigterm_lets_in_flight_requests_finish() {
         )
         .await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // In flight: decided and forwarded (the upstream holds it for 5 s).
+    eventually(
+        Duration::from_secs(10),
+        "the slow request was forwarded",
+        || async {
+            env.gw
+                .metric("rbac_gateway_requests_total{decision=\"allowed\"}")
+                .await
+                >= 1.0
+        },
+    )
+    .await;
     env.gw.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        Duration::from_secs(5),
+        "the listener closed after SIGTERM",
+        || async { !is_listening(env.gw.addr) },
+    )
+    .await;
     // No new connections are taken once shutdown began.
     assert!(
         send(
@@ -483,6 +499,8 @@ async fn a_body_waited_for_does_not_eat_into_consoles_read_timeout() {
     )
     .await
     .unwrap();
+    // Time is the scenario: the client holds its last chunk back for longer than the
+    // upstream read timeout (1.5 s).
     tokio::time::sleep(Duration::from_millis(2000)).await;
     s.write_all(b"0\r\n\r\n").await.unwrap();
     let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut s))
@@ -526,7 +544,15 @@ async fn bodies_held_at_once_are_bounded() {
     let mut slow = TcpStream::connect(env.gw.addr).await.unwrap();
     slow.write_all(post(950_000).as_bytes()).await.unwrap();
     slow.write_all(&vec![b'a'; 900_000]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Held: the gateway has read every byte sent so far (the socket queues on both sides are
+    // empty).
+    let slow_addr = slow.local_addr().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the gateway read the slow upload's 900,000 bytes",
+        || async { all_read(slow_addr, env.gw.addr) },
+    )
+    .await;
     // Another body of 200,000 bytes would go over: 503, not forwarded.
     let mut other = TcpStream::connect(env.gw.addr).await.unwrap();
     other.write_all(post(200_000).as_bytes()).await.unwrap();

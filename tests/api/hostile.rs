@@ -1329,6 +1329,7 @@ async fn exchange(addr: SocketAddr, bytes: &[u8], how: How) -> (Vec<u8>, Option<
             if let Err(e) = s.write_all(&bytes[..n]).await {
                 write_error = Some(format!("write: {e}"));
             } else {
+                // The scenario: the request arrives in two parts, a pause between them.
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 if let Err(e) = s.write_all(&bytes[n..]).await {
                     write_error = Some(format!("second write: {e}"));
@@ -1341,6 +1342,7 @@ async fn exchange(addr: SocketAddr, bytes: &[u8], how: How) -> (Vec<u8>, Option<
                     write_error = Some(format!("write: {e}"));
                     break;
                 }
+                // The scenario: a slow client trickling its request byte by byte.
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
@@ -1568,7 +1570,9 @@ async fn hostile_corpus_never_runs_a_forbidden_view() {
 
     for case in &cases {
         let (bytes, write_error) = exchange(gw.addr, &case.bytes, case.how).await;
-        // Let a request the gateway forwarded late (or gunicorn ran late) land in the log.
+        // Let a request the gateway forwarded late (or gunicorn ran late) land in the log. What
+        // is looked for is an event that must NOT happen (a smuggled request run late): no
+        // condition marks its absence, so a short window of time is the check.
         tokio::time::sleep(Duration::from_millis(30)).await;
         let (views, next) = console.views_since(offset);
         offset = next;
@@ -1623,7 +1627,8 @@ async fn hostile_corpus_never_runs_a_forbidden_view() {
             write_error.unwrap_or_default()
         ));
     }
-    // Anything gunicorn ran after the last exchange.
+    // Anything gunicorn ran after the last exchange. As above, the absence of a late view is
+    // what is checked, so the window of time itself is the test.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (late, _) = console.views_since(offset);
     views_total += late.len();

@@ -64,7 +64,8 @@ async fn break_glass_grants_the_break_glass_group_while_active() {
         r.status, 200,
         "an active break-glass row grants console-manager"
     );
-    // Expiry is honoured to the second, although the cache TTL is 60 s.
+    // Expiry is honoured to the second, although the cache TTL is 60 s. Time is the scenario:
+    // the row's end passes with nothing else changing.
     tokio::time::sleep(Duration::from_millis(2300)).await;
     let r = env.gw.get("/ops", Some(&token)).await;
     assert_eq!(
@@ -93,6 +94,7 @@ async fn session_expiry_is_honoured_despite_the_ttl() {
     let (admin, _) = env.db.admin_with_roles(&["console-manager"]).await;
     let token = env.db.session_for(&admin, 2).await;
     assert_eq!(env.gw.get("/ops", Some(&token)).await.status, 200);
+    // Time is the scenario: the session's 2 s pass with nothing else changing.
     tokio::time::sleep(Duration::from_millis(2300)).await;
     assert_eq!(env.gw.get("/ops", Some(&token)).await.status, 302);
 }

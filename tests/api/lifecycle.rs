@@ -31,6 +31,48 @@ async fn sweep(db: &TestDb, url: &str) -> (i32, String) {
     )
 }
 
+/// Passes of a periodic job (`rbac_gateway_sweeps_total`, `rbac_gateway_alert_passes_total`)
+/// `gw` has finished, whatever their result.
+async fn passes(gw: &Gateway, series: &str) -> f64 {
+    let mut n = 0.0;
+    for result in ["done", "skipped", "failed"] {
+        n += gw.metric(&format!("{series}{{result=\"{result}\"}}")).await;
+    }
+    n
+}
+
+/// Waits until every gateway finished `n` more passes of the job counted by `series`: at least
+/// one of them started after this call, so whatever it would do again has been done.
+async fn after_passes(gws: &[Gateway], series: &str, n: f64) {
+    let mut from = Vec::new();
+    for gw in gws {
+        from.push(passes(gw, series).await);
+    }
+    for (gw, from) in gws.iter().zip(from) {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{n} more passes of {series}"),
+            || async { passes(gw, series).await >= from + n },
+        )
+        .await;
+    }
+}
+
+/// Waits until one of `gws` finished an alert pass that did its work (a first snapshot of the
+/// break-glass group's roles).
+async fn first_alert_pass(gws: &[&Gateway]) {
+    eventually(Duration::from_secs(10), "a first alert pass", || async {
+        let mut done = 0.0;
+        for gw in gws {
+            done += gw
+                .metric("rbac_gateway_alert_passes_total{result=\"done\"}")
+                .await;
+        }
+        done >= 1.0
+    })
+    .await;
+}
+
 /// Gives a grant an expiry a minute ago.
 async fn expire(db: &TestDb, grant: &str) {
     sqlx::query(
@@ -175,23 +217,24 @@ async fn three_replicas_sweep_each_grant_and_break_glass_exactly_once() {
     // The ticket closes in FreeScout: within a few intervals the grant is revoked by one replica.
     statuses.lock().unwrap()[0].1 = "closed".to_string();
     let t0 = Instant::now();
-    while revoked(&db, &g).await.is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "not revoked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10).saturating_sub(t0.elapsed()),
+        "not revoked",
+        || async { revoked(&db, &g).await.is_some() },
+    )
+    .await;
     eprintln!(
         "ticket grant revoked {:?} after the ticket closed (interval 0.3 s)",
         t0.elapsed()
     );
-    while audit_rows(&db, "break_glass_expire").await.is_empty() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no break_glass_expire row"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10).saturating_sub(t0.elapsed()),
+        "no break_glass_expire row",
+        || async { !audit_rows(&db, "break_glass_expire").await.is_empty() },
+    )
+    .await;
     // Several more sweeps by every replica: still exactly one row each.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after_passes(&gws, "rbac_gateway_sweeps_total", 2.0).await;
     assert_eq!(audit_rows(&db, "ticket_expire").await.len(), 1);
     let bg = audit_rows(&db, "break_glass_expire").await;
     assert_eq!(bg.len(), 1);
@@ -215,13 +258,12 @@ async fn three_replicas_sweep_each_grant_and_break_glass_exactly_once() {
     first.child.kill().unwrap();
     let g2 = grant(&db, &admin, "console-user", 9, "T-9").await;
     let t1 = Instant::now();
-    while revoked(&db, &g2).await.is_none() {
-        assert!(
-            t1.elapsed() < Duration::from_secs(10),
-            "not revoked after a replica died"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10).saturating_sub(t1.elapsed()),
+        "not revoked after a replica died",
+        || async { revoked(&db, &g2).await.is_some() },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -240,17 +282,16 @@ async fn break_glass_and_composition_alerts_are_delivered_once_with_retries() {
         gws.push(Gateway::start(o).await);
     }
     // Let a first pass snapshot the group roles.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first_alert_pass(&gws.iter().collect::<Vec<_>>()).await;
     let (admin, _) = db.admin_with_roles(&[]).await;
     let session = db.break_glass(&admin, 600.0).await;
     let t0 = Instant::now();
-    while hook.count() < 2 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no delivery attempt"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10).saturating_sub(t0.elapsed()),
+        "no delivery attempt",
+        || async { hook.count() >= 2 },
+    )
+    .await;
     *hook.status.lock().unwrap() = 200;
     let delivered = || async {
         sqlx::query_as::<_, (String, i32)>(
@@ -260,10 +301,12 @@ async fn break_glass_and_composition_alerts_are_delivered_once_with_retries() {
         .await
         .unwrap()
     };
-    while delivered().await.is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(15), "never delivered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(15).saturating_sub(t0.elapsed()),
+        "never delivered",
+        || async { !delivered().await.is_empty() },
+    )
+    .await;
     let rows = delivered().await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].0, format!("break_glass:{session}"));
@@ -277,7 +320,7 @@ async fn break_glass_and_composition_alerts_are_delivered_once_with_retries() {
         "{text}"
     );
     // No second delivery of the same alert by another replica.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after_passes(&gws, "rbac_gateway_alert_passes_total", 2.0).await;
     let accepted = hook.requests().len();
     assert_eq!(delivered().await.len(), 1);
 
@@ -290,18 +333,17 @@ async fn break_glass_and_composition_alerts_are_delivered_once_with_retries() {
     .execute(&db.pool)
     .await
     .unwrap();
-    while hook.requests().len() == accepted {
-        assert!(
-            t1.elapsed() < Duration::from_secs(5),
-            "no composition alert within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(5).saturating_sub(t1.elapsed()),
+        "no composition alert within 5 s",
+        || async { hook.requests().len() > accepted },
+    )
+    .await;
     eprintln!(
         "composition alert delivered {:?} after the change",
         t1.elapsed()
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after_passes(&gws, "rbac_gateway_alert_passes_total", 2.0).await;
     let composition: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM rbac_gateway_alerts WHERE key LIKE 'composition:%' AND text LIKE '%raptor-audit-admin%'",
     )
@@ -336,24 +378,22 @@ async fn break_glass_requires_a_delivered_alert_when_asked() {
     db.break_glass(&admin, 600.0).await;
     // The webhook is down: the session's roles are not honoured (I-4), however long it waits.
     let t0 = Instant::now();
-    while hook.count() < 2 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no delivery attempt"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10).saturating_sub(t0.elapsed()),
+        "no delivery attempt",
+        || async { hook.count() >= 2 },
+    )
+    .await;
     assert_eq!(gw.status("/ops", Some(&token)).await, 403);
     // Delivered: honoured at once (the delivery goes through the change feed), not after the TTL.
     *hook.status.lock().unwrap() = 200;
     let t1 = Instant::now();
-    while gw.status("/ops", Some(&token)).await != 200 {
-        assert!(
-            t1.elapsed() < Duration::from_secs(10),
-            "break-glass never honoured"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(10).saturating_sub(t1.elapsed()),
+        "break-glass never honoured",
+        || async { gw.status("/ops", Some(&token)).await == 200 },
+    )
+    .await;
     eprintln!(
         "break-glass honoured {:?} after the webhook recovered",
         t1.elapsed()
@@ -579,7 +619,7 @@ async fn the_alert_pass_survives_a_silent_database_connection() {
     let LinkedEnv { db, link, gw, .. } =
         LinkedEnv::start(&["--db-timeout-ms", "500", "--alert-webhook-url", &url]).await;
     // A first pass snapshots the group roles; every connection open then goes silent.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first_alert_pass(&[&gw]).await;
     link.silence_open();
     let (admin, _) = db.admin_with_roles(&[]).await;
     let session = db.break_glass(&admin, 600.0).await;

@@ -11,19 +11,6 @@ use crate::tickets::{freescout, grant};
 
 const SECRET: &str = "test-webhook-secret-0123456789";
 
-/// Waits for `cond` until `limit`, failing with `what`.
-async fn wait_for<F, Fut>(limit: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let t0 = Instant::now();
-    while !cond().await {
-        assert!(t0.elapsed() < limit, "{what} not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn revoked(db: &TestDb, grant: &str) -> Option<String> {
     sqlx::query_scalar(
         "SELECT revoke_reason FROM rbac_ticket_grants WHERE id = $1 AND revoked_at_utc IS NOT NULL",
@@ -129,7 +116,7 @@ async fn a_role_added_and_removed_within_50_ms_is_alerted_once_each_across_three
             .filter(|t| t.contains("raptor-audit-admin"))
             .count()
     };
-    wait_for(
+    eventually(
         Duration::from_secs(10),
         "two composition alerts delivered",
         || async { delivered().await >= 2 },
@@ -232,7 +219,7 @@ async fn deploy_window_inheritance_and_permission_changes_are_alerted_and_rollba
             .await
             .unwrap()
     };
-    wait_for(
+    eventually(
         Duration::from_secs(10),
         "the deploy-window alert",
         || async { !alerts().await.is_empty() },
@@ -310,13 +297,13 @@ async fn a_hanging_ticket_does_not_delay_another_ticket_s_revocation() {
         }
         n
     };
-    wait_for(Duration::from_secs(10), "three sweeps", || async {
+    eventually(Duration::from_secs(10), "three sweeps", || async {
         done().await >= 3.0
     })
     .await;
     statuses.lock().unwrap()[1].1 = "CLOSED".to_string();
     let t0 = Instant::now();
-    wait_for(
+    eventually(
         Duration::from_secs(10),
         "the closed ticket's grant revoked",
         || async { revoked(&db, &other).await.is_some() },
@@ -397,7 +384,7 @@ async fn a_poisoned_grant_does_not_stop_another_s_revocation() {
     )
     .await;
     let closed = grant(&db, &admin, "console-user", 9, "T-closed").await;
-    wait_for(Duration::from_secs(10), "the healthy grants revoked and the expiry row written", || async {
+    eventually(Duration::from_secs(10), "the healthy grants revoked and the expiry row written", || async {
         revoked(&db, &healthy).await.is_some()
             && revoked(&db, &closed).await.is_some()
             && count(&db, &format!("SELECT count(*) FROM rbac_grants_audit WHERE id = 'break_glass_expire:{session}'")).await == 1
@@ -415,7 +402,7 @@ async fn a_poisoned_grant_does_not_stop_another_s_revocation() {
     );
     // Named on every replica's /readyz after 3 failures, the status unchanged.
     for gw in &gws {
-        wait_for(
+        eventually(
             Duration::from_secs(10),
             "/readyz naming the poisoned grant",
             || async {
@@ -441,7 +428,7 @@ async fn a_poisoned_grant_does_not_stop_another_s_revocation() {
         .execute(&db.pool)
         .await
         .unwrap();
-    wait_for(
+    eventually(
         Duration::from_secs(10),
         "the poisoned grant revoked once fixed",
         || async {
@@ -532,7 +519,7 @@ async fn a_webhook_for_a_closed_ticket_revokes_within_half_a_second_on_any_repli
     let t0 = Instant::now();
     let port = ports[1];
     let call = tokio::spawn(async move { webhook(port, body, Some(SECRET), &[]).await });
-    wait_for(Duration::from_secs(10), "both grants revoked", || async {
+    eventually(Duration::from_secs(10), "both grants revoked", || async {
         revoked(&db, &g1).await.is_some() && revoked(&db, &g2).await.is_some()
     })
     .await;

@@ -193,8 +193,18 @@ async fn invalid_truncated_or_missing_files_keep_the_old_mapping() {
         "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nrole = [\"x\"]\n".to_string(),
     ];
     for (i, text) in broken.iter().enumerate() {
+        let before = env.gw.admin_get("/readyz").await.body_str();
         swap(&env.gw.routes, text);
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // The watcher read the file and refused it: /readyz names this file's problem.
+        eventually(
+            Duration::from_secs(10),
+            &format!("broken file {i} read and refused"),
+            || async {
+                let body = env.gw.admin_get("/readyz").await.body_str();
+                body.contains("routes file not applied") && body != before
+            },
+        )
+        .await;
         assert_eq!(
             env.gw.get("/ops", Some(&token)).await.status,
             200,
@@ -227,7 +237,18 @@ async fn invalid_truncated_or_missing_files_keep_the_old_mapping() {
         "{log}"
     );
     std::fs::remove_file(&env.gw.routes).unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the missing file is noticed",
+        || async {
+            env.gw
+                .admin_get("/readyz")
+                .await
+                .body_str()
+                .contains("No such file")
+        },
+    )
+    .await;
     assert_eq!(
         env.gw.get("/ops", Some(&token)).await.status,
         200,
@@ -276,7 +297,10 @@ async fn configmap_symlink_swap_and_sighup_reload() {
 
     // SIGHUP forces a reload check (and a reload of an unchanged file is a no-op).
     gw.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(Duration::from_secs(5), "SIGHUP handled", || async {
+        gw.log().contains("SIGHUP")
+    })
+    .await;
     assert_eq!(gw.get("/ops", Some(&token)).await.status, 200);
     assert!(gw.log().contains("SIGHUP"), "{}", gw.log());
     assert!(gw.child.id() > 0);
@@ -473,10 +497,15 @@ async fn sighup_during_a_save_applies_only_the_finished_file() {
     let half = &B[..B.find("\n\n[[route]]").unwrap() + 1];
     std::fs::write(&gw.routes, half).unwrap();
     gw.signal("HUP");
+    // Time is the scenario: the editor is still writing the file a moment after the signal.
     tokio::time::sleep(Duration::from_millis(20)).await;
     std::fs::write(&gw.routes, B).unwrap();
     wait_for(gw, &token, 200).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Lines are logged in order: once B's is written, a half-file applied before it would be.
+    eventually(Duration::from_secs(5), "B's reload logged", || async {
+        gw.log().contains(&version(B))
+    })
+    .await;
     let log = gw.log();
     assert!(log.contains(&version(B)), "{log}");
     assert!(

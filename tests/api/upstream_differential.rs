@@ -26,7 +26,7 @@ use rbac_gateway::dataplane::upstream::Pool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::Rng;
+use crate::helpers::{eventually, Rng};
 
 /// One generated response and what is known of it.
 struct Case {
@@ -483,10 +483,14 @@ async fn connections_are_reused_only_when_clean() {
     let addr = listener.local_addr().unwrap();
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = accepted.clone();
+    // Connections this server closed after /close-after.
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let closing = closed.clone();
     tokio::spawn(async move {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let closing = closing.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 loop {
@@ -510,7 +514,10 @@ async fn connections_are_reused_only_when_clean() {
                         return;
                     }
                     if req.contains("/close-after") {
-                        return; // closes the connection while the gateway holds it idle
+                        // Closes the connection while the gateway holds it idle.
+                        drop(s);
+                        closing.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return;
                     }
                 }
             });
@@ -539,7 +546,12 @@ async fn connections_are_reused_only_when_clean() {
     assert_eq!(fetch("/a").await, "ok");
     assert_eq!(n(), 3, "Connection: close retires the connection");
     assert_eq!(fetch("/close-after").await, "ok");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(
+        Duration::from_secs(5),
+        "the upstream closed the idle connection",
+        || async { closed.load(std::sync::atomic::Ordering::SeqCst) == 1 },
+    )
+    .await;
     assert_eq!(
         fetch("/a").await,
         "ok",

@@ -16,16 +16,22 @@
 //! merged. The gateway itself refuses a missing (HTTP/1.1), repeated, empty or path-holding
 //! `Host`, non-origin-form targets (`*`, authority and absolute form, `CONNECT`), lower-case
 //! methods and `Upgrade`.
+//!
+//! Here: the workers, `handle` and `respond`. Beside it: `checks.rs` (the refusals before a
+//! request is decided, and the session cookie), `body.rs` (the shared body budget and reading a
+//! body whole), `forward.rs` (`forward_request`: the bytes Console receives, and its answer).
+
+mod body;
+mod checks;
+mod forward;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Limited};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -33,12 +39,16 @@ use tokio::sync::watch;
 
 use crate::dataplane::deadline::Deadlines;
 use crate::dataplane::sniff::{Heads, RawHead, Sniff};
-use crate::dataplane::upstream::{GatewayBody, Pool, UpstreamError};
+use crate::dataplane::upstream::{GatewayBody, Pool};
 use crate::doors::rbac_api;
-use crate::policy::answer::{carry_out, Answer, Decision, Identity, Reply, RequestId, Tally};
+use crate::policy::answer::{carry_out, Answer, Decision, Reply, RequestId, Tally};
 use crate::policy::outcome::{decide, Facts, Forward, Outcome, Via};
-use crate::policy::target::{self, is_header_value, is_hop_by_hop, Refusal, Seen, Target};
 use crate::runtime::state::Gateway;
+
+pub use body::BodyBudget;
+pub(crate) use checks::session_token;
+use checks::{check_request, read_cookie, CookieRewrite};
+use forward::forward_request;
 
 /// The data plane's settings.
 #[derive(Debug, Clone)]
@@ -258,64 +268,6 @@ async fn worker(
     }
 }
 
-/// The request-body bytes all workers may hold at once (`--max-buffered-body-bytes`). Bodies
-/// are read whole before Console sees them; without a bound, many slow uploads at once (each
-/// within `--max-body-bytes`, each sending a byte before the body-read timeout) could take all
-/// of the host's memory.
-#[derive(Debug)]
-pub struct BodyBudget {
-    left: std::sync::atomic::AtomicUsize,
-}
-
-impl BodyBudget {
-    pub fn new(bytes: usize) -> Arc<BodyBudget> {
-        Arc::new(BodyBudget {
-            left: std::sync::atomic::AtomicUsize::new(bytes),
-        })
-    }
-
-    /// Bytes not held by any request right now.
-    pub fn left(&self) -> usize {
-        self.left.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-/// The part of the [`BodyBudget`] one request holds; given back when it is dropped.
-struct Held {
-    budget: Arc<BodyBudget>,
-    bytes: usize,
-}
-
-impl Held {
-    fn new(budget: &Arc<BodyBudget>) -> Held {
-        Held {
-            budget: budget.clone(),
-            bytes: 0,
-        }
-    }
-
-    /// Holds `n` more bytes, or nothing more when the budget has not that many left.
-    fn grow(&mut self, n: usize) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        let took = self
-            .budget
-            .left
-            .fetch_update(Relaxed, Relaxed, |left| left.checked_sub(n));
-        if took.is_ok() {
-            self.bytes += n;
-        }
-        took.is_ok()
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.budget
-            .left
-            .fetch_add(self.bytes, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// A worker's share of the gateway.
 struct Worker {
     gw: Arc<Gateway>,
@@ -349,78 +301,6 @@ struct Ctx {
     connection_named: Vec<HeaderName>,
 }
 
-/// The session cookie as Console will read it, for the doors that forward nothing themselves
-/// (the reader API, forward-auth): a `Cookie` header Console could read differently is refused.
-pub(crate) fn session_token<'a>(
-    headers: &'a HeaderMap,
-    name: &str,
-) -> Result<Option<&'a str>, Refusal> {
-    let values: Vec<&[u8]> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
-    read_cookie(&values, name).map(|(token, _)| token)
-}
-
-/// What happens to the request's `Cookie` headers on the way to Console.
-enum CookieRewrite {
-    /// The one header, unchanged.
-    Keep,
-    /// None at all.
-    Drop,
-    /// Exactly this one value (repeated headers joined as gunicorn would).
-    Set(Vec<u8>),
-}
-
-/// The session cookie as Console will read it ([`crate::policy::cookie::session`]) from every `Cookie`
-/// value of a request in order, and what to forward.
-fn read_cookie<'a>(
-    values: &[&'a [u8]],
-    name: &str,
-) -> Result<(Option<&'a str>, CookieRewrite), Refusal> {
-    if values.is_empty() {
-        return Ok((None, CookieRewrite::Keep));
-    }
-    let s =
-        crate::policy::cookie::session(values, name).map_err(|r| Refusal::Cookie(r.as_str()))?;
-    let rewrite = match s.forward {
-        None => CookieRewrite::Drop,
-        Some(std::borrow::Cow::Borrowed(_)) => CookieRewrite::Keep,
-        Some(std::borrow::Cow::Owned(v)) => CookieRewrite::Set(v),
-    };
-    Ok((s.token, rewrite))
-}
-
-/// Every check that can refuse a request before it is decided: on the head as received
-/// (`raw`), and on what hyper parsed of it, which must be the same request. Also returns what
-/// the header checks saw of the headers read later.
-fn check_request<'r>(
-    req: &'r Request<Incoming>,
-    raw: Option<&RawHead>,
-) -> Result<(Target, Seen<'r>), Refusal> {
-    let raw = raw.ok_or(Refusal::Unparsed)?;
-    target::check_method(raw.method())?;
-    if raw.method() != req.method().as_str().as_bytes() {
-        return Err(Refusal::Unparsed);
-    }
-    if req.method() == Method::CONNECT {
-        return Err(Refusal::NotOriginForm);
-    }
-    let t = target::parse_target(raw.target())?;
-    let uri = req.uri();
-    if uri.scheme().is_some()
-        || uri.authority().is_some()
-        || uri.path_and_query().map(|p| p.as_str().as_bytes()) != Some(raw.target())
-    {
-        // What hyper hands on must be the target decided on, byte for byte.
-        return Err(Refusal::Unparsed);
-    }
-    raw.framing.clone()?;
-    let seen = target::check_headers(req.headers(), req.version() == Version::HTTP_11)?;
-    Ok((t, seen))
-}
-
 fn text_response(ctx: &Ctx, status: u16, body: &'static str, close: bool) -> Response<GatewayBody> {
     let mut resp = Response::new(if ctx.head {
         GatewayBody::Own(None)
@@ -444,10 +324,6 @@ fn text_response(ctx: &Ctx, status: u16, body: &'static str, close: bool) -> Res
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_RBAC_ADMIN_ID: HeaderName = HeaderName::from_static("x-rbac-admin-id");
-const X_RBAC_ROLES: HeaderName = HeaderName::from_static("x-rbac-roles");
-const X_RBAC_SHADOW: HeaderName = HeaderName::from_static("x-rbac-shadow-decision");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 async fn handle(
     w: Arc<Worker>,
@@ -587,336 +463,5 @@ async fn respond(
             }
             resp
         }
-    }
-}
-
-enum BodyError {
-    /// The client paused longer than the body-read timeout.
-    TimedOut,
-    /// Over the size limit, malformed, or cut short.
-    Read(Box<dyn std::error::Error + Send + Sync>),
-    /// The bodies being read by all workers hold `--max-buffered-body-bytes` already.
-    Busy,
-}
-
-/// Reads a request body whole, up to the worker's size limit, each part within the body-read
-/// timeout of the one before (like nginx's `client_body_timeout`: a slow upload that keeps
-/// sending is read; a client that stops is not waited for). Trailers are dropped.
-async fn read_body(w: &Worker, body: Incoming) -> Result<(Bytes, Held), BodyError> {
-    // With a Content-Length, the buffer is made that size once, not grown by doubling.
-    let declared = body.size_hint().exact().map_or(0, |n| n as usize);
-    let mut held = Held::new(&w.bodies);
-    let mut body = Limited::new(body, w.max_body_bytes);
-    let mut first: Option<Bytes> = None;
-    let mut more: Option<BytesMut> = None;
-    loop {
-        let next = std::pin::pin!(body.frame());
-        let frame = match w
-            .deadlines
-            .timeout_at(Instant::now() + w.body_read_timeout, next)
-            .await
-        {
-            Err(_) => return Err(BodyError::TimedOut),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(BodyError::Read(e)),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if !held.grow(data.len()) {
-            return Err(BodyError::Busy);
-        }
-        if let Some(m) = more.as_mut() {
-            m.extend_from_slice(&data);
-        } else if let Some(f) = first.take() {
-            let size = (f.len() + data.len()).max(declared.min(w.max_body_bytes));
-            let mut m = BytesMut::with_capacity(size);
-            m.extend_from_slice(&f);
-            m.extend_from_slice(&data);
-            more = Some(m);
-        } else {
-            first = Some(data);
-        }
-    }
-    let bytes = more.map(BytesMut::freeze).or(first).unwrap_or_default();
-    Ok((bytes, held))
-}
-
-/// Identity headers come from the gateway only, whatever spelling the client used.
-fn is_identity_header(n: &HeaderName) -> bool {
-    let k = n.as_str().as_bytes();
-    k.len() >= 7
-        && (k[..7].eq_ignore_ascii_case(b"x-rbac-") || k[..7].eq_ignore_ascii_case(b"x_rbac_"))
-}
-
-/// Writes one header line.
-fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn forward_request(
-    w: &Arc<Worker>,
-    ctx: &mut Ctx,
-    forward: Forward,
-    identity: Option<Identity>,
-    shadow: bool,
-    req: Request<Incoming>,
-    cookie: CookieRewrite,
-    decided: Instant,
-) -> Response<GatewayBody> {
-    let gw = &w.gw;
-    let (parts, body) = req.into_parts();
-    // The body is read completely before Console sees the request (like nginx's request
-    // buffering): a body that turns out malformed or cut short never reaches Console.
-    // No body to wait for: nothing awaited between the decision and sending to Console.
-    let body_was_done = body.is_end_stream();
-    // Held until this request is over: the body is in memory until Console has it.
-    let (bytes, _held) = if body_was_done {
-        (Bytes::new(), Held::new(&w.bodies))
-    } else {
-        match read_body(w, body).await {
-            Ok(b) => b,
-            Err(BodyError::Busy) => {
-                ctx.unread_body = true;
-                tracing::warn!(request_id = %ctx.request_id, limit = w.bodies.left(), "request bodies being read hold --max-buffered-body-bytes: 503, not forwarded");
-                gw.metrics
-                    .refusals
-                    .with_label_values(&["body_budget"])
-                    .inc();
-                let mut resp = text_response(ctx, 503, "Service Unavailable\n", true);
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return resp;
-            }
-            Err(BodyError::TimedOut) => {
-                ctx.unread_body = true;
-                tracing::warn!(request_id = %ctx.request_id, timeout_ms = w.body_read_timeout.as_millis() as u64, "request body stalled: 408, not forwarded");
-                gw.metrics
-                    .refusals
-                    .with_label_values(&["body_timeout"])
-                    .inc();
-                return text_response(ctx, 408, "Request Timeout\n", true);
-            }
-            Err(BodyError::Read(e)) => {
-                ctx.unread_body = true;
-                if e.is::<http_body_util::LengthLimitError>() {
-                    tracing::warn!(request_id = %ctx.request_id, limit = w.max_body_bytes, "request body too large: 413");
-                    return text_response(ctx, 413, "Payload Too Large\n", true);
-                }
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "request body malformed or incomplete: 400, not forwarded");
-                gw.metrics
-                    .refusals
-                    .with_label_values(&["malformed_body"])
-                    .inc();
-                return text_response(ctx, 400, "Bad Request\n", true);
-            }
-        }
-    };
-    ctx.unread_body = false;
-    // What Console receives, written in one pass over the request's headers: the target decided
-    // on, byte for byte (checked equal to the bytes received); the client's headers without the
-    // hop-by-hop ones, spoofed identity headers, framing headers and what the gateway sets
-    // itself; then the gateway's own; then the body read whole.
-    let h = &parts.headers;
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut request = Vec::with_capacity(512 + bytes.len());
-    request.extend_from_slice(parts.method.as_str().as_bytes());
-    request.push(b' ');
-    request.extend_from_slice(target.as_bytes());
-    request.extend_from_slice(b" HTTP/1.1\r\n");
-    // What the loop sees of the headers it does not copy (no lookup by name afterwards).
-    let mut had_length = false;
-    let mut had_host = false;
-    // Every X-Forwarded-For line, in order: gunicorn joins repeated ones with ','.
-    let mut forwarded_for: Vec<&[u8]> = Vec::new();
-    for (name, value) in h {
-        if *name == header::CONTENT_LENGTH {
-            had_length = true;
-            continue;
-        }
-        if *name == X_FORWARDED_FOR {
-            // Joined and extended below.
-            if !value.is_empty() {
-                forwarded_for.push(value.as_bytes());
-            }
-            continue;
-        }
-        had_host |= *name == header::HOST;
-        if is_hop_by_hop(name)
-            || is_identity_header(name)
-            || *name == header::EXPECT
-            || *name == X_REQUEST_ID
-            || (*name == header::COOKIE && !matches!(cookie, CookieRewrite::Keep))
-            || ctx.connection_named.contains(name)
-        {
-            continue;
-        }
-        put_header(&mut request, name.as_str().as_bytes(), value.as_bytes());
-    }
-    if !had_host {
-        // HTTP/1.0 without Host: Console gets its own address.
-        put_header(&mut request, b"host", gw.upstream.to_string().as_bytes());
-    }
-    if let CookieRewrite::Set(v) = &cookie {
-        // Joined from header values hyper accepted.
-        if is_header_value(v) {
-            put_header(&mut request, b"cookie", v);
-        } else {
-            tracing::error!(request_id = %ctx.request_id, "joined Cookie is not a header value: none forwarded");
-        }
-    }
-    // Any body the client framed (a Content-Length, or chunks, even none) is sent with its
-    // exact length: `Content-Length: 0` for an empty chunked one, so Console never infers it.
-    if had_length || !body_was_done {
-        put_header(
-            &mut request,
-            b"content-length",
-            bytes.len().to_string().as_bytes(),
-        );
-    }
-    if let Some(id) = &identity {
-        put_header(
-            &mut request,
-            X_RBAC_ADMIN_ID.as_str().as_bytes(),
-            id.admin_id().as_bytes(),
-        );
-        put_header(
-            &mut request,
-            X_RBAC_ROLES.as_str().as_bytes(),
-            id.roles().as_bytes(),
-        );
-    }
-    if shadow {
-        put_header(&mut request, X_RBAC_SHADOW.as_str().as_bytes(), b"deny");
-    }
-    put_header(
-        &mut request,
-        X_REQUEST_ID.as_str().as_bytes(),
-        ctx.request_id.as_bytes(),
-    );
-    if forwarded_for.is_empty() {
-        put_header(
-            &mut request,
-            X_FORWARDED_FOR.as_str().as_bytes(),
-            ctx.client_ip.as_bytes(),
-        );
-    } else {
-        let mut v = Vec::with_capacity(64);
-        for prev in forwarded_for {
-            v.extend_from_slice(prev);
-            v.extend_from_slice(b", ");
-        }
-        v.extend_from_slice(ctx.client_ip.as_bytes());
-        put_header(&mut request, X_FORWARDED_FOR.as_str().as_bytes(), &v);
-    }
-    request.extend_from_slice(b"\r\n");
-    request.extend_from_slice(&bytes);
-
-    // Console's time starts when the request goes out: after the body was read, if there was
-    // one to wait for (otherwise the decision's clock reading serves, one clock read less per
-    // request). A body can be empty and still have been waited for (chunked, its last chunk
-    // held back): then the clock is read now, or the read timeout would start too early.
-    let sent = if body_was_done {
-        decided
-    } else {
-        Instant::now()
-    };
-    let exchange = std::pin::pin!(w.pool.send(&request, parts.method == Method::HEAD));
-    let result = w
-        .deadlines
-        .timeout_at(sent + gw.read_timeout, exchange)
-        .await;
-    let resp = match result {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            let status = match e {
-                UpstreamError::ConnectTimeout => 504,
-                _ => 502,
-            };
-            tracing::warn!(request_id = %ctx.request_id, status, error = %e, "upstream failure");
-            return text_response(
-                ctx,
-                status,
-                if status == 504 {
-                    "Gateway Timeout\n"
-                } else {
-                    "Bad Gateway\n"
-                },
-                true,
-            );
-        }
-        Err(_) => {
-            tracing::warn!(request_id = %ctx.request_id, status = 504, "upstream read timed out");
-            return text_response(ctx, 504, "Gateway Timeout\n", true);
-        }
-    };
-    let status = resp.status().as_u16();
-    w.upstream_seconds[(status / 100).clamp(1, 5) as usize - 1]
-        .observe(sent.elapsed().as_secs_f64());
-    if let Some(mut drift) = forward.drift.clone() {
-        let route = drift.route.clone().unwrap_or_default();
-        if forward.drifts(status) {
-            gw.metrics
-                .drift
-                .with_label_values(&[route.as_str(), drift.reason.as_str()])
-                .inc();
-            tracing::warn!(request_id = %ctx.request_id, rule = %route, kind = %drift.reason, console_status = status, "drift: the gateway and Console disagree");
-            drift.id = crate::policy::outcome::row_id();
-            let audit = gw.audit.clone();
-            tokio::task::spawn(async move {
-                if let Err(e) = audit.record(Arc::from(drift)).await {
-                    tracing::error!(error = %e, "cannot record a drift event");
-                }
-            });
-        } else {
-            gw.metrics
-                .shadow_agreements
-                .with_label_values(&[route.as_str()])
-                .inc();
-        }
-    }
-    // Console's hop-by-hop headers were left out when its answer was read.
-    let (mut rparts, rbody) = resp.into_parts();
-    rparts.headers.insert(X_REQUEST_ID, ctx.request_id.header());
-    rparts.version = Version::HTTP_11;
-    if ctx.close {
-        rparts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    Response::from_parts(rparts, rbody)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identity_headers_in_any_spelling() {
-        for n in [
-            "x-rbac-admin-id",
-            "X-RBAC-ROLES",
-            "x_rbac_roles",
-            "X_Rbac_x",
-        ] {
-            assert!(
-                is_identity_header(&HeaderName::from_bytes(n.as_bytes()).unwrap()),
-                "{n}"
-            );
-        }
-        for n in ["x-rbac", "x-rbacx-a", "x-request-id"] {
-            assert!(
-                !is_identity_header(&HeaderName::from_bytes(n.as_bytes()).unwrap()),
-                "{n}"
-            );
-        }
-        assert!(is_header_value(b"raxx-admin,console-user"));
-        assert!(!is_header_value(b"a\r\nx-rbac-roles: all"));
-        assert!(!is_header_value(b"a\x7f"));
     }
 }

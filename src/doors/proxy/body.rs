@@ -1,0 +1,122 @@
+//! The request body: read whole before Console sees it, within the size limit, the body-read
+//! timeout and the bytes all workers may hold at once.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Incoming};
+
+use super::Worker;
+
+/// The request-body bytes all workers may hold at once (`--max-buffered-body-bytes`). Bodies
+/// are read whole before Console sees them; without a bound, many slow uploads at once (each
+/// within `--max-body-bytes`, each sending a byte before the body-read timeout) could take all
+/// of the host's memory.
+#[derive(Debug)]
+pub struct BodyBudget {
+    left: std::sync::atomic::AtomicUsize,
+}
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> Arc<BodyBudget> {
+        Arc::new(BodyBudget {
+            left: std::sync::atomic::AtomicUsize::new(bytes),
+        })
+    }
+
+    /// Bytes not held by any request right now.
+    pub fn left(&self) -> usize {
+        self.left.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The part of the [`BodyBudget`] one request holds; given back when it is dropped.
+pub(super) struct Held {
+    budget: Arc<BodyBudget>,
+    bytes: usize,
+}
+
+impl Held {
+    pub(super) fn new(budget: &Arc<BodyBudget>) -> Held {
+        Held {
+            budget: budget.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Holds `n` more bytes, or nothing more when the budget has not that many left.
+    fn grow(&mut self, n: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let took = self
+            .budget
+            .left
+            .fetch_update(Relaxed, Relaxed, |left| left.checked_sub(n));
+        if took.is_ok() {
+            self.bytes += n;
+        }
+        took.is_ok()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget
+            .left
+            .fetch_add(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+pub(super) enum BodyError {
+    /// The client paused longer than the body-read timeout.
+    TimedOut,
+    /// Over the size limit, malformed, or cut short.
+    Read(Box<dyn std::error::Error + Send + Sync>),
+    /// The bodies being read by all workers hold `--max-buffered-body-bytes` already.
+    Busy,
+}
+
+/// Reads a request body whole, up to the worker's size limit, each part within the body-read
+/// timeout of the one before (like nginx's `client_body_timeout`: a slow upload that keeps
+/// sending is read; a client that stops is not waited for). Trailers are dropped.
+pub(super) async fn read_body(w: &Worker, body: Incoming) -> Result<(Bytes, Held), BodyError> {
+    // With a Content-Length, the buffer is made that size once, not grown by doubling.
+    let declared = body.size_hint().exact().map_or(0, |n| n as usize);
+    let mut held = Held::new(&w.bodies);
+    let mut body = Limited::new(body, w.max_body_bytes);
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    loop {
+        let next = std::pin::pin!(body.frame());
+        let frame = match w
+            .deadlines
+            .timeout_at(Instant::now() + w.body_read_timeout, next)
+            .await
+        {
+            Err(_) => return Err(BodyError::TimedOut),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if !held.grow(data.len()) {
+            return Err(BodyError::Busy);
+        }
+        if let Some(m) = more.as_mut() {
+            m.extend_from_slice(&data);
+        } else if let Some(f) = first.take() {
+            let size = (f.len() + data.len()).max(declared.min(w.max_body_bytes));
+            let mut m = BytesMut::with_capacity(size);
+            m.extend_from_slice(&f);
+            m.extend_from_slice(&data);
+            more = Some(m);
+        } else {
+            first = Some(data);
+        }
+    }
+    let bytes = more.map(BytesMut::freeze).or(first).unwrap_or_default();
+    Ok((bytes, held))
+}

@@ -1,0 +1,81 @@
+//! The checks that can refuse a request before it is decided, and the session cookie as
+//! Console will read it.
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Request, Version};
+use hyper::body::Incoming;
+
+use crate::dataplane::sniff::RawHead;
+use crate::policy::target::{self, Refusal, Seen, Target};
+
+/// The session cookie as Console will read it, for the doors that forward nothing themselves
+/// (the reader API, forward-auth): a `Cookie` header Console could read differently is refused.
+pub(crate) fn session_token<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a str>, Refusal> {
+    let values: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    read_cookie(&values, name).map(|(token, _)| token)
+}
+
+/// What happens to the request's `Cookie` headers on the way to Console.
+pub(super) enum CookieRewrite {
+    /// The one header, unchanged.
+    Keep,
+    /// None at all.
+    Drop,
+    /// Exactly this one value (repeated headers joined as gunicorn would).
+    Set(Vec<u8>),
+}
+
+/// The session cookie as Console will read it ([`crate::policy::cookie::session`]) from every `Cookie`
+/// value of a request in order, and what to forward.
+pub(super) fn read_cookie<'a>(
+    values: &[&'a [u8]],
+    name: &str,
+) -> Result<(Option<&'a str>, CookieRewrite), Refusal> {
+    if values.is_empty() {
+        return Ok((None, CookieRewrite::Keep));
+    }
+    let s =
+        crate::policy::cookie::session(values, name).map_err(|r| Refusal::Cookie(r.as_str()))?;
+    let rewrite = match s.forward {
+        None => CookieRewrite::Drop,
+        Some(std::borrow::Cow::Borrowed(_)) => CookieRewrite::Keep,
+        Some(std::borrow::Cow::Owned(v)) => CookieRewrite::Set(v),
+    };
+    Ok((s.token, rewrite))
+}
+
+/// Every check that can refuse a request before it is decided: on the head as received
+/// (`raw`), and on what hyper parsed of it, which must be the same request. Also returns what
+/// the header checks saw of the headers read later.
+pub(super) fn check_request<'r>(
+    req: &'r Request<Incoming>,
+    raw: Option<&RawHead>,
+) -> Result<(Target, Seen<'r>), Refusal> {
+    let raw = raw.ok_or(Refusal::Unparsed)?;
+    target::check_method(raw.method())?;
+    if raw.method() != req.method().as_str().as_bytes() {
+        return Err(Refusal::Unparsed);
+    }
+    if req.method() == Method::CONNECT {
+        return Err(Refusal::NotOriginForm);
+    }
+    let t = target::parse_target(raw.target())?;
+    let uri = req.uri();
+    if uri.scheme().is_some()
+        || uri.authority().is_some()
+        || uri.path_and_query().map(|p| p.as_str().as_bytes()) != Some(raw.target())
+    {
+        // What hyper hands on must be the target decided on, byte for byte.
+        return Err(Refusal::Unparsed);
+    }
+    raw.framing.clone()?;
+    let seen = target::check_headers(req.headers(), req.version() == Version::HTTP_11)?;
+    Ok((t, seen))
+}

@@ -1,0 +1,443 @@
+//! The gateway process: started from the real binary on port 0, its addresses read from its
+//! "listening" line, and ways to talk to it and wait on it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// The addresses a gateway reports in its "listening" line (port 0 resolved).
+pub struct Bound {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub authz: Option<SocketAddr>,
+}
+
+/// Waits (20 s at most) for the gateway's JSON "listening" line in `log` and reads the
+/// addresses from it; a gateway that exits first fails the test with its log.
+pub async fn listening(child: &mut Child, log: &Path) -> Bound {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if v["message"] != "listening" {
+                continue;
+            }
+            let addr = |k: &str| {
+                v[k].as_str().map(|a| {
+                    a.parse::<SocketAddr>()
+                        .unwrap_or_else(|e| panic!("{k}: {a}: {e}"))
+                })
+            };
+            return Bound {
+                listen: addr("listen").expect("listen in the listening line"),
+                admin: addr("admin_listen").expect("admin_listen in the listening line"),
+                authz: addr("authz_listen"),
+            };
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the gateway exited ({status}) before listening; log:\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never said it was listening; log:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    /// The forward-auth listener, when started with `--authz-listen`.
+    pub authz: Option<SocketAddr>,
+    pub dir: tempfile::TempDir,
+    pub routes: PathBuf,
+}
+
+pub struct GatewayOpts {
+    pub routes: PathBuf,
+    pub database_url: String,
+    pub upstream: SocketAddr,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+    /// Wait for /readyz (true) or only /healthz (database deliberately unreachable).
+    pub wait_ready: bool,
+    /// The admin port (default: 0, the one bound is read from the gateway's "listening" line).
+    pub admin_port: Option<u16>,
+    /// The audit spool (default: `audit.spool` in the gateway's directory).
+    pub spool: Option<PathBuf>,
+}
+
+impl GatewayOpts {
+    pub fn new(routes: impl AsRef<Path>, db: &TestDb, upstream: SocketAddr) -> GatewayOpts {
+        GatewayOpts {
+            routes: routes.as_ref().to_path_buf(),
+            database_url: db.url.clone(),
+            upstream,
+            env: vec![],
+            args: vec![],
+            wait_ready: true,
+            admin_port: None,
+            spool: None,
+        }
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_string());
+        self
+    }
+
+    /// Reach the database through a cuttable link.
+    pub fn via(mut self, link: &PgLink) -> Self {
+        self.database_url = link.url.clone();
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+}
+
+pub fn core_routes() -> PathBuf {
+    root().join("tests/fixtures/core.toml")
+}
+
+impl Gateway {
+    pub async fn start(opts: GatewayOpts) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        // A private copy, so tests may rewrite it.
+        let routes = dir.path().join("routes.toml");
+        std::fs::copy(&opts.routes, &routes).unwrap();
+        Self::start_in(opts, dir, routes).await
+    }
+
+    pub async fn start_in(opts: GatewayOpts, dir: tempfile::TempDir, routes: PathBuf) -> Gateway {
+        let admin_port = opts.admin_port.unwrap_or(0);
+        let log_path = dir.path().join("gateway.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbac-gateway"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .arg("--upstream")
+            .arg(opts.upstream.to_string())
+            .arg("--routes")
+            .arg(&routes)
+            .arg("--database-url")
+            .arg(&opts.database_url)
+            .arg("--audit-spool")
+            .arg(
+                opts.spool
+                    .clone()
+                    .unwrap_or_else(|| dir.path().join("audit.spool")),
+            )
+            .arg("--threads")
+            .arg("1")
+            .arg("--upstream-read-timeout-ms")
+            .arg("1500")
+            .args(&opts.args)
+            .env_remove("FLAG_RBAC_V2")
+            .env("RUST_LOG", "info")
+            .env("GATEWAY_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start the gateway");
+        let bound = listening(&mut child, &log_path).await;
+        let gw = Gateway {
+            child,
+            addr: bound.listen,
+            admin: bound.admin,
+            authz: bound.authz,
+            dir,
+            routes,
+        };
+        gw.wait(if opts.wait_ready {
+            "/readyz"
+        } else {
+            "/healthz"
+        })
+        .await;
+        gw
+    }
+
+    /// The forward-auth listener's address (the gateway must have been started with
+    /// `--authz-listen`).
+    pub fn authz_addr(&self) -> SocketAddr {
+        self.authz
+            .expect("the gateway was started without --authz-listen")
+    }
+
+    async fn wait(&self, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = send(
+                self.admin,
+                format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready at {path}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Resp {
+        send(
+            self.admin,
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The value of one metric line, e.g. `rbac_gateway_db_queries_total`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_at(self.admin, series).await
+    }
+
+    /// The status of a GET.
+    pub async fn status(&self, path: &str, token: Option<&str>) -> u16 {
+        self.get(path, token).await.status
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        self.request("GET", path, token, &[], b"").await
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Resp {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: console.test\r\nConnection: close\r\nUser-Agent: rbac-gateway-tests\r\n");
+        if let Some(t) = token {
+            req.push_str(&format!("Cookie: theme=dark; console_session={t}\r\n"));
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" || method == "PUT" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        send(self.addr, &bytes)
+            .await
+            .unwrap_or_else(|e| panic!("request failed: {e}; log:\n{}", self.log()))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything a test needs for the core mapping: database, upstream, gateway.
+pub struct Env {
+    pub db: TestDb,
+    pub up: Upstream,
+    pub gw: Gateway,
+}
+
+impl Env {
+    pub async fn core() -> Env {
+        Self::with(core_routes(), |o| o).await
+    }
+
+    pub async fn with(routes: PathBuf, f: impl FnOnce(GatewayOpts) -> GatewayOpts) -> Env {
+        let db = TestDb::new().await;
+        let up = Upstream::start().await;
+        let gw = Gateway::start(f(GatewayOpts::new(routes, &db, up.addr))).await;
+        Env { db, up, gw }
+    }
+}
+
+/// A gateway that reaches its database through a cuttable link, caching for 60 s, with
+/// `extra` flags (e.g. a database timeout).
+pub struct LinkedEnv {
+    pub db: TestDb,
+    pub up: Upstream,
+    pub link: PgLink,
+    pub gw: Gateway,
+}
+
+impl LinkedEnv {
+    pub async fn start(extra: &[&str]) -> LinkedEnv {
+        let db = TestDb::new().await;
+        let up = Upstream::start().await;
+        let link = PgLink::new(&db.url).await;
+        let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--cache-ttl")
+            .arg("60")
+            .via(&link);
+        for a in extra {
+            opts = opts.arg(a);
+        }
+        let gw = Gateway::start(opts).await;
+        LinkedEnv { db, up, link, gw }
+    }
+}
+
+/// Waits until each gateway's change feed has applied the rows the test just wrote: two more
+/// completed reads of the log (the second started after the write). A feed eviction that lands
+/// after the test primed a cache would otherwise turn "cached" into "uncached".
+pub async fn settle(gws: &[&Gateway]) {
+    let admins: Vec<SocketAddr> = gws.iter().map(|g| g.admin).collect();
+    settle_at(&admins).await;
+}
+
+/// [`settle`] for gateways known by their admin addresses.
+pub async fn settle_at(admins: &[SocketAddr]) {
+    let reads = "rbac_gateway_feed_reads_total";
+    for admin in admins {
+        let from = metric_at(*admin, reads).await;
+        eventually(
+            Duration::from_secs(10),
+            "the change feed read the log twice",
+            || async { metric_at(*admin, reads).await >= from + 2.0 },
+        )
+        .await;
+    }
+}
+
+/// One metric line's value from the admin listener at `admin` (0 when absent).
+pub async fn metric_at(admin: SocketAddr, series: &str) -> f64 {
+    let body = send(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap()
+    .body_str();
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The token of a new admin holding only `console-user`, denied `/ops`, whose session and roles
+/// `gw` has cached (its denials need no database read).
+pub async fn cached_denied_session(db: &TestDb, gw: &Gateway) -> String {
+    let (_, token) = db.admin_with_roles(&["console-user"]).await;
+    settle(&[gw]).await;
+    assert_eq!(
+        gw.get("/ops", Some(&token)).await.status,
+        403,
+        "primes the cache"
+    );
+    token
+}
+
+/// One IPv4 socket as `/proc/net/tcp` reports it.
+struct TcpRow {
+    local: String,
+    remote: String,
+    state: String,
+    /// Bytes sent and not yet acknowledged by the peer.
+    tx_queue: u64,
+    /// Bytes received and not yet read by the process that owns the socket.
+    rx_queue: u64,
+}
+
+/// `/proc/net/tcp`'s address form: the IPv4 address as a little-endian hex word, the port.
+fn proc_addr(addr: SocketAddr) -> String {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("{addr}: only IPv4 sockets are looked up");
+    };
+    format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    )
+}
+
+/// The kernel's table of IPv4 TCP sockets: how a test sees a listener close, or a peer read
+/// what was sent to it, without sending anything itself.
+fn tcp_rows() -> Vec<TcpRow> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (tx, rx) = f.get(4)?.split_once(':')?;
+            Some(TcpRow {
+                local: f.get(1)?.to_string(),
+                remote: f.get(2)?.to_string(),
+                state: f.get(3)?.to_string(),
+                tx_queue: u64::from_str_radix(tx, 16).ok()?,
+                rx_queue: u64::from_str_radix(rx, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Whether a socket is listening on `addr`.
+pub fn is_listening(addr: SocketAddr) -> bool {
+    const LISTEN: &str = "0A";
+    let want = proc_addr(addr);
+    tcp_rows()
+        .iter()
+        .any(|r| r.local == want && r.state == LISTEN)
+}
+
+/// Whether everything the client socket `client` sent to `server` has been read by the
+/// server's process: nothing unacknowledged on the client's side, nothing unread on the
+/// server's. False while either socket is not in the table.
+pub fn all_read(client: SocketAddr, server: SocketAddr) -> bool {
+    let (c, s) = (proc_addr(client), proc_addr(server));
+    let rows = tcp_rows();
+    let sent = rows
+        .iter()
+        .any(|r| r.local == c && r.remote == s && r.tx_queue == 0);
+    let read = rows
+        .iter()
+        .any(|r| r.local == s && r.remote == c && r.rx_queue == 0);
+    sent && read
+}
