@@ -38,8 +38,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use crate::doors::proxy::session_token;
 use crate::policy::answer::{carry_out, Answer, Decision, Reply, RequestId, Tally};
+use crate::policy::cookie::session_token;
 use crate::policy::outcome::{decide, Facts};
 use crate::policy::target::{self, Refusal, Target};
 use crate::runtime::state::Gateway;

@@ -283,6 +283,27 @@ fn strict_syntax<'a>(header: &'a [u8], name: &[u8]) -> Result<Option<&'a str>, C
     Ok(token.map(|t| std::str::from_utf8(t).unwrap_or_default()))
 }
 
+/// The session cookie in `headers` as Console will read it, for the doors that forward nothing
+/// themselves (forward-auth): `Ok(None)` without a `Cookie` header, a refusal (400) for a
+/// `Cookie` header Console could read differently. The data plane reads the same way and also
+/// decides what it forwards (`doors::proxy`).
+pub fn session_token<'a>(
+    headers: &'a http::HeaderMap,
+    name: &str,
+) -> Result<Option<&'a str>, crate::policy::target::Refusal> {
+    let values: Vec<&[u8]> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(http::HeaderValue::as_bytes)
+        .collect();
+    if values.is_empty() {
+        return Ok(None);
+    }
+    session(&values, name)
+        .map(|s| s.token)
+        .map_err(|r| crate::policy::target::Refusal::Cookie(r.as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,26 +1,11 @@
 //! The checks that can refuse a request before it is decided, and the session cookie as
 //! Console will read it.
 
-use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method, Request, Version};
+use http::{Method, Request, Version};
 use hyper::body::Incoming;
 
 use crate::dataplane::sniff::RawHead;
 use crate::policy::target::{self, Refusal, Seen, Target};
-
-/// The session cookie as Console will read it, for the doors that forward nothing themselves
-/// (the reader API, forward-auth): a `Cookie` header Console could read differently is refused.
-pub(crate) fn session_token<'a>(
-    headers: &'a HeaderMap,
-    name: &str,
-) -> Result<Option<&'a str>, Refusal> {
-    let values: Vec<&[u8]> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
-    read_cookie(&values, name).map(|(token, _)| token)
-}
 
 /// What happens to the request's `Cookie` headers on the way to Console.
 pub(super) enum CookieRewrite {

@@ -46,7 +46,6 @@ use crate::policy::outcome::{decide, Facts, Forward, Outcome, Via};
 use crate::runtime::state::Gateway;
 
 pub use body::BodyBudget;
-pub(crate) use checks::session_token;
 use checks::{check_request, read_cookie, CookieRewrite};
 use forward::forward_request;
 
