@@ -239,7 +239,9 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
                 db_limit: db_timeout,
                 metrics: metrics.clone(),
             });
-            tracing::info!(freescout_webhook_listen = %addr, path = crate::doors::freescout_webhook::PATH, "FreeScout webhook receiver listening");
+            // The address bound (port 0 resolved): tests read it from this line.
+            let bound = listener.local_addr().map_err(failure)?;
+            tracing::info!(freescout_webhook_listen = %bound, path = crate::doors::freescout_webhook::PATH, "FreeScout webhook receiver listening");
             supervised(Task::FreescoutWebhook, Box::pin(crate::doors::freescout_webhook::serve(listener, receiver)));
         }
         Ok::<_, Exit>((gw, admin))

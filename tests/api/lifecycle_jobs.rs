@@ -485,17 +485,17 @@ async fn webhook_replicas(
     let mut gws = Vec::new();
     let mut ports = Vec::new();
     for _ in 0..3 {
-        let port = free_port();
         let o = GatewayOpts::new(core_routes(), db, up.addr)
             .arg("--sweep-interval")
             .arg("0")
             .arg("--ticket-validation-url")
             .arg(&url)
             .arg("--freescout-webhook-listen")
-            .arg(&format!("127.0.0.1:{port}"))
+            .arg("127.0.0.1:0")
             .env("GATEWAY_FREESCOUT_WEBHOOK_SECRET", SECRET);
-        gws.push(Gateway::start(o).await);
-        ports.push(port);
+        let gw = Gateway::start(o).await;
+        ports.push(gw.logged_addr("freescout_webhook_listen").port());
+        gws.push(gw);
     }
     (gws, ports)
 }
@@ -649,8 +649,8 @@ async fn a_forged_or_unauthenticated_webhook_revokes_nothing() {
 #[tokio::test]
 async fn the_webhook_receiver_refuses_to_run_without_a_secret_or_a_status_url() {
     let db = TestDb::new().await;
-    let port = free_port().to_string();
-    let listen = format!("127.0.0.1:{port}");
+    // Refused before anything binds: no port is ever listened on.
+    let listen = "127.0.0.1:0".to_string();
     for (env_secret, url, wants) in [
         (
             None,

@@ -180,6 +180,16 @@ impl Gateway {
             .expect("the gateway was started without --authz-listen")
     }
 
+    /// An address the gateway reported in a JSON log line's `field` (a listener bound to port
+    /// 0, e.g. `freescout_webhook_listen`); the gateway is ready, so the line is there.
+    pub fn logged_addr(&self, field: &str) -> SocketAddr {
+        let log = self.log();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v[field].as_str().and_then(|a| a.parse().ok()))
+            .unwrap_or_else(|| panic!("no {field} in the gateway's log:\n{log}"))
+    }
+
     async fn wait(&self, path: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
