@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Prints the README's configuration reference, generated from the CLI definition (clap), so the
-# documentation cannot drift from the binary. tests/api/cli.rs checks the README holds exactly this.
+# Prints the README's configuration reference, generated from the CLI definition (clap, through
+# each command's --help and scripts/config-reference.py), so the documentation cannot drift from
+# the binary. tests/api/cli.rs checks the README holds exactly this.
 set -euo pipefail
+# Usage: config-reference.sh [BIN [COMMAND...]]: the README holds `serve`, docs/configuration.md
+# the other commands (scripts/update-readme-reference.py writes both).
 bin=${1:-target/debug/rbac-gateway}
-for cmd in serve migrate check explain drift rollout diff matrix sweep; do
-  echo "### \`rbac-gateway $cmd\`"
-  echo
-  echo '```text'
-  env -i COLUMNS=100 "$bin" "$cmd" --help | sed -e 's/[[:space:]]*$//'
-  echo '```'
-  echo
+shift || true
+cmds=("$@")
+[ ${#cmds[@]} -gt 0 ] || cmds=(serve migrate check explain drift rollout diff matrix sweep)
+here=$(dirname "$0")
+for cmd in "${cmds[@]}"; do
+  env -i COLUMNS=100 "$bin" "$cmd" --help | python3 "$here/config-reference.py" "$cmd"
 done

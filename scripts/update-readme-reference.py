@@ -1,16 +1,28 @@
 #!/usr/bin/env python3
-"""Rewrites the README's configuration reference from scripts/config-reference.sh."""
+"""Rewrites the generated configuration references from scripts/config-reference.sh: `serve`
+in README.md, every other command in docs/configuration.md (tests/api/cli.rs checks both)."""
 import pathlib
 import subprocess
 import sys
 
 root = pathlib.Path(__file__).resolve().parent.parent
 binary = sys.argv[1] if len(sys.argv) > 1 else "target/debug/rbac-gateway"
-ref = subprocess.run(["bash", str(root / "scripts/config-reference.sh"), binary],
-                     cwd=root, check=True, capture_output=True, text=True).stdout
-readme = root / "README.md"
-text = readme.read_text()
-start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
-a = text.index(start) + len(start)
-b = text.index(end)
-readme.write_text(text[:a] + ref + text[b:])
+OTHERS = ["migrate", "check", "explain", "drift", "rollout", "diff", "matrix", "sweep"]
+
+
+def ref(*cmds):
+    return subprocess.run(["bash", str(root / "scripts/config-reference.sh"), binary, *cmds],
+                          cwd=root, check=True, capture_output=True, text=True).stdout
+
+
+def rewrite(path, text_between):
+    f = root / path
+    text = f.read_text()
+    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+    a = text.index(start) + len(start)
+    b = text.index(end)
+    f.write_text(text[:a] + text_between + text[b:])
+
+
+rewrite("README.md", ref("serve"))
+rewrite("docs/configuration.md", ref(*OTHERS))

@@ -430,25 +430,41 @@ async fn explain_shows_rule_provenance_and_decision() {
 
 #[test]
 fn readme_configuration_reference_matches_the_cli() {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/config-reference.sh"))
-        .arg(env!("CARGO_BIN_EXE_rbac-gateway"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let generated = String::from_utf8(out.stdout).unwrap();
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let start = readme
-        .find("<!-- config-reference:start -->\n")
-        .expect("marker")
-        + "<!-- config-reference:start -->\n".len();
-    let end = readme
-        .find("<!-- config-reference:end -->")
-        .expect("marker");
-    assert!(
-        readme[start..end] == generated,
-        "README's configuration reference is stale: regenerate it with scripts/config-reference.sh"
-    );
+    // README.md holds `serve`'s reference, docs/configuration.md every other command's.
+    let others = [
+        "migrate", "check", "explain", "drift", "rollout", "diff", "matrix", "sweep",
+    ];
+    for (file, commands) in [
+        ("README.md", vec!["serve"]),
+        ("docs/configuration.md", others.to_vec()),
+    ] {
+        let out = Command::new("bash")
+            .arg(root().join("scripts/config-reference.sh"))
+            .arg(env!("CARGO_BIN_EXE_rbac-gateway"))
+            .args(&commands)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let generated = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            generated.contains("| `--"),
+            "no option table for {commands:?}"
+        );
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        let start = text
+            .find("<!-- config-reference:start -->\n")
+            .expect("marker")
+            + "<!-- config-reference:start -->\n".len();
+        let end = text.find("<!-- config-reference:end -->").expect("marker");
+        assert!(
+            text[start..end] == generated,
+            "{file}'s configuration reference is stale: regenerate it with python3 scripts/update-readme-reference.py"
+        );
+    }
 }
 
 #[test]
