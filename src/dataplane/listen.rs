@@ -137,3 +137,42 @@ pub(crate) async fn accept_until_shutdown<C>(
         );
     }
 }
+
+/// Serves a side listener (the admin listener, FreeScout's webhook) until the process ends:
+/// each connection on its own task with a 5 s header-read timeout and a 16 KiB buffer, every
+/// request answered by `handler`; `what` names the listener in logs. The data plane and
+/// forward-auth use [`accept_until_shutdown`] instead (per-worker sockets, graceful drain).
+pub async fn serve_side<H, Fut>(listener: tokio::net::TcpListener, what: &'static str, handler: H)
+where
+    H: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<http_body_util::Full<bytes::Bytes>>>
+        + Send
+        + 'static,
+{
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, listener = what, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, std::convert::Infallible>(handler(req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Some(Duration::from_secs(5)))
+                .max_buf_size(16 * 1024)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, listener = what, "connection ended with an error");
+            }
+        });
+    }
+}

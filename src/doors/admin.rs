@@ -4,7 +4,6 @@
 //! that cannot be written or emptied, are named, the status stays 200),
 //! `/metrics` (Prometheus text). Served by hyper, GET only.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,38 +11,16 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::runtime::state::Gateway;
 
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    crate::dataplane::listen::serve_side(listener, "admin", move |req, _peer| {
         let gw = gw.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let gw = gw.clone();
-                async move { Ok::<_, Infallible>(handle(req, &gw).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Some(Duration::from_secs(5)))
-                .max_buf_size(16 * 1024)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection ended with an error");
-            }
-        });
-    }
+        async move { handle(req, &gw).await }
+    })
+    .await;
 }
 
 async fn handle(req: Request<Incoming>, gw: &Gateway) -> Response<Full<Bytes>> {

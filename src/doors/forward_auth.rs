@@ -38,7 +38,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use crate::policy::answer::{carry_out, Answer, Decision, Reply, RequestId, Tally};
+use crate::policy::answer::{carry_out, Answer, Decision, DecisionCounts, Reply, RequestId, Tally};
 use crate::policy::cookie::session_token;
 use crate::policy::outcome::{decide, Facts};
 use crate::policy::target::{self, Refusal, Target};
@@ -182,31 +182,13 @@ pub(crate) async fn serve(
 /// Forward-auth's share of the gateway: its counters, looked up once.
 struct Door {
     gw: Arc<Gateway>,
-    by_decision: Vec<(prometheus::IntCounter, prometheus::Histogram)>,
+    counts: DecisionCounts,
 }
 
 impl Door {
     fn new(gw: Arc<Gateway>) -> Door {
-        let by_decision = Decision::ALL
-            .iter()
-            .map(|d| {
-                (
-                    gw.metrics.authz_requests.with_label_values(&[d.as_str()]),
-                    gw.metrics.decision_seconds.with_label_values(&[d.as_str()]),
-                )
-            })
-            .collect();
-        Door { gw, by_decision }
-    }
-}
-
-impl Tally for Door {
-    fn count(&self, decision: Decision, started: Instant) -> Instant {
-        let now = Instant::now();
-        let (n, t) = &self.by_decision[decision.index()];
-        n.inc();
-        t.observe(now.saturating_duration_since(started).as_secs_f64());
-        now
+        let counts = DecisionCounts::new(&gw.metrics.authz_requests, &gw.metrics.decision_seconds);
+        Door { gw, counts }
     }
 }
 
@@ -247,7 +229,7 @@ async fn handle(door: &Door, peer: SocketAddr, req: Request<Incoming>) -> Respon
     let refused = |why: &dyn std::fmt::Display, label: &str| {
         tracing::warn!(request_id = %request_id, reason = %why, edge = %peer, "forward-auth: refused");
         gw.metrics.refusals.with_label_values(&[label]).inc();
-        door.count(Decision::Refused, started);
+        door.counts.count(Decision::Refused, started);
         answer(400, Decision::Refused, &request_id)
     };
     if req.method() == Method::CONNECT {
@@ -281,7 +263,7 @@ async fn handle(door: &Door, peer: SocketAddr, req: Request<Incoming>) -> Respon
         at: started,
     };
     let outcome = decide(gw, &mapping, gw.switches(), &facts).await;
-    let carried = carry_out(gw, door, outcome, request_id.as_str(), started).await;
+    let carried = carry_out(gw, &door.counts, outcome, request_id.as_str(), started).await;
     let done = carried.answer;
     let mut resp = answer(done.authz_status(), carried.decision, &request_id);
     let h = resp.headers_mut();

@@ -14,7 +14,6 @@
 //! A forged, replayed or early call therefore revokes nothing still open, and a repeated one
 //! revokes nothing twice. Any replica can take it: revocations lock the grant's row.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +23,6 @@ use hmac::{Hmac, Mac};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -132,31 +129,11 @@ pub struct Receiver {
 }
 
 pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    crate::dataplane::listen::serve_side(listener, "freescout webhook", move |req, peer| {
         let receiver = receiver.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let receiver = receiver.clone();
-                async move { Ok::<_, Infallible>(handle(req, &receiver, peer).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Some(Duration::from_secs(5)))
-                .max_buf_size(16 * 1024)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "webhook connection ended with an error");
-            }
-        });
-    }
+        async move { handle(req, &receiver, peer).await }
+    })
+    .await;
 }
 
 fn answer(status: u16, body: serde_json::Value) -> Response<Full<Bytes>> {

@@ -82,6 +82,38 @@ pub trait Tally {
     fn count(&self, decision: Decision, started: Instant) -> Instant;
 }
 
+/// A door's counters of decisions, looked up once (per worker) instead of hashed per request:
+/// the door's request counter and the shared decision-time histogram, by [`Decision`].
+pub struct DecisionCounts(Vec<(prometheus::IntCounter, prometheus::Histogram)>);
+
+impl DecisionCounts {
+    /// `requests`: the door's counter (`rbac_gateway_requests_total`,
+    /// `rbac_gateway_authz_requests_total`); `seconds`: `rbac_gateway_decision_duration_seconds`.
+    pub fn new(requests: &prometheus::IntCounterVec, seconds: &prometheus::HistogramVec) -> Self {
+        DecisionCounts(
+            Decision::ALL
+                .iter()
+                .map(|d| {
+                    (
+                        requests.with_label_values(&[d.as_str()]),
+                        seconds.with_label_values(&[d.as_str()]),
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Tally for DecisionCounts {
+    fn count(&self, decision: Decision, started: Instant) -> Instant {
+        let now = Instant::now();
+        let (n, t) = &self.0[decision.index()];
+        n.inc();
+        t.observe(now.saturating_duration_since(started).as_secs_f64());
+        now
+    }
+}
+
 /// The gateway's own answer, when Console is not asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {

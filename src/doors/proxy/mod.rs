@@ -41,7 +41,7 @@ use crate::dataplane::deadline::Deadlines;
 use crate::dataplane::sniff::{Heads, RawHead, Sniff};
 use crate::dataplane::upstream::{GatewayBody, Pool};
 use crate::doors::rbac_api;
-use crate::policy::answer::{carry_out, Answer, Decision, Reply, RequestId, Tally};
+use crate::policy::answer::{carry_out, Answer, DecisionCounts, Reply, RequestId};
 use crate::policy::outcome::{decide, Facts, Forward, Outcome, Via};
 use crate::runtime::state::Gateway;
 
@@ -183,15 +183,7 @@ async fn worker(
             return;
         }
     };
-    let by_decision = Decision::ALL
-        .iter()
-        .map(|d| {
-            (
-                gw.metrics.requests.with_label_values(&[d.as_str()]),
-                gw.metrics.decision_seconds.with_label_values(&[d.as_str()]),
-            )
-        })
-        .collect();
+    let counts = DecisionCounts::new(&gw.metrics.requests, &gw.metrics.decision_seconds);
     let upstream_seconds = ["1xx", "2xx", "3xx", "4xx", "5xx"]
         .map(|class| gw.metrics.upstream_seconds.with_label_values(&[class]));
     let deadlines = Deadlines::for_timeouts(&[
@@ -207,7 +199,7 @@ async fn worker(
         max_body_bytes: settings.max_body_bytes,
         bodies,
         body_read_timeout: settings.body_read_timeout,
-        by_decision,
+        counts,
         upstream_seconds,
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -277,9 +269,8 @@ struct Worker {
     /// Shared by every worker of the process.
     bodies: Arc<BodyBudget>,
     body_read_timeout: Duration,
-    /// The request counter and decision-time histogram of each decision label, looked up once
-    /// per worker instead of hashed per request.
-    by_decision: Vec<(prometheus::IntCounter, prometheus::Histogram)>,
+    /// The request counter and decision-time histogram of each decision label.
+    counts: DecisionCounts,
     /// Console's answer time by status class (1xx..5xx), looked up once per worker.
     upstream_seconds: [prometheus::Histogram; 5],
 }
@@ -414,17 +405,6 @@ async fn handle(
     Ok(respond(&w, &mut ctx, outcome, req, cookie).await)
 }
 
-impl Tally for Worker {
-    /// Counts the request's decision and how long it took to reach it.
-    fn count(&self, decision: Decision, started: Instant) -> Instant {
-        let now = Instant::now();
-        let (n, t) = &self.by_decision[decision.index()];
-        n.inc();
-        t.observe(now.saturating_duration_since(started).as_secs_f64());
-        now
-    }
-}
-
 /// The one place where an outcome becomes the data plane's answer: carried out
 /// ([`carry_out`]), then sent to Console or answered here.
 async fn respond(
@@ -434,7 +414,14 @@ async fn respond(
     req: Request<Incoming>,
     cookie: CookieRewrite,
 ) -> Response<GatewayBody> {
-    let carried = carry_out(&*w.gw, &**w, outcome, ctx.request_id.as_str(), ctx.started).await;
+    let carried = carry_out(
+        &*w.gw,
+        &w.counts,
+        outcome,
+        ctx.request_id.as_str(),
+        ctx.started,
+    )
+    .await;
     let decided = carried.decided_at;
     match carried.answer {
         Answer::Forward {
