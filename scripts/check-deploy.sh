@@ -195,18 +195,18 @@ def grafana():
         p.append("schemaVersion is not 39")
     if not any(v.get("type") == "datasource" and v.get("query") == "prometheus" for v in dash.get("templating", {}).get("list", [])):
         p.append("no Prometheus datasource variable")
-    exposed = set(re.findall(r'"(rbac_gateway_[a-z_]+)"', open("src/metrics.rs").read()))
+    exposed = set(re.findall(r'"(rbac_gateway_[a-z_]+)"', open("src/runtime/metrics.rs").read()))
     if not exposed:
-        return ["no \"rbac_gateway_ metric names found in src/metrics.rs"]
+        return ["no \"rbac_gateway_ metric names found in src/runtime/metrics.rs"]
     allowed = set(exposed)
     for n in exposed:  # histogram series
         allowed |= {n + "_bucket", n + "_sum", n + "_count"}
     used = set(re.findall(r"rbac_gateway_[a-z_]+", text))
     unknown = sorted(used - allowed)
     if unknown:
-        p.append("metrics not exposed by src/metrics.rs: " + ", ".join(unknown))
+        p.append("metrics not exposed by src/runtime/metrics.rs: " + ", ".join(unknown))
     return p
-check("grafana dashboard: JSON parses, schemaVersion 39, metric names exist in src/metrics.rs", grafana)
+check("grafana dashboard: JSON parses, schemaVersion 39, metric names exist in src/runtime/metrics.rs", grafana)
 
 sys.exit(min(failures, 100))
 PY

@@ -54,7 +54,7 @@ pub enum Refusal {
     /// The request as received and as parsed cannot be shown to be the same request (or its
     /// head could not be read as received).
     Unparsed,
-    /// `Cookie` headers Console could read differently from the gateway (`src/cookie.rs`);
+    /// `Cookie` headers Console could read differently from the gateway (`src/policy/cookie.rs`);
     /// the reason is one of `CookieRefusal`'s.
     Cookie(&'static str),
 }
