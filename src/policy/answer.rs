@@ -207,16 +207,15 @@ pub async fn carry_out(
     started: Instant,
 ) -> Carried {
     let decided = outcome.decision();
-    let answer = match outcome {
-        Outcome::Refuse(_) => Answer::Reply(Reply::Refused),
-        Outcome::Gone => Answer::Reply(Reply::Gone),
-        Outcome::Redirect { location } => Answer::Reply(Reply::Login { location }),
-        Outcome::Unavailable(why) => unavailable(request_id, why),
-        Outcome::Deny { row } => {
-            if let Err(e) = gw.record(row.clone()).await {
+    // The aftermath; Some: carrying it out failed, the answer is 503.
+    let failed = match &outcome {
+        Outcome::Unavailable(why) => Some(*why),
+        Outcome::Deny { row } => match gw.record(row.clone()).await {
+            Err(e) => {
                 tracing::error!(request_id, error = %e, "cannot record the denial: answering 503");
-                unavailable(request_id, Unavailable::Audit)
-            } else {
+                Some(Unavailable::Audit)
+            }
+            Ok(()) => {
                 let rule = row.route.as_deref().unwrap_or("-");
                 gw.denied(rule, row.reason.as_str());
                 tracing::info!(
@@ -224,10 +223,10 @@ pub async fn carry_out(
                     path = %row.path, rule = %rule, required = row.required.as_deref().unwrap_or("-"),
                     reason = %row.reason, mapping_version = row.mapping_version.as_deref().unwrap_or("-"), "denied"
                 );
-                Answer::Reply(Reply::Denied)
+                None
             }
-        }
-        Outcome::ShadowDeny { forward, row } => {
+        },
+        Outcome::ShadowDeny { row, .. } => {
             gw.shadow_denied(row.route.as_deref().unwrap_or("-"));
             if let Err(e) = gw.record(row.clone()).await {
                 tracing::error!(request_id, error = %e, "cannot record a shadow denial");
@@ -238,12 +237,13 @@ pub async fn carry_out(
                 rule = row.route.as_deref().unwrap_or("-"),
                 "shadow: would deny, forwarding"
             );
-            forward_answer(Some(request_id), forward, true)
+            None
         }
-        Outcome::Forward(forward) => {
-            let shadow = forward.via == Via::ShadowDenied;
-            forward_answer(Some(request_id), forward, shadow)
-        }
+        _ => None,
+    };
+    let answer = match failed {
+        Some(why) => unavailable(request_id, why),
+        None => answer(outcome, Some(request_id)),
     };
     // What was decided, unless carrying it out failed (503).
     let decision = match &answer {
@@ -271,24 +271,27 @@ pub struct Carried {
 /// The answer the doors would carry out for `outcome` when every write succeeds, without
 /// writing, counting or logging anything: what `explain` prints.
 pub fn answer_of(outcome: &Outcome) -> Answer {
+    answer(outcome.clone(), None)
+}
+
+/// The answer to `outcome` once its aftermath succeeded. `request_id`: the request being
+/// carried out (an identity that cannot be sent is logged); None for a question about an answer
+/// (explain, the matrix), which logs nothing.
+fn answer(outcome: Outcome, request_id: Option<&str>) -> Answer {
     match outcome {
         Outcome::Refuse(_) => Answer::Reply(Reply::Refused),
         Outcome::Gone => Answer::Reply(Reply::Gone),
-        Outcome::Redirect { location } => Answer::Reply(Reply::Login {
-            location: location.clone(),
-        }),
+        Outcome::Redirect { location } => Answer::Reply(Reply::Login { location }),
         Outcome::Unavailable(_) => Answer::Reply(Reply::Unavailable),
         Outcome::Deny { .. } => Answer::Reply(Reply::Denied),
-        Outcome::ShadowDeny { forward, .. } => forward_answer(None, forward.clone(), true),
+        Outcome::ShadowDeny { forward, .. } => forward_answer(request_id, forward, true),
         Outcome::Forward(forward) => {
             let shadow = forward.via == Via::ShadowDenied;
-            forward_answer(None, forward.clone(), shadow)
+            forward_answer(request_id, forward, shadow)
         }
     }
 }
 
-/// `request_id`: the request being carried out (logged when it cannot be); None for a
-/// question about an answer (explain, the matrix), which logs nothing.
 fn forward_answer(request_id: Option<&str>, forward: Forward, shadow: bool) -> Answer {
     let identity = match &forward.principal {
         None => None,
