@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -585,22 +585,19 @@ fn check_reports_a_protected_route_in_no_cluster_and_an_undeclared_cluster() {
 
 /// Waits until the database holds `n` mapping versions.
 async fn versions(db: &TestDb, n: i64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let have: i64 = sqlx::query_scalar("SELECT count(*) FROM rbac_gateway_mapping_versions")
+    let have = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rbac_gateway_mapping_versions")
             .fetch_one(&db.pool)
             .await
-            .unwrap();
-        if have >= n {
-            assert_eq!(have, n, "one row per version");
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{have} mapping version rows, waiting for {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .unwrap()
+    };
+    eventually(
+        Duration::from_secs(20),
+        &format!("{n} mapping version rows"),
+        || async { have().await >= n },
+    )
+    .await;
+    assert_eq!(have().await, n, "one row per version");
 }
 
 const STAGED: &str = r#"
@@ -680,11 +677,12 @@ async fn rollout_gives_each_cluster_its_verdict_from_recorded_versions_and_shado
     let gw = Gateway::start(GatewayOpts::new(&v1, &db, up.addr)).await;
     versions(&db, 1).await;
     let gw2 = Gateway::start(GatewayOpts::new(&v1, &db, up.addr)).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !gw2.log().contains("already the fleet's latest") {
-        assert!(Instant::now() < deadline, "{}", gw2.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "the second gateway saw its version recorded",
+        || async { gw2.log().contains("already the fleet's latest") },
+    )
+    .await;
     versions(&db, 1).await;
     assert!(
         gw2.metric("rbac_gateway_route_info{cluster=\"S1\",mode=\"shadow\",route=\"GET /s1\"}")
@@ -705,15 +703,18 @@ async fn rollout_gives_each_cluster_its_verdict_from_recorded_versions_and_shado
         .execute(&db.pool)
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while gw
-        .metric("rbac_gateway_route_info{cluster=\"S2\",mode=\"shadow\",route=\"GET,POST /s2\"}")
-        .await
-        != 1.0
-    {
-        assert!(Instant::now() < deadline, "route_info follows the reload");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "route_info follows the reload",
+        || async {
+            gw.metric(
+                "rbac_gateway_route_info{cluster=\"S2\",mode=\"shadow\",route=\"GET,POST /s2\"}",
+            )
+            .await
+                == 1.0
+        },
+    )
+    .await;
     assert_eq!(
         gw.metric("rbac_gateway_route_info{cluster=\"S2\",mode=\"off\",route=\"GET,POST /s2\"}")
             .await,
@@ -728,21 +729,26 @@ async fn rollout_gives_each_cluster_its_verdict_from_recorded_versions_and_shado
             .await,
         1.0
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let n: i64 = sqlx::query_scalar(
+    let s3_rows = || async {
+        sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM access_audit_events WHERE route = 'GET /s3' \
              AND event_type IN ('rbac_drift', 'access_denied_shadow')",
         )
         .fetch_one(&db.pool)
         .await
-        .unwrap();
-        if n == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{n} shadow rows of GET /s3");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        .unwrap()
+    };
+    eventually(
+        Duration::from_secs(20),
+        "the shadow and drift rows of GET /s3",
+        || async { s3_rows().await >= 2 },
+    )
+    .await;
+    assert_eq!(
+        s3_rows().await,
+        2,
+        "one shadow row and one drift row of GET /s3"
+    );
     drop(gw);
     // The window's rows: S1 would-be denials only (its drift is older than the window), S3 one
     // more drift row.
