@@ -1,5 +1,6 @@
-//! The commands, one file each: `serve`, `migrate`, `check`, `explain`, `drift`, `rollout`, `matrix`, `diff`. Configuration is
-//! loaded and checked before any port is bound; an invalid mapping or flag exits 64.
+//! The commands, one file each: `serve`, `migrate`, `check`, `explain`, `drift`, `rollout`,
+//! `matrix`, `diff`, `sweep`. Configuration is loaded and checked before any port is bound; an
+//! invalid mapping or flag exits 64.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;

@@ -55,9 +55,6 @@ impl DriftKind {
     }
 }
 
-pub const DRIFT_CONSOLE_DENIED: &str = DriftKind::ConsoleDenied.as_str();
-pub const DRIFT_CONSOLE_ALLOWED: &str = DriftKind::ConsoleAllowed.as_str();
-
 /// What is known of a request once its target passed the checks of [`crate::policy::target`].
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
@@ -376,7 +373,7 @@ pub async fn decide<A: Authority>(
                     EVENT_DRIFT,
                     Some(&principal.admin_id),
                     Some(route),
-                    DRIFT_CONSOLE_DENIED,
+                    DriftKind::ConsoleDenied.as_str(),
                 ))
             });
             Outcome::Forward(Forward {
@@ -398,7 +395,7 @@ pub async fn decide<A: Authority>(
             let mut drift = row.clone();
             drift.id = row_id();
             drift.event_type = EVENT_DRIFT.to_string();
-            drift.reason = DRIFT_CONSOLE_ALLOWED.to_string();
+            drift.reason = DriftKind::ConsoleAllowed.as_str().to_string();
             Outcome::ShadowDeny {
                 forward: Forward {
                     via: Via::ShadowDenied,
@@ -599,8 +596,8 @@ access = "gone"
         };
         let denied = Some("access_denied".to_string());
         let shadow_row = Some("access_denied_shadow".to_string());
-        let drift_if_denied = Some(DRIFT_CONSOLE_DENIED.to_string());
-        let drift_if_allowed = Some(DRIFT_CONSOLE_ALLOWED.to_string());
+        let drift_if_denied = Some(DriftKind::ConsoleDenied.as_str().to_string());
+        let drift_if_allowed = Some(DriftKind::ConsoleAllowed.as_str().to_string());
         #[rustfmt::skip]
         let table: Vec<Case> = vec![
             // enforce

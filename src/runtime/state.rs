@@ -224,11 +224,8 @@ pub fn set_route_metrics(
         // rule in shadow finds them there for `rate()`); a rule dropped keeps its counters.
         if r.access == crate::policy::mapping::Access::Protected {
             m.shadow_denials.with_label_values(&[r.label()]);
-            for kind in [
-                crate::policy::outcome::DRIFT_CONSOLE_DENIED,
-                crate::policy::outcome::DRIFT_CONSOLE_ALLOWED,
-            ] {
-                m.drift.with_label_values(&[r.label(), kind]);
+            for kind in crate::policy::outcome::DriftKind::ALL {
+                m.drift.with_label_values(&[r.label(), kind.as_str()]);
             }
         }
     }
