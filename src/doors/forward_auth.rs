@@ -195,12 +195,19 @@ impl Door {
 /// An answer with no body (`Content-Length: 0`) on every status: nginx keeps its
 /// `auth_request` connection only when the answer has none, and Caddy and Traefik read only
 /// the status and headers. The edge renders its own error pages.
-fn answer(status: u16, decision: Decision, request_id: &RequestId) -> Response<Full<Bytes>> {
+/// `decision`: None for a request that was not a question (a path other than `/authz`).
+fn answer(
+    status: u16,
+    decision: Option<Decision>,
+    request_id: &RequestId,
+) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::from_u16(status).expect("a valid status");
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(X_RBAC_DECISION, HeaderValue::from_static(decision.as_str()));
+    if let Some(d) = decision {
+        h.insert(X_RBAC_DECISION, HeaderValue::from_static(d.as_str()));
+    }
     h.insert(X_REQUEST_ID, request_id.header());
     resp
 }
@@ -222,15 +229,13 @@ async fn handle(door: &Door, peer: SocketAddr, req: Request<Incoming>) -> Respon
     let gw = &*door.gw;
     let request_id = RequestId::next();
     if req.uri().path() != PATH {
-        let mut resp = answer(404, Decision::Gone, &request_id);
-        resp.headers_mut().remove(X_RBAC_DECISION);
-        return resp;
+        return answer(404, None, &request_id);
     }
     let refused = |why: &dyn std::fmt::Display, label: &str| {
         tracing::warn!(request_id = %request_id, reason = %why, edge = %peer, "forward-auth: refused");
         gw.metrics.refusals.with_label_values(&[label]).inc();
         door.counts.count(Decision::Refused, started);
-        answer(400, Decision::Refused, &request_id)
+        answer(400, Some(Decision::Refused), &request_id)
     };
     if req.method() == Method::CONNECT {
         return refused(
@@ -265,7 +270,7 @@ async fn handle(door: &Door, peer: SocketAddr, req: Request<Incoming>) -> Respon
     let outcome = decide(gw, &mapping, gw.switches(), &facts).await;
     let carried = carry_out(gw, &door.counts, outcome, request_id.as_str(), started).await;
     let done = carried.answer;
-    let mut resp = answer(done.authz_status(), carried.decision, &request_id);
+    let mut resp = answer(done.authz_status(), Some(carried.decision), &request_id);
     let h = resp.headers_mut();
     match &done {
         Answer::Forward {
@@ -283,7 +288,7 @@ async fn handle(door: &Door, peer: SocketAddr, req: Request<Incoming>) -> Respon
                     }
                     _ => {
                         tracing::error!(request_id = %request_id, "identity is not a header value: answering 503");
-                        return answer(503, Decision::Unavailable, &request_id);
+                        return answer(503, Some(Decision::Unavailable), &request_id);
                     }
                 }
             }
