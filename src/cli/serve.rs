@@ -184,11 +184,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         // Bound now, so a port in use is found before anything else starts; served only once the
         // data plane (and the forward-auth listener) listen: `/readyz` never answers 200 for a
         // gateway that cannot take requests.
-        let admin = crate::dataplane::listen::retry_in_use(|| std::net::TcpListener::bind(admin_addr))
-            .and_then(|l| {
-                l.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(l)
-            })
+        let admin = crate::dataplane::listen::bind_side(admin_addr)
             .map_err(|e| failure(anyhow!("cannot listen on {admin_addr}: {e}")))?;
         supervised(Task::AuditReplay, Box::pin(audit.replay_forever(Duration::from_millis(500))));
         supervised(Task::Reload, Box::pin(crate::runtime::reload::watch(gw.clone(), args.routes.clone())));
@@ -225,11 +221,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         if let (Some(addr), Some(auth), Some(url)) =
             (webhook_addr, webhook_auth, args.ticket_validation_url.clone())
         {
-            let listener = crate::dataplane::listen::retry_in_use(|| std::net::TcpListener::bind(addr))
-                .and_then(|l| {
-                    l.set_nonblocking(true)?;
-                    tokio::net::TcpListener::from_std(l)
-                })
+            let listener = crate::dataplane::listen::bind_side(addr)
                 .map_err(|e| failure(anyhow!("cannot listen on {addr} (--freescout-webhook-listen): {e}")))?;
             let receiver = Arc::new(crate::doors::freescout_webhook::Receiver {
                 pool: pool.clone(),

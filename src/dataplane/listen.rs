@@ -70,6 +70,14 @@ pub fn refuse_shared_port(addr: SocketAddr) -> std::io::Result<()> {
     })
 }
 
+/// One socket on `addr` for a side listener (admin, webhook) on the current runtime, retried
+/// while a process that just ended still holds the port ([`retry_in_use`]).
+pub fn bind_side(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let l = retry_in_use(|| std::net::TcpListener::bind(addr))?;
+    l.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(l)
+}
+
 /// `n` sockets on `addr`, one per worker (SO_REUSEPORT), after checking that no other process
 /// listens there. With port 0 the first socket picks a free port and the others take the same;
 /// returns the address bound.
