@@ -244,16 +244,21 @@ async fn denied_rows(db: &TestDb, path: &str) -> i64 {
     .unwrap()
 }
 
+/// A gateway on the core mapping with its forward-auth listener on a port of its own.
+async fn with_authz(db: &TestDb, up: &Upstream) -> Gateway {
+    Gateway::start(
+        GatewayOpts::new(core_routes(), db, up.addr)
+            .arg("--authz-listen")
+            .arg("127.0.0.1:0"),
+    )
+    .await
+}
+
 /// The same table for every edge proxy.
 async fn behind(edge_name: &str, start: impl AsyncFnOnce(SocketAddr, SocketAddr) -> Edge) {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(
-        GatewayOpts::new(core_routes(), &db, up.addr)
-            .arg("--authz-listen")
-            .arg("127.0.0.1:0"),
-    )
-    .await;
+    let gw = with_authz(&db, &up).await;
     let authz = gw.authz_addr();
     let edge = start(authz, up.addr).await;
     let (admin, token) = db.admin_with_roles(&["console-audit-user"]).await;
@@ -463,12 +468,7 @@ async fn caddy_forward_auth_allow_login_deny_refuse_and_no_spoofing() {
 async fn authz_refuses_missing_duplicated_and_disagreeing_target_headers() {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(
-        GatewayOpts::new(core_routes(), &db, up.addr)
-            .arg("--authz-listen")
-            .arg("127.0.0.1:0"),
-    )
-    .await;
+    let gw = with_authz(&db, &up).await;
     let authz = gw.authz_addr();
     let (admin, token) = db.admin_with_roles(&["console-audit-user"]).await;
     let ask = |headers: &'static str, cookie: bool| {
@@ -536,12 +536,7 @@ async fn authz_refuses_missing_duplicated_and_disagreeing_target_headers() {
 async fn authz_answers_have_no_body_and_keep_the_connection() {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(
-        GatewayOpts::new(core_routes(), &db, up.addr)
-            .arg("--authz-listen")
-            .arg("127.0.0.1:0"),
-    )
-    .await;
+    let gw = with_authz(&db, &up).await;
     let authz = gw.authz_addr();
     let (_admin, token) = db.admin_with_roles(&["console-audit-user"]).await;
     let (_other, weak) = db.admin_with_roles(&["console-user"]).await;
@@ -640,12 +635,7 @@ async fn traefik(authz: SocketAddr, upstream: SocketAddr) -> Edge {
 async fn traefik_forward_auth_refuses_headers_that_reroute_console() {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(
-        GatewayOpts::new(core_routes(), &db, up.addr)
-            .arg("--authz-listen")
-            .arg("127.0.0.1:0"),
-    )
-    .await;
+    let gw = with_authz(&db, &up).await;
     let authz = gw.authz_addr();
     let edge = traefik(authz, up.addr).await;
     let before = up.count();
