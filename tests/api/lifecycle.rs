@@ -239,19 +239,13 @@ async fn three_replicas_sweep_each_grant_and_break_glass_exactly_once() {
     let bg = audit_rows(&db, "break_glass_expire").await;
     assert_eq!(bg.len(), 1);
     assert_eq!(bg[0].0, format!("break_glass_expire:{session}"));
-    let mut done = 0.0;
-    for gw in &gws {
-        done += gw
-            .metric("rbac_gateway_sweeps_total{result=\"done\"}")
-            .await;
-    }
+    let done = metric_sum(&gws, "rbac_gateway_sweeps_total{result=\"done\"}").await;
     assert!(done >= 3.0, "{done} sweeps done");
-    let mut revocations = 0.0;
-    for gw in &gws {
-        revocations += gw
-            .metric("rbac_gateway_sweep_revocations_total{reason=\"ticket_closed\"}")
-            .await;
-    }
+    let revocations = metric_sum(
+        &gws,
+        "rbac_gateway_sweep_revocations_total{reason=\"ticket_closed\"}",
+    )
+    .await;
     assert_eq!(revocations, 1.0);
     // A replica killed does not stop the sweep: the others go on.
     let mut first = gws.remove(0);
@@ -351,12 +345,8 @@ async fn break_glass_and_composition_alerts_are_delivered_once_with_retries() {
     .await
     .unwrap();
     assert_eq!(composition, 1);
-    let mut delivered_metric = 0.0;
-    for gw in &gws {
-        delivered_metric += gw
-            .metric("rbac_gateway_alerts_total{result=\"delivered\"}")
-            .await;
-    }
+    let delivered_metric =
+        metric_sum(&gws, "rbac_gateway_alerts_total{result=\"delivered\"}").await;
     assert_eq!(delivered_metric, 2.0);
 }
 

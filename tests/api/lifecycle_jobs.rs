@@ -143,12 +143,8 @@ async fn a_role_added_and_removed_within_50_ms_is_alerted_once_each_across_three
     }
     let rows = count(&db, "SELECT count(*) FROM rbac_gateway_alerts WHERE key LIKE 'composition:%' AND delivered_at_utc IS NOT NULL").await;
     assert_eq!(rows, 2);
-    let mut delivered_metric = 0.0;
-    for gw in &gws {
-        delivered_metric += gw
-            .metric("rbac_gateway_alerts_total{result=\"delivered\"}")
-            .await;
-    }
+    let delivered_metric =
+        metric_sum(&gws, "rbac_gateway_alerts_total{result=\"delivered\"}").await;
     assert_eq!(
         delivered_metric, 2.0,
         "one delivery per alert across the replicas"
@@ -285,15 +281,7 @@ async fn a_hanging_ticket_does_not_delay_another_ticket_s_revocation() {
     )
     .await;
     // A few sweeps with T-hang's request hanging (the deadline is 5 s).
-    let done = || async {
-        let mut n = 0.0;
-        for gw in &gws {
-            n += gw
-                .metric("rbac_gateway_sweeps_total{result=\"done\"}")
-                .await;
-        }
-        n
-    };
+    let done = || metric_sum(&gws, "rbac_gateway_sweeps_total{result=\"done\"}");
     eventually(Duration::from_secs(10), "three sweeps", || async {
         done().await >= 3.0
     })
@@ -415,10 +403,7 @@ async fn a_poisoned_grant_does_not_stop_another_s_revocation() {
     let body = gws[2].admin_get("/readyz").await.body_str();
     assert!(body.contains("poisoned row"), "the error is named: {body}");
     assert!(!body.contains(&healthy), "{body}");
-    let mut failures = 0.0;
-    for gw in &gws {
-        failures += gw.metric("rbac_gateway_sweep_item_failures_total").await;
-    }
+    let failures = metric_sum(&gws, "rbac_gateway_sweep_item_failures_total").await;
     assert!(failures >= 3.0, "{failures} item failures counted");
     // Fixed: retried, revoked, no longer named.
     sqlx::query("DROP TRIGGER poison ON rbac_grants_audit")
@@ -632,12 +617,11 @@ async fn a_forged_or_unauthenticated_webhook_revokes_nothing() {
         count(&db, "SELECT count(*) FROM rbac_grants_audit").await,
         0
     );
-    let mut refused = 0.0;
-    for gw in &gws {
-        refused += gw
-            .metric("rbac_gateway_freescout_webhooks_total{result=\"unauthenticated\"}")
-            .await;
-    }
+    let refused = metric_sum(
+        &gws,
+        "rbac_gateway_freescout_webhooks_total{result=\"unauthenticated\"}",
+    )
+    .await;
     assert_eq!(refused, 12.0);
 }
 

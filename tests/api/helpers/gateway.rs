@@ -451,3 +451,12 @@ pub fn all_read(client: SocketAddr, server: SocketAddr) -> bool {
         .any(|r| r.local == s && r.remote == c && r.rx_queue == 0);
     sent && read
 }
+
+/// One metric summed over several gateways (replicas sharing a database).
+pub async fn metric_sum(gws: &[Gateway], series: &str) -> f64 {
+    let mut n = 0.0;
+    for gw in gws {
+        n += gw.metric(series).await;
+    }
+    n
+}
