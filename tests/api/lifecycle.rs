@@ -84,7 +84,8 @@ async fn expire(db: &TestDb, grant: &str) {
     .unwrap();
 }
 
-async fn revoked(db: &TestDb, grant: &str) -> Option<String> {
+/// The revoke reason of `grant`, once revoked.
+pub(crate) async fn revoked(db: &TestDb, grant: &str) -> Option<String> {
     sqlx::query_scalar(
         "SELECT revoke_reason FROM rbac_ticket_grants WHERE id = $1 AND revoked_at_utc IS NOT NULL",
     )

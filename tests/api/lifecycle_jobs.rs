@@ -7,19 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::helpers::*;
+use crate::lifecycle::revoked;
 use crate::tickets::{freescout, grant};
 
 const SECRET: &str = "test-webhook-secret-0123456789";
-
-async fn revoked(db: &TestDb, grant: &str) -> Option<String> {
-    sqlx::query_scalar(
-        "SELECT revoke_reason FROM rbac_ticket_grants WHERE id = $1 AND revoked_at_utc IS NOT NULL",
-    )
-    .bind(grant)
-    .fetch_optional(&db.pool)
-    .await
-    .unwrap()
-}
 
 async fn count(db: &TestDb, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap()
