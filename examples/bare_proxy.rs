@@ -57,8 +57,9 @@ fn main() {
     let gw = bg.block_on(async {
         let metrics = Arc::new(Metrics::new());
         // Never used: public routes resolve no session and write no audit row.
-        let pool = rbac_gateway::stores::db::pool(
+        let pool = rbac_gateway::stores::db::Db::connect(
             "postgres://bare@127.0.0.1:9/none",
+            None,
             1,
             Duration::from_secs(1),
         )

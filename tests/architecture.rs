@@ -177,3 +177,102 @@ fn the_cycle_finder_finds_a_cycle() {
     comp.sort();
     assert_eq!(comp, ["a", "b", "c"]);
 }
+
+/// The end of the call whose `(` is at `open`: its matching `)`, skipping string literals
+/// (plain and raw) so that a parenthesis inside SQL text does not count.
+fn call_end(text: &str, open: usize) -> usize {
+    let b = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = open;
+    while i < b.len() {
+        match b[i] {
+            b'r' if (b.get(i + 1) == Some(&b'"') || b.get(i + 1) == Some(&b'#'))
+                && !b[i - 1].is_ascii_alphanumeric()
+                && b[i - 1] != b'_' =>
+            {
+                let hashes = b[i + 1..].iter().take_while(|c| **c == b'#').count();
+                let body = i + 1 + hashes + 1;
+                let close = format!("\"{}", "#".repeat(hashes));
+                i = body + text[body..].find(&close).expect("a closed raw string") + close.len();
+                continue;
+            }
+            b'"' => {
+                i += 1;
+                while b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    panic!("unbalanced call at byte {open}");
+}
+
+/// The statements of `text` (`sqlx::query*(...)`) not followed by `.persistent(false)`, as
+/// `line: text`.
+fn named_statements(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for ctor in [
+        "sqlx::query(",
+        "sqlx::query_as(",
+        "sqlx::query_scalar(",
+        "sqlx::query_as::<",
+        "sqlx::query_scalar::<",
+    ] {
+        for (at, _) in text.match_indices(ctor) {
+            let open = at + text[at..].find('(').unwrap();
+            let end = call_end(text, open);
+            if !text[end + 1..]
+                .trim_start()
+                .starts_with(".persistent(false)")
+            {
+                let line = text[..at].lines().count();
+                out.push(format!(
+                    "{line}: {}",
+                    text[at..=end].lines().next().unwrap_or("")
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Architecture Invariant (issue 44): no statement leaves a prepared statement behind on its
+/// server connection, which a transaction-pooling PgBouncer may hand to another client (whose
+/// `sqlx_s_14` would then run with our parameters). Every statement in `src/` is unnamed, and
+/// only `stores/db.rs` (which wraps every statement in a transaction) and the change feed's
+/// LISTEN pool (a direct connection) name sqlx's pool type.
+#[test]
+fn every_statement_is_unnamed_and_goes_through_db() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut problems = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let rel = file.strip_prefix(&src).unwrap().display().to_string();
+        for s in named_statements(&text) {
+            problems.push(format!("{rel}:{s} (add .persistent(false))"));
+        }
+        let allowed = rel == "stores/db.rs" || rel == "stores/feed.rs";
+        if !allowed && text.contains("PgPool") {
+            problems.push(format!("{rel} names PgPool: use stores::db::Db"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_statement_check_finds_a_named_statement() {
+    let text = "let a = sqlx::query(\"SELECT (1)\").bind(x).fetch_one(&db);\n\
+                let b = sqlx::query_scalar::<_, i32>(r#\"SELECT \"(\"\"#).persistent(false).fetch_one(&db);";
+    assert_eq!(named_statements(text), ["1: sqlx::query(\"SELECT (1)\")"]);
+}

@@ -215,7 +215,7 @@ async fn check_database(
     let mut out = Vec::new();
     let columns: Vec<(String, String)> = sqlx::query_as(
         "SELECT table_name::text, column_name::text FROM information_schema.columns WHERE table_schema = current_schema()",
-    )
+    ).persistent(false)
     .fetch_all(&pool)
     .await
     .context("cannot read the schema")
@@ -240,6 +240,7 @@ async fn check_database(
          WHERE t.tgname = 'rbac_gateway_change' AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
          AND c.relnamespace = current_schema()::regnamespace",
     )
+    .persistent(false)
     .fetch_all(&pool)
     .await
     .context("cannot read the triggers")

@@ -19,7 +19,7 @@ use crate::stores::identity::Principal;
 /// The admin being explained holds the (pretend) session; everything is read fresh from the
 /// database, nothing is cached.
 struct ExplainAuthority {
-    pool: sqlx::PgPool,
+    pool: crate::stores::db::Db,
     principal: Arc<Principal>,
     metrics: Metrics,
     ticket_validation_url: Option<String>,
@@ -96,13 +96,17 @@ fn database_url<'a>(args: &'a ExplainArgs, what: &str) -> Result<&'a str, Exit> 
 /// yet (explained as the admin would be decided once logged in); None, said so, when every
 /// session of the admin expired or was revoked: `serve` answers such a cookie as no session.
 /// An admin id that does not exist is a usage error.
-async fn live_session<'a>(pool: &sqlx::PgPool, admin: &'a str) -> Result<Option<&'a str>, Exit> {
+async fn live_session<'a>(
+    pool: &crate::stores::db::Db,
+    admin: &'a str,
+) -> Result<Option<&'a str>, Exit> {
     let (known, any, live): (bool, bool, bool) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM admins WHERE id = $1), \
          EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1), \
          EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1 \
                  AND revoked_at_utc IS NULL AND expires_at_utc > now())",
     )
+    .persistent(false)
     .bind(admin)
     .fetch_one(pool)
     .await
@@ -160,7 +164,7 @@ fn from_audit_row(args: &ExplainArgs, at_hand: Mapping, request_id: &str) -> Res
         sqlx::query_as(
             "SELECT event_type, admin_id, method, path, route, reason, mapping_version, created_at_utc \
              FROM access_audit_events WHERE request_id = $1 ORDER BY created_at_utc, id",
-        )
+        ).persistent(false)
         .bind(request_id)
         .fetch_all(&pool)
         .await
@@ -334,7 +338,7 @@ fn explain_request(
                             crate::break_glass_end!(),
                             " > now() LIMIT 1"
                         ),
-                    )
+                    ).persistent(false)
                     .bind(admin)
                     .fetch_optional(&pool)
                     .await

@@ -99,14 +99,14 @@ pub fn catalogue_principals(catalogue: &Catalogue) -> Vec<Reviewed> {
 /// Every admin of the database, with the roles `serve` would resolve for them now (break-glass
 /// included) and their live ticket grants.
 pub async fn admin_principals(
-    pool: &sqlx::PgPool,
+    pool: &crate::stores::db::Db,
     requires_alert: bool,
 ) -> Result<Vec<Reviewed>, sqlx::Error> {
     let admins: Vec<(String, String, Vec<String>)> = sqlx::query_as(
         "SELECT a.id, a.email, COALESCE(array_agg(g.name ORDER BY g.name) FILTER (WHERE g.name IS NOT NULL), '{}') \
          FROM admins a LEFT JOIN rbac_user_groups ug ON ug.user_id = a.id \
          LEFT JOIN rbac_groups g ON g.id = ug.group_id GROUP BY a.id, a.email ORDER BY a.email, a.id",
-    )
+    ).persistent(false)
     .fetch_all(pool)
     .await?;
     let mut out = Vec::with_capacity(admins.len());
@@ -123,7 +123,7 @@ pub async fn admin_principals(
         let customers: Vec<i32> = sqlx::query_scalar(
             "SELECT DISTINCT customer_id FROM rbac_ticket_grants WHERE user_id = $1 \
              AND revoked_at_utc IS NULL AND (expires_at_utc IS NULL OR expires_at_utc > now()) ORDER BY 1",
-        )
+        ).persistent(false)
         .bind(&id)
         .fetch_all(pool)
         .await?;

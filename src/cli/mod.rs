@@ -58,8 +58,8 @@ pub(crate) async fn command_pool(
     url: &str,
     size: u32,
     timeout: std::time::Duration,
-) -> Result<sqlx::PgPool, Exit> {
-    let pool = crate::stores::db::pool(url, size, timeout).map_err(usage)?;
+) -> Result<crate::stores::db::Db, Exit> {
+    let pool = crate::stores::db::Db::connect(url, None, size, timeout).map_err(usage)?;
     match pool.acquire().await {
         // Back to the pool, for the command's first query.
         Ok(first) => drop(first),

@@ -47,6 +47,7 @@ pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
             .context("cannot read the shadow-mode audit rows")
             .map_err(failure)?;
         let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+            .persistent(false)
             .fetch_one(&pool)
             .await
             .map_err(failure)?;

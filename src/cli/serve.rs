@@ -118,7 +118,13 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         .build()
         .map_err(failure)?;
     let (gw, admin) = bg.block_on(async {
-        let pool = db::pool(&args.database_url, args.db_pool_size, db_timeout).map_err(usage)?;
+        let pool = db::Db::connect(
+            &args.database_url,
+            args.direct_database_url.as_deref(),
+            args.db_pool_size,
+            db_timeout,
+        )
+        .map_err(usage)?;
         let identity = Arc::new(
             Identity::new(
                 pool.clone(),

@@ -39,10 +39,10 @@ async fn handle(req: Request<Incoming>, gw: &Gateway) -> Response<Full<Bytes>> {
             let pool = gw.identity.pool();
             m.db_pool
                 .with_label_values(&["open"])
-                .set(pool.size() as i64);
+                .set(pool.pool().size() as i64);
             m.db_pool
                 .with_label_values(&["idle"])
-                .set(pool.num_idle() as i64);
+                .set(pool.pool().num_idle() as i64);
             (200, "text/plain; version=0.0.4", m.render())
         }
         (&Method::GET, _) => (404, "text/plain", "not found\n".to_string()),
@@ -62,10 +62,14 @@ async fn handle(req: Request<Incoming>, gw: &Gateway) -> Response<Full<Bytes>> {
 /// answered after [`PROBE_AFTER`] is also tried with a connection of its own
 /// ([`crate::stores::db::why_unreachable`]), at the same time, within the same limit: the answer
 /// comes within the probes' timeouts (3 s in `deploy/`) and names the cause.
-async fn database_state(pool: &sqlx::PgPool) -> Result<(), String> {
-    let select = tokio::time::timeout(
+async fn database_state(pool: &crate::stores::db::Db) -> Result<(), String> {
+    // `db::within`, not a bare timeout: a timeout marks the pool's connections stale, so the
+    // one it gave up on is closed, not pinged with no timeout (issue 44).
+    let select = crate::stores::db::within(
         READY_LIMIT,
-        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool),
+        sqlx::query_scalar::<_, i32>("SELECT 1")
+            .persistent(false)
+            .fetch_one(pool),
     );
     tokio::pin!(select);
     let (outcome, cause) = match tokio::time::timeout(PROBE_AFTER, &mut select).await {
@@ -77,10 +81,11 @@ async fn database_state(pool: &sqlx::PgPool) -> Result<(), String> {
         }
     };
     let pool_error = match outcome {
-        Ok(Ok(_)) => return Ok(()),
-        Ok(Err(e)) if !matches!(e, sqlx::Error::PoolTimedOut) => return Err(e.to_string()),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "timed out".to_string(),
+        Ok(_) => return Ok(()),
+        Err(e) if !matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
+            return Err(e.to_string())
+        }
+        Err(e) => e.to_string(),
     };
     // A pool that failed fast (a --db-timeout-ms below PROBE_AFTER) was not probed yet.
     let cause = match cause {

@@ -17,13 +17,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::stores::db::Db;
 use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
@@ -119,7 +119,7 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 
 /// What the receiver needs.
 pub struct Receiver {
-    pub pool: PgPool,
+    pub pool: Db,
     pub auth: Auth,
     /// FreeScout's status URL template (`{ticket_id}`).
     pub validation_url: String,

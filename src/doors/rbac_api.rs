@@ -386,6 +386,7 @@ impl Source for Gateway {
         self.metrics.db_queries.inc();
         let rows: Vec<(String, i32, String, Option<DateTime<Utc>>)> =
             sqlx::query_as(TICKET_GRANTS_SQL)
+                .persistent(false)
                 .bind(admin_id)
                 .fetch_all(self.identity.pool())
                 .await
@@ -410,6 +411,7 @@ impl Source for Gateway {
     ) -> Result<Option<String>, Unavailable> {
         self.metrics.db_queries.inc();
         sqlx::query_scalar(ROLE_GRANTING_SQL)
+            .persistent(false)
             .bind(permission)
             .bind(roles)
             .fetch_optional(self.identity.pool())

@@ -100,13 +100,14 @@ impl Catalogue {
 
     /// Console's own catalogue, as the database holds it now (every group, also one with no
     /// role).
-    pub async fn read(pool: &sqlx::PgPool) -> Result<Catalogue, sqlx::Error> {
+    pub async fn read(pool: &crate::stores::db::Db) -> Result<Catalogue, sqlx::Error> {
         let mut c = Catalogue::default();
         let groups: Vec<(String, Option<String>)> = sqlx::query_as(
             "SELECT g.name, r.name FROM rbac_groups g \
              LEFT JOIN rbac_group_roles gr ON gr.group_id = g.id \
              LEFT JOIN rbac_roles r ON r.id = gr.role_id",
         )
+        .persistent(false)
         .fetch_all(pool)
         .await?;
         for (g, r) in groups {
@@ -116,7 +117,7 @@ impl Catalogue {
         let edges: Vec<(String, String)> = sqlx::query_as(
             "SELECT c.name, p.name FROM rbac_role_inheritance ri \
              JOIN rbac_roles c ON c.id = ri.child_role_id JOIN rbac_roles p ON p.id = ri.parent_role_id",
-        )
+        ).persistent(false)
         .fetch_all(pool)
         .await?;
         for (child, parent) in edges {
@@ -125,7 +126,7 @@ impl Catalogue {
         let perms: Vec<(String, String)> = sqlx::query_as(
             "SELECT r.name, p.name FROM rbac_role_permissions rp \
              JOIN rbac_roles r ON r.id = rp.role_id JOIN rbac_permissions p ON p.id = rp.permission_id",
-        )
+        ).persistent(false)
         .fetch_all(pool)
         .await?;
         for (role, perm) in perms {

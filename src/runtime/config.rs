@@ -69,9 +69,15 @@ pub struct ServeArgs {
     /// The route mapping.
     #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
     pub routes: PathBuf,
-    /// Console's PostgreSQL.
+    /// Console's PostgreSQL. May go through a transaction-pooling PgBouncer: every statement
+    /// runs unnamed, inside a transaction of its own.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
+    /// A connection to PostgreSQL that bypasses any transaction pooler, for what needs a session
+    /// (the change feed's LISTEN, the sweep's lock); default: --database-url. Set it when
+    /// --database-url is a transaction-pooling PgBouncer (README, "Behind PgBouncer").
+    #[arg(long, env = "GATEWAY_DIRECT_DATABASE_URL")]
+    pub direct_database_url: Option<String>,
     /// Address of the admin listener (/healthz, /readyz, /metrics).
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub admin_listen: String,

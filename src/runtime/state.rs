@@ -110,7 +110,7 @@ impl Authority for Gateway {
 /// `validation_url` when given), or None when there are none. Shared by the gateway and
 /// `explain`.
 pub async fn ticket_principal(
-    pool: &sqlx::PgPool,
+    pool: &crate::stores::db::Db,
     metrics: &Metrics,
     validation_url: Option<&str>,
     principal: &Principal,

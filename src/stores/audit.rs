@@ -23,7 +23,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::Postgres;
+
+use crate::stores::db::Db;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::runtime::metrics::Metrics;
@@ -99,6 +101,7 @@ async fn insert<'e, E: sqlx::PgExecutor<'e>>(
         rows.iter().map(|r| f(r.borrow())).collect()
     }
     sqlx::query(sql)
+        .persistent(false)
         .bind(col(rows, |e| e.id.clone()))
         .bind(col(rows, |e| e.event_type.clone()))
         .bind(col(rows, |e| e.admin_id.clone()))
@@ -166,7 +169,7 @@ impl Drop for Held {
 type Job = (Arc<AuditEvent>, oneshot::Sender<Result<(), AuditError>>);
 
 struct Inner {
-    pool: PgPool,
+    pool: Db,
     spool: PathBuf,
     max_spool: u64,
     /// Serializes spool appends with replay-and-truncate.
@@ -198,7 +201,7 @@ pub struct AuditWriter {
 impl AuditWriter {
     /// Starts the writer task on the current runtime.
     pub fn start(
-        pool: PgPool,
+        pool: Db,
         spool: PathBuf,
         max_spool: u64,
         timeout: Duration,
@@ -211,7 +214,7 @@ impl AuditWriter {
 
     /// The writer and the task that writes for it (the caller runs the task, e.g. supervised).
     pub fn new(
-        pool: PgPool,
+        pool: Db,
         spool: PathBuf,
         max_spool: u64,
         timeout: Duration,
@@ -423,7 +426,14 @@ impl Inner {
             }),
         };
         let conn = h.conn.as_mut().expect("a held connection until dropped");
-        let result = insert(&mut **conn, INSERT_SQL, rows).await.map(drop);
+        // In a transaction of its own, like every statement (`db::Db`): behind a transaction
+        // pooler the server connection is ours only from BEGIN to COMMIT.
+        let result = async {
+            let mut tx = crate::stores::db::begin_on(conn, self.timeout).await?;
+            insert(&mut *tx, INSERT_SQL, rows).await?;
+            tx.commit().await
+        }
+        .await;
         h.used = std::time::Instant::now();
         result
     }
@@ -831,10 +841,13 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .acquire_timeout(acquire)
-            .connect_lazy(&format!("postgres://x@127.0.0.1:{port}/x"))
-            .unwrap();
+        let pool = Db::connect(
+            &format!("postgres://x@127.0.0.1:{port}/x"),
+            None,
+            8,
+            acquire,
+        )
+        .unwrap();
         AuditWriter::new(
             pool,
             spool.to_path_buf(),

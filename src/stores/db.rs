@@ -55,11 +55,14 @@ impl std::fmt::Display for UnknownName {
 /// the mapping's order. Used by `check --database-url` (errors) and by `serve` at load and on
 /// every reload (warnings: the role may be created after the mapping ships).
 pub async fn unknown_names(
-    pool: &PgPool,
+    pool: &Db,
     mapping: &crate::policy::mapping::Mapping,
 ) -> Result<Vec<UnknownName>, sqlx::Error> {
     let names = |sql: &'static str| async move {
-        let all: Vec<String> = sqlx::query_scalar(sql).fetch_all(pool).await?;
+        let all: Vec<String> = sqlx::query_scalar(sql)
+            .persistent(false)
+            .fetch_all(pool)
+            .await?;
         Ok::<_, sqlx::Error>(
             all.into_iter()
                 .collect::<std::collections::HashSet<String>>(),
@@ -92,12 +95,13 @@ pub async fn unknown_names(
 /// only says "pool timed out while waiting for an open connection" whatever the cause (refused,
 /// unknown host, wrong password, no such database); an operator needs the cause. One direct
 /// connection, outside the pool, closed at once; None when it succeeds.
-pub async fn why_unreachable(pool: &PgPool, within: Duration) -> Option<String> {
+pub async fn why_unreachable(db: &Db, within: Duration) -> Option<String> {
     use sqlx::{ConnectOptions, Connection};
-    let opts = pool.connect_options();
+    let opts = db.pool.connect_options();
     match tokio::time::timeout(within, opts.connect()).await {
         Ok(Ok(conn)) => {
-            if let Err(e) = conn.close().await {
+            // Bounded as well: a peer may accept and then go silent.
+            if let Err(e) = self::within(within, conn.close()).await {
                 tracing::debug!(error = %e, "closing the probe connection");
             }
             None
@@ -143,25 +147,226 @@ pub trait Bounded<T>: std::future::Future<Output = Result<T, sqlx::Error>> + Siz
 
 impl<T, F: std::future::Future<Output = Result<T, sqlx::Error>>> Bounded<T> for F {}
 
-/// A lazily connecting pool whose statements time out after `timeout`.
-pub fn pool(url: &str, size: u32, timeout: Duration) -> Result<PgPool, sqlx::Error> {
-    let ms = timeout.as_millis().max(1).to_string();
-    let opts = PgConnectOptions::from_str(url)?
+/// The gateway's database: a lazily connecting pool, used only in ways that stay correct when a
+/// transaction-pooling PgBouncer stands between the gateway and PostgreSQL (issue 44).
+///
+/// # Architecture Invariant: no statement or session state outlives a transaction
+/// Behind transaction pooling, a client's server connection is its own only from `BEGIN` to
+/// `COMMIT`; between two transactions (or, outside one, between two of a statement's protocol
+/// round trips: sqlx parses and describes, syncs, then binds and executes) the pooler may hand it
+/// to another client. sqlx's named prepared statements (`sqlx_s_N`) live on a server connection,
+/// so another client's `sqlx_s_14` could run with our parameters: a session resolved to someone
+/// else's answer. Hence:
+/// - every statement runs inside a transaction: [`Db`] as an executor (`.fetch_one(&db)`) wraps
+///   each statement in one, and [`Db::begin`] opens one for several;
+/// - every statement is unnamed (`.persistent(false)`, checked on the source by
+///   `tests/architecture.rs`; [`Db`] as an executor also forces it), so nothing is left behind on
+///   the server connection;
+/// - no startup parameter a pooler must be told to ignore: `statement_timeout` is set with
+///   `SET LOCAL` in each transaction's `BEGIN`, and `extra_float_digits` is not sent;
+/// - what needs a session (`LISTEN`, the sweep's session-level advisory lock) uses
+///   [`Db::direct_options`], `--direct-database-url`, a connection that bypasses the pooler.
+///
+/// # Architecture Invariant: no pool slot waits on a silent peer past the timeout
+/// Every use is bounded by `limit` through [`within`], which marks the pool's connections stale
+/// before dropping the work in progress, so the pool closes a connection given up on instead of
+/// pinging it (sqlx's ping on release has no timeout).
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: PgPool,
+    direct: std::sync::Arc<PgConnectOptions>,
+    limit: Duration,
+}
+
+impl Db {
+    /// A lazily connecting pool of `size` connections to `url` whose statements time out after
+    /// `timeout`; `direct` (None: `url`) is where session-level work connects.
+    pub fn connect(
+        url: &str,
+        direct: Option<&str>,
+        size: u32,
+        timeout: Duration,
+    ) -> Result<Db, sqlx::Error> {
+        let opts = connect_options(url)?;
+        let direct = match direct {
+            Some(d) => connect_options(d)?,
+            None => opts.clone(),
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(size)
+            .min_connections(0)
+            .acquire_timeout(timeout)
+            .idle_timeout(Some(Duration::from_secs(60)))
+            .test_before_acquire(false)
+            .before_acquire(|_, meta| {
+                Box::pin(async move { Ok(!idle_since_broken(meta.idle_for)) })
+            })
+            // A connection given back that was opened before the last connection error may be
+            // the one that failed, or a silent one a timeout gave up on: closed, not pinged
+            // (sqlx's ping on release has no timeout of its own; its close has none either, but
+            // only waits when more is unsent than the socket's buffer holds).
+            .after_release(|_, meta| Box::pin(async move { Ok(!idle_since_broken(meta.age)) }))
+            .connect_lazy_with(opts);
+        Ok(Db {
+            pool,
+            direct: std::sync::Arc::new(direct),
+            limit: timeout,
+        })
+    }
+
+    /// The pool itself: for the migrator only (`migrate` needs a direct connection: it holds a
+    /// session-level lock while it runs).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Where a session-level connection (LISTEN, the sweep's lock) connects: never through a
+    /// transaction pooler when `--direct-database-url` is set.
+    pub fn direct_options(&self) -> &PgConnectOptions {
+        &self.direct
+    }
+
+    /// A connection of the pool, for a caller that keeps one across batches (the audit
+    /// writer): its statements still run in [`begin_on`]'s transactions.
+    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, sqlx::Error> {
+        within(self.limit, self.pool.acquire()).await
+    }
+
+    /// The bound of every database step.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// A transaction whose statements time out after the limit (`SET LOCAL`, sent with `BEGIN`
+    /// in one round trip). Bounded, like every step after it must be (`.bounded(db.limit())`).
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        within(self.limit, self.pool.begin_with(begin_sql(self.limit))).await
+    }
+}
+
+/// `BEGIN` with the statement timeout of `limit` for the transaction only.
+fn begin_sql(limit: Duration) -> String {
+    format!(
+        "BEGIN; SET LOCAL statement_timeout = {}",
+        limit.as_millis().max(1)
+    )
+}
+
+/// [`Db::begin`] on a connection the caller keeps.
+pub async fn begin_on(
+    conn: &mut sqlx::PgConnection,
+    limit: Duration,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
+    use sqlx::Connection;
+    within(limit, conn.begin_with(begin_sql(limit))).await
+}
+
+/// A statement that leaves no prepared statement behind on its server connection.
+pub struct Unnamed<E>(E);
+
+impl<'q, E: sqlx::Execute<'q, sqlx::Postgres>> sqlx::Execute<'q, sqlx::Postgres> for Unnamed<E> {
+    fn sql(&self) -> &'q str {
+        self.0.sql()
+    }
+
+    fn statement(&self) -> Option<&sqlx::postgres::PgStatement<'q>> {
+        self.0.statement()
+    }
+
+    fn take_arguments(
+        &mut self,
+    ) -> Result<Option<sqlx::postgres::PgArguments>, sqlx::error::BoxDynError> {
+        self.0.take_arguments()
+    }
+
+    fn persistent(&self) -> bool {
+        false
+    }
+}
+
+impl<'d> sqlx::Executor<'d> for &'_ Db {
+    type Database = sqlx::Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures_util::stream::BoxStream<
+        'e,
+        Result<sqlx::Either<sqlx::postgres::PgQueryResult, sqlx::postgres::PgRow>, sqlx::Error>,
+    >
+    where
+        'd: 'e,
+        E: 'q + sqlx::Execute<'q, sqlx::Postgres>,
+    {
+        use futures_util::{StreamExt, TryStreamExt};
+        let db = self.clone();
+        // One statement in a transaction of its own, unnamed, bounded as a whole.
+        let all = within(self.limit, async move {
+            let mut tx = db.begin().await?;
+            let items = sqlx::Executor::fetch_many(&mut *tx, Unnamed(query))
+                .try_collect::<Vec<_>>()
+                .await?;
+            tx.commit().await?;
+            Ok(items)
+        });
+        futures_util::stream::once(all)
+            .map_ok(|items| futures_util::stream::iter(items.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed()
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> futures_util::future::BoxFuture<'e, Result<Option<sqlx::postgres::PgRow>, sqlx::Error>>
+    where
+        'd: 'e,
+        E: 'q + sqlx::Execute<'q, sqlx::Postgres>,
+    {
+        let db = self.clone();
+        Box::pin(within(self.limit, async move {
+            let mut tx = db.begin().await?;
+            let row = sqlx::Executor::fetch_optional(&mut *tx, Unnamed(query)).await?;
+            tx.commit().await?;
+            Ok(row)
+        }))
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [sqlx::postgres::PgTypeInfo],
+    ) -> futures_util::future::BoxFuture<'e, Result<sqlx::postgres::PgStatement<'q>, sqlx::Error>>
+    where
+        'd: 'e,
+    {
+        // A prepared statement is session state: refused rather than left on a server
+        // connection another client may be given.
+        let _ = (sql, parameters);
+        Box::pin(async {
+            Err(sqlx::Error::Configuration(
+                "rbac-gateway prepares no statement outside a transaction".into(),
+            ))
+        })
+    }
+
+    fn describe<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+    ) -> futures_util::future::BoxFuture<'e, Result<sqlx::Describe<sqlx::Postgres>, sqlx::Error>>
+    where
+        'd: 'e,
+    {
+        // Used by sqlx's macros only, which the gateway does not use.
+        self.pool.describe(sql)
+    }
+}
+
+/// The connection options of `url`, with nothing a transaction pooler must be told to ignore.
+fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url)?
         .application_name("rbac-gateway")
-        .options([("statement_timeout", ms.as_str())]);
-    Ok(PgPoolOptions::new()
-        .max_connections(size)
-        .min_connections(0)
-        .acquire_timeout(timeout)
-        .idle_timeout(Some(Duration::from_secs(60)))
-        .test_before_acquire(false)
-        .before_acquire(|_, meta| Box::pin(async move { Ok(!idle_since_broken(meta.idle_for)) }))
-        // A connection given back that was opened before the last connection error may be the
-        // one that failed, or a silent one a timeout gave up on: closed, not pinged (sqlx's
-        // ping on release has no timeout of its own; its close has none either, but only
-        // waits when more is unsent than the socket's buffer holds).
-        .after_release(|_, meta| Box::pin(async move { Ok(!idle_since_broken(meta.age)) }))
-        .connect_lazy_with(opts))
+        .extra_float_digits(None))
 }
 
 /// Applies `migrations/` (idempotent: applied versions are recorded in `_sqlx_migrations`).

@@ -20,8 +20,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::stores::db::Db;
 use sqlx::postgres::PgListener;
-use sqlx::PgPool;
 
 use crate::runtime::metrics::Metrics;
 use crate::stores::identity::Identity;
@@ -48,9 +48,10 @@ pub struct Batch {
     pub changes: Vec<Change>,
 }
 
-pub async fn read(pool: &PgPool, cursor: &str) -> Result<Batch, sqlx::Error> {
+pub async fn read(pool: &Db, cursor: &str) -> Result<Batch, sqlx::Error> {
     type Row = (String, Option<i64>, Option<String>, Option<String>);
     let rows: Vec<Row> = sqlx::query_as(READ_SQL)
+        .persistent(false)
         .bind(cursor)
         .fetch_all(pool)
         .await?;
@@ -69,10 +70,11 @@ pub async fn read(pool: &PgPool, cursor: &str) -> Result<Batch, sqlx::Error> {
 pub const RETAIN: &str = "1 day";
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-async fn prune(pool: &PgPool, limit: Duration) {
+async fn prune(pool: &Db, limit: Duration) {
     let sql =
         format!("DELETE FROM rbac_change_log WHERE created_at_utc < now() - interval '{RETAIN}'");
-    match crate::stores::db::within(limit, sqlx::query(&sql).execute(pool)).await {
+    match crate::stores::db::within(limit, sqlx::query(&sql).persistent(false).execute(pool)).await
+    {
         Ok(r) if r.rows_affected() > 0 => {
             tracing::info!(rows = r.rows_affected(), "change feed: pruned old log rows")
         }
@@ -90,8 +92,9 @@ pub fn went_backwards(cursor: &str, xmin: &str) -> bool {
     }
 }
 
-pub async fn current_xmin(pool: &PgPool) -> Result<String, sqlx::Error> {
+pub async fn current_xmin(pool: &Db) -> Result<String, sqlx::Error> {
     sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        .persistent(false)
         .fetch_one(pool)
         .await
 }
@@ -156,12 +159,15 @@ impl Health {
 /// (its read failed, its LISTEN timed out) sends `UNLISTEN *` before giving its connection
 /// back, with no timeout: on a silent connection that never ends. In a pool of its own, only
 /// that pool's one slot waits, not one of the slots the request path draws from.
-fn listener_pool(pool: &PgPool, limit: Duration) -> PgPool {
+///
+/// It connects to [`Db::direct_options`]: LISTEN is session state, which a transaction pooler
+/// cannot keep (`--direct-database-url`).
+fn listener_pool(db: &Db, limit: Duration) -> sqlx::PgPool {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(limit)
         .idle_timeout(None)
-        .connect_lazy_with((*pool.connect_options()).clone())
+        .connect_lazy_with(db.direct_options().clone())
 }
 
 /// Follows the feed until the process ends.
@@ -171,7 +177,7 @@ fn listener_pool(pool: &PgPool, limit: Duration) -> PgPool {
 /// virtual address) fires no timeout of the server's own, and a read waiting on it would stop
 /// the feed until the kernel gave the connection up, many minutes later.
 pub async fn follow(
-    pool: PgPool,
+    pool: Db,
     identity: Arc<Identity>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -203,8 +209,7 @@ pub async fn follow(
             // below would start opening a fresh one only once LISTEN is back. Opened side by
             // side, the two backend starts (the slowest steps after a connection storm) cost
             // the time of one; the connection goes back to the pool for the read.
-            let (listened, warmed) =
-                tokio::join!(within(limit, listen), within(limit, pool.acquire()));
+            let (listened, warmed) = tokio::join!(within(limit, listen), pool.acquire());
             match warmed {
                 Ok(conn) => drop(conn),
                 Err(e) => {

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::stores::db::Db;
 use moka::future::Cache;
 use moka::Expiry;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 
 use crate::runtime::metrics::Metrics;
 
@@ -211,7 +211,7 @@ impl Expiry<String, Arc<Principal>> for OwnExpiry {
 const NEGATIVE_TTL: Duration = Duration::from_secs(1);
 
 pub struct Identity {
-    pool: PgPool,
+    pool: Db,
     ttl: Duration,
     sessions: Cache<String, Option<Arc<Session>>>,
     principals: Cache<String, Arc<Principal>>,
@@ -304,7 +304,7 @@ fn seconds(s: f64) -> Duration {
 }
 
 impl Identity {
-    pub fn new(pool: PgPool, ttl: Duration, capacity: u64, metrics: Arc<Metrics>) -> Identity {
+    pub fn new(pool: Db, ttl: Duration, capacity: u64, metrics: Arc<Metrics>) -> Identity {
         Identity {
             pool,
             ttl,
@@ -347,7 +347,7 @@ impl Identity {
         self
     }
 
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &Db {
         &self.pool
     }
 
@@ -369,6 +369,7 @@ impl Identity {
             let lookup = crate::stores::db::retry_once(|| async move {
                 self.metrics.db_queries.inc();
                 sqlx::query_as(SESSION_SQL)
+                    .persistent(false)
                     .bind(key)
                     .fetch_optional(&self.pool)
                     .await
@@ -573,7 +574,7 @@ thread_local! {
 
 /// Resolves a principal with one query (also used by `explain`).
 pub async fn resolve(
-    pool: &PgPool,
+    pool: &Db,
     admin_id: &str,
     ttl: Duration,
 ) -> Result<Arc<Principal>, sqlx::Error> {
@@ -583,7 +584,7 @@ pub async fn resolve(
 /// [`resolve`], with break-glass sessions counted only once their alert was delivered when
 /// `requires_alert` (`--break-glass-requires-alert`).
 pub async fn resolve_with(
-    pool: &PgPool,
+    pool: &Db,
     admin_id: &str,
     ttl: Duration,
     requires_alert: bool,
@@ -597,7 +598,7 @@ pub async fn resolve_with(
     let (roles, permissions, bg, bg_until): Row =
         // A dead pooled connection (after a connection storm) costs one retry, not a 503.
         crate::stores::db::retry_once(|| {
-            sqlx::query_as(PRINCIPAL_SQL)
+            sqlx::query_as(PRINCIPAL_SQL).persistent(false)
                 .bind(admin_id)
                 .bind(requires_alert)
                 .fetch_one(pool)
@@ -620,7 +621,7 @@ pub async fn resolve_with(
 /// for `explain`. Walks the same tables as [`PRINCIPAL_SQL`], in Rust, keeping the first path
 /// found to each role; a cycle is cut by the visited set.
 pub async fn provenance(
-    pool: &PgPool,
+    pool: &Db,
     admin_id: &str,
     requires_alert: bool,
 ) -> Result<Vec<String>, sqlx::Error> {
@@ -636,19 +637,19 @@ pub async fn provenance(
                                               WHERE a.key = 'break_glass:' || b.id AND a.delivered_at_utc IS NOT NULL)))
            ORDER BY 2"#
         ),
-    )
+    ).persistent(false)
     .bind(admin_id)
     .bind(requires_alert)
     .fetch_all(pool)
     .await?;
     let group_roles: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT gr.group_id, r.id, r.name FROM rbac_group_roles gr JOIN rbac_roles r ON r.id = gr.role_id ORDER BY r.name",
-    )
+    ).persistent(false)
     .fetch_all(pool)
     .await?;
     let edges: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT ri.child_role_id, p.id, p.name FROM rbac_role_inheritance ri JOIN rbac_roles p ON p.id = ri.parent_role_id ORDER BY p.name",
-    )
+    ).persistent(false)
     .fetch_all(pool)
     .await?;
     let mut seen = std::collections::HashSet::new();

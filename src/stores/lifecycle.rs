@@ -29,7 +29,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection, PgPool, Postgres};
+use sqlx::{Connection, PgConnection, Postgres};
+
+use crate::stores::db::Db;
 
 use crate::runtime::metrics::Metrics;
 use crate::stores::db::Bounded;
@@ -101,7 +103,7 @@ impl Report {
 /// Revokes one grant with `reason`, its `ticket_expire` row first (I-9), in a transaction of its
 /// own. Ok(false): it was revoked meanwhile, or (for `expired`) given a later expiry.
 pub async fn revoke_grant(
-    pool: &PgPool,
+    pool: &Db,
     id: &str,
     reason: &str,
     limit: Duration,
@@ -116,6 +118,7 @@ pub async fn revoke_grant(
                 (expires_at_utc IS NOT NULL AND expires_at_utc <= now()) \
          FROM rbac_ticket_grants WHERE id = $1 AND revoked_at_utc IS NULL FOR UPDATE",
     )
+    .persistent(false)
     .bind(id)
     .fetch_optional(&mut *tx)
     .bounded(limit)
@@ -130,7 +133,7 @@ pub async fn revoke_grant(
     sqlx::query(
         "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, role_id, ticket_id, customer_id, justification, granted_by) \
          VALUES ($1, 'ticket_expire', $2, $3, $4, $5, $6, 'rbac-gateway') ON CONFLICT (id) DO NOTHING",
-    )
+    ).persistent(false)
     .bind(format!("ticket_expire:{id}"))
     .bind(&user)
     .bind(&role)
@@ -144,6 +147,7 @@ pub async fn revoke_grant(
         "UPDATE rbac_ticket_grants SET revoked_at_utc = now(), revoke_reason = $2 \
          WHERE id = $1 AND revoked_at_utc IS NULL",
     )
+    .persistent(false)
     .bind(id)
     .bind(reason)
     .execute(&mut *tx)
@@ -151,6 +155,7 @@ pub async fn revoke_grant(
     .await?
     .rows_affected();
     sqlx::query("DELETE FROM rbac_gateway_sweep_failures WHERE item = $1")
+        .persistent(false)
         .bind(format!("grant:{id}"))
         .execute(&mut *tx)
         .bounded(limit)
@@ -160,12 +165,13 @@ pub async fn revoke_grant(
 }
 
 /// Counts one more failure of `item` (its own statement: the item's transaction rolled back).
-pub async fn record_failure(pool: &PgPool, item: &str, error: &str, limit: Duration) {
+pub async fn record_failure(pool: &Db, item: &str, error: &str, limit: Duration) {
     let recorded = sqlx::query(
         "INSERT INTO rbac_gateway_sweep_failures (item, failures, last_error) VALUES ($1, 1, $2) \
          ON CONFLICT (item) DO UPDATE SET failures = rbac_gateway_sweep_failures.failures + 1, \
          last_error = EXCLUDED.last_error, last_failed_at = now()",
     )
+    .persistent(false)
     .bind(item)
     .bind(error)
     .execute(pool)
@@ -180,7 +186,7 @@ pub async fn record_failure(pool: &PgPool, item: &str, error: &str, limit: Durat
 
 /// Revokes one grant, recording a failure: what the sweep and the webhook do per grant.
 pub async fn revoke_or_record(
-    pool: &PgPool,
+    pool: &Db,
     id: &str,
     ticket: &str,
     reason: &str,
@@ -205,13 +211,13 @@ pub async fn revoke_or_record(
 
 /// Every active grant of `ticket`, revoked as `ticket_closed`, each on its own.
 pub async fn revoke_ticket(
-    pool: &PgPool,
+    pool: &Db,
     ticket: &str,
     limit: Duration,
 ) -> Result<Vec<Done>, sqlx::Error> {
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM rbac_ticket_grants WHERE ticket_id = $1 AND revoked_at_utc IS NULL ORDER BY id",
-    )
+    ).persistent(false)
     .bind(ticket)
     .fetch_all(pool)
     .bounded(limit)
@@ -240,7 +246,7 @@ impl Drop for InFlight {
 
 /// The sweep of one process: the lock it may hold, and the FreeScout requests in flight.
 pub struct Sweeper {
-    pool: PgPool,
+    pool: Db,
     settings: Arc<SweepSettings>,
     /// The sweeper's own connection, outside the pool: it holds the sweep's advisory lock
     /// when `leader` (this process sweeps while it lives).
@@ -253,7 +259,7 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    pub fn new(pool: PgPool, settings: SweepSettings) -> Sweeper {
+    pub fn new(pool: Db, settings: SweepSettings) -> Sweeper {
         let permits = Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1)));
         Sweeper {
             pool,
@@ -275,8 +281,9 @@ impl Sweeper {
         let conn = match self.lease.as_mut() {
             Some(conn) => conn,
             None => {
-                let options = self.pool.connect_options();
-                let conn = PgConnection::connect_with(&options).bounded(limit).await?;
+                // Session state: never through a transaction pooler (`--direct-database-url`).
+                let options = self.pool.direct_options();
+                let conn = PgConnection::connect_with(options).bounded(limit).await?;
                 self.leader = false;
                 self.lease.insert(conn)
             }
@@ -284,11 +291,13 @@ impl Sweeper {
         let answer: Result<bool, sqlx::Error> = if self.leader {
             // Still ours while the connection answers.
             sqlx::query_scalar("SELECT true")
+                .persistent(false)
                 .fetch_one(&mut *conn)
                 .bounded(limit)
                 .await
         } else {
             sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .persistent(false)
                 .bind(LOCK_KEY)
                 .fetch_one(&mut *conn)
                 .bounded(limit)
@@ -338,7 +347,7 @@ impl Sweeper {
                SELECT 1 FROM rbac_ticket_grants g WHERE f.item = 'grant:' || g.id AND g.revoked_at_utc IS NULL) \
              AND NOT EXISTS (SELECT 1 FROM rbac_break_glass_sessions b WHERE f.item = 'break_glass:' || b.id \
                AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = 'break_glass_expire:' || b.id))",
-        )
+        ).persistent(false)
         .execute(&pool)
         .bounded(limit)
         .await?;
@@ -346,6 +355,7 @@ impl Sweeper {
             "SELECT id, ticket_id, (expires_at_utc IS NOT NULL AND expires_at_utc <= now()) \
              FROM rbac_ticket_grants WHERE revoked_at_utc IS NULL ORDER BY id",
         )
+        .persistent(false)
         .fetch_all(&pool)
         .bounded(limit)
         .await?;
@@ -399,7 +409,7 @@ impl Sweeper {
             crate::break_glass_end!(),
             " <= now()) AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = 'break_glass_expire:' || b.id) \
              ORDER BY b.id"
-        ))
+        )).persistent(false)
         .fetch_all(&pool)
         .bounded(limit)
         .await?;
@@ -409,7 +419,7 @@ impl Sweeper {
                  SELECT 'break_glass_expire:' || b.id, 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', ",
                 crate::break_glass_end!(),
                 " FROM rbac_break_glass_sessions b WHERE b.id = $1 ON CONFLICT (id) DO NOTHING RETURNING substr(id, 20)"
-            ))
+            )).persistent(false)
             .bind(&session)
             .fetch_optional(&pool)
             .bounded(limit)
@@ -419,6 +429,7 @@ impl Sweeper {
                 Ok(Some(s)) => {
                     let cleared =
                         sqlx::query("DELETE FROM rbac_gateway_sweep_failures WHERE item = $1")
+                            .persistent(false)
                             .bind(&item)
                             .execute(&pool)
                             .bounded(limit)
@@ -444,7 +455,7 @@ impl Sweeper {
 
 /// One sweep to the end (`sweep --once`): one tick, then every FreeScout answer it waited for;
 /// the lock is given up afterwards.
-pub async fn sweep_once(pool: &PgPool, settings: SweepSettings) -> Result<Report, sqlx::Error> {
+pub async fn sweep_once(pool: &Db, settings: SweepSettings) -> Result<Report, sqlx::Error> {
     let mut sweeper = Sweeper::new(pool.clone(), settings);
     let mut report = sweeper.tick().await;
     if let Ok(r) = &mut report {
@@ -527,7 +538,7 @@ enum Event {
 /// Sweeps every `interval` until the process ends (every replica runs this; the lock lets one
 /// sweep at a time). FreeScout's answers are acted on as they come, between ticks.
 pub async fn run_forever(
-    pool: PgPool,
+    pool: Db,
     settings: SweepSettings,
     interval: Duration,
     metrics: std::sync::Arc<Metrics>,
@@ -568,7 +579,7 @@ pub async fn run_forever(
 /// The items (`grant:<id>`, `break_glass:<id>`) that failed at least `threshold` sweeps, with
 /// their count and last error (at most `max`), for `/readyz`.
 pub async fn stuck(
-    pool: &PgPool,
+    pool: &Db,
     threshold: u32,
     max: i64,
 ) -> Result<(Vec<(String, i32, String)>, i64), sqlx::Error> {
@@ -576,6 +587,7 @@ pub async fn stuck(
         "SELECT item, failures, last_error, count(*) OVER () FROM rbac_gateway_sweep_failures \
          WHERE failures >= $1 ORDER BY item LIMIT $2",
     )
+    .persistent(false)
     .bind(threshold as i32)
     .bind(max)
     .fetch_all(pool)
@@ -639,13 +651,14 @@ async fn deliver(url: &str, text: &str) -> Result<(), String> {
 
 /// One alert pass: record new alerts, then deliver what is due.
 pub async fn alerts_once(
-    pool: &PgPool,
+    pool: &Db,
     webhook: Option<&str>,
     limit: Duration,
 ) -> Result<AlertReport, sqlx::Error> {
     let mut report = AlertReport::default();
     let mut tx = pool.begin().bounded(limit).await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .persistent(false)
         .bind(ALERT_LOCK_KEY)
         .fetch_one(&mut *tx)
         .bounded(limit)
@@ -671,7 +684,7 @@ pub async fn alerts_once(
             OR (b.granted_at_utc > now() - interval '1 day' AND b.expires_at_utc > b.granted_at_utc \
                 AND (b.revoked_at_utc IS NULL OR b.revoked_at_utc > b.granted_at_utc)) \
          ON CONFLICT (key) DO NOTHING RETURNING key"
-    ))
+    )).persistent(false)
     .fetch_all(&mut *tx)
     .bounded(limit)
     .await?;
@@ -691,7 +704,7 @@ pub async fn alerts_once(
                        to_char(d.ends_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')) \
          FROM rbac_gateway_deploy_windows d WHERE d.created_at_utc > now() - interval '1 day' \
          ON CONFLICT (key) DO NOTHING RETURNING key",
-    )
+    ).persistent(false)
     .fetch_all(&mut *tx)
     .bounded(limit)
     .await?;
@@ -701,7 +714,7 @@ pub async fn alerts_once(
         let due: Vec<(String, String)> = sqlx::query_as(
             "SELECT key, text FROM rbac_gateway_alerts \
              WHERE delivered_at_utc IS NULL AND next_attempt_utc <= now() ORDER BY created_at_utc LIMIT 50",
-        )
+        ).persistent(false)
         .fetch_all(&mut *tx)
         .bounded(limit)
         .await?;
@@ -710,7 +723,7 @@ pub async fn alerts_once(
                 Ok(()) => {
                     sqlx::query(
                         "UPDATE rbac_gateway_alerts SET delivered_at_utc = now(), attempts = attempts + 1 WHERE key = $1",
-                    )
+                    ).persistent(false)
                     .bind(&key)
                     .execute(&mut *tx)
                     .bounded(limit)
@@ -722,11 +735,13 @@ pub async fn alerts_once(
                          SELECT 'rbac_gateway_alerts', b.user_id FROM rbac_break_glass_sessions b \
                          WHERE 'break_glass:' || b.id = $1",
                     )
+                    .persistent(false)
                     .bind(&key)
                     .execute(&mut *tx)
                     .bounded(limit)
                     .await?;
                     sqlx::query("SELECT pg_notify('rbac_gateway_changes', '')")
+                        .persistent(false)
                         .execute(&mut *tx)
                         .bounded(limit)
                         .await?;
@@ -737,7 +752,7 @@ pub async fn alerts_once(
                     sqlx::query(
                         "UPDATE rbac_gateway_alerts SET attempts = attempts + 1, last_error = $2, \
                          next_attempt_utc = now() + make_interval(secs => least(300, power(2, attempts)::int)) WHERE key = $1",
-                    )
+                    ).persistent(false)
                     .bind(&key)
                     .bind(&e)
                     .execute(&mut *tx)
@@ -816,7 +831,7 @@ async fn group_change_alerts(tx: &mut Tx<'_>, limit: Duration) -> Result<Vec<Str
          WHERE alert_key IS NULL AND txid IN ( \
              SELECT txid FROM rbac_gateway_group_changes WHERE alert_key IS NULL ORDER BY id LIMIT 100) \
          ORDER BY id",
-    )
+    ).persistent(false)
     .fetch_all(&mut **tx)
     .bounded(limit)
     .await?;
@@ -827,6 +842,7 @@ async fn group_change_alerts(tx: &mut Tx<'_>, limit: Duration) -> Result<Vec<Str
         "SELECT r.name FROM rbac_group_roles gr JOIN rbac_groups g ON g.id = gr.group_id \
          JOIN rbac_roles r ON r.id = gr.role_id WHERE g.name = 'break-glass' ORDER BY 1",
     )
+    .persistent(false)
     .fetch_all(&mut **tx)
     .bounded(limit)
     .await?;
@@ -842,7 +858,7 @@ async fn group_change_alerts(tx: &mut Tx<'_>, limit: Duration) -> Result<Vec<Str
         let key = format!("composition:{txid}");
         let inserted = sqlx::query(
             "INSERT INTO rbac_gateway_alerts (key, text) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-        )
+        ).persistent(false)
         .bind(&key)
         .bind(change_text(&txid, &changes, &roles_now))
         .execute(&mut **tx)
@@ -851,7 +867,7 @@ async fn group_change_alerts(tx: &mut Tx<'_>, limit: Duration) -> Result<Vec<Str
         .rows_affected();
         sqlx::query(
             "UPDATE rbac_gateway_group_changes SET alert_key = $1 WHERE txid = $2::xid8 AND alert_key IS NULL",
-        )
+        ).persistent(false)
         .bind(&key)
         .bind(&txid)
         .execute(&mut **tx)
@@ -881,7 +897,7 @@ async fn daily_snapshot(tx: &mut Tx<'_>, limit: Duration) -> Result<Vec<String>,
     let last: Option<Last> = sqlx::query_as(
         "SELECT taken_at_utc, roles, permissions, members, taken_at_utc <= now() - interval '1 day' \
          FROM rbac_gateway_break_glass_snapshots ORDER BY taken_at_utc DESC LIMIT 1",
-    )
+    ).persistent(false)
     .fetch_optional(&mut **tx)
     .bounded(limit)
     .await?;
@@ -897,7 +913,7 @@ async fn daily_snapshot(tx: &mut Tx<'_>, limit: Duration) -> Result<Vec<String>,
                      WHERE rp.role_id IN (SELECT role_id FROM rbac_gateway_break_glass_roles())), '{}'), \
            COALESCE((SELECT array_agg(ug.user_id ORDER BY ug.user_id) FROM rbac_user_groups ug \
                      JOIN rbac_groups g ON g.id = ug.group_id WHERE g.name = 'break-glass'), '{}')",
-    )
+    ).persistent(false)
     .fetch_one(&mut **tx)
     .bounded(limit)
     .await?;
@@ -924,6 +940,7 @@ async fn daily_snapshot(tx: &mut Tx<'_>, limit: Duration) -> Result<Vec<String>,
             let recorded: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM rbac_gateway_group_changes WHERE changed_at_utc > $1",
             )
+            .persistent(false)
             .bind(taken)
             .fetch_one(&mut **tx)
             .bounded(limit)
@@ -944,7 +961,7 @@ async fn daily_snapshot(tx: &mut Tx<'_>, limit: Duration) -> Result<Vec<String>,
                 "snapshot:{}",
                 chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f")
             );
-            sqlx::query("INSERT INTO rbac_gateway_alerts (key, text) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            sqlx::query("INSERT INTO rbac_gateway_alerts (key, text) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING").persistent(false)
                 .bind(&key)
                 .bind(&text)
                 .execute(&mut **tx)
@@ -956,7 +973,7 @@ async fn daily_snapshot(tx: &mut Tx<'_>, limit: Duration) -> Result<Vec<String>,
     sqlx::query(
         "INSERT INTO rbac_gateway_break_glass_snapshots (roles, permissions, members) VALUES ($1, $2, $3) \
          ON CONFLICT (taken_at_utc) DO NOTHING",
-    )
+    ).persistent(false)
     .bind(&now.0)
     .bind(&now.1)
     .bind(&now.2)
@@ -968,7 +985,7 @@ async fn daily_snapshot(tx: &mut Tx<'_>, limit: Duration) -> Result<Vec<String>,
 
 /// Runs the alert pass every `interval` until the process ends.
 pub async fn alerts_forever(
-    pool: PgPool,
+    pool: Db,
     webhook: Option<String>,
     interval: Duration,
     limit: Duration,

@@ -5,9 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::stores::db::Db;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 
 use crate::policy::mapping::{Access, Mapping, Route};
 use crate::stores::audit::{EVENT_DRIFT, EVENT_SHADOW_DENIED};
@@ -15,11 +15,7 @@ use crate::stores::audit::{EVENT_DRIFT, EVENT_SHADOW_DENIED};
 /// Records `mapping` as the one the fleet runs, unless the fleet's latest row already names
 /// this version with this kill switch. Returns whether a row was written. Replicas starting
 /// together are serialised by a transaction-scoped advisory lock: one row, not one each.
-pub async fn record(
-    pool: &PgPool,
-    mapping: &Mapping,
-    kill_switch: bool,
-) -> Result<bool, sqlx::Error> {
+pub async fn record(pool: &Db, mapping: &Mapping, kill_switch: bool) -> Result<bool, sqlx::Error> {
     let routes: serde_json::Map<String, serde_json::Value> = mapping
         .routes
         .iter()
@@ -37,6 +33,7 @@ pub async fn record(
     let routes = serde_json::Value::Object(routes).to_string();
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('rbac_gateway_mapping_versions'))")
+        .persistent(false)
         .execute(&mut *tx)
         .await?;
     let done = sqlx::query(
@@ -46,6 +43,7 @@ pub async fn record(
                             ORDER BY id DESC LIMIT 1) last \
              WHERE last.version = $1 AND last.kill_switch = $2)",
     )
+    .persistent(false)
     .bind(&mapping.version)
     .bind(kill_switch)
     .bind(routes)
@@ -88,11 +86,12 @@ impl Load {
 }
 
 /// The recorded loads, newest first.
-pub async fn history(pool: &PgPool) -> Result<Vec<Load>, sqlx::Error> {
+pub async fn history(pool: &Db) -> Result<Vec<Load>, sqlx::Error> {
     let rows: Vec<(String, bool, String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT version, kill_switch, routes::text, loaded_at_utc \
          FROM rbac_gateway_mapping_versions ORDER BY id DESC",
     )
+    .persistent(false)
     .fetch_all(pool)
     .await?;
     rows.into_iter()
@@ -113,13 +112,14 @@ pub async fn history(pool: &PgPool) -> Result<Vec<Load>, sqlx::Error> {
 pub type WindowRow = (Option<String>, String, String, i64);
 
 /// Drift and shadow-denial rows recorded in the last `seconds`, by route, type and reason.
-pub async fn window(pool: &PgPool, seconds: i64) -> Result<Vec<WindowRow>, sqlx::Error> {
+pub async fn window(pool: &Db, seconds: i64) -> Result<Vec<WindowRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT route, event_type, reason, count(*) FROM access_audit_events \
          WHERE event_type IN ($1, $2) \
            AND created_at_utc > now() - make_interval(secs => $3) \
          GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
     )
+    .persistent(false)
     .bind(EVENT_DRIFT)
     .bind(EVENT_SHADOW_DENIED)
     .bind(seconds as f64)

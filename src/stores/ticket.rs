@@ -9,11 +9,11 @@
 
 use std::time::Duration;
 
+use crate::stores::db::Db;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use sqlx::PgPool;
 
 /// Roles and permissions granted through active ticket grants, with the tickets behind them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,7 +47,7 @@ SELECT
 /// The admin's live ticket grants for one customer (one round trip, inheritance expanded),
 /// restricted to `only` tickets when given.
 pub async fn grants(
-    pool: &PgPool,
+    pool: &Db,
     admin_id: &str,
     customer_id: i32,
     only: Option<&[String]>,
@@ -56,6 +56,7 @@ pub async fn grants(
     let (roles, permissions, pairs): (Vec<String>, Vec<String>, Vec<String>) =
         crate::stores::db::retry_once(|| {
             sqlx::query_as(SQL)
+                .persistent(false)
                 .bind(admin_id)
                 .bind(customer_id)
                 .bind(only)

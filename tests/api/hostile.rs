@@ -1456,7 +1456,7 @@ async fn hostile_corpus_never_runs_a_forbidden_view() {
     let db = TestDb::new().await;
     let (admin, token) = db.admin_with_roles(&["console-user"]).await;
     let principal =
-        rbac_gateway::stores::identity::resolve(&db.pool, &admin, Duration::from_secs(60))
+        rbac_gateway::stores::identity::resolve(&db.gw(), &admin, Duration::from_secs(60))
             .await
             .unwrap();
     assert_eq!(

@@ -534,7 +534,7 @@ async fn the_sweep_acts_on_grants_as_they_are_when_it_revokes_them() {
     .await
     .unwrap();
     let done = rbac_gateway::stores::lifecycle::revoke_grant(
-        &db.pool,
+        &db.gw(),
         &renewed,
         "expired",
         Duration::from_secs(5),

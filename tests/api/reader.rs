@@ -39,7 +39,7 @@ async fn me_lists_expanded_roles_permissions_break_glass_and_ticket_grants() {
     let perms: Vec<String> = serde_json::from_value(v["permissions"].clone()).unwrap();
     // What the resolution algorithm (004 §3.4) gives for this admin, read fresh.
     let want =
-        rbac_gateway::stores::identity::resolve(&env.db.pool, &admin, std::time::Duration::ZERO)
+        rbac_gateway::stores::identity::resolve(&env.db.gw(), &admin, std::time::Duration::ZERO)
             .await
             .unwrap();
     assert_eq!(roles, want.roles());

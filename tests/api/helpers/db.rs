@@ -36,6 +36,18 @@ impl TestDb {
         TestDb { url, pool }
     }
 
+    /// The gateway's own handle on this database (its statements pooler-safe), for the tests that
+    /// call the library directly.
+    pub fn gw(&self) -> rbac_gateway::stores::db::Db {
+        rbac_gateway::stores::db::Db::connect(
+            &self.url,
+            None,
+            2,
+            std::time::Duration::from_secs(10),
+        )
+        .expect("a lazy pool")
+    }
+
     pub async fn admin(&self, email: &str) -> String {
         let id = uuid::Uuid::new_v4().to_string();
         sqlx::query("INSERT INTO admins (id, email) VALUES ($1, $2)")
