@@ -10,6 +10,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v psql >/dev/null || need+=(postgresql-client)
 # The edge proxy of the forward-auth tests (tests/api/edge.rs): Debian's nginx has auth_request.
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+# The connection pooler in front of the gateways (tests/api/pooler.rs): Debian's PgBouncer.
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "missing: ${need[*]} (install them, or run as root)" >&2; exit 1; fi
   apt-get update -qq

@@ -26,31 +26,6 @@ async fn replicas(
     out
 }
 
-/// Polls every replica until each answers `want`; returns the time each took from `since`.
-async fn until_all(
-    gws: &[Gateway],
-    path: &str,
-    token: &str,
-    want: u16,
-    since: Instant,
-    limit: Duration,
-) -> Vec<Duration> {
-    let mut done: Vec<Option<Duration>> = vec![None; gws.len()];
-    while done.iter().any(Option::is_none) {
-        for (i, gw) in gws.iter().enumerate() {
-            if done[i].is_none() && gw.get(path, Some(token)).await.status == want {
-                done[i] = Some(since.elapsed());
-            }
-        }
-        assert!(
-            since.elapsed() < limit,
-            "not all replicas answered {want} within {limit:?}: {done:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    done.into_iter().map(Option::unwrap).collect()
-}
-
 /// An admin in raxx-platform-admins, seen allowed on /ops by every replica.
 async fn platform_admin(db: &TestDb, gws: &[Gateway]) -> (String, String) {
     let (admin, token) = db.admin_with_roles(&[]).await;

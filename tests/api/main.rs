@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod blackhole;
 mod cli;
 mod coherence;
 mod cookie_differential;
@@ -21,6 +22,7 @@ mod lifecycle;
 mod lifecycle_jobs;
 mod live;
 mod mapping;
+mod pooler;
 mod reader;
 mod refusals;
 mod supervision;

@@ -169,6 +169,17 @@ impl TestDb {
         .unwrap()
     }
 
+    /// The `access_denied` rows of these requests: request id and the admin each names.
+    pub async fn denied_rows(&self, request_ids: &[String]) -> Vec<(String, Option<String>)> {
+        sqlx::query_as(
+            "SELECT request_id, admin_id FROM access_audit_events WHERE event_type = 'access_denied' AND request_id = ANY($1)",
+        )
+        .bind(request_ids)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
     pub async fn audit_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM access_audit_events")
             .fetch_one(&self.pool)
@@ -188,6 +199,17 @@ pub struct AuditRow {
     pub reason: String,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
+}
+
+/// The `host:port` a database URL (`postgres://user@host:port/db`) points at.
+pub fn db_host_port(db_url: &str) -> String {
+    let rest = db_url.split('@').nth(1).unwrap();
+    rest.split('/').next().unwrap().to_string()
+}
+
+/// The same database URL, reached at `addr` instead (a link, a forwarder, a pooler).
+pub fn db_url_via(db_url: &str, addr: std::net::SocketAddr) -> String {
+    db_url.replacen(&db_host_port(db_url), &addr.to_string(), 1)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -251,13 +273,9 @@ async fn copy_answers(
 
 impl PgLink {
     pub async fn new(db_url: &str) -> PgLink {
-        let target: String = {
-            let rest = db_url.split("@").nth(1).unwrap();
-            rest.split('/').next().unwrap().to_string()
-        };
+        let target = db_host_port(db_url);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let url = db_url.replacen(&target, &format!("127.0.0.1:{port}"), 1);
+        let url = db_url_via(db_url, listener.local_addr().unwrap());
         let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::new(Mutex::new(Vec::new()));
         let (d2, c2) = (down.clone(), conns.clone());

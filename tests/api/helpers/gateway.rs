@@ -217,12 +217,7 @@ impl Gateway {
     }
 
     pub async fn admin_get(&self, path: &str) -> Resp {
-        send(
-            self.admin,
-            format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap()
+        admin_get_at(self.admin, path).await.unwrap()
     }
 
     /// The value of one metric line, e.g. `rbac_gateway_db_queries_total`.
@@ -247,22 +242,12 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Resp {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: console.test\r\nConnection: close\r\nUser-Agent: rbac-gateway-tests\r\n");
-        if let Some(t) = token {
-            req.push_str(&format!("Cookie: theme=dark; console_session={t}\r\n"));
-        }
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if !body.is_empty() || method == "POST" || method == "PUT" {
-            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
-        send(self.addr, &bytes)
-            .await
-            .unwrap_or_else(|e| panic!("request failed: {e}; log:\n{}", self.log()))
+        send(
+            self.addr,
+            &request_bytes(method, path, token, headers, body),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("request failed: {e}; log:\n{}", self.log()))
     }
 
     pub fn pid(&self) -> u32 {
@@ -278,6 +263,86 @@ impl Gateway {
             .success();
         assert!(ok, "kill -{sig} failed");
     }
+}
+
+/// The bytes of one request as [`Gateway::request`] sends them: `Connection: close`, the
+/// session (if any) in Console's cookie beside another cookie.
+pub fn request_bytes(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: console.test\r\nConnection: close\r\nUser-Agent: rbac-gateway-tests\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Cookie: theme=dark; console_session={t}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// A GET with a session sent to the data-plane listener at `addr` (a gateway known by its
+/// address, from a spawned task): what [`Gateway::get`] sends, the error returned, not a panic.
+pub async fn get_at(addr: SocketAddr, path: &str, token: Option<&str>) -> std::io::Result<Resp> {
+    send(addr, &request_bytes("GET", path, token, &[], b"")).await
+}
+
+/// A GET on the admin listener at `admin` (e.g. `/readyz`, from a spawned task).
+pub async fn admin_get_at(admin: SocketAddr, path: &str) -> std::io::Result<Resp> {
+    send(
+        admin,
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+/// Polls every gateway until each answers `want` for a GET of `path` with `token`; returns the
+/// time each took from `since`. Fails the test after `limit`.
+pub async fn until_all(
+    gws: &[Gateway],
+    path: &str,
+    token: &str,
+    want: u16,
+    since: Instant,
+    limit: Duration,
+) -> Vec<Duration> {
+    let done = when_each(gws, path, token, want, since, limit).await;
+    assert!(
+        done.iter().all(Option::is_some),
+        "not all replicas answered {want} within {limit:?}: {done:?}"
+    );
+    done.into_iter().map(Option::unwrap).collect()
+}
+
+/// [`until_all`] that gives up after `limit` without failing: None for a gateway that had not
+/// answered `want` by then.
+pub async fn when_each(
+    gws: &[Gateway],
+    path: &str,
+    token: &str,
+    want: u16,
+    since: Instant,
+    limit: Duration,
+) -> Vec<Option<Duration>> {
+    let mut done: Vec<Option<Duration>> = vec![None; gws.len()];
+    while done.iter().any(Option::is_none) && since.elapsed() < limit {
+        for (i, gw) in gws.iter().enumerate() {
+            if done[i].is_none() && gw.get(path, Some(token)).await.status == want {
+                done[i] = Some(since.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    done
 }
 
 impl Drop for Gateway {

@@ -3,14 +3,18 @@
 //! re-exported here (`use crate::helpers::*`).
 
 mod db;
+mod forwarder;
 mod gateway;
 mod http;
+mod pooler;
 mod upstream;
 mod wait;
 
 pub use db::*;
+pub use forwarder::*;
 pub use gateway::*;
 pub use http::*;
+pub use pooler::*;
 pub use upstream::*;
 pub use wait::*;
 
