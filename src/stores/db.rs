@@ -176,6 +176,8 @@ pub struct Db {
     pool: PgPool,
     direct: std::sync::Arc<PgConnectOptions>,
     limit: Duration,
+    /// Whether [`Db::direct_options`] reaches a session of its own (None: not known yet).
+    sessions: std::sync::Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl Db {
@@ -211,6 +213,7 @@ impl Db {
             pool,
             direct: std::sync::Arc::new(direct),
             limit: timeout,
+            sessions: Default::default(),
         })
     }
 
@@ -230,6 +233,44 @@ impl Db {
     /// writer): its statements still run in [`begin_on`]'s transactions.
     pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, sqlx::Error> {
         within(self.limit, self.pool.acquire()).await
+    }
+
+    /// Whether a connection to [`Db::direct_options`] is a session of its own, so that session
+    /// state (`LISTEN`, a session-level advisory lock) means what it says. Behind a transaction
+    /// pooler it is not: a `LISTEN` stays on a server connection the pooler then hands to other
+    /// clients, whose statements fail on the notifications it receives, and a session lock stays
+    /// with that server connection after the gateway is gone. Asked once, then remembered.
+    ///
+    /// Two connections each ask for their backend's pid, the first twice (simple queries: one
+    /// message each, so nothing is split over two server connections). Direct, the first asks
+    /// its own backend both times and the second another one. A pooler hands a released server
+    /// connection to the next client (PgBouncer by default the most recently released one), so
+    /// the second connection is served by the first's backend, or the first's second question
+    /// by the second's.
+    pub async fn has_sessions(&self) -> Result<bool, sqlx::Error> {
+        let probe = async {
+            use sqlx::{ConnectOptions, Connection, Row};
+            async fn pid(c: &mut sqlx::PgConnection) -> Result<i32, sqlx::Error> {
+                sqlx::Executor::fetch_one(c, sqlx::raw_sql("SELECT pg_backend_pid()"))
+                    .await?
+                    .try_get(0)
+            }
+            let mut first = self.direct.connect().await?;
+            let a = pid(&mut first).await?;
+            let mut second = self.direct.connect().await?;
+            let b = pid(&mut second).await?;
+            let a_again = pid(&mut first).await?;
+            for c in [first, second] {
+                if let Err(e) = c.close().await {
+                    tracing::debug!(error = %e, "closing a probe connection");
+                }
+            }
+            Ok::<_, sqlx::Error>(a == a_again && a != b)
+        };
+        self.sessions
+            .get_or_try_init(|| within(self.limit * 3, probe))
+            .await
+            .copied()
     }
 
     /// The bound of every database step.

@@ -170,6 +170,36 @@ fn listener_pool(db: &Db, limit: Duration) -> sqlx::PgPool {
         .connect_lazy_with(db.direct_options().clone())
 }
 
+/// Gives a listener up without waiting on it. sqlx's `PgListener` sends `UNLISTEN *` when it is
+/// dropped, in a task with no timeout: on a silent connection (a NAT that dropped its state) that
+/// task, and the connection's socket, would live until the kernel gave the connection up, about
+/// 15 minutes. Dropped inside a runtime of its own that is shut down at once, the task is
+/// cancelled and the connection closed (the backend ends its LISTEN with the session): the
+/// listener holds nothing past the moment it is given up (issue 44).
+fn abandon(listener: Option<PgListener>) {
+    let Some(listener) = listener else { return };
+    let spawned = std::thread::Builder::new()
+        .name("rbac-gateway-unlisten".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().build() {
+                Ok(rt) => {
+                    rt.block_on(async move { drop(listener) });
+                    rt.shutdown_timeout(Duration::ZERO);
+                }
+                Err(e) => {
+                    // Dropped here, outside any runtime, its UNLISTEN task would panic: left
+                    // open instead (the kernel closes it in time).
+                    tracing::warn!(error = %e, "change feed: no runtime to close the listener in; left to the kernel");
+                    std::mem::forget(listener);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // The closure, listener included, was dropped here: its UNLISTEN runs as sqlx does it.
+        tracing::warn!(error = %e, "change feed: no thread to close the listener in; dropped as it is");
+    }
+}
+
 /// Follows the feed until the process ends.
 ///
 /// Every database step is bounded by `limit` (the database timeout): a connection that stays
@@ -193,9 +223,29 @@ pub async fn follow(
     // Consecutive failed reads: the first is retried at once (after a connection storm it drew
     // a dead connection, and the retry gets a fresh one); later ones wait a POLL.
     let mut failures: u32 = 0;
+    // The direct URL reaches a transaction pooler, not sessions: no LISTEN (see below).
+    let mut pooled = false;
     loop {
+        if listener.is_none() && !pooled {
+            match pool.has_sessions().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // A LISTEN would stay on a server connection the pooler hands to other
+                    // clients, whose statements then fail on its notifications.
+                    pooled = true;
+                    tracing::info!(
+                        poll_ms = POLL.as_millis() as u64,
+                        "change feed: the database URL is served by a transaction pooler (two connections shared one backend): no LISTEN, the log is read every poll; set --direct-database-url for notifications"
+                    );
+                }
+                // The LISTEN below fails the same way, and is tried again.
+                Err(e) => {
+                    tracing::debug!(error = %e, "change feed: cannot tell whether the URL has sessions")
+                }
+            }
+        }
         // (Re)connect the listener; failures only cost latency, the poll still runs.
-        if listener.is_none() {
+        if listener.is_none() && !pooled {
             let listen = async {
                 let mut l = PgListener::connect_with(&listener_pool(&pool, limit)).await?;
                 // A lost connection is reported at once, not after sqlx has opened another
@@ -289,7 +339,7 @@ pub async fn follow(
                 crate::stores::db::note_error(&e);
                 health.failed(e.to_string());
                 tracing::warn!(error = %e, "change feed: cannot read the log; will catch up");
-                listener = None;
+                abandon(listener.take());
                 failures += 1;
                 if failures == 1 {
                     continue;
@@ -306,7 +356,7 @@ pub async fn follow(
                     // is handed out again; the next read runs at once on a fresh one.
                     crate::stores::db::mark_broken();
                     tracing::warn!("change feed: listener connection lost; reconnecting");
-                    listener = None;
+                    abandon(listener.take());
                 }
             },
             None => tokio::time::sleep(POLL).await,

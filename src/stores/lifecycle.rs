@@ -278,6 +278,17 @@ impl Sweeper {
     /// the lock with it, and the next tick opens another.
     async fn lead(&mut self) -> Result<bool, sqlx::Error> {
         let limit = self.settings.limit;
+        if !self.pool.has_sessions().await? {
+            // Behind a transaction pooler a session lock would stay with a server connection
+            // the pooler shares (and outlive this process): every replica sweeps instead. Each
+            // grant is still revoked once (row lock, ON CONFLICT DO NOTHING); FreeScout may be
+            // asked once per replica. `--direct-database-url` gives the lock back.
+            if !self.leader {
+                tracing::info!("sweep: the database URL is served by a transaction pooler: this replica sweeps without the lock (set --direct-database-url for one sweeper)");
+                self.leader = true;
+            }
+            return Ok(true);
+        }
         let conn = match self.lease.as_mut() {
             Some(conn) => conn,
             None => {

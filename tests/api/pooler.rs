@@ -174,10 +174,16 @@ async fn through_pgbouncer(mode: PoolMode, server_connections: u32) -> Vec<Strin
     let up = Upstream::start().await;
     let bouncer = PgBouncer::start(&db.url, mode, server_connections).await;
     let mut gws = Vec::new();
-    for _ in 0..GATEWAYS {
+    for g in 0..GATEWAYS {
         let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
             .arg("--cache-ttl")
             .arg("60");
+        // Half the gateways LISTEN on a direct connection, as the README says to configure
+        // them; the other half have only the pooler (notifications are lost in it, and the
+        // feed's poll must apply a revocation within the bound all the same).
+        if g % 2 == 0 {
+            opts = opts.arg("--direct-database-url").arg(&db.url);
+        }
         opts.database_url = bouncer.url(&db);
         // Readiness is asserted below, with the rest.
         opts.wait_ready = false;

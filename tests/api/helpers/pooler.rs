@@ -83,10 +83,8 @@ impl PgBouncer {
                      min_pool_size = 0\n\
                      reserve_pool_size = 0\n\
                      max_client_conn = 500\n\
-                     ; The gateway sends both at start-up (sqlx the first, its statement timeout the\n\
-                     ; second); without this line PgBouncer refuses every connection. A gateway that\n\
-                     ; works behind transaction pooling should not need it (issue 44).\n\
-                     ignore_startup_parameters = extra_float_digits, options\n\
+                     ; No ignore_startup_parameters: the gateway sends no startup parameter\n\
+                     ; PgBouncer does not know (issue 44), as the README promises.\n\
                      log_connections = 0\n\
                      log_disconnections = 0\n\
                      log_pooler_errors = 1\n",
