@@ -230,6 +230,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
                 freescout_timeout: Duration::from_millis(args.freescout_timeout_ms),
                 db_limit: db_timeout,
                 metrics: metrics.clone(),
+                sweep_interval: (args.sweep_interval > 0.0)
+                    .then(|| Duration::from_secs_f64(args.sweep_interval)),
             });
             // The address bound (port 0 resolved): tests read it from this line.
             let bound = listener.local_addr().map_err(failure)?;
