@@ -137,7 +137,7 @@ pub struct Receiver {
 
 impl Receiver {
     /// Who tries again what a call could not do, for its log lines: true whether this process
-    /// sweeps or not (a webhook call is not retried by FreeScout).
+    /// sweeps or not.
     fn retry(&self) -> String {
         match self.sweep_interval {
             Some(every) => format!(
