@@ -4,10 +4,23 @@
 # exits non-zero when any check fails. Run from anywhere; it works from the repository root.
 #
 # Needs python3 with PyYAML (installed with pip when missing). Uses, when present: kubectl
-# (kustomize build), systemd-analyze, shellcheck, flask (stand-in smoke test), and an already
-# built target/debug/rbac-gateway (validates the example ConfigMap mapping; never builds).
+# (kustomize build), systemd-analyze, shellcheck, flask (stand-in smoke tests), promtool (the
+# dashboard's queries parse), and an already built binary (never builds): the newer of
+# target/release/rbac-gateway and target/debug/rbac-gateway, or CHECK_DEPLOY_BIN. With it:
+# every listener and secret `serve --help` names is carried by every target, the binary is
+# started (every listener on port 0, no database needed) and every metric family its /metrics
+# exposes must be on the dashboard or on its "Not charted, on purpose" list; the example
+# ConfigMap mapping is validated.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
+
+bin=${CHECK_DEPLOY_BIN:-}
+if [ -z "$bin" ]; then
+  for b in target/release/rbac-gateway target/debug/rbac-gateway; do
+    if [ -x "$b" ] && { [ -z "$bin" ] || [ "$b" -nt "$bin" ]; }; then bin=$b; fi
+  done
+fi
+export CHECK_DEPLOY_BIN=$bin
 
 failures=0
 pass() { printf 'PASS  %s\n' "$1"; }
@@ -26,9 +39,10 @@ fi
 # --------------------------------------------------------------------------- python checks
 # Each check prints its own PASS/FAIL/SKIP line; the exit status is the number of failures.
 python3 - <<'PY'
-import glob, json, os, re, sys
+import glob, json, os, re, secrets, subprocess, sys, tempfile, time, urllib.request
 import yaml
 
+BIN = os.environ.get("CHECK_DEPLOY_BIN", "")
 failures = 0
 def report(ok, name, detail=""):
     global failures
@@ -37,6 +51,9 @@ def report(ok, name, detail=""):
     else:
         failures += 1
         print(f"FAIL  {name}" + (f": {detail}" if detail else ""))
+
+def skip(name, why):
+    print(f"SKIP  {name} ({why})")
 
 # 1. Every YAML file parses (multi-document aware).
 docs = {}
@@ -115,14 +132,19 @@ def k8s_wiring():
     res = gw.get("resources", {})
     if not res.get("requests") or not res.get("limits", {}).get("memory"):
         p.append("gateway has no resource requests / memory limit")
-    # Service: selects the pods, targets only the gateway's proxy port.
+    # Services: select the pods; `console` targets only the gateway's proxy port, no Service
+    # the admin port (9090) or Console's, the others one of the gateway's listeners.
     for svc in k8s.get("Service", []):
+        name = svc["metadata"]["name"]
         if svc["spec"]["selector"].items() - labels.items():
-            p.append(f"Service {svc['metadata']['name']} selector does not match pod labels")
+            p.append(f"Service {name} selector does not match pod labels")
         for port in svc["spec"]["ports"]:
             t = port.get("targetPort")
-            if ports.get(t, t) != 8080:
-                p.append(f"Service {svc['metadata']['name']} exposes {t}, not the gateway's 8080")
+            n = ports.get(t, t)
+            if name == "console" and n != 8080:
+                p.append(f"Service console exposes {t}, not the gateway's 8080")
+            elif n == 9090 or n not in ports.values():
+                p.append(f"Service {name} exposes {t}: not a listener of the gateway's (or its admin port)")
     for pdb in k8s.get("PodDisruptionBudget", []):
         if pdb["spec"]["selector"]["matchLabels"].items() - labels.items():
             p.append("PDB selector does not match pod labels")
@@ -134,6 +156,21 @@ def k8s_wiring():
             p.append("mounted ConfigMap is not defined in configmap.yaml")
     return p
 check("k8s wiring: probes, ConfigMap mount without subPath, spool volume, Service/PDB selectors", k8s_wiring)
+
+def k8s_resources():
+    p = []
+    for kind in ("StatefulSet", "Deployment", "CronJob", "Job"):
+        for w in k8s.get(kind, []):
+            spec = w["spec"]["jobTemplate"]["spec"] if kind == "CronJob" else w["spec"]
+            for c in spec["template"]["spec"]["containers"]:
+                r = c.get("resources", {})
+                missing = [k for k, v in (("requests.cpu", r.get("requests", {}).get("cpu")),
+                                          ("requests.memory", r.get("requests", {}).get("memory")),
+                                          ("limits.memory", r.get("limits", {}).get("memory"))) if not v]
+                if missing:
+                    p.append(f"{kind}/{w['metadata']['name']} container {c['name']}: no {', '.join(missing)}")
+    return p
+check("k8s resources: every container of every workload has cpu and memory requests and a memory limit", k8s_resources)
 
 # 4. Dockerfile: cmake, release build, COPY sources that exist.
 def dockerfile():
@@ -186,40 +223,290 @@ def compose():
     return p
 check("compose: only the gateway publishes a port (8080); builds, mounts, depends_on resolve", compose)
 
-# 6. Grafana: JSON parses, every rbac_gateway_* name is exposed by the binary.
+# 6. What the binary says it has: `serve --help` names its listeners (--listen, --*-listen) and
+# its secrets (the variables whose values --help hides); each command's --help, the secrets a
+# one-shot container needs. Without a built binary these checks are skipped.
+def help_entries(cmd):
+    """One dict per option of `rbac-gateway CMD --help`: flag, env, hidden (a secret), text."""
+    out = subprocess.run([BIN, cmd, "--help"], env={"COLUMNS": "1000"}, capture_output=True,
+                         text=True, timeout=30).stdout
+    entries = []
+    for line in out.splitlines():
+        m = re.match(r"^\s+(?:-\w, )?--([a-z0-9-]+)", line)
+        if m:
+            entries.append({"flag": m.group(1), "text": line})
+        elif entries and line.strip():
+            entries[-1]["text"] += " " + line.strip()
+    for e in entries:
+        v = re.search(r"\[env: ([A-Z0-9_]+)(=[^\]]*)?\]", e["text"])
+        e["env"] = v.group(1) if v else None
+        e["hidden"] = bool(v) and v.group(2) is None
+    return entries
+
+serve_opts, LISTENERS, SECRETS, NEEDS = [], {}, [], {}
+if BIN:
+    serve_opts = help_entries("serve")
+    by_flag = {e["flag"]: e for e in serve_opts}
+    LISTENERS = {e["flag"]: e["env"] for e in serve_opts if e["flag"] == "listen" or e["flag"].endswith("-listen")}
+    SECRETS = [e["env"] for e in serve_opts if e["hidden"]]
+    for e in serve_opts:  # "Needs --a and --b": a target that sets this sets those too
+        m = re.search(r"Needs ((?:--[a-z0-9-]+(?:, | and )?)+)", e["text"])
+        if m and e["env"]:
+            NEEDS[e["env"]] = [by_flag[f]["env"] for f in re.findall(r"--([a-z0-9-]+)", m.group(1))]
+    report(len(LISTENERS) >= 4 and "DATABASE_URL" in SECRETS,
+           f"{BIN} serve --help: listeners {', '.join('--' + f for f in LISTENERS)}; secrets {', '.join(SECRETS)}",
+           "expected at least --listen, --admin-listen, --authz-listen, --freescout-webhook-listen and DATABASE_URL")
+    COMMAND_SECRETS = {}
+    def command_secrets(cmd):
+        if cmd not in COMMAND_SECRETS:
+            COMMAND_SECRETS[cmd] = [e["env"] for e in help_entries(cmd) if e["hidden"]]
+        return COMMAND_SECRETS[cmd]
+
+def port_of(addr):
+    return int(str(addr).rsplit(":", 1)[1])
+
+def carries(target, env, is_secret_ok, listener_port_ok):
+    """Problems of one target running `serve` whose environment is `env` (name -> value)."""
+    p = []
+    for flag, var in LISTENERS.items():
+        if var not in env or env[var] in (None, ""):
+            p.append(f"no {var} (--{flag})")
+        elif not listener_port_ok(port_of(env[var])):
+            p.append(f"{var} {env[var]}: its port is not exposed")
+    ports = [port_of(env[v]) for v in LISTENERS.values() if env.get(v)]
+    if len(ports) != len(set(ports)):
+        p.append(f"two listeners share a port: {sorted(ports)}")
+    for var in SECRETS:
+        if var not in env:
+            p.append(f"no {var} (a secret)")
+        else:
+            why = is_secret_ok(var)
+            if why:
+                p.append(f"{var}: {why}")
+    for var, needed in NEEDS.items():
+        if env.get(var):
+            p += [f"{var} is set but {n} (which it needs) is not" for n in needed if n not in env]
+    return p
+
+def gateway_containers():
+    """(workload, container) of every Kubernetes container that runs the gateway's image."""
+    for kind in ("StatefulSet", "Deployment", "CronJob", "Job"):
+        for w in k8s.get(kind, []):
+            spec = w["spec"]["jobTemplate"]["spec"] if kind == "CronJob" else w["spec"]
+            for c in spec["template"]["spec"]["containers"]:
+                if "/rbac-gateway:" in c.get("image", ""):
+                    yield f"{kind}/{w['metadata']['name']}", c, spec["template"]["spec"]
+
+def k8s_secret_keys():
+    keys = set()
+    for path in glob.glob("deploy/kubernetes/*.yaml"):
+        for d in docs.get(path, []):
+            if isinstance(d, dict) and d.get("kind") == "Secret":
+                for k in list(d.get("stringData", {})) + list(d.get("data", {})):
+                    keys.add((d["metadata"]["name"], k))
+    return keys
+
+def k8s_targets():
+    p = []
+    secret_keys = k8s_secret_keys()
+    for where, c, pod in gateway_containers():
+        cmd = (c.get("args") or c.get("command") or ["serve"])[0]
+        env = {e["name"]: e for e in c.get("env", [])}
+        def secret_ok(var):
+            ref = env[var].get("valueFrom", {}).get("secretKeyRef")
+            if not ref:
+                return "a literal value, not a secretKeyRef"
+            if (ref.get("name"), ref.get("key")) not in secret_keys:
+                return f"Secret {ref.get('name')} key {ref.get('key')} is not in secret.example.yaml"
+            return None
+        if cmd == "serve":
+            container_ports = {x["containerPort"] for x in c.get("ports", [])}
+            values = {k: (v.get("value") if "value" in v else "<secret>") for k, v in env.items()}
+            p += [f"{where}: {x}" for x in carries(where, values, secret_ok, lambda n: n in container_ports)]
+        else:
+            for var in command_secrets(cmd):
+                if var not in env:
+                    p.append(f"{where} ({cmd}): no {var}")
+                elif secret_ok(var):
+                    p.append(f"{where} ({cmd}): {var}: {secret_ok(var)}")
+    return p
+
+def compose_env(service):
+    e = service.get("environment") or {}
+    if isinstance(e, list):
+        e = dict((x.split("=", 1) + [None])[:2] for x in e)
+    return e
+
+def compose_targets():
+    p = []
+    services = docs["deploy/compose.yaml"][0]["services"]
+    for n, svc in services.items():
+        if not str(svc.get("image", "")).startswith("rbac-gateway:"):
+            continue
+        cmd = (svc.get("command") or ["serve"])[0]
+        env = compose_env(svc)
+        if cmd == "serve":
+            exposed = {int(str(x).split(":")[-1].split("/")[0]) for x in svc.get("expose", [])}
+            for x in svc.get("ports", []):
+                exposed.add(int(str(x.get("target") if isinstance(x, dict) else x).split(":")[-1].split("/")[0]))
+            p += [f"{n}: {x}" for x in carries(n, env, lambda v: None, lambda port: port in exposed)]
+        else:
+            p += [f"{n} ({cmd}): no {v}" for v in command_secrets(cmd) if v not in env]
+    return p
+
+def systemd_targets():
+    env = {}
+    for line in open("deploy/systemd/env.example"):
+        m = re.match(r"^([A-Z_0-9]+)=(.*)$", line.strip())
+        if m:
+            env[m.group(1)] = m.group(2)
+    unit = open("deploy/systemd/rbac-gateway.service").read()
+    def secret_ok(var):
+        if re.search(rf"^Environment=.*\b{var}=", unit, re.M):
+            return "set in the unit (world-readable), not only in the env file"
+        return None
+    return carries("systemd", env, secret_ok, lambda port: True)
+
+if BIN:
+    check("k8s: the gateway carries every listener (env + containerPort) and every secret (secretKeyRef to "
+          "secret.example.yaml); the sweep and migrate containers their commands' secrets", k8s_targets)
+    check("compose: the gateway carries every listener (exposed) and every secret; migrate its secrets", compose_targets)
+    check("systemd: env.example sets every listener and every secret (none in the unit)", systemd_targets)
+else:
+    skip("every target carries every listener and secret", "no built binary; run cargo build")
+
+# 7. Grafana: every metric family the binary exposes is charted or listed as left out on purpose
+# (the dashboard's "Not charted, on purpose" panel), and every name the dashboard uses exists.
+# The families are those src/runtime/metrics.rs declares and those the binary's /metrics
+# exposes, started here with every listener (no database: the families exist from start-up).
+def live_metrics():
+    tmp = tempfile.mkdtemp(prefix="check-deploy-gw-")
+    args = [BIN, "serve", "--routes", "routes.toml", "--database-url", "postgres://check-deploy@127.0.0.1:1/none",
+            "--audit-spool", os.path.join(tmp, "audit.spool"), "--threads", "1",
+            "--ticket-validation-url", "http://127.0.0.1:1/{ticket_id}", "--log-format", "json"]
+    for flag in LISTENERS:
+        args += [f"--{flag}", "127.0.0.1:0"]
+    env = {"GATEWAY_FREESCOUT_WEBHOOK_SECRET": secrets.token_hex(16), "RUST_LOG": "info"}
+    log_path = os.path.join(tmp, "gateway.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        bound, deadline = {}, time.time() + 20
+        while time.time() < deadline and "admin_listen" not in bound:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the gateway exited {proc.returncode}: {open(log_path).read()[-2000:]}")
+            for line in open(log_path):
+                try:
+                    v = json.loads(line)
+                except ValueError:
+                    continue
+                bound.update({k: x for k, x in v.items() if k.endswith("listen")})
+            time.sleep(0.1)
+        if "admin_listen" not in bound:
+            raise RuntimeError(f"no 'listening' line within 20 s: {open(log_path).read()[-2000:]}")
+        with urllib.request.urlopen(f"http://{bound['admin_listen']}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return text, bound
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+def dashboard_names(dash):
+    """(charted, left_out): metric names in the panels' queries and template variables, and in
+    the "Not charted, on purpose" text panel."""
+    charted, left_out = set(), set()
+    def walk(panels):
+        for panel in panels:
+            if panel.get("type") == "text" and panel.get("title", "").startswith("Not charted"):
+                left_out.update(re.findall(r"rbac_gateway_[a-z_]+", panel.get("options", {}).get("content", "")))
+            for t in panel.get("targets", []):
+                charted.update(re.findall(r"rbac_gateway_[a-z_]+", t.get("expr", "")))
+            walk(panel.get("panels", []))
+    walk(dash.get("panels", []))
+    for v in dash.get("templating", {}).get("list", []):
+        charted.update(re.findall(r"rbac_gateway_[a-z_]+", json.dumps(v.get("query", ""))))
+    return charted, left_out
+
 def grafana():
     p = []
-    text = open("deploy/grafana/rbac-gateway.json").read()
-    dash = json.loads(text)
+    dash = json.loads(open("deploy/grafana/rbac-gateway.json").read())
     if dash.get("schemaVersion") != 39:
         p.append("schemaVersion is not 39")
     if not any(v.get("type") == "datasource" and v.get("query") == "prometheus" for v in dash.get("templating", {}).get("list", [])):
         p.append("no Prometheus datasource variable")
-    exposed = set(re.findall(r'"(rbac_gateway_[a-z_]+)"', open("src/runtime/metrics.rs").read()))
-    if not exposed:
+    declared = set(re.findall(r'"(rbac_gateway_[a-z_]+)"', open("src/runtime/metrics.rs").read()))
+    if not declared:
         return ["no \"rbac_gateway_ metric names found in src/runtime/metrics.rs"]
-    allowed = set(exposed)
-    for n in exposed:  # histogram series
+    families = set(declared)
+    if BIN:
+        text, bound = live_metrics()
+        live = set(re.findall(r"^# TYPE (rbac_gateway_[a-z_]+) ", text, re.M))
+        missing_bound = [f for f in LISTENERS if f.replace("-", "_") not in bound]
+        report(not missing_bound and live == declared,
+               f"live /metrics of {BIN}, started with every listener ({', '.join(f'{k} {v}' for k, v in sorted(bound.items()))}): "
+               f"{len(live)} families, the same as src/runtime/metrics.rs declares",
+               "; ".join(([f"listeners not reported bound: {missing_bound}"] if missing_bound else [])
+                         + ([f"declared but not on /metrics at start-up (not primed, or a stale binary: cargo build): {sorted(declared - live)}"] if declared - live else [])
+                         + ([f"on /metrics but not in src/runtime/metrics.rs: {sorted(live - declared)}"] if live - declared else [])))
+        families |= live
+    else:
+        skip("live /metrics of the built binary", "no built binary; run cargo build")
+    allowed = set(families)
+    for n in families:  # histogram series
         allowed |= {n + "_bucket", n + "_sum", n + "_count"}
-    used = set(re.findall(r"rbac_gateway_[a-z_]+", text))
-    unknown = sorted(used - allowed)
+    charted, left_out = dashboard_names(dash)
+    family = lambda n: re.sub(r"_(bucket|sum|count)$", "", n) if n not in families else n
+    unknown = sorted((charted | left_out) - allowed)
     if unknown:
-        p.append("metrics not exposed by src/runtime/metrics.rs: " + ", ".join(unknown))
+        p.append("metrics the binary does not expose: " + ", ".join(unknown))
+    nowhere = sorted(families - {family(n) for n in charted} - left_out)
+    if nowhere:
+        p.append("not on the dashboard and not in its 'Not charted, on purpose' panel: " + ", ".join(nowhere))
+    both = sorted(left_out & {family(n) for n in charted})
+    if both:
+        p.append("listed as not charted, yet charted: " + ", ".join(both))
     return p
-check("grafana dashboard: JSON parses, schemaVersion 39, metric names exist in src/runtime/metrics.rs", grafana)
+check("grafana dashboard: every metric family the binary exposes is charted or listed as not charted, "
+      "and every name it uses exists", grafana)
+
+# 8. The dashboard's queries parse (promtool, when installed), template variables filled in.
+def promql():
+    dash = json.loads(open("deploy/grafana/rbac-gateway.json").read())
+    exprs = []
+    def walk(panels):
+        for panel in panels:
+            exprs.extend(t["expr"] for t in panel.get("targets", []) if t.get("expr"))
+            walk(panel.get("panels", []))
+    walk(dash["panels"])
+    fill = {"$__rate_interval": "1m", "$instance": ".*", "$cluster": "S1"}
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"check_deploy:expr_{i}", "expr": re.sub(r"\$__rate_interval|\$instance|\$cluster", lambda m: fill[m.group(0)], e)}
+        for i, e in enumerate(exprs)]}]}
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+        yaml.safe_dump(rules, f)
+    out = subprocess.run(["promtool", "check", "rules", f.name], capture_output=True, text=True)
+    os.unlink(f.name)
+    return [] if out.returncode == 0 else [(out.stdout + out.stderr).replace("\n", " ")]
+if subprocess.run(["sh", "-c", "command -v promtool"], capture_output=True).returncode == 0:
+    check("grafana dashboard: every query parses (promtool check rules)", promql)
+else:
+    skip("grafana dashboard queries parse", "promtool not installed")
 
 sys.exit(min(failures, 100))
 PY
 py_failures=$?
 failures=$((failures + py_failures))
 
-# --------------------------------------------------------------------------- console stand-in
-if python3 -m py_compile deploy/console-standin/app.py 2>/tmp/check-deploy.$$; then
-  pass "console stand-in compiles (py_compile)"
+# --------------------------------------------------------------------------- console and FreeScout stand-ins
+if python3 -m py_compile deploy/console-standin/app.py deploy/console-standin/freescout.py 2>/tmp/check-deploy.$$; then
+  pass "console and FreeScout stand-ins compile (py_compile)"
 else
-  fail "console stand-in compiles: $(tr '\n' ' ' </tmp/check-deploy.$$)"
+  fail "stand-ins compile: $(tr '\n' ' ' </tmp/check-deploy.$$)"
 fi
-rm -f /tmp/check-deploy.$$ deploy/console-standin/__pycache__/app.*.pyc
+rm -f /tmp/check-deploy.$$ deploy/console-standin/__pycache__/app.*.pyc deploy/console-standin/__pycache__/freescout.*.pyc
 rmdir deploy/console-standin/__pycache__ 2>/dev/null || true
 if python3 -c 'import flask' 2>/dev/null; then
   if out=$(cd deploy/console-standin && PYTHONDONTWRITEBYTECODE=1 python3 - 2>&1 <<'PY'
@@ -234,8 +521,21 @@ assert c.get("/console/customers/abc").status_code == 404
 PY
   ); then pass "console stand-in answers /auth/login, /console/customers/<int:id>, /ops with view + X-Rbac-* headers"
   else fail "console stand-in smoke test: $out"; fi
+  state=$(mktemp -d /tmp/check-deploy-freescout.XXXXXX)
+  if out=$(cd deploy/console-standin && FREESCOUT_STATE=$state/tickets.json PYTHONDONTWRITEBYTECODE=1 python3 - 2>&1 <<'PY'
+import freescout
+c = freescout.app.test_client()
+assert c.get("/health").status_code == 200
+assert c.get("/api/conversations/42").get_json() == {"id": "42", "status": "active"}
+freescout.set_status("42", "closed")
+assert c.get("/api/conversations/42").get_json() == {"id": "42", "status": "closed"}
+assert c.get("/api/conversations/43").get_json()["status"] == "active"
+PY
+  ); then pass "FreeScout stand-in answers a ticket's status as GATEWAY_TICKET_VALIDATION_URL expects (active until closed)"
+  else fail "FreeScout stand-in smoke test: $out"; fi
+  rm -rf "$state"
 else
-  skip "console stand-in smoke test (flask not installed)"
+  skip "stand-in smoke tests (flask not installed)"
 fi
 
 # --------------------------------------------------------------------------- shell scripts
@@ -283,17 +583,17 @@ else
 fi
 
 # The example mapping in configmap.yaml must load. Uses an existing debug binary only (no build).
-if [ -x target/debug/rbac-gateway ]; then
+if [ -n "$bin" ]; then
   tmp_routes=$(mktemp /tmp/check-deploy-routes.XXXXXX)
   python3 -c 'import yaml,sys; sys.stdout.write(yaml.safe_load(open("deploy/kubernetes/configmap.yaml"))["data"]["routes.toml"])' >"$tmp_routes"
-  if out=$(target/debug/rbac-gateway check --routes "$tmp_routes" 2>&1); then
+  if out=$("$bin" check --routes "$tmp_routes" 2>&1); then
     pass "configmap.yaml routes.toml passes rbac-gateway check"
   else
     fail "configmap.yaml routes.toml: $out"
   fi
   rm -f "$tmp_routes"
 else
-  skip "rbac-gateway check of configmap.yaml (no target/debug/rbac-gateway; run cargo build)"
+  skip "rbac-gateway check of configmap.yaml (no built binary; run cargo build)"
 fi
 
 # --------------------------------------------------------------------------- systemd
@@ -320,6 +620,7 @@ else
   skip "systemd-analyze verify (systemd-analyze not installed)"
 fi
 missing_directives=
+# shellcheck disable=SC2016 # $MAINPID is the unit's, not this shell's
 for k in 'Type=simple' 'User=rbac-gateway' 'EnvironmentFile=/etc/rbac-gateway/env' \
          'ExecStart=/usr/local/bin/rbac-gateway serve' 'ExecReload=/bin/kill -HUP $MAINPID' \
          'StateDirectory=rbac-gateway' 'CapabilityBoundingSet=' 'ProtectSystem=strict'; do
@@ -328,13 +629,13 @@ done
 if [ -z "${missing_directives:-}" ]; then pass "$unit: required directives present"
 else fail "$unit: missing lines:$missing_directives"; fi
 env_vars=$(grep -oE '^[A-Z_0-9]+' deploy/systemd/env.example | sort -u)
-if [ -x target/debug/rbac-gateway ]; then
-  known=$(target/debug/rbac-gateway serve --help | grep -oE 'env: [A-Z_0-9]+' | cut -d' ' -f2)
-  unknown=$(comm -23 <(printf '%s\n' "$env_vars") <(printf '%s\n' $known RUST_LOG | sort -u))
+if [ -n "$bin" ]; then
+  known=$("$bin" serve --help | grep -oE 'env: [A-Z_0-9]+' | cut -d' ' -f2)
+  unknown=$(comm -23 <(printf '%s\n' "$env_vars") <(printf '%s\n' "$known" RUST_LOG | sort -u))
   if [ -z "$unknown" ]; then pass "env.example: every variable is one serve --help lists"
   else fail "env.example: unknown variables: $unknown"; fi
 else
-  skip "env.example variables vs serve --help (no target/debug/rbac-gateway)"
+  skip "env.example variables vs serve --help (no built binary)"
 fi
 
 echo

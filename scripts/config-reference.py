@@ -36,7 +36,8 @@ def main():
         if name.startswith("-h, --help"):
             continue
         text = " ".join(desc)
-        env = re.search(r"\[env: ([A-Z0-9_]+)=[^\]]*\]", text)
+        # `[env: NAME=value]`, or `[env: NAME]` for a variable whose value clap hides (a secret).
+        env = re.search(r"\[env: ([A-Z0-9_]+)(?:=[^\]]*)?\]", text)
         default = re.search(r"\[default: ([^\]]*)\]", text)
         values = re.search(r"\[possible values: ([^\]]*)\]", text)
         text = re.sub(r"\s*\[(env|default|possible values): [^\]]*\]", "", text).strip()

@@ -236,6 +236,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
                 freescout_timeout: Duration::from_millis(args.freescout_timeout_ms),
                 db_limit: db_timeout,
                 metrics: metrics.clone(),
+                sweep_interval: (args.sweep_interval > 0.0)
+                    .then(|| Duration::from_secs_f64(args.sweep_interval)),
             });
             // The address bound (port 0 resolved): tests read it from this line.
             let bound = listener.local_addr().map_err(failure)?;
@@ -267,11 +269,16 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     })?;
     // The addresses bound (port 0 resolved): tests and supervisors read them from this line.
     let admin_bound = admin.local_addr().map_err(failure)?;
+    // Forward-auth's series exist at 0 whether or not it listens: the dashboard's panels and
+    // `rate()` find them, as they find the webhook's.
+    for d in crate::policy::answer::Decision::ALL {
+        gw.metrics.authz_requests.with_label_values(&[d.as_str()]);
+    }
+    for l in [proxy::LISTENER, crate::doors::forward_auth::LISTENER] {
+        gw.metrics.connections.with_label_values(&[l]);
+    }
     match started.authz {
         Some(authz) => {
-            for d in crate::policy::answer::Decision::ALL {
-                gw.metrics.authz_requests.with_label_values(&[d.as_str()]);
-            }
             tracing::info!(listen = %started.listen, admin_listen = %admin_bound, authz_listen = %authz, threads, "listening");
         }
         None => {

@@ -148,6 +148,9 @@ pub fn reported(h: &HeaderMap) -> Result<(String, Target), TargetHeaderError> {
     Ok((method, t))
 }
 
+/// This listener's `rbac_gateway_connections_accepted_total{listener}` label.
+pub const LISTENER: &str = "forward-auth";
+
 /// Serves forward-auth on `listener` until `shutdown` turns true: one task per data-plane
 /// worker, on that worker's runtime (each worker has its own SO_REUSEPORT socket of
 /// `--authz-listen`; no thread of its own, no cross-thread wake-up).
@@ -159,7 +162,7 @@ pub(crate) async fn serve(
     grace: Duration,
 ) {
     builder.keep_alive(true);
-    let accepted = gw.metrics.connections.with_label_values(&["forward-auth"]);
+    let accepted = gw.metrics.connections.with_label_values(&[LISTENER]);
     let door = Arc::new(Door::new(gw));
     crate::dataplane::listen::accept_until_shutdown(
         listener,

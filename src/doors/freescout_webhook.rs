@@ -7,7 +7,9 @@
 //!   under the secret, the signature FreeScout's webhooks module sends;
 //! - `secret-header`: `X-Webhook-Secret` carries the secret itself (a proxy that adds it).
 //!
-//! Both are compared in constant time; anything else gets 401 and changes nothing. The call is
+//! Both are compared in constant time; anything else gets 401 and changes nothing. The body is
+//! read (at most [`MAX_BODY`] bytes: over it, 413) before the caller is authenticated, since the
+//! signature covers it: a body that is too large gets 413, not 401, whoever sends it. The call is
 //! only a hint: the ticket's status is read again from FreeScout (`--ticket-validation-url`),
 //! and only a ticket FreeScout reports closed or resolved has its grants revoked, each with its
 //! `ticket_expire` row first (I-9), exactly as the sweep does ([`crate::stores::lifecycle::revoke_ticket`]).
@@ -36,14 +38,17 @@ pub const PATH: &str = "/freescout/webhook";
 pub const SIGNATURE_HEADER: &str = "x-freescout-signature";
 /// The shared-secret header.
 pub const SECRET_HEADER: &str = "x-webhook-secret";
-/// The largest body read.
-const MAX_BODY: usize = 256 * 1024;
+/// The largest body read (over it: 413, before authentication).
+pub const MAX_BODY: usize = 256 * 1024;
+/// The longest ticket id taken from a body, in bytes (longer: 400).
+pub const MAX_TICKET_ID_BYTES: usize = 200;
 /// The shortest secret accepted.
 pub const MIN_SECRET_BYTES: usize = 16;
 
-/// The label values of `rbac_gateway_freescout_webhooks_total`.
+/// The label values of `rbac_gateway_freescout_webhooks_total` (README, "FreeScout's webhook").
 pub const RESULTS: &[&str] = &[
     "revoked",
+    "nothing_to_revoke",
     "not_closed",
     "unknown_ticket",
     "unauthenticated",
@@ -126,6 +131,24 @@ pub struct Receiver {
     pub freescout_timeout: Duration,
     pub db_limit: Duration,
     pub metrics: Arc<Metrics>,
+    /// This process's `--sweep-interval`; None: it does not sweep (0).
+    pub sweep_interval: Option<Duration>,
+}
+
+impl Receiver {
+    /// Who tries again what a call could not do, for its log lines: true whether this process
+    /// sweeps or not.
+    fn retry(&self) -> String {
+        match self.sweep_interval {
+            Some(every) => format!(
+                "the sweep retries it (every {} s)",
+                every.as_secs_f64()
+            ),
+            None => "this process does not sweep (--sweep-interval 0): only a sweep elsewhere \
+                     (another replica, `rbac-gateway sweep --once`) or another webhook call retries it"
+                .to_string(),
+        }
+    }
 }
 
 pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>) {
@@ -156,9 +179,13 @@ fn ticket_of(body: &[u8]) -> Result<String, String> {
         .or_else(|| v.get("id"))
         .ok_or("no \"id\" (or \"ticket_id\") in the body")?;
     match field {
-        serde_json::Value::String(s) if !s.is_empty() && s.len() <= 200 => Ok(s.clone()),
+        serde_json::Value::String(s) if !s.is_empty() && s.len() <= MAX_TICKET_ID_BYTES => {
+            Ok(s.clone())
+        }
         serde_json::Value::Number(n) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
-        _ => Err("\"id\" must be a non-empty string or a whole number".into()),
+        _ => Err(format!(
+            "\"id\" must be a non-empty string of at most {MAX_TICKET_ID_BYTES} bytes or a whole number"
+        )),
     }
 }
 
@@ -208,7 +235,7 @@ async fn handle(
     match status {
         Err(e) => {
             count("freescout_failed");
-            tracing::error!(ticket = %ticket, error = %e, "FreeScout webhook: the ticket's status could not be read again; nothing revoked (the sweep retries)");
+            tracing::error!(ticket = %ticket, error = %e, "FreeScout webhook: the ticket's status could not be read again; nothing revoked: {}", r.retry());
             answer(
                 503,
                 serde_json::json!({"ticket_id": ticket, "error": format!("FreeScout did not answer: {e}"), "revoked": []}),
@@ -230,10 +257,15 @@ async fn handle(
             )
         }
         Ok(Some(st)) => {
-            match crate::stores::lifecycle::revoke_ticket(&r.pool, &ticket, r.db_limit).await {
+            let retry = r.retry();
+            let by = crate::stores::lifecycle::Caller {
+                name: "FreeScout webhook",
+                retry: &retry,
+            };
+            match crate::stores::lifecycle::revoke_ticket(&r.pool, &ticket, r.db_limit, by).await {
                 Err(e) => {
                     count("failed");
-                    tracing::error!(ticket = %ticket, error = %e, "FreeScout webhook: the ticket's grants could not be read; nothing revoked (the sweep retries)");
+                    tracing::error!(ticket = %ticket, error = %e, "FreeScout webhook: the ticket's grants could not be read; nothing revoked: {retry}");
                     answer(
                         503,
                         serde_json::json!({"ticket_id": ticket, "status": st, "error": format!("database: {e}"), "revoked": []}),
@@ -258,16 +290,21 @@ async fn handle(
                             _ => {}
                         }
                     }
-                    let code = if failed.is_empty() { 200 } else { 503 };
-                    count(if failed.is_empty() {
-                        "revoked"
+                    // `revoked` only when a grant was: a closed ticket with no active grant (none
+                    // given, or revoked already by the sweep or an earlier call) is its own result.
+                    let (code, result) = if !failed.is_empty() {
+                        (503, "failed")
+                    } else if revoked.is_empty() {
+                        (200, "nothing_to_revoke")
                     } else {
-                        "failed"
-                    });
-                    answer(
-                        code,
-                        serde_json::json!({"ticket_id": ticket, "status": st, "revoked": revoked, "failed": failed}),
-                    )
+                        (200, "revoked")
+                    };
+                    count(result);
+                    let mut body = serde_json::json!({"ticket_id": ticket, "status": st, "revoked": revoked, "failed": failed});
+                    if result == "nothing_to_revoke" {
+                        body["note"] = "the ticket has no active grant: nothing to revoke".into();
+                    }
+                    answer(code, body)
                 }
             }
         }

@@ -71,12 +71,12 @@ pub struct ServeArgs {
     pub routes: PathBuf,
     /// Console's PostgreSQL. May go through a transaction-pooling PgBouncer: every statement
     /// runs unnamed, inside a transaction of its own.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// A connection to PostgreSQL that bypasses any transaction pooler, for what needs a session
     /// (the change feed's LISTEN, the sweep's lock); default: --database-url. Set it when
     /// --database-url is a transaction-pooling PgBouncer (README, "Behind PgBouncer").
-    #[arg(long, env = "GATEWAY_DIRECT_DATABASE_URL")]
+    #[arg(long, env = "GATEWAY_DIRECT_DATABASE_URL", hide_env_values = true)]
     pub direct_database_url: Option<String>,
     /// Address of the admin listener (/healthz, /readyz, /metrics).
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
@@ -211,7 +211,7 @@ pub struct ServeArgs {
     /// Slack-compatible incoming webhook for alerts (new break-glass sessions, changes to the
     /// break-glass group's roles): a JSON POST `{"text": ...}`, retried with backoff until
     /// delivered. Unset: alerts are recorded in rbac_gateway_alerts only.
-    #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL")]
+    #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL", hide_env_values = true)]
     pub alert_webhook_url: Option<String>,
     /// Honour a break-glass session's roles only after its alert was delivered (I-4: alert
     /// before the session proceeds). Trade-off: a webhook that is down blocks emergency access.
@@ -238,7 +238,7 @@ fn parse_bool(s: &str) -> Result<bool, String> {
 #[derive(Debug, Clone, Args)]
 pub struct SweepArgs {
     /// Console's PostgreSQL.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// FreeScout's status URL ({ticket_id} is replaced); unset: only expired grants are revoked.
     #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
@@ -250,7 +250,7 @@ pub struct SweepArgs {
     #[arg(long, env = "GATEWAY_FREESCOUT_CONCURRENCY", default_value_t = 8)]
     pub freescout_concurrency: usize,
     /// Slack-compatible incoming webhook for alerts (see `serve --help`).
-    #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL")]
+    #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL", hide_env_values = true)]
     pub alert_webhook_url: Option<String>,
     /// Run once and exit (the only mode; for a cron job or a Kubernetes CronJob).
     #[arg(long, default_value_t = true)]
@@ -281,7 +281,7 @@ impl ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct MigrateArgs {
     /// PostgreSQL to migrate.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 }
 
@@ -306,7 +306,7 @@ pub struct ExplainArgs {
     #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
     pub routes: PathBuf,
     /// Console's PostgreSQL (needed with --admin and --request-id).
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// The admin's id (admins.id). Without it, the request is decided as one without a session
     /// (302 to the login page, public forwarded, 401 from the reader API, gone, refused). Not
@@ -352,7 +352,7 @@ pub struct DriftArgs {
     #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
     pub routes: PathBuf,
     /// Console's PostgreSQL (where drift events are recorded).
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// The window, in hours (default: 7 days).
     #[arg(long, default_value_t = 168)]
@@ -418,7 +418,7 @@ pub struct RolloutArgs {
     #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
     pub routes: PathBuf,
     /// Console's PostgreSQL (mapping versions and shadow-mode audit rows).
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// The soak window (e.g. 7d, 24h, 90m): a cluster is ready after this long in shadow with no
     /// drift row in it (002 Phase 4: 7 days).

@@ -203,7 +203,7 @@ pub fn prime_metric_labels(m: &Metrics) {
 }
 
 /// `route_info` for a newly live mapping (the series of the rules it no longer has go), and
-/// its rules' shadow-denial and drift counters.
+/// its rules' shadow-denial, shadow-agreement and drift counters.
 pub fn set_route_metrics(
     m: &Metrics,
     mapping: &crate::policy::mapping::Mapping,
@@ -224,6 +224,7 @@ pub fn set_route_metrics(
         // rule in shadow finds them there for `rate()`); a rule dropped keeps its counters.
         if r.access == crate::policy::mapping::Access::Protected {
             m.shadow_denials.with_label_values(&[r.label()]);
+            m.shadow_agreements.with_label_values(&[r.label()]);
             for kind in crate::policy::outcome::DriftKind::ALL {
                 m.drift.with_label_values(&[r.label(), kind.as_str()]);
             }

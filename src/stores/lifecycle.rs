@@ -184,6 +184,20 @@ pub async fn record_failure(pool: &Db, item: &str, error: &str, limit: Duration)
     }
 }
 
+/// Who revokes, as the log line of a grant that could not be revoked names it: the caller, and
+/// who tries again (the webhook's depends on whether its process sweeps).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub name: &'a str,
+    pub retry: &'a str,
+}
+
+/// The sweep: it retries what failed at its next sweep.
+pub const SWEEP: Caller<'static> = Caller {
+    name: "sweep",
+    retry: "retried next sweep",
+};
+
 /// Revokes one grant, recording a failure: what the sweep and the webhook do per grant.
 pub async fn revoke_or_record(
     pool: &Db,
@@ -191,6 +205,7 @@ pub async fn revoke_or_record(
     ticket: &str,
     reason: &str,
     limit: Duration,
+    by: Caller<'_>,
 ) -> Option<Done> {
     match revoke_grant(pool, id, reason, limit).await {
         Ok(true) => Some(Done::Revoked(
@@ -202,18 +217,20 @@ pub async fn revoke_or_record(
         Err(e) => {
             let item = format!("grant:{id}");
             let error = e.to_string();
-            tracing::error!(grant = %id, ticket = %ticket, error = %error, "sweep: the grant's audit row or revocation failed; nothing of it was committed, retried next sweep");
+            tracing::error!(grant = %id, ticket = %ticket, error = %error, "{}: the grant's audit row or revocation failed; nothing of it was committed, {}", by.name, by.retry);
             record_failure(pool, &item, &error, limit).await;
             Some(Done::Failed(item, error))
         }
     }
 }
 
-/// Every active grant of `ticket`, revoked as `ticket_closed`, each on its own.
+/// Every active grant of `ticket`, revoked as `ticket_closed`, each on its own. None active (or
+/// all revoked meanwhile by another replica): an empty list.
 pub async fn revoke_ticket(
     pool: &Db,
     ticket: &str,
     limit: Duration,
+    by: Caller<'_>,
 ) -> Result<Vec<Done>, sqlx::Error> {
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM rbac_ticket_grants WHERE ticket_id = $1 AND revoked_at_utc IS NULL ORDER BY id",
@@ -224,7 +241,7 @@ pub async fn revoke_ticket(
     .await?;
     let mut out = Vec::new();
     for id in ids {
-        out.extend(revoke_or_record(pool, &id, ticket, "ticket_closed", limit).await);
+        out.extend(revoke_or_record(pool, &id, ticket, "ticket_closed", limit, by).await);
     }
     Ok(out)
 }
@@ -393,7 +410,7 @@ impl Sweeper {
                         return vec![];
                     };
                     match crate::stores::ticket::ticket_status(&url, &ticket, timeout).await {
-                        Ok(Some(st)) if ended(&st) => match revoke_ticket(&pool, &ticket, limit).await {
+                        Ok(Some(st)) if ended(&st) => match revoke_ticket(&pool, &ticket, limit, SWEEP).await {
                             Ok(done) => done,
                             Err(e) => {
                                 tracing::error!(ticket = %ticket, error = %e, "sweep: the ticket's grants could not be read; retried next sweep");
@@ -410,7 +427,7 @@ impl Sweeper {
             }
         }
         for (id, ticket, _) in expired {
-            if let Some(d) = revoke_or_record(&pool, &id, &ticket, "expired", limit).await {
+            if let Some(d) = revoke_or_record(&pool, &id, &ticket, "expired", limit, SWEEP).await {
                 report.add(d);
             }
         }

@@ -454,6 +454,36 @@ fn readme_configuration_reference_matches_the_cli() {
             generated.contains("| `--"),
             "no option table for {commands:?}"
         );
+        // Every variable `--help` names is in the table's environment column, also one whose
+        // value clap hides (`[env: NAME]`, a secret): the generator once left those out.
+        let mut named = 0;
+        for cmd in &commands {
+            let help = Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+                .args([cmd, "--help"])
+                .env_clear()
+                .output()
+                .unwrap();
+            let help = String::from_utf8_lossy(&help.stdout).to_string();
+            let heading = format!("`rbac-gateway {cmd}`\n");
+            let section = generated
+                .split("### ")
+                .find(|s| s.starts_with(&heading))
+                .unwrap_or_else(|| panic!("no {heading} in the generated reference"));
+            let mut rest = help.as_str();
+            while let Some(i) = rest.find("[env: ") {
+                let var: String = rest[i + 6..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                rest = &rest[i + 6 + var.len()..];
+                named += 1;
+                assert!(
+                    section.contains(&format!("| `{var}` |")),
+                    "{cmd}: {var} is missing from the environment column of its reference"
+                );
+            }
+        }
+        assert!(named > 0, "{commands:?}: --help names no variable");
         let text = std::fs::read_to_string(root().join(file)).unwrap();
         let start = text
             .find("<!-- config-reference:start -->\n")

@@ -448,29 +448,46 @@ async fn webhook(port: u16, body: &str, secret: Option<&str>, extra: &[(&str, &s
         .unwrap()
 }
 
+/// A gateway with a webhook receiver asking the FreeScout stand-in at `fs`, started with
+/// `sweep_interval` (`--sweep-interval`), and the receiver's port.
+async fn webhook_gateway(
+    db: &TestDb,
+    up: &Upstream,
+    fs: std::net::SocketAddr,
+    sweep_interval: &str,
+) -> (Gateway, u16) {
+    let url = format!("http://{fs}/api/conversations/{{ticket_id}}");
+    let o = GatewayOpts::new(core_routes(), db, up.addr)
+        .arg("--sweep-interval")
+        .arg(sweep_interval)
+        .arg("--ticket-validation-url")
+        .arg(&url)
+        .arg("--freescout-webhook-listen")
+        .arg("127.0.0.1:0")
+        .env("GATEWAY_FREESCOUT_WEBHOOK_SECRET", SECRET);
+    let gw = Gateway::start(o).await;
+    let port = gw.logged_addr("freescout_webhook_listen").port();
+    (gw, port)
+}
+
 /// Three replicas, each with a webhook receiver and no sweep (only the webhook can revoke).
 async fn webhook_replicas(
     db: &TestDb,
     up: &Upstream,
     fs: std::net::SocketAddr,
 ) -> (Vec<Gateway>, Vec<u16>) {
-    let url = format!("http://{fs}/api/conversations/{{ticket_id}}");
     let mut gws = Vec::new();
     let mut ports = Vec::new();
     for _ in 0..3 {
-        let o = GatewayOpts::new(core_routes(), db, up.addr)
-            .arg("--sweep-interval")
-            .arg("0")
-            .arg("--ticket-validation-url")
-            .arg(&url)
-            .arg("--freescout-webhook-listen")
-            .arg("127.0.0.1:0")
-            .env("GATEWAY_FREESCOUT_WEBHOOK_SECRET", SECRET);
-        let gw = Gateway::start(o).await;
-        ports.push(gw.logged_addr("freescout_webhook_listen").port());
+        let (gw, port) = webhook_gateway(db, up, fs, "0").await;
+        ports.push(port);
         gws.push(gw);
     }
     (gws, ports)
+}
+
+fn webhooks(result: &str) -> String {
+    format!("rbac_gateway_freescout_webhooks_total{{result=\"{result}\"}}")
 }
 
 /// Issue 40, case 4: FreeScout's webhook for a closed ticket, to any replica, revokes the
@@ -537,12 +554,157 @@ async fn a_webhook_for_a_closed_ticket_revokes_within_half_a_second_on_any_repli
         .await,
         2
     );
-    assert_eq!(
-        gws[1]
-            .metric("rbac_gateway_freescout_webhooks_total{result=\"revoked\"}")
-            .await,
-        1.0
+    assert_eq!(gws[1].metric(&webhooks("revoked")).await, 1.0);
+    // The replayed call revoked nothing: not counted as `revoked` (issue 47: 23 counted, 6 revoked).
+    assert_eq!(gws[2].metric(&webhooks("revoked")).await, 0.0);
+    assert_eq!(gws[2].metric(&webhooks("nothing_to_revoke")).await, 1.0);
+}
+
+/// Issue 47: `result="revoked"` counts a call that revoked a grant, nothing else; a call for a
+/// closed ticket with no active grant (never given one, or revoked already) is
+/// `nothing_to_revoke`, a series that exists at 0 from start-up like every other result.
+#[tokio::test]
+async fn a_webhook_for_a_closed_ticket_with_no_active_grant_counts_as_nothing_to_revoke() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let statuses = Arc::new(Mutex::new(vec![
+        ("T-none".to_string(), "closed".to_string()),
+        ("T-one".to_string(), "resolved".to_string()),
+    ]));
+    let fs = freescout(statuses).await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let g = grant(&db, &admin, "console-user", 7, "T-one").await;
+    let (gw, port) = webhook_gateway(&db, &up, fs, "0").await;
+    let metrics = gw.admin_get("/metrics").await.body_str();
+    for result in rbac_gateway::doors::freescout_webhook::RESULTS
+        .iter()
+        .chain(&["nothing_to_revoke"])
+    {
+        let series = format!("{} 0", webhooks(result));
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "no {series} at start-up"
+        );
+    }
+    // T-none never had a grant: FreeScout says closed, nothing is revoked, nothing counted as
+    // revoked.
+    let r = webhook(port, r#"{"id": "T-none"}"#, Some(SECRET), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["revoked"], serde_json::json!([]), "{v}");
+    assert_eq!(v["status"], "closed", "{v}");
+    assert!(
+        v["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nothing to revoke"),
+        "{v}"
     );
+    assert_eq!(gw.metric(&webhooks("revoked")).await, 0.0);
+    assert_eq!(gw.metric(&webhooks("nothing_to_revoke")).await, 1.0);
+    // T-one has one: revoked, counted once; the same call again finds nothing left.
+    let body = r#"{"id": "T-one"}"#;
+    let r = webhook(port, body, Some(SECRET), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["revoked"], serde_json::json!([g.as_str()]), "{v}");
+    assert_eq!(revoked(&db, &g).await.as_deref(), Some("ticket_closed"));
+    let r = webhook(port, body, Some(SECRET), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(gw.metric(&webhooks("revoked")).await, 1.0);
+    assert_eq!(gw.metric(&webhooks("nothing_to_revoke")).await, 2.0);
+}
+
+/// Issue 47: the body is read (at most 256 KiB) before the caller is authenticated, since the
+/// signature covers it: one byte over gets 413 even unsigned, at the limit an unsigned call
+/// gets 401. A ticket id is at most 200 bytes (400 beyond).
+#[tokio::test]
+async fn the_webhook_answers_413_before_401_and_bounds_the_ticket_id() {
+    use rbac_gateway::doors::freescout_webhook::{MAX_BODY, MAX_TICKET_ID_BYTES};
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let fs = freescout(Arc::new(Mutex::new(vec![]))).await;
+    let (gw, port) = webhook_gateway(&db, &up, fs, "0").await;
+    let padded = |len: usize| {
+        let head = r#"{"id": "T-1", "pad": ""#;
+        format!("{head}{}\"}}", "x".repeat(len - head.len() - 2))
+    };
+    let over = padded(MAX_BODY + 1);
+    assert_eq!(over.len(), MAX_BODY + 1);
+    let r = webhook(port, &over, None, &[]).await;
+    assert_eq!(r.status, 413, "{}", r.body_str());
+    assert_eq!(gw.metric(&webhooks("unauthenticated")).await, 0.0);
+    assert_eq!(gw.metric(&webhooks("bad_request")).await, 1.0);
+    let at = padded(MAX_BODY);
+    let r = webhook(port, &at, None, &[]).await;
+    assert_eq!(r.status, 401, "{}", r.body_str());
+    // Signed and at the limit: read, authenticated, FreeScout asked (it does not know T-1).
+    let r = webhook(port, &at, Some(SECRET), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(gw.metric(&webhooks("unknown_ticket")).await, 1.0);
+    // The ticket id: 200 bytes are taken, 201 are not.
+    let id = |len: usize| format!(r#"{{"id": "{}"}}"#, "7".repeat(len));
+    let r = webhook(port, &id(MAX_TICKET_ID_BYTES), Some(SECRET), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let r = webhook(port, &id(MAX_TICKET_ID_BYTES + 1), Some(SECRET), &[]).await;
+    assert_eq!(r.status, 400, "{}", r.body_str());
+    assert!(
+        r.body_str().contains("at most 200 bytes"),
+        "{}",
+        r.body_str()
+    );
+    assert_eq!(gw.metric(&webhooks("bad_request")).await, 2.0);
+    assert_eq!(gw.metric(&webhooks("unknown_ticket")).await, 2.0);
+}
+
+/// Issue 47: when FreeScout cannot say what a ticket's status is, nothing is revoked and the
+/// log line says who tries again: the sweep where it runs, and that nobody in this process
+/// does with `--sweep-interval 0` (it said "the sweep retries" either way).
+#[tokio::test]
+async fn the_webhook_log_says_who_retries_whether_this_process_sweeps_or_not() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let fs = freescout(Arc::new(Mutex::new(vec![(
+        "T-down".to_string(),
+        "500".to_string(),
+    )])))
+    .await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let g = grant(&db, &admin, "console-user", 7, "T-down").await;
+    let (off, off_port) = webhook_gateway(&db, &up, fs, "0").await;
+    let (on, on_port) = webhook_gateway(&db, &up, fs, "3600").await;
+    for (gw, port, says, never) in [
+        (
+            &off,
+            off_port,
+            "nothing revoked: this process does not sweep (--sweep-interval 0)",
+            "the sweep retries",
+        ),
+        (
+            &on,
+            on_port,
+            "nothing revoked: the sweep retries it (every 3600 s)",
+            "does not sweep",
+        ),
+    ] {
+        let r = webhook(port, r#"{"id": "T-down"}"#, Some(SECRET), &[]).await;
+        assert_eq!(r.status, 503, "{}", r.body_str());
+        assert_eq!(gw.metric(&webhooks("freescout_failed")).await, 1.0);
+        eventually(Duration::from_secs(5), says, || async {
+            gw.log().contains(says)
+        })
+        .await;
+        let log = gw.log();
+        let webhook_lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("FreeScout webhook"))
+            .collect();
+        assert!(
+            webhook_lines.iter().all(|l| !l.contains(never)),
+            "{never}: {webhook_lines:?}"
+        );
+    }
+    assert_eq!(revoked(&db, &g).await, None);
 }
 
 /// Issue 40, case 5: unauthenticated calls get 401 and change nothing; an authenticated call

@@ -49,6 +49,9 @@ pub use body::BodyBudget;
 use checks::{check_request, read_cookie, CookieRewrite};
 use forward::forward_request;
 
+/// The data plane's `rbac_gateway_connections_accepted_total{listener}` label.
+pub const LISTENER: &str = "data plane";
+
 /// The data plane's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -238,7 +241,7 @@ async fn worker(
         shutdown,
         settings.shutdown_grace,
         "data plane",
-        w.gw.metrics.connections.with_label_values(&["data plane"]),
+        w.gw.metrics.connections.with_label_values(&[LISTENER]),
         move |stream, peer| {
             let w = w.clone();
             let heads = Heads::new(settings.max_headers, settings.max_header_bytes);
