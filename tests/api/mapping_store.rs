@@ -480,3 +480,97 @@ async fn a_database_restart_keeps_the_mapping_and_later_activations_arrive() {
     );
     assert!(t[0] < 1.0);
 }
+
+#[tokio::test]
+async fn fifty_activations_under_keep_alive_load_each_answer_one_version() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_versions(dir.path());
+    let (va, vb) = (version_of(&a), version_of(&b));
+    ok(mapping(&db.url, &["push", a.to_str().unwrap()]));
+    ok(mapping(
+        &db.url,
+        &["push", b.to_str().unwrap(), "--no-activate"],
+    ));
+    // A session that A denies on /ops (403, an audit row) and B lets through (public: 200).
+    let (_, token) = db.admin_with_roles(&["console-audit-user"]).await;
+    let g1 = db_gateway(&db, &up, &[]).await;
+    let g2 = db_gateway(&db, &up, &[]).await;
+    let g3 = db_gateway(&db, &up, &[]).await;
+    let gws = [&g1, &g2, &g3];
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads: Vec<_> = gws
+        .iter()
+        .map(|gw| {
+            let (addr, stop, token) = (gw.addr, stop.clone(), token.clone());
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let req = format!(
+                    "GET /ops HTTP/1.1\r\nHost: console.test\r\nCookie: console_session={token}\r\n\r\n"
+                );
+                let (mut allowed, mut denied, mut other) = (0u64, 0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    s.write_all(req.as_bytes()).await.unwrap();
+                    match read_response(&mut s).await {
+                        Ok(r) if r.status == 200 => allowed += 1,
+                        Ok(r) if r.status == 403 => denied += 1,
+                        Ok(r) => other.push(r.status.to_string()),
+                        Err(e) => {
+                            other.push(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                (allowed, denied, other)
+            })
+        })
+        .collect();
+    for i in 0..50 {
+        let target = if i % 2 == 0 { &vb } else { &va };
+        ok(mapping(&db.url, &["activate", target]));
+        for gw in gws {
+            eventually(Duration::from_secs(2), "the activation applied", || async {
+                gw.admin_get("/readyz")
+                    .await
+                    .body_str()
+                    .contains(&format!("mapping={target}"))
+            })
+            .await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut allowed, mut denied) = (0, 0);
+    for l in loads {
+        let (a, d, other) = l.await.unwrap();
+        assert!(other.is_empty(), "answers other than 200/403: {other:?}");
+        allowed += a;
+        denied += d;
+    }
+    println!("50 activations under keep-alive load on 3 gateways: {allowed} allowed (B), {denied} denied (A), 0 errors");
+    assert!(allowed > 0 && denied > 0);
+    // Every denial was decided by A, and says so.
+    eventually(
+        Duration::from_secs(10),
+        "every denial's audit row",
+        || async {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM access_audit_events WHERE path = '/ops'")
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+            n == denied as i64
+        },
+    )
+    .await;
+    let versions: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT mapping_version, count(*) FROM access_audit_events WHERE path = '/ops' GROUP BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(versions, vec![(Some(va.clone()), denied as i64)]);
+}
