@@ -24,6 +24,13 @@ GRANT USAGE ON SEQUENCE rbac_mapping_activations_id_seq TO rbac_mapping_pusher;
 GRANT SELECT ON rbac_groups, rbac_group_roles, rbac_roles, rbac_role_inheritance,
     rbac_role_permissions, rbac_permissions TO rbac_mapping_pusher;
 
+-- `mapping push` validates as `check --database-url` does, and that check also reads the
+-- schema of every table `serve` uses (information_schema lists only tables a role has some
+-- privilege on): a pusher with only the grants above gets "column ... is missing" errors.
+-- Until push can skip that part, also grant the pusher SELECT on the gateway's other tables
+-- (admin_sessions holds only token hashes), or push with a role that has them:
+--   GRANT SELECT ON ALL TABLES IN SCHEMA public TO rbac_mapping_pusher;
+
 -- Then give the roles to login users, e.g.:
 --   GRANT rbac_gateway_reader TO gateway_login;
 --   GRANT rbac_mapping_pusher TO ci_deployer;
