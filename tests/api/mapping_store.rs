@@ -441,7 +441,11 @@ async fn a_tampered_stored_text_is_never_applied() {
         },
     )
     .await;
-    late.abort();
+    // Another activation that loads: the late replica starts on it (and is stopped when dropped).
+    let va = version_of(&a);
+    ok(mapping(&db.url, &["activate", &va]));
+    let late = late.await.unwrap();
+    assert_eq!(late.status("/ops", None).await, 302);
 }
 
 #[tokio::test]
