@@ -92,6 +92,8 @@ fn main() {
             // A bare proxy: every path forwarded, the reader API included.
             rbac_api: false,
             file_rejected: Default::default(),
+            mapping_from_db: false,
+            mapping_missing: Default::default(),
             feed: Default::default(),
             sweep_failure_threshold: 3,
         })

@@ -8,8 +8,10 @@ set -euo pipefail
 bin=${1:-target/debug/rbac-gateway}
 shift || true
 cmds=("$@")
-[ ${#cmds[@]} -gt 0 ] || cmds=(serve migrate check explain drift rollout diff matrix sweep)
+[ ${#cmds[@]} -gt 0 ] || cmds=(serve migrate check explain drift rollout diff matrix sweep "mapping push" "mapping activate" "mapping rollback" "mapping history" "mapping show")
 here=$(dirname "$0")
 for cmd in "${cmds[@]}"; do
-  env -i COLUMNS=100 "$bin" "$cmd" --help | python3 "$here/config-reference.py" "$cmd"
+  # A subcommand of a command ("mapping push") is two words.
+  read -ra words <<<"$cmd"
+  env -i COLUMNS=100 "$bin" "${words[@]}" --help | python3 "$here/config-reference.py" "$cmd"
 done

@@ -32,6 +32,7 @@ fn main() {
         Command::Matrix(a) => cli::matrix(a),
         Command::Diff(a) => cli::diff(a),
         Command::Rollout(a) => cli::rollout(a),
+        Command::Mapping(a) => cli::mapping(a),
     };
     if let Err(exit) = result {
         eprintln!("rbac-gateway: {:#}", exit.error);

@@ -121,6 +121,31 @@ const SCHEMA: &[(&str, &[&str])] = &[
         "rbac_gateway_mapping_versions",
         &["id", "version", "kill_switch", "routes", "loaded_at_utc"],
     ),
+    (
+        "rbac_mapping_store",
+        &[
+            "version",
+            "sha256",
+            "text",
+            "pushed_by",
+            "actor",
+            "pushed_at_utc",
+            "message",
+        ],
+    ),
+    (
+        "rbac_mapping_activations",
+        &[
+            "id",
+            "version",
+            "previous_version",
+            "kind",
+            "activated_by",
+            "actor",
+            "activated_at_utc",
+            "message",
+        ],
+    ),
 ];
 
 /// Tables whose changes must reach the change feed (migrations/0004_change_feed.sql): without
@@ -161,6 +186,12 @@ fn reader_paths(mapping: &Mapping, file: &str) -> Vec<Diagnostic> {
 }
 
 pub fn check(args: CheckArgs) -> Result<(), Exit> {
+    validate(&args).map(|_| ())
+}
+
+/// `check`: prints every problem and the summary line; the mapping when it passed (`mapping
+/// push` stores only such a file).
+pub(crate) fn validate(args: &CheckArgs) -> Result<Mapping, Exit> {
     let file = args.routes.display().to_string();
     let mapping = match Mapping::load(&args.routes) {
         Ok(m) => m,
@@ -203,7 +234,7 @@ pub fn check(args: CheckArgs) -> Result<(), Exit> {
             error: anyhow!("{file}: the check found {errors} problem(s)"),
         });
     }
-    Ok(())
+    Ok(mapping)
 }
 
 async fn check_database(

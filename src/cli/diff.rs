@@ -192,7 +192,7 @@ pub fn diff(args: DiffArgs) -> Result<(), Exit> {
     Ok(())
 }
 
-async fn compare(
+pub(crate) async fn compare(
     old: &Mapping,
     new: &Mapping,
     switches: Switches,

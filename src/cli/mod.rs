@@ -1,5 +1,5 @@
 //! The commands, one file each: `serve`, `migrate`, `check`, `explain`, `drift`, `rollout`,
-//! `matrix`, `diff`, `sweep`. Configuration is loaded and checked before any port is bound; an
+//! `matrix`, `diff`, `sweep`, `mapping`. Configuration is loaded and checked before any port is bound; an
 //! invalid mapping or flag exits 64.
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -14,6 +14,7 @@ mod check;
 mod diff;
 mod drift;
 mod explain;
+mod mapping;
 mod matrix;
 mod migrate;
 mod rollout;
@@ -24,6 +25,7 @@ pub use check::{check, check_app_routes};
 pub use diff::diff;
 pub use drift::drift;
 pub use explain::explain;
+pub use mapping::mapping;
 pub use matrix::matrix;
 pub use migrate::migrate;
 pub use rollout::rollout;

@@ -34,7 +34,14 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             "--cache-ttl must be a number of seconds >= 0"
         )));
     }
-    let mapping = load_mapping(&args.routes)?;
+    let from_db = args.mapping_source == "database";
+    // From the database, the mapping is read once the pool exists; until then a placeholder
+    // that no request ever sees (the data plane listens only once the real one is loaded).
+    let mapping = if from_db {
+        placeholder()
+    } else {
+        load_mapping(&args.routes)?
+    };
     let upstream = resolve(&args.upstream, "--upstream")?;
     let listen = resolve(&args.listen, "--listen")?;
     let admin_addr = resolve(&args.admin_listen, "--admin-listen")?;
@@ -117,7 +124,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         .enable_all()
         .build()
         .map_err(failure)?;
-    let (gw, admin) = bg.block_on(async {
+    let (gw, admin, admin_bound) = bg.block_on(async {
         let pool = db::Db::connect(
             &args.database_url,
             args.direct_database_url.as_deref(),
@@ -138,7 +145,10 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         let tasks = Arc::new(Tasks::default());
         let supervised = |name, task| supervise::spawn(tasks.clone(), metrics.clone(), name, task);
         let feed = Arc::new(crate::stores::feed::Health::default());
-        supervised(Task::Feed, Box::pin(crate::stores::feed::follow(pool.clone(), identity.clone(), metrics.clone(), feed.clone(), db_timeout)) as Job);
+        // With the mapping in the database, the feed's read also reports the active version.
+        let (active_tx, active_rx) = tokio::sync::watch::channel(None);
+        let active_tx = from_db.then_some(active_tx);
+        supervised(Task::Feed, Box::pin(crate::stores::feed::follow(pool.clone(), identity.clone(), metrics.clone(), feed.clone(), db_timeout, active_tx)) as Job);
         let (audit, writer) = AuditWriter::new(
             pool.clone(),
             args.audit_spool.clone(),
@@ -147,15 +157,6 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             metrics.clone(),
         );
         supervised(Task::AuditWriter, Box::pin(writer));
-        metrics.mapping_info.with_label_values(&[&mapping.version]).set(1);
-        crate::runtime::state::set_route_metrics(&metrics, &mapping, args.kill_switch());
-        for w in &mapping.warnings {
-            tracing::warn!(warning = %w, "mapping warning");
-        }
-        tracing::info!(
-            routes = mapping.routes.len(), mapping_version = %mapping.version, file = %args.routes.display(),
-            upstream = %upstream, listen = %listen, threads, kill_switch = args.kill_switch(), "mapping loaded"
-        );
         if args.kill_switch() {
             tracing::warn!("FLAG_RBAC_V2=0: kill switch on, every route is off (forwarded; Console decides)");
         }
@@ -181,6 +182,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             tasks: tasks.clone(),
             rbac_api: args.rbac_api,
             file_rejected: Default::default(),
+            mapping_from_db: from_db,
+            mapping_missing: std::sync::Mutex::new(from_db.then(|| "loading the active mapping version from the database".to_string())),
             feed: feed.clone(),
             sweep_failure_threshold: args.sweep_failure_threshold,
         });
@@ -192,8 +195,32 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         // gateway that cannot take requests.
         let admin = crate::dataplane::listen::bind_side(admin_addr)
             .map_err(|e| failure(anyhow!("cannot listen on {admin_addr}: {e}")))?;
+        let admin_bound = admin.local_addr().map_err(failure)?;
         supervised(Task::AuditReplay, Box::pin(audit.replay_forever(Duration::from_millis(500))));
-        supervised(Task::Reload, Box::pin(crate::runtime::reload::watch(gw.clone(), args.routes.clone())));
+        let admin = if from_db {
+            // Served now: until the active version is loaded, /readyz answers 503 saying why
+            // (nothing listens on --listen, so no request is decided without a mapping).
+            tracing::info!(admin_listen = %admin_bound, "loading the mapping from the database (--mapping-source database): not ready until the active version is loaded");
+            supervised(Task::Admin, Box::pin(crate::doors::admin::serve(admin, gw.clone())));
+            let loaded = crate::runtime::reload::load_active_at_start(&pool, |why| gw.set_mapping_missing(Some(why))).await;
+            gw.mapping.store(Arc::new(loaded));
+            supervised(Task::Reload, Box::pin(crate::runtime::reload::follow_database(gw.clone(), pool.clone(), active_rx)));
+            None
+        } else {
+            supervised(Task::Reload, Box::pin(crate::runtime::reload::watch(gw.clone(), args.routes.clone())));
+            Some(admin)
+        };
+        let mapping = gw.mapping.load_full();
+        metrics.mapping_info.with_label_values(&[&mapping.version]).set(1);
+        crate::runtime::state::set_route_metrics(&metrics, &mapping, args.kill_switch());
+        for w in &mapping.warnings {
+            tracing::warn!(warning = %w, "mapping warning");
+        }
+        let source = if from_db { crate::runtime::reload::db_name(&mapping.version) } else { args.routes.display().to_string() };
+        tracing::info!(
+            routes = mapping.routes.len(), mapping_version = %mapping.version, file = %source,
+            upstream = %upstream, listen = %listen, threads, kill_switch = args.kill_switch(), "mapping loaded"
+        );
         tokio::spawn(crate::runtime::reload::check_database_at_start(
             gw.clone(),
             db_timeout.max(Duration::from_secs(2)),
@@ -244,7 +271,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             tracing::info!(freescout_webhook_listen = %bound, path = crate::doors::freescout_webhook::PATH, "FreeScout webhook receiver listening");
             supervised(Task::FreescoutWebhook, Box::pin(crate::doors::freescout_webhook::serve(listener, receiver)));
         }
-        Ok::<_, Exit>((gw, admin))
+        Ok::<_, Exit>((gw, admin, admin_bound))
     })?;
 
     let settings = Settings {
@@ -268,7 +295,6 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         failure(anyhow!("{e} ({addr})"))
     })?;
     // The addresses bound (port 0 resolved): tests and supervisors read them from this line.
-    let admin_bound = admin.local_addr().map_err(failure)?;
     // Forward-auth's series exist at 0 whether or not it listens: the dashboard's panels and
     // `rate()` find them, as they find the webhook's.
     for d in crate::policy::answer::Decision::ALL {
@@ -286,14 +312,18 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         }
     }
     let workers = started.handles;
-    {
-        let _runtime = bg.enter();
-        supervise::spawn(
-            gw.tasks.clone(),
-            gw.metrics.clone(),
-            Task::Admin,
-            crate::doors::admin::serve(admin, gw.clone()),
-        );
+    match admin {
+        Some(admin) => {
+            let _runtime = bg.enter();
+            supervise::spawn(
+                gw.tasks.clone(),
+                gw.metrics.clone(),
+                Task::Admin,
+                crate::doors::admin::serve(admin, gw.clone()),
+            );
+        }
+        // Served since start-up; ready from now on.
+        None => gw.set_mapping_missing(None),
     }
     bg.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -320,6 +350,14 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     tracing::info!("shut down");
     drop(bg);
     Ok(())
+}
+
+/// A valid mapping that no request is decided by: `--mapping-source database` before the active
+/// version is loaded (the data plane does not listen yet).
+fn placeholder() -> crate::policy::mapping::Mapping {
+    let text = "[[route]]\nmethods = [\"GET\"]\npath = \"/\"\naccess = \"gone\"\n";
+    crate::policy::mapping::Mapping::from_str("database", std::path::Path::new("database"), text)
+        .expect("the placeholder mapping loads")
 }
 
 /// Whether listeners on `a` and `b` would take the same port: the same address, or the same

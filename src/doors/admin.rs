@@ -118,11 +118,20 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
             ),
         );
     }
+    if let Some(why) = gw.mapping_missing() {
+        // No mapping yet (--mapping-source database at start-up): nothing is decided.
+        return (503, "text/plain", format!("no mapping loaded: {why}\n"));
+    }
     let version = gw.mapping.load().version.clone();
+    let source = if gw.mapping_from_db {
+        "mapping version from the database"
+    } else {
+        "routes file"
+    };
     let rejected = gw.file_rejected().map(|why| {
-        // The live mapping serves; the operator who just saved a file sees here that it is not
-        // the one in force.
-        format!("routes file not applied (mapping={version} stays live): {why}\n")
+        // The live mapping serves; the operator who just saved a file (or activated a version)
+        // sees here that it is not the one in force.
+        format!("{source} not applied (mapping={version} stays live): {why}\n")
     });
     let (status, mut body) = match database_state(gw.identity.pool()).await {
         Ok(()) => match gw.feed.stale() {

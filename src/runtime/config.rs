@@ -56,6 +56,85 @@ pub enum Command {
     /// enforce, not ready and why, enforced). Exits 1 when the file enforces a cluster that is
     /// not ready (or --cluster names one neither ready nor enforced): a CI gate.
     Rollout(RolloutArgs),
+    /// Mapping versions kept in the database: push a file, activate or roll back a version,
+    /// list the history, print a stored version. Gateways started with `--mapping-source
+    /// database` apply each activation within a second.
+    #[command(subcommand)]
+    Mapping(MappingCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingCommand {
+    /// Validate FILE exactly as `check` does (a file `check` rejects is never stored: same
+    /// messages, exit 1 or 64), store its exact text under its version with who pushed it and
+    /// why, and make it the active version. Pushing the active version again changes nothing
+    /// (exit 0).
+    Push(MappingPushArgs),
+    /// Make a stored version the active one (every gateway with `--mapping-source database`
+    /// applies it within a second).
+    Activate(MappingActivateArgs),
+    /// Go back to the version active before the current one (run again, it undoes itself).
+    Rollback(MappingChangeArgs),
+    /// Every stored version (who pushed it, when, why) and every activation (by whom, when, and
+    /// what it changed in `diff`'s terms: rules, and what each group gains and loses).
+    History(MappingHistoryArgs),
+    /// Print a stored version's text, byte for byte (for `diff`, `explain`, `check`).
+    Show(MappingShowArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MappingChangeArgs {
+    /// Console's PostgreSQL (a role that may insert into rbac_mapping_store and
+    /// rbac_mapping_activations: deploy/mapping-grants.sql).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Why (recorded with the change, shown by `mapping history`).
+    #[arg(long, short = 'm')]
+    pub message: Option<String>,
+    /// Who, when the database user is shared (a person, a CI job): recorded with the change.
+    #[arg(long, env = "GATEWAY_MAPPING_ACTOR")]
+    pub actor: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MappingPushArgs {
+    /// The mapping file.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub change: MappingChangeArgs,
+    /// Store the version without activating it (`mapping activate VERSION` later).
+    #[arg(long)]
+    pub no_activate: bool,
+    /// JSON dump of the upstream's routes, checked as `check --app-routes` does.
+    #[arg(long)]
+    pub app_routes: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MappingActivateArgs {
+    /// The version (12 hex digits, as `mapping history` and `/readyz` show it).
+    pub version: String,
+    #[command(flatten)]
+    pub change: MappingChangeArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MappingHistoryArgs {
+    /// Console's PostgreSQL.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// The history as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MappingShowArgs {
+    /// The version (12 hex digits).
+    pub version: String,
+    /// Console's PostgreSQL.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -66,9 +145,15 @@ pub struct ServeArgs {
     /// Console's address, host:port (resolved once at start-up).
     #[arg(long, env = "GATEWAY_UPSTREAM", default_value = "127.0.0.1:5000")]
     pub upstream: String,
-    /// The route mapping.
+    /// The route mapping (with --mapping-source file).
     #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
     pub routes: PathBuf,
+    /// Where the mapping comes from: `file` (--routes, reloaded within a second of a change on
+    /// this host) or `database` (the version made active by `rbac-gateway mapping
+    /// push|activate|rollback`, applied on every replica within a second; --routes is not read;
+    /// not ready until a version is loaded).
+    #[arg(long, env = "GATEWAY_MAPPING_SOURCE", default_value = "file", value_parser = ["file", "database"])]
+    pub mapping_source: String,
     /// Console's PostgreSQL. May go through a transaction-pooling PgBouncer: every statement
     /// runs unnamed, inside a transaction of its own.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]

@@ -9,6 +9,11 @@
 //! A file that fails to load (syntax, validation, truncated, missing) leaves the old mapping
 //! live; the errors are logged with `FILE:LINE:COL`, and `rbac_gateway_mapping_reloads_total`
 //! counts the failure.
+//!
+//! With `--mapping-source database` ([`follow_database`]), the mapping is the active version of
+//! `rbac_mapping_store` instead: the change feed's read reports each new activation, its text is
+//! read, re-hashed and swapped in through the same [`apply_named`] (same log line, metrics and
+//! `/readyz` report as a file).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -73,37 +78,15 @@ pub fn diff(old: &Mapping, new: &Mapping) -> Vec<String> {
 /// Applies a mapping read from `path` if it differs from the live one. Returns false when the
 /// file was rejected (the old mapping stays live).
 pub fn apply(gw: &Gateway, path: &Path, text: &str) -> bool {
-    let display = path.display().to_string();
-    match Mapping::from_str(&display, path, text) {
+    apply_named(gw, &path.display().to_string(), path, text)
+}
+
+/// [`apply`] for a mapping from any source: `name` is what diagnostics and the log call it
+/// (a file's path, `database:VERSION`).
+pub fn apply_named(gw: &Gateway, display: &str, path: &Path, text: &str) -> bool {
+    match Mapping::from_str(display, path, text) {
         Ok(new) => {
-            let old = gw.mapping.load_full();
-            if old.version == new.version {
-                gw.set_file_rejected(None);
-                return true;
-            }
-            let changes = diff(&old, &new);
-            // One series, the live version's: a series per version ever loaded would grow with
-            // every reload. The new one is set first, so no scrape finds none.
-            gw.metrics
-                .mapping_info
-                .with_label_values(&[&new.version])
-                .set(1);
-            // Err: the old version has no series (never happens; nothing to drop).
-            let _ = gw.metrics.mapping_info.remove_label_values(&[&old.version]);
-            gw.metrics
-                .mapping_reloads
-                .with_label_values(&["success"])
-                .inc();
-            tracing::info!(
-                from = %old.version, to = %new.version, routes = new.routes.len(),
-                changes = %changes.join("; "), "mapping reloaded"
-            );
-            for w in &new.warnings {
-                tracing::warn!(warning = %w, "mapping warning");
-            }
-            crate::runtime::state::set_route_metrics(&gw.metrics, &new, gw.kill_switch);
-            gw.mapping.store(Arc::new(new));
-            gw.set_file_rejected(None);
+            swap_in(gw, new);
             true
         }
         Err(e) => {
@@ -119,6 +102,39 @@ pub fn apply(gw: &Gateway, path: &Path, text: &str) -> bool {
             false
         }
     }
+}
+
+/// Makes `new` the live mapping (nothing to do when its version is live): the log line naming
+/// the changed rules, the metrics, one atomic swap.
+pub fn swap_in(gw: &Gateway, new: Mapping) {
+    let old = gw.mapping.load_full();
+    if old.version == new.version {
+        gw.set_file_rejected(None);
+        return;
+    }
+    let changes = diff(&old, &new);
+    // One series, the live version's: a series per version ever loaded would grow with
+    // every reload. The new one is set first, so no scrape finds none.
+    gw.metrics
+        .mapping_info
+        .with_label_values(&[&new.version])
+        .set(1);
+    // Err: the old version has no series (never happens; nothing to drop).
+    let _ = gw.metrics.mapping_info.remove_label_values(&[&old.version]);
+    gw.metrics
+        .mapping_reloads
+        .with_label_values(&["success"])
+        .inc();
+    tracing::info!(
+        from = %old.version, to = %new.version, routes = new.routes.len(),
+        changes = %changes.join("; "), "mapping reloaded"
+    );
+    for w in &new.warnings {
+        tracing::warn!(warning = %w, "mapping warning");
+    }
+    crate::runtime::state::set_route_metrics(&gw.metrics, &new, gw.kill_switch);
+    gw.mapping.store(Arc::new(new));
+    gw.set_file_rejected(None);
 }
 
 /// Warns about each role or permission the live mapping names that the database lacks: such a
@@ -268,6 +284,170 @@ pub async fn watch(gw: Arc<Gateway>, path: PathBuf) {
             }
         }
         settled = Some(bytes);
+    }
+}
+
+/// Why a stored version was not applied.
+#[derive(Debug)]
+pub enum Unloadable {
+    /// The database did not answer: the previous mapping stays, the read is retried.
+    Db(sqlx::Error),
+    /// The version is not (or no longer) in the store.
+    Missing(String),
+    /// The stored text does not hash to its version (or to its recorded SHA-256).
+    Tampered(String),
+    /// The text does not load (a key this binary does not know, an invalid rule).
+    Invalid(String),
+}
+
+impl std::fmt::Display for Unloadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unloadable::Db(e) => write!(f, "cannot read the mapping from the database: {e}"),
+            Unloadable::Missing(w) | Unloadable::Tampered(w) | Unloadable::Invalid(w) => {
+                f.write_str(w)
+            }
+        }
+    }
+}
+
+/// The name diagnostics give a stored version.
+pub fn db_name(version: &str) -> String {
+    format!("database:{version}")
+}
+
+/// Reads stored `version`, checks that its text hashes to it, and compiles it.
+pub async fn load_stored(db: &crate::stores::db::Db, version: &str) -> Result<Mapping, Unloadable> {
+    let found = crate::stores::mapping_store::text(db, version)
+        .await
+        .map_err(Unloadable::Db)?;
+    let Some((text, sha256)) = found else {
+        return Err(Unloadable::Missing(format!(
+            "mapping version {version} is active but not in rbac_mapping_store"
+        )));
+    };
+    let actual = crate::policy::mapping::version_of(text.as_bytes());
+    let full = crate::stores::mapping_store::sha256_hex(text.as_bytes());
+    if actual != version || full != sha256 {
+        return Err(Unloadable::Tampered(format!(
+            "the stored text of mapping version {version} does not hash to it (its SHA-256 is {full}): not applied"
+        )));
+    }
+    let name = db_name(version);
+    Mapping::from_str(&name, Path::new(&name), &text).map_err(|e| {
+        Unloadable::Invalid(
+            e.diagnostics
+                .first()
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| e.to_string()),
+        )
+    })
+}
+
+/// Applies stored `version` as [`watch`] applies a file. Err: not applied (the previous mapping
+/// stays live; a database failure is for the caller to retry, anything else is counted as a
+/// failed reload and named on `/readyz`).
+pub async fn apply_stored(
+    gw: &Arc<Gateway>,
+    db: &crate::stores::db::Db,
+    version: &str,
+) -> Result<(), Unloadable> {
+    let before = gw.mapping.load().version.clone();
+    match load_stored(db, version).await {
+        Ok(new) => {
+            swap_in(gw, new);
+            if gw.mapping.load().version != before {
+                let gw = gw.clone();
+                tokio::spawn(async move {
+                    warn_unknown_names(&gw).await;
+                    record_version(&gw).await;
+                });
+            }
+            Ok(())
+        }
+        Err(Unloadable::Db(e)) => Err(Unloadable::Db(e)),
+        Err(other) => Err(reject(gw, other)),
+    }
+}
+
+fn reject(gw: &Gateway, why: Unloadable) -> Unloadable {
+    gw.metrics
+        .mapping_reloads
+        .with_label_values(&["failure"])
+        .inc();
+    tracing::error!(error = %why, mapping_version = %gw.mapping.load().version,
+        "mapping version from the database rejected; the previous mapping stays live");
+    gw.set_file_rejected(Some(why.to_string()));
+    why
+}
+
+/// `--mapping-source database` at start-up: waits until the active version is loaded, saying on
+/// `/readyz` (503) why not yet: no version active, the database unreachable, a version that does
+/// not load. Returns the mapping; the caller says it is ready once it serves.
+pub async fn load_active_at_start(db: &crate::stores::db::Db, say: impl Fn(String)) -> Mapping {
+    let mut last = String::new();
+    loop {
+        let why = match crate::stores::mapping_store::active(db).await {
+            Ok(Some((_, version))) => match load_stored(db, &version).await {
+                Ok(m) => return m,
+                Err(e) => format!("active mapping version {version} cannot be loaded: {e}"),
+            },
+            Ok(None) => {
+                "no mapping version is active in the database (`rbac-gateway mapping push FILE`)"
+                    .to_string()
+            }
+            Err(e) => format!("cannot read the active mapping version from the database: {e}"),
+        };
+        if why != last {
+            tracing::error!(error = %why, "no mapping loaded: not ready, nothing is served until one is");
+            last.clone_from(&why);
+        }
+        say(why);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `--mapping-source database`: applies each activation the change feed reports, until the
+/// process ends. A version that cannot be read (database down) is retried; one that does not
+/// load or does not hash to its version leaves the previous mapping live, named on `/readyz`,
+/// until another activation.
+pub async fn follow_database(
+    gw: Arc<Gateway>,
+    db: crate::stores::db::Db,
+    mut active: tokio::sync::watch::Receiver<crate::stores::feed::ActiveMapping>,
+) {
+    // A newer activation arrived while the previous one was being retried.
+    let mut pending = false;
+    loop {
+        if !pending && active.changed().await.is_err() {
+            // The feed is gone (its own task reports it); nothing more will arrive.
+            std::future::pending::<()>().await;
+        }
+        pending = false;
+        let Some((id, version)) = active.borrow_and_update().clone() else {
+            continue;
+        };
+        loop {
+            match apply_stored(&gw, &db, &version).await {
+                Err(Unloadable::Db(e)) => {
+                    tracing::warn!(error = %e, activation = id, mapping_version = %version,
+                        "cannot read the activated mapping version; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(POLL) => continue,
+                        // A newer activation supersedes this one.
+                        r = active.changed() => {
+                            pending = r.is_ok();
+                            break;
+                        }
+                    }
+                }
+                Ok(()) => {
+                    tracing::debug!(activation = id, mapping_version = %version, "activation applied");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
     }
 }
 

@@ -36,6 +36,11 @@ pub struct Gateway {
     /// Why the routes file on disk is not the live mapping (rejected, unreadable), until a file
     /// is applied again; `/readyz` shows it.
     pub file_rejected: std::sync::Mutex<Option<String>>,
+    /// The mapping comes from the database (`--mapping-source database`), not a file.
+    pub mapping_from_db: bool,
+    /// Why no mapping is loaded yet (`--mapping-source database` at start-up: no active version,
+    /// the database unreachable, the active version unloadable); `/readyz` answers 503 with it.
+    pub mapping_missing: std::sync::Mutex<Option<String>>,
     /// The change feed's last read (`/readyz` answers 503 while it is stale).
     pub feed: Arc<crate::stores::feed::Health>,
     /// Sweep failures after which `/readyz` names a grant or break-glass session.
@@ -53,6 +58,21 @@ impl Gateway {
 
     pub fn file_rejected(&self) -> Option<String> {
         self.file_rejected
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Records why no mapping is loaded yet (None: one is).
+    pub fn set_mapping_missing(&self, why: Option<String>) {
+        *self
+            .mapping_missing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = why;
+    }
+
+    pub fn mapping_missing(&self) -> Option<String> {
+        self.mapping_missing
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()

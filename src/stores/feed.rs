@@ -15,6 +15,10 @@
 //! failed read marks the pool's idle connections stale (`db::mark_broken`) and the read is
 //! retried at once on a fresh connection, so a change committed right after the storm is
 //! applied within milliseconds, not one POLL per dead connection.
+//!
+//! With `--mapping-source database`, the same read also returns the latest mapping activation
+//! (`rbac_mapping_activations`), handed to the mapping task through a watch channel: an
+//! activation reaches every replica within one [`POLL`] (at once when its NOTIFY arrives).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -34,10 +38,24 @@ pub const BLIND_LIMIT: Duration = Duration::from_secs(3600);
 
 const READ_SQL: &str = r#"
 WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
-SELECT s.xmin::text, c.id, c.admin_id, c.token_sha256
+SELECT s.xmin::text, c.id, c.admin_id, c.token_sha256, NULL::bigint, NULL::text
 FROM s LEFT JOIN rbac_change_log c ON c.txid >= $1::text::xid8
 ORDER BY c.id
 "#;
+
+/// [`READ_SQL`] that also reads the active mapping activation (`--mapping-source database`):
+/// the same 250 ms read tells every replica of an activation, through a transaction pooler too.
+const READ_WITH_MAPPING_SQL: &str = r#"
+WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+     a AS (SELECT id, version FROM rbac_mapping_activations ORDER BY id DESC LIMIT 1)
+SELECT s.xmin::text, c.id, c.admin_id, c.token_sha256, (SELECT id FROM a), (SELECT version FROM a)
+FROM s LEFT JOIN rbac_change_log c ON c.txid >= $1::text::xid8
+ORDER BY c.id
+"#;
+
+/// The active mapping activation as the feed last read it: its id and version (None: no
+/// version was ever activated).
+pub type ActiveMapping = Option<(i64, String)>;
 
 /// One change: log id, affected admin (None: everyone), session token hash.
 pub type Change = (i64, Option<String>, Option<String>);
@@ -46,11 +64,26 @@ pub type Change = (i64, Option<String>, Option<String>);
 pub struct Batch {
     pub xmin: String,
     pub changes: Vec<Change>,
+    /// The active mapping activation, when asked for.
+    pub mapping: ActiveMapping,
 }
 
-pub async fn read(pool: &Db, cursor: &str) -> Result<Batch, sqlx::Error> {
-    type Row = (String, Option<i64>, Option<String>, Option<String>);
-    let rows: Vec<Row> = sqlx::query_as(READ_SQL)
+/// Reads the log from `cursor`; with `mapping`, also the active mapping activation.
+pub async fn read(pool: &Db, cursor: &str, mapping: bool) -> Result<Batch, sqlx::Error> {
+    type Row = (
+        String,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+    );
+    let sql = if mapping {
+        READ_WITH_MAPPING_SQL
+    } else {
+        READ_SQL
+    };
+    let rows: Vec<Row> = sqlx::query_as(sql)
         .persistent(false)
         .bind(cursor)
         .fetch_all(pool)
@@ -59,11 +92,16 @@ pub async fn read(pool: &Db, cursor: &str) -> Result<Batch, sqlx::Error> {
         .first()
         .map(|r| r.0.clone())
         .unwrap_or_else(|| cursor.to_string());
+    let active = rows.first().and_then(|r| r.4.zip(r.5.clone()));
     let changes = rows
         .into_iter()
-        .filter_map(|(_, id, a, t)| id.map(|id| (id, a, t)))
+        .filter_map(|(_, id, a, t, _, _)| id.map(|id| (id, a, t)))
         .collect();
-    Ok(Batch { xmin, changes })
+    Ok(Batch {
+        xmin,
+        changes,
+        mapping: active,
+    })
 }
 
 /// Rows older than this are deleted from the log (every gateway may do it; it is idempotent).
@@ -212,6 +250,7 @@ pub async fn follow(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     limit: Duration,
+    mapping: Option<tokio::sync::watch::Sender<ActiveMapping>>,
 ) {
     use crate::stores::db::within;
     // The past does not matter: start at the current xmin and drop whatever was cached before.
@@ -297,10 +336,20 @@ pub async fn follow(
             }
             continue;
         };
-        match within(limit, read(&pool, &cur)).await {
+        match within(limit, read(&pool, &cur, mapping.is_some())).await {
             Ok(batch) => {
                 failures = 0;
                 health.read_ok(&metrics);
+                if let Some(tx) = &mapping {
+                    // Wakes the mapping task only when the activation changed.
+                    tx.send_if_modified(|seen| {
+                        let changed = *seen != batch.mapping;
+                        if changed {
+                            seen.clone_from(&batch.mapping);
+                        }
+                        changed
+                    });
+                }
                 if last_ok.elapsed() > BLIND_LIMIT {
                     tracing::warn!("change feed: blind for too long; clearing every cache");
                     identity.invalidate_all();

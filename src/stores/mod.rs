@@ -1,11 +1,13 @@
 //! Console's database and the gateway's own tables: the pool and migrations ([`db`]), who a
 //! session is ([`identity`], [`ticket`]), keeping the cache coherent ([`feed`]), the durable
-//! audit trail ([`audit`]) and the grants that end by themselves ([`lifecycle`]).
+//! audit trail ([`audit`]) and the grants that end by themselves ([`lifecycle`]), mapping versions pushed to the
+//! database ([`mapping_store`]).
 
 pub mod audit;
 pub mod db;
 pub mod feed;
 pub mod identity;
 pub mod lifecycle;
+pub mod mapping_store;
 pub mod rollout;
 pub mod ticket;

@@ -432,7 +432,19 @@ async fn explain_shows_rule_provenance_and_decision() {
 fn readme_configuration_reference_matches_the_cli() {
     // README.md holds `serve`'s reference, docs/configuration.md every other command's.
     let others = [
-        "migrate", "check", "explain", "drift", "rollout", "diff", "matrix", "sweep",
+        "migrate",
+        "check",
+        "explain",
+        "drift",
+        "rollout",
+        "diff",
+        "matrix",
+        "sweep",
+        "mapping push",
+        "mapping activate",
+        "mapping rollback",
+        "mapping history",
+        "mapping show",
     ];
     for (file, commands) in [
         ("README.md", vec!["serve"]),

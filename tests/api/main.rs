@@ -22,6 +22,7 @@ mod lifecycle;
 mod lifecycle_jobs;
 mod live;
 mod mapping;
+mod mapping_store;
 mod pooler;
 mod reader;
 mod refusals;

@@ -1,0 +1,373 @@
+//! `rbac-gateway mapping push|activate|rollback|history|show`: mapping versions kept in the
+//! database (issue 46). A push validates the file exactly as `check` does before anything is
+//! stored; every change is one transaction under an advisory lock
+//! ([`crate::stores::mapping_store`]); gateways started with `--mapping-source database` apply
+//! each activation within a second.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use serde::Serialize;
+
+use super::{failure, runtime, say, usage, Exit};
+use crate::policy::access::Catalogue;
+use crate::policy::mapping::Mapping;
+use crate::policy::outcome::Switches;
+use crate::runtime::config::{
+    CheckArgs, MappingActivateArgs, MappingChangeArgs, MappingCommand, MappingHistoryArgs,
+    MappingPushArgs, MappingShowArgs,
+};
+use crate::stores::mapping_store::{self as store, Activated, Change, Refused};
+
+pub fn mapping(cmd: MappingCommand) -> Result<(), Exit> {
+    match cmd {
+        MappingCommand::Push(a) => push(a),
+        MappingCommand::Activate(a) => activate(a),
+        MappingCommand::Rollback(a) => rollback(a),
+        MappingCommand::History(a) => history(a),
+        MappingCommand::Show(a) => show(a),
+    }
+}
+
+fn change(a: &MappingChangeArgs) -> Change {
+    Change {
+        actor: a.actor.clone(),
+        message: a.message.clone(),
+    }
+}
+
+async fn pool(url: &str) -> Result<crate::stores::db::Db, Exit> {
+    super::command_pool(url, 1, Duration::from_secs(10)).await
+}
+
+fn db_failure(what: &str, e: sqlx::Error) -> Exit {
+    failure(anyhow!(
+        "{what}: {e} (run `rbac-gateway migrate`? does this role have the grants of deploy/mapping-grants.sql?)"
+    ))
+}
+
+fn refused(e: Refused) -> Exit {
+    match e {
+        Refused::Db(e) => db_failure("cannot change the mapping", e),
+        other => failure(anyhow!("{other}")),
+    }
+}
+
+fn activated(a: &Activated, how: &str) {
+    say!(
+        "mapping version {} active ({how}; was {}): gateways with --mapping-source database apply it within a second",
+        a.version,
+        a.previous.as_deref().unwrap_or("none")
+    );
+}
+
+fn push(a: MappingPushArgs) -> Result<(), Exit> {
+    // Read once: what is checked is what is stored.
+    let bytes = std::fs::read(&a.file).map_err(|e| {
+        usage(anyhow!(
+            "{}: cannot read the mapping: {e}",
+            a.file.display()
+        ))
+    })?;
+    let mapping = super::check::validate(&CheckArgs {
+        routes: a.file.clone(),
+        database_url: Some(a.change.database_url.clone()),
+        app_routes: a.app_routes.clone(),
+    })?;
+    if mapping.version != crate::policy::mapping::version_of(&bytes) {
+        return Err(usage(anyhow!(
+            "{}: the file changed while it was checked; push again",
+            a.file.display()
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| usage(anyhow!("{e}")))?;
+    let pushed = runtime()?.block_on(async {
+        let db = pool(&a.change.database_url).await?;
+        store::push(
+            &db,
+            &mapping.version,
+            &text,
+            &change(&a.change),
+            !a.no_activate,
+        )
+        .await
+        .map_err(|e| db_failure("cannot store the mapping", e))
+    })?;
+    let version = &pushed.version;
+    if pushed.stored {
+        say!("mapping version {version} stored");
+    } else {
+        say!("mapping version {version} was already stored: text unchanged");
+    }
+    match (&pushed.activated, a.no_activate) {
+        (Some(act), _) => activated(act, "pushed"),
+        (None, true) => say!(
+            "not activated (--no-activate); active: {} (`rbac-gateway mapping activate {version}`)",
+            pushed.active_before.as_deref().unwrap_or("none")
+        ),
+        (None, false) => say!("mapping version {version} is already active: nothing changed"),
+    }
+    Ok(())
+}
+
+fn activate(a: MappingActivateArgs) -> Result<(), Exit> {
+    runtime()?.block_on(async {
+        let db = pool(&a.change.database_url).await?;
+        match store::activate(&db, &a.version, &change(&a.change)).await {
+            Ok(act) => {
+                activated(&act, "activated");
+                Ok(())
+            }
+            Err(Refused::AlreadyActive(v)) => {
+                say!("mapping version {v} is already active: nothing changed");
+                Ok(())
+            }
+            Err(e) => Err(refused(e)),
+        }
+    })
+}
+
+fn rollback(a: MappingChangeArgs) -> Result<(), Exit> {
+    runtime()?.block_on(async {
+        let db = pool(&a.database_url).await?;
+        let act = store::rollback(&db, &change(&a)).await.map_err(refused)?;
+        activated(&act, "rolled back");
+        Ok(())
+    })
+}
+
+fn show(a: MappingShowArgs) -> Result<(), Exit> {
+    let found = runtime()?.block_on(async {
+        let db = pool(&a.database_url).await?;
+        store::text(&db, &a.version)
+            .await
+            .map_err(|e| db_failure("cannot read the mapping", e))
+    })?;
+    let Some((text, _)) = found else {
+        return Err(failure(anyhow!(
+            "{}",
+            Refused::UnknownVersion(a.version.clone())
+        )));
+    };
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        super::stdout_failed(e);
+    }
+    Ok(())
+}
+
+/// What an activation changed, in `diff`'s terms.
+#[derive(Debug, Serialize)]
+struct Changed {
+    /// Rule methods added, removed, changed (and how).
+    rules: Vec<String>,
+    /// Per group (and a request without a session): requests gained, lost, otherwise changed.
+    principals: BTreeMap<String, (usize, usize, usize)>,
+}
+
+#[derive(Debug, Serialize)]
+struct HistoryActivation {
+    #[serde(flatten)]
+    row: store::Activation,
+    active: bool,
+    /// None: a version of the pair does not load with this binary.
+    changed: Option<Changed>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct HistoryVersion {
+    #[serde(flatten)]
+    row: store::Stored,
+    active: bool,
+    /// When it was last made active (None: never).
+    last_activated_at_utc: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Serialize)]
+struct History {
+    active: Option<String>,
+    versions: Vec<HistoryVersion>,
+    activations: Vec<HistoryActivation>,
+}
+
+fn history(a: MappingHistoryArgs) -> Result<(), Exit> {
+    let report = runtime()?.block_on(async {
+        let db = pool(&a.database_url).await?;
+        let (stored, activations) = store::history(&db)
+            .await
+            .map_err(|e| db_failure("cannot read the mapping history", e))?;
+        let catalogue = Catalogue::read(&db)
+            .await
+            .context("cannot read the role catalogue")
+            .map_err(failure)?;
+        let active = activations.last().map(|x| x.version.clone());
+        let active_id = activations.last().map(|x| x.id);
+        // Each version compiled once.
+        let mut compiled: BTreeMap<String, Result<Mapping, String>> = BTreeMap::new();
+        for s in &stored {
+            let m = match store::text(&db, &s.version).await {
+                Ok(Some((text, _))) => {
+                    let name = format!("database:{}", s.version);
+                    Mapping::from_str(&name, Path::new(&name), &text).map_err(|e| {
+                        e.diagnostics
+                            .first()
+                            .map(|d| d.to_string())
+                            .unwrap_or_else(|| e.to_string())
+                    })
+                }
+                Ok(None) => Err("not stored".to_string()),
+                Err(e) => return Err(db_failure("cannot read the mapping", e)),
+            };
+            compiled.insert(s.version.clone(), m);
+        }
+        let switches = Switches {
+            kill_switch: false,
+            ticket_grants: true,
+        };
+        let mut out = Vec::new();
+        for act in activations {
+            let new = compiled.get(&act.version);
+            let old = act.previous_version.as_ref().and_then(|p| compiled.get(p));
+            let (changed, error) = match (old, new) {
+                (_, Some(Err(e))) | (Some(Err(e)), _) => (None, Some(e.clone())),
+                (Some(Ok(old)), Some(Ok(new))) => {
+                    let who = super::matrix::catalogue_principals(&catalogue);
+                    let r = super::diff::compare(old, new, switches, "the database", who).await;
+                    (Some(summarise(&r)), None)
+                }
+                (None, Some(Ok(new))) => (
+                    Some(Changed {
+                        rules: vec![format!("first activation: {} rules", new.routes.len())],
+                        principals: BTreeMap::new(),
+                    }),
+                    None,
+                ),
+                (_, None) => (None, Some("version not stored".to_string())),
+            };
+            out.push(HistoryActivation {
+                active: Some(act.id) == active_id,
+                row: act,
+                changed,
+                error,
+            });
+        }
+        let versions = stored
+            .into_iter()
+            .map(|s| HistoryVersion {
+                active: active.as_deref() == Some(s.version.as_str()),
+                last_activated_at_utc: out
+                    .iter()
+                    .rev()
+                    .find(|x| x.row.version == s.version)
+                    .map(|x| x.row.activated_at_utc),
+                row: s,
+            })
+            .collect();
+        Ok::<_, Exit>(History {
+            active,
+            versions,
+            activations: out,
+        })
+    })?;
+    if a.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => say!("{text}"),
+            Err(e) => return Err(failure(e)),
+        }
+        return Ok(());
+    }
+    print_history(&report);
+    Ok(())
+}
+
+fn summarise(r: &super::diff::Report) -> Changed {
+    let rules = r
+        .rules
+        .iter()
+        .map(|c| {
+            let mark = match c.change {
+                "added" => "+",
+                "removed" => "-",
+                _ => "~",
+            };
+            format!("{mark} {}: {}", c.rule, c.what.join("; "))
+        })
+        .collect();
+    let principals = r
+        .principals
+        .iter()
+        .filter(|p| !p.gains.is_empty() || !p.losses.is_empty() || !p.other.is_empty())
+        .map(|p| {
+            let name = if p.kind == "group" {
+                format!("group {}", p.name)
+            } else {
+                p.name.clone()
+            };
+            (name, (p.gains.len(), p.losses.len(), p.other.len()))
+        })
+        .collect();
+    Changed { rules, principals }
+}
+
+fn who(by: &str, actor: &Option<String>) -> String {
+    match actor {
+        Some(a) => format!("{a} (as {by})"),
+        None => by.to_string(),
+    }
+}
+
+fn print_history(h: &History) {
+    say!("active: {}", h.active.as_deref().unwrap_or("none"));
+    say!("versions:");
+    for v in &h.versions {
+        say!(
+            "  {} {} pushed {} by {}{}",
+            if v.active { "*" } else { " " },
+            v.row.version,
+            v.row.pushed_at_utc.format("%Y-%m-%d %H:%M:%S UTC"),
+            who(&v.row.pushed_by, &v.row.actor),
+            v.row
+                .message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
+    }
+    say!("activations (oldest first):");
+    for act in &h.activations {
+        let r = &act.row;
+        say!(
+            "  #{} {} {} -> {} ({}) by {}{}{}",
+            r.id,
+            r.activated_at_utc.format("%Y-%m-%d %H:%M:%S UTC"),
+            r.previous_version.as_deref().unwrap_or("none"),
+            r.version,
+            r.kind,
+            who(&r.activated_by, &r.actor),
+            r.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default(),
+            if act.active { "  [active]" } else { "" }
+        );
+        if let Some(e) = &act.error {
+            say!("      cannot compare: {e}");
+        }
+        if let Some(c) = &act.changed {
+            if c.rules.is_empty() {
+                say!("      rules: no method of any rule changes");
+            }
+            for line in &c.rules {
+                say!("      {line}");
+            }
+            for (name, (gains, losses, other)) in &c.principals {
+                say!("      {name}: gains {gains}, loses {losses}, other changes {other}");
+            }
+        }
+    }
+}

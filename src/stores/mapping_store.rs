@@ -1,0 +1,275 @@
+//! Mapping versions kept in the database (issue 46, migrations/0009_mapping_store.sql):
+//! `rbac_mapping_store` holds each pushed file's exact text under its version, and
+//! `rbac_mapping_activations` is the log of which version became active, when, by whom, and
+//! which one it replaced. The active version is the latest activation's.
+//!
+//! Every change (push, activate, rollback) runs in one transaction under a transaction-scoped
+//! advisory lock ([`LOCK`]), so the "previous version" each activation records is exact and
+//! two racing pushes of one text store it once and activate it once. Works behind a
+//! transaction-pooling PgBouncer: no session state, every statement unnamed.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::stores::db::Db;
+
+/// The advisory lock every change of the store takes (transaction-scoped).
+const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('rbac_mapping_store'))";
+
+/// The whole SHA-256 of a text, hex.
+pub fn sha256_hex(text: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text))
+}
+
+/// Who changes the mapping and why: the database user is recorded by the database itself.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    pub actor: Option<String>,
+    pub message: Option<String>,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    pub version: String,
+    /// False: that text was already stored.
+    pub stored: bool,
+    /// The activation written (None: not asked for, or the version was already active).
+    pub activated: Option<Activated>,
+    /// The version active when the push ran.
+    pub active_before: Option<String>,
+}
+
+/// One activation written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activated {
+    pub id: i64,
+    pub version: String,
+    pub previous: Option<String>,
+}
+
+/// Why a change of the store was refused (not a database failure).
+#[derive(Debug)]
+pub enum Refused {
+    UnknownVersion(String),
+    AlreadyActive(String),
+    NothingToRollBack(String),
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Refused {
+    fn from(e: sqlx::Error) -> Self {
+        Refused::Db(e)
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::UnknownVersion(v) => write!(
+                f,
+                "no stored mapping version {v:?} (`rbac-gateway mapping history` lists them)"
+            ),
+            Refused::AlreadyActive(v) => write!(f, "mapping version {v} is already active"),
+            Refused::NothingToRollBack(why) => write!(f, "nothing to roll back to: {why}"),
+            Refused::Db(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+async fn active_in(
+    tx: &mut sqlx::PgConnection,
+) -> Result<Option<(i64, String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, version, previous_version FROM rbac_mapping_activations ORDER BY id DESC LIMIT 1",
+    )
+    .persistent(false)
+    .fetch_optional(tx)
+    .await
+}
+
+async fn insert_activation(
+    tx: &mut sqlx::PgConnection,
+    version: &str,
+    previous: Option<&str>,
+    kind: &str,
+    change: &Change,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO rbac_mapping_activations (version, previous_version, kind, actor, message) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .persistent(false)
+    .bind(version)
+    .bind(previous)
+    .bind(kind)
+    .bind(&change.actor)
+    .bind(&change.message)
+    .fetch_one(tx)
+    .await
+}
+
+/// Stores `text` under `version` (once: a text already stored is left as it was) and, when
+/// `activate`, makes it the active version unless it already is.
+pub async fn push(
+    db: &Db,
+    version: &str,
+    text: &str,
+    change: &Change,
+    activate: bool,
+) -> Result<Pushed, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query(LOCK)
+        .persistent(false)
+        .execute(&mut *tx)
+        .await?;
+    let stored = sqlx::query(
+        "INSERT INTO rbac_mapping_store (version, sha256, text, actor, message) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (version) DO NOTHING",
+    )
+    .persistent(false)
+    .bind(version)
+    .bind(sha256_hex(text.as_bytes()))
+    .bind(text)
+    .bind(&change.actor)
+    .bind(&change.message)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let active = active_in(&mut tx).await?.map(|(_, v, _)| v);
+    let mut activated = None;
+    if activate && active.as_deref() != Some(version) {
+        let id = insert_activation(&mut tx, version, active.as_deref(), "push", change).await?;
+        activated = Some(Activated {
+            id,
+            version: version.to_string(),
+            previous: active.clone(),
+        });
+    }
+    tx.commit().await?;
+    Ok(Pushed {
+        version: version.to_string(),
+        stored,
+        activated,
+        active_before: active,
+    })
+}
+
+/// Makes the stored `version` the active one.
+pub async fn activate(db: &Db, version: &str, change: &Change) -> Result<Activated, Refused> {
+    let mut tx = db.begin().await?;
+    sqlx::query(LOCK)
+        .persistent(false)
+        .execute(&mut *tx)
+        .await?;
+    let known: Option<String> =
+        sqlx::query_scalar("SELECT version FROM rbac_mapping_store WHERE version = $1")
+            .persistent(false)
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if known.is_none() {
+        return Err(Refused::UnknownVersion(version.to_string()));
+    }
+    let active = active_in(&mut tx).await?.map(|(_, v, _)| v);
+    if active.as_deref() == Some(version) {
+        return Err(Refused::AlreadyActive(version.to_string()));
+    }
+    let id = insert_activation(&mut tx, version, active.as_deref(), "activate", change).await?;
+    tx.commit().await?;
+    Ok(Activated {
+        id,
+        version: version.to_string(),
+        previous: active,
+    })
+}
+
+/// Makes the version active before the current one active again.
+pub async fn rollback(db: &Db, change: &Change) -> Result<Activated, Refused> {
+    let mut tx = db.begin().await?;
+    sqlx::query(LOCK)
+        .persistent(false)
+        .execute(&mut *tx)
+        .await?;
+    let Some((_, current, previous)) = active_in(&mut tx).await? else {
+        return Err(Refused::NothingToRollBack(
+            "no version was ever activated".into(),
+        ));
+    };
+    let Some(previous) = previous else {
+        return Err(Refused::NothingToRollBack(format!(
+            "{current} is the first version ever activated"
+        )));
+    };
+    let id = insert_activation(&mut tx, &previous, Some(&current), "rollback", change).await?;
+    tx.commit().await?;
+    Ok(Activated {
+        id,
+        version: previous,
+        previous: Some(current),
+    })
+}
+
+/// The latest activation: its id and version.
+pub async fn active(db: &Db) -> Result<Option<(i64, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, version FROM rbac_mapping_activations ORDER BY id DESC LIMIT 1")
+        .persistent(false)
+        .fetch_optional(db)
+        .await
+}
+
+/// A stored version's text and recorded SHA-256.
+pub async fn text(db: &Db, version: &str) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT text, sha256 FROM rbac_mapping_store WHERE version = $1")
+        .persistent(false)
+        .bind(version)
+        .fetch_optional(db)
+        .await
+}
+
+/// One stored version.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Stored {
+    pub version: String,
+    pub pushed_by: String,
+    pub actor: Option<String>,
+    pub pushed_at_utc: DateTime<Utc>,
+    pub message: Option<String>,
+}
+
+/// One activation.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Activation {
+    pub id: i64,
+    pub version: String,
+    pub previous_version: Option<String>,
+    pub kind: String,
+    pub activated_by: String,
+    pub actor: Option<String>,
+    pub activated_at_utc: DateTime<Utc>,
+    pub message: Option<String>,
+}
+
+/// Every stored version (oldest first) and every activation (oldest first), read in one
+/// transaction so they agree.
+pub async fn history(db: &Db) -> Result<(Vec<Stored>, Vec<Activation>), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let stored: Vec<Stored> = sqlx::query_as(
+        "SELECT version, pushed_by, actor, pushed_at_utc, message FROM rbac_mapping_store \
+         ORDER BY pushed_at_utc, version",
+    )
+    .persistent(false)
+    .fetch_all(&mut *tx)
+    .await?;
+    let activations: Vec<Activation> = sqlx::query_as(
+        "SELECT id, version, previous_version, kind, activated_by, actor, activated_at_utc, message \
+         FROM rbac_mapping_activations ORDER BY id",
+    )
+    .persistent(false)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((stored, activations))
+}
