@@ -445,6 +445,14 @@ async fn heroku_denial_during_a_database_outage_is_503_never_a_403_without_its_r
     let r = dyno.request("/ops", Some(&token), &[]).await;
     assert_eq!(r.status, 503, "{}\n{}", r.body_str(), dyno.output());
     let during = r.request_id();
+    assert!(
+        metric_at(
+            dyno.admin,
+            "rbac_gateway_requests_total{decision=\"unavailable\"}"
+        )
+        .await
+            >= 1.0
+    );
     // Nothing waits on the dyno's disk for a database that may never see it.
     let spooled: Vec<_> = std::fs::read_dir(dyno.slug.path())
         .unwrap()
