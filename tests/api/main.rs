@@ -16,6 +16,7 @@ mod explain_agrees;
 mod explain_request;
 mod faults;
 mod framing;
+mod heroku;
 mod hostile;
 mod identity;
 mod lifecycle;

@@ -13,6 +13,7 @@ request whose answer never reached the client (smuggled, desynchronised) is stil
 
 import json
 import os
+import time
 import tomllib
 
 from flask import Flask, jsonify, request
@@ -22,6 +23,10 @@ app = Flask(__name__, static_folder=None)
 
 ROUTES_FILE = os.environ["ROUTES_FILE"]
 VIEW_LOG = os.environ.get("VIEW_LOG")
+# The view of the rule "/slow" takes this many seconds (an in-flight request, tests/api/heroku.rs).
+SLOW_SECONDS = float(os.environ.get("SLOW_SECONDS", "0"))
+# A line is appended to this file when that view starts (the request is in flight in Console).
+SLOW_STARTED = os.environ.get("SLOW_STARTED")
 
 with open(ROUTES_FILE, "rb") as f:
     ROUTES = tomllib.load(f)["route"]
@@ -29,6 +34,11 @@ with open(ROUTES_FILE, "rb") as f:
 
 def make_view(endpoint, rule):
     def view(**view_args):
+        if rule == "/slow" and SLOW_SECONDS:
+            if SLOW_STARTED:
+                with open(SLOW_STARTED, "a", encoding="utf-8") as started:
+                    started.write("started\n")
+            time.sleep(SLOW_SECONDS)
         answer = {
             "endpoint": endpoint,
             "rule": rule,
@@ -37,6 +47,7 @@ def make_view(endpoint, rule):
             "x_rbac_admin_id": request.headers.get("X-Rbac-Admin-Id"),
             "x_rbac_roles": request.headers.get("X-Rbac-Roles"),
             "x_request_id": request.headers.get("X-Request-Id"),
+            "x_forwarded_for": request.headers.get("X-Forwarded-For"),
             "script_name": request.environ.get("SCRIPT_NAME", ""),
             "raw_uri": request.environ.get("RAW_URI"),
             "path": request.path,

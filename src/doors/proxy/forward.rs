@@ -184,7 +184,7 @@ pub(super) async fn forward_request(
         put_header(
             &mut request,
             X_FORWARDED_FOR.as_str().as_bytes(),
-            ctx.client_ip.as_bytes(),
+            ctx.peer_ip.as_bytes(),
         );
     } else {
         let mut v = Vec::with_capacity(64);
@@ -192,7 +192,7 @@ pub(super) async fn forward_request(
             v.extend_from_slice(prev);
             v.extend_from_slice(b", ");
         }
-        v.extend_from_slice(ctx.client_ip.as_bytes());
+        v.extend_from_slice(ctx.peer_ip.as_bytes());
         put_header(&mut request, X_FORWARDED_FOR.as_str().as_bytes(), &v);
     }
     request.extend_from_slice(b"\r\n");

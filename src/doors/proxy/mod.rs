@@ -76,6 +76,30 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Forward-auth (`--authz-listen`): served by the same workers, on a socket of its own.
     pub authz_listen: Option<SocketAddr>,
+    /// The router in front sets `X-Request-Id` (`--trust-request-id`): a valid one is the
+    /// request's id ([`RequestId::trusted`]).
+    pub trust_request_id: bool,
+    /// Proxies in front that each append the address they saw to `X-Forwarded-For`
+    /// (`--trusted-proxies`): the client's address is the one the outermost of them appended
+    /// ([`forwarded_client`]). 0: the peer's address.
+    pub trusted_proxies: usize,
+}
+
+/// The client's address when `trusted` proxies in front each appended the address they saw to
+/// `X-Forwarded-For` (Heroku's router: one): the `trusted`-th address from the end of all its
+/// lines taken together, the one the outermost trusted proxy saw. Anything before it was sent
+/// by the client and is never taken. None (the peer's address serves): fewer addresses than
+/// trusted proxies, or that one is not an IP address.
+pub fn forwarded_client(h: &http::HeaderMap, trusted: usize) -> Option<std::net::IpAddr> {
+    if trusted == 0 {
+        return None;
+    }
+    let mut hops: Vec<&[u8]> = Vec::new();
+    for line in h.get_all("x-forwarded-for") {
+        hops.extend(line.as_bytes().split(|&c| c == b','));
+    }
+    let hop = hops.len().checked_sub(trusted).map(|i| hops[i])?;
+    std::str::from_utf8(hop).ok()?.trim().parse().ok()
 }
 
 /// The default number of worker threads: half the cores, at least one. The gateway is a sidecar:
@@ -200,6 +224,8 @@ async fn worker(
         deadlines: deadlines.clone(),
         gw,
         max_body_bytes: settings.max_body_bytes,
+        trust_request_id: settings.trust_request_id,
+        trusted_proxies: settings.trusted_proxies,
         bodies,
         body_read_timeout: settings.body_read_timeout,
         counts,
@@ -247,9 +273,9 @@ async fn worker(
             let heads = Heads::new(settings.max_headers, settings.max_header_bytes);
             let io = TokioIo::new(Sniff::new(stream, heads.clone()));
             // The client's address as text, once per connection.
-            let client_ip: Arc<str> = peer.ip().to_string().into();
+            let peer_ip: Arc<str> = peer.ip().to_string().into();
             let service =
-                service_fn(move |req| handle(w.clone(), client_ip.clone(), heads.next(), req));
+                service_fn(move |req| handle(w.clone(), peer_ip.clone(), heads.next(), req));
             builder.serve_connection(io, service)
         },
     )
@@ -276,13 +302,20 @@ struct Worker {
     counts: DecisionCounts,
     /// Console's answer time by status class (1xx..5xx), looked up once per worker.
     upstream_seconds: [prometheus::Histogram; 5],
+    /// [`Settings::trust_request_id`].
+    trust_request_id: bool,
+    /// [`Settings::trusted_proxies`].
+    trusted_proxies: usize,
 }
 
 /// Per-request facts the answer needs besides the outcome.
 struct Ctx {
     request_id: RequestId,
-    /// The client's address as text (audit rows, X-Forwarded-For).
+    /// The client's address as text (audit rows, log lines): the peer's, or with
+    /// `--trusted-proxies` the one the trusted router saw.
     client_ip: Arc<str>,
+    /// The peer's address as text: the hop the gateway appends to X-Forwarded-For.
+    peer_ip: Arc<str>,
     started: Instant,
     /// HEAD: answers carry no body.
     head: bool,
@@ -320,13 +353,22 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 async fn handle(
     w: Arc<Worker>,
-    client_ip: Arc<str>,
+    peer_ip: Arc<str>,
     raw: Option<RawHead>,
     req: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, Infallible> {
+    let request_id = match w.trust_request_id {
+        true => RequestId::trusted(req.headers()).unwrap_or_else(RequestId::next),
+        false => RequestId::next(),
+    };
+    let client_ip = match forwarded_client(req.headers(), w.trusted_proxies) {
+        Some(ip) => ip.to_string().into(),
+        None => peer_ip.clone(),
+    };
     let mut ctx = Ctx {
-        request_id: RequestId::next(),
+        request_id,
         client_ip,
+        peer_ip,
         started: Instant::now(),
         head: req.method() == Method::HEAD,
         unread_body: !req.body().is_end_stream(),
@@ -452,5 +494,34 @@ async fn respond(
             }
             resp
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_client;
+
+    fn xff(lines: &[&str]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for l in lines {
+            h.append("x-forwarded-for", http::HeaderValue::from_str(l).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_client_is_the_address_the_outermost_trusted_proxy_appended() {
+        // The client forged the first two; the router appended the last.
+        let h = xff(&["6.6.6.6, 7.7.7.7", "203.0.113.9"]);
+        assert_eq!(forwarded_client(&h, 0), None, "no trust: the peer");
+        assert_eq!(forwarded_client(&h, 1).unwrap().to_string(), "203.0.113.9");
+        assert_eq!(forwarded_client(&h, 2).unwrap().to_string(), "7.7.7.7");
+        let h = xff(&["  2001:db8::1 "]);
+        assert_eq!(forwarded_client(&h, 1).unwrap().to_string(), "2001:db8::1");
+        // Too few hops, or not an address: the peer.
+        assert_eq!(forwarded_client(&xff(&["203.0.113.9"]), 2), None);
+        assert_eq!(forwarded_client(&xff(&[]), 1), None);
+        assert_eq!(forwarded_client(&xff(&["1.2.3.4, unknown"]), 1), None);
+        assert_eq!(forwarded_client(&xff(&["1.2.3.4,"]), 1), None);
     }
 }
