@@ -3,9 +3,13 @@
 //! real binary as `bin/rbac-gateway`, the gunicorn Console stand-in, and a PostgreSQL that serves
 //! TLS only (`sslmode=require`, as Heroku Postgres).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::helpers::*;
@@ -124,7 +128,11 @@ fn honcho(slug: &Path, args: &[&str], env: &[(&str, String)], out: &Path) -> Chi
 impl Dyno {
     /// Runs the release phase, then starts the web process; waits until the gateway is ready.
     async fn start(db: &TestDb, env: &[(&str, &str)]) -> Dyno {
-        let slug = slug();
+        Dyno::start_in(slug(), db, env).await
+    }
+
+    /// [`Dyno::start`] in a given slug.
+    async fn start_in(slug: tempfile::TempDir, db: &TestDb, env: &[(&str, &str)]) -> Dyno {
         let (port, console) = (free_port(), free_port());
         let mut vars: Vec<(&str, String)> = vec![
             ("PORT", port.to_string()),
@@ -481,4 +489,249 @@ async fn heroku_denial_during_a_database_outage_is_503_never_a_403_without_its_r
         },
     )
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// With Heroku's PgBouncer buildpack (README, "Heroku", "With Heroku's PgBouncer buildpack").
+
+/// Web dynos, each with its own PgBouncer (the buildpack runs one in every dyno).
+const PGB_DYNOS: usize = 2;
+const PGB_REVOCATIONS: usize = 3;
+const REVOCATION_BOUND: Duration = Duration::from_secs(1);
+/// How long the test waits for a revocation, to say how far off the bound it is.
+const REVOKE_LIMIT: Duration = Duration::from_secs(7);
+
+/// The README's `web:` line for the buildpack, as printed.
+fn readme_pgbouncer_web_line() -> String {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    readme
+        .lines()
+        .find(|l| l.starts_with("web: ") && l.contains("bin/start-pgbouncer"))
+        .expect("the README prints a `web:` line with bin/start-pgbouncer")
+        .to_string()
+}
+
+/// The slug with the buildpack: the Procfile's `web:` line is the README's buildpack variant as
+/// printed (`release:` as in deploy/heroku/Procfile), and `bin/start-pgbouncer` a stand-in for
+/// the buildpack's script, which cannot be run here (it is the buildpack's, not fetched offline).
+/// That script starts the dyno's PgBouncer (transaction pooling, TLS to Heroku Postgres) and runs
+/// its command with `DATABASE_URL` replaced by `DATABASE_URL_PGBOUNCER`, the PgBouncer on
+/// 127.0.0.1 (plain text, no `sslmode`). Here the test starts Debian's pgbouncer with those
+/// settings (`server_tls_sslmode = require`), and the stand-in gives the command the same
+/// environment the buildpack's script would.
+fn pgbouncer_slug() -> tempfile::TempDir {
+    let dir = slug();
+    let d = dir.path();
+    let procfile = std::fs::read_to_string(d.join("Procfile")).unwrap();
+    let release = procfile
+        .lines()
+        .find(|l| l.starts_with("release:"))
+        .expect("deploy/heroku/Procfile has a release: line");
+    std::fs::write(
+        d.join("Procfile"),
+        format!("{}\n{release}\n", readme_pgbouncer_web_line()),
+    )
+    .unwrap();
+    let start = d.join("bin/start-pgbouncer");
+    std::fs::write(
+        &start,
+        "#!/usr/bin/env bash\n\
+         # Test stand-in for heroku/pgbouncer's bin/start-pgbouncer: the dyno's PgBouncer is the\n\
+         # test's; the command gets the environment the buildpack's script gives it.\n\
+         set -euo pipefail\n\
+         export DATABASE_URL=${DATABASE_URL_PGBOUNCER:?}\n\
+         exec \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&start, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// The environment of the dyno's `rbac-gateway serve` process.
+fn gateway_env(dyno: &Dyno) -> HashMap<String, String> {
+    let web = dyno.web_pid();
+    let all = descendants(web);
+    let (pid, _) = all
+        .iter()
+        .find(|(_, c)| c.contains("rbac-gateway serve"))
+        .unwrap_or_else(|| panic!("no rbac-gateway serve under the web process {web}: {all:?}"));
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// honcho's output without its `HH:MM:SS web.1 | ` prefixes: the processes' own lines.
+fn unprefixed(text: &str) -> String {
+    text.lines()
+        .map(|l| l.split_once("| ").map_or(l, |(_, rest)| rest))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn heroku_dynos_with_the_pgbouncer_buildpack_allow_deny_with_its_row_and_revoke_everywhere_within_a_second(
+) {
+    let started = Instant::now();
+    let (_pg, db) = tls_pg().await;
+    // Each dyno as the README's buildpack variant sets it up: DATABASE_URL (Heroku Postgres,
+    // TLS) captured as GATEWAY_DIRECT_DATABASE_URL by the Procfile line, then pointed at the
+    // dyno's PgBouncer by start-pgbouncer. Heroku's URL names a remote host, to which the
+    // launcher adds sslmode=require; this server is on 127.0.0.1, which the launcher leaves as
+    // it is (the dyno's PgBouncer), so its URL carries sslmode=require itself.
+    let mut bouncers = Vec::new();
+    let mut dynos = Vec::new();
+    for _ in 0..PGB_DYNOS {
+        // The buildpack's pooling: transaction mode, one server connection per dyno
+        // (PGBOUNCER_DEFAULT_POOL_SIZE's default), TLS to the server.
+        let bouncer =
+            PgBouncer::start_with(&db.url, PoolMode::Transaction, 1, ServerTls::Require).await;
+        let pooled = bouncer.url(&db);
+        let dyno = Dyno::start_in(
+            pgbouncer_slug(),
+            &db,
+            &[
+                ("DATABASE_URL_PGBOUNCER", pooled.as_str()),
+                // Only the change feed can make a revocation take effect within the bound.
+                ("GATEWAY_CACHE_TTL", "60"),
+            ],
+        )
+        .await;
+        let env = gateway_env(&dyno);
+        assert_eq!(
+            env.get("DATABASE_URL"),
+            Some(&pooled),
+            "the gateway's pool goes through the dyno's PgBouncer"
+        );
+        assert_eq!(
+            env.get("GATEWAY_DIRECT_DATABASE_URL"),
+            Some(&db.url),
+            "LISTEN and the sweep's lock go to the server itself, over TLS"
+        );
+        bouncers.push(bouncer);
+        dynos.push(dyno);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let readyz = sample_readyz(dynos.iter().map(|d| d.admin).collect(), stop.clone());
+
+    // On every dyno, each session seen for the first time (its lookup through PgBouncer).
+    let (admin, token) = db.admin_with_roles(&["console-audit-user"]).await;
+    let (denied_admin, denied) = db.admin_with_roles(&["console-user"]).await;
+    let router = [("X-Forwarded-For", "203.0.113.7")];
+    for (n, dyno) in dynos.iter().enumerate() {
+        let r = dyno
+            .request(&format!("/console/customers/{n}"), Some(&token), &router)
+            .await;
+        assert_eq!(
+            r.status,
+            200,
+            "dyno {n}: {}\n{}",
+            r.body_str(),
+            dyno.output()
+        );
+        let view: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(view["x_rbac_admin_id"], admin.as_str(), "dyno {n}");
+        let r = dyno.request("/ops", Some(&denied), &router).await;
+        assert_eq!(
+            r.status,
+            403,
+            "dyno {n}: {}\n{}",
+            r.body_str(),
+            dyno.output()
+        );
+        let rows = db.audit_rows(&r.request_id()).await;
+        assert_eq!(rows.len(), 1, "dyno {n}: {rows:?}");
+        assert_eq!(rows[0].event_type, "access_denied");
+        assert_eq!(rows[0].admin_id.as_deref(), Some(denied_admin.as_str()));
+        assert_eq!(rows[0].client_ip.as_deref(), Some("203.0.113.7"));
+    }
+
+    // Revocations of sessions every dyno has cached, each measured from its commit until every
+    // dyno sends it to the login page.
+    let mut revocations = Vec::new();
+    for n in 0..PGB_REVOCATIONS {
+        let token = db.session(&admin).await;
+        let path = format!("/console/customers/revoke-{n}");
+        for (d, dyno) in dynos.iter().enumerate() {
+            let r = dyno.request(&path, Some(&token), &[]).await;
+            assert_eq!(r.status, 200, "dyno {d} caches the session to revoke");
+        }
+        db.revoke_session(&token).await;
+        let committed = Instant::now();
+        let mut took = vec![None::<Duration>; dynos.len()];
+        while took.iter().any(Option::is_none) && committed.elapsed() < REVOKE_LIMIT {
+            for (d, dyno) in dynos.iter().enumerate() {
+                if took[d].is_none() && dyno.request(&path, Some(&token), &[]).await.status == 302 {
+                    took[d] = Some(committed.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        revocations.push(took);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let samples = readyz.await.unwrap();
+
+    let refused: Vec<Duration> = revocations.iter().flatten().flatten().copied().collect();
+    let worst = refused.iter().max().copied();
+    let not_ready: Vec<&ReadySample> = samples.iter().filter(|s| s.1 != Ok(200)).collect();
+    println!(
+        "heroku pgbouncer: {PGB_DYNOS} dynos, revocation worst {worst:?} of {} (per revocation, per dyno {revocations:?}), \
+         /readyz non-200 {} of {}, {:.1} s",
+        refused.len(),
+        not_ready.len(),
+        samples.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut problems = Vec::new();
+    for (n, took) in revocations.iter().enumerate() {
+        if took.iter().any(|t| t.is_none_or(|t| t >= REVOCATION_BOUND)) {
+            problems.push(format!(
+                "revoked session {n} refused after (per dyno) {took:?} from the commit (bound {REVOCATION_BOUND:?}; None: not within {REVOKE_LIMIT:?})"
+            ));
+        }
+    }
+    if let Some((d, status, body)) = not_ready.first() {
+        problems.push(format!(
+            "/readyz not 200 in {} of {} samples, e.g. dyno {d} {status:?}: {}",
+            not_ready.len(),
+            samples.len(),
+            body.trim()
+        ));
+    }
+    for (d, dyno) in dynos.iter().enumerate() {
+        let lines = database_complaints(&unprefixed(&dyno.output()));
+        if !lines.is_empty() {
+            problems.push(format!(
+                "dyno {d} logged {} database warnings or errors, e.g.:\n    {}",
+                lines.len(),
+                lines[..lines.len().min(4)].join("\n    ")
+            ));
+        }
+    }
+    for (d, bouncer) in bouncers.iter().enumerate() {
+        let log = bouncer.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARNING") || l.contains("ERROR"))
+            .collect();
+        if !lines.is_empty() {
+            problems.push(format!(
+                "dyno {d}'s pgbouncer logged {} warnings or errors, e.g.:\n    {}",
+                lines.len(),
+                lines[..lines.len().min(4)].join("\n    ")
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "Heroku dynos with the PgBouncer buildpack variant:\n- {}",
+        problems.join("\n- ")
+    );
 }

@@ -6,7 +6,6 @@
 //! went wrong with the database.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,60 +109,6 @@ async fn round(gws: &[Gateway], tokens: &[String], round: usize) -> Vec<Sent> {
         out.push(t.await.unwrap());
     }
     out
-}
-
-/// One /readyz answer: the gateway, the status (or why there was none), the body.
-type ReadySample = (usize, Result<u16, String>, String);
-
-/// Samples every gateway's /readyz until stopped.
-fn sample_readyz(
-    admins: Vec<SocketAddr>,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<ReadySample>> {
-    tokio::spawn(async move {
-        let mut samples = Vec::new();
-        while !stop.load(Ordering::SeqCst) {
-            for (g, admin) in admins.iter().enumerate() {
-                let s = match admin_get_at(*admin, "/readyz").await {
-                    Ok(r) => (g, Ok(r.status), r.body_str()),
-                    Err(e) => (g, Err(e.to_string()), String::new()),
-                };
-                samples.push(s);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        samples
-    })
-}
-
-/// Lines of a gateway's log that say something went wrong with the database (no fault is
-/// injected here): a warning or error that carries an error or speaks of the database, and any
-/// line about prepared statements or a panic. (Start-up warnings about flags left unset are not
-/// about the database.)
-fn database_complaints(log: &str) -> Vec<String> {
-    const ABOUT_THE_DATABASE: [&str; 9] = [
-        "database",
-        "statement",
-        "connection",
-        "sqlx",
-        "feed",
-        "audit",
-        "spool",
-        "pool",
-        "LISTEN",
-    ];
-    log.lines()
-        .filter(|line| {
-            let v = serde_json::from_str::<serde_json::Value>(line).unwrap_or_default();
-            let warned = matches!(v["level"].as_str(), Some("WARN" | "ERROR"))
-                && (!v["error"].is_null() || ABOUT_THE_DATABASE.iter().any(|w| line.contains(w)));
-            warned
-                || line.contains("prepared statement")
-                || line.contains("bind message")
-                || line.contains("panicked")
-        })
-        .map(str::to_string)
-        .collect()
 }
 
 /// Runs the whole load against four gateways whose database URL goes through PgBouncer in

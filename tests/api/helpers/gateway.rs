@@ -525,3 +525,27 @@ pub async fn metric_sum(gws: &[Gateway], series: &str) -> f64 {
     }
     n
 }
+
+/// One /readyz answer: the gateway, the status (or why there was none), the body.
+pub type ReadySample = (usize, Result<u16, String>, String);
+
+/// Samples every gateway's /readyz until stopped.
+pub fn sample_readyz(
+    admins: Vec<SocketAddr>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<ReadySample>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            for (g, admin) in admins.iter().enumerate() {
+                let s = match admin_get_at(*admin, "/readyz").await {
+                    Ok(r) => (g, Ok(r.status), r.body_str()),
+                    Err(e) => (g, Err(e.to_string()), String::new()),
+                };
+                samples.push(s);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        samples
+    })
+}

@@ -34,6 +34,15 @@ pub struct PgBouncer {
     dir: tempfile::TempDir,
 }
 
+/// How PgBouncer speaks to PostgreSQL: plain text, or TLS required (`server_tls_sslmode =
+/// require`: what Heroku's PgBouncer buildpack sets, Heroku Postgres taking TLS only). Clients
+/// always reach PgBouncer itself in plain text, on loopback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerTls {
+    Disable,
+    Require,
+}
+
 /// How PgBouncer pools: `transaction` (a server connection per transaction, shared by every
 /// client: Heroku's buildpack, most fleets) or `session` (one per client connection).
 #[derive(Clone, Copy, Debug)]
@@ -44,8 +53,18 @@ pub enum PoolMode {
 
 impl PgBouncer {
     /// PgBouncer in `mode`, holding at most `pool_size` server connections per database and
-    /// user, in front of the server of `server_url` (any of its databases).
+    /// user, in front of the server of `server_url` (any of its databases), in plain text.
     pub async fn start(server_url: &str, mode: PoolMode, pool_size: u32) -> PgBouncer {
+        PgBouncer::start_with(server_url, mode, pool_size, ServerTls::Disable).await
+    }
+
+    /// [`PgBouncer::start`], speaking to the server with `tls`.
+    pub async fn start_with(
+        server_url: &str,
+        mode: PoolMode,
+        pool_size: u32,
+        tls: ServerTls,
+    ) -> PgBouncer {
         let server = db_host_port(server_url);
         let (host, port) = server.rsplit_once(':').unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -57,6 +76,10 @@ impl PgBouncer {
         let mode = match mode {
             PoolMode::Transaction => "transaction",
             PoolMode::Session => "session",
+        };
+        let tls = match tls {
+            ServerTls::Disable => "disable",
+            ServerTls::Require => "require",
         };
         // PgBouncer cannot bind port 0: a port found free is tried, another one if it was taken
         // in between.
@@ -79,6 +102,7 @@ impl PgBouncer {
                      auth_type = trust\n\
                      auth_file = {userlist}\n\
                      pool_mode = {mode}\n\
+                     server_tls_sslmode = {tls}\n\
                      default_pool_size = {pool_size}\n\
                      min_pool_size = 0\n\
                      reserve_pool_size = 0\n\
@@ -133,9 +157,14 @@ impl PgBouncer {
         panic!("pgbouncer found no free port; last log:\n{last_log}");
     }
 
-    /// `db`'s URL through PgBouncer.
+    /// `db`'s URL through PgBouncer (its query, e.g. `?sslmode=require` for the server, left
+    /// off: PgBouncer takes plain text from its clients).
     pub fn url(&self, db: &TestDb) -> String {
-        db_url_via(&db.url, self.addr)
+        let url = db_url_via(&db.url, self.addr);
+        match url.split_once('?') {
+            Some((base, _)) => base.to_string(),
+            None => url,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -148,4 +177,34 @@ impl Drop for PgBouncer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Lines of a gateway's log that say something went wrong with the database (no fault is
+/// injected here): a warning or error that carries an error or speaks of the database, and any
+/// line about prepared statements or a panic. (Start-up warnings about flags left unset are not
+/// about the database.)
+pub fn database_complaints(log: &str) -> Vec<String> {
+    const ABOUT_THE_DATABASE: [&str; 9] = [
+        "database",
+        "statement",
+        "connection",
+        "sqlx",
+        "feed",
+        "audit",
+        "spool",
+        "pool",
+        "LISTEN",
+    ];
+    log.lines()
+        .filter(|line| {
+            let v = serde_json::from_str::<serde_json::Value>(line).unwrap_or_default();
+            let warned = matches!(v["level"].as_str(), Some("WARN" | "ERROR"))
+                && (!v["error"].is_null() || ABOUT_THE_DATABASE.iter().any(|w| line.contains(w)));
+            warned
+                || line.contains("prepared statement")
+                || line.contains("bind message")
+                || line.contains("panicked")
+        })
+        .map(str::to_string)
+        .collect()
 }
