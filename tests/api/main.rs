@@ -21,6 +21,7 @@ mod lifecycle;
 mod lifecycle_jobs;
 mod live;
 mod mapping;
+mod order_differential;
 mod reader;
 mod refusals;
 mod supervision;
