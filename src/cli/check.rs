@@ -362,9 +362,17 @@ pub fn check_app_routes(
         if ar.methods.iter().any(|m| m == "GET") {
             matcher_methods.push("HEAD".to_string());
         }
-        if let Err(j) = console.add(i, &parts, matcher_methods) {
+        if let Err(rival) = console.add(i, &parts, matcher_methods) {
+            let j = rival.rule;
+            let slash = match rival.slash_of {
+                None => String::new(),
+                Some(s) => format!(
+                    " (a path lacking only the trailing slash of {} is answered with the redirect to it when that rule is tried first, instead of the other rule's view)",
+                    routes[s].rule
+                ),
+            };
             out.push(at_rule(&ar.rule, format!(
-                "Console routes {} and {} (endpoints {} and {}) have a segment Werkzeug weighs equally and that can match the same value: Console tries {} first because it was registered first, an order routes.toml cannot express (the gateway refuses such rules); give one of them a converter or a literal that tells them apart",
+                "Console routes {} and {} (endpoints {} and {}) have a segment Werkzeug weighs equally and that can match the same value: Console tries {} first because it was registered first{slash}, an order routes.toml cannot express (the gateway refuses such rules); give one of them a converter or a literal that tells them apart",
                 ar.rule, routes[j].rule, ar.endpoint, routes[j].endpoint, routes[j].rule
             )));
         }

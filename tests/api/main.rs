@@ -24,6 +24,7 @@ mod lifecycle_jobs;
 mod live;
 mod mapping;
 mod mapping_store;
+mod order_differential;
 mod pooler;
 mod reader;
 mod refusals;

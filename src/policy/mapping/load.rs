@@ -354,7 +354,7 @@ impl<'a> Loader<'a> {
         };
         let customer_param = self.customer_param(r, &checked);
         self.pending(r, &checked);
-        self.place(r, index, before, &checked);
+        self.place(r, start, index, before, &checked);
         let Checked {
             path,
             methods,
@@ -562,10 +562,18 @@ impl<'a> Loader<'a> {
     }
 
     /// The route's place in the matcher (HEAD added beside GET): refused when an earlier rule
-    /// already takes the same method and shape, or when Werkzeug would weigh it equally with a
-    /// rival. A route with an error (`before`: the error count when its checks began) is not
-    /// placed.
-    fn place(&mut self, r: &RawRoute, index: usize, before: usize, checked: &Checked) {
+    /// already takes the same method and shape, or when Werkzeug's answer could depend on the
+    /// order Console registers it and a rival it weighs equally (`Matcher::add`). A route with
+    /// an error (`before`: the error count when its checks began) is not placed; `start` is
+    /// where its table starts.
+    fn place(
+        &mut self,
+        r: &RawRoute,
+        start: usize,
+        index: usize,
+        before: usize,
+        checked: &Checked,
+    ) {
         let Some(parts) = &checked.parts else {
             return;
         };
@@ -600,10 +608,37 @@ impl<'a> Loader<'a> {
             self.seen.insert((m.clone(), signature.clone()), index);
         }
         if let Err(rival) = self.matcher.add(index, parts, matcher_methods) {
-            let rival: &Route = &self.routes[rival];
+            let at = self.lines.at(start, Severity::Error, "");
+            let this = format!(
+                "{} {path} ({}:{}:{})",
+                checked.methods.join(","),
+                at.file,
+                at.line,
+                at.col
+            );
+            let other: &Route = &self.routes[rival.rule];
+            let that = format!(
+                "{} ({}:{}:{})",
+                other.label(),
+                at.file,
+                other.line,
+                other.col
+            );
+            let why = match rival.slash_of {
+                None => "Console tries them in the order it registers its routes, which routes.toml cannot know".to_string(),
+                Some(slash) => {
+                    let (slashed, runs) = if slash == index {
+                        (format!("{} {path}", checked.methods.join(",")), other.label().to_string())
+                    } else {
+                        (other.label().to_string(), format!("{} {path}", checked.methods.join(",")))
+                    };
+                    format!(
+                        "a path that lacks only the trailing slash of {slashed} gets Werkzeug's redirect to the slash if Console registered that rule first (the redirect ends Werkzeug's search), and {runs} otherwise: the order Console registers its routes decides, which routes.toml cannot know"
+                    )
+                }
+            };
             let message = format!(
-                "{path} and {} (line {}) have a segment Werkzeug weighs equally and that can match the same value: Console tries them in the order it registers its routes, which routes.toml cannot know. Make the segments differ (a converter, a literal), or map one of them",
-                rival.path, rival.line
+                "{this} and {that} have a segment Werkzeug weighs equally and that can match the same value: {why}. Make the segments differ (a converter, a literal), or map one of them"
             );
             self.error(r.path.span().start, message);
         }

@@ -3,6 +3,9 @@
 //! with backtracking; a rule whose methods do not include the request's is skipped and the
 //! search goes on; a missing trailing slash matches the slash rule (Werkzeug answers it with a
 //! redirect, which the gateway treats as that rule).
+//!
+//! Werkzeug's answer must not depend on the order Console registers its rules, which routes.toml
+//! cannot know: [`Matcher::add`] refuses a rule that could make it so (see there).
 
 use std::collections::HashMap;
 
@@ -20,17 +23,20 @@ struct State {
 }
 
 impl State {
-    /// A rule at or below this state for one of `methods` that a path matching `rest` might
-    /// also reach. Over-cautious: parts that are not told apart by [`Part::disjoint`] and
-    /// rest-of-path (`path`) parts are taken as overlapping.
-    fn overlapping(&self, rest: &[Part], methods: &[String]) -> Option<usize> {
+    /// A rule at or below this state for one of `methods` that ends Werkzeug's search for a
+    /// path matching `rest`: it matches the path, or (`slash`) it is the path with a trailing
+    /// slash, which Werkzeug answers with its redirect without trying further rules.
+    /// Over-cautious: parts that are not told apart by [`Part::disjoint`] and rest-of-path
+    /// (`path`) parts are taken as overlapping.
+    fn overlapping(&self, rest: &[Part], methods: &[String], slash: bool) -> Option<usize> {
         let shares = |m: &[String]| m.iter().any(|x| methods.contains(x));
         let Some((first, tail)) = rest.split_first() else {
-            return self
-                .rules
-                .iter()
-                .find(|(_, m)| shares(m))
-                .map(|(rule, _)| *rule);
+            let here = self.rules.iter().find(|(_, m)| shares(m));
+            let behind_slash = || {
+                let slash_state = self.statics.get("").filter(|_| slash)?;
+                slash_state.rules.iter().find(|(_, m)| shares(m))
+            };
+            return here.or_else(behind_slash).map(|(rule, _)| *rule);
         };
         if first.is_final {
             return self.any_rule(&shares);
@@ -43,7 +49,7 @@ impl State {
                 None => first.matches(text).is_some(),
             });
         for (_, next) in statics {
-            if let Some(rule) = next.overlapping(tail, methods) {
+            if let Some(rule) = next.overlapping(tail, methods, slash) {
                 return Some(rule);
             }
         }
@@ -58,7 +64,7 @@ impl State {
             let found = if part.is_final {
                 next.any_rule(&shares)
             } else {
-                next.overlapping(tail, methods)
+                next.overlapping(tail, methods, slash)
             };
             if found.is_some() {
                 return found;
@@ -76,6 +82,20 @@ impl State {
             .or_else(|| self.statics.values().find_map(|s| s.any_rule(shares)))
             .or_else(|| self.dynamic.iter().find_map(|(_, s)| s.any_rule(shares)))
     }
+}
+
+/// Why [`Matcher::add`] refused a rule: a rule behind a rival segment Werkzeug weighs equally,
+/// and the kind of path for which Console's registration order of the two decides Werkzeug's
+/// answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rival {
+    /// The rival rule's index.
+    pub rule: usize,
+    /// `None`: a path both rules match. `Some(i)`: a path that one of them matches and that
+    /// lacks only the trailing slash of rule `i` (the refused rule or the rival): Werkzeug
+    /// answers it with the redirect to `i`'s path if it tries `i`'s segment first, and runs the
+    /// other rule otherwise.
+    pub slash_of: Option<usize>,
 }
 
 /// A successful match.
@@ -98,13 +118,17 @@ pub struct Matcher {
 impl Matcher {
     /// Adds a rule (already parsed) under an index. Methods are upper-case, HEAD included.
     ///
-    /// Refused (`Err` with the index of a rule behind the rival transition, nothing added):
-    /// a segment that Werkzeug weighs equally with a different one already at the same place,
-    /// both able to match one value (`<uuid:a>` and `<b>`; `<a>-<b>` and `<a>.<b>`). Werkzeug
-    /// tries such transitions in the order Console registered its rules, which the mapping
-    /// does not know: the file's order could pick a different rule than Console does.
-    pub fn add(&mut self, index: usize, parts: &[Part], methods: Vec<String>) -> Result<(), usize> {
-        if let Some(rival) = self.rival(parts, &methods) {
+    /// Refused (`Err` naming a rule behind the rival transition, nothing added): a segment that
+    /// Werkzeug weighs equally with a different one already at the same place, both able to
+    /// match one value (`<uuid:a>` and `<b>`; `<a>-<b>` and `<a>.<b>`), when a path of a method
+    /// both rules take could end Werkzeug's search behind either: a rule matches it, or its
+    /// trailing slash is all it lacks (Werkzeug then raises the strict-slash redirect instead
+    /// of trying the next segment). Werkzeug tries such segments in the order Console
+    /// registered its rules, which the mapping does not know: the file's order could pick a
+    /// different rule (or a redirect instead of a view) than Console does. Two redirects to the
+    /// same path are the same answer: a path only both rules' slash redirects take is no reason.
+    pub fn add(&mut self, index: usize, parts: &[Part], methods: Vec<String>) -> Result<(), Rival> {
+        if let Some(rival) = self.rival(index, parts, &methods) {
             return Err(rival);
         }
         let mut state = &mut self.root;
@@ -139,9 +163,14 @@ impl Matcher {
         Ok(())
     }
 
-    /// A rule behind a transition that competes with one of `parts` in an order Werkzeug takes
-    /// from Console's registration order (see [`Matcher::add`]).
-    fn rival(&self, parts: &[Part], methods: &[String]) -> Option<usize> {
+    /// A rule behind a transition that competes with one of `parts` (rule `index`) in an order
+    /// Werkzeug takes from Console's registration order (see [`Matcher::add`]).
+    fn rival(&self, index: usize, parts: &[Part], methods: &[String]) -> Option<Rival> {
+        // Without its trailing slash, a rule's path is answered with the redirect to it.
+        let without_slash = match parts.split_last() {
+            Some((last, before)) if last.static_text() == Some("") => Some(before),
+            _ => None,
+        };
         let mut state = Some(&self.root);
         for (i, part) in parts.iter().enumerate() {
             let here = state?;
@@ -150,14 +179,36 @@ impl Matcher {
                 continue;
             }
             for (other, next) in &here.dynamic {
-                if !other.same_transition(part)
-                    && other.cmp_weight(part) == std::cmp::Ordering::Equal
-                    && !other.disjoint(part)
+                if other.same_transition(part)
+                    || other.cmp_weight(part) != std::cmp::Ordering::Equal
+                    || other.disjoint(part)
                 {
-                    // Only if a path can go on to a rule behind both (Werkzeug backtracks).
-                    if let Some(rule) = next.overlapping(&parts[i + 1..], methods) {
-                        return Some(rule);
-                    }
+                    continue;
+                }
+                // Only if a path can go on to a rule behind both (Werkzeug backtracks): a path
+                // this rule matches that a rival rule matches too, or is the rival's path
+                // without its trailing slash ...
+                let rest = &parts[i + 1..];
+                if let Some(rule) = next.overlapping(rest, methods, false) {
+                    return Some(Rival {
+                        rule,
+                        slash_of: None,
+                    });
+                }
+                if let Some(rule) = next.overlapping(rest, methods, true) {
+                    return Some(Rival {
+                        rule,
+                        slash_of: Some(rule),
+                    });
+                }
+                // ... or this rule's path without its trailing slash that a rival rule matches.
+                let rule =
+                    without_slash.and_then(|w| next.overlapping(&w[i + 1..], methods, false));
+                if let Some(rule) = rule {
+                    return Some(Rival {
+                        rule,
+                        slash_of: Some(index),
+                    });
                 }
             }
             state = here
@@ -388,6 +439,52 @@ mod tests {
             .is_some_and(|h| !h.slash_redirect));
         let m = build(&[("/secrets", &["GET"])]);
         assert!(m.find("GET", "/secrets/").is_none());
+    }
+
+    /// Werkzeug redirects to the slash form of the first rule it tries whose trailing slash is
+    /// all a path lacks, and does not try the next segment: which of two equally weighted
+    /// segments comes first (Console's registration order) decides.
+    #[test]
+    fn a_rival_behind_a_trailing_slash_is_refused() {
+        let get = || vec!["GET".to_string(), "HEAD".to_string()];
+        let add = |rules: &[&str]| {
+            let mut m = Matcher::default();
+            let mut last = Ok(());
+            for (i, path) in rules.iter().enumerate() {
+                last = m.add(i, &parse_rule(path).unwrap(), get());
+            }
+            last
+        };
+        // The slash rule first, then the one it competes with, and the other way round.
+        assert_eq!(
+            add(&["/c/<v>/audit/", "/c/<uuid:v>/audit"]),
+            Err(Rival {
+                rule: 0,
+                slash_of: Some(0)
+            })
+        );
+        assert_eq!(
+            add(&["/c/<uuid:v>/audit", "/c/<v>/audit/"]),
+            Err(Rival {
+                rule: 0,
+                slash_of: Some(1)
+            })
+        );
+        // A path both match is reported as such.
+        assert_eq!(
+            add(&["/c/<v>/audit/", "/c/<uuid:v>/audit/"]),
+            Err(Rival {
+                rule: 0,
+                slash_of: None
+            })
+        );
+        // No path reaches both: the slash rule's path goes on past the other's.
+        assert_eq!(add(&["/c/<v>/", "/c/<uuid:v>/audit"]), Ok(()));
+        // The slash form of one under another method: Werkzeug goes on (then 405).
+        let mut m = Matcher::default();
+        m.add(0, &parse_rule("/c/<v>/").unwrap(), vec!["POST".into()])
+            .unwrap();
+        assert_eq!(m.add(1, &parse_rule("/c/<uuid:v>").unwrap(), get()), Ok(()));
     }
 
     #[test]

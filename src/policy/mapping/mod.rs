@@ -474,7 +474,7 @@ roles = ["console-audit-user"]
         ] {
             let e = first_error(&two(a, b));
             assert!(e.contains("weighs equally"), "{a} {b}: {e}");
-            assert!(e.contains("(line 1)"), "{e}");
+            assert!(e.contains("(routes.toml:1:1)"), "{e}");
         }
         // Different weights, literals that tell them apart, or one transition: the order is
         // Werkzeug's own.
@@ -492,6 +492,70 @@ roles = ["console-audit-user"]
         // Rules of disjoint methods never compete.
         let e = two("/x/<uuid:a>", "/x/<b>").replacen("GET", "POST", 1);
         assert!(load(&e).is_ok());
+    }
+
+    /// Werkzeug raises its strict-slash redirect for the first rule it tries whose trailing
+    /// slash is all a path lacks, instead of trying the next segment: a rule behind a slash
+    /// competes with every rule its equally weighted rival leads to (issue 44).
+    #[test]
+    fn equally_weighted_siblings_behind_a_trailing_slash_are_refused() {
+        let two = |(ma, a): (&str, &str), (mb, b): (&str, &str)| {
+            format!("[[route]]\nmethods = [{ma}]\npath = \"{a}\"\nroles = [\"r\"]\n[[route]]\nmethods = [{mb}]\npath = \"{b}\"\nroles = [\"s\"]\n")
+        };
+        const GET: &str = "\"GET\"";
+        for (a, b) in [
+            (
+                (GET, "/console/<v0>/audit/"),
+                (GET, "/console/<uuid:v0>/audit"),
+            ),
+            (
+                (GET, "/console/<uuid:v0>/audit"),
+                (GET, "/console/<v0>/audit/"),
+            ),
+            ((GET, "/<v0>/"), (GET, "/<uuid:v0>")),
+            ((GET, "/<uuid:v0>"), (GET, "/<v0>/")),
+            ((GET, "/x/<uuid:a>.txt/"), (GET, "/x/<a>.txt")),
+            ((GET, "/s/x<a>/<b>/"), (GET, "/s/x<a>/<uuid:b>")),
+            ((GET, "/s/x<a>/<uuid:b>"), (GET, "/s/x<a>/<b>/")),
+            (("\"HEAD\"", "/<v0>/"), (GET, "/<uuid:v0>")),
+            (
+                ("\"POST\", \"GET\"", "/<v0>/<c>/"),
+                (GET, "/<uuid:v0>/edit"),
+            ),
+        ] {
+            let e = first_error(&two(a, b));
+            assert!(e.starts_with("routes.toml:7:8: "), "{a:?} {b:?}: {e}");
+            assert!(e.contains("weighs equally"), "{a:?} {b:?}: {e}");
+            assert!(
+                e.contains("lacks only the trailing slash of"),
+                "{a:?} {b:?}: {e}"
+            );
+            assert!(
+                e.contains(&format!("{} (routes.toml:5:1)", b.1))
+                    && e.contains(&format!("{} (routes.toml:1:1)", a.1)),
+                "both rules, where they start: {e}"
+            );
+        }
+        for (a, b) in [
+            // No method in common: Werkzeug skips the other method's rules, then answers 405.
+            (
+                (GET, "/console/<v0>/audit/"),
+                ("\"POST\"", "/console/<uuid:v0>/audit"),
+            ),
+            // No path reaches a rule (or its redirect) behind both.
+            ((GET, "/<v0>/"), (GET, "/<uuid:v0>/edit")),
+            ((GET, "/x/<a>/edit/"), (GET, "/x/<uuid:b>/view")),
+            // Werkzeug's own order: different weights.
+            ((GET, "/<int:v0>/"), (GET, "/<v0>")),
+            ((GET, "/x/<a>/"), (GET, "/x/<path:p>")),
+            // Values no segment of the other can take.
+            ((GET, "/x/<a>.txt/"), (GET, "/x/<uuid:a>.json")),
+            ((GET, "/x/x<int:a>/"), (GET, "/x/<int:b>y")),
+            ((GET, "/<v0>/<uuid:a>/"), (GET, "/<uuid:v0>/<int:b>")),
+        ] {
+            assert!(load(&two(a, b)).is_ok(), "{a:?} {b:?}");
+            assert!(load(&two(b, a)).is_ok(), "{b:?} {a:?}");
+        }
     }
 
     #[test]

@@ -80,8 +80,11 @@ impl Part {
             && self.weight == other.weight
     }
 
-    /// No value can match both: their leading (or trailing) literal texts differ. Anything
-    /// else is taken as overlapping (an over-cautious answer only refuses a mapping).
+    /// No value can match both: their leading (or trailing) literal texts differ, their first
+    /// (or last) characters cannot be the same (`x<int:a>` and `<int:b>`: an integer starts with
+    /// a digit), or they differ only in an `int` against a `uuid` converter (a uuid has a '-',
+    /// an integer none). Anything else is taken as overlapping (an over-cautious answer only
+    /// refuses a mapping).
     pub fn disjoint(&self, other: &Part) -> bool {
         fn apart(a: Option<&Piece>, b: Option<&Piece>, f: fn(&str, &str) -> bool) -> bool {
             match (a, b) {
@@ -89,11 +92,36 @@ impl Part {
                 _ => false,
             }
         }
+        let int_against_uuid = self.pieces.len() == other.pieces.len()
+            && self
+                .pieces
+                .iter()
+                .zip(&other.pieces)
+                .all(|pair| match pair {
+                    (Piece::Var(a), Piece::Var(b)) => {
+                        a == b
+                            || matches!(
+                                (a, b),
+                                (Converter::Int, Converter::Uuid)
+                                    | (Converter::Uuid, Converter::Int)
+                            )
+                    }
+                    (a, b) => a == b,
+                })
+            && self.pieces != other.pieces
+            && self
+                .pieces
+                .iter()
+                .filter(|p| matches!(p, Piece::Var(_)))
+                .count()
+                == 1;
         apart(self.pieces.first(), other.pieces.first(), |x, y| {
             x.starts_with(y)
         }) || apart(self.pieces.last(), other.pieces.last(), |x, y| {
             x.ends_with(y)
-        })
+        }) || !Edge::of(self.pieces.first(), true).may_meet(Edge::of(other.pieces.first(), true))
+            || !Edge::of(self.pieces.last(), false).may_meet(Edge::of(other.pieces.last(), false))
+            || int_against_uuid
     }
 
     pub fn cmp_weight(&self, other: &Part) -> Ordering {
@@ -118,6 +146,45 @@ impl Part {
             caps.truncate(mark);
         }
         ok
+    }
+}
+
+/// What the first (or last) character of a value that a piece matches can be.
+#[derive(Debug, Clone, Copy)]
+enum Edge {
+    Char(char),
+    /// `int`: `\d` (Python's, so any Unicode digit; the gateway refuses the non-ASCII ones).
+    Digit,
+    /// `uuid`: an ASCII hexadecimal digit.
+    Hex,
+    Any,
+}
+
+impl Edge {
+    fn of(piece: Option<&Piece>, first: bool) -> Edge {
+        match piece {
+            Some(Piece::Literal(s)) => {
+                let c = if first {
+                    s.chars().next()
+                } else {
+                    s.chars().next_back()
+                };
+                c.map_or(Edge::Any, Edge::Char)
+            }
+            Some(Piece::Var(Converter::Int)) => Edge::Digit,
+            Some(Piece::Var(Converter::Uuid)) => Edge::Hex,
+            _ => Edge::Any,
+        }
+    }
+
+    fn may_meet(self, other: Edge) -> bool {
+        let digit = |c: char| c.is_ascii_digit() || !c.is_ascii();
+        match (self, other) {
+            (Edge::Char(a), Edge::Char(b)) => a == b,
+            (Edge::Char(c), Edge::Digit) | (Edge::Digit, Edge::Char(c)) => digit(c),
+            (Edge::Char(c), Edge::Hex) | (Edge::Hex, Edge::Char(c)) => c.is_ascii_hexdigit(),
+            _ => true,
+        }
     }
 }
 
@@ -406,6 +473,32 @@ mod tests {
         let two = parse_rule("/<a>-<b>").unwrap().pop().unwrap();
         // greedy first converter, as Python's regex engine does
         assert_eq!(two.matches("x-y-z"), Some(vec!["x-y", "z"]));
+    }
+
+    #[test]
+    fn disjoint_parts_share_no_value() {
+        let part = |rule: &str| parse_rule(rule).unwrap().pop().unwrap();
+        let disjoint = |a: &str, b: &str| {
+            let (a, b) = (part(a), part(b));
+            assert_eq!(a.disjoint(&b), b.disjoint(&a));
+            a.disjoint(&b)
+        };
+        // Literals at either end.
+        assert!(disjoint("/<a>.json", "/<a>.yaml"));
+        assert!(disjoint("/v<a>", "/w<a>"));
+        // What a converter's value can start or end with.
+        assert!(disjoint("/x<int:a>", "/<int:b>y"));
+        assert!(disjoint("/<int:a>", "/x<b>"));
+        assert!(disjoint("/<uuid:a>", "/g<b>"));
+        assert!(!disjoint("/<uuid:a>", "/f<b>"));
+        assert!(!disjoint("/<int:a>", "/5<b>"));
+        // An integer has no '-', a uuid has four.
+        assert!(disjoint("/<int:a>", "/<uuid:b>"));
+        assert!(disjoint("/v<int:a>.txt", "/v<uuid:b>.txt"));
+        assert!(!disjoint("/<int:a>", "/<b>"));
+        assert!(!disjoint("/<int:a>-<b>", "/<uuid:c>-<d>"));
+        assert!(!disjoint("/<a>-<b>", "/<a>.<b>"));
+        assert!(!disjoint("/<uuid:a>", "/<b>"));
     }
 
     #[test]
