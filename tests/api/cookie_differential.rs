@@ -15,12 +15,9 @@
 //! the gateway forwards finds exactly that one value (or none). Pure library + a python
 //! subprocess: no gateway process, no database.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use rbac_gateway::policy::cookie;
 
-use crate::helpers::{root, Rng};
+use crate::helpers::{python_oracle, Rng};
 
 const NAME: &str = "console_session";
 
@@ -251,29 +248,7 @@ fn cookie_reading_agrees_with_gunicorn_and_werkzeug() {
                 + "\n"
         })
         .collect();
-    let mut child = Command::new("python3")
-        .arg(root().join("tests/werkzeug_cookie_oracle.py"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (scripts/setup.sh installs it, gunicorn and werkzeug)");
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(
-        out.status.success(),
-        "werkzeug_cookie_oracle.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answers: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(answers.len(), cases.len(), "one oracle answer per case");
+    let answers = python_oracle("werkzeug_cookie_oracle.py", &[], input, cases.len());
 
     let (mut refused, mut with_session, mut without, mut joined, mut console_has_session) =
         (0, 0, 0, 0, 0);

@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use rbac_gateway::policy::mapping::Mapping;
 use rbac_gateway::policy::target;
 
-use crate::helpers::{root, Rng};
+use crate::helpers::{python_oracle, root, Rng};
 
 const METHODS: &[&str] = &["GET", "POST", "DELETE", "HEAD"];
 
@@ -358,30 +358,12 @@ fn matcher_agrees_with_werkzeug() {
         .iter()
         .map(|(m, t)| serde_json::json!({"method": m, "target": t}).to_string() + "\n")
         .collect();
-    let mut child = Command::new("python3")
-        .arg(root().join("tests/werkzeug_oracle.py"))
-        .arg(&routes_file)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (scripts/setup.sh installs it and werkzeug)");
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(
-        out.status.success(),
-        "werkzeug_oracle.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let answers = python_oracle(
+        "werkzeug_oracle.py",
+        &[routes_file.as_os_str()],
+        input,
+        cases.len(),
     );
-    let answers: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(answers.len(), cases.len(), "one oracle answer per case");
 
     let (mut refused, mut matched, mut redirects, mut none) = (0, 0, 0, 0);
     let mut mismatches = Vec::new();

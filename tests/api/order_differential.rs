@@ -15,13 +15,12 @@
 //! 0), and on any request of an accepted set the gateway decides by another rule than Werkzeug
 //! runs in the file's order. Pure library + subprocesses: no gateway process, no database.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use rbac_gateway::policy::mapping::Mapping;
 
-use crate::helpers::{root, Rng};
+use crate::helpers::{python_oracle, Rng};
 
 const U: &str = "0d6a3f8e-5b3c-4c1e-9a57-3f2b8c1d4e5f";
 const WORDS: &[&str] = &["a", "b"];
@@ -259,30 +258,7 @@ fn check(file: &Path) -> Output {
 /// `tests/werkzeug_orders.py` on every set: one JSON answer per set.
 fn werkzeug_in_orders(sets: &[serde_json::Value]) -> Vec<serde_json::Value> {
     let input: String = sets.iter().map(|s| s.to_string() + "\n").collect();
-    let mut child = Command::new("python3")
-        .arg(root().join("tests/werkzeug_orders.py"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (scripts/setup.sh installs it and werkzeug)");
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(
-        out.status.success(),
-        "werkzeug_orders.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answers: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(answers.len(), sets.len(), "one answer per rule set");
-    answers
+    python_oracle("werkzeug_orders.py", &[], input, sets.len())
 }
 
 fn set_json(

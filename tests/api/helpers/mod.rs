@@ -69,3 +69,45 @@ impl Rng {
         xs[self.below(xs.len())]
     }
 }
+
+/// Runs a Python oracle of the differential tests (`tests/<script>`, with `args`) on `input`
+/// (JSON lines), and returns its JSON answers, one per line; `expected` answers, or the test
+/// fails naming the script.
+pub fn python_oracle(
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    input: String,
+    expected: usize,
+) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("python3")
+        .arg(root().join("tests").join(script))
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/setup.sh installs it, gunicorn and werkzeug)");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        answers.len(),
+        expected,
+        "one {script} answer per input line"
+    );
+    answers
+}
