@@ -24,12 +24,11 @@ GRANT USAGE ON SEQUENCE rbac_mapping_activations_id_seq TO rbac_mapping_pusher;
 GRANT SELECT ON rbac_groups, rbac_group_roles, rbac_roles, rbac_role_inheritance,
     rbac_role_permissions, rbac_permissions TO rbac_mapping_pusher;
 
--- `mapping push` validates as `check --database-url` does, and that check also reads the
--- schema of every table `serve` uses (information_schema lists only tables a role has some
--- privilege on): a pusher with only the grants above gets "column ... is missing" errors.
--- Until push can skip that part, also grant the pusher SELECT on the gateway's other tables
--- (admin_sessions holds only token hashes), or push with a role that has them:
---   GRANT SELECT ON ALL TABLES IN SCHEMA public TO rbac_mapping_pusher;
+-- `mapping push` validates as `check --database-url` does (same messages), with the role and
+-- permission names read from the catalogue above; of the schema check it covers the tables this
+-- role may read (the two above and the catalogue), and says which ones it skipped: check the
+-- rest with `rbac-gateway check --database-url` as the gateway's role. These grants are all a
+-- pusher needs (tests/api/mapping_store.rs pushes as a role with exactly these).
 
 -- Then give the roles to login users, e.g.:
 --   GRANT rbac_gateway_reader TO gateway_login;

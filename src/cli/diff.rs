@@ -11,7 +11,9 @@ use anyhow::{anyhow, Context};
 use serde::Serialize;
 
 use super::matrix::{admin_principals, catalogue_principals, Reviewed};
-use super::{failure, load_mapping, runtime, say, Exit};
+use super::{
+    failure, load_mapping, load_stored_ref, needs_database_url, runtime, say, stored_ref, Exit,
+};
 use crate::policy::access::{cell, probes, Catalogue, Cell, InMemory};
 use crate::policy::mapping::{Mapping, Route};
 use crate::policy::outcome::Switches;
@@ -140,23 +142,46 @@ pub struct Report {
 }
 
 pub fn diff(args: DiffArgs) -> Result<(), Exit> {
-    let old = load_mapping(&args.old)?;
-    let new = load_mapping(&args.new)?;
+    // A side named `db:VERSION` (or `db:active`, `db:previous`) is read from the mapping store;
+    // a file is read (and its errors reported) first, before any connection.
+    let mut sides = Vec::new();
+    for side in [&args.old, &args.new] {
+        sides.push(match stored_ref(side) {
+            Some(_) if args.database_url.is_none() => {
+                return Err(needs_database_url(side, "--database-url"))
+            }
+            Some(_) => None,
+            None => Some(load_mapping(side)?),
+        });
+    }
     // The mappings are compared, not the environment: the kill switch would make both all off.
     let switches = Switches {
         kill_switch: false,
         ticket_grants: true,
     };
     let report = runtime()?.block_on(async {
-        let (catalogue, source, admins) = match &args.database_url {
+        let pool = match &args.database_url {
+            Some(url) => Some(super::command_pool(url, 1, Duration::from_secs(10)).await?),
+            None => None,
+        };
+        let mut loaded = Vec::new();
+        for (side, file) in [&args.old, &args.new].into_iter().zip(sides) {
+            loaded.push(match (file, stored_ref(side), &pool) {
+                (Some(m), _, _) => m,
+                (None, Some(what), Some(pool)) => load_stored_ref(pool, what).await?,
+                _ => return Err(needs_database_url(side, "--database-url")),
+            });
+        }
+        let new = loaded.pop().expect("two sides");
+        let old = loaded.pop().expect("two sides");
+        let (catalogue, source, admins) = match &pool {
             None => (Catalogue::seeded(), "the catalogue migrate seeds", vec![]),
-            Some(url) => {
-                let pool = super::command_pool(url, 1, Duration::from_secs(10)).await?;
-                let catalogue = Catalogue::read(&pool)
+            Some(pool) => {
+                let catalogue = Catalogue::read(pool)
                     .await
                     .context("cannot read the role catalogue")
                     .map_err(failure)?;
-                let admins = admin_principals(&pool, false)
+                let admins = admin_principals(pool, false)
                     .await
                     .context("cannot read the admins")
                     .map_err(failure)?;

@@ -57,13 +57,13 @@ impl Authority for ExplainAuthority {
 }
 
 pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
-    let mapping = load_mapping(&args.routes)?;
     match (&args.request_id, &args.admin, &args.method, &args.path) {
         (Some(id), _, _, _) => {
             let id = id.clone();
-            from_audit_row(&args, mapping, &id)
+            from_audit_row(&args, &id)
         }
         (None, admin, Some(method), Some(path)) => {
+            let mapping = load_mapping(&args.routes)?;
             let (admin, method, path) = (admin.clone(), method.clone(), path.clone());
             if admin.is_none() {
                 say!("session: none (no --admin): decided as a request without a session");
@@ -157,18 +157,25 @@ fn find_version(dir: &Path, version: &str) -> Option<(Mapping, PathBuf)> {
     })
 }
 
-fn from_audit_row(args: &ExplainArgs, at_hand: Mapping, request_id: &str) -> Result<(), Exit> {
+fn from_audit_row(args: &ExplainArgs, request_id: &str) -> Result<(), Exit> {
     let url = database_url(args, "--request-id")?;
-    let rows: Vec<Row> = runtime()?.block_on(async {
+    // The row, and the version it names as the database's mapping store holds it (re-hashed and
+    // compiled as a gateway loads it).
+    let (rows, stored) = runtime()?.block_on(async {
         let pool = super::command_pool(url, 1, Duration::from_secs(10)).await?;
-        sqlx::query_as(
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT event_type, admin_id, method, path, route, reason, mapping_version, created_at_utc \
              FROM access_audit_events WHERE request_id = $1 ORDER BY created_at_utc, id",
         ).persistent(false)
         .bind(request_id)
         .fetch_all(&pool)
         .await
-        .map_err(failure)
+        .map_err(failure)?;
+        let stored = match rows.first().and_then(|r| r.mapping_version.as_deref()) {
+            Some(v) => Some(crate::runtime::reload::load_stored(&pool, v).await),
+            None => None,
+        };
+        Ok::<_, Exit>((rows, stored))
     })?;
     let Some(first) = rows.first() else {
         return Err(Exit {
@@ -192,6 +199,34 @@ fn from_audit_row(args: &ExplainArgs, at_hand: Mapping, request_id: &str) -> Res
             r.mapping_version.as_deref().unwrap_or("-"),
         );
     }
+    use crate::runtime::reload::{db_name, Unloadable};
+    let at_hand = match (first.mapping_version.as_deref(), stored) {
+        (Some(v), Some(Ok(m))) => {
+            say!("mapping: version {v}, the row's, from the database's mapping store (`rbac-gateway mapping show {v}`)");
+            let file = PathBuf::from(db_name(v));
+            say!("note: roles are read as they are now, not as they were at the row's time");
+            return explain_request(
+                args,
+                &m,
+                &file,
+                first.admin_id.as_deref(),
+                &first.method,
+                &first.path,
+            );
+        }
+        (Some(v), Some(Err(e))) => {
+            let why = match e {
+                Unloadable::Missing(_) => {
+                    "is not in the database's mapping store (pushed before `mapping push`, or served from a file)".to_string()
+                }
+                Unloadable::Db(e) => format!("cannot be read from the database's mapping store ({e})"),
+                other => format!("is in the database's mapping store but does not load: {other}"),
+            };
+            say!("note: mapping version {v}, the row's, {why}: looking for it in --routes and --mapping-history");
+            load_mapping(&args.routes)?
+        }
+        _ => load_mapping(&args.routes)?,
+    };
     let (mapping, file) = match first.mapping_version.as_deref() {
         Some(v) if v == at_hand.version => {
             say!(

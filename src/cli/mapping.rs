@@ -43,6 +43,12 @@ async fn pool(url: &str) -> Result<crate::stores::db::Db, Exit> {
 }
 
 fn db_failure(what: &str, e: sqlx::Error) -> Exit {
+    if store::is_permission_denied(&e) {
+        return failure(anyhow!(
+            "{what}: {e}: this database role may not change the mapping (a gateway's role only reads it); \
+             push, activate and roll back as a role with the pusher grants of deploy/mapping-grants.sql (rbac_mapping_pusher)"
+        ));
+    }
     failure(anyhow!(
         "{what}: {e} (run `rbac-gateway migrate`? does this role have the grants of deploy/mapping-grants.sql?)"
     ))
@@ -71,11 +77,16 @@ fn push(a: MappingPushArgs) -> Result<(), Exit> {
             a.file.display()
         ))
     })?;
-    let mapping = super::check::validate(&CheckArgs {
-        routes: a.file.clone(),
-        database_url: Some(a.change.database_url.clone()),
-        app_routes: a.app_routes.clone(),
-    })?;
+    // As `check` does, except for the schema of the tables a pusher may not read
+    // (deploy/mapping-grants.sql): `check --database-url` as the gateway's role covers those.
+    let mapping = super::check::validate_as(
+        &CheckArgs {
+            routes: a.file.clone(),
+            database_url: Some(a.change.database_url.clone()),
+            app_routes: a.app_routes.clone(),
+        },
+        super::check::Schema::Readable,
+    )?;
     if mapping.version != crate::policy::mapping::version_of(&bytes) {
         return Err(usage(anyhow!(
             "{}: the file changed while it was checked; push again",

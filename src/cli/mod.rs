@@ -107,6 +107,65 @@ pub(crate) fn load_mapping(path: &Path) -> Result<Mapping, Exit> {
         .map_err(|e| usage(anyhow!("{e}\n{}: the mapping is invalid", path.display())))
 }
 
+/// A mapping named as a version in the database: `db:VERSION`, `db:active` (the latest
+/// activation's) or `db:previous` (the version it replaced). None: a file path.
+pub(crate) fn stored_ref(path: &Path) -> Option<&str> {
+    path.to_str()?.strip_prefix("db:")
+}
+
+/// The stored version `what` names (a version, `active` or `previous`), re-hashed and compiled
+/// as a gateway loads it ([`crate::runtime::reload::load_stored`]): an unknown version or one
+/// that does not load with this binary is an error (1), never another mapping.
+pub(crate) async fn load_stored_ref(
+    db: &crate::stores::db::Db,
+    what: &str,
+) -> Result<Mapping, Exit> {
+    use crate::runtime::reload::{load_stored, Unloadable};
+    use crate::stores::mapping_store as store;
+    let cannot_read = |e: sqlx::Error| {
+        failure(anyhow!(
+            "db:{what}: cannot read the mapping store: {e} (run `rbac-gateway migrate`? does this role have SELECT on rbac_mapping_store and rbac_mapping_activations, deploy/mapping-grants.sql?)"
+        ))
+    };
+    let version = match what {
+        "active" | "previous" => {
+            let Some((active, previous)) =
+                store::active_and_previous(db).await.map_err(cannot_read)?
+            else {
+                return Err(failure(anyhow!(
+                    "db:{what}: no mapping version was ever activated"
+                )));
+            };
+            match (what, previous) {
+                ("active", _) => active,
+                (_, Some(p)) => p,
+                (_, None) => {
+                    return Err(failure(anyhow!(
+                        "db:previous: {active} is the first version ever activated"
+                    )))
+                }
+            }
+        }
+        v => v.to_string(),
+    };
+    load_stored(db, &version).await.map_err(|e| match e {
+        Unloadable::Db(e) => cannot_read(e),
+        Unloadable::Missing(_) => failure(anyhow!(
+            "db:{what}: {}",
+            store::Refused::UnknownVersion(version.clone())
+        )),
+        other => failure(anyhow!("db:{what}: {other}")),
+    })
+}
+
+/// `db:...` needs `--database-url`.
+pub(crate) fn needs_database_url(what: &Path, option: &str) -> Exit {
+    usage(anyhow!(
+        "{}: a mapping version in the database needs {option}",
+        what.display()
+    ))
+}
+
 pub(crate) fn resolve(addr: &str, what: &str) -> Result<SocketAddr, Exit> {
     addr.to_socket_addrs()
         .map_err(|e| usage(anyhow!("{what} {addr:?} cannot be resolved: {e}")))?

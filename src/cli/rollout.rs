@@ -9,9 +9,16 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use serde::Serialize;
 
-use super::{failure, load_mapping, runtime, say, usage, Exit};
+use std::collections::HashMap;
+
+use super::{failure, load_mapping, load_stored_ref, runtime, say, stored_ref, usage, Exit};
 use crate::runtime::config::{RolloutArgs, EXIT_PROBLEMS};
-use crate::stores::rollout::{assess, history, human, window, ClusterStatus, Verdict};
+use crate::runtime::reload::{load_stored, Unloadable};
+use crate::stores::mapping_store;
+use crate::stores::rollout::{
+    assess, history, human, routes_of, timeline, window, Activation, ClusterStatus, LoadedRoute,
+    Verdict,
+};
 
 #[derive(Debug, Serialize)]
 struct Report {
@@ -21,6 +28,12 @@ struct Report {
     fleet_version: Option<String>,
     fleet_since: Option<chrono::DateTime<chrono::Utc>>,
     fleet_kill_switch: Option<bool>,
+    /// Where the fleet's history comes from: "activations" (rbac_mapping_activations, when any
+    /// were written) or "gateway loads" (rbac_gateway_mapping_versions).
+    soak_from: &'static str,
+    /// Activations of a version that does not load with this binary (not counted: the gateways
+    /// stayed on the version before).
+    unloadable_activations: Vec<String>,
     window_seconds: i64,
     clusters: Vec<ClusterStatus>,
     /// Clusters that fail the gate, and why.
@@ -28,20 +41,61 @@ struct Report {
 }
 
 pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
-    let mapping = load_mapping(&args.routes)?;
-    if let Some(c) = &args.cluster {
-        super::drift::known_cluster(&mapping, &args.routes, c)?;
+    let file = match stored_ref(&args.routes) {
+        Some(_) => None,
+        None => Some(load_mapping(&args.routes)?),
+    };
+    if let (Some(m), Some(c)) = (&file, &args.cluster) {
+        super::drift::known_cluster(m, &args.routes, c)?;
     }
     let window_seconds = i64::try_from(args.since.as_secs())
         .ok()
         .filter(|s| *s > 0)
         .ok_or_else(|| usage(anyhow!("--since must be a positive duration")))?;
-    let (loads, rows, now) = runtime()?.block_on(async {
+    let (mapping, loads, activations, skipped, rows, now) = runtime()?.block_on(async {
         let pool = super::command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
+        let mapping = match (file, stored_ref(&args.routes)) {
+            (Some(m), _) => m,
+            (None, what) => {
+                let m = load_stored_ref(&pool, what.unwrap_or("active")).await?;
+                if let Some(c) = &args.cluster {
+                    super::drift::known_cluster(&m, &args.routes, c)?;
+                }
+                m
+            }
+        };
         let loads = history(&pool)
             .await
             .context("cannot read rbac_gateway_mapping_versions (run `rbac-gateway migrate`?)")
             .map_err(failure)?;
+        // The activations, each version compiled once (one that does not load was never run).
+        let times = mapping_store::activation_times(&pool)
+            .await
+            .context("cannot read rbac_mapping_activations (run `rbac-gateway migrate`? does this role have SELECT on it, deploy/mapping-grants.sql?)")
+            .map_err(failure)?;
+        let mut compiled: HashMap<String, Option<HashMap<String, LoadedRoute>>> = HashMap::new();
+        let mut skipped = Vec::new();
+        let mut activations = Vec::new();
+        for (id, version, at) in times {
+            if !compiled.contains_key(&version) {
+                let routes = match load_stored(&pool, &version).await {
+                    Ok(m) => Some(routes_of(&m)),
+                    Err(Unloadable::Db(e)) => {
+                        return Err(failure(anyhow!("cannot read mapping version {version}: {e}")))
+                    }
+                    Err(e) => {
+                        skipped.push(format!("activation #{id} of {version}: {e}"));
+                        None
+                    }
+                };
+                compiled.insert(version.clone(), routes);
+            }
+            activations.push(Activation {
+                routes: compiled[&version].clone(),
+                version,
+                at,
+            });
+        }
         let rows = window(&pool, window_seconds)
             .await
             .context("cannot read the shadow-mode audit rows")
@@ -51,8 +105,10 @@ pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
             .fetch_one(&pool)
             .await
             .map_err(failure)?;
-        Ok::<_, Exit>((loads, rows, now))
+        Ok::<_, Exit>((mapping, loads, activations, skipped, rows, now))
     })?;
+    let from_activations = !activations.is_empty();
+    let loads = timeline(&loads, &activations);
     let mut clusters = assess(&mapping, &loads, &rows, window_seconds, now);
     if let Some(c) = &args.cluster {
         clusters.retain(|s| &s.cluster == c);
@@ -87,6 +143,12 @@ pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
         fleet_version: latest.map(|l| l.version.clone()),
         fleet_since: latest.map(|l| l.at),
         fleet_kill_switch: latest.map(|l| l.kill_switch),
+        soak_from: if from_activations {
+            "activations"
+        } else {
+            "gateway loads"
+        },
+        unloadable_activations: skipped,
         window_seconds,
         clusters,
         failing,
@@ -137,7 +199,19 @@ fn table(r: &Report, now: chrono::DateTime<chrono::Utc>) {
                 }
             )
         }
+        _ if r.soak_from == "activations" => say!("fleet: no activated version loads with this binary"),
         _ => say!("fleet: no mapping version recorded yet (gateways record one when they load a mapping; `rbac-gateway migrate` creates the table)"),
+    }
+    say!(
+        "soak counted from: {}",
+        if r.soak_from == "activations" {
+            "the mapping activations (rbac_mapping_activations), kill switch from the gateways' records"
+        } else {
+            "the gateways' recorded loads (rbac_gateway_mapping_versions)"
+        }
+    );
+    for s in &r.unloadable_activations {
+        say!("not counted (does not load, never applied): {s}");
     }
     say!(
         "{:<9} {:>6} {:<18} {:>12} {:>8} {:>6}  verdict",

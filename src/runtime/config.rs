@@ -425,7 +425,9 @@ pub struct ExplainArgs {
     #[arg(required_unless_present = "request_id", conflicts_with = "request_id")]
     pub path: Option<String>,
     /// Explain a logged request from its audit row (access_audit_events.request_id): its admin,
-    /// method and path, with the mapping version the row carries when that file is at hand.
+    /// method and path, with the mapping version the row carries: read from the database's
+    /// mapping store when it holds that version, else --routes or --mapping-history when one is
+    /// that version (said so when none is).
     #[arg(long)]
     pub request_id: Option<String>,
     /// A folder of earlier mapping files (any *.toml); with --request-id, the one whose version
@@ -503,12 +505,14 @@ pub struct MatrixArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DiffArgs {
-    /// The mapping as it is (e.g. the live routes.toml).
+    /// The mapping as it is: a file (e.g. the live routes.toml), or a version in the database:
+    /// `db:VERSION`, `db:active`, `db:previous` (the version the active one replaced).
     pub old: PathBuf,
-    /// The mapping as it would be.
+    /// The mapping as it would be: a file or `db:VERSION` (`db:active`, `db:previous`).
     pub new: PathBuf,
     /// Console's PostgreSQL: the groups as Console holds them, and the admins who gain or lose
-    /// access. Without it, the groups of the catalogue `migrate` seeds.
+    /// access; the mapping store, for a `db:` side. Without it, the groups of the catalogue
+    /// `migrate` seeds.
     #[arg(long)]
     pub database_url: Option<String>,
     /// The report as JSON.
@@ -519,10 +523,13 @@ pub struct DiffArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RolloutArgs {
     /// The mapping (live, or the one a change would swap in: the clusters it enforces that the
-    /// fleet does not yet must be ready).
+    /// fleet does not yet must be ready): a file, or a version in the database (`db:VERSION`,
+    /// `db:active`, `db:previous`).
     #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
     pub routes: PathBuf,
-    /// Console's PostgreSQL (mapping versions and shadow-mode audit rows).
+    /// Console's PostgreSQL (mapping versions, activations and shadow-mode audit rows). Soak
+    /// time counts from the activations (`mapping push|activate|rollback`) when there are any,
+    /// else from the loads gateways record.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// The soak window (e.g. 7d, 24h, 90m): a cluster is ready after this long in shadow with no

@@ -273,3 +273,26 @@ pub async fn history(db: &Db) -> Result<(Vec<Stored>, Vec<Activation>), sqlx::Er
     tx.commit().await?;
     Ok((stored, activations))
 }
+
+/// The latest activation's version and the version it replaced.
+pub async fn active_and_previous(db: &Db) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT version, previous_version FROM rbac_mapping_activations ORDER BY id DESC LIMIT 1",
+    )
+    .persistent(false)
+    .fetch_optional(db)
+    .await
+}
+
+/// Every activation's id, version and time, oldest first (what `rollout` counts soak from).
+pub async fn activation_times(db: &Db) -> Result<Vec<(i64, String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, version, activated_at_utc FROM rbac_mapping_activations ORDER BY id")
+        .persistent(false)
+        .fetch_all(db)
+        .await
+}
+
+/// Whether `e` is PostgreSQL refusing a statement for want of a privilege (SQLSTATE 42501).
+pub fn is_permission_denied(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42501"))
+}

@@ -85,6 +85,89 @@ impl Load {
     }
 }
 
+/// What the rules of `mapping` are, as a [`Load`] holds them.
+pub fn routes_of(mapping: &Mapping) -> HashMap<String, LoadedRoute> {
+    mapping
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                r.label().to_string(),
+                LoadedRoute {
+                    mode: r.mode.as_str().to_string(),
+                    cluster: r.meta.cluster.clone(),
+                    access: r.access.as_str().to_string(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// One activation of the mapping store (`mapping push|activate|rollback`): the fleet switched to
+/// `version` at `at`; `routes` is None when that version does not load with this binary (the
+/// gateways stayed on the one before).
+#[derive(Debug, Clone)]
+pub struct Activation {
+    pub version: String,
+    pub routes: Option<HashMap<String, LoadedRoute>>,
+    pub at: DateTime<Utc>,
+}
+
+/// The fleet's history, newest first, when mappings come from the database: the activations say
+/// which version ran from when (the moment of the change, not when a gateway got round to
+/// recording it); the gateways' recorded loads still say when the kill switch changed, and what
+/// ran before the first activation. Without activations, the recorded loads as they are.
+pub fn timeline(loads: &[Load], activations: &[Activation]) -> Vec<Load> {
+    if activations.is_empty() {
+        return loads.to_vec();
+    }
+    enum Event<'a> {
+        Loaded(&'a Load),
+        Activated(&'a Activation),
+    }
+    let mut events: Vec<(DateTime<Utc>, u8, Event)> = loads
+        .iter()
+        .map(|l| (l.at, 1, Event::Loaded(l)))
+        .chain(activations.iter().map(|a| (a.at, 0, Event::Activated(a))))
+        .collect();
+    // Oldest first; at one instant the activation first (its gateways record it after).
+    events.sort_by_key(|e| (e.0, e.1));
+    let mut out: Vec<Load> = Vec::new();
+    let mut state: Option<Load> = None;
+    let mut activated = false;
+    for (at, _, event) in events {
+        let next = match (event, &state) {
+            (Event::Loaded(l), _) if !activated => Load { at, ..l.clone() },
+            (Event::Loaded(l), Some(s)) => Load {
+                kill_switch: l.kill_switch,
+                at,
+                ..s.clone()
+            },
+            (Event::Loaded(_), None) => continue,
+            (Event::Activated(a), s) => {
+                // A version that does not load was never run: the fleet stayed where it was.
+                let Some(routes) = &a.routes else { continue };
+                activated = true;
+                Load {
+                    version: a.version.clone(),
+                    kill_switch: s.as_ref().is_some_and(|s| s.kill_switch),
+                    routes: routes.clone(),
+                    at,
+                }
+            }
+        };
+        let same = state
+            .as_ref()
+            .is_some_and(|s| s.version == next.version && s.kill_switch == next.kill_switch);
+        if !same {
+            out.push(next.clone());
+        }
+        state = Some(next);
+    }
+    out.reverse();
+    out
+}
+
 /// The recorded loads, newest first.
 pub async fn history(pool: &Db) -> Result<Vec<Load>, sqlx::Error> {
     let rows: Vec<(String, bool, String, DateTime<Utc>)> = sqlx::query_as(

@@ -578,3 +578,364 @@ async fn fifty_activations_under_keep_alive_load_each_answer_one_version() {
     .unwrap();
     assert_eq!(versions, vec![(Some(va.clone()), denied as i64)]);
 }
+
+/// `rbac-gateway ARGS...` with its exit code and stdout + stderr.
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let out = bin()
+        .args(args)
+        .env_remove("FLAG_RBAC_V2")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn diff_and_explain_read_versions_from_the_database() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_versions(dir.path());
+    let (va, vb) = (version_of(&a), version_of(&b));
+    ok(mapping(&db.url, &["push", a.to_str().unwrap()]));
+    // A request decided by A: /ops denied to a session without console-manager (an audit row
+    // carrying A's version).
+    let (admin, token) = db.admin_with_roles(&["console-audit-user"]).await;
+    let gw = db_gateway(&db, &up, &[]).await;
+    let r = gw.get("/ops", Some(&token)).await;
+    assert_eq!(r.status, 403);
+    let id = r.request_id();
+    ok(mapping(&db.url, &["push", b.to_str().unwrap()]));
+
+    // diff: either side a stored version.
+    let url = db.url.as_str();
+    let (code, out) = run(&["diff", "db:previous", "db:active", "--database-url", url]);
+    assert_eq!(code, Some(1), "access changes: {out}");
+    assert!(
+        out.contains(&format!(
+            "mapping diff: database:{va} ({va}) -> database:{vb} ({vb})"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("~ GET /ops: access protected -> public"),
+        "{out}"
+    );
+    let (code, out) = run(&[
+        "diff",
+        &format!("db:{vb}"),
+        b.to_str().unwrap(),
+        "--database-url",
+        url,
+    ]);
+    assert_eq!(code, Some(0), "the stored text is the file: {out}");
+    assert!(out.contains("no access change"), "{out}");
+    let (code, out) = run(&["diff", "db:active", a.to_str().unwrap()]);
+    assert_eq!(code, Some(64), "{out}");
+    assert!(out.contains("needs --database-url"), "{out}");
+    let (code, out) = run(&[
+        "diff",
+        "db:0123456789ab",
+        a.to_str().unwrap(),
+        "--database-url",
+        url,
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("no stored mapping version \"0123456789ab\""),
+        "{out}"
+    );
+
+    // explain --request-id: the row's version from the store, whatever --routes is (here B,
+    // which would forward the request, and then no file at all).
+    for routes in [b.clone(), dir.path().join("absent.toml")] {
+        let (code, out) = run(&[
+            "explain",
+            "--routes",
+            routes.to_str().unwrap(),
+            "--database-url",
+            url,
+            "--request-id",
+            &id,
+        ]);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(
+            out.contains(&format!(
+                "mapping: version {va}, the row's, from the database's mapping store"
+            )),
+            "{out}"
+        );
+        assert!(out.contains(&format!("admin={admin}")), "{out}");
+        assert!(
+            out.contains(&format!("rule: GET /ops (database:{va}:")),
+            "{out}"
+        );
+        assert!(out.contains("decision: 403 denied (missing_role)"), "{out}");
+        assert!(!out.contains("WARNING"), "{out}");
+    }
+    // A row whose version is not in the store: said so, then --routes as before.
+    sqlx::query(
+        "INSERT INTO access_audit_events (id, event_type, admin_id, method, path, route, reason, \
+         request_id, created_at_utc, mapping_version) \
+         VALUES ('x1', 'access_denied', $1, 'GET', '/ops', 'GET /ops', 'missing_role', 'from-a-file', now(), 'ffffffffffff')",
+    )
+    .bind(&admin)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (code, out) = run(&[
+        "explain",
+        "--routes",
+        b.to_str().unwrap(),
+        "--database-url",
+        url,
+        "--request-id",
+        "from-a-file",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "note: mapping version ffffffffffff, the row's, is not in the database's mapping store"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("WARNING: the row was decided with mapping version ffffffffffff"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn rollout_counts_soak_time_from_the_activations() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = two_versions(dir.path());
+    let va = version_of(&a);
+    // A (GET /shadowed in shadow, cluster "-") activated eight days ago...
+    ok(mapping(
+        &db.url,
+        &["push", a.to_str().unwrap(), "--no-activate"],
+    ));
+    sqlx::query(
+        "INSERT INTO rbac_mapping_activations (version, kind, activated_at_utc) \
+         VALUES ($1, 'push', now() - interval '8 days')",
+    )
+    .bind(&va)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // ...and a gateway that recorded loading it only now (started today).
+    let m = rbac_gateway::policy::mapping::Mapping::load(&a).unwrap();
+    assert!(rbac_gateway::stores::rollout::record(&db.gw(), &m, false)
+        .await
+        .unwrap());
+    for routes in [a.to_str().unwrap(), "db:active"] {
+        let (code, out) = run(&[
+            "rollout",
+            "--json",
+            "--routes",
+            routes,
+            "--database-url",
+            &db.url,
+        ]);
+        assert_eq!(code, Some(0), "{out}");
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let c = r["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cluster"] == "-")
+            .unwrap();
+        assert_eq!(
+            c["verdict"], "ready",
+            "soaked 8 days from the activation: {c}"
+        );
+        assert_eq!(r["version"], va.as_str());
+        assert_eq!(r["soak_from"], "activations");
+        assert_eq!(r["fleet_version"], va.as_str());
+    }
+    let (_, out) = run(&[
+        "rollout",
+        "--routes",
+        "db:active",
+        "--database-url",
+        &db.url,
+    ]);
+    assert!(
+        out.contains("soak counted from: the mapping activations"),
+        "{out}"
+    );
+}
+
+/// Runs deploy/mapping-grants.sql, then makes a login user holding `role` only (and `extra`
+/// grants); its URL. Roles are cluster-wide: the users are named after the database.
+async fn login_as(db: &TestDb, role: &str, extra: &str) -> String {
+    let grants = std::fs::read_to_string(root().join("deploy/mapping-grants.sql")).unwrap();
+    sqlx::raw_sql(&grants).execute(&db.pool).await.unwrap();
+    let (prefix, name) = db.url.rsplit_once('/').unwrap();
+    let user = format!("{}_{role}", name.trim_start_matches("rbacgw_"));
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE \"{user}\" LOGIN IN ROLE {role}; {}",
+        extra.replace("USER", &format!("\"{user}\""))
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (scheme_host, _) = prefix.split_once('@').unwrap();
+    let (scheme, _) = scheme_host.split_once("://").unwrap();
+    let host = prefix.split_once('@').unwrap().1;
+    format!("{scheme}://{user}@{host}/{name}")
+}
+
+#[tokio::test]
+async fn push_works_with_exactly_the_pusher_grants_and_a_reader_cannot_push() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_versions(dir.path());
+    let (va, vb) = (version_of(&a), version_of(&b));
+    let pusher = login_as(&db, "rbac_mapping_pusher", "").await;
+    let out = ok(mapping(
+        &pusher,
+        &["push", a.to_str().unwrap(), "--actor", "ci"],
+    ));
+    assert!(
+        out.contains(&format!("mapping version {va} active")),
+        "{out}"
+    );
+    assert!(
+        out.contains("database: the schema of ") && out.contains("admin_sessions"),
+        "the tables it may not read are named: {out}"
+    );
+    // The role and permission names are still checked.
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(
+        &typo,
+        std::fs::read_to_string(&a)
+            .unwrap()
+            .replace("console-manager", "console-mangaer"),
+    )
+    .unwrap();
+    let refused = mapping(&pusher, &["push", typo.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("console-mangaer"),
+        "{}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    ok(mapping(&pusher, &["push", b.to_str().unwrap()]));
+    ok(mapping(&pusher, &["rollback"]));
+    ok(mapping(&pusher, &["activate", &vb]));
+    ok(mapping(&pusher, &["history"]));
+    let pushed_by: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT pushed_by FROM rbac_mapping_store")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(pushed_by.len(), 1);
+    assert!(
+        pusher.contains(&format!("://{}@", pushed_by[0])),
+        "{pushed_by:?}"
+    );
+    assert_eq!(count(&db, "rbac_mapping_activations").await, 4);
+
+    // The reader (a gateway's role: the mapping tables and, for serve, the catalogue) reads
+    // versions but may not store one: the INSERT is refused, said plainly, nothing stored.
+    let reader = login_as(
+        &db,
+        "rbac_gateway_reader",
+        "GRANT SELECT ON rbac_roles, rbac_permissions TO USER",
+    )
+    .await;
+    let shown = mapping(&reader, &["show", &va]);
+    assert!(shown.status.success());
+    let c = dir.path().join("c.toml");
+    std::fs::write(
+        &c,
+        format!("{}\n# c\n", std::fs::read_to_string(&a).unwrap()),
+    )
+    .unwrap();
+    let refused = mapping(&reader, &["push", c.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("permission denied for table rbac_mapping_store")
+            && err.contains("this database role may not change the mapping")
+            && err.contains("deploy/mapping-grants.sql (rbac_mapping_pusher)"),
+        "{err}"
+    );
+    let refused = mapping(&reader, &["rollback"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("may not change the mapping"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(count(&db, "rbac_mapping_store").await, 2);
+    assert_eq!(count(&db, "rbac_mapping_activations").await, 4);
+}
+
+#[tokio::test]
+async fn a_version_with_a_key_this_binary_does_not_know_leaves_the_previous_mapping() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_versions(dir.path());
+    let va = version_of(&a);
+    ok(mapping(&db.url, &["push", a.to_str().unwrap()]));
+    let gw = db_gateway(&db, &up, &[]).await;
+    assert_eq!(gw.status("/ops", None).await, 302);
+    // A newer binary's push during a rolling upgrade: B with a top-level key this one does not
+    // know, stored with its correct hash (this binary's push would refuse it).
+    let newer = format!(
+        "signature_required = true\n{}",
+        std::fs::read_to_string(&b).unwrap()
+    );
+    let vn = rbac_gateway::policy::mapping::version_of(newer.as_bytes());
+    sqlx::query("INSERT INTO rbac_mapping_store (version, sha256, text) VALUES ($1, $2, $3)")
+        .bind(&vn)
+        .bind(rbac_gateway::stores::mapping_store::sha256_hex(
+            newer.as_bytes(),
+        ))
+        .bind(&newer)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let failures = "rbac_gateway_mapping_reloads_total{result=\"failure\"}";
+    let before = gw.metric(failures).await;
+    ok(mapping(&db.url, &["activate", &vn]));
+    eventually(
+        Duration::from_secs(5),
+        "the newer version rejected",
+        || async { gw.metric(failures).await == before + 1.0 },
+    )
+    .await;
+    let ready = gw.admin_get("/readyz").await;
+    let body = ready.body_str();
+    assert_eq!(ready.status, 200, "{body}");
+    assert!(
+        body.contains(&format!("mapping={va} stays live"))
+            && body.contains(&format!("database:{vn}"))
+            && body.contains("signature_required"),
+        "the live version, the rejected one and why: {body}"
+    );
+    assert_eq!(
+        gw.metric(&format!("rbac_gateway_mapping_info{{version=\"{va}\"}}"))
+            .await,
+        1.0
+    );
+    assert_eq!(gw.status("/ops", None).await, 302, "still on A");
+    assert!(gw
+        .log()
+        .lines()
+        .any(|l| l.contains("rejected") && l.contains("signature_required")));
+    // The next version that loads clears it.
+    ok(mapping(&db.url, &["push", b.to_str().unwrap()]));
+    reached(&db, &[&gw], 200, "B after the rejected version").await;
+    assert!(!gw.admin_get("/readyz").await.body_str().contains(&vn));
+}
