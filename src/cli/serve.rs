@@ -190,6 +190,25 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         if args.rbac_api {
             metrics.requests.with_label_values(&[crate::doors::rbac_api::LABEL]);
         }
+        // The live mapping's metrics, warnings and `mapping loaded` line: from the file before
+        // the admin port is bound (as ever: a supervisor reads the line), from the database once
+        // the active version is loaded.
+        let report_loaded = || {
+            let mapping = gw.mapping.load_full();
+            metrics.mapping_info.with_label_values(&[&mapping.version]).set(1);
+            crate::runtime::state::set_route_metrics(&metrics, &mapping, args.kill_switch());
+            for w in &mapping.warnings {
+                tracing::warn!(warning = %w, "mapping warning");
+            }
+            let source = if from_db { crate::runtime::reload::db_name(&mapping.version) } else { args.routes.display().to_string() };
+            tracing::info!(
+                routes = mapping.routes.len(), mapping_version = %mapping.version, file = %source,
+                upstream = %upstream, listen = %listen, threads, kill_switch = args.kill_switch(), "mapping loaded"
+            );
+        };
+        if !from_db {
+            report_loaded();
+        }
         // Bound now, so a port in use is found before anything else starts; served only once the
         // data plane (and the forward-auth listener) listen: `/readyz` never answers 200 for a
         // gateway that cannot take requests.
@@ -204,23 +223,13 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             supervised(Task::Admin, Box::pin(crate::doors::admin::serve(admin, gw.clone())));
             let loaded = crate::runtime::reload::load_active_at_start(&pool, |why| gw.set_mapping_missing(Some(why))).await;
             gw.mapping.store(Arc::new(loaded));
+            report_loaded();
             supervised(Task::Reload, Box::pin(crate::runtime::reload::follow_database(gw.clone(), pool.clone(), active_rx)));
             None
         } else {
             supervised(Task::Reload, Box::pin(crate::runtime::reload::watch(gw.clone(), args.routes.clone())));
             Some(admin)
         };
-        let mapping = gw.mapping.load_full();
-        metrics.mapping_info.with_label_values(&[&mapping.version]).set(1);
-        crate::runtime::state::set_route_metrics(&metrics, &mapping, args.kill_switch());
-        for w in &mapping.warnings {
-            tracing::warn!(warning = %w, "mapping warning");
-        }
-        let source = if from_db { crate::runtime::reload::db_name(&mapping.version) } else { args.routes.display().to_string() };
-        tracing::info!(
-            routes = mapping.routes.len(), mapping_version = %mapping.version, file = %source,
-            upstream = %upstream, listen = %listen, threads, kill_switch = args.kill_switch(), "mapping loaded"
-        );
         tokio::spawn(crate::runtime::reload::check_database_at_start(
             gw.clone(),
             db_timeout.max(Duration::from_secs(2)),
