@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod dataplane;
 pub mod doors;
+pub mod gateway;
 pub mod policy;
 pub mod runtime;
 pub mod stores;

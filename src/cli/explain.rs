@@ -44,7 +44,7 @@ impl Authority for ExplainAuthority {
         customer: i32,
         request_id: &str,
     ) -> Result<Option<Principal>, Unavailable> {
-        crate::runtime::state::ticket_principal(
+        crate::stores::ticket::ticket_principal(
             &self.pool,
             &self.metrics,
             self.ticket_validation_url.as_deref(),

@@ -92,7 +92,7 @@ impl Unavailable {
 }
 
 /// The I/O the decision needs. The gateway answers from its caches and the database
-/// ([`crate::runtime::state::Gateway`]); tests answer from memory.
+/// ([`crate::gateway::state::Gateway`]); tests answer from memory.
 pub trait Authority {
     /// Who holds this session cookie at `at`; `Ok(None)` when no session live then has it.
     fn principal_for_token(
