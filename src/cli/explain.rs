@@ -10,11 +10,11 @@ use crate::policy::access::InMemory;
 use crate::policy::answer::{Answer, Reply};
 use crate::policy::mapping::Mapping;
 use crate::policy::outcome::{decide, Authority, Facts, Outcome, Switches, Unavailable};
+use crate::policy::principal::Principal;
 use crate::policy::target;
 use crate::runtime::config::ExplainArgs;
 use crate::runtime::metrics::Metrics;
 use crate::stores::identity;
-use crate::stores::identity::Principal;
 
 /// The admin being explained holds the (pretend) session; everything is read fresh from the
 /// database, nothing is cached.

@@ -13,8 +13,9 @@ use super::{failure, load_mapping, runtime, say, usage, Exit};
 use crate::policy::access::{cell, probes, Catalogue, Cell, InMemory, Probe};
 use crate::policy::mapping::Mapping;
 use crate::policy::outcome::Switches;
+use crate::policy::principal::Principal;
 use crate::runtime::config::MatrixArgs;
-use crate::stores::identity::{self, Principal};
+use crate::stores::identity;
 
 /// One column: a method of a rule, and the path it was asked on.
 #[derive(Debug, Clone, Serialize)]

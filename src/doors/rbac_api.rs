@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use crate::dataplane::upstream::GatewayBody;
 use crate::gateway::state::Gateway;
 use crate::policy::outcome::{Authority, Unavailable};
+use crate::policy::principal::Principal;
 use crate::policy::target::Target;
-use crate::stores::identity::Principal;
 
 pub const ME: &str = "/api/rbac/me";
 pub const CHECK: &str = "/api/rbac/permissions/check";

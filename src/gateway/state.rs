@@ -11,9 +11,10 @@ use arc_swap::ArcSwap;
 
 use crate::policy::mapping::Mapping;
 use crate::policy::outcome::{Authority, Switches, Unavailable};
+use crate::policy::principal::Principal;
 use crate::runtime::metrics::Metrics;
 use crate::stores::audit::AuditWriter;
-use crate::stores::identity::{Identity, Principal};
+use crate::stores::identity::Identity;
 
 /// Everything a request needs, shared by all workers.
 pub struct Gateway {
@@ -185,7 +186,7 @@ pub fn set_route_metrics(
 
 /// The aftermath of every door writes through the audit writer and counts in the metrics.
 impl crate::policy::answer::Records for Gateway {
-    async fn record(&self, row: Arc<crate::stores::audit::AuditEvent>) -> Result<(), String> {
+    async fn record(&self, row: Arc<crate::policy::audit_event::AuditEvent>) -> Result<(), String> {
         self.audit.record(row).await.map_err(|e| e.to_string())
     }
 

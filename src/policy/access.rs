@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crate::policy::mapping::rule::{parse_rule, Converter, Piece};
 use crate::policy::mapping::{Mapping, Route};
 use crate::policy::outcome::{decide, Authority, Facts, Outcome, Switches, Unavailable, Via};
+use crate::policy::principal::Principal;
 use crate::policy::verdict::Grant;
-use crate::stores::identity::Principal;
 
 /// An [`Authority`] answered from memory: every session cookie is `principal`'s (or no one's),
 /// with the ticket-scoped roles of `tickets` per customer. `matrix`, `diff` and `explain` of a

@@ -11,9 +11,9 @@
 use std::time::Duration;
 
 use crate::policy::outcome::Unavailable;
+use crate::policy::principal::Principal;
 use crate::runtime::metrics::Metrics;
 use crate::stores::db::Db;
-use crate::stores::identity::Principal;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
