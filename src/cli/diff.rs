@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::matrix::{admin_principals, catalogue_principals, Reviewed};
 use super::{failure, load_mapping, runtime, say, Exit};
-use crate::policy::access::{cell, probes, Catalogue, Cell, InMemory};
+use crate::cli::access::{cell, probes, Catalogue, Cell, InMemory};
 use crate::policy::mapping::{Mapping, Route};
 use crate::policy::outcome::Switches;
 use crate::runtime::config::{DiffArgs, EXIT_PROBLEMS};

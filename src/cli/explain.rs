@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{failure, load_mapping, runtime, say, usage, Exit};
-use crate::policy::access::InMemory;
+use crate::cli::access::InMemory;
 use crate::policy::answer::{Answer, Reply};
 use crate::policy::mapping::Mapping;
 use crate::policy::outcome::{decide, Authority, Facts, Outcome, Switches, Unavailable};

@@ -1,5 +1,6 @@
 //! The commands, one file each: `serve`, `migrate`, `check`, `explain`, `drift`, `rollout`,
-//! `matrix`, `diff`, `sweep`, `mapping`. Configuration is loaded and checked before any port is bound; an
+//! `matrix`, `diff`, `sweep`, `mapping`, and the access review `matrix`, `diff`, `explain` and
+//! `mapping` share ([`access`]). Configuration is loaded and checked before any port is bound; an
 //! invalid mapping or flag exits 64.
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -10,6 +11,7 @@ use anyhow::anyhow;
 use crate::policy::mapping::{Mapping, Severity};
 use crate::runtime::config::{EXIT_PROBLEMS, EXIT_USAGE};
 
+pub mod access;
 mod check;
 mod diff;
 mod drift;

@@ -2,10 +2,9 @@
 //! gateway decides, and what that means for every door. The vocabulary of the decision lives
 //! here too: who is asking ([`principal::Principal`]) and the row a denial leaves
 //! ([`audit_event::AuditEvent`]); the stores fill them. Nothing here imports a store, a door or
-//! the gateway's state. Nothing here opens a socket or a file
-//! but [`mapping`]'s loader; the I/O a decision needs comes through [`outcome::Authority`].
+//! the gateway's state, and nothing opens a socket or a file but [`mapping`]'s loader; the I/O a
+//! decision needs comes through [`outcome::Authority`].
 
-pub mod access;
 pub mod answer;
 pub mod audit_event;
 pub mod cookie;
