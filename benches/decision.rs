@@ -22,9 +22,9 @@ use std::sync::Arc;
 
 use rbac_gateway::policy::mapping::{Access, Mapping, Route};
 use rbac_gateway::policy::outcome::{self, Authority, Facts, Switches, Unavailable};
+use rbac_gateway::policy::principal::Principal;
 use rbac_gateway::policy::target::parse_target;
 use rbac_gateway::policy::verdict::{authorize, route_step, Step, Verdict};
-use rbac_gateway::stores::identity::Principal;
 
 /// Roles of raxx-platform-admins after inheritance (migrations/0002_catalogue.sql).
 const PLATFORM_ADMIN_ROLES: &[&str] = &[

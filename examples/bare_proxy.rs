@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rbac_gateway::doors::proxy::{start_workers, Settings};
+use rbac_gateway::gateway::state::Gateway;
 use rbac_gateway::policy::mapping::Mapping;
 use rbac_gateway::runtime::metrics::Metrics;
-use rbac_gateway::runtime::state::Gateway;
 use rbac_gateway::stores::audit::AuditWriter;
 use rbac_gateway::stores::identity::Identity;
 

@@ -1,10 +1,34 @@
-//! The house's one structural rule, checked on the source: no import cycle between modules
-//! (ARCHITECTURE.md). Every `crate::a::b` path in a module's non-test code is an edge from that
-//! module to the longest module the path names; a strongly connected component of more than one
-//! module is a cycle, and the test names its edges.
+//! The house's structural rules, checked on the source (ARCHITECTURE.md, "Folders"):
+//!
+//! - **Floors.** Each top folder of `src/` has a rank ([`FLOORS`], ground first); a module imports
+//!   from its own folder and from the folders below it, never from one above. The test names
+//!   every upward edge (file, line, path).
+//! - **No import cycle between modules.** A strongly connected component of more than one module
+//!   is a cycle, and the test names its edges.
+//!
+//! Every `crate::a::b` path (and `crate::{..}` group, and `super::` path that leaves its folder)
+//! in a module's non-test code is an edge from that module to the longest module the path names.
+//! Non-test code is the file with its comments and every `#[cfg(test)]` item (a test module, a
+//! test-only function or `use`) blanked out, braces matched past strings, characters and
+//! comments: the code after a test item is read like the code before it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+/// The floors of the house, ground first: `runtime` (configuration, metrics, supervision,
+/// logging), `policy` (the decision and its vocabulary), `stores` (the database), `dataplane`
+/// (wire mechanics), `gateway` (the shared state and the mapping reload, wiring the policy to
+/// the stores), `doors` (transports of the gateway's answers), `cli` (the commands, `serve`
+/// assembling everything). A module may import from its own floor and the floors below it.
+const FLOORS: &[&str] = &[
+    "runtime",
+    "policy",
+    "stores",
+    "dataplane",
+    "gateway",
+    "doors",
+    "cli",
+];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -30,10 +54,194 @@ fn module_of(src: &Path, file: &Path) -> String {
     parts.join("::")
 }
 
-/// The module graph: module -> (module it names -> one path that names it).
-fn graph(src: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
+fn is_ident(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// When a comment, a string (plain, raw, byte) or a character literal starts at `i`: where it
+/// ends (exclusive), and whether it is a comment. A lifetime (`'a`) is neither.
+fn literal_at(c: &[char], i: usize) -> Option<(usize, bool)> {
+    let at = |j: usize| c.get(j).copied().unwrap_or('\0');
+    match c[i] {
+        '/' if at(i + 1) == '/' => {
+            let mut j = i;
+            while j < c.len() && c[j] != '\n' {
+                j += 1;
+            }
+            Some((j, true))
+        }
+        '/' if at(i + 1) == '*' => {
+            let (mut j, mut depth) = (i + 2, 1);
+            while j < c.len() && depth > 0 {
+                if c[j] == '/' && at(j + 1) == '*' {
+                    depth += 1;
+                    j += 1;
+                } else if c[j] == '*' && at(j + 1) == '/' {
+                    depth -= 1;
+                    j += 1;
+                }
+                j += 1;
+            }
+            Some((j, true))
+        }
+        '"' => {
+            let mut j = i + 1;
+            while j < c.len() && c[j] != '"' {
+                j += if c[j] == '\\' { 2 } else { 1 };
+            }
+            Some((j + 1, false))
+        }
+        'r' if (i == 0
+            || !is_ident(c[i - 1])
+            || (c[i - 1] == 'b' && (i < 2 || !is_ident(c[i - 2])))) =>
+        {
+            let hashes = c[i + 1..].iter().take_while(|x| **x == '#').count();
+            if at(i + 1 + hashes) != '"' {
+                return None;
+            }
+            let mut j = i + 2 + hashes;
+            loop {
+                if j >= c.len() {
+                    return Some((j, false));
+                }
+                if c[j] == '"' && (1..=hashes).all(|k| at(j + k) == '#') {
+                    return Some((j + 1 + hashes, false));
+                }
+                j += 1;
+            }
+        }
+        '\'' if at(i + 1) == '\\' => {
+            let mut j = i + 3;
+            while j < c.len() && c[j] != '\'' {
+                j += 1;
+            }
+            Some((j + 1, false))
+        }
+        '\'' if at(i + 2) == '\'' => Some((i + 3, false)),
+        _ => None,
+    }
+}
+
+/// The end (exclusive) of the item that starts at `from`: its `;` or its matching `}`, at depth 0
+/// of parentheses and brackets (so `[u8; 4]` and `#[test]` do not end it).
+fn item_end(c: &[char], from: usize) -> usize {
+    let (mut i, mut depth, mut braces) = (from, 0i32, 0i32);
+    while i < c.len() {
+        if let Some((end, _)) = literal_at(c, i) {
+            i = end;
+            continue;
+        }
+        match c[i] {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            ';' if depth == 0 && braces == 0 => return i + 1,
+            '{' => braces += 1,
+            '}' => {
+                braces -= 1;
+                if braces == 0 && depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    c.len()
+}
+
+/// `text` with its comments and every `#[cfg(test)]` item blanked out (spaces; line breaks kept,
+/// so line numbers stay those of the file).
+fn non_test_code(text: &str) -> String {
+    let mut c: Vec<char> = text.chars().collect();
+    let attr: Vec<char> = "#[cfg(test)]".chars().collect();
+    let blank = |c: &mut [char], from: usize, to: usize| {
+        let to = to.min(c.len());
+        for x in &mut c[from..to] {
+            if *x != '\n' {
+                *x = ' ';
+            }
+        }
+    };
+    let mut i = 0;
+    while i < c.len() {
+        if let Some((end, comment)) = literal_at(&c, i) {
+            if comment {
+                blank(&mut c, i, end);
+            }
+            i = end;
+            continue;
+        }
+        if c[i..].starts_with(&attr) {
+            let end = item_end(&c, i + attr.len());
+            blank(&mut c, i, end);
+            i = end;
+            continue;
+        }
+        i += 1;
+    }
+    c.into_iter().collect()
+}
+
+/// The paths a `crate::` at byte `at` of `code` names, each with its byte offset:
+/// `crate::a::b` -> `a::b`; `crate::{a::b, c::{d, e}}` -> `a::b`, `c`.
+fn crate_paths(code: &str, at: usize) -> Vec<(usize, String)> {
+    let path_at = |from: usize| -> String {
+        code[from..]
+            .chars()
+            .take_while(|c| is_ident(*c) || *c == ':')
+            .collect::<String>()
+            .trim_end_matches(':')
+            .to_string()
+    };
+    let start = at + "crate::".len();
+    if !code[start..].starts_with('{') {
+        return vec![(at, path_at(start))];
+    }
+    let mut out = Vec::new();
+    let (mut depth, mut item_start) = (0, start + 1);
+    for (k, ch) in code[start..].char_indices() {
+        let k = start + k;
+        match ch {
+            '{' => depth += 1,
+            '}' | ',' if depth == 1 => {
+                let lead = code[item_start..k].len() - code[item_start..k].trim_start().len();
+                let p = path_at(item_start + lead);
+                if !p.is_empty() && p != "self" {
+                    out.push((item_start + lead, p));
+                }
+                item_start = k + 1;
+                if ch == '}' {
+                    break;
+                }
+            }
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// One import: where it is and the path it names (after `crate::`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Edge {
+    file: String,
+    line: usize,
+    path: String,
+}
+
+impl std::fmt::Display for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "src/{}:{}: crate::{}", self.file, self.line, self.path)
+    }
+}
+
+type Graph = BTreeMap<String, BTreeMap<String, Edge>>;
+
+/// The module graph: module -> (module it names -> the first import that names it).
+fn graph(src: &Path) -> Graph {
     let mut files = Vec::new();
     rust_files(src, &mut files);
+    files.sort();
     let modules: BTreeSet<String> = files.iter().map(|f| module_of(src, f)).collect();
     let mut g = BTreeMap::new();
     for file in &files {
@@ -41,25 +249,53 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
         if m == "lib" || m == "main" {
             continue;
         }
-        let text = std::fs::read_to_string(file).unwrap();
-        let code = text.split("#[cfg(test)]").next().unwrap();
+        let rel = file.strip_prefix(src).unwrap().display().to_string();
+        let code = non_test_code(&std::fs::read_to_string(file).unwrap());
+        let here: Vec<&str> = m.split("::").collect();
+        let mut named = Vec::new();
+        for (at, _) in code.match_indices("crate::") {
+            named.extend(crate_paths(&code, at));
+        }
+        // `super::super::x` out of the folder is an import of `crate::x` too.
+        for (at, _) in code.match_indices("super::") {
+            if code[..at].ends_with(|c: char| is_ident(c) || c == ':') {
+                continue;
+            }
+            let mut rest = &code[at..];
+            let mut up = 0;
+            while let Some(r) = rest.strip_prefix("super::") {
+                rest = r;
+                up += 1;
+            }
+            if up > here.len() {
+                continue;
+            }
+            let tail: String = rest
+                .chars()
+                .take_while(|c| is_ident(*c) || *c == ':')
+                .collect();
+            let mut path: Vec<&str> = here[..here.len() - up].to_vec();
+            path.extend(tail.split("::").filter(|p| !p.is_empty()));
+            if path.first() != here.first() {
+                named.push((at, path.join("::")));
+            }
+        }
         let mut edges = BTreeMap::new();
-        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
-            for (i, _) in line.match_indices("crate::") {
-                let path: String = line[i + 7..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
-                    .collect();
-                let parts: Vec<&str> = path.split("::").filter(|p| !p.is_empty()).collect();
-                let target = (1..=parts.len())
-                    .rev()
-                    .map(|k| parts[..k].join("::"))
-                    .find(|cand| modules.contains(cand));
-                if let Some(t) = target {
-                    // A module's own path or its parent's (`crate::doors` in doors::proxy) is no edge.
-                    if t != m && !m.starts_with(&format!("{t}::")) {
-                        edges.entry(t).or_insert(path.clone());
-                    }
+        for (at, path) in named {
+            let parts: Vec<&str> = path.split("::").filter(|p| !p.is_empty()).collect();
+            let target = (1..=parts.len())
+                .rev()
+                .map(|k| parts[..k].join("::"))
+                .find(|cand| modules.contains(cand));
+            if let Some(t) = target {
+                // A module's own path or its parent's (`crate::doors` in doors::proxy) is no edge.
+                if t != m && !m.starts_with(&format!("{t}::")) {
+                    let line = code[..at].matches('\n').count() + 1;
+                    edges.entry(t).or_insert(Edge {
+                        file: rel.clone(),
+                        line,
+                        path: path.clone(),
+                    });
                 }
             }
         }
@@ -68,17 +304,142 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
     g
 }
 
+/// The floor of a module (its top folder's rank), or None for a folder without one.
+fn floor(module: &str) -> Option<usize> {
+    let top = module.split("::").next().unwrap();
+    FLOORS.iter().position(|f| *f == top)
+}
+
+/// Every import from a lower floor to a higher one, and every module on no floor.
+fn upward_edges(g: &Graph) -> Vec<String> {
+    let mut out = Vec::new();
+    for (m, edges) in g {
+        let Some(from) = floor(m) else {
+            out.push(format!(
+                "{m}: its folder has no floor: give it a rank in FLOORS and ARCHITECTURE.md"
+            ));
+            continue;
+        };
+        for (t, edge) in edges {
+            match floor(t) {
+                Some(to) if to > from => out.push(format!(
+                    "{edge}: {m} ({}) imports {t} ({}, a higher floor)",
+                    FLOORS[from], FLOORS[to]
+                )),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_import_points_to_its_own_floor_or_below() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let g = graph(&src);
+    assert!(
+        g.contains_key("policy::answer") && g["doors::forward_auth"].contains_key("policy::answer"),
+        "the scan found no module graph: {:?}",
+        g.keys().collect::<Vec<_>>()
+    );
+    let up = upward_edges(&g);
+    assert!(
+        up.is_empty(),
+        "imports from a lower floor to a higher one (floors, ground first: {}):\n  {}",
+        FLOORS.join(" < "),
+        up.join("\n  ")
+    );
+}
+
+/// A scratch `src/` with the given files, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str, files: &[(&str, &str)]) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("arch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (path, text) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An upward import injected after a test module (whose own imports of higher floors are
+/// allowed) is found and named with its line; so is one in a `crate::{..}` group and one through
+/// `super::super::`.
+#[test]
+fn the_floor_check_finds_an_injected_upward_import() {
+    let tree = Scratch::new(
+        "floors",
+        &[
+            ("lib.rs", "pub mod cli;\npub mod doors;\npub mod policy;\n"),
+            ("cli/mod.rs", "pub mod serve;\n"),
+            ("cli/serve.rs", "use crate::doors::proxy::Door;\n"),
+            ("doors/mod.rs", "pub mod proxy;\n"),
+            (
+                "doors/proxy.rs",
+                "use crate::policy::outcome::decide;\npub struct Door;\n",
+            ),
+            ("policy/mod.rs", "pub mod outcome;\npub mod answer;\n"),
+            (
+                "policy/outcome.rs",
+                "pub fn decide() {}\n\
+                 #[cfg(test)]\n\
+                 mod tests {\n\
+                 \x20   use crate::cli::serve; // '}' \"}\"\n\
+                 \x20   const C: char = '}';\n\
+                 \x20   const S: &str = r#\"}\"#;\n\
+                 }\n\
+                 #[cfg(test)]\n\
+                 fn only_in_tests() { crate::cli::serve::x(); }\n\
+                 // crate::cli::serve in a comment is no import\n\
+                 pub fn upward() -> crate::doors::proxy::Door { crate::doors::proxy::Door }\n",
+            ),
+            (
+                "policy/answer.rs",
+                "use crate::{\n    policy::outcome::decide,\n    cli::serve,\n};\n\
+                 fn f() { super::super::doors::proxy::Door; }\n",
+            ),
+        ],
+    );
+    let g = graph(&tree.0);
+    let up = upward_edges(&g);
+    assert_eq!(
+        up,
+        [
+            "src/policy/answer.rs:3: crate::cli::serve: policy::answer (policy) imports cli::serve (cli, a higher floor)",
+            "src/policy/answer.rs:5: crate::doors::proxy::Door: policy::answer (policy) imports doors::proxy (doors, a higher floor)",
+            "src/policy/outcome.rs:11: crate::doors::proxy::Door: policy::outcome (policy) imports doors::proxy (doors, a higher floor)",
+        ]
+    );
+    assert!(g["cli::serve"].contains_key("doors::proxy"));
+    assert!(upward_edges(&BTreeMap::from([(
+        "attic::box".to_string(),
+        BTreeMap::new()
+    )]))[0]
+        .contains("no floor"));
+}
+
 /// Tarjan's strongly connected components with more than one module.
-fn cycles(g: &BTreeMap<String, BTreeMap<String, String>>) -> Vec<Vec<String>> {
-    struct S<'a> {
-        g: &'a BTreeMap<String, BTreeMap<String, String>>,
+fn cycles<E>(g: &BTreeMap<String, BTreeMap<String, E>>) -> Vec<Vec<String>> {
+    struct S<'a, E> {
+        g: &'a BTreeMap<String, BTreeMap<String, E>>,
         index: BTreeMap<&'a str, usize>,
         low: BTreeMap<&'a str, usize>,
         stack: Vec<&'a str>,
         on: BTreeSet<&'a str>,
         out: Vec<Vec<String>>,
     }
-    fn visit<'a>(s: &mut S<'a>, v: &'a str) {
+    fn visit<'a, E>(s: &mut S<'a, E>, v: &'a str) {
         let n = s.index.len();
         s.index.insert(v, n);
         s.low.insert(v, n);
@@ -148,7 +509,7 @@ fn no_module_imports_itself_through_another() {
                 .flat_map(|a| {
                     g[a].iter()
                         .filter(|(b, _)| comp.contains(b))
-                        .map(move |(b, why)| format!("{a} -> {b} (crate::{why})"))
+                        .map(move |(b, edge)| format!("{a} -> {b} ({edge})"))
                 })
                 .collect();
             edges.join("\n  ")

@@ -14,7 +14,7 @@ use super::matrix::{admin_principals, catalogue_principals, Reviewed};
 use super::{
     failure, load_mapping, load_stored_ref, needs_database_url, runtime, say, stored_ref, Exit,
 };
-use crate::policy::access::{cell, probes, Catalogue, Cell, InMemory};
+use crate::cli::access::{cell, probes, Catalogue, Cell, InMemory};
 use crate::policy::mapping::{Mapping, Route};
 use crate::policy::outcome::Switches;
 use crate::runtime::config::{DiffArgs, EXIT_PROBLEMS};

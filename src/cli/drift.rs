@@ -77,7 +77,7 @@ pub fn drift(args: DriftArgs) -> Result<(), Exit> {
             continue;
         }
         let entry = clusters.entry(c.clone()).or_default();
-        if event == crate::stores::audit::EVENT_DRIFT {
+        if event == crate::policy::audit_event::EVENT_DRIFT {
             entry.1 += n;
             drift_total += n;
             lines.push(format!("  DRIFT {label} [{c}]: {n} x {reason}"));

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{failure, load_mapping, runtime, say, usage, Exit};
-use crate::policy::access::InMemory;
+use crate::cli::access::InMemory;
 use crate::policy::answer::{Answer, Reply};
 use crate::policy::mapping::Mapping;
 use crate::policy::outcome::{decide, Authority, Facts, Outcome, Switches, Unavailable};
+use crate::policy::principal::Principal;
 use crate::policy::target;
 use crate::runtime::config::ExplainArgs;
 use crate::runtime::metrics::Metrics;
 use crate::stores::identity;
-use crate::stores::identity::Principal;
 
 /// The admin being explained holds the (pretend) session; everything is read fresh from the
 /// database, nothing is cached.
@@ -44,7 +44,7 @@ impl Authority for ExplainAuthority {
         customer: i32,
         request_id: &str,
     ) -> Result<Option<Principal>, Unavailable> {
-        crate::runtime::state::ticket_principal(
+        crate::stores::ticket::ticket_principal(
             &self.pool,
             &self.metrics,
             self.ticket_validation_url.as_deref(),
@@ -172,7 +172,7 @@ fn from_audit_row(args: &ExplainArgs, request_id: &str) -> Result<(), Exit> {
         .await
         .map_err(failure)?;
         let stored = match rows.first().and_then(|r| r.mapping_version.as_deref()) {
-            Some(v) => Some(crate::runtime::reload::load_stored(&pool, v).await),
+            Some(v) => Some(crate::gateway::reload::load_stored(&pool, v).await),
             None => None,
         };
         Ok::<_, Exit>((rows, stored))
@@ -199,7 +199,7 @@ fn from_audit_row(args: &ExplainArgs, request_id: &str) -> Result<(), Exit> {
             r.mapping_version.as_deref().unwrap_or("-"),
         );
     }
-    use crate::runtime::reload::{db_name, Unloadable};
+    use crate::gateway::reload::{db_name, Unloadable};
     let at_hand = match (first.mapping_version.as_deref(), stored) {
         (Some(v), Some(Ok(m))) => {
             say!("mapping: version {v}, the row's, from the database's mapping store (`rbac-gateway mapping show {v}`)");

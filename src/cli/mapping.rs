@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context};
 use serde::Serialize;
 
 use super::{failure, runtime, say, usage, Exit};
-use crate::policy::access::Catalogue;
+use crate::cli::access::Catalogue;
 use crate::policy::mapping::Mapping;
 use crate::policy::outcome::Switches;
 use crate::runtime::config::{

@@ -1,6 +1,6 @@
 //! `rbac-gateway matrix`: who reaches which route, for an access review. Rows are a request
 //! without a session, each group of the catalogue and, with `--database-url`, each admin; every
-//! cell is [`crate::policy::outcome::decide`]'s answer for that principal ([`crate::policy::access`]).
+//! cell is [`crate::policy::outcome::decide`]'s answer for that principal ([`crate::cli::access`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,11 +10,12 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::{failure, load_mapping, runtime, say, usage, Exit};
-use crate::policy::access::{cell, probes, Catalogue, Cell, InMemory, Probe};
+use crate::cli::access::{cell, probes, Catalogue, Cell, InMemory, Probe};
 use crate::policy::mapping::Mapping;
 use crate::policy::outcome::Switches;
+use crate::policy::principal::Principal;
 use crate::runtime::config::MatrixArgs;
-use crate::stores::identity::{self, Principal};
+use crate::stores::identity;
 
 /// One column: a method of a rule, and the path it was asked on.
 #[derive(Debug, Clone, Serialize)]

@@ -1,5 +1,6 @@
 //! The commands, one file each: `serve`, `migrate`, `check`, `explain`, `drift`, `rollout`,
-//! `matrix`, `diff`, `sweep`, `mapping`. Configuration is loaded and checked before any port is bound; an
+//! `matrix`, `diff`, `sweep`, `mapping`, and the access review `matrix`, `diff`, `explain` and
+//! `mapping` share ([`access`]). Configuration is loaded and checked before any port is bound; an
 //! invalid mapping or flag exits 64.
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -10,6 +11,7 @@ use anyhow::anyhow;
 use crate::policy::mapping::{Mapping, Severity};
 use crate::runtime::config::{EXIT_PROBLEMS, EXIT_USAGE};
 
+pub mod access;
 mod check;
 mod diff;
 mod drift;
@@ -114,13 +116,13 @@ pub(crate) fn stored_ref(path: &Path) -> Option<&str> {
 }
 
 /// The stored version `what` names (a version, `active` or `previous`), re-hashed and compiled
-/// as a gateway loads it ([`crate::runtime::reload::load_stored`]): an unknown version or one
+/// as a gateway loads it ([`crate::gateway::reload::load_stored`]): an unknown version or one
 /// that does not load with this binary is an error (1), never another mapping.
 pub(crate) async fn load_stored_ref(
     db: &crate::stores::db::Db,
     what: &str,
 ) -> Result<Mapping, Exit> {
-    use crate::runtime::reload::{load_stored, Unloadable};
+    use crate::gateway::reload::{load_stored, Unloadable};
     use crate::stores::mapping_store as store;
     let cannot_read = |e: sqlx::Error| {
         failure(anyhow!(

@@ -12,8 +12,8 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 use super::{failure, load_mapping, load_stored_ref, runtime, say, stored_ref, usage, Exit};
+use crate::gateway::reload::{load_stored, Unloadable};
 use crate::runtime::config::{RolloutArgs, EXIT_PROBLEMS};
-use crate::runtime::reload::{load_stored, Unloadable};
 use crate::stores::mapping_store;
 use crate::stores::rollout::{
     assess, history, human, routes_of, timeline, window, Activation, ClusterStatus, LoadedRoute,

@@ -8,9 +8,9 @@ use arc_swap::ArcSwap;
 
 use super::{failure, init_logging, load_mapping, resolve, usage, Exit};
 use crate::doors::proxy::{self, Settings};
+use crate::gateway::state::Gateway;
 use crate::runtime::config::ServeArgs;
 use crate::runtime::metrics::Metrics;
-use crate::runtime::state::Gateway;
 use crate::runtime::supervise::{self, Task, Tasks};
 use crate::stores::audit::AuditWriter;
 use crate::stores::db;
@@ -114,7 +114,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         .unwrap_or_else(crate::doors::proxy::default_threads);
 
     let metrics = Arc::new(Metrics::new());
-    crate::runtime::state::prime_metric_labels(&metrics);
+    crate::gateway::state::prime_metric_labels(&metrics);
+    crate::doors::freescout_webhook::prime_metric_labels(&metrics);
     let db_timeout = Duration::from_millis(args.db_timeout_ms);
     // The runtime for everything that is not request handling: admin listener, spool replay,
     // signals. It lives as long as the process.
@@ -196,11 +197,11 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         let report_loaded = || {
             let mapping = gw.mapping.load_full();
             metrics.mapping_info.with_label_values(&[&mapping.version]).set(1);
-            crate::runtime::state::set_route_metrics(&metrics, &mapping, args.kill_switch());
+            crate::gateway::state::set_route_metrics(&metrics, &mapping, args.kill_switch());
             for w in &mapping.warnings {
                 tracing::warn!(warning = %w, "mapping warning");
             }
-            let source = if from_db { crate::runtime::reload::db_name(&mapping.version) } else { args.routes.display().to_string() };
+            let source = if from_db { crate::gateway::reload::db_name(&mapping.version) } else { args.routes.display().to_string() };
             tracing::info!(
                 routes = mapping.routes.len(), mapping_version = %mapping.version, file = %source,
                 upstream = %upstream, listen = %listen, threads, kill_switch = args.kill_switch(), "mapping loaded"
@@ -221,16 +222,16 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             // (nothing listens on --listen, so no request is decided without a mapping).
             tracing::info!(admin_listen = %admin_bound, "loading the mapping from the database (--mapping-source database): not ready until the active version is loaded");
             supervised(Task::Admin, Box::pin(crate::doors::admin::serve(admin, gw.clone())));
-            let loaded = crate::runtime::reload::load_active_at_start(&pool, |why| gw.set_mapping_missing(Some(why))).await;
+            let loaded = crate::gateway::reload::load_active_at_start(&pool, |why| gw.set_mapping_missing(Some(why))).await;
             gw.mapping.store(Arc::new(loaded));
             report_loaded();
-            supervised(Task::Reload, Box::pin(crate::runtime::reload::follow_database(gw.clone(), pool.clone(), active_rx)));
+            supervised(Task::Reload, Box::pin(crate::gateway::reload::follow_database(gw.clone(), pool.clone(), active_rx)));
             None
         } else {
-            supervised(Task::Reload, Box::pin(crate::runtime::reload::watch(gw.clone(), args.routes.clone())));
+            supervised(Task::Reload, Box::pin(crate::gateway::reload::watch(gw.clone(), args.routes.clone())));
             Some(admin)
         };
-        tokio::spawn(crate::runtime::reload::check_database_at_start(
+        tokio::spawn(crate::gateway::reload::check_database_at_start(
             gw.clone(),
             db_timeout.max(Duration::from_secs(2)),
         ));

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::runtime::state::Gateway;
+use crate::gateway::state::Gateway;
 
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     crate::dataplane::listen::serve_side(listener, "admin", move |req, _peer| {

@@ -38,11 +38,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use crate::gateway::state::Gateway;
 use crate::policy::answer::{carry_out, Answer, Decision, DecisionCounts, Reply, RequestId, Tally};
 use crate::policy::cookie::session_token;
 use crate::policy::outcome::{decide, Facts};
 use crate::policy::target::{self, Refusal, Target};
-use crate::runtime::state::Gateway;
 
 pub const PATH: &str = "/authz";
 

@@ -20,10 +20,10 @@ use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::dataplane::upstream::GatewayBody;
+use crate::gateway::state::Gateway;
 use crate::policy::outcome::{Authority, Unavailable};
+use crate::policy::principal::Principal;
 use crate::policy::target::Target;
-use crate::runtime::state::Gateway;
-use crate::stores::identity::Principal;
 
 pub const ME: &str = "/api/rbac/me";
 pub const CHECK: &str = "/api/rbac/permissions/check";
@@ -441,10 +441,10 @@ impl Source for Gateway {
             .collect();
         tickets.sort();
         tickets.dedup();
-        // Every ticket re-validated first, as the proxy does (`state::ticket_principal`): one the
+        // Every ticket re-validated first, as the proxy does (`ticket::ticket_principal`): one the
         // validator cannot answer for is a 503 here too, not an answer from the others.
         if let Some(url) = self.ticket_validation_url.as_deref() {
-            tickets = crate::runtime::state::open_tickets(url, tickets, request_id).await?;
+            tickets = crate::stores::ticket::open_tickets(url, tickets, request_id).await?;
         }
         for t in tickets {
             if read(Some(vec![t.clone()]))

@@ -15,10 +15,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::policy::audit_event::AuditEvent;
 use crate::policy::outcome::{Forward, Outcome, Unavailable, Via};
+use crate::policy::principal::Principal;
 pub use crate::policy::verdict::Decision;
-use crate::stores::audit::AuditEvent;
-use crate::stores::identity::Principal;
 
 /// A request id: [`crate::policy::outcome::unique_id`] in 32 hex digits, the one scheme of every door
 /// (`X-Request-Id` on the answer and to Console, `request_id` in log lines and audit rows), or,

@@ -11,14 +11,14 @@ use std::time::Instant;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use crate::policy::audit_event::{AuditEvent, EVENT_DENIED, EVENT_DRIFT, EVENT_SHADOW_DENIED};
 use crate::policy::mapping::{Mapping, Mode, Route};
+use crate::policy::principal::Principal;
 use crate::policy::target::{Refusal, Target};
 use crate::policy::verdict::{
     authorize, effective_mode, route_step, ForwardKind, Grant, Step, Verdict, REASON_MISSING_ROLE,
     REASON_NO_ROUTE,
 };
-use crate::stores::audit::{AuditEvent, EVENT_DENIED, EVENT_DRIFT, EVENT_SHADOW_DENIED};
-use crate::stores::identity::Principal;
 
 /// How the gateway's shadow decision and Console's own answer disagree (stored as the reason
 /// of a drift row, the `kind` label of `rbac_gateway_drift_total`).
@@ -92,7 +92,7 @@ impl Unavailable {
 }
 
 /// The I/O the decision needs. The gateway answers from its caches and the database
-/// ([`crate::runtime::state::Gateway`]); tests answer from memory.
+/// ([`crate::gateway::state::Gateway`]); tests answer from memory.
 pub trait Authority {
     /// Who holds this session cookie at `at`; `Ok(None)` when no session live then has it.
     fn principal_for_token(

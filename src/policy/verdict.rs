@@ -3,7 +3,7 @@
 //! [`authorize`] decides a protected rule for a resolved principal.
 
 use crate::policy::mapping::{Access, Mode, Route};
-use crate::stores::identity::Principal;
+use crate::policy::principal::Principal;
 
 /// What the rule alone says.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -372,7 +372,8 @@ impl Metrics {
     /// Creates every labelled series whose labels are known in advance, at 0, so a dashboard
     /// query (and `rate()`) finds them from start-up instead of after the first event.
     /// The labels that belong to the policy (decisions, refusals, task names, reasons) are
-    /// created by their owners: [`crate::runtime::state::prime_metric_labels`].
+    /// created by their owners: [`crate::gateway::state::prime_metric_labels`] and the FreeScout
+    /// webhook's `prime_metric_labels`.
     fn initialise_labels(&self) {
         for c in ["session", "principal"] {
             self.cache_hits.with_label_values(&[c]);

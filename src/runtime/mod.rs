@@ -1,10 +1,10 @@
-//! The process around the policy: flags ([`config`]), the shared state ([`state`]), metrics,
-//! background tasks under supervision, live reload of the mapping, and logging.
+//! The ground: the process every other folder stands on. Flags ([`config`]), metrics
+//! ([`metrics`]), background tasks under supervision ([`supervise`]) and logging ([`logfmt`],
+//! [`log_sink`]). Nothing here knows the policy, a store or a door; the gateway's shared state
+//! and the mapping reload are in `gateway/`.
 
 pub mod config;
 pub mod log_sink;
 pub mod logfmt;
 pub mod metrics;
-pub mod reload;
-pub mod state;
 pub mod supervise;

@@ -12,7 +12,7 @@
 //!
 //! Allowed traffic never waits for this writer, and the writer holds one database connection
 //! (the replay one more while it runs), so a flood of denials cannot starve the session and role
-//! lookups.
+//! lookups. The row is the decision's [`AuditEvent`] (`policy/audit_event.rs`), stored here.
 
 use std::borrow::Borrow;
 use std::io::Write;
@@ -20,35 +20,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::pool::PoolConnection;
 use sqlx::Postgres;
 
 use crate::stores::db::Db;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use crate::policy::audit_event::AuditEvent;
 use crate::runtime::metrics::Metrics;
-
-/// One row of `access_audit_events`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEvent {
-    pub id: String,
-    pub event_type: String,
-    pub admin_id: Option<String>,
-    pub method: String,
-    pub path: String,
-    pub route: Option<String>,
-    pub required: Option<String>,
-    pub reason: String,
-    pub request_id: String,
-    pub client_ip: Option<String>,
-    pub user_agent: Option<String>,
-    pub created_at_utc: DateTime<Utc>,
-    /// Version of the mapping that decided.
-    #[serde(default)]
-    pub mapping_version: Option<String>,
-}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {
@@ -61,11 +40,6 @@ pub enum AuditError {
     #[error("the database did not take the row ({0}) and there is no durable spool (--audit-spool-durable=false): refusing to deny without a record")]
     NotSpooled(String),
 }
-
-pub const EVENT_DENIED: &str = "access_denied";
-pub const EVENT_SHADOW_DENIED: &str = "access_denied_shadow";
-/// Shadow mode: the gateway's decision and Console's own answer disagree.
-pub const EVENT_DRIFT: &str = "rbac_drift";
 
 /// Most rows per INSERT.
 pub const MAX_BATCH: usize = 512;
@@ -829,6 +803,7 @@ fn spooled_rows(spool: &[u8]) -> (Vec<AuditEvent>, Vec<&[u8]>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
     use std::sync::atomic::Ordering;
 
     fn row(id: &str) -> Arc<AuditEvent> {

@@ -9,8 +9,8 @@ use crate::stores::db::Db;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::policy::audit_event::{EVENT_DRIFT, EVENT_SHADOW_DENIED};
 use crate::policy::mapping::{Access, Mapping, Route};
-use crate::stores::audit::{EVENT_DRIFT, EVENT_SHADOW_DENIED};
 
 /// Records `mapping` as the one the fleet runs, unless the fleet's latest row already names
 /// this version with this kill switch. Returns whether a row was written. Replicas starting

@@ -5,10 +5,14 @@
 //!
 //! Optionally each granting ticket is re-validated against an HTTP endpoint (FreeScout's
 //! conversation status, T-PEN-6). When that endpoint is configured and does not answer, the
-//! request fails closed with 503.
+//! request fails closed with 503. [`ticket_principal`] is the lookup the gateway's `Authority`
+//! and `explain` share; [`open_tickets`] the re-validation the reader API shares with it.
 
 use std::time::Duration;
 
+use crate::policy::outcome::Unavailable;
+use crate::policy::principal::Principal;
+use crate::runtime::metrics::Metrics;
 use crate::stores::db::Db;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -170,4 +174,71 @@ pub async fn ticket_status(
         }
         other => Err(TicketCheckError::BadAnswer(format!("HTTP {other}"))),
     }
+}
+
+/// The principal with its live ticket grants for `customer` (re-validated against
+/// `validation_url` when given), or None when there are none. Shared by the gateway and
+/// `explain`.
+pub async fn ticket_principal(
+    pool: &Db,
+    metrics: &Metrics,
+    validation_url: Option<&str>,
+    principal: &Principal,
+    customer: i32,
+    request_id: &str,
+) -> Result<Option<Principal>, Unavailable> {
+    let read = |only: Option<Vec<String>>| async move {
+        metrics.db_queries.inc();
+        grants(pool, &principal.admin_id, customer, only.as_deref())
+            .await
+            .map_err(|e| {
+                metrics.db_errors.inc();
+                tracing::error!(request_id, error = %e, "cannot read ticket grants: answering 503");
+                Unavailable::Tickets
+            })
+    };
+    let all = read(None).await?;
+    if all.tickets.is_empty() {
+        return Ok(None);
+    }
+    let grants = match validation_url {
+        None => all,
+        Some(url) => {
+            let ids: Vec<String> = all.tickets.into_iter().map(|(t, _)| t).collect();
+            let open = open_tickets(url, ids, request_id).await?;
+            if open.is_empty() {
+                return Ok(None);
+            }
+            read(Some(open)).await?
+        }
+    };
+    Ok(Some(
+        principal.with_extra(&grants.roles, &grants.permissions),
+    ))
+}
+
+/// The tickets of `tickets` the validator at `url` reports open, each asked once. One it cannot
+/// answer for fails the whole request closed (503), whichever ticket the decision would have
+/// used: the proxy and the reader API ask the same tickets and agree on when to answer 503.
+pub async fn open_tickets(
+    url: &str,
+    mut tickets: Vec<String>,
+    request_id: &str,
+) -> Result<Vec<String>, Unavailable> {
+    tickets.sort();
+    tickets.dedup();
+    let mut open = Vec::new();
+    for t in tickets {
+        match ticket_open(url, &t, Duration::from_secs(2)).await {
+            Ok(true) => open.push(t),
+            Ok(false) => {
+                tracing::info!(request_id, ticket = %t, "ticket closed: its grant is ignored")
+            }
+            Err(e) => {
+                tracing::error!(request_id, ticket = %t, error = %e, "ticket re-validation failed: answering 503 (fail closed)");
+                return Err(Unavailable::Tickets);
+            }
+        }
+    }
+    Ok(open)
 }

@@ -254,10 +254,10 @@ async fn matrix_notes_how_access_is_held_and_ticket_scope_in_every_format() {
 async fn the_seeded_catalogue_is_the_one_migrate_writes() {
     // `matrix` and `diff` without a database read the groups from the migration's text.
     let db = TestDb::new().await;
-    let read = rbac_gateway::policy::access::Catalogue::read(&db.gw())
+    let read = rbac_gateway::cli::access::Catalogue::read(&db.gw())
         .await
         .unwrap();
-    assert_eq!(read, rbac_gateway::policy::access::Catalogue::seeded());
+    assert_eq!(read, rbac_gateway::cli::access::Catalogue::seeded());
 }
 
 #[test]

@@ -41,9 +41,9 @@ use crate::dataplane::deadline::Deadlines;
 use crate::dataplane::sniff::{Heads, RawHead, Sniff};
 use crate::dataplane::upstream::{GatewayBody, Pool};
 use crate::doors::rbac_api;
+use crate::gateway::state::Gateway;
 use crate::policy::answer::{carry_out, Answer, DecisionCounts, Reply, RequestId};
 use crate::policy::outcome::{decide, Facts, Forward, Outcome, Via};
-use crate::runtime::state::Gateway;
 
 pub use body::BodyBudget;
 use checks::{check_request, read_cookie, CookieRewrite};

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::gateway::state::Gateway;
 use crate::policy::mapping::{Mapping, Route};
-use crate::runtime::state::Gateway;
 
 pub const POLL: Duration = Duration::from_millis(200);
 
@@ -132,7 +132,7 @@ pub fn swap_in(gw: &Gateway, new: Mapping) {
     for w in &new.warnings {
         tracing::warn!(warning = %w, "mapping warning");
     }
-    crate::runtime::state::set_route_metrics(&gw.metrics, &new, gw.kill_switch);
+    crate::gateway::state::set_route_metrics(&gw.metrics, &new, gw.kill_switch);
     gw.mapping.store(Arc::new(new));
     gw.set_file_rejected(None);
 }

@@ -1,7 +1,9 @@
 //! The access review behind `matrix` and `diff`: who reaches which route. Every answer is
 //! [`crate::policy::outcome::decide`]'s, for a principal held in memory ([`InMemory`]): a group's roles
 //! expanded through the role catalogue, or an admin's roles read from the database. There is no
-//! second policy here, only the principals and the requests to ask about.
+//! second policy here, only the principals and the requests to ask about. It sits with the
+//! commands that use it (it reads the role catalogue, parses a migration and asks the reader
+//! API's door how it would answer), beside the cutover review (`assess` in `stores/rollout.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -9,8 +11,8 @@ use std::sync::Arc;
 use crate::policy::mapping::rule::{parse_rule, Converter, Piece};
 use crate::policy::mapping::{Mapping, Route};
 use crate::policy::outcome::{decide, Authority, Facts, Outcome, Switches, Unavailable, Via};
+use crate::policy::principal::Principal;
 use crate::policy::verdict::Grant;
-use crate::stores::identity::Principal;
 
 /// An [`Authority`] answered from memory: every session cookie is `principal`'s (or no one's),
 /// with the ticket-scoped roles of `tickets` per customer. `matrix`, `diff` and `explain` of a

@@ -11,9 +11,10 @@ use arc_swap::ArcSwap;
 
 use crate::policy::mapping::Mapping;
 use crate::policy::outcome::{Authority, Switches, Unavailable};
+use crate::policy::principal::Principal;
 use crate::runtime::metrics::Metrics;
 use crate::stores::audit::AuditWriter;
-use crate::stores::identity::{Identity, Principal};
+use crate::stores::identity::Identity;
 
 /// Everything a request needs, shared by all workers.
 pub struct Gateway {
@@ -114,7 +115,7 @@ impl Authority for Gateway {
         customer: i32,
         request_id: &str,
     ) -> Result<Option<Principal>, Unavailable> {
-        ticket_principal(
+        crate::stores::ticket::ticket_principal(
             self.identity.pool(),
             &self.metrics,
             self.ticket_validation_url.as_deref(),
@@ -126,75 +127,9 @@ impl Authority for Gateway {
     }
 }
 
-/// The principal with its live ticket grants for `customer` (re-validated against
-/// `validation_url` when given), or None when there are none. Shared by the gateway and
-/// `explain`.
-pub async fn ticket_principal(
-    pool: &crate::stores::db::Db,
-    metrics: &Metrics,
-    validation_url: Option<&str>,
-    principal: &Principal,
-    customer: i32,
-    request_id: &str,
-) -> Result<Option<Principal>, Unavailable> {
-    let read = |only: Option<Vec<String>>| async move {
-        metrics.db_queries.inc();
-        crate::stores::ticket::grants(pool, &principal.admin_id, customer, only.as_deref())
-            .await
-            .map_err(|e| {
-                metrics.db_errors.inc();
-                tracing::error!(request_id, error = %e, "cannot read ticket grants: answering 503");
-                Unavailable::Tickets
-            })
-    };
-    let all = read(None).await?;
-    if all.tickets.is_empty() {
-        return Ok(None);
-    }
-    let grants = match validation_url {
-        None => all,
-        Some(url) => {
-            let ids: Vec<String> = all.tickets.into_iter().map(|(t, _)| t).collect();
-            let open = open_tickets(url, ids, request_id).await?;
-            if open.is_empty() {
-                return Ok(None);
-            }
-            read(Some(open)).await?
-        }
-    };
-    Ok(Some(
-        principal.with_extra(&grants.roles, &grants.permissions),
-    ))
-}
-
-/// The tickets of `tickets` the validator at `url` reports open, each asked once. One it cannot
-/// answer for fails the whole request closed (503), whichever ticket the decision would have
-/// used: the proxy and the reader API ask the same tickets and agree on when to answer 503.
-pub async fn open_tickets(
-    url: &str,
-    mut tickets: Vec<String>,
-    request_id: &str,
-) -> Result<Vec<String>, Unavailable> {
-    tickets.sort();
-    tickets.dedup();
-    let mut open = Vec::new();
-    for t in tickets {
-        match crate::stores::ticket::ticket_open(url, &t, Duration::from_secs(2)).await {
-            Ok(true) => open.push(t),
-            Ok(false) => {
-                tracing::info!(request_id, ticket = %t, "ticket closed: its grant is ignored")
-            }
-            Err(e) => {
-                tracing::error!(request_id, ticket = %t, error = %e, "ticket re-validation failed: answering 503 (fail closed)");
-                return Err(Unavailable::Tickets);
-            }
-        }
-    }
-    Ok(open)
-}
-
 /// Creates, at 0, every labelled series whose labels the policy and the runtime know in advance
-/// (decisions, refusal reasons, task names, the `no_route` denial), so a dashboard query finds
+/// (decisions, refusal reasons, task names, the `no_route` denial; the FreeScout webhook's
+/// results are primed by its door), so a dashboard query finds
 /// them from start-up. Here rather than in [`Metrics`], which knows no policy vocabulary.
 pub fn prime_metric_labels(m: &Metrics) {
     for d in crate::policy::answer::Decision::ALL {
@@ -213,9 +148,6 @@ pub fn prime_metric_labels(m: &Metrics) {
     }
     for task in crate::runtime::supervise::Task::ALL {
         m.task_failures.with_label_values(&[task.as_str()]);
-    }
-    for r in crate::doors::freescout_webhook::RESULTS {
-        m.freescout_webhooks.with_label_values(&[r]);
     }
     // Route labels are the mapping's; `no_route` (route "-") is the one known up front.
     m.denials_by_route
@@ -254,7 +186,7 @@ pub fn set_route_metrics(
 
 /// The aftermath of every door writes through the audit writer and counts in the metrics.
 impl crate::policy::answer::Records for Gateway {
-    async fn record(&self, row: Arc<crate::stores::audit::AuditEvent>) -> Result<(), String> {
+    async fn record(&self, row: Arc<crate::policy::audit_event::AuditEvent>) -> Result<(), String> {
         self.audit.record(row).await.map_err(|e| e.to_string())
     }
 
