@@ -30,6 +30,11 @@ GRANT SELECT ON rbac_groups, rbac_group_roles, rbac_roles, rbac_role_inheritance
 -- rest with `rbac-gateway check --database-url` as the gateway's role. These grants are all a
 -- pusher needs (tests/api/mapping_store.rs pushes as a role with exactly these).
 
+-- Signed versions (migration 0010, README "Mapping in the database"): the grants stay the same
+-- (the signature is a column of rbac_mapping_store). With gateways started with
+-- --mapping-public-key, these grants alone cannot open a route: a version is applied only with a
+-- signature by the private key, which lives outside the database and the repository.
+
 -- Then give the roles to login users, e.g.:
 --   GRANT rbac_gateway_reader TO gateway_login;
 --   GRANT rbac_mapping_pusher TO ci_deployer;

@@ -131,6 +131,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "actor",
             "pushed_at_utc",
             "message",
+            "signature",
         ],
     ),
     (

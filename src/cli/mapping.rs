@@ -94,21 +94,33 @@ fn push(a: MappingPushArgs) -> Result<(), Exit> {
         )));
     }
     let text = String::from_utf8(bytes).map_err(|e| usage(anyhow!("{e}")))?;
+    let signature = match &a.signing_key {
+        None => None,
+        Some(path) => {
+            let key = store::signing::read_signing_key(path).map_err(|e| usage(anyhow!("{e}")))?;
+            Some(store::signing::sign(&key, &text))
+        }
+    };
     let pushed = runtime()?.block_on(async {
         let db = pool(&a.change.database_url).await?;
         store::push(
             &db,
             &mapping.version,
             &text,
+            signature.as_deref(),
             &change(&a.change),
             !a.no_activate,
         )
         .await
-        .map_err(|e| db_failure("cannot store the mapping", e))
+        .map_err(|e| match e {
+            Refused::Db(e) => db_failure("cannot store the mapping", e),
+            other => failure(anyhow!("{other}")),
+        })
     })?;
     let version = &pushed.version;
+    let signed = if signature.is_some() { " (signed)" } else { "" };
     if pushed.stored {
-        say!("mapping version {version} stored");
+        say!("mapping version {version} stored{signed}");
     } else {
         say!("mapping version {version} was already stored: text unchanged");
     }

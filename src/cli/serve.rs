@@ -35,6 +35,18 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         )));
     }
     let from_db = args.mapping_source == "database";
+    let public_key = match &args.mapping_public_key {
+        None => None,
+        Some(_) if !from_db => {
+            return Err(usage(anyhow!(
+                "--mapping-public-key verifies versions read from the database: it needs --mapping-source database"
+            )))
+        }
+        Some(path) => Some(
+            crate::stores::mapping_store::signing::read_public_key(path)
+                .map_err(|e| usage(anyhow!("--mapping-public-key {e}")))?,
+        ),
+    };
     // From the database, the mapping is read once the pool exists; until then a placeholder
     // that no request ever sees (the data plane listens only once the real one is loaded).
     let mapping = if from_db {
@@ -222,10 +234,14 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             // (nothing listens on --listen, so no request is decided without a mapping).
             tracing::info!(admin_listen = %admin_bound, "loading the mapping from the database (--mapping-source database): not ready until the active version is loaded");
             supervised(Task::Admin, Box::pin(crate::doors::admin::serve(admin, gw.clone())));
-            let loaded = crate::gateway::reload::load_active_at_start(&pool, |why| gw.set_mapping_missing(Some(why))).await;
+            if let Some(key) = &public_key {
+                tracing::info!(public_key = %crate::stores::mapping_store::signing::fingerprint(key),
+                    "--mapping-public-key: only versions signed by this key are applied");
+            }
+            let loaded = crate::gateway::reload::load_active_at_start(&pool, public_key.as_ref(), |why| gw.set_mapping_missing(Some(why))).await;
             gw.mapping.store(Arc::new(loaded));
             report_loaded();
-            supervised(Task::Reload, Box::pin(crate::gateway::reload::follow_database(gw.clone(), pool.clone(), active_rx)));
+            supervised(Task::Reload, Box::pin(crate::gateway::reload::follow_database(gw.clone(), pool.clone(), public_key, active_rx)));
             None
         } else {
             supervised(Task::Reload, Box::pin(crate::gateway::reload::watch(gw.clone(), args.routes.clone())));

@@ -298,15 +298,19 @@ pub enum Unloadable {
     Tampered(String),
     /// The text does not load (a key this binary does not know, an invalid rule).
     Invalid(String),
+    /// `--mapping-public-key` is set and the version is unsigned or its signature does not
+    /// verify under that key.
+    BadSignature(String),
 }
 
 impl std::fmt::Display for Unloadable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Unloadable::Db(e) => write!(f, "cannot read the mapping from the database: {e}"),
-            Unloadable::Missing(w) | Unloadable::Tampered(w) | Unloadable::Invalid(w) => {
-                f.write_str(w)
-            }
+            Unloadable::Missing(w)
+            | Unloadable::Tampered(w)
+            | Unloadable::Invalid(w)
+            | Unloadable::BadSignature(w) => f.write_str(w),
         }
     }
 }
@@ -316,12 +320,26 @@ pub fn db_name(version: &str) -> String {
     format!("database:{version}")
 }
 
-/// Reads stored `version`, checks that its text hashes to it, and compiles it.
+/// Reads stored `version`, checks that its text hashes to it, and compiles it (signatures not
+/// checked: the tools that read versions, `diff`, `explain`, `rollout`).
 pub async fn load_stored(db: &crate::stores::db::Db, version: &str) -> Result<Mapping, Unloadable> {
-    let found = crate::stores::mapping_store::text(db, version)
+    load_verified(db, version, None).await
+}
+
+/// Public key a gateway verifies stored versions with (`--mapping-public-key`).
+pub type PublicKey = crate::stores::mapping_store::signing::PublicKey;
+
+/// [`load_stored`], and with `key`, refuses a version that is unsigned or whose signature does
+/// not verify under it (checked after the hash, before the text is compiled).
+pub async fn load_verified(
+    db: &crate::stores::db::Db,
+    version: &str,
+    key: Option<&PublicKey>,
+) -> Result<Mapping, Unloadable> {
+    let found = crate::stores::mapping_store::signed_text(db, version)
         .await
         .map_err(Unloadable::Db)?;
-    let Some((text, sha256)) = found else {
+    let Some((text, sha256, signature)) = found else {
         return Err(Unloadable::Missing(format!(
             "mapping version {version} is active but not in rbac_mapping_store"
         )));
@@ -332,6 +350,16 @@ pub async fn load_stored(db: &crate::stores::db::Db, version: &str) -> Result<Ma
         return Err(Unloadable::Tampered(format!(
             "the stored text of mapping version {version} does not hash to it (its SHA-256 is {full}): not applied"
         )));
+    }
+    if let Some(key) = key {
+        crate::stores::mapping_store::signing::verify(key, &text, signature.as_deref()).map_err(
+            |why| {
+                Unloadable::BadSignature(format!(
+                    "mapping version {version} is not signed by the key of --mapping-public-key ({}): {why}: not applied",
+                    crate::stores::mapping_store::signing::fingerprint(key)
+                ))
+            },
+        )?;
     }
     let name = db_name(version);
     Mapping::from_str(&name, Path::new(&name), &text).map_err(|e| {
@@ -351,9 +379,10 @@ pub async fn apply_stored(
     gw: &Arc<Gateway>,
     db: &crate::stores::db::Db,
     version: &str,
+    key: Option<&PublicKey>,
 ) -> Result<(), Unloadable> {
     let before = gw.mapping.load().version.clone();
-    match load_stored(db, version).await {
+    match load_verified(db, version, key).await {
         Ok(new) => {
             swap_in(gw, new);
             if gw.mapping.load().version != before {
@@ -383,12 +412,17 @@ fn reject(gw: &Gateway, why: Unloadable) -> Unloadable {
 
 /// `--mapping-source database` at start-up: waits until the active version is loaded, saying on
 /// `/readyz` (503) why not yet: no version active, the database unreachable, a version that does
-/// not load. Returns the mapping; the caller says it is ready once it serves.
-pub async fn load_active_at_start(db: &crate::stores::db::Db, say: impl Fn(String)) -> Mapping {
+/// not load, or (with `key`) one not signed by it. Returns the mapping; the caller says it is
+/// ready once it serves.
+pub async fn load_active_at_start(
+    db: &crate::stores::db::Db,
+    key: Option<&PublicKey>,
+    say: impl Fn(String),
+) -> Mapping {
     let mut last = String::new();
     loop {
         let why = match crate::stores::mapping_store::active(db).await {
-            Ok(Some((_, version))) => match load_stored(db, &version).await {
+            Ok(Some((_, version))) => match load_verified(db, &version, key).await {
                 Ok(m) => return m,
                 Err(e) => format!("active mapping version {version} cannot be loaded: {e}"),
             },
@@ -409,11 +443,12 @@ pub async fn load_active_at_start(db: &crate::stores::db::Db, say: impl Fn(Strin
 
 /// `--mapping-source database`: applies each activation the change feed reports, until the
 /// process ends. A version that cannot be read (database down) is retried; one that does not
-/// load or does not hash to its version leaves the previous mapping live, named on `/readyz`,
-/// until another activation.
+/// load, does not hash to its version or (with `key`) is not signed by it leaves the previous
+/// mapping live, named on `/readyz`, until another activation.
 pub async fn follow_database(
     gw: Arc<Gateway>,
     db: crate::stores::db::Db,
+    key: Option<PublicKey>,
     mut active: tokio::sync::watch::Receiver<crate::stores::feed::ActiveMapping>,
 ) {
     // A newer activation arrived while the previous one was being retried.
@@ -428,7 +463,7 @@ pub async fn follow_database(
             continue;
         };
         loop {
-            match apply_stored(&gw, &db, &version).await {
+            match apply_stored(&gw, &db, &version, key.as_ref()).await {
                 Err(Unloadable::Db(e)) => {
                     tracing::warn!(error = %e, activation = id, mapping_version = %version,
                         "cannot read the activated mapping version; retrying");

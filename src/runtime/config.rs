@@ -108,6 +108,11 @@ pub struct MappingPushArgs {
     /// JSON dump of the upstream's routes, checked as `check --app-routes` does.
     #[arg(long)]
     pub app_routes: Option<PathBuf>,
+    /// Sign the version with this Ed25519 private key (PKCS#8 PEM, `openssl genpkey -algorithm
+    /// ed25519`), kept outside the repository and the database: gateways started with
+    /// --mapping-public-key apply only versions signed by its key.
+    #[arg(long, env = "GATEWAY_MAPPING_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -154,6 +159,12 @@ pub struct ServeArgs {
     /// not ready until a version is loaded).
     #[arg(long, env = "GATEWAY_MAPPING_SOURCE", default_value = "file", value_parser = ["file", "database"])]
     pub mapping_source: String,
+    /// With --mapping-source database: apply only versions signed (`mapping push --signing-key`)
+    /// by the private key of this Ed25519 public key (PEM, `openssl pkey -in KEY -pubout`). An
+    /// unsigned or wrongly signed version is never applied: at start the gateway stays not
+    /// ready, while running it keeps its previous mapping (named on /readyz, a failed reload).
+    #[arg(long, env = "GATEWAY_MAPPING_PUBLIC_KEY")]
+    pub mapping_public_key: Option<PathBuf>,
     /// Console's PostgreSQL. May go through a transaction-pooling PgBouncer: every statement
     /// runs unnamed, inside a transaction of its own.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]

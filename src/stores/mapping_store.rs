@@ -55,6 +55,12 @@ pub enum Refused {
     UnknownVersion(String),
     AlreadyActive(String),
     NothingToRollBack(String),
+    /// A signed push of a text already stored without that signature (unsigned, or signed by
+    /// another key): the row cannot be changed (append-only), nothing was activated.
+    SignatureDiffers {
+        version: String,
+        stored_signed: bool,
+    },
     Db(sqlx::Error),
 }
 
@@ -73,6 +79,21 @@ impl std::fmt::Display for Refused {
             ),
             Refused::AlreadyActive(v) => write!(f, "mapping version {v} is already active"),
             Refused::NothingToRollBack(why) => write!(f, "nothing to roll back to: {why}"),
+            Refused::SignatureDiffers {
+                version,
+                stored_signed,
+            } => write!(
+                f,
+                "mapping version {version} is already stored {}, and stored versions never change \
+                 (append-only): nothing stored or activated. Gateways with --mapping-public-key \
+                 will not apply it; to ship this mapping signed, change its text (a comment is \
+                 enough) and push again",
+                if *stored_signed {
+                    "with a signature by another key"
+                } else {
+                    "unsigned"
+                }
+            ),
             Refused::Db(e) => write!(f, "{e}"),
         }
     }
@@ -110,23 +131,27 @@ async fn insert_activation(
     .await
 }
 
-/// Stores `text` under `version` (once: a text already stored is left as it was) and, when
-/// `activate`, makes it the active version unless it already is.
+/// Stores `text` under `version` (once: a text already stored is left as it was) with its
+/// `signature` ([`sign`]; None: unsigned) and, when `activate`, makes it the active version
+/// unless it already is. A signed push of a text already stored without that same signature is
+/// refused ([`Refused::SignatureDiffers`]; Ed25519 signatures are deterministic, so the same key
+/// and text always give the same signature): nothing is stored or activated.
 pub async fn push(
     db: &Db,
     version: &str,
     text: &str,
+    signature: Option<&str>,
     change: &Change,
     activate: bool,
-) -> Result<Pushed, sqlx::Error> {
+) -> Result<Pushed, Refused> {
     let mut tx = db.begin().await?;
     sqlx::query(LOCK)
         .persistent(false)
         .execute(&mut *tx)
         .await?;
     let stored = sqlx::query(
-        "INSERT INTO rbac_mapping_store (version, sha256, text, actor, message) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (version) DO NOTHING",
+        "INSERT INTO rbac_mapping_store (version, sha256, text, actor, message, signature) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (version) DO NOTHING",
     )
     .persistent(false)
     .bind(version)
@@ -134,10 +159,25 @@ pub async fn push(
     .bind(text)
     .bind(&change.actor)
     .bind(&change.message)
+    .bind(signature)
     .execute(&mut *tx)
     .await?
     .rows_affected()
         == 1;
+    if let (false, Some(signature)) = (stored, signature) {
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT signature FROM rbac_mapping_store WHERE version = $1")
+                .persistent(false)
+                .bind(version)
+                .fetch_one(&mut *tx)
+                .await?;
+        if existing.as_deref() != Some(signature) {
+            return Err(Refused::SignatureDiffers {
+                version: version.to_string(),
+                stored_signed: existing.is_some(),
+            });
+        }
+    }
     let active = active_in(&mut tx).await?.map(|(_, v, _)| v);
     let mut activated = None;
     if activate && active.as_deref() != Some(version) {
@@ -227,6 +267,85 @@ pub async fn text(db: &Db, version: &str) -> Result<Option<(String, String)>, sq
         .bind(version)
         .fetch_optional(db)
         .await
+}
+
+/// A stored version's text, recorded SHA-256 and signature (hex; None: unsigned).
+pub async fn signed_text(
+    db: &Db,
+    version: &str,
+) -> Result<Option<(String, String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as("SELECT text, sha256, signature FROM rbac_mapping_store WHERE version = $1")
+        .persistent(false)
+        .bind(version)
+        .fetch_optional(db)
+        .await
+}
+
+/// Ed25519 keys as PEM files, as `openssl genpkey -algorithm ed25519` writes them: the private
+/// key PKCS#8 (`-----BEGIN PRIVATE KEY-----`), the public key SubjectPublicKeyInfo
+/// (`openssl pkey -in KEY -pubout`, `-----BEGIN PUBLIC KEY-----`). What is signed is the
+/// stored text's exact bytes (the version is their hash, so it is covered too); the signature
+/// is stored as 128 hex digits.
+pub mod signing {
+    use std::path::Path;
+
+    use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
+    use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+
+    pub use ed25519_dalek::VerifyingKey as PublicKey;
+
+    fn read(path: &Path) -> Result<String, String> {
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Reads a PKCS#8 PEM Ed25519 private key.
+    pub fn read_signing_key(path: &Path) -> Result<SigningKey, String> {
+        SigningKey::from_pkcs8_pem(&read(path)?).map_err(|e| {
+            format!(
+                "{}: not an Ed25519 private key in PKCS#8 PEM ({e}); make one with \
+                 `openssl genpkey -algorithm ed25519 -out FILE`",
+                path.display()
+            )
+        })
+    }
+
+    /// Reads a SubjectPublicKeyInfo PEM Ed25519 public key.
+    pub fn read_public_key(path: &Path) -> Result<VerifyingKey, String> {
+        VerifyingKey::from_public_key_pem(&read(path)?).map_err(|e| {
+            format!(
+                "{}: not an Ed25519 public key in PEM ({e}); derive it from the private key \
+                 with `openssl pkey -in KEY -pubout -out FILE`",
+                path.display()
+            )
+        })
+    }
+
+    /// The signature of `text`'s bytes, hex.
+    pub fn sign(key: &SigningKey, text: &str) -> String {
+        hex::encode(key.sign(text.as_bytes()).to_bytes())
+    }
+
+    /// Whether `signature` (hex; None: unsigned) is `key`'s signature of `text`'s bytes.
+    pub fn verify(key: &VerifyingKey, text: &str, signature: Option<&str>) -> Result<(), String> {
+        let Some(signature) = signature else {
+            return Err("it is unsigned".to_string());
+        };
+        let bytes: [u8; 64] = hex::decode(signature)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| "its signature is not 128 hex digits".to_string())?;
+        key.verify_strict(text.as_bytes(), &Signature::from_bytes(&bytes))
+            .map_err(|_| {
+                "its signature does not verify under --mapping-public-key (another key, or \
+                 another text)"
+                    .to_string()
+            })
+    }
+
+    /// The public key's 64 hex digits (what logs and /readyz name it by).
+    pub fn fingerprint(key: &VerifyingKey) -> String {
+        hex::encode(key.as_bytes())
+    }
 }
 
 /// One stored version.

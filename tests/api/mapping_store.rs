@@ -939,3 +939,252 @@ async fn a_version_with_a_key_this_binary_does_not_know_leaves_the_previous_mapp
     reached(&db, &[&gw], 200, "B after the rejected version").await;
     assert!(!gw.admin_get("/readyz").await.body_str().contains(&vn));
 }
+
+/// Writes an Ed25519 key pair as `mapping push --signing-key` and `serve --mapping-public-key`
+/// read them (PKCS#8 PEM, SubjectPublicKeyInfo PEM): (private, public). With `openssl`, as the
+/// README says to make them; else from `seed`.
+fn key_pair(dir: &std::path::Path, name: &str, openssl: bool, seed: u8) -> (String, String) {
+    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey, EncodePublicKey};
+    let (private, public) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.pub.pem")),
+    );
+    let made = openssl
+        && std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&private)
+            .status()
+            .is_ok_and(|s| s.success())
+        && std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .is_ok_and(|s| s.success());
+    if !made {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        std::fs::write(
+            &private,
+            key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
+        )
+        .unwrap();
+        std::fs::write(
+            &public,
+            key.verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap(),
+        )
+        .unwrap();
+    }
+    (
+        private.to_str().unwrap().to_string(),
+        public.to_str().unwrap().to_string(),
+    )
+}
+
+/// `/readyz` of a gateway on `admin` (which may not serve yet): (status, body).
+async fn readyz_at(admin: std::net::SocketAddr) -> Option<(u16, String)> {
+    send(
+        admin,
+        b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .ok()
+    .map(|r| (r.status, r.body_str().to_string()))
+}
+
+#[tokio::test]
+async fn only_versions_signed_by_the_public_keys_owner_are_applied() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_versions(dir.path());
+    let (va, vb) = (version_of(&a), version_of(&b));
+    let (key, public) = key_pair(dir.path(), "release", true, 1);
+    let (other_key, _) = key_pair(dir.path(), "other", false, 2);
+    let out = ok(mapping(
+        &db.url,
+        &["push", a.to_str().unwrap(), "--signing-key", &key],
+    ));
+    assert!(
+        out.contains(&format!("mapping version {va} stored (signed)")),
+        "{out}"
+    );
+    let gw = db_gateway(&db, &up, &["--mapping-public-key", &public]).await;
+    assert_eq!(gw.status("/ops", None).await, 302, "signed A applied");
+    assert!(gw
+        .admin_get("/readyz")
+        .await
+        .body_str()
+        .contains(&format!("mapping={va}")));
+    let failures = "rbac_gateway_mapping_reloads_total{result=\"failure\"}";
+
+    // B pushed unsigned (by anyone with the pusher grants): activated, never applied.
+    let before = gw.metric(failures).await;
+    ok(mapping(&db.url, &["push", b.to_str().unwrap()]));
+    eventually(Duration::from_secs(5), "unsigned B rejected", || async {
+        gw.metric(failures).await == before + 1.0
+    })
+    .await;
+    let ready = gw.admin_get("/readyz").await;
+    let body = ready.body_str();
+    assert!(
+        body.contains(&format!("mapping={va} stays live"))
+            && body.contains(&format!("mapping version {vb} is not signed"))
+            && body.contains("unsigned"),
+        "{body}"
+    );
+    assert_eq!(gw.status("/ops", None).await, 302, "still on A");
+
+    // A replica started now is not ready: the active version is unsigned.
+    let admin_port = free_port();
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--mapping-source")
+        .arg("database")
+        .arg("--mapping-public-key")
+        .arg(&public);
+    opts.admin_port = Some(admin_port);
+    let late = tokio::spawn(Gateway::start(opts));
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    eventually(
+        Duration::from_secs(10),
+        "the late replica: unsigned",
+        || async { matches!(readyz_at(admin).await, Some((503, b)) if b.contains("unsigned")) },
+    )
+    .await;
+
+    // B signed now: refused (stored versions never change), nothing activated.
+    let activations = count(&db, "rbac_mapping_activations").await;
+    let out = mapping(
+        &db.url,
+        &[
+            "push",
+            b.to_str().unwrap(),
+            "--signing-key",
+            &key,
+            "--no-activate",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already stored unsigned"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&db, "rbac_mapping_activations").await, activations);
+
+    // C (B's rules) signed by another key: never applied, here or on the late replica.
+    let c = dir.path().join("c.toml");
+    std::fs::write(&c, format!("{}# c\n", std::fs::read_to_string(&b).unwrap())).unwrap();
+    let before = gw.metric(failures).await;
+    ok(mapping(
+        &db.url,
+        &["push", c.to_str().unwrap(), "--signing-key", &other_key],
+    ));
+    eventually(
+        Duration::from_secs(5),
+        "C (another key) rejected",
+        || async { gw.metric(failures).await == before + 1.0 },
+    )
+    .await;
+    assert!(gw
+        .admin_get("/readyz")
+        .await
+        .body_str()
+        .contains("does not verify"));
+    assert_eq!(gw.status("/ops", None).await, 302, "still on A");
+    eventually(
+        Duration::from_secs(10),
+        "the late replica: another key",
+        || async {
+            matches!(readyz_at(admin).await, Some((503, b)) if b.contains("does not verify"))
+        },
+    )
+    .await;
+
+    // D: a valid signature (A's, by the right key) copied onto another text, inserted directly.
+    let sig_a: String =
+        sqlx::query_scalar("SELECT signature FROM rbac_mapping_store WHERE version = $1")
+            .bind(&va)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let d = format!("{}# d\n", std::fs::read_to_string(&b).unwrap());
+    let vd = rbac_gateway::policy::mapping::version_of(d.as_bytes());
+    sqlx::query(
+        "INSERT INTO rbac_mapping_store (version, sha256, text, signature) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&vd)
+    .bind(rbac_gateway::stores::mapping_store::sha256_hex(
+        d.as_bytes(),
+    ))
+    .bind(&d)
+    .bind(&sig_a)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let before = gw.metric(failures).await;
+    ok(mapping(&db.url, &["activate", &vd]));
+    eventually(
+        Duration::from_secs(5),
+        "D (copied signature) rejected",
+        || async { gw.metric(failures).await == before + 1.0 },
+    )
+    .await;
+    let body = gw.admin_get("/readyz").await.body_str().to_string();
+    assert!(
+        body.contains(&vd) && body.contains("does not verify"),
+        "{body}"
+    );
+    assert_eq!(gw.status("/ops", None).await, 302, "still on A");
+
+    // E (B's rules) signed by the right key: applied everywhere, the late replica starts on it.
+    let e = dir.path().join("e.toml");
+    std::fs::write(&e, format!("{}# e\n", std::fs::read_to_string(&b).unwrap())).unwrap();
+    ok(mapping(
+        &db.url,
+        &["push", e.to_str().unwrap(), "--signing-key", &key],
+    ));
+    reached(&db, &[&gw], 200, "signed E").await;
+    let late = late.await.unwrap();
+    assert_eq!(late.status("/ops", None).await, 200);
+    // Pushing E again, signed by the same key: nothing changes (exit 0).
+    let out = ok(mapping(
+        &db.url,
+        &["push", e.to_str().unwrap(), "--signing-key", &key],
+    ));
+    assert!(out.contains("already active"), "{out}");
+}
+
+#[tokio::test]
+async fn a_public_key_needs_the_database_source_and_a_readable_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("k.pem");
+    std::fs::write(&garbage, "not a key").unwrap();
+    let out = bin()
+        .args(["serve", "--mapping-public-key"])
+        .arg(&garbage)
+        .args(["--database-url", "postgres://x@127.0.0.1:1/x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mapping-source database"));
+    let out = bin()
+        .args([
+            "serve",
+            "--mapping-source",
+            "database",
+            "--mapping-public-key",
+        ])
+        .arg(&garbage)
+        .args(["--database-url", "postgres://x@127.0.0.1:1/x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an Ed25519 public key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
