@@ -120,6 +120,7 @@ fn load(
 
 #[tokio::test]
 async fn silent_database_connections_are_given_up_within_the_database_timeout() {
+    let _alone = timed_alone().await;
     let started = Instant::now();
     let db = TestDb::new().await;
     let up = Upstream::start().await;

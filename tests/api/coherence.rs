@@ -57,6 +57,7 @@ fn report(what: &str, mut samples: Vec<Duration>) {
 
 #[tokio::test]
 async fn revocations_reach_three_replicas_within_a_second() {
+    let _alone = timed_alone().await;
     let db = TestDb::new().await;
     let up = Upstream::start().await;
     let gws = replicas(&db, &up, 3, None).await;
@@ -231,6 +232,7 @@ async fn connection_storm(db: &TestDb) -> usize {
 /// enforced by 3 replicas within 250 ms (before: about 1 s, one dead connection per poll).
 #[tokio::test]
 async fn revocation_after_a_connection_storm_reaches_three_replicas_within_250_ms() {
+    let _alone = timed_alone().await;
     let db = TestDb::new().await;
     let up = Upstream::start().await;
     let gws = replicas(&db, &up, 3, None).await;

@@ -404,6 +404,7 @@ async fn heroku_dyno_ends_non_zero_when_console_dies() {
 
 #[tokio::test]
 async fn heroku_dyno_drains_in_flight_requests_on_sigterm_and_exits_zero() {
+    let _alone = timed_alone().await;
     let (_pg, db) = tls_pg().await;
     let started = tempfile::NamedTempFile::new().unwrap();
     let marker = started.path().to_str().unwrap().to_string();
@@ -577,6 +578,7 @@ fn unprefixed(text: &str) -> String {
 #[tokio::test]
 async fn heroku_dynos_with_the_pgbouncer_buildpack_allow_deny_with_its_row_and_revoke_everywhere_within_a_second(
 ) {
+    let _alone = timed_alone().await;
     let started = Instant::now();
     let (_pg, db) = tls_pg().await;
     // Each dyno as the README's buildpack variant sets it up: DATABASE_URL (Heroku Postgres,

@@ -72,6 +72,7 @@ fn texts(hook: &Upstream) -> Vec<String> {
 /// the role, the database user and the time, "outside any declared deploy window".
 #[tokio::test]
 async fn a_role_added_and_removed_within_50_ms_is_alerted_once_each_across_three_replicas() {
+    let _alone = timed_alone().await;
     let db = TestDb::new().await;
     let up = Upstream::start().await;
     let hook = Upstream::start().await;

@@ -115,6 +115,7 @@ async fn reached(db: &TestDb, gws: &[&Gateway], status: u16, what: &str) -> Vec<
 
 #[tokio::test]
 async fn push_activate_rollback_reach_three_gateways_within_a_second() {
+    let _alone = timed_alone().await;
     let db = TestDb::new().await;
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -487,6 +488,7 @@ async fn a_database_restart_keeps_the_mapping_and_later_activations_arrive() {
 
 #[tokio::test]
 async fn fifty_activations_under_keep_alive_load_each_answer_one_version() {
+    let _alone = timed_alone().await;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use tokio::io::AsyncWriteExt;

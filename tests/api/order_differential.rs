@@ -20,7 +20,7 @@ use std::process::{Command, Output};
 
 use rbac_gateway::policy::mapping::Mapping;
 
-use crate::helpers::{python_oracle, Rng};
+use crate::helpers::{python_oracle, timed_alone_blocking, Rng};
 
 const U: &str = "0d6a3f8e-5b3c-4c1e-9a57-3f2b8c1d4e5f";
 const WORDS: &[&str] = &["a", "b"];
@@ -276,6 +276,7 @@ fn set_json(
 
 #[test]
 fn mappings_werkzeug_routes_alike_in_every_order_are_the_only_ones_accepted() {
+    let _alone = timed_alone_blocking();
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng(0x0DE5_44B0_0A11_5EED);
     let mut sets = Vec::new();

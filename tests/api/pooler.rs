@@ -407,6 +407,7 @@ async fn through_pgbouncer(mode: PoolMode, server_connections: u32) -> Vec<Strin
 
 #[tokio::test]
 async fn pgbouncer_transaction_pooling_never_confuses_identities() {
+    let _alone = timed_alone().await;
     // Four server connections for four gateways (each would hold about ten if direct).
     let problems = through_pgbouncer(PoolMode::Transaction, 4).await;
     assert!(
@@ -418,6 +419,7 @@ async fn pgbouncer_transaction_pooling_never_confuses_identities() {
 
 #[tokio::test]
 async fn pgbouncer_session_pooling_control() {
+    let _alone = timed_alone().await;
     // The same load and checks in session mode, one server connection per client connection
     // (enough for every gateway's pool, listener, sweeper and probes): the harness itself
     // passes, so what fails in transaction mode is the gateway's.

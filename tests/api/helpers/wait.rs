@@ -15,3 +15,19 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Tests that hold a time bound (a revocation within 250 ms, a silent connection given up
+/// within the timeout) and the heaviest tests (several gateways under load, a pooler, thousands
+/// of Werkzeug routings) take this lock and so run one at a time: on two cores, a heavy
+/// neighbour turns a bound into a coin toss. Every other test runs beside them as before.
+static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The lock of [`TIMED`], held until the guard is dropped (at the end of the test).
+pub async fn timed_alone() -> tokio::sync::MutexGuard<'static, ()> {
+    TIMED.lock().await
+}
+
+/// [`timed_alone`] for a test that is not async.
+pub fn timed_alone_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    TIMED.blocking_lock()
+}
