@@ -206,8 +206,31 @@ impl Db {
             // A connection given back that was opened before the last connection error may be
             // the one that failed, or a silent one a timeout gave up on: closed, not pinged
             // (sqlx's ping on release has no timeout of its own; its close has none either, but
-            // only waits when more is unsent than the socket's buffer holds).
-            .after_release(|_, meta| Box::pin(async move { Ok(!idle_since_broken(meta.age)) }))
+            // only waits when more is unsent than the socket's buffer holds). Any other is
+            // pinged here first, bounded: one that went silent since its last answer (a NAT
+            // dropped its state between a COMMIT and the release) is closed (an error closes it
+            // hard), not left to sqlx's ping, which would hold its slot until TCP gives up. What
+            // remains is a connection going silent between this ping's answer and sqlx's, sent
+            // right after it in the same task.
+            .after_release(move |conn, meta| {
+                Box::pin(async move {
+                    use sqlx::Connection;
+                    if idle_since_broken(meta.age) {
+                        return Ok(false);
+                    }
+                    match tokio::time::timeout(timeout, conn.ping()).await {
+                        Ok(Ok(())) => Ok(true),
+                        Ok(Err(e)) => {
+                            note_error(&e);
+                            Err(e)
+                        }
+                        Err(_) => {
+                            mark_broken();
+                            Ok(false)
+                        }
+                    }
+                })
+            })
             .connect_lazy_with(opts);
         Ok(Db {
             pool,
