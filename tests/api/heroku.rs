@@ -363,9 +363,16 @@ async fn heroku_dyno_as_printed_forwards_denies_with_its_row_and_takes_the_route
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].event_type, "access_denied");
     assert_eq!(rows[0].client_ip.as_deref(), Some("203.0.113.7"));
-    let logged = json_lines(&dyno.output())
-        .any(|v| v["message"] == "denied" && v["request_id"] == heroku_id);
-    assert!(logged, "the denial's log line carries the router's id");
+    // The worker writes its log lines when it goes idle: waited for, not read at once.
+    eventually(
+        Duration::from_secs(5),
+        "the denial's log line carries the router's id",
+        || async {
+            json_lines(&dyno.output())
+                .any(|v| v["message"] == "denied" && v["request_id"] == heroku_id)
+        },
+    )
+    .await;
 
     // An id that is not one the router would pass on is replaced by the gateway's own.
     for bad in ["short", "has;semicolons-and-is-long-enough"] {
