@@ -398,15 +398,14 @@ impl<'d> sqlx::Executor<'d> for &'_ Db {
 
     fn prepare_with<'e, 'q: 'e>(
         self,
-        sql: &'q str,
-        parameters: &'e [sqlx::postgres::PgTypeInfo],
+        _sql: &'q str,
+        _parameters: &'e [sqlx::postgres::PgTypeInfo],
     ) -> futures_util::future::BoxFuture<'e, Result<sqlx::postgres::PgStatement<'q>, sqlx::Error>>
     where
         'd: 'e,
     {
         // A prepared statement is session state: refused rather than left on a server
-        // connection another client may be given.
-        let _ = (sql, parameters);
+        // connection another client may be given (nothing in the gateway prepares one).
         Box::pin(async {
             Err(sqlx::Error::Configuration(
                 "rbac-gateway prepares no statement outside a transaction".into(),
