@@ -11,7 +11,7 @@ use crate::stores::db;
 pub fn migrate(args: MigrateArgs) -> Result<(), Exit> {
     runtime()?.block_on(async {
         let pool = super::command_pool(&args.database_url, 1, Duration::from_secs(30)).await?;
-        db::migrate(pool.pool())
+        db::migrate(&pool)
             .await
             .context("migration failed")
             .map_err(failure)?;

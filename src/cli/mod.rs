@@ -66,7 +66,7 @@ pub(crate) async fn command_pool(
     let pool = crate::stores::db::Db::connect(url, None, size, timeout).map_err(usage)?;
     match pool.acquire().await {
         // Back to the pool, for the command's first query.
-        Ok(first) => drop(first),
+        Ok(mut first) => first.done(),
         Err(sqlx::Error::PoolTimedOut) => {
             let why = crate::stores::db::why_unreachable(&pool, std::time::Duration::from_secs(5))
                 .await

@@ -20,9 +20,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::Postgres;
-
 use crate::stores::db::Db;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -102,7 +99,7 @@ async fn insert<'e, E: sqlx::PgExecutor<'e>>(
 /// a round trip more per batch and every backend's caches cold (docs/performance-log.md, case d).
 struct Held {
     /// Always `Some` until dropped.
-    conn: Option<PoolConnection<Postgres>>,
+    conn: Option<crate::stores::db::Conn>,
     used: std::time::Instant,
 }
 
@@ -121,23 +118,12 @@ impl Held {
     /// another in its place.
     fn close(&mut self) {
         if let Some(c) = self.conn.take() {
-            drop(c.detach());
+            c.close();
         }
     }
 
     fn discard(mut self) {
         self.close();
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        // The writer ends with the process, after the runtimes have stopped: sqlx gives a pool
-        // connection back from a task it spawns, and spawning with no runtime panics (the
-        // gateway exited 101 after SIGTERM). With no runtime here, the connection is closed.
-        if tokio::runtime::Handle::try_current().is_err() {
-            self.close();
-        }
     }
 }
 
@@ -421,7 +407,9 @@ impl Inner {
         let result = async {
             let mut tx = crate::stores::db::begin_on(conn, self.timeout).await?;
             insert(&mut *tx, INSERT_SQL, rows).await?;
-            tx.commit().await
+            tx.commit().await?;
+            conn.done();
+            Ok(())
         }
         .await;
         h.used = std::time::Instant::now();

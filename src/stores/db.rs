@@ -7,7 +7,7 @@
 //! statement is sent on one. Pinging each connection before handing it out
 //! (`test_before_acquire`) would cost a round trip on every cache miss and ticket check, so
 //! instead: the first connection error anyone sees ([`note_error`]) marks the time, and the
-//! pool's `before_acquire` hook discards every connection that has been idle since before
+//! pool ([`super::pool`]) closes every connection that has been idle since before
 //! that mark (no round trip: an atomic load and a clock read), so the next acquire opens a
 //! fresh one. Callers on the request path retry a statement once after a connection error
 //! ([`retry_once`]), which then runs on a fresh connection.
@@ -18,8 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+
+pub use super::pool::Conn;
+use super::pool::Pool;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -114,9 +116,8 @@ pub async fn why_unreachable(db: &Db, within: Duration) -> Option<String> {
 /// `lookup`, or a timed-out error after `limit`: a database whose connections stay open and
 /// carry nothing (a partition, a stopped server) answers nothing, and no server-side timeout
 /// fires. A timeout marks the pool's connections stale ([`mark_broken`]) before `lookup`, and
-/// the connection it holds, is dropped: the pool then closes that connection instead of
-/// testing it with a ping that a silent connection never answers (its slot would be held
-/// until the kernel gave the connection up, many minutes later).
+/// the connection it holds, is dropped: the pool closes a connection dropped mid-use (it
+/// never waits on it), and opens fresh ones instead of those idle since.
 pub async fn within<T>(
     limit: Duration,
     lookup: impl std::future::Future<Output = Result<T, sqlx::Error>>,
@@ -169,11 +170,12 @@ impl<T, F: std::future::Future<Output = Result<T, sqlx::Error>>> Bounded<T> for 
 ///
 /// # Architecture Invariant: no pool slot waits on a silent peer past the timeout
 /// Every use is bounded by `limit` through [`within`], which marks the pool's connections stale
-/// before dropping the work in progress, so the pool closes a connection given up on instead of
-/// pinging it (sqlx's ping on release has no timeout).
+/// before dropping the work in progress; the pool ([`super::pool`]) does no I/O when a
+/// connection is given back (sqlx's own pool pings it then, with no timeout), and closes one
+/// given back mid-use.
 #[derive(Clone, Debug)]
 pub struct Db {
-    pool: PgPool,
+    pool: Pool,
     direct: std::sync::Arc<PgConnectOptions>,
     limit: Duration,
     /// Whether [`Db::direct_options`] reaches a session of its own (None: not known yet).
@@ -194,44 +196,7 @@ impl Db {
             Some(d) => connect_options(d)?,
             None => opts.clone(),
         };
-        let pool = PgPoolOptions::new()
-            .max_connections(size)
-            .min_connections(0)
-            .acquire_timeout(timeout)
-            .idle_timeout(Some(Duration::from_secs(60)))
-            .test_before_acquire(false)
-            .before_acquire(|_, meta| {
-                Box::pin(async move { Ok(!idle_since_broken(meta.idle_for)) })
-            })
-            // A connection given back that was opened before the last connection error may be
-            // the one that failed, or a silent one a timeout gave up on: closed, not pinged
-            // (sqlx's ping on release has no timeout of its own; its close has none either, but
-            // only waits when more is unsent than the socket's buffer holds). Any other is
-            // pinged here first, bounded: one that went silent since its last answer (a NAT
-            // dropped its state between a COMMIT and the release) is closed (an error closes it
-            // hard), not left to sqlx's ping, which would hold its slot until TCP gives up. What
-            // remains is a connection going silent between this ping's answer and sqlx's, sent
-            // right after it in the same task.
-            .after_release(move |conn, meta| {
-                Box::pin(async move {
-                    use sqlx::Connection;
-                    if idle_since_broken(meta.age) {
-                        return Ok(false);
-                    }
-                    match tokio::time::timeout(timeout, conn.ping()).await {
-                        Ok(Ok(())) => Ok(true),
-                        Ok(Err(e)) => {
-                            note_error(&e);
-                            Err(e)
-                        }
-                        Err(_) => {
-                            mark_broken();
-                            Ok(false)
-                        }
-                    }
-                })
-            })
-            .connect_lazy_with(opts);
+        let pool = Pool::new(opts, size, timeout);
         Ok(Db {
             pool,
             direct: std::sync::Arc::new(direct),
@@ -240,9 +205,8 @@ impl Db {
         })
     }
 
-    /// The pool itself: for the migrator only (`migrate` needs a direct connection: it holds a
-    /// session-level lock while it runs).
-    pub fn pool(&self) -> &PgPool {
+    /// The pool itself (its size and idle count for `/metrics`).
+    pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
@@ -253,8 +217,9 @@ impl Db {
     }
 
     /// A connection of the pool, for a caller that keeps one across batches (the audit
-    /// writer): its statements still run in [`begin_on`]'s transactions.
-    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, sqlx::Error> {
+    /// writer): its statements still run in [`begin_on`]'s transactions, and it goes back to
+    /// the pool only if [`Conn::done`] was called after the last of them.
+    pub async fn acquire(&self) -> Result<Conn, sqlx::Error> {
         within(self.limit, self.pool.acquire()).await
     }
 
@@ -264,31 +229,49 @@ impl Db {
     /// clients, whose statements fail on the notifications it receives, and a session lock stays
     /// with that server connection after the gateway is gone. Asked once, then remembered.
     ///
-    /// Two connections each ask for their backend's pid, the first twice (simple queries: one
-    /// message each, so nothing is split over two server connections). Direct, the first asks
-    /// its own backend both times and the second another one. A pooler hands a released server
-    /// connection to the next client (PgBouncer by default the most recently released one), so
-    /// the second connection is served by the first's backend, or the first's second question
-    /// by the second's.
+    /// Two connections, A and B, ask for their backend's pid (simple queries: one message each,
+    /// so nothing is split over two server connections), in [`PROBE_ROUNDS`] rounds. Direct, A
+    /// always asks its own backend and B never reaches it. A pooler hands a released server
+    /// connection to the next client (PgBouncer by default the most recently released one), and
+    /// cannot hand out one inside another client's transaction. In each round A asks right
+    /// after B's last COMMIT (a pooler gives A the backend B released), B opens a transaction
+    /// right after A's question (a pooler gives B the backend A released), and A asks again
+    /// while B holds its backend. Any answer shared by A and B, or A answered by two backends,
+    /// is a pooler. A round can be fooled by other clients releasing server connections in
+    /// between (CI saw a single question fooled, with four gateways starting side by side
+    /// through one PgBouncer); every question of every round has to be.
     pub async fn has_sessions(&self) -> Result<bool, sqlx::Error> {
         let probe = async {
             use sqlx::{ConnectOptions, Connection, Row};
-            async fn pid(c: &mut sqlx::PgConnection) -> Result<i32, sqlx::Error> {
-                sqlx::Executor::fetch_one(c, sqlx::raw_sql("SELECT pg_backend_pid()"))
+            async fn pid(c: &mut sqlx::PgConnection, sql: &str) -> Result<i32, sqlx::Error> {
+                sqlx::Executor::fetch_one(c, sqlx::raw_sql(sql))
                     .await?
                     .try_get(0)
             }
-            let mut first = self.direct.connect().await?;
-            let a = pid(&mut first).await?;
-            let mut second = self.direct.connect().await?;
-            let b = pid(&mut second).await?;
-            let a_again = pid(&mut first).await?;
-            for c in [first, second] {
+            const PID: &str = "SELECT pg_backend_pid()";
+            let mut a = self.direct.connect().await?;
+            let mut b = self.direct.connect().await?;
+            let first = pid(&mut a, PID).await?;
+            let mut sessions = true;
+            for _ in 0..PROBE_ROUNDS {
+                // Right after B's COMMIT: a pooler gives A the backend B just released.
+                let asked = pid(&mut a, PID).await?;
+                // Right after A's question: a pooler gives B the backend A just released.
+                let held = pid(&mut b, "BEGIN; SELECT pg_backend_pid()").await?;
+                // While B holds its backend: a pooler cannot give it to A.
+                let again = pid(&mut a, PID).await?;
+                sqlx::Executor::execute(&mut b, sqlx::raw_sql("COMMIT")).await?;
+                if asked != first || held == first || again != first {
+                    sessions = false;
+                    break;
+                }
+            }
+            for c in [a, b] {
                 if let Err(e) = c.close().await {
                     tracing::debug!(error = %e, "closing a probe connection");
                 }
             }
-            Ok::<_, sqlx::Error>(a == a_again && a != b)
+            Ok::<_, sqlx::Error>(sessions)
         };
         self.sessions
             .get_or_try_init(|| within(self.limit * 3, probe))
@@ -303,10 +286,65 @@ impl Db {
 
     /// A transaction whose statements time out after the limit (`SET LOCAL`, sent with `BEGIN`
     /// in one round trip). Bounded, like every step after it must be (`.bounded(db.limit())`).
-    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        within(self.limit, self.pool.begin_with(begin_sql(self.limit))).await
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        within(self.limit, async {
+            let mut conn = self.pool.acquire().await?;
+            sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&begin_sql(self.limit))).await?;
+            Ok(Tx {
+                conn,
+                limit: self.limit,
+            })
+        })
+        .await
     }
 }
+
+/// A transaction [`Db::begin`] opened, on a connection of its own: `&mut *tx` runs a statement
+/// in it. Dropped without [`Tx::commit`] or [`Tx::rollback`], its connection is closed (the
+/// server rolls the transaction back), never handed to another caller mid-transaction.
+pub struct Tx {
+    conn: Conn,
+    limit: Duration,
+}
+
+impl Tx {
+    /// Commits, within the database timeout; the connection then goes back to the pool.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.end("COMMIT").await
+    }
+
+    /// Rolls back, within the database timeout; the connection then goes back to the pool.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.end("ROLLBACK").await
+    }
+
+    async fn end(mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        within(
+            self.limit,
+            sqlx::Executor::execute(&mut *self.conn, sqlx::raw_sql(sql)),
+        )
+        .await?;
+        self.conn.done();
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::PgConnection;
+
+    fn deref(&self) -> &sqlx::PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.conn
+    }
+}
+
+/// How many rounds [`Db::has_sessions`] asks before it believes it has sessions of its own.
+const PROBE_ROUNDS: usize = 6;
 
 /// `BEGIN` with the statement timeout of `limit` for the transaction only.
 fn begin_sql(limit: Duration) -> String {
@@ -421,7 +459,13 @@ impl<'d> sqlx::Executor<'d> for &'_ Db {
         'd: 'e,
     {
         // Used by sqlx's macros only, which the gateway does not use.
-        self.pool.describe(sql)
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let mut conn = pool.acquire().await?;
+            let described = sqlx::Executor::describe(&mut *conn, sql).await?;
+            conn.done();
+            Ok(described)
+        })
     }
 }
 
@@ -432,9 +476,12 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
         .extra_float_digits(None))
 }
 
-/// Applies `migrations/` (idempotent: applied versions are recorded in `_sqlx_migrations`).
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+/// Applies `migrations/` (idempotent: applied versions are recorded in `_sqlx_migrations`), on
+/// one connection of `db` (the migrator holds a session-level lock while it runs; the
+/// connection is closed after it).
+pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut conn = db.pool.acquire().await?;
+    MIGRATOR.run(&mut *conn).await
 }
 
 /// When a connection error was last seen: nanoseconds since [`epoch`] plus one (0: never).

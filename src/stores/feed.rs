@@ -300,7 +300,7 @@ pub async fn follow(
             // the time of one; the connection goes back to the pool for the read.
             let (listened, warmed) = tokio::join!(within(limit, listen), pool.acquire());
             match warmed {
-                Ok(conn) => drop(conn),
+                Ok(mut conn) => conn.done(),
                 Err(e) => {
                     crate::stores::db::note_error(&e);
                     tracing::debug!(error = %e, "change feed: cannot open a connection for the read");

@@ -29,7 +29,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection, Postgres};
+use sqlx::{Connection, PgConnection};
 
 use crate::stores::db::Db;
 
@@ -795,7 +795,7 @@ pub async fn alerts_once(
     Ok(report)
 }
 
-type Tx<'a> = sqlx::Transaction<'a, Postgres>;
+use crate::stores::db::Tx;
 
 /// A change the triggers recorded: (txid, what, db user, actor, application, client address,
 /// when, deploy window).
@@ -850,7 +850,7 @@ fn change_text(txid: &str, changes: &[Change], roles_now: &[String]) -> String {
 }
 
 /// Turns the changes the triggers recorded into alerts, one per transaction (`composition:<txid>`).
-async fn group_change_alerts(tx: &mut Tx<'_>, limit: Duration) -> Result<Vec<String>, sqlx::Error> {
+async fn group_change_alerts(tx: &mut Tx, limit: Duration) -> Result<Vec<String>, sqlx::Error> {
     // Whole transactions only: a transaction's rows are all visible once it committed.
     let changes: Vec<Change> = sqlx::query_as(
         "SELECT txid::text, what, db_user, actor, application, client_addr, \
@@ -914,7 +914,7 @@ type Grants = (Vec<String>, Vec<String>, Vec<String>);
 /// Once a day, what the group grants is compared with the last snapshot and any difference is
 /// alerted (`snapshot:<time>`), saying whether the triggers recorded changes meanwhile (none
 /// recorded: they were bypassed or disabled).
-async fn daily_snapshot(tx: &mut Tx<'_>, limit: Duration) -> Result<Vec<String>, sqlx::Error> {
+async fn daily_snapshot(tx: &mut Tx, limit: Duration) -> Result<Vec<String>, sqlx::Error> {
     type Last = (
         chrono::DateTime<chrono::Utc>,
         Vec<String>,

@@ -9,5 +9,6 @@ pub mod feed;
 pub mod identity;
 pub mod lifecycle;
 pub mod mapping_store;
+pub mod pool;
 pub mod rollout;
 pub mod ticket;

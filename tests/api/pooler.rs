@@ -385,7 +385,26 @@ async fn through_pgbouncer(mode: PoolMode, server_connections: u32) -> Vec<Strin
         ));
     }
     for (g, gw) in gws.iter().enumerate() {
-        let lines = database_complaints(&gw.log());
+        // Only a gateway with a session of its own LISTENs: the direct URL's, and all of them
+        // when the pooler hands out sessions. A LISTEN left on a pooled server connection
+        // breaks other clients' statements (the complaints below would name them too).
+        let log = gw.log();
+        let listened = log.contains("\"change feed: listening\"");
+        let refused = log.contains("served by a transaction pooler");
+        let sessions = g % 2 == 0 || mode == PoolMode::Session;
+        if listened != sessions || refused == sessions {
+            problems.push(format!(
+                "gateway {g} ({}) {} LISTEN and {} it was behind a transaction pooler",
+                if g % 2 == 0 {
+                    "with a direct URL"
+                } else {
+                    "through the pooler only"
+                },
+                if listened { "did" } else { "did not" },
+                if refused { "said" } else { "did not say" },
+            ));
+        }
+        let lines = database_complaints(&log);
         if !lines.is_empty() {
             problems.push(format!(
                 "gateway {g} logged {} warnings or errors, e.g.:\n    {}",

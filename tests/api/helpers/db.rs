@@ -32,7 +32,7 @@ impl TestDb {
         let (prefix, _) = base.rsplit_once('/').unwrap();
         let url = format!("{prefix}/{name}");
         let pool = PgPool::connect(&url).await.unwrap();
-        rbac_gateway::stores::db::migrate(&pool).await.unwrap();
+        rbac_gateway::stores::db::MIGRATOR.run(&pool).await.unwrap();
         TestDb { url, pool }
     }
 
@@ -449,7 +449,7 @@ impl PrivatePg {
             .unwrap()
             .to_string();
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        rbac_gateway::stores::db::migrate(&pool).await.unwrap();
+        rbac_gateway::stores::db::MIGRATOR.run(&pool).await.unwrap();
         (
             PrivatePg {
                 dir,

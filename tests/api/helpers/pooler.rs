@@ -45,7 +45,7 @@ pub enum ServerTls {
 
 /// How PgBouncer pools: `transaction` (a server connection per transaction, shared by every
 /// client: Heroku's buildpack, most fleets) or `session` (one per client connection).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolMode {
     Transaction,
     Session,

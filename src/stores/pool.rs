@@ -1,0 +1,242 @@
+//! The gateway's connection pool: a semaphore of `--db-pool-size` permits and a stack of idle
+//! connections, opened lazily with sqlx's own `PgConnection`.
+//!
+//! # Why not sqlx's pool
+//! sqlx's pool (sqlx-core 0.8, `Floating::return_to_pool`) tests every connection given back to
+//! it with a ping that has no timeout, after any `after_release` hook the gateway installs. A
+//! connection whose peer goes silent between the hook's bounded ping and sqlx's own (a NAT or
+//! load balancer dropping its state, a partition) held its slot until the kernel gave the
+//! connection up, many minutes later; with a small pool every uncached lookup then waited for a
+//! slot and was answered 503 (`tests/api/blackhole.rs` caught it: 2 runs in 8 on CI's machine).
+//! No setting of sqlx's pool removes that ping, hence this one, which does no I/O when a
+//! connection is given back:
+//! - a connection goes back to the idle stack only when the last thing done on it completed
+//!   ([`Conn::done`]: a committed transaction); any other ([`Conn`] dropped mid-statement, a
+//!   transaction never committed, an error) is closed: `Terminate` is sent within the database
+//!   timeout by a task of its own, and the socket dropped either way (the server rolls back);
+//! - what sqlx's pool did for the gateway it does alike: a connection idle since before the
+//!   last connection error anyone saw ([`super::db::idle_since_broken`]) or idle for a minute is
+//!   closed instead of handed out; opening retries a refused connection and PostgreSQL's
+//!   "starting up" / "too many connections" with a doubling backoff, and gives up with
+//!   `PoolTimedOut` at the acquire timeout; waiters are served in arrival order (tokio's
+//!   semaphore is fair).
+//!
+//! The idle stack is last in, first out: the connection used most recently has the warmest
+//! backend (docs/performance-log.md, case d, for what rotating backends costs).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A connection idle this long is closed rather than handed out.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A lazily connecting pool of at most `size` connections.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    opts: PgConnectOptions,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Idle>>,
+    /// Connections open: idle ones and those handed out.
+    open: AtomicU32,
+    /// How long an acquire waits for a permit and a connection together.
+    acquire_timeout: Duration,
+}
+
+struct Idle {
+    conn: PgConnection,
+    since: Instant,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("size", &self.size())
+            .field("idle", &self.num_idle())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// A pool of at most `size` connections to `opts`; nothing is opened until asked for.
+    pub fn new(opts: PgConnectOptions, size: u32, acquire_timeout: Duration) -> Pool {
+        Pool {
+            inner: Arc::new(Inner {
+                opts,
+                permits: Arc::new(Semaphore::new(size.max(1) as usize)),
+                idle: Mutex::new(Vec::new()),
+                open: AtomicU32::new(0),
+                acquire_timeout,
+            }),
+        }
+    }
+
+    /// Where its connections connect.
+    pub fn connect_options(&self) -> &PgConnectOptions {
+        &self.inner.opts
+    }
+
+    /// Connections open (idle and in use).
+    pub fn size(&self) -> u32 {
+        self.inner.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections idle in the pool.
+    pub fn num_idle(&self) -> usize {
+        self.inner.idle.lock().unwrap().len()
+    }
+
+    /// A connection: an idle one, or a new one. `PoolTimedOut` when neither came within the
+    /// acquire timeout (all in use, or the server refuses or does not answer).
+    pub async fn acquire(&self) -> Result<Conn, sqlx::Error> {
+        match tokio::time::timeout(self.inner.acquire_timeout, self.acquire_unbounded()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        }
+    }
+
+    async fn acquire_unbounded(&self) -> Result<Conn, sqlx::Error> {
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        loop {
+            let Some(idle) = self.inner.idle.lock().unwrap().pop() else {
+                break;
+            };
+            let idle_for = idle.since.elapsed();
+            if idle_for >= IDLE_TIMEOUT || super::db::idle_since_broken(idle_for) {
+                self.inner.retire(idle.conn);
+                continue;
+            }
+            return Ok(Conn {
+                conn: Some(idle.conn),
+                clean: None,
+                inner: self.inner.clone(),
+                _permit: permit,
+            });
+        }
+        let conn = self.inner.open_one().await?;
+        Ok(Conn {
+            conn: Some(conn),
+            clean: None,
+            inner: self.inner.clone(),
+            _permit: permit,
+        })
+    }
+}
+
+impl Inner {
+    async fn open_one(&self) -> Result<PgConnection, sqlx::Error> {
+        let mut backoff = Duration::from_millis(10);
+        let max_backoff = (self.acquire_timeout / 5).max(backoff);
+        loop {
+            match self.opts.connect().await {
+                Ok(conn) => {
+                    self.open.fetch_add(1, Ordering::Relaxed);
+                    return Ok(conn);
+                }
+                // The server is (re)starting: try again until the acquire timeout.
+                Err(sqlx::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(sqlx::Error::Database(d))
+                    if matches!(d.code().as_deref(), Some("53300" | "57P03")) => {}
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(max_backoff);
+        }
+    }
+
+    /// Closes `conn`: `Terminate` sent by a task of its own within the acquire timeout when a
+    /// runtime is there to run it, the socket dropped in any case. Never waits on the peer.
+    fn retire(&self, conn: PgConnection) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let limit = self.acquire_timeout;
+            rt.spawn(async move {
+                if let Ok(Err(e)) = tokio::time::timeout(limit, conn.close()).await {
+                    tracing::debug!(error = %e, "closing a database connection");
+                }
+            });
+        }
+    }
+}
+
+/// A connection handed out by [`Pool::acquire`]. Dropped, it goes back to the pool if
+/// [`Conn::done`] was called after its last use, and is closed otherwise.
+pub struct Conn {
+    /// Always `Some` until dropped.
+    conn: Option<PgConnection>,
+    /// Since when nothing is in flight on it and no transaction is open (None: something may
+    /// be): it may be handed out again, and counts as idle from then.
+    clean: Option<Instant>,
+    inner: Arc<Inner>,
+    /// Released after the connection is back on the idle stack (fields drop after `drop`).
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    /// The last thing done on this connection completed, and no transaction is open: it may go
+    /// back to the pool. Any later use (`&mut *conn`) makes it unfit again until the next call.
+    pub fn done(&mut self) {
+        self.clean = Some(Instant::now());
+    }
+
+    /// Closes the connection instead of giving it back (it may be mid-statement, or presumed
+    /// dead).
+    pub fn close(mut self) {
+        self.clean = None;
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.conn.as_ref().expect("a connection until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.clean = None;
+        self.conn.as_mut().expect("a connection until dropped")
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let Some(since) = self.clean else {
+            self.inner.retire(conn);
+            return;
+        };
+        let now = Instant::now();
+        let mut idle = self.inner.idle.lock().unwrap();
+        // The oldest idle ones are at the bottom: those idle past the limit are closed here,
+        // so a pool that shrank under lighter load does not keep them open for ever.
+        let expired = idle
+            .iter()
+            .take_while(|i| now.duration_since(i.since) >= IDLE_TIMEOUT)
+            .count();
+        let stale: Vec<Idle> = idle.drain(..expired).collect();
+        idle.push(Idle { conn, since });
+        drop(idle);
+        for i in stale {
+            self.inner.retire(i.conn);
+        }
+    }
+}
