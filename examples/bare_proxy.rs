@@ -10,13 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use rbac_gateway::doors::proxy::{start_workers, Settings};
+use rbac_gateway::dataplane::workers::{self, Door, Http1Settings};
+use rbac_gateway::doors::proxy::{ProxyDoor, Settings};
 use rbac_gateway::gateway::state::Gateway;
 use rbac_gateway::policy::mapping::Mapping;
-use rbac_gateway::runtime::metrics::Metrics;
-use rbac_gateway::stores::audit::AuditWriter;
-use rbac_gateway::stores::identity::Identity;
 
 // The gateway's own allocator set-up, so the two compare like for like.
 #[global_allocator]
@@ -42,11 +39,9 @@ fn main() {
     }
     let listen: SocketAddr = args[1].parse().expect("LISTEN must be IP:PORT");
     let upstream: SocketAddr = args[2].parse().expect("UPSTREAM must be IP:PORT");
-    let threads = args
-        .get(3)
-        .map_or_else(rbac_gateway::doors::proxy::default_threads, |t| {
-            t.parse().expect("THREADS must be a number")
-        });
+    let threads = args.get(3).map_or_else(workers::default_threads, |t| {
+        t.parse().expect("THREADS must be a number")
+    });
     let mapping = Mapping::from_str("public.toml", Path::new("public.toml"), PUBLIC)
         .expect("the public mapping is valid");
     let bg = tokio::runtime::Builder::new_multi_thread()
@@ -54,66 +49,24 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let gw = bg.block_on(async {
-        let metrics = Arc::new(Metrics::new());
-        // Never used: public routes resolve no session and write no audit row.
-        let pool = rbac_gateway::stores::db::Db::connect(
-            "postgres://bare@127.0.0.1:9/none",
-            None,
-            1,
-            Duration::from_secs(1),
-        )
-        .expect("a lazy pool");
-        let spool = std::env::temp_dir().join(format!("bare-proxy-{}.spool", std::process::id()));
-        Arc::new(Gateway {
-            mapping: ArcSwap::from_pointee(mapping),
-            identity: Arc::new(Identity::new(
-                pool.clone(),
-                Duration::from_secs(5),
-                1000,
-                metrics.clone(),
-            )),
-            audit: AuditWriter::start(
-                pool,
-                spool,
-                1 << 20,
-                Duration::from_secs(1),
-                metrics.clone(),
-            ),
-            metrics,
-            kill_switch: false,
-            cookie: "console_session".into(),
-            upstream,
-            connect_timeout: Duration::from_secs(2),
-            read_timeout: Duration::from_secs(30),
-            ticket_grants: false,
-            ticket_validation_url: None,
-            tasks: Default::default(),
-            // A bare proxy: every path forwarded, the reader API included.
-            rbac_api: false,
-            file_rejected: Default::default(),
-            mapping_from_db: false,
-            mapping_missing: Default::default(),
-            feed: Default::default(),
-            sweep_failure_threshold: 3,
-        })
-    });
+    // Public routes resolve no session and write no audit row: the database is never reached.
+    let gw = bg.block_on(async { Arc::new(Gateway::without_database(mapping, upstream)) });
     let settings = Settings {
-        listen,
-        threads,
-        header_read_timeout: Duration::from_secs(10),
+        http: Http1Settings {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            shutdown_grace: Duration::from_secs(1),
+        },
         body_read_timeout: Duration::from_secs(10),
-        max_header_bytes: 32 * 1024,
-        max_headers: 100,
         max_body_bytes: 16 << 20,
         max_buffered_body_bytes: 256 << 20,
-        shutdown_grace: Duration::from_secs(1),
-        authz_listen: None,
         trust_request_id: false,
         trusted_proxies: 0,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let workers = start_workers(gw, settings, stopped).expect("listen");
+    let door: Arc<dyn Door> = Arc::new(ProxyDoor::new(gw, settings));
+    let workers = workers::start(threads, vec![(listen, door)], stopped).expect("listen");
     bg.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("a SIGTERM handler");

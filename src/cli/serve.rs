@@ -7,7 +7,9 @@ use anyhow::anyhow;
 use arc_swap::ArcSwap;
 
 use super::{failure, init_logging, load_mapping, resolve, usage, Exit};
-use crate::doors::proxy::{self, Settings};
+use crate::dataplane::workers::{self, Door, Http1Settings, StartError};
+use crate::doors::forward_auth::ForwardAuthDoor;
+use crate::doors::proxy::{self, ProxyDoor, Settings};
 use crate::gateway::state::Gateway;
 use crate::runtime::config::ServeArgs;
 use crate::runtime::metrics::Metrics;
@@ -123,7 +125,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     }
     let threads = args
         .threads
-        .unwrap_or_else(crate::doors::proxy::default_threads);
+        .unwrap_or_else(crate::dataplane::workers::default_threads);
 
     let metrics = Arc::new(Metrics::new());
     crate::gateway::state::prime_metric_labels(&metrics);
@@ -300,28 +302,32 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         Ok::<_, Exit>((gw, admin, admin_bound))
     })?;
 
-    let settings = Settings {
-        listen,
-        threads: threads.max(1),
+    let http = Http1Settings {
         header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
-        body_read_timeout: Duration::from_millis(args.body_read_timeout_ms.max(1)),
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+    };
+    let settings = Settings {
+        http: http.clone(),
+        body_read_timeout: Duration::from_millis(args.body_read_timeout_ms.max(1)),
         max_body_bytes: args.max_body_bytes,
         max_buffered_body_bytes: args.max_buffered_body_bytes,
-        shutdown_grace: Duration::from_secs(args.shutdown_grace),
-        authz_listen: authz_addr,
         trust_request_id: args.trust_request_id,
         trusted_proxies: args.trusted_proxies,
     };
+    // Every door the workers serve, each on its address.
+    let mut doors: Vec<(std::net::SocketAddr, Arc<dyn Door>)> =
+        vec![(listen, Arc::new(ProxyDoor::new(gw.clone(), settings)))];
+    if let Some(addr) = authz_addr {
+        doors.push((addr, Arc::new(ForwardAuthDoor::new(gw.clone(), http))));
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let started = proxy::start_workers(gw.clone(), settings, stopped).map_err(|e| {
-        let addr = match &e {
-            proxy::StartError::Authz(_) => authz_addr.unwrap_or(listen),
-            _ => listen,
-        };
-        failure(anyhow!("{e} ({addr})"))
+    let started = workers::start(threads, doors, stopped).map_err(|e| match &e {
+        StartError::Listen { addr, .. } => failure(anyhow!("{e} ({addr})")),
+        StartError::Thread(_) => failure(anyhow!("{e} ({listen})")),
     })?;
+    let (bound, authz_bound) = (started.bound[0], started.bound.get(1).copied());
     // The addresses bound (port 0 resolved): tests and supervisors read them from this line.
     // Forward-auth's series exist at 0 whether or not it listens: the dashboard's panels and
     // `rate()` find them, as they find the webhook's.
@@ -331,12 +337,12 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     for l in [proxy::LISTENER, crate::doors::forward_auth::LISTENER] {
         gw.metrics.connections.with_label_values(&[l]);
     }
-    match started.authz {
+    match authz_bound {
         Some(authz) => {
-            tracing::info!(listen = %started.listen, admin_listen = %admin_bound, authz_listen = %authz, threads, "listening");
+            tracing::info!(listen = %bound, admin_listen = %admin_bound, authz_listen = %authz, threads, "listening");
         }
         None => {
-            tracing::info!(listen = %started.listen, admin_listen = %admin_bound, threads, "listening")
+            tracing::info!(listen = %bound, admin_listen = %admin_bound, threads, "listening")
         }
     }
     let workers = started.handles;

@@ -7,3 +7,4 @@ pub mod drain;
 pub mod listen;
 pub mod sniff;
 pub mod upstream;
+pub mod workers;

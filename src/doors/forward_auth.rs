@@ -25,9 +25,11 @@
 //! never passes through the gateway.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -38,6 +40,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use crate::dataplane::deadline::Deadlines;
+use crate::dataplane::workers::Http1Settings;
 use crate::gateway::state::Gateway;
 use crate::policy::answer::{carry_out, Answer, Decision, DecisionCounts, Reply, RequestId, Tally};
 use crate::policy::cookie::session_token;
@@ -151,30 +155,56 @@ pub fn reported(h: &HeaderMap) -> Result<(String, Target), TargetHeaderError> {
 /// This listener's `rbac_gateway_connections_accepted_total{listener}` label.
 pub const LISTENER: &str = "forward-auth";
 
-/// Serves forward-auth on `listener` until `shutdown` turns true: one task per data-plane
-/// worker, on that worker's runtime (each worker has its own SO_REUSEPORT socket of
-/// `--authz-listen`; no thread of its own, no cross-thread wake-up).
-pub(crate) async fn serve(
+/// Forward-auth on `--authz-listen`: served by every data-plane worker on a SO_REUSEPORT socket
+/// of its own ([`crate::dataplane::workers`]; no thread of its own, no cross-thread wake-up),
+/// with the data plane's HTTP/1 settings.
+pub struct ForwardAuthDoor {
     gw: Arc<Gateway>,
+    http: Http1Settings,
+}
+
+impl ForwardAuthDoor {
+    pub fn new(gw: Arc<Gateway>, http: Http1Settings) -> ForwardAuthDoor {
+        ForwardAuthDoor { gw, http }
+    }
+}
+
+impl crate::dataplane::workers::Door for ForwardAuthDoor {
+    fn flag(&self) -> &'static str {
+        "--authz-listen"
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: watch::Receiver<bool>,
+    ) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(serve(self, listener, shutdown))
+    }
+}
+
+/// One worker's share of forward-auth: serves `listener` until `shutdown` turns true.
+async fn serve(
+    door: Arc<ForwardAuthDoor>,
     listener: tokio::net::TcpListener,
-    mut builder: hyper::server::conn::http1::Builder,
     shutdown: watch::Receiver<bool>,
-    grace: Duration,
 ) {
-    builder.keep_alive(true);
-    let accepted = gw.metrics.connections.with_label_values(&[LISTENER]);
-    let door = Arc::new(Door::new(gw));
+    let deadlines = Deadlines::for_timeouts(&[door.http.header_read_timeout]);
+    tokio::task::spawn(deadlines.clone().run_ticker());
+    let builder = door.http.builder(deadlines);
+    let accepted = door.gw.metrics.connections.with_label_values(&[LISTENER]);
+    let answering = Arc::new(Share::new(door.gw.clone()));
     crate::dataplane::listen::accept_until_shutdown(
         listener,
         shutdown,
-        grace,
+        door.http.shutdown_grace,
         "forward-auth",
         accepted,
         move |stream, peer| {
-            let door = door.clone();
+            let answering = answering.clone();
             let service = service_fn(move |req| {
-                let door = door.clone();
-                async move { Ok::<_, Infallible>(handle(&door, peer, req).await) }
+                let answering = answering.clone();
+                async move { Ok::<_, Infallible>(handle(&answering, peer, req).await) }
             });
             builder.serve_connection(TokioIo::new(stream), service)
         },
@@ -183,15 +213,15 @@ pub(crate) async fn serve(
 }
 
 /// Forward-auth's share of the gateway: its counters, looked up once.
-struct Door {
+struct Share {
     gw: Arc<Gateway>,
     counts: DecisionCounts,
 }
 
-impl Door {
-    fn new(gw: Arc<Gateway>) -> Door {
+impl Share {
+    fn new(gw: Arc<Gateway>) -> Share {
         let counts = DecisionCounts::new(&gw.metrics.authz_requests, &gw.metrics.decision_seconds);
-        Door { gw, counts }
+        Share { gw, counts }
     }
 }
 
@@ -227,7 +257,7 @@ fn client_ip(h: &HeaderMap, peer: SocketAddr) -> String {
         .map_or_else(|| peer.ip().to_string(), str::to_string)
 }
 
-async fn handle(door: &Door, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(door: &Share, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let gw = &*door.gw;
     let request_id = RequestId::next();

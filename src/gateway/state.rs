@@ -49,6 +49,54 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A gateway whose database is never reached: for `mapping`s whose routes resolve no session
+    /// and write no row (public and machine routes), as the bare data plane of
+    /// `examples/bare_proxy.rs` and a door started alone in a test use it. Call it inside a
+    /// tokio runtime (the audit writer's task starts on it).
+    pub fn without_database(mapping: Mapping, upstream: SocketAddr) -> Gateway {
+        let metrics = Arc::new(Metrics::new());
+        // Lazy: nothing connects until a session is resolved or a row written.
+        let pool = crate::stores::db::Db::connect(
+            "postgres://unused@127.0.0.1:9/none",
+            None,
+            1,
+            Duration::from_secs(1),
+        )
+        .expect("a lazy pool from a valid URL");
+        let spool = std::env::temp_dir().join(format!("rbac-gateway-{}.spool", std::process::id()));
+        Gateway {
+            mapping: ArcSwap::from_pointee(mapping),
+            identity: Arc::new(Identity::new(
+                pool.clone(),
+                Duration::from_secs(5),
+                1000,
+                metrics.clone(),
+            )),
+            audit: AuditWriter::start(
+                pool,
+                spool,
+                1 << 20,
+                Duration::from_secs(1),
+                metrics.clone(),
+            ),
+            metrics,
+            kill_switch: false,
+            cookie: "console_session".into(),
+            upstream,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(30),
+            ticket_grants: false,
+            ticket_validation_url: None,
+            tasks: Default::default(),
+            rbac_api: false,
+            file_rejected: Default::default(),
+            mapping_from_db: false,
+            mapping_missing: Default::default(),
+            feed: Default::default(),
+            sweep_failure_threshold: 3,
+        }
+    }
+
     /// Records why the file on disk was not applied (None: it was).
     pub fn set_file_rejected(&self, why: Option<String>) {
         *self

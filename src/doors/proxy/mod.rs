@@ -26,7 +26,8 @@ mod checks;
 mod forward;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,7 @@ use tokio::sync::watch;
 use crate::dataplane::deadline::Deadlines;
 use crate::dataplane::sniff::{Heads, RawHead, Sniff};
 use crate::dataplane::upstream::{GatewayBody, Pool};
+use crate::dataplane::workers::{Door, Http1Settings};
 use crate::doors::rbac_api;
 use crate::gateway::state::Gateway;
 use crate::policy::answer::{carry_out, Answer, DecisionCounts, Reply, RequestId};
@@ -55,27 +57,16 @@ pub const LISTENER: &str = "data plane";
 /// The data plane's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub listen: SocketAddr,
-    pub threads: usize,
-    /// A client must send a whole request head within this time (slow clients cannot hold a
-    /// worker); also the longest idle time of a keep-alive connection.
-    pub header_read_timeout: Duration,
+    /// What its connections are held to, as forward-auth's are.
+    pub http: Http1Settings,
     /// The longest pause between two parts of a request body (a client that stops sending its
     /// body cannot hold the connection): over it, 408.
     pub body_read_timeout: Duration,
-    /// Largest request head (request line and headers), in bytes: over it, 431.
-    pub max_header_bytes: usize,
-    /// Most header lines in a request: over it, 431.
-    pub max_headers: usize,
     /// Largest request body, in bytes: over it, 413.
     pub max_body_bytes: usize,
     /// Most request-body bytes held by all workers together while bodies are read whole: a
     /// request whose body would go over it gets 503.
     pub max_buffered_body_bytes: usize,
-    /// In-flight requests get this long to finish after SIGTERM.
-    pub shutdown_grace: Duration,
-    /// Forward-auth (`--authz-listen`): served by the same workers, on a socket of its own.
-    pub authz_listen: Option<SocketAddr>,
     /// The router in front sets `X-Request-Id` (`--trust-request-id`): a valid one is the
     /// request's id ([`RequestId::trusted`]).
     pub trust_request_id: bool,
@@ -83,6 +74,39 @@ pub struct Settings {
     /// (`--trusted-proxies`): the client's address is the one the outermost of them appended
     /// ([`forwarded_client`]). 0: the peer's address.
     pub trusted_proxies: usize,
+}
+
+/// The data plane: Console's traffic on `--listen`, decided and forwarded or answered. Served
+/// by every worker ([`crate::dataplane::workers`]); the body budget is shared by all of them.
+pub struct ProxyDoor {
+    gw: Arc<Gateway>,
+    settings: Settings,
+    bodies: Arc<BodyBudget>,
+}
+
+impl ProxyDoor {
+    pub fn new(gw: Arc<Gateway>, settings: Settings) -> ProxyDoor {
+        let bodies = BodyBudget::new(settings.max_buffered_body_bytes);
+        ProxyDoor {
+            gw,
+            settings,
+            bodies,
+        }
+    }
+}
+
+impl Door for ProxyDoor {
+    fn flag(&self) -> &'static str {
+        "--listen"
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: watch::Receiver<bool>,
+    ) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(worker(self, listener, shutdown))
+    }
 }
 
 /// The client's address when `trusted` proxies in front each appended the address they saw to
@@ -102,119 +126,19 @@ pub fn forwarded_client(h: &http::HeaderMap, trusted: usize) -> Option<std::net:
     std::str::from_utf8(hop).ok()?.trim().parse().ok()
 }
 
-/// The default number of worker threads: half the cores, at least one. The gateway is a sidecar:
-/// it shares its host with Console, whose gunicorn workers need the other cores, and one worker
-/// thread serves far more requests than Console can (docs/performance-log.md: about 90,000 allowed
-/// requests/s on this 2-core machine). Measured here with wrk, the nginx upstream and the gateway
-/// on two cores: two workers answered no faster than one, at more CPU per request and a p99
-/// two to three times higher (a worker preempted with its connections waiting). `--threads`
-/// sets it.
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
-}
-
-/// Starts the workers; each returns when `shutdown` turns true and its connections finished
-/// (or the grace period ran out). The listeners are bound before this returns, so a port in
-/// use is reported to the caller.
-pub fn start_workers(
-    gw: Arc<Gateway>,
-    settings: Settings,
-    shutdown: watch::Receiver<bool>,
-) -> Result<Started, StartError> {
-    let threads = settings.threads.max(1);
-    let (listen, listeners) = crate::dataplane::listen::bind_workers(settings.listen, threads)
-        .map_err(StartError::Listen)?;
-    let (authz, mut authz_listeners) = match settings.authz_listen {
-        None => (None, Vec::new()),
-        Some(addr) => {
-            let (bound, all) =
-                crate::dataplane::listen::bind_workers(addr, threads).map_err(StartError::Authz)?;
-            (Some(bound), all)
-        }
-    };
-    let mut handles = Vec::new();
-    let bodies = BodyBudget::new(settings.max_buffered_body_bytes);
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let (gw, settings, shutdown) = (gw.clone(), settings.clone(), shutdown.clone());
-        let authz_listener = authz_listeners.pop();
-        let bodies = bodies.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("rbac-gateway-w{i}"))
-            .spawn(move || {
-                // This worker's log lines are written when it goes idle (`crate::runtime::log_sink`).
-                crate::runtime::log_sink::gather_on_this_thread();
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .enable_time()
-                    .on_thread_park(crate::runtime::log_sink::flush)
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start a worker runtime");
-                        return;
-                    }
-                };
-                // Tasks are spawned on this runtime itself (not a LocalSet): a task woken by
-                // this thread is queued without waking the driver through its eventfd.
-                rt.block_on(worker(
-                    gw,
-                    settings,
-                    bodies,
-                    listener,
-                    authz_listener,
-                    shutdown,
-                ));
-            })
-            .map_err(StartError::Thread)?;
-        handles.push(handle);
-    }
-    Ok(Started {
-        handles,
-        listen,
-        authz,
-    })
-}
-
-/// The running workers and the addresses they listen on (port 0 resolved).
-pub struct Started {
-    pub handles: Vec<std::thread::JoinHandle<()>>,
-    pub listen: SocketAddr,
-    pub authz: Option<SocketAddr>,
-}
-
-/// Why the workers could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot listen on --listen: {0}")]
-    Listen(std::io::Error),
-    #[error("cannot listen on --authz-listen: {0}")]
-    Authz(std::io::Error),
-    #[error("cannot start a worker thread: {0}")]
-    Thread(std::io::Error),
-}
-
-/// One worker: accepts connections and serves them until shutdown.
+/// One worker's share of the data plane: accepts connections on its socket and serves them
+/// until shutdown.
 async fn worker(
-    gw: Arc<Gateway>,
-    settings: Settings,
-    bodies: Arc<BodyBudget>,
-    listener: std::net::TcpListener,
-    authz: Option<std::net::TcpListener>,
+    door: Arc<ProxyDoor>,
+    listener: tokio::net::TcpListener,
     shutdown: watch::Receiver<bool>,
 ) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot register the listener");
-            return;
-        }
-    };
+    let (gw, settings) = (door.gw.clone(), &door.settings);
     let counts = DecisionCounts::new(&gw.metrics.requests, &gw.metrics.decision_seconds);
     let upstream_seconds = ["1xx", "2xx", "3xx", "4xx", "5xx"]
         .map(|class| gw.metrics.upstream_seconds.with_label_values(&[class]));
     let deadlines = Deadlines::for_timeouts(&[
-        settings.header_read_timeout,
+        settings.http.header_read_timeout,
         settings.body_read_timeout,
         gw.read_timeout,
     ]);
@@ -226,51 +150,23 @@ async fn worker(
         max_body_bytes: settings.max_body_bytes,
         trust_request_id: settings.trust_request_id,
         trusted_proxies: settings.trusted_proxies,
-        bodies,
+        bodies: door.bodies.clone(),
         body_read_timeout: settings.body_read_timeout,
         counts,
         upstream_seconds,
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(deadlines)
-        .header_read_timeout(Some(settings.header_read_timeout))
-        .max_header_size(settings.max_header_bytes)
-        .max_buf_size((settings.max_header_bytes + 8192).max(16 * 1024))
-        .max_headers(settings.max_headers)
-        .keep_alive(true)
-        // A client may send its requests and then close its side (`nc -N`, some HTTP/1.0
-        // clients): each request is still decided and answered. Without this, hyper reads
-        // once more after each head to notice such a close and drops the request unanswered;
-        // that read also made hyper take a fresh read buffer per request while the request
-        // still held the old one (measured: 700 instructions per request). A client that goes
-        // away does not cancel its request: Console's answer is read and dropped (the write to
-        // the client fails).
-        .half_close(true);
-    // Forward-auth, on this worker's runtime beside the data plane.
-    let authz = match authz.map(tokio::net::TcpListener::from_std) {
-        None => None,
-        Some(Ok(l)) => Some(tokio::task::spawn(crate::doors::forward_auth::serve(
-            w.gw.clone(),
-            l,
-            builder.clone(),
-            shutdown.clone(),
-            settings.shutdown_grace,
-        ))),
-        Some(Err(e)) => {
-            tracing::error!(error = %e, "cannot register the forward-auth listener");
-            None
-        }
-    };
+    let builder = settings.http.builder(deadlines);
+    let (max_headers, max_header_bytes) =
+        (settings.http.max_headers, settings.http.max_header_bytes);
     crate::dataplane::listen::accept_until_shutdown(
         listener,
         shutdown,
-        settings.shutdown_grace,
+        settings.http.shutdown_grace,
         "data plane",
         w.gw.metrics.connections.with_label_values(&[LISTENER]),
         move |stream, peer| {
             let w = w.clone();
-            let heads = Heads::new(settings.max_headers, settings.max_header_bytes);
+            let heads = Heads::new(max_headers, max_header_bytes);
             let io = TokioIo::new(Sniff::new(stream, heads.clone()));
             // The client's address as text, once per connection.
             let peer_ip: Arc<str> = peer.ip().to_string().into();
@@ -280,12 +176,6 @@ async fn worker(
         },
     )
     .await;
-    if let Some(Err(e)) = match authz {
-        Some(task) => Some(task.await),
-        None => None,
-    } {
-        tracing::error!(error = %e, "the forward-auth listener's task failed");
-    }
 }
 
 /// A worker's share of the gateway.
