@@ -291,8 +291,9 @@ impl Db {
             let mut conn = self.pool.acquire().await?;
             sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&begin_sql(self.limit))).await?;
             Ok(Tx {
-                conn,
+                conn: Some(conn),
                 limit: self.limit,
+                began: Instant::now(),
             })
         })
         .await
@@ -300,11 +301,16 @@ impl Db {
 }
 
 /// A transaction [`Db::begin`] opened, on a connection of its own: `&mut *tx` runs a statement
-/// in it. Dropped without [`Tx::commit`] or [`Tx::rollback`], its connection is closed (the
-/// server rolls the transaction back), never handed to another caller mid-transaction.
+/// in it. Dropped without [`Tx::commit`] or [`Tx::rollback`] (an early return, an error), it is
+/// rolled back by a task of its own within the database timeout and its connection then goes
+/// back to the pool, as sqlx's transactions do; never handed to another caller mid-transaction.
+/// After a connection error or timeout since it began (the connection may be silent, or a
+/// statement still in flight on it), its connection is closed instead (the server rolls back).
 pub struct Tx {
-    conn: Conn,
+    /// Always `Some` until it ends.
+    conn: Option<Conn>,
     limit: Duration,
+    began: Instant,
 }
 
 impl Tx {
@@ -319,13 +325,43 @@ impl Tx {
     }
 
     async fn end(mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        let mut conn = self
+            .conn
+            .take()
+            .expect("a connection until the transaction ends");
         within(
             self.limit,
-            sqlx::Executor::execute(&mut *self.conn, sqlx::raw_sql(sql)),
+            sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(sql)),
         )
         .await?;
-        self.conn.done();
+        conn.done();
         Ok(())
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if idle_since_broken(self.began.elapsed()) {
+            // Closed by its drop: nothing is waited for on a connection that may be silent.
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let limit = self.limit;
+        rt.spawn(async move {
+            let rollback = sqlx::Executor::execute(&mut *conn, sqlx::raw_sql("ROLLBACK"));
+            match within(limit, rollback).await {
+                Ok(_) => conn.done(),
+                Err(e) => {
+                    note_error(&e);
+                    tracing::debug!(error = %e, "rolling back a transaction left open");
+                }
+            }
+        });
     }
 }
 
@@ -333,13 +369,17 @@ impl std::ops::Deref for Tx {
     type Target = sqlx::PgConnection;
 
     fn deref(&self) -> &sqlx::PgConnection {
-        &self.conn
+        self.conn
+            .as_ref()
+            .expect("a connection until the transaction ends")
     }
 }
 
 impl std::ops::DerefMut for Tx {
     fn deref_mut(&mut self) -> &mut sqlx::PgConnection {
-        &mut self.conn
+        self.conn
+            .as_mut()
+            .expect("a connection until the transaction ends")
     }
 }
 
