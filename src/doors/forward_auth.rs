@@ -43,9 +43,9 @@ use tokio::sync::watch;
 use crate::dataplane::deadline::Deadlines;
 use crate::dataplane::workers::Http1Settings;
 use crate::gateway::state::Gateway;
-use crate::policy::answer::{carry_out, Answer, Decision, DecisionCounts, Reply, RequestId, Tally};
+use crate::policy::answer::{carry_out, Answer, Asked, Decision, DecisionCounts, Reply, RequestId};
 use crate::policy::cookie::session_token;
-use crate::policy::outcome::{decide, Facts};
+use crate::policy::outcome::{decide, Facts, Outcome};
 use crate::policy::target::{self, Refusal, Target};
 
 pub const PATH: &str = "/authz";
@@ -54,11 +54,9 @@ const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-meth
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
-const X_RBAC_DECISION: HeaderName = HeaderName::from_static("x-rbac-decision");
-const X_RBAC_ADMIN_ID: HeaderName = HeaderName::from_static("x-rbac-admin-id");
-const X_RBAC_ROLES: HeaderName = HeaderName::from_static("x-rbac-roles");
-const X_RBAC_SHADOW: HeaderName = HeaderName::from_static("x-rbac-shadow-decision");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::policy::headers::{
+    X_RBAC_ADMIN_ID, X_RBAC_DECISION, X_RBAC_ROLES, X_RBAC_SHADOW, X_REQUEST_ID,
+};
 
 /// Why the reported target cannot be read (all answered 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,15 +71,6 @@ pub enum TargetHeaderError {
     Disagree,
     #[error("the reported target is refused: {0}")]
     Refused(Refusal),
-}
-
-impl TargetHeaderError {
-    fn label(&self) -> &'static str {
-        match self {
-            TargetHeaderError::Refused(r) => r.as_str(),
-            _ => "target_headers",
-        }
-    }
 }
 
 /// One header's single value, as bytes.
@@ -257,6 +246,25 @@ fn client_ip(h: &HeaderMap, peer: SocketAddr) -> String {
         .map_or_else(|| peer.ip().to_string(), str::to_string)
 }
 
+/// The request the edge asks about (method, target, session token), or why it is refused: a
+/// CONNECT to the authorizer, target headers missing, repeated or disagreeing, a target the
+/// proxy would refuse, or `Cookie` headers Console could read differently from the gateway (the
+/// edge forwards the client's own to Console), exactly as in the proxy.
+fn question<'r>(
+    req: &'r Request<Incoming>,
+    cookie: &str,
+) -> Result<(String, Target, Option<&'r str>), Refusal> {
+    if req.method() == Method::CONNECT {
+        return Err(Refusal::NotOriginForm);
+    }
+    let (method, t) = reported(req.headers()).map_err(|e| match e {
+        TargetHeaderError::Refused(r) => r,
+        other => Refusal::TargetHeaders(other.to_string()),
+    })?;
+    let token = session_token(req.headers(), cookie)?;
+    Ok((method, t, token))
+}
+
 async fn handle(door: &Share, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let gw = &*door.gw;
@@ -264,44 +272,33 @@ async fn handle(door: &Share, peer: SocketAddr, req: Request<Incoming>) -> Respo
     if req.uri().path() != PATH {
         return answer(404, None, &request_id);
     }
-    let refused = |why: &dyn std::fmt::Display, label: &str| {
-        tracing::warn!(request_id = %request_id, reason = %why, edge = %peer, "forward-auth: refused");
-        gw.metrics.refusals.with_label_values(&[label]).inc();
-        door.counts.count(Decision::Refused, started);
-        answer(400, Some(Decision::Refused), &request_id)
-    };
-    if req.method() == Method::CONNECT {
-        return refused(
-            &"CONNECT to the authorizer",
-            Refusal::NotOriginForm.as_str(),
-        );
-    }
     let headers = req.headers();
-    let (method, t) = match reported(headers) {
-        Ok(r) => r,
-        Err(e) => return refused(&e, e.label()),
-    };
-    // The edge forwards the client's own Cookie header to Console: one Console could read
-    // differently from the gateway is refused, exactly as in the proxy.
-    let token = match session_token(headers, &gw.cookie) {
-        Ok(t) => t,
-        Err(r) => return refused(&r, r.as_str()),
-    };
-    let mapping = gw.mapping.load();
     let ip = client_ip(headers, peer);
-    let facts = Facts {
-        method: &method,
-        target: &t,
-        token,
-        client_ip: Some(&ip),
-        user_agent: headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok()),
+    let asked = Asked {
         request_id: request_id.as_str(),
-        at: started,
+        client_ip: &ip,
+        started,
     };
-    let outcome = decide(gw, &mapping, gw.switches(), &facts).await;
-    let carried = carry_out(gw, &door.counts, outcome, request_id.as_str(), started).await;
+    let outcome = match question(&req, &gw.cookie) {
+        // Logged and counted by `carry_out`, as the proxy's refusals are.
+        Err(refusal) => Outcome::Refuse(refusal),
+        Ok((method, t, token)) => {
+            let mapping = gw.mapping.load();
+            let facts = Facts {
+                method: &method,
+                target: &t,
+                token,
+                client_ip: Some(&ip),
+                user_agent: headers
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok()),
+                request_id: request_id.as_str(),
+                at: started,
+            };
+            decide(gw, &mapping, gw.switches(), &facts).await
+        }
+    };
+    let carried = carry_out(gw, &door.counts, outcome, &asked).await;
     let done = carried.answer;
     let mut resp = answer(done.authz_status(), Some(carried.decision), &request_id);
     let h = resp.headers_mut();

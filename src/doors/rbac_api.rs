@@ -345,7 +345,7 @@ pub async fn respond(
         h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert("x-request-id", v);
+        h.insert(crate::policy::headers::X_REQUEST_ID, v);
     }
     if close {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));

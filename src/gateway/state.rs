@@ -187,10 +187,11 @@ pub fn prime_metric_labels(m: &Metrics) {
     for r in crate::policy::target::Refusal::REASONS {
         m.refusals.with_label_values(&[r]);
     }
-    // Refused by the data plane after the decision: a request body that is malformed or cut, or
-    // that stopped arriving (408).
-    m.refusals.with_label_values(&["malformed_body"]);
-    m.refusals.with_label_values(&["body_timeout"]);
+    // Refused by the data plane after the decision: a request body that is malformed or cut,
+    // stopped arriving, is too large, or would go over the bodies' budget.
+    for r in crate::policy::answer::BodyRefusal::ALL {
+        m.refusals.with_label_values(&[r.as_str()]);
+    }
     for r in crate::policy::cookie::CookieRefusal::ALL {
         m.refusals.with_label_values(&[r.as_str()]);
     }
@@ -247,5 +248,20 @@ impl crate::policy::answer::Records for Gateway {
 
     fn shadow_denied(&self, rule: &str) {
         self.metrics.shadow_denials.with_label_values(&[rule]).inc();
+    }
+
+    fn refused(&self, reason: &str) {
+        self.metrics.refusals.with_label_values(&[reason]).inc();
+    }
+
+    fn shadowed(&self, rule: &str, drifted: Option<&str>) {
+        match drifted {
+            Some(kind) => self.metrics.drift.with_label_values(&[rule, kind]).inc(),
+            None => self
+                .metrics
+                .shadow_agreements
+                .with_label_values(&[rule])
+                .inc(),
+        }
     }
 }

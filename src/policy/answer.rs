@@ -57,7 +57,7 @@ impl RequestId {
     /// exactly one such header, 20 to 200 characters of `A-Z a-z 0-9 + / = -` (Heroku's router
     /// passes such an id on and replaces anything else with a UUID). None: generate one.
     pub fn trusted(headers: &http::HeaderMap) -> Option<RequestId> {
-        let mut values = headers.get_all("x-request-id").iter();
+        let mut values = headers.get_all(crate::policy::headers::X_REQUEST_ID).iter();
         let v = values.next()?.as_bytes();
         if values.next().is_some() || !Self::valid(v) {
             return None;
@@ -109,6 +109,13 @@ pub trait Records {
     fn denied(&self, rule: &str, reason: &str);
     /// Counts a shadow-mode would-be denial by rule (`rbac_gateway_shadow_denials_total`).
     fn shadow_denied(&self, rule: &str);
+    /// Counts a refused request by reason (`rbac_gateway_refusals_total`): a
+    /// [`crate::policy::target::Refusal`] label or a [`BodyRefusal`]'s.
+    fn refused(&self, reason: &str);
+    /// Counts Console's answer on a shadow-mode rule: against the gateway's decision
+    /// (`drifted`: `rbac_gateway_drift_total` by rule and kind) or with it
+    /// (`rbac_gateway_shadow_agreements_total` by rule).
+    fn shadowed(&self, rule: &str, drifted: Option<&str>);
 }
 
 /// Where a door counts its answers: the data plane keeps per-worker handles of
@@ -167,6 +174,19 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The status of each reply and the plain-text body the data plane sends with it (the
+    /// reason phrase and a newline): the one table of every door. Forward-auth answers
+    /// [`Reply::Login`] with 401 instead ([`Answer::authz_status`]) and sends no body.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            Reply::Refused => (400, "Bad Request\n"),
+            Reply::Login { .. } => (302, "Found\n"),
+            Reply::Denied => (403, "Forbidden\n"),
+            Reply::Gone => (404, "Not Found\n"),
+            Reply::Unavailable => (503, "Service Unavailable\n"),
+        }
+    }
+
     pub fn decision(&self) -> Decision {
         match self {
             Reply::Refused => Decision::Refused,
@@ -197,22 +217,64 @@ impl Answer {
     pub fn proxy_status(&self) -> Option<u16> {
         match self {
             Answer::Forward { .. } => None,
-            Answer::Reply(r) => Some(match r {
-                Reply::Refused => 400,
-                Reply::Login { .. } => 302,
-                Reply::Denied => 403,
-                Reply::Gone => 404,
-                Reply::Unavailable => 503,
-            }),
+            Answer::Reply(r) => Some(r.status().0),
         }
     }
 
-    /// The status forward-auth gives the edge.
+    /// The status forward-auth gives the edge: 200 to let the request through, 401 for the
+    /// login (an edge reads only 2xx/401/403 as decisions), else the reply's own.
     pub fn authz_status(&self) -> u16 {
         match self {
             Answer::Forward { .. } => 200,
             Answer::Reply(Reply::Login { .. }) => 401,
-            Answer::Reply(_) => self.proxy_status().unwrap_or(500),
+            Answer::Reply(r) => r.status().0,
+        }
+    }
+}
+
+/// Console could not be reached or did not answer in time: the data plane's 502 and 504.
+pub const BAD_GATEWAY: (u16, &str) = (502, "Bad Gateway\n");
+pub const GATEWAY_TIMEOUT: (u16, &str) = (504, "Gateway Timeout\n");
+
+/// A request body the data plane will not forward, found while reading it after the decision:
+/// its status, reason phrase and `rbac_gateway_refusals_total` label, primed at start-up with
+/// the other refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRefusal {
+    /// Malformed or cut short (chunked framing, a length not met): 400.
+    Malformed,
+    /// Stopped arriving for `--body-read-timeout-ms`: 408.
+    TimedOut,
+    /// Over `--max-body-bytes`: 413.
+    TooLarge,
+    /// The bodies being read hold `--max-buffered-body-bytes`: 503 with `Retry-After`.
+    Busy,
+}
+
+impl BodyRefusal {
+    pub const ALL: [BodyRefusal; 4] = [
+        BodyRefusal::Malformed,
+        BodyRefusal::TimedOut,
+        BodyRefusal::TooLarge,
+        BodyRefusal::Busy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyRefusal::Malformed => "malformed_body",
+            BodyRefusal::TimedOut => "body_timeout",
+            BodyRefusal::TooLarge => "body_too_large",
+            BodyRefusal::Busy => "body_budget",
+        }
+    }
+
+    /// Its status and plain-text body, as [`Reply::status`].
+    pub fn status(self) -> (u16, &'static str) {
+        match self {
+            BodyRefusal::Malformed => (400, "Bad Request\n"),
+            BodyRefusal::TimedOut => (408, "Request Timeout\n"),
+            BodyRefusal::TooLarge => (413, "Payload Too Large\n"),
+            BodyRefusal::Busy => (503, "Service Unavailable\n"),
         }
     }
 }
@@ -239,12 +301,17 @@ pub async fn carry_out(
     gw: &impl Records,
     tally: &impl Tally,
     outcome: Outcome,
-    request_id: &str,
-    started: Instant,
+    asked: &Asked<'_>,
 ) -> Carried {
+    let (request_id, started) = (asked.request_id, asked.started);
     let decided = outcome.decision();
     // The aftermath; Some: carrying it out failed, the answer is 503.
     let failed = match &outcome {
+        Outcome::Refuse(refusal) => {
+            tracing::warn!(request_id, reason = %refusal, client_ip = asked.client_ip, "refused");
+            gw.refused(refusal.as_str());
+            None
+        }
         Outcome::Unavailable(why) => Some(*why),
         Outcome::Deny { row } => match gw.record(row.clone()).await {
             Err(e) => {
@@ -292,6 +359,37 @@ pub async fn carry_out(
         decision,
         decided_at,
     }
+}
+
+/// Who asked, as [`carry_out`] logs it: the request's id, the client's address as the door
+/// knows it (the peer, the trusted router's, or the edge's report), and when the door started
+/// on the request (the decision's clock).
+pub struct Asked<'a> {
+    pub request_id: &'a str,
+    pub client_ip: &'a str,
+    pub started: Instant,
+}
+
+/// Console's answer on a rule in shadow mode, carried out like every other aftermath: counted
+/// as drift or agreement, drift logged, and the drift row (a fresh id) returned for the door to
+/// record through [`Records::record`] without holding up the answer. None: no drift row.
+pub fn carry_out_shadow(
+    gw: &impl Records,
+    forward: &Forward,
+    console_status: u16,
+    request_id: &str,
+) -> Option<Arc<AuditEvent>> {
+    let drift = forward.drift.as_ref()?;
+    let route = drift.route.as_deref().unwrap_or_default();
+    if !forward.drifts(console_status) {
+        gw.shadowed(route, None);
+        return None;
+    }
+    gw.shadowed(route, Some(drift.reason.as_str()));
+    tracing::warn!(request_id, rule = %route, kind = %drift.reason, console_status, "drift: the gateway and Console disagree");
+    let mut row = AuditEvent::clone(drift);
+    row.id = crate::policy::outcome::row_id();
+    Some(Arc::new(row))
 }
 
 /// An outcome carried out.
@@ -367,6 +465,7 @@ mod tests {
         written: Mutex<Vec<String>>,
         denied: Mutex<Vec<(String, String)>>,
         shadow: Mutex<Vec<String>>,
+        refused: Mutex<Vec<String>>,
         fail: bool,
     }
 
@@ -388,6 +487,25 @@ mod tests {
 
         fn shadow_denied(&self, rule: &str) {
             self.shadow.lock().unwrap().push(rule.to_string());
+        }
+
+        fn refused(&self, reason: &str) {
+            self.refused.lock().unwrap().push(reason.to_string());
+        }
+
+        fn shadowed(&self, rule: &str, drifted: Option<&str>) {
+            self.shadow
+                .lock()
+                .unwrap()
+                .push(format!("{rule} {}", drifted.unwrap_or("agreed")));
+        }
+    }
+
+    fn asked() -> Asked<'static> {
+        Asked {
+            request_id: "rid",
+            client_ip: "192.0.2.1",
+            started: Instant::now(),
         }
     }
 
@@ -451,7 +569,7 @@ mod tests {
             rows.written.lock().unwrap().clear();
             let counts = Counts::default();
             let outcome = block_on(run(authority, on, method, path, token));
-            let carried = block_on(carry_out(rows, &counts, outcome, "rid", Instant::now()));
+            let carried = block_on(carry_out(rows, &counts, outcome, &asked()));
             let (identity, shadow) = match &carried.answer {
                 Answer::Forward {
                     identity, shadow, ..
@@ -508,14 +626,78 @@ mod tests {
             &Rows::default(),
             &Counts::default(),
             outcome,
-            "rid",
-            Instant::now(),
+            &asked(),
         ));
         match carried.answer {
             Answer::Reply(Reply::Login { location }) => {
                 assert_eq!(location, "/auth/login?next=%2Fenforced%3Fa%3D1")
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_counted_by_its_reason_and_answered_400_by_both_doors() {
+        let (rows, counts) = (Rows::default(), Counts::default());
+        let refusal = crate::policy::target::Refusal::TargetHeaders(
+            "X-Forwarded-Uri without X-Forwarded-Method".into(),
+        );
+        let carried = block_on(carry_out(
+            &rows,
+            &counts,
+            Outcome::Refuse(refusal),
+            &asked(),
+        ));
+        assert_eq!(carried.decision, Decision::Refused);
+        assert_eq!(
+            (carried.answer.proxy_status(), carried.answer.authz_status()),
+            (Some(400), 400)
+        );
+        assert_eq!(*rows.refused.lock().unwrap(), vec!["target_headers"]);
+        assert!(
+            rows.written.lock().unwrap().is_empty(),
+            "no row for a refusal"
+        );
+        assert_eq!(*counts.0.lock().unwrap(), vec![Decision::Refused]);
+    }
+
+    #[test]
+    fn every_reply_and_body_refusal_has_one_status_and_phrase() {
+        let replies = [
+            Reply::Refused,
+            Reply::Login {
+                location: "/auth/login".into(),
+            },
+            Reply::Denied,
+            Reply::Gone,
+            Reply::Unavailable,
+        ];
+        let statuses: Vec<u16> = replies.iter().map(|r| r.status().0).collect();
+        assert_eq!(statuses, [400, 302, 403, 404, 503]);
+        for r in &replies {
+            let (status, body) = r.status();
+            assert_eq!(
+                http::StatusCode::from_u16(status)
+                    .unwrap()
+                    .canonical_reason(),
+                body.strip_suffix('\n')
+            );
+        }
+        let mut labels = std::collections::HashSet::new();
+        for b in BodyRefusal::ALL {
+            let (status, body) = b.status();
+            assert_eq!(
+                http::StatusCode::from_u16(status)
+                    .unwrap()
+                    .canonical_reason(),
+                body.strip_suffix('\n')
+            );
+            assert!(labels.insert(b.as_str()), "{} twice", b.as_str());
+            assert!(
+                !crate::policy::target::Refusal::REASONS.contains(&b.as_str()),
+                "{} is a target refusal's label too",
+                b.as_str()
+            );
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod answer;
 pub mod audit_event;
 pub mod cookie;
+pub mod headers;
 pub mod mapping;
 pub mod outcome;
 pub mod principal;

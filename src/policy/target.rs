@@ -57,6 +57,9 @@ pub enum Refusal {
     /// `Cookie` headers Console could read differently from the gateway (`src/policy/cookie.rs`);
     /// the reason is one of `CookieRefusal`'s.
     Cookie(&'static str),
+    /// Forward-auth: the edge's report of the request (`X-Forwarded-Method` + `X-Forwarded-Uri`
+    /// or `X-Original-*`) is missing, incomplete, repeated or contradicts itself; what is wrong.
+    TargetHeaders(String),
 }
 
 impl Refusal {
@@ -87,6 +90,7 @@ impl Refusal {
         "upgrade",
         "connection_names_header",
         "unparsed",
+        "target_headers",
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -117,6 +121,7 @@ impl Refusal {
             Refusal::ConnectionNamesHeader(_) => "connection_names_header",
             Refusal::Unparsed => "unparsed",
             Refusal::Cookie(reason) => reason,
+            Refusal::TargetHeaders(_) => "target_headers",
         }
     }
 }
@@ -130,6 +135,7 @@ impl fmt::Display for Refusal {
             | Refusal::ConnectionNamesHeader(h) => {
                 write!(f, "{} {h}", self.as_str())
             }
+            Refusal::TargetHeaders(what) => write!(f, "target_headers: {what}"),
             other => f.write_str(other.as_str()),
         }
     }
@@ -471,7 +477,8 @@ mod tests {
                 | Refusal::InvalidHost
                 | Refusal::Upgrade
                 | Refusal::ConnectionNamesHeader(_)
-                | Refusal::Unparsed => {}
+                | Refusal::Unparsed
+                | Refusal::TargetHeaders(_) => {}
                 // Listed in CookieRefusal::ALL.
                 Refusal::Cookie(_) => {}
             }
@@ -502,6 +509,7 @@ mod tests {
             Refusal::Upgrade,
             Refusal::ConnectionNamesHeader(String::new()),
             Refusal::Unparsed,
+            Refusal::TargetHeaders(String::new()),
         ];
         for r in &all {
             listed(r);

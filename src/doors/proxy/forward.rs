@@ -11,17 +11,17 @@ use http::{Method, Request, Response, Version};
 use hyper::body::{Body, Incoming};
 
 use crate::dataplane::upstream::{GatewayBody, UpstreamError};
-use crate::policy::answer::Identity;
+use crate::policy::answer::{
+    carry_out_shadow, BodyRefusal, Identity, Records, BAD_GATEWAY, GATEWAY_TIMEOUT,
+};
+use crate::policy::headers::{X_RBAC_ADMIN_ID, X_RBAC_ROLES, X_RBAC_SHADOW, X_REQUEST_ID};
 use crate::policy::outcome::Forward;
 use crate::policy::target::{is_header_value, is_hop_by_hop};
 
 use super::body::{read_body, BodyError, Held};
 use super::checks::CookieRewrite;
-use super::{text_response, Ctx, Worker, X_REQUEST_ID};
+use super::{text_response, Ctx, Worker};
 
-const X_RBAC_ADMIN_ID: HeaderName = HeaderName::from_static("x-rbac-admin-id");
-const X_RBAC_ROLES: HeaderName = HeaderName::from_static("x-rbac-roles");
-const X_RBAC_SHADOW: HeaderName = HeaderName::from_static("x-rbac-shadow-decision");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Identity headers come from the gateway only, whatever spelling the client used.
@@ -62,39 +62,33 @@ pub(super) async fn forward_request(
     } else {
         match read_body(w, body).await {
             Ok(b) => b,
-            Err(BodyError::Busy) => {
+            Err(e) => {
                 ctx.unread_body = true;
-                tracing::warn!(request_id = %ctx.request_id, limit = w.bodies.left(), "request bodies being read hold --max-buffered-body-bytes: 503, not forwarded");
-                gw.metrics
-                    .refusals
-                    .with_label_values(&["body_budget"])
-                    .inc();
-                let mut resp = text_response(ctx, 503, "Service Unavailable\n", true);
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return resp;
-            }
-            Err(BodyError::TimedOut) => {
-                ctx.unread_body = true;
-                tracing::warn!(request_id = %ctx.request_id, timeout_ms = w.body_read_timeout.as_millis() as u64, "request body stalled: 408, not forwarded");
-                gw.metrics
-                    .refusals
-                    .with_label_values(&["body_timeout"])
-                    .inc();
-                return text_response(ctx, 408, "Request Timeout\n", true);
-            }
-            Err(BodyError::Read(e)) => {
-                ctx.unread_body = true;
-                if e.is::<http_body_util::LengthLimitError>() {
-                    tracing::warn!(request_id = %ctx.request_id, limit = w.max_body_bytes, "request body too large: 413");
-                    return text_response(ctx, 413, "Payload Too Large\n", true);
+                let refusal = match e {
+                    BodyError::Busy => {
+                        tracing::warn!(request_id = %ctx.request_id, limit = w.bodies.left(), "request bodies being read hold --max-buffered-body-bytes: 503, not forwarded");
+                        BodyRefusal::Busy
+                    }
+                    BodyError::TimedOut => {
+                        tracing::warn!(request_id = %ctx.request_id, timeout_ms = w.body_read_timeout.as_millis() as u64, "request body stalled: 408, not forwarded");
+                        BodyRefusal::TimedOut
+                    }
+                    BodyError::Read(e) if e.is::<http_body_util::LengthLimitError>() => {
+                        tracing::warn!(request_id = %ctx.request_id, limit = w.max_body_bytes, "request body too large: 413");
+                        BodyRefusal::TooLarge
+                    }
+                    BodyError::Read(e) => {
+                        tracing::warn!(request_id = %ctx.request_id, error = %e, "request body malformed or incomplete: 400, not forwarded");
+                        BodyRefusal::Malformed
+                    }
+                };
+                Records::refused(&**gw, refusal.as_str());
+                let mut resp = text_response(ctx, refusal.status(), true);
+                if refusal == BodyRefusal::Busy {
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 }
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "request body malformed or incomplete: 400, not forwarded");
-                gw.metrics
-                    .refusals
-                    .with_label_values(&["malformed_body"])
-                    .inc();
-                return text_response(ctx, 400, "Bad Request\n", true);
+                return resp;
             }
         }
     };
@@ -222,44 +216,30 @@ pub(super) async fn forward_request(
             tracing::warn!(request_id = %ctx.request_id, status, error = %e, "upstream failure");
             return text_response(
                 ctx,
-                status,
                 if status == 504 {
-                    "Gateway Timeout\n"
+                    GATEWAY_TIMEOUT
                 } else {
-                    "Bad Gateway\n"
+                    BAD_GATEWAY
                 },
                 true,
             );
         }
         Err(_) => {
             tracing::warn!(request_id = %ctx.request_id, status = 504, "upstream read timed out");
-            return text_response(ctx, 504, "Gateway Timeout\n", true);
+            return text_response(ctx, GATEWAY_TIMEOUT, true);
         }
     };
     let status = resp.status().as_u16();
     w.upstream_seconds[(status / 100).clamp(1, 5) as usize - 1]
         .observe(sent.elapsed().as_secs_f64());
-    if let Some(mut drift) = forward.drift.clone() {
-        let route = drift.route.clone().unwrap_or_default();
-        if forward.drifts(status) {
-            gw.metrics
-                .drift
-                .with_label_values(&[route.as_str(), drift.reason.as_str()])
-                .inc();
-            tracing::warn!(request_id = %ctx.request_id, rule = %route, kind = %drift.reason, console_status = status, "drift: the gateway and Console disagree");
-            drift.id = crate::policy::outcome::row_id();
-            let audit = gw.audit.clone();
-            tokio::task::spawn(async move {
-                if let Err(e) = audit.record(Arc::from(drift)).await {
-                    tracing::error!(error = %e, "cannot record a drift event");
-                }
-            });
-        } else {
-            gw.metrics
-                .shadow_agreements
-                .with_label_values(&[route.as_str()])
-                .inc();
-        }
+    if let Some(row) = carry_out_shadow(&**gw, &forward, status, ctx.request_id.as_str()) {
+        // Console's answer does not wait for the drift row.
+        let gw = gw.clone();
+        tokio::task::spawn(async move {
+            if let Err(e) = Records::record(&*gw, row).await {
+                tracing::error!(error = %e, "cannot record a drift event");
+            }
+        });
     }
     // Console's hop-by-hop headers were left out when its answer was read.
     let (mut rparts, rbody) = resp.into_parts();

@@ -44,7 +44,8 @@ use crate::dataplane::upstream::{GatewayBody, Pool};
 use crate::dataplane::workers::{Door, Http1Settings};
 use crate::doors::rbac_api;
 use crate::gateway::state::Gateway;
-use crate::policy::answer::{carry_out, Answer, DecisionCounts, Reply, RequestId};
+use crate::policy::answer::{carry_out, Answer, Asked, DecisionCounts, Reply, RequestId};
+use crate::policy::headers::X_REQUEST_ID;
 use crate::policy::outcome::{decide, Facts, Forward, Outcome, Via};
 
 pub use body::BodyBudget;
@@ -217,7 +218,13 @@ struct Ctx {
     connection_named: Vec<HeaderName>,
 }
 
-fn text_response(ctx: &Ctx, status: u16, body: &'static str, close: bool) -> Response<GatewayBody> {
+/// The gateway's own answer: `status` with its plain-text `body` (none to a HEAD request), from
+/// the one status table ([`Reply::status`], [`crate::policy::answer::BodyRefusal::status`]).
+fn text_response(
+    ctx: &Ctx,
+    (status, body): (u16, &'static str),
+    close: bool,
+) -> Response<GatewayBody> {
     let mut resp = Response::new(if ctx.head {
         GatewayBody::Own(None)
     } else {
@@ -238,8 +245,6 @@ fn text_response(ctx: &Ctx, status: u16, body: &'static str, close: bool) -> Res
     }
     resp
 }
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 async fn handle(
     w: Arc<Worker>,
@@ -282,14 +287,8 @@ async fn handle(
     });
     let mut cookie = CookieRewrite::Keep;
     let outcome = match checked {
-        Err(refusal) => {
-            tracing::warn!(request_id = %ctx.request_id, reason = %refusal, client_ip = %ctx.client_ip, "refused");
-            gw.metrics
-                .refusals
-                .with_label_values(&[refusal.as_str()])
-                .inc();
-            Outcome::Refuse(refusal)
-        }
+        // Logged and counted by `carry_out`, like every outcome's aftermath.
+        Err(refusal) => Outcome::Refuse(refusal),
         Ok((target, user_agent, (token, rewrite))) => {
             cookie = rewrite;
             // The reader API is answered here, never decided as a route nor forwarded.
@@ -349,14 +348,12 @@ async fn respond(
     req: Request<Incoming>,
     cookie: CookieRewrite,
 ) -> Response<GatewayBody> {
-    let carried = carry_out(
-        &*w.gw,
-        &w.counts,
-        outcome,
-        ctx.request_id.as_str(),
-        ctx.started,
-    )
-    .await;
+    let asked = Asked {
+        request_id: ctx.request_id.as_str(),
+        client_ip: &ctx.client_ip,
+        started: ctx.started,
+    };
+    let carried = carry_out(&*w.gw, &w.counts, outcome, &asked).await;
     let decided = carried.decided_at;
     match carried.answer {
         Answer::Forward {
@@ -365,14 +362,9 @@ async fn respond(
             shadow,
         } => forward_request(w, ctx, forward, identity, shadow, req, cookie, decided).await,
         Answer::Reply(reply) => {
-            let (status, body, close) = match &reply {
-                Reply::Refused => (400, "Bad Request\n", true),
-                Reply::Login { .. } => (302, "Found\n", false),
-                Reply::Denied => (403, "Forbidden\n", false),
-                Reply::Gone => (404, "Not Found\n", false),
-                Reply::Unavailable => (503, "Service Unavailable\n", false),
-            };
-            let mut resp = text_response(ctx, status, body, close);
+            // A refused request's connection is not read again.
+            let close = reply == Reply::Refused;
+            let mut resp = text_response(ctx, reply.status(), close);
             if let Reply::Login { location } = &reply {
                 match HeaderValue::from_str(location) {
                     Ok(v) => {
