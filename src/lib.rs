@@ -15,8 +15,10 @@
 //! - [`dataplane`]: wire mechanics under the doors: listeners, the request-head sniffer, the
 //!   upstream pool, deadlines, the drain. Each replacement of a standard part says which crate,
 //!   why, and which test pins it.
+//! - [`jobs`]: the background jobs on a timer: the sweep of grants that end by themselves and
+//!   the break-glass alerts.
 //! - [`stores`]: Console's database and the gateway's own tables: identity and its cache, ticket
-//!   grants, the change feed, the audit writer, the lifecycle jobs. They fill the policy's types.
+//!   grants and their revocation, the change feed, the audit writer. They fill the policy's types.
 //! - [`policy`]: pure, sans-IO: what a request is ([`policy::target`], [`policy::cookie`]), the
 //!   mapping, who asks ([`policy::principal`]), the one decision ([`policy::outcome::decide`])
 //!   carried out once for every door ([`policy::answer::carry_out`]) and the row a denial leaves
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod dataplane;
 pub mod doors;
 pub mod gateway;
+pub mod jobs;
 pub mod policy;
 pub mod runtime;
 pub mod stores;

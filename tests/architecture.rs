@@ -16,14 +16,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The floors of the house, ground first: `runtime` (configuration, metrics, supervision,
-/// logging), `policy` (the decision and its vocabulary), `stores` (the database), `dataplane`
-/// (wire mechanics), `gateway` (the shared state and the mapping reload, wiring the policy to
-/// the stores), `doors` (transports of the gateway's answers), `cli` (the commands, `serve`
+/// logging), `policy` (the decision and its vocabulary), `stores` (the database), `jobs` (the
+/// background jobs on a timer: the sweep and the alerts, over the stores), `dataplane` (wire
+/// mechanics), `gateway` (the shared state and the mapping reload, wiring the policy to the
+/// stores), `doors` (transports of the gateway's answers), `cli` (the commands, `serve`
 /// assembling everything). A module may import from its own floor and the floors below it.
 const FLOORS: &[&str] = &[
     "runtime",
     "policy",
     "stores",
+    "jobs",
     "dataplane",
     "gateway",
     "doors",

@@ -255,7 +255,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         ));
         supervised(
             Task::Alerts,
-            Box::pin(crate::stores::lifecycle::alerts_forever(
+            Box::pin(crate::jobs::alerts::alerts_forever(
                 pool.clone(),
                 args.alert_webhook_url.clone(),
                 Duration::from_secs(1),
@@ -266,9 +266,9 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         if args.sweep_interval > 0.0 {
             supervised(
                 Task::Sweeper,
-                Box::pin(crate::stores::lifecycle::run_forever(
+                Box::pin(crate::jobs::sweep::run_forever(
                     pool.clone(),
-                    crate::stores::lifecycle::SweepSettings {
+                    crate::jobs::sweep::SweepSettings {
                         validation_url: args.ticket_validation_url.clone(),
                         freescout_timeout: Duration::from_millis(args.freescout_timeout_ms),
                         concurrency: args.freescout_concurrency,

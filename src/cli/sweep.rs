@@ -5,25 +5,25 @@ use std::time::Duration;
 use anyhow::anyhow;
 
 use super::{failure, runtime, say, Exit};
+use crate::jobs::{alerts, sweep};
 use crate::runtime::config::{SweepArgs, EXIT_PROBLEMS};
-use crate::stores::lifecycle;
 
 pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
     let (report, alerts) = runtime()?.block_on(async {
         let limit = Duration::from_secs(10);
         let pool = super::command_pool(&args.database_url, 2, limit).await?;
-        let settings = lifecycle::SweepSettings {
+        let settings = sweep::SweepSettings {
             validation_url: args.ticket_validation_url.clone(),
             freescout_timeout: Duration::from_millis(args.freescout_timeout_ms.max(1)),
             concurrency: args.freescout_concurrency.max(1),
             limit,
         };
-        let report = lifecycle::sweep_once(&pool, settings).await.map_err(|e| {
+        let report = sweep::sweep_once(&pool, settings).await.map_err(|e| {
             failure(anyhow!(
                 "sweep failed (grants it handled stay handled; the rest is retried): {e}"
             ))
         })?;
-        let alerts = lifecycle::alerts_once(&pool, args.alert_webhook_url.as_deref(), limit)
+        let alerts = alerts::alerts_once(&pool, args.alert_webhook_url.as_deref(), limit)
             .await
             .map_err(|e| failure(anyhow!("alert pass failed: {e}")))?;
         Ok::<_, Exit>((report, alerts))

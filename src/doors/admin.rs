@@ -166,7 +166,7 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
         // Named, the status unchanged: one grant or session whose rows cannot be written is
         // retried every sweep while every other one proceeds; an operator must look at it.
         let stuck =
-            crate::stores::lifecycle::stuck(gw.identity.pool(), gw.sweep_failure_threshold, 5);
+            crate::stores::revocation::stuck(gw.identity.pool(), gw.sweep_failure_threshold, 5);
         match crate::stores::db::within(UNKNOWN_NAMES_LIMIT, stuck).await {
             Ok((items, total)) => {
                 for (item, failures, error) in &items {

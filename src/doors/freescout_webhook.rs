@@ -12,7 +12,7 @@
 //! signature covers it: a body that is too large gets 413, not 401, whoever sends it. The call is
 //! only a hint: the ticket's status is read again from FreeScout (`--ticket-validation-url`),
 //! and only a ticket FreeScout reports closed or resolved has its grants revoked, each with its
-//! `ticket_expire` row first (I-9), exactly as the sweep does ([`crate::stores::lifecycle::revoke_ticket`]).
+//! `ticket_expire` row first (I-9), exactly as the sweep does ([`crate::stores::revocation::revoke_ticket`]).
 //! A forged, replayed or early call therefore revokes nothing still open, and a repeated one
 //! revokes nothing twice. Any replica can take it: revocations lock the grant's row.
 
@@ -30,7 +30,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 use crate::runtime::metrics::Metrics;
-use crate::stores::lifecycle::Done;
+use crate::stores::revocation::Done;
 
 /// The path FreeScout posts to.
 pub const PATH: &str = "/freescout/webhook";
@@ -256,7 +256,7 @@ async fn handle(
                 serde_json::json!({"ticket_id": ticket, "status": null, "revoked": [], "note": "FreeScout does not know this ticket: nothing revoked"}),
             )
         }
-        Ok(Some(st)) if !crate::stores::lifecycle::ended(&st) => {
+        Ok(Some(st)) if !crate::stores::ticket::ended(&st) => {
             count("not_closed");
             tracing::warn!(ticket = %ticket, status = %st, peer = %peer, "FreeScout webhook: the ticket is not closed; nothing revoked");
             answer(
@@ -266,11 +266,11 @@ async fn handle(
         }
         Ok(Some(st)) => {
             let retry = r.retry();
-            let by = crate::stores::lifecycle::Caller {
+            let by = crate::stores::revocation::Caller {
                 name: "FreeScout webhook",
                 retry: &retry,
             };
-            match crate::stores::lifecycle::revoke_ticket(&r.pool, &ticket, r.db_limit, by).await {
+            match crate::stores::revocation::revoke_ticket(&r.pool, &ticket, r.db_limit, by).await {
                 Err(e) => {
                     count("failed");
                     tracing::error!(ticket = %ticket, error = %e, "FreeScout webhook: the ticket's grants could not be read; nothing revoked: {retry}");

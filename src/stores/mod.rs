@@ -1,14 +1,15 @@
 //! Console's database and the gateway's own tables: the pool and migrations ([`db`]), who a
 //! session is ([`identity`], [`ticket`]), keeping the cache coherent ([`feed`]), the durable
-//! audit trail ([`audit`]) and the grants that end by themselves ([`lifecycle`]), mapping versions pushed to the
-//! database ([`mapping_store`]).
+//! audit trail ([`audit`]), the revocation of grants that end ([`revocation`]; the jobs that
+//! sweep them are in [`crate::jobs`]), mapping versions pushed to the database
+//! ([`mapping_store`]).
 
 pub mod audit;
 pub mod db;
 pub mod feed;
 pub mod identity;
-pub mod lifecycle;
 pub mod mapping_store;
 pub mod pool;
+pub mod revocation;
 pub mod rollout;
 pub mod ticket;

@@ -100,6 +100,15 @@ const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUME
 /// reads the ending ones in any case too: FreeScout's API and its webhooks differ in case).
 const OPEN: &[&str] = &["active", "pending"];
 
+/// FreeScout statuses that end a ticket grant (read in any case): the sweep and FreeScout's
+/// webhook revoke a ticket's grants on them.
+pub const ENDED: &[&str] = &["closed", "resolved"];
+
+/// Whether FreeScout's `status` ends a ticket grant.
+pub fn ended(status: &str) -> bool {
+    ENDED.iter().any(|e| e.eq_ignore_ascii_case(status))
+}
+
 /// The largest validator answer read; a longer one is a bad answer (fails closed).
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -241,4 +250,16 @@ pub async fn open_tickets(
         }
     }
     Ok(open)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ended_statuses_are_read_in_any_case() {
+        assert!(super::ended("CLOSED"));
+        assert!(super::ended("Resolved"));
+        assert!(!super::ended("active"));
+        assert!(!super::ended("pending"));
+        assert!(!super::ended(""));
+    }
 }

@@ -1,0 +1,547 @@
+//! A response head, read from bytes: sans-IO, as [`crate::policy::target`] reads a request.
+//!
+//! [`parse_response`] takes the bytes read so far from an upstream connection and returns the
+//! head (status, version, the end-to-end headers Console's client receives), how its body is
+//! framed and whether the connection can carry another request; or `Ok(None)` while the head is
+//! incomplete; or one [`HeadError`] per reason a head is refused (502). It reads no socket and
+//! knows no body type: the leg (`upstream/mod.rs`) reads the bytes and attaches the body. The
+//! bytes are parsed by httparse and read the way hyper's client reads them, except where the leg
+//! is stricter (the module doc of `upstream` lists where).
+
+use bytes::{Buf, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode, Version};
+
+use crate::policy::target::{connection_tokens, is_hop_by_hop};
+
+/// Largest response head read from the upstream, in bytes.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most header lines in a response head (hyper's default).
+pub const MAX_HEADERS: usize = 100;
+
+/// Why a response head is refused (the leg answers 502). The message is what the log line of
+/// the refusal says, after "the upstream's response is refused: ".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// Over [`MAX_HEAD`] bytes, complete or not.
+    #[error("response head too large")]
+    TooLarge,
+    /// More than [`MAX_HEADERS`] header lines.
+    #[error("too many response headers")]
+    TooManyHeaders,
+    /// Not a response head httparse reads (a folded header line, another version, garbage).
+    #[error("malformed response head")]
+    Malformed,
+    /// A status code below 100 (httparse reads three digits).
+    #[error("invalid status")]
+    InvalidStatus,
+    /// `101 Switching Protocols`: the gateway never asks for an upgrade.
+    #[error("101 to a request without Upgrade")]
+    SwitchingProtocols,
+    /// A name `HeaderName` refuses (httparse accepts the same tokens: kept as a guard).
+    #[error("invalid header name")]
+    InvalidHeaderName,
+    /// A value `HeaderValue` refuses (httparse accepts the same bytes: kept as a guard).
+    #[error("invalid header value")]
+    InvalidHeaderValue,
+    /// `Transfer-Encoding` other than one `chunked` header, with `Content-Length`, or on
+    /// HTTP/1.0.
+    #[error("transfer-encoding")]
+    TransferEncoding,
+    /// More than one `Content-Length` (hyper merges identical ones).
+    #[error("repeated content-length")]
+    RepeatedContentLength,
+    /// A `Content-Length` other than 1 to 19 digits.
+    #[error("invalid content-length")]
+    InvalidContentLength,
+}
+
+/// The header names already read on one connection, by their bytes as received. Console sends
+/// the same few names in every answer; finding one here (a length and a byte comparison) is
+/// cheaper than [`HeaderName::from_bytes`], which checks and lower-cases every byte and then
+/// looks the name up among the standard ones. A name is only ever cached as `from_bytes` gave
+/// it for exactly the same bytes, so the result is the same.
+#[derive(Debug, Default)]
+pub struct Names(Vec<(Box<[u8]>, HeaderName)>);
+
+impl Names {
+    /// Names kept per connection; others are checked each time.
+    const MAX: usize = 32;
+
+    fn get(&mut self, raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+        if let Some((_, name)) = self.0.iter().find(|(seen, _)| **seen == *raw) {
+            return Ok(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw)?;
+        if self.0.len() < Self::MAX {
+            self.0.push((raw.into(), name.clone()));
+        }
+        Ok(name)
+    }
+}
+
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Length(u64),
+    Chunked,
+    /// Read until the upstream closes the connection.
+    Close,
+}
+
+/// A response head read from the upstream; its body is the leg's to attach.
+pub struct Parsed {
+    pub response: Response<()>,
+    pub framing: Framing,
+    /// HTTP/1.1 without `Connection: close`: the connection can carry another request.
+    pub keep_alive: bool,
+}
+
+/// Parses a response head at the start of `buf`, skipping interim (1xx) responses, and takes
+/// what it used out of `buf`. `Ok(None)`: more bytes are needed (and fewer than [`MAX_HEAD`]
+/// are buffered).
+pub fn parse_response(
+    buf: &mut BytesMut,
+    head_request: bool,
+    names: &mut Names,
+) -> Result<Option<Parsed>, HeadError> {
+    loop {
+        // Uninitialised slots: filling 100 empty headers cost more than parsing the head.
+        let mut slots =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut res, buf, &mut slots)
+        {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err(HeadError::TooLarge)
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+            Err(_) => return Err(HeadError::Malformed),
+        };
+        if len > MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        let code = res.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).map_err(|_| HeadError::InvalidStatus)?;
+        let version = if res.version == Some(1) {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        match code {
+            101 => return Err(HeadError::SwitchingProtocols),
+            100..=199 => {
+                // An interim response: the final one follows.
+                buf.advance(len);
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let reason = res.reason.unwrap_or("");
+        let reason = (Some(reason) != status.canonical_reason())
+            .then(|| hyper::ext::ReasonPhrase::try_from(reason.as_bytes().to_vec()).ok())
+            .flatten();
+        // The names and values are copied out of the read buffer (a few bytes each), not
+        // shared with it: a shared buffer cost a split per response and two atomic reference
+        // count updates per value (1.5% of the gateway's CPU in perf), and the buffer stays
+        // one plain allocation, reused for the next response.
+        //
+        // The end-to-end headers only, in their order: the hop-by-hop ones, and those a
+        // `Connection` header names, are read for the framing and never handed on (left out
+        // here rather than removed later: each insertion and removal hashes the name).
+        let count = res.headers.len();
+        let mut headers = HeaderMap::with_capacity(count);
+        let mut named = Vec::new();
+        for h in res.headers.iter() {
+            if h.name.as_bytes().eq_ignore_ascii_case(b"connection") {
+                connection_tokens(h.value, &mut named);
+            }
+        }
+        let mut keep_alive = version == Version::HTTP_11;
+        let mut lengths = 0usize;
+        let mut length = None;
+        let mut encodings = 0usize;
+        let mut chunked = false;
+        // No body follows this head whatever it says (RFC 9112 §6.3).
+        let bodiless = head_request || code == 204 || code == 304;
+        for h in res.headers.iter() {
+            let (raw_name, raw_value) = (h.name.as_bytes(), h.value);
+            let name = names
+                .get(raw_name)
+                .map_err(|_| HeadError::InvalidHeaderName)?;
+            if name == header::CONNECTION {
+                if has_token(raw_value, b"close") {
+                    keep_alive = false;
+                }
+            } else if name == header::CONTENT_LENGTH {
+                lengths += 1;
+                length = parse_length(raw_value);
+                if !bodiless {
+                    // The body handed on is exactly this long (its size hint says so), and
+                    // hyper's server writes `content-length` from it: the same header, without
+                    // a copy of Console's one to make, store and check again.
+                    continue;
+                }
+            } else if name == header::TRANSFER_ENCODING {
+                encodings += 1;
+                chunked = raw_value.eq_ignore_ascii_case(b"chunked");
+            } else if name == header::DATE {
+                // The gateway's own `Date` goes out (hyper's, cached per second), as nginx's
+                // `proxy_pass` sends its own by default.
+                continue;
+            }
+            // Left out, not removed afterwards: a removal would also reorder the others.
+            if is_hop_by_hop(&name) || named.contains(&name) {
+                continue;
+            }
+            // Only the values handed on are made: one left out is refused by nothing, as
+            // before, since httparse accepted it and the bytes httparse accepts in a value are
+            // the bytes `HeaderValue` accepts.
+            let value =
+                HeaderValue::from_bytes(raw_value).map_err(|_| HeadError::InvalidHeaderValue)?;
+            headers.append(name, value);
+        }
+        let framing = if bodiless {
+            Framing::Length(0)
+        } else if encodings > 0 {
+            if encodings > 1 || !chunked || lengths > 0 || version == Version::HTTP_10 {
+                return Err(HeadError::TransferEncoding);
+            }
+            Framing::Chunked
+        } else if lengths > 1 {
+            return Err(HeadError::RepeatedContentLength);
+        } else if lengths == 1 {
+            Framing::Length(length.ok_or(HeadError::InvalidContentLength)?)
+        } else {
+            Framing::Close
+        };
+        if framing == Framing::Close {
+            keep_alive = false;
+        }
+        buf.advance(len);
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        if let Some(reason) = reason {
+            response.extensions_mut().insert(reason);
+        }
+        return Ok(Some(Parsed {
+            response,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// `Content-Length`: digits only, as hyper reads it.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Whether a comma-separated header value holds `token` (ASCII case-insensitive).
+fn has_token(v: &[u8], token: &[u8]) -> bool {
+    v.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8], head: bool) -> Result<Option<Parsed>, HeadError> {
+        parse_response(&mut BytesMut::from(bytes), head, &mut Names::default())
+    }
+
+    #[test]
+    fn cached_header_names_are_what_from_bytes_gives() {
+        let mut names = Names::default();
+        for _ in 0..2 {
+            for raw in [
+                &b"Content-Type"[..],
+                b"content-type",
+                b"X-Custom",
+                b"x-custom",
+            ] {
+                assert_eq!(
+                    names.get(raw).unwrap(),
+                    HeaderName::from_bytes(raw).unwrap()
+                );
+            }
+            assert!(names.get(b"bad name").is_err());
+            assert!(names.get(b"").is_err());
+        }
+        assert_eq!(
+            names.0.len(),
+            4,
+            "one entry per spelling, none for a refused name"
+        );
+        for i in 0..100 {
+            let raw = format!("x-{i}");
+            assert_eq!(names.get(raw.as_bytes()).unwrap().as_str(), raw);
+        }
+        assert_eq!(names.0.len(), Names::MAX);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_left_out() {
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Private: secret\r\n\
+            Connection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\nTrailer: x\r\n\
+            Upgrade: h2c\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+            Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let p = parse(head.as_bytes(), false).unwrap().unwrap();
+        assert_eq!(
+            p.framing,
+            Framing::Chunked,
+            "read for the framing all the same"
+        );
+        assert!(p.keep_alive);
+        let h = p.response.headers();
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type", "set-cookie"]);
+        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+
+        let p = parse(
+            b"HTTP/1.1 204 No Content\r\nX-Private: b\r\nConnection: close\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!p.keep_alive);
+        let names: Vec<&str> = p
+            .response
+            .headers()
+            .keys()
+            .map(HeaderName::as_str)
+            .collect();
+        assert_eq!(names, ["x-private"], "kept when no Connection names it");
+    }
+
+    #[test]
+    fn console_date_and_content_length_are_left_to_hyper_where_a_body_follows() {
+        let names = |p: &Parsed| -> Vec<String> {
+            p.response
+                .headers()
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+                .collect()
+        };
+        let head = "HTTP/1.1 200 OK\r\nServer: gunicorn\r\nDate: Wed, 25 Nov 2026 06:00:00 GMT\r\n\
+            Content-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n";
+        let p = parse(head.as_bytes(), false).unwrap().unwrap();
+        assert_eq!(p.framing, Framing::Length(3));
+        assert_eq!(names(&p), ["server: gunicorn", "content-type: text/plain"]);
+        // Without a body to measure, Console's Content-Length is the only one there is.
+        let p = parse(head.as_bytes(), true).unwrap().unwrap();
+        assert_eq!(p.framing, Framing::Length(0));
+        assert_eq!(
+            names(&p),
+            [
+                "server: gunicorn",
+                "content-length: 3",
+                "content-type: text/plain"
+            ]
+        );
+        for status in ["204 No Content", "304 Not Modified"] {
+            let head = format!("HTTP/1.1 {status}\r\nDate: x\r\nContent-Length: 7\r\n\r\n");
+            let p = parse(head.as_bytes(), false).unwrap().unwrap();
+            assert_eq!(names(&p), ["content-length: 7"], "{status}");
+        }
+        // Still read for the framing: two lengths or a length with chunks are refused.
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nok\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\nok\n",
+        ] {
+            assert!(parse(bad.as_bytes(), false).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn framing_of_responses() {
+        let f =
+            |b: &str, head| parse(b.as_bytes(), head).map(|p| p.map(|p| (p.framing, p.keep_alive)));
+        for (response, head, expected) in [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
+                false,
+                Some((Framing::Length(3), true)),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+                true,
+                Some((Framing::Length(0), true)),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+                Some((Framing::Chunked, true)),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+                false,
+                Some((Framing::Length(1), false)),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\n\r\n",
+                false,
+                Some((Framing::Close, false)),
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+                false,
+                Some((Framing::Length(1), false)),
+            ),
+            (
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+                false,
+                Some((Framing::Length(0), true)),
+            ),
+            ("HTTP/1.1 100 Continue\r\n\r\n", false, None),
+            ("HTTP/1.1 200 OK\r\nContent-Len", false, None),
+        ] {
+            assert_eq!(f(response, head).unwrap(), expected, "{response:?}");
+        }
+        for refused in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nA: b\r\n folded\r\n\r\n",
+        ] {
+            assert!(f(refused, false).is_err(), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn every_refused_head_says_why() {
+        let cases: &[(&str, HeadError)] = &[
+            ("HTTP/1.1 200 OK\r\nA: b\r\n folded\r\n\r\n", HeadError::Malformed),
+            ("HTTP/2 200 OK\r\n\r\n", HeadError::Malformed),
+            ("HTTP/1.1 2000 OK\r\n\r\n", HeadError::Malformed),
+            ("HTTP/1.1 200 OK\r\nNo Colon\r\n\r\n", HeadError::Malformed),
+            ("hello\r\n\r\n", HeadError::Malformed),
+            ("HTTP/1.1 099 Early\r\n\r\n", HeadError::InvalidStatus),
+            ("HTTP/1.1 000 Zero\r\n\r\n", HeadError::InvalidStatus),
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+                HeadError::SwitchingProtocols,
+            ),
+            (
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n\r\n",
+                HeadError::SwitchingProtocols,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                HeadError::TransferEncoding,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                HeadError::TransferEncoding,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                HeadError::TransferEncoding,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                HeadError::TransferEncoding,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                HeadError::TransferEncoding,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+                HeadError::RepeatedContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+                HeadError::RepeatedContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n",
+                HeadError::InvalidContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                HeadError::InvalidContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n",
+                HeadError::InvalidContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+                HeadError::InvalidContentLength,
+            ),
+        ];
+        for (head, want) in cases {
+            assert_eq!(
+                parse(head.as_bytes(), false).err(),
+                Some(*want),
+                "head {head:?}"
+            );
+        }
+        // Over the bounds: MAX_HEADERS header lines, MAX_HEAD bytes whether complete or not.
+        let many = format!(
+            "HTTP/1.1 200 OK\r\n{}\r\n",
+            "A: b\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(
+            parse(many.as_bytes(), false).err(),
+            Some(HeadError::TooManyHeaders)
+        );
+        let at_most = format!("HTTP/1.1 200 OK\r\n{}\r\n", "A: b\r\n".repeat(MAX_HEADERS));
+        assert!(parse(at_most.as_bytes(), false).unwrap().is_some());
+        let long = format!("HTTP/1.1 200 OK\r\nA: {}\r\n\r\n", "b".repeat(MAX_HEAD));
+        assert_eq!(
+            parse(long.as_bytes(), false).err(),
+            Some(HeadError::TooLarge)
+        );
+        let cut = &long[..MAX_HEAD + 1];
+        assert_eq!(
+            parse(cut.as_bytes(), false).err(),
+            Some(HeadError::TooLarge)
+        );
+        assert!(parse(&long.as_bytes()[..MAX_HEAD], false)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn refusals_keep_their_log_messages() {
+        for (e, says) in [
+            (HeadError::TooLarge, "response head too large"),
+            (HeadError::TooManyHeaders, "too many response headers"),
+            (HeadError::Malformed, "malformed response head"),
+            (HeadError::InvalidStatus, "invalid status"),
+            (
+                HeadError::SwitchingProtocols,
+                "101 to a request without Upgrade",
+            ),
+            (HeadError::InvalidHeaderName, "invalid header name"),
+            (HeadError::InvalidHeaderValue, "invalid header value"),
+            (HeadError::TransferEncoding, "transfer-encoding"),
+            (HeadError::RepeatedContentLength, "repeated content-length"),
+            (HeadError::InvalidContentLength, "invalid content-length"),
+        ] {
+            assert_eq!(e.to_string(), says);
+            assert_eq!(
+                crate::dataplane::upstream::UpstreamError::Head(e).to_string(),
+                format!("the upstream's response is refused: {says}")
+            );
+        }
+    }
+}

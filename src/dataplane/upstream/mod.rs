@@ -1,0 +1,140 @@
+//! The upstream leg: one pool of HTTP/1.1 connections to Console per worker thread, the reading
+//! of Console's answers, and the body types the data plane answers with.
+//!
+//! The leg is the gateway's own, written for the one job it has (a request decided on and read
+//! whole, sent to one upstream; a response read back), because hyper's client connection costs a
+//! task, a channel and a oneshot per request (the profile of issue 12). It reads responses the way
+//! hyper's client does, or refuses them (502): `tests/api/upstream_differential.rs` sends the same
+//! responses, byte for byte, to hyper's client and to this leg and compares status, headers and
+//! body, and compares the request bytes each writes. Where the two differ this leg is the
+//! stricter one, by design:
+//! - a response head over [`MAX_HEAD`] bytes or with more than [`MAX_HEADERS`] headers;
+//! - `Transfer-Encoding` other than one `chunked` header, or with `Content-Length`;
+//! - more than one `Content-Length` (hyper merges identical ones);
+//! - chunked trailers (hyper parses them; nothing forwards them to Console's clients);
+//! - `101 Switching Protocols` (the gateway never asks for an upgrade).
+//!
+//! Two of Console's headers are not handed on where hyper's server writes them itself: `Date`
+//! (the gateway's, as nginx's `proxy_pass` sends its own) and, where a body follows, the
+//! `Content-Length` (hyper writes the exact length of the body it sends, which is the length
+//! Console's header gave); the differential test compares that length instead of the header.
+//!
+//! A pool belongs to one worker thread, so a connection is never handed between threads (no
+//! cross-thread wake-ups: see docs/performance-log.md). A connection returns to the pool
+//! when its response has been read to the end, framed by length or chunks, on HTTP/1.1 without
+//! `Connection: close`, with no byte left over. An idle connection that the upstream closed (or
+//! that has bytes nobody asked for) is dropped before use. A request that was written to Console is
+//! never sent twice: a connection that fails after the request was written is a 502.
+//!
+//! The leg is one job in five files. Here: [`Pool::send`], a request written and its answer
+//! read (the head parsed, the body framed), and [`UpstreamError`], what a failed exchange says.
+//! `pool.rs`: the per-worker connection pool and one connection with its read buffer. `head.rs`:
+//! the response-head parser ([`parse_response`]; sans-IO, a [`HeadError`] per refusal).
+//! `chunked.rs`: the chunked-body decoder ([`Chunk`]; sans-IO, a [`ChunkError`] per refusal).
+//! `body.rs`: [`GatewayBody`], the body of every answer the data plane sends, and
+//! [`UpstreamBody`], Console's body streamed from its connection.
+//!
+//! **Replaces** hyper's client (`hyper::client::conn::http1` + a pool, or hyper-util's legacy
+//! client). **Gain**: the task, channel and oneshot per request hyper's client connection costs
+//! (issue 12's profile; docs/performance-log.md has the paired runs that kept it). **Pinned by**
+//! `tests/api/upstream_differential.rs` (the same bytes to hyper's client and to this leg).
+
+mod body;
+mod chunked;
+mod head;
+mod pool;
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use http::Response;
+use tokio::io::AsyncWriteExt;
+
+pub use body::{GatewayBody, UpstreamBody};
+pub use chunked::{Chunk, ChunkError};
+pub use head::{parse_response, Framing, HeadError, Names, Parsed, MAX_HEAD, MAX_HEADERS};
+pub use pool::{Conn, Pool};
+
+/// A whole body at most this long, already read with its head, is copied out of the read
+/// buffer rather than split off it (splitting makes the buffer shared: atomic reference counts).
+const COPY_BODY_MAX: usize = 4 * 1024;
+
+/// Why an exchange with the upstream failed (the proxy answers 504 to `ConnectTimeout`, 502 to
+/// the others); its message is what the log line says.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(#[source] io::Error),
+    #[error("connecting to the upstream timed out")]
+    ConnectTimeout,
+    #[error("upstream connection failed: {0}")]
+    Io(#[source] io::Error),
+    #[error("the upstream closed the connection before a complete response")]
+    Closed,
+    /// A response head refused. Not a `#[source]`: the message names it already (a source would
+    /// say it twice wherever the chain is printed).
+    #[error("the upstream's response is refused: {0}")]
+    Head(HeadError),
+    /// A chunked body refused (carried in the body's `io::Error`).
+    #[error("the upstream's response is refused: {0}")]
+    Chunked(ChunkError),
+}
+
+impl Pool {
+    /// Writes a request (head and whole body) and reads the response head. A body read
+    /// whole with the head is answered from memory (its connection is back in the pool at once);
+    /// a longer one is streamed from the connection by [`UpstreamBody`].
+    pub async fn send(
+        self: &Arc<Self>,
+        request: &[u8],
+        head_request: bool,
+    ) -> Result<Response<GatewayBody>, UpstreamError> {
+        let mut conn = self.checkout().await?;
+        conn.io
+            .write_all(request)
+            .await
+            .map_err(UpstreamError::Io)?;
+        let parsed = loop {
+            if !conn.buf.is_empty() {
+                if let Some(p) = parse_response(&mut conn.buf, head_request, &mut conn.names)
+                    .map_err(UpstreamError::Head)?
+                {
+                    break p;
+                }
+            }
+            if conn.fill().await.map_err(UpstreamError::Io)? == 0 {
+                return Err(UpstreamError::Closed);
+            }
+        };
+        let Parsed {
+            response,
+            framing,
+            keep_alive,
+        } = parsed;
+        let body = match framing {
+            Framing::Length(0) => {
+                self.finish(conn, keep_alive);
+                GatewayBody::Own(None)
+            }
+            Framing::Length(n) if conn.buf.len() as u64 >= n => {
+                let n = n as usize;
+                // A small body is copied, so the read buffer is never shared (see
+                // `head::parse_response`); a large one is split off without a copy.
+                let body = if n <= COPY_BODY_MAX {
+                    let body = Bytes::copy_from_slice(&conn.buf[..n]);
+                    conn.buf.advance(n);
+                    body
+                } else {
+                    conn.buf.split_to(n).freeze()
+                };
+                self.finish(conn, keep_alive);
+                GatewayBody::Own(Some(body))
+            }
+            framing => {
+                GatewayBody::Upstream(UpstreamBody::new(conn, self.clone(), framing, keep_alive))
+            }
+        };
+        Ok(response.map(|()| body))
+    }
+}

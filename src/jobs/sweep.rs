@@ -1,0 +1,448 @@
+//! Grants that end by themselves (004 §3.2, §5, §6; I-9; RV-4, RV-12 in part): the sweep
+//!
+//! - revokes every active `rbac_ticket_grants` row whose ticket FreeScout reports RESOLVED or
+//!   CLOSED (`revoke_reason = 'ticket_closed'`) or whose `expires_at_utc` passed (`'expired'`),
+//!   writing its `rbac_grants_audit` row (`ticket_expire`) **first**, in the same transaction
+//!   (I-9: if the audit insert fails, that grant is not revoked);
+//! - writes one `break_glass_expire` row for every break-glass session that expired or was
+//!   revoked (a session ends 4 hours after it was granted at the latest, I-4, whatever expiry
+//!   its row was given: [`crate::break_glass_end`], as the principal reads it).
+//!
+//! Each grant and each session is handled on its own, in a transaction of its own (issue 40):
+//! one whose row cannot be written is retried on every later sweep and counted in
+//! `rbac_gateway_sweep_failures` (which `/readyz` names after N failures), while every other one
+//! proceeds. FreeScout is asked once per ticket, at most `concurrency` tickets at a time, each
+//! with its own deadline, and a ticket's grants are revoked as soon as its answer comes: a ticket
+//! whose request hangs delays only itself, and later sweeps do not ask about it again while its
+//! request is in flight.
+//!
+//! Each row's id is derived from what it records (`ticket_expire:<grant id>`,
+//! `break_glass_expire:<session id>`) and inserted with `ON CONFLICT DO NOTHING`; a grant is read
+//! again under a row lock before its audit row. One replica sweeps at a time: the one holding
+//! the sweep's session-level advisory lock, on a connection it keeps for that; a replica that
+//! dies releases the lock with its connection and another takes over at its next tick.
+//! FreeScout unreachable: nothing is revoked on a guess for that ticket. A ticket FreeScout does
+//! not know (404) or reports in another state is left to the per-request check (which fails
+//! closed on it).
+//!
+//! The revocation of a grant and the count of an item's failures are store operations the sweep
+//! shares with FreeScout's webhook ([`crate::stores::revocation`]); which FreeScout statuses end
+//! a grant is the ticket store's ([`crate::stores::ticket::ended`]).
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection};
+
+use crate::runtime::metrics::Metrics;
+use crate::stores::db::{Bounded, Db};
+use crate::stores::revocation::{record_failure, revoke_or_record, revoke_ticket, Caller, Done};
+use crate::stores::ticket::ended;
+
+/// The advisory lock key of the sweep (any constant; "rbacswep" in ASCII).
+const LOCK_KEY: i64 = 0x7262_6163_7377_6570;
+
+/// How the sweep asks FreeScout and bounds its database steps.
+#[derive(Debug, Clone)]
+pub struct SweepSettings {
+    /// FreeScout's status URL template (`{ticket_id}`); None: only expired grants are revoked.
+    pub validation_url: Option<String>,
+    /// The deadline of one ticket's status request.
+    pub freescout_timeout: Duration,
+    /// Most FreeScout requests in flight.
+    pub concurrency: usize,
+    /// The bound of each database step.
+    pub limit: Duration,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Another replica held the lock: this one did nothing.
+    pub skipped: bool,
+    /// (grant id, ticket id, reason) of every grant revoked.
+    pub revoked: Vec<(String, String, String)>,
+    /// Break-glass sessions whose expiry row was written.
+    pub break_glass_expired: Vec<String>,
+    /// (ticket, error) of every ticket FreeScout could not answer for.
+    pub freescout_failures: Vec<(String, String)>,
+    /// (item, error) of every grant (`grant:<id>`) or session (`break_glass:<id>`) whose rows
+    /// could not be written (retried on the next sweep).
+    pub failures: Vec<(String, String)>,
+}
+
+impl Report {
+    pub fn add(&mut self, d: Done) {
+        match d {
+            Done::Revoked(g, t, r) => self.revoked.push((g, t, r)),
+            Done::BreakGlassExpired(s) => self.break_glass_expired.push(s),
+            Done::FreeScout(t, e) => self.freescout_failures.push((t, e)),
+            Done::Failed(i, e) => self.failures.push((i, e)),
+        }
+    }
+}
+
+/// The sweep: it retries what failed at its next sweep.
+pub const SWEEP: Caller<'static> = Caller {
+    name: "sweep",
+    retry: "retried next sweep",
+};
+
+/// Removes `ticket` from the in-flight set when its task ends, however it ends.
+struct InFlight {
+    set: Arc<Mutex<HashSet<String>>>,
+    ticket: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.ticket);
+    }
+}
+
+/// The sweep of one process: the lock it may hold, and the FreeScout requests in flight.
+pub struct Sweeper {
+    pool: Db,
+    settings: Arc<SweepSettings>,
+    /// The sweeper's own connection, outside the pool: it holds the sweep's advisory lock
+    /// when `leader` (this process sweeps while it lives).
+    lease: Option<PgConnection>,
+    leader: bool,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    permits: Arc<tokio::sync::Semaphore>,
+    /// One task per ticket being asked; each yields what it did.
+    pub tasks: tokio::task::JoinSet<Vec<Done>>,
+}
+
+impl Sweeper {
+    pub fn new(pool: Db, settings: SweepSettings) -> Sweeper {
+        let permits = Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1)));
+        Sweeper {
+            pool,
+            settings: Arc::new(settings),
+            lease: None,
+            leader: false,
+            in_flight: Default::default(),
+            permits,
+            tasks: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Whether this process holds the sweep's lock (taking it when free). The lock lives on a
+    /// connection of the sweeper's own, outside the pool (the requests' connections stay
+    /// theirs); a connection that fails is dropped, its socket closes and the server releases
+    /// the lock with it, and the next tick opens another.
+    async fn lead(&mut self) -> Result<bool, sqlx::Error> {
+        let limit = self.settings.limit;
+        if !self.pool.has_sessions().await? {
+            // Behind a transaction pooler a session lock would stay with a server connection
+            // the pooler shares (and outlive this process): every replica sweeps instead. Each
+            // grant is still revoked once (row lock, ON CONFLICT DO NOTHING); FreeScout may be
+            // asked once per replica. `--direct-database-url` gives the lock back.
+            if !self.leader {
+                tracing::info!("sweep: the database URL is served by a transaction pooler: this replica sweeps without the lock (set --direct-database-url for one sweeper)");
+                self.leader = true;
+            }
+            return Ok(true);
+        }
+        let conn = match self.lease.as_mut() {
+            Some(conn) => conn,
+            None => {
+                // Session state: never through a transaction pooler (`--direct-database-url`).
+                let options = self.pool.direct_options();
+                let conn = PgConnection::connect_with(options).bounded(limit).await?;
+                self.leader = false;
+                self.lease.insert(conn)
+            }
+        };
+        let answer: Result<bool, sqlx::Error> = if self.leader {
+            // Still ours while the connection answers.
+            sqlx::query_scalar("SELECT true")
+                .persistent(false)
+                .fetch_one(&mut *conn)
+                .bounded(limit)
+                .await
+        } else {
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .persistent(false)
+                .bind(LOCK_KEY)
+                .fetch_one(&mut *conn)
+                .bounded(limit)
+                .await
+        };
+        match answer {
+            Ok(lead) => {
+                self.leader = lead;
+                Ok(lead)
+            }
+            Err(e) => {
+                if self.leader {
+                    tracing::warn!(error = %e, "sweep: the connection holding the sweep's lock failed; it is given up");
+                }
+                self.lease = None;
+                self.leader = false;
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives the lock up: its connection is closed, and the lock goes with it.
+    pub async fn release(&mut self) {
+        self.leader = false;
+        if let Some(conn) = self.lease.take() {
+            if let Err(e) = crate::stores::db::within(self.settings.limit, conn.close()).await {
+                tracing::debug!(error = %e, "sweep: the lock's connection did not close cleanly (dropped: closed all the same)");
+            }
+        }
+    }
+
+    /// One tick: expired grants and break-glass expiry rows are handled at once, each on its
+    /// own; FreeScout's answers come through [`Sweeper::tasks`] (a ticket already being asked
+    /// is not asked again).
+    pub async fn tick(&mut self) -> Result<Report, sqlx::Error> {
+        let mut report = Report::default();
+        if !self.lead().await? {
+            report.skipped = true;
+            return Ok(report);
+        }
+        let limit = self.settings.limit;
+        let pool = self.pool.clone();
+        // Failures of items that no longer wait (revoked by someone else, ended otherwise) are
+        // no longer named.
+        sqlx::query(
+            "DELETE FROM rbac_gateway_sweep_failures f WHERE NOT EXISTS ( \
+               SELECT 1 FROM rbac_ticket_grants g WHERE f.item = 'grant:' || g.id AND g.revoked_at_utc IS NULL) \
+             AND NOT EXISTS (SELECT 1 FROM rbac_break_glass_sessions b WHERE f.item = 'break_glass:' || b.id \
+               AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = 'break_glass_expire:' || b.id))",
+        ).persistent(false)
+        .execute(&pool)
+        .bounded(limit)
+        .await?;
+        let grants: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT id, ticket_id, (expires_at_utc IS NOT NULL AND expires_at_utc <= now()) \
+             FROM rbac_ticket_grants WHERE revoked_at_utc IS NULL ORDER BY id",
+        )
+        .persistent(false)
+        .fetch_all(&pool)
+        .bounded(limit)
+        .await?;
+        let (expired, live): (Vec<_>, Vec<_>) = grants.into_iter().partition(|g| g.2);
+        let live: BTreeSet<String> = live.into_iter().map(|g| g.1).collect();
+        // FreeScout first (its answers take longest), then the expired grants meanwhile.
+        if let Some(url) = self.settings.validation_url.clone() {
+            for ticket in live {
+                let guard = {
+                    let mut set = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                    if !set.insert(ticket.clone()) {
+                        continue;
+                    }
+                    InFlight {
+                        set: self.in_flight.clone(),
+                        ticket: ticket.clone(),
+                    }
+                };
+                let (pool, permits, url) = (pool.clone(), self.permits.clone(), url.clone());
+                let timeout = self.settings.freescout_timeout;
+                self.tasks.spawn(async move {
+                    let _guard = guard;
+                    let Ok(_permit) = permits.acquire_owned().await else {
+                        return vec![];
+                    };
+                    match crate::stores::ticket::ticket_status(&url, &ticket, timeout).await {
+                        Ok(Some(st)) if ended(&st) => match revoke_ticket(&pool, &ticket, limit, SWEEP).await {
+                            Ok(done) => done,
+                            Err(e) => {
+                                tracing::error!(ticket = %ticket, error = %e, "sweep: the ticket's grants could not be read; retried next sweep");
+                                vec![Done::Failed(format!("ticket:{ticket}"), e.to_string())]
+                            }
+                        },
+                        Ok(_) => vec![],
+                        Err(e) => {
+                            tracing::error!(ticket = %ticket, error = %e, "sweep: FreeScout did not answer; the ticket's grants are kept");
+                            vec![Done::FreeScout(ticket, e.to_string())]
+                        }
+                    }
+                });
+            }
+        }
+        for (id, ticket, _) in expired {
+            if let Some(d) = revoke_or_record(&pool, &id, &ticket, "expired", limit, SWEEP).await {
+                report.add(d);
+            }
+        }
+        // Break-glass sessions that ended and have no expiry row yet, each on its own.
+        let ended_sessions: Vec<String> = sqlx::query_scalar(concat!(
+            "SELECT b.id FROM rbac_break_glass_sessions b WHERE (b.revoked_at_utc IS NOT NULL OR ",
+            crate::break_glass_end!(),
+            " <= now()) AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = 'break_glass_expire:' || b.id) \
+             ORDER BY b.id"
+        )).persistent(false)
+        .fetch_all(&pool)
+        .bounded(limit)
+        .await?;
+        for session in ended_sessions {
+            let written: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(concat!(
+                "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \
+                 SELECT 'break_glass_expire:' || b.id, 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', ",
+                crate::break_glass_end!(),
+                " FROM rbac_break_glass_sessions b WHERE b.id = $1 ON CONFLICT (id) DO NOTHING RETURNING substr(id, 20)"
+            )).persistent(false)
+            .bind(&session)
+            .fetch_optional(&pool)
+            .bounded(limit)
+            .await;
+            let item = format!("break_glass:{session}");
+            match written {
+                Ok(Some(s)) => {
+                    let cleared =
+                        sqlx::query("DELETE FROM rbac_gateway_sweep_failures WHERE item = $1")
+                            .persistent(false)
+                            .bind(&item)
+                            .execute(&pool)
+                            .bounded(limit)
+                            .await;
+                    if let Err(e) = cleared {
+                        // The row is written; its stale failure entry goes at the next tick.
+                        tracing::warn!(item = %item, error = %e, "sweep: a cleared failure could not be removed");
+                    }
+                    report.add(Done::BreakGlassExpired(s));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let error = e.to_string();
+                    tracing::error!(session = %session, error = %error, "sweep: the break_glass_expire row could not be written; retried next sweep");
+                    record_failure(&pool, &item, &error, limit).await;
+                    report.add(Done::Failed(item, error));
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// One sweep to the end (`sweep --once`): one tick, then every FreeScout answer it waited for;
+/// the lock is given up afterwards.
+pub async fn sweep_once(pool: &Db, settings: SweepSettings) -> Result<Report, sqlx::Error> {
+    let mut sweeper = Sweeper::new(pool.clone(), settings);
+    let mut report = sweeper.tick().await;
+    if let Ok(r) = &mut report {
+        while let Some(joined) = sweeper.tasks.join_next().await {
+            match joined {
+                Ok(done) => done.into_iter().for_each(|d| r.add(d)),
+                Err(e) => r.add(Done::Failed("freescout task".into(), e.to_string())),
+            }
+        }
+    }
+    sweeper.release().await;
+    report
+}
+
+/// Counts what the sweep did in the metrics and logs it.
+fn account(metrics: &Metrics, done: &Done) {
+    match done {
+        Done::Revoked(grant, ticket, reason) => {
+            metrics
+                .sweep_revocations
+                .with_label_values(&[reason.as_str()])
+                .inc();
+            tracing::info!(grant = %grant, ticket = %ticket, reason = %reason, "sweep: ticket grant revoked (audit row written first)");
+        }
+        Done::BreakGlassExpired(s) => {
+            metrics
+                .sweep_revocations
+                .with_label_values(&["break_glass_expire"])
+                .inc();
+            tracing::info!(session = %s, "sweep: break-glass session ended (break_glass_expire row written)");
+        }
+        Done::FreeScout(..) => metrics.sweep_failures.inc(),
+        Done::Failed(..) => metrics.sweep_item_failures.inc(),
+    }
+}
+
+/// Counts a sweep's tick in the metrics. `answers_clean`: no FreeScout answer acted on since the
+/// previous tick failed (the last-success time moves only when nothing failed).
+pub fn count(metrics: &Metrics, result: &Result<Report, sqlx::Error>, answers_clean: bool) {
+    match result {
+        Ok(r) if r.skipped => metrics.sweeps.with_label_values(&["skipped"]).inc(),
+        Ok(r) => {
+            metrics.sweeps.with_label_values(&["done"]).inc();
+            let mut clean = answers_clean;
+            for (g, t, reason) in &r.revoked {
+                account(
+                    metrics,
+                    &Done::Revoked(g.clone(), t.clone(), reason.clone()),
+                );
+            }
+            for s in &r.break_glass_expired {
+                account(metrics, &Done::BreakGlassExpired(s.clone()));
+            }
+            for (t, e) in &r.freescout_failures {
+                clean = false;
+                account(metrics, &Done::FreeScout(t.clone(), e.clone()));
+            }
+            for (i, e) in &r.failures {
+                clean = false;
+                account(metrics, &Done::Failed(i.clone(), e.clone()));
+            }
+            if clean {
+                metrics
+                    .sweep_last_success
+                    .set(chrono::Utc::now().timestamp());
+            }
+        }
+        Err(_) => {
+            metrics.sweeps.with_label_values(&["failed"]).inc();
+            metrics.sweep_failures.inc();
+        }
+    }
+}
+
+enum Event {
+    Tick,
+    Done(Result<Vec<Done>, tokio::task::JoinError>),
+}
+
+/// Sweeps every `interval` until the process ends (every replica runs this; the lock lets one
+/// sweep at a time). FreeScout's answers are acted on as they come, between ticks.
+pub async fn run_forever(
+    pool: Db,
+    settings: SweepSettings,
+    interval: Duration,
+    metrics: std::sync::Arc<Metrics>,
+) {
+    let mut sweeper = Sweeper::new(pool, settings);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut answers_clean = true;
+    loop {
+        let event = tokio::select! {
+            _ = ticker.tick() => Event::Tick,
+            Some(joined) = sweeper.tasks.join_next() => Event::Done(joined),
+        };
+        match event {
+            Event::Tick => {
+                let result = sweeper.tick().await;
+                count(&metrics, &result, answers_clean);
+                answers_clean = true;
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "sweep failed; grants already handled stay handled, the rest is retried next sweep");
+                }
+            }
+            Event::Done(Ok(done)) => {
+                for d in &done {
+                    answers_clean &= matches!(d, Done::Revoked(..) | Done::BreakGlassExpired(..));
+                    account(&metrics, d);
+                }
+            }
+            Event::Done(Err(e)) => {
+                answers_clean = false;
+                metrics.sweep_item_failures.inc();
+                tracing::error!(error = %e, "sweep: a FreeScout task failed");
+            }
+        }
+    }
+}

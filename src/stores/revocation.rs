@@ -1,0 +1,190 @@
+//! Ending grants in the database (004 §5; I-9), shared by the sweep (`jobs/sweep.rs`) and
+//! FreeScout's webhook (`doors/freescout_webhook.rs`): one ticket grant revoked with its
+//! `ticket_expire` row first, in a transaction of its own ([`revoke_grant`]); every active grant
+//! of a ticket, each on its own ([`revoke_ticket`]); and the items whose rows could not be
+//! written, counted in `rbac_gateway_sweep_failures` ([`record_failure`]), retried by the next
+//! sweep and named by `/readyz` ([`stuck`]).
+//!
+//! A grant is read again under a row lock before its audit row, whose id is derived from what it
+//! records (`ticket_expire:<grant id>`) and inserted with `ON CONFLICT DO NOTHING`: a grant
+//! revoked meanwhile (by an operator, another replica, the webhook) gets no second row.
+
+use std::time::Duration;
+
+use crate::stores::db::{Bounded, Db};
+
+/// One thing the sweep or a revocation did (or failed to do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    /// (grant id, ticket id, reason).
+    Revoked(String, String, String),
+    /// A break-glass session's expiry row was written.
+    BreakGlassExpired(String),
+    /// (ticket, error): FreeScout did not answer; the ticket's grants are kept.
+    FreeScout(String, String),
+    /// (item, error): a grant's or session's rows could not be written; retried next sweep.
+    Failed(String, String),
+}
+
+/// Revokes one grant with `reason`, its `ticket_expire` row first (I-9), in a transaction of its
+/// own. Ok(false): it was revoked meanwhile, or (for `expired`) given a later expiry.
+pub async fn revoke_grant(
+    pool: &Db,
+    id: &str,
+    reason: &str,
+    limit: Duration,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().bounded(limit).await?;
+    // Read again under a row lock: a grant revoked (by an operator, another replica, the
+    // webhook) or given a later expiry since it was listed gets no audit row of a revocation
+    // that does not happen.
+    type Row = (String, String, String, i32, bool);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT user_id, role_id, ticket_id, customer_id, \
+                (expires_at_utc IS NOT NULL AND expires_at_utc <= now()) \
+         FROM rbac_ticket_grants WHERE id = $1 AND revoked_at_utc IS NULL FOR UPDATE",
+    )
+    .persistent(false)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .bounded(limit)
+    .await?;
+    let Some((user, role, ticket, customer, expired)) = row else {
+        return Ok(false);
+    };
+    if reason == "expired" && !expired {
+        return Ok(false);
+    }
+    // I-9: the audit row first; a failure rolls back this grant's transaction only.
+    sqlx::query(
+        "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, role_id, ticket_id, customer_id, justification, granted_by) \
+         VALUES ($1, 'ticket_expire', $2, $3, $4, $5, $6, 'rbac-gateway') ON CONFLICT (id) DO NOTHING",
+    ).persistent(false)
+    .bind(format!("ticket_expire:{id}"))
+    .bind(&user)
+    .bind(&role)
+    .bind(&ticket)
+    .bind(customer)
+    .bind(reason)
+    .execute(&mut *tx)
+    .bounded(limit)
+    .await?;
+    let n = sqlx::query(
+        "UPDATE rbac_ticket_grants SET revoked_at_utc = now(), revoke_reason = $2 \
+         WHERE id = $1 AND revoked_at_utc IS NULL",
+    )
+    .persistent(false)
+    .bind(id)
+    .bind(reason)
+    .execute(&mut *tx)
+    .bounded(limit)
+    .await?
+    .rows_affected();
+    sqlx::query("DELETE FROM rbac_gateway_sweep_failures WHERE item = $1")
+        .persistent(false)
+        .bind(format!("grant:{id}"))
+        .execute(&mut *tx)
+        .bounded(limit)
+        .await?;
+    tx.commit().bounded(limit).await?;
+    Ok(n == 1)
+}
+
+/// Counts one more failure of `item` (its own statement: the item's transaction rolled back).
+pub async fn record_failure(pool: &Db, item: &str, error: &str, limit: Duration) {
+    let recorded = sqlx::query(
+        "INSERT INTO rbac_gateway_sweep_failures (item, failures, last_error) VALUES ($1, 1, $2) \
+         ON CONFLICT (item) DO UPDATE SET failures = rbac_gateway_sweep_failures.failures + 1, \
+         last_error = EXCLUDED.last_error, last_failed_at = now()",
+    )
+    .persistent(false)
+    .bind(item)
+    .bind(error)
+    .execute(pool)
+    .bounded(limit)
+    .await;
+    if let Err(e) = recorded {
+        // The failure itself is logged by the caller; only its count is lost (the database is
+        // likely down, and /readyz says so).
+        tracing::error!(item, error = %e, "sweep: the failure could not be counted in rbac_gateway_sweep_failures");
+    }
+}
+
+/// Who revokes, as the log line of a grant that could not be revoked names it: the caller, and
+/// who tries again (the webhook's depends on whether its process sweeps).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub name: &'a str,
+    pub retry: &'a str,
+}
+
+/// Revokes one grant, recording a failure: what the sweep and the webhook do per grant.
+pub async fn revoke_or_record(
+    pool: &Db,
+    id: &str,
+    ticket: &str,
+    reason: &str,
+    limit: Duration,
+    by: Caller<'_>,
+) -> Option<Done> {
+    match revoke_grant(pool, id, reason, limit).await {
+        Ok(true) => Some(Done::Revoked(
+            id.to_string(),
+            ticket.to_string(),
+            reason.to_string(),
+        )),
+        Ok(false) => None,
+        Err(e) => {
+            let item = format!("grant:{id}");
+            let error = e.to_string();
+            tracing::error!(grant = %id, ticket = %ticket, error = %error, "{}: the grant's audit row or revocation failed; nothing of it was committed, {}", by.name, by.retry);
+            record_failure(pool, &item, &error, limit).await;
+            Some(Done::Failed(item, error))
+        }
+    }
+}
+
+/// Every active grant of `ticket`, revoked as `ticket_closed`, each on its own. None active (or
+/// all revoked meanwhile by another replica): an empty list.
+pub async fn revoke_ticket(
+    pool: &Db,
+    ticket: &str,
+    limit: Duration,
+    by: Caller<'_>,
+) -> Result<Vec<Done>, sqlx::Error> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM rbac_ticket_grants WHERE ticket_id = $1 AND revoked_at_utc IS NULL ORDER BY id",
+    ).persistent(false)
+    .bind(ticket)
+    .fetch_all(pool)
+    .bounded(limit)
+    .await?;
+    let mut out = Vec::new();
+    for id in ids {
+        out.extend(revoke_or_record(pool, &id, ticket, "ticket_closed", limit, by).await);
+    }
+    Ok(out)
+}
+
+/// The items (`grant:<id>`, `break_glass:<id>`) that failed at least `threshold` sweeps, with
+/// their count and last error (at most `max`), for `/readyz`.
+pub async fn stuck(
+    pool: &Db,
+    threshold: u32,
+    max: i64,
+) -> Result<(Vec<(String, i32, String)>, i64), sqlx::Error> {
+    let rows: Vec<(String, i32, String, i64)> = sqlx::query_as(
+        "SELECT item, failures, last_error, count(*) OVER () FROM rbac_gateway_sweep_failures \
+         WHERE failures >= $1 ORDER BY item LIMIT $2",
+    )
+    .persistent(false)
+    .bind(threshold as i32)
+    .bind(max)
+    .fetch_all(pool)
+    .await?;
+    let total = rows.first().map(|r| r.3).unwrap_or(0);
+    Ok((
+        rows.into_iter().map(|(i, f, e, _)| (i, f, e)).collect(),
+        total,
+    ))
+}
