@@ -259,6 +259,8 @@ pub async fn follow(
     let mut last_ok = Instant::now();
     let mut last_prune = Instant::now();
     let mut listener: Option<PgListener> = None;
+    // When the listener's LISTEN was answered.
+    let mut listening_since = Instant::now();
     // Consecutive failed reads: the first is retried at once (after a connection storm it drew
     // a dead connection, and the retry gets a fresh one); later ones wait a POLL.
     let mut failures: u32 = 0;
@@ -310,6 +312,7 @@ pub async fn follow(
                 Ok(l) => {
                     tracing::info!("change feed: listening");
                     listener = Some(l);
+                    listening_since = Instant::now();
                 }
                 Err(e) => {
                     crate::stores::db::note_error(&e);
@@ -394,6 +397,13 @@ pub async fn follow(
                     continue;
                 }
             }
+        }
+        // A connection error or timeout anywhere since the LISTEN (a failover, a partition, a
+        // NAT that dropped its state) may have left the listener's connection silent too, and a
+        // silent listener never says so: it is given up and LISTEN sent again on a fresh one.
+        if listener.is_some() && crate::stores::db::idle_since_broken(listening_since.elapsed()) {
+            tracing::info!("change feed: a database connection failed since LISTEN; listening again on a fresh one");
+            abandon(listener.take());
         }
         // Sleep until a notification or the poll interval, whichever comes first.
         match listener.as_mut() {
