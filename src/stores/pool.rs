@@ -24,7 +24,7 @@
 //! The idle stack is last in, first out: the connection used most recently has the warmest
 //! backend (docs/performance-log.md, case d, for what rotating backends costs).
 //!
-//! **Replaces** sqlx's `PgPool` for the gateway's statements (the feed's `LISTEN` keeps one of
+//! **Replaces** sqlx's own pool for the gateway's statements (the feed's `LISTEN` keeps one of
 //! its own). **Guarantee** sqlx's cannot give: no wait on the server when a connection is given
 //! back, so no pool slot is held by a silent peer. **Pinned by** `tests/api/blackhole.rs` (with
 //! sqlx's pool it failed 2 runs in 8: two slots held for good, every lookup 503), and by the
