@@ -123,14 +123,14 @@ impl Pool {
             };
             let idle_for = idle.since.elapsed();
             if idle_for >= IDLE_TIMEOUT || super::db::idle_since_broken(idle_for) {
-                self.inner.retire(idle.conn);
+                self.inner.retire(idle.conn, None);
                 continue;
             }
             return Ok(Conn {
                 conn: Some(idle.conn),
                 clean: None,
                 inner: self.inner.clone(),
-                _permit: permit,
+                permit: Some(permit),
             });
         }
         let conn = self.inner.open_one().await?;
@@ -138,7 +138,7 @@ impl Pool {
             conn: Some(conn),
             clean: None,
             inner: self.inner.clone(),
-            _permit: permit,
+            permit: Some(permit),
         })
     }
 }
@@ -166,7 +166,9 @@ impl Inner {
 
     /// Closes `conn`: `Terminate` sent by a task of its own within the acquire timeout when a
     /// runtime is there to run it, the socket dropped in any case. Never waits on the peer.
-    fn retire(&self, conn: PgConnection) {
+    /// `permit`, the slot it held, is given back only once it is closed: the pool never has
+    /// more connections open than its size (a pooler in session mode counts closing ones).
+    fn retire(&self, conn: PgConnection, permit: Option<OwnedSemaphorePermit>) {
         self.open.fetch_sub(1, Ordering::Relaxed);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let limit = self.acquire_timeout;
@@ -174,6 +176,7 @@ impl Inner {
                 if let Ok(Err(e)) = tokio::time::timeout(limit, conn.close()).await {
                     tracing::debug!(error = %e, "closing a database connection");
                 }
+                drop(permit);
             });
         }
     }
@@ -188,8 +191,9 @@ pub struct Conn {
     /// be): it may be handed out again, and counts as idle from then.
     clean: Option<Instant>,
     inner: Arc<Inner>,
-    /// Released after the connection is back on the idle stack (fields drop after `drop`).
-    _permit: OwnedSemaphorePermit,
+    /// Released after the connection is back on the idle stack (fields drop after `drop`), or
+    /// once it is closed.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Conn {
@@ -227,7 +231,7 @@ impl Drop for Conn {
             return;
         };
         let Some(since) = self.clean else {
-            self.inner.retire(conn);
+            self.inner.retire(conn, self.permit.take());
             return;
         };
         let now = Instant::now();
@@ -242,7 +246,7 @@ impl Drop for Conn {
         idle.push(Idle { conn, since });
         drop(idle);
         for i in stale {
-            self.inner.retire(i.conn);
+            self.inner.retire(i.conn, None);
         }
     }
 }
