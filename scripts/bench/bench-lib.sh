@@ -123,6 +123,7 @@ need_tools() { # tool...
     case $t in
       nginx) command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx) ;;
       psql) command -v psql >/dev/null || need+=(postgresql-client) ;;
+      perf) command -v perf >/dev/null || need+=(linux-perf) ;;
       initdb) command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql) ;;
       *) command -v "$t" >/dev/null || need+=("$t") ;;
     esac

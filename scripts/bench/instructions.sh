@@ -9,6 +9,9 @@
 # (every thread: the data plane and the background tasks) are divided by the requests wrk saw.
 #   scripts/bench/instructions.sh [BIN]     (BIN defaults to target/release/rbac-gateway, built first)
 #   DURATION=10  TOP=25 (functions listed, by own instructions; 0 for none)  KEEP=1 (keep the profile)
+#   SYSCALLS=1   instead of callgrind, the gateway runs as it is and `perf stat` counts its system
+#                calls per request over the same wrk run (all of them, and write, epoll_wait,
+#                recvfrom, sendto, writev): the kernel's share, which callgrind does not see
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -20,7 +23,8 @@ die() { log "error: $*"; exit 1; }
 
 . "$root/scripts/bench/bench-lib.sh"
 
-need_tools valgrind wrk nginx psql python3
+SYSCALLS=${SYSCALLS:-0}
+if [ "$SYSCALLS" = 1 ]; then need_tools perf wrk nginx psql python3; else need_tools valgrind wrk nginx psql python3; fi
 
 if [ $# -ge 1 ]; then
   BIN=$1
@@ -50,8 +54,9 @@ up=$up_port
 gw=$(free_port)
 adm=$(free_port)
 out=$tmp/callgrind.out
-valgrind --tool=callgrind --callgrind-out-file="$out" --instr-atstart=no --dump-instr=no \
-  "$BIN" serve --listen "127.0.0.1:$gw" --admin-listen "127.0.0.1:$adm" --upstream "127.0.0.1:$up" \
+under=(valgrind --tool=callgrind --callgrind-out-file="$out" --instr-atstart=no --dump-instr=no)
+[ "$SYSCALLS" = 1 ] && under=()
+"${under[@]}" "$BIN" serve --listen "127.0.0.1:$gw" --admin-listen "127.0.0.1:$adm" --upstream "127.0.0.1:$up" \
   --routes "$root/routes.toml" --database-url "$DATABASE_URL" --audit-spool "$tmp/audit.spool" \
   --cache-ttl 600 >"$tmp/gateway.log" 2>&1 &
 vg=$!
@@ -65,16 +70,38 @@ url="http://127.0.0.1:$gw/ops"
 got=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: console_session=$token" "$url")
 [ "$got" = 200 ] || die "allowed request answered $got, expected 200"
 
-log "warm-up, then ${DURATION}s of wrk -t1 -c32 under callgrind"
-wrk -t1 -c32 -d3s -H "Cookie: console_session=$token" "$url" >/dev/null
-callgrind_control -i on "$vg" >/dev/null
-wrk_out=$(wrk -t1 -c32 -d"${DURATION}s" -H "Cookie: console_session=$token" "$url")
-callgrind_control -i off "$vg" >/dev/null
-callgrind_control -d "$vg" >/dev/null
+calls="raw_syscalls:sys_enter"
+for c in write epoll_wait recvfrom sendto writev; do calls+=",syscalls:sys_enter_$c"; done
+if [ "$SYSCALLS" = 1 ]; then
+  log "warm-up, then ${DURATION}s of wrk -t1 -c32 under perf stat"
+  wrk -t1 -c32 -d3s -H "Cookie: console_session=$token" "$url" >/dev/null
+  perf stat -x, -e "$calls" -p "$vg" -o "$tmp/perf.csv" -- sleep $((DURATION + 2)) &
+  perf_pid=$!
+  sleep 1 # perf attaches before wrk starts; its window is longer than wrk's run
+  wrk_out=$(wrk -t1 -c32 -d"${DURATION}s" -H "Cookie: console_session=$token" "$url")
+  wait "$perf_pid" || die "perf stat failed: $(cat "$tmp/perf.csv")"
+else
+  log "warm-up, then ${DURATION}s of wrk -t1 -c32 under callgrind"
+  wrk -t1 -c32 -d3s -H "Cookie: console_session=$token" "$url" >/dev/null
+  callgrind_control -i on "$vg" >/dev/null
+  wrk_out=$(wrk -t1 -c32 -d"${DURATION}s" -H "Cookie: console_session=$token" "$url")
+  callgrind_control -i off "$vg" >/dev/null
+  callgrind_control -d "$vg" >/dev/null
+fi
 requests=$(awk '/ requests in /{ print $1 }' <<<"$wrk_out")
 non2xx=$(awk '/Non-2xx or 3xx responses:/{ print $5 }' <<<"$wrk_out")
 [ -z "$non2xx" ] || die "wrk saw $non2xx non-2xx answers"
 [ "${requests:-0}" -gt 0 ] || die "wrk made no requests: $wrk_out"
+if [ "$SYSCALLS" = 1 ]; then
+  # perf's CSV: count,unit,event,...; "<not supported>" or "<not counted>" is a failure.
+  awk -F, -v n="$requests" -v bin="$(basename "$BIN")" '
+    /^#/ || NF < 3 { next }
+    $1 !~ /^[0-9]+$/ { bad = bad " " $3; next }
+    { printf "%-32s %8.3f per request (%s in all)\n", $3, $1 / n, $1 }
+    END { printf "%s requests; %s\n", n, bin; if (bad != "") { print "not counted:" bad > "/dev/stderr"; exit 1 } }
+  ' "$tmp/perf.csv"
+  exit 0
+fi
 # Each dump has one `totals:` line (its `summary:` line may repeat it): count the totals only.
 total=$(cat "$out"* | awk '/^totals:/ { s += $2 } END { printf "%.0f\n", s }')
 printf 'instructions per request: %d (%s instructions, %s requests; %s)\n' \
