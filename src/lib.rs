@@ -13,7 +13,7 @@
 //! - [`gateway`]: the shared state every door carries the answers of (the policy's `Authority`
 //!   over the stores) and the live reload of the mapping.
 //! - [`dataplane`]: wire mechanics under the doors: listeners, the request-head sniffer, the
-//!   upstream pool, deadlines, the drain. Each replacement of a standard part says which crate,
+//!   upstream pool, deadlines. Each replacement of a standard part says which crate,
 //!   why, and which test pins it.
 //! - [`jobs`]: the background jobs on a timer: the sweep of grants that end by themselves and
 //!   the break-glass alerts.

@@ -3,15 +3,20 @@
 //!
 //! tokio's timer registers every sleep in its wheel, and a sleep that ends before the worker's
 //! planned wake-up (or the first one after the worker parked with no timer) writes the worker's
-//! eventfd to move the wake-up: measured at 0.35 `write` syscalls per proxied request, most of
-//! the user time tokio's timers cost. Here a sleep is a slot in a list: armed when first polled
+//! eventfd to move the wake-up. Here a sleep is a slot in a list: armed when first polled
 //! pending, freed when dropped, and one ticker task per worker wakes the slots whose deadline
 //! passed, every [`Deadlines::tick`] while any slot is armed (it sleeps without a timer when
 //! none is). A sleep never ends before its deadline, and ends within about one tick after it
 //! (a tick, plus however long the worker takes to get to the ticker).
 //!
 //! **Replaces** hyper-util's `TokioTimer` (tokio's timer wheel) for the per-request deadlines.
-//! **Gain**: the 0.35 eventfd `write`s per proxied request above (docs/performance-log.md).
+//! **Gain**, paired on 2026-11-26 (tokio's timer restored in one build, both builds'
+//! `scripts/bench/denials.sh` in turns, 7 times; docs/performance-log.md): tokio's timer costs
+//! +4.4% gateway CPU per allowed request and +5.0% per denial (means of the pairs' ratios, which
+//! ranged 0.83-1.40: this machine's noise is larger than the gain), +708 instructions per request
+//! (+3.0%, `scripts/bench/instructions.sh`) and 0.04-0.07 eventfd `write`s per request where this
+//! list makes 0.001 (`SYSCALLS=1 scripts/bench/instructions.sh`). At the 3% bar, every measure
+//! on the same side of it: kept, to be measured again on a quieter machine.
 //! Security-relevant: it enforces the slow-client limits. **Pinned by** the unit tests below
 //! (a sleep never ends early and ends within a tick or two) and `tests/api/framing.rs`'s
 //! slow-client tests.

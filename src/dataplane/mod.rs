@@ -3,7 +3,6 @@
 //! or to a reference.
 
 pub mod deadline;
-pub mod drain;
 pub mod listen;
 pub mod sniff;
 pub mod upstream;

@@ -36,7 +36,10 @@
 //!
 //! **Replaces** hyper's client (`hyper::client::conn::http1` + a pool, or hyper-util's legacy
 //! client). **Gain**: the task, channel and oneshot per request hyper's client connection costs
-//! (issue 12's profile; docs/performance-log.md has the paired runs that kept it). **Pinned by**
+//! (issue 12's profile). Paired on 2026-11-26 (the legacy client restored in one build, both
+//! builds' `scripts/bench/denials.sh` in turns, 7 times): the client costs +16% gateway CPU per
+//! allowed request (more in 7 of 7 pairs) and 44,729 instead of 23,218 instructions per request
+//! (`scripts/bench/instructions.sh`); docs/performance-log.md. **Pinned by**
 //! `tests/api/upstream_differential.rs` (the same bytes to hyper's client and to this leg).
 
 mod body;
