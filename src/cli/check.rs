@@ -334,6 +334,23 @@ async fn check_database(
             ));
         }
     }
+    let principal: bool = sqlx::query_scalar(
+        "SELECT to_regprocedure('rbac_gateway_principal(text, boolean)') IS NOT NULL",
+    )
+    .persistent(false)
+    .fetch_one(&pool)
+    .await
+    .context("cannot read the functions")
+    .map_err(failure)?;
+    if !principal {
+        out.push(diag(
+            file,
+            0,
+            0,
+            Severity::Error,
+            "database: function rbac_gateway_principal(text, boolean) is missing (run `rbac-gateway migrate`?)".to_string(),
+        ));
+    }
     if !out.is_empty() {
         return Ok(out);
     }

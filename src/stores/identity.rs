@@ -100,8 +100,9 @@ pub fn token_hash(token: &str) -> String {
 
 /// When a break-glass session ends, as SQL over a row `b` of `rbac_break_glass_sessions`: its
 /// `expires_at_utc`, but 4 hours after it was granted at the latest (I-4: "1h default, 4h max"),
-/// whatever expiry the row was given. The one definition: the principal, `explain`, the sweep's
-/// `break_glass_expire` rows and the alerts all read a session's end through it.
+/// whatever expiry the row was given. The one definition in Rust: `explain`, the sweep's
+/// `break_glass_expire` rows and the alerts read a session's end through it; the principal's
+/// function in `migrations/` spells the same text (a unit test below holds them equal).
 #[macro_export]
 macro_rules! break_glass_end {
     () => {
@@ -109,44 +110,14 @@ macro_rules! break_glass_end {
     };
 }
 
-/// The resolution algorithm of 004 §3.4 in one statement. `UNION` (not `UNION ALL`) makes the
-/// recursive walk stop on a cycle in `rbac_role_inheritance`: it only ever adds new role ids.
-pub const PRINCIPAL_SQL: &str = concat!(
-    r#"
-WITH RECURSIVE
-bg AS (
-    -- I-4: a session ends at break_glass_end!() (4 hours at most).
-    SELECT min("#,
-    break_glass_end!(),
-    r#") AS until, max("#,
-    break_glass_end!(),
-    r#") AS last FROM rbac_break_glass_sessions b
-    WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND "#,
-    break_glass_end!(),
-    r#" > now()
-      -- --break-glass-requires-alert: a session counts once its alert was delivered (I-4).
-      AND (NOT $2::bool OR EXISTS (SELECT 1 FROM rbac_gateway_alerts a
-                                   WHERE a.key = 'break_glass:' || b.id AND a.delivered_at_utc IS NOT NULL))
-),
-grp AS (
-    SELECT ug.group_id AS id FROM rbac_user_groups ug WHERE ug.user_id = $1
-    UNION
-    SELECT g.id FROM rbac_groups g, bg WHERE g.name = 'break-glass' AND bg.until IS NOT NULL
-),
-expanded(role_id) AS (
-    SELECT gr.role_id FROM rbac_group_roles gr JOIN grp ON grp.id = gr.group_id
-    UNION
-    SELECT ri.parent_role_id FROM rbac_role_inheritance ri JOIN expanded e ON ri.child_role_id = e.role_id
-)
-SELECT
-    COALESCE((SELECT array_agg(r.name ORDER BY r.name) FROM rbac_roles r WHERE r.id IN (SELECT role_id FROM expanded)), '{}') AS roles,
-    COALESCE((SELECT array_agg(DISTINCT p.name ORDER BY p.name) FROM rbac_role_permissions rp
-              JOIN rbac_permissions p ON p.id = rp.permission_id
-              WHERE rp.role_id IN (SELECT role_id FROM expanded)), '{}') AS permissions,
-    (SELECT EXTRACT(EPOCH FROM (until - now()))::float8 FROM bg) AS break_glass_seconds,
-    (SELECT last FROM bg) AS break_glass_until
-"#,
-);
+/// The resolution algorithm of 004 §3.4: one call of `rbac_gateway_principal`, the function
+/// `migrations/0011_principal_function.sql` defines (roles, permissions, seconds left of a live
+/// break-glass session and when it ends). A function, because its plan stays with the server
+/// connection: the statement itself is unnamed (issue 44), and sent as text its walk was
+/// planned anew on every lookup (docs/performance-log.md, 2026-11-26).
+pub const PRINCIPAL_SQL: &str =
+    "SELECT roles, permissions, break_glass_seconds, break_glass_until \
+     FROM rbac_gateway_principal($1, $2)";
 
 const SESSION_SQL: &str = r#"
 SELECT admin_id, EXTRACT(EPOCH FROM (expires_at_utc - now()))::float8 AS seconds_left
@@ -550,5 +521,32 @@ mod tests {
             token_hash("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    /// The principal's function (the last migration that defines it) ends a break-glass
+    /// session exactly where `break_glass_end!()` does, everywhere it reads an end.
+    #[test]
+    fn the_principal_function_ends_break_glass_as_break_glass_end_does() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let sql = files
+            .iter()
+            .rev()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .find(|text| text.contains("FUNCTION rbac_gateway_principal("))
+            .expect("a migration defines rbac_gateway_principal");
+        let body = &sql[sql.find("$fn$").expect("a $fn$ body")..];
+        let end = break_glass_end!();
+        assert_eq!(body.matches(end).count(), 3, "{body}");
+        assert_eq!(
+            body.matches("b.expires_at_utc").count(),
+            3,
+            "every read of a session's end goes through the expression: {body}"
+        );
+        assert!(PRINCIPAL_SQL.contains("rbac_gateway_principal($1, $2)"));
     }
 }
