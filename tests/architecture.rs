@@ -579,8 +579,8 @@ fn call_end(text: &str, open: usize) -> usize {
     panic!("unbalanced call at byte {open}");
 }
 
-/// The statements of `text` (`sqlx::query*(...)`) not followed by `.persistent(false)`, as
-/// `line: text`.
+/// The statements of `text` (`sqlx::query*(...)`) not followed by `.persistent(false)` (or by
+/// `.persistent(statements.persistent())`: a `stores::db::Statements` verdict), as `line: text`.
 fn named_statements(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for ctor in [
@@ -593,11 +593,12 @@ fn named_statements(text: &str) -> Vec<String> {
         for (at, _) in text.match_indices(ctor) {
             let open = at + text[at..].find('(').unwrap();
             let end = call_end(text, open);
-            if !text[end + 1..]
-                .trim_start()
-                .starts_with(".persistent(false)")
+            let after = text[end + 1..].trim_start();
+            // Named only through `Db::statements`' verdict (a session of its own).
+            if !after.starts_with(".persistent(false)")
+                && !after.starts_with(".persistent(statements.persistent())")
             {
-                let line = text[..at].lines().count();
+                let line = text[..at].matches('\n').count() + 1;
                 out.push(format!(
                     "{line}: {}",
                     text[at..=end].lines().next().unwrap_or("")
@@ -610,7 +611,8 @@ fn named_statements(text: &str) -> Vec<String> {
 
 /// Architecture Invariant (issue 44): no statement leaves a prepared statement behind on its
 /// server connection, which a transaction-pooling PgBouncer may hand to another client (whose
-/// `sqlx_s_14` would then run with our parameters). Every statement in `src/` is unnamed, and
+/// `sqlx_s_14` would then run with our parameters). Every statement in `src/` is unnamed, or
+/// named only by the verdict of `Db::statements` (a connection known to be a session of its own), and
 /// only `stores/db.rs` (which wraps every statement in a transaction) and the change feed's
 /// LISTEN pool (a direct connection) name sqlx's pool type.
 #[test]
@@ -638,4 +640,7 @@ fn the_statement_check_finds_a_named_statement() {
     let text = "let a = sqlx::query(\"SELECT (1)\").bind(x).fetch_one(&db);\n\
                 let b = sqlx::query_scalar::<_, i32>(r#\"SELECT \"(\"\"#).persistent(false).fetch_one(&db);";
     assert_eq!(named_statements(text), ["1: sqlx::query(\"SELECT (1)\")"]);
+    let verdict = "sqlx::query(\"SELECT 1\").persistent(statements.persistent()).execute(c);\n\
+                   sqlx::query(\"SELECT 2\").persistent(true).execute(c);";
+    assert_eq!(named_statements(verdict), ["2: sqlx::query(\"SELECT 2\")"]);
 }

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::stores::db::Db;
+use crate::stores::db::{Db, Statements};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::policy::audit_event::AuditEvent;
@@ -61,20 +61,23 @@ const INSERT_SQL: &str = insert_sql!("");
 /// after its commit): each row once.
 const REPLAY_SQL: &str = insert_sql!(" ON CONFLICT (id) DO NOTHING");
 
-/// Inserts rows with one statement (on any executor: a connection or a transaction). One round
-/// trip (the statement is prepared once per connection): COPY took two (its start is answered
-/// before the rows may follow); `scripts/bench/denials.sh` measured about 9% more denials per second
-/// for about 7% more of PostgreSQL's CPU per row (docs/performance-log.md).
+/// Inserts rows with one statement (on any executor: a connection or a transaction). Named,
+/// on a connection that is a session of its own, it is one round trip in autocommit (prepared
+/// once per connection); COPY took two (its start is answered before the rows may follow), and
+/// `scripts/bench/denials.sh` measured about 9% more denials per second for about 7% more of
+/// PostgreSQL's CPU per row (docs/performance-log.md). Unnamed, it takes two, inside a
+/// transaction's two more.
 async fn insert<'e, E: sqlx::PgExecutor<'e>>(
     exec: E,
     sql: &'static str,
     rows: &[impl Borrow<AuditEvent>],
+    statements: Statements,
 ) -> Result<u64, sqlx::Error> {
     fn col<T>(rows: &[impl Borrow<AuditEvent>], f: impl Fn(&AuditEvent) -> T) -> Vec<T> {
         rows.iter().map(|r| f(r.borrow())).collect()
     }
     sqlx::query(sql)
-        .persistent(false)
+        .persistent(statements.persistent())
         .bind(col(rows, |e| e.id.clone()))
         .bind(col(rows, |e| e.event_type.clone()))
         .bind(col(rows, |e| e.admin_id.clone()))
@@ -101,6 +104,10 @@ struct Held {
     /// Always `Some` until dropped.
     conn: Option<crate::stores::db::Conn>,
     used: std::time::Instant,
+    /// Named: the connection is a session of its own (`Db::statements`), whose
+    /// `statement_timeout` was set when it was drawn; rows go in one named INSERT in
+    /// autocommit. Unnamed: in a transaction of their own, like every statement (`db::Db`).
+    statements: Statements,
 }
 
 /// A kept connection idle this long goes back to the pool (whose own idle limit is as long)
@@ -396,18 +403,39 @@ impl Inner {
     ) -> Result<(), sqlx::Error> {
         let h = match held {
             Some(h) => h,
-            None => held.insert(Held {
-                conn: Some(self.pool.acquire().await?),
-                used: std::time::Instant::now(),
-            }),
+            None => {
+                let statements = self.pool.statements().await;
+                let mut conn = self.pool.acquire().await?;
+                if statements == Statements::Named {
+                    // For this session: its statements run outside a transaction's SET LOCAL.
+                    let timeout = format!(
+                        "SET statement_timeout = {}",
+                        self.timeout.as_millis().max(1)
+                    );
+                    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&timeout)).await?;
+                }
+                held.insert(Held {
+                    conn: Some(conn),
+                    used: std::time::Instant::now(),
+                    statements,
+                })
+            }
         };
+        let statements = h.statements;
         let conn = h.conn.as_mut().expect("a held connection until dropped");
-        // In a transaction of its own, like every statement (`db::Db`): behind a transaction
-        // pooler the server connection is ours only from BEGIN to COMMIT.
         let result = async {
-            let mut tx = crate::stores::db::begin_on(conn, self.timeout).await?;
-            insert(&mut *tx, INSERT_SQL, rows).await?;
-            tx.commit().await?;
+            match statements {
+                Statements::Named => {
+                    insert(&mut **conn, INSERT_SQL, rows, statements).await?;
+                }
+                // Behind a transaction pooler the server connection is ours only from BEGIN
+                // to COMMIT.
+                Statements::Unnamed => {
+                    let mut tx = crate::stores::db::begin_on(conn, self.timeout).await?;
+                    insert(&mut *tx, INSERT_SQL, rows, statements).await?;
+                    tx.commit().await?;
+                }
+            }
             conn.done();
             Ok(())
         }
@@ -652,7 +680,12 @@ impl Inner {
         // short, or another gateway sharing the spool already stored).
         let replayed = |n: u64| self.metrics.audit_replayed.inc_by(n);
         for chunk in events.chunks(MAX_BATCH) {
-            match crate::stores::db::within(limit, insert(&self.pool, REPLAY_SQL, chunk)).await {
+            match crate::stores::db::within(
+                limit,
+                insert(&self.pool, REPLAY_SQL, chunk, Statements::Unnamed),
+            )
+            .await
+            {
                 Ok(n) => replayed(n),
                 // A row the database cannot store (a byte it refuses, a constraint added to
                 // the table): stored one by one, the others go in and it is set aside, instead
@@ -660,8 +693,11 @@ impl Inner {
                 Err(e) if row_refused(&e) => {
                     for row in chunk {
                         let one = std::slice::from_ref(row);
-                        match crate::stores::db::within(limit, insert(&self.pool, REPLAY_SQL, one))
-                            .await
+                        match crate::stores::db::within(
+                            limit,
+                            insert(&self.pool, REPLAY_SQL, one, Statements::Unnamed),
+                        )
+                        .await
                         {
                             Ok(n) => replayed(n),
                             Err(e) if row_refused(&e) => aside.push(serde_json::json!({

@@ -162,7 +162,10 @@ impl<T, F: std::future::Future<Output = Result<T, sqlx::Error>>> Bounded<T> for 
 ///   each statement in one, and [`Db::begin`] opens one for several;
 /// - every statement is unnamed (`.persistent(false)`, checked on the source by
 ///   `tests/architecture.rs`; [`Db`] as an executor also forces it), so nothing is left behind on
-///   the server connection;
+///   the server connection. One exception, by a verdict and not by default: the audit writer's
+///   INSERT is named, in autocommit, on a connection [`Db::statements`] finds to be a session of
+///   its own (no `--direct-database-url`, and [`Db::has_sessions`] saw no pooler): one round
+///   trip a batch instead of four (docs/performance-log.md, 2026-11-26);
 /// - no startup parameter a pooler must be told to ignore: `statement_timeout` is set with
 ///   `SET LOCAL` in each transaction's `BEGIN`, and `extra_float_digits` is not sent;
 /// - what needs a session (`LISTEN`, the sweep's session-level advisory lock) uses
@@ -180,6 +183,25 @@ pub struct Db {
     limit: Duration,
     /// Whether [`Db::direct_options`] reaches a session of its own (None: not known yet).
     sessions: std::sync::Arc<tokio::sync::OnceCell<bool>>,
+    /// No `--direct-database-url`: the pool's connections are where [`Db::has_sessions`] asks.
+    direct_is_pool: bool,
+}
+
+/// How a statement may be sent on a connection: [`Statements::Named`] (prepared once per
+/// connection and kept by its server session: one round trip a statement after the first, and
+/// its plan kept) only on a connection known to be a server session of its own, as
+/// [`Db::statements`] finds; [`Statements::Unnamed`] (and inside a transaction) everywhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Statements {
+    Unnamed,
+    Named,
+}
+
+impl Statements {
+    /// The value for sqlx's `.persistent(...)`.
+    pub fn persistent(self) -> bool {
+        self == Statements::Named
+    }
 }
 
 impl Db {
@@ -192,6 +214,7 @@ impl Db {
         timeout: Duration,
     ) -> Result<Db, sqlx::Error> {
         let opts = connect_options(url)?;
+        let direct_is_pool = direct.is_none();
         let direct = match direct {
             Some(d) => connect_options(d)?,
             None => opts.clone(),
@@ -202,6 +225,7 @@ impl Db {
             direct: std::sync::Arc::new(direct),
             limit: timeout,
             sessions: Default::default(),
+            direct_is_pool,
         })
     }
 
@@ -277,6 +301,27 @@ impl Db {
             .get_or_try_init(|| within(self.limit * 3, probe))
             .await
             .copied()
+    }
+
+    /// How statements may be sent on this pool's connections: [`Statements::Named`] only when
+    /// no `--direct-database-url` was given (the pool's URL is where [`Db::has_sessions`]
+    /// asks) and the probe found sessions of their own (PostgreSQL itself, or a pooler in
+    /// session mode, which resets a server connection before another client gets it).
+    /// Otherwise, and while the probe cannot be asked (an outage), [`Statements::Unnamed`].
+    /// A URL given with `--direct-database-url` says the pool's may be a transaction pooler.
+    pub async fn statements(&self) -> Statements {
+        if !self.direct_is_pool {
+            return Statements::Unnamed;
+        }
+        match self.has_sessions().await {
+            Ok(true) => Statements::Named,
+            Ok(false) => Statements::Unnamed,
+            Err(e) => {
+                note_error(&e);
+                tracing::debug!(error = %e, "cannot ask whether the pool has sessions of its own; statements stay unnamed");
+                Statements::Unnamed
+            }
+        }
     }
 
     /// The bound of every database step.
