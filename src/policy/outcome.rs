@@ -1,9 +1,9 @@
 //! The per-request policy as one function: the facts of a request in, a typed [`Outcome`] out.
 //!
-//! [`decide`] knows nothing of HTTP connections: the data plane ([`crate::doors::proxy`]), `explain`
+//! [`decide`] knows nothing of HTTP connections: the data plane (the proxy door), `explain`
 //! and the benchmark call it with the facts they have, and the I/O it needs (who holds a
 //! session, which ticket grants are live) comes in through [`Authority`]. The data plane turns
-//! an outcome into an answer in one place ([`crate::doors::proxy`]); `explain` prints it.
+//! an outcome into an answer in one place ([`crate::policy::answer::carry_out`], for every door); `explain` prints it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -91,8 +91,8 @@ impl Unavailable {
     }
 }
 
-/// The I/O the decision needs. The gateway answers from its caches and the database
-/// ([`crate::gateway::state::Gateway`]); tests answer from memory.
+/// The I/O the decision needs. The gateway's shared state (a floor above this one) answers from
+/// its caches and the database; tests answer from memory.
 pub trait Authority {
     /// Who holds this session cookie at `at`; `Ok(None)` when no session live then has it.
     fn principal_for_token(

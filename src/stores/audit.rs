@@ -408,10 +408,7 @@ impl Inner {
                 let mut conn = self.pool.acquire().await?;
                 if statements == Statements::Named {
                     // For this session: its statements run outside a transaction's SET LOCAL.
-                    let timeout = format!(
-                        "SET statement_timeout = {}",
-                        self.timeout.as_millis().max(1)
-                    );
+                    let timeout = crate::stores::db::session_timeout_sql(self.timeout);
                     sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&timeout)).await?;
                 }
                 held.insert(Held {

@@ -433,10 +433,18 @@ const PROBE_ROUNDS: usize = 6;
 
 /// `BEGIN` with the statement timeout of `limit` for the transaction only.
 fn begin_sql(limit: Duration) -> String {
-    format!(
-        "BEGIN; SET LOCAL statement_timeout = {}",
-        limit.as_millis().max(1)
-    )
+    format!("BEGIN; SET LOCAL {}", statement_timeout(limit))
+}
+
+/// `SET` the statement timeout of `limit` for the whole session: only on a connection
+/// [`Db::statements`] found to be a session of its own.
+pub fn session_timeout_sql(limit: Duration) -> String {
+    format!("SET {}", statement_timeout(limit))
+}
+
+/// `statement_timeout = MS`, the bound of every statement (at least 1 ms: 0 would disable it).
+fn statement_timeout(limit: Duration) -> String {
+    format!("statement_timeout = {}", limit.as_millis().max(1))
 }
 
 /// [`Db::begin`] on a connection the caller keeps.
