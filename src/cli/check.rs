@@ -187,7 +187,61 @@ fn reader_paths(mapping: &Mapping, file: &str) -> Vec<Diagnostic> {
 }
 
 pub fn check(args: CheckArgs) -> Result<(), Exit> {
+    if args.mapping_source == "database" {
+        return check_active(&args);
+    }
     validate(&args).map(|_| ())
+}
+
+/// `check --mapping-source database`: the active version loads as `serve --mapping-source
+/// database` would load it on SIGHUP (hash, signature with a key, compiled).
+fn check_active(args: &CheckArgs) -> Result<(), Exit> {
+    let url = match &args.database_url {
+        Some(u) => u.clone(),
+        None => std::env::var("DATABASE_URL").map_err(|_| {
+            usage(anyhow!(
+                "--mapping-source database: the active version is read from --database-url or DATABASE_URL, and neither is set"
+            ))
+        })?,
+    };
+    let key = match &args.mapping_public_key {
+        None => None,
+        Some(path) => Some(
+            crate::stores::mapping_store::signing::read_public_key(path)
+                .map_err(|e| usage(anyhow!("--mapping-public-key {e}")))?,
+        ),
+    };
+    runtime()?.block_on(async {
+        let pool = super::command_pool(&url, 1, Duration::from_secs(10)).await?;
+        let Some((_, version)) = crate::stores::mapping_store::active(&pool)
+            .await
+            .context("cannot read the active mapping version")
+            .map_err(failure)?
+        else {
+            return Err(failure(anyhow!(
+                "no mapping version is active in the database (`rbac-gateway mapping push FILE`)"
+            )));
+        };
+        let name = crate::gateway::reload::db_name(&version);
+        match crate::gateway::reload::load_verified(&pool, &version, key.as_ref()).await {
+            Ok(mapping) => {
+                for w in &mapping.warnings {
+                    say!("{w}");
+                }
+                say!(
+                    "{name}: {} routes, version {}, {} warning(s), 0 error(s)",
+                    mapping.routes.len(),
+                    mapping.version,
+                    mapping.warnings.len()
+                );
+                Ok(())
+            }
+            Err(e) => Err(Exit {
+                code: EXIT_PROBLEMS,
+                error: anyhow!("{name}: {e}"),
+            }),
+        }
+    })
 }
 
 /// `check`: prints every problem and the summary line; the mapping when it passed (`mapping

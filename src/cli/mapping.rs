@@ -84,6 +84,8 @@ fn push(a: MappingPushArgs) -> Result<(), Exit> {
             routes: a.file.clone(),
             database_url: Some(a.change.database_url.clone()),
             app_routes: a.app_routes.clone(),
+            mapping_source: "file".to_string(),
+            mapping_public_key: None,
         },
         super::check::Schema::Readable,
     )?;

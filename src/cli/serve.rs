@@ -13,6 +13,7 @@ use crate::doors::proxy::{self, ProxyDoor, Settings};
 use crate::gateway::state::Gateway;
 use crate::runtime::config::ServeArgs;
 use crate::runtime::metrics::Metrics;
+use crate::runtime::signals::Signals;
 use crate::runtime::supervise::{self, Task, Tasks};
 use crate::stores::audit::AuditWriter;
 use crate::stores::db;
@@ -23,6 +24,20 @@ type Job = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     init_logging(&args.log_format);
+    // The runtime for everything that is not request handling: admin listener, spool replay,
+    // signals. It lives as long as the process. Made first, so the signal handlers are in place
+    // before anything is loaded: SIGHUP never ends the process, SIGTERM never kills it mid-start.
+    let bg = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("rbac-gateway-bg")
+        .enable_all()
+        .build()
+        .map_err(failure)?;
+    let signals = {
+        let _runtime = bg.enter();
+        Signals::install()
+            .map_err(|e| failure(anyhow!("cannot install the signal handlers: {e}")))?
+    };
     if args.log_format != "json" && args.log_format != "text" {
         return Err(usage(anyhow!("--log-format must be json or text")));
     }
@@ -131,15 +146,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     crate::gateway::state::prime_metric_labels(&metrics);
     crate::doors::freescout_webhook::prime_metric_labels(&metrics);
     let db_timeout = Duration::from_millis(args.db_timeout_ms);
-    // The runtime for everything that is not request handling: admin listener, spool replay,
-    // signals. It lives as long as the process.
-    let bg = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("rbac-gateway-bg")
-        .enable_all()
-        .build()
-        .map_err(failure)?;
-    let (gw, admin, admin_bound) = bg.block_on(async {
+    let started = bg.block_on(async {
         let pool = db::Db::connect(
             &args.database_url,
             args.direct_database_url.as_deref(),
@@ -240,13 +247,20 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
                 tracing::info!(public_key = %crate::stores::mapping_store::signing::fingerprint(key),
                     "--mapping-public-key: only versions signed by this key are applied");
             }
-            let loaded = crate::gateway::reload::load_active_at_start(&pool, public_key.as_ref(), |why| gw.set_mapping_missing(Some(why))).await;
+            let loading = crate::gateway::reload::load_active_at_start(&pool, public_key.as_ref(), |why| gw.set_mapping_missing(Some(why)), signals.hangups());
+            let loaded = tokio::select! {
+                loaded = loading => loaded,
+                signal = signals.stopped() => {
+                    tracing::info!(signal, "stopped before a mapping version was loaded: nothing was served");
+                    return Ok(None);
+                }
+            };
             gw.mapping.store(Arc::new(loaded));
             report_loaded();
-            supervised(Task::Reload, Box::pin(crate::gateway::reload::follow_database(gw.clone(), pool.clone(), public_key, active_rx)));
+            supervised(Task::Reload, Box::pin(crate::gateway::reload::follow_database(gw.clone(), pool.clone(), public_key, active_rx, signals.hangups())));
             None
         } else {
-            supervised(Task::Reload, Box::pin(crate::gateway::reload::watch(gw.clone(), args.routes.clone())));
+            supervised(Task::Reload, Box::pin(crate::gateway::reload::watch(gw.clone(), args.routes.clone(), signals.hangups())));
             Some(admin)
         };
         tokio::spawn(crate::gateway::reload::check_database_at_start(
@@ -299,8 +313,11 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             tracing::info!(freescout_webhook_listen = %bound, path = crate::doors::freescout_webhook::PATH, "FreeScout webhook receiver listening");
             supervised(Task::FreescoutWebhook, Box::pin(crate::doors::freescout_webhook::serve(listener, receiver)));
         }
-        Ok::<_, Exit>((gw, admin, admin_bound))
+        Ok::<_, Exit>(Some((gw, admin, admin_bound)))
     })?;
+    let Some((gw, admin, admin_bound)) = started else {
+        return Ok(());
+    };
 
     let http = Http1Settings {
         header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
@@ -359,17 +376,9 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         // Served since start-up; ready from now on.
         None => gw.set_mapping_missing(None),
     }
-    bg.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(failure)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(failure)?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        Ok::<_, Exit>(())
-    })?;
+    let signal = bg.block_on(signals.stopped());
     tracing::info!(
+        signal,
         grace_seconds = args.shutdown_grace,
         "shutting down: finishing in-flight requests"
     );
@@ -381,9 +390,18 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             tracing::error!("a worker thread panicked");
         }
     }
-    tracing::info!("shut down");
     drop(bg);
-    Ok(())
+    // A supervisor (the Heroku launcher, systemd) learns from the status that requests were cut.
+    match crate::dataplane::listen::cut_at_shutdown() {
+        0 => {
+            tracing::info!("shut down");
+            Ok(())
+        }
+        cut => Err(failure(anyhow!(
+            "shut down with {cut} connection(s) cut: their requests were still in progress when the {} s grace period (--shutdown-grace) ran out and got no answer",
+            args.shutdown_grace
+        ))),
+    }
 }
 
 /// A valid mapping that no request is decided by: `--mapping-source database` before the active

@@ -5,6 +5,8 @@
 //! these; none has its own.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -113,6 +115,8 @@ pub(crate) async fn accept_until_shutdown<C>(
     // It replaced a private copy on 2026-11-26: paired, the copy saved under the 3% bar
     // (docs/performance-log.md).
     let drain = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connections still being served: those open when the grace period runs out are cut.
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -130,10 +134,13 @@ pub(crate) async fn accept_until_shutdown<C>(
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
                 let conn = drain.watch(serve(stream, peer));
+                let open = open.clone();
+                open.fetch_add(1, Ordering::Relaxed);
                 tokio::task::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, listener = what, "client connection ended with an error");
                     }
+                    open.fetch_sub(1, Ordering::Relaxed);
                 });
             }
             _ = shutdown.changed() => break,
@@ -141,11 +148,25 @@ pub(crate) async fn accept_until_shutdown<C>(
     }
     drop(listener);
     if tokio::time::timeout(grace, drain.shutdown()).await.is_err() {
-        tracing::warn!(
+        let cut = open.load(Ordering::Relaxed);
+        CUT_AT_SHUTDOWN.fetch_add(cut, Ordering::Relaxed);
+        tracing::error!(
             listener = what,
-            "shutdown grace period over: closing the connections still open"
+            connections = cut,
+            grace_seconds = grace.as_secs_f64(),
+            "shutdown grace period over: closing the connections still open (their requests get no answer)"
         );
     }
+}
+
+/// Connections still open when the shutdown grace period ran out, and closed with it, in every
+/// listener of the process: each had a request in progress that got no answer. `serve` reports
+/// them in its last line and exit status.
+static CUT_AT_SHUTDOWN: AtomicUsize = AtomicUsize::new(0);
+
+/// How many connections the drain cut (see [`CUT_AT_SHUTDOWN`]).
+pub fn cut_at_shutdown() -> usize {
+    CUT_AT_SHUTDOWN.load(Ordering::Relaxed)
 }
 
 /// Serves a side listener (the admin listener, FreeScout's webhook) until the process ends:

@@ -206,12 +206,18 @@ pub async fn record_version(gw: &Gateway) {
     }
 }
 
-/// Watches `path` until the process ends.
-pub async fn watch(gw: Arc<Gateway>, path: PathBuf) {
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    if hup.is_none() {
-        tracing::error!("cannot install the SIGHUP handler; file polling still reloads");
+/// SIGHUPs, as `runtime::signals` reports them.
+pub type Hangups = tokio::sync::watch::Receiver<u64>;
+
+/// Waits for the next SIGHUP (never, once the signal task is gone).
+async fn hangup(hup: &mut Hangups) {
+    if hup.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
+}
+
+/// Watches `path` until the process ends; each SIGHUP in `hup` forces a check.
+pub async fn watch(gw: Arc<Gateway>, path: PathBuf, mut hup: Hangups) {
     // The content last applied or rejected, and a candidate seen once, kept whole and compared
     // byte for byte (no hash of the file five times a second; under callgrind, which hides the
     // CPU's SHA instructions, that hash dominated the gateway's background instructions).
@@ -225,7 +231,7 @@ pub async fn watch(gw: Arc<Gateway>, path: PathBuf) {
     loop {
         let forced = tokio::select! {
             _ = tokio::time::sleep(POLL) => false,
-            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            () = hangup(&mut hup) => true,
         };
         let read = tokio::fs::read(&path).await;
         let bytes = match read {
@@ -412,12 +418,13 @@ fn reject(gw: &Gateway, why: Unloadable) -> Unloadable {
 
 /// `--mapping-source database` at start-up: waits until the active version is loaded, saying on
 /// `/readyz` (503) why not yet: no version active, the database unreachable, a version that does
-/// not load, or (with `key`) one not signed by it. Returns the mapping; the caller says it is
-/// ready once it serves.
+/// not load, or (with `key`) one not signed by it. Tries again every 500 ms, and at once on a
+/// SIGHUP in `hup`. Returns the mapping; the caller says it is ready once it serves.
 pub async fn load_active_at_start(
     db: &crate::stores::db::Db,
     key: Option<&PublicKey>,
     say: impl Fn(String),
+    mut hup: Hangups,
 ) -> Mapping {
     let mut last = String::new();
     loop {
@@ -437,30 +444,66 @@ pub async fn load_active_at_start(
             last.clone_from(&why);
         }
         say(why);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = hangup(&mut hup) => {
+                tracing::info!("SIGHUP: reading the active mapping version from the database again");
+            }
+        }
     }
 }
 
 /// `--mapping-source database`: applies each activation the change feed reports, until the
 /// process ends. A version that cannot be read (database down) is retried; one that does not
 /// load, does not hash to its version or (with `key`) is not signed by it leaves the previous
-/// mapping live, named on `/readyz`, until another activation.
+/// mapping live, named on `/readyz`, until another activation. A SIGHUP in `hup` reads the
+/// active version from the database at once, whatever the feed has reported (the systemd
+/// unit's `ExecReload`, an operator who does not want to wait for the feed).
 pub async fn follow_database(
     gw: Arc<Gateway>,
     db: crate::stores::db::Db,
     key: Option<PublicKey>,
     mut active: tokio::sync::watch::Receiver<crate::stores::feed::ActiveMapping>,
+    mut hup: Hangups,
 ) {
     // A newer activation arrived while the previous one was being retried.
     let mut pending = false;
+    // The feed is gone (its own task reports it): only SIGHUP can bring a version.
+    let mut feed_gone = false;
     loop {
-        if !pending && active.changed().await.is_err() {
-            // The feed is gone (its own task reports it); nothing more will arrive.
-            std::future::pending::<()>().await;
-        }
-        pending = false;
-        let Some((id, version)) = active.borrow_and_update().clone() else {
-            continue;
+        let (id, version) = if pending {
+            pending = false;
+            match active.borrow_and_update().clone() {
+                Some(a) => a,
+                None => continue,
+            }
+        } else {
+            tokio::select! {
+                changed = active.changed(), if !feed_gone => {
+                    if changed.is_err() {
+                        feed_gone = true;
+                        continue;
+                    }
+                    match active.borrow_and_update().clone() {
+                        Some(a) => a,
+                        None => continue,
+                    }
+                }
+                () = hangup(&mut hup) => {
+                    tracing::info!("SIGHUP: reading the active mapping version from the database again");
+                    match crate::stores::mapping_store::active(&db).await {
+                        Ok(Some(a)) => a,
+                        Ok(None) => {
+                            tracing::warn!("SIGHUP: no mapping version is active in the database; the live mapping stays");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "SIGHUP: cannot read the active mapping version; the live mapping stays (the change feed still applies activations)");
+                            continue;
+                        }
+                    }
+                }
+            }
         };
         loop {
             match apply_stored(&gw, &db, &version, key.as_ref()).await {

@@ -414,6 +414,17 @@ pub struct CheckArgs {
     /// covered and every gateway rule must exist in Console.
     #[arg(long)]
     pub app_routes: Option<PathBuf>,
+    /// `database`: check the mapping a gateway with `--mapping-source database` would apply on
+    /// SIGHUP (the active version in the database at --database-url, or DATABASE_URL: its hash,
+    /// with --mapping-public-key its signature, and that it loads) instead of --routes. The
+    /// systemd unit's `ExecReload` runs `check` with the gateway's environment, so it checks
+    /// what the reload will apply in either mode.
+    #[arg(long, env = "GATEWAY_MAPPING_SOURCE", default_value = "file", value_parser = ["file", "database"])]
+    pub mapping_source: String,
+    /// With --mapping-source database: the version must be signed by this key's private key
+    /// (as `serve --mapping-public-key` requires).
+    #[arg(long, env = "GATEWAY_MAPPING_PUBLIC_KEY")]
+    pub mapping_public_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -28,6 +28,7 @@ mod order_differential;
 mod pooler;
 mod reader;
 mod refusals;
+mod signals;
 mod supervision;
 mod tickets;
 mod upstream_differential;
