@@ -199,6 +199,10 @@ fn from_audit_row(args: &ExplainArgs, request_id: &str) -> Result<(), Exit> {
             r.mapping_version.as_deref().unwrap_or("-"),
         );
     }
+    if rows.iter().any(|r| r.event_type == "access_denied") {
+        // The row records the decision, not the answer (docs/design/durability.md).
+        say!("answer: not forwarded; 403 if this row was durable within the gateway's --db-timeout-ms, else 503 (a denial answered 503 gets its row when the database answers again)");
+    }
     use crate::gateway::reload::{db_name, Unloadable};
     let at_hand = match (first.mapping_version.as_deref(), stored) {
         (Some(v), Some(Ok(m))) => {

@@ -315,7 +315,7 @@ pub async fn carry_out(
         Outcome::Unavailable(why) => Some(*why),
         Outcome::Deny { row } => match gw.record(row.clone()).await {
             Err(e) => {
-                tracing::error!(request_id, error = %e, "cannot record the denial: answering 503");
+                tracing::error!(request_id, error = %e, "the denial's row is not durable in time: answering 503 (the row is kept and written when the database answers)");
                 Some(Unavailable::Audit)
             }
             Ok(()) => {

@@ -152,7 +152,7 @@ impl Metrics {
             audit_rows: IntCounterVec::new(
                 Opts::new(
                     "rbac_gateway_audit_rows_total",
-                    "Audit rows made durable, by sink",
+                    "Audit rows made durable, by sink (late: the row of a denial answered 503, stored when the database answered again; lost: one the gateway could not keep)",
                 ),
                 &["sink"],
             )
@@ -380,7 +380,7 @@ impl Metrics {
             self.cache_misses.with_label_values(&[c]);
             self.cache_entries.with_label_values(&[c]);
         }
-        for s in ["database", "spool", "rejected"] {
+        for s in ["database", "spool", "rejected", "late", "lost"] {
             self.audit_rows.with_label_values(&[s]);
         }
         for r in ["success", "failure"] {

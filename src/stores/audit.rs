@@ -10,6 +10,15 @@
 //! INSERT committed after it had timed out, stores each row exactly once. When the spool is full,
 //! `record` fails and the caller answers 503 instead of denying without a record.
 //!
+//! A row records a decision not to forward, whatever the client was answered: a 403 is sent only
+//! once its row is durable, and a denial answered 503 (its row not durable in time: no durable
+//! spool, or a full or unwritable one) still gets its row. Such rows are kept in memory (at most
+//! [`LATE_MAX`]) and written when the database answers again, with `ON CONFLICT (id) DO NOTHING`,
+//! since the INSERT that timed out may itself commit once a frozen server resumes: no client can
+//! stop a statement already sent, so "a 503 never has a row" could not be held, and this is the
+//! rule that can (docs/design/durability.md, "A denial answered 503"). Rows still in memory when
+//! the gateway stops are written to its log in full, never dropped silently.
+//!
 //! Allowed traffic never waits for this writer, and the writer holds one database connection
 //! (the replay one more while it runs), so a flood of denials cannot starve the session and role
 //! lookups. The row is the decision's [`AuditEvent`] (`policy/audit_event.rs`), stored here.
@@ -40,6 +49,9 @@ pub enum AuditError {
 
 /// Most rows per INSERT.
 pub const MAX_BATCH: usize = 512;
+/// Most rows of denials answered 503 kept in memory for the database; past it, a row is written
+/// to the log in full and counted as `lost`.
+pub const LATE_MAX: usize = 65_536;
 /// Rows waiting for the writer before `record` itself waits (backpressure on denials only).
 const QUEUE: usize = 16_384;
 
@@ -163,6 +175,18 @@ struct Inner {
     /// Why the database last refused rows it answered for (no permission to insert, a changed
     /// table): cleared when it takes rows again. Such rows wait in the spool, which may fill.
     refused: std::sync::Mutex<Option<String>>,
+    /// Rows of denials answered 503, oldest first, until the database takes them.
+    late: std::sync::Mutex<std::collections::VecDeque<Arc<AuditEvent>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let late = std::mem::take(&mut *lock(&self.late));
+        for row in late {
+            tracing::error!(row = %serde_json::to_string(&*row).unwrap_or_default(), request_id = %row.request_id,
+                "audit row of a denial answered 503 not stored: the gateway stopped before the database answered");
+        }
+    }
 }
 
 pub struct AuditWriter {
@@ -211,6 +235,7 @@ impl AuditWriter {
             append_problem: Default::default(),
             stuck: Default::default(),
             refused: Default::default(),
+            late: Default::default(),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = write_loop(inner.clone(), rx);
@@ -238,6 +263,12 @@ impl AuditWriter {
     pub fn spool_problems(&self) -> Vec<String> {
         let path = self.inner.spool.display();
         let mut out = Vec::new();
+        let late = lock(&self.inner.late).len();
+        if late > 0 {
+            out.push(format!(
+                "{late} audit row(s) of denials answered 503 wait in memory for the database (written when it answers; lost if the gateway stops first)"
+            ));
+        }
         if !self.inner.durable {
             return out;
         }
@@ -272,8 +303,11 @@ impl AuditWriter {
     /// Replays the spool every `every` until the process ends.
     pub async fn replay_forever(self: Arc<Self>, every: Duration) {
         if !self.inner.durable {
-            tracing::info!("no durable audit spool (--audit-spool-durable=false): a denial whose row the database does not take in time is answered 503");
-            return std::future::pending().await;
+            tracing::info!("no durable audit spool (--audit-spool-durable=false): a denial whose row the database does not take in time is answered 503, and its row is written when the database answers");
+            loop {
+                self.inner.store_late().await;
+                tokio::time::sleep(every).await;
+            }
         }
         // The spool must be writable before it is needed: found out during an outage, every
         // denial would get 503.
@@ -284,6 +318,7 @@ impl AuditWriter {
                 // say so only during the next outage: until then, /readyz would still warn.
                 self.inner.probe_spool().await;
             }
+            self.inner.store_late().await;
             // The file, not only this process's mark: a spool may be shared by gateways side
             // by side, and rows another one left there (it ended) are replayed here.
             let len = self.inner.spool_len().await;
@@ -321,6 +356,9 @@ async fn write_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
         let (rows, waiters): (Vec<Arc<AuditEvent>>, Vec<_>) = batch.into_iter().unzip();
         inner.metrics.audit_queue_depth.sub(rows.len() as i64);
         let result = inner.write(&rows).await;
+        if result.is_err() {
+            inner.keep_late(&rows);
+        }
         inner.metrics.audit_batches.inc();
         for w in waiters {
             // Err: that caller stopped waiting (its client hung up); the row is durable, or
@@ -338,27 +376,81 @@ impl Inner {
             .unwrap_or(0)
     }
 
+    /// Keeps the rows of a batch answered 503 for [`Inner::store_late`], up to [`LATE_MAX`].
+    fn keep_late(&self, rows: &[Arc<AuditEvent>]) {
+        let mut late = lock(&self.late);
+        let room = LATE_MAX.saturating_sub(late.len());
+        late.extend(rows.iter().take(room).cloned());
+        let kept = rows.len().min(room);
+        drop(late);
+        if kept > 0 {
+            tracing::warn!(rows = kept, "audit rows of denials answered 503 kept in memory: written when the database answers");
+        }
+        for row in &rows[kept..] {
+            self.metrics.audit_rows.with_label_values(&["lost"]).inc();
+            tracing::error!(row = %serde_json::to_string(&**row).unwrap_or_default(), request_id = %row.request_id,
+                "audit row of a denial answered 503 not kept: {LATE_MAX} rows already wait for the database");
+        }
+    }
+
+    /// Writes the rows of denials answered 503 that wait in memory, oldest first, a batch at a
+    /// time while the database takes them. Each row once: the INSERT that timed out may have
+    /// committed after all.
+    async fn store_late(&self) {
+        loop {
+            let rows: Vec<Arc<AuditEvent>> =
+                lock(&self.late).iter().take(MAX_BATCH).cloned().collect();
+            if rows.is_empty() {
+                return;
+            }
+            match self
+                .to_database_as(rows.as_slice(), REPLAY_SQL, "late")
+                .await
+            {
+                Ok(()) => {
+                    lock(&self.late).drain(..rows.len());
+                    tracing::info!(
+                        rows = rows.len(),
+                        "stored the audit rows of denials answered 503"
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "the rows of denials answered 503 still wait for the database");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Writes rows to the database within the timeout, on the kept connection.
     async fn to_database(&self, rows: &[Arc<AuditEvent>]) -> Result<(), String> {
+        self.to_database_as(rows, INSERT_SQL, "database").await
+    }
+
+    /// [`Inner::to_database`] with `sql`, counted under `sink`.
+    async fn to_database_as(
+        &self,
+        rows: &[Arc<AuditEvent>],
+        sql: &'static str,
+        sink: &str,
+    ) -> Result<(), String> {
         let mut held = self.held.lock().await;
         // A timeout marks the pool stale (`db::within`): the connection may be silent, and
         // the pool's other ones with it.
-        let result = match crate::stores::db::within(
-            self.timeout,
-            self.insert_held(&mut held, rows),
-        )
-        .await
-        {
-            Ok(()) => {
-                self.metrics
-                    .audit_rows
-                    .with_label_values(&["database"])
-                    .inc_by(rows.len() as u64);
-                *lock(&self.refused) = None;
-                return Ok(());
-            }
-            Err(e) => self.failed(e).to_string(),
-        };
+        let result =
+            match crate::stores::db::within(self.timeout, self.insert_held(&mut held, rows, sql))
+                .await
+            {
+                Ok(()) => {
+                    self.metrics
+                        .audit_rows
+                        .with_label_values(&[sink])
+                        .inc_by(rows.len() as u64);
+                    *lock(&self.refused) = None;
+                    return Ok(());
+                }
+                Err(e) => self.failed(e).to_string(),
+            };
         // Whatever state the failure left the connection in, the next batch starts afresh.
         if let Some(h) = held.take() {
             h.discard();
@@ -375,6 +467,7 @@ impl Inner {
         &self,
         held: &mut Option<Held>,
         rows: &[Arc<AuditEvent>],
+        sql: &'static str,
     ) -> Result<(), sqlx::Error> {
         if held.as_ref().is_some_and(Held::stale) {
             // Back to the pool, which checks it before anyone gets it again.
@@ -383,14 +476,14 @@ impl Inner {
         // Not `db::retry_once`: its closure cannot lend the kept connection to both tries, and
         // only a connection kept from before is retried (a fresh one that fails is not).
         let kept = held.is_some();
-        let first = self.insert_on(held, rows).await;
+        let first = self.insert_on(held, rows, sql).await;
         match first {
             Err(e) if kept && crate::stores::db::note_error(&e) => {
                 tracing::warn!(error = %e, "audit connection lost; writing the rows on a fresh one");
                 if let Some(h) = held.take() {
                     h.discard();
                 }
-                self.insert_on(held, rows).await
+                self.insert_on(held, rows, sql).await
             }
             other => other,
         }
@@ -400,6 +493,7 @@ impl Inner {
         &self,
         held: &mut Option<Held>,
         rows: &[Arc<AuditEvent>],
+        sql: &'static str,
     ) -> Result<(), sqlx::Error> {
         let h = match held {
             Some(h) => h,
@@ -423,13 +517,13 @@ impl Inner {
         let result = async {
             match statements {
                 Statements::Named => {
-                    insert(&mut **conn, INSERT_SQL, rows, statements).await?;
+                    insert(&mut **conn, sql, rows, statements).await?;
                 }
                 // Behind a transaction pooler the server connection is ours only from BEGIN
                 // to COMMIT.
                 Statements::Unnamed => {
                     let mut tx = crate::stores::db::begin_on(conn, self.timeout).await?;
-                    insert(&mut *tx, INSERT_SQL, rows, statements).await?;
+                    insert(&mut *tx, sql, rows, statements).await?;
                     tx.commit().await?;
                 }
             }
@@ -585,10 +679,11 @@ impl Inner {
                 .and_then(|()| f.write_all(&lines))
                 .and_then(|()| f.sync_data());
             if let Err(e) = written {
-                // Cut back to what was there (a full disk can take part of the batch): the
-                // rows of this batch are answered 503, so none of them may be stored later.
+                // Cut back to what was there (a full disk can take part of the batch, and a torn
+                // line would be set aside at replay): the rows of this batch are answered 503 and
+                // kept in memory for the database (`keep_late`), so the spool holds none of them.
                 if let Err(cut) = f.set_len(current).and_then(|()| f.sync_all()) {
-                    tracing::error!(error = %cut, "cannot cut a failed append from the audit spool: a row answered 503 may be stored");
+                    tracing::error!(error = %cut, "cannot cut a failed append from the audit spool: a row answered 503 may be stored twice (the replay stores it once)");
                 }
                 return Err(io(e));
             }

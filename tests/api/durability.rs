@@ -693,3 +693,120 @@ async fn replayed_within_5s(db: &TestDb, gw: &Gateway, id: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A denial answered 503 gets its row all the same (docs/design/durability.md, "A denial
+/// answered 503"): no durable spool (Heroku's setting), PostgreSQL frozen past
+/// `--db-timeout-ms` (the INSERT in flight commits when it resumes) and then stopped (the INSERT
+/// never reached it): through both doors, every such denial's row is stored once PostgreSQL
+/// answers, exactly once, and `explain --request-id` says the row records the decision, not
+/// the answer.
+#[tokio::test]
+async fn a_denial_answered_503_gets_its_row_once_the_database_answers_through_both_doors() {
+    let _alone = timed_alone().await;
+    let (pg, db) = PrivatePg::start().await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .env("GATEWAY_AUDIT_SPOOL_DURABLE", "false")
+            .arg("--db-timeout-ms")
+            .arg("300")
+            .arg("--cache-ttl")
+            .arg("600")
+            .arg("--authz-listen")
+            .arg("127.0.0.1:0"),
+    )
+    .await;
+    let token = cached_denied_session(&db, &gw).await;
+    let authz = gw.authz_addr();
+    let ask_authz = |token: String| async move {
+        send(
+            authz,
+            format!(
+                "GET /authz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nCookie: console_session={token}\r\n\
+                 X-Forwarded-Method: GET\r\nX-Forwarded-Uri: /ops\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap()
+    };
+    let r = ask_authz(token.clone()).await;
+    assert_eq!(r.status, 403, "forward-auth denies with the cached session");
+    let mut answered_503 = Vec::new();
+    for outage in ["frozen", "stopped"] {
+        match outage {
+            "frozen" => pg.freeze(),
+            _ => {
+                db.pool.close().await;
+                pg.pg("stop");
+            }
+        }
+        let proxy = gw.get("/ops", Some(&token)).await;
+        let door = ask_authz(token.clone()).await;
+        for (name, r) in [("proxy", &proxy), ("forward-auth", &door)] {
+            assert_eq!(
+                r.status,
+                503,
+                "{outage}, {name}: {}; log:\n{}",
+                r.body_str(),
+                gw.log()
+            );
+            answered_503.push(r.request_id());
+        }
+        assert!(up.count() == 0, "nothing denied was forwarded");
+        let ready = gw.admin_get("/readyz").await;
+        assert!(
+            ready
+                .body_str()
+                .contains("audit row(s) of denials answered 503 wait in memory"),
+            "{outage}: {}",
+            ready.body_str()
+        );
+        match outage {
+            "frozen" => pg.thaw(),
+            _ => pg.pg("start"),
+        }
+    }
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let db = TestDb {
+        url: db.url.clone(),
+        pool,
+    };
+    eventually(
+        Duration::from_secs(15),
+        "every denial answered 503 has its row",
+        || async { db.denied_rows(&answered_503).await.len() >= answered_503.len() },
+    )
+    .await;
+    for id in &answered_503 {
+        assert_eq!(db.audit_rows(id).await.len(), 1, "exactly one row for {id}");
+    }
+    eventually(
+        Duration::from_secs(5),
+        "/readyz no longer names them",
+        || async {
+            !gw.admin_get("/readyz")
+                .await
+                .body_str()
+                .contains("denials answered 503")
+        },
+    )
+    .await;
+    // The row records the decision; explain does not claim the client got a 403.
+    let out = crate::cli::bin()
+        .arg("explain")
+        .arg("--routes")
+        .arg(core_routes())
+        .arg("--database-url")
+        .arg(&db.url)
+        .arg("--request-id")
+        .arg(&answered_503[0])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("answer: not forwarded; 403 if this row was durable"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -429,6 +429,39 @@ impl PrivatePg {
         );
     }
 
+    /// Stops every process of the server (SIGSTOP): connections stay open and nothing is
+    /// answered, and what was sent is acted on once [`PrivatePg::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.signal_all("STOP");
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal_all("CONT");
+    }
+
+    fn signal_all(&self, sig: &str) {
+        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).unwrap();
+        let pid = pid_file.lines().next().unwrap().trim().to_string();
+        let children = std::process::Command::new("pgrep")
+            .args(["-P", &pid])
+            .output()
+            .unwrap();
+        let mut pids = vec![pid];
+        pids.extend(
+            String::from_utf8_lossy(&children.stdout)
+                .split_whitespace()
+                .map(str::to_string),
+        );
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .args(&pids)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {pids:?}");
+    }
+
     pub async fn start() -> (PrivatePg, TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let out = std::process::Command::new("bash")
