@@ -23,7 +23,10 @@ enum Decode {
 }
 
 /// Console's response body, streamed to the client from its connection; the connection returns
-/// to the pool at the end of the body.
+/// to the pool at the end of the body. The connection is read only when the decoder has nothing
+/// to hand on and asks for more, so a chunked body holds at most `MAX_CHUNK_LINE` (16 KiB) plus
+/// one read (16 KiB) whatever Console sends, and a length- or close-delimited one at most one
+/// read (see `upstream`'s module doc).
 pub struct UpstreamBody {
     conn: Option<Conn>,
     pool: Arc<Pool>,
@@ -50,7 +53,7 @@ impl UpstreamBody {
             pool,
             decode: match framing {
                 Framing::Length(n) => Decode::Length(n),
-                Framing::Chunked => Decode::Chunked(Chunk::Size),
+                Framing::Chunked => Decode::Chunked(Chunk::Size(0)),
                 Framing::Close => Decode::Close,
             },
             keep_alive,

@@ -7,6 +7,13 @@
 //! knows no body type: the leg (`upstream/mod.rs`) reads the bytes and attaches the body. The
 //! bytes are parsed by httparse and read the way hyper's client reads them, except where the leg
 //! is stricter (the module doc of `upstream` lists where).
+//!
+//! **Bounded whatever the bytes.** `Ok(None)` is answered only while at most [`MAX_HEAD`] bytes
+//! are buffered; more, complete or not, is [`HeadError::TooLarge`]: a status or header line that
+//! never ends, endless whitespace, empty lines or obs-fold (refused by httparse as soon as it
+//! is seen) never grow the buffer past it. Interim (1xx) heads are taken out of the buffer one by
+//! one, each under the same bound. httparse reads the head again from its start on each call, so
+//! a head cut into many reads is read at most [`MAX_HEAD`] bytes per read.
 
 use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -98,8 +105,8 @@ pub struct Parsed {
 }
 
 /// Parses a response head at the start of `buf`, skipping interim (1xx) responses, and takes
-/// what it used out of `buf`. `Ok(None)`: more bytes are needed (and fewer than [`MAX_HEAD`]
-/// are buffered).
+/// what it used out of `buf`. `Ok(None)`: more bytes are needed (and at most [`MAX_HEAD`] are
+/// buffered).
 pub fn parse_response(
     buf: &mut BytesMut,
     head_request: bool,
@@ -542,6 +549,108 @@ mod tests {
                 crate::dataplane::upstream::UpstreamError::Head(e).to_string(),
                 format!("the upstream's response is refused: {says}")
             );
+        }
+    }
+}
+
+/// Any bytes, in any pieces: the parser reads a head, refuses, or asks for more only while it
+/// holds at most `MAX_HEAD` bytes; and whether it reads or refuses a head, and what it reads,
+/// does not depend on how the bytes were cut.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A head read (status, framing, keep-alive, the bytes after it), `Err(())` for a refusal
+    /// (whose reason may depend on where the reads stopped: past the bound, `TooLarge` is found
+    /// before what follows), `Ok(None)` for still asking.
+    type Outcome = Result<Option<(u16, Framing, bool, Vec<u8>)>, ()>;
+
+    /// Feeds `bytes` as `Pool::send` reads them: a piece only when the parser asks for more.
+    fn feed(bytes: &[u8], pieces: &[usize]) -> Outcome {
+        let (mut buf, mut names) = (BytesMut::new(), Names::default());
+        let (mut fed, mut cut) = (0, pieces.iter().cycle());
+        loop {
+            if !buf.is_empty() {
+                match parse_response(&mut buf, false, &mut names) {
+                    Err(_) => return Err(()),
+                    Ok(Some(p)) => {
+                        let mut rest = buf.to_vec();
+                        rest.extend_from_slice(&bytes[fed..]);
+                        return Ok(Some((
+                            p.response.status().as_u16(),
+                            p.framing,
+                            p.keep_alive,
+                            rest,
+                        )));
+                    }
+                    Ok(None) => assert!(
+                        buf.len() <= MAX_HEAD,
+                        "asks for more holding {} bytes",
+                        buf.len()
+                    ),
+                }
+            }
+            if fed == bytes.len() {
+                return Ok(None);
+            }
+            let n = (*cut.next().unwrap()).min(bytes.len() - fed);
+            buf.extend_from_slice(&bytes[fed..fed + n]);
+            fed += n;
+        }
+    }
+
+    fn run(unit: &'static [u8], times: std::ops::Range<usize>) -> impl Strategy<Value = Vec<u8>> {
+        times.prop_map(move |n| unit.repeat(n))
+    }
+
+    /// Heads biased to the hostile shapes: a header line or a status line that never ends,
+    /// endless whitespace, empty lines or obs-fold, endless interim heads, near the bound and
+    /// past it; and plain arbitrary bytes.
+    fn head() -> impl Strategy<Value = Vec<u8>> {
+        let end = prop::sample::select(vec![
+            &b""[..],
+            b"\r\n\r\n",
+            b"\r\nContent-Length: 2\r\n\r\nok",
+            b"\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ]);
+        let near = MAX_HEAD - 40..MAX_HEAD + 40;
+        let hostile = prop_oneof![
+            run(b"a", 0..100_000).prop_map(|r| [&b"HTTP/1.1 200 OK\r\nX-Long: "[..], &r].concat()),
+            run(b"a", near.clone())
+                .prop_map(|r| [&b"HTTP/1.1 200 OK\r\nX-Long: "[..], &r].concat()),
+            run(b"r", 0..100_000).prop_map(|r| [&b"HTTP/1.1 200 "[..], &r].concat()),
+            run(b" ", 0..100_000).prop_map(|r| [&b"HTTP/1.1 200 OK\r\nX:"[..], &r].concat()),
+            run(b"\t ", 0..50_000).prop_map(|r| [&b"HTTP/1.1 200 OK\r\nA: b\r\n"[..], &r].concat()),
+            run(b"\r\n", 0..50_000).prop_map(|r| [&r[..], b"HTTP/1.1 200 OK"].concat()),
+            run(b"\r\n x", 0..20_000).prop_map(|r| [&b"HTTP/1.1 200 OK\r\nA: b"[..], &r].concat()),
+            run(b"HTTP/1.1 100 Continue\r\n\r\n", 0..4_000).prop_map(|r| [
+                &r[..],
+                b"HTTP/1.1 204 No Content"
+            ]
+            .concat()),
+            run(b"X: y\r\n", 0..200).prop_map(|r| [&b"HTTP/1.1 200 OK\r\n"[..], &r].concat()),
+        ];
+        prop_oneof![
+            3 => (hostile, end).prop_map(|(h, e)| [&h[..], e].concat()),
+            1 => prop::collection::vec(any::<u8>(), 0..2048),
+            1 => prop::collection::vec(any::<u8>(), 0..512)
+                .prop_map(|r| [&b"HTTP/1.1 200 OK\r\n"[..], &r].concat()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn head_parser_is_bounded_and_cut_independent(
+            bytes in head(),
+            pieces in prop::collection::vec(1usize..=16 * 1024, 1..8),
+        ) {
+            // `feed` checks the bound each time the parser asks for more.
+            let whole = feed(&bytes, &[bytes.len().max(1)]);
+            let cut = feed(&bytes, &pieces);
+            prop_assert_eq!(cut, whole);
         }
     }
 }

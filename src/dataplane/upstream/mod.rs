@@ -12,12 +12,30 @@
 //! - `Transfer-Encoding` other than one `chunked` header, or with `Content-Length`;
 //! - more than one `Content-Length` (hyper merges identical ones);
 //! - chunked trailers (hyper parses them; nothing forwards them to Console's clients);
+//! - a chunk-size line over [`MAX_CHUNK_LINE`] (16 KiB) bytes, whatever its bytes: hyper bounds
+//!   only the extensions, and reads an endless run of leading `0`s or of spaces forever;
 //! - `101 Switching Protocols` (the gateway never asks for an upgrade).
 //!
 //! Two of Console's headers are not handed on where hyper's server writes them itself: `Date`
 //! (the gateway's, as nginx's `proxy_pass` sends its own) and, where a body follows, the
 //! `Content-Length` (hyper writes the exact length of the body it sends, which is the length
 //! Console's header gave); the differential test compares that length instead of the header.
+//!
+//! **Memory per connection, whatever Console sends.** A connection's read buffer holds at most
+//! [`MAX_BUFFERED`] = [`MAX_HEAD`] + 16 KiB = 80 KiB of bytes read and not yet used: each parser
+//! asks for more bytes only while it holds less than its bound, and a read adds at most 16 KiB
+//! (`pool.rs`'s `READ_SIZE`). The bounds: a response head (interim ones included, one at a
+//! time) is at most [`MAX_HEAD`] bytes, complete or not, whatever its bytes (a header line that
+//! never ends, endless whitespace or empty lines: `head.rs`); a chunked body's framing, at most
+//! [`MAX_CHUNK_LINE`] (16 KiB): a chunk-size line of any bytes, leading zeros, spaces and
+//! extensions included, and two bytes after a chunk's data or the last chunk (trailers are
+//! refused: `chunked.rs`); a chunk's data, or a body framed by length or by the connection's
+//! end, is handed on as soon as it is read, and the next read waits until hyper's server takes
+//! it. The buffer's allocation grows by doubling only while it holds these bytes, so it stays
+//! within a small multiple of the bound. Each bound is checked on what is buffered, complete or
+//! not, so whether a response is refused does not depend on how its bytes were cut into reads.
+//! Pinned by the property tests of `head.rs` and `chunked.rs` (any bytes in any pieces) and by
+//! `tests/api/upstream_differential.rs` (the running gateway against an endless chunk-size line).
 //!
 //! A pool belongs to one worker thread, so a connection is never handed between threads (no
 //! cross-thread wake-ups: see docs/performance-log.md). A connection returns to the pool
@@ -55,9 +73,13 @@ use http::Response;
 use tokio::io::AsyncWriteExt;
 
 pub use body::{GatewayBody, UpstreamBody};
-pub use chunked::{Chunk, ChunkError};
+pub use chunked::{Chunk, ChunkError, MAX_CHUNK_LINE};
 pub use head::{parse_response, Framing, HeadError, Names, Parsed, MAX_HEAD, MAX_HEADERS};
 pub use pool::{Conn, Pool};
+
+/// The most bytes a connection's read buffer holds, whatever the upstream sends: the largest
+/// parser bound ([`MAX_HEAD`]; a chunked body's is [`MAX_CHUNK_LINE`]) plus one read.
+pub const MAX_BUFFERED: usize = MAX_HEAD + pool::READ_SIZE;
 
 /// A whole body at most this long, already read with its head, is copied out of the read
 /// buffer rather than split off it (splitting makes the buffer shared: atomic reference counts).

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -21,8 +21,10 @@ use super::UpstreamError;
 
 /// Idle connections kept per worker; more are closed when they become idle.
 const MAX_IDLE: usize = 512;
-/// Bytes asked of the kernel per read, at most.
-const READ_SIZE: usize = 16 * 1024;
+/// Bytes asked of the kernel per read, at most (whatever room the buffer has): the parsers ask
+/// for more only while they hold less than their bound, so a read buffer holds at most its
+/// parser's bound plus this (`upstream`'s module doc: [`super::MAX_BUFFERED`]).
+pub(super) const READ_SIZE: usize = 16 * 1024;
 /// Room left in the read buffer below which more is reserved. Heads and short bodies are
 /// copied out of it, so the room is reclaimed in place (the unread bytes moved to its start);
 /// a long body split off it shares the buffer until sent, and a new one is then taken.
@@ -41,11 +43,13 @@ impl Conn {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 
+    /// Reads at most [`READ_SIZE`] bytes into the buffer.
     pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < MIN_READ {
             self.buf.reserve(READ_SIZE);
         }
-        let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
+        let mut room = (&mut self.buf).limit(READ_SIZE);
+        let read = std::pin::pin!(self.io.read_buf(&mut room));
         std::future::Future::poll(read, cx)
     }
 
