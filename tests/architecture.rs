@@ -644,3 +644,70 @@ fn the_statement_check_finds_a_named_statement() {
                    sqlx::query(\"SELECT 2\").persistent(true).execute(c);";
     assert_eq!(named_statements(verdict), ["2: sqlx::query(\"SELECT 2\")"]);
 }
+
+/// The repository's top level: the design card's entries (`Cargo.toml`, `src`, `routes.toml`,
+/// `migrations`, `tests`, `deploy`, `README.md`) and what a Rust project expects beside them.
+/// A new top-level entry is added here on purpose, not by accident.
+const TOP_LEVEL: &[&str] = &[
+    ".ci",
+    ".gitignore",
+    "ARCHITECTURE.md",
+    "Cargo.lock",
+    "Cargo.toml",
+    "README.md",
+    "benches",
+    "deploy",
+    "docs",
+    "examples",
+    "migrations",
+    "routes.toml",
+    "scripts",
+    "src",
+    "tests",
+    // What a Rust project may add.
+    ".cargo",
+    "build.rs",
+    "clippy.toml",
+    "rust-toolchain.toml",
+    "rustfmt.toml",
+];
+
+/// The files git tracks: every top-level entry is in [`TOP_LEVEL`], and none is binary (a NUL
+/// byte in its first 8000, git's own test): a wheel, an archive or a build output comes from its
+/// registry or the build, never from the tree (issue 50: a wheel sat at the root, unused).
+/// Outside a git checkout (a crate unpacked from its tarball) there is nothing to check.
+#[test]
+fn the_tree_tracks_known_top_level_entries_and_no_binaries() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let listed = std::process::Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(root)
+        .output();
+    let files = match listed {
+        Ok(out) if out.status.success() => String::from_utf8(out.stdout).unwrap(),
+        _ => {
+            eprintln!("not a git checkout: the tracked files are not checked");
+            return;
+        }
+    };
+    let mut problems = Vec::new();
+    for file in files.split('\0').filter(|f| !f.is_empty()) {
+        let top = file.split('/').next().unwrap();
+        if !TOP_LEVEL.contains(&top) {
+            problems.push(format!(
+                "{file}: {top} is not a known top-level entry (TOP_LEVEL)"
+            ));
+        }
+        // A file deleted but not yet staged is listed and absent.
+        if let Ok(bytes) = std::fs::read(root.join(file)) {
+            if bytes.iter().take(8000).any(|b| *b == 0) {
+                problems.push(format!("{file}: binary (keep binaries out of the tree)"));
+            }
+        }
+    }
+    assert!(
+        files.contains("src/lib.rs"),
+        "git ls-files listed no source: {files:?}"
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
