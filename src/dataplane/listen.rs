@@ -172,7 +172,7 @@ pub fn cut_at_shutdown() -> usize {
 /// Serves a side listener (the admin listener, FreeScout's webhook) until the process ends:
 /// each connection on its own task with a 5 s header-read timeout and a 16 KiB buffer, every
 /// request answered by `handler`; `what` names the listener in logs. The data plane and
-/// forward-auth use [`accept_until_shutdown`] instead (per-worker sockets, graceful drain).
+/// forward-auth use `accept_until_shutdown` instead (per-worker sockets, graceful drain).
 pub async fn serve_side<H, Fut>(listener: tokio::net::TcpListener, what: &'static str, handler: H)
 where
     H: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,

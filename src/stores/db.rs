@@ -254,7 +254,7 @@ impl Db {
     /// with that server connection after the gateway is gone. Asked once, then remembered.
     ///
     /// Two connections, A and B, ask for their backend's pid (simple queries: one message each,
-    /// so nothing is split over two server connections), in [`PROBE_ROUNDS`] rounds. Direct, A
+    /// so nothing is split over two server connections), in `PROBE_ROUNDS` rounds. Direct, A
     /// always asks its own backend and B never reaches it. A pooler hands a released server
     /// connection to the next client (PgBouncer by default the most recently released one), and
     /// cannot hand out one inside another client's transaction. In each round A asks right
