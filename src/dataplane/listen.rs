@@ -164,7 +164,8 @@ pub(crate) async fn accept_until_shutdown<C>(
 /// them in its last line and exit status.
 static CUT_AT_SHUTDOWN: AtomicUsize = AtomicUsize::new(0);
 
-/// How many connections the drain cut (see [`CUT_AT_SHUTDOWN`]).
+/// How many connections the drain cut: still open when the shutdown grace period ran out, in
+/// every listener of the process (`CUT_AT_SHUTDOWN`).
 pub fn cut_at_shutdown() -> usize {
     CUT_AT_SHUTDOWN.load(Ordering::Relaxed)
 }
