@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, the integration suite (real PostgreSQL, a real upstream, the real
-# gateway binary on real sockets), formatting and clippy. Starts a throwaway PostgreSQL when
-# DATABASE_URL is not set.
+# gateway binary on real sockets), formatting, clippy and the docs (rustdoc's warnings are
+# errors). Starts a throwaway PostgreSQL when DATABASE_URL is not set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -15,4 +15,6 @@ fi
 export DATABASE_URL
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+# Broken or private intra-doc links, unclosed HTML in a doc comment: before the long tests.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 cargo test --all-targets

@@ -6,8 +6,13 @@
 //! - **No import cycle between modules.** A strongly connected component of more than one module
 //!   is a cycle, and the test names its edges.
 //!
-//! Every `crate::a::b` path (and `crate::{..}` group, and `super::` path that leaves its folder)
-//! in a module's non-test code is an edge from that module to the longest module the path names.
+//! Every `crate::a::b`, `super::a::b` and `self::a::b` path (and `{..}` group after any of them)
+//! in a module's non-test code is an edge from that module to the longest module the path names:
+//! `super::db::f` in `stores/pool.rs` is the edge `stores::pool -> stores::db`, within the folder
+//! as across floors. A path to the module itself or to a folder it is in (`super::*`,
+//! `crate::doors` in `doors::proxy`) is no edge. Not read: a path that starts with a child
+//! module's bare name (`use forward::f;` in `proxy/mod.rs`); a child's `super::` names its folder,
+//! which is no edge, so such a pair cannot form a cycle the test would miss between siblings.
 //! Non-test code is the file with its comments and every `#[cfg(test)]` item (a test module, a
 //! test-only function or `use`) blanked out, braces matched past strings, characters and
 //! comments: the code after a test item is read like the code before it.
@@ -184,9 +189,9 @@ fn non_test_code(text: &str) -> String {
     c.into_iter().collect()
 }
 
-/// The paths a `crate::` at byte `at` of `code` names, each with its byte offset:
-/// `crate::a::b` -> `a::b`; `crate::{a::b, c::{d, e}}` -> `a::b`, `c`.
-fn crate_paths(code: &str, at: usize) -> Vec<(usize, String)> {
+/// The paths named from byte `start` of `code` (just after a `crate::`, `super::` or `self::`),
+/// each with its byte offset: `a::b` -> `a::b`; `{a::b, c::{d, e}}` -> `a::b`, `c`.
+fn named_paths(code: &str, start: usize) -> Vec<(usize, String)> {
     let path_at = |from: usize| -> String {
         code[from..]
             .chars()
@@ -195,9 +200,8 @@ fn crate_paths(code: &str, at: usize) -> Vec<(usize, String)> {
             .trim_end_matches(':')
             .to_string()
     };
-    let start = at + "crate::".len();
     if !code[start..].starts_with('{') {
-        return vec![(at, path_at(start))];
+        return vec![(start, path_at(start))];
     }
     let mut out = Vec::new();
     let (mut depth, mut item_start) = (0, start + 1);
@@ -223,7 +227,46 @@ fn crate_paths(code: &str, at: usize) -> Vec<(usize, String)> {
     out
 }
 
-/// One import: where it is and the path it names (after `crate::`).
+/// The inline modules of `code` (`mod name { .. }`, test modules already blanked out): the byte
+/// range of each and its name, so a `super::` inside one is read from where it stands.
+fn inline_modules(code: &str) -> Vec<(std::ops::Range<usize>, String)> {
+    let c: Vec<char> = code.chars().collect();
+    let byte: Vec<usize> = code
+        .char_indices()
+        .map(|(b, _)| b)
+        .chain([code.len()])
+        .collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        if let Some((end, _)) = literal_at(&c, i) {
+            i = end;
+            continue;
+        }
+        let word = |j: usize| c[j..].iter().take_while(|x| is_ident(**x)).count();
+        if (i == 0 || !is_ident(c[i - 1])) && word(i) == 3 && c[i..i + 3] == ['m', 'o', 'd'] {
+            let mut j = i + 3;
+            while j < c.len() && c[j].is_whitespace() {
+                j += 1;
+            }
+            let n = word(j);
+            let name: String = c[j..j + n].iter().collect();
+            j += n;
+            while j < c.len() && c[j].is_whitespace() {
+                j += 1;
+            }
+            if n > 0 && c.get(j) == Some(&'{') {
+                let end = item_end(&c, j);
+                out.push((byte[i]..byte[end.min(c.len())], name));
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// One import: where it is and the path as written (`crate::a::b`, `super::b`; one item of a
+/// group).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Edge {
     file: String,
@@ -233,7 +276,7 @@ struct Edge {
 
 impl std::fmt::Display for Edge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "src/{}:{}: crate::{}", self.file, self.line, self.path)
+        write!(f, "src/{}:{}: {}", self.file, self.line, self.path)
     }
 }
 
@@ -254,36 +297,50 @@ fn graph(src: &Path) -> Graph {
         let rel = file.strip_prefix(src).unwrap().display().to_string();
         let code = non_test_code(&std::fs::read_to_string(file).unwrap());
         let here: Vec<&str> = m.split("::").collect();
+        let inline = inline_modules(&code);
         let mut named = Vec::new();
         for (at, _) in code.match_indices("crate::") {
-            named.extend(crate_paths(&code, at));
+            if !code[..at].ends_with(|c: char| is_ident(c) || c == ':') {
+                for (item, path) in named_paths(&code, at + "crate::".len()) {
+                    named.push((item, format!("crate::{path}"), path));
+                }
+            }
         }
-        // `super::super::x` out of the folder is an import of `crate::x` too.
-        for (at, _) in code.match_indices("super::") {
-            if code[..at].ends_with(|c: char| is_ident(c) || c == ':') {
-                continue;
-            }
-            let mut rest = &code[at..];
-            let mut up = 0;
-            while let Some(r) = rest.strip_prefix("super::") {
-                rest = r;
-                up += 1;
-            }
-            if up > here.len() {
-                continue;
-            }
-            let tail: String = rest
-                .chars()
-                .take_while(|c| is_ident(*c) || *c == ':')
-                .collect();
-            let mut path: Vec<&str> = here[..here.len() - up].to_vec();
-            path.extend(tail.split("::").filter(|p| !p.is_empty()));
-            if path.first() != here.first() {
-                named.push((at, path.join("::")));
+        // `super::` and `self::` read from the module they stand in (an inline module counts):
+        // `super::db::x` in `stores::pool` names `stores::db`, `super::super::x` in
+        // `doors::proxy::forward` names `doors::x`.
+        for prefix in ["super::", "self::"] {
+            for (at, _) in code.match_indices(prefix) {
+                if code[..at].ends_with(|c: char| is_ident(c) || c == ':') {
+                    continue;
+                }
+                let mut module: Vec<&str> = here.clone();
+                module.extend(
+                    inline
+                        .iter()
+                        .filter(|(range, _)| range.contains(&at))
+                        .map(|(_, name)| name.as_str()),
+                );
+                let mut rest = at;
+                while code[rest..].starts_with("super::") {
+                    rest += "super::".len();
+                    if module.pop().is_none() {
+                        break;
+                    }
+                }
+                if prefix == "self::" {
+                    rest += "self::".len();
+                }
+                for (item, tail) in named_paths(&code, rest) {
+                    let mut path = module.clone();
+                    path.extend(tail.split("::").filter(|p| !p.is_empty()));
+                    let written = format!("{}{tail}", &code[at..rest]);
+                    named.push((item, written, path.join("::")));
+                }
             }
         }
         let mut edges = BTreeMap::new();
-        for (at, path) in named {
+        for (at, written, path) in named {
             let parts: Vec<&str> = path.split("::").filter(|p| !p.is_empty()).collect();
             let target = (1..=parts.len())
                 .rev()
@@ -296,7 +353,7 @@ fn graph(src: &Path) -> Graph {
                     edges.entry(t).or_insert(Edge {
                         file: rel.clone(),
                         line,
-                        path: path.clone(),
+                        path: written,
                     });
                 }
             }
@@ -419,7 +476,7 @@ fn the_floor_check_finds_an_injected_upward_import() {
         up,
         [
             "src/policy/answer.rs:3: crate::cli::serve: policy::answer (policy) imports cli::serve (cli, a higher floor)",
-            "src/policy/answer.rs:5: crate::doors::proxy::Door: policy::answer (policy) imports doors::proxy (doors, a higher floor)",
+            "src/policy/answer.rs:5: super::super::doors::proxy::Door: policy::answer (policy) imports doors::proxy (doors, a higher floor)",
             "src/policy/outcome.rs:11: crate::doors::proxy::Door: policy::outcome (policy) imports doors::proxy (doors, a higher floor)",
         ]
     );
@@ -541,6 +598,85 @@ fn the_cycle_finder_finds_a_cycle() {
     assert_eq!(comp, ["a", "b", "c"]);
 }
 
+/// Within a folder, `super::` paths are edges too: `super::db::idle()` in `stores/pool.rs` and
+/// `pub use super::pool::Conn;` in `stores/db.rs` make a cycle (issue 50: the test used to read
+/// only the `super::` paths that leave their folder, and missed this one); so do an item of a
+/// `super::{..}` group and a `super::super::` inside an inline module. `super::*`, `self::` to
+/// the module itself and test code are no edges.
+#[test]
+fn the_cycle_check_sees_super_paths_within_a_folder() {
+    let tree = Scratch::new(
+        "super",
+        &[
+            ("lib.rs", "pub mod stores;\n"),
+            (
+                "stores/mod.rs",
+                "pub mod audit;\npub mod db;\npub mod feed;\npub mod pool;\n",
+            ),
+            (
+                "stores/db.rs",
+                "pub use super::pool::Conn;\n\
+                 pub fn idle() -> bool { self::young() }\n\
+                 fn young() -> bool { true }\n",
+            ),
+            (
+                "stores/pool.rs",
+                "use super::*;\n\
+                 pub struct Conn;\n\
+                 fn stale() -> bool { super::db::idle() }\n",
+            ),
+            (
+                "stores/feed.rs",
+                "use super::{\n    audit::Writer,\n};\n\
+                 pub fn x() {}\n\
+                 #[cfg(test)]\n\
+                 mod tests { use super::super::db::idle; }\n",
+            ),
+            (
+                "stores/audit.rs",
+                "pub struct Writer;\n\
+                 pub mod inner {\n\
+                 \x20   pub fn f() { super::super::feed::x(); }\n\
+                 }\n",
+            ),
+        ],
+    );
+    let g = graph(&tree.0);
+    assert_eq!(
+        g["stores::pool"]["stores::db"].to_string(),
+        "src/stores/pool.rs:3: super::db::idle"
+    );
+    assert_eq!(
+        g["stores::db"]["stores::pool"].to_string(),
+        "src/stores/db.rs:1: super::pool::Conn"
+    );
+    assert_eq!(
+        g["stores::feed"]["stores::audit"].to_string(),
+        "src/stores/feed.rs:2: super::audit::Writer"
+    );
+    assert_eq!(
+        g["stores::audit"]["stores::feed"].to_string(),
+        "src/stores/audit.rs:3: super::super::feed::x"
+    );
+    assert_eq!(g["stores::pool"].len(), 1, "{:?}", g["stores::pool"]);
+    assert_eq!(g["stores::feed"].len(), 1, "{:?}", g["stores::feed"]);
+    let mut found: Vec<Vec<String>> = cycles(&g)
+        .into_iter()
+        .map(|mut comp| {
+            comp.sort();
+            comp
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ["stores::audit", "stores::feed"],
+            ["stores::db", "stores::pool"]
+        ]
+    );
+}
+
 /// The end of the call whose `(` is at `open`: its matching `)`, skipping string literals
 /// (plain and raw) so that a parenthesis inside SQL text does not count.
 fn call_end(text: &str, open: usize) -> usize {
@@ -643,4 +779,71 @@ fn the_statement_check_finds_a_named_statement() {
     let verdict = "sqlx::query(\"SELECT 1\").persistent(statements.persistent()).execute(c);\n\
                    sqlx::query(\"SELECT 2\").persistent(true).execute(c);";
     assert_eq!(named_statements(verdict), ["2: sqlx::query(\"SELECT 2\")"]);
+}
+
+/// The repository's top level: the design card's entries (`Cargo.toml`, `src`, `routes.toml`,
+/// `migrations`, `tests`, `deploy`, `README.md`) and what a Rust project expects beside them.
+/// A new top-level entry is added here on purpose, not by accident.
+const TOP_LEVEL: &[&str] = &[
+    ".ci",
+    ".gitignore",
+    "ARCHITECTURE.md",
+    "Cargo.lock",
+    "Cargo.toml",
+    "README.md",
+    "benches",
+    "deploy",
+    "docs",
+    "examples",
+    "migrations",
+    "routes.toml",
+    "scripts",
+    "src",
+    "tests",
+    // What a Rust project may add.
+    ".cargo",
+    "build.rs",
+    "clippy.toml",
+    "rust-toolchain.toml",
+    "rustfmt.toml",
+];
+
+/// The files git tracks: every top-level entry is in [`TOP_LEVEL`], and none is binary (a NUL
+/// byte in its first 8000, git's own test): a wheel, an archive or a build output comes from its
+/// registry or the build, never from the tree (issue 50: a wheel sat at the root, unused).
+/// Outside a git checkout (a crate unpacked from its tarball) there is nothing to check.
+#[test]
+fn the_tree_tracks_known_top_level_entries_and_no_binaries() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let listed = std::process::Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(root)
+        .output();
+    let files = match listed {
+        Ok(out) if out.status.success() => String::from_utf8(out.stdout).unwrap(),
+        _ => {
+            eprintln!("not a git checkout: the tracked files are not checked");
+            return;
+        }
+    };
+    let mut problems = Vec::new();
+    for file in files.split('\0').filter(|f| !f.is_empty()) {
+        let top = file.split('/').next().unwrap();
+        if !TOP_LEVEL.contains(&top) {
+            problems.push(format!(
+                "{file}: {top} is not a known top-level entry (TOP_LEVEL)"
+            ));
+        }
+        // A file deleted but not yet staged is listed and absent.
+        if let Ok(bytes) = std::fs::read(root.join(file)) {
+            if bytes.iter().take(8000).any(|b| *b == 0) {
+                problems.push(format!("{file}: binary (keep binaries out of the tree)"));
+            }
+        }
+    }
+    assert!(
+        files.contains("src/lib.rs"),
+        "git ls-files listed no source: {files:?}"
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -171,7 +171,7 @@ impl Deadlines {
     }
 }
 
-/// Why [`Deadlines::timeout`] gave up.
+/// Why [`Deadlines::timeout_at`] gave up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed;
 

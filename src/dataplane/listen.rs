@@ -164,7 +164,8 @@ pub(crate) async fn accept_until_shutdown<C>(
 /// them in its last line and exit status.
 static CUT_AT_SHUTDOWN: AtomicUsize = AtomicUsize::new(0);
 
-/// How many connections the drain cut (see [`CUT_AT_SHUTDOWN`]).
+/// How many connections the drain cut: still open when the shutdown grace period ran out, in
+/// every listener of the process (`CUT_AT_SHUTDOWN`).
 pub fn cut_at_shutdown() -> usize {
     CUT_AT_SHUTDOWN.load(Ordering::Relaxed)
 }
@@ -172,7 +173,7 @@ pub fn cut_at_shutdown() -> usize {
 /// Serves a side listener (the admin listener, FreeScout's webhook) until the process ends:
 /// each connection on its own task with a 5 s header-read timeout and a 16 KiB buffer, every
 /// request answered by `handler`; `what` names the listener in logs. The data plane and
-/// forward-auth use [`accept_until_shutdown`] instead (per-worker sockets, graceful drain).
+/// forward-auth use `accept_until_shutdown` instead (per-worker sockets, graceful drain).
 pub async fn serve_side<H, Fut>(listener: tokio::net::TcpListener, what: &'static str, handler: H)
 where
     H: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,

@@ -185,10 +185,6 @@ fn check_params(query: Option<&str>) -> Result<(String, Option<i32>), Answer> {
 /// The check's parameters: the permission asked and the customer, if any.
 type Params = (String, Option<i32>);
 
-/// What a reader API call gets before any session or database is read, in this order: 405 for
-/// a method other than GET or HEAD, 400 for bad parameters (a malformed call is the caller's
-/// bug whether or not it has a session). Otherwise the check's parameters (None for `me`).
-/// `serve` answers through it, and `explain` reports from it.
 /// What the gateway answers a reader API call, as far as it is known without reading the
 /// session's grants, in `serve`'s order (the method and parameters, then the session): the
 /// status, the words of `explain`'s decision line (also a `matrix` cell), and a refusal's body.
@@ -204,6 +200,10 @@ pub fn outline(call: &Call, method: &str, session: bool) -> (u16, String, Option
     }
 }
 
+/// What a reader API call gets before any session or database is read, in this order: 405 for
+/// a method other than GET or HEAD, 400 for bad parameters (a malformed call is the caller's
+/// bug whether or not it has a session). Otherwise the check's parameters (None for `me`).
+/// `serve` answers through it, and `explain` reports from it.
 pub fn precheck(call: &Call, method: &str) -> Result<Option<Params>, Answer> {
     if method != "GET" && method != "HEAD" {
         return Err(Answer::error(

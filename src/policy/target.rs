@@ -419,31 +419,6 @@ pub struct Seen<'a> {
     pub connection_named: Vec<http::HeaderName>,
 }
 
-/// Splits the raw request head into (method, target) and rejects obsolete line folding.
-/// `head` is the request line plus headers exactly as received.
-pub fn split_request_line(head: &[u8]) -> Result<(&[u8], &[u8]), Refusal> {
-    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
-    let line = head[..line_end]
-        .strip_suffix(b"\r")
-        .unwrap_or(&head[..line_end]);
-    let mut it = line.splitn(3, |&b| b == b' ');
-    let (Some(method), Some(target), Some(version)) = (it.next(), it.next(), it.next()) else {
-        return Err(Refusal::MalformedRequestLine);
-    };
-    if !version.starts_with(b"HTTP/") || version.contains(&b' ') {
-        return Err(Refusal::MalformedRequestLine);
-    }
-    // A header line starting with SP or HTAB continues the previous one (obs-fold, RFC 9112 §5.2).
-    let rest = &head[line_end.saturating_add(1).min(head.len())..];
-    if rest
-        .split(|&b| b == b'\n')
-        .any(|l| matches!(l.first(), Some(b' ' | b'\t')))
-    {
-        return Err(Refusal::ObsFold);
-    }
-    Ok((method, target))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -780,15 +755,5 @@ mod tests {
         ] {
             assert_eq!(host(bad), Err(Refusal::InvalidHost), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn request_line_and_obs_fold() {
-        let (m, t) = split_request_line(b"GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!((m, t), (&b"GET"[..], &b"/a?b"[..]));
-        assert_eq!(
-            split_request_line(b"GET /a HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n").unwrap_err(),
-            Refusal::ObsFold
-        );
     }
 }

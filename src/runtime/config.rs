@@ -378,7 +378,7 @@ pub struct SweepArgs {
 /// or a pod spec, how such files unset a variable), each is taken as unset, not as a usage error.
 const UNSET_WHEN_EMPTY: [&str; 2] = ["FLAG_RBAC_V2", "FLAG_TICKET_SCOPED_GRANTS"];
 
-/// Removes the [`UNSET_WHEN_EMPTY`] variables that are set empty. Call before parsing, while the
+/// Removes the `UNSET_WHEN_EMPTY` variables that are set empty. Call before parsing, while the
 /// process has one thread.
 pub fn unset_empty_switches() {
     for name in UNSET_WHEN_EMPTY {

@@ -6,22 +6,24 @@
 //! PgBouncer restart), every idle connection in the pool is dead, and nothing notices until a
 //! statement is sent on one. Pinging each connection before handing it out
 //! (`test_before_acquire`) would cost a round trip on every cache miss and ticket check, so
-//! instead: the first connection error anyone sees ([`note_error`]) marks the time, and the
-//! pool ([`super::pool`]) closes every connection that has been idle since before
-//! that mark (no round trip: an atomic load and a clock read), so the next acquire opens a
-//! fresh one. Callers on the request path retry a statement once after a connection error
+//! instead: the first connection error anyone sees ([`note_error`]) marks the time
+//! ([`super::pool::mark_broken`]), and the pool ([`super::pool`]) closes every connection that
+//! has been idle since before that mark (no round trip: an atomic load and a clock read), so the
+//! next acquire opens a fresh one. Callers on the request path retry a statement once after a connection error
 //! ([`retry_once`]), which then runs on a fresh connection.
 
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
 
+/// The pool's staleness test, re-exported for the audit writer's kept connection
+/// (`stores/audit.rs`).
+pub use super::pool::idle_since_broken;
+/// What [`Db::acquire`] hands out.
 pub use super::pool::Conn;
-use super::pool::Pool;
+use super::pool::{mark_broken, Pool};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -254,7 +256,7 @@ impl Db {
     /// with that server connection after the gateway is gone. Asked once, then remembered.
     ///
     /// Two connections, A and B, ask for their backend's pid (simple queries: one message each,
-    /// so nothing is split over two server connections), in [`PROBE_ROUNDS`] rounds. Direct, A
+    /// so nothing is split over two server connections), in `PROBE_ROUNDS` rounds. Direct, A
     /// always asks its own backend and B never reaches it. A pooler hands a released server
     /// connection to the next client (PgBouncer by default the most recently released one), and
     /// cannot hand out one inside another client's transaction. In each round A asks right
@@ -577,31 +579,6 @@ pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(&mut *conn).await
 }
 
-/// When a connection error was last seen: nanoseconds since [`epoch`] plus one (0: never).
-/// Process-wide: a second pool in the same process only reconnects a little more.
-static BROKEN_AT: AtomicU64 = AtomicU64::new(0);
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ns() -> u64 {
-    epoch().elapsed().as_nanos() as u64 + 1
-}
-
-/// Connections idle since before this moment are presumed dead.
-pub fn mark_broken() {
-    BROKEN_AT.fetch_max(now_ns(), Ordering::AcqRel);
-}
-
-/// A connection idle for `idle_for` went idle before the last connection error (with its age:
-/// it was opened before it).
-pub fn idle_since_broken(idle_for: Duration) -> bool {
-    let at = BROKEN_AT.load(Ordering::Acquire);
-    at != 0 && idle_for.as_nanos() as u64 > now_ns().saturating_sub(at)
-}
-
 /// The connection itself failed (as opposed to the statement): the server closed it, the
 /// socket broke, or PostgreSQL said it is shutting the session down (SQLSTATE class 08
 /// connection exception, 57P01..57P03 admin/crash shutdown, cannot connect now).
@@ -640,18 +617,5 @@ where
             })
         }
         other => other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_connections_idle_since_before_the_error_are_stale() {
-        mark_broken();
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(idle_since_broken(Duration::from_secs(1)));
-        assert!(!idle_since_broken(Duration::from_millis(1)));
     }
 }

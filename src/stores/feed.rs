@@ -12,7 +12,7 @@
 //! missed (no successful read for longer than [`BLIND_LIMIT`]), it clears every cache.
 //!
 //! After a connection storm (every backend terminated) the lost LISTEN connection or the first
-//! failed read marks the pool's idle connections stale (`db::mark_broken`) and the read is
+//! failed read marks the pool's idle connections stale (`pool::mark_broken`) and the read is
 //! retried at once on a fresh connection, so a change committed right after the storm is
 //! applied within milliseconds, not one POLL per dead connection.
 //!
@@ -401,7 +401,7 @@ pub async fn follow(
         // A connection error or timeout anywhere since the LISTEN (a failover, a partition, a
         // NAT that dropped its state) may have left the listener's connection silent too, and a
         // silent listener never says so: it is given up and LISTEN sent again on a fresh one.
-        if listener.is_some() && crate::stores::db::idle_since_broken(listening_since.elapsed()) {
+        if listener.is_some() && crate::stores::pool::idle_since_broken(listening_since.elapsed()) {
             tracing::info!("change feed: a database connection failed since LISTEN; listening again on a fresh one");
             abandon(listener.take());
         }
@@ -413,7 +413,7 @@ pub async fn follow(
                     // The server dropped a connection: the pool's idle ones are likely gone
                     // too (failover, pg_terminate_backend, a pooler restart), so none of them
                     // is handed out again; the next read runs at once on a fresh one.
-                    crate::stores::db::mark_broken();
+                    crate::stores::pool::mark_broken();
                     tracing::warn!("change feed: listener connection lost; reconnecting");
                     abandon(listener.take());
                 }

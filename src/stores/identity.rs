@@ -288,7 +288,7 @@ impl Identity {
 
     /// Who holds this session cookie: `None` when no live session has it.
     ///
-    /// A worker thread remembers its recent answers ([`Recent`]); one is reused only while the
+    /// A worker thread remembers its recent answers (`Recent`); one is reused only while the
     /// caches have not been invalidated since it was read and neither the session nor the
     /// principal behind it has expired, so it is never staler than the caches themselves.
     ///

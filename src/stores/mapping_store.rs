@@ -4,7 +4,7 @@
 //! which one it replaced. The active version is the latest activation's.
 //!
 //! Every change (push, activate, rollback) runs in one transaction under a transaction-scoped
-//! advisory lock ([`LOCK`]), so the "previous version" each activation records is exact and
+//! advisory lock (`LOCK`), so the "previous version" each activation records is exact and
 //! two racing pushes of one text store it once and activate it once. Works behind a
 //! transaction-pooling PgBouncer: no session state, every statement unnamed.
 
@@ -132,7 +132,7 @@ async fn insert_activation(
 }
 
 /// Stores `text` under `version` (once: a text already stored is left as it was) with its
-/// `signature` ([`sign`]; None: unsigned) and, when `activate`, makes it the active version
+/// `signature` ([`signing::sign`]; None: unsigned) and, when `activate`, makes it the active version
 /// unless it already is. A signed push of a text already stored without that same signature is
 /// refused ([`Refused::SignatureDiffers`]; Ed25519 signatures are deterministic, so the same key
 /// and text always give the same signature): nothing is stored or activated.

@@ -15,11 +15,11 @@
 //!   transaction never committed, an error) is closed: `Terminate` is sent within the database
 //!   timeout by a task of its own, and the socket dropped either way (the server rolls back);
 //! - what sqlx's pool did for the gateway it does alike: a connection idle since before the
-//!   last connection error anyone saw ([`super::db::idle_since_broken`]) or idle for a minute is
-//!   closed instead of handed out; opening retries a refused connection and PostgreSQL's
-//!   "starting up" / "too many connections" with a doubling backoff, and gives up with
-//!   `PoolTimedOut` at the acquire timeout; waiters are served in arrival order (tokio's
-//!   semaphore is fair).
+//!   last connection error anyone saw ([`mark_broken`], called by [`super::db::note_error`];
+//!   [`idle_since_broken`]) or idle for a minute is closed instead of handed out; opening
+//!   retries a refused connection and PostgreSQL's "starting up" / "too many connections" with
+//!   a doubling backoff, and gives up with `PoolTimedOut` at the acquire timeout; waiters are
+//!   served in arrival order (tokio's semaphore is fair).
 //!
 //! The idle stack is last in, first out: the connection used most recently has the warmest
 //! backend (docs/performance-log.md, case d, for what rotating backends costs).
@@ -30,8 +30,8 @@
 //! sqlx's pool it failed 2 runs in 8: two slots held for good, every lookup 503), and by the
 //! tests every statement goes through (`tests/api/pooler.rs`, `durability.rs`, `coherence.rs`).
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -122,7 +122,7 @@ impl Pool {
                 break;
             };
             let idle_for = idle.since.elapsed();
-            if idle_for >= IDLE_TIMEOUT || super::db::idle_since_broken(idle_for) {
+            if idle_for >= IDLE_TIMEOUT || idle_since_broken(idle_for) {
                 self.inner.retire(idle.conn, None);
                 continue;
             }
@@ -248,5 +248,43 @@ impl Drop for Conn {
         for i in stale {
             self.inner.retire(i.conn, None);
         }
+    }
+}
+
+/// When a connection error was last seen: nanoseconds since [`epoch`] plus one (0: never).
+/// Process-wide: a second pool in the same process only reconnects a little more.
+static BROKEN_AT: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64 + 1
+}
+
+/// Connections idle since before this moment are presumed dead.
+pub fn mark_broken() {
+    BROKEN_AT.fetch_max(now_ns(), Ordering::AcqRel);
+}
+
+/// A connection idle for `idle_for` went idle before the last connection error (with its age:
+/// it was opened before it).
+pub fn idle_since_broken(idle_for: Duration) -> bool {
+    let at = BROKEN_AT.load(Ordering::Acquire);
+    at != 0 && idle_for.as_nanos() as u64 > now_ns().saturating_sub(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connections_idle_since_before_the_error_are_stale() {
+        mark_broken();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(idle_since_broken(Duration::from_secs(1)));
+        assert!(!idle_since_broken(Duration::from_millis(1)));
     }
 }

@@ -2,7 +2,7 @@
 //! runtime with its own SO_REUSEPORT listener and its own upstream pool ([`crate::dataplane::upstream`]).
 //!
 //! For each request: the checks of [`crate::policy::target`] on what hyper parsed, the session cookie,
-//! then [`crate::policy::outcome::decide`], and [`respond`] turns the outcome into the answer: the one
+//! then [`crate::policy::outcome::decide`], and `respond` turns the outcome into the answer: the one
 //! place where outcomes become HTTP. What is forwarded is exactly what was decided on: the target
 //! as received (hyper keeps its bytes), the one session cookie resolved, the request body read
 //! completely first.

@@ -131,7 +131,7 @@ pub struct Route {
 }
 
 impl Route {
-    /// "GET,POST /console/customers/<id>": how logs, audit rows and `explain` name a rule.
+    /// `"GET,POST /console/customers/<id>"`: how logs, audit rows and `explain` name a rule.
     pub fn label(&self) -> &str {
         &self.label
     }

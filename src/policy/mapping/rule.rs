@@ -257,7 +257,6 @@ pub enum RuleError {
     PathWithTrailingSlash,
 }
 
-/// Parses a Flask rule into parts, mirroring `Rule._parse_rule`.
 /// A path the rule matches: its variables filled with plain values.
 pub fn example(parts: &[Part]) -> String {
     parts
@@ -277,6 +276,7 @@ pub fn example(parts: &[Part]) -> String {
         .join("/")
 }
 
+/// Parses a Flask rule into parts, mirroring `Rule._parse_rule`.
 pub fn parse_rule(rule: &str) -> Result<Vec<Part>, RuleError> {
     if !rule.starts_with('/') {
         return Err(RuleError::NoLeadingSlash);
