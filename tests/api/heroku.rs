@@ -447,6 +447,110 @@ async fn heroku_dyno_drains_in_flight_requests_on_sigterm_and_exits_zero() {
     assert!(sent.elapsed() < Duration::from_secs(30));
 }
 
+/// A Console request that outlives every grace, and SIGTERM sent to the web process alone
+/// (`group`: false, as honcho, a supervisor or a test may) or to its whole process group (true,
+/// as Heroku does): either way the stop ends within `GATEWAY_STOP_BUDGET` from the signal, the
+/// client's connection is cut, and the launcher says so in its output and its status.
+async fn a_request_outliving_the_grace_is_cut_within_the_stop_budget(group: bool) {
+    let _alone = timed_alone().await;
+    let (_pg, db) = tls_pg().await;
+    let started = tempfile::NamedTempFile::new().unwrap();
+    let marker = started.path().to_str().unwrap().to_string();
+    // The defaults are 20 s and 28 s; smaller here, the same arithmetic.
+    let budget = Duration::from_secs(6);
+    let mut dyno = Dyno::start(
+        &db,
+        &[
+            ("SLOW_SECONDS", "60"),
+            ("SLOW_STARTED", &marker),
+            ("GATEWAY_SHUTDOWN_GRACE", "2"),
+            ("GATEWAY_STOP_BUDGET", "6"),
+            ("GATEWAY_UPSTREAM_READ_TIMEOUT_MS", "120000"),
+        ],
+    )
+    .await;
+    let (_, token) = db.admin_with_roles(&["console-user"]).await;
+    let addr = dyno.addr();
+    let slow = tokio::spawn(async move {
+        let req = format!("GET /slow HTTP/1.1\r\nHost: a\r\nConnection: close\r\nCookie: console_session={token}\r\n\r\n");
+        send(addr, req.as_bytes()).await
+    });
+    let path = started.path().to_path_buf();
+    eventually(
+        Duration::from_secs(10),
+        "Console working on the slow request",
+        || {
+            let path = path.clone();
+            async move { std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) }
+        },
+    )
+    .await;
+    let web = dyno.web_pid();
+    let sent = Instant::now();
+    if group {
+        run("kill", &["-TERM", "--", &format!("-{web}")]);
+    } else {
+        run("kill", &["-TERM", &web.to_string()]);
+    }
+    let status = dyno.ended_within(budget + Duration::from_secs(3)).await;
+    let took = sent.elapsed();
+    let out = dyno.output();
+    assert!(
+        !status.success(),
+        "a stop that cut a request ends non-zero:\n{out}"
+    );
+    assert!(
+        took < budget + Duration::from_millis(1500),
+        "stopped {took:?} after SIGTERM, past the {budget:?} budget:\n{out}"
+    );
+    // The gateway's grace ran out first: it says how many connections it cut.
+    assert!(out.contains("1 connection(s) cut"), "{out}");
+    assert!(out.contains("stopped with requests cut"), "{out}");
+    // Console's request outlived what was left of the budget: killed, and said so.
+    assert!(out.contains("did not stop within what was left"), "{out}");
+    let r = slow.await.unwrap();
+    assert!(
+        r.is_err(),
+        "the client got no answer: {:?}",
+        r.map(|r| r.status)
+    );
+}
+
+#[tokio::test]
+async fn heroku_sigterm_to_the_web_process_alone_stops_within_the_budget_and_says_a_request_was_cut(
+) {
+    a_request_outliving_the_grace_is_cut_within_the_stop_budget(false).await;
+}
+
+#[tokio::test]
+async fn heroku_sigterm_to_the_whole_dyno_stops_within_the_budget_and_says_a_request_was_cut() {
+    a_request_outliving_the_grace_is_cut_within_the_stop_budget(true).await;
+}
+
+/// A grace that does not fit the budget, or a budget past Heroku's 30 s, is refused at start.
+#[tokio::test]
+async fn heroku_launcher_refuses_a_grace_that_does_not_fit_the_stop_budget() {
+    let slug = slug();
+    for (grace, budget) in [("28", "28"), ("20", "30"), ("x", "28")] {
+        let out = Command::new("bash")
+            .arg(slug.path().join("bin/rbac-gateway-heroku"))
+            .args(["web", "true"])
+            .env("DATABASE_URL", "postgres://u@127.0.0.1:1/d")
+            .env("PORT", "1")
+            .env("GATEWAY_SHUTDOWN_GRACE", grace)
+            .env("GATEWAY_STOP_BUDGET", budget)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "grace {grace}, budget {budget}"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("GATEWAY_STOP_BUDGET"), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn heroku_denial_during_a_database_outage_is_503_never_a_403_without_its_row_and_its_row_follows(
 ) {
