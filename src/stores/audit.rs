@@ -130,7 +130,7 @@ impl Held {
     /// Idle too long, or since before the last connection error anyone saw: presumed dead.
     fn stale(&self) -> bool {
         let idle = self.used.elapsed();
-        idle >= HELD_IDLE || crate::stores::db::idle_since_broken(idle)
+        idle >= HELD_IDLE || crate::stores::pool::idle_since_broken(idle)
     }
 
     /// Closes the connection without returning it (it may be mid-statement); the pool may open

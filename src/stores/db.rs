@@ -18,9 +18,6 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
 
-/// The pool's staleness test, re-exported for the audit writer's kept connection
-/// (`stores/audit.rs`).
-pub use super::pool::idle_since_broken;
 /// What [`Db::acquire`] hands out.
 pub use super::pool::Conn;
 use super::pool::{mark_broken, Pool};
@@ -391,7 +388,7 @@ impl Drop for Tx {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        if idle_since_broken(self.began.elapsed()) {
+        if super::pool::idle_since_broken(self.began.elapsed()) {
             // Closed by its drop: nothing is waited for on a connection that may be silent.
             return;
         }
