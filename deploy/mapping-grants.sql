@@ -20,6 +20,9 @@ GRANT SELECT ON rbac_mapping_store, rbac_mapping_activations TO rbac_gateway_rea
 -- A principal's roles (migration 0011). EXECUTE is PUBLIC's by default; granted here for
 -- databases whose default privileges revoke it.
 GRANT EXECUTE ON FUNCTION rbac_gateway_principal(TEXT, BOOLEAN) TO rbac_gateway_reader;
+-- A session's principal and a customer's ticket grants, one call each (migration 0012).
+GRANT EXECUTE ON FUNCTION rbac_gateway_session_principal(TEXT, BOOLEAN) TO rbac_gateway_reader;
+GRANT EXECUTE ON FUNCTION rbac_gateway_ticket_grants(TEXT, INTEGER, TEXT[]) TO rbac_gateway_reader;
 
 GRANT SELECT, INSERT ON rbac_mapping_store, rbac_mapping_activations TO rbac_mapping_pusher;
 GRANT USAGE ON SEQUENCE rbac_mapping_activations_id_seq TO rbac_mapping_pusher;

@@ -715,8 +715,8 @@ fn call_end(text: &str, open: usize) -> usize {
     panic!("unbalanced call at byte {open}");
 }
 
-/// The statements of `text` (`sqlx::query*(...)`) not followed by `.persistent(false)` (or by
-/// `.persistent(statements.persistent())`: a `stores::db::Statements` verdict), as `line: text`.
+/// The statements of `text` (`sqlx::query*(...)`) not followed by `.persistent(false)`, as
+/// `line: text`.
 fn named_statements(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for ctor in [
@@ -730,10 +730,7 @@ fn named_statements(text: &str) -> Vec<String> {
             let open = at + text[at..].find('(').unwrap();
             let end = call_end(text, open);
             let after = text[end + 1..].trim_start();
-            // Named only through `Db::statements`' verdict (a session of its own).
-            if !after.starts_with(".persistent(false)")
-                && !after.starts_with(".persistent(statements.persistent())")
-            {
+            if !after.starts_with(".persistent(false)") {
                 let line = text[..at].matches('\n').count() + 1;
                 out.push(format!(
                     "{line}: {}",
@@ -747,8 +744,7 @@ fn named_statements(text: &str) -> Vec<String> {
 
 /// Architecture Invariant (issue 44): no statement leaves a prepared statement behind on its
 /// server connection, which a transaction-pooling PgBouncer may hand to another client (whose
-/// `sqlx_s_14` would then run with our parameters). Every statement in `src/` is unnamed, or
-/// named only by the verdict of `Db::statements` (a connection known to be a session of its own), and
+/// `sqlx_s_14` would then run with our parameters). Every statement in `src/` is unnamed, and
 /// only `stores/db.rs` (which wraps every statement in a transaction) and the change feed's
 /// LISTEN pool (a direct connection) name sqlx's pool type.
 #[test]

@@ -388,22 +388,28 @@ async fn check_database(
             ));
         }
     }
-    let principal: bool = sqlx::query_scalar(
-        "SELECT to_regprocedure('rbac_gateway_principal(text, boolean)') IS NOT NULL",
-    )
-    .persistent(false)
-    .fetch_one(&pool)
-    .await
-    .context("cannot read the functions")
-    .map_err(failure)?;
-    if !principal {
-        out.push(diag(
-            file,
-            0,
-            0,
-            Severity::Error,
-            "database: function rbac_gateway_principal(text, boolean) is missing (run `rbac-gateway migrate`?)".to_string(),
-        ));
+    // The functions the lookups call (migrations 0011, 0012).
+    for function in [
+        "rbac_gateway_principal(text, boolean)",
+        "rbac_gateway_session_principal(text, boolean)",
+        "rbac_gateway_ticket_grants(text, integer, text[])",
+    ] {
+        let found: bool = sqlx::query_scalar("SELECT to_regprocedure($1) IS NOT NULL")
+            .persistent(false)
+            .bind(function)
+            .fetch_one(&pool)
+            .await
+            .context("cannot read the functions")
+            .map_err(failure)?;
+        if !found {
+            out.push(diag(
+                file,
+                0,
+                0,
+                Severity::Error,
+                format!("database: function {function} is missing (run `rbac-gateway migrate`?)"),
+            ));
+        }
     }
     if !out.is_empty() {
         return Ok(out);

@@ -29,7 +29,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::stores::db::{Db, Statements};
+use crate::stores::db::Db;
+use crate::stores::sql_text::{self, Unquotable};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::policy::audit_event::AuditEvent;
@@ -52,60 +53,49 @@ pub const MAX_BATCH: usize = 512;
 /// Most rows of denials answered 503 kept in memory for the database; past it, a row is written
 /// to the log in full and counted as `lost`.
 pub const LATE_MAX: usize = 65_536;
+/// Most bytes (of their JSON, about) of the rows of [`LATE_MAX`]: a path or a user agent may be
+/// as long as `--max-header-bytes`.
+pub const LATE_MAX_BYTES: usize = 32 * 1024 * 1024;
 /// Rows waiting for the writer before `record` itself waits (backpressure on denials only).
 const QUEUE: usize = 16_384;
 
-/// The multi-row INSERT of `rows` (one array per column), with `$tail` after it.
-macro_rules! insert_sql {
-    ($tail:literal) => {
-        concat!(
-            "INSERT INTO access_audit_events \
-    (id, event_type, admin_id, method, path, route, required, reason, request_id, client_ip, user_agent, created_at_utc, mapping_version) \
-    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                         $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::text[])",
-            $tail
-        )
-    };
-}
-/// Fresh rows: an id already stored is an error (the batch is spooled, and the replay sorts it out).
-const INSERT_SQL: &str = insert_sql!("");
-/// Spooled rows, some of which may be stored already (a replay cut short, a write that timed out
-/// after its commit): each row once.
-const REPLAY_SQL: &str = insert_sql!(" ON CONFLICT (id) DO NOTHING");
+/// The columns the gateway writes (Console's table may hold more).
+const COLUMNS: &str =
+    "id, event_type, admin_id, method, path, route, required, reason, request_id, \
+                       client_ip, user_agent, created_at_utc, mapping_version";
 
-/// Inserts rows with one statement (on any executor: a connection or a transaction). Named,
-/// on a connection that is a session of its own, it is one round trip in autocommit (prepared
-/// once per connection); COPY took two (its start is answered before the rows may follow), and
-/// `scripts/bench/denials.sh` measured about 9% more denials per second for about 7% more of
-/// PostgreSQL's CPU per row (docs/performance-log.md). Unnamed, it takes two, inside a
-/// transaction's two more.
-async fn insert<'e, E: sqlx::PgExecutor<'e>>(
-    exec: E,
-    sql: &'static str,
-    rows: &[impl Borrow<AuditEvent>],
-    statements: Statements,
-) -> Result<u64, sqlx::Error> {
-    fn col<T>(rows: &[impl Borrow<AuditEvent>], f: impl Fn(&AuditEvent) -> T) -> Vec<T> {
-        rows.iter().map(|r| f(r.borrow())).collect()
-    }
-    sqlx::query(sql)
-        .persistent(statements.persistent())
-        .bind(col(rows, |e| e.id.clone()))
-        .bind(col(rows, |e| e.event_type.clone()))
-        .bind(col(rows, |e| e.admin_id.clone()))
-        .bind(col(rows, |e| e.method.clone()))
-        .bind(col(rows, |e| e.path.clone()))
-        .bind(col(rows, |e| e.route.clone()))
-        .bind(col(rows, |e| e.required.clone()))
-        .bind(col(rows, |e| e.reason.clone()))
-        .bind(col(rows, |e| e.request_id.clone()))
-        .bind(col(rows, |e| e.client_ip.clone()))
-        .bind(col(rows, |e| e.user_agent.clone()))
-        .bind(col(rows, |e| e.created_at_utc))
-        .bind(col(rows, |e| e.mapping_version.clone()))
-        .execute(exec)
-        .await
-        .map(|done| done.rows_affected())
+/// The INSERT of `rows` as one statement of SQL text, sent in one round trip
+/// (`Db::one_round_trip`) in every mode, direct or behind a transaction pooler: the rows go as
+/// one JSON array, the only value written in (`sql_text`), expanded by the server with
+/// `json_populate_recordset`; it answers how many rows it inserted. `replay`: some rows may be
+/// stored already (a replay cut short, a write that timed out after its commit): each row once,
+/// `ON CONFLICT (id) DO NOTHING`; fresh rows: an id already stored is an error (the batch is
+/// spooled, and the replay sorts it out). A character PostgreSQL's text cannot hold (NUL) is
+/// escaped by JSON and refused by the server with SQLSTATE class 22, as a bound value was: the
+/// row is set aside, never written into the statement raw.
+fn insert_sql(rows: &[impl Borrow<AuditEvent>], replay: bool) -> Result<String, Unquotable> {
+    let rows: Vec<&AuditEvent> = rows.iter().map(Borrow::borrow).collect();
+    let json = serde_json::to_string(&rows).expect("audit events serialize");
+    Ok(format!(
+        "WITH ins AS (INSERT INTO access_audit_events ({COLUMNS}) \
+         SELECT {COLUMNS} FROM json_populate_recordset(NULL::access_audit_events, {}::json){} \
+         RETURNING 1) SELECT count(*) FROM ins",
+        sql_text::text(&json)?,
+        if replay {
+            " ON CONFLICT (id) DO NOTHING"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// The rows a statement of [`insert_sql`] inserted.
+fn inserted(rows: &[sqlx::postgres::PgRow]) -> Result<u64, sqlx::Error> {
+    let n: i64 = match rows.last() {
+        Some(row) => sqlx::Row::try_get(row, 0)?,
+        None => return Err(sqlx::Error::RowNotFound),
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// The writer's connection, kept from one batch to the next. Drawn from the pool for each
@@ -116,10 +106,6 @@ struct Held {
     /// Always `Some` until dropped.
     conn: Option<crate::stores::db::Conn>,
     used: std::time::Instant,
-    /// Named: the connection is a session of its own (`Db::statements`), whose
-    /// `statement_timeout` was set when it was drawn; rows go in one named INSERT in
-    /// autocommit. Unnamed: in a transaction of their own, like every statement (`db::Db`).
-    statements: Statements,
 }
 
 /// A kept connection idle this long goes back to the pool (whose own idle limit is as long)
@@ -176,12 +162,34 @@ struct Inner {
     /// table): cleared when it takes rows again. Such rows wait in the spool, which may fill.
     refused: std::sync::Mutex<Option<String>>,
     /// Rows of denials answered 503, oldest first, until the database takes them.
-    late: std::sync::Mutex<std::collections::VecDeque<Arc<AuditEvent>>>,
+    late: std::sync::Mutex<Late>,
+}
+
+/// The rows of denials answered 503 waiting for the database, and the bytes of their JSON.
+#[derive(Default)]
+struct Late {
+    rows: std::collections::VecDeque<Arc<AuditEvent>>,
+    bytes: usize,
+}
+
+/// What a row kept late counts against [`LATE_MAX_BYTES`]: about its JSON's length.
+fn late_size(row: &AuditEvent) -> usize {
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    256 + row.id.len()
+        + row.path.len()
+        + row.request_id.len()
+        + row.reason.len()
+        + opt(&row.admin_id)
+        + opt(&row.route)
+        + opt(&row.required)
+        + opt(&row.client_ip)
+        + opt(&row.user_agent)
+        + opt(&row.mapping_version)
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let late = std::mem::take(&mut *lock(&self.late));
+        let late = std::mem::take(&mut lock(&self.late).rows);
         for row in late {
             tracing::error!(row = %serde_json::to_string(&*row).unwrap_or_default(), request_id = %row.request_id,
                 "audit row of a denial answered 503 not stored: the gateway stopped before the database answered");
@@ -263,7 +271,7 @@ impl AuditWriter {
     pub fn spool_problems(&self) -> Vec<String> {
         let path = self.inner.spool.display();
         let mut out = Vec::new();
-        let late = lock(&self.inner.late).len();
+        let late = lock(&self.inner.late).rows.len();
         if late > 0 {
             out.push(format!(
                 "{late} audit row(s) of denials answered 503 wait in memory for the database (written when it answers; lost if the gateway stops first)"
@@ -376,75 +384,130 @@ impl Inner {
             .unwrap_or(0)
     }
 
-    /// Keeps the rows of a batch answered 503 for [`Inner::store_late`], up to [`LATE_MAX`].
+    /// Keeps the rows of a batch answered 503 for [`Inner::store_late`], up to [`LATE_MAX`] rows
+    /// and [`LATE_MAX_BYTES`] of their JSON.
     fn keep_late(&self, rows: &[Arc<AuditEvent>]) {
         let mut late = lock(&self.late);
-        let room = LATE_MAX.saturating_sub(late.len());
-        late.extend(rows.iter().take(room).cloned());
-        let kept = rows.len().min(room);
+        let mut kept = 0;
+        let mut lost = Vec::new();
+        for row in rows {
+            let size = late_size(row);
+            if late.rows.len() < LATE_MAX && late.bytes + size <= LATE_MAX_BYTES {
+                late.bytes += size;
+                late.rows.push_back(row.clone());
+                kept += 1;
+            } else {
+                lost.push(row.request_id.as_str());
+            }
+        }
         drop(late);
         if kept > 0 {
             tracing::warn!(rows = kept, "audit rows of denials answered 503 kept in memory: written when the database answers");
         }
-        for row in &rows[kept..] {
-            self.metrics.audit_rows.with_label_values(&["lost"]).inc();
-            tracing::error!(row = %serde_json::to_string(&**row).unwrap_or_default(), request_id = %row.request_id,
-                "audit row of a denial answered 503 not kept: {LATE_MAX} rows already wait for the database");
+        if !lost.is_empty() {
+            self.metrics
+                .audit_rows
+                .with_label_values(&["lost"])
+                .inc_by(lost.len() as u64);
+            // One line a batch, naming the requests: never a line of 32 KiB per row.
+            tracing::error!(rows = lost.len(), request_ids = %lost.join(","),
+                "audit rows of denials answered 503 not kept: {LATE_MAX} rows or {LATE_MAX_BYTES} bytes already wait for the database");
         }
     }
 
     /// Writes the rows of denials answered 503 that wait in memory, oldest first, a batch at a
-    /// time while the database takes them. Each row once: the INSERT that timed out may have
-    /// committed after all.
+    /// time while the database takes them, on a connection of the pool (never the writer's:
+    /// a fresh denial does not wait behind this). Each row once: the INSERT that timed out may
+    /// have committed after all. A row the database refuses for what it holds (class 22 or 23)
+    /// is set aside as the spool's are, not holding the others.
     async fn store_late(&self) {
         loop {
-            let rows: Vec<Arc<AuditEvent>> =
-                lock(&self.late).iter().take(MAX_BATCH).cloned().collect();
+            let rows: Vec<Arc<AuditEvent>> = lock(&self.late)
+                .rows
+                .iter()
+                .take(MAX_BATCH)
+                .cloned()
+                .collect();
             if rows.is_empty() {
                 return;
             }
-            match self
-                .to_database_as(rows.as_slice(), REPLAY_SQL, "late")
-                .await
-            {
-                Ok(()) => {
-                    lock(&self.late).drain(..rows.len());
+            match self.insert_pooled(&rows, true).await {
+                Ok(_) => {
+                    self.late_done(&rows, "late");
                     tracing::info!(
                         rows = rows.len(),
                         "stored the audit rows of denials answered 503"
                     );
                 }
+                Err(e) if row_refused(&e) => {
+                    for row in &rows {
+                        let one = std::slice::from_ref(row);
+                        match self.insert_pooled(one, true).await {
+                            Ok(_) => self.late_done(one, "late"),
+                            Err(e) if row_refused(&e) => {
+                                let aside = serde_json::json!({"why": e.to_string(), "row": row});
+                                if let Err(io) = self.set_aside(std::slice::from_ref(&aside)) {
+                                    tracing::error!(error = %io, row = %aside, "cannot set aside an audit row the database refuses");
+                                }
+                                self.late_done(one, "rejected");
+                            }
+                            Err(e) => {
+                                self.failed(e);
+                                return;
+                            }
+                        }
+                    }
+                }
                 Err(e) => {
-                    tracing::debug!(error = %e, "the rows of denials answered 503 still wait for the database");
+                    self.failed(e);
                     return;
                 }
             }
         }
     }
 
-    /// Writes rows to the database within the timeout, on the kept connection.
-    async fn to_database(&self, rows: &[Arc<AuditEvent>]) -> Result<(), String> {
-        self.to_database_as(rows, INSERT_SQL, "database").await
+    /// The first `rows.len()` rows of the late queue are `rows`, now stored (or set aside):
+    /// out of the queue, counted under `sink`.
+    fn late_done(&self, rows: &[Arc<AuditEvent>], sink: &str) {
+        let mut late = lock(&self.late);
+        for row in rows {
+            if late.rows.front().is_some_and(|f| Arc::ptr_eq(f, row)) {
+                late.rows.pop_front();
+                late.bytes = late.bytes.saturating_sub(late_size(row));
+            }
+        }
+        drop(late);
+        self.metrics
+            .audit_rows
+            .with_label_values(&[sink])
+            .inc_by(rows.len() as u64);
     }
 
-    /// [`Inner::to_database`] with `sql`, counted under `sink`.
-    async fn to_database_as(
+    /// Inserts rows on a connection of the pool in one round trip, within the timeout (at
+    /// least a second: a replay of many rows); how many it inserted.
+    async fn insert_pooled(
         &self,
-        rows: &[Arc<AuditEvent>],
-        sql: &'static str,
-        sink: &str,
-    ) -> Result<(), String> {
+        rows: &[impl Borrow<AuditEvent>],
+        replay: bool,
+    ) -> Result<u64, sqlx::Error> {
+        let sql = insert_sql(rows, replay)?;
+        let rows = self.pool.one_round_trip(&sql).await?;
+        inserted(&rows)
+    }
+
+    /// Writes rows to the database within the timeout, on the kept connection.
+    async fn to_database(&self, rows: &[Arc<AuditEvent>]) -> Result<(), String> {
         let mut held = self.held.lock().await;
         // A timeout marks the pool stale (`db::within`): the connection may be silent, and
         // the pool's other ones with it.
         let result =
-            match crate::stores::db::within(self.timeout, self.insert_held(&mut held, rows, sql))
+            match crate::stores::db::within(self.timeout, self.insert_held(&mut held, rows, false))
                 .await
             {
                 Ok(()) => {
                     self.metrics
                         .audit_rows
-                        .with_label_values(&[sink])
+                        .with_label_values(&["database"])
                         .inc_by(rows.len() as u64);
                     *lock(&self.refused) = None;
                     return Ok(());
@@ -467,7 +530,7 @@ impl Inner {
         &self,
         held: &mut Option<Held>,
         rows: &[Arc<AuditEvent>],
-        sql: &'static str,
+        replay: bool,
     ) -> Result<(), sqlx::Error> {
         if held.as_ref().is_some_and(Held::stale) {
             // Back to the pool, which checks it before anyone gets it again.
@@ -476,14 +539,14 @@ impl Inner {
         // Not `db::retry_once`: its closure cannot lend the kept connection to both tries, and
         // only a connection kept from before is retried (a fresh one that fails is not).
         let kept = held.is_some();
-        let first = self.insert_on(held, rows, sql).await;
+        let first = self.insert_on(held, rows, replay).await;
         match first {
             Err(e) if kept && crate::stores::db::note_error(&e) => {
                 tracing::warn!(error = %e, "audit connection lost; writing the rows on a fresh one");
                 if let Some(h) = held.take() {
                     h.discard();
                 }
-                self.insert_on(held, rows, sql).await
+                self.insert_on(held, rows, replay).await
             }
             other => other,
         }
@@ -493,44 +556,20 @@ impl Inner {
         &self,
         held: &mut Option<Held>,
         rows: &[Arc<AuditEvent>],
-        sql: &'static str,
+        replay: bool,
     ) -> Result<(), sqlx::Error> {
+        let sql = insert_sql(rows, replay)?;
         let h = match held {
             Some(h) => h,
-            None => {
-                let statements = self.pool.statements().await;
-                let mut conn = self.pool.acquire().await?;
-                if statements == Statements::Named {
-                    // For this session: its statements run outside a transaction's SET LOCAL.
-                    let timeout = crate::stores::db::session_timeout_sql(self.timeout);
-                    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&timeout)).await?;
-                }
-                held.insert(Held {
-                    conn: Some(conn),
-                    used: std::time::Instant::now(),
-                    statements,
-                })
-            }
+            None => held.insert(Held {
+                conn: Some(self.pool.acquire().await?),
+                used: std::time::Instant::now(),
+            }),
         };
-        let statements = h.statements;
         let conn = h.conn.as_mut().expect("a held connection until dropped");
-        let result = async {
-            match statements {
-                Statements::Named => {
-                    insert(&mut **conn, sql, rows, statements).await?;
-                }
-                // Behind a transaction pooler the server connection is ours only from BEGIN
-                // to COMMIT.
-                Statements::Unnamed => {
-                    let mut tx = crate::stores::db::begin_on(conn, self.timeout).await?;
-                    insert(&mut *tx, sql, rows, statements).await?;
-                    tx.commit().await?;
-                }
-            }
-            conn.done();
-            Ok(())
-        }
-        .await;
+        let result = crate::stores::db::one_round_trip_on(conn, self.timeout, &sql)
+            .await
+            .map(|_| conn.done());
         h.used = std::time::Instant::now();
         result
     }
@@ -772,12 +811,7 @@ impl Inner {
         // short, or another gateway sharing the spool already stored).
         let replayed = |n: u64| self.metrics.audit_replayed.inc_by(n);
         for chunk in events.chunks(MAX_BATCH) {
-            match crate::stores::db::within(
-                limit,
-                insert(&self.pool, REPLAY_SQL, chunk, Statements::Unnamed),
-            )
-            .await
-            {
+            match crate::stores::db::within(limit, self.insert_pooled(chunk, true)).await {
                 Ok(n) => replayed(n),
                 // A row the database cannot store (a byte it refuses, a constraint added to
                 // the table): stored one by one, the others go in and it is set aside, instead
@@ -785,11 +819,7 @@ impl Inner {
                 Err(e) if row_refused(&e) => {
                     for row in chunk {
                         let one = std::slice::from_ref(row);
-                        match crate::stores::db::within(
-                            limit,
-                            insert(&self.pool, REPLAY_SQL, one, Statements::Unnamed),
-                        )
-                        .await
+                        match crate::stores::db::within(limit, self.insert_pooled(one, true)).await
                         {
                             Ok(n) => replayed(n),
                             Err(e) if row_refused(&e) => aside.push(serde_json::json!({
@@ -971,7 +1001,8 @@ mod tests {
     }
 
     /// Without a durable spool (`--audit-spool-durable=false`), a row the database does not take
-    /// fails (the caller answers 503) and no file is written.
+    /// fails (the caller answers 503), no file is written, and the row waits in memory for the
+    /// database (named by `/readyz`).
     #[tokio::test]
     async fn without_a_durable_spool_a_row_the_database_refuses_fails() {
         let dir = tempfile::tempdir().unwrap();
@@ -991,7 +1022,12 @@ mod tests {
             std::fs::read_dir(dir.path()).unwrap().next().is_none(),
             "no file"
         );
-        assert!(writer.spool_problems().is_empty());
+        let problems = writer.spool_problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("1 audit row(s) of denials answered 503 wait in memory"),
+            "{problems:?}"
+        );
     }
 
     /// A row spooled while a replay runs is replayed when the database answers: the spool stays

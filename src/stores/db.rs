@@ -182,25 +182,6 @@ pub struct Db {
     limit: Duration,
     /// Whether [`Db::direct_options`] reaches a session of its own (None: not known yet).
     sessions: std::sync::Arc<tokio::sync::OnceCell<bool>>,
-    /// No `--direct-database-url`: the pool's connections are where [`Db::has_sessions`] asks.
-    direct_is_pool: bool,
-}
-
-/// How a statement may be sent on a connection: [`Statements::Named`] (prepared once per
-/// connection and kept by its server session: one round trip a statement after the first, and
-/// its plan kept) only on a connection known to be a server session of its own, as
-/// [`Db::statements`] finds; [`Statements::Unnamed`] (and inside a transaction) everywhere else.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Statements {
-    Unnamed,
-    Named,
-}
-
-impl Statements {
-    /// The value for sqlx's `.persistent(...)`.
-    pub fn persistent(self) -> bool {
-        self == Statements::Named
-    }
 }
 
 impl Db {
@@ -213,7 +194,6 @@ impl Db {
         timeout: Duration,
     ) -> Result<Db, sqlx::Error> {
         let opts = connect_options(url)?;
-        let direct_is_pool = direct.is_none();
         let direct = match direct {
             Some(d) => connect_options(d)?,
             None => opts.clone(),
@@ -224,7 +204,6 @@ impl Db {
             direct: std::sync::Arc::new(direct),
             limit: timeout,
             sessions: Default::default(),
-            direct_is_pool,
         })
     }
 
@@ -302,25 +281,23 @@ impl Db {
             .copied()
     }
 
-    /// How statements may be sent on this pool's connections: [`Statements::Named`] only when
-    /// no `--direct-database-url` was given (the pool's URL is where [`Db::has_sessions`]
-    /// asks) and the probe found sessions of their own (PostgreSQL itself, or a pooler in
-    /// session mode, which resets a server connection before another client gets it).
-    /// Otherwise, and while the probe cannot be asked (an outage), [`Statements::Unnamed`].
-    /// A URL given with `--direct-database-url` says the pool's may be a transaction pooler.
-    pub async fn statements(&self) -> Statements {
-        if !self.direct_is_pool {
-            return Statements::Unnamed;
-        }
-        match self.has_sessions().await {
-            Ok(true) => Statements::Named,
-            Ok(false) => Statements::Unnamed,
-            Err(e) => {
-                note_error(&e);
-                tracing::debug!(error = %e, "cannot ask whether the pool has sessions of its own; statements stay unnamed");
-                Statements::Unnamed
-            }
-        }
+    /// Runs `sql`, statements with their values written in ([`super::sql_text`]), as one simple
+    /// query: one message and one round trip, after `SET LOCAL statement_timeout` in the same
+    /// message, its statements one implicit transaction that ends with the message. No prepared
+    /// statement and no session state stays on the server connection, so it is safe behind a
+    /// transaction pooler; bounded by the limit on the client's side, as every step is. The
+    /// rows of every statement, in order (simple queries answer in text).
+    pub async fn one_round_trip(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+        within(self.limit, async {
+            let mut conn = self.pool.acquire().await?;
+            let rows = one_round_trip_on(&mut conn, self.limit, sql).await?;
+            conn.done();
+            Ok(rows)
+        })
+        .await
     }
 
     /// The bound of every database step.
@@ -435,15 +412,20 @@ fn begin_sql(limit: Duration) -> String {
     format!("BEGIN; SET LOCAL {}", statement_timeout(limit))
 }
 
-/// `SET` the statement timeout of `limit` for the whole session: only on a connection
-/// [`Db::statements`] found to be a session of its own.
-pub fn session_timeout_sql(limit: Duration) -> String {
-    format!("SET {}", statement_timeout(limit))
-}
-
 /// `statement_timeout = MS`, the bound of every statement (at least 1 ms: 0 would disable it).
 fn statement_timeout(limit: Duration) -> String {
     format!("statement_timeout = {}", limit.as_millis().max(1))
+}
+
+/// [`Db::one_round_trip`] on a connection the caller keeps (the audit writer's), bounded by
+/// `limit`; the caller marks it [`Conn::done`] once it succeeded.
+pub async fn one_round_trip_on(
+    conn: &mut sqlx::PgConnection,
+    limit: Duration,
+    sql: &str,
+) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    let text = format!("SET LOCAL {}; {sql}", statement_timeout(limit));
+    within(limit, sqlx::Executor::fetch_all(conn, sqlx::raw_sql(&text))).await
 }
 
 /// [`Db::begin`] on a connection the caller keeps.

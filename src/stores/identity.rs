@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::stores::db::Db;
+use crate::stores::sql_text::{self, Unquotable};
 use moka::future::Cache;
 use moka::Expiry;
 use sha2::{Digest, Sha256};
@@ -112,18 +113,60 @@ macro_rules! break_glass_end {
 
 /// The resolution algorithm of 004 §3.4: one call of `rbac_gateway_principal`, the function
 /// `migrations/0011_principal_function.sql` defines (roles, permissions, seconds left of a live
-/// break-glass session and when it ends). A function, because its plan stays with the server
-/// connection: the statement itself is unnamed (issue 44), and sent as text its walk was
-/// planned anew on every lookup (docs/performance-log.md, 2026-11-26).
-pub const PRINCIPAL_SQL: &str =
-    "SELECT roles, permissions, break_glass_seconds, break_glass_until \
-     FROM rbac_gateway_principal($1, $2)";
+/// break-glass session and when it ends), for an admin whose session is cached. A function,
+/// because its plan stays with the server connection; sent as one simple query with its values
+/// written in (`stores/sql_text.rs`), so it is one round trip and leaves nothing on a server
+/// connection a pooler may share (issues 44, 51).
+fn principal_sql(admin_id: &str, requires_alert: bool) -> Result<String, Unquotable> {
+    Ok(format!(
+        "SELECT roles, permissions, break_glass_seconds, break_glass_until \
+         FROM rbac_gateway_principal({}, {})",
+        sql_text::text(admin_id)?,
+        sql_text::boolean(requires_alert)
+    ))
+}
 
-const SESSION_SQL: &str = r#"
-SELECT admin_id, EXTRACT(EPOCH FROM (expires_at_utc - now()))::float8 AS seconds_left
-FROM admin_sessions
-WHERE token_sha256 = $1 AND revoked_at_utc IS NULL AND expires_at_utc > now()
-"#;
+/// A cold request's whole lookup in one call (migration 0012): the live session behind a
+/// cookie's hash and its admin's principal, one round trip; no row when no live session has it.
+fn session_principal_sql(token_sha256: &str, requires_alert: bool) -> Result<String, Unquotable> {
+    Ok(format!(
+        "SELECT admin_id, seconds_left, roles, permissions, break_glass_seconds, break_glass_until \
+         FROM rbac_gateway_session_principal({}, {})",
+        sql_text::text(token_sha256)?,
+        sql_text::boolean(requires_alert)
+    ))
+}
+
+/// Whether `key` is what [`token_hash`] makes (64 lowercase hex digits): the only form of a
+/// session token that reaches SQL, checked before it does.
+pub fn is_token_hash(key: &str) -> bool {
+    key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A principal from the four columns both functions answer with.
+fn principal_from(
+    admin_id: &str,
+    row: &sqlx::postgres::PgRow,
+    first: usize,
+    ttl: Duration,
+) -> Result<Arc<Principal>, sqlx::Error> {
+    use sqlx::Row;
+    let roles: Vec<String> = row.try_get(first)?;
+    let permissions: Vec<String> = row.try_get(first + 1)?;
+    let bg: Option<f64> = row.try_get(first + 2)?;
+    let bg_until: Option<chrono::DateTime<chrono::Utc>> = row.try_get(first + 3)?;
+    let valid_for = match bg {
+        Some(left) => ttl.min(seconds(left)),
+        None => ttl,
+    };
+    Ok(Arc::new(Principal::new(
+        admin_id,
+        roles,
+        permissions,
+        bg_until,
+        valid_for,
+    )))
+}
 
 fn seconds(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
@@ -179,38 +222,63 @@ impl Identity {
 
     /// The live session behind a cookie value, or None (unknown, expired, revoked).
     pub async fn session(&self, token: &str) -> Result<Option<Arc<Session>>, IdentityError> {
+        self.session_and_principal(token).await.map(|(s, _)| s)
+    }
+
+    /// [`Identity::session`], and the admin's principal when the session was not cached: a cold
+    /// request's session and principal are read in one round trip
+    /// (`rbac_gateway_session_principal`), and the principal is cached with the session.
+    async fn session_and_principal(
+        &self,
+        token: &str,
+    ) -> Result<(Option<Arc<Session>>, Option<Arc<Principal>>), IdentityError> {
         let key = token_hash(token);
         if let Some(hit) = self.sessions.get(&key).await {
             self.hits[0].inc();
-            return Ok(hit);
+            return Ok((hit, None));
         }
         self.metrics
             .cache_misses
             .with_label_values(&["session"])
             .inc();
+        if !is_token_hash(&key) {
+            // token_hash makes nothing else: a bug, refused before it reaches SQL.
+            return Err(IdentityError::DatabaseUnavailable(Arc::new(
+                sqlx::Error::Protocol("a session key that is not a SHA-256 hex digest".into()),
+            )));
+        }
         let changes = self.changes.load(Ordering::SeqCst);
+        // The principal read with the session, by whichever caller ran the lookup.
+        let fetched: std::sync::Mutex<Option<Arc<Principal>>> = std::sync::Mutex::new(None);
         let init = async {
-            let key = &key;
+            let sql = session_principal_sql(&key, self.break_glass_requires_alert)?;
+            let sql = &sql;
             // A dead pooled connection (after a connection storm) costs one retry, not a 503.
             let lookup = crate::stores::db::retry_once(|| async move {
                 self.metrics.db_queries.inc();
-                sqlx::query_as(SESSION_SQL)
-                    .persistent(false)
-                    .bind(key)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .inspect_err(|_| {
-                        self.metrics.db_errors.inc();
-                    })
-            });
-            let row: Option<(String, f64)> =
-                crate::stores::db::within(self.query_timeout, lookup).await?;
-            Ok::<_, sqlx::Error>(row.map(|(admin_id, left)| {
-                Arc::new(Session {
-                    admin_id,
-                    until: Instant::now() + self.ttl.min(seconds(left)),
+                self.pool.one_round_trip(sql).await.inspect_err(|_| {
+                    self.metrics.db_errors.inc();
                 })
-            }))
+            });
+            let rows = crate::stores::db::within(self.query_timeout, lookup).await?;
+            let Some(row) = rows.first() else {
+                return Ok::<_, sqlx::Error>(None);
+            };
+            let admin_id: String = sqlx::Row::try_get(row, 0)?;
+            let left: f64 = sqlx::Row::try_get(row, 1)?;
+            let principal = principal_from(&admin_id, row, 2, self.ttl)?;
+            self.metrics
+                .cache_misses
+                .with_label_values(&["principal"])
+                .inc();
+            self.principals
+                .insert(admin_id.clone(), principal.clone())
+                .await;
+            *fetched.lock().unwrap_or_else(|p| p.into_inner()) = Some(principal);
+            Ok(Some(Arc::new(Session {
+                admin_id,
+                until: Instant::now() + self.ttl.min(seconds(left)),
+            })))
         };
         let found = self
             .sessions
@@ -218,7 +286,12 @@ impl Identity {
             .await
             .map_err(IdentityError::DatabaseUnavailable)?;
         self.drop_if_changed(changes, &self.sessions, &key).await;
-        Ok(found)
+        let principal = fetched.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let (Some(s), Some(_)) = (&found, &principal) {
+            self.drop_if_changed(changes, &self.principals, &s.admin_id)
+                .await;
+        }
+        Ok((found, principal))
     }
 
     /// A session from the cache only (no query): used to name the admin in a `no_route` row.
@@ -313,10 +386,13 @@ impl Identity {
             self.hits[1].inc();
             return Ok(Some(p));
         }
-        let Some(s) = self.session(token).await? else {
+        let (Some(s), fetched) = self.session_and_principal(token).await? else {
             return Ok(None);
         };
-        let p = self.principal(&s.admin_id).await?;
+        let p = match fetched {
+            Some(p) => p,
+            None => self.principal(&s.admin_id).await?,
+        };
         RECENT.with(|r| {
             let mut r = r.borrow_mut();
             if r.len() >= RECENT_MAX {
@@ -408,44 +484,20 @@ pub async fn resolve(
 }
 
 /// [`resolve`], with break-glass sessions counted only once their alert was delivered when
-/// `requires_alert` (`--break-glass-requires-alert`).
+/// `requires_alert` (`--break-glass-requires-alert`). One round trip.
 pub async fn resolve_with(
     pool: &Db,
     admin_id: &str,
     ttl: Duration,
     requires_alert: bool,
 ) -> Result<Arc<Principal>, sqlx::Error> {
-    type Row = (
-        Vec<String>,
-        Vec<String>,
-        Option<f64>,
-        Option<chrono::DateTime<chrono::Utc>>,
-    );
-    let (roles, permissions, bg, bg_until): Row =
-        // A dead pooled connection (after a connection storm) costs one retry, not a 503.
-        crate::stores::db::retry_once(|| {
-            sqlx::query_as(PRINCIPAL_SQL).persistent(false)
-                .bind(admin_id)
-                .bind(requires_alert)
-                .fetch_one(pool)
-        })
-        .await?;
-    let valid_for = match bg {
-        Some(left) => ttl.min(seconds(left)),
-        None => ttl,
-    };
-    Ok(Arc::new(Principal::new(
-        admin_id,
-        roles,
-        permissions,
-        bg_until,
-        valid_for,
-    )))
+    let sql = principal_sql(admin_id, requires_alert)?;
+    // A dead pooled connection (after a connection storm) costs one retry, not a 503.
+    let rows = crate::stores::db::retry_once(|| pool.one_round_trip(&sql)).await?;
+    let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+    principal_from(admin_id, row, 0, ttl)
 }
 
-/// How each effective role was obtained ("break-glass -> console-manager -> console-flag-admin"),
-/// for `explain`. Walks the same tables as [`PRINCIPAL_SQL`], in Rust, keeping the first path
-/// found to each role; a cycle is cut by the visited set.
 pub async fn provenance(
     pool: &Db,
     admin_id: &str,
@@ -547,6 +599,13 @@ mod tests {
             3,
             "every read of a session's end goes through the expression: {body}"
         );
-        assert!(PRINCIPAL_SQL.contains("rbac_gateway_principal($1, $2)"));
+        assert!(principal_sql("a'b", true)
+            .unwrap()
+            .ends_with("rbac_gateway_principal(E'a''b', true)"));
+        assert!(session_principal_sql(&token_hash("t"), false)
+            .unwrap()
+            .contains("rbac_gateway_session_principal(E'"));
+        assert!(is_token_hash(&token_hash("any cookie")));
+        assert!(!is_token_hash("E'; DROP TABLE admins; --"));
     }
 }

@@ -2,7 +2,8 @@
 //! session is ([`identity`], [`ticket`]), keeping the cache coherent ([`feed`]), the durable
 //! audit trail ([`audit`]), the revocation of grants that end ([`revocation`]; the jobs that
 //! sweep them are in [`crate::jobs`]), mapping versions pushed to the database
-//! ([`mapping_store`]).
+//! ([`mapping_store`]); values written into the SQL text of one-round-trip statements
+//! ([`sql_text`]).
 
 pub mod audit;
 pub mod db;
@@ -12,4 +13,5 @@ pub mod mapping_store;
 pub mod pool;
 pub mod revocation;
 pub mod rollout;
+pub mod sql_text;
 pub mod ticket;

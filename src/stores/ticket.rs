@@ -28,25 +28,23 @@ pub struct TicketGrants {
     pub tickets: Vec<(String, String)>,
 }
 
-const SQL: &str = r#"
-WITH RECURSIVE
-t AS (
-    SELECT tg.role_id, tg.ticket_id FROM rbac_ticket_grants tg
-    WHERE tg.user_id = $1 AND tg.customer_id = $2 AND tg.revoked_at_utc IS NULL
-      AND (tg.expires_at_utc IS NULL OR tg.expires_at_utc > now())
-      AND ($3::text[] IS NULL OR tg.ticket_id = ANY($3))
-),
-expanded(role_id) AS (
-    SELECT role_id FROM t
-    UNION
-    SELECT ri.parent_role_id FROM rbac_role_inheritance ri JOIN expanded e ON ri.child_role_id = e.role_id
-)
-SELECT
-    COALESCE((SELECT array_agg(r.name ORDER BY r.name) FROM rbac_roles r WHERE r.id IN (SELECT role_id FROM expanded)), '{}'),
-    COALESCE((SELECT array_agg(DISTINCT p.name ORDER BY p.name) FROM rbac_role_permissions rp
-              JOIN rbac_permissions p ON p.id = rp.permission_id WHERE rp.role_id IN (SELECT role_id FROM expanded)), '{}'),
-    COALESCE((SELECT array_agg(t.ticket_id || ' ' || r.name ORDER BY t.ticket_id) FROM t JOIN rbac_roles r ON r.id = t.role_id), '{}')
-"#;
+/// The admin's live ticket grants for one customer: one call of `rbac_gateway_ticket_grants`
+/// (migration 0012), sent as one simple query with its values written in (`stores/sql_text.rs`):
+/// one round trip, planned once per server connection, nothing left on a connection a pooler
+/// may share.
+fn grants_sql(
+    admin_id: &str,
+    customer_id: i32,
+    only: Option<&[String]>,
+) -> Result<String, crate::stores::sql_text::Unquotable> {
+    use crate::stores::sql_text;
+    Ok(format!(
+        "SELECT roles, permissions, tickets FROM rbac_gateway_ticket_grants({}, {}, {})",
+        sql_text::text(admin_id)?,
+        sql_text::integer(i64::from(customer_id)),
+        sql_text::opt_text_array(only)?
+    ))
+}
 
 /// The admin's live ticket grants for one customer (one round trip, inheritance expanded),
 /// restricted to `only` tickets when given.
@@ -56,17 +54,13 @@ pub async fn grants(
     customer_id: i32,
     only: Option<&[String]>,
 ) -> Result<TicketGrants, sqlx::Error> {
+    let sql = grants_sql(admin_id, customer_id, only)?;
     // A dead pooled connection (after a connection storm) costs one retry, not a 503.
-    let (roles, permissions, pairs): (Vec<String>, Vec<String>, Vec<String>) =
-        crate::stores::db::retry_once(|| {
-            sqlx::query_as(SQL)
-                .persistent(false)
-                .bind(admin_id)
-                .bind(customer_id)
-                .bind(only)
-                .fetch_one(pool)
-        })
-        .await?;
+    let rows = crate::stores::db::retry_once(|| pool.one_round_trip(&sql)).await?;
+    let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+    let roles: Vec<String> = sqlx::Row::try_get(row, 0)?;
+    let permissions: Vec<String> = sqlx::Row::try_get(row, 1)?;
+    let pairs: Vec<String> = sqlx::Row::try_get(row, 2)?;
     let tickets = pairs
         .into_iter()
         .filter_map(|p| {

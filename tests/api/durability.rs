@@ -436,7 +436,8 @@ async fn a_denial_flood_is_written_on_one_kept_connection() {
             while sampling.load(std::sync::atomic::Ordering::SeqCst) {
                 let pids: Vec<i32> = sqlx::query_scalar(
                     "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
-                     AND application_name = 'rbac-gateway' AND query LIKE 'INSERT INTO access_audit_events%'",
+                     AND application_name = 'rbac-gateway' AND query LIKE '%INSERT INTO access_audit_events%' \
+                     AND query NOT LIKE '%ON CONFLICT%'",
                 )
                 .fetch_all(&pool)
                 .await

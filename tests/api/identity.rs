@@ -150,8 +150,8 @@ async fn a_cached_answer_makes_no_database_query() {
     let q1 = env.gw.metric("rbac_gateway_db_queries_total").await;
     assert_eq!(
         q1 - q0,
-        2.0,
-        "first request: one session query, one role query"
+        1.0,
+        "first request: one query for the session and its roles (issue 51)"
     );
     for i in 0..10 {
         assert_eq!(
@@ -192,8 +192,8 @@ async fn concurrent_misses_share_one_query() {
     let q1 = env.gw.metric("rbac_gateway_db_queries_total").await;
     assert_eq!(
         q1 - q0,
-        2.0,
-        "30 concurrent misses for one session: one session query, one role query"
+        1.0,
+        "30 concurrent misses for one session: one query for the session and its roles"
     );
 }
 

@@ -1,0 +1,124 @@
+//! Values written into SQL text, for the statements the gateway sends as one simple query (one
+//! message, one round trip, nothing left on the server connection: `Db::one_round_trip`).
+//!
+//! Every text value is written as an escape string constant, `E'...'`, whose meaning does not
+//! depend on `standard_conforming_strings`: inside it a backslash is always an escape, so each
+//! backslash is doubled and each single quote is doubled. Nothing else needs escaping: the
+//! client encoding is UTF-8 (sqlx sets it), where no byte of a multi-byte character is a quote
+//! or a backslash. A NUL cannot be part of a PostgreSQL text value at all and is refused before
+//! any SQL is built ([`Unquotable`]). `tests/api/sql_text.rs` round-trips random strings (quotes,
+//! backslashes, every character PostgreSQL's text accepts) through the real server with
+//! `standard_conforming_strings` on and off, and holds the refusal.
+//!
+//! This is the pgx "simple protocol" and psycopg2 client-side binding answer, used only where
+//! a statement must be one round trip behind any pooler (issue 51): statements elsewhere bind
+//! their values as parameters.
+
+use std::fmt::Write;
+
+/// A value that cannot be written into SQL text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unquotable {
+    /// PostgreSQL's text cannot hold a NUL character.
+    #[error("a text value holds a NUL character, which PostgreSQL's text cannot hold")]
+    Nul,
+}
+
+impl From<Unquotable> for sqlx::Error {
+    fn from(e: Unquotable) -> Self {
+        sqlx::Error::Encode(Box::new(e))
+    }
+}
+
+/// `s` as an escape string constant: `E'...'`.
+pub fn text(s: &str) -> Result<String, Unquotable> {
+    let mut out = String::with_capacity(s.len() + 3);
+    push_text(&mut out, s)?;
+    Ok(out)
+}
+
+/// Appends `s` as an escape string constant to `out`.
+pub fn push_text(out: &mut String, s: &str) -> Result<(), Unquotable> {
+    if s.contains('\0') {
+        return Err(Unquotable::Nul);
+    }
+    out.reserve(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    Ok(())
+}
+
+/// `NULL` for None, else [`text`].
+pub fn opt_text(s: Option<&str>) -> Result<String, Unquotable> {
+    match s {
+        None => Ok("NULL".to_string()),
+        Some(s) => text(s),
+    }
+}
+
+/// A `text[]` constant: `ARRAY[E'a', E'b']::text[]` (`'{}'::text[]` when empty), or `NULL`.
+pub fn opt_text_array(v: Option<&[String]>) -> Result<String, Unquotable> {
+    let Some(v) = v else {
+        return Ok("NULL::text[]".to_string());
+    };
+    if v.is_empty() {
+        return Ok("'{}'::text[]".to_string());
+    }
+    let mut out = String::from("ARRAY[");
+    for (i, s) in v.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_text(&mut out, s)?;
+    }
+    out.push_str("]::text[]");
+    Ok(out)
+}
+
+/// A boolean constant.
+pub fn boolean(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+/// An integer constant (in parentheses: a negative number is one token wherever it is put).
+pub fn integer(i: i64) -> String {
+    let mut out = String::new();
+    let _ = write!(out, "({i})");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_and_backslashes_are_doubled_inside_an_escape_string() {
+        assert_eq!(text("abc").unwrap(), "E'abc'");
+        assert_eq!(text("o'k").unwrap(), "E'o''k'");
+        assert_eq!(text("a\\b").unwrap(), "E'a\\\\b'");
+        assert_eq!(text("\\'").unwrap(), "E'\\\\'''");
+        assert_eq!(text("").unwrap(), "E''");
+        assert_eq!(text("é\n\t").unwrap(), "E'é\n\t'");
+        assert_eq!(text("a\0b"), Err(Unquotable::Nul));
+        assert_eq!(opt_text(None).unwrap(), "NULL");
+        assert_eq!(
+            opt_text_array(Some(&["a".into(), "b'".into()])).unwrap(),
+            "ARRAY[E'a',E'b''']::text[]"
+        );
+        assert_eq!(opt_text_array(Some(&[])).unwrap(), "'{}'::text[]");
+        assert_eq!(opt_text_array(None).unwrap(), "NULL::text[]");
+        assert_eq!(integer(-5), "(-5)");
+        assert_eq!(boolean(true), "true");
+    }
+}
