@@ -774,7 +774,13 @@ fn the_statement_check_finds_a_named_statement() {
     assert_eq!(named_statements(text), ["1: sqlx::query(\"SELECT (1)\")"]);
     let verdict = "sqlx::query(\"SELECT 1\").persistent(statements.persistent()).execute(c);\n\
                    sqlx::query(\"SELECT 2\").persistent(true).execute(c);";
-    assert_eq!(named_statements(verdict), ["2: sqlx::query(\"SELECT 2\")"]);
+    assert_eq!(
+        named_statements(verdict),
+        [
+            "1: sqlx::query(\"SELECT 1\")",
+            "2: sqlx::query(\"SELECT 2\")"
+        ]
+    );
 }
 
 /// The repository's top level: the design card's entries (`Cargo.toml`, `src`, `routes.toml`,

@@ -247,7 +247,9 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
                 tracing::info!(public_key = %crate::stores::mapping_store::signing::fingerprint(key),
                     "--mapping-public-key: only versions signed by this key are applied");
             }
-            let loading = crate::gateway::reload::load_active_at_start(&pool, public_key.as_ref(), |why| gw.set_mapping_missing(Some(why)), signals.hangups());
+            // One receiver from the wait through the following: a SIGHUP in between is not lost.
+            let mut hup = signals.hangups();
+            let loading = crate::gateway::reload::load_active_at_start(&pool, public_key.as_ref(), |why| gw.set_mapping_missing(Some(why)), &mut hup);
             let loaded = tokio::select! {
                 loaded = loading => loaded,
                 signal = signals.stopped() => {
@@ -257,7 +259,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             };
             gw.mapping.store(Arc::new(loaded));
             report_loaded();
-            supervised(Task::Reload, Box::pin(crate::gateway::reload::follow_database(gw.clone(), pool.clone(), public_key, active_rx, signals.hangups())));
+            supervised(Task::Reload, Box::pin(crate::gateway::reload::follow_database(gw.clone(), pool.clone(), public_key, active_rx, hup)));
             None
         } else {
             supervised(Task::Reload, Box::pin(crate::gateway::reload::watch(gw.clone(), args.routes.clone(), signals.hangups())));
@@ -390,6 +392,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             tracing::error!("a worker thread panicked");
         }
     }
+    // Rows of denials answered 503 still in memory: one last bounded try.
+    bg.block_on(gw.audit.finish(Duration::from_millis(args.db_timeout_ms)));
     drop(bg);
     // A supervisor (the Heroku launcher, systemd) learns from the status that requests were cut.
     match crate::dataplane::listen::cut_at_shutdown() {

@@ -424,7 +424,7 @@ pub async fn load_active_at_start(
     db: &crate::stores::db::Db,
     key: Option<&PublicKey>,
     say: impl Fn(String),
-    mut hup: Hangups,
+    hup: &mut Hangups,
 ) -> Mapping {
     let mut last = String::new();
     loop {
@@ -446,7 +446,7 @@ pub async fn load_active_at_start(
         say(why);
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
-            () = hangup(&mut hup) => {
+            () = hangup(hup) => {
                 tracing::info!("SIGHUP: reading the active mapping version from the database again");
             }
         }
@@ -513,7 +513,7 @@ pub async fn follow_database(
                     tokio::select! {
                         _ = tokio::time::sleep(POLL) => continue,
                         // A newer activation supersedes this one.
-                        r = active.changed() => {
+                        r = active.changed(), if !feed_gone => {
                             pending = r.is_ok();
                             break;
                         }

@@ -315,7 +315,7 @@ pub async fn carry_out(
         Outcome::Unavailable(why) => Some(*why),
         Outcome::Deny { row } => match gw.record(row.clone()).await {
             Err(e) => {
-                tracing::error!(request_id, error = %e, "the denial's row is not durable in time: answering 503 (the row is kept and written when the database answers)");
+                tracing::error!(request_id, error = %e, "the denial's row is not durable in time: answering 503 (the row waits in memory for the database unless the writer stopped or its queue is full: see the writer's lines)");
                 Some(Unavailable::Audit)
             }
             Ok(()) => {

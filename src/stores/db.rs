@@ -158,13 +158,13 @@ impl<T, F: std::future::Future<Output = Result<T, sqlx::Error>>> Bounded<T> for 
 /// so another client's `sqlx_s_14` could run with our parameters: a session resolved to someone
 /// else's answer. Hence:
 /// - every statement runs inside a transaction: [`Db`] as an executor (`.fetch_one(&db)`) wraps
-///   each statement in one, and [`Db::begin`] opens one for several;
+///   each statement in one, [`Db::begin`] opens one for several, and [`Db::one_round_trip`]
+///   sends one statement with its values written in as one simple query (an implicit
+///   transaction that ends with the message: the request path's lookups and the audit batches,
+///   one round trip each, issue 51);
 /// - every statement is unnamed (`.persistent(false)`, checked on the source by
-///   `tests/architecture.rs`; [`Db`] as an executor also forces it), so nothing is left behind on
-///   the server connection. One exception, by a verdict and not by default: the audit writer's
-///   INSERT is named, in autocommit, on a connection [`Db::statements`] finds to be a session of
-///   its own (no `--direct-database-url`, and [`Db::has_sessions`] saw no pooler): one round
-///   trip a batch instead of four (docs/performance-log.md, 2026-11-26);
+///   `tests/architecture.rs`; [`Db`] as an executor also forces it, and a simple query has no
+///   statement to name), so nothing is left behind on the server connection;
 /// - no startup parameter a pooler must be told to ignore: `statement_timeout` is set with
 ///   `SET LOCAL` in each transaction's `BEGIN`, and `extra_float_digits` is not sent;
 /// - what needs a session (`LISTEN`, the sweep's session-level advisory lock) uses

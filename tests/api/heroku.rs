@@ -527,11 +527,43 @@ async fn heroku_sigterm_to_the_whole_dyno_stops_within_the_budget_and_says_a_req
     a_request_outliving_the_grace_is_cut_within_the_stop_budget(true).await;
 }
 
+/// SIGHUP to the web process (the launcher) is passed on to the gateway, which re-reads its
+/// mapping; the dyno lives on, and SIGTERM still stops it cleanly afterwards.
+#[tokio::test]
+async fn heroku_sighup_to_the_web_process_reloads_the_gateway_and_ends_nothing() {
+    let (_pg, db) = tls_pg().await;
+    let mut dyno = Dyno::start(&db, &[]).await;
+    let web = dyno.web_pid();
+    run("kill", &["-HUP", &web.to_string()]);
+    eventually(
+        Duration::from_secs(10),
+        "the gateway re-read its mapping",
+        || async { dyno.output().contains("SIGHUP: reloading the mapping") },
+    )
+    .await;
+    assert!(
+        dyno.honcho.try_wait().unwrap().is_none(),
+        "{}",
+        dyno.output()
+    );
+    let (_, token) = db.admin_with_roles(&["console-user"]).await;
+    assert_eq!(dyno.request("/ops", Some(&token), &[]).await.status, 403);
+    run("kill", &["-TERM", &web.to_string()]);
+    let status = dyno.ended_within(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}:\n{}", dyno.output());
+}
+
 /// A grace that does not fit the budget, or a budget past Heroku's 30 s, is refused at start.
 #[tokio::test]
 async fn heroku_launcher_refuses_a_grace_that_does_not_fit_the_stop_budget() {
     let slug = slug();
-    for (grace, budget) in [("28", "28"), ("20", "30"), ("x", "28")] {
+    for (grace, budget) in [
+        ("28", "28"),
+        ("27", "28"),
+        ("20", "30"),
+        ("x", "28"),
+        ("20", "-1"),
+    ] {
         let out = Command::new("bash")
             .arg(slug.path().join("bin/rbac-gateway-heroku"))
             .args(["web", "true"])

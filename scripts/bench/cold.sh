@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# The cold path (issue 51): every request a session the gateway has not cached (SESSIONS
+# sessions rotating, --cache-ttl 0), against PostgreSQL answering the same lookup itself, in the
+# same run on the same database, in alternating rounds:
+#
+#   (g) wrk -t1 -cCONNECTIONS against the gateway, direct to PostgreSQL: requests/s, the
+#       gateway's CPU per request and PostgreSQL's CPU per request (/proc utime+stime of the
+#       gateway, and of the postmaster and its backends, around the run);
+#   (q) pgbench -M prepared -cCONNECTIONS running one statement that does the same lookup
+#       (admin_sessions joined with rbac_gateway_principal(admin_id, false), the session picked
+#       at random): transactions/s and PostgreSQL's CPU per transaction;
+#   (p) as (g), through Debian's PgBouncer in transaction mode (PGBOUNCER=0 skips it).
+#
+# Prints the medians over ROUNDS and the ratios the issue holds: g/q throughput, PostgreSQL's
+# CPU per request g/q, the gateway's CPU per cold request, p/g throughput. Writes
+# target/cold-report.md. Settings: ROUNDS (3), DURATION (10 s), CONNECTIONS (32), SESSIONS
+# (10000), BUILD=0 (use target/release/rbac-gateway as it is), GW_BIN, KEEP=1, PG_FSYNC.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-32}
+SESSIONS=${SESSIONS:-10000}
+PGBOUNCER=${PGBOUNCER:-1}
+KEEP=${KEEP:-0}
+log() { echo "cold: $*" >&2; }
+die() {
+  echo "cold: $*" >&2
+  exit 1
+}
+# shellcheck source=bench-lib.sh
+. "$root/scripts/bench/bench-lib.sh"
+need_tools nginx psql initdb wrk curl
+[ "$PGBOUNCER" = 0 ] || need_tools pgbouncer
+PGBENCH=$(command -v pgbench || ls /usr/lib/postgresql/*/bin/pgbench | tail -1)
+[ -x "$PGBENCH" ] || die "no pgbench (Debian's postgresql package has it)"
+
+if [ -z "${GW_BIN:-}" ]; then
+  [ "${BUILD:-1}" = 0 ] || cargo build --release --bin rbac-gateway >&2
+  GW_BIN=$root/target/release/rbac-gateway
+fi
+
+bench_tmp rbacgw-cold
+eval "$("$root/scripts/pg.sh" start "$tmp/pg")"
+export DATABASE_URL
+pg_pid=$(head -1 "$tmp/pg/data/postmaster.pid")
+psql_q() { psql "$DATABASE_URL" -X -q -At -v ON_ERROR_STOP=1 "$@"; }
+"$GW_BIN" migrate --database-url "$DATABASE_URL" >/dev/null
+run=$$
+seq -f "cold-e-$run-%.0f" 1 "$SESSIONS" >"$tmp/cookies.txt"
+log "seeding $SESSIONS admins with one session each"
+seed_admins cold "cold-admin-$run" "cold-norole-$run" "cold-e-$run-" "$SESSIONS"
+# pgbench's lookup by number: the same sessions' hashes, keyed 1..SESSIONS.
+psql_q <<SQL
+CREATE TABLE bench_tokens (i INTEGER PRIMARY KEY, h TEXT NOT NULL);
+INSERT INTO bench_tokens SELECT i, encode(sha256(convert_to('cold-e-$run-' || i, 'UTF8')), 'hex')
+  FROM generate_series(1, $SESSIONS) i;
+ANALYZE bench_tokens;
+SQL
+cat >"$tmp/lookup.sql" <<SQL
+\\set i random(1, $SESSIONS)
+SELECT s.admin_id, EXTRACT(EPOCH FROM (s.expires_at_utc - now()))::float8, p.roles, p.permissions, p.break_glass_seconds, p.break_glass_until FROM bench_tokens t JOIN admin_sessions s ON s.token_sha256 = t.h AND s.revoked_at_utc IS NULL AND s.expires_at_utc > now() CROSS JOIN LATERAL rbac_gateway_principal(s.admin_id, false) p WHERE t.i = :i;
+SQL
+
+start_upstream
+ALLOWED_PATH=/ops
+start_gateway() { # name database-url: sets gw_port_NAME, gw_pid_NAME
+  local port adm
+  port=$(free_port)
+  adm=$(free_port)
+  "$GW_BIN" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$adm" \
+    --upstream "127.0.0.1:$up_port" --routes "$root/routes.toml" --database-url "$2" \
+    --audit-spool "$tmp/audit-$1.spool" --cache-ttl 0 --db-pool-size "$CONNECTIONS" \
+    --log-format json >"$tmp/gateway-$1.log" 2>&1 &
+  pids+=($!)
+  eval "gw_pid_$1=$!; gw_port_$1=$port"
+  wait_http "http://127.0.0.1:$adm/readyz" 200 30 || die "gateway $1 not ready: $(tail -5 "$tmp/gateway-$1.log")"
+  local got
+  got=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: console_session=$(sed -n 7p "$tmp/cookies.txt")" "http://127.0.0.1:$port$ALLOWED_PATH")
+  [ "$got" = 200 ] || die "gateway $1: a rotated session got $got, not 200"
+}
+start_gateway direct "$DATABASE_URL"
+if [ "$PGBOUNCER" != 0 ]; then
+  pgb_port=$(free_port)
+  mkdir -p "$tmp/pgb"
+  echo '"postgres" ""' >"$tmp/pgb/users.txt"
+  pg_port=${DATABASE_URL##*:}
+  pg_port=${pg_port%%/*}
+  cat >"$tmp/pgb/pgbouncer.ini" <<EOF
+[databases]
+* = host=127.0.0.1 port=$pg_port
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $pgb_port
+unix_socket_dir =
+pidfile =
+logfile =
+auth_type = trust
+auth_file = $tmp/pgb/users.txt
+pool_mode = transaction
+default_pool_size = $CONNECTIONS
+max_client_conn = 1000
+EOF
+  chmod -R a+rX "$tmp/pgb"
+  PGB=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+  if [ "$(id -u)" = 0 ]; then "$PGB" -u postgres "$tmp/pgb/pgbouncer.ini" 2>"$tmp/pgb/log" & else "$PGB" "$tmp/pgb/pgbouncer.ini" 2>"$tmp/pgb/log" & fi
+  pids+=($!)
+  pgb_pid=$!
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$pgb_port") 2>/dev/null && break; sleep 0.1; done
+  start_gateway pooled "postgres://postgres@127.0.0.1:$pgb_port/postgres"
+fi
+
+CLK_TCK=$(getconf CLK_TCK)
+results=$tmp/results.tsv
+: >"$results"
+us_per() { # ticks count
+  awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }'
+}
+wrk_run() { # case round port gateway-pid
+  local g0 p0 g1 p1 out n rps
+  g0=$(cpu_ticks "$4")
+  p0=$(cpu_ticks "$pg_pid")
+  out=$(COOKIES=$tmp/cookies.txt LOAD_PATH=$ALLOWED_PATH wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+    -s "$root/scripts/bench/load/rotate.lua" "http://127.0.0.1:$3$ALLOWED_PATH")
+  g1=$(cpu_ticks "$4")
+  p1=$(cpu_ticks "$pg_pid")
+  n=$(echo "$out" | awk '/requests in/ { print $1 }')
+  rps=$(echo "$out" | awk '/^Requests\/sec/ { print $2 }')
+  if echo "$out" | grep -q 'Non-2xx'; then die "$1: non-2xx answers: $out"; fi
+  printf '%s\t%s\t%s\t%s\t%s\n' "$2" "$1" "$rps" "$(us_per $((g1 - g0)) "$n")" "$(us_per $((p1 - p0)) "$n")" >>"$results"
+}
+pgbench_run() { # round
+  local p0 p1 out n tps
+  p0=$(cpu_ticks "$pg_pid")
+  out=$("$PGBENCH" -n -M prepared -c "$CONNECTIONS" -j 1 -T "$DURATION" -f "$tmp/lookup.sql" "$DATABASE_URL" 2>&1)
+  p1=$(cpu_ticks "$pg_pid")
+  n=$(echo "$out" | awk '/number of transactions actually processed/ { print $NF }')
+  tps=$(echo "$out" | awk '/^tps/ { print $3; exit }')
+  printf '%s\tq\t%s\t0\t%s\n' "$1" "$tps" "$(us_per $((p1 - p0)) "$n")" >>"$results"
+}
+for r in $(seq "$ROUNDS"); do
+  log "round $r/$ROUNDS"
+  if [ $((r % 2)) = 1 ]; then
+    pgbench_run "$r"
+    wrk_run g "$r" "$gw_port_direct" "$gw_pid_direct"
+  else
+    wrk_run g "$r" "$gw_port_direct" "$gw_pid_direct"
+    pgbench_run "$r"
+  fi
+  [ "$PGBOUNCER" = 0 ] || wrk_run p "$r" "$gw_port_pooled" "$gw_pid_pooled $pgb_pid"
+done
+
+mkdir -p "$root/target"
+python3 - "$results" "$root/target/cold-report.md" <<'PY'
+import sys, statistics as st
+rows = [l.split("\t") for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for r, case, rps, own, pg in rows:
+    by.setdefault(case, []).append((float(rps), float(own), float(pg)))
+med = lambda case, i: st.median(v[i] for v in by[case])
+out = ["| case | requests/s | own CPU µs/request | PostgreSQL CPU µs/request |", "|---|---|---|---|"]
+names = {"g": "(g) gateway, cold, direct", "q": "(q) pgbench -M prepared, the same lookup", "p": "(p) gateway, cold, through PgBouncer (transaction)"}
+for case in ["g", "q", "p"]:
+    if case in by:
+        out.append(f"| {names[case]} | {med(case,0):,.0f} | {med(case,1):.1f} | {med(case,2):.1f} |")
+out.append("")
+out.append(f"- cold throughput g/q: {med('g',0)/med('q',0):.2f} (median of rounds)")
+out.append(f"- PostgreSQL's CPU per request g/q: {med('g',2)/med('q',2):.2f}")
+out.append(f"- the gateway's own CPU per cold request: {med('g',1):.1f} µs")
+if "p" in by:
+    out.append(f"- through PgBouncer, p/g throughput: {med('p',0)/med('g',0):.2f} (p's own CPU counts the gateway and PgBouncer)")
+out.append("")
+out.append("per round: " + "; ".join(f"{r} {c} {rps} req/s own {o} µs pg {p} µs" for r, c, rps, o, p in rows))
+text = "\n".join(out)
+print(text)
+open(sys.argv[2], "w").write(text + "\n")
+PY
