@@ -12,6 +12,10 @@ command -v psql >/dev/null || need+=(postgresql-client)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 # The connection pooler in front of the gateways (tests/api/pooler.rs): Debian's PgBouncer.
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
+# The browser of the cockpit's test (tests/api/cockpit.rs): Debian's headless-capable Chromium and
+# its WebDriver.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "missing: ${need[*]} (install them, or run as root)" >&2; exit 1; fi
   apt-get update -qq

@@ -154,43 +154,12 @@ pub fn diff(args: DiffArgs) -> Result<(), Exit> {
             None => Some(load_mapping(side)?),
         });
     }
-    // The mappings are compared, not the environment: the kill switch would make both all off.
-    let switches = Switches {
-        kill_switch: false,
-        ticket_grants: true,
-    };
     let report = runtime()?.block_on(async {
         let pool = match &args.database_url {
             Some(url) => Some(super::command_pool(url, 1, Duration::from_secs(10)).await?),
             None => None,
         };
-        let mut loaded = Vec::new();
-        for (side, file) in [&args.old, &args.new].into_iter().zip(sides) {
-            loaded.push(match (file, stored_ref(side), &pool) {
-                (Some(m), _, _) => m,
-                (None, Some(what), Some(pool)) => load_stored_ref(pool, what).await?,
-                _ => return Err(needs_database_url(side, "--database-url")),
-            });
-        }
-        let new = loaded.pop().expect("two sides");
-        let old = loaded.pop().expect("two sides");
-        let (catalogue, source, admins) = match &pool {
-            None => (Catalogue::seeded(), "the catalogue migrate seeds", vec![]),
-            Some(pool) => {
-                let catalogue = Catalogue::read(pool)
-                    .await
-                    .context("cannot read the role catalogue")
-                    .map_err(failure)?;
-                let admins = admin_principals(pool, false)
-                    .await
-                    .context("cannot read the admins")
-                    .map_err(failure)?;
-                (catalogue, "the database", admins)
-            }
-        };
-        let mut who = catalogue_principals(&catalogue);
-        who.extend(admins);
-        Ok::<_, Exit>(compare(&old, &new, switches, source, who).await)
+        report(pool.as_ref(), [&args.old, &args.new], sides).await
     })?;
     if args.json {
         match serde_json::to_string_pretty(&report) {
@@ -215,6 +184,47 @@ pub fn diff(args: DiffArgs) -> Result<(), Exit> {
         });
     }
     Ok(())
+}
+
+/// The report of `diff` between the mappings `sides` name (each a file already loaded, or a
+/// `db:` version read here): what the command prints and the cockpit's timeline shows.
+pub(crate) async fn report(
+    pool: Option<&crate::stores::db::Db>,
+    names: [&std::path::Path; 2],
+    files: Vec<Option<Mapping>>,
+) -> Result<Report, Exit> {
+    // The mappings are compared, not the environment: the kill switch would make both all off.
+    let switches = Switches {
+        kill_switch: false,
+        ticket_grants: true,
+    };
+    let mut loaded = Vec::new();
+    for (side, file) in names.into_iter().zip(files) {
+        loaded.push(match (file, stored_ref(side), pool) {
+            (Some(m), _, _) => m,
+            (None, Some(what), Some(pool)) => load_stored_ref(pool, what).await?,
+            _ => return Err(needs_database_url(side, "--database-url")),
+        });
+    }
+    let new = loaded.pop().expect("two sides");
+    let old = loaded.pop().expect("two sides");
+    let (catalogue, source, admins) = match pool {
+        None => (Catalogue::seeded(), "the catalogue migrate seeds", vec![]),
+        Some(pool) => {
+            let catalogue = Catalogue::read(pool)
+                .await
+                .context("cannot read the role catalogue")
+                .map_err(failure)?;
+            let admins = admin_principals(pool, false)
+                .await
+                .context("cannot read the admins")
+                .map_err(failure)?;
+            (catalogue, "the database", admins)
+        }
+    };
+    let mut who = catalogue_principals(&catalogue);
+    who.extend(admins);
+    Ok(compare(&old, &new, switches, source, who).await)
 }
 
 pub(crate) async fn compare(

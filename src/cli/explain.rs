@@ -56,31 +56,92 @@ impl Authority for ExplainAuthority {
     }
 }
 
+/// What `explain` says, line by line: the command prints it, the cockpit shows it beside a
+/// denial.
+#[derive(Debug, Default)]
+pub struct Said(pub Vec<String>);
+
+/// `say!` into a [`Said`].
+macro_rules! put {
+    ($out:expr, $($arg:tt)*) => {
+        $out.0.push(format!($($arg)*))
+    };
+}
+
 pub fn explain(args: ExplainArgs) -> Result<(), Exit> {
+    let mut out = Said::default();
+    let result = explain_into(&args, &mut out);
+    // What was said before a failure is printed too, as it was when each line went out at once.
+    for line in &out.0 {
+        say!("{line}");
+    }
+    result
+}
+
+fn explain_into(args: &ExplainArgs, out: &mut Said) -> Result<(), Exit> {
     match (&args.request_id, &args.admin, &args.method, &args.path) {
         (Some(id), _, _, _) => {
-            let id = id.clone();
-            from_audit_row(&args, &id)
+            let url = database_url(args, "--request-id")?;
+            runtime()?.block_on(async {
+                let pool = super::command_pool(url, 1, Duration::from_secs(10)).await?;
+                from_audit_row(&pool, args, id, out).await
+            })
         }
         (None, admin, Some(method), Some(path)) => {
             let mapping = load_mapping(&args.routes)?;
-            let (admin, method, path) = (admin.clone(), method.clone(), path.clone());
             if admin.is_none() {
-                say!("session: none (no --admin): decided as a request without a session");
+                put!(
+                    out,
+                    "session: none (no --admin): decided as a request without a session"
+                );
             }
-            explain_request(
-                &args,
-                &mapping,
-                &args.routes,
-                admin.as_deref(),
-                &method,
-                &path,
-            )
+            // A refused request needs no database, whoever asks.
+            let refused = target::check_method(method.as_bytes())
+                .and_then(|_| target::parse_target(path.as_bytes()))
+                .is_err();
+            runtime()?.block_on(async {
+                let pool = match admin {
+                    Some(_) if !refused => Some(
+                        super::command_pool(
+                            database_url(args, "--admin")?,
+                            1,
+                            Duration::from_secs(10),
+                        )
+                        .await?,
+                    ),
+                    _ => None,
+                };
+                explain_request(
+                    args,
+                    &mapping,
+                    &args.routes,
+                    admin.as_deref(),
+                    method,
+                    path,
+                    pool.as_ref(),
+                    out,
+                )
+                .await
+            })
         }
         _ => Err(usage(anyhow::anyhow!(
             "give [--admin ADMIN_ID] METHOD PATH, or --request-id ID"
         ))),
     }
+}
+
+/// What `explain --request-id ID` says about a logged request, line by line (a failure as its
+/// last line, `error: ...`): the cockpit's "why" of a denial.
+pub(crate) async fn why(
+    pool: &crate::stores::db::Db,
+    args: &ExplainArgs,
+    request_id: &str,
+) -> Vec<String> {
+    let mut out = Said::default();
+    if let Err(e) = from_audit_row(pool, args, request_id, &mut out).await {
+        put!(out, "error: {:#}", e.error);
+    }
+    out.0
 }
 
 /// `--database-url`, which `what` needs (a request without a session needs none).
@@ -99,6 +160,7 @@ fn database_url<'a>(args: &'a ExplainArgs, what: &str) -> Result<&'a str, Exit> 
 async fn live_session<'a>(
     pool: &crate::stores::db::Db,
     admin: &'a str,
+    out: &mut Said,
 ) -> Result<Option<&'a str>, Exit> {
     let (known, any, live): (bool, bool, bool) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM admins WHERE id = $1), \
@@ -120,25 +182,21 @@ async fn live_session<'a>(
         return Ok(Some(admin));
     }
     if !any {
-        say!("session: none yet: explained as the admin would be decided once logged in");
+        put!(
+            out,
+            "session: none yet: explained as the admin would be decided once logged in"
+        );
         return Ok(Some(admin));
     }
-    say!("admin: {admin} has no live session (each one expired or was revoked)");
-    say!("session: none: decided as a request without a valid session, as serve decides it");
+    put!(
+        out,
+        "admin: {admin} has no live session (each one expired or was revoked)"
+    );
+    put!(
+        out,
+        "session: none: decided as a request without a valid session, as serve decides it"
+    );
     Ok(None)
-}
-
-/// One audit row, as `explain --request-id` reads it.
-#[derive(sqlx::FromRow)]
-struct Row {
-    event_type: String,
-    admin_id: Option<String>,
-    method: String,
-    path: String,
-    route: Option<String>,
-    reason: String,
-    mapping_version: Option<String>,
-    created_at_utc: chrono::DateTime<chrono::Utc>,
 }
 
 /// The mapping file in `dir` whose version is `version`, if any.
@@ -157,26 +215,21 @@ fn find_version(dir: &Path, version: &str) -> Option<(Mapping, PathBuf)> {
     })
 }
 
-fn from_audit_row(args: &ExplainArgs, request_id: &str) -> Result<(), Exit> {
-    let url = database_url(args, "--request-id")?;
+async fn from_audit_row(
+    pool: &crate::stores::db::Db,
+    args: &ExplainArgs,
+    request_id: &str,
+    out: &mut Said,
+) -> Result<(), Exit> {
     // The row, and the version it names as the database's mapping store holds it (re-hashed and
     // compiled as a gateway loads it).
-    let (rows, stored) = runtime()?.block_on(async {
-        let pool = super::command_pool(url, 1, Duration::from_secs(10)).await?;
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT event_type, admin_id, method, path, route, reason, mapping_version, created_at_utc \
-             FROM access_audit_events WHERE request_id = $1 ORDER BY created_at_utc, id",
-        ).persistent(false)
-        .bind(request_id)
-        .fetch_all(&pool)
+    let rows = crate::stores::audit::rows_of_request(pool, request_id)
         .await
         .map_err(failure)?;
-        let stored = match rows.first().and_then(|r| r.mapping_version.as_deref()) {
-            Some(v) => Some(crate::gateway::reload::load_stored(&pool, v).await),
-            None => None,
-        };
-        Ok::<_, Exit>((rows, stored))
-    })?;
+    let stored = match rows.first().and_then(|r| r.mapping_version.as_deref()) {
+        Some(v) => Some(crate::gateway::reload::load_stored(pool, v).await),
+        None => None,
+    };
     let Some(first) = rows.first() else {
         return Err(Exit {
             code: crate::runtime::config::EXIT_PROBLEMS,
@@ -186,7 +239,8 @@ fn from_audit_row(args: &ExplainArgs, request_id: &str) -> Result<(), Exit> {
         });
     };
     for r in &rows {
-        say!(
+        put!(
+            out,
             "audit row: {} {} {} {} admin={} rule={} reason={} mapping_version={}",
             r.created_at_utc
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -201,14 +255,17 @@ fn from_audit_row(args: &ExplainArgs, request_id: &str) -> Result<(), Exit> {
     }
     if rows.iter().any(|r| r.event_type == "access_denied") {
         // The row records the decision, not the answer (docs/design/durability.md).
-        say!("answer: not forwarded; 403 if this row was durable within the gateway's --db-timeout-ms, else 503 (a denial answered 503 gets its row when the database answers again)");
+        put!(out, "answer: not forwarded; 403 if this row was durable within the gateway's --db-timeout-ms, else 503 (a denial answered 503 gets its row when the database answers again)");
     }
     use crate::gateway::reload::{db_name, Unloadable};
     let at_hand = match (first.mapping_version.as_deref(), stored) {
         (Some(v), Some(Ok(m))) => {
-            say!("mapping: version {v}, the row's, from the database's mapping store (`rbac-gateway mapping show {v}`)");
+            put!(out, "mapping: version {v}, the row's, from the database's mapping store (`rbac-gateway mapping show {v}`)");
             let file = PathBuf::from(db_name(v));
-            say!("note: roles are read as they are now, not as they were at the row's time");
+            put!(
+                out,
+                "note: roles are read as they are now, not as they were at the row's time"
+            );
             return explain_request(
                 args,
                 &m,
@@ -216,7 +273,10 @@ fn from_audit_row(args: &ExplainArgs, request_id: &str) -> Result<(), Exit> {
                 first.admin_id.as_deref(),
                 &first.method,
                 &first.path,
-            );
+                first.admin_id.as_ref().map(|_| pool),
+                out,
+            )
+            .await;
         }
         (Some(v), Some(Err(e))) => {
             let why = match e {
@@ -226,14 +286,15 @@ fn from_audit_row(args: &ExplainArgs, request_id: &str) -> Result<(), Exit> {
                 Unloadable::Db(e) => format!("cannot be read from the database's mapping store ({e})"),
                 other => format!("is in the database's mapping store but does not load: {other}"),
             };
-            say!("note: mapping version {v}, the row's, {why}: looking for it in --routes and --mapping-history");
+            put!(out, "note: mapping version {v}, the row's, {why}: looking for it in --routes and --mapping-history");
             load_mapping(&args.routes)?
         }
         _ => load_mapping(&args.routes)?,
     };
     let (mapping, file) = match first.mapping_version.as_deref() {
         Some(v) if v == at_hand.version => {
-            say!(
+            put!(
+                out,
                 "mapping: {} is version {v}, the row's",
                 args.routes.display()
             );
@@ -245,7 +306,8 @@ fn from_audit_row(args: &ExplainArgs, request_id: &str) -> Result<(), Exit> {
             .and_then(|d| find_version(d, v))
         {
             Some((m, p)) => {
-                say!(
+                put!(
+                    out,
                     "mapping: {} is version {v}, the row's (--routes is {})",
                     p.display(),
                     at_hand.version
@@ -253,7 +315,8 @@ fn from_audit_row(args: &ExplainArgs, request_id: &str) -> Result<(), Exit> {
                 (m, p)
             }
             None => {
-                say!(
+                put!(
+                    out,
                     "WARNING: the row was decided with mapping version {v}; {} is version {} and no file of version {v} is at hand{}: explained with {}, which may decide differently",
                     args.routes.display(),
                     at_hand.version,
@@ -264,7 +327,8 @@ fn from_audit_row(args: &ExplainArgs, request_id: &str) -> Result<(), Exit> {
             }
         },
         None => {
-            say!(
+            put!(
+                out,
                 "WARNING: the row carries no mapping version: explained with {} (version {})",
                 args.routes.display(),
                 at_hand.version
@@ -272,7 +336,10 @@ fn from_audit_row(args: &ExplainArgs, request_id: &str) -> Result<(), Exit> {
             (at_hand, args.routes.clone())
         }
     };
-    say!("note: roles are read as they are now, not as they were at the row's time");
+    put!(
+        out,
+        "note: roles are read as they are now, not as they were at the row's time"
+    );
     explain_request(
         args,
         &mapping,
@@ -280,42 +347,39 @@ fn from_audit_row(args: &ExplainArgs, request_id: &str) -> Result<(), Exit> {
         first.admin_id.as_deref(),
         &first.method,
         &first.path,
+        first.admin_id.as_ref().map(|_| pool),
+        out,
     )
+    .await
 }
 
-fn explain_request(
+/// The decision for `admin` (None: no session) on `method` and `path` under `mapping`, and
+/// why; `pool` (the admin's roles) is needed for an admin.
+#[allow(clippy::too_many_arguments)]
+async fn explain_request(
     args: &ExplainArgs,
     mapping: &Mapping,
     routes: &Path,
     admin: Option<&str>,
     method: &str,
     path: &str,
+    pool: Option<&crate::stores::db::Db>,
+    out: &mut Said,
 ) -> Result<(), Exit> {
     let t =
         target::check_method(method.as_bytes()).and_then(|_| target::parse_target(path.as_bytes()));
     let t = match t {
         Ok(t) => t,
         Err(r) => {
-            say!("decision: {}", Outcome::Refuse(r).describe());
-            say!("answer: 400");
+            put!(out, "decision: {}", Outcome::Refuse(r).describe());
+            put!(out, "answer: 400");
             return Ok(());
         }
     };
-    // One runtime and, for an admin, one pool for what follows (the pool connects when first
-    // used; sqlx makes it on a runtime). A request without a session needs no database.
-    let rt = runtime()?;
-    let pool = match admin {
-        Some(_) => Some(rt.block_on(super::command_pool(
-            database_url(args, "--admin")?,
-            1,
-            Duration::from_secs(10),
-        ))?),
-        None => None,
-    };
     // `serve` decides on a session: an admin whose every session expired or was revoked is a
     // request without one (302, or 401 from the reader API), whatever their roles.
-    let admin = match (admin, &pool) {
-        (Some(a), Some(pool)) if args.request_id.is_none() => rt.block_on(live_session(pool, a))?,
+    let admin = match (admin, pool) {
+        (Some(a), Some(pool)) if args.request_id.is_none() => live_session(pool, a, out).await?,
         (other, _) => other,
     };
     if let Some(call) = args
@@ -323,20 +387,22 @@ fn explain_request(
         .then(|| crate::doors::rbac_api::Call::of(&t))
         .flatten()
     {
-        return explain_reader_api(admin, method, &call);
+        return explain_reader_api(admin, method, &call, out);
     }
     let found = mapping.find(method, &t.path);
     let route = found.as_ref().map(|(r, _)| *r);
     match route {
         Some(r) => {
-            say!(
+            put!(
+                out,
                 "rule: {} ({}:{}:{})",
                 r.label(),
                 routes.display(),
                 r.line,
                 r.col
             );
-            say!(
+            put!(
+                out,
                 "requires: {}",
                 if r.required().is_empty() {
                     r.access.as_str().to_string()
@@ -344,49 +410,53 @@ fn explain_request(
                     r.required()
                 }
             );
-            say!("access: {}, mode: {}", r.access.as_str(), r.mode.as_str());
+            put!(
+                out,
+                "access: {}, mode: {}",
+                r.access.as_str(),
+                r.mode.as_str()
+            );
         }
-        None => say!("rule: none matches {} {}", method, t.path),
+        None => put!(out, "rule: none matches {} {}", method, t.path),
     }
     let switches = Switches {
         kill_switch: !args.flag_rbac_v2,
         ticket_grants: args.flag_ticket_scoped_grants,
     };
     if switches.kill_switch {
-        say!("kill switch: on (FLAG_RBAC_V2=0), every route is off");
+        put!(out, "kill switch: on (FLAG_RBAC_V2=0), every route is off");
     }
-    rt.block_on(async {
+    {
         let (principal, pool) = match (admin, pool) {
             (Some(admin), Some(pool)) => {
                 // `live_session` refused an --admin that does not exist. From --request-id, the
                 // row's admin may have been removed since: explained with the roles it has now
                 // (none).
                 let requires_alert = args.break_glass_requires_alert;
-                let principal =
-                    identity::resolve_with(&pool, admin, Duration::ZERO, requires_alert)
-                        .await
-                        .map_err(failure)?;
-                let provenance = identity::provenance(&pool, admin, requires_alert)
+                let principal = identity::resolve_with(pool, admin, Duration::ZERO, requires_alert)
+                    .await
+                    .map_err(failure)?;
+                let provenance = identity::provenance(pool, admin, requires_alert)
                     .await
                     .map_err(failure)?;
                 if requires_alert && !principal.break_glass {
-                    let waiting: Option<i32> = sqlx::query_scalar(
-                        concat!(
-                            "SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 \
+                    let waiting: Option<i32> = sqlx::query_scalar(concat!(
+                        "SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 \
                              AND b.revoked_at_utc IS NULL AND ",
-                            crate::break_glass_end!(),
-                            " > now() LIMIT 1"
-                        ),
-                    ).persistent(false)
+                        crate::break_glass_end!(),
+                        " > now() LIMIT 1"
+                    ))
+                    .persistent(false)
                     .bind(admin)
-                    .fetch_optional(&pool)
+                    .fetch_optional(pool)
                     .await
                     .map_err(failure)?;
                     if waiting.is_some() {
-                        say!("break-glass: a session is active, not honoured until its alert is delivered (--break-glass-requires-alert)");
+                        put!(out, "break-glass: a session is active, not honoured until its alert is delivered (--break-glass-requires-alert)");
                     }
                 }
-                say!(
+                put!(
+                    out,
                     "admin: {}{}",
                     admin,
                     if principal.break_glass {
@@ -395,14 +465,15 @@ fn explain_request(
                         ""
                     }
                 );
-                say!("effective roles:");
+                put!(out, "effective roles:");
                 for line in &provenance {
-                    say!("  {line}");
+                    put!(out, "  {line}");
                 }
                 if principal.roles().is_empty() {
-                    say!("  (none)");
+                    put!(out, "  (none)");
                 }
-                say!(
+                put!(
+                    out,
                     "permissions: {}",
                     if principal.permissions().is_empty() {
                         "(none)".into()
@@ -415,7 +486,10 @@ fn explain_request(
             _ => {
                 // Without --admin, the first line said so already.
                 if args.admin.is_some() || args.request_id.is_some() {
-                    say!("admin: none (the request had no session the gateway knew)");
+                    put!(
+                        out,
+                        "admin: none (the request had no session the gateway knew)"
+                    );
                 }
                 (Arc::new(Principal::for_tests("", vec![], vec![])), None)
             }
@@ -432,7 +506,7 @@ fn explain_request(
         let outcome = match pool {
             Some(pool) => {
                 let authority = ExplainAuthority {
-                    pool,
+                    pool: pool.clone(),
                     principal: principal.clone(),
                     metrics: Metrics::new(),
                     ticket_validation_url: args.ticket_validation_url.clone(),
@@ -452,7 +526,7 @@ fn explain_request(
                     .map(String::as_str)
                     .collect();
                 if !added.is_empty() {
-                    say!("ticket-scoped grants add: {}", added.join(","));
+                    put!(out, "ticket-scoped grants add: {}", added.join(","));
                 }
             }
         }
@@ -462,24 +536,29 @@ fn explain_request(
         let unsendable = matches!(answer, Answer::Reply(Reply::Unavailable))
             && !matches!(outcome, Outcome::Unavailable(_));
         match &outcome {
-            Outcome::ShadowDeny { row, .. } if unsendable => say!(
+            Outcome::ShadowDeny { row, .. } if unsendable => put!(
+                out,
                 "decision: shadow mode: would deny, {}; an {} row is written",
                 row.reason,
                 row.event_type
             ),
-            _ => say!("decision: {}", outcome.describe()),
+            _ => put!(out, "decision: {}", outcome.describe()),
         }
         if unsendable {
-            say!("not forwarded: the admin id or a role name is not a valid header value");
+            put!(
+                out,
+                "not forwarded: the admin id or a role name is not a valid header value"
+            );
         }
-        say!(
+        put!(
+            out,
             "answer: {}",
             answer
                 .proxy_status()
                 .map_or("forwarded (Console answers)".to_string(), |s| s.to_string())
         );
         Ok(())
-    })
+    }
 }
 
 /// A reader API path (`--rbac-api`, on by default as in `serve`): the gateway answers it
@@ -488,15 +567,19 @@ fn explain_reader_api(
     admin: Option<&str>,
     method: &str,
     call: &crate::doors::rbac_api::Call,
+    out: &mut Said,
 ) -> Result<(), Exit> {
-    say!("rule: none applies: Console's reader API, answered by the gateway (--rbac-api)");
+    put!(
+        out,
+        "rule: none applies: Console's reader API, answered by the gateway (--rbac-api)"
+    );
     // `serve` answers in this order: the method and parameters, then the session.
     let (answer, decision, refused) =
         crate::doors::rbac_api::outline(call, method, admin.is_some());
     if let Some(body) = refused {
-        say!("refused: {body}");
+        put!(out, "refused: {body}");
     }
-    say!("decision: {decision}");
-    say!("answer: {answer}");
+    put!(out, "decision: {decision}");
+    put!(out, "answer: {answer}");
     Ok(())
 }

@@ -186,118 +186,45 @@ fn show(a: MappingShowArgs) -> Result<(), Exit> {
 
 /// What an activation changed, in `diff`'s terms.
 #[derive(Debug, Serialize)]
-struct Changed {
+pub struct Changed {
     /// Rule methods added, removed, changed (and how).
-    rules: Vec<String>,
+    pub rules: Vec<String>,
     /// Per group (and a request without a session): requests gained, lost, otherwise changed.
-    principals: BTreeMap<String, (usize, usize, usize)>,
+    pub principals: BTreeMap<String, (usize, usize, usize)>,
 }
 
 #[derive(Debug, Serialize)]
-struct HistoryActivation {
+pub struct HistoryActivation {
     #[serde(flatten)]
-    row: store::Activation,
-    active: bool,
+    pub row: store::Activation,
+    pub active: bool,
     /// None: a version of the pair does not load with this binary.
-    changed: Option<Changed>,
+    pub changed: Option<Changed>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
-struct HistoryVersion {
+pub struct HistoryVersion {
     #[serde(flatten)]
-    row: store::Stored,
-    active: bool,
+    pub row: store::Stored,
+    pub active: bool,
     /// When it was last made active (None: never).
-    last_activated_at_utc: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_activated_at_utc: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// What `mapping history --json` prints, and the cockpit's timeline shows.
 #[derive(Debug, Serialize)]
-struct History {
-    active: Option<String>,
-    versions: Vec<HistoryVersion>,
-    activations: Vec<HistoryActivation>,
+pub struct History {
+    pub active: Option<String>,
+    pub versions: Vec<HistoryVersion>,
+    pub activations: Vec<HistoryActivation>,
 }
 
 fn history(a: MappingHistoryArgs) -> Result<(), Exit> {
     let report = runtime()?.block_on(async {
         let db = pool(&a.database_url).await?;
-        let (stored, activations) = store::history(&db)
-            .await
-            .map_err(|e| db_failure("cannot read the mapping history", e))?;
-        let catalogue = Catalogue::read(&db)
-            .await
-            .context("cannot read the role catalogue")
-            .map_err(failure)?;
-        let active = activations.last().map(|x| x.version.clone());
-        let active_id = activations.last().map(|x| x.id);
-        // Each version compiled once.
-        let mut compiled: BTreeMap<String, Result<Mapping, String>> = BTreeMap::new();
-        for s in &stored {
-            let m = match store::text(&db, &s.version).await {
-                Ok(Some((text, _))) => {
-                    let name = format!("database:{}", s.version);
-                    Mapping::from_str(&name, Path::new(&name), &text).map_err(|e| {
-                        e.diagnostics
-                            .first()
-                            .map(|d| d.to_string())
-                            .unwrap_or_else(|| e.to_string())
-                    })
-                }
-                Ok(None) => Err("not stored".to_string()),
-                Err(e) => return Err(db_failure("cannot read the mapping", e)),
-            };
-            compiled.insert(s.version.clone(), m);
-        }
-        let switches = Switches {
-            kill_switch: false,
-            ticket_grants: true,
-        };
-        let mut out = Vec::new();
-        for act in activations {
-            let new = compiled.get(&act.version);
-            let old = act.previous_version.as_ref().and_then(|p| compiled.get(p));
-            let (changed, error) = match (old, new) {
-                (_, Some(Err(e))) | (Some(Err(e)), _) => (None, Some(e.clone())),
-                (Some(Ok(old)), Some(Ok(new))) => {
-                    let who = super::matrix::catalogue_principals(&catalogue);
-                    let r = super::diff::compare(old, new, switches, "the database", who).await;
-                    (Some(summarise(&r)), None)
-                }
-                (None, Some(Ok(new))) => (
-                    Some(Changed {
-                        rules: vec![format!("first activation: {} rules", new.routes.len())],
-                        principals: BTreeMap::new(),
-                    }),
-                    None,
-                ),
-                (_, None) => (None, Some("version not stored".to_string())),
-            };
-            out.push(HistoryActivation {
-                active: Some(act.id) == active_id,
-                row: act,
-                changed,
-                error,
-            });
-        }
-        let versions = stored
-            .into_iter()
-            .map(|s| HistoryVersion {
-                active: active.as_deref() == Some(s.version.as_str()),
-                last_activated_at_utc: out
-                    .iter()
-                    .rev()
-                    .find(|x| x.row.version == s.version)
-                    .map(|x| x.row.activated_at_utc),
-                row: s,
-            })
-            .collect();
-        Ok::<_, Exit>(History {
-            active,
-            versions,
-            activations: out,
-        })
+        history_report(&db).await
     })?;
     if a.json {
         match serde_json::to_string_pretty(&report) {
@@ -308,6 +235,86 @@ fn history(a: MappingHistoryArgs) -> Result<(), Exit> {
     }
     print_history(&report);
     Ok(())
+}
+
+/// Every stored version and every activation with what it changed: what `mapping history`
+/// prints and the cockpit's timeline shows.
+pub(crate) async fn history_report(db: &crate::stores::db::Db) -> Result<History, Exit> {
+    let (stored, activations) = store::history(db)
+        .await
+        .map_err(|e| db_failure("cannot read the mapping history", e))?;
+    let catalogue = Catalogue::read(db)
+        .await
+        .context("cannot read the role catalogue")
+        .map_err(failure)?;
+    let active = activations.last().map(|x| x.version.clone());
+    let active_id = activations.last().map(|x| x.id);
+    // Each version compiled once.
+    let mut compiled: BTreeMap<String, Result<Mapping, String>> = BTreeMap::new();
+    for s in &stored {
+        let m = match store::text(db, &s.version).await {
+            Ok(Some((text, _))) => {
+                let name = format!("database:{}", s.version);
+                Mapping::from_str(&name, Path::new(&name), &text).map_err(|e| {
+                    e.diagnostics
+                        .first()
+                        .map(|d| d.to_string())
+                        .unwrap_or_else(|| e.to_string())
+                })
+            }
+            Ok(None) => Err("not stored".to_string()),
+            Err(e) => return Err(db_failure("cannot read the mapping", e)),
+        };
+        compiled.insert(s.version.clone(), m);
+    }
+    let switches = Switches {
+        kill_switch: false,
+        ticket_grants: true,
+    };
+    let mut out = Vec::new();
+    for act in activations {
+        let new = compiled.get(&act.version);
+        let old = act.previous_version.as_ref().and_then(|p| compiled.get(p));
+        let (changed, error) = match (old, new) {
+            (_, Some(Err(e))) | (Some(Err(e)), _) => (None, Some(e.clone())),
+            (Some(Ok(old)), Some(Ok(new))) => {
+                let who = super::matrix::catalogue_principals(&catalogue);
+                let r = super::diff::compare(old, new, switches, "the database", who).await;
+                (Some(summarise(&r)), None)
+            }
+            (None, Some(Ok(new))) => (
+                Some(Changed {
+                    rules: vec![format!("first activation: {} rules", new.routes.len())],
+                    principals: BTreeMap::new(),
+                }),
+                None,
+            ),
+            (_, None) => (None, Some("version not stored".to_string())),
+        };
+        out.push(HistoryActivation {
+            active: Some(act.id) == active_id,
+            row: act,
+            changed,
+            error,
+        });
+    }
+    let versions = stored
+        .into_iter()
+        .map(|s| HistoryVersion {
+            active: active.as_deref() == Some(s.version.as_str()),
+            last_activated_at_utc: out
+                .iter()
+                .rev()
+                .find(|x| x.row.version == s.version)
+                .map(|x| x.row.activated_at_utc),
+            row: s,
+        })
+        .collect();
+    Ok(History {
+        active,
+        versions,
+        activations: out,
+    })
 }
 
 fn summarise(r: &super::diff::Report) -> Changed {

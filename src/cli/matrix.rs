@@ -9,7 +9,12 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::{failure, load_mapping, runtime, say, usage, Exit};
+use std::path::Path;
+
+use super::{
+    failure, load_mapping, load_stored_ref, needs_database_url, runtime, say, stored_ref, usage,
+    Exit,
+};
 use crate::cli::access::{cell, probes, Catalogue, Cell, InMemory, Probe};
 use crate::policy::mapping::Mapping;
 use crate::policy::outcome::Switches;
@@ -144,6 +149,56 @@ pub async fn admin_principals(
         });
     }
     Ok(out)
+}
+
+/// How the gateway is set up, as `serve` reads it: what a cell depends on besides the mapping
+/// and the principal.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub switches: Switches,
+    pub rbac_api: bool,
+    pub break_glass_requires_alert: bool,
+}
+
+/// The matrix of the mapping `routes` names (`file`, already loaded, or a `db:` version read
+/// here): with a database, its groups and a row per admin; without, the groups `migrate`
+/// seeds. What `matrix` prints and the cockpit's matrix shows.
+pub(crate) async fn report(
+    pool: Option<&crate::stores::db::Db>,
+    routes: &Path,
+    file: Option<Mapping>,
+    settings: Settings,
+) -> Result<Matrix, Exit> {
+    let mapping = match (file, stored_ref(routes), pool) {
+        (Some(m), _, _) => m,
+        (None, Some(what), Some(pool)) => load_stored_ref(pool, what).await?,
+        _ => return Err(needs_database_url(routes, "--database-url")),
+    };
+    let (catalogue, source, admins) = match pool {
+        None => (Catalogue::seeded(), "the catalogue migrate seeds", vec![]),
+        Some(pool) => {
+            let catalogue = Catalogue::read(pool)
+                .await
+                .context("cannot read the role catalogue")
+                .map_err(failure)?;
+            let admins = admin_principals(pool, settings.break_glass_requires_alert)
+                .await
+                .context("cannot read the admins")
+                .map_err(failure)?;
+            (catalogue, "the database", admins)
+        }
+    };
+    let mut who = catalogue_principals(&catalogue);
+    who.extend(admins);
+    Ok(build(
+        &mapping,
+        settings.switches,
+        settings.rbac_api,
+        &catalogue,
+        source,
+        who,
+    )
+    .await)
 }
 
 /// Every cell of `who` x the probes of `mapping`.
@@ -389,31 +444,29 @@ fn csv(m: &Matrix) -> Result<(), Exit> {
 }
 
 pub fn matrix(args: MatrixArgs) -> Result<(), Exit> {
-    let mapping = load_mapping(&args.routes)?;
-    let switches = Switches {
-        kill_switch: !args.flag_rbac_v2,
-        ticket_grants: args.flag_ticket_scoped_grants,
+    // A file is read (and its errors reported) before any connection.
+    let file = match stored_ref(&args.routes) {
+        Some(_) if args.database_url.is_none() => {
+            return Err(needs_database_url(&args.routes, "--database-url"))
+        }
+        Some(_) => None,
+        None => Some(load_mapping(&args.routes)?),
+    };
+    let settings = Settings {
+        switches: Switches {
+            kill_switch: !args.flag_rbac_v2,
+            ticket_grants: args.flag_ticket_scoped_grants,
+        },
+        rbac_api: args.rbac_api,
+        break_glass_requires_alert: args.break_glass_requires_alert,
     };
     let rt = runtime()?;
     let m = rt.block_on(async {
-        let (catalogue, source, admins) = match &args.database_url {
-            None => (Catalogue::seeded(), "the catalogue migrate seeds", vec![]),
-            Some(url) => {
-                let pool = super::command_pool(url, 1, Duration::from_secs(10)).await?;
-                let catalogue = Catalogue::read(&pool)
-                    .await
-                    .context("cannot read the role catalogue")
-                    .map_err(failure)?;
-                let admins = admin_principals(&pool, args.break_glass_requires_alert)
-                    .await
-                    .context("cannot read the admins")
-                    .map_err(failure)?;
-                (catalogue, "the database", admins)
-            }
+        let pool = match &args.database_url {
+            Some(url) => Some(super::command_pool(url, 1, Duration::from_secs(10)).await?),
+            None => None,
         };
-        let mut who = catalogue_principals(&catalogue);
-        who.extend(admins);
-        Ok::<_, Exit>(build(&mapping, switches, args.rbac_api, &catalogue, source, who).await)
+        report(pool.as_ref(), &args.routes, file, settings).await
     })?;
     match args.format.as_str() {
         "json" => match serde_json::to_string_pretty(&m) {

@@ -10,9 +10,11 @@ use anyhow::{anyhow, Context};
 use serde::Serialize;
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use super::{failure, load_mapping, load_stored_ref, runtime, say, stored_ref, usage, Exit};
 use crate::gateway::reload::{load_stored, Unloadable};
+use crate::policy::mapping::Mapping;
 use crate::runtime::config::{RolloutArgs, EXIT_PROBLEMS};
 use crate::stores::mapping_store;
 use crate::stores::rollout::{
@@ -20,24 +22,28 @@ use crate::stores::rollout::{
     Verdict,
 };
 
+/// What `rollout --json` prints, and the cockpit's board shows.
 #[derive(Debug, Serialize)]
-struct Report {
-    mapping: String,
-    version: String,
+pub struct Report {
+    pub mapping: String,
+    pub version: String,
     /// The version the fleet runs (its latest recorded load), when any is recorded.
-    fleet_version: Option<String>,
-    fleet_since: Option<chrono::DateTime<chrono::Utc>>,
-    fleet_kill_switch: Option<bool>,
+    pub fleet_version: Option<String>,
+    pub fleet_since: Option<chrono::DateTime<chrono::Utc>>,
+    pub fleet_kill_switch: Option<bool>,
     /// Where the fleet's history comes from: "activations" (rbac_mapping_activations, when any
     /// were written) or "gateway loads" (rbac_gateway_mapping_versions).
-    soak_from: &'static str,
+    pub soak_from: &'static str,
     /// Activations of a version that does not load with this binary (not counted: the gateways
     /// stayed on the version before).
-    unloadable_activations: Vec<String>,
-    window_seconds: i64,
-    clusters: Vec<ClusterStatus>,
+    pub unloadable_activations: Vec<String>,
+    pub window_seconds: i64,
+    pub clusters: Vec<ClusterStatus>,
     /// Clusters that fail the gate, and why.
-    failing: Vec<String>,
+    pub failing: Vec<String>,
+    /// The database's clock when the report was made (soak times are counted to it).
+    #[serde(skip)]
+    pub now: chrono::DateTime<chrono::Utc>,
 }
 
 pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
@@ -52,70 +58,102 @@ pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
         .ok()
         .filter(|s| *s > 0)
         .ok_or_else(|| usage(anyhow!("--since must be a positive duration")))?;
-    let (mapping, loads, activations, skipped, rows, now) = runtime()?.block_on(async {
+    let report = runtime()?.block_on(async {
         let pool = super::command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
-        let mapping = match (file, stored_ref(&args.routes)) {
-            (Some(m), _) => m,
-            (None, what) => {
-                let m = load_stored_ref(&pool, what.unwrap_or("active")).await?;
-                if let Some(c) = &args.cluster {
-                    super::drift::known_cluster(&m, &args.routes, c)?;
-                }
-                m
-            }
-        };
-        let loads = history(&pool)
-            .await
-            .context("cannot read rbac_gateway_mapping_versions (run `rbac-gateway migrate`?)")
-            .map_err(failure)?;
-        // The activations, each version compiled once (one that does not load was never run).
-        let times = mapping_store::activation_times(&pool)
-            .await
-            .context("cannot read rbac_mapping_activations (run `rbac-gateway migrate`? does this role have SELECT on it, deploy/mapping-grants.sql?)")
-            .map_err(failure)?;
-        let mut compiled: HashMap<String, Option<HashMap<String, LoadedRoute>>> = HashMap::new();
-        let mut skipped = Vec::new();
-        let mut activations = Vec::new();
-        for (id, version, at) in times {
-            if !compiled.contains_key(&version) {
-                let routes = match load_stored(&pool, &version).await {
-                    Ok(m) => Some(routes_of(&m)),
-                    Err(Unloadable::Db(e)) => {
-                        return Err(failure(anyhow!("cannot read mapping version {version}: {e}")))
-                    }
-                    Err(e) => {
-                        skipped.push(format!("activation #{id} of {version}: {e}"));
-                        None
-                    }
-                };
-                compiled.insert(version.clone(), routes);
-            }
-            activations.push(Activation {
-                routes: compiled[&version].clone(),
-                version,
-                at,
-            });
-        }
-        let rows = window(&pool, window_seconds)
-            .await
-            .context("cannot read the shadow-mode audit rows")
-            .map_err(failure)?;
-        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
-            .persistent(false)
-            .fetch_one(&pool)
-            .await
-            .map_err(failure)?;
-        Ok::<_, Exit>((mapping, loads, activations, skipped, rows, now))
+        report(
+            &pool,
+            &args.routes,
+            file,
+            window_seconds,
+            args.cluster.as_deref(),
+        )
+        .await
     })?;
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => say!("{text}"),
+            Err(e) => return Err(failure(e)),
+        }
+    } else {
+        table(&report, report.now);
+    }
+    if !report.failing.is_empty() {
+        return Err(Exit {
+            code: EXIT_PROBLEMS,
+            error: anyhow!("not ready: {}", report.failing.join(" | ")),
+        });
+    }
+    Ok(())
+}
+
+/// The report of `rollout` for the mapping `routes` names (`file`, already loaded, or a `db:`
+/// version read here), the soak window and, optionally, one cluster: what the command prints
+/// and the cockpit's board shows.
+pub(crate) async fn report(
+    pool: &crate::stores::db::Db,
+    routes: &Path,
+    file: Option<Mapping>,
+    window_seconds: i64,
+    cluster: Option<&str>,
+) -> Result<Report, Exit> {
+    let mapping = match (file, stored_ref(routes)) {
+        (Some(m), _) => m,
+        (None, what) => {
+            let m = load_stored_ref(pool, what.unwrap_or("active")).await?;
+            if let Some(c) = cluster {
+                super::drift::known_cluster(&m, routes, c)?;
+            }
+            m
+        }
+    };
+    let loads = history(pool)
+        .await
+        .context("cannot read rbac_gateway_mapping_versions (run `rbac-gateway migrate`?)")
+        .map_err(failure)?;
+    // The activations, each version compiled once (one that does not load was never run).
+    let times = mapping_store::activation_times(pool)
+        .await
+        .context("cannot read rbac_mapping_activations (run `rbac-gateway migrate`? does this role have SELECT on it, deploy/mapping-grants.sql?)")
+        .map_err(failure)?;
+    let mut compiled: HashMap<String, Option<HashMap<String, LoadedRoute>>> = HashMap::new();
+    let mut skipped = Vec::new();
+    let mut activations = Vec::new();
+    for (id, version, at) in times {
+        if !compiled.contains_key(&version) {
+            let routes = match load_stored(pool, &version).await {
+                Ok(m) => Some(routes_of(&m)),
+                Err(Unloadable::Db(e)) => {
+                    return Err(failure(anyhow!(
+                        "cannot read mapping version {version}: {e}"
+                    )))
+                }
+                Err(e) => {
+                    skipped.push(format!("activation #{id} of {version}: {e}"));
+                    None
+                }
+            };
+            compiled.insert(version.clone(), routes);
+        }
+        activations.push(Activation {
+            routes: compiled[&version].clone(),
+            version,
+            at,
+        });
+    }
+    let rows = window(pool, window_seconds)
+        .await
+        .context("cannot read the shadow-mode audit rows")
+        .map_err(failure)?;
+    let now = crate::stores::rollout::now(pool).await.map_err(failure)?;
     let from_activations = !activations.is_empty();
     let loads = timeline(&loads, &activations);
     let mut clusters = assess(&mapping, &loads, &rows, window_seconds, now);
-    if let Some(c) = &args.cluster {
-        clusters.retain(|s| &s.cluster == c);
+    if let Some(c) = cluster {
+        clusters.retain(|s| s.cluster == c);
     }
     let failing: Vec<String> = clusters
         .iter()
-        .filter(|s| match &args.cluster {
+        .filter(|s| match cluster {
             Some(_) => !matches!(s.verdict, Verdict::Ready | Verdict::Enforced),
             None => s.promoted && s.verdict != Verdict::Ready,
         })
@@ -137,8 +175,8 @@ pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
         })
         .collect();
     let latest = loads.first();
-    let report = Report {
-        mapping: args.routes.display().to_string(),
+    Ok(Report {
+        mapping: routes.display().to_string(),
         version: mapping.version.clone(),
         fleet_version: latest.map(|l| l.version.clone()),
         fleet_since: latest.map(|l| l.at),
@@ -152,22 +190,8 @@ pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
         window_seconds,
         clusters,
         failing,
-    };
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(text) => say!("{text}"),
-            Err(e) => return Err(failure(e)),
-        }
-    } else {
-        table(&report, now);
-    }
-    if !report.failing.is_empty() {
-        return Err(Exit {
-            code: EXIT_PROBLEMS,
-            error: anyhow!("not ready: {}", report.failing.join(" | ")),
-        });
-    }
-    Ok(())
+        now,
+    })
 }
 
 fn table(r: &Report, now: chrono::DateTime<chrono::Utc>) {

@@ -499,7 +499,8 @@ fn switch() -> impl clap::builder::TypedValueParser<Value = bool> {
 
 #[derive(Debug, Clone, Args)]
 pub struct MatrixArgs {
-    /// The mapping.
+    /// The mapping: a file, or a version in the database (`db:VERSION`, `db:active`,
+    /// `db:previous`; needs --database-url).
     #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
     pub routes: PathBuf,
     /// Console's PostgreSQL: the groups as Console holds them, and a row per admin. Without it,

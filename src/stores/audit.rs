@@ -994,6 +994,65 @@ fn spooled_rows(spool: &[u8]) -> (Vec<AuditEvent>, Vec<&[u8]>) {
     (rows, unreadable)
 }
 
+/// One stored audit row, as `explain --request-id` and the cockpit's denials read it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct StoredRow {
+    pub event_type: String,
+    pub admin_id: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub route: Option<String>,
+    pub reason: String,
+    pub request_id: String,
+    pub mapping_version: Option<String>,
+    pub created_at_utc: chrono::DateTime<chrono::Utc>,
+}
+
+const STORED_ROW: &str = "SELECT event_type, admin_id, method, path, route, reason, request_id, \
+     mapping_version, created_at_utc FROM access_audit_events";
+
+/// Every row of one request (a denial, or a shadow denial and its drift), oldest first.
+pub async fn rows_of_request(db: &Db, request_id: &str) -> Result<Vec<StoredRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{STORED_ROW} WHERE request_id = $1 ORDER BY created_at_utc, id"
+    ))
+    .persistent(false)
+    .bind(request_id)
+    .fetch_all(db)
+    .await
+}
+
+/// The newest `limit` rows of `event_type`, newest first.
+pub async fn recent(db: &Db, event_type: &str, limit: i64) -> Result<Vec<StoredRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{STORED_ROW} WHERE event_type = $1 ORDER BY created_at_utc DESC, id LIMIT $2"
+    ))
+    .persistent(false)
+    .bind(event_type)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Rows of `event_type` in the last `seconds`, counted per route and reason (most first), with
+/// the newest row's time.
+pub async fn counts(
+    db: &Db,
+    event_type: &str,
+    seconds: i64,
+) -> Result<Vec<(Option<String>, String, i64, chrono::DateTime<chrono::Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT route, reason, count(*), max(created_at_utc) FROM access_audit_events \
+         WHERE event_type = $1 AND created_at_utc > now() - make_interval(secs => $2) \
+         GROUP BY route, reason ORDER BY 3 DESC, 1, 2",
+    )
+    .persistent(false)
+    .bind(event_type)
+    .bind(seconds as f64)
+    .fetch_all(db)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,7 +193,24 @@ impl Db {
         size: u32,
         timeout: Duration,
     ) -> Result<Db, sqlx::Error> {
-        let opts = connect_options(url)?;
+        Self::with_options(connect_options(url)?, direct, size, timeout)
+    }
+
+    /// A pool as [`Db::connect`] makes, whose every transaction is read-only: each connection
+    /// starts with `default_transaction_read_only=on` (a startup option: a PgBouncer in front
+    /// needs `options` in its `ignore_startup_parameters`), so a statement that writes fails
+    /// whatever code sends it. The cockpit reads through one.
+    pub fn connect_read_only(url: &str, size: u32, timeout: Duration) -> Result<Db, sqlx::Error> {
+        let opts = connect_options(url)?.options([("default_transaction_read_only", "on")]);
+        Self::with_options(opts, None, size, timeout)
+    }
+
+    fn with_options(
+        opts: PgConnectOptions,
+        direct: Option<&str>,
+        size: u32,
+        timeout: Duration,
+    ) -> Result<Db, sqlx::Error> {
         let direct = match direct {
             Some(d) => connect_options(d)?,
             None => opts.clone(),

@@ -194,6 +194,14 @@ pub async fn history(pool: &Db) -> Result<Vec<Load>, sqlx::Error> {
 /// Shadow-mode rows of the window: (route label, event type, reason, count).
 pub type WindowRow = (Option<String>, String, String, i64);
 
+/// The database's clock: soak times and windows are counted to it, not to the caller's.
+pub async fn now(pool: &Db) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT now()")
+        .persistent(false)
+        .fetch_one(pool)
+        .await
+}
+
 /// Drift and shadow-denial rows recorded in the last `seconds`, by route, type and reason.
 pub async fn window(pool: &Db, seconds: i64) -> Result<Vec<WindowRow>, sqlx::Error> {
     sqlx::query_as(
