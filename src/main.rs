@@ -33,6 +33,7 @@ fn main() {
         Command::Diff(a) => cli::diff(a),
         Command::Rollout(a) => cli::rollout(a),
         Command::Mapping(a) => cli::mapping(a),
+        Command::Cockpit(a) => cli::cockpit(a),
     };
     if let Err(exit) = result {
         eprintln!("rbac-gateway: {:#}", exit.error);

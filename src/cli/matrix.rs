@@ -325,7 +325,7 @@ async fn review(
 }
 
 /// A cell in a Markdown table.
-fn short(c: &Cell) -> String {
+pub(crate) fn short(c: &Cell) -> String {
     let s = match c.outcome {
         "allowed" => "allow",
         "denied" => "403",

@@ -1,5 +1,5 @@
 //! The commands, one file each: `serve`, `migrate`, `check`, `explain`, `drift`, `rollout`,
-//! `matrix`, `diff`, `sweep`, `mapping`, and the access review `matrix`, `diff`, `explain` and
+//! `matrix`, `diff`, `sweep`, `mapping`, `cockpit` (a folder: the site over the others), and the access review `matrix`, `diff`, `explain` and
 //! `mapping` share ([`access`]). Configuration is loaded and checked before any port is bound; an
 //! invalid mapping or flag exits 64.
 
@@ -13,6 +13,7 @@ use crate::runtime::config::{EXIT_PROBLEMS, EXIT_USAGE};
 
 pub mod access;
 mod check;
+mod cockpit;
 mod diff;
 mod drift;
 mod explain;
@@ -24,6 +25,7 @@ mod serve;
 mod sweep;
 
 pub use check::{check, check_app_routes};
+pub use cockpit::cockpit;
 pub use diff::diff;
 pub use drift::drift;
 pub use explain::explain;
@@ -64,6 +66,14 @@ pub(crate) async fn command_pool(
     timeout: std::time::Duration,
 ) -> Result<crate::stores::db::Db, Exit> {
     let pool = crate::stores::db::Db::connect(url, None, size, timeout).map_err(usage)?;
+    reachable(pool, timeout).await
+}
+
+/// `pool`, once one connection was made (see [`command_pool`]).
+pub(crate) async fn reachable(
+    pool: crate::stores::db::Db,
+    timeout: std::time::Duration,
+) -> Result<crate::stores::db::Db, Exit> {
     match pool.acquire().await {
         // Back to the pool, for the command's first query.
         Ok(mut first) => first.done(),

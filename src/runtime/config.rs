@@ -61,6 +61,11 @@ pub enum Command {
     /// database` apply each activation within a second.
     #[command(subcommand)]
     Mapping(MappingCommand),
+    /// The cutover on one read-only site: the board (`rollout`), the timeline (`mapping
+    /// history`, `diff`), the matrix (`matrix`) and the recent denials with `explain`'s why, each
+    /// page also JSON (`.json`). Changes nothing in the database; listens on loopback unless
+    /// --auth-token-file says how callers are authenticated.
+    Cockpit(CockpitArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -541,6 +546,47 @@ pub struct DiffArgs {
     /// The report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CockpitArgs {
+    /// Console's PostgreSQL (on Heroku: the app's DATABASE_URL, from your own machine). Every
+    /// transaction is read-only (default_transaction_read_only=on): the cockpit changes nothing.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Address the cockpit listens on (port 0: any free port, printed). A loopback address
+    /// unless --auth-token-file is given: the site shows who may reach what and who was denied.
+    #[arg(long, env = "GATEWAY_COCKPIT_LISTEN", default_value = "127.0.0.1:8089")]
+    pub listen: String,
+    /// A file holding the token callers must present (one line, at least 32 characters, e.g.
+    /// `openssl rand -hex 32`): `Authorization: Bearer TOKEN`, or TOKEN as the password of HTTP
+    /// basic auth (any user name; what a browser asks for). Required to listen on an address
+    /// other than loopback; put TLS in front of such an address.
+    #[arg(long, env = "GATEWAY_COCKPIT_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// The board's soak window, as `rollout --since` (e.g. 7d, 24h).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub since: std::time::Duration,
+    /// As `explain --routes`: a denial whose mapping version is not in the database's mapping
+    /// store is explained with this file when it is that version.
+    #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
+    pub routes: PathBuf,
+    /// As `explain --mapping-history`.
+    #[arg(long)]
+    pub mapping_history: Option<PathBuf>,
+    /// The kill switch, as `serve` reads it (matrix and explain).
+    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
+    pub flag_rbac_v2: bool,
+    /// Ticket-scoped grants, as `serve` reads them (matrix and explain).
+    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
+    pub flag_ticket_scoped_grants: bool,
+    /// Console's reader API answered by the gateway, as `serve` reads it (matrix and explain).
+    #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub rbac_api: bool,
+    /// Break-glass sessions count only once their alert was delivered, as `serve` reads it.
+    #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub break_glass_requires_alert: bool,
 }
 
 #[derive(Debug, Clone, Args)]
