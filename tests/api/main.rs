@@ -5,6 +5,7 @@ mod helpers;
 
 mod blackhole;
 mod cli;
+mod cockpit;
 mod coherence;
 mod cookie_differential;
 mod core;

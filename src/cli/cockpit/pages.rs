@@ -125,6 +125,9 @@ pub fn board(r: &Rollout) -> Markup {
         @for s in &r.unloadable_activations {
             p.warn { "Not counted (does not load with this binary): " (s) }
         }
+        p {
+            @for (v, n) in tally(r) { span class=(verdict_class(v)) { (n) " " (v.as_str()) } " " }
+        }
         @if !r.failing.is_empty() {
             div.warn {
                 b { "Gate fails:" }
@@ -159,7 +162,7 @@ pub fn board(r: &Rollout) -> Markup {
         h2 { "Rules per cluster" }
         @for c in &r.clusters {
             details {
-                summary { b { (c.cluster) } " " (c.title.as_deref().unwrap_or("")) " · " (c.routes.len()) " rules" }
+                summary { b { (c.cluster) } " " (c.title.as_deref().unwrap_or("")) " · " (c.routes.len()) (if c.routes.len() == 1 { " rule" } else { " rules" }) }
                 table {
                     thead { tr { th { "Rule" } th { "Fleet mode" } th { "Since" } th { "Version's mode" } th { "Shadow denials" } th { "Drift" } th { "Pending" } } }
                     tbody {
@@ -179,6 +182,20 @@ pub fn board(r: &Rollout) -> Markup {
             }
         }
     }
+}
+
+/// How many clusters have each verdict, in the order a cutover moves through them.
+fn tally(r: &Rollout) -> Vec<(Verdict, usize)> {
+    [
+        Verdict::NotReady,
+        Verdict::Ready,
+        Verdict::Enforced,
+        Verdict::NotApplicable,
+    ]
+    .into_iter()
+    .map(|v| (v, r.clusters.iter().filter(|c| c.verdict == v).count()))
+    .filter(|(_, n)| *n > 0)
+    .collect()
 }
 
 fn modes(c: &crate::stores::rollout::ClusterStatus) -> String {
@@ -405,7 +422,8 @@ pub fn matrix(m: &Matrix, f: &MatrixFilter, version: &str, shifts: Option<&DiffR
             }
         }
     }
-    // Columns in cluster order as the mapping names them, file order within.
+    // The stages in 003's order (S1, S2, ... S10), then the other clusters as the mapping names
+    // them; rules in file order within each.
     let mut order: Vec<&str> = Vec::new();
     for c in &m.columns {
         let name = c.cluster.as_deref().unwrap_or("-");
@@ -413,6 +431,12 @@ pub fn matrix(m: &Matrix, f: &MatrixFilter, version: &str, shifts: Option<&DiffR
             order.push(name);
         }
     }
+    let stage = |name: &str| {
+        name.strip_prefix('S')
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(u32::MAX)
+    };
+    order.sort_by_key(|c| stage(c));
     let table = |rows: &[usize], title: &str| {
         html! {
             h2 { (title) }
@@ -506,7 +530,8 @@ pub fn denials(d: &Denials, limit: i64) -> Markup {
                 } }
             }
         }
-        h2 { "Newest " (limit) " denials, each explained" }
+        h2 { "Newest denials (at most " (limit) "), each explained" }
+        @if d.denials.is_empty() { p { "None." } }
         @for x in &d.denials {
             section.denial data-request-id=(x.row.request_id) {
                 h3 {
