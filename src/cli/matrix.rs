@@ -115,40 +115,57 @@ pub async fn admin_principals(
     ).persistent(false)
     .fetch_all(pool)
     .await?;
-    let mut out = Vec::with_capacity(admins.len());
-    for (id, email, groups) in admins {
-        let principal = identity::resolve_with(pool, &id, Duration::ZERO, requires_alert).await?;
-        let how = identity::provenance(pool, &id, requires_alert)
-            .await?
-            .into_iter()
-            .filter_map(|line| {
-                line.split_once(": ")
-                    .map(|(r, p)| (r.to_string(), p.to_string()))
-            })
-            .collect();
-        let customers: Vec<i32> = sqlx::query_scalar(
-            "SELECT DISTINCT customer_id FROM rbac_ticket_grants WHERE user_id = $1 \
-             AND revoked_at_utc IS NULL AND (expires_at_utc IS NULL OR expires_at_utc > now()) ORDER BY 1",
-        ).persistent(false)
-        .bind(&id)
-        .fetch_all(pool)
-        .await?;
-        let mut tickets = BTreeMap::new();
-        for c in customers {
-            let g = crate::stores::ticket::grants(pool, &id, c, None).await?;
-            tickets.insert(c, (g.roles, g.permissions));
-        }
-        out.push(Reviewed {
-            kind: "admin",
-            name: id,
-            email: Some(email),
-            groups,
-            principal: Some(principal),
-            how,
-            tickets,
-        });
+    // Each admin's reads in turn, a few admins side by side (the cockpit's pool has several
+    // connections; a command's has one, and a few waiting for it stay well within its timeout).
+    use futures_util::{StreamExt, TryStreamExt};
+    futures_util::stream::iter(admins)
+        .map(|(id, email, groups)| admin_principal(pool, id, email, groups, requires_alert))
+        .buffered(ADMINS_AT_ONCE)
+        .try_collect()
+        .await
+}
+
+/// Admins reviewed at once by [`admin_principals`].
+const ADMINS_AT_ONCE: usize = 4;
+
+/// One admin, as [`admin_principals`] reviews them.
+async fn admin_principal(
+    pool: &crate::stores::db::Db,
+    id: String,
+    email: String,
+    groups: Vec<String>,
+    requires_alert: bool,
+) -> Result<Reviewed, sqlx::Error> {
+    let principal = identity::resolve_with(pool, &id, Duration::ZERO, requires_alert).await?;
+    let how = identity::provenance(pool, &id, requires_alert)
+        .await?
+        .into_iter()
+        .filter_map(|line| {
+            line.split_once(": ")
+                .map(|(r, p)| (r.to_string(), p.to_string()))
+        })
+        .collect();
+    let customers: Vec<i32> = sqlx::query_scalar(
+        "SELECT DISTINCT customer_id FROM rbac_ticket_grants WHERE user_id = $1 \
+         AND revoked_at_utc IS NULL AND (expires_at_utc IS NULL OR expires_at_utc > now()) ORDER BY 1",
+    ).persistent(false)
+    .bind(&id)
+    .fetch_all(pool)
+    .await?;
+    let mut tickets = BTreeMap::new();
+    for c in customers {
+        let g = crate::stores::ticket::grants(pool, &id, c, None).await?;
+        tickets.insert(c, (g.roles, g.permissions));
     }
-    Ok(out)
+    Ok(Reviewed {
+        kind: "admin",
+        name: id,
+        email: Some(email),
+        groups,
+        principal: Some(principal),
+        how,
+        tickets,
+    })
 }
 
 /// How the gateway is set up, as `serve` reads it: what a cell depends on besides the mapping

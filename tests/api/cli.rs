@@ -445,6 +445,7 @@ fn readme_configuration_reference_matches_the_cli() {
         "mapping rollback",
         "mapping history",
         "mapping show",
+        "cockpit",
     ];
     for (file, commands) in [
         ("README.md", vec!["serve"]),

@@ -442,20 +442,21 @@ async fn the_cockpit_in_a_browser_says_what_the_commands_say() {
     screenshot(&c, "timeline.png").await;
 
     c.goto(&cockpit.url("/matrix")).await.unwrap();
-    let cells = attrs(
-        &c,
-        "td[data-principal]",
-        &[
-            "data-principal",
-            "data-method",
-            "data-rule",
-            "data-outcome",
-            "data-reach",
-            "data-status",
-            "class",
-        ],
-    )
-    .await;
+    // Each cell with its principal (its column's header) and its rule (its row's).
+    let v = c
+        .execute(
+            "const out = []; for (const t of document.querySelectorAll('table.matrix')) {\
+               const who = Array.from(t.querySelectorAll('thead th')).map(h => h.getAttribute('data-principal'));\
+               for (const r of t.querySelectorAll('tbody tr[data-rule]')) {\
+                 Array.from(r.children).forEach((d, i) => { if (who[i] !== null) out.push([who[i],\
+                   r.getAttribute('data-method'), r.getAttribute('data-rule'), d.getAttribute('data-outcome'),\
+                   d.getAttribute('data-reach'), d.getAttribute('data-status'), d.getAttribute('class')]); }); } }\
+             return out;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let cells: Vec<Vec<String>> = serde_json::from_value(v).unwrap();
     let mut expected = Vec::new();
     for row in matrix["rows"].as_array().unwrap() {
         for (col, cell) in matrix["columns"]

@@ -41,6 +41,10 @@ use crate::stores::db::Db;
 /// The newest denials a page lists by default, and at most.
 const DENIALS: i64 = 20;
 const DENIALS_MAX: i64 = 200;
+/// Denials explained at once (the pool's connections, [`POOL`]).
+const EXPLAINED_AT_ONCE: usize = 4;
+/// The cockpit's connections.
+const POOL: u32 = 4;
 
 pub fn cockpit(args: CockpitArgs) -> Result<(), Exit> {
     let addr = super::resolve(&args.listen, "--listen")?;
@@ -56,8 +60,8 @@ pub fn cockpit(args: CockpitArgs) -> Result<(), Exit> {
     let rt = runtime()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let db =
-            Db::connect_read_only(&args.database_url, 4, Duration::from_secs(10)).map_err(usage)?;
+        let db = Db::connect_read_only(&args.database_url, POOL, Duration::from_secs(10))
+            .map_err(usage)?;
         let db = super::reachable(db, Duration::from_secs(10)).await?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -327,10 +331,6 @@ impl Site {
             rbac_api: self.args.rbac_api,
             break_glass_requires_alert: self.args.break_glass_requires_alert,
         };
-        let mut m =
-            super::matrix::report(Some(&self.db), &db_ref(&version), None, settings).await?;
-        let filter = pages::MatrixFilter::of(q);
-        filter.apply(&mut m);
         // Changed cells: the shifts `diff` finds between the compared version and this one
         // (by default the version the active one replaced).
         let compare = match q.get("compare").map(String::as_str) {
@@ -339,24 +339,34 @@ impl Site {
             None if version == "active" => Some("previous".to_string()),
             None => None,
         };
-        let shifts = match &compare {
-            None => None,
-            Some(c) => {
-                let (old, new) = (db_ref(c), db_ref(&version));
-                match super::diff::report(
-                    Some(&self.db),
-                    [old.as_path(), new.as_path()],
-                    vec![None, None],
-                )
-                .await
-                {
-                    Ok(r) => Some(r),
-                    // No previous version yet: nothing to compare with, said on the page.
-                    Err(_) if q.get("compare").is_none() => None,
-                    Err(e) => return Err(e.into()),
+        let this = db_ref(&version);
+        let that = compare.as_deref().map(db_ref);
+        let (m, shifts) = tokio::join!(
+            super::matrix::report(Some(&self.db), &this, None, settings),
+            async {
+                match &that {
+                    Some(old) => Some(
+                        super::diff::report(
+                            Some(&self.db),
+                            [old.as_path(), this.as_path()],
+                            vec![None, None],
+                        )
+                        .await,
+                    ),
+                    None => None,
                 }
             }
+        );
+        let mut m = m?;
+        let shifts = match shifts {
+            None => None,
+            Some(Ok(r)) => Some(r),
+            // No previous version yet: nothing to compare with, said on the page.
+            Some(Err(_)) if q.get("compare").is_none() => None,
+            Some(Err(e)) => return Err(e.into()),
         };
+        let filter = pages::MatrixFilter::of(q);
+        filter.apply(&mut m);
         let html = pages::matrix(&m, &filter, &version, shifts.as_ref());
         Page::of(&m, html)
     }
@@ -397,21 +407,21 @@ impl Site {
             .map_err(read)?;
         let route = q.get("route").filter(|r| !r.is_empty());
         let reason = q.get("reason").filter(|r| !r.is_empty());
-        let mut denials = Vec::new();
-        for row in rows {
-            if route.is_some_and(|r| row.route.as_deref().unwrap_or("-") != r)
-                || reason.is_some_and(|r| &row.reason != r)
-            {
-                continue;
-            }
-            let why = super::explain::why(
-                &self.db,
-                &self.explain_args(&row.request_id),
-                &row.request_id,
-            )
+        let rows = rows.into_iter().filter(|row| {
+            route.is_none_or(|r| row.route.as_deref().unwrap_or("-") == r)
+                && reason.is_none_or(|r| &row.reason == r)
+        });
+        // Each explained as `explain --request-id` explains it, a few side by side.
+        use futures_util::StreamExt;
+        let denials: Vec<Denial> = futures_util::stream::iter(rows)
+            .map(|row| async move {
+                let args = self.explain_args(&row.request_id);
+                let why = super::explain::why(&self.db, &args, &row.request_id).await;
+                Denial { row, why }
+            })
+            .buffered(EXPLAINED_AT_ONCE)
+            .collect()
             .await;
-            denials.push(Denial { row, why });
-        }
         let report = Denials {
             window_seconds: self.window_seconds,
             per_route: counts

@@ -443,7 +443,7 @@ pub fn matrix(m: &Matrix, f: &MatrixFilter, version: &str, shifts: Option<&DiffR
             table.matrix {
                 thead { tr {
                     th { "Method" } th { "Rule" } th { "Mode" }
-                    @for i in rows { th title=(m.rows[*i].roles.join(", ")) {
+                    @for i in rows { th title=(m.rows[*i].roles.join(", ")) data-principal=(m.rows[*i].name) {
                         (m.rows[*i].email.as_deref().unwrap_or(&m.rows[*i].name))
                         @if m.rows[*i].break_glass { br; span.muted { "break-glass" } }
                     } }
@@ -452,7 +452,7 @@ pub fn matrix(m: &Matrix, f: &MatrixFilter, version: &str, shifts: Option<&DiffR
                     @for cluster in &order {
                         tr.cluster { th colspan=(3 + rows.len()) { "Cluster " (cluster) } }
                         @for (ci, col) in m.columns.iter().enumerate().filter(|(_, c)| c.cluster.as_deref().unwrap_or("-") == *cluster) {
-                            tr {
+                            tr data-method=(col.method) data-rule=(col.rule) {
                                 td.mono { (col.method) }
                                 td.mono title=(col.required) { (col.rule.split_once(' ').map_or(col.rule.as_str(), |x| x.1)) }
                                 td { (col.mode) }
@@ -465,10 +465,8 @@ pub fn matrix(m: &Matrix, f: &MatrixFilter, version: &str, shifts: Option<&DiffR
                                         Some(b) => format!("{} | was: {}", c.decision, b.decision),
                                         None => format!("{}{}", c.decision, c.how.as_deref().map(|h| format!(" | {h}")).unwrap_or_default()),
                                     };
-                                    td class=(class) title=(title)
-                                        data-kind=(row.kind) data-principal=(row.name) data-method=(col.method) data-rule=(col.rule)
-                                        data-outcome=(c.outcome) data-reach=(c.reach.as_str()) data-status=(c.status.map(|s| s.to_string()).unwrap_or_default())
-                                        data-by=(c.by.as_deref().unwrap_or("")) {
+                                    td class=(class) title=(title) data-outcome=(c.outcome) data-reach=(c.reach.as_str())
+                                    data-status=(c.status.map(|s| s.to_string()).unwrap_or_default()) {
                                         (short(c))
                                         @if let Some(b) = was { br; span.muted { "was " (short(b)) } }
                                     }
