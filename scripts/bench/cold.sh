@@ -112,6 +112,17 @@ EOF
 fi
 
 CLK_TCK=$(getconf CLK_TCK)
+# PostgreSQL's CPU: the postmaster's own and that of the backends it has reaped (cutime, cstime:
+# pgbench's connections end before the run is read), plus its live backends'.
+pg_ticks() {
+  local t p
+  t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$pg_pid/stat")
+  for p in $(pgrep -P "$pg_pid"); do
+    [ -r "/proc/$p/stat" ] || continue
+    t=$(( t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat") ))
+  done
+  echo "$t"
+}
 results=$tmp/results.tsv
 : >"$results"
 us_per() { # ticks count
@@ -120,11 +131,11 @@ us_per() { # ticks count
 wrk_run() { # case round port gateway-pid
   local g0 p0 g1 p1 out n rps
   g0=$(cpu_ticks "$4")
-  p0=$(cpu_ticks "$pg_pid")
+  p0=$(pg_ticks)
   out=$(COOKIES=$tmp/cookies.txt LOAD_PATH=$ALLOWED_PATH wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
     -s "$root/scripts/bench/load/rotate.lua" "http://127.0.0.1:$3$ALLOWED_PATH")
   g1=$(cpu_ticks "$4")
-  p1=$(cpu_ticks "$pg_pid")
+  p1=$(pg_ticks)
   n=$(echo "$out" | awk '/requests in/ { print $1 }')
   rps=$(echo "$out" | awk '/^Requests\/sec/ { print $2 }')
   if echo "$out" | grep -q 'Non-2xx'; then die "$1: non-2xx answers: $out"; fi
@@ -132,9 +143,9 @@ wrk_run() { # case round port gateway-pid
 }
 pgbench_run() { # round
   local p0 p1 out n tps
-  p0=$(cpu_ticks "$pg_pid")
+  p0=$(pg_ticks)
   out=$("$PGBENCH" -n -M prepared -c "$CONNECTIONS" -j 1 -T "$DURATION" -f "$tmp/lookup.sql" "$DATABASE_URL" 2>&1)
-  p1=$(cpu_ticks "$pg_pid")
+  p1=$(pg_ticks)
   n=$(echo "$out" | awk '/number of transactions actually processed/ { print $NF }')
   tps=$(echo "$out" | awk '/^tps/ { print $3; exit }')
   printf '%s\tq\t%s\t0\t%s\n' "$1" "$tps" "$(us_per $((p1 - p0)) "$n")" >>"$results"
@@ -154,7 +165,7 @@ done
 mkdir -p "$root/target"
 python3 - "$results" "$root/target/cold-report.md" <<'PY'
 import sys, statistics as st
-rows = [l.split("\t") for l in open(sys.argv[1]) if l.strip()]
+rows = [l.strip().split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = {}
 for r, case, rps, own, pg in rows:
     by.setdefault(case, []).append((float(rps), float(own), float(pg)))
