@@ -409,6 +409,28 @@ async fn heroku_dyno_ends_non_zero_when_console_dies() {
     );
 }
 
+/// An allowed `GET /slow` through the dyno, sent once Console (`SLOW_STARTED` = `marker`) is
+/// working on it: the client's answer, when it comes.
+async fn slow_request(
+    db: &TestDb,
+    dyno: &Dyno,
+    marker: &Path,
+) -> tokio::task::JoinHandle<std::io::Result<Resp>> {
+    let (_, token) = db.admin_with_roles(&["console-user"]).await;
+    let addr = dyno.addr();
+    let slow = tokio::spawn(async move {
+        let req = format!("GET /slow HTTP/1.1\r\nHost: a\r\nConnection: close\r\nCookie: console_session={token}\r\n\r\n");
+        send(addr, req.as_bytes()).await
+    });
+    eventually(
+        Duration::from_secs(10),
+        "Console working on the slow request",
+        || async move { std::fs::metadata(marker).is_ok_and(|m| m.len() > 0) },
+    )
+    .await;
+    slow
+}
+
 #[tokio::test]
 async fn heroku_dyno_drains_in_flight_requests_on_sigterm_and_exits_zero() {
     let _alone = timed_alone().await;
@@ -416,23 +438,8 @@ async fn heroku_dyno_drains_in_flight_requests_on_sigterm_and_exits_zero() {
     let started = tempfile::NamedTempFile::new().unwrap();
     let marker = started.path().to_str().unwrap().to_string();
     let mut dyno = Dyno::start(&db, &[("SLOW_SECONDS", "2"), ("SLOW_STARTED", &marker)]).await;
-    let (_, token) = db.admin_with_roles(&["console-user"]).await;
-    let addr = dyno.addr();
-    let slow = tokio::spawn(async move {
-        let req = format!("GET /slow HTTP/1.1\r\nHost: a\r\nConnection: close\r\nCookie: console_session={token}\r\n\r\n");
-        send(addr, req.as_bytes()).await
-    });
     // Allowed and forwarded: Console is working on it.
-    let path = started.path().to_path_buf();
-    eventually(
-        Duration::from_secs(10),
-        "Console working on the slow request",
-        || {
-            let path = path.clone();
-            async move { std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) }
-        },
-    )
-    .await;
+    let slow = slow_request(&db, &dyno, started.path()).await;
     // Heroku's shutdown: SIGTERM to every process of the dyno (the web process's group).
     let web = dyno.web_pid();
     let sent = Instant::now();
@@ -469,22 +476,7 @@ async fn a_request_outliving_the_grace_is_cut_within_the_stop_budget(group: bool
         ],
     )
     .await;
-    let (_, token) = db.admin_with_roles(&["console-user"]).await;
-    let addr = dyno.addr();
-    let slow = tokio::spawn(async move {
-        let req = format!("GET /slow HTTP/1.1\r\nHost: a\r\nConnection: close\r\nCookie: console_session={token}\r\n\r\n");
-        send(addr, req.as_bytes()).await
-    });
-    let path = started.path().to_path_buf();
-    eventually(
-        Duration::from_secs(10),
-        "Console working on the slow request",
-        || {
-            let path = path.clone();
-            async move { std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) }
-        },
-    )
-    .await;
+    let slow = slow_request(&db, &dyno, started.path()).await;
     let web = dyno.web_pid();
     let sent = Instant::now();
     if group {
