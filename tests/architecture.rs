@@ -5,6 +5,8 @@
 //!   every upward edge (file, line, path).
 //! - **No import cycle between modules.** A strongly connected component of more than one module
 //!   is a cycle, and the test names its edges.
+//! - **One thing a file.** No file of `src/` is over [`MAX_LINES`] (800) lines; the test names
+//!   each that is.
 //!
 //! Every `crate::a::b`, `super::a::b` and `self::a::b` path (and `{..}` group after any of them)
 //! in a module's non-test code is an edge from that module to the longest module the path names:
@@ -848,4 +850,51 @@ fn the_tree_tracks_known_top_level_entries_and_no_binaries() {
         "git ls-files listed no source: {files:?}"
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Most lines a file of `src/` may have: past it, a file is more than one thing (issue 52:
+/// `stores/audit.rs` split where its seam was, into the writer and the spool).
+const MAX_LINES: usize = 800;
+
+/// The files of `src/` longer than [`MAX_LINES`], as `src/path: n lines`.
+fn long_files(src: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    files.sort();
+    files
+        .iter()
+        .filter_map(|file| {
+            let lines = std::fs::read_to_string(file).unwrap().lines().count();
+            (lines > MAX_LINES).then(|| {
+                format!(
+                    "src/{}: {lines} lines",
+                    file.strip_prefix(src).unwrap().display()
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn no_source_file_is_over_800_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let long = long_files(&src);
+    assert!(
+        long.is_empty(),
+        "files over {MAX_LINES} lines (split each where its seam is):\n  {}",
+        long.join("\n  ")
+    );
+}
+
+#[test]
+fn the_length_check_names_a_long_file() {
+    let tree = Scratch::new(
+        "long",
+        &[
+            ("lib.rs", "pub mod stores;\n"),
+            ("stores/short.rs", &"// a line\n".repeat(MAX_LINES)),
+            ("stores/long.rs", &"// a line\n".repeat(MAX_LINES + 1)),
+        ],
+    );
+    assert_eq!(long_files(&tree.0), ["src/stores/long.rs: 801 lines"]);
 }

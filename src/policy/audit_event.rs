@@ -1,7 +1,7 @@
 //! What a decision leaves behind: one row of `access_audit_events` ([`AuditEvent`]) and its kinds
 //! ([`EVENT_DENIED`], [`EVENT_SHADOW_DENIED`], [`EVENT_DRIFT`]). `decide` builds the row
 //! (`audit_row` in `policy/outcome.rs`) and `carry_out` hands it to `Records`; the durable writer
-//! and its spool (`stores/audit.rs`) store it. Spooled rows are JSON lines of this type: a new
+//! and its spool (`stores/audit/`) store it. Spooled rows are JSON lines of this type: a new
 //! field gets `#[serde(default)]` so a spool written by the previous version still replays.
 
 use chrono::{DateTime, Utc};

@@ -517,7 +517,7 @@ async fn a_kept_audit_connection_cut_while_idle_is_replaced_without_spooling() {
     assert_eq!(up.count(), 0);
 }
 
-/// A spool row as the gateway writes it (`src/stores/audit.rs`, `AuditEvent` of `src/policy/audit_event.rs`), with this user agent.
+/// A spool row as the gateway writes it (`src/stores/audit/spool.rs`, `AuditEvent` of `src/policy/audit_event.rs`), with this user agent.
 fn spool_line(id: &str, user_agent: &str) -> String {
     serde_json::json!({
         "id": id, "event_type": "access_denied", "admin_id": null, "method": "GET",

@@ -1,0 +1,301 @@
+//! The durable writer of `access_audit_events` (I-2: a row on every 403).
+//!
+//! One writer task groups rows (group commit): it takes every row queued while its previous
+//! write was in flight, up to [`MAX_BATCH`], and writes them with one INSERT (all or nothing) on
+//! the one connection it keeps. Each caller of [`AuditWriter::record`] waits until its row is
+//! durable: committed in PostgreSQL, or, while PostgreSQL does not answer, appended to a local
+//! spool file and fsynced (once per batch). The spool is replayed into PostgreSQL when it answers
+//! again, and at start-up, so it survives a crash; the row id is the primary key and the replay's
+//! INSERT says `ON CONFLICT (id) DO NOTHING`, so a replay interrupted half-way, or of rows whose
+//! INSERT committed after it had timed out, stores each row exactly once. When the spool is full,
+//! `record` fails and the caller answers 503 instead of denying without a record.
+//!
+//! A row records a decision not to forward, whatever the client was answered: a 403 is sent only
+//! once its row is durable, and a denial answered 503 (its row not durable in time: no durable
+//! spool, or a full or unwritable one) still gets its row. Such rows are kept in memory (at most
+//! [`LATE_MAX`]) and written when the database answers again, with `ON CONFLICT (id) DO NOTHING`,
+//! since the INSERT that timed out may itself commit once a frozen server resumes: no client can
+//! stop a statement already sent, so "a 503 never has a row" could not be held, and this is the
+//! rule that can (docs/design/durability.md, "A denial answered 503"). Rows still in memory when
+//! the gateway stops are written to its log in full, never dropped silently.
+//!
+//! Allowed traffic never waits for this writer, and the writer holds one database connection
+//! (the replay one more while it runs), so a flood of denials cannot starve the session and role
+//! lookups. The row is the decision's [`AuditEvent`] (`policy/audit_event.rs`), stored here.
+//!
+//! Two parts, over one shared state (`Inner`, here): `writer.rs`, the writer task (group
+//! commit on the kept connection, the rows of denials answered 503 waiting in memory), and
+//! `spool.rs`, the spool (append, replay, the file of rows set aside). The INSERT both send, and
+//! the rows read back for `explain --request-id` and the cockpit, are here.
+
+mod spool;
+mod writer;
+
+pub use writer::AuditWriter;
+
+use std::borrow::Borrow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::stores::db::Db;
+use crate::stores::sql_text::{self, Unquotable};
+use tokio::sync::Mutex;
+
+use crate::policy::audit_event::AuditEvent;
+use crate::runtime::metrics::Metrics;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit spool is full ({0} bytes): refusing to deny without a record")]
+    SpoolFull(u64),
+    #[error("audit spool cannot be written: {0}")]
+    SpoolIo(String),
+    #[error("audit writer stopped")]
+    Stopped,
+    #[error("the database did not take the row ({0}) and there is no durable spool (--audit-spool-durable=false): refusing to deny without a record")]
+    NotSpooled(String),
+}
+
+/// Most rows per INSERT.
+pub const MAX_BATCH: usize = 512;
+/// Most rows of denials answered 503 kept in memory for the database; past it, a row is written
+/// to the log in full and counted as `lost`.
+pub const LATE_MAX: usize = 65_536;
+/// Most bytes (of their JSON, about) of the rows of [`LATE_MAX`]: a path or a user agent may be
+/// as long as `--max-header-bytes`.
+pub const LATE_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// The columns the gateway writes (Console's table may hold more).
+const COLUMNS: &str =
+    "id, event_type, admin_id, method, path, route, required, reason, request_id, \
+                       client_ip, user_agent, created_at_utc, mapping_version";
+
+/// The INSERT of `rows` as one statement of SQL text, sent in one round trip
+/// (`Db::one_round_trip`) in every mode, direct or behind a transaction pooler: the rows go as
+/// one JSON array, the only value written in (`sql_text`), expanded by the server with
+/// `json_populate_recordset`; it answers how many rows it inserted. `replay`: some rows may be
+/// stored already (a replay cut short, a write that timed out after its commit): each row once,
+/// `ON CONFLICT (id) DO NOTHING`; fresh rows: an id already stored is an error (the batch is
+/// spooled, and the replay sorts it out). A character PostgreSQL's text cannot hold (NUL) is
+/// escaped by JSON and refused by the server with SQLSTATE class 22, as a bound value was: the
+/// row is set aside, never written into the statement raw.
+fn insert_sql(rows: &[impl Borrow<AuditEvent>], replay: bool) -> Result<String, Unquotable> {
+    let rows: Vec<&AuditEvent> = rows.iter().map(Borrow::borrow).collect();
+    let json = serde_json::to_string(&rows).expect("audit events serialize");
+    Ok(format!(
+        "WITH ins AS (INSERT INTO access_audit_events ({COLUMNS}) \
+         SELECT {COLUMNS} FROM json_populate_recordset(NULL::access_audit_events, {}::json){} \
+         RETURNING 1) SELECT count(*) FROM ins",
+        sql_text::text(&json)?,
+        if replay {
+            " ON CONFLICT (id) DO NOTHING"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// The rows a statement of [`insert_sql`] inserted.
+fn inserted(rows: &[sqlx::postgres::PgRow]) -> Result<u64, sqlx::Error> {
+    let n: i64 = match rows.last() {
+        Some(row) => sqlx::Row::try_get(row, 0)?,
+        None => return Err(sqlx::Error::RowNotFound),
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// The state the writer task, the spool and [`AuditWriter`] share.
+struct Inner {
+    pool: Db,
+    spool: PathBuf,
+    /// A spool is kept (`--audit-spool-durable`, the default). false: rows go to the database
+    /// or fail, and `spool` is never opened.
+    durable: bool,
+    max_spool: u64,
+    /// Serializes spool appends with replay-and-truncate.
+    lock: Mutex<()>,
+    /// The writer's connection between batches.
+    held: Mutex<Option<writer::Held>>,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+    /// Rows may wait in the spool (set by an append; cleared when the spool is found empty or
+    /// replayed), so most batches skip a file-system round trip.
+    spooled: std::sync::atomic::AtomicBool,
+    /// Why the last append to the spool failed (cleared by one that succeeds): shown by
+    /// `/readyz`, since denials get 503 while the database is down too.
+    append_problem: std::sync::Mutex<Option<String>>,
+    /// A spool replayed that could not be emptied (a read-only volume, a file this process may
+    /// not write): its length and modification time, so it is not replayed again until it
+    /// changes, and why, for `/readyz`.
+    stuck: std::sync::Mutex<Option<(u64, std::time::SystemTime, String)>>,
+    /// Why the database last refused rows it answered for (no permission to insert, a changed
+    /// table): cleared when it takes rows again. Such rows wait in the spool, which may fill.
+    refused: std::sync::Mutex<Option<String>>,
+    /// Rows of denials answered 503, oldest first, until the database takes them.
+    late: std::sync::Mutex<writer::Late>,
+}
+
+impl Inner {
+    /// Inserts rows on a connection of the pool in one round trip, within the timeout (at
+    /// least a second: a replay of many rows); how many it inserted.
+    async fn insert_pooled(
+        &self,
+        rows: &[impl Borrow<AuditEvent>],
+        replay: bool,
+    ) -> Result<u64, sqlx::Error> {
+        let sql = insert_sql(rows, replay)?;
+        let rows = self.pool.one_round_trip(&sql).await?;
+        inserted(&rows)
+    }
+
+    /// Counts a failed database write and, when the database answered it (not a lost or
+    /// silent connection), notes why for `/readyz`.
+    fn failed(&self, e: sqlx::Error) -> sqlx::Error {
+        self.metrics.db_errors.inc();
+        if !crate::stores::db::note_error(&e) && refused(&e) {
+            *lock(&self.refused) = Some(e.to_string());
+        }
+        e
+    }
+}
+
+/// The database answered and refused the statement (as opposed to a lost connection or a
+/// timeout: those are retried).
+fn refused(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            !crate::stores::db::is_connection_error(e) && d.code().as_deref() != Some("57014")
+        }
+        _ => false,
+    }
+}
+
+/// The database refused a row for what it holds (SQLSTATE class 22, data exception, or 23,
+/// integrity constraint violation), not the statement for what it is.
+fn row_refused(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+        _ => false,
+    }
+}
+
+/// A mutex that a panic elsewhere did not make unusable (what it guards is a plain value).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One stored audit row, as `explain --request-id` and the cockpit's denials read it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct StoredRow {
+    pub event_type: String,
+    pub admin_id: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub route: Option<String>,
+    pub reason: String,
+    pub request_id: String,
+    pub mapping_version: Option<String>,
+    pub created_at_utc: chrono::DateTime<chrono::Utc>,
+}
+
+const STORED_ROW: &str = "SELECT event_type, admin_id, method, path, route, reason, request_id, \
+     mapping_version, created_at_utc FROM access_audit_events";
+
+/// Every row of one request (a denial, or a shadow denial and its drift), oldest first.
+pub async fn rows_of_request(db: &Db, request_id: &str) -> Result<Vec<StoredRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{STORED_ROW} WHERE request_id = $1 ORDER BY created_at_utc, id"
+    ))
+    .persistent(false)
+    .bind(request_id)
+    .fetch_all(db)
+    .await
+}
+
+/// The newest `limit` rows of `event_type`, newest first.
+pub async fn recent(db: &Db, event_type: &str, limit: i64) -> Result<Vec<StoredRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{STORED_ROW} WHERE event_type = $1 ORDER BY created_at_utc DESC, id LIMIT $2"
+    ))
+    .persistent(false)
+    .bind(event_type)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Rows of `event_type` in the last `seconds`, counted per route and reason (most first), with
+/// the newest row's time.
+pub async fn counts(
+    db: &Db,
+    event_type: &str,
+    seconds: i64,
+) -> Result<Vec<(Option<String>, String, i64, chrono::DateTime<chrono::Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT route, reason, count(*), max(created_at_utc) FROM access_audit_events \
+         WHERE event_type = $1 AND created_at_utc > now() - make_interval(secs => $2) \
+         GROUP BY route, reason ORDER BY 3 DESC, 1, 2",
+    )
+    .persistent(false)
+    .bind(event_type)
+    .bind(seconds as f64)
+    .fetch_all(db)
+    .await
+}
+
+#[cfg(test)]
+mod test_support {
+    use super::*;
+    use chrono::Utc;
+
+    pub(super) fn row(id: &str) -> Arc<AuditEvent> {
+        Arc::new(AuditEvent {
+            id: id.into(),
+            event_type: "access_denied".into(),
+            admin_id: None,
+            method: "GET".into(),
+            path: "/x".into(),
+            route: None,
+            required: None,
+            reason: "no_route".into(),
+            request_id: id.into(),
+            client_ip: None,
+            user_agent: None,
+            created_at_utc: Utc::now(),
+            mapping_version: None,
+        })
+    }
+
+    /// A writer spooling to `spool` in front of a database that refuses at once (nothing
+    /// listens on its port): every insert fails (within 200 ms) and is spooled.
+    pub(super) fn refused_writer(
+        spool: &std::path::Path,
+        acquire: Duration,
+    ) -> (
+        Arc<AuditWriter>,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pool = Db::connect(
+            &format!("postgres://x@127.0.0.1:{port}/x"),
+            None,
+            8,
+            acquire,
+        )
+        .unwrap();
+        AuditWriter::new(
+            pool,
+            spool.to_path_buf(),
+            1 << 20,
+            Duration::from_millis(200),
+            Arc::new(Metrics::new()),
+        )
+    }
+}
