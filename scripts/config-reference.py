@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Turns one `rbac-gateway CMD --help` (stdin) into the README's reference entry for CMD: what
+"""Turns one `rbac-gateway CMD --help` (stdin) into the reference entry for CMD (docs/configuration.md): what
 the command does, its usage line, and a table of its arguments and options (flag, environment
 variable, default, what it does). Called by scripts/config-reference.sh; nothing is typed by
-hand, so the README cannot drift from the binary (tests/api/cli.rs checks it)."""
+hand, so the reference cannot drift from the binary (tests/api/cli.rs checks it)."""
 import re
 import sys
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Prints the README's configuration reference, generated from the CLI definition (clap, through
-# each command's --help and scripts/config-reference.py), so the documentation cannot drift from
-# the binary. tests/api/cli.rs checks the README holds exactly this.
+# Prints the configuration reference (docs/configuration.md), generated from the CLI definition
+# (clap, through each command's --help and scripts/config-reference.py), so the documentation
+# cannot drift from the binary. tests/api/cli.rs checks docs/configuration.md holds exactly this.
 set -euo pipefail
-# Usage: config-reference.sh [BIN [COMMAND...]]: the README holds `serve`, docs/configuration.md
-# the other commands (scripts/update-readme-reference.py writes both).
+# Usage: config-reference.sh [BIN [COMMAND...]]: docs/configuration.md holds `serve`, then the
+# other commands (scripts/update-config-reference.py writes it).
 bin=${1:-target/debug/rbac-gateway}
 shift || true
 cmds=("$@")

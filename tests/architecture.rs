@@ -898,3 +898,18 @@ fn the_length_check_names_a_long_file() {
     );
     assert_eq!(long_files(&tree.0), ["src/stores/long.rs: 801 lines"]);
 }
+
+/// The README is for operators and fits in this many lines (issue 52): a deployment target's
+/// page goes to `docs/deploy/`, a reference to `docs/`, and the README links them.
+const README_MAX_LINES: usize = 700;
+
+#[test]
+fn the_readme_fits_in_700_lines() {
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let lines = std::fs::read_to_string(readme).unwrap().lines().count();
+    assert!(
+        lines <= README_MAX_LINES,
+        "README.md has {lines} lines, more than {README_MAX_LINES}: move a deployment target's \
+         text to docs/deploy/ or a reference to docs/, and link it"
+    );
+}

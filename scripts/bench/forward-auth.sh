@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Forward-auth against its floor, per edge, all on 127.0.0.1 (`scripts/bench/load.sh forward-auth`).
 #
-# For each edge (nginx auth_request, Caddy forward_auth, Traefik forwardAuth), the README's
-# configuration as printed (read out of README.md, addresses replaced) in front of an nginx
+# For each edge (nginx auth_request, Caddy forward_auth, Traefik forwardAuth), its configuration
+# as printed (read out of docs/deploy/EDGE.md, addresses replaced) in front of an nginx
 # `return 200 'ok'` as Console, asking in turn:
 #   floor    a do-nothing authorizer: nginx `return 200` with the three X-Rbac-* headers, no body
 #   gateway  the gateway's /authz (the platform admin's cached session, an allowed route)
@@ -90,14 +90,14 @@ noop_pid=$started_pid
 [ "$(curl -s -o /dev/null -w '%{size_download}' "http://127.0.0.1:$noop_port/authz")" = 0 ] ||
   die "the do-nothing authorizer answers with a body"
 
-# One edge per (edge, authorizer), from the README's configuration.
+# One edge per (edge, authorizer), from its page's configuration (docs/deploy/).
 declare -A edge_port edge_pid
 start_edge() { # edge which authz-port
   local e=$1 w=$2 a=$3 port name=$1-$2
   port=$(free_port)
   case $e in
     nginx)
-      nginx_conf "$name" "$EDGE_WORKERS" "$(python3 "$root/scripts/readme-block.py" nginx auth_request \
+      nginx_conf "$name" "$EDGE_WORKERS" "$(python3 "$root/scripts/doc-block.py" nginx.md nginx auth_request \
         "listen 80;=listen 127.0.0.1:$port;" "127.0.0.1:9191=127.0.0.1:$a" "127.0.0.1:5000=127.0.0.1:$up_port")"
       start_nginx "$name" "http://127.0.0.1:$port/auth/login" 200
       edge_pid[$name]=$started_pid
@@ -105,7 +105,7 @@ start_edge() { # edge which authz-port
     caddy)
       mkdir -p "$tmp/$name"
       { printf '{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n'
-        python3 "$root/scripts/readme-block.py" caddyfile forward_auth ":80 {=http://:$port {" \
+        python3 "$root/scripts/doc-block.py" caddy.md caddyfile forward_auth ":80 {=http://:$port {" \
           "127.0.0.1:9191=127.0.0.1:$a" "127.0.0.1:5000=127.0.0.1:$up_port"; } >"$tmp/$name/Caddyfile"
       HOME=$tmp/$name XDG_DATA_HOME=$tmp/$name XDG_CONFIG_HOME=$tmp/$name \
         caddy run --config "$tmp/$name/Caddyfile" --adapter caddyfile >"$tmp/$name/log" 2>&1 &
@@ -115,9 +115,9 @@ start_edge() { # edge which authz-port
       ;;
     traefik)
       mkdir -p "$tmp/$name"
-      python3 "$root/scripts/readme-block.py" yaml forwardAuth "127.0.0.1:9191=127.0.0.1:$a" \
+      python3 "$root/scripts/doc-block.py" traefik.md yaml forwardAuth "127.0.0.1:9191=127.0.0.1:$a" \
         "127.0.0.1:5000=127.0.0.1:$up_port" >"$tmp/$name/dynamic.yml"
-      { python3 "$root/scripts/readme-block.py" yaml $'entryPoints:\n  web:' "\":80\"=\"127.0.0.1:$port\"" \
+      { python3 "$root/scripts/doc-block.py" traefik.md yaml $'entryPoints:\n  web:' "\":80\"=\"127.0.0.1:$port\"" \
           "/etc/traefik/rbac-gateway.yml=$tmp/$name/dynamic.yml"
         printf 'log:\n  level: ERROR\n'; } >"$tmp/$name/traefik.yml"
       HOME=$tmp/$name traefik --configFile="$tmp/$name/traefik.yml" >"$tmp/$name/log" 2>&1 &
@@ -132,7 +132,7 @@ start_edge() { # edge which authz-port
   [ "$got" = 200 ] || die "$name: $ALLOWED_PATH answered $got"
 }
 for e in $EDGES; do
-  log "starting $e (README configuration) x2"
+  log "starting $e (docs/deploy/ configuration) x2"
   start_edge "$e" floor "$noop_port"
   start_edge "$e" gateway "$authz_port"
 done
@@ -177,7 +177,7 @@ rows = [l.rstrip("\n").split("\t") for l in open(res) if l.strip()]
 med = statistics.median
 tck = $CLK_TCK
 L = [f"# forward-auth vs its floor ({len(set(r[2] for r in rows))} round(s), medians)", "",
-     "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency; the README's edge configurations (nginx "
+     "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency; the edge configurations of docs/deploy/ (nginx "
      "worker_processes $EDGE_WORKERS); Console: nginx return 200; floor: nginx return 200 with the three "
      "X-Rbac-* headers, no body", "",
      "| edge | authorizer | requests/s | p50 | p99 | edge µs/req | authorizer µs/req | Console µs/req | non-2xx | new connections to /authz |",

@@ -68,14 +68,14 @@ async fn wait_port(addr: SocketAddr, what: &str, log: &Path) {
     }
 }
 
-/// The fenced blocks of README.md written in `lang`, in order: the configurations the README
-/// prints are the ones these tests run.
-fn readme_blocks(lang: &str) -> Vec<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+/// The fenced blocks written in `lang` of `page` (in `docs/deploy/`), in order: the
+/// configurations the operators' pages print are the ones these tests run.
+fn page_blocks(page: &str, lang: &str) -> Vec<String> {
+    let path = format!("{}/docs/deploy/{page}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect(&path);
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
-    for line in readme.lines() {
+    for line in text.lines() {
         match &mut current {
             None if line.trim_end() == format!("```{lang}") => current = Some(String::new()),
             None => {}
@@ -89,41 +89,41 @@ fn readme_blocks(lang: &str) -> Vec<String> {
     blocks
 }
 
-/// The one README block of `lang` containing `marker`.
-fn readme_block(lang: &str, marker: &str) -> String {
-    let found: Vec<String> = readme_blocks(lang)
+/// The one block of `lang` of `page` containing `marker`.
+fn page_block(page: &str, lang: &str, marker: &str) -> String {
+    let found: Vec<String> = page_blocks(page, lang)
         .into_iter()
         .filter(|b| b.contains(marker))
         .collect();
     assert_eq!(
         found.len(),
         1,
-        "README.md: one ```{lang} block with {marker:?}"
+        "docs/deploy/{page}: one ```{lang} block with {marker:?}"
     );
     found.into_iter().next().unwrap()
 }
 
-/// `text` with every `from` replaced by `to`; `from` must be there (a README that no longer
-/// has it would otherwise run with the printed address).
+/// `text` with every `from` replaced by `to`; `from` must be there (a page that no longer has
+/// it would otherwise run with the printed address).
 fn put(text: String, from: &str, to: &str) -> String {
     assert!(
         text.contains(from),
-        "README configuration has no {from:?}:\n{text}"
+        "the printed configuration has no {from:?}:\n{text}"
     );
     text.replace(from, to)
 }
 
-/// The README's addresses: the gateway's forward-auth listener and Console.
-const README_AUTHZ: &str = "127.0.0.1:9191";
-const README_CONSOLE: &str = "127.0.0.1:5000";
+/// The pages' addresses: the gateway's forward-auth listener and Console.
+const PRINTED_AUTHZ: &str = "127.0.0.1:9191";
+const PRINTED_CONSOLE: &str = "127.0.0.1:5000";
 
-/// The nginx configuration the README prints (the `upstream` and `server` blocks for the
+/// The nginx configuration `docs/deploy/nginx.md` prints (the `upstream` and `server` blocks for the
 /// `http` context), with test ports.
 pub fn nginx_server_block(listen: u16, authz: SocketAddr, upstream: SocketAddr) -> String {
-    let conf = readme_block("nginx", "auth_request");
+    let conf = page_block("nginx.md", "nginx", "auth_request");
     let conf = put(conf, "listen 80;", &format!("listen 127.0.0.1:{listen};"));
-    let conf = put(conf, README_AUTHZ, &authz.to_string());
-    put(conf, README_CONSOLE, &upstream.to_string())
+    let conf = put(conf, PRINTED_AUTHZ, &authz.to_string());
+    put(conf, PRINTED_CONSOLE, &upstream.to_string())
 }
 
 async fn nginx(authz: SocketAddr, upstream: SocketAddr) -> Edge {
@@ -174,17 +174,17 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The Caddyfile the README prints, with test ports (and Caddy's admin endpoint and automatic
+/// The Caddyfile `docs/deploy/caddy.md` prints, with test ports (and Caddy's admin endpoint and automatic
 /// HTTPS off, which a test cannot use).
 pub fn caddyfile(listen: u16, authz: SocketAddr, upstream: SocketAddr) -> String {
-    let conf = readme_block("caddyfile", "forward_auth");
+    let conf = page_block("caddy.md", "caddyfile", "forward_auth");
     let conf = put(
         conf,
         ":80 {",
         &format!("http://:{listen} {{\n\tbind 127.0.0.1"),
     );
-    let conf = put(conf, README_AUTHZ, &authz.to_string());
-    let conf = put(conf, README_CONSOLE, &upstream.to_string());
+    let conf = put(conf, PRINTED_AUTHZ, &authz.to_string());
+    let conf = put(conf, PRINTED_CONSOLE, &upstream.to_string());
     format!("{{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}}\n{conf}")
 }
 
@@ -575,16 +575,16 @@ async fn authz_answers_have_no_body_and_keep_the_connection() {
     assert_eq!(up.count(), 0, "the forward-auth listener never forwards");
 }
 
-/// The Traefik dynamic configuration the README prints, with test ports (file provider).
+/// The Traefik dynamic configuration `docs/deploy/traefik.md` prints, with test ports (file provider).
 pub fn traefik_dynamic(authz: SocketAddr, upstream: SocketAddr) -> String {
-    let conf = readme_block("yaml", "forwardAuth");
-    let conf = put(conf, README_AUTHZ, &authz.to_string());
-    put(conf, README_CONSOLE, &upstream.to_string())
+    let conf = page_block("traefik.md", "yaml", "forwardAuth");
+    let conf = put(conf, PRINTED_AUTHZ, &authz.to_string());
+    put(conf, PRINTED_CONSOLE, &upstream.to_string())
 }
 
-/// The Traefik static configuration the README prints, with the test's port and file.
+/// The Traefik static configuration `docs/deploy/traefik.md` prints, with the test's port and file.
 pub fn traefik_static(listen: u16, dynamic: &Path) -> String {
-    let conf = readme_block("yaml", "entryPoints:\n  web:");
+    let conf = page_block("traefik.md", "yaml", "entryPoints:\n  web:");
     let conf = put(conf, "\":80\"", &format!("\"127.0.0.1:{listen}\""));
     let conf = put(
         conf,

@@ -642,7 +642,7 @@ async fn heroku_denial_during_a_database_outage_is_503_never_a_403_without_its_r
 }
 
 // ---------------------------------------------------------------------------------------------
-// With Heroku's PgBouncer buildpack (README, "Heroku", "With Heroku's PgBouncer buildpack").
+// With Heroku's PgBouncer buildpack (docs/deploy/heroku.md, "With Heroku's PgBouncer buildpack").
 
 /// Web dynos, each with its own PgBouncer (the buildpack runs one in every dyno).
 const PGB_DYNOS: usize = 2;
@@ -651,17 +651,16 @@ const REVOCATION_BOUND: Duration = Duration::from_secs(1);
 /// How long the test waits for a revocation, to say how far off the bound it is.
 const REVOKE_LIMIT: Duration = Duration::from_secs(7);
 
-/// The README's `web:` line for the buildpack, as printed.
-fn readme_pgbouncer_web_line() -> String {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    readme
-        .lines()
+/// The `web:` line for the buildpack, as docs/deploy/heroku.md prints it.
+fn printed_pgbouncer_web_line() -> String {
+    let page = std::fs::read_to_string(root().join("docs/deploy/heroku.md")).unwrap();
+    page.lines()
         .find(|l| l.starts_with("web: ") && l.contains("bin/start-pgbouncer"))
-        .expect("the README prints a `web:` line with bin/start-pgbouncer")
+        .expect("docs/deploy/heroku.md prints a `web:` line with bin/start-pgbouncer")
         .to_string()
 }
 
-/// The slug with the buildpack: the Procfile's `web:` line is the README's buildpack variant as
+/// The slug with the buildpack: the Procfile's `web:` line is docs/deploy/heroku.md's buildpack variant as
 /// printed (`release:` as in deploy/heroku/Procfile), and `bin/start-pgbouncer` a stand-in for
 /// the buildpack's script, which cannot be run here (it is the buildpack's, not fetched offline).
 /// That script starts the dyno's PgBouncer (transaction pooling, TLS to Heroku Postgres) and runs
@@ -679,7 +678,7 @@ fn pgbouncer_slug() -> tempfile::TempDir {
         .expect("deploy/heroku/Procfile has a release: line");
     std::fs::write(
         d.join("Procfile"),
-        format!("{}\n{release}\n", readme_pgbouncer_web_line()),
+        format!("{}\n{release}\n", printed_pgbouncer_web_line()),
     )
     .unwrap();
     let start = d.join("bin/start-pgbouncer");
@@ -730,7 +729,7 @@ async fn heroku_dynos_with_the_pgbouncer_buildpack_allow_deny_with_its_row_and_r
     let _alone = timed_alone().await;
     let started = Instant::now();
     let (_pg, db) = tls_pg().await;
-    // Each dyno as the README's buildpack variant sets it up: DATABASE_URL (Heroku Postgres,
+    // Each dyno as docs/deploy/heroku.md's buildpack variant sets it up: DATABASE_URL (Heroku Postgres,
     // TLS) captured as GATEWAY_DIRECT_DATABASE_URL by the Procfile line, then pointed at the
     // dyno's PgBouncer by start-pgbouncer. Heroku's URL names a remote host, to which the
     // launcher adds sslmode=require; this server is on 127.0.0.1, which the launcher leaves as

@@ -123,9 +123,9 @@ async fn through_pgbouncer(mode: PoolMode, server_connections: u32) -> Vec<Strin
         let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
             .arg("--cache-ttl")
             .arg("60");
-        // Half the gateways LISTEN on a direct connection, as the README says to configure
-        // them; the other half have only the pooler (notifications are lost in it, and the
-        // feed's poll must apply a revocation within the bound all the same).
+        // Half the gateways LISTEN on a direct connection, as docs/deploy/pgbouncer.md says to
+        // configure them; the other half have only the pooler (notifications are lost in it,
+        // and the feed's poll must apply a revocation within the bound all the same).
         if g % 2 == 0 {
             opts = opts.arg("--direct-database-url").arg(&db.url);
         }

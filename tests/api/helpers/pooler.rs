@@ -108,7 +108,7 @@ impl PgBouncer {
                      reserve_pool_size = 0\n\
                      max_client_conn = 500\n\
                      ; No ignore_startup_parameters: the gateway sends no startup parameter\n\
-                     ; PgBouncer does not know (issue 44), as the README promises.\n\
+                     ; PgBouncer does not know (issue 44), as docs/deploy/pgbouncer.md promises.\n\
                      log_connections = 0\n\
                      log_disconnections = 0\n\
                      log_pooler_errors = 1\n",

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Rewrites the generated configuration references from scripts/config-reference.sh: `serve`
-in README.md, every other command in docs/configuration.md (tests/api/cli.rs checks both)."""
+"""Rewrites the generated configuration reference, docs/configuration.md, from
+scripts/config-reference.sh: `serve` first, then every other command (tests/api/cli.rs checks it)."""
 import pathlib
 import subprocess
 import sys
@@ -25,5 +25,4 @@ def rewrite(path, text_between):
     f.write_text(text[:a] + text_between + text[b:])
 
 
-rewrite("README.md", ref("serve"))
-rewrite("docs/configuration.md", ref(*OTHERS))
+rewrite("docs/configuration.md", ref("serve", *OTHERS))
