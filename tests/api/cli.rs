@@ -126,13 +126,43 @@ async fn check_reports_broken_files_with_locations_and_exit_codes() {
         p
     };
     let cases = [
-        ("unknown-key.toml", "[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"console-user\"]\nrole = \"x\"\n", ":5:1: unknown field `role`"),
-        ("bad-mode.toml", "[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"console-user\"]\nmode = \"strict\"\n", ":5:8: unknown mode"),
-        ("dup.toml", "[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"console-user\"]\n[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"console-manager\"]\n", ":7:8: duplicate rule"),
-        ("syntax.toml", "[[route]\nmethods = [\"GET\"]\n", ":1:"),
+        (
+            "unknown-key.toml",
+            Route::get("/a")
+                .roles(&["console-user"])
+                .string("role", "x")
+                .to_toml(),
+            ":5:1: unknown field `role`",
+        ),
+        (
+            "bad-mode.toml",
+            Route::get("/a")
+                .roles(&["console-user"])
+                .mode("strict")
+                .to_toml(),
+            ":5:8: unknown mode",
+        ),
+        (
+            "dup.toml",
+            // No blank line between the two rules: the duplicate is on line 7.
+            [
+                Route::get("/a").roles(&["console-user"]),
+                Route::get("/a").roles(&["console-manager"]),
+            ]
+            .iter()
+            .map(Route::to_toml)
+            .collect(),
+            ":7:8: duplicate rule",
+        ),
+        // Not TOML: no builder writes this.
+        (
+            "syntax.toml",
+            "[[route]\nmethods = [\"GET\"]\n".to_string(),
+            ":1:",
+        ),
     ];
     for (name, text, want) in cases {
-        let p = write(name, text);
+        let p = write(name, &text);
         let out = bin().arg("check").arg("--routes").arg(&p).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(64), "{name}: {stdout}");
@@ -145,7 +175,7 @@ async fn check_reports_broken_files_with_locations_and_exit_codes() {
     let db = TestDb::new().await;
     let p = write(
         "unknown-role.toml",
-        "[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\nroles = [\"console-superuser\"]\n",
+        &Route::get("/a").roles(&["console-superuser"]).to_toml(),
     );
     let out = bin()
         .arg("check")
@@ -169,11 +199,7 @@ async fn check_reports_broken_files_with_locations_and_exit_codes() {
 async fn serve_refuses_an_invalid_mapping_before_binding() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("r.toml");
-    std::fs::write(
-        &p,
-        "[[route]]\nmethods = [\"GET\"]\npath = \"/a\"\naccess = \"open\"\n",
-    )
-    .unwrap();
+    std::fs::write(&p, Route::get("/a").access("open").to_toml()).unwrap();
     let out = bin()
         .args([
             "serve",
@@ -540,11 +566,14 @@ fn check_app_routes_finds_uncovered_and_stale_rules() {
     let routes = dir.path().join("r.toml");
     std::fs::write(
         &routes,
-        "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manager\"]\n\n\
-         [[route]]\nmethods = [\"GET\", \"POST\"]\npath = \"/console/customers/<int:cid>\"\nroles = [\"console-audit-user\"]\n\n\
-         [[route]]\nmethods = [\"GET\"]\npath = \"/replay\"\nroles = [\"console-manager\"]\n\n\
-         [[route]]\nmethods = [\"GET\"]\npath = \"/static/<path:filename>\"\naccess = \"public\"\n\n\
-         [[route]]\nmethods = [\"GET\"]\npath = \"/console/<page>\"\nroles = [\"console-user\"]\n",
+        routes_text(&[
+            Route::get("/ops").roles(&["console-manager"]),
+            Route::new(&["GET", "POST"], "/console/customers/<int:cid>")
+                .roles(&["console-audit-user"]),
+            Route::get("/replay").roles(&["console-manager"]),
+            Route::get("/static/<path:filename>").access("public"),
+            Route::get("/console/<page>").roles(&["console-user"]),
+        ]),
     )
     .unwrap();
     let out = bin()

@@ -156,9 +156,15 @@ async fn matrix_notes_how_access_is_held_and_ticket_scope_in_every_format() {
     let routes = dir.path().join("r.toml");
     std::fs::write(
         &routes,
-        "[[route]]\nmethods = [\"GET\"]\npath = \"/console/audit\"\npermissions = [\"console:audit:read\"]\n\n\
-         [[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manager\"]\nmode = \"shadow\"\n\n\
-         [[route]]\nmethods = [\"GET\"]\npath = \"/customers/<int:customer_id>/audit\"\nroles = [\"raptor-audit-support\"]\ncustomer_param = \"customer_id\"\n",
+        routes_text(&[
+            Route::get("/console/audit").permissions(&["console:audit:read"]),
+            Route::get("/ops")
+                .roles(&["console-manager"])
+                .mode("shadow"),
+            Route::get("/customers/<int:customer_id>/audit")
+                .roles(&["raptor-audit-support"])
+                .customer_param("customer_id"),
+        ]),
     )
     .unwrap();
     let json = |extra: &[&str]| {
@@ -432,7 +438,10 @@ async fn diff_of_the_production_mapping_shows_exactly_each_change_and_the_admins
 
     // 2. A rule added: GET /console/cutover-report for console-audit-user.
     let p = edited(dir.path(), "added.toml", |t| {
-        format!("{t}\n[[route]]\nmethods = [\"GET\"]\npath = \"/console/cutover-report\"\nroles = [\"console-audit-user\"]\ncluster = \"S2\"\n")
+        let added = Route::get("/console/cutover-report")
+            .roles(&["console-audit-user"])
+            .cluster("S2");
+        format!("{t}\n{}", added.to_toml())
     });
     let (code, r, _) = diff_json(&db, &p);
     assert_eq!(code, Some(1));
@@ -600,7 +609,9 @@ async fn versions(db: &TestDb, n: i64) {
     assert_eq!(have().await, n, "one row per version");
 }
 
-const STAGED: &str = r#"
+/// Clusters S1 to S5 and `public`, one rule each (S2's mode is `SOAK_S2`, replaced by each test).
+fn staged_routes() -> String {
+    let clusters = r#"
 [cluster.S1]
 title = "ready"
 mode = "shadow"
@@ -618,37 +629,22 @@ blocked_by = ["AMBIGUOUS-4"]
 title = "enforced"
 [cluster.public]
 
-[[route]]
-methods = ["GET"]
-path = "/s1"
-roles = ["console-user"]
-cluster = "S1"
-[[route]]
-methods = ["GET", "POST"]
-path = "/s2"
-roles = ["console-user"]
-cluster = "S2"
-[[route]]
-methods = ["GET"]
-path = "/s3"
-roles = ["console-user"]
-cluster = "S3"
-[[route]]
-methods = ["GET"]
-path = "/s4"
-roles = ["console-user"]
-cluster = "S4"
-[[route]]
-methods = ["GET"]
-path = "/s5"
-roles = ["console-user"]
-cluster = "S5"
-[[route]]
-methods = ["GET"]
-path = "/login"
-access = "public"
-cluster = "public"
 "#;
+    let rules: String = [
+        Route::get("/s1").roles(&["console-user"]).cluster("S1"),
+        Route::new(&["GET", "POST"], "/s2")
+            .roles(&["console-user"])
+            .cluster("S2"),
+        Route::get("/s3").roles(&["console-user"]).cluster("S3"),
+        Route::get("/s4").roles(&["console-user"]).cluster("S4"),
+        Route::get("/s5").roles(&["console-user"]).cluster("S5"),
+        Route::get("/login").access("public").cluster("public"),
+    ]
+    .iter()
+    .map(Route::to_toml)
+    .collect();
+    format!("{clusters}{rules}")
+}
 
 /// Shadow and drift rows of `route`, `age` ago.
 async fn rows(db: &TestDb, route: &str, event: &str, n: usize, age: &str) {
@@ -672,7 +668,7 @@ async fn rollout_gives_each_cluster_its_verdict_from_recorded_versions_and_shado
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let v1 = dir.path().join("v1.toml");
-    std::fs::write(&v1, STAGED.replace("SOAK_S2", "off")).unwrap();
+    std::fs::write(&v1, staged_routes().replace("SOAK_S2", "off")).unwrap();
     // A gateway records the mapping it loads: one row, whoever else loads the same.
     let gw = Gateway::start(GatewayOpts::new(&v1, &db, up.addr)).await;
     versions(&db, 1).await;
@@ -697,7 +693,7 @@ async fn rollout_gives_each_cluster_its_verdict_from_recorded_versions_and_shado
     .await
     .unwrap();
     // S2 goes from off to shadow: a reload records the new version.
-    std::fs::write(&gw.routes, STAGED.replace("SOAK_S2", "shadow")).unwrap();
+    std::fs::write(&gw.routes, staged_routes().replace("SOAK_S2", "shadow")).unwrap();
     versions(&db, 2).await;
     sqlx::query("UPDATE rbac_gateway_mapping_versions SET loaded_at_utc = now() - interval '2 days' WHERE id = (SELECT max(id) FROM rbac_gateway_mapping_versions)")
         .execute(&db.pool)
@@ -760,7 +756,7 @@ async fn rollout_gives_each_cluster_its_verdict_from_recorded_versions_and_shado
     let staged = gw_routes(
         dir.path(),
         "live.toml",
-        &STAGED.replace("SOAK_S2", "shadow"),
+        &staged_routes().replace("SOAK_S2", "shadow"),
     );
     let rollout = |routes: &Path, extra: &[&str]| {
         run(bin()
@@ -824,7 +820,7 @@ async fn rollout_gives_each_cluster_its_verdict_from_recorded_versions_and_shado
             1,
         )
     };
-    let base = STAGED
+    let base = staged_routes()
         .replace("SOAK_S2", "shadow")
         .replace("mode = \"shadow\"\n[cluster.S2]", "[cluster.S2]");
     let s1_only = gw_routes(dir.path(), "s1.toml", &promote("S1", &base));
@@ -874,7 +870,11 @@ fn gw_routes(dir: &Path, name: &str, text: &str) -> PathBuf {
 async fn rollout_without_records_calls_nothing_ready_and_drift_reads_the_same_window() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let p = gw_routes(dir.path(), "r.toml", &STAGED.replace("SOAK_S2", "shadow"));
+    let p = gw_routes(
+        dir.path(),
+        "r.toml",
+        &staged_routes().replace("SOAK_S2", "shadow"),
+    );
     let (code, stdout, _) = run(bin()
         .args(["rollout", "--database-url", &db.url, "--routes"])
         .arg(&p));

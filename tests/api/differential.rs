@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use rbac_gateway::policy::mapping::Mapping;
 use rbac_gateway::policy::target;
 
-use crate::helpers::{python_oracle, root, Rng};
+use crate::helpers::{python_oracle, root, routes_text, Rng, Route};
 
 const METHODS: &[&str] = &["GET", "POST", "DELETE", "HEAD"];
 
@@ -484,9 +484,8 @@ fn werkzeug_paths(text: &str, probes: &[&str]) -> Vec<Option<String>> {
 /// answer whatever the order.
 #[test]
 fn equally_weighted_rules_depend_on_registration_order_and_are_refused() {
-    let two = |a: &str, b: &str| {
-        format!("[[route]]\nmethods = [\"GET\"]\npath = \"{a}\"\nroles = [\"r\"]\n\n[[route]]\nmethods = [\"GET\"]\npath = \"{b}\"\nroles = [\"s\"]\n")
-    };
+    let two =
+        |a: &str, b: &str| routes_text(&[Route::get(a).roles(&["r"]), Route::get(b).roles(&["s"])]);
     const U: &str = "123e4567-e89b-12d3-a456-426614174000";
     let probes: Vec<String> = [
         "/x/{U}",

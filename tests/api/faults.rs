@@ -245,10 +245,10 @@ async fn a_stalled_database_holds_up_neither_reloads_nor_readyz() {
     let (_, token) = db.admin_with_roles(&["console-manager"]).await;
     assert_eq!(gw.get("/ops", Some(&token)).await.status, 200);
     assert_eq!(gw.admin_get("/readyz").await.status, 200);
-    const GONE: &str = "[[route]]\nmethods = [\"GET\"]\npath = \"/zz\"\naccess = \"gone\"\n";
-    const PUBLIC: &str = "[[route]]\nmethods = [\"GET\"]\npath = \"/zz\"\naccess = \"public\"\n";
+    let gone = Route::get("/zz").access("gone").to_toml();
+    let public = Route::get("/zz").access("public").to_toml();
     link.stall();
-    for (i, (text, status)) in [(GONE, 404), (PUBLIC, 200), (GONE, 404)]
+    for (i, (text, status)) in [(&gone, 404), (&public, 200), (&gone, 404)]
         .into_iter()
         .enumerate()
     {
@@ -290,7 +290,7 @@ async fn names_are_checked_once_the_database_answers_after_start() {
     let typo = dir.path().join("typo.toml");
     std::fs::write(
         &typo,
-        "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manger\"]\n",
+        Route::get("/ops").roles(&["console-manger"]).to_toml(),
     )
     .unwrap();
     let mut opts = GatewayOpts::new(&typo, &db, up.addr)

@@ -6,8 +6,17 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 
-const A: &str = "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manager\"]\n\n[[route]]\nmethods = [\"GET\"]\npath = \"/console/customers/<id>\"\nroles = [\"console-audit-user\"]\n";
-const B: &str = "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-user\"]\n\n[[route]]\nmethods = [\"GET\"]\npath = \"/console/customers/<id>\"\nroles = [\"console-audit-user\"]\n";
+/// Mapping A: `/ops` for console-manager.
+static A: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| ab("console-manager"));
+/// Mapping B: `/ops` for console-user (the same second rule).
+static B: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| ab("console-user"));
+
+fn ab(ops: &str) -> String {
+    routes_text(&[
+        Route::get("/ops").roles(&[ops]),
+        Route::get("/console/customers/<id>").roles(&["console-audit-user"]),
+    ])
+}
 
 fn version(text: &str) -> String {
     use sha2::Digest;
@@ -47,7 +56,7 @@ async fn env_with(text: &str) -> Env {
 
 #[tokio::test]
 async fn fifty_swaps_under_load_fail_no_request_and_each_is_decided_by_one_mapping() {
-    let env = env_with(A).await;
+    let env = env_with(A.as_str()).await;
     let (_, token) = env
         .db
         .admin_with_roles(&["console-user", "console-audit-user"])
@@ -92,7 +101,10 @@ async fn fifty_swaps_under_load_fail_no_request_and_each_is_decided_by_one_mappi
         }));
     }
     for i in 0..50 {
-        swap(&env.gw.routes, if i % 2 == 0 { B } else { A });
+        swap(
+            &env.gw.routes,
+            if i % 2 == 0 { B.as_str() } else { A.as_str() },
+        );
         // Mostly faster than the watcher's two-poll debounce (churn), but every fifth version is
         // held for several polls, so it is applied for certain: ten held versions, each unlike
         // the one held before, make at least ten successful reloads whatever the scheduling.
@@ -119,7 +131,7 @@ async fn fifty_swaps_under_load_fail_no_request_and_each_is_decided_by_one_mappi
         "the final mapping was live {lag:?} after the last check started"
     );
     // Every 403 on /ops was decided by mapping A (under B this admin is allowed).
-    let va = version(A);
+    let va = version(A.as_str());
     let ids = denied_ids.lock().unwrap().clone();
     for id in ids.iter().take(200) {
         let rows: Vec<(Option<String>,)> =
@@ -144,10 +156,10 @@ async fn fifty_swaps_under_load_fail_no_request_and_each_is_decided_by_one_mappi
 
 #[tokio::test]
 async fn reload_is_live_within_a_second_and_logs_what_changed() {
-    let env = env_with(A).await;
+    let env = env_with(A.as_str()).await;
     let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
     assert_eq!(env.gw.get("/ops", Some(&token)).await.status, 403);
-    swap(&env.gw.routes, B);
+    swap(&env.gw.routes, B.as_str());
     let lag = wait_for(&env.gw, &token, 200).await;
     println!(
         "file swapped by rename: applied after {} ms",
@@ -165,13 +177,13 @@ async fn reload_is_live_within_a_second_and_logs_what_changed() {
         env.gw
             .metric(&format!(
                 "rbac_gateway_mapping_info{{version=\"{}\"}}",
-                version(B)
+                version(B.as_str())
             ))
             .await,
         1.0
     );
     // In-place edit (same inode).
-    std::fs::write(&env.gw.routes, A).unwrap();
+    std::fs::write(&env.gw.routes, A.as_str()).unwrap();
     assert!(wait_for(&env.gw, &token, 403).await < Duration::from_secs(1));
     // The info metric names the live version only (not one series per version ever loaded).
     let metrics = env.gw.admin_get("/metrics").await.body_str();
@@ -181,20 +193,27 @@ async fn reload_is_live_within_a_second_and_logs_what_changed() {
         .collect();
     assert_eq!(
         info,
-        [format!("rbac_gateway_mapping_info{{version=\"{}\"}} 1", version(A)).as_str()],
+        [format!(
+            "rbac_gateway_mapping_info{{version=\"{}\"}} 1",
+            version(A.as_str())
+        )
+        .as_str()],
         "{metrics}"
     );
 }
 
 #[tokio::test]
 async fn invalid_truncated_or_missing_files_keep_the_old_mapping() {
-    let env = env_with(B).await;
+    let env = env_with(B.as_str()).await;
     let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
     assert_eq!(env.gw.get("/ops", Some(&token)).await.status, 200);
     let broken = [
-        "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manager\"]\nmode = \"strict\"\n".to_string(),
+        Route::get("/ops")
+            .roles(&["console-manager"])
+            .mode("strict")
+            .to_toml(),
         B[..B.len() / 2].to_string(),
-        "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nrole = [\"x\"]\n".to_string(),
+        Route::get("/ops").line("role = [\"x\"]").to_toml(),
     ];
     for (i, text) in broken.iter().enumerate() {
         let before = env.gw.admin_get("/readyz").await.body_str();
@@ -221,7 +240,7 @@ async fn invalid_truncated_or_missing_files_keep_the_old_mapping() {
         assert!(
             body.contains(&format!(
                 "routes file not applied (mapping={} stays live): ",
-                version(B)
+                version(B.as_str())
             )),
             "broken file {i}: {body}"
         );
@@ -264,10 +283,10 @@ async fn invalid_truncated_or_missing_files_keep_the_old_mapping() {
         "{body}"
     );
     // And a good file afterwards is picked up, and /readyz names it alone.
-    swap(&env.gw.routes, A);
+    swap(&env.gw.routes, A.as_str());
     wait_for(&env.gw, &token, 403).await;
     let body = env.gw.admin_get("/readyz").await.body_str();
-    assert_eq!(body, format!("ready mapping={}\n", version(A)));
+    assert_eq!(body, format!("ready mapping={}\n", version(A.as_str())));
 }
 
 #[tokio::test]
@@ -278,7 +297,7 @@ async fn configmap_symlink_swap_and_sighup_reload() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir(d.join("..v1")).unwrap();
-    std::fs::write(d.join("..v1/routes.toml"), A).unwrap();
+    std::fs::write(d.join("..v1/routes.toml"), A.as_str()).unwrap();
     std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/routes.toml", d.join("routes.toml")).unwrap();
     let routes = d.join("routes.toml");
@@ -294,7 +313,7 @@ async fn configmap_symlink_swap_and_sighup_reload() {
     assert_eq!(gw.get("/ops", Some(&token)).await.status, 403);
     let d = gw.dir.path().to_path_buf();
     std::fs::create_dir(d.join("..v2")).unwrap();
-    std::fs::write(d.join("..v2/routes.toml"), B).unwrap();
+    std::fs::write(d.join("..v2/routes.toml"), B.as_str()).unwrap();
     std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).unwrap();
     std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
     let lag = wait_for(&gw, &token, 200).await;
@@ -317,8 +336,17 @@ async fn configmap_symlink_swap_and_sighup_reload() {
 
 #[tokio::test]
 async fn shadow_mode_detects_drift_against_console() {
-    let text = "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manager\"]\nmode = \"shadow\"\ncluster = \"S2\"\n\n[[route]]\nmethods = [\"GET\"]\npath = \"/console/audit\"\nroles = [\"console-audit-user\"]\nmode = \"shadow\"\ncluster = \"S2\"\n";
-    let env = env_with(text).await;
+    let text = routes_text(&[
+        Route::get("/ops")
+            .roles(&["console-manager"])
+            .mode("shadow")
+            .cluster("S2"),
+        Route::get("/console/audit")
+            .roles(&["console-audit-user"])
+            .mode("shadow")
+            .cluster("S2"),
+    ]);
+    let env = env_with(&text).await;
     let (_, user) = env.db.admin_with_roles(&["console-user"]).await;
     let (_, auditor) = env.db.admin_with_roles(&["console-audit-user"]).await;
     // Console allows what the gateway would deny: drift (gateway_denied_console_allowed).
@@ -398,15 +426,17 @@ async fn shadow_mode_detects_drift_against_console() {
 async fn serve_warns_about_role_and_permission_names_the_database_lacks() {
     // A typo in a role name turns its routes into 403s for everyone; `check --database-url`
     // catches it before shipping, and serve says so at load and on the reload that brings it.
-    const TYPO: &str =
-        "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manger\"]\n";
-    const PERM: &str = "[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manager\"]\npermissions = [\"console:ops:nope\"]\n";
+    let typo = Route::get("/ops").roles(&["console-manger"]).to_toml();
+    let perm = Route::get("/ops")
+        .roles(&["console-manager"])
+        .permissions(&["console:ops:nope"])
+        .to_toml();
     let warnings = |log: &str, name: &str| {
         log.lines()
             .filter(|l| l.contains("the database does not have") && l.contains(name))
             .count()
     };
-    let env = env_with(TYPO).await;
+    let env = env_with(&typo).await;
     let (_, token) = env.db.admin_with_roles(&["console-manager"]).await;
     let started = Instant::now();
     while warnings(&env.gw.log(), "console-manger") == 0 {
@@ -418,9 +448,9 @@ async fn serve_warns_about_role_and_permission_names_the_database_lacks() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(env.gw.get("/ops", Some(&token)).await.status, 403);
-    swap(&env.gw.routes, A);
+    swap(&env.gw.routes, A.as_str());
     wait_for(&env.gw, &token, 200).await;
-    swap(&env.gw.routes, PERM);
+    swap(&env.gw.routes, &perm);
     let started = Instant::now();
     while warnings(&env.gw.log(), "console:ops:nope") == 0 {
         assert!(
@@ -463,7 +493,7 @@ async fn a_file_replaced_during_start_up_is_applied() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let routes = dir.path().join("routes.toml");
-    std::fs::write(&routes, A).unwrap();
+    std::fs::write(&routes, A.as_str()).unwrap();
     let log = dir.path().join("gateway.log");
     let admin_port = free_port();
     // The admin port is busy for a moment: the gateway retries it for up to a second.
@@ -479,18 +509,21 @@ async fn a_file_replaced_during_start_up_is_applied() {
             assert!(t0.elapsed() < Duration::from_secs(10), "never loaded");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        swap(&routes, B);
+        swap(&routes, B.as_str());
         drop(busy);
     };
     let (gw, ()) = tokio::join!(Gateway::start_in(opts, dir, routes.clone()), replace);
     assert!(
-        gw.log().contains(&version(A)),
+        gw.log().contains(&version(A.as_str())),
         "A was loaded first: {}",
         gw.log()
     );
     let (_, token) = db.admin_with_roles(&["console-user"]).await;
     wait_for(&gw, &token, 200).await;
-    let info = format!("rbac_gateway_mapping_info{{version=\"{}\"}}", version(B));
+    let info = format!(
+        "rbac_gateway_mapping_info{{version=\"{}\"}}",
+        version(B.as_str())
+    );
     assert_eq!(gw.metric(&info).await, 1.0);
 }
 
@@ -498,7 +531,7 @@ async fn a_file_replaced_during_start_up_is_applied() {
 /// (valid on its own here) is not applied; the finished one is.
 #[tokio::test]
 async fn sighup_during_a_save_applies_only_the_finished_file() {
-    let env = env_with(A).await;
+    let env = env_with(A.as_str()).await;
     let gw = &env.gw;
     let (_, token) = env.db.admin_with_roles(&["console-user"]).await;
     assert_eq!(gw.get("/ops", Some(&token)).await.status, 403);
@@ -508,15 +541,15 @@ async fn sighup_during_a_save_applies_only_the_finished_file() {
     gw.signal("HUP");
     // Time is the scenario: the editor is still writing the file a moment after the signal.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    std::fs::write(&gw.routes, B).unwrap();
+    std::fs::write(&gw.routes, B.as_str()).unwrap();
     wait_for(gw, &token, 200).await;
     // Lines are logged in order: once B's is written, a half-file applied before it would be.
     eventually(Duration::from_secs(5), "B's reload logged", || async {
-        gw.log().contains(&version(B))
+        gw.log().contains(&version(B.as_str()))
     })
     .await;
     let log = gw.log();
-    assert!(log.contains(&version(B)), "{log}");
+    assert!(log.contains(&version(B.as_str())), "{log}");
     assert!(
         !log.contains(&version(half)),
         "the half-written file was applied: {log}"

@@ -20,7 +20,7 @@ use std::process::{Command, Output};
 
 use rbac_gateway::policy::mapping::Mapping;
 
-use crate::helpers::{python_oracle, timed_alone_blocking, Rng};
+use crate::helpers::{python_oracle, timed_alone_blocking, Rng, Route};
 
 const U: &str = "0d6a3f8e-5b3c-4c1e-9a57-3f2b8c1d4e5f";
 const WORDS: &[&str] = &["a", "b"];
@@ -236,9 +236,9 @@ fn toml_of(rules: &[(String, Vec<String>)]) -> String {
         .iter()
         .enumerate()
         .map(|(i, (path, methods))| {
-            format!(
-                "[[route]]\nmethods = {methods:?}\npath = \"{path}\"\nroles = [\"role-{i}\"]\n\n"
-            )
+            let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
+            let role = format!("role-{i}");
+            Route::new(&methods, path).roles(&[&role]).to_toml() + "\n"
         })
         .collect()
 }

@@ -262,8 +262,11 @@ async fn check_warns_that_mapped_reader_paths_never_reach_console() {
     let dir = tempfile::tempdir().unwrap();
     let routes = dir.path().join("routes.toml");
     let mut text = std::fs::read_to_string(core_routes()).unwrap();
+    text.push('\n');
     text.push_str(
-        "\n[[route]]\nmethods = [\"GET\"]\npath = \"/api/rbac/me\"\nroles = [\"console-user\"]\n",
+        &Route::get("/api/rbac/me")
+            .roles(&["console-user"])
+            .to_toml(),
     );
     std::fs::write(&routes, text).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))

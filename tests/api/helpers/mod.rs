@@ -8,6 +8,7 @@ mod gateway;
 mod http;
 mod pgwire;
 mod pooler;
+mod routes;
 mod upstream;
 mod wait;
 
@@ -17,6 +18,7 @@ pub use gateway::*;
 pub use http::*;
 pub use pgwire::*;
 pub use pooler::*;
+pub use routes::*;
 pub use upstream::*;
 pub use wait::*;
 
