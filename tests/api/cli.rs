@@ -550,7 +550,7 @@ fn check_app_routes_finds_uncovered_and_stale_rules() {
          @app.route('/console/audit')\ndef audit(): return 'x'\n",
     )
     .unwrap();
-    let dump = Command::new("python3")
+    let dump = Command::new(tool("python3"))
         .arg(root().join("scripts/dump_flask_routes.py"))
         .arg("app:app")
         .current_dir(dir.path())

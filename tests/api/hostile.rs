@@ -39,7 +39,7 @@ impl Console {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::fs::File::create(dir.path().join("gunicorn.log")).unwrap();
-        let child = Command::new("python3")
+        let child = Command::new(tool("python3"))
             .args(["-m", "gunicorn"])
             .arg("-b")
             .arg(addr.to_string())
@@ -63,7 +63,7 @@ impl Console {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("python3 -m gunicorn (scripts/setup.sh installs flask and gunicorn)");
+            .expect("python3 -m gunicorn (scripts/setup.sh --tests installs flask and gunicorn in .venv/)");
         let console = Console { child, addr, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

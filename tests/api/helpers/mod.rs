@@ -77,6 +77,34 @@ impl Rng {
 /// Runs a Python oracle of the differential tests (`tests/<script>`, with `args`) on `input`
 /// (JSON lines), and returns its JSON answers, one per line; `expected` answers, or the test
 /// fails naming the script.
+/// The project's virtual environment of test tools (`.venv/`, made by `scripts/venv.sh`, which
+/// `scripts/setup.sh --tests` runs): Flask, gunicorn, Werkzeug, honcho, Caddy, Traefik.
+pub fn venv_bin() -> PathBuf {
+    root().join(".venv").join("bin")
+}
+
+/// A test tool from the project's virtual environment, `python3` included: the oracles and the
+/// stand-ins import Werkzeug, gunicorn and Flask from it, never from the system's interpreter.
+pub fn tool(name: &str) -> PathBuf {
+    let p = venv_bin().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: scripts/setup.sh --tests makes the project's virtual environment (.venv/)",
+        p.display()
+    );
+    p
+}
+
+/// `PATH` with the virtual environment first, for a tool that starts others by name (honcho
+/// runs the Procfile's `gunicorn`).
+pub fn tool_path() -> std::ffi::OsString {
+    let mut dirs = vec![venv_bin()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(dirs).expect("PATH entries without ':'")
+}
+
 pub fn python_oracle(
     script: &str,
     args: &[&std::ffi::OsStr],
@@ -85,7 +113,7 @@ pub fn python_oracle(
 ) -> Vec<serde_json::Value> {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let mut child = Command::new("python3")
+    let mut child = Command::new(tool("python3"))
         .arg(root().join("tests").join(script))
         .args(args)
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -93,7 +121,9 @@ pub fn python_oracle(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3 runs (scripts/setup.sh installs it, gunicorn and werkzeug)");
+        .expect(
+            "python3 of .venv/ runs (scripts/setup.sh --tests installs it, gunicorn and werkzeug)",
+        );
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output().unwrap();
