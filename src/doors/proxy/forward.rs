@@ -23,6 +23,7 @@ use super::checks::CookieRewrite;
 use super::{text_response, Ctx, Worker};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Identity headers come from the gateway only, whatever spelling the client used.
 fn is_identity_header(n: &HeaderName) -> bool {
@@ -104,6 +105,20 @@ pub(super) async fn forward_request(
     request.push(b' ');
     request.extend_from_slice(target.as_bytes());
     request.extend_from_slice(b" HTTP/1.1\r\n");
+    // Traced: Console's exchange is a CLIENT span, and Console's `traceparent` names it (the
+    // client's own, if any, is the server span's parent and is not passed on).
+    let mut exchange_span = ctx.span.as_ref().map(|s| {
+        s.client(
+            parts.method.as_str(),
+            vec![
+                opentelemetry::KeyValue::new("http.request.method", parts.method.to_string()),
+                opentelemetry::KeyValue::new("server.address", gw.upstream.ip().to_string()),
+                opentelemetry::KeyValue::new("server.port", i64::from(gw.upstream.port())),
+                opentelemetry::KeyValue::new("url.path", parts.uri.path().to_string()),
+            ],
+        )
+    });
+    let traced = exchange_span.is_some();
     // What the loop sees of the headers it does not copy (no lookup by name afterwards).
     let mut had_length = false;
     let mut had_host = false;
@@ -128,6 +143,7 @@ pub(super) async fn forward_request(
             || *name == X_REQUEST_ID
             || (*name == header::COOKIE && !matches!(cookie, CookieRewrite::Keep))
             || ctx.connection_named.contains(name)
+            || (traced && *name == TRACEPARENT)
         {
             continue;
         }
@@ -189,6 +205,9 @@ pub(super) async fn forward_request(
         v.extend_from_slice(ctx.peer_ip.as_bytes());
         put_header(&mut request, X_FORWARDED_FOR.as_str().as_bytes(), &v);
     }
+    if let Some(span) = &exchange_span {
+        put_header(&mut request, b"traceparent", span.traceparent().as_bytes());
+    }
     request.extend_from_slice(b"\r\n");
     request.extend_from_slice(&bytes);
 
@@ -207,8 +226,16 @@ pub(super) async fn forward_request(
         .timeout_at(sent + gw.read_timeout, exchange)
         .await;
     let resp = match result {
-        Ok(Ok(r)) => r,
+        Ok(Ok(r)) => {
+            if let Some(span) = exchange_span.take() {
+                span.end(Some(r.status().as_u16()));
+            }
+            r
+        }
         Ok(Err(e)) => {
+            if let Some(span) = exchange_span.take() {
+                span.end(None);
+            }
             let status = match e {
                 UpstreamError::ConnectTimeout => 504,
                 _ => 502,
@@ -225,6 +252,9 @@ pub(super) async fn forward_request(
             );
         }
         Err(_) => {
+            if let Some(span) = exchange_span.take() {
+                span.end(None);
+            }
             tracing::warn!(request_id = %ctx.request_id, status = 504, "upstream read timed out");
             return text_response(ctx, GATEWAY_TIMEOUT, true);
         }

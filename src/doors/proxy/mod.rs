@@ -47,6 +47,7 @@ use crate::gateway::state::Gateway;
 use crate::policy::answer::{carry_out, Answer, Asked, DecisionCounts, Reply, RequestId};
 use crate::policy::headers::X_REQUEST_ID;
 use crate::policy::outcome::{decide, Facts, Forward, Outcome, Via};
+use crate::runtime::telemetry::{self, ServerSpan};
 
 pub use body::BodyBudget;
 use checks::{check_request, read_cookie, CookieRewrite};
@@ -216,6 +217,10 @@ struct Ctx {
     close: bool,
     /// The headers the request's `Connection` headers name: not forwarded.
     connection_named: Vec<HeaderName>,
+    /// The request's span, when tracing is on.
+    span: Option<ServerSpan>,
+    /// Its trace id, for the decision's log lines.
+    trace_id: Option<String>,
 }
 
 /// The gateway's own answer: `status` with its plain-text `body` (none to a HEAD request), from
@@ -246,16 +251,51 @@ fn text_response(
     resp
 }
 
+/// One request: traced when tracing is on (its SERVER span around the whole answer, the
+/// stores' lookups its children), else handled with nothing built.
 async fn handle(
     w: Arc<Worker>,
     peer_ip: Arc<str>,
     raw: Option<RawHead>,
     req: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, Infallible> {
-    let request_id = match w.trust_request_id {
-        true => RequestId::trusted(req.headers()).unwrap_or_else(RequestId::next),
-        false => RequestId::next(),
+    let Some(span) = telemetry::server_span(req.method().as_str(), req.uri().path(), req.headers())
+    else {
+        return handle_request(w, peer_ip, raw, req, None).await;
     };
+    let resp = telemetry::in_request(
+        &span,
+        handle_request(w, peer_ip, raw, req, Some(span.clone())),
+    )
+    .await;
+    if let Ok(r) = &resp {
+        span.end(r.status().as_u16());
+    }
+    resp
+}
+
+async fn handle_request(
+    w: Arc<Worker>,
+    peer_ip: Arc<str>,
+    raw: Option<RawHead>,
+    req: Request<Incoming>,
+    span: Option<ServerSpan>,
+) -> Result<Response<GatewayBody>, Infallible> {
+    let trusted = match w.trust_request_id {
+        true => RequestId::trusted(req.headers()),
+        false => None,
+    };
+    let request_id = match (trusted, &span) {
+        (Some(id), _) => id,
+        (None, Some(s)) => RequestId::derived(&s.request_id()).unwrap_or_else(RequestId::next),
+        (None, None) => RequestId::next(),
+    };
+    if let Some(s) = &span {
+        s.set(opentelemetry::KeyValue::new(
+            "rbac.request_id",
+            request_id.as_str().to_string(),
+        ));
+    }
     let client_ip = match forwarded_client(req.headers(), w.trusted_proxies) {
         Some(ip) => ip.to_string().into(),
         None => peer_ip.clone(),
@@ -270,6 +310,8 @@ async fn handle(
         // Nothing after a request with a body was sniffed: the connection ends with its answer.
         close: raw.as_ref().is_none_or(|r| r.has_body),
         connection_named: Vec::new(),
+        trace_id: span.as_ref().map(ServerSpan::trace_id),
+        span,
     };
     let gw = &w.gw;
     let checked = check_request(&req, raw.as_ref()).and_then(|(t, mut seen)| {
@@ -294,6 +336,13 @@ async fn handle(
             // The reader API is answered here, never decided as a route nor forwarded.
             if let Some(call) = gw.rbac_api.then(|| rbac_api::Call::of(&target)).flatten() {
                 let close = ctx.unread_body || ctx.close;
+                if let Some(s) = &ctx.span {
+                    s.route(req.method().as_str(), &target.path);
+                    s.set(opentelemetry::KeyValue::new(
+                        "rbac.decision",
+                        rbac_api::LABEL,
+                    ));
+                }
                 let resp = rbac_api::respond(
                     gw,
                     &call,
@@ -316,6 +365,9 @@ async fn handle(
             };
             let outcome = decide(&**gw, &mapping, gw.switches(), &facts).await;
             let (method, path, version) = (req.method(), &target.path, &mapping.version);
+            if let Some(s) = &ctx.span {
+                crate::doors::trace_outcome(s, method.as_str(), &outcome, version);
+            }
             match &outcome {
                 Outcome::Forward(Forward {
                     via: Via::Allowed(by),
@@ -348,12 +400,22 @@ async fn respond(
     req: Request<Incoming>,
     cookie: CookieRewrite,
 ) -> Response<GatewayBody> {
+    if let (Outcome::Refuse(r), Some(s)) = (&outcome, &ctx.span) {
+        s.set(opentelemetry::KeyValue::new("rbac.reason", r.as_str()));
+    }
     let asked = Asked {
         request_id: ctx.request_id.as_str(),
+        trace_id: ctx.trace_id.as_deref(),
         client_ip: &ctx.client_ip,
         started: ctx.started,
     };
     let carried = carry_out(&*w.gw, &w.counts, outcome, &asked).await;
+    if let Some(s) = &ctx.span {
+        s.set(opentelemetry::KeyValue::new(
+            "rbac.decision",
+            carried.decision.as_str(),
+        ));
+    }
     let decided = carried.decided_at;
     match carried.answer {
         Answer::Forward {
