@@ -24,8 +24,8 @@ use crate::policy::outcome::{Outcome, Via};
 use crate::policy::verdict::Grant;
 use crate::runtime::telemetry::ServerSpan;
 
-/// The decision on the request's span (tracing on only): the rule that matched as `http.route`
-/// and `rbac.rule`, the admin (`enduser.id`, `rbac.admin_id`), why (`rbac.reason`), the
+/// The decision on the request's span (tracing on only): the rule that matched (its path as
+/// `http.route`, its label as `rbac.rule`), the admin (`enduser.id`, `rbac.admin_id`), why (`rbac.reason`), the
 /// mapping's version. What the cookie held, the query and the headers are never recorded.
 pub(crate) fn trace_outcome(span: &ServerSpan, method: &str, outcome: &Outcome, version: &str) {
     span.set(KeyValue::new("rbac.mapping_version", version.to_string()));
@@ -55,7 +55,8 @@ pub(crate) fn trace_outcome(span: &ServerSpan, method: &str, outcome: &Outcome, 
         Outcome::Gone => (None, None, Some("gone")),
     };
     if let Some(rule) = rule {
-        span.route(method, rule);
+        // The rule's label is `METHODS path` (the metrics' `route`): `http.route` is its path.
+        span.route(method, rule.split_once(' ').map_or(rule, |(_, path)| path));
         span.set(KeyValue::new("rbac.rule", rule.to_string()));
     }
     if let Some(admin) = admin {
