@@ -385,12 +385,12 @@ impl Source for Gateway {
     async fn ticket_grants(&self, admin_id: &str) -> Result<Vec<TicketGrant>, Unavailable> {
         self.metrics.db_queries.inc();
         let span = crate::runtime::telemetry::db_span("SELECT ticket grants");
-        let rows: Result<Vec<(String, i32, String, Option<DateTime<Utc>>)>, _> =
-            sqlx::query_as(TICKET_GRANTS_SQL)
-                .persistent(false)
-                .bind(admin_id)
-                .fetch_all(self.identity.pool())
-                .await;
+        type Row = (String, i32, String, Option<DateTime<Utc>>);
+        let rows: Result<Vec<Row>, _> = sqlx::query_as(TICKET_GRANTS_SQL)
+            .persistent(false)
+            .bind(admin_id)
+            .fetch_all(self.identity.pool())
+            .await;
         if let Some(span) = span {
             span.done(rows.is_ok());
         }

@@ -34,13 +34,16 @@ enum Mode {
     Hang,
 }
 
+/// One export request: its path and headers.
+type Post = (String, Vec<(String, String)>);
+
 /// A collector stand-in: OTLP/HTTP on port 0, every export decoded and kept.
 struct Collector {
     addr: SocketAddr,
     traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
     metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
     /// Export requests received (answered or not), with their headers.
-    posts: Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>,
+    posts: Arc<Mutex<Vec<Post>>>,
 }
 
 impl Collector {
@@ -475,7 +478,7 @@ async fn every_metric_family_is_exported_with_its_name_and_labels() {
                                     .map(text)
                                     .any(|a| a == "decision=public")
                             })
-                            .map(|p| p.value.clone())
+                            .map(|p| p.value)
                     }
                     other => panic!("requests_total is a sum: {other:?}"),
                 })
@@ -581,7 +584,10 @@ async fn a_collector_that_hangs_or_refuses_changes_no_answer() {
             (told as u128) <= intervals,
             "{told} reports in {intervals} intervals"
         );
-        assert!(c.posts.lock().unwrap().len() > 0, "the collector was asked");
+        assert!(
+            !c.posts.lock().unwrap().is_empty(),
+            "the collector was asked"
+        );
     }
 }
 
