@@ -137,11 +137,17 @@ pub fn start(
     };
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let proto_resource = export::proto_resource(&resource);
-    let traces_on = settings.traces.is_some();
-    let metrics_url = settings
-        .metrics
-        .as_ref()
-        .map_or("-".to_string(), |e| e.url.to_string());
+    // Where to, never who: a URL's user and password (if any) stay out of the log.
+    let shown = |e: &config::Endpoint| {
+        format!(
+            "{}://{}{}",
+            e.url.scheme_str().unwrap_or("http"),
+            e.url.host().unwrap_or("-"),
+            e.url.port().map_or(String::new(), |p| format!(":{p}"))
+        ) + e.url.path()
+    };
+    let metrics_url = settings.metrics.as_ref().map_or("-".to_string(), shown);
+    let traces_url = settings.traces.as_ref().map_or("-".to_string(), shown);
     let reporter = bg.spawn(async move {
         let wire = settings
             .metrics
@@ -200,7 +206,7 @@ pub fn start(
         }
     });
     tracing::info!(
-        traces = traces_on,
+        traces = %traces_url,
         metrics = %metrics_url,
         "telemetry: exporting over OTLP/HTTP"
     );
