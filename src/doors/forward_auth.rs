@@ -195,7 +195,7 @@ async fn serve(
             let answering = answering.clone();
             let service = service_fn(move |req| {
                 let answering = answering.clone();
-                async move { Ok::<_, Infallible>(handle(&answering, peer, req).await) }
+                async move { Ok::<_, Infallible>(handle(&answering, peer, req, None).await) }
             });
             builder.serve_connection(TokioIo::new(stream), service)
         },
@@ -267,31 +267,36 @@ fn question<'r>(
     Ok((method, t, token))
 }
 
-/// One question: traced when tracing is on (a SERVER span for `/authz`, continuing the edge's
-/// `traceparent`), else answered with nothing built.
-async fn handle(door: &Share, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let Some(span) = crate::runtime::telemetry::server_span(
-        req.method().as_str(),
-        req.uri().path(),
-        req.headers(),
-    ) else {
-        return decide_and_answer(door, peer, req, None).await;
-    };
-    let resp = crate::runtime::telemetry::in_request(
-        &span,
-        decide_and_answer(door, peer, req, Some(&span)),
-    )
-    .await;
+/// A traced question: a SERVER span for `/authz`, continuing the edge's `traceparent`.
+async fn traced(
+    door: &Share,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    span: ServerSpan,
+) -> Response<Full<Bytes>> {
+    let resp =
+        crate::runtime::telemetry::in_request(&span, handle(door, peer, req, Some(&span))).await;
     span.end(resp.status().as_u16());
     resp
 }
 
-async fn decide_and_answer(
+/// One question. Off, nothing is built and nothing wraps this future; traced, it runs again
+/// inside [`traced`], boxed.
+async fn handle(
     door: &Share,
     peer: SocketAddr,
     req: Request<Incoming>,
     span: Option<&ServerSpan>,
 ) -> Response<Full<Bytes>> {
+    if span.is_none() {
+        if let Some(s) = crate::runtime::telemetry::server_span(
+            req.method().as_str(),
+            req.uri().path(),
+            req.headers(),
+        ) {
+            return Box::pin(traced(door, peer, req, s)).await;
+        }
+    }
     let started = Instant::now();
     let gw = &*door.gw;
     let request_id = span

@@ -27,6 +27,8 @@ use crate::runtime::telemetry::ServerSpan;
 /// The decision on the request's span (tracing on only): the rule that matched (its path as
 /// `http.route`, its label as `rbac.rule`), the admin (`enduser.id`, `rbac.admin_id`), why (`rbac.reason`), the
 /// mapping's version. What the cookie held, the query and the headers are never recorded.
+#[cold]
+#[inline(never)]
 pub(crate) fn trace_outcome(span: &ServerSpan, method: &str, outcome: &Outcome, version: &str) {
     span.set(KeyValue::new("rbac.mapping_version", version.to_string()));
     let (rule, admin, reason): (Option<&str>, Option<&str>, Option<&str>) = match outcome {

@@ -40,6 +40,25 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Console's exchange as a CLIENT span of the request's (traced requests only, out of line).
+#[cold]
+#[inline(never)]
+fn exchange_span_of(
+    s: &crate::runtime::telemetry::ServerSpan,
+    parts: &http::request::Parts,
+    upstream: std::net::SocketAddr,
+) -> crate::runtime::telemetry::ChildSpan {
+    s.client(
+        parts.method.as_str(),
+        vec![
+            opentelemetry::KeyValue::new("http.request.method", parts.method.to_string()),
+            opentelemetry::KeyValue::new("server.address", upstream.ip().to_string()),
+            opentelemetry::KeyValue::new("server.port", i64::from(upstream.port())),
+            opentelemetry::KeyValue::new("url.path", parts.uri.path().to_string()),
+        ],
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward_request(
     w: &Arc<Worker>,
@@ -107,17 +126,10 @@ pub(super) async fn forward_request(
     request.extend_from_slice(b" HTTP/1.1\r\n");
     // Traced: Console's exchange is a CLIENT span, and Console's `traceparent` names it (the
     // client's own, if any, is the server span's parent and is not passed on).
-    let mut exchange_span = ctx.span.as_ref().map(|s| {
-        s.client(
-            parts.method.as_str(),
-            vec![
-                opentelemetry::KeyValue::new("http.request.method", parts.method.to_string()),
-                opentelemetry::KeyValue::new("server.address", gw.upstream.ip().to_string()),
-                opentelemetry::KeyValue::new("server.port", i64::from(gw.upstream.port())),
-                opentelemetry::KeyValue::new("url.path", parts.uri.path().to_string()),
-            ],
-        )
-    });
+    let mut exchange_span = ctx
+        .trace
+        .as_deref()
+        .map(|(s, _)| exchange_span_of(s, &parts, gw.upstream));
     let traced = exchange_span.is_some();
     // What the loop sees of the headers it does not copy (no lookup by name afterwards).
     let mut had_length = false;

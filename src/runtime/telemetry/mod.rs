@@ -362,13 +362,16 @@ impl ServerSpan {
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(tracer, &self.cx);
-        ChildSpan { span }
+        ChildSpan {
+            span: Box::new(span),
+        }
     }
 }
 
 /// A child span; ended when dropped, or by [`ChildSpan::end`] with a status.
+/// Boxed: a future that holds one (Console's exchange) stays small when tracing is off.
 pub struct ChildSpan {
-    span: opentelemetry_sdk::trace::Span,
+    span: Box<opentelemetry_sdk::trace::Span>,
 }
 
 impl ChildSpan {
@@ -456,7 +459,9 @@ pub fn db_span(operation: &'static str) -> Option<ChildSpan> {
             KeyValue::new("db.query.summary", operation),
         ])
         .start_with_context(tracer, &cx);
-    Some(ChildSpan { span })
+    Some(ChildSpan {
+        span: Box::new(span),
+    })
 }
 
 impl ChildSpan {
