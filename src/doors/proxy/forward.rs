@@ -40,6 +40,31 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The method as an attribute value without an allocation for the usual ones.
+fn method_value(m: &Method) -> opentelemetry::Value {
+    match m.as_str() {
+        "GET" => "GET".into(),
+        "HEAD" => "HEAD".into(),
+        "POST" => "POST".into(),
+        "PUT" => "PUT".into(),
+        "PATCH" => "PATCH".into(),
+        "DELETE" => "DELETE".into(),
+        other => other.to_string().into(),
+    }
+}
+
+/// Console's address as text, made once (it is the same for every request of the process).
+fn upstream_address(upstream: std::net::SocketAddr) -> opentelemetry::Value {
+    static SHOWN: std::sync::OnceLock<(std::net::IpAddr, opentelemetry::StringValue)> =
+        std::sync::OnceLock::new();
+    let (ip, text) = SHOWN.get_or_init(|| (upstream.ip(), upstream.ip().to_string().into()));
+    if *ip == upstream.ip() {
+        opentelemetry::Value::String(text.clone())
+    } else {
+        upstream.ip().to_string().into()
+    }
+}
+
 /// Console's exchange as a CLIENT span of the request's (traced requests only, out of line).
 #[cold]
 #[inline(never)]
@@ -51,8 +76,8 @@ fn exchange_span_of(
     s.client(
         parts.method.as_str(),
         vec![
-            opentelemetry::KeyValue::new("http.request.method", parts.method.to_string()),
-            opentelemetry::KeyValue::new("server.address", upstream.ip().to_string()),
+            opentelemetry::KeyValue::new("http.request.method", method_value(&parts.method)),
+            opentelemetry::KeyValue::new("server.address", upstream_address(upstream)),
             opentelemetry::KeyValue::new("server.port", i64::from(upstream.port())),
             opentelemetry::KeyValue::new("url.path", parts.uri.path().to_string()),
         ],

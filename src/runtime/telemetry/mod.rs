@@ -290,7 +290,13 @@ fn start_server(
         .span_builder(method_name(method))
         .with_kind(SpanKind::Server)
         .with_attributes([
-            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new(
+                "http.request.method",
+                match method_name(method) {
+                    Cow::Borrowed("HTTP") => Cow::Owned(method.to_string()),
+                    known => known,
+                },
+            ),
             KeyValue::new("url.path", path.to_string()),
         ])
         .start_with_context(tracer, &parent);
@@ -308,13 +314,23 @@ impl ServerSpan {
     /// `<trace id>-<span id>` (49 characters of hex and `-`): the request id when no trusted
     /// router gave one.
     pub fn request_id(&self) -> String {
-        let sc = self.cx.span().span_context().clone();
-        format!("{}-{}", sc.trace_id(), sc.span_id())
+        let span = self.cx.span();
+        let sc = span.span_context();
+        let mut out = String::with_capacity(49);
+        hex_into(&mut out, &sc.trace_id().to_bytes());
+        out.push('-');
+        hex_into(&mut out, &sc.span_id().to_bytes());
+        out
     }
 
     /// The trace id as hex (the decision's log lines carry it).
     pub fn trace_id(&self) -> String {
-        self.cx.span().span_context().trace_id().to_string()
+        let mut out = String::with_capacity(32);
+        hex_into(
+            &mut out,
+            &self.cx.span().span_context().trace_id().to_bytes(),
+        );
+        out
     }
 
     pub fn set(&self, attribute: KeyValue) {
@@ -368,6 +384,15 @@ impl ServerSpan {
     }
 }
 
+/// Lower-case hex of `bytes`, appended (ids are formatted on every traced request: no `fmt`).
+fn hex_into(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+}
+
 /// A child span; ended when dropped, or by [`ChildSpan::end`] with a status.
 /// Boxed: a future that holds one (Console's exchange) stays small when tracing is off.
 pub struct ChildSpan {
@@ -378,12 +403,14 @@ impl ChildSpan {
     /// The W3C `traceparent` naming this span, for the request it stands for.
     pub fn traceparent(&self) -> String {
         let sc = self.span.span_context();
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        hex_into(&mut out, &sc.trace_id().to_bytes());
+        out.push('-');
+        hex_into(&mut out, &sc.span_id().to_bytes());
+        out.push('-');
+        hex_into(&mut out, &[sc.trace_flags().to_u8()]);
+        out
     }
 
     pub fn set(&mut self, attribute: KeyValue) {
