@@ -370,6 +370,60 @@ if BIN:
 else:
     skip("every target carries every listener and secret", "no built binary; run cargo build")
 
+# 6b. OpenTelemetry: the OTEL_* variables the gateway reads are the ones src/runtime/telemetry/
+# config.rs names; every one a target sets (or comments) is among them, the Kubernetes and
+# systemd targets point at a collector over http/protobuf, docs/telemetry.md documents every one,
+# and (with a built binary) a protocol the gateway cannot speak is refused at start with 64.
+def otel_read():
+    return set(re.findall(r'"(OTEL_[A-Z_]+)"', open("src/runtime/telemetry/config.rs").read()))
+
+def otel_targets():
+    p, read = [], otel_read()
+    if "OTEL_EXPORTER_OTLP_ENDPOINT" not in read:
+        return ["no OTEL_ variables found in src/runtime/telemetry/config.rs"]
+    targets = {}
+    for where, c, _ in gateway_containers():
+        if where.startswith(("Deployment", "StatefulSet")):
+            targets[f"k8s {where}"] = {e["name"]: e.get("value", "<from>") for e in c.get("env", [])}
+    env = {}
+    for line in open("deploy/systemd/env.example"):
+        m = re.match(r"^#?([A-Z_0-9]+)=(.*)$", line.strip())
+        if m:
+            env[m.group(1)] = m.group(2)
+    targets["systemd env.example"] = env
+    for where, env in targets.items():
+        otel = {k: v for k, v in env.items() if k.startswith("OTEL_")}
+        unknown = sorted(set(otel) - read)
+        if unknown:
+            p.append(f"{where}: sets variables the gateway does not read: {unknown}")
+        endpoint = otel.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+        if not re.match(r"^https?://[^/]+", endpoint):
+            p.append(f"{where}: OTEL_EXPORTER_OTLP_ENDPOINT does not point at a collector ({endpoint!r})")
+        if otel.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf") != "http/protobuf":
+            p.append(f"{where}: OTEL_EXPORTER_OTLP_PROTOCOL is not http/protobuf")
+    doc = open("docs/telemetry.md").read()
+    undocumented = sorted(v for v in read if v not in doc)
+    if undocumented:
+        p.append(f"docs/telemetry.md does not document {undocumented}")
+    return p
+check("OpenTelemetry: the Kubernetes and systemd targets point at a collector with variables the gateway "
+      "reads, and docs/telemetry.md documents each", otel_targets)
+
+def otel_refused():
+    tmp = tempfile.mkdtemp(prefix="check-deploy-otel-")
+    out = subprocess.run([BIN, "serve", "--routes", "routes.toml", "--database-url",
+                          "postgres://check-deploy@127.0.0.1:1/none", "--audit-spool", os.path.join(tmp, "spool"),
+                          "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+                         env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+                         capture_output=True, text=True, timeout=30)
+    if out.returncode != 64 or "http/protobuf" not in out.stderr:
+        return [f"exit {out.returncode}: {out.stderr.strip()[-300:]}"]
+    return []
+if BIN:
+    check(f"OpenTelemetry: {BIN} refuses OTEL_EXPORTER_OTLP_PROTOCOL=grpc at start (exit 64, says http/protobuf)", otel_refused)
+else:
+    skip("OpenTelemetry: an unsupported protocol refused at start", "no built binary; run cargo build")
+
 # 7. Grafana: every metric family the binary exposes is charted or listed as left out on purpose
 # (the dashboard's "Not charted, on purpose" panel), and every name the dashboard uses exists.
 # The families are those src/runtime/metrics.rs declares and those the binary's /metrics
@@ -626,8 +680,10 @@ env_vars = sorted({m.group(0) for m in (re.match(r"[A-Z_0-9]+", l) for l in open
 if BIN:
     known = set(re.findall(r"env: ([A-Z_0-9]+)", subprocess.run([BIN, "serve", "--help"], capture_output=True,
                                                                 text=True).stdout)) | {"RUST_LOG"}
+    # The OpenTelemetry variables are no flags: the ones src/runtime/telemetry/config.rs reads.
+    known |= otel_read()
     unknown = [v for v in env_vars if v not in known]
-    report(not unknown, "env.example: every variable is one serve --help lists" if not unknown
+    report(not unknown, "env.example: every variable is one serve --help lists (or an OTEL_ variable the gateway reads)" if not unknown
            else "env.example: unknown variables: " + "\n".join(unknown))
 else:
     skip("env.example variables vs serve --help", "no built binary")

@@ -141,6 +141,10 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     let threads = args
         .threads
         .unwrap_or_else(crate::dataplane::workers::default_threads);
+    // OpenTelemetry (the OTEL_* variables): checked before anything is bound, as a flag is.
+    let telemetry_settings =
+        crate::runtime::telemetry::config::from_env(&|k| std::env::var(k).ok())
+            .map_err(|e| usage(anyhow!("{e}")))?;
 
     let metrics = Arc::new(Metrics::new());
     crate::gateway::state::prime_metric_labels(&metrics);
@@ -320,6 +324,22 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     let Some((gw, admin, admin_bound)) = started else {
         return Ok(());
     };
+    // Export beside the requests, on the background runtime; nothing at all when off.
+    let telemetry = match telemetry_settings {
+        None => None,
+        Some(settings) => {
+            let refreshed = gw.clone();
+            Some(
+                crate::runtime::telemetry::start(
+                    settings,
+                    bg.handle(),
+                    gw.metrics.clone(),
+                    Arc::new(move || refreshed.refresh_gauges()),
+                )
+                .map_err(|e| usage(anyhow!("OpenTelemetry: {e}")))?,
+            )
+        }
+    };
 
     let http = Http1Settings {
         header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
@@ -379,6 +399,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         None => gw.set_mapping_missing(None),
     }
     let signal = bg.block_on(signals.stopped());
+    let stopping = std::time::Instant::now();
     tracing::info!(
         signal,
         grace_seconds = args.shutdown_grace,
@@ -394,6 +415,11 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     }
     // Rows of denials answered 503 still in memory: one last bounded try.
     bg.block_on(gw.audit.finish(Duration::from_millis(args.db_timeout_ms)));
+    // What is queued goes out within what the drain left of the grace (at least 100 ms).
+    if let Some(t) = telemetry {
+        let left = Duration::from_secs(args.shutdown_grace).saturating_sub(stopping.elapsed());
+        t.shutdown(&bg, left.max(Duration::from_millis(100)));
+    }
     drop(bg);
     // A supervisor (the Heroku launcher, systemd) learns from the status that requests were cut.
     match crate::dataplane::listen::cut_at_shutdown() {

@@ -28,22 +28,8 @@ async fn handle(req: Request<Incoming>, gw: &Gateway) -> Response<Full<Bytes>> {
         (&Method::GET, "/healthz") => (200, "text/plain", "ok\n".to_string()),
         (&Method::GET, "/readyz") => ready(gw).await,
         (&Method::GET, "/metrics") => {
-            let (sessions, principals) = gw.identity.cache_sizes();
-            let m = &gw.metrics;
-            m.cache_entries
-                .with_label_values(&["session"])
-                .set(sessions as i64);
-            m.cache_entries
-                .with_label_values(&["principal"])
-                .set(principals as i64);
-            let pool = gw.identity.pool();
-            m.db_pool
-                .with_label_values(&["open"])
-                .set(pool.pool().size() as i64);
-            m.db_pool
-                .with_label_values(&["idle"])
-                .set(pool.pool().num_idle() as i64);
-            (200, "text/plain; version=0.0.4", m.render())
+            gw.refresh_gauges();
+            (200, "text/plain; version=0.0.4", gw.metrics.render())
         }
         (&Method::GET, _) => (404, "text/plain", "not found\n".to_string()),
         _ => (405, "text/plain", "method not allowed\n".to_string()),

@@ -47,6 +47,8 @@ use crate::policy::answer::{carry_out, Answer, Asked, Decision, DecisionCounts, 
 use crate::policy::cookie::session_token;
 use crate::policy::outcome::{decide, Facts, Outcome};
 use crate::policy::target::{self, Refusal, Target};
+use crate::runtime::telemetry::ServerSpan;
+use opentelemetry::KeyValue;
 
 pub const PATH: &str = "/authz";
 
@@ -193,7 +195,7 @@ async fn serve(
             let answering = answering.clone();
             let service = service_fn(move |req| {
                 let answering = answering.clone();
-                async move { Ok::<_, Infallible>(handle(&answering, peer, req).await) }
+                async move { Ok::<_, Infallible>(handle(&answering, peer, req, None).await) }
             });
             builder.serve_connection(TokioIo::new(stream), service)
         },
@@ -265,17 +267,56 @@ fn question<'r>(
     Ok((method, t, token))
 }
 
-async fn handle(door: &Share, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// A traced question: a SERVER span for `/authz`, continuing the edge's `traceparent`.
+async fn traced(
+    door: &Share,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    span: ServerSpan,
+) -> Response<Full<Bytes>> {
+    let resp =
+        crate::runtime::telemetry::in_request(&span, handle(door, peer, req, Some(&span))).await;
+    span.end(resp.status().as_u16());
+    resp
+}
+
+/// One question. Off, nothing is built and nothing wraps this future; traced, it runs again
+/// inside [`traced`], boxed.
+async fn handle(
+    door: &Share,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    span: Option<&ServerSpan>,
+) -> Response<Full<Bytes>> {
+    if span.is_none() {
+        if let Some(s) = crate::runtime::telemetry::server_span(
+            req.method().as_str(),
+            req.uri().path(),
+            req.headers(),
+        ) {
+            return Box::pin(traced(door, peer, req, s)).await;
+        }
+    }
     let started = Instant::now();
     let gw = &*door.gw;
-    let request_id = RequestId::next();
+    let request_id = span
+        .and_then(|s| RequestId::derived(&s.request_id()))
+        .unwrap_or_else(RequestId::next);
+    if let Some(s) = span {
+        s.set(KeyValue::new(
+            "rbac.request_id",
+            request_id.as_str().to_string(),
+        ));
+    }
     if req.uri().path() != PATH {
         return answer(404, None, &request_id);
     }
     let headers = req.headers();
     let ip = client_ip(headers, peer);
+    let trace_id = span.map(ServerSpan::trace_id);
     let asked = Asked {
         request_id: request_id.as_str(),
+        trace_id: trace_id.as_deref(),
         client_ip: &ip,
         started,
     };
@@ -295,10 +336,23 @@ async fn handle(door: &Share, peer: SocketAddr, req: Request<Incoming>) -> Respo
                 request_id: request_id.as_str(),
                 at: started,
             };
-            decide(gw, &mapping, gw.switches(), &facts).await
+            let outcome = decide(gw, &mapping, gw.switches(), &facts).await;
+            if let Some(s) = span {
+                // The question's target: what was decided on (its path only, never its query).
+                s.set(KeyValue::new("rbac.target.method", method.clone()));
+                s.set(KeyValue::new("rbac.target.path", t.path.clone()));
+                crate::doors::trace_outcome(s, &method, &outcome, &mapping.version);
+            }
+            outcome
         }
     };
+    if let (Outcome::Refuse(r), Some(s)) = (&outcome, span) {
+        s.set(KeyValue::new("rbac.reason", r.as_str()));
+    }
     let carried = carry_out(gw, &door.counts, outcome, &asked).await;
+    if let Some(s) = span {
+        s.set(KeyValue::new("rbac.decision", carried.decision.as_str()));
+    }
     let done = carried.answer;
     let mut resp = answer(done.authz_status(), Some(carried.decision), &request_id);
     let h = resp.headers_mut();

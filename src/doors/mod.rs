@@ -17,3 +17,55 @@ pub mod forward_auth;
 pub mod freescout_webhook;
 pub mod proxy;
 pub mod rbac_api;
+
+use opentelemetry::KeyValue;
+
+use crate::policy::outcome::{Outcome, Via};
+use crate::policy::verdict::Grant;
+use crate::runtime::telemetry::ServerSpan;
+
+/// The decision on the request's span (tracing on only): the rule that matched (its path as
+/// `http.route`, its label as `rbac.rule`), the admin (`enduser.id`, `rbac.admin_id`), why (`rbac.reason`), the
+/// mapping's version. What the cookie held, the query and the headers are never recorded.
+#[cold]
+#[inline(never)]
+pub(crate) fn trace_outcome(span: &ServerSpan, method: &str, outcome: &Outcome, version: &str) {
+    span.set(KeyValue::new("rbac.mapping_version", version.to_string()));
+    let (rule, admin, reason): (Option<&str>, Option<&str>, Option<&str>) = match outcome {
+        Outcome::Forward(f) => {
+            let reason = match &f.via {
+                Via::Allowed(Grant::Role(r)) | Via::Allowed(Grant::Permission(r)) => {
+                    span.set(KeyValue::new("rbac.granted_by", r.clone()));
+                    None
+                }
+                _ => None,
+            };
+            (
+                f.rule.as_deref(),
+                f.principal.as_ref().map(|p| p.admin_id.as_str()),
+                reason,
+            )
+        }
+        Outcome::ShadowDeny { row, .. } | Outcome::Deny { row } => (
+            row.route.as_deref(),
+            row.admin_id.as_deref(),
+            Some(row.reason.as_str()),
+        ),
+        Outcome::Refuse(r) => (None, None, Some(r.as_str())),
+        Outcome::Unavailable(u) => (None, None, Some(u.as_str())),
+        Outcome::Redirect { .. } => (None, None, Some("no_session")),
+        Outcome::Gone => (None, None, Some("gone")),
+    };
+    if let Some(rule) = rule {
+        // The rule's label is `METHODS path` (the metrics' `route`): `http.route` is its path.
+        span.route(method, rule.split_once(' ').map_or(rule, |(_, path)| path));
+        span.set(KeyValue::new("rbac.rule", rule.to_string()));
+    }
+    if let Some(admin) = admin {
+        span.set(KeyValue::new("enduser.id", admin.to_string()));
+        span.set(KeyValue::new("rbac.admin_id", admin.to_string()));
+    }
+    if let Some(reason) = reason {
+        span.set(KeyValue::new("rbac.reason", reason.to_string()));
+    }
+}

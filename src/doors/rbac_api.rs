@@ -384,13 +384,18 @@ impl Source for Gateway {
 
     async fn ticket_grants(&self, admin_id: &str) -> Result<Vec<TicketGrant>, Unavailable> {
         self.metrics.db_queries.inc();
-        let rows: Vec<(String, i32, String, Option<DateTime<Utc>>)> =
-            sqlx::query_as(TICKET_GRANTS_SQL)
-                .persistent(false)
-                .bind(admin_id)
-                .fetch_all(self.identity.pool())
-                .await
-                .map_err(|e| self.reader_db_error("ticket grants", e, Unavailable::Tickets))?;
+        let span = crate::runtime::telemetry::db_span("SELECT ticket grants");
+        type Row = (String, i32, String, Option<DateTime<Utc>>);
+        let rows: Result<Vec<Row>, _> = sqlx::query_as(TICKET_GRANTS_SQL)
+            .persistent(false)
+            .bind(admin_id)
+            .fetch_all(self.identity.pool())
+            .await;
+        if let Some(span) = span {
+            span.done(rows.is_ok());
+        }
+        let rows =
+            rows.map_err(|e| self.reader_db_error("ticket grants", e, Unavailable::Tickets))?;
         Ok(rows
             .into_iter()
             .map(
@@ -410,13 +415,17 @@ impl Source for Gateway {
         permission: &str,
     ) -> Result<Option<String>, Unavailable> {
         self.metrics.db_queries.inc();
-        sqlx::query_scalar(ROLE_GRANTING_SQL)
+        let span = crate::runtime::telemetry::db_span("SELECT role permissions");
+        let found = sqlx::query_scalar(ROLE_GRANTING_SQL)
             .persistent(false)
             .bind(permission)
             .bind(roles)
             .fetch_optional(self.identity.pool())
-            .await
-            .map_err(|e| self.reader_db_error("role permissions", e, Unavailable::Identity))
+            .await;
+        if let Some(span) = span {
+            span.done(found.is_ok());
+        }
+        found.map_err(|e| self.reader_db_error("role permissions", e, Unavailable::Identity))
     }
 
     async fn ticket_granting(

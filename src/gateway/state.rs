@@ -49,6 +49,26 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Updates the gauges that are read, not counted (cache entries, pool connections): before
+    /// `/metrics` is rendered and before each OTLP metrics export.
+    pub fn refresh_gauges(&self) {
+        let (sessions, principals) = self.identity.cache_sizes();
+        let m = &self.metrics;
+        m.cache_entries
+            .with_label_values(&["session"])
+            .set(sessions as i64);
+        m.cache_entries
+            .with_label_values(&["principal"])
+            .set(principals as i64);
+        let pool = self.identity.pool();
+        m.db_pool
+            .with_label_values(&["open"])
+            .set(pool.pool().size() as i64);
+        m.db_pool
+            .with_label_values(&["idle"])
+            .set(pool.pool().num_idle() as i64);
+    }
+
     /// A gateway whose database is never reached: for `mapping`s whose routes resolve no session
     /// and write no row (public and machine routes), as the bare data plane of
     /// `examples/bare_proxy.rs` and a door started alone in a test use it. Call it inside a

@@ -70,6 +70,21 @@ impl RequestId {
         Some(id)
     }
 
+    /// The id derived from the request's trace (`<trace id>-<span id>`, given by the door when
+    /// tracing is on), if it is a valid id.
+    pub fn derived(v: &str) -> Option<RequestId> {
+        let v = v.as_bytes();
+        if !Self::valid(v) {
+            return None;
+        }
+        let mut id = RequestId {
+            bytes: [0u8; RequestId::MAX],
+            len: v.len() as u8,
+        };
+        id.bytes[..v.len()].copy_from_slice(v);
+        Some(id)
+    }
+
     /// Whether `v` may be taken as a request id from a trusted router.
     pub fn valid(v: &[u8]) -> bool {
         (Self::MIN..=Self::MAX).contains(&v.len())
@@ -303,26 +318,26 @@ pub async fn carry_out(
     outcome: Outcome,
     asked: &Asked<'_>,
 ) -> Carried {
-    let (request_id, started) = (asked.request_id, asked.started);
+    let (request_id, started, trace_id) = (asked.request_id, asked.started, asked.trace_id);
     let decided = outcome.decision();
     // The aftermath; Some: carrying it out failed, the answer is 503.
     let failed = match &outcome {
         Outcome::Refuse(refusal) => {
-            tracing::warn!(request_id, reason = %refusal, client_ip = asked.client_ip, "refused");
+            tracing::warn!(request_id, trace_id, reason = %refusal, client_ip = asked.client_ip, "refused");
             gw.refused(refusal.as_str());
             None
         }
         Outcome::Unavailable(why) => Some(*why),
         Outcome::Deny { row } => match gw.record(row.clone()).await {
             Err(e) => {
-                tracing::error!(request_id, error = %e, "the denial's row is not durable in time: answering 503 (the row waits in memory for the database unless the writer stopped or its queue is full: see the writer's lines)");
+                tracing::error!(request_id, trace_id, error = %e, "the denial's row is not durable in time: answering 503 (the row waits in memory for the database unless the writer stopped or its queue is full: see the writer's lines)");
                 Some(Unavailable::Audit)
             }
             Ok(()) => {
                 let rule = row.route.as_deref().unwrap_or("-");
                 gw.denied(rule, row.reason.as_str());
                 tracing::info!(
-                    request_id, admin_id = row.admin_id.as_deref().unwrap_or("-"), method = %row.method,
+                    request_id, trace_id, admin_id = row.admin_id.as_deref().unwrap_or("-"), method = %row.method,
                     path = %row.path, rule = %rule, required = row.required.as_deref().unwrap_or("-"),
                     reason = %row.reason, mapping_version = row.mapping_version.as_deref().unwrap_or("-"), "denied"
                 );
@@ -336,6 +351,7 @@ pub async fn carry_out(
             }
             tracing::info!(
                 request_id,
+                trace_id,
                 admin_id = row.admin_id.as_deref().unwrap_or("-"),
                 rule = row.route.as_deref().unwrap_or("-"),
                 "shadow: would deny, forwarding"
@@ -366,6 +382,9 @@ pub async fn carry_out(
 /// on the request (the decision's clock).
 pub struct Asked<'a> {
     pub request_id: &'a str,
+    /// The request's trace id when tracing is on: on the decision's log lines, so a denial
+    /// joins its trace whatever its request id.
+    pub trace_id: Option<&'a str>,
     pub client_ip: &'a str,
     pub started: Instant,
 }
@@ -504,6 +523,7 @@ mod tests {
     fn asked() -> Asked<'static> {
         Asked {
             request_id: "rid",
+            trace_id: None,
             client_ip: "192.0.2.1",
             started: Instant::now(),
         }

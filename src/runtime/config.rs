@@ -176,7 +176,7 @@ pub struct ServeArgs {
     pub database_url: String,
     /// A connection to PostgreSQL that bypasses any transaction pooler, for what needs a session
     /// (the change feed's LISTEN, the sweep's lock); default: --database-url. Set it when
-    /// --database-url is a transaction-pooling PgBouncer (README, "Behind PgBouncer").
+    /// --database-url is a transaction-pooling PgBouncer (docs/deploy/pgbouncer.md).
     #[arg(long, env = "GATEWAY_DIRECT_DATABASE_URL", hide_env_values = true)]
     pub direct_database_url: Option<String>,
     /// Address of the admin listener (/healthz, /readyz, /metrics).

@@ -81,6 +81,9 @@ pub struct Metrics {
     pub freescout_webhooks: IntCounterVec,
     /// Targeted cache invalidations that failed (the whole cache was cleared instead).
     pub cache_invalidation_errors: IntCounter,
+    /// OpenTelemetry export losses by signal: spans dropped (queue full, or the collector did
+    /// not take them), metric exports that failed. 0 while telemetry is off.
+    pub telemetry_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -324,6 +327,14 @@ impl Metrics {
                 "Targeted cache invalidations that failed (the cache was cleared instead)",
             )
             .unwrap(),
+            telemetry_dropped: IntCounterVec::new(
+                Opts::new(
+                    "rbac_gateway_telemetry_dropped_total",
+                    "OpenTelemetry export losses by signal: spans dropped or not taken by the collector, metric exports that failed",
+                ),
+                &["signal"],
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -365,6 +376,7 @@ impl Metrics {
         r.register(Box::new(m.freescout_webhooks.clone())).unwrap();
         r.register(Box::new(m.cache_invalidation_errors.clone()))
             .unwrap();
+        r.register(Box::new(m.telemetry_dropped.clone())).unwrap();
         m.initialise_labels();
         m
     }
@@ -398,12 +410,20 @@ impl Metrics {
         for r in ["delivered", "failed"] {
             self.alerts.with_label_values(&[r]);
         }
+        for s in ["spans", "metrics"] {
+            self.telemetry_dropped.with_label_values(&[s]);
+        }
         for r in ["done", "skipped", "failed"] {
             self.alert_passes.with_label_values(&[r]);
         }
         for r in ["ticket_closed", "expired", "break_glass_expire"] {
             self.sweep_revocations.with_label_values(&[r]);
         }
+    }
+
+    /// Every family as `/metrics` serves it (the OTLP export sends the same).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     /// The Prometheus text exposition.

@@ -8,6 +8,7 @@
 //! costs no database query. The answer is the decision's [`Principal`]
 //! (`policy/principal.rs`), filled here.
 
+use crate::runtime::telemetry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -235,8 +236,10 @@ impl Identity {
         let key = token_hash(token);
         if let Some(hit) = self.sessions.get(&key).await {
             self.hits[0].inc();
+            telemetry::note_cache(telemetry::Cache::Shared);
             return Ok((hit, None));
         }
+        telemetry::note_cache(telemetry::Cache::Miss);
         self.metrics
             .cache_misses
             .with_label_values(&["session"])
@@ -260,7 +263,12 @@ impl Identity {
                     self.metrics.db_errors.inc();
                 })
             });
-            let rows = crate::stores::db::within(self.query_timeout, lookup).await?;
+            let span = telemetry::db_span("SELECT session principal");
+            let rows = crate::stores::db::within(self.query_timeout, lookup).await;
+            if let Some(span) = span {
+                span.done(rows.is_ok());
+            }
+            let rows = rows?;
             let Some(row) = rows.first() else {
                 return Ok::<_, sqlx::Error>(None);
             };
@@ -303,8 +311,10 @@ impl Identity {
     pub async fn principal(&self, admin_id: &str) -> Result<Arc<Principal>, IdentityError> {
         if let Some(hit) = self.principals.get(admin_id).await {
             self.hits[1].inc();
+            telemetry::note_cache(telemetry::Cache::Shared);
             return Ok(hit);
         }
+        telemetry::note_cache(telemetry::Cache::Miss);
         self.metrics
             .cache_misses
             .with_label_values(&["principal"])
@@ -318,11 +328,16 @@ impl Identity {
                 self.ttl,
                 self.break_glass_requires_alert,
             );
-            crate::stores::db::within(self.query_timeout, lookup)
+            let span = telemetry::db_span("SELECT principal");
+            let found = crate::stores::db::within(self.query_timeout, lookup)
                 .await
                 .inspect_err(|_| {
                     self.metrics.db_errors.inc();
-                })
+                });
+            if let Some(span) = span {
+                span.done(found.is_ok());
+            }
+            found
         };
         let found = self
             .principals
@@ -384,6 +399,7 @@ impl Identity {
         if let Some(p) = recent {
             self.hits[0].inc();
             self.hits[1].inc();
+            telemetry::note_cache(telemetry::Cache::Worker);
             return Ok(Some(p));
         }
         let (Some(s), fetched) = self.session_and_principal(token).await? else {

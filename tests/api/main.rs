@@ -33,5 +33,6 @@ mod round_trips;
 mod signals;
 mod sql_text;
 mod supervision;
+mod telemetry;
 mod tickets;
 mod upstream_differential;

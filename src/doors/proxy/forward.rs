@@ -23,6 +23,7 @@ use super::checks::CookieRewrite;
 use super::{text_response, Ctx, Worker};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Identity headers come from the gateway only, whatever spelling the client used.
 fn is_identity_header(n: &HeaderName) -> bool {
@@ -37,6 +38,50 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The method as an attribute value without an allocation for the usual ones.
+fn method_value(m: &Method) -> opentelemetry::Value {
+    match m.as_str() {
+        "GET" => "GET".into(),
+        "HEAD" => "HEAD".into(),
+        "POST" => "POST".into(),
+        "PUT" => "PUT".into(),
+        "PATCH" => "PATCH".into(),
+        "DELETE" => "DELETE".into(),
+        other => other.to_string().into(),
+    }
+}
+
+/// Console's address as text, made once (it is the same for every request of the process).
+fn upstream_address(upstream: std::net::SocketAddr) -> opentelemetry::Value {
+    static SHOWN: std::sync::OnceLock<(std::net::IpAddr, opentelemetry::StringValue)> =
+        std::sync::OnceLock::new();
+    let (ip, text) = SHOWN.get_or_init(|| (upstream.ip(), upstream.ip().to_string().into()));
+    if *ip == upstream.ip() {
+        opentelemetry::Value::String(text.clone())
+    } else {
+        upstream.ip().to_string().into()
+    }
+}
+
+/// Console's exchange as a CLIENT span of the request's (traced requests only, out of line).
+#[cold]
+#[inline(never)]
+fn exchange_span_of(
+    s: &crate::runtime::telemetry::ServerSpan,
+    parts: &http::request::Parts,
+    upstream: std::net::SocketAddr,
+) -> crate::runtime::telemetry::ChildSpan {
+    s.client(
+        parts.method.as_str(),
+        vec![
+            opentelemetry::KeyValue::new("http.request.method", method_value(&parts.method)),
+            opentelemetry::KeyValue::new("server.address", upstream_address(upstream)),
+            opentelemetry::KeyValue::new("server.port", i64::from(upstream.port())),
+            opentelemetry::KeyValue::new("url.path", parts.uri.path().to_string()),
+        ],
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -104,6 +149,13 @@ pub(super) async fn forward_request(
     request.push(b' ');
     request.extend_from_slice(target.as_bytes());
     request.extend_from_slice(b" HTTP/1.1\r\n");
+    // Traced: Console's exchange is a CLIENT span, and Console's `traceparent` names it (the
+    // client's own, if any, is the server span's parent and is not passed on).
+    let mut exchange_span = ctx
+        .trace
+        .as_deref()
+        .map(|(s, _)| exchange_span_of(s, &parts, gw.upstream));
+    let traced = exchange_span.is_some();
     // What the loop sees of the headers it does not copy (no lookup by name afterwards).
     let mut had_length = false;
     let mut had_host = false;
@@ -128,6 +180,7 @@ pub(super) async fn forward_request(
             || *name == X_REQUEST_ID
             || (*name == header::COOKIE && !matches!(cookie, CookieRewrite::Keep))
             || ctx.connection_named.contains(name)
+            || (traced && *name == TRACEPARENT)
         {
             continue;
         }
@@ -189,6 +242,9 @@ pub(super) async fn forward_request(
         v.extend_from_slice(ctx.peer_ip.as_bytes());
         put_header(&mut request, X_FORWARDED_FOR.as_str().as_bytes(), &v);
     }
+    if let Some(span) = &exchange_span {
+        put_header(&mut request, b"traceparent", span.traceparent().as_bytes());
+    }
     request.extend_from_slice(b"\r\n");
     request.extend_from_slice(&bytes);
 
@@ -207,8 +263,16 @@ pub(super) async fn forward_request(
         .timeout_at(sent + gw.read_timeout, exchange)
         .await;
     let resp = match result {
-        Ok(Ok(r)) => r,
+        Ok(Ok(r)) => {
+            if let Some(span) = exchange_span.take() {
+                span.end(Some(r.status().as_u16()));
+            }
+            r
+        }
         Ok(Err(e)) => {
+            if let Some(span) = exchange_span.take() {
+                span.end(None);
+            }
             let status = match e {
                 UpstreamError::ConnectTimeout => 504,
                 _ => 502,
@@ -225,6 +289,9 @@ pub(super) async fn forward_request(
             );
         }
         Err(_) => {
+            if let Some(span) = exchange_span.take() {
+                span.end(None);
+            }
             tracing::warn!(request_id = %ctx.request_id, status = 504, "upstream read timed out");
             return text_response(ctx, GATEWAY_TIMEOUT, true);
         }

@@ -1,0 +1,360 @@
+//! The OpenTelemetry environment variables, read once at start: raw text -> checked settings,
+//! or a [`ConfigError`] that names the variable and how to fix it (`serve` exits 64).
+//!
+//! Off unless an OTLP endpoint is set (`OTEL_EXPORTER_OTLP_ENDPOINT`, or a signal's own
+//! `OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT`) and `OTEL_SDK_DISABLED` is not `true`: unlike
+//! an SDK's default of `localhost:4318`, a gateway with nothing set exports nothing and builds no
+//! span. The rest follows the specification's "Environment Variable Specification" and the
+//! OTLP exporter's: a signal's own variable wins over the general one, `OTEL_*_EXPORTER=none`
+//! turns one signal off, headers are `k=v` pairs with percent-encoded values.
+
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::Uri;
+
+/// Where one signal goes.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The whole URL the export is POSTed to (`.../v1/traces`, `.../v1/metrics`).
+    pub url: Uri,
+    /// `OTEL_EXPORTER_OTLP_HEADERS` (or the signal's own): authentication for the collector.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (or the signal's own): one export, at most.
+    pub timeout: Duration,
+}
+
+/// How root spans are sampled (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    AlwaysOn,
+    AlwaysOff,
+    Ratio(f64),
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedRatio(f64),
+}
+
+/// The checked settings; [`Settings::traces`] and [`Settings::metrics`] None: that signal is off.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub traces: Option<Endpoint>,
+    pub metrics: Option<Endpoint>,
+    pub sampling: Sampling,
+    /// `OTEL_METRIC_EXPORT_INTERVAL` (default 60 s).
+    pub metric_interval: Duration,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048): spans waiting for export, at most; one more is
+    /// dropped and counted.
+    pub max_queue: usize,
+    /// `OTEL_BSP_SCHEDULE_DELAY` (default 5 s).
+    pub schedule_delay: Duration,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (default 512).
+    pub max_batch: usize,
+    /// `service.name` when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` names one.
+    pub default_service_name: bool,
+}
+
+impl Settings {
+    pub fn is_off(&self) -> bool {
+        self.traces.is_none() && self.metrics.is_none()
+    }
+}
+
+/// A variable the gateway cannot honour: said at start, never guessed around.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}={value:?}: only http/protobuf is supported (OTLP over HTTP with protobuf bodies); unset it or set http/protobuf")]
+    Protocol { var: &'static str, value: String },
+    #[error("{var}={value:?}: only otlp or none is supported")]
+    Exporter { var: &'static str, value: String },
+    #[error("{var}={value:?}: not an http:// or https:// URL")]
+    Endpoint { var: &'static str, value: String },
+    #[error("{var}: {why} (a comma-separated list of key=value, values percent-encoded)")]
+    Headers { var: &'static str, why: String },
+    #[error("OTEL_TRACES_SAMPLER={0:?}: one of always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio")]
+    Sampler(String),
+    #[error("OTEL_TRACES_SAMPLER_ARG={0:?}: a ratio between 0 and 1")]
+    SamplerArg(String),
+    #[error("{var}={value:?}: a whole number{what}")]
+    Number {
+        var: &'static str,
+        value: String,
+        what: &'static str,
+    },
+}
+
+/// Reads the settings from `env` (the process environment in `serve`; a table in tests).
+/// `Ok(None)`: telemetry is off.
+pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Settings>, ConfigError> {
+    // An empty variable is an unset one (as the specification says).
+    let get = |k: &str| {
+        env(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    for var in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    ] {
+        if let Some(value) = get(var) {
+            if value != "http/protobuf" {
+                return Err(ConfigError::Protocol { var, value });
+            }
+        }
+    }
+    let exporter_on = |var: &'static str| match get(var) {
+        None => Ok(true),
+        Some(v) if v == "otlp" => Ok(true),
+        Some(v) if v == "none" => Ok(false),
+        Some(value) => Err(ConfigError::Exporter { var, value }),
+    };
+    let traces_on = exporter_on("OTEL_TRACES_EXPORTER")?;
+    let metrics_on = exporter_on("OTEL_METRICS_EXPORTER")?;
+    let millis = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
+        match get(var) {
+            None => Ok(Duration::from_millis(default)),
+            Some(value) => value
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| ConfigError::Number {
+                    var,
+                    value,
+                    what: " of milliseconds",
+                }),
+        }
+    };
+    let general_timeout = millis("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?;
+    let general_headers = match get("OTEL_EXPORTER_OTLP_HEADERS") {
+        None => Vec::new(),
+        Some(h) => parse_headers("OTEL_EXPORTER_OTLP_HEADERS", &h)?,
+    };
+    let general = get("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let endpoint = |on: bool,
+                    own: &'static str,
+                    own_headers: &'static str,
+                    own_timeout: &'static str,
+                    path: &str|
+     -> Result<Option<Endpoint>, ConfigError> {
+        if !on {
+            return Ok(None);
+        }
+        // The signal's own URL is used as it is; the general one gets the signal's path.
+        let (var, url) = match (get(own), &general) {
+            (Some(u), _) => (own, u),
+            (None, Some(g)) => (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("{}{path}", g.trim_end_matches('/')),
+            ),
+            (None, None) => return Ok(None),
+        };
+        let parsed: Uri = url.parse().map_err(|_| ConfigError::Endpoint {
+            var,
+            value: url.clone(),
+        })?;
+        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
+            return Err(ConfigError::Endpoint { var, value: url });
+        }
+        let headers = match get(own_headers) {
+            Some(h) => parse_headers(own_headers, &h)?,
+            None => general_headers.clone(),
+        };
+        let timeout = match get(own_timeout) {
+            Some(_) => millis(own_timeout, 10_000)?,
+            None => general_timeout,
+        };
+        Ok(Some(Endpoint {
+            url: parsed,
+            headers,
+            timeout,
+        }))
+    };
+    let traces = endpoint(
+        traces_on,
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "/v1/traces",
+    )?;
+    let metrics = endpoint(
+        metrics_on,
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+        "/v1/metrics",
+    )?;
+    if traces.is_none() && metrics.is_none() {
+        return Ok(None);
+    }
+    let ratio = || -> Result<f64, ConfigError> {
+        match get("OTEL_TRACES_SAMPLER_ARG") {
+            None => Ok(1.0),
+            Some(a) => match a.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => Err(ConfigError::SamplerArg(a)),
+            },
+        }
+    };
+    let sampling = match get("OTEL_TRACES_SAMPLER").as_deref() {
+        None | Some("parentbased_always_on") => Sampling::ParentBasedAlwaysOn,
+        Some("always_on") => Sampling::AlwaysOn,
+        Some("always_off") => Sampling::AlwaysOff,
+        Some("traceidratio") => Sampling::Ratio(ratio()?),
+        Some("parentbased_always_off") => Sampling::ParentBasedAlwaysOff,
+        Some("parentbased_traceidratio") => Sampling::ParentBasedRatio(ratio()?),
+        Some(other) => return Err(ConfigError::Sampler(other.to_string())),
+    };
+    let count = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
+        match get(var) {
+            None => Ok(default),
+            Some(value) => match value.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(ConfigError::Number {
+                    var,
+                    value,
+                    what: " > 0",
+                }),
+            },
+        }
+    };
+    let max_queue = count("OTEL_BSP_MAX_QUEUE_SIZE", 2048)?;
+    let resource_names_service = get("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| {
+        a.split(',')
+            .any(|kv| kv.split('=').next().map(str::trim) == Some("service.name"))
+    });
+    Ok(Some(Settings {
+        traces,
+        metrics,
+        sampling,
+        metric_interval: millis("OTEL_METRIC_EXPORT_INTERVAL", 60_000)?
+            .max(Duration::from_millis(1)),
+        max_queue,
+        schedule_delay: millis("OTEL_BSP_SCHEDULE_DELAY", 5_000)?.max(Duration::from_millis(1)),
+        max_batch: count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?.min(max_queue),
+        default_service_name: get("OTEL_SERVICE_NAME").is_none() && !resource_names_service,
+    }))
+}
+
+/// `k1=v1,k2=v2`, each value percent-decoded (the W3C Baggage form the specification names).
+fn parse_headers(
+    var: &'static str,
+    text: &str,
+) -> Result<Vec<(HeaderName, HeaderValue)>, ConfigError> {
+    let mut out = Vec::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or_else(|| ConfigError::Headers {
+            var,
+            why: "an entry without '='".into(),
+        })?;
+        let name =
+            HeaderName::from_bytes(k.trim().as_bytes()).map_err(|_| ConfigError::Headers {
+                var,
+                why: "a key that is not a header name".into(),
+            })?;
+        let decoded = percent_encoding::percent_decode_str(v.trim()).collect::<Vec<u8>>();
+        // The value is a secret (an API key): never in the message.
+        let mut value = HeaderValue::from_bytes(&decoded).map_err(|_| ConfigError::Headers {
+            var,
+            why: format!("the value of {name} is not a header value"),
+        })?;
+        value.set_sensitive(true);
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(vars: &[(&str, &str)]) -> Result<Option<Settings>, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        from_env(&move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn nothing_set_is_off() {
+        assert!(read(&[]).unwrap().is_none());
+        assert!(read(&[("OTEL_SERVICE_NAME", "x")]).unwrap().is_none());
+        assert!(read(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_SDK_DISABLED", "true")
+        ])
+        .unwrap()
+        .is_none());
+    }
+
+    #[test]
+    fn the_general_endpoint_gets_each_signals_path_and_a_signals_own_is_used_as_is() {
+        let s = read(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c.example:4318/"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:9/custom"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=a%20b,other=1"),
+        ])
+        .unwrap()
+        .unwrap();
+        let t = s.traces.unwrap();
+        assert_eq!(t.url.to_string(), "https://c.example:4318/v1/traces");
+        assert_eq!(t.headers[0].1.as_bytes(), b"a b");
+        assert_eq!(s.metrics.unwrap().url.to_string(), "http://m:9/custom");
+        assert_eq!(s.sampling, Sampling::ParentBasedAlwaysOn);
+        assert!(s.default_service_name);
+    }
+
+    #[test]
+    fn one_signal_alone() {
+        let s = read(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=edge,a=b"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert!(s.traces.is_some() && s.metrics.is_none());
+        assert!(!s.default_service_name);
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_refused() {
+        let e = |vars: &[(&str, &str)]| {
+            let mut all = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")];
+            all.extend_from_slice(vars);
+            read(&all).unwrap_err().to_string()
+        };
+        assert!(e(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).contains("http/protobuf"));
+        assert!(e(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]).contains("http/protobuf"));
+        assert!(e(&[("OTEL_TRACES_SAMPLER", "sometimes")]).contains("OTEL_TRACES_SAMPLER"));
+        assert!(e(&[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "2")
+        ])
+        .contains("OTEL_TRACES_SAMPLER_ARG"));
+        assert!(e(&[("OTEL_METRIC_EXPORT_INTERVAL", "soon")]).contains("milliseconds"));
+        assert!(e(&[("OTEL_TRACES_EXPORTER", "zipkin")]).contains("otlp or none"));
+        let secret = e(&[("OTEL_EXPORTER_OTLP_HEADERS", "k=s3cret\u{1}")]);
+        assert!(!secret.contains("s3cret"), "{secret}");
+        assert!(read(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4318")]).is_err());
+    }
+
+    #[test]
+    fn the_sampler_and_its_ratio() {
+        let s = read(&[
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://c:4318/v1/traces",
+            ),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.sampling, Sampling::ParentBasedRatio(0.25));
+        assert!(s.metrics.is_none());
+    }
+}

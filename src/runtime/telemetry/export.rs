@@ -1,0 +1,414 @@
+//! The wire to the collector: one HTTP client for both signals (hyper-util's client with
+//! rustls on ring, the TLS the gateway already carries for PostgreSQL), every exchange run on
+//! the background runtime under its timeout; the span queue's bound, with what it drops and what
+//! a collector refuses counted; the Prometheus registry carried as OTLP metrics.
+//!
+//! Never in the way of a request: a request only hands its ended span to the SDK's
+//! `BatchSpanProcessor` (a bounded channel, `try_send`); its thread exports, and each exchange
+//! runs on the background runtime. A collector that is down, hangs or answers 503 fills the
+//! queue; what does not fit is dropped, counted in `rbac_gateway_telemetry_dropped_total`, and
+//! logged once per interval by [`super::Telemetry`]'s reporter, never per request.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use opentelemetry_http::{HttpClient, HttpError, Request, Response};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint,
+    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
+use prometheus::proto::MetricType;
+use prost::Message;
+
+use super::config::Endpoint;
+
+/// Collector answers of this size at most are read (it says only whether it took the batch).
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// The collector's HTTP client: each exchange is spawned on the background runtime (the SDK's
+/// export thread polls it without one) and bounded by `timeout`.
+#[derive(Clone)]
+pub struct Wire {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    runtime: tokio::runtime::Handle,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Wire {
+    pub fn new(runtime: tokio::runtime::Handle, timeout: Duration) -> Wire {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(https);
+        Wire {
+            client,
+            runtime,
+            timeout,
+        }
+    }
+
+    /// POSTs one protobuf body; Ok: the collector's status.
+    pub async fn post(&self, endpoint: &Endpoint, body: Vec<u8>) -> Result<u16, HttpError> {
+        let mut req = Request::post(endpoint.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Bytes::from(body))?;
+        for (k, v) in &endpoint.headers {
+            req.headers_mut().insert(k.clone(), v.clone());
+        }
+        Ok(self.send_bytes(req).await?.status().as_u16())
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpClient for Wire {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let (client, timeout) = (self.client.clone(), self.timeout);
+        let (parts, body) = request.into_parts();
+        let exchange = async move {
+            let resp = client
+                .request(Request::from_parts(parts, Full::new(body)))
+                .await?;
+            let (parts, body) = resp.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_ANSWER)
+                .collect()
+                .await?
+                .to_bytes();
+            Ok::<_, HttpError>(Response::from_parts(parts, body))
+        };
+        match self
+            .runtime
+            .spawn(async move { tokio::time::timeout(timeout, exchange).await })
+            .await
+        {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(format!("no answer within {} ms", timeout.as_millis()).into()),
+            Err(e) => Err(format!("export task: {e}").into()),
+        }
+    }
+}
+
+/// What the export dropped since the reporter last looked, and in all.
+#[derive(Debug, Default)]
+pub struct Losses {
+    /// Spans waiting for export now (handed over, not yet taken by the exporter).
+    pub queued: AtomicUsize,
+    /// Spans dropped: the queue was full.
+    pub queue_full: AtomicU64,
+    /// Spans the collector did not take (refused, unreachable, timed out).
+    pub spans_failed: AtomicU64,
+    /// Metric exports that failed.
+    pub metrics_failed: AtomicU64,
+    /// The last export error, for the once-per-interval log line.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Losses {
+    fn note_error(&self, e: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(e);
+        }
+    }
+}
+
+/// The SDK's batch processor behind a bound of our own, the same as its queue's: a span that
+/// would not fit is dropped here and counted, so what is lost is known (the SDK keeps its count
+/// private and logs it at shutdown only).
+#[derive(Debug)]
+pub struct Bounded<P> {
+    pub inner: P,
+    pub losses: Arc<Losses>,
+    pub dropped: prometheus::IntCounter,
+    pub max_queue: usize,
+}
+
+impl<P: SpanProcessor> SpanProcessor for Bounded<P> {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx)
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.losses.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
+            self.losses.queued.fetch_sub(1, Ordering::AcqRel);
+            self.losses.queue_full.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
+            return;
+        }
+        self.inner.on_end(span)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource)
+    }
+}
+
+/// The OTLP exporter, counting what it takes off the queue and what the collector refused.
+#[derive(Debug)]
+pub struct Counted<E> {
+    pub inner: E,
+    pub losses: Arc<Losses>,
+    pub dropped: prometheus::IntCounter,
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len();
+        self.losses.queued.fetch_sub(n, Ordering::AcqRel);
+        let result = self.inner.export(batch).await;
+        if let Err(e) = &result {
+            self.losses
+                .spans_failed
+                .fetch_add(n as u64, Ordering::Relaxed);
+            self.dropped.inc_by(n as u64);
+            self.losses.note_error(format!("spans: {e}"));
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource)
+    }
+}
+
+/// Sends the registry once; counts and remembers a failure.
+pub async fn push_metrics(
+    wire: &Wire,
+    endpoint: &Endpoint,
+    resource: &ProtoResource,
+    families: &[prometheus::proto::MetricFamily],
+    start: u64,
+    losses: &Losses,
+) {
+    let body = encode_metrics(resource, families, start, now_nanos()).encode_to_vec();
+    match wire.post(endpoint, body).await {
+        Ok(status) if (200..300).contains(&status) => {}
+        Ok(status) => {
+            losses.metrics_failed.fetch_add(1, Ordering::Relaxed);
+            losses.note_error(format!("metrics: the collector answered {status}"));
+        }
+        Err(e) => {
+            losses.metrics_failed.fetch_add(1, Ordering::Relaxed);
+            losses.note_error(format!("metrics: {e}"));
+        }
+    }
+}
+
+pub fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The Prometheus families as one OTLP export, names and labels unchanged: a counter is a
+/// cumulative monotonic sum, a gauge a gauge, a histogram a cumulative histogram (Prometheus'
+/// cumulative `le` buckets turned into OTLP's per-bucket counts, `+Inf` the last). A backend
+/// that takes OTLP into Prometheus (the collector's `prometheusremotewrite`, Prometheus'
+/// own OTLP receiver) gives counters back their `_total`: the name is sent as `/metrics`
+/// shows it, so the dashboard's queries find the same series.
+pub fn encode_metrics(
+    resource: &ProtoResource,
+    families: &[prometheus::proto::MetricFamily],
+    start: u64,
+    now: u64,
+) -> ExportMetricsServiceRequest {
+    let mut metrics = Vec::with_capacity(families.len());
+    for f in families {
+        let attrs = |m: &prometheus::proto::Metric| -> Vec<KeyValue> {
+            m.get_label()
+                .iter()
+                .map(|l| kv(l.get_name(), l.get_value()))
+                .collect()
+        };
+        let number = |m: &prometheus::proto::Metric, v: f64| NumberDataPoint {
+            attributes: attrs(m),
+            start_time_unix_nano: start,
+            time_unix_nano: now,
+            value: Some(number_data_point::Value::AsDouble(v)),
+            ..Default::default()
+        };
+        let data = match f.get_field_type() {
+            MetricType::COUNTER => metric::Data::Sum(Sum {
+                data_points: f
+                    .get_metric()
+                    .iter()
+                    .map(|m| number(m, m.get_counter().get_value()))
+                    .collect(),
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                is_monotonic: true,
+            }),
+            MetricType::GAUGE => metric::Data::Gauge(Gauge {
+                data_points: f
+                    .get_metric()
+                    .iter()
+                    .map(|m| number(m, m.get_gauge().get_value()))
+                    .collect(),
+            }),
+            MetricType::HISTOGRAM => metric::Data::Histogram(Histogram {
+                data_points: f
+                    .get_metric()
+                    .iter()
+                    .map(|m| {
+                        let h = m.get_histogram();
+                        let mut bounds = Vec::new();
+                        let mut counts = Vec::new();
+                        let mut below = 0u64;
+                        for b in h.get_bucket() {
+                            if b.get_upper_bound().is_infinite() {
+                                continue;
+                            }
+                            bounds.push(b.get_upper_bound());
+                            counts.push(b.get_cumulative_count().saturating_sub(below));
+                            below = b.get_cumulative_count();
+                        }
+                        counts.push(h.get_sample_count().saturating_sub(below));
+                        HistogramDataPoint {
+                            attributes: attrs(m),
+                            start_time_unix_nano: start,
+                            time_unix_nano: now,
+                            count: h.get_sample_count(),
+                            sum: Some(h.get_sample_sum()),
+                            bucket_counts: counts,
+                            explicit_bounds: bounds,
+                            ..Default::default()
+                        }
+                    })
+                    .collect(),
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            }),
+            // The registry holds counters, gauges and histograms only.
+            _ => continue,
+        };
+        metrics.push(Metric {
+            name: f.get_name().to_string(),
+            description: f.get_help().to_string(),
+            data: Some(data),
+            ..Default::default()
+        });
+    }
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource.clone()),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(InstrumentationScope {
+                    name: "rbac-gateway".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                metrics,
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    }
+}
+
+pub fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The SDK's resource as the OTLP message.
+pub fn proto_resource(r: &opentelemetry_sdk::Resource) -> ProtoResource {
+    ProtoResource {
+        attributes: r
+            .iter()
+            .map(|(k, v)| kv(k.as_str(), v.as_str().as_ref()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+    #[test]
+    fn a_histograms_cumulative_buckets_become_per_bucket_counts() {
+        let r = Registry::new();
+        let h = HistogramVec::new(
+            HistogramOpts::new("x_seconds", "x").buckets(vec![0.1, 1.0]),
+            &["k"],
+        )
+        .unwrap();
+        let c = IntCounterVec::new(Opts::new("y_total", "y"), &["d"]).unwrap();
+        r.register(Box::new(h.clone())).unwrap();
+        r.register(Box::new(c.clone())).unwrap();
+        for v in [0.05, 0.5, 0.7, 5.0] {
+            h.with_label_values(&["a"]).observe(v);
+        }
+        c.with_label_values(&["allowed"]).inc_by(3);
+        let req = encode_metrics(&ProtoResource::default(), &r.gather(), 1, 2);
+        let m = &req.resource_metrics[0].scope_metrics[0].metrics;
+        let Some(metric::Data::Histogram(hist)) = &m[0].data else {
+            panic!("{m:?}")
+        };
+        assert_eq!(hist.data_points[0].explicit_bounds, vec![0.1, 1.0]);
+        assert_eq!(hist.data_points[0].bucket_counts, vec![1, 2, 1]);
+        assert_eq!(hist.data_points[0].count, 4);
+        let Some(metric::Data::Sum(sum)) = &m[1].data else {
+            panic!("{m:?}")
+        };
+        assert!(sum.is_monotonic);
+        assert_eq!(m[1].name, "y_total");
+        assert_eq!(sum.data_points[0].attributes, vec![kv("d", "allowed")]);
+        assert_eq!(
+            sum.data_points[0].value,
+            Some(number_data_point::Value::AsDouble(3.0))
+        );
+    }
+}
