@@ -7,14 +7,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use serde::Serialize;
 
-use super::matrix::{admin_principals, catalogue_principals, Reviewed};
+use super::matrix::{reviewed, Reviewed};
 use super::{
     failure, load_mapping, load_stored_ref, needs_database_url, runtime, say, stored_ref, Exit,
 };
-use crate::cli::access::{cell, probes, Catalogue, Cell, InMemory};
+use crate::cli::access::{cell, probes, Cell, InMemory};
 use crate::policy::mapping::{Mapping, Route};
 use crate::policy::outcome::Switches;
 use crate::runtime::config::{DiffArgs, EXIT_PROBLEMS};
@@ -208,22 +208,7 @@ pub(crate) async fn report(
     }
     let new = loaded.pop().expect("two sides");
     let old = loaded.pop().expect("two sides");
-    let (catalogue, source, admins) = match pool {
-        None => (Catalogue::seeded(), "the catalogue migrate seeds", vec![]),
-        Some(pool) => {
-            let catalogue = Catalogue::read(pool)
-                .await
-                .context("cannot read the role catalogue")
-                .map_err(failure)?;
-            let admins = admin_principals(pool, false)
-                .await
-                .context("cannot read the admins")
-                .map_err(failure)?;
-            (catalogue, "the database", admins)
-        }
-    };
-    let mut who = catalogue_principals(&catalogue);
-    who.extend(admins);
+    let (_, source, who) = reviewed(pool, false).await?;
     Ok(compare(&old, &new, switches, source, who).await)
 }
 

@@ -102,6 +102,32 @@ pub fn catalogue_principals(catalogue: &Catalogue) -> Vec<Reviewed> {
     out
 }
 
+/// Who a review asks about, and the catalogue and its source they come from: the groups of the
+/// catalogue `migrate` seeds without a database; with one, its catalogue's groups and every
+/// admin ([`admin_principals`]). Shared by `matrix` and `diff` (and so the cockpit).
+pub async fn reviewed(
+    pool: Option<&crate::stores::db::Db>,
+    requires_alert: bool,
+) -> Result<(Catalogue, &'static str, Vec<Reviewed>), Exit> {
+    let (catalogue, source, admins) = match pool {
+        None => (Catalogue::seeded(), "the catalogue migrate seeds", vec![]),
+        Some(pool) => {
+            let catalogue = Catalogue::read(pool)
+                .await
+                .context("cannot read the role catalogue")
+                .map_err(failure)?;
+            let admins = admin_principals(pool, requires_alert)
+                .await
+                .context("cannot read the admins")
+                .map_err(failure)?;
+            (catalogue, "the database", admins)
+        }
+    };
+    let mut who = catalogue_principals(&catalogue);
+    who.extend(admins);
+    Ok((catalogue, source, who))
+}
+
 /// Every admin of the database, with the roles `serve` would resolve for them now (break-glass
 /// included) and their live ticket grants.
 pub async fn admin_principals(
@@ -191,22 +217,7 @@ pub(crate) async fn report(
         (None, Some(what), Some(pool)) => load_stored_ref(pool, what).await?,
         _ => return Err(needs_database_url(routes, "--database-url")),
     };
-    let (catalogue, source, admins) = match pool {
-        None => (Catalogue::seeded(), "the catalogue migrate seeds", vec![]),
-        Some(pool) => {
-            let catalogue = Catalogue::read(pool)
-                .await
-                .context("cannot read the role catalogue")
-                .map_err(failure)?;
-            let admins = admin_principals(pool, settings.break_glass_requires_alert)
-                .await
-                .context("cannot read the admins")
-                .map_err(failure)?;
-            (catalogue, "the database", admins)
-        }
-    };
-    let mut who = catalogue_principals(&catalogue);
-    who.extend(admins);
+    let (catalogue, source, who) = reviewed(pool, settings.break_glass_requires_alert).await?;
     Ok(build(
         &mapping,
         settings.switches,

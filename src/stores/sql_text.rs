@@ -14,8 +14,6 @@
 //! a statement must be one round trip behind any pooler (issue 51): statements elsewhere bind
 //! their values as parameters.
 
-use std::fmt::Write;
-
 /// A value that cannot be written into SQL text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unquotable {
@@ -93,9 +91,7 @@ pub fn boolean(b: bool) -> &'static str {
 
 /// An integer constant (in parentheses: a negative number is one token wherever it is put).
 pub fn integer(i: i64) -> String {
-    let mut out = String::new();
-    let _ = write!(out, "({i})");
-    out
+    format!("({i})")
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ fn version_of(path: &std::path::Path) -> String {
 }
 
 /// `rbac-gateway mapping ARGS... --database-url URL`.
-fn mapping(url: &str, args: &[&str]) -> Output {
+pub(crate) fn mapping(url: &str, args: &[&str]) -> Output {
     bin()
         .arg("mapping")
         .args(args)
@@ -44,7 +44,7 @@ fn mapping(url: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn ok(out: Output) -> String {
+pub(crate) fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cli::bin;
 use crate::helpers::*;
+use crate::mapping_store::{mapping, ok};
 
 /// Where the gateway's mapping comes from.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -100,18 +100,7 @@ fn version(path: &Path) -> String {
 }
 
 fn push(db: &TestDb, file: &Path) {
-    let out = bin()
-        .args(["mapping", "push"])
-        .arg(file)
-        .arg("--database-url")
-        .arg(&db.url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(mapping(&db.url, &["push", file.to_str().unwrap()]));
 }
 
 /// The environment the systemd unit gives the gateway (its `Environment=` lines and an env

@@ -228,6 +228,7 @@ impl Telemetry {
                 tracing::warn!(error = %e, "telemetry: spans not all flushed at shutdown");
             }
         }
+        // Err: the reporter already ended (nothing left to stop).
         let _ = self.stop.send(true);
         if let Some(reporter) = self.reporter.take() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -468,6 +469,7 @@ pub fn note_cache(level: Cache) {
     if !tracing_on() {
         return;
     }
+    // Err only while the thread is being torn down: no request's span is left to note it on.
     let _ = CURRENT.try_with(|c| c.cache.fetch_max(level as u8, Ordering::Relaxed));
 }
 

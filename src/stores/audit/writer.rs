@@ -277,11 +277,15 @@ async fn write_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let (rows, waiters): (Vec<Arc<AuditEvent>>, Vec<_>) = batch.into_iter().unzip();
-        w.inner.metrics.audit_queue_depth.sub(rows.len() as i64);
-        w.in_flight.clone_from(&rows);
-        let result = w.inner.write(&rows).await;
-        w.in_flight.clear();
+        let waiters: Vec<_>;
+        (w.in_flight, waiters) = batch.into_iter().unzip();
+        w.inner
+            .metrics
+            .audit_queue_depth
+            .sub(w.in_flight.len() as i64);
+        // Written from where a drop finds it (no copy of the batch).
+        let result = w.inner.write(&w.in_flight).await;
+        let rows = std::mem::take(&mut w.in_flight);
         if result.is_err() {
             w.inner.keep_late(&rows);
         }
