@@ -43,7 +43,9 @@ use tokio::sync::watch;
 use crate::dataplane::deadline::Deadlines;
 use crate::dataplane::workers::Http1Settings;
 use crate::gateway::state::Gateway;
-use crate::policy::answer::{carry_out, Answer, Asked, Decision, DecisionCounts, Reply, RequestId};
+use crate::policy::answer::{
+    carry_out, Answer, Asked, DecidedOn, Decision, DecisionCounts, Reply, RequestId,
+};
 use crate::policy::cookie::session_token;
 use crate::policy::outcome::{decide, Facts, Outcome};
 use crate::policy::target::{self, Refusal, Target};
@@ -223,7 +225,7 @@ impl Share {
 fn answer(
     status: u16,
     decision: Option<Decision>,
-    request_id: &RequestId,
+    request_id: HeaderValue,
 ) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::from_u16(status).expect("a valid status");
@@ -232,7 +234,7 @@ fn answer(
     if let Some(d) = decision {
         h.insert(X_RBAC_DECISION, HeaderValue::from_static(d.as_str()));
     }
-    h.insert(X_REQUEST_ID, request_id.header());
+    h.insert(X_REQUEST_ID, request_id);
     resp
 }
 
@@ -309,17 +311,12 @@ async fn handle(
         ));
     }
     if req.uri().path() != PATH {
-        return answer(404, None, &request_id);
+        return answer(404, None, request_id.header());
     }
     let headers = req.headers();
     let ip = client_ip(headers, peer);
     let trace_id = span.map(ServerSpan::trace_id);
-    let asked = Asked {
-        request_id: request_id.as_str(),
-        trace_id: trace_id.as_deref(),
-        client_ip: &ip,
-        started,
-    };
+    let mut decided = None;
     let outcome = match question(&req, &gw.cookie) {
         // Logged and counted by `carry_out`, as the proxy's refusals are.
         Err(refusal) => Outcome::Refuse(refusal),
@@ -343,50 +340,51 @@ async fn handle(
                 s.set(KeyValue::new("rbac.target.path", t.path.clone()));
                 crate::doors::trace_outcome(s, &method, &outcome, &mapping.version);
             }
+            decided = Some((method, t, mapping));
             outcome
         }
     };
     if let (Outcome::Refuse(r), Some(s)) = (&outcome, span) {
         s.set(KeyValue::new("rbac.reason", r.as_str()));
     }
+    let asked = Asked {
+        request_id: &request_id,
+        trace_id: trace_id.as_deref(),
+        client_ip: &ip,
+        started,
+        decided: decided.as_ref().map(|(method, t, mapping)| DecidedOn {
+            method,
+            path: &t.path,
+            mapping_version: &mapping.version,
+        }),
+    };
     let carried = carry_out(gw, &door.counts, outcome, &asked).await;
     if let Some(s) = span {
         s.set(KeyValue::new("rbac.decision", carried.decision.as_str()));
     }
     let done = carried.answer;
-    let mut resp = answer(done.authz_status(), Some(carried.decision), &request_id);
+    let mut resp = answer(
+        done.authz_status(),
+        Some(carried.decision),
+        carried.request_id,
+    );
+    // The header values as `carry_out` made them.
     let h = resp.headers_mut();
-    match &done {
+    match done {
         Answer::Forward {
             identity, shadow, ..
         } => {
             if let Some(id) = identity {
-                // Checked to be header values when the answer was made.
-                match (
-                    HeaderValue::from_str(id.admin_id()),
-                    HeaderValue::from_str(id.roles()),
-                ) {
-                    (Ok(a), Ok(r)) => {
-                        h.insert(X_RBAC_ADMIN_ID, a);
-                        h.insert(X_RBAC_ROLES, r);
-                    }
-                    _ => {
-                        tracing::error!(request_id = %request_id, "identity is not a header value: answering 503");
-                        return answer(503, Some(Decision::Unavailable), &request_id);
-                    }
-                }
+                h.insert(X_RBAC_ADMIN_ID, id.admin_id().clone());
+                h.insert(X_RBAC_ROLES, id.roles().clone());
             }
-            if *shadow {
+            if shadow {
                 h.insert(X_RBAC_SHADOW, HeaderValue::from_static("deny"));
             }
         }
-        Answer::Reply(Reply::Login { location }) => match HeaderValue::from_str(location) {
-            Ok(v) => {
-                h.insert(header::LOCATION, v);
-            }
-            // Built from a checked, percent-encoded target: cannot happen.
-            Err(e) => tracing::error!(error = %e, "login location is not a header value"),
-        },
+        Answer::Reply(Reply::Login { location }) => {
+            h.insert(header::LOCATION, location);
+        }
         Answer::Reply(_) => {}
     }
     resp

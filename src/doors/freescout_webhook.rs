@@ -57,14 +57,6 @@ pub const RESULTS: &[&str] = &[
     "failed",
 ];
 
-/// Creates, at 0, the series of every result in [`RESULTS`], so a dashboard finds them from
-/// start-up (`serve` calls it beside the gateway's `prime_metric_labels`).
-pub fn prime_metric_labels(m: &Metrics) {
-    for r in RESULTS {
-        m.freescout_webhooks.with_label_values(&[r]);
-    }
-}
-
 /// How callers prove who they are.
 #[derive(Clone)]
 pub enum Auth {

@@ -195,34 +195,6 @@ impl Authority for Gateway {
     }
 }
 
-/// Creates, at 0, every labelled series whose labels the policy and the runtime know in advance
-/// (decisions, refusal reasons, task names, the `no_route` denial; the FreeScout webhook's
-/// results are primed by its door), so a dashboard query finds
-/// them from start-up. Here rather than in [`Metrics`], which knows no policy vocabulary.
-pub fn prime_metric_labels(m: &Metrics) {
-    for d in crate::policy::answer::Decision::ALL {
-        m.requests.with_label_values(&[d.as_str()]);
-        m.decision_seconds.with_label_values(&[d.as_str()]);
-    }
-    for r in crate::policy::target::Refusal::REASONS {
-        m.refusals.with_label_values(&[r]);
-    }
-    // Refused by the data plane after the decision: a request body that is malformed or cut,
-    // stopped arriving, is too large, or would go over the bodies' budget.
-    for r in crate::policy::answer::BodyRefusal::ALL {
-        m.refusals.with_label_values(&[r.as_str()]);
-    }
-    for r in crate::policy::cookie::CookieRefusal::ALL {
-        m.refusals.with_label_values(&[r.as_str()]);
-    }
-    for task in crate::runtime::supervise::Task::ALL {
-        m.task_failures.with_label_values(&[task.as_str()]);
-    }
-    // Route labels are the mapping's; `no_route` (route "-") is the one known up front.
-    m.denials_by_route
-        .with_label_values(&["-", crate::policy::verdict::REASON_NO_ROUTE]);
-}
-
 /// `route_info` for a newly live mapping (the series of the rules it no longer has go), and
 /// its rules' shadow-denial, shadow-agreement and drift counters.
 pub fn set_route_metrics(
@@ -272,6 +244,15 @@ impl crate::policy::answer::Records for Gateway {
 
     fn refused(&self, reason: &str) {
         self.metrics.refusals.with_label_values(&[reason]).inc();
+    }
+
+    fn record_later(&self, row: Arc<crate::policy::audit_event::AuditEvent>) {
+        let audit = self.audit.clone();
+        tokio::task::spawn(async move {
+            if let Err(e) = audit.record(row).await {
+                tracing::error!(error = %e, "cannot record a drift event");
+            }
+        });
     }
 
     fn shadowed(&self, rule: &str, drifted: Option<&str>) {

@@ -17,100 +17,8 @@ use std::time::Instant;
 
 use crate::policy::audit_event::AuditEvent;
 use crate::policy::outcome::{Forward, Outcome, Unavailable, Via};
-use crate::policy::principal::Principal;
+pub use crate::policy::request_id::RequestId;
 pub use crate::policy::verdict::Decision;
-
-/// A request id: [`crate::policy::outcome::unique_id`] in 32 hex digits, the one scheme of every door
-/// (`X-Request-Id` on the answer and to Console, `request_id` in log lines and audit rows), or,
-/// with `--trust-request-id`, the id a trusted router sent ([`RequestId::trusted`]).
-/// Unique without a getrandom syscall per request (measured in the load benchmark's profile),
-/// and kept on the stack.
-#[derive(Clone, Copy)]
-pub struct RequestId {
-    bytes: [u8; RequestId::MAX],
-    len: u8,
-}
-
-impl RequestId {
-    /// The longest id taken from a router (Heroku's rule: 20 to 200 characters).
-    pub const MAX: usize = 200;
-    /// The shortest id taken from a router.
-    pub const MIN: usize = 20;
-
-    pub fn next() -> RequestId {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut id = RequestId {
-            bytes: [0u8; RequestId::MAX],
-            len: 32,
-        };
-        for (pair, byte) in id.bytes[..32]
-            .chunks_exact_mut(2)
-            .zip(crate::policy::outcome::unique_id())
-        {
-            pair[0] = HEX[usize::from(byte >> 4)];
-            pair[1] = HEX[usize::from(byte & 15)];
-        }
-        id
-    }
-
-    /// The id a trusted router sent in `X-Request-Id` (`--trust-request-id`), if it is one:
-    /// exactly one such header, 20 to 200 characters of `A-Z a-z 0-9 + / = -` (Heroku's router
-    /// passes such an id on and replaces anything else with a UUID). None: generate one.
-    pub fn trusted(headers: &http::HeaderMap) -> Option<RequestId> {
-        let mut values = headers.get_all(crate::policy::headers::X_REQUEST_ID).iter();
-        let v = values.next()?.as_bytes();
-        if values.next().is_some() || !Self::valid(v) {
-            return None;
-        }
-        let mut id = RequestId {
-            bytes: [0u8; RequestId::MAX],
-            len: v.len() as u8,
-        };
-        id.bytes[..v.len()].copy_from_slice(v);
-        Some(id)
-    }
-
-    /// The id derived from the request's trace (`<trace id>-<span id>`, given by the door when
-    /// tracing is on), if it is a valid id.
-    pub fn derived(v: &str) -> Option<RequestId> {
-        let v = v.as_bytes();
-        if !Self::valid(v) {
-            return None;
-        }
-        let mut id = RequestId {
-            bytes: [0u8; RequestId::MAX],
-            len: v.len() as u8,
-        };
-        id.bytes[..v.len()].copy_from_slice(v);
-        Some(id)
-    }
-
-    /// Whether `v` may be taken as a request id from a trusted router.
-    pub fn valid(v: &[u8]) -> bool {
-        (Self::MIN..=Self::MAX).contains(&v.len())
-            && v.iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-'))
-    }
-
-    pub fn as_str(&self) -> &str {
-        // ASCII only (hex digits, or checked by `valid`): never the fallback.
-        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-
-    pub fn header(&self) -> http::HeaderValue {
-        http::HeaderValue::from_bytes(self.as_bytes()).expect("checked characters")
-    }
-}
-
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Where the aftermath writes: the gateway's durable audit writer and its metrics; an
 /// in-memory list in tests.
@@ -127,6 +35,8 @@ pub trait Records {
     /// Counts a refused request by reason (`rbac_gateway_refusals_total`): a
     /// [`crate::policy::target::Refusal`] label or a [`BodyRefusal`]'s.
     fn refused(&self, reason: &str);
+    /// Makes `row` durable without holding up the answer (a drift row: Console has answered).
+    fn record_later(&self, row: Arc<AuditEvent>);
     /// Counts Console's answer on a shadow-mode rule: against the gateway's decision
     /// (`drifted`: `rbac_gateway_drift_total` by rule and kind) or with it
     /// (`rbac_gateway_shadow_agreements_total` by rule).
@@ -138,18 +48,25 @@ pub trait Records {
 /// Returns the time it read (the data plane starts Console's clock there).
 pub trait Tally {
     fn count(&self, decision: Decision, started: Instant) -> Instant;
+    /// Counts Console's answer to a forwarded request by status class, with the time it took
+    /// (`rbac_gateway_upstream_duration_seconds`). A door that does not forward counts none.
+    fn console(&self, _status: u16, _seconds: f64) {}
 }
 
 /// A door's counters of decisions, looked up once (per worker) instead of hashed per request:
 /// the door's request counter and the shared decision-time histogram, by [`Decision`].
-pub struct DecisionCounts(Vec<(prometheus::IntCounter, prometheus::Histogram)>);
+pub struct DecisionCounts {
+    decisions: Vec<(prometheus::IntCounter, prometheus::Histogram)>,
+    /// Console's answer time by status class (1xx..5xx): the proxy's.
+    console: Option<[prometheus::Histogram; 5]>,
+}
 
 impl DecisionCounts {
     /// `requests`: the door's counter (`rbac_gateway_requests_total`,
     /// `rbac_gateway_authz_requests_total`); `seconds`: `rbac_gateway_decision_duration_seconds`.
     pub fn new(requests: &prometheus::IntCounterVec, seconds: &prometheus::HistogramVec) -> Self {
-        DecisionCounts(
-            Decision::ALL
+        DecisionCounts {
+            decisions: Decision::ALL
                 .iter()
                 .map(|d| {
                     (
@@ -158,17 +75,33 @@ impl DecisionCounts {
                     )
                 })
                 .collect(),
-        )
+            console: None,
+        }
+    }
+
+    /// A door that forwards also counts Console's answers (`upstream`:
+    /// `rbac_gateway_upstream_duration_seconds`, by status class).
+    pub fn with_console(mut self, upstream: &prometheus::HistogramVec) -> Self {
+        self.console = Some(
+            ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| upstream.with_label_values(&[class])),
+        );
+        self
     }
 }
 
 impl Tally for DecisionCounts {
     fn count(&self, decision: Decision, started: Instant) -> Instant {
         let now = Instant::now();
-        let (n, t) = &self.0[decision.index()];
+        let (n, t) = &self.decisions[decision.index()];
         n.inc();
         t.observe(now.saturating_duration_since(started).as_secs_f64());
         now
+    }
+
+    fn console(&self, status: u16, seconds: f64) {
+        if let Some(classes) = &self.console {
+            classes[usize::from((status / 100).clamp(1, 5)) - 1].observe(seconds);
+        }
     }
 }
 
@@ -178,8 +111,8 @@ pub enum Reply {
     /// 400: the request cannot be decided with certainty.
     Refused,
     /// No valid session: the data plane answers 302, forward-auth 401 (an edge reads only
-    /// 2xx/401/403 as decisions), both with this `Location`.
-    Login { location: String },
+    /// 2xx/401/403 as decisions), both with this `Location`, ready to write.
+    Login { location: http::HeaderValue },
     /// 403, its row durable.
     Denied,
     /// 404: the route was deleted by the cutover.
@@ -294,17 +227,31 @@ impl BodyRefusal {
     }
 }
 
-/// The identity Console is told (`X-Rbac-Admin-Id`, `X-Rbac-Roles`): checked to be valid
-/// header values when the answer is made, so no door has to check again.
+/// The identity Console is told (`X-Rbac-Admin-Id`, `X-Rbac-Roles`): header values made when
+/// the principal was ([`crate::policy::principal::Principal::header_values`]), so no door converts or checks again.
 #[derive(Debug, Clone)]
-pub struct Identity(Arc<Principal>);
+pub struct Identity {
+    admin_id: http::HeaderValue,
+    roles: http::HeaderValue,
+}
 
 impl Identity {
-    pub fn admin_id(&self) -> &str {
-        &self.0.admin_id
+    /// The identity of `p`, if its admin id and roles can be sent as header values.
+    pub fn of(p: &crate::policy::principal::Principal) -> Option<Identity> {
+        let (admin_id, roles) = p.header_values()?;
+        Some(Identity {
+            admin_id: admin_id.clone(),
+            roles: roles.clone(),
+        })
     }
-    pub fn roles(&self) -> &str {
-        self.0.roles_header()
+
+    /// `X-Rbac-Admin-Id`.
+    pub fn admin_id(&self) -> &http::HeaderValue {
+        &self.admin_id
+    }
+    /// `X-Rbac-Roles`.
+    pub fn roles(&self) -> &http::HeaderValue {
+        &self.roles
     }
 }
 
@@ -318,8 +265,12 @@ pub async fn carry_out(
     outcome: Outcome,
     asked: &Asked<'_>,
 ) -> Carried {
-    let (request_id, started, trace_id) = (asked.request_id, asked.started, asked.trace_id);
+    let (request_id, started, trace_id) =
+        (asked.request_id.as_str(), asked.started, asked.trace_id);
     let decided = outcome.decision();
+    if let Some(on) = &asked.decided {
+        log_decided(&outcome, on, request_id, trace_id);
+    }
     // The aftermath; Some: carrying it out failed, the answer is 503.
     let failed = match &outcome {
         Outcome::Refuse(refusal) => {
@@ -374,6 +325,45 @@ pub async fn carry_out(
         answer,
         decision,
         decided_at,
+        request_id: asked.request_id.header(),
+    }
+}
+
+/// The lines of a request let through or sent to log in (debug), for every door.
+fn log_decided(outcome: &Outcome, on: &DecidedOn<'_>, request_id: &str, trace_id: Option<&str>) {
+    let (method, path, version) = (on.method, on.path, on.mapping_version);
+    match outcome {
+        Outcome::Forward(Forward {
+            via: Via::Allowed(by),
+            principal: Some(p),
+            rule,
+            ..
+        }) => {
+            tracing::debug!(request_id, trace_id, admin_id = %p.admin_id, method, path, rule = rule.as_deref().unwrap_or("-"), granted_by = ?by, mapping_version = version, "allowed")
+        }
+        Outcome::Forward(f) => {
+            tracing::debug!(
+                request_id,
+                trace_id,
+                method,
+                path,
+                rule = f.rule.as_deref().unwrap_or("-"),
+                decision = outcome.label(),
+                mapping_version = version,
+                "forward"
+            )
+        }
+        Outcome::Redirect { .. } => {
+            tracing::debug!(
+                request_id,
+                trace_id,
+                method,
+                path,
+                mapping_version = version,
+                "redirected to login: no valid session"
+            )
+        }
+        _ => {}
     }
 }
 
@@ -381,34 +371,23 @@ pub async fn carry_out(
 /// knows it (the peer, the trusted router's, or the edge's report), and when the door started
 /// on the request (the decision's clock).
 pub struct Asked<'a> {
-    pub request_id: &'a str,
+    pub request_id: &'a RequestId,
     /// The request's trace id when tracing is on: on the decision's log lines, so a denial
     /// joins its trace whatever its request id.
     pub trace_id: Option<&'a str>,
     pub client_ip: &'a str,
     pub started: Instant,
+    /// What was decided on, for the allowed and login lines; None: refused before a target was
+    /// read.
+    pub decided: Option<DecidedOn<'a>>,
 }
 
-/// Console's answer on a rule in shadow mode, carried out like every other aftermath: counted
-/// as drift or agreement, drift logged, and the drift row (a fresh id) returned for the door to
-/// record through [`Records::record`] without holding up the answer. None: no drift row.
-pub fn carry_out_shadow(
-    gw: &impl Records,
-    forward: &Forward,
-    console_status: u16,
-    request_id: &str,
-) -> Option<Arc<AuditEvent>> {
-    let drift = forward.drift.as_ref()?;
-    let route = drift.route.as_deref().unwrap_or_default();
-    if !forward.drifts(console_status) {
-        gw.shadowed(route, None);
-        return None;
-    }
-    gw.shadowed(route, Some(drift.reason.as_str()));
-    tracing::warn!(request_id, rule = %route, kind = %drift.reason, console_status, "drift: the gateway and Console disagree");
-    let mut row = AuditEvent::clone(drift);
-    row.id = crate::policy::outcome::row_id();
-    Some(Arc::new(row))
+/// The request a decision was made on, as the log lines name it.
+pub struct DecidedOn<'a> {
+    pub method: &'a str,
+    /// The path decided on (never the query).
+    pub path: &'a str,
+    pub mapping_version: &'a str,
 }
 
 /// An outcome carried out.
@@ -419,6 +398,8 @@ pub struct Carried {
     pub decision: Decision,
     /// When it was counted (the data plane starts Console's clock there).
     pub decided_at: Instant,
+    /// `X-Request-Id`, ready to write on the answer (and, forwarded, to Console).
+    pub request_id: http::HeaderValue,
 }
 
 /// The answer the doors would carry out for `outcome` when every write succeeds, without
@@ -448,16 +429,18 @@ fn answer(outcome: Outcome, request_id: Option<&str>) -> Answer {
 fn forward_answer(request_id: Option<&str>, forward: Forward, shadow: bool) -> Answer {
     let identity = match &forward.principal {
         None => None,
-        Some(p) if p.forwardable() => Some(Identity(p.clone())),
-        Some(p) => {
-            return match request_id {
-                Some(request_id) => {
-                    tracing::error!(request_id, admin_id = %p.admin_id, "admin id or role names are not valid header values: answering 503");
-                    unavailable(request_id, Unavailable::Identity)
-                }
-                None => Answer::Reply(Reply::Unavailable),
-            };
-        }
+        Some(p) => match Identity::of(p) {
+            Some(identity) => Some(identity),
+            None => {
+                return match request_id {
+                    Some(request_id) => {
+                        tracing::error!(request_id, admin_id = %p.admin_id, "admin id or role names are not valid header values: answering 503");
+                        unavailable(request_id, Unavailable::Identity)
+                    }
+                    None => Answer::Reply(Reply::Unavailable),
+                };
+            }
+        },
     };
     Answer::Forward {
         forward,
@@ -518,14 +501,20 @@ mod tests {
                 .unwrap()
                 .push(format!("{rule} {}", drifted.unwrap_or("agreed")));
         }
+
+        fn record_later(&self, row: Arc<AuditEvent>) {
+            self.written.lock().unwrap().push(row.event_type.clone());
+        }
     }
 
     fn asked() -> Asked<'static> {
+        static ID: std::sync::OnceLock<RequestId> = std::sync::OnceLock::new();
         Asked {
-            request_id: "rid",
+            request_id: ID.get_or_init(RequestId::next),
             trace_id: None,
             client_ip: "192.0.2.1",
             started: Instant::now(),
+            decided: None,
         }
     }
 
@@ -686,7 +675,7 @@ mod tests {
         let replies = [
             Reply::Refused,
             Reply::Login {
-                location: "/auth/login".into(),
+                location: http::HeaderValue::from_static("/auth/login"),
             },
             Reply::Denied,
             Reply::Gone,

@@ -8,9 +8,11 @@
 pub mod answer;
 pub mod audit_event;
 pub mod cookie;
+pub mod forwarded;
 pub mod headers;
 pub mod mapping;
 pub mod outcome;
 pub mod principal;
+pub mod request_id;
 pub mod target;
 pub mod verdict;

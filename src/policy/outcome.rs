@@ -170,8 +170,8 @@ pub enum Outcome {
         forward: Forward,
         row: Arc<AuditEvent>,
     },
-    /// 302 to the login page.
-    Redirect { location: String },
+    /// 302 to the login page; the `Location` value ready to write ([`login_location`]).
+    Redirect { location: http::HeaderValue },
     /// 403, after `row` is durable.
     Deny { row: Arc<AuditEvent> },
     /// 404: the route was removed.
@@ -221,7 +221,10 @@ impl Outcome {
                 "forward (shadow mode: would deny, {}; an {} row is written and Console's answer is compared)",
                 row.reason, row.event_type
             ),
-            Outcome::Redirect { location } => format!("302 redirect to {location}"),
+            Outcome::Redirect { location } => format!(
+                "302 redirect to {}",
+                String::from_utf8_lossy(location.as_bytes())
+            ),
             Outcome::Deny { row } => format!("403 denied ({})", row.reason),
             Outcome::Gone => "404 gone".to_string(),
             Outcome::Unavailable(u) => format!("503 unavailable ({})", u.as_str()),
@@ -236,12 +239,16 @@ const NEXT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// The login redirect for a target.
-pub fn login_location(t: &Target) -> String {
-    format!(
-        "/auth/login?next={}",
-        utf8_percent_encode(&t.original, NEXT)
-    )
+/// The login redirect for a target, as the `Location` header value both doors write.
+pub fn login_location(t: &Target) -> http::HeaderValue {
+    location_for(&t.original)
+}
+
+/// `/auth/login?next=` and `original` percent-encoded: nothing but `A-Z a-z 0-9 - . _ ~ %`
+/// follows the prefix, so the value is a header value for any `original` (property-tested).
+fn location_for(original: &str) -> http::HeaderValue {
+    let text = format!("/auth/login?next={}", utf8_percent_encode(original, NEXT));
+    http::HeaderValue::try_from(text).expect("percent-encoded: visible ASCII only")
 }
 
 /// 16 bytes no other call in this process returns: a random per-process half and a counter, so
@@ -425,6 +432,22 @@ pub(crate) mod tests {
     use crate::policy::target::parse_target;
     use std::collections::HashMap;
     use std::path::Path;
+
+    proptest::proptest! {
+        /// Whatever the target's bytes, the login location is a header value and carries them
+        /// back exactly once percent-decoded.
+        #[test]
+        fn the_login_location_is_a_header_value_for_any_target(original in ".*") {
+            let v = super::location_for(&original);
+            let text = v.to_str().expect("visible ASCII");
+            let next = text.strip_prefix("/auth/login?next=").expect("the prefix");
+            proptest::prop_assert!(next.bytes().all(|c| c.is_ascii_alphanumeric() || b"-._~%".contains(&c)));
+            proptest::prop_assert_eq!(
+                percent_encoding::percent_decode_str(next).decode_utf8().unwrap(),
+                original.as_str()
+            );
+        }
+    }
 
     /// An in-memory authority: tokens -> principals, ticket grants per (admin, customer), and
     /// switches for a database or validator that does not answer.

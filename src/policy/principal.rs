@@ -15,8 +15,8 @@ pub struct Principal {
     /// When the latest-ending active break-glass row expires (the reader API's `break_glass`).
     pub break_glass_until: Option<chrono::DateTime<chrono::Utc>>,
     grants: Arc<Grants>,
-    /// `admin_id` can be sent as a header value.
-    admin_id_ok: bool,
+    /// `admin_id` as the `X-Rbac-Admin-Id` value; None: it cannot be sent as a header value.
+    admin_id_value: Option<http::HeaderValue>,
     /// Until when the cached answer may be reused (the identity cache expires it then).
     pub(crate) until: Instant,
 }
@@ -33,8 +33,18 @@ struct Grants {
     /// `roles` joined with ',': the `X-Rbac-Roles` value, built once per distinct set instead of
     /// once per forwarded request.
     roles_header: String,
-    /// `roles_header` can be sent as a header value (checked once per set, not per request).
-    roles_header_ok: bool,
+    /// `roles_header` as the `X-Rbac-Roles` value, made once per set, not per request; None: it
+    /// cannot be sent as a header value.
+    roles_value: Option<http::HeaderValue>,
+}
+
+/// `v` as a header value, if the gateway sends it as one
+/// ([`crate::policy::target::is_header_value`]).
+fn header_value(v: &str) -> Option<http::HeaderValue> {
+    if !crate::policy::target::is_header_value(v.as_bytes()) {
+        return None;
+    }
+    http::HeaderValue::from_str(v).ok()
 }
 
 /// The distinct sets in use. Entries nobody else holds are dropped when the set has doubled
@@ -86,13 +96,13 @@ impl Principal {
         let roles_header = roles.join(",");
         Principal {
             admin_id: admin_id.to_string(),
-            admin_id_ok: crate::policy::target::is_header_value(admin_id.as_bytes()),
+            admin_id_value: header_value(admin_id),
             break_glass: break_glass_until.is_some(),
             break_glass_until,
             grants: intern(Grants {
                 roles,
                 permissions,
-                roles_header_ok: crate::policy::target::is_header_value(roles_header.as_bytes()),
+                roles_value: header_value(&roles_header),
                 roles_header,
             }),
             until: Instant::now() + valid_for,
@@ -114,10 +124,14 @@ impl Principal {
         &self.grants.roles_header
     }
 
-    /// Whether the admin id and the roles can be sent to Console as header values (a name
-    /// with a control byte cannot; the gateway then answers 503 instead of forwarding).
-    pub fn forwardable(&self) -> bool {
-        self.admin_id_ok && self.grants.roles_header_ok
+    /// The admin id and the roles as the header values Console is told (`X-Rbac-Admin-Id`,
+    /// `X-Rbac-Roles`), ready to write; None: one of them cannot be sent (a name with a control
+    /// byte; the gateway then answers 503 instead of forwarding).
+    pub fn header_values(&self) -> Option<(&http::HeaderValue, &http::HeaderValue)> {
+        Some((
+            self.admin_id_value.as_ref()?,
+            self.grants.roles_value.as_ref()?,
+        ))
     }
 
     pub fn has_role(&self, role: &str) -> bool {

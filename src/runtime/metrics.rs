@@ -383,9 +383,8 @@ impl Metrics {
 
     /// Creates every labelled series whose labels are known in advance, at 0, so a dashboard
     /// query (and `rate()`) finds them from start-up instead of after the first event.
-    /// The labels that belong to the policy (decisions, refusals, task names, reasons) are
-    /// created by their owners: [`crate::gateway::state::prime_metric_labels`] and the FreeScout
-    /// webhook's `prime_metric_labels`.
+    /// The labels that belong to the policy and the doors (decisions, refusals, task names,
+    /// listeners, webhook results) are created by `serve`'s one list (`cli/serve/assemble.rs`).
     fn initialise_labels(&self) {
         for c in ["session", "principal"] {
             self.cache_hits.with_label_values(&[c]);

@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 
 use super::Worker;
+use crate::policy::forwarded::NotForwarded;
 
 /// The request-body bytes all workers may hold at once (`--max-buffered-body-bytes`). Bodies
 /// are read whole before Console sees them; without a bound, many slow uploads at once (each
@@ -75,6 +76,28 @@ pub(super) enum BodyError {
     Read(Box<dyn std::error::Error + Send + Sync>),
     /// The bodies being read by all workers hold `--max-buffered-body-bytes` already.
     Busy,
+}
+
+impl BodyError {
+    /// What the aftermath says of it ([`NotForwarded`]), with the limit it met.
+    pub(super) fn not_forwarded(self, w: &Worker) -> NotForwarded {
+        match self {
+            BodyError::Busy => NotForwarded::BodyBusy {
+                left: w.bodies.left(),
+            },
+            BodyError::TimedOut => NotForwarded::BodyTimedOut {
+                timeout_ms: w.body_read_timeout.as_millis() as u64,
+            },
+            BodyError::Read(e) if e.is::<http_body_util::LengthLimitError>() => {
+                NotForwarded::BodyTooLarge {
+                    limit: w.max_body_bytes,
+                }
+            }
+            BodyError::Read(e) => NotForwarded::BodyMalformed {
+                error: e.to_string(),
+            },
+        }
+    }
 }
 
 /// Reads a request body whole, up to the worker's size limit, each part within the body-read

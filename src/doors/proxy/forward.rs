@@ -11,14 +11,13 @@ use http::{Method, Request, Response, Version};
 use hyper::body::{Body, Incoming};
 
 use crate::dataplane::upstream::{GatewayBody, UpstreamError};
-use crate::policy::answer::{
-    carry_out_shadow, BodyRefusal, Identity, Records, BAD_GATEWAY, GATEWAY_TIMEOUT,
-};
+use crate::policy::answer::Identity;
+use crate::policy::forwarded::{carry_out_console, carry_out_not_forwarded, NotForwarded};
 use crate::policy::headers::{X_RBAC_ADMIN_ID, X_RBAC_ROLES, X_RBAC_SHADOW, X_REQUEST_ID};
 use crate::policy::outcome::Forward;
 use crate::policy::target::{is_header_value, is_hop_by_hop};
 
-use super::body::{read_body, BodyError, Held};
+use super::body::{read_body, Held};
 use super::checks::CookieRewrite;
 use super::{text_response, Ctx, Worker};
 
@@ -84,18 +83,27 @@ fn exchange_span_of(
     )
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A request let through, as `carry_out` answered it: what the decision forwards, the identity
+/// and shadow flag Console is told, when it was counted, the `X-Request-Id` value.
+pub(super) struct Forwarding {
+    pub forward: Forward,
+    pub identity: Option<Identity>,
+    pub shadow: bool,
+    pub decided_at: Instant,
+    pub request_id: HeaderValue,
+}
+
+/// Forwards a request let through: its body read whole ([`read_body`]), the bytes Console
+/// receives written ([`request_bytes`]), the exchange on a pooled connection ([`exchange`]).
+/// A body that cannot be read, or a Console that does not answer, is carried out by
+/// [`carry_out_not_forwarded`] and answered here.
 pub(super) async fn forward_request(
     w: &Arc<Worker>,
     ctx: &mut Ctx,
-    forward: Forward,
-    identity: Option<Identity>,
-    shadow: bool,
+    f: Forwarding,
     req: Request<Incoming>,
     cookie: CookieRewrite,
-    decided: Instant,
 ) -> Response<GatewayBody> {
-    let gw = &w.gw;
     let (parts, body) = req.into_parts();
     // The body is read completely before Console sees the request (like nginx's request
     // buffering): a body that turns out malformed or cut short never reaches Console.
@@ -109,53 +117,157 @@ pub(super) async fn forward_request(
             Ok(b) => b,
             Err(e) => {
                 ctx.unread_body = true;
-                let refusal = match e {
-                    BodyError::Busy => {
-                        tracing::warn!(request_id = %ctx.request_id, limit = w.bodies.left(), "request bodies being read hold --max-buffered-body-bytes: 503, not forwarded");
-                        BodyRefusal::Busy
-                    }
-                    BodyError::TimedOut => {
-                        tracing::warn!(request_id = %ctx.request_id, timeout_ms = w.body_read_timeout.as_millis() as u64, "request body stalled: 408, not forwarded");
-                        BodyRefusal::TimedOut
-                    }
-                    BodyError::Read(e) if e.is::<http_body_util::LengthLimitError>() => {
-                        tracing::warn!(request_id = %ctx.request_id, limit = w.max_body_bytes, "request body too large: 413");
-                        BodyRefusal::TooLarge
-                    }
-                    BodyError::Read(e) => {
-                        tracing::warn!(request_id = %ctx.request_id, error = %e, "request body malformed or incomplete: 400, not forwarded");
-                        BodyRefusal::Malformed
-                    }
-                };
-                Records::refused(&**gw, refusal.as_str());
-                let mut resp = text_response(ctx, refusal.status(), true);
-                if refusal == BodyRefusal::Busy {
-                    resp.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                }
-                return resp;
+                let failed = e.not_forwarded(w);
+                return not_forwarded(w, ctx, &f.request_id, failed);
             }
         }
     };
     ctx.unread_body = false;
-    // What Console receives, written in one pass over the request's headers: the target decided
-    // on, byte for byte (checked equal to the bytes received); the client's headers without the
-    // hop-by-hop ones, spoofed identity headers, framing headers and what the gateway sets
-    // itself; then the gateway's own; then the body read whole.
-    let h = &parts.headers;
+    // Traced: Console's exchange is a CLIENT span, and Console's `traceparent` names it (the
+    // client's own, if any, is the server span's parent and is not passed on).
+    let exchange_span = ctx
+        .trace
+        .as_deref()
+        .map(|(s, _)| exchange_span_of(s, &parts, w.gw.upstream));
+    let traceparent = exchange_span.as_ref().map(|s| s.traceparent());
+    let request = request_bytes(
+        &Head {
+            parts: &parts,
+            cookie: &cookie,
+            connection_named: &ctx.connection_named,
+            identity: f.identity.as_ref(),
+            shadow: f.shadow,
+            request_id: &f.request_id,
+            peer_ip: &ctx.peer_ip,
+            upstream: w.gw.upstream,
+            traceparent: traceparent.as_deref(),
+            body_framed: !body_was_done,
+        },
+        &bytes,
+    );
+    // Console's time starts when the request goes out: after the body was read, if there was
+    // one to wait for (otherwise the decision's clock reading serves, one clock read less per
+    // request). A body can be empty and still have been waited for (chunked, its last chunk
+    // held back): then the clock is read now, or the read timeout would start too early.
+    let sent = if body_was_done {
+        f.decided_at
+    } else {
+        Instant::now()
+    };
+    let head_only = parts.method == Method::HEAD;
+    exchange(w, ctx, &f, &request, head_only, sent, exchange_span).await
+}
+
+/// Sends `request` and hands Console's answer back, under the upstream read deadline; its
+/// aftermath (time by status class, a shadow rule's comparison) carried out once it answers.
+async fn exchange(
+    w: &Arc<Worker>,
+    ctx: &mut Ctx,
+    f: &Forwarding,
+    request: &[u8],
+    head_only: bool,
+    sent: Instant,
+    mut span: Option<crate::runtime::telemetry::ChildSpan>,
+) -> Response<GatewayBody> {
+    let gw = &w.gw;
+    let exchange = std::pin::pin!(w.pool.send(request, head_only));
+    let result = w
+        .deadlines
+        .timeout_at(sent + gw.read_timeout, exchange)
+        .await;
+    let resp = match result {
+        Ok(Ok(r)) => {
+            if let Some(span) = span.take() {
+                span.end(Some(r.status().as_u16()));
+            }
+            r
+        }
+        Ok(Err(e)) => {
+            if let Some(span) = span.take() {
+                span.end(None);
+            }
+            let failed = NotForwarded::Upstream {
+                timed_out: matches!(e, UpstreamError::ConnectTimeout),
+                error: e.to_string(),
+            };
+            return not_forwarded(w, ctx, &f.request_id, failed);
+        }
+        Err(_) => {
+            if let Some(span) = span.take() {
+                span.end(None);
+            }
+            return not_forwarded(w, ctx, &f.request_id, NotForwarded::UpstreamTimedOut);
+        }
+    };
+    let status = resp.status().as_u16();
+    carry_out_console(
+        &**gw,
+        &w.counts,
+        &f.forward,
+        status,
+        sent.elapsed().as_secs_f64(),
+        ctx.request_id.as_str(),
+    );
+    // Console's hop-by-hop headers were left out when its answer was read.
+    let (mut rparts, rbody) = resp.into_parts();
+    rparts.headers.insert(X_REQUEST_ID, f.request_id.clone());
+    rparts.version = Version::HTTP_11;
+    if ctx.close {
+        rparts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Response::from_parts(rparts, rbody)
+}
+
+/// The gateway's answer to a request whose forwarding failed, carried out first; its
+/// connection is not read again.
+fn not_forwarded(
+    w: &Worker,
+    ctx: &Ctx,
+    request_id: &HeaderValue,
+    failure: NotForwarded,
+) -> Response<GatewayBody> {
+    let failed = carry_out_not_forwarded(&*w.gw, failure, ctx.request_id.as_str());
+    let mut resp = text_response(ctx, request_id, failed.status, true);
+    if let Some(v) = failed.retry_after {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// What [`request_bytes`] writes the request head from.
+pub(super) struct Head<'a> {
+    pub parts: &'a http::request::Parts,
+    pub cookie: &'a CookieRewrite,
+    /// The headers the request's `Connection` headers name: not forwarded.
+    pub connection_named: &'a [HeaderName],
+    pub identity: Option<&'a Identity>,
+    pub shadow: bool,
+    pub request_id: &'a HeaderValue,
+    /// The peer's address: the hop appended to `X-Forwarded-For`.
+    pub peer_ip: &'a str,
+    /// Console's address: the `Host` of a request that had none.
+    pub upstream: std::net::SocketAddr,
+    /// The exchange's span, when traced.
+    pub traceparent: Option<&'a str>,
+    /// The client framed a body (chunks, even none): it is sent with its exact length.
+    pub body_framed: bool,
+}
+
+/// The bytes Console receives, written in one pass over the request's headers: the target
+/// decided on, byte for byte (checked equal to the bytes received); the client's headers without
+/// the hop-by-hop ones, spoofed identity headers, framing headers and what the gateway sets
+/// itself; then the gateway's own; then the body read whole. No I/O: tested without a socket.
+pub(super) fn request_bytes(head: &Head<'_>, body: &[u8]) -> Vec<u8> {
+    let (parts, h) = (head.parts, &head.parts.headers);
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut request = Vec::with_capacity(512 + bytes.len());
+    let mut request = Vec::with_capacity(512 + body.len());
     request.extend_from_slice(parts.method.as_str().as_bytes());
     request.push(b' ');
     request.extend_from_slice(target.as_bytes());
     request.extend_from_slice(b" HTTP/1.1\r\n");
-    // Traced: Console's exchange is a CLIENT span, and Console's `traceparent` names it (the
-    // client's own, if any, is the server span's parent and is not passed on).
-    let mut exchange_span = ctx
-        .trace
-        .as_deref()
-        .map(|(s, _)| exchange_span_of(s, &parts, gw.upstream));
-    let traced = exchange_span.is_some();
+    let traced = head.traceparent.is_some();
     // What the loop sees of the headers it does not copy (no lookup by name afterwards).
     let mut had_length = false;
     let mut had_host = false;
@@ -178,8 +290,8 @@ pub(super) async fn forward_request(
             || is_identity_header(name)
             || *name == header::EXPECT
             || *name == X_REQUEST_ID
-            || (*name == header::COOKIE && !matches!(cookie, CookieRewrite::Keep))
-            || ctx.connection_named.contains(name)
+            || (*name == header::COOKIE && !matches!(head.cookie, CookieRewrite::Keep))
+            || head.connection_named.contains(name)
             || (traced && *name == TRACEPARENT)
         {
             continue;
@@ -188,26 +300,26 @@ pub(super) async fn forward_request(
     }
     if !had_host {
         // HTTP/1.0 without Host: Console gets its own address.
-        put_header(&mut request, b"host", gw.upstream.to_string().as_bytes());
+        put_header(&mut request, b"host", head.upstream.to_string().as_bytes());
     }
-    if let CookieRewrite::Set(v) = &cookie {
+    if let CookieRewrite::Set(v) = head.cookie {
         // Joined from header values hyper accepted.
         if is_header_value(v) {
             put_header(&mut request, b"cookie", v);
         } else {
-            tracing::error!(request_id = %ctx.request_id, "joined Cookie is not a header value: none forwarded");
+            tracing::error!(request_id = %String::from_utf8_lossy(head.request_id.as_bytes()), "joined Cookie is not a header value: none forwarded");
         }
     }
     // Any body the client framed (a Content-Length, or chunks, even none) is sent with its
     // exact length: `Content-Length: 0` for an empty chunked one, so Console never infers it.
-    if had_length || !body_was_done {
+    if had_length || head.body_framed {
         put_header(
             &mut request,
             b"content-length",
-            bytes.len().to_string().as_bytes(),
+            body.len().to_string().as_bytes(),
         );
     }
-    if let Some(id) = &identity {
+    if let Some(id) = head.identity {
         put_header(
             &mut request,
             X_RBAC_ADMIN_ID.as_str().as_bytes(),
@@ -219,19 +331,19 @@ pub(super) async fn forward_request(
             id.roles().as_bytes(),
         );
     }
-    if shadow {
+    if head.shadow {
         put_header(&mut request, X_RBAC_SHADOW.as_str().as_bytes(), b"deny");
     }
     put_header(
         &mut request,
         X_REQUEST_ID.as_str().as_bytes(),
-        ctx.request_id.as_bytes(),
+        head.request_id.as_bytes(),
     );
     if forwarded_for.is_empty() {
         put_header(
             &mut request,
             X_FORWARDED_FOR.as_str().as_bytes(),
-            ctx.peer_ip.as_bytes(),
+            head.peer_ip.as_bytes(),
         );
     } else {
         let mut v = Vec::with_capacity(64);
@@ -239,90 +351,108 @@ pub(super) async fn forward_request(
             v.extend_from_slice(prev);
             v.extend_from_slice(b", ");
         }
-        v.extend_from_slice(ctx.peer_ip.as_bytes());
+        v.extend_from_slice(head.peer_ip.as_bytes());
         put_header(&mut request, X_FORWARDED_FOR.as_str().as_bytes(), &v);
     }
-    if let Some(span) = &exchange_span {
-        put_header(&mut request, b"traceparent", span.traceparent().as_bytes());
+    if let Some(tp) = head.traceparent {
+        put_header(&mut request, b"traceparent", tp.as_bytes());
     }
     request.extend_from_slice(b"\r\n");
-    request.extend_from_slice(&bytes);
-
-    // Console's time starts when the request goes out: after the body was read, if there was
-    // one to wait for (otherwise the decision's clock reading serves, one clock read less per
-    // request). A body can be empty and still have been waited for (chunked, its last chunk
-    // held back): then the clock is read now, or the read timeout would start too early.
-    let sent = if body_was_done {
-        decided
-    } else {
-        Instant::now()
-    };
-    let exchange = std::pin::pin!(w.pool.send(&request, parts.method == Method::HEAD));
-    let result = w
-        .deadlines
-        .timeout_at(sent + gw.read_timeout, exchange)
-        .await;
-    let resp = match result {
-        Ok(Ok(r)) => {
-            if let Some(span) = exchange_span.take() {
-                span.end(Some(r.status().as_u16()));
-            }
-            r
-        }
-        Ok(Err(e)) => {
-            if let Some(span) = exchange_span.take() {
-                span.end(None);
-            }
-            let status = match e {
-                UpstreamError::ConnectTimeout => 504,
-                _ => 502,
-            };
-            tracing::warn!(request_id = %ctx.request_id, status, error = %e, "upstream failure");
-            return text_response(
-                ctx,
-                if status == 504 {
-                    GATEWAY_TIMEOUT
-                } else {
-                    BAD_GATEWAY
-                },
-                true,
-            );
-        }
-        Err(_) => {
-            if let Some(span) = exchange_span.take() {
-                span.end(None);
-            }
-            tracing::warn!(request_id = %ctx.request_id, status = 504, "upstream read timed out");
-            return text_response(ctx, GATEWAY_TIMEOUT, true);
-        }
-    };
-    let status = resp.status().as_u16();
-    w.upstream_seconds[(status / 100).clamp(1, 5) as usize - 1]
-        .observe(sent.elapsed().as_secs_f64());
-    if let Some(row) = carry_out_shadow(&**gw, &forward, status, ctx.request_id.as_str()) {
-        // Console's answer does not wait for the drift row.
-        let gw = gw.clone();
-        tokio::task::spawn(async move {
-            if let Err(e) = Records::record(&*gw, row).await {
-                tracing::error!(error = %e, "cannot record a drift event");
-            }
-        });
-    }
-    // Console's hop-by-hop headers were left out when its answer was read.
-    let (mut rparts, rbody) = resp.into_parts();
-    rparts.headers.insert(X_REQUEST_ID, ctx.request_id.header());
-    rparts.version = Version::HTTP_11;
-    if ctx.close {
-        rparts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    Response::from_parts(rparts, rbody)
+    request.extend_from_slice(body);
+    request
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn head_of(req: &Request<()>) -> http::request::Parts {
+        let mut b = Request::builder().method(req.method()).uri(req.uri());
+        for (k, v) in req.headers() {
+            b = b.header(k, v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn the_bytes_console_receives_are_written_without_a_socket() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/a/b?c=1")
+            .header("x-custom", "kept")
+            .header("connection", "keep-alive, x-gone")
+            .header("x-gone", "named by Connection")
+            .header("x_rbac_roles", "forged")
+            .header("X-Rbac-Admin-Id", "forged")
+            .header("expect", "100-continue")
+            .header("x-request-id", "client-chosen")
+            .header("content-length", "3")
+            .header("x-forwarded-for", "198.51.100.1")
+            .header("x-forwarded-for", "198.51.100.2")
+            .header("traceparent", "00-client-span")
+            .header("cookie", "session=a")
+            .body(())
+            .unwrap();
+        let parts = head_of(&req);
+        let principal = crate::policy::principal::Principal::new(
+            "admin-7",
+            vec!["b-role".into(), "a-role".into()],
+            vec![],
+            None,
+            std::time::Duration::from_secs(1),
+        );
+        let identity = Identity::of(&principal).unwrap();
+        let request_id = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
+        let named = [HeaderName::from_static("x-gone")];
+        let head = |traceparent, identity, cookie| Head {
+            parts: &parts,
+            cookie,
+            connection_named: &named,
+            identity,
+            shadow: true,
+            request_id: &request_id,
+            peer_ip: "203.0.113.5",
+            upstream: "127.0.0.1:5000".parse().unwrap(),
+            traceparent,
+            body_framed: false,
+        };
+        let bytes = request_bytes(
+            &head(
+                Some("00-gateway-span"),
+                Some(&identity),
+                &CookieRewrite::Keep,
+            ),
+            b"xyz",
+        );
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "POST /a/b?c=1 HTTP/1.1\r\n\
+             x-custom: kept\r\n\
+             cookie: session=a\r\n\
+             host: 127.0.0.1:5000\r\n\
+             content-length: 3\r\n\
+             x-rbac-admin-id: admin-7\r\n\
+             x-rbac-roles: a-role,b-role\r\n\
+             x-rbac-shadow-decision: deny\r\n\
+             x-request-id: 0123456789abcdef0123456789abcdef\r\n\
+             x-forwarded-for: 198.51.100.1, 198.51.100.2, 203.0.113.5\r\n\
+             traceparent: 00-gateway-span\r\n\
+             \r\n\
+             xyz"
+        );
+        // Untraced: the client's traceparent goes through; no identity: none is sent; the
+        // cookie rewritten to the one the gateway read.
+        let rewritten = CookieRewrite::Set(b"session=b".to_vec());
+        let text = String::from_utf8(request_bytes(&head(None, None, &rewritten), b"")).unwrap();
+        assert!(text.contains("traceparent: 00-client-span\r\n"), "{text}");
+        assert!(text.contains("cookie: session=b\r\n"), "{text}");
+        assert!(!text.contains("session=a"), "{text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("x-rbac-admin-id"),
+            "{text}"
+        );
+        assert!(text.contains("content-length: 0\r\n"), "{text}");
+    }
 
     #[test]
     fn identity_headers_in_any_spelling() {

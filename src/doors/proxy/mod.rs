@@ -44,14 +44,16 @@ use crate::dataplane::upstream::{GatewayBody, Pool};
 use crate::dataplane::workers::{Door, Http1Settings};
 use crate::doors::rbac_api;
 use crate::gateway::state::Gateway;
-use crate::policy::answer::{carry_out, Answer, Asked, DecisionCounts, Reply, RequestId};
+use crate::policy::answer::{
+    carry_out, Answer, Asked, Carried, DecidedOn, DecisionCounts, Reply, RequestId,
+};
 use crate::policy::headers::X_REQUEST_ID;
-use crate::policy::outcome::{decide, Facts, Forward, Outcome, Via};
+use crate::policy::outcome::{decide, Facts, Outcome};
 use crate::runtime::telemetry::{self, ServerSpan};
 
 pub use body::BodyBudget;
 use checks::{check_request, read_cookie, CookieRewrite};
-use forward::forward_request;
+use forward::{forward_request, Forwarding};
 
 /// The data plane's `rbac_gateway_connections_accepted_total{listener}` label.
 pub const LISTENER: &str = "data plane";
@@ -136,9 +138,8 @@ async fn worker(
     shutdown: watch::Receiver<bool>,
 ) {
     let (gw, settings) = (door.gw.clone(), &door.settings);
-    let counts = DecisionCounts::new(&gw.metrics.requests, &gw.metrics.decision_seconds);
-    let upstream_seconds = ["1xx", "2xx", "3xx", "4xx", "5xx"]
-        .map(|class| gw.metrics.upstream_seconds.with_label_values(&[class]));
+    let counts = DecisionCounts::new(&gw.metrics.requests, &gw.metrics.decision_seconds)
+        .with_console(&gw.metrics.upstream_seconds);
     let deadlines = Deadlines::for_timeouts(&[
         settings.http.header_read_timeout,
         settings.body_read_timeout,
@@ -155,7 +156,6 @@ async fn worker(
         bodies: door.bodies.clone(),
         body_read_timeout: settings.body_read_timeout,
         counts,
-        upstream_seconds,
     });
     let builder = settings.http.builder(deadlines);
     let (max_headers, max_header_bytes) =
@@ -193,8 +193,6 @@ struct Worker {
     body_read_timeout: Duration,
     /// The request counter and decision-time histogram of each decision label.
     counts: DecisionCounts,
-    /// Console's answer time by status class (1xx..5xx), looked up once per worker.
-    upstream_seconds: [prometheus::Histogram; 5],
     /// [`Settings::trust_request_id`].
     trust_request_id: bool,
     /// [`Settings::trusted_proxies`].
@@ -226,6 +224,7 @@ struct Ctx {
 /// the one status table ([`Reply::status`], [`crate::policy::answer::BodyRefusal::status`]).
 fn text_response(
     ctx: &Ctx,
+    request_id: &HeaderValue,
     (status, body): (u16, &'static str),
     close: bool,
 ) -> Response<GatewayBody> {
@@ -242,7 +241,7 @@ fn text_response(
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(X_REQUEST_ID, ctx.request_id.header());
+    h.insert(X_REQUEST_ID, request_id.clone());
     if close || ctx.unread_body || ctx.close {
         // An unread request body must not be taken for the next request.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -380,6 +379,8 @@ async fn handle<const TRACED: bool>(
         Ok((t, seen.user_agent, cookie))
     });
     let mut cookie = CookieRewrite::Keep;
+    // The target and the mapping decided by, for the aftermath's lines.
+    let mut decided = None;
     let outcome = match checked {
         // Logged and counted by `carry_out`, like every outcome's aftermath.
         Err(refusal) => Outcome::Refuse(refusal),
@@ -412,74 +413,76 @@ async fn handle<const TRACED: bool>(
                 at: ctx.started,
             };
             let outcome = decide(&**gw, &mapping, gw.switches(), &facts).await;
-            let (method, path, version) = (req.method(), &target.path, &mapping.version);
             if let Some((s, _)) = ctx.trace.as_deref() {
-                crate::doors::trace_outcome(s, method.as_str(), &outcome, version);
+                crate::doors::trace_outcome(s, req.method().as_str(), &outcome, &mapping.version);
             }
-            match &outcome {
-                Outcome::Forward(Forward {
-                    via: Via::Allowed(by),
-                    principal: Some(p),
-                    rule,
-                    ..
-                }) => {
-                    tracing::debug!(request_id = %ctx.request_id, admin_id = %p.admin_id, %method, %path, rule = rule.as_deref().unwrap_or("-"), granted_by = ?by, mapping_version = %version, "allowed")
-                }
-                Outcome::Forward(f) => {
-                    tracing::debug!(request_id = %ctx.request_id, %method, %path, rule = f.rule.as_deref().unwrap_or("-"), decision = outcome.label(), mapping_version = %version, "forward")
-                }
-                Outcome::Redirect { .. } => {
-                    tracing::debug!(request_id = %ctx.request_id, %method, %path, mapping_version = %version, "redirected to login: no valid session")
-                }
-                _ => {}
-            }
+            decided = Some((target, mapping));
             outcome
         }
     };
-    Ok(respond::<TRACED>(&w, &mut ctx, outcome, req, cookie).await)
+    let on = decided.as_ref().map(|(target, mapping)| DecidedOn {
+        method: req.method().as_str(),
+        path: &target.path,
+        mapping_version: &mapping.version,
+    });
+    let carried = carry_out_traced(&w, &ctx, outcome, on).await;
+    Ok(respond(&w, &mut ctx, carried, req, cookie).await)
 }
 
-/// The one place where an outcome becomes the data plane's answer: carried out
-/// ([`carry_out`]), then sent to Console or answered here.
-async fn respond<const TRACED: bool>(
-    w: &Arc<Worker>,
-    ctx: &mut Ctx,
+/// Carries out `outcome` ([`carry_out`]), the request's span told the reason and decision.
+async fn carry_out_traced(
+    w: &Worker,
+    ctx: &Ctx,
     outcome: Outcome,
-    req: Request<Incoming>,
-    cookie: CookieRewrite,
-) -> Response<GatewayBody> {
+    decided: Option<DecidedOn<'_>>,
+) -> Carried {
     if let (Outcome::Refuse(r), Some((s, _))) = (&outcome, ctx.trace.as_deref()) {
         trace_str(s, "rbac.reason", r.as_str());
     }
     let asked = Asked {
-        request_id: ctx.request_id.as_str(),
+        request_id: &ctx.request_id,
         trace_id: ctx.trace.as_deref().map(|(_, id)| id.as_str()),
         client_ip: &ctx.client_ip,
         started: ctx.started,
+        decided,
     };
     let carried = carry_out(&*w.gw, &w.counts, outcome, &asked).await;
     if let Some((s, _)) = ctx.trace.as_deref() {
         trace_str(s, "rbac.decision", carried.decision.as_str());
     }
-    let decided = carried.decided_at;
+    carried
+}
+
+/// The one place where a carried-out answer becomes the data plane's: sent to Console or
+/// answered here, its header values written as `carry_out` made them.
+async fn respond(
+    w: &Arc<Worker>,
+    ctx: &mut Ctx,
+    carried: Carried,
+    req: Request<Incoming>,
+    cookie: CookieRewrite,
+) -> Response<GatewayBody> {
     match carried.answer {
         Answer::Forward {
             forward,
             identity,
             shadow,
-        } => forward_request(w, ctx, forward, identity, shadow, req, cookie, decided).await,
+        } => {
+            let f = Forwarding {
+                forward,
+                identity,
+                shadow,
+                decided_at: carried.decided_at,
+                request_id: carried.request_id,
+            };
+            forward_request(w, ctx, f, req, cookie).await
+        }
         Answer::Reply(reply) => {
             // A refused request's connection is not read again.
             let close = reply == Reply::Refused;
-            let mut resp = text_response(ctx, reply.status(), close);
-            if let Reply::Login { location } = &reply {
-                match HeaderValue::from_str(location) {
-                    Ok(v) => {
-                        resp.headers_mut().insert(header::LOCATION, v);
-                    }
-                    // Built from a checked, percent-encoded target: cannot happen.
-                    Err(e) => tracing::error!(error = %e, "login location is not a header value"),
-                }
+            let mut resp = text_response(ctx, &carried.request_id, reply.status(), close);
+            if let Reply::Login { location } = reply {
+                resp.headers_mut().insert(header::LOCATION, location);
             }
             resp
         }

@@ -1,0 +1,132 @@
+//! `rbac-gateway serve`: runs the gateway. This page is the whole start and stop: the flags
+//! checked into a [`Config`] (`config.rs`), the gateway assembled from it (`assemble.rs`: its
+//! state, tasks, doors and the one list of metric labels), the workers started, the drain.
+
+mod assemble;
+mod config;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+
+use super::{failure, init_logging, usage, Exit};
+use crate::dataplane::workers::{self, StartError};
+use crate::runtime::config::ServeArgs;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::signals::Signals;
+use crate::runtime::supervise::{self, Task};
+use assemble::{Admin, Assembled};
+use config::Config;
+
+pub fn serve(args: ServeArgs) -> Result<(), Exit> {
+    // The runtime for everything that is not request handling: admin listener, spool replay,
+    // signals. It lives as long as the process. Made first, so the signal handlers are in place
+    // before anything is loaded: SIGHUP never ends the process, SIGTERM never kills it mid-start.
+    let bg = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("rbac-gateway-bg")
+        .enable_all()
+        .build()
+        .map_err(failure)?;
+    let signals = {
+        let _runtime = bg.enter();
+        Signals::install()
+            .map_err(|e| failure(anyhow!("cannot install the signal handlers: {e}")))?
+    };
+    // Every flag checked before anything starts or logs.
+    let config = Config::check(args)?;
+    init_logging(config.log_format);
+    let metrics = Arc::new(Metrics::new());
+    assemble::prime_labels(&metrics, &config);
+    let Some(Assembled {
+        gw,
+        admin,
+        admin_bound,
+    }) = bg.block_on(assemble::gateway(&config, metrics, &signals))?
+    else {
+        return Ok(());
+    };
+    // Export beside the requests, on the background runtime; nothing at all when off.
+    let telemetry = match &config.telemetry {
+        None => None,
+        Some(settings) => {
+            let refreshed = gw.clone();
+            Some(
+                crate::runtime::telemetry::start(
+                    settings.clone(),
+                    bg.handle(),
+                    gw.metrics.clone(),
+                    Arc::new(move || refreshed.refresh_gauges()),
+                )
+                .map_err(|e| usage(anyhow!("OpenTelemetry: {e}")))?,
+            )
+        }
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let started = workers::start(config.threads, assemble::doors(&config, &gw), stopped).map_err(
+        |e| match &e {
+            StartError::Listen { addr, .. } => failure(anyhow!("{e} ({addr})")),
+            StartError::Thread(_) => failure(anyhow!("{e} ({})", config.listen)),
+        },
+    )?;
+    // The addresses bound (port 0 resolved): tests and supervisors read them from this line.
+    let (bound, threads) = (started.bound[0], config.threads);
+    match started.bound.get(1) {
+        Some(authz) => {
+            tracing::info!(listen = %bound, admin_listen = %admin_bound, authz_listen = %authz, threads, "listening");
+        }
+        None => {
+            tracing::info!(listen = %bound, admin_listen = %admin_bound, threads, "listening")
+        }
+    }
+    match admin {
+        Admin::Bound(admin) => {
+            let _runtime = bg.enter();
+            supervise::spawn(
+                gw.tasks.clone(),
+                gw.metrics.clone(),
+                Task::Admin,
+                crate::doors::admin::serve(admin, gw.clone()),
+            );
+        }
+        // Served since start-up; ready from now on.
+        Admin::Serving => gw.set_mapping_missing(None),
+    }
+
+    let signal = bg.block_on(signals.stopped());
+    let stopping = Instant::now();
+    let grace = config.shutdown_grace();
+    tracing::info!(
+        signal,
+        grace_seconds = grace.as_secs(),
+        "shutting down: finishing in-flight requests"
+    );
+    if stop.send(true).is_err() {
+        tracing::warn!("every worker had already stopped");
+    }
+    for w in started.handles {
+        if w.join().is_err() {
+            tracing::error!("a worker thread panicked");
+        }
+    }
+    // Rows of denials answered 503 still in memory: one last bounded try.
+    bg.block_on(gw.audit.finish(config.db_timeout));
+    // What is queued goes out within what the drain left of the grace (at least 100 ms).
+    if let Some(t) = telemetry {
+        let left = grace.saturating_sub(stopping.elapsed());
+        t.shutdown(&bg, left.max(Duration::from_millis(100)));
+    }
+    drop(bg);
+    // A supervisor (the Heroku launcher, systemd) learns from the status that requests were cut.
+    match crate::dataplane::listen::cut_at_shutdown() {
+        0 => {
+            tracing::info!("shut down");
+            Ok(())
+        }
+        cut => Err(failure(anyhow!(
+            "shut down with {cut} connection(s) cut: their requests were still in progress when the {} s grace period (--shutdown-grace) ran out and got no answer",
+            grace.as_secs()
+        ))),
+    }
+}
