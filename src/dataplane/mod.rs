@@ -2,7 +2,6 @@
 //! crate, the measured gain, and the differential test that pins its behaviour to the crate's
 //! or to a reference.
 
-pub mod deadline;
 pub mod listen;
 pub mod sniff;
 pub mod upstream;

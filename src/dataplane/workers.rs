@@ -15,8 +15,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::dataplane::deadline::Deadlines;
-
 /// The default number of worker threads: half the cores, at least one. The gateway is a sidecar:
 /// it shares its host with Console, whose gunicorn workers need the other cores, and one worker
 /// thread serves far more requests than Console can (docs/performance-log.md: about 90,000 allowed
@@ -43,11 +41,11 @@ pub struct Http1Settings {
 }
 
 impl Http1Settings {
-    /// hyper's HTTP/1 server as every door runs it, its timeouts kept by `deadlines`.
-    pub fn builder(&self, deadlines: Deadlines) -> hyper::server::conn::http1::Builder {
+    /// hyper's HTTP/1 server as every door runs it, its timeouts kept by tokio's timer.
+    pub fn builder(&self) -> hyper::server::conn::http1::Builder {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
-            .timer(deadlines)
+            .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(Some(self.header_read_timeout))
             .max_header_size(self.max_header_bytes)
             .max_buf_size((self.max_header_bytes + 8192).max(16 * 1024))

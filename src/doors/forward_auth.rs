@@ -40,7 +40,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use crate::dataplane::deadline::Deadlines;
 use crate::dataplane::workers::Http1Settings;
 use crate::gateway::state::Gateway;
 use crate::policy::answer::{
@@ -182,9 +181,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: watch::Receiver<bool>,
 ) {
-    let deadlines = Deadlines::for_timeouts(&[door.http.header_read_timeout]);
-    tokio::task::spawn(deadlines.clone().run_ticker());
-    let builder = door.http.builder(deadlines);
+    let builder = door.http.builder();
     let accepted = door.gw.metrics.connections.with_label_values(&[LISTENER]);
     let answering = Arc::new(Share::new(door.gw.clone()));
     crate::dataplane::listen::accept_until_shutdown(

@@ -2,7 +2,6 @@
 //! timeout and the bytes all workers may hold at once.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Limited};
@@ -112,11 +111,7 @@ pub(super) async fn read_body(w: &Worker, body: Incoming) -> Result<(Bytes, Held
     let mut more: Option<BytesMut> = None;
     loop {
         let next = std::pin::pin!(body.frame());
-        let frame = match w
-            .deadlines
-            .timeout_at(Instant::now() + w.body_read_timeout, next)
-            .await
-        {
+        let frame = match tokio::time::timeout(w.body_read_timeout, next).await {
             Err(_) => return Err(BodyError::TimedOut),
             Ok(None) => break,
             Ok(Some(Err(e))) => return Err(BodyError::Read(e)),

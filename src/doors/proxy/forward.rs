@@ -171,10 +171,8 @@ async fn exchange(
 ) -> Response<GatewayBody> {
     let gw = &w.gw;
     let exchange = std::pin::pin!(w.pool.send(request, head_only));
-    let result = w
-        .deadlines
-        .timeout_at(sent + gw.read_timeout, exchange)
-        .await;
+    let deadline = tokio::time::Instant::from_std(sent + gw.read_timeout);
+    let result = tokio::time::timeout_at(deadline, exchange).await;
     let resp = match result {
         Ok(Ok(r)) => {
             if let Some(span) = span.take() {

@@ -38,7 +38,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use crate::dataplane::deadline::Deadlines;
 use crate::dataplane::sniff::{Heads, RawHead, Sniff};
 use crate::dataplane::upstream::{GatewayBody, Pool};
 use crate::dataplane::workers::{Door, Http1Settings};
@@ -140,15 +139,8 @@ async fn worker(
     let (gw, settings) = (door.gw.clone(), &door.settings);
     let counts = DecisionCounts::new(&gw.metrics.requests, &gw.metrics.decision_seconds)
         .with_console(&gw.metrics.upstream_seconds);
-    let deadlines = Deadlines::for_timeouts(&[
-        settings.http.header_read_timeout,
-        settings.body_read_timeout,
-        gw.read_timeout,
-    ]);
-    tokio::task::spawn(deadlines.clone().run_ticker());
     let w = Arc::new(Worker {
         pool: Pool::new(gw.upstream, gw.connect_timeout),
-        deadlines: deadlines.clone(),
         gw,
         max_body_bytes: settings.max_body_bytes,
         trust_request_id: settings.trust_request_id,
@@ -157,7 +149,7 @@ async fn worker(
         body_read_timeout: settings.body_read_timeout,
         counts,
     });
-    let builder = settings.http.builder(deadlines);
+    let builder = settings.http.builder();
     let (max_headers, max_header_bytes) =
         (settings.http.max_headers, settings.http.max_header_bytes);
     crate::dataplane::listen::accept_until_shutdown(
@@ -185,8 +177,6 @@ async fn worker(
 struct Worker {
     gw: Arc<Gateway>,
     pool: Arc<Pool>,
-    /// The per-request timeouts (header read, body read, upstream read), swept by one ticker.
-    deadlines: Deadlines,
     max_body_bytes: usize,
     /// Shared by every worker of the process.
     bodies: Arc<BodyBudget>,
