@@ -13,8 +13,8 @@
 //! - [`gateway`]: the shared state every door carries the answers of (the policy's `Authority`
 //!   over the stores) and the live reload of the mapping.
 //! - [`dataplane`]: wire mechanics under the doors: listeners, the request-head sniffer, the
-//!   upstream pool, deadlines. Each replacement of a standard part says which crate,
-//!   why, and which test pins it.
+//!   upstream pool. Each replacement of a standard part says which crate, why, and which test
+//!   pins it.
 //! - [`jobs`]: the background jobs on a timer: the sweep of grants that end by themselves and
 //!   the break-glass alerts.
 //! - [`stores`]: Console's database and the gateway's own tables: identity and its cache, ticket

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, counted by callgrind: a figure other tenants of
 # this shared machine do not move (wall-clock CPU varies by 10-30% between runs). Repeated runs
-# agree within about 0.5%; timed background work (the mapping watcher's polls, the deadline
-# ticker, cache upkeep) is spread over however many requests the slowed process served.
+# agree within about 0.5%; timed background work (the mapping watcher's polls, cache upkeep) is
+# spread over however many requests the slowed process served.
 # The gateway runs under `valgrind --tool=callgrind` in front of an nginx upstream; after a
 # warm-up, instrumentation is switched on for one `wrk -t1 -c32 -d${DURATION}s` run of the
 # allowed path with one cached session (load.sh's case c), and the process's instructions
