@@ -36,8 +36,9 @@ pub struct Failed {
     pub retry_after: Option<http::HeaderValue>,
 }
 
-/// Carries out a failed forwarding, as [`carry_out`] does an outcome: the log line, the count of a
-/// refused body (`rbac_gateway_refusals_total`); returns the answer the door writes.
+/// Carries out a failed forwarding, as [`carry_out`](super::answer::carry_out) does an outcome:
+/// the log line, the count of a refused body (`rbac_gateway_refusals_total`); returns the answer
+/// the door writes.
 pub fn carry_out_not_forwarded(
     gw: &impl Records,
     failure: NotForwarded,
