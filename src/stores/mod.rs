@@ -1,10 +1,12 @@
 //! Console's database and the gateway's own tables: the pool and migrations ([`db`]), who a
 //! session is ([`identity`], [`ticket`]), keeping the cache coherent ([`feed`]), the durable
-//! audit trail ([`audit`]), the revocation of grants that end ([`revocation`]; the jobs that
-//! sweep them are in [`crate::jobs`]), mapping versions pushed to the database
+//! audit trail ([`audit`]), the revocation of grants that end ([`revocation`]) and the
+//! statements of the jobs that sweep them and raise alerts ([`sweep`], [`alerts`]; the jobs
+//! themselves are in [`crate::jobs`]), mapping versions pushed to the database
 //! ([`mapping_store`]); values written into the SQL text of one-round-trip statements
 //! ([`sql_text`]).
 
+pub mod alerts;
 pub mod audit;
 pub mod db;
 pub mod feed;
@@ -14,4 +16,5 @@ pub mod pool;
 pub mod revocation;
 pub mod rollout;
 pub mod sql_text;
+pub mod sweep;
 pub mod ticket;
