@@ -57,8 +57,15 @@ pub async fn grants(
     only: Option<&[String]>,
 ) -> Result<TicketGrants, sqlx::Error> {
     let sql = grants_sql(admin_id, customer_id, only)?;
+    // A child span of the request's when traced (issue 53): the live grants of a rule with
+    // `customer_param`, the lookup a cached principal still makes.
+    let span = crate::runtime::telemetry::db_span("SELECT live ticket grants");
     // A dead pooled connection (after a connection storm) costs one retry, not a 503.
-    let rows = crate::stores::db::retry_once(|| pool.one_round_trip(&sql)).await?;
+    let rows = crate::stores::db::retry_once(|| pool.one_round_trip(&sql)).await;
+    if let Some(span) = span {
+        span.done(rows.is_ok());
+    }
+    let rows = rows?;
     let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
     let roles: Vec<String> = sqlx::Row::try_get(row, 0)?;
     let permissions: Vec<String> = sqlx::Row::try_get(row, 1)?;
