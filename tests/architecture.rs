@@ -7,6 +7,15 @@
 //!   is a cycle, and the test names its edges.
 //! - **One thing a file.** No file of `src/` is over [`MAX_LINES`] (800) lines; the test names
 //!   each that is.
+//! - **One owner of SQL.** No statement is issued outside `src/stores/`; the test names each
+//!   (file, line, what it found: [`statements_issued`]): a sqlx item that builds or runs a
+//!   statement ([`SQLX_STATEMENT_ITEMS`]) named through `sqlx::` or imported from it (the import
+//!   and each use of its name), an executor call ([`STATEMENT_CALLS`], and [`EXECUTOR_CALLS`]
+//!   whose first argument is a pool, a connection or a transaction), and a string literal that
+//!   is SQL text ([`is_sql_text`]: a verb followed by SQL, so that `"DELETE"` as an HTTP method
+//!   and log text are not). Calls are read outside string literals, SQL text only inside them.
+//! - **Statements pooler-safe.** Every `sqlx::query*` is `.persistent(false)`, and only
+//!   `stores/db.rs` and the feed name `PgPool`.
 //!
 //! Every `crate::a::b`, `super::a::b` and `self::a::b` path (and `{..}` group after any of them)
 //! in a module's non-test code is an edge from that module to the longest module the path names:
@@ -781,6 +790,357 @@ fn the_statement_check_finds_a_named_statement() {
         [
             "1: sqlx::query(\"SELECT 1\")",
             "2: sqlx::query(\"SELECT 2\")"
+        ]
+    );
+}
+
+/// The sqlx items that build or run a statement: named through `sqlx::` (`sqlx::query_as(..)`,
+/// `sqlx::Executor::fetch_one(..)`) or imported from it (`use sqlx::query_scalar;`).
+const SQLX_STATEMENT_ITEMS: &[&str] = &[
+    "query",
+    "query_as",
+    "query_scalar",
+    "query_with",
+    "query_as_with",
+    "query_scalar_with",
+    "raw_sql",
+    "Executor",
+    "QueryBuilder",
+];
+
+/// Calls that run a statement on whatever they are given: sqlx's executor methods, which no
+/// other type of the gateway has, and `Db`'s statement sent as one simple query.
+const STATEMENT_CALLS: &[&str] = &[
+    ".fetch_one(",
+    ".fetch_all(",
+    ".fetch_optional(",
+    ".fetch_many(",
+    ".one_round_trip(",
+    "one_round_trip_on(",
+];
+
+/// Calls whose name other types share (hyper's `Executor::execute`, a stream's `fetch`): a
+/// statement only when the first argument is an executor (a pool, a connection, a transaction).
+const EXECUTOR_CALLS: &[&str] = &[".execute(", ".execute_many(", ".fetch("];
+
+/// The verbs a statement's text begins with.
+const SQL_VERBS: &[&str] = &[
+    "SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "BEGIN", "SET", "LISTEN", "NOTIFY", "UNLISTEN",
+    "COMMIT", "ROLLBACK", "TRUNCATE",
+];
+
+/// Words that make the text after a verb SQL (upper case, as the gateway writes its SQL; log text
+/// and HTTP methods do not use them so).
+const SQL_WORDS: &[&str] = &[
+    "FROM",
+    "INTO",
+    "WHERE",
+    "VALUES",
+    "JOIN",
+    "RETURNING",
+    "SET",
+    "LOCAL",
+    "LIMIT",
+    "ORDER",
+    "GROUP",
+    "UNION",
+    "EXISTS",
+    "DISTINCT",
+    "AS",
+    "ON",
+    "AND",
+    "OR",
+    "NOT",
+    "IN",
+    "IS",
+    "NULL",
+    "CASE",
+    "CONFLICT",
+    "COALESCE",
+    "TRANSACTION",
+];
+
+/// Whether the text of a string literal is a statement: it begins with a verb of [`SQL_VERBS`]
+/// followed by SQL: a placeholder (`$1`), a number, `*`, `(`, `;`, a quote, `true`/`false`/
+/// `null`, a name with `_` or `.` (a table, a column, a channel) or called (`pg_notify(`), or a
+/// word of [`SQL_WORDS`] anywhere after it. `"DELETE"` alone (an HTTP method), `"DELETE /x"` or
+/// `"UPDATE failed, retrying"` (log text) are not.
+fn is_sql_text(text: &str) -> bool {
+    let text = text.trim_start();
+    let Some(verb) = SQL_VERBS.iter().find(|v| {
+        text.starts_with(**v)
+            && text[v.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_whitespace() || c == ';' || c == '\\')
+    }) else {
+        return false;
+    };
+    let rest = text[verb.len()..].trim_start_matches(|c: char| c.is_whitespace() || c == '\\');
+    let Some(first) = rest.chars().next() else {
+        return false;
+    };
+    let word: String = rest
+        .chars()
+        .take_while(|c| is_ident(*c) || *c == '.')
+        .collect();
+    let called = !word.is_empty() && rest[word.len()..].starts_with('(');
+    let sql_start = first == '$'
+        || first.is_ascii_digit()
+        || "*(;'".contains(first)
+        || ["true", "false", "null"].contains(&word.as_str())
+        || word.contains('_')
+        || word.contains('.')
+        || called;
+    sql_start
+        || rest
+            .split(|c: char| !is_ident(c))
+            .any(|w| SQL_WORDS.contains(&w))
+}
+
+/// Whether the first argument of the call whose `(` is at byte `open` of `code` is an executor:
+/// a pool, a connection, a transaction or a `Db` (`&pool`, `&mut *tx`, `self.identity.pool()`).
+fn executor_argument(code: &str, open: usize) -> bool {
+    let arg: String = code[open + 1..]
+        .chars()
+        .take_while(|c| *c != ',' && *c != ')')
+        .collect();
+    let arg = arg.trim();
+    arg.starts_with("&mut *")
+        || arg.split(|c: char| !is_ident(c)).any(|w| {
+            let w = w.to_lowercase();
+            ["pool", "conn", "tx", "db", "executor"]
+                .iter()
+                .any(|e| w.contains(e))
+        })
+}
+
+/// One statement issued where it may not be: where, and what gave it away.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Issued {
+    line: usize,
+    what: String,
+}
+
+/// What in `text` (a file of `src/`) issues a statement, read in its non-test code
+/// ([`non_test_code`]): each sqlx item of [`SQLX_STATEMENT_ITEMS`] named through `sqlx::` or
+/// imported from it (the import and each use of the name), each call of [`STATEMENT_CALLS`],
+/// each call of [`EXECUTOR_CALLS`] on an executor, and each string literal that is SQL text
+/// ([`is_sql_text`]). Calls are looked for outside string literals, SQL text only inside them.
+fn statements_issued(text: &str) -> Vec<Issued> {
+    let c: Vec<char> = non_test_code(text).chars().collect();
+    // The code with every string literal blanked (line breaks kept), and each literal's text
+    // with the char where it starts.
+    let mut bare = c.clone();
+    let mut literals: Vec<(usize, String)> = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        let Some((end, comment)) = literal_at(&c, i) else {
+            i += 1;
+            continue;
+        };
+        let end = end.min(c.len());
+        if !comment && c[i] != '\'' {
+            let open = i + c[i..end].iter().position(|x| *x == '"').unwrap_or(0);
+            let hashes = c[i..open].iter().filter(|x| **x == '#').count();
+            let close = end.saturating_sub(1 + hashes).max(open + 1);
+            literals.push((i, c[open + 1..close].iter().collect()));
+            for x in &mut bare[i..end] {
+                if *x != '\n' {
+                    *x = ' ';
+                }
+            }
+        }
+        i = end;
+    }
+    let bare: String = bare.into_iter().collect();
+    let line_of = |at: usize| bare[..at].matches('\n').count() + 1;
+    let free_before = |at: usize| !bare[..at].ends_with(|c: char| is_ident(c) || c == ':');
+    let mut out = Vec::new();
+    let mut found = |at: usize, what: String| {
+        out.push(Issued {
+            line: line_of(at),
+            what,
+        })
+    };
+    for (at, _) in bare.match_indices("sqlx::") {
+        let item: String = bare[at + "sqlx::".len()..]
+            .chars()
+            .take_while(|c| is_ident(*c))
+            .collect();
+        let an_import = bare[..at].trim_end().ends_with("use");
+        if free_before(at) && !an_import && SQLX_STATEMENT_ITEMS.contains(&item.as_str()) {
+            found(at, format!("sqlx::{item}"));
+        }
+    }
+    // `use sqlx::{query_scalar, ..};`: the import, and each use of the name it binds.
+    for (at, _) in bare.match_indices("use sqlx::") {
+        if !free_before(at) {
+            continue;
+        }
+        let end = bare[at..].find(';').map_or(bare.len(), |e| at + e);
+        let list = &bare[at + "use sqlx::".len()..end];
+        for piece in list.split([',', '{', '}']) {
+            let (path, alias) = match piece.split_once(" as ") {
+                Some((p, a)) => (p.trim(), a.trim()),
+                None => (piece.trim(), piece.trim().rsplit("::").next().unwrap_or("")),
+            };
+            if !SQLX_STATEMENT_ITEMS.contains(&path.rsplit("::").next().unwrap_or("")) {
+                continue;
+            }
+            found(at, format!("use sqlx::{path}"));
+            for (use_at, _) in bare[end..].match_indices(alias) {
+                let use_at = end + use_at;
+                let after = &bare[use_at + alias.len()..];
+                let whole = free_before(use_at)
+                    && !bare[..use_at].ends_with('.')
+                    && !after.starts_with(is_ident);
+                if whole && (after.starts_with('(') || after.starts_with("::")) {
+                    found(use_at, format!("{alias} (sqlx::{path})"));
+                }
+            }
+        }
+    }
+    for call in STATEMENT_CALLS {
+        for (at, _) in bare.match_indices(call) {
+            if call.starts_with('.') || free_before(at) {
+                found(at, format!("{call}..)"));
+            }
+        }
+    }
+    for call in EXECUTOR_CALLS {
+        for (at, _) in bare.match_indices(call) {
+            if executor_argument(&bare, at + call.len() - 1) {
+                found(at, format!("{call}..) on an executor"));
+            }
+        }
+    }
+    for (at, text) in literals {
+        if is_sql_text(&text) {
+            // A line continuation (`\` at a line's end) is not part of the text.
+            let text = text.replace("\\\n", "\n");
+            let shown = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let shown: String = shown.chars().take(60).collect();
+            out.push(Issued {
+                line: c[..at].iter().filter(|x| **x == '\n').count() + 1,
+                what: format!("SQL text \"{shown}\""),
+            });
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Every statement issued outside `src/stores/`, as `src/path:line: what`.
+fn statements_outside_stores(src: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    files.sort();
+    let mut out = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(src).unwrap();
+        if rel.starts_with("stores") {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        for s in statements_issued(&text) {
+            out.push(format!("src/{}:{}: {}", rel.display(), s.line, s.what));
+        }
+    }
+    out
+}
+
+/// Architecture Invariant (issue 52, "one owner each"): only `stores/` speaks SQL. A door, a job
+/// or a command asks a store for a typed answer; a schema change is then found in one folder.
+#[test]
+fn only_stores_issue_statements() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let found = statements_outside_stores(&src);
+    assert!(
+        found.is_empty(),
+        "statements issued outside src/stores/ (move each into the store that owns its tables \
+         and call a function of it):\n  {}",
+        found.join("\n  ")
+    );
+    // The scan reads the stores' SQL (it is not blind).
+    let db = std::fs::read_to_string(src.join("stores/db.rs")).unwrap();
+    assert!(
+        statements_issued(&db)
+            .iter()
+            .any(|s| s.what == "SQL text \"SELECT 1\""),
+        "the scan found no statement in stores/db.rs: {:?}",
+        statements_issued(&db)
+    );
+}
+
+#[test]
+fn the_statement_owner_check_finds_a_query_and_not_an_http_method() {
+    let sample = "use sqlx::{Connection, query_scalar as scalar};\n\
+                  fn method(m: &str) -> &str { match m { \"DELETE\" => \"DELETE\", _ => \"GET\" } }\n\
+                  async fn ready(pool: &Db) {\n\
+                  \x20   let n: i32 = sqlx::query_as(\n\
+                  \x20       \"SELECT count(*) FROM rbac_roles WHERE name = $1\",\n\
+                  \x20   ).persistent(false).fetch_one(pool).await?;\n\
+                  \x20   let t: bool = scalar(\"SELECT true\").persistent(false).fetch_one(&mut *tx).await?;\n\
+                  \x20   sqlx::query(r#\"\n  INSERT INTO t (a) VALUES ($1)\"#).execute(&mut *tx).await?;\n\
+                  \x20   tracing::warn!(\"UPDATE failed, retrying\");\n\
+                  \x20   tracing::info!(target: \"sqlx::query\", \"DELETE /x answered\");\n\
+                  \x20   let span = db_span(\"SELECT ticket grants\");\n\
+                  \x20   counter.fetch_add(1, Relaxed); hyper_executor.execute(fut);\n\
+                  \x20   let s = \"SET LOCAL statement_timeout = 5\";\n\
+                  }\n\
+                  // sqlx::query(\"SELECT 1\") in a comment is no statement\n\
+                  #[cfg(test)]\n\
+                  mod tests { fn f() { sqlx::query(\"SELECT 1\").execute(&pool); } }\n";
+    let found: Vec<String> = statements_issued(sample)
+        .into_iter()
+        .map(|s| format!("{}: {}", s.line, s.what))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "1: use sqlx::query_scalar",
+            "4: sqlx::query_as",
+            "5: SQL text \"SELECT count(*) FROM rbac_roles WHERE name = $1\"",
+            "6: .fetch_one(..)",
+            "7: .fetch_one(..)",
+            "7: SQL text \"SELECT true\"",
+            "7: scalar (sqlx::query_scalar)",
+            "8: SQL text \"INSERT INTO t (a) VALUES ($1)\"",
+            "8: sqlx::query",
+            "9: .execute(..) on an executor",
+            "14: SQL text \"SET LOCAL statement_timeout = 5\"",
+        ]
+    );
+    assert!(!is_sql_text("DELETE"));
+    assert!(!is_sql_text("SELECT"));
+    assert!(is_sql_text("SELECT 1"));
+    assert!(is_sql_text("LISTEN rbac_gateway_changes"));
+    assert!(is_sql_text("BEGIN; SELECT pg_backend_pid()"));
+    assert!(is_sql_text("SELECT pg_notify('rbac_gateway_changes', '')"));
+    assert!(!is_sql_text("Deleted: DELETE /x"));
+    // In a tree: a store may issue statements; a door may not, and is named with its line.
+    let tree = Scratch::new(
+        "owner",
+        &[
+            ("lib.rs", "pub mod doors;\npub mod stores;\n"),
+            (
+                "stores/db.rs",
+                "pub async fn ping(db: &Db) { sqlx::query(\"SELECT 1\").persistent(false).fetch_one(db).await; }\n",
+            ),
+            (
+                "doors/admin.rs",
+                "pub async fn ready(pool: &Db) {\n    let _ = pool.ping().await;\n    let _ = sqlx::query_scalar::<_, i32>(\"SELECT 1\").persistent(false).fetch_one(pool).await;\n}\n",
+            ),
+        ],
+    );
+    assert_eq!(
+        statements_outside_stores(&tree.0),
+        [
+            "src/doors/admin.rs:3: .fetch_one(..)",
+            "src/doors/admin.rs:3: SQL text \"SELECT 1\"",
+            "src/doors/admin.rs:3: sqlx::query_scalar",
         ]
     );
 }

@@ -2,8 +2,9 @@
 //! [`crate::policy::outcome::decide`]'s, for a principal held in memory ([`InMemory`]): a group's roles
 //! expanded through the role catalogue, or an admin's roles read from the database. There is no
 //! second policy here, only the principals and the requests to ask about. It sits with the
-//! commands that use it (it reads the role catalogue, parses a migration and asks the reader
-//! API's door how it would answer), beside the cutover review (`assess` in `stores/rollout.rs`).
+//! commands that use it (it folds the role catalogue `stores/catalogue.rs` reads, parses a
+//! migration and asks the reader API's door how it would answer), beside the cutover review
+//! (`assess` in `stores/rollout.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -103,35 +104,16 @@ impl Catalogue {
     /// Console's own catalogue, as the database holds it now (every group, also one with no
     /// role).
     pub async fn read(pool: &crate::stores::db::Db) -> Result<Catalogue, sqlx::Error> {
+        let rows = crate::stores::catalogue::read(pool).await?;
         let mut c = Catalogue::default();
-        let groups: Vec<(String, Option<String>)> = sqlx::query_as(
-            "SELECT g.name, r.name FROM rbac_groups g \
-             LEFT JOIN rbac_group_roles gr ON gr.group_id = g.id \
-             LEFT JOIN rbac_roles r ON r.id = gr.role_id",
-        )
-        .persistent(false)
-        .fetch_all(pool)
-        .await?;
-        for (g, r) in groups {
+        for (g, r) in rows.group_roles {
             let roles = c.groups.entry(g).or_default();
             roles.extend(r);
         }
-        let edges: Vec<(String, String)> = sqlx::query_as(
-            "SELECT c.name, p.name FROM rbac_role_inheritance ri \
-             JOIN rbac_roles c ON c.id = ri.child_role_id JOIN rbac_roles p ON p.id = ri.parent_role_id",
-        ).persistent(false)
-        .fetch_all(pool)
-        .await?;
-        for (child, parent) in edges {
+        for (child, parent) in rows.inheritance {
             c.inherits.entry(child).or_default().insert(parent);
         }
-        let perms: Vec<(String, String)> = sqlx::query_as(
-            "SELECT r.name, p.name FROM rbac_role_permissions rp \
-             JOIN rbac_roles r ON r.id = rp.role_id JOIN rbac_permissions p ON p.id = rp.permission_id",
-        ).persistent(false)
-        .fetch_all(pool)
-        .await?;
-        for (role, perm) in perms {
+        for (role, perm) in rows.role_permissions {
             c.permissions.entry(role).or_default().insert(perm);
         }
         Ok(c)

@@ -9,10 +9,11 @@ use anyhow::{anyhow, Context};
 use super::{diag, failure, runtime, say, usage, Exit};
 use crate::policy::mapping::{Diagnostic, Mapping, Severity};
 use crate::runtime::config::{CheckArgs, EXIT_PROBLEMS};
+use crate::stores::schema as db_schema;
 
 /// The columns the gateway reads or writes, per table.
 /// Every table and column a statement of `serve` (identity, tickets, the change feed, the audit
-/// writer, `drift`) names: grep the SQL in src/ when adding one.
+/// writer, `drift`) names: grep the SQL in src/stores/ when adding one.
 const SCHEMA: &[(&str, &[&str])] = &[
     ("admins", &["id", "email"]),
     (
@@ -322,16 +323,10 @@ async fn check_database(
         Schema::Whole => Vec::new(),
         Schema::Readable => {
             let tables: Vec<&str> = SCHEMA.iter().map(|(t, _)| *t).collect();
-            let found: Vec<String> = sqlx::query_scalar(
-                "SELECT t FROM unnest($1::text[]) t \
-                 WHERE NOT coalesce(has_table_privilege(to_regclass(t), 'SELECT'), true)",
-            )
-            .persistent(false)
-            .bind(&tables)
-            .fetch_all(&pool)
-            .await
-            .context("cannot read this role's privileges")
-            .map_err(failure)?;
+            let found = db_schema::unreadable_tables(&pool, &tables)
+                .await
+                .context("cannot read this role's privileges")
+                .map_err(failure)?;
             if !found.is_empty() {
                 say!(
                     "database: the schema of {} table(s) this role may not read is not checked here (`rbac-gateway check --database-url` as the gateway's role checks it): {}",
@@ -342,13 +337,10 @@ async fn check_database(
             found
         }
     };
-    let columns: Vec<(String, String)> = sqlx::query_as(
-        "SELECT table_name::text, column_name::text FROM information_schema.columns WHERE table_schema = current_schema()",
-    ).persistent(false)
-    .fetch_all(&pool)
-    .await
-    .context("cannot read the schema")
-    .map_err(failure)?;
+    let columns = db_schema::columns(&pool)
+        .await
+        .context("cannot read the schema")
+        .map_err(failure)?;
     for (table, cols) in SCHEMA {
         if unreadable.iter().any(|t| t == table) {
             continue;
@@ -367,16 +359,10 @@ async fn check_database(
             }
         }
     }
-    let triggered: Vec<String> = sqlx::query_scalar(
-        "SELECT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
-         WHERE t.tgname = 'rbac_gateway_change' AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
-         AND c.relnamespace = current_schema()::regnamespace",
-    )
-    .persistent(false)
-    .fetch_all(&pool)
-    .await
-    .context("cannot read the triggers")
-    .map_err(failure)?;
+    let triggered = db_schema::change_feed_triggers(&pool)
+        .await
+        .context("cannot read the triggers")
+        .map_err(failure)?;
     for table in FEED_TABLES {
         if !triggered.iter().any(|t| t == table) {
             out.push(diag(
@@ -394,10 +380,7 @@ async fn check_database(
         "rbac_gateway_session_principal(text, boolean)",
         "rbac_gateway_ticket_grants(text, integer, text[])",
     ] {
-        let found: bool = sqlx::query_scalar("SELECT to_regprocedure($1) IS NOT NULL")
-            .persistent(false)
-            .bind(function)
-            .fetch_one(&pool)
+        let found = db_schema::function_exists(&pool, function)
             .await
             .context("cannot read the functions")
             .map_err(failure)?;

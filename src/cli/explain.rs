@@ -162,17 +162,9 @@ async fn live_session<'a>(
     admin: &'a str,
     out: &mut Said,
 ) -> Result<Option<&'a str>, Exit> {
-    let (known, any, live): (bool, bool, bool) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM admins WHERE id = $1), \
-         EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1), \
-         EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1 \
-                 AND revoked_at_utc IS NULL AND expires_at_utc > now())",
-    )
-    .persistent(false)
-    .bind(admin)
-    .fetch_one(pool)
-    .await
-    .map_err(failure)?;
+    let identity::SessionState { known, any, live } = identity::session_state(pool, admin)
+        .await
+        .map_err(failure)?;
     if !known {
         return Err(usage(anyhow::anyhow!(
             "--admin {admin}: no such admin (admins.id)"
@@ -440,18 +432,10 @@ async fn explain_request(
                     .await
                     .map_err(failure)?;
                 if requires_alert && !principal.break_glass {
-                    let waiting: Option<i32> = sqlx::query_scalar(concat!(
-                        "SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 \
-                             AND b.revoked_at_utc IS NULL AND ",
-                        crate::break_glass_end!(),
-                        " > now() LIMIT 1"
-                    ))
-                    .persistent(false)
-                    .bind(admin)
-                    .fetch_optional(pool)
-                    .await
-                    .map_err(failure)?;
-                    if waiting.is_some() {
+                    let waiting = identity::break_glass_active(pool, admin)
+                        .await
+                        .map_err(failure)?;
+                    if waiting {
                         put!(out, "break-glass: a session is active, not honoured until its alert is delivered (--break-glass-requires-alert)");
                     }
                 }

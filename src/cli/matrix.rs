@@ -134,18 +134,12 @@ pub async fn admin_principals(
     pool: &crate::stores::db::Db,
     requires_alert: bool,
 ) -> Result<Vec<Reviewed>, sqlx::Error> {
-    let admins: Vec<(String, String, Vec<String>)> = sqlx::query_as(
-        "SELECT a.id, a.email, COALESCE(array_agg(g.name ORDER BY g.name) FILTER (WHERE g.name IS NOT NULL), '{}') \
-         FROM admins a LEFT JOIN rbac_user_groups ug ON ug.user_id = a.id \
-         LEFT JOIN rbac_groups g ON g.id = ug.group_id GROUP BY a.id, a.email ORDER BY a.email, a.id",
-    ).persistent(false)
-    .fetch_all(pool)
-    .await?;
+    let admins = identity::admins(pool).await?;
     // Each admin's reads in turn, a few admins side by side (the cockpit's pool has several
     // connections; a command's has one, and a few waiting for it stay well within its timeout).
     use futures_util::{StreamExt, TryStreamExt};
     futures_util::stream::iter(admins)
-        .map(|(id, email, groups)| admin_principal(pool, id, email, groups, requires_alert))
+        .map(|a| admin_principal(pool, a.id, a.email, a.groups, requires_alert))
         .buffered(ADMINS_AT_ONCE)
         .try_collect()
         .await
@@ -171,13 +165,7 @@ async fn admin_principal(
                 .map(|(r, p)| (r.to_string(), p.to_string()))
         })
         .collect();
-    let customers: Vec<i32> = sqlx::query_scalar(
-        "SELECT DISTINCT customer_id FROM rbac_ticket_grants WHERE user_id = $1 \
-         AND revoked_at_utc IS NULL AND (expires_at_utc IS NULL OR expires_at_utc > now()) ORDER BY 1",
-    ).persistent(false)
-    .bind(&id)
-    .fetch_all(pool)
-    .await?;
+    let customers = crate::stores::ticket::customers_with_grants(pool, &id).await?;
     let mut tickets = BTreeMap::new();
     for c in customers {
         let g = crate::stores::ticket::grants(pool, &id, c, None).await?;

@@ -51,12 +51,7 @@ async fn handle(req: Request<Incoming>, gw: &Gateway) -> Response<Full<Bytes>> {
 async fn database_state(pool: &crate::stores::db::Db) -> Result<(), String> {
     // `db::within`, not a bare timeout: a timeout marks the pool's connections stale, so the
     // one it gave up on is closed, not pinged with no timeout (issue 44).
-    let select = crate::stores::db::within(
-        READY_LIMIT,
-        sqlx::query_scalar::<_, i32>("SELECT 1")
-            .persistent(false)
-            .fetch_one(pool),
-    );
+    let select = crate::stores::db::within(READY_LIMIT, pool.ping());
     tokio::pin!(select);
     let (outcome, cause) = match tokio::time::timeout(PROBE_AFTER, &mut select).await {
         Ok(outcome) => (outcome, None),

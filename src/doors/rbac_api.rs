@@ -31,14 +31,8 @@ pub const CHECK: &str = "/api/rbac/permissions/check";
 /// The label of `rbac_gateway_requests_total{decision}` for reader API calls.
 pub const LABEL: &str = "api";
 
-/// One active ticket-scoped grant, as `/me` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TicketGrant {
-    pub ticket_id: String,
-    pub customer_id: i32,
-    pub role: String,
-    pub expires_at_utc: Option<DateTime<Utc>>,
-}
+/// One active ticket-scoped grant, as `/me` lists it (filled by the ticket store).
+pub use crate::stores::ticket::TicketGrant;
 
 /// What the reader API needs besides the decision's [`Authority`].
 pub trait Source: Authority {
@@ -353,22 +347,6 @@ pub async fn respond(
     resp
 }
 
-const TICKET_GRANTS_SQL: &str = r#"
-SELECT tg.ticket_id, tg.customer_id, r.name, tg.expires_at_utc
-FROM rbac_ticket_grants tg JOIN rbac_roles r ON r.id = tg.role_id
-WHERE tg.user_id = $1 AND tg.revoked_at_utc IS NULL
-  AND (tg.expires_at_utc IS NULL OR tg.expires_at_utc > now())
-ORDER BY tg.customer_id, tg.ticket_id, r.name
-"#;
-
-const ROLE_GRANTING_SQL: &str = r#"
-SELECT r.name FROM rbac_role_permissions rp
-JOIN rbac_roles r ON r.id = rp.role_id
-JOIN rbac_permissions p ON p.id = rp.permission_id
-WHERE p.name = $1 AND r.name = ANY($2)
-ORDER BY r.name LIMIT 1
-"#;
-
 impl Gateway {
     fn reader_db_error(&self, what: &str, e: sqlx::Error, u: Unavailable) -> Unavailable {
         self.metrics.db_errors.inc();
@@ -384,29 +362,9 @@ impl Source for Gateway {
 
     async fn ticket_grants(&self, admin_id: &str) -> Result<Vec<TicketGrant>, Unavailable> {
         self.metrics.db_queries.inc();
-        let span = crate::runtime::telemetry::db_span("SELECT ticket grants");
-        type Row = (String, i32, String, Option<DateTime<Utc>>);
-        let rows: Result<Vec<Row>, _> = sqlx::query_as(TICKET_GRANTS_SQL)
-            .persistent(false)
-            .bind(admin_id)
-            .fetch_all(self.identity.pool())
-            .await;
-        if let Some(span) = span {
-            span.done(rows.is_ok());
-        }
-        let rows =
-            rows.map_err(|e| self.reader_db_error("ticket grants", e, Unavailable::Tickets))?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(ticket_id, customer_id, role, expires_at_utc)| TicketGrant {
-                    ticket_id,
-                    customer_id,
-                    role,
-                    expires_at_utc,
-                },
-            )
-            .collect())
+        crate::stores::ticket::active_grants(self.identity.pool(), admin_id)
+            .await
+            .map_err(|e| self.reader_db_error("ticket grants", e, Unavailable::Tickets))
     }
 
     async fn role_granting(
@@ -415,17 +373,9 @@ impl Source for Gateway {
         permission: &str,
     ) -> Result<Option<String>, Unavailable> {
         self.metrics.db_queries.inc();
-        let span = crate::runtime::telemetry::db_span("SELECT role permissions");
-        let found = sqlx::query_scalar(ROLE_GRANTING_SQL)
-            .persistent(false)
-            .bind(permission)
-            .bind(roles)
-            .fetch_optional(self.identity.pool())
-            .await;
-        if let Some(span) = span {
-            span.done(found.is_ok());
-        }
-        found.map_err(|e| self.reader_db_error("role permissions", e, Unavailable::Identity))
+        crate::stores::catalogue::role_granting(self.identity.pool(), roles, permission)
+            .await
+            .map_err(|e| self.reader_db_error("role permissions", e, Unavailable::Identity))
     }
 
     async fn ticket_granting(

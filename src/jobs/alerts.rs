@@ -4,15 +4,19 @@
 //! session that was active at some point and ended before a pass saw it (revoked or expired within
 //! a second) is alerted too, when it was granted in the last day (its text says it ended); a row
 //! that was never active (inserted already expired or revoked) is not.
+//!
+//! This module decides what an alert says (a transaction's changes, the snapshot's difference),
+//! delivers it and counts it; every statement of the pass is [`crate::stores::alerts`]'s, in the
+//! one transaction of an [`AlertPass`] that holds the alert job's lock while the pass runs.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::runtime::metrics::Metrics;
-use crate::stores::db::{Bounded, Db, Tx};
+use crate::stores::alerts::{AlertPass, Grants, Snapshot};
+use crate::stores::db::Db;
 
-/// The advisory lock key of the alert job.
-const ALERT_LOCK_KEY: i64 = 0x7262_6163_616c_7274;
+use crate::stores::alerts::Change;
 
 /// What one alert pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -53,136 +57,48 @@ async fn deliver(url: &str, text: &str) -> Result<(), String> {
     }
 }
 
-/// One alert pass: record new alerts, then deliver what is due.
+/// One alert pass: record new alerts, then deliver what is due, in one transaction
+/// ([`AlertPass`]) that commits when the pass ends.
 pub async fn alerts_once(
     pool: &Db,
     webhook: Option<&str>,
     limit: Duration,
 ) -> Result<AlertReport, sqlx::Error> {
     let mut report = AlertReport::default();
-    let mut tx = pool.begin().bounded(limit).await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .persistent(false)
-        .bind(ALERT_LOCK_KEY)
-        .fetch_one(&mut *tx)
-        .bounded(limit)
-        .await?;
-    if !locked {
+    let Some(mut pass) = AlertPass::begin(pool, limit).await? else {
         report.skipped = true;
         return Ok(report);
-    }
-    let mut raised: Vec<String> = sqlx::query_scalar(concat!(
-        "INSERT INTO rbac_gateway_alerts (key, text) \
-         SELECT 'break_glass:' || b.id, \
-                format('Break-glass session opened for %s (%s). Justification: %s. Expires %s UTC.%s', \
-                       a.email, b.user_id, b.justification, to_char(",
-        crate::break_glass_end!(),
-        " AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
-                       CASE WHEN b.revoked_at_utc IS NOT NULL OR ",
-        crate::break_glass_end!(),
-        " <= now() THEN ' It ended before this alert was raised.' ELSE '' END) \
-         FROM rbac_break_glass_sessions b JOIN admins a ON a.id = b.user_id \
-         WHERE (b.revoked_at_utc IS NULL AND ",
-        crate::break_glass_end!(),
-        " > now()) \
-            OR (b.granted_at_utc > now() - interval '1 day' AND b.expires_at_utc > b.granted_at_utc \
-                AND (b.revoked_at_utc IS NULL OR b.revoked_at_utc > b.granted_at_utc)) \
-         ON CONFLICT (key) DO NOTHING RETURNING key"
-    )).persistent(false)
-    .fetch_all(&mut *tx)
-    .bounded(limit)
-    .await?;
+    };
+    let mut raised = pass.raise_break_glass_sessions().await?;
     // Changes to the break-glass group, as the triggers recorded them with the change itself
     // (migration 0007): one alert per committed transaction, keyed by its id.
-    raised.extend(group_change_alerts(&mut tx, limit).await?);
+    raised.extend(group_change_alerts(&mut pass).await?);
     // The daily snapshot: the second net, for changes the triggers could not see.
-    raised.extend(daily_snapshot(&mut tx, limit).await?);
+    raised.extend(daily_snapshot(&mut pass).await?);
     // A declared deploy window is said when it is declared: changes in it are alerted "during
     // deploy", and whoever reads them should know who opened it.
-    let windows: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO rbac_gateway_alerts (key, text) \
-         SELECT 'deploy_window:' || d.id, \
-                format('Deploy window declared by %s: %s, from %s to %s UTC. Break-glass group changes in it are alerted as during deploy.', \
-                       d.declared_by, d.reason, \
-                       to_char(d.starts_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
-                       to_char(d.ends_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')) \
-         FROM rbac_gateway_deploy_windows d WHERE d.created_at_utc > now() - interval '1 day' \
-         ON CONFLICT (key) DO NOTHING RETURNING key",
-    ).persistent(false)
-    .fetch_all(&mut *tx)
-    .bounded(limit)
-    .await?;
+    let windows = pass.raise_deploy_windows().await?;
     raised.extend(windows);
     report.raised = raised;
     if let Some(url) = webhook {
-        let due: Vec<(String, String)> = sqlx::query_as(
-            "SELECT key, text FROM rbac_gateway_alerts \
-             WHERE delivered_at_utc IS NULL AND next_attempt_utc <= now() ORDER BY created_at_utc LIMIT 50",
-        ).persistent(false)
-        .fetch_all(&mut *tx)
-        .bounded(limit)
-        .await?;
+        let due = pass.due().await?;
         for (key, text) in due {
             match deliver(url, &text).await {
                 Ok(()) => {
-                    sqlx::query(
-                        "UPDATE rbac_gateway_alerts SET delivered_at_utc = now(), attempts = attempts + 1 WHERE key = $1",
-                    ).persistent(false)
-                    .bind(&key)
-                    .execute(&mut *tx)
-                    .bounded(limit)
-                    .await?;
-                    // The session's admin is re-resolved at once on every replica (the change
-                    // feed), which --break-glass-requires-alert waits for.
-                    sqlx::query(
-                        "INSERT INTO rbac_change_log (table_name, admin_id) \
-                         SELECT 'rbac_gateway_alerts', b.user_id FROM rbac_break_glass_sessions b \
-                         WHERE 'break_glass:' || b.id = $1",
-                    )
-                    .persistent(false)
-                    .bind(&key)
-                    .execute(&mut *tx)
-                    .bounded(limit)
-                    .await?;
-                    sqlx::query("SELECT pg_notify('rbac_gateway_changes', '')")
-                        .persistent(false)
-                        .execute(&mut *tx)
-                        .bounded(limit)
-                        .await?;
+                    pass.delivered(&key).await?;
                     report.delivered.push(key);
                 }
                 Err(e) => {
                     // Backoff: 1, 2, 4 ... seconds, at most 5 minutes between attempts.
-                    sqlx::query(
-                        "UPDATE rbac_gateway_alerts SET attempts = attempts + 1, last_error = $2, \
-                         next_attempt_utc = now() + make_interval(secs => least(300, power(2, attempts)::int)) WHERE key = $1",
-                    ).persistent(false)
-                    .bind(&key)
-                    .bind(&e)
-                    .execute(&mut *tx)
-                    .bounded(limit)
-                    .await?;
+                    pass.delivery_failed(&key, &e).await?;
                     report.failed.push((key, e));
                 }
             }
         }
     }
-    tx.commit().bounded(limit).await?;
+    pass.commit().await?;
     Ok(report)
 }
-
-/// A change the triggers recorded: (txid, what, db user, actor, application, client address,
-/// when, deploy window).
-type Change = (
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    String,
-    Option<String>,
-);
 
 /// The text of the alert for one transaction's changes.
 fn change_text(txid: &str, changes: &[Change], roles_now: &[String]) -> String {
@@ -224,30 +140,12 @@ fn change_text(txid: &str, changes: &[Change], roles_now: &[String]) -> String {
 }
 
 /// Turns the changes the triggers recorded into alerts, one per transaction (`composition:<txid>`).
-async fn group_change_alerts(tx: &mut Tx, limit: Duration) -> Result<Vec<String>, sqlx::Error> {
-    // Whole transactions only: a transaction's rows are all visible once it committed.
-    let changes: Vec<Change> = sqlx::query_as(
-        "SELECT txid::text, what, db_user, actor, application, client_addr, \
-                to_char(changed_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'), deploy_window \
-         FROM rbac_gateway_group_changes \
-         WHERE alert_key IS NULL AND txid IN ( \
-             SELECT txid FROM rbac_gateway_group_changes WHERE alert_key IS NULL ORDER BY id LIMIT 100) \
-         ORDER BY id",
-    ).persistent(false)
-    .fetch_all(&mut **tx)
-    .bounded(limit)
-    .await?;
+async fn group_change_alerts(pass: &mut AlertPass) -> Result<Vec<String>, sqlx::Error> {
+    let changes = pass.pending_changes().await?;
     if changes.is_empty() {
         return Ok(vec![]);
     }
-    let roles_now: Vec<String> = sqlx::query_scalar(
-        "SELECT r.name FROM rbac_group_roles gr JOIN rbac_groups g ON g.id = gr.group_id \
-         JOIN rbac_roles r ON r.id = gr.role_id WHERE g.name = 'break-glass' ORDER BY 1",
-    )
-    .persistent(false)
-    .fetch_all(&mut **tx)
-    .bounded(limit)
-    .await?;
+    let roles_now = pass.break_glass_roles().await?;
     let mut by_tx: Vec<(String, Vec<Change>)> = Vec::new();
     for c in changes {
         match by_tx.iter_mut().find(|(t, _)| *t == c.0) {
@@ -258,70 +156,33 @@ async fn group_change_alerts(tx: &mut Tx, limit: Duration) -> Result<Vec<String>
     let mut raised = Vec::new();
     for (txid, changes) in by_tx {
         let key = format!("composition:{txid}");
-        let inserted = sqlx::query(
-            "INSERT INTO rbac_gateway_alerts (key, text) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-        ).persistent(false)
-        .bind(&key)
-        .bind(change_text(&txid, &changes, &roles_now))
-        .execute(&mut **tx)
-        .bounded(limit)
-        .await?
-        .rows_affected();
-        sqlx::query(
-            "UPDATE rbac_gateway_group_changes SET alert_key = $1 WHERE txid = $2::xid8 AND alert_key IS NULL",
-        ).persistent(false)
-        .bind(&key)
-        .bind(&txid)
-        .execute(&mut **tx)
-        .bounded(limit)
-        .await?;
-        if inserted == 1 {
+        let inserted = pass
+            .raise(&key, &change_text(&txid, &changes, &roles_now))
+            .await?;
+        pass.mark_alerted(&key, &txid).await?;
+        if inserted {
             raised.push(key);
         }
     }
     Ok(raised)
 }
 
-/// What the break-glass group grants: roles after inheritance, permissions, permanent members.
-type Grants = (Vec<String>, Vec<String>, Vec<String>);
-
 /// Once a day, what the group grants is compared with the last snapshot and any difference is
 /// alerted (`snapshot:<time>`), saying whether the triggers recorded changes meanwhile (none
 /// recorded: they were bypassed or disabled).
-async fn daily_snapshot(tx: &mut Tx, limit: Duration) -> Result<Vec<String>, sqlx::Error> {
-    type Last = (
-        chrono::DateTime<chrono::Utc>,
-        Vec<String>,
-        Vec<String>,
-        Vec<String>,
-        bool,
-    );
-    let last: Option<Last> = sqlx::query_as(
-        "SELECT taken_at_utc, roles, permissions, members, taken_at_utc <= now() - interval '1 day' \
-         FROM rbac_gateway_break_glass_snapshots ORDER BY taken_at_utc DESC LIMIT 1",
-    ).persistent(false)
-    .fetch_optional(&mut **tx)
-    .bounded(limit)
-    .await?;
-    if matches!(&last, Some(l) if !l.4) {
+async fn daily_snapshot(pass: &mut AlertPass) -> Result<Vec<String>, sqlx::Error> {
+    let last = pass.last_snapshot().await?;
+    if matches!(&last, Some(l) if !l.due) {
         return Ok(vec![]);
     }
-    let now: Grants = sqlx::query_as(
-        "SELECT \
-           COALESCE((SELECT array_agg(r.name ORDER BY r.name) FROM rbac_roles r \
-                     WHERE r.id IN (SELECT role_id FROM rbac_gateway_break_glass_roles())), '{}'), \
-           COALESCE((SELECT array_agg(DISTINCT p.name ORDER BY p.name) FROM rbac_role_permissions rp \
-                     JOIN rbac_permissions p ON p.id = rp.permission_id \
-                     WHERE rp.role_id IN (SELECT role_id FROM rbac_gateway_break_glass_roles())), '{}'), \
-           COALESCE((SELECT array_agg(ug.user_id ORDER BY ug.user_id) FROM rbac_user_groups ug \
-                     JOIN rbac_groups g ON g.id = ug.group_id WHERE g.name = 'break-glass'), '{}')",
-    ).persistent(false)
-    .fetch_one(&mut **tx)
-    .bounded(limit)
-    .await?;
+    let now: Grants = pass.break_glass_grants().await?;
     let mut raised = Vec::new();
-    if let Some((taken, roles, permissions, members, _)) = last {
-        let before: Grants = (roles, permissions, members);
+    if let Some(Snapshot {
+        taken_at: taken,
+        grants: before,
+        ..
+    }) = last
+    {
         if before != now {
             let diff = |name: &str, a: &[String], b: &[String]| -> Option<String> {
                 let (a, b): (BTreeSet<&String>, BTreeSet<&String>) =
@@ -339,14 +200,7 @@ async fn daily_snapshot(tx: &mut Tx, limit: Duration) -> Result<Vec<String>, sql
             .into_iter()
             .flatten()
             .collect();
-            let recorded: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM rbac_gateway_group_changes WHERE changed_at_utc > $1",
-            )
-            .persistent(false)
-            .bind(taken)
-            .fetch_one(&mut **tx)
-            .bounded(limit)
-            .await?;
+            let recorded = pass.changes_since(taken).await?;
             let net = if recorded == 0 {
                 "No change was recorded as it happened: the triggers were bypassed or disabled \
                  (session_replication_role = replica, a restore, a dropped trigger?)."
@@ -363,25 +217,11 @@ async fn daily_snapshot(tx: &mut Tx, limit: Duration) -> Result<Vec<String>, sql
                 "snapshot:{}",
                 chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f")
             );
-            sqlx::query("INSERT INTO rbac_gateway_alerts (key, text) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING").persistent(false)
-                .bind(&key)
-                .bind(&text)
-                .execute(&mut **tx)
-                .bounded(limit)
-                .await?;
+            pass.raise(&key, &text).await?;
             raised.push(key);
         }
     }
-    sqlx::query(
-        "INSERT INTO rbac_gateway_break_glass_snapshots (roles, permissions, members) VALUES ($1, $2, $3) \
-         ON CONFLICT (taken_at_utc) DO NOTHING",
-    ).persistent(false)
-    .bind(&now.0)
-    .bind(&now.1)
-    .bind(&now.2)
-    .execute(&mut **tx)
-    .bounded(limit)
-    .await?;
+    pass.take_snapshot(&now).await?;
     Ok(raised)
 }
 

@@ -2,7 +2,8 @@
 //! at a time does the work: [`sweep`], which ends ticket grants and break-glass sessions (the
 //! revocation itself is a store operation, [`crate::stores::revocation`]), and [`alerts`], which
 //! records break-glass alerts and delivers them to the webhook with its own HTTP client. Neither
-//! is a store: each asks the stores, counts in the metrics and logs what it did. `serve` runs
+//! is a store: each asks the stores (their statements are [`crate::stores::sweep`]'s and
+//! [`crate::stores::alerts`]'s), counts in the metrics and logs what it did. `serve` runs
 //! both under supervision; `sweep --once` runs one pass of each.
 
 pub mod alerts;

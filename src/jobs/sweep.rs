@@ -27,7 +27,9 @@
 //!
 //! The revocation of a grant and the count of an item's failures are store operations the sweep
 //! shares with FreeScout's webhook ([`crate::stores::revocation`]); which FreeScout statuses end
-//! a grant is the ticket store's ([`crate::stores::ticket::ended`]).
+//! a grant is the ticket store's ([`crate::stores::ticket::ended`]); the sweep's own statements
+//! (its lock, the grants and sessions it lists, the `break_glass_expire` row) are
+//! [`crate::stores::sweep`]'s. This module issues none.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -38,10 +40,8 @@ use sqlx::{Connection, PgConnection};
 use crate::runtime::metrics::Metrics;
 use crate::stores::db::{Bounded, Db};
 use crate::stores::revocation::{record_failure, revoke_or_record, revoke_ticket, Caller, Done};
+use crate::stores::sweep as store;
 use crate::stores::ticket::ended;
-
-/// The advisory lock key of the sweep (any constant; "rbacswep" in ASCII).
-const LOCK_KEY: i64 = 0x7262_6163_7377_6570;
 
 /// How the sweep asks FreeScout and bounds its database steps.
 #[derive(Debug, Clone)]
@@ -161,18 +161,9 @@ impl Sweeper {
         };
         let answer: Result<bool, sqlx::Error> = if self.leader {
             // Still ours while the connection answers.
-            sqlx::query_scalar("SELECT true")
-                .persistent(false)
-                .fetch_one(&mut *conn)
-                .bounded(limit)
-                .await
+            store::still_held(conn, limit).await
         } else {
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .persistent(false)
-                .bind(LOCK_KEY)
-                .fetch_one(&mut *conn)
-                .bounded(limit)
-                .await
+            store::try_lock(conn, limit).await
         };
         match answer {
             Ok(lead) => {
@@ -213,25 +204,10 @@ impl Sweeper {
         let pool = self.pool.clone();
         // Failures of items that no longer wait (revoked by someone else, ended otherwise) are
         // no longer named.
-        sqlx::query(
-            "DELETE FROM rbac_gateway_sweep_failures f WHERE NOT EXISTS ( \
-               SELECT 1 FROM rbac_ticket_grants g WHERE f.item = 'grant:' || g.id AND g.revoked_at_utc IS NULL) \
-             AND NOT EXISTS (SELECT 1 FROM rbac_break_glass_sessions b WHERE f.item = 'break_glass:' || b.id \
-               AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = 'break_glass_expire:' || b.id))",
-        ).persistent(false)
-        .execute(&pool)
-        .bounded(limit)
-        .await?;
-        let grants: Vec<(String, String, bool)> = sqlx::query_as(
-            "SELECT id, ticket_id, (expires_at_utc IS NOT NULL AND expires_at_utc <= now()) \
-             FROM rbac_ticket_grants WHERE revoked_at_utc IS NULL ORDER BY id",
-        )
-        .persistent(false)
-        .fetch_all(&pool)
-        .bounded(limit)
-        .await?;
-        let (expired, live): (Vec<_>, Vec<_>) = grants.into_iter().partition(|g| g.2);
-        let live: BTreeSet<String> = live.into_iter().map(|g| g.1).collect();
+        store::clear_settled_failures(&pool, limit).await?;
+        let grants = store::active_grants(&pool, limit).await?;
+        let (expired, live): (Vec<_>, Vec<_>) = grants.into_iter().partition(|g| g.expired);
+        let live: BTreeSet<String> = live.into_iter().map(|g| g.ticket_id).collect();
         // FreeScout first (its answers take longest), then the expired grants meanwhile.
         if let Some(url) = self.settings.validation_url.clone() {
             for ticket in live {
@@ -269,42 +245,21 @@ impl Sweeper {
                 });
             }
         }
-        for (id, ticket, _) in expired {
-            if let Some(d) = revoke_or_record(&pool, &id, &ticket, "expired", limit, SWEEP).await {
+        for g in expired {
+            if let Some(d) =
+                revoke_or_record(&pool, &g.id, &g.ticket_id, "expired", limit, SWEEP).await
+            {
                 report.add(d);
             }
         }
         // Break-glass sessions that ended and have no expiry row yet, each on its own.
-        let ended_sessions: Vec<String> = sqlx::query_scalar(concat!(
-            "SELECT b.id FROM rbac_break_glass_sessions b WHERE (b.revoked_at_utc IS NOT NULL OR ",
-            crate::break_glass_end!(),
-            " <= now()) AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = 'break_glass_expire:' || b.id) \
-             ORDER BY b.id"
-        )).persistent(false)
-        .fetch_all(&pool)
-        .bounded(limit)
-        .await?;
+        let ended_sessions = store::ended_break_glass_sessions(&pool, limit).await?;
         for session in ended_sessions {
-            let written: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(concat!(
-                "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \
-                 SELECT 'break_glass_expire:' || b.id, 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', ",
-                crate::break_glass_end!(),
-                " FROM rbac_break_glass_sessions b WHERE b.id = $1 ON CONFLICT (id) DO NOTHING RETURNING substr(id, 20)"
-            )).persistent(false)
-            .bind(&session)
-            .fetch_optional(&pool)
-            .bounded(limit)
-            .await;
+            let written = store::write_break_glass_expire(&pool, &session, limit).await;
             let item = format!("break_glass:{session}");
             match written {
                 Ok(Some(s)) => {
-                    let cleared =
-                        sqlx::query("DELETE FROM rbac_gateway_sweep_failures WHERE item = $1")
-                            .persistent(false)
-                            .bind(&item)
-                            .execute(&pool)
-                            .bounded(limit)
-                            .await;
+                    let cleared = store::clear_failure(&pool, &item, limit).await;
                     if let Err(e) = cleared {
                         // The row is written; its stale failure entry goes at the next tick.
                         tracing::warn!(item = %item, error = %e, "sweep: a cleared failure could not be removed");

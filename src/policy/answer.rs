@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use crate::policy::audit_event::AuditEvent;
 use crate::policy::outcome::{Forward, Outcome, Unavailable, Via};
+pub use crate::policy::principal::Identity;
 pub use crate::policy::request_id::RequestId;
 pub use crate::policy::verdict::Decision;
 
@@ -227,34 +228,6 @@ impl BodyRefusal {
     }
 }
 
-/// The identity Console is told (`X-Rbac-Admin-Id`, `X-Rbac-Roles`): header values made when
-/// the principal was ([`crate::policy::principal::Principal::header_values`]), so no door converts or checks again.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    admin_id: http::HeaderValue,
-    roles: http::HeaderValue,
-}
-
-impl Identity {
-    /// The identity of `p`, if its admin id and roles can be sent as header values.
-    pub fn of(p: &crate::policy::principal::Principal) -> Option<Identity> {
-        let (admin_id, roles) = p.header_values()?;
-        Some(Identity {
-            admin_id: admin_id.clone(),
-            roles: roles.clone(),
-        })
-    }
-
-    /// `X-Rbac-Admin-Id`.
-    pub fn admin_id(&self) -> &http::HeaderValue {
-        &self.admin_id
-    }
-    /// `X-Rbac-Roles`.
-    pub fn roles(&self) -> &http::HeaderValue {
-        &self.roles
-    }
-}
-
 /// Carries out `outcome`: its row, its count, its log line; returns the answer the door
 /// sends. Errors do not escape: a denial whose row cannot be made durable becomes 503, an
 /// identity that cannot be sent becomes 503, a shadow row that cannot be written is logged
@@ -429,8 +402,8 @@ fn answer(outcome: Outcome, request_id: Option<&str>) -> Answer {
 fn forward_answer(request_id: Option<&str>, forward: Forward, shadow: bool) -> Answer {
     let identity = match &forward.principal {
         None => None,
-        Some(p) => match Identity::of(p) {
-            Some(identity) => Some(identity),
+        Some(p) => match p.identity() {
+            Some(identity) => Some(identity.clone()),
             None => {
                 return match request_id {
                     Some(request_id) => {

@@ -15,8 +15,9 @@ pub struct Principal {
     /// When the latest-ending active break-glass row expires (the reader API's `break_glass`).
     pub break_glass_until: Option<chrono::DateTime<chrono::Utc>>,
     grants: Arc<Grants>,
-    /// `admin_id` as the `X-Rbac-Admin-Id` value; None: it cannot be sent as a header value.
-    admin_id_value: Option<http::HeaderValue>,
+    /// What Console is told of this admin; None: the admin id or the roles cannot be sent as
+    /// header values.
+    identity: Option<Identity>,
     /// Until when the cached answer may be reused (the identity cache expires it then).
     pub(crate) until: Instant,
 }
@@ -36,6 +37,24 @@ struct Grants {
     /// `roles_header` as the `X-Rbac-Roles` value, made once per set, not per request; None: it
     /// cannot be sent as a header value.
     roles_value: Option<http::HeaderValue>,
+}
+
+/// The identity Console is told (`X-Rbac-Admin-Id`, `X-Rbac-Roles`): header values made once per
+/// principal (the roles' once per distinct set), so no door converts or checks them again, and
+/// an answer carries them as one shared pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity(Arc<(http::HeaderValue, http::HeaderValue)>);
+
+impl Identity {
+    /// `X-Rbac-Admin-Id`.
+    pub fn admin_id(&self) -> &http::HeaderValue {
+        &self.0 .0
+    }
+
+    /// `X-Rbac-Roles`.
+    pub fn roles(&self) -> &http::HeaderValue {
+        &self.0 .1
+    }
 }
 
 /// `v` as a header value, if the gateway sends it as one
@@ -94,17 +113,22 @@ impl Principal {
         permissions.sort();
         permissions.dedup();
         let roles_header = roles.join(",");
+        let grants = intern(Grants {
+            roles,
+            permissions,
+            roles_value: header_value(&roles_header),
+            roles_header,
+        });
+        let identity = match (header_value(admin_id), &grants.roles_value) {
+            (Some(admin_id), Some(roles)) => Some(Identity(Arc::new((admin_id, roles.clone())))),
+            _ => None,
+        };
         Principal {
             admin_id: admin_id.to_string(),
-            admin_id_value: header_value(admin_id),
+            identity,
             break_glass: break_glass_until.is_some(),
             break_glass_until,
-            grants: intern(Grants {
-                roles,
-                permissions,
-                roles_value: header_value(&roles_header),
-                roles_header,
-            }),
+            grants,
             until: Instant::now() + valid_for,
         }
     }
@@ -124,14 +148,11 @@ impl Principal {
         &self.grants.roles_header
     }
 
-    /// The admin id and the roles as the header values Console is told (`X-Rbac-Admin-Id`,
-    /// `X-Rbac-Roles`), ready to write; None: one of them cannot be sent (a name with a control
-    /// byte; the gateway then answers 503 instead of forwarding).
-    pub fn header_values(&self) -> Option<(&http::HeaderValue, &http::HeaderValue)> {
-        Some((
-            self.admin_id_value.as_ref()?,
-            self.grants.roles_value.as_ref()?,
-        ))
+    /// What Console is told of this admin (`X-Rbac-Admin-Id`, `X-Rbac-Roles`), made once when the
+    /// principal was; None: one of them cannot be sent (a name with a control byte; the gateway
+    /// then answers 503 instead of forwarding).
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
     }
 
     pub fn has_role(&self, role: &str) -> bool {

@@ -317,6 +317,16 @@ impl Db {
         .await
     }
 
+    /// Whether the database answers a statement: `SELECT 1`, in a transaction of its own like
+    /// every statement through [`Db`] (the readiness check's, which bounds it).
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query_scalar::<_, i32>("SELECT 1")
+            .persistent(false)
+            .fetch_one(self)
+            .await
+            .map(|_| ())
+    }
+
     /// The bound of every database step.
     pub fn limit(&self) -> Duration {
         self.limit

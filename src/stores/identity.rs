@@ -576,6 +576,71 @@ pub async fn provenance(
     Ok(out)
 }
 
+/// An admin of Console, with the groups they are a member of (by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminGroups {
+    pub id: String,
+    pub email: String,
+    pub groups: Vec<String>,
+}
+
+/// Every admin of the database with their groups, by email then id (`matrix`'s rows).
+pub async fn admins(pool: &Db) -> Result<Vec<AdminGroups>, sqlx::Error> {
+    let admins: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+        "SELECT a.id, a.email, COALESCE(array_agg(g.name ORDER BY g.name) FILTER (WHERE g.name IS NOT NULL), '{}') \
+         FROM admins a LEFT JOIN rbac_user_groups ug ON ug.user_id = a.id \
+         LEFT JOIN rbac_groups g ON g.id = ug.group_id GROUP BY a.id, a.email ORDER BY a.email, a.id",
+    ).persistent(false)
+    .fetch_all(pool)
+    .await?;
+    Ok(admins
+        .into_iter()
+        .map(|(id, email, groups)| AdminGroups { id, email, groups })
+        .collect())
+}
+
+/// Whether an admin exists and has sessions: what `explain --admin` says before it decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionState {
+    /// `admins` has the admin.
+    pub known: bool,
+    /// The admin has a session row, live or not.
+    pub any: bool,
+    /// The admin has a session neither expired nor revoked.
+    pub live: bool,
+}
+
+/// The [`SessionState`] of `admin` (one statement).
+pub async fn session_state(pool: &Db, admin: &str) -> Result<SessionState, sqlx::Error> {
+    let (known, any, live): (bool, bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM admins WHERE id = $1), \
+         EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1), \
+         EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1 \
+                 AND revoked_at_utc IS NULL AND expires_at_utc > now())",
+    )
+    .persistent(false)
+    .bind(admin)
+    .fetch_one(pool)
+    .await?;
+    Ok(SessionState { known, any, live })
+}
+
+/// Whether `admin` has an active break-glass session (revoked or past its end: not), whether or
+/// not its alert was delivered (`explain` says one waits for its alert).
+pub async fn break_glass_active(pool: &Db, admin: &str) -> Result<bool, sqlx::Error> {
+    let active: Option<i32> = sqlx::query_scalar(concat!(
+        "SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 \
+             AND b.revoked_at_utc IS NULL AND ",
+        crate::break_glass_end!(),
+        " > now() LIMIT 1"
+    ))
+    .persistent(false)
+    .bind(admin)
+    .fetch_optional(pool)
+    .await?;
+    Ok(active.is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

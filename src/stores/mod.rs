@@ -1,11 +1,16 @@
-//! Console's database and the gateway's own tables: the pool and migrations ([`db`]), who a
-//! session is ([`identity`], [`ticket`]), keeping the cache coherent ([`feed`]), the durable
-//! audit trail ([`audit`]), the revocation of grants that end ([`revocation`]; the jobs that
-//! sweep them are in [`crate::jobs`]), mapping versions pushed to the database
-//! ([`mapping_store`]); values written into the SQL text of one-round-trip statements
-//! ([`sql_text`]).
+//! Console's database and the gateway's own tables, and the one folder that issues SQL (a door,
+//! a job or a command calls a function of a store; `tests/architecture.rs` names a statement
+//! anywhere else): the pool and migrations ([`db`]), who a session is ([`identity`],
+//! [`ticket`]), the role catalogue ([`catalogue`]), keeping the cache coherent ([`feed`]), the
+//! durable audit trail ([`audit`]), the revocation of grants that end ([`revocation`]) and the
+//! statements of the jobs that sweep them and raise alerts ([`sweep`], [`alerts`]; the jobs
+//! themselves are in [`crate::jobs`]), mapping versions pushed to the database
+//! ([`mapping_store`]) and run by the fleet ([`rollout`]), what the schema holds for `check`
+//! ([`schema`]); values written into the SQL text of one-round-trip statements ([`sql_text`]).
 
+pub mod alerts;
 pub mod audit;
+pub mod catalogue;
 pub mod db;
 pub mod feed;
 pub mod identity;
@@ -13,5 +18,7 @@ pub mod mapping_store;
 pub mod pool;
 pub mod revocation;
 pub mod rollout;
+pub mod schema;
 pub mod sql_text;
+pub mod sweep;
 pub mod ticket;

@@ -6,7 +6,9 @@
 //! Optionally each granting ticket is re-validated against an HTTP endpoint (FreeScout's
 //! conversation status, T-PEN-6). When that endpoint is configured and does not answer, the
 //! request fails closed with 503. [`ticket_principal`] is the lookup the gateway's `Authority`
-//! and `explain` share; [`open_tickets`] the re-validation the reader API shares with it.
+//! and `explain` share; [`open_tickets`] the re-validation the reader API shares with it;
+//! [`active_grants`] the reader API's list of an admin's grants, [`customers_with_grants`] the
+//! customers `matrix` reviews an admin for.
 
 use std::time::Duration;
 
@@ -55,8 +57,15 @@ pub async fn grants(
     only: Option<&[String]>,
 ) -> Result<TicketGrants, sqlx::Error> {
     let sql = grants_sql(admin_id, customer_id, only)?;
+    // A child span of the request's when traced (issue 53): the live grants of a rule with
+    // `customer_param`, the lookup a cached principal still makes.
+    let span = crate::runtime::telemetry::db_span("SELECT live ticket grants");
     // A dead pooled connection (after a connection storm) costs one retry, not a 503.
-    let rows = crate::stores::db::retry_once(|| pool.one_round_trip(&sql)).await?;
+    let rows = crate::stores::db::retry_once(|| pool.one_round_trip(&sql)).await;
+    if let Some(span) = span {
+        span.done(rows.is_ok());
+    }
+    let rows = rows?;
     let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
     let roles: Vec<String> = sqlx::Row::try_get(row, 0)?;
     let permissions: Vec<String> = sqlx::Row::try_get(row, 1)?;
@@ -73,6 +82,61 @@ pub async fn grants(
         permissions,
         tickets,
     })
+}
+
+/// One active ticket-scoped grant, as the reader API's `/me` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketGrant {
+    pub ticket_id: String,
+    pub customer_id: i32,
+    pub role: String,
+    pub expires_at_utc: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+const TICKET_GRANTS_SQL: &str = r#"
+SELECT tg.ticket_id, tg.customer_id, r.name, tg.expires_at_utc
+FROM rbac_ticket_grants tg JOIN rbac_roles r ON r.id = tg.role_id
+WHERE tg.user_id = $1 AND tg.revoked_at_utc IS NULL
+  AND (tg.expires_at_utc IS NULL OR tg.expires_at_utc > now())
+ORDER BY tg.customer_id, tg.ticket_id, r.name
+"#;
+
+/// The admin's active ticket-scoped grants (not revoked, not expired), by customer, ticket and
+/// role; a child span of the request's when traced.
+pub async fn active_grants(pool: &Db, admin_id: &str) -> Result<Vec<TicketGrant>, sqlx::Error> {
+    let span = crate::runtime::telemetry::db_span("SELECT ticket grants");
+    type Row = (String, i32, String, Option<chrono::DateTime<chrono::Utc>>);
+    let rows: Result<Vec<Row>, _> = sqlx::query_as(TICKET_GRANTS_SQL)
+        .persistent(false)
+        .bind(admin_id)
+        .fetch_all(pool)
+        .await;
+    if let Some(span) = span {
+        span.done(rows.is_ok());
+    }
+    Ok(rows?
+        .into_iter()
+        .map(
+            |(ticket_id, customer_id, role, expires_at_utc)| TicketGrant {
+                ticket_id,
+                customer_id,
+                role,
+                expires_at_utc,
+            },
+        )
+        .collect())
+}
+
+/// The customers the admin holds an active (not revoked, not expired) ticket grant for, in
+/// order.
+pub async fn customers_with_grants(pool: &Db, admin_id: &str) -> Result<Vec<i32>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT customer_id FROM rbac_ticket_grants WHERE user_id = $1 \
+         AND revoked_at_utc IS NULL AND (expires_at_utc IS NULL OR expires_at_utc > now()) ORDER BY 1",
+    ).persistent(false)
+    .bind(admin_id)
+    .fetch_all(pool)
+    .await
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -402,7 +402,7 @@ async fn sweep_once_reports_a_failed_webhook_while_another_replica_sweeps() {
     let url = format!("http://{}/services/T000/B000/XXXX", hook.addr);
     let (admin, _) = db.admin_with_roles(&[]).await;
     db.break_glass(&admin, 600.0).await;
-    // Another replica sweeping: it holds the sweep's advisory lock (src/jobs/sweep.rs LOCK_KEY).
+    // Another replica sweeping: it holds the sweep's advisory lock (src/stores/sweep.rs LOCK_KEY).
     let mut other = db.pool.begin().await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock(x'7262616373776570'::bigint)")
         .execute(&mut *other)

@@ -322,6 +322,35 @@ async fn the_proxy_continues_the_incoming_trace_and_console_receives_its_exchang
     assert_eq!(attr(&server, "rbac.cache_hit").as_deref(), Some("true"));
     assert_eq!(children.len(), 1, "only Console's exchange: {children:#?}");
 
+    // A rule with customer_param: the live ticket grants, read on every request, are a child
+    // too, even for a cached principal.
+    let (granted, granted_token) = env.db.admin_with_roles(&["console-user"]).await;
+    crate::tickets::grant(&env.db, &granted, "raptor-audit-admin", 7, "T-1").await;
+    settle(&[&env.gw]).await;
+    let ticketed = "22222222222222222222222222222222";
+    let r = env
+        .gw
+        .request(
+            "GET",
+            "/console/customers/7/audit",
+            Some(&granted_token),
+            &[("traceparent", &format!("00-{ticketed}-{PARENT}-01"))],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "the ticket grant allows it");
+    let (_, children) = server_span_of(&c, ticketed, 3).await;
+    let names: BTreeSet<&str> = children.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "GET",
+            "SELECT session principal",
+            "SELECT live ticket grants"
+        ]),
+        "{children:#?}"
+    );
+
     // A denial: its audit row's request id and its log line carry the trace id.
     let third = "11111111111111111111111111111111";
     let r = env

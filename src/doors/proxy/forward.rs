@@ -154,25 +154,26 @@ pub(super) async fn forward_request(
     } else {
         Instant::now()
     };
-    let head_only = parts.method == Method::HEAD;
-    exchange(w, ctx, &f, &request, head_only, sent, exchange_span).await
+    // The exchange: sent on a pooled connection under the upstream read deadline (pinned here,
+    // in this future, not moved into one of its own), then Console's answer handed back.
+    let exchange = std::pin::pin!(w.pool.send(&request, parts.method == Method::HEAD));
+    let deadline = tokio::time::Instant::from_std(sent + w.gw.read_timeout);
+    let result = tokio::time::timeout_at(deadline, exchange).await;
+    exchanged(w, ctx, &f, result, sent, exchange_span)
 }
 
-/// Sends `request` and hands Console's answer back, under the upstream read deadline; its
-/// aftermath (time by status class, a shadow rule's comparison) carried out once it answers.
-async fn exchange(
-    w: &Arc<Worker>,
-    ctx: &mut Ctx,
+/// Console's answer (or its failure) to the exchange, carried out: its time by status class
+/// and a shadow rule's comparison ([`carry_out_console`]), or the 502/504
+/// ([`carry_out_not_forwarded`]); the answer handed back with the request's id.
+fn exchanged(
+    w: &Worker,
+    ctx: &Ctx,
     f: &Forwarding,
-    request: &[u8],
-    head_only: bool,
+    result: Result<Result<Response<GatewayBody>, UpstreamError>, tokio::time::error::Elapsed>,
     sent: Instant,
     mut span: Option<crate::runtime::telemetry::ChildSpan>,
 ) -> Response<GatewayBody> {
     let gw = &w.gw;
-    let exchange = std::pin::pin!(w.pool.send(request, head_only));
-    let deadline = tokio::time::Instant::from_std(sent + gw.read_timeout);
-    let result = tokio::time::timeout_at(deadline, exchange).await;
     let resp = match result {
         Ok(Ok(r)) => {
             if let Some(span) = span.take() {
@@ -399,7 +400,7 @@ mod tests {
             None,
             std::time::Duration::from_secs(1),
         );
-        let identity = Identity::of(&principal).unwrap();
+        let identity = principal.identity().unwrap().clone();
         let request_id = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
         let named = [HeaderName::from_static("x-gone")];
         let head = |traceparent, identity, cookie| Head {

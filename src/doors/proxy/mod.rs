@@ -44,7 +44,7 @@ use crate::dataplane::workers::{Door, Http1Settings};
 use crate::doors::rbac_api;
 use crate::gateway::state::Gateway;
 use crate::policy::answer::{
-    carry_out, Answer, Asked, Carried, DecidedOn, DecisionCounts, Reply, RequestId,
+    carry_out, Answer, Asked, DecidedOn, DecisionCounts, Reply, RequestId,
 };
 use crate::policy::headers::X_REQUEST_ID;
 use crate::policy::outcome::{decide, Facts, Outcome};
@@ -406,26 +406,29 @@ async fn handle<const TRACED: bool>(
             if let Some((s, _)) = ctx.trace.as_deref() {
                 crate::doors::trace_outcome(s, req.method().as_str(), &outcome, &mapping.version);
             }
-            decided = Some((target, mapping));
+            decided = Some((req.method().clone(), target, mapping));
             outcome
         }
     };
-    let on = decided.as_ref().map(|(target, mapping)| DecidedOn {
-        method: req.method().as_str(),
+    let on = decided.as_ref().map(|(method, target, mapping)| DecidedOn {
+        method: method.as_str(),
         path: &target.path,
         mapping_version: &mapping.version,
     });
-    let carried = carry_out_traced(&w, &ctx, outcome, on).await;
-    Ok(respond(&w, &mut ctx, carried, req, cookie).await)
+    Ok(respond(&w, &mut ctx, outcome, on, req, cookie).await)
 }
 
-/// Carries out `outcome` ([`carry_out`]), the request's span told the reason and decision.
-async fn carry_out_traced(
-    w: &Worker,
-    ctx: &Ctx,
+/// The one place where an outcome becomes the data plane's answer: carried out
+/// ([`carry_out`]), then sent to Console or answered here, its header values written as
+/// `carry_out` made them.
+async fn respond(
+    w: &Arc<Worker>,
+    ctx: &mut Ctx,
     outcome: Outcome,
     decided: Option<DecidedOn<'_>>,
-) -> Carried {
+    req: Request<Incoming>,
+    cookie: CookieRewrite,
+) -> Response<GatewayBody> {
     if let (Outcome::Refuse(r), Some((s, _))) = (&outcome, ctx.trace.as_deref()) {
         trace_str(s, "rbac.reason", r.as_str());
     }
@@ -440,18 +443,6 @@ async fn carry_out_traced(
     if let Some((s, _)) = ctx.trace.as_deref() {
         trace_str(s, "rbac.decision", carried.decision.as_str());
     }
-    carried
-}
-
-/// The one place where a carried-out answer becomes the data plane's: sent to Console or
-/// answered here, its header values written as `carry_out` made them.
-async fn respond(
-    w: &Arc<Worker>,
-    ctx: &mut Ctx,
-    carried: Carried,
-    req: Request<Incoming>,
-    cookie: CookieRewrite,
-) -> Response<GatewayBody> {
     match carried.answer {
         Answer::Forward {
             forward,

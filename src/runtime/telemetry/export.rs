@@ -330,6 +330,7 @@ pub fn encode_metrics(
         metrics.push(Metric {
             name: f.get_name().to_string(),
             description: f.get_help().to_string(),
+            unit: unit_of(f.get_name()).to_string(),
             data: Some(data),
             ..Default::default()
         });
@@ -348,6 +349,20 @@ pub fn encode_metrics(
             }],
             schema_url: String::new(),
         }],
+    }
+}
+
+/// The UCUM unit a family's name ends in, as OpenTelemetry's semantic conventions write it
+/// (`s`, `By`); none for a count. A backend that adds the unit to the name (Prometheus' OTLP
+/// receiver) finds it already there, so the name stays the one `/metrics` shows.
+fn unit_of(name: &str) -> &'static str {
+    let name = name.strip_suffix("_total").unwrap_or(name);
+    if name.ends_with("_seconds") {
+        "s"
+    } else if name.ends_with("_bytes") {
+        "By"
+    } else {
+        ""
     }
 }
 
@@ -405,6 +420,10 @@ mod tests {
         };
         assert!(sum.is_monotonic);
         assert_eq!(m[1].name, "y_total");
+        assert_eq!((m[0].unit.as_str(), m[1].unit.as_str()), ("s", ""));
+        assert_eq!(unit_of("rbac_gateway_audit_spool_bytes"), "By");
+        assert_eq!(unit_of("rbac_gateway_cpu_seconds_total"), "s");
+        assert_eq!(unit_of("rbac_gateway_requests_total"), "");
         assert_eq!(sum.data_points[0].attributes, vec![kv("d", "allowed")]);
         assert_eq!(
             sum.data_points[0].value,

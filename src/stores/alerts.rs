@@ -1,0 +1,293 @@
+//! The alert pass's statements (RV-12; `jobs/alerts.rs` decides what to raise and delivers it):
+//! one [`AlertPass`] is one transaction under the alert job's advisory transaction lock, and
+//! every statement of the pass runs in it, in the order the job calls them: the alerts of
+//! break-glass sessions and deploy windows (their text written by the statement), the changes
+//! the triggers recorded in `rbac_gateway_group_changes` (migration 0007) and the alert of each
+//! transaction, the daily snapshot of what the break-glass group grants, and the delivery state
+//! of each alert (`rbac_gateway_alerts`). Every statement is unnamed and bounded by the pass's
+//! limit; the pass ends with [`AlertPass::commit`] (dropped, it is rolled back).
+
+use std::time::Duration;
+
+use crate::stores::db::{Bounded, Db, Tx};
+
+/// The advisory lock key of the alert job.
+const ALERT_LOCK_KEY: i64 = 0x7262_6163_616c_7274;
+
+/// A change the triggers recorded: (txid, what, db user, actor, application, client address,
+/// when, deploy window).
+pub type Change = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+);
+
+/// What the break-glass group grants: roles after inheritance, permissions, permanent members.
+pub type Grants = (Vec<String>, Vec<String>, Vec<String>);
+
+/// The last snapshot of what the break-glass group grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub taken_at: chrono::DateTime<chrono::Utc>,
+    pub grants: Grants,
+    /// Taken a day ago or more: a new one is due.
+    pub due: bool,
+}
+
+/// One alert pass: its transaction, holding the alert job's advisory lock.
+pub struct AlertPass {
+    tx: Tx,
+    limit: Duration,
+}
+
+impl AlertPass {
+    /// Opens the pass's transaction and takes the alert job's lock in it; None when another
+    /// replica holds it (the transaction is then rolled back).
+    pub async fn begin(pool: &Db, limit: Duration) -> Result<Option<AlertPass>, sqlx::Error> {
+        let mut tx = pool.begin().bounded(limit).await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .persistent(false)
+            .bind(ALERT_LOCK_KEY)
+            .fetch_one(&mut *tx)
+            .bounded(limit)
+            .await?;
+        Ok(locked.then_some(AlertPass { tx, limit }))
+    }
+
+    /// Records an alert for each break-glass session that is active, or was active and ended
+    /// within a day of being granted; the keys recorded now.
+    pub async fn raise_break_glass_sessions(&mut self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(concat!(
+            "INSERT INTO rbac_gateway_alerts (key, text) \
+             SELECT 'break_glass:' || b.id, \
+                    format('Break-glass session opened for %s (%s). Justification: %s. Expires %s UTC.%s', \
+                           a.email, b.user_id, b.justification, to_char(",
+            crate::break_glass_end!(),
+            " AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
+                           CASE WHEN b.revoked_at_utc IS NOT NULL OR ",
+            crate::break_glass_end!(),
+            " <= now() THEN ' It ended before this alert was raised.' ELSE '' END) \
+             FROM rbac_break_glass_sessions b JOIN admins a ON a.id = b.user_id \
+             WHERE (b.revoked_at_utc IS NULL AND ",
+            crate::break_glass_end!(),
+            " > now()) \
+                OR (b.granted_at_utc > now() - interval '1 day' AND b.expires_at_utc > b.granted_at_utc \
+                    AND (b.revoked_at_utc IS NULL OR b.revoked_at_utc > b.granted_at_utc)) \
+             ON CONFLICT (key) DO NOTHING RETURNING key"
+        )).persistent(false)
+        .fetch_all(&mut *self.tx)
+        .bounded(self.limit)
+        .await
+    }
+
+    /// Records an alert for each deploy window declared in the last day; the keys recorded now.
+    pub async fn raise_deploy_windows(&mut self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "INSERT INTO rbac_gateway_alerts (key, text) \
+             SELECT 'deploy_window:' || d.id, \
+                    format('Deploy window declared by %s: %s, from %s to %s UTC. Break-glass group changes in it are alerted as during deploy.', \
+                           d.declared_by, d.reason, \
+                           to_char(d.starts_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
+                           to_char(d.ends_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')) \
+             FROM rbac_gateway_deploy_windows d WHERE d.created_at_utc > now() - interval '1 day' \
+             ON CONFLICT (key) DO NOTHING RETURNING key",
+        ).persistent(false)
+        .fetch_all(&mut *self.tx)
+        .bounded(self.limit)
+        .await
+    }
+
+    /// Records the alert `key` with `text` unless it exists; true when this call recorded it.
+    pub async fn raise(&mut self, key: &str, text: &str) -> Result<bool, sqlx::Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO rbac_gateway_alerts (key, text) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        ).persistent(false)
+        .bind(key)
+        .bind(text)
+        .execute(&mut *self.tx)
+        .bounded(self.limit)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// The recorded changes no alert names yet, whole transactions only (those of the first 100
+    /// rows), in the order they were recorded.
+    pub async fn pending_changes(&mut self) -> Result<Vec<Change>, sqlx::Error> {
+        // Whole transactions only: a transaction's rows are all visible once it committed.
+        sqlx::query_as(
+            "SELECT txid::text, what, db_user, actor, application, client_addr, \
+                    to_char(changed_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'), deploy_window \
+             FROM rbac_gateway_group_changes \
+             WHERE alert_key IS NULL AND txid IN ( \
+                 SELECT txid FROM rbac_gateway_group_changes WHERE alert_key IS NULL ORDER BY id LIMIT 100) \
+             ORDER BY id",
+        ).persistent(false)
+        .fetch_all(&mut *self.tx)
+        .bounded(self.limit)
+        .await
+    }
+
+    /// The roles the break-glass group is given directly, by name.
+    pub async fn break_glass_roles(&mut self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT r.name FROM rbac_group_roles gr JOIN rbac_groups g ON g.id = gr.group_id \
+             JOIN rbac_roles r ON r.id = gr.role_id WHERE g.name = 'break-glass' ORDER BY 1",
+        )
+        .persistent(false)
+        .fetch_all(&mut *self.tx)
+        .bounded(self.limit)
+        .await
+    }
+
+    /// Marks the changes of transaction `txid` as alerted by `key`.
+    pub async fn mark_alerted(&mut self, key: &str, txid: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE rbac_gateway_group_changes SET alert_key = $1 WHERE txid = $2::xid8 AND alert_key IS NULL",
+        ).persistent(false)
+        .bind(key)
+        .bind(txid)
+        .execute(&mut *self.tx)
+        .bounded(self.limit)
+        .await?;
+        Ok(())
+    }
+
+    /// The latest snapshot of what the break-glass group grants, if any.
+    pub async fn last_snapshot(&mut self) -> Result<Option<Snapshot>, sqlx::Error> {
+        type Last = (
+            chrono::DateTime<chrono::Utc>,
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+            bool,
+        );
+        let last: Option<Last> = sqlx::query_as(
+            "SELECT taken_at_utc, roles, permissions, members, taken_at_utc <= now() - interval '1 day' \
+             FROM rbac_gateway_break_glass_snapshots ORDER BY taken_at_utc DESC LIMIT 1",
+        ).persistent(false)
+        .fetch_optional(&mut *self.tx)
+        .bounded(self.limit)
+        .await?;
+        Ok(
+            last.map(|(taken_at, roles, permissions, members, due)| Snapshot {
+                taken_at,
+                grants: (roles, permissions, members),
+                due,
+            }),
+        )
+    }
+
+    /// What the break-glass group grants now.
+    pub async fn break_glass_grants(&mut self) -> Result<Grants, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT \
+               COALESCE((SELECT array_agg(r.name ORDER BY r.name) FROM rbac_roles r \
+                         WHERE r.id IN (SELECT role_id FROM rbac_gateway_break_glass_roles())), '{}'), \
+               COALESCE((SELECT array_agg(DISTINCT p.name ORDER BY p.name) FROM rbac_role_permissions rp \
+                         JOIN rbac_permissions p ON p.id = rp.permission_id \
+                         WHERE rp.role_id IN (SELECT role_id FROM rbac_gateway_break_glass_roles())), '{}'), \
+               COALESCE((SELECT array_agg(ug.user_id ORDER BY ug.user_id) FROM rbac_user_groups ug \
+                         JOIN rbac_groups g ON g.id = ug.group_id WHERE g.name = 'break-glass'), '{}')",
+        ).persistent(false)
+        .fetch_one(&mut *self.tx)
+        .bounded(self.limit)
+        .await
+    }
+
+    /// How many changes the triggers recorded after `taken`.
+    pub async fn changes_since(
+        &mut self,
+        taken: chrono::DateTime<chrono::Utc>,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM rbac_gateway_group_changes WHERE changed_at_utc > $1",
+        )
+        .persistent(false)
+        .bind(taken)
+        .fetch_one(&mut *self.tx)
+        .bounded(self.limit)
+        .await
+    }
+
+    /// Stores `grants` as the snapshot taken now (once per transaction time).
+    pub async fn take_snapshot(&mut self, grants: &Grants) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO rbac_gateway_break_glass_snapshots (roles, permissions, members) VALUES ($1, $2, $3) \
+             ON CONFLICT (taken_at_utc) DO NOTHING",
+        ).persistent(false)
+        .bind(&grants.0)
+        .bind(&grants.1)
+        .bind(&grants.2)
+        .execute(&mut *self.tx)
+        .bounded(self.limit)
+        .await?;
+        Ok(())
+    }
+
+    /// The alerts due for delivery, (key, text), oldest first, at most 50.
+    pub async fn due(&mut self) -> Result<Vec<(String, String)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT key, text FROM rbac_gateway_alerts \
+             WHERE delivered_at_utc IS NULL AND next_attempt_utc <= now() ORDER BY created_at_utc LIMIT 50",
+        ).persistent(false)
+        .fetch_all(&mut *self.tx)
+        .bounded(self.limit)
+        .await
+    }
+
+    /// Marks `key` delivered, and has the change feed re-resolve the admin of its break-glass
+    /// session (if it is one) on every replica, which `--break-glass-requires-alert` waits for.
+    pub async fn delivered(&mut self, key: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE rbac_gateway_alerts SET delivered_at_utc = now(), attempts = attempts + 1 WHERE key = $1",
+        ).persistent(false)
+        .bind(key)
+        .execute(&mut *self.tx)
+        .bounded(self.limit)
+        .await?;
+        // The session's admin is re-resolved at once on every replica (the change
+        // feed), which --break-glass-requires-alert waits for.
+        sqlx::query(
+            "INSERT INTO rbac_change_log (table_name, admin_id) \
+             SELECT 'rbac_gateway_alerts', b.user_id FROM rbac_break_glass_sessions b \
+             WHERE 'break_glass:' || b.id = $1",
+        )
+        .persistent(false)
+        .bind(key)
+        .execute(&mut *self.tx)
+        .bounded(self.limit)
+        .await?;
+        sqlx::query("SELECT pg_notify('rbac_gateway_changes', '')")
+            .persistent(false)
+            .execute(&mut *self.tx)
+            .bounded(self.limit)
+            .await?;
+        Ok(())
+    }
+
+    /// Counts a failed delivery of `key` with its `error`, and puts the next attempt off:
+    /// 1, 2, 4 ... seconds, at most 5 minutes between attempts.
+    pub async fn delivery_failed(&mut self, key: &str, error: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE rbac_gateway_alerts SET attempts = attempts + 1, last_error = $2, \
+             next_attempt_utc = now() + make_interval(secs => least(300, power(2, attempts)::int)) WHERE key = $1",
+        ).persistent(false)
+        .bind(key)
+        .bind(error)
+        .execute(&mut *self.tx)
+        .bounded(self.limit)
+        .await?;
+        Ok(())
+    }
+
+    /// Commits the pass.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().bounded(self.limit).await
+    }
+}

@@ -1,0 +1,51 @@
+//! What the database's schema holds, for `check --database-url` (which decides what is missing):
+//! the tables a role may not read ([`unreadable_tables`]), the columns of the current schema
+//! ([`columns`]), the tables carrying the change feed's trigger ([`change_feed_triggers`]) and
+//! whether a function exists ([`function_exists`]). Each is one statement in a transaction of its
+//! own through [`Db`], unnamed.
+
+use crate::stores::db::Db;
+
+/// Those of `tables` that exist and this role may not read (`has_table_privilege`).
+pub async fn unreadable_tables(pool: &Db, tables: &[&str]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT t FROM unnest($1::text[]) t \
+         WHERE NOT coalesce(has_table_privilege(to_regclass(t), 'SELECT'), true)",
+    )
+    .persistent(false)
+    .bind(tables)
+    .fetch_all(pool)
+    .await
+}
+
+/// Every (table, column) of the current schema (`information_schema`: a table this role may not
+/// read lists none).
+pub async fn columns(pool: &Db) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns WHERE table_schema = current_schema()",
+    ).persistent(false)
+    .fetch_all(pool)
+    .await
+}
+
+/// The tables of the current schema on which the change feed's trigger (`rbac_gateway_change`)
+/// exists and is enabled.
+pub async fn change_feed_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+         WHERE t.tgname = 'rbac_gateway_change' AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
+         AND c.relnamespace = current_schema()::regnamespace",
+    )
+    .persistent(false)
+    .fetch_all(pool)
+    .await
+}
+
+/// Whether the function `signature` (`name(type, ...)`, as `to_regprocedure` reads it) exists.
+pub async fn function_exists(pool: &Db, signature: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT to_regprocedure($1) IS NOT NULL")
+        .persistent(false)
+        .bind(signature)
+        .fetch_one(pool)
+        .await
+}

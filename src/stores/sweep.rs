@@ -1,0 +1,128 @@
+//! The sweep's statements (`jobs/sweep.rs` decides when and what; its SQL is here): the sweep's
+//! session-level advisory lock on the connection it keeps ([`try_lock`], [`still_held`]), the
+//! grants still active ([`active_grants`]), the break-glass sessions that ended without their
+//! `break_glass_expire` row ([`ended_break_glass_sessions`]) and that row itself
+//! ([`write_break_glass_expire`]), and the failure entries that no longer name a waiting item
+//! ([`clear_settled_failures`], [`clear_failure`]). Each runs as one statement in a transaction
+//! of its own (through [`Db`]), unnamed and bounded by the caller's `limit`; the revocation of a
+//! grant is [`super::revocation`]'s.
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+
+use crate::stores::db::{Bounded, Db};
+
+/// The advisory lock key of the sweep (any constant; "rbacswep" in ASCII).
+const LOCK_KEY: i64 = 0x7262_6163_7377_6570;
+
+/// Whether the sweep's session-level advisory lock was free and is now held on `conn` (a direct
+/// connection the sweeper keeps: the lock lives as long as it).
+pub async fn try_lock(conn: &mut PgConnection, limit: Duration) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .persistent(false)
+        .bind(LOCK_KEY)
+        .fetch_one(&mut *conn)
+        .bounded(limit)
+        .await
+}
+
+/// Whether `conn`, which took the lock, still answers (the lock is held while it does).
+pub async fn still_held(conn: &mut PgConnection, limit: Duration) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT true")
+        .persistent(false)
+        .fetch_one(&mut *conn)
+        .bounded(limit)
+        .await
+}
+
+/// Removes the failure entries of items that no longer wait (a grant revoked by someone else, a
+/// session whose expiry row exists).
+pub async fn clear_settled_failures(pool: &Db, limit: Duration) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM rbac_gateway_sweep_failures f WHERE NOT EXISTS ( \
+           SELECT 1 FROM rbac_ticket_grants g WHERE f.item = 'grant:' || g.id AND g.revoked_at_utc IS NULL) \
+         AND NOT EXISTS (SELECT 1 FROM rbac_break_glass_sessions b WHERE f.item = 'break_glass:' || b.id \
+           AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = 'break_glass_expire:' || b.id))",
+    ).persistent(false)
+    .execute(pool)
+    .bounded(limit)
+    .await?;
+    Ok(())
+}
+
+/// An active (not revoked) ticket grant, as the sweep lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveGrant {
+    pub id: String,
+    pub ticket_id: String,
+    /// Its `expires_at_utc` has passed.
+    pub expired: bool,
+}
+
+/// Every active ticket grant, by id.
+pub async fn active_grants(pool: &Db, limit: Duration) -> Result<Vec<ActiveGrant>, sqlx::Error> {
+    let grants: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT id, ticket_id, (expires_at_utc IS NOT NULL AND expires_at_utc <= now()) \
+         FROM rbac_ticket_grants WHERE revoked_at_utc IS NULL ORDER BY id",
+    )
+    .persistent(false)
+    .fetch_all(pool)
+    .bounded(limit)
+    .await?;
+    Ok(grants
+        .into_iter()
+        .map(|(id, ticket_id, expired)| ActiveGrant {
+            id,
+            ticket_id,
+            expired,
+        })
+        .collect())
+}
+
+/// The break-glass sessions that ended (revoked, or past [`crate::break_glass_end`]) and have no
+/// `break_glass_expire` row yet, by id.
+pub async fn ended_break_glass_sessions(
+    pool: &Db,
+    limit: Duration,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(concat!(
+        "SELECT b.id FROM rbac_break_glass_sessions b WHERE (b.revoked_at_utc IS NOT NULL OR ",
+        crate::break_glass_end!(),
+        " <= now()) AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = 'break_glass_expire:' || b.id) \
+         ORDER BY b.id"
+    )).persistent(false)
+    .fetch_all(pool)
+    .bounded(limit)
+    .await
+}
+
+/// Writes `session`'s `break_glass_expire` row (`ON CONFLICT DO NOTHING`): Some(session id) when
+/// this call wrote it, None when it was there already.
+pub async fn write_break_glass_expire(
+    pool: &Db,
+    session: &str,
+    limit: Duration,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(concat!(
+        "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \
+         SELECT 'break_glass_expire:' || b.id, 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', ",
+        crate::break_glass_end!(),
+        " FROM rbac_break_glass_sessions b WHERE b.id = $1 ON CONFLICT (id) DO NOTHING RETURNING substr(id, 20)"
+    )).persistent(false)
+    .bind(session)
+    .fetch_optional(pool)
+    .bounded(limit)
+    .await
+}
+
+/// Removes `item`'s failure entry (its rows are written now).
+pub async fn clear_failure(pool: &Db, item: &str, limit: Duration) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM rbac_gateway_sweep_failures WHERE item = $1")
+        .persistent(false)
+        .bind(item)
+        .execute(pool)
+        .bounded(limit)
+        .await?;
+    Ok(())
+}
