@@ -1,4 +1,5 @@
-//! The `rbac-gateway` binary: parses the command line and runs one command.
+//! The `rbac-gateway` binary: turns transparent huge pages off for its process, parses the command
+//! line and runs one command.
 
 use clap::Parser;
 
