@@ -1,7 +1,7 @@
-# Sourced by scripts/bench/load.sh, denials.sh, instructions.sh and forward-auth.sh: the
-# tools they need, a throwaway directory, the processes started for the run and their cleanup
-# however the script ends, nginx instances in it (the upstream), the admins they seed. Expects
-# $root, $KEEP, log and die (and $NGINX, set by need_tools, for start_nginx).
+# Sourced by scripts/bench/load.sh, denials.sh, instructions.sh, forward-auth.sh and
+# connections.sh: the tools they need, a throwaway directory, the processes started for the run
+# and their cleanup however the script ends, nginx instances in it (the upstream), the admins
+# they seed. Expects $root, $KEEP, log and die (and $NGINX, set by need_tools, for start_nginx).
 
 # Makes $tmp (/tmp/PREFIX.XXXXXX, reachable by the postgres user for $tmp/pg) and an empty
 # $pids, and stops both on exit.

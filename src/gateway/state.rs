@@ -183,14 +183,16 @@ impl Authority for Gateway {
         customer: i32,
         request_id: &str,
     ) -> Result<Option<Principal>, Unavailable> {
-        crate::stores::ticket::ticket_principal(
+        // Boxed: a database read (and maybe FreeScout's) each time anyway, and inline its
+        // future would be in every request handler hyper keeps per client connection (issue 51).
+        Box::pin(crate::stores::ticket::ticket_principal(
             self.identity.pool(),
             &self.metrics,
             self.ticket_validation_url.as_deref(),
             principal,
             customer,
             request_id,
-        )
+        ))
         .await
     }
 }

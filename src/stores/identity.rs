@@ -402,6 +402,20 @@ impl Identity {
             telemetry::note_cache(telemetry::Cache::Worker);
             return Ok(Some(p));
         }
+        // Boxed: the caches' and the database's futures are kilobytes, and a future inline here
+        // is inline in every request handler, whose size hyper allocates once per client
+        // connection and keeps while it is open (issue 51). Remembered answers, above, allocate
+        // nothing.
+        Box::pin(self.principal_not_remembered(token, generation)).await
+    }
+
+    /// [`Identity::principal_for_token`] past the worker's remembered answers: the caches, then
+    /// PostgreSQL; the answer is remembered.
+    async fn principal_not_remembered(
+        &self,
+        token: &str,
+        generation: u64,
+    ) -> Result<Option<Arc<Principal>>, IdentityError> {
         let (Some(s), fetched) = self.session_and_principal(token).await? else {
             return Ok(None);
         };

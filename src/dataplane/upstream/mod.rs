@@ -32,7 +32,11 @@
 //! refused: `chunked.rs`); a chunk's data, or a body framed by length or by the connection's
 //! end, is handed on as soon as it is read, and the next read waits until hyper's server takes
 //! it. The buffer's allocation grows by doubling only while it holds these bytes, so it stays
-//! within a small multiple of the bound. Each bound is checked on what is buffered, complete or
+//! within a small multiple of the bound. A connection holds no buffer at all while it holds no
+//! byte: one waiting for Console's answer takes its buffer when the socket is reported readable
+//! and gives it up when the read finds nothing, and an idle one in the pool has none (`pool.rs`;
+//! at 2,000 client connections, each with a request at Console, the 16 KiB buffers were 32 MiB
+//! of the gateway's 118: issue 51, docs/performance-log.md). Each bound is checked on what is buffered, complete or
 //! not, so whether a response is refused does not depend on how its bytes were cut into reads.
 //! Pinned by the property tests of `head.rs` and `chunked.rs` (any bytes in any pieces) and by
 //! `tests/api/upstream_differential.rs` (the running gateway against an endless chunk-size line).

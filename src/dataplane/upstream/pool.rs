@@ -1,7 +1,8 @@
 //! The per-worker pool of connections to Console: idle connections kept on a stack, checked
 //! before use (one the upstream closed, or that holds bytes nobody asked for, is dropped), a new
 //! one made when none is left; and [`Conn`], one connection with the bytes read from it but not
-//! used yet. Only its worker thread takes a pool's lock, so it is never contended, and a
+//! used yet, whose read buffer exists only while it holds bytes or a read is under way (a
+//! connection waiting for Console's answer, or idle, holds none: issue 51). Only its worker thread takes a pool's lock, so it is never contended, and a
 //! connection is never handed between threads. The leg (`Pool::send`, in `upstream/mod.rs`)
 //! checks a connection out and gives it back through [`Pool::finish`] once its response was read
 //! to the end.
@@ -30,6 +31,13 @@ pub(super) const READ_SIZE: usize = 16 * 1024;
 /// a long body split off it shares the buffer until sent, and a new one is then taken.
 const MIN_READ: usize = 4 * 1024;
 
+thread_local! {
+    /// The read buffer the worker's last connection gave up, for the next one that reads: a
+    /// response read at once (the usual case) takes it and gives it back, with no allocation.
+    /// One per worker thread (16 KiB), whatever the number of connections.
+    static SPARE: std::cell::Cell<Option<BytesMut>> = const { std::cell::Cell::new(None) };
+}
+
 /// One connection to the upstream and the bytes read from it but not used yet.
 pub struct Conn {
     pub(super) io: TcpStream,
@@ -43,14 +51,48 @@ impl Conn {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 
-    /// Reads at most [`READ_SIZE`] bytes into the buffer.
+    /// Reads at most [`READ_SIZE`] bytes into the buffer. A connection with nothing buffered
+    /// holds no buffer while it waits: the buffer is taken once the socket is reported
+    /// readable (the worker's spare, [`SPARE`], when there is one), and given up again when the
+    /// read finds nothing after all (readiness the driver saw before the last bytes were read),
+    /// so the many connections waiting for Console's answer hold no memory of their own
+    /// (issue 51).
     pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.is_empty() {
+            match self.io.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.release_if_empty();
+                    return Poll::Pending;
+                }
+            }
+        }
         if self.buf.capacity() - self.buf.len() < MIN_READ {
+            if self.buf.capacity() == 0 {
+                if let Some(spare) = SPARE.take() {
+                    self.buf = spare;
+                }
+            }
+            // The spare's room is reclaimed in place (it holds no byte) unless a body split
+            // off it is still being sent.
             self.buf.reserve(READ_SIZE);
         }
         let mut room = (&mut self.buf).limit(READ_SIZE);
         let read = std::pin::pin!(self.io.read_buf(&mut room));
-        std::future::Future::poll(read, cx)
+        let polled = std::future::Future::poll(read, cx);
+        if polled.is_pending() {
+            self.release_if_empty();
+        }
+        polled
+    }
+
+    /// Gives the read buffer up when it holds no byte: it becomes the worker's spare (a body
+    /// split off it keeps its own share until sent).
+    fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            SPARE.set(Some(std::mem::take(&mut self.buf)));
+        }
     }
 
     /// Whether an idle connection can carry a request: not closed by the upstream, nothing
@@ -130,9 +172,179 @@ impl Pool {
     }
 
     /// A response read to its end: its connection is kept if it can carry the next request.
-    pub(super) fn finish(&self, conn: Conn, keep_alive: bool) {
+    /// An idle connection holds no read buffer.
+    pub(super) fn finish(&self, mut conn: Conn, keep_alive: bool) {
         if keep_alive && conn.buf.is_empty() {
+            conn.release_if_empty();
             self.give_back(conn);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::upstream::{HeadError, MAX_BUFFERED, MAX_HEAD};
+    use bytes::Buf;
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A pool to a listener on loopback, a connection checked out of it, and the upstream's side
+    /// of that connection.
+    async fn connected() -> (Arc<Pool>, Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::new(listener.local_addr().unwrap(), Duration::from_secs(5));
+        let (conn, accepted) = tokio::join!(pool.checkout(), listener.accept());
+        (pool, conn.unwrap(), accepted.unwrap().0)
+    }
+
+    /// Polls `fill` once, without waiting.
+    fn poll_once(conn: &mut Conn) -> Poll<io::Result<usize>> {
+        conn.poll_fill(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn a_connection_waiting_for_its_answer_holds_no_buffer() {
+        // A short read (the driver then knows the socket is drained), and a read that fills
+        // the room it had (the socket is still reported readable, so the next fill takes a
+        // buffer, finds nothing and gives it up again).
+        for size in [17, READ_SIZE] {
+            let (_pool, mut conn, mut upstream) = connected().await;
+            assert!(poll_once(&mut conn).is_pending());
+            assert_eq!(
+                conn.buf.capacity(),
+                0,
+                "a buffer was taken before any byte came"
+            );
+
+            let sent = vec![b'x'; size];
+            upstream.write_all(&sent).await.unwrap();
+            while conn.buf.len() < size {
+                assert!(conn.fill().await.unwrap() > 0);
+            }
+            assert_eq!(&conn.buf[..], &sent[..]);
+            assert!(conn.buf.capacity() <= 2 * READ_SIZE);
+
+            conn.buf.advance(size);
+            assert!(poll_once(&mut conn).is_pending());
+            assert_eq!(
+                conn.buf.capacity(),
+                0,
+                "a buffer was kept while waiting ({size})"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_buffer_given_up_is_the_next_reads_without_an_allocation() {
+        let (_pool, mut first, mut upstream) = connected().await;
+        upstream.write_all(b"abc").await.unwrap();
+        first.fill().await.unwrap();
+        let at = first.buf.as_ptr();
+        first.buf.advance(3);
+        assert!(poll_once(&mut first).is_pending());
+        assert_eq!(first.buf.capacity(), 0);
+
+        let (_pool, mut second, mut upstream) = connected().await;
+        upstream.write_all(b"defg").await.unwrap();
+        second.fill().await.unwrap();
+        assert_eq!(&second.buf[..], b"defg");
+        assert_eq!(second.buf.as_ptr(), at, "the spare was not reused");
+    }
+
+    #[tokio::test]
+    async fn bytes_held_keep_their_buffer_while_more_are_awaited() {
+        let (_pool, mut conn, mut upstream) = connected().await;
+        upstream.write_all(b"HTTP/1.1 2").await.unwrap();
+        assert_eq!(conn.fill().await.unwrap(), 10);
+        assert!(poll_once(&mut conn).is_pending());
+        assert_eq!(&conn.buf[..], b"HTTP/1.1 2", "bytes read were lost");
+        upstream.write_all(b"00 OK\r\n").await.unwrap();
+        conn.fill().await.unwrap();
+        assert_eq!(&conn.buf[..], b"HTTP/1.1 200 OK\r\n");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_buffer_and_is_reused() {
+        let (pool, mut conn, mut upstream) = connected().await;
+        upstream.write_all(b"some bytes").await.unwrap();
+        conn.fill().await.unwrap();
+        let used = conn.buf.len();
+        conn.buf.advance(used);
+        assert!(conn.buf.capacity() > 0);
+        pool.finish(conn, true);
+        let idle = pool.idle().pop().expect("kept in the pool");
+        assert_eq!(idle.buf.capacity(), 0, "an idle connection kept its buffer");
+        pool.give_back(idle);
+        let again = pool.checkout().await.unwrap();
+        assert_eq!(
+            again.io.local_addr().unwrap(),
+            upstream.peer_addr().unwrap()
+        );
+    }
+
+    /// Console's side of one exchange: reads the request head, then writes `answer` in pieces
+    /// of `piece` bytes.
+    async fn answer_with(mut upstream: TcpStream, answer: Vec<u8>, piece: usize) {
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1024];
+            let n = tokio::io::AsyncReadExt::read(&mut upstream, &mut b)
+                .await
+                .unwrap();
+            assert!(n > 0, "the request head did not come");
+            got.extend_from_slice(&b[..n]);
+        }
+        for part in answer.chunks(piece) {
+            if upstream.write_all(part).await.is_err() {
+                return; // refused and closed by the gateway's side
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: console\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_large_head_is_read_from_a_small_start() {
+        // A head just under MAX_HEAD, sent in reads of every size up to several buffers.
+        for piece in [1000, 5000, 70_000] {
+            let (pool, conn, upstream) = connected().await;
+            pool.give_back(conn);
+            let value = "v".repeat(MAX_HEAD - 200);
+            let answer =
+                format!("HTTP/1.1 200 OK\r\nX-Large: {value}\r\nContent-Length: 5\r\n\r\nhello");
+            let answering = tokio::spawn(answer_with(upstream, answer.into_bytes(), piece));
+            let resp = pool
+                .send(REQUEST, false)
+                .await
+                .expect("a head under the bound");
+            assert_eq!(resp.headers()["x-large"].len(), MAX_HEAD - 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"hello");
+            answering.await.unwrap();
+            let idle = pool.idle().pop().expect("given back after the body");
+            assert_eq!(idle.buf.capacity(), 0, "an idle connection kept its buffer");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_bound_is_still_refused() {
+        for piece in [3000, 70_000] {
+            let (pool, conn, upstream) = connected().await;
+            pool.give_back(conn);
+            // A header line that never ends.
+            let mut answer = b"HTTP/1.1 200 OK\r\nX-Endless: ".to_vec();
+            answer.resize(3 * MAX_BUFFERED, b'a');
+            let answering = tokio::spawn(answer_with(upstream, answer, piece));
+            let refused = pool.send(REQUEST, false).await;
+            assert!(
+                matches!(refused, Err(UpstreamError::Head(HeadError::TooLarge))),
+                "{:?}",
+                refused.map(|_| ())
+            );
+            answering.await.unwrap();
         }
     }
 }
