@@ -118,7 +118,7 @@ pub(super) async fn forward_request(
             Err(e) => {
                 ctx.unread_body = true;
                 let failed = e.not_forwarded(w);
-                return not_forwarded(w, ctx, &f.request_id, failed);
+                return not_forwarded(w, ctx, f.request_id, failed);
             }
         }
     };
@@ -159,7 +159,7 @@ pub(super) async fn forward_request(
     let exchange = std::pin::pin!(w.pool.send(&request, parts.method == Method::HEAD));
     let deadline = tokio::time::Instant::from_std(sent + w.gw.read_timeout);
     let result = tokio::time::timeout_at(deadline, exchange).await;
-    exchanged(w, ctx, &f, result, sent, exchange_span)
+    exchanged(w, ctx, f, result, sent, exchange_span)
 }
 
 /// Console's answer (or its failure) to the exchange, carried out: its time by status class
@@ -168,7 +168,7 @@ pub(super) async fn forward_request(
 fn exchanged(
     w: &Worker,
     ctx: &Ctx,
-    f: &Forwarding,
+    f: Forwarding,
     result: Result<Result<Response<GatewayBody>, UpstreamError>, tokio::time::error::Elapsed>,
     sent: Instant,
     mut span: Option<crate::runtime::telemetry::ChildSpan>,
@@ -189,13 +189,13 @@ fn exchanged(
                 timed_out: matches!(e, UpstreamError::ConnectTimeout),
                 error: e.to_string(),
             };
-            return not_forwarded(w, ctx, &f.request_id, failed);
+            return not_forwarded(w, ctx, f.request_id, failed);
         }
         Err(_) => {
             if let Some(span) = span.take() {
                 span.end(None);
             }
-            return not_forwarded(w, ctx, &f.request_id, NotForwarded::UpstreamTimedOut);
+            return not_forwarded(w, ctx, f.request_id, NotForwarded::UpstreamTimedOut);
         }
     };
     let status = resp.status().as_u16();
@@ -207,9 +207,10 @@ fn exchanged(
         sent.elapsed().as_secs_f64(),
         ctx.request_id.as_str(),
     );
-    // Console's hop-by-hop headers were left out when its answer was read.
+    // Console's hop-by-hop headers were left out when its answer was read. The id is moved, not
+    // cloned: a clone of a header value made from a copied slice allocates its shared count.
     let (mut rparts, rbody) = resp.into_parts();
-    rparts.headers.insert(X_REQUEST_ID, f.request_id.clone());
+    rparts.headers.insert(X_REQUEST_ID, f.request_id);
     rparts.version = Version::HTTP_11;
     if ctx.close {
         rparts
@@ -224,7 +225,7 @@ fn exchanged(
 fn not_forwarded(
     w: &Worker,
     ctx: &Ctx,
-    request_id: &HeaderValue,
+    request_id: HeaderValue,
     failure: NotForwarded,
 ) -> Response<GatewayBody> {
     let failed = carry_out_not_forwarded(&*w.gw, failure, ctx.request_id.as_str());

@@ -214,7 +214,7 @@ struct Ctx {
 /// the one status table ([`Reply::status`], [`crate::policy::answer::BodyRefusal::status`]).
 fn text_response(
     ctx: &Ctx,
-    request_id: &HeaderValue,
+    request_id: HeaderValue,
     (status, body): (u16, &'static str),
     close: bool,
 ) -> Response<GatewayBody> {
@@ -231,7 +231,7 @@ fn text_response(
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(X_REQUEST_ID, request_id.clone());
+    h.insert(X_REQUEST_ID, request_id);
     if close || ctx.unread_body || ctx.close {
         // An unread request body must not be taken for the next request.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -463,7 +463,7 @@ async fn respond(
         Answer::Reply(reply) => {
             // A refused request's connection is not read again.
             let close = reply == Reply::Refused;
-            let mut resp = text_response(ctx, &carried.request_id, reply.status(), close);
+            let mut resp = text_response(ctx, carried.request_id, reply.status(), close);
             if let Reply::Login { location } = reply {
                 resp.headers_mut().insert(header::LOCATION, location);
             }
