@@ -84,7 +84,8 @@ impl DecisionCounts {
     /// `rbac_gateway_upstream_duration_seconds`, by status class).
     pub fn with_console(mut self, upstream: &prometheus::HistogramVec) -> Self {
         self.console = Some(
-            ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| upstream.with_label_values(&[class])),
+            crate::runtime::metrics::STATUS_CLASSES
+                .map(|class| upstream.with_label_values(&[class])),
         );
         self
     }

@@ -40,21 +40,20 @@ impl RequestId {
     pub fn trusted(headers: &http::HeaderMap) -> Option<RequestId> {
         let mut values = headers.get_all(crate::policy::headers::X_REQUEST_ID).iter();
         let v = values.next()?.as_bytes();
-        if values.next().is_some() || !Self::valid(v) {
+        if values.next().is_some() {
             return None;
         }
-        let mut id = RequestId {
-            bytes: [0u8; RequestId::MAX],
-            len: v.len() as u8,
-        };
-        id.bytes[..v.len()].copy_from_slice(v);
-        Some(id)
+        Self::of_valid(v)
     }
 
     /// The id derived from the request's trace (`<trace id>-<span id>`, given by the door when
     /// tracing is on), if it is a valid id.
     pub fn derived(v: &str) -> Option<RequestId> {
-        let v = v.as_bytes();
+        Self::of_valid(v.as_bytes())
+    }
+
+    /// `v` as the request's id, if it is a valid one ([`RequestId::valid`]).
+    fn of_valid(v: &[u8]) -> Option<RequestId> {
         if !Self::valid(v) {
             return None;
         }
@@ -90,5 +89,28 @@ impl RequestId {
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestId;
+
+    #[test]
+    fn a_routers_or_a_traces_id_is_taken_only_when_valid() {
+        let id = "0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331";
+        assert_eq!(RequestId::derived(id).unwrap().as_str(), id);
+        assert!(RequestId::derived("short").is_none());
+        assert!(RequestId::derived("has a space in it, twenty+").is_none());
+        let mut h = http::HeaderMap::new();
+        assert!(RequestId::trusted(&h).is_none(), "none sent");
+        h.insert("x-request-id", "f2a7c1e0-heroku-router-id".parse().unwrap());
+        assert_eq!(
+            RequestId::trusted(&h).unwrap().as_str(),
+            "f2a7c1e0-heroku-router-id"
+        );
+        h.append("x-request-id", "f2a7c1e0-heroku-router-id".parse().unwrap());
+        assert!(RequestId::trusted(&h).is_none(), "sent twice");
+        assert_eq!(RequestId::next().as_str().len(), 32);
     }
 }

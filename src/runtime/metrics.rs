@@ -5,6 +5,10 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// The `class` labels of `rbac_gateway_upstream_duration_seconds`: Console's status by its
+/// first digit, 1xx to 5xx (a status is counted under `STATUS_CLASSES[status / 100 - 1]`).
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 pub struct Metrics {
     registry: Registry,
     /// Requests by decision: allowed, denied, redirected, refused, public, machine, gone, off,
@@ -397,7 +401,7 @@ impl Metrics {
         for r in ["success", "failure"] {
             self.mapping_reloads.with_label_values(&[r]);
         }
-        for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+        for c in STATUS_CLASSES {
             self.upstream_seconds.with_label_values(&[c]);
         }
         for s in ["open", "idle"] {

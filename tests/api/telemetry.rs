@@ -642,14 +642,7 @@ async fn sigterm_flushes_what_is_queued() {
     assert_eq!(r.status, 200);
     assert!(c.trace(trace).is_empty(), "not exported before the stop");
     env.gw.signal("TERM");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = env.gw.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no exit; log:\n{}", env.gw.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = env.gw.exited(Duration::from_secs(20), "no exit").await;
     assert!(status.success(), "{status}; log:\n{}", env.gw.log());
     let (server, _) = server_span_of(&c, trace, 0).await;
     assert_eq!(attr(&server, "rbac.decision").as_deref(), Some("public"));

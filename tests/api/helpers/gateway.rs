@@ -257,6 +257,19 @@ impl Gateway {
     pub fn signal(&self, sig: &str) {
         signal(self.pid(), sig);
     }
+
+    /// Waits (`limit` at most) for the process to exit, after a signal; its status. Fails with
+    /// `what` and the log when it is still running.
+    pub async fn exited(&mut self, limit: Duration, what: &str) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{what}; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Sends signal `sig` (`TERM`, `HUP`, ...) to process `pid`.
