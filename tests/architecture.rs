@@ -1145,6 +1145,64 @@ fn the_statement_owner_check_finds_a_query_and_not_an_http_method() {
     );
 }
 
+/// The doors that answer requests (the proxy, forward-auth, the reader API): where a metric is
+/// counted (`.inc()`, `.inc_by(`, `.observe(`) in their non-test code, as `file:line: text`.
+fn counts_in_doors(src: &Path) -> Vec<String> {
+    let mut files = vec![
+        src.join("doors/forward_auth.rs"),
+        src.join("doors/rbac_api.rs"),
+    ];
+    let mut proxy: Vec<_> = std::fs::read_dir(src.join("doors/proxy"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    proxy.sort();
+    files.extend(proxy);
+    let mut out = Vec::new();
+    for f in files.iter().filter(|f| f.exists()) {
+        let code = non_test_code(&std::fs::read_to_string(f).unwrap());
+        for (i, line) in code.lines().enumerate() {
+            let l = line.trim();
+            if l.starts_with("//") {
+                continue;
+            }
+            if [".inc()", ".inc_by(", ".observe("]
+                .iter()
+                .any(|c| l.contains(c))
+            {
+                let rel = f.strip_prefix(src).unwrap().display();
+                out.push(format!("src/{rel}:{}: {l}", i + 1));
+            }
+        }
+    }
+    out
+}
+
+/// Architecture Invariant (issue 52): the doors that answer requests count nothing; a count is
+/// the aftermath's (`policy::answer::carry_out` through the door's `Tally`,
+/// `policy/forwarded.rs`) or the gateway's state's (`gateway/reader.rs` for the reader API).
+#[test]
+fn the_doors_count_nothing() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let found = counts_in_doors(&src);
+    assert!(
+        found.is_empty(),
+        "a door counts a metric itself (count it in the aftermath or the gateway's state):\n  {}",
+        found.join("\n  ")
+    );
+    // The scan is not blind: a count in a door's file is found, with its line.
+    let tree = Scratch::new(
+        "counts",
+        &[(
+            "doors/rbac_api.rs",
+            "pub fn respond(gw: &Gateway) {\n    // gw.metrics.requests.inc() in a comment\n    gw.metrics.requests.with_label_values(&[\"api\"]).inc();\n}\n",
+        )],
+    );
+    assert_eq!(
+        counts_in_doors(&tree.0),
+        ["src/doors/rbac_api.rs:3: gw.metrics.requests.with_label_values(&[\"api\"]).inc();"]
+    );
+}
+
 /// The repository's top level: the design card's entries (`Cargo.toml`, `src`, `routes.toml`,
 /// `migrations`, `tests`, `deploy`, `README.md`) and what a Rust project expects beside them.
 /// A new top-level entry is added here on purpose, not by accident.

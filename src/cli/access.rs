@@ -325,7 +325,7 @@ impl Cell {
 
 /// [`decide`]'s answer for `principal` (None: a request without a session) on a probe. With
 /// `rbac_api` (`serve --rbac-api`, the default), Console's reader API paths are answered by the
-/// gateway itself, before any rule: [`crate::doors::rbac_api::outline`]'s answer, as `serve` gives it.
+/// gateway itself, before any rule: [`crate::policy::reader::outline`]'s answer, as `serve` gives it.
 pub async fn cell(
     mapping: &Mapping,
     switches: Switches,
@@ -344,11 +344,11 @@ pub async fn cell(
         Err(r) => return Cell::of(&Outcome::Refuse(r)),
     };
     if let Some(call) = rbac_api
-        .then(|| crate::doors::rbac_api::Call::of(&target))
+        .then(|| crate::policy::reader::Call::of(&target))
         .flatten()
     {
         let (status, decision, _) =
-            crate::doors::rbac_api::outline(&call, method, authority.principal.is_some());
+            crate::policy::reader::outline(&call, method, authority.principal.is_some());
         return Cell {
             outcome: "reader_api",
             status: Some(status),

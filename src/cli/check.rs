@@ -169,7 +169,7 @@ const FEED_TABLES: &[&str] = &[
 /// Rules that map the reader API's paths: with `--rbac-api` on (the default) the gateway answers
 /// those paths itself and the rule never applies.
 fn reader_paths(mapping: &Mapping, file: &str) -> Vec<Diagnostic> {
-    [crate::doors::rbac_api::ME, crate::doors::rbac_api::CHECK]
+    [crate::policy::reader::ME, crate::policy::reader::CHECK]
         .into_iter()
         .filter_map(|path| {
             let (route, _) = mapping.find("GET", path)?;

@@ -376,7 +376,7 @@ async fn explain_request(
     };
     if let Some(call) = args
         .rbac_api
-        .then(|| crate::doors::rbac_api::Call::of(&t))
+        .then(|| crate::policy::reader::Call::of(&t))
         .flatten()
     {
         return explain_reader_api(admin, method, &call, out);
@@ -550,7 +550,7 @@ async fn explain_request(
 fn explain_reader_api(
     admin: Option<&str>,
     method: &str,
-    call: &crate::doors::rbac_api::Call,
+    call: &crate::policy::reader::Call,
     out: &mut Said,
 ) -> Result<(), Exit> {
     put!(
@@ -558,8 +558,7 @@ fn explain_reader_api(
         "rule: none applies: Console's reader API, answered by the gateway (--rbac-api)"
     );
     // `serve` answers in this order: the method and parameters, then the session.
-    let (answer, decision, refused) =
-        crate::doors::rbac_api::outline(call, method, admin.is_some());
+    let (answer, decision, refused) = crate::policy::reader::outline(call, method, admin.is_some());
     if let Some(body) = refused {
         put!(out, "refused: {body}");
     }

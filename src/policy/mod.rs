@@ -13,6 +13,7 @@ pub mod headers;
 pub mod mapping;
 pub mod outcome;
 pub mod principal;
+pub mod reader;
 pub mod request_id;
 pub mod target;
 pub mod verdict;

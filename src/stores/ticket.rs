@@ -85,13 +85,7 @@ pub async fn grants(
 }
 
 /// One active ticket-scoped grant, as the reader API's `/me` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TicketGrant {
-    pub ticket_id: String,
-    pub customer_id: i32,
-    pub role: String,
-    pub expires_at_utc: Option<chrono::DateTime<chrono::Utc>>,
-}
+pub use crate::policy::reader::TicketGrant;
 
 const TICKET_GRANTS_SQL: &str = r#"
 SELECT tg.ticket_id, tg.customer_id, r.name, tg.expires_at_utc

@@ -39,7 +39,7 @@ pub fn prime_labels(m: &Metrics, config: &Config) {
     }
     if config.args.rbac_api {
         m.requests
-            .with_label_values(&[crate::doors::rbac_api::LABEL]);
+            .with_label_values(&[crate::policy::reader::LABEL]);
     }
     // Refused before the decision (the request line and headers, the session cookie), or by the
     // data plane after it: a request body that is malformed or cut, stopped arriving, is too

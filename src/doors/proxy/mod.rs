@@ -48,6 +48,7 @@ use crate::policy::answer::{
 };
 use crate::policy::headers::X_REQUEST_ID;
 use crate::policy::outcome::{decide, Facts, Outcome};
+use crate::policy::reader;
 use crate::runtime::telemetry::{self, ServerSpan};
 
 pub use body::BodyBudget;
@@ -279,10 +280,7 @@ fn boxed_trace(s: ServerSpan, id: &RequestId) -> Box<(ServerSpan, String)> {
 #[inline(never)]
 fn trace_reader_api(s: &ServerSpan, method: &str, path: &str) {
     s.route(method, path);
-    s.set(opentelemetry::KeyValue::new(
-        "rbac.decision",
-        rbac_api::LABEL,
-    ));
+    s.set(opentelemetry::KeyValue::new("rbac.decision", reader::LABEL));
 }
 
 #[cold]
@@ -377,7 +375,7 @@ async fn handle<const TRACED: bool>(
         Ok((target, user_agent, (token, rewrite))) => {
             cookie = rewrite;
             // The reader API is answered here, never decided as a route nor forwarded.
-            if let Some(call) = gw.rbac_api.then(|| rbac_api::Call::of(&target)).flatten() {
+            if let Some(call) = gw.rbac_api.then(|| reader::Call::of(&target)).flatten() {
                 let close = ctx.unread_body || ctx.close;
                 if let Some((s, _)) = ctx.trace.as_deref() {
                     trace_reader_api(s, req.method().as_str(), &target.path);
@@ -389,7 +387,7 @@ async fn handle<const TRACED: bool>(
                     &call,
                     req.method(),
                     token,
-                    ctx.request_id.as_str(),
+                    &ctx.request_id,
                     close,
                 ));
                 return Ok(resp.await);
