@@ -171,7 +171,8 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_MAPPING_PUBLIC_KEY")]
     pub mapping_public_key: Option<PathBuf>,
     /// Console's PostgreSQL. May go through a transaction-pooling PgBouncer: every statement
-    /// runs unnamed, inside a transaction of its own.
+    /// runs inside a transaction of its own, unnamed unless the URL proves to reach sessions of
+    /// the gateway's own (--db-statements).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// A connection to PostgreSQL that bypasses any transaction pooler, for what needs a session

@@ -432,7 +432,7 @@ impl Db {
         if self.verdict.swap(SIMPLE, Ordering::Relaxed) == NAMED {
             tracing::warn!(
                 error = %e,
-                "database: a named prepared statement met a server connection it was not prepared on, so a pooler shares the pool's connections: lookups run as one simple query each from now on (set --direct-database-url to the database itself, or --db-statements simple)"
+                "database: a named prepared statement met a server connection not the gateway's own (it was not prepared there, or another client prepared that name), so a pooler shares the pool's connections: lookups run as one simple query each from now on (set --direct-database-url to the database itself, or --db-statements simple)"
             );
         }
     }
