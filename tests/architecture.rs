@@ -781,7 +781,11 @@ fn every_statement_is_unnamed_and_goes_through_db() {
                 .match_indices(NAMED_LOOKUP)
                 .map(|(at, _)| at)
                 .collect::<Vec<_>>();
-            assert_eq!(lookup.len(), 1, "stores/db.rs: Db::lookup's named statement");
+            assert_eq!(
+                lookup.len(),
+                1,
+                "stores/db.rs: Db::lookup's named statement"
+            );
             let line = text[..lookup[0]].matches('\n').count() + 1;
             named.retain(|s| !s.starts_with(&format!("{line}: ")));
         }

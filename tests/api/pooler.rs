@@ -511,7 +511,11 @@ async fn a_named_statement_behind_a_transaction_pooler_turns_the_gateway_to_simp
         "no named statement failed behind the pooler in 60 cold requests"
     );
     for (g, gw) in gws.iter().enumerate() {
-        assert!(warned(gw) <= 1, "gateway {g} warned more than once:\n{}", gw.log());
+        assert!(
+            warned(gw) <= 1,
+            "gateway {g} warned more than once:\n{}",
+            gw.log()
+        );
         assert_eq!(
             gw.metric("rbac_gateway_db_queries_total").await,
             f64::from(sent[g]),

@@ -107,7 +107,9 @@ impl PgWire {
                                             conn,
                                             ..Exchange::default()
                                         };
-                                        log.lock().unwrap().push(std::mem::replace(&mut *cur, next));
+                                        log.lock()
+                                            .unwrap()
+                                            .push(std::mem::replace(&mut *cur, next));
                                     }
                                 }
                                 pending.drain(..1 + len);
