@@ -154,7 +154,7 @@ impl<T, F: std::future::Future<Output = Result<T, sqlx::Error>>> Bounded<T> for 
 /// The gateway's database: a lazily connecting pool, used only in ways that stay correct when a
 /// transaction-pooling PgBouncer stands between the gateway and PostgreSQL (issue 44).
 ///
-/// # Architecture Invariant: no statement or session state outlives a transaction
+/// # Architecture Invariant: no statement or session state outlives a transaction a pooler sees
 /// Behind transaction pooling, a client's server connection is its own only from `BEGIN` to
 /// `COMMIT`; between two transactions (or, outside one, between two of a statement's protocol
 /// round trips: sqlx parses and describes, syncs, then binds and executes) the pooler may hand it
@@ -164,8 +164,8 @@ impl<T, F: std::future::Future<Output = Result<T, sqlx::Error>>> Bounded<T> for 
 /// - every statement runs inside a transaction: [`Db`] as an executor (`.fetch_one(&db)`) wraps
 ///   each statement in one, [`Db::begin`] opens one for several, and [`Db::one_round_trip`]
 ///   sends one statement with its values written in as one simple query (an implicit
-///   transaction that ends with the message: the request path's lookups and the audit batches,
-///   one round trip each, issue 51);
+///   transaction that ends with the message: the audit batches, and the request path's lookups
+///   unless they are named, one round trip each, issue 51);
 /// - every statement is unnamed (`.persistent(false)`, checked on the source by
 ///   `tests/architecture.rs`; [`Db`] as an executor also forces it, and a simple query has no
 ///   statement to name), so nothing is left behind on the server connection; the one exception
