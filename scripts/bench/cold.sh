@@ -141,10 +141,20 @@ wrk_run() { # case round port gateway-pid
   if echo "$out" | grep -q 'Non-2xx'; then die "$1: non-2xx answers: $out"; fi
   printf '%s\t%s\t%s\t%s\t%s\n' "$2" "$1" "$rps" "$(us_per $((g1 - g0)) "$n")" "$(us_per $((p1 - p0)) "$n")" >>"$results"
 }
+# The postmaster's children: its auxiliary processes and live backends.
+pg_children() { pgrep -P "$pg_pid" | wc -l; }
 pgbench_run() { # round
-  local p0 p1 out n tps
+  local p0 p1 out n tps before deadline
+  before=$(pg_children)
   p0=$(pg_ticks)
   out=$("$PGBENCH" -n -M prepared -c "$CONNECTIONS" -j 1 -T "$DURATION" -f "$tmp/lookup.sql" "$DATABASE_URL" 2>&1)
+  # pgbench's backends end after it does: read once the postmaster has reaped them (their CPU is
+  # then in its cutime/cstime; read before, a backend that exited unreaped counts nowhere).
+  deadline=$((SECONDS + 10))
+  while [ "$(pg_children)" -gt "$before" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || die "pgbench's backends not reaped within 10 s"
+    sleep 0.05
+  done
   p1=$(pg_ticks)
   n=$(echo "$out" | awk '/number of transactions actually processed/ { print $NF }')
   tps=$(echo "$out" | awk '/^tps/ { print $3; exit }')

@@ -171,7 +171,8 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_MAPPING_PUBLIC_KEY")]
     pub mapping_public_key: Option<PathBuf>,
     /// Console's PostgreSQL. May go through a transaction-pooling PgBouncer: every statement
-    /// runs unnamed, inside a transaction of its own.
+    /// runs inside a transaction of its own, unnamed unless the URL proves to reach sessions of
+    /// the gateway's own (--db-statements).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// A connection to PostgreSQL that bypasses any transaction pooler, for what needs a session
@@ -179,6 +180,16 @@ pub struct ServeArgs {
     /// --database-url is a transaction-pooling PgBouncer (docs/deploy/pgbouncer.md).
     #[arg(long, env = "GATEWAY_DIRECT_DATABASE_URL", hide_env_values = true)]
     pub direct_database_url: Option<String>,
+    /// How the request path's lookups (a cold session, a principal, a rule's live ticket
+    /// grants) reach PostgreSQL. `auto`: named prepared statements, each lookup one round trip
+    /// planned once per connection, when --direct-database-url is not set and the pool's
+    /// connections prove to be sessions of their own (the probe the change feed makes);
+    /// otherwise, and until then, one simple query with its values written in, safe behind any
+    /// pooler. `simple`: always the simple query. `named`: named statements without the probe
+    /// (PostgreSQL itself, or a pooler in session mode). A named statement failing as only a
+    /// pooler makes it fail turns the gateway to simple queries for good, with a warning.
+    #[arg(long, env = "GATEWAY_DB_STATEMENTS", default_value = "auto", value_parser = ["auto", "simple", "named"])]
+    pub db_statements: String,
     /// Address of the admin listener (/healthz, /readyz, /metrics).
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub admin_listen: String,

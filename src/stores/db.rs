@@ -14,6 +14,7 @@
 
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
@@ -21,6 +22,9 @@ use sqlx::postgres::PgConnectOptions;
 /// What [`Db::acquire`] hands out.
 pub use super::pool::Conn;
 use super::pool::{mark_broken, Pool};
+
+/// A statement and its bound values, as [`Db::lookup`]'s callers bind them.
+pub type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -150,7 +154,7 @@ impl<T, F: std::future::Future<Output = Result<T, sqlx::Error>>> Bounded<T> for 
 /// The gateway's database: a lazily connecting pool, used only in ways that stay correct when a
 /// transaction-pooling PgBouncer stands between the gateway and PostgreSQL (issue 44).
 ///
-/// # Architecture Invariant: no statement or session state outlives a transaction
+/// # Architecture Invariant: no statement or session state outlives a transaction a pooler sees
 /// Behind transaction pooling, a client's server connection is its own only from `BEGIN` to
 /// `COMMIT`; between two transactions (or, outside one, between two of a statement's protocol
 /// round trips: sqlx parses and describes, syncs, then binds and executes) the pooler may hand it
@@ -160,13 +164,16 @@ impl<T, F: std::future::Future<Output = Result<T, sqlx::Error>>> Bounded<T> for 
 /// - every statement runs inside a transaction: [`Db`] as an executor (`.fetch_one(&db)`) wraps
 ///   each statement in one, [`Db::begin`] opens one for several, and [`Db::one_round_trip`]
 ///   sends one statement with its values written in as one simple query (an implicit
-///   transaction that ends with the message: the request path's lookups and the audit batches,
-///   one round trip each, issue 51);
+///   transaction that ends with the message: the audit batches, and the request path's lookups
+///   unless they are named, one round trip each, issue 51);
 /// - every statement is unnamed (`.persistent(false)`, checked on the source by
 ///   `tests/architecture.rs`; [`Db`] as an executor also forces it, and a simple query has no
-///   statement to name), so nothing is left behind on the server connection;
+///   statement to name), so nothing is left behind on the server connection; the one exception
+///   is [`Db::lookup`], whose statements are named only once the pool's connections are known
+///   to be the gateway's own sessions (see [`Statements`]);
 /// - no startup parameter a pooler must be told to ignore: `statement_timeout` is set with
-///   `SET LOCAL` in each transaction's `BEGIN`, and `extra_float_digits` is not sent;
+///   `SET LOCAL` in each transaction's `BEGIN` (and, on a connection of the gateway's own that
+///   runs named statements, once for its session), and `extra_float_digits` is not sent;
 /// - what needs a session (`LISTEN`, the sweep's session-level advisory lock) uses
 ///   [`Db::direct_options`], `--direct-database-url`, a connection that bypasses the pooler.
 ///
@@ -182,7 +189,34 @@ pub struct Db {
     limit: Duration,
     /// Whether [`Db::direct_options`] reaches a session of its own (None: not known yet).
     sessions: std::sync::Arc<tokio::sync::OnceCell<bool>>,
+    /// How [`Db::lookup`] sends its statements: [`UNKNOWN`], [`NAMED`] or [`SIMPLE`].
+    verdict: std::sync::Arc<AtomicU8>,
+    /// Whether the pool connects where [`Db::direct_options`] does (no `--direct-database-url`):
+    /// only then does the probe's answer speak for the pool's connections.
+    pool_is_direct: bool,
 }
+
+/// How [`Db::lookup`] sends its statements (`--db-statements`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Statements {
+    /// Named when the pool's URL is the direct one (no `--direct-database-url`) and
+    /// [`Db::has_sessions`] found sessions; simple queries until then, and for good after a
+    /// named statement failed as only a pooler makes it fail.
+    Auto,
+    /// Always one simple query (a pooler the probe cannot see).
+    Simple,
+    /// Named from the start, without the probe (the operator says the connections are
+    /// sessions: PostgreSQL itself, or a pooler in session mode); still simple queries for good
+    /// after a named statement failed as only a pooler makes it fail.
+    Named,
+}
+
+/// [`Db::lookup`]'s verdict: not known yet (simple queries meanwhile).
+const UNKNOWN: u8 = 0;
+/// Named statements, on connections whose session has the statement timeout set.
+const NAMED: u8 = 1;
+/// One simple query each.
+const SIMPLE: u8 = 2;
 
 impl Db {
     /// A lazily connecting pool of `size` connections to `url` whose statements time out after
@@ -211,6 +245,7 @@ impl Db {
         size: u32,
         timeout: Duration,
     ) -> Result<Db, sqlx::Error> {
+        let pool_is_direct = direct.is_none();
         let direct = match direct {
             Some(d) => connect_options(d)?,
             None => opts.clone(),
@@ -221,7 +256,29 @@ impl Db {
             direct: std::sync::Arc::new(direct),
             limit: timeout,
             sessions: Default::default(),
+            verdict: std::sync::Arc::new(AtomicU8::new(if pool_is_direct {
+                UNKNOWN
+            } else {
+                SIMPLE
+            })),
+            pool_is_direct,
         })
+    }
+
+    /// This pool with [`Db::lookup`]'s statements sent as `mode` says.
+    pub fn with_statements(self, mode: Statements) -> Db {
+        let verdict = match mode {
+            Statements::Auto if self.pool_is_direct => UNKNOWN,
+            Statements::Auto | Statements::Simple => SIMPLE,
+            Statements::Named => NAMED,
+        };
+        self.verdict.store(verdict, Ordering::Relaxed);
+        self
+    }
+
+    /// Whether [`Db::lookup`] sends named statements now.
+    pub fn named_statements(&self) -> bool {
+        self.verdict.load(Ordering::Relaxed) == NAMED
     }
 
     /// The pool itself (its size and idle count for `/metrics`).
@@ -292,10 +349,92 @@ impl Db {
             }
             Ok::<_, sqlx::Error>(sessions)
         };
-        self.sessions
+        let sessions = self
+            .sessions
             .get_or_try_init(|| within(self.limit * 3, probe))
             .await
-            .copied()
+            .copied()?;
+        let to = if sessions { NAMED } else { SIMPLE };
+        if self
+            .verdict
+            .compare_exchange(UNKNOWN, to, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            if sessions {
+                tracing::info!("database: the pool's connections are sessions of the gateway's own: lookups run as named statements, prepared once per connection");
+            } else {
+                tracing::info!("database: the database URL is served by a transaction pooler: lookups run as one simple query each");
+            }
+        }
+        Ok(sessions)
+    }
+
+    /// A lookup on the request path, one round trip: `sql` (placeholders `$1`..) with the values
+    /// `bind` gives it, as a named prepared statement when the verdict says the pool's
+    /// connections are the gateway's own sessions ([`Statements`]); otherwise `text()`, the same
+    /// statement with its values written in ([`super::sql_text`]), as [`Db::one_round_trip`].
+    /// The rows, in binary or text format alike for `sqlx::Row::try_get`.
+    ///
+    /// Named: sqlx's statement cache prepares `sql` once per connection (Parse/Describe, one
+    /// round trip), then each lookup is Bind/Execute/Sync, one round trip, and is planned as the
+    /// server's plan cache decides rather than on every call. It runs only on a connection whose
+    /// session has `statement_timeout` set (`SET`, once per connection, marked on it:
+    /// [`Conn::set_bounded`]), since an extended-protocol statement ends with its own Sync and a
+    /// `SET LOCAL` cannot share its transaction; bounded on the client's side as every step is.
+    ///
+    /// A named statement that fails with SQLSTATE 26000 (no such prepared statement) or 42P05
+    /// (it exists already) met a server connection that is not this connection's own: a pooler
+    /// the probe missed. The verdict then turns to simple queries for good (said once, a
+    /// warning), the lookup runs once more as a simple query on the same connection, and that
+    /// connection is closed (its statement cache no longer matches its server connection).
+    pub async fn lookup<'q, B, T>(
+        &self,
+        sql: &'q str,
+        bind: B,
+        text: T,
+    ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error>
+    where
+        B: Fn(PgQuery<'q>) -> PgQuery<'q>,
+        T: Fn() -> Result<String, sqlx::Error>,
+    {
+        if self.verdict.load(Ordering::Relaxed) != NAMED {
+            return self.one_round_trip(&text()?).await;
+        }
+        within(self.limit, async {
+            let mut conn = self.pool.acquire().await?;
+            if !conn.bounded() {
+                let set = format!("SET {}", statement_timeout(self.limit));
+                sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&set)).await?;
+                conn.set_bounded();
+            }
+            let named = bind(sqlx::query(sql).persistent(true))
+                .fetch_all(&mut *conn)
+                .await;
+            match named {
+                Ok(rows) => {
+                    conn.done();
+                    Ok(rows)
+                }
+                Err(e) if is_shared_server_connection(&e) => {
+                    self.no_more_named(&e);
+                    let rows = one_round_trip_on(&mut conn, self.limit, &text()?).await?;
+                    conn.close();
+                    Ok(rows)
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    /// Named statements no more: `e` said a pooler shares the pool's server connections.
+    fn no_more_named(&self, e: &sqlx::Error) {
+        if self.verdict.swap(SIMPLE, Ordering::Relaxed) == NAMED {
+            tracing::warn!(
+                error = %e,
+                "database: a named prepared statement met a server connection not the gateway's own (it was not prepared there, or another client prepared that name), so a pooler shares the pool's connections: lookups run as one simple query each from now on (set --direct-database-url to the database itself, or --db-statements simple)"
+            );
+        }
     }
 
     /// Runs `sql`, statements with their values written in ([`super::sql_text`]), as one simple
@@ -597,6 +736,13 @@ pub fn is_connection_error(e: &sqlx::Error) -> bool {
             .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
         _ => false,
     }
+}
+
+/// `e` is what PostgreSQL answers a named statement on a server connection it was not
+/// prepared on (26000, no such prepared statement), or a name prepared there by another client
+/// (42P05, it exists already): a pooler between the gateway and PostgreSQL.
+fn is_shared_server_connection(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("26000" | "42P05")))
 }
 
 /// Marks the pool's idle connections stale when `e` is a connection error; true when it was.

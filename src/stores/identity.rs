@@ -115,9 +115,14 @@ macro_rules! break_glass_end {
 /// The resolution algorithm of 004 §3.4: one call of `rbac_gateway_principal`, the function
 /// `migrations/0011_principal_function.sql` defines (roles, permissions, seconds left of a live
 /// break-glass session and when it ends), for an admin whose session is cached. A function,
-/// because its plan stays with the server connection; sent as one simple query with its values
-/// written in (`stores/sql_text.rs`), so it is one round trip and leaves nothing on a server
-/// connection a pooler may share (issues 44, 51).
+/// because its plan stays with the server connection. Sent by [`Db::lookup`]: a named
+/// statement on the gateway's own sessions, else [`principal_sql`], one simple query with its
+/// values written in (`stores/sql_text.rs`) that leaves nothing on a server connection a pooler
+/// may share (issues 44, 51); one round trip either way.
+const PRINCIPAL_SQL: &str = "SELECT roles, permissions, break_glass_seconds, break_glass_until \
+                             FROM rbac_gateway_principal($1, $2)";
+
+/// [`PRINCIPAL_SQL`] with its values written in, for a simple query.
 fn principal_sql(admin_id: &str, requires_alert: bool) -> Result<String, Unquotable> {
     Ok(format!(
         "SELECT roles, permissions, break_glass_seconds, break_glass_until \
@@ -128,7 +133,13 @@ fn principal_sql(admin_id: &str, requires_alert: bool) -> Result<String, Unquota
 }
 
 /// A cold request's whole lookup in one call (migration 0012): the live session behind a
-/// cookie's hash and its admin's principal, one round trip; no row when no live session has it.
+/// cookie's hash and its admin's principal, one round trip ([`Db::lookup`], as
+/// [`PRINCIPAL_SQL`]); no row when no live session has it.
+const SESSION_PRINCIPAL_SQL: &str =
+    "SELECT admin_id, seconds_left, roles, permissions, break_glass_seconds, break_glass_until \
+     FROM rbac_gateway_session_principal($1, $2)";
+
+/// [`SESSION_PRINCIPAL_SQL`] with its values written in, for a simple query.
 fn session_principal_sql(token_sha256: &str, requires_alert: bool) -> Result<String, Unquotable> {
     Ok(format!(
         "SELECT admin_id, seconds_left, roles, permissions, break_glass_seconds, break_glass_until \
@@ -254,14 +265,21 @@ impl Identity {
         // The principal read with the session, by whichever caller ran the lookup.
         let fetched: std::sync::Mutex<Option<Arc<Principal>>> = std::sync::Mutex::new(None);
         let init = async {
-            let sql = session_principal_sql(&key, self.break_glass_requires_alert)?;
-            let sql = &sql;
+            let requires_alert = self.break_glass_requires_alert;
+            let key = &key;
             // A dead pooled connection (after a connection storm) costs one retry, not a 503.
             let lookup = crate::stores::db::retry_once(|| async move {
                 self.metrics.db_queries.inc();
-                self.pool.one_round_trip(sql).await.inspect_err(|_| {
-                    self.metrics.db_errors.inc();
-                })
+                self.pool
+                    .lookup(
+                        SESSION_PRINCIPAL_SQL,
+                        |q| q.bind(key.as_str()).bind(requires_alert),
+                        || Ok(session_principal_sql(key, requires_alert)?),
+                    )
+                    .await
+                    .inspect_err(|_| {
+                        self.metrics.db_errors.inc();
+                    })
             });
             let span = telemetry::db_span("SELECT session principal");
             let rows = crate::stores::db::within(self.query_timeout, lookup).await;
@@ -521,9 +539,15 @@ pub async fn resolve_with(
     ttl: Duration,
     requires_alert: bool,
 ) -> Result<Arc<Principal>, sqlx::Error> {
-    let sql = principal_sql(admin_id, requires_alert)?;
     // A dead pooled connection (after a connection storm) costs one retry, not a 503.
-    let rows = crate::stores::db::retry_once(|| pool.one_round_trip(&sql)).await?;
+    let rows = crate::stores::db::retry_once(|| {
+        pool.lookup(
+            PRINCIPAL_SQL,
+            |q| q.bind(admin_id).bind(requires_alert),
+            || Ok(principal_sql(admin_id, requires_alert)?),
+        )
+    })
+    .await?;
     let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
     principal_from(admin_id, row, 0, ttl)
 }

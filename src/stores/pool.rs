@@ -60,6 +60,7 @@ struct Inner {
 struct Idle {
     conn: PgConnection,
     since: Instant,
+    bounded: bool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -129,6 +130,7 @@ impl Pool {
             return Ok(Conn {
                 conn: Some(idle.conn),
                 clean: None,
+                bounded: idle.bounded,
                 inner: self.inner.clone(),
                 permit: Some(permit),
             });
@@ -137,6 +139,7 @@ impl Pool {
         Ok(Conn {
             conn: Some(conn),
             clean: None,
+            bounded: false,
             inner: self.inner.clone(),
             permit: Some(permit),
         })
@@ -190,6 +193,9 @@ pub struct Conn {
     /// Since when nothing is in flight on it and no transaction is open (None: something may
     /// be): it may be handed out again, and counts as idle from then.
     clean: Option<Instant>,
+    /// Whether its session's `statement_timeout` was set ([`Conn::set_bounded`]): only such a
+    /// connection runs a named statement ([`super::db::Db::lookup`]).
+    bounded: bool,
     inner: Arc<Inner>,
     /// Released after the connection is back on the idle stack (fields drop after `drop`), or
     /// once it is closed.
@@ -201,6 +207,17 @@ impl Conn {
     /// back to the pool. Any later use (`&mut *conn`) makes it unfit again until the next call.
     pub fn done(&mut self) {
         self.clean = Some(Instant::now());
+    }
+
+    /// Whether this connection's session has the statement timeout set ([`Conn::set_bounded`]).
+    pub fn bounded(&self) -> bool {
+        self.bounded
+    }
+
+    /// Its session's `statement_timeout` was set (`SET statement_timeout`, outside any
+    /// transaction): it stays with the connection, idle or handed out, until it is closed.
+    pub fn set_bounded(&mut self) {
+        self.bounded = true;
     }
 
     /// Closes the connection instead of giving it back (it may be mid-statement, or presumed
@@ -243,7 +260,11 @@ impl Drop for Conn {
             .take_while(|i| now.duration_since(i.since) >= IDLE_TIMEOUT)
             .count();
         let stale: Vec<Idle> = idle.drain(..expired).collect();
-        idle.push(Idle { conn, since });
+        idle.push(Idle {
+            conn,
+            since,
+            bounded: self.bounded,
+        });
         drop(idle);
         for i in stale {
             self.inner.retire(i.conn, None);

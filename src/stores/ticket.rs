@@ -31,9 +31,14 @@ pub struct TicketGrants {
 }
 
 /// The admin's live ticket grants for one customer: one call of `rbac_gateway_ticket_grants`
-/// (migration 0012), sent as one simple query with its values written in (`stores/sql_text.rs`):
-/// one round trip, planned once per server connection, nothing left on a connection a pooler
-/// may share.
+/// (migration 0012), one round trip, planned once per server connection. Sent by
+/// [`Db::lookup`]: a named statement on the gateway's own sessions, else [`grants_sql`], one
+/// simple query with its values written in (`stores/sql_text.rs`), nothing left on a
+/// connection a pooler may share.
+const GRANTS_SQL: &str =
+    "SELECT roles, permissions, tickets FROM rbac_gateway_ticket_grants($1, $2, $3)";
+
+/// [`GRANTS_SQL`] with its values written in, for a simple query.
 fn grants_sql(
     admin_id: &str,
     customer_id: i32,
@@ -56,12 +61,18 @@ pub async fn grants(
     customer_id: i32,
     only: Option<&[String]>,
 ) -> Result<TicketGrants, sqlx::Error> {
-    let sql = grants_sql(admin_id, customer_id, only)?;
     // A child span of the request's when traced (issue 53): the live grants of a rule with
     // `customer_param`, the lookup a cached principal still makes.
     let span = crate::runtime::telemetry::db_span("SELECT live ticket grants");
     // A dead pooled connection (after a connection storm) costs one retry, not a 503.
-    let rows = crate::stores::db::retry_once(|| pool.one_round_trip(&sql)).await;
+    let rows = crate::stores::db::retry_once(|| {
+        pool.lookup(
+            GRANTS_SQL,
+            |q| q.bind(admin_id).bind(customer_id).bind(only),
+            || Ok(grants_sql(admin_id, customer_id, only)?),
+        )
+    })
+    .await;
     if let Some(span) = span {
         span.done(rows.is_ok());
     }

@@ -449,3 +449,78 @@ async fn pgbouncer_session_pooling_control() {
         problems.join("\n- ")
     );
 }
+
+/// A pooler the probe did not see (issue 51): two gateways told their database URL has sessions
+/// (`--db-statements named`) when it is PgBouncer in transaction mode, two server connections
+/// shared by both. A named statement then meets a server connection another client prepared
+/// the same name on (42P05) or one it was never prepared on (26000): the gateway says so once,
+/// answers that request from a simple query, and sends simple queries from then on. Every
+/// answer stays right, no lookup is counted twice or as an error.
+#[tokio::test]
+async fn a_named_statement_behind_a_transaction_pooler_turns_the_gateway_to_simple_queries() {
+    const WARNING: &str = "lookups run as one simple query each from now on";
+    let _alone = timed_alone().await;
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let bouncer = PgBouncer::start(&db.url, PoolMode::Transaction, 2).await;
+    let mut gws = Vec::new();
+    for _ in 0..2 {
+        let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--db-statements")
+            .arg("named")
+            .arg("--direct-database-url")
+            .arg(&db.url);
+        opts.database_url = bouncer.url(&db);
+        gws.push(Gateway::start(opts).await);
+    }
+    settle(&[&gws[0], &gws[1]]).await;
+    let warned = |gw: &Gateway| gw.log().matches(WARNING).count();
+    let mut sent = [0u32; 2];
+    let mut after = 0;
+    for i in 0..60 {
+        let g = i % 2;
+        let allowed = i % 3 != 0;
+        let roles: &[&str] = if allowed {
+            &["console-audit-user"]
+        } else {
+            &["console-user"]
+        };
+        let (admin, token) = db.admin_with_roles(roles).await;
+        let r = gws[g].get("/console/customers/1", Some(&token)).await;
+        sent[g] += 1;
+        let want = if allowed { 200 } else { 403 };
+        assert_eq!(r.status, want, "request {i}, gateway {g}, admin {admin}");
+        if !allowed {
+            let id = r.request_id();
+            let rows = db.audit_rows(&id).await;
+            assert!(
+                rows.len() <= 1,
+                "request {i}: {} rows for one denial",
+                rows.len()
+            );
+        }
+        if warned(&gws[0]) + warned(&gws[1]) > 0 {
+            after += 1;
+            if after > 10 {
+                break;
+            }
+        }
+    }
+    assert!(
+        after > 0,
+        "no named statement failed behind the pooler in 60 cold requests"
+    );
+    for (g, gw) in gws.iter().enumerate() {
+        assert!(
+            warned(gw) <= 1,
+            "gateway {g} warned more than once:\n{}",
+            gw.log()
+        );
+        assert_eq!(
+            gw.metric("rbac_gateway_db_queries_total").await,
+            f64::from(sent[g]),
+            "gateway {g}: one lookup counted per cold request"
+        );
+        assert_eq!(gw.metric("rbac_gateway_db_errors_total").await, 0.0);
+    }
+}

@@ -1,17 +1,29 @@
 //! One round trip per database step (issue 51), counted at the server's side of the wire
 //! (`helpers::PgWire`): a cold request's session, admin and roles in one exchange of one round
 //! trip; a rule's live ticket grants in one; a batch of audit rows in one. Nothing else a cold
-//! request sends names the admin (no second lookup).
+//! request sends names the admin (no second lookup). Both ways the gateway sends its lookups:
+//! one simple query with the values written in (`--db-statements simple`, and whenever the
+//! database URL may be a pooler), and named prepared statements on the gateway's own sessions
+//! (`auto`, once the probe found them): Bind/Execute/Sync, the statement prepared once per
+//! connection, on a connection whose session has its statement timeout.
+
+use std::collections::HashSet;
+use std::time::Duration;
 
 use crate::helpers::*;
 use crate::tickets::grant;
+
+/// The log line of a gateway whose lookups turned to named statements.
+const NAMED: &str = "lookups run as named statements";
 
 #[tokio::test]
 async fn a_cold_request_a_ticket_check_and_an_audit_batch_each_take_one_round_trip() {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
     let wire = PgWire::start(&db.url).await;
-    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr);
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--db-statements")
+        .arg("simple");
     opts.database_url = wire.url.clone();
     let gw = Gateway::start(opts).await;
     settle(&[&gw]).await;
@@ -26,6 +38,12 @@ async fn a_cold_request_a_ticket_check_and_an_audit_batch_each_take_one_round_tr
     let lookups: Vec<&Exchange> = seen.iter().filter(|e| e.mentions(&hash)).collect();
     assert_eq!(lookups.len(), 1, "one exchange reads the session: {seen:?}");
     assert_eq!(lookups[0].round_trips, 1, "{:?}", lookups[0]);
+    assert!(
+        lookups[0].mentions("SET LOCAL statement_timeout")
+            && lookups[0].mentions("rbac_gateway_session_principal(E'"),
+        "one simple query, its timeout with it: {:?}",
+        lookups[0]
+    );
     assert!(
         !seen.iter().any(|e| e.mentions(&admin)),
         "no second lookup names the admin: {seen:?}"
@@ -68,4 +86,104 @@ async fn a_cold_request_a_ticket_check_and_an_audit_batch_each_take_one_round_tr
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].round_trips, 1, "{:?}", rows[0]);
     assert_eq!(db.audit_rows(&id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn on_its_own_sessions_a_cold_request_is_one_bind_of_a_statement_prepared_once() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let wire = PgWire::start(&db.url).await;
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr);
+    opts.database_url = wire.url.clone();
+    let gw = Gateway::start(opts).await;
+    settle(&[&gw]).await;
+    eventually(
+        Duration::from_secs(10),
+        "the probe found sessions of the gateway's own",
+        || async { gw.log().contains(NAMED) },
+    )
+    .await;
+
+    // Cold requests one after another: the most recently used connection serves the next
+    // (the pool's idle stack is last in, first out), so most find the statement prepared.
+    let mut admins = Vec::new();
+    for _ in 0..6 {
+        admins.push(db.admin_with_roles(&["console-audit-user"]).await);
+    }
+    let from = wire.exchanges().len();
+    let mut looked_up = Vec::new();
+    for (admin, token) in &admins {
+        let hash = rbac_gateway::stores::identity::token_hash(token);
+        let before = wire.exchanges().len();
+        let r = gw.get("/console/customers/1", Some(token)).await;
+        assert_eq!(r.status, 200);
+        let seen: Vec<Exchange> = wire.exchanges()[before..].to_vec();
+        let lookups: Vec<&Exchange> = seen.iter().filter(|e| e.mentions(&hash)).collect();
+        assert_eq!(lookups.len(), 1, "one exchange reads the session: {seen:?}");
+        let lookup = lookups[0];
+        assert_eq!(lookup.round_trips, 1, "{lookup:?}");
+        assert_eq!(lookup.sent[0], b'B', "a Bind, nothing parsed: {lookup:?}");
+        assert!(
+            !lookup.mentions("rbac_gateway_session_principal") && !lookup.mentions("SET"),
+            "no statement text, no SET with it: {lookup:?}"
+        );
+        assert!(
+            !seen.iter().any(|e| e.mentions(admin)),
+            "no second lookup names the admin: {seen:?}"
+        );
+        looked_up.push(lookup.conn);
+    }
+    // Each connection prepared the lookup once, after its session's statement timeout was set.
+    let all: Vec<Exchange> = wire.exchanges();
+    let mut prepared = HashSet::new();
+    for (i, e) in all.iter().enumerate() {
+        if !e.mentions("FROM rbac_gateway_session_principal($1, $2)") {
+            continue;
+        }
+        assert!(
+            prepared.insert(e.conn),
+            "prepared twice on connection {}: {all:?}",
+            e.conn
+        );
+        assert!(
+            all[..i]
+                .iter()
+                .any(|s| s.conn == e.conn && s.mentions("SET statement_timeout = ")),
+            "prepared on connection {} before its statement timeout was set: {all:?}",
+            e.conn
+        );
+    }
+    for conn in &looked_up {
+        assert!(prepared.contains(conn), "looked up on {conn} unprepared");
+    }
+    let warm = looked_up.len() - prepared.len();
+    assert!(
+        warm >= 3,
+        "most cold requests meet a warm connection: {looked_up:?}, prepared on {prepared:?}"
+    );
+    // On a warm connection a cold request is one round trip in all: the lookup's.
+    let since: Vec<Exchange> = wire.exchanges()[from..].to_vec();
+    let parses = since
+        .iter()
+        .filter(|e| e.mentions("rbac_gateway_session_principal"))
+        .count();
+    assert!(parses <= prepared.len(), "{since:?}");
+
+    // A rule with customer_param: the live ticket grants, one Bind too.
+    let (granted, token) = db.admin_with_roles(&["console-user"]).await;
+    grant(&db, &granted, "raptor-audit-admin", 7, "T-1").await;
+    assert_eq!(
+        gw.get("/ops", Some(&token)).await.status,
+        403,
+        "primes the cache"
+    );
+    let from = wire.exchanges().len();
+    let r = gw.get("/console/customers/7/audit", Some(&token)).await;
+    assert_eq!(r.status, 200, "the ticket grant allows it");
+    let seen: Vec<Exchange> = wire.exchanges()[from..].to_vec();
+    let tickets: Vec<&Exchange> = seen.iter().filter(|e| e.mentions(&granted)).collect();
+    assert_eq!(tickets.len(), 1, "{seen:?}");
+    assert_eq!(tickets[0].round_trips, 1, "{:?}", tickets[0]);
+    assert_eq!(tickets[0].sent[0], b'B', "{:?}", tickets[0]);
+    assert!(!gw.log().contains("simple query each"), "{}", gw.log());
 }

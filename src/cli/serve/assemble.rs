@@ -20,7 +20,7 @@ use crate::runtime::metrics::Metrics;
 use crate::runtime::signals::Signals;
 use crate::runtime::supervise::{self, Task, Tasks};
 use crate::stores::audit::AuditWriter;
-use crate::stores::db::Db;
+use crate::stores::db::{Db, Statements};
 use crate::stores::identity::Identity;
 
 /// A supervised background task's future.
@@ -105,7 +105,12 @@ pub async fn gateway(
         args.db_pool_size,
         db_timeout,
     )
-    .map_err(usage)?;
+    .map_err(usage)?
+    .with_statements(match args.db_statements.as_str() {
+        "simple" => Statements::Simple,
+        "named" => Statements::Named,
+        _ => Statements::Auto,
+    });
     let identity = Arc::new(
         Identity::new(
             pool.clone(),

@@ -17,6 +17,8 @@ pub struct Exchange {
     pub sent: Vec<u8>,
     /// Its `ReadyForQuery` messages: one per round trip.
     pub round_trips: usize,
+    /// Which client connection it came on (numbered from 0 in the order they were accepted).
+    pub conn: usize,
 }
 
 impl Exchange {
@@ -44,7 +46,7 @@ impl PgWire {
         let log: Arc<Mutex<Vec<Exchange>>> = Arc::default();
         let all = log.clone();
         tokio::spawn(async move {
-            loop {
+            for conn in 0.. {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
@@ -53,7 +55,10 @@ impl PgWire {
                 };
                 let log = all.clone();
                 tokio::spawn(async move {
-                    let current: Arc<Mutex<Exchange>> = Arc::default();
+                    let current: Arc<Mutex<Exchange>> = Arc::new(Mutex::new(Exchange {
+                        conn,
+                        ..Exchange::default()
+                    }));
                     let (mut from_client, mut to_client) = client.into_split();
                     let (mut from_server, mut to_server) = server.into_split();
                     let asked = {
@@ -98,7 +103,13 @@ impl PgWire {
                                     let mut cur = current.lock().unwrap();
                                     cur.round_trips += 1;
                                     if pending[5] == b'I' {
-                                        log.lock().unwrap().push(std::mem::take(&mut *cur));
+                                        let next = Exchange {
+                                            conn,
+                                            ..Exchange::default()
+                                        };
+                                        log.lock()
+                                            .unwrap()
+                                            .push(std::mem::replace(&mut *cur, next));
                                     }
                                 }
                                 pending.drain(..1 + len);
