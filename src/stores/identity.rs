@@ -132,14 +132,23 @@ fn principal_sql(admin_id: &str, requires_alert: bool) -> Result<String, Unquota
     ))
 }
 
-/// A cold request's whole lookup in one call (migration 0012): the live session behind a
-/// cookie's hash and its admin's principal, one round trip ([`Db::lookup`], as
-/// [`PRINCIPAL_SQL`]); no row when no live session has it.
+/// A cold request's whole lookup in one statement, as a named statement on the gateway's own
+/// sessions ([`Db::lookup`]): the live session behind a cookie's hash (not revoked, not
+/// expired) joined with its admin's principal (`rbac_gateway_principal`, 004 §3.4); no row when
+/// no live session has it. The join, not a call of `rbac_gateway_session_principal`: prepared,
+/// the server plans it once and runs it as the issue's reference lookup does (pgbench, -c8:
+/// 118-135 µs of PostgreSQL's CPU a lookup against 126-137 µs for the function call,
+/// docs/performance-log.md). Behind a pooler the same lookup is [`session_principal_sql`], the
+/// function migration 0012 defines with this same `WHERE`, whose plans the server connection
+/// keeps; `tests/api/round_trips.rs` holds that both answer alike.
 const SESSION_PRINCIPAL_SQL: &str =
-    "SELECT admin_id, seconds_left, roles, permissions, break_glass_seconds, break_glass_until \
-     FROM rbac_gateway_session_principal($1, $2)";
+    "SELECT s.admin_id, EXTRACT(EPOCH FROM (s.expires_at_utc - now()))::float8, \
+     p.roles, p.permissions, p.break_glass_seconds, p.break_glass_until \
+     FROM admin_sessions s CROSS JOIN LATERAL rbac_gateway_principal(s.admin_id, $2) p \
+     WHERE s.token_sha256 = $1 AND s.revoked_at_utc IS NULL AND s.expires_at_utc > now()";
 
-/// [`SESSION_PRINCIPAL_SQL`] with its values written in, for a simple query.
+/// The lookup of [`SESSION_PRINCIPAL_SQL`] as one call of `rbac_gateway_session_principal`
+/// (migration 0012) with its values written in, for a simple query.
 fn session_principal_sql(token_sha256: &str, requires_alert: bool) -> Result<String, Unquotable> {
     Ok(format!(
         "SELECT admin_id, seconds_left, roles, permissions, break_glass_seconds, break_glass_until \

@@ -16,6 +16,9 @@ use crate::tickets::grant;
 /// The log line of a gateway whose lookups turned to named statements.
 const NAMED: &str = "lookups run as named statements";
 
+/// What the named statement of a cold lookup says (the text of its Parse).
+const PREPARED_LOOKUP: &str = "FROM admin_sessions s CROSS JOIN LATERAL rbac_gateway_principal";
+
 #[tokio::test]
 async fn a_cold_request_a_ticket_check_and_an_audit_batch_each_take_one_round_trip() {
     let db = TestDb::new().await;
@@ -124,7 +127,7 @@ async fn on_its_own_sessions_a_cold_request_is_one_bind_of_a_statement_prepared_
         assert_eq!(lookup.round_trips, 1, "{lookup:?}");
         assert_eq!(lookup.sent[0], b'B', "a Bind, nothing parsed: {lookup:?}");
         assert!(
-            !lookup.mentions("rbac_gateway_session_principal") && !lookup.mentions("SET"),
+            !lookup.mentions(PREPARED_LOOKUP) && !lookup.mentions("SET"),
             "no statement text, no SET with it: {lookup:?}"
         );
         assert!(
@@ -137,7 +140,7 @@ async fn on_its_own_sessions_a_cold_request_is_one_bind_of_a_statement_prepared_
     let all: Vec<Exchange> = wire.exchanges();
     let mut prepared = HashSet::new();
     for (i, e) in all.iter().enumerate() {
-        if !e.mentions("FROM rbac_gateway_session_principal($1, $2)") {
+        if !e.mentions(PREPARED_LOOKUP) {
             continue;
         }
         assert!(
@@ -163,10 +166,7 @@ async fn on_its_own_sessions_a_cold_request_is_one_bind_of_a_statement_prepared_
     );
     // On a warm connection a cold request is one round trip in all: the lookup's.
     let since: Vec<Exchange> = wire.exchanges()[from..].to_vec();
-    let parses = since
-        .iter()
-        .filter(|e| e.mentions("rbac_gateway_session_principal"))
-        .count();
+    let parses = since.iter().filter(|e| e.mentions(PREPARED_LOOKUP)).count();
     assert!(parses <= prepared.len(), "{since:?}");
 
     // A rule with customer_param: the live ticket grants, one Bind too.
@@ -186,4 +186,77 @@ async fn on_its_own_sessions_a_cold_request_is_one_bind_of_a_statement_prepared_
     assert_eq!(tickets[0].round_trips, 1, "{:?}", tickets[0]);
     assert_eq!(tickets[0].sent[0], b'B', "{:?}", tickets[0]);
     assert!(!gw.log().contains("simple query each"), "{}", gw.log());
+}
+
+/// The two ways a cold lookup is sent, the named join on the gateway's own sessions and the
+/// simple query of `rbac_gateway_session_principal` (migration 0012), are two texts of one
+/// lookup: for sessions live, revoked, expired and under break-glass, a gateway of each mode
+/// gives the same answers, and the expected ones.
+#[tokio::test]
+async fn the_named_join_and_the_simple_querys_function_answer_alike() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let named = Gateway::start(GatewayOpts::new(core_routes(), &db, up.addr)).await;
+    let simple = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--db-statements")
+            .arg("simple"),
+    )
+    .await;
+    settle(&[&named, &simple]).await;
+    eventually(
+        Duration::from_secs(10),
+        "the probe found sessions of the gateway's own",
+        || async { named.log().contains(NAMED) },
+    )
+    .await;
+
+    let (_, auditor) = db.admin_with_roles(&["console-audit-user"]).await;
+    let (_, plain) = db.admin_with_roles(&["console-user"]).await;
+    let (_, revoked) = db.admin_with_roles(&["console-audit-user"]).await;
+    db.revoke_session(&revoked).await;
+    let lapsed_admin = db.admin("lapsed@example.test").await;
+    let lapsed = db.session_for(&lapsed_admin, -60).await;
+    let (glass_admin, glass) = db.admin_with_roles(&["console-user"]).await;
+    db.break_glass(&glass_admin, 600.0).await;
+    let cases: [(&str, &str, &str, u16); 7] = [
+        (
+            "a live session whose role grants the route",
+            &auditor,
+            "/console/customers/1",
+            200,
+        ),
+        (
+            "a live session without the role",
+            &plain,
+            "/console/customers/1",
+            403,
+        ),
+        ("a live session without the role", &plain, "/ops", 403),
+        ("a revoked session", &revoked, "/console/customers/1", 302),
+        ("an expired session", &lapsed, "/console/customers/1", 302),
+        ("a session under break-glass", &glass, "/ops", 200),
+        (
+            "a cookie no session has",
+            "no-such-session-token",
+            "/ops",
+            302,
+        ),
+    ];
+    for (what, token, path, want) in cases {
+        let a = named.get(path, Some(token)).await;
+        let b = simple.get(path, Some(token)).await;
+        assert_eq!(
+            (a.status, b.status),
+            (want, want),
+            "{what} on {path}: named {} / simple {}",
+            a.status,
+            b.status
+        );
+    }
+    assert!(
+        !simple.log().contains(NAMED),
+        "the simple gateway sent simple queries: {}",
+        simple.log()
+    );
 }
