@@ -23,6 +23,8 @@ GRANT EXECUTE ON FUNCTION rbac_gateway_principal(TEXT, BOOLEAN) TO rbac_gateway_
 -- A session's principal and a customer's ticket grants, one call each (migration 0012).
 GRANT EXECUTE ON FUNCTION rbac_gateway_session_principal(TEXT, BOOLEAN) TO rbac_gateway_reader;
 GRANT EXECUTE ON FUNCTION rbac_gateway_ticket_grants(TEXT, INTEGER, TEXT[]) TO rbac_gateway_reader;
+-- A cold lookup behind a pooler, one CALL (migration 0013).
+GRANT EXECUTE ON PROCEDURE rbac_gateway_session_lookup(TEXT, BOOLEAN, TEXT, FLOAT8, TEXT[], TEXT[], FLOAT8, TIMESTAMPTZ) TO rbac_gateway_reader;
 
 GRANT SELECT, INSERT ON rbac_mapping_store, rbac_mapping_activations TO rbac_mapping_pusher;
 GRANT USAGE ON SEQUENCE rbac_mapping_activations_id_seq TO rbac_mapping_pusher;

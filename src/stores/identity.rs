@@ -138,21 +138,22 @@ fn principal_sql(admin_id: &str, requires_alert: bool) -> Result<String, Unquota
 /// no live session has it. The join, not a call of `rbac_gateway_session_principal`: prepared,
 /// the server plans it once and runs it as the issue's reference lookup does (pgbench, -c8:
 /// 118-135 µs of PostgreSQL's CPU a lookup against 126-137 µs for the function call,
-/// docs/performance-log.md). Behind a pooler the same lookup is [`session_principal_sql`], the
-/// function migration 0012 defines with this same `WHERE`, whose plans the server connection
-/// keeps; `tests/api/round_trips.rs` holds that both answer alike.
+/// docs/performance-log.md). Behind a pooler the same lookup is [`session_principal_sql`], a
+/// `CALL` of the procedure migration 0013 defines with this same statement inside, whose plan
+/// the server connection keeps; `tests/api/round_trips.rs` holds that both answer alike.
 const SESSION_PRINCIPAL_SQL: &str =
     "SELECT s.admin_id, EXTRACT(EPOCH FROM (s.expires_at_utc - now()))::float8, \
      p.roles, p.permissions, p.break_glass_seconds, p.break_glass_until \
      FROM admin_sessions s CROSS JOIN LATERAL rbac_gateway_principal(s.admin_id, $2) p \
      WHERE s.token_sha256 = $1 AND s.revoked_at_utc IS NULL AND s.expires_at_utc > now()";
 
-/// The lookup of [`SESSION_PRINCIPAL_SQL`] as one call of `rbac_gateway_session_principal`
-/// (migration 0012) with its values written in, for a simple query.
+/// The lookup of [`SESSION_PRINCIPAL_SQL`] as a `CALL` of `rbac_gateway_session_lookup`
+/// (migration 0013) with its values written in, for a simple query: not planned on every call as
+/// a `SELECT` would be, the join inside it planned once per server connection. Its one row is
+/// all NULL when no live session has the hash.
 fn session_principal_sql(token_sha256: &str, requires_alert: bool) -> Result<String, Unquotable> {
     Ok(format!(
-        "SELECT admin_id, seconds_left, roles, permissions, break_glass_seconds, break_glass_until \
-         FROM rbac_gateway_session_principal({}, {})",
+        "CALL rbac_gateway_session_lookup({}, {})",
         sql_text::text(token_sha256)?,
         sql_text::boolean(requires_alert)
     ))
@@ -248,7 +249,7 @@ impl Identity {
 
     /// [`Identity::session`], and the admin's principal when the session was not cached: a cold
     /// request's session and principal are read in one round trip
-    /// (`rbac_gateway_session_principal`), and the principal is cached with the session.
+    /// ([`SESSION_PRINCIPAL_SQL`]), and the principal is cached with the session.
     async fn session_and_principal(
         &self,
         token: &str,
@@ -296,10 +297,13 @@ impl Identity {
                 span.done(rows.is_ok());
             }
             let rows = rows?;
+            // The named join: no row without a live session; the CALL: one row, all NULL.
             let Some(row) = rows.first() else {
                 return Ok::<_, sqlx::Error>(None);
             };
-            let admin_id: String = sqlx::Row::try_get(row, 0)?;
+            let Some(admin_id) = sqlx::Row::try_get::<Option<String>, _>(row, 0)? else {
+                return Ok(None);
+            };
             let left: f64 = sqlx::Row::try_get(row, 1)?;
             let principal = principal_from(&admin_id, row, 2, self.ttl)?;
             self.metrics
@@ -732,7 +736,7 @@ mod tests {
             .ends_with("rbac_gateway_principal(E'a''b', true)"));
         assert!(session_principal_sql(&token_hash("t"), false)
             .unwrap()
-            .contains("rbac_gateway_session_principal(E'"));
+            .starts_with("CALL rbac_gateway_session_lookup(E'"));
         assert!(is_token_hash(&token_hash("any cookie")));
         assert!(!is_token_hash("E'; DROP TABLE admins; --"));
     }

@@ -43,7 +43,7 @@ async fn a_cold_request_a_ticket_check_and_an_audit_batch_each_take_one_round_tr
     assert_eq!(lookups[0].round_trips, 1, "{:?}", lookups[0]);
     assert!(
         lookups[0].mentions("SET LOCAL statement_timeout")
-            && lookups[0].mentions("rbac_gateway_session_principal(E'"),
+            && lookups[0].mentions("CALL rbac_gateway_session_lookup(E'"),
         "one simple query, its timeout with it: {:?}",
         lookups[0]
     );
@@ -189,7 +189,7 @@ async fn on_its_own_sessions_a_cold_request_is_one_bind_of_a_statement_prepared_
 }
 
 /// The two ways a cold lookup is sent, the named join on the gateway's own sessions and the
-/// simple query of `rbac_gateway_session_principal` (migration 0012), are two texts of one
+/// simple query's `CALL rbac_gateway_session_lookup` (migration 0013), are two texts of one
 /// lookup: for sessions live, revoked, expired and under break-glass, a gateway of each mode
 /// gives the same answers, and the expected ones.
 #[tokio::test]
