@@ -696,7 +696,7 @@ mod tests {
     #[test]
     fn request_ids_are_a_process_prefix_and_a_counter_in_hex() {
         let (a, b) = (RequestId::next(), RequestId::next());
-        for id in [a, b] {
+        for id in [&a, &b] {
             assert_eq!(id.as_str().len(), 32);
             assert!(id
                 .as_str()
@@ -706,9 +706,9 @@ mod tests {
             assert_eq!(id.to_string(), id.as_str());
         }
         assert_eq!(a.as_str()[..16], b.as_str()[..16], "one prefix per process");
-        let counter = |id: RequestId| u64::from_str_radix(&id.as_str()[16..], 16).unwrap();
+        let counter = |id: &RequestId| u64::from_str_radix(&id.as_str()[16..], 16).unwrap();
         // Other tests may take ids in between, never the same one.
-        assert!(counter(b) > counter(a));
+        assert!(counter(&b) > counter(&a));
         let c = RequestId::next();
         assert_ne!(c.as_str(), b.as_str());
     }
