@@ -3,10 +3,11 @@
 //! the background runtime under its timeout; the span queue's bound, with what it drops and what
 //! a collector refuses counted; the Prometheus registry carried as OTLP metrics.
 //!
-//! Never in the way of a request: a request only pushes its ended, sampled span onto the
-//! [`Queue`] (a lock held for one `Vec::push`; no wake-up but once per full batch); the export
-//! task on the background runtime takes a batch every `OTEL_BSP_SCHEDULE_DELAY` (or as soon as
-//! a full one is waiting), encodes it ([`super::otlp`]) and posts it, one export at a time.
+//! Never in the way of a request: a request only writes its ended, sampled span onto the
+//! [`Queue`] as its protobuf entry (a lock held for that; no wake-up but once per full batch);
+//! the export task on the background runtime takes a batch every `OTEL_BSP_SCHEDULE_DELAY` (or
+//! as soon as a full one is waiting), puts the request around it ([`super::otlp`]) and posts
+//! it, one export at a time.
 //! A collector that is down, hangs or answers 503 fills the queue; what does not fit is
 //! dropped, counted in `rbac_gateway_telemetry_dropped_total`, and logged once per interval by
 //! [`super::Telemetry`]'s reporter, never per request.
@@ -32,7 +33,7 @@ use prost::Message;
 
 use super::config::Endpoint;
 use super::otlp;
-use super::span::SpanRecord;
+use super::otlp::SpanRecord;
 
 /// What an exchange with the collector fails with.
 pub type HttpError = Box<dyn std::error::Error + Send + Sync>;
@@ -145,16 +146,24 @@ impl Losses {
 }
 
 /// The spans waiting for export, at most `OTEL_BSP_MAX_QUEUE_SIZE`: one more is dropped and
-/// counted, never waited for.
+/// counted, never waited for. Each span is written as its protobuf entry when it ends, on the
+/// request's thread, so nothing a request allocated is freed by another thread.
 #[derive(Debug)]
 pub struct Queue {
-    spans: Mutex<Vec<SpanRecord>>,
+    waiting: Mutex<Waiting>,
     max_queue: usize,
     max_batch: usize,
     /// Told when a full batch is waiting.
     full: tokio::sync::Notify,
     losses: Arc<Losses>,
     dropped: prometheus::IntCounter,
+}
+
+/// The spans' entries, one after the other, and where each ends.
+#[derive(Debug, Default)]
+struct Waiting {
+    entries: Vec<u8>,
+    ends: Vec<usize>,
 }
 
 impl Queue {
@@ -165,7 +174,7 @@ impl Queue {
         dropped: prometheus::IntCounter,
     ) -> Queue {
         Queue {
-            spans: Mutex::new(Vec::with_capacity(max_batch.min(4096))),
+            waiting: Mutex::new(Waiting::default()),
             max_queue,
             max_batch,
             full: tokio::sync::Notify::new(),
@@ -174,38 +183,51 @@ impl Queue {
         }
     }
 
-    /// A span ended: queued, or dropped and counted when the queue is full.
-    pub fn push(&self, span: SpanRecord) {
-        let mut q = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
-        if q.len() >= self.max_queue {
+    /// A span ended: written onto the queue, or dropped and counted when the queue is full.
+    pub fn push(&self, span: &SpanRecord) {
+        let mut q = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.ends.len() >= self.max_queue {
             drop(q);
             self.losses.queue_full.fetch_add(1, Ordering::Relaxed);
             self.dropped.inc();
             return;
         }
-        q.push(span);
-        let n = q.len();
+        otlp::put_span_entry(&mut q.entries, span);
+        let end = q.entries.len();
+        q.ends.push(end);
+        let n = q.ends.len();
         drop(q);
         if n == self.max_batch {
             self.full.notify_one();
         }
     }
 
-    /// Up to one batch off the queue's front (oldest first), into `batch` (cleared first).
-    fn take(&self, batch: &mut Vec<SpanRecord>) {
+    /// Up to one batch off the queue's front (oldest first) into `batch` (cleared first); the
+    /// number of spans taken.
+    fn take(&self, batch: &mut Vec<u8>) -> usize {
         batch.clear();
-        let mut q = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
-        if q.len() <= self.max_batch {
-            std::mem::swap(&mut *q, batch);
-        } else {
-            batch.extend(q.drain(..self.max_batch));
+        let mut q = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let q = &mut *q;
+        if q.ends.len() <= self.max_batch {
+            std::mem::swap(&mut q.entries, batch);
+            let n = q.ends.len();
+            q.ends.clear();
+            return n;
         }
+        let cut = q.ends[self.max_batch - 1];
+        batch.extend(q.entries.drain(..cut));
+        q.ends.drain(..self.max_batch);
+        for e in &mut q.ends {
+            *e -= cut;
+        }
+        self.max_batch
     }
 
     fn len(&self) -> usize {
-        self.spans
+        self.waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .ends
             .len()
     }
 }
@@ -221,7 +243,6 @@ pub async fn export_spans(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut batch = Vec::new();
-    let mut body = Vec::new();
     let mut next = tokio::time::Instant::now() + delay;
     loop {
         let (timer, last) = tokio::select! {
@@ -234,13 +255,13 @@ pub async fn export_spans(
         }
         // On the timer and at the stop, everything queued; otherwise full batches only.
         while timer || queue.len() >= queue.max_batch {
-            queue.take(&mut batch);
-            if batch.is_empty() {
+            let n = queue.take(&mut batch) as u64;
+            if n == 0 {
                 break;
             }
-            otlp::encode(&prefix, &batch, &mut body);
-            let n = batch.len() as u64;
-            let failed = match wire.post(&endpoint, std::mem::take(&mut body)).await {
+            let mut body = Vec::new();
+            otlp::encode_request(&prefix, &batch, &mut body);
+            let failed = match wire.post(&endpoint, body).await {
                 Ok(status) if (200..300).contains(&status) => None,
                 Ok(status) => Some(format!("spans: the collector answered {status}")),
                 Err(e) => Some(format!("spans: {e}")),

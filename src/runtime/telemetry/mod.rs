@@ -38,8 +38,8 @@ use prost::Message;
 use crate::runtime::metrics::Metrics;
 pub use config::{ConfigError, Settings};
 use export::{Losses, Queue, Wire};
-pub use span::Value;
-use span::{Attributes, Kind, SpanRecord, Status};
+pub use otlp::Value;
+use otlp::{Attributes, Kind, SpanRecord, Status};
 
 /// What a traced request needs: how to sample, where an ended span goes. Unset: every
 /// request-path call returns at its first load.
@@ -375,29 +375,19 @@ impl ServerSpan {
             _ => None,
         };
         let mut r = self.0.record.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut record = SpanRecord {
-            attributes: std::mem::take(&mut r.attributes),
-            name: std::mem::take(&mut r.name),
-            trace_state: r.trace_state.take(),
-            status: Status::Unset,
-            end: span::now(),
-            ..*r
-        };
-        drop(r);
-        record
-            .attributes
+        r.end = span::now();
+        r.attributes
             .push("http.response.status_code", Value::Int(i64::from(status)));
         if let Some(c) = cache {
-            record.attributes.push("rbac.cache", Value::Text(c));
-            record
-                .attributes
+            r.attributes.push("rbac.cache", Value::Text(c));
+            r.attributes
                 .push("rbac.cache_hit", Value::Bool(c != "miss"));
         }
         if status >= 500 {
-            record.status = Status::Error("");
+            r.status = Status::Error("");
         }
         if let Some(t) = TRACER.get() {
-            t.queue.push(record);
+            t.queue.push(&r);
         }
     }
 
@@ -508,7 +498,7 @@ impl ChildSpan {
         r.status = status;
         r.end = span::now();
         if let Some(t) = TRACER.get() {
-            t.queue.push(*r);
+            t.queue.push(&r);
         }
     }
 }

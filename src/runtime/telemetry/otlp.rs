@@ -1,4 +1,6 @@
-//! The OTLP/HTTP trace export's body, `ExportTraceServiceRequest` (opentelemetry-proto's
+//! A span as a plain record ([`SpanRecord`]: ids as bytes, start and end as unix nanoseconds,
+//! kind, name, parent, status, its attributes under `&'static str` keys) and the OTLP/HTTP
+//! trace export's body, `ExportTraceServiceRequest` (opentelemetry-proto's
 //! `collector/trace/v1`), written field by field from [`SpanRecord`]s: no intermediate protobuf
 //! structs. A span's attributes are written as `KeyValue` entries when they are set
 //! ([`put_attribute`], no string allocated for a value); the export copies them whole. The
@@ -11,7 +13,91 @@
 //! with those types and compares it with the spans as built, and compares the bytes with
 //! prost's own encoding of the same message.
 
-use super::span::{SpanRecord, Status, Value};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// An attribute's value as given: text (copied into the span's attributes at once, so
+/// nothing is allocated for it), a number, a flag.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Text(&'a str),
+    Int(i64),
+    Bool(bool),
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(s: &'a str) -> Value<'a> {
+        Value::Text(s)
+    }
+}
+
+impl<'a> From<&'a String> for Value<'a> {
+    fn from(s: &'a String) -> Value<'a> {
+        Value::Text(s)
+    }
+}
+
+impl From<i64> for Value<'_> {
+    fn from(n: i64) -> Self {
+        Value::Int(n)
+    }
+}
+
+impl From<bool> for Value<'_> {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
+}
+
+/// A span's attributes, each already written as OTLP's `Span.attributes` entry (field 9, a
+/// `KeyValue`): the export copies them as they are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Attributes(pub Vec<u8>);
+
+impl Attributes {
+    pub fn with_capacity(n: usize) -> Attributes {
+        Attributes(Vec::with_capacity(n))
+    }
+
+    pub fn push(&mut self, key: &str, value: Value<'_>) {
+        put_attribute(&mut self.0, key, value);
+    }
+}
+
+/// OTLP's span kinds the gateway makes (the protobuf enum's numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Server = 2,
+    Client = 3,
+}
+
+/// A span's status: unset, or an error with its description.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Unset,
+    Error(&'static str),
+}
+
+/// One span, sampled, as it is exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanRecord {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// None: a root span.
+    pub parent_span_id: Option<[u8; 8]>,
+    /// The parent came from another process (an incoming `traceparent`).
+    pub parent_remote: bool,
+    /// The W3C `tracestate` the trace arrived with, as its header (empty: none).
+    pub trace_state: Option<Arc<str>>,
+    /// W3C trace flags (1: sampled).
+    pub flags: u8,
+    pub kind: Kind,
+    pub name: Cow<'static, str>,
+    pub start: u64,
+    pub end: u64,
+    pub attributes: Attributes,
+    pub status: Status,
+}
 
 /// The resource and the scope, encoded once: what every export starts with.
 #[derive(Debug, Clone)]
@@ -37,7 +123,7 @@ const FIXED32: u32 = 5;
 #[inline]
 fn varint_len(v: u64) -> usize {
     // 1 byte per 7 bits, at least one.
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 #[inline]
@@ -204,27 +290,32 @@ fn put_span(out: &mut Vec<u8>, s: &SpanRecord, len: usize) {
     out.extend_from_slice(&span_flags(s).to_le_bytes());
 }
 
+/// One span as `ScopeSpans.spans`' entry (field 2, a `Span`), appended to `out`: what the
+/// queue holds, each span written when it ends.
+pub fn put_span_entry(out: &mut Vec<u8>, s: &SpanRecord) {
+    let n = span_len(s);
+    out.reserve(len_field(2, n));
+    put_span(out, s, n);
+}
+
 /// One export: `ExportTraceServiceRequest { resource_spans: [{ resource, scope_spans: [{ scope,
-/// spans }] }] }`, appended to `out` (cleared first; its capacity is kept for the next batch).
-pub fn encode(prefix: &Prefix, spans: &[SpanRecord], out: &mut Vec<u8>) {
+/// spans }] }] }` around `entries` (spans written by [`put_span_entry`]), into `out` (cleared
+/// first).
+pub fn encode_request(prefix: &Prefix, entries: &[u8], out: &mut Vec<u8>) {
     out.clear();
-    let lens: Vec<usize> = spans.iter().map(span_len).collect();
-    let scope_spans =
-        len_field(1, prefix.scope.len()) + lens.iter().map(|&n| len_field(2, n)).sum::<usize>();
+    let scope_spans = len_field(1, prefix.scope.len()) + entries.len();
     let resource_spans = len_field(1, prefix.resource.len()) + len_field(2, scope_spans);
     out.reserve(len_field(1, resource_spans));
     put_len(out, 1, resource_spans);
     put_bytes(out, 1, &prefix.resource);
     put_len(out, 2, scope_spans);
     put_bytes(out, 1, &prefix.scope);
-    for (s, &n) in spans.iter().zip(&lens) {
-        put_span(out, s, n);
-    }
+    out.extend_from_slice(entries);
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::span::{new_span_id, new_trace_id, Attributes, Kind};
+    use super::super::span::{new_span_id, new_trace_id};
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{
@@ -374,8 +465,12 @@ mod tests {
                     schema_url: String::new(),
                 }],
             };
+            let mut entries = Vec::new();
+            for s in &spans {
+                put_span_entry(&mut entries, s);
+            }
             let mut out = vec![9, 9, 9];
-            encode(&prefix, &spans, &mut out);
+            encode_request(&prefix, &entries, &mut out);
             let got = ExportTraceServiceRequest::decode(&out[..]).unwrap();
             assert_eq!(got, want);
             assert_eq!(out, want.encode_to_vec(), "prost's own bytes, {n} spans");

@@ -1,6 +1,6 @@
-//! A span on the request path as a plain record (issue 53): ids as bytes, start and end as unix
-//! nanoseconds, kind, name, parent, a few typed attributes under `&'static str` keys and the
-//! status; what [`super::otlp`] encodes and [`super::export`] queues.
+//! A span on the request path, without the SDK's `Span` and `Context` (issue 53): its ids,
+//! the trace an incoming request continues, whether it is sampled; the record itself
+//! ([`super::otlp::SpanRecord`]) is what [`super::otlp`] encodes and [`super::export`] queues.
 //!
 //! Replaces the OpenTelemetry SDK's `Span`, `Context` and `BatchSpanProcessor` on the request
 //! path: with every request sampled the SDK's pipeline cost +52% gateway CPU per allowed request
@@ -14,7 +14,6 @@
 //! pinned against opentelemetry-proto's prost types by `otlp`'s differential test and the whole
 //! export by `tests/api/telemetry.rs`.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,89 +23,6 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 
 use super::config::Sampling;
-
-/// An attribute's value as given: text (copied into the span's attributes at once, so
-/// nothing is allocated for it), a number, a flag.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Value<'a> {
-    Text(&'a str),
-    Int(i64),
-    Bool(bool),
-}
-
-impl<'a> From<&'a str> for Value<'a> {
-    fn from(s: &'a str) -> Value<'a> {
-        Value::Text(s)
-    }
-}
-
-impl<'a> From<&'a String> for Value<'a> {
-    fn from(s: &'a String) -> Value<'a> {
-        Value::Text(s)
-    }
-}
-
-impl From<i64> for Value<'_> {
-    fn from(n: i64) -> Self {
-        Value::Int(n)
-    }
-}
-
-impl From<bool> for Value<'_> {
-    fn from(b: bool) -> Self {
-        Value::Bool(b)
-    }
-}
-
-/// A span's attributes, each already written as OTLP's `Span.attributes` entry (field 9, a
-/// `KeyValue`): the export copies them as they are.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Attributes(pub Vec<u8>);
-
-impl Attributes {
-    pub fn with_capacity(n: usize) -> Attributes {
-        Attributes(Vec::with_capacity(n))
-    }
-
-    pub fn push(&mut self, key: &str, value: Value<'_>) {
-        super::otlp::put_attribute(&mut self.0, key, value);
-    }
-}
-
-/// OTLP's span kinds the gateway makes (the protobuf enum's numbers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Server = 2,
-    Client = 3,
-}
-
-/// A span's status: unset, or an error with its description.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Status {
-    Unset,
-    Error(&'static str),
-}
-
-/// One span, sampled, as it is exported.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpanRecord {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    /// None: a root span.
-    pub parent_span_id: Option<[u8; 8]>,
-    /// The parent came from another process (an incoming `traceparent`).
-    pub parent_remote: bool,
-    /// The W3C `tracestate` the trace arrived with, as its header (empty: none).
-    pub trace_state: Option<Arc<str>>,
-    /// W3C trace flags (1: sampled).
-    pub flags: u8,
-    pub kind: Kind,
-    pub name: Cow<'static, str>,
-    pub start: u64,
-    pub end: u64,
-    pub attributes: Attributes,
-    pub status: Status,
-}
 
 /// Now, as unix nanoseconds.
 #[inline]
