@@ -8,6 +8,12 @@
 //! computed before it is written (protobuf puts a nested message's length before it), so the
 //! body is written in one pass into one buffer.
 //!
+//! Replaces, with [`super::span`] and [`super::export::Queue`], the SDK's span pipeline on the
+//! request path (`opentelemetry_sdk`'s `Span` and `BatchSpanProcessor`, `opentelemetry-otlp`'s
+//! conversion and prost encoding): every request sampled cost +52% gateway CPU per allowed
+//! request with the SDK, +18% with this (`scripts/bench/otel.sh`, docs/performance-log.md,
+//! 2026-11-27).
+//!
 //! Written as prost writes opentelemetry-proto's types (fields in number order, proto3 defaults
 //! left out, a oneof's value always written): the differential test decodes what this writes
 //! with those types and compares it with the spans as built, and compares the bytes with
