@@ -12,6 +12,8 @@
 #   SYSCALLS=1   instead of callgrind, the gateway runs as it is and `perf stat` counts its system
 #                calls per request over the same wrk run (all of them, and write, epoll_wait,
 #                recvfrom, sendto, writev): the kernel's share, which callgrind does not see
+#   TRACED=1     every request traced (OTEL_TRACES_SAMPLER=always_on), the spans exported to the
+#                nginx upstream (it answers 200 to the OTLP POSTs): what a traced request costs
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -24,6 +26,7 @@ die() { log "error: $*"; exit 1; }
 . "$root/scripts/bench/bench-lib.sh"
 
 SYSCALLS=${SYSCALLS:-0}
+TRACED=${TRACED:-0}
 if [ "$SYSCALLS" = 1 ]; then need_tools perf wrk nginx psql python3; else need_tools valgrind wrk nginx psql python3; fi
 
 if [ $# -ge 1 ]; then
@@ -56,7 +59,9 @@ adm=$(free_port)
 out=$tmp/callgrind.out
 under=(valgrind --tool=callgrind --callgrind-out-file="$out" --instr-atstart=no --dump-instr=no)
 [ "$SYSCALLS" = 1 ] && under=()
-"${under[@]}" "$BIN" serve --listen "127.0.0.1:$gw" --admin-listen "127.0.0.1:$adm" --upstream "127.0.0.1:$up" \
+otel=()
+[ "$TRACED" = 1 ] && otel=(env OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://127.0.0.1:$up/v1/traces" OTEL_TRACES_SAMPLER=always_on)
+"${otel[@]}" "${under[@]}" "$BIN" serve --listen "127.0.0.1:$gw" --admin-listen "127.0.0.1:$adm" --upstream "127.0.0.1:$up" \
   --routes "$root/routes.toml" --database-url "$DATABASE_URL" --audit-spool "$tmp/audit.spool" \
   --cache-ttl 600 >"$tmp/gateway.log" 2>&1 &
 vg=$!

@@ -49,7 +49,6 @@ use crate::policy::cookie::session_token;
 use crate::policy::outcome::{decide, Facts, Outcome};
 use crate::policy::target::{self, Refusal, Target};
 use crate::runtime::telemetry::ServerSpan;
-use opentelemetry::KeyValue;
 
 pub const PATH: &str = "/authz";
 
@@ -273,8 +272,11 @@ async fn traced(
     req: Request<Incoming>,
     span: ServerSpan,
 ) -> Response<Full<Bytes>> {
-    let resp =
-        crate::runtime::telemetry::in_request(&span, handle(door, peer, req, Some(&span))).await;
+    // Pinned where it lies: the handling future is not moved into the scope (it is large).
+    let resp = {
+        let handling = std::pin::pin!(handle(door, peer, req, Some(&span)));
+        crate::runtime::telemetry::in_request(&span, handling).await
+    };
     span.end(resp.status().as_u16());
     resp
 }
@@ -302,10 +304,7 @@ async fn handle(
         .and_then(|s| RequestId::derived(&s.request_id()))
         .unwrap_or_else(RequestId::next);
     if let Some(s) = span {
-        s.set(KeyValue::new(
-            "rbac.request_id",
-            request_id.as_str().to_string(),
-        ));
+        s.set("rbac.request_id", request_id.as_str());
     }
     if req.uri().path() != PATH {
         return answer(404, None, request_id.header());
@@ -333,8 +332,8 @@ async fn handle(
             let outcome = decide(gw, &mapping, gw.switches(), &facts).await;
             if let Some(s) = span {
                 // The question's target: what was decided on (its path only, never its query).
-                s.set(KeyValue::new("rbac.target.method", method.clone()));
-                s.set(KeyValue::new("rbac.target.path", t.path.clone()));
+                s.set("rbac.target.method", method.as_str());
+                s.set("rbac.target.path", t.path.as_str());
                 crate::doors::trace_outcome(s, &method, &outcome, &mapping.version);
             }
             decided = Some((method, t, mapping));
@@ -342,7 +341,7 @@ async fn handle(
         }
     };
     if let (Outcome::Refuse(r), Some(s)) = (&outcome, span) {
-        s.set(KeyValue::new("rbac.reason", r.as_str()));
+        s.set("rbac.reason", r.as_str());
     }
     let asked = Asked {
         request_id: &request_id,
@@ -357,7 +356,7 @@ async fn handle(
     };
     let carried = carry_out(gw, &door.counts, outcome, &asked).await;
     if let Some(s) = span {
-        s.set(KeyValue::new("rbac.decision", carried.decision.as_str()));
+        s.set("rbac.decision", carried.decision.as_str());
     }
     let done = carried.answer;
     let mut resp = answer(

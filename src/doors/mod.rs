@@ -18,8 +18,6 @@ pub mod freescout_webhook;
 pub mod proxy;
 pub mod rbac_api;
 
-use opentelemetry::KeyValue;
-
 use crate::policy::outcome::{Outcome, Via};
 use crate::policy::verdict::Grant;
 use crate::runtime::telemetry::ServerSpan;
@@ -30,12 +28,12 @@ use crate::runtime::telemetry::ServerSpan;
 #[cold]
 #[inline(never)]
 pub(crate) fn trace_outcome(span: &ServerSpan, method: &str, outcome: &Outcome, version: &str) {
-    span.set(KeyValue::new("rbac.mapping_version", version.to_string()));
+    span.set("rbac.mapping_version", version);
     let (rule, admin, reason): (Option<&str>, Option<&str>, Option<&str>) = match outcome {
         Outcome::Forward(f) => {
             let reason = match &f.via {
                 Via::Allowed(Grant::Role(r)) | Via::Allowed(Grant::Permission(r)) => {
-                    span.set(KeyValue::new("rbac.granted_by", r.clone()));
+                    span.set("rbac.granted_by", r.as_str());
                     None
                 }
                 _ => None,
@@ -59,13 +57,13 @@ pub(crate) fn trace_outcome(span: &ServerSpan, method: &str, outcome: &Outcome, 
     if let Some(rule) = rule {
         // The rule's label is `METHODS path` (the metrics' `route`): `http.route` is its path.
         span.route(method, rule.split_once(' ').map_or(rule, |(_, path)| path));
-        span.set(KeyValue::new("rbac.rule", rule.to_string()));
+        span.set("rbac.rule", rule);
     }
     if let Some(admin) = admin {
-        span.set(KeyValue::new("enduser.id", admin.to_string()));
-        span.set(KeyValue::new("rbac.admin_id", admin.to_string()));
+        span.set("enduser.id", admin);
+        span.set("rbac.admin_id", admin);
     }
     if let Some(reason) = reason {
-        span.set(KeyValue::new("rbac.reason", reason.to_string()));
+        span.set("rbac.reason", reason);
     }
 }

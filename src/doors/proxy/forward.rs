@@ -39,29 +39,11 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The method as an attribute value without an allocation for the usual ones.
-fn method_value(m: &Method) -> opentelemetry::Value {
-    match m.as_str() {
-        "GET" => "GET".into(),
-        "HEAD" => "HEAD".into(),
-        "POST" => "POST".into(),
-        "PUT" => "PUT".into(),
-        "PATCH" => "PATCH".into(),
-        "DELETE" => "DELETE".into(),
-        other => other.to_string().into(),
-    }
-}
-
 /// Console's address as text, made once (it is the same for every request of the process).
-fn upstream_address(upstream: std::net::SocketAddr) -> opentelemetry::Value {
-    static SHOWN: std::sync::OnceLock<(std::net::IpAddr, opentelemetry::StringValue)> =
-        std::sync::OnceLock::new();
-    let (ip, text) = SHOWN.get_or_init(|| (upstream.ip(), upstream.ip().to_string().into()));
-    if *ip == upstream.ip() {
-        opentelemetry::Value::String(text.clone())
-    } else {
-        upstream.ip().to_string().into()
-    }
+fn upstream_address(upstream: std::net::SocketAddr) -> Option<&'static str> {
+    static SHOWN: std::sync::OnceLock<(std::net::SocketAddr, String)> = std::sync::OnceLock::new();
+    let (addr, text) = SHOWN.get_or_init(|| (upstream, upstream.ip().to_string()));
+    (*addr == upstream).then_some(text.as_str())
 }
 
 /// Console's exchange as a CLIENT span of the request's (traced requests only, out of line).
@@ -72,15 +54,15 @@ fn exchange_span_of(
     parts: &http::request::Parts,
     upstream: std::net::SocketAddr,
 ) -> crate::runtime::telemetry::ChildSpan {
-    s.client(
-        parts.method.as_str(),
-        vec![
-            opentelemetry::KeyValue::new("http.request.method", method_value(&parts.method)),
-            opentelemetry::KeyValue::new("server.address", upstream_address(upstream)),
-            opentelemetry::KeyValue::new("server.port", i64::from(upstream.port())),
-            opentelemetry::KeyValue::new("url.path", parts.uri.path().to_string()),
-        ],
-    )
+    let mut span = s.client(parts.method.as_str());
+    span.set("http.request.method", parts.method.as_str());
+    match upstream_address(upstream) {
+        Some(shown) => span.set("server.address", shown),
+        None => span.set("server.address", &upstream.ip().to_string()),
+    }
+    span.set("server.port", i64::from(upstream.port()));
+    span.set("url.path", parts.uri.path());
+    span
 }
 
 /// A request let through, as `carry_out` answered it: what the decision forwards, the identity

@@ -268,10 +268,7 @@ fn traced_request_id(s: &ServerSpan) -> RequestId {
 #[cold]
 #[inline(never)]
 fn boxed_trace(s: ServerSpan, id: &RequestId) -> Box<(ServerSpan, String)> {
-    s.set(opentelemetry::KeyValue::new(
-        "rbac.request_id",
-        id.as_str().to_string(),
-    ));
+    s.set("rbac.request_id", id.as_str());
     let trace_id = s.trace_id();
     Box::new((s, trace_id))
 }
@@ -280,13 +277,13 @@ fn boxed_trace(s: ServerSpan, id: &RequestId) -> Box<(ServerSpan, String)> {
 #[inline(never)]
 fn trace_reader_api(s: &ServerSpan, method: &str, path: &str) {
     s.route(method, path);
-    s.set(opentelemetry::KeyValue::new("rbac.decision", reader::LABEL));
+    s.set("rbac.decision", reader::LABEL);
 }
 
 #[cold]
 #[inline(never)]
 fn trace_str(s: &ServerSpan, key: &'static str, value: &'static str) {
-    s.set(opentelemetry::KeyValue::new(key, value));
+    s.set(key, value);
 }
 
 /// A traced request: its SERVER span around the whole answer, the stores' lookups its children.
@@ -297,11 +294,9 @@ async fn traced(
     raw: Option<RawHead>,
     req: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, Infallible> {
-    let resp = telemetry::in_request(
-        &span,
-        handle::<true>(w, peer_ip, raw, req, Some(span.clone())),
-    )
-    .await;
+    // Pinned where it lies: the handling future is not moved into the scope (it is large).
+    let handling = std::pin::pin!(handle::<true>(w, peer_ip, raw, req, Some(span.clone())));
+    let resp = telemetry::in_request(&span, handling).await;
     if let Ok(r) = &resp {
         span.end(r.status().as_u16());
     }

@@ -3,21 +3,24 @@
 //! the background runtime under its timeout; the span queue's bound, with what it drops and what
 //! a collector refuses counted; the Prometheus registry carried as OTLP metrics.
 //!
-//! Never in the way of a request: a request only hands its ended span to the SDK's
-//! `BatchSpanProcessor` (a bounded channel, `try_send`); its thread exports, and each exchange
-//! runs on the background runtime. A collector that is down, hangs or answers 503 fills the
-//! queue; what does not fit is dropped, counted in `rbac_gateway_telemetry_dropped_total`, and
-//! logged once per interval by [`super::Telemetry`]'s reporter, never per request.
+//! Never in the way of a request: a request only writes its ended, sampled span onto the
+//! [`Queue`] as its protobuf entry (a lock held for that; no wake-up but once per full batch);
+//! the export task on the background runtime takes a batch every `OTEL_BSP_SCHEDULE_DELAY` (or
+//! as soon as a full one is waiting), puts the request around it ([`super::otlp`]) and posts
+//! it, one export at a time.
+//! A collector that is down, hangs or answers 503 fills the queue; what does not fit is
+//! dropped, counted in `rbac_gateway_telemetry_dropped_total`, and logged once per interval by
+//! [`super::Telemetry`]'s reporter, never per request.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -25,18 +28,21 @@ use opentelemetry_proto::tonic::metrics::v1::{
     Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 use prometheus::proto::MetricType;
 use prost::Message;
 
 use super::config::Endpoint;
+use super::otlp;
+use super::otlp::SpanRecord;
+
+/// What an exchange with the collector fails with.
+pub type HttpError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Collector answers of this size at most are read (it says only whether it took the batch).
 const MAX_ANSWER: usize = 64 * 1024;
 
-/// The collector's HTTP client: each exchange is spawned on the background runtime (the SDK's
-/// export thread polls it without one) and bounded by `timeout`.
+/// The collector's HTTP client: each exchange is spawned on the background runtime and bounded
+/// by `timeout`.
 #[derive(Clone)]
 pub struct Wire {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -91,10 +97,7 @@ impl Wire {
         }
         Ok(self.send_bytes(req).await?.status().as_u16())
     }
-}
 
-#[async_trait::async_trait]
-impl HttpClient for Wire {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         let (client, timeout) = (self.client.clone(), self.timeout);
         let (parts, body) = request.into_parts();
@@ -124,8 +127,6 @@ impl HttpClient for Wire {
 /// What the export dropped since the reporter last looked, and in all.
 #[derive(Debug, Default)]
 pub struct Losses {
-    /// Spans waiting for export now (handed over, not yet taken by the exporter).
-    pub queued: AtomicUsize,
     /// Spans dropped: the queue was full.
     pub queue_full: AtomicU64,
     /// Spans the collector did not take (refused, unreachable, timed out).
@@ -144,78 +145,136 @@ impl Losses {
     }
 }
 
-/// The SDK's batch processor behind a bound of our own, the same as its queue's: a span that
-/// would not fit is dropped here and counted, so what is lost is known (the SDK keeps its count
-/// private and logs it at shutdown only).
+/// The spans waiting for export, at most `OTEL_BSP_MAX_QUEUE_SIZE`: one more is dropped and
+/// counted, never waited for. Each span is written as its protobuf entry when it ends, on the
+/// request's thread, so nothing a request allocated is freed by another thread.
 #[derive(Debug)]
-pub struct Bounded<P> {
-    pub inner: P,
-    pub losses: Arc<Losses>,
-    pub dropped: prometheus::IntCounter,
-    pub max_queue: usize,
+pub struct Queue {
+    waiting: Mutex<Waiting>,
+    max_queue: usize,
+    max_batch: usize,
+    /// Told when a full batch is waiting.
+    full: tokio::sync::Notify,
+    losses: Arc<Losses>,
+    dropped: prometheus::IntCounter,
 }
 
-impl<P: SpanProcessor> SpanProcessor for Bounded<P> {
-    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
-        self.inner.on_start(span, cx)
+/// The spans' entries, one after the other, and where each ends.
+#[derive(Debug, Default)]
+struct Waiting {
+    entries: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Queue {
+    pub fn new(
+        max_queue: usize,
+        max_batch: usize,
+        losses: Arc<Losses>,
+        dropped: prometheus::IntCounter,
+    ) -> Queue {
+        Queue {
+            waiting: Mutex::new(Waiting::default()),
+            max_queue,
+            max_batch,
+            full: tokio::sync::Notify::new(),
+            losses,
+            dropped,
+        }
     }
 
-    fn on_end(&self, span: SpanData) {
-        if self.losses.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
-            self.losses.queued.fetch_sub(1, Ordering::AcqRel);
+    /// A span ended: written onto the queue, or dropped and counted when the queue is full.
+    pub fn push(&self, span: &SpanRecord) {
+        let mut q = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.ends.len() >= self.max_queue {
+            drop(q);
             self.losses.queue_full.fetch_add(1, Ordering::Relaxed);
             self.dropped.inc();
             return;
         }
-        self.inner.on_end(span)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        self.inner.set_resource(resource)
-    }
-}
-
-/// The OTLP exporter, counting what it takes off the queue and what the collector refused.
-#[derive(Debug)]
-pub struct Counted<E> {
-    pub inner: E,
-    pub losses: Arc<Losses>,
-    pub dropped: prometheus::IntCounter,
-}
-
-impl<E: SpanExporter> SpanExporter for Counted<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let n = batch.len();
-        self.losses.queued.fetch_sub(n, Ordering::AcqRel);
-        let result = self.inner.export(batch).await;
-        if let Err(e) = &result {
-            self.losses
-                .spans_failed
-                .fetch_add(n as u64, Ordering::Relaxed);
-            self.dropped.inc_by(n as u64);
-            self.losses.note_error(format!("spans: {e}"));
+        otlp::put_span_entry(&mut q.entries, span);
+        let end = q.entries.len();
+        q.ends.push(end);
+        let n = q.ends.len();
+        drop(q);
+        if n == self.max_batch {
+            self.full.notify_one();
         }
-        result
     }
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
+    /// Up to one batch off the queue's front (oldest first) into `batch` (cleared first); the
+    /// number of spans taken.
+    fn take(&self, batch: &mut Vec<u8>) -> usize {
+        batch.clear();
+        let mut q = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let q = &mut *q;
+        if q.ends.len() <= self.max_batch {
+            std::mem::swap(&mut q.entries, batch);
+            let n = q.ends.len();
+            q.ends.clear();
+            return n;
+        }
+        let cut = q.ends[self.max_batch - 1];
+        batch.extend(q.entries.drain(..cut));
+        q.ends.drain(..self.max_batch);
+        for e in &mut q.ends {
+            *e -= cut;
+        }
+        self.max_batch
     }
 
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
+    fn len(&self) -> usize {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ends
+            .len()
     }
+}
 
-    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        self.inner.set_resource(resource)
+/// The span export, on the background runtime: a batch every `delay`, or as soon as a full one
+/// waits; everything queued when `stop` turns (the shutdown's flush), then it ends.
+pub async fn export_spans(
+    queue: Arc<Queue>,
+    wire: Wire,
+    endpoint: Endpoint,
+    prefix: otlp::Prefix,
+    delay: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut batch = Vec::new();
+    let mut next = tokio::time::Instant::now() + delay;
+    loop {
+        let (timer, last) = tokio::select! {
+            _ = tokio::time::sleep_until(next) => (true, false),
+            _ = queue.full.notified() => (false, false),
+            _ = stop.changed() => (true, true),
+        };
+        if timer {
+            next = tokio::time::Instant::now() + delay;
+        }
+        // On the timer and at the stop, everything queued; otherwise full batches only.
+        while timer || queue.len() >= queue.max_batch {
+            let n = queue.take(&mut batch) as u64;
+            if n == 0 {
+                break;
+            }
+            let mut body = Vec::new();
+            otlp::encode_request(&prefix, &batch, &mut body);
+            let failed = match wire.post(&endpoint, body).await {
+                Ok(status) if (200..300).contains(&status) => None,
+                Ok(status) => Some(format!("spans: the collector answered {status}")),
+                Err(e) => Some(format!("spans: {e}")),
+            };
+            if let Some(e) = failed {
+                queue.losses.spans_failed.fetch_add(n, Ordering::Relaxed);
+                queue.dropped.inc_by(n);
+                queue.losses.note_error(e);
+            }
+        }
+        if last {
+            return;
+        }
     }
 }
 

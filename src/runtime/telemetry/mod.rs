@@ -1,6 +1,6 @@
 //! OpenTelemetry: traces and metrics over OTLP/HTTP, configured by the standard `OTEL_*`
-//! variables ([`config`]), off unless an endpoint is set. Owns the tracer, the request's span
-//! and its children, the W3C `traceparent` read and written, and the export beside the requests
+//! variables ([`config`]), off unless an endpoint is set. Owns the request's span and its
+//! children, the W3C `traceparent` read and written, and the export beside the requests
 //! ([`export`]). Knows no policy word: the doors name the attributes (`doors/mod.rs`).
 //!
 //! Off costs one atomic load per request: [`server_span`] answers None before anything is
@@ -10,6 +10,13 @@
 //! so a store's database lookup becomes its child, and Console's exchange is a CLIENT child
 //! whose `traceparent` Console receives.
 //!
+//! A span is a plain record ([`span`]), not the SDK's `Span`: ended, a sampled one goes to the
+//! bounded queue ([`export::Queue`]) and the background runtime encodes a batch straight to
+//! OTLP's protobuf ([`otlp`]) and posts it (issue 53: the SDK's span pipeline cost +52% gateway
+//! CPU per allowed request with every request sampled; docs/performance-log.md, 2026-11-27).
+//! The SDK still reads the resource variables, makes the ids and reads an incoming
+//! `traceparent`.
+//!
 //! The request id when tracing is on: `<trace id>-<span id>` of the gateway's server span
 //! (unless a trusted router's `X-Request-Id` is taken), so an audit row's `request_id` starts
 //! with its trace's id; the span carries `rbac.request_id` either way and the decision's log
@@ -17,26 +24,31 @@
 
 pub mod config;
 pub mod export;
+pub mod otlp;
+pub mod span;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer};
+use opentelemetry::KeyValue;
+use prost::Message;
 
 use crate::runtime::metrics::Metrics;
 pub use config::{ConfigError, Settings};
-use export::{Bounded, Counted, Losses, Wire};
+use export::{Losses, Queue, Wire};
+pub use otlp::Value;
+use otlp::{Attributes, Kind, SpanRecord, Status};
 
-/// The tracer, once tracing is on. Unset: every request-path call returns at its first load.
-static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+/// What a traced request needs: how to sample, where an ended span goes. Unset: every
+/// request-path call returns at its first load.
+struct Tracer {
+    sampling: config::Sampling,
+    queue: Arc<Queue>,
+}
+
+static TRACER: OnceLock<Tracer> = OnceLock::new();
 
 /// Whether spans are built at all.
 #[inline]
@@ -44,23 +56,24 @@ pub fn tracing_on() -> bool {
     TRACER.get().is_some()
 }
 
-/// The running export: the tracer provider and the metrics task. [`Telemetry::shutdown`]
+/// The running export: the span export task and the metrics task. [`Telemetry::shutdown`]
 /// flushes both.
 pub struct Telemetry {
-    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
     stop: tokio::sync::watch::Sender<bool>,
+    spans: Option<tokio::task::JoinHandle<()>>,
     reporter: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Starts what `settings` turns on: the tracer (its batch thread exporting through the
-/// background runtime) and the periodic metrics export, both on `bg`. `refresh` updates the
-/// gauges `/metrics` refreshes when read (cache sizes, pool) before each export.
+/// Starts what `settings` turns on: the span queue and its export task, and the periodic
+/// metrics export, both on `bg`. `refresh` updates the gauges `/metrics` refreshes when read
+/// (cache sizes, pool) before each export.
 pub fn start(
     settings: Settings,
     bg: &tokio::runtime::Handle,
     metrics: Arc<Metrics>,
     refresh: Arc<dyn Fn() + Send + Sync>,
 ) -> Result<Telemetry, String> {
+    // The SDK's resource: `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`, its own attributes.
     let mut resource = opentelemetry_sdk::Resource::builder();
     if settings.default_service_name {
         resource = resource.with_service_name("rbac-gateway");
@@ -68,75 +81,44 @@ pub fn start(
     let resource = resource
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
+    let proto_resource = export::proto_resource(&resource);
     let losses = Arc::new(Losses::default());
     let dropped_spans = metrics.telemetry_dropped.with_label_values(&["spans"]);
     let dropped_metrics = metrics.telemetry_dropped.with_label_values(&["metrics"]);
-    let provider = match &settings.traces {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let spans = match &settings.traces {
         None => None,
         Some(endpoint) => {
-            use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+            let queue = Arc::new(Queue::new(
+                settings.max_queue,
+                settings.max_batch,
+                losses.clone(),
+                dropped_spans,
+            ));
+            // The scope as the SDK's tracer named it: `rbac-gateway`, no version.
+            let scope = opentelemetry_proto::tonic::common::v1::InstrumentationScope {
+                name: "rbac-gateway".into(),
+                ..Default::default()
+            };
+            let prefix = otlp::Prefix::new(proto_resource.encode_to_vec(), scope.encode_to_vec());
             let wire = Wire::new(bg.clone(), endpoint.timeout);
-            let headers = endpoint
-                .headers
-                .iter()
-                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
-                .collect();
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_http_client(wire)
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(endpoint.url.to_string())
-                .with_headers(headers)
-                .with_timeout(endpoint.timeout)
-                .build()
-                .map_err(|e| format!("the OTLP span exporter: {e}"))?;
-            let exporter = Counted {
-                inner: exporter,
-                losses: losses.clone(),
-                dropped: dropped_spans.clone(),
-            };
-            let batch = BatchSpanProcessor::new(
-                exporter,
-                BatchConfigBuilder::default()
-                    .with_max_queue_size(settings.max_queue)
-                    .with_scheduled_delay(settings.schedule_delay)
-                    .with_max_export_batch_size(settings.max_batch)
-                    .build(),
-            );
-            let processor = Bounded {
-                inner: batch,
-                losses: losses.clone(),
-                dropped: dropped_spans,
-                max_queue: settings.max_queue,
-            };
-            let sampler = match settings.sampling {
-                config::Sampling::AlwaysOn => Sampler::AlwaysOn,
-                config::Sampling::AlwaysOff => Sampler::AlwaysOff,
-                config::Sampling::Ratio(r) => Sampler::TraceIdRatioBased(r),
-                config::Sampling::ParentBasedAlwaysOn => {
-                    Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
-                }
-                config::Sampling::ParentBasedAlwaysOff => {
-                    Sampler::ParentBased(Box::new(Sampler::AlwaysOff))
-                }
-                config::Sampling::ParentBasedRatio(r) => {
-                    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
-                }
-            };
-            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-                .with_span_processor(processor)
-                .with_sampler(sampler)
-                .with_resource(resource.clone())
-                .build();
-            let tracer = provider.tracer("rbac-gateway");
+            let task = bg.spawn(export::export_spans(
+                queue.clone(),
+                wire,
+                endpoint.clone(),
+                prefix,
+                settings.schedule_delay,
+                stopped.clone(),
+            ));
             TRACER
-                .set(tracer)
+                .set(Tracer {
+                    sampling: settings.sampling,
+                    queue,
+                })
                 .map_err(|_| "telemetry started twice".to_string())?;
-            Some(provider)
+            Some(task)
         }
     };
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let proto_resource = export::proto_resource(&resource);
     // Where to, never who: a URL's user and password (if any) stay out of the log.
     let shown = |e: &config::Endpoint| {
         format!(
@@ -211,8 +193,8 @@ pub fn start(
         "telemetry: exporting over OTLP/HTTP"
     );
     Ok(Telemetry {
-        provider,
         stop,
+        spans,
         reporter: Some(reporter),
     })
 }
@@ -222,14 +204,17 @@ impl Telemetry {
     /// nothing more is exported. Called from `serve`'s thread, outside the runtime.
     pub fn shutdown(mut self, bg: &tokio::runtime::Runtime, within: Duration) {
         let deadline = Instant::now() + within;
-        if let Some(provider) = self.provider.take() {
-            // The SDK's shutdown waits on its export thread, which sends through `bg`.
-            if let Err(e) = provider.shutdown_with_timeout(within) {
-                tracing::warn!(error = %e, "telemetry: spans not all flushed at shutdown");
+        // Err: the tasks already ended (nothing left to stop).
+        let _ = self.stop.send(true);
+        if let Some(spans) = self.spans.take() {
+            // The span task exports what is queued, then ends.
+            if bg
+                .block_on(async { tokio::time::timeout(within, spans).await })
+                .is_err()
+            {
+                tracing::warn!("telemetry: spans not all flushed at shutdown");
             }
         }
-        // Err: the reporter already ended (nothing left to stop).
-        let _ = self.stop.send(true);
         if let Some(reporter) = self.reporter.take() {
             let left = deadline.saturating_duration_since(Instant::now());
             if bg
@@ -242,18 +227,24 @@ impl Telemetry {
     }
 }
 
-/// A request's SERVER span, as the context its children start from. A clone is the same span.
+/// A request's SERVER span, and the context its children start from. A clone is the same span.
 #[derive(Clone)]
-pub struct ServerSpan {
-    cx: Context,
+pub struct ServerSpan(Arc<Server>);
+
+struct Server {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    sampled: bool,
     /// How the principal was found: 0 nothing noted, 1 the worker's memory, 2 the shared
     /// cache, 3 the database.
-    cache: Arc<AtomicU8>,
+    cache: AtomicU8,
+    /// What the span records (its attributes are written only when it is sampled).
+    record: Mutex<SpanRecord>,
 }
 
 /// The method as a span name that needs no allocation.
-fn method_name(method: &str) -> Cow<'static, str> {
-    Cow::Borrowed(match method {
+fn method_name(method: &str) -> &'static str {
+    match method {
         "GET" => "GET",
         "HEAD" => "HEAD",
         "POST" => "POST",
@@ -263,7 +254,7 @@ fn method_name(method: &str) -> Cow<'static, str> {
         "OPTIONS" => "OPTIONS",
         // Semantic conventions: an unknown method is named HTTP.
         _ => "HTTP",
-    })
+    }
 }
 
 /// The request's server span, or None when tracing is off (nothing built). `headers`: the
@@ -277,182 +268,279 @@ pub fn server_span(method: &str, path: &str, headers: &http::HeaderMap) -> Optio
 
 #[inline(never)]
 fn start_server(
-    tracer: &SdkTracer,
+    tracer: &Tracer,
     method: &str,
     path: &str,
     headers: &http::HeaderMap,
 ) -> ServerSpan {
-    let parent = if headers.contains_key("traceparent") {
-        TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers))
+    const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+    let parent = if headers.contains_key(TRACEPARENT) {
+        span::parent_of(headers)
     } else {
-        Context::new()
+        None
     };
-    let span = tracer
-        .span_builder(method_name(method))
-        .with_kind(SpanKind::Server)
-        .with_attributes([
-            KeyValue::new(
-                "http.request.method",
-                match method_name(method) {
-                    Cow::Borrowed("HTTP") => Cow::Owned(method.to_string()),
-                    known => known,
-                },
-            ),
-            KeyValue::new("url.path", path.to_string()),
-        ])
-        .start_with_context(tracer, &parent);
-    ServerSpan {
-        cx: parent.with_span(span),
-        cache: Arc::new(AtomicU8::new(0)),
-    }
+    let trace_id = parent
+        .as_ref()
+        .map_or_else(span::new_trace_id, |p| p.trace_id);
+    let sampled = span::sampled(tracer.sampling, &trace_id, parent.as_ref());
+    let span_id = span::new_span_id();
+    let attributes = if sampled {
+        // Room for the attributes a request's span usually gets (about 600 bytes).
+        let mut a = Attributes::with_capacity(1024);
+        a.push("http.request.method", Value::Text(method));
+        a.push("url.path", Value::Text(path));
+        a
+    } else {
+        Attributes::default()
+    };
+    let (parent_span_id, trace_state) = match parent {
+        Some(p) => (Some(p.span_id), p.trace_state),
+        None => (None, None),
+    };
+    ServerSpan(Arc::new(Server {
+        trace_id,
+        span_id,
+        sampled,
+        cache: AtomicU8::new(0),
+        record: Mutex::new(SpanRecord {
+            trace_id,
+            span_id,
+            parent_remote: parent_span_id.is_some(),
+            parent_span_id,
+            trace_state,
+            flags: u8::from(sampled),
+            kind: Kind::Server,
+            name: Cow::Borrowed(method_name(method)),
+            start: span::now(),
+            end: 0,
+            attributes,
+            status: Status::Unset,
+        }),
+    }))
 }
 
 impl ServerSpan {
-    pub fn span_context(&self) -> SpanContext {
-        self.cx.span().span_context().clone()
-    }
-
     /// `<trace id>-<span id>` (49 characters of hex and `-`): the request id when no trusted
     /// router gave one.
     pub fn request_id(&self) -> String {
-        let span = self.cx.span();
-        let sc = span.span_context();
-        let mut out = String::with_capacity(49);
-        hex_into(&mut out, &sc.trace_id().to_bytes());
-        out.push('-');
-        hex_into(&mut out, &sc.span_id().to_bytes());
-        out
+        let mut out = Vec::with_capacity(49);
+        hex_into(&mut out, &self.0.trace_id);
+        out.push(b'-');
+        hex_into(&mut out, &self.0.span_id);
+        ascii(out)
     }
 
     /// The trace id as hex (the decision's log lines carry it).
     pub fn trace_id(&self) -> String {
-        let mut out = String::with_capacity(32);
-        hex_into(
-            &mut out,
-            &self.cx.span().span_context().trace_id().to_bytes(),
-        );
-        out
+        let mut out = Vec::with_capacity(32);
+        hex_into(&mut out, &self.0.trace_id);
+        ascii(out)
     }
 
-    pub fn set(&self, attribute: KeyValue) {
-        self.cx.span().set_attribute(attribute);
+    /// Runs `f` on the record, when the span is sampled (nothing is recorded otherwise).
+    #[inline]
+    fn with(&self, f: impl FnOnce(&mut SpanRecord)) {
+        if self.0.sampled {
+            f(&mut self.0.record.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+    }
+
+    pub fn set<'a>(&self, key: &'static str, value: impl Into<Value<'a>>) {
+        self.with(|r| r.attributes.push(key, value.into()));
     }
 
     /// The rule that matched: `http.route`, and the span named `METHOD route`.
     pub fn route(&self, method: &str, route: &str) {
-        let span = self.cx.span();
-        span.update_name(format!("{} {route}", method_name(method)));
-        span.set_attribute(KeyValue::new("http.route", route.to_string()));
+        self.with(|r| {
+            let method = method_name(method);
+            let mut name = String::with_capacity(method.len() + 1 + route.len());
+            name.push_str(method);
+            name.push(' ');
+            name.push_str(route);
+            r.name = Cow::Owned(name);
+            r.attributes.push("http.route", Value::Text(route));
+        });
     }
 
     /// Ends the span with the status sent: a 5xx is an error (semantic conventions: a 4xx
     /// is the client's, not the server's).
     pub fn end(self, status: u16) {
-        let span = self.cx.span();
-        span.set_attribute(KeyValue::new(
-            "http.response.status_code",
-            i64::from(status),
-        ));
-        let cache = match self.cache.load(Ordering::Relaxed) {
+        if !self.0.sampled {
+            return;
+        }
+        let cache = match self.0.cache.load(Ordering::Relaxed) {
             1 => Some("worker"),
             2 => Some("shared"),
             3 => Some("miss"),
             _ => None,
         };
+        let mut r = self.0.record.lock().unwrap_or_else(PoisonError::into_inner);
+        r.end = span::now();
+        r.attributes
+            .push("http.response.status_code", Value::Int(i64::from(status)));
         if let Some(c) = cache {
-            span.set_attribute(KeyValue::new("rbac.cache", c));
-            span.set_attribute(KeyValue::new("rbac.cache_hit", c != "miss"));
+            r.attributes.push("rbac.cache", Value::Text(c));
+            r.attributes
+                .push("rbac.cache_hit", Value::Bool(c != "miss"));
         }
         if status >= 500 {
-            span.set_status(Status::error(""));
+            r.status = Status::Error("");
         }
-        span.end();
+        if let Some(t) = TRACER.get() {
+            t.queue.push(&r);
+        }
     }
 
     /// A CLIENT child (Console's exchange): its `traceparent` value is for the request sent.
-    pub fn client(&self, method: &str, attributes: Vec<KeyValue>) -> ChildSpan {
-        let tracer = TRACER
-            .get()
-            .expect("a server span exists only with a tracer");
-        let span = tracer
-            .span_builder(method_name(method))
-            .with_kind(SpanKind::Client)
-            .with_attributes(attributes)
-            .start_with_context(tracer, &self.cx);
-        ChildSpan {
-            span: Box::new(span),
-        }
+    pub fn client(&self, method: &str) -> ChildSpan {
+        child(&self.0, Cow::Borrowed(method_name(method)))
+    }
+}
+
+/// A CLIENT child of `parent`, started now.
+fn child(parent: &Server, name: Cow<'static, str>) -> ChildSpan {
+    ChildSpan {
+        record: Some(Box::new(SpanRecord {
+            trace_id: parent.trace_id,
+            span_id: span::new_span_id(),
+            parent_span_id: Some(parent.span_id),
+            parent_remote: false,
+            trace_state: None,
+            flags: u8::from(parent.sampled),
+            kind: Kind::Client,
+            name,
+            start: span::now(),
+            end: 0,
+            attributes: if parent.sampled {
+                Attributes::with_capacity(256)
+            } else {
+                Attributes::default()
+            },
+            status: Status::Unset,
+        })),
     }
 }
 
 /// Lower-case hex of `bytes`, appended (ids are formatted on every traced request: no `fmt`).
-fn hex_into(out: &mut String, bytes: &[u8]) {
+fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
+    let mut text = [0u8; 32];
+    for (pair, b) in text.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
     }
+    out.extend_from_slice(&text[..2 * bytes.len().min(16)]);
+}
+
+/// Text made of ASCII alone (hex and `-`).
+fn ascii(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_default()
 }
 
 /// A child span; ended when dropped, or by [`ChildSpan::end`] with a status.
 /// Boxed: a future that holds one (Console's exchange) stays small when tracing is off.
 pub struct ChildSpan {
-    span: Box<opentelemetry_sdk::trace::Span>,
+    /// None once ended.
+    record: Option<Box<SpanRecord>>,
 }
 
 impl ChildSpan {
     /// The W3C `traceparent` naming this span, for the request it stands for.
     pub fn traceparent(&self) -> String {
-        let sc = self.span.span_context();
-        let mut out = String::with_capacity(55);
-        out.push_str("00-");
-        hex_into(&mut out, &sc.trace_id().to_bytes());
-        out.push('-');
-        hex_into(&mut out, &sc.span_id().to_bytes());
-        out.push('-');
-        hex_into(&mut out, &[sc.trace_flags().to_u8()]);
-        out
+        let mut out = Vec::with_capacity(55);
+        if let Some(r) = &self.record {
+            out.extend_from_slice(b"00-");
+            hex_into(&mut out, &r.trace_id);
+            out.push(b'-');
+            hex_into(&mut out, &r.span_id);
+            out.push(b'-');
+            hex_into(&mut out, &[r.flags]);
+        }
+        ascii(out)
     }
 
-    pub fn set(&mut self, attribute: KeyValue) {
-        self.span.set_attribute(attribute);
+    pub fn set<'a>(&mut self, key: &'static str, value: impl Into<Value<'a>>) {
+        if let Some(r) = self.record.as_mut().filter(|r| r.flags & 1 == 1) {
+            r.attributes.push(key, value.into());
+        }
     }
 
     pub fn end(mut self, status: Option<u16>) {
         match status {
             Some(s) => {
-                self.span
-                    .set_attribute(KeyValue::new("http.response.status_code", i64::from(s)));
+                self.set("http.response.status_code", i64::from(s));
                 if s >= 500 {
-                    self.span.set_status(Status::error(""));
+                    self.finish(Status::Error(""));
                 }
             }
-            None => self.span.set_status(Status::error("no answer")),
+            None => self.finish(Status::Error("no answer")),
         }
-        self.span.end();
+        self.finish(Status::Unset);
+    }
+
+    /// Ends a database span: `ok` false marks it failed.
+    pub fn done(mut self, ok: bool) {
+        self.finish(if ok {
+            Status::Unset
+        } else {
+            Status::Error("the statement failed")
+        });
+    }
+
+    /// Ends the span (once: later calls do nothing) and queues it when sampled.
+    fn finish(&mut self, status: Status) {
+        let Some(mut r) = self.record.take() else {
+            return;
+        };
+        if r.flags & 1 == 0 {
+            return;
+        }
+        r.status = status;
+        r.end = span::now();
+        if let Some(t) = TRACER.get() {
+            t.queue.push(&r);
+        }
     }
 }
 
-/// What a request's stores can reach while the door runs it: the span's context and the
-/// cache note.
-#[derive(Clone)]
-struct Current {
-    cx: Context,
-    cache: Arc<AtomicU8>,
+impl Drop for ChildSpan {
+    fn drop(&mut self) {
+        self.finish(Status::Unset);
+    }
 }
 
+// What a request's stores can reach while the door runs it: the server span (its ids and
+// the cache note).
 tokio::task_local! {
-    static CURRENT: Current;
+    static CURRENT: ServerSpan;
 }
 
-/// Runs `fut` (a door's handling of one request) with `span` as the parent of the spans the
-/// stores start ([`db_span`]) and the place their cache notes go.
-pub async fn in_request<F: std::future::Future>(span: &ServerSpan, fut: F) -> F::Output {
-    let current = Current {
-        cx: span.cx.clone(),
-        cache: span.cache.clone(),
-    };
-    CURRENT.scope(current, fut).await
+/// Polls `fut` (a door's handling of one request, pinned where it lies: it is not moved) with
+/// `span` as the parent of the spans the stores start ([`db_span`]) and the place their cache
+/// notes go.
+pub fn in_request<'a, F: std::future::Future>(
+    span: &'a ServerSpan,
+    fut: std::pin::Pin<&'a mut F>,
+) -> InRequest<'a, F> {
+    InRequest { span, fut }
+}
+
+/// [`in_request`]'s future: the task-local set around each poll of the request's handling.
+pub struct InRequest<'a, F> {
+    span: &'a ServerSpan,
+    fut: std::pin::Pin<&'a mut F>,
+}
+
+impl<F: std::future::Future> std::future::Future for InRequest<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = &mut *self;
+        CURRENT.sync_scope(this.span.clone(), || this.fut.as_mut().poll(cx))
+    }
 }
 
 /// Where the principal was found, as deep as any lookup went.
@@ -470,35 +558,21 @@ pub fn note_cache(level: Cache) {
         return;
     }
     // Err only while the thread is being torn down: no request's span is left to note it on.
-    let _ = CURRENT.try_with(|c| c.cache.fetch_max(level as u8, Ordering::Relaxed));
+    let _ = CURRENT.try_with(|c| c.0.cache.fetch_max(level as u8, Ordering::Relaxed));
 }
 
 /// A CLIENT child span for a database statement of the current request (None when tracing is
 /// off or no request is being traced). `operation`: what it reads, never a value bound to it.
 #[inline]
 pub fn db_span(operation: &'static str) -> Option<ChildSpan> {
-    let tracer = TRACER.get()?;
-    let cx = CURRENT.try_with(|c| c.cx.clone()).ok()?;
-    let span = tracer
-        .span_builder(operation)
-        .with_kind(SpanKind::Client)
-        .with_attributes([
-            KeyValue::new("db.system.name", "postgresql"),
-            KeyValue::new("db.operation.name", "SELECT"),
-            KeyValue::new("db.query.summary", operation),
-        ])
-        .start_with_context(tracer, &cx);
-    Some(ChildSpan {
-        span: Box::new(span),
-    })
-}
-
-impl ChildSpan {
-    /// Ends a database span: `ok` false marks it failed.
-    pub fn done(mut self, ok: bool) {
-        if !ok {
-            self.span.set_status(Status::error("the statement failed"));
-        }
-        self.span.end();
-    }
+    TRACER.get()?;
+    CURRENT
+        .try_with(|c| {
+            let mut span = child(&c.0, Cow::Borrowed(operation));
+            span.set("db.system.name", "postgresql");
+            span.set("db.operation.name", "SELECT");
+            span.set("db.query.summary", operation);
+            span
+        })
+        .ok()
 }
