@@ -19,6 +19,23 @@ const NAMED: &str = "lookups run as named statements";
 /// What the named statement of a cold lookup says (the text of its Parse).
 const PREPARED_LOOKUP: &str = "FROM admin_sessions s CROSS JOIN LATERAL rbac_gateway_principal";
 
+/// An admin whose only grant for customer 7 is a ticket's, cached by a first request, then
+/// allowed on a rule with `customer_param`: what the wire saw for that request, the admin, and
+/// the session's token.
+async fn ticket_check(db: &TestDb, gw: &Gateway, wire: &PgWire) -> (Vec<Exchange>, String, String) {
+    let (granted, token) = db.admin_with_roles(&["console-user"]).await;
+    grant(db, &granted, "raptor-audit-admin", 7, "T-1").await;
+    assert_eq!(
+        gw.get("/ops", Some(&token)).await.status,
+        403,
+        "primes the cache"
+    );
+    let from = wire.exchanges().len();
+    let r = gw.get("/console/customers/7/audit", Some(&token)).await;
+    assert_eq!(r.status, 200, "the ticket grant allows it");
+    (wire.exchanges()[from..].to_vec(), granted, token)
+}
+
 #[tokio::test]
 async fn a_cold_request_a_ticket_check_and_an_audit_batch_each_take_one_round_trip() {
     let db = TestDb::new().await;
@@ -53,17 +70,7 @@ async fn a_cold_request_a_ticket_check_and_an_audit_batch_each_take_one_round_tr
     );
 
     // A rule with customer_param: the live ticket grants, read on every request.
-    let (granted, token) = db.admin_with_roles(&["console-user"]).await;
-    grant(&db, &granted, "raptor-audit-admin", 7, "T-1").await;
-    assert_eq!(
-        gw.get("/ops", Some(&token)).await.status,
-        403,
-        "primes the cache"
-    );
-    let from = wire.exchanges().len();
-    let r = gw.get("/console/customers/7/audit", Some(&token)).await;
-    assert_eq!(r.status, 200, "the ticket grant allows it");
-    let seen: Vec<Exchange> = wire.exchanges()[from..].to_vec();
+    let (seen, _, token) = ticket_check(&db, &gw, &wire).await;
     let tickets: Vec<&Exchange> = seen
         .iter()
         .filter(|e| e.mentions("rbac_gateway_ticket_grants"))
@@ -170,17 +177,7 @@ async fn on_its_own_sessions_a_cold_request_is_one_bind_of_a_statement_prepared_
     assert!(parses <= prepared.len(), "{since:?}");
 
     // A rule with customer_param: the live ticket grants, one Bind too.
-    let (granted, token) = db.admin_with_roles(&["console-user"]).await;
-    grant(&db, &granted, "raptor-audit-admin", 7, "T-1").await;
-    assert_eq!(
-        gw.get("/ops", Some(&token)).await.status,
-        403,
-        "primes the cache"
-    );
-    let from = wire.exchanges().len();
-    let r = gw.get("/console/customers/7/audit", Some(&token)).await;
-    assert_eq!(r.status, 200, "the ticket grant allows it");
-    let seen: Vec<Exchange> = wire.exchanges()[from..].to_vec();
+    let (seen, granted, _) = ticket_check(&db, &gw, &wire).await;
     let tickets: Vec<&Exchange> = seen.iter().filter(|e| e.mentions(&granted)).collect();
     assert_eq!(tickets.len(), 1, "{seen:?}");
     assert_eq!(tickets[0].round_trips, 1, "{:?}", tickets[0]);
