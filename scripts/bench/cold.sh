@@ -9,10 +9,12 @@
 #   (q) pgbench -M prepared -cCONNECTIONS running one statement that does the same lookup
 #       (admin_sessions joined with rbac_gateway_principal(admin_id, false), the session picked
 #       at random): transactions/s and PostgreSQL's CPU per transaction;
-#   (p) as (g), through Debian's PgBouncer in transaction mode (PGBOUNCER=0 skips it).
+#   (p) as (g), through Debian's PgBouncer in transaction mode (PGBOUNCER=0 skips it), with
+#       PgBouncer's own CPU per request in a column of its own.
 #
 # Prints the medians over ROUNDS and the ratios the issue holds: g/q throughput, PostgreSQL's
-# CPU per request g/q, the gateway's CPU per cold request, p/g throughput. Writes
+# CPU per request g/q, the gateway's CPU per cold request, p/g throughput; and the CPU per cold
+# request of the gateway, PostgreSQL and PgBouncer together, g against p. Writes
 # target/cold-report.md. Settings: ROUNDS (3), DURATION (10 s), CONNECTIONS (32), SESSIONS
 # (10000), BUILD=0 (use target/release/rbac-gateway as it is), GW_BIN, KEEP=1, PG_FSYNC.
 set -euo pipefail
@@ -128,18 +130,20 @@ results=$tmp/results.tsv
 us_per() { # ticks count
   awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }'
 }
-wrk_run() { # case round port gateway-pid
-  local g0 p0 g1 p1 out n rps
+wrk_run() { # case round port gateway-pid [pooler-pid]
+  local g0 p0 g1 p1 b0=0 b1=0 out n rps
   g0=$(cpu_ticks "$4")
+  [ -z "${5:-}" ] || b0=$(cpu_ticks "$5")
   p0=$(pg_ticks)
   out=$(COOKIES=$tmp/cookies.txt LOAD_PATH=$ALLOWED_PATH wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
     -s "$root/scripts/bench/load/rotate.lua" "http://127.0.0.1:$3$ALLOWED_PATH")
   g1=$(cpu_ticks "$4")
+  [ -z "${5:-}" ] || b1=$(cpu_ticks "$5")
   p1=$(pg_ticks)
   n=$(echo "$out" | awk '/requests in/ { print $1 }')
   rps=$(echo "$out" | awk '/^Requests\/sec/ { print $2 }')
   if echo "$out" | grep -q 'Non-2xx'; then die "$1: non-2xx answers: $out"; fi
-  printf '%s\t%s\t%s\t%s\t%s\n' "$2" "$1" "$rps" "$(us_per $((g1 - g0)) "$n")" "$(us_per $((p1 - p0)) "$n")" >>"$results"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$1" "$rps" "$(us_per $((g1 - g0)) "$n")" "$(us_per $((p1 - p0)) "$n")" "$(us_per $((b1 - b0)) "$n")" >>"$results"
 }
 # The postmaster's children: its auxiliary processes and live backends.
 pg_children() { pgrep -P "$pg_pid" | wc -l; }
@@ -158,7 +162,7 @@ pgbench_run() { # round
   p1=$(pg_ticks)
   n=$(echo "$out" | awk '/number of transactions actually processed/ { print $NF }')
   tps=$(echo "$out" | awk '/^tps/ { print $3; exit }')
-  printf '%s\tq\t%s\t0\t%s\n' "$1" "$tps" "$(us_per $((p1 - p0)) "$n")" >>"$results"
+  printf '%s\tq\t%s\t0\t%s\t0\n' "$1" "$tps" "$(us_per $((p1 - p0)) "$n")" >>"$results"
 }
 for r in $(seq "$ROUNDS"); do
   log "round $r/$ROUNDS"
@@ -169,7 +173,7 @@ for r in $(seq "$ROUNDS"); do
     wrk_run g "$r" "$gw_port_direct" "$gw_pid_direct"
     pgbench_run "$r"
   fi
-  [ "$PGBOUNCER" = 0 ] || wrk_run p "$r" "$gw_port_pooled" "$gw_pid_pooled $pgb_pid"
+  [ "$PGBOUNCER" = 0 ] || wrk_run p "$r" "$gw_port_pooled" "$gw_pid_pooled" "$pgb_pid"
 done
 
 mkdir -p "$root/target"
@@ -177,22 +181,24 @@ python3 - "$results" "$root/target/cold-report.md" <<'PY'
 import sys, statistics as st
 rows = [l.strip().split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = {}
-for r, case, rps, own, pg in rows:
-    by.setdefault(case, []).append((float(rps), float(own), float(pg)))
+for r, case, rps, own, pg, pooler in rows:
+    by.setdefault(case, []).append((float(rps), float(own), float(pg), float(pooler)))
 med = lambda case, i: st.median(v[i] for v in by[case])
-out = ["| case | requests/s | own CPU µs/request | PostgreSQL CPU µs/request |", "|---|---|---|---|"]
+out = ["| case | requests/s | own CPU µs/request | PostgreSQL CPU µs/request | PgBouncer CPU µs/request |", "|---|---|---|---|---|"]
 names = {"g": "(g) gateway, cold, direct", "q": "(q) pgbench -M prepared, the same lookup", "p": "(p) gateway, cold, through PgBouncer (transaction)"}
 for case in ["g", "q", "p"]:
     if case in by:
-        out.append(f"| {names[case]} | {med(case,0):,.0f} | {med(case,1):.1f} | {med(case,2):.1f} |")
+        out.append(f"| {names[case]} | {med(case,0):,.0f} | {med(case,1):.1f} | {med(case,2):.1f} | {med(case,3):.1f} |")
 out.append("")
 out.append(f"- cold throughput g/q: {med('g',0)/med('q',0):.2f} (median of rounds)")
 out.append(f"- PostgreSQL's CPU per request g/q: {med('g',2)/med('q',2):.2f}")
 out.append(f"- the gateway's own CPU per cold request: {med('g',1):.1f} µs")
 if "p" in by:
-    out.append(f"- through PgBouncer, p/g throughput: {med('p',0)/med('g',0):.2f} (p's own CPU counts the gateway and PgBouncer)")
+    out.append(f"- through PgBouncer, p/g throughput: {med('p',0)/med('g',0):.2f}")
+    tot = lambda case: med(case, 1) + med(case, 2) + med(case, 3)
+    out.append(f"- CPU per cold request, gateway + PostgreSQL + PgBouncer: g {tot('g'):.1f} µs, p {tot('p'):.1f} µs (g/p {tot('g')/tot('p'):.2f})")
 out.append("")
-out.append("per round: " + "; ".join(f"{r} {c} {rps} req/s own {o} µs pg {p} µs" for r, c, rps, o, p in rows))
+out.append("per round: " + "; ".join(f"{r} {c} {rps} req/s own {o} µs pg {p} µs pgbouncer {b} µs" for r, c, rps, o, p, b in rows))
 text = "\n".join(out)
 print(text)
 open(sys.argv[2], "w").write(text + "\n")
