@@ -374,11 +374,11 @@ async fn check_database(
             ));
         }
     }
-    // The functions and the procedure the lookups call (migrations 0011, 0012, 0013).
+    // The functions the lookups call (migrations 0011, 0012).
     for function in [
         "rbac_gateway_principal(text, boolean)",
         "rbac_gateway_ticket_grants(text, integer, text[])",
-        "rbac_gateway_session_lookup(text, boolean, text, float8, text[], text[], float8, timestamptz)",
+        "rbac_gateway_session_principal(text, boolean)",
     ] {
         let found = db_schema::function_exists(&pool, function)
             .await

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::stores::db::Db;
+use crate::stores::session_batch::{self, Batches, Found};
 use crate::stores::sql_text::{self, Unquotable};
 use moka::future::Cache;
 use moka::Expiry;
@@ -86,6 +87,8 @@ pub struct Identity {
     /// Advanced by the change feed before it invalidates: a cache fill that saw it move kept a
     /// value read before the change (see [`Identity::drop_if_changed`]).
     changes: AtomicU64,
+    /// Cold lookups behind a pooler, sent together (started at the first one).
+    batches: std::sync::OnceLock<Batches>,
 }
 
 /// Lowercase hex SHA-256 of a cookie value: the key `admin_sessions.token_sha256` holds.
@@ -138,25 +141,20 @@ fn principal_sql(admin_id: &str, requires_alert: bool) -> Result<String, Unquota
 /// no live session has it. The join, not a call of `rbac_gateway_session_principal`: prepared,
 /// the server plans it once and runs it as the issue's reference lookup does (pgbench, -c8:
 /// 118-135 µs of PostgreSQL's CPU a lookup against 126-137 µs for the function call,
-/// docs/performance-log.md). Behind a pooler the same lookup is [`session_principal_sql`], a
-/// `CALL` of the procedure migration 0013 defines with this same statement inside, whose plan
-/// the server connection keeps; `tests/api/round_trips.rs` holds that both answer alike.
+/// docs/performance-log.md). Behind a pooler the same lookup is `rbac_gateway_session_principal`
+/// (migration 0012, this same statement inside, its plan kept by the server connection) over the
+/// hashes of every cold lookup waiting at the time, one statement
+/// ([`super::session_batch`]); `tests/api/round_trips.rs` holds that both answer alike.
 const SESSION_PRINCIPAL_SQL: &str =
     "SELECT s.admin_id, EXTRACT(EPOCH FROM (s.expires_at_utc - now()))::float8, \
      p.roles, p.permissions, p.break_glass_seconds, p.break_glass_until \
      FROM admin_sessions s CROSS JOIN LATERAL rbac_gateway_principal(s.admin_id, $2) p \
      WHERE s.token_sha256 = $1 AND s.revoked_at_utc IS NULL AND s.expires_at_utc > now()";
 
-/// The lookup of [`SESSION_PRINCIPAL_SQL`] as a `CALL` of `rbac_gateway_session_lookup`
-/// (migration 0013) with its values written in, for a simple query: not planned on every call as
-/// a `SELECT` would be, the join inside it planned once per server connection. Its one row is
-/// all NULL when no live session has the hash.
+/// The lookup of [`SESSION_PRINCIPAL_SQL`] for one hash as a simple query: the batch of
+/// [`super::session_batch`] with one hash (what a named statement that met a pooler runs again).
 fn session_principal_sql(token_sha256: &str, requires_alert: bool) -> Result<String, Unquotable> {
-    Ok(format!(
-        "CALL rbac_gateway_session_lookup({}, {})",
-        sql_text::text(token_sha256)?,
-        sql_text::boolean(requires_alert)
-    ))
+    session_batch::batch_sql(&[token_sha256], requires_alert)
 }
 
 /// Whether `key` is what [`token_hash`] makes (64 lowercase hex digits): the only form of a
@@ -165,29 +163,44 @@ pub fn is_token_hash(key: &str) -> bool {
     key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// A principal from the four columns both functions answer with.
+/// A principal from the four columns of `rbac_gateway_principal` (roles, permissions, seconds
+/// left of a live break-glass session, when it ends).
 fn principal_from(
     admin_id: &str,
     row: &sqlx::postgres::PgRow,
-    first: usize,
     ttl: Duration,
 ) -> Result<Arc<Principal>, sqlx::Error> {
     use sqlx::Row;
-    let roles: Vec<String> = row.try_get(first)?;
-    let permissions: Vec<String> = row.try_get(first + 1)?;
-    let bg: Option<f64> = row.try_get(first + 2)?;
-    let bg_until: Option<chrono::DateTime<chrono::Utc>> = row.try_get(first + 3)?;
-    let valid_for = match bg {
+    Ok(principal_of(
+        admin_id,
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+        ttl,
+    ))
+}
+
+/// The principal the cache holds, valid for the TTL or until its break-glass session ends.
+fn principal_of(
+    admin_id: &str,
+    roles: Vec<String>,
+    permissions: Vec<String>,
+    break_glass_seconds: Option<f64>,
+    break_glass_until: Option<chrono::DateTime<chrono::Utc>>,
+    ttl: Duration,
+) -> Arc<Principal> {
+    let valid_for = match break_glass_seconds {
         Some(left) => ttl.min(seconds(left)),
         None => ttl,
     };
-    Ok(Arc::new(Principal::new(
+    Arc::new(Principal::new(
         admin_id,
         roles,
         permissions,
-        bg_until,
+        break_glass_until,
         valid_for,
-    )))
+    ))
 }
 
 fn seconds(s: f64) -> Duration {
@@ -222,6 +235,7 @@ impl Identity {
             },
             generation: AtomicU64::new(0),
             changes: AtomicU64::new(0),
+            batches: std::sync::OnceLock::new(),
         }
     }
 
@@ -275,48 +289,33 @@ impl Identity {
         // The principal read with the session, by whichever caller ran the lookup.
         let fetched: std::sync::Mutex<Option<Arc<Principal>>> = std::sync::Mutex::new(None);
         let init = async {
-            let requires_alert = self.break_glass_requires_alert;
-            let key = &key;
-            // A dead pooled connection (after a connection storm) costs one retry, not a 503.
-            let lookup = crate::stores::db::retry_once(|| async move {
-                self.metrics.db_queries.inc();
-                self.pool
-                    .lookup(
-                        SESSION_PRINCIPAL_SQL,
-                        |q| q.bind(key.as_str()).bind(requires_alert),
-                        || Ok(session_principal_sql(key, requires_alert)?),
-                    )
-                    .await
-                    .inspect_err(|_| {
-                        self.metrics.db_errors.inc();
-                    })
-            });
             let span = telemetry::db_span("SELECT session principal");
-            let rows = crate::stores::db::within(self.query_timeout, lookup).await;
+            let found = crate::stores::db::within(self.query_timeout, self.cold_lookup(&key)).await;
             if let Some(span) = span {
-                span.done(rows.is_ok());
+                span.done(found.is_ok());
             }
-            let rows = rows?;
-            // The named join: no row without a live session; the CALL: one row, all NULL.
-            let Some(row) = rows.first() else {
+            let Some(found) = found? else {
                 return Ok::<_, sqlx::Error>(None);
             };
-            let Some(admin_id) = sqlx::Row::try_get::<Option<String>, _>(row, 0)? else {
-                return Ok(None);
-            };
-            let left: f64 = sqlx::Row::try_get(row, 1)?;
-            let principal = principal_from(&admin_id, row, 2, self.ttl)?;
+            let principal = principal_of(
+                &found.admin_id,
+                found.roles,
+                found.permissions,
+                found.break_glass_seconds,
+                found.break_glass_until,
+                self.ttl,
+            );
             self.metrics
                 .cache_misses
                 .with_label_values(&["principal"])
                 .inc();
             self.principals
-                .insert(admin_id.clone(), principal.clone())
+                .insert(found.admin_id.clone(), principal.clone())
                 .await;
             *fetched.lock().unwrap_or_else(|p| p.into_inner()) = Some(principal);
             Ok(Some(Arc::new(Session {
-                admin_id,
-                until: Instant::now() + self.ttl.min(seconds(left)),
+                admin_id: found.admin_id,
+                until: Instant::now() + self.ttl.min(seconds(found.seconds_left)),
             })))
         };
         let found = self
@@ -331,6 +330,46 @@ impl Identity {
                 .await;
         }
         Ok((found, principal))
+    }
+
+    /// A cold request's session and principal, in one round trip: the named join
+    /// ([`SESSION_PRINCIPAL_SQL`]) on the gateway's own sessions, else the statement of every cold
+    /// lookup waiting at the time ([`session_batch`]). Unbounded here: the caller bounds it.
+    async fn cold_lookup(&self, key: &str) -> Result<Option<Found>, sqlx::Error> {
+        if !self.pool.named_statements() {
+            let batches = self.batches.get_or_init(|| {
+                Batches::start(
+                    self.pool.clone(),
+                    self.break_glass_requires_alert,
+                    self.metrics.clone(),
+                )
+            });
+            // The statement's error, shared by every lookup in it: its text when others hold it.
+            return batches.lookup(key).await.map_err(|e| {
+                Arc::try_unwrap(e).unwrap_or_else(|e| sqlx::Error::Protocol(e.to_string()))
+            });
+        }
+        let requires_alert = self.break_glass_requires_alert;
+        // A dead pooled connection (after a connection storm) costs one retry, not a 503.
+        let rows = crate::stores::db::retry_once(|| async move {
+            self.metrics.db_queries.inc();
+            self.pool
+                .lookup(
+                    SESSION_PRINCIPAL_SQL,
+                    |q| q.bind(key).bind(requires_alert),
+                    || Ok(session_principal_sql(key, requires_alert)?),
+                )
+                .await
+                .inspect_err(|_| {
+                    self.metrics.db_errors.inc();
+                })
+        })
+        .await?;
+        // The named join: no row without a live session.
+        match rows.first() {
+            None => Ok(None),
+            Some(row) => Ok(Found::from_row(row)?),
+        }
     }
 
     /// A session from the cache only (no query): used to name the admin in a `no_route` row.
@@ -562,7 +601,7 @@ pub async fn resolve_with(
     })
     .await?;
     let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
-    principal_from(admin_id, row, 0, ttl)
+    principal_from(admin_id, row, ttl)
 }
 
 pub async fn provenance(
@@ -736,7 +775,7 @@ mod tests {
             .ends_with("rbac_gateway_principal(E'a''b', true)"));
         assert!(session_principal_sql(&token_hash("t"), false)
             .unwrap()
-            .starts_with("CALL rbac_gateway_session_lookup(E'"));
+            .ends_with("rbac_gateway_session_principal(h, false) f"));
         assert!(is_token_hash(&token_hash("any cookie")));
         assert!(!is_token_hash("E'; DROP TABLE admins; --"));
     }

@@ -6,7 +6,7 @@
 //! statements of the jobs that sweep them and raise alerts ([`sweep`], [`alerts`]; the jobs
 //! themselves are in [`crate::jobs`]), mapping versions pushed to the database
 //! ([`mapping_store`]) and run by the fleet ([`rollout`]), what the schema holds for `check`
-//! ([`schema`]); values written into the SQL text of one-round-trip statements ([`sql_text`]).
+//! ([`schema`]); cold lookups behind a pooler sent together ([`session_batch`]); values written into the SQL text of one-round-trip statements ([`sql_text`]).
 
 pub mod alerts;
 pub mod audit;
@@ -19,6 +19,7 @@ pub mod pool;
 pub mod revocation;
 pub mod rollout;
 pub mod schema;
+pub mod session_batch;
 pub mod sql_text;
 pub mod sweep;
 pub mod ticket;

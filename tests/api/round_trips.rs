@@ -60,7 +60,7 @@ async fn a_cold_request_a_ticket_check_and_an_audit_batch_each_take_one_round_tr
     assert_eq!(lookups[0].round_trips, 1, "{:?}", lookups[0]);
     assert!(
         lookups[0].mentions("SET LOCAL statement_timeout")
-            && lookups[0].mentions("CALL rbac_gateway_session_lookup(E'"),
+            && lookups[0].mentions("rbac_gateway_session_principal(h, false)"),
         "one simple query, its timeout with it: {:?}",
         lookups[0]
     );
@@ -186,7 +186,8 @@ async fn on_its_own_sessions_a_cold_request_is_one_bind_of_a_statement_prepared_
 }
 
 /// The two ways a cold lookup is sent, the named join on the gateway's own sessions and the
-/// simple query's `CALL rbac_gateway_session_lookup` (migration 0013), are two texts of one
+/// simple query's `rbac_gateway_session_principal` over an array of hashes (migration 0012,
+/// `stores/session_batch.rs`), are two texts of one
 /// lookup: for sessions live, revoked, expired and under break-glass, a gateway of each mode
 /// gives the same answers, and the expected ones.
 #[tokio::test]
@@ -255,5 +256,77 @@ async fn the_named_join_and_the_simple_querys_function_answer_alike() {
         !simple.log().contains(NAMED),
         "the simple gateway sent simple queries: {}",
         simple.log()
+    );
+}
+
+/// Behind a pooler, cold lookups that arrive while others are in flight go as one statement
+/// (`stores/session_batch.rs`), and each request still gets its own session's answer: 48 cold
+/// requests at once, of admins allowed and denied on one route, revoked sessions and cookies no
+/// session has, interleaved, through a gateway of 4 connections (one statement in flight at a
+/// time). Every answer is its own; the wire saw fewer statements than requests, each one round
+/// trip, every hash sent once; `rbac_gateway_db_queries_total` counts the statements.
+#[tokio::test]
+async fn concurrent_cold_lookups_behind_a_pooler_share_statements_and_keep_their_own_answers() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let wire = PgWire::start(&db.url).await;
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--db-statements")
+        .arg("simple")
+        .arg("--db-pool-size")
+        .arg("4");
+    opts.database_url = wire.url.clone();
+    let gw = Gateway::start(opts).await;
+    settle(&[&gw]).await;
+
+    let mut cases: Vec<(String, u16)> = Vec::new();
+    for i in 0..12 {
+        cases.push((db.admin_with_roles(&["console-audit-user"]).await.1, 200));
+        cases.push((db.admin_with_roles(&["console-user"]).await.1, 403));
+        let (_, revoked) = db.admin_with_roles(&["console-audit-user"]).await;
+        db.revoke_session(&revoked).await;
+        cases.push((revoked, 302));
+        cases.push((format!("no-such-session-{i}"), 302));
+    }
+    let from = wire.exchanges().len();
+    let q0 = gw.metric("rbac_gateway_db_queries_total").await;
+    let mut tasks = Vec::new();
+    for (token, want) in &cases {
+        let (addr, token, want) = (gw.addr, token.clone(), *want);
+        tasks.push(tokio::spawn(async move {
+            let req = format!("GET /console/customers/1 HTTP/1.1\r\nHost: c\r\nCookie: console_session={token}\r\nConnection: close\r\n\r\n");
+            (send(addr, req.as_bytes()).await.unwrap().status, want, token)
+        }));
+    }
+    for t in tasks {
+        let (got, want, token) = t.await.unwrap();
+        assert_eq!(got, want, "the session {token}");
+    }
+    let seen: Vec<Exchange> = wire.exchanges()[from..].to_vec();
+    let batches: Vec<&Exchange> = seen
+        .iter()
+        .filter(|e| e.mentions("rbac_gateway_session_principal(h, false)"))
+        .collect();
+    for (token, _) in &cases {
+        let hash = rbac_gateway::stores::identity::token_hash(token);
+        assert_eq!(
+            batches.iter().filter(|e| e.mentions(&hash)).count(),
+            1,
+            "the hash of {token} was sent once"
+        );
+    }
+    assert!(
+        batches.len() < cases.len(),
+        "{} statements for {} cold lookups: none shared",
+        batches.len(),
+        cases.len()
+    );
+    for b in &batches {
+        assert_eq!(b.round_trips, 1, "{b:?}");
+    }
+    assert_eq!(
+        gw.metric("rbac_gateway_db_queries_total").await - q0,
+        batches.len() as f64,
+        "one query counted per statement"
     );
 }

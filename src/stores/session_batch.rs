@@ -1,0 +1,253 @@
+//! Cold session lookups behind a transaction pooler, several in one statement (issue 51).
+//!
+//! Behind a pooler a lookup cannot be a prepared statement (nothing of a statement may outlive
+//! its transaction on a server connection the pooler shares, issue 44), so each is a simple query
+//! the server reads, analyses and plans, in a transaction the pooler hands a server connection and
+//! takes back. That fixed cost is most of a cold request's: pgbench on one database, PostgreSQL's
+//! CPU per lookup, a lookup alone about 170 µs and PgBouncer's own about 22 µs; eight in one
+//! statement about 95-111 µs and 5 µs each (the prepared statement the gateway sends on its own
+//! sessions: 125-139 µs; docs/performance-log.md, 2026-11-27).
+//!
+//! So the lookups that arrive while others are in flight wait together and go as one statement:
+//! `rbac_gateway_session_principal` (migration 0012) over the array of their hashes, one simple
+//! query, one round trip, one transaction, bounded by its `SET LOCAL statement_timeout` as a
+//! whole. A lookup that arrives while fewer than [`Batches::in_flight`] statements run goes at
+//! once, alone: batching adds no wait to a quiet gateway.
+//!
+//! Architecture Invariant: a waiting lookup gets the row of its own hash or none. The statement
+//! answers each row with the hash it was found for, and rows are matched by that hash, never by
+//! their position (`tests/api/pooler.rs` holds it under concurrent cold requests).
+//!
+//! Bounds: at most [`Batches::in_flight`] statements at once (a quarter of the pool, at least
+//! one: the rest stays for the audit writer, ticket checks and the reader API), at most
+//! [`MAX_BATCH`] hashes in each; a lookup whose requester gave up before it was sent is not sent;
+//! each requester bounds its own wait (`--db-timeout-ms`, [`super::db::within`]), and a statement
+//! that fails answers every lookup in it with the error (503, fail closed).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::db::Db;
+use super::sql_text::{self, Unquotable};
+use crate::runtime::metrics::Metrics;
+
+/// The most hashes one statement carries (about 70 bytes of SQL text each).
+pub const MAX_BATCH: usize = 64;
+
+/// A live session and its admin's principal, as the cold lookup answers it (the named join and
+/// the batch alike: `admin_id, seconds_left, roles, permissions, break_glass_seconds,
+/// break_glass_until` from column 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub admin_id: String,
+    /// Seconds until the session expires.
+    pub seconds_left: f64,
+    pub roles: Vec<String>,
+    pub permissions: Vec<String>,
+    /// Seconds left of the admin's live break-glass session, if any.
+    pub break_glass_seconds: Option<f64>,
+    pub break_glass_until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Found {
+    /// The session and principal of a row whose column 0 is the admin id; None when it is NULL.
+    pub fn from_row(row: &sqlx::postgres::PgRow) -> Result<Option<Found>, sqlx::Error> {
+        use sqlx::Row;
+        let Some(admin_id) = row.try_get::<Option<String>, _>(0)? else {
+            return Ok(None);
+        };
+        Ok(Some(Found {
+            admin_id,
+            seconds_left: row.try_get(1)?,
+            roles: row.try_get(2)?,
+            permissions: row.try_get(3)?,
+            break_glass_seconds: row.try_get(4)?,
+            break_glass_until: row.try_get(5)?,
+        }))
+    }
+}
+
+/// The cold lookup of `hashes` (each checked to be a SHA-256 hex digest by the caller) as one
+/// statement with its values written in: a row per hash that has a live session, its columns
+/// those of [`Found`] and then the hash (column 6).
+pub fn batch_sql(hashes: &[&str], requires_alert: bool) -> Result<String, Unquotable> {
+    let mut sql = String::with_capacity(200 + hashes.len() * 70);
+    sql.push_str(
+        "SELECT f.admin_id, f.seconds_left, f.roles, f.permissions, f.break_glass_seconds, \
+         f.break_glass_until, h FROM unnest(ARRAY[",
+    );
+    for (i, h) in hashes.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql_text::push_text(&mut sql, h)?;
+    }
+    sql.push_str("]::text[]) h CROSS JOIN LATERAL rbac_gateway_session_principal(h, ");
+    sql.push_str(sql_text::boolean(requires_alert));
+    sql.push_str(") f");
+    Ok(sql)
+}
+
+/// What a waiting lookup is told: its session, none, or why the statement failed.
+pub type Answer = Result<Option<Found>, Arc<sqlx::Error>>;
+
+/// A lookup waiting for its statement.
+struct Waiting {
+    hash: String,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The queue of cold lookups and the task that sends them (started by [`Batches::start`]; it
+/// ends when the `Batches` is dropped).
+pub struct Batches {
+    queue: mpsc::UnboundedSender<Waiting>,
+}
+
+impl Batches {
+    /// How many statements may run at once for a pool of `pool_size` connections.
+    pub fn in_flight(pool_size: u32) -> usize {
+        (pool_size as usize / 4).max(1)
+    }
+
+    /// Starts the sending task on the current runtime.
+    pub fn start(db: Db, requires_alert: bool, metrics: Arc<Metrics>) -> Batches {
+        let (queue, waiting) = mpsc::unbounded_channel();
+        let permits = Arc::new(Semaphore::new(Batches::in_flight(db.pool().size())));
+        tokio::spawn(send_batches(db, requires_alert, metrics, waiting, permits));
+        Batches { queue }
+    }
+
+    /// The session behind `hash`, answered by the next statement that carries it. Unbounded here:
+    /// the caller bounds the wait.
+    pub async fn lookup(&self, hash: &str) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let gone = || {
+            Arc::new(sqlx::Error::Protocol(
+                "the cold lookup's statement ended without an answer (the gateway is stopping)"
+                    .into(),
+            ))
+        };
+        self.queue
+            .send(Waiting {
+                hash: hash.to_string(),
+                reply,
+            })
+            .map_err(|_| gone())?;
+        answer.await.unwrap_or_else(|_| Err(gone()))
+    }
+}
+
+/// Takes a permit, then every lookup waiting (up to [`MAX_BATCH`]), and sends them as one
+/// statement on a task of its own, which gives the permit back when it has answered.
+async fn send_batches(
+    db: Db,
+    requires_alert: bool,
+    metrics: Arc<Metrics>,
+    mut waiting: mpsc::UnboundedReceiver<Waiting>,
+    permits: Arc<Semaphore>,
+) {
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = waiting.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match waiting.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        // A requester that gave up (its request ended, or its wait timed out) is not asked for.
+        batch.retain(|w| !w.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let (db, metrics) = (db.clone(), metrics.clone());
+        tokio::spawn(async move {
+            answer(&db, requires_alert, &metrics, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Sends one statement for `batch` and answers each lookup in it.
+async fn answer(db: &Db, requires_alert: bool, metrics: &Metrics, batch: Vec<Waiting>) {
+    let rows = {
+        let hashes: Vec<&str> = batch.iter().map(|w| w.hash.as_str()).collect();
+        match batch_sql(&hashes, requires_alert) {
+            Err(e) => Err(sqlx::Error::from(e)),
+            // A dead pooled connection (after a connection storm) costs one retry, not a 503.
+            Ok(sql) => {
+                super::db::retry_once(|| async {
+                    metrics.db_queries.inc();
+                    db.one_round_trip(&sql).await.inspect_err(|_| {
+                        metrics.db_errors.inc();
+                    })
+                })
+                .await
+            }
+        }
+    };
+    match rows.and_then(|rows| by_hash(&rows)) {
+        Ok(found) => {
+            for w in batch {
+                let answer = found.get(w.hash.as_str()).cloned();
+                // Err: the requester gave up meanwhile; nothing waits for this answer.
+                let _ = w.reply.send(Ok(answer));
+            }
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            for w in batch {
+                let _ = w.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// The statement's rows by the hash each answers for (column 6); the first row of a hash counts,
+/// as the single lookup's does.
+fn by_hash(rows: &[sqlx::postgres::PgRow]) -> Result<HashMap<String, Found>, sqlx::Error> {
+    use sqlx::Row;
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let hash: String = row.try_get(6)?;
+        if let Some(f) = Found::from_row(row)? {
+            found.entry(hash).or_insert(f);
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_writes_each_hash_once_in_order() {
+        let a = "a".repeat(64);
+        let b = "b".repeat(64);
+        let sql = batch_sql(&[&a, &b], true).unwrap();
+        assert_eq!(
+            sql,
+            format!(
+                "SELECT f.admin_id, f.seconds_left, f.roles, f.permissions, \
+                 f.break_glass_seconds, f.break_glass_until, h FROM unnest(ARRAY[E'{a}',E'{b}']::text[]) h \
+                 CROSS JOIN LATERAL rbac_gateway_session_principal(h, true) f"
+            )
+        );
+        assert!(batch_sql(&["x\0y"], false).is_err(), "a NUL is refused");
+    }
+
+    #[test]
+    fn a_quarter_of_the_pool_at_least_one() {
+        assert_eq!(Batches::in_flight(1), 1);
+        assert_eq!(Batches::in_flight(8), 2);
+        assert_eq!(Batches::in_flight(32), 8);
+    }
+}
