@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::stores::db::Db;
-use crate::stores::session_batch::{self, Batches, Found};
+use crate::stores::session_batch::{Batches, Found};
 use crate::stores::sql_text::{self, Unquotable};
 use moka::future::Cache;
 use moka::Expiry;
@@ -135,28 +135,6 @@ fn principal_sql(admin_id: &str, requires_alert: bool) -> Result<String, Unquota
     ))
 }
 
-/// A cold request's whole lookup in one statement, as a named statement on the gateway's own
-/// sessions ([`Db::lookup`]): the live session behind a cookie's hash (not revoked, not
-/// expired) joined with its admin's principal (`rbac_gateway_principal`, 004 §3.4); no row when
-/// no live session has it. The join, not a call of `rbac_gateway_session_principal`: prepared,
-/// the server plans it once and runs it as the issue's reference lookup does (pgbench, -c8:
-/// 118-135 µs of PostgreSQL's CPU a lookup against 126-137 µs for the function call,
-/// docs/performance-log.md). Behind a pooler the same lookup is `rbac_gateway_session_principal`
-/// (migration 0012, this same statement inside, its plan kept by the server connection) over the
-/// hashes of every cold lookup waiting at the time, one statement
-/// ([`super::session_batch`]); `tests/api/round_trips.rs` holds that both answer alike.
-const SESSION_PRINCIPAL_SQL: &str =
-    "SELECT s.admin_id, EXTRACT(EPOCH FROM (s.expires_at_utc - now()))::float8, \
-     p.roles, p.permissions, p.break_glass_seconds, p.break_glass_until \
-     FROM admin_sessions s CROSS JOIN LATERAL rbac_gateway_principal(s.admin_id, $2) p \
-     WHERE s.token_sha256 = $1 AND s.revoked_at_utc IS NULL AND s.expires_at_utc > now()";
-
-/// The lookup of [`SESSION_PRINCIPAL_SQL`] for one hash as a simple query: the batch of
-/// [`super::session_batch`] with one hash (what a named statement that met a pooler runs again).
-fn session_principal_sql(token_sha256: &str, requires_alert: bool) -> Result<String, Unquotable> {
-    session_batch::batch_sql(&[token_sha256], requires_alert)
-}
-
 /// Whether `key` is what [`token_hash`] makes (64 lowercase hex digits): the only form of a
 /// session token that reaches SQL, checked before it does.
 pub fn is_token_hash(key: &str) -> bool {
@@ -263,7 +241,7 @@ impl Identity {
 
     /// [`Identity::session`], and the admin's principal when the session was not cached: a cold
     /// request's session and principal are read in one round trip
-    /// ([`SESSION_PRINCIPAL_SQL`]), and the principal is cached with the session.
+    /// ([`Identity::cold_lookup`]), and the principal is cached with the session.
     async fn session_and_principal(
         &self,
         token: &str,
@@ -332,44 +310,20 @@ impl Identity {
         Ok((found, principal))
     }
 
-    /// A cold request's session and principal, in one round trip: the named join
-    /// ([`SESSION_PRINCIPAL_SQL`]) on the gateway's own sessions, else the statement of every cold
+    /// A cold request's session and principal, in one round trip: the statement of every cold
     /// lookup waiting at the time ([`session_batch`]). Unbounded here: the caller bounds it.
     async fn cold_lookup(&self, key: &str) -> Result<Option<Found>, sqlx::Error> {
-        if !self.pool.named_statements() {
-            let batches = self.batches.get_or_init(|| {
-                Batches::start(
-                    self.pool.clone(),
-                    self.break_glass_requires_alert,
-                    self.metrics.clone(),
-                )
-            });
-            // The statement's error, shared by every lookup in it: its text when others hold it.
-            return batches.lookup(key).await.map_err(|e| {
-                Arc::try_unwrap(e).unwrap_or_else(|e| sqlx::Error::Protocol(e.to_string()))
-            });
-        }
-        let requires_alert = self.break_glass_requires_alert;
-        // A dead pooled connection (after a connection storm) costs one retry, not a 503.
-        let rows = crate::stores::db::retry_once(|| async move {
-            self.metrics.db_queries.inc();
-            self.pool
-                .lookup(
-                    SESSION_PRINCIPAL_SQL,
-                    |q| q.bind(key).bind(requires_alert),
-                    || Ok(session_principal_sql(key, requires_alert)?),
-                )
-                .await
-                .inspect_err(|_| {
-                    self.metrics.db_errors.inc();
-                })
+        let batches = self.batches.get_or_init(|| {
+            Batches::start(
+                self.pool.clone(),
+                self.break_glass_requires_alert,
+                self.metrics.clone(),
+            )
+        });
+        // The statement's error, shared by every lookup in it: its text when others hold it.
+        batches.lookup(key).await.map_err(|e| {
+            Arc::try_unwrap(e).unwrap_or_else(|e| sqlx::Error::Protocol(e.to_string()))
         })
-        .await?;
-        // The named join: no row without a live session.
-        match rows.first() {
-            None => Ok(None),
-            Some(row) => Ok(Found::from_row(row)?),
-        }
     }
 
     /// A session from the cache only (no query): used to name the admin in a `no_route` row.
@@ -773,9 +727,6 @@ mod tests {
         assert!(principal_sql("a'b", true)
             .unwrap()
             .ends_with("rbac_gateway_principal(E'a''b', true)"));
-        assert!(session_principal_sql(&token_hash("t"), false)
-            .unwrap()
-            .ends_with("rbac_gateway_session_principal(h, false) f"));
         assert!(is_token_hash(&token_hash("any cookie")));
         assert!(!is_token_hash("E'; DROP TABLE admins; --"));
     }

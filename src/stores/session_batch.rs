@@ -1,18 +1,19 @@
-//! Cold session lookups behind a transaction pooler, several in one statement (issue 51).
+//! Cold session lookups, several in one statement (issue 51).
 //!
-//! Behind a pooler a lookup cannot be a prepared statement (nothing of a statement may outlive
-//! its transaction on a server connection the pooler shares, issue 44), so each is a simple query
-//! the server reads, analyses and plans, in a transaction the pooler hands a server connection and
-//! takes back. That fixed cost is most of a cold request's: pgbench on one database, PostgreSQL's
-//! CPU per lookup, a lookup alone about 170 µs and PgBouncer's own about 22 µs; eight in one
-//! statement about 95-111 µs and 5 µs each (the prepared statement the gateway sends on its own
-//! sessions: 125-139 µs; docs/performance-log.md, 2026-11-27).
+//! A statement's fixed cost (its transaction, the round trip, behind a pooler the simple query's
+//! parse and analysis and the pooler's own work) is most of a cold lookup's: pgbench on one
+//! database, PostgreSQL's CPU per lookup, a simple query alone about 170 µs and PgBouncer's own
+//! about 22 µs, the prepared join 125-139 µs; eight in one simple query about 95-111 µs and 5 µs
+//! each (docs/performance-log.md, 2026-11-27).
 //!
-//! So the lookups that arrive while others are in flight wait together and go as one statement:
-//! `rbac_gateway_session_principal` (migration 0012) over the array of their hashes, one simple
-//! query, one round trip, one transaction, bounded by its `SET LOCAL statement_timeout` as a
-//! whole. A lookup that arrives while fewer than [`Batches::in_flight`] statements run goes at
-//! once, alone: batching adds no wait to a quiet gateway.
+//! So the lookups that arrive while others are in flight wait together and go as one statement,
+//! through [`Db::lookup`] (one round trip): on the gateway's own sessions the named statement
+//! [`BATCH_SQL`] (the live sessions of an array of hashes joined with `rbac_gateway_principal`,
+//! the issue's reference lookup over an array); behind a pooler [`batch_sql`], one simple query
+//! of `rbac_gateway_session_principal` (migration 0012, its plan kept by the server connection)
+//! over the array, bounded by its `SET LOCAL statement_timeout` as a whole. A lookup that arrives
+//! while fewer than [`Batches::in_flight`] statements run goes at once, alone: batching adds no
+//! wait to a quiet gateway.
 //!
 //! Architecture Invariant: a waiting lookup gets the row of its own hash or none. The statement
 //! answers each row with the hash it was found for, and rows are matched by that hash, never by
@@ -35,6 +36,16 @@ use crate::runtime::metrics::Metrics;
 
 /// The most hashes one statement carries (about 70 bytes of SQL text each).
 pub const MAX_BATCH: usize = 64;
+
+/// The cold lookup of an array of hashes (`$1`, each a SHA-256 hex digest) as a named
+/// statement: a row per hash that has a live session (not revoked, not expired), its columns
+/// those of [`Found`] and then the hash (column 6). The same answer as [`batch_sql`]'s function
+/// (`tests/api/round_trips.rs` holds that both answer alike).
+pub const BATCH_SQL: &str = "SELECT s.admin_id, EXTRACT(EPOCH FROM (s.expires_at_utc - now()))::float8, \
+     p.roles, p.permissions, p.break_glass_seconds, p.break_glass_until, h \
+     FROM unnest($1::text[]) h \
+     JOIN admin_sessions s ON s.token_sha256 = h AND s.revoked_at_utc IS NULL AND s.expires_at_utc > now() \
+     CROSS JOIN LATERAL rbac_gateway_principal(s.admin_id, $2) p";
 
 /// A live session and its admin's principal, as the cold lookup answers it (the named join and
 /// the batch alike: `admin_id, seconds_left, roles, permissions, break_glass_seconds,
@@ -70,8 +81,9 @@ impl Found {
 }
 
 /// The cold lookup of `hashes` (each checked to be a SHA-256 hex digest by the caller) as one
-/// statement with its values written in: a row per hash that has a live session, its columns
-/// those of [`Found`] and then the hash (column 6).
+/// simple query with its values written in: [`BATCH_SQL`]'s rows, from
+/// `rbac_gateway_session_principal` (migration 0012), whose plan the server connection keeps
+/// (a simple query of the join itself would be planned on every call).
 pub fn batch_sql(hashes: &[&str], requires_alert: bool) -> Result<String, Unquotable> {
     let mut sql = String::with_capacity(200 + hashes.len() * 70);
     sql.push_str(
@@ -177,22 +189,21 @@ async fn send_batches(
 
 /// Sends one statement for `batch` and answers each lookup in it.
 async fn answer(db: &Db, requires_alert: bool, metrics: &Metrics, batch: Vec<Waiting>) {
-    let rows = {
-        let hashes: Vec<&str> = batch.iter().map(|w| w.hash.as_str()).collect();
-        match batch_sql(&hashes, requires_alert) {
-            Err(e) => Err(sqlx::Error::from(e)),
-            // A dead pooled connection (after a connection storm) costs one retry, not a 503.
-            Ok(sql) => {
-                super::db::retry_once(|| async {
-                    metrics.db_queries.inc();
-                    db.one_round_trip(&sql).await.inspect_err(|_| {
-                        metrics.db_errors.inc();
-                    })
-                })
-                .await
-            }
-        }
-    };
+    let hashes: Vec<&str> = batch.iter().map(|w| w.hash.as_str()).collect();
+    // A dead pooled connection (after a connection storm) costs one retry, not a 503.
+    let rows = super::db::retry_once(|| async {
+        metrics.db_queries.inc();
+        db.lookup(
+            BATCH_SQL,
+            |q| q.bind(hashes.clone()).bind(requires_alert),
+            || Ok(batch_sql(&hashes, requires_alert)?),
+        )
+        .await
+        .inspect_err(|_| {
+            metrics.db_errors.inc();
+        })
+    })
+    .await;
     match rows.and_then(|rows| by_hash(&rows)) {
         Ok(found) => {
             for w in batch {

@@ -17,7 +17,7 @@ use crate::tickets::grant;
 const NAMED: &str = "lookups run as named statements";
 
 /// What the named statement of a cold lookup says (the text of its Parse).
-const PREPARED_LOOKUP: &str = "FROM admin_sessions s CROSS JOIN LATERAL rbac_gateway_principal";
+const PREPARED_LOOKUP: &str = "JOIN admin_sessions s ON s.token_sha256 = h";
 
 /// An admin whose only grant for customer 7 is a ticket's, cached by a first request, then
 /// allowed on a rule with `customer_param`: what the wire saw for that request, the admin, and
@@ -185,9 +185,9 @@ async fn on_its_own_sessions_a_cold_request_is_one_bind_of_a_statement_prepared_
     assert!(!gw.log().contains("simple query each"), "{}", gw.log());
 }
 
-/// The two ways a cold lookup is sent, the named join on the gateway's own sessions and the
-/// simple query's `rbac_gateway_session_principal` over an array of hashes (migration 0012,
-/// `stores/session_batch.rs`), are two texts of one
+/// The two ways a cold lookup is sent (`stores/session_batch.rs`), the named join over an array
+/// of hashes on the gateway's own sessions and the simple query's
+/// `rbac_gateway_session_principal` over the array (migration 0012), are two texts of one
 /// lookup: for sessions live, revoked, expired and under break-glass, a gateway of each mode
 /// gives the same answers, and the expected ones.
 #[tokio::test]
@@ -259,20 +259,20 @@ async fn the_named_join_and_the_simple_querys_function_answer_alike() {
     );
 }
 
-/// Behind a pooler, cold lookups that arrive while others are in flight go as one statement
+/// Cold lookups that arrive while others are in flight go as one statement
 /// (`stores/session_batch.rs`), and each request still gets its own session's answer: 48 cold
 /// requests at once, of admins allowed and denied on one route, revoked sessions and cookies no
 /// session has, interleaved, through a gateway of 4 connections (one statement in flight at a
 /// time). Every answer is its own; the wire saw fewer statements than requests, each one round
-/// trip, every hash sent once; `rbac_gateway_db_queries_total` counts the statements.
-#[tokio::test]
-async fn concurrent_cold_lookups_behind_a_pooler_share_statements_and_keep_their_own_answers() {
+/// trip, every hash sent once; `rbac_gateway_db_queries_total` counts the statements. Behind a
+/// pooler (simple queries) and on the gateway's own sessions (the named statement).
+async fn concurrent_cold_lookups_share_statements_and_keep_their_own_answers(named: bool) {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
     let wire = PgWire::start(&db.url).await;
     let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
         .arg("--db-statements")
-        .arg("simple")
+        .arg(if named { "named" } else { "simple" })
         .arg("--db-pool-size")
         .arg("4");
     opts.database_url = wire.url.clone();
@@ -288,6 +288,10 @@ async fn concurrent_cold_lookups_behind_a_pooler_share_statements_and_keep_their
         cases.push((revoked, 302));
         cases.push((format!("no-such-session-{i}"), 302));
     }
+    let hashes: Vec<String> = cases
+        .iter()
+        .map(|(t, _)| rbac_gateway::stores::identity::token_hash(t))
+        .collect();
     let from = wire.exchanges().len();
     let q0 = gw.metric("rbac_gateway_db_queries_total").await;
     let mut tasks = Vec::new();
@@ -305,12 +309,11 @@ async fn concurrent_cold_lookups_behind_a_pooler_share_statements_and_keep_their
     let seen: Vec<Exchange> = wire.exchanges()[from..].to_vec();
     let batches: Vec<&Exchange> = seen
         .iter()
-        .filter(|e| e.mentions("rbac_gateway_session_principal(h, false)"))
+        .filter(|e| hashes.iter().any(|h| e.mentions(h)))
         .collect();
-    for (token, _) in &cases {
-        let hash = rbac_gateway::stores::identity::token_hash(token);
+    for (hash, (token, _)) in hashes.iter().zip(&cases) {
         assert_eq!(
-            batches.iter().filter(|e| e.mentions(&hash)).count(),
+            batches.iter().filter(|e| e.mentions(hash)).count(),
             1,
             "the hash of {token} was sent once"
         );
@@ -323,10 +326,28 @@ async fn concurrent_cold_lookups_behind_a_pooler_share_statements_and_keep_their
     );
     for b in &batches {
         assert_eq!(b.round_trips, 1, "{b:?}");
+        if named {
+            assert_eq!(b.sent[0], b'B', "a Bind of the named statement: {b:?}");
+        } else {
+            assert!(
+                b.mentions("rbac_gateway_session_principal(h, false)"),
+                "{b:?}"
+            );
+        }
     }
     assert_eq!(
         gw.metric("rbac_gateway_db_queries_total").await - q0,
         batches.len() as f64,
         "one query counted per statement"
     );
+}
+
+#[tokio::test]
+async fn concurrent_cold_lookups_behind_a_pooler_share_statements_and_keep_their_own_answers() {
+    concurrent_cold_lookups_share_statements_and_keep_their_own_answers(false).await;
+}
+
+#[tokio::test]
+async fn concurrent_cold_lookups_on_its_own_sessions_share_statements_and_keep_their_own_answers() {
+    concurrent_cold_lookups_share_statements_and_keep_their_own_answers(true).await;
 }
