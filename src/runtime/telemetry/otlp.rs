@@ -15,8 +15,8 @@
 //! Replaces, with [`super::span`] and [`super::export::Queue`], the SDK's span pipeline on the
 //! request path (`opentelemetry_sdk`'s `Span` and `BatchSpanProcessor`, `opentelemetry-otlp`'s
 //! conversion and prost encoding): every request sampled cost +52% gateway CPU per allowed
-//! request with the SDK, +18% with this at first, +2.5% after its second round (median of six
-//! paired rounds on a noisy machine, the first version +26% in the same period;
+//! request with the SDK, +18% with this at first, about +12% after its second round (four runs of
+//! six paired rounds on a noisy machine, the first version +16 to +26% in the same period;
 //! `scripts/bench/otel.sh`, docs/performance-log.md, 2026-11-27).
 //!
 //! Written as prost writes opentelemetry-proto's types (fields in number order, proto3 defaults
