@@ -275,7 +275,7 @@ async fn traced(
     // Pinned where it lies: the handling future is not moved into the scope (it is large).
     let resp = {
         let handling = std::pin::pin!(handle(door, peer, req, Some(&span)));
-        crate::runtime::telemetry::in_request(&span, handling).await
+        crate::runtime::telemetry::in_request(Some(&span), handling).await
     };
     span.end(resp.status().as_u16());
     resp
@@ -300,9 +300,10 @@ async fn handle(
     }
     let started = Instant::now();
     let gw = &*door.gw;
-    let request_id = span
-        .and_then(|s| RequestId::derived(&s.request_id()))
-        .unwrap_or_else(RequestId::next);
+    let request_id = span.map_or_else(RequestId::next, |s| {
+        let (trace_id, span_id) = s.ids();
+        RequestId::of_trace(trace_id, span_id)
+    });
     if let Some(s) = span {
         s.set("rbac.request_id", request_id.as_str());
     }
@@ -345,7 +346,7 @@ async fn handle(
     }
     let asked = Asked {
         request_id: &request_id,
-        trace_id: trace_id.as_deref(),
+        trace_id,
         client_ip: &ip,
         started,
         decided: decided.as_ref().map(|(method, t, mapping)| DecidedOn {

@@ -28,42 +28,41 @@ use crate::runtime::telemetry::ServerSpan;
 #[cold]
 #[inline(never)]
 pub(crate) fn trace_outcome(span: &ServerSpan, method: &str, outcome: &Outcome, version: &str) {
-    span.set("rbac.mapping_version", version);
-    let (rule, admin, reason): (Option<&str>, Option<&str>, Option<&str>) = match outcome {
-        Outcome::Forward(f) => {
-            let reason = match &f.via {
-                Via::Allowed(Grant::Role(r)) | Via::Allowed(Grant::Permission(r)) => {
+    // One lock of the span's record for them all.
+    span.record(|span| {
+        span.set("rbac.mapping_version", version);
+        let (rule, admin, reason): (Option<&str>, Option<&str>, Option<&str>) = match outcome {
+            Outcome::Forward(f) => {
+                if let Via::Allowed(Grant::Role(r) | Grant::Permission(r)) = &f.via {
                     span.set("rbac.granted_by", r.as_str());
-                    None
                 }
-                _ => None,
-            };
-            (
-                f.rule.as_deref(),
-                f.principal.as_ref().map(|p| p.admin_id.as_str()),
-                reason,
-            )
+                (
+                    f.rule.as_deref(),
+                    f.principal.as_ref().map(|p| p.admin_id.as_str()),
+                    None,
+                )
+            }
+            Outcome::ShadowDeny { row, .. } | Outcome::Deny { row } => (
+                row.route.as_deref(),
+                row.admin_id.as_deref(),
+                Some(row.reason.as_str()),
+            ),
+            Outcome::Refuse(r) => (None, None, Some(r.as_str())),
+            Outcome::Unavailable(u) => (None, None, Some(u.as_str())),
+            Outcome::Redirect { .. } => (None, None, Some("no_session")),
+            Outcome::Gone => (None, None, Some("gone")),
+        };
+        if let Some(rule) = rule {
+            // The rule's label is `METHODS path` (the metrics' `route`): `http.route` is its path.
+            span.route(method, rule.split_once(' ').map_or(rule, |(_, path)| path));
+            span.set("rbac.rule", rule);
         }
-        Outcome::ShadowDeny { row, .. } | Outcome::Deny { row } => (
-            row.route.as_deref(),
-            row.admin_id.as_deref(),
-            Some(row.reason.as_str()),
-        ),
-        Outcome::Refuse(r) => (None, None, Some(r.as_str())),
-        Outcome::Unavailable(u) => (None, None, Some(u.as_str())),
-        Outcome::Redirect { .. } => (None, None, Some("no_session")),
-        Outcome::Gone => (None, None, Some("gone")),
-    };
-    if let Some(rule) = rule {
-        // The rule's label is `METHODS path` (the metrics' `route`): `http.route` is its path.
-        span.route(method, rule.split_once(' ').map_or(rule, |(_, path)| path));
-        span.set("rbac.rule", rule);
-    }
-    if let Some(admin) = admin {
-        span.set("enduser.id", admin);
-        span.set("rbac.admin_id", admin);
-    }
-    if let Some(reason) = reason {
-        span.set("rbac.reason", reason);
-    }
+        if let Some(admin) = admin {
+            span.set("enduser.id", admin);
+            span.set("rbac.admin_id", admin);
+        }
+        if let Some(reason) = reason {
+            span.set("rbac.reason", reason);
+        }
+    });
 }

@@ -19,15 +19,8 @@ impl RequestId {
     pub const MIN: usize = 20;
 
     pub fn next() -> RequestId {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut hex = [0u8; 32];
-        for (pair, byte) in hex
-            .chunks_exact_mut(2)
-            .zip(crate::policy::outcome::unique_id())
-        {
-            pair[0] = HEX[usize::from(byte >> 4)];
-            pair[1] = HEX[usize::from(byte & 15)];
-        }
+        hex_into(&mut hex, &crate::policy::outcome::unique_id());
         RequestId {
             text: std::str::from_utf8(&hex).expect("hex digits").into(),
         }
@@ -45,10 +38,17 @@ impl RequestId {
         Self::of_valid(v)
     }
 
-    /// The id derived from the request's trace (`<trace id>-<span id>`, given by the door when
-    /// tracing is on), if it is a valid id.
-    pub fn derived(v: &str) -> Option<RequestId> {
-        Self::of_valid(v.as_bytes())
+    /// The id of a traced request: `<trace id>-<span id>` of its server span, in lower-case hex
+    /// (49 characters), written from the ids' bytes: valid by construction, nothing to check
+    /// (it was formatted as text, then checked as a router's id: 1.2k instructions a traced
+    /// request, docs/performance-log.md, 2026-11-27).
+    pub fn of_trace(trace_id: &[u8; 16], span_id: &[u8; 8]) -> RequestId {
+        let mut text = [b'-'; 49];
+        hex_into(&mut text[..32], trace_id);
+        hex_into(&mut text[33..], span_id);
+        RequestId {
+            text: std::str::from_utf8(&text).expect("hex digits").into(),
+        }
     }
 
     /// `v` as the request's id, if it is a valid one ([`RequestId::valid`]).
@@ -81,6 +81,16 @@ impl RequestId {
     }
 }
 
+/// Lower-case hex of `bytes` into `out` (two digits a byte).
+#[inline]
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 15)];
+    }
+}
+
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -93,10 +103,21 @@ mod tests {
 
     #[test]
     fn a_routers_or_a_traces_id_is_taken_only_when_valid() {
+        let traced = RequestId::of_trace(
+            &[
+                0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80,
+                0x31, 0x9c,
+            ],
+            &[0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31],
+        );
         let id = "0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331";
-        assert_eq!(RequestId::derived(id).unwrap().as_str(), id);
-        assert!(RequestId::derived("short").is_none());
-        assert!(RequestId::derived("has a space in it, twenty+").is_none());
+        assert_eq!(traced.as_str(), id);
+        assert!(
+            RequestId::valid(traced.as_bytes()),
+            "a router's id would pass"
+        );
+        assert!(!RequestId::valid(b"short"));
+        assert!(!RequestId::valid(b"has a space in it, twenty+"));
         let mut h = http::HeaderMap::new();
         assert!(RequestId::trusted(&h).is_none(), "none sent");
         h.insert("x-request-id", "f2a7c1e0-heroku-router-id".parse().unwrap());

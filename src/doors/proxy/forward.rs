@@ -109,9 +109,9 @@ pub(super) async fn forward_request(
     // client's own, if any, is the server span's parent and is not passed on).
     let exchange_span = ctx
         .trace
-        .as_deref()
-        .map(|(s, _)| exchange_span_of(s, &parts, w.gw.upstream));
-    let traceparent = exchange_span.as_ref().map(|s| s.traceparent());
+        .as_ref()
+        .map(|s| exchange_span_of(s, &parts, w.gw.upstream));
+    let traceparent = exchange_span.as_ref().and_then(|s| s.traceparent());
     let request = request_bytes(
         &Head {
             parts: &parts,
@@ -122,7 +122,7 @@ pub(super) async fn forward_request(
             request_id: &f.request_id,
             peer_ip: &ctx.peer_ip,
             upstream: w.gw.upstream,
-            traceparent: traceparent.as_deref(),
+            traceparent: traceparent.as_ref().map(|t| t.as_str()),
             body_framed: !body_was_done,
         },
         &bytes,
@@ -244,7 +244,10 @@ pub(super) struct Head<'a> {
 pub(super) fn request_bytes(head: &Head<'_>, body: &[u8]) -> Vec<u8> {
     let (parts, h) = (head.parts, &head.parts.headers);
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut request = Vec::with_capacity(512 + body.len());
+    // Traced: room for `traceparent` and the longer request id too (without it the buffer
+    // grew once per traced request, a reallocation and a copy of the head).
+    let traced_room = if head.traceparent.is_some() { 128 } else { 0 };
+    let mut request = Vec::with_capacity(512 + traced_room + body.len());
     request.extend_from_slice(parts.method.as_str().as_bytes());
     request.push(b' ');
     request.extend_from_slice(target.as_bytes());

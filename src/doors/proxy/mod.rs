@@ -165,9 +165,8 @@ async fn worker(
             let io = TokioIo::new(Sniff::new(stream, heads.clone()));
             // The client's address as text, once per connection.
             let peer_ip: Arc<str> = peer.ip().to_string().into();
-            let service = service_fn(move |req| {
-                handle::<false>(w.clone(), peer_ip.clone(), heads.next(), req, None)
-            });
+            let service =
+                service_fn(move |req| handle(w.clone(), peer_ip.clone(), heads.next(), req));
             builder.serve_connection(io, service)
         },
     )
@@ -207,8 +206,8 @@ struct Ctx {
     close: bool,
     /// The headers the request's `Connection` headers name: not forwarded.
     connection_named: Vec<HeaderName>,
-    /// The request's span and its trace id, when tracing is on (boxed: off, one word).
-    trace: Option<Box<(ServerSpan, String)>>,
+    /// The request's span, when tracing is on (one word).
+    trace: Option<ServerSpan>,
 }
 
 /// The gateway's own answer: `status` with its plain-text `body` (none to a HEAD request), from
@@ -243,34 +242,19 @@ fn text_response(
 // The traced path's steps, out of line: off, `handle` stays as small as it was (it is inlined
 // into hyper's dispatcher; a larger one is not, and its answer is then copied out of it).
 
-/// Starts the traced run of a request (boxed, called through a pointer: `handle` does not
-/// contain its own future).
-#[cold]
-#[inline(never)]
-fn start_traced(
-    span: ServerSpan,
-    w: Arc<Worker>,
-    peer_ip: Arc<str>,
-    raw: Option<RawHead>,
-    req: Request<Incoming>,
-) -> Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, Infallible>> + Send>> {
-    Box::pin(traced(span, w, peer_ip, raw, req))
-}
-
 /// The request id of a traced request: `<trace id>-<span id>`.
 #[cold]
 #[inline(never)]
 fn traced_request_id(s: &ServerSpan) -> RequestId {
-    RequestId::derived(&s.request_id()).unwrap_or_else(RequestId::next)
+    let (trace_id, span_id) = s.ids();
+    RequestId::of_trace(trace_id, span_id)
 }
 
-/// The span with its trace id (for the log lines), the request id on the span.
+/// The request id on the span.
 #[cold]
 #[inline(never)]
-fn boxed_trace(s: ServerSpan, id: &RequestId) -> Box<(ServerSpan, String)> {
+fn trace_request_id(s: &ServerSpan, id: &RequestId) {
     s.set("rbac.request_id", id.as_str());
-    let trace_id = s.trace_id();
-    Box::new((s, trace_id))
 }
 
 #[cold]
@@ -280,47 +264,34 @@ fn trace_reader_api(s: &ServerSpan, method: &str, path: &str) {
     s.set("rbac.decision", reader::LABEL);
 }
 
+/// Ends the span with the status sent.
+#[cold]
+#[inline(never)]
+fn traced_end(s: ServerSpan, status: u16) {
+    s.end(status);
+}
+
 #[cold]
 #[inline(never)]
 fn trace_str(s: &ServerSpan, key: &'static str, value: &'static str) {
     s.set(key, value);
 }
 
-/// A traced request: its SERVER span around the whole answer, the stores' lookups its children.
-async fn traced(
-    span: ServerSpan,
+/// One request, traced or not: one handler. Traced, its SERVER span covers the whole answer
+/// and ends with the status sent; the lookups behind the decision (and the reader API) are its
+/// children, [`telemetry::in_request`] setting it as theirs around each of their polls. Off,
+/// nothing is built ([`telemetry::server_span`] answers None at its first load) and the traced
+/// steps are branches not taken. (Until issue 53's second round the traced run was a second
+/// instance of this handler, boxed: an allocation and a copy of its ~3.6 KB future per traced
+/// request; polling the whole handler under the span from a wrapper instead made hyper's
+/// dispatcher copy the handler's arguments and answer once more untraced, +300 instructions.)
+async fn handle(
     w: Arc<Worker>,
     peer_ip: Arc<str>,
     raw: Option<RawHead>,
     req: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, Infallible> {
-    // Pinned where it lies: the handling future is not moved into the scope (it is large).
-    let handling = std::pin::pin!(handle::<true>(w, peer_ip, raw, req, Some(span.clone())));
-    let resp = telemetry::in_request(&span, handling).await;
-    if let Ok(r) = &resp {
-        span.end(r.status().as_u16());
-    }
-    resp
-}
-
-/// One request. Off, nothing is built and nothing wraps this future (+1.1% instructions on
-/// the allowed path, docs/performance-log.md); traced, it runs again inside [`traced`], boxed, as
-/// `handle::<true>`: two instances, each with one caller, so hyper's dispatcher inlines the
-/// untraced one as it did before tracing existed.
-async fn handle<const TRACED: bool>(
-    w: Arc<Worker>,
-    peer_ip: Arc<str>,
-    raw: Option<RawHead>,
-    req: Request<Incoming>,
-    span: Option<ServerSpan>,
-) -> Result<Response<GatewayBody>, Infallible> {
-    if !TRACED {
-        if let Some(s) =
-            telemetry::server_span(req.method().as_str(), req.uri().path(), req.headers())
-        {
-            return start_traced(s, w, peer_ip, raw, req).await;
-        }
-    }
+    let span = telemetry::server_span(req.method().as_str(), req.uri().path(), req.headers());
     let trusted = match w.trust_request_id {
         true => RequestId::trusted(req.headers()),
         false => None,
@@ -330,7 +301,10 @@ async fn handle<const TRACED: bool>(
         (None, Some(s)) => traced_request_id(s),
         (None, None) => RequestId::next(),
     };
-    let trace = span.map(|s| boxed_trace(s, &request_id));
+    if let Some(s) = &span {
+        trace_request_id(s, &request_id);
+    }
+    let trace = span;
     let client_ip = match forwarded_client(req.headers(), w.trusted_proxies) {
         Some(ip) => ip.to_string().into(),
         None => peer_ip.clone(),
@@ -372,12 +346,12 @@ async fn handle<const TRACED: bool>(
             // The reader API is answered here, never decided as a route nor forwarded.
             if let Some(call) = gw.rbac_api.then(|| reader::Call::of(&target)).flatten() {
                 let close = ctx.unread_body || ctx.close;
-                if let Some((s, _)) = ctx.trace.as_deref() {
+                if let Some(s) = &ctx.trace {
                     trace_reader_api(s, req.method().as_str(), &target.path);
                 }
                 // Boxed, as the database reads behind it: inline, its future would be in every
                 // request handler, whose size hyper keeps per client connection (issue 51).
-                let resp = Box::pin(rbac_api::respond(
+                let mut resp = Box::pin(rbac_api::respond(
                     gw,
                     &call,
                     req.method(),
@@ -385,7 +359,11 @@ async fn handle<const TRACED: bool>(
                     &ctx.request_id,
                     close,
                 ));
-                return Ok(resp.await);
+                let resp = telemetry::in_request(ctx.trace.as_ref(), resp.as_mut()).await;
+                if let Some(s) = ctx.trace.take() {
+                    traced_end(s, resp.status().as_u16());
+                }
+                return Ok(resp);
             }
             let mapping = gw.mapping.load();
             let facts = Facts {
@@ -397,8 +375,11 @@ async fn handle<const TRACED: bool>(
                 request_id: ctx.request_id.as_str(),
                 at: ctx.started,
             };
-            let outcome = decide(&**gw, &mapping, gw.switches(), &facts).await;
-            if let Some((s, _)) = ctx.trace.as_deref() {
+            let outcome = {
+                let deciding = std::pin::pin!(decide(&**gw, &mapping, gw.switches(), &facts));
+                telemetry::in_request(ctx.trace.as_ref(), deciding).await
+            };
+            if let Some(s) = &ctx.trace {
                 crate::doors::trace_outcome(s, req.method().as_str(), &outcome, &mapping.version);
             }
             decided = Some((req.method().clone(), target, mapping));
@@ -410,7 +391,11 @@ async fn handle<const TRACED: bool>(
         path: &target.path,
         mapping_version: &mapping.version,
     });
-    Ok(respond(&w, &mut ctx, outcome, on, req, cookie).await)
+    let resp = respond(&w, &mut ctx, outcome, on, req, cookie).await;
+    if let Some(s) = ctx.trace.take() {
+        traced_end(s, resp.status().as_u16());
+    }
+    Ok(resp)
 }
 
 /// The one place where an outcome becomes the data plane's answer: carried out
@@ -424,18 +409,18 @@ async fn respond(
     req: Request<Incoming>,
     cookie: CookieRewrite,
 ) -> Response<GatewayBody> {
-    if let (Outcome::Refuse(r), Some((s, _))) = (&outcome, ctx.trace.as_deref()) {
+    if let (Outcome::Refuse(r), Some(s)) = (&outcome, &ctx.trace) {
         trace_str(s, "rbac.reason", r.as_str());
     }
     let asked = Asked {
         request_id: &ctx.request_id,
-        trace_id: ctx.trace.as_deref().map(|(_, id)| id.as_str()),
+        trace_id: ctx.trace.as_ref().map(ServerSpan::trace_id),
         client_ip: &ctx.client_ip,
         started: ctx.started,
         decided,
     };
     let carried = carry_out(&*w.gw, &w.counts, outcome, &asked).await;
-    if let Some((s, _)) = ctx.trace.as_deref() {
+    if let Some(s) = &ctx.trace {
         trace_str(s, "rbac.decision", carried.decision.as_str());
     }
     match carried.answer {
@@ -470,9 +455,9 @@ mod tests {
     use super::forwarded_client;
 
     /// The size of the future an async fn returns, from the fn itself (nothing is called).
-    fn future_size<F, A, B, C, D, E, Fut>(_: F) -> usize
+    fn future_size<F, A, B, C, D, Fut>(_: F) -> usize
     where
-        F: FnOnce(A, B, C, D, E) -> Fut,
+        F: FnOnce(A, B, C, D) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }
@@ -486,7 +471,7 @@ mod tests {
     /// test build before, 3,640 after; 8,432 and 3,600 in the release build).
     #[test]
     fn the_request_handler_future_is_small() {
-        let size = future_size(super::handle::<false>);
+        let size = future_size(super::handle);
         assert!(
             size <= HANDLER_FUTURE_MAX,
             "handle's future is {size} bytes"

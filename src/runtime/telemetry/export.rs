@@ -89,9 +89,13 @@ impl Wire {
 
     /// POSTs one protobuf body; Ok: the collector's status.
     pub async fn post(&self, endpoint: &Endpoint, body: Vec<u8>) -> Result<u16, HttpError> {
+        self.post_bytes(endpoint, Bytes::from(body)).await
+    }
+
+    pub async fn post_bytes(&self, endpoint: &Endpoint, body: Bytes) -> Result<u16, HttpError> {
         let mut req = Request::post(endpoint.url.clone())
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-            .body(Bytes::from(body))?;
+            .body(body)?;
         for (k, v) in &endpoint.headers {
             req.headers_mut().insert(k.clone(), v.clone());
         }
@@ -153,13 +157,16 @@ pub struct Queue {
     waiting: Mutex<Waiting>,
     max_queue: usize,
     max_batch: usize,
+    /// The bytes kept free before the entries, where the export's head is written
+    /// ([`otlp::request_in_place`]).
+    room: usize,
     /// Told when a full batch is waiting.
     full: tokio::sync::Notify,
     losses: Arc<Losses>,
     dropped: prometheus::IntCounter,
 }
 
-/// The spans' entries, one after the other, and where each ends.
+/// The spans' entries, one after the other behind the queue's room, and where each ends.
 #[derive(Debug, Default)]
 struct Waiting {
     entries: Vec<u8>,
@@ -170,13 +177,18 @@ impl Queue {
     pub fn new(
         max_queue: usize,
         max_batch: usize,
+        room: usize,
         losses: Arc<Losses>,
         dropped: prometheus::IntCounter,
     ) -> Queue {
         Queue {
-            waiting: Mutex::new(Waiting::default()),
+            waiting: Mutex::new(Waiting {
+                entries: vec![0; room],
+                ends: Vec::new(),
+            }),
             max_queue,
             max_batch,
+            room,
             full: tokio::sync::Notify::new(),
             losses,
             dropped,
@@ -202,25 +214,24 @@ impl Queue {
         }
     }
 
-    /// Up to one batch off the queue's front (oldest first) into `batch` (cleared first); the
-    /// number of spans taken.
-    fn take(&self, batch: &mut Vec<u8>) -> usize {
-        batch.clear();
+    /// Up to one batch off the queue's front (oldest first), behind the room; the number of
+    /// spans taken. `spare`: the room alone, with the capacity the queue had (the queue's
+    /// buffer when it is taken whole, allocated outside the lock).
+    fn take(&self, mut spare: Vec<u8>) -> (Vec<u8>, usize) {
         let mut q = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         let q = &mut *q;
         if q.ends.len() <= self.max_batch {
-            std::mem::swap(&mut q.entries, batch);
             let n = q.ends.len();
             q.ends.clear();
-            return n;
+            return (std::mem::replace(&mut q.entries, spare), n);
         }
         let cut = q.ends[self.max_batch - 1];
-        batch.extend(q.entries.drain(..cut));
+        spare.extend(q.entries.drain(self.room..cut));
         q.ends.drain(..self.max_batch);
         for e in &mut q.ends {
-            *e -= cut;
+            *e -= cut - self.room;
         }
-        self.max_batch
+        (spare, self.max_batch)
     }
 
     fn len(&self) -> usize {
@@ -242,7 +253,8 @@ pub async fn export_spans(
     delay: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut batch = Vec::new();
+    let room = prefix.head_room();
+    let mut capacity = 0;
     let mut next = tokio::time::Instant::now() + delay;
     loop {
         let (timer, last) = tokio::select! {
@@ -255,13 +267,16 @@ pub async fn export_spans(
         }
         // On the timer and at the stop, everything queued; otherwise full batches only.
         while timer || queue.len() >= queue.max_batch {
-            let n = queue.take(&mut batch) as u64;
+            let mut spare = Vec::with_capacity(capacity);
+            spare.resize(room, 0);
+            let (batch, n) = queue.take(spare);
+            let n = n as u64;
+            capacity = capacity.max(batch.capacity());
             if n == 0 {
                 break;
             }
-            let mut body = Vec::new();
-            otlp::encode_request(&prefix, &batch, &mut body);
-            let failed = match wire.post(&endpoint, body).await {
+            let body = otlp::request_in_place(&prefix, batch, room);
+            let failed = match wire.post_bytes(&endpoint, body).await {
                 Ok(status) if (200..300).contains(&status) => None,
                 Ok(status) => Some(format!("spans: the collector answered {status}")),
                 Err(e) => Some(format!("spans: {e}")),

@@ -3,16 +3,21 @@
 //! trace export's body, `ExportTraceServiceRequest` (opentelemetry-proto's
 //! `collector/trace/v1`), written field by field from [`SpanRecord`]s: no intermediate protobuf
 //! structs. A span's attributes are written as `KeyValue` entries when they are set
-//! ([`put_attribute`], no string allocated for a value); the export copies them whole. The
-//! resource and the scope are encoded once at start ([`Prefix`]). Each message's length is
-//! computed before it is written (protobuf puts a nested message's length before it), so the
-//! body is written in one pass into one buffer.
+//! ([`Attributes::push`], inlined where it is called: with the key a literal, the entry's fixed
+//! bytes are constants; no string allocated for a value); the span's entry on the queue copies
+//! them whole. A server span's name `METHOD route` is written from its `http.route` attribute
+//! ([`SpanRecord::name_route`]), never allocated. The resource and the scope are encoded once at
+//! start ([`Prefix`]). Each message's length is computed before it is written (protobuf puts a
+//! nested message's length before it), so the body is written in one pass; the export's head
+//! is written in the room the queue keeps before the entries ([`request_in_place`]), so the
+//! batch is not copied again.
 //!
 //! Replaces, with [`super::span`] and [`super::export::Queue`], the SDK's span pipeline on the
 //! request path (`opentelemetry_sdk`'s `Span` and `BatchSpanProcessor`, `opentelemetry-otlp`'s
 //! conversion and prost encoding): every request sampled cost +52% gateway CPU per allowed
-//! request with the SDK, +18% with this (`scripts/bench/otel.sh`, docs/performance-log.md,
-//! 2026-11-27).
+//! request with the SDK, +18% with this at first, about +12% after its second round (four runs of
+//! six paired rounds on a noisy machine, the first version +16 to +26% in the same period;
+//! `scripts/bench/otel.sh`, docs/performance-log.md, 2026-11-27).
 //!
 //! Written as prost writes opentelemetry-proto's types (fields in number order, proto3 defaults
 //! left out, a oneof's value always written): the differential test decodes what this writes
@@ -65,8 +70,26 @@ impl Attributes {
         Attributes(Vec::with_capacity(n))
     }
 
+    /// Inlined where it is called: with the key a literal there, its length, the entry's fixed
+    /// bytes and the key's copy are constants (a short text's entry is then three stores and
+    /// one copy of the text; issue 53's second round).
+    #[inline(always)]
     pub fn push(&mut self, key: &str, value: Value<'_>) {
-        put_attribute(&mut self.0, key, value);
+        match value {
+            Value::Text(t) if key.len() + t.len() < 120 => put_short_text(&mut self.0, key, t),
+            Value::Bool(b) if key.len() < 120 => put_bool(&mut self.0, key, b),
+            Value::Int(n) if key.len() < 100 => put_int(&mut self.0, key, n),
+            _ => put_attribute(&mut self.0, key, value),
+        }
+    }
+}
+
+impl Attributes {
+    /// `http.route`, and where its text lies (the last bytes of its entry, whichever way it was
+    /// written): [`SpanRecord::name_route`].
+    pub fn push_route(&mut self, route: &str) -> (usize, usize) {
+        self.push("http.route", Value::Text(route));
+        (self.0.len() - route.len(), route.len())
     }
 }
 
@@ -99,6 +122,10 @@ pub struct SpanRecord {
     pub flags: u8,
     pub kind: Kind,
     pub name: Cow<'static, str>,
+    /// Where, in `attributes`, the text the name goes on with lies (after a space): the server
+    /// span's `http.route` ([`Attributes::push_route`]), so that `METHOD route` is never
+    /// allocated. None: the name is `name`.
+    pub name_route: Option<(usize, usize)>,
     pub start: u64,
     pub end: u64,
     pub attributes: Attributes,
@@ -118,6 +145,12 @@ impl Prefix {
     /// `resource` and `scope`: each an encoded message (prost's, once at start).
     pub fn new(resource: Vec<u8>, scope: Vec<u8>) -> Prefix {
         Prefix { resource, scope }
+    }
+
+    /// The most bytes an export writes before its spans: the resource, the scope, four keys
+    /// and four lengths (each at most 10 bytes of varint, 11 with its key).
+    pub fn head_room(&self) -> usize {
+        self.resource.len() + self.scope.len() + 4 * 11
     }
 }
 
@@ -179,30 +212,74 @@ fn any_value_len(v: Value<'_>) -> usize {
     }
 }
 
+/// The usual attribute, text whose every length fits one byte (`key` and `t` together under
+/// 120 bytes): four bytes, the key, four bytes, the text (the same bytes as [`put_attribute`]'s
+/// general case, written with fewer steps).
+#[inline(always)]
+fn put_short_text(out: &mut Vec<u8>, key: &str, t: &str) {
+    let any = 2 + t.len();
+    let kv = 2 + key.len() + 2 + any;
+    out.reserve(2 + kv);
+    out.extend_from_slice(&[
+        (9 << 3) | LEN as u8,
+        kv as u8,
+        (1 << 3) | LEN as u8,
+        key.len() as u8,
+    ]);
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&[
+        (2 << 3) | LEN as u8,
+        any as u8,
+        (1 << 3) | LEN as u8,
+        t.len() as u8,
+    ]);
+    out.extend_from_slice(t.as_bytes());
+}
+
+/// A flag under a key shorter than 120 bytes: every length one byte.
+#[inline(always)]
+fn put_bool(out: &mut Vec<u8>, key: &str, b: bool) {
+    let kv = 2 + key.len() + 4;
+    out.reserve(2 + kv);
+    out.extend_from_slice(&[
+        (9 << 3) | LEN as u8,
+        kv as u8,
+        (1 << 3) | LEN as u8,
+        key.len() as u8,
+    ]);
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&[
+        (2 << 3) | LEN as u8,
+        2,
+        (2 << 3) | VARINT as u8,
+        u8::from(b),
+    ]);
+}
+
+/// A number under a key shorter than 100 bytes: every length one byte (the number's varint is
+/// at most 10).
+#[inline(always)]
+fn put_int(out: &mut Vec<u8>, key: &str, n: i64) {
+    let v = varint_len(n as u64);
+    let kv = 2 + key.len() + 2 + 1 + v;
+    out.reserve(2 + kv);
+    out.extend_from_slice(&[
+        (9 << 3) | LEN as u8,
+        kv as u8,
+        (1 << 3) | LEN as u8,
+        key.len() as u8,
+    ]);
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&[(2 << 3) | LEN as u8, (1 + v) as u8, (3 << 3) | VARINT as u8]);
+    put_varint(out, n as u64);
+}
+
 /// One attribute as `Span.attributes`' entry: field 9, a `KeyValue` of the key (never empty)
 /// and the value (always present).
 pub fn put_attribute(out: &mut Vec<u8>, key: &str, v: Value<'_>) {
-    // The usual case, text whose every length fits one byte: four bytes, the key, four bytes,
-    // the text (the same bytes as below, written with fewer steps).
     if let Value::Text(t) = v {
         if key.len() + t.len() < 120 {
-            let any = 2 + t.len();
-            let kv = 2 + key.len() + 2 + any;
-            out.reserve(2 + kv);
-            out.extend_from_slice(&[
-                (9 << 3) | LEN as u8,
-                kv as u8,
-                (1 << 3) | LEN as u8,
-                key.len() as u8,
-            ]);
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(&[
-                (2 << 3) | LEN as u8,
-                any as u8,
-                (1 << 3) | LEN as u8,
-                t.len() as u8,
-            ]);
-            out.extend_from_slice(t.as_bytes());
+            put_short_text(out, key, t);
             return;
         }
     }
@@ -246,6 +323,17 @@ fn span_flags(s: &SpanRecord) -> u32 {
     u32::from(s.flags) | 0x100 | if s.parent_remote { 0x200 } else { 0 }
 }
 
+/// The text the name goes on with, from the attributes.
+fn name_route(s: &SpanRecord) -> Option<&[u8]> {
+    s.name_route
+        .and_then(|(at, n)| s.attributes.0.get(at..at + n))
+}
+
+/// The name's bytes: `name`, or `name route`.
+fn name_len(s: &SpanRecord) -> usize {
+    s.name.len() + name_route(s).map_or(0, |r| 1 + r.len())
+}
+
 fn span_len(s: &SpanRecord) -> usize {
     let mut n = len_field(1, 16) + len_field(2, 8);
     if let Some(ts) = s.trace_state.as_deref().filter(|t| !t.is_empty()) {
@@ -254,8 +342,9 @@ fn span_len(s: &SpanRecord) -> usize {
     if s.parent_span_id.is_some() {
         n += len_field(4, 8);
     }
-    if !s.name.is_empty() {
-        n += len_field(5, s.name.len());
+    let name = name_len(s);
+    if name > 0 {
+        n += len_field(5, name);
     }
     n += key_len(6) + 1;
     n += 2 * (key_len(7) + 8);
@@ -266,23 +355,43 @@ fn span_len(s: &SpanRecord) -> usize {
 
 fn put_span(out: &mut Vec<u8>, s: &SpanRecord, len: usize) {
     put_len(out, 2, len);
-    put_bytes(out, 1, &s.trace_id);
-    put_bytes(out, 2, &s.span_id);
+    // The fixed-size fields as whole blocks (their keys and lengths are one byte each): the
+    // ids, then kind, start and end.
+    let mut ids = [0u8; 28];
+    ids[0] = (1 << 3) | LEN as u8;
+    ids[1] = 16;
+    ids[2..18].copy_from_slice(&s.trace_id);
+    ids[18] = (2 << 3) | LEN as u8;
+    ids[19] = 8;
+    ids[20..].copy_from_slice(&s.span_id);
+    out.extend_from_slice(&ids);
     if let Some(ts) = s.trace_state.as_deref().filter(|t| !t.is_empty()) {
         put_bytes(out, 3, ts.as_bytes());
     }
     if let Some(p) = &s.parent_span_id {
-        put_bytes(out, 4, p);
+        let mut parent = [0u8; 10];
+        parent[0] = (4 << 3) | LEN as u8;
+        parent[1] = 8;
+        parent[2..].copy_from_slice(p);
+        out.extend_from_slice(&parent);
     }
-    if !s.name.is_empty() {
-        put_bytes(out, 5, s.name.as_bytes());
+    let name = name_len(s);
+    if name > 0 {
+        put_len(out, 5, name);
+        out.extend_from_slice(s.name.as_bytes());
+        if let Some(route) = name_route(s) {
+            out.push(b' ');
+            out.extend_from_slice(route);
+        }
     }
-    put_key(out, 6, VARINT);
-    out.push(s.kind as u8);
-    put_key(out, 7, FIXED64);
-    out.extend_from_slice(&s.start.to_le_bytes());
-    put_key(out, 8, FIXED64);
-    out.extend_from_slice(&s.end.to_le_bytes());
+    let mut times = [0u8; 20];
+    times[0] = (6 << 3) | VARINT as u8;
+    times[1] = s.kind as u8;
+    times[2] = (7 << 3) | FIXED64 as u8;
+    times[3..11].copy_from_slice(&s.start.to_le_bytes());
+    times[11] = (8 << 3) | FIXED64 as u8;
+    times[12..].copy_from_slice(&s.end.to_le_bytes());
+    out.extend_from_slice(&times);
     out.extend_from_slice(&s.attributes.0);
     put_len(out, 15, status_len(&s.status));
     if let Status::Error(d) = &s.status {
@@ -292,8 +401,11 @@ fn put_span(out: &mut Vec<u8>, s: &SpanRecord, len: usize) {
         put_key(out, 3, VARINT);
         out.push(2);
     }
-    put_key(out, 16, FIXED32);
-    out.extend_from_slice(&span_flags(s).to_le_bytes());
+    let mut flags = [0u8; 6];
+    // Field 16's key, (16 << 3) | 5 = 133, is two bytes of varint: 0x85 0x01.
+    flags[..2].copy_from_slice(&[0x80 | FIXED32 as u8, 1]);
+    flags[2..].copy_from_slice(&span_flags(s).to_le_bytes());
+    out.extend_from_slice(&flags);
 }
 
 /// One span as `ScopeSpans.spans`' entry (field 2, a `Span`), appended to `out`: what the
@@ -304,19 +416,37 @@ pub fn put_span_entry(out: &mut Vec<u8>, s: &SpanRecord) {
     put_span(out, s, n);
 }
 
+/// What an export writes before its spans' entries, `entries` bytes of them: at most
+/// [`Prefix::head_room`] bytes.
+fn put_request_head(prefix: &Prefix, entries: usize, out: &mut Vec<u8>) {
+    let scope_spans = len_field(1, prefix.scope.len()) + entries;
+    let resource_spans = len_field(1, prefix.resource.len()) + len_field(2, scope_spans);
+    out.reserve(len_field(1, resource_spans) - entries);
+    put_len(out, 1, resource_spans);
+    put_bytes(out, 1, &prefix.resource);
+    put_len(out, 2, scope_spans);
+    put_bytes(out, 1, &prefix.scope);
+}
+
 /// One export: `ExportTraceServiceRequest { resource_spans: [{ resource, scope_spans: [{ scope,
 /// spans }] }] }` around `entries` (spans written by [`put_span_entry`]), into `out` (cleared
 /// first).
 pub fn encode_request(prefix: &Prefix, entries: &[u8], out: &mut Vec<u8>) {
     out.clear();
-    let scope_spans = len_field(1, prefix.scope.len()) + entries.len();
-    let resource_spans = len_field(1, prefix.resource.len()) + len_field(2, scope_spans);
-    out.reserve(len_field(1, resource_spans));
-    put_len(out, 1, resource_spans);
-    put_bytes(out, 1, &prefix.resource);
-    put_len(out, 2, scope_spans);
-    put_bytes(out, 1, &prefix.scope);
+    put_request_head(prefix, entries.len(), out);
     out.extend_from_slice(entries);
+}
+
+/// The same export as [`encode_request`], written around the entries where they lie: `buf` is
+/// `room` bytes ([`Prefix::head_room`], their values unused) and then the entries; the head is
+/// written at the end of the room and the export starts there (the entries are not copied:
+/// a batch is ~1 KB a traced request).
+pub fn request_in_place(prefix: &Prefix, mut buf: Vec<u8>, room: usize) -> bytes::Bytes {
+    let mut head = Vec::with_capacity(room);
+    put_request_head(prefix, buf.len() - room, &mut head);
+    let start = room - head.len();
+    buf[start..room].copy_from_slice(&head);
+    bytes::Bytes::from(buf).slice(start..)
 }
 
 #[cfg(test)]
@@ -362,7 +492,10 @@ mod tests {
             trace_state: s.trace_state.as_deref().unwrap_or("").to_string(),
             parent_span_id: s.parent_span_id.map_or(Vec::new(), |p| p.to_vec()),
             flags: u32::from(s.flags) | 0x100 | if s.parent_remote { 0x200 } else { 0 },
-            name: s.name.to_string(),
+            name: match name_route(s) {
+                None => s.name.to_string(),
+                Some(r) => format!("{} {}", s.name, std::str::from_utf8(r).unwrap()),
+            },
             kind: match s.kind {
                 Kind::Server => span::SpanKind::Server,
                 Kind::Client => span::SpanKind::Client,
@@ -386,7 +519,7 @@ mod tests {
         let long = "x".repeat(300);
         // The fast path's bound: key and text 119 bytes (every length one byte), then 120.
         let (edge, past) = ("y".repeat(118), "z".repeat(119));
-        let (server_attributes, server_kvs) = attributes(&[
+        let (mut server_attributes, mut server_kvs) = attributes(&[
             ("http.request.method", Value::Text("GET")),
             ("url.path", Value::Text("/console/customers/42")),
             ("rbac.admin_id", Value::Text("admin-ü-7")),
@@ -399,7 +532,22 @@ mod tests {
             ("long", Value::Text(&long)),
             ("k", Value::Text(&edge)),
             ("k", Value::Text(&past)),
+            // A flag and a number under a key too long for the one-byte lengths.
+            (&long, Value::Bool(true)),
+            (&long, Value::Int(7)),
+            (&edge, Value::Bool(false)),
         ]);
+        // The name goes on with the route, from the attributes.
+        let name_route = Some(server_attributes.push_route("/console/customers/<id>"));
+        server_kvs.push(KeyValue {
+            key: "http.route".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(
+                    "/console/customers/<id>".into(),
+                )),
+            }),
+            ..Default::default()
+        });
         let server = SpanRecord {
             trace_id,
             span_id: new_span_id(),
@@ -408,7 +556,8 @@ mod tests {
             trace_state: Some("a=1,b=2".into()),
             flags: 1,
             kind: Kind::Server,
-            name: "GET /console/customers/<id>".into(),
+            name: "GET".into(),
+            name_route,
             start: 1_764_000_000_123_456_789,
             end: 1_764_000_000_123_999_999,
             attributes: server_attributes,
@@ -425,6 +574,7 @@ mod tests {
         exchange.trace_state = None;
         exchange.kind = Kind::Client;
         exchange.name = "GET".into();
+        exchange.name_route = None;
         exchange.attributes = exchange_attributes;
         exchange.status = Status::Error("no answer");
         let mut root = exchange.clone();
@@ -480,6 +630,12 @@ mod tests {
             let got = ExportTraceServiceRequest::decode(&out[..]).unwrap();
             assert_eq!(got, want);
             assert_eq!(out, want.encode_to_vec(), "prost's own bytes, {n} spans");
+            // Written in place, around the entries behind the room the queue keeps.
+            let room = prefix.head_room();
+            let mut buf = vec![7; room];
+            buf.extend_from_slice(&entries);
+            let in_place = request_in_place(&prefix, buf, room);
+            assert_eq!(&in_place[..], &out[..], "in place, {n} spans");
         }
     }
 

@@ -6,7 +6,8 @@
 //! path: with every request sampled the SDK's pipeline cost +52% gateway CPU per allowed request
 //! (a `SpanData` per span moved to its export thread, each attribute turned into an owned OTLP
 //! string there, then prost; 66-68k user-space instructions per traced request); this one
-//! +18% (35k instructions; the untraced request 24.5k), paired, docs/performance-log.md
+//! +18% at first (35k instructions; the untraced request 24.5k), about +12% after the second
+//! round (30.0k instructions), paired, docs/performance-log.md
 //! (2026-11-27, issue 53). What a span carries and how it is sampled
 //! is what the SDK did: the sampler follows the specification's `always_on`, `always_off`,
 //! `traceidratio` (the SDK's comparison of the trace id's low 63 bits) and `parentbased_*`
