@@ -87,8 +87,10 @@ pub struct Identity {
     /// Advanced by the change feed before it invalidates: a cache fill that saw it move kept a
     /// value read before the change (see [`Identity::drop_if_changed`]).
     changes: AtomicU64,
-    /// Cold lookups behind a pooler, sent together (started at the first one).
+    /// Cold lookups sent together (started at the first one).
     batches: std::sync::OnceLock<Batches>,
+    /// Where their sending task runs: the runtime this identity was made on, if any.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Lowercase hex SHA-256 of a cookie value: the key `admin_sessions.token_sha256` holds.
@@ -186,6 +188,7 @@ fn seconds(s: f64) -> Duration {
 }
 
 impl Identity {
+    /// Made on the runtime that will send its cold lookups (`serve`: the background runtime).
     pub fn new(pool: Db, ttl: Duration, capacity: u64, metrics: Arc<Metrics>) -> Identity {
         Identity {
             pool,
@@ -214,6 +217,7 @@ impl Identity {
             generation: AtomicU64::new(0),
             changes: AtomicU64::new(0),
             batches: std::sync::OnceLock::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -315,6 +319,7 @@ impl Identity {
     async fn cold_lookup(&self, key: &str) -> Result<Option<Found>, sqlx::Error> {
         let batches = self.batches.get_or_init(|| {
             Batches::start(
+                self.runtime.as_ref(),
                 self.pool.clone(),
                 self.break_glass_requires_alert,
                 self.metrics.clone(),

@@ -123,11 +123,22 @@ impl Batches {
         (pool_size as usize / 4).max(1)
     }
 
-    /// Starts the sending task on the current runtime.
-    pub fn start(db: Db, requires_alert: bool, metrics: Arc<Metrics>) -> Batches {
+    /// Starts the sending task on `runtime` (the identity's: in `serve` the background runtime,
+    /// which lives as long as the process, so a worker that stops first while the others drain
+    /// takes no statement with it), or on the current one.
+    pub fn start(
+        runtime: Option<&tokio::runtime::Handle>,
+        db: Db,
+        requires_alert: bool,
+        metrics: Arc<Metrics>,
+    ) -> Batches {
         let (queue, waiting) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(Batches::in_flight(db.pool().size())));
-        tokio::spawn(send_batches(db, requires_alert, metrics, waiting, permits));
+        let sending = send_batches(db, requires_alert, metrics, waiting, permits);
+        match runtime {
+            Some(rt) => drop(rt.spawn(sending)),
+            None => drop(tokio::spawn(sending)),
+        }
         Batches { queue }
     }
 
