@@ -25,7 +25,7 @@
 //! each requester bounds its own wait (`--db-timeout-ms`, [`super::db::within`]), and a statement
 //! that fails answers every lookup in it with the error (503, fail closed).
 
-use std::collections::HashMap;
+use std::collections::{hash_map::Entry, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -47,9 +47,9 @@ pub const BATCH_SQL: &str = "SELECT s.admin_id, EXTRACT(EPOCH FROM (s.expires_at
      JOIN admin_sessions s ON s.token_sha256 = h AND s.revoked_at_utc IS NULL AND s.expires_at_utc > now() \
      CROSS JOIN LATERAL rbac_gateway_principal(s.admin_id, $2) p";
 
-/// A live session and its admin's principal, as the cold lookup answers it (the named join and
-/// the batch alike: `admin_id, seconds_left, roles, permissions, break_glass_seconds,
-/// break_glass_until` from column 0).
+/// A live session and its admin's principal, as the cold lookup answers it (the named
+/// statement and the simple query alike: `admin_id, seconds_left, roles, permissions,
+/// break_glass_seconds, break_glass_until` from column 0).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Found {
     pub admin_id: String,
@@ -63,20 +63,18 @@ pub struct Found {
 }
 
 impl Found {
-    /// The session and principal of a row whose column 0 is the admin id; None when it is NULL.
-    pub fn from_row(row: &sqlx::postgres::PgRow) -> Result<Option<Found>, sqlx::Error> {
+    /// The session and principal of a row (a live session's: both forms answer no row for a
+    /// hash without one, so a NULL admin id is a decoding error, never "no session").
+    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Found, sqlx::Error> {
         use sqlx::Row;
-        let Some(admin_id) = row.try_get::<Option<String>, _>(0)? else {
-            return Ok(None);
-        };
-        Ok(Some(Found {
-            admin_id,
+        Ok(Found {
+            admin_id: row.try_get(0)?,
             seconds_left: row.try_get(1)?,
             roles: row.try_get(2)?,
             permissions: row.try_get(3)?,
             break_glass_seconds: row.try_get(4)?,
             break_glass_until: row.try_get(5)?,
-        }))
+        })
     }
 }
 
@@ -226,6 +224,7 @@ async fn answer(db: &Db, requires_alert: bool, metrics: &Metrics, batch: Vec<Wai
         Err(e) => {
             let e = Arc::new(e);
             for w in batch {
+                // Err: the requester gave up meanwhile; nothing waits for this answer.
                 let _ = w.reply.send(Err(e.clone()));
             }
         }
@@ -239,8 +238,8 @@ fn by_hash(rows: &[sqlx::postgres::PgRow]) -> Result<HashMap<String, Found>, sql
     let mut found = HashMap::with_capacity(rows.len());
     for row in rows {
         let hash: String = row.try_get(6)?;
-        if let Some(f) = Found::from_row(row)? {
-            found.entry(hash).or_insert(f);
+        if let Entry::Vacant(e) = found.entry(hash) {
+            e.insert(Found::from_row(row)?);
         }
     }
     Ok(found)

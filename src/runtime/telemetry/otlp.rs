@@ -212,10 +212,12 @@ fn any_value_len(v: Value<'_>) -> usize {
     }
 }
 
-/// The start of a short attribute's entry: field 9 of `kv` bytes, then its key (field 1), each
-/// length one byte (the callers' bounds keep them under 128); `out` has room for it.
+/// The start of a short attribute's entry, with room reserved for the whole entry: field 9 of
+/// `kv` bytes, then its key (field 1), each length one byte (the callers' bounds keep them
+/// under 128).
 #[inline(always)]
 fn put_short_key(out: &mut Vec<u8>, kv: usize, key: &str) {
+    out.reserve(2 + kv);
     out.extend_from_slice(&[
         (9 << 3) | LEN as u8,
         kv as u8,
@@ -232,7 +234,6 @@ fn put_short_key(out: &mut Vec<u8>, kv: usize, key: &str) {
 fn put_short_text(out: &mut Vec<u8>, key: &str, t: &str) {
     let any = 2 + t.len();
     let kv = 2 + key.len() + 2 + any;
-    out.reserve(2 + kv);
     put_short_key(out, kv, key);
     out.extend_from_slice(&[
         (2 << 3) | LEN as u8,
@@ -247,7 +248,6 @@ fn put_short_text(out: &mut Vec<u8>, key: &str, t: &str) {
 #[inline(always)]
 fn put_bool(out: &mut Vec<u8>, key: &str, b: bool) {
     let kv = 2 + key.len() + 4;
-    out.reserve(2 + kv);
     put_short_key(out, kv, key);
     out.extend_from_slice(&[
         (2 << 3) | LEN as u8,
@@ -263,7 +263,6 @@ fn put_bool(out: &mut Vec<u8>, key: &str, b: bool) {
 fn put_int(out: &mut Vec<u8>, key: &str, n: i64) {
     let v = varint_len(n as u64);
     let kv = 2 + key.len() + 2 + 1 + v;
-    out.reserve(2 + kv);
     put_short_key(out, kv, key);
     out.extend_from_slice(&[(2 << 3) | LEN as u8, (1 + v) as u8, (3 << 3) | VARINT as u8]);
     put_varint(out, n as u64);
