@@ -20,10 +20,13 @@ GRANT SELECT ON rbac_mapping_store, rbac_mapping_activations TO rbac_gateway_rea
 -- A principal's roles (migration 0011). EXECUTE is PUBLIC's by default; granted here for
 -- databases whose default privileges revoke it.
 GRANT EXECUTE ON FUNCTION rbac_gateway_principal(TEXT, BOOLEAN) TO rbac_gateway_reader;
--- A session's principal and a customer's ticket grants, one call each (migration 0012; behind a
--- pooler the cold lookups waiting at one time go as one statement over the first).
-GRANT EXECUTE ON FUNCTION rbac_gateway_session_principal(TEXT, BOOLEAN) TO rbac_gateway_reader;
+-- A customer's ticket grants, one call (migration 0012).
 GRANT EXECUTE ON FUNCTION rbac_gateway_ticket_grants(TEXT, INTEGER, TEXT[]) TO rbac_gateway_reader;
+-- The cold lookups waiting at one time, one call behind a pooler (migration 0014).
+GRANT EXECUTE ON FUNCTION rbac_gateway_session_principals(TEXT[], BOOLEAN) TO rbac_gateway_reader;
+-- A session's principal, one call (migration 0012): what the releases before 0014 send behind a
+-- pooler; kept while gateways of those releases may run.
+GRANT EXECUTE ON FUNCTION rbac_gateway_session_principal(TEXT, BOOLEAN) TO rbac_gateway_reader;
 -- A cold lookup behind a pooler, one CALL (migration 0013): what the release before batched
 -- lookups sends; kept while gateways of that release may run.
 GRANT EXECUTE ON PROCEDURE rbac_gateway_session_lookup(TEXT, BOOLEAN, TEXT, FLOAT8, TEXT[], TEXT[], FLOAT8, TIMESTAMPTZ) TO rbac_gateway_reader;

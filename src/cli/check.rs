@@ -374,11 +374,11 @@ async fn check_database(
             ));
         }
     }
-    // The functions the lookups call (migrations 0011, 0012).
+    // The functions the lookups call (migrations 0011, 0012, 0014).
     for function in [
         "rbac_gateway_principal(text, boolean)",
         "rbac_gateway_ticket_grants(text, integer, text[])",
-        "rbac_gateway_session_principal(text, boolean)",
+        "rbac_gateway_session_principals(text[], boolean)",
     ] {
         let found = db_schema::function_exists(&pool, function)
             .await

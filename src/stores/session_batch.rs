@@ -10,8 +10,10 @@
 //! through [`Db::lookup`] (one round trip): on the gateway's own sessions the named statement
 //! [`BATCH_SQL`] (the live sessions of an array of hashes joined with `rbac_gateway_principal`,
 //! the issue's reference lookup over an array); behind a pooler [`batch_sql`], one simple query
-//! of `rbac_gateway_session_principal` (migration 0012, its plan kept by the server connection)
-//! over the array, bounded by its `SET LOCAL statement_timeout` as a whole. A lookup that arrives
+//! that calls `rbac_gateway_session_principals` (migration 0014: the same join, its plan kept by
+//! the server connection) once over the array, bounded by its `SET LOCAL statement_timeout` as a
+//! whole. The server's work per session is then the same in both modes; only the outer statement
+//! (one function scan) is parsed and planned on each call. A lookup that arrives
 //! while fewer than [`Batches::in_flight`] statements run goes at once, alone: batching adds no
 //! wait to a quiet gateway.
 //!
@@ -79,14 +81,15 @@ impl Found {
 }
 
 /// The cold lookup of `hashes` (each checked to be a SHA-256 hex digest by the caller) as one
-/// simple query with its values written in: [`BATCH_SQL`]'s rows, from
-/// `rbac_gateway_session_principal` (migration 0012), whose plan the server connection keeps
-/// (a simple query of the join itself would be planned on every call).
+/// simple query with its values written in: [`BATCH_SQL`]'s rows, from one call of
+/// `rbac_gateway_session_principals` (migration 0014), whose join is [`BATCH_SQL`]'s and keeps
+/// its plan in the server connection (the outer statement, one function scan, is all that is
+/// planned on each call; the join itself as a simple query would be planned every time).
 pub fn batch_sql(hashes: &[&str], requires_alert: bool) -> Result<String, Unquotable> {
     let mut sql = String::with_capacity(200 + hashes.len() * 70);
     sql.push_str(
-        "SELECT f.admin_id, f.seconds_left, f.roles, f.permissions, f.break_glass_seconds, \
-         f.break_glass_until, h FROM unnest(ARRAY[",
+        "SELECT admin_id, seconds_left, roles, permissions, break_glass_seconds, \
+         break_glass_until, token_sha256 FROM rbac_gateway_session_principals(ARRAY[",
     );
     for (i, h) in hashes.iter().enumerate() {
         if i > 0 {
@@ -94,9 +97,9 @@ pub fn batch_sql(hashes: &[&str], requires_alert: bool) -> Result<String, Unquot
         }
         sql_text::push_text(&mut sql, h)?;
     }
-    sql.push_str("]::text[]) h CROSS JOIN LATERAL rbac_gateway_session_principal(h, ");
+    sql.push_str("]::text[], ");
     sql.push_str(sql_text::boolean(requires_alert));
-    sql.push_str(") f");
+    sql.push(')');
     Ok(sql)
 }
 
@@ -257,12 +260,40 @@ mod tests {
         assert_eq!(
             sql,
             format!(
-                "SELECT f.admin_id, f.seconds_left, f.roles, f.permissions, \
-                 f.break_glass_seconds, f.break_glass_until, h FROM unnest(ARRAY[E'{a}',E'{b}']::text[]) h \
-                 CROSS JOIN LATERAL rbac_gateway_session_principal(h, true) f"
+                "SELECT admin_id, seconds_left, roles, permissions, break_glass_seconds, \
+                 break_glass_until, token_sha256 FROM \
+                 rbac_gateway_session_principals(ARRAY[E'{a}',E'{b}']::text[], true)"
             )
         );
         assert!(batch_sql(&["x\0y"], false).is_err(), "a NUL is refused");
+    }
+
+    /// The function behind a pooler runs the named statement's join: one lookup, two texts.
+    #[test]
+    fn the_pooled_function_runs_the_named_statements_join() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let sql = files
+            .iter()
+            .rev()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .find(|text| text.contains("FUNCTION rbac_gateway_session_principals("))
+            .expect("a migration defines rbac_gateway_session_principals");
+        let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let body = words(&sql[sql.find("$fn$").expect("a $fn$ body")..]);
+        let join = words(
+            &BATCH_SQL
+                .replace("$1::text[]", "p_hashes")
+                .replace("$2", "p_requires_alert"),
+        );
+        assert!(
+            body.contains(&format!("RETURN QUERY {join};")),
+            "{body}\n\n{join}"
+        );
     }
 
     #[test]

@@ -620,8 +620,8 @@ fn check_app_routes_finds_uncovered_and_stale_rules() {
 }
 
 /// Issue 11 point 4: `check --database-url` checks every table and column `serve` uses, and
-/// the change-feed triggers (each missing one used to pass the check and fail at run time, or
-/// never fail at all).
+/// the change-feed triggers and the functions the lookups call (each missing one used to pass the
+/// check and fail at run time, or never fail at all).
 #[tokio::test]
 async fn check_names_every_missing_column_table_and_trigger_serve_needs() {
     let db = TestDb::new().await;
@@ -630,6 +630,7 @@ async fn check_names_every_missing_column_table_and_trigger_serve_needs() {
         "ALTER TABLE rbac_ticket_grants DROP COLUMN ticket_id CASCADE",
         "DROP TABLE rbac_change_log",
         "ALTER TABLE admins DISABLE TRIGGER rbac_gateway_change",
+        "DROP FUNCTION rbac_gateway_session_principals(text[], boolean)",
     ] {
         sqlx::query(stmt).execute(&db.pool).await.unwrap();
     }
@@ -647,6 +648,7 @@ async fn check_names_every_missing_column_table_and_trigger_serve_needs() {
         "rbac_change_log.txid",
         "rbac_change_log.admin_id",
         "rbac_gateway_change on admins",
+        "function rbac_gateway_session_principals(text[], boolean) is missing",
     ] {
         assert!(stdout.contains(missing), "{missing} named: {stdout}");
     }

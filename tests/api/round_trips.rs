@@ -60,7 +60,7 @@ async fn a_cold_request_a_ticket_check_and_an_audit_batch_each_take_one_round_tr
     assert_eq!(lookups[0].round_trips, 1, "{:?}", lookups[0]);
     assert!(
         lookups[0].mentions("SET LOCAL statement_timeout")
-            && lookups[0].mentions("rbac_gateway_session_principal(h, false)"),
+            && lookups[0].mentions("rbac_gateway_session_principals(ARRAY["),
         "one simple query, its timeout with it: {:?}",
         lookups[0]
     );
@@ -186,8 +186,8 @@ async fn on_its_own_sessions_a_cold_request_is_one_bind_of_a_statement_prepared_
 }
 
 /// The two ways a cold lookup is sent (`stores/session_batch.rs`), the named join over an array
-/// of hashes on the gateway's own sessions and the simple query's
-/// `rbac_gateway_session_principal` over the array (migration 0012), are two texts of one
+/// of hashes on the gateway's own sessions and the simple query's call of
+/// `rbac_gateway_session_principals` over the array (migration 0014), are two texts of one
 /// lookup: for sessions live, revoked, expired and under break-glass, a gateway of each mode
 /// gives the same answers, and the expected ones.
 #[tokio::test]
@@ -330,7 +330,7 @@ async fn concurrent_cold_lookups_share_statements_and_keep_their_own_answers(nam
             assert_eq!(b.sent[0], b'B', "a Bind of the named statement: {b:?}");
         } else {
             assert!(
-                b.mentions("rbac_gateway_session_principal(h, false)"),
+                b.mentions("rbac_gateway_session_principals(ARRAY["),
                 "{b:?}"
             );
         }
