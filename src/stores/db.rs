@@ -28,6 +28,20 @@ pub type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::Pg
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The text of the latest migration that defines `function` (for tests that hold a function's
+/// SQL to the Rust beside it).
+#[cfg(test)]
+pub(crate) fn latest_definition(function: &str) -> String {
+    let head = format!("FUNCTION {function}(");
+    MIGRATOR
+        .iter()
+        .rev()
+        .find(|m| m.sql.contains(&head))
+        .unwrap_or_else(|| panic!("no migration defines {function}"))
+        .sql
+        .to_string()
+}
+
 /// A role or permission a rule of the mapping names that the database does not have: the rule
 /// can never be satisfied by it (a typo makes the route 403 for everyone).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -709,18 +709,7 @@ mod tests {
     /// session exactly where `break_glass_end!()` does, everywhere it reads an end.
     #[test]
     fn the_principal_function_ends_break_glass_as_break_glass_end_does() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        let sql = files
-            .iter()
-            .rev()
-            .map(|f| std::fs::read_to_string(f).unwrap())
-            .find(|text| text.contains("FUNCTION rbac_gateway_principal("))
-            .expect("a migration defines rbac_gateway_principal");
+        let sql = crate::stores::db::latest_definition("rbac_gateway_principal");
         let body = &sql[sql.find("$fn$").expect("a $fn$ body")..];
         let end = break_glass_end!();
         assert_eq!(body.matches(end).count(), 3, "{body}");

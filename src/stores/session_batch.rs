@@ -271,18 +271,7 @@ mod tests {
     /// The function behind a pooler runs the named statement's join: one lookup, two texts.
     #[test]
     fn the_pooled_function_runs_the_named_statements_join() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        let sql = files
-            .iter()
-            .rev()
-            .map(|f| std::fs::read_to_string(f).unwrap())
-            .find(|text| text.contains("FUNCTION rbac_gateway_session_principals("))
-            .expect("a migration defines rbac_gateway_session_principals");
+        let sql = crate::stores::db::latest_definition("rbac_gateway_session_principals");
         let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
         let body = words(&sql[sql.find("$fn$").expect("a $fn$ body")..]);
         let join = words(
