@@ -135,11 +135,10 @@ impl Batches {
     ) -> Batches {
         let (queue, waiting) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(Batches::in_flight(db.pool().size())));
-        let sending = send_batches(db, requires_alert, metrics, waiting, permits);
-        match runtime {
-            Some(rt) => drop(rt.spawn(sending)),
-            None => drop(tokio::spawn(sending)),
-        }
+        let runtime = runtime
+            .cloned()
+            .unwrap_or_else(tokio::runtime::Handle::current);
+        drop(runtime.spawn(send_batches(db, requires_alert, metrics, waiting, permits)));
         Batches { queue }
     }
 
