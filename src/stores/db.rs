@@ -32,11 +32,14 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// SQL to the Rust beside it).
 #[cfg(test)]
 pub(crate) fn latest_definition(function: &str) -> String {
-    let head = format!("FUNCTION {function}(");
+    let heads = [
+        format!("CREATE FUNCTION {function}("),
+        format!("CREATE OR REPLACE FUNCTION {function}("),
+    ];
     MIGRATOR
         .iter()
         .rev()
-        .find(|m| m.sql.contains(&head))
+        .find(|m| heads.iter().any(|head| m.sql.contains(head.as_str())))
         .unwrap_or_else(|| panic!("no migration defines {function}"))
         .sql
         .to_string()

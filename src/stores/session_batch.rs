@@ -7,23 +7,28 @@
 //! each (docs/performance-log.md, 2026-11-27).
 //!
 //! So the lookups that arrive while others are in flight wait together and go as one statement,
-//! through [`Db::lookup`] (one round trip): on the gateway's own sessions the named statement
-//! [`BATCH_SQL`] (the live sessions of an array of hashes joined with `rbac_gateway_principal`,
-//! the issue's reference lookup over an array); behind a pooler [`batch_sql`], one simple query
-//! that calls `rbac_gateway_session_principals` (migration 0014: the same join, its plan kept by
-//! the server connection) once over the array, bounded by its `SET LOCAL statement_timeout` as a
-//! whole. The server's work per session is then the same in both modes; only the outer statement
-//! (one function scan) is parsed and planned on each call. A lookup that arrives
-//! while fewer than [`Batches::in_flight`] statements run goes at once, alone: batching adds no
-//! wait to a quiet gateway.
+//! through [`Db::lookup`] (one round trip), a call of `rbac_gateway_session_principals` over the
+//! array of their hashes (migration 0014: the live sessions joined with `rbac_gateway_principal`,
+//! the issue's reference lookup over an array): on the gateway's own sessions the named statement
+//! [`BATCH_SQL`], behind a pooler [`batch_sql`], one simple query with the hashes written in,
+//! bounded by its `SET LOCAL statement_timeout` as a whole. The join has one owner, the function:
+//! its plan is kept by the server connection and made once there (migration 0015: generic; the
+//! plan cache otherwise could make a custom plan on every call, 70-93 µs each at four hashes), so the server's work per
+//! session is the same in both modes, and only the outer statement, one function scan, differs
+//! (bound once and kept when named; parsed and planned on each call as a simple query). A lookup
+//! that arrives while no statement runs goes at once, alone: batching adds no wait to a quiet
+//! gateway.
 //!
 //! Architecture Invariant: a waiting lookup gets the row of its own hash or none. The statement
 //! answers each row with the hash it was found for, and rows are matched by that hash, never by
 //! their position (`tests/api/pooler.rs` holds it under concurrent cold requests).
 //!
-//! Bounds: at most [`Batches::in_flight`] statements at once (a quarter of the pool, at least
-//! one: the rest stays for the audit writer, ticket checks and the reader API), at most
-//! [`MAX_BATCH`] hashes in each; a lookup whose requester gave up before it was sent is not sent;
+//! Bounds: [`IN_FLIGHT`] statement at once (one connection of the pool: the rest stays for the
+//! audit writer, ticket checks and the reader API; until 2026-11-27 the bound was meant to be a
+//! quarter of the pool but was computed from the connections open when the first cold lookup
+//! came, so it was one in practice, and every measurement before then ran with one), at most
+//! [`MAX_BATCH`] hashes in each (`tests/api/round_trips.rs` holds that no two overlap on the
+//! wire); a lookup whose requester gave up before it was sent is not sent;
 //! each requester bounds its own wait (`--db-timeout-ms`, [`super::db::within`]), and a statement
 //! that fails answers every lookup in it with the error (503, fail closed).
 
@@ -39,15 +44,29 @@ use crate::runtime::metrics::Metrics;
 /// The most hashes one statement carries (about 70 bytes of SQL text each).
 pub const MAX_BATCH: usize = 64;
 
-/// The cold lookup of an array of hashes (`$1`, each a SHA-256 hex digest) as a named
-/// statement: a row per hash that has a live session (not revoked, not expired), its columns
-/// those of [`Found`] and then the hash (column 6). The same answer as [`batch_sql`]'s function
-/// (`tests/api/round_trips.rs` holds that both answer alike).
-pub const BATCH_SQL: &str = "SELECT s.admin_id, EXTRACT(EPOCH FROM (s.expires_at_utc - now()))::float8, \
-     p.roles, p.permissions, p.break_glass_seconds, p.break_glass_until, h \
-     FROM unnest($1::text[]) h \
-     JOIN admin_sessions s ON s.token_sha256 = h AND s.revoked_at_utc IS NULL AND s.expires_at_utc > now() \
-     CROSS JOIN LATERAL rbac_gateway_principal(s.admin_id, $2) p";
+/// How many statements of cold lookups run at once: one. The lookups that arrive meanwhile wait
+/// and go together in the next, so a statement carries as many as the load brings (about 14 at
+/// 32 connections on the benchmark's machine). More at once meant smaller statements, and each
+/// costs PostgreSQL about 280 µs beyond its sessions' own work: with two or three in flight,
+/// PostgreSQL's CPU per cold request rose from 92-97 µs to 113-120 and 127-139 µs and direct cold
+/// throughput fell from 8,231-8,525 to 7,195-7,460 and 6,448-7,090 requests/s
+/// (docs/performance-log.md, 2026-11-27, "one statement of cold lookups in flight").
+pub const IN_FLIGHT: usize = 1;
+
+/// What both forms of the cold lookup select, up to the call's arguments: a row per hash that
+/// has a live session (not revoked, not expired), its columns those of [`Found`] and then the
+/// hash (column 6). A macro so that [`BATCH_SQL`] can be one literal.
+macro_rules! select_principals {
+    () => {
+        "SELECT admin_id, seconds_left, roles, permissions, break_glass_seconds, \
+         break_glass_until, token_sha256 FROM rbac_gateway_session_principals("
+    };
+}
+
+/// The cold lookup of an array of hashes (`$1`, each a SHA-256 hex digest) as a named statement:
+/// the function's rows, the array and the alert flag bound (`tests/api/round_trips.rs` holds that
+/// it answers as [`batch_sql`] does).
+pub const BATCH_SQL: &str = concat!(select_principals!(), "$1::text[], $2)");
 
 /// A live session and its admin's principal, as the cold lookup answers it (the named
 /// statement and the simple query alike: `admin_id, seconds_left, roles, permissions,
@@ -81,16 +100,13 @@ impl Found {
 }
 
 /// The cold lookup of `hashes` (each checked to be a SHA-256 hex digest by the caller) as one
-/// simple query with its values written in: [`BATCH_SQL`]'s rows, from one call of
-/// `rbac_gateway_session_principals` (migration 0014), whose join is [`BATCH_SQL`]'s and keeps
-/// its plan in the server connection (the outer statement, one function scan, is all that is
-/// planned on each call; the join itself as a simple query would be planned every time).
+/// simple query with its values written in: [`BATCH_SQL`]'s call, the array and the flag as
+/// literals (the outer statement, one function scan, is all that is planned on each call; the
+/// join inside keeps its plan in the server connection).
 pub fn batch_sql(hashes: &[&str], requires_alert: bool) -> Result<String, Unquotable> {
     let mut sql = String::with_capacity(200 + hashes.len() * 70);
-    sql.push_str(
-        "SELECT admin_id, seconds_left, roles, permissions, break_glass_seconds, \
-         break_glass_until, token_sha256 FROM rbac_gateway_session_principals(ARRAY[",
-    );
+    sql.push_str(select_principals!());
+    sql.push_str("ARRAY[");
     for (i, h) in hashes.iter().enumerate() {
         if i > 0 {
             sql.push(',');
@@ -119,11 +135,6 @@ pub struct Batches {
 }
 
 impl Batches {
-    /// How many statements may run at once for a pool of `pool_size` connections.
-    pub fn in_flight(pool_size: u32) -> usize {
-        (pool_size as usize / 4).max(1)
-    }
-
     /// Starts the sending task on `runtime` (the identity's: in `serve` the background runtime,
     /// which lives as long as the process, so a worker that stops first while the others drain
     /// takes no statement with it), or on the current one.
@@ -134,7 +145,7 @@ impl Batches {
         metrics: Arc<Metrics>,
     ) -> Batches {
         let (queue, waiting) = mpsc::unbounded_channel();
-        let permits = Arc::new(Semaphore::new(Batches::in_flight(db.pool().size())));
+        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
         let runtime = runtime
             .cloned()
             .unwrap_or_else(tokio::runtime::Handle::current);
@@ -267,27 +278,13 @@ mod tests {
         assert!(batch_sql(&["x\0y"], false).is_err(), "a NUL is refused");
     }
 
-    /// The function behind a pooler runs the named statement's join: one lookup, two texts.
+    /// Both forms call the one function with the same columns: the named statement binds what
+    /// the simple query writes in.
     #[test]
-    fn the_pooled_function_runs_the_named_statements_join() {
-        let sql = crate::stores::db::latest_definition("rbac_gateway_session_principals");
-        let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-        let body = words(&sql[sql.find("$fn$").expect("a $fn$ body")..]);
-        let join = words(
-            &BATCH_SQL
-                .replace("$1::text[]", "p_hashes")
-                .replace("$2", "p_requires_alert"),
-        );
-        assert!(
-            body.contains(&format!("RETURN QUERY {join};")),
-            "{body}\n\n{join}"
-        );
-    }
-
-    #[test]
-    fn a_quarter_of_the_pool_at_least_one() {
-        assert_eq!(Batches::in_flight(1), 1);
-        assert_eq!(Batches::in_flight(8), 2);
-        assert_eq!(Batches::in_flight(32), 8);
+    fn the_named_statement_is_the_simple_querys_call_with_its_values_bound() {
+        let a = "a".repeat(64);
+        let simple = batch_sql(&[&a], false).unwrap();
+        let named = BATCH_SQL.replace("$1::text[], $2", &format!("ARRAY[E'{a}']::text[], false"));
+        assert_eq!(named, simple);
     }
 }

@@ -17,7 +17,10 @@ use crate::tickets::grant;
 const NAMED: &str = "lookups run as named statements";
 
 /// What the named statement of a cold lookup says (the text of its Parse).
-const PREPARED_LOOKUP: &str = "JOIN admin_sessions s ON s.token_sha256 = h";
+const PREPARED_LOOKUP: &str = "rbac_gateway_session_principals($1";
+
+/// What the join inside `rbac_gateway_session_principals` says (as pg_stat_statements keeps it).
+const LOOKUP_JOIN: &str = "JOIN admin_sessions s ON s.token_sha256 = h";
 
 /// An admin whose only grant for customer 7 is a ticket's, cached by a first request, then
 /// allowed on a rule with `customer_param`: what the wire saw for that request, the admin, and
@@ -185,13 +188,13 @@ async fn on_its_own_sessions_a_cold_request_is_one_bind_of_a_statement_prepared_
     assert!(!gw.log().contains("simple query each"), "{}", gw.log());
 }
 
-/// The two ways a cold lookup is sent (`stores/session_batch.rs`), the named join over an array
-/// of hashes on the gateway's own sessions and the simple query's call of
-/// `rbac_gateway_session_principals` over the array (migration 0014), are two texts of one
-/// lookup: for sessions live, revoked, expired and under break-glass, a gateway of each mode
+/// The two ways a cold lookup is sent (`stores/session_batch.rs`), the named statement on the
+/// gateway's own sessions (binary, the array bound) and the simple query behind a pooler (text,
+/// the array written in), both calls of `rbac_gateway_session_principals` (migration 0014), give
+/// one answer: for sessions live, revoked, expired and under break-glass, a gateway of each mode
 /// gives the same answers, and the expected ones.
 #[tokio::test]
-async fn the_named_join_and_the_simple_querys_function_answer_alike() {
+async fn the_named_statement_and_the_simple_query_answer_alike() {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
     let named = Gateway::start(GatewayOpts::new(core_routes(), &db, up.addr)).await;
@@ -262,10 +265,11 @@ async fn the_named_join_and_the_simple_querys_function_answer_alike() {
 /// Cold lookups that arrive while others are in flight go as one statement
 /// (`stores/session_batch.rs`), and each request still gets its own session's answer: 48 cold
 /// requests at once, of admins allowed and denied on one route, revoked sessions and cookies no
-/// session has, interleaved, through a gateway of 4 connections (one statement in flight at a
-/// time). Every answer is its own; the wire saw fewer statements than requests, each one round
-/// trip, every hash sent once; `rbac_gateway_db_queries_total` counts the statements. Behind a
-/// pooler (simple queries) and on the gateway's own sessions (the named statement).
+/// session has, interleaved, through a gateway of 16 connections. Every answer is its own; the
+/// wire saw fewer statements than requests, each one round trip, every hash sent once, and no two
+/// at once (`session_batch::IN_FLIGHT`, whatever the pool's size);
+/// `rbac_gateway_db_queries_total` counts the statements. Behind a pooler (simple queries) and on
+/// the gateway's own sessions (the named statement).
 async fn concurrent_cold_lookups_share_statements_and_keep_their_own_answers(named: bool) {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
@@ -274,7 +278,7 @@ async fn concurrent_cold_lookups_share_statements_and_keep_their_own_answers(nam
         .arg("--db-statements")
         .arg(if named { "named" } else { "simple" })
         .arg("--db-pool-size")
-        .arg("4");
+        .arg("16");
     opts.database_url = wire.url.clone();
     let gw = Gateway::start(opts).await;
     settle(&[&gw]).await;
@@ -324,6 +328,16 @@ async fn concurrent_cold_lookups_share_statements_and_keep_their_own_answers(nam
         batches.len(),
         cases.len()
     );
+    for (i, a) in batches.iter().enumerate() {
+        let (a0, a1) = (a.began.unwrap(), a.ended.unwrap());
+        for b in &batches[i + 1..] {
+            let (b0, b1) = (b.began.unwrap(), b.ended.unwrap());
+            assert!(
+                a1 <= b0 || b1 <= a0,
+                "two statements of cold lookups at once: {a:?} and {b:?}"
+            );
+        }
+    }
     for b in &batches {
         assert_eq!(b.round_trips, 1, "{b:?}");
         if named {
@@ -350,4 +364,68 @@ async fn concurrent_cold_lookups_behind_a_pooler_share_statements_and_keep_their
 #[tokio::test]
 async fn concurrent_cold_lookups_on_its_own_sessions_share_statements_and_keep_their_own_answers() {
     concurrent_cold_lookups_share_statements_and_keep_their_own_answers(true).await;
+}
+
+/// The cold lookups' join is planned once per server connection, not on every call (migration
+/// 0015: the function's plans generic; PostgreSQL's plan cache otherwise makes custom plans, for
+/// some loads on every call): 24 cold requests one after another through a gateway of two connections, and
+/// pg_stat_statements (loaded by scripts/pg.sh, turned on for this database only) counts the
+/// join's calls and plans. Both ways the gateway sends the lookup.
+async fn the_cold_lookups_join_is_planned_once_per_connection(named: bool) {
+    let db = TestDb::new().await;
+    let name = db.url.rsplit_once('/').unwrap().1.to_string();
+    for sql in [
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements".to_string(),
+        format!("ALTER DATABASE {name} SET pg_stat_statements.track = 'all'"),
+        format!("ALTER DATABASE {name} SET pg_stat_statements.track_planning = on"),
+    ] {
+        sqlx::query(&sql).execute(&db.pool).await.unwrap();
+    }
+    let up = Upstream::start().await;
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--db-statements")
+            .arg(if named { "named" } else { "simple" })
+            .arg("--db-pool-size")
+            .arg("2"),
+    )
+    .await;
+    settle(&[&gw]).await;
+    let mut tokens = Vec::new();
+    for _ in 0..24 {
+        tokens.push(db.admin_with_roles(&["console-audit-user"]).await.1);
+    }
+    for token in &tokens {
+        assert_eq!(
+            gw.get("/console/customers/1", Some(token)).await.status,
+            200
+        );
+    }
+    let (calls, plans): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(calls), 0)::int8, coalesce(sum(plans), 0)::int8 FROM pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND query LIKE '%' || $1 || '%' AND query NOT LIKE '%pg_stat_statements%'",
+    )
+    .bind(LOOKUP_JOIN)
+    .fetch_one(&db.pool)
+    .await
+    .expect("pg_stat_statements answers (the server must load it: scripts/pg.sh does, with shared_preload_libraries)");
+    assert!(
+        calls >= 24,
+        "the join ran for each cold request: {calls} calls"
+    );
+    assert!(
+        plans <= 4,
+        "the join was planned {plans} times for {calls} calls through two connections"
+    );
+}
+
+#[tokio::test]
+async fn the_cold_lookups_join_is_planned_once_per_connection_behind_a_pooler() {
+    the_cold_lookups_join_is_planned_once_per_connection(false).await;
+}
+
+#[tokio::test]
+async fn the_cold_lookups_join_is_planned_once_per_connection_on_its_own_sessions() {
+    the_cold_lookups_join_is_planned_once_per_connection(true).await;
 }

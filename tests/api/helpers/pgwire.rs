@@ -19,6 +19,10 @@ pub struct Exchange {
     pub round_trips: usize,
     /// Which client connection it came on (numbered from 0 in the order they were accepted).
     pub conn: usize,
+    /// When its first byte from the client was read.
+    pub began: Option<std::time::Instant>,
+    /// When its last `ReadyForQuery` was read from the server (before the client had it).
+    pub ended: Option<std::time::Instant>,
 }
 
 impl Exchange {
@@ -70,7 +74,11 @@ impl PgWire {
                                     Ok(0) | Err(_) => return,
                                     Ok(n) => n,
                                 };
-                                current.lock().unwrap().sent.extend_from_slice(&buf[..n]);
+                                {
+                                    let mut cur = current.lock().unwrap();
+                                    cur.began.get_or_insert_with(std::time::Instant::now);
+                                    cur.sent.extend_from_slice(&buf[..n]);
+                                }
                                 if to_server.write_all(&buf[..n]).await.is_err() {
                                     return;
                                 }
@@ -103,6 +111,7 @@ impl PgWire {
                                     let mut cur = current.lock().unwrap();
                                     cur.round_trips += 1;
                                     if pending[5] == b'I' {
+                                        cur.ended = Some(std::time::Instant::now());
                                         let next = Exchange {
                                             conn,
                                             ..Exchange::default()

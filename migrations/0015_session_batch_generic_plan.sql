@@ -1,0 +1,22 @@
+-- The cold lookups' join planned once per server connection, not on every call (issue 51).
+--
+-- rbac_gateway_session_principals (0014) runs its join over `unnest(p_hashes)`. PL/pgSQL keeps
+-- the join as a cached plan, but PostgreSQL's plan cache decides per call between a custom plan,
+-- made again for that call's array, and the generic one, by their estimates (the generic plan
+-- assumes 10 rows from unnest). With four hashes a call, pg_stat_statements (track = all,
+-- track_planning = on) counted as many plans of the join as calls, 70-93 µs of planning each for
+-- about 390-450 µs of execution; other sizes turned generic after five custom plans a
+-- connection (docs/performance-log.md, 2026-11-27, "... the join planned once, one owner").
+-- Which one a load gets should not depend on its batch sizes: the generic plan is the same plan
+-- (a nested loop: the array, the unique index on token_sha256, the principal per
+-- session) and serves every array.
+--
+-- The setting holds only while the function runs (PostgreSQL restores it when the call
+-- returns), so no session state outlives the statement: safe behind a pooler (issue 44). Since
+-- this release both ways the gateway sends a cold lookup call this function (the named statement
+-- on the gateway's own sessions and the simple query behind a pooler), so its join has one owner.
+-- plan_cache_mode exists since PostgreSQL 12.
+--
+-- Changing it: a new migration (never edit this one).
+ALTER FUNCTION rbac_gateway_session_principals(TEXT[], BOOLEAN)
+    SET plan_cache_mode = force_generic_plan;
