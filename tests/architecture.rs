@@ -1353,3 +1353,38 @@ fn the_readme_fits_in_700_lines() {
          text to docs/deploy/ or a reference to docs/, and link it"
     );
 }
+
+/// The Heroku launcher installs its SIGTERM/SIGINT and SIGHUP traps before it starts the gateway
+/// and Console: a signal in between would meet bash's default, end the launcher and leave both
+/// running (Heroku restarts a dyno, and sends SIGTERM, at any time; SIGHUP is documented as the
+/// mapping's reload). `tests/api/heroku.rs` runs the launcher; this holds the order.
+#[test]
+fn the_heroku_launcher_traps_its_signals_before_it_starts_anything() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/heroku/bin/rbac-gateway-heroku");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let first = |what: &str, found: &dyn Fn(&str) -> bool| {
+        lines
+            .iter()
+            .position(|l| found(l.trim()))
+            .unwrap_or_else(|| panic!("{}: no {what}", path.display()))
+    };
+    let term = first("SIGTERM trap", &|l| {
+        l.starts_with("trap ") && l.ends_with(" TERM INT")
+    });
+    let hup = first("SIGHUP trap", &|l| {
+        l.starts_with("trap ") && l.ends_with(" HUP")
+    });
+    let gateway = first("start of the gateway", &|l| l == "gw=$!");
+    let console = first("start of Console", &|l| l == "\"$@\" &");
+    for (name, trap) in [("SIGTERM", term), ("SIGHUP", hup)] {
+        assert!(
+            trap < gateway && trap < console,
+            "{}: the {name} trap (line {}) comes after a process is started (lines {}, {})",
+            path.display(),
+            trap + 1,
+            gateway + 1,
+            console + 1
+        );
+    }
+}
