@@ -5,8 +5,6 @@
 # PG_FSYNC=off (the default: a throwaway server for tests and benchmarks) or on: commits reach
 # the disk before they are acknowledged, as on a production server (`scripts/bench/load.sh`'s denied
 # path, whose audit rows are committed before each 403, is measured both ways in docs/performance-log.md).
-# pg_stat_statements is loaded and tracks nothing (pg_stat_statements.track = none) unless a
-# database turns it on for itself: tests/api/round_trips.rs counts a function's plans with it.
 set -euo pipefail
 cmd=${1:?start|stop}
 dir=${2:?data directory}
@@ -24,7 +22,7 @@ start)
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   fi
   as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-off} -c max_connections=300 -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=none" start >/dev/null
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-off} -c max_connections=300" start >/dev/null
   echo "$port" >"$dir/port"
   echo "export PG_DIR=$dir"
   echo "export DATABASE_URL=postgres://postgres@127.0.0.1:$port/postgres"

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, the integration suite (real PostgreSQL, a real upstream, the real
 # gateway binary on real sockets), formatting, clippy and the docs (rustdoc's warnings are
-# errors). Starts a throwaway PostgreSQL when DATABASE_URL is not set (a server of one's own must
-# have pg_stat_statements in shared_preload_libraries: tests count plans with it). The test tools
-# come from the project's virtual environment (.venv/, scripts/setup.sh --tests), first on PATH.
+# errors). Starts a throwaway PostgreSQL when DATABASE_URL is not set. The test tools come from
+# the project's virtual environment (.venv/, scripts/setup.sh --tests), first on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --tests

@@ -368,11 +368,23 @@ async fn concurrent_cold_lookups_on_its_own_sessions_share_statements_and_keep_t
 
 /// The cold lookups' join is planned once per server connection, not on every call (migration
 /// 0015: the function's plans generic; PostgreSQL's plan cache otherwise makes custom plans, for
-/// some loads on every call): 24 cold requests one after another through a gateway of two connections, and
-/// pg_stat_statements (loaded by scripts/pg.sh, turned on for this database only) counts the
+/// some loads on every call): 24 cold requests one after another through a gateway of two
+/// connections, and pg_stat_statements, on a server of the test's own that loads it, counts the
 /// join's calls and plans. Both ways the gateway sends the lookup.
 async fn the_cold_lookups_join_is_planned_once_per_connection(named: bool) {
-    let db = TestDb::new().await;
+    // A server of its own, with pg_stat_statements loaded (it counts planning only when loaded
+    // at start), counting for this database only.
+    let (pg, plain) = PrivatePg::start().await;
+    plain.pool.close().await;
+    let conf = pg.data_dir().join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\nshared_preload_libraries = 'pg_stat_statements'\n");
+    std::fs::write(&conf, text).unwrap();
+    pg.pg("restart");
+    let db = TestDb {
+        pool: sqlx::PgPool::connect(&plain.url).await.unwrap(),
+        url: plain.url,
+    };
     let name = db.url.rsplit_once('/').unwrap().1.to_string();
     for sql in [
         "CREATE EXTENSION IF NOT EXISTS pg_stat_statements".to_string(),
@@ -409,7 +421,7 @@ async fn the_cold_lookups_join_is_planned_once_per_connection(named: bool) {
     .bind(LOOKUP_JOIN)
     .fetch_one(&db.pool)
     .await
-    .expect("pg_stat_statements answers (the server must load it: scripts/pg.sh does, with shared_preload_libraries)");
+    .expect("pg_stat_statements answers");
     assert!(
         calls >= 24,
         "the join ran for each cold request: {calls} calls"
