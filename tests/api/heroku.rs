@@ -54,16 +54,12 @@ async fn tls_pg() -> (PrivatePg, TestDb) {
         "chown",
         &["postgres", key.to_str().unwrap(), crt.to_str().unwrap()],
     );
-    let conf = data.join("postgresql.conf");
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
-    std::fs::write(&conf, text).unwrap();
     std::fs::write(
         data.join("pg_hba.conf"),
         "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
     )
     .unwrap();
-    pg.pg("restart");
+    pg.restart_with("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'");
     let refused = sqlx::PgPool::connect(&format!("{}?sslmode=disable", pg.url)).await;
     assert!(refused.is_err(), "the server must refuse plain text");
     let url = format!("{}?sslmode=require", pg.url);

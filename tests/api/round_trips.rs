@@ -376,11 +376,7 @@ async fn the_cold_lookups_join_is_planned_once_per_connection(named: bool) {
     // at start), counting for this database only.
     let (pg, plain) = PrivatePg::start().await;
     plain.pool.close().await;
-    let conf = pg.data_dir().join("postgresql.conf");
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str("\nshared_preload_libraries = 'pg_stat_statements'\n");
-    std::fs::write(&conf, text).unwrap();
-    pg.pg("restart");
+    pg.restart_with("shared_preload_libraries = 'pg_stat_statements'");
     let db = TestDb {
         pool: sqlx::PgPool::connect(&plain.url).await.unwrap(),
         url: plain.url,

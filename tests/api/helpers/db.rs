@@ -429,6 +429,17 @@ impl PrivatePg {
         );
     }
 
+    /// Restarts the server with `conf` (lines of postgresql.conf) added to its configuration.
+    pub fn restart_with(&self, conf: &str) {
+        let path = self.data_dir().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push('\n');
+        text.push_str(conf);
+        text.push('\n');
+        std::fs::write(&path, text).unwrap();
+        self.pg("restart");
+    }
+
     /// Stops every process of the server (SIGSTOP): connections stay open and nothing is
     /// answered, and what was sent is acted on once [`PrivatePg::thaw`] resumes it.
     pub fn freeze(&self) {
