@@ -547,6 +547,35 @@ async fn heroku_sighup_to_the_web_process_reloads_the_gateway_and_ends_nothing()
     assert!(status.success(), "{status}:\n{}", dyno.output());
 }
 
+/// A launcher started with SIGHUP ignored (under nohup, or a supervisor that ignores it) cannot
+/// trap it, so it cannot pass it on to the gateway: it says so at start, and only then.
+#[tokio::test]
+async fn heroku_launcher_says_when_it_started_with_sighup_ignored() {
+    let slug = slug();
+    for ignore in [true, false] {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(if ignore {
+                r#"trap "" HUP; exec bash "$0" web true"#
+            } else {
+                r#"exec bash "$0" web true"#
+            })
+            .arg(slug.path().join("bin/rbac-gateway-heroku"))
+            .env("DATABASE_URL", "postgres://u@127.0.0.1:1/d")
+            .env("PORT", "1")
+            .env("RBAC_GATEWAY_BIN", "true")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.contains("SIGHUP was ignored when this launcher started"),
+            ignore,
+            "ignored: {ignore}: {err}"
+        );
+        assert!(!err.contains("SIGTERM was ignored"), "{err}");
+    }
+}
+
 /// A grace that does not fit the budget, or a budget past Heroku's 30 s, is refused at start.
 #[tokio::test]
 async fn heroku_launcher_refuses_a_grace_that_does_not_fit_the_stop_budget() {
