@@ -14,7 +14,8 @@
 #
 # Prints the medians over ROUNDS and the ratios the issue holds: g/q throughput, PostgreSQL's
 # CPU per request g/q, the gateway's CPU per cold request, p/g throughput; and the CPU per cold
-# request of the gateway, PostgreSQL and PgBouncer together, g against p. Writes
+# request of the gateway, PostgreSQL and PgBouncer together, g against p; and the requests a
+# statement carried (requests over the gateway's rbac_gateway_db_queries_total). Writes
 # target/cold-report.md. Settings: ROUNDS (3), DURATION (10 s), CONNECTIONS (32), SESSIONS
 # (10000), BUILD=0 (use target/release/rbac-gateway as it is), GW_BIN, KEEP=1, PG_FSYNC.
 set -euo pipefail
@@ -76,7 +77,7 @@ start_gateway() { # name database-url: sets gw_port_NAME, gw_pid_NAME
     --audit-spool "$tmp/audit-$1.spool" --cache-ttl 0 --db-pool-size "$CONNECTIONS" \
     --log-format json >"$tmp/gateway-$1.log" 2>&1 &
   pids+=($!)
-  eval "gw_pid_$1=$!; gw_port_$1=$port"
+  eval "gw_pid_$1=$!; gw_port_$1=$port; gw_adm_$1=$adm"
   wait_http "http://127.0.0.1:$adm/readyz" 200 30 || die "gateway $1 not ready: $(tail -5 "$tmp/gateway-$1.log")"
   local got
   got=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: console_session=$(sed -n 7p "$tmp/cookies.txt")" "http://127.0.0.1:$port$ALLOWED_PATH")
@@ -130,20 +131,28 @@ results=$tmp/results.tsv
 us_per() { # ticks count
   awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }'
 }
-wrk_run() { # case round port gateway-pid [pooler-pid]
-  local g0 p0 g1 p1 b0=0 b1=0 out n rps
+# The statements a gateway has sent (its rbac_gateway_db_queries_total: every cold lookup's
+# statement, and its few others: the change feed, the readiness check).
+statements() { # admin-port
+  curl -sf "http://127.0.0.1:$1/metrics" | awk '/^rbac_gateway_db_queries_total / { print $2 }'
+}
+wrk_run() { # case round port gateway-pid admin-port [pooler-pid]
+  local g0 p0 g1 p1 b0=0 b1=0 s0 s1 out n rps
+  s0=$(statements "$5")
   g0=$(cpu_ticks "$4")
-  [ -z "${5:-}" ] || b0=$(cpu_ticks "$5")
+  [ -z "${6:-}" ] || b0=$(cpu_ticks "$6")
   p0=$(pg_ticks)
   out=$(COOKIES=$tmp/cookies.txt LOAD_PATH=$ALLOWED_PATH wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
     -s "$root/scripts/bench/load/rotate.lua" "http://127.0.0.1:$3$ALLOWED_PATH")
   g1=$(cpu_ticks "$4")
-  [ -z "${5:-}" ] || b1=$(cpu_ticks "$5")
+  [ -z "${6:-}" ] || b1=$(cpu_ticks "$6")
   p1=$(pg_ticks)
+  s1=$(statements "$5")
   n=$(echo "$out" | awk '/requests in/ { print $1 }')
   rps=$(echo "$out" | awk '/^Requests\/sec/ { print $2 }')
   if echo "$out" | grep -q 'Non-2xx'; then die "$1: non-2xx answers: $out"; fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$1" "$rps" "$(us_per $((g1 - g0)) "$n")" "$(us_per $((p1 - p0)) "$n")" "$(us_per $((b1 - b0)) "$n")" >>"$results"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$1" "$rps" "$(us_per $((g1 - g0)) "$n")" "$(us_per $((p1 - p0)) "$n")" "$(us_per $((b1 - b0)) "$n")" \
+    "$(awk -v n="$n" -v s="$((${s1%.*} - ${s0%.*}))" 'BEGIN { printf "%.1f", (s > 0 ? n / s : 0) }')" >>"$results"
 }
 # The postmaster's children: its auxiliary processes and live backends.
 pg_children() { pgrep -P "$pg_pid" | wc -l; }
@@ -162,18 +171,18 @@ pgbench_run() { # round
   p1=$(pg_ticks)
   n=$(echo "$out" | awk '/number of transactions actually processed/ { print $NF }')
   tps=$(echo "$out" | awk '/^tps/ { print $3; exit }')
-  printf '%s\tq\t%s\t0\t%s\t0\n' "$1" "$tps" "$(us_per $((p1 - p0)) "$n")" >>"$results"
+  printf '%s\tq\t%s\t0\t%s\t0\t1\n' "$1" "$tps" "$(us_per $((p1 - p0)) "$n")" >>"$results"
 }
 for r in $(seq "$ROUNDS"); do
   log "round $r/$ROUNDS"
   if [ $((r % 2)) = 1 ]; then
     pgbench_run "$r"
-    wrk_run g "$r" "$gw_port_direct" "$gw_pid_direct"
+    wrk_run g "$r" "$gw_port_direct" "$gw_pid_direct" "$gw_adm_direct"
   else
-    wrk_run g "$r" "$gw_port_direct" "$gw_pid_direct"
+    wrk_run g "$r" "$gw_port_direct" "$gw_pid_direct" "$gw_adm_direct"
     pgbench_run "$r"
   fi
-  [ "$PGBOUNCER" = 0 ] || wrk_run p "$r" "$gw_port_pooled" "$gw_pid_pooled" "$pgb_pid"
+  [ "$PGBOUNCER" = 0 ] || wrk_run p "$r" "$gw_port_pooled" "$gw_pid_pooled" "$gw_adm_pooled" "$pgb_pid"
 done
 
 mkdir -p "$root/target"
@@ -181,14 +190,14 @@ python3 - "$results" "$root/target/cold-report.md" <<'PY'
 import sys, statistics as st
 rows = [l.strip().split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = {}
-for r, case, rps, own, pg, pooler in rows:
-    by.setdefault(case, []).append((float(rps), float(own), float(pg), float(pooler)))
+for r, case, rps, own, pg, pooler, per in rows:
+    by.setdefault(case, []).append((float(rps), float(own), float(pg), float(pooler), float(per)))
 med = lambda case, i: st.median(v[i] for v in by[case])
-out = ["| case | requests/s | own CPU µs/request | PostgreSQL CPU µs/request | PgBouncer CPU µs/request |", "|---|---|---|---|---|"]
+out = ["| case | requests/s | own CPU µs/request | PostgreSQL CPU µs/request | PgBouncer CPU µs/request | requests/statement |", "|---|---|---|---|---|---|"]
 names = {"g": "(g) gateway, cold, direct", "q": "(q) pgbench -M prepared, the same lookup", "p": "(p) gateway, cold, through PgBouncer (transaction)"}
 for case in ["g", "q", "p"]:
     if case in by:
-        out.append(f"| {names[case]} | {med(case,0):,.0f} | {med(case,1):.1f} | {med(case,2):.1f} | {med(case,3):.1f} |")
+        out.append(f"| {names[case]} | {med(case,0):,.0f} | {med(case,1):.1f} | {med(case,2):.1f} | {med(case,3):.1f} | {med(case,4):.1f} |")
 out.append("")
 out.append(f"- cold throughput g/q: {med('g',0)/med('q',0):.2f} (median of rounds)")
 out.append(f"- PostgreSQL's CPU per request g/q: {med('g',2)/med('q',2):.2f}")
@@ -198,7 +207,7 @@ if "p" in by:
     tot = lambda case: med(case, 1) + med(case, 2) + med(case, 3)
     out.append(f"- CPU per cold request, gateway + PostgreSQL + PgBouncer: g {tot('g'):.1f} µs, p {tot('p'):.1f} µs (g/p {tot('g')/tot('p'):.2f})")
 out.append("")
-out.append("per round: " + "; ".join(f"{r} {c} {rps} req/s own {o} µs pg {p} µs pgbouncer {b} µs" for r, c, rps, o, p, b in rows))
+out.append("per round: " + "; ".join(f"{r} {c} {rps} req/s own {o} µs pg {p} µs pgbouncer {b} µs {s} per statement" for r, c, rps, o, p, b, s in rows))
 text = "\n".join(out)
 print(text)
 open(sys.argv[2], "w").write(text + "\n")
