@@ -104,8 +104,12 @@ struct Dyno {
 /// honcho run in `slug` (`start web`, `start release`), its output in `out`.
 fn honcho(slug: &Path, args: &[&str], env: &[(&str, String)], out: &Path) -> Child {
     let log = std::fs::File::create(out).unwrap();
-    let mut cmd = Command::new(tool("honcho"));
-    cmd.args(args)
+    // As Heroku starts a dyno: SIGHUP at its default, whatever the test runner was started with
+    // (nohup ignores it, and a process started with it ignored cannot trap it).
+    let mut cmd = Command::new("env");
+    cmd.arg("--default-signal=HUP")
+        .arg(tool("honcho"))
+        .args(args)
         .current_dir(slug)
         // The Procfile's `gunicorn` (and the stand-in's Flask) from the virtual environment.
         .env("PATH", tool_path())
@@ -553,14 +557,16 @@ async fn heroku_sighup_to_the_web_process_reloads_the_gateway_and_ends_nothing()
 async fn heroku_launcher_says_when_it_started_with_sighup_ignored() {
     let slug = slug();
     for ignore in [true, false] {
-        let out = Command::new("bash")
-            .arg("-c")
+        let out = Command::new("env")
+            .arg("--default-signal=TERM")
             .arg(if ignore {
-                r#"trap "" HUP; exec bash "$0" web true"#
+                "--ignore-signal=HUP"
             } else {
-                r#"exec bash "$0" web true"#
+                "--default-signal=HUP"
             })
+            .arg("bash")
             .arg(slug.path().join("bin/rbac-gateway-heroku"))
+            .args(["web", "true"])
             .env("DATABASE_URL", "postgres://u@127.0.0.1:1/d")
             .env("PORT", "1")
             .env("RBAC_GATEWAY_BIN", "true")
