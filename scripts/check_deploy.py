@@ -410,12 +410,12 @@ check("OpenTelemetry: the Kubernetes and systemd targets point at a collector wi
       "reads, and docs/telemetry.md documents each", otel_targets)
 
 def otel_refused():
-    tmp = tempfile.mkdtemp(prefix="check-deploy-otel-")
-    out = subprocess.run([BIN, "serve", "--routes", "routes.toml", "--database-url",
-                          "postgres://check-deploy@127.0.0.1:1/none", "--audit-spool", os.path.join(tmp, "spool"),
-                          "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
-                         env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
-                         capture_output=True, text=True, timeout=30)
+    with tempfile.TemporaryDirectory(prefix="check-deploy-otel-") as tmp:
+        out = subprocess.run([BIN, "serve", "--routes", "routes.toml", "--database-url",
+                              "postgres://check-deploy@127.0.0.1:1/none", "--audit-spool", os.path.join(tmp, "spool"),
+                              "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+                             env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+                             capture_output=True, text=True, timeout=30)
     if out.returncode != 64 or "http/protobuf" not in out.stderr:
         return [f"exit {out.returncode}: {out.stderr.strip()[-300:]}"]
     return []
@@ -462,6 +462,9 @@ def live_metrics():
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        # Its spool and log go with it (what went wrong is in the exception raised above).
+        shutil.rmtree(tmp, ignore_errors=True)
 
 def dashboard_names(dash):
     """(charted, left_out): metric names in the panels' queries and template variables, and in
