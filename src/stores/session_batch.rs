@@ -23,11 +23,11 @@
 //! answers each row with the hash it was found for, and rows are matched by that hash, never by
 //! their position (`tests/api/pooler.rs` holds it under concurrent cold requests).
 //!
-//! Bounds: [`IN_FLIGHT`] statement at once (one connection of the pool: the rest stays for the
-//! audit writer, ticket checks and the reader API; until 2026-11-27 the bound was meant to be a
-//! quarter of the pool but was computed from the connections open when the first cold lookup
-//! came, so it was one in practice, and every measurement before then ran with one), at most
-//! [`MAX_BATCH`] hashes in each (`tests/api/round_trips.rs` holds that no two overlap on the
+//! Bounds: one statement at once (`send_batches`; one connection of the pool: the rest stays
+//! for the audit writer, ticket checks and the reader API; until 2026-11-27 the bound was meant
+//! to be a quarter of the pool but was computed from the connections open when the first cold
+//! lookup came, so it was one in practice, and every measurement before then ran with one), at
+//! most [`MAX_BATCH`] hashes in each (`tests/api/round_trips.rs` holds that no two overlap on the
 //! wire); a lookup whose requester gave up before it was sent is not sent;
 //! each requester bounds its own wait (`--db-timeout-ms`, [`super::db::within`]), and a statement
 //! that fails answers every lookup in it with the error (503, fail closed).
@@ -35,7 +35,7 @@
 use std::collections::{hash_map::Entry, HashMap};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use super::db::Db;
 use super::sql_text::{self, Unquotable};
@@ -43,15 +43,6 @@ use crate::runtime::metrics::Metrics;
 
 /// The most hashes one statement carries (about 70 bytes of SQL text each).
 pub const MAX_BATCH: usize = 64;
-
-/// How many statements of cold lookups run at once: one. The lookups that arrive meanwhile wait
-/// and go together in the next, so a statement carries as many as the load brings (about 14 at
-/// 32 connections on the benchmark's machine). More at once meant smaller statements, and each
-/// costs PostgreSQL about 280 µs beyond its sessions' own work: with two or three in flight,
-/// PostgreSQL's CPU per cold request rose from 92-97 µs to 113-120 and 127-139 µs and direct cold
-/// throughput fell from 8,231-8,525 to 7,195-7,460 and 6,448-7,090 requests/s
-/// (docs/performance-log.md, 2026-11-27, "one statement of cold lookups in flight").
-pub const IN_FLIGHT: usize = 1;
 
 /// What both forms of the cold lookup select, up to the call's arguments: a row per hash that
 /// has a live session (not revoked, not expired), its columns those of [`Found`] and then the
@@ -145,11 +136,10 @@ impl Batches {
         metrics: Arc<Metrics>,
     ) -> Batches {
         let (queue, waiting) = mpsc::unbounded_channel();
-        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
         let runtime = runtime
             .cloned()
             .unwrap_or_else(tokio::runtime::Handle::current);
-        drop(runtime.spawn(send_batches(db, requires_alert, metrics, waiting, permits)));
+        drop(runtime.spawn(send_batches(db, requires_alert, metrics, waiting)));
         Batches { queue }
     }
 
@@ -173,22 +163,22 @@ impl Batches {
     }
 }
 
-/// Takes a permit, then every lookup waiting (up to [`MAX_BATCH`]), and sends them as one
-/// statement on a task of its own, which gives the permit back when it has answered.
+/// Takes every lookup waiting (up to [`MAX_BATCH`]), sends them as one statement and answers
+/// them, then the next: one statement of cold lookups at a time. The lookups that arrive
+/// meanwhile wait and go together in the next, so a statement carries as many as the load brings
+/// (about 14 at 32 connections on the benchmark's machine). More at once meant smaller
+/// statements, and each costs PostgreSQL about 280 µs beyond its sessions' own work: with two or
+/// three in flight, PostgreSQL's CPU per cold request rose from 92-97 µs to 113-120 and 127-139 µs
+/// and direct cold throughput fell from 8,231-8,525 to 7,195-7,460 and 6,448-7,090 requests/s
+/// (docs/performance-log.md, 2026-11-27, "one statement of cold lookups in flight"); two in flight
+/// behind a pooler only gave no more throughput for 8-28% more CPU per request (its later entry).
 async fn send_batches(
     db: Db,
     requires_alert: bool,
     metrics: Arc<Metrics>,
     mut waiting: mpsc::UnboundedReceiver<Waiting>,
-    permits: Arc<Semaphore>,
 ) {
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = waiting.recv().await else {
-            return;
-        };
+    while let Some(first) = waiting.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match waiting.try_recv() {
@@ -198,14 +188,9 @@ async fn send_batches(
         }
         // A requester that gave up (its request ended, or its wait timed out) is not asked for.
         batch.retain(|w| !w.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let (db, metrics) = (db.clone(), metrics.clone());
-        tokio::spawn(async move {
+        if !batch.is_empty() {
             answer(&db, requires_alert, &metrics, batch).await;
-            drop(permit);
-        });
+        }
     }
 }
 

@@ -267,7 +267,7 @@ async fn the_named_statement_and_the_simple_query_answer_alike() {
 /// requests at once, of admins allowed and denied on one route, revoked sessions and cookies no
 /// session has, interleaved, through a gateway of 16 connections. Every answer is its own; the
 /// wire saw fewer statements than requests, each one round trip, every hash sent once, and no two
-/// at once (`session_batch::IN_FLIGHT`, whatever the pool's size);
+/// at once (`session_batch::send_batches`, whatever the pool's size);
 /// `rbac_gateway_db_queries_total` counts the statements. Behind a pooler (simple queries) and on
 /// the gateway's own sessions (the named statement).
 async fn concurrent_cold_lookups_share_statements_and_keep_their_own_answers(named: bool) {
