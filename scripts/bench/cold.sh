@@ -13,10 +13,12 @@
 #       PgBouncer's own CPU per request in a column of its own.
 #
 # Prints the medians over ROUNDS and the ratios the issue holds: g/q throughput, PostgreSQL's
-# CPU per request g/q, the gateway's CPU per cold request, p/g throughput; and the CPU per cold
-# request of the gateway, PostgreSQL and PgBouncer together, g against p; and the requests a
-# statement carried (requests over the gateway's rbac_gateway_db_queries_total). Writes
-# target/cold-report.md. Settings: ROUNDS (3), DURATION (10 s), CONNECTIONS (32), SESSIONS
+# CPU per request g/q, the gateway's CPU per cold request, p/g throughput (of the medians, and
+# per round from the two cases run back to back: each round runs q, g and p with g between the
+# others, in reverse order in even rounds); and the CPU per cold request of the gateway,
+# PostgreSQL and PgBouncer together, g against p; and the requests a statement carried
+# (requests over the gateway's rbac_gateway_db_queries_total). Writes target/cold-report.md.
+# Settings: ROUNDS (3), DURATION (10 s), CONNECTIONS (32), SESSIONS
 # (10000), BUILD=0 (use target/release/rbac-gateway as it is), GW_BIN, KEEP=1, PG_FSYNC.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -173,16 +175,21 @@ pgbench_run() { # round
   tps=$(echo "$out" | awk '/^tps/ { print $3; exit }')
   printf '%s\tq\t%s\t0\t%s\t0\t1\n' "$1" "$tps" "$(us_per $((p1 - p0)) "$n")" >>"$results"
 }
+# g runs between q and p in every round, in reverse order in even rounds (q g p, then p g q):
+# each pair the report divides met the machine back to back, and no case always has the round's
+# first or last seconds (until 2026-11-27 p always ran last).
+run_p() { [ "$PGBOUNCER" = 0 ] || wrk_run p "$1" "$gw_port_pooled" "$gw_pid_pooled" "$gw_adm_pooled" "$pgb_pid"; }
 for r in $(seq "$ROUNDS"); do
   log "round $r/$ROUNDS"
   if [ $((r % 2)) = 1 ]; then
     pgbench_run "$r"
     wrk_run g "$r" "$gw_port_direct" "$gw_pid_direct" "$gw_adm_direct"
+    run_p "$r"
   else
+    run_p "$r"
     wrk_run g "$r" "$gw_port_direct" "$gw_pid_direct" "$gw_adm_direct"
     pgbench_run "$r"
   fi
-  [ "$PGBOUNCER" = 0 ] || wrk_run p "$r" "$gw_port_pooled" "$gw_pid_pooled" "$gw_adm_pooled" "$pgb_pid"
 done
 
 mkdir -p "$root/target"
@@ -202,8 +209,11 @@ out.append("")
 out.append(f"- cold throughput g/q: {med('g',0)/med('q',0):.2f} (median of rounds)")
 out.append(f"- PostgreSQL's CPU per request g/q: {med('g',2)/med('q',2):.2f}")
 out.append(f"- the gateway's own CPU per cold request: {med('g',1):.1f} µs")
+per_round = lambda a, b: [x[0] / y[0] for x, y in zip(by[a], by[b])]
+out.append(f"- g/q per round (back to back): {', '.join(f'{v:.2f}' for v in per_round('g', 'q'))}; median {st.median(per_round('g', 'q')):.2f}")
 if "p" in by:
     out.append(f"- through PgBouncer, p/g throughput: {med('p',0)/med('g',0):.2f}")
+    out.append(f"- p/g per round (back to back): {', '.join(f'{v:.2f}' for v in per_round('p', 'g'))}; median {st.median(per_round('p', 'g')):.2f}")
     tot = lambda case: med(case, 1) + med(case, 2) + med(case, 3)
     out.append(f"- CPU per cold request, gateway + PostgreSQL + PgBouncer: g {tot('g'):.1f} µs, p {tot('p'):.1f} µs (g/p {tot('g')/tot('p'):.2f})")
 out.append("")
