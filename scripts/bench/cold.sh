@@ -178,17 +178,14 @@ pgbench_run() { # round
 # g runs between q and p in every round, in reverse order in even rounds (q g p, then p g q):
 # each pair the report divides met the machine back to back, and no case always has the round's
 # first or last seconds (until 2026-11-27 p always ran last).
+run_g() { wrk_run g "$1" "$gw_port_direct" "$gw_pid_direct" "$gw_adm_direct"; }
 run_p() { [ "$PGBOUNCER" = 0 ] || wrk_run p "$1" "$gw_port_pooled" "$gw_pid_pooled" "$gw_adm_pooled" "$pgb_pid"; }
 for r in $(seq "$ROUNDS"); do
   log "round $r/$ROUNDS"
   if [ $((r % 2)) = 1 ]; then
-    pgbench_run "$r"
-    wrk_run g "$r" "$gw_port_direct" "$gw_pid_direct" "$gw_adm_direct"
-    run_p "$r"
+    pgbench_run "$r"; run_g "$r"; run_p "$r"
   else
-    run_p "$r"
-    wrk_run g "$r" "$gw_port_direct" "$gw_pid_direct" "$gw_adm_direct"
-    pgbench_run "$r"
+    run_p "$r"; run_g "$r"; pgbench_run "$r"
   fi
 done
 
