@@ -164,24 +164,63 @@ fn rollback(a: MappingChangeArgs) -> Result<(), Exit> {
 }
 
 fn show(a: MappingShowArgs) -> Result<(), Exit> {
-    let found = runtime()?.block_on(async {
+    let shown = runtime()?.block_on(async {
         let db = pool(&a.database_url).await?;
-        store::text(&db, &a.version)
-            .await
-            .map_err(|e| db_failure("cannot read the mapping", e))
+        shown_version(&db, &a.version).await.map_err(|e| match e {
+            NotShown::Missing(why) => failure(anyhow!("{why}")),
+            NotShown::Failed(e) => e,
+        })
     })?;
-    let Some((text, _)) = found else {
-        return Err(failure(anyhow!(
-            "{}",
-            Refused::UnknownVersion(a.version.clone())
-        )));
-    };
+    if a.json {
+        match serde_json::to_string_pretty(&shown) {
+            Ok(text) => say!("{text}"),
+            Err(e) => return Err(failure(e)),
+        }
+        return Ok(());
+    }
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+    if let Err(e) = out
+        .write_all(shown.text.as_bytes())
+        .and_then(|_| out.flush())
+    {
         super::stdout_failed(e);
     }
     Ok(())
+}
+
+/// What `mapping show --json` prints and the cockpit's version page shows: the version (that
+/// `active` or `previous` named) and its stored text.
+#[derive(Debug, Serialize)]
+pub struct ShownVersion {
+    pub version: String,
+    pub text: String,
+}
+
+/// Why a version is not shown.
+pub(crate) enum NotShown {
+    /// Not stored, or `active`/`previous` names none yet: why.
+    Missing(String),
+    /// The database could not be read.
+    Failed(Exit),
+}
+
+/// The stored version `what` names (a version, `active` or `previous`) and its text.
+pub(crate) async fn shown_version(
+    db: &crate::stores::db::Db,
+    what: &str,
+) -> Result<ShownVersion, NotShown> {
+    let read = |e| NotShown::Failed(db_failure("cannot read the mapping", e));
+    let version = super::named_version(db, what)
+        .await
+        .map_err(read)?
+        .map_err(|why| NotShown::Missing(format!("{what}: {why}")))?;
+    match store::text(db, &version).await.map_err(read)? {
+        Some((text, _)) => Ok(ShownVersion { version, text }),
+        None => Err(NotShown::Missing(
+            Refused::UnknownVersion(version).to_string(),
+        )),
+    }
 }
 
 /// What an activation changed, in `diff`'s terms.

@@ -139,27 +139,10 @@ pub(crate) async fn load_stored_ref(
             "db:{what}: cannot read the mapping store: {e} (run `rbac-gateway migrate`? does this role have SELECT on rbac_mapping_store and rbac_mapping_activations, deploy/mapping-grants.sql?)"
         ))
     };
-    let version = match what {
-        "active" | "previous" => {
-            let Some((active, previous)) =
-                store::active_and_previous(db).await.map_err(cannot_read)?
-            else {
-                return Err(failure(anyhow!(
-                    "db:{what}: no mapping version was ever activated"
-                )));
-            };
-            match (what, previous) {
-                ("active", _) => active,
-                (_, Some(p)) => p,
-                (_, None) => {
-                    return Err(failure(anyhow!(
-                        "db:previous: {active} is the first version ever activated"
-                    )))
-                }
-            }
-        }
-        v => v.to_string(),
-    };
+    let version = named_version(db, what)
+        .await
+        .map_err(cannot_read)?
+        .map_err(|none| failure(anyhow!("db:{what}: {none}")))?;
     load_stored(db, &version).await.map_err(|e| match e {
         Unloadable::Db(e) => cannot_read(e),
         Unloadable::Missing(_) => failure(anyhow!(
@@ -167,6 +150,26 @@ pub(crate) async fn load_stored_ref(
             store::Refused::UnknownVersion(version.clone())
         )),
         other => failure(anyhow!("db:{what}: {other}")),
+    })
+}
+
+/// The stored version `what` names: a version names itself, `active` the latest activation's
+/// and `previous` the version that one replaced. Err(why): `active` or `previous` names none yet.
+pub(crate) async fn named_version(
+    db: &crate::stores::db::Db,
+    what: &str,
+) -> Result<Result<String, String>, sqlx::Error> {
+    if what != "active" && what != "previous" {
+        return Ok(Ok(what.to_string()));
+    }
+    let Some((active, previous)) = crate::stores::mapping_store::active_and_previous(db).await?
+    else {
+        return Ok(Err("no mapping version was ever activated".to_string()));
+    };
+    Ok(match (what, previous) {
+        ("active", _) => Ok(active),
+        (_, Some(p)) => Ok(p),
+        (_, None) => Err(format!("{active} is the first version ever activated")),
     })
 }
 

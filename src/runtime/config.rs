@@ -1,5 +1,5 @@
 //! Flags and environment. Every flag also reads an environment variable; `--help` lists both,
-//! and the README's configuration reference is generated from this definition.
+//! and the configuration reference (docs/configuration.md) is generated from this definition.
 
 use std::path::PathBuf;
 
@@ -140,11 +140,15 @@ pub struct MappingHistoryArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct MappingShowArgs {
-    /// The version (12 hex digits).
+    /// The version (12 hex digits), or `active` (the latest activation's) or `previous` (the
+    /// version that one replaced).
     pub version: String,
     /// Console's PostgreSQL.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
+    /// The version and its text as JSON (what the cockpit's version page answers).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]

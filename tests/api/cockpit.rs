@@ -341,6 +341,32 @@ async fn the_cockpit_in_a_browser_says_what_the_commands_say() {
         "--json",
     ]);
     assert_eq!(cockpit.json("/diff.json").await, diff);
+    let shown = json_of(&["mapping", "show", "active", "--database-url", url, "--json"]);
+    assert_eq!(cockpit.json("/version/active.json").await, shown);
+    let version_of =
+        |p: &Path| rbac_gateway::policy::mapping::version_of(&std::fs::read(p).unwrap());
+    assert_eq!(shown["version"], version_of(&v2).as_str());
+    let previous = json_of(&[
+        "mapping",
+        "show",
+        "previous",
+        "--database-url",
+        url,
+        "--json",
+    ]);
+    let v1_version = version_of(&v1);
+    assert_eq!(previous["version"], v1_version.as_str());
+    assert_eq!(
+        cockpit.json(&format!("/version/{v1_version}.json")).await,
+        previous
+    );
+    let unknown = cockpit.get("/version/0123456789ab.json", "").await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body_str());
+    assert!(
+        unknown.body_str().contains("0123456789ab"),
+        "{}",
+        unknown.body_str()
+    );
     let explained: Vec<String> = stdout_of(&[
         "explain",
         "--request-id",

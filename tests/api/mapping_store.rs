@@ -233,6 +233,24 @@ async fn push_activate_rollback_reach_three_gateways_within_a_second() {
     let shown = mapping(&db.url, &["show", &vb]);
     assert!(shown.status.success());
     assert_eq!(shown.stdout, std::fs::read(&b).unwrap());
+    // `active` and `previous` name the latest activation's version and the one it replaced;
+    // --json gives the version named and its text.
+    let previous = mapping(&db.url, &["show", "previous"]);
+    assert!(previous.status.success());
+    assert_eq!(previous.stdout, std::fs::read(&a).unwrap());
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(mapping(&db.url, &["show", "active", "--json"]))).unwrap();
+    assert_eq!(j["version"], vb.as_str());
+    assert_eq!(
+        j["text"].as_str().unwrap().as_bytes(),
+        std::fs::read(&b).unwrap()
+    );
+    // An unknown version: exit 1, named, nothing on stdout.
+    let unknown = mapping(&db.url, &["show", "0123456789ab", "--json"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(unknown.stdout.is_empty());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(err.contains("0123456789ab"), "{err}");
 }
 
 #[tokio::test]

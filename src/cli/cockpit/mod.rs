@@ -301,24 +301,14 @@ impl Site {
     }
 
     async fn version(&self, version: &str) -> Result<Page, Problem> {
-        let version = version_param(version)?;
-        let text = crate::stores::mapping_store::text(&self.db, &version)
+        use super::mapping::{shown_version, NotShown};
+        let shown = shown_version(&self.db, &version_param(version)?)
             .await
-            .map_err(|e| Problem::Failed(failure(e)))?
-            .ok_or_else(|| Problem::NotFound(format!("mapping version {version} is not stored")))?
-            .0;
-        #[derive(Serialize)]
-        struct Version<'a> {
-            version: &'a str,
-            text: &'a str,
-        }
-        Page::of(
-            &Version {
-                version: &version,
-                text: &text,
-            },
-            pages::version(&version, &text),
-        )
+            .map_err(|e| match e {
+                NotShown::Missing(why) => Problem::NotFound(why),
+                NotShown::Failed(e) => Problem::Failed(e),
+            })?;
+        Page::of(&shown, pages::version(&shown.version, &shown.text))
     }
 
     async fn matrix(&self, q: &BTreeMap<String, String>) -> Result<Page, Problem> {
