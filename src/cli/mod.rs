@@ -126,8 +126,11 @@ pub(crate) fn stored_ref(path: &Path) -> Option<&str> {
 }
 
 /// The stored version `what` names (a version, `active` or `previous`), re-hashed and compiled
-/// as a gateway loads it ([`crate::gateway::reload::load_stored`]): an unknown version or one
-/// that does not load with this binary is an error (1), never another mapping.
+/// as a gateway loads it ([`crate::gateway::reload::load_stored`]), never another mapping. As a
+/// file path would be: a version not stored, `active`/`previous` naming none yet, or a text this
+/// binary does not load is bad input (64: `diff`'s 1 means access changes, and a CI gate must
+/// not read a typo as that); a store that cannot be read, or a text that does not hash to its
+/// version or lacks a good signature, is a failure (1).
 pub(crate) async fn load_stored_ref(
     db: &crate::stores::db::Db,
     what: &str,
@@ -142,14 +145,17 @@ pub(crate) async fn load_stored_ref(
     let version = named_version(db, what)
         .await
         .map_err(cannot_read)?
-        .map_err(|none| failure(anyhow!("db:{what}: {none}")))?;
+        .map_err(|none| usage(anyhow!("db:{what}: {none}")))?;
     load_stored(db, &version).await.map_err(|e| match e {
         Unloadable::Db(e) => cannot_read(e),
-        Unloadable::Missing(_) => failure(anyhow!(
+        Unloadable::Missing(_) => usage(anyhow!(
             "db:{what}: {}",
             store::Refused::UnknownVersion(version.clone())
         )),
-        other => failure(anyhow!("db:{what}: {other}")),
+        e @ Unloadable::Invalid(_) => usage(anyhow!("db:{what}: {e}")),
+        e @ (Unloadable::Tampered(_) | Unloadable::BadSignature(_)) => {
+            failure(anyhow!("db:{what}: {e}"))
+        }
     })
 }
 

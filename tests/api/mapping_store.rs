@@ -623,7 +623,31 @@ async fn diff_and_explain_read_versions_from_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = two_versions(dir.path());
     let (va, vb) = (version_of(&a), version_of(&b));
+    // Versions that `active` and `previous` do not name yet: bad input (64), as an absent file.
+    let (code, out) = run(&[
+        "diff",
+        "db:active",
+        a.to_str().unwrap(),
+        "--database-url",
+        &db.url,
+    ]);
+    assert_eq!(code, Some(64), "{out}");
+    assert!(
+        out.contains("no mapping version was ever activated"),
+        "{out}"
+    );
     ok(mapping(&db.url, &["push", a.to_str().unwrap()]));
+    let (code, out) = run(&[
+        "matrix",
+        "--routes",
+        "db:previous",
+        "--database-url",
+        &db.url,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, Some(64), "{out}");
+    assert!(out.contains("is the first version ever activated"), "{out}");
     // A request decided by A: /ops denied to a session without console-manager (an audit row
     // carrying A's version).
     let (admin, token) = db.admin_with_roles(&["console-audit-user"]).await;
@@ -666,7 +690,7 @@ async fn diff_and_explain_read_versions_from_the_database() {
         "--database-url",
         url,
     ]);
-    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(code, Some(64), "bad input, not \"access changes\": {out}");
     assert!(
         out.contains("no stored mapping version \"0123456789ab\""),
         "{out}"
