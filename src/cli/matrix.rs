@@ -403,6 +403,8 @@ fn markdown(m: &Matrix) {
     }
 }
 
+/// One line per cell; the last column is the mapping's version (on every line, as CSV has no
+/// header of its own: the version `serve` reports).
 fn csv(m: &Matrix) -> Result<(), Exit> {
     let mut w = csv::Writer::from_writer(std::io::stdout());
     let write = |w: &mut csv::Writer<std::io::Stdout>, rec: &[&str]| {
@@ -429,6 +431,7 @@ fn csv(m: &Matrix) -> Result<(), Exit> {
             "by",
             "how",
             "ticket",
+            "version",
         ],
     )?;
     for r in &m.rows {
@@ -452,6 +455,7 @@ fn csv(m: &Matrix) -> Result<(), Exit> {
                     c.by.as_deref().unwrap_or(""),
                     c.how.as_deref().unwrap_or(""),
                     c.ticket.as_deref().unwrap_or(""),
+                    &m.version,
                 ],
             )?;
         }

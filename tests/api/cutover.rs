@@ -239,10 +239,16 @@ async fn matrix_notes_how_access_is_held_and_ticket_scope_in_every_format() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("kind,principal,email,method,rule,path,cluster,mode,outcome,status,reach,decision,by,how,ticket")
+        Some("kind,principal,email,method,rule,path,cluster,mode,outcome,status,reach,decision,by,how,ticket,version")
     );
-    // Without the database: the request without a session and the 6 seeded groups, 3 cells each.
-    assert_eq!(lines.count(), 7 * 3);
+    // Without the database: the request without a session and the 6 seeded groups, 3 cells each,
+    // each line naming the mapping's version.
+    let version = rbac_gateway::policy::mapping::version_of(&std::fs::read(&routes).unwrap());
+    let cells: Vec<&str> = lines.collect();
+    assert_eq!(cells.len(), 7 * 3);
+    for cell in cells {
+        assert!(cell.ends_with(&format!(",{version}")), "{cell}");
+    }
     assert!(
         csv.contains(
             "group,raxx-support-team,,GET,GET /console/audit,/console/audit,,enforce,allowed,,yes,"
