@@ -374,6 +374,21 @@ async fn check_database(
             ));
         }
     }
+    // The feed's trigger function writes rbac_change_log for Console's role, which has no grant
+    // there: run as the writing role, it fails Console's every write (migration 0017).
+    let as_owner = db_schema::runs_as_owner(&pool, "rbac_gateway_log_change()")
+        .await
+        .context("cannot read the functions")
+        .map_err(failure)?;
+    if !as_owner {
+        out.push(diag(
+            file,
+            0,
+            0,
+            Severity::Error,
+            "database: the change feed's trigger function rbac_gateway_log_change() is missing or runs as the role that writes (Console's writes to the watched tables then fail unless that role may insert into rbac_change_log; run `rbac-gateway migrate`?)".to_string(),
+        ));
+    }
     // The functions the lookups call (migrations 0011, 0012, 0014). 0015's generic plan is
     // speed, not correctness: a database without it answers alike, so it is not checked.
     for function in [

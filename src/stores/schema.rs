@@ -41,6 +41,18 @@ pub async fn change_feed_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error>
     .await
 }
 
+/// Whether the function `signature` (`name(type, ...)`) exists and runs as its owner (`SECURITY
+/// DEFINER`); false when it does not exist.
+pub async fn runs_as_owner(pool: &Db, signature: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce((SELECT prosecdef FROM pg_proc WHERE oid = to_regprocedure($1)), false)",
+    )
+    .persistent(false)
+    .bind(signature)
+    .fetch_one(pool)
+    .await
+}
+
 /// Whether the function `signature` (`name(type, ...)`, as `to_regprocedure` reads it) exists.
 pub async fn function_exists(pool: &Db, signature: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT to_regprocedure($1) IS NOT NULL")

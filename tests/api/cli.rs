@@ -77,6 +77,99 @@ async fn migrate_is_idempotent_and_the_audit_table_is_append_only() {
 }
 
 #[tokio::test]
+async fn migrate_makes_the_grants_tables_of_004_and_console_app_cannot_rewrite_the_grants_audit() {
+    use sqlx::{Connection, Executor};
+    // A database as Console sets one up: console_app gets every privilege on the tables made
+    // there (default privileges), then `migrate` runs in it.
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL must be set");
+    let name = format!("rbacgw_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    admin
+        .execute("DO $$ BEGIN CREATE ROLE console_app; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        .await
+        .unwrap();
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    c.execute("ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO console_app")
+        .await
+        .unwrap();
+    let out = bin()
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 004 §3.2's indexes, every one.
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE tablename IN \
+         ('rbac_grants_audit', 'rbac_ticket_grants', 'rbac_break_glass_sessions') \
+         AND indexname LIKE 'idx_%' ORDER BY 1",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            "idx_rbg_user",
+            "idx_rga_expires",
+            "idx_rga_target",
+            "idx_rga_ticket",
+            "idx_rtg_customer",
+            "idx_rtg_ticket",
+            "idx_rtg_user"
+        ]
+    );
+
+    // console_app inserts and reads the grants audit and rewrites none of it; the other tables
+    // keep what Console gave it.
+    c.execute("INSERT INTO admins (id, email) VALUES ('a1', 'a1@example.test')")
+        .await
+        .unwrap();
+    c.execute("SET ROLE console_app").await.unwrap();
+    c.execute(
+        "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, granted_by) \
+         VALUES ('g1', 'grant', 'a1', 'ops')",
+    )
+    .await
+    .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rbac_grants_audit")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    for write in [
+        "UPDATE rbac_grants_audit SET granted_by = 'forged'",
+        "DELETE FROM rbac_grants_audit",
+    ] {
+        let e = c.execute(write).await.expect_err(write);
+        assert!(e.to_string().contains("permission denied"), "{write}: {e}");
+    }
+    c.execute("UPDATE admins SET email = 'a1@example.org' WHERE id = 'a1'")
+        .await
+        .unwrap();
+    c.execute("RESET ROLE").await.unwrap();
+    // The append-only rule is console_app's: an admin's rows still go with the admin (§3.2's
+    // ON DELETE CASCADE).
+    c.execute("DELETE FROM admins WHERE id = 'a1'")
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rbac_grants_audit")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
 async fn check_accepts_the_production_mapping_with_only_ambiguous_warnings() {
     let db = TestDb::new().await;
     let out = bin()
@@ -631,6 +724,7 @@ async fn check_names_every_missing_column_table_and_trigger_serve_needs() {
         "DROP TABLE rbac_change_log",
         "ALTER TABLE admins DISABLE TRIGGER rbac_gateway_change",
         "DROP FUNCTION rbac_gateway_session_principals(text[], boolean)",
+        "ALTER FUNCTION rbac_gateway_log_change() SECURITY INVOKER",
     ] {
         sqlx::query(stmt).execute(&db.pool).await.unwrap();
     }
@@ -649,6 +743,7 @@ async fn check_names_every_missing_column_table_and_trigger_serve_needs() {
         "rbac_change_log.admin_id",
         "rbac_gateway_change on admins",
         "function rbac_gateway_session_principals(text[], boolean) is missing",
+        "rbac_gateway_log_change() is missing or runs as the role that writes",
     ] {
         assert!(stdout.contains(missing), "{missing} named: {stdout}");
     }

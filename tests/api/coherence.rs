@@ -347,6 +347,107 @@ async fn an_admin_row_change_drops_their_cached_sessions() {
 }
 
 #[tokio::test]
+async fn console_writing_as_its_own_role_is_not_refused_and_its_revocation_reaches_the_cache() {
+    use sqlx::{Connection, Executor};
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let gws = replicas(&db, &up, 1, None).await;
+    // Console's database role as Console sets it up: its own tables, no grant on the
+    // gateway's (the change feed's triggers write those for it).
+    let mut console = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    console
+        .execute("DO $$ BEGIN CREATE ROLE console_app; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        .await
+        .unwrap();
+    console
+        .execute(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON admins, admin_sessions, rbac_groups, \
+             rbac_user_groups, rbac_group_roles, rbac_roles, rbac_role_permissions, \
+             rbac_role_inheritance, rbac_permissions, rbac_ticket_grants, \
+             rbac_break_glass_sessions TO console_app",
+        )
+        .await
+        .unwrap();
+    console.execute("SET ROLE console_app").await.unwrap();
+    let denied = console
+        .execute("SELECT count(*) FROM rbac_change_log")
+        .await
+        .expect_err("console_app has no grant on the gateway's tables");
+    assert!(denied.to_string().contains("permission denied"), "{denied}");
+
+    // A login and a group joined, as Console writes them.
+    let admin = "console-written-admin";
+    let token = "tok-console-written";
+    console
+        .execute(
+            format!("INSERT INTO admins (id, email) VALUES ('{admin}', '{admin}@example.test')")
+                .as_str(),
+        )
+        .await
+        .expect("Console creates an admin");
+    sqlx::query(
+        "INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc) \
+         VALUES ('s-console-written', $1, $2, now() + interval '1 hour')",
+    )
+    .bind(admin)
+    .bind(rbac_gateway::stores::identity::token_hash(token))
+    .execute(&mut console)
+    .await
+    .expect("Console records a login");
+    console
+        .execute(
+            format!(
+                "INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
+             SELECT '{admin}', id, 'ops' FROM rbac_groups WHERE name = 'raxx-platform-admins'"
+            )
+            .as_str(),
+        )
+        .await
+        .expect("Console adds an admin to a group");
+    until_all(
+        &gws,
+        "/ops",
+        token,
+        200,
+        Instant::now(),
+        Duration::from_secs(5),
+    )
+    .await;
+    settle(&gws.iter().collect::<Vec<_>>()).await;
+    assert_eq!(gws[0].status("/ops", Some(token)).await, 200);
+
+    // Console revokes the session (TTL 60 s): the feed drops it within the bound.
+    let t0 = Instant::now();
+    console
+        .execute(
+            format!("UPDATE admin_sessions SET revoked_at_utc = now() WHERE admin_id = '{admin}'")
+                .as_str(),
+        )
+        .await
+        .expect("Console revokes a session");
+    let s = until_all(&gws, "/ops", token, 302, t0, Duration::from_secs(5)).await;
+    assert!(s[0] < BOUND, "{s:?}");
+    console.execute("RESET ROLE").await.unwrap();
+    let logged: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name FROM rbac_change_log WHERE admin_id = $1 ORDER BY id",
+    )
+    .bind(admin)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        logged,
+        [
+            "admins",
+            "admin_sessions",
+            "rbac_user_groups",
+            "admin_sessions",
+            "admin_sessions"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_renamed_permission_reaches_the_cache_within_a_second() {
     let db = TestDb::new().await;
     let up = Upstream::start().await;

@@ -1,0 +1,15 @@
+-- The change feed's trigger function (0004) runs as its owner, as 0007's break-glass functions
+-- do. Until now it ran as the role that wrote Console's table: its INSERT into rbac_change_log
+-- (and that table's sequence) was checked against Console's own database role, which has no
+-- grant on the gateway's tables, so once `rbac-gateway migrate` had run every write Console
+-- made to a watched table as a role other than the tables' owner (a login's admin_sessions
+-- row, a group change) failed with "permission denied for sequence rbac_change_log_id_seq".
+-- Tests ran as a superuser and never saw it; tests/api/cli.rs now writes as a role with only
+-- Console's grants.
+--
+-- As owner, Console's role needs no grant on rbac_change_log, and a change that cannot be
+-- recorded still fails with the write (it is never applied unannounced). search_path is the
+-- migration's, so the function cannot be pointed at another rbac_change_log.
+--
+-- Changing it: a new migration (never edit this one).
+ALTER FUNCTION rbac_gateway_log_change() SECURITY DEFINER SET search_path FROM CURRENT;
