@@ -17,6 +17,7 @@ mod explain_agrees;
 mod explain_request;
 mod faults;
 mod framing;
+mod grants;
 mod heroku;
 mod hostile;
 mod identity;

@@ -1,0 +1,351 @@
+//! The gateway with the privileges an operator gives it, not a superuser's: `serve` and `sweep`
+//! run as a login holding only `rbac_gateway_serve` (deploy/gateway-grants.sql), and every part
+//! of them (the request path, the audit writer, the change feed, the reader API, the sweep, the
+//! alert pass, the mapping version recorded) works without a "permission denied".
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+use crate::lifecycle::revoked;
+use crate::tickets::grant;
+
+/// The bound of the change feed (coherence.rs): a change applied within 1 s, whatever the TTL.
+const BOUND: Duration = Duration::from_secs(1);
+
+/// The script an operator runs as the tables' owner.
+fn grants_sql() -> String {
+    std::fs::read_to_string(root().join("deploy/gateway-grants.sql")).unwrap()
+}
+
+/// Runs deploy/gateway-grants.sql as the tables' owner, then makes a login holding
+/// `rbac_gateway_serve` and nothing else; its URL. Roles are cluster-wide: the login is named
+/// after the database, and the script tolerates the role made by another test's run.
+async fn serve_login(db: &TestDb) -> String {
+    // As in a database whose default privileges give PUBLIC no EXECUTE on new functions: the
+    // script's own grants must be enough.
+    sqlx::raw_sql(
+        "REVOKE EXECUTE ON FUNCTION rbac_gateway_session_principals(TEXT[], BOOLEAN), \
+         rbac_gateway_principal(TEXT, BOOLEAN), rbac_gateway_ticket_grants(TEXT, INTEGER, TEXT[]), \
+         rbac_gateway_break_glass_roles() FROM PUBLIC",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let grants = grants_sql();
+    sqlx::raw_sql(&grants)
+        .execute(&db.pool)
+        .await
+        .expect("deploy/gateway-grants.sql runs as the tables' owner");
+    // Twice: the script is idempotent.
+    sqlx::raw_sql(&grants).execute(&db.pool).await.unwrap();
+    let (prefix, name) = db.url.rsplit_once('/').unwrap();
+    let user = format!("{}_serve", name.trim_start_matches("rbacgw_"));
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE \"{user}\" LOGIN IN ROLE rbac_gateway_serve"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (scheme, rest) = prefix.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}@{host}/{name}")
+}
+
+/// [`eventually`] that, on failing, says what `/readyz` says and the gateway's warnings and
+/// errors (where a refused statement is named).
+async fn until<F, Fut>(gw: &Gateway, limit: Duration, what: &str, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !ready().await {
+        if Instant::now() >= deadline {
+            let log = gw.log();
+            let problems: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+                .collect();
+            panic!(
+                "not within {limit:?}: {what}\n/readyz: {}\nthe gateway's warnings and errors:\n{}",
+                gw.admin_get("/readyz").await.body_str(),
+                problems.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap()
+}
+
+/// A ticket grant whose expiry passed a minute ago.
+async fn expired_grant(db: &TestDb, admin: &str, ticket: &str) -> String {
+    let id = grant(db, admin, "console-user", 7, ticket).await;
+    sqlx::query(
+        "UPDATE rbac_ticket_grants SET expires_at_utc = now() - interval '1 minute' WHERE id = $1",
+    )
+    .bind(&id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    id
+}
+
+/// Runs `rbac-gateway sweep --once` as `url` (without blocking the runtime the alert webhook's
+/// stand-in runs on): its exit code and output.
+async fn sweep_once(url: &str, hook: &Upstream) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .args(["sweep", "--once", "--database-url", url])
+        .arg("--alert-webhook-url")
+        .arg(format!("http://{}/hook", hook.addr))
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Regression (migration 0017's defect was of this kind): every test ran as a superuser, so
+/// nothing showed that the grants an operator gives the gateway are enough. As a login holding
+/// only `rbac_gateway_serve`: `sweep` revokes an expired grant, writes an ended break-glass
+/// session's row and delivers alerts (exit 0); `serve` answers an allowed request 200 and a
+/// denied one 403 with its row in the database (`/readyz` 200), stops accepting a session
+/// revoked in the database within the change feed's bound (TTL 60 s), answers the reader API,
+/// sweeps (a failing item counted and named, then revoked), delivers an alert after a failed
+/// attempt, records its mapping version; and logs no "permission denied". The functions it
+/// calls are not PUBLIC's here, and a spooled row is replayed (ON CONFLICT reads the id).
+#[tokio::test]
+async fn serve_and_sweep_work_as_a_login_holding_only_the_gateway_grants() {
+    let _alone = timed_alone().await;
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    let url = serve_login(&db).await;
+
+    // `sweep` on a database with an expired ticket grant, a break-glass session that ended, one
+    // that is active (its alert delivered) and a change to the break-glass group (alerted).
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let expired = expired_grant(&db, &admin, "T-expired").await;
+    let ended = db.break_glass(&admin, -1.0).await;
+    let active = db.break_glass(&admin, 600.0).await;
+    sqlx::query(
+        "INSERT INTO rbac_group_roles (group_id, role_id) SELECT g.id, r.id FROM rbac_groups g, rbac_roles r \
+         WHERE g.name = 'break-glass' AND r.name = 'console-user' ON CONFLICT DO NOTHING",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (code, out) = sweep_once(&url, &hook).await;
+    assert_eq!(code, Some(0), "sweep as rbac_gateway_serve: {out}");
+    for said in [
+        format!("revoked ticket grant {expired} (ticket T-expired): expired"),
+        format!("break-glass session {ended} ended: break_glass_expire row written"),
+        format!("alert delivered: break_glass:{active}"),
+        "alert delivered: composition:".to_string(),
+    ] {
+        assert!(out.contains(&said), "sweep did not say {said:?}: {out}");
+    }
+    assert!(!out.contains("permission denied"), "{out}");
+    assert_eq!(revoked(&db, &expired).await.as_deref(), Some("expired"));
+    assert_eq!(
+        count(&db, &format!("SELECT count(*) FROM rbac_grants_audit WHERE id IN ('ticket_expire:{expired}', 'break_glass_expire:{ended}')")).await,
+        2
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM rbac_gateway_break_glass_snapshots"
+        )
+        .await,
+        1
+    );
+
+    // `serve`, sweeping every 0.3 s: one expired grant whose audit row fails until the trigger
+    // below goes (counted, then named by /readyz after 2 sweeps), one that goes through.
+    let healthy = expired_grant(&db, &admin, "T-healthy").await;
+    let poisoned = expired_grant(&db, &admin, "T-poisoned").await;
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW.id = 'ticket_expire:{poisoned}' THEN RAISE EXCEPTION 'poisoned row'; END IF; \
+         RETURN NEW; END $$; \
+         CREATE TRIGGER poison BEFORE INSERT ON rbac_grants_audit FOR EACH ROW EXECUTE FUNCTION poison()"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--cache-ttl")
+        .arg("60")
+        .arg("--sweep-interval")
+        .arg("0.3")
+        .arg("--sweep-failure-threshold")
+        .arg("2")
+        .arg("--alert-webhook-url")
+        .arg(&format!("http://{}/hook", hook.addr));
+    opts.database_url = url.clone();
+    let gw = Gateway::start(opts).await;
+
+    // Allowed: the cold lookup (rbac_gateway_session_principals) as this role.
+    let (_, token) = db.admin_with_roles(&["console-manager"]).await;
+    let r = gw.get("/ops", Some(&token)).await;
+    assert_eq!(r.status, 200, "allowed request; log:\n{}", gw.log());
+    // Denied: 403, its row in the database (not only in the spool), /readyz 200.
+    let (_, other) = db.admin_with_roles(&[]).await;
+    let r = gw.get("/ops", Some(&other)).await;
+    assert_eq!(r.status, 403, "denied request; log:\n{}", gw.log());
+    let id = r.request_id();
+    until(
+        &gw,
+        Duration::from_secs(5),
+        "the access_denied row in the database",
+        || async { !db.audit_rows(&id).await.is_empty() },
+    )
+    .await;
+    assert_eq!(db.audit_rows(&id).await[0].event_type, "access_denied");
+    let ready = gw.admin_get("/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.body_str());
+    // The reader API: the admin's grants, and a permission with a customer's ticket grants.
+    for path in [
+        "/api/rbac/me",
+        "/api/rbac/permissions/check?permission=console:audit:read&customer_id=7",
+    ] {
+        let r = gw.get(path, Some(&token)).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {}; log:\n{}",
+            r.body_str(),
+            gw.log()
+        );
+    }
+
+    // A session revoked in the database: refused within the change feed's bound, the TTL 60 s.
+    let t0 = Instant::now();
+    db.revoke_session(&token).await;
+    let s = until_all(
+        std::slice::from_ref(&gw),
+        "/ops",
+        &token,
+        302,
+        t0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        s[0] < BOUND,
+        "revocation applied after {s:?}; log:\n{}",
+        gw.log()
+    );
+
+    // The sweep in `serve`: the healthy grant revoked, the poisoned one counted and named.
+    until(
+        &gw,
+        Duration::from_secs(10),
+        "serve's sweep revoking the healthy grant",
+        || async { revoked(&db, &healthy).await.is_some() },
+    )
+    .await;
+    until(
+        &gw,
+        Duration::from_secs(10),
+        "/readyz naming the grant that failed 2 sweeps",
+        || async {
+            let r = gw.admin_get("/readyz").await;
+            r.status == 200
+                && r.body_str()
+                    .contains(&format!("sweep: grant:{poisoned} failed"))
+        },
+    )
+    .await;
+    sqlx::query("DROP TRIGGER poison ON rbac_grants_audit")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    until(
+        &gw,
+        Duration::from_secs(10),
+        "the grant revoked once its row can be written, /readyz no longer naming it",
+        || async {
+            revoked(&db, &poisoned).await.is_some()
+                && !gw.admin_get("/readyz").await.body_str().contains("sweep:")
+        },
+    )
+    .await;
+
+    // An alert whose delivery fails once (its backoff recorded), then is delivered.
+    *hook.status.lock().unwrap() = 500;
+    let (bg_admin, _) = db.admin_with_roles(&[]).await;
+    let session = db.break_glass(&bg_admin, 600.0).await;
+    let key = format!("break_glass:{session}");
+    let alert = |column: &'static str| {
+        let (db, key) = (&db, key.clone());
+        async move {
+            count(db, &format!("SELECT count(*) FROM rbac_gateway_alerts WHERE key = '{key}' AND {column} IS NOT NULL")).await == 1
+        }
+    };
+    until(
+        &gw,
+        Duration::from_secs(10),
+        "a failed delivery recorded",
+        || alert("last_error"),
+    )
+    .await;
+    *hook.status.lock().unwrap() = 200;
+    until(&gw, Duration::from_secs(10), "the alert delivered", || {
+        alert("delivered_at_utc")
+    })
+    .await;
+
+    // The mapping version recorded for `rollout`.
+    until(
+        &gw,
+        Duration::from_secs(5),
+        "the mapping version recorded",
+        || async { gw.log().contains("mapping version recorded for rollout") },
+    )
+    .await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM rbac_gateway_mapping_versions").await,
+        1
+    );
+
+    let log = gw.log();
+    assert!(
+        !log.contains("permission denied"),
+        "serve as rbac_gateway_serve was refused something; log:\n{log}"
+    );
+
+    // The spool's replay (ON CONFLICT (id) DO NOTHING): a denial's row refused while the role
+    // had lost INSERT is stored once the script has run again (it restores exactly its grants).
+    sqlx::query("REVOKE INSERT ON access_audit_events FROM rbac_gateway_serve")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let r = gw.get("/ops", Some(&other)).await;
+    assert_eq!(r.status, 403, "denied, its row spooled; log:\n{}", gw.log());
+    let spooled = r.request_id();
+    assert!(db.audit_rows(&spooled).await.is_empty());
+    sqlx::raw_sql(&grants_sql())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    until(
+        &gw,
+        Duration::from_secs(5),
+        "the spooled row replayed into the database",
+        || async { !db.audit_rows(&spooled).await.is_empty() },
+    )
+    .await;
+    until(&gw, Duration::from_secs(5), "/readyz 200", || async {
+        gw.admin_get("/readyz").await.status == 200
+    })
+    .await;
+}
