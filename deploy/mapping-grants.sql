@@ -6,7 +6,7 @@
 -- versions and activations; neither role may UPDATE or DELETE them (the tables are also
 -- append-only by trigger), so history and rollback stay exact.
 
--- The gateway's login role (also needs what `serve` reads and writes elsewhere).
+-- The gateway's login role (also needs rbac_gateway_serve: deploy/gateway-grants.sql).
 DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rbac_gateway_reader') THEN
         CREATE ROLE rbac_gateway_reader NOLOGIN;
