@@ -165,7 +165,10 @@ impl Authority for Gateway {
             .principal_for_token(token, at)
             .await
             .map_err(|e| {
-                tracing::error!(error = %e, "cannot resolve the session: answering 503");
+                // The whole chain: "database unavailable" alone hides a refused grant or a
+                // timeout (style.md).
+                let e = anyhow::Error::new(e);
+                tracing::error!(error = %format_args!("{e:#}"), "cannot resolve the session: answering 503");
                 Unavailable::Identity
             })
     }

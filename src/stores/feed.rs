@@ -117,8 +117,11 @@ async fn prune(pool: &Db, limit: Duration) {
             tracing::info!(rows = r.rows_affected(), "change feed: pruned old log rows")
         }
         Ok(_) => {}
-        // A gateway without DELETE on the log still works; the log just grows.
-        Err(e) => tracing::debug!(error = %e, "change feed: cannot prune the log"),
+        // A gateway without DELETE on the log still works, but the log grows: said at warn, once
+        // per prune (every PRUNE_EVERY), so an operator sees why.
+        Err(e) => {
+            tracing::warn!(error = %e, "change feed: cannot prune the log's rows older than a day (it grows until a prune succeeds; the gateway's role needs DELETE on rbac_change_log, deploy/gateway-grants.sql)")
+        }
     }
 }
 

@@ -348,4 +348,25 @@ async fn serve_and_sweep_work_as_a_login_holding_only_the_gateway_grants() {
         gw.admin_get("/readyz").await.status == 200
     })
     .await;
+
+    // A grant the request path lacks: a session not cached is answered 503, and the log names
+    // the refusal, not only "database unavailable".
+    sqlx::query("REVOKE SELECT ON admin_sessions FROM rbac_gateway_serve")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (_, fresh) = db.admin_with_roles(&["console-manager"]).await;
+    assert_eq!(gw.status("/ops", Some(&fresh)).await, 503);
+    until(
+        &gw,
+        Duration::from_secs(5),
+        "the refused lookup named in the log",
+        || async {
+            gw.log().lines().any(|l| {
+                l.contains("cannot resolve the session")
+                    && l.contains("permission denied for table admin_sessions")
+            })
+        },
+    )
+    .await;
 }
