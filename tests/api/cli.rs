@@ -84,10 +84,7 @@ async fn migrate_makes_the_grants_tables_of_004_and_console_app_cannot_rewrite_t
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL must be set");
     let name = format!("rbacgw_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
-    admin
-        .execute("DO $$ BEGIN CREATE ROLE console_app; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
-        .await
-        .unwrap();
+    console_app_role(&mut admin).await;
     admin
         .execute(format!("CREATE DATABASE {name}").as_str())
         .await

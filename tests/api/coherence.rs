@@ -355,10 +355,7 @@ async fn console_writing_as_its_own_role_is_not_refused_and_its_revocation_reach
     // Console's database role as Console sets it up: its own tables, no grant on the
     // gateway's (the change feed's triggers write those for it).
     let mut console = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    console
-        .execute("DO $$ BEGIN CREATE ROLE console_app; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
-        .await
-        .unwrap();
+    console_app_role(&mut console).await;
     console
         .execute(
             "GRANT SELECT, INSERT, UPDATE, DELETE ON admins, admin_sessions, rbac_groups, \

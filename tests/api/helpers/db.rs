@@ -202,6 +202,19 @@ pub struct AuditRow {
 }
 
 /// The `host:port` a database URL (`postgres://user@host:port/db`) points at.
+/// Makes Console's database role, `console_app` (NOLOGIN), unless it exists. Roles are
+/// cluster-wide: whichever test comes first makes it; two at once, the second finds it made
+/// (PostgreSQL says so with duplicate_object or, in a race, unique_violation).
+pub async fn console_app_role(conn: &mut sqlx::PgConnection) {
+    sqlx::raw_sql(
+        "DO $$ BEGIN CREATE ROLE console_app; \
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+    )
+    .execute(conn)
+    .await
+    .unwrap();
+}
+
 pub fn db_host_port(db_url: &str) -> String {
     let rest = db_url.split('@').nth(1).unwrap();
     rest.split('/').next().unwrap().to_string()
