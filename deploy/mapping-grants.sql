@@ -7,13 +7,15 @@
 -- append-only by trigger), so history and rollback stay exact.
 
 -- The gateway's login role (also needs rbac_gateway_serve: deploy/gateway-grants.sql).
+-- Roles are cluster-wide: made by whichever database runs this first (two at once: the second
+-- finds them made).
 DO $$ BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rbac_gateway_reader') THEN
-        CREATE ROLE rbac_gateway_reader NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rbac_mapping_pusher') THEN
-        CREATE ROLE rbac_mapping_pusher NOLOGIN;
-    END IF;
+    CREATE ROLE rbac_gateway_reader NOLOGIN;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $$;
+DO $$ BEGIN
+    CREATE ROLE rbac_mapping_pusher NOLOGIN;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END $$;
 
 GRANT SELECT ON rbac_mapping_store, rbac_mapping_activations TO rbac_gateway_reader;
