@@ -25,10 +25,16 @@
 BEGIN;
 
 -- Roles are cluster-wide: created once, by whichever database runs this first (two at once:
--- the second finds it made).
+-- the second finds it made). Where it exists, an owner without CREATEROLE runs this too
+-- (PostgreSQL checks CREATEROLE before it looks for the role, so CREATE ROLE is only tried when
+-- missing).
 DO $$ BEGIN
-    CREATE ROLE rbac_gateway_serve NOLOGIN;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rbac_gateway_serve') THEN
+        BEGIN
+            CREATE ROLE rbac_gateway_serve NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+        END;
+    END IF;
 END $$;
 
 DO $$ BEGIN
@@ -56,8 +62,8 @@ GRANT SELECT ON rbac_groups, rbac_group_roles, rbac_roles, rbac_role_inheritance
 -- Request path (an active session adds the break-glass group), alert pass (new sessions),
 -- sweep (ended sessions, their break_glass_expire row).
 GRANT SELECT ON rbac_break_glass_sessions TO rbac_gateway_serve;
--- Alert pass: the admin's email in a break-glass session's alert.
-GRANT SELECT ON admins TO rbac_gateway_serve;
+-- Alert pass: the admin's email in a break-glass session's alert; nothing else of an admin's row.
+GRANT SELECT (id, email) ON admins TO rbac_gateway_serve;
 -- Request path (ticket grants), reader API (/api/rbac/me), sweep and FreeScout's webhook
 -- (the active grants; each re-read under a row lock, SELECT ... FOR UPDATE).
 GRANT SELECT ON rbac_ticket_grants TO rbac_gateway_serve;

@@ -8,14 +8,21 @@
 
 -- The gateway's login role (also needs rbac_gateway_serve: deploy/gateway-grants.sql).
 -- Roles are cluster-wide: made by whichever database runs this first (two at once: the second
--- finds them made).
+-- finds them made). Where they exist, an owner without CREATEROLE runs this too (PostgreSQL
+-- checks CREATEROLE before it looks for the role, so CREATE ROLE is only tried when missing).
 DO $$ BEGIN
-    CREATE ROLE rbac_gateway_reader NOLOGIN;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-END $$;
-DO $$ BEGIN
-    CREATE ROLE rbac_mapping_pusher NOLOGIN;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rbac_gateway_reader') THEN
+        BEGIN
+            CREATE ROLE rbac_gateway_reader NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+        END;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rbac_mapping_pusher') THEN
+        BEGIN
+            CREATE ROLE rbac_mapping_pusher NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+        END;
+    END IF;
 END $$;
 
 GRANT SELECT ON rbac_mapping_store, rbac_mapping_activations TO rbac_gateway_reader;

@@ -1,13 +1,16 @@
 -- The rest of 004 §3.2 (interface.md: rbac_ticket_grants, rbac_break_glass_sessions and
 -- rbac_grants_audit "as in §3.2 of 004"): 0001 made the tables and one index each; this adds the
 -- other indexes §3.2 declares and its append-only rule for rbac_grants_audit (console_app may
--- insert and read it, never update or delete it).
+-- insert and read it, never update, delete or truncate it: §3.2 names UPDATE and DELETE; a
+-- TRUNCATE deletes too).
 --
 -- In production Console's own migration (its 0021) made all of it. PostgreSQL checks a table's
 -- ownership before it looks for an index of the name (CREATE INDEX IF NOT EXISTS on a table of
 -- another role fails), and only the owner may revoke every grant; so each statement runs only
--- where the migrating role owns the table (development, tests, demo, a database the gateway's
--- migrations made), and a database whose tables Console owns is left as Console made it.
+-- where the migrating role owns the table or is a member of its owner (development, tests,
+-- demo, a database the gateway's migrations made; a superuser counts as every role's member, so
+-- a superuser's migrate adds what is missing on Console's tables too), and is skipped elsewhere:
+-- a database whose tables Console's own role owns is left as Console made it.
 --
 -- Not here: §3.2's idx_rbg_user predicate `AND expires_at_utc > NOW()`. PostgreSQL refuses
 -- a function that is not immutable in an index predicate ("functions in index predicate must be
@@ -26,8 +29,12 @@ BEGIN
             WHERE ticket_id IS NOT NULL;
         CREATE INDEX IF NOT EXISTS idx_rga_expires ON rbac_grants_audit (expires_at_utc)
             WHERE expires_at_utc IS NOT NULL;
-        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'console_app') THEN
-            REVOKE UPDATE, DELETE ON rbac_grants_audit FROM console_app;
+        -- Not where console_app owns the table: revoking would take the owner's own DELETE,
+        -- which ON DELETE CASCADE needs to erase an admin's rows with the admin.
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'console_app')
+           AND (SELECT tableowner FROM pg_tables WHERE schemaname = current_schema()
+                 AND tablename = 'rbac_grants_audit') <> 'console_app' THEN
+            REVOKE UPDATE, DELETE, TRUNCATE ON rbac_grants_audit FROM console_app;
             GRANT INSERT, SELECT ON rbac_grants_audit TO console_app;
         END IF;
     END IF;

@@ -374,20 +374,28 @@ async fn check_database(
             ));
         }
     }
-    // The feed's trigger function writes rbac_change_log for Console's role, which has no grant
-    // there: run as the writing role, it fails Console's every write (migration 0017).
-    let as_owner = db_schema::runs_as_owner(&pool, "rbac_gateway_log_change()")
-        .await
-        .context("cannot read the functions")
-        .map_err(failure)?;
-    if !as_owner {
-        out.push(diag(
-            file,
-            0,
-            0,
-            Severity::Error,
-            "database: the change feed's trigger function rbac_gateway_log_change() is missing or runs as the role that writes (Console's writes to the watched tables then fail unless that role may insert into rbac_change_log; run `rbac-gateway migrate`?)".to_string(),
-        ));
+    // The triggers on Console's tables write the gateway's tables for Console's role, which has
+    // no grant there: they run as their owner, with a search_path the caller cannot put a
+    // temporary table in front of (migration 0017).
+    for function in [
+        "rbac_gateway_log_change()",
+        "rbac_gateway_record_group_change(text, text, text)",
+        "rbac_gateway_break_glass_roles()",
+        "rbac_gateway_break_glass_change()",
+    ] {
+        let pinned = db_schema::runs_as_owner_pinned(&pool, function)
+            .await
+            .context("cannot read the functions")
+            .map_err(failure)?;
+        if !pinned {
+            out.push(diag(
+                file,
+                0,
+                0,
+                Severity::Error,
+                format!("database: function {function} is missing, or not SECURITY DEFINER with a search_path that ends in pg_temp (Console's writes to the tables it watches then fail, or a caller's temporary table can stand in for one it writes; run `rbac-gateway migrate`?)"),
+            ));
+        }
     }
     // The functions the lookups call (migrations 0011, 0012, 0014). 0015's generic plan is
     // speed, not correctness: a database without it answers alike, so it is not checked.

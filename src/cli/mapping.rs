@@ -166,8 +166,9 @@ fn rollback(a: MappingChangeArgs) -> Result<(), Exit> {
 fn show(a: MappingShowArgs) -> Result<(), Exit> {
     let shown = runtime()?.block_on(async {
         let db = pool(&a.database_url).await?;
+        // A version not stored is bad input (64), as with `diff db:VERSION`.
         shown_version(&db, &a.version).await.map_err(|e| match e {
-            NotShown::Missing(why) => failure(anyhow!("{why}")),
+            NotShown::Missing(why) => usage(anyhow!("{why}")),
             NotShown::Failed(e) => e,
         })
     })?;

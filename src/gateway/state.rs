@@ -165,10 +165,8 @@ impl Authority for Gateway {
             .principal_for_token(token, at)
             .await
             .map_err(|e| {
-                // The whole chain: "database unavailable" alone hides a refused grant or a
-                // timeout (style.md).
-                let e = anyhow::Error::new(e);
-                tracing::error!(error = %format_args!("{e:#}"), "cannot resolve the session: answering 503");
+                // The cause is in the message: a refused grant, a timeout (style.md).
+                tracing::error!(error = %e, "cannot resolve the session: answering 503");
                 Unavailable::Identity
             })
     }

@@ -33,8 +33,9 @@ pub struct Session {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("database unavailable")]
-    DatabaseUnavailable(#[source] Arc<sqlx::Error>),
+    /// The cause in the message (logged as `%e`, once: sqlx's error repeats its own source).
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(Arc<sqlx::Error>),
 }
 
 /// Expires each entry at its own `until`.

@@ -41,11 +41,13 @@ pub async fn change_feed_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error>
     .await
 }
 
-/// Whether the function `signature` (`name(type, ...)`) exists and runs as its owner (`SECURITY
-/// DEFINER`); false when it does not exist.
-pub async fn runs_as_owner(pool: &Db, signature: &str) -> Result<bool, sqlx::Error> {
+/// Whether the function `signature` (`name(type, ...)`) exists, runs as its owner (`SECURITY
+/// DEFINER`) and has its own `search_path` with `pg_temp` last (so a caller's temporary table
+/// never stands in for one of its names: migration 0017); false when it does not exist.
+pub async fn runs_as_owner_pinned(pool: &Db, signature: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT coalesce((SELECT prosecdef FROM pg_proc WHERE oid = to_regprocedure($1)), false)",
+        "SELECT coalesce((SELECT prosecdef AND EXISTS (SELECT 1 FROM unnest(proconfig) c \
+         WHERE c LIKE 'search_path=%pg\\_temp') FROM pg_proc WHERE oid = to_regprocedure($1)), false)",
     )
     .persistent(false)
     .bind(signature)

@@ -146,6 +146,7 @@ async fn migrate_makes_the_grants_tables_of_004_and_console_app_cannot_rewrite_t
     for write in [
         "UPDATE rbac_grants_audit SET granted_by = 'forged'",
         "DELETE FROM rbac_grants_audit",
+        "TRUNCATE rbac_grants_audit",
     ] {
         let e = c.execute(write).await.expect_err(write);
         assert!(e.to_string().contains("permission denied"), "{write}: {e}");
@@ -164,6 +165,28 @@ async fn migrate_makes_the_grants_tables_of_004_and_console_app_cannot_rewrite_t
         .await
         .unwrap();
     assert_eq!(n, 0);
+
+    // Where console_app owns the table, 0016 leaves its privileges alone: revoking DELETE from
+    // the owner would refuse the cascade that erases an admin's rows with the admin.
+    c.execute("ALTER TABLE rbac_grants_audit OWNER TO console_app")
+        .await
+        .unwrap();
+    let m0016 =
+        std::fs::read_to_string(root().join("migrations/0016_grants_tables_as_designed.sql"))
+            .unwrap();
+    sqlx::raw_sql(&m0016).execute(&mut c).await.unwrap();
+    c.execute("INSERT INTO admins (id, email) VALUES ('a2', 'a2@example.test')")
+        .await
+        .unwrap();
+    c.execute(
+        "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, granted_by) \
+         VALUES ('g2', 'grant', 'a2', 'ops')",
+    )
+    .await
+    .unwrap();
+    c.execute("DELETE FROM admins WHERE id = 'a2'")
+        .await
+        .expect("an admin is erased with their grants audit rows");
 }
 
 #[tokio::test]
@@ -722,6 +745,7 @@ async fn check_names_every_missing_column_table_and_trigger_serve_needs() {
         "ALTER TABLE admins DISABLE TRIGGER rbac_gateway_change",
         "DROP FUNCTION rbac_gateway_session_principals(text[], boolean)",
         "ALTER FUNCTION rbac_gateway_log_change() SECURITY INVOKER",
+        "ALTER FUNCTION rbac_gateway_break_glass_roles() SET search_path = public",
     ] {
         sqlx::query(stmt).execute(&db.pool).await.unwrap();
     }
@@ -740,7 +764,8 @@ async fn check_names_every_missing_column_table_and_trigger_serve_needs() {
         "rbac_change_log.admin_id",
         "rbac_gateway_change on admins",
         "function rbac_gateway_session_principals(text[], boolean) is missing",
-        "rbac_gateway_log_change() is missing or runs as the role that writes",
+        "function rbac_gateway_log_change() is missing, or not SECURITY DEFINER",
+        "function rbac_gateway_break_glass_roles() is missing, or not SECURITY DEFINER",
     ] {
         assert!(stdout.contains(missing), "{missing} named: {stdout}");
     }

@@ -372,6 +372,18 @@ async fn console_writing_as_its_own_role_is_not_refused_and_its_revocation_reach
         .expect_err("console_app has no grant on the gateway's tables");
     assert!(denied.to_string().contains("permission denied"), "{denied}");
 
+    // A table of Console's role's own named as the feed's log, in its temporary schema (which
+    // PostgreSQL searches first unless a function's search_path names pg_temp): the triggers,
+    // running as their owner, must write the gateway's log all the same, never this one.
+    console
+        .execute(
+            "CREATE TEMPORARY TABLE rbac_change_log (id BIGSERIAL, txid xid8 DEFAULT \
+             pg_current_xact_id(), table_name TEXT, admin_id TEXT, token_sha256 TEXT, \
+             created_at_utc TIMESTAMPTZ DEFAULT now())",
+        )
+        .await
+        .unwrap();
+
     // A login and a group joined, as Console writes them.
     let admin = "console-written-admin";
     let token = "tok-console-written";
@@ -424,6 +436,11 @@ async fn console_writing_as_its_own_role_is_not_refused_and_its_revocation_reach
         .expect("Console revokes a session");
     let s = until_all(&gws, "/ops", token, 302, t0, Duration::from_secs(5)).await;
     assert!(s[0] < BOUND, "{s:?}");
+    let decoy: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_temp.rbac_change_log")
+        .fetch_one(&mut console)
+        .await
+        .unwrap();
+    assert_eq!(decoy, 0, "a trigger wrote the caller's temporary table");
     console.execute("RESET ROLE").await.unwrap();
     let logged: Vec<String> = sqlx::query_scalar(
         "SELECT table_name FROM rbac_change_log WHERE admin_id = $1 ORDER BY id",

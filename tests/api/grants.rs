@@ -96,12 +96,16 @@ async fn expired_grant(db: &TestDb, admin: &str, ticket: &str) -> String {
 /// Runs `rbac-gateway sweep --once` as `url` (without blocking the runtime the alert webhook's
 /// stand-in runs on): its exit code and output.
 async fn sweep_once(url: &str, hook: &Upstream) -> (Option<i32>, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+    let mut sweep = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"));
+    sweep
         .args(["sweep", "--once", "--database-url", url])
         .arg("--alert-webhook-url")
         .arg(format!("http://{}/hook", hook.addr))
-        .output()
+        .kill_on_drop(true);
+    // Bounded: a sweep that hangs fails the test instead of holding the suite.
+    let out = tokio::time::timeout(Duration::from_secs(60), sweep.output())
         .await
+        .expect("sweep ended within 60 s")
         .unwrap();
     (
         out.status.code(),

@@ -245,9 +245,9 @@ async fn push_activate_rollback_reach_three_gateways_within_a_second() {
         j["text"].as_str().unwrap().as_bytes(),
         std::fs::read(&b).unwrap()
     );
-    // An unknown version: exit 1, named, nothing on stdout.
+    // An unknown version: bad input (64), named, nothing on stdout.
     let unknown = mapping(&db.url, &["show", "0123456789ab", "--json"]);
-    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(unknown.status.code(), Some(64));
     assert!(unknown.stdout.is_empty());
     let err = String::from_utf8_lossy(&unknown.stderr);
     assert!(err.contains("0123456789ab"), "{err}");

@@ -201,7 +201,6 @@ pub struct AuditRow {
     pub user_agent: Option<String>,
 }
 
-/// The `host:port` a database URL (`postgres://user@host:port/db`) points at.
 /// Makes Console's database role, `console_app` (NOLOGIN), unless it exists. Roles are
 /// cluster-wide: whichever test comes first makes it; two at once, the second finds it made
 /// (PostgreSQL says so with duplicate_object or, in a race, unique_violation).
@@ -215,6 +214,7 @@ pub async fn console_app_role(conn: &mut sqlx::PgConnection) {
     .unwrap();
 }
 
+/// The `host:port` a database URL (`postgres://user@host:port/db`) points at.
 pub fn db_host_port(db_url: &str) -> String {
     let rest = db_url.split('@').nth(1).unwrap();
     rest.split('/').next().unwrap().to_string()
