@@ -19,11 +19,12 @@
 -- No trigger refuses UPDATE or DELETE for every role, as access_audit_events has: §3.2 deletes
 -- an admin's rows with the admin (ON DELETE CASCADE), which such a trigger would refuse.
 --
+-- Each table is found as its statements find it (to_regclass, by search_path).
+--
 -- Changing it: a new migration (never edit this one).
 DO $$
 BEGIN
-    IF pg_has_role((SELECT tableowner FROM pg_tables
-                     WHERE schemaname = current_schema() AND tablename = 'rbac_grants_audit'),
+    IF pg_has_role((SELECT relowner FROM pg_class WHERE oid = to_regclass('rbac_grants_audit')),
                    'USAGE') THEN
         CREATE INDEX IF NOT EXISTS idx_rga_ticket ON rbac_grants_audit (ticket_id)
             WHERE ticket_id IS NOT NULL;
@@ -32,14 +33,13 @@ BEGIN
         -- Not where console_app owns the table: revoking would take the owner's own DELETE,
         -- which ON DELETE CASCADE needs to erase an admin's rows with the admin.
         IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'console_app')
-           AND (SELECT tableowner FROM pg_tables WHERE schemaname = current_schema()
-                 AND tablename = 'rbac_grants_audit') <> 'console_app' THEN
+           AND (SELECT pg_get_userbyid(relowner) FROM pg_class
+                 WHERE oid = to_regclass('rbac_grants_audit')) <> 'console_app' THEN
             REVOKE UPDATE, DELETE, TRUNCATE ON rbac_grants_audit FROM console_app;
             GRANT INSERT, SELECT ON rbac_grants_audit TO console_app;
         END IF;
     END IF;
-    IF pg_has_role((SELECT tableowner FROM pg_tables
-                     WHERE schemaname = current_schema() AND tablename = 'rbac_ticket_grants'),
+    IF pg_has_role((SELECT relowner FROM pg_class WHERE oid = to_regclass('rbac_ticket_grants')),
                    'USAGE') THEN
         CREATE INDEX IF NOT EXISTS idx_rtg_ticket ON rbac_ticket_grants (ticket_id)
             WHERE revoked_at_utc IS NULL;
