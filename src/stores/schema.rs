@@ -1,7 +1,8 @@
 //! What the database's schema holds, for `check --database-url` (which decides what is missing):
-//! the tables a role may not read ([`unreadable_tables`]), the columns of the current schema
-//! ([`columns`]), the tables carrying the change feed's trigger ([`change_feed_triggers`]) and
-//! whether a function exists ([`function_exists`]). Each is one statement in a transaction of its
+//! the tables a role may not read ([`unreadable_tables`]) or holds no privilege on at all
+//! ([`invisible_tables`]), the columns of the current schema ([`columns`]), the tables carrying
+//! the change feed's trigger ([`change_feed_triggers`]), whether a function exists
+//! ([`function_exists`]) and runs as its owner ([`runs_as_owner_pinned`]). Each is one statement in a transaction of its
 //! own through [`Db`], unnamed.
 
 use crate::stores::db::Db;
@@ -11,6 +12,20 @@ pub async fn unreadable_tables(pool: &Db, tables: &[&str]) -> Result<Vec<String>
     sqlx::query_scalar(
         "SELECT t FROM unnest($1::text[]) t \
          WHERE NOT coalesce(has_table_privilege(to_regclass(t), 'SELECT'), true)",
+    )
+    .persistent(false)
+    .bind(tables)
+    .fetch_all(pool)
+    .await
+}
+
+/// Those of `tables` that exist and on none of whose columns this role holds a privilege
+/// (`has_any_column_privilege`): information_schema lists none of their columns, which is not a
+/// missing column. A role that may only insert, or read some columns, sees the table.
+pub async fn invisible_tables(pool: &Db, tables: &[&str]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT t FROM unnest($1::text[]) t WHERE NOT coalesce(has_any_column_privilege(\
+         to_regclass(t), 'SELECT, INSERT, UPDATE, REFERENCES'), true)",
     )
     .persistent(false)
     .bind(tables)

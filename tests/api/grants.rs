@@ -374,3 +374,47 @@ async fn serve_and_sweep_work_as_a_login_holding_only_the_gateway_grants() {
     )
     .await;
 }
+
+/// `check --database-url` as the gateway's login (what README's upgrade step runs): with only
+/// `rbac_gateway_serve` it passes, saying the mapping store is not checked (only a database
+/// mapping source reads it); a table `serve` uses that the role holds no privilege on is named
+/// with the grant, not reported as every one of its columns missing.
+#[tokio::test]
+async fn check_as_the_gateways_login_names_a_missing_grant_not_missing_columns() {
+    let db = TestDb::new().await;
+    let url = serve_login(&db).await;
+    let check = || {
+        let out = crate::cli::bin()
+            .args(["check", "--routes"])
+            .arg(root().join("routes.toml"))
+            .args(["--database-url", &url])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("rbac_mapping_store is not checked: this role may not read it"),
+        "{out}"
+    );
+    assert!(!out.contains("is missing"), "{out}");
+
+    sqlx::query("REVOKE SELECT ON rbac_user_groups FROM rbac_gateway_serve")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("this role holds no privilege on rbac_user_groups, which `serve` uses (deploy/gateway-grants.sql"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("rbac_user_groups.user_id is missing"),
+        "{out}"
+    );
+}
