@@ -107,14 +107,7 @@ async fn sweep_once(url: &str, hook: &Upstream) -> (Option<i32>, String) {
         .await
         .expect("sweep ended within 60 s")
         .unwrap();
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    code_and_output(&out)
 }
 
 /// Regression (migration 0017's defect was of this kind): every test ran as a superuser, so

@@ -601,18 +601,12 @@ async fn fifty_activations_under_keep_alive_load_each_answer_one_version() {
 
 /// `rbac-gateway ARGS...` with its exit code and stdout + stderr.
 fn run(args: &[&str]) -> (Option<i32>, String) {
-    let out = bin()
-        .args(args)
-        .env_remove("FLAG_RBAC_V2")
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    code_and_output(
+        &bin()
+            .args(args)
+            .env_remove("FLAG_RBAC_V2")
+            .output()
+            .unwrap(),
     )
 }
 

@@ -24,6 +24,18 @@ pub use wait::*;
 
 use std::path::PathBuf;
 
+/// A finished command's exit code and its standard output then standard error, as text.
+pub fn code_and_output(out: &std::process::Output) -> (Option<i32>, String) {
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
