@@ -304,7 +304,17 @@ def k8s_secret_keys():
 def k8s_targets():
     p = []
     secret_keys = k8s_secret_keys()
-    for where, c, pod in gateway_containers():
+    def db_secret(c):
+        env = {e["name"]: e for e in c.get("env", [])}
+        return env.get("DATABASE_URL", {}).get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+    containers = list(gateway_containers())
+    serve_db = {db_secret(c) for _, c, _ in containers if (c.get("args") or c.get("command") or ["serve"])[0] == "serve"}
+    for where, c, _ in containers:
+        # migrate alters tables and functions: the tables' owner, never the gateways' login
+        # (deploy/gateway-grants.sql's role only).
+        if (c.get("args") or c.get("command") or ["serve"])[0] == "migrate" and db_secret(c) in serve_db:
+            p.append(f"{where} (migrate): DATABASE_URL from {db_secret(c)}, the gateways' own Secret: migrate needs the tables' owner")
+    for where, c, pod in containers:
         cmd = (c.get("args") or c.get("command") or ["serve"])[0]
         env = {e["name"]: e for e in c.get("env", [])}
         def secret_ok(var):
@@ -364,7 +374,8 @@ def systemd_targets():
 
 if BIN:
     check("k8s: the gateway carries every listener (env + containerPort) and every secret (secretKeyRef to "
-          "secret.example.yaml); the sweep and migrate containers their commands' secrets", k8s_targets)
+          "secret.example.yaml); the sweep and migrate containers their commands' secrets, migrate's database "
+          "URL not the gateways'", k8s_targets)
     check("compose: the gateway carries every listener (exposed) and every secret; migrate its secrets", compose_targets)
     check("systemd: env.example sets every listener and every secret (none in the unit)", systemd_targets)
 else:
