@@ -304,16 +304,20 @@ def k8s_secret_keys():
 def k8s_targets():
     p = []
     secret_keys = k8s_secret_keys()
-    def db_secret(c):
+    def db_secrets(c):
+        # The Secrets a container may take DATABASE_URL from: its env's secretKeyRef, or envFrom.
         env = {e["name"]: e for e in c.get("env", [])}
-        return env.get("DATABASE_URL", {}).get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+        ref = env.get("DATABASE_URL", {}).get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+        return ({ref} if ref else set()) | {f["secretRef"]["name"] for f in c.get("envFrom", []) if "secretRef" in f}
     containers = list(gateway_containers())
-    serve_db = {db_secret(c) for _, c, _ in containers if (c.get("args") or c.get("command") or ["serve"])[0] == "serve"}
+    serve_db = set().union(*[db_secrets(c) for _, c, _ in containers
+                             if (c.get("args") or c.get("command") or ["serve"])[0] == "serve"])
     for where, c, _ in containers:
         # migrate alters tables and functions: the tables' owner, never the gateways' login
         # (deploy/gateway-grants.sql's role only).
-        if (c.get("args") or c.get("command") or ["serve"])[0] == "migrate" and db_secret(c) in serve_db:
-            p.append(f"{where} (migrate): DATABASE_URL from {db_secret(c)}, the gateways' own Secret: migrate needs the tables' owner")
+        shared = db_secrets(c) & serve_db
+        if (c.get("args") or c.get("command") or ["serve"])[0] == "migrate" and shared:
+            p.append(f"{where} (migrate): DATABASE_URL from {', '.join(sorted(shared))}, the gateways' own Secret: migrate needs the tables' owner")
     for where, c, pod in containers:
         cmd = (c.get("args") or c.get("command") or ["serve"])[0]
         env = {e["name"]: e for e in c.get("env", [])}

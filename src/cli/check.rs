@@ -400,8 +400,8 @@ async fn check_database(
         }
     }
     // The triggers on Console's tables write the gateway's tables for Console's role, which has
-    // no grant there: they run as their owner, with a search_path the caller cannot put a
-    // temporary table in front of (migration 0017).
+    // no grant there: they run as their owner, with a search_path of pg_catalog and pg_temp only,
+    // so nothing the caller creates stands in for a name they use (migration 0017).
     for function in [
         "rbac_gateway_log_change()",
         "rbac_gateway_record_group_change(text, text, text)",
@@ -418,7 +418,7 @@ async fn check_database(
                 0,
                 0,
                 Severity::Error,
-                format!("database: function {function} is missing, or not SECURITY DEFINER with a search_path that ends in pg_temp (Console's writes to the tables it watches then fail, or a caller's temporary table can stand in for one it writes; run `rbac-gateway migrate`?)"),
+                format!("database: function {function} is missing, or not SECURITY DEFINER with search_path exactly pg_catalog, pg_temp (Console's writes to the tables it watches then fail, or what a caller creates can stand in for a name it uses and run as its owner; run `rbac-gateway migrate`?)"),
             ));
         }
     }

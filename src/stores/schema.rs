@@ -57,12 +57,13 @@ pub async fn change_feed_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error>
 }
 
 /// Whether the function `signature` (`name(type, ...)`) exists, runs as its owner (`SECURITY
-/// DEFINER`) and has its own `search_path` with `pg_temp` last (so a caller's temporary table
-/// never stands in for one of its names: migration 0017); false when it does not exist.
+/// DEFINER`) and has its own `search_path` of exactly `pg_catalog, pg_temp` (so nothing a caller
+/// creates, a temporary table or a function in a schema it may write, stands in for one of its
+/// names; it names its tables with their schema: migration 0017); false when it does not exist.
 pub async fn runs_as_owner_pinned(pool: &Db, signature: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT coalesce((SELECT prosecdef AND EXISTS (SELECT 1 FROM unnest(proconfig) c \
-         WHERE c LIKE 'search_path=%pg\\_temp') FROM pg_proc WHERE oid = to_regprocedure($1)), false)",
+        "SELECT coalesce((SELECT prosecdef AND 'search_path=pg_catalog, pg_temp' = ANY(proconfig) \
+         FROM pg_proc WHERE oid = to_regprocedure($1)), false)",
     )
     .persistent(false)
     .bind(signature)
