@@ -399,6 +399,21 @@ async fn check_database(
             ));
         }
     }
+    // A schema every role may create in: any role can define a function that the lookups'
+    // unqualified calls (run as the gateway's role) resolve to instead of the built-in.
+    let open_schema = db_schema::open_to_create(&pool)
+        .await
+        .context("cannot read the schema's privileges")
+        .map_err(failure)?;
+    if let Some(schema) = open_schema {
+        out.push(diag(
+            file,
+            0,
+            0,
+            Severity::Warning,
+            format!("database: every role may create objects in schema {schema} (PostgreSQL's default before 15): one could define a function that the gateway's lookups call instead of the built-in (CVE-2018-1058); `REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC`, as PostgreSQL 15 does"),
+        ));
+    }
     // The triggers on Console's tables write the gateway's tables for Console's role, which has
     // no grant there: they run as their owner, with a search_path of pg_catalog and pg_temp only,
     // so nothing the caller creates stands in for a name they use (migration 0017).

@@ -2,8 +2,9 @@
 //! the tables a role may not read ([`unreadable_tables`]) or holds no privilege on at all
 //! ([`invisible_tables`]), the columns of the current schema ([`columns`]), the tables carrying
 //! the change feed's trigger ([`change_feed_triggers`]), whether a function exists
-//! ([`function_exists`]) and runs as its owner ([`runs_as_owner_pinned`]). Each is one statement in a transaction of its
-//! own through [`Db`], unnamed.
+//! ([`function_exists`]) and runs as its owner ([`runs_as_owner_pinned`]), and whether every
+//! role may create in the schema ([`open_to_create`]). Each is one statement in a transaction of
+//! its own through [`Db`], unnamed.
 
 use crate::stores::db::Db;
 
@@ -68,6 +69,19 @@ pub async fn runs_as_owner_pinned(pool: &Db, signature: &str) -> Result<bool, sq
     .persistent(false)
     .bind(signature)
     .fetch_one(pool)
+    .await
+}
+
+/// Whether every role (PUBLIC) may create objects in the current schema: PostgreSQL's default
+/// before version 15, which lets any role define a function that an unqualified call of another
+/// role's resolves to (CVE-2018-1058).
+/// The current schema's name when it is so; None otherwise.
+pub async fn open_to_create(pool: &Db) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT current_schema()::text WHERE has_schema_privilege('public', current_schema(), 'CREATE')",
+    )
+    .persistent(false)
+    .fetch_optional(pool)
     .await
 }
 

@@ -746,6 +746,7 @@ async fn check_names_every_missing_column_table_and_trigger_serve_needs() {
         "DROP FUNCTION rbac_gateway_session_principals(text[], boolean)",
         "ALTER FUNCTION rbac_gateway_log_change() SECURITY INVOKER",
         "ALTER FUNCTION rbac_gateway_break_glass_roles() SET search_path = public",
+        "GRANT CREATE ON SCHEMA public TO PUBLIC",
     ] {
         sqlx::query(stmt).execute(&db.pool).await.unwrap();
     }
@@ -766,6 +767,7 @@ async fn check_names_every_missing_column_table_and_trigger_serve_needs() {
         "function rbac_gateway_session_principals(text[], boolean) is missing",
         "function rbac_gateway_log_change() is missing, or not SECURITY DEFINER",
         "function rbac_gateway_break_glass_roles() is missing, or not SECURITY DEFINER",
+        "warning: database: every role may create objects in schema public",
     ] {
         assert!(stdout.contains(missing), "{missing} named: {stdout}");
     }
