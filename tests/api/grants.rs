@@ -38,42 +38,29 @@ async fn serve_login(db: &TestDb) -> String {
         .expect("deploy/gateway-grants.sql runs as the tables' owner");
     // Twice: the script is idempotent.
     sqlx::raw_sql(&grants).execute(&db.pool).await.unwrap();
-    let (prefix, name) = db.url.rsplit_once('/').unwrap();
-    let user = format!("{}_serve", name.trim_start_matches("rbacgw_"));
-    sqlx::raw_sql(&format!(
-        "CREATE ROLE \"{user}\" LOGIN IN ROLE rbac_gateway_serve"
-    ))
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let (scheme, rest) = prefix.split_once("://").unwrap();
-    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
-    format!("{scheme}://{user}@{host}/{name}")
+    db.login_in_role("rbac_gateway_serve", "").await
 }
 
 /// [`eventually`] that, on failing, says what `/readyz` says and the gateway's warnings and
 /// errors (where a refused statement is named).
-async fn until<F, Fut>(gw: &Gateway, limit: Duration, what: &str, mut ready: F)
+async fn until<F, Fut>(gw: &Gateway, limit: Duration, what: &str, ready: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + limit;
-    while !ready().await {
-        if Instant::now() >= deadline {
-            let log = gw.log();
-            let problems: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
-                .collect();
-            panic!(
-                "not within {limit:?}: {what}\n/readyz: {}\nthe gateway's warnings and errors:\n{}",
-                gw.admin_get("/readyz").await.body_str(),
-                problems.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_explained(limit, what, ready, || async {
+        let log = gw.log();
+        let problems: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+            .collect();
+        format!(
+            "\n/readyz: {}\nthe gateway's warnings and errors:\n{}",
+            gw.admin_get("/readyz").await.body_str(),
+            problems.join("\n")
+        )
+    })
+    .await
 }
 
 async fn count(db: &TestDb, sql: &str) -> i64 {

@@ -816,19 +816,7 @@ async fn rollout_counts_soak_time_from_the_activations() {
 async fn login_as(db: &TestDb, role: &str, extra: &str) -> String {
     let grants = std::fs::read_to_string(root().join("deploy/mapping-grants.sql")).unwrap();
     sqlx::raw_sql(&grants).execute(&db.pool).await.unwrap();
-    let (prefix, name) = db.url.rsplit_once('/').unwrap();
-    let user = format!("{}_{role}", name.trim_start_matches("rbacgw_"));
-    sqlx::raw_sql(&format!(
-        "CREATE ROLE \"{user}\" LOGIN IN ROLE {role}; {}",
-        extra.replace("USER", &format!("\"{user}\""))
-    ))
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let (scheme_host, _) = prefix.split_once('@').unwrap();
-    let (scheme, _) = scheme_host.split_once("://").unwrap();
-    let host = prefix.split_once('@').unwrap().1;
-    format!("{scheme}://{user}@{host}/{name}")
+    db.login_in_role(role, extra).await
 }
 
 #[tokio::test]

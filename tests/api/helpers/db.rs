@@ -36,6 +36,23 @@ impl TestDb {
         TestDb { url, pool }
     }
 
+    /// A new login on this database's server holding `role` only, then `extra` run with `USER`
+    /// standing for it; its URL. Roles are cluster-wide: the login is named after the database.
+    pub async fn login_in_role(&self, role: &str, extra: &str) -> String {
+        let (prefix, name) = self.url.rsplit_once('/').unwrap();
+        let user = format!("{}_{role}", name.trim_start_matches("rbacgw_"));
+        sqlx::raw_sql(&format!(
+            "CREATE ROLE \"{user}\" LOGIN IN ROLE {role}; {}",
+            extra.replace("USER", &format!("\"{user}\""))
+        ))
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        let (scheme, rest) = prefix.split_once("://").unwrap();
+        let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+        format!("{scheme}://{user}@{host}/{name}")
+    }
+
     /// The gateway's own handle on this database (its statements pooler-safe), for the tests that
     /// call the library directly.
     pub fn gw(&self) -> rbac_gateway::stores::db::Db {

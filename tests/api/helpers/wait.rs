@@ -4,14 +4,32 @@ use std::time::{Duration, Instant};
 
 /// Polls `ready` until it holds, failing the test with `what` after `limit`: the one way tests
 /// wait (on a metric, `/readyz`, a row), never a fixed sleep.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut ready: F)
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, ready: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    eventually_explained(limit, what, ready, || async { String::new() }).await
+}
+
+/// [`eventually`], its failure followed by what `explain` says then (the state that tells why:
+/// `/readyz`, a log's errors).
+pub async fn eventually_explained<F, Fut, E, EFut>(
+    limit: Duration,
+    what: &str,
+    mut ready: F,
+    explain: E,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+    E: FnOnce() -> EFut,
+    EFut: std::future::Future<Output = String>,
+{
     let deadline = Instant::now() + limit;
     while !ready().await {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        if Instant::now() >= deadline {
+            panic!("not within {limit:?}: {what}{}", explain().await);
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
