@@ -118,6 +118,17 @@ macro_rules! break_glass_end {
     };
 }
 
+/// SQL text: whether break-glass session `b` has started. It counts from `granted_at_utc`: a row
+/// dated later grants nothing yet (else it would run from now until its expiry, past the 4 hours
+/// of [`break_glass_end`]). Every read of whether a session is active pairs the two; the
+/// principal's function in `migrations/` spells the same text (a unit test below holds it).
+#[macro_export]
+macro_rules! break_glass_started {
+    () => {
+        "b.granted_at_utc <= now()"
+    };
+}
+
 /// The resolution algorithm of 004 §3.4: one call of `rbac_gateway_principal`, the function
 /// `migrations/0011_principal_function.sql` defines (roles, permissions, seconds left of a live
 /// break-glass session and when it ends), for an admin whose session is cached. A function,
@@ -576,7 +587,9 @@ pub async fn provenance(
            SELECT g.id, g.name, true FROM rbac_groups g WHERE g.name = 'break-glass' AND EXISTS (
                SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND "#,
             break_glass_end!(),
-            r#" > now()
+            " > now() AND ",
+            break_glass_started!(),
+            r#"
                  AND (NOT $2::bool OR EXISTS (SELECT 1 FROM rbac_gateway_alerts a
                                               WHERE a.key = 'break_glass:' || b.id AND a.delivered_at_utc IS NOT NULL)))
            ORDER BY 2"#
@@ -682,7 +695,9 @@ pub async fn break_glass_active(pool: &Db, admin: &str) -> Result<bool, sqlx::Er
         "SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 \
              AND b.revoked_at_utc IS NULL AND ",
         crate::break_glass_end!(),
-        " > now() LIMIT 1"
+        " > now() AND ",
+        crate::break_glass_started!(),
+        " LIMIT 1"
     ))
     .persistent(false)
     .bind(admin)
@@ -707,7 +722,8 @@ mod tests {
     }
 
     /// The principal's function (the last migration that defines it) ends a break-glass
-    /// session exactly where `break_glass_end!()` does, everywhere it reads an end.
+    /// session exactly where `break_glass_end!()` does, everywhere it reads an end, and starts it
+    /// where `break_glass_started!()` does.
     #[test]
     fn the_principal_function_ends_break_glass_as_break_glass_end_does() {
         let sql = crate::stores::db::latest_definition("rbac_gateway_principal");
@@ -718,6 +734,11 @@ mod tests {
             body.matches("b.expires_at_utc").count(),
             3,
             "every read of a session's end goes through the expression: {body}"
+        );
+        assert_eq!(
+            body.matches(break_glass_started!()).count(),
+            1,
+            "a session counts from when it was granted: {body}"
         );
         assert!(principal_sql("a'b", true)
             .unwrap()

@@ -199,7 +199,8 @@ async fn concurrent_misses_share_one_query() {
 
 /// I-4: a break-glass session lasts 4 hours at most. A row whose expiry lies further out (Console
 /// writes the rows; an operator may extend one by hand) grants nothing past 4 hours after it was
-/// granted, the reader API does not list it, and the sweep records its end.
+/// granted, the reader API does not list it, and the sweep records its end. A row dated ahead
+/// counts from its date, not from now.
 #[tokio::test]
 async fn break_glass_ends_four_hours_after_it_was_granted_whatever_its_expiry() {
     let env = Env::with(core_routes(), |o| o.arg("--cache-ttl").arg("60")).await;
@@ -238,6 +239,29 @@ async fn break_glass_ends_four_hours_after_it_was_granted_whatever_its_expiry() 
     .await
     .unwrap();
     assert_eq!(env.gw.get("/ops", Some(&t2)).await.status, 200);
+    // A row granted 20 hours from now and expiring in 24 has not started: it grants nothing
+    // now (counted from now, it would run 24 hours, past the cap), and its end is not recorded.
+    let early = env.db.admin("bg-future@example.test").await;
+    let t3 = env.db.session(&early).await;
+    let id3 = env.db.break_glass(&early, 24.0 * 3600.0).await;
+    sqlx::query(
+        "UPDATE rbac_break_glass_sessions SET granted_at_utc = now() + interval '20 hours' WHERE id = $1",
+    )
+    .bind(&id3)
+    .execute(&env.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        env.gw.get("/ops", Some(&t3)).await.status,
+        403,
+        "a break-glass row dated 20 hours ahead honoured now"
+    );
+    let me = env.gw.get("/api/rbac/me", Some(&t3)).await;
+    assert!(
+        me.body_str().contains("\"break_glass\":null"),
+        "{}",
+        me.body_str()
+    );
 
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
         .args(["sweep", "--once", "--database-url", &env.db.url])
