@@ -251,7 +251,9 @@ pub struct ServeArgs {
         default_value_t = 2_000
     )]
     pub upstream_connect_timeout_ms: u64,
-    /// Upstream read timeout in milliseconds (exceeded: 504).
+    /// Upstream read timeout in milliseconds: from the request sent to Console's response head
+    /// (exceeded: 504), then each wait for more of its body (exceeded: the answer is cut and both
+    /// connections closed).
     #[arg(
         long,
         env = "GATEWAY_UPSTREAM_READ_TIMEOUT_MS",

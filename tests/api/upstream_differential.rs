@@ -389,7 +389,7 @@ fn end_to_end_only(h: &mut http::HeaderMap) {
 
 async fn via_gateway(case: &Case, seed: u64) -> Result<Read, String> {
     let addr = serve_once(case.bytes.clone(), seed).await;
-    let pool = Pool::new(addr, Duration::from_secs(5));
+    let pool = Pool::new(addr, Duration::from_secs(5), Duration::from_secs(5));
     let request = format!(
         "{} /x HTTP/1.1\r\nhost: console\r\n\r\n",
         if case.head { "HEAD" } else { "GET" }
@@ -526,7 +526,7 @@ async fn connections_are_reused_only_when_clean() {
             });
         }
     });
-    let pool = Pool::new(addr, Duration::from_secs(5));
+    let pool = Pool::new(addr, Duration::from_secs(5), Duration::from_secs(5));
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: console\r\n\r\n");
     let fetch = |path: &'static str| {
         let pool = pool.clone();
@@ -825,5 +825,69 @@ async fn the_running_gateway_cuts_an_endless_chunk_size_line_within_its_bound() 
     assert!(
         rss_after < rss_before + 16 * 1024,
         "the gateway's RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+}
+
+/// A Console that sends a head and part of its body and then goes silent holds neither the
+/// client's connection nor its own past `--upstream-read-timeout-ms`: each wait for more of a
+/// streamed body has that bound (before it, both sockets stayed open until the gateway stopped).
+/// The client gets the head and the bytes that came, then its answer ends short.
+#[tokio::test]
+async fn a_console_that_goes_silent_mid_body_is_cut_after_the_read_timeout() {
+    let db = TestDb::new().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    // When the gateway closed Console's connection, measured from the partial body sent.
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+                .await
+                .unwrap();
+            let sent = std::time::Instant::now();
+            // Silent from here on; the read ends when the gateway closes the connection.
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await
+            {
+                closed_tx.send(sent.elapsed()).unwrap();
+            }
+        }
+    });
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, upstream)
+            .arg("--upstream-read-timeout-ms")
+            .arg("500"),
+    )
+    .await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(&request_bytes("GET", "/auth/login", None, &[], b""))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    // Why the result is not needed: a cut answer may end in a reset instead of an EOF.
+    let _ = tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut got))
+        .await
+        .expect("the client's answer never ended: a silent Console held it");
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("partial"),
+        "the head and the bytes that came, then the end: {text:?}"
+    );
+    let after = tokio::time::timeout(Duration::from_secs(20), closed_rx.recv())
+        .await
+        .expect("the gateway never closed Console's connection")
+        .unwrap();
+    assert!(
+        after >= Duration::from_millis(400),
+        "cut after {after:?}, before the read timeout"
     );
 }

@@ -3,10 +3,11 @@
 //! ([`UpstreamBody`]: framed by length, chunks or the connection's end, its connection given back
 //! to the pool at the end of the body).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -27,11 +28,22 @@ enum Decode {
 /// to hand on and asks for more, so a chunked body holds at most `MAX_CHUNK_LINE` (16 KiB) plus
 /// one read (16 KiB) whatever Console sends, and a length- or close-delimited one at most one
 /// read (see `upstream`'s module doc).
+///
+/// Bounded in time too: each wait for more of Console's bytes lasts at most the pool's
+/// `body_idle_timeout` (`--upstream-read-timeout-ms`, the bound of the head's wait), then the
+/// body ends with a `TimedOut` error (hyper's server cuts the client's answer) and the
+/// connection is closed: a Console that sends a head and goes silent holds neither socket past
+/// it (`tests/api/upstream_differential.rs`). The timer is made at the first wait only, so a body
+/// that never waits (the common case: it came with its head or as fast as it is read) costs none.
 pub struct UpstreamBody {
     conn: Option<Conn>,
     pool: Arc<Pool>,
     decode: Decode,
     keep_alive: bool,
+    /// The deadline of the current wait for Console's bytes (None: no wait yet).
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes came since `idle` was armed: the next wait starts a new deadline.
+    progressed: bool,
 }
 
 /// A chunked body refused: the body ends with this error, as a body cut short does.
@@ -57,7 +69,22 @@ impl UpstreamBody {
                 Framing::Close => Decode::Close,
             },
             keep_alive,
+            idle: None,
+            progressed: false,
         }
+    }
+
+    /// Whether the current wait for Console's bytes is past its deadline (arming it at the first
+    /// wait, and again at the first wait after bytes came); registers `cx` with the timer if not.
+    fn wait_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let limit = self.pool.body_idle_timeout;
+        let sleep = self
+            .idle
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if std::mem::take(&mut self.progressed) {
+            sleep.as_mut().reset(tokio::time::Instant::now() + limit);
+        }
+        sleep.as_mut().poll(cx).is_ready()
     }
 
     /// The next piece of body from what is buffered: `Ok(Some(bytes))` (possibly empty when
@@ -123,7 +150,21 @@ impl Body for UpstreamBody {
                 }
                 Ok(None) => {
                     let conn = this.conn.as_mut().expect("checked above");
-                    match ready!(conn.poll_fill(cx)) {
+                    let filled = match conn.poll_fill(cx) {
+                        Poll::Ready(filled) => filled,
+                        Poll::Pending => {
+                            if this.wait_expired(cx) {
+                                this.conn = None;
+                                return Poll::Ready(Some(Err(io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    UpstreamError::BodyTimeout(this.pool.body_idle_timeout),
+                                ))));
+                            }
+                            return Poll::Pending;
+                        }
+                    };
+                    this.progressed = this.idle.is_some();
+                    match filled {
                         Ok(0) => {
                             this.conn = None;
                             if matches!(this.decode, Decode::Close) {

@@ -108,6 +108,10 @@ pub enum UpstreamError {
     /// A chunked body refused (carried in the body's `io::Error`).
     #[error("the upstream's response is refused: {0}")]
     Chunked(ChunkError),
+    /// A streamed body whose next bytes did not come within the read timeout (carried in the
+    /// body's `io::Error`).
+    #[error("the upstream sent no more of its body for {0:?}")]
+    BodyTimeout(std::time::Duration),
 }
 
 impl Pool {

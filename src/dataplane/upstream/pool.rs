@@ -118,14 +118,22 @@ impl Conn {
 pub struct Pool {
     addr: SocketAddr,
     connect_timeout: Duration,
+    /// How long a streamed body waits for more of Console's bytes (`--upstream-read-timeout-ms`):
+    /// [`super::UpstreamBody`] ends with an error past it, and its connection is closed.
+    pub(super) body_idle_timeout: Duration,
     idle: Mutex<Vec<Conn>>,
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Arc<Pool> {
+    pub fn new(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        body_idle_timeout: Duration,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             addr,
             connect_timeout,
+            body_idle_timeout,
             idle: Mutex::new(Vec::new()),
         })
     }
@@ -194,7 +202,11 @@ mod tests {
     /// of that connection.
     async fn connected() -> (Arc<Pool>, Conn, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = Pool::new(listener.local_addr().unwrap(), Duration::from_secs(5));
+        let pool = Pool::new(
+            listener.local_addr().unwrap(),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        );
         let (conn, accepted) = tokio::join!(pool.checkout(), listener.accept());
         (pool, conn.unwrap(), accepted.unwrap().0)
     }

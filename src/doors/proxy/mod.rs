@@ -141,7 +141,7 @@ async fn worker(
     let counts = DecisionCounts::new(&gw.metrics.requests, &gw.metrics.decision_seconds)
         .with_console(&gw.metrics.upstream_seconds);
     let w = Arc::new(Worker {
-        pool: Pool::new(gw.upstream, gw.connect_timeout),
+        pool: Pool::new(gw.upstream, gw.connect_timeout, gw.read_timeout),
         gw,
         max_body_bytes: settings.max_body_bytes,
         trust_request_id: settings.trust_request_id,
