@@ -53,6 +53,10 @@ pub enum AuditError {
     SpoolIo(String),
     #[error("audit writer stopped")]
     Stopped,
+    /// A replay holds the spool (this gateway's or one sharing the file), and the append was
+    /// asked not to wait for it.
+    #[error("the audit spool is being replayed")]
+    SpoolBusy,
     #[error("the database did not take the row ({0}) and there is no durable spool (--audit-spool-durable=false): refusing to deny without a record")]
     NotSpooled(String),
 }

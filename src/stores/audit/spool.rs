@@ -69,8 +69,18 @@ impl Inner {
         self.sibling(".rejected")
     }
 
-    pub(super) async fn append(&self, rows: &[Arc<AuditEvent>]) -> Result<(), AuditError> {
-        let _guard = self.lock.lock().await;
+    /// Appends `rows` to the spool, durably. With `wait` false, a replay that holds the spool
+    /// (here, or in a gateway sharing the file) is not waited for: [`AuditError::SpoolBusy`].
+    pub(super) async fn append(
+        &self,
+        rows: &[Arc<AuditEvent>],
+        wait: bool,
+    ) -> Result<(), AuditError> {
+        let _guard = if wait {
+            self.lock.lock().await
+        } else {
+            self.lock.try_lock().map_err(|_| AuditError::SpoolBusy)?
+        };
         // Marked under the lock that replay clears it under: marked before taking the lock, a
         // replay finishing in between cleared the mark after it, and rows appended then waited
         // in the spool, unreplayed, until the next outage or restart.
@@ -92,8 +102,16 @@ impl Inner {
                 .open(&path)
                 .map_err(io)?;
             // Other gateways may share the spool: an append waits for one that is replaying
-            // it (the lock is released when `f` closes).
-            f.lock().map_err(io)?;
+            // it, or with `wait` false does not (the lock is released when `f` closes).
+            if wait {
+                f.lock().map_err(io)?;
+            } else {
+                match f.try_lock() {
+                    Ok(()) => {}
+                    Err(std::fs::TryLockError::WouldBlock) => return Err(AuditError::SpoolBusy),
+                    Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+                }
+            }
             let current = f.metadata().map_err(io)?.len();
             // A last line cut short (a gateway killed mid-append, or a disk that filled where
             // the cut could not be undone) was never answered 403. The rows appended now start

@@ -518,7 +518,22 @@ impl Inner {
                 }
             }
         }
-        match self.append(rows).await {
+        // Unless a replay holds the spool (here, or in a gateway sharing it): each of its
+        // statements is bounded, the whole replay is not (minutes, for a full spool), and the
+        // denials waiting for these rows would wait with it. The database the replay is
+        // reaching takes them now, bounded by --db-timeout-ms; refused there, they wait for the
+        // spool.
+        let appended = match self.append(rows, database_first).await {
+            Err(AuditError::SpoolBusy) => match self.to_database(rows).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, rows = rows.len(), "audit insert failed while the spool is replayed; spooling the rows after the replay");
+                    self.append(rows, true).await
+                }
+            },
+            appended => appended,
+        };
+        match appended {
             Ok(()) => {
                 self.metrics
                     .audit_rows
