@@ -191,20 +191,34 @@ async fn live_session<'a>(
     Ok(None)
 }
 
-/// The mapping file in `dir` whose version is `version`, if any.
-fn find_version(dir: &Path, version: &str) -> Option<(Mapping, PathBuf)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
+/// The mapping file in `dir` whose version is `version`, if any, and why each file looked at
+/// before it (or the directory) could not be read: a file of that version that does not load is
+/// named, not passed over in silence.
+fn find_version(dir: &Path, version: &str) -> (Option<(Mapping, PathBuf)>, Vec<String>) {
+    let mut unread = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => return (None, vec![format!("{}: {e}", dir.display())]),
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| match e {
+            Ok(e) => Some(e.path()),
+            Err(e) => {
+                unread.push(format!("{}: {e}", dir.display()));
+                None
+            }
+        })
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     files.sort();
-    files.into_iter().find_map(|p| {
-        Mapping::load(&p)
-            .ok()
-            .filter(|m| m.version == version)
-            .map(|m| (m, p))
-    })
+    for p in files {
+        match Mapping::load(&p) {
+            Ok(m) if m.version == version => return (Some((m, p)), unread),
+            Ok(_) => {}
+            Err(e) => unread.push(format!("{}: {e:#}", p.display())),
+        }
+    }
+    (None, unread)
 }
 
 async fn from_audit_row(
@@ -292,12 +306,8 @@ async fn from_audit_row(
             );
             (at_hand, args.routes.clone())
         }
-        Some(v) => match args
-            .mapping_history
-            .as_deref()
-            .and_then(|d| find_version(d, v))
-        {
-            Some((m, p)) => {
+        Some(v) => match args.mapping_history.as_deref().map(|d| find_version(d, v)) {
+            Some((Some((m, p)), _)) => {
                 put!(
                     out,
                     "mapping: {} is version {v}, the row's (--routes is {})",
@@ -306,10 +316,20 @@ async fn from_audit_row(
                 );
                 (m, p)
             }
-            None => {
+            searched => {
+                let unread = match searched {
+                    Some((None, unread)) if !unread.is_empty() => {
+                        format!(
+                            " ({} could not be read: {})",
+                            unread.len(),
+                            unread.join("; ")
+                        )
+                    }
+                    _ => String::new(),
+                };
                 put!(
                     out,
-                    "WARNING: the row was decided with mapping version {v}; {} is version {} and no file of version {v} is at hand{}: explained with {}, which may decide differently",
+                    "WARNING: the row was decided with mapping version {v}; {} is version {} and no file of version {v} is at hand{}{unread}: explained with {}, which may decide differently",
                     args.routes.display(),
                     at_hand.version,
                     if args.mapping_history.is_some() { " in --mapping-history" } else { " (give --mapping-history DIR)" },

@@ -410,17 +410,22 @@ pub async fn follow(
         }
         // Sleep until a notification or the poll interval, whichever comes first.
         match listener.as_mut() {
-            Some(l) => match tokio::time::timeout(POLL, l.try_recv()).await {
-                Ok(Ok(Some(_))) | Err(_) => {}
-                Ok(Ok(None)) | Ok(Err(_)) => {
-                    // The server dropped a connection: the pool's idle ones are likely gone
-                    // too (failover, pg_terminate_backend, a pooler restart), so none of them
-                    // is handed out again; the next read runs at once on a fresh one.
-                    crate::stores::pool::mark_broken();
-                    tracing::warn!("change feed: listener connection lost; reconnecting");
-                    abandon(listener.take());
+            Some(l) => {
+                match tokio::time::timeout(POLL, l.try_recv()).await {
+                    Ok(Ok(Some(_))) | Err(_) => {}
+                    Ok(lost) => {
+                        // The server dropped a connection: the pool's idle ones are likely gone
+                        // too (failover, pg_terminate_backend, a pooler restart), so none of them
+                        // is handed out again; the next read runs at once on a fresh one.
+                        crate::stores::pool::mark_broken();
+                        match lost {
+                        Err(e) => tracing::warn!(error = %e, "change feed: listener connection lost; reconnecting"),
+                        Ok(_) => tracing::warn!("change feed: listener connection closed by the server; reconnecting"),
+                    }
+                        abandon(listener.take());
+                    }
                 }
-            },
+            }
             None => tokio::time::sleep(POLL).await,
         }
     }

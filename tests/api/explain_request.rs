@@ -66,8 +66,29 @@ async fn explain_request_id_uses_the_rows_mapping_version_or_says_it_differs() {
     );
     assert!(out.contains("allow"), "the newer mapping allows it: {out}");
 
-    // The row's version found in --mapping-history.
+    // A history without the row's version, one file of it broken: the broken file is named.
     let history = tempfile::tempdir().unwrap();
+    std::fs::write(history.path().join("broken.toml"), "[[route]\n").unwrap();
+    let (code, out) = explain(
+        &env.db,
+        &newer,
+        &[
+            "--request-id",
+            &id,
+            "--mapping-history",
+            history.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("no file of version")
+            && out.contains("1 could not be read: ")
+            && out.contains("broken.toml: "),
+        "{out}"
+    );
+    std::fs::remove_file(history.path().join("broken.toml")).unwrap();
+
+    // The row's version found in --mapping-history.
     std::fs::copy(&env.gw.routes, history.path().join("v1.toml")).unwrap();
     let (code, out) = explain(
         &env.db,

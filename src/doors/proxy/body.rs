@@ -99,12 +99,22 @@ impl BodyError {
     }
 }
 
+/// The most a body's buffer is made at once for its declared length; past it, it grows with the
+/// bytes received.
+const PRESIZE_MAX: usize = 64 * 1024;
+
 /// Reads a request body whole, up to the worker's size limit, each part within the body-read
 /// timeout of the one before (like nginx's `client_body_timeout`: a slow upload that keeps
 /// sending is read; a client that stops is not waited for). Trailers are dropped.
 pub(super) async fn read_body(w: &Worker, body: Incoming) -> Result<(Bytes, Held), BodyError> {
-    // With a Content-Length, the buffer is made that size once, not grown by doubling.
-    let declared = body.size_hint().exact().map_or(0, |n| n as usize);
+    // With a Content-Length, the buffer is made that size once, not grown by doubling, up to
+    // PRESIZE_MAX: the budget counts bytes received, and a length only declared must not reserve
+    // more (300 connections declaring 16 MiB and sending 2 bytes each reserved 10 GB of address
+    // space, which a strict overcommit or an RLIMIT_AS turns into an abort).
+    let declared = body
+        .size_hint()
+        .exact()
+        .map_or(0, |n| (n as usize).min(PRESIZE_MAX));
     let mut held = Held::new(&w.bodies);
     let mut body = Limited::new(body, w.max_body_bytes);
     let mut first: Option<Bytes> = None;
