@@ -416,12 +416,13 @@ async fn check_database(
     }
     // The triggers on Console's tables write the gateway's tables for Console's role, which has
     // no grant there: they run as their owner, with a search_path of pg_catalog and pg_temp only,
-    // so nothing the caller creates stands in for a name they use (migration 0017).
+    // so nothing the caller creates stands in for a name they use (migrations 0017, 0019).
     for function in [
         "rbac_gateway_log_change()",
         "rbac_gateway_record_group_change(text, text, text)",
         "rbac_gateway_break_glass_roles()",
         "rbac_gateway_break_glass_change()",
+        "rbac_gateway_erase_admin()",
     ] {
         let pinned = db_schema::runs_as_owner_pinned(&pool, function)
             .await

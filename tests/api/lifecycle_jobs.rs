@@ -908,3 +908,93 @@ async fn the_daily_snapshot_alerts_a_change_the_triggers_did_not_see() {
         2
     );
 }
+
+/// I-6: an admin erased from Console (their `admins` row deleted) leaves neither their email nor
+/// a break-glass justification in the gateway's own tables: the recorded group change, its actor,
+/// the alerts raised for them and the daily snapshot's members. What happened stays recorded,
+/// under the pseudonymous id.
+#[tokio::test]
+async fn an_erased_admin_leaves_no_email_or_justification_in_the_gateways_tables() {
+    let db = TestDb::new().await;
+    let sweep = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+            .args(["sweep", "--once", "--database-url", &db.url])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let email = "erase-me@example.test";
+    let admin = db.admin(email).await;
+    sqlx::raw_sql(&format!(
+        "BEGIN; SET LOCAL rbac_gateway.actor = '{email}'; \
+         INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
+         SELECT '{admin}', id, 'test' FROM rbac_groups WHERE name = 'break-glass'; COMMIT;"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    db.break_glass(&admin, 3600.0).await;
+    // The change and the session alerted, and a snapshot taken with the member.
+    sweep().await;
+    let mentions = |sql: &'static str| {
+        let db = &db;
+        let (email, admin) = (email.to_string(), admin.clone());
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(email)
+                .bind(admin)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap()
+        }
+    };
+    let changes = "SELECT count(*) FROM rbac_gateway_group_changes \
+                   WHERE strpos(what, $1) > 0 OR actor = $1 OR actor = $2";
+    let alerts = "SELECT count(*) FROM rbac_gateway_alerts \
+                  WHERE (strpos(text, $1) > 0 OR strpos(text, 'incident 42') > 0) AND $2 <> ''";
+    let snapshots = "SELECT count(*) FROM rbac_gateway_break_glass_snapshots \
+                     WHERE $2 = ANY (members) AND $1 <> ''";
+    assert!(
+        mentions(changes).await >= 1,
+        "no change recorded the member"
+    );
+    assert!(
+        mentions(alerts).await >= 2,
+        "the change and the session alerted"
+    );
+    assert!(
+        mentions(snapshots).await >= 1,
+        "no snapshot holds the member"
+    );
+
+    sqlx::query("DELETE FROM admins WHERE id = $1")
+        .bind(&admin)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(mentions(changes).await, 0, "a change keeps the email");
+    assert_eq!(
+        mentions(alerts).await,
+        0,
+        "an alert keeps the email or the justification"
+    );
+    assert_eq!(mentions(snapshots).await, 0, "a snapshot keeps the member");
+    // What happened stays recorded, under the id.
+    assert!(
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM rbac_gateway_group_changes \
+                 WHERE what LIKE 'admin (erased) ({admin}) made a permanent member%'"
+            )
+        )
+        .await
+            >= 1
+    );
+}
