@@ -25,7 +25,7 @@ mod serve;
 mod sweep;
 
 pub use check::{check, check_app_routes};
-pub use cockpit::cockpit;
+pub use cockpit::{cockpit, HEADER_READ_TIMEOUT as COCKPIT_HEADER_READ_TIMEOUT};
 pub use diff::diff;
 pub use drift::drift;
 pub use explain::explain;

@@ -9,7 +9,9 @@
 //!
 //! Both are compared in constant time; anything else gets 401 and changes nothing. The body is
 //! read (at most [`MAX_BODY`] bytes: over it, 413) before the caller is authenticated, since the
-//! signature covers it: a body that is too large gets 413, not 401, whoever sends it. The call is
+//! signature covers it: a body that is too large gets 413, not 401, whoever sends it, and one
+//! that has not all arrived within `--freescout-timeout-ms` gets 408 and the connection is
+//! closed (the listener's header read timeout covers only the head). The call is
 //! only a hint: the ticket's status is read again from FreeScout (`--ticket-validation-url`),
 //! and only a ticket FreeScout reports closed or resolved has its grants revoked, each with its
 //! `ticket_expire` row first (I-9), exactly as the sweep does ([`crate::stores::revocation::revoke_ticket`]).
@@ -136,6 +138,13 @@ pub struct Receiver {
 }
 
 impl Receiver {
+    /// How long a call's whole body may take to arrive (exceeded: 408, the connection closed):
+    /// `--freescout-timeout-ms`, the receiver's one deadline, so what FreeScout is given to
+    /// send a call is what it is given to answer one.
+    fn body_timeout(&self) -> Duration {
+        self.freescout_timeout
+    }
+
     /// Who tries again what a call could not do, for its log lines: true whether this process
     /// sweeps or not.
     fn retry(&self) -> String {
@@ -207,9 +216,26 @@ async fn handle(
         return answer(405, serde_json::json!({"error": "POST only"}));
     }
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    // Read before the caller is known, so bounded in time as well as in size: the listener's
+    // header read timeout covers only the head, and a peer that announces a body and goes
+    // silent would otherwise hold the connection for ever.
+    let read = tokio::time::timeout(r.body_timeout(), Limited::new(body, MAX_BODY).collect()).await;
+    let body = match read {
+        Err(_) => {
+            count("bad_request");
+            tracing::warn!(peer = %peer, "FreeScout webhook: the body did not arrive within {} ms (--freescout-timeout-ms); refused (408), nothing changed", r.body_timeout().as_millis());
+            let mut resp = answer(
+                408,
+                serde_json::json!({"error": format!("the body did not arrive within {} ms", r.body_timeout().as_millis())}),
+            );
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return resp;
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
             count("bad_request");
             return answer(
                 413,

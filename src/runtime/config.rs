@@ -322,7 +322,8 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_SWEEP_INTERVAL", default_value_t = 120.0)]
     pub sweep_interval: f64,
     /// The deadline of one FreeScout status request of the sweep and the webhook receiver, in
-    /// milliseconds (exceeded: that ticket's grants are kept, retried next sweep).
+    /// milliseconds (exceeded: that ticket's grants are kept, retried next sweep); also how long
+    /// a webhook call's whole body may take to arrive (exceeded: 408, the connection closed).
     #[arg(long, env = "GATEWAY_FREESCOUT_TIMEOUT_MS", default_value_t = 5_000)]
     pub freescout_timeout_ms: u64,
     /// Most FreeScout status requests the sweep has in flight (one per ticket).

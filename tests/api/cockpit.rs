@@ -670,3 +670,61 @@ async fn a_cockpit_off_loopback_needs_a_token() {
         .await;
     assert_eq!(browser.status, 200);
 }
+
+/// Found by a review: the cockpit's server had no timer, so hyper's header read timeout was off
+/// (hyper said so: "timeout header_read_timeout has default, but no timer set") and a partial
+/// request head held a connection for ever; and `?limit=abc` was read as the default, 20.
+#[tokio::test]
+async fn the_cockpit_closes_a_partial_head_and_refuses_a_limit_that_is_no_number() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _alone = timed_alone().await;
+    let db = TestDb::new().await;
+    let cockpit = Cockpit::start(&db.url).await;
+
+    for path in ["/denials.json?limit=abc", "/denials?limit=abc"] {
+        let r = cockpit.get(path, "").await;
+        assert_eq!(r.status, 400, "{path}: {}", r.body_str());
+        assert!(r.body_str().contains("limit="), "{path}: {}", r.body_str());
+    }
+    // A number is taken (and clamped), an empty field is the default.
+    for path in [
+        "/denials.json?limit=5",
+        "/denials.json?limit=9999",
+        "/denials.json?limit=",
+    ] {
+        let r = cockpit.get(path, "").await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body_str());
+    }
+
+    // A request head that stops halfway, then silence: closed within a few times the timeout.
+    let bound = rbac_gateway::cli::COCKPIT_HEADER_READ_TIMEOUT;
+    let mut s = tokio::net::TcpStream::connect(cockpit.addr).await.unwrap();
+    let t0 = Instant::now();
+    s.write_all(
+        format!(
+            "GET /denials HTTP/1.1\r\nHost: {}\r\nAccept: te",
+            cockpit.addr
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let limit = 3 * bound;
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(limit, s.read_to_end(&mut got)).await;
+    let took = t0.elapsed();
+    eprintln!("a partial head: closed {took:?} after it was sent");
+    assert!(
+        closed.is_ok(),
+        "a partial request head still holds the connection after {limit:?}"
+    );
+    // Closed for the timeout (hyper answers it 408 first), not for anything else.
+    let text = String::from_utf8_lossy(&got);
+    assert!(got.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        took >= bound.mul_f64(0.9),
+        "closed after {took:?}, before the timeout"
+    );
+    // The site still answers.
+    assert_eq!(cockpit.get("/denials.json", "").await.status, 200);
+}

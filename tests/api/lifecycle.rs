@@ -597,6 +597,179 @@ async fn a_break_glass_session_that_ended_before_the_alert_pass_is_still_alerted
     assert!(body["text"].as_str().unwrap().contains(&admin), "{body}");
 }
 
+/// An alert webhook that answers every POST with `status` and a chunked body that never ends (a
+/// 1 KiB chunk every 10 ms for as long as the connection is open): the POSTs it took, and the
+/// connections whose client closed them.
+struct EndlessHook {
+    url: String,
+    posts: Arc<std::sync::atomic::AtomicUsize>,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl EndlessHook {
+    async fn start(status: &'static str) -> EndlessHook {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", l.local_addr().unwrap());
+        let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (p, c) = (posts.clone(), closed.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    continue;
+                };
+                let (posts, closed) = (p.clone(), c.clone());
+                tokio::spawn(async move {
+                    // The whole request: its head, then Content-Length bytes.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse().unwrap());
+                            if buf.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    posts.fetch_add(1, SeqCst);
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    );
+                    let text: String = "overloaded, try again later. ".repeat(40);
+                    let piece = format!("400\r\n{}\r\n", &text[..1024]);
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        closed.fetch_add(1, SeqCst);
+                        return;
+                    }
+                    let mut every = tokio::time::interval(Duration::from_millis(10));
+                    loop {
+                        every.tick().await;
+                        if s.write_all(piece.as_bytes()).await.is_err() {
+                            closed.fetch_add(1, SeqCst);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        EndlessHook { url, posts, closed }
+    }
+
+    fn posts(&self) -> usize {
+        self.posts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until the client closed every connection it POSTed on.
+    async fn all_closed(&self) {
+        eventually(
+            Duration::from_secs(5),
+            "the gateway closes the webhook's connection instead of reading its endless body",
+            || async { self.closed.load(std::sync::atomic::Ordering::SeqCst) >= self.posts() },
+        )
+        .await;
+    }
+}
+
+/// `sweep --once` with `--alert-webhook-url`: its exit code and output, and how long it took.
+async fn alert_pass(db: &TestDb, url: &str) -> (Option<i32>, String, Duration) {
+    let t0 = Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .args(["sweep", "--once", "--database-url", &db.url])
+        .args(["--alert-webhook-url", url])
+        .output()
+        .await
+        .unwrap();
+    let (code, text) = code_and_output(&out);
+    (code, text, t0.elapsed())
+}
+
+/// Found by a review: the webhook's answer was read whole, with no size limit (an endless
+/// chunked 200 took the gateway's RSS to 1.9 GB), inside the delivery's 5 s timeout, so a 2xx
+/// whose body was slow counted as a timeout and the alert was delivered again. The status
+/// decides as soon as the head arrives; the body of a 2xx is not read.
+#[tokio::test]
+async fn an_alert_answered_200_with_an_endless_body_is_delivered_once() {
+    let db = TestDb::new().await;
+    let hook = EndlessHook::start("200 OK").await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let session = db.break_glass(&admin, 600.0).await;
+    let (code, text, took) = alert_pass(&db, &hook.url).await;
+    eprintln!("an alert pass against an endless 200: {took:?}");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("alert delivery failed"), "{text}");
+    let alerts: Vec<(String, i32, bool)> = sqlx::query_as(
+        "SELECT key, attempts, delivered_at_utc IS NOT NULL FROM rbac_gateway_alerts ORDER BY key",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.0 == format!("break_glass:{session}")),
+        "{alerts:?}"
+    );
+    for a in &alerts {
+        assert_eq!(
+            (a.1, a.2),
+            (1, true),
+            "delivered at the first attempt: {alerts:?}"
+        );
+    }
+    assert_eq!(hook.posts(), alerts.len(), "one POST per alert");
+    hook.all_closed().await;
+    // Another pass has nothing left to deliver: still one POST per alert.
+    let (code, text, _) = alert_pass(&db, &hook.url).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        hook.posts(),
+        alerts.len(),
+        "an alert delivered again: {text}"
+    );
+}
+
+/// The same review: a failure's body is read only for its error text, at most 512 bytes of it,
+/// however much the webhook sends.
+#[tokio::test]
+async fn a_failed_alert_delivery_keeps_only_the_start_of_an_endless_body() {
+    let db = TestDb::new().await;
+    let hook = EndlessHook::start("500 Internal Server Error").await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let session = db.break_glass(&admin, 600.0).await;
+    let (code, text, took) = alert_pass(&db, &hook.url).await;
+    eprintln!("an alert pass against an endless 500: {took:?}");
+    assert_eq!(code, Some(1), "{text}");
+    let (delivered, error): (bool, Option<String>) = sqlx::query_as(
+        "SELECT delivered_at_utc IS NOT NULL, last_error FROM rbac_gateway_alerts WHERE key = $1",
+    )
+    .bind(format!("break_glass:{session}"))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(!delivered);
+    let error = error.expect("the failure's error is recorded");
+    assert!(
+        error.starts_with("HTTP 500: overloaded, try again later."),
+        "{error}"
+    );
+    assert!(
+        error.len() <= "HTTP 500: ".len() + 512,
+        "{} bytes: {error}",
+        error.len()
+    );
+    hook.all_closed().await;
+}
+
 /// The alert pass, like every other database step, gives up a connection that went silent (a
 /// NAT or firewall that dropped its state) after the database timeout, and runs again on a fresh
 /// one: a break-glass session opened afterwards is alerted within seconds. Before (found by a

@@ -665,6 +665,69 @@ async fn the_webhook_answers_413_before_401_and_bounds_the_ticket_id() {
     assert_eq!(gw.metric(&webhooks("unknown_ticket")).await, 2.0);
 }
 
+/// Found by a review: the body is read before the caller is authenticated, and the listener's
+/// header read timeout covers only the head, so a peer that announced 200,000 bytes, sent 1,000
+/// and went silent held the connection for ever, unauthenticated. The whole body must arrive
+/// within `--freescout-timeout-ms`: else 408 and the connection is closed; nothing is asked of
+/// FreeScout and nothing changes.
+#[tokio::test]
+async fn a_webhook_body_that_stops_arriving_gets_408_and_a_close_within_the_freescout_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _alone = timed_alone().await;
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let fs = freescout(Arc::new(Mutex::new(vec![]))).await;
+    let bound = Duration::from_millis(1_000);
+    let o = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--sweep-interval")
+        .arg("0")
+        .arg("--ticket-validation-url")
+        .arg(&format!("http://{fs}/api/conversations/{{ticket_id}}"))
+        .arg("--freescout-webhook-listen")
+        .arg("127.0.0.1:0")
+        .arg("--freescout-timeout-ms")
+        .arg(&bound.as_millis().to_string())
+        .env("GATEWAY_FREESCOUT_WEBHOOK_SECRET", SECRET);
+    let gw = Gateway::start(o).await;
+    let port = gw.logged_addr("freescout_webhook_listen").port();
+
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    s.write_all(
+        b"POST /freescout/webhook HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 200000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    s.write_all(&[b' '; 1_000]).await.unwrap();
+    // Silent from here on: the answer, then the close, within a few times the bound.
+    let limit = 3 * bound;
+    let r = tokio::time::timeout(limit, read_response(&mut s))
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {limit:?} to a body that stopped arriving"))
+        .unwrap();
+    let answered = t0.elapsed();
+    eprintln!("a body that stopped arriving: answered {answered:?} after the head");
+    assert_eq!(r.status, 408, "{}", r.body_str());
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(answered >= bound, "answered {answered:?}, before the bound");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(limit, s.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection is still open {limit:?} after the 408"
+    );
+    assert_eq!(gw.metric(&webhooks("bad_request")).await, 1.0);
+    assert_eq!(gw.metric(&webhooks("unauthenticated")).await, 0.0);
+    assert_eq!(gw.metric(&webhooks("unknown_ticket")).await, 0.0);
+    // A body that does arrive within the bound is read as before (signed; FreeScout does not
+    // know T-1).
+    let r = webhook(port, r#"{"id": "T-1"}"#, Some(SECRET), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(gw.metric(&webhooks("unknown_ticket")).await, 1.0);
+}
+
 /// Issue 47: when FreeScout cannot say what a ticket's status is, nothing is revoked and the
 /// log line says who tries again: the sweep where it runs, and that nobody in this process
 /// does with `--sweep-interval 0` (it said "the sweep retries" either way).

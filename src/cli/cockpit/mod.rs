@@ -15,7 +15,9 @@
 //! Who may ask: [`auth`].
 //!
 //! The server is hyper's HTTP/1 on one current-thread runtime: a page is a few database reads
-//! and `decide` calls, a few milliseconds for Console's mapping (docs/performance-log.md).
+//! and `decide` calls, a few milliseconds for Console's mapping (docs/performance-log.md). A
+//! request head must arrive within [`HEADER_READ_TIMEOUT`] (else the connection is closed), and
+//! a query parameter a page cannot read (`?limit=abc`) is answered 400, naming it.
 
 mod auth;
 mod pages;
@@ -45,8 +47,25 @@ const DENIALS_MAX: i64 = 200;
 const EXPLAINED_AT_ONCE: usize = 4;
 /// The cockpit's connections.
 const POOL: u32 = 4;
+/// A client must send a whole request head within this time, and a keep-alive connection may
+/// idle this long (exceeded: the connection is closed), as on the gateway's side listeners
+/// (`crate::dataplane::listen::serve_side`): a partial head does not hold a connection.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection that ended with an error: the client's doing (it left mid-answer, sent a
+/// malformed or partial head, or was silent past [`HEADER_READ_TIMEOUT`]) at debug, the site's
+/// own at warn.
+fn connection_ended(e: &hyper::Error, peer: SocketAddr) {
+    if e.is_user() {
+        tracing::warn!(error = %e, peer = %peer, "cockpit: connection ended with an error");
+    } else {
+        tracing::debug!(error = %e, peer = %peer, "cockpit: connection ended with an error");
+    }
+}
 
 pub fn cockpit(args: CockpitArgs) -> Result<(), Exit> {
+    // Warnings, and with RUST_LOG=debug each connection that ended with an error, on stderr.
+    super::init_logging("text");
     let addr = super::resolve(&args.listen, "--listen")?;
     let token = match &args.auth_token_file {
         Some(p) => Some(auth::Token::read(p).map_err(usage)?),
@@ -87,11 +106,11 @@ pub fn cockpit(args: CockpitArgs) -> Result<(), Exit> {
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let stream = match accepted {
-                        Ok((stream, _)) => stream,
+                    let (stream, peer) = match accepted {
+                        Ok(accepted) => accepted,
                         // Out of descriptors, or the peer left before accept: the next one.
                         Err(e) => {
-                            eprintln!("rbac-gateway cockpit: accept: {e}");
+                            tracing::warn!(error = %e, "cockpit: accept failed");
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
                         }
@@ -102,10 +121,14 @@ pub fn cockpit(args: CockpitArgs) -> Result<(), Exit> {
                             let site = site.clone();
                             async move { Ok::<_, Infallible>(site.answer(req).await) }
                         });
-                        // A client that leaves mid-answer is no error of the site's.
-                        let _ = hyper::server::conn::http1::Builder::new()
+                        let served = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(Some(HEADER_READ_TIMEOUT))
                             .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                             .await;
+                        if let Err(e) = served {
+                            connection_ended(&e, peer);
+                        }
                     });
                 }
                 _ = tokio::signal::ctrl_c() => break,
@@ -128,6 +151,8 @@ struct Site {
 /// Why a page is not shown.
 enum Problem {
     NotFound(String),
+    /// A query parameter the page cannot take (400).
+    BadRequest(String),
     /// The report's own error, as the command would print it.
     Failed(Exit),
 }
@@ -253,6 +278,7 @@ impl Site {
             (Err(e), json) => {
                 let (status, message) = match e {
                     Problem::NotFound(m) => (StatusCode::NOT_FOUND, m),
+                    Problem::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
                     Problem::Failed(e) => {
                         (StatusCode::INTERNAL_SERVER_ERROR, format!("{:#}", e.error))
                     }
@@ -381,11 +407,15 @@ impl Site {
     async fn denials(&self, q: &BTreeMap<String, String>) -> Result<Page, Problem> {
         use crate::policy::audit_event::EVENT_DENIED;
         use crate::stores::audit;
-        let limit = q
-            .get("limit")
-            .and_then(|l| l.parse::<i64>().ok())
-            .unwrap_or(DENIALS)
-            .clamp(1, DENIALS_MAX);
+        let limit = match q.get("limit").filter(|l| !l.is_empty()) {
+            None => DENIALS,
+            Some(l) => l.parse::<i64>().map_err(|_| {
+                Problem::BadRequest(format!(
+                    "limit={l:?}: a whole number of denials (at most {DENIALS_MAX})"
+                ))
+            })?,
+        }
+        .clamp(1, DENIALS_MAX);
         let read = |e: sqlx::Error| {
             Problem::Failed(failure(anyhow!("cannot read access_audit_events: {e}")))
         };
