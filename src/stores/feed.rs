@@ -7,7 +7,11 @@
 //!
 //! The cursor is a transaction id: each read also takes the snapshot's xmin, and the next read
 //! asks for rows with `txid >= xmin`, so rows of transactions that commit out of order are never
-//! skipped. A dropped LISTEN connection, a lost notification or a PostgreSQL restart only delays
+//! skipped. Of those, only rows not read before are returned ([`Cursor`]): a row id above every
+//! id read so far, or a row of a transaction that was still in progress at the last read (its
+//! ids may lie below). So a transaction left open for hours (which holds xmin back) does not make
+//! every read return every change since it began, four times a second, until the read outgrows
+//! its timeout and the feed stops. A dropped LISTEN connection, a lost notification or a PostgreSQL restart only delays
 //! the next read; the read catches up from the durable log. When the gateway cannot tell what it
 //! missed (no successful read for longer than [`BLIND_LIMIT`]), it clears every cache.
 //!
@@ -37,21 +41,48 @@ pub const POLL: Duration = Duration::from_millis(250);
 pub const BLIND_LIMIT: Duration = Duration::from_secs(3600);
 
 const READ_SQL: &str = r#"
-WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
-SELECT s.xmin::text, c.id, c.admin_id, c.token_sha256, NULL::bigint, NULL::text
+WITH s AS (SELECT pg_current_snapshot() AS snap)
+SELECT pg_snapshot_xmin(s.snap)::text, c.id, c.admin_id, c.token_sha256, NULL::bigint, NULL::text,
+       ARRAY(SELECT x::text FROM pg_snapshot_xip(s.snap) x)
 FROM s LEFT JOIN rbac_change_log c ON c.txid >= $1::text::xid8
+     AND (c.id > $2 OR c.txid = ANY ($3::text[]::xid8[]))
 ORDER BY c.id
 "#;
 
 /// [`READ_SQL`] that also reads the active mapping activation (`--mapping-source database`):
 /// the same 250 ms read tells every replica of an activation, through a transaction pooler too.
 const READ_WITH_MAPPING_SQL: &str = r#"
-WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+WITH s AS (SELECT pg_current_snapshot() AS snap),
      a AS (SELECT id, version FROM rbac_mapping_activations ORDER BY id DESC LIMIT 1)
-SELECT s.xmin::text, c.id, c.admin_id, c.token_sha256, (SELECT id FROM a), (SELECT version FROM a)
+SELECT pg_snapshot_xmin(s.snap)::text, c.id, c.admin_id, c.token_sha256, (SELECT id FROM a),
+       (SELECT version FROM a), ARRAY(SELECT x::text FROM pg_snapshot_xip(s.snap) x)
 FROM s LEFT JOIN rbac_change_log c ON c.txid >= $1::text::xid8
+     AND (c.id > $2 OR c.txid = ANY ($3::text[]::xid8[]))
 ORDER BY c.id
 "#;
+
+/// Where the next read of the log starts: the xmin of the last read's snapshot, the highest row
+/// id read so far, and the transactions in progress at the last read. A row not read yet has
+/// `txid >= xmin` and either an id above `max_id` (made after the last read) or a transaction
+/// among `in_progress` (made before it, not visible to it): sequence values are handed out
+/// before commit, so a row made before a read has an id below the ids made after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub xmin: String,
+    pub max_id: i64,
+    pub in_progress: Vec<String>,
+}
+
+impl Cursor {
+    /// The cursor of a read that starts at `xmin` and has read nothing: every row from it.
+    pub fn at(xmin: String) -> Cursor {
+        Cursor {
+            xmin,
+            max_id: 0,
+            in_progress: Vec::new(),
+        }
+    }
+}
 
 /// The active mapping activation as the feed last read it: its id and version (None: no
 /// version was ever activated).
@@ -62,14 +93,14 @@ pub type Change = (i64, Option<String>, Option<String>);
 
 /// One read of the log: the new cursor and the changes since the old one.
 pub struct Batch {
-    pub xmin: String,
+    pub cursor: Cursor,
     pub changes: Vec<Change>,
     /// The active mapping activation, when asked for.
     pub mapping: ActiveMapping,
 }
 
 /// Reads the log from `cursor`; with `mapping`, also the active mapping activation.
-pub async fn read(pool: &Db, cursor: &str, mapping: bool) -> Result<Batch, sqlx::Error> {
+pub async fn read(pool: &Db, cursor: &Cursor, mapping: bool) -> Result<Batch, sqlx::Error> {
     type Row = (
         String,
         Option<i64>,
@@ -77,6 +108,7 @@ pub async fn read(pool: &Db, cursor: &str, mapping: bool) -> Result<Batch, sqlx:
         Option<String>,
         Option<i64>,
         Option<String>,
+        Vec<String>,
     );
     let sql = if mapping {
         READ_WITH_MAPPING_SQL
@@ -85,20 +117,29 @@ pub async fn read(pool: &Db, cursor: &str, mapping: bool) -> Result<Batch, sqlx:
     };
     let rows: Vec<Row> = sqlx::query_as(sql)
         .persistent(false)
-        .bind(cursor)
+        .bind(&cursor.xmin)
+        .bind(cursor.max_id)
+        .bind(&cursor.in_progress)
         .fetch_all(pool)
         .await?;
-    let xmin = rows
-        .first()
-        .map(|r| r.0.clone())
-        .unwrap_or_else(|| cursor.to_string());
     let active = rows.first().and_then(|r| r.4.zip(r.5.clone()));
+    let next = match rows.first() {
+        Some(r) => Cursor {
+            xmin: r.0.clone(),
+            max_id: rows
+                .iter()
+                .filter_map(|r| r.1)
+                .fold(cursor.max_id, i64::max),
+            in_progress: r.6.clone(),
+        },
+        None => cursor.clone(),
+    };
     let changes = rows
         .into_iter()
-        .filter_map(|(_, id, a, t, _, _)| id.map(|id| (id, a, t)))
+        .filter_map(|(_, id, a, t, _, _, _)| id.map(|id| (id, a, t)))
         .collect();
     Ok(Batch {
-        xmin,
+        cursor: next,
         changes,
         mapping: active,
     })
@@ -257,7 +298,7 @@ pub async fn follow(
 ) {
     use crate::stores::db::within;
     // The past does not matter: start at the current xmin and drop whatever was cached before.
-    let mut cursor: Option<String> = None;
+    let mut cursor: Option<Cursor> = None;
     let mut seen: HashSet<i64> = HashSet::new();
     let mut last_ok = Instant::now();
     let mut last_prune = Instant::now();
@@ -326,7 +367,7 @@ pub async fn follow(
         let Some(cur) = cursor.clone() else {
             match within(limit, current_xmin(&pool)).await {
                 Ok(x) => {
-                    cursor = Some(x);
+                    cursor = Some(Cursor::at(x));
                     last_ok = Instant::now();
                     // Requests may have filled the caches before this first cursor (the
                     // database answered them first, or this read was slow). A change committed
@@ -360,12 +401,14 @@ pub async fn follow(
                     tracing::warn!("change feed: blind for too long; clearing every cache");
                     identity.invalidate_all();
                 }
-                if went_backwards(&cur, &batch.xmin) {
+                let mut next = batch.cursor;
+                if went_backwards(&cur.xmin, &next.xmin) {
                     // A database restored from a backup, or another server: the log cannot
-                    // say what changed since our cursor.
-                    tracing::warn!(from = %cur, to = %batch.xmin, "change feed: transaction ids went backwards; clearing every cache");
+                    // say what changed since our cursor, and its ids may start again below ours.
+                    tracing::warn!(from = %cur.xmin, to = %next.xmin, "change feed: transaction ids went backwards; clearing every cache");
                     identity.invalidate_all();
                     seen.clear();
+                    next = Cursor::at(next.xmin);
                 }
                 if last_prune.elapsed() > PRUNE_EVERY {
                     last_prune = Instant::now();
@@ -384,9 +427,10 @@ pub async fn follow(
                         Some(admin) => identity.invalidate_admin(admin, token.as_deref()).await,
                     }
                 }
-                // Rows below the new xmin will not be returned again.
+                // Rows below the new xmin, or read already, will not be returned again (kept
+                // one read more: a row is applied once whatever the read returns).
                 seen = fresh;
-                cursor = Some(batch.xmin);
+                cursor = Some(next);
                 // Counted once applied: a read counted after a commit has evicted for it.
                 metrics.feed_reads.inc();
             }

@@ -717,3 +717,56 @@ async fn silent_database_connections_do_not_keep_their_pool_slots() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The feed's read returns each change of the log once, even while a transaction left open holds
+/// the snapshot's xmin back: before, every read returned every change since that transaction
+/// began, four times a second, until the read outgrew its timeout and the feed stopped. And the
+/// open transaction's own row, whose id is below the rows read meanwhile, is still returned once
+/// it commits (it was in progress at the reads before).
+#[tokio::test]
+async fn the_feed_reads_each_change_once_while_an_open_transaction_holds_xmin_back() {
+    use rbac_gateway::stores::feed;
+    let db = TestDb::new().await;
+    let gw = db.gw();
+    let log = |admin: &'static str| {
+        sqlx::query("INSERT INTO rbac_change_log (table_name, admin_id) VALUES ('test', $1)")
+            .bind(admin)
+    };
+    let start = feed::current_xmin(&gw).await.unwrap();
+    let mut open = db.pool.begin().await.unwrap();
+    log("held").execute(&mut *open).await.unwrap();
+    let mut cursor = feed::Cursor::at(start);
+    let admins_read = |batch: &feed::Batch| -> Vec<String> {
+        batch
+            .changes
+            .iter()
+            .map(|(_, a, _)| a.clone().unwrap_or_default())
+            .collect()
+    };
+    for admin in ["a1", "a2", "a3"] {
+        log(admin).execute(&db.pool).await.unwrap();
+    }
+    let first = feed::read(&gw, &cursor, false).await.unwrap();
+    assert_eq!(admins_read(&first), ["a1", "a2", "a3"]);
+    cursor = first.cursor;
+    for _ in 0..3 {
+        let again = feed::read(&gw, &cursor, false).await.unwrap();
+        assert_eq!(
+            admins_read(&again),
+            Vec::<String>::new(),
+            "read again while xmin is held back"
+        );
+        cursor = again.cursor;
+    }
+    log("a4").execute(&db.pool).await.unwrap();
+    open.commit().await.unwrap();
+    let last = feed::read(&gw, &cursor, false).await.unwrap();
+    assert_eq!(
+        admins_read(&last),
+        ["held", "a4"],
+        "the open transaction's row (an id below a1's) once committed, and the new one"
+    );
+    cursor = last.cursor;
+    let after = feed::read(&gw, &cursor, false).await.unwrap();
+    assert_eq!(admins_read(&after), Vec::<String>::new());
+}
