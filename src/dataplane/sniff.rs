@@ -16,7 +16,10 @@
 //! **Replaces** nothing: it is the guarantee hyper cannot give (the head as received, for the
 //! refusals of [`crate::policy::target`]), using hyper's own parser, httparse. **Pinned by** the
 //! unit tests below and `tests/api/differential.rs`/`hostile.rs` (Werkzeug's reading of the same
-//! bytes).
+//! bytes). **Bounded:** at most `max_head_bytes` of an unfinished head are held (past it, sniffing
+//! stops, as hyper refuses such a head), and the heads found do not depend on how the bytes were
+//! cut into reads: the property test `the_sniffer_is_bounded_and_cut_independent` feeds any
+//! bytes (heads, bodies' framing, junk) in any pieces.
 
 use std::collections::VecDeque;
 use std::io;
@@ -341,6 +344,87 @@ mod tests {
         assert_eq!(h.next(), None);
         h.feed(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(h.next(), None);
+    }
+
+    /// What a connection's sniffer recorded after `bytes` came in reads of `pieces` bytes
+    /// (cycled), checking the bound after every read: the bytes of a head not complete yet never
+    /// exceed `max_head_bytes`.
+    fn sniffed(bytes: &[u8], pieces: &[usize], max_head_bytes: usize) -> (Vec<RawHead>, bool) {
+        let h = Heads::new(100, max_head_bytes);
+        let mut at = 0;
+        for &n in pieces.iter().cycle() {
+            if at >= bytes.len() {
+                break;
+            }
+            let end = (at + n).min(bytes.len());
+            h.feed(&bytes[at..end]);
+            at = end;
+            let st = h.state();
+            assert!(
+                st.partial.len() <= max_head_bytes,
+                "{} bytes of a head held, over {max_head_bytes}",
+                st.partial.len()
+            );
+        }
+        let heads = std::iter::from_fn(|| h.next()).collect();
+        let stopped = h.state().stopped;
+        (heads, stopped)
+    }
+
+    /// Request heads, some with a body, and bytes that are none.
+    fn stream() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let head = (
+            prop::sample::select(vec!["GET", "POST", "HEAD", "DELETE"]),
+            "/[a-z0-9/%?#=&.]{0,40}",
+            prop::collection::vec(
+                prop::sample::select(vec![
+                    "Host: x",
+                    "Cookie: a=b",
+                    "Content-Length: 0",
+                    "Content-Length: 3",
+                    "Transfer-Encoding: chunked",
+                    "X-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                    " folded",
+                ]),
+                0..5,
+            ),
+        )
+            .prop_map(|(m, t, hs)| {
+                let mut out = format!("{m} {t} HTTP/1.1\r\n");
+                for h in hs {
+                    out.push_str(h);
+                    out.push_str("\r\n");
+                }
+                out.push_str("\r\n");
+                out.into_bytes()
+            });
+        let piece = prop_oneof![
+            4 => head,
+            1 => prop::collection::vec(any::<u8>(), 0..64),
+            1 => Just(b"\r\n".to_vec()),
+        ];
+        prop::collection::vec(piece, 0..12).prop_map(|ps| ps.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        /// Whatever the client sends, however it is cut into reads: the sniffer holds at most
+        /// `max_head_bytes` of an unfinished head (past it, it stops, as hyper refuses such a
+        /// head), and with heads within the bound it records the same heads as from one read.
+        #[test]
+        fn the_sniffer_is_bounded_and_cut_independent(
+            bytes in stream(),
+            pieces in proptest::collection::vec(1usize..=300, 1..8),
+        ) {
+            let whole = sniffed(&bytes, &[bytes.len().max(1)], 16 * 1024);
+            let cut = sniffed(&bytes, &pieces, 16 * 1024);
+            proptest::prop_assert_eq!(cut, whole);
+            // A small bound: only the bound is held (a head longer than it may be recorded
+            // from one read and refused from several, as hyper's own buffer decides).
+            sniffed(&bytes, &pieces, 64);
+        }
     }
 
     #[test]
