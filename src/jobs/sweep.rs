@@ -16,8 +16,8 @@
 //! whose request hangs delays only itself, and later sweeps do not ask about it again while its
 //! request is in flight.
 //!
-//! Each row's id is derived from what it records (`ticket_expire:<grant id>`,
-//! `break_glass_expire:<session id>`) and inserted with `ON CONFLICT DO NOTHING`; a grant is read
+//! Each row's id is a UUID derived from what it records
+//! ([`crate::stores::revocation::audit_row_id`]) and inserted with `ON CONFLICT DO NOTHING`; a grant is read
 //! again under a row lock before its audit row. One replica sweeps at a time: the one holding
 //! the sweep's session-level advisory lock, on a connection it keeps for that; a replica that
 //! dies releases the lock with its connection and another takes over at its next tick.

@@ -6,12 +6,57 @@
 //! sweep and named by `/readyz` ([`stuck`]).
 //!
 //! A grant is read again under a row lock before its audit row, whose id is derived from what it
-//! records (`ticket_expire:<grant id>`) and inserted with `ON CONFLICT DO NOTHING`: a grant
-//! revoked meanwhile (by an operator, another replica, the webhook) gets no second row.
+//! records ([`audit_row_id`] of `ticket_expire` and the grant's id) and inserted with
+//! `ON CONFLICT DO NOTHING`: a grant revoked meanwhile (by an operator, another replica, the
+//! webhook) gets no second row.
 
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
+
 use crate::stores::db::{Bounded, Db};
+
+/// The id of the `rbac_grants_audit` row the gateway writes when it records `kind`
+/// (`ticket_expire`, `break_glass_expire`) of the grant or session `of`: a UUID, as Console's
+/// ids are (interface.md: "Ids are TEXT UUIDs"; 004 §3.2), derived from what it records so a
+/// retry or a second replica writes the same row: the first 128 bits of SHA-256 of `kind:of`,
+/// with a name-based UUID's version (5) and variant digits. [`crate::break_glass_expire_id`]
+/// spells it in SQL (`tests/api/lifecycle.rs` holds the two equal). Until 2026-11-27 the id was
+/// `kind:of` itself, which is not a UUID; rows written so are still recognised
+/// ([`crate::legacy_break_glass_expire_id`]).
+pub fn audit_row_id(kind: &str, of: &str) -> String {
+    let digest = Sha256::digest(format!("{kind}:{of}").as_bytes());
+    let mut h = hex::encode(&digest[..16]).into_bytes();
+    h[12] = b'5';
+    h[16] = b'8';
+    let h = String::from_utf8(h).expect("hex is ASCII");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// SQL text: [`audit_row_id`]`("break_glass_expire", b.id)` of a row `b` of
+/// `rbac_break_glass_sessions`.
+#[macro_export]
+macro_rules! break_glass_expire_id {
+    () => {
+        "overlay(overlay(left(encode(sha256(convert_to('break_glass_expire:' || b.id, 'UTF8')), 'hex'), 32) \
+         placing '5' from 13) placing '8' from 17)::uuid::text"
+    };
+}
+
+/// SQL text: the id a `break_glass_expire` row of session `b` was given before 2026-11-27.
+#[macro_export]
+macro_rules! legacy_break_glass_expire_id {
+    () => {
+        "'break_glass_expire:' || b.id"
+    };
+}
 
 /// One thing the sweep or a revocation did (or failed to do).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +105,7 @@ pub async fn revoke_grant(
         "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, role_id, ticket_id, customer_id, justification, granted_by) \
          VALUES ($1, 'ticket_expire', $2, $3, $4, $5, $6, 'rbac-gateway') ON CONFLICT (id) DO NOTHING",
     ).persistent(false)
-    .bind(format!("ticket_expire:{id}"))
+    .bind(audit_row_id("ticket_expire", id))
     .bind(&user)
     .bind(&role)
     .bind(&ticket)

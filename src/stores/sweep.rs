@@ -39,12 +39,16 @@ pub async fn still_held(conn: &mut PgConnection, limit: Duration) -> Result<bool
 /// Removes the failure entries of items that no longer wait (a grant revoked by someone else, a
 /// session whose expiry row exists).
 pub async fn clear_settled_failures(pool: &Db, limit: Duration) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query(concat!(
         "DELETE FROM rbac_gateway_sweep_failures f WHERE NOT EXISTS ( \
            SELECT 1 FROM rbac_ticket_grants g WHERE f.item = 'grant:' || g.id AND g.revoked_at_utc IS NULL) \
          AND NOT EXISTS (SELECT 1 FROM rbac_break_glass_sessions b WHERE f.item = 'break_glass:' || b.id \
-           AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = 'break_glass_expire:' || b.id))",
-    ).persistent(false)
+           AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id IN (",
+        crate::break_glass_expire_id!(),
+        ", ",
+        crate::legacy_break_glass_expire_id!(),
+        ")))"
+    )).persistent(false)
     .execute(pool)
     .bounded(limit)
     .await?;
@@ -89,9 +93,13 @@ pub async fn ended_break_glass_sessions(
     sqlx::query_scalar(concat!(
         "SELECT b.id FROM rbac_break_glass_sessions b WHERE (b.revoked_at_utc IS NOT NULL OR ",
         crate::break_glass_end!(),
-        " <= now()) AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = 'break_glass_expire:' || b.id) \
-         ORDER BY b.id"
-    )).persistent(false)
+        " <= now()) AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id IN (",
+        crate::break_glass_expire_id!(),
+        ", ",
+        crate::legacy_break_glass_expire_id!(),
+        ")) ORDER BY b.id"
+    ))
+    .persistent(false)
     .fetch_all(pool)
     .bounded(limit)
     .await
@@ -106,9 +114,14 @@ pub async fn write_break_glass_expire(
 ) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar(concat!(
         "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \
-         SELECT 'break_glass_expire:' || b.id, 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', ",
+         SELECT ",
+        crate::break_glass_expire_id!(),
+        ", 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', ",
         crate::break_glass_end!(),
-        " FROM rbac_break_glass_sessions b WHERE b.id = $1 ON CONFLICT (id) DO NOTHING RETURNING substr(id, 20)"
+        " FROM rbac_break_glass_sessions b WHERE b.id = $1 \
+         AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = ",
+        crate::legacy_break_glass_expire_id!(),
+        ") ON CONFLICT (id) DO NOTHING RETURNING $1::text"
     )).persistent(false)
     .bind(session)
     .fetch_optional(pool)

@@ -140,7 +140,15 @@ async fn serve_and_sweep_work_as_a_login_holding_only_the_gateway_grants() {
     assert!(!out.contains("permission denied"), "{out}");
     assert_eq!(revoked(&db, &expired).await.as_deref(), Some("expired"));
     assert_eq!(
-        count(&db, &format!("SELECT count(*) FROM rbac_grants_audit WHERE id IN ('ticket_expire:{expired}', 'break_glass_expire:{ended}')")).await,
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM rbac_grants_audit WHERE id IN ('{}', '{}')",
+                rbac_gateway::stores::revocation::audit_row_id("ticket_expire", &expired),
+                rbac_gateway::stores::revocation::audit_row_id("break_glass_expire", &ended)
+            )
+        )
+        .await,
         2
     );
     assert_eq!(
@@ -156,9 +164,10 @@ async fn serve_and_sweep_work_as_a_login_holding_only_the_gateway_grants() {
     // below goes (counted, then named by /readyz after 2 sweeps), one that goes through.
     let healthy = expired_grant(&db, &admin, "T-healthy").await;
     let poisoned = expired_grant(&db, &admin, "T-poisoned").await;
+    let poisoned_row = rbac_gateway::stores::revocation::audit_row_id("ticket_expire", &poisoned);
     sqlx::raw_sql(&format!(
         "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-         IF NEW.id = 'ticket_expire:{poisoned}' THEN RAISE EXCEPTION 'poisoned row'; END IF; \
+         IF NEW.id = '{poisoned_row}' THEN RAISE EXCEPTION 'poisoned row'; END IF; \
          RETURN NEW; END $$; \
          CREATE TRIGGER poison BEFORE INSERT ON rbac_grants_audit FOR EACH ROW EXECUTE FUNCTION poison()"
     ))

@@ -275,5 +275,11 @@ async fn break_glass_ends_four_hours_after_it_was_granted_whatever_its_expiry() 
     .fetch_all(&env.db.pool)
     .await
     .unwrap();
-    assert_eq!(ended, vec![format!("break_glass_expire:{id}")]);
+    assert_eq!(
+        ended,
+        vec![rbac_gateway::stores::revocation::audit_row_id(
+            "break_glass_expire",
+            &id
+        )]
+    );
 }

@@ -166,7 +166,7 @@ async fn sweep_revokes_closed_and_expired_grants_audit_first_and_only_once() {
     let rows = audit_rows(&db, "ticket_expire").await;
     assert_eq!(rows.len(), 3, "{rows:?}");
     assert!(rows.contains(&(
-        format!("ticket_expire:{closed}"),
+        rbac_gateway::stores::revocation::audit_row_id("ticket_expire", &closed),
         Some("T-closed".into()),
         Some("ticket_closed".into())
     )));
@@ -239,7 +239,10 @@ async fn three_replicas_sweep_each_grant_and_break_glass_exactly_once() {
     assert_eq!(audit_rows(&db, "ticket_expire").await.len(), 1);
     let bg = audit_rows(&db, "break_glass_expire").await;
     assert_eq!(bg.len(), 1);
-    assert_eq!(bg[0].0, format!("break_glass_expire:{session}"));
+    assert_eq!(
+        bg[0].0,
+        rbac_gateway::stores::revocation::audit_row_id("break_glass_expire", &session)
+    );
     let done = metric_sum(&gws, "rbac_gateway_sweeps_total{result=\"done\"}").await;
     assert!(done >= 3.0, "{done} sweeps done");
     let revocations = metric_sum(
@@ -808,4 +811,60 @@ async fn the_alert_pass_survives_a_silent_database_connection() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(hook.count() >= 1);
+}
+
+/// The sweep's rows in `rbac_grants_audit` have UUID ids (interface.md: "Ids are TEXT UUIDs"),
+/// derived from what they record, the same in SQL and in Rust; and a session whose expiry row
+/// an earlier version wrote (id `break_glass_expire:<session>`, not a UUID) gets no second one.
+#[tokio::test]
+async fn sweep_rows_have_uuid_ids_and_rows_of_the_old_form_are_not_written_again() {
+    use rbac_gateway::stores::revocation::audit_row_id;
+    let db = TestDb::new().await;
+    for id in ["a", "0b7c1c9e-1111-4000-8000-000000000000", "caf\u{e9} '\\"] {
+        let sql: String = sqlx::query_scalar(concat!(
+            "SELECT ",
+            rbac_gateway::break_glass_expire_id!(),
+            " FROM (SELECT $1::text AS id) b"
+        ))
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(sql, audit_row_id("break_glass_expire", id), "{id:?}");
+        let parsed = uuid::Uuid::parse_str(&sql).unwrap();
+        assert_eq!(parsed.to_string(), sql);
+    }
+    let admin = db.admin("uuid-ids@example.test").await;
+    let before = db.break_glass(&admin, -1.0).await;
+    sqlx::query(
+        "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by) \
+         VALUES ('break_glass_expire:' || $1, 'break_glass_expire', $2, 'written before', 'rbac-gateway')",
+    )
+    .bind(&before)
+    .bind(&admin)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let now = db.break_glass(&admin, -1.0).await;
+    for _ in 0..2 {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+            .args(["sweep", "--once", "--database-url", &db.url])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    }
+    let mut want = vec![
+        format!("break_glass_expire:{before}"),
+        audit_row_id("break_glass_expire", &now),
+    ];
+    want.sort();
+    let mut got: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM rbac_grants_audit WHERE event_type = 'break_glass_expire'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    got.sort();
+    assert_eq!(got, want);
 }

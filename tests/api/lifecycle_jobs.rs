@@ -308,7 +308,10 @@ async fn a_hanging_ticket_does_not_delay_another_ticket_s_revocation() {
     assert_eq!(
         count(
             &db,
-            &format!("SELECT count(*) FROM rbac_grants_audit WHERE id = 'ticket_expire:{other}'")
+            &format!(
+                "SELECT count(*) FROM rbac_grants_audit WHERE id = '{}'",
+                rbac_gateway::stores::revocation::audit_row_id("ticket_expire", &other)
+            )
         )
         .await,
         1
@@ -342,9 +345,13 @@ async fn a_poisoned_grant_does_not_stop_another_s_revocation() {
     // Two break-glass sessions that ended: one's expiry row cannot be written.
     let session = db.break_glass(&admin, -1.0).await;
     let bad_session = db.break_glass(&admin, -1.0).await;
+    let (poisoned_row, bad_session_row) = (
+        rbac_gateway::stores::revocation::audit_row_id("ticket_expire", &poisoned),
+        rbac_gateway::stores::revocation::audit_row_id("break_glass_expire", &bad_session),
+    );
     sqlx::query(&format!(
         "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-         IF NEW.id IN ('ticket_expire:{poisoned}', 'break_glass_expire:{bad_session}') THEN \
+         IF NEW.id IN ('{poisoned_row}', '{bad_session_row}') THEN \
          RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$"
     ))
     .execute(&db.pool)
@@ -368,11 +375,26 @@ async fn a_poisoned_grant_does_not_stop_another_s_revocation() {
     )
     .await;
     let closed = grant(&db, &admin, "console-user", 9, "T-closed").await;
-    eventually(Duration::from_secs(10), "the healthy grants revoked and the expiry row written", || async {
-        revoked(&db, &healthy).await.is_some()
-            && revoked(&db, &closed).await.is_some()
-            && count(&db, &format!("SELECT count(*) FROM rbac_grants_audit WHERE id = 'break_glass_expire:{session}'")).await == 1
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the healthy grants revoked and the expiry row written",
+        || async {
+            revoked(&db, &healthy).await.is_some()
+                && revoked(&db, &closed).await.is_some()
+                && count(
+                    &db,
+                    &format!(
+                        "SELECT count(*) FROM rbac_grants_audit WHERE id = '{}'",
+                        rbac_gateway::stores::revocation::audit_row_id(
+                            "break_glass_expire",
+                            &session
+                        )
+                    ),
+                )
+                .await
+                    == 1
+        },
+    )
     .await;
     assert_eq!(revoked(&db, &healthy).await.as_deref(), Some("expired"));
     assert_eq!(
@@ -414,7 +436,18 @@ async fn a_poisoned_grant_does_not_stop_another_s_revocation() {
         "the poisoned grant revoked once fixed",
         || async {
             revoked(&db, &poisoned).await.is_some()
-                && count(&db, &format!("SELECT count(*) FROM rbac_grants_audit WHERE id = 'break_glass_expire:{bad_session}'")).await == 1
+                && count(
+                    &db,
+                    &format!(
+                        "SELECT count(*) FROM rbac_grants_audit WHERE id = '{}'",
+                        rbac_gateway::stores::revocation::audit_row_id(
+                            "break_glass_expire",
+                            &bad_session
+                        )
+                    ),
+                )
+                .await
+                    == 1
         },
     )
     .await;
@@ -544,7 +577,7 @@ async fn a_webhook_for_a_closed_ticket_revokes_within_half_a_second_on_any_repli
     // Audit row first (I-9): written in the grant's transaction, before its revocation.
     let ordered = count(
         &db,
-        "SELECT count(*) FROM rbac_grants_audit a JOIN rbac_ticket_grants g ON a.id = 'ticket_expire:' || g.id \
+        "SELECT count(*) FROM rbac_grants_audit a JOIN rbac_ticket_grants g ON a.ticket_id = g.ticket_id AND a.target_user_id = g.user_id AND a.role_id = g.role_id \
          WHERE g.ticket_id = '4711' AND a.justification = 'ticket_closed' AND a.created_at_utc <= g.revoked_at_utc",
     )
     .await;
