@@ -263,12 +263,7 @@ async fn break_glass_ends_four_hours_after_it_was_granted_whatever_its_expiry() 
         me.body_str()
     );
 
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
-        .args(["sweep", "--once", "--database-url", &env.db.url])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    sweep_once(&env.db.url, &[]).await;
     let ended: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM rbac_grants_audit WHERE event_type = 'break_glass_expire' ORDER BY id",
     )

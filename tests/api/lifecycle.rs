@@ -847,12 +847,7 @@ async fn sweep_rows_have_uuid_ids_and_rows_of_the_old_form_are_not_written_again
     .unwrap();
     let now = db.break_glass(&admin, -1.0).await;
     for _ in 0..2 {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
-            .args(["sweep", "--once", "--database-url", &db.url])
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        sweep_once(&db.url, &[]).await;
     }
     let mut want = vec![
         format!("break_glass_expire:{before}"),

@@ -940,19 +940,7 @@ async fn the_webhook_receiver_refuses_to_run_without_a_secret_or_a_status_url() 
 #[tokio::test]
 async fn the_daily_snapshot_alerts_a_change_the_triggers_did_not_see() {
     let db = TestDb::new().await;
-    let sweep = || async {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
-            .args(["sweep", "--once", "--database-url", &db.url])
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let sweep = || sweep_once(&db.url, &[]);
     sweep().await;
     assert_eq!(
         count(
@@ -1012,19 +1000,7 @@ async fn the_daily_snapshot_alerts_a_change_the_triggers_did_not_see() {
 #[tokio::test]
 async fn an_erased_admin_leaves_no_email_or_justification_in_the_gateways_tables() {
     let db = TestDb::new().await;
-    let sweep = || async {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
-            .args(["sweep", "--once", "--database-url", &db.url])
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let sweep = || sweep_once(&db.url, &[]);
     let email = "erase-me@example.test";
     let admin = db.admin(email).await;
     sqlx::raw_sql(&format!(

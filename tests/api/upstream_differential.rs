@@ -297,6 +297,19 @@ fn read_of<B>(resp: &http::Response<B>, body: Vec<u8>, length: Option<u64>) -> R
 }
 
 /// A one-shot server: reads a request head, writes `bytes` in random pieces, closes.
+/// Reads a request head from `s` (up to its blank line, or until the peer stops sending).
+async fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    req
+}
+
 async fn serve_once(bytes: Vec<u8>, seed: u64) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -714,14 +727,8 @@ async fn the_running_gateway_cuts_an_endless_chunk_size_line_within_its_bound() 
     let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, bool)>();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
-            let mut req = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
+            read_head(&mut s).await;
+            let mut buf = [0u8; 64];
             let Some(fill) = fill_rx.recv().await else {
                 return;
             };
@@ -841,14 +848,8 @@ async fn a_console_that_goes_silent_mid_body_is_cut_after_the_read_timeout() {
     let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
-            let mut req = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
+            read_head(&mut s).await;
+            let mut buf = [0u8; 64];
             s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
                 .await
                 .unwrap();

@@ -36,6 +36,19 @@ pub fn code_and_output(out: &std::process::Output) -> (Option<i32>, String) {
     )
 }
 
+/// Runs `rbac-gateway sweep --once` against `db_url` with `extra` flags, without blocking the
+/// test's runtime (stand-ins served on it keep answering), and asserts it exited 0.
+pub async fn sweep_once(db_url: &str, extra: &[&str]) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .args(["sweep", "--once", "--database-url", db_url])
+        .args(extra)
+        .output()
+        .await
+        .unwrap();
+    let (code, text) = code_and_output(&out);
+    assert_eq!(code, Some(0), "sweep --once: {text}");
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
