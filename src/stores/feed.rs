@@ -7,11 +7,11 @@
 //!
 //! The cursor is a transaction id: each read also takes the snapshot's xmin, and the next read
 //! asks for rows with `txid >= xmin`, so rows of transactions that commit out of order are never
-//! skipped. Of those, only rows not read before are returned ([`Cursor`]): a row id above every
-//! id read so far, or a row of a transaction that was still in progress at the last read (its
-//! ids may lie below). So a transaction left open for hours (which holds xmin back) does not make
-//! every read return every change since it began, four times a second, until the read outgrows
-//! its timeout and the feed stops. A dropped LISTEN connection, a lost notification or a PostgreSQL restart only delays
+//! skipped. Of those, only rows the last read could not see are returned ([`Cursor`]: its whole
+//! snapshot is kept, and a row whose transaction that snapshot shows committed was read then).
+//! So a transaction left open for hours (which holds xmin back) does not make every read return
+//! every change since it began, four times a second, until the read outgrows its timeout and the
+//! feed stops. A dropped LISTEN connection, a lost notification or a PostgreSQL restart only delays
 //! the next read; the read catches up from the durable log. When the gateway cannot tell what it
 //! missed (no successful read for longer than [`BLIND_LIMIT`]), it clears every cache.
 //!
@@ -41,46 +41,39 @@ pub const POLL: Duration = Duration::from_millis(250);
 pub const BLIND_LIMIT: Duration = Duration::from_secs(3600);
 
 const READ_SQL: &str = r#"
-WITH s AS (SELECT pg_current_snapshot() AS snap)
-SELECT pg_snapshot_xmin(s.snap)::text, c.id, c.admin_id, c.token_sha256, NULL::bigint, NULL::text,
-       ARRAY(SELECT x::text FROM pg_snapshot_xip(s.snap) x)
-FROM s LEFT JOIN rbac_change_log c ON c.txid >= $1::text::xid8
-     AND (c.id > $2 OR c.txid = ANY ($3::text[]::xid8[]))
+WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev)
+SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, NULL::bigint, NULL::text
+FROM s LEFT JOIN rbac_change_log c ON c.txid >= pg_snapshot_xmin(s.prev)
+     AND NOT pg_visible_in_snapshot(c.txid, s.prev)
 ORDER BY c.id
 "#;
 
 /// [`READ_SQL`] that also reads the active mapping activation (`--mapping-source database`):
 /// the same 250 ms read tells every replica of an activation, through a transaction pooler too.
 const READ_WITH_MAPPING_SQL: &str = r#"
-WITH s AS (SELECT pg_current_snapshot() AS snap),
+WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev),
      a AS (SELECT id, version FROM rbac_mapping_activations ORDER BY id DESC LIMIT 1)
-SELECT pg_snapshot_xmin(s.snap)::text, c.id, c.admin_id, c.token_sha256, (SELECT id FROM a),
-       (SELECT version FROM a), ARRAY(SELECT x::text FROM pg_snapshot_xip(s.snap) x)
-FROM s LEFT JOIN rbac_change_log c ON c.txid >= $1::text::xid8
-     AND (c.id > $2 OR c.txid = ANY ($3::text[]::xid8[]))
+SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, (SELECT id FROM a), (SELECT version FROM a)
+FROM s LEFT JOIN rbac_change_log c ON c.txid >= pg_snapshot_xmin(s.prev)
+     AND NOT pg_visible_in_snapshot(c.txid, s.prev)
 ORDER BY c.id
 "#;
 
-/// Where the next read of the log starts: the xmin of the last read's snapshot, the highest row
-/// id read so far, and the transactions in progress at the last read. A row not read yet has
-/// `txid >= xmin` and either an id above `max_id` (made after the last read) or a transaction
-/// among `in_progress` (made before it, not visible to it): sequence values are handed out
-/// before commit, so a row made before a read has an id below the ids made after it.
+/// Where the next read of the log starts: the last read's snapshot (`xmin:xmax:xip`, as
+/// PostgreSQL writes a `pg_snapshot`). A row not read yet is one whose transaction that snapshot
+/// did not show committed (in progress then, or begun after it): every row it showed committed
+/// was returned by that read or an earlier one. Transaction ids, not row ids: a transaction may
+/// take its id before another and write its row after it, so row ids do not follow commits (a
+/// cursor of the highest id read skipped such rows, 2026-11-27, found by a review).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
-    pub xmin: String,
-    pub max_id: i64,
-    pub in_progress: Vec<String>,
+    pub snapshot: String,
 }
 
 impl Cursor {
-    /// The cursor of a read that starts at `xmin` and has read nothing: every row from it.
-    pub fn at(xmin: String) -> Cursor {
-        Cursor {
-            xmin,
-            max_id: 0,
-            in_progress: Vec::new(),
-        }
+    /// The snapshot's xmin: the oldest transaction it saw in progress.
+    pub fn xmin(&self) -> &str {
+        self.snapshot.split(':').next().unwrap_or_default()
     }
 }
 
@@ -108,7 +101,6 @@ pub async fn read(pool: &Db, cursor: &Cursor, mapping: bool) -> Result<Batch, sq
         Option<String>,
         Option<i64>,
         Option<String>,
-        Vec<String>,
     );
     let sql = if mapping {
         READ_WITH_MAPPING_SQL
@@ -117,26 +109,19 @@ pub async fn read(pool: &Db, cursor: &Cursor, mapping: bool) -> Result<Batch, sq
     };
     let rows: Vec<Row> = sqlx::query_as(sql)
         .persistent(false)
-        .bind(&cursor.xmin)
-        .bind(cursor.max_id)
-        .bind(&cursor.in_progress)
+        .bind(&cursor.snapshot)
         .fetch_all(pool)
         .await?;
     let active = rows.first().and_then(|r| r.4.zip(r.5.clone()));
     let next = match rows.first() {
         Some(r) => Cursor {
-            xmin: r.0.clone(),
-            max_id: rows
-                .iter()
-                .filter_map(|r| r.1)
-                .fold(cursor.max_id, i64::max),
-            in_progress: r.6.clone(),
+            snapshot: r.0.clone(),
         },
         None => cursor.clone(),
     };
     let changes = rows
         .into_iter()
-        .filter_map(|(_, id, a, t, _, _, _)| id.map(|id| (id, a, t)))
+        .filter_map(|(_, id, a, t, _, _)| id.map(|id| (id, a, t)))
         .collect();
     Ok(Batch {
         cursor: next,
@@ -174,11 +159,13 @@ pub fn went_backwards(cursor: &str, xmin: &str) -> bool {
     }
 }
 
-pub async fn current_xmin(pool: &Db) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+/// The cursor of a read that starts now and has read nothing: the current snapshot.
+pub async fn current_cursor(pool: &Db) -> Result<Cursor, sqlx::Error> {
+    let snapshot = sqlx::query_scalar("SELECT pg_current_snapshot()::text AS first_cursor")
         .persistent(false)
         .fetch_one(pool)
-        .await
+        .await?;
+    Ok(Cursor { snapshot })
 }
 
 /// Without a successful read for this long, `/readyz` answers 503: changes are not applied
@@ -365,9 +352,9 @@ pub async fn follow(
             }
         }
         let Some(cur) = cursor.clone() else {
-            match within(limit, current_xmin(&pool)).await {
-                Ok(x) => {
-                    cursor = Some(Cursor::at(x));
+            match within(limit, current_cursor(&pool)).await {
+                Ok(c) => {
+                    cursor = Some(c);
                     last_ok = Instant::now();
                     // Requests may have filled the caches before this first cursor (the
                     // database answered them first, or this read was slow). A change committed
@@ -401,14 +388,13 @@ pub async fn follow(
                     tracing::warn!("change feed: blind for too long; clearing every cache");
                     identity.invalidate_all();
                 }
-                let mut next = batch.cursor;
-                if went_backwards(&cur.xmin, &next.xmin) {
+                let next = batch.cursor;
+                if went_backwards(cur.xmin(), next.xmin()) {
                     // A database restored from a backup, or another server: the log cannot
-                    // say what changed since our cursor, and its ids may start again below ours.
-                    tracing::warn!(from = %cur.xmin, to = %next.xmin, "change feed: transaction ids went backwards; clearing every cache");
+                    // say what changed since our cursor.
+                    tracing::warn!(from = %cur.snapshot, to = %next.snapshot, "change feed: transaction ids went backwards; clearing every cache");
                     identity.invalidate_all();
                     seen.clear();
-                    next = Cursor::at(next.xmin);
                 }
                 if last_prune.elapsed() > PRUNE_EVERY {
                     last_prune = Instant::now();

@@ -612,7 +612,7 @@ async fn a_revocation_before_the_feed_starts_is_not_served_from_the_cache() {
     let link = PgLink::new(&db.url).await;
     let (admin, token) = db.admin_with_roles(&["console-manager"]).await;
     // Only the feed's first-cursor query names this column.
-    link.hold_next(b"pg_snapshot_xmin");
+    link.hold_next(b"first_cursor");
     let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
         .arg("--cache-ttl")
         .arg("60")
@@ -720,9 +720,9 @@ async fn silent_database_connections_do_not_keep_their_pool_slots() {
 
 /// The feed's read returns each change of the log once, even while a transaction left open holds
 /// the snapshot's xmin back: before, every read returned every change since that transaction
-/// began, four times a second, until the read outgrew its timeout and the feed stopped. And the
-/// open transaction's own row, whose id is below the rows read meanwhile, is still returned once
-/// it commits (it was in progress at the reads before).
+/// began, four times a second, until the read outgrew its timeout and the feed stopped. And a
+/// row of a transaction the last read saw in progress, or not at all, is returned once it
+/// commits, whatever its row id.
 #[tokio::test]
 async fn the_feed_reads_each_change_once_while_an_open_transaction_holds_xmin_back() {
     use rbac_gateway::stores::feed;
@@ -732,10 +732,10 @@ async fn the_feed_reads_each_change_once_while_an_open_transaction_holds_xmin_ba
         sqlx::query("INSERT INTO rbac_change_log (table_name, admin_id) VALUES ('test', $1)")
             .bind(admin)
     };
-    let start = feed::current_xmin(&gw).await.unwrap();
+    let start = feed::current_cursor(&gw).await.unwrap();
     let mut open = db.pool.begin().await.unwrap();
     log("held").execute(&mut *open).await.unwrap();
-    let mut cursor = feed::Cursor::at(start);
+    let mut cursor = start;
     let admins_read = |batch: &feed::Batch| -> Vec<String> {
         batch
             .changes
@@ -769,4 +769,32 @@ async fn the_feed_reads_each_change_once_while_an_open_transaction_holds_xmin_ba
     cursor = last.cursor;
     let after = feed::read(&gw, &cursor, false).await.unwrap();
     assert_eq!(admins_read(&after), Vec::<String>::new());
+    cursor = after.cursor;
+
+    // A transaction that took its id after another's and wrote its row before the other wrote
+    // and committed: the read between sees only the other's row, with the higher row id, and
+    // the first's row is read once it commits (a cursor of the highest row id read skipped it).
+    let mut early = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *early)
+        .await
+        .unwrap();
+    let mut late = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *late)
+        .await
+        .unwrap();
+    log("late").execute(&mut *late).await.unwrap();
+    log("early").execute(&mut *early).await.unwrap();
+    early.commit().await.unwrap();
+    let between = feed::read(&gw, &cursor, false).await.unwrap();
+    assert_eq!(admins_read(&between), ["early"]);
+    cursor = between.cursor;
+    late.commit().await.unwrap();
+    let then = feed::read(&gw, &cursor, false).await.unwrap();
+    assert_eq!(
+        admins_read(&then),
+        ["late"],
+        "the row of a transaction that committed after a read that saw a higher row id"
+    );
 }
