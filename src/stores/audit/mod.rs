@@ -126,6 +126,11 @@ struct Inner {
     /// Rows may wait in the spool (set by an append; cleared when the spool is found empty or
     /// replayed), so most batches skip a file-system round trip.
     spooled: std::sync::atomic::AtomicBool,
+    /// This process's replay holds the spool and has stored a chunk of it: the database answers,
+    /// so a new row goes there instead of waiting for the rest of the replay. Not while a replay
+    /// that has stored nothing yet holds it (in an outage, each attempt holds the spool up to
+    /// --db-timeout-ms and fails: a row that tried the database too would wait twice as long).
+    replay_progressing: std::sync::atomic::AtomicBool,
     /// Why the last append to the spool failed (cleared by one that succeeds): shown by
     /// `/readyz`, since denials get 503 while the database is down too.
     append_problem: std::sync::Mutex<Option<String>>,

@@ -162,6 +162,14 @@ impl Inner {
 
     pub(super) async fn replay(&self) -> Result<usize, sqlx::Error> {
         let _guard = self.lock.lock().await;
+        // Set once a chunk is stored, cleared when this replay ends however it ends.
+        struct Progress<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Progress<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
+        let progress = Progress(&self.replay_progressing);
         // Read and later emptied through one handle, under an exclusive lock held until the
         // rows are committed and the file emptied: a gateway sharing the spool cannot append
         // between the read and the truncate (its rows would be emptied unreplayed), nor replay
@@ -223,7 +231,10 @@ impl Inner {
         let limit = self.timeout.max(Duration::from_secs(1));
         // Counted as each statement commits, as inserted (not rows an earlier replay, cut
         // short, or another gateway sharing the spool already stored).
-        let replayed = |n: u64| self.metrics.audit_replayed.inc_by(n);
+        let replayed = |n: u64| {
+            self.metrics.audit_replayed.inc_by(n);
+            progress.0.store(true, std::sync::atomic::Ordering::Release);
+        };
         for chunk in events.chunks(MAX_BATCH) {
             match crate::stores::db::within(limit, self.insert_pooled(chunk, true)).await {
                 Ok(n) => replayed(n),

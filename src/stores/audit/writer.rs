@@ -131,6 +131,7 @@ impl AuditWriter {
             metrics,
             timeout,
             spooled: std::sync::atomic::AtomicBool::new(true),
+            replay_progressing: std::sync::atomic::AtomicBool::new(false),
             append_problem: Default::default(),
             stuck: Default::default(),
             refused: Default::default(),
@@ -518,12 +519,16 @@ impl Inner {
                 }
             }
         }
-        // Unless a replay holds the spool (here, or in a gateway sharing it): each of its
+        // Unless this gateway's replay holds the spool and is storing it: each of its
         // statements is bounded, the whole replay is not (minutes, for a full spool), and the
         // denials waiting for these rows would wait with it. The database the replay is
         // reaching takes them now, bounded by --db-timeout-ms; refused there, they wait for the
-        // spool.
+        // spool. A replay that has stored nothing yet (the database may be down), or another
+        // gateway's, is waited for, as before.
         let appended = match self.append(rows, database_first).await {
+            Err(AuditError::SpoolBusy) if !self.replay_progressing.load(Ordering::Acquire) => {
+                self.append(rows, true).await
+            }
             Err(AuditError::SpoolBusy) => match self.to_database(rows).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
