@@ -995,8 +995,9 @@ async fn the_daily_snapshot_alerts_a_change_the_triggers_did_not_see() {
 
 /// I-6: an admin erased from Console (their `admins` row deleted) leaves neither their email nor
 /// a break-glass justification in the gateway's own tables: the recorded group change, its actor,
-/// the alerts raised for them and the daily snapshot's members. What happened stays recorded,
-/// under the pseudonymous id.
+/// the alerts raised for them and the daily snapshot's members, even under an email the admin
+/// had before and for a session Console deleted first. What happened stays recorded, under the
+/// pseudonymous id.
 #[tokio::test]
 async fn an_erased_admin_leaves_no_email_or_justification_in_the_gateways_tables() {
     let db = TestDb::new().await;
@@ -1045,6 +1046,15 @@ async fn an_erased_admin_leaves_no_email_or_justification_in_the_gateways_tables
         "no snapshot holds the member"
     );
 
+    // The admin changes email, and Console deletes the break-glass row, before the erasure:
+    // the copies are found by the id, not by the email the admin has last or the session's row.
+    sqlx::raw_sql(&format!(
+        "UPDATE admins SET email = 'renamed@example.test' WHERE id = '{admin}'; \
+         DELETE FROM rbac_break_glass_sessions WHERE user_id = '{admin}';"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
     sqlx::query("DELETE FROM admins WHERE id = $1")
         .bind(&admin)
         .execute(&db.pool)
