@@ -1013,8 +1013,50 @@ async fn an_erased_admin_leaves_no_email_or_justification_in_the_gateways_tables
     .await
     .unwrap();
     db.break_glass(&admin, 3600.0).await;
-    // The change and the session alerted, and a snapshot taken with the member.
+    // Another admin whose id and email contain this one's, and one whose id has the characters
+    // of regular expressions and their replacements: members too, each recorded with its actor.
+    let other = (format!("{admin}0"), format!("x{email}"));
+    let odd = (
+        r"odd\&\1.*(id)[".to_string(),
+        "odd@example.test".to_string(),
+    );
+    for (id, mail) in [&other, &odd] {
+        sqlx::query("INSERT INTO admins (id, email) VALUES ($1, $2)")
+            .bind(id)
+            .bind(mail)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let mut tx = db.pool.begin().await.unwrap();
+        sqlx::query("SELECT set_config('rbac_gateway.actor', $1, true)")
+            .bind(mail)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
+             SELECT $1, id, 'test' FROM rbac_groups WHERE name = 'break-glass'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    // The changes and the session alerted, and a snapshot taken with the member.
     sweep().await;
+    let line = |id: &str, mail: &str| {
+        format!("admin {mail} ({id}) made a permanent member of the break-glass group")
+    };
+    let lines = |db: &TestDb| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT what FROM rbac_gateway_group_changes")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
     let mentions = |sql: &'static str| {
         let db = &db;
         let (email, admin) = (email.to_string(), admin.clone());
@@ -1028,9 +1070,9 @@ async fn an_erased_admin_leaves_no_email_or_justification_in_the_gateways_tables
         }
     };
     let changes = "SELECT count(*) FROM rbac_gateway_group_changes \
-                   WHERE strpos(what, $1) > 0 OR actor = $1 OR actor = $2";
+                   WHERE strpos(what, ' ' || $1) > 0 OR actor = $1 OR actor = $2";
     let alerts = "SELECT count(*) FROM rbac_gateway_alerts \
-                  WHERE (strpos(text, $1) > 0 OR strpos(text, 'incident 42') > 0) AND $2 <> ''";
+                  WHERE (strpos(text, ' ' || $1) > 0 OR strpos(text, 'incident 42') > 0) AND $2 <> ''";
     let snapshots = "SELECT count(*) FROM rbac_gateway_break_glass_snapshots \
                      WHERE $2 = ANY (members) AND $1 <> ''";
     assert!(
@@ -1067,6 +1109,31 @@ async fn an_erased_admin_leaves_no_email_or_justification_in_the_gateways_tables
         "an alert keeps the email or the justification"
     );
     assert_eq!(mentions(snapshots).await, 0, "a snapshot keeps the member");
+    // The other admin's line and actor are untouched, in the table and in its alert.
+    let recorded = lines(&db).await;
+    assert!(recorded.contains(&line(&other.0, &other.1)), "{recorded:?}");
+    let others: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM rbac_gateway_group_changes WHERE actor = $1) \
+              + (SELECT count(*) FROM rbac_gateway_alerts WHERE strpos(text, $2) > 0)",
+    )
+    .bind(&other.1)
+    .bind(line(&other.0, &other.1))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(others, 2, "the other admin's actor and alert");
+    // The odd id: erased as written, whatever its characters.
+    sqlx::query("DELETE FROM admins WHERE id = $1")
+        .bind(&odd.0)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let recorded = lines(&db).await;
+    assert!(
+        recorded.contains(&line(&odd.0, "(erased)"))
+            && !recorded.iter().any(|l| l.contains(&odd.1)),
+        "{recorded:?}"
+    );
     // What happened stays recorded, under the id.
     assert!(
         count(
