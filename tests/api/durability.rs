@@ -886,3 +886,43 @@ async fn a_denial_during_a_long_replay_does_not_wait_for_it() {
             .unwrap();
     assert_eq!(stored, spooled as i64, "every spooled row stored once");
 }
+
+/// A denial that finds the spool held by a replay that is not storing rows (here another
+/// gateway's, which the test stands in for by holding the spool's lock) waits at most
+/// `--db-timeout-ms` for it, then goes to the database: before, it waited as long as the other
+/// gateway held the spool (for ever, for one frozen mid-replay). The spooled row is stored once
+/// the lock is let go.
+#[tokio::test]
+async fn a_denial_waits_for_another_gateways_replay_at_most_the_database_timeout() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("audit.spool");
+    let id = format!("00000000-cccc-4000-8000-{:012}", std::process::id());
+    std::fs::write(&spool, spool_line(&id, "curl") + "\n").unwrap();
+    let held = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&spool)
+        .unwrap();
+    held.lock().unwrap();
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--db-timeout-ms")
+        .arg("1000");
+    opts.spool = Some(spool.clone());
+    let gw = Gateway::start(opts).await;
+    let t0 = std::time::Instant::now();
+    let r = gw.get("/nowhere", None).await;
+    let took = t0.elapsed();
+    assert_eq!(r.status, 403);
+    assert!(
+        took < Duration::from_secs(5),
+        "the denial waited {took:?} for a spool another process holds"
+    );
+    assert_eq!(db.audit_rows(&r.request_id()).await.len(), 1);
+    assert!(
+        db.audit_rows(&id).await.is_empty(),
+        "replayed through a held lock"
+    );
+    drop(held);
+    replayed_within_5s(&db, &gw, &id).await;
+}

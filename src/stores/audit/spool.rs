@@ -12,6 +12,17 @@ use std::time::Duration;
 use super::{lock, row_refused, AuditError, Inner, MAX_BATCH};
 use crate::policy::audit_event::AuditEvent;
 
+/// How long an append waits for a replay that holds the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// Not at all.
+    Not,
+    /// At most this long.
+    Up(std::time::Duration),
+    /// Until it ends.
+    Forever,
+}
+
 impl Inner {
     pub(super) async fn spool_len(&self) -> u64 {
         tokio::fs::metadata(&self.spool)
@@ -69,17 +80,23 @@ impl Inner {
         self.sibling(".rejected")
     }
 
-    /// Appends `rows` to the spool, durably. With `wait` false, a replay that holds the spool
-    /// (here, or in a gateway sharing the file) is not waited for: [`AuditError::SpoolBusy`].
+    /// Appends `rows` to the spool, durably, after waiting for a replay that holds it (here, or
+    /// in a gateway sharing the file) as `wait` says; past that, [`AuditError::SpoolBusy`].
     pub(super) async fn append(
         &self,
         rows: &[Arc<AuditEvent>],
-        wait: bool,
+        wait: Wait,
     ) -> Result<(), AuditError> {
-        let _guard = if wait {
-            self.lock.lock().await
-        } else {
-            self.lock.try_lock().map_err(|_| AuditError::SpoolBusy)?
+        let deadline = match wait {
+            Wait::Up(d) => Some(std::time::Instant::now() + d),
+            _ => None,
+        };
+        let _guard = match wait {
+            Wait::Forever => self.lock.lock().await,
+            Wait::Not => self.lock.try_lock().map_err(|_| AuditError::SpoolBusy)?,
+            Wait::Up(d) => tokio::time::timeout(d, self.lock.lock())
+                .await
+                .map_err(|_| AuditError::SpoolBusy)?,
         };
         // Marked under the lock that replay clears it under: marked before taking the lock, a
         // replay finishing in between cleared the mark after it, and rows appended then waited
@@ -102,14 +119,24 @@ impl Inner {
                 .open(&path)
                 .map_err(io)?;
             // Other gateways may share the spool: an append waits for one that is replaying
-            // it, or with `wait` false does not (the lock is released when `f` closes).
-            if wait {
+            // it, as `wait` says (the lock is released when `f` closes).
+            if wait == Wait::Forever {
                 f.lock().map_err(io)?;
             } else {
-                match f.try_lock() {
-                    Ok(()) => {}
-                    Err(std::fs::TryLockError::WouldBlock) => return Err(AuditError::SpoolBusy),
-                    Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+                loop {
+                    match f.try_lock() {
+                        Ok(()) => break,
+                        Err(std::fs::TryLockError::WouldBlock)
+                            if deadline.is_some_and(|d| std::time::Instant::now() < d) =>
+                        {
+                            // Polled: flock has no timed wait.
+                            std::thread::sleep(std::time::Duration::from_millis(10));
+                        }
+                        Err(std::fs::TryLockError::WouldBlock) => {
+                            return Err(AuditError::SpoolBusy)
+                        }
+                        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+                    }
                 }
             }
             let current = f.metadata().map_err(io)?.len();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use super::spool::Wait;
 use super::{
     insert_sql, lock, row_refused, AuditError, Inner, LATE_MAX, LATE_MAX_BYTES, MAX_BATCH,
 };
@@ -499,6 +500,19 @@ impl Inner {
         result
     }
 
+    /// `rows` to the database while a replay holds the spool; refused there, to the spool once
+    /// the replay is done.
+    /// the replay is done: Ok(true) when they went to the spool.
+    async fn database_then_spool(&self, rows: &[Arc<AuditEvent>]) -> Result<bool, AuditError> {
+        match self.to_database(rows).await {
+            Ok(()) => Ok(false),
+            Err(e) => {
+                tracing::warn!(error = %e, rows = rows.len(), "audit insert failed while the spool is replayed; spooling the rows after the replay");
+                self.append(rows, Wait::Forever).await.map(|()| true)
+            }
+        }
+    }
+
     async fn write(&self, rows: &[Arc<AuditEvent>]) -> Result<(), AuditError> {
         use std::sync::atomic::Ordering;
         if !self.durable {
@@ -519,27 +533,33 @@ impl Inner {
                 }
             }
         }
-        // Unless this gateway's replay holds the spool and is storing it: each of its
-        // statements is bounded, the whole replay is not (minutes, for a full spool), and the
-        // denials waiting for these rows would wait with it. The database the replay is
-        // reaching takes them now, bounded by --db-timeout-ms; refused there, they wait for the
-        // spool. A replay that has stored nothing yet (the database may be down), or another
-        // gateway's, is waited for, as before.
-        let appended = match self.append(rows, database_first).await {
-            Err(AuditError::SpoolBusy) if !self.replay_progressing.load(Ordering::Acquire) => {
-                self.append(rows, true).await
-            }
-            Err(AuditError::SpoolBusy) => match self.to_database(rows).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(error = %e, rows = rows.len(), "audit insert failed while the spool is replayed; spooling the rows after the replay");
-                    self.append(rows, true).await
-                }
-            },
-            appended => appended,
+        // Unless a replay holds the spool and is storing it (here, or in a gateway sharing
+        // the file): each of its statements is bounded, the whole replay is not (minutes, for a
+        // full spool), and the denials waiting for these rows would wait with it. The database
+        // the replay is reaching takes them, bounded by --db-timeout-ms; refused there, they
+        // wait for the spool. Storing: this gateway's replay has stored a chunk, or a replay
+        // held the spool longer than one failing attempt can (--db-timeout-ms): in an outage
+        // each attempt holds it that long at most and fails, and a row that tried the database
+        // as well would wait twice as long.
+        let first = if database_first {
+            Wait::Forever
+        } else {
+            Wait::Not
         };
-        match appended {
-            Ok(()) => {
+        // Ok(true): the rows went to the spool; Ok(false): to the database.
+        let spooled = match self.append(rows, first).await {
+            Err(AuditError::SpoolBusy) if self.replay_progressing.load(Ordering::Acquire) => {
+                self.database_then_spool(rows).await
+            }
+            Err(AuditError::SpoolBusy) => match self.append(rows, Wait::Up(self.timeout)).await {
+                Err(AuditError::SpoolBusy) => self.database_then_spool(rows).await,
+                appended => appended.map(|()| true),
+            },
+            appended => appended.map(|()| true),
+        };
+        match spooled {
+            Ok(false) => Ok(()),
+            Ok(true) => {
                 self.metrics
                     .audit_rows
                     .with_label_values(&["spool"])
