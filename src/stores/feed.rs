@@ -42,7 +42,8 @@ pub const BLIND_LIMIT: Duration = Duration::from_secs(3600);
 
 const READ_SQL: &str = r#"
 WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev)
-SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, NULL::bigint, NULL::text
+SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, NULL::bigint, NULL::text,
+       pg_postmaster_start_time()::text, pg_is_in_recovery()
 FROM s LEFT JOIN rbac_change_log c ON c.txid >= pg_snapshot_xmin(s.prev)
      AND NOT pg_visible_in_snapshot(c.txid, s.prev)
 ORDER BY c.id
@@ -53,7 +54,8 @@ ORDER BY c.id
 const READ_WITH_MAPPING_SQL: &str = r#"
 WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev),
      a AS (SELECT id, version FROM rbac_mapping_activations ORDER BY id DESC LIMIT 1)
-SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, (SELECT id FROM a), (SELECT version FROM a)
+SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, (SELECT id FROM a), (SELECT version FROM a),
+       pg_postmaster_start_time()::text, pg_is_in_recovery()
 FROM s LEFT JOIN rbac_change_log c ON c.txid >= pg_snapshot_xmin(s.prev)
      AND NOT pg_visible_in_snapshot(c.txid, s.prev)
 ORDER BY c.id
@@ -65,9 +67,15 @@ ORDER BY c.id
 /// was returned by that read or an earlier one. Transaction ids, not row ids: a transaction may
 /// take its id before another and write its row after it, so row ids do not follow commits (a
 /// cursor of the highest id read skipped such rows, 2026-11-27, found by a review).
+///
+/// A snapshot means something on the server that took it only: with the server's start time
+/// beside it, a read on another server (a failover, whose transaction ids may repeat ones the
+/// old snapshot shows committed, or a restart) is known, and every cache is cleared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     pub snapshot: String,
+    /// `pg_postmaster_start_time()` of the server that took the snapshot.
+    pub server: String,
 }
 
 impl Cursor {
@@ -101,6 +109,8 @@ pub async fn read(pool: &Db, cursor: &Cursor, mapping: bool) -> Result<Batch, sq
         Option<String>,
         Option<i64>,
         Option<String>,
+        String,
+        bool,
     );
     let sql = if mapping {
         READ_WITH_MAPPING_SQL
@@ -112,16 +122,24 @@ pub async fn read(pool: &Db, cursor: &Cursor, mapping: bool) -> Result<Batch, sq
         .bind(&cursor.snapshot)
         .fetch_all(pool)
         .await?;
+    if rows.first().is_some_and(|r| r.7) {
+        // A hot standby's snapshots do not list the primary's transactions in progress: a row
+        // of one would look committed before it was, and be skipped.
+        return Err(sqlx::Error::Protocol(
+            "the change feed's database is a hot standby (pg_is_in_recovery): its snapshots cannot say which changes are still to come; give --database-url the primary".into(),
+        ));
+    }
     let active = rows.first().and_then(|r| r.4.zip(r.5.clone()));
     let next = match rows.first() {
         Some(r) => Cursor {
             snapshot: r.0.clone(),
+            server: r.6.clone(),
         },
         None => cursor.clone(),
     };
     let changes = rows
         .into_iter()
-        .filter_map(|(_, id, a, t, _, _)| id.map(|id| (id, a, t)))
+        .filter_map(|(_, id, a, t, _, _, _, _)| id.map(|id| (id, a, t)))
         .collect();
     Ok(Batch {
         cursor: next,
@@ -161,11 +179,13 @@ pub fn went_backwards(cursor: &str, xmin: &str) -> bool {
 
 /// The cursor of a read that starts now and has read nothing: the current snapshot.
 pub async fn current_cursor(pool: &Db) -> Result<Cursor, sqlx::Error> {
-    let snapshot = sqlx::query_scalar("SELECT pg_current_snapshot()::text AS first_cursor")
-        .persistent(false)
-        .fetch_one(pool)
-        .await?;
-    Ok(Cursor { snapshot })
+    let (snapshot, server) = sqlx::query_as(
+        "SELECT pg_current_snapshot()::text AS first_cursor, pg_postmaster_start_time()::text",
+    )
+    .persistent(false)
+    .fetch_one(pool)
+    .await?;
+    Ok(Cursor { snapshot, server })
 }
 
 /// Without a successful read for this long, `/readyz` answers 503: changes are not applied
@@ -389,9 +409,15 @@ pub async fn follow(
                     identity.invalidate_all();
                 }
                 let next = batch.cursor;
-                if went_backwards(cur.xmin(), next.xmin()) {
-                    // A database restored from a backup, or another server: the log cannot
-                    // say what changed since our cursor.
+                if next.server != cur.server {
+                    // A failover or a restart: the old snapshot says nothing of this server's
+                    // transactions (a promoted standby may reuse ids it shows committed).
+                    tracing::warn!(from = %cur.server, to = %next.server, "change feed: the database server changed (failover or restart); clearing every cache");
+                    identity.invalidate_all();
+                    seen.clear();
+                } else if went_backwards(cur.xmin(), next.xmin()) {
+                    // A database restored from a backup: the log cannot say what changed since
+                    // our cursor.
                     tracing::warn!(from = %cur.snapshot, to = %next.snapshot, "change feed: transaction ids went backwards; clearing every cache");
                     identity.invalidate_all();
                     seen.clear();
