@@ -890,7 +890,8 @@ async fn a_denial_during_a_long_replay_does_not_wait_for_it() {
 /// A denial that finds the spool held by a replay that is not storing rows (here another
 /// gateway's, which the test stands in for by holding the spool's lock) waits at most
 /// `--db-timeout-ms` for it, then goes to the database: before, it waited as long as the other
-/// gateway held the spool (for ever, for one frozen mid-replay). The spooled row is stored once
+/// gateway held the spool (for ever, for one frozen mid-replay). With the database refusing as
+/// well, the denial gets 503 within a bound and its row later. The spooled row is stored once
 /// the lock is let go.
 #[tokio::test]
 async fn a_denial_waits_for_another_gateways_replay_at_most_the_database_timeout() {
@@ -923,6 +924,24 @@ async fn a_denial_waits_for_another_gateways_replay_at_most_the_database_timeout
         db.audit_rows(&id).await.is_empty(),
         "replayed through a held lock"
     );
+    // The database refusing too (its table locked past --db-timeout-ms): the denial is answered
+    // 503 within a bound, its row kept for the database, not held behind the spool for as long
+    // as the other gateway holds it (before: until it let go, and shutdown with it).
+    let mut locker = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE access_audit_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let t1 = std::time::Instant::now();
+    let refused = gw.get("/nowhere", None).await;
+    let took = t1.elapsed();
+    assert_eq!(refused.status, 503, "{}", refused.body_str());
+    assert!(
+        took < Duration::from_secs(8),
+        "the refused denial waited {took:?} for a spool another process holds"
+    );
+    locker.rollback().await.unwrap();
     drop(held);
     replayed_within_5s(&db, &gw, &id).await;
+    replayed_within_5s(&db, &gw, &refused.request_id()).await;
 }

@@ -17,10 +17,8 @@ use crate::policy::audit_event::AuditEvent;
 pub(super) enum Wait {
     /// Not at all.
     Not,
-    /// At most this long.
+    /// At most this long (never for ever: a peer frozen mid-replay would hold every denial).
     Up(std::time::Duration),
-    /// Until it ends.
-    Forever,
 }
 
 impl Inner {
@@ -92,7 +90,6 @@ impl Inner {
             _ => None,
         };
         let _guard = match wait {
-            Wait::Forever => self.lock.lock().await,
             Wait::Not => self.lock.try_lock().map_err(|_| AuditError::SpoolBusy)?,
             Wait::Up(d) => tokio::time::timeout(d, self.lock.lock())
                 .await
@@ -120,9 +117,7 @@ impl Inner {
                 .map_err(io)?;
             // Other gateways may share the spool: an append waits for one that is replaying
             // it, as `wait` says (the lock is released when `f` closes).
-            if wait == Wait::Forever {
-                f.lock().map_err(io)?;
-            } else {
+            {
                 loop {
                     match f.try_lock() {
                         Ok(()) => break,
@@ -203,6 +198,7 @@ impl Inner {
         // the same rows at once.
         let path = self.spool.clone();
         let stuck = lock(&self.stuck).as_ref().map(|(l, m, _)| (*l, *m));
+        let limit = self.timeout.max(Duration::from_secs(1));
         let opened = tokio::task::spawn_blocking(move || -> std::io::Result<Opened> {
             use std::io::Read;
             let (mut f, read_only) = match std::fs::OpenOptions::new()
@@ -224,7 +220,22 @@ impl Inner {
             if read_only.is_some() && stuck == Some(id) {
                 return Ok(Opened::Unchanged);
             }
-            f.lock()?;
+            // Another gateway may be replaying it, or be frozen mid-replay holding it: waited
+            // for at most the database's bound, then left to the next attempt (a blocking lock
+            // would pin this thread, and shutdown behind it, for as long as the other holds it).
+            let deadline = std::time::Instant::now() + limit;
+            loop {
+                match f.try_lock() {
+                    Ok(()) => break,
+                    Err(std::fs::TryLockError::WouldBlock)
+                        if std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(std::fs::TryLockError::WouldBlock) => return Ok(Opened::Held),
+                    Err(std::fs::TryLockError::Error(e)) => return Err(e),
+                }
+            }
             let mut text = Vec::new();
             f.read_to_end(&mut text)?;
             Ok(Opened::Spool {
@@ -237,7 +248,7 @@ impl Inner {
         .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
         .map_err(sqlx::Error::Io)?;
         let (f, text, read_only) = match opened {
-            Opened::Missing | Opened::Unchanged => return Ok(0),
+            Opened::Missing | Opened::Unchanged | Opened::Held => return Ok(0),
             Opened::Spool { f, text, read_only } => (f, text, read_only),
         };
         let (events, unreadable) = spooled_rows(&text);
@@ -255,7 +266,6 @@ impl Inner {
         // every append here and in the gateways sharing the spool, and the denials waiting on
         // them, for as long as the stall lasts. Each chunk commits on its own: a replay cut
         // short leaves rows stored that the next one skips (`ON CONFLICT`).
-        let limit = self.timeout.max(Duration::from_secs(1));
         // Counted as each statement commits, as inserted (not rows an earlier replay, cut
         // short, or another gateway sharing the spool already stored).
         let replayed = |n: u64| {
@@ -339,6 +349,8 @@ impl Inner {
 /// The spool as [`Inner::replay`] found it.
 enum Opened {
     Missing,
+    /// Another process holds it past the bound: left to the next attempt.
+    Held,
     /// Read-only, and unchanged since it was last replayed.
     Unchanged,
     Spool {

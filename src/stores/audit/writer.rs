@@ -500,6 +500,12 @@ impl Inner {
         result
     }
 
+    /// How long rows the database refused wait for a replay that holds the spool: longer than
+    /// one replay attempt can hold it in an outage (--db-timeout-ms).
+    fn spool_wait(&self) -> Duration {
+        self.timeout.max(Duration::from_secs(1)) * 2
+    }
+
     /// `rows` to the database while a replay holds the spool; refused there, to the spool once
     /// the replay is done.
     /// the replay is done: Ok(true) when they went to the spool.
@@ -508,7 +514,9 @@ impl Inner {
             Ok(()) => Ok(false),
             Err(e) => {
                 tracing::warn!(error = %e, rows = rows.len(), "audit insert failed while the spool is replayed; spooling the rows after the replay");
-                self.append(rows, Wait::Forever).await.map(|()| true)
+                self.append(rows, Wait::Up(self.spool_wait()))
+                    .await
+                    .map(|()| true)
             }
         }
     }
@@ -541,8 +549,11 @@ impl Inner {
         // held the spool longer than one failing attempt can (--db-timeout-ms): in an outage
         // each attempt holds it that long at most and fails, and a row that tried the database
         // as well would wait twice as long.
+        // After the database refused them, a replay holding the spool is waited for at most
+        // spool_wait(): past it, the rows are answered 503 and kept in memory for the database
+        // (a peer frozen mid-replay must not hold every denial, nor shutdown, behind it).
         let first = if database_first {
-            Wait::Forever
+            Wait::Up(self.spool_wait())
         } else {
             Wait::Not
         };
