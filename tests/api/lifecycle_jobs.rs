@@ -996,8 +996,9 @@ async fn the_daily_snapshot_alerts_a_change_the_triggers_did_not_see() {
 /// I-6: an admin erased from Console (their `admins` row deleted) leaves neither their email nor
 /// a break-glass justification in the gateway's own tables: the recorded group change, its actor,
 /// the alerts raised for them and the daily snapshot's members, even under an email the admin
-/// had before and for a session Console deleted first. What happened stays recorded, under the
-/// pseudonymous id.
+/// had before and for a session Console deleted first, whatever the id's or the email's characters
+/// (spaces, those of regular expressions); another admin's text is untouched. What happened stays
+/// recorded, under the pseudonymous id.
 #[tokio::test]
 async fn an_erased_admin_leaves_no_email_or_justification_in_the_gateways_tables() {
     let db = TestDb::new().await;
@@ -1005,7 +1006,7 @@ async fn an_erased_admin_leaves_no_email_or_justification_in_the_gateways_tables
     let email = "erase-me@example.test";
     let admin = db.admin(email).await;
     sqlx::raw_sql(&format!(
-        "BEGIN; SET LOCAL rbac_gateway.actor = '{email}'; \
+        "BEGIN; SET LOCAL rbac_gateway.actor = '{admin}'; \
          INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
          SELECT '{admin}', id, 'test' FROM rbac_groups WHERE name = 'break-glass'; COMMIT;"
     ))
@@ -1018,7 +1019,7 @@ async fn an_erased_admin_leaves_no_email_or_justification_in_the_gateways_tables
     let other = (format!("{admin}0"), format!("x{email}"));
     let odd = (
         r"odd\&\1.*(id)[".to_string(),
-        "odd@example.test".to_string(),
+        "odd one@example.test".to_string(),
     );
     for (id, mail) in [&other, &odd] {
         sqlx::query("INSERT INTO admins (id, email) VALUES ($1, $2)")
