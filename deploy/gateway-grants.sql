@@ -87,6 +87,8 @@ GRANT DELETE ON rbac_change_log TO rbac_gateway_serve;
 -- (--break-glass-requires-alert), one log row and its id.
 GRANT INSERT ON rbac_change_log TO rbac_gateway_serve;
 GRANT USAGE ON SEQUENCE rbac_change_log_id_seq TO rbac_gateway_serve;
+-- Change feed: the server's token read with each snapshot, made after a crash or a failover.
+GRANT SELECT, INSERT ON rbac_gateway_feed_epoch TO rbac_gateway_serve;
 
 -- Alert pass: alerts recorded exactly once, the due ones read; request path with
 -- --break-glass-requires-alert (was the session's alert delivered?).

@@ -77,6 +77,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "mapping_version",
         ],
     ),
+    ("rbac_gateway_feed_epoch", &["id", "token"]),
     (
         "rbac_change_log",
         &[

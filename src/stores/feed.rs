@@ -43,7 +43,7 @@ pub const BLIND_LIMIT: Duration = Duration::from_secs(3600);
 const READ_SQL: &str = r#"
 WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev)
 SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, NULL::bigint, NULL::text,
-       pg_postmaster_start_time()::text, pg_is_in_recovery()
+       (SELECT token FROM rbac_gateway_feed_epoch), pg_is_in_recovery()
 FROM s LEFT JOIN LATERAL (
     SELECT id, admin_id, token_sha256 FROM rbac_change_log
      WHERE txid >= pg_snapshot_xmax(s.prev)
@@ -60,7 +60,7 @@ const READ_WITH_MAPPING_SQL: &str = r#"
 WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev),
      a AS (SELECT id, version FROM rbac_mapping_activations ORDER BY id DESC LIMIT 1)
 SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, (SELECT id FROM a), (SELECT version FROM a),
-       pg_postmaster_start_time()::text, pg_is_in_recovery()
+       (SELECT token FROM rbac_gateway_feed_epoch), pg_is_in_recovery()
 FROM s LEFT JOIN LATERAL (
     SELECT id, admin_id, token_sha256 FROM rbac_change_log
      WHERE txid >= pg_snapshot_xmax(s.prev)
@@ -80,14 +80,27 @@ ORDER BY c.id
 /// take its id before another and write its row after it, so row ids do not follow commits (a
 /// cursor of the highest id read skipped such rows, 2026-11-27, found by a review).
 ///
-/// A snapshot means something on the server that took it only: with the server's start time
-/// beside it, a read on another server (a failover, whose transaction ids may repeat ones the
-/// old snapshot shows committed, or a restart) is known, and every cache is cleared.
+/// A snapshot means something on the server that took it only: with the server's token beside
+/// it (`rbac_gateway_feed_epoch`, an unlogged table: emptied by crash recovery and empty on a
+/// promoted standby, whose transaction ids may repeat ones the old snapshot shows finished), a
+/// read on another server is known, and every cache is cleared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     pub snapshot: String,
-    /// `pg_postmaster_start_time()` of the server that took the snapshot.
+    /// The server's token when the snapshot was taken.
     pub server: String,
+}
+
+/// The server's token, made if missing (first use, or after a crash restart or a failover).
+async fn make_token(pool: &Db) -> Result<String, sqlx::Error> {
+    sqlx::query("INSERT INTO rbac_gateway_feed_epoch DEFAULT VALUES ON CONFLICT (id) DO NOTHING")
+        .persistent(false)
+        .execute(pool)
+        .await?;
+    sqlx::query_scalar("SELECT token FROM rbac_gateway_feed_epoch")
+        .persistent(false)
+        .fetch_one(pool)
+        .await
 }
 
 impl Cursor {
@@ -121,7 +134,7 @@ pub async fn read(pool: &Db, cursor: &Cursor, mapping: bool) -> Result<Batch, sq
         Option<String>,
         Option<i64>,
         Option<String>,
-        String,
+        Option<String>,
         bool,
     );
     let sql = if mapping {
@@ -145,7 +158,10 @@ pub async fn read(pool: &Db, cursor: &Cursor, mapping: bool) -> Result<Batch, sq
     let next = match rows.first() {
         Some(r) => Cursor {
             snapshot: r.0.clone(),
-            server: r.6.clone(),
+            server: match &r.6 {
+                Some(token) => token.clone(),
+                None => make_token(pool).await?,
+            },
         },
         None => cursor.clone(),
     };
@@ -191,12 +207,11 @@ pub fn went_backwards(cursor: &str, xmin: &str) -> bool {
 
 /// The cursor of a read that starts now and has read nothing: the current snapshot.
 pub async fn current_cursor(pool: &Db) -> Result<Cursor, sqlx::Error> {
-    let (snapshot, server) = sqlx::query_as(
-        "SELECT pg_current_snapshot()::text AS first_cursor, pg_postmaster_start_time()::text",
-    )
-    .persistent(false)
-    .fetch_one(pool)
-    .await?;
+    let server = make_token(pool).await?;
+    let snapshot = sqlx::query_scalar("SELECT pg_current_snapshot()::text AS first_cursor")
+        .persistent(false)
+        .fetch_one(pool)
+        .await?;
     Ok(Cursor { snapshot, server })
 }
 
@@ -422,9 +437,9 @@ pub async fn follow(
                 }
                 let next = batch.cursor;
                 if next.server != cur.server {
-                    // A failover or a restart: the old snapshot says nothing of this server's
-                    // transactions (a promoted standby may reuse ids it shows committed).
-                    tracing::warn!(from = %cur.server, to = %next.server, "change feed: the database server changed (failover or restart); clearing every cache");
+                    // A crash restart or a failover: the old snapshot says nothing of this
+                    // server's transactions (ids it shows finished may be handed out again).
+                    tracing::warn!(from = %cur.server, to = %next.server, "change feed: the database server changed (crash restart or failover); clearing every cache");
                     identity.invalidate_all();
                     seen.clear();
                 } else if went_backwards(cur.xmin(), next.xmin()) {
