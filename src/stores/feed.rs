@@ -43,7 +43,7 @@ pub const BLIND_LIMIT: Duration = Duration::from_secs(3600);
 const READ_SQL: &str = r#"
 WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev)
 SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, NULL::bigint, NULL::text,
-       (SELECT token FROM rbac_gateway_feed_epoch), pg_is_in_recovery()
+       (SELECT token FROM rbac_gateway_feed_epoch)
 FROM s LEFT JOIN LATERAL (
     SELECT id, admin_id, token_sha256 FROM rbac_change_log
      WHERE txid >= pg_snapshot_xmax(s.prev)
@@ -60,7 +60,7 @@ const READ_WITH_MAPPING_SQL: &str = r#"
 WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev),
      a AS (SELECT id, version FROM rbac_mapping_activations ORDER BY id DESC LIMIT 1)
 SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, (SELECT id FROM a), (SELECT version FROM a),
-       (SELECT token FROM rbac_gateway_feed_epoch), pg_is_in_recovery()
+       (SELECT token FROM rbac_gateway_feed_epoch)
 FROM s LEFT JOIN LATERAL (
     SELECT id, admin_id, token_sha256 FROM rbac_change_log
      WHERE txid >= pg_snapshot_xmax(s.prev)
@@ -89,6 +89,22 @@ pub struct Cursor {
     pub snapshot: String,
     /// The server's token when the snapshot was taken.
     pub server: String,
+}
+
+/// `e`, or what it means on a hot standby: its snapshots do not list the primary's transactions
+/// in progress (a row of one would look committed before it was, and be skipped), and it cannot
+/// read the unlogged token, so the feed cannot follow it.
+async fn standby_or(pool: &Db, e: sqlx::Error) -> sqlx::Error {
+    let standby = sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
+        .persistent(false)
+        .fetch_one(pool)
+        .await;
+    match standby {
+        Ok(true) => sqlx::Error::Protocol(format!(
+            "the change feed's database is a hot standby (pg_is_in_recovery): its snapshots cannot say which changes are still to come; give --database-url the primary ({e})"
+        )),
+        _ => e,
+    }
 }
 
 /// The server's token, made if missing (first use, or after a crash restart or a failover).
@@ -135,25 +151,21 @@ pub async fn read(pool: &Db, cursor: &Cursor, mapping: bool) -> Result<Batch, sq
         Option<i64>,
         Option<String>,
         Option<String>,
-        bool,
     );
     let sql = if mapping {
         READ_WITH_MAPPING_SQL
     } else {
         READ_SQL
     };
-    let rows: Vec<Row> = sqlx::query_as(sql)
+    let rows: Vec<Row> = match sqlx::query_as(sql)
         .persistent(false)
         .bind(&cursor.snapshot)
         .fetch_all(pool)
-        .await?;
-    if rows.first().is_some_and(|r| r.7) {
-        // A hot standby's snapshots do not list the primary's transactions in progress: a row
-        // of one would look committed before it was, and be skipped.
-        return Err(sqlx::Error::Protocol(
-            "the change feed's database is a hot standby (pg_is_in_recovery): its snapshots cannot say which changes are still to come; give --database-url the primary".into(),
-        ));
-    }
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return Err(standby_or(pool, e).await),
+    };
     let active = rows.first().and_then(|r| r.4.zip(r.5.clone()));
     let next = match rows.first() {
         Some(r) => Cursor {
@@ -167,7 +179,7 @@ pub async fn read(pool: &Db, cursor: &Cursor, mapping: bool) -> Result<Batch, sq
     };
     let changes = rows
         .into_iter()
-        .filter_map(|(_, id, a, t, _, _, _, _)| id.map(|id| (id, a, t)))
+        .filter_map(|(_, id, a, t, _, _, _)| id.map(|id| (id, a, t)))
         .collect();
     Ok(Batch {
         cursor: next,
@@ -207,7 +219,10 @@ pub fn went_backwards(cursor: &str, xmin: &str) -> bool {
 
 /// The cursor of a read that starts now and has read nothing: the current snapshot.
 pub async fn current_cursor(pool: &Db) -> Result<Cursor, sqlx::Error> {
-    let server = make_token(pool).await?;
+    let server = match make_token(pool).await {
+        Ok(token) => token,
+        Err(e) => return Err(standby_or(pool, e).await),
+    };
     let snapshot = sqlx::query_scalar("SELECT pg_current_snapshot()::text AS first_cursor")
         .persistent(false)
         .fetch_one(pool)
