@@ -43,7 +43,8 @@ pub const BLIND_LIMIT: Duration = Duration::from_secs(3600);
 const READ_SQL: &str = r#"
 WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev)
 SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, NULL::bigint, NULL::text,
-       (SELECT token FROM rbac_gateway_feed_epoch)
+       coalesce((SELECT token FROM rbac_gateway_feed_epoch),
+                'started ' || extract(epoch FROM pg_postmaster_start_time())::text)
 FROM s LEFT JOIN LATERAL (
     SELECT id, admin_id, token_sha256 FROM rbac_change_log
      WHERE txid >= pg_snapshot_xmax(s.prev)
@@ -60,7 +61,8 @@ const READ_WITH_MAPPING_SQL: &str = r#"
 WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev),
      a AS (SELECT id, version FROM rbac_mapping_activations ORDER BY id DESC LIMIT 1)
 SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, (SELECT id FROM a), (SELECT version FROM a),
-       (SELECT token FROM rbac_gateway_feed_epoch)
+       coalesce((SELECT token FROM rbac_gateway_feed_epoch),
+                'started ' || extract(epoch FROM pg_postmaster_start_time())::text)
 FROM s LEFT JOIN LATERAL (
     SELECT id, admin_id, token_sha256 FROM rbac_change_log
      WHERE txid >= pg_snapshot_xmax(s.prev)
@@ -107,16 +109,28 @@ async fn standby_or(pool: &Db, e: sqlx::Error) -> sqlx::Error {
     }
 }
 
-/// The server's token, made if missing (first use, or after a crash restart or a failover).
-async fn make_token(pool: &Db) -> Result<String, sqlx::Error> {
-    sqlx::query("INSERT INTO rbac_gateway_feed_epoch DEFAULT VALUES ON CONFLICT (id) DO NOTHING")
-        .persistent(false)
-        .execute(pool)
-        .await?;
-    sqlx::query_scalar("SELECT token FROM rbac_gateway_feed_epoch")
-        .persistent(false)
-        .fetch_one(pool)
-        .await
+/// Makes the server's token if it is missing (first use, or after a crash restart or a
+/// failover emptied the table). Best effort: a role without INSERT on the table (deploy/
+/// gateway-grants.sql grants it) is warned, and the feed goes on with the server's start time in
+/// its place, which a crash restart does not change.
+async fn make_token(pool: &Db) {
+    let there =
+        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM rbac_gateway_feed_epoch)")
+            .persistent(false)
+            .fetch_one(pool)
+            .await;
+    if matches!(there, Ok(true)) {
+        return;
+    }
+    let made = sqlx::query(
+        "INSERT INTO rbac_gateway_feed_epoch DEFAULT VALUES ON CONFLICT (id) DO NOTHING",
+    )
+    .persistent(false)
+    .execute(pool)
+    .await;
+    if let Err(e) = made {
+        tracing::warn!(error = %e, "change feed: cannot make the database server's token (rbac_gateway_feed_epoch; the gateway's role needs INSERT on it, deploy/gateway-grants.sql): a crash restart of the database is known by the server's start time only, which it does not change");
+    }
 }
 
 impl Cursor {
@@ -150,7 +164,7 @@ pub async fn read(pool: &Db, cursor: &Cursor, mapping: bool) -> Result<Batch, sq
         Option<String>,
         Option<i64>,
         Option<String>,
-        Option<String>,
+        String,
     );
     let sql = if mapping {
         READ_WITH_MAPPING_SQL
@@ -170,10 +184,7 @@ pub async fn read(pool: &Db, cursor: &Cursor, mapping: bool) -> Result<Batch, sq
     let next = match rows.first() {
         Some(r) => Cursor {
             snapshot: r.0.clone(),
-            server: match &r.6 {
-                Some(token) => token.clone(),
-                None => make_token(pool).await?,
-            },
+            server: r.6.clone(),
         },
         None => cursor.clone(),
     };
@@ -219,15 +230,19 @@ pub fn went_backwards(cursor: &str, xmin: &str) -> bool {
 
 /// The cursor of a read that starts now and has read nothing: the current snapshot.
 pub async fn current_cursor(pool: &Db) -> Result<Cursor, sqlx::Error> {
-    let server = match make_token(pool).await {
-        Ok(token) => token,
-        Err(e) => return Err(standby_or(pool, e).await),
-    };
-    let snapshot = sqlx::query_scalar("SELECT pg_current_snapshot()::text AS first_cursor")
-        .persistent(false)
-        .fetch_one(pool)
-        .await?;
-    Ok(Cursor { snapshot, server })
+    make_token(pool).await;
+    let cursor = sqlx::query_as(
+        "SELECT pg_current_snapshot()::text AS first_cursor, \
+                coalesce((SELECT token FROM rbac_gateway_feed_epoch), \
+                         'started ' || extract(epoch FROM pg_postmaster_start_time())::text)",
+    )
+    .persistent(false)
+    .fetch_one(pool)
+    .await;
+    match cursor {
+        Ok((snapshot, server)) => Ok(Cursor { snapshot, server }),
+        Err(e) => Err(standby_or(pool, e).await),
+    }
 }
 
 /// Without a successful read for this long, `/readyz` answers 503: changes are not applied
@@ -457,6 +472,10 @@ pub async fn follow(
                     tracing::warn!(from = %cur.server, to = %next.server, "change feed: the database server changed (crash restart or failover); clearing every cache");
                     identity.invalidate_all();
                     seen.clear();
+                    if next.server.starts_with("started ") {
+                        // The table was emptied: a token again, for the next crash.
+                        make_token(&pool).await;
+                    }
                 } else if went_backwards(cur.xmin(), next.xmin()) {
                     // A database restored from a backup: the log cannot say what changed since
                     // our cursor.
