@@ -40,38 +40,45 @@ pub const POLL: Duration = Duration::from_millis(250);
 /// Without a successful read for this long, the caches are cleared on recovery.
 pub const BLIND_LIMIT: Duration = Duration::from_secs(3600);
 
-const READ_SQL: &str = r#"
-WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev)
-SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, NULL::bigint, NULL::text,
-       coalesce((SELECT token FROM rbac_gateway_feed_epoch),
-                'started ' || extract(epoch FROM pg_postmaster_start_time())::text)
-FROM s LEFT JOIN LATERAL (
-    SELECT id, admin_id, token_sha256 FROM rbac_change_log
-     WHERE txid >= pg_snapshot_xmax(s.prev)
-    UNION ALL
-    SELECT id, admin_id, token_sha256 FROM rbac_change_log
-     WHERE txid = ANY (ARRAY(SELECT pg_snapshot_xip(s.prev)))
-) c ON true
-ORDER BY c.id
-"#;
+/// SQL text: the server's token (see [`Cursor`]), or its start time while the table is empty.
+macro_rules! server_token {
+    () => {
+        "coalesce((SELECT token FROM rbac_gateway_feed_epoch), \
+         'started ' || extract(epoch FROM pg_postmaster_start_time())::text)"
+    };
+}
+
+/// SQL text: the log's rows the snapshot `s.prev` did not show committed (see [`Cursor`]),
+/// joined to `s` so that a read that finds none still answers its one row.
+macro_rules! unread_rows {
+    () => {
+        " FROM s LEFT JOIN LATERAL ( \
+            SELECT id, admin_id, token_sha256 FROM rbac_change_log \
+             WHERE txid >= pg_snapshot_xmax(s.prev) \
+            UNION ALL \
+            SELECT id, admin_id, token_sha256 FROM rbac_change_log \
+             WHERE txid = ANY (ARRAY(SELECT pg_snapshot_xip(s.prev))) \
+         ) c ON true ORDER BY c.id"
+    };
+}
+
+const READ_SQL: &str = concat!(
+    "WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev) \
+     SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, NULL::bigint, NULL::text, ",
+    server_token!(),
+    unread_rows!()
+);
 
 /// [`READ_SQL`] that also reads the active mapping activation (`--mapping-source database`):
 /// the same 250 ms read tells every replica of an activation, through a transaction pooler too.
-const READ_WITH_MAPPING_SQL: &str = r#"
-WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev),
-     a AS (SELECT id, version FROM rbac_mapping_activations ORDER BY id DESC LIMIT 1)
-SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, (SELECT id FROM a), (SELECT version FROM a),
-       coalesce((SELECT token FROM rbac_gateway_feed_epoch),
-                'started ' || extract(epoch FROM pg_postmaster_start_time())::text)
-FROM s LEFT JOIN LATERAL (
-    SELECT id, admin_id, token_sha256 FROM rbac_change_log
-     WHERE txid >= pg_snapshot_xmax(s.prev)
-    UNION ALL
-    SELECT id, admin_id, token_sha256 FROM rbac_change_log
-     WHERE txid = ANY (ARRAY(SELECT pg_snapshot_xip(s.prev)))
-) c ON true
-ORDER BY c.id
-"#;
+const READ_WITH_MAPPING_SQL: &str = concat!(
+    "WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev), \
+          a AS (SELECT id, version FROM rbac_mapping_activations ORDER BY id DESC LIMIT 1) \
+     SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, (SELECT id FROM a), \
+            (SELECT version FROM a), ",
+    server_token!(),
+    unread_rows!()
+);
 
 /// Where the next read of the log starts: the last read's snapshot (`xmin:xmax:xip`, as
 /// PostgreSQL writes a `pg_snapshot`). A row not read yet is one whose transaction that snapshot
@@ -231,11 +238,10 @@ pub fn went_backwards(cursor: &str, xmin: &str) -> bool {
 /// The cursor of a read that starts now and has read nothing: the current snapshot.
 pub async fn current_cursor(pool: &Db) -> Result<Cursor, sqlx::Error> {
     make_token(pool).await;
-    let cursor = sqlx::query_as(
-        "SELECT pg_current_snapshot()::text AS first_cursor, \
-                coalesce((SELECT token FROM rbac_gateway_feed_epoch), \
-                         'started ' || extract(epoch FROM pg_postmaster_start_time())::text)",
-    )
+    let cursor = sqlx::query_as(concat!(
+        "SELECT pg_current_snapshot()::text AS first_cursor, ",
+        server_token!()
+    ))
     .persistent(false)
     .fetch_one(pool)
     .await;

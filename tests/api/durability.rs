@@ -847,15 +847,10 @@ async fn a_denial_during_a_long_replay_does_not_wait_for_it() {
     opts.spool = Some(spool.clone());
     let gw = Gateway::start(opts).await;
     let replayed = "rbac_gateway_audit_replayed_total";
-    let t0 = std::time::Instant::now();
-    while gw.metric(replayed).await < 512.0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the replay never started; log:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(20), "the replay started", || async {
+        gw.metric(replayed).await >= 512.0
+    })
+    .await;
     let t1 = std::time::Instant::now();
     let r = gw.get("/nowhere", None).await;
     let took = t1.elapsed();
@@ -870,15 +865,10 @@ async fn a_denial_during_a_long_replay_does_not_wait_for_it() {
         "the replay ended before the denial was answered: the test showed nothing"
     );
     assert_eq!(db.audit_rows(&r.request_id()).await.len(), 1);
-    let t2 = std::time::Instant::now();
-    while std::fs::metadata(&spool).unwrap().len() > 0 {
-        assert!(
-            t2.elapsed() < Duration::from_secs(60),
-            "the spool was not emptied; log:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(60), "the spool emptied", || async {
+        std::fs::metadata(&spool).unwrap().len() == 0
+    })
+    .await;
     let stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM access_audit_events WHERE path = '/spooled'")
             .fetch_one(&db.pool)
