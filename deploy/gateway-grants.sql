@@ -43,6 +43,11 @@ DO $$ BEGIN
     EXECUTE format('REVOKE ALL ON ALL ROUTINES IN SCHEMA %I FROM rbac_gateway_serve', current_schema());
 END $$;
 
+-- The functions serve calls. No function of the gateway's is PUBLIC's to run (migration 0022
+-- revokes it: any login could otherwise call rbac_gateway_record_group_change, which runs as its
+-- owner, and have a forged break-glass alert delivered); these four are this role's, and
+-- mapping-grants.sql gives rbac_gateway_reader the lookups. None other is callable by a login:
+-- the trigger functions need no EXECUTE to fire (docs/design/security.md).
 -- Request path: a cold session lookup, one call of rbac_gateway_session_principals (0014; it
 -- runs as the caller, so it reads the tables below as this role).
 GRANT EXECUTE ON FUNCTION rbac_gateway_session_principals(TEXT[], BOOLEAN) TO rbac_gateway_serve;

@@ -26,8 +26,8 @@ DO $$ BEGIN
 END $$;
 
 GRANT SELECT ON rbac_mapping_store, rbac_mapping_activations TO rbac_gateway_reader;
--- A principal's roles (migration 0011). EXECUTE is PUBLIC's by default; granted here for
--- databases whose default privileges revoke it.
+-- A principal's roles (migration 0011). No function of the gateway's is PUBLIC's to run
+-- (migration 0022): each role is granted what it calls, here and in gateway-grants.sql.
 GRANT EXECUTE ON FUNCTION rbac_gateway_principal(TEXT, BOOLEAN) TO rbac_gateway_reader;
 -- A customer's ticket grants, one call (migration 0012).
 GRANT EXECUTE ON FUNCTION rbac_gateway_ticket_grants(TEXT, INTEGER, TEXT[]) TO rbac_gateway_reader;

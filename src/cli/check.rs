@@ -400,21 +400,10 @@ async fn check_database(
             ));
         }
     }
-    // A schema every role may create in: any role can define a function that the lookups'
-    // unqualified calls (run as the gateway's role) resolve to instead of the built-in.
-    let open_schema = db_schema::open_to_create(&pool)
-        .await
-        .context("cannot read the schema's privileges")
-        .map_err(failure)?;
-    if let Some(schema) = open_schema {
-        out.push(diag(
-            file,
-            0,
-            0,
-            Severity::Warning,
-            format!("database: every role may create objects in schema {schema} (PostgreSQL's default before 15): one could define a function that the gateway's lookups call instead of the built-in (CVE-2018-1058); `REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC`, as PostgreSQL 15 does"),
-        ));
-    }
+    // The trust boundary (docs/design/security.md), as Supabase's splinter lints it: what
+    // another role may plant where the gateway's names resolve, and what of the gateway's it
+    // may run.
+    out.extend(trust_boundary(&pool, file).await?);
     // The triggers on Console's tables write the gateway's tables for Console's role, which has
     // no grant there: they run as their owner, with a search_path of pg_catalog and pg_temp only,
     // so nothing the caller creates stands in for a name they use (migrations 0017, 0019).
@@ -460,7 +449,7 @@ async fn check_database(
             ));
         }
     }
-    if !out.is_empty() {
+    if out.iter().any(|d| d.severity == Severity::Error) {
         return Ok(out);
     }
     let unknown = crate::stores::db::unknown_names(&pool, mapping)
@@ -471,6 +460,78 @@ async fn check_database(
             .into_iter()
             .map(|u| diag(file, u.line, u.col, Severity::Error, u.to_string())),
     );
+    Ok(out)
+}
+
+/// `check --database-url`'s lints of the trust boundary in the shared database: each finding
+/// named, with its fix. Errors: a function of the gateway's whose `search_path` is not pinned,
+/// or that PUBLIC may run. Warnings: a `SECURITY DEFINER` function of another's that PUBLIC may
+/// run, a function or operator named as a built-in the gateway calls in a schema on its path, a
+/// schema on the path that a role other than its owner may create in.
+async fn trust_boundary(
+    pool: &crate::stores::db::Db,
+    file: &str,
+) -> Result<Vec<crate::policy::mapping::Diagnostic>, Exit> {
+    let mut out = Vec::new();
+    let schemas = db_schema::path_schemas(pool)
+        .await
+        .context("cannot read the search_path")
+        .map_err(failure)?;
+    for function in db_schema::unpinned_functions(pool)
+        .await
+        .context("cannot read the functions")
+        .map_err(failure)?
+    {
+        out.push(diag(file, 0, 0, Severity::Error, format!(
+            "database: function {function} has no pinned search_path: its unqualified names resolve through the caller's path, where another role may define a better match (run `rbac-gateway migrate`, or `ALTER FUNCTION {function} SET search_path = pg_catalog, pg_temp` and name its tables with their schema)"
+        )));
+    }
+    for (function, definer) in db_schema::public_functions(pool, &schemas)
+        .await
+        .context("cannot read the functions' privileges")
+        .map_err(failure)?
+    {
+        let gateways = function.starts_with("rbac_gateway_")
+            || function.starts_with("rbac_mapping_")
+            || function.starts_with("access_audit_events_append_only");
+        let runs_as = if definer {
+            "runs as its owner and "
+        } else {
+            ""
+        };
+        out.push(diag(file, 0, 0, if gateways { Severity::Error } else { Severity::Warning }, format!(
+            "database: function {function} {runs_as}may be run by every role (PUBLIC){}: `REVOKE EXECUTE ON FUNCTION {function} FROM PUBLIC`{}",
+            if gateways { "; only the roles of deploy/gateway-grants.sql and deploy/mapping-grants.sql need it" } else { "" },
+            if gateways { ", or run `rbac-gateway migrate` and those files again" } else { " and grant it to the roles that need it" },
+        )));
+    }
+    for shadow in db_schema::shadows(pool, &schemas)
+        .await
+        .context("cannot read the functions and operators")
+        .map_err(failure)?
+    {
+        out.push(diag(file, 0, 0, Severity::Warning, format!(
+            "database: {shadow} has the name of a built-in the gateway calls: it runs instead of the built-in wherever it matches a call better or its schema comes first on a path (the gateway pins pg_catalog first and qualifies its calls, but other clients may not); drop it unless you know who made it and why"
+        )));
+    }
+    for open in db_schema::open_schemas(pool, &schemas)
+        .await
+        .context("cannot read the schemas' privileges")
+        .map_err(failure)?
+    {
+        let schema = &open.schema;
+        if !open.creators.is_empty() {
+            let who = open.creators.join(", ");
+            out.push(diag(file, 0, 0, Severity::Warning, format!(
+                "database: schema {schema} is on the gateway's path and {who} may create in it: a function or operator made there can stand in for a built-in another client calls (CVE-2018-1058); `REVOKE CREATE ON SCHEMA {schema} FROM {who}` (PostgreSQL 15 gives PUBLIC no CREATE on public)"
+            )));
+        }
+        if let Some(owner) = &open.foreign_owner {
+            out.push(diag(file, 0, 0, Severity::Warning, format!(
+                "database: schema {schema} is on the gateway's path and owned by {owner}, whom the owner of the gateway's tables is not: {owner} may create in it, and drop or replace what is in it; keep the gateway's tables in a schema their owner owns (`ALTER SCHEMA {schema} OWNER TO` that role)"
+            )));
+        }
+    }
     Ok(out)
 }
 

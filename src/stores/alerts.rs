@@ -50,7 +50,7 @@ impl AlertPass {
     /// replica holds it (the transaction is then rolled back).
     pub async fn begin(pool: &Db, limit: Duration) -> Result<Option<AlertPass>, sqlx::Error> {
         let mut tx = pool.begin().bounded(limit).await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        let locked: bool = sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_xact_lock($1)")
             .persistent(false)
             .bind(ALERT_LOCK_KEY)
             .fetch_one(&mut *tx)
@@ -65,18 +65,18 @@ impl AlertPass {
         sqlx::query_scalar(concat!(
             "INSERT INTO rbac_gateway_alerts (key, text) \
              SELECT 'break_glass:' || b.id, \
-                    format('Break-glass session opened for %s (%s). Justification: %s. Expires %s UTC.%s', \
-                           a.email, b.user_id, b.justification, to_char(",
+                    pg_catalog.format('Break-glass session opened for %s (%s). Justification: %s. Expires %s UTC.%s', \
+                           a.email, b.user_id, b.justification, pg_catalog.to_char(",
             crate::break_glass_end!(),
             " AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
                            CASE WHEN b.revoked_at_utc IS NOT NULL OR ",
             crate::break_glass_end!(),
-            " <= now() THEN ' It ended before this alert was raised.' ELSE '' END) \
+            " <= pg_catalog.now() THEN ' It ended before this alert was raised.' ELSE '' END) \
              FROM rbac_break_glass_sessions b JOIN admins a ON a.id = b.user_id \
              WHERE (b.revoked_at_utc IS NULL AND ",
             crate::break_glass_end!(),
-            " > now()) \
-                OR (b.granted_at_utc > now() - interval '1 day' AND b.expires_at_utc > b.granted_at_utc \
+            " > pg_catalog.now()) \
+                OR (b.granted_at_utc > pg_catalog.now() - interval '1 day' AND b.expires_at_utc > b.granted_at_utc \
                     AND (b.revoked_at_utc IS NULL OR b.revoked_at_utc > b.granted_at_utc)) \
              ON CONFLICT (key) DO NOTHING RETURNING key"
         )).persistent(false)
@@ -89,12 +89,12 @@ impl AlertPass {
     pub async fn raise_deploy_windows(&mut self) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(
             "INSERT INTO rbac_gateway_alerts (key, text) \
-             SELECT 'deploy_window:' || d.id, \
-                    format('Deploy window declared by %s: %s, from %s to %s UTC. Break-glass group changes in it are alerted as during deploy.', \
+             SELECT 'deploy_window:' || d.id::text, \
+                    pg_catalog.format('Deploy window declared by %s: %s, from %s to %s UTC. Break-glass group changes in it are alerted as during deploy.', \
                            d.declared_by, d.reason, \
-                           to_char(d.starts_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
-                           to_char(d.ends_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')) \
-             FROM rbac_gateway_deploy_windows d WHERE d.created_at_utc > now() - interval '1 day' \
+                           pg_catalog.to_char(d.starts_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
+                           pg_catalog.to_char(d.ends_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')) \
+             FROM rbac_gateway_deploy_windows d WHERE d.created_at_utc > pg_catalog.now() - interval '1 day' \
              ON CONFLICT (key) DO NOTHING RETURNING key",
         ).persistent(false)
         .fetch_all(&mut *self.tx)
@@ -122,7 +122,7 @@ impl AlertPass {
         // Whole transactions only: a transaction's rows are all visible once it committed.
         sqlx::query_as(
             "SELECT txid::text, what, db_user, actor, application, client_addr, \
-                    to_char(changed_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'), deploy_window \
+                    pg_catalog.to_char(changed_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'), deploy_window \
              FROM rbac_gateway_group_changes \
              WHERE alert_key IS NULL AND txid IN ( \
                  SELECT txid FROM rbac_gateway_group_changes WHERE alert_key IS NULL ORDER BY id LIMIT 100) \
@@ -168,7 +168,7 @@ impl AlertPass {
             bool,
         );
         let last: Option<Last> = sqlx::query_as(
-            "SELECT taken_at_utc, roles, permissions, members, taken_at_utc <= now() - interval '1 day' \
+            "SELECT taken_at_utc, roles, permissions, members, taken_at_utc <= pg_catalog.now() - interval '1 day' \
              FROM rbac_gateway_break_glass_snapshots ORDER BY taken_at_utc DESC LIMIT 1",
         ).persistent(false)
         .fetch_optional(&mut *self.tx)
@@ -187,12 +187,12 @@ impl AlertPass {
     pub async fn break_glass_grants(&mut self) -> Result<Grants, sqlx::Error> {
         sqlx::query_as(
             "SELECT \
-               COALESCE((SELECT array_agg(r.name ORDER BY r.name) FROM rbac_roles r \
+               COALESCE((SELECT pg_catalog.array_agg(r.name ORDER BY r.name) FROM rbac_roles r \
                          WHERE r.id IN (SELECT role_id FROM rbac_gateway_break_glass_roles())), '{}'), \
-               COALESCE((SELECT array_agg(DISTINCT p.name ORDER BY p.name) FROM rbac_role_permissions rp \
+               COALESCE((SELECT pg_catalog.array_agg(DISTINCT p.name ORDER BY p.name) FROM rbac_role_permissions rp \
                          JOIN rbac_permissions p ON p.id = rp.permission_id \
                          WHERE rp.role_id IN (SELECT role_id FROM rbac_gateway_break_glass_roles())), '{}'), \
-               COALESCE((SELECT array_agg(ug.user_id ORDER BY ug.user_id) FROM rbac_user_groups ug \
+               COALESCE((SELECT pg_catalog.array_agg(ug.user_id ORDER BY ug.user_id) FROM rbac_user_groups ug \
                          JOIN rbac_groups g ON g.id = ug.group_id WHERE g.name = 'break-glass'), '{}')",
         ).persistent(false)
         .fetch_one(&mut *self.tx)
@@ -206,7 +206,7 @@ impl AlertPass {
         taken: chrono::DateTime<chrono::Utc>,
     ) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(
-            "SELECT count(*) FROM rbac_gateway_group_changes WHERE changed_at_utc > $1",
+            "SELECT pg_catalog.count(*) FROM rbac_gateway_group_changes WHERE changed_at_utc > $1",
         )
         .persistent(false)
         .bind(taken)
@@ -234,7 +234,7 @@ impl AlertPass {
     pub async fn due(&mut self) -> Result<Vec<(String, String)>, sqlx::Error> {
         sqlx::query_as(
             "SELECT key, text FROM rbac_gateway_alerts \
-             WHERE delivered_at_utc IS NULL AND next_attempt_utc <= now() ORDER BY created_at_utc LIMIT 50",
+             WHERE delivered_at_utc IS NULL AND next_attempt_utc <= pg_catalog.now() ORDER BY created_at_utc LIMIT 50",
         ).persistent(false)
         .fetch_all(&mut *self.tx)
         .bounded(self.limit)
@@ -245,7 +245,7 @@ impl AlertPass {
     /// session (if it is one) on every replica, which `--break-glass-requires-alert` waits for.
     pub async fn delivered(&mut self, key: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE rbac_gateway_alerts SET delivered_at_utc = now(), attempts = attempts + 1 WHERE key = $1",
+            "UPDATE rbac_gateway_alerts SET delivered_at_utc = pg_catalog.now(), attempts = attempts + 1 WHERE key = $1",
         ).persistent(false)
         .bind(key)
         .execute(&mut *self.tx)
@@ -263,7 +263,7 @@ impl AlertPass {
         .execute(&mut *self.tx)
         .bounded(self.limit)
         .await?;
-        sqlx::query("SELECT pg_notify('rbac_gateway_changes', '')")
+        sqlx::query("SELECT pg_catalog.pg_notify('rbac_gateway_changes', '')")
             .persistent(false)
             .execute(&mut *self.tx)
             .bounded(self.limit)
@@ -276,7 +276,7 @@ impl AlertPass {
     pub async fn delivery_failed(&mut self, key: &str, error: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE rbac_gateway_alerts SET attempts = attempts + 1, last_error = $2, \
-             next_attempt_utc = now() + make_interval(secs => least(300, power(2, attempts)::int)) WHERE key = $1",
+             next_attempt_utc = pg_catalog.now() + pg_catalog.make_interval(secs => least(300, pg_catalog.power(2, attempts)::int)) WHERE key = $1",
         ).persistent(false)
         .bind(key)
         .bind(error)

@@ -35,6 +35,8 @@ pub(crate) fn latest_definition(function: &str) -> String {
     let heads = [
         format!("CREATE FUNCTION {function}("),
         format!("CREATE OR REPLACE FUNCTION {function}("),
+        // Written into the migration's schema (`@s.`: migrations 0017, 0019, 0020, 0022).
+        format!("CREATE OR REPLACE FUNCTION @s.{function}("),
     ];
     MIGRATOR
         .iter()
@@ -341,7 +343,7 @@ impl Db {
                     .await?
                     .try_get(0)
             }
-            const PID: &str = "SELECT pg_backend_pid()";
+            const PID: &str = "SELECT pg_catalog.pg_backend_pid()";
             let mut a = self.direct.connect().await?;
             let mut b = self.direct.connect().await?;
             let first = pid(&mut a, PID).await?;
@@ -350,7 +352,7 @@ impl Db {
                 // Right after B's COMMIT: a pooler gives A the backend B just released.
                 let asked = pid(&mut a, PID).await?;
                 // Right after A's question: a pooler gives B the backend A just released.
-                let held = pid(&mut b, "BEGIN; SELECT pg_backend_pid()").await?;
+                let held = pid(&mut b, "BEGIN; SELECT pg_catalog.pg_backend_pid()").await?;
                 // While B holds its backend: a pooler cannot give it to A.
                 let again = pid(&mut a, PID).await?;
                 sqlx::Executor::execute(&mut b, sqlx::raw_sql("COMMIT")).await?;
@@ -420,7 +422,7 @@ impl Db {
         within(self.limit, async {
             let mut conn = self.pool.acquire().await?;
             if !conn.bounded() {
-                let set = format!("SET {}", statement_timeout(self.limit));
+                let set = settings("SET", self.limit);
                 sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&set)).await?;
                 conn.set_bounded();
             }
@@ -590,14 +592,47 @@ impl std::ops::DerefMut for Tx {
 /// How many rounds [`Db::has_sessions`] asks before it believes it has sessions of its own.
 const PROBE_ROUNDS: usize = 6;
 
-/// `BEGIN` with the statement timeout of `limit` for the transaction only.
+/// `BEGIN` with the statement timeout of `limit` and the pinned `search_path` for the
+/// transaction only.
 fn begin_sql(limit: Duration) -> String {
-    format!("BEGIN; SET LOCAL {}", statement_timeout(limit))
+    format!("BEGIN; {}", settings("SET LOCAL", limit))
 }
 
-/// `statement_timeout = MS`, the bound of every statement (at least 1 ms: 0 would disable it).
-fn statement_timeout(limit: Duration) -> String {
-    format!("statement_timeout = {}", limit.as_millis().max(1))
+/// The settings every statement of the gateway runs under, as `set` (`SET LOCAL` for a
+/// transaction, `SET` for a session of the gateway's own) says: `statement_timeout`, the bound
+/// of every statement (at least 1 ms: 0 would disable it), and `search_path`, pinned to
+/// `pg_catalog` first and then the schema of the gateway's tables ([`schema`]).
+///
+/// # Architecture Invariant: no statement of the gateway resolves a name as another role chose
+/// A role that owns the database may set everyone's `search_path` (`ALTER DATABASE ... SET`),
+/// putting a schema it writes before `pg_catalog`; a role that may create in the schema may
+/// define an operator or function there. Pinned here, in the same message as `BEGIN` (no round
+/// trip, pooler-safe: a transaction's own setting), `pg_catalog` comes first, so a definition
+/// with a built-in's exact argument types never wins, and every built-in function the
+/// gateway's statements call is written `pg_catalog.name(...)`, so no better-matching one does
+/// either (docs/design/security.md; `tests/api/trust_boundary.rs` plants both kinds).
+fn settings(set: &str, limit: Duration) -> String {
+    format!(
+        "{set} statement_timeout = {}; {set} search_path = pg_catalog, {}",
+        limit.as_millis().max(1),
+        quoted_schema()
+    )
+}
+
+/// The schema that holds Console's and the gateway's tables: `RBAC_GATEWAY_DATABASE_SCHEMA`,
+/// `public` when unset (where `rbac-gateway migrate` makes them unless the role's
+/// `search_path` says otherwise). Read once.
+pub fn schema() -> &'static str {
+    static SCHEMA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| match std::env::var("RBAC_GATEWAY_DATABASE_SCHEMA") {
+        Ok(s) if !s.is_empty() => s,
+        _ => "public".to_string(),
+    })
+}
+
+/// [`schema`] as an SQL identifier (double-quoted, a `"` in it doubled).
+fn quoted_schema() -> String {
+    format!("\"{}\"", schema().replace('"', "\"\""))
 }
 
 /// [`Db::one_round_trip`] on a connection the caller keeps (the audit writer's), bounded by
@@ -607,7 +642,7 @@ pub async fn one_round_trip_on(
     limit: Duration,
     sql: &str,
 ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
-    let text = format!("SET LOCAL {}; {sql}", statement_timeout(limit));
+    let text = format!("{}; {sql}", settings("SET LOCAL", limit));
     within(limit, sqlx::Executor::fetch_all(conn, sqlx::raw_sql(&text))).await
 }
 
@@ -736,8 +771,14 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
 /// Applies `migrations/` (idempotent: applied versions are recorded in `_sqlx_migrations`), on
 /// one connection of `db` (the migrator holds a session-level lock while it runs; the
 /// connection is closed after it).
+///
+/// The session's `search_path` is the gateway's schema alone first ([`schema`]): the tables are
+/// made there, `pg_catalog` is searched before it (implicitly), and no schema another role
+/// chose (`ALTER DATABASE ... SET search_path`, a schema named as the login) is searched.
 pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
     let mut conn = db.pool.acquire().await?;
+    let pin = format!("SET search_path = {}", quoted_schema());
+    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&pin)).await?;
     MIGRATOR.run(&mut *conn).await
 }
 

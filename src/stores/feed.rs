@@ -44,7 +44,7 @@ pub const BLIND_LIMIT: Duration = Duration::from_secs(3600);
 macro_rules! server_token {
     () => {
         "coalesce((SELECT token FROM rbac_gateway_feed_epoch), \
-         'started ' || extract(epoch FROM pg_postmaster_start_time())::text)"
+         'started ' || extract(epoch FROM pg_catalog.pg_postmaster_start_time())::text)"
     };
 }
 
@@ -54,16 +54,16 @@ macro_rules! unread_rows {
     () => {
         " FROM s LEFT JOIN LATERAL ( \
             SELECT id, admin_id, token_sha256 FROM rbac_change_log \
-             WHERE txid >= pg_snapshot_xmax(s.prev) \
+             WHERE txid >= pg_catalog.pg_snapshot_xmax(s.prev) \
             UNION ALL \
             SELECT id, admin_id, token_sha256 FROM rbac_change_log \
-             WHERE txid = ANY (ARRAY(SELECT pg_snapshot_xip(s.prev))) \
+             WHERE txid = ANY (ARRAY(SELECT pg_catalog.pg_snapshot_xip(s.prev))) \
          ) c ON true ORDER BY c.id"
     };
 }
 
 const READ_SQL: &str = concat!(
-    "WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev) \
+    "WITH s AS (SELECT pg_catalog.pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev) \
      SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, NULL::bigint, NULL::text, ",
     server_token!(),
     unread_rows!()
@@ -72,7 +72,7 @@ const READ_SQL: &str = concat!(
 /// [`READ_SQL`] that also reads the active mapping activation (`--mapping-source database`):
 /// the same 250 ms read tells every replica of an activation, through a transaction pooler too.
 const READ_WITH_MAPPING_SQL: &str = concat!(
-    "WITH s AS (SELECT pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev), \
+    "WITH s AS (SELECT pg_catalog.pg_current_snapshot() AS snap, $1::text::pg_snapshot AS prev), \
           a AS (SELECT id, version FROM rbac_mapping_activations ORDER BY id DESC LIMIT 1) \
      SELECT s.snap::text, c.id, c.admin_id, c.token_sha256, (SELECT id FROM a), \
             (SELECT version FROM a), ",
@@ -104,7 +104,7 @@ pub struct Cursor {
 /// in progress (a row of one would look committed before it was, and be skipped), and it cannot
 /// read the unlogged token, so the feed cannot follow it.
 async fn standby_or(pool: &Db, e: sqlx::Error) -> sqlx::Error {
-    let standby = sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
+    let standby = sqlx::query_scalar::<_, bool>("SELECT pg_catalog.pg_is_in_recovery()")
         .persistent(false)
         .fetch_one(pool)
         .await;
@@ -211,8 +211,9 @@ pub const RETAIN: &str = "1 day";
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 async fn prune(pool: &Db, limit: Duration) {
-    let sql =
-        format!("DELETE FROM rbac_change_log WHERE created_at_utc < now() - interval '{RETAIN}'");
+    let sql = format!(
+        "DELETE FROM rbac_change_log WHERE created_at_utc < pg_catalog.now() - interval '{RETAIN}'"
+    );
     match crate::stores::db::within(limit, sqlx::query(&sql).persistent(false).execute(pool)).await
     {
         Ok(r) if r.rows_affected() > 0 => {
@@ -239,7 +240,7 @@ pub fn went_backwards(cursor: &str, xmin: &str) -> bool {
 pub async fn current_cursor(pool: &Db) -> Result<Cursor, sqlx::Error> {
     make_token(pool).await;
     let cursor = sqlx::query_as(concat!(
-        "SELECT pg_current_snapshot()::text AS first_cursor, ",
+        "SELECT pg_catalog.pg_current_snapshot()::text AS first_cursor, ",
         server_token!()
     ))
     .persistent(false)

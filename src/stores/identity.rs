@@ -125,7 +125,7 @@ macro_rules! break_glass_end {
 #[macro_export]
 macro_rules! break_glass_started {
     () => {
-        "b.granted_at_utc <= now()"
+        "b.granted_at_utc <= pg_catalog.now()"
     };
 }
 
@@ -587,7 +587,7 @@ pub async fn provenance(
            SELECT g.id, g.name, true FROM rbac_groups g WHERE g.name = 'break-glass' AND EXISTS (
                SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND "#,
             break_glass_end!(),
-            " > now() AND ",
+            " > pg_catalog.now() AND ",
             break_glass_started!(),
             r#"
                  AND (NOT $2::bool OR EXISTS (SELECT 1 FROM rbac_gateway_alerts a
@@ -650,7 +650,7 @@ pub struct AdminGroups {
 /// Every admin of the database with their groups, by email then id (`matrix`'s rows).
 pub async fn admins(pool: &Db) -> Result<Vec<AdminGroups>, sqlx::Error> {
     let admins: Vec<(String, String, Vec<String>)> = sqlx::query_as(
-        "SELECT a.id, a.email, COALESCE(array_agg(g.name ORDER BY g.name) FILTER (WHERE g.name IS NOT NULL), '{}') \
+        "SELECT a.id, a.email, COALESCE(pg_catalog.array_agg(g.name ORDER BY g.name) FILTER (WHERE g.name IS NOT NULL), '{}') \
          FROM admins a LEFT JOIN rbac_user_groups ug ON ug.user_id = a.id \
          LEFT JOIN rbac_groups g ON g.id = ug.group_id GROUP BY a.id, a.email ORDER BY a.email, a.id",
     ).persistent(false)
@@ -679,7 +679,7 @@ pub async fn session_state(pool: &Db, admin: &str) -> Result<SessionState, sqlx:
         "SELECT EXISTS (SELECT 1 FROM admins WHERE id = $1), \
          EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1), \
          EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1 \
-                 AND revoked_at_utc IS NULL AND expires_at_utc > now())",
+                 AND revoked_at_utc IS NULL AND expires_at_utc > pg_catalog.now())",
     )
     .persistent(false)
     .bind(admin)
@@ -695,7 +695,7 @@ pub async fn break_glass_active(pool: &Db, admin: &str) -> Result<bool, sqlx::Er
         "SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 \
              AND b.revoked_at_utc IS NULL AND ",
         crate::break_glass_end!(),
-        " > now() AND ",
+        " > pg_catalog.now() AND ",
         crate::break_glass_started!(),
         " LIMIT 1"
     ))
@@ -735,8 +735,11 @@ mod tests {
             3,
             "every read of a session's end goes through the expression: {body}"
         );
+        // The statements call `pg_catalog.now()`; the function, whose path is pinned to
+        // pg_catalog (migration 0022), calls `now()`.
+        let started = break_glass_started!().replace("pg_catalog.", "");
         assert_eq!(
-            body.matches(break_glass_started!()).count(),
+            body.matches(started.as_str()).count(),
             1,
             "a session counts from when it was granted: {body}"
         );

@@ -14,7 +14,8 @@ use serde::Serialize;
 use crate::stores::db::Db;
 
 /// The advisory lock every change of the store takes (transaction-scoped).
-const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('rbac_mapping_store'))";
+const LOCK: &str =
+    "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('rbac_mapping_store'))";
 
 /// The whole SHA-256 of a text, hex.
 pub fn sha256_hex(text: &[u8]) -> String {

@@ -45,7 +45,7 @@ pub fn audit_row_id(kind: &str, of: &str) -> String {
 #[macro_export]
 macro_rules! break_glass_expire_id {
     () => {
-        "overlay(overlay(left(encode(sha256(convert_to('break_glass_expire:' || b.id, 'UTF8')), 'hex'), 32) \
+        "overlay(overlay(pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to('break_glass_expire:' || b.id, 'UTF8')), 'hex'), 32) \
          placing '5' from 13) placing '8' from 17)::uuid::text"
     };
 }
@@ -86,7 +86,7 @@ pub async fn revoke_grant(
     type Row = (String, String, String, i32, bool);
     let row: Option<Row> = sqlx::query_as(
         "SELECT user_id, role_id, ticket_id, customer_id, \
-                (expires_at_utc IS NOT NULL AND expires_at_utc <= now()) \
+                (expires_at_utc IS NOT NULL AND expires_at_utc <= pg_catalog.now()) \
          FROM rbac_ticket_grants WHERE id = $1 AND revoked_at_utc IS NULL FOR UPDATE",
     )
     .persistent(false)
@@ -115,7 +115,7 @@ pub async fn revoke_grant(
     .bounded(limit)
     .await?;
     let n = sqlx::query(
-        "UPDATE rbac_ticket_grants SET revoked_at_utc = now(), revoke_reason = $2 \
+        "UPDATE rbac_ticket_grants SET revoked_at_utc = pg_catalog.now(), revoke_reason = $2 \
          WHERE id = $1 AND revoked_at_utc IS NULL",
     )
     .persistent(false)
@@ -140,7 +140,7 @@ pub async fn record_failure(pool: &Db, item: &str, error: &str, limit: Duration)
     let recorded = sqlx::query(
         "INSERT INTO rbac_gateway_sweep_failures (item, failures, last_error) VALUES ($1, 1, $2) \
          ON CONFLICT (item) DO UPDATE SET failures = rbac_gateway_sweep_failures.failures + 1, \
-         last_error = EXCLUDED.last_error, last_failed_at = now()",
+         last_error = EXCLUDED.last_error, last_failed_at = pg_catalog.now()",
     )
     .persistent(false)
     .bind(item)
@@ -219,7 +219,7 @@ pub async fn stuck(
     max: i64,
 ) -> Result<(Vec<(String, i32, String)>, i64), sqlx::Error> {
     let rows: Vec<(String, i32, String, i64)> = sqlx::query_as(
-        "SELECT item, failures, last_error, count(*) OVER () FROM rbac_gateway_sweep_failures \
+        "SELECT item, failures, last_error, pg_catalog.count(*) OVER () FROM rbac_gateway_sweep_failures \
          WHERE failures >= $1 ORDER BY item LIMIT $2",
     )
     .persistent(false)

@@ -32,7 +32,7 @@ pub async fn record(pool: &Db, mapping: &Mapping, kill_switch: bool) -> Result<b
         .collect();
     let routes = serde_json::Value::Object(routes).to_string();
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('rbac_gateway_mapping_versions'))")
+    sqlx::query("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('rbac_gateway_mapping_versions'))")
         .persistent(false)
         .execute(&mut *tx)
         .await?;
@@ -196,7 +196,7 @@ pub type WindowRow = (Option<String>, String, String, i64);
 
 /// The database's clock: soak times and windows are counted to it, not to the caller's.
 pub async fn now(pool: &Db) -> Result<DateTime<Utc>, sqlx::Error> {
-    sqlx::query_scalar("SELECT now()")
+    sqlx::query_scalar("SELECT pg_catalog.now()")
         .persistent(false)
         .fetch_one(pool)
         .await
@@ -205,9 +205,9 @@ pub async fn now(pool: &Db) -> Result<DateTime<Utc>, sqlx::Error> {
 /// Drift and shadow-denial rows recorded in the last `seconds`, by route, type and reason.
 pub async fn window(pool: &Db, seconds: i64) -> Result<Vec<WindowRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT route, event_type, reason, count(*) FROM access_audit_events \
+        "SELECT route, event_type, reason, pg_catalog.count(*) FROM access_audit_events \
          WHERE event_type IN ($1, $2) \
-           AND created_at_utc > now() - make_interval(secs => $3) \
+           AND created_at_utc > pg_catalog.now() - pg_catalog.make_interval(secs => $3) \
          GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
     )
     .persistent(false)

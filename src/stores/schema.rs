@@ -1,18 +1,23 @@
 //! What the database's schema holds, for `check --database-url` (which decides what is missing):
 //! the tables a role may not read ([`unreadable_tables`]) or holds no privilege on at all
-//! ([`invisible_tables`]), the columns of the current schema ([`columns`]), the tables carrying
+//! ([`invisible_tables`]), the columns of the gateway's schema ([`columns`]), the tables carrying
 //! the change feed's trigger ([`change_feed_triggers`]), whether a function exists
-//! ([`function_exists`]) and runs as its owner ([`runs_as_owner_pinned`]), and whether every
-//! role may create in the schema ([`open_to_create`]). Each is one statement in a transaction of
-//! its own through [`Db`], unnamed.
+//! ([`function_exists`]) and runs as its owner ([`runs_as_owner_pinned`]); and the trust
+//! boundary, as Supabase's splinter lints it: the gateway's functions whose `search_path` is not
+//! pinned ([`unpinned_functions`]), the functions PUBLIC may run that it should not
+//! ([`public_functions`]), the functions and operators that stand beside a built-in the gateway
+//! calls ([`shadows`]), and the schemas another role may create in ([`open_schemas`]). Each is
+//! one statement in a transaction of its own through [`Db`], unnamed; like every statement of the
+//! gateway's it runs with `pg_catalog` first on its path and calls built-ins by their qualified
+//! names, so a check of a database where something was planted does not run what was planted.
 
-use crate::stores::db::Db;
+use crate::stores::db::{schema, Db};
 
 /// Those of `tables` that exist and this role may not read (`has_table_privilege`).
 pub async fn unreadable_tables(pool: &Db, tables: &[&str]) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT t FROM unnest($1::text[]) t \
-         WHERE NOT coalesce(has_table_privilege(to_regclass(t), 'SELECT'), true)",
+        "SELECT t FROM pg_catalog.unnest($1::text[]) t \
+         WHERE NOT coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass(t), 'SELECT'), true)",
     )
     .persistent(false)
     .bind(tables)
@@ -25,8 +30,8 @@ pub async fn unreadable_tables(pool: &Db, tables: &[&str]) -> Result<Vec<String>
 /// missing column. A role that may only insert, or read some columns, sees the table.
 pub async fn invisible_tables(pool: &Db, tables: &[&str]) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT t FROM unnest($1::text[]) t WHERE NOT coalesce(has_any_column_privilege(\
-         to_regclass(t), 'SELECT, INSERT, UPDATE, REFERENCES'), true)",
+        "SELECT t FROM pg_catalog.unnest($1::text[]) t WHERE NOT coalesce(pg_catalog.has_any_column_privilege(\
+         pg_catalog.to_regclass(t), 'SELECT, INSERT, UPDATE, REFERENCES'), true)",
     )
     .persistent(false)
     .bind(tables)
@@ -34,25 +39,29 @@ pub async fn invisible_tables(pool: &Db, tables: &[&str]) -> Result<Vec<String>,
     .await
 }
 
-/// Every (table, column) of the current schema (`information_schema`: a table this role may not
+/// Every (table, column) of the gateway's schema (`information_schema`: a table this role may not
 /// read lists none).
 pub async fn columns(pool: &Db) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT table_name::text, column_name::text FROM information_schema.columns WHERE table_schema = current_schema()",
-    ).persistent(false)
+        "SELECT table_name::text, column_name::text FROM information_schema.columns \
+         WHERE table_schema::text OPERATOR(pg_catalog.=) $1",
+    )
+    .persistent(false)
+    .bind(schema())
     .fetch_all(pool)
     .await
 }
 
-/// The tables of the current schema on which the change feed's trigger (`rbac_gateway_change`)
+/// The tables of the gateway's schema on which the change feed's trigger (`rbac_gateway_change`)
 /// exists and is enabled.
 pub async fn change_feed_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
          WHERE t.tgname = 'rbac_gateway_change' AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
-         AND c.relnamespace = current_schema()::regnamespace",
+         AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace($1)::oid",
     )
     .persistent(false)
+    .bind(schema())
     .fetch_all(pool)
     .await
 }
@@ -64,7 +73,7 @@ pub async fn change_feed_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error>
 pub async fn runs_as_owner_pinned(pool: &Db, signature: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT coalesce((SELECT prosecdef AND 'search_path=pg_catalog, pg_temp' = ANY(proconfig) \
-         FROM pg_proc WHERE oid = to_regprocedure($1)), false)",
+         FROM pg_proc WHERE oid = pg_catalog.to_regprocedure($1)), false)",
     )
     .persistent(false)
     .bind(signature)
@@ -72,24 +81,214 @@ pub async fn runs_as_owner_pinned(pool: &Db, signature: &str) -> Result<bool, sq
     .await
 }
 
-/// Whether every role (PUBLIC) may create objects in the current schema: PostgreSQL's default
-/// before version 15, which lets any role define a function that an unqualified call of another
-/// role's resolves to (CVE-2018-1058).
-/// The current schema's name when it is so; None otherwise.
-pub async fn open_to_create(pool: &Db) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT current_schema()::text WHERE has_schema_privilege('public', current_schema(), 'CREATE')",
-    )
-    .persistent(false)
-    .fetch_optional(pool)
-    .await
-}
-
 /// Whether the function `signature` (`name(type, ...)`, as `to_regprocedure` reads it) exists.
 pub async fn function_exists(pool: &Db, signature: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT to_regprocedure($1) IS NOT NULL")
+    sqlx::query_scalar("SELECT pg_catalog.to_regprocedure($1) IS NOT NULL")
         .persistent(false)
         .bind(signature)
         .fetch_one(pool)
         .await
 }
+
+/// The gateway's functions (in its schema, named `rbac_gateway_*` or `rbac_mapping_*`, and
+/// `access_audit_events_append_only`) whose `search_path` is not exactly `pg_catalog, pg_temp`:
+/// their unqualified names resolve as the caller's path says (splinter's
+/// `function_search_path_mutable`). Their signatures.
+pub async fn unpinned_functions(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(concat!(
+        "SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p WHERE ",
+        gateway_function!(),
+        " AND NOT coalesce('search_path=pg_catalog, pg_temp' OPERATOR(pg_catalog.=) ANY (p.proconfig), false) \
+         ORDER BY 1"
+    ))
+    .persistent(false)
+    .bind(schema())
+    .fetch_all(pool)
+    .await
+}
+
+/// The functions PUBLIC may run that it should not: every function of the gateway's (only the
+/// roles of deploy/gateway-grants.sql and deploy/mapping-grants.sql need any), and every
+/// `SECURITY DEFINER` function in `schemas` (splinter's `security_definer_function_executable`):
+/// each signature, and whether it runs as its owner.
+pub async fn public_functions(
+    pool: &Db,
+    schemas: &[String],
+) -> Result<Vec<(String, bool)>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT p.oid::regprocedure::text, p.prosecdef FROM pg_catalog.pg_proc p \
+         WHERE pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE') AND ((",
+        gateway_function!(),
+        ") OR (p.prosecdef AND p.pronamespace OPERATOR(pg_catalog.=) ANY \
+           (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname::text OPERATOR(pg_catalog.=) ANY ($2::text[])))) \
+         ORDER BY 1"
+    ))
+    .persistent(false)
+    .bind(schema())
+    .bind(schemas)
+    .fetch_all(pool)
+    .await
+}
+
+/// The functions and operators in `schemas` (never `pg_catalog`) named as a built-in the
+/// gateway calls ([`BUILTINS`], [`OPERATORS`]): one that matches a call better than the
+/// built-in, or one on a path that puts its schema first, runs instead of it. Each as
+/// `function NAME(ARGS)` or `operator NAME(LEFT, RIGHT)`, with its schema and owner.
+pub async fn shadows(pool: &Db, schemas: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH s AS (SELECT n.oid FROM pg_catalog.pg_namespace n \
+                    WHERE n.nspname::text OPERATOR(pg_catalog.=) ANY ($1::text[]) \
+                      AND n.nspname::text OPERATOR(pg_catalog.<>) 'pg_catalog') \
+         SELECT pg_catalog.format('function %s in schema %s (owner %s)', p.oid::regprocedure, \
+                                  p.pronamespace::regnamespace, pg_catalog.pg_get_userbyid(p.proowner)) \
+           FROM pg_catalog.pg_proc p JOIN s ON s.oid OPERATOR(pg_catalog.=) p.pronamespace \
+          WHERE p.proname::text OPERATOR(pg_catalog.=) ANY ($2::text[]) \
+         UNION ALL \
+         SELECT pg_catalog.format('operator %s in schema %s (owner %s)', o.oid::regoperator, \
+                                  o.oprnamespace::regnamespace, pg_catalog.pg_get_userbyid(o.oprowner)) \
+           FROM pg_catalog.pg_operator o JOIN s ON s.oid OPERATOR(pg_catalog.=) o.oprnamespace \
+          WHERE o.oprname::text OPERATOR(pg_catalog.=) ANY ($3::text[]) \
+         ORDER BY 1",
+    )
+    .persistent(false)
+    .bind(schemas)
+    .bind(BUILTINS)
+    .bind(OPERATORS)
+    .fetch_all(pool)
+    .await
+}
+
+/// The schemas of `schemas` (that exist, never `pg_catalog`) in which a role other than the
+/// schema's owner may create (PUBLIC where PostgreSQL is older than 15, or by a grant), or whose
+/// owner is a role the owner of the gateway's tables is not a member of (an owner may create in
+/// its schema, and drop what is in it): each schema, who may create there, and that owner.
+pub async fn open_schemas(pool: &Db, schemas: &[String]) -> Result<Vec<OpenSchema>, sqlx::Error> {
+    let rows: Vec<(String, Vec<String>, Option<String>)> = sqlx::query_as(
+        "SELECT n.nspname::text, \
+                coalesce((SELECT pg_catalog.array_agg(DISTINCT CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0::oid \
+                                 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END) \
+                            FROM pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))) a \
+                           WHERE a.privilege_type OPERATOR(pg_catalog.=) 'CREATE' \
+                             AND a.grantee OPERATOR(pg_catalog.<>) n.nspowner), '{}'), \
+                (SELECT pg_catalog.pg_get_userbyid(n.nspowner)::text FROM pg_catalog.pg_class c \
+                  WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(\
+                            pg_catalog.quote_ident($2) OPERATOR(pg_catalog.||) '.rbac_change_log')::oid \
+                    AND NOT pg_catalog.pg_has_role(c.relowner, n.nspowner, 'USAGE')) \
+           FROM pg_catalog.pg_namespace n \
+          WHERE n.nspname::text OPERATOR(pg_catalog.=) ANY ($1::text[]) \
+            AND n.nspname::text OPERATOR(pg_catalog.<>) 'pg_catalog' \
+          ORDER BY 1",
+    )
+    .persistent(false)
+    .bind(schemas)
+    .bind(schema())
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, creators, owner)| !creators.is_empty() || owner.is_some())
+        .map(|(schema, creators, foreign_owner)| OpenSchema {
+            schema,
+            creators,
+            foreign_owner,
+        })
+        .collect())
+}
+
+/// A schema [`open_schemas`] names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSchema {
+    pub schema: String,
+    /// The roles other than its owner that may create in it (`PUBLIC` for every role).
+    pub creators: Vec<String>,
+    /// Its owner, where the owner of the gateway's tables is not a member of that role.
+    pub foreign_owner: Option<String>,
+}
+
+/// The schemas a name of the gateway's could resolve through: its own ([`schema`]) and those of
+/// the path a session of this role starts with (`ALTER ROLE`/`ALTER DATABASE ... SET
+/// search_path`; `$user` read as this role), which `migrate` and anything not pinned resolve
+/// through. Names, in path order, each once.
+pub async fn path_schemas(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
+    let (path, user): (String, String) = sqlx::query_as(
+        "SELECT s.reset_val, pg_catalog.current_user()::text FROM pg_catalog.pg_settings s \
+         WHERE s.name OPERATOR(pg_catalog.=) 'search_path'",
+    )
+    .persistent(false)
+    .fetch_one(pool)
+    .await?;
+    let mut out = vec![schema().to_string()];
+    for part in path.split(',') {
+        let part = part.trim();
+        let name = if part == "\"$user\"" || part == "$user" {
+            user.clone()
+        } else if let Some(quoted) = part.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
+            quoted.replace("\"\"", "\"")
+        } else {
+            part.to_lowercase()
+        };
+        if !name.is_empty() && name != "pg_temp" && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// The condition on `p` (a `pg_proc` row) that it is one of the gateway's functions, in the
+/// schema bound as `$1`.
+macro_rules! gateway_function {
+    () => {
+        "p.pronamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace($1)::oid \
+         AND (p.proname::text OPERATOR(pg_catalog.~~) 'rbac\\_gateway\\_%' \
+              OR p.proname::text OPERATOR(pg_catalog.~~) 'rbac\\_mapping\\_%' \
+              OR p.proname::text OPERATOR(pg_catalog.=) 'access_audit_events_append_only')"
+    };
+}
+use gateway_function;
+
+/// The built-in functions the gateway's statements call, each written `pg_catalog.name(...)`
+/// (`tests/api/trust_boundary.rs` lists them from the source and holds this list equal).
+pub const BUILTINS: &[&str] = &[
+    "acldefault",
+    "aclexplode",
+    "array_agg",
+    "convert_to",
+    "count",
+    "current_user",
+    "encode",
+    "format",
+    "has_any_column_privilege",
+    "has_function_privilege",
+    "has_table_privilege",
+    "hashtext",
+    "json_populate_recordset",
+    "left",
+    "make_interval",
+    "max",
+    "now",
+    "pg_advisory_xact_lock",
+    "pg_backend_pid",
+    "pg_current_snapshot",
+    "pg_get_userbyid",
+    "pg_has_role",
+    "pg_is_in_recovery",
+    "pg_notify",
+    "pg_postmaster_start_time",
+    "pg_snapshot_xip",
+    "pg_snapshot_xmax",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_xact_lock",
+    "power",
+    "quote_ident",
+    "sha256",
+    "to_char",
+    "to_regclass",
+    "to_regnamespace",
+    "to_regprocedure",
+    "unnest",
+];
+
+/// The operators the gateway's statements use (`IN` and `= ANY` use `=`).
+pub const OPERATORS: &[&str] = &[
+    "=", "<>", "<", ">", "<=", ">=", "+", "-", "*", "/", "||", "~~",
+];

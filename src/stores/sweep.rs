@@ -19,7 +19,7 @@ const LOCK_KEY: i64 = 0x7262_6163_7377_6570;
 /// Whether the sweep's session-level advisory lock was free and is now held on `conn` (a direct
 /// connection the sweeper keeps: the lock lives as long as it).
 pub async fn try_lock(conn: &mut PgConnection, limit: Duration) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+    sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_lock($1)")
         .persistent(false)
         .bind(LOCK_KEY)
         .fetch_one(&mut *conn)
@@ -67,7 +67,7 @@ pub struct ActiveGrant {
 /// Every active ticket grant, by id.
 pub async fn active_grants(pool: &Db, limit: Duration) -> Result<Vec<ActiveGrant>, sqlx::Error> {
     let grants: Vec<(String, String, bool)> = sqlx::query_as(
-        "SELECT id, ticket_id, (expires_at_utc IS NOT NULL AND expires_at_utc <= now()) \
+        "SELECT id, ticket_id, (expires_at_utc IS NOT NULL AND expires_at_utc <= pg_catalog.now()) \
          FROM rbac_ticket_grants WHERE revoked_at_utc IS NULL ORDER BY id",
     )
     .persistent(false)
@@ -93,7 +93,7 @@ pub async fn ended_break_glass_sessions(
     sqlx::query_scalar(concat!(
         "SELECT b.id FROM rbac_break_glass_sessions b WHERE (b.revoked_at_utc IS NOT NULL OR ",
         crate::break_glass_end!(),
-        " <= now()) AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id IN (",
+        " <= pg_catalog.now()) AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id IN (",
         crate::break_glass_expire_id!(),
         ", ",
         crate::legacy_break_glass_expire_id!(),

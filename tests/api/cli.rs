@@ -767,7 +767,8 @@ async fn check_names_every_missing_column_table_and_trigger_serve_needs() {
         "function rbac_gateway_session_principals(text[], boolean) is missing",
         "function rbac_gateway_log_change() is missing, or not SECURITY DEFINER",
         "function rbac_gateway_break_glass_roles() is missing, or not SECURITY DEFINER",
-        "warning: database: every role may create objects in schema public",
+        "warning: database: schema public is on the gateway's path and PUBLIC may create in it",
+        "function rbac_gateway_break_glass_roles() has no pinned search_path",
     ] {
         assert!(stdout.contains(missing), "{missing} named: {stdout}");
     }

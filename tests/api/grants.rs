@@ -20,7 +20,7 @@ fn grants_sql() -> String {
 /// Runs deploy/gateway-grants.sql as the tables' owner, then makes a login holding
 /// `rbac_gateway_serve` and nothing else; its URL. Roles are cluster-wide: the login is named
 /// after the database, and the script tolerates the role made by another test's run.
-async fn serve_login(db: &TestDb) -> String {
+pub(crate) async fn serve_login(db: &TestDb) -> String {
     // As in a database whose default privileges give PUBLIC no EXECUTE on new functions: the
     // script's own grants must be enough.
     sqlx::raw_sql(

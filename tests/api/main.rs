@@ -36,4 +36,5 @@ mod sql_text;
 mod supervision;
 mod telemetry;
 mod tickets;
+mod trust_boundary;
 mod upstream_differential;

@@ -20,7 +20,7 @@ const NAMED: &str = "lookups run as named statements";
 const PREPARED_LOOKUP: &str = "rbac_gateway_session_principals($1";
 
 /// What the join inside `rbac_gateway_session_principals` says (as pg_stat_statements keeps it).
-const LOOKUP_JOIN: &str = "JOIN admin_sessions s ON s.token_sha256 = h";
+const LOOKUP_JOIN: &str = "JOIN public.admin_sessions s ON s.token_sha256 = h";
 
 /// An admin whose only grant for customer 7 is a ticket's, cached by a first request, then
 /// allowed on a rule with `customer_param`: what the wire saw for that request, the admin, and

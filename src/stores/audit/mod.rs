@@ -89,8 +89,8 @@ fn insert_sql(rows: &[impl Borrow<AuditEvent>], replay: bool) -> Result<String, 
     let json = serde_json::to_string(&rows).expect("audit events serialize");
     Ok(format!(
         "WITH ins AS (INSERT INTO access_audit_events ({COLUMNS}) \
-         SELECT {COLUMNS} FROM json_populate_recordset(NULL::access_audit_events, {}::json){} \
-         RETURNING 1) SELECT count(*) FROM ins",
+         SELECT {COLUMNS} FROM pg_catalog.json_populate_recordset(NULL::access_audit_events, {}::json){} \
+         RETURNING 1) SELECT pg_catalog.count(*) FROM ins",
         sql_text::text(&json)?,
         if replay {
             " ON CONFLICT (id) DO NOTHING"
@@ -244,8 +244,8 @@ pub async fn counts(
     seconds: i64,
 ) -> Result<Vec<(Option<String>, String, i64, chrono::DateTime<chrono::Utc>)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT route, reason, count(*), max(created_at_utc) FROM access_audit_events \
-         WHERE event_type = $1 AND created_at_utc > now() - make_interval(secs => $2) \
+        "SELECT route, reason, pg_catalog.count(*), pg_catalog.max(created_at_utc) FROM access_audit_events \
+         WHERE event_type = $1 AND created_at_utc > pg_catalog.now() - pg_catalog.make_interval(secs => $2) \
          GROUP BY route, reason ORDER BY 3 DESC, 1, 2",
     )
     .persistent(false)
