@@ -514,6 +514,8 @@ struct Observed {
     grants: Vec<String>,
     sweep_code: Option<i32>,
     check_code: Option<i32>,
+    /// The other commands' exit codes and output (digits made `#`), run as the tables' owner.
+    commands: Vec<(String, Option<i32>, String)>,
 }
 
 /// The same scenario on `db`, with `login` (holding only `rbac_gateway_serve`) as the gateway's
@@ -556,6 +558,7 @@ async fn scenario(db: &TestDb, login_url: &str, planted: bool, login: &str) -> O
         (&expired, "EXPIRED"),
         (&live, "LIVE"),
         (&manager, "MANAGER"),
+        (&format!("{login}_owner"), "OWNER"),
     ] {
         labels.push((id.clone(), label.to_string()));
     }
@@ -686,6 +689,57 @@ async fn scenario(db: &TestDb, login_url: &str, planted: bool, login: &str) -> O
         .map(|g| label(&format!("{g:?}")))
         .collect();
     assert_eq!(sweep_code, Some(0), "sweep: {sweep_out}");
+
+    // The commands an operator runs as the tables' owner, whose path the database's owner set
+    // too: a login of its own (roles are cluster-wide; the test's own server login stays as it is).
+    let owner = format!("{login}_owner");
+    sqlx::raw_sql(&format!("CREATE ROLE \"{owner}\" LOGIN SUPERUSER"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    if planted {
+        sqlx::raw_sql(&format!(
+            "ALTER ROLE \"{owner}\" SET search_path = public, pg_catalog"
+        ))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let (prefix, name) = db.url.rsplit_once('/').unwrap();
+    let (scheme, rest) = prefix.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    let owner_url = format!("{scheme}://{owner}@{host}/{name}");
+    let routes = root().join("routes.toml");
+    let routes = routes.to_str().unwrap();
+    let mut commands = Vec::new();
+    for args in [
+        vec!["mapping", "push", routes, "-m", "shadows"],
+        vec!["mapping", "history"],
+        vec![
+            "explain", "--routes", routes, "--admin", &bob, "GET", "/ops",
+        ],
+        vec!["matrix", "--routes", routes],
+        vec!["rollout", "--routes", routes],
+        vec!["drift", "--routes", routes],
+    ] {
+        let out = crate::cli::bin()
+            .args(&args)
+            .args(["--database-url", &owner_url])
+            .output()
+            .unwrap();
+        let (code, text) = code_and_output(&out);
+        // The warnings differ, and must: `mapping push` checks the database and names the
+        // shadows on the planted one.
+        let text: String = label(&text)
+            .lines()
+            .filter(|l| !l.contains("warning"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect();
+        commands.push((args[..2].join(" "), code, text));
+    }
     Observed {
         answers,
         audit,
@@ -693,6 +747,7 @@ async fn scenario(db: &TestDb, login_url: &str, planted: bool, login: &str) -> O
         grants,
         sweep_code,
         check_code,
+        commands,
     }
 }
 
@@ -718,7 +773,15 @@ async fn shadows_planted_by_consoles_role_never_run_as_the_gateway() {
         .unwrap()
         .1
         .to_string();
-    let expected = scenario(&clean, &clean_url, false, "").await;
+    let clean_login = clean_url
+        .rsplit_once('@')
+        .unwrap()
+        .0
+        .rsplit_once("//")
+        .unwrap()
+        .1
+        .to_string();
+    let expected = scenario(&clean, &clean_url, false, &clean_login).await;
     let seen = scenario(&planted, &planted_url, true, &login).await;
     let ran: Vec<(String, String, String)> =
         sqlx::query_as("SELECT what, who, application FROM public.shadow_ran")
@@ -737,6 +800,12 @@ async fn shadows_planted_by_consoles_role_never_run_as_the_gateway() {
         "{:?}",
         expected.alerts
     );
+    for (command, code, out) in &expected.commands {
+        assert!(
+            code.is_some_and(|c| c <= 1),
+            "{command} ran ({code:?}): {out}"
+        );
+    }
 }
 
 /// Every function and procedure of the gateway's (in its schema, `rbac_gateway_*`,
