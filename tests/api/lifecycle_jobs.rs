@@ -1148,3 +1148,99 @@ async fn an_erased_admin_leaves_no_email_or_justification_in_the_gateways_tables
             >= 1
     );
 }
+
+/// I-6 in two cases the erasure missed (issue 66 §4): in a database whose collation is ICU's,
+/// where `lower('İ')` is two characters, an actor written after 30 `İ` is erased, not cut at a
+/// position taken in the lower-cased text (which kept the email and garbled the alert); and an
+/// email containing `": "` is erased from its recorded line and the alert quoting it (the line's
+/// start was looked for after the last `": "`, inside the email).
+#[tokio::test]
+async fn an_erased_admin_is_erased_in_an_icu_database_and_with_a_colon_in_the_email() {
+    let db = TestDb::created_with(
+        "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'und' ENCODING 'UTF8'",
+    )
+    .await;
+    let two: i32 = sqlx::query_scalar("SELECT length(lower('İ'))")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(two, 2, "an ICU database: lower('İ') is two characters");
+    let email = "\"Ops: On Call\"@corp.example";
+    let admin = db.admin(email).await;
+    let role = "İ".repeat(30);
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT set_config('rbac_gateway.actor', $1, true)")
+        .bind(email.to_lowercase())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO rbac_roles (id, name) VALUES (gen_random_uuid()::text, $1)")
+        .bind(&role)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO rbac_group_roles (group_id, role_id) SELECT g.id, r.id FROM rbac_groups g, rbac_roles r \
+         WHERE g.name = 'break-glass' AND r.name = $1",
+    )
+    .bind(&role)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
+         SELECT $1, id, 'test' FROM rbac_groups WHERE name = 'break-glass'",
+    )
+    .bind(&admin)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    sweep_once(&db.url, &[]).await;
+    let texts = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT what || ' | ' || coalesce(actor, '') FROM rbac_gateway_group_changes \
+             UNION ALL SELECT text FROM rbac_gateway_alerts",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    let before = texts().await;
+    let mentions = |ts: &[String]| {
+        ts.iter()
+            .filter(|t| t.to_lowercase().contains("ops: on call"))
+            .count()
+    };
+    assert!(
+        mentions(&before) >= 3,
+        "the line, the actor and the alert name the admin: {before:#?}"
+    );
+    assert!(
+        before
+            .iter()
+            .any(|t| t.contains(&role) && t.contains(", actor ")),
+        "the alert quotes the role before the actor: {before:#?}"
+    );
+    sqlx::query("DELETE FROM admins WHERE id = $1")
+        .bind(&admin)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let after = texts().await;
+    assert_eq!(mentions(&after), 0, "the email survived: {after:#?}");
+    // Erased, not garbled: the role's line is whole, the admin's line is there under its id.
+    assert!(
+        after.iter().any(
+            |t| t.contains(&format!("role {role} added to the break-glass group"))
+                && t.contains(", actor (erased),")
+        ),
+        "{after:#?}"
+    );
+    assert!(
+        after
+            .iter()
+            .any(|t| t.contains(&format!("admin (erased) ({admin}) made a permanent member"))),
+        "{after:#?}"
+    );
+}

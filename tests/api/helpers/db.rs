@@ -18,13 +18,19 @@ pub struct TestDb {
 impl TestDb {
     /// A new, migrated database on the server of DATABASE_URL.
     pub async fn new() -> TestDb {
+        TestDb::created_with("").await
+    }
+
+    /// [`TestDb::new`], the database created with `options` (`CREATE DATABASE name options`:
+    /// a collation provider, a template).
+    pub async fn created_with(options: &str) -> TestDb {
         let base = std::env::var("DATABASE_URL")
             .expect("DATABASE_URL must be set (scripts/test.sh sets it)");
         let name = format!("rbacgw_{}", uuid::Uuid::new_v4().simple());
         let admin = PgPool::connect(&base)
             .await
             .expect("connect to DATABASE_URL");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        sqlx::query(&format!("CREATE DATABASE {name} {options}"))
             .execute(&admin)
             .await
             .unwrap();
