@@ -75,6 +75,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "user_agent",
             "created_at_utc",
             "mapping_version",
+            "occurrences",
         ],
     ),
     ("rbac_gateway_feed_epoch", &["id", "token"]),

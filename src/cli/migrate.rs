@@ -6,12 +6,12 @@ use anyhow::Context;
 
 use super::{failure, runtime, say, Exit};
 use crate::runtime::config::MigrateArgs;
-use crate::stores::db;
+use crate::stores::migrations;
 
 pub fn migrate(args: MigrateArgs) -> Result<(), Exit> {
     runtime()?.block_on(async {
         let pool = super::command_pool(&args.database_url, 1, Duration::from_secs(30)).await?;
-        db::migrate(&pool)
+        migrations::migrate(&pool)
             .await
             .context("migration failed")
             .map_err(failure)?;

@@ -5,6 +5,7 @@
 //! swapped in whole from the file or the database. It wires the policy to the stores; the doors
 //! carry its answers, and `serve` (`cli/serve.rs`) assembles it all.
 
+pub mod anonymous;
 pub mod reader;
 pub mod reload;
 pub mod state;

@@ -46,6 +46,8 @@ pub struct Gateway {
     pub feed: Arc<crate::stores::feed::Health>,
     /// Sweep failures after which `/readyz` names a grant or break-glass session.
     pub sweep_failure_threshold: u32,
+    /// What denials without a session may write (`--anonymous-denial-window`).
+    pub anonymous: Arc<crate::gateway::anonymous::Coalescer>,
 }
 
 impl Gateway {
@@ -114,6 +116,7 @@ impl Gateway {
             mapping_missing: Default::default(),
             feed: Default::default(),
             sweep_failure_threshold: 3,
+            anonymous: Arc::new(crate::gateway::anonymous::Coalescer::new(Duration::ZERO, 1)),
         }
     }
 
@@ -231,6 +234,11 @@ pub fn set_route_metrics(
 /// The aftermath of every door writes through the audit writer and counts in the metrics.
 impl crate::policy::answer::Records for Gateway {
     async fn record(&self, row: Arc<crate::policy::audit_event::AuditEvent>) -> Result<(), String> {
+        use crate::gateway::anonymous::Admit;
+        if self.anonymous.admit(&row, std::time::Instant::now()) == Admit::Counted {
+            self.metrics.anonymous_denials_counted.inc();
+            return Ok(());
+        }
         self.audit.record(row).await.map_err(|e| e.to_string())
     }
 

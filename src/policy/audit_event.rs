@@ -25,6 +25,15 @@ pub struct AuditEvent {
     /// Version of the mapping that decided.
     #[serde(default)]
     pub mapping_version: Option<String>,
+    /// How many denials the row stands for: 1, but for the row that counts the denials without
+    /// a session of one client, reason and rule in a window after the first
+    /// (`gateway/anonymous.rs`).
+    #[serde(default = "one")]
+    pub occurrences: i32,
+}
+
+fn one() -> i32 {
+    1
 }
 
 pub const EVENT_DENIED: &str = "access_denied";

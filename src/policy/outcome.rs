@@ -297,6 +297,7 @@ pub fn audit_row(
         user_agent: f.user_agent.map(str::to_string),
         created_at_utc: chrono::Utc::now(),
         mapping_version: Some(mapping_version.to_string()),
+        occurrences: 1,
     }
 }
 

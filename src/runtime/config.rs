@@ -329,6 +329,17 @@ pub struct ServeArgs {
     /// Most FreeScout status requests the sweep has in flight (one per ticket).
     #[arg(long, env = "GATEWAY_FREESCOUT_CONCURRENCY", default_value_t = 8)]
     pub freescout_concurrency: usize,
+    /// Seconds of a window in which denials without a session (a path no rule maps, reached
+    /// without a session) write one row per client, reason and rule, then one row with the count
+    /// of the rest; 0: a row for every denial. A denial of a request with a session always gets
+    /// its own row. Bounds what traffic from anyone can make the gateway write to Console's
+    /// database (docs/design/durability.md)
+    #[arg(long, env = "GATEWAY_ANONYMOUS_DENIAL_WINDOW", default_value_t = 60)]
+    pub anonymous_denial_window: u64,
+    /// Most client/reason/rule keys a window of --anonymous-denial-window keeps; past it, every
+    /// new key shares one row and count
+    #[arg(long, env = "GATEWAY_ANONYMOUS_DENIAL_KEYS", default_value_t = 1_000)]
+    pub anonymous_denial_keys: usize,
     /// A grant or break-glass session whose rows the sweep failed to write this many sweeps is
     /// named on /readyz (the status stays 200; it is retried every sweep).
     #[arg(long, env = "GATEWAY_SWEEP_FAILURE_THRESHOLD", default_value_t = 3)]

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub audit_rows: IntCounterVec,
     /// Audit rows replayed from the spool into the database.
     pub audit_replayed: IntCounter,
+    /// Denials without a session counted into their window's row (`gateway/anonymous.rs`).
+    pub anonymous_denials_counted: IntCounter,
     pub audit_spool_bytes: IntGauge,
     /// 1 for the active mapping's version.
     pub mapping_info: IntGaugeVec,
@@ -167,6 +169,11 @@ impl Metrics {
             audit_replayed: IntCounter::new(
                 "rbac_gateway_audit_replayed_total",
                 "Audit rows replayed from the spool into PostgreSQL",
+            )
+            .unwrap(),
+            anonymous_denials_counted: IntCounter::new(
+                "rbac_gateway_anonymous_denials_counted_total",
+                "Denials without a session counted into their window's one row (client, reason, rule) instead of a row each",
             )
             .unwrap(),
             audit_spool_bytes: IntGauge::new(
@@ -354,6 +361,8 @@ impl Metrics {
         r.register(Box::new(m.db_errors.clone())).unwrap();
         r.register(Box::new(m.audit_rows.clone())).unwrap();
         r.register(Box::new(m.audit_replayed.clone())).unwrap();
+        r.register(Box::new(m.anonymous_denials_counted.clone()))
+            .unwrap();
         r.register(Box::new(m.audit_spool_bytes.clone())).unwrap();
         r.register(Box::new(m.mapping_info.clone())).unwrap();
         r.register(Box::new(m.mapping_reloads.clone())).unwrap();

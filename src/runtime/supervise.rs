@@ -21,10 +21,11 @@ pub enum Task {
     Sweeper,
     Alerts,
     FreescoutWebhook,
+    AnonymousDenials,
 }
 
 impl Task {
-    pub const ALL: [Task; 8] = [
+    pub const ALL: [Task; 9] = [
         Task::Feed,
         Task::Reload,
         Task::AuditWriter,
@@ -33,6 +34,7 @@ impl Task {
         Task::Sweeper,
         Task::Alerts,
         Task::FreescoutWebhook,
+        Task::AnonymousDenials,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +47,7 @@ impl Task {
             Task::Sweeper => "sweeper",
             Task::Alerts => "alerts",
             Task::FreescoutWebhook => "freescout_webhook",
+            Task::AnonymousDenials => "anonymous_denials",
         }
     }
 }

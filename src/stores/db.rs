@@ -1,4 +1,4 @@
-//! The database pool and the embedded migrations. The pool connects lazily: the gateway starts
+//! The database pool. The pool connects lazily: the gateway starts
 //! (and answers 503 where it must) while PostgreSQL is down, and recovers by itself.
 //!
 //! # Connection storms
@@ -25,27 +25,6 @@ use super::pool::{mark_broken, Pool};
 
 /// A statement and its bound values, as [`Db::lookup`]'s callers bind them.
 pub type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
-
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// The text of the latest migration that defines `function` (for tests that hold a function's
-/// SQL to the Rust beside it).
-#[cfg(test)]
-pub(crate) fn latest_definition(function: &str) -> String {
-    let heads = [
-        format!("CREATE FUNCTION {function}("),
-        format!("CREATE OR REPLACE FUNCTION {function}("),
-        // Written into the migration's schema (`@s.`: migrations 0017, 0019, 0020, 0022).
-        format!("CREATE OR REPLACE FUNCTION @s.{function}("),
-    ];
-    MIGRATOR
-        .iter()
-        .rev()
-        .find(|m| heads.iter().any(|head| m.sql.contains(head.as_str())))
-        .unwrap_or_else(|| panic!("no migration defines {function}"))
-        .sql
-        .to_string()
-}
 
 /// A role or permission a rule of the mapping names that the database does not have: the rule
 /// can never be satisfied by it (a typo makes the route 403 for everyone).
@@ -631,7 +610,7 @@ pub fn schema() -> &'static str {
 }
 
 /// [`schema`] as an SQL identifier (double-quoted, a `"` in it doubled).
-fn quoted_schema() -> String {
+pub(crate) fn quoted_schema() -> String {
     format!("\"{}\"", schema().replace('"', "\"\""))
 }
 
@@ -766,20 +745,6 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     Ok(PgConnectOptions::from_str(url)?
         .application_name("rbac-gateway")
         .extra_float_digits(None))
-}
-
-/// Applies `migrations/` (idempotent: applied versions are recorded in `_sqlx_migrations`), on
-/// one connection of `db` (the migrator holds a session-level lock while it runs; the
-/// connection is closed after it).
-///
-/// The session's `search_path` is the gateway's schema alone first ([`schema`]): the tables are
-/// made there, `pg_catalog` is searched before it (implicitly), and no schema another role
-/// chose (`ALTER DATABASE ... SET search_path`, a schema named as the login) is searched.
-pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
-    let mut conn = db.pool.acquire().await?;
-    let pin = format!("SET search_path = {}", quoted_schema());
-    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&pin)).await?;
-    MIGRATOR.run(&mut *conn).await
 }
 
 /// The connection itself failed (as opposed to the statement): the server closed it, the

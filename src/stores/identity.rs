@@ -726,7 +726,7 @@ mod tests {
     /// where `break_glass_started!()` does.
     #[test]
     fn the_principal_function_ends_break_glass_as_break_glass_end_does() {
-        let sql = crate::stores::db::latest_definition("rbac_gateway_principal");
+        let sql = crate::stores::migrations::latest_definition("rbac_gateway_principal");
         let body = &sql[sql.find("$fn$").expect("a $fn$ body")..];
         let end = break_glass_end!();
         assert_eq!(body.matches(end).count(), 3, "{body}");

@@ -281,6 +281,7 @@ pub const BUILTINS: &[&str] = &[
     "power",
     "quote_ident",
     "sha256",
+    "sum",
     "to_char",
     "to_regclass",
     "to_regnamespace",

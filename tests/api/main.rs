@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod anonymous;
 mod blackhole;
 mod cli;
 mod cockpit;
@@ -37,4 +38,5 @@ mod supervision;
 mod telemetry;
 mod tickets;
 mod trust_boundary;
+mod upgrade;
 mod upstream_differential;

@@ -175,6 +175,10 @@ pub async fn gateway(
         ),
         feed: feed.clone(),
         sweep_failure_threshold: args.sweep_failure_threshold,
+        anonymous: Arc::new(crate::gateway::anonymous::Coalescer::new(
+            Duration::from_secs(args.anonymous_denial_window),
+            args.anonymous_denial_keys,
+        )),
     });
     if !from_db {
         report_loaded(config, &gw);
@@ -184,9 +188,20 @@ pub async fn gateway(
     let admin = crate::dataplane::listen::bind_side(admin_addr)
         .map_err(|e| failure(anyhow!("cannot listen on {admin_addr}: {e}")))?;
     let admin_bound = admin.local_addr().map_err(failure)?;
+    let writer = audit.clone();
     supervised(
         Task::AuditReplay,
         Box::pin(audit.replay_forever(Duration::from_millis(500))),
+    );
+    supervised(
+        Task::AnonymousDenials,
+        Box::pin(crate::gateway::anonymous::flush_forever(
+            gw.anonymous.clone(),
+            move |row| {
+                let writer = writer.clone();
+                async move { writer.record(row).await.map_err(|e| e.to_string()) }
+            },
+        )),
     );
     let admin = match &config.source {
         Source::Database { .. } => {

@@ -110,6 +110,13 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             tracing::error!("a worker thread panicked");
         }
     }
+    // The count of the denials without a session of the window in progress.
+    for row in gw.anonymous.ended(Instant::now(), true) {
+        let row = Arc::new(row);
+        if let Err(e) = bg.block_on(gw.audit.record(row.clone())) {
+            tracing::error!(error = %e, occurrences = row.occurrences, "cannot record the count of denials without a session");
+        }
+    }
     // Rows of denials answered 503 still in memory: one last bounded try.
     bg.block_on(gw.audit.finish(config.db_timeout));
     // What is queued goes out within what the drain left of the grace (at least 100 ms).

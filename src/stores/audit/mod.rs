@@ -73,7 +73,7 @@ pub const LATE_MAX_BYTES: usize = 32 * 1024 * 1024;
 /// The columns the gateway writes (Console's table may hold more).
 const COLUMNS: &str =
     "id, event_type, admin_id, method, path, route, required, reason, request_id, \
-                       client_ip, user_agent, created_at_utc, mapping_version";
+                       client_ip, user_agent, created_at_utc, mapping_version, occurrences";
 
 /// The INSERT of `rows` as one statement of SQL text, sent in one round trip
 /// (`Db::one_round_trip`) in every mode, direct or behind a transaction pooler: the rows go as
@@ -244,7 +244,7 @@ pub async fn counts(
     seconds: i64,
 ) -> Result<Vec<(Option<String>, String, i64, chrono::DateTime<chrono::Utc>)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT route, reason, pg_catalog.count(*), pg_catalog.max(created_at_utc) FROM access_audit_events \
+        "SELECT route, reason, pg_catalog.sum(occurrences)::int8, pg_catalog.max(created_at_utc) FROM access_audit_events \
          WHERE event_type = $1 AND created_at_utc > pg_catalog.now() - pg_catalog.make_interval(secs => $2) \
          GROUP BY route, reason ORDER BY 3 DESC, 1, 2",
     )
@@ -275,6 +275,7 @@ mod test_support {
             user_agent: None,
             created_at_utc: Utc::now(),
             mapping_version: None,
+            occurrences: 1,
         })
     }
 

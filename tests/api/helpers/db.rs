@@ -21,9 +21,29 @@ impl TestDb {
         TestDb::created_with("").await
     }
 
+    /// A new database migrated only up to migration `version` (as the previous release left
+    /// it), from a copy of `migrations/` holding those files alone.
+    pub async fn at_version(version: i64) -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(root().join("migrations")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            let n: i64 = name.split('_').next().unwrap().parse().unwrap();
+            if n <= version {
+                std::fs::copy(&path, dir.path().join(&name)).unwrap();
+            }
+        }
+        let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+        TestDb::created_with_migrator("", &migrator).await
+    }
+
     /// [`TestDb::new`], the database created with `options` (`CREATE DATABASE name options`:
     /// a collation provider, a template).
     pub async fn created_with(options: &str) -> TestDb {
+        TestDb::created_with_migrator(options, &rbac_gateway::stores::migrations::MIGRATOR).await
+    }
+
+    async fn created_with_migrator(options: &str, migrator: &sqlx::migrate::Migrator) -> TestDb {
         let base = std::env::var("DATABASE_URL")
             .expect("DATABASE_URL must be set (scripts/test.sh sets it)");
         let name = format!("rbacgw_{}", uuid::Uuid::new_v4().simple());
@@ -38,7 +58,7 @@ impl TestDb {
         let (prefix, _) = base.rsplit_once('/').unwrap();
         let url = format!("{prefix}/{name}");
         let pool = PgPool::connect(&url).await.unwrap();
-        rbac_gateway::stores::db::MIGRATOR.run(&pool).await.unwrap();
+        migrator.run(&pool).await.unwrap();
         TestDb { url, pool }
     }
 
@@ -529,7 +549,10 @@ impl PrivatePg {
             .unwrap()
             .to_string();
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        rbac_gateway::stores::db::MIGRATOR.run(&pool).await.unwrap();
+        rbac_gateway::stores::migrations::MIGRATOR
+            .run(&pool)
+            .await
+            .unwrap();
         (
             PrivatePg {
                 dir,

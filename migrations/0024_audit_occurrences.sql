@@ -1,0 +1,11 @@
+-- How many denials a row of access_audit_events stands for (issue 66 §5): 1, but for the row
+-- that counts the denials without a session of one client, reason and rule in a window after the
+-- first (src/gateway/anonymous.rs). Without it anyone on the internet could make the gateway
+-- write to Console's primary at the rate they send.
+--
+-- A column with a constant default is added without rewriting the table (PostgreSQL 11+), under
+-- a lock held for as long as the catalogue change takes; `migrate` bounds the wait for that lock
+-- (lock_timeout) and tries again rather than queue Console's writes behind it.
+--
+-- Changing it: a new migration (never edit this one).
+ALTER TABLE access_audit_events ADD COLUMN IF NOT EXISTS occurrences INTEGER NOT NULL DEFAULT 1;

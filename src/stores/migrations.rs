@@ -1,0 +1,158 @@
+//! The embedded migrations (`migrations/`) and `migrate`: the session's path pinned, no lock
+//! waited for longer than [`MIGRATE_LOCK_TIMEOUT`] (tried again instead), and the indexes of
+//! migration 0016 built beforehand without blocking writes where it has not run yet
+//! (`before_0016`). docs/design/migrations.md.
+
+use std::time::Duration;
+
+use super::db::{quoted_schema, Db};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The text of the latest migration that defines `function` (for tests that hold a function's
+/// SQL to the Rust beside it).
+#[cfg(test)]
+pub(crate) fn latest_definition(function: &str) -> String {
+    let heads = [
+        format!("CREATE FUNCTION {function}("),
+        format!("CREATE OR REPLACE FUNCTION {function}("),
+        // Written into the migration's schema (`@s.`: migrations 0017, 0019, 0020, 0022).
+        format!("CREATE OR REPLACE FUNCTION @s.{function}("),
+    ];
+    MIGRATOR
+        .iter()
+        .rev()
+        .find(|m| heads.iter().any(|head| m.sql.contains(head.as_str())))
+        .unwrap_or_else(|| panic!("no migration defines {function}"))
+        .sql
+        .to_string()
+}
+
+/// Applies `migrations/` (idempotent: applied versions are recorded in `_sqlx_migrations`), on
+/// one connection of `db` (the migrator holds a session-level lock while it runs; the
+/// connection is closed after it).
+///
+/// The session's `search_path` is the gateway's schema alone ([`super::db::schema`]): the tables are made
+/// there, `pg_catalog` is searched before it (implicitly), and no schema another role chose
+/// (`ALTER DATABASE ... SET search_path`, a schema named as the login) is searched.
+///
+/// No statement waits for a lock longer than [`MIGRATE_LOCK_TIMEOUT`] (`lock_timeout`): Console's
+/// writes queue behind a lock `migrate` waits for, so a wait is cut short, the migration rolled
+/// back, and tried again after a pause ([`MIGRATE_ATTEMPTS`] times), rather than stall Console.
+pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut attempt = 1;
+    loop {
+        let mut conn = db.pool().acquire().await?;
+        let pin = format!(
+            "SET search_path = {}; SET lock_timeout = {}",
+            quoted_schema(),
+            MIGRATE_LOCK_TIMEOUT.as_millis()
+        );
+        sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&pin)).await?;
+        before_0016(&mut conn).await?;
+        match MIGRATOR.run(&mut *conn).await {
+            Err(e) if lock_timed_out(&e) && attempt < MIGRATE_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "migrate: a lock was not granted within {} ms (Console's writes are not kept waiting behind it); trying again", MIGRATE_LOCK_TIMEOUT.as_millis());
+                drop(conn);
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(20)))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The longest `migrate` waits for a lock before it lets Console's writes go first.
+pub const MIGRATE_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+/// How many times `migrate` tries a migration whose lock was not granted in time.
+pub const MIGRATE_ATTEMPTS: u32 = 60;
+
+/// `e` is a statement cut short by `lock_timeout` (SQLSTATE 55P03).
+fn lock_timed_out(e: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError;
+    let err = match e {
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => e,
+        _ => return false,
+    };
+    matches!(err, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
+}
+
+/// Migration 0016's indexes on Console's grants tables (`rbac_grants_audit`,
+/// `rbac_ticket_grants`), built before 0016 runs where it has not run yet, each with `CREATE
+/// INDEX CONCURRENTLY` (outside a transaction; it takes no lock that blocks a write, and waits
+/// for the transactions in progress without holding one). 0016's `CREATE INDEX IF NOT EXISTS`
+/// then finds them, and holds its locks only for as long as that takes, instead of building an
+/// index while Console's writes to both tables wait (and deadlock with its ticket grants, which
+/// take the tables in the other order). Skipped, as 0016 skips it, where the migrating role is
+/// no member of the table's owner. An index a cancelled build left invalid is dropped (also
+/// concurrently) and built again. The definitions are 0016's.
+async fn before_0016(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    const INDEXES: [(&str, &str, &str); 4] = [
+        (
+            "idx_rga_ticket",
+            "rbac_grants_audit",
+            "(ticket_id) WHERE ticket_id IS NOT NULL",
+        ),
+        (
+            "idx_rga_expires",
+            "rbac_grants_audit",
+            "(expires_at_utc) WHERE expires_at_utc IS NOT NULL",
+        ),
+        (
+            "idx_rtg_ticket",
+            "rbac_ticket_grants",
+            "(ticket_id) WHERE revoked_at_utc IS NULL",
+        ),
+        (
+            "idx_rtg_customer",
+            "rbac_ticket_grants",
+            "(customer_id) WHERE revoked_at_utc IS NULL",
+        ),
+    ];
+    let migrated: bool =
+        sqlx::query_scalar("SELECT pg_catalog.to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+    if !migrated {
+        return Ok(()); // a new database: 0016 builds them on empty tables
+    }
+    let applied: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT FROM _sqlx_migrations WHERE version OPERATOR(pg_catalog.=) 16)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if applied {
+        return Ok(());
+    }
+    // A build waits for the transactions in progress (and blocks no write meanwhile): no bound.
+    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql("SET lock_timeout = 0")).await?;
+    for (index, table, columns) in INDEXES {
+        let (owned, valid): (bool, Option<bool>) = sqlx::query_as(
+            "SELECT coalesce(pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c \
+                    WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)::oid), 'USAGE'), false), \
+                    (SELECT i.indisvalid FROM pg_catalog.pg_index i \
+                      WHERE i.indexrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($2)::oid)",
+        )
+        .bind(table)
+        .bind(index)
+        .fetch_one(&mut *conn)
+        .await?;
+        if !owned || valid == Some(true) {
+            continue;
+        }
+        if valid == Some(false) {
+            let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {index}");
+            sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&drop)).await?;
+        }
+        tracing::info!(
+            index,
+            table,
+            "migrate: building migration 0016's index concurrently (Console's writes go on)"
+        );
+        let build = format!("CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table} {columns}");
+        sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&build)).await?;
+    }
+    let bound = format!("SET lock_timeout = {}", MIGRATE_LOCK_TIMEOUT.as_millis());
+    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&bound)).await?;
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Upgrades that never stall Console (issue 71, docs/design/migrations.md): `migrate` run while
+//! Console writes, as a Heroku release phase runs it beside the previous release. No Console
+//! write waits for a lock `migrate` holds or queues for longer than the bound, and none is
+//! killed by a deadlock. Not timed: Console's own `lock_timeout` turns a wait past the bound
+//! into an error, and the test counts errors.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::helpers::*;
+
+/// How long a Console write may wait for a lock while `migrate` runs: its own `lock_timeout`.
+/// `migrate` waits at most 200 ms for a lock (`stores::migrations::MIGRATE_LOCK_TIMEOUT`) and
+/// holds none while it builds an index; the rest is slack for a shared CI machine.
+const CONSOLE_LOCK_TIMEOUT: &str = "600ms";
+
+/// Console's write mix on the grants tables, as its ticket grant does it (the grant, then its
+/// audit row, in one transaction: the other order from migration 0016's), until `stop`; each
+/// transaction with `lock_timeout`. Counts commits and errors (with the first few messages).
+async fn console_writes(
+    db: &TestDb,
+    admin: String,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let pool = db.pool.clone();
+    while !stop.load(Ordering::Relaxed) {
+        let result: Result<(), sqlx::Error> = async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(&format!("SET LOCAL lock_timeout = '{CONSOLE_LOCK_TIMEOUT}'"))
+                .execute(&mut *tx)
+                .await?;
+            let id = uuid::Uuid::new_v4().to_string();
+            sqlx::query(
+                "INSERT INTO rbac_ticket_grants (id, user_id, role_id, ticket_id, customer_id, granted_by) \
+                 SELECT $1, $2, id, 'T-load', 7, 'console' FROM rbac_roles WHERE name = 'console-user'",
+            )
+            .bind(&id)
+            .bind(&admin)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, ticket_id, customer_id, granted_by) \
+                 VALUES ($1, 'ticket_grant', $2, 'T-load', 7, 'console')",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(&admin)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => errors.lock().unwrap().push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs `rbac-gateway migrate` on `db` while four Console writers write the grants tables (and,
+/// with `long`, one Console transaction holds a grants-audit write open for 3 s as `migrate`
+/// starts): `migrate` exits 0, Console committed writes meanwhile and none failed.
+async fn migrate_under_writes(db: &TestDb, long: bool) {
+    let admin = db.admin("writer@corp.example").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let (db, admin, stop, done, errors) = (
+            TestDb {
+                url: db.url.clone(),
+                pool: db.pool.clone(),
+            },
+            admin.clone(),
+            stop.clone(),
+            done.clone(),
+            errors.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            console_writes(&db, admin, stop, done, errors).await
+        }));
+    }
+    let holder = long.then(|| {
+        let (pool, admin) = (db.pool.clone(), admin.clone());
+        tokio::spawn(async move {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query(
+                "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, granted_by) \
+                 VALUES ($1, 'grant', $2, 'console')",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(&admin)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            tx.commit().await.unwrap();
+        })
+    });
+    eventually(
+        Duration::from_secs(10),
+        "Console's writes under way",
+        || async { done.load(Ordering::Relaxed) >= 20 },
+    )
+    .await;
+    let before = done.load(Ordering::Relaxed);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .args(["migrate", "--database-url", &db.url])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), out)
+        .await
+        .expect("migrate ended within 180 s")
+        .unwrap();
+    let (code, text) = code_and_output(&out);
+    let during = done.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    if let Some(h) = holder {
+        h.await.unwrap();
+    }
+    assert_eq!(code, Some(0), "migrate: {text}");
+    let errors = errors.lock().unwrap().clone();
+    assert!(
+        errors.is_empty(),
+        "{} of Console's writes failed while migrate ran (a lock held or queued for past {CONSOLE_LOCK_TIMEOUT}, or a deadlock): {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(during > 0, "no Console write committed while migrate ran");
+    let latest: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let shipped = rbac_gateway::stores::migrations::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap();
+    assert_eq!(latest, shipped);
+}
+
+/// A database the previous release left at migration 0015, its grants tables a year's size
+/// (1,000,000 audit rows, 50,000 ticket grants): `migrate` applies 0016 onwards while Console
+/// writes both tables (and one of its transactions holds a write open for 3 s). 0016's indexes
+/// were built inside its transaction, holding a lock that made every Console write to both
+/// tables wait for the build (and deadlock with its ticket grants); now they are built
+/// concurrently first, and every lock is waited for 200 ms at most, then tried again.
+#[tokio::test]
+async fn migrate_from_the_previous_release_under_consoles_writes_stalls_none() {
+    let _alone = timed_alone().await;
+    let db = TestDb::at_version(15).await;
+    let admin = db.admin("year@corp.example").await;
+    sqlx::raw_sql(&format!(
+        "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, ticket_id, customer_id, granted_by, expires_at_utc) \
+         SELECT 'old-' || i, 'ticket_grant', '{admin}', 'T-' || (i % 20000), i % 500, 'console', now() + (i % 90) * interval '1 day' \
+           FROM generate_series(1, 1000000) i; \
+         INSERT INTO rbac_ticket_grants (id, user_id, role_id, ticket_id, customer_id, granted_by) \
+         SELECT 'old-' || i, '{admin}', r.id, 'T-' || i, i % 500, 'console' \
+           FROM generate_series(1, 50000) i, rbac_roles r WHERE r.name = 'console-user'; \
+         ANALYZE rbac_grants_audit; ANALYZE rbac_ticket_grants;"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    migrate_under_writes(&db, true).await;
+    let indexes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         WHERE c.relname IN ('idx_rga_ticket', 'idx_rga_expires', 'idx_rtg_ticket', 'idx_rtg_customer') AND i.indisvalid",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(indexes, 4, "0016's indexes, valid");
+}
+
+/// A database that has run every migration: `migrate` under Console's writes is a no-op that
+/// stalls nothing.
+#[tokio::test]
+async fn migrate_again_under_consoles_writes_is_a_no_op() {
+    let db = TestDb::new().await;
+    migrate_under_writes(&db, false).await;
+}
