@@ -99,7 +99,7 @@ GRANT SELECT, INSERT ON rbac_gateway_feed_epoch TO rbac_gateway_serve;
 -- --break-glass-requires-alert (was the session's alert delivered?).
 GRANT SELECT, INSERT ON rbac_gateway_alerts TO rbac_gateway_serve;
 -- Alert pass: a delivery, or a failed one and its backoff.
-GRANT UPDATE (delivered_at_utc, attempts, last_error, next_attempt_utc) ON rbac_gateway_alerts
+GRANT UPDATE (delivered_at_utc, attempts, last_error, next_attempt_utc, erasure_keys) ON rbac_gateway_alerts
     TO rbac_gateway_serve;
 -- Alert pass: the break-glass group changes the triggers recorded.
 GRANT SELECT ON rbac_gateway_group_changes TO rbac_gateway_serve;

@@ -8,4 +8,4 @@
 -- (lock_timeout) and tries again rather than queue Console's writes behind it.
 --
 -- Changing it: a new migration (never edit this one).
-ALTER TABLE access_audit_events ADD COLUMN IF NOT EXISTS occurrences INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE access_audit_events ADD COLUMN IF NOT EXISTS occurrences BIGINT NOT NULL DEFAULT 1;

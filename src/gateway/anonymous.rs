@@ -112,7 +112,7 @@ impl Coalescer {
         };
         match slot {
             Some(c) => {
-                c.n += 1;
+                c.n = c.n.saturating_add(1);
                 c.last = row.clone();
             }
             None => {
@@ -142,7 +142,7 @@ impl Coalescer {
             .flatten()
             .map(|c| AuditEvent {
                 id: uuid::Uuid::new_v4().to_string(),
-                occurrences: i32::try_from(c.n).unwrap_or(i32::MAX),
+                occurrences: i64::from(c.n),
                 ..(*c.last).clone()
             })
             .collect()
@@ -215,7 +215,7 @@ mod tests {
         assert!(c.ended(t0 + Duration::from_secs(59), false).is_empty());
         let mut ended = c.ended(t0 + Duration::from_secs(60), false);
         ended.sort_by_key(|r| r.occurrences);
-        let counts: Vec<i32> = ended.iter().map(|r| r.occurrences).collect();
+        let counts: Vec<i64> = ended.iter().map(|r| r.occurrences).collect();
         assert_eq!(counts, vec![1, 9]);
         assert_eq!(ended[0].route.as_deref(), Some("GET /x"));
         // The next window starts empty.

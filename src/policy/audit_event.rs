@@ -29,10 +29,10 @@ pub struct AuditEvent {
     /// a session of one client, reason and rule in a window after the first
     /// (`gateway/anonymous.rs`).
     #[serde(default = "one")]
-    pub occurrences: i32,
+    pub occurrences: i64,
 }
 
-fn one() -> i32 {
+fn one() -> i64 {
     1
 }
 

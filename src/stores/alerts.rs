@@ -63,7 +63,7 @@ impl AlertPass {
     /// within a day of being granted; the keys recorded now.
     pub async fn raise_break_glass_sessions(&mut self) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(concat!(
-            "INSERT INTO rbac_gateway_alerts (key, text) \
+            "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys) \
              SELECT 'break_glass:' || b.id, \
                     pg_catalog.format('Break-glass session opened for %s (%s). Justification: %s. Expires %s UTC.%s', \
                            a.email, b.user_id, b.justification, pg_catalog.to_char(",
@@ -71,7 +71,8 @@ impl AlertPass {
             " AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
                            CASE WHEN b.revoked_at_utc IS NOT NULL OR ",
             crate::break_glass_end!(),
-            " <= pg_catalog.now() THEN ' It ended before this alert was raised.' ELSE '' END) \
+            " <= pg_catalog.now() THEN ' It ended before this alert was raised.' ELSE '' END), \
+                    ARRAY[b.user_id] \
              FROM rbac_break_glass_sessions b JOIN admins a ON a.id = b.user_id \
              WHERE (b.revoked_at_utc IS NULL AND ",
             crate::break_glass_end!(),
@@ -88,12 +89,13 @@ impl AlertPass {
     /// Records an alert for each deploy window declared in the last day; the keys recorded now.
     pub async fn raise_deploy_windows(&mut self) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(
-            "INSERT INTO rbac_gateway_alerts (key, text) \
+            "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys) \
              SELECT 'deploy_window:' || d.id::text, \
                     pg_catalog.format('Deploy window declared by %s: %s, from %s to %s UTC. Break-glass group changes in it are alerted as during deploy.', \
                            d.declared_by, d.reason, \
                            pg_catalog.to_char(d.starts_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
-                           pg_catalog.to_char(d.ends_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')) \
+                           pg_catalog.to_char(d.ends_at_utc AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')), \
+                    '{}'::text[] \
              FROM rbac_gateway_deploy_windows d WHERE d.created_at_utc > pg_catalog.now() - interval '1 day' \
              ON CONFLICT (key) DO NOTHING RETURNING key",
         ).persistent(false)
@@ -105,7 +107,7 @@ impl AlertPass {
     /// Records the alert `key` with `text` unless it exists; true when this call recorded it.
     pub async fn raise(&mut self, key: &str, text: &str) -> Result<bool, sqlx::Error> {
         let inserted = sqlx::query(
-            "INSERT INTO rbac_gateway_alerts (key, text) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys) VALUES ($1, $2, '{}') ON CONFLICT (key) DO NOTHING",
         ).persistent(false)
         .bind(key)
         .bind(text)
@@ -145,10 +147,19 @@ impl AlertPass {
         .await
     }
 
-    /// Marks the changes of transaction `txid` as alerted by `key`.
+    /// Marks the changes of transaction `txid` as alerted by `key`, and gives the alert their
+    /// erasure keys (the admins they name and their actors, migration 0025), or none (NULL: its
+    /// text is searched) where one of them has none.
     pub async fn mark_alerted(&mut self, key: &str, txid: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE rbac_gateway_group_changes SET alert_key = $1 WHERE txid = $2::xid8 AND alert_key IS NULL",
+            "WITH marked AS (UPDATE rbac_gateway_group_changes SET alert_key = $1 \
+                              WHERE txid = $2::xid8 AND alert_key IS NULL RETURNING erasure_keys) \
+             UPDATE rbac_gateway_alerts a SET erasure_keys = CASE \
+                 WHEN a.erasure_keys IS NULL OR EXISTS (SELECT FROM marked WHERE erasure_keys IS NULL) THEN NULL \
+                 ELSE (SELECT coalesce(pg_catalog.array_agg(DISTINCT k), '{}') FROM ( \
+                           SELECT pg_catalog.unnest(a.erasure_keys) AS k \
+                           UNION ALL SELECT pg_catalog.unnest(m.erasure_keys) FROM marked m) u) END \
+             WHERE a.key = $1",
         ).persistent(false)
         .bind(key)
         .bind(txid)

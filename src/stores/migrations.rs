@@ -1,7 +1,9 @@
 //! The embedded migrations (`migrations/`) and `migrate`: the session's path pinned, no lock
-//! waited for longer than [`MIGRATE_LOCK_TIMEOUT`] (tried again instead), and the indexes of
+//! waited for longer than [`MIGRATE_LOCK_TIMEOUT`] (tried again instead), the indexes of
 //! migration 0016 built beforehand without blocking writes where it has not run yet
-//! (`before_0016`). docs/design/migrations.md.
+//! (`before_0016`), and, after the migrations, the erasure's indexes built the same way and the
+//! rows written before migration 0025 given their erasure keys in short batches
+//! (`after_migrations`). docs/design/migrations.md.
 
 use std::time::Duration;
 
@@ -51,6 +53,7 @@ pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
         sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&pin)).await?;
         before_0016(&mut conn).await?;
         match MIGRATOR.run(&mut *conn).await {
+            Ok(()) => return after_migrations(&mut conn).await.map_err(Into::into),
             Err(e) if lock_timed_out(&e) && attempt < MIGRATE_ATTEMPTS => {
                 tracing::warn!(error = %e, attempt, "migrate: a lock was not granted within {} ms (Console's writes are not kept waiting behind it); trying again", MIGRATE_LOCK_TIMEOUT.as_millis());
                 drop(conn);
@@ -111,6 +114,7 @@ async fn before_0016(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     ];
     let migrated: bool =
         sqlx::query_scalar("SELECT pg_catalog.to_regclass('_sqlx_migrations') IS NOT NULL")
+            .persistent(false)
             .fetch_one(&mut *conn)
             .await?;
     if !migrated {
@@ -119,40 +123,122 @@ async fn before_0016(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     let applied: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT FROM _sqlx_migrations WHERE version OPERATOR(pg_catalog.=) 16)",
     )
+    .persistent(false)
     .fetch_one(&mut *conn)
     .await?;
     if applied {
         return Ok(());
     }
-    // A build waits for the transactions in progress (and blocks no write meanwhile): no bound.
-    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql("SET lock_timeout = 0")).await?;
     for (index, table, columns) in INDEXES {
-        let (owned, valid): (bool, Option<bool>) = sqlx::query_as(
-            "SELECT coalesce(pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c \
-                    WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)::oid), 'USAGE'), false), \
-                    (SELECT i.indisvalid FROM pg_catalog.pg_index i \
-                      WHERE i.indexrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($2)::oid)",
-        )
-        .bind(table)
-        .bind(index)
-        .fetch_one(&mut *conn)
-        .await?;
-        if !owned || valid == Some(true) {
-            continue;
-        }
-        if valid == Some(false) {
-            let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {index}");
-            sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&drop)).await?;
-        }
-        tracing::info!(
-            index,
-            table,
-            "migrate: building migration 0016's index concurrently (Console's writes go on)"
-        );
-        let build = format!("CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table} {columns}");
-        sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&build)).await?;
+        ensure_index(conn, index, table, columns).await?;
     }
+    Ok(())
+}
+
+/// `index` on `table` (`columns`: the rest of the definition), built with `CREATE INDEX
+/// CONCURRENTLY` unless a valid one of the name exists, where the migrating role is a member of
+/// the table's owner (else left, as the migrations leave such a table). A build waits for the
+/// transactions in progress and blocks no write meanwhile, so it waits without a bound; an
+/// index a cancelled build left invalid is dropped (concurrently) and built again.
+async fn ensure_index(
+    conn: &mut sqlx::PgConnection,
+    index: &str,
+    table: &str,
+    columns: &str,
+) -> Result<(), sqlx::Error> {
+    let (owned, valid): (bool, Option<bool>) = sqlx::query_as(
+        "SELECT coalesce(pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c \
+                WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)::oid), 'USAGE'), false), \
+                (SELECT i.indisvalid FROM pg_catalog.pg_index i \
+                  WHERE i.indexrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($2)::oid)",
+    )
+    .persistent(false)
+    .bind(table)
+    .bind(index)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !owned || valid == Some(true) {
+        return Ok(());
+    }
+    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql("SET lock_timeout = 0")).await?;
+    if valid == Some(false) {
+        let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {index}");
+        sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&drop)).await?;
+    }
+    tracing::info!(
+        index,
+        table,
+        "migrate: building an index concurrently (Console's writes go on)"
+    );
+    let build = format!("CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table} {columns}");
+    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&build)).await?;
     let bound = format!("SET lock_timeout = {}", MIGRATE_LOCK_TIMEOUT.as_millis());
     sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&bound)).await?;
+    Ok(())
+}
+
+/// What follows the migrations, outside their transactions: the indexes the erasure finds its
+/// rows by (migration 0025), built concurrently, then the rows written before 0025 given their
+/// erasure keys, 5,000 a statement (each a short transaction of its own: Console's admin
+/// deletes and the alert pass wait for no long one).
+async fn after_migrations(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    const INDEXES: [(&str, &str, &str); 4] = [
+        (
+            "idx_rggc_erasure",
+            "rbac_gateway_group_changes",
+            "USING gin (erasure_keys)",
+        ),
+        (
+            "idx_rgal_erasure",
+            "rbac_gateway_alerts",
+            "USING gin (erasure_keys)",
+        ),
+        (
+            "idx_rggc_unkeyed",
+            "rbac_gateway_group_changes",
+            "(id) WHERE erasure_keys IS NULL",
+        ),
+        (
+            "idx_rgal_unkeyed",
+            "rbac_gateway_alerts",
+            "(key) WHERE erasure_keys IS NULL",
+        ),
+    ];
+    for (index, table, columns) in INDEXES {
+        ensure_index(conn, index, table, columns).await?;
+    }
+    for backfill in [
+        "UPDATE rbac_gateway_group_changes g \
+            SET erasure_keys = rbac_gateway_erasure_keys_of(g.what, g.actor) \
+          WHERE g.id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT u.id FROM rbac_gateway_group_changes u \
+                                                  WHERE u.erasure_keys IS NULL LIMIT 5000))",
+        "UPDATE rbac_gateway_alerts a \
+            SET erasure_keys = rbac_gateway_erasure_keys_of(a.text, NULL) \
+                OPERATOR(pg_catalog.||) coalesce((SELECT ARRAY[b.user_id] FROM rbac_break_glass_sessions b \
+                          WHERE 'break_glass:' OPERATOR(pg_catalog.||) b.id OPERATOR(pg_catalog.=) a.key), '{}') \
+          WHERE a.key OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT u.key FROM rbac_gateway_alerts u \
+                                                   WHERE u.erasure_keys IS NULL LIMIT 5000))",
+    ] {
+        let mut waited = 0;
+        loop {
+            let done = match sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(backfill)).await {
+                Ok(done) => done,
+                // A row another transaction holds (the alert pass's, an erasure): its lock is
+                // not waited for past the bound; the batch is tried again.
+                Err(sqlx::Error::Database(d))
+                    if d.code().as_deref() == Some("55P03") && waited < MIGRATE_ATTEMPTS =>
+                {
+                    waited += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(waited.min(20)))).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if done.rows_affected() == 0 {
+                break;
+            }
+            tracing::info!(rows = done.rows_affected(), "migrate: erasure keys given to rows written before migration 0025");
+        }
+    }
     Ok(())
 }

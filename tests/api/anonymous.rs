@@ -77,7 +77,7 @@ async fn denials_without_a_session_write_a_row_per_client_reason_and_rule_a_wind
         || async {
             rows(
             db,
-            "SELECT coalesce(sum(occurrences), 0) FROM access_audit_events WHERE admin_id IS NULL",
+            "SELECT coalesce(sum(occurrences), 0)::int8 FROM access_audit_events WHERE admin_id IS NULL",
         )
         .await
             == 110
@@ -85,7 +85,7 @@ async fn denials_without_a_session_write_a_row_per_client_reason_and_rule_a_wind
     )
     .await;
     let counted: Vec<(Option<String>, i64, i64)> = sqlx::query_as(
-        "SELECT client_ip, count(*), sum(occurrences) FROM access_audit_events \
+        "SELECT client_ip, count(*), sum(occurrences)::int8 FROM access_audit_events \
          WHERE admin_id IS NULL GROUP BY 1 ORDER BY 1",
     )
     .fetch_all(&db.pool)
