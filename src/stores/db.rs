@@ -211,6 +211,8 @@ pub struct Db {
     /// Whether the pool connects where [`Db::direct_options`] does (no `--direct-database-url`):
     /// only then does the probe's answer speak for the pool's connections.
     pool_is_direct: bool,
+    /// Whether every transaction begins `READ ONLY` ([`Db::connect_read_only`]).
+    read_only: bool,
 }
 
 /// How [`Db::lookup`] sends its statements (`--db-statements`).
@@ -247,13 +249,21 @@ impl Db {
         Self::with_options(connect_options(url)?, direct, size, timeout)
     }
 
-    /// A pool as [`Db::connect`] makes, whose every transaction is read-only: each connection
-    /// starts with `default_transaction_read_only=on` (a startup option: a PgBouncer in front
-    /// needs `options` in its `ignore_startup_parameters`), so a statement that writes fails
-    /// whatever code sends it. The cockpit reads through one.
+    /// A pool as [`Db::connect`] makes, whose every transaction is read-only, so a statement
+    /// that writes fails (SQLSTATE 25006) whatever code sends it. The cockpit reads through one.
+    ///
+    /// Each transaction says so itself: [`Db::begin`] sends `BEGIN READ ONLY`, and
+    /// [`Db::one_round_trip`] and a session of [`Db::lookup`]'s named statements set
+    /// `transaction_read_only` / `default_transaction_read_only` in the same message as their
+    /// statement timeout, so a pooler cannot drop it. Each connection also starts with
+    /// `default_transaction_read_only=on`, a startup option, for the code that uses a connection
+    /// outside those (a PgBouncer in front needs `options` in its `ignore_startup_parameters`,
+    /// and with it drops the option: issue 66, `pooler::the_cockpits_pool_is_read_only_behind_pgbouncer`).
     pub fn connect_read_only(url: &str, size: u32, timeout: Duration) -> Result<Db, sqlx::Error> {
         let opts = connect_options(url)?.options([("default_transaction_read_only", "on")]);
-        Self::with_options(opts, None, size, timeout)
+        let mut db = Self::with_options(opts, None, size, timeout)?;
+        db.read_only = true;
+        Ok(db)
     }
 
     fn with_options(
@@ -279,6 +289,7 @@ impl Db {
                 SIMPLE
             })),
             pool_is_direct,
+            read_only: false,
         })
     }
 
@@ -420,7 +431,10 @@ impl Db {
         within(self.limit, async {
             let mut conn = self.pool.acquire().await?;
             if !conn.bounded() {
-                let set = format!("SET {}", statement_timeout(self.limit));
+                let mut set = format!("SET {}", statement_timeout(self.limit));
+                if self.read_only {
+                    set.push_str("; SET default_transaction_read_only = on");
+                }
                 sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&set)).await?;
                 conn.set_bounded();
             }
@@ -434,7 +448,8 @@ impl Db {
                 }
                 Err(e) if is_shared_server_connection(&e) => {
                     self.no_more_named(&e);
-                    let rows = one_round_trip_on(&mut conn, self.limit, &text()?).await?;
+                    let rows =
+                        simple_query_on(&mut conn, self.limit, self.read_only, &text()?).await?;
                     conn.close();
                     Ok(rows)
                 }
@@ -466,7 +481,7 @@ impl Db {
     ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
         within(self.limit, async {
             let mut conn = self.pool.acquire().await?;
-            let rows = one_round_trip_on(&mut conn, self.limit, sql).await?;
+            let rows = simple_query_on(&mut conn, self.limit, self.read_only, sql).await?;
             conn.done();
             Ok(rows)
         })
@@ -489,11 +504,13 @@ impl Db {
     }
 
     /// A transaction whose statements time out after the limit (`SET LOCAL`, sent with `BEGIN`
-    /// in one round trip). Bounded, like every step after it must be (`.bounded(db.limit())`).
+    /// in one round trip; `BEGIN READ ONLY` on a [`Db::connect_read_only`] pool). Bounded, like
+    /// every step after it must be (`.bounded(db.limit())`).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         within(self.limit, async {
             let mut conn = self.pool.acquire().await?;
-            sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&begin_sql(self.limit))).await?;
+            let begin = begin_sql(self.limit, self.read_only);
+            sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&begin)).await?;
             Ok(Tx {
                 conn: Some(conn),
                 limit: self.limit,
@@ -590,9 +607,15 @@ impl std::ops::DerefMut for Tx {
 /// How many rounds [`Db::has_sessions`] asks before it believes it has sessions of its own.
 const PROBE_ROUNDS: usize = 6;
 
-/// `BEGIN` with the statement timeout of `limit` for the transaction only.
-fn begin_sql(limit: Duration) -> String {
-    format!("BEGIN; SET LOCAL {}", statement_timeout(limit))
+/// `BEGIN` (`BEGIN READ ONLY` when `read_only`) with the statement timeout of `limit` for the
+/// transaction only.
+fn begin_sql(limit: Duration, read_only: bool) -> String {
+    let begin = if read_only {
+        "BEGIN READ ONLY"
+    } else {
+        "BEGIN"
+    };
+    format!("{begin}; SET LOCAL {}", statement_timeout(limit))
 }
 
 /// `statement_timeout = MS`, the bound of every statement (at least 1 ms: 0 would disable it).
@@ -607,7 +630,22 @@ pub async fn one_round_trip_on(
     limit: Duration,
     sql: &str,
 ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
-    let text = format!("SET LOCAL {}; {sql}", statement_timeout(limit));
+    simple_query_on(conn, limit, false, sql).await
+}
+
+/// [`one_round_trip_on`], its implicit transaction read-only when `read_only`.
+async fn simple_query_on(
+    conn: &mut sqlx::PgConnection,
+    limit: Duration,
+    read_only: bool,
+    sql: &str,
+) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    let read_only = if read_only {
+        "SET LOCAL transaction_read_only = on; "
+    } else {
+        ""
+    };
+    let text = format!("{read_only}SET LOCAL {}; {sql}", statement_timeout(limit));
     within(limit, sqlx::Executor::fetch_all(conn, sqlx::raw_sql(&text))).await
 }
 
@@ -617,7 +655,7 @@ pub async fn begin_on(
     limit: Duration,
 ) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
     use sqlx::Connection;
-    within(limit, conn.begin_with(begin_sql(limit))).await
+    within(limit, conn.begin_with(begin_sql(limit, false))).await
 }
 
 /// A statement that leaves no prepared statement behind on its server connection.

@@ -555,7 +555,8 @@ async fn the_cockpit_changes_nothing() {
     // The cockpit's connection: every transaction read-only, whatever code sends a write.
     let ro = rbac_gateway::stores::db::Db::connect_read_only(&db.url, 1, Duration::from_secs(10))
         .unwrap();
-    let e = sqlx::query("INSERT INTO rbac_groups (name) VALUES ('written')")
+    // A write PostgreSQL would commit in a transaction that may write.
+    let e = sqlx::query("INSERT INTO rbac_groups (id, name) VALUES ('written', 'written')")
         .persistent(false)
         .execute(&ro)
         .await
