@@ -838,3 +838,56 @@ async fn the_denials_links_list_their_rules_rows_however_many_newer_rows_others_
     );
     assert_eq!(listed(&cockpit.json("/denials.json").await).len(), 20);
 }
+
+/// A version named in a query that is not stored (issue 66): `/version/V` answered 404, but the
+/// diff and the matrix answered 500, where the command exits 64 for the same input. Each is a
+/// 404 that names the version; the pages still answer for stored versions.
+#[tokio::test]
+async fn an_unknown_version_is_not_found_on_every_page() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = two_versions(dir.path());
+    push(&db, &v1, "alice", "Console's mapping");
+    let cockpit = Cockpit::start(&db.url).await;
+    // `previous` names none yet: not found, saying why.
+    let r = cockpit.get("/diff.json", "").await;
+    assert_eq!(r.status, 404, "{}", r.body_str());
+    assert!(
+        r.body_str().contains("the first version ever activated"),
+        "{}",
+        r.body_str()
+    );
+    push(&db, &v2, "bob", "S6 back to shadow");
+    const UNKNOWN: &str = "000000000000";
+    for path in [
+        format!("/version/{UNKNOWN}"),
+        format!("/diff?old={UNKNOWN}"),
+        format!("/diff.json?new={UNKNOWN}"),
+        format!("/diff.json?old=active&new={UNKNOWN}"),
+        format!("/matrix?version={UNKNOWN}"),
+        format!("/matrix.json?version={UNKNOWN}"),
+        format!("/matrix.json?compare={UNKNOWN}"),
+        format!("/matrix?compare={UNKNOWN}"),
+    ] {
+        let r = cockpit.get(&path, "").await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body_str());
+        assert!(r.body_str().contains(UNKNOWN), "{path}: {}", r.body_str());
+        assert!(
+            r.body_str().contains("no stored mapping version"),
+            "{path}: {}",
+            r.body_str()
+        );
+    }
+    // The same input is bad input for the command (64), not a failure.
+    let out = bin()
+        .args(["diff", &format!("db:{UNKNOWN}"), "db:active"])
+        .args(["--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    // Stored versions still answer.
+    for path in ["/diff.json", "/matrix.json", "/"] {
+        let r = cockpit.get(path, "").await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body_str());
+    }
+}

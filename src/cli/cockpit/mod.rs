@@ -158,8 +158,13 @@ enum Problem {
 }
 
 impl From<Exit> for Problem {
+    /// A version named that is not stored is not found, as `/version/V` says (the command
+    /// exits 64 for it); any other error of a report is the site's own.
     fn from(e: Exit) -> Problem {
-        Problem::Failed(e)
+        match e.error.downcast_ref::<super::NoSuchVersion>() {
+            Some(missing) => Problem::NotFound(missing.to_string()),
+            None => Problem::Failed(e),
+        }
     }
 }
 
@@ -304,7 +309,9 @@ impl Site {
     async fn board(&self) -> Result<Page, Problem> {
         let report =
             super::rollout::report(&self.db, &db_ref("active"), None, self.window_seconds, None)
-                .await?;
+                .await
+                // No version activated yet: the board's own failure, not a page not found.
+                .map_err(Problem::Failed)?;
         Page::of(&report, pages::board(&report))
     }
 
