@@ -891,3 +891,37 @@ async fn an_unknown_version_is_not_found_on_every_page() {
         assert_eq!(r.status, 200, "{path}: {}", r.body_str());
     }
 }
+
+/// The 404 page's JSON link was the request's path with `.json` (issue 66): `GET
+/// //evil.example/x` gave `href="//evil.example/x.json"`, a link to another site. No page links
+/// off the site, whatever path was asked for: every link is a path beginning with exactly one `/`.
+#[tokio::test]
+async fn no_page_links_off_the_site() {
+    let db = TestDb::new().await;
+    let cockpit = Cockpit::start(&db.url).await;
+    for path in [
+        "//evil.example/x",
+        "//evil.example",
+        "///evil.example/x",
+        "/\\evil.example/x",
+        "/nothing",
+        "/denials",
+    ] {
+        let r = cockpit.get(path, "").await;
+        let html = r.body_str();
+        let hrefs: Vec<&str> = html
+            .split("href=\"")
+            .skip(1)
+            .map(|s| s.split('"').next().unwrap())
+            .collect();
+        assert!(!hrefs.is_empty() || r.status == 400, "{path}: {html}");
+        for h in hrefs {
+            let mut c = h.chars();
+            assert!(
+                c.next() == Some('/') && !matches!(c.next(), Some('/' | '\\')),
+                "{path} ({}): a link off the site: {h:?}",
+                r.status
+            );
+        }
+    }
+}
