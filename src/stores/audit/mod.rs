@@ -143,6 +143,8 @@ struct Inner {
     refused: std::sync::Mutex<Option<String>>,
     /// Rows of denials answered 503, oldest first, until the database takes them.
     late: std::sync::Mutex<writer::Late>,
+    /// Since when another process has held the spool, as this one found it.
+    peer: spool::PeerHold,
 }
 
 impl Inner {
