@@ -686,8 +686,18 @@ async fn what_cannot_be_honoured_is_refused_at_start() {
     for (k, v, says) in [
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "http/protobuf"),
         ("OTEL_TRACES_SAMPLER", "sometimes", "OTEL_TRACES_SAMPLER"),
+        (
+            "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+            "4k",
+            "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        ),
+        (
+            "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+            "-1",
+            "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        ),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        let mut out = std::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
             .args([
                 "serve",
                 "--listen",
@@ -700,10 +710,122 @@ async fn what_cannot_be_honoured_is_refused_at_start() {
             .args(["--upstream", "127.0.0.1:9", "--database-url", &db.url])
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
             .env(k, v)
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        assert_eq!(out.status.code(), Some(64), "{k}={v}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        // A value not read would let it start and serve: waited for with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = out.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                // Reason: it may have exited in between; the test fails below either way.
+                let _ = out.kill();
+                let _ = out.wait();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut out.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(64),
+            "{k}={v}: still serving after 20 s, or another status; stderr: {err}"
+        );
         assert!(err.contains(says), "{k}={v}: {err}");
     }
+}
+
+/// A client's long path is cut to the attribute value limit in the span the collector receives
+/// (issue 66: `url.path` was never cut, and a collector that hung let 2,400 spans of 30,000
+/// characters take 145 MiB): 4096 characters when no limit is set; the span's own
+/// `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT` over the general `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`.
+#[tokio::test]
+async fn a_long_path_is_cut_to_the_attribute_value_limit() {
+    let path = format!("/{}", "a".repeat(29_999));
+    for (limits, kept) in [
+        (vec![], 4096),
+        (
+            vec![
+                ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "50"),
+                ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "100"),
+            ],
+            100,
+        ),
+        (vec![("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "50")], 50),
+    ] {
+        let c = Collector::start(Mode::Ok).await;
+        let env = Env::with(core_routes(), |o| {
+            limits.iter().fold(traced(o, &c), |o, (k, v)| o.env(k, v))
+        })
+        .await;
+        let trace = "55555555555555555555555555555555";
+        let r = env
+            .gw
+            .request(
+                "GET",
+                &path,
+                None,
+                &[("traceparent", &format!("00-{trace}-{PARENT}-01"))],
+                b"",
+            )
+            .await;
+        assert_eq!(r.status, 403, "{limits:?}");
+        let (server, _) = server_span_of(&c, trace, 0).await;
+        let got = attr(&server, "url.path").unwrap();
+        assert_eq!(got.len(), kept, "{limits:?}");
+        assert!(path.starts_with(&got), "{limits:?}");
+        assert_eq!(attr(&server, "rbac.reason").as_deref(), Some("no_route"));
+    }
+}
+
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kib / 1024
+}
+
+/// The memory a collector that hangs costs does not grow with the client's paths (issue 66:
+/// 2,400 unauthenticated `POST /_alerts/dismiss/<30,000 x 'a'>` took the gateway's RSS from 12
+/// to 157 MiB): each path is cut to the attribute value limit, and the queue holds at most its
+/// bytes; what does not fit is dropped and counted.
+#[tokio::test]
+async fn a_hanging_collector_costs_bounded_memory_whatever_the_paths_length() {
+    let _alone = timed_alone().await;
+    let c = Collector::start(Mode::Hang).await;
+    let env = Env::with(root().join("routes.toml"), |o| traced(o, &c)).await;
+    let path = format!("/_alerts/dismiss/{}", "a".repeat(30_000));
+    let before = rss_mib(env.gw.pid());
+    const REQUESTS: usize = 2400;
+    const AT_ONCE: usize = 8;
+    for _ in 0..REQUESTS / AT_ONCE {
+        let answers = futures_util::future::join_all(
+            (0..AT_ONCE).map(|_| env.gw.request("POST", &path, None, &[], b"")),
+        )
+        .await;
+        for r in answers {
+            assert_eq!(r.status, 302, "{}", r.body_str());
+        }
+    }
+    let after = rss_mib(env.gw.pid());
+    eprintln!("RSS with a hanging collector: {before} MiB before, {after} MiB after {REQUESTS} long paths");
+    assert!(
+        after < before + 40,
+        "RSS grew from {before} MiB to {after} MiB"
+    );
+    assert!(
+        env.gw
+            .metric("rbac_gateway_telemetry_dropped_total{signal=\"spans\"}")
+            .await
+            > 0.0,
+        "spans past the queue's bound are counted"
+    );
 }
