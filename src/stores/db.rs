@@ -246,24 +246,16 @@ impl Db {
         size: u32,
         timeout: Duration,
     ) -> Result<Db, sqlx::Error> {
-        Self::with_options(connect_options(url)?, direct, size, timeout)
+        Self::with_options(connect_options(url)?, direct, size, timeout, false)
     }
 
-    /// A pool as [`Db::connect`] makes, whose every transaction is read-only, so a statement
-    /// that writes fails (SQLSTATE 25006) whatever code sends it. The cockpit reads through one.
-    ///
-    /// Each transaction says so itself: [`Db::begin`] sends `BEGIN READ ONLY`, and
-    /// [`Db::one_round_trip`] and a session of [`Db::lookup`]'s named statements set
-    /// `transaction_read_only` / `default_transaction_read_only` in the same message as their
-    /// statement timeout, so a pooler cannot drop it. Each connection also starts with
-    /// `default_transaction_read_only=on`, a startup option, for the code that uses a connection
-    /// outside those (a PgBouncer in front needs `options` in its `ignore_startup_parameters`,
-    /// and with it drops the option: issue 66, `pooler::the_cockpits_pool_is_read_only_behind_pgbouncer`).
+    /// The cockpit's pool: as [`Db::connect`]'s, but every transaction says it is read-only
+    /// (`BEGIN READ ONLY`, or a `SET` in a simple query's message: a write fails, 25006), which
+    /// no pooler drops; the startup option `default_transaction_read_only=on` too, which a
+    /// PgBouncer with `ignore_startup_parameters = options` drops (issue 66, `pooler.rs`).
     pub fn connect_read_only(url: &str, size: u32, timeout: Duration) -> Result<Db, sqlx::Error> {
         let opts = connect_options(url)?.options([("default_transaction_read_only", "on")]);
-        let mut db = Self::with_options(opts, None, size, timeout)?;
-        db.read_only = true;
-        Ok(db)
+        Self::with_options(opts, None, size, timeout, true)
     }
 
     fn with_options(
@@ -271,6 +263,7 @@ impl Db {
         direct: Option<&str>,
         size: u32,
         timeout: Duration,
+        read_only: bool,
     ) -> Result<Db, sqlx::Error> {
         let pool_is_direct = direct.is_none();
         let direct = match direct {
@@ -289,7 +282,7 @@ impl Db {
                 SIMPLE
             })),
             pool_is_direct,
-            read_only: false,
+            read_only,
         })
     }
 
@@ -448,8 +441,7 @@ impl Db {
                 }
                 Err(e) if is_shared_server_connection(&e) => {
                     self.no_more_named(&e);
-                    let rows =
-                        simple_query_on(&mut conn, self.limit, self.read_only, &text()?).await?;
+                    let rows = one_round_trip_on(&mut conn, self.limit, &self.ro(&text()?)).await?;
                     conn.close();
                     Ok(rows)
                 }
@@ -481,7 +473,7 @@ impl Db {
     ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
         within(self.limit, async {
             let mut conn = self.pool.acquire().await?;
-            let rows = simple_query_on(&mut conn, self.limit, self.read_only, sql).await?;
+            let rows = one_round_trip_on(&mut conn, self.limit, &self.ro(sql)).await?;
             conn.done();
             Ok(rows)
         })
@@ -503,9 +495,16 @@ impl Db {
         self.limit
     }
 
+    /// `sql` for one simple query: on a read-only pool, its implicit transaction made so first.
+    fn ro<'s>(&self, sql: &'s str) -> std::borrow::Cow<'s, str> {
+        match self.read_only {
+            true => format!("SET LOCAL transaction_read_only = on; {sql}").into(),
+            false => sql.into(),
+        }
+    }
+
     /// A transaction whose statements time out after the limit (`SET LOCAL`, sent with `BEGIN`
-    /// in one round trip; `BEGIN READ ONLY` on a [`Db::connect_read_only`] pool). Bounded, like
-    /// every step after it must be (`.bounded(db.limit())`).
+    /// in one round trip). Bounded, like every step after it must be (`.bounded(db.limit())`).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         within(self.limit, async {
             let mut conn = self.pool.acquire().await?;
@@ -607,15 +606,10 @@ impl std::ops::DerefMut for Tx {
 /// How many rounds [`Db::has_sessions`] asks before it believes it has sessions of its own.
 const PROBE_ROUNDS: usize = 6;
 
-/// `BEGIN` (`BEGIN READ ONLY` when `read_only`) with the statement timeout of `limit` for the
-/// transaction only.
+/// `BEGIN` (`READ ONLY` if so) with the statement timeout of `limit` for the transaction only.
 fn begin_sql(limit: Duration, read_only: bool) -> String {
-    let begin = if read_only {
-        "BEGIN READ ONLY"
-    } else {
-        "BEGIN"
-    };
-    format!("{begin}; SET LOCAL {}", statement_timeout(limit))
+    let mode = if read_only { " READ ONLY" } else { "" };
+    format!("BEGIN{mode}; SET LOCAL {}", statement_timeout(limit))
 }
 
 /// `statement_timeout = MS`, the bound of every statement (at least 1 ms: 0 would disable it).
@@ -630,22 +624,7 @@ pub async fn one_round_trip_on(
     limit: Duration,
     sql: &str,
 ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
-    simple_query_on(conn, limit, false, sql).await
-}
-
-/// [`one_round_trip_on`], its implicit transaction read-only when `read_only`.
-async fn simple_query_on(
-    conn: &mut sqlx::PgConnection,
-    limit: Duration,
-    read_only: bool,
-    sql: &str,
-) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
-    let read_only = if read_only {
-        "SET LOCAL transaction_read_only = on; "
-    } else {
-        ""
-    };
-    let text = format!("{read_only}SET LOCAL {}; {sql}", statement_timeout(limit));
+    let text = format!("SET LOCAL {}; {sql}", statement_timeout(limit));
     within(limit, sqlx::Executor::fetch_all(conn, sqlx::raw_sql(&text))).await
 }
 
@@ -656,112 +635,6 @@ pub async fn begin_on(
 ) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
     use sqlx::Connection;
     within(limit, conn.begin_with(begin_sql(limit, false))).await
-}
-
-/// A statement that leaves no prepared statement behind on its server connection.
-pub struct Unnamed<E>(E);
-
-impl<'q, E: sqlx::Execute<'q, sqlx::Postgres>> sqlx::Execute<'q, sqlx::Postgres> for Unnamed<E> {
-    fn sql(&self) -> &'q str {
-        self.0.sql()
-    }
-
-    fn statement(&self) -> Option<&sqlx::postgres::PgStatement<'q>> {
-        self.0.statement()
-    }
-
-    fn take_arguments(
-        &mut self,
-    ) -> Result<Option<sqlx::postgres::PgArguments>, sqlx::error::BoxDynError> {
-        self.0.take_arguments()
-    }
-
-    fn persistent(&self) -> bool {
-        false
-    }
-}
-
-impl<'d> sqlx::Executor<'d> for &'_ Db {
-    type Database = sqlx::Postgres;
-
-    fn fetch_many<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> futures_util::stream::BoxStream<
-        'e,
-        Result<sqlx::Either<sqlx::postgres::PgQueryResult, sqlx::postgres::PgRow>, sqlx::Error>,
-    >
-    where
-        'd: 'e,
-        E: 'q + sqlx::Execute<'q, sqlx::Postgres>,
-    {
-        use futures_util::{StreamExt, TryStreamExt};
-        let db = self.clone();
-        // One statement in a transaction of its own, unnamed, bounded as a whole.
-        let all = within(self.limit, async move {
-            let mut tx = db.begin().await?;
-            let items = sqlx::Executor::fetch_many(&mut *tx, Unnamed(query))
-                .try_collect::<Vec<_>>()
-                .await?;
-            tx.commit().await?;
-            Ok(items)
-        });
-        futures_util::stream::once(all)
-            .map_ok(|items| futures_util::stream::iter(items.into_iter().map(Ok)))
-            .try_flatten()
-            .boxed()
-    }
-
-    fn fetch_optional<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> futures_util::future::BoxFuture<'e, Result<Option<sqlx::postgres::PgRow>, sqlx::Error>>
-    where
-        'd: 'e,
-        E: 'q + sqlx::Execute<'q, sqlx::Postgres>,
-    {
-        let db = self.clone();
-        Box::pin(within(self.limit, async move {
-            let mut tx = db.begin().await?;
-            let row = sqlx::Executor::fetch_optional(&mut *tx, Unnamed(query)).await?;
-            tx.commit().await?;
-            Ok(row)
-        }))
-    }
-
-    fn prepare_with<'e, 'q: 'e>(
-        self,
-        _sql: &'q str,
-        _parameters: &'e [sqlx::postgres::PgTypeInfo],
-    ) -> futures_util::future::BoxFuture<'e, Result<sqlx::postgres::PgStatement<'q>, sqlx::Error>>
-    where
-        'd: 'e,
-    {
-        // A prepared statement is session state: refused rather than left on a server
-        // connection another client may be given (nothing in the gateway prepares one).
-        Box::pin(async {
-            Err(sqlx::Error::Configuration(
-                "rbac-gateway prepares no statement outside a transaction".into(),
-            ))
-        })
-    }
-
-    fn describe<'e, 'q: 'e>(
-        self,
-        sql: &'q str,
-    ) -> futures_util::future::BoxFuture<'e, Result<sqlx::Describe<sqlx::Postgres>, sqlx::Error>>
-    where
-        'd: 'e,
-    {
-        // Used by sqlx's macros only, which the gateway does not use.
-        let pool = self.pool.clone();
-        Box::pin(async move {
-            let mut conn = pool.acquire().await?;
-            let described = sqlx::Executor::describe(&mut *conn, sql).await?;
-            conn.done();
-            Ok(described)
-        })
-    }
 }
 
 /// The connection options of `url`, with nothing a transaction pooler must be told to ignore.
