@@ -458,21 +458,112 @@ async fn the_reader_api_is_traced_on_the_proxys_span() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body_str());
     let (server, children) = server_span_of(&c, trace, 1).await;
+    // Who asked and the mapping live then, as on a decided request's span (issue 66: neither
+    // was there).
+    let version = rbac_gateway::policy::mapping::version_of(&std::fs::read(core_routes()).unwrap());
     for (k, v) in [
         ("http.route", "/api/rbac/me"),
         ("url.path", "/api/rbac/me"),
         ("rbac.decision", "api"),
         ("http.response.status_code", "200"),
+        ("enduser.id", admin.as_str()),
+        ("rbac.admin_id", admin.as_str()),
+        ("rbac.mapping_version", version.as_str()),
     ] {
         assert_eq!(attr(&server, k).as_deref(), Some(v), "{k} on {server:#?}");
     }
+    assert_eq!(
+        attr(&server, "rbac.reason"),
+        None,
+        "an answer, not a refusal"
+    );
     assert!(
         children.iter().any(|s| s.name.starts_with("SELECT")),
         "the lookups are children: {children:#?}"
     );
+    // Why, when the answer is not a grant: a permission not held, no session, a bad call.
+    for (n, path, token, status, reason) in [
+        (
+            1,
+            "/api/rbac/permissions/check?permission=console:flags:write",
+            Some(token.as_str()),
+            200,
+            "missing_role",
+        ),
+        (2, "/api/rbac/me", None, 401, "no_session"),
+        (
+            3,
+            "/api/rbac/permissions/check?permission=",
+            Some(token.as_str()),
+            400,
+            "bad_parameter",
+        ),
+    ] {
+        let trace = format!("7777777777777777777777777777777{n}");
+        let r = env
+            .gw
+            .request(
+                "GET",
+                path,
+                token,
+                &[("traceparent", &format!("00-{trace}-{PARENT}-01"))],
+                b"",
+            )
+            .await;
+        assert_eq!(r.status, status, "{path}: {}", r.body_str());
+        let (server, _) = server_span_of(&c, &trace, 0).await;
+        assert_eq!(
+            attr(&server, "rbac.reason").as_deref(),
+            Some(reason),
+            "{path}"
+        );
+        assert_eq!(
+            attr(&server, "rbac.mapping_version").as_deref(),
+            Some(version.as_str()),
+            "{path}"
+        );
+        let asked_by = token.map(|_| admin.as_str()).filter(|_| status != 400);
+        assert_eq!(
+            attr(&server, "rbac.admin_id").as_deref(),
+            asked_by,
+            "{path}"
+        );
+    }
     assert!(env.up.requests().is_empty(), "never forwarded");
-    let _ = admin;
     assert_nothing_secret(&c, &[&token, "theme=dark", "qvalue"]);
+}
+
+/// A request without a session to a rule that needs one (302 to the login page): the rule
+/// matched, so its span says which (issue 66: no `http.route` nor `rbac.rule`), named after it
+/// as any decided request's span is.
+#[tokio::test]
+async fn a_redirect_to_the_login_page_names_the_rule_on_its_span() {
+    let c = Collector::start(Mode::Ok).await;
+    let env = Env::with(core_routes(), |o| traced(o, &c)).await;
+    let trace = "66666666666666666666666666666666";
+    let r = env
+        .gw
+        .request(
+            "GET",
+            "/console/customers/42",
+            None,
+            &[("traceparent", &format!("00-{trace}-{PARENT}-01"))],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 302, "{}", r.body_str());
+    let (server, _) = server_span_of(&c, trace, 0).await;
+    assert_eq!(server.name, "GET /console/customers/<id>");
+    for (k, v) in [
+        ("http.route", "/console/customers/<id>"),
+        ("rbac.rule", "GET,POST /console/customers/<id>"),
+        ("rbac.decision", "redirected"),
+        ("rbac.reason", "no_session"),
+        ("http.response.status_code", "302"),
+    ] {
+        assert_eq!(attr(&server, k).as_deref(), Some(v), "{k} on {server:#?}");
+    }
+    assert_eq!(attr(&server, "rbac.admin_id"), None);
 }
 
 #[tokio::test]
