@@ -144,11 +144,29 @@ impl AuditWriter {
         (Arc::new(AuditWriter { tx, inner }), task)
     }
 
-    /// Returns once the row is durable (database or spool).
+    /// Returns once the row is durable (database or spool). Dropped before then, the row is
+    /// written all the same: once queued, by the writer; dropped while it waits for room in a
+    /// full queue (a request cancelled: a connection dropped past the shutdown's grace), it is
+    /// kept in memory for the database as a denial answered 503 is ([`Inner::keep_late`]),
+    /// never lost unsaid.
     pub async fn record(&self, event: Arc<AuditEvent>) -> Result<(), AuditError> {
+        use tokio::sync::mpsc::error::TrySendError;
         let (done, wait) = oneshot::channel();
         self.inner.metrics.audit_queue_depth.inc();
-        if self.tx.send((event, done)).await.is_err() {
+        let queued = match self.tx.try_send((event, done)) {
+            Ok(()) => true,
+            Err(TrySendError::Full((event, done))) => {
+                let pending = NotQueued {
+                    row: Some(event.clone()),
+                    inner: &self.inner,
+                };
+                let sent = self.tx.send((event, done)).await.is_ok();
+                pending.queued();
+                sent
+            }
+            Err(TrySendError::Closed(_)) => false,
+        };
+        if !queued {
             self.inner.metrics.audit_queue_depth.dec();
             return Err(AuditError::Stopped);
         }
@@ -257,6 +275,30 @@ impl AuditWriter {
                 }
             }
             tokio::time::sleep(every).await;
+        }
+    }
+}
+
+/// A row waiting for room in the writer's queue: if it is dropped before the row got there,
+/// the row is kept for the database ([`AuditWriter::record`]).
+struct NotQueued<'a> {
+    row: Option<Arc<AuditEvent>>,
+    inner: &'a Inner,
+}
+
+impl NotQueued<'_> {
+    /// The row is in the queue (or the writer stopped, and the caller answers so).
+    fn queued(mut self) {
+        self.row = None;
+    }
+}
+
+impl Drop for NotQueued<'_> {
+    fn drop(&mut self) {
+        if let Some(row) = self.row.take() {
+            self.inner.metrics.audit_queue_depth.dec();
+            tracing::warn!(request_id = %row.request_id, "a denial's request ended while its audit row waited for room in the writer's queue: the row is kept for the database");
+            self.inner.keep_late(std::slice::from_ref(&row));
         }
     }
 }
@@ -630,6 +672,31 @@ mod tests {
         );
         let problems = writer.spool_problems();
         assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("1 audit row(s) of denials answered 503 wait in memory"),
+            "{problems:?}"
+        );
+    }
+
+    /// A row whose request ends while it waits for room in a full queue is kept for the
+    /// database, not lost: `record` dropped mid-wait (before, the row went with it, unsaid).
+    #[tokio::test]
+    async fn a_row_dropped_while_the_queue_is_full_is_kept_for_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        // The writer's task is not run: nothing leaves the queue.
+        let (writer, _task) = refused_writer(&dir.path().join("spool"), Duration::from_secs(2));
+        for i in 0..QUEUE {
+            let (done, _) = oneshot::channel();
+            writer.tx.try_send((row(&format!("q{i}")), done)).unwrap();
+        }
+        let cancelled =
+            tokio::time::timeout(Duration::from_millis(50), writer.record(row("left"))).await;
+        assert!(cancelled.is_err(), "the queue is full: record waits");
+        let late = lock(&writer.inner.late);
+        assert_eq!(late.rows.len(), 1, "the row is kept");
+        assert_eq!(late.rows[0].id, "left");
+        drop(late);
+        let problems = writer.spool_problems();
         assert!(
             problems[0].starts_with("1 audit row(s) of denials answered 503 wait in memory"),
             "{problems:?}"
