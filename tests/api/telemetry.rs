@@ -735,6 +735,8 @@ async fn sigterm_flushes_what_is_queued() {
     env.gw.signal("TERM");
     let status = env.gw.exited(Duration::from_secs(20), "no exit").await;
     assert!(status.success(), "{status}; log:\n{}", env.gw.log());
+    // Nothing was left running: the runtime's shutdown did not wait out the grace.
+    assert!(!env.gw.log().contains("left behind"), "{}", env.gw.log());
     let (server, _) = server_span_of(&c, trace, 0).await;
     assert_eq!(attr(&server, "rbac.decision").as_deref(), Some("public"));
     assert!(
@@ -918,5 +920,96 @@ async fn a_hanging_collector_costs_bounded_memory_whatever_the_paths_length() {
             .await
             > 0.0,
         "spans past the queue's bound are counted"
+    );
+}
+
+/// At SIGTERM, a lookup of the collector's host name that never gets an answer (its DNS
+/// server silent) does not hold the process past `--shutdown-grace` (issue 66): the lookup runs
+/// on a blocking thread (getaddrinfo), which an export's timeout does not stop, and dropping
+/// the background runtime waited for it. The gateway runs in a mount namespace of its own whose
+/// `/etc/resolv.conf` names a DNS server that reads every question and answers none.
+#[tokio::test]
+async fn sigterm_exits_within_the_grace_while_the_collectors_name_is_being_looked_up() {
+    if !running_as_root() {
+        eprintln!(
+            "skipped: a mount namespace and a DNS server on port 53 need root (CI runs as root)"
+        );
+        return;
+    }
+    let _alone = timed_alone().await;
+    // A DNS server that never answers, on an address of its own.
+    let dns = std::net::UdpSocket::bind("127.9.9.9:53").expect("bind 127.9.9.9:53");
+    dns.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.9.9.9\noptions timeout:30 attempts:1\n",
+    )
+    .unwrap();
+    let mount = format!(
+        "mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"",
+        resolv.display()
+    );
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    const GRACE: Duration = Duration::from_secs(2);
+    let mut gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .launched_by(&[
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &mount,
+            ])
+            .arg("--shutdown-grace")
+            .arg(&GRACE.as_secs().to_string())
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://collector.hung-dns.test:4318",
+            )
+            .env("OTEL_EXPORTER_OTLP_TIMEOUT", "500")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "100"),
+    )
+    .await;
+    assert_eq!(gw.status("/auth/login", None).await, 200);
+    // The export asks for the collector's address, and gets no answer.
+    eventually(
+        Duration::from_secs(10),
+        "the collector's name asked",
+        || {
+            let mut buf = [0u8; 512];
+            let asked = dns
+                .recv_from(&mut buf)
+                .is_ok_and(|(n, _)| buf[..n].windows(7).any(|w| w == b"hung-dn"));
+            async move { asked }
+        },
+    )
+    .await;
+    let t0 = Instant::now();
+    gw.signal("TERM");
+    let status = gw
+        .exited(
+            GRACE + Duration::from_secs(20),
+            "the gateway still runs 22 s after SIGTERM",
+        )
+        .await;
+    let took = t0.elapsed();
+    eprintln!("exited {took:?} after SIGTERM with a lookup of the collector hung");
+    assert!(status.success(), "{status}; log:\n{}", gw.log());
+    assert!(
+        took < GRACE + Duration::from_secs(1),
+        "exited {took:?} after SIGTERM, past the {GRACE:?} grace"
+    );
+    assert!(
+        gw.log()
+            .contains("was still running at the end of the grace and is left behind"),
+        "said in the log:\n{}",
+        gw.log()
     );
 }

@@ -19,7 +19,7 @@ fn pgbouncer_bin() -> PathBuf {
     PathBuf::from("pgbouncer")
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
