@@ -125,6 +125,19 @@ pub(crate) fn stored_ref(path: &Path) -> Option<&str> {
     path.to_str()?.strip_prefix("db:")
 }
 
+/// A mapping version named that is not stored, or `active`/`previous` naming none yet: bad
+/// input, exit 64 for a command and 404 for the cockpit (which finds it in [`Exit::error`]).
+#[derive(Debug)]
+pub(crate) struct NoSuchVersion(String);
+
+impl std::fmt::Display for NoSuchVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoSuchVersion {}
+
 /// The stored version `what` names (a version, `active` or `previous`), re-hashed and compiled
 /// as a gateway loads it ([`crate::gateway::reload::load_stored`]), never another mapping. As a
 /// file path would be: a version not stored, `active`/`previous` naming none yet, or a text this
@@ -145,13 +158,13 @@ pub(crate) async fn load_stored_ref(
     let version = named_version(db, what)
         .await
         .map_err(cannot_read)?
-        .map_err(|none| usage(anyhow!("db:{what}: {none}")))?;
+        .map_err(|none| usage(NoSuchVersion(format!("db:{what}: {none}"))))?;
     load_stored(db, &version).await.map_err(|e| match e {
         Unloadable::Db(e) => cannot_read(e),
-        Unloadable::Missing(_) => usage(anyhow!(
+        Unloadable::Missing(_) => usage(NoSuchVersion(format!(
             "db:{what}: {}",
             store::Refused::UnknownVersion(version.clone())
-        )),
+        ))),
         e @ Unloadable::Invalid(_) => usage(anyhow!("db:{what}: {e}")),
         e @ (Unloadable::Tampered(_) | Unloadable::BadSignature(_)) => {
             failure(anyhow!("db:{what}: {e}"))

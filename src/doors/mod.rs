@@ -49,7 +49,8 @@ pub(crate) fn trace_outcome(span: &ServerSpan, method: &str, outcome: &Outcome, 
             ),
             Outcome::Refuse(r) => (None, None, Some(r.as_str())),
             Outcome::Unavailable(u) => (None, None, Some(u.as_str())),
-            Outcome::Redirect { .. } => (None, None, Some("no_session")),
+            // No session: the rule that asks for one matched all the same.
+            Outcome::Redirect { rule, .. } => (Some(&**rule), None, Some("no_session")),
             Outcome::Gone => (None, None, Some("gone")),
         };
         if let Some(rule) = rule {

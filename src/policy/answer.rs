@@ -327,12 +327,13 @@ fn log_decided(outcome: &Outcome, on: &DecidedOn<'_>, request_id: &str, trace_id
                 "forward"
             )
         }
-        Outcome::Redirect { .. } => {
+        Outcome::Redirect { rule, .. } => {
             tracing::debug!(
                 request_id,
                 trace_id,
                 method,
                 path,
+                rule = &**rule,
                 mapping_version = version,
                 "redirected to login: no valid session"
             )
@@ -389,7 +390,7 @@ fn answer(outcome: Outcome, request_id: Option<&str>) -> Answer {
     match outcome {
         Outcome::Refuse(_) => Answer::Reply(Reply::Refused),
         Outcome::Gone => Answer::Reply(Reply::Gone),
-        Outcome::Redirect { location } => Answer::Reply(Reply::Login { location }),
+        Outcome::Redirect { location, .. } => Answer::Reply(Reply::Login { location }),
         Outcome::Unavailable(_) => Answer::Reply(Reply::Unavailable),
         Outcome::Deny { .. } => Answer::Reply(Reply::Denied),
         Outcome::ShadowDeny { forward, .. } => forward_answer(request_id, forward, true),

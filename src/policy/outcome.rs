@@ -170,8 +170,12 @@ pub enum Outcome {
         forward: Forward,
         row: Arc<AuditEvent>,
     },
-    /// 302 to the login page; the `Location` value ready to write ([`login_location`]).
-    Redirect { location: http::HeaderValue },
+    /// 302 to the login page; the `Location` value ready to write ([`login_location`]); the
+    /// rule that matched (label), which asks for a session.
+    Redirect {
+        location: http::HeaderValue,
+        rule: Arc<str>,
+    },
     /// 403, after `row` is durable.
     Deny { row: Arc<AuditEvent> },
     /// 404: the route was removed.
@@ -221,7 +225,7 @@ impl Outcome {
                 "forward (shadow mode: would deny, {}; an {} row is written and Console's answer is compared)",
                 row.reason, row.event_type
             ),
-            Outcome::Redirect { location } => format!(
+            Outcome::Redirect { location, .. } => format!(
                 "302 redirect to {}",
                 String::from_utf8_lossy(location.as_bytes())
             ),
@@ -347,6 +351,7 @@ pub async fn decide<A: Authority>(
         Ok(None) => {
             return Outcome::Redirect {
                 location: login_location(f.target),
+                rule: route.shared_label(),
             }
         }
         Err(u) => return Outcome::Unavailable(u),
@@ -698,8 +703,9 @@ access = "gone"
             other => panic!("{other:?}"),
         }
         match block_on(run(&a, on, "GET", "/enforced?a=b/c", "")) {
-            Outcome::Redirect { location } => {
-                assert_eq!(location, "/auth/login?next=%2Fenforced%3Fa%3Db%2Fc")
+            Outcome::Redirect { location, rule } => {
+                assert_eq!(location, "/auth/login?next=%2Fenforced%3Fa%3Db%2Fc");
+                assert_eq!(&*rule, "GET /enforced");
             }
             other => panic!("{other:?}"),
         }

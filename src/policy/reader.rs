@@ -85,18 +85,36 @@ impl Call {
     }
 }
 
-/// An answer: status and JSON body.
+/// An answer: status and JSON body, and for the request's span who asked and why it is not a
+/// grant (the door writes them: `rbac.admin_id`, `rbac.reason`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     pub status: u16,
     pub body: Value,
+    /// The session's admin, once it was resolved.
+    pub asked_by: Option<Arc<Principal>>,
+    /// Why: a refusal's error (`method_not_allowed`, `bad_parameter`), `no_session`, an
+    /// unavailable part (`identity`, `tickets`), or `missing_role` for a check answered
+    /// `allowed: false` (the words of the proxy's span and audit rows); None for a grant or `me`.
+    pub reason: Option<&'static str>,
 }
 
 impl Answer {
-    fn error(status: u16, error: &str, message: &str) -> Answer {
+    fn ok(body: Value, reason: Option<&'static str>) -> Answer {
+        Answer {
+            status: 200,
+            body,
+            asked_by: None,
+            reason,
+        }
+    }
+
+    fn error(status: u16, error: &'static str, message: &str) -> Answer {
         Answer {
             status,
             body: json!({ "error": error, "message": message }),
+            asked_by: None,
+            reason: Some(error),
         }
     }
 
@@ -104,21 +122,21 @@ impl Answer {
         Answer {
             status: 400,
             body: json!({ "error": "bad_parameter", "parameter": name, "message": message }),
+            asked_by: None,
+            reason: Some("bad_parameter"),
         }
     }
 
     fn unavailable(u: Unavailable) -> Answer {
-        Answer::error(
-            503,
-            "unavailable",
-            match u {
-                Unavailable::Identity => "the session could not be resolved; try again",
-                Unavailable::Tickets => {
-                    "ticket grants could not be read or re-validated; try again"
-                }
-                Unavailable::Audit => "try again",
-            },
-        )
+        let message = match u {
+            Unavailable::Identity => "the session could not be resolved; try again",
+            Unavailable::Tickets => "ticket grants could not be read or re-validated; try again",
+            Unavailable::Audit => "try again",
+        };
+        Answer {
+            reason: Some(u.as_str()),
+            ..Answer::error(503, "unavailable", message)
+        }
     }
 }
 
@@ -233,14 +251,23 @@ pub async fn answer<S: Source>(
     };
     let principal: Arc<Principal> = match resolved {
         Ok(Some(p)) => p,
-        Ok(None) => return Answer::error(401, "unauthenticated", "no valid session: log in first"),
+        Ok(None) => {
+            return Answer {
+                reason: Some("no_session"),
+                ..Answer::error(401, "unauthenticated", "no valid session: log in first")
+            }
+        }
         Err(u) => return Answer::unavailable(u),
     };
-    match params {
+    let answer = match params {
         None => me(src, &principal).await,
         Some((permission, customer)) => {
             check(src, &principal, &permission, customer, request_id).await
         }
+    };
+    Answer {
+        asked_by: Some(principal),
+        ..answer
     }
 }
 
@@ -264,16 +291,16 @@ async fn me<S: Source>(src: &S, p: &Principal) -> Answer {
             })
         })
         .collect();
-    Answer {
-        status: 200,
-        body: json!({
+    Answer::ok(
+        json!({
             "admin_id": p.admin_id,
             "roles": p.roles(),
             "permissions": p.permissions(),
             "break_glass": p.break_glass_until.as_ref().map(|t| json!({ "expires_at_utc": utc(t) })),
             "ticket_grants": grants,
         }),
-    }
+        None,
+    )
 }
 
 async fn check<S: Source>(
@@ -302,8 +329,11 @@ async fn check<S: Source>(
             _ => None,
         }
     };
-    Answer {
-        status: 200,
-        body: json!({ "permission": permission, "allowed": via.is_some(), "via": via }),
-    }
+    let reason = via
+        .is_none()
+        .then_some(crate::policy::verdict::REASON_MISSING_ROLE);
+    Answer::ok(
+        json!({ "permission": permission, "allowed": via.is_some(), "via": via }),
+        reason,
+    )
 }

@@ -580,7 +580,7 @@ pub struct DiffArgs {
 #[derive(Debug, Clone, Args)]
 pub struct CockpitArgs {
     /// Console's PostgreSQL (on Heroku: the app's DATABASE_URL, from your own machine). Every
-    /// transaction is read-only (default_transaction_read_only=on): the cockpit changes nothing.
+    /// transaction begins READ ONLY: the cockpit changes nothing.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// Address the cockpit listens on (port 0: any free port, printed). A loopback address

@@ -192,6 +192,8 @@ pub struct Db {
     /// Whether the pool connects where [`Db::direct_options`] does (no `--direct-database-url`):
     /// only then does the probe's answer speak for the pool's connections.
     pool_is_direct: bool,
+    /// Whether every transaction begins `READ ONLY` ([`Db::connect_read_only`]).
+    read_only: bool,
 }
 
 /// How [`Db::lookup`] sends its statements (`--db-statements`).
@@ -225,16 +227,16 @@ impl Db {
         size: u32,
         timeout: Duration,
     ) -> Result<Db, sqlx::Error> {
-        Self::with_options(connect_options(url)?, direct, size, timeout)
+        Self::with_options(connect_options(url)?, direct, size, timeout, false)
     }
 
-    /// A pool as [`Db::connect`] makes, whose every transaction is read-only: each connection
-    /// starts with `default_transaction_read_only=on` (a startup option: a PgBouncer in front
-    /// needs `options` in its `ignore_startup_parameters`), so a statement that writes fails
-    /// whatever code sends it. The cockpit reads through one.
+    /// The cockpit's pool: as [`Db::connect`]'s, but every transaction says it is read-only
+    /// (`BEGIN READ ONLY`, or a `SET` in a simple query's message: a write fails, 25006), which
+    /// no pooler drops; the startup option `default_transaction_read_only=on` too, which a
+    /// PgBouncer with `ignore_startup_parameters = options` drops (issue 66, `pooler.rs`).
     pub fn connect_read_only(url: &str, size: u32, timeout: Duration) -> Result<Db, sqlx::Error> {
         let opts = connect_options(url)?.options([("default_transaction_read_only", "on")]);
-        Self::with_options(opts, None, size, timeout)
+        Self::with_options(opts, None, size, timeout, true)
     }
 
     fn with_options(
@@ -242,6 +244,7 @@ impl Db {
         direct: Option<&str>,
         size: u32,
         timeout: Duration,
+        read_only: bool,
     ) -> Result<Db, sqlx::Error> {
         let pool_is_direct = direct.is_none();
         let direct = match direct {
@@ -260,6 +263,7 @@ impl Db {
                 SIMPLE
             })),
             pool_is_direct,
+            read_only,
         })
     }
 
@@ -401,7 +405,10 @@ impl Db {
         within(self.limit, async {
             let mut conn = self.pool.acquire().await?;
             if !conn.bounded() {
-                let set = settings("SET", self.limit);
+                let mut set = settings("SET", self.limit);
+                if self.read_only {
+                    set.push_str("; SET default_transaction_read_only = on");
+                }
                 sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&set)).await?;
                 conn.set_bounded();
             }
@@ -415,7 +422,7 @@ impl Db {
                 }
                 Err(e) if is_shared_server_connection(&e) => {
                     self.no_more_named(&e);
-                    let rows = one_round_trip_on(&mut conn, self.limit, &text()?).await?;
+                    let rows = one_round_trip_on(&mut conn, self.limit, &self.ro(&text()?)).await?;
                     conn.close();
                     Ok(rows)
                 }
@@ -447,7 +454,7 @@ impl Db {
     ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
         within(self.limit, async {
             let mut conn = self.pool.acquire().await?;
-            let rows = one_round_trip_on(&mut conn, self.limit, sql).await?;
+            let rows = one_round_trip_on(&mut conn, self.limit, &self.ro(sql)).await?;
             conn.done();
             Ok(rows)
         })
@@ -469,12 +476,21 @@ impl Db {
         self.limit
     }
 
+    /// `sql` for one simple query: on a read-only pool, its implicit transaction made so first.
+    fn ro<'s>(&self, sql: &'s str) -> std::borrow::Cow<'s, str> {
+        match self.read_only {
+            true => format!("SET LOCAL transaction_read_only = on; {sql}").into(),
+            false => sql.into(),
+        }
+    }
+
     /// A transaction whose statements time out after the limit (`SET LOCAL`, sent with `BEGIN`
     /// in one round trip). Bounded, like every step after it must be (`.bounded(db.limit())`).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         within(self.limit, async {
             let mut conn = self.pool.acquire().await?;
-            sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&begin_sql(self.limit))).await?;
+            let begin = begin_sql(self.limit, self.read_only);
+            sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&begin)).await?;
             Ok(Tx {
                 conn: Some(conn),
                 limit: self.limit,
@@ -571,10 +587,11 @@ impl std::ops::DerefMut for Tx {
 /// How many rounds [`Db::has_sessions`] asks before it believes it has sessions of its own.
 const PROBE_ROUNDS: usize = 6;
 
-/// `BEGIN` with the statement timeout of `limit` and the pinned `search_path` for the
-/// transaction only.
-fn begin_sql(limit: Duration) -> String {
-    format!("BEGIN; {}", settings("SET LOCAL", limit))
+/// `BEGIN` (`READ ONLY` if so) with the statement timeout of `limit` and the pinned
+/// `search_path` for the transaction only.
+fn begin_sql(limit: Duration, read_only: bool) -> String {
+    let mode = if read_only { " READ ONLY" } else { "" };
+    format!("BEGIN{mode}; {}", settings("SET LOCAL", limit))
 }
 
 /// The settings every statement of the gateway runs under, as `set` (`SET LOCAL` for a
@@ -631,113 +648,7 @@ pub async fn begin_on(
     limit: Duration,
 ) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
     use sqlx::Connection;
-    within(limit, conn.begin_with(begin_sql(limit))).await
-}
-
-/// A statement that leaves no prepared statement behind on its server connection.
-pub struct Unnamed<E>(E);
-
-impl<'q, E: sqlx::Execute<'q, sqlx::Postgres>> sqlx::Execute<'q, sqlx::Postgres> for Unnamed<E> {
-    fn sql(&self) -> &'q str {
-        self.0.sql()
-    }
-
-    fn statement(&self) -> Option<&sqlx::postgres::PgStatement<'q>> {
-        self.0.statement()
-    }
-
-    fn take_arguments(
-        &mut self,
-    ) -> Result<Option<sqlx::postgres::PgArguments>, sqlx::error::BoxDynError> {
-        self.0.take_arguments()
-    }
-
-    fn persistent(&self) -> bool {
-        false
-    }
-}
-
-impl<'d> sqlx::Executor<'d> for &'_ Db {
-    type Database = sqlx::Postgres;
-
-    fn fetch_many<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> futures_util::stream::BoxStream<
-        'e,
-        Result<sqlx::Either<sqlx::postgres::PgQueryResult, sqlx::postgres::PgRow>, sqlx::Error>,
-    >
-    where
-        'd: 'e,
-        E: 'q + sqlx::Execute<'q, sqlx::Postgres>,
-    {
-        use futures_util::{StreamExt, TryStreamExt};
-        let db = self.clone();
-        // One statement in a transaction of its own, unnamed, bounded as a whole.
-        let all = within(self.limit, async move {
-            let mut tx = db.begin().await?;
-            let items = sqlx::Executor::fetch_many(&mut *tx, Unnamed(query))
-                .try_collect::<Vec<_>>()
-                .await?;
-            tx.commit().await?;
-            Ok(items)
-        });
-        futures_util::stream::once(all)
-            .map_ok(|items| futures_util::stream::iter(items.into_iter().map(Ok)))
-            .try_flatten()
-            .boxed()
-    }
-
-    fn fetch_optional<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> futures_util::future::BoxFuture<'e, Result<Option<sqlx::postgres::PgRow>, sqlx::Error>>
-    where
-        'd: 'e,
-        E: 'q + sqlx::Execute<'q, sqlx::Postgres>,
-    {
-        let db = self.clone();
-        Box::pin(within(self.limit, async move {
-            let mut tx = db.begin().await?;
-            let row = sqlx::Executor::fetch_optional(&mut *tx, Unnamed(query)).await?;
-            tx.commit().await?;
-            Ok(row)
-        }))
-    }
-
-    fn prepare_with<'e, 'q: 'e>(
-        self,
-        _sql: &'q str,
-        _parameters: &'e [sqlx::postgres::PgTypeInfo],
-    ) -> futures_util::future::BoxFuture<'e, Result<sqlx::postgres::PgStatement<'q>, sqlx::Error>>
-    where
-        'd: 'e,
-    {
-        // A prepared statement is session state: refused rather than left on a server
-        // connection another client may be given (nothing in the gateway prepares one).
-        Box::pin(async {
-            Err(sqlx::Error::Configuration(
-                "rbac-gateway prepares no statement outside a transaction".into(),
-            ))
-        })
-    }
-
-    fn describe<'e, 'q: 'e>(
-        self,
-        sql: &'q str,
-    ) -> futures_util::future::BoxFuture<'e, Result<sqlx::Describe<sqlx::Postgres>, sqlx::Error>>
-    where
-        'd: 'e,
-    {
-        // Used by sqlx's macros only, which the gateway does not use.
-        let pool = self.pool.clone();
-        Box::pin(async move {
-            let mut conn = pool.acquire().await?;
-            let described = sqlx::Executor::describe(&mut *conn, sql).await?;
-            conn.done();
-            Ok(described)
-        })
-    }
+    within(limit, conn.begin_with(begin_sql(limit, false))).await
 }
 
 /// The connection options of `url`, with nothing a transaction pooler must be told to ignore.

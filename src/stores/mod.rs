@@ -1,6 +1,7 @@
 //! Console's database and the gateway's own tables, and the one folder that issues SQL (a door,
 //! a job or a command calls a function of a store; `tests/architecture.rs` names a statement
-//! anywhere else): the pool ([`db`]) and the migrations ([`migrations`]), who a session is ([`identity`],
+//! anywhere else): the pool ([`db`], and `&Db` as sqlx's executor in `executor.rs`) and the
+//! migrations ([`migrations`]), who a session is ([`identity`],
 //! [`ticket`]), the role catalogue ([`catalogue`]), keeping the cache coherent ([`feed`]), the
 //! durable audit trail ([`audit`]), the revocation of grants that end ([`revocation`]) and the
 //! statements of the jobs that sweep them and raise alerts ([`sweep`], [`alerts`]; the jobs
@@ -12,6 +13,7 @@ pub mod alerts;
 pub mod audit;
 pub mod catalogue;
 pub mod db;
+mod executor;
 pub mod feed;
 pub mod identity;
 pub mod mapping_store;

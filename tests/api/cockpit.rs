@@ -555,7 +555,8 @@ async fn the_cockpit_changes_nothing() {
     // The cockpit's connection: every transaction read-only, whatever code sends a write.
     let ro = rbac_gateway::stores::db::Db::connect_read_only(&db.url, 1, Duration::from_secs(10))
         .unwrap();
-    let e = sqlx::query("INSERT INTO rbac_groups (name) VALUES ('written')")
+    // A write PostgreSQL would commit in a transaction that may write.
+    let e = sqlx::query("INSERT INTO rbac_groups (id, name) VALUES ('written', 'written')")
         .persistent(false)
         .execute(&ro)
         .await
@@ -727,4 +728,200 @@ async fn the_cockpit_closes_a_partial_head_and_refuses_a_limit_that_is_no_number
     );
     // The site still answers.
     assert_eq!(cockpit.get("/denials.json", "").await.status, 200);
+}
+
+/// The links beside the counts of `/denials` (issue 66): the page took the newest rows of every
+/// rule first and filtered them after, so a rule whose rows were older than the newest 20 showed
+/// "None." beside its count of 2, and `?route=-&reason=no_route` listed the no-route rows among
+/// the newest 20 rather than 20 of them. Rows are filtered by the statement, then limited.
+#[tokio::test]
+async fn the_denials_links_list_their_rules_rows_however_many_newer_rows_others_left() {
+    let db = TestDb::new().await;
+    // Oldest first: two of GET /secrets, then 215 of another rule with 30 no-route rows among them.
+    let row = |route: Option<&'static str>, reason: &'static str, age: i64| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO access_audit_events (id, event_type, admin_id, method, path, route, reason, request_id, created_at_utc) \
+                 VALUES (gen_random_uuid()::text, 'access_denied', 'a', 'GET', '/x', $1, $2, gen_random_uuid()::text, \
+                 now() - make_interval(secs => $3))",
+            )
+            .bind(route)
+            .bind(reason)
+            .bind(age as f64)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    let mut age = 1000;
+    for _ in 0..2 {
+        row(Some("GET /secrets"), "missing_role", age).await;
+        age -= 1;
+    }
+    for i in 0..245 {
+        if i % 8 == 0 && i / 8 < 30 {
+            row(None, "no_route", age).await;
+        } else {
+            row(Some("GET /other"), "missing_role", age).await;
+        }
+        age -= 1;
+    }
+    let cockpit = Cockpit::start(&db.url).await;
+    // The link the page prints beside GET /secrets' count, followed as a browser would.
+    let page = cockpit.get("/denials", "").await;
+    assert_eq!(page.status, 200);
+    let html = page.body_str();
+    let link = html
+        .split("href=\"")
+        .map(|s| s.split('"').next().unwrap().replace("&amp;", "&"))
+        .find(|h| h.contains("secrets"))
+        .unwrap_or_else(|| panic!("no link for GET /secrets: {html}"));
+    assert_eq!(
+        link,
+        "/denials?route=GET%20%2Fsecrets&reason=missing%5Frole"
+    );
+    let listed = |v: &Value| -> Vec<(Option<String>, String)> {
+        v["denials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["route"].as_str().map(str::to_string),
+                    d["reason"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let secrets = listed(
+        &cockpit
+            .json(&link.replacen("/denials", "/denials.json", 1))
+            .await,
+    );
+    assert_eq!(
+        secrets,
+        vec![(Some("GET /secrets".to_string()), "missing_role".to_string()); 2]
+    );
+    let shown = cockpit.get(&link, "").await;
+    assert_eq!(
+        shown
+            .body_str()
+            .matches("<section class=\"denial\"")
+            .count(),
+        2
+    );
+    // No rule: 20 of the 30, the newest, by default; all 30 under a larger limit.
+    let no_route = listed(&cockpit.json("/denials.json?route=-&reason=no_route").await);
+    assert_eq!(no_route, vec![(None, "no_route".to_string()); 20]);
+    let all = listed(
+        &cockpit
+            .json("/denials.json?route=-&reason=no_route&limit=200")
+            .await,
+    );
+    assert_eq!(all.len(), 30);
+    // One filter alone, and none.
+    let missing = listed(
+        &cockpit
+            .json("/denials.json?reason=missing_role&limit=200")
+            .await,
+    );
+    assert_eq!(missing.len(), 200);
+    assert!(missing.iter().all(|(_, r)| r == "missing_role"));
+    assert_eq!(
+        listed(
+            &cockpit
+                .json("/denials.json?route=GET%20/other&limit=3")
+                .await
+        ),
+        vec![(Some("GET /other".to_string()), "missing_role".to_string()); 3]
+    );
+    assert_eq!(listed(&cockpit.json("/denials.json").await).len(), 20);
+}
+
+/// A version named in a query that is not stored (issue 66): `/version/V` answered 404, but the
+/// diff and the matrix answered 500, where the command exits 64 for the same input. Each is a
+/// 404 that names the version; the pages still answer for stored versions.
+#[tokio::test]
+async fn an_unknown_version_is_not_found_on_every_page() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = two_versions(dir.path());
+    push(&db, &v1, "alice", "Console's mapping");
+    let cockpit = Cockpit::start(&db.url).await;
+    // `previous` names none yet: not found, saying why.
+    let r = cockpit.get("/diff.json", "").await;
+    assert_eq!(r.status, 404, "{}", r.body_str());
+    assert!(
+        r.body_str().contains("the first version ever activated"),
+        "{}",
+        r.body_str()
+    );
+    push(&db, &v2, "bob", "S6 back to shadow");
+    const UNKNOWN: &str = "000000000000";
+    for path in [
+        format!("/version/{UNKNOWN}"),
+        format!("/diff?old={UNKNOWN}"),
+        format!("/diff.json?new={UNKNOWN}"),
+        format!("/diff.json?old=active&new={UNKNOWN}"),
+        format!("/matrix?version={UNKNOWN}"),
+        format!("/matrix.json?version={UNKNOWN}"),
+        format!("/matrix.json?compare={UNKNOWN}"),
+        format!("/matrix?compare={UNKNOWN}"),
+    ] {
+        let r = cockpit.get(&path, "").await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body_str());
+        assert!(r.body_str().contains(UNKNOWN), "{path}: {}", r.body_str());
+        assert!(
+            r.body_str().contains("no stored mapping version"),
+            "{path}: {}",
+            r.body_str()
+        );
+    }
+    // The same input is bad input for the command (64), not a failure.
+    let out = bin()
+        .args(["diff", &format!("db:{UNKNOWN}"), "db:active"])
+        .args(["--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    // Stored versions still answer.
+    for path in ["/diff.json", "/matrix.json", "/"] {
+        let r = cockpit.get(path, "").await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body_str());
+    }
+}
+
+/// The 404 page's JSON link was the request's path with `.json` (issue 66): `GET
+/// //evil.example/x` gave `href="//evil.example/x.json"`, a link to another site. No page links
+/// off the site, whatever path was asked for: every link is a path beginning with exactly one `/`.
+#[tokio::test]
+async fn no_page_links_off_the_site() {
+    let db = TestDb::new().await;
+    let cockpit = Cockpit::start(&db.url).await;
+    for path in [
+        "//evil.example/x",
+        "//evil.example",
+        "///evil.example/x",
+        "/\\evil.example/x",
+        "/nothing",
+        "/denials",
+    ] {
+        let r = cockpit.get(path, "").await;
+        let html = r.body_str();
+        let hrefs: Vec<&str> = html
+            .split("href=\"")
+            .skip(1)
+            .map(|s| s.split('"').next().unwrap())
+            .collect();
+        assert!(!hrefs.is_empty() || r.status == 400, "{path}: {html}");
+        for h in hrefs {
+            let mut c = h.chars();
+            assert!(
+                c.next() == Some('/') && !matches!(c.next(), Some('/' | '\\')),
+                "{path} ({}): a link off the site: {h:?}",
+                r.status
+            );
+        }
+    }
 }

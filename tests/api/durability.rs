@@ -695,6 +695,94 @@ async fn replayed_within_5s(db: &TestDb, gw: &Gateway, id: &str) {
     }
 }
 
+/// A spool another process holds (a gateway frozen mid-replay; the test holds its lock) costs
+/// one bounded wait, not one a denial (issue 66): with the spool marked as holding rows, every
+/// batch waited `--db-timeout-ms` for it again (five denials 2.01 s each, 40 at once up to
+/// 4.05 s), and with the database refusing too the 503 came after five times the timeout.
+/// Once the holder has held it past one replay attempt, denials go straight to the database
+/// while the lock stays held; refused there, they are answered 503 within twice the timeout.
+#[tokio::test]
+async fn a_spool_another_process_holds_costs_one_bounded_wait_not_one_a_denial() {
+    const TIMEOUT: Duration = Duration::from_millis(1000);
+    let _alone = timed_alone().await;
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("audit.spool");
+    let id = format!("00000000-dddd-4000-8000-{:012}", std::process::id());
+    std::fs::write(&spool, spool_line(&id, "curl") + "\n").unwrap();
+    let held = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&spool)
+        .unwrap();
+    held.lock().unwrap();
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--db-timeout-ms")
+        .arg(&TIMEOUT.as_millis().to_string());
+    opts.spool = Some(spool.clone());
+    let gw = Gateway::start(opts).await;
+    let deny = || async {
+        let t0 = std::time::Instant::now();
+        let r = gw.get("/nowhere", None).await;
+        (r, t0.elapsed())
+    };
+    // The one bounded wait (or none, if the gateway's replay found the spool held first).
+    let (first, took) = deny().await;
+    eprintln!("the first denial with the spool held: {took:?}");
+    assert_eq!(first.status, 403);
+    assert!(took < 2 * TIMEOUT, "the first denial took {took:?}");
+    // Then none: each denial goes to the database while the lock stays held.
+    for i in 0..5 {
+        let (r, took) = deny().await;
+        eprintln!("denial {i} with the spool held: {took:?}");
+        assert_eq!(r.status, 403);
+        assert!(took < TIMEOUT / 2, "denial {i} took {took:?}");
+        assert_eq!(db.audit_rows(&r.request_id()).await.len(), 1);
+    }
+    let at_once: Vec<(Resp, Duration)> =
+        futures_util::future::join_all((0..40).map(|_| deny())).await;
+    let slowest = at_once.iter().map(|(_, t)| *t).max().unwrap();
+    eprintln!("40 denials at once with the spool held: slowest {slowest:?}");
+    assert!(at_once.iter().all(|(r, _)| r.status == 403));
+    assert!(
+        slowest < TIMEOUT / 2,
+        "40 at once: the slowest took {slowest:?}"
+    );
+    assert!(
+        db.audit_rows(&id).await.is_empty(),
+        "replayed through a held lock"
+    );
+    // The database refusing too (its table locked past the timeout): 503 within twice the
+    // timeout, each row kept for the database.
+    let mut locker = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE access_audit_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let mut refused = Vec::new();
+    for i in 0..3 {
+        let (r, took) = deny().await;
+        eprintln!("denial {i} with the spool held and the database refusing: {took:?}");
+        assert_eq!(r.status, 503, "{}", r.body_str());
+        assert!(took < 2 * TIMEOUT, "refused denial {i} took {took:?}");
+        refused.push(r.request_id());
+    }
+    locker.rollback().await.unwrap();
+    drop(held);
+    for request_id in std::iter::once(id).chain(refused) {
+        eventually(
+            Duration::from_secs(10),
+            &format!("the row of {request_id} stored"),
+            || async { db.audit_rows(&request_id).await.len() == 1 },
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(10), "the spool emptied", || async {
+        std::fs::metadata(&spool).unwrap().len() == 0
+    })
+    .await;
+}
+
 /// A denial answered 503 gets its row all the same (docs/design/durability.md, "A denial
 /// answered 503"): no durable spool (Heroku's setting), PostgreSQL frozen past
 /// `--db-timeout-ms` (the INSERT in flight commits when it resumes) and then stopped (the INSERT

@@ -524,3 +524,62 @@ async fn a_named_statement_behind_a_transaction_pooler_turns_the_gateway_to_simp
         assert_eq!(gw.metric("rbac_gateway_db_errors_total").await, 0.0);
     }
 }
+
+/// The cockpit's pool behind PgBouncer set up as the README says (`ignore_startup_parameters =
+/// options`, issue 66): the pooler accepts the startup option `default_transaction_read_only=on`
+/// and drops it, so the pool's transactions must say `READ ONLY` themselves. A write sent by
+/// each of the pool's ways to run a statement fails with SQLSTATE 25006 and leaves nothing.
+#[tokio::test]
+async fn the_cockpits_pool_is_read_only_behind_pgbouncer() {
+    use rbac_gateway::stores::db::Db;
+    let db = TestDb::new().await;
+    let bouncer = PgBouncer::start_ignoring_options(&db.url, PoolMode::Transaction, 2).await;
+    let ro = Db::connect_read_only(&bouncer.url(&db), 1, Duration::from_secs(10)).unwrap();
+    let show = |name: &'static str| {
+        let ro = ro.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(&format!("SHOW {name}"))
+                .persistent(false)
+                .fetch_one(&ro)
+                .await
+                .unwrap()
+        }
+    };
+    // The scenario: the startup option never reached PostgreSQL.
+    assert_eq!(show("default_transaction_read_only").await, "off");
+    let code = |e: sqlx::Error| {
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| format!("not a database error: {e}"))
+    };
+    // Each a write PostgreSQL would commit in a transaction that may write.
+    let insert =
+        |n: u8| format!("INSERT INTO rbac_groups (id, name) VALUES ('w{n}', 'written {n}')");
+    let executor = sqlx::query(&insert(1))
+        .persistent(false)
+        .execute(&ro)
+        .await
+        .expect_err("a write through the pool as an executor");
+    assert_eq!(code(executor), "25006", "read_only_sql_transaction");
+    let simple = ro
+        .one_round_trip(&insert(2))
+        .await
+        .expect_err("a write as one simple query");
+    assert_eq!(code(simple), "25006", "read_only_sql_transaction");
+    let mut tx = ro.begin().await.unwrap();
+    let in_tx = sqlx::query(&insert(3))
+        .persistent(false)
+        .execute(&mut *tx)
+        .await
+        .expect_err("a write in a transaction of Db::begin");
+    assert_eq!(code(in_tx), "25006", "read_only_sql_transaction");
+    drop(tx);
+    let written: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rbac_groups WHERE name LIKE 'written%'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(written, 0, "a write through the cockpit's pool committed");
+    assert_eq!(show("transaction_read_only").await, "on");
+}

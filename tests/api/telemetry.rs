@@ -458,21 +458,112 @@ async fn the_reader_api_is_traced_on_the_proxys_span() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body_str());
     let (server, children) = server_span_of(&c, trace, 1).await;
+    // Who asked and the mapping live then, as on a decided request's span (issue 66: neither
+    // was there).
+    let version = rbac_gateway::policy::mapping::version_of(&std::fs::read(core_routes()).unwrap());
     for (k, v) in [
         ("http.route", "/api/rbac/me"),
         ("url.path", "/api/rbac/me"),
         ("rbac.decision", "api"),
         ("http.response.status_code", "200"),
+        ("enduser.id", admin.as_str()),
+        ("rbac.admin_id", admin.as_str()),
+        ("rbac.mapping_version", version.as_str()),
     ] {
         assert_eq!(attr(&server, k).as_deref(), Some(v), "{k} on {server:#?}");
     }
+    assert_eq!(
+        attr(&server, "rbac.reason"),
+        None,
+        "an answer, not a refusal"
+    );
     assert!(
         children.iter().any(|s| s.name.starts_with("SELECT")),
         "the lookups are children: {children:#?}"
     );
+    // Why, when the answer is not a grant: a permission not held, no session, a bad call.
+    for (n, path, token, status, reason) in [
+        (
+            1,
+            "/api/rbac/permissions/check?permission=console:flags:write",
+            Some(token.as_str()),
+            200,
+            "missing_role",
+        ),
+        (2, "/api/rbac/me", None, 401, "no_session"),
+        (
+            3,
+            "/api/rbac/permissions/check?permission=",
+            Some(token.as_str()),
+            400,
+            "bad_parameter",
+        ),
+    ] {
+        let trace = format!("7777777777777777777777777777777{n}");
+        let r = env
+            .gw
+            .request(
+                "GET",
+                path,
+                token,
+                &[("traceparent", &format!("00-{trace}-{PARENT}-01"))],
+                b"",
+            )
+            .await;
+        assert_eq!(r.status, status, "{path}: {}", r.body_str());
+        let (server, _) = server_span_of(&c, &trace, 0).await;
+        assert_eq!(
+            attr(&server, "rbac.reason").as_deref(),
+            Some(reason),
+            "{path}"
+        );
+        assert_eq!(
+            attr(&server, "rbac.mapping_version").as_deref(),
+            Some(version.as_str()),
+            "{path}"
+        );
+        let asked_by = token.map(|_| admin.as_str()).filter(|_| status != 400);
+        assert_eq!(
+            attr(&server, "rbac.admin_id").as_deref(),
+            asked_by,
+            "{path}"
+        );
+    }
     assert!(env.up.requests().is_empty(), "never forwarded");
-    let _ = admin;
     assert_nothing_secret(&c, &[&token, "theme=dark", "qvalue"]);
+}
+
+/// A request without a session to a rule that needs one (302 to the login page): the rule
+/// matched, so its span says which (issue 66: no `http.route` nor `rbac.rule`), named after it
+/// as any decided request's span is.
+#[tokio::test]
+async fn a_redirect_to_the_login_page_names_the_rule_on_its_span() {
+    let c = Collector::start(Mode::Ok).await;
+    let env = Env::with(core_routes(), |o| traced(o, &c)).await;
+    let trace = "66666666666666666666666666666666";
+    let r = env
+        .gw
+        .request(
+            "GET",
+            "/console/customers/42",
+            None,
+            &[("traceparent", &format!("00-{trace}-{PARENT}-01"))],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 302, "{}", r.body_str());
+    let (server, _) = server_span_of(&c, trace, 0).await;
+    assert_eq!(server.name, "GET /console/customers/<id>");
+    for (k, v) in [
+        ("http.route", "/console/customers/<id>"),
+        ("rbac.rule", "GET,POST /console/customers/<id>"),
+        ("rbac.decision", "redirected"),
+        ("rbac.reason", "no_session"),
+        ("http.response.status_code", "302"),
+    ] {
+        assert_eq!(attr(&server, k).as_deref(), Some(v), "{k} on {server:#?}");
+    }
+    assert_eq!(attr(&server, "rbac.admin_id"), None);
 }
 
 #[tokio::test]
@@ -644,6 +735,8 @@ async fn sigterm_flushes_what_is_queued() {
     env.gw.signal("TERM");
     let status = env.gw.exited(Duration::from_secs(20), "no exit").await;
     assert!(status.success(), "{status}; log:\n{}", env.gw.log());
+    // Nothing was left running: the runtime's shutdown did not wait out the grace.
+    assert!(!env.gw.log().contains("left behind"), "{}", env.gw.log());
     let (server, _) = server_span_of(&c, trace, 0).await;
     assert_eq!(attr(&server, "rbac.decision").as_deref(), Some("public"));
     assert!(
@@ -686,8 +779,18 @@ async fn what_cannot_be_honoured_is_refused_at_start() {
     for (k, v, says) in [
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "http/protobuf"),
         ("OTEL_TRACES_SAMPLER", "sometimes", "OTEL_TRACES_SAMPLER"),
+        (
+            "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+            "4k",
+            "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        ),
+        (
+            "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+            "-1",
+            "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        ),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        let mut out = std::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
             .args([
                 "serve",
                 "--listen",
@@ -700,10 +803,213 @@ async fn what_cannot_be_honoured_is_refused_at_start() {
             .args(["--upstream", "127.0.0.1:9", "--database-url", &db.url])
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
             .env(k, v)
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        assert_eq!(out.status.code(), Some(64), "{k}={v}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        // A value not read would let it start and serve: waited for with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = out.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                // Reason: it may have exited in between; the test fails below either way.
+                let _ = out.kill();
+                let _ = out.wait();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut out.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(64),
+            "{k}={v}: still serving after 20 s, or another status; stderr: {err}"
+        );
         assert!(err.contains(says), "{k}={v}: {err}");
     }
+}
+
+/// A client's long path is cut to the attribute value limit in the span the collector receives
+/// (issue 66: `url.path` was never cut, and a collector that hung let 2,400 spans of 30,000
+/// characters take 145 MiB): 4096 characters when no limit is set; the span's own
+/// `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT` over the general `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`.
+#[tokio::test]
+async fn a_long_path_is_cut_to_the_attribute_value_limit() {
+    let path = format!("/{}", "a".repeat(29_999));
+    for (limits, kept) in [
+        (vec![], 4096),
+        (
+            vec![
+                ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "50"),
+                ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "100"),
+            ],
+            100,
+        ),
+        (vec![("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "50")], 50),
+    ] {
+        let c = Collector::start(Mode::Ok).await;
+        let env = Env::with(core_routes(), |o| {
+            limits.iter().fold(traced(o, &c), |o, (k, v)| o.env(k, v))
+        })
+        .await;
+        let trace = "55555555555555555555555555555555";
+        let r = env
+            .gw
+            .request(
+                "GET",
+                &path,
+                None,
+                &[("traceparent", &format!("00-{trace}-{PARENT}-01"))],
+                b"",
+            )
+            .await;
+        assert_eq!(r.status, 403, "{limits:?}");
+        let (server, _) = server_span_of(&c, trace, 0).await;
+        let got = attr(&server, "url.path").unwrap();
+        assert_eq!(got.len(), kept, "{limits:?}");
+        assert!(path.starts_with(&got), "{limits:?}");
+        assert_eq!(attr(&server, "rbac.reason").as_deref(), Some("no_route"));
+    }
+}
+
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kib / 1024
+}
+
+/// The memory a collector that hangs costs does not grow with the client's paths (issue 66:
+/// 2,400 unauthenticated `POST /_alerts/dismiss/<30,000 x 'a'>` took the gateway's RSS from 12
+/// to 157 MiB): each path is cut to the attribute value limit, and the queue holds at most its
+/// bytes; what does not fit is dropped and counted.
+#[tokio::test]
+async fn a_hanging_collector_costs_bounded_memory_whatever_the_paths_length() {
+    let _alone = timed_alone().await;
+    let c = Collector::start(Mode::Hang).await;
+    let env = Env::with(root().join("routes.toml"), |o| traced(o, &c)).await;
+    let path = format!("/_alerts/dismiss/{}", "a".repeat(30_000));
+    let before = rss_mib(env.gw.pid());
+    const REQUESTS: usize = 2400;
+    const AT_ONCE: usize = 8;
+    for _ in 0..REQUESTS / AT_ONCE {
+        let answers = futures_util::future::join_all(
+            (0..AT_ONCE).map(|_| env.gw.request("POST", &path, None, &[], b"")),
+        )
+        .await;
+        for r in answers {
+            assert_eq!(r.status, 302, "{}", r.body_str());
+        }
+    }
+    let after = rss_mib(env.gw.pid());
+    eprintln!("RSS with a hanging collector: {before} MiB before, {after} MiB after {REQUESTS} long paths");
+    assert!(
+        after < before + 40,
+        "RSS grew from {before} MiB to {after} MiB"
+    );
+    assert!(
+        env.gw
+            .metric("rbac_gateway_telemetry_dropped_total{signal=\"spans\"}")
+            .await
+            > 0.0,
+        "spans past the queue's bound are counted"
+    );
+}
+
+/// At SIGTERM, a lookup of the collector's host name that never gets an answer (its DNS
+/// server silent) does not hold the process past `--shutdown-grace` (issue 66): the lookup runs
+/// on a blocking thread (getaddrinfo), which an export's timeout does not stop, and dropping
+/// the background runtime waited for it. The gateway runs in a mount namespace of its own whose
+/// `/etc/resolv.conf` names a DNS server that reads every question and answers none.
+#[tokio::test]
+async fn sigterm_exits_within_the_grace_while_the_collectors_name_is_being_looked_up() {
+    if !running_as_root() {
+        eprintln!(
+            "skipped: a mount namespace and a DNS server on port 53 need root (CI runs as root)"
+        );
+        return;
+    }
+    let _alone = timed_alone().await;
+    // A DNS server that never answers, on an address of its own.
+    let dns = std::net::UdpSocket::bind("127.9.9.9:53").expect("bind 127.9.9.9:53");
+    dns.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.9.9.9\noptions timeout:30 attempts:1\n",
+    )
+    .unwrap();
+    let mount = format!(
+        "mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"",
+        resolv.display()
+    );
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    const GRACE: Duration = Duration::from_secs(2);
+    let mut gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .launched_by(&[
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &mount,
+            ])
+            .arg("--shutdown-grace")
+            .arg(&GRACE.as_secs().to_string())
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://collector.hung-dns.test:4318",
+            )
+            .env("OTEL_EXPORTER_OTLP_TIMEOUT", "500")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "100"),
+    )
+    .await;
+    assert_eq!(gw.status("/auth/login", None).await, 200);
+    // The export asks for the collector's address, and gets no answer.
+    eventually(
+        Duration::from_secs(10),
+        "the collector's name asked",
+        || {
+            let mut buf = [0u8; 512];
+            let asked = dns
+                .recv_from(&mut buf)
+                .is_ok_and(|(n, _)| buf[..n].windows(7).any(|w| w == b"hung-dn"));
+            async move { asked }
+        },
+    )
+    .await;
+    let t0 = Instant::now();
+    gw.signal("TERM");
+    let status = gw
+        .exited(
+            GRACE + Duration::from_secs(20),
+            "the gateway still runs 22 s after SIGTERM",
+        )
+        .await;
+    let took = t0.elapsed();
+    eprintln!("exited {took:?} after SIGTERM with a lookup of the collector hung");
+    assert!(status.success(), "{status}; log:\n{}", gw.log());
+    assert!(
+        took < GRACE + Duration::from_secs(1),
+        "exited {took:?} after SIGTERM, past the {GRACE:?} grace"
+    );
+    assert!(
+        gw.log()
+            .contains("was still running at the end of the grace and is left behind"),
+        "said in the log:\n{}",
+        gw.log()
+    );
 }

@@ -158,8 +158,13 @@ enum Problem {
 }
 
 impl From<Exit> for Problem {
+    /// A version named that is not stored is not found, as `/version/V` says (the command
+    /// exits 64 for it); any other error of a report is the site's own.
     fn from(e: Exit) -> Problem {
-        Problem::Failed(e)
+        match e.error.downcast_ref::<super::NoSuchVersion>() {
+            Some(missing) => Problem::NotFound(missing.to_string()),
+            None => Problem::Failed(e),
+        }
     }
 }
 
@@ -304,7 +309,9 @@ impl Site {
     async fn board(&self) -> Result<Page, Problem> {
         let report =
             super::rollout::report(&self.db, &db_ref("active"), None, self.window_seconds, None)
-                .await?;
+                .await
+                // No version activated yet: the board's own failure, not a page not found.
+                .map_err(Problem::Failed)?;
         Page::of(&report, pages::board(&report))
     }
 
@@ -422,15 +429,20 @@ impl Site {
         let counts = audit::counts(&self.db, EVENT_DENIED, self.window_seconds)
             .await
             .map_err(read)?;
-        let rows = audit::recent(&self.db, EVENT_DENIED, limit)
+        // `?route=-`: the rows without a rule (`no_route`), as the counts' links name them.
+        let filter = audit::RowFilter {
+            route: q
+                .get("route")
+                .filter(|r| !r.is_empty())
+                .map(|r| Some(r.as_str()).filter(|r| *r != "-")),
+            reason: q
+                .get("reason")
+                .map(String::as_str)
+                .filter(|r| !r.is_empty()),
+        };
+        let rows = audit::recent(&self.db, EVENT_DENIED, filter, limit)
             .await
             .map_err(read)?;
-        let route = q.get("route").filter(|r| !r.is_empty());
-        let reason = q.get("reason").filter(|r| !r.is_empty());
-        let rows = rows.into_iter().filter(|row| {
-            route.is_none_or(|r| row.route.as_deref().unwrap_or("-") == r)
-                && reason.is_none_or(|r| &row.reason == r)
-        });
         // Each explained as `explain --request-id` explains it, a few side by side.
         use futures_util::StreamExt;
         let denials: Vec<Denial> = futures_util::stream::iter(rows)

@@ -67,7 +67,10 @@ pub fn layout(page: &str, content: &Markup, took: Duration) -> Markup {
                     @for (href, name) in nav {
                         a href=(href) class=[(href == here).then_some("here")] { (name) }
                     }
-                    span.muted.noprint { "read-only · " a href=(json_href(page)) { "JSON" } }
+                    span.muted.noprint {
+                        "read-only"
+                        @if let Some(json) = json_href(page) { " · " a href=(json) { "JSON" } }
+                    }
                 }
                 (content)
                 p.muted { "Report made in " (format!("{:.0}", took.as_secs_f64() * 1e3)) " ms." }
@@ -76,9 +79,14 @@ pub fn layout(page: &str, content: &Markup, took: Duration) -> Markup {
     }
 }
 
-fn json_href(page: &str) -> String {
+/// The page's JSON form, a path on this site; None when `page` (the request's path, the
+/// client's choice) does not begin with exactly one `/`: `//host/x` and `/\host/x` are links
+/// to another site (a browser reads a backslash there as a slash).
+fn json_href(page: &str) -> Option<String> {
     let page = if page == "/" { "/board" } else { page };
-    format!("{page}.json")
+    let mut chars = page.chars();
+    let on_site = chars.next() == Some('/') && !matches!(chars.next(), Some('/' | '\\'));
+    on_site.then(|| format!("{page}.json"))
 }
 
 pub fn problem(message: &str) -> Markup {
@@ -548,4 +556,26 @@ pub fn denials(d: &Denials, limit: i64) -> Markup {
 
 fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_href;
+
+    #[test]
+    fn the_json_link_stays_on_the_site() {
+        assert_eq!(json_href("/").as_deref(), Some("/board.json"));
+        assert_eq!(json_href("/matrix").as_deref(), Some("/matrix.json"));
+        assert_eq!(json_href("/a//b").as_deref(), Some("/a//b.json"));
+        for off in [
+            "//evil.example/x",
+            "/\\evil.example/x",
+            "///x",
+            "*",
+            "",
+            "evil",
+        ] {
+            assert_eq!(json_href(off), None, "{off:?}");
+        }
+    }
 }

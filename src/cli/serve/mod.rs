@@ -124,7 +124,21 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         let left = grace.saturating_sub(stopping.elapsed());
         t.shutdown(&bg, left.max(Duration::from_millis(100)));
     }
-    drop(bg);
+    // The background runtime's tasks end at their next await. A blocking thread still busy (a
+    // lookup of the collector's name that gets no answer: getaddrinfo, which no timeout stops)
+    // is left behind at the end of the grace rather than waited for (issue 66: dropping the
+    // runtime waited for it, 30 s past SIGTERM with a silent DNS server).
+    let left = grace
+        .saturating_sub(stopping.elapsed())
+        .max(Duration::from_millis(100));
+    let waited = Instant::now();
+    bg.shutdown_timeout(left);
+    if waited.elapsed() >= left {
+        tracing::warn!(
+            waited_ms = left.as_millis() as u64,
+            "shutdown: a blocking task of the background runtime (a name lookup, a file operation) was still running at the end of the grace and is left behind"
+        );
+    }
     // A supervisor (the Heroku launcher, systemd) learns from the status that requests were cut.
     match crate::dataplane::listen::cut_at_shutdown() {
         0 => {

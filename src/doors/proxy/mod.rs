@@ -351,15 +351,18 @@ async fn handle(
                 }
                 // Boxed, as the database reads behind it: inline, its future would be in every
                 // request handler, whose size hyper keeps per client connection (issue 51).
-                let mut resp = Box::pin(rbac_api::respond(
-                    gw,
-                    &call,
-                    req.method(),
-                    token,
-                    &ctx.request_id,
-                    close,
-                ));
-                let resp = telemetry::in_request(ctx.trace.as_ref(), resp.as_mut()).await;
+                let resp = {
+                    let mut resp = Box::pin(rbac_api::respond(
+                        gw,
+                        &call,
+                        req.method(),
+                        token,
+                        &ctx.request_id,
+                        close,
+                        ctx.trace.as_ref(),
+                    ));
+                    telemetry::in_request(ctx.trace.as_ref(), resp.as_mut()).await
+                };
                 if let Some(s) = ctx.trace.take() {
                     traced_end(s, resp.status().as_u16());
                 }

@@ -52,7 +52,15 @@ pub struct Settings {
     pub max_batch: usize,
     /// `service.name` when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` names one.
     pub default_service_name: bool,
+    /// `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else
+    /// [`DEFAULT_VALUE_LENGTH_LIMIT`]: the characters a text attribute keeps.
+    pub attribute_value_limit: usize,
 }
+
+/// The characters a text attribute keeps when neither `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`
+/// nor `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` is set (the specification's default is no limit: a
+/// client's 30,000-character path would then be queued whole in every span).
+pub const DEFAULT_VALUE_LENGTH_LIMIT: usize = 4096;
 
 impl Settings {
     pub fn is_off(&self) -> bool {
@@ -221,6 +229,22 @@ pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Settings>
         }
     };
     let max_queue = count("OTEL_BSP_MAX_QUEUE_SIZE", 2048)?;
+    // The span's own limit wins over the general one; a bad value in either is refused.
+    let value_limit = |var: &'static str| -> Result<Option<usize>, ConfigError> {
+        get(var)
+            .map(|value| {
+                value.parse::<usize>().map_err(|_| ConfigError::Number {
+                    var,
+                    value,
+                    what: " of characters",
+                })
+            })
+            .transpose()
+    };
+    let general_limit = value_limit("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")?;
+    let attribute_value_limit = value_limit("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT")?
+        .or(general_limit)
+        .unwrap_or(DEFAULT_VALUE_LENGTH_LIMIT);
     let resource_names_service = get("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| {
         a.split(',')
             .any(|kv| kv.split('=').next().map(str::trim) == Some("service.name"))
@@ -235,6 +259,7 @@ pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Settings>
         schedule_delay: millis("OTEL_BSP_SCHEDULE_DELAY", 5_000)?.max(Duration::from_millis(1)),
         max_batch: count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?.min(max_queue),
         default_service_name: get("OTEL_SERVICE_NAME").is_none() && !resource_names_service,
+        attribute_value_limit,
     }))
 }
 
@@ -340,6 +365,41 @@ mod tests {
         let secret = e(&[("OTEL_EXPORTER_OTLP_HEADERS", "k=s3cret\u{1}")]);
         assert!(!secret.contains("s3cret"), "{secret}");
         assert!(read(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4318")]).is_err());
+    }
+
+    #[test]
+    fn the_attribute_value_limit_the_spans_own_first() {
+        let limit = |vars: &[(&str, &str)]| {
+            let mut all = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")];
+            all.extend_from_slice(vars);
+            read(&all).map(|s| s.unwrap().attribute_value_limit)
+        };
+        assert_eq!(limit(&[]).unwrap(), DEFAULT_VALUE_LENGTH_LIMIT);
+        assert_eq!(
+            limit(&[("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "100")]).unwrap(),
+            100
+        );
+        assert_eq!(
+            limit(&[
+                ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "100"),
+                ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "7")
+            ])
+            .unwrap(),
+            7
+        );
+        for (k, v) in [
+            ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "-1"),
+            ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "4k"),
+        ] {
+            let e = limit(&[(k, v)]).unwrap_err().to_string();
+            assert!(e.contains(k) && e.contains("characters"), "{e}");
+        }
+        // A bad general limit is refused even where the span's own one is set.
+        assert!(limit(&[
+            ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "lots"),
+            ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "7")
+        ])
+        .is_err());
     }
 
     #[test]

@@ -149,13 +149,21 @@ impl Losses {
     }
 }
 
-/// The spans waiting for export, at most `OTEL_BSP_MAX_QUEUE_SIZE`: one more is dropped and
-/// counted, never waited for. Each span is written as its protobuf entry when it ends, on the
-/// request's thread, so nothing a request allocated is freed by another thread.
+/// The bytes the span queue holds at most, per span of `OTEL_BSP_MAX_QUEUE_SIZE` (a traced
+/// request's server span is about 600 bytes, a child about 200): 4 MiB at the default 2048.
+pub const QUEUE_BYTES_PER_SPAN: usize = 2048;
+
+/// The spans waiting for export, at most `OTEL_BSP_MAX_QUEUE_SIZE` and [`QUEUE_BYTES_PER_SPAN`]
+/// bytes each on average: one more is dropped and counted, never waited for (counted in spans
+/// alone, a collector that hangs let spans of a client's long paths take 157 MiB: issue 66).
+/// Each span is written as its protobuf entry when it ends, on the request's thread, so
+/// nothing a request allocated is freed by another thread.
 #[derive(Debug)]
 pub struct Queue {
     waiting: Mutex<Waiting>,
     max_queue: usize,
+    /// The entries' bytes, at most.
+    max_bytes: usize,
     max_batch: usize,
     /// The bytes kept free before the entries, where the export's head is written
     /// ([`otlp::request_in_place`]).
@@ -187,6 +195,7 @@ impl Queue {
                 ends: Vec::new(),
             }),
             max_queue,
+            max_bytes: max_queue.saturating_mul(QUEUE_BYTES_PER_SPAN),
             max_batch,
             room,
             full: tokio::sync::Notify::new(),
@@ -197,14 +206,17 @@ impl Queue {
 
     /// A span ended: written onto the queue, or dropped and counted when the queue is full.
     pub fn push(&self, span: &SpanRecord) {
+        let entry = otlp::SpanEntry::of(span);
         let mut q = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if q.ends.len() >= self.max_queue {
+        if q.ends.len() >= self.max_queue
+            || q.entries.len() - self.room + entry.bytes() > self.max_bytes
+        {
             drop(q);
             self.losses.queue_full.fetch_add(1, Ordering::Relaxed);
             self.dropped.inc();
             return;
         }
-        otlp::put_span_entry(&mut q.entries, span);
+        entry.put(&mut q.entries);
         let end = q.entries.len();
         q.ends.push(end);
         let n = q.ends.len();
@@ -465,6 +477,52 @@ pub fn proto_resource(r: &opentelemetry_sdk::Resource) -> ProtoResource {
 mod tests {
     use super::*;
     use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+    /// The queue holds at most its bytes, whatever the spans' count: spans past them are
+    /// dropped and counted as the count's are.
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let span = |path: &str| {
+            let mut attributes = otlp::Attributes::default();
+            attributes.push("url.path", otlp::Value::Text(path));
+            SpanRecord {
+                trace_id: [1; 16],
+                span_id: [2; 8],
+                parent_span_id: None,
+                parent_remote: false,
+                trace_state: None,
+                flags: 1,
+                kind: otlp::Kind::Server,
+                name: "GET".into(),
+                name_route: None,
+                start: 1,
+                end: 2,
+                attributes,
+                status: otlp::Status::Unset,
+            }
+        };
+        let dropped = prometheus::IntCounter::new("d", "d").unwrap();
+        let losses = Arc::new(Losses::default());
+        let q = Queue::new(8, 4, 16, losses.clone(), dropped.clone());
+        // 8 spans of 4,000 bytes are over 8 x QUEUE_BYTES_PER_SPAN: 4 fit.
+        let long = "a".repeat(4000);
+        for _ in 0..8 {
+            q.push(&span(&long));
+        }
+        assert_eq!(q.len(), 4);
+        assert_eq!(dropped.get(), 4);
+        assert_eq!(losses.queue_full.load(Ordering::Relaxed), 4);
+        let held = q.waiting.lock().unwrap().entries.len() - 16;
+        assert!(held <= 8 * QUEUE_BYTES_PER_SPAN, "{held} bytes");
+        // Taken for export, the room is free again; short spans fit up to the count.
+        let (_, taken) = q.take(vec![0; 16]);
+        assert_eq!(taken, 4);
+        for _ in 0..9 {
+            q.push(&span("/x"));
+        }
+        assert_eq!(q.len(), 8);
+        assert_eq!(dropped.get(), 5);
+    }
 
     #[test]
     fn a_histograms_cumulative_buckets_become_per_bucket_counts() {

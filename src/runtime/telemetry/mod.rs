@@ -86,6 +86,7 @@ pub fn start(
     let dropped_spans = metrics.telemetry_dropped.with_label_values(&["spans"]);
     let dropped_metrics = metrics.telemetry_dropped.with_label_values(&["metrics"]);
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    otlp::set_value_limit(settings.attribute_value_limit);
     let spans = match &settings.traces {
         None => None,
         Some(endpoint) => {

@@ -25,7 +25,40 @@
 //! prost's own encoding of the same message.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// The characters a text attribute keeps (`OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT` or
+/// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`, [`super::config`]), set once at start.
+static VALUE_LIMIT: AtomicUsize = AtomicUsize::new(super::config::DEFAULT_VALUE_LENGTH_LIMIT);
+
+/// Sets the characters a text attribute keeps, for every span from now on.
+pub fn set_value_limit(characters: usize) {
+    VALUE_LIMIT.store(characters, Ordering::Relaxed);
+}
+
+/// `t`, or its first [`VALUE_LIMIT`] characters (counted as the specification counts them, a
+/// character one, so the cut falls between two of them): a client's long path costs the queue
+/// no more than the limit (issue 66).
+#[inline(always)]
+fn limited(t: &str) -> &str {
+    let limit = VALUE_LIMIT.load(Ordering::Relaxed);
+    // Never more characters than bytes: a text this short is kept without counting.
+    if t.len() <= limit {
+        t
+    } else {
+        cut(t, limit)
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn cut(t: &str, characters: usize) -> &str {
+    match t.char_indices().nth(characters) {
+        Some((at, _)) => &t[..at],
+        None => t,
+    }
+}
 
 /// An attribute's value as given: text (copied into the span's attributes at once, so
 /// nothing is allocated for it), a number, a flag.
@@ -73,8 +106,13 @@ impl Attributes {
     /// Inlined where it is called: with the key a literal there, its length, the entry's fixed
     /// bytes and the key's copy are constants (a short text's entry is then three stores and
     /// one copy of the text; issue 53's second round).
+    /// A text longer than the attribute value limit is cut ([`set_value_limit`]).
     #[inline(always)]
     pub fn push(&mut self, key: &str, value: Value<'_>) {
+        let value = match value {
+            Value::Text(t) => Value::Text(limited(t)),
+            other => other,
+        };
         match value {
             Value::Text(t) if key.len() + t.len() < 120 => put_short_text(&mut self.0, key, t),
             Value::Bool(b) if key.len() < 120 => put_bool(&mut self.0, key, b),
@@ -88,6 +126,7 @@ impl Attributes {
     /// `http.route`, and where its text lies (the last bytes of its entry, whichever way it was
     /// written): [`SpanRecord::name_route`].
     pub fn push_route(&mut self, route: &str) -> (usize, usize) {
+        let route = limited(route);
         self.push("http.route", Value::Text(route));
         (self.0.len() - route.len(), route.len())
     }
@@ -402,12 +441,36 @@ fn put_span(out: &mut Vec<u8>, s: &SpanRecord, len: usize) {
     out.extend_from_slice(&flags);
 }
 
-/// One span as `ScopeSpans.spans`' entry (field 2, a `Span`), appended to `out`: what the
-/// queue holds, each span written when it ends.
+/// One span as `ScopeSpans.spans`' entry (field 2, a `Span`), measured: what the queue holds,
+/// each span written when it ends.
+pub struct SpanEntry<'a> {
+    span: &'a SpanRecord,
+    len: usize,
+}
+
+impl<'a> SpanEntry<'a> {
+    pub fn of(span: &'a SpanRecord) -> SpanEntry<'a> {
+        SpanEntry {
+            span,
+            len: span_len(span),
+        }
+    }
+
+    /// The entry's bytes.
+    pub fn bytes(&self) -> usize {
+        len_field(2, self.len)
+    }
+
+    /// Appends the entry to `out`.
+    pub fn put(&self, out: &mut Vec<u8>) {
+        out.reserve(self.bytes());
+        put_span(out, self.span, self.len);
+    }
+}
+
+/// [`SpanEntry::put`] of `s`.
 pub fn put_span_entry(out: &mut Vec<u8>, s: &SpanRecord) {
-    let n = span_len(s);
-    out.reserve(len_field(2, n));
-    put_span(out, s, n);
+    SpanEntry::of(s).put(out);
 }
 
 /// What an export writes before its spans' entries, `entries` bytes of them: at most
@@ -631,6 +694,43 @@ mod tests {
             let in_place = request_in_place(&prefix, buf, room);
             assert_eq!(&in_place[..], &out[..], "in place, {n} spans");
         }
+    }
+
+    /// A text past the attribute value limit keeps that many characters, cut between two of
+    /// them (a character counts one, whatever its bytes), `http.route` and the name with it.
+    #[test]
+    fn a_text_past_the_value_limit_is_cut_between_characters() {
+        assert_eq!(cut("aé€😀b", 0), "");
+        assert_eq!(cut("aé€😀b", 2), "aé");
+        assert_eq!(cut("aé€😀b", 4), "aé€😀");
+        assert_eq!(cut("aé€😀b", 5), "aé€😀b");
+        assert_eq!(cut("aé€😀b", 50), "aé€😀b");
+        let mut a = Attributes::default();
+        let long = "é".repeat(5000);
+        a.push("url.path", Value::Text(&long));
+        let (at, n) = a.push_route(&"/x".repeat(3000));
+        let kept = |kv: &[u8]| {
+            let kv = KeyValue::decode(kv).unwrap();
+            match kv.value.unwrap().value.unwrap() {
+                any_value::Value::StringValue(s) => s,
+                other => panic!("{other:?}"),
+            }
+        };
+        // Each entry: field 9, its length, the KeyValue.
+        let mut entries = Vec::new();
+        let mut rest = &a.0[..];
+        while !rest.is_empty() {
+            let mut buf = &rest[1..];
+            let len = prost::encoding::decode_varint(&mut buf).unwrap() as usize;
+            let start = rest.len() - buf.len();
+            entries.push(kept(&rest[start..start + len]));
+            rest = &rest[start + len..];
+        }
+        let limit = crate::runtime::telemetry::config::DEFAULT_VALUE_LENGTH_LIMIT;
+        assert_eq!(entries[0], "é".repeat(limit));
+        assert_eq!(entries[1], "/x".repeat(limit / 2));
+        assert_eq!(n, limit);
+        assert_eq!(&a.0[at..at + n], "/x".repeat(limit / 2).as_bytes());
     }
 
     #[test]

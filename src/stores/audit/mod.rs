@@ -143,6 +143,8 @@ struct Inner {
     refused: std::sync::Mutex<Option<String>>,
     /// Rows of denials answered 503, oldest first, until the database takes them.
     late: std::sync::Mutex<writer::Late>,
+    /// Since when another process has held the spool, as this one found it.
+    peer: spool::PeerHold,
 }
 
 impl Inner {
@@ -224,13 +226,34 @@ pub async fn rows_of_request(db: &Db, request_id: &str) -> Result<Vec<StoredRow>
     .await
 }
 
-/// The newest `limit` rows of `event_type`, newest first.
-pub async fn recent(db: &Db, event_type: &str, limit: i64) -> Result<Vec<StoredRow>, sqlx::Error> {
+/// Which rows [`recent`] lists, besides their event type.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RowFilter<'a> {
+    /// None: any route; `Some(None)`: rows with no route (`no_route`); `Some(Some(r))`: rule `r`.
+    pub route: Option<Option<&'a str>>,
+    /// None: any reason.
+    pub reason: Option<&'a str>,
+}
+
+/// The newest `limit` rows of `event_type` that `filter` keeps, newest first (filtered by the
+/// statement, then limited: a rule's rows are found however many newer rows other rules left).
+pub async fn recent(
+    db: &Db,
+    event_type: &str,
+    filter: RowFilter<'_>,
+    limit: i64,
+) -> Result<Vec<StoredRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "{STORED_ROW} WHERE event_type = $1 ORDER BY created_at_utc DESC, id LIMIT $2"
+        "{STORED_ROW} WHERE event_type = $1 \
+         AND (NOT $2 OR route IS NOT DISTINCT FROM $3) \
+         AND ($4::text IS NULL OR reason = $4) \
+         ORDER BY created_at_utc DESC, id LIMIT $5"
     ))
     .persistent(false)
     .bind(event_type)
+    .bind(filter.route.is_some())
+    .bind(filter.route.flatten())
+    .bind(filter.reason)
     .bind(limit)
     .fetch_all(db)
     .await

@@ -12,6 +12,92 @@ use std::time::Duration;
 use super::{lock, row_refused, AuditError, Inner, MAX_BATCH};
 use crate::policy::audit_event::AuditEvent;
 
+/// Since when another process has held the spool's lock (`flock`), as this one found it: set
+/// by the first attempt that finds it held, cleared by the next one here that takes it. Shared
+/// by the appends and the replay (their blocking threads too).
+///
+/// Nobody here waits for such a holder past [`Inner::attempt_limit`] from that moment: a
+/// failing replay attempt (another gateway's, in an outage) holds the spool no longer, so a
+/// holder past it is storing rows (the database answers: new rows go there) or frozen
+/// mid-replay, and a frozen peer must not cost every denial a wait (issue 66: five denials, 2 s
+/// each; 503s after five times `--db-timeout-ms`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct PeerHold(Arc<std::sync::Mutex<Hold>>);
+
+#[derive(Debug, Default)]
+struct Hold {
+    since: Option<std::time::Instant>,
+    /// This hold was named in the log ([`Inner::held_by_peer`]).
+    warned: bool,
+}
+
+impl PeerHold {
+    /// How long another process has held the spool, as far as this one knows.
+    pub(super) fn held_for(&self) -> Option<Duration> {
+        lock(&self.0).since.map(|since| since.elapsed())
+    }
+
+    /// Locks `f` (exclusive `flock`), trying until `deadline` (None: once), but no longer than
+    /// `limit` after the holder was first found holding it. Ok(false): still held.
+    fn lock(
+        &self,
+        f: &std::fs::File,
+        deadline: Option<std::time::Instant>,
+        limit: Duration,
+    ) -> std::io::Result<bool> {
+        loop {
+            match f.try_lock() {
+                Ok(()) => {
+                    let hold = std::mem::take(&mut *lock(&self.0));
+                    if hold.warned {
+                        tracing::info!("the audit spool is no longer held by another process");
+                    }
+                    return Ok(true);
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let now = std::time::Instant::now();
+                    let since = *lock(&self.0).since.get_or_insert(now);
+                    match deadline {
+                        Some(d) if now < d.min(since + limit) => {
+                            // Polled: flock has no timed wait.
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        _ => return Ok(false),
+                    }
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// The longest one replay attempt holds the spool while the database fails (its bound on
+    /// each statement, at least a second): a holder past it is not one.
+    pub(super) fn attempt_limit(&self) -> Duration {
+        self.timeout.max(Duration::from_secs(1))
+    }
+
+    /// Another process has held the spool past [`Inner::attempt_limit`]: new rows go to the
+    /// database first, without waiting for it ([`PeerHold`]).
+    pub(super) fn peer_holds_long(&self) -> bool {
+        self.peer
+            .held_for()
+            .is_some_and(|d| d >= self.attempt_limit())
+    }
+
+    /// A replay found the spool held by another process past its wait: said once a hold.
+    fn held_by_peer(&self) {
+        let mut hold = lock(&self.peer.0);
+        let Some(since) = hold.since else { return };
+        if !hold.warned && since.elapsed() >= self.attempt_limit() {
+            hold.warned = true;
+            tracing::warn!(spool = %self.spool.display(), held_ms = since.elapsed().as_millis() as u64,
+                "the audit spool is held by another process (a gateway sharing it, replaying or frozen): its rows wait; new audit rows go to the database, and a denial the database does not take in time is answered 503");
+        }
+    }
+}
+
 /// How long an append waits for a replay that holds the spool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Wait {
@@ -107,6 +193,7 @@ impl Inner {
         }
         let path = self.spool.clone();
         let max = self.max_spool;
+        let (peer, limit) = (self.peer.clone(), self.attempt_limit());
         let appended = tokio::task::spawn_blocking(move || -> Result<u64, AuditError> {
             let io = |e: std::io::Error| AuditError::SpoolIo(e.to_string());
             let mut f = std::fs::OpenOptions::new()
@@ -116,23 +203,9 @@ impl Inner {
                 .open(&path)
                 .map_err(io)?;
             // Other gateways may share the spool: an append waits for one that is replaying
-            // it, as `wait` says (the lock is released when `f` closes).
-            {
-                loop {
-                    match f.try_lock() {
-                        Ok(()) => break,
-                        Err(std::fs::TryLockError::WouldBlock)
-                            if deadline.is_some_and(|d| std::time::Instant::now() < d) =>
-                        {
-                            // Polled: flock has no timed wait.
-                            std::thread::sleep(std::time::Duration::from_millis(10));
-                        }
-                        Err(std::fs::TryLockError::WouldBlock) => {
-                            return Err(AuditError::SpoolBusy)
-                        }
-                        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
-                    }
-                }
+            // it, as `wait` says and [`PeerHold`] bounds (the lock is released when `f` closes).
+            if !peer.lock(&f, deadline, limit).map_err(io)? {
+                return Err(AuditError::SpoolBusy);
             }
             let current = f.metadata().map_err(io)?.len();
             // A last line cut short (a gateway killed mid-append, or a disk that filled where
@@ -198,7 +271,8 @@ impl Inner {
         // the same rows at once.
         let path = self.spool.clone();
         let stuck = lock(&self.stuck).as_ref().map(|(l, m, _)| (*l, *m));
-        let limit = self.timeout.max(Duration::from_secs(1));
+        let limit = self.attempt_limit();
+        let peer = self.peer.clone();
         let opened = tokio::task::spawn_blocking(move || -> std::io::Result<Opened> {
             use std::io::Read;
             let (mut f, read_only) = match std::fs::OpenOptions::new()
@@ -224,17 +298,8 @@ impl Inner {
             // for at most the database's bound, then left to the next attempt (a blocking lock
             // would pin this thread, and shutdown behind it, for as long as the other holds it).
             let deadline = std::time::Instant::now() + limit;
-            loop {
-                match f.try_lock() {
-                    Ok(()) => break,
-                    Err(std::fs::TryLockError::WouldBlock)
-                        if std::time::Instant::now() < deadline =>
-                    {
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                    }
-                    Err(std::fs::TryLockError::WouldBlock) => return Ok(Opened::Held),
-                    Err(std::fs::TryLockError::Error(e)) => return Err(e),
-                }
+            if !peer.lock(&f, Some(deadline), limit)? {
+                return Ok(Opened::Held);
             }
             let mut text = Vec::new();
             f.read_to_end(&mut text)?;
@@ -248,7 +313,11 @@ impl Inner {
         .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
         .map_err(sqlx::Error::Io)?;
         let (f, text, read_only) = match opened {
-            Opened::Missing | Opened::Unchanged | Opened::Held => return Ok(0),
+            Opened::Held => {
+                self.held_by_peer();
+                return Ok(0);
+            }
+            Opened::Missing | Opened::Unchanged => return Ok(0),
             Opened::Spool { f, text, read_only } => (f, text, read_only),
         };
         let (events, unreadable) = spooled_rows(&text);
@@ -406,7 +475,8 @@ mod tests {
             let writer = writer.clone();
             async move { writer.record(row("r1")).await }
         });
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        // (Within one replay attempt, a second: past it, the other gateway is not waited for.)
+        tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(
             !writing.is_finished(),
             "the append (the database refused) waits for the other gateway's replay"
@@ -415,7 +485,7 @@ mod tests {
             let writer = writer.clone();
             async move { writer.replay().await }
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!replaying.is_finished(), "the replay waits too");
         drop(theirs);
         writing.await.unwrap().unwrap();
@@ -423,6 +493,46 @@ mod tests {
         assert!(replaying.await.unwrap().is_err());
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"r1\""), "{text}");
+    }
+
+    /// Another process holding the spool past one replay attempt (a gateway frozen mid-replay)
+    /// is waited for once: the first row, the database refusing, fails within twice the
+    /// attempt's bound; the next ones do not wait for the spool at all (issue 66: before, each
+    /// waited again, 2.2 s here). Let go, the spool takes rows again.
+    #[tokio::test]
+    async fn a_spool_another_process_holds_is_waited_for_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        std::fs::write(&path, serde_json::to_string(&*row("r0")).unwrap() + "\n").unwrap();
+        let (writer, task) = refused_writer(&path, Duration::from_millis(200));
+        tokio::spawn(task);
+        let theirs = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        theirs.lock().unwrap();
+        let limit = writer.inner.attempt_limit();
+        let t0 = std::time::Instant::now();
+        let first = writer.record(row("r1")).await;
+        let took = t0.elapsed();
+        assert!(matches!(first, Err(AuditError::SpoolBusy)), "{first:?}");
+        assert!(took < 2 * limit, "the first row took {took:?}");
+        assert!(writer.inner.peer_holds_long());
+        for id in ["r2", "r3"] {
+            let t0 = std::time::Instant::now();
+            let next = writer.record(row(id)).await;
+            let took = t0.elapsed();
+            assert!(matches!(next, Err(AuditError::SpoolBusy)), "{next:?}");
+            assert!(took < limit / 4, "{id} waited {took:?} for the held spool");
+        }
+        drop(theirs);
+        writer.record(row("r4")).await.unwrap();
+        assert_eq!(writer.inner.peer.held_for(), None);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\"r4\"") && !text.contains("\"r2\""),
+            "{text}"
+        );
     }
 
     /// A last line cut short (a gateway killed mid-append) was never answered 403 and is

@@ -91,7 +91,7 @@ impl Drop for Inner {
 
 pub struct AuditWriter {
     tx: mpsc::Sender<Job>,
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl AuditWriter {
@@ -137,17 +137,36 @@ impl AuditWriter {
             stuck: Default::default(),
             refused: Default::default(),
             late: Default::default(),
+            peer: Default::default(),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = write_loop(inner.clone(), rx);
         (Arc::new(AuditWriter { tx, inner }), task)
     }
 
-    /// Returns once the row is durable (database or spool).
+    /// Returns once the row is durable (database or spool). Dropped before then, the row is
+    /// written all the same: once queued, by the writer; dropped while it waits for room in a
+    /// full queue (a request cancelled: a connection dropped past the shutdown's grace), it is
+    /// kept in memory for the database as a denial answered 503 is ([`Inner::keep_late`]),
+    /// never lost unsaid.
     pub async fn record(&self, event: Arc<AuditEvent>) -> Result<(), AuditError> {
+        use tokio::sync::mpsc::error::TrySendError;
         let (done, wait) = oneshot::channel();
         self.inner.metrics.audit_queue_depth.inc();
-        if self.tx.send((event, done)).await.is_err() {
+        let queued = match self.tx.try_send((event, done)) {
+            Ok(()) => true,
+            Err(TrySendError::Full((event, done))) => {
+                let pending = NotQueued {
+                    row: Some(event.clone()),
+                    inner: &self.inner,
+                };
+                let sent = self.tx.send((event, done)).await.is_ok();
+                pending.queued();
+                sent
+            }
+            Err(TrySendError::Closed(_)) => false,
+        };
+        if !queued {
             self.inner.metrics.audit_queue_depth.dec();
             return Err(AuditError::Stopped);
         }
@@ -256,6 +275,30 @@ impl AuditWriter {
                 }
             }
             tokio::time::sleep(every).await;
+        }
+    }
+}
+
+/// A row waiting for room in the writer's queue: if it is dropped before the row got there,
+/// the row is kept for the database ([`AuditWriter::record`]).
+struct NotQueued<'a> {
+    row: Option<Arc<AuditEvent>>,
+    inner: &'a Inner,
+}
+
+impl NotQueued<'_> {
+    /// The row is in the queue (or the writer stopped, and the caller answers so).
+    fn queued(mut self) {
+        self.row = None;
+    }
+}
+
+impl Drop for NotQueued<'_> {
+    fn drop(&mut self) {
+        if let Some(row) = self.row.take() {
+            self.inner.metrics.audit_queue_depth.dec();
+            tracing::warn!(request_id = %row.request_id, "a denial's request ended while its audit row waited for room in the writer's queue: the row is kept for the database");
+            self.inner.keep_late(std::slice::from_ref(&row));
         }
     }
 }
@@ -501,13 +544,14 @@ impl Inner {
     }
 
     /// How long rows the database refused wait for a replay that holds the spool: longer than
-    /// one replay attempt can hold it in an outage (--db-timeout-ms).
+    /// one replay attempt can hold it in an outage ([`Inner::attempt_limit`]). A replay of
+    /// another process is waited for no longer than that attempt from when this process first
+    /// found it holding the spool ([`super::spool::PeerHold`]).
     fn spool_wait(&self) -> Duration {
-        self.timeout.max(Duration::from_secs(1)) * 2
+        self.attempt_limit() * 2
     }
 
     /// `rows` to the database while a replay holds the spool; refused there, to the spool once
-    /// the replay is done.
     /// the replay is done: Ok(true) when they went to the spool.
     async fn database_then_spool(&self, rows: &[Arc<AuditEvent>]) -> Result<bool, AuditError> {
         match self.to_database(rows).await {
@@ -530,43 +574,51 @@ impl Inner {
             });
         }
         // While rows wait in the spool (the database is likely still down), new rows join
-        // them, without waiting for the database first; replay keeps their order.
-        let database_first = !self.spooled.load(Ordering::Acquire) || self.spool_len().await == 0;
-        if database_first {
-            self.spooled.store(false, Ordering::Release);
+        // them, without waiting for the database first; replay keeps their order. Unless
+        // another process has held the spool longer than one failing replay attempt can: it is
+        // storing rows (the database answers) or frozen mid-replay, and every batch would wait
+        // for it again (issue 66: 2 s a denial while a frozen peer held a spool of one row).
+        let empty = !self.spooled.load(Ordering::Acquire) || self.spool_len().await == 0;
+        let database_first = empty || self.peer_holds_long();
+        // Ok(true): the rows went to the spool; Ok(false): to the database. And whether the
+        // database was tried (and refused them).
+        let (spooled, tried) = if database_first {
+            if empty {
+                self.spooled.store(false, Ordering::Release);
+            }
             match self.to_database(rows).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, rows = rows.len(), "audit insert failed; spooling the rows")
                 }
             }
-        }
-        // Unless a replay holds the spool and is storing it (here, or in a gateway sharing
-        // the file): each of its statements is bounded, the whole replay is not (minutes, for a
-        // full spool), and the denials waiting for these rows would wait with it. The database
-        // the replay is reaching takes them, bounded by --db-timeout-ms; refused there, they
-        // wait for the spool. Storing: this gateway's replay has stored a chunk, or a replay
-        // held the spool longer than one failing attempt can (--db-timeout-ms): in an outage
-        // each attempt holds it that long at most and fails, and a row that tried the database
-        // as well would wait twice as long.
-        // After the database refused them, a replay holding the spool is waited for at most
-        // spool_wait(): past it, the rows are answered 503 and kept in memory for the database
-        // (a peer frozen mid-replay must not hold every denial, nor shutdown, behind it).
-        let first = if database_first {
-            Wait::Up(self.spool_wait())
+            // Refused: the spool, after a replay of this process that holds it (at most
+            // spool_wait()), after another process's no longer than PeerHold allows; past that
+            // the rows are answered 503 and kept in memory for the database, within twice
+            // --db-timeout-ms in all (a peer frozen mid-replay must not hold every denial, nor
+            // shutdown, behind it).
+            let appended = self.append(rows, Wait::Up(self.spool_wait())).await;
+            (appended.map(|()| true), true)
         } else {
-            Wait::Not
-        };
-        // Ok(true): the rows went to the spool; Ok(false): to the database.
-        let spooled = match self.append(rows, first).await {
-            Err(AuditError::SpoolBusy) if self.replay_progressing.load(Ordering::Acquire) => {
-                self.database_then_spool(rows).await
+            // Unless a replay holds the spool and is storing it (this process's has stored a
+            // chunk): each of its statements is bounded, the whole replay is not (minutes, for
+            // a full spool), and the denials waiting for these rows would wait with it. The
+            // database the replay is reaching takes them, bounded by --db-timeout-ms; refused
+            // there, they wait for the spool. A replay that has stored nothing yet (in an
+            // outage each attempt holds the spool up to --db-timeout-ms and fails) is waited
+            // for at most --db-timeout-ms first, another process's no longer than PeerHold
+            // allows: then the database.
+            match self.append(rows, Wait::Not).await {
+                Err(AuditError::SpoolBusy) if self.replay_progressing.load(Ordering::Acquire) => {
+                    (self.database_then_spool(rows).await, true)
+                }
+                Err(AuditError::SpoolBusy) => match self.append(rows, Wait::Up(self.timeout)).await
+                {
+                    Err(AuditError::SpoolBusy) => (self.database_then_spool(rows).await, true),
+                    appended => (appended.map(|()| true), false),
+                },
+                appended => (appended.map(|()| true), false),
             }
-            Err(AuditError::SpoolBusy) => match self.append(rows, Wait::Up(self.timeout)).await {
-                Err(AuditError::SpoolBusy) => self.database_then_spool(rows).await,
-                appended => appended.map(|()| true),
-            },
-            appended => appended.map(|()| true),
         };
         match spooled {
             Ok(false) => Ok(()),
@@ -578,7 +630,7 @@ impl Inner {
                 Ok(())
             }
             // The spool cannot take them (full, read-only, not ours): the database may.
-            Err(spool) if !database_first => match self.to_database(rows).await {
+            Err(spool) if !tried => match self.to_database(rows).await {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, rows = rows.len(), "audit insert failed too");
@@ -620,6 +672,31 @@ mod tests {
         );
         let problems = writer.spool_problems();
         assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("1 audit row(s) of denials answered 503 wait in memory"),
+            "{problems:?}"
+        );
+    }
+
+    /// A row whose request ends while it waits for room in a full queue is kept for the
+    /// database, not lost: `record` dropped mid-wait (before, the row went with it, unsaid).
+    #[tokio::test]
+    async fn a_row_dropped_while_the_queue_is_full_is_kept_for_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        // The writer's task is not run: nothing leaves the queue.
+        let (writer, _task) = refused_writer(&dir.path().join("spool"), Duration::from_secs(2));
+        for i in 0..QUEUE {
+            let (done, _) = oneshot::channel();
+            writer.tx.try_send((row(&format!("q{i}")), done)).unwrap();
+        }
+        let cancelled =
+            tokio::time::timeout(Duration::from_millis(50), writer.record(row("left"))).await;
+        assert!(cancelled.is_err(), "the queue is full: record waits");
+        let late = lock(&writer.inner.late);
+        assert_eq!(late.rows.len(), 1, "the row is kept");
+        assert_eq!(late.rows[0].id, "left");
+        drop(late);
+        let problems = writer.spool_problems();
         assert!(
             problems[0].starts_with("1 audit row(s) of denials answered 503 wait in memory"),
             "{problems:?}"

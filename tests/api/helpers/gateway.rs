@@ -73,6 +73,9 @@ pub struct GatewayOpts {
     pub admin_port: Option<u16>,
     /// The audit spool (default: `audit.spool` in the gateway's directory).
     pub spool: Option<PathBuf>,
+    /// A program (and its arguments) that execs the gateway, given its path and arguments
+    /// after these (e.g. `unshare` giving it a mount namespace of its own); empty: none.
+    pub launcher: Vec<String>,
 }
 
 impl GatewayOpts {
@@ -92,7 +95,14 @@ impl GatewayOpts {
             wait_ready: true,
             admin_port: None,
             spool: None,
+            launcher: vec![],
         }
+    }
+
+    /// Exec the gateway through `launcher` ([`GatewayOpts::launcher`]).
+    pub fn launched_by(mut self, launcher: &[&str]) -> Self {
+        self.launcher = launcher.iter().map(|a| a.to_string()).collect();
+        self
     }
 
     pub fn arg(mut self, a: &str) -> Self {
@@ -129,7 +139,14 @@ impl Gateway {
         let admin_port = opts.admin_port.unwrap_or(0);
         let log_path = dir.path().join("gateway.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbac-gateway"));
+        let mut cmd = match opts.launcher.split_first() {
+            None => Command::new(env!("CARGO_BIN_EXE_rbac-gateway")),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_rbac-gateway"));
+                c
+            }
+        };
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")

@@ -19,7 +19,7 @@ fn pgbouncer_bin() -> PathBuf {
     PathBuf::from("pgbouncer")
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -65,6 +65,34 @@ impl PgBouncer {
         pool_size: u32,
         tls: ServerTls,
     ) -> PgBouncer {
+        PgBouncer::launch(server_url, mode, pool_size, tls, None).await
+    }
+
+    /// [`PgBouncer::start`] with `ignore_startup_parameters = options`, as the README tells an
+    /// operator whose cockpit connects through PgBouncer: the startup option is then accepted
+    /// and dropped, never reaching PostgreSQL.
+    pub async fn start_ignoring_options(
+        server_url: &str,
+        mode: PoolMode,
+        pool_size: u32,
+    ) -> PgBouncer {
+        PgBouncer::launch(
+            server_url,
+            mode,
+            pool_size,
+            ServerTls::Disable,
+            Some("options"),
+        )
+        .await
+    }
+
+    async fn launch(
+        server_url: &str,
+        mode: PoolMode,
+        pool_size: u32,
+        tls: ServerTls,
+        ignore_startup_parameters: Option<&str>,
+    ) -> PgBouncer {
         let server = db_host_port(server_url);
         let (host, port) = server.rsplit_once(':').unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -80,6 +108,12 @@ impl PgBouncer {
         let tls = match tls {
             ServerTls::Disable => "disable",
             ServerTls::Require => "require",
+        };
+        // Without ignore_startup_parameters: the gateway sends no startup parameter PgBouncer
+        // does not know (issue 44), as docs/deploy/pgbouncer.md promises.
+        let ignore = match ignore_startup_parameters {
+            Some(p) => format!("ignore_startup_parameters = {p}\n"),
+            None => String::new(),
         };
         // PgBouncer cannot bind port 0: a port found free is tried, another one if it was taken
         // in between.
@@ -107,8 +141,7 @@ impl PgBouncer {
                      min_pool_size = 0\n\
                      reserve_pool_size = 0\n\
                      max_client_conn = 500\n\
-                     ; No ignore_startup_parameters: the gateway sends no startup parameter\n\
-                     ; PgBouncer does not know (issue 44), as docs/deploy/pgbouncer.md promises.\n\
+                     {ignore}\
                      log_connections = 0\n\
                      log_disconnections = 0\n\
                      log_pooler_errors = 1\n",
