@@ -66,6 +66,10 @@ pub enum Command {
     /// page also JSON (`.json`). Changes nothing in the database; listens on loopback unless
     /// --auth-token-file says how callers are authenticated.
     Cockpit(CockpitArgs),
+    /// Run the mapping's tests (`*.test.toml`: cases and statements over every route) with the
+    /// decision `serve` makes. Exits 0 when every case passes, 1 when one fails, 64 when a test
+    /// file (or the mapping) does not load.
+    Test(TestArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -629,4 +633,30 @@ pub struct RolloutArgs {
     /// The report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TestArgs {
+    /// The mapping under test: a file, or a version in the database (`db:VERSION`, `db:active`,
+    /// `db:previous`; needs --database-url). Without test files named, the `*.test.toml` files
+    /// beside the mapping file are run.
+    #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
+    pub routes: PathBuf,
+    /// Console's PostgreSQL: the groups as Console holds them (instead of the catalogue `migrate`
+    /// seeds), the admins cases name by email or id, and `db:` versions. Never read from the
+    /// environment: a suite runs the same with or without DATABASE_URL set.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// text (for a terminal), json, or junit (JUnit XML, for CI).
+    #[arg(long, default_value = "text", value_parser = ["text", "json", "junit"])]
+    pub format: String,
+    /// Also name every rule no case reached (text: after the summary; json: `uncovered`; junit:
+    /// the `system-out` of a suite named `coverage`).
+    #[arg(long)]
+    pub coverage: bool,
+    /// Also list the cases that passed (text).
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+    /// Test files (`*.test.toml`) or directories (searched for `*.test.toml`, recursively).
+    pub tests: Vec<PathBuf>,
 }

@@ -1,0 +1,190 @@
+//! The mapping's tests (issue 70): `rbac-gateway test` as an operator and a CI job run it, the
+//! suite the repository ships for Console's mapping, `mapping push` refusing a version whose
+//! tests fail, and the record it keeps.
+
+use std::path::Path;
+
+use crate::cli::bin;
+
+/// A small mapping of Console's shape: a secrets rule, a public one, a machine one.
+const MAPPING: &str = r#"[cluster.S8]
+[cluster.public]
+[cluster.machine]
+
+[[route]]
+methods = ["GET"]
+path = "/secrets"
+roles = ["console-secrets-admin"]
+cluster = "S8"
+
+[[route]]
+methods = ["GET"]
+path = "/secrets/<name>/sop"
+roles = ["console-secrets-user"]
+cluster = "S8"
+
+[[route]]
+methods = ["GET"]
+path = "/health"
+access = "public"
+cluster = "public"
+
+[[route]]
+methods = ["POST"]
+path = "/api/internal/audit/ingest"
+access = "machine"
+cluster = "machine"
+"#;
+
+/// Its tests: they pass on [`MAPPING`].
+const TESTS: &str = r#"[principal.support]
+groups = ["raxx-support-team"]
+
+[[case]]
+name = "support cannot list the secrets"
+who = "support"
+request = "GET /secrets"
+expect = "deny"
+reason = "missing_role"
+
+[[case]]
+name = "platform admins list the secrets"
+who = { groups = ["raxx-platform-admins"] }
+request = "GET /secrets"
+expect = "allow"
+rule = "GET /secrets"
+
+[[case]]
+name = "I-7: machine routes are never session-gated"
+every = { access = "machine" }
+who = "no-session"
+expect = "machine"
+
+[[case]]
+name = "S8 requires a secrets role"
+every = { cluster = "S8" }
+requires_one_of = ["console-secrets-admin", "console-secrets-user"]
+"#;
+
+/// A directory with `routes.toml` (`mapping`) and `routes.test.toml` (`tests`).
+fn project(mapping: &str, tests: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.toml"), mapping).unwrap();
+    std::fs::write(dir.path().join("routes.test.toml"), tests).unwrap();
+    dir
+}
+
+fn test_cmd(dir: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
+    let out = bin()
+        .current_dir(dir)
+        .arg("test")
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_tests_beside_the_mapping_run_and_a_broken_edit_fails_with_what_and_why() {
+    let dir = project(MAPPING, TESTS);
+    let (code, out, err) = test_cmd(dir.path(), &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("tests: ./routes.test.toml"), "{out}");
+    assert!(out.ends_with("PASS: 4/4\n"), "{out}");
+    // The edit a review could miss: support gets the secrets list.
+    let broken = MAPPING.replace(
+        "roles = [\"console-secrets-admin\"]",
+        "roles = [\"console-secrets-admin\", \"console-audit-user\"]",
+    );
+    std::fs::write(dir.path().join("routes.toml"), broken).unwrap();
+    let (code, out, err) = test_cmd(dir.path(), &[]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("2 of 4 cases failed"), "{err}");
+    for line in [
+        "FAIL ./routes.test.toml:4: support cannot list the secrets",
+        "  GET /secrets as support",
+        "    expected deny, decided allow (role:console-audit-user)",
+        "      rule: GET /secrets (routes.toml:5:1)",
+        "      requires: role:console-secrets-admin | role:console-audit-user",
+        "        console-audit-user: group raxx-support-team -> console-audit-user",
+        "      decision: allow (granted by Role(\"console-audit-user\"))",
+        "FAIL ./routes.test.toml:24: S8 requires a secrets role",
+        "  offending rule GET /secrets (routes.toml:5:1)",
+        "PASS: 2/4",
+        "FAIL: 2/4",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no line {line:?} in\n{out}");
+    }
+}
+
+#[test]
+fn json_junit_and_coverage_for_ci() {
+    let dir = project(MAPPING, TESTS);
+    let (code, out, err) = test_cmd(dir.path(), &["--format", "json", "--coverage"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["total"], 4);
+    assert_eq!(v["failed"], 0);
+    assert_eq!(v["cases"][0]["name"], "support cannot list the secrets");
+    assert_eq!(v["cases"][0]["line"], 4);
+    // sha256sum of the one test file.
+    assert_eq!(
+        v["tests_sha256"],
+        rbac_gateway::stores::mapping_store::sha256_hex(TESTS.as_bytes())
+    );
+    // Every rule was reached but the public one.
+    let uncovered: Vec<&str> = v["uncovered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(uncovered, ["GET /health"]);
+    let broken = TESTS.replace("expect = \"machine\"", "expect = \"public\"");
+    std::fs::write(dir.path().join("routes.test.toml"), broken).unwrap();
+    let (code, out, _) = test_cmd(dir.path(), &["--format", "junit"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"rbac-gateway test\" tests=\"4\" failures=\"1\" errors=\"0\">"), "{out}");
+    assert!(
+        out.contains("<testcase classname=\"./routes.test.toml\" name=\"I-7: machine routes are never session-gated\" file=\"./routes.test.toml\" line=\"18\">\n      <failure message=\"expected public, decided machine\" type=\"every\">offending rule POST /api/internal/audit/ingest (routes.toml:23:1)"),
+        "{out}"
+    );
+    assert!(out.ends_with("</testsuites>\n"), "{out}");
+}
+
+#[test]
+fn a_test_file_that_does_not_load_exits_64_with_file_line_and_why() {
+    let dir = project(
+        MAPPING,
+        &TESTS.replace(
+            "groups = [\"raxx-support-team\"]",
+            "groups = [\"raxx-suport-team\"]",
+        ),
+    );
+    let (code, out, err) = test_cmd(dir.path(), &[]);
+    assert_eq!(code, Some(64), "{out}{err}");
+    assert!(
+        err.contains("./routes.test.toml:1:1: group \"raxx-suport-team\" is not in the catalogue"),
+        "{err}"
+    );
+    let dir = project(MAPPING, &format!("{TESTS}\n[[case]]\nwho = \"support\"\nrequest = \"GET /secrets\"\nexpected = \"deny\"\n"));
+    let (code, _, err) = test_cmd(dir.path(), &[]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("./routes.test.toml:32:1: unknown field `expected`"),
+        "{err}"
+    );
+    // No tests at all is no pass.
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("routes.toml"), MAPPING).unwrap();
+    let (code, _, err) = test_cmd(empty.path(), &[]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("no *.test.toml beside routes.toml"), "{err}");
+    // Named files and directories run instead.
+    let (code, out, err) = test_cmd(empty.path(), &[dir.path().to_str().unwrap()]);
+    assert_eq!(code, Some(64), "{out}{err}");
+}
