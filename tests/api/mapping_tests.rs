@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use crate::cli::bin;
+use crate::helpers::*;
 
 /// A small mapping of Console's shape: a secrets rule, a public one, a machine one.
 const MAPPING: &str = r#"[cluster.S8]
@@ -187,4 +188,108 @@ fn a_test_file_that_does_not_load_exits_64_with_file_line_and_why() {
     // Named files and directories run instead.
     let (code, out, err) = test_cmd(empty.path(), &[dir.path().to_str().unwrap()]);
     assert_eq!(code, Some(64), "{out}{err}");
+}
+
+#[test]
+fn the_shipped_suite_passes_reaches_every_rule_and_covers_each_cluster() {
+    let out = bin()
+        .current_dir(root())
+        .args(["test", "--format", "json", "--coverage"])
+        .output()
+        .unwrap();
+    let (code, text) = code_and_output(&out);
+    assert_eq!(code, Some(0), "{text}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tests"][0], "./routes.test.toml");
+    assert_eq!(v["catalogue"], "the catalogue migrate seeds");
+    assert_eq!(
+        v["uncovered"],
+        serde_json::json!([]),
+        "every rule is reached"
+    );
+    let names: Vec<&str> = v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for cluster in ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9"] {
+        for what in ["no session", "holding nothing", "golden"] {
+            assert!(
+                names
+                    .iter()
+                    .any(|n| n.starts_with(cluster) && n.contains(what)),
+                "{cluster}: no {what} case"
+            );
+        }
+    }
+    for invariant in ["I-4", "I-7", "003 §9", "003 I-6", "public:", "ported:"] {
+        assert!(
+            names.iter().any(|n| n.contains(invariant)),
+            "no {invariant} case"
+        );
+    }
+}
+
+#[test]
+fn the_shipped_suite_fails_edits_that_break_what_it_pins() {
+    let shipped = std::fs::read_to_string(root().join("routes.toml")).unwrap();
+    let tests = std::fs::read_to_string(root().join("routes.test.toml")).unwrap();
+    // Each edit, and a case that must then fail.
+    let edits: [(&str, String, &str); 4] = [
+        (
+            "S8 switched off",
+            shipped.replace(
+                "[cluster.S8]\ntitle = \"Secrets (last)\"",
+                "[cluster.S8]\ntitle = \"Secrets (last)\"\nmode = \"off\"",
+            ),
+            "S8: every secrets rule requires a secrets role",
+        ),
+        (
+            "AMBIGUOUS-3 decided for the read role",
+            {
+                let at = shipped
+                    .find("path = \"/console/customers/<id>/<session_id>/revoke\"")
+                    .unwrap();
+                let role = at + shipped[at..].find("roles = [\"console-manager\"]").unwrap();
+                format!(
+                    "{}roles = [\"console-audit-user\"]{}",
+                    &shipped[..role],
+                    &shipped[role + "roles = [\"console-manager\"]".len()..]
+                )
+            },
+            "003 I-6: AMBIGUOUS-3 stays at its narrowest option until decided (console-manager)",
+        ),
+        (
+            "a public catch-all under /secrets",
+            format!("{shipped}\n[[route]]\nmethods = [\"GET\"]\npath = \"/secrets/<path:rest>\"\naccess = \"public\"\ncluster = \"public\"\n"),
+            "003 §9: no route under /secrets is reached by support, devops, ops or staging",
+        ),
+        (
+            "a machine route behind a session",
+            shipped.replace(
+                "path = \"/api/webhooks/freescout/rbac\"\naccess = \"machine\"",
+                "path = \"/api/webhooks/freescout/rbac\"\nroles = [\"console-user\"]",
+            ),
+            "I-7: freescout_webhook_rbac is a machine route",
+        ),
+    ];
+    for (what, mapping, case) in edits {
+        assert_ne!(mapping, shipped, "{what}: the edit changed nothing");
+        let dir = project(&mapping, &tests);
+        let (code, out, err) = test_cmd(dir.path(), &["--format", "json"]);
+        assert_eq!(code, Some(1), "{what}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let failed: Vec<&str> = v["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["passed"] == false)
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            failed.contains(&case),
+            "{what}: {case:?} did not fail; failed: {failed:#?}"
+        );
+    }
 }

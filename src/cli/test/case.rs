@@ -231,6 +231,9 @@ pub fn describe(who: &Who) -> String {
             if *break_glass {
                 parts.push("break-glass session".into());
             }
+            if parts.is_empty() {
+                return "a session holding nothing".into();
+            }
             parts.join(" + ")
         }
     }

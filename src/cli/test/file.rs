@@ -130,22 +130,15 @@ impl Reader<'_> {
             }
         }
         match admin {
-            Some(_)
-                if !groups.is_empty()
-                    || !roles.is_empty()
-                    || !permissions.is_empty()
-                    || break_glass =>
-            {
+            Some(_) if table.len() > 1 => {
                 self.problem(at, "a principal is an `admin` of the database or given by `groups`, `roles`, `permissions` and `break_glass`, not both".into());
                 None
             }
             Some(a) => Some(Who::Admin(a)),
-            None if groups.is_empty()
-                && roles.is_empty()
-                && permissions.is_empty()
-                && !break_glass =>
-            {
-                self.problem(at, "an empty principal: give `groups`, `roles` or `permissions` (a principal holding nothing: `roles = []` is not enough, use who = \"no-session\" or a group without roles), or `admin`".into());
+            // `{ groups = [] }` is a session holding nothing (an admin in no group); `{}` says
+            // nothing and is more likely a mistake.
+            None if table.is_empty() => {
+                self.problem(at, "an empty principal: give `groups`, `roles`, `permissions` or `break_glass` (`groups = []`: a session holding nothing), or `admin`".into());
                 None
             }
             None => Some(Who::Synthetic {
