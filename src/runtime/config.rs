@@ -75,9 +75,10 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum MappingCommand {
     /// Validate FILE exactly as `check` does (a file `check` rejects is never stored: same
-    /// messages, exit 1 or 64), store its exact text under its version with who pushed it and
-    /// why, and make it the active version. Pushing the active version again changes nothing
-    /// (exit 0).
+    /// messages, exit 1 or 64), run its tests (`rbac-gateway test`: the `*.test.toml` beside it,
+    /// or --tests; a failing case refuses the version, exit 1), store its exact text under its
+    /// version with who pushed it, why and what its tests gave, and make it the active version.
+    /// Pushing the active version again changes nothing (exit 0).
     Push(MappingPushArgs),
     /// Make a stored version the active one (every gateway with `--mapping-source database`
     /// applies it within a second).
@@ -122,6 +123,20 @@ pub struct MappingPushArgs {
     /// --mapping-public-key apply only versions signed by its key.
     #[arg(long, env = "GATEWAY_MAPPING_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
+    /// The mapping's tests to run before anything is stored (a `*.test.toml` file or a
+    /// directory searched for them; repeat for more), as `rbac-gateway test` runs them. Without
+    /// it, the `*.test.toml` files beside FILE. A version whose tests fail is refused (exit 1);
+    /// what they gave is recorded on the version.
+    #[arg(
+        long = "tests",
+        value_name = "TEST_FILE_OR_DIR",
+        conflicts_with = "skip_tests"
+    )]
+    pub tests: Vec<PathBuf>,
+    /// Store the version without running its tests: said at the push and recorded on the
+    /// version (`mapping history`, the cockpit).
+    #[arg(long)]
+    pub skip_tests: bool,
 }
 
 #[derive(Debug, Clone, Args)]

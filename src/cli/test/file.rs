@@ -442,11 +442,18 @@ pub fn read(index: usize, file: &TestFile) -> Result<Vec<Case>, Vec<Problem>> {
 pub fn discover(routes: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();
     if paths.is_empty() {
-        let dir = match routes.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        beside(&dir, false, &mut out)?;
+        match routes.parent() {
+            Some(d) if !d.as_os_str().is_empty() => beside(d, false, &mut out)?,
+            // The working directory: the files are named as they are there (`routes.test.toml`).
+            _ => {
+                beside(Path::new("."), false, &mut out)?;
+                for p in &mut out {
+                    if let Ok(name) = p.strip_prefix(".") {
+                        *p = name.to_path_buf();
+                    }
+                }
+            }
+        }
     }
     for p in paths {
         let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;

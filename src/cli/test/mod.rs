@@ -82,6 +82,16 @@ pub(crate) fn tests_of(routes: &Path, tests: &[PathBuf]) -> Result<Vec<PathBuf>,
     Ok(found)
 }
 
+/// The `*.test.toml` files beside `routes`, if any (`mapping push` without `--tests`).
+pub(crate) fn beside(routes: &Path) -> Result<Vec<PathBuf>, Exit> {
+    file::discover(routes, &[]).map_err(|e| usage(anyhow!("{e}")))
+}
+
+/// The report for a terminal, failures and totals (what `mapping push` prints when it refuses).
+pub(crate) fn text(report: &Report) -> String {
+    report::text(report, false)
+}
+
 /// The SHA-256 of `bytes`, one after the other.
 fn sha256_of<'a>(bytes: impl IntoIterator<Item = &'a [u8]>) -> String {
     use sha2::Digest;
