@@ -488,6 +488,44 @@ async fn push_refuses_a_version_whose_tests_fail_and_records_what_it_ran() {
         )),
         "{out}"
     );
+
+    // A stored version tested again: `--routes db:VERSION`, its test files named.
+    let (code, out, err) = with_db(
+        &db.url,
+        dir.path(),
+        &["test", "--routes", "db:active", "routes.test.toml"],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.starts_with(&format!(
+            "mapping database:{} (version {}), groups from the database",
+            version(MAPPING),
+            version(MAPPING)
+        )),
+        "{out}"
+    );
+    let (code, _, err) = with_db(
+        &db.url,
+        dir.path(),
+        &["test", "--routes", &format!("db:{}", version(&broken))],
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("name the test files"), "{err}");
+    let (code, out, _) = with_db(
+        &db.url,
+        dir.path(),
+        &[
+            "test",
+            "--routes",
+            &format!("db:{}", version(&broken)),
+            "routes.test.toml",
+        ],
+    );
+    assert_eq!(
+        code,
+        Some(1),
+        "the version stored untested fails them: {out}"
+    );
 }
 
 #[tokio::test]
