@@ -334,6 +334,10 @@ impl Reader<'_> {
                     self.problem(roles.span().start, "`requires_one_of` lists no role".into());
                     return None;
                 }
+                if !raw.tickets.is_empty() {
+                    self.problem(roles.span().start, "`tickets` beside `requires_one_of` would change nothing: its principal holds every role but those".into());
+                    return None;
+                }
                 Kind::RequiresOneOf {
                     select: select.get_ref().clone(),
                     roles: roles.get_ref().clone(),
@@ -590,6 +594,13 @@ requires_one_of = ["a"]
         let all = problems("[[case]\n");
         assert!(all[0].starts_with("t.test.toml:1:"), "{all:#?}");
         assert!(problems("")[0].contains("no [[case]]"));
+        let all = problems(
+            "[[case]]\nevery = {}\nrequires_one_of = [\"a\"]\ntickets = [{ customer = 1 }]\n",
+        );
+        assert!(
+            all[0].starts_with("t.test.toml:3:19: `tickets` beside"),
+            "{all:#?}"
+        );
         let all = problems(
             "[[case]]\nwho = \"no-session\"\nevery = {}\nexpect = \"deny\"\nrule = \"/a\"\n",
         );

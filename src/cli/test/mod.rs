@@ -477,6 +477,26 @@ expect = "login"
             "{:#}",
             e.error
         );
+        // A statement that would ask no one does not pass quietly.
+        let everyone: Vec<String> = Catalogue::seeded()
+            .groups
+            .keys()
+            .map(|g| format!("{g:?}"))
+            .collect();
+        let e = run_on(
+            &mapping(MAPPING),
+            &format!(
+                "[[case]]\nevery = {{}}\nwho = {{ every_group_except = [{}] }}\nexpect = \"deny\"\n",
+                everyone.join(", ")
+            ),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{:#}", e.error)
+                .contains("m.test.toml:3:7: every_group_except excepts every group"),
+            "{:#}",
+            e.error
+        );
     }
 
     #[test]

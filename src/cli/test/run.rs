@@ -114,6 +114,14 @@ impl<'c> Prepared<'c> {
                     for w in &groups {
                         subjects.push((super::file::describe(w), w.clone(), *line, *col));
                     }
+                    if groups.is_empty() {
+                        problem(
+                            case.file,
+                            *line,
+                            *col,
+                            "every_group_except excepts every group of the catalogue: the case asks no one, and would pass having decided nothing".into(),
+                        );
+                    }
                     every_group.insert((case.file, case.line), groups);
                 }
                 Kind::RequiresOneOf { roles, .. } => {
