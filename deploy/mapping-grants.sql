@@ -57,6 +57,14 @@ GRANT SELECT ON rbac_groups, rbac_group_roles, rbac_roles, rbac_role_inheritance
 -- --mapping-public-key, these grants alone cannot open a route: a version is applied only with a
 -- signature by the private key, which lives outside the database and the repository.
 
+-- The mapping's tests (migration 0030, issue 70): `mapping push` runs them before it stores
+-- anything and records what they gave in columns of rbac_mapping_store (tests_result,
+-- tests_sha256, tests_cases, tests_files), which the grants above cover (INSERT and SELECT are
+-- on the table). The tests read the catalogue granted above; a test that names an admin
+-- (`admin = "..."`) also reads that admin's groups, sessions and ticket grants, as `matrix
+-- --database-url` does: grant those reads to the pusher only if its tests name admins (the
+-- shipped routes.test.toml names none: its principals are given by their groups and roles).
+
 -- Then give the roles to login users, e.g.:
 --   GRANT rbac_gateway_reader TO gateway_login;
 --   GRANT rbac_mapping_pusher TO ci_deployer;

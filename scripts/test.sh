@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, the integration suite (real PostgreSQL, a real upstream, the real
-# gateway binary on real sockets), formatting, clippy and the docs (rustdoc's warnings are
-# errors). Starts a throwaway PostgreSQL when DATABASE_URL is not set. The test tools come from
-# the project's virtual environment (.venv/, scripts/setup.sh --tests), first on PATH.
+# Runs every test: unit tests, the mapping's tests (routes.test.toml), the integration suite
+# (real PostgreSQL, a real upstream, the real gateway binary on real sockets), formatting, clippy
+# and the docs (rustdoc's warnings are errors). Starts a throwaway PostgreSQL when DATABASE_URL
+# is not set. The test tools come from the project's virtual environment (.venv/,
+# scripts/setup.sh --tests), first on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --tests
@@ -23,4 +24,7 @@ python3 scripts/squawk.py
 cargo clippy --all-targets -- -D warnings
 # Broken or private intra-doc links, unclosed HTML in a doc comment: before the long tests.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+# Console's mapping pinned by its tests (routes.test.toml beside routes.toml; synthetic
+# principals, no database), before the long tests: a failing case stops the run here.
+cargo run --quiet --bin rbac-gateway -- test --routes routes.toml
 cargo test --all-targets

@@ -8,7 +8,7 @@ import sys
 root = pathlib.Path(__file__).resolve().parent.parent
 binary = sys.argv[1] if len(sys.argv) > 1 else "target/debug/rbac-gateway"
 OTHERS = ["migrate", "check", "explain", "drift", "rollout", "diff", "matrix", "sweep",
-          "mapping push", "mapping activate", "mapping rollback", "mapping history", "mapping show", "cockpit"]
+          "mapping push", "mapping activate", "mapping rollback", "mapping history", "mapping show", "cockpit", "test"]
 
 
 def ref(*cmds):

@@ -36,6 +36,7 @@ fn main() {
         Command::Rollout(a) => cli::rollout(a),
         Command::Mapping(a) => cli::mapping(a),
         Command::Cockpit(a) => cli::cockpit(a),
+        Command::Test(a) => cli::test(a),
     };
     if let Err(exit) = result {
         eprintln!("rbac-gateway: {:#}", exit.error);

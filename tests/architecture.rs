@@ -1241,6 +1241,8 @@ const TOP_LEVEL: &[&str] = &[
     "examples",
     "migrations",
     "routes.toml",
+    // Console's tests of routes.toml (issue 70), found beside it by `rbac-gateway test`.
+    "routes.test.toml",
     "scripts",
     "src",
     "tests",

@@ -156,6 +156,59 @@ impl Catalogue {
             permissions.into_iter().collect(),
         )
     }
+
+    /// What membership of `groups` and holding `roles` give, as the database resolves an admin
+    /// (004 §3.4): each role with how it is held ("group g -> r -> inherits p", "role r"), and
+    /// the permissions of them all. A group the catalogue lacks gives nothing (the caller
+    /// checks names first).
+    pub fn holding(&self, groups: &[String], roles: &[String]) -> Held {
+        let mut how = BTreeMap::new();
+        for g in groups {
+            let given = self.groups.get(g).cloned().unwrap_or_default();
+            for (r, path) in self.expand(&format!("group {g}"), &given) {
+                how.entry(r).or_insert(path);
+            }
+        }
+        let direct: BTreeSet<String> = roles.iter().cloned().collect();
+        for (r, path) in self.expand("given", &direct) {
+            how.entry(r).or_insert(path);
+        }
+        let permissions = how
+            .keys()
+            .flat_map(|r| self.permissions.get(r).into_iter().flatten().cloned())
+            .collect();
+        Held { how, permissions }
+    }
+
+    /// Every role the catalogue names (given to a group, inherited, inheriting, or carrying a
+    /// permission).
+    pub fn roles(&self) -> BTreeSet<&str> {
+        let mut out: BTreeSet<&str> = self.groups.values().flatten().map(String::as_str).collect();
+        for (child, parents) in &self.inherits {
+            out.insert(child);
+            out.extend(parents.iter().map(String::as_str));
+        }
+        out.extend(self.permissions.keys().map(String::as_str));
+        out
+    }
+
+    /// Every permission some role of the catalogue carries.
+    pub fn all_permissions(&self) -> BTreeSet<&str> {
+        self.permissions
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+/// What [`Catalogue::holding`] gives: each effective role with how it is held, and the
+/// permissions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    /// role -> how it is held.
+    pub how: BTreeMap<String, String>,
+    pub permissions: BTreeSet<String>,
 }
 
 /// A request to ask about: one method of one rule, on a path that rule (and no other) takes.
@@ -234,6 +287,41 @@ pub fn probes(mapping: &Mapping) -> Vec<Probe<'_>> {
                 attempt: found.as_ref().map_or(0, |f| f.1),
                 path: found.map(|f| f.0),
             });
+        }
+    }
+    out
+}
+
+/// Every path generated from `route`'s converters (each value [`probes`] tries) that the mapping
+/// routes to `route` for `method`, without duplicates, in the order tried; with `customers`, for
+/// a rule with `customer_param`, also its first path with that variable set to each customer.
+/// Empty: another rule takes every path tried.
+pub fn rule_paths(
+    mapping: &Mapping,
+    route: &Route,
+    method: &str,
+    customers: &[i32],
+) -> Vec<String> {
+    let Ok(parts) = parse_rule(&route.path) else {
+        return Vec::new();
+    };
+    let reaches = |path: &str| {
+        mapping
+            .find(method, path)
+            .is_some_and(|(hit, m)| hit.index == route.index && !m.slash_redirect)
+    };
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |path: String| {
+        if !out.contains(&path) && reaches(&path) {
+            out.push(path);
+        }
+    };
+    for attempt in 0..3 {
+        push(path_for(&parts, attempt, None));
+    }
+    if let Some(param) = &route.customer_param {
+        for c in customers {
+            push(path_for(&parts, 0, Some((param, &c.to_string()))));
         }
     }
     out
@@ -323,9 +411,64 @@ impl Cell {
     }
 }
 
-/// [`decide`]'s answer for `principal` (None: a request without a session) on a probe. With
-/// `rbac_api` (`serve --rbac-api`, the default), Console's reader API paths are answered by the
-/// gateway itself, before any rule: [`crate::policy::reader::outline`]'s answer, as `serve` gives it.
+/// What the gateway answers a request, before it is made a [`Cell`]: refused before any rule
+/// (the method or target), answered by the reader API, or [`decide`]'s outcome.
+#[derive(Debug, Clone)]
+pub enum Asked {
+    /// 400: the method or the target is refused (the outcome `decide` is never asked for).
+    Refused(crate::policy::target::Refusal),
+    /// Console's reader API, answered by the gateway before any rule: its status and
+    /// [`crate::policy::reader::outline`]'s decision.
+    ReaderApi { status: u16, decision: String },
+    /// [`decide`]'s outcome for the target.
+    Decided {
+        outcome: Outcome,
+        target: crate::policy::target::Target,
+    },
+}
+
+/// What the gateway answers `method` and `path` (exactly as a client sends them) for the
+/// principal of `authority` (None: a request without a session): the method and target checks
+/// of every door, the reader API with `rbac_api` (`serve --rbac-api`, the default:
+/// [`crate::policy::reader::outline`]'s answer, as `serve` gives it), then [`decide`]. The one
+/// way `matrix`, `diff` and `test` ask.
+pub async fn ask(
+    mapping: &Mapping,
+    switches: Switches,
+    rbac_api: bool,
+    authority: &InMemory,
+    method: &str,
+    path: &str,
+) -> Asked {
+    let target = match crate::policy::target::check_method(method.as_bytes())
+        .and_then(|_| crate::policy::target::parse_target(path.as_bytes()))
+    {
+        Ok(t) => t,
+        Err(r) => return Asked::Refused(r),
+    };
+    if let Some(call) = rbac_api
+        .then(|| crate::policy::reader::Call::of(&target))
+        .flatten()
+    {
+        let (status, decision, _) =
+            crate::policy::reader::outline(&call, method, authority.principal.is_some());
+        return Asked::ReaderApi { status, decision };
+    }
+    let facts = Facts {
+        method,
+        target: &target,
+        token: authority.principal.as_ref().map(|_| "review"),
+        client_ip: None,
+        user_agent: None,
+        request_id: "review",
+        at: std::time::Instant::now(),
+    };
+    let outcome = decide(authority, mapping, switches, &facts).await;
+    Asked::Decided { outcome, target }
+}
+
+/// [`decide`]'s answer for `principal` (None: a request without a session) on a probe, as
+/// [`ask`] gets it.
 pub async fn cell(
     mapping: &Mapping,
     switches: Switches,
@@ -337,19 +480,9 @@ pub async fn cell(
     let Some(path) = path else {
         return Cell::unreachable();
     };
-    let target = match crate::policy::target::check_method(method.as_bytes())
-        .and_then(|_| crate::policy::target::parse_target(path.as_bytes()))
-    {
-        Ok(t) => t,
-        Err(r) => return Cell::of(&Outcome::Refuse(r)),
-    };
-    if let Some(call) = rbac_api
-        .then(|| crate::policy::reader::Call::of(&target))
-        .flatten()
-    {
-        let (status, decision, _) =
-            crate::policy::reader::outline(&call, method, authority.principal.is_some());
-        return Cell {
+    match ask(mapping, switches, rbac_api, authority, method, path).await {
+        Asked::Refused(r) => Cell::of(&Outcome::Refuse(r)),
+        Asked::ReaderApi { status, decision } => Cell {
             outcome: "reader_api",
             status: Some(status),
             decision,
@@ -357,18 +490,9 @@ pub async fn cell(
             by: None,
             how: None,
             ticket: None,
-        };
+        },
+        Asked::Decided { outcome, .. } => Cell::of(&outcome),
     }
-    let facts = Facts {
-        method,
-        target: &target,
-        token: authority.principal.as_ref().map(|_| "review"),
-        client_ip: None,
-        user_agent: None,
-        request_id: "review",
-        at: std::time::Instant::now(),
-    };
-    Cell::of(&decide(authority, mapping, switches, &facts).await)
 }
 
 #[cfg(test)]

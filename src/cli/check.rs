@@ -131,6 +131,10 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "pushed_at_utc",
             "message",
             "signature",
+            "tests_result",
+            "tests_sha256",
+            "tests_cases",
+            "tests_files",
         ],
     ),
     (
@@ -148,7 +152,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// The mapping store's tables (migrations 0009, 0010): read by `serve --mapping-source database`
+/// The mapping store's tables (migrations 0009, 0010, 0030): read by `serve --mapping-source database`
 /// and the `mapping` commands only.
 const MAPPING_STORE: &[&str] = &["rbac_mapping_store", "rbac_mapping_activations"];
 

@@ -19,7 +19,7 @@ use crate::runtime::config::{
     CheckArgs, MappingActivateArgs, MappingChangeArgs, MappingCommand, MappingHistoryArgs,
     MappingPushArgs, MappingShowArgs,
 };
-use crate::stores::mapping_store::{self as store, Activated, Change, Refused};
+use crate::stores::mapping_store::{self as store, Activated, Change, Refused, TestsRecord};
 
 pub fn mapping(cmd: MappingCommand) -> Result<(), Exit> {
     match cmd {
@@ -105,11 +105,13 @@ fn push(a: MappingPushArgs) -> Result<(), Exit> {
     };
     let pushed = runtime()?.block_on(async {
         let db = pool(&a.change.database_url).await?;
+        let tests = tests_of(&a, &mapping, &db).await?;
         store::push(
             &db,
             &mapping.version,
             &text,
             signature.as_deref(),
+            &tests,
             &change(&a.change),
             !a.no_activate,
         )
@@ -124,7 +126,7 @@ fn push(a: MappingPushArgs) -> Result<(), Exit> {
     if pushed.stored {
         say!("mapping version {version} stored{signed}");
     } else {
-        say!("mapping version {version} was already stored: text unchanged");
+        say!("mapping version {version} was already stored: text unchanged (the tests record of its first push is kept: stored versions never change)");
     }
     match (&pushed.activated, a.no_activate) {
         (Some(act), _) => activated(act, "pushed"),
@@ -135,6 +137,56 @@ fn push(a: MappingPushArgs) -> Result<(), Exit> {
         (None, false) => say!("mapping version {version} is already active: nothing changed"),
     }
     Ok(())
+}
+
+/// The pushed mapping's tests, run before anything is stored (`rbac-gateway test`'s suite, with
+/// the database's catalogue): what to record on the version, or the refusal (a case failed: 1,
+/// with the failures printed; a test file that does not load: 64).
+async fn tests_of(
+    a: &MappingPushArgs,
+    mapping: &Mapping,
+    db: &crate::stores::db::Db,
+) -> Result<TestsRecord, Exit> {
+    if a.skip_tests {
+        say!("tests skipped (--skip-tests): recorded on the version as skipped");
+        return Ok(TestsRecord::not_run(TestsRecord::SKIPPED));
+    }
+    let paths = if a.tests.is_empty() {
+        super::test::beside(&a.file)?
+    } else {
+        super::test::tests_of(&a.file, &a.tests)?
+    };
+    if paths.is_empty() {
+        say!(
+            "no *.test.toml beside {}: no tests run (recorded on the version as none; --tests names others)",
+            a.file.display()
+        );
+        return Ok(TestsRecord::not_run(TestsRecord::NONE));
+    }
+    let report = super::test::suite(mapping, &paths, Some(db), false).await?;
+    if report.failed > 0 {
+        say!("{}", super::test::text(&report));
+        return Err(failure(anyhow!(
+            "{} of {} cases of {} failed: mapping version {} refused, nothing stored (fix the mapping or its tests; --skip-tests stores it untested, and says so)",
+            report.failed,
+            report.total,
+            report.tests.join(", "),
+            mapping.version
+        )));
+    }
+    say!(
+        "tests passed: {} cases of {} (sha256 {})",
+        report.total,
+        report.tests.join(", "),
+        report.tests_sha256
+    );
+    let cases = i32::try_from(report.total)
+        .map_err(|_| usage(anyhow!("{} cases: too many to record", report.total)))?;
+    Ok(TestsRecord::passed(
+        report.tests_sha256,
+        cases,
+        report.tests,
+    ))
 }
 
 fn activate(a: MappingActivateArgs) -> Result<(), Exit> {
@@ -393,6 +445,24 @@ fn who(by: &str, actor: &Option<String>) -> String {
     }
 }
 
+/// What a version's tests gave at its push, in one line (`mapping history`, the cockpit).
+pub(crate) fn tests_said(t: Option<&TestsRecord>) -> String {
+    match t {
+        None => "not recorded (pushed before migration 0030)".to_string(),
+        Some(t) if t.result == TestsRecord::PASSED => format!(
+            "passed, {} cases of {} (sha256 {})",
+            t.cases.unwrap_or_default(),
+            t.files.as_deref().unwrap_or_default().join(", "),
+            t.sha256.as_deref().unwrap_or("-")
+        ),
+        Some(t) if t.result == TestsRecord::SKIPPED => "skipped (--skip-tests)".to_string(),
+        Some(t) if t.result == TestsRecord::NONE => {
+            "none (no test file beside the pushed file)".to_string()
+        }
+        Some(t) => t.result.clone(),
+    }
+}
+
 fn print_history(h: &History) {
     say!("active: {}", h.active.as_deref().unwrap_or("none"));
     say!("versions:");
@@ -409,6 +479,7 @@ fn print_history(h: &History) {
                 .map(|m| format!(": {m}"))
                 .unwrap_or_default()
         );
+        say!("      tests: {}", tests_said(v.row.tests.as_ref()));
     }
     say!("activations (oldest first):");
     for act in &h.activations {

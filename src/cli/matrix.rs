@@ -149,7 +149,7 @@ pub async fn admin_principals(
 const ADMINS_AT_ONCE: usize = 4;
 
 /// One admin, as [`admin_principals`] reviews them.
-async fn admin_principal(
+pub(crate) async fn admin_principal(
     pool: &crate::stores::db::Db,
     id: String,
     email: String,

@@ -1,5 +1,5 @@
 //! The commands, one file each: `serve`, `migrate`, `check`, `explain`, `drift`, `rollout`,
-//! `matrix`, `diff`, `sweep`, `mapping`, `cockpit` (a folder: the site over the others), and the access review `matrix`, `diff`, `explain` and
+//! `matrix`, `diff`, `sweep`, `mapping`, `test` (a folder: the mapping's tests), `cockpit` (a folder: the site over the others), and the access review `matrix`, `diff`, `explain` and
 //! `mapping` share ([`access`]). Configuration is loaded and checked before any port is bound; an
 //! invalid mapping or flag exits 64.
 
@@ -23,6 +23,7 @@ mod migrate;
 mod rollout;
 mod serve;
 mod sweep;
+mod test;
 
 pub use check::{check, check_app_routes};
 pub use cockpit::{cockpit, HEADER_READ_TIMEOUT as COCKPIT_HEADER_READ_TIMEOUT};
@@ -35,6 +36,7 @@ pub use migrate::migrate;
 pub use rollout::rollout;
 pub use serve::serve;
 pub use sweep::sweep;
+pub use test::test;
 
 /// A command's failure, with the exit code it maps to.
 #[derive(Debug)]

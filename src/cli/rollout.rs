@@ -44,6 +44,10 @@ pub struct Report {
     /// The database's clock when the report was made (soak times are counted to it).
     #[serde(skip)]
     pub now: chrono::DateTime<chrono::Utc>,
+    /// A stored version (`--routes db:...`): what its tests gave at its push (`mapping push`,
+    /// migration 0030); absent for a file, or a version pushed before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tests: Option<crate::stores::mapping_store::TestsRecord>,
 }
 
 pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
@@ -174,6 +178,14 @@ pub(crate) async fn report(
             )
         })
         .collect();
+    let tests = match stored_ref(routes) {
+        Some(_) => mapping_store::tests_record(pool, &mapping.version)
+            .await
+            .context("cannot read the version's tests record (run `rbac-gateway migrate`?)")
+            .map_err(failure)?
+            .flatten(),
+        None => None,
+    };
     let latest = loads.first();
     Ok(Report {
         mapping: routes.display().to_string(),
@@ -191,6 +203,7 @@ pub(crate) async fn report(
         clusters,
         failing,
         now,
+        tests,
     })
 }
 
@@ -203,6 +216,12 @@ fn table(r: &Report, now: chrono::DateTime<chrono::Utc>) {
         (now - chrono::Duration::seconds(r.window_seconds))
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
+    if stored_ref(Path::new(&r.mapping)).is_some() {
+        say!(
+            "tests at its push: {}",
+            super::mapping::tests_said(r.tests.as_ref())
+        );
+    }
     match (&r.fleet_version, r.fleet_since) {
         (Some(v), Some(at)) => {
             say!(

@@ -66,14 +66,19 @@ pub enum Command {
     /// page also JSON (`.json`). Changes nothing in the database; listens on loopback unless
     /// --auth-token-file says how callers are authenticated.
     Cockpit(CockpitArgs),
+    /// Run the mapping's tests (`*.test.toml`: cases and statements over every route) with the
+    /// decision `serve` makes. Exits 0 when every case passes, 1 when one fails, 64 when a test
+    /// file (or the mapping) does not load.
+    Test(TestArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum MappingCommand {
     /// Validate FILE exactly as `check` does (a file `check` rejects is never stored: same
-    /// messages, exit 1 or 64), store its exact text under its version with who pushed it and
-    /// why, and make it the active version. Pushing the active version again changes nothing
-    /// (exit 0).
+    /// messages, exit 1 or 64), run its tests (`rbac-gateway test`: the `*.test.toml` beside it,
+    /// or --tests; a failing case refuses the version, exit 1), store its exact text under its
+    /// version with who pushed it, why and what its tests gave, and make it the active version.
+    /// Pushing the active version again changes nothing (exit 0).
     Push(MappingPushArgs),
     /// Make a stored version the active one (every gateway with `--mapping-source database`
     /// applies it within a second).
@@ -118,6 +123,20 @@ pub struct MappingPushArgs {
     /// --mapping-public-key apply only versions signed by its key.
     #[arg(long, env = "GATEWAY_MAPPING_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
+    /// The mapping's tests to run before anything is stored (a `*.test.toml` file or a
+    /// directory searched for them; repeat for more), as `rbac-gateway test` runs them. Without
+    /// it, the `*.test.toml` files beside FILE. A version whose tests fail is refused (exit 1);
+    /// what they gave is recorded on the version.
+    #[arg(
+        long = "tests",
+        value_name = "TEST_FILE_OR_DIR",
+        conflicts_with = "skip_tests"
+    )]
+    pub tests: Vec<PathBuf>,
+    /// Store the version without running its tests: said at the push and recorded on the
+    /// version (`mapping history`, the cockpit).
+    #[arg(long)]
+    pub skip_tests: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -640,4 +659,30 @@ pub struct RolloutArgs {
     /// The report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TestArgs {
+    /// The mapping under test: a file, or a version in the database (`db:VERSION`, `db:active`,
+    /// `db:previous`; needs --database-url). Without test files named, the `*.test.toml` files
+    /// beside the mapping file are run.
+    #[arg(long, env = "GATEWAY_ROUTES", default_value = "routes.toml")]
+    pub routes: PathBuf,
+    /// Console's PostgreSQL: the groups as Console holds them (instead of the catalogue `migrate`
+    /// seeds), the admins cases name by email or id, and `db:` versions. Never read from the
+    /// environment: a suite runs the same with or without DATABASE_URL set.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// text (for a terminal), json, or junit (JUnit XML, for CI).
+    #[arg(long, default_value = "text", value_parser = ["text", "json", "junit"])]
+    pub format: String,
+    /// Also name every rule no case reached (text: after the summary; json: `uncovered`; junit:
+    /// the `system-out` of a suite named `coverage`).
+    #[arg(long)]
+    pub coverage: bool,
+    /// Also list the cases that passed (text).
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+    /// Test files (`*.test.toml`) or directories (searched for `*.test.toml`, recursively).
+    pub tests: Vec<PathBuf>,
 }

@@ -132,8 +132,50 @@ async fn insert_activation(
     .await
 }
 
-/// Stores `text` under `version` (once: a text already stored is left as it was) with its
-/// `signature` ([`signing::sign`]; None: unsigned) and, when `activate`, makes it the active version
+/// What a version's tests gave when it was pushed (migration 0030): `mapping push` runs them
+/// before it stores anything and records this on the version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TestsRecord {
+    /// `passed` (every case passed), `skipped` (`--skip-tests`) or `none` (no test file beside
+    /// the pushed file).
+    pub result: String,
+    /// The SHA-256 of the test files' bytes, one after the other (`passed` only).
+    pub sha256: Option<String>,
+    /// How many cases passed (`passed` only).
+    pub cases: Option<i32>,
+    /// The test files run, as the push named them (`passed` only).
+    pub files: Option<Vec<String>>,
+}
+
+impl TestsRecord {
+    pub const PASSED: &'static str = "passed";
+    pub const SKIPPED: &'static str = "skipped";
+    pub const NONE: &'static str = "none";
+
+    /// Every case of `files` (their bytes hashing to `sha256`) passed.
+    pub fn passed(sha256: String, cases: i32, files: Vec<String>) -> TestsRecord {
+        TestsRecord {
+            result: Self::PASSED.into(),
+            sha256: Some(sha256),
+            cases: Some(cases),
+            files: Some(files),
+        }
+    }
+
+    /// No test ran: `skipped` or `none`.
+    pub fn not_run(result: &'static str) -> TestsRecord {
+        TestsRecord {
+            result: result.into(),
+            sha256: None,
+            cases: None,
+            files: None,
+        }
+    }
+}
+
+/// Stores `text` under `version` (once: a text already stored is left as it was, its tests
+/// record with it) with its `signature` ([`signing::sign`]; None: unsigned) and what its tests
+/// gave (`tests`), and, when `activate`, makes it the active version
 /// unless it already is. A signed push of a text already stored without that same signature is
 /// refused ([`Refused::SignatureDiffers`]; Ed25519 signatures are deterministic, so the same key
 /// and text always give the same signature): nothing is stored or activated.
@@ -142,6 +184,7 @@ pub async fn push(
     version: &str,
     text: &str,
     signature: Option<&str>,
+    tests: &TestsRecord,
     change: &Change,
     activate: bool,
 ) -> Result<Pushed, Refused> {
@@ -151,8 +194,9 @@ pub async fn push(
         .execute(&mut *tx)
         .await?;
     let stored = sqlx::query(
-        "INSERT INTO rbac_mapping_store (version, sha256, text, actor, message, signature) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (version) DO NOTHING",
+        "INSERT INTO rbac_mapping_store (version, sha256, text, actor, message, signature, \
+         tests_result, tests_sha256, tests_cases, tests_files) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (version) DO NOTHING",
     )
     .persistent(false)
     .bind(version)
@@ -161,6 +205,10 @@ pub async fn push(
     .bind(&change.actor)
     .bind(&change.message)
     .bind(signature)
+    .bind(&tests.result)
+    .bind(&tests.sha256)
+    .bind(tests.cases)
+    .bind(&tests.files)
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -350,13 +398,40 @@ pub mod signing {
 }
 
 /// One stored version.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Stored {
     pub version: String,
     pub pushed_by: String,
     pub actor: Option<String>,
     pub pushed_at_utc: DateTime<Utc>,
     pub message: Option<String>,
+    /// What its tests gave at its push (None: pushed before migration 0030).
+    pub tests: Option<TestsRecord>,
+}
+
+/// A row of [`Stored`], as read.
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    version: String,
+    pushed_by: String,
+    actor: Option<String>,
+    pushed_at_utc: DateTime<Utc>,
+    message: Option<String>,
+    #[sqlx(flatten)]
+    tests: TestsColumns,
+}
+
+impl From<StoredRow> for Stored {
+    fn from(r: StoredRow) -> Stored {
+        Stored {
+            version: r.version,
+            pushed_by: r.pushed_by,
+            actor: r.actor,
+            pushed_at_utc: r.pushed_at_utc,
+            message: r.message,
+            tests: r.tests.record(),
+        }
+    }
 }
 
 /// One activation.
@@ -376,9 +451,9 @@ pub struct Activation {
 /// transaction so they agree.
 pub async fn history(db: &Db) -> Result<(Vec<Stored>, Vec<Activation>), sqlx::Error> {
     let mut tx = db.begin().await?;
-    let stored: Vec<Stored> = sqlx::query_as(
-        "SELECT version, pushed_by, actor, pushed_at_utc, message FROM rbac_mapping_store \
-         ORDER BY pushed_at_utc, version",
+    let stored: Vec<StoredRow> = sqlx::query_as(
+        "SELECT version, pushed_by, actor, pushed_at_utc, message, tests_result, tests_sha256, \
+         tests_cases, tests_files FROM rbac_mapping_store ORDER BY pushed_at_utc, version",
     )
     .persistent(false)
     .fetch_all(&mut *tx)
@@ -391,7 +466,45 @@ pub async fn history(db: &Db) -> Result<(Vec<Stored>, Vec<Activation>), sqlx::Er
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok((stored, activations))
+    Ok((stored.into_iter().map(Stored::from).collect(), activations))
+}
+
+/// What a stored version's tests gave at its push (None: not stored; `Some(None)`: pushed
+/// before migration 0030, nothing recorded).
+pub async fn tests_record(
+    db: &Db,
+    version: &str,
+) -> Result<Option<Option<TestsRecord>>, sqlx::Error> {
+    let row: Option<TestsColumns> = sqlx::query_as(
+        "SELECT tests_result, tests_sha256, tests_cases, tests_files FROM rbac_mapping_store \
+         WHERE version = $1",
+    )
+    .persistent(false)
+    .bind(version)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(TestsColumns::record))
+}
+
+/// The tests record's columns, as read (migration 0030).
+#[derive(sqlx::FromRow)]
+struct TestsColumns {
+    tests_result: Option<String>,
+    tests_sha256: Option<String>,
+    tests_cases: Option<i32>,
+    tests_files: Option<Vec<String>>,
+}
+
+impl TestsColumns {
+    /// None: nothing recorded (pushed before migration 0030).
+    fn record(self) -> Option<TestsRecord> {
+        self.tests_result.map(|result| TestsRecord {
+            result,
+            sha256: self.tests_sha256,
+            cases: self.tests_cases,
+            files: self.tests_files,
+        })
+    }
 }
 
 /// The latest activation's version and the version it replaced.

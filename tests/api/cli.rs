@@ -586,6 +586,7 @@ fn configuration_reference_matches_the_cli() {
         "mapping history",
         "mapping show",
         "cockpit",
+        "test",
     ];
     let file = "docs/configuration.md";
     let out = Command::new("bash")

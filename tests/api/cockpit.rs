@@ -430,6 +430,20 @@ async fn the_cockpit_in_a_browser_says_what_the_commands_say() {
         "the board's clusters, in order, and verdicts"
     );
     assert!(got.iter().any(|(c, _)| c == "S6"), "{got:?}");
+    // The active version's tests, as its push recorded them (issue 70): version 2 was pushed
+    // from a directory with no test file beside it.
+    assert_eq!(board["tests"]["result"], "none", "{board:#}");
+    let tests_line = c
+        .find(fantoccini::Locator::Css("#tests"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        tests_line,
+        "Its tests at push: none (no test file beside the pushed file)"
+    );
     screenshot(&c, "board.png").await;
 
     c.goto(&cockpit.url("/timeline")).await.unwrap();
@@ -465,6 +479,20 @@ async fn the_cockpit_in_a_browser_says_what_the_commands_say() {
             );
         }
     }
+    // Each version's tests record: Console's mapping passed routes.test.toml beside it.
+    let first = &history["versions"][0];
+    assert_eq!(first["tests"]["result"], "passed", "{history:#}");
+    let said = format!(
+        "passed, {} cases of {}",
+        first["tests"]["cases"],
+        first["tests"]["files"][0].as_str().unwrap()
+    );
+    assert!(said.ends_with("routes.test.toml"), "{said}");
+    assert!(text.contains(&said), "the timeline shows {said}");
+    assert!(
+        text.contains("none (no test file beside the pushed file)"),
+        "the timeline shows the second version's record"
+    );
     screenshot(&c, "timeline.png").await;
 
     c.goto(&cockpit.url("/matrix")).await.unwrap();

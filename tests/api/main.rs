@@ -27,6 +27,7 @@ mod lifecycle_jobs;
 mod live;
 mod mapping;
 mod mapping_store;
+mod mapping_tests;
 mod order_differential;
 mod pooler;
 mod reader;

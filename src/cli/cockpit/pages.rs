@@ -130,6 +130,10 @@ pub fn board(r: &Rollout) -> Markup {
             }
             " Soak window " (human(r.window_seconds)) ", soak counted from " (r.soak_from) "."
         }
+        p #tests {
+            "Its tests at push: "
+            span class=(tests_class(r.tests.as_ref())) { (crate::cli::mapping::tests_said(r.tests.as_ref())) }
+        }
         @for s in &r.unloadable_activations {
             p.warn { "Not counted (does not load with this binary): " (s) }
         }
@@ -189,6 +193,14 @@ pub fn board(r: &Rollout) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// How a version's tests record is shown: passed green, skipped or none a warning.
+fn tests_class(t: Option<&crate::stores::mapping_store::TestsRecord>) -> &'static str {
+    match t.map(|t| t.result.as_str()) {
+        Some(crate::stores::mapping_store::TestsRecord::PASSED) => "v v-enforced",
+        _ => "v v-not_ready",
     }
 }
 
@@ -252,6 +264,10 @@ pub fn timeline(h: &History) -> Markup {
                         " · " a href=(format!("/matrix?version={}&compare={p}", r.version)) { "matrix with changed cells" }
                     }
                 }
+                @if let Some(v) = h.versions.iter().find(|v| v.row.version == r.version) {
+                    p.tests { "Tests of " code { (r.version) } " at its push: "
+                        span class=(tests_class(v.row.tests.as_ref())) { (crate::cli::mapping::tests_said(v.row.tests.as_ref())) } }
+                }
                 @if let Some(e) = &act.error { p.warn { "Cannot compare: " (e) } }
                 @if let Some(c) = &act.changed {
                     @if c.rules.is_empty() { p.muted { "No method of any rule changes." } }
@@ -269,13 +285,14 @@ pub fn timeline(h: &History) -> Markup {
         }
         h2 { "Versions" }
         table {
-            thead { tr { th { "Version" } th { "Pushed" } th { "By" } th { "Why" } th { "Last active" } } }
+            thead { tr { th { "Version" } th { "Pushed" } th { "By" } th { "Why" } th { "Tests at push" } th { "Last active" } } }
             tbody { @for v in h.versions.iter().rev() {
                 tr {
                     td { a href=(format!("/version/{}", v.row.version)) { code { (v.row.version) } } @if v.active { " " span.v.v-enforced { "active" } } }
                     td { (at(&v.row.pushed_at_utc)) }
                     td { (v.row.actor.as_deref().unwrap_or(&v.row.pushed_by)) }
                     td { (v.row.message.as_deref().unwrap_or("")) }
+                    td.tests { span class=(tests_class(v.row.tests.as_ref())) { (crate::cli::mapping::tests_said(v.row.tests.as_ref())) } }
                     td { (v.last_activated_at_utc.map_or("never".to_string(), |t| at(&t))) }
                 }
             } }

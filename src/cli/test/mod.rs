@@ -1,0 +1,519 @@
+//! `rbac-gateway test`: the mapping's tests (`*.test.toml`), each case asked of the decision
+//! `serve` makes (`decide`, through [`crate::cli::access::ask`] with an in-memory authority, as
+//! `matrix` asks), never a second implementation. A case names who asks (a principal given by
+//! its groups and roles, an admin of the database, or no session), one request or every rule a
+//! statement selects, and the outcome expected. Exit 0: every case passed; 1: one failed; 64: a
+//! test file (or the mapping) does not load. `mapping push` runs the same suite before it stores
+//! a version ([`suite`]).
+//!
+//! The file format: `file.rs`; the run: `run.rs`; `explain`'s why of a failure: `why.rs`; the
+//! text, JSON and JUnit forms: `report.rs`.
+
+mod case;
+mod every;
+mod file;
+mod report;
+mod run;
+mod why;
+mod world;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::anyhow;
+
+use super::{failure, load_mapping, load_stored_ref, runtime, stored_ref, usage, Exit};
+use crate::cli::access::Catalogue;
+use crate::policy::mapping::Mapping;
+use crate::runtime::config::TestArgs;
+
+pub use report::Report;
+pub use world::Settings;
+
+pub fn test(args: TestArgs) -> Result<(), Exit> {
+    let report = runtime()?.block_on(async {
+        let pool = match &args.database_url {
+            Some(url) => Some(super::command_pool(url, 1, Duration::from_secs(10)).await?),
+            None => None,
+        };
+        let mapping = match (stored_ref(&args.routes), &pool) {
+            (Some(what), Some(pool)) => load_stored_ref(pool, what).await?,
+            (Some(_), None) => {
+                return Err(super::needs_database_url(&args.routes, "--database-url"))
+            }
+            (None, _) => load_mapping(&args.routes)?,
+        };
+        let paths = tests_of(&args.routes, &args.tests)?;
+        suite(&mapping, &paths, pool.as_ref(), args.coverage).await
+    })?;
+    let shown = match args.format.as_str() {
+        "json" => serde_json::to_string_pretty(&report).map_err(failure)?,
+        "junit" => report::junit(&report),
+        _ => report::text(&report, args.verbose),
+    };
+    super::say!("{shown}");
+    if report.failed > 0 {
+        return Err(failure(anyhow!(
+            "{} of {} cases failed",
+            report.failed,
+            report.total
+        )));
+    }
+    Ok(())
+}
+
+/// The test files `tests` names, or those beside `routes` (a file; `db:` needs them named):
+/// none found is bad usage (64), never a run that passes nothing.
+pub(crate) fn tests_of(routes: &Path, tests: &[PathBuf]) -> Result<Vec<PathBuf>, Exit> {
+    if tests.is_empty() && stored_ref(routes).is_some() {
+        return Err(usage(anyhow!(
+            "{}: a version in the database has no files beside it: name the test files (or directories) to run",
+            routes.display()
+        )));
+    }
+    let found = file::discover(routes, tests).map_err(|e| usage(anyhow!("{e}")))?;
+    if found.is_empty() {
+        return Err(usage(anyhow!(
+            "no *.test.toml beside {}: name the test files (or directories) to run",
+            routes.display()
+        )));
+    }
+    Ok(found)
+}
+
+/// The `*.test.toml` files beside `routes`, if any (`mapping push` without `--tests`).
+pub(crate) fn beside(routes: &Path) -> Result<Vec<PathBuf>, Exit> {
+    file::discover(routes, &[]).map_err(|e| usage(anyhow!("{e}")))
+}
+
+/// The report for a terminal, failures and totals (what `mapping push` prints when it refuses).
+pub(crate) fn text(report: &Report) -> String {
+    report::text(report, false)
+}
+
+/// The SHA-256 of `bytes`, one after the other.
+fn sha256_of<'a>(bytes: impl IntoIterator<Item = &'a [u8]>) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for b in bytes {
+        h.update(b);
+    }
+    hex::encode(h.finalize())
+}
+
+/// An admin of `list` named `a`: by id, else by email, else by an email differing in letter
+/// case only when exactly one does.
+fn find_admin<'l>(
+    list: &'l [crate::stores::identity::AdminGroups],
+    a: &str,
+) -> Option<&'l crate::stores::identity::AdminGroups> {
+    list.iter()
+        .find(|x| x.id == a)
+        .or_else(|| list.iter().find(|x| x.email == a))
+        .or_else(|| {
+            let mut same = list.iter().filter(|x| x.email.eq_ignore_ascii_case(a));
+            match (same.next(), same.next()) {
+                (Some(x), None) => Some(x),
+                _ => None,
+            }
+        })
+}
+
+/// Runs the test files `paths` on `mapping`: with `pool`, the groups as the database holds
+/// them and the admins the cases name; without, the catalogue `migrate` seeds. Err: a file
+/// that does not load (64, every problem `FILE:LINE:COL: why`), or a database that cannot be
+/// read (1).
+pub(crate) async fn suite(
+    mapping: &Mapping,
+    paths: &[PathBuf],
+    pool: Option<&crate::stores::db::Db>,
+    coverage: bool,
+) -> Result<Report, Exit> {
+    let mut files = Vec::with_capacity(paths.len());
+    for p in paths {
+        let bytes = std::fs::read(p)
+            .map_err(|e| usage(anyhow!("{}: cannot read the test file: {e}", p.display())))?;
+        files.push(file::TestFile {
+            name: p.display().to_string(),
+            bytes,
+        });
+    }
+    let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
+    let mut cases = Vec::new();
+    let mut problems = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        match file::read(i, f) {
+            Ok(c) => cases.extend(c),
+            Err(p) => problems.extend(p),
+        }
+    }
+    let not_loaded = |problems: Vec<file::Problem>| {
+        usage(anyhow!(
+            "{}\nthe tests do not load",
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))
+    };
+    if !problems.is_empty() {
+        return Err(not_loaded(problems));
+    }
+    let (catalogue, source, admins) = match pool {
+        None => (Catalogue::seeded(), "the catalogue migrate seeds", None),
+        Some(pool) => {
+            let catalogue = Catalogue::read(pool)
+                .await
+                .map_err(|e| failure(anyhow!("cannot read the role catalogue: {e}")))?;
+            (
+                catalogue,
+                "the database",
+                Some(named_admins(pool, &cases).await?),
+            )
+        }
+    };
+    let world = world::World {
+        mapping,
+        catalogue: &catalogue,
+        catalogue_source: source,
+        admins: admins.as_ref(),
+        settings: Settings::default(),
+    };
+    let prepared = run::Prepared::new(&world, &cases, &names).map_err(not_loaded)?;
+    let mut touched = vec![false; mapping.routes.len()];
+    let results = run::run(&world, &prepared, &names, &mut touched).await;
+    let failed = results.iter().filter(|c| !c.passed).count();
+    Ok(Report {
+        mapping: mapping.file.display().to_string(),
+        version: mapping.version.clone(),
+        catalogue: source,
+        tests: names,
+        tests_sha256: sha256_of(files.iter().map(|f| f.bytes.as_slice())),
+        total: results.len(),
+        passed: results.len() - failed,
+        failed,
+        cases: results,
+        uncovered: coverage.then(|| every::uncovered(mapping, &touched)),
+        rules: coverage.then_some(mapping.routes.len()),
+    })
+}
+
+/// The admins `cases` name, read from the database as `matrix` reads them (roles as they are now,
+/// break-glass included, live ticket grants), by the name the cases use. A name no admin has is
+/// left out (the case's principal then does not resolve: a load error naming it).
+async fn named_admins(
+    pool: &crate::stores::db::Db,
+    cases: &[file::Case],
+) -> Result<BTreeMap<String, crate::cli::matrix::Reviewed>, Exit> {
+    let mut names = std::collections::BTreeSet::new();
+    for c in cases {
+        let (file::Kind::Request { who, .. } | file::Kind::Every { who, .. }) = &c.kind else {
+            continue;
+        };
+        if let file::Subjects::List(list) = who {
+            for s in list {
+                if let file::Who::Admin(a) = &s.who {
+                    names.insert(a.clone());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if names.is_empty() {
+        return Ok(out);
+    }
+    let list = crate::stores::identity::admins(pool)
+        .await
+        .map_err(|e| failure(anyhow!("cannot read the admins: {e}")))?;
+    for name in names {
+        let Some(a) = find_admin(&list, &name) else {
+            continue;
+        };
+        let reviewed = crate::cli::matrix::admin_principal(
+            pool,
+            a.id.clone(),
+            a.email.clone(),
+            a.groups.clone(),
+            false,
+        )
+        .await
+        .map_err(|e| failure(anyhow!("cannot read admin {name:?}: {e}")))?;
+        out.insert(name, reviewed);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    const MAPPING: &str = r#"
+[cluster.S8]
+[cluster.open]
+[[route]]
+methods = ["GET"]
+path = "/secrets"
+roles = ["console-secrets-admin"]
+cluster = "S8"
+[[route]]
+methods = ["GET"]
+path = "/secrets/<name>/sop"
+roles = ["console-secrets-user"]
+cluster = "S8"
+[[route]]
+methods = ["GET"]
+path = "/customers/<int:id>/audit"
+roles = ["console-manager"]
+customer_param = "id"
+cluster = "S8"
+[[route]]
+methods = ["GET"]
+path = "/static/<path:f>"
+access = "public"
+cluster = "open"
+"#;
+
+    fn mapping(text: &str) -> Mapping {
+        Mapping::from_str("m.toml", Path::new("m.toml"), text).unwrap()
+    }
+
+    /// Runs `tests` (one file) on `m` without a database.
+    fn run_on(m: &Mapping, tests: &str) -> Result<Report, Exit> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.test.toml");
+        std::fs::write(&path, tests).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(suite(m, &[path], None, true))
+    }
+
+    #[test]
+    fn cases_are_asked_of_decide_and_a_failure_says_why() {
+        let r = run_on(
+            &mapping(MAPPING),
+            r#"
+[principal.support]
+groups = ["raxx-support-team"]
+[[case]]
+who = "support"
+request = "GET /secrets"
+expect = "deny"
+reason = "missing_role"
+rule = "/secrets"
+[[case]]
+name = "admins read secrets"
+who = { groups = ["raxx-platform-admins"] }
+request = "GET /secrets"
+expect = "allow"
+reason = "role:console-secrets-admin"
+[[case]]
+name = "support reads secrets (wrong)"
+who = "support"
+request = "GET /secrets?x=1"
+expect = "allow"
+[[case]]
+who = "no-session"
+request = "GET /secrets"
+expect = "login"
+[[case]]
+who = "no-session"
+request = "GET /secrets/%2e%2e/x"
+expect = "refused"
+reason = "dot_segment"
+[[case]]
+who = "no-session"
+method = "POST"
+path = "/nowhere"
+expect = "deny"
+reason = "no_route"
+"#,
+        )
+        .unwrap();
+        assert_eq!((r.total, r.passed, r.failed), (6, 5, 1), "{r:#?}");
+        let failed = r.cases.iter().find(|c| !c.passed).unwrap();
+        assert_eq!(failed.name, "support reads secrets (wrong)");
+        let f = &failed.failures[0];
+        assert_eq!(f.problem, "expected allow, decided deny (missing_role)");
+        assert!(
+            f.why.iter().any(|l| l == "rule: GET /secrets (m.toml:4:1)"),
+            "{:#?}",
+            f.why
+        );
+        assert!(f.why.iter().any(|l| l == "  console-audit-user: group raxx-support-team -> console-audit-user"), "{:#?}", f.why);
+        assert!(
+            f.why
+                .iter()
+                .any(|l| l == "decision: 403 denied (missing_role)"),
+            "{:#?}",
+            f.why
+        );
+        let text = report::text(&r, false);
+        assert!(text.contains("FAIL "), "{text}");
+        assert!(text.contains("PASS: 5/6\nFAIL: 1/6"), "{text}");
+        // The public rule was reached by no case.
+        let uncovered: Vec<&str> = r
+            .uncovered
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|u| u.rule.as_str())
+            .collect();
+        assert_eq!(
+            uncovered,
+            [
+                "GET /secrets/<name>/sop",
+                "GET /customers/<int:id>/audit",
+                "GET /static/<path:f>"
+            ]
+        );
+    }
+
+    #[test]
+    fn ticket_grants_open_a_rule_with_customer_param_for_their_customer_only() {
+        let r = run_on(
+            &mapping(MAPPING),
+            r#"
+[[case]]
+who = { groups = ["raxx-support-team"] }
+tickets = [{ customer = 42, roles = ["console-manager"] }]
+request = "GET /customers/42/audit"
+expect = "allow"
+[[case]]
+who = { groups = ["raxx-support-team"] }
+tickets = [{ customer = 42, roles = ["console-manager"] }]
+request = "GET /customers/43/audit"
+expect = "deny"
+"#,
+        )
+        .unwrap();
+        assert_eq!(r.failed, 0, "{r:#?}");
+    }
+
+    #[test]
+    fn statements_name_each_offending_rule() {
+        // A catch-all added under /secrets from elsewhere is found by the prefix's own paths.
+        let with_catch_all = format!(
+            "{MAPPING}[[route]]\nmethods = [\"GET\"]\npath = \"/<path:any>\"\naccess = \"public\"\ncluster = \"open\"\n"
+        );
+        let tests = r#"
+[[case]]
+name = "no route under /secrets is reached by support"
+every = { path_prefix = "/secrets" }
+who = { groups = ["raxx-support-team"] }
+expect = "deny"
+[[case]]
+name = "S8 requires a secrets role"
+every = { cluster = "S8" }
+requires_one_of = ["console-secrets-admin", "console-secrets-user"]
+[[case]]
+name = "a typo selects nothing"
+every = { cluster = "S88" }
+who = "no-session"
+expect = "login"
+"#;
+        let r = run_on(&mapping(&with_catch_all), tests).unwrap();
+        let by_name = |n: &str| r.cases.iter().find(|c| c.name == n).unwrap();
+        let prefix = by_name("no route under /secrets is reached by support");
+        let offending: Vec<(&str, &str)> = prefix
+            .failures
+            .iter()
+            .map(|f| (f.rule.as_deref().unwrap(), f.path.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            offending,
+            [
+                ("GET /<path:any>", "/secrets/x1"),
+                ("GET /<path:any>", "/secrets/x1/x1")
+            ],
+            "{prefix:#?}"
+        );
+        let requires = by_name("S8 requires a secrets role");
+        let rules: BTreeSet<&str> = requires
+            .failures
+            .iter()
+            .map(|f| f.rule.as_deref().unwrap())
+            .collect();
+        assert_eq!(
+            rules,
+            BTreeSet::from(["GET /customers/<int:id>/audit"]),
+            "{requires:#?}"
+        );
+        let typo = by_name("a typo selects nothing");
+        assert!(
+            typo.failures[0]
+                .problem
+                .contains("declares no cluster \"S88\""),
+            "{typo:#?}"
+        );
+        // Without the catch-all, the prefix statement holds.
+        let r = run_on(&mapping(MAPPING), tests).unwrap();
+        assert!(r.cases[0].passed, "{:#?}", r.cases[0]);
+    }
+
+    #[test]
+    fn names_the_catalogue_lacks_do_not_load() {
+        let e = run_on(
+            &mapping(MAPPING),
+            "[[case]]\nwho = { groups = [\"raxx-suport-team\"] }\nrequest = \"GET /secrets\"\nexpect = \"deny\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.code, crate::runtime::config::EXIT_USAGE);
+        let text = format!("{:#}", e.error);
+        assert!(
+            text.contains("m.test.toml:2:7: group \"raxx-suport-team\" is not in the catalogue"),
+            "{text}"
+        );
+        let e = run_on(
+            &mapping(MAPPING),
+            "[[case]]\nwho = { admin = \"a@example.com\" }\nrequest = \"GET /secrets\"\nexpect = \"deny\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{:#}", e.error).contains("give --database-url"),
+            "{:#}",
+            e.error
+        );
+        // A statement that would ask no one does not pass quietly.
+        let everyone: Vec<String> = Catalogue::seeded()
+            .groups
+            .keys()
+            .map(|g| format!("{g:?}"))
+            .collect();
+        let e = run_on(
+            &mapping(MAPPING),
+            &format!(
+                "[[case]]\nevery = {{}}\nwho = {{ every_group_except = [{}] }}\nexpect = \"deny\"\n",
+                everyone.join(", ")
+            ),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{:#}", e.error)
+                .contains("m.test.toml:3:7: every_group_except excepts every group"),
+            "{:#}",
+            e.error
+        );
+    }
+
+    #[test]
+    fn junit_names_each_case_and_failure() {
+        let r = run_on(
+            &mapping(MAPPING),
+            "[[case]]\nname = \"a <b>\"\nwho = \"no-session\"\nrequest = \"GET /secrets\"\nexpect = \"allow\"\n",
+        )
+        .unwrap();
+        let x = report::junit(&r);
+        assert!(x.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"rbac-gateway test\" tests=\"1\" failures=\"1\" errors=\"0\">"), "{x}");
+        assert!(x.contains("name=\"a &lt;b&gt;\""), "{x}");
+        assert!(x.contains("line=\"1\""), "{x}");
+        assert!(
+            x.contains("<failure message=\"expected allow, decided login\" type=\"request\">"),
+            "{x}"
+        );
+        assert!(x.contains("<testsuite name=\"coverage\""), "{x}");
+    }
+}

@@ -1,0 +1,347 @@
+//! A suite run: each principal a case names resolved once, then every case asked and its
+//! answer compared with what it expects. Nothing here decides: it only says what a case asks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::file::{Case, Expect, Kind, Label, Problem, Subject, Subjects, Who};
+use super::world::{at, decide_one, CaseReport, Decided, Failure, Grants, Resolved, World};
+use crate::cli::access::InMemory;
+use crate::policy::mapping::Mapping;
+
+/// What differs between `expect` and `d`, if anything.
+fn differs(mapping: &Mapping, expect: &Expect, d: &Decided) -> Option<String> {
+    if !expect.outcomes.contains(&d.label) {
+        return Some(format!(
+            "expected {}, decided {}",
+            super::file::outcomes(&expect.outcomes),
+            d.said()
+        ));
+    }
+    if let Some(want) = &expect.rule {
+        let route = d.rule.map(|i| &mapping.routes[i]);
+        if !route.is_some_and(|r| r.label() == want || r.path == *want) {
+            return Some(format!(
+                "expected the rule {want:?} to decide, decided by {}",
+                route.map_or("no rule".to_string(), |r| format!("{:?}", r.label()))
+            ));
+        }
+    }
+    if let Some(want) = &expect.reason {
+        if d.reason.as_deref() != Some(want) {
+            return Some(format!(
+                "expected the reason {want:?}, decided {}",
+                d.reason
+                    .as_deref()
+                    .map_or("with none".to_string(), |r| format!("{r:?}"))
+            ));
+        }
+    }
+    None
+}
+
+/// A suite's cases with their principals resolved: every problem found is a load error.
+pub(crate) struct Prepared<'c> {
+    cases: &'c [Case],
+    resolved: HashMap<Who, Resolved>,
+    every_group: BTreeMap<(usize, usize), Vec<Who>>,
+    tickets: Vec<Grants>,
+}
+
+impl<'c> Prepared<'c> {
+    /// Resolves every principal and ticket grant of `cases`, or says (located) which cannot be.
+    pub fn new(
+        world: &World<'_>,
+        cases: &'c [Case],
+        file_names: &[String],
+    ) -> Result<Prepared<'c>, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut problem = |file: usize, line: usize, col: usize, message: String| {
+            problems.push(crate::cli::diag(
+                &file_names[file],
+                line,
+                col,
+                crate::policy::mapping::Severity::Error,
+                message,
+            ))
+        };
+        let mut resolved = HashMap::new();
+        let mut every_group = BTreeMap::new();
+        let mut tickets = Vec::with_capacity(cases.len());
+        for case in cases {
+            let mut subjects: Vec<(String, Who, usize, usize)> = Vec::new();
+            let mut add = |list: &[Subject]| {
+                subjects.extend(
+                    list.iter()
+                        .map(|s| (s.label.clone(), s.who.clone(), s.line, s.col)),
+                )
+            };
+            match &case.kind {
+                Kind::Request {
+                    who: Subjects::List(l),
+                    ..
+                }
+                | Kind::Every {
+                    who: Subjects::List(l),
+                    ..
+                } => add(l),
+                Kind::Request {
+                    who: Subjects::EveryGroup { except, line, col },
+                    ..
+                }
+                | Kind::Every {
+                    who: Subjects::EveryGroup { except, line, col },
+                    ..
+                } => {
+                    if let Some(g) = except
+                        .iter()
+                        .find(|g| !world.catalogue.groups.contains_key(*g))
+                    {
+                        problem(case.file, *line, *col, format!("every_group_except names {g:?}, which is not a group of the catalogue ({})", world.catalogue_source()));
+                    }
+                    let groups: Vec<Who> = world
+                        .catalogue
+                        .groups
+                        .keys()
+                        .filter(|g| !except.contains(g))
+                        .map(|g| Who::Synthetic {
+                            groups: vec![g.clone()],
+                            roles: vec![],
+                            permissions: vec![],
+                            break_glass: false,
+                        })
+                        .collect();
+                    for w in &groups {
+                        subjects.push((super::file::describe(w), w.clone(), *line, *col));
+                    }
+                    if groups.is_empty() {
+                        problem(
+                            case.file,
+                            *line,
+                            *col,
+                            "every_group_except excepts every group of the catalogue: the case asks no one, and would pass having decided nothing".into(),
+                        );
+                    }
+                    every_group.insert((case.file, case.line), groups);
+                }
+                Kind::RequiresOneOf { roles, .. } => {
+                    let unknown = world.unknown(roles, &[]);
+                    if !unknown.is_empty() {
+                        problem(case.file, case.line, case.col, format!("requires_one_of: {} named neither by the catalogue nor by the mapping", unknown.join(", ")));
+                    }
+                }
+            }
+            if let Kind::Every { select, .. } | Kind::RequiresOneOf { select, .. } = &case.kind {
+                if let Some(a) = &select.access {
+                    if !["protected", "public", "machine", "gone"].contains(&a.as_str()) {
+                        problem(
+                            case.file,
+                            case.line,
+                            case.col,
+                            format!(
+                                "every: unknown access {a:?} (protected, public, machine or gone)"
+                            ),
+                        );
+                    }
+                }
+            }
+            for (label, who, line, col) in subjects {
+                if resolved.contains_key(&who) {
+                    continue;
+                }
+                match world.resolve(&label, &who) {
+                    Ok(r) => {
+                        resolved.insert(who, r);
+                    }
+                    Err(why) => problem(case.file, line, col, why),
+                }
+            }
+            match world.ticket_grants(&case.tickets) {
+                Ok(t) => tickets.push(t),
+                Err(why) => {
+                    problem(case.file, case.line, case.col, why);
+                    tickets.push(BTreeMap::new());
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(Prepared {
+                cases,
+                resolved,
+                every_group,
+                tickets,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// The principals `who` names, resolved, with the case's ticket grants added to each.
+fn subjects_of<'p>(
+    p: &'p Prepared<'_>,
+    case: &Case,
+    who: &Subjects,
+    i: usize,
+) -> Vec<(&'p Resolved, InMemory)> {
+    let whos: Vec<&Who> = match who {
+        Subjects::List(l) => l.iter().map(|s| &s.who).collect(),
+        Subjects::EveryGroup { .. } => p.every_group[&(case.file, case.line)].iter().collect(),
+    };
+    whos.into_iter()
+        .map(|w| {
+            let r = &p.resolved[w];
+            let mut tickets = r.tickets.clone();
+            for (c, (roles, perms)) in &p.tickets[i] {
+                let e = tickets.entry(*c).or_default();
+                e.0.extend(roles.iter().cloned());
+                e.1.extend(perms.iter().cloned());
+            }
+            let authority = InMemory {
+                principal: r.principal.clone(),
+                tickets,
+            };
+            (r, authority)
+        })
+        .collect()
+}
+
+/// Runs every case; `touched` marks each rule a case reached.
+pub(crate) async fn run(
+    world: &World<'_>,
+    p: &Prepared<'_>,
+    file_names: &[String],
+    touched: &mut [bool],
+) -> Vec<CaseReport> {
+    let mut out = Vec::with_capacity(p.cases.len());
+    for (i, case) in p.cases.iter().enumerate() {
+        let (kind, decisions, failures) = match &case.kind {
+            Kind::Request {
+                method,
+                path,
+                who,
+                expect,
+            } => {
+                let mut failures = Vec::new();
+                let subjects = subjects_of(p, case, who, i);
+                for (r, authority) in &subjects {
+                    let d = decide_one(world, authority, method, path).await;
+                    if let Some(rule) = d.rule {
+                        touched[rule] = true;
+                    }
+                    if let Some(problem) = differs(world.mapping, expect, &d) {
+                        failures.push(Failure {
+                            who: r.label.clone(),
+                            method: method.clone(),
+                            path: Some(path.clone()),
+                            rule: d.rule.map(|x| world.mapping.routes[x].label().to_string()),
+                            at: d.rule.map(|x| at(world.mapping, &world.mapping.routes[x])),
+                            expected: super::file::outcomes(&expect.outcomes),
+                            decided: d.said(),
+                            problem,
+                            why: super::why::why(world, r, authority, method, path, &d),
+                        });
+                    }
+                }
+                ("request", subjects.len(), failures)
+            }
+            Kind::Every {
+                select,
+                who,
+                expect,
+            } => {
+                let subjects = subjects_of(p, case, who, i);
+                let customers: Vec<i32> = p.tickets[i].keys().copied().collect();
+                let (probes, mut failures) =
+                    super::every::selected(world.mapping, select, &customers);
+                let mut decisions = 0;
+                for (r, authority) in &subjects {
+                    for (route, method, path) in &probes {
+                        touched[*route] = true;
+                        let d = decide_one(world, authority, method, path).await;
+                        decisions += 1;
+                        if let Some(problem) = differs(world.mapping, expect, &d) {
+                            failures.push(offender(
+                                world.mapping,
+                                *route,
+                                &r.label,
+                                method,
+                                path,
+                                expect,
+                                &d,
+                                problem,
+                            ));
+                        }
+                    }
+                }
+                ("every", decisions, failures)
+            }
+            Kind::RequiresOneOf { select, roles } => {
+                let (probes, mut failures) = super::every::selected(world.mapping, select, &[]);
+                let adversary = super::every::adversary(world, roles);
+                let label = format!("everyone without {}", roles.join(" or "));
+                let authority = InMemory {
+                    principal: Some(Arc::new(adversary)),
+                    tickets: BTreeMap::new(),
+                };
+                let expect = Expect {
+                    outcomes: vec![Label::Deny, Label::ShadowDeny],
+                    rule: None,
+                    reason: None,
+                };
+                for (route, method, path) in &probes {
+                    touched[*route] = true;
+                    let d = decide_one(world, &authority, method, path).await;
+                    if let Some(problem) = differs(world.mapping, &expect, &d) {
+                        failures.push(offender(
+                            world.mapping,
+                            *route,
+                            &label,
+                            method,
+                            path,
+                            &expect,
+                            &d,
+                            problem,
+                        ));
+                    }
+                }
+                ("requires_one_of", probes.len(), failures)
+            }
+        };
+        out.push(CaseReport {
+            file: file_names[case.file].clone(),
+            line: case.line,
+            name: case.name.clone(),
+            kind,
+            passed: failures.is_empty(),
+            decisions,
+            failures,
+        });
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn offender(
+    mapping: &Mapping,
+    route: usize,
+    who: &str,
+    method: &str,
+    path: &str,
+    expect: &Expect,
+    d: &Decided,
+    problem: String,
+) -> Failure {
+    let r = &mapping.routes[route];
+    Failure {
+        who: who.to_string(),
+        method: method.to_string(),
+        path: Some(path.to_string()),
+        rule: Some(r.label().to_string()),
+        at: Some(at(mapping, r)),
+        expected: super::file::outcomes(&expect.outcomes),
+        decided: d.said(),
+        problem,
+        why: Vec::new(),
+    }
+}

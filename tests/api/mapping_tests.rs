@@ -1,0 +1,588 @@
+//! The mapping's tests (issue 70): `rbac-gateway test` as an operator and a CI job run it, the
+//! suite the repository ships for Console's mapping, `mapping push` refusing a version whose
+//! tests fail, and the record it keeps.
+
+use std::path::Path;
+
+use crate::cli::bin;
+use crate::helpers::*;
+
+/// A small mapping of Console's shape: a secrets rule, a public one, a machine one.
+const MAPPING: &str = r#"[cluster.S8]
+[cluster.public]
+[cluster.machine]
+
+[[route]]
+methods = ["GET"]
+path = "/secrets"
+roles = ["console-secrets-admin"]
+cluster = "S8"
+
+[[route]]
+methods = ["GET"]
+path = "/secrets/<name>/sop"
+roles = ["console-secrets-user"]
+cluster = "S8"
+
+[[route]]
+methods = ["GET"]
+path = "/health"
+access = "public"
+cluster = "public"
+
+[[route]]
+methods = ["POST"]
+path = "/api/internal/audit/ingest"
+access = "machine"
+cluster = "machine"
+"#;
+
+/// Its tests: they pass on [`MAPPING`].
+const TESTS: &str = r#"[principal.support]
+groups = ["raxx-support-team"]
+
+[[case]]
+name = "support cannot list the secrets"
+who = "support"
+request = "GET /secrets"
+expect = "deny"
+reason = "missing_role"
+
+[[case]]
+name = "platform admins list the secrets"
+who = { groups = ["raxx-platform-admins"] }
+request = "GET /secrets"
+expect = "allow"
+rule = "GET /secrets"
+
+[[case]]
+name = "I-7: machine routes are never session-gated"
+every = { access = "machine" }
+who = "no-session"
+expect = "machine"
+
+[[case]]
+name = "S8 requires a secrets role"
+every = { cluster = "S8" }
+requires_one_of = ["console-secrets-admin", "console-secrets-user"]
+"#;
+
+/// A directory with `routes.toml` (`mapping`) and `routes.test.toml` (`tests`).
+fn project(mapping: &str, tests: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.toml"), mapping).unwrap();
+    std::fs::write(dir.path().join("routes.test.toml"), tests).unwrap();
+    dir
+}
+
+fn test_cmd(dir: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
+    let out = bin()
+        .current_dir(dir)
+        .arg("test")
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_tests_beside_the_mapping_run_and_a_broken_edit_fails_with_what_and_why() {
+    let dir = project(MAPPING, TESTS);
+    let (code, out, err) = test_cmd(dir.path(), &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("tests: routes.test.toml"), "{out}");
+    assert!(out.ends_with("PASS: 4/4\n"), "{out}");
+    // The edit a review could miss: support gets the secrets list.
+    let broken = MAPPING.replace(
+        "roles = [\"console-secrets-admin\"]",
+        "roles = [\"console-secrets-admin\", \"console-audit-user\"]",
+    );
+    std::fs::write(dir.path().join("routes.toml"), broken).unwrap();
+    let (code, out, err) = test_cmd(dir.path(), &[]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("2 of 4 cases failed"), "{err}");
+    for line in [
+        "FAIL routes.test.toml:4: support cannot list the secrets",
+        "  GET /secrets as support",
+        "    expected deny, decided allow (role:console-audit-user)",
+        "      rule: GET /secrets (routes.toml:5:1)",
+        "      requires: role:console-secrets-admin | role:console-audit-user",
+        "        console-audit-user: group raxx-support-team -> console-audit-user",
+        "      decision: allow (granted by Role(\"console-audit-user\"))",
+        "FAIL routes.test.toml:24: S8 requires a secrets role",
+        "  offending rule GET /secrets (routes.toml:5:1)",
+        "PASS: 2/4",
+        "FAIL: 2/4",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no line {line:?} in\n{out}");
+    }
+}
+
+#[test]
+fn json_junit_and_coverage_for_ci() {
+    let dir = project(MAPPING, TESTS);
+    let (code, out, err) = test_cmd(dir.path(), &["--format", "json", "--coverage"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["total"], 4);
+    assert_eq!(v["failed"], 0);
+    assert_eq!(v["cases"][0]["name"], "support cannot list the secrets");
+    assert_eq!(v["cases"][0]["line"], 4);
+    // sha256sum of the one test file.
+    assert_eq!(
+        v["tests_sha256"],
+        rbac_gateway::stores::mapping_store::sha256_hex(TESTS.as_bytes())
+    );
+    // Every rule was reached but the public one.
+    let uncovered: Vec<&str> = v["uncovered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(uncovered, ["GET /health"]);
+    let broken = TESTS.replace("expect = \"machine\"", "expect = \"public\"");
+    std::fs::write(dir.path().join("routes.test.toml"), broken).unwrap();
+    let (code, out, _) = test_cmd(dir.path(), &["--format", "junit"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"rbac-gateway test\" tests=\"4\" failures=\"1\" errors=\"0\">"), "{out}");
+    assert!(
+        out.contains("<testcase classname=\"routes.test.toml\" name=\"I-7: machine routes are never session-gated\" file=\"routes.test.toml\" line=\"18\">\n      <failure message=\"expected public, decided machine\" type=\"every\">offending rule POST /api/internal/audit/ingest (routes.toml:23:1)"),
+        "{out}"
+    );
+    assert!(out.ends_with("</testsuites>\n"), "{out}");
+}
+
+#[test]
+fn a_test_file_that_does_not_load_exits_64_with_file_line_and_why() {
+    let dir = project(
+        MAPPING,
+        &TESTS.replace(
+            "groups = [\"raxx-support-team\"]",
+            "groups = [\"raxx-suport-team\"]",
+        ),
+    );
+    let (code, out, err) = test_cmd(dir.path(), &[]);
+    assert_eq!(code, Some(64), "{out}{err}");
+    assert!(
+        err.contains("routes.test.toml:1:1: group \"raxx-suport-team\" is not in the catalogue"),
+        "{err}"
+    );
+    let dir = project(MAPPING, &format!("{TESTS}\n[[case]]\nwho = \"support\"\nrequest = \"GET /secrets\"\nexpected = \"deny\"\n"));
+    let (code, _, err) = test_cmd(dir.path(), &[]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("routes.test.toml:32:1: unknown field `expected`"),
+        "{err}"
+    );
+    // No tests at all is no pass.
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("routes.toml"), MAPPING).unwrap();
+    let (code, _, err) = test_cmd(empty.path(), &[]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("no *.test.toml beside routes.toml"), "{err}");
+    // Named files and directories run instead.
+    let (code, out, err) = test_cmd(empty.path(), &[dir.path().to_str().unwrap()]);
+    assert_eq!(code, Some(64), "{out}{err}");
+}
+
+#[test]
+fn the_shipped_suite_passes_reaches_every_rule_and_covers_each_cluster() {
+    let out = bin()
+        .current_dir(root())
+        .args(["test", "--format", "json", "--coverage"])
+        .output()
+        .unwrap();
+    let (code, text) = code_and_output(&out);
+    assert_eq!(code, Some(0), "{text}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tests"][0], "routes.test.toml");
+    assert_eq!(v["catalogue"], "the catalogue migrate seeds");
+    assert_eq!(
+        v["uncovered"],
+        serde_json::json!([]),
+        "every rule is reached"
+    );
+    let names: Vec<&str> = v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for cluster in ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9"] {
+        for what in ["no session", "holding nothing", "golden"] {
+            assert!(
+                names
+                    .iter()
+                    .any(|n| n.starts_with(cluster) && n.contains(what)),
+                "{cluster}: no {what} case"
+            );
+        }
+    }
+    for invariant in ["I-4", "I-7", "003 §9", "003 I-6", "public:", "ported:"] {
+        assert!(
+            names.iter().any(|n| n.contains(invariant)),
+            "no {invariant} case"
+        );
+    }
+}
+
+#[test]
+fn the_shipped_suite_fails_edits_that_break_what_it_pins() {
+    let shipped = std::fs::read_to_string(root().join("routes.toml")).unwrap();
+    let tests = std::fs::read_to_string(root().join("routes.test.toml")).unwrap();
+    // Each edit, and a case that must then fail.
+    let edits: [(&str, String, &str); 4] = [
+        (
+            "S8 switched off",
+            shipped.replace(
+                "[cluster.S8]\ntitle = \"Secrets (last)\"",
+                "[cluster.S8]\ntitle = \"Secrets (last)\"\nmode = \"off\"",
+            ),
+            "S8: every secrets rule requires a secrets role",
+        ),
+        (
+            "AMBIGUOUS-3 decided for the read role",
+            {
+                let at = shipped
+                    .find("path = \"/console/customers/<id>/<session_id>/revoke\"")
+                    .unwrap();
+                let role = at + shipped[at..].find("roles = [\"console-manager\"]").unwrap();
+                format!(
+                    "{}roles = [\"console-audit-user\"]{}",
+                    &shipped[..role],
+                    &shipped[role + "roles = [\"console-manager\"]".len()..]
+                )
+            },
+            "003 I-6: AMBIGUOUS-3 stays at its narrowest option until decided (console-manager)",
+        ),
+        (
+            "a public catch-all under /secrets",
+            format!("{shipped}\n[[route]]\nmethods = [\"GET\"]\npath = \"/secrets/<path:rest>\"\naccess = \"public\"\ncluster = \"public\"\n"),
+            "003 §9: no route under /secrets is reached by support, devops, ops or staging",
+        ),
+        (
+            "a machine route behind a session",
+            shipped.replace(
+                "path = \"/api/webhooks/freescout/rbac\"\naccess = \"machine\"",
+                "path = \"/api/webhooks/freescout/rbac\"\nroles = [\"console-user\"]",
+            ),
+            "I-7: freescout_webhook_rbac is a machine route",
+        ),
+    ];
+    for (what, mapping, case) in edits {
+        assert_ne!(mapping, shipped, "{what}: the edit changed nothing");
+        let dir = project(&mapping, &tests);
+        let (code, out, err) = test_cmd(dir.path(), &["--format", "json"]);
+        assert_eq!(code, Some(1), "{what}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let failed: Vec<&str> = v["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["passed"] == false)
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            failed.contains(&case),
+            "{what}: {case:?} did not fail; failed: {failed:#?}"
+        );
+    }
+}
+
+/// `rbac-gateway ARGS... --database-url URL`: exit code, stdout, stderr.
+fn with_db(url: &str, dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = bin()
+        .current_dir(dir)
+        .args(args)
+        .args(["--database-url", url])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The tests record of each stored version, oldest first: (version, result, sha256, cases, files).
+type Record = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i32>,
+    Option<Vec<String>>,
+);
+
+async fn records(db: &TestDb) -> Vec<Record> {
+    sqlx::query_as(
+        "SELECT version, tests_result, tests_sha256, tests_cases, tests_files \
+         FROM rbac_mapping_store ORDER BY pushed_at_utc, version",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn push_refuses_a_version_whose_tests_fail_and_records_what_it_ran() {
+    let db = TestDb::new().await;
+    let dir = project(MAPPING, TESTS);
+    let version = |text: &str| rbac_gateway::policy::mapping::version_of(text.as_bytes());
+
+    // A version whose tests fail: refused, 1, the failures printed, nothing stored.
+    let broken = MAPPING.replace(
+        "roles = [\"console-secrets-admin\"]",
+        "roles = [\"console-secrets-admin\", \"console-audit-user\"]",
+    );
+    std::fs::write(dir.path().join("routes.toml"), &broken).unwrap();
+    let (code, out, err) = with_db(&db.url, dir.path(), &["mapping", "push", "routes.toml"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("FAIL routes.test.toml:4: support cannot list the secrets")
+            && out.contains("expected deny, decided allow (role:console-audit-user)")
+            && out.contains("FAIL: 2/4"),
+        "{out}"
+    );
+    assert!(
+        err.contains(&format!(
+            "2 of 4 cases of routes.test.toml failed: mapping version {} refused, nothing stored",
+            version(&broken)
+        )),
+        "{err}"
+    );
+    assert_eq!(records(&db).await, []);
+
+    // Said and recorded: --skip-tests stores it untested.
+    let (code, out, err) = with_db(
+        &db.url,
+        dir.path(),
+        &[
+            "mapping",
+            "push",
+            "routes.toml",
+            "--skip-tests",
+            "--no-activate",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("tests skipped (--skip-tests): recorded on the version as skipped"),
+        "{out}"
+    );
+
+    // The mapping mended: its tests pass, and what they were is recorded.
+    std::fs::write(dir.path().join("routes.toml"), MAPPING).unwrap();
+    let (code, out, err) = with_db(&db.url, dir.path(), &["mapping", "push", "routes.toml"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let sha = rbac_gateway::stores::mapping_store::sha256_hex(TESTS.as_bytes());
+    assert!(
+        out.contains(&format!(
+            "tests passed: 4 cases of routes.test.toml (sha256 {sha})"
+        )),
+        "{out}"
+    );
+
+    // Tests named elsewhere (--tests) instead of those beside; and a file with none beside.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("more.test.toml"),
+        "[[case]]\nwho = \"no-session\"\nrequest = \"GET /health\"\nexpect = \"public\"\n",
+    )
+    .unwrap();
+    let lone = tempfile::tempdir().unwrap();
+    let v3 = format!("{MAPPING}# v3\n");
+    std::fs::write(lone.path().join("v3.toml"), &v3).unwrap();
+    let v4 = format!("{MAPPING}# v4\n");
+    std::fs::write(lone.path().join("v4.toml"), &v4).unwrap();
+    let (code, out, err) = with_db(
+        &db.url,
+        lone.path(),
+        &[
+            "mapping",
+            "push",
+            "v3.toml",
+            "--tests",
+            other.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = with_db(&db.url, lone.path(), &["mapping", "push", "v4.toml"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(
+            "no *.test.toml beside v4.toml: no tests run (recorded on the version as none"
+        ),
+        "{out}"
+    );
+    let more = other.path().join("more.test.toml").display().to_string();
+    let more_sha = rbac_gateway::stores::mapping_store::sha256_hex(
+        &std::fs::read(other.path().join("more.test.toml")).unwrap(),
+    );
+    assert_eq!(
+        records(&db).await,
+        [
+            (version(&broken), Some("skipped".into()), None, None, None),
+            (
+                version(MAPPING),
+                Some("passed".into()),
+                Some(sha.clone()),
+                Some(4),
+                Some(vec!["routes.test.toml".into()])
+            ),
+            (
+                version(&v3),
+                Some("passed".into()),
+                Some(more_sha),
+                Some(1),
+                Some(vec![more])
+            ),
+            (version(&v4), Some("none".into()), None, None, None),
+        ]
+    );
+
+    // History shows the record, as text and JSON; the active version's on rollout's report
+    // (the cockpit's board).
+    let (code, out, err) = with_db(&db.url, dir.path(), &["mapping", "history"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(&format!(
+            "      tests: passed, 4 cases of routes.test.toml (sha256 {sha})"
+        )) && out.contains("      tests: skipped (--skip-tests)")
+            && out.contains("      tests: none (no test file beside the pushed file)"),
+        "{out}"
+    );
+    let (_, out, _) = with_db(&db.url, dir.path(), &["mapping", "history", "--json"]);
+    let h: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let stored = h["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == version(MAPPING))
+        .unwrap();
+    assert_eq!(
+        stored["tests"],
+        serde_json::json!({"result": "passed", "sha256": sha, "cases": 4, "files": ["routes.test.toml"]})
+    );
+    let (code, out, err) = with_db(
+        &db.url,
+        dir.path(),
+        &["mapping", "activate", &version(MAPPING)],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (_, out, _) = with_db(
+        &db.url,
+        dir.path(),
+        &["rollout", "--routes", "db:active", "--json"],
+    );
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["tests"]["result"], "passed", "{r:#}");
+    let (_, out, _) = with_db(&db.url, dir.path(), &["rollout", "--routes", "db:active"]);
+    assert!(
+        out.contains(&format!(
+            "tests at its push: passed, 4 cases of routes.test.toml (sha256 {sha})"
+        )),
+        "{out}"
+    );
+
+    // A stored version tested again: `--routes db:VERSION`, its test files named.
+    let (code, out, err) = with_db(
+        &db.url,
+        dir.path(),
+        &["test", "--routes", "db:active", "routes.test.toml"],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.starts_with(&format!(
+            "mapping database:{} (version {}), groups from the database",
+            version(MAPPING),
+            version(MAPPING)
+        )),
+        "{out}"
+    );
+    let (code, _, err) = with_db(
+        &db.url,
+        dir.path(),
+        &["test", "--routes", &format!("db:{}", version(&broken))],
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("name the test files"), "{err}");
+    let (code, out, _) = with_db(
+        &db.url,
+        dir.path(),
+        &[
+            "test",
+            "--routes",
+            &format!("db:{}", version(&broken)),
+            "routes.test.toml",
+        ],
+    );
+    assert_eq!(
+        code,
+        Some(1),
+        "the version stored untested fails them: {out}"
+    );
+}
+
+#[tokio::test]
+async fn admins_are_read_from_the_database_by_email_or_id() {
+    let db = TestDb::new().await;
+    let alice = db.admin("alice@example.com").await;
+    db.join_group(&alice, "raxx-platform-admins").await;
+    let bob = db.admin("bob@example.com").await;
+    db.join_group(&bob, "raxx-support-team").await;
+    let tests = format!(
+        r#"[principal.alice]
+admin = "Alice@Example.com"
+
+[[case]]
+who = "alice"
+request = "GET /secrets"
+expect = "allow"
+reason = "role:console-secrets-admin"
+
+[[case]]
+who = {{ admin = "{bob}" }}
+request = "GET /secrets"
+expect = "deny"
+"#
+    );
+    let dir = project(MAPPING, &tests);
+    let (code, out, err) = with_db(&db.url, dir.path(), &["test"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("groups from the database"), "{out}");
+    // Without the database, an admin cannot be read: the file does not load.
+    let (code, _, err) = test_cmd(dir.path(), &[]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("routes.test.toml:1:1: admin \"Alice@Example.com\" is read from the database: give --database-url"),
+        "{err}"
+    );
+    // Roles as they are now: bob joins the platform admins, his case fails, and says why.
+    db.join_group(&bob, "raxx-platform-admins").await;
+    let (code, out, _) = with_db(&db.url, dir.path(), &["test"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("GET /secrets as admin {bob}"))
+            && out.contains(
+                "console-secrets-admin: group raxx-platform-admins -> console-secrets-admin"
+            ),
+        "{out}"
+    );
+    // An admin the database does not have does not load.
+    std::fs::write(
+        dir.path().join("routes.test.toml"),
+        tests.replace("Alice@Example.com", "carol@example.com"),
+    )
+    .unwrap();
+    let (code, _, err) = with_db(&db.url, dir.path(), &["test"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("routes.test.toml:1:1: no admin with the id or email \"carol@example.com\" in the database"),
+        "{err}"
+    );
+}
