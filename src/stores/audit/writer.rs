@@ -147,7 +147,7 @@ impl AuditWriter {
     /// Returns once the row is durable (database or spool). Dropped before then, the row is
     /// written all the same: once queued, by the writer; dropped while it waits for room in a
     /// full queue (a request cancelled: a connection dropped past the shutdown's grace), it is
-    /// kept in memory for the database as a denial answered 503 is ([`Inner::keep_late`]),
+    /// kept in memory for the database as a denial answered 503 is (`Inner::keep_late`),
     /// never lost unsaid.
     pub async fn record(&self, event: Arc<AuditEvent>) -> Result<(), AuditError> {
         use tokio::sync::mpsc::error::TrySendError;
