@@ -39,15 +39,17 @@ BEGIN
       FROM @s.rbac_gateway_deploy_windows d
      WHERE clock_timestamp() >= d.starts_at_utc AND clock_timestamp() < d.ends_at_utc
      ORDER BY d.id DESC LIMIT 1;
+    -- keys NULL (a caller that names none, as the three-argument form): no keys, the row is
+    -- searched by its text.
     INSERT INTO @s.rbac_gateway_group_changes (what, table_name, operation, deploy_window, erasure_keys)
     VALUES (what, tbl, op, w,
-            array_remove(coalesce(keys, '{}') || lower(actor), NULL));
+            CASE WHEN keys IS NOT NULL THEN array_remove(keys || lower(actor), NULL) END);
 END;
 $fn$;
 
 CREATE OR REPLACE FUNCTION @s.rbac_gateway_record_group_change(what text, tbl text, op text) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-    SELECT @s.rbac_gateway_record_group_change(what, tbl, op, '{}'::text[]);
+    SELECT @s.rbac_gateway_record_group_change(what, tbl, op, NULL::text[]);
 $fn$;
 
 -- The keys of a row written before this migration, read from its text: the ids in "(<id>) made
@@ -65,6 +67,9 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
         SELECT lower(m[1]) FROM regexp_matches(coalesce(t, ''), ', actor ([^,]*),', 'g') m
         UNION ALL
         SELECT lower(actor) WHERE actor IS NOT NULL
+        UNION ALL
+        -- a quoted actor ("a,b"@x) may hold the comma the actor pattern stops at
+        SELECT '*' WHERE strpos(coalesce(t, ''), ', actor "') > 0
         UNION ALL
         SELECT '*' WHERE (SELECT count(*) FROM regexp_matches(coalesce(t, ''),
                               '\(([^()]*)\)(?: made a permanent member| no longer a permanent member|\. Justification)', 'g'))
@@ -218,6 +223,15 @@ BEGIN
                        ELSE replace(text, ', actor ' || OLD.email || ',', ', actor (erased),') END
      WHERE (erasure_keys && keys OR erasure_keys IS NULL)
        AND strpos(lower(text), lower(', actor ' || OLD.email || ',')) > 0;
+    -- The keys themselves name the email (an actor): it is replaced by '*' (the row is then
+    -- searched by its text, as a row whose keys are unknown), never kept. Lower-cased keys of
+    -- two admins whose emails differ in case alone are one key: '*' serves both.
+    UPDATE @s.rbac_gateway_group_changes
+       SET erasure_keys = array_replace(erasure_keys, lower(OLD.email), '*')
+     WHERE erasure_keys && ARRAY[lower(OLD.email)];
+    UPDATE @s.rbac_gateway_alerts
+       SET erasure_keys = array_replace(erasure_keys, lower(OLD.email), '*')
+     WHERE erasure_keys && ARRAY[lower(OLD.email)];
     UPDATE @s.rbac_gateway_break_glass_snapshots
        SET members = array_remove(members, OLD.id)
      WHERE OLD.id = ANY (members);

@@ -415,6 +415,7 @@ async fn check_database(
     for function in [
         "rbac_gateway_log_change()",
         "rbac_gateway_record_group_change(text, text, text)",
+        "rbac_gateway_record_group_change(text, text, text, text[])",
         "rbac_gateway_break_glass_roles()",
         "rbac_gateway_break_glass_change()",
         "rbac_gateway_erase_admin()",

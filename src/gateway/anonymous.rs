@@ -44,6 +44,29 @@ struct Window {
     overflow: Option<Option<Counted>>,
 }
 
+/// The most of a retained row's path and user agent kept (a key's last denial is held for the
+/// window's row: at most `max_keys` of them, each bounded).
+const KEPT: usize = 1024;
+
+/// `row` with its path and user agent cut to [`KEPT`] bytes (at a character's boundary).
+fn kept(row: &Arc<AuditEvent>) -> Arc<AuditEvent> {
+    fn cut(s: &str) -> &str {
+        let mut n = s.len().min(KEPT);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        &s[..n]
+    }
+    if row.path.len() <= KEPT && row.user_agent.as_ref().is_none_or(|u| u.len() <= KEPT) {
+        return row.clone();
+    }
+    Arc::new(AuditEvent {
+        path: cut(&row.path).to_string(),
+        user_agent: row.user_agent.as_deref().map(|u| cut(u).to_string()),
+        ..(**row).clone()
+    })
+}
+
 /// What [`Coalescer::admit`] says of a denial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
@@ -99,6 +122,7 @@ impl Coalescer {
         {
             w.started = now;
         }
+        let row = &kept(row);
         let slot = if w.keys.contains_key(&key) {
             w.keys.get_mut(&key).expect("present")
         } else if w.keys.len() < self.max_keys {
@@ -137,15 +161,18 @@ impl Coalescer {
         let overflow = w.overflow.take();
         w.started = now;
         drop(w);
-        keys.into_values()
-            .chain(overflow)
-            .flatten()
-            .map(|c| AuditEvent {
-                id: uuid::Uuid::new_v4().to_string(),
-                occurrences: i64::from(c.n),
-                ..(*c.last).clone()
-            })
-            .collect()
+        let summary = |c: Counted| AuditEvent {
+            id: uuid::Uuid::new_v4().to_string(),
+            occurrences: i64::from(c.n),
+            ..(*c.last).clone()
+        };
+        let mut rows: Vec<AuditEvent> = keys.into_values().flatten().map(summary).collect();
+        // The shared key counts many clients: its row names none.
+        rows.extend(overflow.flatten().map(summary).map(|r| AuditEvent {
+            client_ip: None,
+            ..r
+        }));
+        rows
     }
 }
 
@@ -218,6 +245,10 @@ mod tests {
         let counts: Vec<i64> = ended.iter().map(|r| r.occurrences).collect();
         assert_eq!(counts, vec![1, 9]);
         assert_eq!(ended[0].route.as_deref(), Some("GET /x"));
+        assert_eq!(
+            ended[0].client_ip, None,
+            "the shared key's row names no client"
+        );
         // The next window starts empty.
         let t1 = t0 + Duration::from_secs(61);
         assert_eq!(c.admit(&row("a", None, None), t1), Admit::Write);

@@ -316,8 +316,18 @@ pub async fn decide<A: Authority>(
     let route = found.as_ref().map(|(r, _)| *r);
     let route = match route_step(route, switches.kill_switch) {
         Step::NoRoute => {
+            // The admin, from the cache or else the session's lookup: a denial of a request
+            // with a live session always gets its own row (gateway/anonymous.rs counts only
+            // those without one); an unknown or expired cookie, or a database that cannot
+            // answer, leaves it without an admin.
             let admin = match f.token {
-                Some(t) => authority.known_admin(t).await,
+                Some(t) => match authority.known_admin(t).await {
+                    Some(admin) => Some(admin),
+                    None => match authority.principal_for_token(t, f.at).await {
+                        Ok(Some(p)) => Some(p.admin_id.clone()),
+                        Ok(None) | Err(_) => None,
+                    },
+                },
                 None => None,
             };
             let row = audit_row(

@@ -45,12 +45,20 @@ pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
     let mut attempt = 1;
     loop {
         let mut conn = db.pool().acquire().await?;
+        same_schema(&mut conn).await?;
         let pin = format!(
             "SET search_path = {}; SET lock_timeout = {}",
             quoted_schema(),
             MIGRATE_LOCK_TIMEOUT.as_millis()
         );
         sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&pin)).await?;
+        // One migrate at a time builds indexes: another's build in progress is not taken for a
+        // cancelled one (dropped and built again) nor for a finished one.
+        sqlx::Executor::execute(
+            &mut *conn,
+            sqlx::raw_sql("SELECT pg_catalog.pg_advisory_lock(7285402519317433201)"),
+        )
+        .await?;
         before_0016(&mut conn).await?;
         match MIGRATOR.run(&mut *conn).await {
             Ok(()) => return after_migrations(&mut conn).await.map_err(Into::into),
@@ -172,6 +180,20 @@ async fn ensure_index(
     );
     let build = format!("CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table} {columns}");
     sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&build)).await?;
+    let valid: Option<bool> = sqlx::query_scalar(
+        "SELECT i.indisvalid FROM pg_catalog.pg_index i \
+          WHERE i.indexrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)::oid",
+    )
+    .persistent(false)
+    .bind(index)
+    .fetch_optional(&mut *conn)
+    .await?
+    .flatten();
+    if valid != Some(true) {
+        return Err(sqlx::Error::Protocol(format!(
+            "index {index} on {table} is not valid after its build: run `rbac-gateway migrate` again"
+        )));
+    }
     let bound = format!("SET lock_timeout = {}", MIGRATE_LOCK_TIMEOUT.as_millis());
     sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&bound)).await?;
     Ok(())
@@ -241,4 +263,29 @@ async fn after_migrations(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Err
         }
     }
     Ok(())
+}
+
+/// Refuses to migrate a schema other than the one the tables are in: where the role's own
+/// `search_path` finds `_sqlx_migrations` in another schema than `RBAC_GATEWAY_DATABASE_SCHEMA`
+/// (default `public`), `migrate` would make a second, empty set of tables there and `serve`
+/// would read them.
+async fn same_schema(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    let found: Option<String> = sqlx::query_scalar(
+        "SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
+             ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+          WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('_sqlx_migrations')::oid",
+    )
+    .persistent(false)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match found {
+        Some(found) if found != super::db::schema() => Err(sqlx::Error::Configuration(
+            format!(
+                "the gateway's tables are in schema {found} (its _sqlx_migrations), not {}: set RBAC_GATEWAY_DATABASE_SCHEMA={found}",
+                super::db::schema()
+            )
+            .into(),
+        )),
+        _ => Ok(()),
+    }
 }

@@ -72,8 +72,8 @@ pub async fn change_feed_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error>
 /// names; it names its tables with their schema: migration 0017); false when it does not exist.
 pub async fn runs_as_owner_pinned(pool: &Db, signature: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT coalesce((SELECT prosecdef AND 'search_path=pg_catalog, pg_temp' = ANY(proconfig) \
-         FROM pg_proc WHERE oid = pg_catalog.to_regprocedure($1)), false)",
+        "SELECT coalesce((SELECT p.prosecdef AND 'search_path=pg_catalog, pg_temp' OPERATOR(pg_catalog.=) ANY(p.proconfig) \
+         FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure($1)::oid), false)",
     )
     .persistent(false)
     .bind(signature)
@@ -266,6 +266,7 @@ pub const BUILTINS: &[&str] = &[
     "make_interval",
     "max",
     "now",
+    "pg_advisory_lock",
     "pg_advisory_xact_lock",
     "pg_backend_pid",
     "pg_current_snapshot",

@@ -239,6 +239,8 @@ const TYPES: &[&str] = &[
     "oid",
     "regnamespace",
     "regclass",
+    "regprocedure",
+    "regtype",
     "uuid",
     "bytea",
 ];

@@ -110,11 +110,32 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
             tracing::error!("a worker thread panicked");
         }
     }
-    // The count of the denials without a session of the window in progress.
-    for row in gw.anonymous.ended(Instant::now(), true) {
-        let row = Arc::new(row);
-        if let Err(e) = bg.block_on(gw.audit.record(row.clone())) {
-            tracing::error!(error = %e, occurrences = row.occurrences, "cannot record the count of denials without a session");
+    // The count of the denials without a session of the window in progress: all queued at once
+    // and waited for within what the drain left of the grace (at least --db-timeout-ms).
+    let counts = gw.anonymous.ended(Instant::now(), true);
+    if !counts.is_empty() {
+        let left = grace
+            .saturating_sub(stopping.elapsed())
+            .max(config.db_timeout);
+        let writes = counts.into_iter().map(|row| {
+            let audit = gw.audit.clone();
+            async move {
+                let n = row.occurrences;
+                if let Err(e) = audit.record(Arc::new(row)).await {
+                    tracing::error!(error = %e, occurrences = n, "cannot record the count of denials without a session");
+                }
+            }
+        });
+        if bg
+            .block_on(tokio::time::timeout(
+                left,
+                futures_util::future::join_all(writes),
+            ))
+            .is_err()
+        {
+            tracing::error!(
+                "the counts of denials without a session were not all recorded within the grace"
+            );
         }
     }
     // Rows of denials answered 503 still in memory: one last bounded try.
