@@ -7,7 +7,7 @@
 //! once per client, reason and rule (or unmapped) per window: the first of a window gets its row
 //! before its 403, as every denial does; the rest of that window are counted, and when the
 //! window ends one more row stands for them, with their number in `occurrences`
-//! ([`Coalescer::ended`], written by [`flush_forever`]). At most [`Coalescer::max_keys`] keys a
+//! ([`Coalescer::ended`], written by [`flush_forever`]). At most `--anonymous-denial-keys` keys a
 //! window; past that, every new key shares one. A denial of a request with a session (an
 //! admin) always gets its own row.
 //!
@@ -98,14 +98,6 @@ impl Coalescer {
         }
     }
 
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
-    pub fn max_keys(&self) -> usize {
-        self.max_keys
-    }
-
     /// Whether `row` is written or counted. Only a denial with no admin is ever counted; the
     /// first of its key in a window is written.
     pub fn admit(&self, row: &Arc<AuditEvent>, now: Instant) -> Admit {
@@ -176,9 +168,8 @@ impl Coalescer {
     }
 }
 
-/// Writes each ended window's summary rows (through `write`, the durable path every denial's row
-/// takes), checking every quarter window. At shutdown `serve` writes the window in progress
-/// ([`Coalescer::ended`] with `all`).
+/// Writes each ended window's summary rows ([`write_counts`]), checking every quarter window.
+/// At shutdown `serve` writes the window in progress ([`Coalescer::ended`] with `all`).
 pub async fn flush_forever<W, F>(coalescer: Arc<Coalescer>, write: W)
 where
     W: Fn(Arc<AuditEvent>) -> F,
@@ -190,13 +181,27 @@ where
     let tick = (coalescer.window / 4).max(Duration::from_millis(50));
     loop {
         tokio::time::sleep(tick).await;
-        for row in coalescer.ended(Instant::now(), false) {
-            let (n, rule) = (row.occurrences, row.route.clone());
-            if let Err(e) = write(Arc::new(row)).await {
+        write_counts(coalescer.ended(Instant::now(), false), &write).await;
+    }
+}
+
+/// Writes `rows` (a window's counts) together, each through `write` (the durable path every
+/// denial's row takes); one that cannot be written is logged with its count.
+pub async fn write_counts<W, F>(rows: Vec<AuditEvent>, write: &W)
+where
+    W: Fn(Arc<AuditEvent>) -> F,
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    let writes = rows.into_iter().map(|row| {
+        let (n, rule) = (row.occurrences, row.route.clone());
+        let written = write(Arc::new(row));
+        async move {
+            if let Err(e) = written.await {
                 tracing::error!(error = %e, occurrences = n, rule = ?rule, "cannot record the count of denials without a session");
             }
         }
-    }
+    });
+    futures_util::future::join_all(writes).await;
 }
 
 #[cfg(test)]

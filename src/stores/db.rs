@@ -626,9 +626,11 @@ pub fn schema() -> &'static str {
     })
 }
 
-/// [`schema`] as an SQL identifier (double-quoted, a `"` in it doubled).
-pub(crate) fn quoted_schema() -> String {
-    format!("\"{}\"", schema().replace('"', "\"\""))
+/// [`schema`] as an SQL identifier (double-quoted, a `"` in it doubled). Made once: every
+/// transaction's `BEGIN` names it.
+pub(crate) fn quoted_schema() -> &'static str {
+    static QUOTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    QUOTED.get_or_init(|| format!("\"{}\"", schema().replace('"', "\"\"")))
 }
 
 /// [`Db::one_round_trip`] on a connection the caller keeps (the audit writer's), bounded by

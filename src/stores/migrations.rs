@@ -65,7 +65,7 @@ pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
             Err(e) if lock_timed_out(&e) && attempt < MIGRATE_ATTEMPTS => {
                 tracing::warn!(error = %e, attempt, "migrate: a lock was not granted within {} ms (Console's writes are not kept waiting behind it); trying again", MIGRATE_LOCK_TIMEOUT.as_millis());
                 drop(conn);
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(20)))).await;
+                tokio::time::sleep(pause(attempt)).await;
                 attempt += 1;
             }
             other => return other,
@@ -78,14 +78,24 @@ pub const MIGRATE_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
 /// How many times `migrate` tries a migration whose lock was not granted in time.
 pub const MIGRATE_ATTEMPTS: u32 = 60;
 
-/// `e` is a statement cut short by `lock_timeout` (SQLSTATE 55P03).
+/// `e` is a migration's statement cut short by `lock_timeout` ([`lock_timeout`]).
 fn lock_timed_out(e: &sqlx::migrate::MigrateError) -> bool {
     use sqlx::migrate::MigrateError;
-    let err = match e {
-        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => e,
-        _ => return false,
-    };
-    matches!(err, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
+    match e {
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => lock_timeout(e),
+        _ => false,
+    }
+}
+
+/// `e` is a statement cut short by `lock_timeout` (SQLSTATE 55P03).
+fn lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
+}
+
+/// The pause before the `attempt`th try again of a statement whose lock was not granted: 100 ms
+/// more each time, 2 s at the most.
+fn pause(attempt: u32) -> Duration {
+    Duration::from_millis(100 * u64::from(attempt.min(20)))
 }
 
 /// Migration 0016's indexes on Console's grants tables (`rbac_grants_audit`,
@@ -247,11 +257,9 @@ async fn after_migrations(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Err
                 Ok(done) => done,
                 // A row another transaction holds (the alert pass's, an erasure): its lock is
                 // not waited for past the bound; the batch is tried again.
-                Err(sqlx::Error::Database(d))
-                    if d.code().as_deref() == Some("55P03") && waited < MIGRATE_ATTEMPTS =>
-                {
+                Err(e) if lock_timeout(&e) && waited < MIGRATE_ATTEMPTS => {
                     waited += 1;
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(waited.min(20)))).await;
+                    tokio::time::sleep(pause(waited)).await;
                     continue;
                 }
                 Err(e) => return Err(e),

@@ -707,10 +707,7 @@ async fn scenario(db: &TestDb, login_url: &str, planted: bool, login: &str) -> O
         .await
         .unwrap();
     }
-    let (prefix, name) = db.url.rsplit_once('/').unwrap();
-    let (scheme, rest) = prefix.split_once("://").unwrap();
-    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
-    let owner_url = format!("{scheme}://{owner}@{host}/{name}");
+    let owner_url = db.url_as(&owner);
     let routes = root().join("routes.toml");
     let routes = routes.to_str().unwrap();
     let mut commands = Vec::new();
@@ -767,22 +764,8 @@ async fn shadows_planted_by_consoles_role_never_run_as_the_gateway() {
     let clean_url = crate::grants::serve_login(&clean).await;
     let planted = TestDb::new().await;
     let planted_url = crate::grants::serve_login(&planted).await;
-    let login = planted_url
-        .rsplit_once('@')
-        .unwrap()
-        .0
-        .rsplit_once("//")
-        .unwrap()
-        .1
-        .to_string();
-    let clean_login = clean_url
-        .rsplit_once('@')
-        .unwrap()
-        .0
-        .rsplit_once("//")
-        .unwrap()
-        .1
-        .to_string();
+    let login = TestDb::user_of(&planted_url);
+    let clean_login = TestDb::user_of(&clean_url);
     let expected = scenario(&clean, &clean_url, false, &clean_login).await;
     let seen = scenario(&planted, &planted_url, true, &login).await;
     let ran: Vec<(String, String, String)> =
@@ -819,14 +802,7 @@ async fn shadows_planted_by_consoles_role_never_run_as_the_gateway() {
 async fn no_function_of_the_gateways_runs_for_a_login_with_no_grants() {
     let db = TestDb::new().await;
     let url = db.login_in_role("pg_read_all_settings", "").await;
-    let user = url
-        .rsplit_once('@')
-        .unwrap()
-        .0
-        .rsplit_once("//")
-        .unwrap()
-        .1
-        .to_string();
+    let user = TestDb::user_of(&url);
     let functions: Vec<(String, String, String, bool)> = sqlx::query_as(
         "SELECT p.oid::regprocedure::text, p.proname::text, p.prokind::text, \
                 p.prorettype = 'trigger'::regtype \

@@ -63,8 +63,8 @@ async fn console_writes(
 }
 
 /// Runs `rbac-gateway migrate` on `db` while four Console writers write the grants tables (and,
-/// with `long`, one Console transaction holds a grants-audit write open for 3 s as `migrate`
-/// starts): `migrate` exits 0, Console committed writes meanwhile and none failed.
+/// with `long`, one Console transaction holds a grants-audit write open until `migrate` is seen
+/// waiting behind it): `migrate` exits 0, Console committed writes meanwhile and none failed.
 async fn migrate_under_writes(db: &TestDb, long: bool) {
     let admin = db.admin("writer@corp.example").await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -99,7 +99,26 @@ async fn migrate_under_writes(db: &TestDb, long: bool) {
             .execute(&mut *tx)
             .await
             .unwrap();
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            // Held until `migrate` is seen waiting behind it (its concurrent index build waits
+            // for the writers in progress), then committed.
+            eventually(
+                Duration::from_secs(60),
+                "migrate waiting behind Console's open write",
+                || {
+                    let pool = pool.clone();
+                    async move {
+                        sqlx::query_scalar::<_, bool>(
+                            "SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                             WHERE NOT l.granted AND a.application_name = 'rbac-gateway' \
+                               AND a.datname = current_database())",
+                        )
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap()
+                    }
+                },
+            )
+            .await;
             tx.commit().await.unwrap();
         })
     });
@@ -150,7 +169,7 @@ async fn migrate_under_writes(db: &TestDb, long: bool) {
 
 /// A database the previous release left at migration 0015, its grants tables a year's size
 /// (1,000,000 audit rows, 50,000 ticket grants): `migrate` applies 0016 onwards while Console
-/// writes both tables (and one of its transactions holds a write open for 3 s). 0016's indexes
+/// writes both tables (and one of its transactions holds a write open until migrate waits for it). 0016's indexes
 /// were built inside its transaction, holding a lock that made every Console write to both
 /// tables wait for the build (and deadlock with its ticket grants); now they are built
 /// concurrently first, and every lock is waited for 200 ms at most, then tried again.

@@ -117,22 +117,12 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         let left = grace
             .saturating_sub(stopping.elapsed())
             .max(config.db_timeout);
-        let writes = counts.into_iter().map(|row| {
+        let write = |row| {
             let audit = gw.audit.clone();
-            async move {
-                let n = row.occurrences;
-                if let Err(e) = audit.record(Arc::new(row)).await {
-                    tracing::error!(error = %e, occurrences = n, "cannot record the count of denials without a session");
-                }
-            }
-        });
-        if bg
-            .block_on(tokio::time::timeout(
-                left,
-                futures_util::future::join_all(writes),
-            ))
-            .is_err()
-        {
+            async move { audit.record(row).await.map_err(|e| e.to_string()) }
+        };
+        let written = crate::gateway::anonymous::write_counts(counts, &write);
+        if bg.block_on(tokio::time::timeout(left, written)).is_err() {
             tracing::error!(
                 "the counts of denials without a session were not all recorded within the grace"
             );

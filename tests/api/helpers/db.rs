@@ -65,7 +65,7 @@ impl TestDb {
     /// A new login on this database's server holding `role` only, then `extra` run with `USER`
     /// standing for it; its URL. Roles are cluster-wide: the login is named after the database.
     pub async fn login_in_role(&self, role: &str, extra: &str) -> String {
-        let (prefix, name) = self.url.rsplit_once('/').unwrap();
+        let (_, name) = self.url.rsplit_once('/').unwrap();
         let user = format!("{}_{role}", name.trim_start_matches("rbacgw_"));
         sqlx::raw_sql(&format!(
             "CREATE ROLE \"{user}\" LOGIN IN ROLE {role}; {}",
@@ -74,9 +74,21 @@ impl TestDb {
         .execute(&self.pool)
         .await
         .unwrap();
+        self.url_as(&user)
+    }
+
+    /// This database's URL with `user` as the login.
+    pub fn url_as(&self, user: &str) -> String {
+        let (prefix, name) = self.url.rsplit_once('/').unwrap();
         let (scheme, rest) = prefix.split_once("://").unwrap();
         let host = rest.split_once('@').map_or(rest, |(_, host)| host);
         format!("{scheme}://{user}@{host}/{name}")
+    }
+
+    /// The login of a URL this database's [`TestDb::url_as`] made.
+    pub fn user_of(url: &str) -> String {
+        let (before, _) = url.rsplit_once('@').unwrap();
+        before.rsplit_once("//").unwrap().1.to_string()
     }
 
     /// The gateway's own handle on this database (its statements pooler-safe), for the tests that
