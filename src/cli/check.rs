@@ -295,6 +295,15 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
     for p in &problems {
         say!("{p}");
     }
+    if let (Some(url), Schema::Whole) = (&args.database_url, schema) {
+        let found = runtime()?.block_on(async {
+            let pool = super::command_pool(url, 1, Duration::from_secs(10)).await?;
+            Ok::<_, Exit>(super::invariants::invariants(&pool, &args.decision, &args.posture).await)
+        })?;
+        for line in super::invariants::lines(&found) {
+            say!("{line}");
+        }
+    }
     let errors = problems
         .iter()
         .filter(|d| d.severity == Severity::Error)

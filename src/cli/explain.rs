@@ -432,8 +432,8 @@ async fn explain_request(
         None => put!(out, "rule: none matches {} {}", method, t.path),
     }
     let switches = Switches {
-        kill_switch: !args.flag_rbac_v2,
-        ticket_grants: args.flag_ticket_scoped_grants,
+        kill_switch: args.decision.kill_switch(),
+        ticket_grants: args.decision.ticket_grants(),
     };
     if switches.kill_switch {
         put!(out, "kill switch: on (FLAG_RBAC_V2=0), every route is off");
@@ -444,7 +444,7 @@ async fn explain_request(
                 // `live_session` refused an --admin that does not exist. From --request-id, the
                 // row's admin may have been removed since: explained with the roles it has now
                 // (none).
-                let requires_alert = args.break_glass_requires_alert;
+                let requires_alert = args.decision.break_glass_requires_alert;
                 let principal = identity::resolve_with(pool, admin, Duration::ZERO, requires_alert)
                     .await
                     .map_err(failure)?;
@@ -513,7 +513,7 @@ async fn explain_request(
                     pool: pool.clone(),
                     principal: principal.clone(),
                     metrics: Metrics::new(),
-                    ticket_validation_url: args.ticket_validation_url.clone(),
+                    ticket_validation_url: args.decision.ticket_validation_url.clone(),
                 };
                 decide(&authority, mapping, switches, &facts).await
             }

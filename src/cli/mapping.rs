@@ -86,6 +86,8 @@ fn push(a: MappingPushArgs) -> Result<(), Exit> {
             app_routes: a.app_routes.clone(),
             mapping_source: "file".to_string(),
             mapping_public_key: None,
+            decision: Default::default(),
+            posture: Default::default(),
         },
         super::check::Schema::Readable,
     )?;

@@ -474,11 +474,11 @@ pub fn matrix(args: MatrixArgs) -> Result<(), Exit> {
     };
     let settings = Settings {
         switches: Switches {
-            kill_switch: !args.flag_rbac_v2,
-            ticket_grants: args.flag_ticket_scoped_grants,
+            kill_switch: args.decision.kill_switch(),
+            ticket_grants: args.decision.ticket_grants(),
         },
         rbac_api: args.rbac_api,
-        break_glass_requires_alert: args.break_glass_requires_alert,
+        break_glass_requires_alert: args.decision.break_glass_requires_alert,
     };
     let rt = runtime()?;
     let m = rt.block_on(async {

@@ -17,6 +17,7 @@ mod cockpit;
 mod diff;
 mod drift;
 mod explain;
+mod invariants;
 mod mapping;
 mod matrix;
 mod migrate;

@@ -48,6 +48,9 @@ pub struct Report {
     /// migration 0030); absent for a file, or a version pushed before.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tests: Option<crate::stores::mapping_store::TestsRecord>,
+    /// The seeds' invariants as the gateway's settings (this command's environment) and the
+    /// database hold them; I-11 not met blocks every cluster.
+    pub invariants: Vec<super::invariants::Invariant>,
 }
 
 pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
@@ -70,6 +73,7 @@ pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
             file,
             window_seconds,
             args.cluster.as_deref(),
+            (&args.decision, &args.posture),
         )
         .await
     })?;
@@ -99,6 +103,10 @@ pub(crate) async fn report(
     file: Option<Mapping>,
     window_seconds: i64,
     cluster: Option<&str>,
+    settings: (
+        &crate::runtime::posture::DecisionArgs,
+        &crate::runtime::posture::PostureArgs,
+    ),
 ) -> Result<Report, Exit> {
     let mapping = match (file, stored_ref(routes)) {
         (Some(m), _) => m,
@@ -155,6 +163,19 @@ pub(crate) async fn report(
     if let Some(c) = cluster {
         clusters.retain(|s| s.cluster == c);
     }
+    let invariants = super::invariants::invariants(pool, settings.0, settings.1).await;
+    if let Some(blocker) = super::invariants::blocker(&invariants) {
+        // I-11 blocks promotion everywhere: no cluster is ready to enforce while it is not met.
+        for c in &mut clusters {
+            if c.verdict == Verdict::Ready {
+                c.verdict = Verdict::NotReady;
+            }
+            if c.verdict != Verdict::NotApplicable {
+                c.blockers.push("I-11".to_string());
+                c.reasons.push(format!("blocked by {blocker}"));
+            }
+        }
+    }
     let failing: Vec<String> = clusters
         .iter()
         .filter(|s| match cluster {
@@ -204,6 +225,7 @@ pub(crate) async fn report(
         failing,
         now,
         tests,
+        invariants,
     })
 }
 
@@ -333,6 +355,9 @@ fn table(r: &Report, now: chrono::DateTime<chrono::Utc>) {
                     .map_or(String::new(), |p| format!(", pending {p}"))
             );
         }
+    }
+    for line in super::invariants::lines(&r.invariants) {
+        say!("{line}");
     }
     if r.failing.is_empty() {
         say!("gate: pass");

@@ -174,6 +174,11 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
             Err(e) => tracing::warn!(error = %e, "readyz: the sweep's failures could not be read"),
         }
     }
+    // Named, the status unchanged: what the settings break or leave unreachable (I-4, T-PEN-6).
+    for line in &gw.weakened {
+        body.push_str(line);
+        body.push('\n');
+    }
     // Named, the status unchanged: with the database up, denials are recorded in it.
     for line in gw.audit.spool_problems() {
         body.push_str(&line);

@@ -46,6 +46,9 @@ pub struct Gateway {
     pub feed: Arc<crate::stores::feed::Health>,
     /// Sweep failures after which `/readyz` names a grant or break-glass session.
     pub sweep_failure_threshold: u32,
+    /// The invariants the settings break or make unreachable, said on every `/readyz` (the
+    /// status unchanged: [`crate::runtime::posture::weakened`]).
+    pub weakened: Vec<String>,
     /// What denials without a session may write (`--anonymous-denial-window`).
     pub anonymous: Arc<crate::gateway::anonymous::Coalescer>,
 }
@@ -116,6 +119,7 @@ impl Gateway {
             mapping_missing: Default::default(),
             feed: Default::default(),
             sweep_failure_threshold: 3,
+            weakened: Vec::new(),
             anonymous: Arc::new(crate::gateway::anonymous::Coalescer::new(Duration::ZERO, 1)),
         }
     }

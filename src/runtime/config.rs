@@ -319,13 +319,6 @@ pub struct ServeArgs {
     /// Seconds to finish in-flight requests after SIGTERM.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value_t = 2)]
     pub shutdown_grace: u64,
-    /// Re-validate ticket-scoped grants on every request against this URL ({ticket_id} is
-    /// replaced), e.g. FreeScout's conversation status; unreachable: 503. Unset: no re-validation.
-    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
-    pub ticket_validation_url: Option<String>,
-    /// Ticket-scoped grants on (1) or off (0; FLAG_TICKET_SCOPED_GRANTS=0 of 004 §9.1: they grant nothing).
-    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
-    pub flag_ticket_scoped_grants: bool,
     /// Answer Console's reader API (`GET /api/rbac/me`, `GET /api/rbac/permissions/check`) in the
     /// gateway itself: those paths are then never forwarded. `--rbac-api=false` forwards them.
     #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
@@ -377,26 +370,17 @@ pub struct ServeArgs {
     /// calls get 401.
     #[arg(long, env = "GATEWAY_FREESCOUT_WEBHOOK_AUTH", default_value = "signature", value_parser = ["signature", "secret-header"])]
     pub freescout_webhook_auth: String,
-    /// Slack-compatible incoming webhook for alerts (new break-glass sessions, changes to the
-    /// break-glass group's roles): a JSON POST `{"text": ...}`, retried with backoff until
-    /// delivered. Unset: alerts are recorded in rbac_gateway_alerts only.
-    #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL", hide_env_values = true)]
-    pub alert_webhook_url: Option<String>,
-    /// Honour a break-glass session's roles only after its alert was delivered (I-4: alert
-    /// before the session proceeds). Trade-off: a webhook that is down blocks emergency access.
-    #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub break_glass_requires_alert: bool,
+    #[command(flatten)]
+    pub decision: super::posture::DecisionArgs,
+    #[command(flatten)]
+    pub posture: super::posture::PostureArgs,
     /// Log format: json or text.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
-    /// Kill switch (I-5): 0 makes every route `off` (forward; Console decides). 1, unset or set
-    /// empty: the mapping's modes apply.
-    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
-    pub flag_rbac_v2: bool,
 }
 
 /// A switch: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` (any case).
-fn parse_bool(s: &str) -> Result<bool, String> {
+pub(crate) fn parse_bool(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
@@ -443,7 +427,7 @@ pub fn unset_empty_switches() {
 
 impl ServeArgs {
     pub fn kill_switch(&self) -> bool {
-        !self.flag_rbac_v2
+        self.decision.kill_switch()
     }
 }
 
@@ -478,6 +462,10 @@ pub struct CheckArgs {
     /// (as `serve --mapping-public-key` requires).
     #[arg(long, env = "GATEWAY_MAPPING_PUBLIC_KEY")]
     pub mapping_public_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub decision: super::posture::DecisionArgs,
+    #[command(flatten)]
+    pub posture: super::posture::PostureArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -509,23 +497,13 @@ pub struct ExplainArgs {
     /// is the row's is used when --routes is another version.
     #[arg(long)]
     pub mapping_history: Option<PathBuf>,
-    /// The kill switch, as `serve` reads it: 0 explains the decision with every route `off`.
-    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
-    pub flag_rbac_v2: bool,
-    /// Ticket-scoped grants, as `serve` reads them.
-    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
-    pub flag_ticket_scoped_grants: bool,
-    /// Re-validate ticket grants against this URL, as `serve` does.
-    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
-    pub ticket_validation_url: Option<String>,
     /// Console's reader API answered by the gateway, as `serve` reads it: its paths are then
     /// answered by the gateway itself, never decided as a route nor forwarded.
     #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
     pub rbac_api: bool,
-    /// Break-glass sessions count only once their alert was delivered, as `serve` reads it.
-    #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub break_glass_requires_alert: bool,
+    #[command(flatten)]
+    pub decision: super::posture::DecisionArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -545,7 +523,7 @@ pub struct DriftArgs {
 }
 
 /// A feature switch as Console's flags are written: `0` (off) or `1` (on), nothing else.
-fn switch() -> impl clap::builder::TypedValueParser<Value = bool> {
+pub(crate) fn switch() -> impl clap::builder::TypedValueParser<Value = bool> {
     use clap::builder::TypedValueParser;
     clap::builder::PossibleValuesParser::new(["0", "1"]).map(|v| v == "1")
 }
@@ -568,15 +546,8 @@ pub struct MatrixArgs {
     /// md (a table per kind of principal), csv (one line per cell) or json.
     #[arg(long, default_value = "md", value_parser = ["md", "csv", "json"])]
     pub format: String,
-    /// The kill switch, as `serve` reads it: 0 decides with every route `off`.
-    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
-    pub flag_rbac_v2: bool,
-    /// Ticket-scoped grants, as `serve` reads them.
-    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
-    pub flag_ticket_scoped_grants: bool,
-    /// Break-glass sessions count only once their alert was delivered, as `serve` reads it.
-    #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub break_glass_requires_alert: bool,
+    #[command(flatten)]
+    pub decision: super::posture::DecisionArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -622,19 +593,14 @@ pub struct CockpitArgs {
     /// As `explain --mapping-history`.
     #[arg(long)]
     pub mapping_history: Option<PathBuf>,
-    /// The kill switch, as `serve` reads it (matrix and explain).
-    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
-    pub flag_rbac_v2: bool,
-    /// Ticket-scoped grants, as `serve` reads them (matrix and explain).
-    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
-    pub flag_ticket_scoped_grants: bool,
     /// Console's reader API answered by the gateway, as `serve` reads it (matrix and explain).
     #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
     pub rbac_api: bool,
-    /// Break-glass sessions count only once their alert was delivered, as `serve` reads it.
-    #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub break_glass_requires_alert: bool,
+    #[command(flatten)]
+    pub decision: super::posture::DecisionArgs,
+    #[command(flatten)]
+    pub posture: super::posture::PostureArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -659,6 +625,10 @@ pub struct RolloutArgs {
     /// The report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub decision: super::posture::DecisionArgs,
+    #[command(flatten)]
+    pub posture: super::posture::PostureArgs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod log_sink;
 pub mod logfmt;
 pub mod metrics;
+pub mod posture;
 pub mod signals;
 pub mod supervise;
 pub mod telemetry;

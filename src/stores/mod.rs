@@ -16,6 +16,7 @@ pub mod db;
 mod executor;
 pub mod feed;
 pub mod identity;
+pub mod invariants;
 pub mod mapping_store;
 pub mod migrations;
 pub mod pool;

@@ -281,6 +281,7 @@ pub const BUILTINS: &[&str] = &[
     "pg_try_advisory_xact_lock",
     "power",
     "quote_ident",
+    "row_to_json",
     "sha256",
     "sum",
     "to_char",

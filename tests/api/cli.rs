@@ -10,7 +10,18 @@ pub(crate) fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rbac-gateway"));
     c.env_remove("FLAG_RBAC_V2")
         .env_remove("DATABASE_URL")
-        .env_remove("GATEWAY_ROUTES");
+        .env_remove("GATEWAY_ROUTES")
+        .env_remove("GATEWAY_ENVIRONMENT")
+        .env_remove("OTEL_RESOURCE_ATTRIBUTES");
+    c
+}
+
+/// [`bin`] deciding as the suite's gateways do (helpers::gateway::GatewayOpts::new): I-4's and
+/// T-PEN-6's defaults opted out.
+pub(crate) fn bin_as_suite() -> Command {
+    let mut c = bin();
+    c.env("GATEWAY_BREAK_GLASS_REQUIRES_ALERT", "false")
+        .env("GATEWAY_TICKET_REVALIDATION_WAIVED", "true");
     c
 }
 
@@ -516,7 +527,7 @@ async fn explain_shows_rule_provenance_and_decision() {
     db.break_glass(&admin, 600.0).await;
     // `rbac-gateway explain` over the core fixture; `kill` sets FLAG_RBAC_V2.
     let explain = |admin: &str, path: &str, kill: Option<&str>| {
-        let mut c = bin();
+        let mut c = bin_as_suite();
         c.args(["explain", "--routes"]).arg(core_routes()).args([
             "--database-url",
             &db.url,

@@ -168,7 +168,7 @@ async fn matrix_notes_how_access_is_held_and_ticket_scope_in_every_format() {
     )
     .unwrap();
     let json = |extra: &[&str]| {
-        let (code, stdout, stderr) = run(bin()
+        let (code, stdout, stderr) = run(crate::cli::bin_as_suite()
             .args(["matrix", "--format", "json", "--routes"])
             .arg(&routes)
             .args(["--database-url", &db.url])
@@ -220,7 +220,7 @@ async fn matrix_notes_how_access_is_held_and_ticket_scope_in_every_format() {
     let m = json(&["--flag-rbac-v2", "0"]);
     assert_eq!(cell(&m, "support@example.test", 0)["outcome"], "off");
 
-    let (code, md, _) = run(bin()
+    let (code, md, _) = run(crate::cli::bin_as_suite()
         .args(["matrix", "--routes"])
         .arg(&routes)
         .args(["--database-url", &db.url]));

@@ -22,6 +22,7 @@ mod grants;
 mod heroku;
 mod hostile;
 mod identity;
+mod invariants;
 mod lifecycle;
 mod lifecycle_jobs;
 mod live;

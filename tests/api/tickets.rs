@@ -339,7 +339,7 @@ async fn explain_names_only_the_roles_a_ticket_adds() {
     let db = TestDb::new().await;
     let (admin, _token) = db.admin_with_roles(&["console-user"]).await;
     grant(&db, &admin, "raptor-audit-admin", 7, "T-200").await;
-    let out = crate::cli::bin()
+    let out = crate::cli::bin_as_suite()
         .env_remove("FLAG_TICKET_SCOPED_GRANTS")
         .args(["explain", "--routes"])
         .arg(core_routes())

@@ -307,11 +307,17 @@ impl Site {
     }
 
     async fn board(&self) -> Result<Page, Problem> {
-        let report =
-            super::rollout::report(&self.db, &db_ref("active"), None, self.window_seconds, None)
-                .await
-                // No version activated yet: the board's own failure, not a page not found.
-                .map_err(Problem::Failed)?;
+        let report = super::rollout::report(
+            &self.db,
+            &db_ref("active"),
+            None,
+            self.window_seconds,
+            None,
+            (&self.args.decision, &self.args.posture),
+        )
+        .await
+        // No version activated yet: the board's own failure, not a page not found.
+        .map_err(Problem::Failed)?;
         Page::of(&report, pages::board(&report))
     }
 
@@ -348,11 +354,11 @@ impl Site {
         let version = version_param(q.get("version").map_or("active", String::as_str))?;
         let settings = super::matrix::Settings {
             switches: crate::policy::outcome::Switches {
-                kill_switch: !self.args.flag_rbac_v2,
-                ticket_grants: self.args.flag_ticket_scoped_grants,
+                kill_switch: self.args.decision.kill_switch(),
+                ticket_grants: self.args.decision.ticket_grants(),
             },
             rbac_api: self.args.rbac_api,
-            break_glass_requires_alert: self.args.break_glass_requires_alert,
+            break_glass_requires_alert: self.args.decision.break_glass_requires_alert,
         };
         // Changed cells: the shifts `diff` finds between the compared version and this one
         // (by default the version the active one replaced).
@@ -403,11 +409,8 @@ impl Site {
             path: None,
             request_id: Some(request_id.to_string()),
             mapping_history: self.args.mapping_history.clone(),
-            flag_rbac_v2: self.args.flag_rbac_v2,
-            flag_ticket_scoped_grants: self.args.flag_ticket_scoped_grants,
-            ticket_validation_url: None,
             rbac_api: self.args.rbac_api,
-            break_glass_requires_alert: self.args.break_glass_requires_alert,
+            decision: self.args.decision.clone(),
         }
     }
 

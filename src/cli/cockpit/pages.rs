@@ -171,6 +171,20 @@ pub fn board(r: &Rollout) -> Markup {
                 }
             }
         }
+        h2 #invariants { "Invariants" }
+        p.muted { "As the cockpit's settings (the gateway's environment) and the database hold them (004 §1, §5, §9)." }
+        table #invariant-table {
+            thead { tr { th { "Invariant" } th { "State" } th { "Why" } } }
+            tbody {
+                @for i in &r.invariants {
+                    tr data-invariant=(i.id) {
+                        th { (i.id) }
+                        td { span class=(invariant_class(i.state)) data-state=(invariant_json(i.state)) { (i.state.as_str()) } }
+                        td { (i.why) @if !i.details.is_empty() { ul { @for d in &i.details { li { (d) } } } } }
+                    }
+                }
+            }
+        }
         h2 { "Rules per cluster" }
         @for c in &r.clusters {
             details {
@@ -193,6 +207,26 @@ pub fn board(r: &Rollout) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// An invariant's state as a class: met plain, not met an alarm, not checkable a warning.
+fn invariant_class(s: crate::cli::invariants::State) -> &'static str {
+    use crate::cli::invariants::State;
+    match s {
+        State::Met => "muted",
+        State::NotMet => "alarm",
+        State::NotCheckable => "warn",
+    }
+}
+
+/// An invariant's state as `rollout --json` spells it.
+fn invariant_json(s: crate::cli::invariants::State) -> &'static str {
+    use crate::cli::invariants::State;
+    match s {
+        State::Met => "met",
+        State::NotMet => "not_met",
+        State::NotCheckable => "not_checkable",
     }
 }
 

@@ -118,7 +118,7 @@ pub async fn gateway(
             args.cache_capacity,
             metrics.clone(),
         )
-        .with_break_glass_requires_alert(args.break_glass_requires_alert)
+        .with_break_glass_requires_alert(args.decision.break_glass_requires_alert)
         .with_query_timeout(db_timeout),
     );
     let tasks = Arc::new(Tasks::default());
@@ -164,8 +164,8 @@ pub async fn gateway(
         upstream: config.upstream,
         connect_timeout: config.upstream_connect_timeout,
         read_timeout: config.upstream_read_timeout,
-        ticket_grants: args.flag_ticket_scoped_grants,
-        ticket_validation_url: args.ticket_validation_url.clone(),
+        ticket_grants: args.decision.ticket_grants(),
+        ticket_validation_url: args.decision.ticket_validation_url.clone(),
         tasks: tasks.clone(),
         rbac_api: args.rbac_api,
         file_rejected: Default::default(),
@@ -175,6 +175,7 @@ pub async fn gateway(
         ),
         feed: feed.clone(),
         sweep_failure_threshold: args.sweep_failure_threshold,
+        weakened: crate::runtime::posture::weakened(&args.decision, &args.posture),
         anonymous: Arc::new(crate::gateway::anonymous::Coalescer::new(
             Duration::from_secs(args.anonymous_denial_window),
             args.anonymous_denial_keys,
@@ -282,7 +283,7 @@ fn jobs(
         Task::Alerts,
         Box::pin(crate::jobs::alerts::alerts_forever(
             pool.clone(),
-            args.alert_webhook_url.clone(),
+            args.posture.alert_webhook_url.clone(),
             Duration::from_secs(1),
             config.db_timeout,
             metrics.clone(),
@@ -295,7 +296,7 @@ fn jobs(
             Box::pin(crate::jobs::sweep::run_forever(
                 pool.clone(),
                 crate::jobs::sweep::SweepSettings {
-                    validation_url: args.ticket_validation_url.clone(),
+                    validation_url: args.decision.ticket_validation_url.clone(),
                     freescout_timeout: config.freescout_timeout,
                     concurrency: args.freescout_concurrency,
                     limit: config.db_timeout,
@@ -340,12 +341,9 @@ fn warn_of_settings(config: &Config) {
             "FLAG_RBAC_V2=0: kill switch on, every route is off (forwarded; Console decides)"
         );
     }
-    if args.flag_ticket_scoped_grants && args.ticket_validation_url.is_none() {
-        tracing::warn!(
-            "no --ticket-validation-url: ticket grants are honoured from rbac_ticket_grants alone; no ticket is \
-             re-checked against FreeScout per request (004 §9.3) and the sweep revokes only expired grants \
-             (set the URL, or FLAG_TICKET_SCOPED_GRANTS=0 to honour none)"
-        );
+    // Each invariant a setting breaks, or a missing setting makes unreachable (also on /readyz).
+    for line in crate::runtime::posture::weakened(&args.decision, &args.posture) {
+        tracing::warn!("{line}");
     }
 }
 

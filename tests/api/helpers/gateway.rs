@@ -87,10 +87,19 @@ impl GatewayOpts {
             // A row for every denial, as the suite's tests count them: the window that coalesces
             // denials without a session (on by default) is tested by tests/api/anonymous.rs,
             // whose flag beats this variable.
-            env: vec![(
-                "GATEWAY_ANONYMOUS_DENIAL_WINDOW".to_string(),
-                "0".to_string(),
-            )],
+            // The seeds' safe defaults (I-4: a break-glass session waits for its delivered
+            // alert; T-PEN-6: no ticket grant without per-request re-validation) are tested by
+            // tests/api/invariants.rs ([`GatewayOpts::seeds_defaults`]); the rest of the suite
+            // tests resolution itself, with both opted out as an operator would (flags beat
+            // these variables).
+            env: [
+                ("GATEWAY_ANONYMOUS_DENIAL_WINDOW", "0"),
+                ("GATEWAY_BREAK_GLASS_REQUIRES_ALERT", "false"),
+                ("GATEWAY_TICKET_REVALIDATION_WAIVED", "true"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
             args: vec![],
             wait_ready: true,
             admin_port: None,
@@ -113,6 +122,14 @@ impl GatewayOpts {
     /// Reach the database through a cuttable link.
     pub fn via(mut self, link: &PgLink) -> Self {
         self.database_url = link.url.clone();
+        self
+    }
+
+    /// The gateway as it starts with no flag of I-4's and T-PEN-6's set: the seeds' defaults.
+    pub fn seeds_defaults(mut self) -> Self {
+        self.env.retain(|(k, _)| {
+            k != "GATEWAY_BREAK_GLASS_REQUIRES_ALERT" && k != "GATEWAY_TICKET_REVALIDATION_WAIVED"
+        });
         self
     }
 

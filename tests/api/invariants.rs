@@ -1,0 +1,379 @@
+//! The seeds' invariants as a gateway started with none of their flags holds them (issue 69):
+//! I-4, a break-glass session's roles count only once its alert was delivered, and a gateway
+//! without an alert destination says no break-glass session can proceed; T-PEN-6, no ticket grant
+//! counts without per-request re-validation unless waived, and the waiver is shown; and
+//! `check --database-url`'s and `rollout`'s invariants section (I-4's holders of a break-glass
+//! role outside a session, I-6, I-11's promotion row in production, T-PEN-6).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::tickets::grant;
+
+/// The alert pass recorded the break-glass session `id`'s alert (undelivered, without a
+/// destination).
+async fn alert_recorded(db: &TestDb, id: &str) {
+    let t0 = Instant::now();
+    eventually(
+        Duration::from_secs(15).saturating_sub(t0.elapsed()),
+        "the alert pass did not record the session's alert",
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT FROM rbac_gateway_alerts WHERE key = 'break_glass:' || $1 AND delivered_at_utc IS NULL)",
+            )
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn break_glass_waits_for_its_delivered_alert_by_default() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    *hook.status.lock().unwrap() = 503;
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .seeds_defaults()
+            .arg("--alert-webhook-url")
+            .arg(&format!("http://{}/hook", hook.addr))
+            .arg("--cache-ttl")
+            .arg("60"),
+    )
+    .await;
+    let (admin, token) = db.admin_with_roles(&[]).await;
+    assert_eq!(gw.status("/ops", Some(&token)).await, 403);
+    db.break_glass(&admin, 600.0).await;
+    // The webhook refuses: however many passes try it, the session does not proceed (I-4).
+    let t0 = Instant::now();
+    eventually(
+        Duration::from_secs(10).saturating_sub(t0.elapsed()),
+        "no delivery attempt",
+        || async { hook.count() >= 2 },
+    )
+    .await;
+    assert_eq!(gw.status("/ops", Some(&token)).await, 403);
+    let body = gw.admin_get("/readyz").await.body_str();
+    assert!(!body.contains("I-4"), "{body}");
+
+    // Delivered: the session proceeds. The time from its row to its first allowed request is
+    // the alert pass's interval (1 s) and the change feed's notification at most.
+    *hook.status.lock().unwrap() = 200;
+    let (second, token2) = db.admin_with_roles(&[]).await;
+    let t1 = Instant::now();
+    db.break_glass(&second, 600.0).await;
+    eventually(
+        Duration::from_secs(10).saturating_sub(t1.elapsed()),
+        "break-glass never honoured",
+        || async { gw.status("/ops", Some(&token2)).await == 200 },
+    )
+    .await;
+    let took = t1.elapsed();
+    eprintln!("break-glass row to first allowed request: {took:?}");
+    assert!(
+        hook.requests()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains(&second)),
+        "the alert naming the admin was delivered before the session proceeded"
+    );
+}
+
+#[tokio::test]
+async fn without_an_alert_destination_no_break_glass_session_proceeds_and_readyz_says_so() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(GatewayOpts::new(core_routes(), &db, up.addr).seeds_defaults()).await;
+    let ready = gw.admin_get("/readyz").await;
+    assert_eq!(ready.status, 200, "everything else is served");
+    assert!(
+        ready
+            .body_str()
+            .contains("I-4: no --alert-webhook-url, so no break-glass alert is delivered and no break-glass session can proceed"),
+        "{}",
+        ready.body_str()
+    );
+    assert!(gw.log().contains("no break-glass session can proceed"));
+    let (admin, token) = db.admin_with_roles(&[]).await;
+    let id = db.break_glass(&admin, 600.0).await;
+    alert_recorded(&db, &id).await;
+    assert_eq!(gw.status("/ops", Some(&token)).await, 403);
+    // An ordinary role is honoured as ever.
+    let (_, manager) = db.admin_with_roles(&["console-manager"]).await;
+    assert_eq!(gw.status("/ops", Some(&manager)).await, 200);
+}
+
+#[tokio::test]
+async fn opting_out_of_i4_is_explicit_and_said() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .seeds_defaults()
+            .arg("--break-glass-requires-alert=false"),
+    )
+    .await;
+    let (admin, token) = db.admin_with_roles(&[]).await;
+    db.break_glass(&admin, 600.0).await;
+    let t0 = Instant::now();
+    eventually(
+        Duration::from_secs(10).saturating_sub(t0.elapsed()),
+        "break-glass never honoured",
+        || async { gw.status("/ops", Some(&token)).await == 200 },
+    )
+    .await;
+    let body = gw.admin_get("/readyz").await.body_str();
+    assert!(
+        body.contains("I-4 not met: --break-glass-requires-alert=false"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn ticket_grants_count_only_re_validated_unless_waived() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let (admin, token) = db.admin_with_roles(&["console-user"]).await;
+    grant(&db, &admin, "raptor-audit-admin", 7, "T-69").await;
+    let path = "/console/customers/7/audit";
+
+    // No validation URL and no waiver: the grant counts for nothing (fail closed).
+    let gw = Gateway::start(GatewayOpts::new(core_routes(), &db, up.addr).seeds_defaults()).await;
+    assert_eq!(gw.status(path, Some(&token)).await, 403);
+    let body = gw.admin_get("/readyz").await.body_str();
+    assert!(
+        body.contains("T-PEN-6: no --ticket-validation-url, so no ticket grant is honoured"),
+        "{body}"
+    );
+    drop(gw);
+
+    // Waived: the table alone decides, and /readyz shows the waiver.
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .seeds_defaults()
+            .arg("--ticket-revalidation-waived"),
+    )
+    .await;
+    assert_eq!(gw.status(path, Some(&token)).await, 200);
+    let body = gw.admin_get("/readyz").await.body_str();
+    assert!(
+        body.contains("T-PEN-6 waived (--ticket-revalidation-waived)"),
+        "{body}"
+    );
+}
+
+/// `check --database-url`'s output, as the command prints it (exit 0: the invariants section
+/// reports, the mapping's check decides the status).
+fn check(db: &TestDb, env: &[(&str, &str)]) -> String {
+    let out = crate::cli::bin()
+        .args(["check", "--routes"])
+        .arg(core_routes())
+        .args(["--database-url", &db.url])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn line<'a>(text: &'a str, id: &str) -> &'a str {
+    let prefix = format!("  {id} ");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {id} line:\n{text}"))
+}
+
+#[tokio::test]
+async fn check_lists_each_invariant_met_or_not_and_why() {
+    let db = TestDb::new().await;
+    let hook = [("GATEWAY_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hook")];
+    let text = check(&db, &hook);
+    assert!(text.contains("invariants:"), "{text}");
+    assert!(line(&text, "I-4").contains("I-4 met"), "{text}");
+    assert!(line(&text, "I-5").contains("NOT MET"), "{text}");
+    assert!(line(&text, "I-6").contains("I-6 met"), "{text}");
+    assert!(line(&text, "I-11").contains("not checkable here"), "{text}");
+    assert!(
+        line(&text, "T-PEN-6").contains("no ticket grant is honoured"),
+        "{text}"
+    );
+
+    // I-4: a permanent member of the break-glass group, and an admin whose group's role
+    // inherits one of its roles, are each named with the path.
+    let member = db.admin("bg-member@example.test").await;
+    db.join_group(&member, "break-glass").await;
+    let inheritor = db.admin("inheritor@example.test").await;
+    sqlx::raw_sql(
+        "INSERT INTO rbac_roles (id, name) VALUES ('r-custom-super', 'custom-super'); \
+         INSERT INTO rbac_role_inheritance (child_role_id, parent_role_id) \
+           SELECT 'r-custom-super', id FROM rbac_roles WHERE name = 'console-secrets-admin'; \
+         INSERT INTO rbac_groups (id, name) VALUES ('g-ops-x', 'ops-x'); \
+         INSERT INTO rbac_group_roles (group_id, role_id) VALUES ('g-ops-x', 'r-custom-super');",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    db.join_group(&inheritor, "ops-x").await;
+    // A live break-glass session is the one path I-4 allows: not named.
+    let (glass, _) = db.admin_with_roles(&[]).await;
+    db.break_glass(&glass, 600.0).await;
+    let text = check(&db, &hook);
+    assert!(line(&text, "I-4").contains("NOT MET"), "{text}");
+    assert!(text.contains(&format!(
+        "{member} (bg-member@example.test) holds console-secrets-admin through a permanent membership of group break-glass (role console-secrets-admin)"
+    )), "{text}");
+    assert!(text.contains(&format!(
+        "{inheritor} (inheritor@example.test) holds console-secrets-admin through group ops-x grants role custom-super, which inherits console-secrets-admin"
+    )), "{text}");
+    assert!(!text.contains(&glass), "{text}");
+    // The opt-out and a waiver are not met.
+    let text = check(
+        &db,
+        &[
+            ("GATEWAY_BREAK_GLASS_REQUIRES_ALERT", "false"),
+            ("GATEWAY_TICKET_REVALIDATION_WAIVED", "true"),
+        ],
+    );
+    assert!(
+        line(&text, "I-4").contains("--break-glass-requires-alert=false"),
+        "{text}"
+    );
+    assert!(
+        line(&text, "T-PEN-6").contains("T-PEN-6 NOT MET: waived"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn i11_needs_the_promotion_row_in_production_and_reports_a_table_unlike_002s() {
+    let db = TestDb::new().await;
+    let prod = [("GATEWAY_ENVIRONMENT", "production")];
+    let text = check(&db, &prod);
+    assert!(line(&text, "I-11").contains("I-11 NOT MET: FLAG_RBAC_V2 is on in production without its console_flag_promotions row"), "{text}");
+    assert!(
+        text.contains("console_flag_promotions does not exist"),
+        "{text}"
+    );
+    // OpenTelemetry's attribute names the environment as well.
+    let text = check(
+        &db,
+        &[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=gw,deployment.environment.name=production",
+        )],
+    );
+    assert!(line(&text, "I-11").contains("NOT MET"), "{text}");
+    // Staging: the row is needed before promotion, not yet.
+    let text = check(&db, &[("GATEWAY_ENVIRONMENT", "staging")]);
+    assert!(
+        line(&text, "I-11").contains("I-11 met: staging is not production"),
+        "{text}"
+    );
+    // The kill switch on: not promoted.
+    let text = check(
+        &db,
+        &[("GATEWAY_ENVIRONMENT", "production"), ("FLAG_RBAC_V2", "0")],
+    );
+    assert!(
+        line(&text, "I-11").contains("I-11 met: FLAG_RBAC_V2=0"),
+        "{text}"
+    );
+
+    // A table unlike 002's is reported, never a crash.
+    sqlx::query("CREATE TABLE console_flag_promotions (flag TEXT PRIMARY KEY, env TEXT)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let text = check(&db, &prod);
+    assert!(line(&text, "I-11").contains("NOT MET"), "{text}");
+    assert!(text.contains("console_flag_promotions differs from 002's description: it lacks risk, current_env, promoted_by (its columns: flag, env)"), "{text}");
+
+    // 002's table without the row, then with it (002 Phase 2's insert).
+    sqlx::raw_sql(
+        "DROP TABLE console_flag_promotions; \
+         CREATE TABLE console_flag_promotions (flag_name TEXT PRIMARY KEY, risk TEXT NOT NULL, \
+             current_env TEXT NOT NULL, promoted_by TEXT NOT NULL); \
+         INSERT INTO console_flag_promotions VALUES ('FLAG_OTHER', 'low', 'production', 'alice')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let text = check(&db, &prod);
+    assert!(
+        text.contains("console_flag_promotions holds no FLAG_RBAC_V2 row"),
+        "{text}"
+    );
+    let rollout = |env: &[(&str, &str)]| -> Value {
+        let out = crate::cli::bin()
+            .args(["rollout", "--json", "--routes"])
+            .arg(core_routes())
+            .args(["--database-url", &db.url])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let r = rollout(&prod);
+    let i11 = r["invariants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "I-11")
+        .unwrap()
+        .clone();
+    assert_eq!(i11["state"], "not_met", "{r}");
+    let clusters = r["clusters"].as_array().unwrap();
+    let blocked: Vec<&Value> = clusters
+        .iter()
+        .filter(|c| c["verdict"] != "not_applicable")
+        .collect();
+    assert!(!blocked.is_empty(), "{r}");
+    for c in &blocked {
+        assert!(
+            c["blockers"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("I-11")),
+            "{c}"
+        );
+        assert_ne!(c["verdict"], "ready", "{c}");
+    }
+    sqlx::query(
+        "INSERT INTO console_flag_promotions VALUES ('FLAG_RBAC_V2', 'high', 'staging', 'migration')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let text = check(&db, &prod);
+    assert!(
+        line(&text, "I-11").contains(
+            "I-11 met: FLAG_RBAC_V2 is on in production and has its console_flag_promotions row"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("FLAG_RBAC_V2 risk=high current_env=staging promoted_by=migration"),
+        "{text}"
+    );
+    let r = rollout(&prod);
+    for c in r["clusters"].as_array().unwrap() {
+        assert!(
+            !c["blockers"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("I-11")),
+            "{c}"
+        );
+    }
+}
