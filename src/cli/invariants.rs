@@ -75,7 +75,7 @@ async fn i4(pool: &Db, decision: &DecisionArgs, posture: &PostureArgs) -> Invari
     let mut said = Vec::new();
     if !decision.break_glass_requires_alert {
         not_met.push("--break-glass-requires-alert=false: a break-glass session's roles count before its alert is delivered".to_string());
-    } else if posture.alert_webhook_url.is_none() {
+    } else if posture.alert_destination().is_none() {
         said.push(
             "no --alert-webhook-url: no alert is delivered, so no break-glass session can proceed"
                 .to_string(),
@@ -167,7 +167,7 @@ async fn i6(pool: &Db) -> Invariant {
 async fn i11(pool: &Db, decision: &DecisionArgs, posture: &PostureArgs) -> Invariant {
     let promotion = facts::flag_promotion(pool, FLAG).await;
     let row = match &promotion {
-        Ok(p) => promotion_said(p),
+        Ok(p) => p.said(FLAG),
         Err(e) => format!("console_flag_promotions could not be read: {e}"),
     };
     let env = posture.environment();
@@ -205,23 +205,6 @@ async fn i11(pool: &Db, decision: &DecisionArgs, posture: &PostureArgs) -> Invar
     };
     i.details.push(row);
     i
-}
-
-/// What `console_flag_promotions` says of FLAG_RBAC_V2, in a line.
-fn promotion_said(p: &Promotion) -> String {
-    match p {
-        Promotion::NoTable => "console_flag_promotions does not exist (002 Phase 2 creates it)".into(),
-        Promotion::Unreadable => "console_flag_promotions exists, and this role may not read it (GRANT SELECT ON console_flag_promotions)".into(),
-        Promotion::Columns { found, missing } => format!(
-            "console_flag_promotions differs from 002's description: it lacks {} (its columns: {})",
-            missing.join(", "),
-            found.join(", ")
-        ),
-        Promotion::Absent => format!("console_flag_promotions holds no {FLAG} row"),
-        Promotion::Present { risk, current_env, promoted_by } => format!(
-            "console_flag_promotions: {FLAG} risk={risk} current_env={current_env} promoted_by={promoted_by}"
-        ),
-    }
 }
 
 /// T-PEN-6: ticket grants re-validated against FreeScout on every request, fail closed.

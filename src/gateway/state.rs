@@ -49,6 +49,9 @@ pub struct Gateway {
     /// The invariants the settings break or make unreachable, said on every `/readyz` (the
     /// status unchanged: [`crate::runtime::posture::weakened`]).
     pub weakened: Vec<String>,
+    /// The environment's name when it is production and FLAG_RBAC_V2 is on: `/readyz` then
+    /// reads FLAG_RBAC_V2's `console_flag_promotions` row (I-11) and says when it is missing.
+    pub promoted_in: Option<String>,
     /// What denials without a session may write (`--anonymous-denial-window`).
     pub anonymous: Arc<crate::gateway::anonymous::Coalescer>,
 }
@@ -120,6 +123,7 @@ impl Gateway {
             feed: Default::default(),
             sweep_failure_threshold: 3,
             weakened: Vec::new(),
+            promoted_in: None,
             anonymous: Arc::new(crate::gateway::anonymous::Coalescer::new(Duration::ZERO, 1)),
         }
     }

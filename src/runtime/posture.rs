@@ -112,6 +112,14 @@ pub struct PostureArgs {
 }
 
 impl PostureArgs {
+    /// The alert webhook, unless unset or set empty (`GATEWAY_ALERT_WEBHOOK_URL=` in a compose
+    /// file: no destination, said as such).
+    pub fn alert_destination(&self) -> Option<&str> {
+        self.alert_webhook_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+    }
+
     /// The environment's name, from --environment or OTEL_RESOURCE_ATTRIBUTES.
     pub fn environment(&self) -> Option<Environment> {
         let resource = std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok();
@@ -183,7 +191,7 @@ pub fn weakened(decision: &DecisionArgs, posture: &PostureArgs) -> Vec<String> {
             "I-4 not met: --break-glass-requires-alert=false, a break-glass session's roles count before its alert is delivered"
                 .to_string(),
         );
-    } else if posture.alert_webhook_url.is_none() {
+    } else if posture.alert_destination().is_none() {
         out.push(
             "I-4: no --alert-webhook-url, so no break-glass alert is delivered and no break-glass session can proceed (everything else is served)"
                 .to_string(),

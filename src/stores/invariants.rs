@@ -83,6 +83,25 @@ pub enum Promotion {
     },
 }
 
+impl Promotion {
+    /// What `console_flag_promotions` says of `flag`, in a line.
+    pub fn said(&self, flag: &str) -> String {
+        match self {
+            Promotion::NoTable => "console_flag_promotions does not exist (002 Phase 2 creates it)".into(),
+            Promotion::Unreadable => "console_flag_promotions exists, and this role may not read it (GRANT SELECT ON console_flag_promotions)".into(),
+            Promotion::Columns { found, missing } => format!(
+                "console_flag_promotions differs from 002's description: it lacks {} (its columns: {})",
+                missing.join(", "),
+                found.join(", ")
+            ),
+            Promotion::Absent => format!("console_flag_promotions holds no {flag} row"),
+            Promotion::Present { risk, current_env, promoted_by } => format!(
+                "console_flag_promotions: {flag} risk={risk} current_env={current_env} promoted_by={promoted_by}"
+            ),
+        }
+    }
+}
+
 /// FLAG_RBAC_V2's row of `console_flag_promotions` (I-11), read as JSON so that a table whose
 /// columns differ from 002's is reported, never a failed statement.
 pub async fn flag_promotion(pool: &Db, flag: &str) -> Result<Promotion, sqlx::Error> {

@@ -26,6 +26,10 @@ fn bin() -> Command {
         "GATEWAY_RBAC_API",
         "GATEWAY_BREAK_GLASS_REQUIRES_ALERT",
         "GATEWAY_TICKET_VALIDATION_URL",
+        "GATEWAY_TICKET_REVALIDATION_WAIVED",
+        "GATEWAY_ALERT_WEBHOOK_URL",
+        "GATEWAY_ENVIRONMENT",
+        "OTEL_RESOURCE_ATTRIBUTES",
         "GATEWAY_COCKPIT_LISTEN",
         "GATEWAY_COCKPIT_AUTH_TOKEN_FILE",
     ] {
@@ -952,4 +956,43 @@ async fn no_page_links_off_the_site() {
             );
         }
     }
+}
+
+/// The board shows the invariants section `check` and `rollout` print: here a waived T-PEN-6
+/// and I-11 in production without its row.
+#[tokio::test]
+async fn the_board_shows_the_invariants() {
+    let db = TestDb::new().await;
+    push(&db, &core_routes(), "ops@example.test", "the invariants");
+    let c = Cockpit::start_with(
+        &db.url,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--ticket-revalidation-waived",
+            "--environment",
+            "production",
+        ],
+    )
+    .await;
+    let board = c.json("/board.json").await;
+    let state = |id: &str| {
+        board["invariants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .unwrap_or_else(|| panic!("{id}: {board}"))["state"]
+            .clone()
+    };
+    assert_eq!(state("T-PEN-6"), "not_met");
+    assert_eq!(state("I-11"), "not_met");
+    assert_eq!(state("I-6"), "met");
+    let html = c.get("/", "").await.body_str();
+    assert!(
+        html.contains(r#"data-invariant="T-PEN-6""#)
+            && html.contains("waived (--ticket-revalidation-waived)"),
+        "{html}"
+    );
+    assert!(html.contains(r#"data-state="not_met""#), "{html}");
 }

@@ -377,3 +377,64 @@ async fn i11_needs_the_promotion_row_in_production_and_reports_a_table_unlike_00
         );
     }
 }
+
+/// A production gateway with FLAG_RBAC_V2 on and no promotion row keeps enforcing the mapping
+/// (the fail-safe choice: the flag read as off would forward every route to Console's legacy
+/// checks, a refusal to start would take Console down), and says so at start and on /readyz.
+#[tokio::test]
+async fn a_production_gateway_without_the_promotion_row_keeps_enforcing_and_says_so() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr).env("GATEWAY_ENVIRONMENT", "production"),
+    )
+    .await;
+    let (_, nobody) = db.admin_with_roles(&[]).await;
+    let (_, manager) = db.admin_with_roles(&["console-manager"]).await;
+    assert_eq!(gw.status("/ops", Some(&nobody)).await, 403);
+    assert_eq!(gw.status("/ops", Some(&manager)).await, 200);
+    let ready = gw.admin_get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert!(
+        ready.body_str().contains("I-11 not met: FLAG_RBAC_V2 is on in production without its console_flag_promotions row (console_flag_promotions does not exist"),
+        "{}",
+        ready.body_str()
+    );
+    let t0 = Instant::now();
+    eventually(
+        Duration::from_secs(5).saturating_sub(t0.elapsed()),
+        "no I-11 line at start",
+        || async { gw.log().contains("I-11 not met") },
+    )
+    .await;
+    // The row (002 Phase 2's insert): nothing to say.
+    sqlx::raw_sql(
+        "CREATE TABLE console_flag_promotions (flag_name TEXT PRIMARY KEY, risk TEXT, current_env TEXT, promoted_by TEXT); \
+         INSERT INTO console_flag_promotions VALUES ('FLAG_RBAC_V2', 'high', 'staging', 'migration')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let body = gw.admin_get("/readyz").await.body_str();
+    assert!(!body.contains("I-11"), "{body}");
+}
+
+/// The decision of docs/invariants.md: an admin holding a break-glass role outside a session is
+/// named by `check`, and still honoured (003 §9 gives console-manager to the platform admins and
+/// the break-glass group alike; refusing it would take their daily role away).
+#[tokio::test]
+async fn a_flagged_admin_is_still_honoured() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(GatewayOpts::new(core_routes(), &db, up.addr).seeds_defaults()).await;
+    let member = db.admin("permanent@example.test").await;
+    db.join_group(&member, "break-glass").await;
+    let token = db.session(&member).await;
+    assert_eq!(
+        gw.status("/console/customers/invite", Some(&token)).await,
+        200
+    );
+    let text = check(&db, &[]);
+    assert!(line(&text, "I-4").contains("NOT MET"), "{text}");
+    assert!(text.contains(&format!("{member} (permanent@example.test) holds console-invite-admin through a permanent membership of group break-glass")), "{text}");
+}

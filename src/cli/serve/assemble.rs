@@ -176,6 +176,11 @@ pub async fn gateway(
         feed: feed.clone(),
         sweep_failure_threshold: args.sweep_failure_threshold,
         weakened: crate::runtime::posture::weakened(&args.decision, &args.posture),
+        promoted_in: args
+            .posture
+            .environment()
+            .filter(|e| e.is_production() && !args.kill_switch())
+            .map(|e| e.name),
         anonymous: Arc::new(crate::gateway::anonymous::Coalescer::new(
             Duration::from_secs(args.anonymous_denial_window),
             args.anonymous_denial_keys,
@@ -183,6 +188,15 @@ pub async fn gateway(
     });
     if !from_db {
         report_loaded(config, &gw);
+    }
+    // I-11, said once at start-up (and on every /readyz): read beside the start, never delaying it.
+    if let Some(env) = gw.promoted_in.clone() {
+        let at_start = gw.clone();
+        drop(tokio::spawn(async move {
+            if let Some(line) = crate::doors::admin::unpromoted(&at_start, &env).await {
+                tracing::error!("{line}");
+            }
+        }));
     }
     // Bound now, so a port in use is found before anything else starts.
     let admin_addr = config.admin;
@@ -283,7 +297,7 @@ fn jobs(
         Task::Alerts,
         Box::pin(crate::jobs::alerts::alerts_forever(
             pool.clone(),
-            args.posture.alert_webhook_url.clone(),
+            args.posture.alert_destination().map(str::to_string),
             Duration::from_secs(1),
             config.db_timeout,
             metrics.clone(),
