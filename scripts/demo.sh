@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command, a complete local setup: installs what is missing, builds the gateway, starts a
 # throwaway PostgreSQL, applies the migrations, seeds demo admins and sessions, starts a
-# stand-in Console and the gateway, and prints curl lines that show a 200, a 302 and a 403.
+# stand-in Console and the gateway, and prints curl lines that show a 200, a 302 and a 403, and
+# I-4 by default: a break-glass session proceeds only once its ops alert was delivered.
 #   scripts/demo.sh          keep everything running until Ctrl-C
 #   scripts/demo.sh --check  run the curl lines, check the answers, stop everything (CI)
 set -euo pipefail
@@ -22,20 +23,25 @@ cleanup() {
 trap cleanup EXIT
 eval "$(scripts/pg.sh start "$state/pg")"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-up_port=$(free_port); gw_port=$(free_port); admin_port=$(free_port)
+up_port=$(free_port); gw_port=$(free_port); admin_port=$(free_port); hook_port=$(free_port)
 "$bin" migrate --database-url "$DATABASE_URL" >/dev/null
 sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
 psql -q "$DATABASE_URL" <<SQL
 INSERT INTO admins (id, email) VALUES
   ('00000000-0000-4000-8000-00000000a11c', 'alice@example.test'),
-  ('00000000-0000-4000-8000-000000000b0b', 'bob@example.test');
+  ('00000000-0000-4000-8000-000000000b0b', 'bob@example.test'),
+  ('00000000-0000-4000-8000-0000000ca201', 'carol@example.test');
 INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
   SELECT '00000000-0000-4000-8000-00000000a11c', id, 'demo' FROM rbac_groups WHERE name = 'raxx-platform-admins';
 INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
   SELECT '00000000-0000-4000-8000-000000000b0b', id, 'demo' FROM rbac_groups WHERE name = 'raxx-support-team';
 INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc) VALUES
   (gen_random_uuid()::text, '00000000-0000-4000-8000-00000000a11c', '$(sha demo-alice)', now() + interval '8 hours'),
-  (gen_random_uuid()::text, '00000000-0000-4000-8000-000000000b0b', '$(sha demo-bob)', now() + interval '8 hours');
+  (gen_random_uuid()::text, '00000000-0000-4000-8000-000000000b0b', '$(sha demo-bob)', now() + interval '8 hours'),
+  (gen_random_uuid()::text, '00000000-0000-4000-8000-0000000ca201', '$(sha demo-carol)', now() + interval '8 hours');
+-- carol holds no group: a one-hour break-glass session is her only way in (004 §6).
+INSERT INTO rbac_break_glass_sessions (id, user_id, justification, granted_by, expires_at_utc) VALUES
+  ('demo-break-glass', '00000000-0000-4000-8000-0000000ca201', 'INC-42: the database failover runbook', 'demo', now() + interval '1 hour');
 SQL
 python3 scripts/demo_upstream.py "$up_port" & pids+=($!)
 # The stand-in must answer before the first curl line, or the 200 line sees a 502.
@@ -43,7 +49,8 @@ for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$up_port/" && bre
 curl -s -o /dev/null "http://127.0.0.1:$up_port/" || { echo "the Console stand-in did not start" >&2; exit 1; }
 "$bin" serve --listen "127.0.0.1:$gw_port" --admin-listen "127.0.0.1:$admin_port" \
   --upstream "127.0.0.1:$up_port" --routes routes.toml --database-url "$DATABASE_URL" \
-  --audit-spool "$state/audit.spool" --log-format text 2>"$state/gateway.log" & pids+=($!)
+  --audit-spool "$state/audit.spool" --log-format text \
+  --alert-webhook-url "http://127.0.0.1:$hook_port/services/ops-alerts" 2>"$state/gateway.log" & pids+=($!)
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null || { cat "$state/gateway.log"; exit 1; }
 
@@ -53,6 +60,7 @@ lines=(
   "302|no session: sent to the login page|curl -si $gw/console/customers/42?tab=audit"
   "403|bob (raxx-support-team) is not a console-manager|curl -si -H 'Cookie: console_session=demo-bob' $gw/ops"
   "400|a path Console would route differently is refused|curl -si --path-as-is $gw/console/customers/42/%2e%2e/invite"
+  "403|carol's break-glass session waits for its ops alert (I-4): the ops webhook is not up yet|curl -si -H 'Cookie: console_session=demo-carol' $gw/console/admins/online"
 )
 fail=0
 echo
@@ -67,7 +75,17 @@ for l in "${lines[@]}"; do
   [ "$got" = "$want" ] || fail=1
 done
 echo
-echo "# the audit row of the 403:"
+echo "# the ops webhook comes up (a stand-in on :$hook_port): carol's alert is delivered, then her session proceeds"
+python3 scripts/demo_upstream.py "$hook_port" >/dev/null 2>&1 & pids+=($!)
+carol="curl -s -o /dev/null -w '%{http_code}' -H 'Cookie: console_session=demo-carol' $gw/console/admins/online"
+echo "$carol"
+got=000
+for _ in $(seq 60); do got=$(eval "$carol"); [ "$got" = 200 ] && break; sleep 0.25; done
+echo "-> $got"
+[ "$got" = 200 ] || fail=1
+psql "$DATABASE_URL" -c "SELECT key, delivered_at_utc IS NOT NULL AS delivered, left(text, 90) AS text FROM rbac_gateway_alerts WHERE key = 'break_glass:demo-break-glass'"
+echo
+echo "# the audit rows of the 403s (each of carol's tries before her alert was delivered has one):"
 echo "psql '$DATABASE_URL' -c 'SELECT event_type, admin_id, method, path, route, required, reason FROM access_audit_events'"
 psql "$DATABASE_URL" -c 'SELECT event_type, admin_id, method, path, route, required, reason FROM access_audit_events'
 if [ "$mode" = "--check" ]; then
