@@ -116,6 +116,15 @@ GRANT SELECT, INSERT, DELETE ON rbac_gateway_sweep_failures TO rbac_gateway_serv
 GRANT UPDATE (failures, last_error, last_failed_at) ON rbac_gateway_sweep_failures
     TO rbac_gateway_serve;
 
+-- I-11 (docs/invariants.md): FLAG_RBAC_V2's row of Console's console_flag_promotions, read
+-- where 002 Phase 2 created the table (production gateways, `check`, `rollout`, the cockpit).
+DO $$
+BEGIN
+    IF to_regclass('console_flag_promotions') IS NOT NULL THEN
+        GRANT SELECT ON console_flag_promotions TO rbac_gateway_serve;
+    END IF;
+END $$;
+
 -- Mapping version recording (`rollout`'s soak times): the fleet's latest row read, a new one
 -- written, and its id.
 GRANT SELECT, INSERT ON rbac_gateway_mapping_versions TO rbac_gateway_serve;

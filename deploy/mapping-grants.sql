@@ -26,6 +26,14 @@ DO $$ BEGIN
 END $$;
 
 GRANT SELECT ON rbac_mapping_store, rbac_mapping_activations TO rbac_gateway_reader;
+-- I-11 (docs/invariants.md): FLAG_RBAC_V2's row of Console's console_flag_promotions, read
+-- where 002 Phase 2 created the table (production gateways, `check`, `rollout`, the cockpit).
+DO $$
+BEGIN
+    IF to_regclass('console_flag_promotions') IS NOT NULL THEN
+        GRANT SELECT ON console_flag_promotions TO rbac_gateway_reader;
+    END IF;
+END $$;
 -- A principal's roles (migration 0011). No function of the gateway's is PUBLIC's to run
 -- (migration 0022): each role is granted what it calls, here and in gateway-grants.sql.
 GRANT EXECUTE ON FUNCTION rbac_gateway_principal(TEXT, BOOLEAN) TO rbac_gateway_reader;

@@ -513,7 +513,7 @@ async fn explain_request(
                     pool: pool.clone(),
                     principal: principal.clone(),
                     metrics: Metrics::new(),
-                    ticket_validation_url: args.decision.ticket_validation_url.clone(),
+                    ticket_validation_url: args.decision.validation_url().map(str::to_string),
                 };
                 decide(&authority, mapping, switches, &facts).await
             }

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::runtime::posture::{DecisionArgs, PostureArgs, TicketRevalidation};
+use crate::runtime::posture::{DecisionArgs, Kind, PostureArgs, TicketRevalidation};
 use crate::stores::db::Db;
 use crate::stores::invariants::{self as facts, Promotion};
 
@@ -77,7 +77,7 @@ async fn i4(pool: &Db, decision: &DecisionArgs, posture: &PostureArgs) -> Invari
         not_met.push("--break-glass-requires-alert=false: a break-glass session's roles count before its alert is delivered".to_string());
     } else if posture.alert_destination().is_none() {
         said.push(
-            "no --alert-webhook-url: no alert is delivered, so no break-glass session can proceed"
+            "no --alert-webhook-url here: unless another replica or `sweep` delivers its alert, no break-glass session proceeds"
                 .to_string(),
         );
     } else {
@@ -97,24 +97,16 @@ async fn i4(pool: &Db, decision: &DecisionArgs, posture: &PostureArgs) -> Invari
             ));
             details = h
                 .iter()
-                .map(|x| {
-                    let who = if x.email.is_empty() {
-                        x.admin_id.clone()
-                    } else {
-                        format!("{} ({})", x.admin_id, x.email)
-                    };
-                    format!("{who} holds {} through {}", x.role, x.path)
-                })
+                .map(|x| format!("admin {} holds {} through {}", x.admin_id, x.role, x.path))
                 .collect();
         }
         Err(e) => {
-            let mut i = Invariant::new(
-                "I-4",
-                State::NotCheckable,
-                format!("cannot read who holds the break-glass group's roles: {e}"),
-            );
-            i.details = not_met;
-            return i;
+            let why = format!("cannot read who holds the break-glass group's roles: {e}");
+            // The opt-out alone is not met, whatever the database says.
+            if not_met.is_empty() {
+                return Invariant::new("I-4", State::NotCheckable, why);
+            }
+            details.push(why);
         }
     }
     let mut i = if not_met.is_empty() {
@@ -138,7 +130,7 @@ fn i5() -> Invariant {
 /// I-6: erasure cascades from `admins`.
 async fn i6(pool: &Db) -> Invariant {
     match facts::erasure(pool).await {
-        Ok((missing, trigger)) => {
+        Ok((missing, blocking, trigger)) => {
             let mut why = Vec::new();
             if !missing.is_empty() {
                 why.push(format!(
@@ -146,11 +138,17 @@ async fn i6(pool: &Db) -> Invariant {
                     missing.join(", ")
                 ));
             }
+            if !blocking.is_empty() {
+                why.push(format!(
+                    "references to admins that block an erasure (NO ACTION or RESTRICT): {}",
+                    blocking.join(", ")
+                ));
+            }
             if !trigger {
                 why.push("trigger rbac_gateway_erase_admin on admins is missing or disabled (the gateway's rows naming an erased admin stay; run `rbac-gateway migrate`)".to_string());
             }
             if why.is_empty() {
-                Invariant::new("I-6", State::Met, "deleting an admin cascades to their sessions, groups, ticket grants and break-glass sessions, and erases the gateway's rows naming them")
+                Invariant::new("I-6", State::Met, "deleting an admin cascades to their sessions, groups, ticket grants, break-glass sessions and grants audit rows, no reference blocks it, and the gateway's rows naming them are erased")
             } else {
                 Invariant::new("I-6", State::NotMet, why.join("; "))
             }
@@ -163,21 +161,32 @@ async fn i6(pool: &Db) -> Invariant {
     }
 }
 
-/// I-11: FLAG_RBAC_V2 is not on in production without its `console_flag_promotions` row.
+/// I-11: FLAG_RBAC_V2 is not on in production without its `console_flag_promotions` row. The
+/// kill switch is the fleet's (its latest recorded load) when a gateway recorded one, else this
+/// command's.
 async fn i11(pool: &Db, decision: &DecisionArgs, posture: &PostureArgs) -> Invariant {
     let promotion = facts::flag_promotion(pool, FLAG).await;
     let row = match &promotion {
         Ok(p) => p.said(FLAG),
         Err(e) => format!("console_flag_promotions could not be read: {e}"),
     };
+    let (kill_switch, whose) = match facts::fleet_kill_switch(pool).await {
+        Ok(Some(on)) => (on, "the fleet's latest recorded load"),
+        _ => (decision.kill_switch(), "this command's FLAG_RBAC_V2"),
+    };
     let env = posture.environment();
-    let mut i = match (&env, decision.kill_switch(), &promotion) {
+    let mut i = match (&env, kill_switch, &promotion) {
         (None, _, _) => Invariant::new(
             "I-11",
             State::NotCheckable,
             "the environment is not configured (--environment, GATEWAY_ENVIRONMENT or OTEL_RESOURCE_ATTRIBUTES' deployment.environment.name): whether this is production is unknown",
         ),
-        (Some(e), _, _) if !e.is_production() => Invariant::new(
+        (Some(e), _, _) if e.kind() == Kind::Other => Invariant::new(
+            "I-11",
+            State::NotCheckable,
+            format!("environment {:?} ({}) is neither a production name (production, prod, prd) nor a known other one (staging, dev, test, qa, ...): set --environment", e.name, e.source),
+        ),
+        (Some(e), _, _) if e.kind() == Kind::NotProduction => Invariant::new(
             "I-11",
             State::Met,
             format!("{} is not production ({}): the row is needed before promotion to production", e.name, e.source),
@@ -185,22 +194,22 @@ async fn i11(pool: &Db, decision: &DecisionArgs, posture: &PostureArgs) -> Invar
         (Some(e), true, _) => Invariant::new(
             "I-11",
             State::Met,
-            format!("{FLAG}=0 in {}: not promoted", e.name),
+            format!("{FLAG}=0 in {} ({whose}): not promoted", e.name),
         ),
         (Some(e), false, Ok(Promotion::Present { .. })) => Invariant::new(
             "I-11",
             State::Met,
             format!("{FLAG} is on in {} and has its console_flag_promotions row", e.name),
         ),
-        (Some(e), false, Err(_)) => Invariant::new(
-            "I-11",
-            State::NotCheckable,
-            format!("{FLAG} is on in {}, and console_flag_promotions could not be read", e.name),
-        ),
-        (Some(e), false, Ok(_)) => Invariant::new(
+        (Some(e), false, Ok(Promotion::Absent | Promotion::NoTable)) => Invariant::new(
             "I-11",
             State::NotMet,
-            format!("{FLAG} is on in {} without its console_flag_promotions row (002 Phase 2 inserts it; the gateway keeps enforcing the mapping)", e.name),
+            format!("{FLAG} is on in {} ({whose}) without its console_flag_promotions row (002 Phase 2 inserts it; the gateway keeps enforcing the mapping)", e.name),
+        ),
+        (Some(e), false, _) => Invariant::new(
+            "I-11",
+            State::NotCheckable,
+            format!("{FLAG} is on in {} ({whose}), and whether console_flag_promotions holds its row cannot be read here", e.name),
         ),
     };
     i.details.push(row);
@@ -219,7 +228,10 @@ fn t_pen_6(decision: &DecisionArgs) -> Invariant {
 
 /// The section as `check` and `rollout` print it.
 pub fn lines(invariants: &[Invariant]) -> Vec<String> {
-    let mut out = vec!["invariants:".to_string()];
+    let mut out = vec![
+        "invariants:".to_string(),
+        "  (I-4 and T-PEN-6 as this command's flags and environment set them, the same serve reads: run it with the gateway's; FLAG_RBAC_V2 as the fleet last recorded it)".to_string(),
+    ];
     for i in invariants {
         out.push(format!("  {} {}: {}", i.id, i.state.as_str(), i.why));
         for d in &i.details {

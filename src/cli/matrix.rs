@@ -368,7 +368,7 @@ fn markdown(m: &Matrix) {
         "Groups from {}. Kill switch {}; ticket-scoped grants {}. Each cell is the gateway's decision for that principal on the rule's path: allow (a role or permission held), 403, 302 (no session), public / machine (forwarded without a session), off / shadow-deny (forwarded, Console decides), 404 (gone); +ticket: ticket-scoped grants allow it for some customers (see --format json or csv).",
         m.catalogue,
         if m.kill_switch { "ON (every route off)" } else { "off" },
-        if m.ticket_grants { "on" } else { "off" }
+        if m.ticket_grants { "on" } else { "off (FLAG_TICKET_SCOPED_GRANTS=0, or no --ticket-validation-url and no waiver: T-PEN-6)" }
     );
     for (kind, title) in [("group", "Groups"), ("admin", "Admins")] {
         let rows: Vec<&Row> = m

@@ -84,26 +84,6 @@ const READY_LIMIT: Duration = Duration::from_secs(2);
 /// How long the database may take before `/readyz` also tries a connection of its own.
 const PROBE_AFTER: Duration = Duration::from_millis(300);
 
-/// I-11's line when FLAG_RBAC_V2's `console_flag_promotions` row is missing in `env`
-/// (production), or cannot be read; none when it is there.
-pub(crate) async fn unpromoted(gw: &Gateway, env: &str) -> Option<String> {
-    use crate::stores::invariants::{flag_promotion, Promotion};
-    let read = flag_promotion(gw.identity.pool(), "FLAG_RBAC_V2");
-    match crate::stores::db::within(UNKNOWN_NAMES_LIMIT, read).await {
-        Ok(Promotion::Present { .. }) => None,
-        Ok(p) => Some(format!(
-            "I-11 not met: FLAG_RBAC_V2 is on in {env} without its console_flag_promotions row ({}); the gateway keeps enforcing the mapping",
-            p.said("FLAG_RBAC_V2")
-        )),
-        Err(e) => {
-            tracing::warn!(error = %e, "readyz: cannot read console_flag_promotions (I-11)");
-            Some(format!(
-                "I-11 not checked: FLAG_RBAC_V2 is on in {env}, and console_flag_promotions could not be read: {e}"
-            ))
-        }
-    }
-}
-
 async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
     let dead = gw.tasks.dead();
     if !dead.is_empty() {
@@ -197,11 +177,18 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
     // Named, the status unchanged: FLAG_RBAC_V2 on in production without its promotion row
     // (I-11). The gateway keeps enforcing the mapping: treating the flag as off would open every
     // route to Console's legacy checks, refusing to start would take Console down.
-    if let Some(env) = &gw.promoted_in {
-        if let Some(line) = unpromoted(gw, env).await {
-            body.push_str(&line);
-            body.push('\n');
-        }
+    if gw.promoted_in.is_some() {
+        // The watch reads the row again; a probe never waits for it.
+        gw.promotion_asked.notify_one();
+    }
+    if let Some(line) = gw
+        .promotion
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
+        body.push_str(line);
+        body.push('\n');
     }
     // Named, the status unchanged: what the settings break or leave unreachable (I-4, T-PEN-6).
     for line in &gw.weakened {

@@ -49,9 +49,14 @@ pub struct Gateway {
     /// The invariants the settings break or make unreachable, said on every `/readyz` (the
     /// status unchanged: [`crate::runtime::posture::weakened`]).
     pub weakened: Vec<String>,
-    /// The environment's name when it is production and FLAG_RBAC_V2 is on: `/readyz` then
-    /// reads FLAG_RBAC_V2's `console_flag_promotions` row (I-11) and says when it is missing.
+    /// The environment's name when it is production (or says neither) and FLAG_RBAC_V2 is on:
+    /// [`crate::gateway::promotion::watch`] then reads FLAG_RBAC_V2's `console_flag_promotions`
+    /// row (I-11).
     pub promoted_in: Option<String>,
+    /// What the last read of that row found, when it is missing or unreadable (`/readyz`).
+    pub promotion: std::sync::Mutex<Option<String>>,
+    /// `/readyz` asks the watch for a fresh read.
+    pub promotion_asked: tokio::sync::Notify,
     /// What denials without a session may write (`--anonymous-denial-window`).
     pub anonymous: Arc<crate::gateway::anonymous::Coalescer>,
 }
@@ -124,6 +129,8 @@ impl Gateway {
             sweep_failure_threshold: 3,
             weakened: Vec::new(),
             promoted_in: None,
+            promotion: Default::default(),
+            promotion_asked: Default::default(),
             anonymous: Arc::new(crate::gateway::anonymous::Coalescer::new(Duration::ZERO, 1)),
         }
     }

@@ -30,13 +30,13 @@ pub struct DecisionArgs {
     /// This breaks T-PEN-6 (004 §9.3: re-verify the ticket on every request, fail closed); it is
     /// shown on /readyz, in `check` and on the cockpit.
     #[arg(long, env = "GATEWAY_TICKET_REVALIDATION_WAIVED", default_value_t = false, action = clap::ArgAction::Set,
-          num_args = 0..=1, default_missing_value = "true", value_parser = super::config::parse_bool)]
+          num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = super::config::parse_bool)]
     pub ticket_revalidation_waived: bool,
     /// A break-glass session's roles count only once its alert was delivered (I-4: the alert
     /// comes before the session proceeds). `false` breaks I-4: the roles count at once and the
     /// alert follows.
     #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = true, action = clap::ArgAction::Set,
-          num_args = 0..=1, default_missing_value = "true", value_parser = super::config::parse_bool)]
+          num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = super::config::parse_bool)]
     pub break_glass_requires_alert: bool,
 }
 
@@ -59,18 +59,26 @@ impl DecisionArgs {
         !self.flag_rbac_v2
     }
 
+    /// The validation URL, unless unset or set empty (`GATEWAY_TICKET_VALIDATION_URL=` in a
+    /// compose file: no URL, never a URL that answers nothing).
+    pub fn validation_url(&self) -> Option<&str> {
+        self.ticket_validation_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+    }
+
     /// Ticket grants count: the flag is on and each is re-validated per request (or the
     /// operator waived that).
     pub fn ticket_grants(&self) -> bool {
         self.flag_ticket_scoped_grants
-            && (self.ticket_validation_url.is_some() || self.ticket_revalidation_waived)
+            && (self.validation_url().is_some() || self.ticket_revalidation_waived)
     }
 
     /// T-PEN-6 as these settings hold it.
     pub fn ticket_revalidation(&self) -> TicketRevalidation {
         match (
             self.flag_ticket_scoped_grants,
-            self.ticket_validation_url.is_some(),
+            self.validation_url().is_some(),
             self.ticket_revalidation_waived,
         ) {
             (false, _, _) => TicketRevalidation::GrantsOff,
@@ -135,13 +143,55 @@ pub struct Environment {
     pub source: &'static str,
 }
 
+/// What an environment's name says of I-11.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `production`, `prod`, `prd`, or one of them followed by `-` or `_` (`prod-eu`).
+    Production,
+    /// A known other name (`staging`, `dev`, `test`, `qa`, ...), alone or so followed.
+    NotProduction,
+    /// Neither: whether I-11 applies is unknown (a gateway checks the row as in production).
+    Other,
+}
+
 impl Environment {
-    /// Production, as I-11 means it: `production` or `prod`, in any case.
+    pub fn kind(&self) -> Kind {
+        let name = self.name.to_ascii_lowercase();
+        let is = |names: &[&str]| {
+            names.iter().any(|n| {
+                name == *n
+                    || name
+                        .strip_prefix(n)
+                        .is_some_and(|rest| rest.starts_with('-') || rest.starts_with('_'))
+            })
+        };
+        if is(&["production", "prod", "prd"]) {
+            Kind::Production
+        } else if is(&[
+            "staging",
+            "stage",
+            "stg",
+            "development",
+            "dev",
+            "test",
+            "testing",
+            "qa",
+            "local",
+            "demo",
+            "sandbox",
+            "preview",
+            "review",
+            "ci",
+        ]) {
+            Kind::NotProduction
+        } else {
+            Kind::Other
+        }
+    }
+
+    /// Production, as I-11 means it.
     pub fn is_production(&self) -> bool {
-        matches!(
-            self.name.to_ascii_lowercase().as_str(),
-            "production" | "prod"
-        )
+        self.kind() == Kind::Production
     }
 }
 
@@ -193,7 +243,7 @@ pub fn weakened(decision: &DecisionArgs, posture: &PostureArgs) -> Vec<String> {
         );
     } else if posture.alert_destination().is_none() {
         out.push(
-            "I-4: no --alert-webhook-url, so no break-glass alert is delivered and no break-glass session can proceed (everything else is served)"
+            "I-4: no --alert-webhook-url, so this gateway delivers no break-glass alert, and no break-glass session proceeds unless another replica or `sweep` delivers its alert (everything else is served)"
                 .to_string(),
         );
     }
@@ -232,6 +282,12 @@ mod tests {
         );
         assert_eq!(environment(None, None), None);
         assert!(!environment(Some("staging"), None).unwrap().is_production());
+        let kind = |n: &str| environment(Some(n), None).unwrap().kind();
+        assert_eq!(kind("prod-eu"), Kind::Production);
+        assert_eq!(kind("PRD"), Kind::Production);
+        assert_eq!(kind("staging_2"), Kind::NotProduction);
+        assert_eq!(kind("live"), Kind::Other);
+        assert_eq!(kind("products"), Kind::Other);
     }
 
     fn decision(flag: bool, url: bool, waived: bool) -> DecisionArgs {

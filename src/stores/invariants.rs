@@ -7,45 +7,45 @@
 use crate::stores::db::{schema, Db};
 
 /// One admin who holds a role of the break-glass group other than through a live break-glass
-/// session: the admin, the role, and the path that grants it.
+/// session: the admin (by id: reports that outlive an erasure carry no email), the role, and the
+/// path that grants it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct Holder {
     pub admin_id: String,
-    pub email: String,
     pub role: String,
     pub path: String,
 }
 
 /// Every admin holding a role the break-glass group is given (004 §6: the superadmin roles) by a
 /// permanent membership of the break-glass group, another group (directly or by inheritance) or
-/// a live ticket grant: per admin and role, the shortest path, in admin and role order. A live
+/// a live ticket grant: per admin and role, the shortest path (inheritance followed to any
+/// depth, each role once per path, as the lookup follows it), in admin and role order. A live
 /// break-glass session is the one path I-4 allows, and it is not a row of any of these tables.
 pub async fn break_glass_roles_outside_sessions(pool: &Db) -> Result<Vec<Holder>, sqlx::Error> {
     sqlx::query_as(
         "WITH RECURSIVE bg AS ( \
              SELECT gr.role_id FROM rbac_group_roles gr JOIN rbac_groups g ON g.id = gr.group_id \
               WHERE g.name = 'break-glass'), \
-         held(user_id, role_id, path, depth) AS ( \
+         held(user_id, role_id, path, depth, visited) AS ( \
              SELECT ug.user_id, gr.role_id, \
                     CASE WHEN g.name = 'break-glass' \
                          THEN pg_catalog.format('a permanent membership of group break-glass (role %s)', r.name) \
-                         ELSE pg_catalog.format('group %s grants role %s', g.name, r.name) END, 0 \
+                         ELSE pg_catalog.format('group %s grants role %s', g.name, r.name) END, 0, ARRAY[gr.role_id] \
                FROM rbac_user_groups ug JOIN rbac_groups g ON g.id = ug.group_id \
                JOIN rbac_group_roles gr ON gr.group_id = g.id JOIN rbac_roles r ON r.id = gr.role_id \
              UNION ALL \
              SELECT t.user_id, t.role_id, \
-                    pg_catalog.format('ticket grant %s (customer %s, ticket %s) grants role %s', t.id, t.customer_id, t.ticket_id, r.name), 0 \
+                    pg_catalog.format('ticket grant %s (customer %s, ticket %s) grants role %s', t.id, t.customer_id, t.ticket_id, r.name), 0, ARRAY[t.role_id] \
                FROM rbac_ticket_grants t JOIN rbac_roles r ON r.id = t.role_id \
               WHERE t.revoked_at_utc IS NULL AND (t.expires_at_utc IS NULL OR t.expires_at_utc > pg_catalog.now()) \
              UNION ALL \
-             SELECT h.user_id, ri.parent_role_id, pg_catalog.format('%s, which inherits %s', h.path, p.name), h.depth + 1 \
+             SELECT h.user_id, ri.parent_role_id, pg_catalog.format('%s, which inherits %s', h.path, p.name), h.depth + 1, \
+                    pg_catalog.array_append(h.visited, ri.parent_role_id) \
                FROM held h JOIN rbac_role_inheritance ri ON ri.child_role_id = h.role_id \
                JOIN rbac_roles p ON p.id = ri.parent_role_id \
-              WHERE h.depth < 16) \
-         SELECT DISTINCT ON (h.user_id, r.name) h.user_id AS admin_id, coalesce(a.email, '') AS email, \
-                r.name AS role, h.path \
+              WHERE ri.parent_role_id OPERATOR(pg_catalog.<>) ALL (h.visited)) \
+         SELECT DISTINCT ON (h.user_id, r.name) h.user_id AS admin_id, r.name AS role, h.path \
            FROM held h JOIN bg ON bg.role_id = h.role_id JOIN rbac_roles r ON r.id = h.role_id \
-           LEFT JOIN admins a ON a.id = h.user_id \
           ORDER BY h.user_id, r.name, h.depth, h.path",
     )
     .persistent(false)
@@ -57,8 +57,6 @@ pub async fn break_glass_roles_outside_sessions(pool: &Db) -> Result<Vec<Holder>
 pub const PROMOTION_COLUMNS: [&str; 3] = ["risk", "current_env", "promoted_by"];
 /// The names the flag's own column may have (002 does not name it), in the order tried.
 pub const FLAG_NAME_COLUMNS: [&str; 5] = ["flag_name", "flag", "name", "flag_key", "key"];
-/// The most rows of `console_flag_promotions` read (a table of flags: a handful).
-const PROMOTION_ROWS: i64 = 10_000;
 
 /// FLAG_RBAC_V2's promotion record, as `console_flag_promotions` holds it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -68,6 +66,10 @@ pub enum Promotion {
     NoTable,
     /// The table exists and this role may not read it.
     Unreadable,
+    /// The table is not one the gateway reads without running another role's code: a view, a
+    /// table under row-level security, or a column of a type outside `pg_catalog` (a cast or
+    /// output function its owner wrote would run as the gateway). Why.
+    Unsafe(String),
     /// The table's columns are not 002's: those it has, and those missing.
     Columns {
         found: Vec<String>,
@@ -88,7 +90,8 @@ impl Promotion {
     pub fn said(&self, flag: &str) -> String {
         match self {
             Promotion::NoTable => "console_flag_promotions does not exist (002 Phase 2 creates it)".into(),
-            Promotion::Unreadable => "console_flag_promotions exists, and this role may not read it (GRANT SELECT ON console_flag_promotions)".into(),
+            Promotion::Unreadable => "console_flag_promotions exists, and this role may not read it (GRANT SELECT ON console_flag_promotions: deploy/gateway-grants.sql)".into(),
+            Promotion::Unsafe(why) => format!("console_flag_promotions is not read: {why}"),
             Promotion::Columns { found, missing } => format!(
                 "console_flag_promotions differs from 002's description: it lacks {} (its columns: {})",
                 missing.join(", "),
@@ -102,34 +105,61 @@ impl Promotion {
     }
 }
 
-/// FLAG_RBAC_V2's row of `console_flag_promotions` (I-11), read as JSON so that a table whose
-/// columns differ from 002's is reported, never a failed statement.
+/// The table as the catalogue describes it: (relkind, row-level security, readable, [(column,
+/// type schema)]), or None when the gateway's schema has no such relation.
+type Described = Option<(String, bool, bool, Vec<String>, Vec<String>)>;
+
+/// The read of the row, one statement per name the flag's column may have: the name never
+/// comes from the database, and every value is read as `pg_catalog.text` of a `pg_catalog`
+/// type (checked first), compared with `pg_catalog`'s operator.
+const ROW_READS: [&str; 5] = [
+    "SELECT risk::pg_catalog.text, current_env::pg_catalog.text, promoted_by::pg_catalog.text FROM console_flag_promotions p WHERE p.flag_name::pg_catalog.text OPERATOR(pg_catalog.=) $1::pg_catalog.text LIMIT 1",
+    "SELECT risk::pg_catalog.text, current_env::pg_catalog.text, promoted_by::pg_catalog.text FROM console_flag_promotions p WHERE p.flag::pg_catalog.text OPERATOR(pg_catalog.=) $1::pg_catalog.text LIMIT 1",
+    "SELECT risk::pg_catalog.text, current_env::pg_catalog.text, promoted_by::pg_catalog.text FROM console_flag_promotions p WHERE p.name::pg_catalog.text OPERATOR(pg_catalog.=) $1::pg_catalog.text LIMIT 1",
+    "SELECT risk::pg_catalog.text, current_env::pg_catalog.text, promoted_by::pg_catalog.text FROM console_flag_promotions p WHERE p.flag_key::pg_catalog.text OPERATOR(pg_catalog.=) $1::pg_catalog.text LIMIT 1",
+    "SELECT risk::pg_catalog.text, current_env::pg_catalog.text, promoted_by::pg_catalog.text FROM console_flag_promotions p WHERE p.key::pg_catalog.text OPERATOR(pg_catalog.=) $1::pg_catalog.text LIMIT 1",
+];
+
+/// FLAG_RBAC_V2's row of `console_flag_promotions` (I-11). Console's role owns that table, so
+/// it is described from the catalogue first and read only when reading it runs nothing of its
+/// owner's: a plain table, no row-level security, every column the read names of a built-in
+/// type. A table unlike 002's is reported, never a failed statement.
 pub async fn flag_promotion(pool: &Db, flag: &str) -> Result<Promotion, sqlx::Error> {
-    let columns: Vec<String> = sqlx::query_scalar(
-        "SELECT column_name::text FROM information_schema.columns \
-         WHERE table_schema::text = $1 AND table_name::text = 'console_flag_promotions' ORDER BY ordinal_position",
+    let described: Described = sqlx::query_as(
+        "SELECT c.relkind::pg_catalog.text, c.relrowsecurity, \
+                pg_catalog.has_table_privilege(c.oid, 'SELECT'), \
+                coalesce((SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
+                           WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped), '{}'), \
+                coalesce((SELECT pg_catalog.array_agg(t.typnamespace::pg_catalog.regnamespace::pg_catalog.text ORDER BY a.attnum) \
+                            FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid \
+                           WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped), '{}') \
+           FROM pg_catalog.pg_class c \
+          WHERE c.relname OPERATOR(pg_catalog.=) 'console_flag_promotions' \
+            AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace($1)::pg_catalog.oid",
     )
     .persistent(false)
     .bind(schema())
-    .fetch_all(pool)
+    .fetch_optional(pool)
     .await?;
-    if columns.is_empty() {
-        let exists: bool = sqlx::query_scalar(
-            "SELECT pg_catalog.to_regclass(pg_catalog.quote_ident($1) || '.console_flag_promotions') IS NOT NULL",
-        )
-        .persistent(false)
-        .bind(schema())
-        .fetch_one(pool)
-        .await?;
-        return Ok(if exists {
-            Promotion::Unreadable
-        } else {
-            Promotion::NoTable
-        });
+    let Some((kind, rls, readable, columns, type_schemas)) = described else {
+        return Ok(Promotion::NoTable);
+    };
+    if !readable {
+        return Ok(Promotion::Unreadable);
+    }
+    if kind != "r" && kind != "p" {
+        return Ok(Promotion::Unsafe(format!(
+            "it is not a table (relkind {kind}): a view would run its owner's code"
+        )));
+    }
+    if rls {
+        return Ok(Promotion::Unsafe(
+            "it has row-level security, whose policies would run as the gateway".into(),
+        ));
     }
     let name_column = FLAG_NAME_COLUMNS
         .iter()
-        .find(|c| columns.iter().any(|have| have == *c));
+        .position(|c| columns.iter().any(|have| have == c));
     let missing: Vec<String> = PROMOTION_COLUMNS
         .iter()
         .filter(|c| !columns.iter().any(|have| have == *c))
@@ -146,52 +176,52 @@ pub async fn flag_promotion(pool: &Db, flag: &str) -> Result<Promotion, sqlx::Er
             missing,
         });
     };
-    let rows: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
-        "SELECT pg_catalog.row_to_json(p)::text FROM console_flag_promotions p LIMIT $1",
-    )
-    .persistent(false)
-    .bind(PROMOTION_ROWS)
-    .fetch_all(pool)
-    .await;
-    let rows = match rows {
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {
-            return Ok(Promotion::Unreadable)
-        }
-        other => other?,
-    };
-    let text = |row: &serde_json::Value, key: &str| match &row[key] {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => String::new(),
-        v => v.to_string(),
-    };
-    for row in rows {
-        let Ok(row) = serde_json::from_str::<serde_json::Value>(&row) else {
-            continue;
-        };
-        if text(&row, name_column) == flag {
-            return Ok(Promotion::Present {
-                risk: text(&row, "risk"),
-                current_env: text(&row, "current_env"),
-                promoted_by: text(&row, "promoted_by"),
-            });
+    let read = [FLAG_NAME_COLUMNS[name_column]]
+        .into_iter()
+        .chain(PROMOTION_COLUMNS);
+    for column in read {
+        let at = columns.iter().position(|c| c == column);
+        let schema_of = at.and_then(|i| type_schemas.get(i));
+        if schema_of.map(String::as_str) != Some("pg_catalog") {
+            return Ok(Promotion::Unsafe(format!(
+                "column {column} is of a type outside pg_catalog (its owner's cast or output function would run as the gateway)"
+            )));
         }
     }
-    Ok(Promotion::Absent)
+    let row: Option<(Option<String>, Option<String>, Option<String>)> =
+        sqlx::query_as(ROW_READS[name_column])
+            .persistent(false)
+            .bind(flag)
+            .fetch_optional(pool)
+            .await?;
+    Ok(match row {
+        None => Promotion::Absent,
+        Some((risk, current_env, promoted_by)) => Promotion::Present {
+            risk: risk.unwrap_or_default(),
+            current_env: current_env.unwrap_or_default(),
+            promoted_by: promoted_by.unwrap_or_default(),
+        },
+    })
 }
 
-/// I-6's erasure cascade: of the tables that name an admin (`admin_sessions`,
-/// `rbac_user_groups`, `rbac_ticket_grants`, `rbac_break_glass_sessions`), those whose reference
-/// to `admins` is missing or does not cascade on delete; and whether the gateway's own erasure
-/// trigger (`rbac_gateway_erase_admin`, migration 0019) fires on `admins`.
-pub async fn erasure(pool: &Db) -> Result<(Vec<String>, bool), sqlx::Error> {
+/// I-6's erasure cascade: the tables that name an admin (`admin_sessions`, `rbac_user_groups`,
+/// `rbac_ticket_grants`, `rbac_break_glass_sessions`, `rbac_grants_audit`) without an `ON DELETE
+/// CASCADE` reference to `admins`; every reference to `admins` that blocks the delete (`NO
+/// ACTION`, `RESTRICT`), as `table (constraint)`; and whether the gateway's own erasure trigger
+/// (`rbac_gateway_erase_admin`) fires on `admins`.
+pub async fn erasure(pool: &Db) -> Result<(Vec<String>, Vec<String>, bool), sqlx::Error> {
     sqlx::query_as(
         "SELECT coalesce((SELECT pg_catalog.array_agg(t ORDER BY t) FROM pg_catalog.unnest($1::text[]) t \
                   WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_constraint c \
                                      WHERE c.contype = 'f' AND c.confdeltype = 'c' \
                                        AND c.conrelid = pg_catalog.to_regclass(t)::oid \
                                        AND c.confrelid = pg_catalog.to_regclass('admins')::oid)), '{}'), \
+                coalesce((SELECT pg_catalog.array_agg(pg_catalog.format('%s (%s)', c.conrelid::regclass, c.conname) ORDER BY c.conname) \
+                            FROM pg_catalog.pg_constraint c \
+                           WHERE c.contype = 'f' AND c.confrelid = pg_catalog.to_regclass('admins')::oid \
+                             AND c.confdeltype NOT IN ('c', 'n', 'd')), '{}'), \
                 EXISTS (SELECT FROM pg_catalog.pg_trigger g \
-                         WHERE g.tgname = 'rbac_gateway_erase_admin' AND g.tgenabled <> 'D' \
+                         WHERE g.tgname = 'rbac_gateway_erase_admin' AND g.tgenabled IN ('O', 'A') \
                            AND g.tgrelid = pg_catalog.to_regclass('admins')::oid)",
     )
     .persistent(false)
@@ -200,7 +230,19 @@ pub async fn erasure(pool: &Db) -> Result<(Vec<String>, bool), sqlx::Error> {
         "rbac_user_groups",
         "rbac_ticket_grants",
         "rbac_break_glass_sessions",
+        "rbac_grants_audit",
     ][..])
     .fetch_one(pool)
+    .await
+}
+
+/// The kill switch of the fleet's latest recorded load (`rbac_gateway_mapping_versions`), if a
+/// gateway recorded one.
+pub async fn fleet_kill_switch(pool: &Db) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT kill_switch FROM rbac_gateway_mapping_versions ORDER BY id DESC LIMIT 1",
+    )
+    .persistent(false)
+    .fetch_optional(pool)
     .await
 }

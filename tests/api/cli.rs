@@ -12,7 +12,11 @@ pub(crate) fn bin() -> Command {
         .env_remove("DATABASE_URL")
         .env_remove("GATEWAY_ROUTES")
         .env_remove("GATEWAY_ENVIRONMENT")
-        .env_remove("OTEL_RESOURCE_ATTRIBUTES");
+        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
+        .env_remove("GATEWAY_ALERT_WEBHOOK_URL")
+        .env_remove("GATEWAY_TICKET_VALIDATION_URL")
+        .env_remove("GATEWAY_BREAK_GLASS_REQUIRES_ALERT")
+        .env_remove("GATEWAY_TICKET_REVALIDATION_WAIVED");
     c
 }
 

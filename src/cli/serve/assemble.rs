@@ -165,7 +165,7 @@ pub async fn gateway(
         connect_timeout: config.upstream_connect_timeout,
         read_timeout: config.upstream_read_timeout,
         ticket_grants: args.decision.ticket_grants(),
-        ticket_validation_url: args.decision.ticket_validation_url.clone(),
+        ticket_validation_url: args.decision.validation_url().map(str::to_string),
         tasks: tasks.clone(),
         rbac_api: args.rbac_api,
         file_rejected: Default::default(),
@@ -176,10 +176,14 @@ pub async fn gateway(
         feed: feed.clone(),
         sweep_failure_threshold: args.sweep_failure_threshold,
         weakened: crate::runtime::posture::weakened(&args.decision, &args.posture),
+        promotion: Default::default(),
+        promotion_asked: Default::default(),
         promoted_in: args
             .posture
             .environment()
-            .filter(|e| e.is_production() && !args.kill_switch())
+            .filter(|e| {
+                e.kind() != crate::runtime::posture::Kind::NotProduction && !args.kill_switch()
+            })
             .map(|e| e.name),
         anonymous: Arc::new(crate::gateway::anonymous::Coalescer::new(
             Duration::from_secs(args.anonymous_denial_window),
@@ -189,14 +193,16 @@ pub async fn gateway(
     if !from_db {
         report_loaded(config, &gw);
     }
-    // I-11, said once at start-up (and on every /readyz): read beside the start, never delaying it.
+    // I-11: read beside the start (never delaying it) and every 30 s, said on /readyz.
     if let Some(env) = gw.promoted_in.clone() {
-        let at_start = gw.clone();
-        drop(tokio::spawn(async move {
-            if let Some(line) = crate::doors::admin::unpromoted(&at_start, &env).await {
-                tracing::error!("{line}");
-            }
-        }));
+        supervised(
+            Task::Promotion,
+            Box::pin(crate::gateway::promotion::watch(
+                gw.clone(),
+                env,
+                db_timeout,
+            )),
+        );
     }
     // Bound now, so a port in use is found before anything else starts.
     let admin_addr = config.admin;
@@ -310,7 +316,7 @@ fn jobs(
             Box::pin(crate::jobs::sweep::run_forever(
                 pool.clone(),
                 crate::jobs::sweep::SweepSettings {
-                    validation_url: args.decision.ticket_validation_url.clone(),
+                    validation_url: args.decision.validation_url().map(str::to_string),
                     freescout_timeout: config.freescout_timeout,
                     concurrency: args.freescout_concurrency,
                     limit: config.db_timeout,

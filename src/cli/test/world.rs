@@ -18,7 +18,8 @@ use crate::policy::verdict::{ForwardKind, Grant};
 /// Ticket grants in force: customer id -> the roles (expanded) and permissions they add.
 pub(super) type Grants = BTreeMap<i32, (Vec<String>, Vec<String>)>;
 
-/// What a run decides with besides the mapping: as `serve` runs by default.
+/// What a run decides with besides the mapping: as `serve` decides with the kill switch off,
+/// ticket grants counting (a validation URL set, the ticket open) and the reader API on.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub switches: Switches,

@@ -187,6 +187,11 @@ impl Gateway {
             .arg("1500")
             .args(&opts.args)
             .env_remove("FLAG_RBAC_V2")
+            // The host's settings never reach a test's gateway: only the test's (opts.env).
+            .env_remove("GATEWAY_ENVIRONMENT")
+            .env_remove("OTEL_RESOURCE_ATTRIBUTES")
+            .env_remove("GATEWAY_ALERT_WEBHOOK_URL")
+            .env_remove("GATEWAY_TICKET_VALIDATION_URL")
             .env("RUST_LOG", "info")
             .env("GATEWAY_LOG_FORMAT", "json")
             .stdout(Stdio::null())
