@@ -1390,3 +1390,36 @@ fn the_heroku_launcher_traps_its_signals_before_it_starts_anything() {
         );
     }
 }
+
+/// The ratchet of issue 67: `scripts/bench/instructions.sh --check` (in CI) reads its budgets
+/// from this file; a budget it cannot read would fail only there, minutes into CI.
+#[test]
+fn the_instruction_budget_names_every_case() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench/instructions-budget.toml");
+    let text = std::fs::read_to_string(&path).expect("scripts/bench/instructions-budget.toml");
+    let doc: toml::Table = text.parse().expect("the budget file is TOML");
+    for key in ["date", "commit"] {
+        assert!(
+            doc.get(key).and_then(|v| v.as_str()).is_some(),
+            "no {key} in the budget file"
+        );
+    }
+    let positive =
+        |v: Option<&toml::Value>| v.and_then(toml::Value::as_integer).is_some_and(|n| n > 0);
+    assert!(
+        positive(doc.get("nginx")),
+        "no nginx figure in the budget file"
+    );
+    let budget = doc
+        .get("budget")
+        .and_then(|v| v.as_table())
+        .expect("a [budget] table");
+    for case in ["allowed", "denied", "authz", "cold"] {
+        assert!(positive(budget.get(case)), "no budget for {case}");
+    }
+    assert_eq!(
+        budget.len(),
+        4,
+        "a case instructions.sh does not measure: {budget:?}"
+    );
+}

@@ -153,3 +153,37 @@ cpu_ticks() { # "pid [pid...]": utime+stime of the processes and their children 
   done
   echo "$t"
 }
+
+# Debian's PgBouncer in transaction mode in front of $DATABASE_URL (pool SIZE, default 32), as
+# cold.sh starts its own. Sets pgb_url (the gateway's --database-url through it) and pgb_pid.
+start_pgbouncer() { # [size]
+  local port pg_port pgb
+  need_tools pgbouncer
+  port=$(free_port)
+  mkdir -p "$tmp/pgb"
+  echo '"postgres" ""' >"$tmp/pgb/users.txt"
+  pg_port=${DATABASE_URL##*:}
+  pg_port=${pg_port%%/*}
+  cat >"$tmp/pgb/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=$pg_port
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+pidfile =
+logfile =
+auth_type = trust
+auth_file = $tmp/pgb/users.txt
+pool_mode = transaction
+default_pool_size = ${1:-32}
+max_client_conn = 1000
+INI
+  chmod -R a+rX "$tmp/pgb"
+  pgb=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+  if [ "$(id -u)" = 0 ]; then "$pgb" -u postgres "$tmp/pgb/pgbouncer.ini" 2>"$tmp/pgb/log" & else "$pgb" "$tmp/pgb/pgbouncer.ini" 2>"$tmp/pgb/log" & fi
+  pgb_pid=$!
+  pids+=("$pgb_pid")
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  pgb_url="postgres://postgres@127.0.0.1:$port/postgres"
+}

@@ -262,9 +262,16 @@ pub async fn carry_out(
                 let rule = row.route.as_deref().unwrap_or("-");
                 gw.denied(rule, row.reason.as_str());
                 tracing::info!(
-                    request_id, trace_id, admin_id = row.admin_id.as_deref().unwrap_or("-"), method = %row.method,
-                    path = %row.path, rule = %rule, required = row.required.as_deref().unwrap_or("-"),
-                    reason = %row.reason, mapping_version = row.mapping_version.as_deref().unwrap_or("-"), "denied"
+                    request_id,
+                    trace_id,
+                    admin_id = row.admin_id.as_deref().unwrap_or("-"),
+                    method = row.method.as_str(),
+                    path = row.path.as_str(),
+                    rule,
+                    required = row.required.as_deref().unwrap_or("-"),
+                    reason = row.reason.as_str(),
+                    mapping_version = row.mapping_version.as_deref().unwrap_or("-"),
+                    "denied"
                 );
                 None
             }

@@ -13,6 +13,10 @@
 //! a string (`&str`, and everything recorded through `Debug`/`Display`). Records from the `log`
 //! crate carry their own level and target (and their `log.*` fields), as before.
 //!
+//! Issue 67 (2026-11-28): a string's bytes to escape are found eight at a time
+//! (`next_escaped`), and the line is made in a per-thread `String` and handed to the writer
+//! whole; with the denial's fields as `&str`, the denial's line cost about a third less.
+//!
 //! **Replaces** tracing-subscriber's JSON formatter. **Gain**: 5% CPU per denial (paired run,
 //! above). **Pinned by** the unit test comparing both formatters byte for byte.
 
@@ -43,43 +47,70 @@ where
     ) -> fmt::Result {
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        w.write_str("{\"timestamp\":\"")?;
-        timestamp(&mut w)?;
-        w.write_str("\",\"level\":\"")?;
-        w.write_str(meta.level().as_str())?;
-        w.write_char('"')?;
-        let mut fields = Fields {
-            w: &mut w,
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
-        w.write_str(",\"target\":")?;
-        string(&mut w, meta.target())?;
-        w.write_str("}\n")
+        // The line is made in this thread's own buffer and handed to the writer whole: its
+        // pieces (about 60 for a denial's line) are then appended to a `String` in place instead
+        // of each going through the writer's `dyn Write` (issue 67).
+        LINE.with(|cell| {
+            let mut fresh = String::new();
+            let mut kept = cell.try_borrow_mut();
+            let line = match kept.as_deref_mut() {
+                Ok(line) => line,
+                Err(_) => &mut fresh, // a line formatted while formatting one
+            };
+            line.clear();
+            line.push_str("{\"timestamp\":\"");
+            timestamp(line)?;
+            line.push_str("\",\"level\":\"");
+            line.push_str(meta.level().as_str());
+            line.push('"');
+            let mut fields = Fields {
+                w: line,
+                result: Ok(()),
+            };
+            event.record(&mut fields);
+            fields.result?;
+            line.push_str(",\"target\":");
+            string(line, meta.target())?;
+            line.push_str("}\n");
+            let written = w.write_str(line);
+            if line.capacity() > LINE_KEPT {
+                *line = String::new();
+            }
+            written
+        })
     }
 }
 
+/// The most bytes of line buffer a thread keeps between lines.
+const LINE_KEPT: usize = 16 * 1024;
+
+thread_local! {
+    /// The line being formatted (see `format_event`).
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
 /// Writes each field as `,"name":value`.
-struct Fields<'a, 'w> {
-    w: &'a mut Writer<'w>,
+struct Fields<'a> {
+    w: &'a mut String,
     result: fmt::Result,
 }
 
-impl Fields<'_, '_> {
-    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+impl Fields<'_> {
+    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut String) -> fmt::Result) {
         if self.result.is_ok() {
+            // The separators as `write_str` (a `write_char` each was 40% of the fields' own
+            // instructions, issue 67).
             self.result = self
                 .w
-                .write_char(',')
-                .and_then(|()| string(self.w, field.name()))
-                .and_then(|()| self.w.write_char(':'))
+                .write_str(",\"")
+                .and_then(|()| Escaped(self.w).write_str(field.name()))
+                .and_then(|()| self.w.write_str("\":"))
                 .and_then(|()| value(self.w));
         }
     }
 }
 
-impl Visit for Fields<'_, '_> {
+impl Visit for Fields<'_> {
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.entry(field, |w| w.write_str(if value { "true" } else { "false" }));
     }
@@ -106,31 +137,37 @@ impl Visit for Fields<'_, '_> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.entry(field, |w| {
-            w.write_char('"')?;
+            w.write_str("\"")?;
             write!(Escaped(w), "{value:?}")?;
-            w.write_char('"')
+            w.write_str("\"")
         });
     }
 }
 
 /// A JSON string.
-fn string(w: &mut Writer<'_>, s: &str) -> fmt::Result {
-    w.write_char('"')?;
+fn string(w: &mut String, s: &str) -> fmt::Result {
+    w.write_str("\"")?;
     Escaped(w).write_str(s)?;
-    w.write_char('"')
+    w.write_str("\"")
 }
 
 /// Escapes what it is given as the inside of a JSON string, the way serde_json does: `"`, `\`
 /// and the control characters below 0x20 (`\b \t \n \f \r` by name, the others as `\u00XX`).
-struct Escaped<'a, 'w>(&'a mut Writer<'w>);
+struct Escaped<'a>(&'a mut String);
 
-impl Write for Escaped<'_, '_> {
+impl Write for Escaped<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let bytes = s.as_bytes();
         let mut start = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            let named = match b {
+        loop {
+            let i = next_escaped(bytes, start);
+            let Some(&b) = bytes.get(i) else { break };
+            // Escaped bytes are ASCII, so `start..i` lies on character boundaries.
+            if i > start {
+                self.0.write_str(&s[start..i])?;
+            }
+            let mut code = [b'\\', b'u', b'0', b'0', 0, 0];
+            self.0.write_str(match b {
                 b'"' => "\\\"",
                 b'\\' => "\\\\",
                 b'\n' => "\\n",
@@ -138,29 +175,49 @@ impl Write for Escaped<'_, '_> {
                 b'\t' => "\\t",
                 0x08 => "\\b",
                 0x0c => "\\f",
-                0x00..=0x1f => "",
-                _ => continue,
-            };
-            // Escaped bytes are ASCII, so `start..i` lies on character boundaries.
-            self.0.write_str(&s[start..i])?;
-            if named.is_empty() {
-                let code = [
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(b >> 4)],
-                    HEX[usize::from(b & 15)],
-                ];
-                self.0
-                    .write_str(std::str::from_utf8(&code).map_err(|_| fmt::Error)?)?;
-            } else {
-                self.0.write_str(named)?;
-            }
+                _ => {
+                    code[4] = HEX[usize::from(b >> 4)];
+                    code[5] = HEX[usize::from(b & 15)];
+                    std::str::from_utf8(&code).map_err(|_| fmt::Error)?
+                }
+            })?;
             start = i + 1;
         }
         self.0.write_str(&s[start..])
     }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The index of the first byte at or after `from` that a JSON string escapes (`"`, `\`, below
+/// 0x20), or `bytes.len()`: eight bytes at a time while none of them is one (the `memchr`
+/// bit trick: a byte below 0x20, or equal to `"` or `\`, sets its high bit in the word's test),
+/// then byte by byte within the word that has one. Until 2026-11-28 every byte was matched on
+/// its own (issue 67: about 6.5% of a denial's instructions); `fast_path_escapes_as_before`
+/// holds the two forms equal.
+fn next_escaped(bytes: &[u8], from: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut i = from;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let control = w.wrapping_sub(LO * 0x20) & !w;
+        let quote = w ^ (LO * u64::from(b'"'));
+        let quote = quote.wrapping_sub(LO) & !quote;
+        let backslash = w ^ (LO * u64::from(b'\\'));
+        let backslash = backslash.wrapping_sub(LO) & !backslash;
+        if (control | quote | backslash) & HI != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while let Some(&b) = bytes.get(i) {
+        if b < 0x20 || b == b'"' || b == b'\\' {
+            return i;
+        }
+        i += 1;
+    }
+    i
 }
 
 thread_local! {
@@ -170,7 +227,7 @@ thread_local! {
 
 /// The current time as tracing-subscriber's `SystemTime` timer writes it:
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds).
-fn timestamp(w: &mut Writer<'_>) -> fmt::Result {
+fn timestamp(w: &mut String) -> fmt::Result {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -193,6 +250,43 @@ fn timestamp(w: &mut Writer<'_>) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use std::io;
+
+    use proptest::prelude::*;
+
+    /// [`Escaped`] as it was until 2026-11-28: each byte matched on its own (the reference).
+    fn escaped_by_byte(s: &str) -> String {
+        let mut out = String::new();
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// What [`Escaped`] writes for `s`.
+    fn escaped_fast(s: &str) -> String {
+        let mut out = String::new();
+        Escaped(&mut out).write_str(s).unwrap();
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn fast_path_escapes_as_before(s in "([\\x00-\\x1f\"\\\\]|[a-zé€ ]{0,9}|\\PC{0,5}){0,16}") {
+            prop_assert_eq!(escaped_fast(&s), escaped_by_byte(&s));
+            let json = serde_json::to_string(&s).unwrap();
+            prop_assert_eq!(escaped_fast(&s), &json[1..json.len() - 1]);
+        }
+    }
     use std::sync::{Arc, Mutex};
 
     use tracing_subscriber::fmt::MakeWriter;
@@ -336,8 +430,8 @@ mod tests {
     fn the_timestamp_is_now_in_utc() {
         let mut out = String::new();
         let before = chrono::Utc::now();
-        timestamp(&mut Writer::new(&mut out)).unwrap();
-        timestamp(&mut Writer::new(&mut out)).unwrap();
+        timestamp(&mut out).unwrap();
+        timestamp(&mut out).unwrap();
         let after = chrono::Utc::now();
         let (first, second) = out.split_at(27);
         for ts in [first, second] {

@@ -10,6 +10,10 @@
 //! backslashes, every character PostgreSQL's text accepts) through the real server with
 //! `standard_conforming_strings` on and off, and holds the refusal.
 //!
+//! [`push_text`] copies the runs between the bytes it doubles (`memchr3`) instead of pushing one
+//! char at a time (issue 67: 17% of a denial's instructions went there); a property test holds
+//! it to the char-by-char form it replaced.
+//!
 //! This is the pgx "simple protocol" and psycopg2 client-side binding answer, used only where
 //! a statement must be one round trip behind any pooler (issue 51): statements elsewhere bind
 //! their values as parameters.
@@ -35,20 +39,30 @@ pub fn text(s: &str) -> Result<String, Unquotable> {
     Ok(out)
 }
 
-/// Appends `s` as an escape string constant to `out`.
+/// Appends `s` as an escape string constant to `out`: the runs between the bytes to double (a
+/// quote, a backslash; found with `memchr3`, which finds a NUL in the same pass) copied whole.
+/// On a NUL, `out` is left as it was.
 pub fn push_text(out: &mut String, s: &str) -> Result<(), Unquotable> {
-    if s.contains('\0') {
-        return Err(Unquotable::Nul);
-    }
+    let bytes = s.as_bytes();
+    let len = out.len();
     out.reserve(s.len() + 3);
     out.push_str("E'");
-    for c in s.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
+    let mut start = 0;
+    for i in memchr::memchr3_iter(b'\'', b'\\', 0, bytes) {
+        let doubled = match bytes[i] {
+            b'\'' => "''",
+            b'\\' => "\\\\",
+            _ => {
+                out.truncate(len);
+                return Err(Unquotable::Nul);
+            }
+        };
+        // The three bytes searched for are ASCII, so `start..i` lies on character boundaries.
+        out.push_str(&s[start..i]);
+        out.push_str(doubled);
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
     out.push('\'');
     Ok(())
 }
@@ -97,6 +111,43 @@ pub fn integer(i: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// [`push_text`] as it was until 2026-11-28: one char at a time (the reference).
+    fn push_text_by_char(out: &mut String, s: &str) -> Result<(), Unquotable> {
+        if s.contains('\0') {
+            return Err(Unquotable::Nul);
+        }
+        out.push_str("E'");
+        for c in s.chars() {
+            match c {
+                '\'' => out.push_str("''"),
+                '\\' => out.push_str("\\\\"),
+                c => out.push(c),
+            }
+        }
+        out.push('\'');
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn the_runs_copied_whole_write_what_the_char_by_char_quoting_wrote(
+            prefix in "[a-z']{0,3}",
+            s in "([\\\\'\\x00]|[a-zé€ \n]{0,6}|\\PC{0,4}){0,12}",
+        ) {
+            let mut fast = prefix.clone();
+            let mut slow = prefix.clone();
+            let a = push_text(&mut fast, &s);
+            let b = push_text_by_char(&mut slow, &s);
+            prop_assert_eq!(&a, &b);
+            if a.is_err() {
+                prop_assert_eq!(&fast, &prefix);
+            } else {
+                prop_assert_eq!(&fast, &slow);
+            }
+        }
+    }
 
     #[test]
     fn quotes_and_backslashes_are_doubled_inside_an_escape_string() {

@@ -142,10 +142,20 @@ impl Route {
     }
 
     /// What the rule requires, as stored in the audit row.
+    /// `role:R | permission:P`, written into one string (once per denial: until 2026-11-28 a
+    /// `format!` per name and a join, issue 67).
     pub fn required(&self) -> String {
-        let mut parts: Vec<String> = self.roles.iter().map(|r| format!("role:{r}")).collect();
-        parts.extend(self.permissions.iter().map(|p| format!("permission:{p}")));
-        parts.join(" | ")
+        let names = self.roles.iter().map(|r| ("role:", r));
+        let names = names.chain(self.permissions.iter().map(|p| ("permission:", p)));
+        let mut out = String::with_capacity(64);
+        for (i, (kind, name)) in names.enumerate() {
+            if i > 0 {
+                out.push_str(" | ");
+            }
+            out.push_str(kind);
+            out.push_str(name);
+        }
+        out
     }
 }
 

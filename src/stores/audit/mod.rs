@@ -76,15 +76,113 @@ const COLUMNS: &str =
                        client_ip, user_agent, created_at_utc, mapping_version, occurrences";
 
 /// The INSERT of `rows` as one statement of SQL text, sent in one round trip
-/// (`Db::one_round_trip`) in every mode, direct or behind a transaction pooler: the rows go as
-/// one JSON array, the only value written in (`sql_text`), expanded by the server with
-/// `json_populate_recordset`; it answers how many rows it inserted. `replay`: some rows may be
-/// stored already (a replay cut short, a write that timed out after its commit): each row once,
+/// (`Db::one_round_trip`) in every mode, direct or behind a transaction pooler: a `VALUES` list,
+/// each value written in as a constant (`sql_text`: text as escape strings, copied in runs
+/// between the quotes and backslashes it doubles), whose untyped literals take their columns'
+/// types; it answers how many rows it inserted. `replay`: some rows may be stored already (a
+/// replay cut short, a write that timed out after its commit): each row once,
 /// `ON CONFLICT (id) DO NOTHING`; fresh rows: an id already stored is an error (the batch is
-/// spooled, and the replay sorts it out). A character PostgreSQL's text cannot hold (NUL) is
-/// escaped by JSON and refused by the server with SQLSTATE class 22, as a bound value was: the
-/// row is set aside, never written into the statement raw.
+/// spooled, and the replay sorts it out).
+///
+/// A character PostgreSQL's text cannot hold (NUL) cannot be written into SQL text: a batch with
+/// one goes as one JSON array instead ([`insert_json_sql`], the statement of every batch until
+/// 2026-11-28), where JSON escapes it and the server refuses it with SQLSTATE class 22, as a
+/// bound value was: the row is set aside, never written into the statement raw.
 fn insert_sql(rows: &[impl Borrow<AuditEvent>], replay: bool) -> Result<String, Unquotable> {
+    match insert_values_sql(rows, replay) {
+        Err(Unquotable::Nul) => insert_json_sql(rows, replay),
+        sql => sql,
+    }
+}
+
+/// [`insert_sql`] as a `VALUES` list (no value holds a NUL).
+fn insert_values_sql(rows: &[impl Borrow<AuditEvent>], replay: bool) -> Result<String, Unquotable> {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(256 + rows.len() * 320);
+    sql.push_str("WITH ins AS (INSERT INTO access_audit_events (");
+    sql.push_str(COLUMNS);
+    sql.push_str(") VALUES ");
+    for (i, row) in rows.iter().enumerate() {
+        let r: &AuditEvent = row.borrow();
+        sql.push_str(if i == 0 { "(" } else { ",(" });
+        for text in [&r.id, &r.event_type] {
+            sql_text::push_text(&mut sql, text)?;
+            sql.push(',');
+        }
+        push_opt(&mut sql, r.admin_id.as_deref())?;
+        for text in [&r.method, &r.path] {
+            sql_text::push_text(&mut sql, text)?;
+            sql.push(',');
+        }
+        push_opt(&mut sql, r.route.as_deref())?;
+        push_opt(&mut sql, r.required.as_deref())?;
+        for text in [&r.reason, &r.request_id] {
+            sql_text::push_text(&mut sql, text)?;
+            sql.push(',');
+        }
+        push_opt(&mut sql, r.client_ip.as_deref())?;
+        push_opt(&mut sql, r.user_agent.as_deref())?;
+        push_timestamp(&mut sql, &r.created_at_utc);
+        sql.push(',');
+        push_opt(&mut sql, r.mapping_version.as_deref())?;
+        match r.occurrences {
+            1 => sql.push_str("1)"),
+            n => {
+                let _ = write!(sql, "({n}))");
+            }
+        }
+    }
+    if replay {
+        sql.push_str(" ON CONFLICT (id) DO NOTHING");
+    }
+    sql.push_str(" RETURNING 1) SELECT pg_catalog.count(*) FROM ins");
+    Ok(sql)
+}
+
+/// Appends `at` as a constant: RFC 3339 in UTC with nanoseconds, as the JSON of the row has it
+/// (the server rounds to microseconds), its digits written here (chrono's formatter writes a
+/// char at a time); a leap second or a year of more than four digits in chrono's own form.
+fn push_timestamp(sql: &mut String, at: &chrono::DateTime<chrono::Utc>) {
+    use chrono::{Datelike, Timelike};
+    let year = u32::try_from(at.year()).ok().filter(|y| *y <= 9999);
+    let (Some(year), nanos @ 0..=999_999_999) = (year, at.nanosecond()) else {
+        sql.push('\'');
+        sql.push_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+        sql.push('\'');
+        return;
+    };
+    let mut b = *b"'0000-00-00T00:00:00.000000000Z'";
+    let fields = [
+        (1..5, year),
+        (6..8, at.month()),
+        (9..11, at.day()),
+        (12..14, at.hour()),
+        (15..17, at.minute()),
+        (18..20, at.second()),
+        (21..30, nanos),
+    ];
+    for (at, mut n) in fields {
+        for d in b[at].iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+    sql.push_str(std::str::from_utf8(&b).expect("ASCII"));
+}
+
+/// Appends `NULL` or `s` as an escape string constant, then a comma.
+fn push_opt(sql: &mut String, s: Option<&str>) -> Result<(), Unquotable> {
+    match s {
+        None => sql.push_str("NULL"),
+        Some(s) => sql_text::push_text(sql, s)?,
+    }
+    sql.push(',');
+    Ok(())
+}
+
+/// [`insert_sql`] for a batch with a NUL: the rows go as one JSON array, the only value written
+/// in, expanded by the server with `json_populate_recordset`.
+fn insert_json_sql(rows: &[impl Borrow<AuditEvent>], replay: bool) -> Result<String, Unquotable> {
     let rows: Vec<&AuditEvent> = rows.iter().map(Borrow::borrow).collect();
     let json = serde_json::to_string(&rows).expect("audit events serialize");
     Ok(format!(
@@ -330,5 +428,20 @@ mod test_support {
             Duration::from_millis(200),
             Arc::new(Metrics::new()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_timestamp_is_written_as_chrono_writes_it(secs in -62_135_596_800i64..253_402_300_799, nanos in 0u32..1_000_000_000) {
+            let at = chrono::DateTime::from_timestamp(secs, nanos).unwrap();
+            let mut sql = String::new();
+            super::push_timestamp(&mut sql, &at);
+            prop_assert_eq!(sql, format!("'{}'", at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)));
+        }
     }
 }
