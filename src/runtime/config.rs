@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use super::posture::parse_bool;
+
 /// Exit code for bad usage or an unreadable/invalid file (sysexits EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
 /// Exit code when `check` found problems.
@@ -379,15 +381,6 @@ pub struct ServeArgs {
     pub log_format: String,
 }
 
-/// A switch: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` (any case).
-pub(crate) fn parse_bool(s: &str) -> Result<bool, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(format!("expected true or false (or 1/0), not {s:?}")),
-    }
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct SweepArgs {
     /// Console's PostgreSQL.
@@ -520,12 +513,6 @@ pub struct DriftArgs {
     /// Only this cluster (e.g. S2).
     #[arg(long)]
     pub cluster: Option<String>,
-}
-
-/// A feature switch as Console's flags are written: `0` (off) or `1` (on), nothing else.
-pub(crate) fn switch() -> impl clap::builder::TypedValueParser<Value = bool> {
-    use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(["0", "1"]).map(|v| v == "1")
 }
 
 #[derive(Debug, Clone, Args)]

@@ -10,16 +10,31 @@
 
 use clap::Args;
 
+/// A switch: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` (any case).
+pub(crate) fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false (or 1/0), not {s:?}")),
+    }
+}
+
+/// A feature switch as Console's flags are written: `0` (off) or `1` (on), nothing else.
+pub(crate) fn switch() -> impl clap::builder::TypedValueParser<Value = bool> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["0", "1"]).map(|v| v == "1")
+}
+
 /// What a session's grants count for, as `serve` decides it.
 #[derive(Debug, Clone, Args)]
 pub struct DecisionArgs {
     /// Kill switch (I-5 of 003): 0 makes every route `off` (forward; Console decides). 1, unset
     /// or set empty: the mapping's modes apply.
-    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", action = clap::ArgAction::Set, value_parser = super::config::switch())]
+    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
     pub flag_rbac_v2: bool,
     /// Ticket-scoped grants on (1) or off (0; FLAG_TICKET_SCOPED_GRANTS=0 of 004 §9.1: they
     /// grant nothing).
-    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", action = clap::ArgAction::Set, value_parser = super::config::switch())]
+    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
     pub flag_ticket_scoped_grants: bool,
     /// Re-validate ticket-scoped grants on every request against this URL ({ticket_id} is
     /// replaced), e.g. FreeScout's conversation status; unreachable: 503 (T-PEN-6). Unset: ticket
@@ -30,13 +45,13 @@ pub struct DecisionArgs {
     /// This breaks T-PEN-6 (004 §9.3: re-verify the ticket on every request, fail closed); it is
     /// shown on /readyz, in `check` and on the cockpit.
     #[arg(long, env = "GATEWAY_TICKET_REVALIDATION_WAIVED", default_value_t = false, action = clap::ArgAction::Set,
-          num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = super::config::parse_bool)]
+          num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
     pub ticket_revalidation_waived: bool,
     /// A break-glass session's roles count only once its alert was delivered (I-4: the alert
     /// comes before the session proceeds). `false` breaks I-4: the roles count at once and the
     /// alert follows.
     #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = true, action = clap::ArgAction::Set,
-          num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = super::config::parse_bool)]
+          num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
     pub break_glass_requires_alert: bool,
 }
 
