@@ -46,6 +46,10 @@ pub struct Gateway {
     pub feed: Arc<crate::stores::feed::Health>,
     /// Sweep failures after which `/readyz` names a grant or break-glass session.
     pub sweep_failure_threshold: u32,
+    /// I-5: whether `--audit-writer-url` is set (without it `/readyz` says I-5 is not met), and
+    /// the bound past which an undelivered row is named there.
+    pub audit_writer_configured: bool,
+    pub audit_writer_alert_after: Duration,
     /// What denials without a session may write (`--anonymous-denial-window`).
     pub anonymous: Arc<crate::gateway::anonymous::Coalescer>,
 }
@@ -116,6 +120,8 @@ impl Gateway {
             mapping_missing: Default::default(),
             feed: Default::default(),
             sweep_failure_threshold: 3,
+            audit_writer_configured: false,
+            audit_writer_alert_after: Duration::from_secs(300),
             anonymous: Arc::new(crate::gateway::anonymous::Coalescer::new(Duration::ZERO, 1)),
         }
     }

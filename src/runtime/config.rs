@@ -382,6 +382,32 @@ pub struct ServeArgs {
     /// delivered. Unset: alerts are recorded in rbac_gateway_alerts only.
     #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL", hide_env_values = true)]
     pub alert_webhook_url: Option<String>,
+    /// Console's audit writer (SC-A3; I-5): every rbac_grants_audit row the gateway writes
+    /// (ticket_expire, break_glass_expire) is POSTed there as one customer_audit_events event,
+    /// its id the Idempotency-Key, retried with backoff until taken (docs/audit-writer.md).
+    /// Needs a service token: --audit-writer-token-file or GATEWAY_AUDIT_WRITER_TOKEN. Unset:
+    /// the rows wait in rbac_gateway_audit_outbox, counted, and I-5 is not met (said at start
+    /// and on /readyz).
+    #[arg(long, env = "GATEWAY_AUDIT_WRITER_URL")]
+    pub audit_writer_url: Option<String>,
+    /// A file holding the audit writer's service token (one line), sent as `Authorization:
+    /// Bearer TOKEN`. Or the token itself in the environment variable GATEWAY_AUDIT_WRITER_TOKEN
+    /// (never a flag's value: a command line is visible to every user of the host). Not both.
+    #[arg(long, env = "GATEWAY_AUDIT_WRITER_TOKEN_FILE")]
+    pub audit_writer_token_file: Option<PathBuf>,
+    /// How long the audit writer may take to answer one event, in milliseconds (exceeded: a
+    /// failed delivery, retried).
+    #[arg(long, env = "GATEWAY_AUDIT_WRITER_TIMEOUT_MS", default_value_t = 5_000)]
+    pub audit_writer_timeout_ms: u64,
+    /// Seconds after which an rbac_grants_audit row still not delivered to the audit writer
+    /// raises an ops alert (through --alert-webhook-url) and is named on /readyz (the status
+    /// stays 200) and counted in rbac_gateway_audit_outbox_overdue.
+    #[arg(
+        long,
+        env = "GATEWAY_AUDIT_WRITER_ALERT_AFTER",
+        default_value_t = 300.0
+    )]
+    pub audit_writer_alert_after: f64,
     /// Honour a break-glass session's roles only after its alert was delivered (I-4: alert
     /// before the session proceeds). Trade-off: a webhook that is down blocks emergency access.
     #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

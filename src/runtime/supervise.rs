@@ -22,10 +22,11 @@ pub enum Task {
     Alerts,
     FreescoutWebhook,
     AnonymousDenials,
+    AuditOutbox,
 }
 
 impl Task {
-    pub const ALL: [Task; 9] = [
+    pub const ALL: [Task; 10] = [
         Task::Feed,
         Task::Reload,
         Task::AuditWriter,
@@ -35,6 +36,7 @@ impl Task {
         Task::Alerts,
         Task::FreescoutWebhook,
         Task::AnonymousDenials,
+        Task::AuditOutbox,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +50,7 @@ impl Task {
             Task::Alerts => "alerts",
             Task::FreescoutWebhook => "freescout_webhook",
             Task::AnonymousDenials => "anonymous_denials",
+            Task::AuditOutbox => "audit_outbox",
         }
     }
 }

@@ -175,6 +175,8 @@ pub async fn gateway(
         ),
         feed: feed.clone(),
         sweep_failure_threshold: args.sweep_failure_threshold,
+        audit_writer_configured: config.audit_writer.is_some(),
+        audit_writer_alert_after: config.audit_writer_alert_after,
         anonymous: Arc::new(crate::gateway::anonymous::Coalescer::new(
             Duration::from_secs(args.anonymous_denial_window),
             args.anonymous_denial_keys,
@@ -285,6 +287,21 @@ fn jobs(
             args.alert_webhook_url.clone(),
             Duration::from_secs(1),
             config.db_timeout,
+            metrics.clone(),
+        )),
+    );
+    // I-5: the gateway's rbac_grants_audit rows delivered to Console's audit writer (every
+    // replica; a row is claimed by one at a time). Without a writer it counts and alerts.
+    supervised(
+        Task::AuditOutbox,
+        Box::pin(crate::jobs::audit_outbox::run_forever(
+            pool.clone(),
+            crate::jobs::audit_outbox::OutboxSettings {
+                writer: config.audit_writer.clone(),
+                alert_after: config.audit_writer_alert_after,
+                interval: Duration::from_secs(1),
+                limit: config.db_timeout,
+            },
             metrics.clone(),
         )),
     );
