@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use crate::helpers::*;
 use crate::tickets::{freescout, grant};
 
-const TOKEN: &str = "audit-writer-token-0123456789";
+pub(crate) const TOKEN: &str = "audit-writer-token-0123456789";
 const PATH: &str = "/api/internal/customer-audit/events";
 const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789";
 
 /// The stand-in Console's audit writer: gunicorn on `app:app`, its chain in a SQLite file that
 /// outlives a restart.
-struct Writer {
+pub(crate) struct Writer {
     child: Child,
     addr: SocketAddr,
     db: PathBuf,
@@ -31,7 +31,7 @@ struct Writer {
 impl Writer {
     /// Started on port 0 (`port` None) or on a port it had before; `env` as
     /// `deploy/console-standin/app.py` reads it (`AUDIT_WRITER_FAIL_FIRST`, ...).
-    async fn start(env: &[(&str, &str)]) -> Writer {
+    pub(crate) async fn start(env: &[(&str, &str)]) -> Writer {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let db = dir.path().join("chain.sqlite3");
         let env: Vec<(String, String)> = env
@@ -99,7 +99,7 @@ impl Writer {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}{PATH}", self.addr)
     }
 
@@ -138,7 +138,7 @@ impl Writer {
     }
 
     /// The events' idempotency keys, in chain order.
-    async fn keys(&self) -> Vec<String> {
+    pub(crate) async fn keys(&self) -> Vec<String> {
         self.state().await["events"]
             .as_array()
             .unwrap()
