@@ -5,7 +5,9 @@
 -- rbac_gateway_audit_outbox ...`), that the row is owed to the writer, and serve's outbox job
 -- (src/jobs/audit_outbox.rs) delivers it with the row's id as the idempotency key. A crash
 -- between the two loses nothing: both are one transaction. Only the gateway's own rows are
--- entered (no trigger on rbac_grants_audit): Console sends its own.
+-- entered (no trigger on rbac_grants_audit): Console sends its own. The gateway's rows written
+-- before this migration, or by an older binary during the upgrade, are entered by the job
+-- (stores::audit_outbox::adopt_unowed), not here: no long statement inside migrate.
 --   audit_id          the rbac_grants_audit row's id (the idempotency key the writer is sent)
 --   attempts          deliveries tried (each claim counts one)
 --   next_attempt_utc  when it may be tried next: claimed (a lease of one replica) or backed off

@@ -11,6 +11,10 @@
 //! pass, not once per row). Each request has `--audit-writer-timeout-ms` for the answer's head:
 //! a slow writer delays the debt, never the sweep or a request.
 //!
+//! Rows of the gateway's without an entry (written before the outbox existed, or by an older
+//! binary during a rolling upgrade) are entered at the first pass and every [`ADOPT_EVERY`]
+//! passes after it.
+//!
 //! A row owed longer than `--audit-writer-alert-after` raises one ops alert (the alert pass
 //! delivers it) and is counted on `/readyz` and in `rbac_gateway_audit_outbox_overdue`. Without
 //! `--audit-writer-url` nothing is sent: the rows wait, counted and alerted, and the start-up log
@@ -31,6 +35,9 @@ use crate::stores::db::Db;
 pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Most rows one pass delivers (the next pass goes on a second later).
 const MAX_PER_PASS: usize = 200;
+/// Passes between two looks for the gateway's rows without an outbox entry (the first pass
+/// looks too).
+pub const ADOPT_EVERY: u64 = 600;
 /// A claim lasts the request's timeout and this much more (the two statements around it).
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
@@ -219,8 +226,24 @@ pub async fn run_forever(pool: Db, settings: OutboxSettings, metrics: Arc<Metric
              rbac_gateway_audit_outbox, counted (rbac_gateway_audit_outbox_undelivered) and alerted"
         ),
     }
+    let (mut passes, mut adopt_at) = (0u64, 0u64);
     loop {
         tokio::time::sleep(settings.interval).await;
+        if passes >= adopt_at {
+            adopt_at = match store::adopt_unowed(&pool, settings.limit).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::warn!(rows = n, "audit writer: rbac_grants_audit rows of the gateway's without an outbox entry (written before it, or by an older binary) are now owed to the writer");
+                    }
+                    passes + ADOPT_EVERY
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit writer: the gateway's rows without an outbox entry could not be looked for; tried again next pass");
+                    passes + 1
+                }
+            };
+        }
+        passes += 1;
         match pass(&pool, writer.as_ref(), &settings).await {
             Ok(r) => {
                 for id in &r.delivered {

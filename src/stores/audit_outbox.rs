@@ -3,7 +3,9 @@
 //! records the debt in the same statement as the row ([`super::revocation::revoke_grant`],
 //! [`super::sweep::write_break_glass_expire`]). This module holds the delivery's statements
 //! (`jobs/audit_outbox.rs` sends): one row claimed at a time with its audit row ([`claim`]: a
-//! lease of one replica, `FOR UPDATE SKIP LOCKED`), its delivery or failure with backoff
+//! lease of one replica, `FOR UPDATE SKIP LOCKED`), the gateway's rows without an entry
+//! (written before the outbox, or by an older binary during an upgrade) entered
+//! ([`adopt_unowed`]), its delivery or failure with backoff
 //! ([`delivered`], [`failed`]), the ops alert of rows still owed past a bound
 //! ([`raise_overdue`]), and what is owed ([`outbox_state`], for the job's metrics, `/readyz` and
 //! `check`). Each is one statement in a transaction of its own, unnamed and bounded.
@@ -106,6 +108,26 @@ pub async fn claim(
             occurred_at,
         },
     ))
+}
+
+/// Enters in the outbox every row the gateway wrote (`granted_by = 'rbac-gateway'`, its two
+/// event types) that has no entry: the rows written before migration 0031, and those a binary
+/// without the outbox writes during a rolling upgrade. Owed from now (their entry's time), so
+/// the bound counts from when the gateway took the debt on. The number entered.
+pub async fn adopt_unowed(pool: &Db, limit: Duration) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "INSERT INTO rbac_gateway_audit_outbox (audit_id) \
+         SELECT a.id FROM rbac_grants_audit a \
+          WHERE a.granted_by = 'rbac-gateway' AND a.event_type IN ('ticket_expire', 'break_glass_expire') \
+            AND NOT EXISTS (SELECT 1 FROM rbac_gateway_audit_outbox o WHERE o.audit_id = a.id) \
+          ORDER BY a.created_at_utc \
+         ON CONFLICT (audit_id) DO NOTHING",
+    )
+    .persistent(false)
+    .execute(pool)
+    .bounded(limit)
+    .await?
+    .rows_affected())
 }
 
 /// Marks `audit_id` delivered (the writer answered 2xx).

@@ -692,3 +692,42 @@ async fn the_writer_s_token_is_required_and_never_a_flag() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("no --audit-writer-url"), "{err}");
 }
+
+/// The gateway's rows that have no outbox entry (written before migration 0031, or by an older
+/// binary during a rolling upgrade) are entered at start and delivered; Console's own rows are
+/// not the gateway's to send.
+#[tokio::test]
+async fn the_gateways_rows_without_an_entry_are_adopted_and_consoles_are_not() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let writer = Writer::start(&[]).await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let old = uuid::Uuid::new_v4().to_string();
+    let consoles = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, ticket_id, customer_id, justification, granted_by) \
+         VALUES ($1, 'ticket_expire', $3, 'T-old', 5, 'expired', 'rbac-gateway'), \
+                ($2, 'grant', $3, NULL, NULL, 'onboarding', 'console-admin@example.test')",
+    )
+    .bind(&old)
+    .bind(&consoles)
+    .bind(&admin)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let gw = gateway(&db, &up, Some(&writer.url()), TOKEN, &[]).await;
+    eventually_explained(
+        Duration::from_secs(20),
+        "the older row delivered",
+        || async { delivered(&db, &old).await },
+        || async { gw.log() },
+    )
+    .await;
+    assert_eq!(writer.keys().await, vec![old.clone()]);
+    assert_eq!(
+        outbox(&db, &consoles).await,
+        None,
+        "Console's row is Console's"
+    );
+    assert!(gw.log().contains("without an outbox entry"), "{}", gw.log());
+}
