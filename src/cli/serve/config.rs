@@ -95,7 +95,11 @@ impl Config {
             Some(a) => Some(resolve(a, "--authz-listen")?),
         };
         let webhook = webhook(&args)?;
-        let audit_writer = audit_writer(&args, std::env::var("GATEWAY_AUDIT_WRITER_TOKEN").ok())?;
+        // Set empty (how a compose file or a unit unsets a variable): unset.
+        let env_token = std::env::var("GATEWAY_AUDIT_WRITER_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let audit_writer = audit_writer(&args, env_token)?;
         let audit_writer_alert_after =
             seconds(args.audit_writer_alert_after, "--audit-writer-alert-after")?;
         if args.freescout_concurrency == 0
