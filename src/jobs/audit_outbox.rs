@@ -282,6 +282,54 @@ pub async fn run_forever(pool: Db, settings: OutboxSettings, metrics: Arc<Metric
 
 #[cfg(test)]
 mod tests {
+    /// The field names docs/audit-writer.md gives Console's team: a rename is a change of the
+    /// interface, made there first.
+    #[test]
+    fn the_payload_has_the_documented_fields() {
+        let o = crate::stores::audit_outbox::Owed {
+            audit_id: "9ab0b03e-7fba-5052-8747-bebf082fbd65".into(),
+            attempts: 1,
+            event_type: "ticket_expire".into(),
+            admin_id: "a".into(),
+            role_id: Some("r".into()),
+            group_id: None,
+            ticket_id: Some("4711".into()),
+            customer_id: Some(42),
+            reason: Some("expired".into()),
+            actor: "rbac-gateway".into(),
+            expires_at: None,
+            occurred_at: chrono::DateTime::from_timestamp(1_764_296_346, 661_381_000).unwrap(),
+        };
+        let p = super::payload(&o);
+        let mut keys: Vec<&str> = p.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "action",
+                "actor",
+                "admin_id",
+                "audit_row_id",
+                "customer_id",
+                "dimension",
+                "event_type",
+                "expires_at",
+                "group_id",
+                "idempotency_key",
+                "occurred_at",
+                "reason",
+                "role_id",
+                "source",
+                "ticket_id"
+            ]
+        );
+        assert_eq!(p["occurred_at"], "2025-11-28T02:19:06.661381Z");
+        assert_eq!(p["action"], "operator.rbac.revoke");
+        assert_eq!(p["dimension"], "operator_interaction");
+        assert_eq!(p["customer_id"], 42);
+        assert_eq!(p["idempotency_key"], p["audit_row_id"]);
+    }
+
     #[test]
     fn revocations_and_grants_have_their_action() {
         for t in ["ticket_expire", "break_glass_expire", "revoke"] {

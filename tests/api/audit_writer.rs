@@ -731,3 +731,57 @@ async fn the_gateways_rows_without_an_entry_are_adopted_and_consoles_are_not() {
     );
     assert!(gw.log().contains("without an outbox entry"), "{}", gw.log());
 }
+
+/// The row and its debt are one statement: an outbox that refuses the entry refuses the row
+/// and the revocation with it (the grant stays active, retried, nothing half-done); once it
+/// takes entries, the grant is revoked and its event delivered (the time from the revocation to
+/// the event at the writer is printed: one outbox pass a second).
+#[tokio::test]
+async fn no_row_is_written_without_its_debt() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let writer = Writer::start(&[]).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_outbox() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         RAISE EXCEPTION 'outbox refused'; END $$; \
+         CREATE TRIGGER refuse_outbox BEFORE INSERT ON rbac_gateway_audit_outbox \
+         FOR EACH ROW EXECUTE FUNCTION refuse_outbox()",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let gw = gateway(&db, &up, Some(&writer.url()), TOKEN, &[]).await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let (g, id) = expired_grant(&db, &admin, "T-atomic").await;
+    eventually(Duration::from_secs(10), "a failed revocation", || async {
+        gw.log().contains("outbox refused")
+    })
+    .await;
+    assert_eq!(
+        crate::lifecycle::revoked(&db, &g).await,
+        None,
+        "not revoked"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rbac_grants_audit WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "no audit row without its outbox entry");
+    sqlx::raw_sql("DROP TRIGGER refuse_outbox ON rbac_gateway_audit_outbox")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "revoked", || async {
+        crate::lifecycle::revoked(&db, &g).await.is_some()
+    })
+    .await;
+    let t0 = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the event at the writer",
+        || async { writer.keys().await == vec![id.clone()] },
+    )
+    .await;
+    eprintln!("revocation seen to event at the writer: {:?}", t0.elapsed());
+}
