@@ -1,7 +1,7 @@
 -- I-5 (issue 69 §2): every rbac_grants_audit row the gateway writes reaches Console's audit
 -- writer (customer_audit_events, SC-A3). The gateway never writes that chained table itself: it
 -- records here, in the same statement as the audit row (src/stores/revocation.rs,
--- src/stores/sweep.rs: `WITH a AS (INSERT INTO rbac_grants_audit ... RETURNING id) INSERT INTO
+-- src/stores/sweep.rs: `WITH written AS (INSERT INTO rbac_grants_audit ... RETURNING id) INSERT INTO
 -- rbac_gateway_audit_outbox ...`), that the row is owed to the writer, and serve's outbox job
 -- (src/jobs/audit_outbox.rs) delivers it with the row's id as the idempotency key. A crash
 -- between the two loses nothing: both are one transaction. Only the gateway's own rows are

@@ -18,7 +18,7 @@
 //! A row owed longer than `--audit-writer-alert-after` raises one ops alert (the alert pass
 //! delivers it) and is counted on `/readyz` and in `rbac_gateway_audit_outbox_overdue`. Without
 //! `--audit-writer-url` nothing is sent: the rows wait, counted and alerted, and the start-up log
-//! and `/readyz` say that I-5 is not met. docs/audit-writer.md has the payload and semantics.
+//! (`serve`'s warnings of settings) and `/readyz` say that I-5 is not met. docs/audit-writer.md has the payload and semantics.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,13 +218,9 @@ async fn pass(
 /// Runs a pass every `settings.interval` until the process ends.
 pub async fn run_forever(pool: Db, settings: OutboxSettings, metrics: Arc<Metrics>) {
     let writer = settings.writer.clone().map(Writer::new);
-    match &writer {
-        Some(w) => tracing::info!(url = %w.settings.url, "audit writer: rbac_grants_audit rows the gateway writes are delivered to Console's audit writer (I-5)"),
-        None => tracing::warn!(
-            "I-5 is NOT met: no --audit-writer-url, so the rbac_grants_audit rows the gateway writes \
-             (ticket_expire, break_glass_expire) never reach customer_audit_events; they wait in \
-             rbac_gateway_audit_outbox, counted (rbac_gateway_audit_outbox_undelivered) and alerted"
-        ),
+    // Without a writer, `serve` says at start that I-5 is not met (`warn_of_settings`).
+    if let Some(w) = &writer {
+        tracing::info!(url = %w.settings.url, "audit writer: rbac_grants_audit rows the gateway writes are delivered to Console's audit writer (I-5)");
     }
     let (mut passes, mut adopt_at) = (0u64, 0u64);
     loop {

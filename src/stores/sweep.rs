@@ -114,7 +114,7 @@ pub async fn write_break_glass_expire(
     limit: Duration,
 ) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar(concat!(
-        "WITH a AS (INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \
+        "WITH written AS (INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \
          SELECT ",
         crate::break_glass_expire_id!(),
         ", 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', ",
@@ -123,7 +123,7 @@ pub async fn write_break_glass_expire(
          AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = ",
         crate::legacy_break_glass_expire_id!(),
         ") ON CONFLICT (id) DO NOTHING RETURNING id) \
-         INSERT INTO rbac_gateway_audit_outbox (audit_id) SELECT id FROM a ON CONFLICT (audit_id) DO NOTHING \
+         INSERT INTO rbac_gateway_audit_outbox (audit_id) SELECT id FROM written ON CONFLICT (audit_id) DO NOTHING \
          RETURNING $1::text"
     )).persistent(false)
     .bind(session)

@@ -286,7 +286,14 @@ async fn invalid_truncated_or_missing_files_keep_the_old_mapping() {
     swap(&env.gw.routes, A.as_str());
     wait_for(&env.gw, &token, 403).await;
     let body = env.gw.admin_get("/readyz").await.body_str();
-    assert_eq!(body, format!("ready mapping={}\n", version(A.as_str())));
+    // (and I-5's state, this gateway having no audit writer)
+    assert_eq!(
+        body,
+        format!(
+            "ready mapping={}\naudit writer: I-5 not met: no --audit-writer-url; 0 rbac_grants_audit row(s) undelivered to customer_audit_events\n",
+            version(A.as_str())
+        )
+    );
 }
 
 #[tokio::test]

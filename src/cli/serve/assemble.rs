@@ -352,6 +352,14 @@ fn jobs(
 /// Settings that run but weaken what the gateway does, said once at start-up.
 fn warn_of_settings(config: &Config) {
     let args = &config.args;
+    if config.audit_writer.is_none() {
+        tracing::warn!(
+            setting = "--audit-writer-url",
+            "I-5 is NOT met: no --audit-writer-url, so the rbac_grants_audit rows the gateway writes \
+             (ticket_expire, break_glass_expire) never reach customer_audit_events; they wait in \
+             rbac_gateway_audit_outbox, counted (rbac_gateway_audit_outbox_undelivered) and alerted"
+        );
+    }
     if args.kill_switch() {
         tracing::warn!(
             "FLAG_RBAC_V2=0: kill switch on, every route is off (forwarded; Console decides)"
