@@ -178,18 +178,20 @@ pub struct PassReport {
     pub failed: Option<(String, String)>,
     /// The ops alert raised for overdue rows.
     pub alerted: Option<String>,
-    pub state: store::OutboxState,
+    /// What is still owed, read at the pass's end (None: the pass ended before).
+    pub state: Option<store::OutboxState>,
 }
 
 /// One pass: deliver what is due until nothing is or a delivery fails, raise the alert of rows
-/// overdue, read what is still owed.
+/// overdue, read what is still owed. What it did is in `report` however it ends (a database
+/// step that fails ends it: what was delivered before is still counted).
 async fn pass(
     pool: &Db,
     writer: Option<&Writer>,
     settings: &OutboxSettings,
-) -> Result<PassReport, sqlx::Error> {
+    report: &mut PassReport,
+) -> Result<(), sqlx::Error> {
     let limit = settings.limit;
-    let mut report = PassReport::default();
     if let Some(w) = writer {
         let lease = w.settings.timeout + LEASE_MARGIN;
         for _ in 0..MAX_PER_PASS {
@@ -211,8 +213,8 @@ async fn pass(
     }
     report.alerted =
         store::raise_overdue(pool, settings.alert_after, writer.is_some(), limit).await?;
-    report.state = store::outbox_state(pool, settings.alert_after, limit).await?;
-    Ok(report)
+    report.state = Some(store::outbox_state(pool, settings.alert_after, limit).await?);
+    Ok(())
 }
 
 /// Runs a pass every `settings.interval` until the process ends.
@@ -240,38 +242,38 @@ pub async fn run_forever(pool: Db, settings: OutboxSettings, metrics: Arc<Metric
             };
         }
         passes += 1;
-        match pass(&pool, writer.as_ref(), &settings).await {
-            Ok(r) => {
-                for id in &r.delivered {
-                    metrics
-                        .audit_outbox_deliveries
-                        .with_label_values(&["delivered"])
-                        .inc();
-                    tracing::info!(audit_row = %id, "audit writer: event delivered");
-                }
-                if let Some((id, e)) = &r.failed {
-                    metrics
-                        .audit_outbox_deliveries
-                        .with_label_values(&["failed"])
-                        .inc();
-                    tracing::warn!(audit_row = %id, error = %e, "audit writer: delivery failed; retried with backoff");
-                }
-                if let Some(key) = &r.alerted {
-                    tracing::error!(alert = %key, after = ?settings.alert_after, "audit writer: rows still undelivered past the bound; ops alert raised");
-                }
-                metrics.audit_outbox_undelivered.set(r.state.undelivered);
-                metrics.audit_outbox_overdue.set(r.state.overdue);
-                metrics
-                    .audit_outbox_oldest_seconds
-                    .set(r.state.oldest_seconds as i64);
-            }
-            Err(e) => {
-                metrics
-                    .audit_outbox_deliveries
-                    .with_label_values(&["db_error"])
-                    .inc();
-                tracing::error!(error = %e, "audit writer: the outbox pass failed; retried next pass (nothing is lost: the rows stay owed)");
-            }
+        let mut r = PassReport::default();
+        let outcome = pass(&pool, writer.as_ref(), &settings, &mut r).await;
+        for id in &r.delivered {
+            metrics
+                .audit_outbox_deliveries
+                .with_label_values(&["delivered"])
+                .inc();
+            tracing::info!(audit_row = %id, "audit writer: event delivered");
+        }
+        if let Some((id, e)) = &r.failed {
+            metrics
+                .audit_outbox_deliveries
+                .with_label_values(&["failed"])
+                .inc();
+            tracing::warn!(audit_row = %id, error = %e, "audit writer: delivery failed; retried with backoff");
+        }
+        if let Some(key) = &r.alerted {
+            tracing::error!(alert = %key, after = ?settings.alert_after, "audit writer: rows still undelivered past the bound; ops alert raised");
+        }
+        if let Some(state) = &r.state {
+            metrics.audit_outbox_undelivered.set(state.undelivered);
+            metrics.audit_outbox_overdue.set(state.overdue);
+            metrics
+                .audit_outbox_oldest_seconds
+                .set(state.oldest_seconds as i64);
+        }
+        if let Err(e) = outcome {
+            metrics
+                .audit_outbox_deliveries
+                .with_label_values(&["db_error"])
+                .inc();
+            tracing::error!(error = %e, "audit writer: the outbox pass failed; retried next pass (nothing is lost: the rows stay owed)");
         }
     }
 }

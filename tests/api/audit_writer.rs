@@ -154,7 +154,9 @@ impl Drop for Writer {
     }
 }
 
-/// A gateway sweeping every 0.3 s and delivering to `url` with `token` (None: no writer).
+/// A gateway sweeping every 0.3 s and delivering to `url` with `token` (None: no writer), with
+/// the writer's default timeout (5 s: a loaded machine's gunicorn is not taken for a slow writer)
+/// unless `extra` sets one.
 async fn gateway(
     db: &TestDb,
     up: &Upstream,
@@ -164,9 +166,7 @@ async fn gateway(
 ) -> Gateway {
     let mut o = GatewayOpts::new(core_routes(), db, up.addr)
         .arg("--sweep-interval")
-        .arg("0.3")
-        .arg("--audit-writer-timeout-ms")
-        .arg("500");
+        .arg("0.3");
     if let Some(url) = url {
         o = o
             .arg("--audit-writer-url")
@@ -456,7 +456,14 @@ async fn a_slow_writer_delays_delivery_and_the_key_keeps_one_event() {
         ("AUDIT_WRITER_SLOW_SECONDS", "2"),
     ])
     .await;
-    let gw = gateway(&db, &up, Some(&writer.url()), TOKEN, &[]).await;
+    let gw = gateway(
+        &db,
+        &up,
+        Some(&writer.url()),
+        TOKEN,
+        &["--audit-writer-timeout-ms", "500"],
+    )
+    .await;
     let (admin, _) = db.admin_with_roles(&[]).await;
     let (_, id) = expired_grant(&db, &admin, "T-slow").await;
     eventually_explained(
