@@ -13,7 +13,7 @@
 //!
 //! Rows of the gateway's without an entry (written before the outbox existed, or by an older
 //! binary during a rolling upgrade) are entered at the first pass and every [`ADOPT_EVERY`]
-//! passes after it.
+//! passes after it (a long history a batch a pass until none is left).
 //!
 //! A row owed longer than `--audit-writer-alert-after` raises one ops alert (the alert pass
 //! delivers it) and is counted on `/readyz` and in `rbac_gateway_audit_outbox_overdue`. Without
@@ -233,7 +233,11 @@ pub async fn run_forever(pool: Db, settings: OutboxSettings, metrics: Arc<Metric
                     if n > 0 {
                         tracing::warn!(rows = n, "audit writer: rbac_grants_audit rows of the gateway's without an outbox entry (written before it, or by an older binary) are now owed to the writer");
                     }
-                    passes + ADOPT_EVERY
+                    if n as i64 >= store::ADOPT_BATCH {
+                        passes + 1
+                    } else {
+                        passes + ADOPT_EVERY
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "audit writer: the gateway's rows without an outbox entry could not be looked for; tried again next pass");

@@ -110,20 +110,26 @@ pub async fn claim(
     ))
 }
 
+/// Most rows [`adopt_unowed`] enters in one statement.
+pub const ADOPT_BATCH: i64 = 5_000;
+
 /// Enters in the outbox every row the gateway wrote (`granted_by = 'rbac-gateway'`, its two
 /// event types) that has no entry: the rows written before migration 0031, and those a binary
 /// without the outbox writes during a rolling upgrade. Owed from now (their entry's time), so
-/// the bound counts from when the gateway took the debt on. The number entered.
+/// the bound counts from when the gateway took the debt on. At most [`ADOPT_BATCH`] a call,
+/// oldest first (a long history is entered over several calls, each statement short). The
+/// number entered.
 pub async fn adopt_unowed(pool: &Db, limit: Duration) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "INSERT INTO rbac_gateway_audit_outbox (audit_id) \
          SELECT a.id FROM rbac_grants_audit a \
           WHERE a.granted_by = 'rbac-gateway' AND a.event_type IN ('ticket_expire', 'break_glass_expire') \
             AND NOT EXISTS (SELECT 1 FROM rbac_gateway_audit_outbox o WHERE o.audit_id = a.id) \
-          ORDER BY a.created_at_utc \
+          ORDER BY a.created_at_utc LIMIT $1 \
          ON CONFLICT (audit_id) DO NOTHING",
     )
     .persistent(false)
+    .bind(ADOPT_BATCH)
     .execute(pool)
     .bounded(limit)
     .await?
