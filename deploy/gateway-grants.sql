@@ -78,6 +78,13 @@ GRANT UPDATE (revoked_at_utc, revoke_reason) ON rbac_ticket_grants TO rbac_gatew
 -- and the sweep's "row written yet?" read need SELECT; Console's rows are never changed).
 GRANT SELECT, INSERT ON rbac_grants_audit TO rbac_gateway_serve;
 
+-- Sweep and FreeScout's webhook: each of those rows owed to Console's audit writer (I-5), in
+-- the same statement. Outbox job: the due rows claimed and read with their audit row (above),
+-- each delivery or failure and its backoff, the ops alert of an overdue row, /readyz's count.
+GRANT SELECT, INSERT ON rbac_gateway_audit_outbox TO rbac_gateway_serve;
+GRANT UPDATE (attempts, next_attempt_utc, delivered_at_utc, alerted_at_utc, last_error)
+    ON rbac_gateway_audit_outbox TO rbac_gateway_serve;
+
 -- Audit writer: the access_denied / access_denied_shadow / rbac_drift rows.
 GRANT INSERT ON access_audit_events TO rbac_gateway_serve;
 -- Audit spool replay: ON CONFLICT (id) DO NOTHING reads the id, and only the id (the rows

@@ -102,6 +102,20 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "justification",
             "granted_by",
             "expires_at_utc",
+            "group_id",
+            "created_at_utc",
+        ],
+    ),
+    (
+        "rbac_gateway_audit_outbox",
+        &[
+            "audit_id",
+            "created_at_utc",
+            "attempts",
+            "next_attempt_utc",
+            "delivered_at_utc",
+            "alerted_at_utc",
+            "last_error",
         ],
     ),
     (

@@ -13,6 +13,8 @@ use crate::stores::invariants::{self as facts, Promotion};
 
 /// The flag I-11 names.
 pub const FLAG: &str = "FLAG_RBAC_V2";
+/// How long one read of the outbox may take.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -61,7 +63,7 @@ pub async fn invariants(
 ) -> Vec<Invariant> {
     vec![
         i4(pool, decision, posture).await,
-        i5(),
+        i5(pool, posture).await,
         i6(pool).await,
         i11(pool, decision, posture).await,
         t_pen_6(decision),
@@ -118,13 +120,57 @@ async fn i4(pool: &Db, decision: &DecisionArgs, posture: &PostureArgs) -> Invari
     i
 }
 
-/// I-5: every grant and revoke the gateway writes reaches Console's audit writer.
-fn i5() -> Invariant {
-    Invariant::new(
-        "I-5",
-        State::NotMet,
-        "the rbac_grants_audit rows the gateway writes (sweep expiries, webhook revocations) are not delivered to Console's audit writer (customer_audit_events)",
-    )
+/// I-5: every grant and revoke the gateway writes reaches Console's audit writer (the outbox of
+/// `rbac_gateway_audit_outbox`, docs/audit-writer.md): an audit writer is set, and no row waits
+/// past `--audit-writer-alert-after`.
+async fn i5(pool: &Db, posture: &PostureArgs) -> Invariant {
+    let after = std::time::Duration::from_secs_f64(posture.audit_writer_alert_after.max(0.0));
+    let state = crate::stores::audit_outbox::outbox_state(pool, after, LIMIT).await;
+    let configured = posture
+        .audit_writer_url
+        .as_deref()
+        .is_some_and(|u| !u.trim().is_empty());
+    match (configured, state) {
+        (_, Err(e)) => Invariant::new(
+            "I-5",
+            if configured { State::NotCheckable } else { State::NotMet },
+            format!(
+                "{}rbac_gateway_audit_outbox cannot be read: {e}",
+                if configured { "" } else { "no --audit-writer-url; " }
+            ),
+        ),
+        (false, Ok(s)) => Invariant::new(
+            "I-5",
+            State::NotMet,
+            format!(
+                "no --audit-writer-url: the rbac_grants_audit rows the gateway writes wait in rbac_gateway_audit_outbox, undelivered to customer_audit_events ({} now)",
+                s.undelivered
+            ),
+        ),
+        (true, Ok(s)) if s.overdue > 0 => {
+            let mut i = Invariant::new(
+                "I-5",
+                State::NotMet,
+                format!(
+                    "{} rbac_grants_audit row(s) undelivered to the audit writer for longer than {}s (oldest {:.0}s)",
+                    s.overdue,
+                    after.as_secs(),
+                    s.oldest_seconds
+                ),
+            );
+            i.details.extend(s.last_error.map(|e| format!("last error: {e}")));
+            i
+        }
+        (true, Ok(s)) => Invariant::new(
+            "I-5",
+            State::Met,
+            format!(
+                "every rbac_grants_audit row the gateway writes goes to the audit writer with its id as the idempotency key; {} undelivered, none past {}s",
+                s.undelivered,
+                after.as_secs()
+            ),
+        ),
+    }
 }
 
 /// I-6: erasure cascades from `admins`.

@@ -1,7 +1,8 @@
 //! The admin listener: `/healthz` (process alive), `/readyz` (mapping loaded, the database
 //! answered and the change feed read its log within [`crate::stores::feed::STALE`]; a routes file on
 //! disk that was not applied, role or permission names the database lacks, and an audit spool
-//! that cannot be written or emptied, are named, the status stays 200),
+//! that cannot be written or emptied, and I-5's state (no `--audit-writer-url`, rows owed to the
+//! audit writer past `--audit-writer-alert-after`) are named, the status stays 200),
 //! `/metrics` (Prometheus text). Served by hyper, GET only.
 
 use std::sync::Arc;
@@ -83,6 +84,38 @@ const UNKNOWN_NAMES_LIMIT: Duration = Duration::from_millis(500);
 const READY_LIMIT: Duration = Duration::from_secs(2);
 /// How long the database may take before `/readyz` also tries a connection of its own.
 const PROBE_AFTER: Duration = Duration::from_millis(300);
+
+/// I-5, named with the status unchanged (the gateway serves; what is owed waits, nothing is
+/// lost): no `--audit-writer-url`, or rows owed to the audit writer past the bound.
+async fn audit_writer_state(gw: &Gateway, body: &mut String) {
+    let after = gw.audit_writer_alert_after;
+    let state = crate::stores::audit_outbox::outbox_state(gw.identity.pool(), after, READY_LIMIT);
+    let state = match crate::stores::db::within(UNKNOWN_NAMES_LIMIT, state).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "readyz: the audit outbox could not be read");
+            body.push_str(&format!(
+                "audit writer: what is owed to it was not read: {e}\n"
+            ));
+            return;
+        }
+    };
+    if !gw.audit_writer_configured {
+        body.push_str(&format!(
+            "audit writer: I-5 not met: no --audit-writer-url; {} rbac_grants_audit row(s) undelivered to customer_audit_events\n",
+            state.undelivered
+        ));
+    } else if state.overdue > 0 {
+        body.push_str(&format!(
+            "audit writer: {} rbac_grants_audit row(s) undelivered for more than {}s (oldest {}s, {} owed in all); last error: {}\n",
+            state.overdue,
+            after.as_secs(),
+            state.oldest_seconds as i64,
+            state.undelivered,
+            state.last_error.as_deref().unwrap_or("none")
+        ));
+    }
+}
 
 async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
     let dead = gw.tasks.dead();
@@ -194,6 +227,9 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
     for line in &gw.weakened {
         body.push_str(line);
         body.push('\n');
+    }
+    if status == 200 {
+        audit_writer_state(gw, &mut body).await;
     }
     // Named, the status unchanged: with the database up, denials are recorded in it.
     for line in gw.audit.spool_problems() {

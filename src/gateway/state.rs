@@ -57,6 +57,10 @@ pub struct Gateway {
     pub promotion: std::sync::Mutex<Option<String>>,
     /// `/readyz` asks the watch for a fresh read.
     pub promotion_asked: tokio::sync::Notify,
+    /// I-5: whether `--audit-writer-url` is set (without it `/readyz` says I-5 is not met), and
+    /// the bound past which an undelivered row is named there.
+    pub audit_writer_configured: bool,
+    pub audit_writer_alert_after: Duration,
     /// What denials without a session may write (`--anonymous-denial-window`).
     pub anonymous: Arc<crate::gateway::anonymous::Coalescer>,
 }
@@ -131,6 +135,8 @@ impl Gateway {
             promoted_in: None,
             promotion: Default::default(),
             promotion_asked: Default::default(),
+            audit_writer_configured: false,
+            audit_writer_alert_after: Duration::from_secs(300),
             anonymous: Arc::new(crate::gateway::anonymous::Coalescer::new(Duration::ZERO, 1)),
         }
     }

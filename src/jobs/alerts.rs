@@ -70,7 +70,7 @@ async fn deliver(url: &str, text: &str) -> Result<(), String> {
 
 /// The start of a failure's body as one line of text: at most [`ERROR_TEXT_BYTES`] bytes, read
 /// within [`ERROR_TEXT_TIMEOUT`] (what arrived by then; nothing if it was not text).
-async fn error_text(mut body: hyper::body::Incoming) -> String {
+pub(crate) async fn error_text(mut body: hyper::body::Incoming) -> String {
     use http_body_util::BodyExt;
     let mut kept = Vec::new();
     // Out of time: what arrived by then is the text.

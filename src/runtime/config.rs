@@ -376,6 +376,15 @@ pub struct ServeArgs {
     pub decision: super::posture::DecisionArgs,
     #[command(flatten)]
     pub posture: super::posture::PostureArgs,
+    /// A file holding the audit writer's service token (one line), sent as `Authorization:
+    /// Bearer TOKEN`. Or the token itself in the environment variable GATEWAY_AUDIT_WRITER_TOKEN
+    /// (never a flag's value: a command line is visible to every user of the host). Not both.
+    #[arg(long, env = "GATEWAY_AUDIT_WRITER_TOKEN_FILE")]
+    pub audit_writer_token_file: Option<PathBuf>,
+    /// How long the audit writer may take to answer one event, in milliseconds (exceeded: a
+    /// failed delivery, retried).
+    #[arg(long, env = "GATEWAY_AUDIT_WRITER_TIMEOUT_MS", default_value_t = 5_000)]
+    pub audit_writer_timeout_ms: u64,
     /// Log format: json or text.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "json")]
     pub log_format: String,

@@ -83,6 +83,15 @@ pub struct Metrics {
     pub alert_passes: IntCounterVec,
     /// Grants or break-glass sessions whose rows the sweep could not write (retried).
     pub sweep_item_failures: IntCounter,
+    /// I-5: deliveries to Console's audit writer by result: delivered, failed (retried with
+    /// backoff), db_error (a pass whose database step failed).
+    pub audit_outbox_deliveries: IntCounterVec,
+    /// I-5: the gateway's `rbac_grants_audit` rows not yet delivered to the audit writer.
+    pub audit_outbox_undelivered: IntGauge,
+    /// I-5: of those, the ones owed longer than `--audit-writer-alert-after`.
+    pub audit_outbox_overdue: IntGauge,
+    /// I-5: seconds since the oldest undelivered row was written (0: none).
+    pub audit_outbox_oldest_seconds: IntGauge,
     /// FreeScout webhook calls by result (see doors/freescout_webhook.rs).
     pub freescout_webhooks: IntCounterVec,
     /// Targeted cache invalidations that failed (the whole cache was cleared instead).
@@ -325,6 +334,29 @@ impl Metrics {
                 "Grants or break-glass sessions whose rows the sweep could not write (retried next sweep)",
             )
             .unwrap(),
+            audit_outbox_deliveries: IntCounterVec::new(
+                Opts::new(
+                    "rbac_gateway_audit_outbox_deliveries_total",
+                    "Deliveries of rbac_grants_audit rows to Console's audit writer (I-5) by result",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+            audit_outbox_undelivered: IntGauge::new(
+                "rbac_gateway_audit_outbox_undelivered",
+                "rbac_grants_audit rows the gateway wrote that Console's audit writer has not taken yet (I-5)",
+            )
+            .unwrap(),
+            audit_outbox_overdue: IntGauge::new(
+                "rbac_gateway_audit_outbox_overdue",
+                "Undelivered rbac_grants_audit rows owed longer than --audit-writer-alert-after (I-5)",
+            )
+            .unwrap(),
+            audit_outbox_oldest_seconds: IntGauge::new(
+                "rbac_gateway_audit_outbox_oldest_seconds",
+                "Seconds since the oldest undelivered rbac_grants_audit row was written (I-5; 0: none)",
+            )
+            .unwrap(),
             freescout_webhooks: IntCounterVec::new(
                 Opts::new(
                     "rbac_gateway_freescout_webhooks_total",
@@ -386,6 +418,14 @@ impl Metrics {
         r.register(Box::new(m.alerts.clone())).unwrap();
         r.register(Box::new(m.alert_passes.clone())).unwrap();
         r.register(Box::new(m.sweep_item_failures.clone())).unwrap();
+        r.register(Box::new(m.audit_outbox_deliveries.clone()))
+            .unwrap();
+        r.register(Box::new(m.audit_outbox_undelivered.clone()))
+            .unwrap();
+        r.register(Box::new(m.audit_outbox_overdue.clone()))
+            .unwrap();
+        r.register(Box::new(m.audit_outbox_oldest_seconds.clone()))
+            .unwrap();
         r.register(Box::new(m.freescout_webhooks.clone())).unwrap();
         r.register(Box::new(m.cache_invalidation_errors.clone()))
             .unwrap();
@@ -421,6 +461,9 @@ impl Metrics {
         }
         for r in ["delivered", "failed"] {
             self.alerts.with_label_values(&[r]);
+        }
+        for r in ["delivered", "failed", "db_error"] {
+            self.audit_outbox_deliveries.with_label_values(&[r]);
         }
         for s in ["spans", "metrics"] {
             self.telemetry_dropped.with_label_values(&[s]);

@@ -132,6 +132,23 @@ pub struct PostureArgs {
     /// --break-glass-requires-alert, the default) no break-glass session can proceed.
     #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL", hide_env_values = true)]
     pub alert_webhook_url: Option<String>,
+    /// Console's audit writer (SC-A3; I-5): every rbac_grants_audit row the gateway writes
+    /// (ticket_expire, break_glass_expire) is POSTed there as one customer_audit_events event,
+    /// its id the Idempotency-Key, retried with backoff until taken (docs/audit-writer.md).
+    /// Needs a service token: --audit-writer-token-file or GATEWAY_AUDIT_WRITER_TOKEN. Unset:
+    /// the rows wait in rbac_gateway_audit_outbox, counted, and I-5 is not met (said at start
+    /// and on /readyz).
+    #[arg(long, env = "GATEWAY_AUDIT_WRITER_URL")]
+    pub audit_writer_url: Option<String>,
+    /// Seconds after which an rbac_grants_audit row still not delivered to the audit writer
+    /// raises an ops alert (through --alert-webhook-url) and is named on /readyz (the status
+    /// stays 200) and counted in rbac_gateway_audit_outbox_overdue.
+    #[arg(
+        long,
+        env = "GATEWAY_AUDIT_WRITER_ALERT_AFTER",
+        default_value_t = 300.0
+    )]
+    pub audit_writer_alert_after: f64,
 }
 
 impl PostureArgs {

@@ -23,10 +23,11 @@ pub enum Task {
     FreescoutWebhook,
     AnonymousDenials,
     Promotion,
+    AuditOutbox,
 }
 
 impl Task {
-    pub const ALL: [Task; 10] = [
+    pub const ALL: [Task; 11] = [
         Task::Feed,
         Task::Reload,
         Task::AuditWriter,
@@ -37,6 +38,7 @@ impl Task {
         Task::FreescoutWebhook,
         Task::AnonymousDenials,
         Task::Promotion,
+        Task::AuditOutbox,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +53,7 @@ impl Task {
             Task::FreescoutWebhook => "freescout_webhook",
             Task::AnonymousDenials => "anonymous_denials",
             Task::Promotion => "promotion",
+            Task::AuditOutbox => "audit_outbox",
         }
     }
 }

@@ -3,7 +3,8 @@
 //! anywhere else): the pool ([`db`], and `&Db` as sqlx's executor in `executor.rs`) and the
 //! migrations ([`migrations`]), who a session is ([`identity`],
 //! [`ticket`]), the role catalogue ([`catalogue`]), keeping the cache coherent ([`feed`]), the
-//! durable audit trail ([`audit`]), the revocation of grants that end ([`revocation`]) and the
+//! durable audit trail ([`audit`]), the revocation of grants that end ([`revocation`]), what of it Console's audit writer is
+//! owed ([`audit_outbox`], I-5) and the
 //! statements of the jobs that sweep them and raise alerts ([`sweep`], [`alerts`]; the jobs
 //! themselves are in [`crate::jobs`]), mapping versions pushed to the database
 //! ([`mapping_store`]) and run by the fleet ([`rollout`]), what the schema holds for `check`
@@ -11,6 +12,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod audit_outbox;
 pub mod catalogue;
 pub mod db;
 mod executor;

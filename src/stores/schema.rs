@@ -266,6 +266,7 @@ pub const BUILTINS: &[&str] = &[
     "left",
     "make_interval",
     "max",
+    "min",
     "now",
     "pg_advisory_lock",
     "pg_advisory_xact_lock",

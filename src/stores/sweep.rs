@@ -105,15 +105,16 @@ pub async fn ended_break_glass_sessions(
     .await
 }
 
-/// Writes `session`'s `break_glass_expire` row (`ON CONFLICT DO NOTHING`): Some(session id) when
-/// this call wrote it, None when it was there already.
+/// Writes `session`'s `break_glass_expire` row (`ON CONFLICT DO NOTHING`) and, in the same
+/// statement, its entry in `rbac_gateway_audit_outbox` (I-5: owed to Console's audit writer):
+/// Some(session id) when this call wrote it, None when it was there already.
 pub async fn write_break_glass_expire(
     pool: &Db,
     session: &str,
     limit: Duration,
 ) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar(concat!(
-        "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \
+        "WITH written AS (INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \
          SELECT ",
         crate::break_glass_expire_id!(),
         ", 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', ",
@@ -121,7 +122,9 @@ pub async fn write_break_glass_expire(
         " FROM rbac_break_glass_sessions b WHERE b.id = $1 \
          AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = ",
         crate::legacy_break_glass_expire_id!(),
-        ") ON CONFLICT (id) DO NOTHING RETURNING $1::text"
+        ") ON CONFLICT (id) DO NOTHING RETURNING id) \
+         INSERT INTO rbac_gateway_audit_outbox (audit_id) SELECT id FROM written ON CONFLICT (audit_id) DO NOTHING \
+         RETURNING $1::text"
     )).persistent(false)
     .bind(session)
     .fetch_optional(pool)

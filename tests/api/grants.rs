@@ -174,6 +174,8 @@ async fn serve_and_sweep_work_as_a_login_holding_only_the_gateway_grants() {
     .execute(&db.pool)
     .await
     .unwrap();
+    // I-5: the rows it writes delivered to Console's audit writer, as this role.
+    let writer = crate::audit_writer::Writer::start(&[]).await;
     let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
         .arg("--cache-ttl")
         .arg("60")
@@ -182,7 +184,10 @@ async fn serve_and_sweep_work_as_a_login_holding_only_the_gateway_grants() {
         .arg("--sweep-failure-threshold")
         .arg("2")
         .arg("--alert-webhook-url")
-        .arg(&format!("http://{}/hook", hook.addr));
+        .arg(&format!("http://{}/hook", hook.addr))
+        .arg("--audit-writer-url")
+        .arg(&writer.url())
+        .env("GATEWAY_AUDIT_WRITER_TOKEN", crate::audit_writer::TOKEN);
     opts.database_url = url.clone();
     let gw = Gateway::start(opts).await;
 
@@ -244,6 +249,14 @@ async fn serve_and_sweep_work_as_a_login_holding_only_the_gateway_grants() {
         Duration::from_secs(10),
         "serve's sweep revoking the healthy grant",
         || async { revoked(&db, &healthy).await.is_some() },
+    )
+    .await;
+    let healthy_row = rbac_gateway::stores::revocation::audit_row_id("ticket_expire", &healthy);
+    until(
+        &gw,
+        Duration::from_secs(10),
+        "its ticket_expire row delivered to the audit writer (I-5)",
+        || async { writer.keys().await.contains(&healthy_row) },
     )
     .await;
     until(

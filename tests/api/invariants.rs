@@ -200,7 +200,38 @@ async fn check_lists_each_invariant_met_or_not_and_why() {
     let text = check(&db, &hook);
     assert!(text.contains("invariants:"), "{text}");
     assert!(line(&text, "I-4").contains("I-4 met"), "{text}");
-    assert!(line(&text, "I-5").contains("NOT MET"), "{text}");
+    assert!(
+        line(&text, "I-5").contains("NOT MET: no --audit-writer-url"),
+        "{text}"
+    );
+    let with_writer = check(
+        &db,
+        &[("GATEWAY_AUDIT_WRITER_URL", "http://127.0.0.1:9/events")],
+    );
+    assert!(
+        line(&with_writer, "I-5").contains("I-5 met"),
+        "{with_writer}"
+    );
+    // A row owed past the bound: not met, with the last error.
+    let (owed, _) = db.admin_with_roles(&[]).await;
+    sqlx::raw_sql(&format!(
+        "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, granted_by, created_at_utc) \
+           VALUES ('owed-1', 'break_glass_expire', '{owed}', 'rbac-gateway', now() - interval '1 hour'); \
+         INSERT INTO rbac_gateway_audit_outbox (audit_id, created_at_utc, last_error) \
+           VALUES ('owed-1', now() - interval '1 hour', 'HTTP 500')"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let owing = check(
+        &db,
+        &[("GATEWAY_AUDIT_WRITER_URL", "http://127.0.0.1:9/events")],
+    );
+    assert!(
+        line(&owing, "I-5").contains("I-5 NOT MET: 1 rbac_grants_audit row(s) undelivered"),
+        "{owing}"
+    );
+    assert!(owing.contains("last error: HTTP 500"), "{owing}");
     assert!(line(&text, "I-6").contains("I-6 met"), "{text}");
     assert!(line(&text, "I-11").contains("not checkable here"), "{text}");
     assert!(

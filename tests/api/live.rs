@@ -292,6 +292,11 @@ async fn invalid_truncated_or_missing_files_keep_the_old_mapping() {
         "{body}"
     );
     assert!(!body.contains("not applied"), "{body}");
+    // (and I-5's state, this gateway having no audit writer)
+    assert!(
+        body.contains("audit writer: I-5 not met: no --audit-writer-url; 0 rbac_grants_audit row(s) undelivered to customer_audit_events\n"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod anonymous;
+mod audit_writer;
 mod blackhole;
 mod cli;
 mod cockpit;

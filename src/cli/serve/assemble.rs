@@ -185,6 +185,8 @@ pub async fn gateway(
                 e.kind() != crate::runtime::posture::Kind::NotProduction && !args.kill_switch()
             })
             .map(|e| e.name),
+        audit_writer_configured: config.audit_writer.is_some(),
+        audit_writer_alert_after: config.audit_writer_alert_after,
         anonymous: Arc::new(crate::gateway::anonymous::Coalescer::new(
             Duration::from_secs(args.anonymous_denial_window),
             args.anonymous_denial_keys,
@@ -309,6 +311,21 @@ fn jobs(
             metrics.clone(),
         )),
     );
+    // I-5: the gateway's rbac_grants_audit rows delivered to Console's audit writer (every
+    // replica; a row is claimed by one at a time). Without a writer it counts and alerts.
+    supervised(
+        Task::AuditOutbox,
+        Box::pin(crate::jobs::audit_outbox::run_forever(
+            pool.clone(),
+            crate::jobs::audit_outbox::OutboxSettings {
+                writer: config.audit_writer.clone(),
+                alert_after: config.audit_writer_alert_after,
+                interval: Duration::from_secs(1),
+                limit: config.db_timeout,
+            },
+            metrics.clone(),
+        )),
+    );
     let sweeping = !config.sweep_interval.is_zero();
     if sweeping {
         supervised(
@@ -356,6 +373,14 @@ fn jobs(
 /// Settings that run but weaken what the gateway does, said once at start-up.
 fn warn_of_settings(config: &Config) {
     let args = &config.args;
+    if config.audit_writer.is_none() {
+        tracing::warn!(
+            setting = "--audit-writer-url",
+            "I-5 is NOT met: no --audit-writer-url, so the rbac_grants_audit rows the gateway writes \
+             (ticket_expire, break_glass_expire) never reach customer_audit_events; they wait in \
+             rbac_gateway_audit_outbox, counted (rbac_gateway_audit_outbox_undelivered) and alerted"
+        );
+    }
     if args.kill_switch() {
         tracing::warn!(
             "FLAG_RBAC_V2=0: kill switch on, every route is off (forwarded; Console decides)"

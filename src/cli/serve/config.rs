@@ -13,6 +13,7 @@ use super::super::{load_mapping, resolve, usage, Exit};
 use crate::dataplane::workers::Http1Settings;
 use crate::doors::freescout_webhook::Auth;
 use crate::doors::proxy::Settings;
+use crate::jobs::audit_outbox::WriterSettings;
 use crate::policy::mapping::Mapping;
 use crate::runtime::config::ServeArgs;
 use crate::runtime::telemetry::config::Settings as TelemetrySettings;
@@ -60,6 +61,10 @@ pub struct Config {
     pub freescout_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub upstream_read_timeout: Duration,
+    /// Console's audit writer (I-5); None: no `--audit-writer-url`, I-5 not met.
+    pub audit_writer: Option<WriterSettings>,
+    /// `--audit-writer-alert-after`.
+    pub audit_writer_alert_after: Duration,
     /// The flags as given, for what needs no check (URLs, sizes, switches).
     pub args: ServeArgs,
 }
@@ -90,6 +95,15 @@ impl Config {
             Some(a) => Some(resolve(a, "--authz-listen")?),
         };
         let webhook = webhook(&args)?;
+        // Set empty (how a compose file or a unit unsets a variable): unset.
+        let env_token = std::env::var("GATEWAY_AUDIT_WRITER_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let audit_writer = audit_writer(&args, env_token)?;
+        let audit_writer_alert_after = seconds(
+            args.posture.audit_writer_alert_after,
+            "--audit-writer-alert-after",
+        )?;
         if args.freescout_concurrency == 0
             || args.freescout_timeout_ms == 0
             || args.sweep_failure_threshold == 0
@@ -153,6 +167,8 @@ impl Config {
             freescout_timeout: Duration::from_millis(args.freescout_timeout_ms),
             upstream_connect_timeout: Duration::from_millis(args.upstream_connect_timeout_ms),
             upstream_read_timeout: Duration::from_millis(args.upstream_read_timeout_ms),
+            audit_writer,
+            audit_writer_alert_after,
             args,
         })
     }
@@ -209,6 +225,68 @@ fn webhook(args: &ServeArgs) -> Result<Option<Webhook>, Exit> {
         addr,
         auth,
         validation_url,
+    }))
+}
+
+/// The shortest service token taken for the audit writer.
+const MIN_TOKEN_CHARS: usize = 16;
+
+/// `--audit-writer-url` and its service token, from `--audit-writer-token-file` or `env_token`
+/// (`GATEWAY_AUDIT_WRITER_TOKEN`), never a flag's value: one of the two, exactly, with the URL;
+/// neither without it. A URL that cannot be sent to is refused here, not found out per row.
+fn audit_writer(
+    args: &ServeArgs,
+    env_token: Option<String>,
+) -> Result<Option<WriterSettings>, Exit> {
+    let Some(url) = &args.posture.audit_writer_url else {
+        if args.audit_writer_token_file.is_some() || env_token.is_some() {
+            return Err(usage(anyhow!(
+                "an audit writer token is set (--audit-writer-token-file or GATEWAY_AUDIT_WRITER_TOKEN) but no --audit-writer-url"
+            )));
+        }
+        return Ok(None);
+    };
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| usage(anyhow!("--audit-writer-url {url:?}: {e}")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(usage(anyhow!(
+            "--audit-writer-url {url:?}: an http:// or https:// URL with a host"
+        )));
+    }
+    let (token, from) = match (&args.audit_writer_token_file, env_token) {
+        (Some(_), Some(_)) => {
+            return Err(usage(anyhow!(
+                "--audit-writer-token-file and GATEWAY_AUDIT_WRITER_TOKEN are both set: give the token once"
+            )))
+        }
+        (None, None) => {
+            return Err(usage(anyhow!(
+                "--audit-writer-url needs the writer's service token: --audit-writer-token-file FILE or GATEWAY_AUDIT_WRITER_TOKEN"
+            )))
+        }
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                usage(anyhow!("--audit-writer-token-file {}: {e}", path.display()))
+            })?;
+            let line = text.strip_suffix('\n').unwrap_or(&text);
+            let line = line.strip_suffix('\r').unwrap_or(line).to_string();
+            (line, format!("--audit-writer-token-file {}", path.display()))
+        }
+        (None, Some(t)) => (t, "GATEWAY_AUDIT_WRITER_TOKEN".to_string()),
+    };
+    if token.len() < MIN_TOKEN_CHARS || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(usage(anyhow!(
+            "{from}: the audit writer's token must be one line of at least {MIN_TOKEN_CHARS} visible ASCII characters"
+        )));
+    }
+    if args.audit_writer_timeout_ms == 0 {
+        return Err(usage(anyhow!("--audit-writer-timeout-ms must be > 0")));
+    }
+    Ok(Some(WriterSettings {
+        url: uri,
+        token,
+        timeout: Duration::from_millis(args.audit_writer_timeout_ms),
     }))
 }
 

@@ -215,7 +215,7 @@ impl Drop for PgBouncer {
 /// Lines of a gateway's log that say something went wrong with the database (no fault is
 /// injected here): a warning or error that carries an error or speaks of the database, and any
 /// line about prepared statements or a panic. (Start-up warnings about flags left unset are not
-/// about the database.)
+/// about the database: those that would read as such name their `setting`.)
 pub fn database_complaints(log: &str) -> Vec<String> {
     const ABOUT_THE_DATABASE: [&str; 9] = [
         "database",
@@ -232,6 +232,7 @@ pub fn database_complaints(log: &str) -> Vec<String> {
         .filter(|line| {
             let v = serde_json::from_str::<serde_json::Value>(line).unwrap_or_default();
             let warned = matches!(v["level"].as_str(), Some("WARN" | "ERROR"))
+                && v["setting"].is_null()
                 && (!v["error"].is_null() || ABOUT_THE_DATABASE.iter().any(|w| line.contains(w)));
             warned
                 || line.contains("prepared statement")
