@@ -1,6 +1,6 @@
 //! `rbac-gateway rollout`: per cluster of the mapping (003 §6, S1-S8), its rules and modes,
 //! since when the fleet runs each in its mode, shadow denials and drift rows in the window,
-//! blockers, and a verdict ([`crate::stores::rollout::assess`]). Exit codes for a CI gate: 1 when the
+//! blockers, and a verdict ([`crate::policy::cutover::assess`]). Exit codes for a CI gate: 1 when the
 //! file promotes (enforces) a cluster that is not ready, or `--cluster` names one that is
 //! neither ready nor enforced; 0 otherwise; 64 on bad usage.
 
@@ -14,13 +14,13 @@ use std::path::Path;
 
 use super::{failure, load_mapping, load_stored_ref, runtime, say, stored_ref, usage, Exit};
 use crate::gateway::reload::{load_stored, Unloadable};
+use crate::policy::cutover::{
+    assess, human, routes_of, timeline, Activation, ClusterStatus, LoadedRoute, Verdict,
+};
 use crate::policy::mapping::Mapping;
 use crate::runtime::config::{RolloutArgs, EXIT_PROBLEMS};
 use crate::stores::mapping_store;
-use crate::stores::rollout::{
-    assess, history, human, routes_of, timeline, window, Activation, ClusterStatus, LoadedRoute,
-    Verdict,
-};
+use crate::stores::rollout::{history, window};
 
 /// What `rollout --json` prints, and the cockpit's board shows.
 #[derive(Debug, Serialize)]
