@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 
-use super::{diag, failure, runtime, say, usage, Exit};
+use super::toolbox::{diag, failure, runtime, say, usage};
+use super::Exit;
 use crate::policy::mapping::{Diagnostic, Mapping, Severity};
 use crate::runtime::config::{CheckArgs, EXIT_PROBLEMS};
 use crate::stores::schema as db_schema;

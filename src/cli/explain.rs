@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{failure, load_mapping, runtime, say, usage, Exit};
+use super::toolbox::{command_pool, failure, load_mapping, runtime, say, usage};
+use super::Exit;
 use crate::cli::access::InMemory;
 use crate::policy::answer::{Answer, Reply};
 use crate::policy::mapping::Mapping;
@@ -83,7 +84,7 @@ fn explain_into(args: &ExplainArgs, out: &mut Said) -> Result<(), Exit> {
         (Some(id), _, _, _) => {
             let url = database_url(args, "--request-id")?;
             runtime()?.block_on(async {
-                let pool = super::command_pool(url, 1, Duration::from_secs(10)).await?;
+                let pool = command_pool(url, 1, Duration::from_secs(10)).await?;
                 from_audit_row(&pool, args, id, out).await
             })
         }
@@ -102,12 +103,8 @@ fn explain_into(args: &ExplainArgs, out: &mut Said) -> Result<(), Exit> {
             runtime()?.block_on(async {
                 let pool = match admin {
                     Some(_) if !refused => Some(
-                        super::command_pool(
-                            database_url(args, "--admin")?,
-                            1,
-                            Duration::from_secs(10),
-                        )
-                        .await?,
+                        command_pool(database_url(args, "--admin")?, 1, Duration::from_secs(10))
+                            .await?,
                     ),
                     _ => None,
                 };

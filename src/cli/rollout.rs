@@ -12,7 +12,10 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::{failure, load_mapping, load_stored_ref, runtime, say, stored_ref, usage, Exit};
+use super::toolbox::{
+    command_pool, failure, load_mapping, load_stored_ref, runtime, say, stored_ref, usage,
+};
+use super::Exit;
 use crate::gateway::reload::{load_stored, Unloadable};
 use crate::policy::cutover::{
     assess, human, routes_of, timeline, Activation, ClusterStatus, LoadedRoute, Verdict,
@@ -66,7 +69,7 @@ pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
         .filter(|s| *s > 0)
         .ok_or_else(|| usage(anyhow!("--since must be a positive duration")))?;
     let report = runtime()?.block_on(async {
-        let pool = super::command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
+        let pool = command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
         report(
             &pool,
             &args.routes,

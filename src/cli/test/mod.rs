@@ -23,7 +23,11 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use super::{failure, load_mapping, load_stored_ref, runtime, stored_ref, usage, Exit};
+use super::toolbox::{
+    command_pool, failure, load_mapping, load_stored_ref, needs_database_url, runtime, say,
+    stored_ref, usage,
+};
+use super::Exit;
 use crate::cli::access::Catalogue;
 use crate::policy::mapping::Mapping;
 use crate::runtime::config::TestArgs;
@@ -34,14 +38,12 @@ pub use world::Settings;
 pub fn test(args: TestArgs) -> Result<(), Exit> {
     let report = runtime()?.block_on(async {
         let pool = match &args.database_url {
-            Some(url) => Some(super::command_pool(url, 1, Duration::from_secs(10)).await?),
+            Some(url) => Some(command_pool(url, 1, Duration::from_secs(10)).await?),
             None => None,
         };
         let mapping = match (stored_ref(&args.routes), &pool) {
             (Some(what), Some(pool)) => load_stored_ref(pool, what).await?,
-            (Some(_), None) => {
-                return Err(super::needs_database_url(&args.routes, "--database-url"))
-            }
+            (Some(_), None) => return Err(needs_database_url(&args.routes, "--database-url")),
             (None, _) => load_mapping(&args.routes)?,
         };
         let paths = tests_of(&args.routes, &args.tests)?;
@@ -52,7 +54,7 @@ pub fn test(args: TestArgs) -> Result<(), Exit> {
         "junit" => report::junit(&report),
         _ => report::text(&report, args.verbose),
     };
-    super::say!("{shown}");
+    say!("{shown}");
     if report.failed > 0 {
         return Err(failure(anyhow!(
             "{} of {} cases failed",
