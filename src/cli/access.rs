@@ -1,10 +1,10 @@
-//! The access review behind `matrix` and `diff`: who reaches which route. Every answer is
+//! The access review the commands share: who reaches which route. Every answer is
 //! [`crate::policy::outcome::decide`]'s, for a principal held in memory ([`InMemory`]): a group's roles
 //! expanded through the role catalogue, or an admin's roles read from the database. There is no
 //! second policy here, only the principals and the requests to ask about. It sits with the
 //! commands that use it (it folds the role catalogue `stores/catalogue.rs` reads, parses a
-//! migration and asks the reader API's door how it would answer), beside the cutover review
-//! (`assess` in `stores/rollout.rs`).
+//! migration and asks the reader API's door how it would answer), while the cutover's verdict
+//! (`assess`) is pure and sits in `policy/cutover.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

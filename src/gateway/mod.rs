@@ -3,7 +3,7 @@
 //! plane), which is the [`crate::policy::outcome::Authority`] the decision asks and the
 //! [`crate::policy::answer::Records`] its aftermath writes through; and [`reload`], the mapping
 //! swapped in whole from the file or the database. It wires the policy to the stores; the doors
-//! carry its answers, and `serve` (`cli/serve.rs`) assembles it all.
+//! carry its answers, and `serve` (`cli/serve/`) assembles it all.
 
 pub mod anonymous;
 pub mod reader;
