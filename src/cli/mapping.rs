@@ -1,5 +1,5 @@
 //! `rbac-gateway mapping push|activate|rollback|history|show`: mapping versions kept in the
-//! database (issue 46). A push validates the file exactly as `check` does before anything is
+//! database. A push validates the file exactly as `check` does before anything is
 //! stored; every change is one transaction under an advisory lock
 //! ([`crate::stores::mapping_store`]); gateways started with `--mapping-source database` apply
 //! each activation within a second.

@@ -1,4 +1,4 @@
-//! The change feed: keeps the caches coherent with the database (issue 5, 004 §3.4).
+//! The change feed: keeps the caches coherent with the database (004 §3.4).
 //!
 //! Triggers installed by `migrate` write one `rbac_change_log` row per change (the admin it
 //! affects, or NULL for "everyone") and `NOTIFY rbac_gateway_changes`. This task LISTENs (a
@@ -87,7 +87,7 @@ const READ_WITH_MAPPING_SQL: &str = concat!(
 /// sets are disjoint, xip lying below xmax). Every row it showed committed
 /// was returned by that read or an earlier one. Transaction ids, not row ids: a transaction may
 /// take its id before another and write its row after it, so row ids do not follow commits (a
-/// cursor of the highest id read skipped such rows, 2026-11-27, found by a review).
+/// cursor of the highest id read skipped such rows).
 ///
 /// A snapshot means something on the server that took it only: with the server's token beside
 /// it (`rbac_gateway_feed_epoch`, an unlogged table: emptied by crash recovery and empty on a
@@ -328,7 +328,7 @@ fn listener_pool(db: &Db, limit: Duration) -> sqlx::PgPool {
 /// task, and the connection's socket, would live until the kernel gave the connection up, about
 /// 15 minutes. Dropped inside a runtime of its own that is shut down at once, the task is
 /// cancelled and the connection closed (the backend ends its LISTEN with the session): the
-/// listener holds nothing past the moment it is given up (issue 44).
+/// listener holds nothing past the moment it is given up.
 fn abandon(listener: Option<PgListener>) {
     let Some(listener) = listener else { return };
     let spawned = std::thread::Builder::new()
