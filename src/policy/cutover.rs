@@ -363,45 +363,39 @@ pub fn assess(
 mod tests {
     use super::*;
     use crate::policy::audit_event::EVENT_SHADOW_DENIED;
-    use std::path::Path;
+    use crate::policy::mapping::fixture::rules;
 
-    const MAPPING: &str = r#"
-[cluster.S1]
-mode = "shadow"
-[cluster.S2]
-mode = "shadow"
-[cluster.S3]
-mode = "shadow"
-blocked_by = ["AMBIGUOUS-2"]
-[cluster.S4]
-[cluster.public]
-
-[[route]]
-methods = ["GET"]
-path = "/s1"
-roles = ["r"]
-cluster = "S1"
-[[route]]
-methods = ["GET"]
-path = "/s2"
-roles = ["r"]
-cluster = "S2"
-[[route]]
-methods = ["GET"]
-path = "/s3"
-roles = ["r"]
-cluster = "S3"
-[[route]]
-methods = ["GET"]
-path = "/s4"
-roles = ["r"]
-cluster = "S4"
-[[route]]
-methods = ["GET"]
-path = "/p"
-access = "public"
-cluster = "public"
-"#;
+    /// Four clusters of one protected rule each, S1 and S2 in `first_two` (shadow, or
+    /// enforce for a file promoting them), S3 in shadow and blocked, S4 as its rule says; and
+    /// a public one.
+    fn mapping(first_two: &str) -> Mapping {
+        rules()
+            .declare("S1")
+            .mode(first_two)
+            .declare("S2")
+            .mode(first_two)
+            .declare("S3")
+            .mode("shadow")
+            .blocked_by(&["AMBIGUOUS-2"])
+            .declare("S4")
+            .declare("public")
+            .route("GET", "/s1")
+            .roles(&["r"])
+            .cluster("S1")
+            .route("GET", "/s2")
+            .roles(&["r"])
+            .cluster("S2")
+            .route("GET", "/s3")
+            .roles(&["r"])
+            .cluster("S3")
+            .route("GET", "/s4")
+            .roles(&["r"])
+            .cluster("S4")
+            .route("GET", "/p")
+            .access("public")
+            .cluster("public")
+            .mapping()
+    }
 
     fn load(at: DateTime<Utc>, kill: bool, modes: &[(&str, &str)]) -> Load {
         Load {
@@ -426,7 +420,7 @@ cluster = "public"
 
     #[test]
     fn verdicts_follow_soak_drift_blockers_and_the_kill_switch() {
-        let m = Mapping::from_str("t.toml", Path::new("t.toml"), MAPPING).unwrap();
+        let m = mapping("shadow");
         let now = Utc::now();
         let days = |d: i64| now - chrono::Duration::days(d);
         let all = [
@@ -491,8 +485,7 @@ cluster = "public"
         assert_eq!(s1.verdict, Verdict::NotReady, "{:?}", s1.reasons);
 
         // A file promoting S1 and S2 (enforce) against the same fleet.
-        let promoting = MAPPING.replacen("mode = \"shadow\"", "mode = \"enforce\"", 2);
-        let p = Mapping::from_str("t.toml", Path::new("t.toml"), &promoting).unwrap();
+        let p = mapping("enforce");
         let got = assess(&p, &history, &rows, week, now);
         let s = |c: &str| got.iter().find(|s| s.cluster == c).unwrap();
         assert!(s("S1").promoted && s("S1").verdict == Verdict::Ready);

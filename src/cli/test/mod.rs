@@ -250,36 +250,31 @@ async fn named_admins(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::mapping::fixture::{rules, Rules};
     use std::collections::BTreeSet;
 
-    const MAPPING: &str = r#"
-[cluster.S8]
-[cluster.open]
-[[route]]
-methods = ["GET"]
-path = "/secrets"
-roles = ["console-secrets-admin"]
-cluster = "S8"
-[[route]]
-methods = ["GET"]
-path = "/secrets/<name>/sop"
-roles = ["console-secrets-user"]
-cluster = "S8"
-[[route]]
-methods = ["GET"]
-path = "/customers/<int:id>/audit"
-roles = ["console-manager"]
-customer_param = "id"
-cluster = "S8"
-[[route]]
-methods = ["GET"]
-path = "/static/<path:f>"
-access = "public"
-cluster = "open"
-"#;
+    /// Cluster S8's secrets and a customer's audit, and a public `open` cluster.
+    fn s8() -> Rules {
+        rules()
+            .declare("S8")
+            .declare("open")
+            .route("GET", "/secrets")
+            .roles(&["console-secrets-admin"])
+            .cluster("S8")
+            .route("GET", "/secrets/<name>/sop")
+            .roles(&["console-secrets-user"])
+            .cluster("S8")
+            .route("GET", "/customers/<int:id>/audit")
+            .roles(&["console-manager"])
+            .customer_param("id")
+            .cluster("S8")
+            .route("GET", "/static/<path:f>")
+            .access("public")
+            .cluster("open")
+    }
 
-    fn mapping(text: &str) -> Mapping {
-        Mapping::from_str("m.toml", Path::new("m.toml"), text).unwrap()
+    fn mapping(rules: Rules) -> Mapping {
+        rules.mapping_named("m.toml")
     }
 
     /// Runs `tests` (one file) on `m` without a database.
@@ -296,7 +291,7 @@ cluster = "open"
     #[test]
     fn cases_are_asked_of_decide_and_a_failure_says_why() {
         let r = run_on(
-            &mapping(MAPPING),
+            &mapping(s8()),
             r#"
 [principal.support]
 groups = ["raxx-support-team"]
@@ -341,7 +336,7 @@ reason = "no_route"
         let f = &failed.failures[0];
         assert_eq!(f.problem, "expected allow, decided deny (missing_role)");
         assert!(
-            f.why.iter().any(|l| l == "rule: GET /secrets (m.toml:4:1)"),
+            f.why.iter().any(|l| l == "rule: GET /secrets (m.toml:3:1)"),
             "{:#?}",
             f.why
         );
@@ -377,7 +372,7 @@ reason = "no_route"
     #[test]
     fn ticket_grants_open_a_rule_with_customer_param_for_their_customer_only() {
         let r = run_on(
-            &mapping(MAPPING),
+            &mapping(s8()),
             r#"
 [[case]]
 who = { groups = ["raxx-support-team"] }
@@ -398,9 +393,10 @@ expect = "deny"
     #[test]
     fn statements_name_each_offending_rule() {
         // A catch-all added under /secrets from elsewhere is found by the prefix's own paths.
-        let with_catch_all = format!(
-            "{MAPPING}[[route]]\nmethods = [\"GET\"]\npath = \"/<path:any>\"\naccess = \"public\"\ncluster = \"open\"\n"
-        );
+        let with_catch_all = s8()
+            .route("GET", "/<path:any>")
+            .access("public")
+            .cluster("open");
         let tests = r#"
 [[case]]
 name = "no route under /secrets is reached by support"
@@ -417,7 +413,7 @@ every = { cluster = "S88" }
 who = "no-session"
 expect = "login"
 "#;
-        let r = run_on(&mapping(&with_catch_all), tests).unwrap();
+        let r = run_on(&mapping(with_catch_all), tests).unwrap();
         let by_name = |n: &str| r.cases.iter().find(|c| c.name == n).unwrap();
         let prefix = by_name("no route under /secrets is reached by support");
         let offending: Vec<(&str, &str)> = prefix
@@ -452,14 +448,14 @@ expect = "login"
             "{typo:#?}"
         );
         // Without the catch-all, the prefix statement holds.
-        let r = run_on(&mapping(MAPPING), tests).unwrap();
+        let r = run_on(&mapping(s8()), tests).unwrap();
         assert!(r.cases[0].passed, "{:#?}", r.cases[0]);
     }
 
     #[test]
     fn names_the_catalogue_lacks_do_not_load() {
         let e = run_on(
-            &mapping(MAPPING),
+            &mapping(s8()),
             "[[case]]\nwho = { groups = [\"raxx-suport-team\"] }\nrequest = \"GET /secrets\"\nexpect = \"deny\"\n",
         )
         .unwrap_err();
@@ -470,7 +466,7 @@ expect = "login"
             "{text}"
         );
         let e = run_on(
-            &mapping(MAPPING),
+            &mapping(s8()),
             "[[case]]\nwho = { admin = \"a@example.com\" }\nrequest = \"GET /secrets\"\nexpect = \"deny\"\n",
         )
         .unwrap_err();
@@ -486,7 +482,7 @@ expect = "login"
             .map(|g| format!("{g:?}"))
             .collect();
         let e = run_on(
-            &mapping(MAPPING),
+            &mapping(s8()),
             &format!(
                 "[[case]]\nevery = {{}}\nwho = {{ every_group_except = [{}] }}\nexpect = \"deny\"\n",
                 everyone.join(", ")
@@ -504,7 +500,7 @@ expect = "login"
     #[test]
     fn junit_names_each_case_and_failure() {
         let r = run_on(
-            &mapping(MAPPING),
+            &mapping(s8()),
             "[[case]]\nname = \"a <b>\"\nwho = \"no-session\"\nrequest = \"GET /secrets\"\nexpect = \"allow\"\n",
         )
         .unwrap();

@@ -4,6 +4,8 @@
 //! a list of [`Diagnostic`]s printed as `FILE:LINE:COL: message`. The compiled [`Mapping`] is immutable: a
 //! reload builds a new one and swaps it in whole.
 
+#[cfg(test)]
+pub mod fixture;
 mod load;
 pub mod matcher;
 pub mod rule;
