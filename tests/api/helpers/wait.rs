@@ -52,19 +52,32 @@ pub fn timed_alone_blocking() -> tokio::sync::MutexGuard<'static, ()> {
 
 /// [`eventually`] for a value: polls `found` until it gives one, and returns it; after `limit`
 /// fails the test with what `what` says then (the wait, and the log that tells why).
-pub async fn eventually_some<T, F, Fut, W>(limit: Duration, what: W, mut found: F) -> T
+pub async fn eventually_some<T, F, Fut, W>(limit: Duration, what: W, found: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
     W: FnOnce() -> String,
 {
+    match poll_until(limit, found).await {
+        Some(v) => v,
+        None => panic!("not within {limit:?}: {}", what()),
+    }
+}
+
+/// Polls `found` until it gives a value, for `limit` at most: the value, or None when the time
+/// ran out (for a test that says more than [`eventually_some`] would, or cleans up first).
+pub async fn poll_until<T, F, Fut>(limit: Duration, mut found: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = found().await {
-            return v;
+            return Some(v);
         }
         if Instant::now() >= deadline {
-            panic!("not within {limit:?}: {}", what());
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
