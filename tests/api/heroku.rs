@@ -648,15 +648,13 @@ async fn heroku_denial_during_a_database_outage_is_503_never_a_403_without_its_r
     };
     // The denial answered 503 gets its row once the database answers (the row records the
     // decision, whatever the answer: docs/design/durability.md), exactly once.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while db.audit_rows(&during).await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the row of the denial answered 503 not stored within 15 s:\n{}",
-            dyno.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_explained(
+        Duration::from_secs(15),
+        "the row of the denial answered 503 stored",
+        || async { !db.audit_rows(&during).await.is_empty() },
+        || async { format!(":\n{}", dyno.output()) },
+    )
+    .await;
     assert_eq!(db.audit_rows(&during).await.len(), 1);
     // Back: denied with its row again.
     eventually(
