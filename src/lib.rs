@@ -7,7 +7,7 @@
 //! to the same floor or below (`tests/architecture.rs` checks it), top floor first:
 //!
 //! - [`cli`]: one file per command (`serve` assembles everything below), and the access review
-//!   `matrix`, `diff` and `explain` share.
+//!   the commands share.
 //! - [`doors`]: how a request arrives and how its answer leaves: the reverse proxy, forward-auth
 //!   for edge proxies, Console's reader API, the admin listener, FreeScout's webhook.
 //! - [`gateway`]: the shared state every door carries the answers of (the policy's `Authority`

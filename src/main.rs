@@ -3,9 +3,9 @@
 
 use clap::Parser;
 
-// glibc malloc's arena locks showed up at ~15% of the proxy's CPU under load (perf); mimalloc
+// glibc malloc's arena locks showed up in the proxy's CPU profile under load (perf); mimalloc
 // keeps per-thread heaps. The `mimalloc` crate, not a shim of our own: docs/performance-log.md
-// (2026-11-26) has the paired run that decided it.
+// has the paired run that decided it.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rbac_gateway::cli;
@@ -47,9 +47,8 @@ fn main() {
 /// Transparent huge pages off for this process (what `MIMALLOC_ALLOW_THP=0` does). mimalloc
 /// asks for them on its arenas (`madvise`; the `no_thp` feature leaves that out), and a host with
 /// THP set to `always` gives them unasked: a 2 MiB page is resident as soon as one byte of it is
-/// touched. With them the gateway's RSS was 74 MiB at 2,000 client connections and 24 MiB at 32;
-/// without, 46 and 13 (scripts/bench/connections.sh, docs/performance-log.md, 2026-11-26, issue
-/// 51). The kernel checks the flag at each page fault, so memory mapped before `main` is covered
+/// touched: with them the gateway's RSS at many client connections was well above what it is
+/// without (scripts/bench/connections.sh, docs/performance-log.md). The kernel checks the flag at each page fault, so memory mapped before `main` is covered
 /// too. A kernel without the call (before 3.15) refuses it: nothing to do then.
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]

@@ -1,10 +1,10 @@
-//! The access review behind `matrix` and `diff`: who reaches which route. Every answer is
+//! The access review the commands share: who reaches which route. Every answer is
 //! [`crate::policy::outcome::decide`]'s, for a principal held in memory ([`InMemory`]): a group's roles
 //! expanded through the role catalogue, or an admin's roles read from the database. There is no
 //! second policy here, only the principals and the requests to ask about. It sits with the
 //! commands that use it (it folds the role catalogue `stores/catalogue.rs` reads, parses a
-//! migration and asks the reader API's door how it would answer), beside the cutover review
-//! (`assess` in `stores/rollout.rs`).
+//! migration and asks the reader API's door how it would answer), while the cutover's verdict
+//! (`assess`) is pure and sits in `policy/cutover.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -498,7 +498,7 @@ pub async fn cell(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use crate::policy::mapping::fixture::rules;
 
     #[test]
     fn the_seeded_catalogue_is_read_from_the_migration() {
@@ -536,26 +536,15 @@ mod tests {
 
     #[test]
     fn probes_reach_their_own_rule_and_cells_are_decides_answers() {
-        let m = Mapping::from_str(
-            "t.toml",
-            Path::new("t.toml"),
-            r#"
-[[route]]
-methods = ["GET", "POST"]
-path = "/c/<id>"
-roles = ["reader"]
-[[route]]
-methods = ["GET"]
-path = "/c/x1"
-roles = ["writer"]
-mode = "shadow"
-[[route]]
-methods = ["GET"]
-path = "/p"
-access = "public"
-"#,
-        )
-        .unwrap();
+        let m = rules()
+            .route("GET POST", "/c/<id>")
+            .roles(&["reader"])
+            .route("GET", "/c/x1")
+            .roles(&["writer"])
+            .mode("shadow")
+            .route("GET", "/p")
+            .access("public")
+            .mapping();
         let probes = probes(&m);
         let paths: Vec<(&str, Option<&str>)> = probes
             .iter()

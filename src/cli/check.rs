@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 
-use super::{diag, failure, runtime, say, usage, Exit};
+use super::toolbox::{diag, failure, runtime, say, usage};
+use super::Exit;
 use crate::policy::mapping::{Diagnostic, Mapping, Severity};
 use crate::runtime::config::{CheckArgs, EXIT_PROBLEMS};
 use crate::stores::schema as db_schema;
@@ -233,7 +234,7 @@ fn check_active(args: &CheckArgs) -> Result<(), Exit> {
         ),
     };
     runtime()?.block_on(async {
-        let pool = super::command_pool(&url, 1, Duration::from_secs(10)).await?;
+        let pool = super::toolbox::command_pool(&url, 1, Duration::from_secs(10)).await?;
         let Some((_, version)) = crate::stores::mapping_store::active(&pool)
             .await
             .context("cannot read the active mapping version")
@@ -311,7 +312,7 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
     }
     if let (Some(url), Schema::Whole) = (&args.database_url, schema) {
         let found = runtime()?.block_on(async {
-            let pool = super::command_pool(url, 1, Duration::from_secs(10)).await?;
+            let pool = super::toolbox::command_pool(url, 1, Duration::from_secs(10)).await?;
             Ok::<_, Exit>(super::invariants::invariants(&pool, &args.decision, &args.posture).await)
         })?;
         for line in super::invariants::lines(&found) {
@@ -344,7 +345,7 @@ async fn check_database(
     url: &str,
     schema: Schema,
 ) -> Result<Vec<crate::policy::mapping::Diagnostic>, Exit> {
-    let pool = super::command_pool(url, 1, Duration::from_secs(10)).await?;
+    let pool = super::toolbox::command_pool(url, 1, Duration::from_secs(10)).await?;
     let mut out = Vec::new();
     // Tables that exist but this role may not read: information_schema lists none of their
     // columns, which is not a missing column.

@@ -11,9 +11,11 @@ use anyhow::anyhow;
 use serde::Serialize;
 
 use super::matrix::{reviewed, Reviewed};
-use super::{
-    failure, load_mapping, load_stored_ref, needs_database_url, runtime, say, stored_ref, Exit,
+use super::toolbox::{
+    command_pool, failure, load_mapping, load_stored_ref, needs_database_url, runtime, say,
+    stored_ref,
 };
+use super::Exit;
 use crate::cli::access::{cell, probes, Cell, InMemory};
 use crate::policy::mapping::{Mapping, Route};
 use crate::policy::outcome::Switches;
@@ -156,7 +158,7 @@ pub fn diff(args: DiffArgs) -> Result<(), Exit> {
     }
     let report = runtime()?.block_on(async {
         let pool = match &args.database_url {
-            Some(url) => Some(super::command_pool(url, 1, Duration::from_secs(10)).await?),
+            Some(url) => Some(command_pool(url, 1, Duration::from_secs(10)).await?),
             None => None,
         };
         report(pool.as_ref(), [&args.old, &args.new], sides).await

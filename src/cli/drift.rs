@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 
-use super::{failure, load_mapping, runtime, say, usage, Exit};
+use super::toolbox::{command_pool, failure, load_mapping, runtime, say, usage};
+use super::Exit;
 use crate::runtime::config::{DriftArgs, EXIT_PROBLEMS};
 
 /// A cluster no rule names would report zero drift: a typo must not pass the go/no-go gate
@@ -46,7 +47,7 @@ pub fn drift(args: DriftArgs) -> Result<(), Exit> {
             .unwrap_or_else(|| "-".to_string())
     };
     let rows: Vec<(Option<String>, String, String, i64)> = runtime()?.block_on(async {
-        let pool = super::command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
+        let pool = command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
         crate::stores::rollout::window(&pool, i64::from(args.since_hours) * 3600)
             .await
             .context("cannot read drift events")

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{failure, load_mapping, runtime, say, usage, Exit};
+use super::toolbox::{command_pool, failure, load_mapping, runtime, say, usage};
+use super::Exit;
 use crate::cli::access::InMemory;
 use crate::policy::answer::{Answer, Reply};
 use crate::policy::mapping::Mapping;
@@ -83,7 +84,7 @@ fn explain_into(args: &ExplainArgs, out: &mut Said) -> Result<(), Exit> {
         (Some(id), _, _, _) => {
             let url = database_url(args, "--request-id")?;
             runtime()?.block_on(async {
-                let pool = super::command_pool(url, 1, Duration::from_secs(10)).await?;
+                let pool = command_pool(url, 1, Duration::from_secs(10)).await?;
                 from_audit_row(&pool, args, id, out).await
             })
         }
@@ -102,26 +103,20 @@ fn explain_into(args: &ExplainArgs, out: &mut Said) -> Result<(), Exit> {
             runtime()?.block_on(async {
                 let pool = match admin {
                     Some(_) if !refused => Some(
-                        super::command_pool(
-                            database_url(args, "--admin")?,
-                            1,
-                            Duration::from_secs(10),
-                        )
-                        .await?,
+                        command_pool(database_url(args, "--admin")?, 1, Duration::from_secs(10))
+                            .await?,
                     ),
                     _ => None,
                 };
-                explain_request(
-                    args,
-                    &mapping,
-                    &args.routes,
-                    admin.as_deref(),
+                let request = Request {
+                    mapping: &mapping,
+                    routes: &args.routes,
+                    admin: admin.as_deref(),
                     method,
                     path,
-                    pool.as_ref(),
-                    out,
-                )
-                .await
+                    pool: pool.as_ref(),
+                };
+                explain_request(args, &request, out).await
             })
         }
         _ => Err(usage(anyhow::anyhow!(
@@ -264,25 +259,10 @@ async fn from_audit_row(
         put!(out, "answer: not forwarded; 403 if this row was durable within the gateway's --db-timeout-ms, else 503 (a denial answered 503 gets its row when the database answers again)");
     }
     use crate::gateway::reload::{db_name, Unloadable};
-    let at_hand = match (first.mapping_version.as_deref(), stored) {
+    let (mapping, file) = match (first.mapping_version.as_deref(), stored) {
         (Some(v), Some(Ok(m))) => {
             put!(out, "mapping: version {v}, the row's, from the database's mapping store (`rbac-gateway mapping show {v}`)");
-            let file = PathBuf::from(db_name(v));
-            put!(
-                out,
-                "note: roles are read as they are now, not as they were at the row's time"
-            );
-            return explain_request(
-                args,
-                &m,
-                &file,
-                first.admin_id.as_deref(),
-                &first.method,
-                &first.path,
-                first.admin_id.as_ref().map(|_| pool),
-                out,
-            )
-            .await;
+            (m, PathBuf::from(db_name(v)))
         }
         (Some(v), Some(Err(e))) => {
             let why = match e {
@@ -293,11 +273,34 @@ async fn from_audit_row(
                 other => format!("is in the database's mapping store but does not load: {other}"),
             };
             put!(out, "note: mapping version {v}, the row's, {why}: looking for it in --routes and --mapping-history");
-            load_mapping(&args.routes)?
+            mapping_at_hand(args, Some(v), out)?
         }
-        _ => load_mapping(&args.routes)?,
+        (version, _) => mapping_at_hand(args, version, out)?,
     };
-    let (mapping, file) = match first.mapping_version.as_deref() {
+    put!(
+        out,
+        "note: roles are read as they are now, not as they were at the row's time"
+    );
+    let request = Request {
+        mapping: &mapping,
+        routes: &file,
+        admin: first.admin_id.as_deref(),
+        method: &first.method,
+        path: &first.path,
+        pool: first.admin_id.as_ref().map(|_| pool),
+    };
+    explain_request(args, &request, out).await
+}
+
+/// The mapping of version `version` (the row's) among the files at hand, `--routes` and
+/// `--mapping-history`, and the file it was read from; `--routes`, warned, when none is.
+fn mapping_at_hand(
+    args: &ExplainArgs,
+    version: Option<&str>,
+    out: &mut Said,
+) -> Result<(Mapping, PathBuf), Exit> {
+    let at_hand = load_mapping(&args.routes)?;
+    Ok(match version {
         Some(v) if v == at_hand.version => {
             put!(
                 out,
@@ -347,37 +350,36 @@ async fn from_audit_row(
             );
             (at_hand, args.routes.clone())
         }
-    };
-    put!(
-        out,
-        "note: roles are read as they are now, not as they were at the row's time"
-    );
-    explain_request(
-        args,
-        &mapping,
-        &file,
-        first.admin_id.as_deref(),
-        &first.method,
-        &first.path,
-        first.admin_id.as_ref().map(|_| pool),
-        out,
-    )
-    .await
+    })
 }
 
-/// The decision for `admin` (None: no session) on `method` and `path` under `mapping`, and
-/// why; `pool` (the admin's roles) is needed for an admin.
-#[allow(clippy::too_many_arguments)]
+/// One request to explain: who asks, what, and under which mapping.
+struct Request<'a> {
+    mapping: &'a Mapping,
+    /// Where `mapping` was read (a file, or its name in the mapping store): the rule's place.
+    routes: &'a Path,
+    /// None: a request without a session.
+    admin: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
+    /// Where the admin's roles are read; needed for an admin.
+    pool: Option<&'a crate::stores::db::Db>,
+}
+
+/// The decision for `request`, and why.
 async fn explain_request(
     args: &ExplainArgs,
-    mapping: &Mapping,
-    routes: &Path,
-    admin: Option<&str>,
-    method: &str,
-    path: &str,
-    pool: Option<&crate::stores::db::Db>,
+    request: &Request<'_>,
     out: &mut Said,
 ) -> Result<(), Exit> {
+    let Request {
+        mapping,
+        routes,
+        admin,
+        method,
+        path,
+        pool,
+    } = *request;
     let t =
         target::check_method(method.as_bytes()).and_then(|_| target::parse_target(path.as_bytes()));
     let t = match t {
@@ -438,131 +440,145 @@ async fn explain_request(
     if switches.kill_switch {
         put!(out, "kill switch: on (FLAG_RBAC_V2=0), every route is off");
     }
-    {
-        let (principal, pool) = match (admin, pool) {
-            (Some(admin), Some(pool)) => {
-                // `live_session` refused an --admin that does not exist. From --request-id, the
-                // row's admin may have been removed since: explained with the roles it has now
-                // (none).
-                let requires_alert = args.decision.break_glass_requires_alert;
-                let principal = identity::resolve_with(pool, admin, Duration::ZERO, requires_alert)
-                    .await
-                    .map_err(failure)?;
-                let provenance = identity::provenance(pool, admin, requires_alert)
-                    .await
-                    .map_err(failure)?;
-                if requires_alert && !principal.break_glass {
-                    let waiting = identity::break_glass_active(pool, admin)
-                        .await
-                        .map_err(failure)?;
-                    if waiting {
-                        put!(out, "break-glass: a session is active, not honoured until its alert is delivered (--break-glass-requires-alert)");
-                    }
-                }
-                put!(
-                    out,
-                    "admin: {}{}",
-                    admin,
-                    if principal.break_glass {
-                        " (break-glass active)"
-                    } else {
-                        ""
-                    }
-                );
-                put!(out, "effective roles:");
-                for line in &provenance {
-                    put!(out, "  {line}");
-                }
-                if principal.roles().is_empty() {
-                    put!(out, "  (none)");
-                }
-                put!(
-                    out,
-                    "permissions: {}",
-                    if principal.permissions().is_empty() {
-                        "(none)".into()
-                    } else {
-                        principal.permissions().join(", ")
-                    }
-                );
-                (principal, Some(pool))
-            }
-            _ => {
-                // Without --admin, the first line said so already.
-                if args.admin.is_some() || args.request_id.is_some() {
-                    put!(
-                        out,
-                        "admin: none (the request had no session the gateway knew)"
-                    );
-                }
-                (Arc::new(Principal::for_tests("", vec![], vec![])), None)
-            }
-        };
-        let facts = Facts {
-            method,
-            target: &t,
-            token: pool.as_ref().map(|_| "explain"),
-            client_ip: None,
-            user_agent: None,
-            request_id: "explain",
-            at: std::time::Instant::now(),
-        };
-        let outcome = match pool {
-            Some(pool) => {
-                let authority = ExplainAuthority {
-                    pool: pool.clone(),
-                    principal: principal.clone(),
-                    metrics: Metrics::new(),
-                    ticket_validation_url: args.decision.validation_url().map(str::to_string),
-                };
-                decide(&authority, mapping, switches, &facts).await
-            }
-            // No session: nothing is read (the cookie-less request never reaches the authority).
-            None => decide(&InMemory::default(), mapping, switches, &facts).await,
-        };
-        if let Outcome::Forward(f) | Outcome::ShadowDeny { forward: f, .. } = &outcome {
-            if let Some(p) = &f.principal {
-                // Only what the ticket added: the roles the admin holds without it are listed above.
-                let added: Vec<&str> = p
-                    .roles()
-                    .iter()
-                    .filter(|r| !principal.has_role(r))
-                    .map(String::as_str)
-                    .collect();
-                if !added.is_empty() {
-                    put!(out, "ticket-scoped grants add: {}", added.join(","));
-                }
+    let (principal, pool) = principal_of(args, admin, pool, out).await?;
+    let facts = Facts {
+        method,
+        target: &t,
+        token: pool.as_ref().map(|_| "explain"),
+        client_ip: None,
+        user_agent: None,
+        request_id: "explain",
+        at: std::time::Instant::now(),
+    };
+    let outcome = match pool {
+        Some(pool) => {
+            let authority = ExplainAuthority {
+                pool: pool.clone(),
+                principal: principal.clone(),
+                metrics: Metrics::new(),
+                ticket_validation_url: args.decision.validation_url().map(str::to_string),
+            };
+            decide(&authority, mapping, switches, &facts).await
+        }
+        // No session: nothing is read (the cookie-less request never reaches the authority).
+        None => decide(&InMemory::default(), mapping, switches, &facts).await,
+    };
+    put_decision(&outcome, &principal, out);
+    Ok(())
+}
+
+/// What `outcome` adds to the admin's roles, decides and answers, as `serve` carries it out.
+fn put_decision(outcome: &Outcome, principal: &Principal, out: &mut Said) {
+    if let Outcome::Forward(f) | Outcome::ShadowDeny { forward: f, .. } = outcome {
+        if let Some(p) = &f.principal {
+            // Only what the ticket added: the roles the admin holds without it are listed above.
+            let added: Vec<&str> = p
+                .roles()
+                .iter()
+                .filter(|r| !principal.has_role(r))
+                .map(String::as_str)
+                .collect();
+            if !added.is_empty() {
+                put!(out, "ticket-scoped grants add: {}", added.join(","));
             }
         }
-        // What the doors carry out (src/policy/answer.rs): an admin id or role name that is not
-        // a valid header value is never sent to Console, the request gets 503.
-        let answer = crate::policy::answer::answer_of(&outcome);
-        let unsendable = matches!(answer, Answer::Reply(Reply::Unavailable))
-            && !matches!(outcome, Outcome::Unavailable(_));
-        match &outcome {
-            Outcome::ShadowDeny { row, .. } if unsendable => put!(
-                out,
-                "decision: shadow mode: would deny, {}; an {} row is written",
-                row.reason,
-                row.event_type
-            ),
-            _ => put!(out, "decision: {}", outcome.describe()),
-        }
-        if unsendable {
-            put!(
-                out,
-                "not forwarded: the admin id or a role name is not a valid header value"
-            );
-        }
+    }
+    // What the doors carry out (src/policy/answer.rs): an admin id or role name that is not
+    // a valid header value is never sent to Console, the request gets 503.
+    let answer = crate::policy::answer::answer_of(outcome);
+    let unsendable = matches!(answer, Answer::Reply(Reply::Unavailable))
+        && !matches!(outcome, Outcome::Unavailable(_));
+    match outcome {
+        Outcome::ShadowDeny { row, .. } if unsendable => put!(
+            out,
+            "decision: shadow mode: would deny, {}; an {} row is written",
+            row.reason,
+            row.event_type
+        ),
+        _ => put!(out, "decision: {}", outcome.describe()),
+    }
+    if unsendable {
         put!(
             out,
-            "answer: {}",
-            answer
-                .proxy_status()
-                .map_or("forwarded (Console answers)".to_string(), |s| s.to_string())
+            "not forwarded: the admin id or a role name is not a valid header value"
         );
-        Ok(())
     }
+    put!(
+        out,
+        "answer: {}",
+        answer
+            .proxy_status()
+            .map_or("forwarded (Console answers)".to_string(), |s| s.to_string())
+    );
+}
+
+/// The admin's principal as `serve` would read it now, and the pool its ticket grants are read
+/// from; an empty one and no pool without an admin (nothing is read).
+async fn principal_of<'a>(
+    args: &ExplainArgs,
+    admin: Option<&str>,
+    pool: Option<&'a crate::stores::db::Db>,
+    out: &mut Said,
+) -> Result<(Arc<Principal>, Option<&'a crate::stores::db::Db>), Exit> {
+    Ok(match (admin, pool) {
+        (Some(admin), Some(pool)) => {
+            // `live_session` refused an --admin that does not exist. From --request-id, the
+            // row's admin may have been removed since: explained with the roles it has now
+            // (none).
+            let requires_alert = args.decision.break_glass_requires_alert;
+            let principal = identity::resolve_with(pool, admin, Duration::ZERO, requires_alert)
+                .await
+                .map_err(failure)?;
+            let provenance = identity::provenance(pool, admin, requires_alert)
+                .await
+                .map_err(failure)?;
+            if requires_alert && !principal.break_glass {
+                let waiting = identity::break_glass_active(pool, admin)
+                    .await
+                    .map_err(failure)?;
+                if waiting {
+                    put!(out, "break-glass: a session is active, not honoured until its alert is delivered (--break-glass-requires-alert)");
+                }
+            }
+            put!(
+                out,
+                "admin: {}{}",
+                admin,
+                if principal.break_glass {
+                    " (break-glass active)"
+                } else {
+                    ""
+                }
+            );
+            put!(out, "effective roles:");
+            for line in &provenance {
+                put!(out, "  {line}");
+            }
+            if principal.roles().is_empty() {
+                put!(out, "  (none)");
+            }
+            put!(
+                out,
+                "permissions: {}",
+                if principal.permissions().is_empty() {
+                    "(none)".into()
+                } else {
+                    principal.permissions().join(", ")
+                }
+            );
+            (principal, Some(pool))
+        }
+        _ => {
+            // Without --admin, the first line said so already.
+            if args.admin.is_some() || args.request_id.is_some() {
+                put!(
+                    out,
+                    "admin: none (the request had no session the gateway knew)"
+                );
+            }
+            (Arc::new(Principal::for_tests("", vec![], vec![])), None)
+        }
+    })
 }
 
 /// A reader API path (`--rbac-api`, on by default as in `serve`): the gateway answers it

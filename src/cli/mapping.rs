@@ -1,5 +1,5 @@
 //! `rbac-gateway mapping push|activate|rollback|history|show`: mapping versions kept in the
-//! database (issue 46). A push validates the file exactly as `check` does before anything is
+//! database. A push validates the file exactly as `check` does before anything is
 //! stored; every change is one transaction under an advisory lock
 //! ([`crate::stores::mapping_store`]); gateways started with `--mapping-source database` apply
 //! each activation within a second.
@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use serde::Serialize;
 
-use super::{failure, runtime, say, usage, Exit};
+use super::toolbox::{command_pool, failure, named_version, runtime, say, stdout_failed, usage};
+use super::Exit;
 use crate::cli::access::Catalogue;
 use crate::policy::mapping::Mapping;
 use crate::policy::outcome::Switches;
@@ -39,7 +40,7 @@ fn change(a: &MappingChangeArgs) -> Change {
 }
 
 async fn pool(url: &str) -> Result<crate::stores::db::Db, Exit> {
-    super::command_pool(url, 1, Duration::from_secs(10)).await
+    command_pool(url, 1, Duration::from_secs(10)).await
 }
 
 fn db_failure(what: &str, e: sqlx::Error) -> Exit {
@@ -239,7 +240,7 @@ fn show(a: MappingShowArgs) -> Result<(), Exit> {
         .write_all(shown.text.as_bytes())
         .and_then(|_| out.flush())
     {
-        super::stdout_failed(e);
+        stdout_failed(e);
     }
     Ok(())
 }
@@ -266,7 +267,7 @@ pub(crate) async fn shown_version(
     what: &str,
 ) -> Result<ShownVersion, NotShown> {
     let read = |e| NotShown::Failed(db_failure("cannot read the mapping", e));
-    let version = super::named_version(db, what)
+    let version = named_version(db, what)
         .await
         .map_err(read)?
         .map_err(|why| NotShown::Missing(format!("{what}: {why}")))?;

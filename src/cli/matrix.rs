@@ -11,10 +11,11 @@ use serde::Serialize;
 
 use std::path::Path;
 
-use super::{
-    failure, load_mapping, load_stored_ref, needs_database_url, runtime, say, stored_ref, usage,
-    Exit,
+use super::toolbox::{
+    command_pool, failure, load_mapping, load_stored_ref, needs_database_url, runtime, say,
+    stdout_failed, stored_ref, usage,
 };
+use super::Exit;
 use crate::cli::access::{cell, probes, Catalogue, Cell, InMemory, Probe};
 use crate::policy::mapping::Mapping;
 use crate::policy::outcome::Switches;
@@ -409,7 +410,7 @@ fn csv(m: &Matrix) -> Result<(), Exit> {
     let mut w = csv::Writer::from_writer(std::io::stdout());
     let write = |w: &mut csv::Writer<std::io::Stdout>, rec: &[&str]| {
         w.write_record(rec).map_err(|e| match e.into_kind() {
-            csv::ErrorKind::Io(io) => super::stdout_failed(io),
+            csv::ErrorKind::Io(io) => stdout_failed(io),
             other => failure(anyhow::anyhow!("cannot write the report: {other:?}")),
         })
     };
@@ -460,7 +461,7 @@ fn csv(m: &Matrix) -> Result<(), Exit> {
             )?;
         }
     }
-    w.flush().map_err(|e| super::stdout_failed(e))
+    w.flush().map_err(|e| stdout_failed(e))
 }
 
 pub fn matrix(args: MatrixArgs) -> Result<(), Exit> {
@@ -483,7 +484,7 @@ pub fn matrix(args: MatrixArgs) -> Result<(), Exit> {
     let rt = runtime()?;
     let m = rt.block_on(async {
         let pool = match &args.database_url {
-            Some(url) => Some(super::command_pool(url, 1, Duration::from_secs(10)).await?),
+            Some(url) => Some(command_pool(url, 1, Duration::from_secs(10)).await?),
             None => None,
         };
         report(pool.as_ref(), &args.routes, file, settings).await

@@ -4,13 +4,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{failure, runtime, say, Exit};
+use super::toolbox::{command_pool, failure, runtime, say};
+use super::Exit;
 use crate::runtime::config::MigrateArgs;
 use crate::stores::migrations;
 
 pub fn migrate(args: MigrateArgs) -> Result<(), Exit> {
     runtime()?.block_on(async {
-        let pool = super::command_pool(&args.database_url, 1, Duration::from_secs(30)).await?;
+        let pool = command_pool(&args.database_url, 1, Duration::from_secs(30)).await?;
         migrations::migrate(&pool)
             .await
             .context("migration failed")

@@ -1,6 +1,6 @@
 //! `rbac-gateway rollout`: per cluster of the mapping (003 §6, S1-S8), its rules and modes,
 //! since when the fleet runs each in its mode, shadow denials and drift rows in the window,
-//! blockers, and a verdict ([`crate::stores::rollout::assess`]). Exit codes for a CI gate: 1 when the
+//! blockers, and a verdict ([`crate::policy::cutover::assess`]). Exit codes for a CI gate: 1 when the
 //! file promotes (enforces) a cluster that is not ready, or `--cluster` names one that is
 //! neither ready nor enforced; 0 otherwise; 64 on bad usage.
 
@@ -12,15 +12,18 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::{failure, load_mapping, load_stored_ref, runtime, say, stored_ref, usage, Exit};
+use super::toolbox::{
+    command_pool, failure, load_mapping, load_stored_ref, runtime, say, stored_ref, usage,
+};
+use super::Exit;
 use crate::gateway::reload::{load_stored, Unloadable};
+use crate::policy::cutover::{
+    assess, human, routes_of, timeline, Activation, ClusterStatus, LoadedRoute, Verdict,
+};
 use crate::policy::mapping::Mapping;
 use crate::runtime::config::{RolloutArgs, EXIT_PROBLEMS};
 use crate::stores::mapping_store;
-use crate::stores::rollout::{
-    assess, history, human, routes_of, timeline, window, Activation, ClusterStatus, LoadedRoute,
-    Verdict,
-};
+use crate::stores::rollout::{history, window};
 
 /// What `rollout --json` prints, and the cockpit's board shows.
 #[derive(Debug, Serialize)]
@@ -66,7 +69,7 @@ pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
         .filter(|s| *s > 0)
         .ok_or_else(|| usage(anyhow!("--since must be a positive duration")))?;
     let report = runtime()?.block_on(async {
-        let pool = super::command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
+        let pool = command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
         report(
             &pool,
             &args.routes,

@@ -4,14 +4,15 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use super::{failure, runtime, say, Exit};
+use super::toolbox::{command_pool, failure, runtime, say};
+use super::Exit;
 use crate::jobs::{alerts, sweep};
 use crate::runtime::config::{SweepArgs, EXIT_PROBLEMS};
 
 pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
     let (report, alerts) = runtime()?.block_on(async {
         let limit = Duration::from_secs(10);
-        let pool = super::command_pool(&args.database_url, 2, limit).await?;
+        let pool = command_pool(&args.database_url, 2, limit).await?;
         let settings = sweep::SweepSettings {
             validation_url: args.ticket_validation_url.clone(),
             freescout_timeout: Duration::from_millis(args.freescout_timeout_ms.max(1)),

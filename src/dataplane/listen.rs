@@ -112,7 +112,7 @@ pub(crate) async fn accept_until_shutdown<C>(
 {
     // hyper-util's own: on shutdown every connection is asked to finish (the request in flight
     // is answered, an idle keep-alive connection closes at once) and `shutdown` waits for all.
-    // It replaced a private copy on 2026-11-26: paired, the copy saved under the 3% bar
+    // It replaced a private copy: paired, the copy saved less than the bar a copy must clear
     // (docs/performance-log.md).
     let drain = hyper_util::server::graceful::GracefulShutdown::new();
     // Connections still being served: those open when the grace period runs out are cut.

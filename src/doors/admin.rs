@@ -51,7 +51,7 @@ async fn handle(req: Request<Incoming>, gw: &Gateway) -> Response<Full<Bytes>> {
 /// comes within the probes' timeouts (3 s in `deploy/`) and names the cause.
 async fn database_state(pool: &crate::stores::db::Db) -> Result<(), String> {
     // `db::within`, not a bare timeout: a timeout marks the pool's connections stale, so the
-    // one it gave up on is closed, not pinged with no timeout (issue 44).
+    // one it gave up on is closed, not pinged with no timeout.
     let select = crate::stores::db::within(READY_LIMIT, pool.ping());
     tokio::pin!(select);
     let (outcome, cause) = match tokio::time::timeout(PROBE_AFTER, &mut select).await {

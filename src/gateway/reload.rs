@@ -532,15 +532,23 @@ pub async fn follow_database(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn m(text: &str) -> Mapping {
-        Mapping::from_str("r.toml", Path::new("r.toml"), text).unwrap()
-    }
+    use crate::policy::mapping::fixture::rules;
 
     #[test]
     fn diff_names_each_changed_rule() {
-        let a = m("[[route]]\nmethods = [\"POST\"]\npath = \"/secrets/<name>/rotate/htmx\"\nroles = [\"console-secrets-admin\"]\n[[route]]\nmethods = [\"GET\"]\npath = \"/ops\"\nroles = [\"console-manager\"]\n");
-        let b = m("[[route]]\nmethods = [\"POST\"]\npath = \"/secrets/<name>/rotate/htmx\"\nroles = [\"console-manager\"]\n[[route]]\nmethods = [\"GET\"]\npath = \"/ops2\"\nroles = [\"console-manager\"]\nmode = \"shadow\"\n");
+        let a = rules()
+            .route("POST", "/secrets/<name>/rotate/htmx")
+            .roles(&["console-secrets-admin"])
+            .route("GET", "/ops")
+            .roles(&["console-manager"])
+            .mapping();
+        let b = rules()
+            .route("POST", "/secrets/<name>/rotate/htmx")
+            .roles(&["console-manager"])
+            .route("GET", "/ops2")
+            .roles(&["console-manager"])
+            .mode("shadow")
+            .mapping();
         assert_eq!(
             diff(&a, &b),
             vec![

@@ -209,7 +209,7 @@ impl Authority for Gateway {
         request_id: &str,
     ) -> Result<Option<Principal>, Unavailable> {
         // Boxed: a database read (and maybe FreeScout's) each time anyway, and inline its
-        // future would be in every request handler hyper keeps per client connection (issue 51).
+        // future would be in every request handler hyper keeps per client connection.
         Box::pin(crate::stores::ticket::ticket_principal(
             self.identity.pool(),
             &self.metrics,

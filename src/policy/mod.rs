@@ -8,6 +8,7 @@
 pub mod answer;
 pub mod audit_event;
 pub mod cookie;
+pub mod cutover;
 pub mod forwarded;
 pub mod headers;
 pub mod mapping;

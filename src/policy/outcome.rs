@@ -445,9 +445,9 @@ pub async fn decide<A: Authority>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::policy::mapping::fixture::rules;
     use crate::policy::target::parse_target;
     use std::collections::HashMap;
-    use std::path::Path;
 
     proptest::proptest! {
         /// Whatever the target's bytes, the login location is a header value and carries them
@@ -507,48 +507,26 @@ pub(crate) mod tests {
         }
     }
 
-    const MAPPING: &str = r#"
-[[route]]
-methods = ["GET"]
-path = "/enforced"
-roles = ["reader"]
-
-[[route]]
-methods = ["GET"]
-path = "/shadowed"
-roles = ["reader"]
-mode = "shadow"
-
-[[route]]
-methods = ["GET"]
-path = "/offroute"
-roles = ["reader"]
-mode = "off"
-
-[[route]]
-methods = ["GET"]
-path = "/customers/<int:customer_id>/support"
-roles = ["ticket-support"]
-customer_param = "customer_id"
-
-[[route]]
-methods = ["GET"]
-path = "/open"
-access = "public"
-
-[[route]]
-methods = ["POST"]
-path = "/hook"
-access = "machine"
-
-[[route]]
-methods = ["GET"]
-path = "/removed"
-access = "gone"
-"#;
-
     fn mapping() -> Mapping {
-        Mapping::from_str("t.toml", Path::new("t.toml"), MAPPING).unwrap()
+        rules()
+            .route("GET", "/enforced")
+            .roles(&["reader"])
+            .route("GET", "/shadowed")
+            .roles(&["reader"])
+            .mode("shadow")
+            .route("GET", "/offroute")
+            .roles(&["reader"])
+            .mode("off")
+            .route("GET", "/customers/<int:customer_id>/support")
+            .roles(&["ticket-support"])
+            .customer_param("customer_id")
+            .route("GET", "/open")
+            .access("public")
+            .route("POST", "/hook")
+            .access("machine")
+            .route("GET", "/removed")
+            .access("gone")
+            .mapping()
     }
 
     pub(crate) fn fake() -> Fake {

@@ -40,8 +40,8 @@ impl RequestId {
 
     /// The id of a traced request: `<trace id>-<span id>` of its server span, in lower-case hex
     /// (49 characters), written from the ids' bytes: valid by construction, nothing to check
-    /// (it was formatted as text, then checked as a router's id: 1.2k instructions a traced
-    /// request, docs/performance-log.md, 2026-11-27).
+    /// (it was formatted as text, then checked as a router's id, which cost instructions on
+    /// every traced request).
     pub fn of_trace(trace_id: &[u8; 16], span_id: &[u8; 8]) -> RequestId {
         let mut text = [b'-'; 49];
         hex_into(&mut text[..32], trace_id);

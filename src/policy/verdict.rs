@@ -174,35 +174,22 @@ impl std::fmt::Display for Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::mapping::fixture::rules;
     use crate::policy::mapping::Mapping;
-    use std::path::Path;
 
     fn mapping() -> Mapping {
-        Mapping::from_str(
-            "t.toml",
-            Path::new("t.toml"),
-            r#"
-[[route]]
-methods = ["GET"]
-path = "/a"
-roles = ["r1", "r2"]
-permissions = ["p:x"]
-[[route]]
-methods = ["GET"]
-path = "/shadow"
-roles = ["r1"]
-mode = "off"
-[[route]]
-methods = ["GET"]
-path = "/pub"
-access = "public"
-[[route]]
-methods = ["GET"]
-path = "/old"
-access = "gone"
-"#,
-        )
-        .unwrap()
+        rules()
+            .route("GET", "/a")
+            .roles(&["r1", "r2"])
+            .permissions(&["p:x"])
+            .route("GET", "/shadow")
+            .roles(&["r1"])
+            .mode("off")
+            .route("GET", "/pub")
+            .access("public")
+            .route("GET", "/old")
+            .access("gone")
+            .mapping()
     }
 
     fn principal(roles: &[&str], perms: &[&str]) -> Principal {

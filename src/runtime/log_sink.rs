@@ -4,9 +4,9 @@
 //! ends.
 //!
 //! The gateway logs one line per denial (info), and a denial is answered only after its audit
-//! row is durable. Paired against the same binary at `RUST_LOG=warn`, that line cost 13-15% of
-//! the CPU per denial, part of it the `write` system call of each line. Gathered, a
-//! worker writes once per burst of denials instead. A line waits at most until its worker next
+//! row is durable. Paired against the same binary at `RUST_LOG=warn`, that line cost a
+//! noticeable share of the CPU per denial, part of it the `write` system call of each line.
+//! Gathered, a worker writes once per burst of denials instead. A line waits at most until its worker next
 //! goes idle (at once when requests come one at a time; under load, until 16 KiB of lines are
 //! waiting, well under a millisecond of denials). What a process killed outright (SIGKILL, an
 //! abort) loses is at most those bytes of log; the audit rows, the durable record of every
@@ -14,9 +14,8 @@
 //! everything: the worker threads end (writing what they gathered) before the process exits.
 //!
 //! **Replaces** tracing-subscriber's `std::io::stderr` writer (one `write` per line) on the
-//! worker threads only. **Gain**: 2% to 6% CPU per denial, paired (the binary before and after,
-//! in turns), and `write` calls per denial 2.02 -> 1.07 (docs/performance-log.md, 2026-11-23,
-//! "the first half of the round"). **Pinned by** the unit tests below (every line written, in order, on flush,
+//! worker threads only. **Gain**: less CPU and about half the `write` calls per denial, paired
+//! (docs/performance-log.md). **Pinned by** the unit tests below (every line written, in order, on flush,
 //! on a full buffer and at thread end).
 
 use std::cell::RefCell;

@@ -1,7 +1,7 @@
 //! `&Db` as sqlx's executor (`.fetch_one(&db)`, `.execute(&db)`): each statement in a
 //! transaction of its own ([`Db::begin`]: its statement timeout, read-only on the cockpit's
 //! pool), unnamed, bounded as a whole, so that it is safe behind a transaction pooler (the
-//! Architecture Invariant of [`Db`]). Split from `db.rs` (issue 66: over 800 lines).
+//! Architecture Invariant of [`Db`]).
 
 use super::db::{within, Db};
 

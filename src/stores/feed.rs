@@ -1,4 +1,4 @@
-//! The change feed: keeps the caches coherent with the database (issue 5, 004 §3.4).
+//! The change feed: keeps the caches coherent with the database (004 §3.4).
 //!
 //! Triggers installed by `migrate` write one `rbac_change_log` row per change (the admin it
 //! affects, or NULL for "everyone") and `NOTIFY rbac_gateway_changes`. This task LISTENs (a
@@ -87,7 +87,7 @@ const READ_WITH_MAPPING_SQL: &str = concat!(
 /// sets are disjoint, xip lying below xmax). Every row it showed committed
 /// was returned by that read or an earlier one. Transaction ids, not row ids: a transaction may
 /// take its id before another and write its row after it, so row ids do not follow commits (a
-/// cursor of the highest id read skipped such rows, 2026-11-27, found by a review).
+/// cursor of the highest id read skipped such rows).
 ///
 /// A snapshot means something on the server that took it only: with the server's token beside
 /// it (`rbac_gateway_feed_epoch`, an unlogged table: emptied by crash recovery and empty on a
@@ -328,7 +328,7 @@ fn listener_pool(db: &Db, limit: Duration) -> sqlx::PgPool {
 /// task, and the connection's socket, would live until the kernel gave the connection up, about
 /// 15 minutes. Dropped inside a runtime of its own that is shut down at once, the task is
 /// cancelled and the connection closed (the backend ends its LISTEN with the session): the
-/// listener holds nothing past the moment it is given up (issue 44).
+/// listener holds nothing past the moment it is given up.
 fn abandon(listener: Option<PgListener>) {
     let Some(listener) = listener else { return };
     let spawned = std::thread::Builder::new()
@@ -367,190 +367,279 @@ pub async fn follow(
     limit: Duration,
     mapping: Option<tokio::sync::watch::Sender<ActiveMapping>>,
 ) {
-    use crate::stores::db::within;
-    // The past does not matter: start at the current xmin and drop whatever was cached before.
-    let mut cursor: Option<Cursor> = None;
-    let mut seen: HashSet<i64> = HashSet::new();
-    let mut last_ok = Instant::now();
-    let mut last_prune = Instant::now();
-    let mut listener: Option<PgListener> = None;
-    // When the listener's LISTEN was answered.
-    let mut listening_since = Instant::now();
-    // Consecutive failed reads: the first is retried at once (after a connection storm it drew
-    // a dead connection, and the retry gets a fresh one); later ones wait a POLL.
-    let mut failures: u32 = 0;
-    // The direct URL reaches a transaction pooler, not sessions: no LISTEN (see below).
-    let mut pooled = false;
-    loop {
-        if listener.is_none() && !pooled {
-            match pool.has_sessions().await {
-                Ok(true) => {}
-                Ok(false) => {
-                    // A LISTEN would stay on a server connection the pooler hands to other
-                    // clients, whose statements then fail on its notifications.
-                    pooled = true;
-                    tracing::info!(
-                        poll_ms = POLL.as_millis() as u64,
-                        "change feed: the database URL is served by a transaction pooler (two connections shared one backend): no LISTEN, the log is read every poll; set --direct-database-url for notifications"
-                    );
-                }
-                // The LISTEN below fails the same way, and is tried again.
-                Err(e) => {
-                    tracing::debug!(error = %e, "change feed: cannot tell whether the URL has sessions")
-                }
+    Follower {
+        pool,
+        identity,
+        metrics,
+        health,
+        limit,
+        mapping,
+        cursor: None,
+        seen: HashSet::new(),
+        last_ok: Instant::now(),
+        last_prune: Instant::now(),
+        listener: None,
+        listening_since: Instant::now(),
+        failures: 0,
+        pooled: false,
+    }
+    .run()
+    .await
+}
+
+/// The feed's follower: what it reads with, where it is, and its listener. Each turn of
+/// [`Follower::run`] is a sequence of steps, one method each.
+struct Follower {
+    pool: Db,
+    identity: Arc<Identity>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    limit: Duration,
+    mapping: Option<tokio::sync::watch::Sender<ActiveMapping>>,
+    /// Where the next read starts; None until the first cursor is taken. The past does not
+    /// matter: the feed starts at the current snapshot and drops whatever was cached before.
+    cursor: Option<Cursor>,
+    /// The rows the last read returned (a row is applied once whatever the read returns).
+    seen: HashSet<i64>,
+    /// When the log was last read.
+    last_ok: Instant,
+    /// When the log was last pruned.
+    last_prune: Instant,
+    listener: Option<PgListener>,
+    /// When the listener's LISTEN was answered.
+    listening_since: Instant,
+    /// Consecutive failed reads: the first is retried at once (after a connection storm it
+    /// drew a dead connection, and the retry gets a fresh one); later ones wait a POLL.
+    failures: u32,
+    /// The direct URL reaches a transaction pooler, not sessions: no LISTEN (see
+    /// [`Follower::check_pooled`]).
+    pooled: bool,
+}
+
+impl Follower {
+    /// The loop: the listener (re)connected, the first cursor taken or the log read and
+    /// applied, then a wait for a notification or the poll.
+    async fn run(mut self) {
+        loop {
+            if self.listener.is_none() && !self.pooled {
+                self.check_pooled().await;
             }
-        }
-        // (Re)connect the listener; failures only cost latency, the poll still runs.
-        if listener.is_none() && !pooled {
-            let listen = async {
-                let mut l = PgListener::connect_with(&listener_pool(&pool, limit)).await?;
-                // A lost connection is reported at once, not after sqlx has opened another
-                // and LISTENed on it, which this loop would drop unused: it reconnects on a
-                // pool of its own (see `listener_pool`).
-                l.eager_reconnect(false);
-                l.listen(CHANNEL).await?;
-                Ok(l)
+            // (Re)connect the listener; failures only cost latency, the poll still runs.
+            if self.listener.is_none() && !self.pooled {
+                self.listen().await;
+            }
+            let Some(cur) = self.cursor.clone() else {
+                self.start().await;
+                continue;
             };
-            // After a lost connection the pool's idle ones are stale as well, and the read
-            // below would start opening a fresh one only once LISTEN is back. Opened side by
-            // side, the two backend starts (the slowest steps after a connection storm) cost
-            // the time of one; the connection goes back to the pool for the read.
-            let (listened, warmed) = tokio::join!(within(limit, listen), pool.acquire());
-            match warmed {
-                Ok(mut conn) => conn.done(),
+            match crate::stores::db::within(
+                self.limit,
+                read(&self.pool, &cur, self.mapping.is_some()),
+            )
+            .await
+            {
+                Ok(batch) => self.apply(cur, batch).await,
                 Err(e) => {
-                    crate::stores::db::note_error(&e);
-                    tracing::debug!(error = %e, "change feed: cannot open a connection for the read");
-                }
-            }
-            match listened {
-                Ok(l) => {
-                    tracing::info!("change feed: listening");
-                    listener = Some(l);
-                    listening_since = Instant::now();
-                }
-                Err(e) => {
-                    crate::stores::db::note_error(&e);
-                    tracing::warn!(error = %e, "change feed: cannot LISTEN")
-                }
-            }
-        }
-        let Some(cur) = cursor.clone() else {
-            match within(limit, current_cursor(&pool)).await {
-                Ok(c) => {
-                    cursor = Some(c);
-                    last_ok = Instant::now();
-                    // Requests may have filled the caches before this first cursor (the
-                    // database answered them first, or this read was slow). A change committed
-                    // before it is below the cursor and will never be read, so what they cached
-                    // is dropped: from here on every change is seen.
-                    identity.invalidate_all();
-                }
-                Err(e) => {
-                    crate::stores::db::note_error(&e);
-                    health.failed(e.to_string());
-                    tokio::time::sleep(POLL).await
-                }
-            }
-            continue;
-        };
-        match within(limit, read(&pool, &cur, mapping.is_some())).await {
-            Ok(batch) => {
-                failures = 0;
-                health.read_ok(&metrics);
-                if let Some(tx) = &mapping {
-                    // Wakes the mapping task only when the activation changed.
-                    tx.send_if_modified(|seen| {
-                        let changed = *seen != batch.mapping;
-                        if changed {
-                            seen.clone_from(&batch.mapping);
-                        }
-                        changed
-                    });
-                }
-                if last_ok.elapsed() > BLIND_LIMIT {
-                    tracing::warn!("change feed: blind for too long; clearing every cache");
-                    identity.invalidate_all();
-                }
-                let next = batch.cursor;
-                if next.server != cur.server {
-                    // A crash restart or a failover: the old snapshot says nothing of this
-                    // server's transactions (ids it shows finished may be handed out again).
-                    tracing::warn!(from = %cur.server, to = %next.server, "change feed: the database server changed (crash restart or failover); clearing every cache");
-                    identity.invalidate_all();
-                    seen.clear();
-                    if next.server.starts_with("started ") {
-                        // The table was emptied: a token again, for the next crash.
-                        make_token(&pool).await;
-                    }
-                } else if went_backwards(cur.xmin(), next.xmin()) {
-                    // A database restored from a backup: the log cannot say what changed since
-                    // our cursor.
-                    tracing::warn!(from = %cur.snapshot, to = %next.snapshot, "change feed: transaction ids went backwards; clearing every cache");
-                    identity.invalidate_all();
-                    seen.clear();
-                }
-                if last_prune.elapsed() > PRUNE_EVERY {
-                    last_prune = Instant::now();
-                    prune(&pool, limit).await;
-                }
-                last_ok = Instant::now();
-                let mut fresh = HashSet::with_capacity(batch.changes.len());
-                for (id, admin, token) in &batch.changes {
-                    fresh.insert(*id);
-                    if seen.contains(id) {
+                    if self.read_failed(e) {
                         continue;
                     }
-                    metrics.feed_events.inc();
-                    match admin {
-                        None => identity.invalidate_all(),
-                        Some(admin) => identity.invalidate_admin(admin, token.as_deref()).await,
-                    }
                 }
-                // Rows below the new xmin, or read already, will not be returned again (kept
-                // one read more: a row is applied once whatever the read returns).
-                seen = fresh;
-                cursor = Some(next);
-                // Counted once applied: a read counted after a commit has evicted for it.
-                metrics.feed_reads.inc();
+            }
+            self.drop_silent_listener();
+            self.wait().await;
+        }
+    }
+
+    /// Whether the URL is served by a transaction pooler: then no LISTEN.
+    async fn check_pooled(&mut self) {
+        match self.pool.has_sessions().await {
+            Ok(true) => {}
+            Ok(false) => {
+                // A LISTEN would stay on a server connection the pooler hands to other
+                // clients, whose statements then fail on its notifications.
+                self.pooled = true;
+                tracing::info!(
+                    poll_ms = POLL.as_millis() as u64,
+                    "change feed: the database URL is served by a transaction pooler (two connections shared one backend): no LISTEN, the log is read every poll; set --direct-database-url for notifications"
+                );
+            }
+            // The LISTEN fails the same way, and is tried again.
+            Err(e) => {
+                tracing::debug!(error = %e, "change feed: cannot tell whether the URL has sessions")
+            }
+        }
+    }
+
+    /// LISTENs on a connection of its own, and opens one for the read beside it.
+    async fn listen(&mut self) {
+        let limit = self.limit;
+        let pool = &self.pool;
+        let listen = async {
+            let mut l = PgListener::connect_with(&listener_pool(pool, limit)).await?;
+            // A lost connection is reported at once, not after sqlx has opened another
+            // and LISTENed on it, which this loop would drop unused: it reconnects on a
+            // pool of its own (see `listener_pool`).
+            l.eager_reconnect(false);
+            l.listen(CHANNEL).await?;
+            Ok(l)
+        };
+        // After a lost connection the pool's idle ones are stale as well, and the read
+        // would start opening a fresh one only once LISTEN is back. Opened side by
+        // side, the two backend starts (the slowest steps after a connection storm) cost
+        // the time of one; the connection goes back to the pool for the read.
+        let (listened, warmed) =
+            tokio::join!(crate::stores::db::within(limit, listen), pool.acquire());
+        match warmed {
+            Ok(mut conn) => conn.done(),
+            Err(e) => {
+                crate::stores::db::note_error(&e);
+                tracing::debug!(error = %e, "change feed: cannot open a connection for the read");
+            }
+        }
+        match listened {
+            Ok(l) => {
+                tracing::info!("change feed: listening");
+                self.listener = Some(l);
+                self.listening_since = Instant::now();
             }
             Err(e) => {
                 crate::stores::db::note_error(&e);
-                health.failed(e.to_string());
-                tracing::warn!(error = %e, "change feed: cannot read the log; will catch up");
-                abandon(listener.take());
-                failures += 1;
-                if failures == 1 {
-                    continue;
+                tracing::warn!(error = %e, "change feed: cannot LISTEN")
+            }
+        }
+    }
+
+    /// Takes the first cursor, or waits a POLL when it cannot.
+    async fn start(&mut self) {
+        match crate::stores::db::within(self.limit, current_cursor(&self.pool)).await {
+            Ok(c) => {
+                self.cursor = Some(c);
+                self.last_ok = Instant::now();
+                // Requests may have filled the caches before this first cursor (the
+                // database answered them first, or this read was slow). A change committed
+                // before it is below the cursor and will never be read, so what they cached
+                // is dropped: from here on every change is seen.
+                self.identity.invalidate_all();
+            }
+            Err(e) => {
+                crate::stores::db::note_error(&e);
+                self.health.failed(e.to_string());
+                tokio::time::sleep(POLL).await
+            }
+        }
+    }
+
+    /// A read from `cur` applied: the mapping activation told, the caches cleared when the
+    /// server changed or went back, the log pruned when due, each new change evicted.
+    async fn apply(&mut self, cur: Cursor, batch: Batch) {
+        self.failures = 0;
+        self.health.read_ok(&self.metrics);
+        if let Some(tx) = &self.mapping {
+            // Wakes the mapping task only when the activation changed.
+            tx.send_if_modified(|seen| {
+                let changed = *seen != batch.mapping;
+                if changed {
+                    seen.clone_from(&batch.mapping);
+                }
+                changed
+            });
+        }
+        if self.last_ok.elapsed() > BLIND_LIMIT {
+            tracing::warn!("change feed: blind for too long; clearing every cache");
+            self.identity.invalidate_all();
+        }
+        let next = batch.cursor;
+        if next.server != cur.server {
+            // A crash restart or a failover: the old snapshot says nothing of this
+            // server's transactions (ids it shows finished may be handed out again).
+            tracing::warn!(from = %cur.server, to = %next.server, "change feed: the database server changed (crash restart or failover); clearing every cache");
+            self.identity.invalidate_all();
+            self.seen.clear();
+            if next.server.starts_with("started ") {
+                // The table was emptied: a token again, for the next crash.
+                make_token(&self.pool).await;
+            }
+        } else if went_backwards(cur.xmin(), next.xmin()) {
+            // A database restored from a backup: the log cannot say what changed since
+            // our cursor.
+            tracing::warn!(from = %cur.snapshot, to = %next.snapshot, "change feed: transaction ids went backwards; clearing every cache");
+            self.identity.invalidate_all();
+            self.seen.clear();
+        }
+        if self.last_prune.elapsed() > PRUNE_EVERY {
+            self.last_prune = Instant::now();
+            prune(&self.pool, self.limit).await;
+        }
+        self.last_ok = Instant::now();
+        let mut fresh = HashSet::with_capacity(batch.changes.len());
+        for (id, admin, token) in &batch.changes {
+            fresh.insert(*id);
+            if self.seen.contains(id) {
+                continue;
+            }
+            self.metrics.feed_events.inc();
+            match admin {
+                None => self.identity.invalidate_all(),
+                Some(admin) => {
+                    self.identity
+                        .invalidate_admin(admin, token.as_deref())
+                        .await
                 }
             }
         }
-        // A connection error or timeout anywhere since the LISTEN (a failover, a partition, a
-        // NAT that dropped its state) may have left the listener's connection silent too, and a
-        // silent listener never says so: it is given up and LISTEN sent again on a fresh one.
-        if listener.is_some() && crate::stores::pool::idle_since_broken(listening_since.elapsed()) {
+        // Rows below the new xmin, or read already, will not be returned again (kept
+        // one read more: a row is applied once whatever the read returns).
+        self.seen = fresh;
+        self.cursor = Some(next);
+        // Counted once applied: a read counted after a commit has evicted for it.
+        self.metrics.feed_reads.inc();
+    }
+
+    /// A failed read: said, the listener given up. True when it is the first in a row, to be
+    /// retried at once.
+    fn read_failed(&mut self, e: sqlx::Error) -> bool {
+        crate::stores::db::note_error(&e);
+        self.health.failed(e.to_string());
+        tracing::warn!(error = %e, "change feed: cannot read the log; will catch up");
+        abandon(self.listener.take());
+        self.failures += 1;
+        self.failures == 1
+    }
+
+    /// A connection error or timeout anywhere since the LISTEN (a failover, a partition, a
+    /// NAT that dropped its state) may have left the listener's connection silent too, and a
+    /// silent listener never says so: it is given up and LISTEN sent again on a fresh one.
+    fn drop_silent_listener(&mut self) {
+        if self.listener.is_some()
+            && crate::stores::pool::idle_since_broken(self.listening_since.elapsed())
+        {
             tracing::info!("change feed: a database connection failed since LISTEN; listening again on a fresh one");
-            abandon(listener.take());
+            abandon(self.listener.take());
         }
-        // Sleep until a notification or the poll interval, whichever comes first.
-        match listener.as_mut() {
-            Some(l) => {
-                match tokio::time::timeout(POLL, l.try_recv()).await {
-                    Ok(Ok(Some(_))) | Err(_) => {}
-                    Ok(lost) => {
-                        // The server dropped a connection: the pool's idle ones are likely gone
-                        // too (failover, pg_terminate_backend, a pooler restart), so none of them
-                        // is handed out again; the next read runs at once on a fresh one.
-                        crate::stores::pool::mark_broken();
-                        match lost {
-                        Err(e) => tracing::warn!(error = %e, "change feed: listener connection lost; reconnecting"),
-                        Ok(_) => tracing::warn!("change feed: listener connection closed by the server; reconnecting"),
+    }
+
+    /// Sleeps until a notification or the poll interval, whichever comes first.
+    async fn wait(&mut self) {
+        let Some(l) = self.listener.as_mut() else {
+            return tokio::time::sleep(POLL).await;
+        };
+        match tokio::time::timeout(POLL, l.try_recv()).await {
+            Ok(Ok(Some(_))) | Err(_) => {}
+            Ok(lost) => {
+                // The server dropped a connection: the pool's idle ones are likely gone
+                // too (failover, pg_terminate_backend, a pooler restart), so none of them
+                // is handed out again; the next read runs at once on a fresh one.
+                crate::stores::pool::mark_broken();
+                match lost {
+                    Err(e) => {
+                        tracing::warn!(error = %e, "change feed: listener connection lost; reconnecting")
                     }
-                        abandon(listener.take());
-                    }
+                    Ok(_) => tracing::warn!(
+                        "change feed: listener connection closed by the server; reconnecting"
+                    ),
                 }
+                abandon(self.listener.take());
             }
-            None => tokio::time::sleep(POLL).await,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Mapping versions kept in the database (issue 46, migrations/0009_mapping_store.sql):
+//! Mapping versions kept in the database (migrations/0009_mapping_store.sql):
 //! `rbac_mapping_store` holds each pushed file's exact text under its version, and
 //! `rbac_mapping_activations` is the log of which version became active, when, by whom, and
 //! which one it replaced. The active version is the latest activation's.

@@ -85,19 +85,24 @@ impl Cockpit {
             addr: "127.0.0.1:1".parse().unwrap(),
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let child = &mut c.child;
+        let what = || "the cockpit never listened".to_string();
+        let addr = eventually_some(Duration::from_secs(20), what, || {
             let text = std::fs::read_to_string(&out).unwrap_or_default();
-            if let Some(rest) = text.split("cockpit: http://").nth(1) {
-                c.addr = rest.split('/').next().unwrap().parse().unwrap();
-                return c;
+            let addr: Option<SocketAddr> = text
+                .split("cockpit: http://")
+                .nth(1)
+                .map(|rest| rest.split('/').next().unwrap().parse().unwrap());
+            if addr.is_none() {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("the cockpit exited ({status}) before listening: {text}");
+                }
             }
-            if let Some(status) = c.child.try_wait().unwrap() {
-                panic!("the cockpit exited ({status}) before listening: {text}");
-            }
-            assert!(Instant::now() < deadline, "the cockpit never listened");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            async move { addr }
+        })
+        .await;
+        c.addr = addr;
+        c
     }
 
     fn url(&self, path: &str) -> String {
@@ -146,30 +151,34 @@ impl Driver {
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver (scripts/setup.sh installs chromium-driver)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let what = || {
             let text = std::fs::read_to_string(log.path()).unwrap_or_default();
-            if let Some(rest) = text.split("started successfully on port ").nth(1) {
-                let port: u16 = rest
-                    .trim_end_matches(|c: char| !c.is_ascii_digit())
-                    .split('.')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                return Driver {
-                    child,
-                    url: format!("http://127.0.0.1:{port}"),
-                };
+            format!("chromedriver never started: {text}")
+        };
+        let port: u16 = eventually_some(Duration::from_secs(20), what, || {
+            let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+            let port = text
+                .split("started successfully on port ")
+                .nth(1)
+                .map(|rest| {
+                    rest.trim_end_matches(|c: char| !c.is_ascii_digit())
+                        .split('.')
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                });
+            if port.is_none() {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("chromedriver exited ({status}): {text}");
+                }
             }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("chromedriver exited ({status}): {text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver never started: {text}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            async move { port }
+        })
+        .await;
+        Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
         }
     }
 }
@@ -305,8 +314,9 @@ async fn the_cockpit_in_a_browser_says_what_the_commands_say() {
     // Each page's JSON is its command's. The board is counted to the database's clock: at a
     // minute's turn a soak time may read one minute more on the second read, so it is read
     // again (both sides) until they agree, within a deadline.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let board = loop {
+    let last = std::cell::RefCell::new(String::new());
+    let what = || format!("board.json differs from rollout --json:\n{}", last.borrow());
+    let board = eventually_some(Duration::from_secs(20), what, || async {
         let page = cockpit.json("/board.json").await;
         let command = json_of(&[
             "rollout",
@@ -317,13 +327,12 @@ async fn the_cockpit_in_a_browser_says_what_the_commands_say() {
             "--json",
         ]);
         if page == command {
-            break page;
+            return Some(page);
         }
-        assert!(
-            Instant::now() < deadline,
-            "board.json differs from rollout --json:\n{page:#}\n{command:#}"
-        );
-    };
+        *last.borrow_mut() = format!("{page:#}\n{command:#}");
+        None
+    })
+    .await;
     let history = json_of(&["mapping", "history", "--database-url", url, "--json"]);
     assert_eq!(cockpit.json("/timeline.json").await, history);
     let matrix = json_of(&[

@@ -30,16 +30,35 @@ async fn replicas(
 async fn platform_admin(db: &TestDb, gws: &[Gateway]) -> (String, String) {
     let (admin, token) = db.admin_with_roles(&[]).await;
     db.join_group(&admin, "raxx-platform-admins").await;
+    allowed_by_all(gws, "/ops", &token).await;
+    (admin, token)
+}
+
+/// Waits (5 s at most) until every replica allows `token` on `path`: its answer is cached.
+async fn allowed_by_all(gws: &[Gateway], path: &str, token: &str) {
     until_all(
         gws,
-        "/ops",
-        &token,
+        path,
+        token,
         200,
         Instant::now(),
         Duration::from_secs(5),
     )
     .await;
-    (admin, token)
+}
+
+/// The time each replica took from `t0` until it answered `want` on `path` with `token`, each
+/// within [`BOUND`].
+async fn within_bound(
+    gws: &[Gateway],
+    path: &str,
+    token: &str,
+    want: u16,
+    t0: Instant,
+) -> Vec<Duration> {
+    let s = until_all(gws, path, token, want, t0, Duration::from_secs(5)).await;
+    assert!(s.iter().all(|d| *d < BOUND), "{s:?}");
+    s
 }
 
 fn report(what: &str, mut samples: Vec<Duration>) {
@@ -74,61 +93,34 @@ async fn revocations_reach_three_replicas_within_a_second() {
 
     // A revoked session: the next request is sent to the login page.
     let (_, token) = db.admin_with_roles(&["console-manager"]).await;
-    until_all(
-        &gws,
-        "/ops",
-        &token,
-        200,
-        Instant::now(),
-        Duration::from_secs(5),
-    )
-    .await;
+    allowed_by_all(&gws, "/ops", &token).await;
     let t0 = Instant::now();
     db.revoke_session(&token).await;
-    let s = until_all(&gws, "/ops", &token, 302, t0, Duration::from_secs(5)).await;
-    assert!(s.iter().all(|d| *d < BOUND), "{s:?}");
+    let s = within_bound(&gws, "/ops", &token, 302, t0).await;
     report("session revoked, 3 replicas", s);
 
     // A role removed from a group (a catalogue change: everyone is evicted).
     let (_, token) = db.admin_with_roles(&["console-manager"]).await;
-    until_all(
-        &gws,
-        "/ops",
-        &token,
-        200,
-        Instant::now(),
-        Duration::from_secs(5),
-    )
-    .await;
+    allowed_by_all(&gws, "/ops", &token).await;
     let t0 = Instant::now();
     sqlx::query("DELETE FROM rbac_group_roles WHERE role_id = (SELECT id FROM rbac_roles WHERE name = 'console-manager') AND group_id IN (SELECT id FROM rbac_groups WHERE name LIKE 'test-group-%')")
         .execute(&db.pool)
         .await
         .unwrap();
-    let s = until_all(&gws, "/ops", &token, 403, t0, Duration::from_secs(5)).await;
-    assert!(s.iter().all(|d| *d < BOUND), "{s:?}");
+    within_bound(&gws, "/ops", &token, 403, t0).await;
 
     // Early revocation of break-glass.
     let admin = db.admin("bg-early@example.test").await;
     let token = db.session(&admin).await;
     let bg = db.break_glass(&admin, 3600.0).await;
-    until_all(
-        &gws,
-        "/ops",
-        &token,
-        200,
-        Instant::now(),
-        Duration::from_secs(5),
-    )
-    .await;
+    allowed_by_all(&gws, "/ops", &token).await;
     let t0 = Instant::now();
     sqlx::query("UPDATE rbac_break_glass_sessions SET revoked_at_utc = now() WHERE id = $1")
         .bind(&bg)
         .execute(&db.pool)
         .await
         .unwrap();
-    let s = until_all(&gws, "/ops", &token, 403, t0, Duration::from_secs(5)).await;
-    assert!(s.iter().all(|d| *d < BOUND), "{s:?}");
+    let s = within_bound(&gws, "/ops", &token, 403, t0).await;
     report("break-glass revoked early, 3 replicas", s);
 }
 
@@ -302,15 +294,7 @@ async fn an_admin_row_change_drops_their_cached_sessions() {
     let up = Upstream::start().await;
     let gws = replicas(&db, &up, 1, None).await;
     let (admin, token) = db.admin_with_roles(&["console-manager"]).await;
-    until_all(
-        &gws,
-        "/ops",
-        &token,
-        200,
-        Instant::now(),
-        Duration::from_secs(5),
-    )
-    .await;
+    allowed_by_all(&gws, "/ops", &token).await;
     // The feed may still be applying the set-up's own changes (group, membership, session),
     // each of which drops this admin's cached answers: let it finish, then cache again.
     settle(&gws.iter().collect::<Vec<_>>()).await;
@@ -336,8 +320,7 @@ async fn an_admin_row_change_drops_their_cached_sessions() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let s = until_all(&gws, "/ops", &token, 302, t0, Duration::from_secs(5)).await;
-    assert!(s[0] < BOUND, "{s:?}");
+    within_bound(&gws, "/ops", &token, 302, t0).await;
     assert_eq!(
         gws[0]
             .metric("rbac_gateway_cache_invalidation_errors_total")
@@ -428,15 +411,7 @@ async fn console_writing_as_its_own_role_is_not_refused_and_its_revocation_reach
         )
         .await
         .expect("Console adds an admin to a group");
-    until_all(
-        &gws,
-        "/ops",
-        token,
-        200,
-        Instant::now(),
-        Duration::from_secs(5),
-    )
-    .await;
+    allowed_by_all(&gws, "/ops", token).await;
     settle(&gws.iter().collect::<Vec<_>>()).await;
     assert_eq!(gws[0].status("/ops", Some(token)).await, 200);
 
@@ -449,8 +424,7 @@ async fn console_writing_as_its_own_role_is_not_refused_and_its_revocation_reach
         )
         .await
         .expect("Console revokes a session");
-    let s = until_all(&gws, "/ops", token, 302, t0, Duration::from_secs(5)).await;
-    assert!(s[0] < BOUND, "{s:?}");
+    within_bound(&gws, "/ops", token, 302, t0).await;
     let decoy: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_temp.rbac_change_log")
         .fetch_one(&mut console)
         .await
@@ -483,30 +457,13 @@ async fn a_renamed_permission_reaches_the_cache_within_a_second() {
     let gws = replicas(&db, &up, 1, None).await;
     // /console/audit requires the permission console:audit:read, which console-audit-user has.
     let (_, token) = db.admin_with_roles(&["console-audit-user"]).await;
-    until_all(
-        &gws,
-        "/console/audit",
-        &token,
-        200,
-        Instant::now(),
-        Duration::from_secs(5),
-    )
-    .await;
+    allowed_by_all(&gws, "/console/audit", &token).await;
     let t0 = Instant::now();
     sqlx::query("UPDATE rbac_permissions SET name = 'console:audit:read-renamed' WHERE name = 'console:audit:read'")
         .execute(&db.pool)
         .await
         .unwrap();
-    let s = until_all(
-        &gws,
-        "/console/audit",
-        &token,
-        403,
-        t0,
-        Duration::from_secs(5),
-    )
-    .await;
-    assert!(s.iter().all(|d| *d < BOUND), "{s:?}");
+    within_bound(&gws, "/console/audit", &token, 403, t0).await;
 }
 
 /// A gateway that reaches its database through `link`, caching for 60 s, with a database

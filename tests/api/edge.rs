@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::helpers::*;
 
@@ -63,15 +63,13 @@ fn binary(name: &str, hint: &str) -> PathBuf {
 }
 
 async fn wait_port(addr: SocketAddr, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen on {addr}: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_explained(
+        Duration::from_secs(20),
+        &format!("{what} did not listen on {addr}"),
+        || async { tokio::net::TcpStream::connect(addr).await.is_ok() },
+        || async { format!(": {}", std::fs::read_to_string(log).unwrap_or_default()) },
+    )
+    .await
 }
 
 /// The fenced blocks written in `lang` of `page` (in `docs/deploy/`), in order: the
@@ -631,11 +629,12 @@ async fn traefik(authz: SocketAddr, upstream: SocketAddr) -> Edge {
         log,
     };
     // The port opens before the file provider's routes are loaded: until then, 404.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get(&edge, "/auth/login", None, &[]).await.status == 404 {
-        assert!(Instant::now() < deadline, "traefik never loaded its routes");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "traefik never loaded its routes",
+        || async { get(&edge, "/auth/login", None, &[]).await.status != 404 },
+    )
+    .await;
     edge
 }
 

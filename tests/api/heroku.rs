@@ -154,21 +154,23 @@ impl Dyno {
         );
         let out = slug.path().join("web.out");
         let mut honcho = honcho(slug.path(), &["start", "web"], &vars, &out);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let admin = loop {
+        let what = || {
             let text = std::fs::read_to_string(&out).unwrap_or_default();
-            if let Some(a) = json_lines(&text)
-                .find(|v| v["message"] == "listening")
-                .and_then(|v| v["admin_listen"].as_str().and_then(|a| a.parse().ok()))
-            {
-                break a;
-            }
-            if let Ok(Some(s)) = honcho.try_wait() {
-                panic!("the dyno ended ({s}) before listening:\n{text}");
-            }
-            assert!(Instant::now() < deadline, "never listening:\n{text}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            format!("never listening:\n{text}")
         };
+        let admin: SocketAddr = eventually_some(Duration::from_secs(30), what, || {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            let admin = json_lines(&text)
+                .find(|v| v["message"] == "listening")
+                .and_then(|v| v["admin_listen"].as_str().and_then(|a| a.parse().ok()));
+            if admin.is_none() {
+                if let Ok(Some(s)) = honcho.try_wait() {
+                    panic!("the dyno ended ({s}) before listening:\n{text}");
+                }
+            }
+            async move { admin }
+        })
+        .await;
         let dyno = Dyno {
             honcho,
             slug,
@@ -223,18 +225,14 @@ impl Dyno {
 
     /// Waits for honcho to end; its status.
     async fn ended_within(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.honcho.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the dyno did not end within {limit:?}:\n{}",
-                self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let out = self.slug.path().join("web.out");
+        let what = || {
+            format!(
+                "the dyno did not end; its output:\n{}",
+                std::fs::read_to_string(&out).unwrap_or_default()
+            )
+        };
+        exited_within(&mut self.honcho, limit, what).await
     }
 }
 
@@ -246,10 +244,7 @@ impl Drop for Dyno {
                 .arg("-TERM")
                 .arg(self.honcho.id().to_string())
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.honcho.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            exited_within_blocking(&mut self.honcho, Duration::from_secs(10));
             let _ = self.honcho.kill();
             let _ = self.honcho.wait();
         }
@@ -653,15 +648,13 @@ async fn heroku_denial_during_a_database_outage_is_503_never_a_403_without_its_r
     };
     // The denial answered 503 gets its row once the database answers (the row records the
     // decision, whatever the answer: docs/design/durability.md), exactly once.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while db.audit_rows(&during).await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the row of the denial answered 503 not stored within 15 s:\n{}",
-            dyno.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_explained(
+        Duration::from_secs(15),
+        "the row of the denial answered 503 stored",
+        || async { !db.audit_rows(&during).await.is_empty() },
+        || async { format!(":\n{}", dyno.output()) },
+    )
+    .await;
     assert_eq!(db.audit_rows(&during).await.len(), 1);
     // Back: denied with its row again.
     eventually(

@@ -65,21 +65,16 @@ impl Console {
             .spawn()
             .expect("python3 -m gunicorn (scripts/setup.sh --tests installs flask and gunicorn in .venv/)");
         let console = Console { child, addr, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let req = b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
-            if let Ok(r) = send(addr, req).await {
-                if r.status == 200 {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gunicorn did not answer; log:\n{}",
-                console.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually_explained(
+            Duration::from_secs(30),
+            "gunicorn did not answer",
+            || async {
+                let req = b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+                send(addr, req).await.is_ok_and(|r| r.status == 200)
+            },
+            || async { format!("; log:\n{}", console.log()) },
+        )
+        .await;
         std::fs::write(console.views_file(), b"").unwrap();
         console
     }
@@ -120,12 +115,8 @@ impl Drop for Console {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if exited_within_blocking(&mut self.child, Duration::from_secs(5)) {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -370,27 +370,16 @@ async fn a_replica_started_later_starts_on_the_active_version() {
     let (a, b) = two_versions(dir.path());
     let (va, vb) = (version_of(&a), version_of(&b));
     // Started before any version exists: not ready, saying why, nothing served.
-    let admin_port = free_port();
-    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+    let opts = GatewayOpts::new(core_routes(), &db, up.addr)
         .arg("--mapping-source")
         .arg("database");
-    opts.admin_port = Some(admin_port);
-    let early = tokio::spawn(Gateway::start(opts));
-    let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let early = Gateway::start_unready(opts).await;
     eventually(Duration::from_secs(10), "/readyz says why", || async {
-        match send(
-            admin,
-            b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        {
-            Ok(r) => r.status == 503 && r.body_str().contains("no mapping version is active"),
-            Err(_) => false,
-        }
+        matches!(early.readyz().await, Some((503, b)) if b.contains("no mapping version is active"))
     })
     .await;
     ok(mapping(&db.url, &["push", a.to_str().unwrap()]));
-    let g1 = early.await.unwrap();
+    let g1 = early.ready().await;
     assert_eq!(g1.status("/ops", None).await, 302);
     // Three activations while the second replica is not running.
     ok(mapping(&db.url, &["push", b.to_str().unwrap()]));
@@ -449,33 +438,22 @@ async fn a_tampered_stored_text_is_never_applied() {
     assert_eq!(gw.status("/ops", None).await, 302, "still on version A");
     assert_eq!(gw.status("/secrets/x/sop", None).await, 302);
     // A replica started now is not ready: the active version does not load.
-    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+    let opts = GatewayOpts::new(core_routes(), &db, up.addr)
         .arg("--mapping-source")
         .arg("database");
-    let admin_port = free_port();
-    opts.admin_port = Some(admin_port);
-    let late = tokio::spawn(Gateway::start(opts));
-    let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let late = Gateway::start_unready(opts).await;
     eventually(
         Duration::from_secs(10),
         "the late replica says why",
         || async {
-            match send(
-                admin,
-                b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-            )
-            .await
-            {
-                Ok(r) => r.status == 503 && r.body_str().contains("does not hash to it"),
-                Err(_) => false,
-            }
+            matches!(late.readyz().await, Some((503, b)) if b.contains("does not hash to it"))
         },
     )
     .await;
     // Another activation that loads: the late replica starts on it (and is stopped when dropped).
     let va = version_of(&a);
     ok(mapping(&db.url, &["activate", &va]));
-    let late = late.await.unwrap();
+    let late = late.ready().await;
     assert_eq!(late.status("/ops", None).await, 302);
 }
 
@@ -1021,17 +999,6 @@ fn key_pair(dir: &std::path::Path, name: &str, openssl: bool, seed: u8) -> (Stri
     )
 }
 
-/// `/readyz` of a gateway on `admin` (which may not serve yet): (status, body).
-async fn readyz_at(admin: std::net::SocketAddr) -> Option<(u16, String)> {
-    send(
-        admin,
-        b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .ok()
-    .map(|r| (r.status, r.body_str().to_string()))
-}
-
 #[tokio::test]
 async fn only_versions_signed_by_the_public_keys_owner_are_applied() {
     let db = TestDb::new().await;
@@ -1076,19 +1043,16 @@ async fn only_versions_signed_by_the_public_keys_owner_are_applied() {
     assert_eq!(gw.status("/ops", None).await, 302, "still on A");
 
     // A replica started now is not ready: the active version is unsigned.
-    let admin_port = free_port();
-    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+    let opts = GatewayOpts::new(core_routes(), &db, up.addr)
         .arg("--mapping-source")
         .arg("database")
         .arg("--mapping-public-key")
         .arg(&public);
-    opts.admin_port = Some(admin_port);
-    let late = tokio::spawn(Gateway::start(opts));
-    let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let late = Gateway::start_unready(opts).await;
     eventually(
         Duration::from_secs(10),
         "the late replica: unsigned",
-        || async { matches!(readyz_at(admin).await, Some((503, b)) if b.contains("unsigned")) },
+        || async { matches!(late.readyz().await, Some((503, b)) if b.contains("unsigned")) },
     )
     .await;
 
@@ -1135,9 +1099,7 @@ async fn only_versions_signed_by_the_public_keys_owner_are_applied() {
     eventually(
         Duration::from_secs(10),
         "the late replica: another key",
-        || async {
-            matches!(readyz_at(admin).await, Some((503, b)) if b.contains("does not verify"))
-        },
+        || async { matches!(late.readyz().await, Some((503, b)) if b.contains("does not verify")) },
     )
     .await;
 
@@ -1185,7 +1147,7 @@ async fn only_versions_signed_by_the_public_keys_owner_are_applied() {
         &["push", e.to_str().unwrap(), "--signing-key", &key],
     ));
     reached(&db, &[&gw], 200, "signed E").await;
-    let late = late.await.unwrap();
+    let late = late.ready().await;
     assert_eq!(late.status("/ops", None).await, 200);
     // Pushing E again, signed by the same key: nothing changes (exit 0).
     let out = ok(mapping(

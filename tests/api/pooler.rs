@@ -252,14 +252,17 @@ async fn through_pgbouncer(mode: PoolMode, server_connections: u32) -> Vec<Strin
 
     // Every 403's row, naming the admin whose session it was.
     let ids: Vec<String> = denials.keys().cloned().collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let rows = loop {
+    let all_stored = poll_until(Duration::from_secs(10), || async {
         let rows = db.denied_rows(&ids).await;
         let stored: HashSet<&String> = rows.iter().map(|(id, _)| id).collect();
-        if stored.len() == ids.len() || Instant::now() > deadline {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let all = stored.len() == ids.len();
+        all.then_some(rows)
+    })
+    .await;
+    // What is stored when the time ran out, for the counts below.
+    let rows = match all_stored {
+        Some(rows) => rows,
+        None => db.denied_rows(&ids).await,
     };
     let mut stored: HashMap<String, Vec<Option<String>>> = HashMap::new();
     for (rid, admin) in rows {

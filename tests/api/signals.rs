@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::helpers::*;
 use crate::mapping_store::{mapping, ok};
@@ -52,18 +52,16 @@ impl Proc {
 
     /// Waits (10 s at most) for the process to exit; its exit code.
     async fn exited(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
+        let log = self.log.clone();
+        let what = || {
+            format!(
                 "still running 10 s after the signal; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        };
+        exited_within(&mut self.child, Duration::from_secs(10), what)
+            .await
+            .code()
     }
 
     /// Waits (10 s at most) until the log holds `n` lines containing `what`.
@@ -133,12 +131,10 @@ async fn start(
     let routes = dir.path().join("routes.toml");
     std::fs::copy(routes_from, &routes).unwrap();
     let log = dir.path().join("gateway.log");
-    let admin_port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbac-gateway"));
     cmd.arg("serve")
         .args(["--listen", "127.0.0.1:0", "--threads", "1"])
-        .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{admin_port}"))
+        .args(["--admin-listen", "127.0.0.1:0"])
         .arg("--upstream")
         .arg(up.addr.to_string())
         .arg("--audit-spool")
@@ -153,10 +149,11 @@ async fn start(
     for (k, v) in unit_env(mode, db, &routes, kill_switch) {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn().unwrap();
+    let admin = admin_listening(&mut child, &log).await;
     let p = Proc {
         child,
-        admin: ([127, 0, 0, 1], admin_port).into(),
+        admin,
         log,
         routes,
         _dir: dir,

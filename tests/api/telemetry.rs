@@ -808,19 +808,16 @@ async fn what_cannot_be_honoured_is_refused_at_start() {
             .spawn()
             .unwrap();
         // A value not read would let it start and serve: waited for with a deadline.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = out.try_wait().unwrap() {
-                break Some(status);
-            }
-            if Instant::now() > deadline {
-                // Reason: it may have exited in between; the test fails below either way.
-                let _ = out.kill();
-                let _ = out.wait();
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let status = poll_until(Duration::from_secs(20), || {
+            let status = out.try_wait().unwrap();
+            async move { status }
+        })
+        .await;
+        if status.is_none() {
+            // Reason: it may have exited in between; the test fails below either way.
+            let _ = out.kill();
+            let _ = out.wait();
+        }
         let mut err = String::new();
         std::io::Read::read_to_string(&mut out.stderr.take().unwrap(), &mut err).unwrap();
         assert_eq!(

@@ -28,31 +28,22 @@ pub(crate) async fn grant(
     id
 }
 
+/// The status of a GET of customer `customer`'s audit page for the session `token`.
+async fn audit(env: &Env, token: &str, customer: u32) -> u16 {
+    env.gw
+        .status(&format!("/console/customers/{customer}/audit"), Some(token))
+        .await
+}
+
 #[tokio::test]
 async fn ticket_grants_apply_to_their_customer_only_and_are_never_cached() {
     let env = Env::with(core_routes(), |o| o.arg("--cache-ttl").arg("60")).await;
     let (admin, token) = env.db.admin_with_roles(&["console-user"]).await;
-    assert_eq!(
-        env.gw
-            .status("/console/customers/7/audit", Some(&token))
-            .await,
-        403
-    );
+    assert_eq!(audit(&env, &token, 7).await, 403);
     // raptor-audit-admin held through a ticket for customer 7.
     let g = grant(&env.db, &admin, "raptor-audit-admin", 7, "T-100").await;
-    assert_eq!(
-        env.gw
-            .status("/console/customers/7/audit", Some(&token))
-            .await,
-        200
-    );
-    assert_eq!(
-        env.gw
-            .status("/console/customers/8/audit", Some(&token))
-            .await,
-        403,
-        "another customer"
-    );
+    assert_eq!(audit(&env, &token, 7).await, 200);
+    assert_eq!(audit(&env, &token, 8).await, 403, "another customer");
     let seen = env.up.requests();
     assert!(seen[0]
         .header("x-rbac-roles")
@@ -60,20 +51,10 @@ async fn ticket_grants_apply_to_their_customer_only_and_are_never_cached() {
         .contains("raptor-audit-admin"));
     // Revoked between two requests: the very next request is denied (no cache, no feed delay).
     sqlx::query("UPDATE rbac_ticket_grants SET revoked_at_utc = now(), revoke_reason = 'ticket_closed' WHERE id = $1").bind(&g).execute(&env.db.pool).await.unwrap();
-    assert_eq!(
-        env.gw
-            .status("/console/customers/7/audit", Some(&token))
-            .await,
-        403
-    );
+    assert_eq!(audit(&env, &token, 7).await, 403);
     // Expired.
     let g2 = grant(&env.db, &admin, "raptor-audit-admin", 7, "T-101").await;
-    assert_eq!(
-        env.gw
-            .status("/console/customers/7/audit", Some(&token))
-            .await,
-        200
-    );
+    assert_eq!(audit(&env, &token, 7).await, 200);
     sqlx::query(
         "UPDATE rbac_ticket_grants SET expires_at_utc = now() - interval '1 second' WHERE id = $1",
     )
@@ -81,21 +62,11 @@ async fn ticket_grants_apply_to_their_customer_only_and_are_never_cached() {
     .execute(&env.db.pool)
     .await
     .unwrap();
-    assert_eq!(
-        env.gw
-            .status("/console/customers/7/audit", Some(&token))
-            .await,
-        403
-    );
+    assert_eq!(audit(&env, &token, 7).await, 403);
     // A ticket role that inherits the required one (raptor-audit-admin inherits nothing above it,
     // so use the chain the other way: the rule wants raptor-audit-admin; support does not suffice).
     grant(&env.db, &admin, "raptor-audit-support", 7, "T-102").await;
-    assert_eq!(
-        env.gw
-            .status("/console/customers/7/audit", Some(&token))
-            .await,
-        403
-    );
+    assert_eq!(audit(&env, &token, 7).await, 403);
 }
 
 #[tokio::test]
@@ -103,12 +74,7 @@ async fn ticket_grants_can_be_switched_off() {
     let env = Env::with(core_routes(), |o| o.env("FLAG_TICKET_SCOPED_GRANTS", "0")).await;
     let (admin, token) = env.db.admin_with_roles(&["console-user"]).await;
     grant(&env.db, &admin, "raptor-audit-admin", 7, "T-1").await;
-    assert_eq!(
-        env.gw
-            .status("/console/customers/7/audit", Some(&token))
-            .await,
-        403
-    );
+    assert_eq!(audit(&env, &token, 7).await, 403);
 }
 
 /// A FreeScout stand-in: GET /conversations/<id> answers {"status": ...} from a table (a
@@ -174,20 +140,10 @@ async fn ticket_revalidation_follows_freescout_and_fails_closed() {
     let env = behind_freescout(&statuses).await;
     let (admin, token) = env.db.admin_with_roles(&["console-user"]).await;
     grant(&env.db, &admin, "raptor-audit-admin", 3, "T-9").await;
-    assert_eq!(
-        env.gw
-            .status("/console/customers/3/audit", Some(&token))
-            .await,
-        200
-    );
+    assert_eq!(audit(&env, &token, 3).await, 200);
     // The ticket closes in FreeScout before the grant is revoked in the database.
     statuses.lock().unwrap()[0].1 = "closed".into();
-    assert_eq!(
-        env.gw
-            .status("/console/customers/3/audit", Some(&token))
-            .await,
-        403
-    );
+    assert_eq!(audit(&env, &token, 3).await, 403);
 
     // FreeScout unreachable: 503, nothing forwarded.
     let (_closed, closed_port) = closed_port();
@@ -198,12 +154,7 @@ async fn ticket_revalidation_follows_freescout_and_fails_closed() {
     .await;
     let (admin, token) = env2.db.admin_with_roles(&["console-user"]).await;
     grant(&env2.db, &admin, "raptor-audit-admin", 3, "T-9").await;
-    assert_eq!(
-        env2.gw
-            .status("/console/customers/3/audit", Some(&token))
-            .await,
-        503
-    );
+    assert_eq!(audit(&env2, &token, 3).await, 503);
     assert_eq!(env2.up.count(), 0);
 }
 
@@ -261,10 +212,7 @@ async fn ticket_validation_reads_chunked_keep_alive_answers() {
         let (admin, token) = env.db.admin_with_roles(&["console-user"]).await;
         grant(&env.db, &admin, "raptor-audit-admin", 3, "T-1").await;
         let t0 = std::time::Instant::now();
-        let got = env
-            .gw
-            .status("/console/customers/3/audit", Some(&token))
-            .await;
+        let got = audit(&env, &token, 3).await;
         assert_eq!(
             got, want,
             "validator says {status:?} with {pad} bytes of padding"
@@ -289,9 +237,7 @@ async fn the_proxy_and_the_reader_api_read_freescout_alike() {
     grant(&env.db, &admin, "raptor-audit-admin", 3, "T-A").await;
     let check = "/api/rbac/permissions/check?permission=raptor:audit:read-admin&customer_id=3";
     assert_eq!(
-        env.gw
-            .status("/console/customers/3/audit", Some(&token))
-            .await,
+        audit(&env, &token, 3).await,
         200,
         "an upper-case open status"
     );
@@ -309,23 +255,13 @@ async fn the_proxy_and_the_reader_api_read_freescout_alike() {
         .unwrap()
         .push(("T-B".to_string(), "500".to_string()));
     grant(&env.db, &admin, "console-user", 3, "T-B").await;
-    assert_eq!(
-        env.gw
-            .status("/console/customers/3/audit", Some(&token))
-            .await,
-        503
-    );
+    assert_eq!(audit(&env, &token, 3).await, 503);
     let r = env.gw.get(check, Some(&token)).await;
     assert_eq!(r.status, 503, "{}", r.body_str());
 
     statuses.lock().unwrap().retain(|(t, _)| t != "T-B");
     statuses.lock().unwrap()[0].1 = "CLOSED".into();
-    assert_eq!(
-        env.gw
-            .status("/console/customers/3/audit", Some(&token))
-            .await,
-        403
-    );
+    assert_eq!(audit(&env, &token, 3).await, 403);
     let r = env.gw.get(check, Some(&token)).await;
     assert!(
         r.body_str().contains("\"allowed\":false"),

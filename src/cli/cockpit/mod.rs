@@ -36,7 +36,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use super::{failure, runtime, say, usage, Exit};
+use super::toolbox::{
+    failure, init_logging, reachable, resolve, runtime, say, usage, NoSuchVersion,
+};
+use super::Exit;
 use crate::runtime::config::{CockpitArgs, ExplainArgs};
 use crate::stores::db::Db;
 
@@ -65,8 +68,8 @@ fn connection_ended(e: &hyper::Error, peer: SocketAddr) {
 
 pub fn cockpit(args: CockpitArgs) -> Result<(), Exit> {
     // Warnings, and with RUST_LOG=debug each connection that ended with an error, on stderr.
-    super::init_logging("text");
-    let addr = super::resolve(&args.listen, "--listen")?;
+    init_logging("text");
+    let addr = resolve(&args.listen, "--listen")?;
     let token = match &args.auth_token_file {
         Some(p) => Some(auth::Token::read(p).map_err(usage)?),
         None => None,
@@ -81,7 +84,7 @@ pub fn cockpit(args: CockpitArgs) -> Result<(), Exit> {
     local.block_on(&rt, async move {
         let db = Db::connect_read_only(&args.database_url, POOL, Duration::from_secs(10))
             .map_err(usage)?;
-        let db = super::reachable(db, Duration::from_secs(10)).await?;
+        let db = reachable(db, Duration::from_secs(10)).await?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| usage(anyhow!("--listen {addr}: cannot listen: {e}")))?;
@@ -161,7 +164,7 @@ impl From<Exit> for Problem {
     /// A version named that is not stored is not found, as `/version/V` says (the command
     /// exits 64 for it); any other error of a report is the site's own.
     fn from(e: Exit) -> Problem {
-        match e.error.downcast_ref::<super::NoSuchVersion>() {
+        match e.error.downcast_ref::<NoSuchVersion>() {
             Some(missing) => Problem::NotFound(missing.to_string()),
             None => Problem::Failed(e),
         }

@@ -18,7 +18,7 @@ use crate::cli::diff::Report as DiffReport;
 use crate::cli::mapping::History;
 use crate::cli::matrix::{short, Matrix};
 use crate::cli::rollout::Report as Rollout;
-use crate::stores::rollout::{human, Verdict};
+use crate::policy::cutover::{human, Verdict};
 
 const STYLE: &str = r#"
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 1.5rem 2rem;color:#1a1a1a;background:#fff}
@@ -252,7 +252,7 @@ fn tally(r: &Rollout) -> Vec<(Verdict, usize)> {
     .collect()
 }
 
-fn modes(c: &crate::stores::rollout::ClusterStatus) -> String {
+fn modes(c: &crate::policy::cutover::ClusterStatus) -> String {
     let mut modes: BTreeMap<&str, usize> = BTreeMap::new();
     for s in &c.routes {
         *modes

@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::anyhow;
 use arc_swap::ArcSwap;
 
-use super::super::{failure, usage, Exit};
+use super::super::toolbox::{failure, usage};
+use super::super::Exit;
 use super::config::{Config, Source};
 use crate::dataplane::workers::Door;
 use crate::doors::forward_auth::ForwardAuthDoor;

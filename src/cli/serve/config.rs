@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use super::super::{load_mapping, resolve, usage, Exit};
+use super::super::toolbox::{load_mapping, resolve, usage};
+use super::super::Exit;
 use crate::dataplane::workers::Http1Settings;
 use crate::doors::freescout_webhook::Auth;
 use crate::doors::proxy::Settings;

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 
-use super::{failure, init_logging, usage, Exit};
+use super::toolbox::{failure, init_logging, usage};
+use super::Exit;
 use crate::dataplane::workers::{self, StartError};
 use crate::runtime::config::ServeArgs;
 use crate::runtime::metrics::Metrics;

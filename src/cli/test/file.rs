@@ -80,7 +80,7 @@ struct Reader<'a> {
 impl Reader<'_> {
     fn problem(&mut self, offset: usize, message: String) {
         let (line, col) = self.lines.at(offset);
-        self.problems.push(crate::cli::diag(
+        self.problems.push(crate::cli::toolbox::diag(
             self.name,
             line,
             col,

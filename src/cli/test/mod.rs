@@ -23,7 +23,11 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use super::{failure, load_mapping, load_stored_ref, runtime, stored_ref, usage, Exit};
+use super::toolbox::{
+    command_pool, failure, load_mapping, load_stored_ref, needs_database_url, runtime, say,
+    stored_ref, usage,
+};
+use super::Exit;
 use crate::cli::access::Catalogue;
 use crate::policy::mapping::Mapping;
 use crate::runtime::config::TestArgs;
@@ -34,14 +38,12 @@ pub use world::Settings;
 pub fn test(args: TestArgs) -> Result<(), Exit> {
     let report = runtime()?.block_on(async {
         let pool = match &args.database_url {
-            Some(url) => Some(super::command_pool(url, 1, Duration::from_secs(10)).await?),
+            Some(url) => Some(command_pool(url, 1, Duration::from_secs(10)).await?),
             None => None,
         };
         let mapping = match (stored_ref(&args.routes), &pool) {
             (Some(what), Some(pool)) => load_stored_ref(pool, what).await?,
-            (Some(_), None) => {
-                return Err(super::needs_database_url(&args.routes, "--database-url"))
-            }
+            (Some(_), None) => return Err(needs_database_url(&args.routes, "--database-url")),
             (None, _) => load_mapping(&args.routes)?,
         };
         let paths = tests_of(&args.routes, &args.tests)?;
@@ -52,7 +54,7 @@ pub fn test(args: TestArgs) -> Result<(), Exit> {
         "junit" => report::junit(&report),
         _ => report::text(&report, args.verbose),
     };
-    super::say!("{shown}");
+    say!("{shown}");
     if report.failed > 0 {
         return Err(failure(anyhow!(
             "{} of {} cases failed",
@@ -248,36 +250,31 @@ async fn named_admins(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::mapping::fixture::{rules, Rules};
     use std::collections::BTreeSet;
 
-    const MAPPING: &str = r#"
-[cluster.S8]
-[cluster.open]
-[[route]]
-methods = ["GET"]
-path = "/secrets"
-roles = ["console-secrets-admin"]
-cluster = "S8"
-[[route]]
-methods = ["GET"]
-path = "/secrets/<name>/sop"
-roles = ["console-secrets-user"]
-cluster = "S8"
-[[route]]
-methods = ["GET"]
-path = "/customers/<int:id>/audit"
-roles = ["console-manager"]
-customer_param = "id"
-cluster = "S8"
-[[route]]
-methods = ["GET"]
-path = "/static/<path:f>"
-access = "public"
-cluster = "open"
-"#;
+    /// Cluster S8's secrets and a customer's audit, and a public `open` cluster.
+    fn s8() -> Rules {
+        rules()
+            .declare("S8")
+            .declare("open")
+            .route("GET", "/secrets")
+            .roles(&["console-secrets-admin"])
+            .cluster("S8")
+            .route("GET", "/secrets/<name>/sop")
+            .roles(&["console-secrets-user"])
+            .cluster("S8")
+            .route("GET", "/customers/<int:id>/audit")
+            .roles(&["console-manager"])
+            .customer_param("id")
+            .cluster("S8")
+            .route("GET", "/static/<path:f>")
+            .access("public")
+            .cluster("open")
+    }
 
-    fn mapping(text: &str) -> Mapping {
-        Mapping::from_str("m.toml", Path::new("m.toml"), text).unwrap()
+    fn mapping(rules: Rules) -> Mapping {
+        rules.mapping_named("m.toml")
     }
 
     /// Runs `tests` (one file) on `m` without a database.
@@ -294,7 +291,7 @@ cluster = "open"
     #[test]
     fn cases_are_asked_of_decide_and_a_failure_says_why() {
         let r = run_on(
-            &mapping(MAPPING),
+            &mapping(s8()),
             r#"
 [principal.support]
 groups = ["raxx-support-team"]
@@ -339,7 +336,7 @@ reason = "no_route"
         let f = &failed.failures[0];
         assert_eq!(f.problem, "expected allow, decided deny (missing_role)");
         assert!(
-            f.why.iter().any(|l| l == "rule: GET /secrets (m.toml:4:1)"),
+            f.why.iter().any(|l| l == "rule: GET /secrets (m.toml:3:1)"),
             "{:#?}",
             f.why
         );
@@ -375,7 +372,7 @@ reason = "no_route"
     #[test]
     fn ticket_grants_open_a_rule_with_customer_param_for_their_customer_only() {
         let r = run_on(
-            &mapping(MAPPING),
+            &mapping(s8()),
             r#"
 [[case]]
 who = { groups = ["raxx-support-team"] }
@@ -396,9 +393,10 @@ expect = "deny"
     #[test]
     fn statements_name_each_offending_rule() {
         // A catch-all added under /secrets from elsewhere is found by the prefix's own paths.
-        let with_catch_all = format!(
-            "{MAPPING}[[route]]\nmethods = [\"GET\"]\npath = \"/<path:any>\"\naccess = \"public\"\ncluster = \"open\"\n"
-        );
+        let with_catch_all = s8()
+            .route("GET", "/<path:any>")
+            .access("public")
+            .cluster("open");
         let tests = r#"
 [[case]]
 name = "no route under /secrets is reached by support"
@@ -415,7 +413,7 @@ every = { cluster = "S88" }
 who = "no-session"
 expect = "login"
 "#;
-        let r = run_on(&mapping(&with_catch_all), tests).unwrap();
+        let r = run_on(&mapping(with_catch_all), tests).unwrap();
         let by_name = |n: &str| r.cases.iter().find(|c| c.name == n).unwrap();
         let prefix = by_name("no route under /secrets is reached by support");
         let offending: Vec<(&str, &str)> = prefix
@@ -450,14 +448,14 @@ expect = "login"
             "{typo:#?}"
         );
         // Without the catch-all, the prefix statement holds.
-        let r = run_on(&mapping(MAPPING), tests).unwrap();
+        let r = run_on(&mapping(s8()), tests).unwrap();
         assert!(r.cases[0].passed, "{:#?}", r.cases[0]);
     }
 
     #[test]
     fn names_the_catalogue_lacks_do_not_load() {
         let e = run_on(
-            &mapping(MAPPING),
+            &mapping(s8()),
             "[[case]]\nwho = { groups = [\"raxx-suport-team\"] }\nrequest = \"GET /secrets\"\nexpect = \"deny\"\n",
         )
         .unwrap_err();
@@ -468,7 +466,7 @@ expect = "login"
             "{text}"
         );
         let e = run_on(
-            &mapping(MAPPING),
+            &mapping(s8()),
             "[[case]]\nwho = { admin = \"a@example.com\" }\nrequest = \"GET /secrets\"\nexpect = \"deny\"\n",
         )
         .unwrap_err();
@@ -484,7 +482,7 @@ expect = "login"
             .map(|g| format!("{g:?}"))
             .collect();
         let e = run_on(
-            &mapping(MAPPING),
+            &mapping(s8()),
             &format!(
                 "[[case]]\nevery = {{}}\nwho = {{ every_group_except = [{}] }}\nexpect = \"deny\"\n",
                 everyone.join(", ")
@@ -502,7 +500,7 @@ expect = "login"
     #[test]
     fn junit_names_each_case_and_failure() {
         let r = run_on(
-            &mapping(MAPPING),
+            &mapping(s8()),
             "[[case]]\nname = \"a <b>\"\nwho = \"no-session\"\nrequest = \"GET /secrets\"\nexpect = \"allow\"\n",
         )
         .unwrap();

@@ -57,7 +57,7 @@ impl<'c> Prepared<'c> {
     ) -> Result<Prepared<'c>, Vec<Problem>> {
         let mut problems = Vec::new();
         let mut problem = |file: usize, line: usize, col: usize, message: String| {
-            problems.push(crate::cli::diag(
+            problems.push(crate::cli::toolbox::diag(
                 &file_names[file],
                 line,
                 col,

@@ -3,7 +3,7 @@
 //!
 //! The leg is the gateway's own, written for the one job it has (a request decided on and read
 //! whole, sent to one upstream; a response read back), because hyper's client connection costs a
-//! task, a channel and a oneshot per request (the profile of issue 12). It reads responses the way
+//! task, a channel and a oneshot per request (a CPU profile showed it). It reads responses the way
 //! hyper's client does, or refuses them (502): `tests/api/upstream_differential.rs` sends the same
 //! responses, byte for byte, to hyper's client and to this leg and compares status, headers and
 //! body, and compares the request bytes each writes. Where the two differ this leg is the
@@ -35,9 +35,9 @@
 //! within a small multiple of the bound. A connection holds no buffer at all while it holds no
 //! byte: one waiting for Console's answer takes its buffer when the socket is reported readable
 //! and gives it up when the read finds nothing, and an idle one in the pool has none (`pool.rs`;
-//! at 2,000 client connections, each with a request at Console, the 16 KiB buffers were 32 MiB
-//! of the gateway's 118: issue 51, docs/performance-log.md). Each bound is checked on what is buffered, complete or
-//! not, so whether a response is refused does not depend on how its bytes were cut into reads.
+//! with many client connections at Console, buffers held while waiting were a large part of
+//! the gateway's memory: docs/performance-log.md). Each bound is checked on what is buffered,
+//! complete or not, so whether a response is refused does not depend on how its bytes were cut into reads.
 //! Pinned by the property tests of `head.rs` and `chunked.rs` (any bytes in any pieces) and by
 //! `tests/api/upstream_differential.rs` (the running gateway against an endless chunk-size line).
 //!
@@ -57,11 +57,10 @@
 //! [`UpstreamBody`], Console's body streamed from its connection.
 //!
 //! **Replaces** hyper's client (`hyper::client::conn::http1` + a pool, or hyper-util's legacy
-//! client). **Gain**: the task, channel and oneshot per request hyper's client connection costs
-//! (issue 12's profile). Paired on 2026-11-26 (the legacy client restored in one build, both
-//! builds' `scripts/bench/denials.sh` in turns, 7 times): the client costs +16% gateway CPU per
-//! allowed request (more in 7 of 7 pairs) and 44,729 instead of 23,218 instructions per request
-//! (`scripts/bench/instructions.sh`); docs/performance-log.md. **Pinned by**
+//! client). **Gain**: the task, channel and oneshot per request hyper's client connection costs;
+//! paired (the legacy client restored in one build, `scripts/bench/denials.sh` and
+//! `scripts/bench/instructions.sh` in turns), the client cost more CPU and about twice the
+//! instructions per allowed request (docs/performance-log.md). **Pinned by**
 //! `tests/api/upstream_differential.rs` (the same bytes to hyper's client and to this leg).
 
 mod body;

@@ -2,8 +2,8 @@
 //! before use (one the upstream closed, or that holds bytes nobody asked for, is dropped), a new
 //! one made when none is left; and [`Conn`], one connection with the bytes read from it but not
 //! used yet, whose read buffer exists only while it holds bytes or a read is under way (a
-//! connection waiting for Console's answer, or idle, holds none: issue 51). Only its worker thread takes a pool's lock, so it is never contended, and a
-//! connection is never handed between threads. The leg (`Pool::send`, in `upstream/mod.rs`)
+//! connection waiting for Console's answer, or idle, holds none). Only its worker thread takes
+//! a pool's lock, so it is never contended, and a connection is never handed between threads. The leg (`Pool::send`, in `upstream/mod.rs`)
 //! checks a connection out and gives it back through [`Pool::finish`] once its response was read
 //! to the end.
 
@@ -55,8 +55,7 @@ impl Conn {
     /// holds no buffer while it waits: the buffer is taken once the socket is reported
     /// readable (the worker's spare, [`SPARE`], when there is one), and given up again when the
     /// read finds nothing after all (readiness the driver saw before the last bytes were read),
-    /// so the many connections waiting for Console's answer hold no memory of their own
-    /// (issue 51).
+    /// so the many connections waiting for Console's answer hold no memory of their own.
     pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.is_empty() {
             match self.io.poll_read_ready(cx) {

@@ -4,6 +4,8 @@
 //! a list of [`Diagnostic`]s printed as `FILE:LINE:COL: message`. The compiled [`Mapping`] is immutable: a
 //! reload builds a new one and swaps it in whole.
 
+#[cfg(test)]
+pub mod fixture;
 mod load;
 pub mod matcher;
 pub mod rule;
@@ -506,7 +508,7 @@ roles = ["console-audit-user"]
 
     /// Werkzeug raises its strict-slash redirect for the first rule it tries whose trailing
     /// slash is all a path lacks, instead of trying the next segment: a rule behind a slash
-    /// competes with every rule its equally weighted rival leads to (issue 44).
+    /// competes with every rule its equally weighted rival leads to.
     #[test]
     fn equally_weighted_siblings_behind_a_trailing_slash_are_refused() {
         let two = |(ma, a): (&str, &str), (mb, b): (&str, &str)| {

@@ -155,7 +155,7 @@ pub const QUEUE_BYTES_PER_SPAN: usize = 2048;
 
 /// The spans waiting for export, at most `OTEL_BSP_MAX_QUEUE_SIZE` and [`QUEUE_BYTES_PER_SPAN`]
 /// bytes each on average: one more is dropped and counted, never waited for (counted in spans
-/// alone, a collector that hangs let spans of a client's long paths take 157 MiB: issue 66).
+/// alone, a collector that hangs let spans of a client's long paths take hundreds of MiB).
 /// Each span is written as its protobuf entry when it ends, on the request's thread, so
 /// nothing a request allocated is freed by another thread.
 #[derive(Debug)]

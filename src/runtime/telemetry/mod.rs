@@ -12,8 +12,8 @@
 //!
 //! A span is a plain record ([`span`]), not the SDK's `Span`: ended, a sampled one goes to the
 //! bounded queue ([`export::Queue`]) and the background runtime encodes a batch straight to
-//! OTLP's protobuf ([`otlp`]) and posts it (issue 53: the SDK's span pipeline cost +52% gateway
-//! CPU per allowed request with every request sampled; docs/performance-log.md, 2026-11-27).
+//! OTLP's protobuf ([`otlp`]) and posts it (the SDK's span pipeline cost far more CPU per
+//! sampled request; docs/performance-log.md).
 //! The SDK still reads the resource variables, makes the ids and reads an incoming
 //! `traceparent`.
 //!

@@ -14,10 +14,8 @@
 //!
 //! Replaces, with [`super::span`] and [`super::export::Queue`], the SDK's span pipeline on the
 //! request path (`opentelemetry_sdk`'s `Span` and `BatchSpanProcessor`, `opentelemetry-otlp`'s
-//! conversion and prost encoding): every request sampled cost +52% gateway CPU per allowed
-//! request with the SDK, +18% with this at first, about +12% after its second round (four runs of
-//! six paired rounds on a noisy machine, the first version +16 to +26% in the same period;
-//! `scripts/bench/otel.sh`, docs/performance-log.md, 2026-11-27).
+//! conversion and prost encoding), which cost several times as much CPU per sampled request
+//! (`scripts/bench/otel.sh`; the figures are in docs/performance-log.md).
 //!
 //! Written as prost writes opentelemetry-proto's types (fields in number order, proto3 defaults
 //! left out, a oneof's value always written): the differential test decodes what this writes
@@ -39,7 +37,7 @@ pub fn set_value_limit(characters: usize) {
 
 /// `t`, or its first [`VALUE_LIMIT`] characters (counted as the specification counts them, a
 /// character one, so the cut falls between two of them): a client's long path costs the queue
-/// no more than the limit (issue 66).
+/// no more than the limit.
 #[inline(always)]
 fn limited(t: &str) -> &str {
     let limit = VALUE_LIMIT.load(Ordering::Relaxed);
@@ -105,7 +103,7 @@ impl Attributes {
 
     /// Inlined where it is called: with the key a literal there, its length, the entry's fixed
     /// bytes and the key's copy are constants (a short text's entry is then three stores and
-    /// one copy of the text; issue 53's second round).
+    /// one copy of the text).
     /// A text longer than the attribute value limit is cut ([`set_value_limit`]).
     #[inline(always)]
     pub fn push(&mut self, key: &str, value: Value<'_>) {

@@ -1,14 +1,12 @@
-//! A span on the request path, without the SDK's `Span` and `Context` (issue 53): its ids,
+//! A span on the request path, without the SDK's `Span` and `Context`: its ids,
 //! the trace an incoming request continues, whether it is sampled; the record itself
 //! ([`super::otlp::SpanRecord`]) is what [`super::otlp`] encodes and [`super::export`] queues.
 //!
 //! Replaces the OpenTelemetry SDK's `Span`, `Context` and `BatchSpanProcessor` on the request
-//! path: with every request sampled the SDK's pipeline cost +52% gateway CPU per allowed request
-//! (a `SpanData` per span moved to its export thread, each attribute turned into an owned OTLP
-//! string there, then prost; 66-68k user-space instructions per traced request); this one
-//! +18% at first (35k instructions; the untraced request 24.5k), about +12% after the second
-//! round (30.0k instructions), paired, docs/performance-log.md
-//! (2026-11-27, issue 53). What a span carries and how it is sampled
+//! path: with every request sampled the SDK's pipeline cost far more CPU per request (a
+//! `SpanData` per span moved to its export thread, each attribute turned into an owned OTLP
+//! string there, then prost); the paired figures are in docs/performance-log.md. What a span
+//! carries and how it is sampled
 //! is what the SDK did: the sampler follows the specification's `always_on`, `always_off`,
 //! `traceidratio` (the SDK's comparison of the trace id's low 63 bits) and `parentbased_*`
 //! (an incoming `traceparent`'s sampled flag decides); ids come from the SDK's own generator;

@@ -18,36 +18,125 @@ pub struct Bound {
 /// Waits (20 s at most) for the gateway's JSON "listening" line in `log` and reads the
 /// addresses from it; a gateway that exits first fails the test with its log.
 pub async fn listening(child: &mut Child, log: &Path) -> Bound {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let said = || {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            if v["message"] != "listening" {
-                continue;
+        let bound = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "listening")
+            .map(|v| {
+                let addr = |k: &str| {
+                    v[k].as_str().map(|a| {
+                        a.parse::<SocketAddr>()
+                            .unwrap_or_else(|e| panic!("{k}: {a}: {e}"))
+                    })
+                };
+                Bound {
+                    listen: addr("listen").expect("listen in the listening line"),
+                    admin: addr("admin_listen").expect("admin_listen in the listening line"),
+                    authz: addr("authz_listen"),
+                }
+            });
+        (bound, text)
+    };
+    let what = || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        format!("the gateway never said it was listening; log:\n{text}")
+    };
+    eventually_some(Duration::from_secs(20), what, || {
+        let (bound, text) = said();
+        if bound.is_none() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the gateway exited ({status}) before listening; log:\n{text}");
             }
-            let addr = |k: &str| {
-                v[k].as_str().map(|a| {
-                    a.parse::<SocketAddr>()
-                        .unwrap_or_else(|e| panic!("{k}: {a}: {e}"))
+        }
+        async move { bound }
+    })
+    .await
+}
+
+/// Waits (20 s at most) for the first JSON line in `log` that names the admin listener
+/// (`admin_listen`: the "listening" line, or the line of a gateway that waits for its mapping
+/// and serves `/readyz` meanwhile) and reads its address; a gateway that exits first fails the
+/// test with its log.
+pub async fn admin_listening(child: &mut Child, log: &Path) -> SocketAddr {
+    let what = || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        format!("the gateway never said where its admin listener is; log:\n{text}")
+    };
+    eventually_some(Duration::from_secs(20), what, || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let admin: Option<SocketAddr> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| {
+                v["admin_listen"].as_str().map(|a| {
+                    a.parse()
+                        .unwrap_or_else(|e| panic!("admin_listen: {a}: {e}"))
                 })
-            };
-            return Bound {
-                listen: addr("listen").expect("listen in the listening line"),
-                admin: addr("admin_listen").expect("admin_listen in the listening line"),
-                authz: addr("authz_listen"),
-            };
+            });
+        if admin.is_none() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the gateway exited ({status}) before its admin listener was up; log:\n{text}"
+                );
+            }
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the gateway exited ({status}) before listening; log:\n{text}");
+        async move { admin }
+    })
+    .await
+}
+
+/// A gateway started and not waited on ([`Gateway::start_unready`]): its admin listener is up,
+/// the rest may still be starting, or waiting for a mapping version.
+pub struct Starting {
+    child: Option<Child>,
+    /// The admin listener (`/readyz` says why the gateway is not ready yet).
+    pub admin: SocketAddr,
+    dir: Option<tempfile::TempDir>,
+    routes: PathBuf,
+    wait_ready: bool,
+}
+
+impl Starting {
+    /// `/readyz`'s status and body, or None when it cannot be asked.
+    pub async fn readyz(&self) -> Option<(u16, String)> {
+        admin_get_at(self.admin, "/readyz")
+            .await
+            .ok()
+            .map(|r| (r.status, r.body_str().to_string()))
+    }
+
+    /// The gateway once it says it is listening, and is ready (or only alive, as its options
+    /// asked).
+    pub async fn ready(mut self) -> Gateway {
+        let mut child = self.child.take().expect("a started gateway");
+        let dir = self.dir.take().expect("a started gateway");
+        let bound = listening(&mut child, &dir.path().join("gateway.log")).await;
+        let gw = Gateway {
+            child,
+            addr: bound.listen,
+            admin: bound.admin,
+            authz: bound.authz,
+            dir,
+            routes: std::mem::take(&mut self.routes),
+        };
+        gw.wait(if self.wait_ready {
+            "/readyz"
+        } else {
+            "/healthz"
+        })
+        .await;
+        gw
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway never said it was listening; log:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -145,14 +234,31 @@ pub fn core_routes() -> PathBuf {
 
 impl Gateway {
     pub async fn start(opts: GatewayOpts) -> Gateway {
+        Self::start_unready(opts).await.ready().await
+    }
+
+    /// The gateway started, its admin listener up, not waited on further: for a test that
+    /// watches `/readyz` while the gateway cannot be ready yet ([`Starting::ready`] waits).
+    pub async fn start_unready(opts: GatewayOpts) -> Starting {
         let dir = tempfile::tempdir().unwrap();
         // A private copy, so tests may rewrite it.
         let routes = dir.path().join("routes.toml");
         std::fs::copy(&opts.routes, &routes).unwrap();
-        Self::start_in(opts, dir, routes).await
+        Self::start_unready_in(opts, dir, routes).await
     }
 
     pub async fn start_in(opts: GatewayOpts, dir: tempfile::TempDir, routes: PathBuf) -> Gateway {
+        Self::start_unready_in(opts, dir, routes)
+            .await
+            .ready()
+            .await
+    }
+
+    async fn start_unready_in(
+        opts: GatewayOpts,
+        dir: tempfile::TempDir,
+        routes: PathBuf,
+    ) -> Starting {
         let admin_port = opts.admin_port.unwrap_or(0);
         let log_path = dir.path().join("gateway.log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -200,22 +306,14 @@ impl Gateway {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start the gateway");
-        let bound = listening(&mut child, &log_path).await;
-        let gw = Gateway {
-            child,
-            addr: bound.listen,
-            admin: bound.admin,
-            authz: bound.authz,
-            dir,
+        let admin = admin_listening(&mut child, &log_path).await;
+        Starting {
+            child: Some(child),
+            admin,
+            dir: Some(dir),
             routes,
-        };
-        gw.wait(if opts.wait_ready {
-            "/readyz"
-        } else {
-            "/healthz"
-        })
-        .await;
-        gw
+            wait_ready: opts.wait_ready,
+        }
     }
 
     /// The forward-auth listener's address (the gateway must have been started with
@@ -236,25 +334,17 @@ impl Gateway {
     }
 
     async fn wait(&self, path: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = send(
-                self.admin,
-                format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .await
-            {
-                if r.status == 200 {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway not ready at {path}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        eventually_explained(
+            Duration::from_secs(20),
+            &format!("gateway not ready at {path}"),
+            || async {
+                admin_get_at(self.admin, path)
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+            },
+            || async { format!("; log:\n{}", self.log()) },
+        )
+        .await
     }
 
     pub fn log(&self) -> String {
@@ -306,14 +396,14 @@ impl Gateway {
     /// Waits (`limit` at most) for the process to exit, after a signal; its status. Fails with
     /// `what` and the log when it is still running.
     pub async fn exited(&mut self, limit: Duration, what: &str) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{what}; log:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let log = self.dir.path().join("gateway.log");
+        exited_within(&mut self.child, limit, || {
+            format!(
+                "{what}; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })
+        .await
     }
 }
 

@@ -49,3 +49,65 @@ pub async fn timed_alone() -> tokio::sync::MutexGuard<'static, ()> {
 pub fn timed_alone_blocking() -> tokio::sync::MutexGuard<'static, ()> {
     TIMED.blocking_lock()
 }
+
+/// [`eventually`] for a value: polls `found` until it gives one, and returns it; after `limit`
+/// fails the test with what `what` says then (the wait, and the log that tells why).
+pub async fn eventually_some<T, F, Fut, W>(limit: Duration, what: W, found: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+    W: FnOnce() -> String,
+{
+    match poll_until(limit, found).await {
+        Some(v) => v,
+        None => panic!("not within {limit:?}: {}", what()),
+    }
+}
+
+/// Polls `found` until it gives a value, for `limit` at most: the value, or None when the time
+/// ran out (for a test that says more than [`eventually_some`] would, or cleans up first).
+pub async fn poll_until<T, F, Fut>(limit: Duration, mut found: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = found().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (`limit` at most) for `child` to exit, and returns its status; after `limit` fails the
+/// test with what `what` says then.
+pub async fn exited_within<W: FnOnce() -> String>(
+    child: &mut std::process::Child,
+    limit: Duration,
+    what: W,
+) -> std::process::ExitStatus {
+    eventually_some(limit, what, || {
+        let status = child.try_wait().unwrap();
+        async move { status }
+    })
+    .await
+}
+
+/// For a `Drop`, which cannot wait asynchronously: waits (`limit` at most, blocking the thread)
+/// for `child` to exit; whether it did.
+pub fn exited_within_blocking(child: &mut std::process::Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
