@@ -154,8 +154,8 @@ cpu_ticks() { # "pid [pid...]": utime+stime of the processes and their children 
   echo "$t"
 }
 
-# Debian's PgBouncer in transaction mode in front of $DATABASE_URL (pool SIZE, default 32), as
-# cold.sh starts its own. Sets pgb_url (the gateway's --database-url through it) and pgb_pid.
+# Debian's PgBouncer in transaction mode in front of $DATABASE_URL (pool SIZE, default 32), for
+# cold.sh and instructions.sh. Sets pgb_url (the gateway's --database-url through it) and pgb_pid.
 start_pgbouncer() { # [size]
   local port pg_port pgb
   need_tools pgbouncer

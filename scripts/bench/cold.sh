@@ -87,33 +87,8 @@ start_gateway() { # name database-url: sets gw_port_NAME, gw_pid_NAME
 }
 start_gateway direct "$DATABASE_URL"
 if [ "$PGBOUNCER" != 0 ]; then
-  pgb_port=$(free_port)
-  mkdir -p "$tmp/pgb"
-  echo '"postgres" ""' >"$tmp/pgb/users.txt"
-  pg_port=${DATABASE_URL##*:}
-  pg_port=${pg_port%%/*}
-  cat >"$tmp/pgb/pgbouncer.ini" <<EOF
-[databases]
-* = host=127.0.0.1 port=$pg_port
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $pgb_port
-unix_socket_dir =
-pidfile =
-logfile =
-auth_type = trust
-auth_file = $tmp/pgb/users.txt
-pool_mode = transaction
-default_pool_size = $CONNECTIONS
-max_client_conn = 1000
-EOF
-  chmod -R a+rX "$tmp/pgb"
-  PGB=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-  if [ "$(id -u)" = 0 ]; then "$PGB" -u postgres "$tmp/pgb/pgbouncer.ini" 2>"$tmp/pgb/log" & else "$PGB" "$tmp/pgb/pgbouncer.ini" 2>"$tmp/pgb/log" & fi
-  pids+=($!)
-  pgb_pid=$!
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$pgb_port") 2>/dev/null && break; sleep 0.1; done
-  start_gateway pooled "postgres://postgres@127.0.0.1:$pgb_port/postgres"
+  start_pgbouncer "$CONNECTIONS"
+  start_gateway pooled "$pgb_url"
 fi
 
 CLK_TCK=$(getconf CLK_TCK)

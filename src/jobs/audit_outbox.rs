@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
 use crate::runtime::metrics::Metrics;
 use crate::stores::audit_outbox::{self as store, Owed};
@@ -106,7 +105,7 @@ pub fn payload(o: &Owed) -> serde_json::Value {
     })
 }
 
-type Https = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Https = crate::runtime::https_client::HttpsClient;
 
 /// The writer's client: HTTP or HTTPS (rustls on ring, the web PKI's roots).
 struct Writer {
@@ -116,26 +115,7 @@ struct Writer {
 
 impl Writer {
     fn new(settings: WriterSettings) -> Writer {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(settings.timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(https);
+        let client = crate::runtime::https_client::client(settings.timeout);
         Writer { settings, client }
     }
 

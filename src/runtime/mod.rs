@@ -4,6 +4,7 @@
 //! or a door; the gateway's shared state and the mapping reload are in `gateway/`.
 
 pub mod config;
+pub mod https_client;
 pub mod log_sink;
 pub mod logfmt;
 pub mod metrics;

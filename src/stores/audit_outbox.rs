@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use crate::stores::db::{Bounded, Db};
 
 /// One `rbac_grants_audit` row owed to the writer, as it is sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Owed {
     /// The audit row's id: the idempotency key.
     pub audit_id: String,
@@ -38,21 +38,6 @@ pub struct Owed {
     pub occurred_at: DateTime<Utc>,
 }
 
-type OwedRow = (
-    String,
-    i32,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<i32>,
-    Option<String>,
-    String,
-    Option<DateTime<Utc>>,
-    DateTime<Utc>,
-);
-
 /// Claims the oldest due row (not delivered, its next attempt due, its audit row present) for
 /// `lease`: no other replica takes it meanwhile (`SKIP LOCKED`, then `next_attempt_utc` moved
 /// past the lease). A replica that dies with a claim leaves the row to be tried again when the
@@ -62,7 +47,7 @@ pub async fn claim(
     lease: Duration,
     limit: Duration,
 ) -> Result<Option<Owed>, sqlx::Error> {
-    let row: Option<OwedRow> = sqlx::query_as(
+    sqlx::query_as(
         "WITH due AS (SELECT o.audit_id FROM rbac_gateway_audit_outbox o \
             WHERE o.delivered_at_utc IS NULL AND o.next_attempt_utc <= pg_catalog.now() \
               AND EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = o.audit_id) \
@@ -70,44 +55,16 @@ pub async fn claim(
          c AS (UPDATE rbac_gateway_audit_outbox o SET attempts = o.attempts + 1, \
                  next_attempt_utc = pg_catalog.now() + pg_catalog.make_interval(secs => $1) \
             FROM due WHERE o.audit_id = due.audit_id RETURNING o.audit_id, o.attempts) \
-         SELECT c.audit_id, c.attempts, a.event_type, a.target_user_id, a.role_id, a.group_id, \
-                a.ticket_id, a.customer_id, a.justification, a.granted_by, a.expires_at_utc, a.created_at_utc \
+         SELECT c.audit_id, c.attempts, a.event_type, a.target_user_id AS admin_id, a.role_id, a.group_id, \
+                a.ticket_id, a.customer_id, a.justification AS reason, a.granted_by AS actor, \
+                a.expires_at_utc AS expires_at, a.created_at_utc AS occurred_at \
            FROM c JOIN rbac_grants_audit a ON a.id = c.audit_id",
     )
     .persistent(false)
     .bind(lease.as_secs_f64())
     .fetch_optional(pool)
     .bounded(limit)
-    .await?;
-    Ok(row.map(
-        |(
-            audit_id,
-            attempts,
-            event_type,
-            admin_id,
-            role_id,
-            group_id,
-            ticket_id,
-            customer_id,
-            reason,
-            actor,
-            expires_at,
-            occurred_at,
-        )| Owed {
-            audit_id,
-            attempts,
-            event_type,
-            admin_id,
-            role_id,
-            group_id,
-            ticket_id,
-            customer_id,
-            reason,
-            actor,
-            expires_at,
-            occurred_at,
-        },
-    ))
+    .await
 }
 
 /// Most rows [`adopt_unowed`] enters in one statement.
