@@ -41,10 +41,9 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use crate::dataplane::workers::Http1Settings;
+use crate::gateway::counts::DecisionCounts;
 use crate::gateway::state::Gateway;
-use crate::policy::answer::{
-    carry_out, Answer, Asked, DecidedOn, Decision, DecisionCounts, Reply, RequestId,
-};
+use crate::policy::answer::{carry_out, Answer, Asked, DecidedOn, Decision, Reply, RequestId};
 use crate::policy::cookie::session_token;
 use crate::policy::outcome::{decide, Facts, Outcome};
 use crate::policy::target::{self, Refusal, Target};

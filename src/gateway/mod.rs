@@ -6,6 +6,7 @@
 //! carry its answers, and `serve` (`cli/serve/`) assembles it all.
 
 pub mod anonymous;
+pub mod counts;
 pub mod promotion;
 pub mod reader;
 pub mod reload;

@@ -42,10 +42,9 @@ use crate::dataplane::sniff::{Heads, RawHead, Sniff};
 use crate::dataplane::upstream::{GatewayBody, Pool};
 use crate::dataplane::workers::{Door, Http1Settings};
 use crate::doors::rbac_api;
+use crate::gateway::counts::DecisionCounts;
 use crate::gateway::state::Gateway;
-use crate::policy::answer::{
-    carry_out, Answer, Asked, DecidedOn, DecisionCounts, Reply, RequestId,
-};
+use crate::policy::answer::{carry_out, Answer, Asked, DecidedOn, Reply, RequestId};
 use crate::policy::headers::X_REQUEST_ID;
 use crate::policy::outcome::{decide, Facts, Outcome};
 use crate::policy::reader;
