@@ -7,6 +7,30 @@ use clap::{Args, Parser, Subcommand};
 
 use super::posture::parse_bool;
 
+/// How statements with values reach PostgreSQL (`--db-statements`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DbStatements {
+    Auto,
+    Simple,
+    Named,
+}
+
+/// The log's format (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        }
+    }
+}
+
 /// Exit code for bad usage or an unreadable/invalid file (sysexits EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
 /// Exit code when `check` found problems.
@@ -213,8 +237,8 @@ pub struct ServeArgs {
     /// pooler. `simple`: always the simple query. `named`: named statements without the probe
     /// (PostgreSQL itself, or a pooler in session mode). A named statement failing as only a
     /// pooler makes it fail turns the gateway to simple queries for good, with a warning.
-    #[arg(long, env = "GATEWAY_DB_STATEMENTS", default_value = "auto", value_parser = ["auto", "simple", "named"])]
-    pub db_statements: String,
+    #[arg(long, env = "GATEWAY_DB_STATEMENTS", value_enum, default_value_t = DbStatements::Auto)]
+    pub db_statements: DbStatements,
     /// Address of the admin listener (/healthz, /readyz, /metrics).
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub admin_listen: String,
@@ -386,8 +410,8 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_AUDIT_WRITER_TIMEOUT_MS", default_value_t = 5_000)]
     pub audit_writer_timeout_ms: u64,
     /// Log format: json or text.
-    #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "json")]
-    pub log_format: String,
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -122,8 +122,8 @@ pub enum TicketRevalidation {
 #[derive(Debug, Clone, Default, Args)]
 pub struct PostureArgs {
     /// The environment this gateway serves (`production`, `staging`, ...). Unset: OpenTelemetry's
-    /// `deployment.environment.name` in OTEL_RESOURCE_ATTRIBUTES. `production` (or `prod`) makes
-    /// I-11 apply: FLAG_RBAC_V2 on needs its console_flag_promotions row.
+    /// `deployment.environment.name` in OTEL_RESOURCE_ATTRIBUTES. `production`, `prod`, `prd` (or
+    /// `prod-eu`, ...) makes I-11 apply: FLAG_RBAC_V2 on needs its console_flag_promotions row.
     #[arg(long, env = "GATEWAY_ENVIRONMENT")]
     pub environment: Option<String>,
     /// Slack-compatible incoming webhook for alerts (new break-glass sessions, changes to the

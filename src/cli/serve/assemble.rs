@@ -17,6 +17,7 @@ use crate::dataplane::workers::Door;
 use crate::doors::forward_auth::ForwardAuthDoor;
 use crate::doors::proxy::ProxyDoor;
 use crate::gateway::state::Gateway;
+use crate::runtime::config::DbStatements;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::signals::Signals;
 use crate::runtime::supervise::{self, Task, Tasks};
@@ -107,10 +108,10 @@ pub async fn gateway(
         db_timeout,
     )
     .map_err(usage)?
-    .with_statements(match args.db_statements.as_str() {
-        "simple" => Statements::Simple,
-        "named" => Statements::Named,
-        _ => Statements::Auto,
+    .with_statements(match args.db_statements {
+        DbStatements::Simple => Statements::Simple,
+        DbStatements::Named => Statements::Named,
+        DbStatements::Auto => Statements::Auto,
     });
     let identity = Arc::new(
         Identity::new(
