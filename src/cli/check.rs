@@ -301,8 +301,22 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
     }
     problems.extend(reader_paths(&mapping, &file));
     problems.extend(mapping.stage_problems());
+    // One connection for the database's checks and (`check` itself) the invariants section.
+    let mut invariants = None;
     if let Some(url) = &args.database_url {
-        problems.extend(runtime()?.block_on(check_database(&mapping, &file, url, schema))?);
+        let (found, held) = runtime()?.block_on(async {
+            let pool = super::toolbox::command_pool(url, 1, Duration::from_secs(10)).await?;
+            let found = check_database(&pool, &mapping, &file, schema).await?;
+            let held = match schema {
+                Schema::Whole => {
+                    Some(super::invariants::invariants(&pool, &args.decision, &args.posture).await)
+                }
+                Schema::Readable => None,
+            };
+            Ok::<_, Exit>((found, held))
+        })?;
+        problems.extend(found);
+        invariants = held;
     }
     if let Some(app) = &args.app_routes {
         problems.extend(crate::cli::check_app_routes(&mapping, &file, app)?);
@@ -310,12 +324,8 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
     for p in &problems {
         say!("{p}");
     }
-    if let (Some(url), Schema::Whole) = (&args.database_url, schema) {
-        let found = runtime()?.block_on(async {
-            let pool = super::toolbox::command_pool(url, 1, Duration::from_secs(10)).await?;
-            Ok::<_, Exit>(super::invariants::invariants(&pool, &args.decision, &args.posture).await)
-        })?;
-        for line in super::invariants::lines(&found) {
+    if let Some(found) = &invariants {
+        for line in super::invariants::lines(found) {
             say!("{line}");
         }
     }
@@ -340,12 +350,11 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
 }
 
 async fn check_database(
+    pool: &crate::stores::db::Db,
     mapping: &Mapping,
     file: &str,
-    url: &str,
     schema: Schema,
 ) -> Result<Vec<crate::policy::mapping::Diagnostic>, Exit> {
-    let pool = super::toolbox::command_pool(url, 1, Duration::from_secs(10)).await?;
     let mut out = Vec::new();
     // Tables that exist but this role may not read: information_schema lists none of their
     // columns, which is not a missing column.
@@ -355,7 +364,7 @@ async fn check_database(
         // `--mapping-source database` reads.
         Schema::Whole => {
             let tables: Vec<&str> = SCHEMA.iter().map(|(t, _)| *t).collect();
-            let found = db_schema::invisible_tables(&pool, &tables)
+            let found = db_schema::invisible_tables(pool, &tables)
                 .await
                 .context("cannot read this role's privileges")
                 .map_err(failure)?;
@@ -378,7 +387,7 @@ async fn check_database(
         }
         Schema::Readable => {
             let tables: Vec<&str> = SCHEMA.iter().map(|(t, _)| *t).collect();
-            let found = db_schema::unreadable_tables(&pool, &tables)
+            let found = db_schema::unreadable_tables(pool, &tables)
                 .await
                 .context("cannot read this role's privileges")
                 .map_err(failure)?;
@@ -392,7 +401,7 @@ async fn check_database(
             found
         }
     };
-    let columns = db_schema::columns(&pool)
+    let columns = db_schema::columns(pool)
         .await
         .context("cannot read the schema")
         .map_err(failure)?;
@@ -414,7 +423,7 @@ async fn check_database(
             }
         }
     }
-    let triggered = db_schema::change_feed_triggers(&pool)
+    let triggered = db_schema::change_feed_triggers(pool)
         .await
         .context("cannot read the triggers")
         .map_err(failure)?;
@@ -432,7 +441,7 @@ async fn check_database(
     // The trust boundary (docs/design/security.md), as Supabase's splinter lints it: what
     // another role may plant where the gateway's names resolve, and what of the gateway's it
     // may run.
-    out.extend(trust_boundary(&pool, file).await?);
+    out.extend(trust_boundary(pool, file).await?);
     // The triggers on Console's tables write the gateway's tables for Console's role, which has
     // no grant there: they run as their owner, with a search_path of pg_catalog and pg_temp only,
     // so nothing the caller creates stands in for a name they use (migrations 0017, 0019).
@@ -444,7 +453,7 @@ async fn check_database(
         "rbac_gateway_break_glass_change()",
         "rbac_gateway_erase_admin()",
     ] {
-        let pinned = db_schema::runs_as_owner_pinned(&pool, function)
+        let pinned = db_schema::runs_as_owner_pinned(pool, function)
             .await
             .context("cannot read the functions")
             .map_err(failure)?;
@@ -465,7 +474,7 @@ async fn check_database(
         "rbac_gateway_ticket_grants(text, integer, text[])",
         "rbac_gateway_session_principals(text[], boolean)",
     ] {
-        let found = db_schema::function_exists(&pool, function)
+        let found = db_schema::function_exists(pool, function)
             .await
             .context("cannot read the functions")
             .map_err(failure)?;
@@ -482,7 +491,7 @@ async fn check_database(
     if out.iter().any(|d| d.severity == Severity::Error) {
         return Ok(out);
     }
-    let unknown = crate::stores::db::unknown_names(&pool, mapping)
+    let unknown = crate::stores::db::unknown_names(pool, mapping)
         .await
         .map_err(failure)?;
     out.extend(

@@ -456,7 +456,7 @@ async fn explain_request(
                 pool: pool.clone(),
                 principal: principal.clone(),
                 metrics: Metrics::new(),
-                ticket_validation_url: args.decision.validation_url().map(str::to_string),
+                ticket_validation_url: args.decision.ticket_validation_url.clone(),
             };
             decide(&authority, mapping, switches, &facts).await
         }

@@ -77,7 +77,7 @@ async fn i4(pool: &Db, decision: &DecisionArgs, posture: &PostureArgs) -> Invari
     let mut said = Vec::new();
     if !decision.break_glass_requires_alert {
         not_met.push("--break-glass-requires-alert=false: a break-glass session's roles count before its alert is delivered".to_string());
-    } else if posture.alert_destination().is_none() {
+    } else if posture.alert_webhook_url.is_none() {
         said.push(
             "no --alert-webhook-url here: unless another replica or `sweep` delivers its alert, no break-glass session proceeds"
                 .to_string(),
@@ -126,10 +126,7 @@ async fn i4(pool: &Db, decision: &DecisionArgs, posture: &PostureArgs) -> Invari
 async fn i5(pool: &Db, posture: &PostureArgs) -> Invariant {
     let after = std::time::Duration::from_secs_f64(posture.audit_writer_alert_after.max(0.0));
     let state = crate::stores::audit_outbox::outbox_state(pool, after, LIMIT).await;
-    let configured = posture
-        .audit_writer_url
-        .as_deref()
-        .is_some_and(|u| !u.trim().is_empty());
+    let configured = posture.audit_writer_url.is_some();
     match (configured, state) {
         (_, Err(e)) => Invariant::new(
             "I-5",

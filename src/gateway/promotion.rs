@@ -47,7 +47,8 @@ pub async fn watch(gw: Arc<Gateway>, env: String, limit: Duration) {
             *gw.promotion.lock().unwrap_or_else(|p| p.into_inner()) = now.clone();
             last = Some(now);
         }
-        // A probe asks for a fresh read; the next probe sees it.
+        // The next read comes when a probe asks for it (the next probe sees it) or after EVERY:
+        // the timeout's Err is only "EVERY passed", which is the other way to read again.
         let _ = tokio::time::timeout(EVERY, gw.promotion_asked.notified()).await;
     }
 }

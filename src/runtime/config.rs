@@ -420,7 +420,7 @@ pub struct SweepArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// FreeScout's status URL ({ticket_id} is replaced); unset: only expired grants are revoked.
-    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
+    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub ticket_validation_url: Option<String>,
     /// The deadline of one FreeScout status request, in milliseconds.
     #[arg(long, env = "GATEWAY_FREESCOUT_TIMEOUT_MS", default_value_t = 5_000)]
@@ -429,17 +429,25 @@ pub struct SweepArgs {
     #[arg(long, env = "GATEWAY_FREESCOUT_CONCURRENCY", default_value_t = 8)]
     pub freescout_concurrency: usize,
     /// Slack-compatible incoming webhook for alerts (see `serve --help`).
-    #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL", hide_env_values = true)]
+    #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL", hide_env_values = true, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub alert_webhook_url: Option<String>,
     /// Run once and exit (the only mode; for a cron job or a Kubernetes CronJob).
     #[arg(long, default_value_t = true)]
     pub once: bool,
 }
 
-/// The switches whose documented states include "unset" (interface.md: `FLAG_RBAC_V2` "Unset or
-/// `1`: the modes in the mapping apply"). Set empty (`FLAG_RBAC_V2=` in a compose file, a unit
-/// or a pod spec, how such files unset a variable), each is taken as unset, not as a usage error.
-const UNSET_WHEN_EMPTY: [&str; 2] = ["FLAG_RBAC_V2", "FLAG_TICKET_SCOPED_GRANTS"];
+/// The variables whose documented states include "unset" (interface.md: `FLAG_RBAC_V2` "Unset or
+/// `1`: the modes in the mapping apply"; a URL whose absence means "not sent"). Set empty
+/// (`FLAG_RBAC_V2=` or `GATEWAY_ALERT_WEBHOOK_URL:` in a compose file, a unit or a pod spec, how
+/// such files unset a variable), each is taken as unset, never as a usage error nor as an empty
+/// URL (a flag given an empty URL is refused: [`crate::runtime::posture`]).
+const UNSET_WHEN_EMPTY: [&str; 5] = [
+    "FLAG_RBAC_V2",
+    "FLAG_TICKET_SCOPED_GRANTS",
+    "GATEWAY_TICKET_VALIDATION_URL",
+    "GATEWAY_ALERT_WEBHOOK_URL",
+    "GATEWAY_AUDIT_WRITER_URL",
+];
 
 /// Removes the `UNSET_WHEN_EMPTY` variables that are set empty. Call before parsing, while the
 /// process has one thread.

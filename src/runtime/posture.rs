@@ -39,7 +39,7 @@ pub struct DecisionArgs {
     /// Re-validate ticket-scoped grants on every request against this URL ({ticket_id} is
     /// replaced), e.g. FreeScout's conversation status; unreachable: 503 (T-PEN-6). Unset: ticket
     /// grants grant nothing, unless --ticket-revalidation-waived.
-    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL")]
+    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub ticket_validation_url: Option<String>,
     /// Honour ticket grants from rbac_ticket_grants alone when no --ticket-validation-url is set.
     /// This breaks T-PEN-6 (004 §9.3: re-verify the ticket on every request, fail closed); it is
@@ -74,26 +74,18 @@ impl DecisionArgs {
         !self.flag_rbac_v2
     }
 
-    /// The validation URL, unless unset or set empty (`GATEWAY_TICKET_VALIDATION_URL=` in a
-    /// compose file: no URL, never a URL that answers nothing).
-    pub fn validation_url(&self) -> Option<&str> {
-        self.ticket_validation_url
-            .as_deref()
-            .filter(|u| !u.trim().is_empty())
-    }
-
     /// Ticket grants count: the flag is on and each is re-validated per request (or the
     /// operator waived that).
     pub fn ticket_grants(&self) -> bool {
         self.flag_ticket_scoped_grants
-            && (self.validation_url().is_some() || self.ticket_revalidation_waived)
+            && (self.ticket_validation_url.is_some() || self.ticket_revalidation_waived)
     }
 
     /// T-PEN-6 as these settings hold it.
     pub fn ticket_revalidation(&self) -> TicketRevalidation {
         match (
             self.flag_ticket_scoped_grants,
-            self.validation_url().is_some(),
+            self.ticket_validation_url.is_some(),
             self.ticket_revalidation_waived,
         ) {
             (false, _, _) => TicketRevalidation::GrantsOff,
@@ -130,7 +122,7 @@ pub struct PostureArgs {
     /// break-glass group's roles): a JSON POST `{"text": ...}`, retried with backoff until
     /// delivered. Unset: alerts are recorded in rbac_gateway_alerts only, and (with
     /// --break-glass-requires-alert, the default) no break-glass session can proceed.
-    #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL", hide_env_values = true)]
+    #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL", hide_env_values = true, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub alert_webhook_url: Option<String>,
     /// Console's audit writer (SC-A3; I-5): every rbac_grants_audit row the gateway writes
     /// (ticket_expire, break_glass_expire) is POSTed there as one customer_audit_events event,
@@ -138,7 +130,7 @@ pub struct PostureArgs {
     /// Needs a service token: --audit-writer-token-file or GATEWAY_AUDIT_WRITER_TOKEN. Unset:
     /// the rows wait in rbac_gateway_audit_outbox, counted, and I-5 is not met (said at start
     /// and on /readyz).
-    #[arg(long, env = "GATEWAY_AUDIT_WRITER_URL")]
+    #[arg(long, env = "GATEWAY_AUDIT_WRITER_URL", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub audit_writer_url: Option<String>,
     /// Seconds after which an rbac_grants_audit row still not delivered to the audit writer
     /// raises an ops alert (through --alert-webhook-url) and is named on /readyz (the status
@@ -152,14 +144,6 @@ pub struct PostureArgs {
 }
 
 impl PostureArgs {
-    /// The alert webhook, unless unset or set empty (`GATEWAY_ALERT_WEBHOOK_URL=` in a compose
-    /// file: no destination, said as such).
-    pub fn alert_destination(&self) -> Option<&str> {
-        self.alert_webhook_url
-            .as_deref()
-            .filter(|u| !u.trim().is_empty())
-    }
-
     /// The environment's name, from --environment or OTEL_RESOURCE_ATTRIBUTES.
     pub fn environment(&self) -> Option<Environment> {
         let resource = std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok();
@@ -273,7 +257,7 @@ pub fn weakened(decision: &DecisionArgs, posture: &PostureArgs) -> Vec<String> {
             "I-4 not met: --break-glass-requires-alert=false, a break-glass session's roles count before its alert is delivered"
                 .to_string(),
         );
-    } else if posture.alert_destination().is_none() {
+    } else if posture.alert_webhook_url.is_none() {
         out.push(
             "I-4: no --alert-webhook-url, so this gateway delivers no break-glass alert, and no break-glass session proceeds unless another replica or `sweep` delivers its alert (everything else is served)"
                 .to_string(),

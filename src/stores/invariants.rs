@@ -109,15 +109,27 @@ impl Promotion {
 /// type schema)]), or None when the gateway's schema has no such relation.
 type Described = Option<(String, bool, bool, Vec<String>, Vec<String>)>;
 
-/// The read of the row, one statement per name the flag's column may have: the name never
-/// comes from the database, and every value is read as `pg_catalog.text` of a `pg_catalog`
-/// type (checked first), compared with `pg_catalog`'s operator.
+/// The read of the row when the flag's column is `$column`: the name never comes from the
+/// database, and every value is read as `pg_catalog.text` of a `pg_catalog` type (checked first),
+/// compared with `pg_catalog`'s operator.
+macro_rules! row_read {
+    ($column:literal) => {
+        concat!(
+            "SELECT risk::pg_catalog.text, current_env::pg_catalog.text, promoted_by::pg_catalog.text \
+             FROM console_flag_promotions p WHERE p.",
+            $column,
+            "::pg_catalog.text OPERATOR(pg_catalog.=) $1::pg_catalog.text LIMIT 1"
+        )
+    };
+}
+
+/// [`FLAG_NAME_COLUMNS`]' reads, in its order.
 const ROW_READS: [&str; 5] = [
-    "SELECT risk::pg_catalog.text, current_env::pg_catalog.text, promoted_by::pg_catalog.text FROM console_flag_promotions p WHERE p.flag_name::pg_catalog.text OPERATOR(pg_catalog.=) $1::pg_catalog.text LIMIT 1",
-    "SELECT risk::pg_catalog.text, current_env::pg_catalog.text, promoted_by::pg_catalog.text FROM console_flag_promotions p WHERE p.flag::pg_catalog.text OPERATOR(pg_catalog.=) $1::pg_catalog.text LIMIT 1",
-    "SELECT risk::pg_catalog.text, current_env::pg_catalog.text, promoted_by::pg_catalog.text FROM console_flag_promotions p WHERE p.name::pg_catalog.text OPERATOR(pg_catalog.=) $1::pg_catalog.text LIMIT 1",
-    "SELECT risk::pg_catalog.text, current_env::pg_catalog.text, promoted_by::pg_catalog.text FROM console_flag_promotions p WHERE p.flag_key::pg_catalog.text OPERATOR(pg_catalog.=) $1::pg_catalog.text LIMIT 1",
-    "SELECT risk::pg_catalog.text, current_env::pg_catalog.text, promoted_by::pg_catalog.text FROM console_flag_promotions p WHERE p.key::pg_catalog.text OPERATOR(pg_catalog.=) $1::pg_catalog.text LIMIT 1",
+    row_read!("flag_name"),
+    row_read!("flag"),
+    row_read!("name"),
+    row_read!("flag_key"),
+    row_read!("key"),
 ];
 
 /// FLAG_RBAC_V2's row of `console_flag_promotions` (I-11). Console's role owns that table, so

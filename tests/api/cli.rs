@@ -24,8 +24,7 @@ pub(crate) fn bin() -> Command {
 /// T-PEN-6's defaults opted out.
 pub(crate) fn bin_as_suite() -> Command {
     let mut c = bin();
-    c.env("GATEWAY_BREAK_GLASS_REQUIRES_ALERT", "false")
-        .env("GATEWAY_TICKET_REVALIDATION_WAIVED", "true");
+    c.envs(crate::helpers::SUITE_OPT_OUTS);
     c
 }
 

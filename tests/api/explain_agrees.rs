@@ -43,8 +43,7 @@ fn explained(
         .args(["--database-url", &db.url, "--admin", admin, method, path])
         .env("FLAG_RBAC_V2", "1")
         // As the suite's gateways decide (helpers::gateway::GatewayOpts::new).
-        .env("GATEWAY_BREAK_GLASS_REQUIRES_ALERT", "false")
-        .env("GATEWAY_TICKET_REVALIDATION_WAIVED", "true")
+        .envs(crate::helpers::SUITE_OPT_OUTS)
         .envs(env.iter().copied())
         .output()
         .unwrap();

@@ -354,46 +354,6 @@ async fn break_glass_and_composition_alerts_are_delivered_once_with_retries() {
     assert_eq!(delivered_metric, 2.0);
 }
 
-#[tokio::test]
-async fn break_glass_requires_a_delivered_alert_when_asked() {
-    let db = TestDb::new().await;
-    let up = Upstream::start().await;
-    let hook = Upstream::start().await;
-    *hook.status.lock().unwrap() = 503;
-    let o = GatewayOpts::new(core_routes(), &db, up.addr)
-        .arg("--alert-webhook-url")
-        .arg(&format!("http://{}/hook", hook.addr))
-        .arg("--break-glass-requires-alert")
-        .arg("--cache-ttl")
-        .arg("60");
-    let gw = Gateway::start(o).await;
-    let (admin, token) = db.admin_with_roles(&[]).await;
-    assert_eq!(gw.status("/ops", Some(&token)).await, 403);
-    db.break_glass(&admin, 600.0).await;
-    // The webhook is down: the session's roles are not honoured (I-4), however long it waits.
-    let t0 = Instant::now();
-    eventually(
-        Duration::from_secs(10).saturating_sub(t0.elapsed()),
-        "no delivery attempt",
-        || async { hook.count() >= 2 },
-    )
-    .await;
-    assert_eq!(gw.status("/ops", Some(&token)).await, 403);
-    // Delivered: honoured at once (the delivery goes through the change feed), not after the TTL.
-    *hook.status.lock().unwrap() = 200;
-    let t1 = Instant::now();
-    eventually(
-        Duration::from_secs(10).saturating_sub(t1.elapsed()),
-        "break-glass never honoured",
-        || async { gw.status("/ops", Some(&token)).await == 200 },
-    )
-    .await;
-    eprintln!(
-        "break-glass honoured {:?} after the webhook recovered",
-        t1.elapsed()
-    );
-}
-
 /// `sweep --once` exits 1 when the alert webhook failed, also when another replica holds the
 /// sweep's lock (the alert pass runs all the same; a cron job watching for undelivered
 /// break-glass alerts must not see success then).

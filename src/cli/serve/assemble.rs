@@ -167,7 +167,7 @@ pub async fn gateway(
         connect_timeout: config.upstream_connect_timeout,
         read_timeout: config.upstream_read_timeout,
         ticket_grants: args.decision.ticket_grants(),
-        ticket_validation_url: args.decision.validation_url().map(str::to_string),
+        ticket_validation_url: args.decision.ticket_validation_url.clone(),
         tasks: tasks.clone(),
         rbac_api: args.rbac_api,
         file_rejected: Default::default(),
@@ -307,7 +307,7 @@ fn jobs(
         Task::Alerts,
         Box::pin(crate::jobs::alerts::alerts_forever(
             pool.clone(),
-            args.posture.alert_destination().map(str::to_string),
+            args.posture.alert_webhook_url.clone(),
             Duration::from_secs(1),
             config.db_timeout,
             metrics.clone(),
@@ -335,7 +335,7 @@ fn jobs(
             Box::pin(crate::jobs::sweep::run_forever(
                 pool.clone(),
                 crate::jobs::sweep::SweepSettings {
-                    validation_url: args.decision.validation_url().map(str::to_string),
+                    validation_url: args.decision.ticket_validation_url.clone(),
                     freescout_timeout: config.freescout_timeout,
                     concurrency: args.freescout_concurrency,
                     limit: config.db_timeout,

@@ -213,7 +213,7 @@ fn webhook(args: &ServeArgs) -> Result<Option<Webhook>, Exit> {
         )));
     };
     let auth = Auth::new(&args.freescout_webhook_auth, secret).map_err(|e| usage(anyhow!(e)))?;
-    let Some(validation_url) = args.decision.validation_url().map(str::to_string) else {
+    let Some(validation_url) = args.decision.ticket_validation_url.clone() else {
         return Err(usage(anyhow!(
             "--freescout-webhook-listen needs --ticket-validation-url: a webhook call is only a hint, the ticket's status is read again from FreeScout"
         )));

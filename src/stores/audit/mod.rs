@@ -128,6 +128,7 @@ fn insert_values_sql(rows: &[impl Borrow<AuditEvent>], replay: bool) -> Result<S
         match r.occurrences {
             1 => sql.push_str("1)"),
             n => {
+                // Writing into a String cannot fail.
                 let _ = write!(sql, "({n}))");
             }
         }

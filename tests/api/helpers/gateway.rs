@@ -167,6 +167,13 @@ pub struct GatewayOpts {
     pub launcher: Vec<String>,
 }
 
+/// I-4's and T-PEN-6's defaults, opted out as the suite's gateways and commands decide (their
+/// defaults are tested by tests/api/invariants.rs: [`GatewayOpts::seeds_defaults`]).
+pub const SUITE_OPT_OUTS: [(&str, &str); 2] = [
+    ("GATEWAY_BREAK_GLASS_REQUIRES_ALERT", "false"),
+    ("GATEWAY_TICKET_REVALIDATION_WAIVED", "true"),
+];
+
 impl GatewayOpts {
     pub fn new(routes: impl AsRef<Path>, db: &TestDb, upstream: SocketAddr) -> GatewayOpts {
         GatewayOpts {
@@ -181,14 +188,11 @@ impl GatewayOpts {
             // tests/api/invariants.rs ([`GatewayOpts::seeds_defaults`]); the rest of the suite
             // tests resolution itself, with both opted out as an operator would (flags beat
             // these variables).
-            env: [
-                ("GATEWAY_ANONYMOUS_DENIAL_WINDOW", "0"),
-                ("GATEWAY_BREAK_GLASS_REQUIRES_ALERT", "false"),
-                ("GATEWAY_TICKET_REVALIDATION_WAIVED", "true"),
-            ]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+            env: [("GATEWAY_ANONYMOUS_DENIAL_WINDOW", "0")]
+                .iter()
+                .chain(&SUITE_OPT_OUTS)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             args: vec![],
             wait_ready: true,
             admin_port: None,
@@ -216,9 +220,8 @@ impl GatewayOpts {
 
     /// The gateway as it starts with no flag of I-4's and T-PEN-6's set: the seeds' defaults.
     pub fn seeds_defaults(mut self) -> Self {
-        self.env.retain(|(k, _)| {
-            k != "GATEWAY_BREAK_GLASS_REQUIRES_ALERT" && k != "GATEWAY_TICKET_REVALIDATION_WAIVED"
-        });
+        self.env
+            .retain(|(k, _)| !SUITE_OPT_OUTS.iter().any(|(opted, _)| k == opted));
         self
     }
 
