@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
 
+use super::lookup::Lookup;
 /// What [`Db::acquire`] hands out.
 pub use super::pool::Conn;
 use super::pool::{mark_broken, Pool};
 
-/// A statement and its bound values, as [`Db::lookup`]'s callers bind them.
+/// A statement and its bound values ([`Lookup::bind`]).
 pub type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// A role or permission a rule of the mapping names that the database does not have: the rule
@@ -371,36 +372,31 @@ impl Db {
         Ok(sessions)
     }
 
-    /// A lookup on the request path, one round trip: `sql` (placeholders `$1`..) with the values
-    /// `bind` gives it, as a named prepared statement when the verdict says the pool's
-    /// connections are the gateway's own sessions ([`Statements`]); otherwise `text()`, the same
-    /// statement with its values written in ([`super::sql_text`]), as [`Db::one_round_trip`].
-    /// The rows, in binary or text format alike for `sqlx::Row::try_get`.
+    /// A lookup on the request path, one round trip: the statement with its values bound, as a
+    /// named prepared statement when the verdict says the pool's connections are the gateway's
+    /// own sessions ([`Statements`]); otherwise the same statement with its values written in
+    /// ([`Lookup::render`]), as [`Db::one_round_trip`]. The rows, in binary or text format
+    /// alike for `sqlx::Row::try_get`.
     ///
-    /// Named: sqlx's statement cache prepares `sql` once per connection (Parse/Describe, one
-    /// round trip), then each lookup is Bind/Execute/Sync, one round trip, and is planned as the
-    /// server's plan cache decides rather than on every call. It runs only on a connection whose
-    /// session has `statement_timeout` set (`SET`, once per connection, marked on it:
-    /// [`Conn::set_bounded`]), since an extended-protocol statement ends with its own Sync and a
-    /// `SET LOCAL` cannot share its transaction; bounded on the client's side as every step is.
+    /// Named: sqlx's statement cache prepares the statement once per connection
+    /// (Parse/Describe, one round trip), then each lookup is Bind/Execute/Sync, one round trip,
+    /// and is planned as the server's plan cache decides rather than on every call. It runs
+    /// only on a connection whose session has `statement_timeout` set (`SET`, once per
+    /// connection, marked on it: [`Conn::set_bounded`]), since an extended-protocol statement
+    /// ends with its own Sync and a `SET LOCAL` cannot share its transaction; bounded on the
+    /// client's side as every step is.
     ///
     /// A named statement that fails with SQLSTATE 26000 (no such prepared statement) or 42P05
     /// (it exists already) met a server connection that is not this connection's own: a pooler
     /// the probe missed. The verdict then turns to simple queries for good (said once, a
     /// warning), the lookup runs once more as a simple query on the same connection, and that
     /// connection is closed (its statement cache no longer matches its server connection).
-    pub async fn lookup<'q, B, T>(
+    pub async fn lookup(
         &self,
-        sql: &'q str,
-        bind: B,
-        text: T,
-    ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error>
-    where
-        B: Fn(PgQuery<'q>) -> PgQuery<'q>,
-        T: Fn() -> Result<String, sqlx::Error>,
-    {
+        lookup: Lookup<'_>,
+    ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
         if self.verdict.load(Ordering::Relaxed) != NAMED {
-            return self.one_round_trip(&text()?).await;
+            return self.one_round_trip(&lookup.render()?).await;
         }
         within(self.limit, async {
             let mut conn = self.pool.acquire().await?;
@@ -412,7 +408,9 @@ impl Db {
                 sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&set)).await?;
                 conn.set_bounded();
             }
-            let named = bind(sqlx::query(sql).persistent(true))
+            let sql = lookup.sql;
+            let named = lookup
+                .bind(sqlx::query(sql).persistent(true))
                 .fetch_all(&mut *conn)
                 .await;
             match named {
@@ -422,7 +420,9 @@ impl Db {
                 }
                 Err(e) if is_shared_server_connection(&e) => {
                     self.no_more_named(&e);
-                    let rows = one_round_trip_on(&mut conn, self.limit, &self.ro(&text()?)).await?;
+                    let rows =
+                        one_round_trip_on(&mut conn, self.limit, &self.ro(&lookup.render()?))
+                            .await?;
                     conn.close();
                     Ok(rows)
                 }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::stores::db::Db;
+use crate::stores::lookup::{Lookup, Value};
 use crate::stores::session_batch::{Batches, Found};
-use crate::stores::sql_text::{self, Unquotable};
 use moka::future::Cache;
 use moka::Expiry;
 use sha2::{Digest, Sha256};
@@ -133,21 +133,10 @@ macro_rules! break_glass_started {
 /// `migrations/0011_principal_function.sql` defines (roles, permissions, seconds left of a live
 /// break-glass session and when it ends), for an admin whose session is cached. A function,
 /// because its plan stays with the server connection. Sent by [`Db::lookup`]: a named
-/// statement on the gateway's own sessions, else [`principal_sql`], one simple query with its
-/// values written in (`stores/sql_text.rs`) that leaves nothing on a server connection a pooler
-/// may share (issues 44, 51); one round trip either way.
+/// statement on the gateway's own sessions, else one simple query with its values written in
+/// that leaves nothing on a server connection a pooler may share; one round trip either way.
 const PRINCIPAL_SQL: &str = "SELECT roles, permissions, break_glass_seconds, break_glass_until \
                              FROM rbac_gateway_principal($1, $2)";
-
-/// [`PRINCIPAL_SQL`] with its values written in, for a simple query.
-fn principal_sql(admin_id: &str, requires_alert: bool) -> Result<String, Unquotable> {
-    Ok(format!(
-        "SELECT roles, permissions, break_glass_seconds, break_glass_until \
-         FROM rbac_gateway_principal({}, {})",
-        sql_text::text(admin_id)?,
-        sql_text::boolean(requires_alert)
-    ))
-}
 
 /// Whether `key` is what [`token_hash`] makes (64 lowercase hex digits): the only form of a
 /// session token that reaches SQL, checked before it does.
@@ -563,12 +552,12 @@ pub async fn resolve_with(
     requires_alert: bool,
 ) -> Result<Arc<Principal>, sqlx::Error> {
     // A dead pooled connection (after a connection storm) costs one retry, not a 503.
-    let rows = crate::stores::db::retry_once(|| {
-        pool.lookup(
-            PRINCIPAL_SQL,
-            |q| q.bind(admin_id).bind(requires_alert),
-            || Ok(principal_sql(admin_id, requires_alert)?),
-        )
+    let rows = crate::stores::db::retry_once(|| async {
+        pool.lookup(Lookup {
+            sql: PRINCIPAL_SQL,
+            values: &[Value::Text(admin_id), Value::Boolean(requires_alert)],
+        })
+        .await
     })
     .await?;
     let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
@@ -743,7 +732,12 @@ mod tests {
             1,
             "a session counts from when it was granted: {body}"
         );
-        assert!(principal_sql("a'b", true)
+        let lookup = Lookup {
+            sql: PRINCIPAL_SQL,
+            values: &[Value::Text("a'b"), Value::Boolean(true)],
+        };
+        assert!(lookup
+            .render()
             .unwrap()
             .ends_with("rbac_gateway_principal(E'a''b', true)"));
         assert!(is_token_hash(&token_hash("any cookie")));

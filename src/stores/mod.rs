@@ -8,7 +8,7 @@
 //! statements of the jobs that sweep them and raise alerts ([`sweep`], [`alerts`]; the jobs
 //! themselves are in [`crate::jobs`]), mapping versions pushed to the database
 //! ([`mapping_store`]) and run by the fleet ([`rollout`]), what the schema holds for `check`
-//! ([`schema`]); cold lookups behind a pooler sent together ([`session_batch`]); values written into the SQL text of one-round-trip statements ([`sql_text`]).
+//! ([`schema`]); cold lookups behind a pooler sent together ([`session_batch`]); each request-path lookup written once, bound or written in ([`lookup`]); values written into the SQL text of one-round-trip statements ([`sql_text`]).
 
 pub mod alerts;
 pub mod audit;
@@ -19,6 +19,7 @@ mod executor;
 pub mod feed;
 pub mod identity;
 pub mod invariants;
+pub mod lookup;
 pub mod mapping_store;
 pub mod migrations;
 pub mod pool;

@@ -9,9 +9,8 @@
 //! So the lookups that arrive while others are in flight wait together and go as one statement,
 //! through [`Db::lookup`] (one round trip), a call of `rbac_gateway_session_principals` over the
 //! array of their hashes (migration 0014: the live sessions joined with `rbac_gateway_principal`,
-//! the issue's reference lookup over an array): on the gateway's own sessions the named statement
-//! [`BATCH_SQL`], behind a pooler [`batch_sql`], one simple query with the hashes written in,
-//! bounded by its `SET LOCAL statement_timeout` as a whole. The join has one owner, the function:
+//! the issue's reference lookup over an array), [`BATCH_SQL`]: on the gateway's own sessions a
+//! named statement, behind a pooler one simple query with the hashes written in, bounded by its `SET LOCAL statement_timeout` as a whole. The join has one owner, the function:
 //! its plan is kept by the server connection and made once there (migration 0015: generic; the
 //! plan cache otherwise could make a custom plan on every call, 70-93 µs each at four hashes),
 //! so the server's work per session is the same in both modes, and only the outer statement,
@@ -38,26 +37,18 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::db::Db;
-use super::sql_text::{self, Unquotable};
+use super::lookup::{Lookup, Value};
 use crate::runtime::metrics::Metrics;
 
 /// The most hashes one statement carries (about 70 bytes of SQL text each).
 pub const MAX_BATCH: usize = 64;
 
-/// What both forms of the cold lookup select, up to the call's arguments: a row per hash that
+/// The cold lookup of an array of hashes (`$1`, each a SHA-256 hex digest): a row per hash that
 /// has a live session (not revoked, not expired), its columns those of [`Found`] and then the
-/// hash (column 6). A macro so that [`BATCH_SQL`] can be one literal.
-macro_rules! select_principals {
-    () => {
-        "SELECT admin_id, seconds_left, roles, permissions, break_glass_seconds, \
-         break_glass_until, token_sha256 FROM rbac_gateway_session_principals("
-    };
-}
-
-/// The cold lookup of an array of hashes (`$1`, each a SHA-256 hex digest) as a named statement:
-/// the function's rows, the array and the alert flag bound (`tests/api/round_trips.rs` holds that
-/// it answers as [`batch_sql`] does).
-pub const BATCH_SQL: &str = concat!(select_principals!(), "$1::text[], $2)");
+/// hash (column 6).
+pub const BATCH_SQL: &str = "SELECT admin_id, seconds_left, roles, permissions, \
+     break_glass_seconds, break_glass_until, token_sha256 \
+     FROM rbac_gateway_session_principals($1, $2)";
 
 /// A live session and its admin's principal, as the cold lookup answers it (the named
 /// statement and the simple query alike: `admin_id, seconds_left, roles, permissions,
@@ -88,26 +79,6 @@ impl Found {
             break_glass_until: row.try_get(5)?,
         })
     }
-}
-
-/// The cold lookup of `hashes` (each checked to be a SHA-256 hex digest by the caller) as one
-/// simple query with its values written in: [`BATCH_SQL`]'s call, the array and the flag as
-/// literals (the outer statement, one function scan, is all that is planned on each call; the
-/// join inside keeps its plan in the server connection).
-pub fn batch_sql(hashes: &[&str], requires_alert: bool) -> Result<String, Unquotable> {
-    let mut sql = String::with_capacity(200 + hashes.len() * 70);
-    sql.push_str(select_principals!());
-    sql.push_str("ARRAY[");
-    for (i, h) in hashes.iter().enumerate() {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql_text::push_text(&mut sql, h)?;
-    }
-    sql.push_str("]::text[], ");
-    sql.push_str(sql_text::boolean(requires_alert));
-    sql.push(')');
-    Ok(sql)
 }
 
 /// What a waiting lookup is told: its session, none, or why the statement failed.
@@ -200,11 +171,10 @@ async fn answer(db: &Db, requires_alert: bool, metrics: &Metrics, batch: Vec<Wai
     // A dead pooled connection (after a connection storm) costs one retry, not a 503.
     let rows = super::db::retry_once(|| async {
         metrics.db_queries.inc();
-        db.lookup(
-            BATCH_SQL,
-            |q| q.bind(hashes.clone()).bind(requires_alert),
-            || Ok(batch_sql(&hashes, requires_alert)?),
-        )
+        db.lookup(Lookup {
+            sql: BATCH_SQL,
+            values: &[Value::Texts(&hashes), Value::Boolean(requires_alert)],
+        })
         .await
         .inspect_err(|_| {
             metrics.db_errors.inc();
@@ -247,29 +217,23 @@ fn by_hash(rows: &[sqlx::postgres::PgRow]) -> Result<HashMap<String, Found>, sql
 mod tests {
     use super::*;
 
+    /// Behind a pooler the batch is one simple query with each hash written once, in order.
     #[test]
     fn the_batch_writes_each_hash_once_in_order() {
         let a = "a".repeat(64);
         let b = "b".repeat(64);
-        let sql = batch_sql(&[&a, &b], true).unwrap();
+        let hashes = [a.as_str(), b.as_str()];
+        let lookup = Lookup {
+            sql: BATCH_SQL,
+            values: &[Value::Texts(&hashes), Value::Boolean(true)],
+        };
         assert_eq!(
-            sql,
+            lookup.render().unwrap(),
             format!(
                 "SELECT admin_id, seconds_left, roles, permissions, break_glass_seconds, \
                  break_glass_until, token_sha256 FROM \
                  rbac_gateway_session_principals(ARRAY[E'{a}',E'{b}']::text[], true)"
             )
         );
-        assert!(batch_sql(&["x\0y"], false).is_err(), "a NUL is refused");
-    }
-
-    /// Both forms call the one function with the same columns: the named statement binds what
-    /// the simple query writes in.
-    #[test]
-    fn the_named_statement_is_the_simple_querys_call_with_its_values_bound() {
-        let a = "a".repeat(64);
-        let simple = batch_sql(&[&a], false).unwrap();
-        let named = BATCH_SQL.replace("$1::text[], $2", &format!("ARRAY[E'{a}']::text[], false"));
-        assert_eq!(named, simple);
     }
 }

@@ -67,31 +67,32 @@ pub fn push_text(out: &mut String, s: &str) -> Result<(), Unquotable> {
     Ok(())
 }
 
-/// `NULL` for None, else [`text`].
-pub fn opt_text(s: Option<&str>) -> Result<String, Unquotable> {
-    match s {
-        None => Ok("NULL".to_string()),
-        Some(s) => text(s),
-    }
+/// A `text[]` constant: `ARRAY[E'a',E'b']::text[]` (`'{}'::text[]` when empty).
+pub fn text_array<S: AsRef<str>>(v: &[S]) -> Result<String, Unquotable> {
+    let mut out = String::new();
+    push_text_array(&mut out, v)?;
+    Ok(out)
 }
 
-/// A `text[]` constant: `ARRAY[E'a', E'b']::text[]` (`'{}'::text[]` when empty), or `NULL`.
-pub fn opt_text_array(v: Option<&[String]>) -> Result<String, Unquotable> {
-    let Some(v) = v else {
-        return Ok("NULL::text[]".to_string());
-    };
+/// Appends [`text_array`]'s constant to `out`. On a NUL, `out` is left as it was.
+pub fn push_text_array<S: AsRef<str>>(out: &mut String, v: &[S]) -> Result<(), Unquotable> {
     if v.is_empty() {
-        return Ok("'{}'::text[]".to_string());
+        out.push_str("'{}'::text[]");
+        return Ok(());
     }
-    let mut out = String::from("ARRAY[");
+    let len = out.len();
+    out.push_str("ARRAY[");
     for (i, s) in v.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        push_text(&mut out, s)?;
+        if let Err(e) = push_text(out, s.as_ref()) {
+            out.truncate(len);
+            return Err(e);
+        }
     }
     out.push_str("]::text[]");
-    Ok(out)
+    Ok(())
 }
 
 /// A boolean constant.
@@ -158,13 +159,17 @@ mod tests {
         assert_eq!(text("").unwrap(), "E''");
         assert_eq!(text("é\n\t").unwrap(), "E'é\n\t'");
         assert_eq!(text("a\0b"), Err(Unquotable::Nul));
-        assert_eq!(opt_text(None).unwrap(), "NULL");
         assert_eq!(
-            opt_text_array(Some(&["a".into(), "b'".into()])).unwrap(),
+            text_array(&["a", "b'"]).unwrap(),
             "ARRAY[E'a',E'b''']::text[]"
         );
-        assert_eq!(opt_text_array(Some(&[])).unwrap(), "'{}'::text[]");
-        assert_eq!(opt_text_array(None).unwrap(), "NULL::text[]");
+        assert_eq!(text_array::<&str>(&[]).unwrap(), "'{}'::text[]");
+        let mut out = "x".to_string();
+        assert_eq!(
+            push_text_array(&mut out, &["a", "b\0c"]),
+            Err(Unquotable::Nul)
+        );
+        assert_eq!(out, "x", "left as it was");
         assert_eq!(integer(-5), "(-5)");
         assert_eq!(boolean(true), "true");
     }

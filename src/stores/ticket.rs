@@ -16,6 +16,7 @@ use crate::policy::outcome::Unavailable;
 use crate::policy::principal::Principal;
 use crate::runtime::metrics::Metrics;
 use crate::stores::db::Db;
+use crate::stores::lookup::{Lookup, Value};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
@@ -31,27 +32,10 @@ pub struct TicketGrants {
 }
 
 /// The admin's live ticket grants for one customer: one call of `rbac_gateway_ticket_grants`
-/// (migration 0012), one round trip, planned once per server connection. Sent by
-/// [`Db::lookup`]: a named statement on the gateway's own sessions, else [`grants_sql`], one
-/// simple query with its values written in (`stores/sql_text.rs`), nothing left on a
-/// connection a pooler may share.
+/// (migration 0012), one round trip, sent by [`Db::lookup`] (a named statement on the gateway's
+/// own sessions, else one simple query with its values written in).
 const GRANTS_SQL: &str =
     "SELECT roles, permissions, tickets FROM rbac_gateway_ticket_grants($1, $2, $3)";
-
-/// [`GRANTS_SQL`] with its values written in, for a simple query.
-fn grants_sql(
-    admin_id: &str,
-    customer_id: i32,
-    only: Option<&[String]>,
-) -> Result<String, crate::stores::sql_text::Unquotable> {
-    use crate::stores::sql_text;
-    Ok(format!(
-        "SELECT roles, permissions, tickets FROM rbac_gateway_ticket_grants({}, {}, {})",
-        sql_text::text(admin_id)?,
-        sql_text::integer(i64::from(customer_id)),
-        sql_text::opt_text_array(only)?
-    ))
-}
 
 /// The admin's live ticket grants for one customer (one round trip, inheritance expanded),
 /// restricted to `only` tickets when given.
@@ -65,12 +49,16 @@ pub async fn grants(
     // `customer_param`, the lookup a cached principal still makes.
     let span = crate::runtime::telemetry::db_span("SELECT live ticket grants");
     // A dead pooled connection (after a connection storm) costs one retry, not a 503.
-    let rows = crate::stores::db::retry_once(|| {
-        pool.lookup(
-            GRANTS_SQL,
-            |q| q.bind(admin_id).bind(customer_id).bind(only),
-            || Ok(grants_sql(admin_id, customer_id, only)?),
-        )
+    let rows = crate::stores::db::retry_once(|| async {
+        pool.lookup(Lookup {
+            sql: GRANTS_SQL,
+            values: &[
+                Value::Text(admin_id),
+                Value::Integer(customer_id),
+                Value::OptTexts(only),
+            ],
+        })
+        .await
     })
     .await;
     if let Some(span) = span {

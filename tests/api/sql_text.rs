@@ -52,10 +52,7 @@ async fn quoted_text_round_trips_through_postgresql_whatever_standard_conforming
             assert_eq!(&back, v, "standard_conforming_strings = {setting}: {sql}");
         }
         // Arrays of them, as the ticket check sends.
-        let sql = format!(
-            "SELECT {}",
-            sql_text::opt_text_array(Some(&values)).unwrap()
-        );
+        let sql = format!("SELECT {}", sql_text::text_array(&values).unwrap());
         let back: Vec<String> =
             sqlx::Row::get(&sqlx::raw_sql(&sql).fetch_one(&mut *conn).await.unwrap(), 0);
         assert_eq!(back, values, "standard_conforming_strings = {setting}");

@@ -1,0 +1,132 @@
+//! A lookup of the request path written once: one statement with placeholders (`$1`..) and one
+//! typed list of its values, which [`Db::lookup`](super::db::Db::lookup) either binds (a named
+//! statement on the gateway's own sessions) or writes into the statement's text
+//! ([`Lookup::render`], one simple query behind a pooler; the values quoted by
+//! [`super::sql_text`]). Both forms call the same function with the same values, so they answer
+//! alike (`tests/api/round_trips.rs` holds it on a real server).
+
+use super::db::PgQuery;
+use super::sql_text::{self, Unquotable};
+
+/// A value of a [`Lookup`], of one of the SQL types the lookups take.
+#[derive(Clone, Copy, Debug)]
+pub enum Value<'a> {
+    /// `text`.
+    Text(&'a str),
+    /// `integer`.
+    Integer(i32),
+    /// `boolean`.
+    Boolean(bool),
+    /// `text[]`.
+    Texts(&'a [&'a str]),
+    /// `text[]`, or `NULL`.
+    OptTexts(Option<&'a [String]>),
+}
+
+/// A statement whose `$n` is `values[n - 1]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Lookup<'a> {
+    pub sql: &'static str,
+    pub values: &'a [Value<'a>],
+}
+
+impl<'a> Lookup<'a> {
+    /// `query` (the statement, [`Lookup::sql`]) with the values bound in order.
+    pub fn bind(&self, mut query: PgQuery<'a>) -> PgQuery<'a> {
+        for value in self.values {
+            query = match *value {
+                Value::Text(s) => query.bind(s),
+                Value::Integer(i) => query.bind(i),
+                Value::Boolean(b) => query.bind(b),
+                Value::Texts(v) => query.bind(v),
+                Value::OptTexts(v) => query.bind(v),
+            };
+        }
+        query
+    }
+
+    /// The statement with each `$n` replaced by its value written as a constant of its type.
+    /// A placeholder without a value is left as it is: the server then refuses the statement
+    /// ("there is no parameter $n"), never runs it with something else.
+    pub fn render(&self) -> Result<String, Unquotable> {
+        let sql = self.sql;
+        let mut out = String::with_capacity(sql.len() + 80);
+        let mut start = 0;
+        for at in memchr::memchr_iter(b'$', sql.as_bytes()) {
+            let digits = sql[at + 1..].bytes().take_while(u8::is_ascii_digit).count();
+            let value = sql[at + 1..at + 1 + digits]
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| self.values.get(n.checked_sub(1)?));
+            let Some(value) = value else { continue };
+            out.push_str(&sql[start..at]);
+            push_value(&mut out, value)?;
+            start = at + 1 + digits;
+        }
+        out.push_str(&sql[start..]);
+        Ok(out)
+    }
+}
+
+/// Appends `value` as a constant of its type.
+fn push_value(out: &mut String, value: &Value<'_>) -> Result<(), Unquotable> {
+    match *value {
+        Value::Text(s) => sql_text::push_text(out, s),
+        Value::Integer(i) => {
+            out.push_str(&sql_text::integer(i64::from(i)));
+            Ok(())
+        }
+        Value::Boolean(b) => {
+            out.push_str(sql_text::boolean(b));
+            Ok(())
+        }
+        Value::Texts(v) => sql_text::push_text_array(out, v),
+        Value::OptTexts(None) => {
+            out.push_str("NULL::text[]");
+            Ok(())
+        }
+        Value::OptTexts(Some(v)) => sql_text::push_text_array(out, v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_placeholder_is_its_value_written_as_a_constant() {
+        let hashes = ["a'b", "c\\d"];
+        let only = ["t1".to_string()];
+        let lookup = Lookup {
+            sql: "SELECT f($1, $2, $3, $4, $5, $10)",
+            values: &[
+                Value::Text("x"),
+                Value::Integer(-5),
+                Value::Boolean(true),
+                Value::Texts(&hashes),
+                Value::OptTexts(Some(&only)),
+            ],
+        };
+        assert_eq!(
+            lookup.render().unwrap(),
+            "SELECT f(E'x', (-5), true, ARRAY[E'a''b',E'c\\\\d']::text[], ARRAY[E't1']::text[], $10)"
+        );
+        let none = Lookup {
+            sql: "SELECT g($1, $2)",
+            values: &[Value::OptTexts(None), Value::Texts(&[])],
+        };
+        assert_eq!(
+            none.render().unwrap(),
+            "SELECT g(NULL::text[], '{}'::text[])"
+        );
+    }
+
+    #[test]
+    fn a_nul_is_refused_before_any_text_is_built() {
+        let lookup = Lookup {
+            sql: "SELECT f($1)",
+            values: &[Value::Text("a\0b")],
+        };
+        assert_eq!(lookup.render(), Err(Unquotable::Nul));
+    }
+}
