@@ -491,7 +491,7 @@ async fn check_database(
     if out.iter().any(|d| d.severity == Severity::Error) {
         return Ok(out);
     }
-    let unknown = crate::stores::db::unknown_names(pool, mapping)
+    let unknown = crate::stores::catalogue::unknown_names(pool, mapping)
         .await
         .map_err(failure)?;
     out.extend(

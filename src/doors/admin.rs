@@ -163,7 +163,7 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
         // Named, the status unchanged: a name can be created after the file ships. Read at
         // every probe (two small catalogue tables), so it is as current as the database.
         let mapping = gw.mapping.load_full();
-        let unknown = crate::stores::db::unknown_names(gw.identity.pool(), &mapping);
+        let unknown = crate::stores::catalogue::unknown_names(gw.identity.pool(), &mapping);
         match crate::stores::db::within(UNKNOWN_NAMES_LIMIT, unknown).await {
             // The status stays 200 (the database answered the probe above): the check of the
             // mapping's names is said not to have run, not left out without a word.

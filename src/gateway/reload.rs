@@ -145,7 +145,7 @@ pub fn swap_in(gw: &Gateway, new: Mapping) {
 /// database that does not answer within [`NAMES_CHECK_LIMIT`] is logged, not waited for.
 pub async fn warn_unknown_names(gw: &Gateway) {
     let mapping = gw.mapping.load_full();
-    let unknown = crate::stores::db::unknown_names(gw.identity.pool(), &mapping);
+    let unknown = crate::stores::catalogue::unknown_names(gw.identity.pool(), &mapping);
     match crate::stores::db::within(NAMES_CHECK_LIMIT, unknown).await {
         Ok(unknown) => {
             for u in unknown {

@@ -3,6 +3,7 @@
 //! the access review (`cli/access.rs` folds it into its `Catalogue`); [`role_granting`] asks it
 //! which of some roles grants a permission directly, for the reader API's `via`. Each is one
 //! statement (or three, for [`read`]) in a transaction of its own through [`Db`], unnamed.
+//! [`unknown_names`] holds a mapping's role and permission names against it.
 
 use crate::runtime::telemetry;
 use crate::stores::db::Db;
@@ -74,4 +75,72 @@ pub async fn role_granting(
         span.done(found.is_ok());
     }
     found
+}
+
+/// A role or permission a rule of the mapping names that the database does not have: the rule
+/// can never be satisfied by it (a typo makes the route 403 for everyone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownName {
+    /// "role" or "permission".
+    pub kind: &'static str,
+    pub name: String,
+    /// The rule, as [`crate::policy::mapping::Route::label`] names it.
+    pub rule: String,
+    pub line: usize,
+    pub col: usize,
+}
+
+impl std::fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let table = if self.kind == "role" {
+            "rbac_roles"
+        } else {
+            "rbac_permissions"
+        };
+        write!(
+            f,
+            "unknown {} {:?} in {} (not in {table})",
+            self.kind, self.name, self.rule
+        )
+    }
+}
+
+/// The role and permission names of `mapping` that `rbac_roles` / `rbac_permissions` lack, in
+/// the mapping's order. Used by `check --database-url` (errors) and by `serve` at load and on
+/// every reload (warnings: the role may be created after the mapping ships).
+pub async fn unknown_names(
+    pool: &Db,
+    mapping: &crate::policy::mapping::Mapping,
+) -> Result<Vec<UnknownName>, sqlx::Error> {
+    let names = |sql: &'static str| async move {
+        let all: Vec<String> = sqlx::query_scalar(sql)
+            .persistent(false)
+            .fetch_all(pool)
+            .await?;
+        Ok::<_, sqlx::Error>(
+            all.into_iter()
+                .collect::<std::collections::HashSet<String>>(),
+        )
+    };
+    let roles = names("SELECT name FROM rbac_roles").await?;
+    let perms = names("SELECT name FROM rbac_permissions").await?;
+    let mut out = Vec::new();
+    for route in &mapping.routes {
+        let unknown = |kind, known: &std::collections::HashSet<String>, names: &[String]| {
+            names
+                .iter()
+                .filter(|n| !known.contains(*n))
+                .map(|n| UnknownName {
+                    kind,
+                    name: n.clone(),
+                    rule: route.label().to_string(),
+                    line: route.line,
+                    col: route.col,
+                })
+                .collect::<Vec<_>>()
+        };
+        out.extend(unknown("role", &roles, &route.roles));
+        out.extend(unknown("permission", &perms, &route.permissions));
+    }
+    Ok(out)
 }
