@@ -41,13 +41,13 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use crate::dataplane::workers::Http1Settings;
+use crate::doors::trace::Trace;
 use crate::gateway::counts::DecisionCounts;
 use crate::gateway::state::Gateway;
-use crate::policy::answer::{carry_out, Answer, Asked, DecidedOn, Decision, Reply, RequestId};
+use crate::policy::answer::{carry_out, Answer, Asked, DecidedOn, Decision, Reply};
 use crate::policy::cookie::session_token;
 use crate::policy::outcome::{decide, Facts, Outcome};
 use crate::policy::target::{self, Refusal, Target};
-use crate::runtime::telemetry::ServerSpan;
 
 pub const PATH: &str = "/authz";
 
@@ -192,7 +192,7 @@ async fn serve(
             let answering = answering.clone();
             let service = service_fn(move |req| {
                 let answering = answering.clone();
-                async move { Ok::<_, Infallible>(handle(&answering, peer, req, None).await) }
+                async move { Ok::<_, Infallible>(handle(&answering, peer, req).await) }
             });
             builder.serve_connection(TokioIo::new(stream), service)
         },
@@ -264,54 +264,19 @@ fn question<'r>(
     Ok((method, t, token))
 }
 
-/// A traced question: a SERVER span for `/authz`, continuing the edge's `traceparent`.
-async fn traced(
-    door: &Share,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-    span: ServerSpan,
-) -> Response<Full<Bytes>> {
-    // Pinned where it lies: the handling future is not moved into the scope (it is large).
-    let resp = {
-        let handling = std::pin::pin!(handle(door, peer, req, Some(&span)));
-        crate::runtime::telemetry::in_request(Some(&span), handling).await
-    };
-    span.end(resp.status().as_u16());
-    resp
-}
-
-/// One question. Off, nothing is built and nothing wraps this future; traced, it runs again
-/// inside [`traced`], boxed.
-async fn handle(
-    door: &Share,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-    span: Option<&ServerSpan>,
-) -> Response<Full<Bytes>> {
-    if span.is_none() {
-        if let Some(s) = crate::runtime::telemetry::server_span(
-            req.method().as_str(),
-            req.uri().path(),
-            req.headers(),
-        ) {
-            return Box::pin(traced(door, peer, req, s)).await;
-        }
-    }
+/// One question, traced or not: one handler, its span's steps calls of [`Trace`], as the
+/// proxy's are (the decision's lookups are the span's children).
+async fn handle(door: &Share, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut trace = Trace::start(req.method().as_str(), req.uri().path(), req.headers());
     let started = Instant::now();
     let gw = &*door.gw;
-    let request_id = span.map_or_else(RequestId::next, |s| {
-        let (trace_id, span_id) = s.ids();
-        RequestId::of_trace(trace_id, span_id)
-    });
-    if let Some(s) = span {
-        s.set("rbac.request_id", request_id.as_str());
-    }
+    let request_id = trace.request_id(None);
     if req.uri().path() != PATH {
+        trace.end(404);
         return answer(404, None, request_id.header());
     }
     let headers = req.headers();
     let ip = client_ip(headers, peer);
-    let trace_id = span.map(ServerSpan::trace_id);
     let mut decided = None;
     let outcome = match question(&req, &gw.cookie) {
         // Logged and counted by `carry_out`, as the proxy's refusals are.
@@ -329,23 +294,20 @@ async fn handle(
                 request_id: request_id.as_str(),
                 at: started,
             };
-            let outcome = decide(gw, &mapping, gw.switches(), &facts).await;
-            if let Some(s) = span {
-                // The question's target: what was decided on (its path only, never its query).
-                s.set("rbac.target.method", method.as_str());
-                s.set("rbac.target.path", t.path.as_str());
-                crate::doors::trace_outcome(s, &method, &outcome, &mapping.version);
-            }
+            let outcome = {
+                let deciding = std::pin::pin!(decide(gw, &mapping, gw.switches(), &facts));
+                trace.around(deciding).await
+            };
+            trace.target(&method, &t.path);
+            trace.outcome(&method, &outcome, &mapping.version);
             decided = Some((method, t, mapping));
             outcome
         }
     };
-    if let (Outcome::Refuse(r), Some(s)) = (&outcome, span) {
-        s.set("rbac.reason", r.as_str());
-    }
+    trace.refusal(&outcome);
     let asked = Asked {
         request_id: &request_id,
-        trace_id,
+        trace_id: trace.trace_id(),
         client_ip: &ip,
         started,
         decided: decided.as_ref().map(|(method, t, mapping)| DecidedOn {
@@ -355,9 +317,7 @@ async fn handle(
         }),
     };
     let carried = carry_out(gw, &door.counts, outcome, &asked).await;
-    if let Some(s) = span {
-        s.set("rbac.decision", carried.decision.as_str());
-    }
+    trace.decision(carried.decision.as_str());
     let done = carried.answer;
     let mut resp = answer(
         done.authz_status(),
@@ -383,6 +343,7 @@ async fn handle(
         }
         Answer::Reply(_) => {}
     }
+    trace.end(resp.status().as_u16());
     resp
 }
 

@@ -5,29 +5,27 @@ use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use crate::dataplane::upstream::GatewayBody;
+use crate::doors::trace::Trace;
 use crate::gateway::state::Gateway;
-use crate::policy::reader::{Answer, Call};
+use crate::policy::reader::Call;
 use crate::policy::request_id::RequestId;
-use crate::runtime::telemetry::ServerSpan;
 
 /// The gateway's answer to a reader API call ([`Gateway::reader_answer`], which counts it),
 /// written: JSON, `Cache-Control: no-store`; HEAD without the body, 405 with `Allow`. Traced,
 /// the answer's admin, reason and the live mapping's version go on the request's span.
-pub async fn respond(
+pub(crate) async fn respond(
     gw: &Gateway,
     call: &Call,
     method: &Method,
     token: Option<&str>,
     request_id: &RequestId,
     close: bool,
-    trace: Option<&ServerSpan>,
+    trace: &Trace,
 ) -> Response<GatewayBody> {
     let a = gw
         .reader_answer(call, method.as_str(), token, request_id.as_str())
         .await;
-    if let Some(s) = trace {
-        trace_answer(s, &a, &gw.mapping.load().version);
-    }
+    trace.reader_answer(&a, &gw.mapping);
     let body = serde_json::to_vec(&a.body).expect("JSON values serialise");
     let len = body.len();
     let mut resp = Response::new(if method == Method::HEAD {
@@ -51,22 +49,4 @@ pub async fn respond(
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
-}
-
-/// The answer on the request's span, as `doors::trace_outcome` writes a decision: the mapping
-/// live when it was answered, the admin who asked (`enduser.id`, `rbac.admin_id`), why
-/// (`rbac.reason`).
-#[cold]
-#[inline(never)]
-fn trace_answer(span: &ServerSpan, a: &Answer, version: &str) {
-    span.record(|span| {
-        span.set("rbac.mapping_version", version);
-        if let Some(p) = &a.asked_by {
-            span.set("enduser.id", &p.admin_id);
-            span.set("rbac.admin_id", &p.admin_id);
-        }
-        if let Some(reason) = a.reason {
-            span.set("rbac.reason", reason);
-        }
-    });
 }

@@ -109,7 +109,7 @@ pub(super) async fn forward_request(
     // client's own, if any, is the server span's parent and is not passed on).
     let exchange_span = ctx
         .trace
-        .as_ref()
+        .span()
         .map(|s| exchange_span_of(s, &parts, w.gw.upstream));
     let traceparent = exchange_span.as_ref().and_then(|s| s.traceparent());
     let request = request_bytes(

@@ -42,13 +42,13 @@ use crate::dataplane::sniff::{Heads, RawHead, Sniff};
 use crate::dataplane::upstream::{GatewayBody, Pool};
 use crate::dataplane::workers::{Door, Http1Settings};
 use crate::doors::rbac_api;
+use crate::doors::trace::Trace;
 use crate::gateway::counts::DecisionCounts;
 use crate::gateway::state::Gateway;
 use crate::policy::answer::{carry_out, Answer, Asked, DecidedOn, Reply, RequestId};
 use crate::policy::headers::X_REQUEST_ID;
 use crate::policy::outcome::{decide, Facts, Outcome};
 use crate::policy::reader;
-use crate::runtime::telemetry::{self, ServerSpan};
 
 pub use body::BodyBudget;
 use checks::{check_request, read_cookie, CookieRewrite};
@@ -205,8 +205,8 @@ struct Ctx {
     close: bool,
     /// The headers the request's `Connection` headers name: not forwarded.
     connection_named: Vec<HeaderName>,
-    /// The request's span, when tracing is on (one word).
-    trace: Option<ServerSpan>,
+    /// The request's span, when it is traced (one word).
+    trace: Trace,
 }
 
 /// The gateway's own answer: `status` with its plain-text `body` (none to a HEAD request), from
@@ -238,72 +238,21 @@ fn text_response(
     resp
 }
 
-// The traced path's steps, out of line: off, `handle` stays as small as it was (it is inlined
-// into hyper's dispatcher; a larger one is not, and its answer is then copied out of it).
-
-/// The request id of a traced request: `<trace id>-<span id>`.
-#[cold]
-#[inline(never)]
-fn traced_request_id(s: &ServerSpan) -> RequestId {
-    let (trace_id, span_id) = s.ids();
-    RequestId::of_trace(trace_id, span_id)
-}
-
-/// The request id on the span.
-#[cold]
-#[inline(never)]
-fn trace_request_id(s: &ServerSpan, id: &RequestId) {
-    s.set("rbac.request_id", id.as_str());
-}
-
-#[cold]
-#[inline(never)]
-fn trace_reader_api(s: &ServerSpan, method: &str, path: &str) {
-    s.route(method, path);
-    s.set("rbac.decision", reader::LABEL);
-}
-
-/// Ends the span with the status sent.
-#[cold]
-#[inline(never)]
-fn traced_end(s: ServerSpan, status: u16) {
-    s.end(status);
-}
-
-#[cold]
-#[inline(never)]
-fn trace_str(s: &ServerSpan, key: &'static str, value: &'static str) {
-    s.set(key, value);
-}
-
-/// One request, traced or not: one handler. Traced, its SERVER span covers the whole answer
-/// and ends with the status sent; the lookups behind the decision (and the reader API) are its
-/// children, [`telemetry::in_request`] setting it as theirs around each of their polls. Off,
-/// nothing is built ([`telemetry::server_span`] answers None at its first load) and the traced
-/// steps are branches not taken. (Until issue 53's second round the traced run was a second
-/// instance of this handler, boxed: an allocation and a copy of its ~3.6 KB future per traced
-/// request; polling the whole handler under the span from a wrapper instead made hyper's
-/// dispatcher copy the handler's arguments and answer once more untraced, +300 instructions.)
+/// One request, traced or not: one handler, its span's steps calls of [`Trace`]. The lookups
+/// behind the decision (and the reader API) are the span's children ([`Trace::around`]). Only
+/// those are polled under the span: polling the whole handler from a wrapper made hyper's
+/// dispatcher copy the handler's arguments and answer (docs/performance-log.md).
 async fn handle(
     w: Arc<Worker>,
     peer_ip: Arc<str>,
     raw: Option<RawHead>,
     req: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, Infallible> {
-    let span = telemetry::server_span(req.method().as_str(), req.uri().path(), req.headers());
-    let trusted = match w.trust_request_id {
+    let trace = Trace::start(req.method().as_str(), req.uri().path(), req.headers());
+    let request_id = trace.request_id(match w.trust_request_id {
         true => RequestId::trusted(req.headers()),
         false => None,
-    };
-    let request_id = match (trusted, &span) {
-        (Some(id), _) => id,
-        (None, Some(s)) => traced_request_id(s),
-        (None, None) => RequestId::next(),
-    };
-    if let Some(s) = &span {
-        trace_request_id(s, &request_id);
-    }
-    let trace = span;
+    });
     let client_ip = match forwarded_client(req.headers(), w.trusted_proxies) {
         Some(ip) => ip.to_string().into(),
         None => peer_ip.clone(),
@@ -345,9 +294,7 @@ async fn handle(
             // The reader API is answered here, never decided as a route nor forwarded.
             if let Some(call) = gw.rbac_api.then(|| reader::Call::of(&target)).flatten() {
                 let close = ctx.unread_body || ctx.close;
-                if let Some(s) = &ctx.trace {
-                    trace_reader_api(s, req.method().as_str(), &target.path);
-                }
+                ctx.trace.reader_api(req.method().as_str(), &target.path);
                 // Boxed, as the database reads behind it: inline, its future would be in every
                 // request handler, whose size hyper keeps per client connection (issue 51).
                 let resp = {
@@ -358,13 +305,11 @@ async fn handle(
                         token,
                         &ctx.request_id,
                         close,
-                        ctx.trace.as_ref(),
+                        &ctx.trace,
                     ));
-                    telemetry::in_request(ctx.trace.as_ref(), resp.as_mut()).await
+                    ctx.trace.around(resp.as_mut()).await
                 };
-                if let Some(s) = ctx.trace.take() {
-                    traced_end(s, resp.status().as_u16());
-                }
+                ctx.trace.end(resp.status().as_u16());
                 return Ok(resp);
             }
             let mapping = gw.mapping.load();
@@ -379,11 +324,10 @@ async fn handle(
             };
             let outcome = {
                 let deciding = std::pin::pin!(decide(&**gw, &mapping, gw.switches(), &facts));
-                telemetry::in_request(ctx.trace.as_ref(), deciding).await
+                ctx.trace.around(deciding).await
             };
-            if let Some(s) = &ctx.trace {
-                crate::doors::trace_outcome(s, req.method().as_str(), &outcome, &mapping.version);
-            }
+            ctx.trace
+                .outcome(req.method().as_str(), &outcome, &mapping.version);
             decided = Some((req.method().clone(), target, mapping));
             outcome
         }
@@ -394,9 +338,7 @@ async fn handle(
         mapping_version: &mapping.version,
     });
     let resp = respond(&w, &mut ctx, outcome, on, req, cookie).await;
-    if let Some(s) = ctx.trace.take() {
-        traced_end(s, resp.status().as_u16());
-    }
+    ctx.trace.end(resp.status().as_u16());
     Ok(resp)
 }
 
@@ -411,20 +353,16 @@ async fn respond(
     req: Request<Incoming>,
     cookie: CookieRewrite,
 ) -> Response<GatewayBody> {
-    if let (Outcome::Refuse(r), Some(s)) = (&outcome, &ctx.trace) {
-        trace_str(s, "rbac.reason", r.as_str());
-    }
+    ctx.trace.refusal(&outcome);
     let asked = Asked {
         request_id: &ctx.request_id,
-        trace_id: ctx.trace.as_ref().map(ServerSpan::trace_id),
+        trace_id: ctx.trace.trace_id(),
         client_ip: &ctx.client_ip,
         started: ctx.started,
         decided,
     };
     let carried = carry_out(&*w.gw, &w.counts, outcome, &asked).await;
-    if let Some(s) = &ctx.trace {
-        trace_str(s, "rbac.decision", carried.decision.as_str());
-    }
+    ctx.trace.decision(carried.decision.as_str());
     match carried.answer {
         Answer::Forward {
             forward,
