@@ -257,7 +257,8 @@ async fn handle(
     };
     // A hint only: FreeScout says what the ticket's status is now.
     let status =
-        crate::stores::ticket::ticket_status(&r.validation_url, &ticket, r.freescout_timeout).await;
+        crate::runtime::freescout::ticket_status(&r.validation_url, &ticket, r.freescout_timeout)
+            .await;
     match status {
         Err(e) => {
             count("freescout_failed");
@@ -274,7 +275,7 @@ async fn handle(
                 serde_json::json!({"ticket_id": ticket, "status": null, "revoked": [], "note": "FreeScout does not know this ticket: nothing revoked"}),
             )
         }
-        Ok(Some(st)) if !crate::stores::ticket::ended(&st) => {
+        Ok(Some(st)) if !crate::runtime::freescout::ended(&st) => {
             count("not_closed");
             tracing::warn!(ticket = %ticket, status = %st, peer = %peer, "FreeScout webhook: the ticket is not closed; nothing revoked");
             answer(

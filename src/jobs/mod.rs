@@ -1,7 +1,7 @@
 //! Background jobs every replica runs on a timer, each under an advisory lock so that one replica
 //! at a time does the work: [`sweep`], which ends ticket grants and break-glass sessions (the
 //! revocation itself is a store operation, [`crate::stores::revocation`]), and [`alerts`], which
-//! records break-glass alerts and delivers them to the webhook with its own HTTP client, and
+//! records break-glass alerts and delivers them to the webhook, and
 //! [`audit_outbox`], which delivers the gateway's `rbac_grants_audit` rows to Console's audit
 //! writer (I-5; a row claimed by one replica at a time). None is a store: each asks the stores (their statements are [`crate::stores::sweep`]'s and
 //! [`crate::stores::alerts`]'s), counts in the metrics and logs what it did. `serve` runs

@@ -27,7 +27,7 @@
 //!
 //! The revocation of a grant and the count of an item's failures are store operations the sweep
 //! shares with FreeScout's webhook ([`crate::stores::revocation`]); which FreeScout statuses end
-//! a grant is the ticket store's ([`crate::stores::ticket::ended`]); the sweep's own statements
+//! a grant is FreeScout's client's ([`crate::runtime::freescout::ended`]); the sweep's own statements
 //! (its lock, the grants and sessions it lists, the `break_glass_expire` row) are
 //! [`crate::stores::sweep`]'s. This module issues none.
 
@@ -37,11 +37,11 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 
+use crate::runtime::freescout::ended;
 use crate::runtime::metrics::Metrics;
 use crate::stores::db::{Bounded, Db};
 use crate::stores::revocation::{record_failure, revoke_or_record, revoke_ticket, Caller, Done};
 use crate::stores::sweep as store;
-use crate::stores::ticket::ended;
 
 /// How the sweep asks FreeScout and bounds its database steps.
 #[derive(Debug, Clone)]
@@ -228,7 +228,7 @@ impl Sweeper {
                     let Ok(_permit) = permits.acquire_owned().await else {
                         return vec![];
                     };
-                    match crate::stores::ticket::ticket_status(&url, &ticket, timeout).await {
+                    match crate::runtime::freescout::ticket_status(&url, &ticket, timeout).await {
                         Ok(Some(st)) if ended(&st) => match revoke_ticket(&pool, &ticket, limit, SWEEP).await {
                             Ok(done) => done,
                             Err(e) => {
