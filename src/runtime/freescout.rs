@@ -1,7 +1,7 @@
 //! FreeScout's client: a conversation's status over HTTP (`--ticket-validation-url`, T-PEN-6).
 //! The per-request re-validation asks whether a ticket is still open ([`ticket_open`]); the sweep
-//! and FreeScout's webhook ask for its status ([`ticket_status`]) and revoke its grants when it
-//! [`ended`].
+//! and FreeScout's webhook ask for its status ([`ticket_status`]) and end its grants when it
+//! [`ended`] (`jobs/ticket_ended.rs`).
 
 use std::time::Duration;
 
