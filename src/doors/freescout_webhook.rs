@@ -14,9 +14,13 @@
 //! closed (the listener's header read timeout covers only the head). The call is
 //! only a hint: the ticket's status is read again from FreeScout (`--ticket-validation-url`),
 //! and only a ticket FreeScout reports closed or resolved has its grants revoked, each with its
-//! `ticket_expire` row first (I-9), exactly as the sweep does ([`crate::stores::revocation::revoke_ticket`]).
-//! A forged, replayed or early call therefore revokes nothing still open, and a repeated one
-//! revokes nothing twice. Any replica can take it: revocations lock the grant's row.
+//! `ticket_expire` row first (I-9), by the sweep's own function
+//! ([`crate::jobs::ticket_ended::ask_and_end`]). A forged, replayed or early call therefore
+//! revokes nothing still open, and a repeated one revokes nothing twice. Any replica can take
+//! it: revocations lock the grant's row.
+//!
+//! This door reads the call and writes its answer; what it answers, counts and logs is
+//! [`webhook_answer`]'s.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +35,8 @@ use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
+use crate::jobs::ticket_ended::{webhook_answer, Heard, Webhook};
 use crate::runtime::metrics::Metrics;
-use crate::stores::revocation::Done;
 
 /// The path FreeScout posts to.
 pub const PATH: &str = "/freescout/webhook";
@@ -47,17 +51,9 @@ pub const MAX_TICKET_ID_BYTES: usize = 200;
 /// The shortest secret accepted.
 pub const MIN_SECRET_BYTES: usize = 16;
 
-/// The label values of `rbac_gateway_freescout_webhooks_total` (README, "FreeScout's webhook").
-pub const RESULTS: &[&str] = &[
-    "revoked",
-    "nothing_to_revoke",
-    "not_closed",
-    "unknown_ticket",
-    "unauthenticated",
-    "bad_request",
-    "freescout_failed",
-    "failed",
-];
+/// The label values of `rbac_gateway_freescout_webhooks_total`, counted where the call is
+/// answered.
+pub use crate::jobs::ticket_ended::RESULTS;
 
 /// How callers prove who they are.
 #[derive(Clone)]
@@ -144,20 +140,6 @@ impl Receiver {
     fn body_timeout(&self) -> Duration {
         self.freescout_timeout
     }
-
-    /// Who tries again what a call could not do, for its log lines: true whether this process
-    /// sweeps or not.
-    fn retry(&self) -> String {
-        match self.sweep_interval {
-            Some(every) => format!(
-                "the sweep retries it (every {} s)",
-                every.as_secs_f64()
-            ),
-            None => "this process does not sweep (--sweep-interval 0): only a sweep elsewhere \
-                     (another replica, `rbac-gateway sweep --once`) or another webhook call retries it"
-                .to_string(),
-        }
-    }
 }
 
 pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>) {
@@ -198,142 +180,59 @@ fn ticket_of(body: &[u8]) -> Result<String, String> {
     }
 }
 
+/// Reads the call (its path, method, body and proof) and writes the answer
+/// [`webhook_answer`] gives it.
 async fn handle(
     req: Request<Incoming>,
     r: &Receiver,
     peer: std::net::SocketAddr,
 ) -> Response<Full<Bytes>> {
-    let count = |result: &str| {
-        r.metrics
-            .freescout_webhooks
-            .with_label_values(&[result])
-            .inc()
-    };
     if req.uri().path() != PATH {
         return answer(404, serde_json::json!({"error": "not found"}));
     }
     if req.method() != Method::POST {
         return answer(405, serde_json::json!({"error": "POST only"}));
     }
+    let heard = hear(req, r).await;
+    let hook = Webhook {
+        pool: &r.pool,
+        validation_url: &r.validation_url,
+        freescout_timeout: r.freescout_timeout,
+        db_limit: r.db_limit,
+        metrics: &r.metrics,
+        sweep_interval: r.sweep_interval,
+    };
+    let reply = webhook_answer(&hook, heard, peer).await;
+    let mut resp = answer(reply.status, reply.body);
+    if reply.close {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
+/// The call as read: its body whole, its caller authenticated, its ticket.
+async fn hear(req: Request<Incoming>, r: &Receiver) -> Heard {
     let (parts, body) = req.into_parts();
     // Read before the caller is known, so bounded in time as well as in size: the listener's
     // header read timeout covers only the head, and a peer that announces a body and goes
     // silent would otherwise hold the connection for ever.
     let read = tokio::time::timeout(r.body_timeout(), Limited::new(body, MAX_BODY).collect()).await;
     let body = match read {
-        Err(_) => {
-            count("bad_request");
-            tracing::warn!(peer = %peer, "FreeScout webhook: the body did not arrive within {} ms (--freescout-timeout-ms); refused (408), nothing changed", r.body_timeout().as_millis());
-            let mut resp = answer(
-                408,
-                serde_json::json!({"error": format!("the body did not arrive within {} ms", r.body_timeout().as_millis())}),
-            );
-            resp.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-            return resp;
-        }
+        Err(_) => return Heard::Late(r.body_timeout()),
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) => {
-            count("bad_request");
-            return answer(
-                413,
-                serde_json::json!({"error": format!("body unreadable or over {MAX_BODY} bytes: {e}")}),
-            );
+            return Heard::Unreadable(format!("body unreadable or over {MAX_BODY} bytes: {e}"))
         }
     };
     if !r.auth.verify(&parts.headers, &body) {
-        count("unauthenticated");
-        tracing::warn!(peer = %peer, "FreeScout webhook: unauthenticated call refused (401), nothing changed");
-        return answer(401, serde_json::json!({"error": "unauthenticated"}));
+        return Heard::Unauthenticated;
     }
-    let ticket = match ticket_of(&body) {
-        Ok(t) => t,
-        Err(e) => {
-            count("bad_request");
-            return answer(400, serde_json::json!({ "error": e }));
-        }
-    };
-    // A hint only: FreeScout says what the ticket's status is now.
-    let status =
-        crate::stores::ticket::ticket_status(&r.validation_url, &ticket, r.freescout_timeout).await;
-    match status {
-        Err(e) => {
-            count("freescout_failed");
-            tracing::error!(ticket = %ticket, error = %e, "FreeScout webhook: the ticket's status could not be read again; nothing revoked: {}", r.retry());
-            answer(
-                503,
-                serde_json::json!({"ticket_id": ticket, "error": format!("FreeScout did not answer: {e}"), "revoked": []}),
-            )
-        }
-        Ok(None) => {
-            count("unknown_ticket");
-            answer(
-                200,
-                serde_json::json!({"ticket_id": ticket, "status": null, "revoked": [], "note": "FreeScout does not know this ticket: nothing revoked"}),
-            )
-        }
-        Ok(Some(st)) if !crate::stores::ticket::ended(&st) => {
-            count("not_closed");
-            tracing::warn!(ticket = %ticket, status = %st, peer = %peer, "FreeScout webhook: the ticket is not closed; nothing revoked");
-            answer(
-                200,
-                serde_json::json!({"ticket_id": ticket, "status": st, "revoked": [], "note": "the ticket is not closed or resolved: nothing revoked"}),
-            )
-        }
-        Ok(Some(st)) => {
-            let retry = r.retry();
-            let by = crate::stores::revocation::Caller {
-                name: "FreeScout webhook",
-                retry: &retry,
-            };
-            match crate::stores::revocation::revoke_ticket(&r.pool, &ticket, r.db_limit, by).await {
-                Err(e) => {
-                    count("failed");
-                    tracing::error!(ticket = %ticket, error = %e, "FreeScout webhook: the ticket's grants could not be read; nothing revoked: {retry}");
-                    answer(
-                        503,
-                        serde_json::json!({"ticket_id": ticket, "status": st, "error": format!("database: {e}"), "revoked": []}),
-                    )
-                }
-                Ok(done) => {
-                    let mut revoked = Vec::new();
-                    let mut failed = Vec::new();
-                    for d in &done {
-                        match d {
-                            Done::Revoked(g, _, reason) => {
-                                r.metrics
-                                    .sweep_revocations
-                                    .with_label_values(&[reason.as_str()])
-                                    .inc();
-                                tracing::info!(grant = %g, ticket = %ticket, "FreeScout webhook: ticket grant revoked (audit row written first)");
-                                revoked.push(g.clone());
-                            }
-                            Done::Failed(item, e) => {
-                                failed.push(serde_json::json!({"item": item, "error": e}))
-                            }
-                            _ => {}
-                        }
-                    }
-                    // `revoked` only when a grant was: a closed ticket with no active grant (none
-                    // given, or revoked already by the sweep or an earlier call) is its own result.
-                    let (code, result) = if !failed.is_empty() {
-                        (503, "failed")
-                    } else if revoked.is_empty() {
-                        (200, "nothing_to_revoke")
-                    } else {
-                        (200, "revoked")
-                    };
-                    count(result);
-                    let mut body = serde_json::json!({"ticket_id": ticket, "status": st, "revoked": revoked, "failed": failed});
-                    if result == "nothing_to_revoke" {
-                        body["note"] = "the ticket has no active grant: nothing to revoke".into();
-                    }
-                    answer(code, body)
-                }
-            }
-        }
+    match ticket_of(&body) {
+        Ok(t) => Heard::Ticket(t),
+        Err(e) => Heard::NoTicket(e),
     }
 }
 

@@ -12,6 +12,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::runtime::https_client::{self, Unanswered};
 use crate::runtime::metrics::Metrics;
 use crate::stores::alerts::{AlertPass, Grants, Snapshot};
 use crate::stores::db::Db;
@@ -32,68 +33,27 @@ pub struct AlertReport {
 
 /// How long the webhook may take to answer (its status line and headers).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Of a failure's body, the bytes kept for its error text (the rest is never read)...
-const ERROR_TEXT_BYTES: usize = 512;
-/// ...and how long they are waited for.
-const ERROR_TEXT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// POSTs `{"text": text}` to the webhook; Ok on a 2xx answer. The status decides, as soon as the
 /// answer's head arrives: a 2xx's body is never read (a slow or endless one cannot turn a
 /// delivery into a timeout, and the alert into a second delivery), and of a failure's body only
-/// the first [`ERROR_TEXT_BYTES`], for its error text. The connection is closed with the answer.
+/// its start, for its error text ([`https_client::accepted`]). The connection is closed with
+/// the answer.
 async fn deliver(url: &str, text: &str) -> Result<(), String> {
     use http_body_util::Full;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
     let body = serde_json::json!({ "text": text }).to_string();
     let req = hyper::Request::post(url)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(bytes::Bytes::from(body)))
         .map_err(|e| format!("bad webhook request: {e}"))?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
-    let resp = tokio::time::timeout(DELIVERY_TIMEOUT, client.request(req))
+    let client = https_client::plain::<Full<bytes::Bytes>>();
+    let resp = https_client::exchange(&client, req, DELIVERY_TIMEOUT)
         .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| format!("{e:#}"))?;
-    let status = resp.status();
-    if status.is_success() {
-        // Dropped unread: the connection is closed, whatever the body would have been.
-        return Ok(());
-    }
-    let said = error_text(resp.into_body()).await;
-    if said.is_empty() {
-        Err(format!("HTTP {}", status.as_u16()))
-    } else {
-        Err(format!("HTTP {}: {said}", status.as_u16()))
-    }
-}
-
-/// The start of a failure's body as one line of text: at most [`ERROR_TEXT_BYTES`] bytes, read
-/// within [`ERROR_TEXT_TIMEOUT`] (what arrived by then; nothing if it was not text).
-pub(crate) async fn error_text(mut body: hyper::body::Incoming) -> String {
-    use http_body_util::BodyExt;
-    let mut kept = Vec::new();
-    // Out of time: what arrived by then is the text.
-    let _ = tokio::time::timeout(ERROR_TEXT_TIMEOUT, async {
-        while kept.len() < ERROR_TEXT_BYTES {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        let room = ERROR_TEXT_BYTES - kept.len();
-                        kept.extend_from_slice(&data[..data.len().min(room)]);
-                    }
-                }
-                Some(Err(_)) | None => break,
-            }
-        }
-    })
-    .await;
-    let text = String::from_utf8_lossy(&kept);
-    let line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    line.trim().to_string()
+        .map_err(|e| match e {
+            Unanswered::TimedOut => "timed out".to_string(),
+            Unanswered::Failed(e) => e,
+        })?;
+    https_client::accepted(resp).await
 }
 
 /// One alert pass: record new alerts, then deliver what is due, in one transaction

@@ -26,6 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 
+use crate::runtime::https_client::{self, Unanswered};
 use crate::runtime::metrics::Metrics;
 use crate::stores::audit_outbox::{self as store, Owed};
 use crate::stores::db::Db;
@@ -105,17 +106,15 @@ pub fn payload(o: &Owed) -> serde_json::Value {
     })
 }
 
-type Https = crate::runtime::https_client::HttpsClient;
-
 /// The writer's client: HTTP or HTTPS (rustls on ring, the web PKI's roots).
 struct Writer {
     settings: WriterSettings,
-    client: Https,
+    client: https_client::HttpsClient,
 }
 
 impl Writer {
     fn new(settings: WriterSettings) -> Writer {
-        let client = crate::runtime::https_client::client(settings.timeout);
+        let client = https_client::client(settings.timeout);
         Writer { settings, client }
     }
 
@@ -132,20 +131,14 @@ impl Writer {
             .header("idempotency-key", o.audit_id.as_str())
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| format!("bad request to the audit writer: {e}"))?;
-        let resp = tokio::time::timeout(self.settings.timeout, self.client.request(req))
+        let timeout = self.settings.timeout;
+        let resp = https_client::exchange(&self.client, req, timeout)
             .await
-            .map_err(|_| format!("no answer within {:?}", self.settings.timeout))?
-            .map_err(|e| format!("{e:#}"))?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let said = super::alerts::error_text(resp.into_body()).await;
-        Err(if said.is_empty() {
-            format!("HTTP {}", status.as_u16())
-        } else {
-            format!("HTTP {}: {said}", status.as_u16())
-        })
+            .map_err(|e| match e {
+                Unanswered::TimedOut => format!("no answer within {timeout:?}"),
+                Unanswered::Failed(e) => e,
+            })?;
+        https_client::accepted(resp).await
     }
 }
 

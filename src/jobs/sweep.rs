@@ -25,11 +25,12 @@
 //! not know (404) or reports in another state is left to the per-request check (which fails
 //! closed on it).
 //!
-//! The revocation of a grant and the count of an item's failures are store operations the sweep
-//! shares with FreeScout's webhook ([`crate::stores::revocation`]); which FreeScout statuses end
-//! a grant is the ticket store's ([`crate::stores::ticket::ended`]); the sweep's own statements
-//! (its lock, the grants and sessions it lists, the `break_glass_expire` row) are
-//! [`crate::stores::sweep`]'s. This module issues none.
+//! A ticket FreeScout is asked about is ended as FreeScout's webhook ends one
+//! ([`crate::jobs::ticket_ended::ask_and_end`]: FreeScout asked, each grant revoked, counted and
+//! logged). The revocation of a grant and the count of an item's failures are store operations
+//! ([`crate::stores::revocation`]); the sweep's own statements (its lock, the grants and
+//! sessions it lists, the `break_glass_expire` row) are [`crate::stores::sweep`]'s. This module
+//! issues none.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -37,11 +38,11 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 
+use crate::jobs::ticket_ended::{self, ask_and_end, Ender, Ending};
 use crate::runtime::metrics::Metrics;
 use crate::stores::db::{Bounded, Db};
-use crate::stores::revocation::{record_failure, revoke_or_record, revoke_ticket, Caller, Done};
+use crate::stores::revocation::{record_failure, revoke_or_record, Caller, Done};
 use crate::stores::sweep as store;
-use crate::stores::ticket::ended;
 
 /// How the sweep asks FreeScout and bounds its database steps.
 #[derive(Debug, Clone)]
@@ -114,12 +115,15 @@ pub struct Sweeper {
     leader: bool,
     in_flight: Arc<Mutex<HashSet<String>>>,
     permits: Arc<tokio::sync::Semaphore>,
+    /// Where a ticket's revocations are counted and logged as they are made (`serve`). None:
+    /// they are only reported (`sweep --once`).
+    metrics: Option<Arc<Metrics>>,
     /// One task per ticket being asked; each yields what it did.
     pub tasks: tokio::task::JoinSet<Vec<Done>>,
 }
 
 impl Sweeper {
-    pub fn new(pool: Db, settings: SweepSettings) -> Sweeper {
+    pub fn new(pool: Db, settings: SweepSettings, metrics: Option<Arc<Metrics>>) -> Sweeper {
         let permits = Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1)));
         Sweeper {
             pool,
@@ -128,6 +132,7 @@ impl Sweeper {
             leader: false,
             in_flight: Default::default(),
             permits,
+            metrics,
             tasks: tokio::task::JoinSet::new(),
         }
     }
@@ -222,22 +227,29 @@ impl Sweeper {
                     }
                 };
                 let (pool, permits, url) = (pool.clone(), self.permits.clone(), url.clone());
+                let metrics = self.metrics.clone();
                 let timeout = self.settings.freescout_timeout;
                 self.tasks.spawn(async move {
                     let _guard = guard;
                     let Ok(_permit) = permits.acquire_owned().await else {
                         return vec![];
                     };
-                    match crate::stores::ticket::ticket_status(&url, &ticket, timeout).await {
-                        Ok(Some(st)) if ended(&st) => match revoke_ticket(&pool, &ticket, limit, SWEEP).await {
-                            Ok(done) => done,
-                            Err(e) => {
-                                tracing::error!(ticket = %ticket, error = %e, "sweep: the ticket's grants could not be read; retried next sweep");
-                                vec![Done::Failed(format!("ticket:{ticket}"), e.to_string())]
-                            }
-                        },
-                        Ok(_) => vec![],
-                        Err(e) => {
+                    let ender = Ender {
+                        pool: &pool,
+                        validation_url: &url,
+                        freescout_timeout: timeout,
+                        limit,
+                        by: SWEEP,
+                        metrics: metrics.as_deref(),
+                    };
+                    match ask_and_end(&ender, &ticket).await {
+                        Ending::Ended(_, done) => done,
+                        Ending::Unlisted(_, e) => {
+                            tracing::error!(ticket = %ticket, error = %e, "sweep: the ticket's grants could not be read; retried next sweep");
+                            vec![Done::Failed(format!("ticket:{ticket}"), e.to_string())]
+                        }
+                        Ending::Unknown | Ending::Open(_) => vec![],
+                        Ending::Unanswered(e) => {
                             tracing::error!(ticket = %ticket, error = %e, "sweep: FreeScout did not answer; the ticket's grants are kept");
                             vec![Done::FreeScout(ticket, e.to_string())]
                         }
@@ -282,7 +294,7 @@ impl Sweeper {
 /// One sweep to the end (`sweep --once`): one tick, then every FreeScout answer it waited for;
 /// the lock is given up afterwards.
 pub async fn sweep_once(pool: &Db, settings: SweepSettings) -> Result<Report, sqlx::Error> {
-    let mut sweeper = Sweeper::new(pool.clone(), settings);
+    let mut sweeper = Sweeper::new(pool.clone(), settings, None);
     let mut report = sweeper.tick().await;
     if let Ok(r) = &mut report {
         while let Some(joined) = sweeper.tasks.join_next().await {
@@ -300,11 +312,7 @@ pub async fn sweep_once(pool: &Db, settings: SweepSettings) -> Result<Report, sq
 fn account(metrics: &Metrics, done: &Done) {
     match done {
         Done::Revoked(grant, ticket, reason) => {
-            metrics
-                .sweep_revocations
-                .with_label_values(&[reason.as_str()])
-                .inc();
-            tracing::info!(grant = %grant, ticket = %ticket, reason = %reason, "sweep: ticket grant revoked (audit row written first)");
+            ticket_ended::revoked(metrics, SWEEP, grant, ticket, reason)
         }
         Done::BreakGlassExpired(s) => {
             metrics
@@ -369,7 +377,7 @@ pub async fn run_forever(
     interval: Duration,
     metrics: std::sync::Arc<Metrics>,
 ) {
-    let mut sweeper = Sweeper::new(pool, settings);
+    let mut sweeper = Sweeper::new(pool, settings, Some(metrics.clone()));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut answers_clean = true;
@@ -390,7 +398,10 @@ pub async fn run_forever(
             Event::Done(Ok(done)) => {
                 for d in &done {
                     answers_clean &= matches!(d, Done::Revoked(..) | Done::BreakGlassExpired(..));
-                    account(&metrics, d);
+                    // A ticket's revocations were counted and logged as they were made.
+                    if !matches!(d, Done::Revoked(..)) {
+                        account(&metrics, d);
+                    }
                 }
             }
             Event::Done(Err(e)) => {

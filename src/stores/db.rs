@@ -24,9 +24,6 @@ use super::lookup::Lookup;
 pub use super::pool::Conn;
 use super::pool::{mark_broken, Pool};
 
-/// A statement and its bound values ([`Lookup::bind`]).
-pub type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
-
 /// Why the database cannot be reached, as a connection attempt of its own reports it. The pool
 /// only says "pool timed out while waiting for an open connection" whatever the cause (refused,
 /// unknown host, wrong password, no such database); an operator needs the cause. One direct

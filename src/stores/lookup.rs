@@ -5,8 +5,10 @@
 //! [`super::sql_text`]). Both forms call the same function with the same values, so they answer
 //! alike (`tests/api/round_trips.rs` holds it on a real server).
 
-use super::db::PgQuery;
 use super::sql_text::{self, Unquotable};
+
+/// A statement and its bound values ([`Lookup::bind`]).
+pub type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// A value of a [`Lookup`], of one of the SQL types the lookups take.
 #[derive(Clone, Copy, Debug)]

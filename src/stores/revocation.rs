@@ -1,5 +1,5 @@
 //! Ending grants in the database (004 §5; I-9), shared by the sweep (`jobs/sweep.rs`) and
-//! FreeScout's webhook (`doors/freescout_webhook.rs`): one ticket grant revoked with its
+//! FreeScout's webhook (a ticket's grants through `jobs/ticket_ended.rs`): one ticket grant revoked with its
 //! `ticket_expire` row first, in a transaction of its own ([`revoke_grant`]); every active grant
 //! of a ticket, each on its own ([`revoke_ticket`]); and the items whose rows could not be
 //! written, counted in `rbac_gateway_sweep_failures` ([`record_failure`]), retried by the next
@@ -158,8 +158,8 @@ pub async fn record_failure(pool: &Db, item: &str, error: &str, limit: Duration)
     }
 }
 
-/// Who revokes, as the log line of a grant that could not be revoked names it: the caller, and
-/// who tries again (the webhook's depends on whether its process sweeps).
+/// Who revokes, as the log lines of its revocations name it: the caller, and who tries again
+/// what failed (the webhook's depends on whether its process sweeps).
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     pub name: &'a str,

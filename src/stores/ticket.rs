@@ -4,7 +4,7 @@
 //! a ticket can close between two requests.
 //!
 //! Optionally each granting ticket is re-validated against an HTTP endpoint (FreeScout's
-//! conversation status, T-PEN-6). When that endpoint is configured and does not answer, the
+//! conversation status, T-PEN-6, asked by [`crate::runtime::freescout`]). When that endpoint is configured and does not answer, the
 //! request fails closed with 503. [`ticket_principal`] is the lookup the gateway's `Authority`
 //! and `explain` share; [`open_tickets`] the re-validation the reader API shares with it;
 //! [`active_grants`] the reader API's list of an admin's grants, [`customers_with_grants`] the
@@ -14,13 +14,10 @@ use std::time::Duration;
 
 use crate::policy::outcome::Unavailable;
 use crate::policy::principal::Principal;
+use crate::runtime::freescout::ticket_open;
 use crate::runtime::metrics::Metrics;
 use crate::stores::db::Db;
 use crate::stores::lookup::{Lookup, Value};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 /// Roles and permissions granted through active ticket grants, with the tickets behind them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -132,110 +129,6 @@ pub async fn customers_with_grants(pool: &Db, admin_id: &str) -> Result<Vec<i32>
     .await
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TicketCheckError {
-    #[error("ticket validation endpoint unreachable: {0}")]
-    Unreachable(String),
-    #[error("ticket validation endpoint answered {0}")]
-    BadAnswer(String),
-}
-
-/// Everything but RFC 3986 unreserved characters is escaped in the ticket id.
-const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// Statuses of a FreeScout conversation that keep a ticket grant alive, in any case (the sweep
-/// reads the ending ones in any case too: FreeScout's API and its webhooks differ in case).
-const OPEN: &[&str] = &["active", "pending"];
-
-/// FreeScout statuses that end a ticket grant (read in any case): the sweep and FreeScout's
-/// webhook revoke a ticket's grants on them.
-pub const ENDED: &[&str] = &["closed", "resolved"];
-
-/// Whether FreeScout's `status` ends a ticket grant.
-pub fn ended(status: &str) -> bool {
-    ENDED.iter().any(|e| e.eq_ignore_ascii_case(status))
-}
-
-/// The largest validator answer read; a longer one is a bad answer (fails closed).
-pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
-
-/// Asks `url_template` (with `{ticket_id}` replaced) whether the ticket is still open.
-/// The endpoint answers 200 with JSON `{"status": "active" | "pending" | "closed" | ...}`;
-/// 404 means the ticket does not exist (not open). Only `http://host:port/...` is supported:
-/// the validator is expected on a local or sidecar address.
-///
-/// hyper's HTTP/1.1 client reads the answer, so any framing the validator picks (Content-Length,
-/// chunked, keep-alive or close) is read correctly; the whole exchange, body included, is bounded
-/// by `timeout` and the body by [`MAX_ANSWER_BYTES`]. One client per call: validations are rare
-/// (ticket-scoped routes only) and a client shared across the proxy's runtimes would hand out
-/// connections whose tasks live on another runtime.
-pub async fn ticket_open(
-    url_template: &str,
-    ticket_id: &str,
-    timeout: Duration,
-) -> Result<bool, TicketCheckError> {
-    Ok(ticket_status(url_template, ticket_id, timeout)
-        .await?
-        .is_some_and(|st| OPEN.iter().any(|o| o.eq_ignore_ascii_case(&st))))
-}
-
-/// The ticket's status as the validator reports it (`{"status": ...}`), or None when it answers
-/// 404 (no such ticket).
-pub async fn ticket_status(
-    url_template: &str,
-    ticket_id: &str,
-    timeout: Duration,
-) -> Result<Option<String>, TicketCheckError> {
-    let encoded: String = percent_encoding::utf8_percent_encode(ticket_id, UNRESERVED).to_string();
-    let url = url_template.replace("{ticket_id}", &encoded);
-    let uri: hyper::Uri = url
-        .parse()
-        .map_err(|e| TicketCheckError::Unreachable(format!("bad URL {url}: {e}")))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(TicketCheckError::Unreachable(format!(
-            "only http:// is supported: {url}"
-        )));
-    }
-    let req = hyper::Request::get(uri)
-        .header(hyper::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| TicketCheckError::Unreachable(format!("bad request for {url}: {e}")))?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let fetch = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| TicketCheckError::Unreachable(format!("{e:#}")))?;
-        let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| TicketCheckError::BadAnswer(format!("body: {e}")))?
-            .to_bytes();
-        Ok::<_, TicketCheckError>((status, body))
-    };
-    let (status, body) = tokio::time::timeout(timeout, fetch)
-        .await
-        .map_err(|_| TicketCheckError::Unreachable("timed out".into()))??;
-    match status {
-        404 => Ok(None),
-        200 => {
-            let v: serde_json::Value = serde_json::from_slice(&body)
-                .map_err(|e| TicketCheckError::BadAnswer(format!("not JSON: {e}")))?;
-            let st = v
-                .get("status")
-                .and_then(|s| s.as_str())
-                .ok_or_else(|| TicketCheckError::BadAnswer("no status".into()))?;
-            Ok(Some(st.to_string()))
-        }
-        other => Err(TicketCheckError::BadAnswer(format!("HTTP {other}"))),
-    }
-}
-
 /// The principal with its live ticket grants for `customer` (re-validated against
 /// `validation_url` when given), or None when there are none. Shared by the gateway and
 /// `explain`.
@@ -301,16 +194,4 @@ pub async fn open_tickets(
         }
     }
     Ok(open)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn ended_statuses_are_read_in_any_case() {
-        assert!(super::ended("CLOSED"));
-        assert!(super::ended("Resolved"));
-        assert!(!super::ended("active"));
-        assert!(!super::ended("pending"));
-        assert!(!super::ended(""));
-    }
 }
