@@ -8,8 +8,8 @@ use anyhow::{anyhow, Context};
 
 use super::toolbox::{diag, failure, runtime, say, usage};
 use super::Exit;
+use crate::cli::{args::CheckArgs, EXIT_PROBLEMS};
 use crate::policy::mapping::{Diagnostic, Mapping, Severity};
-use crate::runtime::config::{CheckArgs, EXIT_PROBLEMS};
 use crate::stores::schema as db_schema;
 
 /// The columns the gateway reads or writes, per table.
@@ -308,9 +308,14 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
             let pool = super::toolbox::command_pool(url, 1, Duration::from_secs(10)).await?;
             let found = check_database(&pool, &mapping, &file, schema).await?;
             let held = match schema {
-                Schema::Whole => {
-                    Some(super::invariants::invariants(&pool, &args.decision, &args.posture).await)
-                }
+                Schema::Whole => Some(
+                    super::invariants::invariants(
+                        &pool,
+                        &args.decision.settings(),
+                        &args.posture.settings(),
+                    )
+                    .await,
+                ),
                 Schema::Readable => None,
             };
             Ok::<_, Exit>((found, held))

@@ -17,9 +17,9 @@ use super::toolbox::{
 };
 use super::Exit;
 use crate::cli::access::{cell, probes, Cell, InMemory};
+use crate::cli::{args::DiffArgs, EXIT_PROBLEMS};
 use crate::policy::mapping::{Mapping, Route};
 use crate::policy::outcome::Switches;
-use crate::runtime::config::{DiffArgs, EXIT_PROBLEMS};
 
 /// What one method of one rule is, for comparison.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,12 +16,12 @@ use super::toolbox::{
     command_pool, failure, load_mapping, load_stored_ref, runtime, say, stored_ref, usage,
 };
 use super::Exit;
+use crate::cli::{args::RolloutArgs, EXIT_PROBLEMS};
 use crate::gateway::reload::{load_stored, Unloadable};
 use crate::policy::cutover::{
     assess, human, routes_of, timeline, Activation, ClusterStatus, LoadedRoute, Verdict,
 };
 use crate::policy::mapping::Mapping;
-use crate::runtime::config::{RolloutArgs, EXIT_PROBLEMS};
 use crate::stores::mapping_store;
 use crate::stores::rollout::{history, window};
 
@@ -76,7 +76,7 @@ pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
             file,
             window_seconds,
             args.cluster.as_deref(),
-            (&args.decision, &args.posture),
+            (&args.decision.settings(), &args.posture.settings()),
         )
         .await
     })?;
@@ -107,8 +107,8 @@ pub(crate) async fn report(
     window_seconds: i64,
     cluster: Option<&str>,
     settings: (
-        &crate::runtime::posture::DecisionArgs,
-        &crate::runtime::posture::PostureArgs,
+        &crate::runtime::posture::DecisionSettings,
+        &crate::runtime::posture::PostureSettings,
     ),
 ) -> Result<Report, Exit> {
     let mapping = match (file, stored_ref(routes)) {

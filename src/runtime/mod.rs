@@ -1,9 +1,9 @@
-//! The ground: the process every other folder stands on. Flags ([`config`]), metrics
-//! ([`metrics`]), background tasks under supervision ([`supervise`]), the process's signals
-//! ([`signals`]), logging ([`logfmt`], [`log_sink`]) and OpenTelemetry's export ([`telemetry`]). Nothing here knows the policy, a store
-//! or a door; the gateway's shared state and the mapping reload are in `gateway/`.
+//! The ground: the process every other folder stands on. The seeds' settings ([`posture`]; the
+//! flags that fill them are `cli/args/`), metrics ([`metrics`]), background tasks under
+//! supervision ([`supervise`]), the process's signals ([`signals`]), logging ([`logfmt`],
+//! [`log_sink`]) and OpenTelemetry's export ([`telemetry`]). Nothing here knows the policy, a
+//! store or a door; the gateway's shared state and the mapping reload are in `gateway/`.
 
-pub mod config;
 pub mod https_client;
 pub mod log_sink;
 pub mod logfmt;

@@ -12,8 +12,8 @@ use anyhow::anyhow;
 
 use super::toolbox::{failure, init_logging, usage};
 use super::Exit;
+use crate::cli::args::ServeArgs;
 use crate::dataplane::workers::{self, StartError};
-use crate::runtime::config::ServeArgs;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::signals::Signals;
 use crate::runtime::supervise::{self, Task};
