@@ -9,11 +9,12 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rbac_gateway::cli;
-use rbac_gateway::runtime::config::{Cli, Command, EXIT_USAGE};
+use rbac_gateway::cli::args::{Cli, Command};
+use rbac_gateway::cli::EXIT_USAGE;
 
 fn main() {
     no_transparent_huge_pages();
-    rbac_gateway::runtime::config::unset_empty_switches();
+    rbac_gateway::cli::args::unset_empty_switches();
     let parsed = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

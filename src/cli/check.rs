@@ -8,8 +8,8 @@ use anyhow::{anyhow, Context};
 
 use super::toolbox::{diag, failure, runtime, say, usage};
 use super::Exit;
+use crate::cli::{args::CheckArgs, EXIT_PROBLEMS};
 use crate::policy::mapping::{Diagnostic, Mapping, Severity};
-use crate::runtime::config::{CheckArgs, EXIT_PROBLEMS};
 use crate::stores::schema as db_schema;
 
 /// The columns the gateway reads or writes, per table.
@@ -308,9 +308,14 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
             let pool = super::toolbox::command_pool(url, 1, Duration::from_secs(10)).await?;
             let found = check_database(&pool, &mapping, &file, schema).await?;
             let held = match schema {
-                Schema::Whole => {
-                    Some(super::invariants::invariants(&pool, &args.decision, &args.posture).await)
-                }
+                Schema::Whole => Some(
+                    super::invariants::invariants(
+                        &pool,
+                        &args.decision.settings(),
+                        &args.posture.settings(),
+                    )
+                    .await,
+                ),
                 Schema::Readable => None,
             };
             Ok::<_, Exit>((found, held))
@@ -358,49 +363,7 @@ async fn check_database(
     let mut out = Vec::new();
     // Tables that exist but this role may not read: information_schema lists none of their
     // columns, which is not a missing column.
-    let unreadable: Vec<String> = match schema {
-        // Run as the gateway's role: a table it holds no privilege on is named with the grant
-        // (not as its every column missing); the mapping store only a gateway with
-        // `--mapping-source database` reads.
-        Schema::Whole => {
-            let tables: Vec<&str> = SCHEMA.iter().map(|(t, _)| *t).collect();
-            let found = db_schema::invisible_tables(pool, &tables)
-                .await
-                .context("cannot read this role's privileges")
-                .map_err(failure)?;
-            for table in &found {
-                if MAPPING_STORE.contains(&table.as_str()) {
-                    say!(
-                        "database: {table} is not checked: this role may not read it, and only `serve --mapping-source database` does (deploy/mapping-grants.sql, rbac_gateway_reader)"
-                    );
-                } else {
-                    out.push(diag(
-                        file,
-                        0,
-                        0,
-                        Severity::Error,
-                        format!("database: this role holds no privilege on {table}, which `serve` uses (deploy/gateway-grants.sql, rbac_gateway_serve)"),
-                    ));
-                }
-            }
-            found
-        }
-        Schema::Readable => {
-            let tables: Vec<&str> = SCHEMA.iter().map(|(t, _)| *t).collect();
-            let found = db_schema::unreadable_tables(pool, &tables)
-                .await
-                .context("cannot read this role's privileges")
-                .map_err(failure)?;
-            if !found.is_empty() {
-                say!(
-                    "database: the schema of {} table(s) this role may not read is not checked here (`rbac-gateway check --database-url` as the gateway's role checks it): {}",
-                    found.len(),
-                    found.join(", ")
-                );
-            }
-            found
-        }
-    };
+    let unreadable = unreadable(pool, file, schema, &mut out).await?;
     let columns = db_schema::columns(pool)
         .await
         .context("cannot read the schema")
@@ -442,6 +405,81 @@ async fn check_database(
     // another role may plant where the gateway's names resolve, and what of the gateway's it
     // may run.
     out.extend(trust_boundary(pool, file).await?);
+    functions(pool, file, &mut out).await?;
+    if out.iter().any(|d| d.severity == Severity::Error) {
+        return Ok(out);
+    }
+    let unknown = crate::stores::catalogue::unknown_names(pool, mapping)
+        .await
+        .map_err(failure)?;
+    out.extend(
+        unknown
+            .into_iter()
+            .map(|u| diag(file, u.line, u.col, Severity::Error, u.to_string())),
+    );
+    Ok(out)
+}
+
+/// The tables of [`SCHEMA`] this role may not read (their columns are then not checked), each
+/// said or, run as the gateway's role (`Whole`), an error in `out`.
+async fn unreadable(
+    pool: &crate::stores::db::Db,
+    file: &str,
+    schema: Schema,
+    out: &mut Vec<crate::policy::mapping::Diagnostic>,
+) -> Result<Vec<String>, Exit> {
+    Ok(match schema {
+        // Run as the gateway's role: a table it holds no privilege on is named with the grant
+        // (not as its every column missing); the mapping store only a gateway with
+        // `--mapping-source database` reads.
+        Schema::Whole => {
+            let tables: Vec<&str> = SCHEMA.iter().map(|(t, _)| *t).collect();
+            let found = db_schema::invisible_tables(pool, &tables)
+                .await
+                .context("cannot read this role's privileges")
+                .map_err(failure)?;
+            for table in &found {
+                if MAPPING_STORE.contains(&table.as_str()) {
+                    say!(
+                        "database: {table} is not checked: this role may not read it, and only `serve --mapping-source database` does (deploy/mapping-grants.sql, rbac_gateway_reader)"
+                    );
+                } else {
+                    out.push(diag(
+                        file,
+                        0,
+                        0,
+                        Severity::Error,
+                        format!("database: this role holds no privilege on {table}, which `serve` uses (deploy/gateway-grants.sql, rbac_gateway_serve)"),
+                    ));
+                }
+            }
+            found
+        }
+        Schema::Readable => {
+            let tables: Vec<&str> = SCHEMA.iter().map(|(t, _)| *t).collect();
+            let found = db_schema::unreadable_tables(pool, &tables)
+                .await
+                .context("cannot read this role's privileges")
+                .map_err(failure)?;
+            if !found.is_empty() {
+                say!(
+                    "database: the schema of {} table(s) this role may not read is not checked here (`rbac-gateway check --database-url` as the gateway's role checks it): {}",
+                    found.len(),
+                    found.join(", ")
+                );
+            }
+            found
+        }
+    })
+}
+
+/// The gateway's functions: the triggers' run as their owner with a pinned search_path, the
+/// lookups' exist; each that does not is an error in `out`.
+async fn functions(
+    pool: &crate::stores::db::Db,
+    file: &str,
+    out: &mut Vec<crate::policy::mapping::Diagnostic>,
+) -> Result<(), Exit> {
     // The triggers on Console's tables write the gateway's tables for Console's role, which has
     // no grant there: they run as their owner, with a search_path of pg_catalog and pg_temp only,
     // so nothing the caller creates stands in for a name they use (migrations 0017, 0019).
@@ -488,18 +526,7 @@ async fn check_database(
             ));
         }
     }
-    if out.iter().any(|d| d.severity == Severity::Error) {
-        return Ok(out);
-    }
-    let unknown = crate::stores::catalogue::unknown_names(pool, mapping)
-        .await
-        .map_err(failure)?;
-    out.extend(
-        unknown
-            .into_iter()
-            .map(|u| diag(file, u.line, u.col, Severity::Error, u.to_string())),
-    );
-    Ok(out)
+    Ok(())
 }
 
 /// `check --database-url`'s lints of the trust boundary in the shared database: each finding
@@ -696,6 +723,18 @@ pub fn check_app_routes(
             }
         }
     }
+    out.extend(unmatched_rules(mapping, file, &routes));
+    Ok(out)
+}
+
+/// Each method of a gateway rule (but `gone`) that no Console route has.
+fn unmatched_rules(
+    mapping: &Mapping,
+    file: &str,
+    routes: &[AppRoute],
+) -> Vec<crate::policy::mapping::Diagnostic> {
+    let norm = |rule: &str| crate::policy::mapping::rule_signature(rule);
+    let mut out = Vec::new();
     for r in &mapping.routes {
         if r.access == crate::policy::mapping::Access::Gone {
             continue;
@@ -716,5 +755,5 @@ pub fn check_app_routes(
             }
         }
     }
-    Ok(out)
+    out
 }

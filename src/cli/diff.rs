@@ -17,9 +17,9 @@ use super::toolbox::{
 };
 use super::Exit;
 use crate::cli::access::{cell, probes, Cell, InMemory};
+use crate::cli::{args::DiffArgs, EXIT_PROBLEMS};
 use crate::policy::mapping::{Mapping, Route};
 use crate::policy::outcome::Switches;
-use crate::runtime::config::{DiffArgs, EXIT_PROBLEMS};
 
 /// What one method of one rule is, for comparison.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +221,74 @@ pub(crate) async fn compare(
     catalogue: &'static str,
     who: Vec<Reviewed>,
 ) -> Report {
+    let rules = rule_changes(old, new);
+    // The requests to ask about: a path for every method of every rule of either mapping (a
+    // new rule can take requests an old one decided, and the other way round).
+    let mut asked: BTreeMap<(String, String), String> = BTreeMap::new();
+    for m in [new, old] {
+        for p in probes(m) {
+            if let Some(path) = p.path {
+                let rule = new
+                    .find(&p.method, &path)
+                    .or_else(|| old.find(&p.method, &path))
+                    .map_or_else(|| "-".to_string(), |(r, _)| r.label().to_string());
+                asked.entry((p.method, path)).or_insert(rule);
+            }
+        }
+    }
+    let mut principals = Vec::new();
+    for r in who {
+        let authority = InMemory {
+            principal: r.principal.clone(),
+            tickets: BTreeMap::new(),
+        };
+        let mut affected = Affected {
+            kind: r.kind,
+            name: r.name.clone(),
+            email: r.email.clone(),
+            gains: vec![],
+            losses: vec![],
+            other: vec![],
+        };
+        for ((method, path), rule) in &asked {
+            let before = cell(old, switches, true, &authority, method, Some(path)).await;
+            let after = cell(new, switches, true, &authority, method, Some(path)).await;
+            if before.outcome == after.outcome && before.reach == after.reach {
+                continue;
+            }
+            let shift = Shift {
+                method: method.clone(),
+                path: path.clone(),
+                rule: rule.clone(),
+                before,
+                after,
+            };
+            match shift.after.reach.cmp(&shift.before.reach) {
+                std::cmp::Ordering::Greater => affected.gains.push(shift),
+                std::cmp::Ordering::Less => affected.losses.push(shift),
+                std::cmp::Ordering::Equal => affected.other.push(shift),
+            }
+        }
+        principals.push(affected);
+    }
+    let access_changes = rules.iter().any(|r| r.access)
+        || principals
+            .iter()
+            .any(|p| !p.gains.is_empty() || !p.losses.is_empty() || !p.other.is_empty());
+    Report {
+        old: old.file.display().to_string(),
+        old_version: old.version.clone(),
+        new: new.file.display().to_string(),
+        new_version: new.version.clone(),
+        catalogue,
+        rules,
+        principals,
+        access_changes,
+    }
+}
+
+/// Each method and rule removed, added or changed between `old` and `new`, and what changed.
+fn rule_changes(old: &Mapping, new: &Mapping) -> Vec<RuleChange> {
     let (a, b) = (index(old), index(new));
     let mut rules = Vec::new();
     for (k @ (method, path), before) in &a {
@@ -290,69 +358,7 @@ pub(crate) async fn compare(
             });
         }
     }
-    // The requests to ask about: a path for every method of every rule of either mapping (a
-    // new rule can take requests an old one decided, and the other way round).
-    let mut asked: BTreeMap<(String, String), String> = BTreeMap::new();
-    for m in [new, old] {
-        for p in probes(m) {
-            if let Some(path) = p.path {
-                let rule = new
-                    .find(&p.method, &path)
-                    .or_else(|| old.find(&p.method, &path))
-                    .map_or_else(|| "-".to_string(), |(r, _)| r.label().to_string());
-                asked.entry((p.method, path)).or_insert(rule);
-            }
-        }
-    }
-    let mut principals = Vec::new();
-    for r in who {
-        let authority = InMemory {
-            principal: r.principal.clone(),
-            tickets: BTreeMap::new(),
-        };
-        let mut affected = Affected {
-            kind: r.kind,
-            name: r.name.clone(),
-            email: r.email.clone(),
-            gains: vec![],
-            losses: vec![],
-            other: vec![],
-        };
-        for ((method, path), rule) in &asked {
-            let before = cell(old, switches, true, &authority, method, Some(path)).await;
-            let after = cell(new, switches, true, &authority, method, Some(path)).await;
-            if before.outcome == after.outcome && before.reach == after.reach {
-                continue;
-            }
-            let shift = Shift {
-                method: method.clone(),
-                path: path.clone(),
-                rule: rule.clone(),
-                before,
-                after,
-            };
-            match shift.after.reach.cmp(&shift.before.reach) {
-                std::cmp::Ordering::Greater => affected.gains.push(shift),
-                std::cmp::Ordering::Less => affected.losses.push(shift),
-                std::cmp::Ordering::Equal => affected.other.push(shift),
-            }
-        }
-        principals.push(affected);
-    }
-    let access_changes = rules.iter().any(|r| r.access)
-        || principals
-            .iter()
-            .any(|p| !p.gains.is_empty() || !p.losses.is_empty() || !p.other.is_empty());
-    Report {
-        old: old.file.display().to_string(),
-        old_version: old.version.clone(),
-        new: new.file.display().to_string(),
-        new_version: new.version.clone(),
-        catalogue,
-        rules,
-        principals,
-        access_changes,
-    }
+    rules
 }
 
 fn shift_line(s: &Shift) -> String {

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context};
 
 use super::toolbox::{command_pool, failure, load_mapping, runtime, say, usage};
 use super::Exit;
-use crate::runtime::config::{DriftArgs, EXIT_PROBLEMS};
+use crate::cli::{args::DriftArgs, EXIT_PROBLEMS};
 
 /// A cluster no rule names would report zero drift: a typo must not pass the go/no-go gate
 /// (`drift --cluster`, `rollout --cluster`).

@@ -8,12 +8,12 @@ use std::time::Duration;
 use super::toolbox::{command_pool, failure, load_mapping, runtime, say, usage};
 use super::Exit;
 use crate::cli::access::InMemory;
+use crate::cli::args::ExplainArgs;
 use crate::policy::answer::{Answer, Reply};
 use crate::policy::mapping::Mapping;
-use crate::policy::outcome::{decide, Authority, Facts, Outcome, Switches, Unavailable};
+use crate::policy::outcome::{decide, Authority, Facts, Outcome, Unavailable};
 use crate::policy::principal::Principal;
 use crate::policy::target;
-use crate::runtime::config::ExplainArgs;
 use crate::runtime::metrics::Metrics;
 use crate::stores::identity;
 
@@ -233,7 +233,7 @@ async fn from_audit_row(
     };
     let Some(first) = rows.first() else {
         return Err(Exit {
-            code: crate::runtime::config::EXIT_PROBLEMS,
+            code: crate::cli::EXIT_PROBLEMS,
             error: anyhow::anyhow!(
                 "request {request_id}: no audit row (only denials, shadow denials and drift are recorded)"
             ),
@@ -433,10 +433,7 @@ async fn explain_request(
         }
         None => put!(out, "rule: none matches {} {}", method, t.path),
     }
-    let switches = Switches {
-        kill_switch: args.decision.kill_switch(),
-        ticket_grants: args.decision.ticket_grants(),
-    };
+    let switches = args.decision.switches();
     if switches.kill_switch {
         put!(out, "kill switch: on (FLAG_RBAC_V2=0), every route is off");
     }

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::runtime::posture::{DecisionArgs, Kind, PostureArgs, TicketRevalidation};
+use crate::runtime::posture::{DecisionSettings, Kind, PostureSettings, TicketRevalidation};
 use crate::stores::db::Db;
 use crate::stores::invariants::{self as facts, Promotion};
 
@@ -58,8 +58,8 @@ impl Invariant {
 /// Every invariant, in the seeds' order.
 pub async fn invariants(
     pool: &Db,
-    decision: &DecisionArgs,
-    posture: &PostureArgs,
+    decision: &DecisionSettings,
+    posture: &PostureSettings,
 ) -> Vec<Invariant> {
     vec![
         i4(pool, decision, posture).await,
@@ -71,7 +71,7 @@ pub async fn invariants(
 }
 
 /// I-4: the alert before the session proceeds, and superadmin held through break-glass only.
-async fn i4(pool: &Db, decision: &DecisionArgs, posture: &PostureArgs) -> Invariant {
+async fn i4(pool: &Db, decision: &DecisionSettings, posture: &PostureSettings) -> Invariant {
     let holders = facts::break_glass_roles_outside_sessions(pool).await;
     let mut not_met = Vec::new();
     let mut said = Vec::new();
@@ -123,7 +123,7 @@ async fn i4(pool: &Db, decision: &DecisionArgs, posture: &PostureArgs) -> Invari
 /// I-5: every grant and revoke the gateway writes reaches Console's audit writer (the outbox of
 /// `rbac_gateway_audit_outbox`, docs/audit-writer.md): an audit writer is set, and no row waits
 /// past `--audit-writer-alert-after`.
-async fn i5(pool: &Db, posture: &PostureArgs) -> Invariant {
+async fn i5(pool: &Db, posture: &PostureSettings) -> Invariant {
     let after = std::time::Duration::from_secs_f64(posture.audit_writer_alert_after.max(0.0));
     let state = crate::stores::audit_outbox::outbox_state(pool, after, LIMIT).await;
     let configured = posture.audit_writer_url.is_some();
@@ -207,7 +207,7 @@ async fn i6(pool: &Db) -> Invariant {
 /// I-11: FLAG_RBAC_V2 is not on in production without its `console_flag_promotions` row. The
 /// kill switch is the fleet's (its latest recorded load) when a gateway recorded one, else this
 /// command's.
-async fn i11(pool: &Db, decision: &DecisionArgs, posture: &PostureArgs) -> Invariant {
+async fn i11(pool: &Db, decision: &DecisionSettings, posture: &PostureSettings) -> Invariant {
     let promotion = facts::flag_promotion(pool, FLAG).await;
     let row = match &promotion {
         Ok(p) => p.said(FLAG),
@@ -260,7 +260,7 @@ async fn i11(pool: &Db, decision: &DecisionArgs, posture: &PostureArgs) -> Invar
 }
 
 /// T-PEN-6: ticket grants re-validated against FreeScout on every request, fail closed.
-fn t_pen_6(decision: &DecisionArgs) -> Invariant {
+fn t_pen_6(decision: &DecisionSettings) -> Invariant {
     match decision.ticket_revalidation() {
         TicketRevalidation::GrantsOff => Invariant::new("T-PEN-6", State::Met, "FLAG_TICKET_SCOPED_GRANTS=0: no ticket grant counts"),
         TicketRevalidation::EveryRequest => Invariant::new("T-PEN-6", State::Met, "each ticket grant is re-validated against --ticket-validation-url on every request (503 when FreeScout does not answer)"),

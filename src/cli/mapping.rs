@@ -14,12 +14,12 @@ use serde::Serialize;
 use super::toolbox::{command_pool, failure, named_version, runtime, say, stdout_failed, usage};
 use super::Exit;
 use crate::cli::access::Catalogue;
-use crate::policy::mapping::Mapping;
-use crate::policy::outcome::Switches;
-use crate::runtime::config::{
+use crate::cli::args::{
     CheckArgs, MappingActivateArgs, MappingChangeArgs, MappingCommand, MappingHistoryArgs,
     MappingPushArgs, MappingShowArgs,
 };
+use crate::policy::mapping::Mapping;
+use crate::policy::outcome::Switches;
 use crate::stores::mapping_store::{self as store, Activated, Change, Refused, TestsRecord};
 
 pub fn mapping(cmd: MappingCommand) -> Result<(), Exit> {

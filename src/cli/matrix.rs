@@ -17,10 +17,10 @@ use super::toolbox::{
 };
 use super::Exit;
 use crate::cli::access::{cell, probes, Catalogue, Cell, InMemory, Probe};
+use crate::cli::args::MatrixArgs;
 use crate::policy::mapping::Mapping;
 use crate::policy::outcome::Switches;
 use crate::policy::principal::Principal;
-use crate::runtime::config::MatrixArgs;
 use crate::stores::identity;
 
 /// One column: a method of a rule, and the path it was asked on.
@@ -474,10 +474,7 @@ pub fn matrix(args: MatrixArgs) -> Result<(), Exit> {
         None => Some(load_mapping(&args.routes)?),
     };
     let settings = Settings {
-        switches: Switches {
-            kill_switch: args.decision.kill_switch(),
-            ticket_grants: args.decision.ticket_grants(),
-        },
+        switches: args.decision.switches(),
         rbac_api: args.rbac_api,
         break_glass_requires_alert: args.decision.break_glass_requires_alert,
     };

@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use super::toolbox::{command_pool, failure, runtime, say};
 use super::Exit;
-use crate::runtime::config::MigrateArgs;
+use crate::cli::args::MigrateArgs;
 use crate::stores::migrations;
 
 pub fn migrate(args: MigrateArgs) -> Result<(), Exit> {

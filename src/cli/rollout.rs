@@ -16,12 +16,12 @@ use super::toolbox::{
     command_pool, failure, load_mapping, load_stored_ref, runtime, say, stored_ref, usage,
 };
 use super::Exit;
+use crate::cli::{args::RolloutArgs, EXIT_PROBLEMS};
 use crate::gateway::reload::{load_stored, Unloadable};
 use crate::policy::cutover::{
     assess, human, routes_of, timeline, Activation, ClusterStatus, LoadedRoute, Verdict,
 };
 use crate::policy::mapping::Mapping;
-use crate::runtime::config::{RolloutArgs, EXIT_PROBLEMS};
 use crate::stores::mapping_store;
 use crate::stores::rollout::{history, window};
 
@@ -76,7 +76,7 @@ pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
             file,
             window_seconds,
             args.cluster.as_deref(),
-            (&args.decision, &args.posture),
+            (&args.decision.settings(), &args.posture.settings()),
         )
         .await
     })?;
@@ -107,8 +107,8 @@ pub(crate) async fn report(
     window_seconds: i64,
     cluster: Option<&str>,
     settings: (
-        &crate::runtime::posture::DecisionArgs,
-        &crate::runtime::posture::PostureArgs,
+        &crate::runtime::posture::DecisionSettings,
+        &crate::runtime::posture::PostureSettings,
     ),
 ) -> Result<Report, Exit> {
     let mapping = match (file, stored_ref(routes)) {
@@ -125,36 +125,7 @@ pub(crate) async fn report(
         .await
         .context("cannot read rbac_gateway_mapping_versions (run `rbac-gateway migrate`?)")
         .map_err(failure)?;
-    // The activations, each version compiled once (one that does not load was never run).
-    let times = mapping_store::activation_times(pool)
-        .await
-        .context("cannot read rbac_mapping_activations (run `rbac-gateway migrate`? does this role have SELECT on it, deploy/mapping-grants.sql?)")
-        .map_err(failure)?;
-    let mut compiled: HashMap<String, Option<HashMap<String, LoadedRoute>>> = HashMap::new();
-    let mut skipped = Vec::new();
-    let mut activations = Vec::new();
-    for (id, version, at) in times {
-        if !compiled.contains_key(&version) {
-            let routes = match load_stored(pool, &version).await {
-                Ok(m) => Some(routes_of(&m)),
-                Err(Unloadable::Db(e)) => {
-                    return Err(failure(anyhow!(
-                        "cannot read mapping version {version}: {e}"
-                    )))
-                }
-                Err(e) => {
-                    skipped.push(format!("activation #{id} of {version}: {e}"));
-                    None
-                }
-            };
-            compiled.insert(version.clone(), routes);
-        }
-        activations.push(Activation {
-            routes: compiled[&version].clone(),
-            version,
-            at,
-        });
-    }
+    let (activations, skipped) = activations(pool).await?;
     let rows = window(pool, window_seconds)
         .await
         .context("cannot read the shadow-mode audit rows")
@@ -179,29 +150,7 @@ pub(crate) async fn report(
             }
         }
     }
-    let failing: Vec<String> = clusters
-        .iter()
-        .filter(|s| match cluster {
-            Some(_) => !matches!(s.verdict, Verdict::Ready | Verdict::Enforced),
-            None => s.promoted && s.verdict != Verdict::Ready,
-        })
-        .map(|s| {
-            format!(
-                "{}{}: {}",
-                s.cluster,
-                if s.promoted {
-                    " (enforced by this file)"
-                } else {
-                    ""
-                },
-                if s.reasons.is_empty() {
-                    s.verdict.as_str().to_string()
-                } else {
-                    s.reasons.join("; ")
-                }
-            )
-        })
-        .collect();
+    let failing = failing(&clusters, cluster);
     let tests = match stored_ref(routes) {
         Some(_) => mapping_store::tests_record(pool, &mapping.version)
             .await
@@ -232,7 +181,98 @@ pub(crate) async fn report(
     })
 }
 
+/// The activations, each version compiled once (one that does not load was never run), and a
+/// line for each activation of a version that does not load.
+async fn activations(pool: &crate::stores::db::Db) -> Result<(Vec<Activation>, Vec<String>), Exit> {
+    let times = mapping_store::activation_times(pool)
+        .await
+        .context("cannot read rbac_mapping_activations (run `rbac-gateway migrate`? does this role have SELECT on it, deploy/mapping-grants.sql?)")
+        .map_err(failure)?;
+    let mut compiled: HashMap<String, Option<HashMap<String, LoadedRoute>>> = HashMap::new();
+    let mut skipped = Vec::new();
+    let mut activations = Vec::new();
+    for (id, version, at) in times {
+        if !compiled.contains_key(&version) {
+            let routes = match load_stored(pool, &version).await {
+                Ok(m) => Some(routes_of(&m)),
+                Err(Unloadable::Db(e)) => {
+                    return Err(failure(anyhow!(
+                        "cannot read mapping version {version}: {e}"
+                    )))
+                }
+                Err(e) => {
+                    skipped.push(format!("activation #{id} of {version}: {e}"));
+                    None
+                }
+            };
+            compiled.insert(version.clone(), routes);
+        }
+        activations.push(Activation {
+            routes: compiled[&version].clone(),
+            version,
+            at,
+        });
+    }
+    Ok((activations, skipped))
+}
+
+/// The gate's failures: with `cluster`, that one unless ready or enforced; without, each
+/// cluster this file enforces that is not ready.
+fn failing(clusters: &[ClusterStatus], cluster: Option<&str>) -> Vec<String> {
+    clusters
+        .iter()
+        .filter(|s| match cluster {
+            Some(_) => !matches!(s.verdict, Verdict::Ready | Verdict::Enforced),
+            None => s.promoted && s.verdict != Verdict::Ready,
+        })
+        .map(|s| {
+            format!(
+                "{}{}: {}",
+                s.cluster,
+                if s.promoted {
+                    " (enforced by this file)"
+                } else {
+                    ""
+                },
+                if s.reasons.is_empty() {
+                    s.verdict.as_str().to_string()
+                } else {
+                    s.reasons.join("; ")
+                }
+            )
+        })
+        .collect()
+}
+
 fn table(r: &Report, now: chrono::DateTime<chrono::Utc>) {
+    table_head(r, now);
+    say!(
+        "{:<9} {:>6} {:<18} {:>12} {:>8} {:>6}  verdict",
+        "cluster",
+        "rules",
+        "modes (fleet)",
+        "in shadow",
+        "denials",
+        "drift"
+    );
+    for c in &r.clusters {
+        cluster_rows(r, c, now);
+    }
+    for line in super::invariants::lines(&r.invariants) {
+        say!("{line}");
+    }
+    if r.failing.is_empty() {
+        say!("gate: pass");
+    } else {
+        for f in &r.failing {
+            say!("gate: FAIL {f}");
+        }
+    }
+}
+
+/// The table's head: the mapping and window, the tests at its push, what the fleet runs and
+/// where soak is counted from.
+fn table_head(r: &Report, now: chrono::DateTime<chrono::Utc>) {
     say!(
         "rollout: {} (version {}), window {} (since {})",
         r.mapping,
@@ -281,92 +321,75 @@ fn table(r: &Report, now: chrono::DateTime<chrono::Utc>) {
     for s in &r.unloadable_activations {
         say!("not counted (does not load, never applied): {s}");
     }
+}
+
+/// A cluster's row of the table, and a line for each of its rules.
+fn cluster_rows(r: &Report, c: &ClusterStatus, now: chrono::DateTime<chrono::Utc>) {
+    let mut modes: std::collections::BTreeMap<&str, usize> = Default::default();
+    for s in &c.routes {
+        *modes
+            .entry(s.fleet_mode.as_deref().unwrap_or("?"))
+            .or_default() += 1;
+    }
+    let modes: Vec<String> = modes.iter().map(|(m, n)| format!("{n} {m}")).collect();
+    let soaked = c
+        .shadow_since
+        .map_or("-".to_string(), |s| human((now - s).num_seconds()));
     say!(
-        "{:<9} {:>6} {:<18} {:>12} {:>8} {:>6}  verdict",
-        "cluster",
-        "rules",
-        "modes (fleet)",
-        "in shadow",
-        "denials",
-        "drift"
+        "{:<9} {:>6} {:<18} {:>12} {:>8} {:>6}  {}{}{}",
+        c.cluster,
+        c.routes.len(),
+        modes.join(", "),
+        soaked,
+        c.shadow_denials,
+        c.drift,
+        c.verdict.as_str(),
+        if c.reasons.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", c.reasons.join("; "))
+        },
+        if c.promoted {
+            " [this file enforces it]"
+        } else {
+            ""
+        }
     );
-    for c in &r.clusters {
-        let mut modes: std::collections::BTreeMap<&str, usize> = Default::default();
-        for s in &c.routes {
-            *modes
-                .entry(s.fleet_mode.as_deref().unwrap_or("?"))
-                .or_default() += 1;
-        }
-        let modes: Vec<String> = modes.iter().map(|(m, n)| format!("{n} {m}")).collect();
-        let soaked = c
-            .shadow_since
-            .map_or("-".to_string(), |s| human((now - s).num_seconds()));
+    if let Some(t) = &c.title {
+        say!("          {t}");
+    }
+    for s in &c.routes {
+        let differs = s.fleet_mode.as_deref() != Some(s.file_mode.as_str());
         say!(
-            "{:<9} {:>6} {:<18} {:>12} {:>8} {:>6}  {}{}{}",
-            c.cluster,
-            c.routes.len(),
-            modes.join(", "),
-            soaked,
-            c.shadow_denials,
-            c.drift,
-            c.verdict.as_str(),
-            if c.reasons.is_empty() {
+            "          {} {}{}{}{}{}",
+            s.rule,
+            s.fleet_mode
+                .as_deref()
+                .unwrap_or(if r.fleet_version.is_some() {
+                    "not running"
+                } else {
+                    "unknown"
+                }),
+            s.since.map_or(String::new(), |t| format!(
+                " since {}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )),
+            if differs {
+                format!(" (file: {})", s.file_mode)
+            } else {
                 String::new()
-            } else {
-                format!(": {}", c.reasons.join("; "))
             },
-            if c.promoted {
-                " [this file enforces it]"
+            if s.shadow_denials + s.drift > 0 {
+                format!(
+                    ", {} would-be denial(s), {} drift",
+                    s.shadow_denials, s.drift
+                )
             } else {
-                ""
-            }
+                String::new()
+            },
+            s.pending
+                .as_deref()
+                .map_or(String::new(), |p| format!(", pending {p}"))
         );
-        if let Some(t) = &c.title {
-            say!("          {t}");
-        }
-        for s in &c.routes {
-            let differs = s.fleet_mode.as_deref() != Some(s.file_mode.as_str());
-            say!(
-                "          {} {}{}{}{}{}",
-                s.rule,
-                s.fleet_mode
-                    .as_deref()
-                    .unwrap_or(if r.fleet_version.is_some() {
-                        "not running"
-                    } else {
-                        "unknown"
-                    }),
-                s.since.map_or(String::new(), |t| format!(
-                    " since {}",
-                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                )),
-                if differs {
-                    format!(" (file: {})", s.file_mode)
-                } else {
-                    String::new()
-                },
-                if s.shadow_denials + s.drift > 0 {
-                    format!(
-                        ", {} would-be denial(s), {} drift",
-                        s.shadow_denials, s.drift
-                    )
-                } else {
-                    String::new()
-                },
-                s.pending
-                    .as_deref()
-                    .map_or(String::new(), |p| format!(", pending {p}"))
-            );
-        }
-    }
-    for line in super::invariants::lines(&r.invariants) {
-        say!("{line}");
-    }
-    if r.failing.is_empty() {
-        say!("gate: pass");
-    } else {
-        for f in &r.failing {
-            say!("gate: FAIL {f}");
-        }
     }
 }

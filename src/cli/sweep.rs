@@ -6,8 +6,8 @@ use anyhow::anyhow;
 
 use super::toolbox::{command_pool, failure, runtime, say};
 use super::Exit;
+use crate::cli::{args::SweepArgs, EXIT_PROBLEMS};
 use crate::jobs::{alerts, sweep};
-use crate::runtime::config::{SweepArgs, EXIT_PROBLEMS};
 
 pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
     let (report, alerts) = runtime()?.block_on(async {

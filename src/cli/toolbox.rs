@@ -9,8 +9,8 @@ use std::path::Path;
 use anyhow::anyhow;
 
 use super::Exit;
+use crate::cli::{EXIT_PROBLEMS, EXIT_USAGE};
 use crate::policy::mapping::{Mapping, Severity};
-use crate::runtime::config::{EXIT_PROBLEMS, EXIT_USAGE};
 
 pub(crate) fn usage(e: impl Into<anyhow::Error>) -> Exit {
     Exit {
@@ -218,5 +218,5 @@ pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
         std::process::exit(141);
     }
     eprintln!("rbac-gateway: cannot write the report: {e}");
-    std::process::exit(crate::runtime::config::EXIT_PROBLEMS);
+    std::process::exit(crate::cli::EXIT_PROBLEMS);
 }

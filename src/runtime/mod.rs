@@ -1,11 +1,10 @@
-//! The ground: the process every other folder stands on. Flags ([`config`]), metrics
-//! ([`metrics`]), background tasks under supervision ([`supervise`]), the process's signals
-//! ([`signals`]), logging ([`logfmt`], [`log_sink`]), OpenTelemetry's export ([`telemetry`]),
-//! the outbound HTTP ([`https_client`]) and FreeScout's client ([`freescout`]). Nothing here
-//! knows the policy, a store or a door; the gateway's shared state and the mapping reload are in
-//! `gateway/`.
+//! The ground: the process every other folder stands on. The seeds' settings ([`posture`]; the
+//! flags that fill them are `cli/args/`), metrics ([`metrics`]), background tasks under
+//! supervision ([`supervise`]), the process's signals ([`signals`]), logging ([`logfmt`],
+//! [`log_sink`]), OpenTelemetry's export ([`telemetry`]), the outbound HTTP ([`https_client`])
+//! and FreeScout's client ([`freescout`]). Nothing here knows the policy, a store or a door; the
+//! gateway's shared state and the mapping reload are in `gateway/`.
 
-pub mod config;
 pub mod freescout;
 pub mod https_client;
 pub mod log_sink;

@@ -1,75 +1,33 @@
-//! The settings that decide what a session's grants count for ([`DecisionArgs`]) and which of
-//! the seeds' invariants a gateway holds ([`PostureArgs`]): `serve` reads them, and every command
-//! that answers as `serve` would (`explain`, `matrix`, `cockpit`) or reports what it holds
-//! (`check`, `rollout`) reads the same flags and variables, so one spelling decides both.
+//! The settings that decide what a session's grants count for ([`DecisionSettings`]) and which of
+//! the seeds' invariants a gateway holds ([`PostureSettings`]), plain values the command line
+//! fills (`cli/args/posture.rs`): `serve` reads them, and every command that answers as `serve`
+//! would (`explain`, `matrix`, `cockpit`) or reports what it holds (`check`, `rollout`) reads the
+//! same flags and variables, so one spelling decides both.
 //!
 //! The safe side is the default (004 §1, §5, §6, §9): a break-glass session counts once its
 //! alert was delivered (I-4), a ticket grant counts only when its ticket is re-validated on every
 //! request (T-PEN-6). Each weaker setting is an explicit flag, and it is said at start-up, on
 //! `/readyz`, in `check` and on the cockpit.
 
-use clap::Args;
-
-/// A switch: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` (any case).
-pub(crate) fn parse_bool(s: &str) -> Result<bool, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(format!("expected true or false (or 1/0), not {s:?}")),
-    }
-}
-
-/// A feature switch as Console's flags are written: `0` (off) or `1` (on), nothing else.
-pub(crate) fn switch() -> impl clap::builder::TypedValueParser<Value = bool> {
-    use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(["0", "1"]).map(|v| v == "1")
-}
-
-/// What a session's grants count for, as `serve` decides it.
-#[derive(Debug, Clone, Args)]
-pub struct DecisionArgs {
-    /// Kill switch (I-5 of 003): 0 makes every route `off` (forward; Console decides). 1, unset
-    /// or set empty: the mapping's modes apply.
-    #[arg(long = "flag-rbac-v2", env = "FLAG_RBAC_V2", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
+/// What a session's grants count for, as `serve` decides it (from the flags of
+/// `cli/args/posture.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionSettings {
+    /// FLAG_RBAC_V2: off is the kill switch (every route `off`, Console decides).
     pub flag_rbac_v2: bool,
-    /// Ticket-scoped grants on (1) or off (0; FLAG_TICKET_SCOPED_GRANTS=0 of 004 §9.1: they
-    /// grant nothing).
-    #[arg(long = "flag-ticket-scoped-grants", env = "FLAG_TICKET_SCOPED_GRANTS", default_value = "1", action = clap::ArgAction::Set, value_parser = switch())]
+    /// FLAG_TICKET_SCOPED_GRANTS: off, ticket grants grant nothing.
     pub flag_ticket_scoped_grants: bool,
-    /// Re-validate ticket-scoped grants on every request against this URL ({ticket_id} is
-    /// replaced), e.g. FreeScout's conversation status; unreachable: 503 (T-PEN-6). Unset: ticket
-    /// grants grant nothing, unless --ticket-revalidation-waived.
-    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    /// `--ticket-validation-url`: where each ticket grant is re-validated per request.
     pub ticket_validation_url: Option<String>,
-    /// Honour ticket grants from rbac_ticket_grants alone when no --ticket-validation-url is set.
-    /// This breaks T-PEN-6 (004 §9.3: re-verify the ticket on every request, fail closed); it is
-    /// shown on /readyz, in `check` and on the cockpit.
-    #[arg(long, env = "GATEWAY_TICKET_REVALIDATION_WAIVED", default_value_t = false, action = clap::ArgAction::Set,
-          num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
+    /// `--ticket-revalidation-waived`: ticket grants honoured from the table alone (breaks
+    /// T-PEN-6).
     pub ticket_revalidation_waived: bool,
-    /// A break-glass session's roles count only once its alert was delivered (I-4: the alert
-    /// comes before the session proceeds). `false` breaks I-4: the roles count at once and the
-    /// alert follows.
-    #[arg(long, env = "GATEWAY_BREAK_GLASS_REQUIRES_ALERT", default_value_t = true, action = clap::ArgAction::Set,
-          num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
+    /// `--break-glass-requires-alert`: a break-glass session counts once its alert was delivered
+    /// (I-4).
     pub break_glass_requires_alert: bool,
 }
 
-/// The defaults the flags have (the safe side), for a command that checks without a gateway's
-/// settings (`mapping push`).
-impl Default for DecisionArgs {
-    fn default() -> Self {
-        DecisionArgs {
-            flag_rbac_v2: true,
-            flag_ticket_scoped_grants: true,
-            ticket_validation_url: None,
-            ticket_revalidation_waived: false,
-            break_glass_requires_alert: true,
-        }
-    }
-}
-
-impl DecisionArgs {
+impl DecisionSettings {
     pub fn kill_switch(&self) -> bool {
         !self.flag_rbac_v2
     }
@@ -110,40 +68,21 @@ pub enum TicketRevalidation {
 }
 
 /// Where the gateway runs and where its alerts go: what `check`, `rollout` and the cockpit need,
-/// beside [`DecisionArgs`], to say which invariants hold.
-#[derive(Debug, Clone, Default, Args)]
-pub struct PostureArgs {
-    /// The environment this gateway serves (`production`, `staging`, ...). Unset: OpenTelemetry's
-    /// `deployment.environment.name` in OTEL_RESOURCE_ATTRIBUTES. `production`, `prod`, `prd` (or
-    /// `prod-eu`, ...) makes I-11 apply: FLAG_RBAC_V2 on needs its console_flag_promotions row.
-    #[arg(long, env = "GATEWAY_ENVIRONMENT")]
+/// beside [`DecisionSettings`], to say which invariants hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostureSettings {
+    /// `--environment`; unset: read from OTEL_RESOURCE_ATTRIBUTES
+    /// ([`PostureSettings::environment`]).
     pub environment: Option<String>,
-    /// Slack-compatible incoming webhook for alerts (new break-glass sessions, changes to the
-    /// break-glass group's roles): a JSON POST `{"text": ...}`, retried with backoff until
-    /// delivered. Unset: alerts are recorded in rbac_gateway_alerts only, and (with
-    /// --break-glass-requires-alert, the default) no break-glass session can proceed.
-    #[arg(long, env = "GATEWAY_ALERT_WEBHOOK_URL", hide_env_values = true, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    /// `--alert-webhook-url`; unset: alerts are recorded only.
     pub alert_webhook_url: Option<String>,
-    /// Console's audit writer (SC-A3; I-5): every rbac_grants_audit row the gateway writes
-    /// (ticket_expire, break_glass_expire) is POSTed there as one customer_audit_events event,
-    /// its id the Idempotency-Key, retried with backoff until taken (docs/audit-writer.md).
-    /// Needs a service token: --audit-writer-token-file or GATEWAY_AUDIT_WRITER_TOKEN. Unset:
-    /// the rows wait in rbac_gateway_audit_outbox, counted, and I-5 is not met (said at start
-    /// and on /readyz).
-    #[arg(long, env = "GATEWAY_AUDIT_WRITER_URL", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    /// `--audit-writer-url` (I-5); unset: the rows wait in the outbox.
     pub audit_writer_url: Option<String>,
-    /// Seconds after which an rbac_grants_audit row still not delivered to the audit writer
-    /// raises an ops alert (through --alert-webhook-url) and is named on /readyz (the status
-    /// stays 200) and counted in rbac_gateway_audit_outbox_overdue.
-    #[arg(
-        long,
-        env = "GATEWAY_AUDIT_WRITER_ALERT_AFTER",
-        default_value_t = 300.0
-    )]
+    /// `--audit-writer-alert-after`, in seconds.
     pub audit_writer_alert_after: f64,
 }
 
-impl PostureArgs {
+impl PostureSettings {
     /// The environment's name, from --environment or OTEL_RESOURCE_ATTRIBUTES.
     pub fn environment(&self) -> Option<Environment> {
         let resource = std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok();
@@ -250,7 +189,7 @@ pub fn environment(flag: Option<&str>, resource: Option<&str>) -> Option<Environ
 /// What a gateway with these settings says once at start-up and on every `/readyz` (the status
 /// unchanged: everything else is served): each invariant a setting breaks or a missing setting
 /// makes unreachable.
-pub fn weakened(decision: &DecisionArgs, posture: &PostureArgs) -> Vec<String> {
+pub fn weakened(decision: &DecisionSettings, posture: &PostureSettings) -> Vec<String> {
     let mut out = Vec::new();
     if !decision.break_glass_requires_alert {
         out.push(
@@ -306,8 +245,8 @@ mod tests {
         assert_eq!(kind("products"), Kind::Other);
     }
 
-    fn decision(flag: bool, url: bool, waived: bool) -> DecisionArgs {
-        DecisionArgs {
+    fn decision(flag: bool, url: bool, waived: bool) -> DecisionSettings {
+        DecisionSettings {
             flag_rbac_v2: true,
             flag_ticket_scoped_grants: flag,
             ticket_validation_url: url.then(|| "http://fs/{ticket_id}".to_string()),

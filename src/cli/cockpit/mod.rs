@@ -40,7 +40,7 @@ use super::toolbox::{
     failure, init_logging, reachable, resolve, runtime, say, usage, NoSuchVersion,
 };
 use super::Exit;
-use crate::runtime::config::{CockpitArgs, ExplainArgs};
+use crate::cli::args::{CockpitArgs, ExplainArgs};
 use crate::stores::db::Db;
 
 /// The newest denials a page lists by default, and at most.
@@ -316,7 +316,10 @@ impl Site {
             None,
             self.window_seconds,
             None,
-            (&self.args.decision, &self.args.posture),
+            (
+                &self.args.decision.settings(),
+                &self.args.posture.settings(),
+            ),
         )
         .await
         // No version activated yet: the board's own failure, not a page not found.
@@ -356,10 +359,7 @@ impl Site {
     async fn matrix(&self, q: &BTreeMap<String, String>) -> Result<Page, Problem> {
         let version = version_param(q.get("version").map_or("active", String::as_str))?;
         let settings = super::matrix::Settings {
-            switches: crate::policy::outcome::Switches {
-                kill_switch: self.args.decision.kill_switch(),
-                ticket_grants: self.args.decision.ticket_grants(),
-            },
+            switches: self.args.decision.switches(),
             rbac_api: self.args.rbac_api,
             break_glass_requires_alert: self.args.decision.break_glass_requires_alert,
         };

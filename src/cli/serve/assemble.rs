@@ -17,12 +17,11 @@ use crate::dataplane::workers::Door;
 use crate::doors::forward_auth::ForwardAuthDoor;
 use crate::doors::proxy::ProxyDoor;
 use crate::gateway::state::Gateway;
-use crate::runtime::config::DbStatements;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::signals::Signals;
 use crate::runtime::supervise::{self, Task, Tasks};
 use crate::stores::audit::AuditWriter;
-use crate::stores::db::{Db, Statements};
+use crate::stores::db::Db;
 use crate::stores::identity::Identity;
 
 /// A supervised background task's future.
@@ -39,7 +38,7 @@ pub fn prime_labels(m: &Metrics, config: &Config) {
         m.decision_seconds.with_label_values(&[d.as_str()]);
         m.authz_requests.with_label_values(&[d.as_str()]);
     }
-    if config.args.rbac_api {
+    if config.rbac_api {
         m.requests
             .with_label_values(&[crate::policy::reader::LABEL]);
     }
@@ -99,102 +98,19 @@ pub async fn gateway(
     metrics: Arc<Metrics>,
     signals: &Signals,
 ) -> Result<Option<Assembled>, Exit> {
-    let args = &config.args;
     let db_timeout = config.db_timeout;
     let pool = Db::connect(
-        &args.database_url,
-        args.direct_database_url.as_deref(),
-        args.db_pool_size,
+        &config.database.url,
+        config.database.direct_url.as_deref(),
+        config.database.pool_size,
         db_timeout,
     )
     .map_err(usage)?
-    .with_statements(match args.db_statements {
-        DbStatements::Simple => Statements::Simple,
-        DbStatements::Named => Statements::Named,
-        DbStatements::Auto => Statements::Auto,
-    });
-    let identity = Arc::new(
-        Identity::new(
-            pool.clone(),
-            config.cache_ttl,
-            args.cache_capacity,
-            metrics.clone(),
-        )
-        .with_break_glass_requires_alert(args.decision.break_glass_requires_alert)
-        .with_query_timeout(db_timeout),
-    );
+    .with_statements(config.database.statements);
     let tasks = Arc::new(Tasks::default());
     let supervised = |name, task| supervise::spawn(tasks.clone(), metrics.clone(), name, task);
-    let feed = Arc::new(crate::stores::feed::Health::default());
-    // With the mapping in the database, the feed's read also reports the active version.
-    let (active_tx, active_rx) = tokio::sync::watch::channel(None);
-    let active_tx = config.mapping_in_database().then_some(active_tx);
-    supervised(
-        Task::Feed,
-        Box::pin(crate::stores::feed::follow(
-            pool.clone(),
-            identity.clone(),
-            metrics.clone(),
-            feed.clone(),
-            db_timeout,
-            active_tx,
-        )) as Job,
-    );
-    let (audit, writer) = AuditWriter::new(
-        pool.clone(),
-        args.audit_spool_durable.then(|| args.audit_spool.clone()),
-        args.audit_spool_max_bytes,
-        db_timeout,
-        metrics.clone(),
-    );
-    supervised(Task::AuditWriter, Box::pin(writer));
-    warn_of_settings(config);
-    // From the database, the mapping is read once the pool exists; until then a placeholder
-    // that no request ever sees (the data plane listens only once the real one is loaded).
-    let (mapping, public_key) = match &config.source {
-        Source::File { mapping, .. } => (mapping.clone(), None),
-        Source::Database { public_key } => (Arc::new(placeholder()), *public_key),
-    };
-    let from_db = config.mapping_in_database();
-    let gw = Arc::new(Gateway {
-        mapping: ArcSwap::new(mapping),
-        identity,
-        audit: audit.clone(),
-        metrics: metrics.clone(),
-        kill_switch: args.kill_switch(),
-        cookie: args.session_cookie.clone(),
-        upstream: config.upstream,
-        connect_timeout: config.upstream_connect_timeout,
-        read_timeout: config.upstream_read_timeout,
-        ticket_grants: args.decision.ticket_grants(),
-        ticket_validation_url: args.decision.ticket_validation_url.clone(),
-        tasks: tasks.clone(),
-        rbac_api: args.rbac_api,
-        file_rejected: Default::default(),
-        mapping_from_db: from_db,
-        mapping_missing: std::sync::Mutex::new(
-            from_db.then(|| "loading the active mapping version from the database".to_string()),
-        ),
-        feed: feed.clone(),
-        sweep_failure_threshold: args.sweep_failure_threshold,
-        weakened: crate::runtime::posture::weakened(&args.decision, &args.posture),
-        promotion: Default::default(),
-        promotion_asked: Default::default(),
-        promoted_in: args
-            .posture
-            .environment()
-            .filter(|e| {
-                e.kind() != crate::runtime::posture::Kind::NotProduction && !args.kill_switch()
-            })
-            .map(|e| e.name),
-        audit_writer_configured: config.audit_writer.is_some(),
-        audit_writer_alert_after: config.audit_writer_alert_after,
-        anonymous: Arc::new(crate::gateway::anonymous::Coalescer::new(
-            Duration::from_secs(args.anonymous_denial_window),
-            args.anonymous_denial_keys,
-        )),
-    });
-    if !from_db {
+    let (gw, active_rx) = state(config, &pool, &metrics, &tasks, &supervised);
+    if !config.mapping_in_database() {
         report_loaded(config, &gw);
     }
     // I-11: read beside the start (never delaying it) and every 30 s, said on /readyz.
@@ -213,6 +129,7 @@ pub async fn gateway(
     let admin = crate::dataplane::listen::bind_side(admin_addr)
         .map_err(|e| failure(anyhow!("cannot listen on {admin_addr}: {e}")))?;
     let admin_bound = admin.local_addr().map_err(failure)?;
+    let audit = gw.audit.clone();
     let writer = audit.clone();
     supervised(
         Task::AuditReplay,
@@ -228,59 +145,14 @@ pub async fn gateway(
             },
         )),
     );
-    let admin = match &config.source {
-        Source::Database { .. } => {
-            // Served now: until the active version is loaded, /readyz answers 503 saying why
-            // (nothing listens on --listen, so no request is decided without a mapping).
-            tracing::info!(admin_listen = %admin_bound, "loading the mapping from the database (--mapping-source database): not ready until the active version is loaded");
-            supervised(
-                Task::Admin,
-                Box::pin(crate::doors::admin::serve(admin, gw.clone())),
-            );
-            if let Some(key) = &public_key {
-                tracing::info!(public_key = %crate::stores::mapping_store::signing::fingerprint(key),
-                    "--mapping-public-key: only versions signed by this key are applied");
-            }
-            // One receiver from the wait through the following: a SIGHUP in between is not lost.
-            let mut hup = signals.hangups();
-            let loading = crate::gateway::reload::load_active_at_start(
-                &pool,
-                public_key.as_ref(),
-                |why| gw.set_mapping_missing(Some(why)),
-                &mut hup,
-            );
-            let loaded = tokio::select! {
-                loaded = loading => loaded,
-                signal = signals.stopped() => {
-                    tracing::info!(signal, "stopped before a mapping version was loaded: nothing was served");
-                    return Ok(None);
-                }
-            };
-            gw.mapping.store(Arc::new(loaded));
-            report_loaded(config, &gw);
-            supervised(
-                Task::Reload,
-                Box::pin(crate::gateway::reload::follow_database(
-                    gw.clone(),
-                    pool.clone(),
-                    public_key,
-                    active_rx,
-                    hup,
-                )),
-            );
-            Admin::Serving
-        }
-        Source::File { path, .. } => {
-            supervised(
-                Task::Reload,
-                Box::pin(crate::gateway::reload::watch(
-                    gw.clone(),
-                    path.clone(),
-                    signals.hangups(),
-                )),
-            );
-            Admin::Bound(admin)
-        }
+    let loading = Loading {
+        pool: &pool,
+        active_rx,
+        signals,
+        supervised: &supervised,
+    };
+    let Some(admin) = live_mapping(config, &gw, admin, admin_bound, loading).await else {
+        return Ok(None);
     };
     tokio::spawn(crate::gateway::reload::check_database_at_start(
         gw.clone(),
@@ -294,6 +166,181 @@ pub async fn gateway(
     }))
 }
 
+/// The shared state over the stores: the identity cache, the change feed and the audit writer
+/// (both supervised), and the `Gateway` every door answers through. With the mapping in the
+/// database, the receiver of the active versions the feed reports.
+fn state(
+    config: &Config,
+    pool: &Db,
+    metrics: &Arc<Metrics>,
+    tasks: &Arc<Tasks>,
+    supervised: &impl Fn(Task, Job),
+) -> (Arc<Gateway>, Active) {
+    let db_timeout = config.db_timeout;
+    let identity = Arc::new(
+        Identity::new(
+            pool.clone(),
+            config.cache_ttl,
+            config.cache_capacity,
+            metrics.clone(),
+        )
+        .with_break_glass_requires_alert(config.decision.break_glass_requires_alert)
+        .with_query_timeout(db_timeout),
+    );
+    let feed = Arc::new(crate::stores::feed::Health::default());
+    // With the mapping in the database, the feed's read also reports the active version.
+    let (active_tx, active_rx) = tokio::sync::watch::channel(None);
+    let active_tx = config.mapping_in_database().then_some(active_tx);
+    supervised(
+        Task::Feed,
+        Box::pin(crate::stores::feed::follow(
+            pool.clone(),
+            identity.clone(),
+            metrics.clone(),
+            feed.clone(),
+            db_timeout,
+            active_tx,
+        )) as Job,
+    );
+    let (audit, writer) = AuditWriter::new(
+        pool.clone(),
+        config.spool.path.clone(),
+        config.spool.max_bytes,
+        db_timeout,
+        metrics.clone(),
+    );
+    supervised(Task::AuditWriter, Box::pin(writer));
+    warn_of_settings(config);
+    // From the database, the mapping is read once the pool exists; until then a placeholder
+    // that no request ever sees (the data plane listens only once the real one is loaded).
+    let mapping = match &config.source {
+        Source::File { mapping, .. } => mapping.clone(),
+        Source::Database { .. } => Arc::new(placeholder()),
+    };
+    let from_db = config.mapping_in_database();
+    let gw = Gateway {
+        mapping: ArcSwap::new(mapping),
+        identity,
+        audit,
+        metrics: metrics.clone(),
+        kill_switch: config.kill_switch(),
+        cookie: config.session_cookie.clone(),
+        upstream: config.upstream,
+        connect_timeout: config.upstream_connect_timeout,
+        read_timeout: config.upstream_read_timeout,
+        ticket_grants: config.decision.ticket_grants(),
+        ticket_validation_url: config.decision.ticket_validation_url.clone(),
+        tasks: tasks.clone(),
+        rbac_api: config.rbac_api,
+        file_rejected: Default::default(),
+        mapping_from_db: from_db,
+        mapping_missing: std::sync::Mutex::new(
+            from_db.then(|| "loading the active mapping version from the database".to_string()),
+        ),
+        feed,
+        sweep_failure_threshold: config.sweep.failure_threshold,
+        weakened: crate::runtime::posture::weakened(&config.decision, &config.posture),
+        promotion: Default::default(),
+        promotion_asked: Default::default(),
+        promoted_in: config
+            .posture
+            .environment()
+            .filter(|e| {
+                e.kind() != crate::runtime::posture::Kind::NotProduction && !config.kill_switch()
+            })
+            .map(|e| e.name),
+        audit_writer_configured: config.audit_writer.is_some(),
+        audit_writer_alert_after: config.audit_writer_alert_after,
+        anonymous: Arc::new(crate::gateway::anonymous::Coalescer::new(
+            config.anonymous.window,
+            config.anonymous.keys,
+        )),
+    };
+    (Arc::new(gw), active_rx)
+}
+
+/// The active versions the change feed reports (read with the mapping in the database).
+type Active = tokio::sync::watch::Receiver<crate::stores::feed::ActiveMapping>;
+
+/// What loading the mapping from the database waits with.
+struct Loading<'a, F> {
+    pool: &'a Db,
+    active_rx: Active,
+    signals: &'a Signals,
+    supervised: &'a F,
+}
+
+/// The live mapping kept current: the file watched, or the active version loaded from the
+/// database (the admin listener served meanwhile, saying why it is not ready) and followed.
+/// None: stopped by a signal before a version was loaded.
+async fn live_mapping<F: Fn(Task, Job)>(
+    config: &Config,
+    gw: &Arc<Gateway>,
+    admin: tokio::net::TcpListener,
+    admin_bound: SocketAddr,
+    loading: Loading<'_, F>,
+) -> Option<Admin> {
+    let Loading {
+        pool,
+        active_rx,
+        signals,
+        supervised,
+    } = loading;
+    let public_key = match &config.source {
+        Source::File { path, .. } => {
+            supervised(
+                Task::Reload,
+                Box::pin(crate::gateway::reload::watch(
+                    gw.clone(),
+                    path.clone(),
+                    signals.hangups(),
+                )),
+            );
+            return Some(Admin::Bound(admin));
+        }
+        Source::Database { public_key } => *public_key,
+    };
+    // Served now: until the active version is loaded, /readyz answers 503 saying why (nothing
+    // listens on --listen, so no request is decided without a mapping).
+    tracing::info!(admin_listen = %admin_bound, "loading the mapping from the database (--mapping-source database): not ready until the active version is loaded");
+    supervised(
+        Task::Admin,
+        Box::pin(crate::doors::admin::serve(admin, gw.clone())),
+    );
+    if let Some(key) = &public_key {
+        tracing::info!(public_key = %crate::stores::mapping_store::signing::fingerprint(key),
+            "--mapping-public-key: only versions signed by this key are applied");
+    }
+    // One receiver from the wait through the following: a SIGHUP in between is not lost.
+    let mut hup = signals.hangups();
+    let loading = crate::gateway::reload::load_active_at_start(
+        pool,
+        public_key.as_ref(),
+        |why| gw.set_mapping_missing(Some(why)),
+        &mut hup,
+    );
+    let loaded = tokio::select! {
+        loaded = loading => loaded,
+        signal = signals.stopped() => {
+            tracing::info!(signal, "stopped before a mapping version was loaded: nothing was served");
+            return None;
+        }
+    };
+    gw.mapping.store(Arc::new(loaded));
+    report_loaded(config, gw);
+    supervised(
+        Task::Reload,
+        Box::pin(crate::gateway::reload::follow_database(
+            gw.clone(),
+            pool.clone(),
+            public_key,
+            active_rx,
+            hup,
+        )),
+    );
+    Some(Admin::Serving)
+}
+
 /// The jobs beside the requests: the alerts, the sweep (unless `--sweep-interval 0`) and the
 /// FreeScout webhook's receiver (with `--freescout-webhook-listen`).
 fn jobs(
@@ -302,12 +349,11 @@ fn jobs(
     metrics: &Arc<Metrics>,
     supervised: impl Fn(Task, Job),
 ) -> Result<(), Exit> {
-    let args = &config.args;
     supervised(
         Task::Alerts,
         Box::pin(crate::jobs::alerts::alerts_forever(
             pool.clone(),
-            args.posture.alert_webhook_url.clone(),
+            config.posture.alert_webhook_url.clone(),
             Duration::from_secs(1),
             config.db_timeout,
             metrics.clone(),
@@ -328,19 +374,19 @@ fn jobs(
             metrics.clone(),
         )),
     );
-    let sweeping = !config.sweep_interval.is_zero();
+    let sweeping = !config.sweep.interval.is_zero();
     if sweeping {
         supervised(
             Task::Sweeper,
             Box::pin(crate::jobs::sweep::run_forever(
                 pool.clone(),
                 crate::jobs::sweep::SweepSettings {
-                    validation_url: args.decision.ticket_validation_url.clone(),
-                    freescout_timeout: config.freescout_timeout,
-                    concurrency: args.freescout_concurrency,
+                    validation_url: config.decision.ticket_validation_url.clone(),
+                    freescout_timeout: config.sweep.freescout_timeout,
+                    concurrency: config.sweep.freescout_concurrency,
                     limit: config.db_timeout,
                 },
-                config.sweep_interval,
+                config.sweep.interval,
                 metrics.clone(),
             )),
         );
@@ -356,10 +402,10 @@ fn jobs(
             pool: pool.clone(),
             auth: webhook.auth.clone(),
             validation_url: webhook.validation_url.clone(),
-            freescout_timeout: config.freescout_timeout,
+            freescout_timeout: config.sweep.freescout_timeout,
             db_limit: config.db_timeout,
             metrics: metrics.clone(),
-            sweep_interval: sweeping.then_some(config.sweep_interval),
+            sweep_interval: sweeping.then_some(config.sweep.interval),
         });
         // The address bound (port 0 resolved): tests read it from this line.
         let bound = listener.local_addr().map_err(failure)?;
@@ -374,7 +420,6 @@ fn jobs(
 
 /// Settings that run but weaken what the gateway does, said once at start-up.
 fn warn_of_settings(config: &Config) {
-    let args = &config.args;
     if config.audit_writer.is_none() {
         tracing::warn!(
             setting = "--audit-writer-url",
@@ -383,13 +428,13 @@ fn warn_of_settings(config: &Config) {
              rbac_gateway_audit_outbox, counted (rbac_gateway_audit_outbox_undelivered) and alerted"
         );
     }
-    if args.kill_switch() {
+    if config.kill_switch() {
         tracing::warn!(
             "FLAG_RBAC_V2=0: kill switch on, every route is off (forwarded; Console decides)"
         );
     }
     // Each invariant a setting breaks, or a missing setting makes unreachable (also on /readyz).
-    for line in crate::runtime::posture::weakened(&args.decision, &args.posture) {
+    for line in crate::runtime::posture::weakened(&config.decision, &config.posture) {
         tracing::warn!("{line}");
     }
 }

@@ -11,13 +11,15 @@ use anyhow::anyhow;
 
 use super::super::toolbox::{load_mapping, resolve, usage};
 use super::super::Exit;
+use crate::cli::args::{DbStatements, ServeArgs};
 use crate::dataplane::workers::Http1Settings;
 use crate::doors::freescout_webhook::Auth;
 use crate::doors::proxy::Settings;
 use crate::jobs::audit_outbox::WriterSettings;
 use crate::policy::mapping::Mapping;
-use crate::runtime::config::ServeArgs;
+use crate::runtime::posture::{DecisionSettings, PostureSettings};
 use crate::runtime::telemetry::config::Settings as TelemetrySettings;
+use crate::stores::db::Statements;
 use crate::stores::mapping_store::signing::PublicKey;
 
 /// Where the live mapping comes from.
@@ -40,7 +42,8 @@ pub struct Webhook {
     pub validation_url: String,
 }
 
-/// The checked configuration `serve` assembles the gateway from.
+/// The checked configuration `serve` assembles the gateway from: typed values, no flag left to
+/// read.
 pub struct Config {
     /// `json` or `text`.
     pub log_format: &'static str,
@@ -55,32 +58,64 @@ pub struct Config {
     pub telemetry: Option<TelemetrySettings>,
     /// The proxy's settings (its `http` is forward-auth's too).
     pub proxy: Settings,
+    pub database: Database,
     pub db_timeout: Duration,
     pub cache_ttl: Duration,
-    /// Zero: no sweep in this process.
-    pub sweep_interval: Duration,
-    pub freescout_timeout: Duration,
+    /// Most entries per cache.
+    pub cache_capacity: u64,
+    pub session_cookie: String,
+    /// `--rbac-api`: Console's reader API answered by the gateway.
+    pub rbac_api: bool,
+    pub spool: Spool,
+    pub anonymous: Anonymous,
+    pub sweep: Sweep,
     pub upstream_connect_timeout: Duration,
     pub upstream_read_timeout: Duration,
     /// Console's audit writer (I-5); None: no `--audit-writer-url`, I-5 not met.
     pub audit_writer: Option<WriterSettings>,
     /// `--audit-writer-alert-after`.
     pub audit_writer_alert_after: Duration,
-    /// The flags as given, for what needs no check (URLs, sizes, switches).
-    pub args: ServeArgs,
+    /// What a session's grants count for.
+    pub decision: DecisionSettings,
+    /// Where the gateway runs and where its alerts go.
+    pub posture: PostureSettings,
+}
+
+/// Console's PostgreSQL and how the pool reaches it.
+pub struct Database {
+    pub url: String,
+    /// `--direct-database-url`: the session-mode connection, when `url` is a pooler.
+    pub direct_url: Option<String>,
+    pub pool_size: u32,
+    pub statements: Statements,
+}
+
+/// Where a denial's row waits while the database does not answer.
+pub struct Spool {
+    /// The spool's file; None (`--audit-spool-durable=false`): nothing is spooled.
+    pub path: Option<PathBuf>,
+    pub max_bytes: u64,
+}
+
+/// The denials without a session, written once per client, reason and rule a window.
+pub struct Anonymous {
+    pub window: Duration,
+    pub keys: usize,
+}
+
+/// The lifecycle sweep and FreeScout's status requests.
+pub struct Sweep {
+    /// Zero: no sweep in this process.
+    pub interval: Duration,
+    pub freescout_timeout: Duration,
+    pub freescout_concurrency: usize,
+    /// Sweeps a grant's rows may fail before `/readyz` names it.
+    pub failure_threshold: u32,
 }
 
 impl Config {
     /// Every flag of `serve` checked, in the order an operator reads them in the error.
     pub fn check(args: ServeArgs) -> Result<Config, Exit> {
-        let log_format = args.log_format.as_str();
-        let seconds = |v: f64, flag: &str| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(Duration::from_secs_f64(v))
-            } else {
-                Err(usage(anyhow!("{flag} must be a number of seconds >= 0")))
-            }
-        };
         let sweep_interval = seconds(args.sweep_interval, "--sweep-interval")?;
         let cache_ttl = seconds(args.cache_ttl, "--cache-ttl")?;
         let source = source(&args)?;
@@ -118,37 +153,15 @@ impl Config {
                 webhook.as_ref().map(|w| w.addr),
             ),
         ])?;
-        if args.max_body_bytes == 0 || args.max_header_bytes < 1024 || args.max_headers == 0 {
-            return Err(usage(anyhow!(
-                "--max-body-bytes and --max-headers must be > 0, --max-header-bytes >= 1024"
-            )));
-        }
-        if args.max_buffered_body_bytes < args.max_body_bytes {
-            return Err(usage(anyhow!(
-                "--max-buffered-body-bytes must be at least --max-body-bytes: a body of the largest size allowed could never be read"
-            )));
-        }
+        let proxy = proxy(&args)?;
         let threads = args
             .threads
             .unwrap_or_else(crate::dataplane::workers::default_threads);
         // OpenTelemetry (the OTEL_* variables): checked as a flag is.
         let telemetry = crate::runtime::telemetry::config::from_env(&|k| std::env::var(k).ok())
             .map_err(|e| usage(anyhow!("{e}")))?;
-        let proxy = Settings {
-            http: Http1Settings {
-                header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
-                max_header_bytes: args.max_header_bytes,
-                max_headers: args.max_headers,
-                shutdown_grace: Duration::from_secs(args.shutdown_grace),
-            },
-            body_read_timeout: Duration::from_millis(args.body_read_timeout_ms.max(1)),
-            max_body_bytes: args.max_body_bytes,
-            max_buffered_body_bytes: args.max_buffered_body_bytes,
-            trust_request_id: args.trust_request_id,
-            trusted_proxies: args.trusted_proxies,
-        };
         Ok(Config {
-            log_format,
+            log_format: args.log_format.as_str(),
             source,
             upstream,
             listen,
@@ -158,15 +171,41 @@ impl Config {
             threads,
             telemetry,
             proxy,
+            database: Database {
+                url: args.database_url,
+                direct_url: args.direct_database_url,
+                pool_size: args.db_pool_size,
+                statements: match args.db_statements {
+                    DbStatements::Simple => Statements::Simple,
+                    DbStatements::Named => Statements::Named,
+                    DbStatements::Auto => Statements::Auto,
+                },
+            },
             db_timeout: Duration::from_millis(args.db_timeout_ms),
             cache_ttl,
-            sweep_interval,
-            freescout_timeout: Duration::from_millis(args.freescout_timeout_ms),
+            cache_capacity: args.cache_capacity,
+            session_cookie: args.session_cookie,
+            rbac_api: args.rbac_api,
+            spool: Spool {
+                path: args.audit_spool_durable.then_some(args.audit_spool),
+                max_bytes: args.audit_spool_max_bytes,
+            },
+            anonymous: Anonymous {
+                window: Duration::from_secs(args.anonymous_denial_window),
+                keys: args.anonymous_denial_keys,
+            },
+            sweep: Sweep {
+                interval: sweep_interval,
+                freescout_timeout: Duration::from_millis(args.freescout_timeout_ms),
+                freescout_concurrency: args.freescout_concurrency,
+                failure_threshold: args.sweep_failure_threshold,
+            },
             upstream_connect_timeout: Duration::from_millis(args.upstream_connect_timeout_ms),
             upstream_read_timeout: Duration::from_millis(args.upstream_read_timeout_ms),
             audit_writer,
             audit_writer_alert_after,
-            args,
+            decision: args.decision.settings(),
+            posture: args.posture.settings(),
         })
     }
 
@@ -177,6 +216,47 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         self.proxy.http.shutdown_grace
     }
+
+    /// FLAG_RBAC_V2=0: every route is off.
+    pub fn kill_switch(&self) -> bool {
+        self.decision.kill_switch()
+    }
+}
+
+/// A flag's number of seconds, at least zero.
+fn seconds(v: f64, flag: &str) -> Result<Duration, Exit> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(usage(anyhow!("{flag} must be a number of seconds >= 0")))
+    }
+}
+
+/// The proxy's limits and timeouts, its sizes checked.
+fn proxy(args: &ServeArgs) -> Result<Settings, Exit> {
+    if args.max_body_bytes == 0 || args.max_header_bytes < 1024 || args.max_headers == 0 {
+        return Err(usage(anyhow!(
+            "--max-body-bytes and --max-headers must be > 0, --max-header-bytes >= 1024"
+        )));
+    }
+    if args.max_buffered_body_bytes < args.max_body_bytes {
+        return Err(usage(anyhow!(
+            "--max-buffered-body-bytes must be at least --max-body-bytes: a body of the largest size allowed could never be read"
+        )));
+    }
+    Ok(Settings {
+        http: Http1Settings {
+            header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
+            max_header_bytes: args.max_header_bytes,
+            max_headers: args.max_headers,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        },
+        body_read_timeout: Duration::from_millis(args.body_read_timeout_ms.max(1)),
+        max_body_bytes: args.max_body_bytes,
+        max_buffered_body_bytes: args.max_buffered_body_bytes,
+        trust_request_id: args.trust_request_id,
+        trusted_proxies: args.trusted_proxies,
+    })
 }
 
 /// `--mapping-source`: the file read and compiled now, or the database's key checked.

@@ -12,11 +12,13 @@ use anyhow::anyhow;
 
 use super::toolbox::{failure, init_logging, usage};
 use super::Exit;
+use crate::cli::args::ServeArgs;
 use crate::dataplane::workers::{self, StartError};
-use crate::runtime::config::ServeArgs;
+use crate::gateway::state::Gateway;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::signals::Signals;
 use crate::runtime::supervise::{self, Task};
+use crate::runtime::telemetry::Telemetry;
 use assemble::{Admin, Assembled};
 use config::Config;
 
@@ -96,6 +98,21 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     }
 
     let signal = bg.block_on(signals.stopped());
+    shut_down(bg, &config, &gw, stop, started.handles, telemetry, signal)
+}
+
+/// The drain after `signal`: the workers told to `stop` and joined within the grace, what the
+/// audit trail and the exporter still hold written out, the background runtime ended. An error
+/// when requests were cut.
+fn shut_down(
+    bg: tokio::runtime::Runtime,
+    config: &Config,
+    gw: &Gateway,
+    stop: tokio::sync::watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    telemetry: Option<Telemetry>,
+    signal: &str,
+) -> Result<(), Exit> {
     let stopping = Instant::now();
     let grace = config.shutdown_grace();
     tracing::info!(
@@ -106,7 +123,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
     if stop.send(true).is_err() {
         tracing::warn!("every worker had already stopped");
     }
-    for w in started.handles {
+    for w in workers {
         if w.join().is_err() {
             tracing::error!("a worker thread panicked");
         }

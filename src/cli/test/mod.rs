@@ -29,8 +29,8 @@ use super::toolbox::{
 };
 use super::Exit;
 use crate::cli::access::Catalogue;
+use crate::cli::args::TestArgs;
 use crate::policy::mapping::Mapping;
-use crate::runtime::config::TestArgs;
 
 pub use report::Report;
 pub use world::Settings;
@@ -459,7 +459,7 @@ expect = "login"
             "[[case]]\nwho = { groups = [\"raxx-suport-team\"] }\nrequest = \"GET /secrets\"\nexpect = \"deny\"\n",
         )
         .unwrap_err();
-        assert_eq!(e.code, crate::runtime::config::EXIT_USAGE);
+        assert_eq!(e.code, crate::cli::EXIT_USAGE);
         let text = format!("{:#}", e.error);
         assert!(
             text.contains("m.test.toml:2:7: group \"raxx-suport-team\" is not in the catalogue"),
