@@ -353,49 +353,47 @@ fn abandon(listener: Option<PgListener>) {
     }
 }
 
-/// Follows the feed until the process ends.
-///
-/// Every database step is bounded by `limit` (the database timeout): a connection that stays
-/// open and carries nothing (a NAT or firewall that dropped its state, a failover behind a
-/// virtual address) fires no timeout of the server's own, and a read waiting on it would stop
-/// the feed until the kernel gave the connection up, many minutes later.
-pub async fn follow(
-    pool: Db,
-    identity: Arc<Identity>,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    limit: Duration,
-    mapping: Option<tokio::sync::watch::Sender<ActiveMapping>>,
-) {
-    Follower {
-        pool,
-        identity,
-        metrics,
-        health,
-        limit,
-        mapping,
-        cursor: None,
-        seen: HashSet::new(),
-        last_ok: Instant::now(),
-        last_prune: Instant::now(),
-        listener: None,
-        listening_since: Instant::now(),
-        failures: 0,
-        pooled: false,
+/// What the change feed works on: the pool it reads through, the caches it keeps coherent, its
+/// health and metrics, the bound of each step, and (database mode) where it reports the
+/// active mapping.
+pub struct Feed {
+    pub pool: Db,
+    pub identity: Arc<Identity>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// The database timeout, every step's bound.
+    pub limit: Duration,
+    pub mapping: Option<tokio::sync::watch::Sender<ActiveMapping>>,
+}
+
+impl Feed {
+    /// Follows the feed until the process ends.
+    ///
+    /// Every database step is bounded by `limit` (the database timeout): a connection that stays
+    /// open and carries nothing (a NAT or firewall that dropped its state, a failover behind a
+    /// virtual address) fires no timeout of the server's own, and a read waiting on it would stop
+    /// the feed until the kernel gave the connection up, many minutes later.
+    pub async fn follow(self) {
+        Follower {
+            feed: self,
+            cursor: None,
+            seen: HashSet::new(),
+            last_ok: Instant::now(),
+            last_prune: Instant::now(),
+            listener: None,
+            listening_since: Instant::now(),
+            failures: 0,
+            pooled: false,
+        }
+        .run()
+        .await
     }
-    .run()
-    .await
 }
 
 /// The feed's follower: what it reads with, where it is, and its listener. Each turn of
 /// [`Follower::run`] is a sequence of steps, one method each.
 struct Follower {
-    pool: Db,
-    identity: Arc<Identity>,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    limit: Duration,
-    mapping: Option<tokio::sync::watch::Sender<ActiveMapping>>,
+    feed: Feed,
     /// Where the next read starts; None until the first cursor is taken. The past does not
     /// matter: the feed starts at the current snapshot and drops whatever was cached before.
     cursor: Option<Cursor>,
@@ -433,8 +431,8 @@ impl Follower {
                 continue;
             };
             match crate::stores::db::within(
-                self.limit,
-                read(&self.pool, &cur, self.mapping.is_some()),
+                self.feed.limit,
+                read(&self.feed.pool, &cur, self.feed.mapping.is_some()),
             )
             .await
             {
@@ -452,7 +450,7 @@ impl Follower {
 
     /// Whether the URL is served by a transaction pooler: then no LISTEN.
     async fn check_pooled(&mut self) {
-        match self.pool.has_sessions().await {
+        match self.feed.pool.has_sessions().await {
             Ok(true) => {}
             Ok(false) => {
                 // A LISTEN would stay on a server connection the pooler hands to other
@@ -472,8 +470,8 @@ impl Follower {
 
     /// LISTENs on a connection of its own, and opens one for the read beside it.
     async fn listen(&mut self) {
-        let limit = self.limit;
-        let pool = &self.pool;
+        let limit = self.feed.limit;
+        let pool = &self.feed.pool;
         let listen = async {
             let mut l = PgListener::connect_with(&listener_pool(pool, limit)).await?;
             // A lost connection is reported at once, not after sqlx has opened another
@@ -511,7 +509,7 @@ impl Follower {
 
     /// Takes the first cursor, or waits a POLL when it cannot.
     async fn start(&mut self) {
-        match crate::stores::db::within(self.limit, current_cursor(&self.pool)).await {
+        match crate::stores::db::within(self.feed.limit, current_cursor(&self.feed.pool)).await {
             Ok(c) => {
                 self.cursor = Some(c);
                 self.last_ok = Instant::now();
@@ -519,11 +517,11 @@ impl Follower {
                 // database answered them first, or this read was slow). A change committed
                 // before it is below the cursor and will never be read, so what they cached
                 // is dropped: from here on every change is seen.
-                self.identity.invalidate_all();
+                self.feed.identity.invalidate_all();
             }
             Err(e) => {
                 crate::stores::db::note_error(&e);
-                self.health.failed(e.to_string());
+                self.feed.health.failed(e.to_string());
                 tokio::time::sleep(POLL).await
             }
         }
@@ -533,8 +531,8 @@ impl Follower {
     /// server changed or went back, the log pruned when due, each new change evicted.
     async fn apply(&mut self, cur: Cursor, batch: Batch) {
         self.failures = 0;
-        self.health.read_ok(&self.metrics);
-        if let Some(tx) = &self.mapping {
+        self.feed.health.read_ok(&self.feed.metrics);
+        if let Some(tx) = &self.feed.mapping {
             // Wakes the mapping task only when the activation changed.
             tx.send_if_modified(|seen| {
                 let changed = *seen != batch.mapping;
@@ -546,29 +544,29 @@ impl Follower {
         }
         if self.last_ok.elapsed() > BLIND_LIMIT {
             tracing::warn!("change feed: blind for too long; clearing every cache");
-            self.identity.invalidate_all();
+            self.feed.identity.invalidate_all();
         }
         let next = batch.cursor;
         if next.server != cur.server {
             // A crash restart or a failover: the old snapshot says nothing of this
             // server's transactions (ids it shows finished may be handed out again).
             tracing::warn!(from = %cur.server, to = %next.server, "change feed: the database server changed (crash restart or failover); clearing every cache");
-            self.identity.invalidate_all();
+            self.feed.identity.invalidate_all();
             self.seen.clear();
             if next.server.starts_with("started ") {
                 // The table was emptied: a token again, for the next crash.
-                make_token(&self.pool).await;
+                make_token(&self.feed.pool).await;
             }
         } else if went_backwards(cur.xmin(), next.xmin()) {
             // A database restored from a backup: the log cannot say what changed since
             // our cursor.
             tracing::warn!(from = %cur.snapshot, to = %next.snapshot, "change feed: transaction ids went backwards; clearing every cache");
-            self.identity.invalidate_all();
+            self.feed.identity.invalidate_all();
             self.seen.clear();
         }
         if self.last_prune.elapsed() > PRUNE_EVERY {
             self.last_prune = Instant::now();
-            prune(&self.pool, self.limit).await;
+            prune(&self.feed.pool, self.feed.limit).await;
         }
         self.last_ok = Instant::now();
         let mut fresh = HashSet::with_capacity(batch.changes.len());
@@ -577,11 +575,12 @@ impl Follower {
             if self.seen.contains(id) {
                 continue;
             }
-            self.metrics.feed_events.inc();
+            self.feed.metrics.feed_events.inc();
             match admin {
-                None => self.identity.invalidate_all(),
+                None => self.feed.identity.invalidate_all(),
                 Some(admin) => {
-                    self.identity
+                    self.feed
+                        .identity
                         .invalidate_admin(admin, token.as_deref())
                         .await
                 }
@@ -592,14 +591,14 @@ impl Follower {
         self.seen = fresh;
         self.cursor = Some(next);
         // Counted once applied: a read counted after a commit has evicted for it.
-        self.metrics.feed_reads.inc();
+        self.feed.metrics.feed_reads.inc();
     }
 
     /// A failed read: said, the listener given up. True when it is the first in a row, to be
     /// retried at once.
     fn read_failed(&mut self, e: sqlx::Error) -> bool {
         crate::stores::db::note_error(&e);
-        self.health.failed(e.to_string());
+        self.feed.health.failed(e.to_string());
         tracing::warn!(error = %e, "change feed: cannot read the log; will catch up");
         abandon(self.listener.take());
         self.failures += 1;

@@ -193,14 +193,17 @@ fn state(
     let active_tx = config.mapping_in_database().then_some(active_tx);
     supervised(
         Task::Feed,
-        Box::pin(crate::stores::feed::follow(
-            pool.clone(),
-            identity.clone(),
-            metrics.clone(),
-            feed.clone(),
-            db_timeout,
-            active_tx,
-        )) as Job,
+        Box::pin(
+            crate::stores::feed::Feed {
+                pool: pool.clone(),
+                identity: identity.clone(),
+                metrics: metrics.clone(),
+                health: feed.clone(),
+                limit: db_timeout,
+                mapping: active_tx,
+            }
+            .follow(),
+        ) as Job,
     );
     let (audit, writer) = AuditWriter::new(
         pool.clone(),
