@@ -614,11 +614,12 @@ struct AppRoute {
     strict_slashes: Option<bool>,
 }
 
+/// The upstream's routes (`--app-routes`) against the mapping, each way.
 pub fn check_app_routes(
     mapping: &Mapping,
     file: &str,
     app: &Path,
-) -> Result<Vec<crate::policy::mapping::Diagnostic>, Exit> {
+) -> Result<Vec<Diagnostic>, Exit> {
     let text =
         std::fs::read_to_string(app).map_err(|e| usage(anyhow!("{}: {e}", app.display())))?;
     let routes: Vec<AppRoute> = serde_json::from_str(&text).map_err(|e| {
@@ -629,21 +630,40 @@ pub fn check_app_routes(
             e.column()
         ))
     })?;
-    let mut out = Vec::new();
-    let norm = |rule: &str| crate::policy::mapping::rule_signature(rule);
-    // Point at the rule in the dump, so the message is clickable too.
-    let at_rule = |rule: &str, message: String| {
+    let dump = Dump { text: &text, app };
+    let mut out = inexpressible_routes(&routes, &dump);
+    out.extend(uncovered_routes(mapping, &routes, &dump));
+    out.extend(unmatched_rules(mapping, file, &routes));
+    Ok(out)
+}
+
+/// The upstream's `url_map` dump as read, for messages that point into it.
+struct Dump<'a> {
+    text: &'a str,
+    app: &'a Path,
+}
+
+impl Dump<'_> {
+    /// An error at the rule in the dump, so the message is clickable too.
+    fn at_rule(&self, rule: &str, message: String) -> Diagnostic {
+        let text = self.text;
         let at = text.find(&format!("\"{rule}\"")).unwrap_or(0);
         let line = text[..at].matches('\n').count() + 1;
         let col = at - text[..at].rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
         diag(
-            &app.display().to_string(),
+            &self.app.display().to_string(),
             line,
             col,
             Severity::Error,
             message,
         )
-    };
+    }
+}
+
+/// The Console routes routes.toml cannot express: a rule it cannot parse, two rules only
+/// Console's registration order tells apart, `strict_slashes=False`.
+fn inexpressible_routes(routes: &[AppRoute], dump: &Dump) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
     // Console's rules in its registration order, as Werkzeug builds its state machine.
     let mut console = crate::policy::mapping::matcher::Matcher::default();
     for (i, ar) in routes.iter().enumerate() {
@@ -651,7 +671,7 @@ pub fn check_app_routes(
         let parts = match crate::policy::mapping::rule::parse_rule(&ar.rule) {
             Ok(parts) => parts,
             Err(e) => {
-                out.push(at_rule(&ar.rule, format!(
+                out.push(dump.at_rule(&ar.rule, format!(
                     "Console route {methods} {} (endpoint {}) cannot be expressed in routes.toml ({e}): its requests are decided by whichever gateway rule matches their path, or denied with no_route",
                     ar.rule, ar.endpoint
                 )));
@@ -671,22 +691,30 @@ pub fn check_app_routes(
                     routes[s].rule
                 ),
             };
-            out.push(at_rule(&ar.rule, format!(
+            out.push(dump.at_rule(&ar.rule, format!(
                 "Console routes {} and {} (endpoints {} and {}) have a segment Werkzeug weighs equally and that can match the same value: Console tries {} first because it was registered first{slash}, an order routes.toml cannot express (the gateway refuses such rules); give one of them a converter or a literal that tells them apart",
                 ar.rule, routes[j].rule, ar.endpoint, routes[j].endpoint, routes[j].rule
             )));
         }
         if ar.strict_slashes == Some(false) {
-            out.push(at_rule(&ar.rule, format!(
+            out.push(dump.at_rule(&ar.rule, format!(
                 "Console route {methods} {} (endpoint {}) has strict_slashes=False: Werkzeug also matches it with the trailing slash {}, which routes.toml cannot express (the gateway decides such a request by another rule, or denies it with no_route)",
                 ar.rule, ar.endpoint,
                 if ar.rule.ends_with('/') { "left out" } else { "added" }
             )));
         }
     }
-    for ar in &routes {
+    out
+}
+
+/// Each method of a Console route (but HEAD and OPTIONS) that no gateway rule has, with the
+/// rule that decides its requests instead, if any.
+fn uncovered_routes(mapping: &Mapping, routes: &[AppRoute], dump: &Dump) -> Vec<Diagnostic> {
+    let norm = |rule: &str| crate::policy::mapping::rule_signature(rule);
+    let mut out = Vec::new();
+    for ar in routes {
         if crate::policy::mapping::rule::parse_rule(&ar.rule).is_err() {
-            continue; // reported above
+            continue; // reported by inexpressible_routes
         }
         let sig = norm(&ar.rule);
         for m in ar
@@ -713,7 +741,7 @@ pub fn check_app_routes(
                     ),
                     None => "it would be denied with no_route".to_string(),
                 };
-                out.push(at_rule(
+                out.push(dump.at_rule(
                     &ar.rule,
                     format!(
                         "Console route {m} {} (endpoint {}) has no gateway rule: {fate}",
@@ -723,8 +751,7 @@ pub fn check_app_routes(
             }
         }
     }
-    out.extend(unmatched_rules(mapping, file, &routes));
-    Ok(out)
+    out
 }
 
 /// Each method of a gateway rule (but `gone`) that no Console route has.

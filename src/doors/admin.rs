@@ -117,24 +117,11 @@ async fn audit_writer_state(gw: &Gateway, body: &mut String) {
     }
 }
 
+/// `/readyz`: 503 naming what stops the gateway from deciding, else the database's state and
+/// every problem an operator must see, each named with the status unchanged.
 async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
-    let dead = gw.tasks.dead();
-    if !dead.is_empty() {
-        return (
-            503,
-            "text/plain",
-            format!(
-                "background task stopped: {}\n",
-                dead.iter()
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        );
-    }
-    if let Some(why) = gw.mapping_missing() {
-        // No mapping yet (--mapping-source database at start-up): nothing is decided.
-        return (503, "text/plain", format!("no mapping loaded: {why}\n"));
+    if let Some(why) = not_deciding(gw) {
+        return (503, "text/plain", why);
     }
     let version = gw.mapping.load().version.clone();
     let source = if gw.mapping_from_db {
@@ -160,69 +147,12 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
         body.push_str(&line);
     }
     if status == 200 {
-        // Named, the status unchanged: a name can be created after the file ships. Read at
-        // every probe (two small catalogue tables), so it is as current as the database.
-        let mapping = gw.mapping.load_full();
-        let unknown = crate::stores::catalogue::unknown_names(gw.identity.pool(), &mapping);
-        match crate::stores::db::within(UNKNOWN_NAMES_LIMIT, unknown).await {
-            // The status stays 200 (the database answered the probe above): the check of the
-            // mapping's names is said not to have run, not left out without a word.
-            Err(e) => {
-                tracing::warn!(error = %e, "readyz: cannot read the role and permission names the mapping uses");
-                body.push_str(&format!(
-                    "mapping={version}: its role and permission names were not checked against the database: {e}\n"
-                ));
-            }
-            Ok(unknown) if !unknown.is_empty() => {
-                let shown: Vec<String> = unknown.iter().take(5).map(|u| u.to_string()).collect();
-                let more = unknown.len().saturating_sub(shown.len());
-                body.push_str(&format!(
-                    "mapping={version} names what the database lacks (no session can hold it, its rules deny): {}{}\n",
-                    shown.join("; "),
-                    if more > 0 { format!("; and {more} more") } else { String::new() }
-                ));
-            }
-            Ok(_) => {}
-        }
+        unknown_names_state(gw, &version, &mut body).await;
     }
     if status == 200 {
-        // Named, the status unchanged: one grant or session whose rows cannot be written is
-        // retried every sweep while every other one proceeds; an operator must look at it.
-        let stuck =
-            crate::stores::revocation::stuck(gw.identity.pool(), gw.sweep_failure_threshold, 5);
-        match crate::stores::db::within(UNKNOWN_NAMES_LIMIT, stuck).await {
-            Ok((items, total)) => {
-                for (item, failures, error) in &items {
-                    body.push_str(&format!(
-                        "sweep: {item} failed {failures} sweeps in a row (retried every sweep): {error}\n"
-                    ));
-                }
-                if total > items.len() as i64 {
-                    body.push_str(&format!(
-                        "sweep: and {} more failing (rbac_gateway_sweep_failures)\n",
-                        total - items.len() as i64
-                    ));
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "readyz: the sweep's failures could not be read"),
-        }
+        sweep_failures_state(gw, &mut body).await;
     }
-    // Named, the status unchanged: FLAG_RBAC_V2 on in production without its promotion row
-    // (I-11). The gateway keeps enforcing the mapping: treating the flag as off would open every
-    // route to Console's legacy checks, refusing to start would take Console down.
-    if gw.promoted_in.is_some() {
-        // The watch reads the row again; a probe never waits for it.
-        gw.promotion_asked.notify_one();
-    }
-    if let Some(line) = gw
-        .promotion
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-    {
-        body.push_str(line);
-        body.push('\n');
-    }
+    promotion_state(gw, &mut body);
     // Named, the status unchanged: what the settings break or leave unreachable (I-4, T-PEN-6).
     for line in &gw.weakened {
         body.push_str(line);
@@ -237,4 +167,91 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
         body.push('\n');
     }
     (status, "text/plain", body)
+}
+
+/// Why nothing is decided, if so: a background task stopped, or no mapping loaded yet.
+fn not_deciding(gw: &Gateway) -> Option<String> {
+    let dead = gw.tasks.dead();
+    if !dead.is_empty() {
+        return Some(format!(
+            "background task stopped: {}\n",
+            dead.iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    // No mapping yet (--mapping-source database at start-up): nothing is decided.
+    gw.mapping_missing()
+        .map(|why| format!("no mapping loaded: {why}\n"))
+}
+
+/// The role and permission names the mapping uses that the database lacks, named with the status
+/// unchanged: a name can be created after the file ships. Read at every probe (two small
+/// catalogue tables), so it is as current as the database.
+async fn unknown_names_state(gw: &Gateway, version: &str, body: &mut String) {
+    let mapping = gw.mapping.load_full();
+    let unknown = crate::stores::catalogue::unknown_names(gw.identity.pool(), &mapping);
+    match crate::stores::db::within(UNKNOWN_NAMES_LIMIT, unknown).await {
+        // The status stays 200 (the database answered the probe above): the check of the
+        // mapping's names is said not to have run, not left out without a word.
+        Err(e) => {
+            tracing::warn!(error = %e, "readyz: cannot read the role and permission names the mapping uses");
+            body.push_str(&format!(
+                "mapping={version}: its role and permission names were not checked against the database: {e}\n"
+            ));
+        }
+        Ok(unknown) if !unknown.is_empty() => {
+            let shown: Vec<String> = unknown.iter().take(5).map(|u| u.to_string()).collect();
+            let more = unknown.len().saturating_sub(shown.len());
+            body.push_str(&format!(
+                "mapping={version} names what the database lacks (no session can hold it, its rules deny): {}{}\n",
+                shown.join("; "),
+                if more > 0 { format!("; and {more} more") } else { String::new() }
+            ));
+        }
+        Ok(_) => {}
+    }
+}
+
+/// The grants and sessions the sweep failed on too often, named with the status unchanged: one
+/// whose rows cannot be written is retried every sweep while every other one proceeds; an
+/// operator must look at it.
+async fn sweep_failures_state(gw: &Gateway, body: &mut String) {
+    let stuck = crate::stores::revocation::stuck(gw.identity.pool(), gw.sweep_failure_threshold, 5);
+    match crate::stores::db::within(UNKNOWN_NAMES_LIMIT, stuck).await {
+        Ok((items, total)) => {
+            for (item, failures, error) in &items {
+                body.push_str(&format!(
+                    "sweep: {item} failed {failures} sweeps in a row (retried every sweep): {error}\n"
+                ));
+            }
+            if total > items.len() as i64 {
+                body.push_str(&format!(
+                    "sweep: and {} more failing (rbac_gateway_sweep_failures)\n",
+                    total - items.len() as i64
+                ));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "readyz: the sweep's failures could not be read"),
+    }
+}
+
+/// I-11, named with the status unchanged: FLAG_RBAC_V2 on in production without its promotion
+/// row. The gateway keeps enforcing the mapping: treating the flag as off would open every
+/// route to Console's legacy checks, refusing to start would take Console down.
+fn promotion_state(gw: &Gateway, body: &mut String) {
+    if gw.promoted_in.is_some() {
+        // The watch reads the row again; a probe never waits for it.
+        gw.promotion_asked.notify_one();
+    }
+    if let Some(line) = gw
+        .promotion
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
+        body.push_str(line);
+        body.push('\n');
+    }
 }

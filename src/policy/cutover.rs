@@ -208,7 +208,30 @@ pub fn assess(
     window_seconds: i64,
     now: DateTime<Utc>,
 ) -> Vec<ClusterStatus> {
-    let mut counts: HashMap<&str, (i64, i64)> = HashMap::new();
+    let counts = window_counts(rows);
+    let window = Window {
+        seconds: window_seconds,
+        now,
+    };
+    clusters_of(mapping)
+        .into_iter()
+        .map(|(name, routes)| cluster_status(mapping, name, &routes, history, &counts, window))
+        .collect()
+}
+
+/// Per route label, the window's shadow denials and drift rows.
+type Counts<'a> = HashMap<&'a str, (i64, i64)>;
+
+/// The shadow window: its length, ending now.
+#[derive(Clone, Copy)]
+struct Window {
+    seconds: i64,
+    now: DateTime<Utc>,
+}
+
+/// Adds the window's rows up per route label (a row without one under "-").
+fn window_counts(rows: &[WindowRow]) -> Counts<'_> {
+    let mut counts: Counts = HashMap::new();
     for (route, event, _, n) in rows {
         let e = counts.entry(route.as_deref().unwrap_or("-")).or_default();
         if event == EVENT_DRIFT {
@@ -217,6 +240,12 @@ pub fn assess(
             e.0 += n;
         }
     }
+    counts
+}
+
+/// The rules of each cluster, by name: every declared cluster (even without a rule), each
+/// cluster a rule names, and "-" for the rules in none.
+fn clusters_of(mapping: &Mapping) -> BTreeMap<String, Vec<&Route>> {
     let mut by_cluster: BTreeMap<String, Vec<&Route>> = mapping
         .clusters
         .keys()
@@ -226,137 +255,174 @@ pub fn assess(
         let c = r.meta.cluster.clone().unwrap_or_else(|| "-".into());
         by_cluster.entry(c).or_default().push(r);
     }
-    let latest = history.first();
-    let window_start = now - chrono::Duration::seconds(window_seconds);
-    let mut out = Vec::new();
-    for (name, routes) in by_cluster {
-        let declared = mapping.clusters.get(&name);
-        let mut blockers: BTreeSet<String> = declared
-            .map(|c| c.blocked_by.iter().cloned().collect())
-            .unwrap_or_default();
-        let mut statuses = Vec::new();
-        for r in &routes {
-            let label = r.label();
-            let fleet_mode = latest.and_then(|l| l.mode(label)).map(str::to_string);
-            let since = fleet_mode.as_deref().and_then(|mode| {
-                history
-                    .iter()
-                    .take_while(|l| l.mode(label) == Some(mode))
-                    .last()
-                    .map(|l| l.at)
-            });
-            let (shadow_denials, drift) = counts.get(label).copied().unwrap_or_default();
-            if let Some(p) = &r.meta.pending {
-                blockers.insert(p.clone());
+    by_cluster
+}
+
+/// One cluster's rules, blockers and counts, and its verdict with the reasons for it.
+fn cluster_status(
+    mapping: &Mapping,
+    name: String,
+    routes: &[&Route],
+    history: &[Load],
+    counts: &Counts,
+    window: Window,
+) -> ClusterStatus {
+    let declared = mapping.clusters.get(&name);
+    let mut blockers: BTreeSet<String> = declared
+        .map(|c| c.blocked_by.iter().cloned().collect())
+        .unwrap_or_default();
+    let mut statuses = Vec::new();
+    for r in routes {
+        if let Some(p) = &r.meta.pending {
+            blockers.insert(p.clone());
+        }
+        statuses.push(route_status(r, history, counts));
+    }
+    let protected: Vec<(&Route, &RouteStatus)> = routes
+        .iter()
+        .zip(&statuses)
+        .filter(|(r, _)| r.access == Access::Protected)
+        .map(|(r, s)| (*r, s))
+        .collect();
+    let shadow_denials = statuses.iter().map(|s| s.shadow_denials).sum();
+    let drift = statuses.iter().map(|s| s.drift).sum();
+    let blockers: Vec<String> = blockers.into_iter().collect();
+    let pending: Vec<&RouteStatus> = protected
+        .iter()
+        .map(|(_, s)| *s)
+        .filter(|s| s.fleet_mode.as_deref() != Some("enforce"))
+        .collect();
+    let promoted = pending.iter().any(|s| s.file_mode == "enforce");
+    let shadow_since = pending
+        .iter()
+        .filter(|s| s.fleet_mode.as_deref() == Some("shadow"))
+        .filter_map(|s| s.since)
+        .max();
+    let (verdict, reasons) = if protected.is_empty() {
+        (Verdict::NotApplicable, Vec::new())
+    } else if pending.is_empty() {
+        (Verdict::Enforced, enforced_reasons(&protected, &blockers))
+    } else {
+        let recorded = !history.is_empty();
+        let reasons = not_ready_reasons(recorded, &pending, shadow_since, drift, &blockers, window);
+        let verdict = if reasons.is_empty() {
+            Verdict::Ready
+        } else {
+            Verdict::NotReady
+        };
+        (verdict, reasons)
+    };
+    ClusterStatus {
+        cluster: name,
+        title: declared.and_then(|c| c.title.clone()),
+        declared: declared.is_some(),
+        routes: statuses,
+        blockers,
+        shadow_denials,
+        drift,
+        shadow_since,
+        verdict,
+        reasons,
+        promoted,
+    }
+}
+
+/// One rule as the file has it, as the fleet runs it and since when, with its window's counts.
+fn route_status(r: &Route, history: &[Load], counts: &Counts) -> RouteStatus {
+    let label = r.label();
+    let fleet_mode = history
+        .first()
+        .and_then(|l| l.mode(label))
+        .map(str::to_string);
+    let since = fleet_mode.as_deref().and_then(|mode| {
+        history
+            .iter()
+            .take_while(|l| l.mode(label) == Some(mode))
+            .last()
+            .map(|l| l.at)
+    });
+    let (shadow_denials, drift) = counts.get(label).copied().unwrap_or_default();
+    RouteStatus {
+        rule: label.to_string(),
+        file_mode: if r.access == Access::Protected {
+            r.mode.as_str().to_string()
+        } else {
+            r.access.as_str().to_string()
+        },
+        fleet_mode,
+        since,
+        shadow_denials,
+        drift,
+        pending: r.meta.pending.clone(),
+    }
+}
+
+/// What is wrong with a cluster the fleet enforces: blockers left, or a file that would take a
+/// protected rule out of enforce.
+fn enforced_reasons(protected: &[(&Route, &RouteStatus)], blockers: &[String]) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if !blockers.is_empty() {
+        reasons.push(format!(
+            "enforced while still blocked by {}",
+            blockers.join(", ")
+        ));
+    }
+    if let Some(s) = protected.iter().find(|(_, s)| s.file_mode != "enforce") {
+        reasons.push(format!(
+            "the file runs {} in {}: swapping it in leaves enforce",
+            s.1.rule, s.1.file_mode
+        ));
+    }
+    reasons
+}
+
+/// Why a cluster not yet enforced is not ready (none: ready): no record of the fleet, rules not
+/// in shadow, a soak shorter than the window, drift, blockers.
+fn not_ready_reasons(
+    recorded: bool,
+    pending: &[&RouteStatus],
+    shadow_since: Option<DateTime<Utc>>,
+    drift: i64,
+    blockers: &[String],
+    window: Window,
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if !recorded {
+        reasons.push("no record of the mapping the fleet runs (rbac_gateway_mapping_versions is empty: a gateway writes it when it loads a mapping)".into());
+    } else {
+        let mut elsewhere: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in pending {
+            match s.fleet_mode.as_deref() {
+                Some("shadow") => {}
+                Some(other) => *elsewhere.entry(other).or_default() += 1,
+                None => *elsewhere.entry("not in the running mapping").or_default() += 1,
             }
-            statuses.push(RouteStatus {
-                rule: label.to_string(),
-                file_mode: if r.access == Access::Protected {
-                    r.mode.as_str().to_string()
-                } else {
-                    r.access.as_str().to_string()
-                },
-                fleet_mode,
-                since,
-                shadow_denials,
-                drift,
-                pending: r.meta.pending.clone(),
+        }
+        for (mode, n) in elsewhere {
+            reasons.push(if mode.starts_with("not ") {
+                format!("{n} rule(s) {mode}")
+            } else {
+                format!("{n} rule(s) in mode {mode}, not shadow")
             });
         }
-        let protected: Vec<(&Route, &RouteStatus)> = routes
-            .iter()
-            .zip(&statuses)
-            .filter(|(r, _)| r.access == Access::Protected)
-            .map(|(r, s)| (*r, s))
-            .collect();
-        let shadow_denials = statuses.iter().map(|s| s.shadow_denials).sum();
-        let drift = statuses.iter().map(|s| s.drift).sum();
-        let blockers: Vec<String> = blockers.into_iter().collect();
-        let pending: Vec<&RouteStatus> = protected
-            .iter()
-            .map(|(_, s)| *s)
-            .filter(|s| s.fleet_mode.as_deref() != Some("enforce"))
-            .collect();
-        let promoted = pending.iter().any(|s| s.file_mode == "enforce");
-        let shadow_since = pending
-            .iter()
-            .filter(|s| s.fleet_mode.as_deref() == Some("shadow"))
-            .filter_map(|s| s.since)
-            .max();
-        let mut reasons = Vec::new();
-        let verdict = if protected.is_empty() {
-            Verdict::NotApplicable
-        } else if pending.is_empty() {
-            if !blockers.is_empty() {
+        if let Some(since) = shadow_since {
+            if since > window.now - chrono::Duration::seconds(window.seconds) {
                 reasons.push(format!(
-                    "enforced while still blocked by {}",
-                    blockers.join(", ")
+                    "in shadow for {} of {} (since {})",
+                    human((window.now - since).num_seconds()),
+                    human(window.seconds),
+                    since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 ));
             }
-            if let Some(s) = protected.iter().find(|(_, s)| s.file_mode != "enforce") {
-                reasons.push(format!(
-                    "the file runs {} in {}: swapping it in leaves enforce",
-                    s.1.rule, s.1.file_mode
-                ));
-            }
-            Verdict::Enforced
-        } else {
-            if latest.is_none() {
-                reasons.push("no record of the mapping the fleet runs (rbac_gateway_mapping_versions is empty: a gateway writes it when it loads a mapping)".into());
-            } else {
-                let mut elsewhere: BTreeMap<&str, usize> = BTreeMap::new();
-                for s in &pending {
-                    match s.fleet_mode.as_deref() {
-                        Some("shadow") => {}
-                        Some(other) => *elsewhere.entry(other).or_default() += 1,
-                        None => *elsewhere.entry("not in the running mapping").or_default() += 1,
-                    }
-                }
-                for (mode, n) in elsewhere {
-                    reasons.push(if mode.starts_with("not ") {
-                        format!("{n} rule(s) {mode}")
-                    } else {
-                        format!("{n} rule(s) in mode {mode}, not shadow")
-                    });
-                }
-                if let Some(since) = shadow_since {
-                    if since > window_start {
-                        reasons.push(format!(
-                            "in shadow for {} of {} (since {})",
-                            human((now - since).num_seconds()),
-                            human(window_seconds),
-                            since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        ));
-                    }
-                }
-            }
-            if drift > 0 {
-                reasons.push(format!("{drift} drift row(s) in the window"));
-            }
-            if !blockers.is_empty() {
-                reasons.push(format!("blocked by {}", blockers.join(", ")));
-            }
-            if reasons.is_empty() {
-                Verdict::Ready
-            } else {
-                Verdict::NotReady
-            }
-        };
-        out.push(ClusterStatus {
-            cluster: name,
-            title: declared.and_then(|c| c.title.clone()),
-            declared: declared.is_some(),
-            routes: statuses,
-            blockers,
-            shadow_denials,
-            drift,
-            shadow_since,
-            verdict,
-            reasons,
-            promoted,
-        });
+        }
     }
-    out
+    if drift > 0 {
+        reasons.push(format!("{drift} drift row(s) in the window"));
+    }
+    if !blockers.is_empty() {
+        reasons.push(format!("blocked by {}", blockers.join(", ")));
+    }
+    reasons
 }
 
 #[cfg(test)]

@@ -445,18 +445,7 @@ fn reach_class(c: &Cell) -> &'static str {
 /// The matrix: routes (grouped by cluster) x principals, each cell `matrix --format json`'s;
 /// with `shifts`, the cells whose answer the compared version gave otherwise are marked.
 pub fn matrix(m: &Matrix, f: &MatrixFilter, version: &str, shifts: Option<&DiffReport>) -> Markup {
-    // (principal, method, path) -> the cell in the compared version.
-    let mut before: HashMap<(&str, &str, &str), &Cell> = HashMap::new();
-    if let Some(d) = shifts {
-        for p in &d.principals {
-            for s in p.gains.iter().chain(&p.losses).chain(&p.other) {
-                before.insert(
-                    (p.name.as_str(), s.method.as_str(), s.path.as_str()),
-                    &s.before,
-                );
-            }
-        }
-    }
+    let before = cells_before(shifts);
     let groups: Vec<usize> = (0..m.rows.len())
         .filter(|i| m.rows[*i].kind != "admin")
         .collect();
@@ -469,74 +458,9 @@ pub fn matrix(m: &Matrix, f: &MatrixFilter, version: &str, shifts: Option<&DiffR
         .iter()
         .map(|c| c.cluster.as_deref().unwrap_or("-"))
         .collect();
-    let mut changed = 0;
-    for r in &m.rows {
-        for (col, _) in m.columns.iter().zip(&r.cells) {
-            if let Some(p) = &col.path {
-                changed += usize::from(before.contains_key(&(
-                    r.name.as_str(),
-                    col.method.as_str(),
-                    p.as_str(),
-                )));
-            }
-        }
-    }
-    // The stages in 003's order (S1, S2, ... S10), then the other clusters as the mapping names
-    // them; rules in file order within each.
-    let mut order: Vec<&str> = Vec::new();
-    for c in &m.columns {
-        let name = c.cluster.as_deref().unwrap_or("-");
-        if !order.contains(&name) {
-            order.push(name);
-        }
-    }
-    let stage = |name: &str| {
-        name.strip_prefix('S')
-            .and_then(|n| n.parse::<u32>().ok())
-            .unwrap_or(u32::MAX)
-    };
-    order.sort_by_key(|c| stage(c));
-    let table = |rows: &[usize], title: &str| {
-        html! {
-            h2 { (title) }
-            table.matrix {
-                thead { tr {
-                    th { "Method" } th { "Rule" } th { "Mode" }
-                    @for i in rows { th title=(m.rows[*i].roles.join(", ")) data-principal=(m.rows[*i].name) {
-                        (m.rows[*i].email.as_deref().unwrap_or(&m.rows[*i].name))
-                        @if m.rows[*i].break_glass { br; span.muted { "break-glass" } }
-                    } }
-                } }
-                tbody {
-                    @for cluster in &order {
-                        tr.cluster { th colspan=(3 + rows.len()) { "Cluster " (cluster) } }
-                        @for (ci, col) in m.columns.iter().enumerate().filter(|(_, c)| c.cluster.as_deref().unwrap_or("-") == *cluster) {
-                            tr data-method=(col.method) data-rule=(col.rule) {
-                                td.mono { (col.method) }
-                                td.mono title=(col.required) { (col.rule.split_once(' ').map_or(col.rule.as_str(), |x| x.1)) }
-                                td { (col.mode) }
-                                @for i in rows {
-                                    @let row = &m.rows[*i];
-                                    @let c = &row.cells[ci];
-                                    @let was = col.path.as_deref().and_then(|p| before.get(&(row.name.as_str(), col.method.as_str(), p)));
-                                    @let class = if was.is_some() { format!("{} changed", reach_class(c)) } else { reach_class(c).to_string() };
-                                    @let title = match was {
-                                        Some(b) => format!("{} | was: {}", c.decision, b.decision),
-                                        None => format!("{}{}", c.decision, c.how.as_deref().map(|h| format!(" | {h}")).unwrap_or_default()),
-                                    };
-                                    td class=(class) title=(title) data-outcome=(c.outcome) data-reach=(c.reach.as_str())
-                                    data-status=(c.status.map(|s| s.to_string()).unwrap_or_default()) {
-                                        (short(c))
-                                        @if let Some(b) = was { br; span.muted { "was " (short(b)) } }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    };
+    let changed = changed_cells(m, &before);
+    let order = cluster_order(m);
+    let table = |rows: &[usize], title: &str| matrix_table(m, rows, title, &order, &before);
     html! {
         h1 { "Access matrix " code { (m.version) } }
         p.muted {
@@ -566,6 +490,111 @@ pub fn matrix(m: &Matrix, f: &MatrixFilter, version: &str, shifts: Option<&DiffR
         @if !groups.is_empty() { (table(&groups, "Groups × routes")) }
         @if show_admins && !admins.is_empty() { (table(&admins, "Admins × routes")) }
         @if !show_admins { p.warn { (admins.len()) " admins: choose one under Who to see their column." } }
+    }
+}
+
+/// (principal, method, path) -> the cell in the compared version.
+type Before<'a> = HashMap<(&'a str, &'a str, &'a str), &'a Cell>;
+
+/// The cells the compared version answered otherwise, as they were there.
+fn cells_before(shifts: Option<&DiffReport>) -> Before<'_> {
+    let mut before: Before = HashMap::new();
+    if let Some(d) = shifts {
+        for p in &d.principals {
+            for s in p.gains.iter().chain(&p.losses).chain(&p.other) {
+                before.insert(
+                    (p.name.as_str(), s.method.as_str(), s.path.as_str()),
+                    &s.before,
+                );
+            }
+        }
+    }
+    before
+}
+
+/// How many of the matrix's cells the compared version answered otherwise.
+fn changed_cells(m: &Matrix, before: &Before) -> usize {
+    let mut changed = 0;
+    for r in &m.rows {
+        for (col, _) in m.columns.iter().zip(&r.cells) {
+            if let Some(p) = &col.path {
+                changed += usize::from(before.contains_key(&(
+                    r.name.as_str(),
+                    col.method.as_str(),
+                    p.as_str(),
+                )));
+            }
+        }
+    }
+    changed
+}
+
+/// The stages in 003's order (S1, S2, ... S10), then the other clusters as the mapping names
+/// them; rules in file order within each.
+fn cluster_order(m: &Matrix) -> Vec<&str> {
+    let mut order: Vec<&str> = Vec::new();
+    for c in &m.columns {
+        let name = c.cluster.as_deref().unwrap_or("-");
+        if !order.contains(&name) {
+            order.push(name);
+        }
+    }
+    let stage = |name: &str| {
+        name.strip_prefix('S')
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(u32::MAX)
+    };
+    order.sort_by_key(|c| stage(c));
+    order
+}
+
+/// One table of the matrix under `title`: the principals of `rows` as columns, each cluster's
+/// rules in `order` as rows, a changed cell marked with what it was.
+fn matrix_table(
+    m: &Matrix,
+    rows: &[usize],
+    title: &str,
+    order: &[&str],
+    before: &Before,
+) -> Markup {
+    html! {
+        h2 { (title) }
+        table.matrix {
+            thead { tr {
+                th { "Method" } th { "Rule" } th { "Mode" }
+                @for i in rows { th title=(m.rows[*i].roles.join(", ")) data-principal=(m.rows[*i].name) {
+                    (m.rows[*i].email.as_deref().unwrap_or(&m.rows[*i].name))
+                    @if m.rows[*i].break_glass { br; span.muted { "break-glass" } }
+                } }
+            } }
+            tbody {
+                @for cluster in order {
+                    tr.cluster { th colspan=(3 + rows.len()) { "Cluster " (cluster) } }
+                    @for (ci, col) in m.columns.iter().enumerate().filter(|(_, c)| c.cluster.as_deref().unwrap_or("-") == *cluster) {
+                        tr data-method=(col.method) data-rule=(col.rule) {
+                            td.mono { (col.method) }
+                            td.mono title=(col.required) { (col.rule.split_once(' ').map_or(col.rule.as_str(), |x| x.1)) }
+                            td { (col.mode) }
+                            @for i in rows {
+                                @let row = &m.rows[*i];
+                                @let c = &row.cells[ci];
+                                @let was = col.path.as_deref().and_then(|p| before.get(&(row.name.as_str(), col.method.as_str(), p)));
+                                @let class = if was.is_some() { format!("{} changed", reach_class(c)) } else { reach_class(c).to_string() };
+                                @let title = match was {
+                                    Some(b) => format!("{} | was: {}", c.decision, b.decision),
+                                    None => format!("{}{}", c.decision, c.how.as_deref().map(|h| format!(" | {h}")).unwrap_or_default()),
+                                };
+                                td class=(class) title=(title) data-outcome=(c.outcome) data-reach=(c.reach.as_str())
+                                data-status=(c.status.map(|s| s.to_string()).unwrap_or_default()) {
+                                    (short(c))
+                                    @if let Some(b) = was { br; span.muted { "was " (short(b)) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::file::{Case, Expect, Kind, Label, Problem, Subject, Subjects, Who};
+use super::file::{Case, Expect, Kind, Label, Problem, Select, Subjects, Who};
 use super::world::{at, decide_one, CaseReport, Decided, Failure, Grants, Resolved, World};
 use crate::cli::access::InMemory;
 use crate::policy::mapping::Mapping;
@@ -55,96 +55,16 @@ impl<'c> Prepared<'c> {
         cases: &'c [Case],
         file_names: &[String],
     ) -> Result<Prepared<'c>, Vec<Problem>> {
-        let mut problems = Vec::new();
-        let mut problem = |file: usize, line: usize, col: usize, message: String| {
-            problems.push(crate::cli::toolbox::diag(
-                &file_names[file],
-                line,
-                col,
-                crate::policy::mapping::Severity::Error,
-                message,
-            ))
+        let mut problems = Problems {
+            file_names,
+            found: Vec::new(),
         };
         let mut resolved = HashMap::new();
         let mut every_group = BTreeMap::new();
         let mut tickets = Vec::with_capacity(cases.len());
         for case in cases {
-            let mut subjects: Vec<(String, Who, usize, usize)> = Vec::new();
-            let mut add = |list: &[Subject]| {
-                subjects.extend(
-                    list.iter()
-                        .map(|s| (s.label.clone(), s.who.clone(), s.line, s.col)),
-                )
-            };
-            match &case.kind {
-                Kind::Request {
-                    who: Subjects::List(l),
-                    ..
-                }
-                | Kind::Every {
-                    who: Subjects::List(l),
-                    ..
-                } => add(l),
-                Kind::Request {
-                    who: Subjects::EveryGroup { except, line, col },
-                    ..
-                }
-                | Kind::Every {
-                    who: Subjects::EveryGroup { except, line, col },
-                    ..
-                } => {
-                    if let Some(g) = except
-                        .iter()
-                        .find(|g| !world.catalogue.groups.contains_key(*g))
-                    {
-                        problem(case.file, *line, *col, format!("every_group_except names {g:?}, which is not a group of the catalogue ({})", world.catalogue_source()));
-                    }
-                    let groups: Vec<Who> = world
-                        .catalogue
-                        .groups
-                        .keys()
-                        .filter(|g| !except.contains(g))
-                        .map(|g| Who::Synthetic {
-                            groups: vec![g.clone()],
-                            roles: vec![],
-                            permissions: vec![],
-                            break_glass: false,
-                        })
-                        .collect();
-                    for w in &groups {
-                        subjects.push((super::file::describe(w), w.clone(), *line, *col));
-                    }
-                    if groups.is_empty() {
-                        problem(
-                            case.file,
-                            *line,
-                            *col,
-                            "every_group_except excepts every group of the catalogue: the case asks no one, and would pass having decided nothing".into(),
-                        );
-                    }
-                    every_group.insert((case.file, case.line), groups);
-                }
-                Kind::RequiresOneOf { roles, .. } => {
-                    let unknown = world.unknown(roles, &[]);
-                    if !unknown.is_empty() {
-                        problem(case.file, case.line, case.col, format!("requires_one_of: {} named neither by the catalogue nor by the mapping", unknown.join(", ")));
-                    }
-                }
-            }
-            if let Kind::Every { select, .. } | Kind::RequiresOneOf { select, .. } = &case.kind {
-                if let Some(a) = &select.access {
-                    if !["protected", "public", "machine", "gone"].contains(&a.as_str()) {
-                        problem(
-                            case.file,
-                            case.line,
-                            case.col,
-                            format!(
-                                "every: unknown access {a:?} (protected, public, machine or gone)"
-                            ),
-                        );
-                    }
-                }
-            }
+            let subjects = subjects_named(world, case, &mut every_group, &mut problems);
+            check_access(case, &mut problems);
             for (label, who, line, col) in subjects {
                 if resolved.contains_key(&who) {
                     continue;
@@ -153,18 +73,18 @@ impl<'c> Prepared<'c> {
                     Ok(r) => {
                         resolved.insert(who, r);
                     }
-                    Err(why) => problem(case.file, line, col, why),
+                    Err(why) => problems.add(case.file, line, col, why),
                 }
             }
             match world.ticket_grants(&case.tickets) {
                 Ok(t) => tickets.push(t),
                 Err(why) => {
-                    problem(case.file, case.line, case.col, why);
+                    problems.add(case.file, case.line, case.col, why);
                     tickets.push(BTreeMap::new());
                 }
             }
         }
-        if problems.is_empty() {
+        if problems.found.is_empty() {
             Ok(Prepared {
                 cases,
                 resolved,
@@ -172,7 +92,140 @@ impl<'c> Prepared<'c> {
                 tickets,
             })
         } else {
-            Err(problems)
+            Err(problems.found)
+        }
+    }
+}
+
+/// The load errors found while preparing a suite, each located in its file.
+struct Problems<'f> {
+    file_names: &'f [String],
+    found: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, file: usize, line: usize, col: usize, message: String) {
+        self.found.push(crate::cli::toolbox::diag(
+            &self.file_names[file],
+            line,
+            col,
+            crate::policy::mapping::Severity::Error,
+            message,
+        ))
+    }
+}
+
+/// The principals a case names, each with its label and place: `every_group_except` expanded to
+/// one principal a group (kept in `every_group`); the roles `requires_one_of` names checked.
+fn subjects_named(
+    world: &World<'_>,
+    case: &Case,
+    every_group: &mut BTreeMap<(usize, usize), Vec<Who>>,
+    problems: &mut Problems,
+) -> Vec<(String, Who, usize, usize)> {
+    let mut subjects: Vec<(String, Who, usize, usize)> = Vec::new();
+    match &case.kind {
+        Kind::Request {
+            who: Subjects::List(l),
+            ..
+        }
+        | Kind::Every {
+            who: Subjects::List(l),
+            ..
+        } => subjects.extend(
+            l.iter()
+                .map(|s| (s.label.clone(), s.who.clone(), s.line, s.col)),
+        ),
+        Kind::Request {
+            who: Subjects::EveryGroup { except, line, col },
+            ..
+        }
+        | Kind::Every {
+            who: Subjects::EveryGroup { except, line, col },
+            ..
+        } => {
+            let groups = every_group_but(world, case, except, (*line, *col), problems);
+            for w in &groups {
+                subjects.push((super::file::describe(w), w.clone(), *line, *col));
+            }
+            every_group.insert((case.file, case.line), groups);
+        }
+        Kind::RequiresOneOf { roles, .. } => {
+            let unknown = world.unknown(roles, &[]);
+            if !unknown.is_empty() {
+                problems.add(
+                    case.file,
+                    case.line,
+                    case.col,
+                    format!(
+                        "requires_one_of: {} named neither by the catalogue nor by the mapping",
+                        unknown.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    subjects
+}
+
+/// `every_group_except`: a principal holding each group of the catalogue but those excepted; an
+/// excepted name that is no group, or no group left, is a problem at its `(line, col)`.
+fn every_group_but(
+    world: &World<'_>,
+    case: &Case,
+    except: &[String],
+    (line, col): (usize, usize),
+    problems: &mut Problems,
+) -> Vec<Who> {
+    if let Some(g) = except
+        .iter()
+        .find(|g| !world.catalogue.groups.contains_key(*g))
+    {
+        problems.add(
+            case.file,
+            line,
+            col,
+            format!(
+                "every_group_except names {g:?}, which is not a group of the catalogue ({})",
+                world.catalogue_source()
+            ),
+        );
+    }
+    let groups: Vec<Who> = world
+        .catalogue
+        .groups
+        .keys()
+        .filter(|g| !except.contains(g))
+        .map(|g| Who::Synthetic {
+            groups: vec![g.clone()],
+            roles: vec![],
+            permissions: vec![],
+            break_glass: false,
+        })
+        .collect();
+    if groups.is_empty() {
+        problems.add(
+            case.file,
+            line,
+            col,
+            "every_group_except excepts every group of the catalogue: the case asks no one, and would pass having decided nothing".into(),
+        );
+    }
+    groups
+}
+
+/// A selection's `access`, when given, is one the mapping knows.
+fn check_access(case: &Case, problems: &mut Problems) {
+    if let Kind::Every { select, .. } | Kind::RequiresOneOf { select, .. } = &case.kind {
+        if let Some(a) = &select.access {
+            if !["protected", "public", "machine", "gone"].contains(&a.as_str()) {
+                problems.add(
+                    case.file,
+                    case.line,
+                    case.col,
+                    format!("every: unknown access {a:?} (protected, public, machine or gone)"),
+                );
+            }
         }
     }
 }
@@ -222,27 +275,8 @@ pub(crate) async fn run(
                 who,
                 expect,
             } => {
-                let mut failures = Vec::new();
                 let subjects = subjects_of(p, case, who, i);
-                for (r, authority) in &subjects {
-                    let d = decide_one(world, authority, method, path).await;
-                    if let Some(rule) = d.rule {
-                        touched[rule] = true;
-                    }
-                    if let Some(problem) = differs(world.mapping, expect, &d) {
-                        failures.push(Failure {
-                            who: r.label.clone(),
-                            method: method.clone(),
-                            path: Some(path.clone()),
-                            rule: d.rule.map(|x| world.mapping.routes[x].label().to_string()),
-                            at: d.rule.map(|x| at(world.mapping, &world.mapping.routes[x])),
-                            expected: super::file::outcomes(&expect.outcomes),
-                            decided: d.said(),
-                            problem,
-                            why: super::why::why(world, r, authority, method, path, &d),
-                        });
-                    }
-                }
+                let failures = request(world, &subjects, method, path, expect, touched).await;
                 ("request", subjects.len(), failures)
             }
             Kind::Every {
@@ -252,60 +286,13 @@ pub(crate) async fn run(
             } => {
                 let subjects = subjects_of(p, case, who, i);
                 let customers: Vec<i32> = p.tickets[i].keys().copied().collect();
-                let (probes, mut failures) =
-                    super::every::selected(world.mapping, select, &customers);
-                let mut decisions = 0;
-                for (r, authority) in &subjects {
-                    for (route, method, path) in &probes {
-                        touched[*route] = true;
-                        let d = decide_one(world, authority, method, path).await;
-                        decisions += 1;
-                        if let Some(problem) = differs(world.mapping, expect, &d) {
-                            failures.push(offender(
-                                world.mapping,
-                                *route,
-                                &r.label,
-                                method,
-                                path,
-                                expect,
-                                &d,
-                                problem,
-                            ));
-                        }
-                    }
-                }
+                let (decisions, failures) =
+                    every(world, &subjects, select, &customers, expect, touched).await;
                 ("every", decisions, failures)
             }
             Kind::RequiresOneOf { select, roles } => {
-                let (probes, mut failures) = super::every::selected(world.mapping, select, &[]);
-                let adversary = super::every::adversary(world, roles);
-                let label = format!("everyone without {}", roles.join(" or "));
-                let authority = InMemory {
-                    principal: Some(Arc::new(adversary)),
-                    tickets: BTreeMap::new(),
-                };
-                let expect = Expect {
-                    outcomes: vec![Label::Deny, Label::ShadowDeny],
-                    rule: None,
-                    reason: None,
-                };
-                for (route, method, path) in &probes {
-                    touched[*route] = true;
-                    let d = decide_one(world, &authority, method, path).await;
-                    if let Some(problem) = differs(world.mapping, &expect, &d) {
-                        failures.push(offender(
-                            world.mapping,
-                            *route,
-                            &label,
-                            method,
-                            path,
-                            &expect,
-                            &d,
-                            problem,
-                        ));
-                    }
-                }
-                ("requires_one_of", probes.len(), failures)
+                let (decisions, failures) = requires_one_of(world, select, roles, touched).await;
+                ("requires_one_of", decisions, failures)
             }
         };
         out.push(CaseReport {
@@ -319,6 +306,111 @@ pub(crate) async fn run(
         });
     }
     out
+}
+
+/// A `request` case: the one request asked as each subject, a failure explained with why.
+async fn request(
+    world: &World<'_>,
+    subjects: &[(&Resolved, InMemory)],
+    method: &str,
+    path: &str,
+    expect: &Expect,
+    touched: &mut [bool],
+) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    for (r, authority) in subjects {
+        let d = decide_one(world, authority, method, path).await;
+        if let Some(rule) = d.rule {
+            touched[rule] = true;
+        }
+        if let Some(problem) = differs(world.mapping, expect, &d) {
+            failures.push(Failure {
+                who: r.label.clone(),
+                method: method.to_string(),
+                path: Some(path.to_string()),
+                rule: d.rule.map(|x| world.mapping.routes[x].label().to_string()),
+                at: d.rule.map(|x| at(world.mapping, &world.mapping.routes[x])),
+                expected: super::file::outcomes(&expect.outcomes),
+                decided: d.said(),
+                problem,
+                why: super::why::why(world, r, authority, method, path, &d),
+            });
+        }
+    }
+    failures
+}
+
+/// An `every` case: each request its selection generates asked as each subject; the decisions
+/// made and the failures.
+async fn every(
+    world: &World<'_>,
+    subjects: &[(&Resolved, InMemory)],
+    select: &Select,
+    customers: &[i32],
+    expect: &Expect,
+    touched: &mut [bool],
+) -> (usize, Vec<Failure>) {
+    let (probes, mut failures) = super::every::selected(world.mapping, select, customers);
+    let mut decisions = 0;
+    for (r, authority) in subjects {
+        for (route, method, path) in &probes {
+            touched[*route] = true;
+            let d = decide_one(world, authority, method, path).await;
+            decisions += 1;
+            if let Some(problem) = differs(world.mapping, expect, &d) {
+                failures.push(offender(
+                    world.mapping,
+                    *route,
+                    &r.label,
+                    method,
+                    path,
+                    expect,
+                    &d,
+                    problem,
+                ));
+            }
+        }
+    }
+    (decisions, failures)
+}
+
+/// A `requires_one_of` case: each request its selection generates asked as the adversary that
+/// holds everything but `roles`, expecting a denial; the decisions made and the failures.
+async fn requires_one_of(
+    world: &World<'_>,
+    select: &Select,
+    roles: &[String],
+    touched: &mut [bool],
+) -> (usize, Vec<Failure>) {
+    let (probes, mut failures) = super::every::selected(world.mapping, select, &[]);
+    let adversary = super::every::adversary(world, roles);
+    let label = format!("everyone without {}", roles.join(" or "));
+    let authority = InMemory {
+        principal: Some(Arc::new(adversary)),
+        tickets: BTreeMap::new(),
+    };
+    let expect = Expect {
+        outcomes: vec![Label::Deny, Label::ShadowDeny],
+        rule: None,
+        reason: None,
+    };
+    for (route, method, path) in &probes {
+        touched[*route] = true;
+        let d = decide_one(world, &authority, method, path).await;
+        if let Some(problem) = differs(world.mapping, &expect, &d) {
+            failures.push(offender(
+                world.mapping,
+                *route,
+                &label,
+                method,
+                path,
+                &expect,
+                &d,
+                problem,
+            ));
+        }
+    }
+    (probes.len(), failures)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -94,36 +94,81 @@ pub enum ConfigError {
 /// Reads the settings from `env` (the process environment in `serve`; a table in tests).
 /// `Ok(None)`: telemetry is off.
 pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Settings>, ConfigError> {
-    // An empty variable is an unset one (as the specification says).
-    let get = |k: &str| {
-        env(k)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
-    if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+    let env = Env(env);
+    if env
+        .get("OTEL_SDK_DISABLED")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
         return Ok(None);
     }
-    for var in [
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-    ] {
-        if let Some(value) = get(var) {
-            if value != "http/protobuf" {
-                return Err(ConfigError::Protocol { var, value });
-            }
+    check_protocols(&env)?;
+    let traces_on = env.exporter_on(TRACES.exporter)?;
+    let metrics_on = env.exporter_on(METRICS.exporter)?;
+    let general = General::read(&env)?;
+    let traces = if traces_on {
+        endpoint(&env, &general, &TRACES)?
+    } else {
+        None
+    };
+    let metrics = if metrics_on {
+        endpoint(&env, &general, &METRICS)?
+    } else {
+        None
+    };
+    if traces.is_none() && metrics.is_none() {
+        return Ok(None);
+    }
+    let sampling = sampling(&env)?;
+    let max_queue = env.count("OTEL_BSP_MAX_QUEUE_SIZE", 2048)?;
+    let attribute_value_limit = attribute_value_limit(&env)?;
+    let resource_names_service = env.get("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| {
+        a.split(',')
+            .any(|kv| kv.split('=').next().map(str::trim) == Some("service.name"))
+    });
+    Ok(Some(Settings {
+        traces,
+        metrics,
+        sampling,
+        metric_interval: env
+            .millis("OTEL_METRIC_EXPORT_INTERVAL", 60_000)?
+            .max(Duration::from_millis(1)),
+        max_queue,
+        schedule_delay: env
+            .millis("OTEL_BSP_SCHEDULE_DELAY", 5_000)?
+            .max(Duration::from_millis(1)),
+        max_batch: env
+            .count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?
+            .min(max_queue),
+        default_service_name: env.get("OTEL_SERVICE_NAME").is_none() && !resource_names_service,
+        attribute_value_limit,
+    }))
+}
+
+/// The environment as the specification reads it, with the typed reads the settings share.
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    /// The variable's trimmed value; an empty variable is an unset one (as the specification
+    /// says).
+    fn get(&self, k: &str) -> Option<String> {
+        (self.0)(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// `OTEL_*_EXPORTER`: unset or `otlp` is on, `none` off, anything else refused.
+    fn exporter_on(&self, var: &'static str) -> Result<bool, ConfigError> {
+        match self.get(var) {
+            None => Ok(true),
+            Some(v) if v == "otlp" => Ok(true),
+            Some(v) if v == "none" => Ok(false),
+            Some(value) => Err(ConfigError::Exporter { var, value }),
         }
     }
-    let exporter_on = |var: &'static str| match get(var) {
-        None => Ok(true),
-        Some(v) if v == "otlp" => Ok(true),
-        Some(v) if v == "none" => Ok(false),
-        Some(value) => Err(ConfigError::Exporter { var, value }),
-    };
-    let traces_on = exporter_on("OTEL_TRACES_EXPORTER")?;
-    let metrics_on = exporter_on("OTEL_METRICS_EXPORTER")?;
-    let millis = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
-        match get(var) {
+
+    /// A duration in whole milliseconds, `default` when unset.
+    fn millis(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        match self.get(var) {
             None => Ok(Duration::from_millis(default)),
             Some(value) => value
                 .parse::<u64>()
@@ -134,89 +179,11 @@ pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Settings>
                     what: " of milliseconds",
                 }),
         }
-    };
-    let general_timeout = millis("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?;
-    let general_headers = match get("OTEL_EXPORTER_OTLP_HEADERS") {
-        None => Vec::new(),
-        Some(h) => parse_headers("OTEL_EXPORTER_OTLP_HEADERS", &h)?,
-    };
-    let general = get("OTEL_EXPORTER_OTLP_ENDPOINT");
-    let endpoint = |on: bool,
-                    own: &'static str,
-                    own_headers: &'static str,
-                    own_timeout: &'static str,
-                    path: &str|
-     -> Result<Option<Endpoint>, ConfigError> {
-        if !on {
-            return Ok(None);
-        }
-        // The signal's own URL is used as it is; the general one gets the signal's path.
-        let (var, url) = match (get(own), &general) {
-            (Some(u), _) => (own, u),
-            (None, Some(g)) => (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("{}{path}", g.trim_end_matches('/')),
-            ),
-            (None, None) => return Ok(None),
-        };
-        let parsed: Uri = url.parse().map_err(|_| ConfigError::Endpoint {
-            var,
-            value: url.clone(),
-        })?;
-        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
-            return Err(ConfigError::Endpoint { var, value: url });
-        }
-        let headers = match get(own_headers) {
-            Some(h) => parse_headers(own_headers, &h)?,
-            None => general_headers.clone(),
-        };
-        let timeout = match get(own_timeout) {
-            Some(_) => millis(own_timeout, 10_000)?,
-            None => general_timeout,
-        };
-        Ok(Some(Endpoint {
-            url: parsed,
-            headers,
-            timeout,
-        }))
-    };
-    let traces = endpoint(
-        traces_on,
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-        "/v1/traces",
-    )?;
-    let metrics = endpoint(
-        metrics_on,
-        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
-        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
-        "/v1/metrics",
-    )?;
-    if traces.is_none() && metrics.is_none() {
-        return Ok(None);
     }
-    let ratio = || -> Result<f64, ConfigError> {
-        match get("OTEL_TRACES_SAMPLER_ARG") {
-            None => Ok(1.0),
-            Some(a) => match a.parse::<f64>() {
-                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-                _ => Err(ConfigError::SamplerArg(a)),
-            },
-        }
-    };
-    let sampling = match get("OTEL_TRACES_SAMPLER").as_deref() {
-        None | Some("parentbased_always_on") => Sampling::ParentBasedAlwaysOn,
-        Some("always_on") => Sampling::AlwaysOn,
-        Some("always_off") => Sampling::AlwaysOff,
-        Some("traceidratio") => Sampling::Ratio(ratio()?),
-        Some("parentbased_always_off") => Sampling::ParentBasedAlwaysOff,
-        Some("parentbased_traceidratio") => Sampling::ParentBasedRatio(ratio()?),
-        Some(other) => return Err(ConfigError::Sampler(other.to_string())),
-    };
-    let count = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
-        match get(var) {
+
+    /// A count above zero, `default` when unset.
+    fn count(&self, var: &'static str, default: usize) -> Result<usize, ConfigError> {
+        match self.get(var) {
             None => Ok(default),
             Some(value) => match value.parse::<usize>() {
                 Ok(n) if n > 0 => Ok(n),
@@ -227,11 +194,11 @@ pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Settings>
                 }),
             },
         }
-    };
-    let max_queue = count("OTEL_BSP_MAX_QUEUE_SIZE", 2048)?;
-    // The span's own limit wins over the general one; a bad value in either is refused.
-    let value_limit = |var: &'static str| -> Result<Option<usize>, ConfigError> {
-        get(var)
+    }
+
+    /// A number of characters, None when unset.
+    fn value_limit(&self, var: &'static str) -> Result<Option<usize>, ConfigError> {
+        self.get(var)
             .map(|value| {
                 value.parse::<usize>().map_err(|_| ConfigError::Number {
                     var,
@@ -240,27 +207,141 @@ pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Settings>
                 })
             })
             .transpose()
+    }
+}
+
+/// Refuses any protocol but `http/protobuf`, the general variable first, then each signal's.
+fn check_protocols(env: &Env) -> Result<(), ConfigError> {
+    for var in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    ] {
+        if let Some(value) = env.get(var) {
+            if value != "http/protobuf" {
+                return Err(ConfigError::Protocol { var, value });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One signal's own variables, and the path it takes under the general endpoint.
+struct Signal {
+    exporter: &'static str,
+    endpoint: &'static str,
+    headers: &'static str,
+    timeout: &'static str,
+    path: &'static str,
+}
+
+const TRACES: Signal = Signal {
+    exporter: "OTEL_TRACES_EXPORTER",
+    endpoint: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    headers: "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    timeout: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    path: "/v1/traces",
+};
+
+const METRICS: Signal = Signal {
+    exporter: "OTEL_METRICS_EXPORTER",
+    endpoint: "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    headers: "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    timeout: "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    path: "/v1/metrics",
+};
+
+/// The general `OTEL_EXPORTER_OTLP_*` variables, what a signal without its own falls back to.
+struct General {
+    timeout: Duration,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    endpoint: Option<String>,
+}
+
+impl General {
+    /// The timeout, the headers and the endpoint, checked in that order.
+    fn read(env: &Env) -> Result<General, ConfigError> {
+        let timeout = env.millis("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?;
+        let headers = match env.get("OTEL_EXPORTER_OTLP_HEADERS") {
+            None => Vec::new(),
+            Some(h) => parse_headers("OTEL_EXPORTER_OTLP_HEADERS", &h)?,
+        };
+        Ok(General {
+            timeout,
+            headers,
+            endpoint: env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        })
+    }
+}
+
+/// Where a signal that is on goes, None when no endpoint names it: its own URL used as it is,
+/// else the general one with the signal's path; its own headers and timeout over the general.
+fn endpoint(
+    env: &Env,
+    general: &General,
+    signal: &Signal,
+) -> Result<Option<Endpoint>, ConfigError> {
+    let (var, url) = match (env.get(signal.endpoint), &general.endpoint) {
+        (Some(u), _) => (signal.endpoint, u),
+        (None, Some(g)) => (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("{}{}", g.trim_end_matches('/'), signal.path),
+        ),
+        (None, None) => return Ok(None),
     };
-    let general_limit = value_limit("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")?;
-    let attribute_value_limit = value_limit("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT")?
-        .or(general_limit)
-        .unwrap_or(DEFAULT_VALUE_LENGTH_LIMIT);
-    let resource_names_service = get("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| {
-        a.split(',')
-            .any(|kv| kv.split('=').next().map(str::trim) == Some("service.name"))
-    });
-    Ok(Some(Settings {
-        traces,
-        metrics,
-        sampling,
-        metric_interval: millis("OTEL_METRIC_EXPORT_INTERVAL", 60_000)?
-            .max(Duration::from_millis(1)),
-        max_queue,
-        schedule_delay: millis("OTEL_BSP_SCHEDULE_DELAY", 5_000)?.max(Duration::from_millis(1)),
-        max_batch: count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?.min(max_queue),
-        default_service_name: get("OTEL_SERVICE_NAME").is_none() && !resource_names_service,
-        attribute_value_limit,
+    let parsed: Uri = url.parse().map_err(|_| ConfigError::Endpoint {
+        var,
+        value: url.clone(),
+    })?;
+    if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
+        return Err(ConfigError::Endpoint { var, value: url });
+    }
+    let headers = match env.get(signal.headers) {
+        Some(h) => parse_headers(signal.headers, &h)?,
+        None => general.headers.clone(),
+    };
+    let timeout = match env.get(signal.timeout) {
+        Some(_) => env.millis(signal.timeout, 10_000)?,
+        None => general.timeout,
+    };
+    Ok(Some(Endpoint {
+        url: parsed,
+        headers,
+        timeout,
     }))
+}
+
+/// `OTEL_TRACES_SAMPLER`, parent-based always-on when unset; its ratio read only by the
+/// samplers that take one.
+fn sampling(env: &Env) -> Result<Sampling, ConfigError> {
+    let ratio = || -> Result<f64, ConfigError> {
+        match env.get("OTEL_TRACES_SAMPLER_ARG") {
+            None => Ok(1.0),
+            Some(a) => match a.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => Err(ConfigError::SamplerArg(a)),
+            },
+        }
+    };
+    Ok(match env.get("OTEL_TRACES_SAMPLER").as_deref() {
+        None | Some("parentbased_always_on") => Sampling::ParentBasedAlwaysOn,
+        Some("always_on") => Sampling::AlwaysOn,
+        Some("always_off") => Sampling::AlwaysOff,
+        Some("traceidratio") => Sampling::Ratio(ratio()?),
+        Some("parentbased_always_off") => Sampling::ParentBasedAlwaysOff,
+        Some("parentbased_traceidratio") => Sampling::ParentBasedRatio(ratio()?),
+        Some(other) => return Err(ConfigError::Sampler(other.to_string())),
+    })
+}
+
+/// The span's own limit over the general one, else the default; a bad value in either is
+/// refused, the general one checked first.
+fn attribute_value_limit(env: &Env) -> Result<usize, ConfigError> {
+    let general_limit = env.value_limit("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")?;
+    Ok(env
+        .value_limit("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT")?
+        .or(general_limit)
+        .unwrap_or(DEFAULT_VALUE_LENGTH_LIMIT))
 }
 
 /// `k1=v1,k2=v2`, each value percent-decoded (the W3C Baggage form the specification names).

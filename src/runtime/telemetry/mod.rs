@@ -38,6 +38,7 @@ use prost::Message;
 use crate::runtime::metrics::Metrics;
 pub use config::{ConfigError, Settings};
 use export::{Losses, Queue, Wire};
+use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 pub use otlp::Value;
 use otlp::{Attributes, Kind, SpanRecord, Status};
 
@@ -73,122 +74,31 @@ pub fn start(
     metrics: Arc<Metrics>,
     refresh: Arc<dyn Fn() + Send + Sync>,
 ) -> Result<Telemetry, String> {
-    // The SDK's resource: `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`, its own attributes.
-    let mut resource = opentelemetry_sdk::Resource::builder();
-    if settings.default_service_name {
-        resource = resource.with_service_name("rbac-gateway");
-    }
-    let resource = resource
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-        .build();
-    let proto_resource = export::proto_resource(&resource);
+    let proto_resource = export::proto_resource(&resource(&settings));
     let losses = Arc::new(Losses::default());
     let dropped_spans = metrics.telemetry_dropped.with_label_values(&["spans"]);
     let dropped_metrics = metrics.telemetry_dropped.with_label_values(&["metrics"]);
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     otlp::set_value_limit(settings.attribute_value_limit);
-    let spans = match &settings.traces {
-        None => None,
-        Some(endpoint) => {
-            // The scope as the SDK's tracer named it: `rbac-gateway`, no version.
-            let scope = opentelemetry_proto::tonic::common::v1::InstrumentationScope {
-                name: "rbac-gateway".into(),
-                ..Default::default()
-            };
-            let prefix = otlp::Prefix::new(proto_resource.encode_to_vec(), scope.encode_to_vec());
-            let queue = Arc::new(Queue::new(
-                settings.max_queue,
-                settings.max_batch,
-                prefix.head_room(),
-                losses.clone(),
-                dropped_spans,
-            ));
-            let wire = Wire::new(bg.clone(), endpoint.timeout);
-            let task = bg.spawn(export::export_spans(
-                queue.clone(),
-                wire,
-                endpoint.clone(),
-                prefix,
-                settings.schedule_delay,
-                stopped.clone(),
-            ));
-            TRACER
-                .set(Tracer {
-                    sampling: settings.sampling,
-                    queue,
-                })
-                .map_err(|_| "telemetry started twice".to_string())?;
-            Some(task)
-        }
-    };
-    // Where to, never who: a URL's user and password (if any) stay out of the log.
-    let shown = |e: &config::Endpoint| {
-        format!(
-            "{}://{}{}",
-            e.url.scheme_str().unwrap_or("http"),
-            e.url.host().unwrap_or("-"),
-            e.url.port().map_or(String::new(), |p| format!(":{p}"))
-        ) + e.url.path()
-    };
+    let spans = start_spans(
+        &settings,
+        bg,
+        &proto_resource,
+        &losses,
+        dropped_spans,
+        &stopped,
+    )?;
     let metrics_url = settings.metrics.as_ref().map_or("-".to_string(), shown);
     let traces_url = settings.traces.as_ref().map_or("-".to_string(), shown);
-    let reporter = bg.spawn(async move {
-        let wire = settings
-            .metrics
-            .as_ref()
-            .map(|e| (Wire::new(tokio::runtime::Handle::current(), e.timeout), e));
-        let start = export::now_nanos();
-        // Losses are told once per interval: the metric interval, or 10 s with traces alone.
-        let every = if wire.is_some() {
-            settings.metric_interval
-        } else {
-            Duration::from_secs(10)
-        };
-        let mut told = (0u64, 0u64, 0u64);
-        let mut next = tokio::time::Instant::now() + every;
-        loop {
-            let last = tokio::select! {
-                _ = tokio::time::sleep_until(next) => false,
-                _ = stopped.changed() => true,
-            };
-            next += every;
-            if let Some((wire, endpoint)) = &wire {
-                refresh();
-                let before = losses.metrics_failed.load(Ordering::Relaxed);
-                export::push_metrics(
-                    wire,
-                    endpoint,
-                    &proto_resource,
-                    &metrics.gather(),
-                    start,
-                    &losses,
-                )
-                .await;
-                if losses.metrics_failed.load(Ordering::Relaxed) > before {
-                    dropped_metrics.inc();
-                }
-            }
-            let now = (
-                losses.queue_full.load(Ordering::Relaxed),
-                losses.spans_failed.load(Ordering::Relaxed),
-                losses.metrics_failed.load(Ordering::Relaxed),
-            );
-            if now != told {
-                let error = losses.last_error.lock().ok().and_then(|mut e| e.take());
-                tracing::warn!(
-                    spans_dropped_queue_full = now.0 - told.0,
-                    spans_not_exported = now.1 - told.1,
-                    metric_exports_failed = now.2 - told.2,
-                    error = error.as_deref().unwrap_or("-"),
-                    "telemetry: the collector did not take everything since the last report (rbac_gateway_telemetry_dropped_total)"
-                );
-                told = now;
-            }
-            if last {
-                break;
-            }
-        }
-    });
+    let reporter = bg.spawn(report(
+        settings,
+        metrics,
+        refresh,
+        proto_resource,
+        losses,
+        dropped_metrics,
+        stopped,
+    ));
     tracing::info!(
         traces = %traces_url,
         metrics = %metrics_url,
@@ -199,6 +109,145 @@ pub fn start(
         spans,
         reporter: Some(reporter),
     })
+}
+
+/// The SDK's resource: `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`, its own attributes.
+fn resource(settings: &Settings) -> opentelemetry_sdk::Resource {
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if settings.default_service_name {
+        resource = resource.with_service_name("rbac-gateway");
+    }
+    resource
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// With traces on, the span queue, its export task on `bg` and the tracer the request path
+/// reads; None with traces off.
+fn start_spans(
+    settings: &Settings,
+    bg: &tokio::runtime::Handle,
+    proto_resource: &ProtoResource,
+    losses: &Arc<Losses>,
+    dropped_spans: prometheus::IntCounter,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+    let Some(endpoint) = &settings.traces else {
+        return Ok(None);
+    };
+    // The scope as the SDK's tracer named it: `rbac-gateway`, no version.
+    let scope = opentelemetry_proto::tonic::common::v1::InstrumentationScope {
+        name: "rbac-gateway".into(),
+        ..Default::default()
+    };
+    let prefix = otlp::Prefix::new(proto_resource.encode_to_vec(), scope.encode_to_vec());
+    let queue = Arc::new(Queue::new(
+        settings.max_queue,
+        settings.max_batch,
+        prefix.head_room(),
+        losses.clone(),
+        dropped_spans,
+    ));
+    let wire = Wire::new(bg.clone(), endpoint.timeout);
+    let task = bg.spawn(export::export_spans(
+        queue.clone(),
+        wire,
+        endpoint.clone(),
+        prefix,
+        settings.schedule_delay,
+        stopped.clone(),
+    ));
+    TRACER
+        .set(Tracer {
+            sampling: settings.sampling,
+            queue,
+        })
+        .map_err(|_| "telemetry started twice".to_string())?;
+    Ok(Some(task))
+}
+
+/// Where to, never who: a URL's user and password (if any) stay out of the log.
+fn shown(e: &config::Endpoint) -> String {
+    format!(
+        "{}://{}{}",
+        e.url.scheme_str().unwrap_or("http"),
+        e.url.host().unwrap_or("-"),
+        e.url.port().map_or(String::new(), |p| format!(":{p}"))
+    ) + e.url.path()
+}
+
+/// The metrics task: each interval, and once more when stopped, the gauges refreshed and the
+/// metrics pushed (with metrics on), then what was lost since the last report said.
+async fn report(
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+    proto_resource: ProtoResource,
+    losses: Arc<Losses>,
+    dropped_metrics: prometheus::IntCounter,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let wire = settings
+        .metrics
+        .as_ref()
+        .map(|e| (Wire::new(tokio::runtime::Handle::current(), e.timeout), e));
+    let start = export::now_nanos();
+    // Losses are told once per interval: the metric interval, or 10 s with traces alone.
+    let every = if wire.is_some() {
+        settings.metric_interval
+    } else {
+        Duration::from_secs(10)
+    };
+    let mut told = (0u64, 0u64, 0u64);
+    let mut next = tokio::time::Instant::now() + every;
+    loop {
+        let last = tokio::select! {
+            _ = tokio::time::sleep_until(next) => false,
+            _ = stopped.changed() => true,
+        };
+        next += every;
+        if let Some((wire, endpoint)) = &wire {
+            refresh();
+            let before = losses.metrics_failed.load(Ordering::Relaxed);
+            export::push_metrics(
+                wire,
+                endpoint,
+                &proto_resource,
+                &metrics.gather(),
+                start,
+                &losses,
+            )
+            .await;
+            if losses.metrics_failed.load(Ordering::Relaxed) > before {
+                dropped_metrics.inc();
+            }
+        }
+        told = tell_losses(&losses, told);
+        if last {
+            break;
+        }
+    }
+}
+
+/// Says what the collector did not take since `told` (spans dropped, spans and metric exports
+/// failed, the last error), when anything was; returns the counts now told.
+fn tell_losses(losses: &Losses, told: (u64, u64, u64)) -> (u64, u64, u64) {
+    let now = (
+        losses.queue_full.load(Ordering::Relaxed),
+        losses.spans_failed.load(Ordering::Relaxed),
+        losses.metrics_failed.load(Ordering::Relaxed),
+    );
+    if now != told {
+        let error = losses.last_error.lock().ok().and_then(|mut e| e.take());
+        tracing::warn!(
+            spans_dropped_queue_full = now.0 - told.0,
+            spans_not_exported = now.1 - told.1,
+            metric_exports_failed = now.2 - told.2,
+            error = error.as_deref().unwrap_or("-"),
+            "telemetry: the collector did not take everything since the last report (rbac_gateway_telemetry_dropped_total)"
+        );
+    }
+    now
 }
 
 impl Telemetry {

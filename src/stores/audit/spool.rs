@@ -255,15 +255,9 @@ impl Inner {
         }
     }
 
+    /// Stores the spool's rows in the database, each once, and empties it; the rows stored.
     pub(super) async fn replay(&self) -> Result<usize, sqlx::Error> {
         let _guard = self.lock.lock().await;
-        // Set once a chunk is stored, cleared when this replay ends however it ends.
-        struct Progress<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for Progress<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, std::sync::atomic::Ordering::Release);
-            }
-        }
         let progress = Progress(&self.replay_progressing);
         // Read and later emptied through one handle, under an exclusive lock held until the
         // rows are committed and the file emptied: a gateway sharing the spool cannot append
@@ -273,45 +267,10 @@ impl Inner {
         let stuck = lock(&self.stuck).as_ref().map(|(l, m, _)| (*l, *m));
         let limit = self.attempt_limit();
         let peer = self.peer.clone();
-        let opened = tokio::task::spawn_blocking(move || -> std::io::Result<Opened> {
-            use std::io::Read;
-            let (mut f, read_only) = match std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-            {
-                Ok(f) => (f, None),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Opened::Missing),
-                // Not writable here (a read-only volume, another owner): its rows can still be
-                // stored, and new rows go to the database, not to it.
-                Err(e) => match std::fs::File::open(&path) {
-                    Ok(f) => (f, Some(e.to_string())),
-                    Err(_) => return Err(e),
-                },
-            };
-            let meta = f.metadata()?;
-            let id = (meta.len(), meta.modified()?);
-            if read_only.is_some() && stuck == Some(id) {
-                return Ok(Opened::Unchanged);
-            }
-            // Another gateway may be replaying it, or be frozen mid-replay holding it: waited
-            // for at most the database's bound, then left to the next attempt (a blocking lock
-            // would pin this thread, and shutdown behind it, for as long as the other holds it).
-            let deadline = std::time::Instant::now() + limit;
-            if !peer.lock(&f, Some(deadline), limit)? {
-                return Ok(Opened::Held);
-            }
-            let mut text = Vec::new();
-            f.read_to_end(&mut text)?;
-            Ok(Opened::Spool {
-                f,
-                text,
-                read_only: read_only.map(|why| (id.0, id.1, why)),
-            })
-        })
-        .await
-        .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
-        .map_err(sqlx::Error::Io)?;
+        let opened = tokio::task::spawn_blocking(move || Opened::read(&path, stuck, limit, &peer))
+            .await
+            .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
+            .map_err(sqlx::Error::Io)?;
         let (f, text, read_only) = match opened {
             Opened::Held => {
                 self.held_by_peer();
@@ -330,6 +289,22 @@ impl Inner {
                 })
             })
             .collect();
+        self.store_spooled(&events, limit, &progress, &mut aside)
+            .await?;
+        *lock(&self.refused) = None;
+        self.keep_aside(&aside, read_only.is_none())?;
+        self.empty_spool(f, read_only, events.len())
+    }
+
+    /// Stores the spool's rows a chunk at a time, a chunk the database refuses one by one, each
+    /// row it cannot store added to `aside`.
+    async fn store_spooled(
+        &self,
+        events: &[AuditEvent],
+        limit: Duration,
+        progress: &Progress<'_>,
+        aside: &mut Vec<serde_json::Value>,
+    ) -> Result<(), sqlx::Error> {
         // Each step bounded: the spool stays locked while this runs, and a database that stops
         // answering mid-replay (its connections open, carrying nothing) would otherwise hold
         // every append here and in the gateways sharing the spool, and the denials waiting on
@@ -364,29 +339,45 @@ impl Inner {
                 Err(e) => return Err(self.failed(e)),
             }
         }
-        *lock(&self.refused) = None;
+        Ok(())
+    }
+
+    /// Says the lines set aside, if any, and with the spool writable keeps them in the
+    /// set-aside file, counted.
+    fn keep_aside(&self, aside: &[serde_json::Value], writable: bool) -> Result<(), sqlx::Error> {
         if !aside.is_empty() {
             tracing::error!(rows = aside.len(), file = %self.rejected_path().display(),
                 "audit spool lines the database cannot store were set aside");
-            if read_only.is_none() {
+            if writable {
                 // Kept before the spool is emptied: a failure here leaves them in the spool.
-                self.set_aside(&aside).map_err(sqlx::Error::Io)?;
+                self.set_aside(aside).map_err(sqlx::Error::Io)?;
                 self.metrics
                     .audit_rows
                     .with_label_values(&["rejected"])
                     .inc_by(aside.len() as u64);
             }
         }
+        Ok(())
+    }
+
+    /// Once its `rows` are stored, the spool emptied and synced; one that cannot be written is
+    /// noted as stuck instead. Returns `rows`.
+    fn empty_spool(
+        &self,
+        f: std::fs::File,
+        read_only: Option<(u64, std::time::SystemTime, String)>,
+        rows: usize,
+    ) -> Result<usize, sqlx::Error> {
         if let Some((len, modified, why)) = read_only {
             // Stored, but the file keeps them: replayed again only if it changes (the primary
             // key makes that a no-op for these rows), and new rows go to the database.
-            tracing::error!(spool = %self.spool.display(), error = %why, rows = events.len(),
+            tracing::error!(spool = %self.spool.display(), error = %why, rows,
                 "audit spool replayed but cannot be emptied; remove the file or make it writable");
             *lock(&self.stuck) = Some((len, modified, why));
             self.metrics.audit_spool_bytes.set(len as i64);
             self.spooled
                 .store(false, std::sync::atomic::Ordering::Release);
-            return Ok(events.len());
+            return Ok(rows);
         }
         *lock(&self.stuck) = None;
         // Truncate only after the commit: a crash in between replays again, and the primary key
@@ -396,7 +387,7 @@ impl Inner {
         self.metrics.audit_spool_bytes.set(0);
         self.spooled
             .store(false, std::sync::atomic::Ordering::Release);
-        Ok(events.len())
+        Ok(rows)
     }
 
     /// Appends `lines` to the set-aside file, synced.
@@ -428,6 +419,62 @@ enum Opened {
         /// Why it could not be opened for writing: its length, modification time and the error.
         read_only: Option<(u64, std::time::SystemTime, String)>,
     },
+}
+
+/// Set once a chunk of a replay is stored, cleared when that replay ends however it ends.
+struct Progress<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Progress<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Opened {
+    /// Opens the spool at `path` (read-only when it cannot be written), takes its lock as
+    /// [`PeerHold`] bounds it, and reads it whole; a read-only spool still as `stuck` left it
+    /// is not read again.
+    fn read(
+        path: &std::path::Path,
+        stuck: Option<(u64, std::time::SystemTime)>,
+        limit: Duration,
+        peer: &PeerHold,
+    ) -> std::io::Result<Opened> {
+        use std::io::Read;
+        let (mut f, read_only) = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
+            Ok(f) => (f, None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Opened::Missing),
+            // Not writable here (a read-only volume, another owner): its rows can still be
+            // stored, and new rows go to the database, not to it.
+            Err(e) => match std::fs::File::open(path) {
+                Ok(f) => (f, Some(e.to_string())),
+                Err(_) => return Err(e),
+            },
+        };
+        let meta = f.metadata()?;
+        let id = (meta.len(), meta.modified()?);
+        if read_only.is_some() && stuck == Some(id) {
+            return Ok(Opened::Unchanged);
+        }
+        // Another gateway may be replaying it, or be frozen mid-replay holding it: waited
+        // for at most the database's bound, then left to the next attempt (a blocking lock
+        // would pin this thread, and shutdown behind it, for as long as the other holds it).
+        let deadline = std::time::Instant::now() + limit;
+        if !peer.lock(&f, Some(deadline), limit)? {
+            return Ok(Opened::Held);
+        }
+        let mut text = Vec::new();
+        f.read_to_end(&mut text)?;
+        Ok(Opened::Spool {
+            f,
+            text,
+            read_only: read_only.map(|why| (id.0, id.1, why)),
+        })
+    }
 }
 
 /// The rows of a spool, a JSON object a line, and the lines that are not rows. A line cut short
