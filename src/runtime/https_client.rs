@@ -103,8 +103,8 @@ const ERROR_TEXT_BYTES: usize = 512;
 /// ...and how long they are waited for.
 const ERROR_TEXT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The start of a failure's body as one line of text: at most [`ERROR_TEXT_BYTES`] bytes, read
-/// within [`ERROR_TEXT_TIMEOUT`] (what arrived by then; nothing if it was not text).
+/// The start of a failure's body as one line of text: at most 512 bytes, read
+/// within a second (what arrived by then; nothing if it was not text).
 pub async fn error_text(mut body: Incoming) -> String {
     let mut kept = Vec::new();
     // Out of time: what arrived by then is the text.
