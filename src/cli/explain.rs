@@ -397,6 +397,7 @@ async fn explain_request(
         (other, _) => other,
     };
     if let Some(call) = args
+        .reader
         .rbac_api
         .then(|| crate::policy::reader::Call::of(&t))
         .flatten()

@@ -475,7 +475,7 @@ pub fn matrix(args: MatrixArgs) -> Result<(), Exit> {
     };
     let settings = Settings {
         switches: args.decision.switches(),
-        rbac_api: args.rbac_api,
+        rbac_api: args.reader.rbac_api,
         break_glass_requires_alert: args.decision.break_glass_requires_alert,
     };
     let rt = runtime()?;

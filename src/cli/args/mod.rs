@@ -284,11 +284,8 @@ pub struct ExplainArgs {
     /// is the row's is used when --routes is another version.
     #[arg(long)]
     pub mapping_history: Option<PathBuf>,
-    /// Console's reader API answered by the gateway, as `serve` reads it: its paths are then
-    /// answered by the gateway itself, never decided as a route nor forwarded.
-    #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
-          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
-    pub rbac_api: bool,
+    #[command(flatten)]
+    pub reader: ReaderApiArg,
     #[command(flatten)]
     pub decision: DecisionArgs,
 }
@@ -319,11 +316,8 @@ pub struct MatrixArgs {
     /// the groups of the catalogue `migrate` seeds.
     #[arg(long)]
     pub database_url: Option<String>,
-    /// Console's reader API answered by the gateway, as `serve` reads it: its paths are
-    /// answered before any rule.
-    #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
-          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
-    pub rbac_api: bool,
+    #[command(flatten)]
+    pub reader: ReaderApiArg,
     /// md (a table per kind of principal), csv (one line per cell) or json.
     #[arg(long, default_value = "md", value_parser = ["md", "csv", "json"])]
     pub format: String,
@@ -374,10 +368,8 @@ pub struct CockpitArgs {
     /// As `explain --mapping-history`.
     #[arg(long)]
     pub mapping_history: Option<PathBuf>,
-    /// Console's reader API answered by the gateway, as `serve` reads it (matrix and explain).
-    #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
-          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
-    pub rbac_api: bool,
+    #[command(flatten)]
+    pub reader: ReaderApiArg,
     #[command(flatten)]
     pub decision: DecisionArgs,
     #[command(flatten)]
@@ -447,4 +439,14 @@ mod tests {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
     }
+}
+
+/// `--rbac-api` of the commands that answer as `serve` does (explain, matrix, the cockpit).
+#[derive(Debug, Clone, Args)]
+pub struct ReaderApiArg {
+    /// Console's reader API answered by the gateway, as `serve` reads it: its paths are then
+    /// answered by the gateway itself, never decided as a route nor forwarded.
+    #[arg(long, env = "GATEWAY_RBAC_API", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub rbac_api: bool,
 }

@@ -360,7 +360,7 @@ impl Site {
         let version = version_param(q.get("version").map_or("active", String::as_str))?;
         let settings = super::matrix::Settings {
             switches: self.args.decision.switches(),
-            rbac_api: self.args.rbac_api,
+            rbac_api: self.args.reader.rbac_api,
             break_glass_requires_alert: self.args.decision.break_glass_requires_alert,
         };
         // Changed cells: the shifts `diff` finds between the compared version and this one
@@ -412,7 +412,7 @@ impl Site {
             path: None,
             request_id: Some(request_id.to_string()),
             mapping_history: self.args.mapping_history.clone(),
-            rbac_api: self.args.rbac_api,
+            reader: self.args.reader.clone(),
             decision: self.args.decision.clone(),
         }
     }
