@@ -4,7 +4,7 @@
 # and the denial's audit INSERT (src/stores/audit/mod.rs), against one PostgreSQL, direct and
 # behind Debian's PgBouncer in transaction mode, by the bench-only crate
 # scripts/bench/lookup-protocols (not part of the gateway's build; see its src/main.rs for the
-# modes: named, simple, simple-noset, typed, typed-unnest, copy).
+# modes: named, simple, simple-noset, typed, typed-tx, typed-unnest, typed-unnest-tx, copy).
 #
 # One connection, one operation at a time, N operations (N_BATCH when the batch is more than
 # one) after WARMUP; per operation: wall µs,
@@ -102,8 +102,8 @@ for r in $(seq "$ROUNDS"); do
   for t in "${targets[@]}"; do
     read -r target url pgb <<<"$t"
     for op in cold audit; do
-      if [ "$op" = cold ]; then batches=$COLD_BATCHES; modes=(named simple simple-noset typed); else
-        batches=$AUDIT_BATCHES; modes=(simple simple-noset typed typed-unnest named copy); fi
+      if [ "$op" = cold ]; then batches=$COLD_BATCHES; modes=(named simple simple-noset typed typed-tx); else
+        batches=$AUDIT_BATCHES; modes=(simple simple-noset typed typed-tx typed-unnest typed-unnest-tx named copy); fi
       for batch in $batches; do
         order=("${modes[@]}")
         if [ $((r % 2)) = 0 ]; then

@@ -17,8 +17,11 @@
 //! - `simple-noset`: `simple` without the two `SET LOCAL`s (what they cost the server).
 //! - `typed` (tokio-postgres `query_typed`: an unnamed Parse/Bind/Describe/Execute/Sync with the
 //!   values bound, 1 round trip, no `SET`: a pooler-safe unnamed statement cannot share its
-//!   implicit transaction with a `SET LOCAL`). For `audit`: a `VALUES` list of B x 14 parameters.
+//!   implicit transaction with a `SET LOCAL`: `typed-tx` below). For `audit`: a `VALUES` list of
+//!   B x 14 parameters.
 //! - `typed-unnest` (`audit` only): `query_typed` with 14 arrays bound to one statement.
+//! - `typed-tx`, `typed-unnest-tx`: the same in a transaction of their own with the `SET LOCAL`s,
+//!   `BEGIN; SET LOCAL ...` and `COMMIT` as simple queries pipelined around it: 1 round trip.
 //! - `copy` (`audit` only): sqlx `copy_in_raw`, `COPY ... FROM STDIN (FORMAT binary)` as one
 //!   simple query, 2 round trips (CopyInResponse, then the data and CopyDone).
 //!
@@ -306,7 +309,7 @@ fn main() {
 
     let mut client = rt.block_on(async {
         match mode {
-            "typed" | "typed-unnest" => {
+            m if m.starts_with("typed") => {
                 let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
                     .await
                     .unwrap();
@@ -478,16 +481,15 @@ async fn cold(client: &mut Client, mode: &str, sets: &str, hs: &[&str]) -> usize
                 .unwrap();
             decode_sqlx(&rows)
         }
-        (Client::Tp(c), "typed") => {
+        (Client::Tp(c), "typed" | "typed-tx") => {
             let sql = concat!(
                 "SELECT admin_id, seconds_left, roles, permissions, break_glass_seconds, \
                  break_glass_until, token_sha256 FROM rbac_gateway_session_principals(",
                 "$1::text[], $2)"
             );
-            let rows = c
-                .query_typed(sql, &[(&hs, Type::TEXT_ARRAY), (&true, Type::BOOL)])
-                .await
-                .unwrap();
+            let params: [(&(dyn ToSql + Sync), Type); 2] =
+                [(&hs, Type::TEXT_ARRAY), (&true, Type::BOOL)];
+            let rows = typed(c, mode, sets, sql, &params).await;
             decode_tp(&rows)
         }
         _ => panic!("cold: no mode {mode}"),
@@ -590,7 +592,7 @@ async fn audit(
             copy.send(buf).await.unwrap();
             copy.finish().await.unwrap() as usize
         }
-        (Client::Tp(c), "typed") => {
+        (Client::Tp(c), "typed" | "typed-tx") => {
             let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(evs.len() * 14);
             for e in evs {
                 params.push((&e.id, Type::TEXT));
@@ -608,11 +610,11 @@ async fn audit(
                 params.push((&e.mapping_version, Type::TEXT));
                 params.push((&e.occurrences, Type::INT8));
             }
-            let rows = c.query_typed(values_sql, &params).await.unwrap();
+            let rows = typed(c, mode, sets, values_sql, &params).await;
             let n: i64 = rows[0].get(0);
             n as usize
         }
-        (Client::Tp(c), "typed-unnest") => {
+        (Client::Tp(c), "typed-unnest" | "typed-unnest-tx") => {
             macro_rules! col {
                 ($f:ident) => {
                     evs.iter().map(|e| e.$f.as_str()).collect::<Vec<&str>>()
@@ -656,10 +658,35 @@ async fn audit(
                 (&mv, t),
                 (&oc, Type::INT8_ARRAY),
             ];
-            let rows = c.query_typed(unnest_sql, &params).await.unwrap();
+            let rows = typed(c, mode, sets, unnest_sql, &params).await;
             let n: i64 = rows[0].get(0);
             n as usize
         }
         _ => panic!("audit: no mode {mode}"),
     }
+}
+
+/// `query_typed` alone (`typed`, `typed-unnest`), or (`...-tx`) in a transaction of its own that
+/// begins with the gateway's `SET LOCAL`s (statement timeout, `search_path`) and ends with
+/// `COMMIT`: three requests pipelined (sent before any answer is awaited), one round trip, the
+/// statement bound and pooler-safe (a pooler keeps the server connection until the `COMMIT`).
+async fn typed(
+    c: &tokio_postgres::Client,
+    mode: &str,
+    sets: &str,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Vec<tokio_postgres::Row> {
+    if !mode.ends_with("-tx") {
+        return c.query_typed(sql, params).await.unwrap();
+    }
+    let begin = format!("BEGIN; {sets}");
+    let (began, rows, committed) = tokio::join!(
+        c.batch_execute(&begin),
+        c.query_typed(sql, params),
+        c.batch_execute("COMMIT")
+    );
+    began.unwrap();
+    committed.unwrap();
+    rows.unwrap()
 }
