@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The gateway's two request-path statements sent each way a client can send them (issue 68 §1,
-# issue 67's "bind the values"): the cold lookup (BATCH_SQL / batch_sql, src/stores/session_batch.rs)
+# issue 67's "bind the values"): the cold lookup (BATCH_SQL, src/stores/session_batch.rs, as Lookup::render writes it)
 # and the denial's audit INSERT (src/stores/audit/mod.rs), against one PostgreSQL, direct and
 # behind Debian's PgBouncer in transaction mode, by the bench-only crate
 # scripts/bench/lookup-protocols (not part of the gateway's build; see its src/main.rs for the

@@ -98,7 +98,7 @@ fn settings(set: &str) -> String {
     format!("{set} statement_timeout = {TIMEOUT_MS}; {set} search_path = pg_catalog, \"public\"")
 }
 
-/// `batch_sql` (src/stores/session_batch.rs).
+/// `BATCH_SQL` with its values written in, as `Lookup::render` (src/stores/lookup.rs) writes it.
 fn batch_sql(hashes: &[&str], requires_alert: bool) -> Result<String, sql_text::Unquotable> {
     let mut sql = String::with_capacity(200 + hashes.len() * 70);
     sql.push_str(SELECT_PRINCIPALS);
