@@ -1,9 +1,9 @@
 //! A door's request span, the one shape both deciding doors trace through ([`Trace`]): each
 //! step of a request is one call, a branch not taken when the request is not traced (tracing
 //! off: [`telemetry::server_span`] answers None at its first load, and nothing is built). The
-//! recording itself is out of line (`#[cold]`), so the untraced handler stays as small as it is
-//! without tracing (it is inlined into hyper's dispatcher; a larger one is not, and its answer
-//! is then copied out of it).
+//! recording itself is out of line (`#[cold]`), so the untraced handler stays small (it is
+//! inlined into hyper's dispatcher; a larger one is not, and its answer is then copied out of
+//! it).
 
 use arc_swap::ArcSwap;
 

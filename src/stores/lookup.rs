@@ -52,7 +52,8 @@ impl<'a> Lookup<'a> {
     /// ("there is no parameter $n"), never runs it with something else.
     pub fn render(&self) -> Result<String, Unquotable> {
         let sql = self.sql;
-        let mut out = String::with_capacity(sql.len() + 80);
+        let mut out =
+            String::with_capacity(sql.len() + self.values.iter().map(room).sum::<usize>());
         let mut start = 0;
         for at in memchr::memchr_iter(b'$', sql.as_bytes()) {
             let digits = sql[at + 1..].bytes().take_while(u8::is_ascii_digit).count();
@@ -67,6 +68,17 @@ impl<'a> Lookup<'a> {
         }
         out.push_str(&sql[start..]);
         Ok(out)
+    }
+}
+
+/// About the bytes `value` takes written in (a text's quotes and prefix, an array's brackets and
+/// cast), so that the statement is written into one allocation.
+fn room(value: &Value<'_>) -> usize {
+    match *value {
+        Value::Text(s) => s.len() + 3,
+        Value::Integer(_) | Value::Boolean(_) => 16,
+        Value::Texts(v) => 16 + v.iter().map(|s| s.len() + 4).sum::<usize>(),
+        Value::OptTexts(v) => 16 + v.map_or(0, |v| v.iter().map(|s| s.len() + 4).sum()),
     }
 }
 

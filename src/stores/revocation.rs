@@ -1,7 +1,7 @@
 //! Ending grants in the database (004 §5; I-9), shared by the sweep (`jobs/sweep.rs`) and
-//! FreeScout's webhook (a ticket's grants through `jobs/ticket_ended.rs`): one ticket grant revoked with its
-//! `ticket_expire` row first, in a transaction of its own ([`revoke_grant`]); every active grant
-//! of a ticket, each on its own ([`revoke_ticket`]); and the items whose rows could not be
+//! FreeScout's webhook (a ticket's grants through `jobs/ticket_ended.rs`): one ticket grant revoked
+//! with its `ticket_expire` row first, in a transaction of its own ([`revoke_grant`]); every active
+//! grant of a ticket, each on its own ([`revoke_ticket`]); and the items whose rows could not be
 //! written, counted in `rbac_gateway_sweep_failures` ([`record_failure`]), retried by the next
 //! sweep and named by `/readyz` ([`stuck`]).
 //!

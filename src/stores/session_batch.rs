@@ -10,13 +10,14 @@
 //! through [`Db::lookup`] (one round trip), a call of `rbac_gateway_session_principals` over the
 //! array of their hashes (migration 0014: the live sessions joined with `rbac_gateway_principal`,
 //! the reference lookup over an array), [`BATCH_SQL`]: on the gateway's own sessions a
-//! named statement, behind a pooler one simple query with the hashes written in, bounded by its `SET LOCAL statement_timeout` as a whole. The join has one owner, the function:
-//! its plan is kept by the server connection and made once there (migration 0015: generic; the
-//! plan cache otherwise could make a custom plan on every call, 70-93 µs each at four hashes),
-//! so the server's work per session is the same in both modes, and only the outer statement,
-//! one function scan, differs (bound once and kept when named; parsed and planned on each call
-//! as a simple query). A lookup that arrives while no statement runs goes at once, alone:
-//! batching adds no wait to a quiet gateway.
+//! named statement, behind a pooler one simple query with the hashes written in, bounded by its
+//! `SET LOCAL statement_timeout` as a whole. The join has one owner, the function: its plan is kept
+//! by the server connection and made once there (migration 0015: generic; the plan cache otherwise
+//! could make a custom plan on every call, 70-93 µs each at four hashes), so the server's work per
+//! session is the same in both modes, and only the outer statement, one function scan, differs
+//! (bound once and kept when named; parsed and planned on each call as a simple query). A lookup
+//! that arrives while no statement runs goes at once, alone: batching adds no wait to a quiet
+//! gateway.
 //!
 //! Architecture Invariant: a waiting lookup gets the row of its own hash or none. The statement
 //! answers each row with the hash it was found for, and rows are matched by that hash, never by

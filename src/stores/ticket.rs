@@ -4,11 +4,11 @@
 //! a ticket can close between two requests.
 //!
 //! Optionally each granting ticket is re-validated against an HTTP endpoint (FreeScout's
-//! conversation status, T-PEN-6, asked by [`crate::runtime::freescout`]). When that endpoint is configured and does not answer, the
-//! request fails closed with 503. [`ticket_principal`] is the lookup the gateway's `Authority`
-//! and `explain` share; [`open_tickets`] the re-validation the reader API shares with it;
-//! [`active_grants`] the reader API's list of an admin's grants, [`customers_with_grants`] the
-//! customers `matrix` reviews an admin for.
+//! conversation status, T-PEN-6, asked by [`crate::runtime::freescout`]). When that endpoint is
+//! configured and does not answer, the request fails closed with 503. [`ticket_principal`] is the
+//! lookup the gateway's `Authority` and `explain` share; [`open_tickets`] the re-validation the
+//! reader API shares with it; [`active_grants`] the reader API's list of an admin's grants,
+//! [`customers_with_grants`] the customers `matrix` reviews an admin for.
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! One operation of the gateway's, sent N times one way, on one connection, one at a time:
 //!
-//! - `cold`: the cold lookup of B session hashes (`BATCH_SQL` / `batch_sql`,
-//!   src/stores/session_batch.rs), its rows decoded as `Found::from_row` decodes them;
+//! - `cold`: the cold lookup of B session hashes (`BATCH_SQL`,
+//!   src/stores/session_batch.rs, written in by `Lookup::render`), its rows decoded as `Found::from_row` decodes them;
 //! - `audit`: the denial's INSERT of B audit rows (src/stores/audit/mod.rs, `insert_values_sql`).
 //!
 //! Modes (what a client sends per operation, and the round trips it waits for):
@@ -44,7 +44,8 @@ use tokio_postgres::types::{ToSql, Type};
 #[path = "../../../../src/stores/sql_text.rs"]
 mod sql_text;
 
-/// `BATCH_SQL`'s text, as src/stores/session_batch.rs writes it.
+/// `BATCH_SQL`'s text up to its arguments (src/stores/session_batch.rs); the named and typed
+/// statements here keep a `::text[]` cast the gateway's no longer writes (sqlx sends the type).
 const SELECT_PRINCIPALS: &str =
     "SELECT admin_id, seconds_left, roles, permissions, break_glass_seconds, \
      break_glass_until, token_sha256 FROM rbac_gateway_session_principals(";
