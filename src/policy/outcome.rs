@@ -315,31 +315,7 @@ pub async fn decide<A: Authority>(
     let found = mapping.find(f.method, &f.target.path);
     let route = found.as_ref().map(|(r, _)| *r);
     let route = match route_step(route, switches.kill_switch) {
-        Step::NoRoute => {
-            // The admin, from the cache or else the session's lookup: a denial of a request
-            // with a live session always gets its own row (gateway/anonymous.rs counts only
-            // those without one); an unknown or expired cookie, or a database that cannot
-            // answer, leaves it without an admin.
-            let admin = match f.token {
-                Some(t) => match authority.known_admin(t).await {
-                    Some(admin) => Some(admin),
-                    None => match authority.principal_for_token(t, f.at).await {
-                        Ok(Some(p)) => Some(p.admin_id.clone()),
-                        Ok(None) | Err(_) => None,
-                    },
-                },
-                None => None,
-            };
-            let row = audit_row(
-                f,
-                &mapping.version,
-                EVENT_DENIED,
-                admin.as_deref(),
-                None,
-                REASON_NO_ROUTE,
-            );
-            return Outcome::Deny { row: Arc::new(row) };
-        }
+        Step::NoRoute => return no_route(authority, mapping, f).await,
         Step::Gone => return Outcome::Gone,
         Step::Forward(kind) => {
             return Outcome::Forward(Forward {
@@ -387,6 +363,46 @@ pub async fn decide<A: Authority>(
         }
     }
     let shadow = effective_mode(route, switches.kill_switch) == Mode::Shadow;
+    of_verdict(verdict, shadow, principal, route, mapping, f)
+}
+
+/// A request no rule matches: denied, with the admin when the session names one. The admin
+/// comes from the cache or else the session's lookup: a denial of a request with a live session
+/// always gets its own row (gateway/anonymous.rs counts only those without one); an unknown or
+/// expired cookie, or a database that cannot answer, leaves it without an admin.
+async fn no_route<A: Authority>(authority: &A, mapping: &Mapping, f: &Facts<'_>) -> Outcome {
+    let admin = match f.token {
+        Some(t) => match authority.known_admin(t).await {
+            Some(admin) => Some(admin),
+            None => match authority.principal_for_token(t, f.at).await {
+                Ok(Some(p)) => Some(p.admin_id.clone()),
+                Ok(None) | Err(_) => None,
+            },
+        },
+        None => None,
+    };
+    let row = audit_row(
+        f,
+        &mapping.version,
+        EVENT_DENIED,
+        admin.as_deref(),
+        None,
+        REASON_NO_ROUTE,
+    );
+    Outcome::Deny { row: Arc::new(row) }
+}
+
+/// The outcome of a rule's verdict for `principal`: forwarded (with a drift row in shadow mode),
+/// shadow-denied (forwarded, with its rows) or denied (with its row).
+#[inline(always)]
+fn of_verdict(
+    verdict: Verdict,
+    shadow: bool,
+    principal: Arc<Principal>,
+    route: &Route,
+    mapping: &Mapping,
+    f: &Facts<'_>,
+) -> Outcome {
     match verdict {
         Verdict::Allow { by } => {
             let drift = shadow.then(|| {

@@ -154,83 +154,12 @@ pub fn parse_response(
         let reason = (Some(reason) != status.canonical_reason())
             .then(|| hyper::ext::ReasonPhrase::try_from(reason.as_bytes().to_vec()).ok())
             .flatten();
-        // The names and values are copied out of the read buffer (a few bytes each), not
-        // shared with it: a shared buffer cost a split per response and two atomic reference
-        // count updates per value (1.5% of the gateway's CPU in perf), and the buffer stays
-        // one plain allocation, reused for the next response.
-        //
-        // The end-to-end headers only, in their order: the hop-by-hop ones, and those a
-        // `Connection` header names, are read for the framing and never handed on (left out
-        // here rather than removed later: each insertion and removal hashes the name).
-        let count = res.headers.len();
-        let mut headers = HeaderMap::with_capacity(count);
-        let mut named = Vec::new();
-        for h in res.headers.iter() {
-            if h.name.as_bytes().eq_ignore_ascii_case(b"connection") {
-                connection_tokens(h.value, &mut named);
-            }
-        }
-        let mut keep_alive = version == Version::HTTP_11;
-        let mut lengths = 0usize;
-        let mut length = None;
-        let mut encodings = 0usize;
-        let mut chunked = false;
-        // No body follows this head whatever it says (RFC 9112 §6.3).
-        let bodiless = head_request || code == 204 || code == 304;
-        for h in res.headers.iter() {
-            let (raw_name, raw_value) = (h.name.as_bytes(), h.value);
-            let name = names
-                .get(raw_name)
-                .map_err(|_| HeadError::InvalidHeaderName)?;
-            if name == header::CONNECTION {
-                if has_token(raw_value, b"close") {
-                    keep_alive = false;
-                }
-            } else if name == header::CONTENT_LENGTH {
-                lengths += 1;
-                length = parse_length(raw_value);
-                if !bodiless {
-                    // The body handed on is exactly this long (its size hint says so), and
-                    // hyper's server writes `content-length` from it: the same header, without
-                    // a copy of Console's one to make, store and check again.
-                    continue;
-                }
-            } else if name == header::TRANSFER_ENCODING {
-                encodings += 1;
-                chunked = raw_value.eq_ignore_ascii_case(b"chunked");
-            } else if name == header::DATE {
-                // The gateway's own `Date` goes out (hyper's, cached per second), as nginx's
-                // `proxy_pass` sends its own by default.
-                continue;
-            }
-            // Left out, not removed afterwards: a removal would also reorder the others.
-            if is_hop_by_hop(&name) || named.contains(&name) {
-                continue;
-            }
-            // Only the values handed on are made: one left out is refused by nothing, as
-            // before, since httparse accepted it and the bytes httparse accepts in a value are
-            // the bytes `HeaderValue` accepts.
-            let value =
-                HeaderValue::from_bytes(raw_value).map_err(|_| HeadError::InvalidHeaderValue)?;
-            headers.append(name, value);
-        }
-        let framing = if bodiless {
-            Framing::Length(0)
-        } else if encodings > 0 {
-            if encodings > 1 || !chunked || lengths > 0 || version == Version::HTTP_10 {
-                return Err(HeadError::TransferEncoding);
-            }
-            Framing::Chunked
-        } else if lengths > 1 {
-            return Err(HeadError::RepeatedContentLength);
-        } else if lengths == 1 {
-            Framing::Length(length.ok_or(HeadError::InvalidContentLength)?)
-        } else {
-            Framing::Close
-        };
-        if framing == Framing::Close {
-            keep_alive = false;
-        }
+        let (headers, framing, keep_alive) = end_to_end(
+            res.headers,
+            version,
+            head_request || code == 204 || code == 304,
+            names,
+        )?;
         buf.advance(len);
         let mut response = Response::new(());
         *response.status_mut() = status;
@@ -245,6 +174,94 @@ pub fn parse_response(
             keep_alive,
         }));
     }
+}
+
+/// The end-to-end headers of a final response head, in their order, its framing and whether
+/// the connection can carry another request. `bodiless`: no body follows this head whatever it
+/// says (a HEAD request's answer, 204, 304; RFC 9112 §6.3).
+#[inline(always)]
+fn end_to_end(
+    parsed: &[httparse::Header<'_>],
+    version: Version,
+    bodiless: bool,
+    names: &mut Names,
+) -> Result<(HeaderMap, Framing, bool), HeadError> {
+    // The names and values are copied out of the read buffer (a few bytes each), not
+    // shared with it: a shared buffer cost a split per response and two atomic reference
+    // count updates per value (1.5% of the gateway's CPU in perf), and the buffer stays
+    // one plain allocation, reused for the next response.
+    //
+    // The end-to-end headers only, in their order: the hop-by-hop ones, and those a
+    // `Connection` header names, are read for the framing and never handed on (left out
+    // here rather than removed later: each insertion and removal hashes the name).
+    let count = parsed.len();
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut named = Vec::new();
+    for h in parsed.iter() {
+        if h.name.as_bytes().eq_ignore_ascii_case(b"connection") {
+            connection_tokens(h.value, &mut named);
+        }
+    }
+    let mut keep_alive = version == Version::HTTP_11;
+    let mut lengths = 0usize;
+    let mut length = None;
+    let mut encodings = 0usize;
+    let mut chunked = false;
+    for h in parsed.iter() {
+        let (raw_name, raw_value) = (h.name.as_bytes(), h.value);
+        let name = names
+            .get(raw_name)
+            .map_err(|_| HeadError::InvalidHeaderName)?;
+        if name == header::CONNECTION {
+            if has_token(raw_value, b"close") {
+                keep_alive = false;
+            }
+        } else if name == header::CONTENT_LENGTH {
+            lengths += 1;
+            length = parse_length(raw_value);
+            if !bodiless {
+                // The body handed on is exactly this long (its size hint says so), and
+                // hyper's server writes `content-length` from it: the same header, without
+                // a copy of Console's one to make, store and check again.
+                continue;
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            encodings += 1;
+            chunked = raw_value.eq_ignore_ascii_case(b"chunked");
+        } else if name == header::DATE {
+            // The gateway's own `Date` goes out (hyper's, cached per second), as nginx's
+            // `proxy_pass` sends its own by default.
+            continue;
+        }
+        // Left out, not removed afterwards: a removal would also reorder the others.
+        if is_hop_by_hop(&name) || named.contains(&name) {
+            continue;
+        }
+        // Only the values handed on are made: one left out is refused by nothing, as
+        // before, since httparse accepted it and the bytes httparse accepts in a value are
+        // the bytes `HeaderValue` accepts.
+        let value =
+            HeaderValue::from_bytes(raw_value).map_err(|_| HeadError::InvalidHeaderValue)?;
+        headers.append(name, value);
+    }
+    let framing = if bodiless {
+        Framing::Length(0)
+    } else if encodings > 0 {
+        if encodings > 1 || !chunked || lengths > 0 || version == Version::HTTP_10 {
+            return Err(HeadError::TransferEncoding);
+        }
+        Framing::Chunked
+    } else if lengths > 1 {
+        return Err(HeadError::RepeatedContentLength);
+    } else if lengths == 1 {
+        Framing::Length(length.ok_or(HeadError::InvalidContentLength)?)
+    } else {
+        Framing::Close
+    };
+    if framing == Framing::Close {
+        keep_alive = false;
+    }
+    Ok((headers, framing, keep_alive))
 }
 
 /// `Content-Length`: digits only, as hyper reads it.
