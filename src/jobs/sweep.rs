@@ -267,17 +267,10 @@ impl Sweeper {
         // Break-glass sessions that ended and have no expiry row yet, each on its own.
         let ended_sessions = store::ended_break_glass_sessions(&pool, limit).await?;
         for session in ended_sessions {
-            let written = store::write_break_glass_expire(&pool, &session, limit).await;
             let item = format!("break_glass:{session}");
+            let written = store::write_break_glass_expire(&pool, &session, &item, limit).await;
             match written {
-                Ok(Some(s)) => {
-                    let cleared = store::clear_failure(&pool, &item, limit).await;
-                    if let Err(e) = cleared {
-                        // The row is written; its stale failure entry goes at the next tick.
-                        tracing::warn!(item = %item, error = %e, "sweep: a cleared failure could not be removed");
-                    }
-                    report.add(Done::BreakGlassExpired(s));
-                }
+                Ok(Some(s)) => report.add(Done::BreakGlassExpired(s)),
                 Ok(None) => {}
                 Err(e) => {
                     let error = e.to_string();

@@ -2,8 +2,8 @@
 //! session-level advisory lock on the connection it keeps ([`try_lock`], [`still_held`]), the
 //! grants still active ([`active_grants`]), the break-glass sessions that ended without their
 //! `break_glass_expire` row ([`ended_break_glass_sessions`]) and that row itself
-//! ([`write_break_glass_expire`]), and the failure entries that no longer name a waiting item
-//! ([`clear_settled_failures`], [`clear_failure`]). Each runs as one statement in a transaction
+//! ([`write_break_glass_expire`], which removes its failure entry in the same statement), and the
+//! failure entries that no longer name a waiting item ([`clear_settled_failures`]). Each runs as one statement in a transaction
 //! of its own (through [`Db`]), unnamed and bounded by the caller's `limit`; the revocation of a
 //! grant is [`super::revocation`]'s.
 
@@ -106,15 +106,18 @@ pub async fn ended_break_glass_sessions(
 }
 
 /// Writes `session`'s `break_glass_expire` row (`ON CONFLICT DO NOTHING`) and, in the same
-/// statement, its entry in `rbac_gateway_audit_outbox` (I-5: owed to Console's audit writer):
+/// statement, its entry in `rbac_gateway_audit_outbox` (I-5: owed to Console's audit writer) and
+/// the removal of its failure entry `item` (`/readyz` stops naming it as the row appears):
 /// Some(session id) when this call wrote it, None when it was there already.
 pub async fn write_break_glass_expire(
     pool: &Db,
     session: &str,
+    item: &str,
     limit: Duration,
 ) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar(concat!(
-        "WITH written AS (INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \
+        "WITH cleared AS (DELETE FROM rbac_gateway_sweep_failures WHERE item = $2), \
+         written AS (INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \
          SELECT ",
         crate::break_glass_expire_id!(),
         ", 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', ",
@@ -127,18 +130,8 @@ pub async fn write_break_glass_expire(
          RETURNING $1::text"
     )).persistent(false)
     .bind(session)
+    .bind(item)
     .fetch_optional(pool)
     .bounded(limit)
     .await
-}
-
-/// Removes `item`'s failure entry (its rows are written now).
-pub async fn clear_failure(pool: &Db, item: &str, limit: Duration) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM rbac_gateway_sweep_failures WHERE item = $1")
-        .persistent(false)
-        .bind(item)
-        .execute(pool)
-        .bounded(limit)
-        .await?;
-    Ok(())
 }
