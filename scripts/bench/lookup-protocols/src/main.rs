@@ -194,37 +194,34 @@ fn push_opt(sql: &mut String, s: Option<&str>) -> Result<(), sql_text::Unquotabl
     Ok(())
 }
 
-/// `Found::from_row` (src/stores/session_batch.rs) and the hash (column 6), on sqlx's rows.
-fn decode_sqlx(rows: &[sqlx::postgres::PgRow]) -> usize {
-    use sqlx::Row;
-    let mut n = 0;
-    for row in rows {
-        let _hash: String = row.try_get(6).unwrap();
-        let admin: String = row.try_get(0).unwrap();
-        let _left: f64 = row.try_get(1).unwrap();
-        let roles: Vec<String> = row.try_get(2).unwrap();
-        let perms: Vec<String> = row.try_get(3).unwrap();
-        let _bg: Option<f64> = row.try_get(4).unwrap();
-        let _until: Option<DateTime<Utc>> = row.try_get(5).unwrap();
-        n += usize::from(!admin.is_empty() && !roles.is_empty() && !perms.is_empty());
-    }
-    n
+/// `Found::from_row` (src/stores/session_batch.rs) and the hash (column 6), on either client's
+/// rows (both have `try_get(index)`): the rows that decode to a principal.
+macro_rules! decode {
+    ($rows:expr) => {{
+        let mut n = 0usize;
+        for row in $rows {
+            let _hash: String = row.try_get(6).unwrap();
+            let admin: String = row.try_get(0).unwrap();
+            let _left: f64 = row.try_get(1).unwrap();
+            let roles: Vec<String> = row.try_get(2).unwrap();
+            let perms: Vec<String> = row.try_get(3).unwrap();
+            let _bg: Option<f64> = row.try_get(4).unwrap();
+            let _until: Option<DateTime<Utc>> = row.try_get(5).unwrap();
+            n += usize::from(!admin.is_empty() && !roles.is_empty() && !perms.is_empty());
+        }
+        n
+    }};
 }
 
-/// The same, on tokio-postgres's rows.
+/// [`decode!`] on sqlx's rows.
+fn decode_sqlx(rows: &[sqlx::postgres::PgRow]) -> usize {
+    use sqlx::Row;
+    decode!(rows)
+}
+
+/// [`decode!`] on tokio-postgres's rows.
 fn decode_tp(rows: &[tokio_postgres::Row]) -> usize {
-    let mut n = 0;
-    for row in rows {
-        let _hash: String = row.try_get(6).unwrap();
-        let admin: String = row.try_get(0).unwrap();
-        let _left: f64 = row.try_get(1).unwrap();
-        let roles: Vec<String> = row.try_get(2).unwrap();
-        let perms: Vec<String> = row.try_get(3).unwrap();
-        let _bg: Option<f64> = row.try_get(4).unwrap();
-        let _until: Option<DateTime<Utc>> = row.try_get(5).unwrap();
-        n += usize::from(!admin.is_empty() && !roles.is_empty() && !perms.is_empty());
-    }
-    n
+    decode!(rows)
 }
 
 /// utime+stime, in clock ticks, of `pid` and (`children`) every process whose parent it is.
