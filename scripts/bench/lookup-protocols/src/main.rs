@@ -468,15 +468,7 @@ async fn cold(client: &mut Client, mode: &str, sets: &str, hs: &[&str]) -> usize
             decode_sqlx(&rows)
         }
         (Client::Sqlx(c), "simple" | "simple-noset") => {
-            let text = batch_sql(hs, true).unwrap();
-            let text = if mode == "simple" {
-                format!("{sets}; {text}")
-            } else {
-                text
-            };
-            let rows = sqlx::Executor::fetch_all(&mut *c, sqlx::raw_sql(&text))
-                .await
-                .unwrap();
+            let rows = simple(c, mode, sets, batch_sql(hs, true).unwrap()).await;
             decode_sqlx(&rows)
         }
         (Client::Tp(c), "typed" | "typed-tx") => {
@@ -494,6 +486,24 @@ async fn cold(client: &mut Client, mode: &str, sets: &str, hs: &[&str]) -> usize
     }
 }
 
+/// `text` as one simple query through sqlx, after the gateway's `SET LOCAL`s in the same message
+/// in mode `simple` (as `Db::one_round_trip` sends it), without them in `simple-noset`.
+async fn simple(
+    c: &mut sqlx::PgConnection,
+    mode: &str,
+    sets: &str,
+    text: String,
+) -> Vec<sqlx::postgres::PgRow> {
+    let text = if mode == "simple" {
+        format!("{sets}; {text}")
+    } else {
+        text
+    };
+    sqlx::Executor::fetch_all(c, sqlx::raw_sql(&text))
+        .await
+        .unwrap()
+}
+
 /// The INSERT of `evs`; answers how many rows it inserted.
 async fn audit(
     client: &mut Client,
@@ -506,15 +516,7 @@ async fn audit(
 ) -> usize {
     match (client, mode) {
         (Client::Sqlx(c), "simple" | "simple-noset") => {
-            let text = insert_values_sql(evs).unwrap();
-            let text = if mode == "simple" {
-                format!("{sets}; {text}")
-            } else {
-                text
-            };
-            let rows = sqlx::Executor::fetch_all(&mut *c, sqlx::raw_sql(&text))
-                .await
-                .unwrap();
+            let rows = simple(c, mode, sets, insert_values_sql(evs).unwrap()).await;
             use sqlx::Row;
             let n: i64 = rows.last().unwrap().try_get(0).unwrap();
             n as usize
