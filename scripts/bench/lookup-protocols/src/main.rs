@@ -504,6 +504,18 @@ async fn simple(
         .unwrap()
 }
 
+/// One column of the rows `evs`, as an array to bind: a text field, or (`opt`) an optional one.
+macro_rules! col {
+    ($evs:expr, $f:ident) => {
+        $evs.iter().map(|e| e.$f.as_str()).collect::<Vec<&str>>()
+    };
+    ($evs:expr, opt $f:ident) => {
+        $evs.iter()
+            .map(|e| e.$f.as_deref())
+            .collect::<Vec<Option<&str>>>()
+    };
+}
+
 /// The INSERT of `evs`; answers how many rows it inserted.
 async fn audit(
     client: &mut Client,
@@ -522,31 +534,21 @@ async fn audit(
             n as usize
         }
         (Client::Sqlx(c), "named") => {
-            macro_rules! col {
-                ($f:ident) => {
-                    evs.iter().map(|e| e.$f.as_str()).collect::<Vec<&str>>()
-                };
-                (opt $f:ident) => {
-                    evs.iter()
-                        .map(|e| e.$f.as_deref())
-                        .collect::<Vec<Option<&str>>>()
-                };
-            }
             let n: i64 = sqlx::query_scalar(unnest_sql)
                 .persistent(true)
-                .bind(col!(id))
-                .bind(col!(event_type))
-                .bind(col!(opt admin_id))
-                .bind(col!(method))
-                .bind(col!(path))
-                .bind(col!(opt route))
-                .bind(col!(opt required))
-                .bind(col!(reason))
-                .bind(col!(request_id))
-                .bind(col!(opt client_ip))
-                .bind(col!(opt user_agent))
+                .bind(col!(evs, id))
+                .bind(col!(evs, event_type))
+                .bind(col!(evs, opt admin_id))
+                .bind(col!(evs, method))
+                .bind(col!(evs, path))
+                .bind(col!(evs, opt route))
+                .bind(col!(evs, opt required))
+                .bind(col!(evs, reason))
+                .bind(col!(evs, request_id))
+                .bind(col!(evs, opt client_ip))
+                .bind(col!(evs, opt user_agent))
                 .bind(evs.iter().map(|e| e.created_at_utc).collect::<Vec<_>>())
-                .bind(col!(opt mapping_version))
+                .bind(col!(evs, opt mapping_version))
                 .bind(evs.iter().map(|e| e.occurrences).collect::<Vec<_>>())
                 .fetch_one(&mut *c)
                 .await
@@ -615,30 +617,20 @@ async fn audit(
             n as usize
         }
         (Client::Tp(c), "typed-unnest" | "typed-unnest-tx") => {
-            macro_rules! col {
-                ($f:ident) => {
-                    evs.iter().map(|e| e.$f.as_str()).collect::<Vec<&str>>()
-                };
-                (opt $f:ident) => {
-                    evs.iter()
-                        .map(|e| e.$f.as_deref())
-                        .collect::<Vec<Option<&str>>>()
-                };
-            }
             let (id, et, ad, me, pa, ro, re, rs, ri, ip, ua, ca, mv, oc) = (
-                col!(id),
-                col!(event_type),
-                col!(opt admin_id),
-                col!(method),
-                col!(path),
-                col!(opt route),
-                col!(opt required),
-                col!(reason),
-                col!(request_id),
-                col!(opt client_ip),
-                col!(opt user_agent),
+                col!(evs, id),
+                col!(evs, event_type),
+                col!(evs, opt admin_id),
+                col!(evs, method),
+                col!(evs, path),
+                col!(evs, opt route),
+                col!(evs, opt required),
+                col!(evs, reason),
+                col!(evs, request_id),
+                col!(evs, opt client_ip),
+                col!(evs, opt user_agent),
                 evs.iter().map(|e| e.created_at_utc).collect::<Vec<_>>(),
-                col!(opt mapping_version),
+                col!(evs, opt mapping_version),
                 evs.iter().map(|e| e.occurrences).collect::<Vec<_>>(),
             );
             let t = Type::TEXT_ARRAY;
