@@ -754,14 +754,15 @@ fn named_statements(text: &str) -> Vec<String> {
     out
 }
 
-/// The one named statement of `src/`: `Db::lookup`'s, in `stores/db.rs`, sent only once the
-/// pool's connections are known to be the gateway's own sessions (issue 51).
+/// The one named statement of `src/`: `Db::named_on`'s, in `stores/db.rs` (the request path's
+/// lookups and the audit writer's INSERT of fresh rows), sent only once the pool's connections
+/// are known to be the gateway's own sessions (issues 51, 67).
 const NAMED_LOOKUP: &str = "sqlx::query(sql).persistent(true)";
 
 /// Architecture Invariant (issue 44): no statement leaves a prepared statement behind on its
 /// server connection, which a transaction-pooling PgBouncer may hand to another client (whose
 /// `sqlx_s_14` would then run with our parameters). Every statement in `src/` is unnamed but
-/// one, `Db::lookup`'s ([`NAMED_LOOKUP`]: named only on connections the probe found to be
+/// one, `Db::named_on`'s ([`NAMED_LOOKUP`]: named only on connections the probe found to be
 /// sessions of the gateway's own, simple queries otherwise), and only `stores/db.rs` (which
 /// wraps every statement in a transaction) and the change feed's LISTEN pool (a direct
 /// connection) name sqlx's pool type.

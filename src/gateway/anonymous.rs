@@ -221,7 +221,7 @@ mod tests {
             request_id: "r".into(),
             client_ip: Some(client.into()),
             user_agent: None,
-            created_at_utc: chrono::Utc::now(),
+            created_at_utc: crate::policy::audit_event::now(),
             mapping_version: None,
             occurrences: 1,
         })

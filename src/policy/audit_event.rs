@@ -36,6 +36,14 @@ fn one() -> i64 {
     1
 }
 
+/// Now, to the microsecond: what PostgreSQL's `timestamptz` holds, so that a row written with
+/// its values bound (the time sent as microseconds) and one written as SQL text (the server
+/// rounding nanoseconds) store the same instant, as its spooled and logged forms say.
+pub fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
 pub const EVENT_DENIED: &str = "access_denied";
 pub const EVENT_SHADOW_DENIED: &str = "access_denied_shadow";
 /// Shadow mode: the gateway's decision and Console's own answer disagree.

@@ -299,7 +299,7 @@ pub fn audit_row(
         request_id: f.request_id.to_string(),
         client_ip: f.client_ip.map(str::to_string),
         user_agent: f.user_agent.map(str::to_string),
-        created_at_utc: chrono::Utc::now(),
+        created_at_utc: crate::policy::audit_event::now(),
         mapping_version: Some(mapping_version.to_string()),
         occurrences: 1,
     }

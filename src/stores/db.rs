@@ -97,8 +97,9 @@ impl<T, F: std::future::Future<Output = Result<T, sqlx::Error>>> Bounded<T> for 
 /// - every statement is unnamed (`.persistent(false)`, checked on the source by
 ///   `tests/architecture.rs`; [`Db`] as an executor also forces it, and a simple query has no
 ///   statement to name), so nothing is left behind on the server connection; the one exception
-///   is [`Db::lookup`], whose statements are named only once the pool's connections are known
-///   to be the gateway's own sessions (see [`Statements`]);
+///   is [`Db::named_on`] (the request path's lookups, [`Db::lookup`], and the audit writer's
+///   INSERT of fresh rows), whose statements are named only once the pool's connections are
+///   known to be the gateway's own sessions (see [`Statements`]);
 /// - no startup parameter a pooler must be told to ignore: `statement_timeout` is set with
 ///   `SET LOCAL` in each transaction's `BEGIN` (and, on a connection of the gateway's own that
 ///   runs named statements, once for its session), and `extra_float_digits` is not sent;
@@ -324,41 +325,59 @@ impl Db {
         &self,
         lookup: Lookup<'_>,
     ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
-        if self.verdict.load(Ordering::Relaxed) != NAMED {
+        if !self.named_statements() {
             return self.one_round_trip(&lookup.render()?).await;
         }
         within(self.limit, async {
             let mut conn = self.pool.acquire().await?;
-            if !conn.bounded() {
-                let mut set = settings("SET", self.limit);
-                if self.read_only {
-                    set.push_str("; SET default_transaction_read_only = on");
-                }
-                sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&set)).await?;
-                conn.set_bounded();
+            let (rows, kept) = self
+                .named_on(&mut conn, &lookup, || lookup.render())
+                .await?;
+            if kept {
+                conn.done();
+            } else {
+                conn.close();
             }
-            let sql = lookup.sql;
-            let named = lookup
-                .bind(sqlx::query(sql).persistent(true))
-                .fetch_all(&mut *conn)
-                .await;
-            match named {
-                Ok(rows) => {
-                    conn.done();
-                    Ok(rows)
-                }
-                Err(e) if is_shared_server_connection(&e) => {
-                    self.no_more_named(&e);
-                    let rows =
-                        one_round_trip_on(&mut conn, self.limit, &self.ro(&lookup.render()?))
-                            .await?;
-                    conn.close();
-                    Ok(rows)
-                }
-                Err(e) => Err(e),
-            }
+            Ok(rows)
         })
         .await
+    }
+
+    /// `lookup` as a named statement on `conn`, a connection the caller holds ([`Db::lookup`]'s,
+    /// the audit writer's kept one), whose session's `statement_timeout` is set first if it was
+    /// not; the caller bounds the wait ([`within`]) and checks [`Db::named_statements`] first.
+    /// `(rows, true)`; or, when the named statement met a server connection not this one's own
+    /// (26000, 42P05: the verdict turns to simple queries for good), `simple`'s text run as one
+    /// simple query on it and `(rows, false)`: the caller closes `conn` (its statement cache no
+    /// longer matches its server connection).
+    pub async fn named_on(
+        &self,
+        conn: &mut Conn,
+        lookup: &Lookup<'_>,
+        simple: impl FnOnce() -> Result<String, super::sql_text::Unquotable>,
+    ) -> Result<(Vec<sqlx::postgres::PgRow>, bool), sqlx::Error> {
+        if !conn.bounded() {
+            let mut set = settings("SET", self.limit);
+            if self.read_only {
+                set.push_str("; SET default_transaction_read_only = on");
+            }
+            sqlx::Executor::execute(&mut **conn, sqlx::raw_sql(&set)).await?;
+            conn.set_bounded();
+        }
+        let sql = lookup.sql;
+        let named = lookup
+            .bind(sqlx::query(sql).persistent(true))
+            .fetch_all(&mut **conn)
+            .await;
+        match named {
+            Ok(rows) => Ok((rows, true)),
+            Err(e) if is_shared_server_connection(&e) => {
+                self.no_more_named(&e);
+                let rows = one_round_trip_on(conn, self.limit, &self.ro(&simple()?)).await?;
+                Ok((rows, false))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Named statements no more: `e` said a pooler shares the pool's server connections.

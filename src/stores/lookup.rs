@@ -3,7 +3,8 @@
 //! statement on the gateway's own sessions) or writes into the statement's text
 //! ([`Lookup::render`], one simple query behind a pooler; the values quoted by
 //! [`super::sql_text`]). Both forms call the same function with the same values, so they answer
-//! alike (`tests/api/round_trips.rs` holds it on a real server).
+//! alike (`tests/api/round_trips.rs` holds it on a real server). The audit writer's INSERT of
+//! fresh rows binds its columns as arrays the same way (`stores/audit/mod.rs`, `Columns`).
 
 use super::sql_text::{self, Unquotable};
 
@@ -23,6 +24,12 @@ pub enum Value<'a> {
     Texts(&'a [&'a str]),
     /// `text[]`, or `NULL`.
     OptTexts(Option<&'a [String]>),
+    /// `text[]` whose elements may be `NULL` (a column of rows, for `unnest`).
+    NullableTexts(&'a [Option<&'a str>]),
+    /// `timestamptz[]`.
+    Timestamps(&'a [chrono::DateTime<chrono::Utc>]),
+    /// `bigint[]`.
+    BigInts(&'a [i64]),
 }
 
 /// A statement whose `$n` is `values[n - 1]`.
@@ -42,6 +49,9 @@ impl<'a> Lookup<'a> {
                 Value::Boolean(b) => query.bind(b),
                 Value::Texts(v) => query.bind(v),
                 Value::OptTexts(v) => query.bind(v),
+                Value::NullableTexts(v) => query.bind(v),
+                Value::Timestamps(v) => query.bind(v),
+                Value::BigInts(v) => query.bind(v),
             };
         }
         query
@@ -79,6 +89,14 @@ fn room(value: &Value<'_>) -> usize {
         Value::Integer(_) | Value::Boolean(_) => 16,
         Value::Texts(v) => 16 + v.iter().map(|s| s.len() + 4).sum::<usize>(),
         Value::OptTexts(v) => 16 + v.map_or(0, |v| v.iter().map(|s| s.len() + 4).sum()),
+        Value::NullableTexts(v) => {
+            16 + v
+                .iter()
+                .map(|s| s.map_or(5, |s| s.len() + 4))
+                .sum::<usize>()
+        }
+        Value::Timestamps(v) => 24 + v.len() * 34,
+        Value::BigInts(v) => 16 + v.len() * 22,
     }
 }
 
@@ -100,6 +118,15 @@ fn push_value(out: &mut String, value: &Value<'_>) -> Result<(), Unquotable> {
             Ok(())
         }
         Value::OptTexts(Some(v)) => sql_text::push_text_array(out, v),
+        Value::NullableTexts(v) => sql_text::push_opt_text_array(out, v),
+        Value::Timestamps(v) => sql_text::push_array(out, v, "timestamptz", |out, at| {
+            sql_text::push_timestamp(out, at);
+            Ok(())
+        }),
+        Value::BigInts(v) => sql_text::push_array(out, v, "int8", |out, i| {
+            out.push_str(&sql_text::integer(*i));
+            Ok(())
+        }),
     }
 }
 
@@ -124,6 +151,19 @@ mod tests {
         assert_eq!(
             lookup.render().unwrap(),
             "SELECT f(E'x', (-5), true, ARRAY[E'a''b',E'c\\\\d']::text[], ARRAY[E't1']::text[], $10)"
+        );
+        let at = [chrono::DateTime::from_timestamp(0, 1_500).unwrap()];
+        let columns = Lookup {
+            sql: "SELECT h($1, $2, $3)",
+            values: &[
+                Value::NullableTexts(&[Some("a"), None]),
+                Value::Timestamps(&at),
+                Value::BigInts(&[1, -2]),
+            ],
+        };
+        assert_eq!(
+            columns.render().unwrap(),
+            "SELECT h(ARRAY[E'a',NULL]::text[], ARRAY['1970-01-01T00:00:00.000001500Z']::timestamptz[], ARRAY[(1),(-2)]::int8[])"
         );
         let none = Lookup {
             sql: "SELECT g($1, $2)",

@@ -76,23 +76,81 @@ pub fn text_array<S: AsRef<str>>(v: &[S]) -> Result<String, Unquotable> {
 
 /// Appends [`text_array`]'s constant to `out`. On a NUL, `out` is left as it was.
 pub fn push_text_array<S: AsRef<str>>(out: &mut String, v: &[S]) -> Result<(), Unquotable> {
+    push_array(out, v, "text", |out, s| push_text(out, s.as_ref()))
+}
+
+/// Appends a `text[]` constant whose elements may be `NULL` (`ARRAY[E'a',NULL]::text[]`). On a
+/// NUL, `out` is left as it was.
+pub fn push_opt_text_array(out: &mut String, v: &[Option<&str>]) -> Result<(), Unquotable> {
+    push_array(out, v, "text", |out, s| match s {
+        Some(s) => push_text(out, s),
+        None => {
+            out.push_str("NULL");
+            Ok(())
+        }
+    })
+}
+
+/// Appends an array constant of `ty` (`ARRAY[..]::ty[]`, `'{}'::ty[]` when empty), each element
+/// written by `push`. On an error, `out` is left as it was.
+pub fn push_array<T>(
+    out: &mut String,
+    v: &[T],
+    ty: &str,
+    mut push: impl FnMut(&mut String, &T) -> Result<(), Unquotable>,
+) -> Result<(), Unquotable> {
     if v.is_empty() {
-        out.push_str("'{}'::text[]");
+        out.push_str("'{}'::");
+        out.push_str(ty);
+        out.push_str("[]");
         return Ok(());
     }
     let len = out.len();
     out.push_str("ARRAY[");
-    for (i, s) in v.iter().enumerate() {
+    for (i, e) in v.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        if let Err(e) = push_text(out, s.as_ref()) {
+        if let Err(e) = push(out, e) {
             out.truncate(len);
             return Err(e);
         }
     }
-    out.push_str("]::text[]");
+    out.push_str("]::");
+    out.push_str(ty);
+    out.push_str("[]");
     Ok(())
+}
+
+/// Appends `at` as a constant: RFC 3339 in UTC with nanoseconds (the server rounds to
+/// microseconds), its digits written here (chrono's formatter writes a char at a time); a leap
+/// second or a year of more than four digits in chrono's own form.
+pub fn push_timestamp(out: &mut String, at: &chrono::DateTime<chrono::Utc>) {
+    use chrono::{Datelike, Timelike};
+    let year = u32::try_from(at.year()).ok().filter(|y| *y <= 9999);
+    let (Some(year), nanos @ 0..=999_999_999) = (year, at.nanosecond()) else {
+        out.push('\'');
+        out.push_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+        out.push('\'');
+        return;
+    };
+    let mut b = *b"'0000-00-00T00:00:00.000000000Z'";
+    let fields = [
+        (1..5, year),
+        (6..8, at.month()),
+        (9..11, at.day()),
+        (12..14, at.hour()),
+        (15..17, at.minute()),
+        (18..20, at.second()),
+        (21..30, nanos),
+    ];
+    for (at, mut n) in fields {
+        for d in b[at].iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+    out.push_str(std::str::from_utf8(&b).expect("ASCII"));
 }
 
 /// A boolean constant.
@@ -113,6 +171,39 @@ pub fn integer(i: i64) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_timestamp_is_written_as_chrono_writes_it(secs in -62_135_596_800i64..253_402_300_799, nanos in 0u32..1_000_000_000) {
+            let at = chrono::DateTime::from_timestamp(secs, nanos).unwrap();
+            let mut sql = String::new();
+            push_timestamp(&mut sql, &at);
+            prop_assert_eq!(sql, format!("'{}'", at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)));
+        }
+    }
+
+    #[test]
+    fn arrays_of_each_kind_are_constants() {
+        let mut out = String::new();
+        push_opt_text_array(&mut out, &[Some("a'b"), None]).unwrap();
+        assert_eq!(out, "ARRAY[E'a''b',NULL]::text[]");
+        out.clear();
+        push_array(&mut out, &[1i64, -2], "int8", |o, i| {
+            o.push_str(&integer(*i));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(out, "ARRAY[(1),(-2)]::int8[]");
+        out.clear();
+        push_array(&mut out, &[0u8; 0], "timestamptz", |_, _| Ok(())).unwrap();
+        assert_eq!(out, "'{}'::timestamptz[]");
+        out.push('x');
+        assert_eq!(
+            push_opt_text_array(&mut out, &[None, Some("a\0")]),
+            Err(Unquotable::Nul)
+        );
+        assert_eq!(out, "'{}'::timestamptz[]x", "left as it was on a NUL");
+    }
 
     /// [`push_text`] as it was until 2026-11-28: one char at a time (the reference).
     fn push_text_by_char(out: &mut String, s: &str) -> Result<(), Unquotable> {

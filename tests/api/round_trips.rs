@@ -19,6 +19,9 @@ const NAMED: &str = "lookups run as named statements";
 /// What the named statement of a cold lookup says (the text of its Parse).
 const PREPARED_LOOKUP: &str = "rbac_gateway_session_principals($1";
 
+/// What the named INSERT of a batch of audit rows says (the text of its Parse).
+const PREPARED_INSERT: &str = "pg_catalog.unnest($1::text[])";
+
 /// What the join inside `rbac_gateway_session_principals` says (as pg_stat_statements keeps it).
 const LOOKUP_JOIN: &str = "JOIN public.admin_sessions s ON s.token_sha256 = h";
 
@@ -185,7 +188,130 @@ async fn on_its_own_sessions_a_cold_request_is_one_bind_of_a_statement_prepared_
     assert_eq!(tickets.len(), 1, "{seen:?}");
     assert_eq!(tickets[0].round_trips, 1, "{:?}", tickets[0]);
     assert_eq!(tickets[0].sent[0], b'B', "{:?}", tickets[0]);
+
+    // Denials: each batch of rows one Bind of the named INSERT (its columns bound as arrays),
+    // prepared once on the writer's kept connection; no row written into a statement's text.
+    let (_, plain) = db.admin_with_roles(&["console-user"]).await;
+    let mut inserts = Vec::new();
+    for _ in 0..4 {
+        let r = gw.get("/ops", Some(&plain)).await;
+        assert_eq!(r.status, 403);
+        let id = r.request_id();
+        eventually(
+            Duration::from_secs(5),
+            "the row's exchange ended",
+            || async { wire.exchanges().iter().any(|e| e.mentions(&id)) },
+        )
+        .await;
+        let rows: Vec<Exchange> = wire
+            .exchanges()
+            .into_iter()
+            .filter(|e| e.mentions(&id))
+            .collect();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].round_trips, 1, "{:?}", rows[0]);
+        assert!(
+            !rows[0].mentions("E'/ops'") && !rows[0].mentions("VALUES"),
+            "no value written into SQL text: {:?}",
+            rows[0]
+        );
+        assert_eq!(db.audit_rows(&id).await.len(), 1);
+        inserts.push(rows[0].clone());
+    }
+    let prepared = wire
+        .exchanges()
+        .into_iter()
+        .filter(|e| e.mentions(PREPARED_INSERT))
+        .count();
+    assert_eq!(
+        prepared,
+        1,
+        "the INSERT prepared once: {:?}",
+        wire.exchanges()
+    );
+    for e in &inserts[1..] {
+        assert_eq!(e.sent[0], b'B', "a Bind, nothing parsed: {e:?}");
+        assert_eq!(e.conn, inserts[0].conn, "on the writer's kept connection");
+    }
     assert!(!gw.log().contains("simple query each"), "{}", gw.log());
+}
+
+/// A denied request: its path, its session's token, its headers.
+type DenialCase<'a> = (&'a str, Option<&'a str>, &'a [(&'a str, &'a str)]);
+
+/// Every column of a stored denial but its id, request id and time.
+type StoredDenial = (
+    String,
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+);
+
+/// A denial's row written by a gateway on its own sessions (the named INSERT, its values bound
+/// as arrays) and by one told its connections may be a pooler's (`--db-statements simple`: the
+/// values written into the statement's text by `sql_text`) is the same row: every column the
+/// gateway writes, for values with quotes, backslashes, non-ASCII text and no value at all.
+#[tokio::test]
+async fn a_denials_row_bound_and_written_as_text_is_the_same_row() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let named = Gateway::start(GatewayOpts::new(core_routes(), &db, up.addr)).await;
+    let simple = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--db-statements")
+            .arg("simple"),
+    )
+    .await;
+    settle(&[&named, &simple]).await;
+    eventually(
+        Duration::from_secs(10),
+        "the probe found sessions of the gateway's own",
+        || async { named.log().contains(NAMED) },
+    )
+    .await;
+    let (_, plain) = db.admin_with_roles(&["console-user"]).await;
+    let cases: [DenialCase; 3] = [
+        (
+            "/ops",
+            Some(&plain),
+            &[("User-Agent", "it's a \\ back\\slash, caf\u{e9}")],
+        ),
+        ("/ops?q=%27x%5C&y=1", Some(&plain), &[]),
+        ("/console/customers/1", Some(&plain), &[("User-Agent", "")]),
+    ];
+    for (path, token, headers) in cases {
+        let mut stored = Vec::new();
+        for gw in [&named, &simple] {
+            let r = gw.request("GET", path, token, headers, b"").await;
+            let id = r.request_id();
+            let row: StoredDenial = eventually_some(
+                Duration::from_secs(5),
+                || format!("the row of {path} is stored"),
+                || async {
+                    sqlx::query_as(
+                        "SELECT event_type, admin_id, method, path, route, required, reason, \
+                         client_ip, user_agent, mapping_version, occurrences \
+                         FROM access_audit_events WHERE request_id = $1",
+                    )
+                    .bind(&id)
+                    .fetch_optional(&db.pool)
+                    .await
+                    .unwrap()
+                },
+            )
+            .await;
+            stored.push((r.status, row));
+        }
+        assert_eq!(stored[0], stored[1], "{path}: named, then simple");
+    }
+    assert!(!simple.log().contains(NAMED), "{}", simple.log());
 }
 
 /// The two ways a cold lookup is sent (`stores/session_batch.rs`), the named statement on the

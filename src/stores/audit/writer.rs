@@ -11,11 +11,13 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::spool::Wait;
 use super::{
-    insert_sql, lock, row_refused, AuditError, Inner, LATE_MAX, LATE_MAX_BYTES, MAX_BATCH,
+    insert_sql, lock, row_refused, AuditError, Columns, Inner, INSERT_ARRAYS_SQL, LATE_MAX,
+    LATE_MAX_BYTES, MAX_BATCH,
 };
 use crate::policy::audit_event::AuditEvent;
 use crate::runtime::metrics::Metrics;
 use crate::stores::db::Db;
+use crate::stores::lookup::Lookup;
 
 /// Rows waiting for the writer before `record` itself waits (backpressure on denials only).
 const QUEUE: usize = 16_384;
@@ -521,13 +523,15 @@ impl Inner {
         }
     }
 
+    /// The INSERT of `rows` on the kept connection (drawn first if there is none): fresh rows
+    /// on the gateway's own sessions as the named statement of arrays ([`INSERT_ARRAYS_SQL`]),
+    /// otherwise [`insert_sql`]'s text as one simple query. Bounded by the caller.
     async fn insert_on(
         &self,
         held: &mut Option<Held>,
         rows: &[Arc<AuditEvent>],
         replay: bool,
     ) -> Result<(), sqlx::Error> {
-        let sql = insert_sql(rows, replay)?;
         let h = match held {
             Some(h) => h,
             None => held.insert(Held {
@@ -536,10 +540,34 @@ impl Inner {
             }),
         };
         let conn = h.conn.as_mut().expect("a held connection until dropped");
-        let result = crate::stores::db::one_round_trip_on(conn, self.timeout, &sql)
-            .await
-            .map(|_| conn.done());
+        let mut kept = true;
+        let result = if !replay && self.pool.named_statements() {
+            let columns = Columns::of(rows);
+            let values = columns.values();
+            let insert = Lookup {
+                sql: INSERT_ARRAYS_SQL,
+                values: &values,
+            };
+            self.pool
+                .named_on(conn, &insert, || insert_sql(rows, false))
+                .await
+                .map(|(_, own)| kept = own)
+        } else {
+            let sql = insert_sql(rows, replay)?;
+            crate::stores::db::one_round_trip_on(conn, self.timeout, &sql)
+                .await
+                .map(|_| ())
+        };
+        if result.is_ok() && kept {
+            conn.done();
+        }
         h.used = std::time::Instant::now();
+        if !kept {
+            // A pooler's server connection: its statement cache no longer matches it.
+            if let Some(h) = held.take() {
+                h.discard();
+            }
+        }
         result
     }
 

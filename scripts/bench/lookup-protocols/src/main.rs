@@ -142,7 +142,7 @@ fn insert_values_sql(rows: &[Ev]) -> Result<String, sql_text::Unquotable> {
         }
         push_opt(&mut sql, r.client_ip.as_deref())?;
         push_opt(&mut sql, r.user_agent.as_deref())?;
-        push_timestamp(&mut sql, &r.created_at_utc);
+        sql_text::push_timestamp(&mut sql, &r.created_at_utc);
         sql.push(',');
         push_opt(&mut sql, r.mapping_version.as_deref())?;
         match r.occurrences {
@@ -154,35 +154,6 @@ fn insert_values_sql(rows: &[Ev]) -> Result<String, sql_text::Unquotable> {
     }
     sql.push_str(" RETURNING 1) SELECT pg_catalog.count(*) FROM ins");
     Ok(sql)
-}
-
-/// `push_timestamp` (src/stores/audit/mod.rs).
-fn push_timestamp(sql: &mut String, at: &DateTime<Utc>) {
-    use chrono::{Datelike, Timelike};
-    let year = u32::try_from(at.year()).ok().filter(|y| *y <= 9999);
-    let (Some(year), nanos @ 0..=999_999_999) = (year, at.nanosecond()) else {
-        sql.push('\'');
-        sql.push_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
-        sql.push('\'');
-        return;
-    };
-    let mut b = *b"'0000-00-00T00:00:00.000000000Z'";
-    let fields = [
-        (1..5, year),
-        (6..8, at.month()),
-        (9..11, at.day()),
-        (12..14, at.hour()),
-        (15..17, at.minute()),
-        (18..20, at.second()),
-        (21..30, nanos),
-    ];
-    for (at, mut n) in fields {
-        for d in b[at].iter_mut().rev() {
-            *d = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-    }
-    sql.push_str(std::str::from_utf8(&b).expect("ASCII"));
 }
 
 fn push_opt(sql: &mut String, s: Option<&str>) -> Result<(), sql_text::Unquotable> {
