@@ -31,6 +31,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::helpers::{core_routes, eventually, request_bytes, Gateway, GatewayOpts, Rng, TestDb};
 
+/// A deadline for an exchange no case of these tests reaches.
+fn later() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(60)
+}
+
 /// One generated response and what is known of it.
 struct Case {
     bytes: Vec<u8>,
@@ -408,7 +413,7 @@ async fn via_gateway(case: &Case, seed: u64) -> Result<Read, String> {
         if case.head { "HEAD" } else { "GET" }
     );
     let resp = pool
-        .send(request.as_bytes(), case.head)
+        .send(request.as_bytes(), case.head, later())
         .await
         .map_err(|e| e.to_string())?;
     let (parts, body) = resp.into_parts();
@@ -545,7 +550,7 @@ async fn connections_are_reused_only_when_clean() {
         let pool = pool.clone();
         let req = get(path);
         async move {
-            let resp = pool.send(req.as_bytes(), false).await.unwrap();
+            let resp = pool.send(req.as_bytes(), false, later()).await.unwrap();
             resp.into_body().collect().await.unwrap().to_bytes()
         }
     };

@@ -68,6 +68,7 @@ mod chunked;
 mod head;
 mod pool;
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
@@ -111,39 +112,48 @@ pub enum UpstreamError {
     /// body's `io::Error`).
     #[error("the upstream sent no more of its body for {0:?}")]
     BodyTimeout(std::time::Duration),
+    /// No response head by the exchange's deadline (`--upstream-read-timeout-ms` from when the
+    /// request went out): the proxy answers 504.
+    #[error("the upstream did not answer in time")]
+    ReadTimeout,
 }
 
 impl Pool {
-    /// Writes a request (head and whole body) and reads the response head. A body read
-    /// whole with the head is answered from memory (its connection is back in the pool at once);
-    /// a longer one is streamed from the connection by [`UpstreamBody`].
+    /// Writes a request (head and whole body) and reads the response head, both by `deadline`
+    /// ([`UpstreamError::ReadTimeout`] past it). A body read whole with the head is answered
+    /// from memory (its connection is back in the pool at once); a longer one is streamed from
+    /// the connection by [`UpstreamBody`].
+    ///
+    /// The deadline is the connection's own timer ([`Conn::deadline`]), moved later for each
+    /// exchange: tokio then only updates the timer's expiry, where a timer made per request
+    /// was registered in the driver's wheel and removed from it again (a lock each, ~300
+    /// instructions a request; docs/performance-log.md, 2026-11-28, "one timer per upstream
+    /// connection"). A pooled connection is taken at once; connecting to a new one is bounded
+    /// by a timer of its own as well.
     pub async fn send(
         self: &Arc<Self>,
         request: &[u8],
         head_request: bool,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<GatewayBody>, UpstreamError> {
-        let mut conn = self.checkout().await?;
-        conn.io
-            .write_all(request)
-            .await
-            .map_err(UpstreamError::Io)?;
-        let parsed = loop {
-            if !conn.buf.is_empty() {
-                if let Some(p) = parse_response(&mut conn.buf, head_request, &mut conn.names)
-                    .map_err(UpstreamError::Head)?
-                {
-                    break p;
-                }
-            }
-            if conn.fill().await.map_err(UpstreamError::Io)? == 0 {
-                return Err(UpstreamError::Closed);
-            }
+        let mut conn = match self.pooled() {
+            Some(conn) => conn,
+            None => tokio::time::timeout_at(deadline, self.connect())
+                .await
+                .map_err(|_| UpstreamError::ReadTimeout)??,
         };
+        let mut timer = conn.deadline(deadline);
+        // Pinned where it is, in this future: moving it into `by` copied it (memcpy).
+        let parsed = {
+            let work = std::pin::pin!(exchange(&mut conn, request, head_request));
+            by(timer.as_mut(), work).await
+        };
+        conn.timer = Some(timer);
         let Parsed {
             response,
             framing,
             keep_alive,
-        } = parsed;
+        } = parsed?;
         let body = match framing {
             Framing::Length(0) => {
                 self.finish(conn, keep_alive);
@@ -169,4 +179,46 @@ impl Pool {
         };
         Ok(response.map(|()| body))
     }
+}
+
+/// The request written on `conn`, and the head of its response read.
+async fn exchange(
+    conn: &mut Conn,
+    request: &[u8],
+    head_request: bool,
+) -> Result<Parsed, UpstreamError> {
+    conn.io
+        .write_all(request)
+        .await
+        .map_err(UpstreamError::Io)?;
+    loop {
+        if !conn.buf.is_empty() {
+            if let Some(p) = parse_response(&mut conn.buf, head_request, &mut conn.names)
+                .map_err(UpstreamError::Head)?
+            {
+                return Ok(p);
+            }
+        }
+        if conn.fill().await.map_err(UpstreamError::Io)? == 0 {
+            return Err(UpstreamError::Closed);
+        }
+    }
+}
+
+/// `work`, or [`UpstreamError::ReadTimeout`] once `timer` has elapsed first (`work` is polled
+/// first: what is ready is never refused for the time).
+async fn by<T, F: Future<Output = Result<T, UpstreamError>>>(
+    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    mut work: std::pin::Pin<&mut F>,
+) -> Result<T, UpstreamError> {
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = work.as_mut().poll(cx) {
+            return std::task::Poll::Ready(r);
+        }
+        match timer.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(UpstreamError::ReadTimeout)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+    .await
 }

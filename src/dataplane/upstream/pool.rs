@@ -43,9 +43,28 @@ pub struct Conn {
     pub(super) io: TcpStream,
     pub(super) buf: BytesMut,
     pub(super) names: Names,
+    /// The timer of its exchanges' deadlines, kept from one to the next (None: none yet, or
+    /// one exchange holds it).
+    pub(super) timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
+    /// Its timer, set to `deadline`: the one kept from its last exchange (whose deadline was
+    /// earlier, so tokio only moves the expiry of the entry already in its wheel), or a new one.
+    /// The caller gives it back (`timer`) when the exchange is over.
+    pub(super) fn deadline(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> std::pin::Pin<Box<tokio::time::Sleep>> {
+        match self.timer.take() {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
     /// Reads more bytes into the buffer; 0 at the end of the stream.
     pub(super) async fn fill(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
@@ -144,7 +163,7 @@ impl Pool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn connect(&self) -> Result<Conn, UpstreamError> {
+    pub(super) async fn connect(&self) -> Result<Conn, UpstreamError> {
         let io = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout)?
@@ -156,17 +175,28 @@ impl Pool {
             io,
             buf: BytesMut::new(),
             names: Names::default(),
+            timer: None,
         })
     }
 
     /// An idle connection that can carry a request, or a new one.
+    #[cfg(test)]
     pub(super) async fn checkout(&self) -> Result<Conn, UpstreamError> {
+        match self.pooled() {
+            Some(conn) => Ok(conn),
+            None => self.connect().await,
+        }
+    }
+
+    /// An idle connection that can carry a request, if there is one (those that cannot are
+    /// dropped on the way).
+    pub(super) fn pooled(&self) -> Option<Conn> {
         loop {
             let pooled = self.idle().pop();
             match pooled {
-                Some(conn) if conn.reusable() => return Ok(conn),
+                Some(conn) if conn.reusable() => return Some(conn),
                 Some(_) => continue,
-                None => return self.connect().await,
+                None => return None,
             }
         }
     }
@@ -297,7 +327,7 @@ mod tests {
 
     /// Console's side of one exchange: reads the request head, then writes `answer` in pieces
     /// of `piece` bytes.
-    async fn answer_with(mut upstream: TcpStream, answer: Vec<u8>, piece: usize) {
+    async fn answer_with(mut upstream: TcpStream, answer: Vec<u8>, piece: usize) -> TcpStream {
         let mut got = Vec::new();
         while !got.ends_with(b"\r\n\r\n") {
             let mut b = [0u8; 1024];
@@ -309,13 +339,75 @@ mod tests {
         }
         for part in answer.chunks(piece) {
             if upstream.write_all(part).await.is_err() {
-                return; // refused and closed by the gateway's side
+                return upstream; // refused and closed by the gateway's side
             }
             tokio::task::yield_now().await;
         }
+        upstream
     }
 
     const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: console\r\n\r\n";
+
+    /// A deadline no exchange of these tests reaches.
+    fn later() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(60)
+    }
+
+    /// Each exchange is bounded by its own deadline on the connection's one timer: kept with the
+    /// connection after an exchange, moved later for the next, and still firing when Console
+    /// does not answer (the earlier deadline it held does not cut a later exchange short).
+    #[tokio::test]
+    async fn each_exchange_is_bounded_by_its_deadline_on_the_connections_timer() {
+        let (pool, conn, upstream) = connected().await;
+        pool.give_back(conn);
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
+        let answering = tokio::spawn(answer_with(upstream, answer, 1024));
+        let first = tokio::time::Instant::now() + Duration::from_millis(300);
+        let resp = pool.send(REQUEST, false, first).await.expect("answered");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        let mut upstream = answering.await.unwrap();
+        {
+            let idle = pool.idle();
+            assert_eq!(idle.len(), 1, "given back");
+            assert!(idle[0].timer.is_some(), "its timer kept with it");
+        }
+        // Past the first deadline, a second exchange Console never answers: it ends at its own
+        // deadline, on the same timer.
+        tokio::time::sleep_until(first).await;
+        let silent = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut b = [0u8; 1024];
+            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut upstream, &mut b).await {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&b[..n]);
+            }
+            got
+        });
+        let second = tokio::time::Instant::now() + Duration::from_millis(200);
+        let refused = pool.send(REQUEST, false, second).await;
+        assert!(
+            matches!(refused, Err(UpstreamError::ReadTimeout)),
+            "{:?}",
+            refused.map(|_| ())
+        );
+        assert!(
+            tokio::time::Instant::now() >= second,
+            "not before its deadline"
+        );
+        assert!(
+            pool.idle().is_empty(),
+            "a connection that timed out is not kept"
+        );
+        assert_eq!(
+            silent.await.unwrap(),
+            REQUEST,
+            "the request went out, then the connection closed"
+        );
+    }
 
     #[tokio::test]
     async fn a_large_head_is_read_from_a_small_start() {
@@ -328,7 +420,7 @@ mod tests {
                 format!("HTTP/1.1 200 OK\r\nX-Large: {value}\r\nContent-Length: 5\r\n\r\nhello");
             let answering = tokio::spawn(answer_with(upstream, answer.into_bytes(), piece));
             let resp = pool
-                .send(REQUEST, false)
+                .send(REQUEST, false, later())
                 .await
                 .expect("a head under the bound");
             assert_eq!(resp.headers()["x-large"].len(), MAX_HEAD - 200);
@@ -349,7 +441,7 @@ mod tests {
             let mut answer = b"HTTP/1.1 200 OK\r\nX-Endless: ".to_vec();
             answer.resize(3 * MAX_BUFFERED, b'a');
             let answering = tokio::spawn(answer_with(upstream, answer, piece));
-            let refused = pool.send(REQUEST, false).await;
+            let refused = pool.send(REQUEST, false, later()).await;
             assert!(
                 matches!(refused, Err(UpstreamError::Head(HeadError::TooLarge))),
                 "{:?}",

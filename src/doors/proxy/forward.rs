@@ -136,11 +136,14 @@ pub(super) async fn forward_request(
     } else {
         Instant::now()
     };
-    // The exchange: sent on a pooled connection under the upstream read deadline (pinned here,
-    // in this future, not moved into one of its own), then Console's answer handed back.
-    let exchange = std::pin::pin!(w.pool.send(&request, parts.method == Method::HEAD));
+    // The exchange: sent on a pooled connection under the upstream read deadline (the
+    // connection's own timer, `Pool::send`), then Console's answer handed back.
     let deadline = tokio::time::Instant::from_std(sent + w.gw.read_timeout);
-    let result = tokio::time::timeout_at(deadline, exchange).await;
+    // Pinned here, in this future, not moved into one of its own (a copy of it).
+    let exchange = std::pin::pin!(w
+        .pool
+        .send(&request, parts.method == Method::HEAD, deadline));
+    let result = exchange.await;
     exchanged(w, ctx, f, result, sent, exchange_span)
 }
 
@@ -151,19 +154,25 @@ fn exchanged(
     w: &Worker,
     ctx: &Ctx,
     f: Forwarding,
-    result: Result<Result<Response<GatewayBody>, UpstreamError>, tokio::time::error::Elapsed>,
+    result: Result<Response<GatewayBody>, UpstreamError>,
     sent: Instant,
     mut span: Option<crate::runtime::telemetry::ChildSpan>,
 ) -> Response<GatewayBody> {
     let gw = &w.gw;
     let resp = match result {
-        Ok(Ok(r)) => {
+        Ok(r) => {
             if let Some(span) = span.take() {
                 span.end(Some(r.status().as_u16()));
             }
             r
         }
-        Ok(Err(e)) => {
+        Err(UpstreamError::ReadTimeout) => {
+            if let Some(span) = span.take() {
+                span.end(None);
+            }
+            return not_forwarded(w, ctx, f.request_id, NotForwarded::UpstreamTimedOut);
+        }
+        Err(e) => {
             if let Some(span) = span.take() {
                 span.end(None);
             }
@@ -172,12 +181,6 @@ fn exchanged(
                 error: e.to_string(),
             };
             return not_forwarded(w, ctx, f.request_id, failed);
-        }
-        Err(_) => {
-            if let Some(span) = span.take() {
-                span.end(None);
-            }
-            return not_forwarded(w, ctx, f.request_id, NotForwarded::UpstreamTimedOut);
         }
     };
     let status = resp.status().as_u16();
