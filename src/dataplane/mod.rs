@@ -2,6 +2,7 @@
 //! crate, the measured gain, and the differential test that pins its behaviour to the crate's
 //! or to a reference.
 
+pub mod header_timer;
 pub mod listen;
 pub mod sniff;
 pub mod upstream;

@@ -41,7 +41,9 @@ pub struct Http1Settings {
 }
 
 impl Http1Settings {
-    /// hyper's HTTP/1 server as every door runs it, its timeouts kept by tokio's timer.
+    /// hyper's HTTP/1 server as every door runs it, its timeouts kept by tokio's timer (the
+    /// data plane's doors give each connection a timer of its own that is set again for each
+    /// head: [`super::header_timer::HeaderTimer`]).
     pub fn builder(&self) -> hyper::server::conn::http1::Builder {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder

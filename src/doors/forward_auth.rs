@@ -40,6 +40,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use crate::dataplane::header_timer::HeaderTimer;
 use crate::dataplane::workers::Http1Settings;
 use crate::doors::trace::Trace;
 use crate::gateway::counts::DecisionCounts;
@@ -194,7 +195,7 @@ async fn serve(
                 let answering = answering.clone();
                 async move { Ok::<_, Infallible>(handle(&answering, peer, req).await) }
             });
-            builder.serve_connection(TokioIo::new(stream), service)
+            HeaderTimer::for_connection(&builder).serve_connection(TokioIo::new(stream), service)
         },
     )
     .await;

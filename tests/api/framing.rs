@@ -263,6 +263,58 @@ async fn oversized_heads_and_slow_clients_are_cut_off() {
     assert!(read.is_ok(), "a slow client held its connection for 5 s");
     assert!(started.elapsed() >= Duration::from_millis(400));
     assert_eq!(env.up.count(), 0);
+
+    // On a keep-alive connection, the head of a later request is held to the same timeout (its
+    // timer is the connection's one, set again for each head: dataplane/header_timer.rs).
+    let mut s = TcpStream::connect(env.gw.addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /ops HTTP/1.1\r\nHost: c\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_response_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 302"), "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+    }
+    s.write_all(b"GET /ops HTTP/1.1\r\nHost: c\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "a slow later head held its connection for 5 s"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}
+
+/// A response's head and its `Content-Length` body read off `s`; the head as text.
+async fn read_response_head(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "the answer ended early: {got:?}"
+        );
+        got.push(b[0]);
+    }
+    let head = String::from_utf8(got).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).await.unwrap();
+    head
 }
 
 #[tokio::test]

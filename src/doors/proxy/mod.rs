@@ -38,6 +38,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use crate::dataplane::header_timer::HeaderTimer;
 use crate::dataplane::sniff::{Heads, RawHead, Sniff};
 use crate::dataplane::upstream::{GatewayBody, Pool};
 use crate::dataplane::workers::{Door, Http1Settings};
@@ -166,7 +167,7 @@ async fn worker(
             let peer_ip: Arc<str> = peer.ip().to_string().into();
             let service =
                 service_fn(move |req| handle(w.clone(), peer_ip.clone(), heads.next(), req));
-            builder.serve_connection(io, service)
+            HeaderTimer::for_connection(&builder).serve_connection(io, service)
         },
     )
     .await;
