@@ -81,9 +81,10 @@ const COLUMNS: &str =
 /// bound as one array ([`Columns`]) and the rows made by `unnest`: no value written into SQL
 /// text, and PostgreSQL neither parses nor plans it per batch (39% less of its CPU a batch of 12
 /// than [`insert_sql`]'s text, docs/performance-log.md, 2026-11-28, "named arrays"). It answers
-/// how many rows it inserted. Behind a transaction pooler, and for a replay, [`insert_sql`].
+/// no rows (the writer needs no count, and `RETURNING` into a count cost the server a row kept
+/// and counted per row). Behind a transaction pooler, and for a replay, [`insert_sql`].
 /// A NUL is refused by the server when bound (SQLSTATE 22021), as the JSON statement's was.
-const INSERT_ARRAYS_SQL: &str = "WITH ins AS (INSERT INTO access_audit_events (\
+const INSERT_ARRAYS_SQL: &str = "INSERT INTO access_audit_events (\
     id, event_type, admin_id, method, path, route, required, reason, request_id, \
     client_ip, user_agent, created_at_utc, mapping_version, occurrences) \
     SELECT * FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), \
@@ -91,8 +92,7 @@ const INSERT_ARRAYS_SQL: &str = "WITH ins AS (INSERT INTO access_audit_events (\
     pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]), \
     pg_catalog.unnest($9::text[]), pg_catalog.unnest($10::text[]), \
     pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::timestamptz[]), \
-    pg_catalog.unnest($13::text[]), pg_catalog.unnest($14::int8[])) \
-    RETURNING 1) SELECT pg_catalog.count(*) FROM ins";
+    pg_catalog.unnest($13::text[]), pg_catalog.unnest($14::int8[]))";
 
 /// The columns of a batch of rows, as [`INSERT_ARRAYS_SQL`] binds them (borrowed from the
 /// rows: no copy of their text).
