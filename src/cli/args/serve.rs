@@ -64,8 +64,9 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_DIRECT_DATABASE_URL", hide_env_values = true)]
     pub direct_database_url: Option<String>,
     /// How the request path's lookups (a cold session, a principal, a rule's live ticket
-    /// grants) reach PostgreSQL. `auto`: named prepared statements, each lookup one round trip
-    /// planned once per connection, when --direct-database-url is not set and the pool's
+    /// grants) and the audit writer's INSERT of fresh denial rows reach PostgreSQL. `auto`:
+    /// named prepared statements with their values bound, each one round trip planned once per
+    /// connection, when --direct-database-url is not set and the pool's
     /// connections prove to be sessions of their own (the probe the change feed makes);
     /// otherwise, and until then, one simple query with its values written in, safe behind any
     /// pooler. `simple`: always the simple query. `named`: named statements without the probe
