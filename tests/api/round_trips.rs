@@ -236,6 +236,27 @@ async fn on_its_own_sessions_a_cold_request_is_one_bind_of_a_statement_prepared_
     assert!(!gw.log().contains("simple query each"), "{}", gw.log());
 }
 
+/// Two gateways on `db` in front of `up`: one whose probe found sessions of its own (named
+/// statements, once it says so) and one told its connections may be a pooler's
+/// (`--db-statements simple`).
+async fn named_and_simple(db: &TestDb, up: &Upstream) -> (Gateway, Gateway) {
+    let named = Gateway::start(GatewayOpts::new(core_routes(), db, up.addr)).await;
+    let simple = Gateway::start(
+        GatewayOpts::new(core_routes(), db, up.addr)
+            .arg("--db-statements")
+            .arg("simple"),
+    )
+    .await;
+    settle(&[&named, &simple]).await;
+    eventually(
+        Duration::from_secs(10),
+        "the probe found sessions of the gateway's own",
+        || async { named.log().contains(NAMED) },
+    )
+    .await;
+    (named, simple)
+}
+
 /// A denied request: its path, its session's token, its headers.
 type DenialCase<'a> = (&'a str, Option<&'a str>, &'a [(&'a str, &'a str)]);
 
@@ -262,20 +283,7 @@ type StoredDenial = (
 async fn a_denials_row_bound_and_written_as_text_is_the_same_row() {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
-    let named = Gateway::start(GatewayOpts::new(core_routes(), &db, up.addr)).await;
-    let simple = Gateway::start(
-        GatewayOpts::new(core_routes(), &db, up.addr)
-            .arg("--db-statements")
-            .arg("simple"),
-    )
-    .await;
-    settle(&[&named, &simple]).await;
-    eventually(
-        Duration::from_secs(10),
-        "the probe found sessions of the gateway's own",
-        || async { named.log().contains(NAMED) },
-    )
-    .await;
+    let (named, simple) = named_and_simple(&db, &up).await;
     let (_, plain) = db.admin_with_roles(&["console-user"]).await;
     let cases: [DenialCase; 3] = [
         (
@@ -323,20 +331,7 @@ async fn a_denials_row_bound_and_written_as_text_is_the_same_row() {
 async fn the_named_statement_and_the_simple_query_answer_alike() {
     let db = TestDb::new().await;
     let up = Upstream::start().await;
-    let named = Gateway::start(GatewayOpts::new(core_routes(), &db, up.addr)).await;
-    let simple = Gateway::start(
-        GatewayOpts::new(core_routes(), &db, up.addr)
-            .arg("--db-statements")
-            .arg("simple"),
-    )
-    .await;
-    settle(&[&named, &simple]).await;
-    eventually(
-        Duration::from_secs(10),
-        "the probe found sessions of the gateway's own",
-        || async { named.log().contains(NAMED) },
-    )
-    .await;
+    let (named, simple) = named_and_simple(&db, &up).await;
 
     let (_, auditor) = db.admin_with_roles(&["console-audit-user"]).await;
     let (_, plain) = db.admin_with_roles(&["console-user"]).await;
