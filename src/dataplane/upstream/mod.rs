@@ -124,7 +124,7 @@ impl Pool {
     /// from memory (its connection is back in the pool at once); a longer one is streamed from
     /// the connection by [`UpstreamBody`].
     ///
-    /// The deadline is the connection's own timer ([`Conn::deadline`]), moved later for each
+    /// The deadline is the connection's own timer (`Conn::deadline`), moved later for each
     /// exchange: tokio then only updates the timer's expiry, where a timer made per request
     /// was registered in the driver's wheel and removed from it again (a lock each, ~300
     /// instructions a request; docs/performance-log.md, 2026-11-28, "one timer per upstream
