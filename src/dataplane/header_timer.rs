@@ -10,7 +10,10 @@
 //! so tokio only moves the expiry of the entry already in its wheel (a compare-and-swap). Every
 //! deadline is still kept by tokio's timer; only the allocation and the wheel's two updates a
 //! request are saved. A connection stays on the worker thread (and runtime) that accepted it
-//! (`workers.rs`), so its timer is only ever used on the runtime whose driver holds it.
+//! (`workers.rs`), so its timer is only ever used on the runtime whose driver holds it. A kept
+//! timer stays in tokio's wheel until its last deadline with the waker of the task that last
+//! polled it (this connection's): when that deadline passes unused, it wakes that task once for
+//! nothing, as the upstream connections' kept timers do (`upstream/pool.rs`).
 //!
 //! **Pinned by** `tests/api/framing.rs`'s slow-client tests (a head that does not come in time
 //! is still cut off, on a connection's first request and on a later one) and the tests below.
@@ -48,7 +51,12 @@ impl HeaderTimer {
 
 impl hyper::rt::Timer for HeaderTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(Instant::now() + duration)
+        self.sleep_until(self.now() + duration)
+    }
+
+    /// tokio's clock, as hyper-util's `TokioTimer` answers (the deadlines are tokio's).
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
@@ -110,11 +118,16 @@ mod tests {
         // The same timer, set later than it was: it waits for the new deadline.
         let second = timer.sleep_until(start + Duration::from_millis(120));
         assert!(timer.spare().is_none(), "lent again");
-        second.await;
+        let bound = Duration::from_secs(5);
+        tokio::time::timeout(bound, second)
+            .await
+            .expect("the second wait ends");
         assert!(start.elapsed() >= Duration::from_millis(120));
         // Its deadline passed while it was kept; set again, it still waits.
         let again = Instant::now();
-        timer.sleep(Duration::from_millis(50)).await;
+        tokio::time::timeout(bound, timer.sleep(Duration::from_millis(50)))
+            .await
+            .expect("the third wait ends");
         assert!(again.elapsed() >= Duration::from_millis(50));
     }
 

@@ -48,3 +48,14 @@ pub const EVENT_DENIED: &str = "access_denied";
 pub const EVENT_SHADOW_DENIED: &str = "access_denied_shadow";
 /// Shadow mode: the gateway's decision and Console's own answer disagree.
 pub const EVENT_DRIFT: &str = "rbac_drift";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_rows_time_is_to_the_microsecond() {
+        for _ in 0..1000 {
+            let at = super::now();
+            assert_eq!(at.timestamp_subsec_nanos() % 1000, 0, "{at:?}");
+        }
+    }
+}

@@ -92,7 +92,7 @@ impl<T, F: std::future::Future<Output = Result<T, sqlx::Error>>> Bounded<T> for 
 /// - every statement runs inside a transaction: [`Db`] as an executor (`.fetch_one(&db)`) wraps
 ///   each statement in one, [`Db::begin`] opens one for several, and [`Db::one_round_trip`]
 ///   sends one statement with its values written in as one simple query (an implicit
-///   transaction that ends with the message: the audit batches, and the request path's lookups
+///   transaction that ends with the message: the request path's lookups and the audit batches
 ///   unless they are named, one round trip each, issue 51);
 /// - every statement is unnamed (`.persistent(false)`, checked on the source by
 ///   `tests/architecture.rs`; [`Db`] as an executor also forces it, and a simple query has no
@@ -118,7 +118,8 @@ pub struct Db {
     limit: Duration,
     /// Whether [`Db::direct_options`] reaches a session of its own (None: not known yet).
     sessions: std::sync::Arc<tokio::sync::OnceCell<bool>>,
-    /// How [`Db::lookup`] sends its statements: [`UNKNOWN`], [`NAMED`] or [`SIMPLE`].
+    /// How [`Db::lookup`] and the audit writer send their statements ([`Db::named_on`]):
+    /// [`UNKNOWN`], [`NAMED`] or [`SIMPLE`].
     verdict: std::sync::Arc<AtomicU8>,
     /// Whether the pool connects where [`Db::direct_options`] does (no `--direct-database-url`):
     /// only then does the probe's answer speak for the pool's connections.
@@ -127,7 +128,8 @@ pub struct Db {
     read_only: bool,
 }
 
-/// How [`Db::lookup`] sends its statements (`--db-statements`).
+/// How [`Db::lookup`] and the audit writer's INSERT of fresh rows send their statements
+/// (`--db-statements`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Statements {
     /// Named when the pool's URL is the direct one (no `--direct-database-url`) and
@@ -624,9 +626,19 @@ pub fn is_connection_error(e: &sqlx::Error) -> bool {
 
 /// `e` is what PostgreSQL answers a named statement on a server connection it was not
 /// prepared on (26000, no such prepared statement), or a name prepared there by another client
-/// (42P05, it exists already): a pooler between the gateway and PostgreSQL.
-fn is_shared_server_connection(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("26000" | "42P05")))
+/// (42P05, it exists already; 08P01 "bind message supplies N parameters, but prepared statement
+/// ... requires M": the name is another statement of another client's, as the lookups' and the
+/// audit INSERT's names, numbered per connection, may be): a pooler between the gateway and
+/// PostgreSQL.
+pub(crate) fn is_shared_server_connection(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => match d.code().as_deref() {
+            Some("26000" | "42P05") => true,
+            Some("08P01") => d.message().starts_with("bind message supplies"),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// Marks the pool's idle connections stale when `e` is a connection error; true when it was.

@@ -194,7 +194,7 @@ pub struct Conn {
     /// be): it may be handed out again, and counts as idle from then.
     clean: Option<Instant>,
     /// Whether its session's `statement_timeout` was set ([`Conn::set_bounded`]): only such a
-    /// connection runs a named statement ([`super::db::Db::lookup`]).
+    /// connection runs a named statement ([`super::db::Db::named_on`]).
     bounded: bool,
     inner: Arc<Inner>,
     /// Released after the connection is back on the idle stack (fields drop after `drop`), or

@@ -206,7 +206,10 @@ async fn exchange(
 }
 
 /// `work`, or [`UpstreamError::ReadTimeout`] once `timer` has elapsed first (`work` is polled
-/// first: what is ready is never refused for the time).
+/// first: what is ready is never refused for the time). The timer is polled outside tokio's
+/// task budget, as `tokio::time::Timeout` polls its delay: a Console that keeps the reads busy
+/// (interim heads without end) spends the budget in `work`, and a budgeted timer would then
+/// answer Pending past its deadline for as long as that goes on.
 async fn by<T, F: Future<Output = Result<T, UpstreamError>>>(
     mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
     mut work: std::pin::Pin<&mut F>,
@@ -215,7 +218,7 @@ async fn by<T, F: Future<Output = Result<T, UpstreamError>>>(
         if let std::task::Poll::Ready(r) = work.as_mut().poll(cx) {
             return std::task::Poll::Ready(r);
         }
-        match timer.as_mut().poll(cx) {
+        match std::pin::pin!(tokio::task::unconstrained(timer.as_mut())).poll(cx) {
             std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(UpstreamError::ReadTimeout)),
             std::task::Poll::Pending => std::task::Poll::Pending,
         }

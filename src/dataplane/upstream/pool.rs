@@ -44,7 +44,10 @@ pub struct Conn {
     pub(super) buf: BytesMut,
     pub(super) names: Names,
     /// The timer of its exchanges' deadlines, kept from one to the next (None: none yet, or
-    /// one exchange holds it).
+    /// one exchange holds it). Idle in the pool, it stays in tokio's wheel until its last
+    /// deadline with the waker of the last client task that polled it: that task is woken once
+    /// for nothing then (its allocation kept until then), the price of not removing and adding
+    /// an entry per request.
     pub(super) timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -388,7 +391,10 @@ mod tests {
             got
         });
         let second = tokio::time::Instant::now() + Duration::from_millis(200);
-        let refused = pool.send(REQUEST, false, second).await;
+        let refused =
+            tokio::time::timeout(Duration::from_secs(5), pool.send(REQUEST, false, second))
+                .await
+                .expect("the exchange ends at its deadline");
         assert!(
             matches!(refused, Err(UpstreamError::ReadTimeout)),
             "{:?}",
@@ -407,6 +413,55 @@ mod tests {
             REQUEST,
             "the request went out, then the connection closed"
         );
+    }
+
+    /// A Console that sends interim (1xx) heads without end, from a thread of its own: they are
+    /// skipped without a bound of their own, so only the deadline ends the exchange, and it
+    /// does (when such reads spend the task's whole budget on every poll, the test below).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn endless_interim_heads_still_end_at_the_deadline() {
+        let (pool, conn, mut upstream) = connected().await;
+        pool.give_back(conn);
+        let flood = tokio::spawn(async move {
+            let mut got = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut upstream, &mut got).await;
+            // On a thread of its own: the socket is never empty when the exchange reads.
+            let interim = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(4096);
+            while upstream.write_all(&interim).await.is_ok() {}
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        let refused =
+            tokio::time::timeout(Duration::from_secs(5), pool.send(REQUEST, false, deadline))
+                .await
+                .expect("the exchange ends at its deadline, however busy Console keeps it");
+        assert!(
+            matches!(refused, Err(UpstreamError::ReadTimeout)),
+            "{:?}",
+            refused.map(|_| ())
+        );
+        flood.await.unwrap();
+    }
+
+    /// Work that spends tokio's whole task budget on every poll and never ends (what a Console
+    /// that keeps every read busy makes of an exchange): the deadline still ends it. With the
+    /// timer polled inside the budget, it answered Pending for good.
+    #[tokio::test]
+    async fn a_deadline_ends_work_that_spends_the_whole_budget() {
+        let work = std::pin::pin!(async {
+            loop {
+                tokio::task::consume_budget().await;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), UpstreamError>(())
+        });
+        let mut timer = Box::pin(tokio::time::sleep(Duration::from_millis(100)));
+        let ended = tokio::time::timeout(
+            Duration::from_secs(5),
+            crate::dataplane::upstream::by(timer.as_mut(), work),
+        )
+        .await
+        .expect("the deadline ends it");
+        assert!(matches!(ended, Err(UpstreamError::ReadTimeout)));
     }
 
     #[tokio::test]
