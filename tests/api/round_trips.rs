@@ -42,6 +42,29 @@ async fn ticket_check(db: &TestDb, gw: &Gateway, wire: &PgWire) -> (Vec<Exchange
     (wire.exchanges()[from..].to_vec(), granted, token)
 }
 
+/// A denied GET /ops with `token`: its row's exchange (the only one naming the request's id,
+/// one round trip), once it ended, and its one stored row.
+async fn denial(db: &TestDb, gw: &Gateway, wire: &PgWire, token: &str) -> Exchange {
+    let r = gw.get("/ops", Some(token)).await;
+    assert_eq!(r.status, 403);
+    let id = r.request_id();
+    eventually(
+        Duration::from_secs(5),
+        "the row's exchange ended",
+        || async { wire.exchanges().iter().any(|e| e.mentions(&id)) },
+    )
+    .await;
+    let rows: Vec<Exchange> = wire
+        .exchanges()
+        .into_iter()
+        .filter(|e| e.mentions(&id))
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].round_trips, 1, "{:?}", rows[0]);
+    assert_eq!(db.audit_rows(&id).await.len(), 1);
+    rows[0].clone()
+}
+
 #[tokio::test]
 async fn a_cold_request_a_ticket_check_and_an_audit_batch_each_take_one_round_trip() {
     let db = TestDb::new().await;
@@ -85,23 +108,7 @@ async fn a_cold_request_a_ticket_check_and_an_audit_batch_each_take_one_round_tr
     assert_eq!(tickets[0].round_trips, 1, "{:?}", tickets[0]);
 
     // A denial: its row in one exchange of one round trip.
-    let r = gw.get("/ops", Some(&token)).await;
-    assert_eq!(r.status, 403);
-    let id = r.request_id();
-    eventually(
-        std::time::Duration::from_secs(5),
-        "the row's exchange ended",
-        || async { wire.exchanges().iter().any(|e| e.mentions(&id)) },
-    )
-    .await;
-    let rows: Vec<Exchange> = wire
-        .exchanges()
-        .into_iter()
-        .filter(|e| e.mentions(&id))
-        .collect();
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0].round_trips, 1, "{:?}", rows[0]);
-    assert_eq!(db.audit_rows(&id).await.len(), 1);
+    denial(&db, &gw, &wire, &token).await;
 }
 
 #[tokio::test]
@@ -194,29 +201,12 @@ async fn on_its_own_sessions_a_cold_request_is_one_bind_of_a_statement_prepared_
     let (_, plain) = db.admin_with_roles(&["console-user"]).await;
     let mut inserts = Vec::new();
     for _ in 0..4 {
-        let r = gw.get("/ops", Some(&plain)).await;
-        assert_eq!(r.status, 403);
-        let id = r.request_id();
-        eventually(
-            Duration::from_secs(5),
-            "the row's exchange ended",
-            || async { wire.exchanges().iter().any(|e| e.mentions(&id)) },
-        )
-        .await;
-        let rows: Vec<Exchange> = wire
-            .exchanges()
-            .into_iter()
-            .filter(|e| e.mentions(&id))
-            .collect();
-        assert_eq!(rows.len(), 1, "{rows:?}");
-        assert_eq!(rows[0].round_trips, 1, "{:?}", rows[0]);
+        let insert = denial(&db, &gw, &wire, &plain).await;
         assert!(
-            !rows[0].mentions("E'/ops'") && !rows[0].mentions("VALUES"),
-            "no value written into SQL text: {:?}",
-            rows[0]
+            !insert.mentions("E'/ops'") && !insert.mentions("VALUES"),
+            "no value written into SQL text: {insert:?}"
         );
-        assert_eq!(db.audit_rows(&id).await.len(), 1);
-        inserts.push(rows[0].clone());
+        inserts.push(insert);
     }
     let prepared = wire
         .exchanges()
