@@ -61,13 +61,7 @@ impl hyper::rt::Timer for HeaderTimer {
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         let deadline = tokio::time::Instant::from_std(deadline);
-        let sleep = match self.spare().take() {
-            Some(mut sleep) => {
-                sleep.as_mut().reset(deadline);
-                sleep
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        };
+        let sleep = super::rearm(self.spare().take(), deadline);
         Box::pin(Lent {
             sleep: Some(sleep),
             owner: self.clone(),

@@ -349,7 +349,8 @@ impl Db {
     /// the audit writer's kept one), whose session's `statement_timeout` is set first if it was
     /// not; the caller bounds the wait ([`within`]) and checks [`Db::named_statements`] first.
     /// `(rows, true)`; or, when the named statement met a server connection not this one's own
-    /// (26000, 42P05: the verdict turns to simple queries for good), `simple`'s text run as one
+    /// (`is_shared_server_connection`: the verdict turns to simple queries for good), `simple`'s
+    /// text run as one
     /// simple query on it and `(rows, false)`: the caller closes `conn` (its statement cache no
     /// longer matches its server connection).
     pub async fn named_on(
@@ -630,7 +631,7 @@ pub fn is_connection_error(e: &sqlx::Error) -> bool {
 /// ... requires M": the name is another statement of another client's, as the lookups' and the
 /// audit INSERT's names, numbered per connection, may be): a pooler between the gateway and
 /// PostgreSQL.
-pub(crate) fn is_shared_server_connection(e: &sqlx::Error) -> bool {
+fn is_shared_server_connection(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => match d.code().as_deref() {
             Some("26000" | "42P05") => true,

@@ -52,20 +52,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Its timer, set to `deadline`: the one kept from its last exchange (whose deadline was
-    /// earlier, so tokio only moves the expiry of the entry already in its wheel), or a new one.
-    /// The caller gives it back (`timer`) when the exchange is over.
+    /// Its timer, set to `deadline` ([`crate::dataplane::rearm`]). The caller gives it back
+    /// (`timer`) when the exchange is over.
     pub(super) fn deadline(
         &mut self,
         deadline: tokio::time::Instant,
     ) -> std::pin::Pin<Box<tokio::time::Sleep>> {
-        match self.timer.take() {
-            Some(mut timer) => {
-                timer.as_mut().reset(deadline);
-                timer
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        }
+        crate::dataplane::rearm(self.timer.take(), deadline)
     }
 
     /// Reads more bytes into the buffer; 0 at the end of the stream.
@@ -182,15 +175,6 @@ impl Pool {
         })
     }
 
-    /// An idle connection that can carry a request, or a new one.
-    #[cfg(test)]
-    pub(super) async fn checkout(&self) -> Result<Conn, UpstreamError> {
-        match self.pooled() {
-            Some(conn) => Ok(conn),
-            None => self.connect().await,
-        }
-    }
-
     /// An idle connection that can carry a request, if there is one (those that cannot are
     /// dropped on the way).
     pub(super) fn pooled(&self) -> Option<Conn> {
@@ -239,7 +223,7 @@ mod tests {
             Duration::from_secs(5),
             Duration::from_secs(5),
         );
-        let (conn, accepted) = tokio::join!(pool.checkout(), listener.accept());
+        let (conn, accepted) = tokio::join!(pool.connect(), listener.accept());
         (pool, conn.unwrap(), accepted.unwrap().0)
     }
 
@@ -321,7 +305,7 @@ mod tests {
         let idle = pool.idle().pop().expect("kept in the pool");
         assert_eq!(idle.buf.capacity(), 0, "an idle connection kept its buffer");
         pool.give_back(idle);
-        let again = pool.checkout().await.unwrap();
+        let again = pool.pooled().expect("the idle connection, reused");
         assert_eq!(
             again.io.local_addr().unwrap(),
             upstream.peer_addr().unwrap()
@@ -350,6 +334,21 @@ mod tests {
     }
 
     const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: console\r\n\r\n";
+
+    /// That `send` ends by itself within 5 s, and with [`UpstreamError::ReadTimeout`].
+    async fn ends_in_read_timeout<T>(
+        send: impl std::future::Future<Output = Result<T, UpstreamError>>,
+        what: &str,
+    ) {
+        let ended = tokio::time::timeout(Duration::from_secs(5), send)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not ended by its deadline"));
+        assert!(
+            matches!(ended, Err(UpstreamError::ReadTimeout)),
+            "{what}: {:?}",
+            ended.map(|_| ())
+        );
+    }
 
     /// A deadline no exchange of these tests reaches.
     fn later() -> tokio::time::Instant {
@@ -391,15 +390,7 @@ mod tests {
             got
         });
         let second = tokio::time::Instant::now() + Duration::from_millis(200);
-        let refused =
-            tokio::time::timeout(Duration::from_secs(5), pool.send(REQUEST, false, second))
-                .await
-                .expect("the exchange ends at its deadline");
-        assert!(
-            matches!(refused, Err(UpstreamError::ReadTimeout)),
-            "{:?}",
-            refused.map(|_| ())
-        );
+        ends_in_read_timeout(pool.send(REQUEST, false, second), "a silent Console").await;
         assert!(
             tokio::time::Instant::now() >= second,
             "not before its deadline"
@@ -424,21 +415,15 @@ mod tests {
         pool.give_back(conn);
         let flood = tokio::spawn(async move {
             let mut got = [0u8; 1024];
+            // The request head, read only so that it is not left unread; whatever this read
+            // answers, the flood follows (a closed socket ends it at the first write).
             let _ = tokio::io::AsyncReadExt::read(&mut upstream, &mut got).await;
             // On a thread of its own: the socket is never empty when the exchange reads.
             let interim = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(4096);
             while upstream.write_all(&interim).await.is_ok() {}
         });
         let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
-        let refused =
-            tokio::time::timeout(Duration::from_secs(5), pool.send(REQUEST, false, deadline))
-                .await
-                .expect("the exchange ends at its deadline, however busy Console keeps it");
-        assert!(
-            matches!(refused, Err(UpstreamError::ReadTimeout)),
-            "{:?}",
-            refused.map(|_| ())
-        );
+        ends_in_read_timeout(pool.send(REQUEST, false, deadline), "endless interim heads").await;
         flood.await.unwrap();
     }
 
@@ -455,13 +440,8 @@ mod tests {
             Ok::<(), UpstreamError>(())
         });
         let mut timer = Box::pin(tokio::time::sleep(Duration::from_millis(100)));
-        let ended = tokio::time::timeout(
-            Duration::from_secs(5),
-            crate::dataplane::upstream::by(timer.as_mut(), work),
-        )
-        .await
-        .expect("the deadline ends it");
-        assert!(matches!(ended, Err(UpstreamError::ReadTimeout)));
+        let work = crate::dataplane::upstream::by(timer.as_mut(), work);
+        ends_in_read_timeout(work, "work spending the whole budget").await;
     }
 
     #[tokio::test]

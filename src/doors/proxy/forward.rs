@@ -166,19 +166,16 @@ fn exchanged(
             }
             r
         }
-        Err(UpstreamError::ReadTimeout) => {
-            if let Some(span) = span.take() {
-                span.end(None);
-            }
-            return not_forwarded(w, ctx, f.request_id, NotForwarded::UpstreamTimedOut);
-        }
         Err(e) => {
             if let Some(span) = span.take() {
                 span.end(None);
             }
-            let failed = NotForwarded::Upstream {
-                timed_out: matches!(e, UpstreamError::ConnectTimeout),
-                error: e.to_string(),
+            let failed = match e {
+                UpstreamError::ReadTimeout => NotForwarded::UpstreamTimedOut,
+                e => NotForwarded::Upstream {
+                    timed_out: matches!(e, UpstreamError::ConnectTimeout),
+                    error: e.to_string(),
+                },
             };
             return not_forwarded(w, ctx, f.request_id, failed);
         }

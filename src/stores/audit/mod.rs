@@ -71,10 +71,16 @@ pub const LATE_MAX: usize = 65_536;
 /// as long as `--max-header-bytes`.
 pub const LATE_MAX_BYTES: usize = 32 * 1024 * 1024;
 
+/// The columns the gateway writes (Console's table may hold more), as a literal for `concat!`.
+macro_rules! columns {
+    () => {
+        "id, event_type, admin_id, method, path, route, required, reason, request_id, \
+         client_ip, user_agent, created_at_utc, mapping_version, occurrences"
+    };
+}
+
 /// The columns the gateway writes (Console's table may hold more).
-const COLUMNS: &str =
-    "id, event_type, admin_id, method, path, route, required, reason, request_id, \
-                       client_ip, user_agent, created_at_utc, mapping_version, occurrences";
+const COLUMNS: &str = columns!();
 
 /// The INSERT of fresh rows (not a replay) on the gateway's own sessions: one named statement,
 /// prepared once per connection ([`Db::named_on`], the verdict of [`Db::lookup`]), each column
@@ -84,15 +90,16 @@ const COLUMNS: &str =
 /// no rows (the writer needs no count, and `RETURNING` into a count cost the server a row kept
 /// and counted per row). Behind a transaction pooler, and for a replay, [`insert_sql`].
 /// A NUL is refused by the server when bound (SQLSTATE 22021), as the JSON statement's was.
-const INSERT_ARRAYS_SQL: &str = "INSERT INTO access_audit_events (\
-    id, event_type, admin_id, method, path, route, required, reason, request_id, \
-    client_ip, user_agent, created_at_utc, mapping_version, occurrences) \
-    SELECT * FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), \
+const INSERT_ARRAYS_SQL: &str = concat!(
+    "INSERT INTO access_audit_events (",
+    columns!(),
+    ") SELECT * FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), \
     pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), \
     pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]), \
     pg_catalog.unnest($9::text[]), pg_catalog.unnest($10::text[]), \
     pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::timestamptz[]), \
-    pg_catalog.unnest($13::text[]), pg_catalog.unnest($14::int8[]))";
+    pg_catalog.unnest($13::text[]), pg_catalog.unnest($14::int8[]))"
+);
 
 /// The columns of a batch of rows, as [`INSERT_ARRAYS_SQL`] binds them (borrowed from the
 /// rows: no copy of their text).
