@@ -733,6 +733,7 @@ fn named_statements(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for ctor in [
         "sqlx::query(",
+        "sqlx::query_with(",
         "sqlx::query_as(",
         "sqlx::query_scalar(",
         "sqlx::query_as::<",
@@ -757,7 +758,7 @@ fn named_statements(text: &str) -> Vec<String> {
 /// The one named statement of `src/`: `Db::named_on`'s, in `stores/db.rs` (the request path's
 /// lookups and the audit writer's INSERT of fresh rows), sent only once the pool's connections
 /// are known to be the gateway's own sessions (issues 51, 67).
-const NAMED_LOOKUP: &str = "sqlx::query(sql).persistent(true)";
+const NAMED_LOOKUP: &str = "sqlx::query_with(sql, arguments)\n            .persistent(true)";
 
 /// Architecture Invariant (issue 44): no statement leaves a prepared statement behind on its
 /// server connection, which a transaction-pooling PgBouncer may hand to another client (whose

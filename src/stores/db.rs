@@ -367,9 +367,9 @@ impl Db {
             sqlx::Executor::execute(&mut **conn, sqlx::raw_sql(&set)).await?;
             conn.set_bounded();
         }
-        let sql = lookup.sql;
-        let named = lookup
-            .bind(sqlx::query(sql).persistent(true))
+        let (sql, arguments) = (lookup.sql, lookup.arguments()?);
+        let named = sqlx::query_with(sql, arguments)
+            .persistent(true)
             .fetch_all(&mut **conn)
             .await;
         match named {

@@ -8,9 +8,6 @@
 
 use super::sql_text::{self, Unquotable};
 
-/// A statement and its bound values ([`Lookup::bind`]).
-pub type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
-
 /// A value of a [`Lookup`], of one of the SQL types the lookups take.
 #[derive(Clone, Copy, Debug)]
 pub enum Value<'a> {
@@ -32,7 +29,7 @@ pub enum Value<'a> {
     BigInts(&'a [i64]),
 }
 
-/// A statement whose `$n` is `values[n - 1]`.
+/// A statement whose `$n` is `values[n - 1]` ([`Lookup::arguments`] binds them).
 #[derive(Clone, Copy, Debug)]
 pub struct Lookup<'a> {
     pub sql: &'static str,
@@ -40,21 +37,27 @@ pub struct Lookup<'a> {
 }
 
 impl<'a> Lookup<'a> {
-    /// `query` (the statement, [`Lookup::sql`]) with the values bound in order.
-    pub fn bind(&self, mut query: PgQuery<'a>) -> PgQuery<'a> {
+    /// The values to bind, in order, encoded into one buffer sized for them first (one
+    /// allocation; [`sqlx::query_with`] takes it as it is). A value sqlx cannot encode (a text
+    /// over 2 GiB) is an error here, before anything is sent.
+    pub fn arguments(&self) -> Result<sqlx::postgres::PgArguments, sqlx::Error> {
+        use sqlx::Arguments;
+        let mut args = sqlx::postgres::PgArguments::default();
+        args.reserve(self.values.len(), self.values.iter().map(binary_size).sum());
         for value in self.values {
-            query = match *value {
-                Value::Text(s) => query.bind(s),
-                Value::Integer(i) => query.bind(i),
-                Value::Boolean(b) => query.bind(b),
-                Value::Texts(v) => query.bind(v),
-                Value::OptTexts(v) => query.bind(v),
-                Value::NullableTexts(v) => query.bind(v),
-                Value::Timestamps(v) => query.bind(v),
-                Value::BigInts(v) => query.bind(v),
-            };
+            match *value {
+                Value::Text(s) => args.add(s),
+                Value::Integer(i) => args.add(i),
+                Value::Boolean(b) => args.add(b),
+                Value::Texts(v) => args.add(v),
+                Value::OptTexts(v) => args.add(v),
+                Value::NullableTexts(v) => args.add(v),
+                Value::Timestamps(v) => args.add(v),
+                Value::BigInts(v) => args.add(v),
+            }
+            .map_err(sqlx::Error::Encode)?;
         }
-        query
+        Ok(args)
     }
 
     /// The statement with each `$n` replaced by its value written as a constant of its type.
@@ -78,6 +81,27 @@ impl<'a> Lookup<'a> {
         }
         out.push_str(&sql[start..]);
         Ok(out)
+    }
+}
+
+/// The bytes `value` takes bound (PostgreSQL's binary format: a length before each value and
+/// each array element, an array's 20-byte header).
+fn binary_size(value: &Value<'_>) -> usize {
+    let texts = |v: &[&str]| 24 + v.iter().map(|s| s.len() + 4).sum::<usize>();
+    match *value {
+        Value::Text(s) => 4 + s.len(),
+        Value::Integer(_) => 8,
+        Value::Boolean(_) => 5,
+        Value::Texts(v) => texts(v),
+        Value::OptTexts(v) => v.map_or(4, |v| 24 + v.iter().map(|s| s.len() + 4).sum::<usize>()),
+        Value::NullableTexts(v) => {
+            24 + v
+                .iter()
+                .map(|s| s.map_or(4, |s| s.len() + 4))
+                .sum::<usize>()
+        }
+        Value::Timestamps(v) => 24 + v.len() * 12,
+        Value::BigInts(v) => 24 + v.len() * 12,
     }
 }
 
