@@ -15,7 +15,7 @@
 //!   is SQL text ([`is_sql_text`]: a verb followed by SQL, so that `"DELETE"` as an HTTP method
 //!   and log text are not). Calls are read outside string literals, SQL text only inside them.
 //! - **Statements pooler-safe.** Every `sqlx::query*` is `.persistent(false)` but
-//!   `Db::lookup`'s (named only on the gateway's own sessions), and only
+//!   `Db::named_on`'s (named only on the gateway's own sessions), and only
 //!   `stores/db.rs` and the feed name `PgPool`.
 //!
 //! Every `crate::a::b`, `super::a::b` and `self::a::b` path (and `{..}` group after any of them)
@@ -734,6 +734,8 @@ fn named_statements(text: &str) -> Vec<String> {
     for ctor in [
         "sqlx::query(",
         "sqlx::query_with(",
+        "sqlx::query_as_with(",
+        "sqlx::query_scalar_with(",
         "sqlx::query_as(",
         "sqlx::query_scalar(",
         "sqlx::query_as::<",
@@ -816,6 +818,9 @@ fn the_statement_check_finds_a_named_statement() {
             "2: sqlx::query(\"SELECT 2\")"
         ]
     );
+    let with = "sqlx::query_with(sql, args).fetch_all(c);\n\
+                sqlx::query_as_with::<_, (i32,), _>(sql, args).persistent(false).fetch_all(c);";
+    assert_eq!(named_statements(with), ["1: sqlx::query_with(sql, args)"]);
 }
 
 /// The sqlx items that build or run a statement: named through `sqlx::` (`sqlx::query_as(..)`,

@@ -192,10 +192,10 @@ impl Write for Escaped<'_> {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The index of the first byte at or after `from` that a JSON string escapes (`"`, `\`, below
-/// 0x20), or `bytes.len()`: eight bytes at a time, the last few one by one, with the `memchr`
-/// bit trick (a byte below 0x20, or equal to `"` or `\`, sets its high
-/// bit in the word's test; a borrow can set a false one only above a true one, so the lowest set
-/// bit is the first such byte). Until 2026-11-28 every byte was matched on its own (issue 67:
+/// 0x20), or `bytes.len()`: eight bytes at a time with the `memchr` bit trick (a byte below
+/// 0x20, or equal to `"` or `\`, sets its high bit in the word's test; a borrow can set a false
+/// one only above a true one, so the lowest set bit is the first such byte), the last few
+/// (under eight) one by one. Until 2026-11-28 every byte was matched on its own (issue 67:
 /// about 6.5% of a denial's instructions), then every byte of a word with one and of the last
 /// seven; `fast_path_escapes_as_before` holds the forms equal.
 fn next_escaped(bytes: &[u8], from: usize) -> usize {

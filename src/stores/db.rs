@@ -359,6 +359,8 @@ impl Db {
         lookup: &Lookup<'_>,
         simple: impl FnOnce() -> Result<String, super::sql_text::Unquotable>,
     ) -> Result<(Vec<sqlx::postgres::PgRow>, bool), sqlx::Error> {
+        // Encoded first: a value that cannot be sent costs no round trip.
+        let (sql, arguments) = (lookup.sql, lookup.arguments()?);
         if !conn.bounded() {
             let mut set = settings("SET", self.limit);
             if self.read_only {
@@ -367,7 +369,6 @@ impl Db {
             sqlx::Executor::execute(&mut **conn, sqlx::raw_sql(&set)).await?;
             conn.set_bounded();
         }
-        let (sql, arguments) = (lookup.sql, lookup.arguments()?);
         let named = sqlx::query_with(sql, arguments)
             .persistent(true)
             .fetch_all(&mut **conn)

@@ -44,7 +44,7 @@ impl<'a> Lookup<'a> {
         use sqlx::Arguments;
         let mut args = sqlx::postgres::PgArguments::default();
         args.reserve(self.values.len(), self.values.iter().map(binary_size).sum());
-        for value in self.values {
+        for (n, value) in self.values.iter().enumerate() {
             match *value {
                 Value::Text(s) => args.add(s),
                 Value::Integer(i) => args.add(i),
@@ -55,7 +55,9 @@ impl<'a> Lookup<'a> {
                 Value::Timestamps(v) => args.add(v),
                 Value::BigInts(v) => args.add(v),
             }
-            .map_err(sqlx::Error::Encode)?;
+            .map_err(|e| {
+                sqlx::Error::Encode(format!("encoding argument ${} failed: {e}", n + 1).into())
+            })?;
         }
         Ok(args)
     }

@@ -315,6 +315,9 @@ fn main() {
     };
     let sets = settings("SET LOCAL");
     let values_sql = typed_values_sql(batch);
+    // The gateway's named INSERT (`INSERT_ARRAYS_SQL`: the `unnest`s in the select list since
+    // 2026-11-28 midday, `ROWS FROM` before), counted here so each mode's rows are checked
+    // (the gateway's own answers no rows).
     let unnest_sql = {
         let types = [
             "text",
@@ -338,7 +341,7 @@ fn main() {
             .map(|(i, t)| format!("pg_catalog.unnest(${}::{t}[])", i + 1))
             .collect();
         format!(
-            "WITH ins AS (INSERT INTO access_audit_events ({COLUMNS}) SELECT * FROM ROWS FROM ({}) \
+            "WITH ins AS (INSERT INTO access_audit_events ({COLUMNS}) SELECT {} \
              RETURNING 1) SELECT pg_catalog.count(*) FROM ins",
             cols.join(", ")
         )
