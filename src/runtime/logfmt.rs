@@ -260,8 +260,8 @@ fn timestamp(w: &mut String) -> fmt::Result {
     })
 }
 
-/// `micros` (below a million) as six digits, without the formatting machinery (`{:06}` was
-/// about a tenth of a denial's log line).
+/// `micros` (below a million) as six digits, without the formatting machinery that `{:06}` goes
+/// through.
 fn push_micros(w: &mut String, micros: u32) {
     let mut digits = [b'0'; 6];
     let mut n = micros.min(999_999);

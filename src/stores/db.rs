@@ -350,9 +350,8 @@ impl Db {
     /// not; the caller bounds the wait ([`within`]) and checks [`Db::named_statements`] first.
     /// `(rows, true)`; or, when the named statement met a server connection not this one's own
     /// (`is_shared_server_connection`: the verdict turns to simple queries for good), `simple`'s
-    /// text run as one
-    /// simple query on it and `(rows, false)`: the caller closes `conn` (its statement cache no
-    /// longer matches its server connection).
+    /// text run as one simple query on it and `(rows, false)`: the caller closes `conn` (its
+    /// statement cache no longer matches its server connection).
     pub async fn named_on(
         &self,
         conn: &mut Conn,

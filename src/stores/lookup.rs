@@ -89,13 +89,15 @@ impl<'a> Lookup<'a> {
 /// The bytes `value` takes bound (PostgreSQL's binary format: a length before each value and
 /// each array element, an array's 20-byte header).
 fn binary_size(value: &Value<'_>) -> usize {
-    let texts = |v: &[&str]| 24 + v.iter().map(|s| s.len() + 4).sum::<usize>();
+    fn texts(v: &[impl AsRef<str>]) -> usize {
+        24 + v.iter().map(|s| s.as_ref().len() + 4).sum::<usize>()
+    }
     match *value {
         Value::Text(s) => 4 + s.len(),
         Value::Integer(_) => 8,
         Value::Boolean(_) => 5,
         Value::Texts(v) => texts(v),
-        Value::OptTexts(v) => v.map_or(4, |v| 24 + v.iter().map(|s| s.len() + 4).sum::<usize>()),
+        Value::OptTexts(v) => v.map_or(4, texts),
         Value::NullableTexts(v) => {
             24 + v
                 .iter()

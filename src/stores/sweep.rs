@@ -4,8 +4,8 @@
 //! `break_glass_expire` row ([`ended_break_glass_sessions`]) and that row itself
 //! ([`write_break_glass_expire`], which removes its failure entry in the same statement), and the
 //! failure entries that no longer name a waiting item ([`clear_settled_failures`]). Each runs as
-//! one statement in a transaction of its own (through [`Db`]), unnamed and bounded by the caller's `limit`; the revocation of a
-//! grant is [`super::revocation`]'s.
+//! one statement in a transaction of its own (through [`Db`]), unnamed and bounded by the
+//! caller's `limit`; the revocation of a grant is [`super::revocation`]'s.
 
 use std::time::Duration;
 

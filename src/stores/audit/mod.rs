@@ -90,9 +90,8 @@ const COLUMNS: &str = columns!();
 /// `unnest`s stand in the select list, where PostgreSQL (10 and later) runs them in lockstep
 /// row by row; in `FROM` (`ROWS FROM`, until 2026-11-28 midday) it first copied each array into
 /// a tuplestore of its own: 10-14% more of the statement's time a batch of 6, 19-45% a batch of
-/// 30 (docs/performance-log.md, 2026-11-28 midday). It answers
-/// no rows (the writer needs no count, and `RETURNING` into a count cost the server a row kept
-/// and counted per row). Behind a transaction pooler, and for a replay, [`insert_sql`].
+/// 30 (docs/performance-log.md, 2026-11-28 midday). It answers no rows (the writer needs no
+/// count, and `RETURNING` into a count cost the server a row kept and counted per row). Behind a transaction pooler, and for a replay, [`insert_sql`].
 /// A NUL is refused by the server when bound (SQLSTATE 22021), as the JSON statement's was.
 const INSERT_ARRAYS_SQL: &str = concat!(
     "INSERT INTO access_audit_events (",
