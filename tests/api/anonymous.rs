@@ -152,3 +152,43 @@ async fn a_window_of_zero_writes_every_denial() {
         20
     );
 }
+
+/// The counts of a window still open at SIGTERM are written after the data plane has stopped
+/// (until 2026-11-28 the shutdown panicked there instead: its timer was made outside the
+/// background runtime, "there is no reactor running", and the counts were lost).
+#[tokio::test]
+async fn a_window_open_at_sigterm_is_written_after_the_data_plane_stops() {
+    let mut env = Env::with(core_routes(), |o| {
+        o.arg("--trusted-proxies")
+            .arg("1")
+            .arg("--anonymous-denial-window")
+            .arg("3600")
+    })
+    .await;
+    let from = [("X-Forwarded-For", "203.0.113.7")];
+    for _ in 0..20 {
+        let r = env
+            .gw
+            .request("GET", "/no/such/page", None, &from, b"")
+            .await;
+        assert_eq!(r.status, 403);
+    }
+    let sum = "SELECT coalesce(sum(occurrences), 0)::int8 FROM access_audit_events WHERE admin_id IS NULL";
+    assert_eq!(
+        rows(&env.db, sum).await,
+        1,
+        "the first denial's row, the rest counted"
+    );
+    env.gw.signal("TERM");
+    let status = env
+        .gw
+        .exited(Duration::from_secs(20), "the gateway did not stop")
+        .await;
+    assert!(status.success(), "{status:?}; log:\n{}", env.gw.log());
+    assert_eq!(
+        rows(&env.db, sum).await,
+        20,
+        "the window's count written at the stop; log:\n{}",
+        env.gw.log()
+    );
+}

@@ -140,7 +140,11 @@ fn shut_down(
             async move { audit.record(row).await.map_err(|e| e.to_string()) }
         };
         let written = crate::gateway::anonymous::write_counts(counts, &write);
-        if bg.block_on(tokio::time::timeout(left, written)).is_err() {
+        // The timer made inside the runtime (made outside, it panicked: no reactor).
+        if bg
+            .block_on(async { tokio::time::timeout(left, written).await })
+            .is_err()
+        {
             tracing::error!(
                 "the counts of denials without a session were not all recorded within the grace"
             );
