@@ -66,7 +66,7 @@ fn main() {
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let door: Arc<dyn Door> = Arc::new(ProxyDoor::new(gw, settings));
-    let workers = workers::start(threads, vec![(listen, door)], stopped).expect("listen");
+    let workers = workers::start(threads, vec![(listen, door)], stopped, None).expect("listen");
     bg.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("a SIGTERM handler");

@@ -63,8 +63,13 @@ fn forward_auth_served_alone_answers_and_stops() {
     let gw = rt.block_on(async { Arc::new(Gateway::without_database(mapping, upstream)) });
     let door: Arc<dyn Door> = Arc::new(ForwardAuthDoor::new(gw, http()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let started = workers::start(2, vec![("127.0.0.1:0".parse().unwrap(), door)], stopped)
-        .expect("forward-auth alone listens");
+    let started = workers::start(
+        2,
+        vec![("127.0.0.1:0".parse().unwrap(), door)],
+        stopped,
+        None,
+    )
+    .expect("forward-auth alone listens");
     assert_eq!(started.bound.len(), 1);
     let authz = started.bound[0];
 
@@ -101,7 +106,7 @@ fn a_door_whose_address_is_taken_is_named() {
     let gw = rt.block_on(async { Arc::new(Gateway::without_database(mapping, addr)) });
     let door: Arc<dyn Door> = Arc::new(ForwardAuthDoor::new(gw, http()));
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    match workers::start(1, vec![(addr, door)], stopped) {
+    match workers::start(1, vec![(addr, door)], stopped, None) {
         Err(e @ StartError::Listen { .. }) => {
             let text = e.to_string();
             assert!(
@@ -112,4 +117,59 @@ fn a_door_whose_address_is_taken_is_named() {
         Err(e) => panic!("not the listen error: {e}"),
         Ok(_) => panic!("listened on a port another socket holds"),
     }
+}
+
+/// The task handed to the first worker (`serve`'s audit writer) runs on that worker's thread,
+/// learns that its doors have finished only once they have, and the worker thread waits for it
+/// to wind down before it ends.
+#[test]
+fn the_task_beside_the_doors_runs_on_the_first_worker_until_they_finish() {
+    use std::sync::Mutex;
+    let mapping = Mapping::from_str("routes.toml", Path::new("routes.toml"), ROUTES).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upstream: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let gw = rt.block_on(async { Arc::new(Gateway::without_database(mapping, upstream)) });
+    let door: Arc<dyn Door> = Arc::new(ForwardAuthDoor::new(gw, http()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // What the task saw: its thread's name, then "doors done", then "wound down".
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let beside: workers::Beside = Box::new({
+        let seen = seen.clone();
+        move |doors_done| {
+            Box::pin(async move {
+                let name = std::thread::current().name().unwrap_or("-").to_string();
+                seen.lock().unwrap().push(name);
+                doors_done.await;
+                seen.lock().unwrap().push("doors done".into());
+                // Winding down takes a while: the worker must wait for it.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                seen.lock().unwrap().push("wound down".into());
+            })
+        }
+    });
+    let started = workers::start(
+        2,
+        vec![("127.0.0.1:0".parse().unwrap(), door)],
+        stopped,
+        Some(beside),
+    )
+    .expect("listens");
+    let authz = started.bound[0];
+    // Serving: the task has started and has not been told the doors are done.
+    assert_eq!(ask(authz, "/status").0, "HTTP/1.1 200 OK");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the task never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(*seen.lock().unwrap(), ["rbac-gateway-w0"]);
+    stop.send(true).unwrap();
+    for w in started.handles {
+        w.join().expect("a worker ended without panicking");
+    }
+    // Every worker has ended, and the first only after the task had wound down.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["rbac-gateway-w0", "doors done", "wound down"]
+    );
 }

@@ -2,7 +2,8 @@
 # What a denial costs, machine-wide: the allowed request of scripts/bench/load.sh (c) and its denied
 # one (d: a 403 after a durable audit row) in alternating runs against one gateway and its own
 # PostgreSQL, with CPU per request from /proc of the gateway (and of its rbac-gateway-bg thread,
-# where the audit writer runs), of every PostgreSQL process, and the machine's idle time; then
+# where the audit writer ran until 2026-11-28: since, it runs on the data plane's first worker
+# while it serves, and bg is about 0), of every PostgreSQL process, and the machine's idle time; then
 # the audit writer's rows per batch at each wrk connection count of SWEEP.
 #
 # Usage: [ROUNDS=2] [DURATION=5] [CONNECTIONS=32] [SWEEP="8 16 32 64 128"] [BINARY=path] scripts/bench/denials.sh
@@ -61,7 +62,7 @@ GW=http://127.0.0.1:$gw_port
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$cookie" "$GW$ALLOWED_PATH")" = 200 ] || die "$ALLOWED_PATH is not allowed"
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$cookie" "$GW$DENIED_PATH")" = 403 ] || die "$DENIED_PATH is not denied"
 
-bg_ticks() { # the bg runtime's thread (audit writer, admin listener, replay)
+bg_ticks() { # the bg runtime's thread (admin listener, replay; the audit writer until 2026-11-28)
   local d t=0
   for d in /proc/"$gw_pid"/task/*; do
     [ "$(cat "$d/comm" 2>/dev/null)" = rbac-gateway-bg ] || continue

@@ -100,13 +100,24 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
+/// A task the first worker runs beside its doors (`serve`'s audit writer, whose rows come from
+/// the doors: `stores/audit/writer.rs`). Called with a future that is ready once that worker's
+/// doors have finished, it returns once it has wound down, and the worker thread ends after
+/// it. Dropped without being called if the worker cannot start its runtime.
+pub type Beside = Box<
+    dyn FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send,
+>;
+
 /// Starts `threads` workers (at least one), each serving a socket of every door's address; each
 /// returns when `shutdown` turns true and its doors have finished. Every address is bound before
-/// this returns, so a port in use is reported to the caller.
+/// this returns, so a port in use is reported to the caller. The first worker also runs
+/// `beside`.
 pub fn start(
     threads: usize,
     doors: Vec<(SocketAddr, Arc<dyn Door>)>,
     shutdown: watch::Receiver<bool>,
+    mut beside: Option<Beside>,
 ) -> Result<Started, StartError> {
     let threads = threads.max(1);
     let mut bound = Vec::new();
@@ -129,9 +140,10 @@ pub fn start(
             .filter_map(|((_, door), s)| Some((door.clone(), s.next()?)))
             .collect();
         let shutdown = shutdown.clone();
+        let beside = beside.take();
         let handle = std::thread::Builder::new()
             .name(format!("rbac-gateway-w{i}"))
-            .spawn(move || worker(mine, shutdown))
+            .spawn(move || worker(mine, shutdown, beside))
             .map_err(StartError::Thread)?;
         handles.push(handle);
     }
@@ -139,13 +151,23 @@ pub fn start(
 }
 
 /// One worker thread: its runtime serves its socket of every door until they have all ended.
-fn worker(doors: Vec<(Arc<dyn Door>, std::net::TcpListener)>, shutdown: watch::Receiver<bool>) {
+fn worker(
+    doors: Vec<(Arc<dyn Door>, std::net::TcpListener)>,
+    shutdown: watch::Receiver<bool>,
+    beside: Option<Beside>,
+) {
     // This worker's log lines are written when it goes idle (`crate::runtime::log_sink`).
     crate::runtime::log_sink::gather_on_this_thread();
+    // Its passes, for the audit writer's batches (`runtime/passes.rs`).
+    let passes = &crate::runtime::passes::PASSES;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
-        .on_thread_park(crate::runtime::log_sink::flush)
+        .on_thread_park(|| {
+            crate::runtime::log_sink::flush();
+            passes.park();
+        })
+        .on_thread_unpark(|| passes.unpark())
         .build()
     {
         Ok(rt) => rt,
@@ -157,6 +179,7 @@ fn worker(doors: Vec<(Arc<dyn Door>, std::net::TcpListener)>, shutdown: watch::R
     // Tasks are spawned on this runtime itself (not a LocalSet): a task woken by this thread is
     // queued without waking the driver through its eventfd. The doors' accept loops run in
     // `block_on` itself.
+    passes.started();
     rt.block_on(async move {
         let mut serving = Vec::new();
         for (door, listener) in doors {
@@ -167,6 +190,20 @@ fn worker(doors: Vec<(Arc<dyn Door>, std::net::TcpListener)>, shutdown: watch::R
                 }
             }
         }
-        futures_util::future::join_all(serving).await;
+        let (finished, doors_done) = tokio::sync::oneshot::channel::<()>();
+        let serving = async move {
+            futures_util::future::join_all(serving).await;
+            drop(finished);
+        };
+        match beside {
+            Some(beside) => {
+                let done = Box::pin(async move {
+                    let _ = doors_done.await;
+                });
+                futures_util::future::join(serving, beside(done)).await;
+            }
+            None => serving.await,
+        }
     });
+    passes.stopped();
 }

@@ -1,7 +1,7 @@
 //! The ground: the process every other folder stands on. The seeds' settings ([`posture`]; the
 //! flags that fill them are `cli/args/`), metrics ([`metrics`]), background tasks under
 //! supervision ([`supervise`]), the process's signals ([`signals`]), logging ([`logfmt`],
-//! [`log_sink`]), OpenTelemetry's export ([`telemetry`]), the outbound HTTP ([`https_client`])
+//! [`log_sink`]), the data plane's passes ([`passes`]), OpenTelemetry's export ([`telemetry`]), the outbound HTTP ([`https_client`])
 //! and FreeScout's client ([`freescout`]). Nothing here knows the policy, a store or a door; the
 //! gateway's shared state and the mapping reload are in `gateway/`.
 
@@ -10,6 +10,7 @@ pub mod https_client;
 pub mod log_sink;
 pub mod logfmt;
 pub mod metrics;
+pub mod passes;
 pub mod posture;
 pub mod signals;
 pub mod supervise;

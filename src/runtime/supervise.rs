@@ -89,30 +89,58 @@ pub fn spawn<F>(tasks: Arc<Tasks>, metrics: Arc<Metrics>, name: Task, task: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    // In release builds the block only awaits `task` (the fault injection is compiled out).
-    #[cfg_attr(not(debug_assertions), allow(clippy::redundant_async_block))]
-    let handle = tokio::spawn(async move {
-        #[cfg(debug_assertions)]
-        if std::env::var("GATEWAY_TEST_PANIC_TASK").as_deref() == Ok(name.as_str()) {
-            // Fault injection for the test suite (debug builds only): this task dies at once.
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            panic!("GATEWAY_TEST_PANIC_TASK={name}");
-        }
-        task.await
-    });
+    let handle = tokio::spawn(faulty(name, task));
     tokio::spawn(async move {
         let why = match handle.await {
             Ok(()) => "returned".to_string(),
-            Err(e) if e.is_panic() => format!("panicked: {}", panic_text(e.into_panic())),
-            Err(e) => format!("was cancelled: {e}"),
+            Err(e) => ended(e),
         };
-        tracing::error!(task = name.as_str(), why = %why, "a background task stopped: /readyz now answers 503");
-        metrics
-            .task_failures
-            .with_label_values(&[name.as_str()])
-            .inc();
-        tasks.mark(name);
+        stopped(&tasks, &metrics, name, &why);
     });
+}
+
+/// `task`, which dies at once in a debug build whose `GATEWAY_TEST_PANIC_TASK` names it (fault
+/// injection for the test suite; in release builds only `task` is awaited).
+#[cfg_attr(not(debug_assertions), allow(clippy::redundant_async_block))]
+async fn faulty<F: Future<Output = ()>>(name: Task, task: F) {
+    #[cfg(debug_assertions)]
+    if std::env::var("GATEWAY_TEST_PANIC_TASK").as_deref() == Ok(name.as_str()) {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        panic!("GATEWAY_TEST_PANIC_TASK={name}");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+    task.await
+}
+
+/// How a task that did not return ended.
+fn ended(e: tokio::task::JoinError) -> String {
+    match e.is_panic() {
+        true => format!("panicked: {}", panic_text(e.into_panic())),
+        false => format!("was cancelled: {e}"),
+    }
+}
+
+/// `name` stopped: said, counted, and named by `/readyz`.
+fn stopped(tasks: &Tasks, metrics: &Metrics, name: Task, why: &str) {
+    tracing::error!(task = name.as_str(), why = %why, "a background task stopped: /readyz now answers 503");
+    metrics
+        .task_failures
+        .with_label_values(&[name.as_str()])
+        .inc();
+    tasks.mark(name);
+}
+
+/// Runs `task` as a task of the current runtime until it ends, for one that ends by design
+/// (the audit writer on the data plane, until its doors have finished): a panic is counted and
+/// said as [`spawn`] does, and the caller goes on.
+pub async fn run_watched<F>(tasks: Arc<Tasks>, metrics: Arc<Metrics>, name: Task, task: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if let Err(e) = tokio::spawn(faulty(name, task)).await {
+        stopped(&tasks, &metrics, name, &ended(e));
+    }
 }
 
 fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {

@@ -234,6 +234,11 @@ impl Db {
         within(self.limit, self.pool.acquire()).await
     }
 
+    /// A new connection, never an idle one ([`crate::stores::pool::Pool::acquire_new`]).
+    pub async fn acquire_new(&self) -> Result<Conn, sqlx::Error> {
+        within(self.limit, self.pool.acquire_new()).await
+    }
+
     /// Whether a connection to [`Db::direct_options`] is a session of its own, so that session
     /// state (`LISTEN`, a session-level advisory lock) means what it says. Behind a transaction
     /// pooler it is not: a `LISTEN` stays on a server connection the pooler then hands to other

@@ -110,6 +110,34 @@ impl Pool {
         }
     }
 
+    /// A new connection, never an idle one, within the acquire timeout: its socket is
+    /// registered with the runtime of the task that asks (the audit writer's, on the data
+    /// plane's first worker: `stores/audit/writer.rs`), where an idle one is with the runtime
+    /// that opened it.
+    pub async fn acquire_new(&self) -> Result<Conn, sqlx::Error> {
+        let opened = async {
+            let permit = self
+                .inner
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| sqlx::Error::PoolClosed)?;
+            let conn = self.inner.open_one().await?;
+            Ok(Conn {
+                conn: Some(conn),
+                clean: None,
+                bounded: false,
+                inner: self.inner.clone(),
+                permit: Some(permit),
+            })
+        };
+        match tokio::time::timeout(self.inner.acquire_timeout, opened).await {
+            Ok(answer) => answer,
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        }
+    }
+
     async fn acquire_unbounded(&self) -> Result<Conn, sqlx::Error> {
         let permit = self
             .inner

@@ -155,7 +155,9 @@ async fn a_window_of_zero_writes_every_denial() {
 
 /// The counts of a window still open at SIGTERM are written after the data plane has stopped
 /// (until 2026-11-28 the shutdown panicked there instead: its timer was made outside the
-/// background runtime, "there is no reactor running", and the counts were lost).
+/// background runtime, "there is no reactor running", and the counts were lost). The audit
+/// writer runs on the data plane's first worker while it serves; the background runtime takes
+/// it over once the doors have finished, and writes these.
 #[tokio::test]
 async fn a_window_open_at_sigterm_is_written_after_the_data_plane_stops() {
     let mut env = Env::with(core_routes(), |o| {

@@ -10,7 +10,8 @@ use crate::helpers::*;
     ignore = "GATEWAY_TEST_PANIC_TASK exists in debug builds only"
 )]
 async fn a_dead_background_task_makes_readyz_fail_and_is_counted() {
-    for task in ["feed", "reload", "audit_replay"] {
+    // audit_writer: the writer runs on the data plane's first worker while it serves.
+    for task in ["feed", "reload", "audit_replay", "audit_writer"] {
         let db = TestDb::new().await;
         let up = Upstream::start().await;
         let mut opts =

@@ -212,7 +212,9 @@ fn state(
         db_timeout,
         metrics.clone(),
     );
-    supervised(Task::AuditWriter, Box::pin(writer));
+    // Written from by the data plane's first worker, then the background runtime
+    // (`cli/serve/mod.rs`, `audit_writer_beside`).
+    audit.set_aside(writer);
     warn_of_settings(config);
     // From the database, the mapping is read once the pool exists; until then a placeholder
     // that no request ever sees (the data plane listens only once the real one is loaded).

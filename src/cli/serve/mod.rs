@@ -67,12 +67,13 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         }
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let started = workers::start(config.threads, assemble::doors(&config, &gw), stopped).map_err(
-        |e| match &e {
+    let beside = audit_writer_beside(&gw, bg.handle().clone());
+    let doors = assemble::doors(&config, &gw);
+    let started =
+        workers::start(config.threads, doors, stopped, Some(beside)).map_err(|e| match &e {
             StartError::Listen { addr, .. } => failure(anyhow!("{e} ({addr})")),
             StartError::Thread(_) => failure(anyhow!("{e} ({})", config.listen)),
-        },
-    )?;
+        })?;
     // The addresses bound (port 0 resolved): tests and supervisors read them from this line.
     let (bound, threads) = (started.bound[0], config.threads);
     match started.bound.get(1) {
@@ -99,6 +100,48 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
 
     let signal = bg.block_on(signals.stopped());
     shut_down(bg, &config, &gw, stop, started.handles, telemetry, signal)
+}
+
+/// The audit writer's task, on the data plane's first worker while its doors serve: the rows of
+/// that worker's denials reach it without waking another thread, and its connection is that
+/// worker's (`stores/audit/writer.rs`). Once the doors have finished, or at once if the worker
+/// never runs it, the background runtime takes it over ([`TakeOver`]), for what the shutdown
+/// still records. Supervised in both places ([`Task::AuditWriter`]).
+fn audit_writer_beside(gw: &Arc<Gateway>, bg: tokio::runtime::Handle) -> workers::Beside {
+    let over = TakeOver { gw: gw.clone(), bg };
+    Box::new(move |doors_done| {
+        Box::pin(async move {
+            let Some(writing) = over.gw.audit.take_writing() else {
+                return;
+            };
+            let audit = over.gw.audit.clone();
+            let written = async move {
+                if let Some(back) = writing.run_until(doors_done).await {
+                    audit.set_aside(back);
+                }
+            };
+            let (tasks, metrics) = (over.gw.tasks.clone(), over.gw.metrics.clone());
+            supervise::run_watched(tasks, metrics, Task::AuditWriter, written).await;
+            // `over` dropped: the background runtime writes from here on.
+        })
+    })
+}
+
+/// When dropped, starts the audit writer's task on the background runtime if its queue's end
+/// is set aside (the data plane's first worker is done with it, or never ran it).
+struct TakeOver {
+    gw: Arc<Gateway>,
+    bg: tokio::runtime::Handle,
+}
+
+impl Drop for TakeOver {
+    fn drop(&mut self) {
+        if let Some(writing) = self.gw.audit.take_writing() {
+            let _runtime = self.bg.enter();
+            let (tasks, metrics) = (self.gw.tasks.clone(), self.gw.metrics.clone());
+            supervise::spawn(tasks, metrics, Task::AuditWriter, writing.run());
+        }
+    }
 }
 
 /// The drain after `signal`: the workers told to `stop` and joined within the grace, what the

@@ -23,15 +23,19 @@
 //! (the replay one more while it runs), so a flood of denials cannot starve the session and role
 //! lookups. The row is the decision's [`AuditEvent`] (`policy/audit_event.rs`), stored here.
 //!
-//! Two parts, over one shared state (`Inner`, here): `writer.rs`, the writer task (group
-//! commit on the kept connection, the rows of denials answered 503 waiting in memory), and
-//! `spool.rs`, the spool (append, replay, the file of rows set aside). The INSERT both send, and
+//! Three parts, over one shared state (`Inner`, here): `writer.rs`, the writer (the database
+//! on the kept connection, the rows of denials answered 503 waiting in memory), `writing.rs`,
+//! its task (group commit: the rows queued behind the first as one batch; run by the data
+//! plane's first worker while it serves, then by the background runtime), and `spool.rs`, the
+//! spool (append, replay, the file of rows set aside). The INSERT both send, and
 //! the rows read back for `explain --request-id` and the cockpit, are here.
 
 mod spool;
 mod writer;
+mod writing;
 
 pub use writer::AuditWriter;
+pub use writing::Writing;
 
 use std::borrow::Borrow;
 use std::path::PathBuf;
@@ -492,12 +496,13 @@ mod test_support {
             acquire,
         )
         .unwrap();
-        AuditWriter::new(
+        let (writer, writing) = AuditWriter::new(
             pool,
             spool.to_path_buf(),
             1 << 20,
             Duration::from_millis(200),
             Arc::new(Metrics::new()),
-        )
+        );
+        (writer, writing.run())
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::spool::Wait;
+use super::writing::{Job, Writing};
 use super::{
     insert_sql, lock, row_refused, AuditError, Columns, Inner, INSERT_ARRAYS_SQL, LATE_MAX,
     LATE_MAX_BYTES, MAX_BATCH,
@@ -32,8 +33,8 @@ pub(super) struct Held {
     used: std::time::Instant,
 }
 
-/// A kept connection idle this long goes back to the pool (whose own idle limit is as long)
-/// and the next batch draws one the pool has checked.
+/// A kept connection idle this long is closed (the pool's own idle limit is as long), and the
+/// next batch opens another.
 const HELD_IDLE: Duration = Duration::from_secs(60);
 
 impl Held {
@@ -51,13 +52,10 @@ impl Held {
         }
     }
 
-    fn discard(mut self) {
+    pub(super) fn discard(mut self) {
         self.close();
     }
 }
-
-/// A row shared with the caller that waits for it (no copy of its fields per row).
-type Job = (Arc<AuditEvent>, oneshot::Sender<Result<(), AuditError>>);
 
 /// The rows of denials answered 503 waiting for the database, and the bytes of their JSON.
 #[derive(Default)]
@@ -94,6 +92,8 @@ impl Drop for Inner {
 pub struct AuditWriter {
     tx: mpsc::Sender<Job>,
     pub(super) inner: Arc<Inner>,
+    /// The queue's end while no task writes from it ([`AuditWriter::set_aside`]).
+    aside: std::sync::Mutex<Option<Writing>>,
 }
 
 impl AuditWriter {
@@ -105,12 +105,13 @@ impl AuditWriter {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let (writer, task) = Self::new(pool, spool, max_spool, timeout, metrics);
-        tokio::spawn(task);
+        let (writer, writing) = Self::new(pool, spool, max_spool, timeout, metrics);
+        tokio::spawn(writing.run());
         writer
     }
 
-    /// The writer and the task that writes for it (the caller runs the task, e.g. supervised).
+    /// The writer and the queue's end its task writes from (the caller runs [`Writing::run`],
+    /// e.g. supervised, or hands it to the data plane: [`AuditWriter::set_aside`]).
     /// `spool`: None where no file outlives the process (a Heroku dyno): a row the database
     /// does not take within `timeout` fails, and the caller answers 503.
     pub fn new(
@@ -119,10 +120,7 @@ impl AuditWriter {
         max_spool: u64,
         timeout: Duration,
         metrics: Arc<Metrics>,
-    ) -> (
-        Arc<Self>,
-        impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
+    ) -> (Arc<Self>, Writing) {
         let spool = spool.into();
         let inner = Arc::new(Inner {
             pool,
@@ -142,8 +140,24 @@ impl AuditWriter {
             peer: Default::default(),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = write_loop(inner.clone(), rx);
-        (Arc::new(AuditWriter { tx, inner }), task)
+        let writing = Writing::new(inner.clone(), rx);
+        let writer = AuditWriter {
+            tx,
+            inner,
+            aside: std::sync::Mutex::new(None),
+        };
+        (Arc::new(writer), writing)
+    }
+
+    /// Keeps `writing` for whichever runtime takes it next ([`AuditWriter::take_writing`]): the
+    /// data plane's first worker, then the background runtime (`cli/serve`).
+    pub fn set_aside(&self, writing: Writing) {
+        *lock(&self.aside) = Some(writing);
+    }
+
+    /// The queue's end set aside, if it is.
+    pub fn take_writing(&self) -> Option<Writing> {
+        lock(&self.aside).take()
     }
 
     /// Returns once the row is durable (database or spool). Dropped before then, the row is
@@ -305,71 +319,10 @@ impl Drop for NotQueued<'_> {
     }
 }
 
-async fn write_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Job>) {
-    // Dropped with its runtime when the gateway stops: the rows of the batch being written and
-    // those still queued go to the late queue, to be written by `finish` or logged in full.
-    let mut w = Unwritten {
-        inner,
-        rx,
-        in_flight: Vec::new(),
-    };
-    while let Some(first) = w.rx.recv().await {
-        // Natural group commit: take every row queued while the previous write was in flight,
-        // without waiting for more (a fixed gathering delay measured as pure latency on the
-        // 403 path: d/c 0.48 with a 2 ms wait).
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match w.rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let waiters: Vec<_>;
-        (w.in_flight, waiters) = batch.into_iter().unzip();
-        w.inner
-            .metrics
-            .audit_queue_depth
-            .sub(w.in_flight.len() as i64);
-        // Written from where a drop finds it (no copy of the batch).
-        let result = w.inner.write(&w.in_flight).await;
-        let rows = std::mem::take(&mut w.in_flight);
-        if result.is_err() {
-            w.inner.keep_late(&rows);
-        }
-        w.inner.metrics.audit_batches.inc();
-        for waiter in waiters {
-            // Err: that caller stopped waiting (its client hung up); the row is durable, or
-            // failed, either way.
-            let _ = waiter.send(result.clone());
-        }
-    }
-}
-
-/// The writer task's state, so that rows it had not written when it was dropped are kept.
-struct Unwritten {
-    inner: Arc<Inner>,
-    rx: mpsc::Receiver<Job>,
-    /// The batch being written (it may have committed: kept rows are written `ON CONFLICT DO
-    /// NOTHING`).
-    in_flight: Vec<Arc<AuditEvent>>,
-}
-
-impl Drop for Unwritten {
-    fn drop(&mut self) {
-        let mut rows = std::mem::take(&mut self.in_flight);
-        while let Ok((row, _)) = self.rx.try_recv() {
-            rows.push(row);
-        }
-        if !rows.is_empty() {
-            self.inner.keep_late(&rows);
-        }
-    }
-}
-
 impl Inner {
     /// Keeps the rows of a batch answered 503 for [`Inner::store_late`], up to [`LATE_MAX`] rows
     /// and [`LATE_MAX_BYTES`] of their JSON.
-    fn keep_late(&self, rows: &[Arc<AuditEvent>]) {
+    pub(super) fn keep_late(&self, rows: &[Arc<AuditEvent>]) {
         let mut late = lock(&self.late);
         let mut kept = 0;
         let mut lost = Vec::new();
@@ -504,8 +457,11 @@ impl Inner {
         replay: bool,
     ) -> Result<(), sqlx::Error> {
         if held.as_ref().is_some_and(Held::stale) {
-            // Back to the pool, which checks it before anyone gets it again.
-            *held = None;
+            // Closed, not given back: a connection the writer opened for itself is registered
+            // with its runtime (`Db::acquire_new`), which may not be the pool's other users'.
+            if let Some(h) = held.take() {
+                h.discard();
+            }
         }
         // Not `db::retry_once`: its closure cannot lend the kept connection to both tries, and
         // only a connection kept from before is retried (a fresh one that fails is not).
@@ -523,7 +479,8 @@ impl Inner {
         }
     }
 
-    /// The INSERT of `rows` on the kept connection (drawn first if there is none): fresh rows
+    /// The INSERT of `rows` on the kept connection (opened first if there is none, never one
+    /// of the pool's idle ones: its socket is then this runtime's): fresh rows
     /// on the gateway's own sessions as the named statement of arrays ([`INSERT_ARRAYS_SQL`]),
     /// otherwise [`insert_sql`]'s text as one simple query. Bounded by the caller.
     async fn insert_on(
@@ -535,7 +492,7 @@ impl Inner {
         let h = match held {
             Some(h) => h,
             None => held.insert(Held {
-                conn: Some(self.pool.acquire().await?),
+                conn: Some(self.pool.acquire_new().await?),
                 used: std::time::Instant::now(),
             }),
         };
@@ -593,7 +550,7 @@ impl Inner {
         }
     }
 
-    async fn write(&self, rows: &[Arc<AuditEvent>]) -> Result<(), AuditError> {
+    pub(super) async fn write(&self, rows: &[Arc<AuditEvent>]) -> Result<(), AuditError> {
         use std::sync::atomic::Ordering;
         if !self.durable {
             return self.to_database(rows).await.map_err(|e| {
@@ -684,14 +641,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = dir.path().join("spool");
         let (durable, _) = refused_writer(&spool, Duration::from_secs(2));
-        let (writer, task) = AuditWriter::new(
+        let (writer, writing) = AuditWriter::new(
             durable.inner.pool.clone(),
             None,
             1 << 20,
             Duration::from_millis(200),
             Arc::new(Metrics::new()),
         );
-        tokio::spawn(task);
+        tokio::spawn(writing.run());
         let err = writer.record(row("r1")).await.unwrap_err();
         assert!(matches!(err, AuditError::NotSpooled(_)), "{err}");
         assert!(
