@@ -180,6 +180,9 @@ fn worker(
     // queued without waking the driver through its eventfd. The doors' accept loops run in
     // `block_on` itself.
     passes.started();
+    // Ended however the runtime ends (a panic included): a pass left open would hold every
+    // later batch of the audit writer for its whole wait.
+    let _running = Running(passes);
     rt.block_on(async move {
         let mut serving = Vec::new();
         for (door, listener) in doors {
@@ -205,5 +208,13 @@ fn worker(
             None => serving.await,
         }
     });
-    passes.stopped();
+}
+
+/// A worker thread running, for [`crate::runtime::passes`], until dropped.
+struct Running(&'static crate::runtime::passes::Passes);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.stopped();
+    }
 }

@@ -3,11 +3,13 @@
 //! A worker thread runs every request that is ready, then parks in tokio's driver (its park
 //! hook). The denials one pass decides queue their rows one after the other; a writer that sent
 //! the first row the moment it arrived sent it nearly alone, and the pass's other rows in the
-//! next statement: about 5 rows per INSERT at 32 connections, with PostgreSQL's fixed cost per
-//! statement (and the writer's) paid by those few (docs/performance-log.md, 2026-11-28,
-//! "a batch per pass"). [`Passes::settled`] lets the writer wait until every worker that was
-//! running has ended its pass, at most a bound, and then take every row queued: no fixed delay
-//! (a pass that has ended is not waited for, and a worker that is idle is not waited for at all).
+//! next statement: about 11 rows per INSERT at 32 connections, with PostgreSQL's fixed cost per
+//! statement (and the writer's) paid by those few (docs/performance-log.md, 2026-11-28 late,
+//! "the writer beside the data plane"). [`Passes::settled`] lets the writer wait until as many
+//! passes have ended as workers were running, at most a bound, and then take every row queued:
+//! no fixed delay (a pass that has ended is not waited for, and with every worker idle nothing
+//! is). With one worker (the default up to three cores) that is its pass; with more, the passes
+//! counted are any worker's, the writer's own included: the bound is what holds then.
 //!
 //! The workers call [`Passes::started`] and [`Passes::stopped`] around their runtime, and
 //! [`Passes::park`] and [`Passes::unpark`] from tokio's park hooks (`dataplane/workers.rs`).

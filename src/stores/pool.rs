@@ -123,6 +123,15 @@ impl Pool {
                 .acquire_owned()
                 .await
                 .map_err(|_| sqlx::Error::PoolClosed)?;
+            // Idle connections hold no permit: one is closed first (waited for), so that no
+            // more than `size` are open, as an ordinary acquire keeps it.
+            let idle = self.inner.idle.lock().unwrap().pop();
+            if let Some(idle) = idle {
+                self.inner.open.fetch_sub(1, Ordering::Relaxed);
+                if let Err(e) = idle.conn.close().await {
+                    tracing::debug!(error = %e, "closing a database connection");
+                }
+            }
             let conn = self.inner.open_one().await?;
             Ok(Conn {
                 conn: Some(conn),

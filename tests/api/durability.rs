@@ -1023,3 +1023,34 @@ async fn a_denial_waits_for_another_gateways_replay_at_most_the_database_timeout
     replayed_within_5s(&db, &gw, &id).await;
     replayed_within_5s(&db, &gw, &refused.request_id()).await;
 }
+
+/// The audit writer opens its own connection (`Db::acquire_new`, so its socket is the runtime's
+/// that asks: the data plane's first worker); an idle connection of the pool is closed first,
+/// so the pool never has more open than its size (a pooler in session mode sized to
+/// `--db-pool-size` would otherwise make the writer wait).
+#[tokio::test]
+async fn a_new_connection_for_the_writer_keeps_the_pool_within_its_size() {
+    let db = TestDb::new().await;
+    let pool =
+        rbac_gateway::stores::db::Db::connect(&db.url, None, 1, Duration::from_secs(5)).unwrap();
+    {
+        let mut idle = pool.acquire().await.unwrap();
+        sqlx::Executor::execute(&mut *idle, "SELECT 1")
+            .await
+            .unwrap();
+        idle.done();
+    }
+    assert_eq!((pool.pool().size(), pool.pool().num_idle()), (1, 1));
+    let mut own = tokio::time::timeout(Duration::from_secs(10), pool.acquire_new())
+        .await
+        .expect("not waiting for a slot the idle connection held")
+        .unwrap();
+    sqlx::Executor::execute(&mut *own, "SELECT 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (pool.pool().size(), pool.pool().num_idle()),
+        (1, 0),
+        "the idle one closed, one open"
+    );
+}

@@ -104,39 +104,50 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
 
 /// The audit writer's task, on the data plane's first worker while its doors serve: the rows of
 /// that worker's denials reach it without waking another thread, and its connection is that
-/// worker's (`stores/audit/writer.rs`). Once the doors have finished, or at once if the worker
-/// never runs it, the background runtime takes it over ([`TakeOver`]), for what the shutdown
-/// still records. Supervised in both places ([`Task::AuditWriter`]).
+/// worker's (`stores/audit/writing.rs`). Once the doors have finished, or if the worker never
+/// runs it, panics or is torn down, the background runtime takes it over ([`Handover`]), for
+/// what the shutdown still records. Supervised in both places ([`Task::AuditWriter`]).
 fn audit_writer_beside(gw: &Arc<Gateway>, bg: tokio::runtime::Handle) -> workers::Beside {
-    let over = TakeOver { gw: gw.clone(), bg };
+    let over = Handover {
+        writing: gw.audit.take_writing(),
+        gw: gw.clone(),
+        bg,
+    };
     Box::new(move |doors_done| {
-        Box::pin(async move {
-            let Some(writing) = over.gw.audit.take_writing() else {
-                return;
-            };
-            let audit = over.gw.audit.clone();
-            let written = async move {
-                if let Some(back) = writing.run_until(doors_done).await {
-                    audit.set_aside(back);
+        let (tasks, metrics) = (over.gw.tasks.clone(), over.gw.metrics.clone());
+        let written = async move {
+            let mut over = over;
+            if let Some(writing) = over.writing.as_mut() {
+                if !writing.run_until(doors_done).await {
+                    // The queue closed (no writer left): nothing to hand over.
+                    over.writing = None;
                 }
-            };
-            let (tasks, metrics) = (over.gw.tasks.clone(), over.gw.metrics.clone());
-            supervise::run_watched(tasks, metrics, Task::AuditWriter, written).await;
+            }
             // `over` dropped: the background runtime writes from here on.
-        })
+        };
+        Box::pin(supervise::run_watched(
+            tasks,
+            metrics,
+            Task::AuditWriter,
+            written,
+        ))
     })
 }
 
-/// When dropped, starts the audit writer's task on the background runtime if its queue's end
-/// is set aside (the data plane's first worker is done with it, or never ran it).
-struct TakeOver {
+/// The audit writer's queue end while the data plane's first worker has it: when dropped
+/// (the doors finished, the worker never started, or its task panicked or was dropped with its
+/// runtime), the background runtime writes from it, after [`Writing::recover`]. Never dropped
+/// with the queue's end, which would answer every later denial 503.
+struct Handover {
+    writing: Option<crate::stores::audit::Writing>,
     gw: Arc<Gateway>,
     bg: tokio::runtime::Handle,
 }
 
-impl Drop for TakeOver {
+impl Drop for Handover {
     fn drop(&mut self) {
-        if let Some(writing) = self.gw.audit.take_writing() {
+        if let Some(mut writing) = self.writing.take() {
+            writing.recover();
             let _runtime = self.bg.enter();
             let (tasks, metrics) = (self.gw.tasks.clone(), self.gw.metrics.clone());
             supervise::spawn(tasks, metrics, Task::AuditWriter, writing.run());

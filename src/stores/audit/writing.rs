@@ -15,9 +15,10 @@ use crate::policy::audit_event::AuditEvent;
 /// A row shared with the caller that waits for it (no copy of its fields per row).
 pub(super) type Job = (Arc<AuditEvent>, oneshot::Sender<Result<(), AuditError>>);
 
-/// The longest a batch's first row waits for the data plane's passes under way to end
-/// ([`crate::runtime::passes`]): a worker that never goes idle (a pass longer than this) delays
-/// a denial's answer by at most this much.
+/// How long a batch's first row waits at most for the data plane's passes under way to end
+/// ([`crate::runtime::passes`]), as tokio's timer keeps it (a 1 ms tick, looked at when the
+/// writer's worker reaches its driver: about 2 ms at worst): a worker that never goes idle
+/// delays a denial's answer by about this much.
 const GATHER_MAX: Duration = Duration::from_micros(500);
 
 /// The writer's end of the queue, and the task that writes it ([`Writing::run`]) on whichever
@@ -37,15 +38,15 @@ impl Writing {
     }
 
     /// Writes batches until every [`super::AuditWriter`] is dropped.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         self.run_until(std::future::pending()).await;
     }
 
-    /// Writes batches until every [`super::AuditWriter`] is dropped (None), or until `stop` is ready,
-    /// looked at between batches (a batch begun is written to its end): then the kept
-    /// connection is closed (its socket is this runtime's) and the queue's end given back, for
-    /// another runtime to [`Writing::run`]. Rows queued meanwhile wait in the queue.
-    pub async fn run_until(mut self, stop: impl Future<Output = ()>) -> Option<Writing> {
+    /// Writes batches until every [`super::AuditWriter`] is dropped (false), or until `stop` is
+    /// ready (true), looked at between batches (a batch begun is written to its end): then the
+    /// kept connection is closed (its socket is this runtime's), and the queue's end may be run
+    /// by another runtime. Rows queued meanwhile wait in the queue.
+    pub async fn run_until(&mut self, stop: impl Future<Output = ()>) -> bool {
         let mut stop = std::pin::pin!(stop);
         loop {
             let first = tokio::select! {
@@ -53,7 +54,7 @@ impl Writing {
                 () = &mut stop => break,
                 job = self.0.rx.recv() => match job {
                     Some(job) => job,
-                    None => return None,
+                    None => return false,
                 },
             };
             self.0.batch(first).await;
@@ -61,7 +62,22 @@ impl Writing {
         if let Some(h) = self.0.inner.held.lock().await.take() {
             h.discard();
         }
-        Some(self)
+        true
+    }
+
+    /// After a run cut short (its task panicked or was dropped mid-batch): the batch it was
+    /// writing goes to the rows kept for the database (its callers were answered 503), and the
+    /// kept connection, which may be mid-statement, is closed. Then it can run again.
+    pub fn recover(&mut self) {
+        let rows = std::mem::take(&mut self.0.in_flight);
+        if !rows.is_empty() {
+            self.0.inner.keep_late(&rows);
+        }
+        if let Ok(mut held) = self.0.inner.held.try_lock() {
+            if let Some(h) = held.take() {
+                h.discard();
+            }
+        }
     }
 }
 
