@@ -54,14 +54,19 @@ fn ask(authz: SocketAddr, uri: &str) -> (String, String) {
     (status, decision)
 }
 
-#[test]
-fn forward_auth_served_alone_answers_and_stops() {
+/// Forward-auth over [`ROUTES`], and the runtime its gateway was made on (kept while it serves).
+fn forward_auth_door() -> (tokio::runtime::Runtime, Arc<dyn Door>) {
     let mapping = Mapping::from_str("routes.toml", Path::new("routes.toml"), ROUTES).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     // Nothing listens at the upstream: forward-auth never forwards.
     let upstream: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let gw = rt.block_on(async { Arc::new(Gateway::without_database(mapping, upstream)) });
-    let door: Arc<dyn Door> = Arc::new(ForwardAuthDoor::new(gw, http()));
+    (rt, Arc::new(ForwardAuthDoor::new(gw, http())))
+}
+
+#[test]
+fn forward_auth_served_alone_answers_and_stops() {
+    let (_rt, door) = forward_auth_door();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let started = workers::start(
         2,
@@ -125,11 +130,7 @@ fn a_door_whose_address_is_taken_is_named() {
 #[test]
 fn the_task_beside_the_doors_runs_on_the_first_worker_until_they_finish() {
     use std::sync::Mutex;
-    let mapping = Mapping::from_str("routes.toml", Path::new("routes.toml"), ROUTES).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let upstream: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let gw = rt.block_on(async { Arc::new(Gateway::without_database(mapping, upstream)) });
-    let door: Arc<dyn Door> = Arc::new(ForwardAuthDoor::new(gw, http()));
+    let (_rt, door) = forward_auth_door();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // What the task saw: its thread's name, then "doors done", then "wound down".
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));

@@ -116,13 +116,7 @@ impl Pool {
     /// that opened it.
     pub async fn acquire_new(&self) -> Result<Conn, sqlx::Error> {
         let opened = async {
-            let permit = self
-                .inner
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| sqlx::Error::PoolClosed)?;
+            let permit = self.permit().await?;
             // Idle connections hold no permit: one is closed first (waited for), so that no
             // more than `size` are open, as an ordinary acquire keeps it.
             let idle = self.inner.idle.lock().unwrap().pop();
@@ -133,13 +127,7 @@ impl Pool {
                 }
             }
             let conn = self.inner.open_one().await?;
-            Ok(Conn {
-                conn: Some(conn),
-                clean: None,
-                bounded: false,
-                inner: self.inner.clone(),
-                permit: Some(permit),
-            })
+            Ok(self.handed_out(conn, false, permit))
         };
         match tokio::time::timeout(self.inner.acquire_timeout, opened).await {
             Ok(answer) => answer,
@@ -148,13 +136,7 @@ impl Pool {
     }
 
     async fn acquire_unbounded(&self) -> Result<Conn, sqlx::Error> {
-        let permit = self
-            .inner
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| sqlx::Error::PoolClosed)?;
+        let permit = self.permit().await?;
         loop {
             let Some(idle) = self.inner.idle.lock().unwrap().pop() else {
                 break;
@@ -164,22 +146,31 @@ impl Pool {
                 self.inner.retire(idle.conn, None);
                 continue;
             }
-            return Ok(Conn {
-                conn: Some(idle.conn),
-                clean: None,
-                bounded: idle.bounded,
-                inner: self.inner.clone(),
-                permit: Some(permit),
-            });
+            return Ok(self.handed_out(idle.conn, idle.bounded, permit));
         }
         let conn = self.inner.open_one().await?;
-        Ok(Conn {
+        Ok(self.handed_out(conn, false, permit))
+    }
+
+    /// A slot of the pool, waited for in arrival order.
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, sqlx::Error> {
+        self.inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)
+    }
+
+    /// `conn` handed out in the slot `permit`.
+    fn handed_out(&self, conn: PgConnection, bounded: bool, permit: OwnedSemaphorePermit) -> Conn {
+        Conn {
             conn: Some(conn),
             clean: None,
-            bounded: false,
+            bounded,
             inner: self.inner.clone(),
             permit: Some(permit),
-        })
+        }
     }
 }
 
