@@ -134,6 +134,8 @@ fn the_task_beside_the_doors_runs_on_the_first_worker_until_they_finish() {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // What the task saw: its thread's name, then "doors done", then "wound down".
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    // The task winds down only when the test lets it, after seeing its worker still running.
+    let (wind_down, may_wind_down) = tokio::sync::oneshot::channel::<()>();
     let beside: workers::Beside = Box::new({
         let seen = seen.clone();
         move |doors_done| {
@@ -142,8 +144,7 @@ fn the_task_beside_the_doors_runs_on_the_first_worker_until_they_finish() {
                 seen.lock().unwrap().push(name);
                 doors_done.await;
                 seen.lock().unwrap().push("doors done".into());
-                // Winding down takes a while: the worker must wait for it.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                may_wind_down.await.expect("the test lets it wind down");
                 seen.lock().unwrap().push("wound down".into());
             })
         }
@@ -165,6 +166,16 @@ fn the_task_beside_the_doors_runs_on_the_first_worker_until_they_finish() {
     }
     assert_eq!(*seen.lock().unwrap(), ["rbac-gateway-w0"]);
     stop.send(true).unwrap();
+    while seen.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "never told the doors were done");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The doors are done and the task is winding down: its worker waits for it.
+    assert!(
+        !started.handles[0].is_finished(),
+        "the first worker ended first"
+    );
+    wind_down.send(()).unwrap();
     for w in started.handles {
         w.join().expect("a worker ended without panicking");
     }

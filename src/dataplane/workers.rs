@@ -101,7 +101,7 @@ pub enum StartError {
 }
 
 /// A task the first worker runs beside its doors (`serve`'s audit writer, whose rows come from
-/// the doors: `stores/audit/writer.rs`). Called with a future that is ready once that worker's
+/// the doors: `stores/audit/writing.rs`). Called with a future that is ready once that worker's
 /// doors have finished, it returns once it has wound down, and the worker thread ends after
 /// it. Dropped without being called if the worker cannot start its runtime.
 pub type Beside = Box<
@@ -200,6 +200,7 @@ fn worker(
         };
         match beside {
             Some(beside) => {
+                // Its sender is dropped, never used to send: the receiver's error is the signal.
                 let done = Box::pin(async move {
                     let _ = doors_done.await;
                 });

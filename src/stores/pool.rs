@@ -122,9 +122,7 @@ impl Pool {
             let idle = self.inner.idle.lock().unwrap().pop();
             if let Some(idle) = idle {
                 self.inner.open.fetch_sub(1, Ordering::Relaxed);
-                if let Err(e) = idle.conn.close().await {
-                    tracing::debug!(error = %e, "closing a database connection");
-                }
+                close(idle.conn, self.inner.acquire_timeout).await;
             }
             let conn = self.inner.open_one().await?;
             Ok(self.handed_out(conn, false, permit))
@@ -204,12 +202,17 @@ impl Inner {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let limit = self.acquire_timeout;
             rt.spawn(async move {
-                if let Ok(Err(e)) = tokio::time::timeout(limit, conn.close()).await {
-                    tracing::debug!(error = %e, "closing a database connection");
-                }
+                close(conn, limit).await;
                 drop(permit);
             });
         }
+    }
+}
+
+/// Closes `conn` (`Terminate` sent), waiting at most `limit` for it.
+async fn close(conn: PgConnection, limit: Duration) {
+    if let Ok(Err(e)) = tokio::time::timeout(limit, conn.close()).await {
+        tracing::debug!(error = %e, "closing a database connection");
     }
 }
 

@@ -20,7 +20,7 @@ use crate::gateway::state::Gateway;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::signals::Signals;
 use crate::runtime::supervise::{self, Task, Tasks};
-use crate::stores::audit::AuditWriter;
+use crate::stores::audit::{AuditWriter, Writing};
 use crate::stores::db::Db;
 use crate::stores::identity::Identity;
 
@@ -89,6 +89,9 @@ pub struct Assembled {
     pub gw: Arc<Gateway>,
     pub admin: Admin,
     pub admin_bound: SocketAddr,
+    /// The audit writer's queue end, for the data plane's first worker to write from
+    /// (`cli/serve/mod.rs`, `audit_writer_beside`).
+    pub writing: Writing,
 }
 
 /// The state and every background task. `Ok(None)`: stopped by a signal before a mapping
@@ -109,7 +112,7 @@ pub async fn gateway(
     .with_statements(config.database.statements);
     let tasks = Arc::new(Tasks::default());
     let supervised = |name, task| supervise::spawn(tasks.clone(), metrics.clone(), name, task);
-    let (gw, active_rx) = state(config, &pool, &metrics, &tasks, &supervised);
+    let (gw, active_rx, writing) = state(config, &pool, &metrics, &tasks, &supervised);
     if !config.mapping_in_database() {
         report_loaded(config, &gw);
     }
@@ -163,19 +166,21 @@ pub async fn gateway(
         gw,
         admin,
         admin_bound,
+        writing,
     }))
 }
 
-/// The shared state over the stores: the identity cache, the change feed and the audit writer
-/// (both supervised), and the `Gateway` every door answers through. With the mapping in the
-/// database, the receiver of the active versions the feed reports.
+/// The shared state over the stores: the identity cache, the change feed (supervised) and the
+/// audit writer, and the `Gateway` every door answers through. With the mapping in the
+/// database, the receiver of the active versions the feed reports; and the audit writer's
+/// queue end, which `serve` hands to the data plane.
 fn state(
     config: &Config,
     pool: &Db,
     metrics: &Arc<Metrics>,
     tasks: &Arc<Tasks>,
     supervised: &impl Fn(Task, Job),
-) -> (Arc<Gateway>, Active) {
+) -> (Arc<Gateway>, Active, Writing) {
     let db_timeout = config.db_timeout;
     let identity = Arc::new(
         Identity::new(
@@ -205,16 +210,13 @@ fn state(
             .follow(),
         ) as Job,
     );
-    let (audit, writer) = AuditWriter::new(
+    let (audit, writing) = AuditWriter::new(
         pool.clone(),
         config.spool.path.clone(),
         config.spool.max_bytes,
         db_timeout,
         metrics.clone(),
     );
-    // Written from by the data plane's first worker, then the background runtime
-    // (`cli/serve/mod.rs`, `audit_writer_beside`).
-    audit.set_aside(writer);
     warn_of_settings(config);
     // From the database, the mapping is read once the pool exists; until then a placeholder
     // that no request ever sees (the data plane listens only once the real one is loaded).
@@ -261,7 +263,7 @@ fn state(
             config.anonymous.keys,
         )),
     };
-    (Arc::new(gw), active_rx)
+    (Arc::new(gw), active_rx, writing)
 }
 
 /// The active versions the change feed reports (read with the mapping in the database).

@@ -19,6 +19,7 @@ use crate::runtime::metrics::Metrics;
 use crate::runtime::signals::Signals;
 use crate::runtime::supervise::{self, Task};
 use crate::runtime::telemetry::Telemetry;
+use crate::stores::audit::Writing;
 use assemble::{Admin, Assembled};
 use config::Config;
 
@@ -46,6 +47,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         gw,
         admin,
         admin_bound,
+        writing,
     }) = bg.block_on(assemble::gateway(&config, metrics, &signals))?
     else {
         return Ok(());
@@ -67,7 +69,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
         }
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let beside = audit_writer_beside(&gw, bg.handle().clone());
+    let beside = audit_writer_beside(&gw, writing, bg.handle().clone());
     let doors = assemble::doors(&config, &gw);
     let started =
         workers::start(config.threads, doors, stopped, Some(beside)).map_err(|e| match &e {
@@ -107,9 +109,13 @@ pub fn serve(args: ServeArgs) -> Result<(), Exit> {
 /// worker's (`stores/audit/writing.rs`). Once the doors have finished, or if the worker never
 /// runs it, panics or is torn down, the background runtime takes it over ([`Handover`]), for
 /// what the shutdown still records. Supervised in both places ([`Task::AuditWriter`]).
-fn audit_writer_beside(gw: &Arc<Gateway>, bg: tokio::runtime::Handle) -> workers::Beside {
+fn audit_writer_beside(
+    gw: &Arc<Gateway>,
+    writing: Writing,
+    bg: tokio::runtime::Handle,
+) -> workers::Beside {
     let over = Handover {
-        writing: gw.audit.take_writing(),
+        writing: Some(writing),
         gw: gw.clone(),
         bg,
     };
@@ -139,7 +145,7 @@ fn audit_writer_beside(gw: &Arc<Gateway>, bg: tokio::runtime::Handle) -> workers
 /// runtime), the background runtime writes from it, after [`Writing::recover`]. Never dropped
 /// with the queue's end, which would answer every later denial 503.
 struct Handover {
-    writing: Option<crate::stores::audit::Writing>,
+    writing: Option<Writing>,
     gw: Arc<Gateway>,
     bg: tokio::runtime::Handle,
 }

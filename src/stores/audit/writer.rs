@@ -92,8 +92,6 @@ impl Drop for Inner {
 pub struct AuditWriter {
     tx: mpsc::Sender<Job>,
     pub(super) inner: Arc<Inner>,
-    /// The queue's end while no task writes from it ([`AuditWriter::set_aside`]).
-    aside: std::sync::Mutex<Option<Writing>>,
 }
 
 impl AuditWriter {
@@ -111,7 +109,7 @@ impl AuditWriter {
     }
 
     /// The writer and the queue's end its task writes from (the caller runs [`Writing::run`],
-    /// e.g. supervised, or hands it to the data plane: [`AuditWriter::set_aside`]).
+    /// e.g. supervised, or hands it to the data plane, as `serve` does).
     /// `spool`: None where no file outlives the process (a Heroku dyno): a row the database
     /// does not take within `timeout` fails, and the caller answers 503.
     pub fn new(
@@ -141,23 +139,7 @@ impl AuditWriter {
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let writing = Writing::new(inner.clone(), rx);
-        let writer = AuditWriter {
-            tx,
-            inner,
-            aside: std::sync::Mutex::new(None),
-        };
-        (Arc::new(writer), writing)
-    }
-
-    /// Keeps `writing` for whichever runtime takes it next ([`AuditWriter::take_writing`]): the
-    /// data plane's first worker, then the background runtime (`cli/serve`).
-    pub fn set_aside(&self, writing: Writing) {
-        *lock(&self.aside) = Some(writing);
-    }
-
-    /// The queue's end set aside, if it is.
-    pub fn take_writing(&self) -> Option<Writing> {
-        lock(&self.aside).take()
+        (Arc::new(AuditWriter { tx, inner }), writing)
     }
 
     /// Returns once the row is durable (database or spool). Dropped before then, the row is
