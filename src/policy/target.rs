@@ -394,6 +394,10 @@ pub fn is_hop_by_hop(n: &http::HeaderName) -> bool {
 /// Adds the header names one `Connection` value lists (hop-by-hop as well) to `named`.
 /// `keep-alive`, the usual one, is left out: that header is hop-by-hop anyway.
 pub fn connection_tokens(value: &[u8], named: &mut Vec<http::HeaderName>) {
+    // The usual whole value, without splitting it.
+    if value.eq_ignore_ascii_case(b"keep-alive") {
+        return;
+    }
     for token in value.split(|&b| b == b',') {
         let token = token.trim_ascii();
         if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") {
@@ -580,6 +584,21 @@ mod tests {
             check_header_name("SCRIPT_NAME"),
             Err(Refusal::UnderscoreHeader(_))
         ));
+    }
+
+    #[test]
+    fn connection_lists_names_keep_alive_aside() {
+        let named = |v: &[u8]| {
+            let mut n = Vec::new();
+            connection_tokens(v, &mut n);
+            n.iter().map(|h| h.as_str().to_string()).collect::<Vec<_>>()
+        };
+        assert!(named(b"keep-alive").is_empty());
+        assert!(named(b"Keep-Alive").is_empty());
+        assert!(named(b" keep-alive , ").is_empty());
+        assert_eq!(named(b"close"), ["close"]);
+        assert_eq!(named(b"keep-alive, X-Private"), ["x-private"]);
+        assert_eq!(named(b"keep-alive2"), ["keep-alive2"]);
     }
 
     #[test]

@@ -2,13 +2,10 @@
 //! client's headers filtered, the gateway's identity headers added, the body read whole), sent
 //! on a pooled connection, and Console's answer handed back.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Version};
-use hyper::body::{Body, Incoming};
+use http::{Response, Version};
 
 use crate::dataplane::upstream::{GatewayBody, UpstreamError};
 use crate::policy::answer::Identity;
@@ -17,7 +14,6 @@ use crate::policy::headers::{X_RBAC_ADMIN_ID, X_RBAC_ROLES, X_RBAC_SHADOW, X_REQ
 use crate::policy::outcome::Forward;
 use crate::policy::target::{is_header_value, is_hop_by_hop};
 
-use super::body::{read_body, Held};
 use super::checks::CookieRewrite;
 use super::{text_response, Ctx, Worker};
 
@@ -75,47 +71,40 @@ pub(super) struct Forwarding {
     pub request_id: HeaderValue,
 }
 
-/// Forwards a request let through: its body read whole ([`read_body`]), the bytes Console
-/// receives written ([`request_bytes`]), the exchange on a pooled connection ([`exchange`]).
-/// A body that cannot be read, or a Console that does not answer, is carried out by
-/// [`carry_out_not_forwarded`] and answered here.
-pub(super) async fn forward_request(
-    w: &Arc<Worker>,
-    ctx: &mut Ctx,
-    f: Forwarding,
-    req: Request<Incoming>,
-    cookie: CookieRewrite,
-) -> Response<GatewayBody> {
-    let (parts, body) = req.into_parts();
-    // The body is read completely before Console sees the request (like nginx's request
-    // buffering): a body that turns out malformed or cut short never reaches Console.
-    // No body to wait for: nothing awaited between the decision and sending to Console.
-    let body_was_done = body.is_end_stream();
-    // Held until this request is over: the body is in memory until Console has it.
-    let (bytes, _held) = if body_was_done {
-        (Bytes::new(), Held::new(&w.bodies))
-    } else {
-        match read_body(w, body).await {
-            Ok(b) => b,
-            Err(e) => {
-                ctx.unread_body = true;
-                let failed = e.not_forwarded(w);
-                return not_forwarded(w, ctx, f.request_id, failed);
-            }
-        }
-    };
-    ctx.unread_body = false;
+/// What goes to Console for a request let through, once its body was read whole
+/// ([`super::body::read_body`]): the bytes ([`request_bytes`]), when Console's time starts,
+/// the exchange's deadline and its span. The awaits around it (the body, the exchange on a
+/// pooled connection) are the handler's own, not a future of their own: each async call in
+/// the chain moved its arguments and its future once more (docs/performance-log.md).
+pub(super) struct Outgoing {
+    pub request: Vec<u8>,
+    pub sent: Instant,
+    pub deadline: tokio::time::Instant,
+    pub span: Option<crate::runtime::telemetry::ChildSpan>,
+}
+
+/// [`Outgoing`] for `parts` with its body `body` (`body_was_done`: the request had no body to
+/// wait for).
+pub(super) fn outgoing(
+    w: &Worker,
+    ctx: &Ctx,
+    f: &Forwarding,
+    parts: &http::request::Parts,
+    cookie: &CookieRewrite,
+    body: &[u8],
+    body_was_done: bool,
+) -> Outgoing {
     // Traced: Console's exchange is a CLIENT span, and Console's `traceparent` names it (the
     // client's own, if any, is the server span's parent and is not passed on).
-    let exchange_span = ctx
+    let span = ctx
         .trace
         .span()
-        .map(|s| exchange_span_of(s, &parts, w.gw.upstream));
-    let traceparent = exchange_span.as_ref().and_then(|s| s.traceparent());
+        .map(|s| exchange_span_of(s, parts, w.gw.upstream));
+    let traceparent = span.as_ref().and_then(|s| s.traceparent());
     let request = request_bytes(
         &Head {
-            parts: &parts,
-            cookie: &cookie,
+            parts,
+            cookie,
             connection_named: &ctx.connection_named,
             identity: f.identity.as_ref(),
             shadow: f.shadow,
@@ -125,7 +114,7 @@ pub(super) async fn forward_request(
             traceparent: traceparent.as_ref().map(|t| t.as_str()),
             body_framed: !body_was_done,
         },
-        &bytes,
+        body,
     );
     // Console's time starts when the request goes out: after the body was read, if there was
     // one to wait for (otherwise the decision's clock reading serves, one clock read less per
@@ -136,21 +125,21 @@ pub(super) async fn forward_request(
     } else {
         Instant::now()
     };
-    // The exchange: sent on a pooled connection under the upstream read deadline (the
-    // connection's own timer, `Pool::send`), then Console's answer handed back.
+    // The exchange runs under the upstream read deadline (the connection's own timer,
+    // `Pool::send`).
     let deadline = tokio::time::Instant::from_std(sent + w.gw.read_timeout);
-    // Pinned here, in this future, not moved into one of its own (a copy of it).
-    let exchange = std::pin::pin!(w
-        .pool
-        .send(&request, parts.method == Method::HEAD, deadline));
-    let result = exchange.await;
-    exchanged(w, ctx, f, result, sent, exchange_span)
+    Outgoing {
+        request,
+        sent,
+        deadline,
+        span,
+    }
 }
 
 /// Console's answer (or its failure) to the exchange, carried out: its time by status class
 /// and a shadow rule's comparison ([`carry_out_console`]), or the 502/504
 /// ([`carry_out_not_forwarded`]); the answer handed back with the request's id.
-fn exchanged(
+pub(super) fn exchanged(
     w: &Worker,
     ctx: &Ctx,
     f: Forwarding,
@@ -191,20 +180,20 @@ fn exchanged(
     );
     // Console's hop-by-hop headers were left out when its answer was read. The id is moved, not
     // cloned: a clone of a header value made from a copied slice allocates its shared count.
-    let (mut rparts, rbody) = resp.into_parts();
-    rparts.headers.insert(X_REQUEST_ID, f.request_id);
-    rparts.version = Version::HTTP_11;
+    // Edited in place: taking the answer apart and back together copied it twice.
+    let mut resp = resp;
+    resp.headers_mut().insert(X_REQUEST_ID, f.request_id);
+    *resp.version_mut() = Version::HTTP_11;
     if ctx.close {
-        rparts
-            .headers
+        resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    Response::from_parts(rparts, rbody)
+    resp
 }
 
 /// The gateway's answer to a request whose forwarding failed, carried out first; its
 /// connection is not read again.
-fn not_forwarded(
+pub(super) fn not_forwarded(
     w: &Worker,
     ctx: &Ctx,
     request_id: HeaderValue,
@@ -350,6 +339,7 @@ pub(super) fn request_bytes(head: &Head<'_>, body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
 
     fn head_of(req: &Request<()>) -> http::request::Parts {
         let mut b = Request::builder().method(req.method()).uri(req.uri());

@@ -2,7 +2,7 @@
 //! runtime with its own SO_REUSEPORT listener and its own upstream pool ([`crate::dataplane::upstream`]).
 //!
 //! For each request: the checks of [`crate::policy::target`] on what hyper parsed, the session cookie,
-//! then [`crate::policy::outcome::decide`], and `respond` turns the outcome into the answer: the one
+//! then [`crate::policy::outcome::decide`], and the handler's end turns the outcome into the answer: the one
 //! place where outcomes become HTTP. What is forwarded is exactly what was decided on: the target
 //! as received (hyper keeps its bytes), the one session cookie resolved, the request body read
 //! completely first.
@@ -17,9 +17,9 @@
 //! `Host`, non-origin-form targets (`*`, authority and absolute form, `CONNECT`), lower-case
 //! methods and `Upgrade`.
 //!
-//! Here: the workers, `handle` and `respond`. Beside it: `checks.rs` (the refusals before a
+//! Here: the workers and `handle`. Beside it: `checks.rs` (the refusals before a
 //! request is decided, and the session cookie), `body.rs` (the shared body budget and reading a
-//! body whole), `forward.rs` (`forward_request`: the bytes Console receives, and its answer).
+//! body whole), `forward.rs` (the bytes Console receives, and its answer).
 
 mod body;
 mod checks;
@@ -53,7 +53,7 @@ use crate::policy::reader;
 
 pub use body::BodyBudget;
 use checks::{check_request, read_cookie, CookieRewrite};
-use forward::{forward_request, Forwarding};
+use forward::Forwarding;
 
 /// The data plane's `rbac_gateway_connections_accepted_total{listener}` label.
 pub const LISTENER: &str = "data plane";
@@ -338,33 +338,21 @@ async fn handle(
         path: &target.path,
         mapping_version: &mapping.version,
     });
-    let resp = respond(&w, &mut ctx, outcome, on, req, cookie).await;
-    ctx.trace.end(resp.status().as_u16());
-    Ok(resp)
-}
-
-/// The one place where an outcome becomes the data plane's answer: carried out
-/// ([`carry_out`]), then sent to Console or answered here, its header values written as
-/// `carry_out` made them.
-async fn respond(
-    w: &Arc<Worker>,
-    ctx: &mut Ctx,
-    outcome: Outcome,
-    decided: Option<DecidedOn<'_>>,
-    req: Request<Incoming>,
-    cookie: CookieRewrite,
-) -> Response<GatewayBody> {
+    // The one place where an outcome becomes the data plane's answer: carried out
+    // (`carry_out`), then sent to Console or answered here, its header values written as
+    // `carry_out` made them. In the handler itself, not an async fn of its own: each async call
+    // moved the request and its own future once more (docs/performance-log.md).
     ctx.trace.refusal(&outcome);
     let asked = Asked {
         request_id: &ctx.request_id,
         trace_id: ctx.trace.trace_id(),
         client_ip: &ctx.client_ip,
         started: ctx.started,
-        decided,
+        decided: on,
     };
-    let carried = carry_out(&*w.gw, &w.counts, outcome, &asked).await;
+    let carried = carry_out(&**gw, &w.counts, outcome, &asked).await;
     ctx.trace.decision(carried.decision.as_str());
-    match carried.answer {
+    let resp = match carried.answer {
         Answer::Forward {
             forward,
             identity,
@@ -377,18 +365,50 @@ async fn respond(
                 decided_at: carried.decided_at,
                 request_id: carried.request_id,
             };
-            forward_request(w, ctx, f, req, cookie).await
+            let (parts, body) = req.into_parts();
+            // The body is read completely before Console sees the request (like nginx's
+            // request buffering): a body that turns out malformed or cut short never reaches
+            // Console. No body to wait for: nothing awaited between the decision and sending.
+            let body_was_done = body.is_end_stream();
+            // Held until this request is over: the body is in memory until Console has it.
+            let read = if body_was_done {
+                Ok((bytes::Bytes::new(), body::Held::new(&w.bodies)))
+            } else {
+                body::read_body(&w, body).await
+            };
+            match read {
+                Err(e) => {
+                    ctx.unread_body = true;
+                    let failed = e.not_forwarded(&w);
+                    forward::not_forwarded(&w, &ctx, f.request_id, failed)
+                }
+                Ok((bytes, _held)) => {
+                    ctx.unread_body = false;
+                    let out =
+                        forward::outgoing(&w, &ctx, &f, &parts, &cookie, &bytes, body_was_done);
+                    // Pinned here, in this future, not moved into one of its own (a copy of it).
+                    let exchange = std::pin::pin!(w.pool.send(
+                        &out.request,
+                        parts.method == Method::HEAD,
+                        out.deadline
+                    ));
+                    let result = exchange.await;
+                    forward::exchanged(&w, &ctx, f, result, out.sent, out.span)
+                }
+            }
         }
         Answer::Reply(reply) => {
             // A refused request's connection is not read again.
             let close = reply == Reply::Refused;
-            let mut resp = text_response(ctx, carried.request_id, reply.status(), close);
+            let mut resp = text_response(&ctx, carried.request_id, reply.status(), close);
             if let Reply::Login { location } = reply {
                 resp.headers_mut().insert(header::LOCATION, location);
             }
             resp
         }
-    }
+    };
+    ctx.trace.end(resp.status().as_u16());
+    Ok(resp)
 }
 
 #[cfg(test)]
