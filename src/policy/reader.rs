@@ -76,10 +76,12 @@ pub enum Call {
 impl Call {
     /// The call this target names, or None when the path is not part of the reader API.
     pub fn of(target: &Target) -> Option<Call> {
-        let query = target.original.split_once('?').map(|(_, q)| q.to_string());
+        // The path first: every other request of the data plane asks this, and is no call.
         match target.path.as_str() {
             ME => Some(Call::Me),
-            CHECK => Some(Call::Check { query }),
+            CHECK => Some(Call::Check {
+                query: target.original.split_once('?').map(|(_, q)| q.to_string()),
+            }),
             _ => None,
         }
     }

@@ -19,8 +19,16 @@ impl RequestId {
     pub const MIN: usize = 20;
 
     pub fn next() -> RequestId {
+        // The id's first half is the process's (`unique_id`): its digits are written once.
+        static FIRST_HALF: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+        let id = crate::policy::outcome::unique_id();
         let mut hex = [0u8; 32];
-        hex_into(&mut hex, &crate::policy::outcome::unique_id());
+        hex[..16].copy_from_slice(FIRST_HALF.get_or_init(|| {
+            let mut half = [0u8; 16];
+            hex_into(&mut half, &id[..8]);
+            half
+        }));
+        hex_into(&mut hex[16..], &id[8..]);
         RequestId {
             text: std::str::from_utf8(&hex).expect("hex digits").into(),
         }
@@ -128,5 +136,23 @@ mod tests {
         h.append("x-request-id", "f2a7c1e0-heroku-router-id".parse().unwrap());
         assert!(RequestId::trusted(&h).is_none(), "sent twice");
         assert_eq!(RequestId::next().as_str().len(), 32);
+    }
+
+    #[test]
+    fn generated_ids_are_the_process_half_and_the_counter_in_hex() {
+        let (a, b) = (RequestId::next(), RequestId::next());
+        let id = crate::policy::outcome::unique_id();
+        let mut half = [0u8; 16];
+        super::hex_into(&mut half, &id[..8]);
+        for x in [&a, &b] {
+            assert_eq!(&x.as_bytes()[..16], &half, "the process's half");
+            assert!(x.as_bytes().iter().all(|c| c.is_ascii_hexdigit()));
+        }
+        let counter = |x: &RequestId| u64::from_str_radix(&x.as_str()[16..], 16).unwrap();
+        let now = u64::from_be_bytes(id[8..].try_into().unwrap());
+        assert!(
+            counter(&a) < counter(&b) && counter(&b) < now,
+            "the counter's digits"
+        );
     }
 }

@@ -214,12 +214,13 @@ pub fn parse_target(raw: &[u8]) -> Result<Target, Refusal> {
         original[..path_end].to_owned()
     };
     // The first segment is the empty text before the leading '/'; only the last may be empty.
-    let mut segments = path.split('/').skip(1).peekable();
+    // Split by bytes ('/' is one byte and never part of another character's UTF-8).
+    let mut segments = path.as_bytes().split(|&b| b == b'/').skip(1).peekable();
     while let Some(seg) = segments.next() {
         if seg.is_empty() && segments.peek().is_some() {
             return Err(Refusal::EmptySegment);
         }
-        if seg == "." || seg == ".." {
+        if seg == b"." || seg == b".." {
             return Err(Refusal::DotSegment);
         }
     }
@@ -394,8 +395,8 @@ pub fn is_hop_by_hop(n: &http::HeaderName) -> bool {
 /// Adds the header names one `Connection` value lists (hop-by-hop as well) to `named`.
 /// `keep-alive`, the usual one, is left out: that header is hop-by-hop anyway.
 pub fn connection_tokens(value: &[u8], named: &mut Vec<http::HeaderName>) {
-    // The usual whole value, without splitting it.
-    if value.eq_ignore_ascii_case(b"keep-alive") {
+    // The usual whole value, without splitting it (as written first: a plain comparison).
+    if value == b"keep-alive" || value.eq_ignore_ascii_case(b"keep-alive") {
         return;
     }
     for token in value.split(|&b| b == b',') {

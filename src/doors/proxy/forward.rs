@@ -10,7 +10,7 @@ use http::{Response, Version};
 use crate::dataplane::upstream::{GatewayBody, UpstreamError};
 use crate::policy::answer::Identity;
 use crate::policy::forwarded::{carry_out_console, carry_out_not_forwarded, NotForwarded};
-use crate::policy::headers::{X_RBAC_ADMIN_ID, X_RBAC_ROLES, X_RBAC_SHADOW, X_REQUEST_ID};
+use crate::policy::headers::X_REQUEST_ID;
 use crate::policy::outcome::Forward;
 use crate::policy::target::{is_header_value, is_hop_by_hop};
 
@@ -33,6 +33,26 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes one of the gateway's own header lines, its name and ": " one constant (`own`):
+/// inlined, the constant is copied without a call.
+#[inline(always)]
+fn put_own(out: &mut Vec<u8>, name_colon: &'static [u8], value: &[u8]) {
+    out.extend_from_slice(name_colon);
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The gateway's own headers to Console, each name with its ": " (the test
+/// `own_header_lines_are_their_names` holds them to the names in `policy::headers`).
+mod own {
+    pub const ADMIN_ID: &[u8] = b"x-rbac-admin-id: ";
+    pub const ROLES: &[u8] = b"x-rbac-roles: ";
+    pub const SHADOW: &[u8] = b"x-rbac-shadow-decision: ";
+    pub const REQUEST_ID: &[u8] = b"x-request-id: ";
+    pub const FORWARDED_FOR: &[u8] = b"x-forwarded-for: ";
+    pub const CONTENT_LENGTH: &[u8] = b"content-length: ";
 }
 
 /// Console's address as text, made once (it is the same for every request of the process).
@@ -287,38 +307,22 @@ pub(super) fn request_bytes(head: &Head<'_>, body: &[u8]) -> Vec<u8> {
     // Any body the client framed (a Content-Length, or chunks, even none) is sent with its
     // exact length: `Content-Length: 0` for an empty chunked one, so Console never infers it.
     if had_length || head.body_framed {
-        put_header(
+        put_own(
             &mut request,
-            b"content-length",
+            own::CONTENT_LENGTH,
             body.len().to_string().as_bytes(),
         );
     }
     if let Some(id) = head.identity {
-        put_header(
-            &mut request,
-            X_RBAC_ADMIN_ID.as_str().as_bytes(),
-            id.admin_id().as_bytes(),
-        );
-        put_header(
-            &mut request,
-            X_RBAC_ROLES.as_str().as_bytes(),
-            id.roles().as_bytes(),
-        );
+        put_own(&mut request, own::ADMIN_ID, id.admin_id().as_bytes());
+        put_own(&mut request, own::ROLES, id.roles().as_bytes());
     }
     if head.shadow {
-        put_header(&mut request, X_RBAC_SHADOW.as_str().as_bytes(), b"deny");
+        put_own(&mut request, own::SHADOW, b"deny");
     }
-    put_header(
-        &mut request,
-        X_REQUEST_ID.as_str().as_bytes(),
-        head.request_id.as_bytes(),
-    );
+    put_own(&mut request, own::REQUEST_ID, head.request_id.as_bytes());
     if forwarded_for.is_empty() {
-        put_header(
-            &mut request,
-            X_FORWARDED_FOR.as_str().as_bytes(),
-            head.peer_ip.as_bytes(),
-        );
+        put_own(&mut request, own::FORWARDED_FOR, head.peer_ip.as_bytes());
     } else {
         let mut v = Vec::with_capacity(64);
         for prev in forwarded_for {
@@ -326,7 +330,7 @@ pub(super) fn request_bytes(head: &Head<'_>, body: &[u8]) -> Vec<u8> {
             v.extend_from_slice(b", ");
         }
         v.extend_from_slice(head.peer_ip.as_bytes());
-        put_header(&mut request, X_FORWARDED_FOR.as_str().as_bytes(), &v);
+        put_own(&mut request, own::FORWARDED_FOR, &v);
     }
     if let Some(tp) = head.traceparent {
         put_header(&mut request, b"traceparent", tp.as_bytes());
@@ -339,6 +343,7 @@ pub(super) fn request_bytes(head: &Head<'_>, body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::headers::{X_RBAC_ADMIN_ID, X_RBAC_ROLES, X_RBAC_SHADOW};
     use http::Request;
 
     fn head_of(req: &Request<()>) -> http::request::Parts {
@@ -427,6 +432,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("content-length: 0\r\n"), "{text}");
+    }
+
+    #[test]
+    fn own_header_lines_are_their_names() {
+        for (line, name) in [
+            (own::ADMIN_ID, X_RBAC_ADMIN_ID),
+            (own::ROLES, X_RBAC_ROLES),
+            (own::SHADOW, X_RBAC_SHADOW),
+            (own::REQUEST_ID, X_REQUEST_ID),
+            (own::FORWARDED_FOR, X_FORWARDED_FOR),
+            (own::CONTENT_LENGTH, header::CONTENT_LENGTH),
+        ] {
+            assert_eq!(line, format!("{}: ", name.as_str()).as_bytes());
+        }
     }
 
     #[test]
