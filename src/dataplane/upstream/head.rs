@@ -16,10 +16,12 @@
 //! a head cut into many reads is read at most [`MAX_HEAD`] bytes per read.
 
 use bytes::{Buf, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Response, StatusCode, Version};
 
 use crate::policy::target::{connection_tokens, is_hop_by_hop};
+
+pub use super::names::Names;
 
 /// Largest response head read from the upstream, in bytes.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -61,30 +63,6 @@ pub enum HeadError {
     /// A `Content-Length` other than 1 to 19 digits.
     #[error("invalid content-length")]
     InvalidContentLength,
-}
-
-/// The header names already read on one connection, by their bytes as received. Console sends
-/// the same few names in every answer; finding one here (a length and a byte comparison) is
-/// cheaper than [`HeaderName::from_bytes`], which checks and lower-cases every byte and then
-/// looks the name up among the standard ones. A name is only ever cached as `from_bytes` gave
-/// it for exactly the same bytes, so the result is the same.
-#[derive(Debug, Default)]
-pub struct Names(Vec<(Box<[u8]>, HeaderName)>);
-
-impl Names {
-    /// Names kept per connection; others are checked each time.
-    const MAX: usize = 32;
-
-    fn get(&mut self, raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
-        if let Some((_, name)) = self.0.iter().find(|(seen, _)| **seen == *raw) {
-            return Ok(name.clone());
-        }
-        let name = HeaderName::from_bytes(raw)?;
-        if self.0.len() < Self::MAX {
-            self.0.push((raw.into(), name.clone()));
-        }
-        Ok(name)
-    }
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
@@ -209,7 +187,7 @@ fn end_to_end(
     let mut chunked = false;
     for h in parsed.iter() {
         let (raw_name, raw_value) = (h.name.as_bytes(), h.value);
-        let name = names
+        let (name, slot) = names
             .get(raw_name)
             .map_err(|_| HeadError::InvalidHeaderName)?;
         if name == header::CONNECTION {
@@ -240,8 +218,9 @@ fn end_to_end(
         // Only the values handed on are made: one left out is refused by nothing, as
         // before, since httparse accepted it and the bytes httparse accepts in a value are
         // the bytes `HeaderValue` accepts.
-        let value =
-            HeaderValue::from_bytes(raw_value).map_err(|_| HeadError::InvalidHeaderValue)?;
+        let value = names
+            .value(slot, raw_value)
+            .map_err(|_| HeadError::InvalidHeaderValue)?;
         headers.append(name, value);
     }
     let framing = if bodiless {
@@ -281,39 +260,10 @@ fn has_token(v: &[u8], token: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderName;
 
     fn parse(bytes: &[u8], head: bool) -> Result<Option<Parsed>, HeadError> {
         parse_response(&mut BytesMut::from(bytes), head, &mut Names::default())
-    }
-
-    #[test]
-    fn cached_header_names_are_what_from_bytes_gives() {
-        let mut names = Names::default();
-        for _ in 0..2 {
-            for raw in [
-                &b"Content-Type"[..],
-                b"content-type",
-                b"X-Custom",
-                b"x-custom",
-            ] {
-                assert_eq!(
-                    names.get(raw).unwrap(),
-                    HeaderName::from_bytes(raw).unwrap()
-                );
-            }
-            assert!(names.get(b"bad name").is_err());
-            assert!(names.get(b"").is_err());
-        }
-        assert_eq!(
-            names.0.len(),
-            4,
-            "one entry per spelling, none for a refused name"
-        );
-        for i in 0..100 {
-            let raw = format!("x-{i}");
-            assert_eq!(names.get(raw.as_bytes()).unwrap().as_str(), raw);
-        }
-        assert_eq!(names.0.len(), Names::MAX);
     }
 
     #[test]
@@ -656,8 +606,67 @@ mod properties {
         ]
     }
 
+    /// Every header of a parsed head as (name, value bytes), in order.
+    fn lines(p: &Parsed) -> Vec<(String, Vec<u8>)> {
+        p.response
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// Response heads drawn from a few names and values, so that they repeat and change.
+    fn answers() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        let name = prop::sample::select(vec![
+            "Content-Type",
+            "content-type",
+            "Server",
+            "Set-Cookie",
+            "X-Frame-Options",
+            "Vary",
+            "X-Bad_Name",
+        ]);
+        let value = prop::sample::select(vec![
+            &b"text/html; charset=utf-8"[..],
+            b"text/plain",
+            b"",
+            b"gunicorn",
+            b"s=1; Path=/",
+            b"a\x7fb",
+            b"\xe9t\xe9",
+        ]);
+        let head = prop::collection::vec((name, value), 0..6).prop_map(|lines| {
+            let mut h = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for (n, v) in lines {
+                h.extend_from_slice(n.as_bytes());
+                h.extend_from_slice(b": ");
+                h.extend_from_slice(v);
+                h.extend_from_slice(b"\r\n");
+            }
+            h.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+            h
+        });
+        prop::collection::vec(head, 1..12)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// A connection's cache of names and values changes nothing: each answer of a sequence
+        /// read with the connection's [`Names`] is what it is read alone, with none.
+        #[test]
+        fn a_connections_names_and_values_read_as_a_fresh_parse(heads in answers()) {
+            let mut kept = Names::default();
+            for head in heads {
+                let with = parse_response(&mut BytesMut::from(&head[..]), false, &mut kept);
+                let alone = parse_response(&mut BytesMut::from(&head[..]), false, &mut Names::default());
+                match (with, alone) {
+                    (Ok(Some(a)), Ok(Some(b))) => prop_assert_eq!(lines(&a), lines(&b)),
+                    (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                    (a, b) => prop_assert!(false, "{:?} against {:?}", a.map(|p| p.map(|p| lines(&p))), b.map(|p| p.map(|p| lines(&p)))),
+                }
+            }
+        }
 
         #[test]
         fn head_parser_is_bounded_and_cut_independent(

@@ -48,10 +48,11 @@
 //! that has bytes nobody asked for) is dropped before use. A request that was written to Console is
 //! never sent twice: a connection that fails after the request was written is a 502.
 //!
-//! The leg is one job in five files. Here: [`Pool::send`], a request written and its answer
+//! The leg is one job in six files. Here: [`Pool::send`], a request written and its answer
 //! read (the head parsed, the body framed), and [`UpstreamError`], what a failed exchange says.
 //! `pool.rs`: the per-worker connection pool and one connection with its read buffer. `head.rs`:
 //! the response-head parser ([`parse_response`]; sans-IO, a [`HeadError`] per refusal).
+//! `names.rs`: a connection's header names and last values ([`Names`]), kept between answers.
 //! `chunked.rs`: the chunked-body decoder ([`Chunk`]; sans-IO, a [`ChunkError`] per refusal).
 //! `body.rs`: [`GatewayBody`], the body of every answer the data plane sends, and
 //! [`UpstreamBody`], Console's body streamed from its connection.
@@ -66,6 +67,7 @@
 mod body;
 mod chunked;
 mod head;
+mod names;
 mod pool;
 
 use std::future::Future;
@@ -78,7 +80,8 @@ use tokio::io::AsyncWriteExt;
 
 pub use body::{GatewayBody, UpstreamBody};
 pub use chunked::{Chunk, ChunkError, MAX_CHUNK_LINE};
-pub use head::{parse_response, Framing, HeadError, Names, Parsed, MAX_HEAD, MAX_HEADERS};
+pub use head::{parse_response, Framing, HeadError, Parsed, MAX_HEAD, MAX_HEADERS};
+pub use names::Names;
 pub use pool::{Conn, Pool};
 
 /// The most bytes a connection's read buffer holds, whatever the upstream sends: the largest

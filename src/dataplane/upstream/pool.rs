@@ -17,7 +17,7 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use super::head::Names;
+use super::names::Names;
 use super::UpstreamError;
 
 /// Idle connections kept per worker; more are closed when they become idle.
