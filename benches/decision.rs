@@ -377,7 +377,7 @@ fn casbin_enforcer(mapping: &Mapping, model: &str) -> (Enforcer, usize, usize) {
         let mut policies = Vec::new();
         for r in &mapping.routes {
             let subjects: Vec<&str> = match r.access {
-                Access::Protected => r.roles.iter().map(String::as_str).collect(),
+                Access::Protected => r.roles.iter().map(|n| &**n).collect(),
                 Access::Public | Access::Machine => vec![ANONYMOUS],
                 Access::Gone => vec![],
             };

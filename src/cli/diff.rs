@@ -36,8 +36,8 @@ impl Rule {
     fn of(r: &Route) -> Rule {
         Rule {
             access: r.access.as_str(),
-            roles: r.roles.iter().cloned().collect(),
-            permissions: r.permissions.iter().cloned().collect(),
+            roles: r.roles.iter().map(|n| n.to_string()).collect(),
+            permissions: r.permissions.iter().map(|n| n.to_string()).collect(),
             // Mode matters only where a session is asked for.
             mode: if r.access == crate::policy::mapping::Access::Protected {
                 r.mode.as_str()

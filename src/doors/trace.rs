@@ -182,7 +182,7 @@ fn outcome(span: &ServerSpan, method: &str, outcome: &Outcome, version: &str) {
         let (rule, admin, reason): (Option<&str>, Option<&str>, Option<&str>) = match outcome {
             Outcome::Forward(f) => {
                 if let Via::Allowed(Grant::Role(r) | Grant::Permission(r)) = &f.via {
-                    span.set("rbac.granted_by", r.as_str());
+                    span.set("rbac.granted_by", &**r);
                 }
                 (
                     f.rule.as_deref(),

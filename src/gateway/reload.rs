@@ -30,8 +30,8 @@ pub fn diff(old: &Mapping, new: &Mapping) -> Vec<String> {
     fn describe(r: &Route) -> String {
         let what = match r.access {
             crate::policy::mapping::Access::Protected => {
-                let mut names: Vec<&str> = r.roles.iter().map(String::as_str).collect();
-                names.extend(r.permissions.iter().map(String::as_str));
+                let mut names: Vec<&str> = r.roles.iter().map(|n| &**n).collect();
+                names.extend(r.permissions.iter().map(|n| &**n));
                 names.join("|")
             }
             other => other.as_str().to_string(),

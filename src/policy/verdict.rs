@@ -2,6 +2,8 @@
 //! call the same two functions. [`route_step`] decides what can be decided from the rule alone;
 //! [`authorize`] decides a protected rule for a resolved principal.
 
+use std::sync::Arc;
+
 use crate::policy::mapping::{Access, Mode, Route};
 use crate::policy::principal::Principal;
 
@@ -85,8 +87,8 @@ pub enum Verdict {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grant {
-    Role(String),
-    Permission(String),
+    Role(Arc<str>),
+    Permission(Arc<str>),
 }
 
 /// ANY listed role or ANY listed permission passes (after inheritance).

@@ -126,19 +126,20 @@ pub async fn unknown_names(
     let perms = names("SELECT name FROM rbac_permissions").await?;
     let mut out = Vec::new();
     for route in &mapping.routes {
-        let unknown = |kind, known: &std::collections::HashSet<String>, names: &[String]| {
-            names
-                .iter()
-                .filter(|n| !known.contains(*n))
-                .map(|n| UnknownName {
-                    kind,
-                    name: n.clone(),
-                    rule: route.label().to_string(),
-                    line: route.line,
-                    col: route.col,
-                })
-                .collect::<Vec<_>>()
-        };
+        let unknown =
+            |kind, known: &std::collections::HashSet<String>, names: &[std::sync::Arc<str>]| {
+                names
+                    .iter()
+                    .filter(|n| !known.contains(&***n))
+                    .map(|n| UnknownName {
+                        kind,
+                        name: n.to_string(),
+                        rule: route.label().to_string(),
+                        line: route.line,
+                        col: route.col,
+                    })
+                    .collect::<Vec<_>>()
+            };
         out.extend(unknown("role", &roles, &route.roles));
         out.extend(unknown("permission", &perms, &route.permissions));
     }

@@ -1466,10 +1466,13 @@ async fn hostile_corpus_never_runs_a_forbidden_view() {
             Access::Public | Access::Machine => true,
             Access::Gone => false,
             Access::Protected => {
-                r.roles.iter().any(|x| principal.roles().contains(x))
+                // A linear search, not the decision's binary one.
+                r.roles
+                    .iter()
+                    .any(|x| principal.roles().iter().any(|p| **x == **p))
                     || r.permissions
                         .iter()
-                        .any(|x| principal.permissions().contains(x))
+                        .any(|x| principal.permissions().iter().any(|p| **x == **p))
             }
         })
         .map(|r| format!("r{}", r.index))

@@ -443,7 +443,7 @@ async fn every_role_named_in_routes_toml_and_003_exists_in_rbac_roles() {
     let mut missing = Vec::new();
     for route in &m.routes {
         for role in &route.roles {
-            if !seeded.contains(role) {
+            if !seeded.contains(&**role) {
                 missing.push(format!("routes.toml {} -> {role}", route.label()));
             }
         }
@@ -494,7 +494,7 @@ fn routes_toml_agrees_with_003_cell_by_cell() {
         if route.access != Access::Protected {
             diffs.push(format!("{row}: access {}", route.access.as_str()));
         }
-        if route.roles != [row.role] || !route.permissions.is_empty() {
+        if route.roles.len() != 1 || *route.roles[0] != *row.role || !route.permissions.is_empty() {
             diffs.push(format!("{row}: routes.toml requires {}", route.required()));
         }
         if route.meta.cluster.as_deref() != Some(row.cluster) {
@@ -648,7 +648,7 @@ async fn console_manager_routes_only_for_platform_admins_and_break_glass() {
     for route in m
         .routes
         .iter()
-        .filter(|r| r.roles.iter().any(|x| x == MANAGER))
+        .filter(|r| r.roles.iter().any(|x| **x == *MANAGER))
     {
         for method in &route.methods {
             let path = concrete(&route.path);
@@ -740,7 +740,11 @@ async fn werkzeug_precedence_in_the_production_mapping() {
             *rule,
             "{what} (Mapping::find)"
         );
-        assert_eq!(route.roles, [*grant], "{what}: roles");
+        assert_eq!(
+            route.roles,
+            [std::sync::Arc::<str>::from(*grant)],
+            "{what}: roles"
+        );
         let (_, token) = &tokens[grant];
         if *method == "HEAD" {
             let r = call(&env, method, path, Some(token)).await;

@@ -22,11 +22,14 @@ fn selects(select: &Select, route: &Route) -> bool {
             .access
             .as_ref()
             .is_none_or(|a| route.access.as_str() == a)
-        && select.role.as_ref().is_none_or(|r| route.roles.contains(r))
+        && select
+            .role
+            .as_ref()
+            .is_none_or(|r| route.roles.iter().any(|n| **n == **r))
         && select
             .permission
             .as_ref()
-            .is_none_or(|p| route.permissions.contains(p))
+            .is_none_or(|p| route.permissions.iter().any(|n| **n == **p))
         && (select.methods.is_empty() || route.methods.iter().any(|m| select.methods.contains(m)))
 }
 

@@ -367,8 +367,14 @@ impl<'a> Loader<'a> {
             label: format!("{} {}", methods.join(","), path).into(),
             methods,
             path,
-            roles,
-            permissions,
+            roles: roles
+                .iter()
+                .map(|n| std::sync::Arc::from(n.as_str()))
+                .collect(),
+            permissions: permissions
+                .iter()
+                .map(|n| std::sync::Arc::from(n.as_str()))
+                .collect(),
             access,
             mode,
             mode_from,

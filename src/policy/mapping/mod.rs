@@ -116,8 +116,9 @@ pub struct Route {
     /// Methods as written (HEAD added to the matcher when GET is present).
     pub methods: Vec<String>,
     pub path: String,
-    pub roles: Vec<String>,
-    pub permissions: Vec<String>,
+    /// Shared text: a grant names the one that let a request through without a copy of it.
+    pub roles: Vec<Arc<str>>,
+    pub permissions: Vec<Arc<str>>,
     pub access: Access,
     /// The mode the route runs in (before the kill switch): its own, else its cluster's, else
     /// `[defaults]`.
@@ -311,12 +312,12 @@ impl Mapping {
         let roles = self
             .routes
             .iter()
-            .flat_map(|r| r.roles.iter().map(String::as_str))
+            .flat_map(|r| r.roles.iter().map(|n| &**n))
             .collect();
         let perms = self
             .routes
             .iter()
-            .flat_map(|r| r.permissions.iter().map(String::as_str))
+            .flat_map(|r| r.permissions.iter().map(|n| &**n))
             .collect();
         (roles, perms)
     }
@@ -713,7 +714,7 @@ mod production {
         let customers_invite = m.find("GET", "/console/customers/invite").unwrap().0;
         assert_eq!(
             customers_invite.roles,
-            vec!["console-invite-admin".to_string()]
+            vec![std::sync::Arc::<str>::from("console-invite-admin")]
         );
         let verify = m
             .find("POST", "/console/flags/promotions/verify")
