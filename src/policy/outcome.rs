@@ -255,7 +255,8 @@ fn location_for(original: &str) -> http::HeaderValue {
     http::HeaderValue::try_from(text).expect("percent-encoded: visible ASCII only")
 }
 
-/// 16 bytes no other call in this process returns: a random per-process half and a counter, so
+/// 16 bytes no other call in this process returns: a random per-process half (the same for
+/// every call: `RequestId::next` writes its hex once) and a counter, so
 /// request ids and audit row ids cost no getrandom syscall (another process repeating them is as
 /// unlikely as two random 64-bit halves being equal).
 pub fn unique_id() -> [u8; 16] {

@@ -130,7 +130,7 @@ pub async fn unknown_names(
             |kind, known: &std::collections::HashSet<String>, names: &[std::sync::Arc<str>]| {
                 names
                     .iter()
-                    .filter(|n| !known.contains(&***n))
+                    .filter(|n| !known.contains(&n[..]))
                     .map(|n| UnknownName {
                         kind,
                         name: n.to_string(),

@@ -1,6 +1,8 @@
 //! What Console receives: the request written in one pass (the target as received, the
-//! client's headers filtered, the gateway's identity headers added, the body read whole), sent
-//! on a pooled connection, and Console's answer handed back.
+//! client's headers filtered, the gateway's identity headers added, the body read whole:
+//! [`outgoing`]), and Console's answer, or its failure, carried out and handed back
+//! ([`exchanged`], [`not_forwarded`]). Reading the body and the exchange on a pooled connection
+//! are awaited by the handler itself (`mod.rs`).
 
 use std::time::Instant;
 
@@ -168,7 +170,7 @@ pub(super) fn exchanged(
     mut span: Option<crate::runtime::telemetry::ChildSpan>,
 ) -> Response<GatewayBody> {
     let gw = &w.gw;
-    let resp = match result {
+    let mut resp = match result {
         Ok(r) => {
             if let Some(span) = span.take() {
                 span.end(Some(r.status().as_u16()));
@@ -201,7 +203,6 @@ pub(super) fn exchanged(
     // Console's hop-by-hop headers were left out when its answer was read. The id is moved, not
     // cloned: a clone of a header value made from a copied slice allocates its shared count.
     // Edited in place: taking the answer apart and back together copied it twice.
-    let mut resp = resp;
     resp.headers_mut().insert(X_REQUEST_ID, f.request_id);
     *resp.version_mut() = Version::HTTP_11;
     if ctx.close {

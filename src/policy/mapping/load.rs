@@ -367,14 +367,8 @@ impl<'a> Loader<'a> {
             label: format!("{} {}", methods.join(","), path).into(),
             methods,
             path,
-            roles: roles
-                .iter()
-                .map(|n| std::sync::Arc::from(n.as_str()))
-                .collect(),
-            permissions: permissions
-                .iter()
-                .map(|n| std::sync::Arc::from(n.as_str()))
-                .collect(),
+            roles: roles.into_iter().map(Into::into).collect(),
+            permissions: permissions.into_iter().map(Into::into).collect(),
             access,
             mode,
             mode_from,
