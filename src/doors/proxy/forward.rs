@@ -29,7 +29,7 @@ fn is_identity_header(n: &HeaderName) -> bool {
         && (k[..7].eq_ignore_ascii_case(b"x-rbac-") || k[..7].eq_ignore_ascii_case(b"x_rbac_"))
 }
 
-/// Writes one header line.
+/// Writes one of the client's header lines.
 fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -46,8 +46,8 @@ fn put_own(out: &mut Vec<u8>, name_colon: &'static [u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The gateway's own headers to Console, each name with its ": " (the test
-/// `own_header_lines_are_their_names` holds them to the names in `policy::headers`).
+/// The header lines the gateway writes itself to Console, each name with its ": " (the test
+/// `own_header_lines_are_their_names` holds them to the names in `http` and `policy::headers`).
 mod own {
     pub const ADMIN_ID: &[u8] = b"x-rbac-admin-id: ";
     pub const ROLES: &[u8] = b"x-rbac-roles: ";
@@ -55,6 +55,9 @@ mod own {
     pub const REQUEST_ID: &[u8] = b"x-request-id: ";
     pub const FORWARDED_FOR: &[u8] = b"x-forwarded-for: ";
     pub const CONTENT_LENGTH: &[u8] = b"content-length: ";
+    pub const HOST: &[u8] = b"host: ";
+    pub const COOKIE: &[u8] = b"cookie: ";
+    pub const TRACEPARENT: &[u8] = b"traceparent: ";
 }
 
 /// Console's address as text, made once (it is the same for every request of the process).
@@ -295,12 +298,16 @@ pub(super) fn request_bytes(head: &Head<'_>, body: &[u8]) -> Vec<u8> {
     }
     if !had_host {
         // HTTP/1.0 without Host: Console gets its own address.
-        put_header(&mut request, b"host", head.upstream.to_string().as_bytes());
+        put_own(
+            &mut request,
+            own::HOST,
+            head.upstream.to_string().as_bytes(),
+        );
     }
     if let CookieRewrite::Set(v) = head.cookie {
         // Joined from header values hyper accepted.
         if is_header_value(v) {
-            put_header(&mut request, b"cookie", v);
+            put_own(&mut request, own::COOKIE, v);
         } else {
             tracing::error!(request_id = %String::from_utf8_lossy(head.request_id.as_bytes()), "joined Cookie is not a header value: none forwarded");
         }
@@ -334,7 +341,7 @@ pub(super) fn request_bytes(head: &Head<'_>, body: &[u8]) -> Vec<u8> {
         put_own(&mut request, own::FORWARDED_FOR, &v);
     }
     if let Some(tp) = head.traceparent {
-        put_header(&mut request, b"traceparent", tp.as_bytes());
+        put_own(&mut request, own::TRACEPARENT, tp.as_bytes());
     }
     request.extend_from_slice(b"\r\n");
     request.extend_from_slice(body);
@@ -444,6 +451,9 @@ mod tests {
             (own::REQUEST_ID, X_REQUEST_ID),
             (own::FORWARDED_FOR, X_FORWARDED_FOR),
             (own::CONTENT_LENGTH, header::CONTENT_LENGTH),
+            (own::HOST, header::HOST),
+            (own::COOKIE, header::COOKIE),
+            (own::TRACEPARENT, TRACEPARENT),
         ] {
             assert_eq!(line, format!("{}: ", name.as_str()).as_bytes());
         }
