@@ -308,7 +308,7 @@ fn linear(lin: &Linear<'_>, principal: &Principal, method: &str, raw: &[u8]) -> 
     let Ok(target) = parse_target(raw) else {
         return Outcome::Refused;
     };
-    let route = lin.find(method, &target.path);
+    let route = lin.find(method, target.path());
     let step = route_step(route, false);
     decide(step, route, principal)
 }
@@ -413,7 +413,7 @@ fn casbin(e: &Enforcer, method: &str, raw: &[u8]) -> Outcome {
     let Ok(target) = parse_target(raw) else {
         return Outcome::Refused;
     };
-    if e.enforce((USER, target.path.as_str(), method)).unwrap() {
+    if e.enforce((USER, target.path(), method)).unwrap() {
         Outcome::Allow
     } else {
         Outcome::Deny

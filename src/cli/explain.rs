@@ -404,7 +404,7 @@ async fn explain_request(
     {
         return explain_reader_api(admin, method, &call, out);
     }
-    let found = mapping.find(method, &t.path);
+    let found = mapping.find(method, t.path());
     let route = found.as_ref().map(|(r, _)| *r);
     match route {
         Some(r) => {
@@ -432,7 +432,7 @@ async fn explain_request(
                 r.mode.as_str()
             );
         }
-        None => put!(out, "rule: none matches {} {}", method, t.path),
+        None => put!(out, "rule: none matches {} {}", method, t.path()),
     }
     let switches = args.decision.switches();
     if switches.kill_switch {

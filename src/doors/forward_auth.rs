@@ -299,7 +299,7 @@ async fn handle(door: &Share, peer: SocketAddr, req: Request<Incoming>) -> Respo
                 let deciding = std::pin::pin!(decide(gw, &mapping, gw.switches(), &facts));
                 trace.around(deciding).await
             };
-            trace.target(&method, &t.path);
+            trace.target(&method, t.path());
             trace.outcome(&method, &outcome, &mapping.version);
             decided = Some((method, t, mapping));
             outcome
@@ -313,7 +313,7 @@ async fn handle(door: &Share, peer: SocketAddr, req: Request<Incoming>) -> Respo
         started,
         decided: decided.as_ref().map(|(method, t, mapping)| DecidedOn {
             method,
-            path: &t.path,
+            path: t.path(),
             mapping_version: &mapping.version,
         }),
     };
@@ -365,7 +365,7 @@ mod tests {
 
     #[test]
     fn target_headers_are_read_exactly_or_refused() {
-        let ok = |pairs: &[(&str, &str)]| reported(&headers(pairs)).map(|(m, t)| (m, t.original));
+        let ok = |pairs: &[(&str, &str)]| reported(&headers(pairs)).map(|(m, t)| (m, t.original().to_string()));
         let fwd = [("x-forwarded-method", "GET"), ("x-forwarded-uri", "/a?b=1")];
         let orig = [("x-original-method", "GET"), ("x-original-uri", "/a?b=1")];
         assert_eq!(ok(&fwd), Ok(("GET".into(), "/a?b=1".into())));

@@ -245,7 +245,7 @@ const NEXT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// The login redirect for a target, as the `Location` header value both doors write.
 pub fn login_location(t: &Target) -> http::HeaderValue {
-    location_for(&t.original)
+    location_for(t.original())
 }
 
 /// `/auth/login?next=` and `original` percent-encoded: nothing but `A-Z a-z 0-9 - . _ ~ %`
@@ -287,7 +287,7 @@ pub fn audit_row(
     route: Option<&Route>,
     reason: &str,
 ) -> AuditEvent {
-    let path = f.target.original.split('?').next().unwrap_or("");
+    let path = f.target.original().split('?').next().unwrap_or("");
     AuditEvent {
         id: row_id(),
         event_type: event_type.to_string(),
@@ -313,7 +313,7 @@ pub async fn decide<A: Authority>(
     switches: Switches,
     f: &Facts<'_>,
 ) -> Outcome {
-    let found = mapping.find(f.method, &f.target.path);
+    let found = mapping.find(f.method, f.target.path());
     let route = found.as_ref().map(|(r, _)| *r);
     let route = match route_step(route, switches.kill_switch) {
         Step::NoRoute => return no_route(authority, mapping, f).await,
@@ -347,7 +347,7 @@ pub async fn decide<A: Authority>(
     if verdict == Verdict::Deny && switches.ticket_grants {
         let customer = route.customer_param.as_ref().and_then(|param| {
             let m = &found.as_ref()?.1;
-            mapping.value(m, &f.target.path, param)?.parse::<i32>().ok()
+            mapping.value(m, f.target.path(), param)?.parse::<i32>().ok()
         });
         if let Some(customer) = customer {
             match authority

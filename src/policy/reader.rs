@@ -77,10 +77,10 @@ impl Call {
     /// The call this target names, or None when the path is not part of the reader API.
     pub fn of(target: &Target) -> Option<Call> {
         // The path first: every other request of the data plane asks this, and is no call.
-        match target.path.as_str() {
+        match target.path() {
             ME => Some(Call::Me),
             CHECK => Some(Call::Check {
-                query: target.original.split_once('?').map(|(_, q)| q.to_string()),
+                query: target.original().split_once('?').map(|(_, q)| q.to_string()),
             }),
             _ => None,
         }

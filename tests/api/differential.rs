@@ -381,7 +381,7 @@ fn matcher_agrees_with_werkzeug() {
         };
         let want_endpoint = want["endpoint"].as_str().map(str::to_string);
         let want_redirect = want["redirect"].as_bool().unwrap();
-        let got = mapping.find(method, &t.path);
+        let got = mapping.find(method, t.path());
         let got_endpoint = got.as_ref().map(|(r, _)| format!("r{}", r.index));
         let got_redirect = got.as_ref().is_some_and(|(_, m)| m.slash_redirect);
         match &got_endpoint {
@@ -405,7 +405,7 @@ fn matcher_agrees_with_werkzeug() {
             };
             mismatches.push(format!(
                 "{method} {raw} (decoded {:?}): gateway {} / werkzeug {}",
-                t.path,
+                t.path(),
                 describe(&got_endpoint, got_redirect),
                 describe(&want_endpoint, want_redirect)
             ));

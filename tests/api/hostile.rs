@@ -1554,7 +1554,7 @@ async fn hostile_corpus_never_runs_a_forbidden_view() {
         // The rule that ran is the one the gateway matched for the target it forwarded.
         let gw_rule = rbac_gateway::policy::target::parse_target(raw_uri.as_bytes())
             .ok()
-            .and_then(|t| rule_of(method, &t.path));
+            .and_then(|t| rule_of(method, t.path()));
         if gw_rule.as_deref() != Some(endpoint) {
             violations.push(format!(
                 "[{what}] WRONG MATCH: Console ran {endpoint} ({rule}) for {method} {raw_uri:?}, the gateway matches {gw_rule:?}"

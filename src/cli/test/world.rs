@@ -281,7 +281,7 @@ impl Decided {
                 reader_api: true,
             },
             Asked::Decided { outcome, target } => {
-                let rule = mapping.find(method, &target.path).map(|(r, _)| r.index);
+                let rule = mapping.find(method, target.path()).map(|(r, _)| r.index);
                 let answer = crate::policy::answer::answer_of(&outcome);
                 let status = answer.proxy_status();
                 let (label, reason) = match &outcome {

@@ -295,7 +295,7 @@ async fn handle(
             // The reader API is answered here, never decided as a route nor forwarded.
             if let Some(call) = gw.rbac_api.then(|| reader::Call::of(&target)).flatten() {
                 let close = ctx.unread_body || ctx.close;
-                ctx.trace.reader_api(req.method().as_str(), &target.path);
+                ctx.trace.reader_api(req.method().as_str(), target.path());
                 // Boxed, as the database reads behind it: inline, its future would be in every
                 // request handler, whose size hyper keeps per client connection (issue 51).
                 let resp = {
@@ -335,7 +335,7 @@ async fn handle(
     };
     let on = decided.as_ref().map(|(method, target, mapping)| DecidedOn {
         method: method.as_str(),
-        path: &target.path,
+        path: target.path(),
         mapping_version: &mapping.version,
     });
     // The one place where an outcome becomes the data plane's answer: carried out
