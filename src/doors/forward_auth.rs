@@ -365,7 +365,9 @@ mod tests {
 
     #[test]
     fn target_headers_are_read_exactly_or_refused() {
-        let ok = |pairs: &[(&str, &str)]| reported(&headers(pairs)).map(|(m, t)| (m, t.original().to_string()));
+        let ok = |pairs: &[(&str, &str)]| {
+            reported(&headers(pairs)).map(|(m, t)| (m, t.original().to_string()))
+        };
         let fwd = [("x-forwarded-method", "GET"), ("x-forwarded-uri", "/a?b=1")];
         let orig = [("x-original-method", "GET"), ("x-original-uri", "/a?b=1")];
         assert_eq!(ok(&fwd), Ok(("GET".into(), "/a?b=1".into())));

@@ -347,7 +347,10 @@ pub async fn decide<A: Authority>(
     if verdict == Verdict::Deny && switches.ticket_grants {
         let customer = route.customer_param.as_ref().and_then(|param| {
             let m = &found.as_ref()?.1;
-            mapping.value(m, f.target.path(), param)?.parse::<i32>().ok()
+            mapping
+                .value(m, f.target.path(), param)?
+                .parse::<i32>()
+                .ok()
         });
         if let Some(customer) = customer {
             match authority

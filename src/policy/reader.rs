@@ -80,7 +80,10 @@ impl Call {
         match target.path() {
             ME => Some(Call::Me),
             CHECK => Some(Call::Check {
-                query: target.original().split_once('?').map(|(_, q)| q.to_string()),
+                query: target
+                    .original()
+                    .split_once('?')
+                    .map(|(_, q)| q.to_string()),
             }),
             _ => None,
         }

@@ -238,7 +238,12 @@ pub fn parse_target(raw: &[u8]) -> Result<Target, Refusal> {
     };
     // The first segment is the empty text before the leading '/'; only the last may be empty.
     // Split by bytes ('/' is one byte and never part of another character's UTF-8).
-    let mut segments = target.path().as_bytes().split(|&b| b == b'/').skip(1).peekable();
+    let mut segments = target
+        .path()
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .skip(1)
+        .peekable();
     while let Some(seg) = segments.next() {
         if seg.is_empty() && segments.peek().is_some() {
             return Err(Refusal::EmptySegment);
