@@ -442,7 +442,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #![proptest_config(ProptestConfig { cases: 4096, failure_persistence: None, ..ProptestConfig::default() })]
 
         /// Reading the subset before searching for the name answers as searching first did:
         /// headers made of cookie-like pieces (the name among them, as a name, a value or

@@ -144,13 +144,11 @@ impl fmt::Display for Refusal {
 /// A target that passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Path and query as sent (what is forwarded and what `next=` carries).
     original: String,
     /// Where the path ends in `original` (its `?`, or its end).
     path_end: usize,
-    /// The path percent-decoded, when it held an escape; otherwise the path is
-    /// `original[..path_end]` as it is (one allocation a request less, docs/performance-log.md,
-    /// 2026-11-28, late night).
+    /// The path decoded, if it held an escape; else `original[..path_end]` as it is (one
+    /// allocation a request less: docs/performance-log.md, 2026-11-28, late night).
     decoded: Option<String>,
 }
 
@@ -225,12 +223,9 @@ pub fn parse_target(raw: &[u8]) -> Result<Target, Refusal> {
     }
     // Visible ASCII (checked above): never the error.
     let original = String::from_utf8(raw.to_vec()).map_err(|_| Refusal::InvalidUtf8)?;
-    let decoded = if escaped {
-        Some(decode_path(&raw[..path_end])?)
-    } else {
-        // Nothing to decode: visible ASCII holds no control character and no Unicode digit.
-        None
-    };
+    // Nothing to decode without a '%': visible ASCII holds no control character and no Unicode
+    // digit.
+    let decoded = escaped.then(|| decode_path(&raw[..path_end])).transpose()?;
     let target = Target {
         original,
         path_end,
@@ -238,12 +233,8 @@ pub fn parse_target(raw: &[u8]) -> Result<Target, Refusal> {
     };
     // The first segment is the empty text before the leading '/'; only the last may be empty.
     // Split by bytes ('/' is one byte and never part of another character's UTF-8).
-    let mut segments = target
-        .path()
-        .as_bytes()
-        .split(|&b| b == b'/')
-        .skip(1)
-        .peekable();
+    let path = target.path().as_bytes();
+    let mut segments = path.split(|&b| b == b'/').skip(1).peekable();
     while let Some(seg) = segments.next() {
         if seg.is_empty() && segments.peek().is_some() {
             return Err(Refusal::EmptySegment);
