@@ -51,15 +51,23 @@ pub(super) fn check_request<'r>(
     if req.method() == Method::CONNECT {
         return Err(Refusal::NotOriginForm);
     }
-    let t = target::parse_target(raw.target())?;
+    // What hyper hands on must be the target decided on, byte for byte. When it is, its text is
+    // checked (hyper validated those bytes as UTF-8 already); when not, the bytes received are,
+    // so that a refusal of theirs answers first, as before.
     let uri = req.uri();
-    if uri.scheme().is_some()
-        || uri.authority().is_some()
-        || uri.path_and_query().map(|p| p.as_str().as_bytes()) != Some(raw.target())
-    {
-        // What hyper hands on must be the target decided on, byte for byte.
-        return Err(Refusal::Unparsed);
-    }
+    let t = match uri.path_and_query() {
+        Some(p)
+            if uri.scheme().is_none()
+                && uri.authority().is_none()
+                && p.as_str().as_bytes() == raw.target() =>
+        {
+            target::parse_target_text(p.as_str())?
+        }
+        _ => {
+            target::parse_target(raw.target())?;
+            return Err(Refusal::Unparsed);
+        }
+    };
     raw.framing.clone()?;
     let seen = target::check_headers(req.headers(), req.version() == Version::HTTP_11)?;
     Ok((t, seen))
