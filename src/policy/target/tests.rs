@@ -357,10 +357,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 4096, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// A target read as text answers as its bytes do: the same target, or the same refusal
-    /// (targets made of path pieces, escapes, separators, control and non-ASCII characters).
+    /// (targets made of path pieces, escapes, separators, control and non-ASCII characters;
+    /// four in five begin with `/`, so that most get past the first check).
     #[test]
     fn text_answers_as_bytes(
-        text in proptest::collection::vec(
+        slash in proptest::bool::weighted(0.8),
+        pieces in proptest::collection::vec(
             prop_oneof![
                 Just("/".to_string()),
                 Just("%2F".to_string()),
@@ -372,8 +374,9 @@ proptest! {
                 any::<char>().prop_map(String::from),
             ],
             0..8,
-        ).prop_map(|pieces| pieces.concat())
+        )
     ) {
+        let text = format!("{}{}", if slash { "/" } else { "" }, pieces.concat());
         prop_assert_eq!(parse_target_text(&text), parse_target(text.as_bytes()));
     }
 }
