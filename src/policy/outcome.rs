@@ -287,7 +287,7 @@ pub fn audit_row(
     route: Option<&Route>,
     reason: &str,
 ) -> AuditEvent {
-    let path = f.target.original().split('?').next().unwrap_or("");
+    let path = f.target.raw_path();
     AuditEvent {
         id: row_id(),
         event_type: event_type.to_string(),

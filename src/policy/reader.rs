@@ -80,10 +80,7 @@ impl Call {
         match target.path() {
             ME => Some(Call::Me),
             CHECK => Some(Call::Check {
-                query: target
-                    .original()
-                    .split_once('?')
-                    .map(|(_, q)| q.to_string()),
+                query: target.query().map(str::to_string),
             }),
             _ => None,
         }

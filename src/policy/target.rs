@@ -155,14 +155,22 @@ pub struct Target {
 impl Target {
     /// The path, percent-decoded exactly once: what Werkzeug routes on.
     pub fn path(&self) -> &str {
-        self.decoded
-            .as_deref()
-            .unwrap_or(&self.original[..self.path_end])
+        self.decoded.as_deref().unwrap_or(self.raw_path())
     }
 
     /// Path and query as sent (what is forwarded and what `next=` carries).
     pub fn original(&self) -> &str {
         &self.original
+    }
+
+    /// The path as sent, not decoded (what an audit row records).
+    pub fn raw_path(&self) -> &str {
+        &self.original[..self.path_end]
+    }
+
+    /// The query as sent, after the `?`, if there was one.
+    pub fn query(&self) -> Option<&str> {
+        self.original.get(self.path_end + 1..)
     }
 }
 

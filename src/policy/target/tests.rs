@@ -85,6 +85,11 @@ fn decodes_once_and_keeps_the_original() {
     assert_eq!(t.path(), "/a/%2F");
     let t = parse_target(b"/caf%C3%A9/").unwrap();
     assert_eq!(t.path(), "/caf\u{e9}/");
+    let t = parse_target(b"/a%41b?x=%2F?y").unwrap();
+    assert_eq!((t.raw_path(), t.query()), ("/a%41b", Some("x=%2F?y")));
+    let t = parse_target(b"/ops?").unwrap();
+    assert_eq!((t.raw_path(), t.query()), ("/ops", Some("")));
+    assert_eq!(parse_target(b"/ops").unwrap().query(), None);
 }
 
 #[test]
@@ -377,6 +382,12 @@ proptest! {
         )
     ) {
         let text = format!("{}{}", if slash { "/" } else { "" }, pieces.concat());
-        prop_assert_eq!(parse_target_text(&text), parse_target(text.as_bytes()));
+        let target = parse_target_text(&text);
+        prop_assert_eq!(&target, &parse_target(text.as_bytes()));
+        // The path and the query as sent are the text around its first `?`.
+        if let Ok(t) = target {
+            prop_assert_eq!(Some(t.raw_path()), t.original().split('?').next());
+            prop_assert_eq!(t.query(), t.original().split_once('?').map(|(_, q)| q));
+        }
     }
 }
