@@ -4,7 +4,7 @@
 # and the denial's audit INSERT (src/stores/audit/mod.rs), against one PostgreSQL, direct and
 # behind Debian's PgBouncer in transaction mode, by the bench-only crate
 # scripts/bench/lookup-protocols (not part of the gateway's build; see its src/main.rs for the
-# modes: named, simple, simple-noset, typed, typed-tx, typed-unnest, typed-unnest-tx, copy).
+# modes: named, named-values, simple, simple-noset, typed, typed-tx, typed-unnest, typed-unnest-tx, copy).
 #
 # One connection, one operation at a time, N operations (N_BATCH when the batch is more than
 # one) after WARMUP; per operation: wall µs,
@@ -103,7 +103,7 @@ for r in $(seq "$ROUNDS"); do
     read -r target url pgb <<<"$t"
     for op in cold audit; do
       if [ "$op" = cold ]; then batches=$COLD_BATCHES; modes=(named simple simple-noset typed typed-tx); else
-        batches=$AUDIT_BATCHES; modes=(simple simple-noset typed typed-tx typed-unnest typed-unnest-tx named copy); fi
+        batches=$AUDIT_BATCHES; modes=(simple simple-noset typed typed-tx typed-unnest typed-unnest-tx named named-values copy); fi
       for batch in $batches; do
         order=("${modes[@]}")
         if [ $((r % 2)) = 0 ]; then
@@ -112,7 +112,7 @@ for r in $(seq "$ROUNDS"); do
         fi
         for mode in "${order[@]}"; do
           # A named statement is not pooler-safe: the gateway never sends one through PgBouncer.
-          [ "$target" = pgbouncer ] && [ "$mode" = named ] && continue
+          [ "$target" = pgbouncer ] && [[ $mode == named* ]] && continue
           one "$r" "$target" "$url" "$pgb" "$op" "$mode" "$batch"
         done
       done

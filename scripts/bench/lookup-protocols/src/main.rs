@@ -10,6 +10,8 @@
 //!   1 round trip; `Db::lookup` on the gateway's own sessions, which `SET` the statement timeout
 //!   and `search_path` once per connection; direct only). For `audit`: arrays bound to one named
 //!   statement (`unnest`).
+//! - `named-values` (`audit` only): sqlx, `.persistent(true)`, the `VALUES` list of B x 14
+//!   parameters as one named statement (one per batch size), each value bound (direct only).
 //! - `simple` (sqlx `raw_sql`: one Query message, 1 round trip, `SET LOCAL statement_timeout`
 //!   and `search_path` first in the same message, the values written in with the gateway's own
 //!   `sql_text`: `Db::one_round_trip`, today's path behind a pooler, and the audit writer's in
@@ -297,7 +299,7 @@ fn main() {
                     .application_name("rbac-gateway")
                     .extra_float_digits(None);
                 let mut c = opts.connect().await.unwrap();
-                if mode == "named" {
+                if mode.starts_with("named") {
                     // As Db::lookup does once per connection of the gateway's own.
                     sqlx::Executor::execute(&mut c, sqlx::raw_sql(&settings("SET")))
                         .await
@@ -528,6 +530,27 @@ async fn audit(
                 .await
                 .unwrap();
             n as usize
+        }
+        (Client::Sqlx(c), "named-values") => {
+            let mut q = sqlx::query_scalar::<_, i64>(values_sql).persistent(true);
+            for e in evs {
+                q = q
+                    .bind(e.id.as_str())
+                    .bind(e.event_type.as_str())
+                    .bind(e.admin_id.as_deref())
+                    .bind(e.method.as_str())
+                    .bind(e.path.as_str())
+                    .bind(e.route.as_deref())
+                    .bind(e.required.as_deref())
+                    .bind(e.reason.as_str())
+                    .bind(e.request_id.as_str())
+                    .bind(e.client_ip.as_deref())
+                    .bind(e.user_agent.as_deref())
+                    .bind(e.created_at_utc)
+                    .bind(e.mapping_version.as_deref())
+                    .bind(e.occurrences);
+            }
+            q.fetch_one(&mut *c).await.unwrap() as usize
         }
         (Client::Sqlx(c), "copy") => {
             let mut buf = Vec::with_capacity(19 + evs.len() * 400 + 2);
