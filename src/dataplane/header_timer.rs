@@ -6,13 +6,13 @@
 //! registered in the driver's wheel on its first poll and removed from it when dropped, about
 //! 650 instructions a request (docs/performance-log.md, 2026-11-28, "hyper's header timer").
 //! [`HeaderTimer`] belongs to one connection and keeps the tokio timer hyper dropped; the next
-//! head's wait takes it again, set to its deadline, which is later than the last one it held,
-//! so tokio only moves the expiry of the entry already in its wheel (a compare-and-swap). Every
-//! deadline is still kept by tokio's timer; only the allocation and the wheel's two updates a
+//! head's wait takes it again, set to its deadline ([`super::KeptTimer`]: a deadline later than
+//! the one the timer holds is only written down, and the timer, once it fires, waits on to it).
+//! Every deadline is still kept by tokio's timer; only the allocation and the wheel's updates a
 //! request are saved. A connection stays on the worker thread (and runtime) that accepted it
 //! (`workers.rs`), so its timer is only ever used on the runtime whose driver holds it. A kept
-//! timer stays in tokio's wheel until its last deadline with the waker of the task that last
-//! polled it (this connection's): when that deadline passes unused, it wakes that task once for
+//! timer stays in tokio's wheel until the deadline it holds with the waker of the task that last
+//! polled it (this connection's): when that deadline passes, it wakes that task once for
 //! nothing, as the upstream connections' kept timers do (`upstream/pool.rs`).
 //!
 //! **Pinned by** `tests/api/framing.rs`'s slow-client tests (a head that does not come in time
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Default)]
 pub struct HeaderTimer {
     /// The tokio timer hyper last dropped (None: none yet, or one wait holds it).
-    spare: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
+    spare: Arc<Mutex<Option<super::KeptTimer>>>,
 }
 
 impl HeaderTimer {
@@ -42,7 +42,7 @@ impl HeaderTimer {
         builder
     }
 
-    fn spare(&self) -> MutexGuard<'_, Option<Pin<Box<tokio::time::Sleep>>>> {
+    fn spare(&self) -> MutexGuard<'_, Option<super::KeptTimer>> {
         self.spare
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -61,7 +61,7 @@ impl hyper::rt::Timer for HeaderTimer {
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         let deadline = tokio::time::Instant::from_std(deadline);
-        let sleep = super::rearm(self.spare().take(), deadline);
+        let sleep = super::KeptTimer::set(self.spare().take(), deadline);
         Box::pin(Lent {
             sleep: Some(sleep),
             owner: self.clone(),
@@ -72,7 +72,7 @@ impl hyper::rt::Timer for HeaderTimer {
 /// A connection's tokio timer while hyper holds it; back to its [`HeaderTimer`] when dropped.
 struct Lent {
     /// Always `Some` until dropped.
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    sleep: Option<super::KeptTimer>,
     owner: HeaderTimer,
 }
 
@@ -81,7 +81,7 @@ impl Future for Lent {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         match self.sleep.as_mut() {
-            Some(sleep) => sleep.as_mut().poll(cx),
+            Some(sleep) => Pin::new(sleep).poll(cx),
             None => Poll::Ready(()),
         }
     }

@@ -127,10 +127,10 @@ impl Pool {
     /// from memory (its connection is back in the pool at once); a longer one is streamed from
     /// the connection by [`UpstreamBody`].
     ///
-    /// The deadline is the connection's own timer (`Conn::deadline`), moved later for each
-    /// exchange: tokio then only updates the timer's expiry, where a timer made per request
-    /// was registered in the driver's wheel and removed from it again (a lock each, ~300
-    /// instructions a request; docs/performance-log.md, 2026-11-28, "one timer per upstream
+    /// The deadline is the connection's own timer (`Conn::deadline`, a
+    /// [`crate::dataplane::KeptTimer`]), kept from one exchange to the next, where a timer made
+    /// per request was registered in the driver's wheel and removed from it again (a lock each,
+    /// ~300 instructions a request; docs/performance-log.md, 2026-11-28, "one timer per upstream
     /// connection"). A pooled connection is taken at once; connecting to a new one is bounded
     /// by a timer of its own as well.
     pub async fn send(
@@ -149,7 +149,7 @@ impl Pool {
         // Pinned where it is, in this future: moving it into `by` copied it (memcpy).
         let parsed = {
             let work = std::pin::pin!(exchange(&mut conn, request, head_request));
-            by(timer.as_mut(), work).await
+            by(&mut timer, work).await
         };
         conn.timer = Some(timer);
         let Parsed {
@@ -214,14 +214,14 @@ async fn exchange(
 /// (interim heads without end) spends the budget in `work`, and a budgeted timer would then
 /// answer Pending past its deadline for as long as that goes on.
 async fn by<T, F: Future<Output = Result<T, UpstreamError>>>(
-    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    timer: &mut crate::dataplane::KeptTimer,
     mut work: std::pin::Pin<&mut F>,
 ) -> Result<T, UpstreamError> {
     std::future::poll_fn(|cx| {
         if let std::task::Poll::Ready(r) = work.as_mut().poll(cx) {
             return std::task::Poll::Ready(r);
         }
-        match std::pin::pin!(tokio::task::unconstrained(timer.as_mut())).poll(cx) {
+        match std::pin::pin!(tokio::task::unconstrained(&mut *timer)).poll(cx) {
             std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(UpstreamError::ReadTimeout)),
             std::task::Poll::Pending => std::task::Poll::Pending,
         }

@@ -48,17 +48,17 @@ pub struct Conn {
     /// deadline with the waker of the last client task that polled it: that task is woken once
     /// for nothing then (its allocation kept until then), the price of not removing and adding
     /// an entry per request.
-    pub(super) timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    pub(super) timer: Option<crate::dataplane::KeptTimer>,
 }
 
 impl Conn {
-    /// Its timer, set to `deadline` ([`crate::dataplane::rearm`]). The caller gives it back
-    /// (`timer`) when the exchange is over.
+    /// Its timer, set to `deadline` ([`crate::dataplane::KeptTimer`]). The caller gives it
+    /// back (`timer`) when the exchange is over.
     pub(super) fn deadline(
         &mut self,
         deadline: tokio::time::Instant,
-    ) -> std::pin::Pin<Box<tokio::time::Sleep>> {
-        crate::dataplane::rearm(self.timer.take(), deadline)
+    ) -> crate::dataplane::KeptTimer {
+        crate::dataplane::KeptTimer::set(self.timer.take(), deadline)
     }
 
     /// Reads more bytes into the buffer; 0 at the end of the stream.
@@ -439,8 +439,11 @@ mod tests {
             #[allow(unreachable_code)]
             Ok::<(), UpstreamError>(())
         });
-        let mut timer = Box::pin(tokio::time::sleep(Duration::from_millis(100)));
-        let work = crate::dataplane::upstream::by(timer.as_mut(), work);
+        let mut timer = crate::dataplane::KeptTimer::set(
+            None,
+            tokio::time::Instant::now() + Duration::from_millis(100),
+        );
+        let work = crate::dataplane::upstream::by(&mut timer, work);
         ends_in_read_timeout(work, "work spending the whole budget").await;
     }
 
