@@ -194,22 +194,30 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// The index of the first byte at or after `from` that a JSON string escapes (`"`, `\`, below
 /// 0x20), or `bytes.len()`: eight bytes at a time with the `memchr` bit trick (a byte below
 /// 0x20, or equal to `"` or `\`, sets its high bit in the word's test; a borrow can set a false
-/// one only above a true one, so the lowest set bit is the first such byte), the last few
-/// (under eight) one by one. Until 2026-11-28 every byte was matched on its own (issue 67:
-/// about 6.5% of a denial's instructions), then every byte of a word with one and of the last
-/// seven; `fast_path_escapes_as_before` holds the forms equal.
+/// one only above a true one, so the lowest set bit is the first such byte). The last few
+/// (under eight) are read as the string's last eight, the bytes before `from` among them
+/// replaced by `A`, which is never escaped (so no borrow starts there); a string shorter than
+/// eight bytes is read one byte at a time. Until 2026-11-28 every byte was matched on its own
+/// (issue 67: about 6.5% of a denial's instructions), until 2026-11-29 every byte of the last
+/// seven (docs/performance-log.md); `fast_path_escapes_as_before` holds the forms equal.
 fn next_escaped(bytes: &[u8], from: usize) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
+    let word = |eight: &[u8]| u64::from_le_bytes(eight.try_into().expect("eight bytes"));
     let mut i = from;
     while i < bytes.len() {
-        let rest = &bytes[i..];
-        let w = match rest.get(..8) {
-            Some(chunk) => u64::from_le_bytes(chunk.try_into().expect("eight bytes")),
-            // The last few bytes one at a time (a copy into a padded word called `memcpy`
-            // for each string's tail).
+        // `before`: how many of the word's bytes come before `i` (0 but for the last word).
+        let (w, before) = match bytes.get(i..i + 8) {
+            Some(eight) => (word(eight), 0),
+            None if bytes.len() >= 8 => {
+                let last = bytes.len() - 8;
+                let before = i - last;
+                let kept = (1u64 << (8 * before)) - 1;
+                let w = word(&bytes[last..]);
+                ((w & !kept) | ((LO * u64::from(b'A')) & kept), before)
+            }
             None => {
-                return rest
+                return bytes[i..]
                     .iter()
                     .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
                     .map_or(bytes.len(), |at| i + at);
@@ -222,9 +230,9 @@ fn next_escaped(bytes: &[u8], from: usize) -> usize {
         let backslash = backslash.wrapping_sub(LO) & !backslash;
         let found = (control | quote | backslash) & HI;
         if found != 0 {
-            return i + (found.trailing_zeros() / 8) as usize;
+            return i - before + (found.trailing_zeros() / 8) as usize;
         }
-        i += 8;
+        i += 8 - before;
     }
     bytes.len()
 }
@@ -305,6 +313,23 @@ mod tests {
     }
 
     proptest! {
+        /// From any byte, escaped or not (the byte just escaped before it, the string's last
+        /// eight overlapping bytes already read), the first escaped byte at or after it: never
+        /// one before it, which would leave `Escaped` writing the same byte again without end.
+        #[test]
+        fn next_escaped_is_the_first_escaped_byte_from_where_it_starts(
+            s in "([\\x00-\\x1f\"\\\\]|[a-zé€ ]{0,9}|\\PC{0,5}){0,16}",
+            from in 0usize..160,
+        ) {
+            let bytes = s.as_bytes();
+            let from = from.min(bytes.len());
+            let expected = bytes[from..]
+                .iter()
+                .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+                .map_or(bytes.len(), |at| from + at);
+            prop_assert_eq!(next_escaped(bytes, from), expected);
+        }
+
         #[test]
         fn fast_path_escapes_as_before(s in "([\\x00-\\x1f\"\\\\]|[a-zé€ ]{0,9}|\\PC{0,5}){0,16}") {
             prop_assert_eq!(escaped_fast(&s), escaped_by_byte(&s));
