@@ -12,8 +12,9 @@
 //! request are saved. A connection stays on the worker thread (and runtime) that accepted it
 //! (`workers.rs`), so its timer is only ever used on the runtime whose driver holds it. A kept
 //! timer stays in tokio's wheel until the deadline it holds with the waker of the task that last
-//! polled it (this connection's): when that deadline passes, it wakes that task once for
-//! nothing, as the upstream connections' kept timers do (`upstream/pool.rs`).
+//! polled it (this connection's): when that deadline passes, it wakes that task once, for
+//! nothing when no head is awaited, and otherwise to be set to the awaited head's deadline, as
+//! the upstream connections' kept timers do (`upstream/pool.rs`).
 //!
 //! **Pinned by** `tests/api/framing.rs`'s slow-client tests (a head that does not come in time
 //! is still cut off, on a connection's first request and on a later one) and the tests below.

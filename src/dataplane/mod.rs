@@ -21,8 +21,10 @@ use std::task::{Context, Poll};
 /// So the kept timer is left where it is when the new deadline is later than the one it
 /// holds, and only the deadline is written down: once the timer fires, it is set to the
 /// deadline written down and waits again. A wait still ends at its own deadline, never before
-/// it; a connection busy for longer than its timeout has its timer fire once per timeout, for
-/// nothing, and set again. A deadline earlier than the timer's moves the timer at once.
+/// it; a connection used over more than one timeout has its timer fire about once per timeout
+/// at a deadline already past, and set again (a wake-up and a new entry in the wheel). A
+/// deadline earlier than the timer's moves the timer at once (an upstream exchange whose
+/// deadline was taken before a later one's can take the connection after it).
 pub(crate) struct KeptTimer(Box<Kept>);
 
 /// Behind a pointer, so that what keeps a [`KeptTimer`] (an upstream connection, moved in and
@@ -97,9 +99,10 @@ mod tests {
             start.elapsed() >= Duration::from_millis(150),
             "not before its deadline"
         );
-        // A deadline earlier than the one the timer holds moves it at once.
+        // A deadline earlier than the one the timer holds, still to come, moves it at once (a
+        // new timer holds its first deadline: 60 s here).
         let again = Instant::now();
-        timer = KeptTimer::set(Some(timer), again + Duration::from_secs(60));
+        let mut timer = KeptTimer::set(None, again + Duration::from_secs(60));
         timer = KeptTimer::set(Some(timer), again + Duration::from_millis(30));
         tokio::time::timeout(bound, &mut timer)
             .await

@@ -44,10 +44,11 @@ pub struct Conn {
     pub(super) buf: BytesMut,
     pub(super) names: Names,
     /// The timer of its exchanges' deadlines, kept from one to the next (None: none yet, or
-    /// one exchange holds it). Idle in the pool, it stays in tokio's wheel until its last
-    /// deadline with the waker of the last client task that polled it: that task is woken once
-    /// for nothing then (its allocation kept until then), the price of not removing and adding
-    /// an entry per request.
+    /// one exchange holds it). Idle in the pool, it stays in tokio's wheel until the deadline
+    /// it holds (that of an earlier exchange, perhaps: [`crate::dataplane::KeptTimer`]) with
+    /// the waker of the last client task that polled it: that task is woken once for nothing
+    /// then (its allocation kept until then), the price of not removing and adding an entry per
+    /// request.
     pub(super) timer: Option<crate::dataplane::KeptTimer>,
 }
 
