@@ -314,6 +314,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
         /// From any byte, escaped or not (the byte just escaped before it, the string's last
         /// eight overlapping bytes already read), the first escaped byte at or after it: never
         /// one before it, which would leave `Escaped` writing the same byte again without end.
