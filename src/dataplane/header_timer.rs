@@ -6,7 +6,7 @@
 //! registered in the driver's wheel on its first poll and removed from it when dropped, about
 //! 650 instructions a request (docs/performance-log.md, 2026-11-28, "hyper's header timer").
 //! [`HeaderTimer`] belongs to one connection and keeps the tokio timer hyper dropped; the next
-//! head's wait takes it again, set to its deadline ([`super::KeptTimer`]: a deadline later than
+//! head's wait takes it again, set to its deadline (`dataplane::KeptTimer`: a deadline later than
 //! the one the timer holds is only written down, and the timer, once it fires, waits on to it).
 //! Every deadline is still kept by tokio's timer; only the allocation and the wheel's updates a
 //! request are saved. A connection stays on the worker thread (and runtime) that accepted it

@@ -128,7 +128,7 @@ impl Pool {
     /// the connection by [`UpstreamBody`].
     ///
     /// The deadline is the connection's own timer (`Conn::deadline`, a
-    /// [`crate::dataplane::KeptTimer`]), kept from one exchange to the next, where a timer made
+    /// `dataplane::KeptTimer`), kept from one exchange to the next, where a timer made
     /// per request was registered in the driver's wheel and removed from it again (a lock each,
     /// ~300 instructions a request; docs/performance-log.md, 2026-11-28, "one timer per upstream
     /// connection"). A pooled connection is taken at once; connecting to a new one is bounded

@@ -45,7 +45,7 @@ pub struct Conn {
     pub(super) names: Names,
     /// The timer of its exchanges' deadlines, kept from one to the next (None: none yet, or
     /// one exchange holds it). Idle in the pool, it stays in tokio's wheel until the deadline
-    /// it holds (that of an earlier exchange, perhaps: [`crate::dataplane::KeptTimer`]) with
+    /// it holds (that of an earlier exchange, perhaps: `dataplane::KeptTimer`) with
     /// the waker of the last client task that polled it: that task is woken once for nothing
     /// then (its allocation kept until then), the price of not removing and adding an entry per
     /// request.
@@ -53,7 +53,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Its timer, set to `deadline` ([`crate::dataplane::KeptTimer`]). The caller gives it
+    /// Its timer, set to `deadline` (`dataplane::KeptTimer`). The caller gives it
     /// back (`timer`) when the exchange is over.
     pub(super) fn deadline(
         &mut self,
