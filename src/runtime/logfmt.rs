@@ -197,10 +197,11 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// 0x20, or equal to `"` or `\`, sets its high bit in the word's test; a borrow can set a false
 /// one only above a true one, so the lowest set bit is the first such byte). The last few
 /// (under eight) are read as the string's last eight, those among them already looked at
-/// (before `i`) replaced by `A`, which is never escaped (so no borrow starts there); a string shorter than
-/// eight bytes is read one byte at a time. Until 2026-11-28 every byte was matched on its own
-/// (issue 67: about 6.5% of a denial's instructions), until 2026-11-29 every byte of the last
-/// seven (docs/performance-log.md); `fast_path_escapes_as_before` holds the forms equal.
+/// (before `i`) replaced by `A`, which is never escaped (so no borrow starts there); a string
+/// shorter than eight bytes is read one byte at a time. Until 2026-11-28 every byte was matched
+/// on its own (issue 67: about 6.5% of a denial's instructions), until 2026-11-29 every byte of
+/// the last seven (docs/performance-log.md); `fast_path_escapes_as_before` holds the forms
+/// equal.
 fn next_escaped(bytes: &[u8], from: usize) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
