@@ -391,3 +391,69 @@ proptest! {
         }
     }
 }
+
+/// The pass [`scan`] replaced (until 2026-11-29): every byte on its own.
+fn scan_byte_by_byte(raw: &[u8]) -> Scan {
+    let mut s = Scan {
+        bad_byte: None,
+        fragment: false,
+        path_end: raw.len(),
+        backslash: false,
+        escaped: false,
+    };
+    for (i, &b) in raw.iter().enumerate() {
+        if !(0x21..=0x7e).contains(&b) {
+            s.bad_byte = Some(b);
+            break;
+        }
+        s.fragment |= b == b'#';
+        if i < s.path_end {
+            match b {
+                b'?' => s.path_end = i,
+                b'\\' => s.backslash = true,
+                b'%' => s.escaped = true,
+                _ => {}
+            }
+        }
+    }
+    s
+}
+
+/// Bytes a target's checks tell apart: each limit of visible ASCII and the bytes on either side
+/// of it, the four [`scan`] looks for, a separator and a letter (and, one time in three, any
+/// byte).
+fn target_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        2 => prop::sample::select(vec![
+            0x00, 0x20, 0x21, 0x7e, 0x7f, 0x80, 0xa0, 0xff, b'#', b'?', b'\\', b'%', b'/', b'a',
+            b'"', b'$', b'>', b'@',
+        ]),
+        1 => any::<u8>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 20_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// [`notable`] tells a word holding a byte [`scan`] must look at from one holding none, as
+    /// a test of each byte does.
+    #[test]
+    fn a_word_is_notable_when_one_of_its_bytes_is(bytes in proptest::array::uniform8(target_byte())) {
+        let one_by_one = bytes
+            .iter()
+            .any(|&b| !(0x21..=0x7e).contains(&b) || matches!(b, b'#' | b'?' | b'\\' | b'%'));
+        prop_assert_eq!(notable(u64::from_le_bytes(bytes)), one_by_one, "{:x?}", bytes);
+    }
+
+    /// The pass eight bytes at a time finds what the pass byte by byte finds, wherever the
+    /// bytes it looks for stand (mostly plain bytes, so that whole words are passed over).
+    #[test]
+    fn the_scan_finds_what_a_byte_by_byte_pass_finds(
+        raw in proptest::collection::vec(
+            prop_oneof![6 => Just(b'a'), 1 => Just(b'/'), 2 => target_byte()],
+            0..48,
+        )
+    ) {
+        prop_assert_eq!(scan(&raw), scan_byte_by_byte(&raw), "{:?}", String::from_utf8_lossy(&raw));
+    }
+}
