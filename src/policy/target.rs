@@ -270,6 +270,19 @@ struct Scan {
     escaped: bool,
 }
 
+impl Scan {
+    /// Nothing found yet in a target of `len` bytes: the path is all of it.
+    fn nothing_in(len: usize) -> Scan {
+        Scan {
+            bad_byte: None,
+            fragment: false,
+            path_end: len,
+            backslash: false,
+            escaped: false,
+        }
+    }
+}
+
 /// The bytes [`Scan`] looks at one by one in eight: any outside visible ASCII, `#`, `?`, `\` or
 /// `%`. The `memchr` bit tricks: `w - 0x21` in each byte sets a byte's high bit when it is below
 /// 0x21 (or, by a borrow, only above a byte that is), `w + 1` or `w` when it is above 0x7e (a
@@ -296,13 +309,7 @@ fn notable(w: u64) -> bool {
 /// a denial whose path is 25 bytes: docs/performance-log.md); the property test
 /// `the_scan_finds_what_a_byte_by_byte_pass_finds` holds it equal to that pass.
 fn scan(raw: &[u8]) -> Scan {
-    let mut s = Scan {
-        bad_byte: None,
-        fragment: false,
-        path_end: raw.len(),
-        backslash: false,
-        escaped: false,
-    };
+    let mut s = Scan::nothing_in(raw.len());
     let mut i = 0;
     while i < raw.len() {
         let end = match raw.get(i..i + 8) {

@@ -394,13 +394,7 @@ proptest! {
 
 /// The pass [`scan`] replaced (until 2026-11-29): every byte on its own.
 fn scan_byte_by_byte(raw: &[u8]) -> Scan {
-    let mut s = Scan {
-        bad_byte: None,
-        fragment: false,
-        path_end: raw.len(),
-        backslash: false,
-        escaped: false,
-    };
+    let mut s = Scan::nothing_in(raw.len());
     for (i, &b) in raw.iter().enumerate() {
         if !(0x21..=0x7e).contains(&b) {
             s.bad_byte = Some(b);
