@@ -281,13 +281,34 @@ impl Scan {
             escaped: false,
         }
     }
+
+    /// Takes the byte `b` at `at` into account: false where the pass ends (a byte outside
+    /// visible ASCII, kept in `bad_byte`).
+    fn take(&mut self, at: usize, b: u8) -> bool {
+        if !(0x21..=0x7e).contains(&b) {
+            self.bad_byte = Some(b);
+            return false;
+        }
+        self.fragment |= b == b'#';
+        if at < self.path_end {
+            match b {
+                b'?' => self.path_end = at,
+                b'\\' => self.backslash = true,
+                b'%' => self.escaped = true,
+                _ => {}
+            }
+        }
+        true
+    }
 }
 
-/// The bytes [`Scan`] looks at one by one in eight: any outside visible ASCII, `#`, `?`, `\` or
-/// `%`. The `memchr` bit tricks: `w - 0x21` in each byte sets a byte's high bit when it is below
-/// 0x21 (or, by a borrow, only above a byte that is), `w + 1` or `w` when it is above 0x7e (a
-/// carry starts only at a byte that is), and a byte equal to `c` is a zero byte of `w ^ c`. Each
-/// test is exact for the word as a whole, which is all [`scan`] asks.
+/// Whether the eight bytes of `w` hold one [`Scan::take`] must look at: any outside visible
+/// ASCII, `#`, `?`, `\` or `%`. The bit tricks (`hasless`, `hasmore` and `haszero` of "Bit
+/// Twiddling Hacks"): `(w - 0x21 in each byte) & !w` sets a byte's high bit when it is below
+/// 0x21 (or, by a borrow, only above a byte that is; exact for a bound up to 0x80),
+/// `(w + 1 in each byte) | w` when it is above 0x7e (a carry starts only at a byte that is), and a
+/// byte equal to `c` is a zero byte of `w ^ c`. Each test is exact for the word as a whole, which
+/// is all [`scan`] asks.
 fn notable(w: u64) -> bool {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
@@ -305,9 +326,9 @@ fn notable(w: u64) -> bool {
 
 /// One pass over a target for [`checked_target`]: eight bytes at a time where none of them is
 /// [`notable`] (most of a path), one at a time in the eight that hold one and in the last few.
-/// Until 2026-11-29 every byte was looked at on its own (about 14 instructions a byte, 2% of
-/// a denial whose path is 25 bytes: docs/performance-log.md); the property test
-/// `the_scan_finds_what_a_byte_by_byte_pass_finds` holds it equal to that pass.
+/// Until 2026-11-29 every byte was looked at on its own (about 14 instructions a byte, some
+/// 350 of a denial whose path is 25 bytes, 1.3%: docs/performance-log.md); the property test
+/// `the_scan_finds_what_its_spec_finds` holds it equal to a spec of what the pass finds.
 fn scan(raw: &[u8]) -> Scan {
     let mut s = Scan::nothing_in(raw.len());
     let mut i = 0;
@@ -323,18 +344,8 @@ fn scan(raw: &[u8]) -> Scan {
             None => raw.len(),
         };
         for (at, &b) in (i..).zip(&raw[i..end]) {
-            if !(0x21..=0x7e).contains(&b) {
-                s.bad_byte = Some(b);
+            if !s.take(at, b) {
                 return s;
-            }
-            s.fragment |= b == b'#';
-            if at < s.path_end {
-                match b {
-                    b'?' => s.path_end = at,
-                    b'\\' => s.backslash = true,
-                    b'%' => s.escaped = true,
-                    _ => {}
-                }
             }
         }
         i = end;
