@@ -1424,12 +1424,12 @@ fn the_instruction_budget_names_every_case() {
         .get("budget")
         .and_then(|v| v.as_table())
         .expect("a [budget] table");
-    for case in ["allowed", "denied", "authz", "cold"] {
+    for case in ["allowed", "denied", "lone", "authz", "cold"] {
         assert!(positive(budget.get(case)), "no budget for {case}");
     }
     assert_eq!(
         budget.len(),
-        4,
+        5,
         "a case instructions.sh does not measure: {budget:?}"
     );
 }

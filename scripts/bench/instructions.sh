@@ -2,14 +2,19 @@
 # User-space instructions per request, counted by callgrind: a figure other tenants of this
 # shared machine do not move (wall-clock CPU varies by 10-30% between runs). Each process under
 # test runs under `valgrind --tool=callgrind --instr-atstart=no`; after a warm-up, instrumentation
-# is switched on for WINDOWS windows of `wrk -t1 -c32 -d${DURATION}s`, each dumped on its own, and
-# the process's instructions in a window (every thread: the data plane and the background tasks;
-# timed background work is spread over however many requests the slowed process served) are
-# divided by the requests wrk saw in it. A case's figure is the median of its windows.
+# is switched on for WINDOWS windows of `wrk -t1 -c32 -d${DURATION}s` (`-c1` for lone), each
+# dumped on its own, and the process's instructions in a window (every thread: the data plane and
+# the background tasks; timed background work is spread over however many requests the slowed
+# process served) are divided by the requests wrk saw in it. A case's figure is the median of its
+# windows.
 #
 # The cases (issue 67), all in one run:
 #   allowed  the allowed path with one cached session (load.sh's case c: GET /ops)
 #   denied   a route that session is denied: the 403 and its durable access_denied row (case d)
+#   lone     the denied request over one connection (`wrk -c1`): each 403 waits for an INSERT of
+#            its own row alone, so its figure does not move with the batch sizes the machine's
+#            load makes (denied's does: a batch's fixed cost is shared by its rows) and its budget
+#            can sit close to it: the ratchet of the denial's own path
 #   authz    forward-auth: the gateway's /authz for the allowed request (X-Original-*, the cookie)
 #   cold     the allowed request with 10,000 sessions rotating and --cache-ttl 0: every request
 #            a session lookup in PostgreSQL (load.sh's case e, uncached); a gateway of its own
@@ -25,7 +30,7 @@
 #     --write   rewrite the budget file with this run's figures (today's date, HEAD's commit).
 #               Lowering a budget is an ordinary commit; raising one needs a dated entry in
 #               docs/performance-log.md saying why (scripts/bench/README.md).
-#   CASES="allowed denied authz cold nginx"  WINDOWS=3  BATCHED_WINDOWS=5 (denied, cold)
+#   CASES="allowed denied lone authz cold nginx"  WINDOWS=3  BATCHED_WINDOWS=5 (denied, lone, cold)
 #   DURATION=3 (s a window)  WARMUP=2 (s)
 #   TOP=0 (functions listed per case, by own instructions)  KEEP=1 (keep the profiles)
 #   SYSCALLS=1   the allowed case only: instead of callgrind, the gateway runs as it is and
@@ -51,7 +56,7 @@ WARMUP=${WARMUP:-2}
 TOP=${TOP:-0}
 KEEP=${KEEP:-0}
 TOLERANCE=${TOLERANCE:-2}
-CASES=${CASES:-allowed denied authz cold nginx}
+CASES=${CASES:-allowed denied lone authz cold nginx}
 SESSIONS=${SESSIONS:-10000}
 BUDGET=$root/scripts/bench/instructions-budget.toml
 log() { printf '[instructions] %s\n' "$*" >&2; }
@@ -59,7 +64,7 @@ die() { log "error: $*"; exit 1; }
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a whole number of seconds"
 [[ $WINDOWS =~ ^[1-9][0-9]*$ ]] || die "WINDOWS must be a positive integer"
 if [ "$MODE" != report ]; then
-  CASES="allowed denied authz cold nginx"
+  CASES="allowed denied lone authz cold nginx"
   [ "${SYSCALLS:-0}" = 0 ] && [ "${TRACED:-0}" = 0 ] && [ "${PGBOUNCER:-0}" = 0 ] ||
     die "--check and --write measure the plain build, direct (no SYSCALLS, TRACED, PGBOUNCER)"
 fi
@@ -144,15 +149,17 @@ report=$tmp/report.tsv
 # counted and dumped on its own. wrk's arguments follow; STATUS is what every answer must be.
 measure() { # case profile-name pid status wrk-args...
   local name=$1 prof=$2 pid=$3 status=$4 w out requests non2xx total per dumps figures=() windows=$WINDOWS
+  local conns=32
   shift 4
   # The denial's rows and the cold lookups go to PostgreSQL in batches whose size follows the
   # timing: their windows vary more (about 3%), so they get more of them.
-  case $name in denied* | cold*) windows=$BATCHED_WINDOWS ;; esac
-  log "$name: ${WARMUP}s warm-up, then $windows windows of ${DURATION}s (wrk -t1 -c32)"
-  wrk -t1 -c32 -d"${WARMUP}s" "$@" >/dev/null
+  case $name in denied* | lone* | cold*) windows=$BATCHED_WINDOWS ;; esac
+  case $name in lone*) conns=1 ;; esac
+  log "$name: ${WARMUP}s warm-up, then $windows windows of ${DURATION}s (wrk -t1 -c$conns)"
+  wrk -t1 -c"$conns" -d"${WARMUP}s" "$@" >/dev/null
   for w in $(seq "$windows"); do
     callgrind_control -i on "$pid" >/dev/null 2>&1
-    out=$(wrk -t1 -c32 -d"${DURATION}s" "$@")
+    out=$(wrk -t1 -c"$conns" -d"${DURATION}s" "$@")
     callgrind_control -i off "$pid" >/dev/null 2>&1
     callgrind_control -d "$pid" >/dev/null 2>&1
     requests=$(awk '/ requests in /{ print $1 }' <<<"$out")
@@ -211,25 +218,30 @@ for BIN in "${BINS[@]}"; do
 n=$((n + 1))
 tag=""
 [ ${#BINS[@]} = 1 ] || { tag="-$n"; log "binary $n: $BIN"; }
-if wants allowed || wants denied || wants authz; then
+if wants allowed || wants denied || wants lone || wants authz; then
   start_gateway cached 600
   expect 200 "http://127.0.0.1:$gw$ALLOWED_PATH" -H "$cookie"
   expect 403 "http://127.0.0.1:$gw$DENIED_PATH" -H "$cookie"
   expect 200 "http://127.0.0.1:$authz/authz" -H "$cookie" -H "X-Original-Method: GET" -H "X-Original-URI: $ALLOWED_PATH"
-  for c in allowed denied authz; do
+  for c in allowed denied lone authz; do
     wants $c || continue
     case $c in
       allowed) args=(-H "$cookie" "http://127.0.0.1:$gw$ALLOWED_PATH"); st=200 ;;
-      denied) args=(-H "$cookie" "http://127.0.0.1:$gw$DENIED_PATH"); st=403 ;;
+      denied | lone) args=(-H "$cookie" "http://127.0.0.1:$gw$DENIED_PATH"); st=403 ;;
       authz) args=(-H "$cookie" -H "X-Original-Method: GET" -H "X-Original-URI: $ALLOWED_PATH" "http://127.0.0.1:$authz/authz"); st=200 ;;
     esac
     adm_port=$adm
     b0=$(metric rbac_gateway_audit_batches_total)
     r0=$(metric 'rbac_gateway_audit_rows_total{sink="database"}')
     measure "$c$tag" cached "$vg" "$st" "${args[@]}"
-    # A batch's fixed cost is shared by its rows: the denial's figure moves with their number.
-    [ "$c" != denied ] || log "denied: $(awk -v r="$(($(metric 'rbac_gateway_audit_rows_total{sink="database"}') - r0))" \
-      -v b="$(($(metric rbac_gateway_audit_batches_total) - b0))" 'BEGIN { printf "%.2f", r / (b > 0 ? b : 1) }') rows per INSERT"
+    # A batch's fixed cost is shared by its rows: the denial's figure moves with their number
+    # (lone's are one each: it fails when they are not).
+    if [ "$c" = denied ] || [ "$c" = lone ]; then
+      per_insert=$(awk -v r="$(($(metric 'rbac_gateway_audit_rows_total{sink="database"}') - r0))" \
+        -v b="$(($(metric rbac_gateway_audit_batches_total) - b0))" 'BEGIN { printf "%.2f", r / (b > 0 ? b : 1) }')
+      log "$c: $per_insert rows per INSERT"
+      [ "$c" != lone ] || [ "$per_insert" = 1.00 ] || die "lone: $per_insert rows per INSERT, not one"
+    fi
   done
   [ "$(metric 'rbac_gateway_audit_rows_total{sink="spool"}')" = 0 ] ||
     log "warning: denials went to the spool (the database did not answer in time)"
@@ -307,7 +319,7 @@ for k, v in rows.items():
     print(line)
 print(f"({binary} at {head}; {sum(map(len, rows.values()))} windows; {seconds} s in all)")
 if mode == "write":
-    missing = {"allowed", "denied", "authz", "cold", "nginx"} - med.keys()
+    missing = {"allowed", "denied", "lone", "authz", "cold", "nginx"} - med.keys()
     if missing:
         sys.exit(f"--write needs every case; missing {sorted(missing)}")
     today = datetime.date.today().isoformat()
@@ -324,6 +336,7 @@ nginx = {med['nginx']}
 [budget]
 allowed = {med['allowed']}
 denied = {med['denied']}
+lone = {med['lone']}
 authz = {med['authz']}
 cold = {med['cold']}
 """)
