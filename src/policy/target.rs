@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use crate::runtime::words;
+
 /// Why a request was refused with 400. The `as_str` form is what logs and metrics carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -303,25 +305,16 @@ impl Scan {
 }
 
 /// Whether the eight bytes of `w` hold one [`Scan::take`] must look at: any outside visible
-/// ASCII, `#`, `?`, `\` or `%`. The bit tricks (`hasless`, `hasmore` and `haszero` of "Bit
-/// Twiddling Hacks"): `(w - 0x21 in each byte) & !w` sets a byte's high bit when it is below
-/// 0x21 (or, by a borrow, only above a byte that is; exact for a bound up to 0x80),
-/// `(w + 1 in each byte) | w` when it is above 0x7e (a carry starts only at a byte that is), and a
-/// byte equal to `c` is a zero byte of `w ^ c`. Each test is exact for the word as a whole, which
-/// is all [`scan`] asks.
+/// ASCII, `#`, `?`, `\` or `%` (the tests of `runtime::words`, exact for the word as a whole,
+/// which is all [`scan`] asks).
 fn notable(w: u64) -> bool {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let zero = |v: u64| v.wrapping_sub(LO) & !v;
-    let below = w.wrapping_sub(LO * 0x21) & !w;
-    let above = w.wrapping_add(LO) | w;
-    let found = below
-        | above
-        | zero(w ^ (LO * u64::from(b'#')))
-        | zero(w ^ (LO * u64::from(b'?')))
-        | zero(w ^ (LO * u64::from(b'\\')))
-        | zero(w ^ (LO * u64::from(b'%')));
-    found & HI != 0
+    let found = words::below(w, 0x21)
+        | words::above_ascii_visible(w)
+        | words::equal(w, b'#')
+        | words::equal(w, b'?')
+        | words::equal(w, b'\\')
+        | words::equal(w, b'%');
+    found & words::HIGH != 0
 }
 
 /// One pass over a target for [`checked_target`]: eight bytes at a time where none of them is
@@ -333,9 +326,9 @@ fn scan(raw: &[u8]) -> Scan {
     let mut s = Scan::nothing_in(raw.len());
     let mut i = 0;
     while i < raw.len() {
-        let end = match raw.get(i..i + 8) {
+        let end = match raw[i..].first_chunk() {
             Some(eight) => {
-                if !notable(u64::from_le_bytes(eight.try_into().expect("eight bytes"))) {
+                if !notable(words::word(eight)) {
                     i += 8;
                     continue;
                 }

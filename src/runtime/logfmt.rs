@@ -33,6 +33,8 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::runtime::words;
+
 /// The gateway's JSON log format (see the module).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct JsonLine;
@@ -193,7 +195,7 @@ impl Write for Escaped<'_> {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The index of the first byte at or after `from` that a JSON string escapes (`"`, `\`, below
-/// 0x20), or `bytes.len()`: eight bytes at a time with the `memchr` bit trick (a byte below
+/// 0x20), or `bytes.len()`: eight bytes at a time with the tests of [`words`] (a byte below
 /// 0x20, or equal to `"` or `\`, sets its high bit in the word's test; a borrow can set a false
 /// one only above a true one, so the lowest set bit is the first such byte). The last few
 /// (under eight) are read as the string's last eight, those among them already looked at
@@ -203,34 +205,26 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// the last seven (docs/performance-log.md); `fast_path_escapes_as_before` holds the forms
 /// equal.
 fn next_escaped(bytes: &[u8], from: usize) -> usize {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let word = |eight: &[u8]| u64::from_le_bytes(eight.try_into().expect("eight bytes"));
     let mut i = from;
     while i < bytes.len() {
         // `before`: how many of the word's bytes come before `i` (0 but for the last word).
-        let (w, before) = match bytes.get(i..i + 8) {
-            Some(eight) => (word(eight), 0),
-            None if bytes.len() >= 8 => {
-                let last = bytes.len() - 8;
-                let before = i - last;
+        let (w, before) = match (bytes[i..].first_chunk(), bytes.last_chunk()) {
+            (Some(eight), _) => (words::word(eight), 0),
+            (None, Some(last)) => {
+                let before = i - (bytes.len() - 8);
                 let kept = (1u64 << (8 * before)) - 1;
-                let w = word(&bytes[last..]);
-                ((w & !kept) | ((LO * u64::from(b'A')) & kept), before)
+                let w = words::word(last);
+                ((w & !kept) | (words::splat(b'A') & kept), before)
             }
-            None => {
+            (None, None) => {
                 return bytes[i..]
                     .iter()
                     .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
                     .map_or(bytes.len(), |at| i + at);
             }
         };
-        let control = w.wrapping_sub(LO * 0x20) & !w;
-        let quote = w ^ (LO * u64::from(b'"'));
-        let quote = quote.wrapping_sub(LO) & !quote;
-        let backslash = w ^ (LO * u64::from(b'\\'));
-        let backslash = backslash.wrapping_sub(LO) & !backslash;
-        let found = (control | quote | backslash) & HI;
+        let found =
+            (words::below(w, 0x20) | words::equal(w, b'"') | words::equal(w, b'\\')) & words::HIGH;
         if found != 0 {
             return i - before + (found.trailing_zeros() / 8) as usize;
         }

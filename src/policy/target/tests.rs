@@ -410,11 +410,16 @@ fn scan_as_specified(raw: &[u8]) -> Scan {
     }
 }
 
+/// A byte [`Scan::take`] must look at, said of the byte alone: outside visible ASCII, or one of
+/// the four it looks for.
+fn must_look(b: u8) -> bool {
+    !(0x21..=0x7e).contains(&b) || b"#?\\%".contains(&b)
+}
+
 /// Every byte value at every place of a word of plain bytes: the word is [`notable`] exactly
 /// when that byte is one [`Scan::take`] must look at.
 #[test]
 fn a_word_of_plain_bytes_is_notable_exactly_when_one_byte_is() {
-    let must_look = |b: u8| !(0x21..=0x7e).contains(&b) || b"#?\\%".contains(&b);
     for plain in [0x21, 0x7e, b'a', b'/', b'0', 0x22, 0x7d] {
         assert!(!must_look(plain));
         for at in 0..8 {
@@ -451,9 +456,7 @@ proptest! {
     /// a test of each byte does.
     #[test]
     fn a_word_is_notable_when_one_of_its_bytes_is(bytes in proptest::array::uniform8(target_byte())) {
-        let one_by_one = bytes
-            .iter()
-            .any(|&b| !(0x21..=0x7e).contains(&b) || matches!(b, b'#' | b'?' | b'\\' | b'%'));
+        let one_by_one = bytes.iter().any(|&b| must_look(b));
         prop_assert_eq!(notable(u64::from_le_bytes(bytes)), one_by_one, "{:x?}", bytes);
     }
 
