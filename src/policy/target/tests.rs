@@ -394,7 +394,7 @@ proptest! {
 
 /// What [`scan`] must find, said as a spec (not as a pass, so that it shares nothing with
 /// `scan` or [`Scan::take`]): the bytes up to the first outside visible ASCII, the `#` among
-/// them, the first `?` among them, and a `\\` or `%` among those before it.
+/// them, the first `?` among them, and a `\` or `%` among those before it.
 fn scan_as_specified(raw: &[u8]) -> Scan {
     let visible = |b: &u8| (0x21..=0x7e).contains(b);
     let bad_at = raw.iter().position(|b| !visible(b));
@@ -427,7 +427,7 @@ fn a_word_of_plain_bytes_is_notable_exactly_when_one_byte_is() {
                 let mut word = [plain; 8];
                 word[at] = b;
                 assert_eq!(
-                    notable(u64::from_le_bytes(word)),
+                    notable(words::word(&word)),
                     must_look(b),
                     "{b:#04x} at {at} among {plain:#04x}"
                 );
@@ -457,7 +457,7 @@ proptest! {
     #[test]
     fn a_word_is_notable_when_one_of_its_bytes_is(bytes in proptest::array::uniform8(target_byte())) {
         let one_by_one = bytes.iter().any(|&b| must_look(b));
-        prop_assert_eq!(notable(u64::from_le_bytes(bytes)), one_by_one, "{:x?}", bytes);
+        prop_assert_eq!(notable(words::word(&bytes)), one_by_one, "{:x?}", bytes);
     }
 
     /// The pass eight bytes at a time finds what its spec says it finds, wherever the
