@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
-
 use super::toolbox::{command_pool, failure, runtime, say};
 use super::Exit;
 use crate::cli::args::MigrateArgs;
@@ -12,10 +10,11 @@ use crate::stores::migrations;
 pub fn migrate(args: MigrateArgs) -> Result<(), Exit> {
     runtime()?.block_on(async {
         let pool = command_pool(&args.database_url, 1, Duration::from_secs(30)).await?;
+        // Each of sqlx's errors writes its cause into its own text: the outermost says it all
+        // once (as a chain, the cause would be repeated at each level).
         migrations::migrate(&pool)
             .await
-            .context("migration failed")
-            .map_err(failure)?;
+            .map_err(|e| failure(anyhow::anyhow!("migration failed: {e}")))?;
         say!("migrations applied");
         Ok(())
     })

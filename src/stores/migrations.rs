@@ -59,6 +59,7 @@ pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
             sqlx::raw_sql("SELECT pg_catalog.pg_advisory_lock(7285402519317433201)"),
         )
         .await?;
+        no_planted_namesakes(&mut conn).await?;
         before_0016(&mut conn).await?;
         match MIGRATOR.run(&mut *conn).await {
             Ok(()) => return after_migrations(&mut conn).await.map_err(Into::into),
@@ -71,6 +72,65 @@ pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
             other => return other,
         }
     }
+}
+
+/// Refuses to migrate where the gateway's schema holds a function or operator named as one of
+/// `pg_catalog`'s or as one of the gateway's (`rbac_gateway_*`, `rbac_mapping_*`) that neither
+/// the migrating role nor the owner of the gateway's tables owns, and that no extension
+/// installed. The migrations written before 0022 call built-ins by their bare names, and once
+/// applied a migration cannot be edited (sqlx checks its checksum): a function there that
+/// matches such a call better than the built-in (`format(text, text)` against `format(text,
+/// VARIADIC "any")`) would run with the migrating role's privileges, which own the gateway's
+/// tables, and could leave a function behind that runs as them. The path [`migrate`] pins holds
+/// that schema alone, after `pg_catalog`, so no other schema's functions are searched.
+async fn no_planted_namesakes(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    let found: Vec<String> = sqlx::query_scalar(
+        "WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) pg_catalog.current_user() \
+                     UNION SELECT c.relowner FROM pg_catalog.pg_class c \
+                      WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(\
+                                pg_catalog.quote_ident($1) OPERATOR(pg_catalog.||) '.rbac_change_log')::oid), \
+              s AS (SELECT pg_catalog.to_regnamespace($1)::oid AS oid) \
+         SELECT pg_catalog.format('function %s (owner %s)', p.oid::regprocedure, pg_catalog.pg_get_userbyid(p.proowner)) \
+           FROM pg_catalog.pg_proc p, s \
+          WHERE p.pronamespace OPERATOR(pg_catalog.=) s.oid \
+            AND p.pronamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::regnamespace::oid \
+            AND (p.proname::text OPERATOR(pg_catalog.~~) 'rbac\\_gateway\\_%' \
+                 OR p.proname::text OPERATOR(pg_catalog.~~) 'rbac\\_mapping\\_%' \
+                 OR EXISTS (SELECT FROM pg_catalog.pg_proc b \
+                             WHERE b.pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::regnamespace::oid \
+                               AND b.proname OPERATOR(pg_catalog.=) p.proname)) \
+            AND p.proowner OPERATOR(pg_catalog.<>) ALL (SELECT oid FROM me) \
+            AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
+                             WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::regclass::oid \
+                               AND d.objid OPERATOR(pg_catalog.=) p.oid AND d.deptype OPERATOR(pg_catalog.=) 'e') \
+         UNION ALL \
+         SELECT pg_catalog.format('operator %s (owner %s)', o.oid::regoperator, pg_catalog.pg_get_userbyid(o.oprowner)) \
+           FROM pg_catalog.pg_operator o, s \
+          WHERE o.oprnamespace OPERATOR(pg_catalog.=) s.oid \
+            AND o.oprnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::regnamespace::oid \
+            AND EXISTS (SELECT FROM pg_catalog.pg_operator b \
+                         WHERE b.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::regnamespace::oid \
+                           AND b.oprname OPERATOR(pg_catalog.=) o.oprname) \
+            AND o.oprowner OPERATOR(pg_catalog.<>) ALL (SELECT oid FROM me) \
+            AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
+                             WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_operator'::regclass::oid \
+                               AND d.objid OPERATOR(pg_catalog.=) o.oid AND d.deptype OPERATOR(pg_catalog.=) 'e') \
+          ORDER BY 1",
+    )
+    .persistent(false)
+    .bind(super::db::schema())
+    .fetch_all(&mut *conn)
+    .await?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(sqlx::Error::InvalidArgument(
+        format!(
+            "nothing was migrated: schema {} holds {}, named as a built-in or one of the gateway's functions, owned by neither this role nor the owner of the gateway's tables: a migration's call of that name could run it with this role's privileges. Drop it once you know who made it and why, and run `migrate` again (and keep the gateway's tables in a schema no other role may create in)",
+            super::db::schema(),
+            found.join(", ")
+        ),
+    ))
 }
 
 /// The longest `migrate` waits for a lock before it lets Console's writes go first.
@@ -245,7 +305,7 @@ async fn after_migrations(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Err
           WHERE g.id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT u.id FROM rbac_gateway_group_changes u \
                                                   WHERE u.erasure_keys IS NULL LIMIT 5000))",
         "UPDATE rbac_gateway_alerts a \
-            SET erasure_keys = rbac_gateway_erasure_keys_of(a.text, NULL) \
+            SET erasure_keys = rbac_gateway_erasure_keys_of(a.text, NULL::text) \
                 OPERATOR(pg_catalog.||) coalesce((SELECT ARRAY[b.user_id] FROM rbac_break_glass_sessions b \
                           WHERE 'break_glass:' OPERATOR(pg_catalog.||) b.id OPERATOR(pg_catalog.=) a.key), '{}') \
           WHERE a.key OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT u.key FROM rbac_gateway_alerts u \

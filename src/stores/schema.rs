@@ -2,11 +2,13 @@
 //! the tables a role may not read ([`unreadable_tables`]) or holds no privilege on at all
 //! ([`invisible_tables`]), the columns of the gateway's schema ([`columns`]), the tables carrying
 //! the change feed's trigger ([`change_feed_triggers`]), whether a function exists
-//! ([`function_exists`]) and runs as its owner ([`runs_as_owner_pinned`]); and the trust
+//! ([`function_exists`]) and runs as its owner ([`runs_as_owner_pinned`]), the gateway's other
+//! triggers that are missing or do not fire ([`silent_triggers`]); and the trust
 //! boundary, as Supabase's splinter lints it: the gateway's functions whose `search_path` is not
 //! pinned ([`unpinned_functions`]), the functions PUBLIC may run that it should not
 //! ([`public_functions`]), the functions and operators that stand beside a built-in the gateway
-//! calls ([`shadows`]), and the schemas another role may create in ([`open_schemas`]). Each is
+//! calls ([`shadows`]), the functions under the gateway's names that another role owns
+//! ([`foreign_functions`]), and the schemas another role may create in ([`open_schemas`]). Each is
 //! one statement in a transaction of its own through [`Db`], unnamed; like every statement of the
 //! gateway's it runs with `pg_catalog` first on its path and calls built-ins by their qualified
 //! names, so a check of a database where something was planted does not run what was planted.
@@ -53,14 +55,74 @@ pub async fn columns(pool: &Db) -> Result<Vec<(String, String)>, sqlx::Error> {
 }
 
 /// The tables of the gateway's schema on which the change feed's trigger (`rbac_gateway_change`)
-/// exists and is enabled.
+/// exists and fires in an ordinary session (`fires!`: enabled, not disabled nor for replicas
+/// only).
 pub async fn change_feed_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar(concat!(
         "SELECT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
-         WHERE t.tgname = 'rbac_gateway_change' AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
-         AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace($1)::oid",
-    )
+         WHERE t.tgname = 'rbac_gateway_change' AND NOT t.tgisinternal AND ",
+        fires!(),
+        " AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace($1)::oid"
+    ))
     .persistent(false)
+    .bind(schema())
+    .fetch_all(pool)
+    .await
+}
+
+/// SQL text: trigger `t` fires in an ordinary session. `O` (origin, the default) and `A`
+/// (always); not `D` (disabled) nor `R`, which fires only where `session_replication_role` is
+/// `replica`: both are what `ALTER TABLE ... DISABLE TRIGGER` and `ENABLE REPLICA TRIGGER` make
+/// of it, which the owner of Console's tables may do.
+macro_rules! fires {
+    () => {
+        "t.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::\"char\"[])"
+    };
+}
+use fires;
+
+/// The gateway's triggers besides the change feed's, as `(table, trigger)`: the break-glass
+/// group's recorded changes (migration 0007), the erasure (0019), the audit table's append-only
+/// guard (0001) and the mapping store's (0009).
+pub const TRIGGERS: &[(&str, &str)] = &[
+    ("rbac_groups", "rbac_gateway_break_glass"),
+    ("rbac_groups", "rbac_gateway_break_glass_truncate"),
+    ("rbac_roles", "rbac_gateway_break_glass"),
+    ("rbac_roles", "rbac_gateway_break_glass_truncate"),
+    ("rbac_permissions", "rbac_gateway_break_glass"),
+    ("rbac_permissions", "rbac_gateway_break_glass_truncate"),
+    ("rbac_user_groups", "rbac_gateway_break_glass"),
+    ("rbac_user_groups", "rbac_gateway_break_glass_truncate"),
+    ("rbac_group_roles", "rbac_gateway_break_glass"),
+    ("rbac_group_roles", "rbac_gateway_break_glass_truncate"),
+    ("rbac_role_inheritance", "rbac_gateway_break_glass"),
+    ("rbac_role_inheritance", "rbac_gateway_break_glass_truncate"),
+    ("rbac_role_permissions", "rbac_gateway_break_glass"),
+    ("rbac_role_permissions", "rbac_gateway_break_glass_truncate"),
+    ("admins", "rbac_gateway_erase_admin"),
+    ("access_audit_events", "access_audit_events_no_update"),
+    ("access_audit_events", "access_audit_events_no_truncate"),
+    ("rbac_mapping_store", "rbac_mapping_append_only"),
+    ("rbac_mapping_activations", "rbac_mapping_append_only"),
+    ("rbac_mapping_activations", "rbac_mapping_notify"),
+];
+
+/// Those of [`TRIGGERS`] that are missing from the gateway's schema or do not fire in an
+/// ordinary session (`fires!`), as `trigger on table`.
+pub async fn silent_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
+    let (tables, names): (Vec<&str>, Vec<&str>) = TRIGGERS.iter().copied().unzip();
+    sqlx::query_scalar(concat!(
+        "SELECT w.g OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) w.r \
+           FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) w(r, g) \
+          WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid \
+                             WHERE c.relname::text OPERATOR(pg_catalog.=) w.r AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
+                               AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace($3)::oid AND ",
+        fires!(),
+        ") ORDER BY 1"
+    ))
+    .persistent(false)
+    .bind(tables)
+    .bind(names)
     .bind(schema())
     .fetch_all(pool)
     .await
@@ -154,6 +216,27 @@ pub async fn shadows(pool: &Db, schemas: &[String]) -> Result<Vec<String>, sqlx:
     .bind(schemas)
     .bind(BUILTINS)
     .bind(OPERATORS)
+    .fetch_all(pool)
+    .await
+}
+
+/// The functions in the gateway's schema under one of its names (`rbac_gateway_*`,
+/// `rbac_mapping_*`, `access_audit_events_append_only`) owned by another role than the owner of
+/// its tables: where a call of the gateway's does not match its own function exactly, one of
+/// these can run in its place, and one with more arguments that have defaults makes the call
+/// ambiguous (migration 0032). Each as `NAME(ARGS) (owner ROLE)`.
+pub async fn foreign_functions(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(concat!(
+        "SELECT pg_catalog.format('%s (owner %s)', p.oid::regprocedure, pg_catalog.pg_get_userbyid(p.proowner)) \
+           FROM pg_catalog.pg_proc p WHERE ",
+        gateway_function!(),
+        " AND p.proowner OPERATOR(pg_catalog.<>) (SELECT c.relowner FROM pg_catalog.pg_class c \
+               WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(\
+                         pg_catalog.quote_ident($1) OPERATOR(pg_catalog.||) '.rbac_change_log')::oid) \
+         ORDER BY 1"
+    ))
+    .persistent(false)
+    .bind(schema())
     .fetch_all(pool)
     .await
 }

@@ -31,6 +31,7 @@ mod mapping;
 mod mapping_store;
 mod mapping_tests;
 mod order_differential;
+mod planted;
 mod pooler;
 mod reader;
 mod refusals;

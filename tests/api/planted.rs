@@ -1,0 +1,282 @@
+//! What Console's role may plant in a schema it may create in (`public` before PostgreSQL 15,
+//! Heroku's default credential) beside the gateway's own objects, and may do to its triggers as
+//! the owner of Console's tables (docs/design/security.md):
+//!
+//! - an overload of one of the gateway's functions, taking the type a call passes where the
+//!   gateway's takes `text`, never runs in its place (migration 0032's casts), and `check` names
+//!   it as an error;
+//! - `migrate` refuses a schema holding a namesake of a built-in that another role owns: the
+//!   migrations written before 0022 call built-ins by their bare names, and such a function would
+//!   run with the migrating role's privileges;
+//! - `check` names a trigger of the gateway's that was dropped, disabled or left to replicas.
+
+use crate::helpers::*;
+
+/// As Console's role, on `db`: CREATE on `public`, Console's privileges on the tables the
+/// scenarios write, and `public.shadow_ran`, where a planted function records that it ran.
+async fn as_console(db: &TestDb) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+    let mut conn = db.pool.acquire().await.unwrap();
+    console_app_role(&mut conn).await;
+    sqlx::raw_sql(
+        "GRANT CREATE ON SCHEMA public TO console_app; \
+         DO $$ BEGIN IF pg_catalog.to_regclass('admins') IS NOT NULL THEN \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON admins, admin_sessions, rbac_user_groups, rbac_groups TO console_app; \
+         END IF; END $$; \
+         SET ROLE console_app; \
+         CREATE TABLE public.shadow_ran (what text, who text); \
+         GRANT INSERT ON public.shadow_ran TO PUBLIC",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    conn
+}
+
+async fn shadows_ran(db: &TestDb) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT what, who FROM public.shadow_ran")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Console's role plants, beside each function of the gateway's, an overload taking `name` or
+/// `character varying` wherever the gateway's takes `text`: what a call passes where it does not
+/// cast (a trigger's `TG_TABLE_NAME` is a `name`; Console may type a column `varchar`). Then a
+/// break-glass membership (the trigger records it), the admin's erasure (the trigger rewrites
+/// that line) and the session lookups (the procedure's with `admin_sessions.admin_id` typed
+/// `varchar` too) never run one of them, answer and record as before, and `check` names every
+/// overload as an error. Before migration 0032 the membership ran the `name` overload as the
+/// owner of the gateway's tables, and the procedure the `varchar` one.
+#[tokio::test]
+async fn overloads_of_the_gateways_functions_planted_by_consoles_role_never_run() {
+    let db = TestDb::new().await;
+    let functions: Vec<(String, Vec<String>, String, bool)> = sqlx::query_as(
+        "SELECT p.proname::text, \
+                ARRAY(SELECT format_type(t, NULL) FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY u(t, i) ORDER BY i), \
+                pg_get_function_result(p.oid), p.proretset \
+           FROM pg_proc p WHERE p.pronamespace = current_schema()::regnamespace AND p.prokind = 'f' \
+            AND p.proname LIKE 'rbac\\_gateway\\_%' AND p.prorettype <> 'trigger'::regtype ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let mut console = as_console(&db).await;
+    let mut planted = Vec::new();
+    for (name, args, result, set) in &functions {
+        for (i, arg) in args.iter().enumerate() {
+            if arg != "text" {
+                continue;
+            }
+            for other in ["name", "character varying"] {
+                let mut types = args.clone();
+                types[i] = other.to_string();
+                let signature = format!("{name}({})", types.join(", "));
+                let ret = if *set || result == "void" { "" } else { "NULL" };
+                sqlx::raw_sql(&format!(
+                    "CREATE FUNCTION public.{signature} RETURNS {result} LANGUAGE plpgsql AS $s$ \
+                     BEGIN INSERT INTO public.shadow_ran VALUES ('{signature}', current_user); RETURN {ret}; END $s$; \
+                     GRANT EXECUTE ON FUNCTION public.{signature} TO PUBLIC"
+                ))
+                .execute(&mut *console)
+                .await
+                .unwrap_or_else(|e| panic!("{signature}: {e}"));
+                planted.push(signature);
+            }
+        }
+    }
+    for expected in [
+        "rbac_gateway_record_group_change(text, name, text, text[])",
+        "rbac_gateway_erase_named(text, character varying)",
+        "rbac_gateway_principal(character varying, boolean)",
+    ] {
+        assert!(planted.iter().any(|p| p == expected), "{expected} planted");
+    }
+
+    // A break-glass membership and the admin's erasure, as Console writes them.
+    let admin = db.admin("planted@corp.example").await;
+    sqlx::query(
+        "INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
+         SELECT $1, id, 'ops' FROM rbac_groups WHERE name = 'break-glass'",
+    )
+    .bind(&admin)
+    .execute(&mut *console)
+    .await
+    .expect("Console adds an admin to the break-glass group");
+    let recorded: Vec<String> = sqlx::query_scalar("SELECT what FROM rbac_gateway_group_changes")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        vec![format!(
+            "admin planted@corp.example ({admin}) made a permanent member of the break-glass group"
+        )]
+    );
+    sqlx::query("DELETE FROM admins WHERE id = $1")
+        .bind(&admin)
+        .execute(&mut *console)
+        .await
+        .expect("Console erases the admin");
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT what FROM rbac_gateway_group_changes ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    // The membership's end is recorded too (the erasure's cascade), after the email is gone.
+    assert_eq!(
+        recorded,
+        vec![
+            format!("admin (erased) ({admin}) made a permanent member of the break-glass group"),
+            format!("admin ? ({admin}) no longer a permanent member of the break-glass group"),
+        ]
+    );
+
+    // The lookups; then the procedure's again with the session's admin typed `varchar` (the
+    // set-returning functions refuse that type: their result columns are `text`).
+    let looked_up = db.admin("looked-up@corp.example").await;
+    let token = db.session(&looked_up).await;
+    let hash = rbac_gateway::stores::identity::token_hash(&token);
+    for sql in [
+        "SELECT admin_id FROM rbac_gateway_session_principals(ARRAY[$1], false)",
+        "SELECT admin_id FROM rbac_gateway_session_principal($1, false)",
+        "CALL rbac_gateway_session_lookup($1, false)",
+    ] {
+        let found: Option<String> = sqlx::query_scalar(sql)
+            .bind(&hash)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_eq!(found.as_ref(), Some(&looked_up), "{sql}");
+    }
+    sqlx::raw_sql(
+        "RESET ROLE; ALTER TABLE admin_sessions ALTER COLUMN admin_id TYPE character varying",
+    )
+    .execute(&mut *console)
+    .await
+    .unwrap();
+    let found: Option<String> = sqlx::query_scalar("CALL rbac_gateway_session_lookup($1, false)")
+        .bind(&hash)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(found, Some(looked_up));
+
+    let ran = shadows_ran(&db).await;
+    assert!(ran.is_empty(), "overloads ran: {ran:#?}");
+
+    // `check` names each overload, as an error.
+    let out = crate::cli::bin()
+        .args(["check", "--routes"])
+        .arg(root().join("routes.toml"))
+        .args(["--database-url", &db.url])
+        .output()
+        .unwrap();
+    let (code, text) = code_and_output(&out);
+    assert_ne!(code, Some(0), "{text}");
+    for signature in &planted {
+        let named = format!(
+            "database: function {} (owner console_app) has one of the gateway's names but not the owner of its tables",
+            signature.replace(", ", ",")
+        );
+        assert!(text.contains(&named), "{named}\n{text}");
+    }
+}
+
+/// `migrate` into a schema where Console's role made `format(text, text)`, which matches the
+/// bare `format('... %I', <text>)` of migration 0004 better than the built-in's `VARIADIC "any"`:
+/// it refuses, naming the function, migrates nothing and runs nothing of it; once the function
+/// is dropped, it migrates.
+#[tokio::test]
+async fn migrate_refuses_a_schema_where_another_role_made_a_namesake_of_a_builtin() {
+    let db = TestDb::at_version(0).await;
+    let mut console = as_console(&db).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE plpgsql AS $s$ \
+         BEGIN INSERT INTO public.shadow_ran VALUES ('format', current_user); \
+         RETURN pg_catalog.format($1, $2); END $s$",
+    )
+    .execute(&mut *console)
+    .await
+    .unwrap();
+    let migrate = || {
+        crate::cli::bin()
+            .args(["migrate", "--database-url", &db.url])
+            .output()
+            .unwrap()
+    };
+    let (code, text) = code_and_output(&migrate());
+    assert_ne!(code, Some(0), "{text}");
+    assert!(
+        text.contains("nothing was migrated: schema public holds function format(text,text) (owner console_app)"),
+        "{text}"
+    );
+    let migrated: bool = sqlx::query_scalar("SELECT to_regclass('rbac_change_log') IS NOT NULL")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(!migrated, "a migration ran");
+    assert_eq!(shadows_ran(&db).await, vec![]);
+
+    sqlx::raw_sql("DROP FUNCTION public.format(text, text)")
+        .execute(&mut *console)
+        .await
+        .unwrap();
+    let (code, text) = code_and_output(&migrate());
+    assert_eq!(code, Some(0), "{text}");
+}
+
+/// The owner of Console's tables may drop or disable the gateway's triggers on them: `check`
+/// names each trigger dropped, disabled, or enabled for replicas only (which fires in no
+/// ordinary session), and says nothing of them once they fire again.
+#[tokio::test]
+async fn check_names_the_gateways_triggers_that_do_not_fire() {
+    let db = TestDb::new().await;
+    let check = || {
+        let out = crate::cli::bin()
+            .args(["check", "--routes"])
+            .arg(root().join("routes.toml"))
+            .args(["--database-url", &db.url])
+            .output()
+            .unwrap();
+        code_and_output(&out)
+    };
+    let (code, clean) = check();
+    assert_eq!(code, Some(0), "{clean}");
+    assert!(!clean.contains("does not fire"), "{clean}");
+    sqlx::raw_sql(
+        "ALTER TABLE rbac_user_groups DISABLE TRIGGER rbac_gateway_break_glass; \
+         ALTER TABLE admins ENABLE REPLICA TRIGGER rbac_gateway_erase_admin; \
+         DROP TRIGGER access_audit_events_no_update ON access_audit_events",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (code, text) = check();
+    assert_ne!(code, Some(0), "{text}");
+    for trigger in [
+        "rbac_gateway_break_glass on rbac_user_groups",
+        "rbac_gateway_erase_admin on admins",
+        "access_audit_events_no_update on access_audit_events",
+    ] {
+        assert!(
+            text.contains(&format!(
+                "database: trigger {trigger} is missing or does not fire"
+            )),
+            "{trigger}\n{text}"
+        );
+    }
+    sqlx::raw_sql(
+        "ALTER TABLE rbac_user_groups ENABLE TRIGGER rbac_gateway_break_glass; \
+         ALTER TABLE admins ENABLE TRIGGER rbac_gateway_erase_admin",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (_, text) = check();
+    assert!(
+        !text.contains("rbac_gateway_break_glass on rbac_user_groups")
+            && !text.contains("rbac_gateway_erase_admin on admins")
+            && text.contains("access_audit_events_no_update on access_audit_events is missing"),
+        "{text}"
+    );
+}
