@@ -1,9 +1,9 @@
 //! The embedded migrations (`migrations/`) and `migrate`: the session's path pinned, no lock
 //! waited for longer than [`MIGRATE_LOCK_TIMEOUT`] (tried again instead), the indexes of
-//! migration 0016 built beforehand without blocking writes where it has not run yet
-//! (`before_0016`), and, after the migrations, the erasure's indexes built the same way and the
-//! rows written before migration 0025 given their erasure keys in short batches
-//! (`after_migrations`). docs/design/migrations.md.
+//! migrations 0001 and 0016 on Console's tables built beforehand without blocking writes where
+//! they have not run yet (`before_migrations`), and, after the migrations, the erasure's
+//! indexes built the same way and the rows written before migration 0025 given their erasure
+//! keys in short batches (`after_migrations`). docs/design/migrations.md.
 
 use std::time::Duration;
 
@@ -54,13 +54,9 @@ pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
         sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&pin)).await?;
         // One migrate at a time builds indexes: another's build in progress is not taken for a
         // cancelled one (dropped and built again) nor for a finished one.
-        sqlx::Executor::execute(
-            &mut *conn,
-            sqlx::raw_sql("SELECT pg_catalog.pg_advisory_lock(7285402519317433201)"),
-        )
-        .await?;
+        migrate_lock(&mut conn).await?;
         no_planted_namesakes(&mut conn).await?;
-        before_0016(&mut conn).await?;
+        before_migrations(&mut conn).await?;
         match MIGRATOR.run(&mut *conn).await {
             Ok(()) => return after_migrations(&mut conn).await.map_err(Into::into),
             Err(e) if lock_timed_out(&e) && attempt < MIGRATE_ATTEMPTS => {
@@ -69,9 +65,87 @@ pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
                 tokio::time::sleep(pause(attempt)).await;
                 attempt += 1;
             }
+            Err(e) if lock_timed_out(&e) => {
+                let oldest = oldest_transactions(&mut conn).await.unwrap_or_default();
+                tracing::error!(
+                    attempts = attempt,
+                    "migrate: gave up: a lock the migration needs was held past {} ms at each of {attempt} tries (about {} s): by a transaction of another session, which Console's writes were not kept waiting behind; run `rbac-gateway migrate` again once it has ended (the oldest open transactions: {})",
+                    MIGRATE_LOCK_TIMEOUT.as_millis(),
+                    (1..attempt).map(|a| pause(a) + MIGRATE_LOCK_TIMEOUT).sum::<Duration>().as_secs(),
+                    if oldest.is_empty() { "none now".to_string() } else { oldest.join("; ") },
+                );
+                return Err(e);
+            }
             other => return other,
         }
     }
+}
+
+/// The key of the session lock one `migrate` holds while it runs.
+const MIGRATE_LOCK: i64 = 7285402519317433201;
+
+/// Takes the session lock one `migrate` holds while it runs ([`MIGRATE_LOCK`]), trying again
+/// after a pause while another session holds it (the same pauses and attempts as a migration's
+/// lock: a second `migrate` waits for the first, and says so), never waiting in the server past
+/// `lock_timeout`. An error names the session holding it.
+async fn migrate_lock(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    for attempt in 1..=MIGRATE_ATTEMPTS {
+        let taken: bool = sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_lock($1)")
+            .persistent(false)
+            .bind(MIGRATE_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        if taken {
+            return Ok(());
+        }
+        let holder = lock_holder(conn).await?;
+        if attempt == MIGRATE_ATTEMPTS {
+            return Err(sqlx::Error::InvalidArgument(format!(
+                "another `rbac-gateway migrate` ({holder}) still holds the migration lock after {attempt} tries: run `migrate` again once it has ended"
+            )));
+        }
+        tracing::warn!(
+            attempt,
+            "migrate: another `rbac-gateway migrate` ({holder}) is running; waiting for it"
+        );
+        tokio::time::sleep(pause(attempt)).await;
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Who holds [`MIGRATE_LOCK`]: `pid N (application, state since TIME)`, or that it was let go.
+async fn lock_holder(conn: &mut sqlx::PgConnection) -> Result<String, sqlx::Error> {
+    let holder: Option<String> = sqlx::query_scalar(
+        "SELECT pg_catalog.format('pid %s (%s, %s since %s)', a.pid, a.application_name, a.state, \
+                                  pg_catalog.to_char(a.state_change AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS UTC')) \
+           FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid \
+          WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.granted \
+            AND l.classid::int8 OPERATOR(pg_catalog.=) $1 AND l.objid::int8 OPERATOR(pg_catalog.=) $2 \
+            AND l.objsubid OPERATOR(pg_catalog.=) 1 \
+          LIMIT 1",
+    )
+    .persistent(false)
+    // A bigint key is shown in pg_locks as its high and low 32 bits.
+    .bind(MIGRATE_LOCK >> 32)
+    .bind(MIGRATE_LOCK & 0xffff_ffff)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(holder.unwrap_or_else(|| "a session that has just let it go".to_string()))
+}
+
+/// The three oldest open transactions of other sessions, each as `pid N (application, state,
+/// open since TIME)`: where a lock the migration waited for is likely held.
+async fn oldest_transactions(conn: &mut sqlx::PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT pg_catalog.format('pid %s (%s, %s, open since %s)', a.pid, a.application_name, a.state, \
+                                  pg_catalog.to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS UTC')) \
+           FROM pg_catalog.pg_stat_activity a \
+          WHERE a.xact_start IS NOT NULL AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
+          ORDER BY a.xact_start LIMIT 3",
+    )
+    .persistent(false)
+    .fetch_all(&mut *conn)
+    .await
 }
 
 /// Refuses to migrate where the gateway's schema holds a function or operator named as one of
@@ -158,33 +232,64 @@ fn pause(attempt: u32) -> Duration {
     Duration::from_millis(100 * u64::from(attempt.min(20)))
 }
 
-/// Migration 0016's indexes on Console's grants tables (`rbac_grants_audit`,
-/// `rbac_ticket_grants`), built before 0016 runs where it has not run yet, each with `CREATE
-/// INDEX CONCURRENTLY` (outside a transaction; it takes no lock that blocks a write, and waits
-/// for the transactions in progress without holding one). 0016's `CREATE INDEX IF NOT EXISTS`
-/// then finds them, and holds its locks only for as long as that takes, instead of building an
-/// index while Console's writes to both tables wait (and deadlock with its ticket grants, which
-/// take the tables in the other order). Skipped, as 0016 skips it, where the migrating role is
-/// no member of the table's owner. An index a cancelled build left invalid is dropped (also
-/// concurrently) and built again. The definitions are 0016's.
-async fn before_0016(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-    const INDEXES: [(&str, &str, &str); 4] = [
+/// The indexes migrations 0001 and 0016 build on Console's tables, built before a migration
+/// that has not run yet runs, each with `CREATE INDEX CONCURRENTLY` (outside a transaction; it
+/// takes no lock that blocks a write, and waits for the transactions in progress without
+/// holding one). The migration's `CREATE INDEX IF NOT EXISTS` then finds it, and holds its locks
+/// only for as long as that takes, instead of building an index while Console's writes to the
+/// table wait: 0001 on a first install in front of a Console whose tables already hold its
+/// sessions (a build of 4 million sessions held their writes 3.5 s), 0016 on an upgrade (where
+/// it also deadlocked with Console's ticket grants, which take its two tables in the other
+/// order). Skipped where the table does not exist (a new database: the migration makes it
+/// empty) or the migrating role is no member of its owner (where the migrations skip it or fail
+/// anyway). An index a cancelled build left invalid is dropped (also concurrently) and built
+/// again. The definitions are the migrations'.
+async fn before_migrations(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    const INDEXES: [(i64, &str, &str, &str); 8] = [
         (
+            1,
+            "idx_admin_sessions_admin",
+            "admin_sessions",
+            "(admin_id)",
+        ),
+        (
+            1,
+            "idx_rga_target",
+            "rbac_grants_audit",
+            "(target_user_id, created_at_utc DESC)",
+        ),
+        (
+            1,
+            "idx_rtg_user",
+            "rbac_ticket_grants",
+            "(user_id) WHERE revoked_at_utc IS NULL",
+        ),
+        (
+            1,
+            "idx_rbg_user",
+            "rbac_break_glass_sessions",
+            "(user_id) WHERE revoked_at_utc IS NULL",
+        ),
+        (
+            16,
             "idx_rga_ticket",
             "rbac_grants_audit",
             "(ticket_id) WHERE ticket_id IS NOT NULL",
         ),
         (
+            16,
             "idx_rga_expires",
             "rbac_grants_audit",
             "(expires_at_utc) WHERE expires_at_utc IS NOT NULL",
         ),
         (
+            16,
             "idx_rtg_ticket",
             "rbac_ticket_grants",
             "(ticket_id) WHERE revoked_at_utc IS NULL",
         ),
         (
+            16,
             "idx_rtg_customer",
             "rbac_ticket_grants",
             "(customer_id) WHERE revoked_at_utc IS NULL",
@@ -195,20 +300,18 @@ async fn before_0016(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
             .persistent(false)
             .fetch_one(&mut *conn)
             .await?;
-    if !migrated {
-        return Ok(()); // a new database: 0016 builds them on empty tables
-    }
-    let applied: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT FROM _sqlx_migrations WHERE version OPERATOR(pg_catalog.=) 16)",
-    )
-    .persistent(false)
-    .fetch_one(&mut *conn)
-    .await?;
-    if applied {
-        return Ok(());
-    }
-    for (index, table, columns) in INDEXES {
-        ensure_index(conn, index, table, columns).await?;
+    let applied: Vec<i64> = if migrated {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+            .persistent(false)
+            .fetch_all(&mut *conn)
+            .await?
+    } else {
+        Vec::new()
+    };
+    for (version, index, table, columns) in INDEXES {
+        if !applied.contains(&version) {
+            ensure_index(conn, index, table, columns).await?;
+        }
     }
     Ok(())
 }
@@ -246,7 +349,7 @@ async fn ensure_index(
     tracing::info!(
         index,
         table,
-        "migrate: building an index concurrently (Console's writes go on)"
+        "migrate: building an index concurrently (Console's writes go on; it first waits for the transactions open on the table to end, however long)"
     );
     let build = format!("CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table} {columns}");
     sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&build)).await?;

@@ -351,7 +351,6 @@ pub const BUILTINS: &[&str] = &[
     "max",
     "min",
     "now",
-    "pg_advisory_lock",
     "pg_advisory_xact_lock",
     "pg_backend_pid",
     "pg_current_snapshot",

@@ -201,6 +201,102 @@ async fn migrate_from_the_previous_release_under_consoles_writes_stalls_none() {
     assert_eq!(indexes, 4, "0016's indexes, valid");
 }
 
+/// A first install in front of a Console in production: Console's tables as migration 0001
+/// declares them, without the indexes 0001 and 0016 name, its grants audit two years' size
+/// (2,000,000 rows: an index on it takes longer to build than Console's writes wait). `migrate` from an empty database while Console writes (one of its
+/// transactions holding a write open until migrate waits for it): 0001's indexes were built
+/// inside its transaction, holding a lock that made every Console write to the table wait for
+/// the build; now they are built concurrently first (`before_migrations`), as 0016's are.
+#[tokio::test]
+async fn a_first_install_in_front_of_consoles_tables_stalls_none_of_its_writes() {
+    let _alone = timed_alone().await;
+    let db = TestDb::at_version(0).await;
+    let schema = std::fs::read_to_string(root().join("migrations/0001_schema.sql")).unwrap();
+    let (console, _) = schema
+        .split_once("CREATE TABLE IF NOT EXISTS access_audit_events")
+        .unwrap();
+    let console: String = console
+        .lines()
+        .filter(|l| !l.starts_with("CREATE INDEX"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    sqlx::raw_sql(&console).execute(&db.pool).await.unwrap();
+    let admin = db.admin("year@corp.example").await;
+    sqlx::raw_sql(&format!(
+        "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, granted_by, created_at_utc) \
+         SELECT 'old-' || i, 'grant', '{admin}', 'console', now() - i * interval '1 second' \
+           FROM generate_series(1, 2000000) i; \
+         INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc) \
+         SELECT 'old-' || i, '{admin}', md5(i::text), now() + interval '1 hour' FROM generate_series(1, 100000) i; \
+         ANALYZE rbac_grants_audit; ANALYZE admin_sessions;"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    migrate_under_writes(&db, true).await;
+    let indexes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         WHERE c.relname IN ('idx_admin_sessions_admin', 'idx_rga_target', 'idx_rtg_user', 'idx_rbg_user', \
+                             'idx_rga_ticket', 'idx_rga_expires', 'idx_rtg_ticket', 'idx_rtg_customer') AND i.indisvalid",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(indexes, 8, "0001's and 0016's indexes, valid");
+}
+
+/// A second `migrate` while another holds the migration lock (a release phase run twice, or a
+/// rerun while a killed one's server session still builds): it waits, says whom for, and
+/// migrates once the lock is let go (before, it failed after 200 ms with "canceling statement
+/// due to lock timeout").
+#[tokio::test]
+async fn a_second_migrate_waits_for_the_first_and_says_so() {
+    let db = TestDb::at_version(0).await;
+    let mut holder = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql(
+        "SET application_name = 'the first migrate'; SELECT pg_advisory_lock(7285402519317433201)",
+    )
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .args(["migrate", "--database-url", &db.url])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::spawn(out);
+    eventually(
+        Duration::from_secs(30),
+        "the second migrate looking up who holds the lock",
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = 'rbac-gateway' \
+                   AND datname = current_database() AND query LIKE '%pg_locks%' AND state = 'idle')",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    sqlx::raw_sql("SELECT pg_advisory_unlock(7285402519317433201)")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("migrate ended within 120 s")
+        .unwrap()
+        .unwrap();
+    let (code, text) = code_and_output(&out);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("another `rbac-gateway migrate` (pid ")
+            && text.contains("(the first migrate, idle since")
+            && text.contains("is running; waiting for it"),
+        "{text}"
+    );
+}
+
 /// A database that has run every migration: `migrate` under Console's writes is a no-op that
 /// stalls nothing.
 #[tokio::test]
