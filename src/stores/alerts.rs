@@ -60,10 +60,13 @@ impl AlertPass {
     }
 
     /// Records an alert for each break-glass session that is active, or was active and ended
-    /// within a day of being granted; the keys recorded now.
+    /// within a day of being granted, with the session as it alerts it (its admin, its start,
+    /// its end); and raises again, undelivered, the alert of a session changed since (another
+    /// admin, another start, a later end: migration 0033), which counts again once that is
+    /// delivered (`break_glass_alerted!`). The keys recorded or raised again now.
     pub async fn raise_break_glass_sessions(&mut self) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(concat!(
-            "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys) \
+            "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys, session_user_id, session_granted_at_utc, session_ends_at_utc) \
              SELECT 'break_glass:' || b.id, \
                     pg_catalog.format('Break-glass session opened for %s (%s). Justification: %s. Expires %s UTC.%s', \
                            a.email, b.user_id, b.justification, pg_catalog.to_char(",
@@ -72,14 +75,26 @@ impl AlertPass {
                            CASE WHEN b.revoked_at_utc IS NOT NULL OR ",
             crate::break_glass_end!(),
             " <= pg_catalog.now() THEN ' It ended before this alert was raised.' ELSE '' END), \
-                    ARRAY[b.user_id] \
+                    ARRAY[b.user_id], b.user_id, b.granted_at_utc, ",
+            crate::break_glass_end!(),
+            " \
              FROM rbac_break_glass_sessions b JOIN admins a ON a.id = b.user_id \
              WHERE (b.revoked_at_utc IS NULL AND ",
             crate::break_glass_end!(),
             " > pg_catalog.now()) \
                 OR (b.granted_at_utc > pg_catalog.now() - interval '1 day' AND b.expires_at_utc > b.granted_at_utc \
                     AND (b.revoked_at_utc IS NULL OR b.revoked_at_utc > b.granted_at_utc)) \
-             ON CONFLICT (key) DO NOTHING RETURNING key"
+             ON CONFLICT (key) DO UPDATE SET \
+                 text = 'Break-glass session changed after its alert; it counts again once this one is delivered. ' \
+                        || EXCLUDED.text, \
+                 erasure_keys = EXCLUDED.erasure_keys, session_user_id = EXCLUDED.session_user_id, \
+                 session_granted_at_utc = EXCLUDED.session_granted_at_utc, session_ends_at_utc = EXCLUDED.session_ends_at_utc, \
+                 delivered_at_utc = NULL, attempts = 0, next_attempt_utc = pg_catalog.now(), last_error = NULL \
+               WHERE rbac_gateway_alerts.session_user_id IS DISTINCT FROM EXCLUDED.session_user_id \
+                  OR rbac_gateway_alerts.session_granted_at_utc IS DISTINCT FROM EXCLUDED.session_granted_at_utc \
+                  OR rbac_gateway_alerts.session_ends_at_utc < EXCLUDED.session_ends_at_utc \
+                  OR rbac_gateway_alerts.session_ends_at_utc IS NULL \
+             RETURNING key"
         )).persistent(false)
         .fetch_all(&mut *self.tx)
         .bounded(self.limit)

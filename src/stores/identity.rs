@@ -118,6 +118,25 @@ macro_rules! break_glass_end {
     };
 }
 
+/// SQL text: whether break-glass session `b`'s alert was delivered, and told the session as it
+/// stands: its admin, its start and no later end than [`break_glass_end`] gives it now (I-4,
+/// migration 0033: a row changed after its alert counts again once the alert the pass raises
+/// again for it is delivered). The principal's function in `migrations/` spells the same text
+/// (a unit test below holds them equal).
+#[macro_export]
+macro_rules! break_glass_alerted {
+    () => {
+        concat!(
+            "EXISTS (SELECT 1 FROM rbac_gateway_alerts a \
+             WHERE a.key = 'break_glass:' || b.id AND a.delivered_at_utc IS NOT NULL \
+             AND a.session_user_id = b.user_id AND a.session_granted_at_utc = b.granted_at_utc \
+             AND ",
+            $crate::break_glass_end!(),
+            " <= a.session_ends_at_utc)"
+        )
+    };
+}
+
 /// SQL text: whether break-glass session `b` has started. It counts from `granted_at_utc`: a row
 /// dated later grants nothing yet (else it would run from now until its expiry, past the 4 hours
 /// of [`break_glass_end`]). Every read of whether a session is active pairs the two; the
@@ -578,9 +597,9 @@ pub async fn provenance(
             break_glass_end!(),
             " > pg_catalog.now() AND ",
             break_glass_started!(),
-            r#"
-                 AND (NOT $2::bool OR EXISTS (SELECT 1 FROM rbac_gateway_alerts a
-                                              WHERE a.key = 'break_glass:' || b.id AND a.delivered_at_utc IS NOT NULL)))
+            " AND (NOT $2::bool OR ",
+            break_glass_alerted!(),
+            r#"))
            ORDER BY 2"#
         ),
     ).persistent(false)
@@ -711,19 +730,24 @@ mod tests {
     }
 
     /// The principal's function (the last migration that defines it) ends a break-glass
-    /// session exactly where `break_glass_end!()` does, everywhere it reads an end, and starts it
-    /// where `break_glass_started!()` does.
+    /// session exactly where `break_glass_end!()` does, everywhere it reads an end, starts it
+    /// where `break_glass_started!()` does, and asks for its alert as `break_glass_alerted!()`.
     #[test]
     fn the_principal_function_ends_break_glass_as_break_glass_end_does() {
         let sql = crate::stores::migrations::latest_definition("rbac_gateway_principal");
         let body = &sql[sql.find("$fn$").expect("a $fn$ body")..];
         let end = break_glass_end!();
-        assert_eq!(body.matches(end).count(), 3, "{body}");
+        assert_eq!(body.matches(end).count(), 4, "{body}");
         assert_eq!(
             body.matches("b.expires_at_utc").count(),
-            3,
+            4,
             "every read of a session's end goes through the expression: {body}"
         );
+        // The alert's condition as `explain` reads it (migration 0033), whitespace aside.
+        let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let alerted = words(break_glass_alerted!())
+            .replace("FROM rbac_gateway_alerts", "FROM @s.rbac_gateway_alerts");
+        assert!(words(body).contains(&alerted), "{alerted}\n{body}");
         // The statements call `pg_catalog.now()`; the function, whose path is pinned to
         // pg_catalog (migration 0022), calls `now()`.
         let started = break_glass_started!().replace("pg_catalog.", "");

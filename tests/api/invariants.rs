@@ -93,6 +93,88 @@ async fn break_glass_waits_for_its_delivered_alert_by_default() {
     .await;
 }
 
+/// I-4 after the alert: a break-glass session row changed once its alert was delivered (given
+/// to another admin, granted again now to restart its 4 hours) counts for no one until the alert
+/// the pass raises again for it, naming the session as it now stands, is delivered. Before
+/// migration 0033 the first delivery covered whatever the row became.
+#[tokio::test]
+async fn a_break_glass_session_changed_after_its_alert_counts_again_only_once_alerted_again() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .seeds_defaults()
+            .arg("--alert-webhook-url")
+            .arg(&format!("http://{}/hook", hook.addr))
+            .arg("--cache-ttl")
+            .arg("60"),
+    )
+    .await;
+    let (first, token1) = db.admin_with_roles(&[]).await;
+    let (second, token2) = db.admin_with_roles(&[]).await;
+    let session = db.break_glass(&first, 600.0).await;
+    eventually(
+        Duration::from_secs(10),
+        "the first admin's break-glass honoured",
+        || async { gw.status("/ops", Some(&token1)).await == 200 },
+    )
+    .await;
+    assert_eq!(gw.status("/ops", Some(&token2)).await, 403);
+
+    // The webhook now refuses; the row is given to the second admin and granted again.
+    *hook.status.lock().unwrap() = 503;
+    sqlx::query(
+        "UPDATE rbac_break_glass_sessions SET user_id = $2, granted_at_utc = now(), \
+         expires_at_utc = now() + interval '4 hours' WHERE id = $1",
+    )
+    .bind(&session)
+    .bind(&second)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let raised_again = || {
+        hook.requests().iter().any(|r| {
+            let body = String::from_utf8_lossy(&r.body);
+            body.contains("changed after its alert") && body.contains(&second)
+        })
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the changed session's alert raised again",
+        || async { raised_again() },
+    )
+    .await;
+    // The change feed has moved the session off the first admin (both were re-resolved).
+    eventually(
+        Duration::from_secs(10),
+        "the first admin's break-glass ended",
+        || async { gw.status("/ops", Some(&token1)).await == 403 },
+    )
+    .await;
+    assert_eq!(
+        gw.status("/ops", Some(&token2)).await,
+        403,
+        "the changed session counted on the first alert"
+    );
+    let alerts: i64 = sqlx::query_scalar("SELECT count(*) FROM rbac_gateway_alerts WHERE key = $1")
+        .bind(format!("break_glass:{session}"))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(alerts, 1, "one alert per session, raised again in place");
+
+    // Delivered: the session counts, for the second admin.
+    *hook.status.lock().unwrap() = 200;
+    eventually(
+        Duration::from_secs(10),
+        "the changed session honoured once alerted",
+        || async { gw.status("/ops", Some(&token2)).await == 200 },
+    )
+    .await;
+    assert_eq!(gw.status("/ops", Some(&token1)).await, 403);
+}
+
 #[tokio::test]
 async fn without_an_alert_destination_no_break_glass_session_proceeds_and_readyz_says_so() {
     let db = TestDb::new().await;
