@@ -265,6 +265,16 @@ impl Reader<'_> {
                 }
             }
         }
+        if raw.rule.is_none()
+            && raw.reason.is_none()
+            && Label::ALL.iter().all(|l| outcomes.contains(l))
+        {
+            self.problem(
+                at,
+                "`expect` lists every outcome: a case any decision passes tests nothing (list the outcomes it may have)".into(),
+            );
+            return None;
+        }
         Some(Expect {
             outcomes,
             rule: raw.rule.as_ref().map(|r| r.get_ref().clone()),
@@ -421,6 +431,19 @@ pub fn read(index: usize, file: &TestFile) -> Result<Vec<Case>, Vec<Problem>> {
                     col,
                 },
             );
+        }
+    }
+    // A name given twice: a failure would not say which case failed.
+    let mut names = BTreeMap::new();
+    for c in &raw.case {
+        if let Some(name) = &c.get_ref().name {
+            let (line, _) = r.lines.at(c.span().start);
+            if let Some(first) = names.insert(name.clone(), line) {
+                r.problem(
+                    c.span().start,
+                    format!("a second case named {name:?} (the first is on line {first}): give each case a name of its own"),
+                );
+            }
         }
     }
     let cases: Vec<Case> = raw
@@ -606,6 +629,27 @@ requires_one_of = ["a"]
         );
         assert!(
             all[0].starts_with("t.test.toml:5:8: `rule` on a statement"),
+            "{all:#?}"
+        );
+        // An `expect` any decision passes, and a name given twice.
+        let every: Vec<String> = Label::ALL
+            .iter()
+            .map(|l| format!("{:?}", l.as_str()))
+            .collect();
+        let all = problems(&format!(
+            "[[case]]\nwho = \"no-session\"\nrequest = \"GET /a\"\nexpect = [{}]\n",
+            every.join(", ")
+        ));
+        assert!(
+            all[0].starts_with("t.test.toml:4:10: `expect` lists every outcome"),
+            "{all:#?}"
+        );
+        let all = problems(
+            "[[case]]\nname = \"n\"\nwho = \"no-session\"\nrequest = \"GET /a\"\nexpect = \"login\"\n\n[[case]]\nname = \"n\"\nwho = \"no-session\"\nrequest = \"GET /b\"\nexpect = \"login\"\n",
+        );
+        assert!(
+            all[0]
+                .starts_with("t.test.toml:7:1: a second case named \"n\" (the first is on line 1)"),
             "{all:#?}"
         );
     }
