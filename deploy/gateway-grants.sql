@@ -12,8 +12,9 @@
 -- Idempotent, and exact: everything rbac_gateway_serve held on this schema's tables, sequences
 -- and functions is revoked first, then granted again below, in one transaction (a gateway
 -- running meanwhile never sees the role without its grants). UPDATE is granted on the columns
--- the gateway writes only: it never changes who a grant is for, what an alert says, or a row of
--- the audit trail (access_audit_events is also append-only by trigger).
+-- the gateway writes only: it never changes who a grant is for or a row of the audit trail
+-- (access_audit_events is also append-only by trigger); an alert's text only where its
+-- break-glass session changed after it was delivered, and it is raised again (migration 0033).
 -- tests/api/grants.rs runs `serve` and `sweep` as a login holding this role alone.
 --
 -- Not granted here: CONNECT on the database and USAGE on the schema, which PUBLIC holds by
@@ -102,8 +103,9 @@ GRANT USAGE ON SEQUENCE rbac_change_log_id_seq TO rbac_gateway_serve;
 -- Change feed: the server's token read with each snapshot, made after a crash or a failover.
 GRANT SELECT, INSERT ON rbac_gateway_feed_epoch TO rbac_gateway_serve;
 
--- Alert pass: alerts recorded exactly once, the due ones read; request path with
--- --break-glass-requires-alert (was the session's alert delivered?).
+-- Alert pass: alerts recorded once by key (a break-glass session's raised again when the session
+-- changed after it), the due ones read; request path with --break-glass-requires-alert (was the
+-- session's alert delivered, for the session as it is?).
 GRANT SELECT, INSERT ON rbac_gateway_alerts TO rbac_gateway_serve;
 -- Alert pass: a delivery, or a failed one and its backoff; a break-glass session changed after
 -- its alert, raised again as it now stands (migration 0033).

@@ -14,8 +14,9 @@
 -- Each argument is now cast to its declared type: an exact match, which no function in another
 -- schema and no other function of the same schema can beat (one schema cannot declare the same
 -- signature twice). An overload with more arguments that have defaults makes the call
--- ambiguous, which fails it (and the write or lookup with it: fail closed); `check` names every
--- function in the gateway's schema under one of its names that is not one of its own.
+-- ambiguous, which fails it (and the write or lookup with it: fail closed; the alert pass calls
+-- none by name); `check` names every function in the gateway's schema under one of its names
+-- that is not one of its own.
 --
 -- The bodies are 0025's (the triggers) and 0022's (the lookups), the casts aside; CREATE OR
 -- REPLACE keeps each function's grants. Changing them: a new migration with CREATE OR REPLACE

@@ -13,7 +13,10 @@
 -- session revoked and then restored as it was alerted counts as alerted.
 --
 -- Alerts recorded before this migration are given the session as it stands now: what they
--- alerted is not known, and a session they cover goes on counting through the upgrade.
+-- alerted is not known, and a session they cover goes on counting through the upgrade. An alert
+-- a gateway of the previous release records during a rolling deploy (without these columns) is
+-- given the session as it stands when it is recorded, by a trigger (rbac_gateway_alert_session):
+-- it counts once delivered, as it did, and is not raised again as changed.
 --
 -- Changing it: a new migration (never edit this one).
 ALTER TABLE rbac_gateway_alerts ADD COLUMN IF NOT EXISTS session_user_id TEXT;
@@ -78,6 +81,23 @@ BEGIN
         (SELECT last FROM bg) AS break_glass_until;
 END
 $fn$;
+
+CREATE OR REPLACE FUNCTION @s.rbac_gateway_alert_session() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF NEW.session_user_id IS NULL AND NEW.key LIKE 'break_glass:%' THEN
+        SELECT b.user_id, b.granted_at_utc, least(b.expires_at_utc, b.granted_at_utc + interval '4 hours')
+          INTO NEW.session_user_id, NEW.session_granted_at_utc, NEW.session_ends_at_utc
+          FROM @s.rbac_break_glass_sessions b
+         WHERE b.id = substr(NEW.key, length('break_glass:') + 1);
+    END IF;
+    RETURN NEW;
+END;
+$fn$;
+REVOKE EXECUTE ON FUNCTION @s.rbac_gateway_alert_session() FROM PUBLIC;
+DROP TRIGGER IF EXISTS rbac_gateway_alert_session ON @s.rbac_gateway_alerts;
+CREATE TRIGGER rbac_gateway_alert_session BEFORE INSERT ON @s.rbac_gateway_alerts
+    FOR EACH ROW EXECUTE FUNCTION @s.rbac_gateway_alert_session();
 $sql$, '@s.', pg_catalog.quote_ident(pg_catalog.current_schema()) OPERATOR(pg_catalog.||) '.');
     -- The alert pass raises a changed session's alert again (deploy/gateway-grants.sql grants
     -- the same again).

@@ -212,12 +212,21 @@ impl AlertPass {
     /// What the break-glass group grants now.
     pub async fn break_glass_grants(&mut self) -> Result<Grants, sqlx::Error> {
         sqlx::query_as(
-            "SELECT \
+            // The break-glass group's roles after inheritance, as rbac_gateway_break_glass_roles()
+            // reads them, written out: a call of it by name is made ambiguous (an error, and the
+            // whole pass with it) by an overload with defaulted arguments that Console's role
+            // may add where it may create (`check` names such a function).
+            "WITH RECURSIVE e(role_id) AS ( \
+                 SELECT gr.role_id FROM rbac_group_roles gr JOIN rbac_groups g ON g.id = gr.group_id \
+                  WHERE g.name = 'break-glass' \
+                 UNION \
+                 SELECT ri.parent_role_id FROM rbac_role_inheritance ri JOIN e ON ri.child_role_id = e.role_id) \
+             SELECT \
                COALESCE((SELECT pg_catalog.array_agg(r.name ORDER BY r.name) FROM rbac_roles r \
-                         WHERE r.id IN (SELECT role_id FROM rbac_gateway_break_glass_roles())), '{}'), \
+                         WHERE r.id IN (SELECT role_id FROM e)), '{}'), \
                COALESCE((SELECT pg_catalog.array_agg(DISTINCT p.name ORDER BY p.name) FROM rbac_role_permissions rp \
                          JOIN rbac_permissions p ON p.id = rp.permission_id \
-                         WHERE rp.role_id IN (SELECT role_id FROM rbac_gateway_break_glass_roles())), '{}'), \
+                         WHERE rp.role_id IN (SELECT role_id FROM e)), '{}'), \
                COALESCE((SELECT pg_catalog.array_agg(ug.user_id ORDER BY ug.user_id) FROM rbac_user_groups ug \
                          JOIN rbac_groups g ON g.id = ug.group_id WHERE g.name = 'break-glass'), '{}')",
         ).persistent(false)

@@ -57,6 +57,7 @@ pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
         migrate_lock(&mut conn).await?;
         no_planted_namesakes(&mut conn).await?;
         before_migrations(&mut conn).await?;
+        no_planted_namesakes(&mut conn).await?;
         match MIGRATOR.run(&mut *conn).await {
             Ok(()) => return after_migrations(&mut conn).await.map_err(Into::into),
             Err(e) if lock_timed_out(&e) && attempt < MIGRATE_ATTEMPTS => {
@@ -149,20 +150,27 @@ async fn oldest_transactions(conn: &mut sqlx::PgConnection) -> Result<Vec<String
 }
 
 /// Refuses to migrate where the gateway's schema holds a function or operator named as one of
-/// `pg_catalog`'s or as one of the gateway's (`rbac_gateway_*`, `rbac_mapping_*`) that neither
-/// the migrating role nor the owner of the gateway's tables owns, and that no extension
-/// installed. The migrations written before 0022 call built-ins by their bare names, and once
-/// applied a migration cannot be edited (sqlx checks its checksum): a function there that
-/// matches such a call better than the built-in (`format(text, text)` against `format(text,
-/// VARIADIC "any")`) would run with the migrating role's privileges, which own the gateway's
-/// tables, and could leave a function behind that runs as them. The path [`migrate`] pins holds
-/// that schema alone, after `pg_catalog`, so no other schema's functions are searched.
+/// `pg_catalog`'s (with other argument types: an equal match goes to `pg_catalog`, searched
+/// first) or as one of the gateway's (`rbac_gateway_*`, `rbac_mapping_*`,
+/// `access_audit_events_append_only`), whose owner is not trusted: neither the migrating role
+/// nor the owner of the gateway's tables, nor a member of either (which may act as them
+/// already), nor a superuser (which owns an extension's objects, a trusted one's too). The
+/// migrations written before 0022 call built-ins by their bare names, and once applied a
+/// migration cannot be edited (sqlx checks its checksum): a function there that matches such a
+/// call better than the built-in (`format(text, text)` against `format(text, VARIADIC "any")`)
+/// would run with the migrating role's privileges, which own the gateway's tables, and could
+/// leave a function behind that runs as them. Run before the indexes are built and again just
+/// before the migrations (the builds may wait long); the path [`migrate`] pins holds that
+/// schema alone, after `pg_catalog`, so no other schema's functions are searched.
 async fn no_planted_namesakes(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     let found: Vec<String> = sqlx::query_scalar(
         "WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) pg_catalog.current_user() \
                      UNION SELECT c.relowner FROM pg_catalog.pg_class c \
                       WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(\
                                 pg_catalog.quote_ident($1) OPERATOR(pg_catalog.||) '.rbac_change_log')::oid), \
+              trusted AS (SELECT oid FROM me \
+                          UNION SELECT m.member FROM pg_catalog.pg_auth_members m WHERE m.roleid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT oid FROM me)) \
+                          UNION SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolsuper), \
               s AS (SELECT pg_catalog.to_regnamespace($1)::oid AS oid) \
          SELECT pg_catalog.format('function %s (owner %s)', p.oid::regprocedure, pg_catalog.pg_get_userbyid(p.proowner)) \
            FROM pg_catalog.pg_proc p, s \
@@ -170,13 +178,15 @@ async fn no_planted_namesakes(conn: &mut sqlx::PgConnection) -> Result<(), sqlx:
             AND p.pronamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::regnamespace::oid \
             AND (p.proname::text OPERATOR(pg_catalog.~~) 'rbac\\_gateway\\_%' \
                  OR p.proname::text OPERATOR(pg_catalog.~~) 'rbac\\_mapping\\_%' \
-                 OR EXISTS (SELECT FROM pg_catalog.pg_proc b \
-                             WHERE b.pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::regnamespace::oid \
-                               AND b.proname OPERATOR(pg_catalog.=) p.proname)) \
-            AND p.proowner OPERATOR(pg_catalog.<>) ALL (SELECT oid FROM me) \
-            AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
-                             WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::regclass::oid \
-                               AND d.objid OPERATOR(pg_catalog.=) p.oid AND d.deptype OPERATOR(pg_catalog.=) 'e') \
+                 OR p.proname::text OPERATOR(pg_catalog.=) 'access_audit_events_append_only' \
+                 OR (EXISTS (SELECT FROM pg_catalog.pg_proc b \
+                              WHERE b.pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::regnamespace::oid \
+                                AND b.proname OPERATOR(pg_catalog.=) p.proname) \
+                     AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc b \
+                                      WHERE b.pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::regnamespace::oid \
+                                        AND b.proname OPERATOR(pg_catalog.=) p.proname \
+                                        AND b.proargtypes OPERATOR(pg_catalog.=) p.proargtypes))) \
+            AND p.proowner OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT oid FROM trusted)) \
          UNION ALL \
          SELECT pg_catalog.format('operator %s (owner %s)', o.oid::regoperator, pg_catalog.pg_get_userbyid(o.oprowner)) \
            FROM pg_catalog.pg_operator o, s \
@@ -185,10 +195,11 @@ async fn no_planted_namesakes(conn: &mut sqlx::PgConnection) -> Result<(), sqlx:
             AND EXISTS (SELECT FROM pg_catalog.pg_operator b \
                          WHERE b.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::regnamespace::oid \
                            AND b.oprname OPERATOR(pg_catalog.=) o.oprname) \
-            AND o.oprowner OPERATOR(pg_catalog.<>) ALL (SELECT oid FROM me) \
-            AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
-                             WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_operator'::regclass::oid \
-                               AND d.objid OPERATOR(pg_catalog.=) o.oid AND d.deptype OPERATOR(pg_catalog.=) 'e') \
+            AND NOT EXISTS (SELECT FROM pg_catalog.pg_operator b \
+                             WHERE b.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::regnamespace::oid \
+                               AND b.oprname OPERATOR(pg_catalog.=) o.oprname \
+                               AND b.oprleft OPERATOR(pg_catalog.=) o.oprleft AND b.oprright OPERATOR(pg_catalog.=) o.oprright) \
+            AND o.oprowner OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT oid FROM trusted)) \
           ORDER BY 1",
     )
     .persistent(false)
@@ -200,7 +211,7 @@ async fn no_planted_namesakes(conn: &mut sqlx::PgConnection) -> Result<(), sqlx:
     }
     Err(sqlx::Error::InvalidArgument(
         format!(
-            "nothing was migrated: schema {} holds {}, named as a built-in or one of the gateway's functions, owned by neither this role nor the owner of the gateway's tables: a migration's call of that name could run it with this role's privileges. Drop it once you know who made it and why, and run `migrate` again (and keep the gateway's tables in a schema no other role may create in)",
+            "nothing was migrated: schema {} holds {}, named as a built-in or one of the gateway's functions, owned by a role that is neither this one nor the owner of the gateway's tables (nor a member of either, nor a superuser): a migration's call of that name could run it with this role's privileges. Drop it once you know who made it and why, and run `migrate` again (and keep the gateway's tables in a schema no other role may create in)",
             super::db::schema(),
             found.join(", ")
         ),

@@ -81,48 +81,95 @@ macro_rules! fires {
 }
 use fires;
 
-/// The gateway's triggers besides the change feed's, as `(table, trigger)`: the break-glass
-/// group's recorded changes (migration 0007), the erasure (0019), the audit table's append-only
-/// guard (0001) and the mapping store's (0009).
-pub const TRIGGERS: &[(&str, &str)] = &[
-    ("rbac_groups", "rbac_gateway_break_glass"),
-    ("rbac_groups", "rbac_gateway_break_glass_truncate"),
-    ("rbac_roles", "rbac_gateway_break_glass"),
-    ("rbac_roles", "rbac_gateway_break_glass_truncate"),
-    ("rbac_permissions", "rbac_gateway_break_glass"),
-    ("rbac_permissions", "rbac_gateway_break_glass_truncate"),
-    ("rbac_user_groups", "rbac_gateway_break_glass"),
-    ("rbac_user_groups", "rbac_gateway_break_glass_truncate"),
-    ("rbac_group_roles", "rbac_gateway_break_glass"),
-    ("rbac_group_roles", "rbac_gateway_break_glass_truncate"),
-    ("rbac_role_inheritance", "rbac_gateway_break_glass"),
-    ("rbac_role_inheritance", "rbac_gateway_break_glass_truncate"),
-    ("rbac_role_permissions", "rbac_gateway_break_glass"),
-    ("rbac_role_permissions", "rbac_gateway_break_glass_truncate"),
-    ("admins", "rbac_gateway_erase_admin"),
-    ("access_audit_events", "access_audit_events_no_update"),
-    ("access_audit_events", "access_audit_events_no_truncate"),
-    ("rbac_mapping_store", "rbac_mapping_append_only"),
-    ("rbac_mapping_activations", "rbac_mapping_append_only"),
-    ("rbac_mapping_activations", "rbac_mapping_notify"),
+/// Every trigger of the gateway's, as migrate leaves it: `(table, trigger, function, tgtype,
+/// arguments)`, `tgtype` as `pg_trigger` encodes when and on what it fires, the arguments as
+/// `encode(tgargs, 'escape')` writes them. The change feed's (migration 0004: each row's admin,
+/// and a `TRUNCATE`), the break-glass group's recorded changes (0007), the erasure (0019), the
+/// audit table's append-only guard (0001), the mapping store's (0009) and the alerts' session
+/// (0033).
+#[rustfmt::skip]
+pub const TRIGGERS: &[(&str, &str, &str, i16, &str)] = &[
+    ("access_audit_events", "access_audit_events_no_truncate", "access_audit_events_append_only", 34, ""),
+    ("access_audit_events", "access_audit_events_no_update", "access_audit_events_append_only", 27, ""),
+    ("rbac_gateway_alerts", "rbac_gateway_alert_session", "rbac_gateway_alert_session", 7, ""),
+    ("rbac_group_roles", "rbac_gateway_break_glass", "rbac_gateway_break_glass_change", 29, ""),
+    ("rbac_groups", "rbac_gateway_break_glass", "rbac_gateway_break_glass_change", 29, ""),
+    ("rbac_permissions", "rbac_gateway_break_glass", "rbac_gateway_break_glass_change", 29, ""),
+    ("rbac_role_inheritance", "rbac_gateway_break_glass", "rbac_gateway_break_glass_change", 29, ""),
+    ("rbac_role_permissions", "rbac_gateway_break_glass", "rbac_gateway_break_glass_change", 29, ""),
+    ("rbac_roles", "rbac_gateway_break_glass", "rbac_gateway_break_glass_change", 29, ""),
+    ("rbac_user_groups", "rbac_gateway_break_glass", "rbac_gateway_break_glass_change", 29, ""),
+    ("rbac_group_roles", "rbac_gateway_break_glass_truncate", "rbac_gateway_break_glass_change", 32, ""),
+    ("rbac_groups", "rbac_gateway_break_glass_truncate", "rbac_gateway_break_glass_change", 32, ""),
+    ("rbac_permissions", "rbac_gateway_break_glass_truncate", "rbac_gateway_break_glass_change", 32, ""),
+    ("rbac_role_inheritance", "rbac_gateway_break_glass_truncate", "rbac_gateway_break_glass_change", 32, ""),
+    ("rbac_role_permissions", "rbac_gateway_break_glass_truncate", "rbac_gateway_break_glass_change", 32, ""),
+    ("rbac_roles", "rbac_gateway_break_glass_truncate", "rbac_gateway_break_glass_change", 32, ""),
+    ("rbac_user_groups", "rbac_gateway_break_glass_truncate", "rbac_gateway_break_glass_change", 32, ""),
+    ("admins", "rbac_gateway_erase_admin", "rbac_gateway_erase_admin", 11, ""),
+    ("admin_sessions", "rbac_gateway_change", "rbac_gateway_log_change", 29, "admin_id\\000"),
+    ("admins", "rbac_gateway_change", "rbac_gateway_log_change", 29, "id\\000"),
+    ("rbac_break_glass_sessions", "rbac_gateway_change", "rbac_gateway_log_change", 29, "user_id\\000"),
+    ("rbac_group_roles", "rbac_gateway_change", "rbac_gateway_log_change", 28, ""),
+    ("rbac_groups", "rbac_gateway_change", "rbac_gateway_log_change", 28, ""),
+    ("rbac_permissions", "rbac_gateway_change", "rbac_gateway_log_change", 28, ""),
+    ("rbac_role_inheritance", "rbac_gateway_change", "rbac_gateway_log_change", 28, ""),
+    ("rbac_role_permissions", "rbac_gateway_change", "rbac_gateway_log_change", 28, ""),
+    ("rbac_roles", "rbac_gateway_change", "rbac_gateway_log_change", 28, ""),
+    ("rbac_ticket_grants", "rbac_gateway_change", "rbac_gateway_log_change", 29, "user_id\\000"),
+    ("rbac_user_groups", "rbac_gateway_change", "rbac_gateway_log_change", 29, "user_id\\000"),
+    ("admin_sessions", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
+    ("admins", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
+    ("rbac_break_glass_sessions", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
+    ("rbac_group_roles", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
+    ("rbac_groups", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
+    ("rbac_permissions", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
+    ("rbac_role_inheritance", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
+    ("rbac_role_permissions", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
+    ("rbac_roles", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
+    ("rbac_ticket_grants", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
+    ("rbac_user_groups", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
+    ("rbac_mapping_activations", "rbac_mapping_append_only", "rbac_mapping_append_only", 27, ""),
+    ("rbac_mapping_store", "rbac_mapping_append_only", "rbac_mapping_append_only", 27, ""),
+    ("rbac_mapping_activations", "rbac_mapping_notify", "rbac_mapping_notify", 4, ""),
 ];
 
-/// Those of [`TRIGGERS`] that are missing from the gateway's schema or do not fire in an
-/// ordinary session (`fires!`), as `trigger on table`.
+/// Those of [`TRIGGERS`] missing from the gateway's schema, or not as migrate made them (another
+/// function, other events, other arguments, a `WHEN` condition), or not firing in an ordinary
+/// session (`fires!`), as `trigger on table`.
 pub async fn silent_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
-    let (tables, names): (Vec<&str>, Vec<&str>) = TRIGGERS.iter().copied().unzip();
+    let mut tables = Vec::new();
+    let mut names = Vec::new();
+    let mut functions = Vec::new();
+    let mut types = Vec::new();
+    let mut args = Vec::new();
+    for (table, name, function, tgtype, arguments) in TRIGGERS {
+        tables.push(*table);
+        names.push(*name);
+        functions.push(*function);
+        types.push(*tgtype);
+        args.push(*arguments);
+    }
     sqlx::query_scalar(concat!(
         "SELECT w.g OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) w.r \
-           FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) w(r, g) \
+           FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), \
+                           pg_catalog.unnest($4::int2[]), pg_catalog.unnest($5::text[])) w(r, g, f, k, a) \
           WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid \
+                              JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid \
                              WHERE c.relname::text OPERATOR(pg_catalog.=) w.r AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
-                               AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace($3)::oid AND ",
+                               AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace($6)::oid \
+                               AND p.pronamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace($6)::oid \
+                               AND p.proname::text OPERATOR(pg_catalog.=) w.f AND t.tgtype OPERATOR(pg_catalog.=) w.k \
+                               AND pg_catalog.encode(t.tgargs, 'escape') OPERATOR(pg_catalog.=) w.a AND t.tgqual IS NULL AND ",
         fires!(),
         ") ORDER BY 1"
     ))
     .persistent(false)
     .bind(tables)
     .bind(names)
+    .bind(functions)
+    .bind(types)
+    .bind(args)
     .bind(schema())
     .fetch_all(pool)
     .await

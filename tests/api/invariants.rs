@@ -175,6 +175,55 @@ async fn a_break_glass_session_changed_after_its_alert_counts_again_only_once_al
     assert_eq!(gw.status("/ops", Some(&token1)).await, 403);
 }
 
+/// During a rolling deploy a gateway of the previous release records a break-glass alert
+/// without the session columns of migration 0033: the alerts' trigger gives it the session as
+/// it stands, so once delivered it counts, and the next pass does not raise it again as changed.
+#[tokio::test]
+async fn an_alert_recorded_by_the_previous_release_counts_once_delivered() {
+    let db = TestDb::new().await;
+    let hook = Upstream::start().await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let session = db.break_glass(&admin, 600.0).await;
+    // The previous release's INSERT, then its delivery.
+    sqlx::query(
+        "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys) VALUES ($1, 'opened', ARRAY[$2])",
+    )
+    .bind(format!("break_glass:{session}"))
+    .bind(&admin)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE rbac_gateway_alerts SET delivered_at_utc = now() WHERE key = $1")
+        .bind(format!("break_glass:{session}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let counted = || async {
+        sqlx::query_scalar::<_, Option<f64>>(
+            "SELECT break_glass_seconds FROM rbac_gateway_principal($1, true)",
+        )
+        .bind(&admin)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+        .is_some()
+    };
+    assert!(counted().await, "the delivered alert counts");
+    sweep_once(
+        &db.url,
+        &["--alert-webhook-url", &format!("http://{}/hook", hook.addr)],
+    )
+    .await;
+    assert!(
+        !hook
+            .requests()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains("changed after its alert")),
+        "raised again as changed"
+    );
+    assert!(counted().await, "still counts after the pass");
+}
+
 #[tokio::test]
 async fn without_an_alert_destination_no_break_glass_session_proceeds_and_readyz_says_so() {
     let db = TestDb::new().await;

@@ -183,17 +183,29 @@ async fn overloads_of_the_gateways_functions_planted_by_consoles_role_never_run(
 }
 
 /// `migrate` into a schema where Console's role made `format(text, text)`, which matches the
-/// bare `format('... %I', <text>)` of migration 0004 better than the built-in's `VARIADIC "any"`:
-/// it refuses, naming the function, migrates nothing and runs nothing of it; once the function
-/// is dropped, it migrates.
+/// bare `format('... %I', <text>)` of migration 0004 better than the built-in's `VARIADIC "any"`,
+/// and made it a member of a trusted extension it created (its objects are the bootstrap
+/// superuser's; the one it added stays its own): it refuses, naming the function, migrates
+/// nothing and runs nothing of it. A namesake with the built-in's own argument types (which
+/// `pg_catalog`, searched first, wins) is no reason to refuse: once `format` is dropped, it
+/// migrates beside Console's `gen_random_uuid()`.
 #[tokio::test]
 async fn migrate_refuses_a_schema_where_another_role_made_a_namesake_of_a_builtin() {
     let db = TestDb::at_version(0).await;
+    let (_, name) = db.url.rsplit_once('/').unwrap();
+    sqlx::raw_sql(&format!("GRANT CREATE ON DATABASE {name} TO console_app"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let mut console = as_console(&db).await;
     sqlx::raw_sql(
         "CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE plpgsql AS $s$ \
          BEGIN INSERT INTO public.shadow_ran VALUES ('format', current_user); \
-         RETURN pg_catalog.format($1, $2); END $s$",
+         RETURN pg_catalog.format($1, $2); END $s$; \
+         CREATE EXTENSION citext SCHEMA public; \
+         ALTER EXTENSION citext ADD FUNCTION public.format(text, text); \
+         CREATE FUNCTION public.gen_random_uuid() RETURNS uuid LANGUAGE sql \
+             AS $s$ SELECT pg_catalog.gen_random_uuid() $s$",
     )
     .execute(&mut *console)
     .await
@@ -217,17 +229,21 @@ async fn migrate_refuses_a_schema_where_another_role_made_a_namesake_of_a_builti
     assert!(!migrated, "a migration ran");
     assert_eq!(shadows_ran(&db).await, vec![]);
 
-    sqlx::raw_sql("DROP FUNCTION public.format(text, text)")
-        .execute(&mut *console)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "ALTER EXTENSION citext DROP FUNCTION public.format(text, text); \
+         DROP FUNCTION public.format(text, text)",
+    )
+    .execute(&mut *console)
+    .await
+    .unwrap();
     let (code, text) = code_and_output(&migrate());
     assert_eq!(code, Some(0), "{text}");
 }
 
-/// The owner of Console's tables may drop or disable the gateway's triggers on them: `check`
-/// names each trigger dropped, disabled, or enabled for replicas only (which fires in no
-/// ordinary session), and says nothing of them once they fire again.
+/// The owner of Console's tables may drop, disable or re-create the gateway's triggers on them:
+/// `check` names each trigger dropped, disabled, enabled for replicas only (which fires in no
+/// ordinary session) or re-created with a `WHEN` that never holds, and says nothing of those
+/// enabled again.
 #[tokio::test]
 async fn check_names_the_gateways_triggers_that_do_not_fire() {
     let db = TestDb::new().await;
@@ -246,7 +262,11 @@ async fn check_names_the_gateways_triggers_that_do_not_fire() {
     sqlx::raw_sql(
         "ALTER TABLE rbac_user_groups DISABLE TRIGGER rbac_gateway_break_glass; \
          ALTER TABLE admins ENABLE REPLICA TRIGGER rbac_gateway_erase_admin; \
-         DROP TRIGGER access_audit_events_no_update ON access_audit_events",
+         DROP TRIGGER access_audit_events_no_update ON access_audit_events; \
+         ALTER TABLE admin_sessions DISABLE TRIGGER rbac_gateway_change_truncate; \
+         DROP TRIGGER rbac_gateway_break_glass ON rbac_roles; \
+         CREATE TRIGGER rbac_gateway_break_glass AFTER INSERT OR UPDATE OR DELETE ON rbac_roles \
+             FOR EACH ROW WHEN (false) EXECUTE FUNCTION rbac_gateway_break_glass_change()",
     )
     .execute(&db.pool)
     .await
@@ -257,10 +277,12 @@ async fn check_names_the_gateways_triggers_that_do_not_fire() {
         "rbac_gateway_break_glass on rbac_user_groups",
         "rbac_gateway_erase_admin on admins",
         "access_audit_events_no_update on access_audit_events",
+        "rbac_gateway_change_truncate on admin_sessions",
+        "rbac_gateway_break_glass on rbac_roles",
     ] {
         assert!(
             text.contains(&format!(
-                "database: trigger {trigger} is missing or does not fire"
+                "database: trigger {trigger} is missing, not as migrate made it"
             )),
             "{trigger}\n{text}"
         );
@@ -276,7 +298,8 @@ async fn check_names_the_gateways_triggers_that_do_not_fire() {
     assert!(
         !text.contains("rbac_gateway_break_glass on rbac_user_groups")
             && !text.contains("rbac_gateway_erase_admin on admins")
-            && text.contains("access_audit_events_no_update on access_audit_events is missing"),
+            && text.contains("access_audit_events_no_update on access_audit_events is missing")
+            && text.contains("rbac_gateway_break_glass on rbac_roles is missing"),
         "{text}"
     );
 }

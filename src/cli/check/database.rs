@@ -39,8 +39,8 @@ pub(super) async fn functions(
             ));
         }
     }
-    // The other triggers (the break-glass group's changes, the erasure, the append-only
-    // guards): the owner of Console's tables may drop or disable those on its tables.
+    // Every trigger of the gateway's, as migrate made it: the owner of Console's tables may
+    // drop, disable or re-create those on its tables.
     for trigger in db_schema::silent_triggers(pool)
         .await
         .context("cannot read the triggers")
@@ -51,7 +51,7 @@ pub(super) async fn functions(
             0,
             0,
             Severity::Error,
-            format!("database: trigger {trigger} is missing or does not fire (disabled, or enabled for replicas only): what it records or refuses goes unrecorded or unrefused (run `rbac-gateway migrate`, or `ALTER TABLE ... ENABLE TRIGGER` it)"),
+            format!("database: trigger {trigger} is missing, not as migrate made it (another function, other events or arguments, a WHEN condition), or does not fire (disabled, or for replicas only): what it records or refuses goes unrecorded or unrefused (run `rbac-gateway migrate` after dropping it, or `ALTER TABLE ... ENABLE TRIGGER` it)"),
         ));
     }
     // The functions the lookups call (migrations 0011, 0012, 0014). 0015's generic plan is
