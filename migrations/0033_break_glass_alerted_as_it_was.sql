@@ -82,8 +82,10 @@ BEGIN
 END
 $fn$;
 
+-- STABLE: it reads the inserting statement's snapshot, the one the alert's text was written from
+-- (a VOLATILE function would read a session changed since, and record it as alerted).
 CREATE OR REPLACE FUNCTION @s.rbac_gateway_alert_session() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     IF NEW.session_user_id IS NULL AND NEW.key LIKE 'break_glass:%' THEN
         SELECT b.user_id, b.granted_at_utc, least(b.expires_at_utc, b.granted_at_utc + interval '4 hours')

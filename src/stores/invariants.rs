@@ -150,7 +150,7 @@ pub async fn flag_promotion(pool: &Db, flag: &str) -> Result<Promotion, sqlx::Er
                            WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped), '{}') \
            FROM pg_catalog.pg_class c \
           WHERE c.relname OPERATOR(pg_catalog.=) 'console_flag_promotions' \
-            AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace($1)::pg_catalog.oid",
+            AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::pg_catalog.oid",
     )
     .persistent(false)
     .bind(schema())

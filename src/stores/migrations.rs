@@ -152,9 +152,12 @@ async fn oldest_transactions(conn: &mut sqlx::PgConnection) -> Result<Vec<String
 /// Refuses to migrate where the gateway's schema holds a function or operator named as one of
 /// `pg_catalog`'s (with other argument types: an equal match goes to `pg_catalog`, searched
 /// first) or as one of the gateway's (`rbac_gateway_*`, `rbac_mapping_*`,
-/// `access_audit_events_append_only`), whose owner is not trusted: neither the migrating role
-/// nor the owner of the gateway's tables, nor a member of either (which may act as them
-/// already), nor a superuser (which owns an extension's objects, a trusted one's too). The
+/// `access_audit_events_append_only`), whose owner is not trusted: neither the migrating role,
+/// nor a member of it (which may act as it already), nor a superuser (which owns an extension's
+/// objects, a trusted one's too). Not the owner of the gateway's tables as such: before
+/// migration 0004 runs, a role that may create in the schema may make `rbac_change_log` itself,
+/// and 0004 (`CREATE TABLE IF NOT EXISTS`) keeps it; the tables' owner is trusted where it is the
+/// migrating role, which it is wherever the migrations can run but as a superuser. The
 /// migrations written before 0022 call built-ins by their bare names, and once applied a
 /// migration cannot be edited (sqlx checks its checksum): a function there that matches such a
 /// call better than the built-in (`format(text, text)` against `format(text, VARIADIC "any")`)
@@ -164,14 +167,11 @@ async fn oldest_transactions(conn: &mut sqlx::PgConnection) -> Result<Vec<String
 /// schema alone, after `pg_catalog`, so no other schema's functions are searched.
 async fn no_planted_namesakes(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     let found: Vec<String> = sqlx::query_scalar(
-        "WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) pg_catalog.current_user() \
-                     UNION SELECT c.relowner FROM pg_catalog.pg_class c \
-                      WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(\
-                                pg_catalog.quote_ident($1) OPERATOR(pg_catalog.||) '.rbac_change_log')::oid), \
-              trusted AS (SELECT oid FROM me \
-                          UNION SELECT m.member FROM pg_catalog.pg_auth_members m WHERE m.roleid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT oid FROM me)) \
-                          UNION SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolsuper), \
-              s AS (SELECT pg_catalog.to_regnamespace($1)::oid AS oid) \
+        "WITH RECURSIVE members(oid) AS ( \
+                  SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) pg_catalog.current_user() \
+                  UNION SELECT m.member FROM pg_catalog.pg_auth_members m JOIN members ON m.roleid OPERATOR(pg_catalog.=) members.oid), \
+              trusted AS (SELECT oid FROM members UNION SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolsuper), \
+              s AS (SELECT pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::oid AS oid) \
          SELECT pg_catalog.format('function %s (owner %s)', p.oid::regprocedure, pg_catalog.pg_get_userbyid(p.proowner)) \
            FROM pg_catalog.pg_proc p, s \
           WHERE p.pronamespace OPERATOR(pg_catalog.=) s.oid \
@@ -211,7 +211,7 @@ async fn no_planted_namesakes(conn: &mut sqlx::PgConnection) -> Result<(), sqlx:
     }
     Err(sqlx::Error::InvalidArgument(
         format!(
-            "nothing was migrated: schema {} holds {}, named as a built-in or one of the gateway's functions, owned by a role that is neither this one nor the owner of the gateway's tables (nor a member of either, nor a superuser): a migration's call of that name could run it with this role's privileges. Drop it once you know who made it and why, and run `migrate` again (and keep the gateway's tables in a schema no other role may create in)",
+            "nothing was migrated: schema {} holds {}, named as a built-in or one of the gateway's functions, owned by a role that is neither this one nor a member of it nor a superuser: a migration's call of that name could run it with this role's privileges. Drop it once you know who made it and why (one of the gateway's own, made by another login of yours: run `migrate` as that login, or `ALTER FUNCTION ... OWNER TO` this one), and run `migrate` again; keep the gateway's tables in a schema no other role may create in",
             super::db::schema(),
             found.join(", ")
         ),

@@ -62,7 +62,7 @@ pub async fn change_feed_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error>
         "SELECT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
          WHERE t.tgname = 'rbac_gateway_change' AND NOT t.tgisinternal AND ",
         fires!(),
-        " AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace($1)::oid"
+        " AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::oid"
     ))
     .persistent(false)
     .bind(schema())
@@ -135,8 +135,8 @@ pub const TRIGGERS: &[(&str, &str, &str, i16, &str)] = &[
 ];
 
 /// Those of [`TRIGGERS`] missing from the gateway's schema, or not as migrate made them (another
-/// function, other events, other arguments, a `WHEN` condition), or not firing in an ordinary
-/// session (`fires!`), as `trigger on table`.
+/// function, other events, other arguments, a `WHEN` condition, an `UPDATE OF` column list, a
+/// constraint trigger), or not firing in an ordinary session (`fires!`), as `trigger on table`.
 pub async fn silent_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
     let mut tables = Vec::new();
     let mut names = Vec::new();
@@ -157,10 +157,11 @@ pub async fn silent_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
           WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid \
                               JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid \
                              WHERE c.relname::text OPERATOR(pg_catalog.=) w.r AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
-                               AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace($6)::oid \
-                               AND p.pronamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace($6)::oid \
+                               AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($6))::oid \
+                               AND p.pronamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($6))::oid \
                                AND p.proname::text OPERATOR(pg_catalog.=) w.f AND t.tgtype OPERATOR(pg_catalog.=) w.k \
-                               AND pg_catalog.encode(t.tgargs, 'escape') OPERATOR(pg_catalog.=) w.a AND t.tgqual IS NULL AND ",
+                               AND pg_catalog.encode(t.tgargs, 'escape') OPERATOR(pg_catalog.=) w.a AND t.tgqual IS NULL \
+                               AND t.tgattr OPERATOR(pg_catalog.=) ''::pg_catalog.int2vector AND t.tgconstraint OPERATOR(pg_catalog.=) 0 AND ",
         fires!(),
         ") ORDER BY 1"
     ))
@@ -368,7 +369,7 @@ pub async fn path_schemas(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
 /// schema bound as `$1`.
 macro_rules! gateway_function {
     () => {
-        "p.pronamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace($1)::oid \
+        "p.pronamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::oid \
          AND (p.proname::text OPERATOR(pg_catalog.~~) 'rbac\\_gateway\\_%' \
               OR p.proname::text OPERATOR(pg_catalog.~~) 'rbac\\_mapping\\_%' \
               OR p.proname::text OPERATOR(pg_catalog.=) 'access_audit_events_append_only')"

@@ -32,21 +32,27 @@ async fn alert_recorded(db: &TestDb, id: &str) {
     .await;
 }
 
-#[tokio::test]
-async fn break_glass_waits_for_its_delivered_alert_by_default() {
-    let db = TestDb::new().await;
-    let up = Upstream::start().await;
-    let hook = Upstream::start().await;
-    *hook.status.lock().unwrap() = 503;
-    let gw = Gateway::start(
-        GatewayOpts::new(core_routes(), &db, up.addr)
+/// A gateway with the seeds' defaults (an alert before break-glass counts), alerting `hook`, its
+/// cache kept 60 s (a delivery reaches it through the change feed, not by expiry).
+async fn alerting_gateway(db: &TestDb, up: &Upstream, hook: &Upstream) -> Gateway {
+    Gateway::start(
+        GatewayOpts::new(core_routes(), db, up.addr)
             .seeds_defaults()
             .arg("--alert-webhook-url")
             .arg(&format!("http://{}/hook", hook.addr))
             .arg("--cache-ttl")
             .arg("60"),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn break_glass_waits_for_its_delivered_alert_by_default() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    *hook.status.lock().unwrap() = 503;
+    let gw = alerting_gateway(&db, &up, &hook).await;
     let (admin, token) = db.admin_with_roles(&[]).await;
     assert_eq!(gw.status("/ops", Some(&token)).await, 403);
     db.break_glass(&admin, 600.0).await;
@@ -102,15 +108,7 @@ async fn a_break_glass_session_changed_after_its_alert_counts_again_only_once_al
     let db = TestDb::new().await;
     let up = Upstream::start().await;
     let hook = Upstream::start().await;
-    let gw = Gateway::start(
-        GatewayOpts::new(core_routes(), &db, up.addr)
-            .seeds_defaults()
-            .arg("--alert-webhook-url")
-            .arg(&format!("http://{}/hook", hook.addr))
-            .arg("--cache-ttl")
-            .arg("60"),
-    )
-    .await;
+    let gw = alerting_gateway(&db, &up, &hook).await;
     let (first, token1) = db.admin_with_roles(&[]).await;
     let (second, token2) = db.admin_with_roles(&[]).await;
     let session = db.break_glass(&first, 600.0).await;

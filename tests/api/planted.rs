@@ -32,6 +32,17 @@ async fn as_console(db: &TestDb) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
     conn
 }
 
+/// `check --routes routes.toml --database-url` on `db`: its exit code and output.
+fn check(db: &TestDb) -> (Option<i32>, String) {
+    let out = crate::cli::bin()
+        .args(["check", "--routes"])
+        .arg(root().join("routes.toml"))
+        .args(["--database-url", &db.url])
+        .output()
+        .unwrap();
+    code_and_output(&out)
+}
+
 async fn shadows_ran(db: &TestDb) -> Vec<(String, String)> {
     sqlx::query_as("SELECT what, who FROM public.shadow_ran")
         .fetch_all(&db.pool)
@@ -165,13 +176,7 @@ async fn overloads_of_the_gateways_functions_planted_by_consoles_role_never_run(
     assert!(ran.is_empty(), "overloads ran: {ran:#?}");
 
     // `check` names each overload, as an error.
-    let out = crate::cli::bin()
-        .args(["check", "--routes"])
-        .arg(root().join("routes.toml"))
-        .args(["--database-url", &db.url])
-        .output()
-        .unwrap();
-    let (code, text) = code_and_output(&out);
+    let (code, text) = check(&db);
     assert_ne!(code, Some(0), "{text}");
     for signature in &planted {
         let named = format!(
@@ -184,8 +189,9 @@ async fn overloads_of_the_gateways_functions_planted_by_consoles_role_never_run(
 
 /// `migrate` into a schema where Console's role made `format(text, text)`, which matches the
 /// bare `format('... %I', <text>)` of migration 0004 better than the built-in's `VARIADIC "any"`,
-/// and made it a member of a trusted extension it created (its objects are the bootstrap
-/// superuser's; the one it added stays its own): it refuses, naming the function, migrates
+/// made it a member of a trusted extension it created (its objects are the bootstrap
+/// superuser's; the one it added stays its own), and made the table whose owner the gateway's
+/// tables' owner would be taken for (`rbac_change_log`): it refuses, naming the function, migrates
 /// nothing and runs nothing of it. A namesake with the built-in's own argument types (which
 /// `pg_catalog`, searched first, wins) is no reason to refuse: once `format` is dropped, it
 /// migrates beside Console's `gen_random_uuid()`.
@@ -204,6 +210,7 @@ async fn migrate_refuses_a_schema_where_another_role_made_a_namesake_of_a_builti
          RETURN pg_catalog.format($1, $2); END $s$; \
          CREATE EXTENSION citext SCHEMA public; \
          ALTER EXTENSION citext ADD FUNCTION public.format(text, text); \
+         CREATE TABLE public.rbac_change_log (id bigint); \
          CREATE FUNCTION public.gen_random_uuid() RETURNS uuid LANGUAGE sql \
              AS $s$ SELECT pg_catalog.gen_random_uuid() $s$",
     )
@@ -222,16 +229,17 @@ async fn migrate_refuses_a_schema_where_another_role_made_a_namesake_of_a_builti
         text.contains("nothing was migrated: schema public holds function format(text,text) (owner console_app)"),
         "{text}"
     );
-    let migrated: bool = sqlx::query_scalar("SELECT to_regclass('rbac_change_log') IS NOT NULL")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let migrated: bool =
+        sqlx::query_scalar("SELECT to_regclass('rbac_gateway_alerts') IS NOT NULL")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert!(!migrated, "a migration ran");
     assert_eq!(shadows_ran(&db).await, vec![]);
 
     sqlx::raw_sql(
         "ALTER EXTENSION citext DROP FUNCTION public.format(text, text); \
-         DROP FUNCTION public.format(text, text)",
+         DROP FUNCTION public.format(text, text); DROP TABLE public.rbac_change_log",
     )
     .execute(&mut *console)
     .await
@@ -242,21 +250,12 @@ async fn migrate_refuses_a_schema_where_another_role_made_a_namesake_of_a_builti
 
 /// The owner of Console's tables may drop, disable or re-create the gateway's triggers on them:
 /// `check` names each trigger dropped, disabled, enabled for replicas only (which fires in no
-/// ordinary session) or re-created with a `WHEN` that never holds, and says nothing of those
-/// enabled again.
+/// ordinary session) or re-created with a `WHEN` that never holds or for an update of one column
+/// only, and says nothing of those enabled again.
 #[tokio::test]
 async fn check_names_the_gateways_triggers_that_do_not_fire() {
     let db = TestDb::new().await;
-    let check = || {
-        let out = crate::cli::bin()
-            .args(["check", "--routes"])
-            .arg(root().join("routes.toml"))
-            .args(["--database-url", &db.url])
-            .output()
-            .unwrap();
-        code_and_output(&out)
-    };
-    let (code, clean) = check();
+    let (code, clean) = check(&db);
     assert_eq!(code, Some(0), "{clean}");
     assert!(!clean.contains("does not fire"), "{clean}");
     sqlx::raw_sql(
@@ -266,12 +265,15 @@ async fn check_names_the_gateways_triggers_that_do_not_fire() {
          ALTER TABLE admin_sessions DISABLE TRIGGER rbac_gateway_change_truncate; \
          DROP TRIGGER rbac_gateway_break_glass ON rbac_roles; \
          CREATE TRIGGER rbac_gateway_break_glass AFTER INSERT OR UPDATE OR DELETE ON rbac_roles \
-             FOR EACH ROW WHEN (false) EXECUTE FUNCTION rbac_gateway_break_glass_change()",
+             FOR EACH ROW WHEN (false) EXECUTE FUNCTION rbac_gateway_break_glass_change(); \
+         DROP TRIGGER rbac_gateway_break_glass ON rbac_groups; \
+         CREATE TRIGGER rbac_gateway_break_glass AFTER INSERT OR UPDATE OF id OR DELETE ON rbac_groups \
+             FOR EACH ROW EXECUTE FUNCTION rbac_gateway_break_glass_change()",
     )
     .execute(&db.pool)
     .await
     .unwrap();
-    let (code, text) = check();
+    let (code, text) = check(&db);
     assert_ne!(code, Some(0), "{text}");
     for trigger in [
         "rbac_gateway_break_glass on rbac_user_groups",
@@ -279,6 +281,7 @@ async fn check_names_the_gateways_triggers_that_do_not_fire() {
         "access_audit_events_no_update on access_audit_events",
         "rbac_gateway_change_truncate on admin_sessions",
         "rbac_gateway_break_glass on rbac_roles",
+        "rbac_gateway_break_glass on rbac_groups",
     ] {
         assert!(
             text.contains(&format!(
@@ -294,7 +297,7 @@ async fn check_names_the_gateways_triggers_that_do_not_fire() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let (_, text) = check();
+    let (_, text) = check(&db);
     assert!(
         !text.contains("rbac_gateway_break_glass on rbac_user_groups")
             && !text.contains("rbac_gateway_erase_admin on admins")
