@@ -735,7 +735,13 @@ mod tests {
     #[test]
     fn the_principal_function_ends_break_glass_as_break_glass_end_does() {
         let sql = crate::stores::migrations::latest_definition("rbac_gateway_principal");
-        let body = &sql[sql.find("$fn$").expect("a $fn$ body")..];
+        // The function's body alone (the migration may define others after it).
+        let from = sql
+            .find("FUNCTION @s.rbac_gateway_principal(")
+            .expect("the principal's definition");
+        let body = &sql[from..];
+        let body = &body[body.find("$fn$").expect("a $fn$ body")..];
+        let body = &body[..body.find("$fn$;").expect("the body's end")];
         let end = break_glass_end!();
         assert_eq!(body.matches(end).count(), 4, "{body}");
         assert_eq!(

@@ -150,9 +150,13 @@ async fn oldest_transactions(conn: &mut sqlx::PgConnection) -> Result<Vec<String
 }
 
 /// Refuses to migrate where the gateway's schema holds a function or operator named as one of
-/// `pg_catalog`'s (with other argument types: an equal match goes to `pg_catalog`, searched
-/// first) or as one of the gateway's (`rbac_gateway_*`, `rbac_mapping_*`,
-/// `access_audit_events_append_only`), whose owner is not trusted: neither the migrating role,
+/// `pg_catalog`'s (with other argument types, or a `VARIADIC` or defaults of its own: an equal
+/// match goes to `pg_catalog`, searched first) or as one of the gateway's (`rbac_gateway_*`,
+/// `rbac_mapping_*`, `access_audit_events_append_only`), or a table, sequence or index under the
+/// gateway's names (`rbac_change_log`, `access_audit_events`, `_sqlx_migrations`,
+/// `rbac_gateway_*`, `rbac_mapping_*`: a migration's `CREATE TABLE IF NOT EXISTS` keeps one made
+/// before it, and the gateway's functions that run as their owner would then write a table whose
+/// triggers another role chose), whose owner is not trusted: neither the migrating role,
 /// nor a member of it (which may act as it already), nor a superuser (which owns an extension's
 /// objects, a trusted one's too). Not the owner of the gateway's tables as such: before
 /// migration 0004 runs, a role that may create in the schema may make `rbac_change_log` itself,
@@ -185,7 +189,9 @@ async fn no_planted_namesakes(conn: &mut sqlx::PgConnection) -> Result<(), sqlx:
                      AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc b \
                                       WHERE b.pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::regnamespace::oid \
                                         AND b.proname OPERATOR(pg_catalog.=) p.proname \
-                                        AND b.proargtypes OPERATOR(pg_catalog.=) p.proargtypes))) \
+                                        AND b.proargtypes OPERATOR(pg_catalog.=) p.proargtypes \
+                                        AND b.provariadic OPERATOR(pg_catalog.=) p.provariadic \
+                                        AND p.pronargdefaults OPERATOR(pg_catalog.=) 0))) \
             AND p.proowner OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT oid FROM trusted)) \
          UNION ALL \
          SELECT pg_catalog.format('operator %s (owner %s)', o.oid::regoperator, pg_catalog.pg_get_userbyid(o.oprowner)) \
@@ -200,6 +206,14 @@ async fn no_planted_namesakes(conn: &mut sqlx::PgConnection) -> Result<(), sqlx:
                                AND b.oprname OPERATOR(pg_catalog.=) o.oprname \
                                AND b.oprleft OPERATOR(pg_catalog.=) o.oprleft AND b.oprright OPERATOR(pg_catalog.=) o.oprright) \
             AND o.oprowner OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT oid FROM trusted)) \
+         UNION ALL \
+         SELECT pg_catalog.format('relation %s (owner %s)', c.oid::regclass, pg_catalog.pg_get_userbyid(c.relowner)) \
+           FROM pg_catalog.pg_class c, s \
+          WHERE c.relnamespace OPERATOR(pg_catalog.=) s.oid \
+            AND (c.relname::text OPERATOR(pg_catalog.=) ANY ('{rbac_change_log,access_audit_events,_sqlx_migrations}'::text[]) \
+                 OR c.relname::text OPERATOR(pg_catalog.~~) 'rbac\\_gateway\\_%' \
+                 OR c.relname::text OPERATOR(pg_catalog.~~) 'rbac\\_mapping\\_%') \
+            AND c.relowner OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT oid FROM trusted)) \
           ORDER BY 1",
     )
     .persistent(false)
@@ -211,7 +225,7 @@ async fn no_planted_namesakes(conn: &mut sqlx::PgConnection) -> Result<(), sqlx:
     }
     Err(sqlx::Error::InvalidArgument(
         format!(
-            "nothing was migrated: schema {} holds {}, named as a built-in or one of the gateway's functions, owned by a role that is neither this one nor a member of it nor a superuser: a migration's call of that name could run it with this role's privileges. Drop it once you know who made it and why (one of the gateway's own, made by another login of yours: run `migrate` as that login, or `ALTER FUNCTION ... OWNER TO` this one), and run `migrate` again; keep the gateway's tables in a schema no other role may create in",
+            "nothing was migrated: schema {} holds {}, named as a built-in or as one of the gateway's functions or tables, owned by a role that is neither this one nor a member of it nor a superuser: a migration's call of that name could run it with this role's privileges. Drop it once you know who made it and why (one of the gateway's own, made by another login of yours: run `migrate` as that login, or `ALTER FUNCTION ... OWNER TO` this one), and run `migrate` again; keep the gateway's tables in a schema no other role may create in",
             super::db::schema(),
             found.join(", ")
         ),

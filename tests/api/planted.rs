@@ -226,7 +226,8 @@ async fn migrate_refuses_a_schema_where_another_role_made_a_namesake_of_a_builti
     let (code, text) = code_and_output(&migrate());
     assert_ne!(code, Some(0), "{text}");
     assert!(
-        text.contains("nothing was migrated: schema public holds function format(text,text) (owner console_app)"),
+        text.contains("nothing was migrated: schema public holds function format(text,text) (owner console_app)")
+            && text.contains("relation rbac_change_log (owner console_app)"),
         "{text}"
     );
     let migrated: bool =
