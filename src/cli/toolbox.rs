@@ -46,7 +46,13 @@ pub(crate) async fn reachable(
     match pool.acquire().await {
         // Back to the pool, for the command's first query.
         Ok(mut first) => first.done(),
-        Err(sqlx::Error::PoolTimedOut) => {
+        // The pool's own deadline, or the bound around it (`Db::acquire`), both `timeout`:
+        // whichever fires first, the cause is asked for (on a loaded machine the bound won, and
+        // a refused connection was reported as one that did not answer).
+        Err(e)
+            if matches!(e, sqlx::Error::PoolTimedOut)
+                || matches!(&e, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut) =>
+        {
             let why = crate::stores::db::why_unreachable(&pool, std::time::Duration::from_secs(5))
                 .await
                 .unwrap_or_else(|| "it answered only now".to_string());
