@@ -173,22 +173,6 @@ const SCHEMA: &[(&str, &[&str])] = &[
 /// and the `mapping` commands only.
 const MAPPING_STORE: &[&str] = &["rbac_mapping_store", "rbac_mapping_activations"];
 
-/// Tables whose changes must reach the change feed (migrations/0004_change_feed.sql): without
-/// the trigger, a grant removed there stays cached until the TTL, silently.
-const FEED_TABLES: &[&str] = &[
-    "rbac_user_groups",
-    "rbac_break_glass_sessions",
-    "rbac_ticket_grants",
-    "admin_sessions",
-    "admins",
-    "rbac_group_roles",
-    "rbac_role_inheritance",
-    "rbac_role_permissions",
-    "rbac_roles",
-    "rbac_groups",
-    "rbac_permissions",
-];
-
 /// Rules that map the reader API's paths: with `--rbac-api` on (the default) the gateway answers
 /// those paths itself and the rule never applies.
 fn reader_paths(mapping: &Mapping, file: &str) -> Vec<Diagnostic> {
@@ -386,21 +370,6 @@ async fn check_database(
                     ),
                 ));
             }
-        }
-    }
-    let triggered = db_schema::change_feed_triggers(pool)
-        .await
-        .context("cannot read the triggers")
-        .map_err(failure)?;
-    for table in FEED_TABLES {
-        if !triggered.iter().any(|t| t == table) {
-            out.push(diag(
-                file,
-                0,
-                0,
-                Severity::Error,
-                format!("database: change-feed trigger rbac_gateway_change on {table} is missing or disabled (run `rbac-gateway migrate`?)"),
-            ));
         }
     }
     // The trust boundary (docs/design/security.md), as Supabase's splinter lints it: what

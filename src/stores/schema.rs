@@ -1,9 +1,9 @@
 //! What the database's schema holds, for `check --database-url` (which decides what is missing):
 //! the tables a role may not read ([`unreadable_tables`]) or holds no privilege on at all
-//! ([`invisible_tables`]), the columns of the gateway's schema ([`columns`]), the tables carrying
-//! the change feed's trigger ([`change_feed_triggers`]), whether a function exists
-//! ([`function_exists`]) and runs as its owner ([`runs_as_owner_pinned`]), the gateway's other
-//! triggers that are missing or do not fire ([`silent_triggers`]); and the trust
+//! ([`invisible_tables`]), the columns of the gateway's schema ([`columns`]), whether a function
+//! exists ([`function_exists`]) and runs as its owner ([`runs_as_owner_pinned`]), the gateway's
+//! triggers (the change feed's among them) that are missing, not as migrate made them, or do not
+//! fire ([`silent_triggers`]); and the trust
 //! boundary, as Supabase's splinter lints it: the gateway's functions whose `search_path` is not
 //! pinned ([`unpinned_functions`]), the functions PUBLIC may run that it should not
 //! ([`public_functions`]), the functions and operators that stand beside a built-in the gateway
@@ -54,22 +54,6 @@ pub async fn columns(pool: &Db) -> Result<Vec<(String, String)>, sqlx::Error> {
     .await
 }
 
-/// The tables of the gateway's schema on which the change feed's trigger (`rbac_gateway_change`)
-/// exists and fires in an ordinary session (`fires!`: enabled, not disabled nor for replicas
-/// only).
-pub async fn change_feed_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(concat!(
-        "SELECT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
-         WHERE t.tgname = 'rbac_gateway_change' AND NOT t.tgisinternal AND ",
-        fires!(),
-        " AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::oid"
-    ))
-    .persistent(false)
-    .bind(schema())
-    .fetch_all(pool)
-    .await
-}
-
 /// SQL text: trigger `t` fires in an ordinary session. `O` (origin, the default) and `A`
 /// (always); not `D` (disabled) nor `R`, which fires only where `session_replication_role` is
 /// `replica`: both are what `ALTER TABLE ... DISABLE TRIGGER` and `ENABLE REPLICA TRIGGER` make
@@ -79,7 +63,6 @@ macro_rules! fires {
         "t.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::\"char\"[])"
     };
 }
-use fires;
 
 /// Every trigger of the gateway's, as migrate leaves it: `(table, trigger, function, tgtype,
 /// arguments)`, `tgtype` as `pg_trigger` encodes when and on what it fires, the arguments as
