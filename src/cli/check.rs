@@ -169,6 +169,15 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The names (or their beginnings) of the gateway's own tables in [`SCHEMA`]; the rest are
+/// Console's, which Console's role owns.
+const GATEWAYS_OWN: &[&str] = &[
+    "rbac_gateway_",
+    "rbac_mapping_",
+    "rbac_change_log",
+    "access_audit_events",
+];
+
 /// The mapping store's tables (migrations 0009, 0010, 0030): read by `serve --mapping-source database`
 /// and the `mapping` commands only.
 const MAPPING_STORE: &[&str] = &["rbac_mapping_store", "rbac_mapping_activations"];
@@ -376,6 +385,17 @@ async fn check_database(
     // another role may plant where the gateway's names resolve, and what of the gateway's it
     // may run.
     out.extend(database::trust_boundary(pool, file).await?);
+    let console: Vec<(&str, &[&str])> = SCHEMA
+        .iter()
+        .filter(|(t, _)| !GATEWAYS_OWN.iter().any(|own| t.starts_with(own)))
+        .copied()
+        .collect();
+    let tables: Vec<&str> = console.iter().map(|(t, _)| *t).collect();
+    let read: Vec<String> = console
+        .iter()
+        .flat_map(|(t, cols)| cols.iter().map(move |c| format!("{t}.{c}")))
+        .collect();
+    database::console_code(pool, file, &tables, &read, &mut out).await?;
     database::functions(pool, file, &mut out).await?;
     if out.iter().any(|d| d.severity == Severity::Error) {
         return Ok(out);

@@ -213,6 +213,14 @@ pub fn weakened(decision: &DecisionSettings, posture: &PostureSettings) -> Vec<S
         ),
         TicketRevalidation::GrantsOff | TicketRevalidation::EveryRequest => {}
     }
+    // I-11: a gateway reads FLAG_RBAC_V2's promotion row where its environment is production or
+    // says neither (`gateway::promotion`); with none configured it cannot tell, so it says so.
+    if !decision.kill_switch() && posture.environment().is_none() {
+        out.push(
+            "I-11 not checked: no environment is configured (--environment, GATEWAY_ENVIRONMENT or OTEL_RESOURCE_ATTRIBUTES' deployment.environment.name), so whether FLAG_RBAC_V2 needs its console_flag_promotions row here is unknown; set it (production, staging, ...) and the gateway reads the row"
+                .to_string(),
+        );
+    }
     out
 }
 
@@ -253,6 +261,34 @@ mod tests {
             ticket_revalidation_waived: waived,
             break_glass_requires_alert: true,
         }
+    }
+
+    /// I-11 is said unchecked where no environment is configured and FLAG_RBAC_V2 is on, and
+    /// not where one is (the watch reads the row) or the flag is off.
+    #[test]
+    fn an_unconfigured_environment_is_said_to_leave_i11_unchecked() {
+        let posture = |environment: Option<&str>| PostureSettings {
+            environment: environment.map(str::to_string),
+            alert_webhook_url: Some("http://hook".to_string()),
+            audit_writer_url: None,
+            audit_writer_alert_after: 60.0,
+        };
+        let i11 = |d: &DecisionSettings, p: &PostureSettings| {
+            weakened(d, p)
+                .iter()
+                .any(|l| l.starts_with("I-11 not checked: no environment"))
+        };
+        let on = decision(true, true, false);
+        if std::env::var_os("OTEL_RESOURCE_ATTRIBUTES").is_none() {
+            assert!(i11(&on, &posture(None)));
+        }
+        assert!(!i11(&on, &posture(Some("production"))));
+        assert!(!i11(&on, &posture(Some("staging"))));
+        let off = DecisionSettings {
+            flag_rbac_v2: false,
+            ..decision(true, true, false)
+        };
+        assert!(!i11(&off, &posture(None)));
     }
 
     #[test]

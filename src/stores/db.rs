@@ -563,9 +563,15 @@ fn begin_sql(limit: Duration, read_only: bool) -> String {
 /// with a built-in's exact argument types never wins, and every built-in function the
 /// gateway's statements call is written `pg_catalog.name(...)`, so no better-matching one does
 /// either (docs/design/security.md; `tests/api/trust_boundary.rs` plants both kinds).
+///
+/// # Architecture Invariant: no policy of another role's runs in a statement of the gateway
+/// The owner of Console's tables may enable row-level security on one, and its policies run
+/// as the role that reads it. `row_security = off`, pinned here and by every function of the
+/// gateway's (migration 0034), makes a statement a policy would filter fail (42501) instead:
+/// a lookup answers 503, and `check` names the table (`tests/api/planted.rs`).
 fn settings(set: &str, limit: Duration) -> String {
     format!(
-        "{set} statement_timeout = {}; {set} search_path = pg_catalog, {}",
+        "{set} statement_timeout = {}; {set} search_path = pg_catalog, {}; {set} row_security = off",
         limit.as_millis().max(1),
         quoted_schema()
     )

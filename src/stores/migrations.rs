@@ -38,6 +38,11 @@ pub(crate) fn latest_definition(function: &str) -> String {
 /// there, `pg_catalog` is searched before it (implicitly), and no schema another role chose
 /// (`ALTER DATABASE ... SET search_path`, a schema named as the login) is searched.
 ///
+/// The session reads with `row_security = off` (a policy on a table of Console's the migrations
+/// or the backfills read would run as the migrating role; it fails instead: migration 0034),
+/// and a transaction of its left idle (`migrate` killed or cut off between a migration's
+/// statements) ends after [`MIGRATE_IDLE_TIMEOUT`], its locks with it, not when TCP gives up.
+///
 /// No statement waits for a lock longer than [`MIGRATE_LOCK_TIMEOUT`] (`lock_timeout`): Console's
 /// writes queue behind a lock `migrate` waits for, so a wait is cut short, the migration rolled
 /// back, and tried again after a pause ([`MIGRATE_ATTEMPTS`] times), rather than stall Console.
@@ -47,9 +52,11 @@ pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
         let mut conn = db.pool().acquire().await?;
         same_schema(&mut conn).await?;
         let pin = format!(
-            "SET search_path = {}; SET lock_timeout = {}",
+            "SET search_path = {}; SET lock_timeout = {}; SET row_security = off; \
+             SET idle_in_transaction_session_timeout = {}",
             quoted_schema(),
-            MIGRATE_LOCK_TIMEOUT.as_millis()
+            MIGRATE_LOCK_TIMEOUT.as_millis(),
+            MIGRATE_IDLE_TIMEOUT.as_millis()
         );
         sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&pin)).await?;
         // One migrate at a time builds indexes: another's build in progress is not taken for a
@@ -234,6 +241,9 @@ async fn no_planted_namesakes(conn: &mut sqlx::PgConnection) -> Result<(), sqlx:
 
 /// The longest `migrate` waits for a lock before it lets Console's writes go first.
 pub const MIGRATE_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+/// The longest a transaction of `migrate`'s may sit idle (its client gone between two of its
+/// statements) before the server ends it and releases its locks.
+pub const MIGRATE_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times `migrate` tries a migration whose lock was not granted in time.
 pub const MIGRATE_ATTEMPTS: u32 = 60;
 
@@ -435,7 +445,8 @@ async fn after_migrations(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Err
         "UPDATE rbac_gateway_alerts a \
             SET erasure_keys = rbac_gateway_erasure_keys_of(a.text, NULL::text) \
                 OPERATOR(pg_catalog.||) coalesce((SELECT ARRAY[b.user_id] FROM rbac_break_glass_sessions b \
-                          WHERE 'break_glass:' OPERATOR(pg_catalog.||) b.id OPERATOR(pg_catalog.=) a.key), '{}') \
+                          WHERE a.key OPERATOR(pg_catalog.~~) 'break\\_glass:%' \
+                            AND b.id OPERATOR(pg_catalog.=) pg_catalog.substr(a.key, 13)), '{}') \
           WHERE a.key OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT u.key FROM rbac_gateway_alerts u \
                                                    WHERE u.erasure_keys IS NULL LIMIT 5000))",
     ] {

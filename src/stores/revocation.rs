@@ -102,10 +102,15 @@ pub async fn revoke_grant(
     }
     // I-9: the audit row first; a failure rolls back this grant's transaction only. I-5: the
     // same statement owes it to Console's audit writer (`rbac_gateway_audit_outbox`, delivered
-    // by `jobs/audit_outbox.rs`): the row and its delivery commit or roll back together.
+    // by `jobs/audit_outbox.rs`): the row and its delivery commit or roll back together. Both
+    // of Console's tables this transaction writes are locked first (until it ends), and nothing
+    // of another role's that the writes would run as the gateway may be on them (migration
+    // 0034's guard: the statement fails otherwise, and the sweep names it).
     sqlx::query(
         "WITH written AS (INSERT INTO rbac_grants_audit (id, event_type, target_user_id, role_id, ticket_id, customer_id, justification, granted_by) \
-         VALUES ($1, 'ticket_expire', $2, $3, $4, $5, $6, 'rbac-gateway') ON CONFLICT (id) DO NOTHING RETURNING id) \
+         SELECT $1, 'ticket_expire', $2, $3, $4, $5, $6, 'rbac-gateway' \
+          WHERE rbac_gateway_guard_writes('{rbac_grants_audit,rbac_ticket_grants}'::pg_catalog.text[]) \
+         ON CONFLICT (id) DO NOTHING RETURNING id) \
          INSERT INTO rbac_gateway_audit_outbox (audit_id) SELECT id FROM written ON CONFLICT (audit_id) DO NOTHING",
     ).persistent(false)
     .bind(audit_row_id("ticket_expire", id))

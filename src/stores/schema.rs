@@ -184,20 +184,66 @@ pub async fn function_exists(pool: &Db, signature: &str) -> Result<bool, sqlx::E
 }
 
 /// The gateway's functions (in its schema, named `rbac_gateway_*` or `rbac_mapping_*`, and
-/// `access_audit_events_append_only`) whose `search_path` is not exactly `pg_catalog, pg_temp`:
-/// their unqualified names resolve as the caller's path says (splinter's
-/// `function_search_path_mutable`). Their signatures.
+/// `access_audit_events_append_only`) whose `search_path` is not exactly `pg_catalog, pg_temp`
+/// (their unqualified names resolve as the caller's path says: splinter's
+/// `function_search_path_mutable`), or that do not run with `row_security = off` (a policy on
+/// a table of Console's they read would run as their caller or owner: migration 0034). Their
+/// signatures.
 pub async fn unpinned_functions(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(concat!(
         "SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p WHERE ",
         gateway_function!(),
-        " AND NOT coalesce('search_path=pg_catalog, pg_temp' OPERATOR(pg_catalog.=) ANY (p.proconfig), false) \
+        " AND NOT coalesce('search_path=pg_catalog, pg_temp' OPERATOR(pg_catalog.=) ANY (p.proconfig) \
+                          AND 'row_security=off' OPERATOR(pg_catalog.=) ANY (p.proconfig), false) \
          ORDER BY 1"
     ))
     .persistent(false)
     .bind(schema())
     .fetch_all(pool)
     .await
+}
+
+/// The tables of Console's the gateway writes: the sweep's and a revocation's audit rows
+/// (`rbac_grants_audit`), a ticket grant's revocation (`rbac_ticket_grants`). Each write first
+/// runs `rbac_gateway_guard_writes` over them (migration 0034) in the writing statement.
+pub const CONSOLE_WRITTEN: &[&str] = &["rbac_grants_audit", "rbac_ticket_grants"];
+
+/// What of another role's would run as the gateway where it reads `tables` (the columns
+/// `columns`, each `table.column`) or writes [`CONSOLE_WRITTEN`]: a view in a table's place,
+/// row-level security, a rule, a column of a type another role owns, and, on a table it
+/// writes, a trigger, default, constraint or index whose function runs as the writer
+/// (`rbac_gateway_console_code`, migration 0034). Each finding a sentence; none where that
+/// function is missing (the caller names it as missing); `None` where this role may not run it
+/// (`deploy/gateway-grants.sql` gives it to `rbac_gateway_serve`; the tables' owner has it).
+pub async fn console_code(
+    pool: &Db,
+    tables: &[&str],
+    columns: &[String],
+) -> Result<Option<Vec<String>>, sqlx::Error> {
+    let runnable: Option<bool> = sqlx::query_scalar(
+        "SELECT pg_catalog.has_function_privilege(p.oid, 'EXECUTE') FROM pg_catalog.pg_proc p \
+         WHERE p.oid OPERATOR(pg_catalog.=) \
+               pg_catalog.to_regprocedure('rbac_gateway_console_code(oid, text[], text[], text[])')::oid",
+    )
+    .persistent(false)
+    .fetch_optional(pool)
+    .await?;
+    match runnable {
+        None => return Ok(Some(Vec::new())),
+        Some(false) => return Ok(None),
+        Some(true) => {}
+    }
+    sqlx::query_scalar(
+        "SELECT f FROM rbac_gateway_console_code(pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::oid,          $2::text[], $3::text[], $4::text[]) f",
+    )
+    .persistent(false)
+    .bind(schema())
+    .bind(tables)
+    .bind(columns)
+    .bind(CONSOLE_WRITTEN)
+    .fetch_all(pool)
+    .await
+    .map(Some)
 }
 
 /// The functions PUBLIC may run that it should not: every function of the gateway's (only the
@@ -397,6 +443,7 @@ pub const BUILTINS: &[&str] = &[
     "power",
     "quote_ident",
     "sha256",
+    "substr",
     "sum",
     "to_char",
     "to_regclass",

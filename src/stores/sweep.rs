@@ -105,7 +105,9 @@ pub async fn ended_break_glass_sessions(
     .await
 }
 
-/// Writes `session`'s `break_glass_expire` row (`ON CONFLICT DO NOTHING`) and, in the same
+/// Writes `session`'s `break_glass_expire` row (`ON CONFLICT DO NOTHING`; through migration
+/// 0034's guard, which fails the statement where code of another role's would run as the
+/// gateway on `rbac_grants_audit`) and, in the same
 /// statement, its entry in `rbac_gateway_audit_outbox` (I-5: owed to Console's audit writer) and
 /// the removal of its failure entry `item` (`/readyz` stops naming it as the row appears):
 /// Some(session id) when this call wrote it, None when it was there already.
@@ -125,7 +127,8 @@ pub async fn write_break_glass_expire(
         " FROM rbac_break_glass_sessions b WHERE b.id = $1 \
          AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = ",
         crate::legacy_break_glass_expire_id!(),
-        ") ON CONFLICT (id) DO NOTHING RETURNING id) \
+        ") AND rbac_gateway_guard_writes('{rbac_grants_audit}'::pg_catalog.text[]) \
+         ON CONFLICT (id) DO NOTHING RETURNING id) \
          INSERT INTO rbac_gateway_audit_outbox (audit_id) SELECT id FROM written ON CONFLICT (audit_id) DO NOTHING \
          RETURNING $1::text"
     )).persistent(false)

@@ -68,7 +68,7 @@ async fn count(db: &TestDb, sql: &str) -> i64 {
 }
 
 /// A ticket grant whose expiry passed a minute ago.
-async fn expired_grant(db: &TestDb, admin: &str, ticket: &str) -> String {
+pub(crate) async fn expired_grant(db: &TestDb, admin: &str, ticket: &str) -> String {
     let id = grant(db, admin, "console-user", 7, ticket).await;
     sqlx::query(
         "UPDATE rbac_ticket_grants SET expires_at_utc = now() - interval '1 minute' WHERE id = $1",
@@ -82,7 +82,7 @@ async fn expired_grant(db: &TestDb, admin: &str, ticket: &str) -> String {
 
 /// Runs `rbac-gateway sweep --once` as `url` (without blocking the runtime the alert webhook's
 /// stand-in runs on): its exit code and output.
-async fn sweep_once(url: &str, hook: &Upstream) -> (Option<i32>, String) {
+pub(crate) async fn sweep_once(url: &str, hook: &Upstream) -> (Option<i32>, String) {
     let mut sweep = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"));
     sweep
         .args(["sweep", "--once", "--database-url", url])

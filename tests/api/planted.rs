@@ -307,3 +307,104 @@ async fn check_names_the_gateways_triggers_that_do_not_fire() {
         "{text}"
     );
 }
+
+/// Console's role, owning its tables (no CREATE needed beyond its own types), attaches code to
+/// them that runs as whoever reads or writes them: a forced row-level security policy on
+/// `admin_sessions`, a column of its own enum type there with a cast to `json` (which
+/// `to_jsonb` of the whole row called, as the owner of the gateway's tables, in the change
+/// feed's trigger before migration 0034), and a trigger on `rbac_ticket_grants`, which the
+/// sweep writes. None of it runs as the gateway: a login's session write records its change,
+/// `serve` as the gateway's login answers a session's request 503 (the policy would filter
+/// its read: fail closed), `sweep` refuses to revoke through the trigger and says why, and
+/// `check` names all three as errors.
+#[tokio::test]
+async fn consoles_code_on_its_own_tables_never_runs_as_the_gateway() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    let login = crate::grants::serve_login(&db).await;
+    let gateway = TestDb::user_of(&login);
+    let (admin, token) = db.admin_with_roles(&["console-manager"]).await;
+    let expired = crate::grants::expired_grant(&db, &admin, "T-console-code").await;
+    let mut console = as_console(&db).await;
+    sqlx::raw_sql(
+        "RESET ROLE; \
+         ALTER TABLE admin_sessions OWNER TO console_app; \
+         ALTER TABLE rbac_ticket_grants OWNER TO console_app; \
+         SET ROLE console_app; \
+         CREATE FUNCTION public.console_policy() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN \
+             INSERT INTO public.shadow_ran VALUES ('policy', current_user); RETURN true; END $$; \
+         ALTER TABLE admin_sessions ENABLE ROW LEVEL SECURITY; \
+         ALTER TABLE admin_sessions FORCE ROW LEVEL SECURITY; \
+         CREATE POLICY console_policy ON admin_sessions USING (public.console_policy()); \
+         CREATE TYPE public.flavour AS ENUM ('plain'); \
+         CREATE FUNCTION public.flavour_json(public.flavour) RETURNS json LANGUAGE plpgsql AS $$ BEGIN \
+             INSERT INTO public.shadow_ran VALUES ('cast', current_user); RETURN '\"plain\"'::json; END $$; \
+         CREATE CAST (public.flavour AS json) WITH FUNCTION public.flavour_json(public.flavour); \
+         ALTER TABLE admin_sessions ADD COLUMN flavour public.flavour NOT NULL DEFAULT 'plain'; \
+         CREATE FUNCTION public.console_trigger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             INSERT INTO public.shadow_ran VALUES ('trigger', current_user); RETURN NEW; END $$; \
+         CREATE TRIGGER console_trigger BEFORE UPDATE ON rbac_ticket_grants \
+             FOR EACH ROW EXECUTE FUNCTION public.console_trigger()",
+    )
+    .execute(&mut *console)
+    .await
+    .unwrap();
+
+    // A login, as Console writes it: the change is recorded, by the session's admin.
+    let other = db.admin("console-code@corp.example").await;
+    db.session(&other).await;
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM rbac_change_log WHERE table_name = 'admin_sessions' AND admin_id = $1",
+    )
+    .bind(&other)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1);
+
+    // `serve` as the gateway's login: the policy would filter its session lookup.
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr);
+    opts.database_url = login.clone();
+    let gw = Gateway::start(opts).await;
+    let r = gw.get("/ops", Some(&token)).await;
+    assert_eq!(r.status, 503, "{}\n{}", r.body_str(), gw.log());
+    // The refusal is logged beside the answer, not before it.
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the gateway logs the policy's refusal",
+        || async {
+            gw.log()
+                .contains("query would be affected by row-level security policy for table")
+        },
+    )
+    .await;
+
+    // `sweep` as the gateway's login: the expired grant is not revoked through the trigger.
+    let (code, out) = crate::grants::sweep_once(&login, &hook).await;
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("the gateway does not write a table of Console's where code of another role would run as the gateway: trigger console_trigger on rbac_ticket_grants runs public.console_trigger()"),
+        "{out}"
+    );
+    assert_eq!(crate::lifecycle::revoked(&db, &expired).await, None);
+
+    let ran: Vec<(String, String)> = shadows_ran(&db)
+        .await
+        .into_iter()
+        .filter(|(_, who)| who != "console_app")
+        .collect();
+    assert!(
+        ran.is_empty(),
+        "Console's code ran as another role than its own ({gateway} is the gateway's login): {ran:?}"
+    );
+
+    let (code, text) = check(&db);
+    assert_ne!(code, Some(0), "{text}");
+    for finding in [
+        "database: admin_sessions has row-level security (enabled, forced, policies: 1)",
+        "database: trigger console_trigger on rbac_ticket_grants runs public.console_trigger() as the role that writes rbac_ticket_grants",
+    ] {
+        assert!(text.contains(finding), "{finding}\n{text}");
+    }
+}

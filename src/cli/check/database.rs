@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 
-use super::{diag, failure, Exit, Severity};
+use super::{diag, failure, say, Exit, Severity};
 use crate::stores::schema as db_schema;
 
 /// The gateway's functions: the triggers' run as their owner with a pinned search_path, the
@@ -54,12 +54,15 @@ pub(super) async fn functions(
             format!("database: trigger {trigger} is missing, not as migrate made it (another function, other events or arguments, a WHEN condition), or does not fire (disabled, or for replicas only): what it records or refuses goes unrecorded or unrefused (run `rbac-gateway migrate` after dropping it, or `ALTER TABLE ... ENABLE TRIGGER` it)"),
         ));
     }
-    // The functions the lookups call (migrations 0011, 0012, 0014). 0015's generic plan is
+    // The functions the lookups call (migrations 0011, 0012, 0014), and the guard of the
+    // writes to Console's tables (0034). 0015's generic plan is
     // speed, not correctness: a database without it answers alike, so it is not checked.
     for function in [
         "rbac_gateway_principal(text, boolean)",
         "rbac_gateway_ticket_grants(text, integer, text[])",
         "rbac_gateway_session_principals(text[], boolean)",
+        "rbac_gateway_console_code(oid, text[], text[], text[])",
+        "rbac_gateway_guard_writes(text[])",
     ] {
         let found = db_schema::function_exists(pool, function)
             .await
@@ -74,6 +77,38 @@ pub(super) async fn functions(
                 format!("database: function {function} is missing (run `rbac-gateway migrate`?)"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// What of another role's would run as the gateway where it reads Console's `tables` (the
+/// `columns` it reads, each `table.column`) or writes them (`db_schema::CONSOLE_WRITTEN`): each
+/// an error in `out`. The owner of Console's tables may attach code to them that runs as
+/// whoever reads or writes them (migration 0034): the gateway's lookups then fail closed (row
+/// security), or its writes refuse to run (`rbac_gateway_guard_writes`); either way named here.
+pub(super) async fn console_code(
+    pool: &crate::stores::db::Db,
+    file: &str,
+    tables: &[&str],
+    columns: &[String],
+    out: &mut Vec<crate::policy::mapping::Diagnostic>,
+) -> Result<(), Exit> {
+    let Some(findings) = db_schema::console_code(pool, tables, columns)
+        .await
+        .context("cannot read what runs on Console's tables")
+        .map_err(failure)?
+    else {
+        say!("database: what runs on Console's tables as the gateway is not checked here: this role may not run rbac_gateway_console_code (`rbac-gateway check --database-url` as the gateway's role or the tables' owner checks it)");
+        return Ok(());
+    };
+    for finding in findings {
+        out.push(diag(
+            file,
+            0,
+            0,
+            Severity::Error,
+            format!("database: {finding}"),
+        ));
     }
     Ok(())
 }
@@ -99,7 +134,7 @@ pub(super) async fn trust_boundary(
         .map_err(failure)?
     {
         out.push(diag(file, 0, 0, Severity::Error, format!(
-            "database: function {function} has no pinned search_path: its unqualified names resolve through the caller's path, where another role may define a better match (run `rbac-gateway migrate`, or `ALTER FUNCTION {function} SET search_path = pg_catalog, pg_temp` and name its tables with their schema)"
+            "database: function {function} has no pinned search_path or runs with row-level security: its unqualified names resolve through the caller's path, where another role may define a better match, or a policy on a table of Console's it reads runs as its caller or owner (run `rbac-gateway migrate`, or `ALTER FUNCTION {function} SET search_path = pg_catalog, pg_temp` and `SET row_security = off`, and name its tables with their schema)"
         )));
     }
     for function in db_schema::foreign_functions(pool)
