@@ -995,6 +995,73 @@ async fn the_daily_snapshot_alerts_a_change_the_triggers_did_not_see() {
     );
 }
 
+/// I-6: an admin erased from Console who declared a deploy window (by email, in another letter
+/// case) leaves that email nowhere in the gateway's tables: not in the window, not in the line
+/// recorded during it, not in the window's alert; a window another admin declared, whose email
+/// contains this one's, is untouched. Before migration 0035 all three kept it.
+#[tokio::test]
+async fn an_erased_admin_who_declared_a_deploy_window_leaves_no_email() {
+    let db = TestDb::new().await;
+    let email = "window-opener@example.test";
+    let admin = db.admin(email).await;
+    let other = db.admin(&format!("x{email}")).await;
+    sqlx::raw_sql(&format!(
+        "INSERT INTO rbac_gateway_deploy_windows (starts_at_utc, ends_at_utc, declared_by, reason) VALUES \
+             (now() - interval '1 minute', now() + interval '1 hour', 'Window-Opener@example.test', 'release 7'), \
+             (now() - interval '1 minute', now() + interval '1 hour', 'x{email}', 'release 8'); \
+         INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
+         SELECT '{other}', id, 'test' FROM rbac_groups WHERE name = 'break-glass';"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sweep_once(&db.url, &[]).await;
+    // Where `who` (lower-cased) is named as a window's declarer: the window, a line recorded
+    // during it, its alert.
+    let mentions = |who: String| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT (SELECT count(*) FROM rbac_gateway_deploy_windows WHERE lower(declared_by) = $1) \
+                      + (SELECT count(*) FROM rbac_gateway_group_changes \
+                          WHERE strpos(lower(deploy_window), ' (declared by ' || $1 || ', until ') > 0) \
+                      + (SELECT count(*) FROM rbac_gateway_alerts \
+                          WHERE key LIKE 'deploy\\_window:%' AND strpos(lower(text), 'declared by ' || $1 || ': ') > 0)",
+            )
+            .bind(who)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let ours = email.to_string();
+    let theirs = format!("x{email}");
+    // Both windows and their alerts; the line recorded names the newest window (the other's).
+    assert_eq!(mentions(ours.clone()).await, 2);
+    assert_eq!(mentions(theirs.clone()).await, 3);
+    // A line recorded during this admin's window alone.
+    sqlx::raw_sql(&format!(
+        "UPDATE rbac_gateway_deploy_windows SET ends_at_utc = now() WHERE declared_by = 'x{email}'; \
+         DELETE FROM rbac_user_groups WHERE user_id = '{other}';"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(mentions(ours.clone()).await, 3);
+    sqlx::query("DELETE FROM admins WHERE id = $1")
+        .bind(&admin)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(mentions(ours).await, 0, "the erased admin's email is kept");
+    assert_eq!(mentions("(erased)".to_string()).await, 3);
+    assert_eq!(
+        mentions(theirs).await,
+        3,
+        "the other admin's window is touched"
+    );
+}
+
 /// I-6: an admin erased from Console (their `admins` row deleted) leaves neither their email nor
 /// a break-glass justification in the gateway's own tables: the recorded group change, its actor,
 /// the alerts raised for them and the daily snapshot's members, even under an email the admin
