@@ -46,7 +46,7 @@ END $$;
 
 -- The functions serve calls. No function of the gateway's is PUBLIC's to run (migration 0022
 -- revokes it: any login could otherwise call rbac_gateway_record_group_change, which runs as its
--- owner, and have a forged break-glass alert delivered); these six are this role's, and
+-- owner, and have a forged break-glass alert delivered); these five are this role's, and
 -- mapping-grants.sql gives rbac_gateway_reader the lookups. None other is callable by a login:
 -- the trigger functions need no EXECUTE to fire (docs/design/security.md).
 -- Request path: a cold session lookup, one call of rbac_gateway_session_principals (0014; it
@@ -56,8 +56,6 @@ GRANT EXECUTE ON FUNCTION rbac_gateway_session_principals(TEXT[], BOOLEAN) TO rb
 GRANT EXECUTE ON FUNCTION rbac_gateway_principal(TEXT, BOOLEAN) TO rbac_gateway_serve;
 -- Request path: the live ticket grants of a rule with customer_param (0012).
 GRANT EXECUTE ON FUNCTION rbac_gateway_ticket_grants(TEXT, INTEGER, TEXT[]) TO rbac_gateway_serve;
--- Alert pass: the roles the break-glass group holds (0007, runs as its owner).
-GRANT EXECUTE ON FUNCTION rbac_gateway_break_glass_roles() TO rbac_gateway_serve;
 -- Sweep: before it writes rbac_grants_audit or rbac_ticket_grants, the guard that locks them
 -- and finds nothing of Console's role's that would run as this role there (0034; runs as its
 -- owner, to lock); and the lint it asks, which `check --database-url` asks as this role too

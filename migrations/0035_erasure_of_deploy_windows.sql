@@ -4,7 +4,8 @@
 -- until ...)") and the window's alert ("Deploy window declared by <email>: ..."). The erasure
 -- trigger now rewrites all three to "(erased)", where declared_by is the admin's id or the email
 -- it has now (case-blind where no other admin's email differs from it in case alone, as the
--- actor's is matched). Its body is 0032's otherwise, with 0034's row_security = off.
+-- actor's is matched). Its body is 0032's otherwise, with 0034's row_security = off and its
+-- check of the tables it reads (rbac_gateway_plain).
 -- tests/api/lifecycle_jobs.rs, an_erased_admin_who_declared_a_deploy_window_leaves_no_email.
 --
 -- Changing it: a new migration with CREATE OR REPLACE FUNCTION (never edit this one).
@@ -26,6 +27,10 @@ DECLARE
     -- searched as before.
     keys text[] := ARRAY[OLD.id, lower(OLD.id), lower(OLD.email), '*'];
 BEGIN
+    -- What this reads of Console's, as this function's owner: plain tables, built-in types
+    -- (migration 0034).
+    PERFORM @s.rbac_gateway_plain('{admins,rbac_break_glass_sessions}'::text[],
+        '{admins.id,admins.email,rbac_break_glass_sessions.id,rbac_break_glass_sessions.user_id}'::text[]);
     -- Every recorded line naming this admin, under whatever email it had then.
     UPDATE @s.rbac_gateway_group_changes
        SET what = @s.rbac_gateway_erase_named(replace(what, named, erased), OLD.id::text)

@@ -14,54 +14,11 @@ use crate::stores::schema as db_schema;
 
 mod database;
 
-/// The columns the gateway reads or writes, per table.
-/// Every table and column a statement of `serve` (identity, tickets, the change feed, the audit
-/// writer, `drift`) names: grep the SQL in src/stores/ when adding one.
-const SCHEMA: &[(&str, &[&str])] = &[
-    ("admins", &["id", "email"]),
-    (
-        "admin_sessions",
-        &[
-            "id",
-            "admin_id",
-            "token_sha256",
-            "expires_at_utc",
-            "revoked_at_utc",
-        ],
-    ),
-    ("rbac_groups", &["id", "name"]),
-    ("rbac_roles", &["id", "name"]),
-    ("rbac_permissions", &["id", "name"]),
-    ("rbac_role_permissions", &["role_id", "permission_id"]),
-    (
-        "rbac_role_inheritance",
-        &["child_role_id", "parent_role_id"],
-    ),
-    ("rbac_group_roles", &["group_id", "role_id"]),
-    ("rbac_user_groups", &["user_id", "group_id"]),
-    (
-        "rbac_break_glass_sessions",
-        &[
-            "id",
-            "user_id",
-            "justification",
-            "expires_at_utc",
-            "revoked_at_utc",
-        ],
-    ),
-    (
-        "rbac_ticket_grants",
-        &[
-            "id",
-            "user_id",
-            "role_id",
-            "customer_id",
-            "ticket_id",
-            "expires_at_utc",
-            "revoked_at_utc",
-            "revoke_reason",
-        ],
-    ),
+/// The columns the gateway reads or writes of its own tables, per table (Console's:
+/// `db_schema::CONSOLE_TABLES`). Every table and column a statement of `serve` (the audit
+/// writer, the change feed, the alerts, the mapping store) names: grep the SQL in src/stores/
+/// when adding one.
+const GATEWAY_SCHEMA: &[(&str, &[&str])] = &[
     (
         "access_audit_events",
         &[
@@ -90,22 +47,6 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "table_name",
             "admin_id",
             "token_sha256",
-            "created_at_utc",
-        ],
-    ),
-    (
-        "rbac_grants_audit",
-        &[
-            "id",
-            "event_type",
-            "target_user_id",
-            "role_id",
-            "ticket_id",
-            "customer_id",
-            "justification",
-            "granted_by",
-            "expires_at_utc",
-            "group_id",
             "created_at_utc",
         ],
     ),
@@ -169,14 +110,10 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// The names (or their beginnings) of the gateway's own tables in [`SCHEMA`]; the rest are
-/// Console's, which Console's role owns.
-const GATEWAYS_OWN: &[&str] = &[
-    "rbac_gateway_",
-    "rbac_mapping_",
-    "rbac_change_log",
-    "access_audit_events",
-];
+/// Every table `check` looks at, Console's first, and the columns of each.
+fn all_tables() -> impl Iterator<Item = &'static (&'static str, &'static [&'static str])> {
+    db_schema::CONSOLE_TABLES.iter().chain(GATEWAY_SCHEMA)
+}
 
 /// The mapping store's tables (migrations 0009, 0010, 0030): read by `serve --mapping-source database`
 /// and the `mapping` commands only.
@@ -363,7 +300,7 @@ async fn check_database(
         .await
         .context("cannot read the schema")
         .map_err(failure)?;
-    for (table, cols) in SCHEMA {
+    for (table, cols) in all_tables() {
         if unreadable.iter().any(|t| t == table) {
             continue;
         }
@@ -385,17 +322,7 @@ async fn check_database(
     // another role may plant where the gateway's names resolve, and what of the gateway's it
     // may run.
     out.extend(database::trust_boundary(pool, file).await?);
-    let console: Vec<(&str, &[&str])> = SCHEMA
-        .iter()
-        .filter(|(t, _)| !GATEWAYS_OWN.iter().any(|own| t.starts_with(own)))
-        .copied()
-        .collect();
-    let tables: Vec<&str> = console.iter().map(|(t, _)| *t).collect();
-    let read: Vec<String> = console
-        .iter()
-        .flat_map(|(t, cols)| cols.iter().map(move |c| format!("{t}.{c}")))
-        .collect();
-    database::console_code(pool, file, &tables, &read, &mut out).await?;
+    database::console_code(pool, file, &mut out).await?;
     database::functions(pool, file, &mut out).await?;
     if out.iter().any(|d| d.severity == Severity::Error) {
         return Ok(out);
@@ -411,7 +338,7 @@ async fn check_database(
     Ok(out)
 }
 
-/// The tables of [`SCHEMA`] this role may not read (their columns are then not checked), each
+/// The tables of [`all_tables`] this role may not read (their columns are then not checked), each
 /// said or, run as the gateway's role (`Whole`), an error in `out`.
 async fn unreadable(
     pool: &crate::stores::db::Db,
@@ -424,7 +351,7 @@ async fn unreadable(
         // (not as its every column missing); the mapping store only a gateway with
         // `--mapping-source database` reads.
         Schema::Whole => {
-            let tables: Vec<&str> = SCHEMA.iter().map(|(t, _)| *t).collect();
+            let tables: Vec<&str> = all_tables().map(|(t, _)| *t).collect();
             let found = db_schema::invisible_tables(pool, &tables)
                 .await
                 .context("cannot read this role's privileges")
@@ -447,7 +374,7 @@ async fn unreadable(
             found
         }
         Schema::Readable => {
-            let tables: Vec<&str> = SCHEMA.iter().map(|(t, _)| *t).collect();
+            let tables: Vec<&str> = all_tables().map(|(t, _)| *t).collect();
             let found = db_schema::unreadable_tables(pool, &tables)
                 .await
                 .context("cannot read this role's privileges")

@@ -68,16 +68,24 @@ pub async fn alerts_once(
         report.skipped = true;
         return Ok(report);
     };
-    let mut raised = pass.raise_break_glass_sessions().await?;
-    // Changes to the break-glass group, as the triggers recorded them with the change itself
-    // (migration 0007): one alert per committed transaction, keyed by its id.
-    raised.extend(group_change_alerts(&mut pass).await?);
-    // The daily snapshot: the second net, for changes the triggers could not see.
-    raised.extend(daily_snapshot(&mut pass).await?);
-    // A declared deploy window is said when it is declared: changes in it are alerted "during
-    // deploy", and whoever reads them should know who opened it.
-    let windows = pass.raise_deploy_windows().await?;
-    raised.extend(windows);
+    // Nothing of Console's is read where its role's code would run as the gateway (migration
+    // 0034): the finding is alerted, and the rest of the pass (which reads Console's tables)
+    // waits until it is gone; alerts already due are still delivered.
+    let mut raised = Vec::new();
+    if let Some((key, found)) = pass.raise_console_code().await? {
+        tracing::error!(alert = %key, findings = %found, "alert pass: Console's tables carry code that would run as the gateway; the pass reads none of them until it is gone");
+        raised.push(key);
+    } else {
+        raised.extend(pass.raise_break_glass_sessions().await?);
+        // Changes to the break-glass group, as the triggers recorded them with the change
+        // itself (migration 0007): one alert per committed transaction, keyed by its id.
+        raised.extend(group_change_alerts(&mut pass).await?);
+        // The daily snapshot: the second net, for changes the triggers could not see.
+        raised.extend(daily_snapshot(&mut pass).await?);
+        // A declared deploy window is said when it is declared: changes in it are alerted
+        // "during deploy", and whoever reads them should know who opened it.
+        raised.extend(pass.raise_deploy_windows().await?);
+    }
     report.raised = raised;
     if let Some(url) = webhook {
         let due = pass.due().await?;

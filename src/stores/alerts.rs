@@ -101,6 +101,57 @@ impl AlertPass {
         .await
     }
 
+    /// What of another role's would run as the gateway where it reads or writes Console's tables
+    /// (`rbac_gateway_console_code`, migration 0034, over `schema::CONSOLE_TABLES`): the findings,
+    /// joined, and the key of the alert that names them, recorded now or before (`console_code:`
+    /// and the findings' digest: one alert per set of findings). None when there are none, or
+    /// the function is missing (a database `migrate` has not brought to 0034) or not this role's
+    /// to run. Read before anything of Console's, in the pass's transaction.
+    pub async fn raise_console_code(&mut self) -> Result<Option<(String, String)>, sqlx::Error> {
+        use crate::stores::schema::{CONSOLE_TABLES, CONSOLE_WRITTEN};
+        let tables: Vec<&str> = CONSOLE_TABLES.iter().map(|(t, _)| *t).collect();
+        let columns: Vec<String> = CONSOLE_TABLES
+            .iter()
+            .flat_map(|(t, cols)| cols.iter().map(move |c| format!("{t}.{c}")))
+            .collect();
+        let runnable: Option<bool> = sqlx::query_scalar(
+            "SELECT pg_catalog.has_function_privilege(p.oid, 'EXECUTE') FROM pg_catalog.pg_proc p \
+             WHERE p.oid OPERATOR(pg_catalog.=) \
+                   pg_catalog.to_regprocedure('rbac_gateway_console_code(oid, text[], text[], text[])')::oid",
+        )
+        .persistent(false)
+        .fetch_optional(&mut *self.tx)
+        .bounded(self.limit)
+        .await?;
+        if runnable != Some(true) {
+            return Ok(None);
+        }
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT pg_catalog.string_agg(f, '; ') FROM rbac_gateway_console_code(\
+             pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::oid, $2::text[], $3::text[], $4::text[]) f",
+        )
+        .persistent(false)
+        .bind(crate::stores::db::schema())
+        .bind(&tables)
+        .bind(&columns)
+        .bind(CONSOLE_WRITTEN)
+        .fetch_one(&mut *self.tx)
+        .bounded(self.limit)
+        .await?;
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        let key = format!(
+            "console_code:{}",
+            &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(found.as_bytes()))[..16]
+        );
+        let text = format!(
+            "Console's tables carry code that would run as the gateway's roles where the gateway reads or writes them; the gateway's sweep and alert pass read none of them until it is gone, and its lookups may run it: {found}"
+        );
+        self.raise(&key, &text).await?;
+        Ok(Some((key, found)))
+    }
+
     /// Records an alert for each deploy window declared in the last day; the keys recorded now.
     pub async fn raise_deploy_windows(&mut self) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(

@@ -8,7 +8,9 @@
 //! A grant is read again under a row lock before its audit row, whose id is derived from what it
 //! records ([`audit_row_id`] of `ticket_expire` and the grant's id) and inserted with
 //! `ON CONFLICT DO NOTHING`: a grant revoked meanwhile (by an operator, another replica, the
-//! webhook) gets no second row.
+//! webhook) gets no second row. A grant ended again after Console restored it gets a row of its
+//! own for that end ([`episode`]), as does a break-glass session whose end Console moved after
+//! its row (`stores::sweep`).
 
 use std::time::Duration;
 
@@ -40,14 +42,46 @@ pub fn audit_row_id(kind: &str, of: &str) -> String {
     )
 }
 
+/// SQL text: [`audit_row_id`] of the text the SQL expressions `parts` make (`kind:of`), as
+/// PostgreSQL computes it.
+#[macro_export]
+macro_rules! audit_row_id_of {
+    ($($part:expr),+) => {
+        concat!(
+            "overlay(overlay(pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(",
+            $($part),+,
+            ", 'UTF8')), 'hex'), 32) placing '5' from 13) placing '8' from 17)::uuid::text"
+        )
+    };
+}
+
 /// SQL text: [`audit_row_id`]`("break_glass_expire", b.id)` of a row `b` of
 /// `rbac_break_glass_sessions`.
 #[macro_export]
 macro_rules! break_glass_expire_id {
     () => {
-        "overlay(overlay(pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to('break_glass_expire:' || b.id, 'UTF8')), 'hex'), 32) \
-         placing '5' from 13) placing '8' from 17)::uuid::text"
+        $crate::audit_row_id_of!("'break_glass_expire:' || b.id")
     };
+}
+
+/// SQL text: the `kind:of` time of an episode after the first, `@` and an instant in UTC to the
+/// microsecond (`YYYY-MM-DDTHH:MI:SS.US`), as [`episode`] writes it in Rust.
+#[macro_export]
+macro_rules! episode_at {
+    ($instant:expr) => {
+        concat!(
+            " || '@' || pg_catalog.to_char((",
+            $instant,
+            ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
+        )
+    };
+}
+
+/// The `of` of [`audit_row_id`] for a grant's or session's end after its first: `of@instant`,
+/// the instant in UTC to the microsecond ([`crate::episode_at`] in SQL). The first end's row
+/// keeps `of` alone (the id every release wrote).
+pub fn episode(of: &str, instant: chrono::DateTime<chrono::Utc>) -> String {
+    format!("{of}@{}", instant.format("%Y-%m-%dT%H:%M:%S%.6f"))
 }
 
 /// SQL text: the id a `break_glass_expire` row of session `b` was given before 2026-11-27.
@@ -82,12 +116,16 @@ pub async fn revoke_grant(
     let mut tx = pool.begin().bounded(limit).await?;
     // Read again under a row lock: a grant revoked (by an operator, another replica, the
     // webhook) or given a later expiry since it was listed gets no audit row of a revocation
-    // that does not happen.
+    // that does not happen. In the same statement, before anything is written, both of
+    // Console's tables this transaction writes are locked (until it ends), and nothing of
+    // another role's that the writes would run as the gateway may be on them (migration 0034's
+    // guard: the statement fails otherwise, and the sweep names it).
     type Row = (String, String, String, i32, bool);
     let row: Option<Row> = sqlx::query_as(
         "SELECT user_id, role_id, ticket_id, customer_id, \
                 (expires_at_utc IS NOT NULL AND expires_at_utc <= pg_catalog.now()) \
-         FROM rbac_ticket_grants WHERE id = $1 AND revoked_at_utc IS NULL FOR UPDATE",
+         FROM rbac_ticket_grants WHERE id = $1 AND revoked_at_utc IS NULL \
+          AND rbac_gateway_guard_writes('{rbac_grants_audit,rbac_ticket_grants}'::pg_catalog.text[]) FOR UPDATE",
     )
     .persistent(false)
     .bind(id)
@@ -102,23 +140,28 @@ pub async fn revoke_grant(
     }
     // I-9: the audit row first; a failure rolls back this grant's transaction only. I-5: the
     // same statement owes it to Console's audit writer (`rbac_gateway_audit_outbox`, delivered
-    // by `jobs/audit_outbox.rs`): the row and its delivery commit or roll back together. Both
-    // of Console's tables this transaction writes are locked first (until it ends), and nothing
-    // of another role's that the writes would run as the gateway may be on them (migration
-    // 0034's guard: the statement fails otherwise, and the sweep names it).
-    sqlx::query(
-        "WITH written AS (INSERT INTO rbac_grants_audit (id, event_type, target_user_id, role_id, ticket_id, customer_id, justification, granted_by) \
-         SELECT $1, 'ticket_expire', $2, $3, $4, $5, $6, 'rbac-gateway' \
-          WHERE rbac_gateway_guard_writes('{rbac_grants_audit,rbac_ticket_grants}'::pg_catalog.text[]) \
+    // by `jobs/audit_outbox.rs`): the row and its delivery commit or roll back together.
+    //
+    // I-5 for every end: where the grant's first row exists (Console revoked it before, then
+    // cleared `revoked_at_utc`; or wrote a row under that id itself), this end's row is its own,
+    // `ticket_expire:<grant>@<this transaction's time>` ([`episode`]); a retry of a rolled-back
+    // transaction writes under its own time, and a committed one leaves the grant revoked.
+    sqlx::query(concat!(
+        "WITH prior AS (SELECT EXISTS (SELECT 1 FROM rbac_grants_audit x WHERE x.id = $1) AS seen), \
+         written AS (INSERT INTO rbac_grants_audit (id, event_type, target_user_id, role_id, ticket_id, customer_id, justification, granted_by) \
+         SELECT CASE WHEN p.seen THEN ",
+        crate::audit_row_id_of!("'ticket_expire:' || $7", crate::episode_at!("pg_catalog.now()")),
+        " ELSE $1 END, 'ticket_expire', $2, $3, $4, $5, $6, 'rbac-gateway' FROM prior p \
          ON CONFLICT (id) DO NOTHING RETURNING id) \
          INSERT INTO rbac_gateway_audit_outbox (audit_id) SELECT id FROM written ON CONFLICT (audit_id) DO NOTHING",
-    ).persistent(false)
+    )).persistent(false)
     .bind(audit_row_id("ticket_expire", id))
     .bind(&user)
     .bind(&role)
     .bind(&ticket)
     .bind(customer)
     .bind(reason)
+    .bind(id)
     .execute(&mut *tx)
     .bounded(limit)
     .await?;

@@ -203,6 +203,75 @@ pub async fn unpinned_functions(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
     .await
 }
 
+/// Console's tables and the columns the gateway reads or writes of each (Console's role owns
+/// them): what `check --database-url` looks for, and what [`console_code`] holds to the
+/// interface's shape. Every table and column a statement of `serve` (identity, tickets, the
+/// change feed, the sweep, `drift`) names of Console's: grep the SQL in src/stores/ and
+/// migrations/ when adding one.
+pub const CONSOLE_TABLES: &[(&str, &[&str])] = &[
+    ("admins", &["id", "email"]),
+    (
+        "admin_sessions",
+        &[
+            "id",
+            "admin_id",
+            "token_sha256",
+            "expires_at_utc",
+            "revoked_at_utc",
+        ],
+    ),
+    ("rbac_groups", &["id", "name"]),
+    ("rbac_roles", &["id", "name"]),
+    ("rbac_permissions", &["id", "name"]),
+    ("rbac_role_permissions", &["role_id", "permission_id"]),
+    (
+        "rbac_role_inheritance",
+        &["child_role_id", "parent_role_id"],
+    ),
+    ("rbac_group_roles", &["group_id", "role_id"]),
+    ("rbac_user_groups", &["user_id", "group_id"]),
+    (
+        "rbac_break_glass_sessions",
+        &[
+            "id",
+            "user_id",
+            "justification",
+            "granted_at_utc",
+            "expires_at_utc",
+            "revoked_at_utc",
+        ],
+    ),
+    (
+        "rbac_ticket_grants",
+        &[
+            "id",
+            "user_id",
+            "role_id",
+            "customer_id",
+            "ticket_id",
+            "expires_at_utc",
+            "revoked_at_utc",
+            "revoke_reason",
+        ],
+    ),
+    (
+        "rbac_grants_audit",
+        &[
+            "id",
+            "event_type",
+            "target_user_id",
+            "role_id",
+            "ticket_id",
+            "customer_id",
+            "justification",
+            "granted_by",
+            "expires_at_utc",
+            "group_id",
+            "created_at_utc",
+        ],
+    ),
+];
+
 /// The tables of Console's the gateway writes: the sweep's and a revocation's audit rows
 /// (`rbac_grants_audit`), a ticket grant's revocation (`rbac_ticket_grants`). Each write first
 /// runs `rbac_gateway_guard_writes` over them (migration 0034) in the writing statement.
@@ -244,6 +313,17 @@ pub async fn console_code(
     .fetch_all(pool)
     .await
     .map(Some)
+}
+
+/// [`console_code`] over every table of [`CONSOLE_TABLES`] and the columns listed there: what
+/// `check`, the sweep and the alert pass look for before they read Console's tables.
+pub async fn console_code_anywhere(pool: &Db) -> Result<Option<Vec<String>>, sqlx::Error> {
+    let tables: Vec<&str> = CONSOLE_TABLES.iter().map(|(t, _)| *t).collect();
+    let columns: Vec<String> = CONSOLE_TABLES
+        .iter()
+        .flat_map(|(t, cols)| cols.iter().map(move |c| format!("{t}.{c}")))
+        .collect();
+    console_code(pool, &tables, &columns).await
 }
 
 /// The functions PUBLIC may run that it should not: every function of the gateway's (only the
@@ -443,6 +523,7 @@ pub const BUILTINS: &[&str] = &[
     "power",
     "quote_ident",
     "sha256",
+    "string_agg",
     "substr",
     "sum",
     "to_char",

@@ -84,8 +84,41 @@ pub async fn active_grants(pool: &Db, limit: Duration) -> Result<Vec<ActiveGrant
         .collect())
 }
 
-/// The break-glass sessions that ended (revoked, or past [`crate::break_glass_end`]) and have no
-/// `break_glass_expire` row yet, by id.
+/// SQL text: the id of the `break_glass_expire` row of session `b` for an end after its first,
+/// [`crate::stores::revocation::episode`] of its end ([`crate::break_glass_end`]): Console moved
+/// the end of a session whose first end has its row (I-5: every end its own row).
+macro_rules! break_glass_episode_id {
+    () => {
+        crate::audit_row_id_of!(
+            "'break_glass_expire:' || b.id",
+            crate::episode_at!(crate::break_glass_end!())
+        )
+    };
+}
+
+/// SQL text: session `b`'s end has its `break_glass_expire` row: the row of this end; or the
+/// row of its first end where that recorded the end it has now (its capped end, or the
+/// session's own, as a row before the cap may have), or no end at all; or a row under the id
+/// used before 2026-11-27 (those record no end: the session is taken as ended once).
+macro_rules! break_glass_end_recorded {
+    () => {
+        concat!(
+            "EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = ",
+            break_glass_episode_id!(),
+            " OR a.id = ",
+            crate::legacy_break_glass_expire_id!(),
+            " OR (a.id = ",
+            crate::break_glass_expire_id!(),
+            " AND (a.expires_at_utc IS NULL OR a.expires_at_utc = ",
+            crate::break_glass_end!(),
+            " OR a.expires_at_utc = b.expires_at_utc)))"
+        )
+    };
+}
+
+/// The break-glass sessions that ended (revoked, or past [`crate::break_glass_end`]) and whose
+/// end has no `break_glass_expire` row yet, by id: the first end of each, and an end Console
+/// moved after its row was written (the session counted again, and ended again).
 pub async fn ended_break_glass_sessions(
     pool: &Db,
     limit: Duration,
@@ -93,11 +126,9 @@ pub async fn ended_break_glass_sessions(
     sqlx::query_scalar(concat!(
         "SELECT b.id FROM rbac_break_glass_sessions b WHERE (b.revoked_at_utc IS NOT NULL OR ",
         crate::break_glass_end!(),
-        " <= pg_catalog.now()) AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id IN (",
-        crate::break_glass_expire_id!(),
-        ", ",
-        crate::legacy_break_glass_expire_id!(),
-        ")) ORDER BY b.id"
+        " <= pg_catalog.now()) AND NOT ",
+        break_glass_end_recorded!(),
+        " ORDER BY b.id"
     ))
     .persistent(false)
     .fetch_all(pool)
@@ -105,36 +136,50 @@ pub async fn ended_break_glass_sessions(
     .await
 }
 
-/// Writes `session`'s `break_glass_expire` row (`ON CONFLICT DO NOTHING`; through migration
-/// 0034's guard, which fails the statement where code of another role's would run as the
-/// gateway on `rbac_grants_audit`) and, in the same
-/// statement, its entry in `rbac_gateway_audit_outbox` (I-5: owed to Console's audit writer) and
-/// the removal of its failure entry `item` (`/readyz` stops naming it as the row appears):
-/// Some(session id) when this call wrote it, None when it was there already.
+/// Writes `session`'s `break_glass_expire` row for its end (`ON CONFLICT DO NOTHING`; under the
+/// id of its first end, or, where that row exists, of this end: `break_glass_episode_id!`) and,
+/// in the same statement, its entry in `rbac_gateway_audit_outbox` (I-5: owed to Console's audit
+/// writer) and the removal of its failure entry `item` (`/readyz` stops naming it as the row
+/// appears): Some(session id) when this call wrote it, None when it was there already. First, in
+/// the same transaction, migration 0034's guard locks `rbac_grants_audit` and fails where code
+/// of another role's would run there as the gateway.
 pub async fn write_break_glass_expire(
     pool: &Db,
     session: &str,
     item: &str,
     limit: Duration,
 ) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(concat!(
+    let mut tx = pool.begin().bounded(limit).await?;
+    sqlx::query("SELECT rbac_gateway_guard_writes('{rbac_grants_audit}'::pg_catalog.text[])")
+        .persistent(false)
+        .execute(&mut *tx)
+        .bounded(limit)
+        .await?;
+    let written = sqlx::query_scalar(concat!(
         "WITH cleared AS (DELETE FROM rbac_gateway_sweep_failures WHERE item = $2), \
          written AS (INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \
-         SELECT ",
+         SELECT CASE WHEN EXISTS (SELECT 1 FROM rbac_grants_audit f WHERE f.id IN (",
         crate::break_glass_expire_id!(),
-        ", 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', ",
-        crate::break_glass_end!(),
-        " FROM rbac_break_glass_sessions b WHERE b.id = $1 \
-         AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = ",
+        ", ",
         crate::legacy_break_glass_expire_id!(),
-        ") AND rbac_gateway_guard_writes('{rbac_grants_audit}'::pg_catalog.text[]) \
-         ON CONFLICT (id) DO NOTHING RETURNING id) \
+        ")) THEN ",
+        break_glass_episode_id!(),
+        " ELSE ",
+        crate::break_glass_expire_id!(),
+        " END, 'break_glass_expire', b.user_id, b.justification, 'rbac-gateway', ",
+        crate::break_glass_end!(),
+        " FROM rbac_break_glass_sessions b WHERE b.id = $1 AND NOT ",
+        break_glass_end_recorded!(),
+        " ON CONFLICT (id) DO NOTHING RETURNING id) \
          INSERT INTO rbac_gateway_audit_outbox (audit_id) SELECT id FROM written ON CONFLICT (audit_id) DO NOTHING \
          RETURNING $1::text"
-    )).persistent(false)
+    ))
+    .persistent(false)
     .bind(session)
     .bind(item)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .bounded(limit)
-    .await
+    .await?;
+    tx.commit().bounded(limit).await?;
+    Ok(written)
 }

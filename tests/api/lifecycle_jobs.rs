@@ -1313,3 +1313,122 @@ async fn an_erased_admin_is_erased_in_an_icu_database_and_with_a_colon_in_the_em
         "{after:#?}"
     );
 }
+
+/// I-5 for every end: a ticket grant Console restores after the sweep revoked it (its
+/// `revoked_at_utc` cleared) and that the sweep revokes again gets a second `ticket_expire` row
+/// and outbox entry, under its own id; and a grant whose first row's id Console wrote itself
+/// beforehand still gets the gateway's row. A break-glass session whose end Console moves after
+/// its row (extended, then ended again) gets a second `break_glass_expire` row. Before, each
+/// second end wrote nothing (`ON CONFLICT DO NOTHING` on the first end's id).
+#[tokio::test]
+async fn every_end_of_a_grant_or_session_gets_its_own_audit_row() {
+    let db = TestDb::new().await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let expire = |id: String| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query(
+                "UPDATE rbac_ticket_grants SET expires_at_utc = now() - interval '1 minute' WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    let rows = |kind: &'static str, target: String| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT count(*), count(o.audit_id) FROM rbac_grants_audit a \
+                 LEFT JOIN rbac_gateway_audit_outbox o ON o.audit_id = a.id \
+                 WHERE a.event_type = $1 AND a.target_user_id = $2 AND a.granted_by = 'rbac-gateway'",
+            )
+            .bind(kind)
+            .bind(target)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let restored = grant(&db, &admin, "console-user", 7, "T-restored").await;
+    expire(restored.clone()).await;
+    sweep_once(&db.url, &[]).await;
+    assert_eq!(revoked(&db, &restored).await.as_deref(), Some("expired"));
+    assert_eq!(rows("ticket_expire", admin.clone()).await, (1, 1));
+    sqlx::query(
+        "UPDATE rbac_ticket_grants SET revoked_at_utc = NULL, revoke_reason = NULL WHERE id = $1",
+    )
+    .bind(&restored)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sweep_once(&db.url, &[]).await;
+    assert_eq!(revoked(&db, &restored).await.as_deref(), Some("expired"));
+    assert_eq!(rows("ticket_expire", admin.clone()).await, (2, 2));
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM rbac_grants_audit WHERE event_type = 'ticket_expire' AND target_user_id = $1 ORDER BY created_at_utc",
+    )
+    .bind(&admin)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        ids[0],
+        rbac_gateway::stores::revocation::audit_row_id("ticket_expire", &restored)
+    );
+    // The second end's id, as Rust spells it: the grant and the revoking transaction's time.
+    let at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT revoked_at_utc FROM rbac_ticket_grants WHERE id = $1")
+            .bind(&restored)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        ids[1],
+        rbac_gateway::stores::revocation::audit_row_id(
+            "ticket_expire",
+            &rbac_gateway::stores::revocation::episode(&restored, at)
+        )
+    );
+
+    // Console writes the first row's id itself, before the sweep: the gateway's row is written.
+    let (other, _) = db.admin_with_roles(&[]).await;
+    let forestalled = grant(&db, &other, "console-user", 7, "T-forestalled").await;
+    expire(forestalled.clone()).await;
+    sqlx::query(
+        "INSERT INTO rbac_grants_audit (id, event_type, target_user_id, granted_by) VALUES ($1, 'ticket_expire', $2, 'console')",
+    )
+    .bind(rbac_gateway::stores::revocation::audit_row_id("ticket_expire", &forestalled))
+    .bind(&other)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sweep_once(&db.url, &[]).await;
+    assert_eq!(revoked(&db, &forestalled).await.as_deref(), Some("expired"));
+    assert_eq!(rows("ticket_expire", other.clone()).await, (1, 1));
+
+    // A break-glass session that ended, then was extended by Console and ended again.
+    let session = db.break_glass(&admin, -60.0).await;
+    sweep_once(&db.url, &[]).await;
+    assert_eq!(rows("break_glass_expire", admin.clone()).await, (1, 1));
+    sweep_once(&db.url, &[]).await;
+    assert_eq!(
+        rows("break_glass_expire", admin.clone()).await,
+        (1, 1),
+        "one end, one row"
+    );
+    sqlx::query("UPDATE rbac_break_glass_sessions SET expires_at_utc = now() - interval '1 second' WHERE id = $1")
+        .bind(&session)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sweep_once(&db.url, &[]).await;
+    assert_eq!(rows("break_glass_expire", admin.clone()).await, (2, 2));
+    sweep_once(&db.url, &[]).await;
+    assert_eq!(
+        rows("break_glass_expire", admin).await,
+        (2, 2),
+        "that end, one row"
+    );
+}

@@ -384,7 +384,10 @@ async fn consoles_code_on_its_own_tables_never_runs_as_the_gateway() {
     let (code, out) = crate::grants::sweep_once(&login, &hook).await;
     assert_ne!(code, Some(0), "{out}");
     assert!(
-        out.contains("the gateway does not write a table of Console's where code of another role would run as the gateway: trigger console_trigger on rbac_ticket_grants runs public.console_trigger()"),
+        out.contains("Console's tables: its rows could not be written")
+            && out.contains(
+                "trigger console_trigger on rbac_ticket_grants runs public.console_trigger()"
+            ),
         "{out}"
     );
     assert_eq!(crate::lifecycle::revoked(&db, &expired).await, None);
@@ -407,4 +410,157 @@ async fn consoles_code_on_its_own_tables_never_runs_as_the_gateway() {
     ] {
         assert!(text.contains(finding), "{finding}\n{text}");
     }
+}
+
+/// What a review found the first list of refusals missed, each planted by Console's role on its
+/// own tables and each refused before it runs as the gateway: on `rbac_grants_audit` (which the
+/// sweep writes as the gateway's login) a trigger whose `WHEN` calls Console's function (the
+/// trigger's own function a `SECURITY DEFINER` no-op), a statement-level trigger, a default that
+/// runs SQL through a built-in (`query_to_xml`); under `rbac_ticket_grants` an inheritance child;
+/// and `rbac_groups` swapped for a view that calls Console's function, which the break-glass
+/// trigger (running as the owner of the gateway's tables) would read. The sweep refuses each,
+/// naming it (and alerts it), as does the guard in the writing transaction; Console's write
+/// through the view fails, the sweep and the alert pass read nothing of Console's meanwhile,
+/// and Console's function never runs as another role: it counts such runs in a sequence, which
+/// a rollback does not undo.
+#[tokio::test]
+async fn consoles_code_the_first_guard_missed_is_refused_too() {
+    let db = TestDb::new().await;
+    let hook = Upstream::start().await;
+    let login = crate::grants::serve_login(&db).await;
+    let gateway_pool = sqlx::PgPool::connect(&login).await.unwrap();
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let expired = crate::grants::expired_grant(&db, &admin, "T-missed").await;
+    let mut console = as_console(&db).await;
+    sqlx::raw_sql(
+        "RESET ROLE; \
+         ALTER TABLE rbac_grants_audit OWNER TO console_app; \
+         ALTER TABLE rbac_ticket_grants OWNER TO console_app; \
+         ALTER TABLE rbac_groups OWNER TO console_app; \
+         SET ROLE console_app; \
+         CREATE SEQUENCE public.ran_as_another; \
+         GRANT USAGE ON SEQUENCE public.ran_as_another TO PUBLIC; \
+         CREATE FUNCTION public.console_code() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN \
+             IF current_user <> 'console_app' THEN PERFORM nextval('public.ran_as_another'); END IF; \
+             RETURN true; END $$; \
+         CREATE FUNCTION public.console_statement() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             PERFORM public.console_code(); RETURN NULL; END $$; \
+         CREATE FUNCTION public.console_noop() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ BEGIN \
+             RETURN NEW; END $$",
+    )
+    .execute(&mut *console)
+    .await
+    .unwrap();
+    let ran = || {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT is_called FROM public.ran_as_another")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    for (plant, undo, named) in [
+        (
+            "CREATE TRIGGER console_when BEFORE INSERT ON rbac_grants_audit FOR EACH ROW \
+             WHEN (public.console_code()) EXECUTE FUNCTION public.console_noop()",
+            "DROP TRIGGER console_when ON rbac_grants_audit",
+            "trigger console_when on rbac_grants_audit runs public.console_noop()",
+        ),
+        (
+            "CREATE TRIGGER console_statement BEFORE INSERT ON rbac_grants_audit FOR EACH STATEMENT \
+             EXECUTE FUNCTION public.console_statement()",
+            "DROP TRIGGER console_statement ON rbac_grants_audit",
+            "trigger console_statement on rbac_grants_audit runs public.console_statement()",
+        ),
+        (
+            "ALTER TABLE rbac_grants_audit ADD COLUMN note text \
+             DEFAULT pg_catalog.query_to_xml('SELECT public.console_code()', false, false, '')::text",
+            "ALTER TABLE rbac_grants_audit DROP COLUMN note",
+            "the default of rbac_grants_audit.note is",
+        ),
+        (
+            "CREATE TABLE public.rbac_ticket_grants_legacy () INHERITS (rbac_ticket_grants); \
+             CREATE TRIGGER console_child BEFORE UPDATE ON public.rbac_ticket_grants_legacy \
+             FOR EACH ROW EXECUTE FUNCTION public.console_statement()",
+            "DROP TABLE public.rbac_ticket_grants_legacy",
+            "rbac_ticket_grants has public.rbac_ticket_grants_legacy under it",
+        ),
+    ] {
+        sqlx::raw_sql(plant).execute(&mut *console).await.unwrap();
+        // The sweep looks before it reads anything of Console's, and alerts it.
+        let (code, out) = crate::grants::sweep_once(&login, &hook).await;
+        assert_ne!(code, Some(0), "{plant}\n{out}");
+        assert!(
+            out.contains("Console's tables: its rows could not be written")
+                && out.contains(named)
+                && out.contains("alert delivered: console_code:"),
+            "{named}\n{out}"
+        );
+        // The guard in the writing transaction (for what is planted after that look) refuses
+        // it too, as the gateway's login.
+        let mut tx = gateway_pool.begin().await.unwrap();
+        let refused = sqlx::query(
+            "SELECT rbac_gateway_guard_writes('{rbac_grants_audit,rbac_ticket_grants}'::text[])",
+        )
+        .execute(&mut *tx)
+        .await
+        .expect_err("the guard passes what Console planted");
+        drop(tx);
+        assert!(
+            refused.to_string().contains(
+                "the gateway does not write a table of Console's where code of another role would run as the gateway"
+            ) && refused.to_string().contains(named),
+            "{named}\n{refused}"
+        );
+        assert_eq!(crate::lifecycle::revoked(&db, &expired).await, None, "{plant}");
+        assert!(!ran().await, "{plant}: Console's code ran as another role");
+        sqlx::raw_sql(undo).execute(&mut *console).await.unwrap();
+    }
+    // With all of them gone, the sweep revokes the grant.
+    let (code, out) = crate::grants::sweep_once(&login, &hook).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        crate::lifecycle::revoked(&db, &expired).await.as_deref(),
+        Some("expired")
+    );
+
+    // rbac_groups swapped for a view: Console's write that fires the break-glass trigger fails
+    // before the trigger reads it, and `check` names the view.
+    sqlx::raw_sql(
+        "ALTER TABLE rbac_groups RENAME TO rbac_groups_data; \
+         CREATE VIEW rbac_groups AS SELECT * FROM rbac_groups_data WHERE public.console_code()",
+    )
+    .execute(&mut *console)
+    .await
+    .unwrap();
+    let refused = sqlx::query(
+        "INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
+         SELECT $1, id, 'ops' FROM rbac_groups_data WHERE name = 'break-glass'",
+    )
+    .bind(&admin)
+    .execute(&db.pool)
+    .await
+    .expect_err("a group change read through a view of Console's");
+    assert!(
+        refused
+            .to_string()
+            .contains("the gateway does not read a table of Console's as its owner where code of another role would run: rbac_groups is a view"),
+        "{refused}"
+    );
+    assert!(!ran().await, "Console's view ran as another role");
+    // The sweep and the alert pass read none of Console's tables while it stands, and say so.
+    let (code, out) = crate::grants::sweep_once(&login, &hook).await;
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("rbac_groups is a view") && out.contains("alert delivered: console_code:"),
+        "{out}"
+    );
+    assert!(!ran().await, "Console's view ran as another role");
+    let (code, text) = check(&db);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(
+        text.contains("database: rbac_groups is a view, not a table"),
+        "{text}"
+    );
 }

@@ -81,19 +81,17 @@ pub(super) async fn functions(
     Ok(())
 }
 
-/// What of another role's would run as the gateway where it reads Console's `tables` (the
-/// `columns` it reads, each `table.column`) or writes them (`db_schema::CONSOLE_WRITTEN`): each
-/// an error in `out`. The owner of Console's tables may attach code to them that runs as
+/// What of another role's would run as the gateway where it reads Console's tables (the
+/// columns it reads: `db_schema::CONSOLE_TABLES`) or writes them (`db_schema::CONSOLE_WRITTEN`):
+/// each an error in `out`. The owner of Console's tables may attach code to them that runs as
 /// whoever reads or writes them (migration 0034): the gateway's lookups then fail closed (row
 /// security), or its writes refuse to run (`rbac_gateway_guard_writes`); either way named here.
 pub(super) async fn console_code(
     pool: &crate::stores::db::Db,
     file: &str,
-    tables: &[&str],
-    columns: &[String],
     out: &mut Vec<crate::policy::mapping::Diagnostic>,
 ) -> Result<(), Exit> {
-    let Some(findings) = db_schema::console_code(pool, tables, columns)
+    let Some(findings) = db_schema::console_code_anywhere(pool)
         .await
         .context("cannot read what runs on Console's tables")
         .map_err(failure)?
