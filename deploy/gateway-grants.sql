@@ -46,7 +46,7 @@ END $$;
 
 -- The functions serve calls. No function of the gateway's is PUBLIC's to run (migration 0022
 -- revokes it: any login could otherwise call rbac_gateway_record_group_change, which runs as its
--- owner, and have a forged break-glass alert delivered); these five are this role's, and
+-- owner, and have a forged break-glass alert delivered); these six are this role's, and
 -- mapping-grants.sql gives rbac_gateway_reader the lookups. None other is callable by a login:
 -- the trigger functions need no EXECUTE to fire (docs/design/security.md).
 -- Request path: a cold session lookup, one call of rbac_gateway_session_principals (0014; it
@@ -62,6 +62,9 @@ GRANT EXECUTE ON FUNCTION rbac_gateway_ticket_grants(TEXT, INTEGER, TEXT[]) TO r
 -- (reads the catalogues only, as the caller).
 GRANT EXECUTE ON FUNCTION rbac_gateway_guard_writes(TEXT[]),
     rbac_gateway_console_code(OID, TEXT[], TEXT[], TEXT[]) TO rbac_gateway_serve;
+-- Sweep, alert pass, FreeScout's webhook: before a transaction reads Console's tables, the lock
+-- and the check that they are in the interface's shape (0034; runs as the caller).
+GRANT EXECUTE ON FUNCTION rbac_gateway_plain(TEXT[], TEXT[]) TO rbac_gateway_serve;
 
 -- Request path: the live session of a cookie's hash (session lookup).
 GRANT SELECT ON admin_sessions TO rbac_gateway_serve;

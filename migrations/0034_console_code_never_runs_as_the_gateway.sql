@@ -73,8 +73,10 @@ $fn$;
 -- gateway reads or writes is a plain table (no view, partition or inheritance child under it),
 -- with no row-level security and no rule, and each column the gateway reads (every column of
 -- one it writes) of a built-in base type a superuser owns (no enum, domain, range or composite:
--- a cast or check of those runs code of their owner's). A table it writes has, besides, no
--- trigger but the gateway's own and a superuser's function's without a WHEN; defaults that are
+-- a cast or check of those runs code of their owner's), and each column it compares of exactly
+-- the interface's type. A table it writes has, besides, no trigger but the gateway's own and a
+-- built-in trigger function's without a WHEN; nothing but built-ins referred to by its
+-- defaults, constraints and indexes (pg_depend); defaults that are
 -- constants, now() or a sequence; CHECK constraints and index predicates that call nothing;
 -- indexes on plain columns with built-in operator classes; no exclusion constraint. Run by
 -- `check --database-url`, and, under a lock, by rbac_gateway_guard_writes (before the gateway
@@ -114,7 +116,7 @@ RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET
                   string_agg(h.inhrelid::regclass::text, ', ' ORDER BY h.inhrelid::regclass::text))
       FROM t JOIN pg_inherits h ON h.inhparent = t.oid GROUP BY t.name
     UNION ALL
-    SELECT format('column %s.%s is of type %s (%s, owned by %s): only a built-in base type is read as the gateway (a cast or check of another type runs its owner''s code)',
+    SELECT format('column %s.%s is of type %s (%s, owned by %s): only a built-in base type is read or written as the gateway (a cast or check of another type runs its owner''s code)',
                   t.name, a.attname, a.atttypid::regtype,
                   CASE ty.typtype WHEN 'e' THEN 'an enum' WHEN 'd' THEN 'a domain' WHEN 'r' THEN 'a range' WHEN 'm' THEN 'a multirange'
                                   WHEN 'c' THEN 'a composite' WHEN 'p' THEN 'a pseudo-type' ELSE 'a base type' END,
@@ -124,13 +126,26 @@ RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET
      WHERE (ty.typtype <> 'b' OR ty.typowner NOT IN (SELECT role FROM superusers))
        AND (t.written OR format('%s.%s', t.name, a.attname) = ANY (p_columns))
     UNION ALL
-    SELECT format('trigger %s on %s runs %s as the role that writes %s, the gateway among them (only the gateway''s own triggers, and a superuser''s function''s without a WHEN, run there): drop it, or put what it does in Console''s own statements',
+    -- A column the gateway compares has exactly the interface's type: with another built-in
+    -- (varchar, an integer for a text id) the comparison needs an operator pg_catalog has not
+    -- for exactly those types, and one Console's role made in the schema would match better.
+    SELECT format('column %s.%s is of type %s where the interface gives it %s: the gateway''s comparisons of it then take an operator another role may define (ALTER TABLE %I ALTER COLUMN %I TYPE %s)',
+                  t.name, a.attname, format_type(a.atttypid, NULL), x.expected, t.name, a.attname, x.expected)
+      FROM t JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped
+             CROSS JOIN LATERAL (SELECT CASE WHEN a.attname::text LIKE '%\_at\_utc' THEN 'timestamp with time zone'
+                                             WHEN a.attname::text = 'customer_id' THEN 'integer'
+                                             ELSE 'text' END AS expected) x
+     WHERE format('%s.%s', t.name, a.attname) = ANY (p_columns)
+       AND format_type(a.atttypid, NULL) <> x.expected
+    UNION ALL
+    SELECT format('trigger %s on %s runs %s as the role that writes %s, the gateway among them (only the gateway''s own triggers, and a built-in trigger function without a WHEN, run there): drop it, or put what it does in Console''s own statements',
                   tg.tgname, t.name, p.oid::regprocedure, t.name)
       FROM t JOIN pg_trigger tg ON tg.tgrelid = t.oid AND NOT tg.tgisinternal
              JOIN pg_proc p ON p.oid = tg.tgfoid
      WHERE t.written
-       AND NOT (p.pronamespace = p_schema AND p.proname::text LIKE 'rbac\_gateway\_%' AND p.proowner IN (SELECT owner FROM gateways))
-       AND NOT (p.proowner IN (SELECT role FROM superusers) AND tg.tgqual IS NULL)
+       AND NOT (p.pronamespace = p_schema AND p.proname::text LIKE 'rbac\_gateway\_%' AND p.proowner IN (SELECT owner FROM gateways)
+                AND tg.tgqual IS NULL)
+       AND NOT (p.pronamespace = 'pg_catalog'::regnamespace AND tg.tgqual IS NULL)
     UNION ALL
     SELECT format('the default of %s.%s is %s: only a constant, now() or a sequence runs as the role that writes %s, the gateway among them',
                   t.name, a.attname, pg_get_expr(ad.adbin, ad.adrelid), t.name)
@@ -146,6 +161,26 @@ RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET
        AND (co.contype = 'x'
             OR (co.contype = 'c' AND regexp_replace(pg_get_constraintdef(co.oid), '\m(CHECK|ANY|ALL|IN|NOT|AND|OR)\s*\(', '(', 'g')
                                      ~ (SELECT pattern FROM calls)))
+    UNION ALL
+    -- What a default, constraint or index of a written table refers to that is not built in
+    -- (built-ins are pinned, and have no pg_depend row): an operator IS DISTINCT FROM or CASE
+    -- prints without its name, a function, a type, a collation another role made.
+    SELECT format('%s of %s refers to %s, which is not built in: it runs, or decides, as the role that writes %s, the gateway among them',
+                  x.what, t.name, pg_describe_object(d.refclassid, d.refobjid, d.refobjsubid), t.name)
+      FROM t
+      JOIN LATERAL (
+            SELECT 'a default' AS what, 'pg_attrdef'::regclass AS classid, ad.oid AS objid
+              FROM pg_attrdef ad WHERE ad.adrelid = t.oid
+            UNION ALL
+            SELECT format('constraint %s', co.conname), 'pg_constraint'::regclass, co.oid
+              FROM pg_constraint co WHERE co.conrelid = t.oid
+            UNION ALL
+            SELECT format('index %s', i.indexrelid::regclass), 'pg_class'::regclass, i.indexrelid
+              FROM pg_index i WHERE i.indrelid = t.oid
+           ) x ON t.written
+      JOIN pg_depend d ON d.classid = x.classid AND d.objid = x.objid
+     WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass, 'pg_type'::regclass,
+                            'pg_collation'::regclass, 'pg_opclass'::regclass, 'pg_opfamily'::regclass)
     UNION ALL
     SELECT format('index %s on %s is not on plain columns with built-in operator classes, or its predicate calls what runs as the role that writes %s, the gateway among them',
                   i.indexrelid::regclass, t.name, t.name)
@@ -187,7 +222,13 @@ BEGIN
                 current_user, t, t, current_user USING ERRCODE = 'insufficient_privilege';
         END;
     END LOOP;
-    SELECT string_agg(w, '; ') INTO found FROM @s.rbac_gateway_console_code(ns::oid, '{}'::text[], '{}'::text[], p_tables::text[]) w;
+    -- The columns the gateway writes or compares there (the interface's; src/stores/schema.rs
+    -- CONSOLE_TABLES lists the same), which must have exactly the interface's types.
+    SELECT string_agg(w, '; ') INTO found
+      FROM @s.rbac_gateway_console_code(ns::oid, '{}'::text[],
+               ARRAY(SELECT c FROM unnest('{rbac_grants_audit.id,rbac_grants_audit.event_type,rbac_grants_audit.target_user_id,rbac_grants_audit.role_id,rbac_grants_audit.ticket_id,rbac_grants_audit.customer_id,rbac_grants_audit.justification,rbac_grants_audit.granted_by,rbac_grants_audit.expires_at_utc,rbac_grants_audit.group_id,rbac_grants_audit.created_at_utc,rbac_ticket_grants.id,rbac_ticket_grants.user_id,rbac_ticket_grants.role_id,rbac_ticket_grants.customer_id,rbac_ticket_grants.ticket_id,rbac_ticket_grants.expires_at_utc,rbac_ticket_grants.revoked_at_utc,rbac_ticket_grants.revoke_reason}'::text[]) c
+                      WHERE split_part(c, '.', 1) = ANY (p_tables)),
+               p_tables::text[]) w;
     IF found IS NOT NULL THEN
         RAISE EXCEPTION 'the gateway does not write a table of Console''s where code of another role would run as the gateway: %', found
             USING ERRCODE = 'insufficient_privilege';
@@ -197,20 +238,28 @@ END;
 $fn$;
 REVOKE EXECUTE ON FUNCTION @s.rbac_gateway_guard_writes(text[]) FROM PUBLIC;
 
--- Before a function of the gateway's that runs as its owner reads tables of Console's
--- (p_tables, the columns p_columns): the tables locked (ACCESS SHARE, until the transaction
+-- Before a function of the gateway's that runs as its owner, or a transaction of the serve
+-- login's (the sweep's and the alert pass's reads), reads tables of Console's (p_tables, the
+-- columns p_columns): the tables locked (ACCESS SHARE, until the transaction
 -- ends: a rename, a view in a table's place or a column's new type waits for it), then nothing
 -- of another role's that the reads would run as the owner may be on them, or the statement
--- fails (insufficient_privilege) naming it: Console's write that fired the trigger fails.
+-- fails (insufficient_privilege) naming it: Console's write that fired the trigger fails. It
+-- runs as its owner to lock (LOCK asks for a table-wide SELECT, which the serve role does not
+-- hold on admins); it reads the catalogues only, and runs nothing of another's.
 CREATE OR REPLACE FUNCTION @s.rbac_gateway_plain(p_tables text[], p_columns text[]) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET row_security = off AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET row_security = off AS $fn$
 DECLARE
     ns    oid := (SELECT c.relnamespace FROM pg_class c WHERE c.oid = '@s.rbac_change_log'::regclass);
     found text;
 BEGIN
-    EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE',
-                   (SELECT string_agg(format('%I.%I', n.nspname, w.name), ', ')
-                      FROM unnest(p_tables) w(name), pg_namespace n WHERE n.oid = ns));
+    BEGIN
+        EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE',
+                       (SELECT string_agg(format('%I.%I', n.nspname, w.name), ', ')
+                          FROM unnest(p_tables) w(name), pg_namespace n WHERE n.oid = ns));
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE EXCEPTION 'the owner of the gateway''s functions (%) may not lock % before the gateway reads them: it needs SELECT on each, table-wide (GRANT SELECT ON ... TO %, as their owner)',
+            current_user, array_to_string(p_tables, ', '), current_user USING ERRCODE = 'insufficient_privilege';
+    END;
     -- The quick look first (its plan kept for the session: this runs for every row Console
     -- writes to the break-glass trigger's tables); the whole one only where it finds anything.
     IF EXISTS (SELECT 1 FROM unnest(p_tables) w(name)
@@ -221,9 +270,9 @@ BEGIN
                     JOIN pg_class c ON c.relnamespace = ns AND c.relname = split_part(w.col, '.', 1)::name
                     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = split_part(w.col, '.', 2)::name
                                        AND NOT a.attisdropped
-                    JOIN pg_type ty ON ty.oid = a.atttypid
-                   WHERE ty.typtype <> 'b'
-                      OR NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = ty.typowner AND r.rolsuper)) THEN
+                   WHERE format_type(a.atttypid, NULL)
+                         <> CASE WHEN a.attname::text LIKE '%\_at\_utc' THEN 'timestamp with time zone'
+                                 WHEN a.attname::text = 'customer_id' THEN 'integer' ELSE 'text' END) THEN
         SELECT string_agg(w, '; ') INTO found FROM @s.rbac_gateway_console_code(ns::oid, p_tables::text[], p_columns::text[], '{}'::text[]) w;
         IF found IS NOT NULL THEN
             RAISE EXCEPTION 'the gateway does not read a table of Console''s as its owner where code of another role would run: %', found
@@ -356,8 +405,8 @@ $sql$, '@s.', pg_catalog.quote_ident(pg_catalog.current_schema()) OPERATOR(pg_ca
     -- serve's sweep writes through the guard, and `check` run as its login asks the lint
     -- (deploy/gateway-grants.sql grants the same again).
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'rbac_gateway_serve') THEN
-        GRANT EXECUTE ON FUNCTION rbac_gateway_guard_writes(text[]), rbac_gateway_console_code(oid, text[], text[], text[])
-            TO rbac_gateway_serve;
+        GRANT EXECUTE ON FUNCTION rbac_gateway_guard_writes(text[]), rbac_gateway_console_code(oid, text[], text[], text[]),
+            rbac_gateway_plain(text[], text[]) TO rbac_gateway_serve;
         -- No login calls it since the alert pass reads the roles itself; it runs as its owner.
         REVOKE EXECUTE ON FUNCTION rbac_gateway_break_glass_roles() FROM rbac_gateway_serve;
     END IF;

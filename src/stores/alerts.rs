@@ -106,7 +106,8 @@ impl AlertPass {
     /// joined, and the key of the alert that names them, recorded now or before (`console_code:`
     /// and the findings' digest: one alert per set of findings). None when there are none, or
     /// the function is missing (a database `migrate` has not brought to 0034) or not this role's
-    /// to run. Read before anything of Console's, in the pass's transaction.
+    /// to run. Read before anything of Console's, in the pass's transaction; where nothing is
+    /// found, Console's tables stay locked (ACCESS SHARE) until the pass ends.
     pub async fn raise_console_code(&mut self) -> Result<Option<(String, String)>, sqlx::Error> {
         use crate::stores::schema::{CONSOLE_TABLES, CONSOLE_WRITTEN};
         let tables: Vec<&str> = CONSOLE_TABLES.iter().map(|(t, _)| *t).collect();
@@ -139,6 +140,9 @@ impl AlertPass {
         .bounded(self.limit)
         .await?;
         let Some(found) = found else {
+            // Nothing found: the tables are locked for the rest of the pass (and checked again
+            // under the lock), so none changes shape before the pass has read it.
+            crate::stores::schema::plain(&mut self.tx, &tables, self.limit).await?;
             return Ok(None);
         };
         let key = format!(

@@ -65,14 +65,15 @@ macro_rules! break_glass_expire_id {
 }
 
 /// SQL text: the `kind:of` time of an episode after the first, `@` and an instant in UTC to the
-/// microsecond (`YYYY-MM-DDTHH:MI:SS.US`), as [`episode`] writes it in Rust.
+/// microsecond (`YYYY-MM-DDTHH:MI:SS.US`), as [`episode`] writes it in Rust (`-` for no instant,
+/// a session with neither an expiry nor a start).
 #[macro_export]
 macro_rules! episode_at {
     ($instant:expr) => {
         concat!(
-            " || '@' || pg_catalog.to_char((",
+            " || '@' || coalesce(pg_catalog.to_char((",
             $instant,
-            ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
+            ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), '-')"
         )
     };
 }
@@ -248,13 +249,16 @@ pub async fn revoke_ticket(
     limit: Duration,
     by: Caller<'_>,
 ) -> Result<Vec<Done>, sqlx::Error> {
+    let mut tx = pool.begin().bounded(limit).await?;
+    crate::stores::schema::plain(&mut tx, &["rbac_ticket_grants"], limit).await?;
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM rbac_ticket_grants WHERE ticket_id = $1 AND revoked_at_utc IS NULL ORDER BY id",
     ).persistent(false)
     .bind(ticket)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .bounded(limit)
     .await?;
+    tx.commit().bounded(limit).await?;
     let mut out = Vec::new();
     for id in ids {
         out.extend(revoke_or_record(pool, &id, ticket, "ticket_closed", limit, by).await);

@@ -315,15 +315,40 @@ pub async fn console_code(
     .map(Some)
 }
 
+/// The columns of [`CONSOLE_TABLES`] of `tables`, each `table.column`.
+pub fn console_columns(tables: &[&str]) -> Vec<String> {
+    CONSOLE_TABLES
+        .iter()
+        .filter(|(t, _)| tables.contains(t))
+        .flat_map(|(t, cols)| cols.iter().map(move |c| format!("{t}.{c}")))
+        .collect()
+}
+
+/// Locks Console's `tables` (ACCESS SHARE, until `conn`'s transaction ends: a view in a table's
+/// place, a column's new type, a policy or a rule waits for it) and fails (42501, naming what it
+/// found) unless they are in the interface's shape (`rbac_gateway_plain`, migration 0034): the
+/// first statement of a transaction of the gateway's login that reads them.
+pub async fn plain(
+    conn: &mut sqlx::PgConnection,
+    tables: &[&str],
+    limit: std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    use crate::stores::db::Bounded;
+    sqlx::query("SELECT rbac_gateway_plain($1::text[], $2::text[])")
+        .persistent(false)
+        .bind(tables)
+        .bind(console_columns(tables))
+        .execute(conn)
+        .bounded(limit)
+        .await
+        .map(drop)
+}
+
 /// [`console_code`] over every table of [`CONSOLE_TABLES`] and the columns listed there: what
 /// `check`, the sweep and the alert pass look for before they read Console's tables.
 pub async fn console_code_anywhere(pool: &Db) -> Result<Option<Vec<String>>, sqlx::Error> {
     let tables: Vec<&str> = CONSOLE_TABLES.iter().map(|(t, _)| *t).collect();
-    let columns: Vec<String> = CONSOLE_TABLES
-        .iter()
-        .flat_map(|(t, cols)| cols.iter().map(move |c| format!("{t}.{c}")))
-        .collect();
-    console_code(pool, &tables, &columns).await
+    console_code(pool, &tables, &console_columns(&tables)).await
 }
 
 /// The functions PUBLIC may run that it should not: every function of the gateway's (only the
@@ -537,3 +562,26 @@ pub const BUILTINS: &[&str] = &[
 pub const OPERATORS: &[&str] = &[
     "=", "<>", "<", ">", "<=", ">=", "+", "-", "*", "/", "||", "~~",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `rbac_gateway_guard_writes` (migration 0034) names the columns of the two tables the
+    /// gateway writes that must have the interface's types: the same as [`CONSOLE_TABLES`].
+    #[test]
+    fn the_write_guard_holds_the_columns_this_list_holds() {
+        let migration =
+            include_str!("../../migrations/0034_console_code_never_runs_as_the_gateway.sql");
+        let start = migration
+            .find("'{rbac_grants_audit.id,")
+            .expect("the guard's list")
+            + 1;
+        let end = start + migration[start..].find("}'").unwrap();
+        let mut guard: Vec<&str> = migration[start + 1..end].split(',').collect();
+        guard.sort_unstable();
+        let mut listed = console_columns(&["rbac_grants_audit", "rbac_ticket_grants"]);
+        listed.sort_unstable();
+        assert_eq!(guard, listed);
+    }
+}

@@ -12,6 +12,57 @@ use std::time::Duration;
 use sqlx::PgConnection;
 
 use crate::stores::db::{Bounded, Db};
+use crate::stores::schema::plain;
+
+/// SQL text: the id of the `break_glass_expire` row of session `b` for an end after its first,
+/// [`crate::stores::revocation::episode`] of its end ([`crate::break_glass_end`]): Console moved
+/// the end of a session whose first end has its row (I-5: every end its own row).
+macro_rules! break_glass_episode_id {
+    () => {
+        crate::audit_row_id_of!(
+            "'break_glass_expire:' || b.id",
+            crate::episode_at!(break_glass_ended!())
+        )
+    };
+}
+
+/// SQL text: when session `b` ended, as far as the sweep can tell: its revocation, where that
+/// came before its capped end ([`crate::break_glass_end`]), else that end.
+macro_rules! break_glass_ended {
+    () => {
+        concat!(
+            "CASE WHEN b.revoked_at_utc IS NOT NULL THEN least(b.revoked_at_utc, ",
+            crate::break_glass_end!(),
+            ") ELSE ",
+            crate::break_glass_end!(),
+            " END"
+        )
+    };
+}
+
+/// SQL text: session `b`'s end has its `break_glass_expire` row: the row of this end
+/// ([`break_glass_ended`]); or the row of its first end where that recorded the end it has now
+/// (its capped end, or the session's own, as a row before the cap may have, or no end at all)
+/// and was written after a revocation it has (a session revoked, restored and revoked again
+/// ended twice); or a row under the id used before 2026-11-27 (those record no end: the
+/// session is taken as ended once). A revocation dated in the future gets the first end's row
+/// at once and one more when it comes.
+macro_rules! break_glass_end_recorded {
+    () => {
+        concat!(
+            "EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = ",
+            break_glass_episode_id!(),
+            " OR a.id = ",
+            crate::legacy_break_glass_expire_id!(),
+            " OR (a.id = ",
+            crate::break_glass_expire_id!(),
+            " AND (a.expires_at_utc IS NULL OR a.expires_at_utc = ",
+            crate::break_glass_end!(),
+            " OR a.expires_at_utc = b.expires_at_utc) \
+               AND (b.revoked_at_utc IS NULL OR a.created_at_utc >= b.revoked_at_utc)))"
+        )
+    };
+}
 
 /// The advisory lock key of the sweep (any constant; "rbacswep" in ASCII).
 const LOCK_KEY: i64 = 0x7262_6163_7377_6570;
@@ -39,19 +90,29 @@ pub async fn still_held(conn: &mut PgConnection, limit: Duration) -> Result<bool
 /// Removes the failure entries of items that no longer wait (a grant revoked by someone else, a
 /// session whose expiry row exists).
 pub async fn clear_settled_failures(pool: &Db, limit: Duration) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().bounded(limit).await?;
+    plain(
+        &mut tx,
+        &[
+            "rbac_ticket_grants",
+            "rbac_break_glass_sessions",
+            "rbac_grants_audit",
+        ],
+        limit,
+    )
+    .await?;
     sqlx::query(concat!(
         "DELETE FROM rbac_gateway_sweep_failures f WHERE NOT EXISTS ( \
            SELECT 1 FROM rbac_ticket_grants g WHERE f.item = 'grant:' || g.id AND g.revoked_at_utc IS NULL) \
          AND NOT EXISTS (SELECT 1 FROM rbac_break_glass_sessions b WHERE f.item = 'break_glass:' || b.id \
-           AND NOT EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id IN (",
-        crate::break_glass_expire_id!(),
-        ", ",
-        crate::legacy_break_glass_expire_id!(),
-        ")))"
+           AND NOT ",
+        break_glass_end_recorded!(),
+        ")"
     )).persistent(false)
-    .execute(pool)
+    .execute(&mut *tx)
     .bounded(limit)
     .await?;
+    tx.commit().bounded(limit).await?;
     Ok(())
 }
 
@@ -66,14 +127,17 @@ pub struct ActiveGrant {
 
 /// Every active ticket grant, by id.
 pub async fn active_grants(pool: &Db, limit: Duration) -> Result<Vec<ActiveGrant>, sqlx::Error> {
+    let mut tx = pool.begin().bounded(limit).await?;
+    plain(&mut tx, &["rbac_ticket_grants"], limit).await?;
     let grants: Vec<(String, String, bool)> = sqlx::query_as(
         "SELECT id, ticket_id, (expires_at_utc IS NOT NULL AND expires_at_utc <= pg_catalog.now()) \
          FROM rbac_ticket_grants WHERE revoked_at_utc IS NULL ORDER BY id",
     )
     .persistent(false)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .bounded(limit)
     .await?;
+    tx.commit().bounded(limit).await?;
     Ok(grants
         .into_iter()
         .map(|(id, ticket_id, expired)| ActiveGrant {
@@ -84,38 +148,6 @@ pub async fn active_grants(pool: &Db, limit: Duration) -> Result<Vec<ActiveGrant
         .collect())
 }
 
-/// SQL text: the id of the `break_glass_expire` row of session `b` for an end after its first,
-/// [`crate::stores::revocation::episode`] of its end ([`crate::break_glass_end`]): Console moved
-/// the end of a session whose first end has its row (I-5: every end its own row).
-macro_rules! break_glass_episode_id {
-    () => {
-        crate::audit_row_id_of!(
-            "'break_glass_expire:' || b.id",
-            crate::episode_at!(crate::break_glass_end!())
-        )
-    };
-}
-
-/// SQL text: session `b`'s end has its `break_glass_expire` row: the row of this end; or the
-/// row of its first end where that recorded the end it has now (its capped end, or the
-/// session's own, as a row before the cap may have), or no end at all; or a row under the id
-/// used before 2026-11-27 (those record no end: the session is taken as ended once).
-macro_rules! break_glass_end_recorded {
-    () => {
-        concat!(
-            "EXISTS (SELECT 1 FROM rbac_grants_audit a WHERE a.id = ",
-            break_glass_episode_id!(),
-            " OR a.id = ",
-            crate::legacy_break_glass_expire_id!(),
-            " OR (a.id = ",
-            crate::break_glass_expire_id!(),
-            " AND (a.expires_at_utc IS NULL OR a.expires_at_utc = ",
-            crate::break_glass_end!(),
-            " OR a.expires_at_utc = b.expires_at_utc)))"
-        )
-    };
-}
-
 /// The break-glass sessions that ended (revoked, or past [`crate::break_glass_end`]) and whose
 /// end has no `break_glass_expire` row yet, by id: the first end of each, and an end Console
 /// moved after its row was written (the session counted again, and ended again).
@@ -123,7 +155,14 @@ pub async fn ended_break_glass_sessions(
     pool: &Db,
     limit: Duration,
 ) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(concat!(
+    let mut tx = pool.begin().bounded(limit).await?;
+    plain(
+        &mut tx,
+        &["rbac_break_glass_sessions", "rbac_grants_audit"],
+        limit,
+    )
+    .await?;
+    let ended = sqlx::query_scalar(concat!(
         "SELECT b.id FROM rbac_break_glass_sessions b WHERE (b.revoked_at_utc IS NOT NULL OR ",
         crate::break_glass_end!(),
         " <= pg_catalog.now()) AND NOT ",
@@ -131,9 +170,11 @@ pub async fn ended_break_glass_sessions(
         " ORDER BY b.id"
     ))
     .persistent(false)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .bounded(limit)
-    .await
+    .await?;
+    tx.commit().bounded(limit).await?;
+    Ok(ended)
 }
 
 /// Writes `session`'s `break_glass_expire` row for its end (`ON CONFLICT DO NOTHING`; under the
@@ -155,6 +196,7 @@ pub async fn write_break_glass_expire(
         .execute(&mut *tx)
         .bounded(limit)
         .await?;
+    plain(&mut tx, &["rbac_break_glass_sessions"], limit).await?;
     let written = sqlx::query_scalar(concat!(
         "WITH cleared AS (DELETE FROM rbac_gateway_sweep_failures WHERE item = $2), \
          written AS (INSERT INTO rbac_grants_audit (id, event_type, target_user_id, justification, granted_by, expires_at_utc) \

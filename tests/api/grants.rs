@@ -160,16 +160,13 @@ async fn serve_and_sweep_work_as_a_login_holding_only_the_gateway_grants() {
         1
     );
 
-    // `serve`, sweeping every 0.3 s: one expired grant whose audit row fails until the trigger
+    // `serve`, sweeping every 0.3 s: one expired grant whose audit row fails until the CHECK
     // below goes (counted, then named by /readyz after 2 sweeps), one that goes through.
     let healthy = expired_grant(&db, &admin, "T-healthy").await;
     let poisoned = expired_grant(&db, &admin, "T-poisoned").await;
     let poisoned_row = rbac_gateway::stores::revocation::audit_row_id("ticket_expire", &poisoned);
     sqlx::raw_sql(&format!(
-        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-         IF NEW.id = '{poisoned_row}' THEN RAISE EXCEPTION 'poisoned row'; END IF; \
-         RETURN NEW; END $$; \
-         CREATE TRIGGER poison BEFORE INSERT ON rbac_grants_audit FOR EACH ROW EXECUTE FUNCTION poison()"
+        "ALTER TABLE rbac_grants_audit ADD CONSTRAINT poisoned_row CHECK (id <> '{poisoned_row}')"
     ))
     .execute(&db.pool)
     .await
@@ -271,7 +268,7 @@ async fn serve_and_sweep_work_as_a_login_holding_only_the_gateway_grants() {
         },
     )
     .await;
-    sqlx::query("DROP TRIGGER poison ON rbac_grants_audit")
+    sqlx::query("ALTER TABLE rbac_grants_audit DROP CONSTRAINT poisoned_row")
         .execute(&db.pool)
         .await
         .unwrap();

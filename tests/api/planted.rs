@@ -480,6 +480,26 @@ async fn consoles_code_the_first_guard_missed_is_refused_too() {
             "the default of rbac_grants_audit.note is",
         ),
         (
+            // The operator prints as IS DISTINCT FROM, without its name.
+            "CREATE FUNCTION public.console_eq(text, text) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN \
+                 PERFORM public.console_code(); RETURN $1 OPERATOR(pg_catalog.=) $2; END $$; \
+             CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.console_eq); \
+             SET search_path = public, pg_catalog; \
+             ALTER TABLE rbac_grants_audit ADD CONSTRAINT console_check CHECK (justification IS DISTINCT FROM 'zz'); \
+             RESET search_path",
+            "ALTER TABLE rbac_grants_audit DROP CONSTRAINT console_check; DROP OPERATOR public.= (text, text)",
+            "constraint console_check of rbac_grants_audit refers to operator public.=(text,text)",
+        ),
+        (
+            // Another built-in type than the interface's: `id = $1` then takes an operator.
+            "ALTER TABLE rbac_ticket_grants ALTER COLUMN id TYPE varchar; \
+             CREATE FUNCTION public.console_veq(varchar, text) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN \
+                 PERFORM public.console_code(); RETURN $1::text OPERATOR(pg_catalog.=) $2; END $$; \
+             CREATE OPERATOR public.= (LEFTARG = varchar, RIGHTARG = text, FUNCTION = public.console_veq)",
+            "DROP OPERATOR public.= (varchar, text); ALTER TABLE rbac_ticket_grants ALTER COLUMN id TYPE text",
+            "column rbac_ticket_grants.id is of type character varying where the interface gives it text",
+        ),
+        (
             "CREATE TABLE public.rbac_ticket_grants_legacy () INHERITS (rbac_ticket_grants); \
              CREATE TRIGGER console_child BEFORE UPDATE ON public.rbac_ticket_grants_legacy \
              FOR EACH ROW EXECUTE FUNCTION public.console_statement()",

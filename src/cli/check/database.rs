@@ -63,6 +63,7 @@ pub(super) async fn functions(
         "rbac_gateway_session_principals(text[], boolean)",
         "rbac_gateway_console_code(oid, text[], text[], text[])",
         "rbac_gateway_guard_writes(text[])",
+        "rbac_gateway_plain(text[], text[])",
     ] {
         let found = db_schema::function_exists(pool, function)
             .await
