@@ -109,6 +109,15 @@ RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET
                   t.name)
       FROM t WHERE t.relrowsecurity OR t.relforcerowsecurity OR EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = t.oid)
     UNION ALL
+    -- What the owner of the gateway's tables (as which rbac_gateway_plain and
+    -- rbac_gateway_guard_writes lock) may not lock: those reads and writes would fail.
+    SELECT format('the owner of the gateway''s tables (%s) may not lock %s: it needs %s on it, table-wide (GRANT %s ON %I TO %I, as its owner)',
+                  pg_get_userbyid(g.owner), t.name, x.needs, x.needs, t.name, pg_get_userbyid(g.owner))
+      FROM t CROSS JOIN gateways g
+      CROSS JOIN LATERAL (SELECT CASE WHEN t.written THEN 'SELECT, INSERT, UPDATE' ELSE 'SELECT' END AS needs) x
+     WHERE NOT has_table_privilege(g.owner, t.oid, 'SELECT')
+        OR (t.written AND NOT has_table_privilege(g.owner, t.oid, 'INSERT, UPDATE'))
+    UNION ALL
     SELECT format('rule %s on %s rewrites what the gateway reads or writes there, and what it calls runs as the gateway', r.rulename, t.name)
       FROM t JOIN pg_rewrite r ON r.ev_class = t.oid WHERE r.rulename <> '_RETURN'
     UNION ALL
@@ -145,7 +154,7 @@ RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET
      WHERE t.written
        AND NOT (p.pronamespace = p_schema AND p.proname::text LIKE 'rbac\_gateway\_%' AND p.proowner IN (SELECT owner FROM gateways)
                 AND tg.tgqual IS NULL)
-       AND NOT (p.pronamespace = 'pg_catalog'::regnamespace AND tg.tgqual IS NULL)
+       AND NOT (p.pronamespace = 'pg_catalog'::regnamespace AND p.oid < 16384 AND tg.tgqual IS NULL)
     UNION ALL
     SELECT format('the default of %s.%s is %s: only a constant, now() or a sequence runs as the role that writes %s, the gateway among them',
                   t.name, a.attname, pg_get_expr(ad.adbin, ad.adrelid), t.name)
@@ -181,6 +190,8 @@ RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET
       JOIN pg_depend d ON d.classid = x.classid AND d.objid = x.objid
      WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass, 'pg_type'::regclass,
                             'pg_collation'::regclass, 'pg_opclass'::regclass, 'pg_opfamily'::regclass)
+       -- initdb's own objects (below FirstNormalObjectId, 16384): its collations are not pinned
+       AND d.refobjid >= 16384
     UNION ALL
     SELECT format('index %s on %s is not on plain columns with built-in operator classes, or its predicate calls what runs as the role that writes %s, the gateway among them',
                   i.indexrelid::regclass, t.name, t.name)

@@ -342,11 +342,13 @@ impl AlertPass {
         .bounded(self.limit)
         .await?;
         // The session's admin is re-resolved at once on every replica (the change
-        // feed), which --break-glass-requires-alert waits for.
+        // feed), which --break-glass-requires-alert waits for. The admin is the one the alert
+        // recorded (migration 0033): nothing of Console's is read here, as this runs in a pass
+        // that may have found Console's tables unfit to read (migration 0034).
         sqlx::query(
             "INSERT INTO rbac_change_log (table_name, admin_id) \
-             SELECT 'rbac_gateway_alerts', b.user_id FROM rbac_break_glass_sessions b \
-             WHERE 'break_glass:' || b.id = $1",
+             SELECT 'rbac_gateway_alerts', a.session_user_id FROM rbac_gateway_alerts a \
+             WHERE a.key = $1 AND a.key LIKE 'break\\_glass:%' AND a.session_user_id IS NOT NULL",
         )
         .persistent(false)
         .bind(key)

@@ -115,18 +115,26 @@ pub async fn revoke_grant(
     limit: Duration,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().bounded(limit).await?;
+    // First, a statement of its own that names no table of Console's (a statement that does is
+    // expanded, a view in a table's place with it, before anything in it runs): both of
+    // Console's tables this transaction reads and writes are locked (until it ends), and
+    // nothing of another role's that the reads or writes would run as the gateway may be on
+    // them (migration 0034's guard: it fails otherwise, and the sweep names it).
+    sqlx::query(
+        "SELECT rbac_gateway_guard_writes('{rbac_grants_audit,rbac_ticket_grants}'::pg_catalog.text[])",
+    )
+    .persistent(false)
+    .execute(&mut *tx)
+    .bounded(limit)
+    .await?;
     // Read again under a row lock: a grant revoked (by an operator, another replica, the
     // webhook) or given a later expiry since it was listed gets no audit row of a revocation
-    // that does not happen. In the same statement, before anything is written, both of
-    // Console's tables this transaction writes are locked (until it ends), and nothing of
-    // another role's that the writes would run as the gateway may be on them (migration 0034's
-    // guard: the statement fails otherwise, and the sweep names it).
+    // that does not happen.
     type Row = (String, String, String, i32, bool);
     let row: Option<Row> = sqlx::query_as(
         "SELECT user_id, role_id, ticket_id, customer_id, \
                 (expires_at_utc IS NOT NULL AND expires_at_utc <= pg_catalog.now()) \
-         FROM rbac_ticket_grants WHERE id = $1 AND revoked_at_utc IS NULL \
-          AND rbac_gateway_guard_writes('{rbac_grants_audit,rbac_ticket_grants}'::pg_catalog.text[]) FOR UPDATE",
+         FROM rbac_ticket_grants WHERE id = $1 AND revoked_at_utc IS NULL FOR UPDATE",
     )
     .persistent(false)
     .bind(id)

@@ -43,8 +43,8 @@ macro_rules! break_glass_ended {
 /// SQL text: session `b`'s end has its `break_glass_expire` row: the row of this end
 /// ([`break_glass_ended`]); or the row of its first end where that recorded the end it has now
 /// (its capped end, or the session's own, as a row before the cap may have, or no end at all)
-/// and was written after a revocation it has (a session revoked, restored and revoked again
-/// ended twice); or a row under the id used before 2026-11-27 (those record no end: the
+/// and was written after a revocation that ended it (a session revoked, restored and revoked
+/// again ended twice; one revoked after its end, once); or a row under the id used before 2026-11-27 (those record no end: the
 /// session is taken as ended once). A revocation dated in the future gets the first end's row
 /// at once and one more when it comes.
 macro_rules! break_glass_end_recorded {
@@ -59,7 +59,9 @@ macro_rules! break_glass_end_recorded {
             " AND (a.expires_at_utc IS NULL OR a.expires_at_utc = ",
             crate::break_glass_end!(),
             " OR a.expires_at_utc = b.expires_at_utc) \
-               AND (b.revoked_at_utc IS NULL OR a.created_at_utc >= b.revoked_at_utc)))"
+               AND (b.revoked_at_utc IS NULL OR b.revoked_at_utc >= ",
+            crate::break_glass_end!(),
+            " OR a.created_at_utc >= b.revoked_at_utc)))"
         )
     };
 }

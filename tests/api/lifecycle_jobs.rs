@@ -1315,8 +1315,9 @@ async fn an_erased_admin_is_erased_in_an_icu_database_and_with_a_colon_in_the_em
 /// `revoked_at_utc` cleared) and that the sweep revokes again gets a second `ticket_expire` row
 /// and outbox entry, under its own id; and a grant whose first row's id Console wrote itself
 /// beforehand still gets the gateway's row. A break-glass session whose end Console moves after
-/// its row (extended, then ended again) gets a second `break_glass_expire` row. Before, each
-/// second end wrote nothing (`ON CONFLICT DO NOTHING` on the first end's id).
+/// its row (extended, then ended again), or that Console restores after its revocation and
+/// revokes again, gets a second `break_glass_expire` row; one revoked after it expired does
+/// not. Before, each second end wrote nothing (`ON CONFLICT DO NOTHING` on the first end's id).
 #[tokio::test]
 async fn every_end_of_a_grant_or_session_gets_its_own_audit_row() {
     let db = TestDb::new().await;
@@ -1427,5 +1428,47 @@ async fn every_end_of_a_grant_or_session_gets_its_own_audit_row() {
         rows("break_glass_expire", admin).await,
         (2, 2),
         "that end, one row"
+    );
+    // Revoked, restored (it counts again), revoked again: two ends, two rows.
+    let (again, _) = db.admin_with_roles(&[]).await;
+    let revoked_twice = db.break_glass(&again, 600.0).await;
+    let set_revoked = |id: String, at: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query(&format!(
+                "UPDATE rbac_break_glass_sessions SET revoked_at_utc = {at} WHERE id = $1"
+            ))
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    set_revoked(revoked_twice.clone(), "now()").await;
+    sweep_once(&db.url, &[]).await;
+    assert_eq!(rows("break_glass_expire", again.clone()).await, (1, 1));
+    set_revoked(revoked_twice.clone(), "NULL").await;
+    sweep_once(&db.url, &[]).await;
+    assert_eq!(
+        rows("break_glass_expire", again.clone()).await,
+        (1, 1),
+        "restored: no end"
+    );
+    set_revoked(revoked_twice, "now()").await;
+    sweep_once(&db.url, &[]).await;
+    sweep_once(&db.url, &[]).await;
+    assert_eq!(rows("break_glass_expire", again).await, (2, 2));
+    // Expired, its row written, then revoked by Console's "revoke this admin's sessions":
+    // one end, one row.
+    let (later, _) = db.admin_with_roles(&[]).await;
+    let expired_then_revoked = db.break_glass(&later, -60.0).await;
+    sweep_once(&db.url, &[]).await;
+    assert_eq!(rows("break_glass_expire", later.clone()).await, (1, 1));
+    set_revoked(expired_then_revoked, "now()").await;
+    sweep_once(&db.url, &[]).await;
+    assert_eq!(
+        rows("break_glass_expire", later).await,
+        (1, 1),
+        "revoked after its end"
     );
 }
