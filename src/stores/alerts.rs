@@ -109,36 +109,28 @@ impl AlertPass {
     /// to run. Read before anything of Console's, in the pass's transaction; where nothing is
     /// found, Console's tables stay locked (ACCESS SHARE) until the pass ends.
     pub async fn raise_console_code(&mut self) -> Result<Option<(String, String)>, sqlx::Error> {
-        use crate::stores::schema::{CONSOLE_TABLES, CONSOLE_WRITTEN};
+        use crate::stores::schema::{
+            console_columns, CONSOLE_CODE, CONSOLE_CODE_RUNNABLE, CONSOLE_TABLES, CONSOLE_WRITTEN,
+        };
         let tables: Vec<&str> = CONSOLE_TABLES.iter().map(|(t, _)| *t).collect();
-        let columns: Vec<String> = CONSOLE_TABLES
-            .iter()
-            .flat_map(|(t, cols)| cols.iter().map(move |c| format!("{t}.{c}")))
-            .collect();
-        let runnable: Option<bool> = sqlx::query_scalar(
-            "SELECT pg_catalog.has_function_privilege(p.oid, 'EXECUTE') FROM pg_catalog.pg_proc p \
-             WHERE p.oid OPERATOR(pg_catalog.=) \
-                   pg_catalog.to_regprocedure('rbac_gateway_console_code(oid, text[], text[], text[])')::oid",
-        )
-        .persistent(false)
-        .fetch_optional(&mut *self.tx)
-        .bounded(self.limit)
-        .await?;
+        let runnable: Option<bool> = sqlx::query_scalar(CONSOLE_CODE_RUNNABLE)
+            .persistent(false)
+            .fetch_optional(&mut *self.tx)
+            .bounded(self.limit)
+            .await?;
         if runnable != Some(true) {
             return Ok(None);
         }
-        let found: Option<String> = sqlx::query_scalar(
-            "SELECT pg_catalog.string_agg(f, '; ') FROM rbac_gateway_console_code(\
-             pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::oid, $2::text[], $3::text[], $4::text[]) f",
-        )
-        .persistent(false)
-        .bind(crate::stores::db::schema())
-        .bind(&tables)
-        .bind(&columns)
-        .bind(CONSOLE_WRITTEN)
-        .fetch_one(&mut *self.tx)
-        .bounded(self.limit)
-        .await?;
+        let findings: Vec<String> = sqlx::query_scalar(CONSOLE_CODE)
+            .persistent(false)
+            .bind(crate::stores::db::schema())
+            .bind(&tables)
+            .bind(console_columns(&tables))
+            .bind(CONSOLE_WRITTEN)
+            .fetch_all(&mut *self.tx)
+            .bounded(self.limit)
+            .await?;
+        let found = (!findings.is_empty()).then(|| findings.join("; "));
         let Some(found) = found else {
             // Nothing found: the tables are locked for the rest of the pass (and checked again
             // under the lock), so none changes shape before the pass has read it.
