@@ -27,16 +27,11 @@ macro_rules! break_glass_episode_id {
 }
 
 /// SQL text: when session `b` ended, as far as the sweep can tell: its revocation, where that
-/// came before its capped end ([`crate::break_glass_end`]), else that end.
+/// came before its capped end ([`crate::break_glass_end`]), else that end (`least` passes over a
+/// NULL revocation).
 macro_rules! break_glass_ended {
     () => {
-        concat!(
-            "CASE WHEN b.revoked_at_utc IS NOT NULL THEN least(b.revoked_at_utc, ",
-            crate::break_glass_end!(),
-            ") ELSE ",
-            crate::break_glass_end!(),
-            " END"
-        )
+        concat!("least(b.revoked_at_utc, ", crate::break_glass_end!(), ")")
     };
 }
 
