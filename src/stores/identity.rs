@@ -209,6 +209,9 @@ fn seconds(s: f64) -> Duration {
 
 impl Identity {
     /// Made on the runtime that will send its cold lookups (`serve`: the background runtime).
+    /// Break-glass sessions count only once their alert was delivered (I-4) unless
+    /// [`Identity::with_break_glass_requires_alert`] says otherwise: the safe default is the
+    /// library's too, not only `serve`'s.
     pub fn new(pool: Db, ttl: Duration, capacity: u64, metrics: Arc<Metrics>) -> Identity {
         Identity {
             pool,
@@ -228,7 +231,7 @@ impl Identity {
                 metrics.cache_hits.with_label_values(&["principal"]),
             ],
             metrics,
-            break_glass_requires_alert: false,
+            break_glass_requires_alert: true,
             query_timeout: Duration::from_secs(2),
             id: {
                 static IDS: AtomicU64 = AtomicU64::new(0);
@@ -248,7 +251,8 @@ impl Identity {
         self
     }
 
-    /// Break-glass sessions count only once their alert was delivered (I-4).
+    /// Whether break-glass sessions count only once their alert was delivered (I-4; the
+    /// default). Off only for `--break-glass-requires-alert=false`.
     pub fn with_break_glass_requires_alert(mut self, on: bool) -> Identity {
         self.break_glass_requires_alert = on;
         self
@@ -553,13 +557,14 @@ thread_local! {
         std::cell::RefCell::new(std::collections::HashMap::default());
 }
 
-/// Resolves a principal with one query (also used by `explain`).
+/// Resolves a principal with one query, break-glass sessions counted only once their alert was
+/// delivered (I-4; [`resolve_with`] chooses).
 pub async fn resolve(
     pool: &Db,
     admin_id: &str,
     ttl: Duration,
 ) -> Result<Arc<Principal>, sqlx::Error> {
-    resolve_with(pool, admin_id, ttl, false).await
+    resolve_with(pool, admin_id, ttl, true).await
 }
 
 /// [`resolve`], with break-glass sessions counted only once their alert was delivered when

@@ -696,3 +696,49 @@ async fn the_gateways_login_reads_the_promotion_row_the_grants_allow() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(line(&text, "I-11").contains("I-11 met"), "{text}");
 }
+
+/// I-4 in the library too: `Identity::new` and `identity::resolve`, as a program built on the
+/// gateway's crate calls them, count a break-glass session's roles only once its alert was
+/// delivered. Only `with_break_glass_requires_alert(false)` and `resolve_with(.., false)`, the
+/// library's spelling of `--break-glass-requires-alert=false`, count them at once.
+#[tokio::test]
+async fn the_librarys_defaults_wait_for_the_alert_too() {
+    use rbac_gateway::runtime::metrics::Metrics;
+    use rbac_gateway::stores::identity::{self, Identity};
+    use std::sync::Arc;
+
+    let db = TestDb::new().await;
+    let (admin, _token) = db.admin_with_roles(&[]).await;
+    db.break_glass(&admin, 600.0).await;
+    let pool = db.gw();
+
+    let at_once = identity::resolve_with(&pool, &admin, Duration::ZERO, false)
+        .await
+        .unwrap();
+    assert!(
+        at_once.roles().contains(&"console-manager".to_string()),
+        "the session, counted at once, grants console-manager: {:?}",
+        at_once.roles()
+    );
+    let by_default = identity::resolve(&pool, &admin, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(
+        by_default.roles().is_empty(),
+        "resolve counted a break-glass session whose alert was never delivered: {:?}",
+        by_default.roles()
+    );
+
+    let metrics = Arc::new(Metrics::new());
+    let cached = Identity::new(pool.clone(), Duration::from_secs(60), 100, metrics.clone());
+    let principal = cached.principal(&admin).await.unwrap();
+    assert!(
+        principal.roles().is_empty(),
+        "Identity::new counted a break-glass session whose alert was never delivered: {:?}",
+        principal.roles()
+    );
+    let waived = Identity::new(pool, Duration::from_secs(60), 100, metrics)
+        .with_break_glass_requires_alert(false);
+    let principal = waived.principal(&admin).await.unwrap();
+    assert_eq!(principal.roles(), at_once.roles());
+}
