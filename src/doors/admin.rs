@@ -135,12 +135,19 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
         format!("{source} not applied (mapping={version} stays live): {why}\n")
     });
     let (status, mut body) = match database_state(gw.identity.pool()).await {
-        Ok(()) => match gw.feed.stale() {
-            None => (200, format!("ready mapping={version}\n")),
+        Ok(()) => {
+            let (behind, noted) = schema_state(gw).await;
+            let mut why = behind.map(|line| line + "\n").unwrap_or_default();
             // The database answers, but changes to it are not applied: a revocation would wait
             // for the cache TTL.
-            Some(why) => (503, format!("{why}\n")),
-        },
+            if let Some(stale) = gw.feed.stale() {
+                why.push_str(&format!("{stale}\n"));
+            }
+            match why.is_empty() {
+                true => (200, format!("ready mapping={version}\n{noted}")),
+                false => (503, why + &noted),
+            }
+        }
         Err(why) => (503, format!("database unavailable: {why}\n")),
     };
     if let Some(line) = rejected {
@@ -167,6 +174,23 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
         body.push('\n');
     }
     (status, "text/plain", body)
+}
+
+/// The schema against this binary's migrations: the line that makes `/readyz` 503 (one of them
+/// is not applied: this binary's statements would fail), and the lines named with the status
+/// unchanged (a newer release migrated; the migrations could not be read).
+async fn schema_state(gw: &Gateway) -> (Option<String>, String) {
+    let state = crate::stores::migrations::schema_state(gw.identity.pool());
+    match crate::stores::db::within(UNKNOWN_NAMES_LIMIT, state).await {
+        Ok(state) => (
+            state.behind(),
+            state.ahead().map(|line| line + "\n").unwrap_or_default(),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "readyz: cannot read the schema's migrations");
+            (None, format!("database schema: its migrations were not read, so not compared with this binary's: {e} (`serve`'s login needs SELECT on _sqlx_migrations: deploy/gateway-grants.sql)\n"))
+        }
+    }
 }
 
 /// Why nothing is decided, if so: a background task stopped, or no mapping loaded yet.

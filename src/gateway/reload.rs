@@ -158,6 +158,24 @@ pub async fn warn_unknown_names(gw: &Gateway) {
     }
 }
 
+/// Logs, once the database answers at start-up, a schema that lacks one of this binary's
+/// migrations (`/readyz` answers 503 until it is applied) or holds a newer release's.
+async fn warn_of_schema(gw: &Gateway) {
+    let state = crate::stores::migrations::schema_state(gw.identity.pool());
+    match crate::stores::db::within(NAMES_CHECK_LIMIT, state).await {
+        Ok(state) => {
+            if let Some(behind) = state.behind() {
+                tracing::error!(missing = ?state.missing, "{behind}: /readyz answers 503 until then");
+            }
+            if let Some(ahead) = state.ahead() {
+                tracing::warn!(newer = ?state.newer, "{ahead}");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e,
+            "cannot read the schema's migrations (`serve`'s login needs SELECT on _sqlx_migrations: deploy/gateway-grants.sql): not compared with this binary's"),
+    }
+}
+
 /// How long the check of a mapping's names waits for the database.
 pub const NAMES_CHECK_LIMIT: Duration = Duration::from_secs(5);
 
@@ -181,6 +199,7 @@ pub async fn check_database_at_start(gw: Arc<Gateway>, within: Duration) {
     if reported {
         tracing::info!("database reachable");
     }
+    warn_of_schema(&gw).await;
     warn_unknown_names(&gw).await;
     record_version(&gw).await;
 }

@@ -11,6 +11,87 @@ use super::db::{quoted_schema, Db};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How the database's schema stands against this binary's migrations, read from
+/// `_sqlx_migrations` ([`schema_state`]): `/readyz` answers 503 while one is missing, `check`
+/// reports it, `serve` logs it at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaState {
+    /// This binary's migrations not applied, or whose run failed, in order: statements of this
+    /// binary's need what they make (a function, a column, a grant), so they would fail.
+    pub missing: Vec<i64>,
+    /// Migrations applied that this binary does not know: a newer release migrated, as during a
+    /// rolling upgrade's old processes. Migrations only add, so this binary serves as before.
+    pub newer: Vec<i64>,
+}
+
+impl SchemaState {
+    /// `applied`'s (version, success) rows against the binary's `known` versions.
+    pub fn compare(known: impl IntoIterator<Item = i64>, applied: &[(i64, bool)]) -> SchemaState {
+        let known: std::collections::BTreeSet<i64> = known.into_iter().collect();
+        let done: std::collections::BTreeSet<i64> = applied
+            .iter()
+            .filter(|(_, success)| *success)
+            .map(|(version, _)| *version)
+            .collect();
+        let recorded: std::collections::BTreeSet<i64> =
+            applied.iter().map(|(version, _)| *version).collect();
+        SchemaState {
+            missing: known.difference(&done).copied().collect(),
+            newer: recorded.difference(&known).copied().collect(),
+        }
+    }
+
+    /// What stops this binary from serving, for `/readyz` and `check`: None when every one of
+    /// its migrations is applied.
+    pub fn behind(&self) -> Option<String> {
+        (!self.missing.is_empty()).then(|| {
+            format!(
+                "database schema: this binary's migration(s) {} not applied (its statements need them): run `rbac-gateway migrate` with this binary",
+                versions(&self.missing)
+            )
+        })
+    }
+
+    /// A newer release's migrations, named with the status unchanged.
+    pub fn ahead(&self) -> Option<String> {
+        (!self.newer.is_empty()).then(|| {
+            format!(
+                "database schema: migration(s) {} applied by a newer release than this binary (this one serves as before; roll it forward)",
+                versions(&self.newer)
+            )
+        })
+    }
+}
+
+fn versions(versions: &[i64]) -> String {
+    let shown: Vec<String> = versions.iter().take(5).map(|v| format!("{v:04}")).collect();
+    match versions.len() - shown.len() {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
+/// The schema's migrations against this binary's ([`SchemaState`]); a database never migrated
+/// (no `_sqlx_migrations`) lacks all of them. The login needs SELECT on the table's `version`
+/// and `success` (`deploy/gateway-grants.sql`).
+pub async fn schema_state(db: &Db) -> Result<SchemaState, sqlx::Error> {
+    let applied: Vec<(i64, bool)> =
+        match sqlx::query_as("SELECT version, success FROM _sqlx_migrations")
+            .persistent(false)
+            .fetch_all(db)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Vec::new(),
+            Err(e) => return Err(e),
+        };
+    let known = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version);
+    Ok(SchemaState::compare(known, &applied))
+}
+
 /// The text of the latest migration that defines `function` (for tests that hold a function's
 /// SQL to the Rust beside it).
 #[cfg(test)]
@@ -494,5 +575,32 @@ async fn same_schema(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
             .into(),
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SchemaState;
+
+    #[test]
+    fn a_schema_lacks_the_versions_not_applied_or_failed_and_names_those_it_does_not_know() {
+        let state = SchemaState::compare([1, 2, 3, 4], &[(1, true), (2, false), (5, true)]);
+        assert_eq!(state.missing, vec![2, 3, 4]);
+        assert_eq!(state.newer, vec![5]);
+        assert!(state
+            .behind()
+            .unwrap()
+            .contains("0002, 0003, 0004 not applied"));
+        assert!(state
+            .ahead()
+            .unwrap()
+            .contains("0005 applied by a newer release"));
+        let current = SchemaState::compare([1, 2], &[(1, true), (2, true)]);
+        assert_eq!((current.behind(), current.ahead()), (None, None));
+        let never = SchemaState::compare(1..=7, &[]);
+        assert!(never
+            .behind()
+            .unwrap()
+            .contains("0001, 0002, 0003, 0004, 0005 and 2 more"));
     }
 }

@@ -414,3 +414,86 @@ async fn the_erasure_finds_its_rows_by_index_without_reading_the_tables() {
         "the email survived the erasure (in the text, the actor or the erasure keys)"
     );
 }
+
+/// A binary newer than its schema (rolled out before `migrate` ran): `/readyz` answers 503
+/// naming the migrations it lacks, the start-up log and `check --database-url` say so too, and
+/// once `migrate` has run it is ready. A schema a newer release migrated is named, the status
+/// unchanged: an old process of a rolling upgrade serves on.
+#[tokio::test]
+async fn a_binary_newer_than_its_schema_is_not_ready_until_migrated() {
+    let db = TestDb::at_version(33).await;
+    let up = Upstream::start().await;
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr);
+    opts.wait_ready = false;
+    let gw = Gateway::start(opts).await;
+    let t0 = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(10).saturating_sub(t0.elapsed()),
+        "/readyz naming the migrations not applied",
+        || async {
+            let r = gw.admin_get("/readyz").await;
+            r.status == 503
+                && r.body_str()
+                    .contains("database schema: this binary's migration(s) 0034, 0035 not applied")
+        },
+    )
+    .await;
+    assert!(
+        gw.log().contains(
+            "run `rbac-gateway migrate` with this binary: /readyz answers 503 until then"
+        ),
+        "{}",
+        gw.log()
+    );
+    let check = || {
+        let out = crate::cli::bin()
+            .args(["check", "--routes"])
+            .arg(root().join("routes.toml"))
+            .args(["--database-url", &db.url])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("migration(s) 0034, 0035 not applied"), "{out}");
+
+    let migrated = crate::cli::bin()
+        .args(["migrate", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert!(migrated.status.success(), "{migrated:?}");
+    let t1 = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(10).saturating_sub(t1.elapsed()),
+        "/readyz 200 once migrated",
+        || async { gw.admin_get("/readyz").await.status == 200 },
+    )
+    .await;
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("database schema"), "{out}");
+
+    // A newer release's migration: named, the status unchanged.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'a newer release', true, '\\x00', 1)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let r = gw.admin_get("/readyz").await;
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert!(
+        r.body_str()
+            .contains("database schema: migration(s) 9999 applied by a newer release"),
+        "{}",
+        r.body_str()
+    );
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("9999 applied by a newer release"), "{out}");
+}

@@ -7,6 +7,33 @@ use anyhow::Context;
 use super::{diag, failure, say, Exit, Severity};
 use crate::stores::schema as db_schema;
 
+/// The schema against this binary's migrations, as `/readyz` compares them: one not applied is
+/// an error (this binary's statements need it), a newer release's or a table this role may not
+/// read a warning.
+pub(super) async fn migrations(
+    pool: &crate::stores::db::Db,
+    file: &str,
+    out: &mut Vec<crate::policy::mapping::Diagnostic>,
+) {
+    match crate::stores::migrations::schema_state(pool).await {
+        Ok(state) => {
+            if let Some(behind) = state.behind() {
+                out.push(diag(file, 0, 0, Severity::Error, behind));
+            }
+            if let Some(ahead) = state.ahead() {
+                out.push(diag(file, 0, 0, Severity::Warning, ahead));
+            }
+        }
+        Err(e) => out.push(diag(
+            file,
+            0,
+            0,
+            Severity::Warning,
+            format!("database schema: its migrations were not read, so not compared with this binary's: {e} (`serve`'s login needs SELECT on _sqlx_migrations: deploy/gateway-grants.sql)"),
+        )),
+    }
+}
+
 /// The gateway's functions: the triggers' run as their owner with a pinned search_path, the
 /// lookups' exist; each that does not is an error in `out`.
 pub(super) async fn functions(
