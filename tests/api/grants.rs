@@ -21,6 +21,11 @@ fn grants_sql() -> String {
 /// `rbac_gateway_serve` and nothing else; its URL. Roles are cluster-wide: the login is named
 /// after the database, and the script tolerates the role made by another test's run.
 pub(crate) async fn serve_login(db: &TestDb) -> String {
+    serve_login_granted_by(db, &db.pool).await
+}
+
+/// [`serve_login`], the script run by `grantor` (the tables' owner).
+async fn serve_login_granted_by(db: &TestDb, grantor: &sqlx::PgPool) -> String {
     // As in a database whose default privileges give PUBLIC no EXECUTE on new functions: the
     // script's own grants must be enough.
     sqlx::raw_sql(
@@ -33,11 +38,11 @@ pub(crate) async fn serve_login(db: &TestDb) -> String {
     .unwrap();
     let grants = grants_sql();
     sqlx::raw_sql(&grants)
-        .execute(&db.pool)
+        .execute(grantor)
         .await
         .expect("deploy/gateway-grants.sql runs as the tables' owner");
     // Twice: the script is idempotent.
-    sqlx::raw_sql(&grants).execute(&db.pool).await.unwrap();
+    sqlx::raw_sql(&grants).execute(grantor).await.unwrap();
     db.login_in_role("rbac_gateway_serve", "").await
 }
 
@@ -110,9 +115,27 @@ pub(crate) async fn sweep_once(url: &str, hook: &Upstream) -> (Option<i32>, Stri
 async fn serve_and_sweep_work_as_a_login_holding_only_the_gateway_grants() {
     let _alone = timed_alone().await;
     let db = TestDb::new().await;
+    let grantor = db.pool.clone();
+    serve_and_sweep_as_the_serve_login(db, grantor).await;
+}
+
+/// The same where the tables' owner, as README's Upgrade has it, is not a superuser: Console's
+/// tables are its role's, and a member login of that role ran `migrate`, so it owns the
+/// gateway's functions. Those that run as their owner (the locks and checks before the sweep,
+/// the alert pass and the revocation read or write Console's tables, the break-glass record)
+/// work with its privileges, not only with a superuser's.
+#[tokio::test]
+async fn serve_and_sweep_work_where_a_login_not_a_superuser_ran_migrate() {
+    let _alone = timed_alone().await;
+    let (db, owner) = TestDb::migrated_by_a_login().await;
+    serve_and_sweep_as_the_serve_login(db, owner).await;
+}
+
+/// The scenario of the two tests above, the grant scripts run by `grantor`.
+async fn serve_and_sweep_as_the_serve_login(db: TestDb, grantor: sqlx::PgPool) {
     let up = Upstream::start().await;
     let hook = Upstream::start().await;
-    let url = serve_login(&db).await;
+    let url = serve_login_granted_by(&db, &grantor).await;
 
     // `sweep` on a database with an expired ticket grant, a break-glass session that ended, one
     // that is active (its alert delivered) and a change to the break-glass group (alerted).
@@ -343,7 +366,7 @@ async fn serve_and_sweep_work_as_a_login_holding_only_the_gateway_grants() {
     let spooled = r.request_id();
     assert!(db.audit_rows(&spooled).await.is_empty());
     sqlx::raw_sql(&grants_sql())
-        .execute(&db.pool)
+        .execute(&grantor)
         .await
         .unwrap();
     until(

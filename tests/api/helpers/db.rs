@@ -44,6 +44,13 @@ impl TestDb {
     }
 
     async fn created_with_migrator(options: &str, migrator: &sqlx::migrate::Migrator) -> TestDb {
+        let db = TestDb::created_empty(options).await;
+        migrator.run(&db.pool).await.unwrap();
+        db
+    }
+
+    /// A new database, nothing made in it.
+    async fn created_empty(options: &str) -> TestDb {
         let base = std::env::var("DATABASE_URL")
             .expect("DATABASE_URL must be set (scripts/test.sh sets it)");
         let name = format!("rbacgw_{}", uuid::Uuid::new_v4().simple());
@@ -58,8 +65,49 @@ impl TestDb {
         let (prefix, _) = base.rsplit_once('/').unwrap();
         let url = format!("{prefix}/{name}");
         let pool = PgPool::connect(&url).await.unwrap();
-        migrator.run(&pool).await.unwrap();
         TestDb { url, pool }
+    }
+
+    /// A database as README's Upgrade has it run: Console's tables made by the role that owns
+    /// them (not a superuser), then `rbac-gateway migrate` run by a login that is a member of
+    /// that role and not a superuser, which so owns the gateway's tables and functions. The
+    /// owning login's pool beside it. Roles are cluster-wide: named after the database.
+    pub async fn migrated_by_a_login() -> (TestDb, PgPool) {
+        let db = TestDb::created_empty("").await;
+        let (_, name) = db.url.rsplit_once('/').unwrap();
+        let short = name.trim_start_matches("rbacgw_");
+        let (console, owner) = (format!("{short}_console"), format!("{short}_owner"));
+        let schema = std::fs::read_to_string(root().join("migrations/0001_schema.sql")).unwrap();
+        let (consoles, _) = schema
+            .split_once("CREATE TABLE IF NOT EXISTS access_audit_events")
+            .unwrap();
+        sqlx::raw_sql(&format!(
+            "CREATE ROLE \"{console}\"; CREATE ROLE \"{owner}\" LOGIN IN ROLE \"{console}\"; \
+             GRANT CREATE ON SCHEMA public TO \"{console}\"; SET ROLE \"{console}\"; {consoles}; RESET ROLE"
+        ))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let owner_url = db.url_as(&owner);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+            .args(["migrate", "--database-url", &owner_url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "migrate as {owner}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let superuser: bool = sqlx::query_scalar(
+            "SELECT r.rolsuper FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner \
+              WHERE p.proname = 'rbac_gateway_plain'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert!(!superuser, "the gateway's functions are owned by {owner}");
+        let pool = PgPool::connect(&owner_url).await.unwrap();
+        (db, pool)
     }
 
     /// A new login on this database's server holding `role` only, then `extra` run with `USER`
