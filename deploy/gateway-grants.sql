@@ -149,7 +149,8 @@ GRANT SELECT, INSERT ON rbac_gateway_mapping_versions TO rbac_gateway_serve;
 GRANT USAGE ON SEQUENCE rbac_gateway_mapping_versions_id_seq TO rbac_gateway_serve;
 
 -- The schema's migrations, compared with the binary's: `/readyz` answers 503 while one of the
--- binary's is not applied, and `check` says so (the version and whether it succeeded only).
-GRANT SELECT (version, success) ON _sqlx_migrations TO rbac_gateway_serve;
+-- binary's is not applied as it has it, and `check` says so (each one's version, whether it
+-- succeeded and its checksum only).
+GRANT SELECT (version, success, checksum) ON _sqlx_migrations TO rbac_gateway_serve;
 
 COMMIT;

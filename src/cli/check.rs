@@ -323,7 +323,9 @@ async fn check_database(
     // may run.
     out.extend(database::trust_boundary(pool, file).await?);
     database::console_code(pool, file, &mut out).await?;
-    database::migrations(pool, file, &mut out).await;
+    if schema == Schema::Whole {
+        database::migrations(pool, file, &mut out).await;
+    }
     database::functions(pool, file, &mut out).await?;
     if out.iter().any(|d| d.severity == Severity::Error) {
         return Ok(out);

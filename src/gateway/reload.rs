@@ -164,15 +164,14 @@ async fn warn_of_schema(gw: &Gateway) {
     let state = crate::stores::migrations::schema_state(gw.identity.pool());
     match crate::stores::db::within(NAMES_CHECK_LIMIT, state).await {
         Ok(state) => {
-            if let Some(behind) = state.behind() {
-                tracing::error!(missing = ?state.missing, "{behind}: /readyz answers 503 until then");
+            for line in state.blocking() {
+                tracing::error!("{line}: /readyz answers 503 until then");
             }
             if let Some(ahead) = state.ahead() {
                 tracing::warn!(newer = ?state.newer, "{ahead}");
             }
         }
-        Err(e) => tracing::warn!(error = %e,
-            "cannot read the schema's migrations (`serve`'s login needs SELECT on _sqlx_migrations: deploy/gateway-grants.sql): not compared with this binary's"),
+        Err(e) => tracing::warn!("{}", crate::stores::migrations::schema_unreadable(&e)),
     }
 }
 

@@ -12,44 +12,77 @@ use super::db::{quoted_schema, Db};
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// How the database's schema stands against this binary's migrations, read from
-/// `_sqlx_migrations` ([`schema_state`]): `/readyz` answers 503 while one is missing, `check`
-/// reports it, `serve` logs it at start-up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `_sqlx_migrations` ([`schema_state`]): `/readyz` answers 503 while [`SchemaState::blocking`]
+/// says anything, `check` reports it, `serve` logs it at start-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SchemaState {
-    /// This binary's migrations not applied, or whose run failed, in order: statements of this
-    /// binary's need what they make (a function, a column, a grant), so they would fail.
+    /// This binary's migrations not recorded at all, in order: statements of this binary's need
+    /// what they make (a function, a column, a grant), so they would fail.
     pub missing: Vec<i64>,
+    /// Migrations recorded as failed (`success` false): sqlx's `migrate` refuses to go on until
+    /// the row is dealt with by hand.
+    pub failed: Vec<i64>,
+    /// This binary's migrations applied with another text (checksum) than its own: another
+    /// build migrated the schema (`migrate` refuses it too).
+    pub differs: Vec<i64>,
     /// Migrations applied that this binary does not know: a newer release migrated, as during a
     /// rolling upgrade's old processes. Migrations only add, so this binary serves as before.
     pub newer: Vec<i64>,
 }
 
 impl SchemaState {
-    /// `applied`'s (version, success) rows against the binary's `known` versions.
-    pub fn compare(known: impl IntoIterator<Item = i64>, applied: &[(i64, bool)]) -> SchemaState {
-        let known: std::collections::BTreeSet<i64> = known.into_iter().collect();
-        let done: std::collections::BTreeSet<i64> = applied
-            .iter()
-            .filter(|(_, success)| *success)
-            .map(|(version, _)| *version)
-            .collect();
-        let recorded: std::collections::BTreeSet<i64> =
-            applied.iter().map(|(version, _)| *version).collect();
-        SchemaState {
-            missing: known.difference(&done).copied().collect(),
-            newer: recorded.difference(&known).copied().collect(),
+    /// `applied`'s (version, success, checksum) rows against the binary's `known` (version,
+    /// checksum) pairs.
+    pub fn compare<'a>(
+        known: impl IntoIterator<Item = (i64, &'a [u8])>,
+        applied: &[(i64, bool, Vec<u8>)],
+    ) -> SchemaState {
+        let known: std::collections::BTreeMap<i64, &[u8]> = known.into_iter().collect();
+        let mut state = SchemaState::default();
+        for (version, success, checksum) in applied {
+            match (success, known.get(version)) {
+                (false, _) => state.failed.push(*version),
+                (true, None) => state.newer.push(*version),
+                (true, Some(ours)) if *ours != checksum.as_slice() => state.differs.push(*version),
+                (true, Some(_)) => {}
+            }
         }
+        let recorded: std::collections::BTreeSet<i64> =
+            applied.iter().map(|(version, ..)| *version).collect();
+        state.missing = known
+            .keys()
+            .filter(|v| !recorded.contains(v))
+            .copied()
+            .collect();
+        for list in [&mut state.failed, &mut state.differs, &mut state.newer] {
+            list.sort_unstable();
+        }
+        state
     }
 
-    /// What stops this binary from serving, for `/readyz` and `check`: None when every one of
-    /// its migrations is applied.
-    pub fn behind(&self) -> Option<String> {
-        (!self.missing.is_empty()).then(|| {
-            format!(
+    /// What stops this binary from serving, one line each, for `/readyz` and `check`: none when
+    /// each of its migrations is applied as it has it and none failed.
+    pub fn blocking(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if !self.missing.is_empty() {
+            lines.push(format!(
                 "database schema: this binary's migration(s) {} not applied (its statements need them): run `rbac-gateway migrate` with this binary",
                 versions(&self.missing)
-            )
-        })
+            ));
+        }
+        if !self.failed.is_empty() {
+            lines.push(format!(
+                "database schema: migration(s) {} recorded as failed in _sqlx_migrations (`migrate` will not go on: repair what it left, delete its row, then run `rbac-gateway migrate` with this binary)",
+                versions(&self.failed)
+            ));
+        }
+        if !self.differs.is_empty() {
+            lines.push(format!(
+                "database schema: migration(s) {} applied with another text than this binary's (another build migrated this database; `migrate` refuses it too): run the build that migrated it, or restore the schema",
+                versions(&self.differs)
+            ));
+        }
+        lines
     }
 
     /// A newer release's migrations, named with the status unchanged.
@@ -72,11 +105,11 @@ fn versions(versions: &[i64]) -> String {
 }
 
 /// The schema's migrations against this binary's ([`SchemaState`]); a database never migrated
-/// (no `_sqlx_migrations`) lacks all of them. The login needs SELECT on the table's `version`
-/// and `success` (`deploy/gateway-grants.sql`).
+/// (no `_sqlx_migrations`) lacks all of them. The login needs SELECT on the table's `version`,
+/// `success` and `checksum` (`deploy/gateway-grants.sql`; [`schema_unreadable`] tells).
 pub async fn schema_state(db: &Db) -> Result<SchemaState, sqlx::Error> {
-    let applied: Vec<(i64, bool)> =
-        match sqlx::query_as("SELECT version, success FROM _sqlx_migrations")
+    let applied: Vec<(i64, bool, Vec<u8>)> =
+        match sqlx::query_as("SELECT version, success, checksum FROM _sqlx_migrations")
             .persistent(false)
             .fetch_all(db)
             .await
@@ -88,8 +121,23 @@ pub async fn schema_state(db: &Db) -> Result<SchemaState, sqlx::Error> {
     let known = MIGRATOR
         .iter()
         .filter(|m| !m.migration_type.is_down_migration())
-        .map(|m| m.version);
+        .map(|m| (m.version, &m.checksum[..]));
     Ok(SchemaState::compare(known, &applied))
+}
+
+/// Why [`schema_state`] failed, as `/readyz`, `check` and the start-up log say it: a refusal
+/// names the grant `serve`'s login lacks; anything else (a timeout, a lost connection) is said
+/// as it is.
+pub fn schema_unreadable(e: &sqlx::Error) -> String {
+    let refused = matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42501"));
+    format!(
+        "database schema: its migrations were not read, so not compared with this binary's: {e}{}",
+        if refused {
+            " (`serve`'s login needs SELECT on _sqlx_migrations: deploy/gateway-grants.sql)"
+        } else {
+            ""
+        }
+    )
 }
 
 /// The text of the latest migration that defines `function` (for tests that hold a function's
@@ -583,24 +631,47 @@ mod tests {
     use super::SchemaState;
 
     #[test]
-    fn a_schema_lacks_the_versions_not_applied_or_failed_and_names_those_it_does_not_know() {
-        let state = SchemaState::compare([1, 2, 3, 4], &[(1, true), (2, false), (5, true)]);
-        assert_eq!(state.missing, vec![2, 3, 4]);
-        assert_eq!(state.newer, vec![5]);
-        assert!(state
-            .behind()
-            .unwrap()
-            .contains("0002, 0003, 0004 not applied"));
+    fn a_schema_lacks_the_versions_not_recorded_and_names_failed_other_and_newer_ones() {
+        let (a, b) = (b"a".as_slice(), b"b".as_slice());
+        let known = [(1, a), (2, a), (3, a), (4, a), (6, a)];
+        let applied = [
+            (1, true, a.to_vec()),
+            (2, false, a.to_vec()),
+            (6, true, b.to_vec()),
+            (5, true, a.to_vec()),
+            (7, false, a.to_vec()),
+        ];
+        let state = SchemaState::compare(known, &applied);
+        assert_eq!(
+            state,
+            SchemaState {
+                missing: vec![3, 4],
+                failed: vec![2, 7],
+                differs: vec![6],
+                newer: vec![5],
+            }
+        );
+        let lines = state.blocking();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].contains("0003, 0004 not applied"), "{lines:?}");
+        assert!(
+            lines[1].contains("0002, 0007 recorded as failed"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].contains("0006 applied with another text"),
+            "{lines:?}"
+        );
         assert!(state
             .ahead()
             .unwrap()
             .contains("0005 applied by a newer release"));
-        let current = SchemaState::compare([1, 2], &[(1, true), (2, true)]);
-        assert_eq!((current.behind(), current.ahead()), (None, None));
-        let never = SchemaState::compare(1..=7, &[]);
-        assert!(never
-            .behind()
-            .unwrap()
-            .contains("0001, 0002, 0003, 0004, 0005 and 2 more"));
+        let current = SchemaState::compare(
+            [(1, a), (2, b)],
+            &[(1, true, a.to_vec()), (2, true, b.to_vec())],
+        );
+        assert_eq!((current.blocking(), current.ahead()), (vec![], None));
+        let never = SchemaState::compare((1..=7).map(|v| (v, a)), &[]);
+        assert!(never.blocking()[0].contains("0001, 0002, 0003, 0004, 0005 and 2 more"));
     }
 }

@@ -438,13 +438,18 @@ async fn a_binary_newer_than_its_schema_is_not_ready_until_migrated() {
         },
     )
     .await;
-    assert!(
-        gw.log().contains(
-            "run `rbac-gateway migrate` with this binary: /readyz answers 503 until then"
-        ),
-        "{}",
-        gw.log()
-    );
+    // Said by the start-up task, which may write after /readyz first answers.
+    let t0 = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(10).saturating_sub(t0.elapsed()),
+        "the start-up log naming the migrations not applied",
+        || async {
+            gw.log().contains(
+                "run `rbac-gateway migrate` with this binary: /readyz answers 503 until then",
+            )
+        },
+    )
+    .await;
     let check = || {
         let out = crate::cli::bin()
             .args(["check", "--routes"])
@@ -476,6 +481,37 @@ async fn a_binary_newer_than_its_schema_is_not_ready_until_migrated() {
     let (code, out) = check();
     assert_eq!(code, Some(0), "{out}");
     assert!(!out.contains("database schema"), "{out}");
+
+    // A migration recorded as failed, or applied with another text than this binary's (another
+    // build migrated): not ready, until the row is as this binary has it again.
+    let ours = rbac_gateway::stores::migrations::MIGRATOR
+        .iter()
+        .find(|m| m.version == 35)
+        .unwrap();
+    for (change, said) in [
+        (
+            "UPDATE _sqlx_migrations SET success = false WHERE version = 35",
+            "migration(s) 0035 recorded as failed",
+        ),
+        (
+            "UPDATE _sqlx_migrations SET checksum = '\\x00' WHERE version = 35",
+            "migration(s) 0035 applied with another text than this binary's",
+        ),
+    ] {
+        sqlx::query(change).execute(&db.pool).await.unwrap();
+        let r = gw.admin_get("/readyz").await;
+        assert_eq!(r.status, 503, "{}", r.body_str());
+        assert!(r.body_str().contains(said), "{}", r.body_str());
+        let (code, out) = check();
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains(said), "{out}");
+        sqlx::query("UPDATE _sqlx_migrations SET success = true, checksum = $1 WHERE version = 35")
+            .bind(&ours.checksum[..])
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(gw.admin_get("/readyz").await.status, 200);
+    }
 
     // A newer release's migration: named, the status unchanged.
     sqlx::query(

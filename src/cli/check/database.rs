@@ -7,9 +7,10 @@ use anyhow::Context;
 use super::{diag, failure, say, Exit, Severity};
 use crate::stores::schema as db_schema;
 
-/// The schema against this binary's migrations, as `/readyz` compares them: one not applied is
-/// an error (this binary's statements need it), a newer release's or a table this role may not
-/// read a warning.
+/// The schema against this binary's migrations, as `/readyz` compares them: one not applied as
+/// this binary has it, or failed, is an error (this binary's statements need it); a newer
+/// release's, or a table this role may not read, a warning. `check` only: a `mapping push`
+/// needs none of it.
 pub(super) async fn migrations(
     pool: &crate::stores::db::Db,
     file: &str,
@@ -17,8 +18,8 @@ pub(super) async fn migrations(
 ) {
     match crate::stores::migrations::schema_state(pool).await {
         Ok(state) => {
-            if let Some(behind) = state.behind() {
-                out.push(diag(file, 0, 0, Severity::Error, behind));
+            for line in state.blocking() {
+                out.push(diag(file, 0, 0, Severity::Error, line));
             }
             if let Some(ahead) = state.ahead() {
                 out.push(diag(file, 0, 0, Severity::Warning, ahead));
@@ -29,7 +30,7 @@ pub(super) async fn migrations(
             0,
             0,
             Severity::Warning,
-            format!("database schema: its migrations were not read, so not compared with this binary's: {e} (`serve`'s login needs SELECT on _sqlx_migrations: deploy/gateway-grants.sql)"),
+            crate::stores::migrations::schema_unreadable(&e),
         )),
     }
 }
