@@ -293,6 +293,10 @@ async fn check_database(
     schema: Schema,
 ) -> Result<Vec<crate::policy::mapping::Diagnostic>, Exit> {
     let mut out = Vec::new();
+    // First: a migration not applied explains the missing columns and functions named after it.
+    if schema == Schema::Whole {
+        database::migrations(pool, file, &mut out).await;
+    }
     // Tables that exist but this role may not read: information_schema lists none of their
     // columns, which is not a missing column.
     let unreadable = unreadable(pool, file, schema, &mut out).await?;
@@ -323,9 +327,6 @@ async fn check_database(
     // may run.
     out.extend(database::trust_boundary(pool, file).await?);
     database::console_code(pool, file, &mut out).await?;
-    if schema == Schema::Whole {
-        database::migrations(pool, file, &mut out).await;
-    }
     database::functions(pool, file, &mut out).await?;
     if out.iter().any(|d| d.severity == Severity::Error) {
         return Ok(out);

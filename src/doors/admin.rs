@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz` (process alive), `/readyz` (mapping loaded, the database
-//! answered and the change feed read its log within [`crate::stores::feed::STALE`]; a routes file on
-//! disk that was not applied, role or permission names the database lacks, and an audit spool
+//! answered, each of this binary's migrations applied as it has it, as last read, and the change
+//! feed read its log within [`crate::stores::feed::STALE`]; a newer release's migrations, a routes
+//! file on disk that was not applied, role or permission names the database lacks, and an audit spool
 //! that cannot be written or emptied, and I-5's state (no `--audit-writer-url`, rows owed to the
 //! audit writer past `--audit-writer-alert-after`) are named, the status stays 200),
 //! `/metrics` (Prometheus text). Served by hyper, GET only.
@@ -137,14 +138,14 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
     // The schema is read beside the database's check, not after it: a slow database costs
     // the probe one wait, not two.
     let pool = gw.identity.pool();
-    let schema = crate::stores::db::within(
-        UNKNOWN_NAMES_LIMIT,
-        crate::stores::migrations::schema_state(pool),
-    );
+    let schema =
+        crate::stores::db::within(READY_LIMIT, crate::stores::migrations::schema_state(pool));
     let (database, schema) = tokio::join!(database_state(pool), schema);
     let (status, mut body) = match database {
         Ok(()) => {
-            let (mut why, noted) = schema_lines(schema);
+            let (blocking, noted) = gw.schema_read(schema);
+            let mut why: String = blocking.into_iter().map(|line| line + "\n").collect();
+            let noted: String = noted.into_iter().map(|line| line + "\n").collect();
             // The database answers, but changes to it are not applied: a revocation would wait
             // for the cache TTL.
             if let Some(stale) = gw.feed.stale() {
@@ -181,29 +182,6 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
         body.push('\n');
     }
     (status, "text/plain", body)
-}
-
-/// The schema against this binary's migrations: the lines that make `/readyz` 503 (one of them
-/// is not applied as this binary has it, or failed: its statements would fail), and the lines
-/// named with the status unchanged (a newer release migrated; the migrations could not be read).
-fn schema_lines(
-    state: Result<crate::stores::migrations::SchemaState, sqlx::Error>,
-) -> (String, String) {
-    match state {
-        Ok(state) => (
-            state
-                .blocking()
-                .into_iter()
-                .map(|line| line + "\n")
-                .collect(),
-            state.ahead().map(|line| line + "\n").unwrap_or_default(),
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "readyz: cannot read the schema's migrations");
-            let why = crate::stores::migrations::schema_unreadable(&e);
-            (String::new(), why + "\n")
-        }
-    }
 }
 
 /// Why nothing is decided, if so: a background task stopped, or no mapping loaded yet.

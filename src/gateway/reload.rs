@@ -159,19 +159,21 @@ pub async fn warn_unknown_names(gw: &Gateway) {
 }
 
 /// Logs, once the database answers at start-up, a schema that lacks one of this binary's
-/// migrations (`/readyz` answers 503 until it is applied) or holds a newer release's.
+/// migrations (`/readyz` answers 503 until it is applied) or holds a newer release's; the state
+/// read is what `/readyz` answers from until it reads one itself ([`Gateway::schema_read`]).
 async fn warn_of_schema(gw: &Gateway) {
     let state = crate::stores::migrations::schema_state(gw.identity.pool());
-    match crate::stores::db::within(NAMES_CHECK_LIMIT, state).await {
-        Ok(state) => {
-            for line in state.blocking() {
-                tracing::error!("{line}: /readyz answers 503 until then");
-            }
-            if let Some(ahead) = state.ahead() {
-                tracing::warn!(newer = ?state.newer, "{ahead}");
-            }
+    let read = crate::stores::db::within(NAMES_CHECK_LIMIT, state).await;
+    let answered = read.is_ok();
+    let (blocking, noted) = gw.schema_read(read);
+    for line in blocking {
+        tracing::error!("{line}: /readyz answers 503 until then");
+    }
+    // A failed read was logged by `schema_read`.
+    if answered {
+        for line in noted {
+            tracing::warn!("{line}");
         }
-        Err(e) => tracing::warn!("{}", crate::stores::migrations::schema_unreadable(&e)),
     }
 }
 

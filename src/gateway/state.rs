@@ -63,9 +63,56 @@ pub struct Gateway {
     pub audit_writer_alert_after: Duration,
     /// What denials without a session may write (`--anonymous-denial-window`).
     pub anonymous: Arc<crate::gateway::anonymous::Coalescer>,
+    /// The schema's migrations as the start-up check and `/readyz` last read them.
+    pub schema: std::sync::Mutex<SchemaSeen>,
+}
+
+/// The schema's migrations against this binary's, as last read ([`Gateway::schema`]): a read
+/// that fails (a slow database, a refused grant) answers from the last state read, so a schema
+/// that lacked a migration is not taken for ready on a timeout.
+#[derive(Debug, Default)]
+pub struct SchemaSeen {
+    /// The last state read.
+    pub state: Option<crate::stores::migrations::SchemaState>,
+    /// Why the latest read failed, until one succeeds (logged when it changes).
+    pub error: Option<String>,
 }
 
 impl Gateway {
+    /// Records a read of the schema's migrations ([`SchemaSeen`]): the lines that stop this
+    /// binary from serving (the last state read's, when this read failed) and those named with
+    /// the status unchanged (a newer release's migrations; why this read failed).
+    pub fn schema_read(
+        &self,
+        read: Result<crate::stores::migrations::SchemaState, sqlx::Error>,
+    ) -> (Vec<String>, Vec<String>) {
+        let mut seen = self
+            .schema
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match read {
+            Ok(state) => {
+                seen.error = None;
+                let lines = (state.blocking(), state.ahead().into_iter().collect());
+                seen.state = Some(state);
+                lines
+            }
+            Err(e) => {
+                let why = crate::stores::migrations::schema_unreadable(&e);
+                if seen.error.as_deref() != Some(why.as_str()) {
+                    tracing::warn!("{why}");
+                    seen.error = Some(why.clone());
+                }
+                let last = seen.state.as_ref().map(|s| s.blocking());
+                let last = last.unwrap_or_default().into_iter();
+                (
+                    last.map(|line| line + " (as last read)").collect(),
+                    vec![why],
+                )
+            }
+        }
+    }
+
     /// Updates the gauges that are read, not counted (cache entries, pool connections): before
     /// `/metrics` is rendered and before each OTLP metrics export.
     pub fn refresh_gauges(&self) {
@@ -134,6 +181,7 @@ impl Gateway {
             weakened: Vec::new(),
             promoted_in: None,
             promotion: Default::default(),
+            schema: Default::default(),
             promotion_asked: Default::default(),
             audit_writer_configured: false,
             audit_writer_alert_after: Duration::from_secs(300),

@@ -381,6 +381,40 @@ async fn serve_and_sweep_as_the_serve_login(db: TestDb, grantor: sqlx::PgPool) {
     })
     .await;
 
+    // The schema's migrations unreadable (the grant file of an earlier release): named with
+    // the grant it lacks, the status unchanged; read again once the script has run.
+    sqlx::query("REVOKE SELECT ON _sqlx_migrations FROM rbac_gateway_serve")
+        .execute(&grantor)
+        .await
+        .unwrap();
+    until(
+        &gw,
+        Duration::from_secs(5),
+        "/readyz 200 naming the grant the schema's read lacks",
+        || async {
+            let r = gw.admin_get("/readyz").await;
+            r.status == 200
+                && r.body_str().contains(
+                    "permission denied for table _sqlx_migrations (`serve`'s login needs SELECT on _sqlx_migrations: deploy/gateway-grants.sql)",
+                )
+        },
+    )
+    .await;
+    sqlx::raw_sql(&grants_sql())
+        .execute(&grantor)
+        .await
+        .unwrap();
+    until(
+        &gw,
+        Duration::from_secs(5),
+        "/readyz no longer naming the schema",
+        || async {
+            let r = gw.admin_get("/readyz").await;
+            r.status == 200 && !r.body_str().contains("database schema")
+        },
+    )
+    .await;
+
     // A grant the request path lacks: a session not cached is answered 503, and the log names
     // the refusal, not only "database unavailable".
     sqlx::query("REVOKE SELECT ON admin_sessions FROM rbac_gateway_serve")
@@ -430,6 +464,22 @@ async fn check_as_the_gateways_login_names_a_missing_grant_not_missing_columns()
         "{out}"
     );
     assert!(!out.contains("is missing"), "{out}");
+    assert!(!out.contains("database schema"), "{out}");
+
+    // Without the grant on the schema's migrations: a warning naming it, not an error.
+    sqlx::query("REVOKE SELECT ON _sqlx_migrations FROM rbac_gateway_serve")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("warning: database schema: its migrations were not read")
+            && out.contains(
+                "(`serve`'s login needs SELECT on _sqlx_migrations: deploy/gateway-grants.sql)"
+            ),
+        "{out}"
+    );
 
     sqlx::query("REVOKE SELECT ON rbac_user_groups FROM rbac_gateway_serve")
         .execute(&db.pool)

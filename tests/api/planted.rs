@@ -33,7 +33,7 @@ async fn as_console(db: &TestDb) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
 }
 
 /// `check --routes routes.toml --database-url` on `db`: its exit code and output.
-fn check(db: &TestDb) -> (Option<i32>, String) {
+pub(crate) fn check(db: &TestDb) -> (Option<i32>, String) {
     let out = crate::cli::bin()
         .args(["check", "--routes"])
         .arg(root().join("routes.toml"))

@@ -248,6 +248,7 @@ fn state(
         sweep_failure_threshold: config.sweep.failure_threshold,
         weakened: crate::runtime::posture::weakened(&config.decision, &config.posture),
         promotion: Default::default(),
+        schema: Default::default(),
         promotion_asked: Default::default(),
         promoted_in: config
             .posture
