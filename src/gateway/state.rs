@@ -74,43 +74,102 @@ pub struct Gateway {
 pub struct SchemaSeen {
     /// The last state read.
     pub state: Option<crate::stores::migrations::SchemaState>,
-    /// Why the latest read failed, until one succeeds (logged when it changes).
-    pub error: Option<String>,
+    /// What kind of failure the latest read was, until one succeeds: a refusal, a timeout,
+    /// else its text (logged when it changes, not at every probe).
+    pub failing: Option<String>,
 }
 
-impl Gateway {
-    /// Records a read of the schema's migrations ([`SchemaSeen`]): the lines that stop this
-    /// binary from serving (the last state read's, when this read failed) and those named with
-    /// the status unchanged (a newer release's migrations; why this read failed).
-    pub fn schema_read(
-        &self,
+/// What a read of the schema's migrations gives `/readyz` ([`SchemaSeen::read`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct SchemaLines {
+    /// What stops this binary from serving (503).
+    pub blocking: Vec<String>,
+    /// What is named with the status unchanged.
+    pub noted: Vec<String>,
+    /// Why this read failed, when it fails otherwise than the one before: to log.
+    pub newly_failing: Option<String>,
+}
+
+impl SchemaSeen {
+    /// Records a read: its lines, or the last state's (" (as last read)") when it failed, with
+    /// why it failed.
+    pub fn read(
+        &mut self,
         read: Result<crate::stores::migrations::SchemaState, sqlx::Error>,
-    ) -> (Vec<String>, Vec<String>) {
-        let mut seen = self
-            .schema
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    ) -> SchemaLines {
         match read {
             Ok(state) => {
-                seen.error = None;
-                let lines = (state.blocking(), state.ahead().into_iter().collect());
-                seen.state = Some(state);
+                self.failing = None;
+                let lines = SchemaLines {
+                    blocking: state.blocking(),
+                    noted: state.ahead().into_iter().collect(),
+                    newly_failing: None,
+                };
+                self.state = Some(state);
                 lines
             }
             Err(e) => {
                 let why = crate::stores::migrations::schema_unreadable(&e);
-                if seen.error.as_deref() != Some(why.as_str()) {
-                    tracing::warn!("{why}");
-                    seen.error = Some(why.clone());
+                let kind = failure_kind(&e);
+                let newly_failing =
+                    (self.failing.as_deref() != Some(kind.as_str())).then(|| why.clone());
+                self.failing = Some(kind);
+                let last = |lines: Vec<String>| -> Vec<String> {
+                    lines
+                        .into_iter()
+                        .map(|line| line + " (as last read)")
+                        .collect()
+                };
+                let (blocking, mut noted) = match &self.state {
+                    Some(state) => (
+                        last(state.blocking()),
+                        last(state.ahead().into_iter().collect()),
+                    ),
+                    None => (Vec::new(), Vec::new()),
+                };
+                noted.push(why);
+                SchemaLines {
+                    blocking,
+                    noted,
+                    newly_failing,
                 }
-                let last = seen.state.as_ref().map(|s| s.blocking());
-                let last = last.unwrap_or_default().into_iter();
-                (
-                    last.map(|line| line + " (as last read)").collect(),
-                    vec![why],
-                )
             }
         }
+    }
+}
+
+/// A failed read's kind, for the log: a timeout's text varies with which limit came first (the
+/// server's statement or lock timeout, the probe's own).
+fn failure_kind(e: &sqlx::Error) -> String {
+    let code = match e {
+        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    match (e, code.as_deref()) {
+        (_, Some("42501")) => "refused".into(),
+        (_, Some("57014" | "55P03")) | (sqlx::Error::PoolTimedOut, _) => "timeout".into(),
+        (sqlx::Error::Io(io), _) if io.kind() == std::io::ErrorKind::TimedOut => "timeout".into(),
+        _ => e.to_string(),
+    }
+}
+
+impl Gateway {
+    /// Records a read of the schema's migrations ([`SchemaSeen::read`]), logging a failure once
+    /// per kind: the lines that stop this binary from serving, and those named with the status
+    /// unchanged.
+    pub fn schema_read(
+        &self,
+        read: Result<crate::stores::migrations::SchemaState, sqlx::Error>,
+    ) -> (Vec<String>, Vec<String>) {
+        let lines = self
+            .schema
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .read(read);
+        if let Some(why) = lines.newly_failing {
+            tracing::warn!("{why}");
+        }
+        (lines.blocking, lines.noted)
     }
 
     /// Updates the gauges that are read, not counted (cache entries, pool connections): before
@@ -344,5 +403,61 @@ impl crate::policy::answer::Records for Gateway {
                 .with_label_values(&[rule])
                 .inc(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SchemaSeen;
+    use crate::stores::migrations::SchemaState;
+
+    fn timeout(limit: &str) -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the database did not answer within {limit} ms"),
+        ))
+    }
+
+    #[test]
+    fn a_failed_read_answers_from_the_last_state_and_is_logged_once_per_kind() {
+        let behind = SchemaState {
+            missing: vec![35],
+            newer: vec![99],
+            ..SchemaState::default()
+        };
+        let mut seen = SchemaSeen::default();
+        // Never read: nothing blocks, the failure is named and logged.
+        let lines = seen.read(Err(timeout("2000")));
+        assert!(lines.blocking.is_empty());
+        assert!(lines.newly_failing.is_some());
+        assert!(lines.noted[0].contains("not read"), "{lines:?}");
+
+        let lines = seen.read(Ok(behind.clone()));
+        assert_eq!(lines.blocking, behind.blocking());
+        assert_eq!(lines.newly_failing, None);
+        // Behind, then a timeout (of either limit's wording): still blocking, as last read;
+        // logged once, since it is the same kind of failure each time.
+        let lines = seen.read(Err(timeout("2000")));
+        assert_eq!(lines.blocking.len(), 1);
+        assert!(lines.blocking[0].ends_with(" (as last read)"), "{lines:?}");
+        assert!(
+            lines.noted[0].contains("0099 applied by a newer release"),
+            "{lines:?}"
+        );
+        assert!(lines.noted[0].ends_with(" (as last read)"), "{lines:?}");
+        assert!(lines.newly_failing.is_some());
+        let lines = seen.read(Err(timeout("1700")));
+        assert_eq!(lines.newly_failing, None, "{lines:?}");
+        assert_eq!(lines.blocking.len(), 1);
+        // Another kind of failure is logged; a read that succeeds clears it.
+        let lines = seen.read(Err(sqlx::Error::Protocol("lost".into())));
+        assert!(lines.newly_failing.is_some());
+        let lines = seen.read(Ok(SchemaState::default()));
+        assert_eq!((lines.blocking, lines.noted), (vec![], vec![]));
+        assert_eq!(seen.failing, None);
+        // Fine, then a timeout: nothing blocks.
+        let lines = seen.read(Err(timeout("2000")));
+        assert!(lines.blocking.is_empty(), "{lines:?}");
+        assert!(lines.newly_failing.is_some());
     }
 }

@@ -598,8 +598,20 @@ async fn after_migrations(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Err
             tracing::info!(rows = done.rows_affected(), "migrate: erasure keys given to rows written before migration 0025");
         }
     }
+    // `serve`'s login compares the schema's migrations with its binary's ([`schema_state`]):
+    // granted here as well as in deploy/gateway-grants.sql, so a fleet whose operators do not
+    // run that file again at each upgrade still reads them. A role that may not grant it (not
+    // the table's owner) gets PostgreSQL's warning, not an error.
+    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(SERVE_READS_MIGRATIONS)).await?;
     Ok(())
 }
+
+/// The grant of `_sqlx_migrations`' columns that [`schema_state`] reads to the serve role,
+/// where that role exists.
+const SERVE_READS_MIGRATIONS: &str = "DO $$ BEGIN \
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'rbac_gateway_serve') THEN \
+        GRANT SELECT (version, success, checksum) ON _sqlx_migrations TO rbac_gateway_serve; \
+    END IF; END $$";
 
 /// Refuses to migrate a schema other than the one the tables are in: where the role's own
 /// `search_path` finds `_sqlx_migrations` in another schema than `RBAC_GATEWAY_DATABASE_SCHEMA`

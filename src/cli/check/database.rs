@@ -19,7 +19,6 @@ pub(super) async fn migrations(
     match crate::stores::migrations::schema_state(pool).await {
         Ok(state) => {
             for line in state.blocking() {
-                let line = format!("{line} (what follows may come from it)");
                 out.push(diag(file, 0, 0, Severity::Error, line));
             }
             if let Some(ahead) = state.ahead() {
