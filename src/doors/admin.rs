@@ -121,7 +121,19 @@ async fn audit_writer_state(gw: &Gateway, body: &mut String) {
 /// `/readyz`: 503 naming what stops the gateway from deciding, else the database's state and
 /// every problem an operator must see, each named with the status unchanged.
 async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
-    if let Some(why) = not_deciding(gw) {
+    let pool = gw.identity.pool();
+    if let Some(mut why) = not_deciding(gw) {
+        // A schema without this binary's migrations may be why (a mapping it cannot load from
+        // the database): read here, since the start-up check waits for the mapping.
+        let read = crate::stores::db::within(
+            UNKNOWN_NAMES_LIMIT,
+            crate::stores::migrations::schema_state(pool),
+        );
+        let (blocking, noted) = gw.schema_read(read.await);
+        for line in blocking.into_iter().chain(noted) {
+            why.push_str(&line);
+            why.push('\n');
+        }
         return (503, "text/plain", why);
     }
     let version = gw.mapping.load().version.clone();
@@ -137,7 +149,6 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
     });
     // The schema is read beside the database's check, not after it: a slow database costs
     // the probe one wait, not two.
-    let pool = gw.identity.pool();
     let schema =
         crate::stores::db::within(READY_LIMIT, crate::stores::migrations::schema_state(pool));
     let (database, schema) = tokio::join!(database_state(pool), schema);

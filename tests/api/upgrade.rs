@@ -532,3 +532,26 @@ async fn a_binary_newer_than_its_schema_is_not_ready_until_migrated() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("9999 applied by a newer release"), "{out}");
 }
+
+/// A gateway that loads its mapping from the database (`--mapping-source database`) on a
+/// schema without its migrations: not ready for want of a mapping, and `/readyz` says the
+/// schema is behind too (the start-up check, which waits for the mapping, has not run).
+#[tokio::test]
+async fn a_mapping_from_an_unmigrated_schema_names_the_migrations_too() {
+    let db = TestDb::at_version(33).await;
+    let up = Upstream::start().await;
+    let opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--mapping-source")
+        .arg("database");
+    let starting = Gateway::start_unready(opts).await;
+    eventually(
+        Duration::from_secs(10),
+        "/readyz naming the missing mapping and the migrations not applied",
+        || async {
+            matches!(starting.readyz().await, Some((503, body))
+                if body.contains("no mapping loaded")
+                    && body.contains("this binary's migration(s) 0034, 0035 not applied"))
+        },
+    )
+    .await;
+}
