@@ -39,9 +39,9 @@ macro_rules! break_glass_ended {
 /// ([`break_glass_ended`]); or the row of its first end where that recorded the end it has now
 /// (its capped end, or the session's own, as a row before the cap may have, or no end at all)
 /// and was written after a revocation that ended it (a session revoked, restored and revoked
-/// again ended twice; one revoked after its end, once); or a row under the id used before 2026-11-27 (those record no end: the
-/// session is taken as ended once). A revocation dated in the future gets the first end's row
-/// at once and one more when it comes.
+/// again ended twice; one revoked after its end, once); or a row under the id used before
+/// 2026-11-27 (those record no end: the session is taken as ended once). A revocation dated in
+/// the future gets the first end's row at once and one more when it comes.
 macro_rules! break_glass_end_recorded {
     () => {
         concat!(
