@@ -169,6 +169,7 @@ pub(crate) fn latest_definition(function: &str) -> String {
 ///
 /// The session reads with `row_security = off` (a policy on a table of Console's the migrations
 /// or the backfills read would run as the migrating role; it fails instead: migration 0034),
+/// opens no view in a table's place where the server can refuse it (`RESTRICT_SESSION`),
 /// and a transaction of its left idle (`migrate` killed or cut off between a migration's
 /// statements) ends after [`MIGRATE_IDLE_TIMEOUT`], its locks with it, not when TCP gives up.
 ///
@@ -188,6 +189,7 @@ pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
             MIGRATE_IDLE_TIMEOUT.as_millis()
         );
         sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&pin)).await?;
+        sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(RESTRICT_SESSION)).await?;
         // One migrate at a time builds indexes: another's build in progress is not taken for a
         // cancelled one (dropped and built again) nor for a finished one.
         migrate_lock(&mut conn).await?;
@@ -195,7 +197,10 @@ pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
         before_migrations(&mut conn).await?;
         no_planted_namesakes(&mut conn).await?;
         match MIGRATOR.run(&mut *conn).await {
-            Ok(()) => return after_migrations(&mut conn).await.map_err(Into::into),
+            Ok(()) => {
+                restrict_functions(&mut conn).await?;
+                return after_migrations(&mut conn).await.map_err(Into::into);
+            }
             Err(e) if lock_timed_out(&e) && attempt < MIGRATE_ATTEMPTS => {
                 tracing::warn!(error = %e, attempt, "migrate: a lock was not granted within {} ms (Console's writes are not kept waiting behind it); trying again", MIGRATE_LOCK_TIMEOUT.as_millis());
                 drop(conn);
@@ -605,6 +610,28 @@ async fn after_migrations(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Err
     sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(SERVE_READS_MIGRATIONS)).await?;
     Ok(())
 }
+
+/// [`super::schema::restrict_functions`], logged: right after the migrations, before the
+/// longer steps of [`after_migrations`], so that a function a migration re-created is not left
+/// without the setting by a step that fails after it.
+async fn restrict_functions(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    let (restricted, left) = super::schema::restrict_functions(conn).await?;
+    if !restricted.is_empty() {
+        tracing::info!(functions = %restricted.join(", "), "migrate: these functions now refuse a view or foreign table in a table's place (restrict_nonsystem_relation_kind)");
+    }
+    for (function, owner) in left {
+        tracing::warn!(function = %function, owner = %owner, "migrate: this function of the gateway's still opens a view or foreign table in a table's place, and this role may not change it: run `rbac-gateway migrate` as its owner, or `ALTER ROUTINE ... SET restrict_nonsystem_relation_kind = 'view, foreign-table'` as that role");
+    }
+    Ok(())
+}
+
+/// The migrating session opens no view or foreign table but PostgreSQL's own where the server
+/// can refuse them (`restrict_nonsystem_relation_kind`, [`super::schema::RESTRICTED`]): a view
+/// Console's role puts in place of a table a migration or backfill reads fails instead of
+/// running its code as the migrating role.
+const RESTRICT_SESSION: &str =
+    "SELECT pg_catalog.set_config('restrict_nonsystem_relation_kind', 'view, foreign-table', false) \
+     WHERE pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL";
 
 /// The grant of `_sqlx_migrations`' columns that [`schema_state`] reads to the serve role,
 /// where that role exists.

@@ -5,7 +5,8 @@
 //! triggers (the change feed's among them) that are missing, not as migrate made them, or do not
 //! fire ([`silent_triggers`]); and the trust
 //! boundary, as Supabase's splinter lints it: the gateway's functions whose `search_path` is not
-//! pinned ([`unpinned_functions`]), the functions PUBLIC may run that it should not
+//! pinned ([`unpinned_functions`]) or that open a view in a table's place
+//! ([`unrestricted_functions`]), the functions PUBLIC may run that it should not
 //! ([`public_functions`]), the functions and operators that stand beside a built-in the gateway
 //! calls ([`shadows`]), the functions under the gateway's names that another role owns
 //! ([`foreign_functions`]), and the schemas another role may create in ([`open_schemas`]). Each is
@@ -201,6 +202,90 @@ pub async fn unpinned_functions(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
     .bind(schema())
     .fetch_all(pool)
     .await
+}
+
+/// The setting every function of the gateway's runs with where the server has it, as
+/// `pg_proc.proconfig` spells it: a view or foreign table that is not PostgreSQL's own fails to
+/// open (`restrict_nonsystem_relation_kind`, the fix of CVE-2024-7348 for pg_dump: PostgreSQL
+/// 17, and 16.4, 15.8, 14.13, 13.16, 12.20 of August 2024), so a view Console's role puts in
+/// place of one of its tables is refused before any code of its runs as the function's caller
+/// (the serve login on a cold lookup) or owner. Migration 0036 sets it, and `migrate` again
+/// where a function lacks it ([`restrict_functions`]).
+pub const RESTRICTED: &str = "restrict_nonsystem_relation_kind=view, foreign-table";
+
+/// SQL text: `FROM` and `WHERE` of the gateway's functions (of the schema `$1`; aggregates
+/// take no settings) that run without [`RESTRICTED`], on a server that has the setting (none on
+/// one that does not).
+macro_rules! unrestricted {
+    () => {
+        concat!(
+            " FROM pg_catalog.pg_proc p WHERE ",
+            gateway_function!(),
+            " AND p.prokind OPERATOR(pg_catalog.<>) 'a' \
+             AND pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL \
+             AND NOT coalesce('restrict_nonsystem_relation_kind=view, foreign-table' OPERATOR(pg_catalog.=) ANY (p.proconfig), false)"
+        )
+    };
+}
+
+/// The gateway's functions that open a view or foreign table in a table's place ([`RESTRICTED`]
+/// is not among their settings) on a server that could refuse it. Their signatures.
+pub async fn unrestricted_functions(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(concat!(
+        "SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text",
+        unrestricted!(),
+        " ORDER BY 1"
+    ))
+    .persistent(false)
+    .bind(schema())
+    .fetch_all(pool)
+    .await
+}
+
+/// Whether the server has `restrict_nonsystem_relation_kind` ([`RESTRICTED`]): not before the
+/// minor releases of August 2024.
+pub async fn restricts_relation_kinds(pool: &Db) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL",
+    )
+    .persistent(false)
+    .fetch_one(pool)
+    .await
+}
+
+/// Gives [`RESTRICTED`] to every function and procedure of the gateway's that runs without it,
+/// on a server that has the setting, as migration 0036 did, where this role may (it acts as the
+/// function's owner): `migrate`, right after the migrations at each run, for a function a later
+/// migration re-creates (`CREATE OR REPLACE` drops the settings it does not state) and a server
+/// upgraded to a minor release that has it. The signatures it changed, and those it may not
+/// change, each with its owner (`check` names them too).
+pub async fn restrict_functions(
+    conn: &mut sqlx::PgConnection,
+) -> Result<(Vec<String>, Vec<(String, String)>), sqlx::Error> {
+    let all: Vec<(String, String, bool)> = sqlx::query_as(concat!(
+        "SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text, \
+                pg_catalog.pg_get_userbyid(p.proowner)::pg_catalog.text, \
+                pg_catalog.pg_has_role(p.proowner, 'USAGE')",
+        unrestricted!(),
+        " ORDER BY 1"
+    ))
+    .persistent(false)
+    .bind(schema())
+    .fetch_all(&mut *conn)
+    .await?;
+    let (mine, others): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, _, mine)| *mine);
+    let mut changed = Vec::with_capacity(mine.len());
+    for (function, _, _) in mine {
+        // The signature as regprocedure prints it: quoted where it needs to be, and qualified
+        // where the session's path would not find it.
+        let alter = format!(
+            "ALTER ROUTINE {function} SET restrict_nonsystem_relation_kind = 'view, foreign-table'"
+        );
+        sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&alter)).await?;
+        changed.push(function);
+    }
+    let left = others.into_iter().map(|(f, owner, _)| (f, owner)).collect();
+    Ok((changed, left))
 }
 
 /// Console's tables and the columns the gateway reads or writes of each (Console's role owns
@@ -527,6 +612,7 @@ pub const BUILTINS: &[&str] = &[
     "array_append",
     "convert_to",
     "count",
+    "current_setting",
     "current_user",
     "encode",
     "format",
@@ -554,6 +640,7 @@ pub const BUILTINS: &[&str] = &[
     "pg_try_advisory_xact_lock",
     "power",
     "quote_ident",
+    "set_config",
     "sha256",
     "substr",
     "sum",

@@ -584,3 +584,204 @@ async fn consoles_code_the_first_guard_missed_is_refused_too() {
         "{text}"
     );
 }
+
+/// Console's role swaps one of its tables for a view that calls its function. Nothing of the
+/// gateway's, as the serve login, opens the view (`restrict_nonsystem_relation_kind`, set by
+/// every transaction of the gateway's and by every function of its, migration 0036): not the
+/// reader API nor `/readyz` (their statements read `rbac_permissions`), nor a cold lookup (its
+/// function reads `admin_sessions`), which answers 503; before, each ran the view's function
+/// as the serve login. `check` names a function that runs without the setting, and `migrate`
+/// gives it back.
+#[tokio::test]
+async fn a_view_in_place_of_consoles_table_never_runs_on_the_request_path() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let login = crate::grants::serve_login(&db).await;
+    let gateway = TestDb::user_of(&login);
+    let (_, cached) = db
+        .admin_with_roles(&["console-manager", "console-audit-user"])
+        .await;
+    let (_, cold) = db.admin_with_roles(&["console-manager"]).await;
+    let mut console = as_console(&db).await;
+    sqlx::raw_sql(
+        "RESET ROLE; \
+         ALTER TABLE admin_sessions OWNER TO console_app; \
+         ALTER TABLE rbac_permissions OWNER TO console_app; \
+         SET ROLE console_app; \
+         CREATE FUNCTION public.console_view() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN \
+             INSERT INTO public.shadow_ran VALUES ('view', current_user); RETURN true; END $$",
+    )
+    .execute(&mut *console)
+    .await
+    .unwrap();
+    let swap = |table: &str| {
+        format!(
+            "ALTER TABLE {table} RENAME TO {table}_data; \
+             CREATE VIEW {table} AS SELECT * FROM {table}_data WHERE public.console_view(); \
+             GRANT SELECT ON {table} TO PUBLIC"
+        )
+    };
+    let ran_as_others = || async {
+        shadows_ran(&db)
+            .await
+            .into_iter()
+            .filter(|(_, who)| who != "console_app")
+            .collect::<Vec<(String, String)>>()
+    };
+
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr);
+    opts.database_url = login.clone();
+    let gw = Gateway::start(opts).await;
+    assert_eq!(gw.status("/ops", Some(&cached)).await, 200, "{}", gw.log());
+
+    // The reader API and `/readyz` read the catalogue with statements of their own.
+    sqlx::raw_sql(&swap("rbac_permissions"))
+        .execute(&mut *console)
+        .await
+        .unwrap();
+    let r = gw
+        .get(
+            "/api/rbac/permissions/check?permission=console:audit:read",
+            Some(&cached),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}\n{}", r.body_str(), gw.log());
+    let ready = gw.admin_get("/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.body_str());
+    let ran = ran_as_others().await;
+    assert!(
+        ran.is_empty(),
+        "Console's view ran as another role than its own ({gateway} is the gateway's login): {ran:?}"
+    );
+    sqlx::raw_sql(
+        "DROP VIEW rbac_permissions; ALTER TABLE rbac_permissions_data RENAME TO rbac_permissions",
+    )
+    .execute(&mut *console)
+    .await
+    .unwrap();
+
+    // A cold lookup reads `admin_sessions` in the gateway's function.
+    sqlx::raw_sql(&swap("admin_sessions"))
+        .execute(&mut *console)
+        .await
+        .unwrap();
+    let r = gw.get("/ops", Some(&cold)).await;
+    assert_eq!(r.status, 503, "{}\n{}", r.body_str(), gw.log());
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the gateway logs the view's refusal",
+        || async {
+            gw.log()
+                .contains(r#"access to non-system view \"admin_sessions\" is restricted"#)
+        },
+    )
+    .await;
+    let ran = ran_as_others().await;
+    assert!(
+        ran.is_empty(),
+        "Console's view ran as another role than its own ({gateway} is the gateway's login): {ran:?}"
+    );
+    drop(gw);
+    sqlx::raw_sql(
+        "DROP VIEW admin_sessions; ALTER TABLE admin_sessions_data RENAME TO admin_sessions",
+    )
+    .execute(&mut *console)
+    .await
+    .unwrap();
+
+    // A function re-created without the setting (or migrated before it existed): `check` names
+    // it, and `migrate` gives it back.
+    sqlx::query(
+        "ALTER FUNCTION rbac_gateway_session_principals(text[], boolean) \
+         RESET restrict_nonsystem_relation_kind",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let named = "database: function rbac_gateway_session_principals(text[],boolean) would open a view or foreign table in place of a table it reads";
+    let (code, text) = check(&db);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains(named), "{text}");
+    let out = crate::cli::bin()
+        .args(["migrate", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, text) = check(&db);
+    assert!(!text.contains("would open a view"), "{text}");
+}
+
+/// `migrate` reads Console's tables as the owner of the gateway's (the backfill of erasure keys
+/// reads `rbac_break_glass_sessions`): a view Console's role put in that table's place is
+/// refused before its function runs as the migrating role, and `migrate` fails naming it.
+#[tokio::test]
+async fn a_view_in_place_of_consoles_table_never_runs_in_migrate() {
+    let db = TestDb::new().await;
+    let admin = db.admin("view-in-migrate@corp.example").await;
+    let session = db.break_glass(&admin, 600.0).await;
+    // An alert written before migration 0025 (no erasure keys yet): `migrate` backfills them,
+    // reading the session's admin.
+    sqlx::raw_sql(&format!(
+        "INSERT INTO rbac_gateway_alerts (key, text) VALUES ('break_glass:{session}', 'opened'); \
+         UPDATE rbac_gateway_alerts SET erasure_keys = NULL"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut console = as_console(&db).await;
+    sqlx::raw_sql(
+        "RESET ROLE; \
+         ALTER TABLE rbac_break_glass_sessions OWNER TO console_app; \
+         SET ROLE console_app; \
+         CREATE FUNCTION public.console_view() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN \
+             INSERT INTO public.shadow_ran VALUES ('view', current_user); RETURN true; END $$; \
+         ALTER TABLE rbac_break_glass_sessions RENAME TO rbac_break_glass_sessions_data; \
+         CREATE VIEW rbac_break_glass_sessions AS \
+             SELECT * FROM rbac_break_glass_sessions_data WHERE public.console_view(); \
+         GRANT SELECT ON rbac_break_glass_sessions TO PUBLIC",
+    )
+    .execute(&mut *console)
+    .await
+    .unwrap();
+    let migrate = || {
+        crate::cli::bin()
+            .args(["migrate", "--database-url", &db.url])
+            .output()
+            .unwrap()
+    };
+    let (code, text) = code_and_output(&migrate());
+    assert_ne!(code, Some(0), "{text}");
+    assert!(
+        text.contains("access to non-system view \"rbac_break_glass_sessions\" is restricted"),
+        "{text}"
+    );
+    let ran: Vec<(String, String)> = shadows_ran(&db)
+        .await
+        .into_iter()
+        .filter(|(_, who)| who != "console_app")
+        .collect();
+    assert!(
+        ran.is_empty(),
+        "Console's view ran as the migrating role: {ran:?}"
+    );
+
+    sqlx::raw_sql(
+        "DROP VIEW rbac_break_glass_sessions; \
+         ALTER TABLE rbac_break_glass_sessions_data RENAME TO rbac_break_glass_sessions",
+    )
+    .execute(&mut *console)
+    .await
+    .unwrap();
+    let (code, text) = code_and_output(&migrate());
+    assert_eq!(code, Some(0), "{text}");
+    let keys: Option<Vec<String>> =
+        sqlx::query_scalar("SELECT erasure_keys FROM rbac_gateway_alerts")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(keys.as_deref(), Some(&[admin][..]));
+}

@@ -164,6 +164,22 @@ pub(super) async fn trust_boundary(
             "database: function {function} has no pinned search_path or runs with row-level security: its unqualified names resolve through the caller's path, where another role may define a better match, or a policy on a table of Console's it reads runs as its caller or owner (run `rbac-gateway migrate`, or `ALTER FUNCTION {function} SET search_path = pg_catalog, pg_temp` and `SET row_security = off`, and name its tables with their schema)"
         )));
     }
+    for function in db_schema::unrestricted_functions(pool)
+        .await
+        .context("cannot read the functions")
+        .map_err(failure)?
+    {
+        out.push(diag(file, 0, 0, Severity::Error, format!(
+            "database: function {function} would open a view or foreign table in place of a table it reads: code of Console's role in that view runs as the function's caller or owner (run `rbac-gateway migrate` as the function's owner, or `ALTER ROUTINE {function} SET restrict_nonsystem_relation_kind = 'view, foreign-table'` as that role)"
+        )));
+    }
+    if !db_schema::restricts_relation_kinds(pool)
+        .await
+        .context("cannot read the server's settings")
+        .map_err(failure)?
+    {
+        out.push(diag(file, 0, 0, Severity::Warning, "database: this PostgreSQL has no restrict_nonsystem_relation_kind (it came with 17, 16.4, 15.8, 14.13, 13.16 and 12.20, August 2024): a view Console's role puts in place of one of its tables runs as the serve login on cold lookups, unseen until the alert pass raises an alert; install the server's latest minor release (standbys first), then run `rbac-gateway migrate`".to_string()));
+    }
     for function in db_schema::foreign_functions(pool)
         .await
         .context("cannot read the functions")
