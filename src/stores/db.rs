@@ -366,7 +366,7 @@ impl Db {
         // Encoded first: a value that cannot be sent costs no round trip.
         let (sql, arguments) = (lookup.sql, lookup.arguments()?);
         if !conn.bounded() {
-            let mut set = settings("SET", self.limit, conn);
+            let mut set = settings("SET", self.limit);
             if self.read_only {
                 set.push_str("; SET default_transaction_read_only = on");
             }
@@ -445,7 +445,7 @@ impl Db {
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         within(self.limit, async {
             let mut conn = self.pool.acquire().await?;
-            let begin = begin_sql(self.limit, self.read_only, &conn);
+            let begin = begin_sql(self.limit, self.read_only);
             sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&begin)).await?;
             Ok(Tx {
                 conn: Some(conn),
@@ -545,9 +545,9 @@ const PROBE_ROUNDS: usize = 6;
 
 /// `BEGIN` (`READ ONLY` if so) with the statement timeout of `limit` and the pinned
 /// `search_path` for the transaction only.
-fn begin_sql(limit: Duration, read_only: bool, conn: &sqlx::PgConnection) -> String {
+fn begin_sql(limit: Duration, read_only: bool) -> String {
     let mode = if read_only { " READ ONLY" } else { "" };
-    format!("BEGIN{mode}; {}", settings("SET LOCAL", limit, conn))
+    format!("BEGIN{mode}; {}", settings("SET LOCAL", limit))
 }
 
 /// The settings every statement of the gateway runs under, as `set` (`SET LOCAL` for a
@@ -572,43 +572,24 @@ fn begin_sql(limit: Duration, read_only: bool, conn: &sqlx::PgConnection) -> Str
 ///
 /// # Architecture Invariant: no view of another role's opens in a statement of the gateway
 /// A view Console's role puts in place of one of its tables runs its code as whoever reads
-/// it. On a server that can refuse it ([`refuses_views`]), every transaction and session of the
+/// it. On a server that can refuse it (as the server answered when the pool opened a
+/// connection: [`super::pool::refuses_views`]), every transaction and session of the
 /// gateway's, as every function of its (migration 0036), sets
 /// `restrict_nonsystem_relation_kind`: a statement that would open a view or foreign table
 /// that is not PostgreSQL's own fails (55000) before any of its code runs
 /// (`tests/api/planted.rs`, `a_view_in_place_of_consoles_table_never_runs_*`).
-fn settings(set: &str, limit: Duration, conn: &sqlx::PgConnection) -> String {
+fn settings(set: &str, limit: Duration) -> String {
     let mut text = format!(
         "{set} statement_timeout = {}; {set} search_path = pg_catalog, {}; {set} row_security = off",
         limit.as_millis().max(1),
         quoted_schema()
     );
-    if refuses_views(conn.server_version_num()) {
+    if super::pool::refuses_views() {
         text.push_str("; ");
         text.push_str(set);
         text.push_str(" restrict_nonsystem_relation_kind = 'view, foreign-table'");
     }
     text
-}
-
-/// Whether a server of `version` (`server_version_num`, which it reports as a connection
-/// starts) has `restrict_nonsystem_relation_kind`: PostgreSQL's fix of CVE-2024-7348, in 17 and
-/// in the minor releases of August 2024 (16.4, 15.8, 14.13, 13.16, 12.20). Read from the
-/// version, not asked, so that a transaction costs no round trip more and a connection to a
-/// server of an older release (a standby left behind) runs without it rather than failing.
-pub(crate) fn refuses_views(version: Option<u32>) -> bool {
-    let Some(version) = version else {
-        return false;
-    };
-    match (version / 10_000, version % 10_000) {
-        (17.., _) => true,
-        (16, minor) => minor >= 4,
-        (15, minor) => minor >= 8,
-        (14, minor) => minor >= 13,
-        (13, minor) => minor >= 16,
-        (12, minor) => minor >= 20,
-        _ => false,
-    }
 }
 
 /// The schema that holds Console's and the gateway's tables: `RBAC_GATEWAY_DATABASE_SCHEMA`,
@@ -636,7 +617,7 @@ pub async fn one_round_trip_on(
     limit: Duration,
     sql: &str,
 ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
-    let text = format!("{}; {sql}", settings("SET LOCAL", limit, conn));
+    let text = format!("{}; {sql}", settings("SET LOCAL", limit));
     within(limit, sqlx::Executor::fetch_all(conn, sqlx::raw_sql(&text))).await
 }
 
@@ -646,8 +627,7 @@ pub async fn begin_on(
     limit: Duration,
 ) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
     use sqlx::Connection;
-    let begin = begin_sql(limit, false, conn);
-    within(limit, conn.begin_with(begin)).await
+    within(limit, conn.begin_with(begin_sql(limit, false))).await
 }
 
 /// The connection options of `url`, with nothing a transaction pooler must be told to ignore.
@@ -712,35 +692,5 @@ where
             })
         }
         other => other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::refuses_views;
-
-    /// The releases that have `restrict_nonsystem_relation_kind` (PostgreSQL's release notes of
-    /// 2024-08-08 and 17.0), and the ones before them on each branch.
-    #[test]
-    fn a_server_refuses_views_from_the_august_2024_minor_releases_on() {
-        for (version, has) in [
-            (None, false),
-            (Some(110022), false),
-            (Some(120019), false),
-            (Some(120020), true),
-            (Some(130015), false),
-            (Some(130016), true),
-            (Some(140012), false),
-            (Some(140013), true),
-            (Some(150007), false),
-            (Some(150008), true),
-            (Some(150018), true),
-            (Some(160003), false),
-            (Some(160004), true),
-            (Some(170000), true),
-            (Some(180001), true),
-        ] {
-            assert_eq!(refuses_views(version), has, "{version:?}");
-        }
     }
 }

@@ -30,7 +30,7 @@
 //! sqlx's pool it failed 2 runs in 8: two slots held for good, every lookup 503), and by the
 //! tests every statement goes through (`tests/api/pooler.rs`, `durability.rs`, `coherence.rs`).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -178,7 +178,10 @@ impl Inner {
         let max_backoff = (self.acquire_timeout / 5).max(backoff);
         loop {
             match self.opts.connect().await {
-                Ok(conn) => {
+                Ok(mut conn) => {
+                    if ASK_VIEWS.load(Ordering::Acquire) {
+                        ask_refuses_views(&mut conn).await?;
+                    }
                     self.open.fetch_add(1, Ordering::Relaxed);
                     return Ok(conn);
                 }
@@ -316,9 +319,45 @@ fn now_ns() -> u64 {
     epoch().elapsed().as_nanos() as u64 + 1
 }
 
-/// Connections idle since before this moment are presumed dead.
+/// Connections idle since before this moment are presumed dead, and the next connection opened
+/// asks the server again whether it refuses views ([`refuses_views`]: it may be another server).
 pub fn mark_broken() {
     BROKEN_AT.fetch_max(now_ns(), Ordering::AcqRel);
+    ASK_VIEWS.store(true, Ordering::Release);
+}
+
+/// Whether the server has `restrict_nonsystem_relation_kind` (PostgreSQL's fix of
+/// CVE-2024-7348: 17, and the minor releases of August 2024, 16.4, 15.8, 14.13, 13.16, 12.20),
+/// as it last answered a connection this process opened: [`super::db`]'s settings set it in
+/// every transaction where it has (a view in place of a table of Console's then fails to open
+/// before its code runs as the gateway). Asked of the server, not read from the version it
+/// reports: a pooler reports the version it first saw (PgBouncer keeps it until its connect
+/// string changes), and a backport keeps the older number. Process-wide, as `BROKEN_AT` is.
+pub fn refuses_views() -> bool {
+    REFUSES_VIEWS.load(Ordering::Acquire)
+}
+
+/// The server's last answer ([`refuses_views`]); false until one came.
+static REFUSES_VIEWS: AtomicBool = AtomicBool::new(false);
+
+/// Every connection opened asks ([`ask_refuses_views`]) until one has had an answer: at first,
+/// and after a connection error ([`mark_broken`]: a failover may have put another server
+/// there). Several opened at once each ask before their first transaction; a connection open
+/// already runs with the last answer.
+static ASK_VIEWS: AtomicBool = AtomicBool::new(true);
+
+/// Asks the server on `conn`, a connection just opened, whether it has the setting, and keeps
+/// the answer ([`REFUSES_VIEWS`]). One statement of its own, as a pooler allows.
+async fn ask_refuses_views(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let has: bool = sqlx::query_scalar(
+        "SELECT pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL",
+    )
+    .persistent(false)
+    .fetch_one(&mut *conn)
+    .await?;
+    REFUSES_VIEWS.store(has, Ordering::Release);
+    ASK_VIEWS.store(false, Ordering::Release);
+    Ok(())
 }
 
 /// A connection idle for `idle_for` went idle before the last connection error (with its age:
