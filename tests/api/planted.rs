@@ -59,6 +59,15 @@ async fn shadows_ran(db: &TestDb) -> Vec<(String, String)> {
         .unwrap()
 }
 
+/// [`shadows_ran`] as another role than Console's own (`console_app`).
+async fn ran_as_others(db: &TestDb) -> Vec<(String, String)> {
+    shadows_ran(db)
+        .await
+        .into_iter()
+        .filter(|(_, who)| who != "console_app")
+        .collect()
+}
+
 /// Console's role plants, beside each function of the gateway's, an overload taking `name` or
 /// `character varying` wherever the gateway's takes `text`: what a call passes where it does not
 /// cast (a trigger's `TG_TABLE_NAME` is a `name`; Console may type a column `varchar`). Then a
@@ -395,11 +404,7 @@ async fn consoles_code_on_its_own_tables_never_runs_as_the_gateway() {
     );
     assert_eq!(crate::lifecycle::revoked(&db, &expired).await, None);
 
-    let ran: Vec<(String, String)> = shadows_ran(&db)
-        .await
-        .into_iter()
-        .filter(|(_, who)| who != "console_app")
-        .collect();
+    let ran = ran_as_others(&db).await;
     assert!(
         ran.is_empty(),
         "Console's code ran as another role than its own ({gateway} is the gateway's login): {ran:?}"
@@ -624,13 +629,6 @@ async fn a_view_in_place_of_consoles_table_never_runs_on_the_request_path() {
              GRANT SELECT ON {table} TO PUBLIC"
         )
     };
-    let ran_as_others = || async {
-        shadows_ran(&db)
-            .await
-            .into_iter()
-            .filter(|(_, who)| who != "console_app")
-            .collect::<Vec<(String, String)>>()
-    };
 
     let mut opts = GatewayOpts::new(core_routes(), &db, up.addr);
     opts.database_url = login.clone();
@@ -651,7 +649,7 @@ async fn a_view_in_place_of_consoles_table_never_runs_on_the_request_path() {
     assert_eq!(r.status, 503, "{}\n{}", r.body_str(), gw.log());
     let ready = gw.admin_get("/readyz").await;
     assert_eq!(ready.status, 200, "{}", ready.body_str());
-    let ran = ran_as_others().await;
+    let ran = ran_as_others(&db).await;
     assert!(
         ran.is_empty(),
         "Console's view ran as another role than its own ({gateway} is the gateway's login): {ran:?}"
@@ -679,7 +677,7 @@ async fn a_view_in_place_of_consoles_table_never_runs_on_the_request_path() {
         },
     )
     .await;
-    let ran = ran_as_others().await;
+    let ran = ran_as_others(&db).await;
     assert!(
         ran.is_empty(),
         "Console's view ran as another role than its own ({gateway} is the gateway's login): {ran:?}"
@@ -749,11 +747,7 @@ async fn a_view_in_place_of_consoles_table_never_runs_in_migrate() {
         text.contains("access to non-system view \"rbac_break_glass_sessions\" is restricted"),
         "{text}"
     );
-    let ran: Vec<(String, String)> = shadows_ran(&db)
-        .await
-        .into_iter()
-        .filter(|(_, who)| who != "console_app")
-        .collect();
+    let ran = ran_as_others(&db).await;
     assert!(
         ran.is_empty(),
         "Console's view ran as the migrating role: {ran:?}"
