@@ -347,14 +347,20 @@ static REFUSES_VIEWS: AtomicBool = AtomicBool::new(false);
 static ASK_VIEWS: AtomicBool = AtomicBool::new(true);
 
 /// Asks the server on `conn`, a connection just opened, whether it has the setting, and keeps
-/// the answer ([`REFUSES_VIEWS`]). One statement of its own, as a pooler allows.
+/// the answer ([`REFUSES_VIEWS`]). One simple query: one message, no statement prepared, so a
+/// transaction pooler cannot hand its parts to two server connections (an unnamed statement
+/// outside a transaction can be: it broke other clients' statements behind PgBouncer,
+/// `tests/api/pooler.rs`).
 async fn ask_refuses_views(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    let has: bool = sqlx::query_scalar(
-        "SELECT pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL",
+    use sqlx::Row;
+    let row = sqlx::Executor::fetch_one(
+        &mut *conn,
+        sqlx::raw_sql(
+            "SELECT pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL",
+        ),
     )
-    .persistent(false)
-    .fetch_one(&mut *conn)
     .await?;
+    let has: bool = row.try_get(0)?;
     REFUSES_VIEWS.store(has, Ordering::Release);
     ASK_VIEWS.store(false, Ordering::Release);
     Ok(())
