@@ -366,9 +366,9 @@ impl Db {
         // Encoded first: a value that cannot be sent costs no round trip.
         let (sql, arguments) = (lookup.sql, lookup.arguments()?);
         if !conn.bounded() {
-            let mut set = settings("SET", self.limit);
+            let mut set = settings("", "SET", self.limit, READ_ONLY.len());
             if self.read_only {
-                set.push_str("; SET default_transaction_read_only = on");
+                set.push_str(READ_ONLY);
             }
             sqlx::Executor::execute(&mut **conn, sqlx::raw_sql(&set)).await?;
             conn.set_bounded();
@@ -546,14 +546,20 @@ const PROBE_ROUNDS: usize = 6;
 /// `BEGIN` (`READ ONLY` if so) with the statement timeout of `limit` and the pinned
 /// `search_path` for the transaction only.
 fn begin_sql(limit: Duration, read_only: bool) -> String {
-    let mode = if read_only { " READ ONLY" } else { "" };
-    format!("BEGIN{mode}; {}", settings("SET LOCAL", limit))
+    let begin = if read_only {
+        "BEGIN READ ONLY; "
+    } else {
+        "BEGIN; "
+    };
+    settings(begin, "SET LOCAL", limit, 0)
 }
 
 /// The settings every statement of the gateway runs under, as `set` (`SET LOCAL` for a
 /// transaction, `SET` for a session of the gateway's own) says: `statement_timeout`, the bound
 /// of every statement (at least 1 ms: 0 would disable it), and `search_path`, pinned to
-/// `pg_catalog` first and then the schema of the gateway's tables ([`schema`]).
+/// `pg_catalog` first and then the schema of the gateway's tables ([`schema`]). After `before`
+/// (what the caller sends first in the same message), in one allocation with room for the
+/// `after` bytes the caller appends.
 ///
 /// # Architecture Invariant: no statement of the gateway resolves a name as another role chose
 /// A role that owns the database may set everyone's `search_path` (`ALTER DATABASE ... SET`),
@@ -578,19 +584,39 @@ fn begin_sql(limit: Duration, read_only: bool) -> String {
 /// `restrict_nonsystem_relation_kind`: a statement that would open a view or foreign table
 /// that is not PostgreSQL's own fails (55000) before any of its code runs
 /// (`tests/api/planted.rs`, `a_view_in_place_of_consoles_table_never_runs_*`).
-fn settings(set: &str, limit: Duration) -> String {
-    let mut text = format!(
-        "{set} statement_timeout = {}; {set} search_path = pg_catalog, {}; {set} row_security = off",
+fn settings(before: &str, set: &str, limit: Duration, after: usize) -> String {
+    use std::fmt::Write as _;
+    let schema = quoted_schema();
+    let mut text =
+        String::with_capacity(before.len() + SETTINGS_ROOM + 4 * set.len() + schema.len() + after);
+    text.push_str(before);
+    // Writing to a `String` cannot fail: its `fmt::Result` is always `Ok`.
+    let _ = write!(
+        text,
+        "{set} statement_timeout = {}; {set} search_path = pg_catalog, {schema}; {set} row_security = off",
         limit.as_millis().max(1),
-        quoted_schema()
     );
     if super::pool::refuses_views() {
-        text.push_str("; ");
-        text.push_str(set);
-        text.push_str(" restrict_nonsystem_relation_kind = 'view, foreign-table'");
+        let _ = write!(
+            text,
+            concat!(
+                "; {} restrict_nonsystem_relation_kind = '",
+                super::pool::restricted_kinds!(),
+                "'"
+            ),
+            set
+        );
     }
     text
 }
+
+/// The bytes of [`settings`]' text besides its `set`, schema and what comes before or after
+/// it, with the longest millisecond count a `Duration` has (23 digits): the text is written
+/// into one allocation, on the path of every transaction (a cold lookup, an audit batch).
+const SETTINGS_ROOM: usize = 200;
+
+/// What a read-only pool's sessions of the gateway's own set besides [`settings`].
+const READ_ONLY: &str = "; SET default_transaction_read_only = on";
 
 /// The schema that holds Console's and the gateway's tables: `RBAC_GATEWAY_DATABASE_SCHEMA`,
 /// `public` when unset (where `rbac-gateway migrate` makes them unless the role's
@@ -617,7 +643,9 @@ pub async fn one_round_trip_on(
     limit: Duration,
     sql: &str,
 ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
-    let text = format!("{}; {sql}", settings("SET LOCAL", limit));
+    let mut text = settings("", "SET LOCAL", limit, 2 + sql.len());
+    text.push_str("; ");
+    text.push_str(sql);
     within(limit, sqlx::Executor::fetch_all(conn, sqlx::raw_sql(&text))).await
 }
 
@@ -692,5 +720,37 @@ where
             })
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text of [`settings`] fits the one allocation it is written into, with the longest
+    /// limit, either `set`, and the restriction of views, which this process's server answer
+    /// may or may not add.
+    #[test]
+    fn settings_fit_their_room() {
+        let restrict = concat!(
+            " restrict_nonsystem_relation_kind = '",
+            crate::stores::pool::restricted_kinds!(),
+            "'"
+        );
+        for set in ["SET", "SET LOCAL"] {
+            for limit in [Duration::ZERO, Duration::from_secs(5), Duration::MAX] {
+                let text = settings("BEGIN READ ONLY; ", set, limit, 0);
+                let room = text.capacity();
+                let most = if super::super::pool::refuses_views() {
+                    text.len()
+                } else {
+                    text.len() + 2 + set.len() + restrict.len()
+                };
+                assert!(most <= room, "{most} bytes in a room of {room}: {text}");
+                assert!(text.starts_with(&format!("BEGIN READ ONLY; {set} statement_timeout = ")));
+            }
+        }
+        // 0 would disable the bound.
+        assert!(settings("", "SET", Duration::ZERO, 0).contains("statement_timeout = 1;"));
     }
 }

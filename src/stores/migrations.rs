@@ -620,18 +620,20 @@ async fn restrict_functions(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::E
         tracing::info!(functions = %restricted.join(", "), "migrate: these functions now refuse a view or foreign table in a table's place (restrict_nonsystem_relation_kind)");
     }
     for (function, owner) in left {
-        tracing::warn!(function = %function, owner = %owner, "migrate: this function of the gateway's still opens a view or foreign table in a table's place, and this role may not change it: run `rbac-gateway migrate` as its owner, or `ALTER ROUTINE ... SET restrict_nonsystem_relation_kind = 'view, foreign-table'` as that role");
+        tracing::warn!(function = %function, owner = %owner, concat!("migrate: this function of the gateway's still opens a view or foreign table in a table's place, and this role may not change it: run `rbac-gateway migrate` as its owner, or `ALTER ROUTINE ... SET restrict_nonsystem_relation_kind = '", super::pool::restricted_kinds!(), "'` as that role"));
     }
     Ok(())
 }
 
 /// The migrating session opens no view or foreign table but PostgreSQL's own where the server
-/// can refuse them (`restrict_nonsystem_relation_kind`, [`super::schema::RESTRICTED`]): a view
+/// can refuse them (`restrict_nonsystem_relation_kind`, `pool::restricted_kinds!`): a view
 /// Console's role puts in place of a table a migration or backfill reads fails instead of
 /// running its code as the migrating role.
-const RESTRICT_SESSION: &str =
-    "SELECT pg_catalog.set_config('restrict_nonsystem_relation_kind', 'view, foreign-table', false) \
-     WHERE pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL";
+const RESTRICT_SESSION: &str = concat!(
+    "SELECT pg_catalog.set_config('restrict_nonsystem_relation_kind', '",
+    super::pool::restricted_kinds!(),
+    "', false) WHERE pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL"
+);
 
 /// The grant of `_sqlx_migrations`' columns that [`schema_state`] reads to the serve role,
 /// where that role exists.

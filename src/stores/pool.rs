@@ -337,6 +337,21 @@ pub fn refuses_views() -> bool {
     REFUSES_VIEWS.load(Ordering::Acquire)
 }
 
+/// The value of `restrict_nonsystem_relation_kind` that every function, transaction and session
+/// of the gateway's runs with where the server has the setting ([`refuses_views`]): a view or
+/// foreign table that is not PostgreSQL's own fails to open, so a view Console's role puts in
+/// place of one of its tables is refused before any code of its runs as the function's caller
+/// (the serve login on a cold lookup) or owner. Migration 0036 sets it on the functions,
+/// `migrate` again where a function lacks it (`schema::restrict_functions`), `db`'s settings in
+/// every transaction. A macro, not a `const`, so that each SQL text is one literal
+/// (`concat!`); a unit test holds migration 0036's text to it.
+macro_rules! restricted_kinds {
+    () => {
+        "view, foreign-table"
+    };
+}
+pub(crate) use restricted_kinds;
+
 /// The server's last answer ([`refuses_views`]); false until one came.
 static REFUSES_VIEWS: AtomicBool = AtomicBool::new(false);
 

@@ -204,18 +204,9 @@ pub async fn unpinned_functions(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
     .await
 }
 
-/// The setting every function of the gateway's runs with where the server has it, as
-/// `pg_proc.proconfig` spells it: a view or foreign table that is not PostgreSQL's own fails to
-/// open (`restrict_nonsystem_relation_kind`, the fix of CVE-2024-7348 for pg_dump: PostgreSQL
-/// 17, and 16.4, 15.8, 14.13, 13.16, 12.20 of August 2024), so a view Console's role puts in
-/// place of one of its tables is refused before any code of its runs as the function's caller
-/// (the serve login on a cold lookup) or owner. Migration 0036 sets it, and `migrate` again
-/// where a function lacks it ([`restrict_functions`]).
-pub const RESTRICTED: &str = "restrict_nonsystem_relation_kind=view, foreign-table";
-
 /// SQL text: `FROM` and `WHERE` of the gateway's functions (of the schema `$1`; aggregates
-/// take no settings) that run without [`RESTRICTED`], on a server that has the setting (none on
-/// one that does not).
+/// take no settings) that run without `pool::restricted_kinds!`, on a server that has the
+/// setting (none on one that does not).
 macro_rules! unrestricted {
     () => {
         concat!(
@@ -223,13 +214,16 @@ macro_rules! unrestricted {
             gateway_function!(),
             " AND p.prokind OPERATOR(pg_catalog.<>) 'a' \
              AND pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL \
-             AND NOT coalesce('restrict_nonsystem_relation_kind=view, foreign-table' OPERATOR(pg_catalog.=) ANY (p.proconfig), false)"
+             AND NOT coalesce('restrict_nonsystem_relation_kind=",
+            super::pool::restricted_kinds!(),
+            "' OPERATOR(pg_catalog.=) ANY (p.proconfig), false)"
         )
     };
 }
 
-/// The gateway's functions that open a view or foreign table in a table's place ([`RESTRICTED`]
-/// is not among their settings) on a server that could refuse it. Their signatures.
+/// The gateway's functions that open a view or foreign table in a table's place
+/// (`pool::restricted_kinds!` is not among their settings) on a server that could refuse it.
+/// Their signatures.
 pub async fn unrestricted_functions(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(concat!(
         "SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text",
@@ -242,8 +236,8 @@ pub async fn unrestricted_functions(pool: &Db) -> Result<Vec<String>, sqlx::Erro
     .await
 }
 
-/// Whether the server has `restrict_nonsystem_relation_kind` ([`RESTRICTED`]): not before the
-/// minor releases of August 2024.
+/// Whether the server has `restrict_nonsystem_relation_kind` (`pool::restricted_kinds!`): not
+/// before the minor releases of August 2024.
 pub async fn restricts_relation_kinds(pool: &Db) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL",
@@ -253,11 +247,11 @@ pub async fn restricts_relation_kinds(pool: &Db) -> Result<bool, sqlx::Error> {
     .await
 }
 
-/// Gives [`RESTRICTED`] to every function and procedure of the gateway's that runs without it,
-/// on a server that has the setting, as migration 0036 did, where this role may (it acts as the
-/// function's owner): `migrate`, right after the migrations at each run, for a function a later
-/// migration re-creates (`CREATE OR REPLACE` drops the settings it does not state) and a server
-/// upgraded to a minor release that has it. The signatures it changed, and those it may not
+/// Gives `pool::restricted_kinds!` to every function and procedure of the gateway's that runs
+/// without it, on a server that has the setting, as migration 0036 did, where this role may (it
+/// acts as the function's owner): `migrate`, right after the migrations at each run, for a
+/// function a later migration re-creates (`CREATE OR REPLACE` drops the settings it does not
+/// state) and a server upgraded to a minor release that has it. The signatures it changed, and those it may not
 /// change, each with its owner (`check` names them too).
 pub async fn restrict_functions(
     conn: &mut sqlx::PgConnection,
@@ -279,7 +273,12 @@ pub async fn restrict_functions(
         // The signature as regprocedure prints it: quoted where it needs to be, and qualified
         // where the session's path would not find it.
         let alter = format!(
-            "ALTER ROUTINE {function} SET restrict_nonsystem_relation_kind = 'view, foreign-table'"
+            concat!(
+                "ALTER ROUTINE {} SET restrict_nonsystem_relation_kind = '",
+                super::pool::restricted_kinds!(),
+                "'"
+            ),
+            function
         );
         sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&alter)).await?;
         changed.push(function);
@@ -676,5 +675,19 @@ mod tests {
         let mut listed = console_columns(&["rbac_grants_audit", "rbac_ticket_grants"]);
         listed.sort_unstable();
         assert_eq!(guard, listed);
+    }
+
+    /// Migration 0036 gives every function the value the rest of the gateway sets and looks
+    /// for (`pool::restricted_kinds!`): a function it restricted otherwise would be found
+    /// unrestricted by `check` and altered again at each `migrate`.
+    #[test]
+    fn migration_0036_sets_the_value_the_gateway_looks_for() {
+        let migration = include_str!("../../migrations/0036_no_view_in_a_tables_place.sql");
+        let value = crate::stores::pool::restricted_kinds!();
+        assert!(migration.contains("SET restrict_nonsystem_relation_kind = %L"));
+        assert!(
+            migration.contains(&format!("f, '{value}');")),
+            "0036 does not set {value:?}"
+        );
     }
 }

@@ -170,7 +170,8 @@ pub(super) async fn trust_boundary(
         .map_err(failure)?
     {
         out.push(diag(file, 0, 0, Severity::Error, format!(
-            "database: function {function} would open a view or foreign table in place of a table it reads: code of Console's role in that view runs as the function's caller or owner (run `rbac-gateway migrate` as the function's owner, or `ALTER ROUTINE {function} SET restrict_nonsystem_relation_kind = 'view, foreign-table'` as that role)"
+            concat!("database: function {0} would open a view or foreign table in place of a table it reads: code of Console's role in that view runs as the function's caller or owner (run `rbac-gateway migrate` as the function's owner, or `ALTER ROUTINE {0} SET restrict_nonsystem_relation_kind = '", crate::stores::pool::restricted_kinds!(), "'` as that role)"),
+            function
         )));
     }
     if !db_schema::restricts_relation_kinds(pool)
