@@ -40,7 +40,7 @@ fn main() {
         Command::Test(a) => cli::test(a),
     };
     if let Err(exit) = result {
-        eprintln!("rbac-gateway: {:#}", exit.error);
+        eprintln!("rbac-gateway: {}", exit.text());
         std::process::exit(exit.code);
     }
 }

@@ -134,7 +134,7 @@ pub(crate) async fn why(
 ) -> Vec<String> {
     let mut out = Said::default();
     if let Err(e) = from_audit_row(pool, args, request_id, &mut out).await {
-        put!(out, "error: {:#}", e.error);
+        put!(out, "error: {}", e.text());
     }
     out.0
 }

@@ -47,3 +47,67 @@ pub struct Exit {
     pub code: i32,
     pub error: anyhow::Error,
 }
+
+impl Exit {
+    /// The error and its causes, each after a colon, as `{:#}` prints them, except a cause whose
+    /// text its error already ends with: sqlx's error from the database says its message and
+    /// has that message as its source too, which `{:#}` printed twice.
+    pub fn text(&self) -> String {
+        chain_text(&self.error)
+    }
+}
+
+/// [`Exit::text`] of any error.
+pub fn chain_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if !text.is_empty() {
+            if text.ends_with(&said) {
+                continue;
+            }
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    /// An error that says its source's text, as sqlx's error from the database does.
+    #[derive(Debug)]
+    struct Says(std::io::Error);
+
+    impl std::fmt::Display for Says {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error returned from database: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Says {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_its_error_already_says_is_said_once() {
+        let refused =
+            std::io::Error::other("access to non-system view \"admin_sessions\" is restricted");
+        let error = anyhow::Error::new(Says(refused)).context("cannot read the sessions");
+        assert_eq!(
+            format!("{error:#}"),
+            "cannot read the sessions: error returned from database: access to non-system view \"admin_sessions\" is restricted: access to non-system view \"admin_sessions\" is restricted"
+        );
+        assert_eq!(
+            super::chain_text(&error),
+            "cannot read the sessions: error returned from database: access to non-system view \"admin_sessions\" is restricted"
+        );
+        // Causes that say something new are all said, as `{:#}` says them.
+        let plain = anyhow::anyhow!("disk full")
+            .context("cannot write")
+            .context("sweep failed");
+        assert_eq!(super::chain_text(&plain), format!("{plain:#}"));
+    }
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::runtime::https_client::{self, Unanswered};
 use crate::runtime::metrics::Metrics;
-use crate::stores::alerts::{AlertPass, Grants, Snapshot};
+use crate::stores::alerts::{AlertPass, ConsoleCode, Grants, Snapshot};
 use crate::stores::db::Db;
 
 use crate::stores::alerts::Change;
@@ -29,6 +29,9 @@ pub struct AlertReport {
     pub delivered: Vec<String>,
     /// (key, error) of deliveries that failed (retried later).
     pub failed: Vec<(String, String)>,
+    /// Code of another role's found on Console's tables: the pass read none of them. Its alert
+    /// is in `raised` only in the pass that recorded it.
+    pub console_code: Option<ConsoleCode>,
 }
 
 /// How long the webhook may take to answer (its status line and headers).
@@ -72,9 +75,11 @@ pub async fn alerts_once(
     // 0034): the finding is alerted, and the rest of the pass (which reads Console's tables)
     // waits until it is gone; alerts already due are still delivered.
     let mut raised = Vec::new();
-    if let Some((key, found)) = pass.raise_console_code().await? {
-        tracing::error!(alert = %key, findings = %found, "alert pass: Console's tables carry code that would run as the gateway; the pass reads none of them until it is gone");
-        raised.push(key);
+    if let Some(code) = pass.raise_console_code().await? {
+        if code.recorded {
+            raised.push(code.key.clone());
+        }
+        report.console_code = Some(code);
     } else {
         raised.extend(pass.raise_break_glass_sessions().await?);
         // Changes to the break-glass group, as the triggers recorded them with the change
@@ -243,12 +248,18 @@ pub async fn alerts_forever(
     if webhook.is_none() {
         tracing::warn!("no --alert-webhook-url: break-glass alerts are recorded in rbac_gateway_alerts but not delivered");
     }
+    // The key of the finding of Console's code last logged: said once when found (or found
+    // otherwise) and once when gone, not at every pass while it stands.
+    let mut said: Option<String> = None;
     loop {
         tokio::time::sleep(interval).await;
         match alerts_once(&pool, webhook.as_deref(), limit).await {
             Ok(r) => {
                 let pass = if r.skipped { "skipped" } else { "done" };
                 metrics.alert_passes.with_label_values(&[pass]).inc();
+                if !r.skipped {
+                    say_console_code(r.console_code.as_ref(), &mut said);
+                }
                 for k in &r.raised {
                     tracing::warn!(alert = %k, "alert raised");
                 }
@@ -266,6 +277,22 @@ pub async fn alerts_forever(
                 tracing::error!(error = %e, "alert pass failed; will retry")
             }
         }
+    }
+}
+
+/// Logs what a pass found of Console's code where it differs from what was `said` last: an
+/// error when code is found (each new set of findings), and once when it is gone.
+fn say_console_code(found: Option<&ConsoleCode>, said: &mut Option<String>) {
+    match (found, said.as_deref()) {
+        (Some(code), last) if last != Some(code.key.as_str()) => {
+            tracing::error!(alert = %code.key, findings = %code.found, "alert pass: Console's tables carry code that would run as the gateway; the pass reads none of them until it is gone (said once; the alert names it)");
+            *said = Some(code.key.clone());
+        }
+        (None, Some(last)) => {
+            tracing::info!(alert = %last, "alert pass: Console's tables carry no code that would run as the gateway any more; the pass reads them again");
+            *said = None;
+        }
+        _ => {}
     }
 }
 

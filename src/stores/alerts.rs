@@ -39,6 +39,20 @@ pub struct Snapshot {
     pub due: bool,
 }
 
+/// Code of another role's that would run as the gateway on Console's tables, as an alert pass
+/// found it ([`AlertPass::raise_console_code`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleCode {
+    /// The alert that names it: `console_code:` and the findings' digest, one alert per set of
+    /// findings.
+    pub key: String,
+    /// The findings, joined.
+    pub found: String,
+    /// Whether this pass recorded the alert (false: an earlier pass, of this process or
+    /// another, did).
+    pub recorded: bool,
+}
+
 /// One alert pass: its transaction, holding the alert job's advisory lock.
 pub struct AlertPass {
     tx: Tx,
@@ -102,13 +116,12 @@ impl AlertPass {
     }
 
     /// What of another role's would run as the gateway where it reads or writes Console's tables
-    /// (`rbac_gateway_console_code`, migration 0034, over `schema::CONSOLE_TABLES`): the findings,
-    /// joined, and the key of the alert that names them, recorded now or before (`console_code:`
-    /// and the findings' digest: one alert per set of findings). None when there are none, or
-    /// the function is missing (a database `migrate` has not brought to 0034) or not this role's
-    /// to run. Read before anything of Console's, in the pass's transaction; where nothing is
-    /// found, Console's tables stay locked (ACCESS SHARE) until the pass ends.
-    pub async fn raise_console_code(&mut self) -> Result<Option<(String, String)>, sqlx::Error> {
+    /// (`rbac_gateway_console_code`, migration 0034, over `schema::CONSOLE_TABLES`), with the
+    /// alert that names it, recorded now or before ([`ConsoleCode`]). None when there is none,
+    /// or the function is missing (a database `migrate` has not brought to 0034) or not this
+    /// role's to run. Read before anything of Console's, in the pass's transaction; where
+    /// nothing is found, Console's tables stay locked (ACCESS SHARE) until the pass ends.
+    pub async fn raise_console_code(&mut self) -> Result<Option<ConsoleCode>, sqlx::Error> {
         use crate::stores::schema::{
             console_columns, CONSOLE_CODE, CONSOLE_CODE_RUNNABLE, CONSOLE_TABLES, CONSOLE_WRITTEN,
         };
@@ -130,13 +143,13 @@ impl AlertPass {
             .fetch_all(&mut *self.tx)
             .bounded(self.limit)
             .await?;
-        let found = (!findings.is_empty()).then(|| findings.join("; "));
-        let Some(found) = found else {
+        if findings.is_empty() {
             // Nothing found: the tables are locked for the rest of the pass (and checked again
             // under the lock), so none changes shape before the pass has read it.
             crate::stores::schema::plain(&mut self.tx, &tables, self.limit).await?;
             return Ok(None);
-        };
+        }
+        let found = findings.join("; ");
         let key = format!(
             "console_code:{}",
             &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(found.as_bytes()))[..16]
@@ -144,8 +157,12 @@ impl AlertPass {
         let text = format!(
             "Console's tables carry code that would run as the gateway's roles where the gateway reads or writes them; the gateway's sweep and alert pass read none of them until it is gone, and its lookups may run it: {found}"
         );
-        self.raise(&key, &text).await?;
-        Ok(Some((key, found)))
+        let recorded = self.raise(&key, &text).await?;
+        Ok(Some(ConsoleCode {
+            key,
+            found,
+            recorded,
+        }))
     }
 
     /// Records an alert for each deploy window declared in the last day; the keys recorded now.

@@ -609,7 +609,7 @@ async fn a_view_in_place_of_consoles_table_never_runs_on_the_request_path() {
     let (_, cached) = db
         .admin_with_roles(&["console-manager", "console-audit-user"])
         .await;
-    let (_, cold) = db.admin_with_roles(&["console-manager"]).await;
+    let (cold_admin, cold) = db.admin_with_roles(&["console-manager"]).await;
     let mut console = as_console(&db).await;
     sqlx::raw_sql(
         "RESET ROLE; \
@@ -682,13 +682,69 @@ async fn a_view_in_place_of_consoles_table_never_runs_on_the_request_path() {
         ran.is_empty(),
         "Console's view ran as another role than its own ({gateway} is the gateway's login): {ran:?}"
     );
-    drop(gw);
+    // `explain` reads the session as the checking role does, and fails on the view, saying
+    // PostgreSQL's refusal once (sqlx's error says its source's text too).
+    let out = crate::cli::bin()
+        .args(["explain", "--routes"])
+        .arg(root().join("routes.toml"))
+        .args([
+            "--database-url",
+            &db.url,
+            "--admin",
+            &cold_admin,
+            "GET",
+            "/ops",
+        ])
+        .output()
+        .unwrap();
+    let (code, text) = code_and_output(&out);
+    assert_ne!(code, Some(0), "{text}");
+    let refused = r#"access to non-system view "admin_sessions" is restricted"#;
+    assert_eq!(text.matches(refused).count(), 1, "{text}");
+    // The alert pass (each second) names the view once while it stands, not at every pass,
+    // and says once when it is gone.
+    let found = "alert pass: Console's tables carry code that would run as the gateway";
+    let gone = "alert pass: Console's tables carry no code that would run as the gateway any more";
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the alert pass names the view",
+        || async { gw.log().contains(found) },
+    )
+    .await;
+    let passes = || gw.metric("rbac_gateway_alert_passes_total{result=\"done\"}");
+    let from = passes().await;
+    eventually(
+        std::time::Duration::from_secs(10),
+        "three more alert passes",
+        || async { passes().await >= from + 3.0 },
+    )
+    .await;
+    let log = gw.log();
+    let named: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(found) && l.contains("admin_sessions is a view"))
+        .collect();
+    assert_eq!(named.len(), 1, "{log}");
+    let line: serde_json::Value = serde_json::from_str(named[0]).unwrap();
+    let key = line["alert"].as_str().expect("the alert's key");
+    let raised = log
+        .lines()
+        .filter(|l| l.contains("alert raised") && l.contains(key));
+    assert_eq!(raised.count(), 1, "{log}");
     sqlx::raw_sql(
         "DROP VIEW admin_sessions; ALTER TABLE admin_sessions_data RENAME TO admin_sessions",
     )
     .execute(&mut *console)
     .await
     .unwrap();
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the alert pass says the view is gone",
+        || async { gw.log().contains(gone) },
+    )
+    .await;
+    assert_eq!(gw.status("/ops", Some(&cold)).await, 200, "{}", gw.log());
+    drop(gw);
 
     // A function re-created without the setting (or migrated before it existed): `check` names
     // it, and `migrate` gives it back.

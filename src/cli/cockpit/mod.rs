@@ -287,9 +287,7 @@ impl Site {
                 let (status, message) = match e {
                     Problem::NotFound(m) => (StatusCode::NOT_FOUND, m),
                     Problem::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
-                    Problem::Failed(e) => {
-                        (StatusCode::INTERNAL_SERVER_ERROR, format!("{:#}", e.error))
-                    }
+                    Problem::Failed(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.text()),
                 };
                 if json {
                     let text = serde_json::json!({ "error": message }).to_string() + "\n";
