@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::runtime::https_client::{self, Unanswered};
 use crate::runtime::metrics::Metrics;
-use crate::stores::alerts::{AlertPass, ConsoleCode, Grants, Snapshot};
+use crate::stores::alerts::{AlertPass, Finding, Grants, Snapshot};
 use crate::stores::db::Db;
 
 use crate::stores::alerts::Change;
@@ -31,7 +31,10 @@ pub struct AlertReport {
     pub failed: Vec<(String, String)>,
     /// Code of another role's found on Console's tables: the pass read none of them. Its alert
     /// is in `raised` only in the pass that recorded it.
-    pub console_code: Option<ConsoleCode>,
+    pub console_code: Option<Finding>,
+    /// Triggers of the gateway's that do not fire as `migrate` made them. Its alert is in
+    /// `raised` only in the pass that recorded it.
+    pub silent_triggers: Option<Finding>,
 }
 
 /// How long the webhook may take to answer (its status line and headers).
@@ -75,12 +78,21 @@ pub async fn alerts_once(
     // 0034): the finding is alerted, and the rest of the pass (which reads Console's tables)
     // waits until it is gone; alerts already due are still delivered.
     let mut raised = Vec::new();
-    if let Some(code) = pass.raise_console_code().await? {
-        if code.recorded {
-            raised.push(code.key.clone());
+    // The gateway's own triggers, read from the catalogue (nothing of Console's runs): on a
+    // schema whose migrations are exactly this binary's, as those of another release differ.
+    if this_binarys_schema(pool).await {
+        report.silent_triggers = pass.raise_silent_triggers().await?;
+    }
+    report.console_code = pass.raise_console_code().await?;
+    for found in [&report.silent_triggers, &report.console_code]
+        .into_iter()
+        .flatten()
+    {
+        if found.recorded {
+            raised.push(found.key.clone());
         }
-        report.console_code = Some(code);
-    } else {
+    }
+    if report.console_code.is_none() {
         raised.extend(pass.raise_break_glass_sessions().await?);
         // Changes to the break-glass group, as the triggers recorded them with the change
         // itself (migration 0007): one alert per committed transaction, keyed by its id.
@@ -110,6 +122,19 @@ pub async fn alerts_once(
     }
     pass.commit().await?;
     Ok(report)
+}
+
+/// Whether the schema's migrations are exactly this binary's (none missing, failed, of another
+/// text or newer): the triggers it knows are then the ones `migrate` made. Not known (the
+/// serve login may not read `_sqlx_migrations`: `/readyz` names that) counts as not.
+async fn this_binarys_schema(pool: &Db) -> bool {
+    match crate::stores::migrations::schema_state(pool).await {
+        Ok(state) => state.blocking().is_empty() && state.ahead().is_none(),
+        Err(e) => {
+            tracing::debug!(error = %e, "alert pass: the schema's migrations were not read; the gateway's triggers are not looked at");
+            false
+        }
+    }
 }
 
 /// The text of the alert for one transaction's changes.
@@ -248,9 +273,9 @@ pub async fn alerts_forever(
     if webhook.is_none() {
         tracing::warn!("no --alert-webhook-url: break-glass alerts are recorded in rbac_gateway_alerts but not delivered");
     }
-    // The key of the finding of Console's code last logged: said once when found (or found
-    // otherwise) and once when gone, not at every pass while it stands.
-    let mut said: Option<String> = None;
+    // The key of each finding last logged: said once when found (or found otherwise) and once
+    // when gone, not at every pass while it stands.
+    let (mut said_code, mut said_triggers) = (None, None);
     loop {
         tokio::time::sleep(interval).await;
         match alerts_once(&pool, webhook.as_deref(), limit).await {
@@ -258,7 +283,12 @@ pub async fn alerts_forever(
                 let pass = if r.skipped { "skipped" } else { "done" };
                 metrics.alert_passes.with_label_values(&[pass]).inc();
                 if !r.skipped {
-                    say_console_code(r.console_code.as_ref(), &mut said);
+                    say(&CONSOLE_CODE, r.console_code.as_ref(), &mut said_code);
+                    say(
+                        &SILENT_TRIGGERS,
+                        r.silent_triggers.as_ref(),
+                        &mut said_triggers,
+                    );
                 }
                 for k in &r.raised {
                     tracing::warn!(alert = %k, "alert raised");
@@ -280,16 +310,32 @@ pub async fn alerts_forever(
     }
 }
 
-/// Logs what a pass found of Console's code where it differs from what was `said` last: an
-/// error when code is found (each new set of findings), and once when it is gone.
-fn say_console_code(found: Option<&ConsoleCode>, said: &mut Option<String>) {
+/// What the log says of a kind of [`Finding`] when found, and when gone.
+struct Saying {
+    found: &'static str,
+    gone: &'static str,
+}
+
+const CONSOLE_CODE: Saying = Saying {
+    found: "alert pass: Console's tables carry code that would run as the gateway; the pass reads none of them until it is gone (said once; the alert names it)",
+    gone: "alert pass: Console's tables carry no code that would run as the gateway any more; the pass reads them again",
+};
+
+const SILENT_TRIGGERS: Saying = Saying {
+    found: "alert pass: triggers of the gateway's do not fire as migrate made them; what they record goes unrecorded until they do (said once; the alert names them)",
+    gone: "alert pass: the gateway's triggers fire as migrate made them again",
+};
+
+/// Logs what a pass `found` where it differs from what was `said` last: an error when found
+/// (each new set of findings), and once when it is gone.
+fn say(saying: &Saying, found: Option<&Finding>, said: &mut Option<String>) {
     match (found, said.as_deref()) {
-        (Some(code), last) if last != Some(code.key.as_str()) => {
-            tracing::error!(alert = %code.key, findings = %code.found, "alert pass: Console's tables carry code that would run as the gateway; the pass reads none of them until it is gone (said once; the alert names it)");
-            *said = Some(code.key.clone());
+        (Some(f), last) if last != Some(f.key.as_str()) => {
+            tracing::error!(alert = %f.key, findings = %f.found, "{}", saying.found);
+            *said = Some(f.key.clone());
         }
         (None, Some(last)) => {
-            tracing::info!(alert = %last, "alert pass: Console's tables carry no code that would run as the gateway any more; the pass reads them again");
+            tracing::info!(alert = %last, "{}", saying.gone);
             *said = None;
         }
         _ => {}

@@ -39,12 +39,14 @@ pub struct Snapshot {
     pub due: bool,
 }
 
-/// Code of another role's that would run as the gateway on Console's tables, as an alert pass
-/// found it ([`AlertPass::raise_console_code`]).
+/// What an alert pass found wrong with the schema, and the alert that names it: code of another
+/// role's that would run as the gateway on Console's tables
+/// ([`AlertPass::raise_console_code`]), or triggers of the gateway's that do not fire
+/// ([`AlertPass::raise_silent_triggers`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsoleCode {
-    /// The alert that names it: `console_code:` and the findings' digest, one alert per set of
-    /// findings.
+pub struct Finding {
+    /// The alert that names it: its kind (`console_code:`, `silent_triggers:`) and the
+    /// findings' digest, one alert per set of findings.
     pub key: String,
     /// The findings, joined.
     pub found: String,
@@ -117,11 +119,11 @@ impl AlertPass {
 
     /// What of another role's would run as the gateway where it reads or writes Console's tables
     /// (`rbac_gateway_console_code`, migration 0034, over `schema::CONSOLE_TABLES`), with the
-    /// alert that names it, recorded now or before ([`ConsoleCode`]). None when there is none,
+    /// alert that names it, recorded now or before ([`Finding`]). None when there is none,
     /// or the function is missing (a database `migrate` has not brought to 0034) or not this
     /// role's to run. Read before anything of Console's, in the pass's transaction; where
     /// nothing is found, Console's tables stay locked (ACCESS SHARE) until the pass ends.
-    pub async fn raise_console_code(&mut self) -> Result<Option<ConsoleCode>, sqlx::Error> {
+    pub async fn raise_console_code(&mut self) -> Result<Option<Finding>, sqlx::Error> {
         use crate::stores::schema::{
             console_columns, CONSOLE_CODE, CONSOLE_CODE_RUNNABLE, CONSOLE_TABLES, CONSOLE_WRITTEN,
         };
@@ -150,19 +152,52 @@ impl AlertPass {
             return Ok(None);
         }
         let found = findings.join("; ");
-        let key = format!(
-            "console_code:{}",
-            &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(found.as_bytes()))[..16]
-        );
         let text = format!(
             "Console's tables carry code that would run as the gateway's roles where the gateway reads or writes them; the gateway's sweep and alert pass read none of them until it is gone, and its lookups may run it: {found}"
         );
-        let recorded = self.raise(&key, &text).await?;
-        Ok(Some(ConsoleCode {
+        self.raise_finding("console_code", found, &text)
+            .await
+            .map(Some)
+    }
+
+    /// The gateway's triggers that do not fire as `migrate` made them
+    /// (`schema::silent_triggers`: dropped with a table Console's migration made again,
+    /// disabled or changed by the owner of Console's tables), with the alert that names them,
+    /// recorded now or before. None when every one fires. The caller asks only of a schema
+    /// whose migrations are exactly this binary's: another release's has other triggers.
+    pub async fn raise_silent_triggers(&mut self) -> Result<Option<Finding>, sqlx::Error> {
+        let silent = crate::stores::schema::silent_triggers(&mut *self.tx)
+            .bounded(self.limit)
+            .await?;
+        if silent.is_empty() {
+            return Ok(None);
+        }
+        let found = silent.join(", ");
+        let text = format!(
+            "Triggers of the gateway's do not fire as `rbac-gateway migrate` made them: {found}. Until they do, what each records or refuses goes unrecorded or unrefused: without rbac_gateway_change, a change to a session, an admin, a group or a role reaches the gateway's caches only when its entry expires (--cache-ttl); without rbac_gateway_break_glass, a change to the break-glass group is alerted only by the daily comparison; without an append-only guard, access_audit_events or the mapping store may be changed. `rbac-gateway check --database-url` names each with its fix; `rbac-gateway migrate` makes a dropped one again."
+        );
+        self.raise_finding("silent_triggers", found, &text)
+            .await
+            .map(Some)
+    }
+
+    /// Records the alert of a finding (`kind:` and the digest of `found`) unless it exists.
+    async fn raise_finding(
+        &mut self,
+        kind: &str,
+        found: String,
+        text: &str,
+    ) -> Result<Finding, sqlx::Error> {
+        let key = format!(
+            "{kind}:{}",
+            &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(found.as_bytes()))[..16]
+        );
+        let recorded = self.raise(&key, text).await?;
+        Ok(Finding {
             key,
             found,
             recorded,
-        }))
+        })
     }
 
     /// Records an alert for each deploy window declared in the last day; the keys recorded now.

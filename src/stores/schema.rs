@@ -120,8 +120,11 @@ pub const TRIGGERS: &[(&str, &str, &str, i16, &str)] = &[
 
 /// Those of [`TRIGGERS`] missing from the gateway's schema, or not as migrate made them (another
 /// function, other events, other arguments, a `WHEN` condition, an `UPDATE OF` column list, a
-/// constraint trigger), or not firing in an ordinary session (`fires!`), as `trigger on table`.
-pub async fn silent_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
+/// constraint trigger), or not firing in an ordinary session (`fires!`), as `trigger on table`:
+/// `check`'s error, and the alert pass's alert (`stores::alerts`, each second).
+pub async fn silent_triggers<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+) -> Result<Vec<String>, sqlx::Error> {
     let mut tables = Vec::new();
     let mut names = Vec::new();
     let mut functions = Vec::new();
@@ -156,7 +159,7 @@ pub async fn silent_triggers(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
     .bind(types)
     .bind(args)
     .bind(schema())
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 

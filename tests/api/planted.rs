@@ -825,3 +825,86 @@ async fn a_view_in_place_of_consoles_table_never_runs_in_migrate() {
             .unwrap();
     assert_eq!(keys.as_deref(), Some(&[admin][..]));
 }
+
+/// Console's role owns its tables, so it may disable the gateway's triggers on them, and a
+/// migration of Console's that makes a table again drops them: changes to it then never reach
+/// the change feed (a revoked session stays cached until its entry expires). `serve`'s alert
+/// pass (each second, as the serve login) alerts such a trigger within a pass, delivers the
+/// alert once and logs it once, and says when it fires again.
+#[tokio::test]
+async fn a_trigger_of_the_gateways_silenced_on_consoles_table_is_alerted() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    let login = crate::grants::serve_login(&db).await;
+    let mut console = as_console(&db).await;
+    sqlx::raw_sql(
+        "RESET ROLE; ALTER TABLE admin_sessions OWNER TO console_app; SET ROLE console_app",
+    )
+    .execute(&mut *console)
+    .await
+    .unwrap();
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--alert-webhook-url")
+        .arg(&format!("http://{}/hook", hook.addr));
+    opts.database_url = login;
+    let gw = Gateway::start(opts).await;
+    let passes = || gw.metric("rbac_gateway_alert_passes_total{result=\"done\"}");
+    let alerted = || {
+        hook.requests()
+            .iter()
+            .filter(|r| {
+                String::from_utf8_lossy(&r.body).contains("rbac_gateway_change on admin_sessions")
+            })
+            .count()
+    };
+    // Every trigger fires as migrate made it: a pass alerts nothing.
+    eventually(
+        std::time::Duration::from_secs(10),
+        "a first alert pass",
+        || async { passes().await >= 1.0 },
+    )
+    .await;
+    assert!(hook.requests().is_empty(), "{:?}", hook.requests());
+
+    sqlx::raw_sql("ALTER TABLE admin_sessions DISABLE TRIGGER rbac_gateway_change")
+        .execute(&mut *console)
+        .await
+        .unwrap();
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the silenced trigger's alert delivered",
+        || async { alerted() == 1 },
+    )
+    .await;
+    let from = passes().await;
+    eventually(
+        std::time::Duration::from_secs(10),
+        "three more alert passes",
+        || async { passes().await >= from + 3.0 },
+    )
+    .await;
+    assert_eq!(alerted(), 1, "{:?}", hook.requests());
+    let found = "alert pass: triggers of the gateway's do not fire as migrate made them";
+    let log = gw.log();
+    assert_eq!(log.matches(found).count(), 1, "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(found) && l.contains("rbac_gateway_change on admin_sessions")),
+        "{log}"
+    );
+
+    sqlx::raw_sql("ALTER TABLE admin_sessions ENABLE TRIGGER rbac_gateway_change")
+        .execute(&mut *console)
+        .await
+        .unwrap();
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the alert pass says the triggers fire again",
+        || async {
+            gw.log()
+                .contains("alert pass: the gateway's triggers fire as migrate made them again")
+        },
+    )
+    .await;
+}
