@@ -33,7 +33,8 @@ pub struct AlertReport {
     /// is in `raised` only in the pass that recorded it.
     pub console_code: Option<Finding>,
     /// Triggers of the gateway's that do not fire as `migrate` made them. Its alert is in
-    /// `raised` only in the pass that recorded it.
+    /// `raised` only in the pass that recorded it (not looked at on a schema of another
+    /// release's: `this_binarys_schema`).
     pub silent_triggers: Option<Finding>,
 }
 
@@ -70,28 +71,27 @@ pub async fn alerts_once(
     limit: Duration,
 ) -> Result<AlertReport, sqlx::Error> {
     let mut report = AlertReport::default();
+    // The gateway's own triggers are looked at on a schema whose migrations are exactly this
+    // binary's, as those of another release differ. Asked before the pass holds a connection
+    // and its lock: on a pool of one, asked inside, it would wait for the pass's own.
+    let this_binarys = this_binarys_schema(pool, limit).await;
     let Some(mut pass) = AlertPass::begin(pool, limit).await? else {
         report.skipped = true;
         return Ok(report);
     };
+    let mut raised = Vec::new();
+    // Read from the catalogue: nothing of Console's runs.
+    if this_binarys {
+        let look = pass.raise_silent_triggers().await?;
+        raised.extend(look.raised);
+        report.silent_triggers = look.finding;
+    }
     // Nothing of Console's is read where its role's code would run as the gateway (migration
     // 0034): the finding is alerted, and the rest of the pass (which reads Console's tables)
     // waits until it is gone; alerts already due are still delivered.
-    let mut raised = Vec::new();
-    // The gateway's own triggers, read from the catalogue (nothing of Console's runs): on a
-    // schema whose migrations are exactly this binary's, as those of another release differ.
-    if this_binarys_schema(pool).await {
-        report.silent_triggers = pass.raise_silent_triggers().await?;
-    }
-    report.console_code = pass.raise_console_code().await?;
-    for found in [&report.silent_triggers, &report.console_code]
-        .into_iter()
-        .flatten()
-    {
-        if found.recorded {
-            raised.push(found.key.clone());
-        }
-    }
+    let look = pass.raise_console_code().await?;
+    raised.extend(look.raised);
+    report.console_code = look.finding;
     if report.console_code.is_none() {
         raised.extend(pass.raise_break_glass_sessions().await?);
         // Changes to the break-glass group, as the triggers recorded them with the change
@@ -126,16 +126,27 @@ pub async fn alerts_once(
 
 /// Whether the schema's migrations are exactly this binary's (none missing, failed, of another
 /// text or newer): the triggers it knows are then the ones `migrate` made. Not known (the
-/// serve login may not read `_sqlx_migrations`: `/readyz` names that) counts as not.
-async fn this_binarys_schema(pool: &Db) -> bool {
-    match crate::stores::migrations::schema_state(pool).await {
-        Ok(state) => state.blocking().is_empty() && state.ahead().is_none(),
+/// serve login may not read `_sqlx_migrations`, the database is slow: `/readyz` names both)
+/// counts as not. Read on the pool, not in the pass's transaction, which an error would end.
+async fn this_binarys_schema(pool: &Db, limit: Duration) -> bool {
+    let state = crate::stores::migrations::schema_state(pool);
+    match crate::stores::db::within(limit, state).await {
+        Ok(state) => {
+            UNREAD_SAID.store(false, std::sync::atomic::Ordering::Relaxed);
+            state.blocking().is_empty() && state.ahead().is_none()
+        }
         Err(e) => {
-            tracing::debug!(error = %e, "alert pass: the schema's migrations were not read; the gateway's triggers are not looked at");
+            // Said once until a read succeeds again, not each second.
+            if !UNREAD_SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(error = %e, "alert pass: the schema's migrations were not read, so the gateway's triggers are not looked at until they are (/readyz names why)");
+            }
             false
         }
     }
 }
+
+/// Whether [`this_binarys_schema`] said that it could not read the migrations.
+static UNREAD_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The text of the alert for one transaction's changes.
 fn change_text(txid: &str, changes: &[Change], roles_now: &[String]) -> String {

@@ -163,6 +163,41 @@ pub async fn silent_triggers<'e>(
     .await
 }
 
+/// The statements that make `trigger` (`name on table`, as [`silent_triggers`] names it) as
+/// `migrate` made it, run as the owner of its table: the trigger dropped where it is there
+/// (disabled, or not as made), then created as [`TRIGGERS`] has it. `check` gives them as the
+/// fix; `tests/api/planted.rs` runs them for every trigger and holds [`silent_triggers`] empty.
+pub fn remake_trigger(trigger: &str) -> Option<String> {
+    let (name, table) = trigger.split_once(" on ")?;
+    let &(_, _, function, tgtype, arguments) = TRIGGERS
+        .iter()
+        .find(|(t, g, ..)| *t == table && *g == name)?;
+    // pg_trigger.tgtype's bits (PostgreSQL's `TRIGGER_TYPE_*`).
+    let when = if tgtype & 2 != 0 { "BEFORE" } else { "AFTER" };
+    let events: Vec<&str> = [
+        (4, "INSERT"),
+        (8, "DELETE"),
+        (16, "UPDATE"),
+        (32, "TRUNCATE"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| tgtype & bit != 0)
+    .map(|(_, event)| event)
+    .collect();
+    let each = if tgtype & 1 != 0 { "ROW" } else { "STATEMENT" };
+    // tgargs as `encode(tgargs, 'escape')` writes it: each argument ends in `\000`.
+    let arguments: Vec<String> = arguments
+        .split_terminator("\\000")
+        .map(|a| format!("'{}'", a.replace('\'', "''")))
+        .collect();
+    let schema = super::db::quoted_schema();
+    Some(format!(
+        "DROP TRIGGER IF EXISTS {name} ON {schema}.{table}; CREATE TRIGGER {name} {when} {} ON {schema}.{table} FOR EACH {each} EXECUTE FUNCTION {schema}.{function}({})",
+        events.join(" OR "),
+        arguments.join(", ")
+    ))
+}
+
 /// Whether the function `signature` (`name(type, ...)`) exists, runs as its owner (`SECURITY
 /// DEFINER`) and has its own `search_path` of exactly `pg_catalog, pg_temp` (so nothing a caller
 /// creates, a temporary table or a function in a schema it may write, stands in for one of its
@@ -254,8 +289,8 @@ pub async fn restricts_relation_kinds(pool: &Db) -> Result<bool, sqlx::Error> {
 /// without it, on a server that has the setting, as migration 0036 did, where this role may (it
 /// acts as the function's owner): `migrate`, right after the migrations at each run, for a
 /// function a later migration re-creates (`CREATE OR REPLACE` drops the settings it does not
-/// state) and a server upgraded to a minor release that has it. The signatures it changed, and those it may not
-/// change, each with its owner (`check` names them too).
+/// state) and a server upgraded to a minor release that has it. The signatures it changed, and
+/// those it may not change, each with its owner (`check` names them too).
 pub async fn restrict_functions(
     conn: &mut sqlx::PgConnection,
 ) -> Result<(Vec<String>, Vec<(String, String)>), sqlx::Error> {
@@ -612,6 +647,7 @@ pub const BUILTINS: &[&str] = &[
     "aclexplode",
     "array_agg",
     "array_append",
+    "concat",
     "convert_to",
     "count",
     "current_setting",
@@ -644,6 +680,7 @@ pub const BUILTINS: &[&str] = &[
     "quote_ident",
     "set_config",
     "sha256",
+    "starts_with",
     "substr",
     "sum",
     "to_char",
@@ -692,5 +729,24 @@ mod tests {
             migration.contains(&format!("f, '{value}');")),
             "0036 does not set {value:?}"
         );
+    }
+
+    /// The statements `check` gives for a silent trigger: its events, timing, level and
+    /// arguments from `pg_trigger.tgtype`'s bits and `tgargs` (`tests/api/planted.rs` runs them
+    /// all against PostgreSQL).
+    #[test]
+    fn a_silent_trigger_is_made_again_as_migrate_made_it() {
+        let schema = crate::stores::db::quoted_schema();
+        assert_eq!(
+            remake_trigger("rbac_gateway_change on admin_sessions").unwrap(),
+            format!("DROP TRIGGER IF EXISTS rbac_gateway_change ON {schema}.admin_sessions; CREATE TRIGGER rbac_gateway_change AFTER INSERT OR DELETE OR UPDATE ON {schema}.admin_sessions FOR EACH ROW EXECUTE FUNCTION {schema}.rbac_gateway_log_change('admin_id')")
+        );
+        assert_eq!(
+            remake_trigger("access_audit_events_no_truncate on access_audit_events").unwrap(),
+            format!("DROP TRIGGER IF EXISTS access_audit_events_no_truncate ON {schema}.access_audit_events; CREATE TRIGGER access_audit_events_no_truncate BEFORE TRUNCATE ON {schema}.access_audit_events FOR EACH STATEMENT EXECUTE FUNCTION {schema}.access_audit_events_append_only()")
+        );
+        assert_eq!(remake_trigger("rbac_gateway_change on nothing"), None);
+        // No trigger of the gateway's is INSTEAD OF (64), which the statements do not say.
+        assert!(TRIGGERS.iter().all(|t| t.3 & 64 == 0));
     }
 }

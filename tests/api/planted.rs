@@ -907,4 +907,61 @@ async fn a_trigger_of_the_gateways_silenced_on_consoles_table_is_alerted() {
         },
     )
     .await;
+    let fire_again = || {
+        hook.requests()
+            .iter()
+            .filter(|r| {
+                String::from_utf8_lossy(&r.body)
+                    .contains("fire as `rbac-gateway migrate` made them again")
+            })
+            .count()
+    };
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the alert that they fire again delivered",
+        || async { fire_again() == 1 },
+    )
+    .await;
+
+    // Silenced again (Console's next release makes the table again): a new occurrence,
+    // alerted again.
+    sqlx::raw_sql("ALTER TABLE admin_sessions DISABLE TRIGGER rbac_gateway_change")
+        .execute(&mut *console)
+        .await
+        .unwrap();
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the second silence's alert delivered",
+        || async { alerted() == 2 },
+    )
+    .await;
+    assert_eq!(fire_again(), 1, "{:?}", hook.requests());
+}
+
+/// `check`'s fix for a silent trigger makes it as `migrate` made it (`migrate` does not: its
+/// migrations ran): every trigger of the gateway's disabled, two of them dropped, and each made
+/// again from the statements `check` gives, after which `check` names none.
+#[tokio::test]
+async fn checks_fix_makes_every_silent_trigger_again() {
+    use rbac_gateway::stores::schema::{remake_trigger, TRIGGERS};
+    let db = TestDb::new().await;
+    let mut silence = String::new();
+    for (table, name, ..) in TRIGGERS {
+        silence.push_str(&format!("ALTER TABLE {table} DISABLE TRIGGER {name}; "));
+    }
+    silence.push_str(
+        "DROP TRIGGER rbac_gateway_change ON admin_sessions; \
+         DROP TRIGGER access_audit_events_no_update ON access_audit_events",
+    );
+    sqlx::raw_sql(&silence).execute(&db.pool).await.unwrap();
+    let (code, text) = check(&db);
+    assert_ne!(code, Some(0), "{text}");
+    for (table, name, ..) in TRIGGERS {
+        let fix = remake_trigger(&format!("{name} on {table}")).unwrap();
+        assert!(text.contains(&fix), "{fix}\n{text}");
+        sqlx::raw_sql(&fix).execute(&db.pool).await.unwrap();
+    }
+    let (code, text) = check(&db);
+    assert!(!text.contains("database: trigger"), "{text}");
+    assert_eq!(code, Some(0), "{text}");
 }

@@ -79,7 +79,7 @@ pub(super) async fn functions(
             0,
             0,
             Severity::Error,
-            format!("database: trigger {trigger} is missing, not as migrate made it (another function, other events or arguments, a WHEN condition), or does not fire (disabled, or for replicas only): what it records or refuses goes unrecorded or unrefused (run `rbac-gateway migrate` after dropping it, or `ALTER TABLE ... ENABLE TRIGGER` it)"),
+            format!("database: trigger {trigger} is missing, not as migrate made it (another function, other events or arguments, a WHEN condition), or does not fire (disabled, or for replicas only): what it records or refuses goes unrecorded or unrefused (make it again as the owner of its table: `{}`)", db_schema::remake_trigger(&trigger).unwrap_or_default()),
         ));
     }
     // The functions the lookups call (migrations 0011, 0012, 0014), and the guard of the
