@@ -50,8 +50,9 @@ pub struct Exit {
 
 impl Exit {
     /// The error and its causes, each after a colon, as `{:#}` prints them, except a cause whose
-    /// text its error already ends with: sqlx's error from the database says its message and
-    /// has that message as its source too, which `{:#}` printed twice.
+    /// text is already the last part of what is said (after a colon): sqlx's error from the
+    /// database says its message and has that message as its source too, which `{:#}` printed
+    /// twice.
     pub fn text(&self) -> String {
         chain_text(&self.error)
     }
@@ -63,7 +64,11 @@ pub fn chain_text(error: &anyhow::Error) -> String {
     for cause in error.chain() {
         let said = cause.to_string();
         if !text.is_empty() {
-            if text.ends_with(&said) {
+            // Its whole last part, after a colon and a space, not just its last letters.
+            if text
+                .strip_suffix(said.as_str())
+                .is_some_and(|t| t.ends_with(": "))
+            {
                 continue;
             }
             text.push_str(": ");
@@ -104,10 +109,13 @@ mod tests {
             super::chain_text(&error),
             "cannot read the sessions: error returned from database: access to non-system view \"admin_sessions\" is restricted"
         );
-        // Causes that say something new are all said, as `{:#}` says them.
+        // Causes that say something new are all said, as `{:#}` says them, one that ends
+        // another's text only in its letters too.
         let plain = anyhow::anyhow!("disk full")
             .context("cannot write")
             .context("sweep failed");
         assert_eq!(super::chain_text(&plain), format!("{plain:#}"));
+        let ended = anyhow::anyhow!("ended").context("the session ended");
+        assert_eq!(super::chain_text(&ended), "the session ended: ended");
     }
 }

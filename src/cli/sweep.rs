@@ -29,14 +29,14 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
             .map_err(|e| failure(anyhow!("alert pass failed: {e}")))?;
         Ok::<_, Exit>((report, alerts))
     })?;
-    if let Some(silent) = &alerts.silent_triggers {
+    if let crate::stores::alerts::Look::Found(silent) = &alerts.silent_triggers {
         say!(
             "triggers of the gateway's do not fire as migrate made them: what they record goes unrecorded until they do (alert {}): {}",
             silent.key,
             silent.found
         );
     }
-    if let Some(code) = &alerts.console_code {
+    if let crate::stores::alerts::Look::Found(code) = &alerts.console_code {
         say!(
             "Console's tables carry code that would run as the gateway: the alert pass read none of them (alert {}): {}",
             code.key,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::runtime::https_client::{self, Unanswered};
 use crate::runtime::metrics::Metrics;
-use crate::stores::alerts::{AlertPass, Finding, Grants, Snapshot};
+use crate::stores::alerts::{AlertPass, Grants, Look, Snapshot};
 use crate::stores::db::Db;
 
 use crate::stores::alerts::Change;
@@ -29,13 +29,13 @@ pub struct AlertReport {
     pub delivered: Vec<String>,
     /// (key, error) of deliveries that failed (retried later).
     pub failed: Vec<(String, String)>,
-    /// Code of another role's found on Console's tables: the pass read none of them. Its alert
-    /// is in `raised` only in the pass that recorded it.
-    pub console_code: Option<Finding>,
+    /// Code of another role's on Console's tables: where found, the pass read none of them.
+    /// Its alert is in `raised` only in the pass that recorded it.
+    pub console_code: Look,
     /// Triggers of the gateway's that do not fire as `migrate` made them. Its alert is in
     /// `raised` only in the pass that recorded it (not looked at on a schema of another
     /// release's: `this_binarys_schema`).
-    pub silent_triggers: Option<Finding>,
+    pub silent_triggers: Look,
 }
 
 /// How long the webhook may take to answer (its status line and headers).
@@ -82,17 +82,20 @@ pub async fn alerts_once(
     let mut raised = Vec::new();
     // Read from the catalogue: nothing of Console's runs.
     if this_binarys {
-        let look = pass.raise_silent_triggers().await?;
-        raised.extend(look.raised);
-        report.silent_triggers = look.finding;
+        report.silent_triggers = pass.raise_silent_triggers().await?;
     }
     // Nothing of Console's is read where its role's code would run as the gateway (migration
     // 0034): the finding is alerted, and the rest of the pass (which reads Console's tables)
     // waits until it is gone; alerts already due are still delivered.
-    let look = pass.raise_console_code().await?;
-    raised.extend(look.raised);
-    report.console_code = look.finding;
-    if report.console_code.is_none() {
+    report.console_code = pass.raise_console_code().await?;
+    for look in [&report.silent_triggers, &report.console_code] {
+        if let Look::Found(found) = look {
+            if found.recorded {
+                raised.push(found.key.clone());
+            }
+        }
+    }
+    if !matches!(report.console_code, Look::Found(_)) {
         raised.extend(pass.raise_break_glass_sessions().await?);
         // Changes to the break-glass group, as the triggers recorded them with the change
         // itself (migration 0007): one alert per committed transaction, keyed by its id.
@@ -294,12 +297,8 @@ pub async fn alerts_forever(
                 let pass = if r.skipped { "skipped" } else { "done" };
                 metrics.alert_passes.with_label_values(&[pass]).inc();
                 if !r.skipped {
-                    say(&CONSOLE_CODE, r.console_code.as_ref(), &mut said_code);
-                    say(
-                        &SILENT_TRIGGERS,
-                        r.silent_triggers.as_ref(),
-                        &mut said_triggers,
-                    );
+                    say(&CONSOLE_CODE, &r.console_code, &mut said_code);
+                    say(&SILENT_TRIGGERS, &r.silent_triggers, &mut said_triggers);
                 }
                 for k in &r.raised {
                     tracing::warn!(alert = %k, "alert raised");
@@ -337,15 +336,15 @@ const SILENT_TRIGGERS: Saying = Saying {
     gone: "alert pass: the gateway's triggers fire as migrate made them again",
 };
 
-/// Logs what a pass `found` where it differs from what was `said` last: an error when found
-/// (each new set of findings), and once when it is gone.
-fn say(saying: &Saying, found: Option<&Finding>, said: &mut Option<String>) {
-    match (found, said.as_deref()) {
-        (Some(f), last) if last != Some(f.key.as_str()) => {
+/// Logs what a pass saw where it differs from what was `said` last: an error when found (each
+/// new alert), and once when it is gone; nothing where the pass did not look.
+fn say(saying: &Saying, look: &Look, said: &mut Option<String>) {
+    match (look, said.as_deref()) {
+        (Look::Found(f), last) if last != Some(f.key.as_str()) => {
             tracing::error!(alert = %f.key, findings = %f.found, "{}", saying.found);
             *said = Some(f.key.clone());
         }
-        (None, Some(last)) => {
+        (Look::Nothing, Some(last)) => {
             tracing::info!(alert = %last, "{}", saying.gone);
             *said = None;
         }

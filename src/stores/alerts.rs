@@ -45,22 +45,29 @@ pub struct Snapshot {
 /// ([`AlertPass::raise_silent_triggers`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// The alert that names it: its kind (`console_code`, `silent_triggers`), the occurrence
-    /// (how many of its kind ended before) and the findings' digest: one alert per set of
-    /// findings in each occurrence.
+    /// The alert that names it: its kind (`console_code`, `silent_triggers`) and a digest, of
+    /// the findings (Console's code), or of each silent trigger with its state (its table's
+    /// oid, its `pg_trigger` row's version): a trigger silenced again, or its table made again,
+    /// is a new alert.
     pub key: String,
     /// The findings, joined.
     pub found: String,
+    /// Whether this pass recorded the alert (false: an earlier pass, of this process or
+    /// another, did).
+    pub recorded: bool,
 }
 
-/// What one look of an alert pass found, and the alerts it recorded.
+/// What one look of an alert pass saw.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Look {
-    /// What is wrong now; None when nothing is (or the pass could not look).
-    pub finding: Option<Finding>,
-    /// The keys of the alerts recorded now: the finding's, first found in this occurrence, or
-    /// the one that says the last occurrence is over (`<kind>_gone:<n>`).
-    pub raised: Vec<String>,
+pub enum Look {
+    /// The pass did not look (the function it needs is missing, or not this role's to run; the
+    /// schema is another release's).
+    #[default]
+    NotLooked,
+    /// Nothing is wrong.
+    Nothing,
+    /// This is.
+    Found(Finding),
 }
 
 /// One alert pass: its transaction, holding the alert job's advisory lock.
@@ -142,7 +149,7 @@ impl AlertPass {
             .bounded(self.limit)
             .await?;
         if runnable != Some(true) {
-            return Ok(Look::default());
+            return Ok(Look::NotLooked);
         }
         let findings: Vec<String> = sqlx::query_scalar(CONSOLE_CODE)
             .persistent(false)
@@ -157,81 +164,54 @@ impl AlertPass {
             // Nothing found: the tables are locked for the rest of the pass (and checked again
             // under the lock), so none changes shape before the pass has read it.
             crate::stores::schema::plain(&mut self.tx, &tables, self.limit).await?;
+            return Ok(Look::Nothing);
         }
-        let found = (!findings.is_empty()).then(|| findings.join("; "));
-        self.found_or_gone(
-            "console_code",
-            found,
-            |found| format!("Console's tables carry code that would run as the gateway's roles where the gateway reads or writes them; the gateway's sweep and alert pass read none of them until it is gone, and its lookups may run it: {found}"),
-            "Console's tables carry no code that would run as the gateway's roles any more: the gateway's sweep and alert pass read them again.",
-        )
-        .await
+        let found = findings.join("; ");
+        let text = format!(
+            "Console's tables carry code that would run as the gateway's roles where the gateway reads or writes them; the gateway's sweep and alert pass read none of them until it is gone, and its lookups may run it: {found}"
+        );
+        let key = finding_key("console_code", &found);
+        self.raise_finding(key, found, &text).await
     }
 
     /// The gateway's triggers that do not fire as `migrate` made them
-    /// (`schema::silent_triggers`: dropped with a table Console's migration made again,
+    /// (`schema::silent_trigger_states`: dropped with a table Console's migration made again,
     /// disabled or changed by the owner of Console's tables), with the alert that names them.
     /// The caller asks only of a schema whose migrations are exactly this binary's: another
     /// release's has other triggers.
     pub async fn raise_silent_triggers(&mut self) -> Result<Look, sqlx::Error> {
-        let silent = crate::stores::schema::silent_triggers(&mut *self.tx)
+        let silent = crate::stores::schema::silent_trigger_states(&mut *self.tx)
             .bounded(self.limit)
             .await?;
-        let found = (!silent.is_empty()).then(|| silent.join(", "));
-        self.found_or_gone(
-            "silent_triggers",
-            found,
-            |found| format!("Triggers of the gateway's do not fire as `rbac-gateway migrate` made them: {found}. Until they do, what each records or refuses goes unrecorded or unrefused: without rbac_gateway_change, a change to a session, an admin, a ticket grant, a break-glass session, a group or a role reaches the gateway's caches only when its entry expires (--cache-ttl); without rbac_gateway_break_glass, a change to the break-glass group is alerted only by the daily comparison; without rbac_gateway_erase_admin, an admin's erasure leaves the gateway's rows; without an append-only guard, access_audit_events or the mapping store may be changed. `rbac-gateway check --database-url` gives each one's fix, as the owner of its table."),
-            "Triggers of the gateway's fire as `rbac-gateway migrate` made them again. What changed while they were silent was not recorded by them: the next daily comparison covers the break-glass group, and cached sessions and roles expired within --cache-ttl.",
-        )
-        .await
+        if silent.is_empty() {
+            return Ok(Look::Nothing);
+        }
+        let states: Vec<String> = silent
+            .iter()
+            .map(|(t, state)| format!("{t} {state}"))
+            .collect();
+        let key = finding_key("silent_triggers", &states.join(", "));
+        let found: Vec<String> = silent.into_iter().map(|(trigger, _)| trigger).collect();
+        let found = found.join(", ");
+        let text = format!(
+            "Triggers of the gateway's do not fire as `rbac-gateway migrate` made them: {found}. Until they do, what each records or refuses goes unrecorded or unrefused: without rbac_gateway_change, a change to a session, an admin, a ticket grant, a break-glass session, a group or a role reaches the gateway's caches only when its entry expires (--cache-ttl); without rbac_gateway_break_glass, a change to the break-glass group is alerted only by the daily comparison; without rbac_gateway_erase_admin, an admin's erasure leaves the gateway's rows; without an append-only guard, access_audit_events or the mapping store may be changed. `rbac-gateway check --database-url` gives each one's fix, to run as the role that ran `migrate`."
+        );
+        self.raise_finding(key, found, &text).await
     }
 
-    /// Records the alert of what a look `found`: keyed `kind:<n>:<digest of found>`, in the
-    /// occurrence `n` ([`Self::occurrence`]), unless recorded before in it; or, when nothing is
-    /// found and the occurrence `n` was alerted, `kind_gone:<n>` with `gone`, which ends it. The
-    /// same set found again after it was gone is a new occurrence, alerted again.
-    async fn found_or_gone(
+    /// Records the alert `key` of a finding unless it exists.
+    async fn raise_finding(
         &mut self,
-        kind: &str,
-        found: Option<String>,
-        text: impl FnOnce(&str) -> String,
-        gone: &str,
+        key: String,
+        found: String,
+        text: &str,
     ) -> Result<Look, sqlx::Error> {
-        let (n, open) = self.occurrence(kind).await?;
-        let (key, text, finding) = match found {
-            None if !open => return Ok(Look::default()),
-            None => (format!("{kind}_gone:{n}"), gone.to_string(), None),
-            Some(found) => {
-                let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(found.as_bytes()));
-                let key = format!("{kind}:{n}:{}", &digest[..16]);
-                let text = text(&found);
-                (key.clone(), text, Some(Finding { key, found }))
-            }
-        };
-        let raised = match self.raise(&key, &text).await? {
-            true => vec![key],
-            false => Vec::new(),
-        };
-        Ok(Look { finding, raised })
-    }
-
-    /// The occurrence of a `kind` of finding a pass is in: how many ended (`kind_gone:` alerts),
-    /// and whether this one was alerted (a `kind:<n>:` alert). One statement, on the pass's
-    /// lock: no other pass records either meanwhile.
-    async fn occurrence(&mut self, kind: &str) -> Result<(i64, bool), sqlx::Error> {
-        sqlx::query_as(
-            "SELECT c.n, EXISTS (SELECT FROM rbac_gateway_alerts a \
-                                  WHERE pg_catalog.starts_with(a.key, pg_catalog.concat($2::text, c.n, ':'))) \
-               FROM (SELECT pg_catalog.count(*) AS n FROM rbac_gateway_alerts \
-                      WHERE pg_catalog.starts_with(key, $1::text)) c",
-        )
-        .persistent(false)
-        .bind(format!("{kind}_gone:"))
-        .bind(format!("{kind}:"))
-        .fetch_one(&mut *self.tx)
-        .bounded(self.limit)
-        .await
+        let recorded = self.raise(&key, text).await?;
+        Ok(Look::Found(Finding {
+            key,
+            found,
+            recorded,
+        }))
     }
 
     /// Records an alert for each deploy window declared in the last day; the keys recorded now.
@@ -460,4 +440,10 @@ impl AlertPass {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().bounded(self.limit).await
     }
+}
+
+/// The key of a finding's alert: its kind and the first 16 hex digits of the SHA-256 of `of`.
+fn finding_key(kind: &str, of: &str) -> String {
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(of.as_bytes()));
+    format!("{kind}:{}", &digest[..16])
 }

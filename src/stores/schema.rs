@@ -121,10 +121,22 @@ pub const TRIGGERS: &[(&str, &str, &str, i16, &str)] = &[
 /// Those of [`TRIGGERS`] missing from the gateway's schema, or not as migrate made them (another
 /// function, other events, other arguments, a `WHEN` condition, an `UPDATE OF` column list, a
 /// constraint trigger), or not firing in an ordinary session (`fires!`), as `trigger on table`:
-/// `check`'s error, and the alert pass's alert (`stores::alerts`, each second).
+/// `check`'s error.
 pub async fn silent_triggers<'e>(
     db: impl sqlx::PgExecutor<'e>,
 ) -> Result<Vec<String>, sqlx::Error> {
+    let silent = silent_trigger_states(db).await?;
+    Ok(silent.into_iter().map(|(trigger, _)| trigger).collect())
+}
+
+/// [`silent_triggers`], each with its state: its table's oid and the version of its
+/// `pg_trigger` row (`xmin`; empty where it is missing), which change when the table is made
+/// again or the trigger disabled, dropped or made again. The alert pass's alert
+/// (`stores::alerts`, each second) is keyed by them, so a trigger silenced again is alerted
+/// again.
+pub async fn silent_trigger_states<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
     let mut tables = Vec::new();
     let mut names = Vec::new();
     let mut functions = Vec::new();
@@ -137,10 +149,15 @@ pub async fn silent_triggers<'e>(
         types.push(*tgtype);
         args.push(*arguments);
     }
-    sqlx::query_scalar(concat!(
-        "SELECT w.g OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) w.r \
+    sqlx::query_as(concat!(
+        "SELECT w.g OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) w.r, \
+                pg_catalog.concat(tc.oid, ':', (SELECT t.xmin FROM pg_catalog.pg_trigger t \
+                                                 WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
+                                                   AND t.tgname::text OPERATOR(pg_catalog.=) w.g)) \
            FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), \
                            pg_catalog.unnest($4::int2[]), pg_catalog.unnest($5::text[])) w(r, g, f, k, a) \
+           LEFT JOIN pg_catalog.pg_class tc ON tc.relname::text OPERATOR(pg_catalog.=) w.r \
+                AND tc.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($6))::oid \
           WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid \
                               JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid \
                              WHERE c.relname::text OPERATOR(pg_catalog.=) w.r AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
@@ -164,8 +181,10 @@ pub async fn silent_triggers<'e>(
 }
 
 /// The statements that make `trigger` (`name on table`, as [`silent_triggers`] names it) as
-/// `migrate` made it, run as the owner of its table: the trigger dropped where it is there
-/// (disabled, or not as made), then created as [`TRIGGERS`] has it. `check` gives them as the
+/// `migrate` made it, in one transaction (a write between them would go unrecorded): the
+/// trigger dropped where it is there (disabled, or not as made), then created as [`TRIGGERS`]
+/// has it. Run as the role that ran `migrate`: it owns the trigger's function (its table's
+/// owner alone may not execute it) and acts as the table's owner. `check` gives them as the
 /// fix; `tests/api/planted.rs` runs them for every trigger and holds [`silent_triggers`] empty.
 pub fn remake_trigger(trigger: &str) -> Option<String> {
     let (name, table) = trigger.split_once(" on ")?;
@@ -192,7 +211,7 @@ pub fn remake_trigger(trigger: &str) -> Option<String> {
         .collect();
     let schema = super::db::quoted_schema();
     Some(format!(
-        "DROP TRIGGER IF EXISTS {name} ON {schema}.{table}; CREATE TRIGGER {name} {when} {} ON {schema}.{table} FOR EACH {each} EXECUTE FUNCTION {schema}.{function}({})",
+        "BEGIN; DROP TRIGGER IF EXISTS {name} ON {schema}.{table}; CREATE TRIGGER {name} {when} {} ON {schema}.{table} FOR EACH {each} EXECUTE FUNCTION {schema}.{function}({}); COMMIT;",
         events.join(" OR "),
         arguments.join(", ")
     ))
@@ -680,7 +699,6 @@ pub const BUILTINS: &[&str] = &[
     "quote_ident",
     "set_config",
     "sha256",
-    "starts_with",
     "substr",
     "sum",
     "to_char",
@@ -739,11 +757,11 @@ mod tests {
         let schema = crate::stores::db::quoted_schema();
         assert_eq!(
             remake_trigger("rbac_gateway_change on admin_sessions").unwrap(),
-            format!("DROP TRIGGER IF EXISTS rbac_gateway_change ON {schema}.admin_sessions; CREATE TRIGGER rbac_gateway_change AFTER INSERT OR DELETE OR UPDATE ON {schema}.admin_sessions FOR EACH ROW EXECUTE FUNCTION {schema}.rbac_gateway_log_change('admin_id')")
+            format!("BEGIN; DROP TRIGGER IF EXISTS rbac_gateway_change ON {schema}.admin_sessions; CREATE TRIGGER rbac_gateway_change AFTER INSERT OR DELETE OR UPDATE ON {schema}.admin_sessions FOR EACH ROW EXECUTE FUNCTION {schema}.rbac_gateway_log_change('admin_id'); COMMIT;")
         );
         assert_eq!(
             remake_trigger("access_audit_events_no_truncate on access_audit_events").unwrap(),
-            format!("DROP TRIGGER IF EXISTS access_audit_events_no_truncate ON {schema}.access_audit_events; CREATE TRIGGER access_audit_events_no_truncate BEFORE TRUNCATE ON {schema}.access_audit_events FOR EACH STATEMENT EXECUTE FUNCTION {schema}.access_audit_events_append_only()")
+            format!("BEGIN; DROP TRIGGER IF EXISTS access_audit_events_no_truncate ON {schema}.access_audit_events; CREATE TRIGGER access_audit_events_no_truncate BEFORE TRUNCATE ON {schema}.access_audit_events FOR EACH STATEMENT EXECUTE FUNCTION {schema}.access_audit_events_append_only(); COMMIT;")
         );
         assert_eq!(remake_trigger("rbac_gateway_change on nothing"), None);
         // No trigger of the gateway's is INSTEAD OF (64), which the statements do not say.

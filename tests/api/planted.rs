@@ -32,6 +32,11 @@ async fn as_console(db: &TestDb) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
     conn
 }
 
+/// Runs `sql` on Console's session (`as_console`).
+async fn run(console: &mut sqlx::pool::PoolConnection<sqlx::Postgres>, sql: &str) {
+    sqlx::raw_sql(sql).execute(&mut **console).await.unwrap();
+}
+
 /// `check --routes routes.toml --database-url` on `db`: its exit code and output.
 pub(crate) fn check(db: &TestDb) -> (Option<i32>, String) {
     let out = crate::cli::bin()
@@ -838,104 +843,95 @@ async fn a_trigger_of_the_gateways_silenced_on_consoles_table_is_alerted() {
     let hook = Upstream::start().await;
     let login = crate::grants::serve_login(&db).await;
     let mut console = as_console(&db).await;
-    sqlx::raw_sql(
-        "RESET ROLE; ALTER TABLE admin_sessions OWNER TO console_app; SET ROLE console_app",
+    run(
+        &mut console,
+        "RESET ROLE; ALTER TABLE admin_sessions OWNER TO console_app; \
+         ALTER TABLE admins OWNER TO console_app; SET ROLE console_app",
     )
-    .execute(&mut *console)
-    .await
-    .unwrap();
+    .await;
     let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
         .arg("--alert-webhook-url")
         .arg(&format!("http://{}/hook", hook.addr));
     opts.database_url = login;
     let gw = Gateway::start(opts).await;
     let passes = || gw.metric("rbac_gateway_alert_passes_total{result=\"done\"}");
-    let alerted = || {
-        hook.requests()
-            .iter()
-            .filter(|r| {
-                String::from_utf8_lossy(&r.body).contains("rbac_gateway_change on admin_sessions")
-            })
-            .count()
+    // The alerts delivered that say `text`.
+    let delivered = |text: &str| {
+        let said = |r: &&Seen| String::from_utf8_lossy(&r.body).contains(text);
+        hook.requests().iter().filter(said).count()
     };
+    let silenced = "rbac_gateway_change on admin_sessions";
+    let within = std::time::Duration::from_secs(10);
     // Every trigger fires as migrate made it: a pass alerts nothing.
-    eventually(
-        std::time::Duration::from_secs(10),
-        "a first alert pass",
-        || async { passes().await >= 1.0 },
-    )
+    eventually(within, "a first alert pass", || async {
+        passes().await >= 1.0
+    })
     .await;
     assert!(hook.requests().is_empty(), "{:?}", hook.requests());
 
-    sqlx::raw_sql("ALTER TABLE admin_sessions DISABLE TRIGGER rbac_gateway_change")
-        .execute(&mut *console)
-        .await
-        .unwrap();
-    eventually(
-        std::time::Duration::from_secs(10),
-        "the silenced trigger's alert delivered",
-        || async { alerted() == 1 },
+    run(
+        &mut console,
+        "ALTER TABLE admin_sessions DISABLE TRIGGER rbac_gateway_change",
     )
+    .await;
+    eventually(within, "the silenced trigger's alert delivered", || async {
+        delivered(silenced) == 1
+    })
     .await;
     let from = passes().await;
-    eventually(
-        std::time::Duration::from_secs(10),
-        "three more alert passes",
-        || async { passes().await >= from + 3.0 },
-    )
+    eventually(within, "three more alert passes", || async {
+        passes().await >= from + 3.0
+    })
     .await;
-    assert_eq!(alerted(), 1, "{:?}", hook.requests());
+    assert_eq!(delivered(silenced), 1, "{:?}", hook.requests());
     let found = "alert pass: triggers of the gateway's do not fire as migrate made them";
     let log = gw.log();
     assert_eq!(log.matches(found).count(), 1, "{log}");
     assert!(
         log.lines()
-            .any(|l| l.contains(found) && l.contains("rbac_gateway_change on admin_sessions")),
+            .any(|l| l.contains(found) && l.contains(silenced)),
         "{log}"
     );
 
-    sqlx::raw_sql("ALTER TABLE admin_sessions ENABLE TRIGGER rbac_gateway_change")
-        .execute(&mut *console)
-        .await
-        .unwrap();
-    eventually(
-        std::time::Duration::from_secs(10),
-        "the alert pass says the triggers fire again",
-        || async {
-            gw.log()
-                .contains("alert pass: the gateway's triggers fire as migrate made them again")
-        },
+    run(
+        &mut console,
+        "ALTER TABLE admin_sessions ENABLE TRIGGER rbac_gateway_change",
     )
     .await;
-    let fire_again = || {
-        hook.requests()
-            .iter()
-            .filter(|r| {
-                String::from_utf8_lossy(&r.body)
-                    .contains("fire as `rbac-gateway migrate` made them again")
-            })
-            .count()
-    };
+    let again = "alert pass: the gateway's triggers fire as migrate made them again";
     eventually(
-        std::time::Duration::from_secs(10),
-        "the alert that they fire again delivered",
-        || async { fire_again() == 1 },
+        within,
+        "the alert pass says the triggers fire again",
+        || async { gw.log().contains(again) },
     )
     .await;
 
-    // Silenced again (Console's next release makes the table again): a new occurrence,
-    // alerted again.
-    sqlx::raw_sql("ALTER TABLE admin_sessions DISABLE TRIGGER rbac_gateway_change")
-        .execute(&mut *console)
-        .await
-        .unwrap();
-    eventually(
-        std::time::Duration::from_secs(10),
-        "the second silence's alert delivered",
-        || async { alerted() == 2 },
+    // Silenced again (Console's next release makes the table again): alerted again.
+    run(
+        &mut console,
+        "ALTER TABLE admin_sessions DISABLE TRIGGER rbac_gateway_change",
     )
     .await;
-    assert_eq!(fire_again(), 1, "{:?}", hook.requests());
+    eventually(within, "the second silence's alert delivered", || async {
+        delivered(silenced) == 2
+    })
+    .await;
+    // Another trigger silenced beside it, given back, and silenced again: alerted each time,
+    // though the first stays silent throughout.
+    let beside = "rbac_gateway_change on admins";
+    for (n, sql) in [
+        (1, "ALTER TABLE admins DISABLE TRIGGER rbac_gateway_change"),
+        (1, "ALTER TABLE admins ENABLE TRIGGER rbac_gateway_change"),
+        (2, "ALTER TABLE admins DISABLE TRIGGER rbac_gateway_change"),
+    ] {
+        run(&mut console, sql).await;
+        let from = passes().await;
+        eventually(within, "two more alert passes", || async {
+            passes().await >= from + 2.0
+        })
+        .await;
+        assert_eq!(delivered(beside), n, "{sql}: {:?}", hook.requests());
+    }
 }
 
 /// `check`'s fix for a silent trigger makes it as `migrate` made it (`migrate` does not: its
