@@ -45,10 +45,10 @@ pub struct Snapshot {
 /// ([`AlertPass::raise_silent_triggers`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// The alert that names it: its kind (`console_code`, `silent_triggers`) and a digest, of
-    /// the findings (Console's code), or of each silent trigger with its state (its table's
-    /// oid, its `pg_trigger` row's version): a trigger silenced again, or its table made again,
-    /// is a new alert.
+    /// The alert that names it: its kind (`console_code`, `silent_triggers`), a digest, of the
+    /// findings (Console's code), or of each silent trigger with its state (its table's oid,
+    /// its `pg_trigger` row's version: a trigger disabled again, or its table made again, is a
+    /// new alert), and the UTC day (`finding_key`).
     pub key: String,
     /// The findings, joined.
     pub found: String,
@@ -168,7 +168,7 @@ impl AlertPass {
         }
         let found = findings.join("; ");
         let text = format!(
-            "Console's tables carry code that would run as the gateway's roles where the gateway reads or writes them; the gateway's sweep and alert pass read none of them until it is gone, and its lookups may run it: {found}"
+            "Console's tables carry code that would run as the gateway's roles where the gateway reads or writes them; the gateway's sweep and alert pass read none of them until it is gone (alerted again each day while it stands), and its lookups may run it: {found}"
         );
         let key = finding_key("console_code", &found);
         self.raise_finding(key, found, &text).await
@@ -186,15 +186,18 @@ impl AlertPass {
         if silent.is_empty() {
             return Ok(Look::Nothing);
         }
-        let states: Vec<String> = silent
+        // Sorted here, by bytes: the server's order follows its collation, which an upgrade
+        // of the C library may change.
+        let mut states: Vec<String> = silent
             .iter()
             .map(|(t, state)| format!("{t} {state}"))
             .collect();
+        states.sort_unstable();
         let key = finding_key("silent_triggers", &states.join(", "));
         let found: Vec<String> = silent.into_iter().map(|(trigger, _)| trigger).collect();
         let found = found.join(", ");
         let text = format!(
-            "Triggers of the gateway's do not fire as `rbac-gateway migrate` made them: {found}. Until they do, what each records or refuses goes unrecorded or unrefused: without rbac_gateway_change, a change to a session, an admin, a ticket grant, a break-glass session, a group or a role reaches the gateway's caches only when its entry expires (--cache-ttl); without rbac_gateway_break_glass, a change to the break-glass group is alerted only by the daily comparison; without rbac_gateway_erase_admin, an admin's erasure leaves the gateway's rows; without an append-only guard, access_audit_events or the mapping store may be changed. `rbac-gateway check --database-url` gives each one's fix, to run as the role that ran `migrate`."
+            "Triggers of the gateway's do not fire as `rbac-gateway migrate` made them: {found}. Until they do, what each records or refuses goes unrecorded or unrefused: without rbac_gateway_change, a change to a session, an admin, a ticket grant, a break-glass session, a group or a role reaches the gateway's caches only when its entry expires (--cache-ttl); without rbac_gateway_break_glass, a change to the break-glass group is alerted only by the daily comparison; without rbac_gateway_erase_admin, an admin's erasure leaves the gateway's rows; without an append-only guard, access_audit_events or the mapping store may be changed. `rbac-gateway check --database-url` gives each one's fix, to run as the role that ran `migrate` (acting as the table's owner). Alerted again each day while it stands."
         );
         self.raise_finding(key, found, &text).await
     }
@@ -442,8 +445,37 @@ impl AlertPass {
     }
 }
 
-/// The key of a finding's alert: its kind and the first 16 hex digits of the SHA-256 of `of`.
+/// The key of a finding's alert: its kind, the first 16 hex digits of the SHA-256 of `of`, and
+/// the UTC day. A finding that stands is alerted again each day; one found again after it was
+/// gone, in the same state (a trigger dropped again: a missing row has no version; the same
+/// code planted again), is alerted by the next day at the latest, and logged at once (no state
+/// of its own is kept, and a count of the alerts of a kind would read the whole table).
 fn finding_key(kind: &str, of: &str) -> String {
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(of.as_bytes()));
-    format!("{kind}:{}", &digest[..16])
+    let day = chrono::Utc::now().format("%Y-%m-%d");
+    format!("{kind}:{}:{day}", &digest[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    /// A finding's key: its kind, the digest of what was found, and the UTC day, so one that
+    /// stands is alerted again each day.
+    #[test]
+    fn a_findings_key_is_its_kind_digest_and_day() {
+        let key = super::finding_key("silent_triggers", "rbac_gateway_change on admins 1:");
+        let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let parts: Vec<&str> = key.split(':').collect();
+        assert_eq!(parts.len(), 3, "{key}");
+        assert_eq!(parts[0], "silent_triggers");
+        assert_eq!(parts[1].len(), 16);
+        // Around midnight the day may have turned between the two reads.
+        assert!(
+            parts[2] == day || key.ends_with(&chrono::Utc::now().format("%Y-%m-%d").to_string()),
+            "{key}"
+        );
+        assert_ne!(
+            key,
+            super::finding_key("silent_triggers", "rbac_gateway_change on admins 2:")
+        );
+    }
 }
