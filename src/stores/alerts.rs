@@ -134,10 +134,10 @@ impl AlertPass {
 
     /// What of another role's would run as the gateway where it reads or writes Console's tables
     /// (`rbac_gateway_console_code`, migration 0034, over `schema::CONSOLE_TABLES`), with the
-    /// alert that names it, recorded now or before ([`Finding`]). None when there is none,
-    /// or the function is missing (a database `migrate` has not brought to 0034) or not this
-    /// role's to run. Read before anything of Console's, in the pass's transaction; where
-    /// nothing is found, Console's tables stay locked (ACCESS SHARE) until the pass ends.
+    /// alert that names it, recorded now or before ([`Finding`]). [`Look::NotLooked`] where the
+    /// function is missing (a database `migrate` has not brought to 0034) or not this role's
+    /// to run. Read before anything of Console's, in the pass's transaction; where nothing is
+    /// found, Console's tables stay locked (ACCESS SHARE) until the pass ends.
     pub async fn raise_console_code(&mut self) -> Result<Look, sqlx::Error> {
         use crate::stores::schema::{
             console_columns, CONSOLE_CODE, CONSOLE_CODE_RUNNABLE, CONSOLE_TABLES, CONSOLE_WRITTEN,
@@ -462,17 +462,18 @@ mod tests {
     /// stands is alerted again each day.
     #[test]
     fn a_findings_key_is_its_kind_digest_and_day() {
-        let key = super::finding_key("silent_triggers", "rbac_gateway_change on admins 1:");
-        let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let today = || chrono::Utc::now().format("%Y-%m-%d").to_string();
+        // Read before and after: around midnight the day may turn between them.
+        let (before, key, after) = (
+            today(),
+            super::finding_key("silent_triggers", "rbac_gateway_change on admins 1:"),
+            today(),
+        );
         let parts: Vec<&str> = key.split(':').collect();
         assert_eq!(parts.len(), 3, "{key}");
         assert_eq!(parts[0], "silent_triggers");
         assert_eq!(parts[1].len(), 16);
-        // Around midnight the day may have turned between the two reads.
-        assert!(
-            parts[2] == day || key.ends_with(&chrono::Utc::now().format("%Y-%m-%d").to_string()),
-            "{key}"
-        );
+        assert!(parts[2] == before || parts[2] == after, "{key}");
         assert_ne!(
             key,
             super::finding_key("silent_triggers", "rbac_gateway_change on admins 2:")
