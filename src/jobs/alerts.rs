@@ -320,7 +320,7 @@ pub async fn alerts_forever(
     }
 }
 
-/// What the log says of a kind of [`Finding`] when found, and when gone.
+/// What the log says of a kind of finding (`stores::alerts::Finding`) when found, and when gone.
 struct Saying {
     found: &'static str,
     gone: &'static str,

@@ -590,22 +590,20 @@ fn settings(before: &str, set: &str, limit: Duration, after: usize) -> String {
     let mut text =
         String::with_capacity(before.len() + SETTINGS_ROOM + 4 * set.len() + schema.len() + after);
     text.push_str(before);
-    // Writing to a `String` cannot fail: its `fmt::Result` is always `Ok`.
+    // Ignored: writing to a `String` cannot fail (its `fmt::Write` always returns `Ok`).
     let _ = write!(
         text,
         "{set} statement_timeout = {}; {set} search_path = pg_catalog, {schema}; {set} row_security = off",
         limit.as_millis().max(1),
     );
     if super::pool::refuses_views() {
-        let _ = write!(
-            text,
-            concat!(
-                "; {} restrict_nonsystem_relation_kind = '",
-                super::pool::restricted_kinds!(),
-                "'"
-            ),
-            set
-        );
+        text.push_str("; ");
+        text.push_str(set);
+        text.push_str(concat!(
+            " restrict_nonsystem_relation_kind = '",
+            super::pool::restricted_kinds!(),
+            "'"
+        ));
     }
     text
 }
