@@ -19,8 +19,10 @@ const NAMED: &str = "lookups run as named statements";
 /// What the named statement of a cold lookup says (the text of its Parse).
 const PREPARED_LOOKUP: &str = "rbac_gateway_session_principals($1";
 
-/// What the named INSERT of a batch of audit rows says (the text of its Parse).
-const PREPARED_INSERT: &str = "pg_catalog.unnest($1::text[])";
+/// What the named INSERT of a batch of audit rows says (the text of its Parse): its last column
+/// and its first array, which no other statement of the gateway's says (the alert pass's look
+/// at the gateway's triggers unnests text arrays too).
+const PREPARED_INSERT: &str = "occurrences) SELECT pg_catalog.unnest($1::text[])";
 
 /// What the join inside `rbac_gateway_session_principals` says (as pg_stat_statements keeps it).
 const LOOKUP_JOIN: &str = "JOIN public.admin_sessions s ON s.token_sha256 = h";
