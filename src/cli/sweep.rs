@@ -43,6 +43,13 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
             code.found
         );
     }
+    if let crate::stores::alerts::Look::Found(unread) = &alerts.consoles_tables {
+        say!(
+            "the database refused the alert pass's read of Console's tables: new break-glass sessions, group changes and deploy windows go unalerted until it answers (alert {}): {}",
+            unread.key,
+            unread.found
+        );
+    }
     for k in &alerts.raised {
         say!("alert raised: {k}");
     }

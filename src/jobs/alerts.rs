@@ -36,6 +36,11 @@ pub struct AlertReport {
     /// `raised` only in the pass that recorded it (not looked at on a schema of another
     /// release's: `this_binarys_schema`).
     pub silent_triggers: Look,
+    /// Whether the pass could read Console's tables: `Found` where the database refused a read
+    /// (a table dropped or renamed; the reads were undone and the refusal alerted), `NotLooked`
+    /// where Console's code kept the pass from reading them. Its alert is in `raised` only in
+    /// the pass that recorded it.
+    pub consoles_tables: Look,
 }
 
 /// How long the webhook may take to answer (its status line and headers).
@@ -86,25 +91,34 @@ pub async fn alerts_once(
     }
     // Nothing of Console's is read where its role's code would run as the gateway (migration
     // 0034): the finding is alerted, and the rest of the pass (which reads Console's tables)
-    // waits until it is gone; alerts already due are still delivered.
-    report.console_code = pass.raise_console_code().await?;
-    for look in [&report.silent_triggers, &report.console_code] {
+    // waits until it is gone. Where the database refuses a read of them (a table dropped or
+    // renamed), the reads are undone and that is alerted. Either way, what the pass recorded
+    // before and alerts already due are still delivered.
+    pass.before_consoles_tables().await?;
+    match consoles_tables(&mut pass).await {
+        Ok((code, found)) => {
+            report.consoles_tables = match &code {
+                Look::Found(_) => Look::NotLooked,
+                _ => Look::Nothing,
+            };
+            report.console_code = code;
+            raised.extend(found);
+        }
+        Err(e) if AlertPass::unread_stands(&e) => {
+            report.consoles_tables = pass.raise_unread(&e).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    for look in [
+        &report.silent_triggers,
+        &report.console_code,
+        &report.consoles_tables,
+    ] {
         if let Look::Found(found) = look {
             if found.recorded {
                 raised.push(found.key.clone());
             }
         }
-    }
-    if !matches!(report.console_code, Look::Found(_)) {
-        raised.extend(pass.raise_break_glass_sessions().await?);
-        // Changes to the break-glass group, as the triggers recorded them with the change
-        // itself (migration 0007): one alert per committed transaction, keyed by its id.
-        raised.extend(group_change_alerts(&mut pass).await?);
-        // The daily snapshot: the second net, for changes the triggers could not see.
-        raised.extend(daily_snapshot(&mut pass).await?);
-        // A declared deploy window is said when it is declared: changes in it are alerted
-        // "during deploy", and whoever reads them should know who opened it.
-        raised.extend(pass.raise_deploy_windows().await?);
     }
     report.raised = raised;
     if let Some(url) = webhook {
@@ -125,6 +139,26 @@ pub async fn alerts_once(
     }
     pass.commit().await?;
     Ok(report)
+}
+
+/// The pass's look at Console's tables: code of another role's on them, and, where there is
+/// none, what they say (break-glass sessions, changes to the break-glass group, the daily
+/// snapshot, deploy windows) as the keys of the alerts recorded now.
+async fn consoles_tables(pass: &mut AlertPass) -> Result<(Look, Vec<String>), sqlx::Error> {
+    let code = pass.raise_console_code().await?;
+    let mut raised = Vec::new();
+    if !matches!(code, Look::Found(_)) {
+        raised.extend(pass.raise_break_glass_sessions().await?);
+        // Changes to the break-glass group, as the triggers recorded them with the change
+        // itself (migration 0007): one alert per committed transaction, keyed by its id.
+        raised.extend(group_change_alerts(pass).await?);
+        // The daily snapshot: the second net, for changes the triggers could not see.
+        raised.extend(daily_snapshot(pass).await?);
+        // A declared deploy window is said when it is declared: changes in it are alerted
+        // "during deploy", and whoever reads them should know who opened it.
+        raised.extend(pass.raise_deploy_windows().await?);
+    }
+    Ok((code, raised))
 }
 
 /// Whether the schema's migrations are exactly this binary's (none missing, failed, of another
@@ -289,7 +323,7 @@ pub async fn alerts_forever(
     }
     // The key of each finding last logged: said once when found (or found otherwise) and once
     // when gone, not at every pass while it stands.
-    let (mut said_code, mut said_triggers) = (None, None);
+    let (mut said_code, mut said_triggers, mut said_unread) = (None, None, None);
     loop {
         tokio::time::sleep(interval).await;
         match alerts_once(&pool, webhook.as_deref(), limit).await {
@@ -299,6 +333,7 @@ pub async fn alerts_forever(
                 if !r.skipped {
                     say(&CONSOLE_CODE, &r.console_code, &mut said_code);
                     say(&SILENT_TRIGGERS, &r.silent_triggers, &mut said_triggers);
+                    say(&CONSOLE_UNREAD, &r.consoles_tables, &mut said_unread);
                 }
                 for k in &r.raised {
                     tracing::warn!(alert = %k, "alert raised");
@@ -334,6 +369,11 @@ const CONSOLE_CODE: Saying = Saying {
 const SILENT_TRIGGERS: Saying = Saying {
     found: "alert pass: triggers of the gateway's do not fire as migrate made them; what they record goes unrecorded until they do (said once; the alert names them)",
     gone: "alert pass: the gateway's triggers fire as migrate made them again",
+};
+
+const CONSOLE_UNREAD: Saying = Saying {
+    found: "alert pass: the database refused a read of Console's tables; new break-glass sessions, group changes and deploy windows go unalerted until it answers, and alerts already recorded are still delivered (said once; the alert names the error)",
+    gone: "alert pass: Console's tables are read again",
 };
 
 /// Logs what a pass saw where it differs from what was `said` last: an error when found (each

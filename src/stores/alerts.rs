@@ -41,14 +41,16 @@ pub struct Snapshot {
 
 /// What an alert pass found wrong with the schema, and the alert that names it: code of another
 /// role's that would run as the gateway on Console's tables
-/// ([`AlertPass::raise_console_code`]), or triggers of the gateway's that do not fire
-/// ([`AlertPass::raise_silent_triggers`]).
+/// ([`AlertPass::raise_console_code`]), triggers of the gateway's that do not fire
+/// ([`AlertPass::raise_silent_triggers`]), or Console's tables not readable
+/// ([`AlertPass::raise_unread`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// The alert that names it: its kind (`console_code`, `silent_triggers`), a digest, of the
-    /// findings (Console's code), or of each silent trigger with its state (its table's oid,
-    /// its `pg_trigger` row's version: a trigger disabled again, or its table made again, is a
-    /// new alert), and the UTC day (`finding_key`).
+    /// The alert that names it: its kind (`console_code`, `silent_triggers`,
+    /// `console_unread`), a digest, of the findings (Console's code, the database's error), or
+    /// of each silent trigger with its state (its table's oid, its `pg_trigger` row's version:
+    /// a trigger disabled again, or its table made again, is a new alert), and the UTC day
+    /// (`finding_key`).
     pub key: String,
     /// The findings, joined.
     pub found: String,
@@ -199,6 +201,55 @@ impl AlertPass {
         let text = format!(
             "Triggers of the gateway's do not fire as `rbac-gateway migrate` made them: {found}. Until they do, what each records or refuses goes unrecorded or unrefused: without rbac_gateway_change, a change to a session, an admin, a ticket grant, a break-glass session, a group or a role reaches the gateway's caches only when its entry expires (--cache-ttl); without rbac_gateway_break_glass, a change to the break-glass group is alerted only by the daily comparison; without rbac_gateway_erase_admin, an admin's erasure leaves the gateway's rows; without an append-only guard, access_audit_events or the mapping store may be changed. `rbac-gateway check --database-url` gives each one's fix, to run as the role that ran `migrate` (acting as the table's owner). Alerted again each day while it stands."
         );
+        self.raise_finding(key, found, &text).await
+    }
+
+    /// Marks where the pass's reads of Console's tables begin (a savepoint): an error the
+    /// database answers in them is undone to here by [`AlertPass::raise_unread`], and what the
+    /// pass recorded before (a silent trigger's alert) and the deliveries after stay.
+    pub async fn before_consoles_tables(&mut self) -> Result<(), sqlx::Error> {
+        sqlx::query("SAVEPOINT consoles_tables")
+            .persistent(false)
+            .execute(&mut *self.tx)
+            .bounded(self.limit)
+            .await
+            .map(drop)
+    }
+
+    /// Whether `e`, met reading Console's tables, is one [`AlertPass::raise_unread`] answers:
+    /// the database's refusal of a statement, which stands until someone acts (a table dropped
+    /// or renamed, 42P01; a privilege taken, 42501; Console's code found under the lock). Not a
+    /// broken connection, nor a statement that waited too long on a lock or was cancelled
+    /// (57014, 55P03) or lost a conflict (class 40): the pass fails as before and the next one
+    /// tries again.
+    pub fn unread_stands(e: &sqlx::Error) -> bool {
+        match e {
+            sqlx::Error::Database(d) if !crate::stores::db::is_connection_error(e) => !d
+                .code()
+                .is_some_and(|c| c == "57014" || c == "55P03" || c.starts_with("40")),
+            _ => false,
+        }
+    }
+
+    /// Undoes the pass's reads of Console's tables to [`AlertPass::before_consoles_tables`]
+    /// after `e` ([`AlertPass::unread_stands`]), and records the alert that names it (kind
+    /// `console_unread`, a digest of the error, the UTC day): until the tables can be read, a
+    /// new break-glass session, a change to the break-glass group and a deploy window go
+    /// unalerted, while alerts already recorded are still delivered.
+    pub async fn raise_unread(&mut self, e: &sqlx::Error) -> Result<Look, sqlx::Error> {
+        sqlx::query("ROLLBACK TO SAVEPOINT consoles_tables")
+            .persistent(false)
+            .execute(&mut *self.tx)
+            .bounded(self.limit)
+            .await?;
+        let found = match e {
+            sqlx::Error::Database(d) => d.message().to_string(),
+            other => other.to_string(),
+        };
+        let text = format!(
+            "The alert pass cannot read Console's tables: {found}. Until it can, a new break-glass session, a change to the break-glass group and a deploy window go unalerted (and where --break-glass-requires-alert is on, a new break-glass session's roles do not count); alerts already recorded are still delivered. `rbac-gateway check --database-url` names what the gateway needs of Console's tables. Alerted again each day while it stands."
+        );
+        let key = finding_key("console_unread", &found);
         self.raise_finding(key, found, &text).await
     }
 

@@ -934,6 +934,80 @@ async fn a_trigger_of_the_gateways_silenced_on_consoles_table_is_alerted() {
     }
 }
 
+/// Console's role renames a table of its own the alert pass reads (as a migration that makes a
+/// table again does, for a moment or for good): the database refuses the pass's read of it.
+/// What the pass recorded before (its triggers, gone with the name, are alerted) and alerts
+/// already due are still delivered, with an alert that names the refusal, said once in the log;
+/// with the name given back, the log says the tables are read again.
+#[tokio::test]
+async fn a_table_of_consoles_renamed_away_holds_back_no_alert() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    let login = crate::grants::serve_login(&db).await;
+    let mut console = as_console(&db).await;
+    run(
+        &mut console,
+        "RESET ROLE; ALTER TABLE rbac_break_glass_sessions OWNER TO console_app; SET ROLE console_app",
+    )
+    .await;
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--alert-webhook-url")
+        .arg(&format!("http://{}/hook", hook.addr));
+    opts.database_url = login;
+    let gw = Gateway::start(opts).await;
+    let passes = || gw.metric("rbac_gateway_alert_passes_total{result=\"done\"}");
+    let delivered = |text: &str| {
+        let said = |r: &&Seen| String::from_utf8_lossy(&r.body).contains(text);
+        hook.requests().iter().filter(said).count()
+    };
+    let within = std::time::Duration::from_secs(10);
+    eventually(within, "a first alert pass", || async {
+        passes().await >= 1.0
+    })
+    .await;
+    assert!(hook.requests().is_empty(), "{:?}", hook.requests());
+
+    run(
+        &mut console,
+        "ALTER TABLE rbac_break_glass_sessions RENAME TO rbac_break_glass_sessions_old",
+    )
+    .await;
+    let unread = "The alert pass cannot read Console's tables: relation \\\"public.rbac_break_glass_sessions\\\" does not exist";
+    eventually(within, "the refusal's alert delivered", || async {
+        delivered(unread) == 1
+    })
+    .await;
+    assert_eq!(
+        delivered("rbac_gateway_change on rbac_break_glass_sessions"),
+        1,
+        "the pass's earlier finding is delivered with it: {:?}",
+        hook.requests()
+    );
+    let from = passes().await;
+    eventually(within, "three more alert passes", || async {
+        passes().await >= from + 3.0
+    })
+    .await;
+    assert_eq!(delivered(unread), 1, "{:?}", hook.requests());
+    let refused = "alert pass: the database refused a read of Console's tables";
+    let log = gw.log();
+    assert_eq!(log.matches(refused).count(), 1, "{log}");
+    assert!(!log.contains("alert pass failed"), "{log}");
+
+    run(
+        &mut console,
+        "ALTER TABLE rbac_break_glass_sessions_old RENAME TO rbac_break_glass_sessions",
+    )
+    .await;
+    eventually(within, "the log says the tables are read again", || async {
+        gw.log()
+            .contains("alert pass: Console's tables are read again")
+    })
+    .await;
+    assert_eq!(gw.log().matches(refused).count(), 1, "{}", gw.log());
+}
+
 /// `check`'s fix for a silent trigger makes it as `migrate` made it (`migrate` does not: its
 /// migrations ran): every trigger of the gateway's disabled, two of them dropped, and each made
 /// again from the statements `check` gives, after which `check` names none.
