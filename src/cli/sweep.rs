@@ -10,7 +10,7 @@ use crate::cli::{args::SweepArgs, EXIT_PROBLEMS};
 use crate::jobs::{alerts, sweep};
 
 pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
-    let (report, alerts) = runtime()?.block_on(async {
+    let (swept, alerts) = runtime()?.block_on(async {
         let limit = Duration::from_secs(10);
         let pool = command_pool(&args.database_url, 2, limit).await?;
         let settings = sweep::SweepSettings {
@@ -19,46 +19,32 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
             concurrency: args.freescout_concurrency.max(1),
             limit,
         };
-        let report = sweep::sweep_once(&pool, settings).await.map_err(|e| {
-            failure(anyhow!(
-                "sweep failed (grants it handled stay handled; the rest is retried): {e}"
-            ))
-        })?;
-        let alerts = alerts::alerts_once(&pool, args.alert_webhook_url.as_deref(), limit)
-            .await
-            .map_err(|e| failure(anyhow!("alert pass failed: {e}")))?;
-        Ok::<_, Exit>((report, alerts))
+        let swept = sweep::sweep_once(&pool, settings).await;
+        // Run whatever the sweep met: the alerts it records and delivers (break-glass ones
+        // among them) do not wait for the sweep (a table of Console's it could not read).
+        let alerts = alerts::alerts_once(&pool, args.alert_webhook_url.as_deref(), limit).await;
+        Ok::<_, Exit>((swept, alerts))
     })?;
-    if let crate::stores::alerts::Look::Found(silent) = &alerts.silent_triggers {
-        say!(
-            "triggers of the gateway's do not fire as migrate made them: what they record goes unrecorded until they do (alert {}): {}",
-            silent.key,
-            silent.found
-        );
+    if let Ok(alerts) = &alerts {
+        say_alerts(alerts);
     }
-    if let crate::stores::alerts::Look::Found(code) = &alerts.console_code {
-        say!(
-            "Console's tables carry code that would run as the gateway: the alert pass read none of them (alert {}): {}",
-            code.key,
-            code.found
-        );
-    }
-    if let crate::stores::alerts::Look::Found(unread) = &alerts.consoles_tables {
-        say!(
-            "the database refused the alert pass's read of Console's tables: new break-glass sessions, group changes and deploy windows go unalerted until it answers (alert {}): {}",
-            unread.key,
-            unread.found
-        );
-    }
-    for k in &alerts.raised {
-        say!("alert raised: {k}");
-    }
-    for k in &alerts.delivered {
-        say!("alert delivered: {k}");
-    }
-    for (k, e) in &alerts.failed {
-        say!("alert delivery failed: {k} ({e}); retried later");
-    }
+    let (report, alerts) = match (swept, alerts) {
+        (Ok(report), Ok(alerts)) => (report, alerts),
+        (swept, alerts) => {
+            let failed: Vec<String> = [
+                swept.err().map(|e| {
+                    format!(
+                        "sweep failed (grants it handled stay handled; the rest is retried): {e}"
+                    )
+                }),
+                alerts.err().map(|e| format!("alert pass failed: {e}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            return Err(failure(anyhow!("{}", failed.join("; "))));
+        }
+    };
     if report.skipped {
         // The alert pass above ran all the same: its failures still make the exit code.
         say!("another replica is sweeping right now: nothing done");
@@ -111,4 +97,39 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
         });
     }
     Ok(())
+}
+
+/// What the alert pass found, raised and delivered, one line each.
+fn say_alerts(alerts: &alerts::AlertReport) {
+    use crate::stores::alerts::Look;
+    if let Look::Found(silent) = &alerts.silent_triggers {
+        say!(
+            "triggers of the gateway's do not fire as migrate made them: what they record goes unrecorded until they do (alert {}): {}",
+            silent.key,
+            silent.found
+        );
+    }
+    if let Look::Found(code) = &alerts.console_code {
+        say!(
+            "Console's tables carry code that would run as the gateway: the alert pass read none of them (alert {}): {}",
+            code.key,
+            code.found
+        );
+    }
+    if let Look::Found(unread) = &alerts.consoles_tables {
+        say!(
+            "the database refused the alert pass's read of Console's tables: new break-glass sessions, group changes and deploy windows go unalerted until it answers (alert {}): {}",
+            unread.key,
+            unread.found
+        );
+    }
+    for k in &alerts.raised {
+        say!("alert raised: {k}");
+    }
+    for k in &alerts.delivered {
+        say!("alert delivered: {k}");
+    }
+    for (k, e) in &alerts.failed {
+        say!("alert delivery failed: {k} ({e}); retried later");
+    }
 }

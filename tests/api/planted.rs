@@ -994,6 +994,25 @@ async fn a_table_of_consoles_renamed_away_holds_back_no_alert() {
     let log = gw.log();
     assert_eq!(log.matches(refused).count(), 1, "{log}");
     assert!(!log.contains("alert pass failed"), "{log}");
+    // `sweep` fails on the table (it reads it), and runs the alert pass all the same.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .args(["sweep", "--once", "--database-url", &db.url])
+        .env_remove("GATEWAY_TICKET_VALIDATION_URL")
+        .env_remove("GATEWAY_ALERT_WEBHOOK_URL")
+        .output()
+        .await
+        .unwrap();
+    let (code, said) = code_and_output(&out);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("sweep failed") && !said.contains("alert pass failed"),
+        "{said}"
+    );
+    assert!(
+        said.contains("the database refused the alert pass's read of Console's tables")
+            && said.contains("rbac_break_glass_sessions"),
+        "{said}"
+    );
 
     run(
         &mut console,
