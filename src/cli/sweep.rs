@@ -22,7 +22,13 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
         let swept = sweep::sweep_once(&pool, settings).await;
         // Run whatever the sweep met: the alerts it records and delivers (break-glass ones
         // among them) do not wait for the sweep (a table of Console's it could not read).
-        let alerts = alerts::alerts_once(&pool, args.alert_webhook_url.as_deref(), limit).await;
+        let alerts = alerts::alerts_once(
+            &pool,
+            args.alert_webhook_url.as_deref(),
+            limit,
+            &alerts::Gone::default(),
+        )
+        .await;
         Ok::<_, Exit>((swept, alerts))
     })?;
     if let Ok(alerts) = &alerts {
@@ -75,6 +81,15 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
             error: anyhow!(
                 "the alert webhook failed for {} alert(s)",
                 alerts.failed.len()
+            ),
+        });
+    }
+    if let crate::stores::alerts::Look::Found(unread) = &alerts.consoles_tables {
+        return Err(Exit {
+            code: EXIT_PROBLEMS,
+            error: anyhow!(
+                "the database refused the alert pass's read of Console's tables: {}",
+                unread.found
             ),
         });
     }

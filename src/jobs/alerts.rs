@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::runtime::https_client::{self, Unanswered};
 use crate::runtime::metrics::Metrics;
-use crate::stores::alerts::{AlertPass, Grants, Look, Snapshot};
+use crate::stores::alerts::{AlertPass, Grants, Look, Met, Snapshot};
 use crate::stores::db::Db;
 
 use crate::stores::alerts::Change;
@@ -68,12 +68,23 @@ async fn deliver(url: &str, text: &str) -> Result<(), String> {
     https_client::accepted(resp).await
 }
 
+/// The keys of findings a process saw, then saw gone (`say`), by kind: found again, each is
+/// raised again at once, undelivered, though its key (the same state, the same UTC day) exists.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Gone {
+    pub console_code: Option<String>,
+    pub silent_triggers: Option<String>,
+    pub consoles_tables: Option<String>,
+}
+
 /// One alert pass: record new alerts, then deliver what is due, in one transaction
-/// ([`AlertPass`]) that commits when the pass ends.
+/// ([`AlertPass`]) that commits when the pass ends. `gone`: [`Gone`] (the sweep's one pass
+/// knows none).
 pub async fn alerts_once(
     pool: &Db,
     webhook: Option<&str>,
     limit: Duration,
+    gone: &Gone,
 ) -> Result<AlertReport, sqlx::Error> {
     let mut report = AlertReport::default();
     // The gateway's own triggers are looked at on a schema whose migrations are exactly this
@@ -84,31 +95,13 @@ pub async fn alerts_once(
         report.skipped = true;
         return Ok(report);
     };
-    let mut raised = Vec::new();
     // Read from the catalogue: nothing of Console's runs.
     if this_binarys {
-        report.silent_triggers = pass.raise_silent_triggers().await?;
+        report.silent_triggers = pass
+            .raise_silent_triggers(gone.silent_triggers.as_deref())
+            .await?;
     }
-    // Nothing of Console's is read where its role's code would run as the gateway (migration
-    // 0034): the finding is alerted, and the rest of the pass (which reads Console's tables)
-    // waits until it is gone. Where the database refuses a read of them (a table dropped or
-    // renamed), the reads are undone and that is alerted. Either way, what the pass recorded
-    // before and alerts already due are still delivered.
-    pass.before_consoles_tables().await?;
-    match consoles_tables(&mut pass).await {
-        Ok((code, found)) => {
-            report.consoles_tables = match &code {
-                Look::Found(_) => Look::NotLooked,
-                _ => Look::Nothing,
-            };
-            report.console_code = code;
-            raised.extend(found);
-        }
-        Err(e) if AlertPass::unread_stands(&e) => {
-            report.consoles_tables = pass.raise_unread(&e).await?;
-        }
-        Err(e) => return Err(e),
-    }
+    let mut raised = consoles_tables(&mut pass, &mut report, gone).await?;
     for look in [
         &report.silent_triggers,
         &report.console_code,
@@ -141,24 +134,87 @@ pub async fn alerts_once(
     Ok(report)
 }
 
-/// The pass's look at Console's tables: code of another role's on them, and, where there is
-/// none, what they say (break-glass sessions, changes to the break-glass group, the daily
-/// snapshot, deploy windows) as the keys of the alerts recorded now.
-async fn consoles_tables(pass: &mut AlertPass) -> Result<(Look, Vec<String>), sqlx::Error> {
-    let code = pass.raise_console_code().await?;
-    let mut raised = Vec::new();
-    if !matches!(code, Look::Found(_)) {
-        raised.extend(pass.raise_break_glass_sessions().await?);
-        // Changes to the break-glass group, as the triggers recorded them with the change
-        // itself (migration 0007): one alert per committed transaction, keyed by its id.
-        raised.extend(group_change_alerts(pass).await?);
-        // The daily snapshot: the second net, for changes the triggers could not see.
-        raised.extend(daily_snapshot(pass).await?);
-        // A declared deploy window is said when it is declared: changes in it are alerted
-        // "during deploy", and whoever reads them should know who opened it.
-        raised.extend(pass.raise_deploy_windows().await?);
+/// The pass's reads of Console's tables, each step undone on its own where it meets an error
+/// that leaves the connection answering ([`Met`]), so that what the pass recorded before and
+/// the deliveries after stay: first, code of another role's on them (Console's code found, the
+/// finding is alerted and nothing of Console's is read until it is gone: migration 0034); then
+/// break-glass sessions, changes to the break-glass group, the daily snapshot and deploy
+/// windows. The refusals that stand are alerted together (`report.consoles_tables`); the keys
+/// of the other alerts recorded now are returned.
+async fn consoles_tables(
+    pass: &mut AlertPass,
+    report: &mut AlertReport,
+    gone: &Gone,
+) -> Result<Vec<String>, sqlx::Error> {
+    let (mut raised, mut refused, mut passed) = (Vec::new(), Vec::new(), false);
+    pass.step().await?;
+    match pass.raise_console_code(gone.console_code.as_deref()).await {
+        Ok(code) => report.console_code = code,
+        Err(e) => met(pass, e, &mut refused, &mut passed).await?,
     }
-    Ok((code, raised))
+    if !refused.is_empty() || passed || matches!(report.console_code, Look::Found(_)) {
+        // Console's tables were not looked at: nothing of them is read.
+    } else {
+        for step in [Step::Sessions, Step::Changes, Step::Snapshot, Step::Windows] {
+            pass.step().await?;
+            let keys = match step {
+                Step::Sessions => pass.raise_break_glass_sessions().await,
+                // Changes to the break-glass group, as the triggers recorded them with the
+                // change itself (migration 0007): one alert per committed transaction.
+                Step::Changes => group_change_alerts(pass).await,
+                // The daily snapshot: the second net, for changes the triggers could not see.
+                Step::Snapshot => daily_snapshot(pass).await,
+                // A declared deploy window is said when it is declared: changes in it are
+                // alerted "during deploy", and whoever reads them should know who opened it.
+                Step::Windows => pass.raise_deploy_windows().await,
+            };
+            match keys {
+                Ok(keys) => raised.extend(keys),
+                Err(e) => met(pass, e, &mut refused, &mut passed).await?,
+            }
+        }
+    }
+    report.consoles_tables = if !refused.is_empty() {
+        pass.raise_unread(&refused, gone.consoles_tables.as_deref())
+            .await?
+    } else if passed || matches!(report.console_code, Look::Found(_)) {
+        Look::NotLooked
+    } else {
+        Look::Nothing
+    };
+    Ok(raised)
+}
+
+/// The steps of the pass's reads of Console's tables after the look for Console's code.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Sessions,
+    Changes,
+    Snapshot,
+    Windows,
+}
+
+/// Answers `e`, met in a step of the pass's reads of Console's tables ([`Met`]): undone, and
+/// the database's refusal kept for the alert that names it (`refused`) or a passing failure
+/// said in the log (`passed`); or the pass fails.
+async fn met(
+    pass: &mut AlertPass,
+    e: sqlx::Error,
+    refused: &mut Vec<String>,
+    passed: &mut bool,
+) -> Result<(), sqlx::Error> {
+    match Met::of(&e) {
+        Met::Fails => return Err(e),
+        Met::Stands => refused.push(match &e {
+            sqlx::Error::Database(d) => d.message().to_string(),
+            other => other.to_string(),
+        }),
+        Met::Passes => {
+            tracing::warn!(error = %e, "alert pass: a read of Console's tables waited past the timeout or was cancelled; undone, and tried again by the next pass (alerts already due are still delivered)");
+            *passed = true;
+        }
+    }
+    pass.undo_step().await
 }
 
 /// Whether the schema's migrations are exactly this binary's (none missing, failed, of another
@@ -322,18 +378,35 @@ pub async fn alerts_forever(
         tracing::warn!("no --alert-webhook-url: break-glass alerts are recorded in rbac_gateway_alerts but not delivered");
     }
     // The key of each finding last logged: said once when found (or found otherwise) and once
-    // when gone, not at every pass while it stands.
+    // when gone, not at every pass while it stands; and the key of each seen gone, raised
+    // again if it comes back.
     let (mut said_code, mut said_triggers, mut said_unread) = (None, None, None);
+    let mut gone = Gone::default();
     loop {
         tokio::time::sleep(interval).await;
-        match alerts_once(&pool, webhook.as_deref(), limit).await {
+        match alerts_once(&pool, webhook.as_deref(), limit, &gone).await {
             Ok(r) => {
                 let pass = if r.skipped { "skipped" } else { "done" };
                 metrics.alert_passes.with_label_values(&[pass]).inc();
                 if !r.skipped {
-                    say(&CONSOLE_CODE, &r.console_code, &mut said_code);
-                    say(&SILENT_TRIGGERS, &r.silent_triggers, &mut said_triggers);
-                    say(&CONSOLE_UNREAD, &r.consoles_tables, &mut said_unread);
+                    say(
+                        &CONSOLE_CODE,
+                        &r.console_code,
+                        &mut said_code,
+                        &mut gone.console_code,
+                    );
+                    say(
+                        &SILENT_TRIGGERS,
+                        &r.silent_triggers,
+                        &mut said_triggers,
+                        &mut gone.silent_triggers,
+                    );
+                    say(
+                        &CONSOLE_UNREAD,
+                        &r.consoles_tables,
+                        &mut said_unread,
+                        &mut gone.consoles_tables,
+                    );
                 }
                 for k in &r.raised {
                     tracing::warn!(alert = %k, "alert raised");
@@ -377,16 +450,20 @@ const CONSOLE_UNREAD: Saying = Saying {
 };
 
 /// Logs what a pass saw where it differs from what was `said` last: an error when found (each
-/// new alert), and once when it is gone; nothing where the pass did not look.
-fn say(saying: &Saying, look: &Look, said: &mut Option<String>) {
+/// new alert), and once when it is gone; nothing where the pass did not look. The key said
+/// last is `gone` once the finding is, until it is found again (and raised again: [`Gone`]).
+fn say(saying: &Saying, look: &Look, said: &mut Option<String>, gone: &mut Option<String>) {
     match (look, said.as_deref()) {
         (Look::Found(f), last) if last != Some(f.key.as_str()) => {
             tracing::error!(alert = %f.key, findings = %f.found, "{}", saying.found);
             *said = Some(f.key.clone());
+            if gone.as_deref() == Some(f.key.as_str()) {
+                *gone = None;
+            }
         }
         (Look::Nothing, Some(last)) => {
             tracing::info!(alert = %last, "{}", saying.gone);
-            *said = None;
+            *gone = said.take();
         }
         _ => {}
     }

@@ -72,6 +72,48 @@ pub enum Look {
     Found(Finding),
 }
 
+/// What the pass does with an error met in a step of its reads of Console's tables
+/// ([`AlertPass::step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Met {
+    /// It stands until someone acts: a table dropped or renamed (42P01), a privilege taken
+    /// (42501), a column gone or of another type (class 42, class 22, a value the gateway
+    /// cannot decode), Console's code found under the lock. The step is undone, and the refusal
+    /// alerted ([`AlertPass::raise_unread`]).
+    Stands,
+    /// It passes: a lock waited on past the timeout, a cancelled statement (57014, 55P03), a
+    /// lost conflict (class 40). The step is undone and said in the log; the next pass tries
+    /// again.
+    Passes,
+    /// The connection, the client or the server failed (a broken connection, a timeout on the
+    /// client's side, class 53, 58, XX): the pass fails, and the next one tries again.
+    Fails,
+}
+
+impl Met {
+    pub fn of(e: &sqlx::Error) -> Met {
+        use sqlx::Error::{ColumnDecode, ColumnNotFound, Database, Decode, TypeNotFound};
+        match e {
+            Database(d) if !crate::stores::db::is_connection_error(e) => {
+                let code = d.code().unwrap_or_default();
+                if ["57014", "55P03"].contains(&&*code) || code.starts_with("40") {
+                    Met::Passes
+                } else if ["42", "22", "21", "0A"].iter().any(|c| code.starts_with(c))
+                    || code == "55000"
+                {
+                    Met::Stands
+                } else {
+                    Met::Fails
+                }
+            }
+            ColumnDecode { .. } | Decode(_) | TypeNotFound { .. } | ColumnNotFound(_) => {
+                Met::Stands
+            }
+            _ => Met::Fails,
+        }
+    }
+}
+
 /// One alert pass: its transaction, holding the alert job's advisory lock.
 pub struct AlertPass {
     tx: Tx,
@@ -139,8 +181,9 @@ impl AlertPass {
     /// alert that names it, recorded now or before ([`Finding`]). [`Look::NotLooked`] where the
     /// function is missing (a database `migrate` has not brought to 0034) or not this role's
     /// to run. Read before anything of Console's, in the pass's transaction; where nothing is
-    /// found, Console's tables stay locked (ACCESS SHARE) until the pass ends.
-    pub async fn raise_console_code(&mut self) -> Result<Look, sqlx::Error> {
+    /// found, Console's tables stay locked (ACCESS SHARE) until the pass ends. `gone`: as
+    /// [`AlertPass::raise_silent_triggers`]'s (the same code planted again).
+    pub async fn raise_console_code(&mut self, gone: Option<&str>) -> Result<Look, sqlx::Error> {
         use crate::stores::schema::{
             console_columns, CONSOLE_CODE, CONSOLE_CODE_RUNNABLE, CONSOLE_TABLES, CONSOLE_WRITTEN,
         };
@@ -170,18 +213,20 @@ impl AlertPass {
         }
         let found = findings.join("; ");
         let text = format!(
-            "Console's tables carry code that would run as the gateway's roles where the gateway reads or writes them; the gateway's sweep and alert pass read none of them until it is gone (alerted again each day while it stands), and its lookups may run it: {found}"
+            "Console's tables carry code that would run as the gateway's roles where the gateway reads or writes them; the gateway's sweep and alert pass read none of them until it is gone (alerted again each day while it stands, and at once when it comes back), and its lookups may run it: {found}"
         );
         let key = finding_key("console_code", &found);
-        self.raise_finding(key, found, &text).await
+        self.raise_finding(key, found, &text, gone).await
     }
 
     /// The gateway's triggers that do not fire as `migrate` made them
     /// (`schema::silent_trigger_states`: dropped with a table Console's migration made again,
     /// disabled or changed by the owner of Console's tables), with the alert that names them.
     /// The caller asks only of a schema whose migrations are exactly this binary's: another
-    /// release's has other triggers.
-    pub async fn raise_silent_triggers(&mut self) -> Result<Look, sqlx::Error> {
+    /// release's has other triggers. `gone`: the key of this kind's finding that the caller saw,
+    /// then saw gone; found again, its alert is raised again, undelivered (a trigger dropped
+    /// again after a fix has the state it had: a missing trigger has no row).
+    pub async fn raise_silent_triggers(&mut self, gone: Option<&str>) -> Result<Look, sqlx::Error> {
         let silent = crate::stores::schema::silent_trigger_states(&mut *self.tx)
             .bounded(self.limit)
             .await?;
@@ -199,16 +244,27 @@ impl AlertPass {
         let found: Vec<String> = silent.into_iter().map(|(trigger, _)| trigger).collect();
         let found = found.join(", ");
         let text = format!(
-            "Triggers of the gateway's do not fire as `rbac-gateway migrate` made them: {found}. Until they do, what each records or refuses goes unrecorded or unrefused: without rbac_gateway_change, a change to a session, an admin, a ticket grant, a break-glass session, a group or a role reaches the gateway's caches only when its entry expires (--cache-ttl); without rbac_gateway_break_glass, a change to the break-glass group is alerted only by the daily comparison; without rbac_gateway_erase_admin, an admin's erasure leaves the gateway's rows; without an append-only guard, access_audit_events or the mapping store may be changed. `rbac-gateway check --database-url` gives each one's fix, to run as the role that ran `migrate` (acting as the table's owner). Alerted again each day while it stands."
+            "Triggers of the gateway's do not fire as `rbac-gateway migrate` made them: {found}. Until they do, what each records or refuses goes unrecorded or unrefused: without rbac_gateway_change, a change to a session, an admin, a ticket grant, a break-glass session, a group or a role reaches the gateway's caches only when its entry expires (--cache-ttl); without rbac_gateway_break_glass, a change to the break-glass group is alerted only by the daily comparison; without rbac_gateway_erase_admin, an admin's erasure leaves the gateway's rows; without an append-only guard, access_audit_events or the mapping store may be changed. `rbac-gateway check --database-url` gives each one's fix, to run as the role that ran `migrate` (acting as the table's owner). Alerted again each day while it stands, and at once when it comes back."
         );
-        self.raise_finding(key, found, &text).await
+        self.raise_finding(key, found, &text, gone).await
     }
 
-    /// Marks where the pass's reads of Console's tables begin (a savepoint): an error the
-    /// database answers in them is undone to here by [`AlertPass::raise_unread`], and what the
-    /// pass recorded before (a silent trigger's alert) and the deliveries after stay.
-    pub async fn before_consoles_tables(&mut self) -> Result<(), sqlx::Error> {
-        sqlx::query("SAVEPOINT consoles_tables")
+    /// Marks where a step of the pass's reads of Console's tables begins (a savepoint): an
+    /// error met in the step is undone to here ([`AlertPass::undo_step`]), and what the pass
+    /// recorded before (a silent trigger's alert, another step's alerts) and the deliveries
+    /// after stay.
+    pub async fn step(&mut self) -> Result<(), sqlx::Error> {
+        self.run("SAVEPOINT consoles_tables").await
+    }
+
+    /// Undoes the step begun last ([`AlertPass::step`]) after an error that left the
+    /// connection answering ([`Met`]).
+    pub async fn undo_step(&mut self) -> Result<(), sqlx::Error> {
+        self.run("ROLLBACK TO SAVEPOINT consoles_tables").await
+    }
+
+    async fn run(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        sqlx::query(sql)
             .persistent(false)
             .execute(&mut *self.tx)
             .bounded(self.limit)
@@ -216,51 +272,48 @@ impl AlertPass {
             .map(drop)
     }
 
-    /// Whether `e`, met reading Console's tables, is one [`AlertPass::raise_unread`] answers:
-    /// the database's refusal of a statement, which stands until someone acts (a table dropped
-    /// or renamed, 42P01; a privilege taken, 42501; Console's code found under the lock). Not a
-    /// broken connection, nor a statement that waited too long on a lock or was cancelled
-    /// (57014, 55P03) or lost a conflict (class 40): the pass fails as before and the next one
-    /// tries again.
-    pub fn unread_stands(e: &sqlx::Error) -> bool {
-        match e {
-            sqlx::Error::Database(d) if !crate::stores::db::is_connection_error(e) => !d
-                .code()
-                .is_some_and(|c| c == "57014" || c == "55P03" || c.starts_with("40")),
-            _ => false,
-        }
-    }
-
-    /// Undoes the pass's reads of Console's tables to [`AlertPass::before_consoles_tables`]
-    /// after `e` ([`AlertPass::unread_stands`]), and records the alert that names it (kind
-    /// `console_unread`, a digest of the error, the UTC day): until the tables can be read, a
-    /// new break-glass session, a change to the break-glass group and a deploy window go
-    /// unalerted, while alerts already recorded are still delivered.
-    pub async fn raise_unread(&mut self, e: &sqlx::Error) -> Result<Look, sqlx::Error> {
-        sqlx::query("ROLLBACK TO SAVEPOINT consoles_tables")
-            .persistent(false)
-            .execute(&mut *self.tx)
-            .bounded(self.limit)
-            .await?;
-        let found = match e {
-            sqlx::Error::Database(d) => d.message().to_string(),
-            other => other.to_string(),
-        };
+    /// Records the alert that names the refusals of Console's tables met in this pass (kind
+    /// `console_unread`, a digest of what the database said, the UTC day): until the tables
+    /// can be read, what the refused steps alert (a new break-glass session, a change to the
+    /// break-glass group, a deploy window) goes unalerted, while alerts already recorded are
+    /// still delivered. `gone`: as [`AlertPass::raise_silent_triggers`]'s.
+    pub async fn raise_unread(
+        &mut self,
+        refused: &[String],
+        gone: Option<&str>,
+    ) -> Result<Look, sqlx::Error> {
+        let found = refused.join("; ");
         let text = format!(
-            "The alert pass cannot read Console's tables: {found}. Until it can, a new break-glass session, a change to the break-glass group and a deploy window go unalerted (and where --break-glass-requires-alert is on, a new break-glass session's roles do not count); alerts already recorded are still delivered. `rbac-gateway check --database-url` names what the gateway needs of Console's tables. Alerted again each day while it stands."
+            "The database refused the alert pass's read of Console's tables: {found}. Until it answers, what that read alerts goes unalerted (a new break-glass session, a change to the break-glass group, a deploy window; where --break-glass-requires-alert is on, a new break-glass session's roles do not count); alerts already recorded are still delivered. `rbac-gateway check --database-url` names what the gateway needs of Console's tables. Alerted again each day while it stands, and at once when it comes back."
         );
         let key = finding_key("console_unread", &found);
-        self.raise_finding(key, found, &text).await
+        self.raise_finding(key, found, &text, gone).await
     }
 
-    /// Records the alert `key` of a finding unless it exists.
+    /// Records the alert `key` of a finding unless it exists; where it exists and is `gone`
+    /// (this process saw it, then saw it gone: it came back), raises it again, undelivered.
     async fn raise_finding(
         &mut self,
         key: String,
         found: String,
         text: &str,
+        gone: Option<&str>,
     ) -> Result<Look, sqlx::Error> {
-        let recorded = self.raise(&key, text).await?;
+        let mut recorded = self.raise(&key, text).await?;
+        if !recorded && gone == Some(key.as_str()) {
+            recorded = sqlx::query(
+                "UPDATE rbac_gateway_alerts SET text = $2, delivered_at_utc = NULL, attempts = 0, \
+                 next_attempt_utc = pg_catalog.now(), last_error = NULL WHERE key = $1",
+            )
+            .persistent(false)
+            .bind(&key)
+            .bind(text)
+            .execute(&mut *self.tx)
+            .bounded(self.limit)
+            .await?
+            .rows_affected()
+                == 1;
+        }
         Ok(Look::Found(Finding {
             key,
             found,
@@ -499,8 +552,10 @@ impl AlertPass {
 /// The key of a finding's alert: its kind, the first 16 hex digits of the SHA-256 of `of`, and
 /// the UTC day. A finding that stands is alerted again each day; one found again after it was
 /// gone, in the same state (a trigger dropped again: a missing row has no version; the same
-/// code planted again), is alerted by the next day at the latest, and logged at once (no state
-/// of its own is kept, and a count of the alerts of a kind would read the whole table).
+/// code planted again), is raised again at once by a process that saw it gone (`gone` of
+/// [`AlertPass::raise_silent_triggers`]), and otherwise alerted by the next day at the latest
+/// (no state of its own is kept in the database, and a count of the alerts of a kind would read
+/// the whole table).
 fn finding_key(kind: &str, of: &str) -> String {
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(of.as_bytes()));
     let day = chrono::Utc::now().format("%Y-%m-%d");

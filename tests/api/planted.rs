@@ -973,7 +973,7 @@ async fn a_table_of_consoles_renamed_away_holds_back_no_alert() {
         "ALTER TABLE rbac_break_glass_sessions RENAME TO rbac_break_glass_sessions_old",
     )
     .await;
-    let unread = "The alert pass cannot read Console's tables: relation \\\"public.rbac_break_glass_sessions\\\" does not exist";
+    let unread = "The database refused the alert pass's read of Console's tables: relation \\\"public.rbac_break_glass_sessions\\\" does not exist";
     eventually(within, "the refusal's alert delivered", || async {
         delivered(unread) == 1
     })
@@ -1025,6 +1025,69 @@ async fn a_table_of_consoles_renamed_away_holds_back_no_alert() {
     })
     .await;
     assert_eq!(gw.log().matches(refused).count(), 1, "{}", gw.log());
+
+    // Renamed away again the same day: the same refusal, and the same silent triggers, are
+    // alerted again at once (their keys exist; this gateway saw them gone).
+    run(
+        &mut console,
+        "ALTER TABLE rbac_break_glass_sessions RENAME TO rbac_break_glass_sessions_old",
+    )
+    .await;
+    eventually(within, "the refusal alerted again", || async {
+        delivered(unread) == 2 && delivered("rbac_gateway_change on rbac_break_glass_sessions") == 2
+    })
+    .await;
+    assert_eq!(gw.log().matches(refused).count(), 2, "{}", gw.log());
+}
+
+/// A step of the alert pass's reads of Console's tables that the database refuses (the daily
+/// snapshot, with a privilege of the serve login's taken) is undone on its own: a break-glass
+/// session's alert, recorded by the step before, is still delivered, with the refusal's.
+#[tokio::test]
+async fn a_refused_step_of_the_alert_pass_holds_back_no_other() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    let login = crate::grants::serve_login(&db).await;
+    run_sql(
+        &db,
+        "REVOKE SELECT ON rbac_user_groups FROM rbac_gateway_serve",
+    )
+    .await;
+    let (admin, _) = db.admin_with_roles(&["console-user"]).await;
+    db.break_glass(&admin, 600.0).await;
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--alert-webhook-url")
+        .arg(&format!("http://{}/hook", hook.addr));
+    opts.database_url = login;
+    let gw = Gateway::start(opts).await;
+    let delivered = |text: &str| {
+        let said = |r: &&Seen| String::from_utf8_lossy(&r.body).contains(text);
+        hook.requests().iter().filter(said).count()
+    };
+    let within = std::time::Duration::from_secs(10);
+    eventually(within, "the session's and the refusal's alerts", || async {
+        delivered("Break-glass session opened for") == 1
+            && delivered("permission denied for table rbac_user_groups") == 1
+    })
+    .await;
+
+    run_sql(
+        &db,
+        "GRANT SELECT ON rbac_user_groups TO rbac_gateway_serve",
+    )
+    .await;
+    eventually(within, "the log says the tables are read again", || async {
+        gw.log()
+            .contains("alert pass: Console's tables are read again")
+    })
+    .await;
+    assert!(!gw.log().contains("alert pass failed"), "{}", gw.log());
+}
+
+/// Runs `sql` on `db` as its owner.
+async fn run_sql(db: &TestDb, sql: &str) {
+    sqlx::raw_sql(sql).execute(&db.pool).await.unwrap();
 }
 
 /// `check`'s fix for a silent trigger makes it as `migrate` made it (`migrate` does not: its

@@ -41,7 +41,7 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Run the lifecycle sweep once: revoke ticket grants whose ticket FreeScout reports closed or
     /// resolved, or whose expiry passed (audit row first), and write break-glass expiry rows.
-    /// Prints what it did (and runs the alert pass, even after the sweep failed); exits 1 when FreeScout failed for a ticket, a grant or break-glass session could not be written, the alert webhook failed, or the sweep or the alert pass failed.
+    /// Prints what it did (and runs the alert pass, even after the sweep failed); exits 1 when FreeScout failed for a ticket, a grant or break-glass session could not be written, the alert webhook failed, the database refused the alert pass a read of Console's tables, or the sweep or the alert pass failed.
     Sweep(SweepArgs),
     /// Report shadow-mode drift (gateway vs Console's own answer) per cluster and route; exits 1
     /// when there is drift in the window.
