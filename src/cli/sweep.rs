@@ -117,6 +117,12 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
 /// What the alert pass found, raised and delivered, one line each.
 fn say_alerts(alerts: &alerts::AlertReport) {
     use crate::stores::alerts::Look;
+    if alerts.skipped {
+        say!("alert pass: another replica's pass is running right now: skipped");
+    }
+    if let Some(e) = &alerts.waited {
+        say!("alert pass: a read of Console's tables waited past the lock timeout or was cancelled ({e}): what it reads is alerted by the next pass");
+    }
     if let Look::Found(silent) = &alerts.silent_triggers {
         say!(
             "triggers of the gateway's do not fire as migrate made them: what they record goes unrecorded until they do (alert {}): {}",

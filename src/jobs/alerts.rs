@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::runtime::https_client::{self, Unanswered};
 use crate::runtime::metrics::Metrics;
-use crate::stores::alerts::{AlertPass, Grants, Look, Met, Snapshot};
+use crate::stores::alerts::{AlertPass, GoneAt, Grants, Look, Met, Snapshot};
 use crate::stores::db::Db;
 
 use crate::stores::alerts::Change;
@@ -37,10 +37,16 @@ pub struct AlertReport {
     /// release's: `this_binarys_schema`).
     pub silent_triggers: Look,
     /// Whether the pass could read Console's tables: `Found` where the database refused a read
-    /// (a table dropped or renamed; the reads were undone and the refusal alerted), `NotLooked`
-    /// where Console's code kept the pass from reading them. Its alert is in `raised` only in
-    /// the pass that recorded it.
+    /// (a table dropped or renamed; the step was undone and the refusal alerted), `NotLooked`
+    /// where Console's code kept the pass from reading them, or a step waited on a lock past
+    /// the pass's `lock_timeout` (`waited`). Its alert is in `raised` only in the pass that
+    /// recorded it.
     pub consoles_tables: Look,
+    /// What the server said of a step undone because it waited on a lock of Console's, or was
+    /// cancelled ([`Met::Passes`]).
+    pub waited: Option<String>,
+    /// When the pass began, by the database's clock (None: skipped).
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// How long the webhook may take to answer (its status line and headers).
@@ -68,13 +74,14 @@ async fn deliver(url: &str, text: &str) -> Result<(), String> {
     https_client::accepted(resp).await
 }
 
-/// The keys of findings a process saw, then saw gone (`say`), by kind: found again, each is
-/// raised again at once, undelivered, though its key (the same state, the same UTC day) exists.
+/// The findings a process saw, then saw gone (`say`), by kind: found again, each is raised
+/// again at once, undelivered, though its key (the same state, the same UTC day) exists, unless
+/// it was delivered since ([`GoneAt`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Gone {
-    pub console_code: Option<String>,
-    pub silent_triggers: Option<String>,
-    pub consoles_tables: Option<String>,
+    pub console_code: Option<GoneAt>,
+    pub silent_triggers: Option<GoneAt>,
+    pub consoles_tables: Option<GoneAt>,
 }
 
 /// One alert pass: record new alerts, then deliver what is due, in one transaction
@@ -98,10 +105,11 @@ pub async fn alerts_once(
     // Read from the catalogue: nothing of Console's runs.
     if this_binarys {
         report.silent_triggers = pass
-            .raise_silent_triggers(gone.silent_triggers.as_deref())
+            .raise_silent_triggers(gone.silent_triggers.as_ref())
             .await?;
     }
-    let mut raised = consoles_tables(&mut pass, &mut report, gone).await?;
+    report.at = Some(pass.at);
+    let mut raised = consoles_tables(&mut pass, &mut report, gone, this_binarys).await?;
     for look in [
         &report.silent_triggers,
         &report.console_code,
@@ -145,14 +153,21 @@ async fn consoles_tables(
     pass: &mut AlertPass,
     report: &mut AlertReport,
     gone: &Gone,
+    this_binarys: bool,
 ) -> Result<Vec<String>, sqlx::Error> {
-    let (mut raised, mut refused, mut passed) = (Vec::new(), Vec::new(), false);
+    let (mut raised, mut refused) = (Vec::new(), Vec::new());
+    let mut met = Answer {
+        refused: &mut refused,
+        waited: &mut report.waited,
+        this_binarys,
+    };
     pass.step().await?;
-    match pass.raise_console_code(gone.console_code.as_deref()).await {
+    match pass.raise_console_code(gone.console_code.as_ref()).await {
         Ok(code) => report.console_code = code,
-        Err(e) => met(pass, e, &mut refused, &mut passed).await?,
+        Err(e) => met.undo(pass, e).await?,
     }
-    if !refused.is_empty() || passed || matches!(report.console_code, Look::Found(_)) {
+    let passed = |met: &Answer| met.waited.is_some();
+    if !met.refused.is_empty() || passed(&met) || matches!(report.console_code, Look::Found(_)) {
         // Console's tables were not looked at: nothing of them is read.
     } else {
         for step in [Step::Sessions, Step::Changes, Step::Snapshot, Step::Windows] {
@@ -170,12 +185,13 @@ async fn consoles_tables(
             };
             match keys {
                 Ok(keys) => raised.extend(keys),
-                Err(e) => met(pass, e, &mut refused, &mut passed).await?,
+                Err(e) => met.undo(pass, e).await?,
             }
         }
     }
+    let passed = passed(&met);
     report.consoles_tables = if !refused.is_empty() {
-        pass.raise_unread(&refused, gone.consoles_tables.as_deref())
+        pass.raise_unread(&refused, gone.consoles_tables.as_ref())
             .await?
     } else if passed || matches!(report.console_code, Look::Found(_)) {
         Look::NotLooked
@@ -194,27 +210,32 @@ enum Step {
     Windows,
 }
 
-/// Answers `e`, met in a step of the pass's reads of Console's tables ([`Met`]): undone, and
-/// the database's refusal kept for the alert that names it (`refused`) or a passing failure
-/// said in the log (`passed`); or the pass fails.
-async fn met(
-    pass: &mut AlertPass,
-    e: sqlx::Error,
-    refused: &mut Vec<String>,
-    passed: &mut bool,
-) -> Result<(), sqlx::Error> {
-    match Met::of(&e) {
-        Met::Fails => return Err(e),
-        Met::Stands => refused.push(match &e {
+/// How the pass answers an error met in a step of its reads of Console's tables ([`Met`]).
+struct Answer<'a> {
+    /// What the database said of each refusal that stands, for the alert that names them.
+    refused: &'a mut Vec<String>,
+    /// What the server said of the last step that waited past the lock timeout, or was
+    /// cancelled.
+    waited: &'a mut Option<String>,
+    /// The schema's migrations are this binary's: a refusal is then Console's tables' (on
+    /// another release's schema it may be the gateway's own, and fails the pass as before).
+    this_binarys: bool,
+}
+
+impl Answer<'_> {
+    /// Undoes the step after `e`, keeping what the server said; or fails the pass.
+    async fn undo(&mut self, pass: &mut AlertPass, e: sqlx::Error) -> Result<(), sqlx::Error> {
+        let said = |e: &sqlx::Error| match e {
             sqlx::Error::Database(d) => d.message().to_string(),
             other => other.to_string(),
-        }),
-        Met::Passes => {
-            tracing::warn!(error = %e, "alert pass: a read of Console's tables waited past the timeout or was cancelled; undone, and tried again by the next pass (alerts already due are still delivered)");
-            *passed = true;
+        };
+        match Met::of(&e) {
+            Met::Stands if self.this_binarys => self.refused.push(said(&e)),
+            Met::Passes => *self.waited = Some(said(&e)),
+            Met::Stands | Met::Fails => return Err(e),
         }
+        pass.undo_step().await
     }
-    pass.undo_step().await
 }
 
 /// Whether the schema's migrations are exactly this binary's (none missing, failed, of another
@@ -382,6 +403,7 @@ pub async fn alerts_forever(
     // again if it comes back.
     let (mut said_code, mut said_triggers, mut said_unread) = (None, None, None);
     let mut gone = Gone::default();
+    let mut waiting = false;
     loop {
         tokio::time::sleep(interval).await;
         match alerts_once(&pool, webhook.as_deref(), limit, &gone).await {
@@ -394,19 +416,32 @@ pub async fn alerts_forever(
                         &r.console_code,
                         &mut said_code,
                         &mut gone.console_code,
+                        r.at,
                     );
                     say(
                         &SILENT_TRIGGERS,
                         &r.silent_triggers,
                         &mut said_triggers,
                         &mut gone.silent_triggers,
+                        r.at,
                     );
                     say(
                         &CONSOLE_UNREAD,
                         &r.consoles_tables,
                         &mut said_unread,
                         &mut gone.consoles_tables,
+                        r.at,
                     );
+                    match (&r.waited, waiting) {
+                        (Some(e), false) => {
+                            tracing::warn!(error = %e, "alert pass: a read of Console's tables waited past the lock timeout or was cancelled; undone, and tried again by each pass (alerts already due are still delivered; said once while it lasts)")
+                        }
+                        (None, true) => tracing::info!(
+                            "alert pass: Console's tables are read again after a wait"
+                        ),
+                        _ => {}
+                    }
+                    waiting = r.waited.is_some();
                 }
                 for k in &r.raised {
                     tracing::warn!(alert = %k, "alert raised");
@@ -451,19 +486,27 @@ const CONSOLE_UNREAD: Saying = Saying {
 
 /// Logs what a pass saw where it differs from what was `said` last: an error when found (each
 /// new alert), and once when it is gone; nothing where the pass did not look. The key said
-/// last is `gone` once the finding is, until it is found again (and raised again: [`Gone`]).
-fn say(saying: &Saying, look: &Look, said: &mut Option<String>, gone: &mut Option<String>) {
+/// last is `gone` once the finding is, with when the pass that saw it gone began (`at`),
+/// until it is found again (and raised again: [`Gone`]).
+fn say(
+    saying: &Saying,
+    look: &Look,
+    said: &mut Option<String>,
+    gone: &mut Option<GoneAt>,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+) {
     match (look, said.as_deref()) {
         (Look::Found(f), last) if last != Some(f.key.as_str()) => {
             tracing::error!(alert = %f.key, findings = %f.found, "{}", saying.found);
             *said = Some(f.key.clone());
-            if gone.as_deref() == Some(f.key.as_str()) {
+            if gone.as_ref().is_some_and(|g| g.key == f.key) {
                 *gone = None;
             }
         }
         (Look::Nothing, Some(last)) => {
             tracing::info!(alert = %last, "{}", saying.gone);
-            *gone = said.take();
+            let key = said.take();
+            *gone = key.zip(at).map(|(key, at)| GoneAt { key, at });
         }
         _ => {}
     }

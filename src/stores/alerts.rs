@@ -81,9 +81,9 @@ pub enum Met {
     /// cannot decode), Console's code found under the lock. The step is undone, and the refusal
     /// alerted ([`AlertPass::raise_unread`]).
     Stands,
-    /// It passes: a lock waited on past the timeout, a cancelled statement (57014, 55P03), a
-    /// lost conflict (class 40). The step is undone and said in the log; the next pass tries
-    /// again.
+    /// It passes: a lock waited on past the pass's `lock_timeout` (55P03: [`AlertPass::begin`]),
+    /// a statement the server cancelled (57014), a lost conflict (class 40). The step is undone
+    /// and said in the log, once while it lasts; the next pass tries again.
     Passes,
     /// The connection, the client or the server failed (a broken connection, a timeout on the
     /// client's side, class 53, 58, XX): the pass fails, and the next one tries again.
@@ -118,20 +118,38 @@ impl Met {
 pub struct AlertPass {
     tx: Tx,
     limit: Duration,
+    /// When the pass's transaction began, by the database's clock.
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A finding a process saw, then saw gone: its key, and when the pass that saw it gone began
+/// (the database's clock). Found again, its alert is raised again unless it was delivered
+/// since (by another replica that saw it come back first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoneAt {
+    pub key: String,
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 impl AlertPass {
     /// Opens the pass's transaction and takes the alert job's lock in it; None when another
-    /// replica holds it (the transaction is then rolled back).
+    /// replica holds it (the transaction is then rolled back). In the same statement, the
+    /// transaction's `lock_timeout` is set to half the limit: a lock Console holds on its
+    /// tables (a migration, a session idle in a transaction after DDL) is answered by the
+    /// server (55P03, [`Met::Passes`]) before the client gives up on the pass at the limit.
     pub async fn begin(pool: &Db, limit: Duration) -> Result<Option<AlertPass>, sqlx::Error> {
         let mut tx = pool.begin().bounded(limit).await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_xact_lock($1)")
-            .persistent(false)
-            .bind(ALERT_LOCK_KEY)
-            .fetch_one(&mut *tx)
-            .bounded(limit)
-            .await?;
-        Ok(locked.then_some(AlertPass { tx, limit }))
+        let (locked, at, _): (bool, chrono::DateTime<chrono::Utc>, String) = sqlx::query_as(
+            "SELECT pg_catalog.pg_try_advisory_xact_lock($1), pg_catalog.now(), \
+             pg_catalog.set_config('lock_timeout', $2, true)",
+        )
+        .persistent(false)
+        .bind(ALERT_LOCK_KEY)
+        .bind(format!("{}ms", (limit.as_millis() / 2).max(1)))
+        .fetch_one(&mut *tx)
+        .bounded(limit)
+        .await?;
+        Ok(locked.then_some(AlertPass { tx, limit, at }))
     }
 
     /// Records an alert for each break-glass session that is active, or was active and ended
@@ -183,7 +201,7 @@ impl AlertPass {
     /// to run. Read before anything of Console's, in the pass's transaction; where nothing is
     /// found, Console's tables stay locked (ACCESS SHARE) until the pass ends. `gone`: as
     /// [`AlertPass::raise_silent_triggers`]'s (the same code planted again).
-    pub async fn raise_console_code(&mut self, gone: Option<&str>) -> Result<Look, sqlx::Error> {
+    pub async fn raise_console_code(&mut self, gone: Option<&GoneAt>) -> Result<Look, sqlx::Error> {
         use crate::stores::schema::{
             console_columns, CONSOLE_CODE, CONSOLE_CODE_RUNNABLE, CONSOLE_TABLES, CONSOLE_WRITTEN,
         };
@@ -213,7 +231,7 @@ impl AlertPass {
         }
         let found = findings.join("; ");
         let text = format!(
-            "Console's tables carry code that would run as the gateway's roles where the gateway reads or writes them; the gateway's sweep and alert pass read none of them until it is gone (alerted again each day while it stands, and at once when it comes back), and its lookups may run it: {found}"
+            "Console's tables carry code that would run as the gateway's roles where the gateway reads or writes them; the gateway's sweep and alert pass read none of them until it is gone (alerted again each day while it stands, and again when it comes back after it was gone), and its lookups may run it: {found}"
         );
         let key = finding_key("console_code", &found);
         self.raise_finding(key, found, &text, gone).await
@@ -226,7 +244,10 @@ impl AlertPass {
     /// release's has other triggers. `gone`: the key of this kind's finding that the caller saw,
     /// then saw gone; found again, its alert is raised again, undelivered (a trigger dropped
     /// again after a fix has the state it had: a missing trigger has no row).
-    pub async fn raise_silent_triggers(&mut self, gone: Option<&str>) -> Result<Look, sqlx::Error> {
+    pub async fn raise_silent_triggers(
+        &mut self,
+        gone: Option<&GoneAt>,
+    ) -> Result<Look, sqlx::Error> {
         let silent = crate::stores::schema::silent_trigger_states(&mut *self.tx)
             .bounded(self.limit)
             .await?;
@@ -244,7 +265,7 @@ impl AlertPass {
         let found: Vec<String> = silent.into_iter().map(|(trigger, _)| trigger).collect();
         let found = found.join(", ");
         let text = format!(
-            "Triggers of the gateway's do not fire as `rbac-gateway migrate` made them: {found}. Until they do, what each records or refuses goes unrecorded or unrefused: without rbac_gateway_change, a change to a session, an admin, a ticket grant, a break-glass session, a group or a role reaches the gateway's caches only when its entry expires (--cache-ttl); without rbac_gateway_break_glass, a change to the break-glass group is alerted only by the daily comparison; without rbac_gateway_erase_admin, an admin's erasure leaves the gateway's rows; without an append-only guard, access_audit_events or the mapping store may be changed. `rbac-gateway check --database-url` gives each one's fix, to run as the role that ran `migrate` (acting as the table's owner). Alerted again each day while it stands, and at once when it comes back."
+            "Triggers of the gateway's do not fire as `rbac-gateway migrate` made them: {found}. Until they do, what each records or refuses goes unrecorded or unrefused: without rbac_gateway_change, a change to a session, an admin, a ticket grant, a break-glass session, a group or a role reaches the gateway's caches only when its entry expires (--cache-ttl); without rbac_gateway_break_glass, a change to the break-glass group is alerted only by the daily comparison; without rbac_gateway_erase_admin, an admin's erasure leaves the gateway's rows; without an append-only guard, access_audit_events or the mapping store may be changed. `rbac-gateway check --database-url` gives each one's fix, to run as the role that ran `migrate` (acting as the table's owner). Alerted again each day while it stands, and again when it comes back after it was gone."
         );
         self.raise_finding(key, found, &text, gone).await
     }
@@ -280,34 +301,38 @@ impl AlertPass {
     pub async fn raise_unread(
         &mut self,
         refused: &[String],
-        gone: Option<&str>,
+        gone: Option<&GoneAt>,
     ) -> Result<Look, sqlx::Error> {
         let found = refused.join("; ");
         let text = format!(
-            "The database refused the alert pass's read of Console's tables: {found}. Until it answers, what that read alerts goes unalerted (a new break-glass session, a change to the break-glass group, a deploy window; where --break-glass-requires-alert is on, a new break-glass session's roles do not count); alerts already recorded are still delivered. `rbac-gateway check --database-url` names what the gateway needs of Console's tables. Alerted again each day while it stands, and at once when it comes back."
+            "The database refused the alert pass's read of Console's tables: {found}. Until it answers, what that read alerts goes unalerted (a new break-glass session, a change to the break-glass group, a deploy window; where --break-glass-requires-alert is on, a new break-glass session's roles do not count); alerts already recorded are still delivered. `rbac-gateway check --database-url` names what the gateway needs of Console's tables. Alerted again each day while it stands, and again when it comes back after it was gone."
         );
         let key = finding_key("console_unread", &found);
         self.raise_finding(key, found, &text, gone).await
     }
 
     /// Records the alert `key` of a finding unless it exists; where it exists and is `gone`
-    /// (this process saw it, then saw it gone: it came back), raises it again, undelivered.
+    /// (this process saw it, then saw it gone: it came back), raises it again, undelivered,
+    /// unless it was delivered after that (another replica raised it again first, or an
+    /// undelivered one waits).
     async fn raise_finding(
         &mut self,
         key: String,
         found: String,
         text: &str,
-        gone: Option<&str>,
+        gone: Option<&GoneAt>,
     ) -> Result<Look, sqlx::Error> {
         let mut recorded = self.raise(&key, text).await?;
-        if !recorded && gone == Some(key.as_str()) {
+        if let Some(gone) = gone.filter(|g| !recorded && g.key == key) {
             recorded = sqlx::query(
                 "UPDATE rbac_gateway_alerts SET text = $2, delivered_at_utc = NULL, attempts = 0, \
-                 next_attempt_utc = pg_catalog.now(), last_error = NULL WHERE key = $1",
+                 next_attempt_utc = pg_catalog.now(), last_error = NULL \
+                 WHERE key = $1 AND delivered_at_utc < $3",
             )
             .persistent(false)
             .bind(&key)
             .bind(text)
+            .bind(gone.at)
             .execute(&mut *self.tx)
             .bounded(self.limit)
             .await?
@@ -552,8 +577,8 @@ impl AlertPass {
 /// The key of a finding's alert: its kind, the first 16 hex digits of the SHA-256 of `of`, and
 /// the UTC day. A finding that stands is alerted again each day; one found again after it was
 /// gone, in the same state (a trigger dropped again: a missing row has no version; the same
-/// code planted again), is raised again at once by a process that saw it gone (`gone` of
-/// [`AlertPass::raise_silent_triggers`]), and otherwise alerted by the next day at the latest
+/// code planted again), is raised again at once by a process that saw it gone ([`GoneAt`]),
+/// and otherwise alerted by the next day at the latest
 /// (no state of its own is kept in the database, and a count of the alerts of a kind would read
 /// the whole table).
 fn finding_key(kind: &str, of: &str) -> String {
