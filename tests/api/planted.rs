@@ -849,24 +849,12 @@ async fn a_trigger_of_the_gateways_silenced_on_consoles_table_is_alerted() {
          ALTER TABLE admins OWNER TO console_app; SET ROLE console_app",
     )
     .await;
-    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
-        .arg("--alert-webhook-url")
-        .arg(&format!("http://{}/hook", hook.addr));
-    opts.database_url = login;
-    let gw = Gateway::start(opts).await;
-    let passes = || gw.metric("rbac_gateway_alert_passes_total{result=\"done\"}");
-    // The alerts delivered that say `text`.
-    let delivered = |text: &str| {
-        let said = |r: &&Seen| String::from_utf8_lossy(&r.body).contains(text);
-        hook.requests().iter().filter(said).count()
-    };
+    let gw = alerting(&db, &up, &hook, &login).await;
+    let passes = || gw.metric(DONE);
+    let delivered = |text: &str| delivered(&hook, text);
     let silenced = "rbac_gateway_change on admin_sessions";
     let within = std::time::Duration::from_secs(10);
     // Every trigger fires as migrate made it: a pass alerts nothing.
-    eventually(within, "a first alert pass", || async {
-        passes().await >= 1.0
-    })
-    .await;
     assert!(hook.requests().is_empty(), "{:?}", hook.requests());
 
     run(
@@ -952,25 +940,11 @@ async fn a_table_of_consoles_renamed_away_holds_back_no_alert() {
         "RESET ROLE; ALTER TABLE rbac_break_glass_sessions OWNER TO console_app; SET ROLE console_app",
     )
     .await;
-    let start = || {
-        let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
-            .arg("--alert-webhook-url")
-            .arg(&format!("http://{}/hook", hook.addr));
-        opts.database_url = login.clone();
-        Gateway::start(opts)
-    };
-    let (gw, replica) = (start().await, start().await);
-    let done = "rbac_gateway_alert_passes_total{result=\"done\"}";
-    let passes = || gw.metric(done);
-    let delivered = |text: &str| {
-        let said = |r: &&Seen| String::from_utf8_lossy(&r.body).contains(text);
-        hook.requests().iter().filter(said).count()
-    };
+    let gw = alerting(&db, &up, &hook, &login).await;
+    let replica = alerting(&db, &up, &hook, &login).await;
+    let passes = || gw.metric(DONE);
+    let delivered = |text: &str| delivered(&hook, text);
     let within = std::time::Duration::from_secs(10);
-    eventually(within, "a first alert pass", || async {
-        passes().await >= 1.0
-    })
-    .await;
     assert!(hook.requests().is_empty(), "{:?}", hook.requests());
 
     run(
@@ -1054,9 +1028,9 @@ async fn a_table_of_consoles_renamed_away_holds_back_no_alert() {
         delivered(unread) == 2 && delivered(silent) == 2
     })
     .await;
-    let from = (passes().await, replica.metric(done).await);
+    let from = (passes().await, replica.metric(DONE).await);
     eventually(within, "three more passes of each replica", || async {
-        passes().await >= from.0 + 3.0 && replica.metric(done).await >= from.1 + 3.0
+        passes().await >= from.0 + 3.0 && replica.metric(DONE).await >= from.1 + 3.0
     })
     .await;
     assert_eq!(delivered(unread), 2, "{:?}", hook.requests());
@@ -1080,15 +1054,8 @@ async fn a_refused_step_of_the_alert_pass_holds_back_no_other() {
     .await;
     let (admin, _) = db.admin_with_roles(&["console-user"]).await;
     db.break_glass(&admin, 600.0).await;
-    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
-        .arg("--alert-webhook-url")
-        .arg(&format!("http://{}/hook", hook.addr));
-    opts.database_url = login;
-    let gw = Gateway::start(opts).await;
-    let delivered = |text: &str| {
-        let said = |r: &&Seen| String::from_utf8_lossy(&r.body).contains(text);
-        hook.requests().iter().filter(said).count()
-    };
+    let gw = alerting(&db, &up, &hook, &login).await;
+    let delivered = |text: &str| delivered(&hook, text);
     let within = std::time::Duration::from_secs(10);
     eventually(within, "the session's and the refusal's alerts", || async {
         delivered("Break-glass session opened for") == 1
@@ -1119,18 +1086,9 @@ async fn a_lock_console_holds_holds_back_no_alert() {
     let up = Upstream::start().await;
     let hook = Upstream::start().await;
     let login = crate::grants::serve_login(&db).await;
-    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
-        .arg("--alert-webhook-url")
-        .arg(&format!("http://{}/hook", hook.addr));
-    opts.database_url = login;
-    let gw = Gateway::start(opts).await;
-    let done = "rbac_gateway_alert_passes_total{result=\"done\"}";
-    let passes = || gw.metric(done);
+    let gw = alerting(&db, &up, &hook, &login).await;
+    let passes = || gw.metric(DONE);
     let within = std::time::Duration::from_secs(10);
-    eventually(within, "a first alert pass", || async {
-        passes().await >= 1.0
-    })
-    .await;
 
     let mut holder = db.pool.acquire().await.unwrap();
     sqlx::raw_sql("BEGIN; LOCK TABLE rbac_groups IN ACCESS EXCLUSIVE MODE")
@@ -1169,6 +1127,32 @@ async fn a_lock_console_holds_holds_back_no_alert() {
             .contains("alert pass: Console's tables are read again after a wait")
     })
     .await;
+}
+
+/// The alert passes a gateway did (neither skipped nor failed).
+const DONE: &str = "rbac_gateway_alert_passes_total{result=\"done\"}";
+
+/// A gateway on `db` in front of `up`, as `login`, delivering its alerts to `hook`, once it
+/// did a first alert pass.
+async fn alerting(db: &TestDb, up: &Upstream, hook: &Upstream, login: &str) -> Gateway {
+    let mut opts = GatewayOpts::new(core_routes(), db, up.addr)
+        .arg("--alert-webhook-url")
+        .arg(&format!("http://{}/hook", hook.addr));
+    opts.database_url = login.to_string();
+    let gw = Gateway::start(opts).await;
+    eventually(
+        std::time::Duration::from_secs(10),
+        "a first alert pass",
+        || async { gw.metric(DONE).await >= 1.0 },
+    )
+    .await;
+    gw
+}
+
+/// The alerts delivered to `hook` that say `text`.
+fn delivered(hook: &Upstream, text: &str) -> usize {
+    let said = |r: &&Seen| String::from_utf8_lossy(&r.body).contains(text);
+    hook.requests().iter().filter(said).count()
 }
 
 /// Runs `sql` on `db` as its owner.
