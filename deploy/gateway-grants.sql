@@ -115,10 +115,11 @@ GRANT SELECT, INSERT ON rbac_gateway_feed_epoch TO rbac_gateway_serve;
 -- session's alert delivered, for the session as it is?).
 GRANT SELECT, INSERT ON rbac_gateway_alerts TO rbac_gateway_serve;
 -- Alert pass: a delivery, or a failed one and its backoff; a break-glass session changed after
--- its alert, raised again as it now stands (migration 0033).
+-- its alert, raised again as it now stands (migration 0033); a finding that came back, raised
+-- again and stamped (migration 0037).
 GRANT UPDATE (delivered_at_utc, attempts, last_error, next_attempt_utc, erasure_keys,
-              text, session_user_id, session_granted_at_utc, session_ends_at_utc) ON rbac_gateway_alerts
-    TO rbac_gateway_serve;
+              text, session_user_id, session_granted_at_utc, session_ends_at_utc, raised_at_utc)
+    ON rbac_gateway_alerts TO rbac_gateway_serve;
 -- Alert pass: the break-glass group changes the triggers recorded.
 GRANT SELECT ON rbac_gateway_group_changes TO rbac_gateway_serve;
 -- Alert pass: each change marked with the alert that names it.

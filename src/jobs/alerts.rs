@@ -76,7 +76,7 @@ async fn deliver(url: &str, text: &str) -> Result<(), String> {
 
 /// The findings a process saw, then saw gone (`say`), by kind: found again, each is raised
 /// again at once, undelivered, though its key (the same state, the same UTC day) exists, unless
-/// it was delivered since ([`GoneAt`]).
+/// it was raised since ([`GoneAt`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Gone {
     pub console_code: Option<GoneAt>,
@@ -436,7 +436,7 @@ pub async fn alerts_forever(
                         (Some(e), false) => {
                             tracing::warn!(error = %e, "alert pass: a read of Console's tables waited past the lock timeout or was cancelled; undone, and tried again by each pass (alerts already due are still delivered; said once while it lasts)")
                         }
-                        (None, true) => tracing::info!(
+                        (None, true) if r.consoles_tables == Look::Nothing => tracing::info!(
                             "alert pass: Console's tables are read again after a wait"
                         ),
                         _ => {}

@@ -123,8 +123,8 @@ pub struct AlertPass {
 }
 
 /// A finding a process saw, then saw gone: its key, and when the pass that saw it gone began
-/// (the database's clock). Found again, its alert is raised again unless it was delivered
-/// since (by another replica that saw it come back first).
+/// (the database's clock). Found again, its alert is raised again unless it was raised since
+/// (by another replica that saw it come back first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoneAt {
     pub key: String,
@@ -313,8 +313,8 @@ impl AlertPass {
 
     /// Records the alert `key` of a finding unless it exists; where it exists and is `gone`
     /// (this process saw it, then saw it gone: it came back), raises it again, undelivered,
-    /// unless it was delivered after that (another replica raised it again first, or an
-    /// undelivered one waits).
+    /// stamped (`raised_at_utc`, migration 0037), unless it was raised since the pass that saw
+    /// it gone began (another replica that saw it gone raised it again first).
     async fn raise_finding(
         &mut self,
         key: String,
@@ -326,8 +326,8 @@ impl AlertPass {
         if let Some(gone) = gone.filter(|g| !recorded && g.key == key) {
             recorded = sqlx::query(
                 "UPDATE rbac_gateway_alerts SET text = $2, delivered_at_utc = NULL, attempts = 0, \
-                 next_attempt_utc = pg_catalog.now(), last_error = NULL \
-                 WHERE key = $1 AND delivered_at_utc < $3",
+                 next_attempt_utc = pg_catalog.now(), last_error = NULL, raised_at_utc = pg_catalog.now() \
+                 WHERE key = $1 AND coalesce(raised_at_utc, created_at_utc) < $3",
             )
             .persistent(false)
             .bind(&key)
@@ -510,11 +510,16 @@ impl AlertPass {
         Ok(())
     }
 
-    /// The alerts due for delivery, (key, text), oldest first, at most 50.
+    /// The alerts due for delivery, (key, text), oldest first, at most 50, locked for the pass
+    /// (`FOR UPDATE SKIP LOCKED`): one whose row another transaction holds (Console's erasure
+    /// of its admin rewriting its text, `rbac_gateway_erase_admin`) is left for a later pass,
+    /// so the pass never waits on it after the webhook was called (a wait past the lock
+    /// timeout would fail the pass and deliver the alert again, with the admin it was erasing).
     pub async fn due(&mut self) -> Result<Vec<(String, String)>, sqlx::Error> {
         sqlx::query_as(
             "SELECT key, text FROM rbac_gateway_alerts \
-             WHERE delivered_at_utc IS NULL AND next_attempt_utc <= pg_catalog.now() ORDER BY created_at_utc LIMIT 50",
+             WHERE delivered_at_utc IS NULL AND next_attempt_utc <= pg_catalog.now() ORDER BY created_at_utc LIMIT 50 \
+             FOR UPDATE SKIP LOCKED",
         ).persistent(false)
         .fetch_all(&mut *self.tx)
         .bounded(self.limit)

@@ -180,11 +180,17 @@ impl Db {
         read_only: bool,
     ) -> Result<Db, sqlx::Error> {
         let pool_is_direct = direct.is_none();
-        let direct = match direct {
+        // sqlx warns of a statement past a second by default: the alert pass's lock waits
+        // (half the timeout, `stores::alerts`) would be said at every pass. A statement is slow
+        // here when it reaches the timeout, which every step is bounded by and says itself.
+        let slow = |o: PgConnectOptions| {
+            sqlx::ConnectOptions::log_slow_statements(o, log::LevelFilter::Warn, timeout)
+        };
+        let direct = slow(match direct {
             Some(d) => connect_options(d)?,
             None => opts.clone(),
-        };
-        let pool = Pool::new(opts, size, timeout);
+        });
+        let pool = Pool::new(slow(opts), size, timeout);
         Ok(Db {
             pool,
             direct: std::sync::Arc::new(direct),

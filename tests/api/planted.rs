@@ -1129,6 +1129,101 @@ async fn a_lock_console_holds_holds_back_no_alert() {
     .await;
 }
 
+/// A finding's first alert delivered late (the webhook failing while the finding stood, and
+/// answering only after it was gone) does not hold back the alert of its return the same day.
+#[tokio::test]
+async fn a_finding_delivered_late_is_raised_again_when_it_comes_back() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    let login = crate::grants::serve_login(&db).await;
+    let gw = alerting(&db, &up, &hook, &login).await;
+    let silenced = "rbac_gateway_change on admins";
+    let within = std::time::Duration::from_secs(15);
+    // Dropped, a trigger has no row: dropped again, it is in the state it was (the same key).
+    let drop = "DROP TRIGGER rbac_gateway_change ON admins";
+    *hook.status.lock().unwrap() = 500;
+    run_sql(&db, drop).await;
+    eventually(within, "a failed delivery", || async {
+        delivered(&hook, silenced) >= 1
+    })
+    .await;
+    let remake = rbac_gateway::stores::schema::remake_trigger(silenced).unwrap();
+    run_sql(&db, &remake).await;
+    eventually(within, "the log says the trigger fires again", || async {
+        gw.log()
+            .contains("alert pass: the gateway's triggers fire as migrate made them again")
+    })
+    .await;
+    // The webhook answers again: the first alert is delivered, after the finding was gone.
+    let answered = hook.requests().len();
+    *hook.status.lock().unwrap() = 200;
+    let since = |n: usize| {
+        let said = |r: &&Seen| String::from_utf8_lossy(&r.body).contains(silenced);
+        hook.requests()[n..].iter().filter(said).count()
+    };
+    eventually(within, "the first alert delivered late", || async {
+        since(answered) == 1
+    })
+    .await;
+    let late = hook.requests().len();
+    run_sql(&db, drop).await;
+    eventually(within, "the return alerted", || async { since(late) == 1 }).await;
+}
+
+/// An alert due while another transaction holds its row (Console's erasure of its admin
+/// rewriting its text, for longer than the pass's lock timeout): the pass leaves it for later
+/// rather than call the webhook and then wait on the row (which failed the pass, and delivered
+/// the alert again at each pass); delivered once, when the row is free.
+#[tokio::test]
+async fn an_alert_whose_row_is_held_is_delivered_once_when_free() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    let login = crate::grants::serve_login(&db).await;
+    let gw = alerting(&db, &up, &hook, &login).await;
+    run_sql(
+        &db,
+        "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys, next_attempt_utc) \
+         VALUES ('held', 'an alert whose row is held', '{}', now() + interval '2 seconds')",
+    )
+    .await;
+    let mut holder = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT FROM rbac_gateway_alerts WHERE key = 'held' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let from = gw.metric(DONE).await;
+    let within = std::time::Duration::from_secs(10);
+    // Due after 2 s; held past then, for five more passes.
+    eventually(within, "seven more alert passes, the row held", || async {
+        gw.metric(DONE).await >= from + 7.0
+    })
+    .await;
+    assert_eq!(
+        delivered(&hook, "an alert whose row is held"),
+        0,
+        "{}",
+        gw.log()
+    );
+    sqlx::raw_sql("COMMIT").execute(&mut *holder).await.unwrap();
+    eventually(within, "the alert delivered", || async {
+        delivered(&hook, "an alert whose row is held") == 1
+    })
+    .await;
+    let from = gw.metric(DONE).await;
+    eventually(within, "three more alert passes", || async {
+        gw.metric(DONE).await >= from + 3.0
+    })
+    .await;
+    assert_eq!(
+        delivered(&hook, "an alert whose row is held"),
+        1,
+        "{}",
+        gw.log()
+    );
+}
+
 /// The alert passes a gateway did (neither skipped nor failed).
 const DONE: &str = "rbac_gateway_alert_passes_total{result=\"done\"}";
 
