@@ -314,7 +314,8 @@ impl AlertPass {
     /// Records the alert `key` of a finding unless it exists; where it exists and is `gone`
     /// (this process saw it, then saw it gone: it came back), raises it again, undelivered,
     /// stamped (`raised_at_utc`, migration 0037), unless it was raised since the pass that saw
-    /// it gone began (another replica that saw it gone raised it again first).
+    /// it gone began (another replica that saw it gone raised it again first) or still waits
+    /// for its delivery (raised again, its backoff would start over).
     async fn raise_finding(
         &mut self,
         key: String,
@@ -327,7 +328,8 @@ impl AlertPass {
             recorded = sqlx::query(
                 "UPDATE rbac_gateway_alerts SET text = $2, delivered_at_utc = NULL, attempts = 0, \
                  next_attempt_utc = pg_catalog.now(), last_error = NULL, raised_at_utc = pg_catalog.now() \
-                 WHERE key = $1 AND coalesce(raised_at_utc, created_at_utc) < $3",
+                 WHERE key = $1 AND delivered_at_utc IS NOT NULL \
+                   AND coalesce(raised_at_utc, created_at_utc) < $3",
             )
             .persistent(false)
             .bind(&key)

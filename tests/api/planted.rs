@@ -1171,6 +1171,50 @@ async fn a_finding_delivered_late_is_raised_again_when_it_comes_back() {
     eventually(within, "the return alerted", || async { since(late) == 1 }).await;
 }
 
+/// On a schema one migration behind the binary (0037, the stamp of an alert raised again, not
+/// applied yet: a rolling deploy before `migrate`), Console's code that comes back is not
+/// raised again, and the pass goes on delivering (it failed each second on the missing column,
+/// and delivered nothing).
+#[tokio::test]
+async fn a_finding_back_on_a_schema_behind_the_binary_holds_back_no_alert() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    let login = crate::grants::serve_login(&db).await;
+    run_sql(
+        &db,
+        "ALTER TABLE rbac_gateway_alerts DROP COLUMN raised_at_utc; \
+         DELETE FROM _sqlx_migrations WHERE version = 37",
+    )
+    .await;
+    let gw = alerting_ready(&db, &up, &hook, &login, false).await;
+    let code = "rbac_groups has row-level security";
+    let within = std::time::Duration::from_secs(10);
+    for (n, sql) in [
+        (1, "ALTER TABLE rbac_groups ENABLE ROW LEVEL SECURITY"),
+        (1, "ALTER TABLE rbac_groups DISABLE ROW LEVEL SECURITY"),
+        (1, "ALTER TABLE rbac_groups ENABLE ROW LEVEL SECURITY"),
+    ] {
+        run_sql(&db, sql).await;
+        let from = gw.metric(DONE).await;
+        eventually(within, "two more alert passes", || async {
+            gw.metric(DONE).await >= from + 2.0
+        })
+        .await;
+        assert_eq!(delivered(&hook, code), n, "{sql}: {}", gw.log());
+    }
+    run_sql(
+        &db,
+        "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys) VALUES ('probe', 'a probe', '{}')",
+    )
+    .await;
+    eventually(within, "the probe delivered", || async {
+        delivered(&hook, "a probe") == 1
+    })
+    .await;
+    assert!(!gw.log().contains("alert pass failed"), "{}", gw.log());
+}
+
 /// An alert due while another transaction holds its row (Console's erasure of its admin
 /// rewriting its text, for longer than the pass's lock timeout): the pass leaves it for later
 /// rather than call the webhook and then wait on the row (which failed the pass, and delivered
@@ -1230,10 +1274,22 @@ const DONE: &str = "rbac_gateway_alert_passes_total{result=\"done\"}";
 /// A gateway on `db` in front of `up`, as `login`, delivering its alerts to `hook`, once it
 /// did a first alert pass.
 async fn alerting(db: &TestDb, up: &Upstream, hook: &Upstream, login: &str) -> Gateway {
+    alerting_ready(db, up, hook, login, true).await
+}
+
+/// [`alerting`], waiting for `/readyz` only where `ready` (not on a schema behind the binary).
+async fn alerting_ready(
+    db: &TestDb,
+    up: &Upstream,
+    hook: &Upstream,
+    login: &str,
+    ready: bool,
+) -> Gateway {
     let mut opts = GatewayOpts::new(core_routes(), db, up.addr)
         .arg("--alert-webhook-url")
         .arg(&format!("http://{}/hook", hook.addr));
     opts.database_url = login.to_string();
+    opts.wait_ready = ready;
     let gw = Gateway::start(opts).await;
     eventually(
         std::time::Duration::from_secs(10),
