@@ -13,6 +13,7 @@ use crate::policy::mapping::{Diagnostic, Mapping, Severity};
 use crate::stores::schema as db_schema;
 
 mod database;
+mod grants;
 
 /// The columns the gateway reads or writes of its own tables, per table (Console's:
 /// `db_schema::CONSOLE_TABLES`). Every table and column a statement of `serve` (the audit
@@ -72,7 +73,47 @@ const GATEWAY_SCHEMA: &[(&str, &[&str])] = &[
             "attempts",
             "next_attempt_utc",
             "last_error",
+            "erasure_keys",
+            "session_user_id",
+            "session_granted_at_utc",
+            "session_ends_at_utc",
+            "raised_at_utc",
         ],
+    ),
+    (
+        "rbac_gateway_group_changes",
+        &[
+            "id",
+            "txid",
+            "what",
+            "db_user",
+            "actor",
+            "application",
+            "client_addr",
+            "changed_at_utc",
+            "deploy_window",
+            "alert_key",
+            "erasure_keys",
+        ],
+    ),
+    (
+        "rbac_gateway_deploy_windows",
+        &[
+            "id",
+            "starts_at_utc",
+            "ends_at_utc",
+            "declared_by",
+            "reason",
+            "created_at_utc",
+        ],
+    ),
+    (
+        "rbac_gateway_break_glass_snapshots",
+        &["taken_at_utc", "roles", "permissions", "members"],
+    ),
+    (
+        "rbac_gateway_sweep_failures",
+        &["item", "failures", "last_error", "last_failed_at"],
     ),
     (
         "rbac_gateway_mapping_versions",
@@ -297,8 +338,8 @@ async fn check_database(
     if schema == Schema::Whole {
         database::migrations(pool, file, &mut out).await;
     }
-    // Tables that exist but this role may not read: information_schema lists none of their
-    // columns, which is not a missing column.
+    // Tables that exist but this role may not read: each named once, with its grant, rather than
+    // by the privileges it lacks.
     let unreadable = unreadable(pool, file, schema, &mut out).await?;
     let columns = db_schema::columns(pool)
         .await
@@ -321,6 +362,10 @@ async fn check_database(
                 ));
             }
         }
+    }
+    // Run as `serve`'s login: each privilege deploy/gateway-grants.sql gives it.
+    if schema == Schema::Whole {
+        grants::lacking(pool, file, &unreadable, &mut out).await?;
     }
     // The trust boundary (docs/design/security.md), as Supabase's splinter lints it: what
     // another role may plant where the gateway's names resolve, and what of the gateway's it

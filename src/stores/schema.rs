@@ -29,8 +29,8 @@ pub async fn unreadable_tables(pool: &Db, tables: &[&str]) -> Result<Vec<String>
 }
 
 /// Those of `tables` that exist and on none of whose columns this role holds a privilege
-/// (`has_any_column_privilege`): information_schema lists none of their columns, which is not a
-/// missing column. A role that may only insert, or read some columns, sees the table.
+/// (`has_any_column_privilege`): `check` names such a table once, with its grant. A role that may
+/// only insert, or read some columns, sees the table.
 pub async fn invisible_tables(pool: &Db, tables: &[&str]) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT t FROM pg_catalog.unnest($1::text[]) t WHERE NOT coalesce(pg_catalog.has_any_column_privilege(\
@@ -42,12 +42,16 @@ pub async fn invisible_tables(pool: &Db, tables: &[&str]) -> Result<Vec<String>,
     .await
 }
 
-/// Every (table, column) of the gateway's schema (`information_schema`: a table this role may not
-/// read lists none).
+/// Every (table, column) of the gateway's schema, whatever this role's privileges on it
+/// (`pg_attribute`: `information_schema.columns` leaves out a column this role holds no privilege
+/// on, which is not a missing column), of the kinds of relation `information_schema` lists.
 pub async fn columns(pool: &Db) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT table_name::text, column_name::text FROM information_schema.columns \
-         WHERE table_schema::text OPERATOR(pg_catalog.=) $1",
+        "SELECT c.relname::text, a.attname::text FROM pg_catalog.pg_attribute a \
+           JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid \
+           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+         WHERE n.nspname::text OPERATOR(pg_catalog.=) $1 AND a.attnum OPERATOR(pg_catalog.>) 0 \
+           AND NOT a.attisdropped AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,v,m,f}'::\"char\"[])",
     )
     .persistent(false)
     .bind(schema())
@@ -674,7 +678,9 @@ pub const BUILTINS: &[&str] = &[
     "encode",
     "format",
     "has_any_column_privilege",
+    "has_column_privilege",
     "has_function_privilege",
+    "has_sequence_privilege",
     "has_table_privilege",
     "hashtext",
     "json_populate_recordset",

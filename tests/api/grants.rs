@@ -505,3 +505,60 @@ async fn check_as_the_gateways_login_names_a_missing_grant_not_missing_columns()
         "{out}"
     );
 }
+
+/// `check --database-url` as the gateway's login names each privilege deploy/gateway-grants.sql
+/// gives it that the login lacks: a column's `UPDATE` the alert pass needs, the audit writer's
+/// `INSERT`, a function's `EXECUTE`, a sequence's `USAGE`. Each failed only the statement that
+/// needed it, at run time; the statements `check` prints mend it.
+#[tokio::test]
+async fn check_as_the_gateways_login_names_each_privilege_it_lacks() {
+    let db = TestDb::new().await;
+    let url = serve_login(&db).await;
+    let check = || {
+        let out = crate::cli::bin()
+            .args(["check", "--routes"])
+            .arg(root().join("routes.toml"))
+            .args(["--database-url", &url])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("lacks"), "{out}");
+
+    sqlx::raw_sql(
+        "REVOKE UPDATE (raised_at_utc, erasure_keys) ON rbac_gateway_alerts FROM rbac_gateway_serve; \
+         REVOKE INSERT ON access_audit_events FROM rbac_gateway_serve; \
+         REVOKE EXECUTE ON FUNCTION rbac_gateway_plain(TEXT[], TEXT[]) FROM rbac_gateway_serve; \
+         REVOKE USAGE ON SEQUENCE rbac_change_log_id_seq FROM rbac_gateway_serve",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    let lacks: Vec<&str> = out.lines().filter(|l| l.contains("lacks")).collect();
+    for said in [
+        "this role lacks UPDATE (erasure_keys, raised_at_utc) on rbac_gateway_alerts, which `serve` uses: `GRANT UPDATE (erasure_keys, raised_at_utc) ON rbac_gateway_alerts TO rbac_gateway_serve`",
+        "this role lacks INSERT on access_audit_events, which `serve` uses: `GRANT INSERT ON access_audit_events TO rbac_gateway_serve`",
+        "this role lacks EXECUTE on function rbac_gateway_plain(TEXT[], TEXT[]), which `serve` uses: `GRANT EXECUTE ON FUNCTION rbac_gateway_plain(TEXT[], TEXT[]) TO rbac_gateway_serve`",
+        "this role lacks USAGE on sequence rbac_change_log_id_seq, which `serve` uses: `GRANT USAGE ON SEQUENCE rbac_change_log_id_seq TO rbac_gateway_serve`",
+    ] {
+        assert!(lacks.iter().any(|l| l.contains(said)), "{said}\n{out}");
+    }
+    assert_eq!(lacks.len(), 4, "{out}");
+    assert!(!out.contains("is missing"), "{out}");
+
+    // The statements it prints, run as the tables' owner, are the whole mend.
+    for line in lacks {
+        let grant = line.split('`').nth(3).unwrap();
+        sqlx::raw_sql(grant).execute(&db.pool).await.unwrap();
+    }
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("lacks"), "{out}");
+}

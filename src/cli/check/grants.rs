@@ -1,0 +1,258 @@
+//! `check --database-url`'s look at the privileges of the role it runs as: each that
+//! deploy/gateway-grants.sql gives `serve`'s login (`rbac_gateway_serve`) and the role lacks is
+//! an error. The file is read into the binary, so what `check` asks is what the file grants: a
+//! grant added there is checked without a second list to keep.
+
+use anyhow::Context;
+
+use super::{diag, failure, Exit, Severity};
+use crate::stores::privileges::{On, Privilege};
+
+/// The grants an operator runs as the tables' owner (README, "Grants").
+const GRANTS_SQL: &str = include_str!("../../../deploy/gateway-grants.sql");
+
+/// The role the file grants to.
+const ROLE: &str = "rbac_gateway_serve";
+
+/// Objects whose privileges another part of `check` names: the schema's migrations (a warning:
+/// `migrate` grants it), and Console's flag promotions (granted only where the table exists,
+/// said by the invariants' section).
+const SAID_ELSEWHERE: &[&str] = &["_sqlx_migrations", "console_flag_promotions"];
+
+/// One `GRANT ... TO rbac_gateway_serve` of the file, as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Grant {
+    pub on: On,
+    /// The tables, sequences or function signatures it names.
+    pub objects: Vec<String>,
+    /// Each privilege, with the columns it is limited to (none: the whole table).
+    pub privileges: Vec<(String, Vec<String>)>,
+}
+
+/// Every `GRANT ... TO rbac_gateway_serve` of deploy/gateway-grants.sql, in its order.
+pub(super) fn grants() -> Vec<Grant> {
+    statements(GRANTS_SQL)
+        .iter()
+        .filter_map(|s| parse(s))
+        .collect()
+}
+
+/// The file's statements, comments taken out, whitespace made single spaces; a `GRANT` inside a
+/// `DO` block from its keyword on.
+fn statements(sql: &str) -> Vec<String> {
+    let text: String = sql
+        .lines()
+        .map(|l| l.split("--").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(" ");
+    text.split(';')
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter_map(|s| s.find("GRANT ").map(|at| s[at..].to_string()))
+        .collect()
+}
+
+/// `GRANT <privileges> ON [FUNCTION|SEQUENCE] <objects> TO rbac_gateway_serve`; `None` for a
+/// statement to another role.
+fn parse(statement: &str) -> Option<Grant> {
+    let rest = statement.strip_prefix("GRANT ")?;
+    let rest = rest.strip_suffix(&format!(" TO {ROLE}"))?;
+    let (privileges, objects) = rest.split_once(" ON ")?;
+    let (on, objects) = if let Some(f) = objects.strip_prefix("FUNCTION ") {
+        (On::Function, f)
+    } else if let Some(s) = objects.strip_prefix("SEQUENCE ") {
+        (On::Sequence, s)
+    } else {
+        (On::Table, objects)
+    };
+    let privileges = split_top(privileges)
+        .into_iter()
+        .map(|p| match p.split_once('(') {
+            None => (p.to_string(), Vec::new()),
+            Some((name, cols)) => (
+                name.trim().to_string(),
+                cols.trim_end_matches(')')
+                    .split(',')
+                    .map(|c| c.trim().to_string())
+                    .collect(),
+            ),
+        })
+        .collect();
+    Some(Grant {
+        on,
+        objects: split_top(objects).into_iter().map(str::to_string).collect(),
+        privileges,
+    })
+}
+
+/// `s` split at each comma outside parentheses, each part trimmed.
+fn split_top(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                parts.push(s[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(s[start..].trim());
+    parts
+}
+
+/// Each privilege of [`grants`] one by one: a column's privilege per column.
+fn asked() -> Vec<Privilege> {
+    let mut out = Vec::new();
+    for grant in grants() {
+        for object in &grant.objects {
+            if SAID_ELSEWHERE.contains(&object.as_str()) {
+                continue;
+            }
+            for (privilege, columns) in &grant.privileges {
+                let one = |column: Option<&String>| Privilege {
+                    on: grant.on,
+                    object: object.clone(),
+                    privilege: privilege.clone(),
+                    column: column.cloned(),
+                };
+                if columns.is_empty() {
+                    out.push(one(None));
+                } else {
+                    out.extend(columns.iter().map(|c| one(Some(c))));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Each privilege deploy/gateway-grants.sql gives `serve`'s login that this role lacks, an error
+/// in `out`, one per object and privilege (a column privilege's columns together). A table this
+/// role holds no privilege on at all (`skip`) is named already.
+pub(super) async fn lacking(
+    pool: &crate::stores::db::Db,
+    file: &str,
+    skip: &[String],
+    out: &mut Vec<crate::policy::mapping::Diagnostic>,
+) -> Result<(), Exit> {
+    let asked: Vec<Privilege> = asked()
+        .into_iter()
+        .filter(|p| p.on != On::Table || !skip.contains(&p.object))
+        .collect();
+    let lacking = crate::stores::privileges::lacking(pool, &asked)
+        .await
+        .context("cannot read this role's privileges")
+        .map_err(failure)?;
+    let mut said: Vec<(On, &str, &str, Vec<&str>)> = Vec::new();
+    for p in lacking.iter().map(|&i| &asked[i]) {
+        let column = p.column.as_deref();
+        match said
+            .iter_mut()
+            .find(|s| s.0 == p.on && s.1 == p.object && s.2 == p.privilege)
+        {
+            Some(s) => s.3.extend(column),
+            None => said.push((p.on, &p.object, &p.privilege, column.into_iter().collect())),
+        }
+    }
+    for (on, object, privilege, columns) in said {
+        let columns = if columns.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", columns.join(", "))
+        };
+        let on = match on {
+            On::Table => "",
+            On::Function => "function ",
+            On::Sequence => "sequence ",
+        };
+        out.push(diag(
+            file,
+            0,
+            0,
+            Severity::Error,
+            format!("database: this role lacks {privilege}{columns} on {on}{object}, which `serve` uses: `GRANT {privilege}{columns} ON {}{object} TO {ROLE}` (deploy/gateway-grants.sql)", on.to_uppercase()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `GRANT` of the file is read, to the role it names: none is skipped by the parse.
+    #[test]
+    fn every_grant_of_the_file_is_read() {
+        let written = statements(GRANTS_SQL)
+            .iter()
+            .filter(|s| s.starts_with("GRANT "))
+            .count();
+        assert!(written >= 25, "{written}");
+        assert_eq!(grants().len(), written);
+    }
+
+    /// A function's signature keeps its commas, a table list is split, a column list is kept
+    /// with its privilege; the alert pass's column grants are among those asked.
+    #[test]
+    fn grants_are_read_as_written() {
+        let grants = grants();
+        let plain = grants
+            .iter()
+            .find(|g| g.objects == ["rbac_gateway_plain(TEXT[], TEXT[])"])
+            .expect("the function's grant");
+        assert_eq!(plain.on, On::Function);
+        assert_eq!(plain.privileges, [("EXECUTE".to_string(), vec![])]);
+        let two = grants
+            .iter()
+            .find(|g| g.objects.len() == 2 && g.on == On::Function)
+            .expect("two functions in one grant");
+        assert_eq!(
+            two.objects,
+            [
+                "rbac_gateway_guard_writes(TEXT[])",
+                "rbac_gateway_console_code(OID, TEXT[], TEXT[], TEXT[])"
+            ]
+        );
+        let catalogue = grants
+            .iter()
+            .find(|g| g.objects.first().map(String::as_str) == Some("rbac_groups"))
+            .expect("the catalogue's grant");
+        assert_eq!(catalogue.objects.len(), 7);
+        assert!(grants.iter().any(|g| g.on == On::Sequence
+            && g.objects == ["rbac_change_log_id_seq"]
+            && g.privileges == [("USAGE".to_string(), vec![])]));
+        let asked = asked();
+        for column in ["raised_at_utc", "erasure_keys", "session_ends_at_utc"] {
+            assert!(
+                asked.iter().any(|p| p.object == "rbac_gateway_alerts"
+                    && p.privilege == "UPDATE"
+                    && p.column.as_deref() == Some(column)),
+                "{column}"
+            );
+        }
+        assert!(asked.iter().any(|p| p.object == "access_audit_events"
+            && p.privilege == "INSERT"
+            && p.column.is_none()));
+        assert!(!asked
+            .iter()
+            .any(|p| SAID_ELSEWHERE.contains(&p.object.as_str())));
+    }
+
+    /// Every table the file grants on (but those said elsewhere) is one `check` looks at, and
+    /// every column a grant names is among that table's columns: the lists of `check` keep up
+    /// with the grants.
+    #[test]
+    fn each_table_and_column_granted_is_one_check_looks_at() {
+        for p in asked().iter().filter(|p| p.on == On::Table) {
+            let (_, columns) = super::super::all_tables()
+                .find(|(t, _)| *t == p.object)
+                .unwrap_or_else(|| panic!("{} is not in check's tables", p.object));
+            if let Some(c) = &p.column {
+                assert!(columns.contains(&c.as_str()), "{}.{c}", p.object);
+            }
+        }
+    }
+}
