@@ -170,8 +170,10 @@ async fn consoles_tables(
         Ok(code) => report.console_code = code,
         Err(e) => met.undo(pass, e).await?,
     }
-    let passed = |met: &Answer| met.waited.is_some();
-    if !met.refused.is_empty() || passed(&met) || matches!(report.console_code, Look::Found(_)) {
+    if !met.refused.is_empty()
+        || met.waited.is_some()
+        || matches!(report.console_code, Look::Found(_))
+    {
         // Console's tables were not looked at: nothing of them is read.
     } else {
         for step in [Step::Sessions, Step::Changes, Step::Snapshot, Step::Windows] {
@@ -193,7 +195,8 @@ async fn consoles_tables(
             }
         }
     }
-    let passed = passed(&met);
+    // A wait that passed (a lock, a cancel) left a step undone: not "nothing found".
+    let passed = report.waited.is_some();
     report.consoles_tables = if !refused.is_empty() {
         pass.raise_unread(&refused, gone.consoles_tables.as_ref())
             .await?

@@ -437,6 +437,20 @@ async fn serve_and_sweep_as_the_serve_login(db: TestDb, grantor: sqlx::PgPool) {
     .await;
 }
 
+/// `check` of the repository's routes.toml against `url`: its exit code and what it printed.
+fn check_as(url: &str) -> (Option<i32>, String) {
+    let out = crate::cli::bin()
+        .args(["check", "--routes"])
+        .arg(root().join("routes.toml"))
+        .args(["--database-url", url])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// `check --database-url` as the gateway's login (what README's upgrade step runs): with only
 /// `rbac_gateway_serve` it passes, saying the mapping store is not checked (only a database
 /// mapping source reads it); a table `serve` uses that the role holds no privilege on is named
@@ -445,18 +459,7 @@ async fn serve_and_sweep_as_the_serve_login(db: TestDb, grantor: sqlx::PgPool) {
 async fn check_as_the_gateways_login_names_a_missing_grant_not_missing_columns() {
     let db = TestDb::new().await;
     let url = serve_login(&db).await;
-    let check = || {
-        let out = crate::cli::bin()
-            .args(["check", "--routes"])
-            .arg(root().join("routes.toml"))
-            .args(["--database-url", &url])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let check = || check_as(&url);
     let (code, out) = check();
     assert_eq!(code, Some(0), "{out}");
     assert!(
@@ -514,18 +517,7 @@ async fn check_as_the_gateways_login_names_a_missing_grant_not_missing_columns()
 async fn check_as_the_gateways_login_names_each_privilege_it_lacks() {
     let db = TestDb::new().await;
     let url = serve_login(&db).await;
-    let check = || {
-        let out = crate::cli::bin()
-            .args(["check", "--routes"])
-            .arg(root().join("routes.toml"))
-            .args(["--database-url", &url])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let check = || check_as(&url);
     let (code, out) = check();
     assert_eq!(code, Some(0), "{out}");
     assert!(!out.contains("lacks"), "{out}");

@@ -336,10 +336,7 @@ async fn check_names_the_gateways_triggers_that_do_not_fire() {
 /// `check` names all three as errors.
 #[tokio::test]
 async fn consoles_code_on_its_own_tables_never_runs_as_the_gateway() {
-    let db = TestDb::new().await;
-    let up = Upstream::start().await;
-    let hook = Upstream::start().await;
-    let login = crate::grants::serve_login(&db).await;
+    let (db, up, hook, login) = alert_setup().await;
     let gateway = TestDb::user_of(&login);
     let (admin, token) = db.admin_with_roles(&["console-manager"]).await;
     let expired = crate::grants::expired_grant(&db, &admin, "T-console-code").await;
@@ -838,10 +835,7 @@ async fn a_view_in_place_of_consoles_table_never_runs_in_migrate() {
 /// alert once and logs it once, and says when it fires again.
 #[tokio::test]
 async fn a_trigger_of_the_gateways_silenced_on_consoles_table_is_alerted() {
-    let db = TestDb::new().await;
-    let up = Upstream::start().await;
-    let hook = Upstream::start().await;
-    let login = crate::grants::serve_login(&db).await;
+    let (db, up, hook, login) = alert_setup().await;
     let mut console = as_console(&db).await;
     run(
         &mut console,
@@ -930,10 +924,7 @@ async fn a_trigger_of_the_gateways_silenced_on_consoles_table_is_alerted() {
 /// refusal is alerted again, once, though two replicas saw it gone.
 #[tokio::test]
 async fn a_table_of_consoles_renamed_away_holds_back_no_alert() {
-    let db = TestDb::new().await;
-    let up = Upstream::start().await;
-    let hook = Upstream::start().await;
-    let login = crate::grants::serve_login(&db).await;
+    let (db, up, hook, login) = alert_setup().await;
     let mut console = as_console(&db).await;
     run(
         &mut console,
@@ -1043,10 +1034,7 @@ async fn a_table_of_consoles_renamed_away_holds_back_no_alert() {
 /// session's alert, recorded by the step before, is still delivered, with the refusal's.
 #[tokio::test]
 async fn a_refused_step_of_the_alert_pass_holds_back_no_other() {
-    let db = TestDb::new().await;
-    let up = Upstream::start().await;
-    let hook = Upstream::start().await;
-    let login = crate::grants::serve_login(&db).await;
+    let (db, up, hook, login) = alert_setup().await;
     run_sql(
         &db,
         "REVOKE SELECT ON rbac_user_groups FROM rbac_gateway_serve",
@@ -1082,10 +1070,7 @@ async fn a_refused_step_of_the_alert_pass_holds_back_no_other() {
 /// silenced on another table); released, the log says the tables are read again.
 #[tokio::test]
 async fn a_lock_console_holds_holds_back_no_alert() {
-    let db = TestDb::new().await;
-    let up = Upstream::start().await;
-    let hook = Upstream::start().await;
-    let login = crate::grants::serve_login(&db).await;
+    let (db, up, hook, login) = alert_setup().await;
     let gw = alerting(&db, &up, &hook, &login).await;
     let passes = || gw.metric(DONE);
     let within = std::time::Duration::from_secs(10);
@@ -1133,10 +1118,7 @@ async fn a_lock_console_holds_holds_back_no_alert() {
 /// answering only after it was gone) does not hold back the alert of its return the same day.
 #[tokio::test]
 async fn a_finding_delivered_late_is_raised_again_when_it_comes_back() {
-    let db = TestDb::new().await;
-    let up = Upstream::start().await;
-    let hook = Upstream::start().await;
-    let login = crate::grants::serve_login(&db).await;
+    let (db, up, hook, login) = alert_setup().await;
     let gw = alerting(&db, &up, &hook, &login).await;
     let silenced = "rbac_gateway_change on admins";
     let within = std::time::Duration::from_secs(15);
@@ -1177,10 +1159,7 @@ async fn a_finding_delivered_late_is_raised_again_when_it_comes_back() {
 /// and delivered nothing).
 #[tokio::test]
 async fn a_finding_back_on_a_schema_behind_the_binary_holds_back_no_alert() {
-    let db = TestDb::new().await;
-    let up = Upstream::start().await;
-    let hook = Upstream::start().await;
-    let login = crate::grants::serve_login(&db).await;
+    let (db, up, hook, login) = alert_setup().await;
     run_sql(
         &db,
         "ALTER TABLE rbac_gateway_alerts DROP COLUMN raised_at_utc; \
@@ -1221,10 +1200,7 @@ async fn a_finding_back_on_a_schema_behind_the_binary_holds_back_no_alert() {
 /// the alert again at each pass); delivered once, when the row is free.
 #[tokio::test]
 async fn an_alert_whose_row_is_held_is_delivered_once_when_free() {
-    let db = TestDb::new().await;
-    let up = Upstream::start().await;
-    let hook = Upstream::start().await;
-    let login = crate::grants::serve_login(&db).await;
+    let (db, up, hook, login) = alert_setup().await;
     let gw = alerting(&db, &up, &hook, &login).await;
     run_sql(
         &db,
@@ -1266,6 +1242,16 @@ async fn an_alert_whose_row_is_held_is_delivered_once_when_free() {
         "{}",
         gw.log()
     );
+}
+
+/// What an alert test starts from: a database, Console (`up`), the alert webhook (`hook`) and
+/// a login holding only `rbac_gateway_serve`.
+async fn alert_setup() -> (TestDb, Upstream, Upstream, String) {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    let login = crate::grants::serve_login(&db).await;
+    (db, up, hook, login)
 }
 
 /// The alert passes a gateway did (neither skipped nor failed).
