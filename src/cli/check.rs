@@ -365,7 +365,7 @@ async fn check_database(
     }
     // Run as `serve`'s login: each privilege deploy/gateway-grants.sql gives it.
     if schema == Schema::Whole {
-        grants::lacking(pool, file, &unreadable, &mut out).await?;
+        grants::lacking(pool, file, &mut out).await?;
     }
     // The trust boundary (docs/design/security.md), as Supabase's splinter lints it: what
     // another role may plant where the gateway's names resolve, and what of the gateway's it
@@ -397,7 +397,8 @@ async fn unreadable(
 ) -> Result<Vec<String>, Exit> {
     Ok(match schema {
         // Run as the gateway's role: a table it holds no privilege on is named with the grant
-        // (not as its every column missing); the mapping store only a gateway with
+        // (each privilege it lacks, by `grants::lacking`, where deploy/gateway-grants.sql
+        // grants on it); the mapping store only a gateway with
         // `--mapping-source database` reads.
         Schema::Whole => {
             let tables: Vec<&str> = all_tables().map(|(t, _)| *t).collect();
@@ -406,7 +407,9 @@ async fn unreadable(
                 .context("cannot read this role's privileges")
                 .map_err(failure)?;
             for table in &found {
-                if MAPPING_STORE.contains(&table.as_str()) {
+                if grants::granted_on(table) {
+                    // Each privilege it lacks is named, with its GRANT (`grants::lacking`).
+                } else if MAPPING_STORE.contains(&table.as_str()) {
                     say!(
                         "database: {table} is not checked: this role may not read it, and only `serve --mapping-source database` does (deploy/mapping-grants.sql, rbac_gateway_reader)"
                     );

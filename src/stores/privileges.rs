@@ -40,10 +40,21 @@ pub struct Privilege {
     pub column: Option<String>,
 }
 
-/// The indexes of those of `asked` this role does not hold, by itself or a role it inherits.
-/// An object or column that does not exist is not counted as lacking: `check` names it as
-/// missing.
-pub async fn lacking(pool: &Db, asked: &[Privilege]) -> Result<Vec<usize>, sqlx::Error> {
+/// What [`lacking`] found of one privilege asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// The object is there and this role lacks the privilege.
+    Lacking,
+    /// A sequence that is not there, or not a sequence (no other part of `check` names it;
+    /// `has_sequence_privilege` raises an error on what is not a sequence).
+    NoSequence,
+}
+
+/// Those of `asked` this role does not hold (by itself or a role it inherits, or PUBLIC), by
+/// index. A table or function or column that does not exist is not counted as lacking: `check`
+/// names it as missing. A table's `SELECT`, `INSERT`, `UPDATE` or `REFERENCES` is held where it
+/// is held on each of its columns.
+pub async fn lacking(pool: &Db, asked: &[Privilege]) -> Result<Vec<(usize, Found)>, sqlx::Error> {
     let kinds: Vec<&str> = asked.iter().map(|p| p.on.kind()).collect();
     let objects: Vec<&str> = asked.iter().map(|p| p.object.as_str()).collect();
     let privileges: Vec<&str> = asked.iter().map(|p| p.privilege.as_str()).collect();
@@ -53,19 +64,31 @@ pub async fn lacking(pool: &Db, asked: &[Privilege]) -> Result<Vec<usize>, sqlx:
         .collect();
     // A column by its number: `has_column_privilege` by name raises an error for a column that
     // does not exist; by a number it finds no column for, NULL.
-    let found: Vec<i64> = sqlx::query_scalar(
-        "SELECT w.i FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), \
-           pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[])) WITH ORDINALITY AS w(kind, object, privilege, col, i) \
+    let found: Vec<(i64, bool)> = sqlx::query_as(
+        "SELECT w.i, w.kind OPERATOR(pg_catalog.=) 'sequence' \
+                AND NOT coalesce(o.relkind OPERATOR(pg_catalog.=) 'S'::\"char\", false) FROM ROWS FROM ( \
+           pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), \
+           pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[])) WITH ORDINALITY \
+           AS w(kind, object, privilege, col, i) \
+         CROSS JOIN LATERAL (SELECT x.r, (SELECT c.relkind FROM pg_catalog.pg_class c \
+             WHERE c.oid OPERATOR(pg_catalog.=) x.r) AS relkind \
+           FROM (SELECT CASE WHEN w.kind OPERATOR(pg_catalog.=) 'function' \
+             THEN NULL ELSE pg_catalog.to_regclass(w.object) END AS r) x) o \
          WHERE NOT coalesce(CASE \
            WHEN w.kind OPERATOR(pg_catalog.=) 'function' THEN \
              pg_catalog.has_function_privilege(pg_catalog.to_regprocedure(w.object), w.privilege) \
            WHEN w.kind OPERATOR(pg_catalog.=) 'sequence' THEN \
-             pg_catalog.has_sequence_privilege(pg_catalog.to_regclass(w.object), w.privilege) \
+             CASE WHEN o.relkind OPERATOR(pg_catalog.=) 'S'::\"char\" THEN pg_catalog.has_sequence_privilege(o.r, w.privilege) ELSE false END \
            WHEN w.col OPERATOR(pg_catalog.=) '' THEN \
-             pg_catalog.has_table_privilege(pg_catalog.to_regclass(w.object), w.privilege) \
-           ELSE pg_catalog.has_column_privilege(pg_catalog.to_regclass(w.object), \
+             pg_catalog.has_table_privilege(o.r, w.privilege) \
+             OR (w.privilege OPERATOR(pg_catalog.=) ANY ('{SELECT,INSERT,UPDATE,REFERENCES}'::text[]) \
+                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a \
+                   WHERE a.attrelid OPERATOR(pg_catalog.=) o.r AND a.attnum OPERATOR(pg_catalog.>) 0 \
+                     AND NOT a.attisdropped \
+                     AND NOT pg_catalog.has_column_privilege(o.r, a.attnum, w.privilege))) \
+           ELSE pg_catalog.has_column_privilege(o.r, \
              (SELECT a.attnum FROM pg_catalog.pg_attribute a \
-               WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(w.object) \
+               WHERE a.attrelid OPERATOR(pg_catalog.=) o.r \
                  AND a.attname::text OPERATOR(pg_catalog.=) w.col AND NOT a.attisdropped), w.privilege) END, true) \
          ORDER BY w.i",
     )
@@ -76,5 +99,33 @@ pub async fn lacking(pool: &Db, asked: &[Privilege]) -> Result<Vec<usize>, sqlx:
     .bind(&columns)
     .fetch_all(pool)
     .await?;
-    Ok(found.into_iter().map(|i| i as usize - 1).collect())
+    Ok(found
+        .into_iter()
+        .map(|(i, no_sequence)| {
+            let found = if no_sequence {
+                Found::NoSequence
+            } else {
+                Found::Lacking
+            };
+            (i as usize - 1, found)
+        })
+        .collect())
+}
+
+/// This role's name where it is a member of `role` without inheriting its privileges
+/// (`NOINHERIT`): a login of `serve`'s so made holds none of the grants given to `role`, as
+/// `serve` never sets its role. `None` where it inherits them, is no member, or `role` does not
+/// exist.
+pub async fn member_without_inheriting(
+    pool: &Db,
+    role: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT pg_catalog.current_user()::text WHERE CASE WHEN pg_catalog.to_regrole($1) IS NULL THEN false \
+           ELSE pg_catalog.pg_has_role($1, 'MEMBER') AND NOT pg_catalog.pg_has_role($1, 'USAGE') END",
+    )
+    .persistent(false)
+    .bind(role)
+    .fetch_optional(pool)
+    .await
 }

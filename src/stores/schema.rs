@@ -51,7 +51,7 @@ pub async fn columns(pool: &Db) -> Result<Vec<(String, String)>, sqlx::Error> {
            JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid \
            JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
          WHERE n.nspname::text OPERATOR(pg_catalog.=) $1 AND a.attnum OPERATOR(pg_catalog.>) 0 \
-           AND NOT a.attisdropped AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,v,m,f}'::\"char\"[])",
+           AND NOT a.attisdropped AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,v,f}'::\"char\"[])",
     )
     .persistent(false)
     .bind(schema())
@@ -711,6 +711,7 @@ pub const BUILTINS: &[&str] = &[
     "to_regclass",
     "to_regnamespace",
     "to_regprocedure",
+    "to_regrole",
     "unnest",
 ];
 

@@ -500,7 +500,7 @@ async fn check_as_the_gateways_login_names_a_missing_grant_not_missing_columns()
     let (code, out) = check();
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains("this role holds no privilege on rbac_user_groups, which `serve` uses (deploy/gateway-grants.sql"),
+        out.contains("this role lacks SELECT on rbac_user_groups, which `serve` uses: `GRANT SELECT ON \"public\".rbac_user_groups TO rbac_gateway_serve` (deploy/gateway-grants.sql)"),
         "{out}"
     );
     assert!(
@@ -535,10 +535,10 @@ async fn check_as_the_gateways_login_names_each_privilege_it_lacks() {
     assert_eq!(code, Some(1), "{out}");
     let lacks: Vec<&str> = out.lines().filter(|l| l.contains("lacks")).collect();
     for said in [
-        "this role lacks UPDATE (erasure_keys, raised_at_utc) on rbac_gateway_alerts, which `serve` uses: `GRANT UPDATE (erasure_keys, raised_at_utc) ON rbac_gateway_alerts TO rbac_gateway_serve`",
-        "this role lacks INSERT on access_audit_events, which `serve` uses: `GRANT INSERT ON access_audit_events TO rbac_gateway_serve`",
-        "this role lacks EXECUTE on function rbac_gateway_plain(TEXT[], TEXT[]), which `serve` uses: `GRANT EXECUTE ON FUNCTION rbac_gateway_plain(TEXT[], TEXT[]) TO rbac_gateway_serve`",
-        "this role lacks USAGE on sequence rbac_change_log_id_seq, which `serve` uses: `GRANT USAGE ON SEQUENCE rbac_change_log_id_seq TO rbac_gateway_serve`",
+        "this role lacks UPDATE (erasure_keys, raised_at_utc) on rbac_gateway_alerts, which `serve` uses: `GRANT UPDATE (erasure_keys, raised_at_utc) ON \"public\".rbac_gateway_alerts TO rbac_gateway_serve`",
+        "this role lacks INSERT on access_audit_events, which `serve` uses: `GRANT INSERT ON \"public\".access_audit_events TO rbac_gateway_serve`",
+        "this role lacks EXECUTE on function rbac_gateway_plain(TEXT[], TEXT[]), which `serve` uses: `GRANT EXECUTE ON FUNCTION \"public\".rbac_gateway_plain(TEXT[], TEXT[]) TO rbac_gateway_serve`",
+        "this role lacks USAGE on sequence rbac_change_log_id_seq, which `serve` uses: `GRANT USAGE ON SEQUENCE \"public\".rbac_change_log_id_seq TO rbac_gateway_serve`",
     ] {
         assert!(lacks.iter().any(|l| l.contains(said)), "{said}\n{out}");
     }
@@ -553,4 +553,53 @@ async fn check_as_the_gateways_login_names_each_privilege_it_lacks() {
     let (code, out) = check();
     assert_eq!(code, Some(0), "{out}");
     assert!(!out.contains("lacks"), "{out}");
+
+    // SELECT on each column is SELECT on the table: what `serve` reads is granted.
+    run(
+        &db,
+        "REVOKE SELECT ON rbac_gateway_deploy_windows FROM rbac_gateway_serve; \
+         GRANT SELECT (id, starts_at_utc, ends_at_utc, declared_by, reason, created_at_utc) \
+         ON rbac_gateway_deploy_windows TO rbac_gateway_serve",
+    )
+    .await;
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("lacks"), "{out}");
+
+    // A login that is a member of the role without inheriting its privileges holds none of
+    // them (`serve` never sets its role): said once, with its fix, not as each grant missing.
+    let user = TestDb::user_of(&url);
+    run(&db, &format!("ALTER ROLE \"{user}\" NOINHERIT")).await;
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("this role ({user}) is a member of rbac_gateway_serve that does not inherit its privileges (NOINHERIT)")),
+        "{out}"
+    );
+    assert!(!out.contains("lacks"), "{out}");
+    run(&db, &format!("ALTER ROLE \"{user}\" INHERIT")).await;
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+
+    // A sequence the file grants on, replaced by a table: named, and the rest of the check
+    // goes on (has_sequence_privilege refuses what is not a sequence).
+    run(
+        &db,
+        "ALTER TABLE rbac_change_log ALTER id DROP DEFAULT; DROP SEQUENCE rbac_change_log_id_seq; \
+         CREATE TABLE rbac_change_log_id_seq (x int)",
+    )
+    .await;
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("database: sequence rbac_change_log_id_seq is missing, or is not a sequence"),
+        "{out}"
+    );
+    assert!(out.contains(" routes, version "), "{out}");
+    assert!(!out.contains("cannot read"), "{out}");
+}
+
+/// Runs `sql` as the tables' owner.
+async fn run(db: &TestDb, sql: &str) {
+    sqlx::raw_sql(sql).execute(&db.pool).await.unwrap();
 }

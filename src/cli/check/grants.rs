@@ -3,10 +3,8 @@
 //! an error. The file is read into the binary, so what `check` asks is what the file grants: a
 //! grant added there is checked without a second list to keep.
 
-use anyhow::Context;
-
 use super::{diag, failure, Exit, Severity};
-use crate::stores::privileges::{On, Privilege};
+use crate::stores::privileges::{Found, On, Privilege};
 
 /// The grants an operator runs as the tables' owner (README, "Grants").
 const GRANTS_SQL: &str = include_str!("../../../deploy/gateway-grants.sql");
@@ -33,12 +31,12 @@ pub(super) struct Grant {
 pub(super) fn grants() -> Vec<Grant> {
     statements(GRANTS_SQL)
         .iter()
-        .filter_map(|s| parse(s))
+        .filter_map(|s| parse(&s[grant_at(s)?..]))
         .collect()
 }
 
-/// The file's statements, comments taken out, whitespace made single spaces; a `GRANT` inside a
-/// `DO` block from its keyword on.
+/// The file's statements, `--` comments taken out, whitespace made single spaces, empty ones
+/// left out (a `DO` block's inner statements are statements here too).
 fn statements(sql: &str) -> Vec<String> {
     let text: String = sql
         .lines()
@@ -47,19 +45,37 @@ fn statements(sql: &str) -> Vec<String> {
         .join(" ");
     text.split(';')
         .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
-        .filter_map(|s| s.find("GRANT ").map(|at| s[at..].to_string()))
+        .filter(|s| !s.is_empty())
         .collect()
+}
+
+/// Where in `statement` its `GRANT` begins, the keyword in any case (a `GRANT` inside a `DO`
+/// block's `IF` follows its `THEN`).
+fn grant_at(statement: &str) -> Option<usize> {
+    statement.to_ascii_uppercase().find("GRANT ")
 }
 
 /// `GRANT <privileges> ON [FUNCTION|SEQUENCE] <objects> TO rbac_gateway_serve`; `None` for a
 /// statement to another role.
 fn parse(statement: &str) -> Option<Grant> {
-    let rest = statement.strip_prefix("GRANT ")?;
-    let rest = rest.strip_suffix(&format!(" TO {ROLE}"))?;
-    let (privileges, objects) = rest.split_once(" ON ")?;
-    let (on, objects) = if let Some(f) = objects.strip_prefix("FUNCTION ") {
+    // Keywords in any case; names as written.
+    let upper = statement.to_ascii_uppercase();
+    let to = format!(" TO {}", ROLE.to_ascii_uppercase());
+    if !upper.starts_with("GRANT ") || !upper.ends_with(&to) {
+        return None;
+    }
+    let on_at = upper.find(" ON ")?;
+    let privileges = &statement["GRANT ".len()..on_at];
+    let objects = &statement[on_at + " ON ".len()..statement.len() - to.len()];
+    let keyword = |kw: &str| {
+        objects
+            .get(..kw.len())
+            .filter(|w| w.eq_ignore_ascii_case(kw))
+            .map(|_| &objects[kw.len()..])
+    };
+    let (on, objects) = if let Some(f) = keyword("FUNCTION ") {
         (On::Function, f)
-    } else if let Some(s) = objects.strip_prefix("SEQUENCE ") {
+    } else if let Some(s) = keyword("SEQUENCE ") {
         (On::Sequence, s)
     } else {
         (On::Table, objects)
@@ -67,9 +83,9 @@ fn parse(statement: &str) -> Option<Grant> {
     let privileges = split_top(privileges)
         .into_iter()
         .map(|p| match p.split_once('(') {
-            None => (p.to_string(), Vec::new()),
+            None => (p.to_ascii_uppercase(), Vec::new()),
             Some((name, cols)) => (
-                name.trim().to_string(),
+                name.trim().to_ascii_uppercase(),
                 cols.trim_end_matches(')')
                     .split(',')
                     .map(|c| c.trim().to_string())
@@ -129,25 +145,47 @@ fn asked() -> Vec<Privilege> {
     out
 }
 
+/// Whether deploy/gateway-grants.sql grants `serve`'s login a privilege on `table`.
+pub(super) fn granted_on(table: &str) -> bool {
+    grants()
+        .iter()
+        .any(|g| g.on == On::Table && g.objects.iter().any(|o| o == table))
+}
+
 /// Each privilege deploy/gateway-grants.sql gives `serve`'s login that this role lacks, an error
-/// in `out`, one per object and privilege (a column privilege's columns together). A table this
-/// role holds no privilege on at all (`skip`) is named already.
+/// in `out`, one per object and privilege (a column privilege's columns together), with the
+/// `GRANT` that mends it; or, where this role is a member of `rbac_gateway_serve` that does not
+/// inherit its privileges, that one error (the grants are there; the login does not use them).
 pub(super) async fn lacking(
     pool: &crate::stores::db::Db,
     file: &str,
-    skip: &[String],
     out: &mut Vec<crate::policy::mapping::Diagnostic>,
 ) -> Result<(), Exit> {
-    let asked: Vec<Privilege> = asked()
-        .into_iter()
-        .filter(|p| p.on != On::Table || !skip.contains(&p.object))
-        .collect();
+    let privileges =
+        |e| failure(anyhow::Error::new(e).context("cannot read this role's privileges"));
+    if let Some(login) = crate::stores::privileges::member_without_inheriting(pool, ROLE)
+        .await
+        .map_err(privileges)?
+    {
+        out.push(diag(file, 0, 0, Severity::Error, format!(
+            "database: this role ({login}) is a member of {ROLE} that does not inherit its privileges (NOINHERIT), and `serve` never sets its role: it holds none of deploy/gateway-grants.sql's grants (`ALTER ROLE {login} INHERIT`; from PostgreSQL 16, `GRANT {ROLE} TO {login} WITH INHERIT TRUE`)"
+        )));
+        return Ok(());
+    }
+    let asked = asked();
     let lacking = crate::stores::privileges::lacking(pool, &asked)
         .await
-        .context("cannot read this role's privileges")
-        .map_err(failure)?;
+        .map_err(privileges)?;
     let mut said: Vec<(On, &str, &str, Vec<&str>)> = Vec::new();
-    for p in lacking.iter().map(|&i| &asked[i]) {
+    for (i, found) in lacking {
+        let p = &asked[i];
+        if found == Found::NoSequence {
+            out.push(diag(file, 0, 0, Severity::Error, format!(
+                "database: sequence {} is missing, or is not a sequence (run `rbac-gateway migrate`?)",
+                p.object
+            )));
+            continue;
+        }
         let column = p.column.as_deref();
         match said
             .iter_mut()
@@ -157,6 +195,7 @@ pub(super) async fn lacking(
             None => said.push((p.on, &p.object, &p.privilege, column.into_iter().collect())),
         }
     }
+    let schema = crate::stores::db::quoted_schema();
     for (on, object, privilege, columns) in said {
         let columns = if columns.is_empty() {
             String::new()
@@ -173,7 +212,7 @@ pub(super) async fn lacking(
             0,
             0,
             Severity::Error,
-            format!("database: this role lacks {privilege}{columns} on {on}{object}, which `serve` uses: `GRANT {privilege}{columns} ON {}{object} TO {ROLE}` (deploy/gateway-grants.sql)", on.to_uppercase()),
+            format!("database: this role lacks {privilege}{columns} on {on}{object}, which `serve` uses: `GRANT {privilege}{columns} ON {}{schema}.{object} TO {ROLE}` (deploy/gateway-grants.sql)", on.to_uppercase()),
         ));
     }
     Ok(())
@@ -183,15 +222,59 @@ pub(super) async fn lacking(
 mod tests {
     use super::*;
 
-    /// Every `GRANT` of the file is read, to the role it names: none is skipped by the parse.
+    /// Every statement of the file is one this parse knows: a `GRANT` to `serve`'s role it reads,
+    /// or one that grants nothing (the transaction, the role made, the privileges revoked before
+    /// the grants, the `DO` block granting Console's flag promotions where they exist). A
+    /// statement of another kind added to the file (a `REVOKE` after the grants, a block
+    /// comment) fails here rather than being asked or missed.
     #[test]
-    fn every_grant_of_the_file_is_read() {
-        let written = statements(GRANTS_SQL)
-            .iter()
-            .filter(|s| s.starts_with("GRANT "))
-            .count();
-        assert!(written >= 25, "{written}");
-        assert_eq!(grants().len(), written);
+    fn every_statement_of_the_file_is_read() {
+        assert!(!GRANTS_SQL.contains("/*"));
+        let mut read = 0;
+        for statement in statements(GRANTS_SQL) {
+            let upper = statement.to_ascii_uppercase();
+            if let Some(at) = grant_at(&statement) {
+                let grant =
+                    parse(&statement[at..]).unwrap_or_else(|| panic!("not read: {statement}"));
+                if at > 0 {
+                    assert!(
+                        upper.starts_with("DO $$ BEGIN IF TO_REGCLASS('CONSOLE_FLAG_PROMOTIONS')"),
+                        "{statement}"
+                    );
+                    assert_eq!(grant.objects, ["console_flag_promotions"]);
+                }
+                read += 1;
+            } else {
+                let known = [
+                    "BEGIN",
+                    "COMMIT",
+                    "END IF",
+                    "END",
+                    "END $$",
+                    "END IF; END $$",
+                ];
+                let made = upper.starts_with("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM PG_ROLES")
+                    || upper.starts_with("EXCEPTION WHEN DUPLICATE_OBJECT")
+                    || upper.starts_with("DO $$ BEGIN EXECUTE FORMAT('REVOKE ALL ON ALL")
+                    || upper.starts_with("EXECUTE FORMAT('REVOKE ALL ON ALL");
+                assert!(
+                    known.contains(&upper.as_str()) || made,
+                    "not read: {statement}"
+                );
+            }
+        }
+        assert!(read >= 25, "{read}");
+        assert_eq!(grants().len(), read);
+        // Keywords in any case; a statement to another role is not asked.
+        assert_eq!(
+            parse("grant select, Insert on t to rbac_gateway_serve"),
+            Some(Grant {
+                on: On::Table,
+                objects: vec!["t".into()],
+                privileges: vec![("SELECT".into(), vec![]), ("INSERT".into(), vec![])],
+            })
+        );
+        assert_eq!(parse("GRANT SELECT ON t TO rbac_gateway_reader"), None);
     }
 
     /// A function's signature keeps its commas, a table list is split, a column list is kept
