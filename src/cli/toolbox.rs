@@ -74,8 +74,10 @@ pub fn init_logging(format: &str) {
     for krate in ["hyper", "hyper_util", "h2"] {
         filter = filter.add_directive(format!("{krate}=info").parse().expect("static directive"));
     }
+    // Colours only for a terminal: a file, a pipe or a platform's log router gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(crate::runtime::log_sink::LogOut);
     // try_init fails only when a subscriber is already installed (tests call this twice).
     if format == "text" {

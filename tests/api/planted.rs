@@ -1297,9 +1297,9 @@ async fn run_sql(db: &TestDb, sql: &str) {
     sqlx::raw_sql(sql).execute(&db.pool).await.unwrap();
 }
 
-/// `check`'s fix for a silent trigger makes it as `migrate` made it (`migrate` does not: its
-/// migrations ran): every trigger of the gateway's disabled, two of them dropped, and each made
-/// again from the statements `check` gives, after which `check` names none.
+/// `check`'s fix for a silent trigger makes it as `migrate` made it: every trigger of the
+/// gateway's disabled, two of them dropped, and each made again from the statements `check`
+/// gives, after which `check` names none.
 #[tokio::test]
 async fn checks_fix_makes_every_silent_trigger_again() {
     use rbac_gateway::stores::schema::{remake_trigger, TRIGGERS};
@@ -1323,4 +1323,93 @@ async fn checks_fix_makes_every_silent_trigger_again() {
     let (code, text) = check(&db);
     assert!(!text.contains("database: trigger"), "{text}");
     assert_eq!(code, Some(0), "{text}");
+}
+
+/// `migrate` makes the gateway's silent triggers again, as its migrations made them: every one
+/// disabled, two dropped, and one lost with a table Console's migration made again. One whose
+/// table the migrating role does not own is named with its fix and left, and `migrate` still
+/// succeeds; as the table's owner, the next `migrate` makes it.
+#[tokio::test]
+async fn migrate_makes_the_gateways_silent_triggers_again() {
+    use rbac_gateway::stores::schema::{silent_triggers, TRIGGERS};
+    let (db, owner) = TestDb::migrated_by_a_login().await;
+    let (_, name) = db.url.rsplit_once('/').unwrap();
+    let short = name.trim_start_matches("rbacgw_");
+    let owner_url = db.url_as(&format!("{short}_owner"));
+    let mut silence = String::new();
+    for (table, name, ..) in TRIGGERS {
+        silence.push_str(&format!("ALTER TABLE {table} DISABLE TRIGGER {name}; "));
+    }
+    // Console's migration makes `rbac_role_inheritance` again: the gateway's triggers go with
+    // the table it drops.
+    silence.push_str(&format!(
+        "DROP TRIGGER rbac_gateway_change ON admin_sessions; \
+         DROP TRIGGER access_audit_events_no_update ON access_audit_events; \
+         SET ROLE \"{short}_console\"; \
+         CREATE TABLE rbac_role_inheritance_new (LIKE rbac_role_inheritance INCLUDING ALL); \
+         DROP TABLE rbac_role_inheritance; \
+         ALTER TABLE rbac_role_inheritance_new RENAME TO rbac_role_inheritance; RESET ROLE; \
+         CREATE ROLE \"{short}_other\"; ALTER TABLE rbac_permissions OWNER TO \"{short}_other\""
+    ));
+    run_sql(&db, &silence).await;
+    let silent = || async { silent_triggers(&db.pool).await.unwrap() };
+    assert_eq!(silent().await.len(), TRIGGERS.len(), "{:?}", silent().await);
+
+    let migrate_as = |url: &str| {
+        let out = crate::cli::bin()
+            .args(["migrate", "--database-url", url])
+            .output()
+            .unwrap();
+        code_and_output(&out)
+    };
+    let (code, text) = migrate_as(&owner_url);
+    assert_eq!(code, Some(0), "{text}");
+    // The other role's table keeps its four silent, each named.
+    let mut theirs: Vec<String> = TRIGGERS
+        .iter()
+        .filter(|t| t.0 == "rbac_permissions")
+        .map(|t| format!("{} on {}", t.1, t.0))
+        .collect();
+    theirs.sort();
+    assert_eq!(theirs.len(), 4);
+    assert_eq!(silent().await, theirs, "{text}");
+    for trigger in &theirs {
+        assert!(
+            text.lines().any(|l| l.contains("migrate: a trigger of the gateway's does not fire as migrate made it, and was not made again")
+                && l.contains(&format!("trigger={trigger} "))
+                && l.contains("must be owner of relation rbac_permissions")),
+            "{trigger}\n{text}"
+        );
+    }
+    assert_eq!(
+        text.matches("is made again").count(),
+        TRIGGERS.len() - theirs.len(),
+        "{text}"
+    );
+    let (code, text) = check(&db);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(
+        text.contains("database: trigger rbac_gateway_break_glass on rbac_permissions is missing, not as migrate made it"),
+        "{text}"
+    );
+
+    // As a role that acts as the table's owner, the next `migrate` makes it, and says nothing
+    // of the others (they fire).
+    run_sql(
+        &db,
+        &format!("GRANT \"{short}_other\" TO \"{short}_owner\""),
+    )
+    .await;
+    let (code, text) = migrate_as(&owner_url);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(silent().await.is_empty(), "{text}");
+    assert_eq!(
+        text.matches("is made again").count(),
+        theirs.len(),
+        "{text}"
+    );
+    let (code, text) = check(&db);
+    assert!(!text.contains("database: trigger"), "{text}");
+    assert_eq!(code, Some(0), "{text}");
+    drop(owner);
 }

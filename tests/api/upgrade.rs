@@ -483,7 +483,8 @@ async fn a_binary_newer_than_its_schema_is_not_ready_until_migrated() {
     );
 
     // The alert pass looks at the gateway's triggers only on a schema that is this binary's
-    // (another release's has other triggers): a trigger disabled now is alerted once migrated.
+    // (another release's has other triggers): a trigger disabled now is not alerted before the
+    // schema is migrated; `migrate` makes it again, and one disabled after is alerted.
     sqlx::query("ALTER TABLE admins DISABLE TRIGGER rbac_gateway_change")
         .execute(&db.pool)
         .await
@@ -509,7 +510,15 @@ async fn a_binary_newer_than_its_schema_is_not_ready_until_migrated() {
         .output()
         .unwrap();
     assert!(migrated.status.success(), "{migrated:?}");
+    assert!(
+        String::from_utf8_lossy(&migrated.stderr).contains("is made again"),
+        "{migrated:?}"
+    );
     readyz_until(&gw, 200, "ready mapping=").await;
+    sqlx::query("ALTER TABLE admins DISABLE TRIGGER rbac_gateway_change")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     eventually(
         Duration::from_secs(10),
         "the disabled trigger alerted",

@@ -79,7 +79,7 @@ pub(super) async fn functions(
             0,
             0,
             Severity::Error,
-            format!("database: trigger {trigger} is missing, not as migrate made it (another function, other events or arguments, a WHEN condition), or does not fire (disabled, or for replicas only): what it records or refuses goes unrecorded or unrefused (where it is only disabled, `ALTER TABLE ... ENABLE TRIGGER` it; otherwise make it again as the role that ran `migrate`, which owns the trigger's function and must act as the table's owner: `{}`)", db_schema::remake_trigger(&trigger).unwrap_or_default()),
+            format!("database: trigger {trigger} is missing, not as migrate made it (another function, other events or arguments, a WHEN condition), or does not fire (disabled, or for replicas only): what it records or refuses goes unrecorded or unrefused (`rbac-gateway migrate`, run again as the role that first ran it, which owns the trigger's function and must act as the table's owner, makes it again; or, as that role: `{}`)", db_schema::remake_trigger(&trigger).unwrap_or_default()),
         ));
     }
     // The functions the lookups call (migrations 0011, 0012, 0014), and the guard of the
