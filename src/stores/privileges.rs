@@ -41,17 +41,20 @@ pub struct Privilege {
 }
 
 /// What [`lacking`] found of one privilege asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
     /// The object is there and this role lacks the privilege.
     Lacking,
     /// A sequence that is not there, or not a sequence (no other part of `check` names it;
     /// `has_sequence_privilege` raises an error on what is not a sequence).
     NoSequence,
+    /// A table's name held by a relation of another kind (`pg_class.relkind`: an index, a
+    /// sequence, a composite type), on which no statement of `serve`'s runs.
+    NotATable(String),
 }
 
 /// Those of `asked` this role does not hold (by itself or a role it inherits, or PUBLIC), by
-/// index. A table or function or column that does not exist is not counted as lacking: `check`
+/// index. A table, function or column that does not exist is not counted as lacking: `check`
 /// names it as missing. A table's `SELECT`, `INSERT`, `UPDATE` or `REFERENCES` is held where it
 /// is held on each of its columns.
 pub async fn lacking(pool: &Db, asked: &[Privilege]) -> Result<Vec<(usize, Found)>, sqlx::Error> {
@@ -62,11 +65,12 @@ pub async fn lacking(pool: &Db, asked: &[Privilege]) -> Result<Vec<(usize, Found
         .iter()
         .map(|p| p.column.as_deref().unwrap_or(""))
         .collect();
-    // A column by its number: `has_column_privilege` by name raises an error for a column that
-    // does not exist; by a number it finds no column for, NULL.
-    let found: Vec<(i64, bool)> = sqlx::query_as(
-        "SELECT w.i, w.kind OPERATOR(pg_catalog.=) 'sequence' \
-                AND NOT coalesce(o.relkind OPERATOR(pg_catalog.=) 'S'::\"char\", false) FROM ROWS FROM ( \
+    // `relkind` of what holds the name ('' for nothing); a table's name held by a relation that
+    // is no table, view or foreign table is said as such, its privileges not asked. A column by
+    // its number: `has_column_privilege` by name raises an error for a column that does not
+    // exist; by a number it finds no column for, NULL.
+    let found: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT w.i, coalesce(o.relkind::text, '') FROM ROWS FROM ( \
            pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), \
            pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[])) WITH ORDINALITY \
            AS w(kind, object, privilege, col, i) \
@@ -78,7 +82,9 @@ pub async fn lacking(pool: &Db, asked: &[Privilege]) -> Result<Vec<(usize, Found
            WHEN w.kind OPERATOR(pg_catalog.=) 'function' THEN \
              pg_catalog.has_function_privilege(pg_catalog.to_regprocedure(w.object), w.privilege) \
            WHEN w.kind OPERATOR(pg_catalog.=) 'sequence' THEN \
-             CASE WHEN o.relkind OPERATOR(pg_catalog.=) 'S'::\"char\" THEN pg_catalog.has_sequence_privilege(o.r, w.privilege) ELSE false END \
+             CASE WHEN o.relkind OPERATOR(pg_catalog.=) 'S'::\"char\" \
+               THEN pg_catalog.has_sequence_privilege(o.r, w.privilege) ELSE false END \
+           WHEN NOT o.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,v,f}'::\"char\"[]) THEN false \
            WHEN w.col OPERATOR(pg_catalog.=) '' THEN \
              pg_catalog.has_table_privilege(o.r, w.privilege) \
              OR (w.privilege OPERATOR(pg_catalog.=) ANY ('{SELECT,INSERT,UPDATE,REFERENCES}'::text[]) \
@@ -89,7 +95,8 @@ pub async fn lacking(pool: &Db, asked: &[Privilege]) -> Result<Vec<(usize, Found
            ELSE pg_catalog.has_column_privilege(o.r, \
              (SELECT a.attnum FROM pg_catalog.pg_attribute a \
                WHERE a.attrelid OPERATOR(pg_catalog.=) o.r \
-                 AND a.attname::text OPERATOR(pg_catalog.=) w.col AND NOT a.attisdropped), w.privilege) END, true) \
+                 AND a.attname::text OPERATOR(pg_catalog.=) w.col AND NOT a.attisdropped), \
+             w.privilege) END, true) \
          ORDER BY w.i",
     )
     .persistent(false)
@@ -101,31 +108,59 @@ pub async fn lacking(pool: &Db, asked: &[Privilege]) -> Result<Vec<(usize, Found
     .await?;
     Ok(found
         .into_iter()
-        .map(|(i, no_sequence)| {
-            let found = if no_sequence {
-                Found::NoSequence
-            } else {
-                Found::Lacking
+        .map(|(i, relkind)| {
+            let i = i as usize - 1;
+            let found = match asked[i].on {
+                On::Sequence if relkind != "S" => Found::NoSequence,
+                On::Table if !["r", "p", "v", "f"].contains(&relkind.as_str()) => {
+                    Found::NotATable(relkind)
+                }
+                _ => Found::Lacking,
             };
-            (i as usize - 1, found)
+            (i, found)
         })
         .collect())
 }
 
-/// This role's name where it is a member of `role` without inheriting its privileges
-/// (`NOINHERIT`): a login of `serve`'s so made holds none of the grants given to `role`, as
-/// `serve` never sets its role. `None` where it inherits them, is no member, or `role` does not
-/// exist.
-pub async fn member_without_inheriting(
-    pool: &Db,
-    role: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT pg_catalog.current_user()::text WHERE CASE WHEN pg_catalog.to_regrole($1) IS NULL THEN false \
-           ELSE pg_catalog.pg_has_role($1, 'MEMBER') AND NOT pg_catalog.pg_has_role($1, 'USAGE') END",
-    )
-    .persistent(false)
-    .bind(role)
-    .fetch_optional(pool)
-    .await
+/// How this role stands to a role whose privileges it should hold ([`membership`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// This role's name.
+    pub login: String,
+    /// The role exists.
+    pub exists: bool,
+    /// This role is a member of it, directly or through others.
+    pub member: bool,
+    /// This role holds its privileges (`pg_has_role(..., 'USAGE')`).
+    pub inherits: bool,
+    /// The roles between this one and it (this one among them) that do not inherit
+    /// (`NOINHERIT`): each keeps the privileges from reaching this role.
+    pub noinherit: Vec<String>,
+}
+
+/// How this role stands to `role`: whether it exists, this role is a member, and holds its
+/// privileges, and which roles on the way do not inherit.
+pub async fn membership(pool: &Db, role: &str) -> Result<Membership, sqlx::Error> {
+    let (login, exists, member, inherits, noinherit): (String, bool, bool, bool, Vec<String>) =
+        sqlx::query_as(
+            "SELECT pg_catalog.current_user()::text, g.oid IS NOT NULL, \
+               coalesce(pg_catalog.pg_has_role(pg_catalog.current_user(), g.oid, 'MEMBER'), false), \
+               coalesce(pg_catalog.pg_has_role(pg_catalog.current_user(), g.oid, 'USAGE'), false), \
+               ARRAY(SELECT r.rolname::text FROM pg_catalog.pg_roles r \
+                      WHERE NOT r.rolinherit AND r.oid OPERATOR(pg_catalog.<>) g.oid \
+                        AND pg_catalog.pg_has_role(pg_catalog.current_user(), r.oid, 'MEMBER') \
+                        AND pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER') ORDER BY 1) \
+             FROM (SELECT pg_catalog.to_regrole($1)::oid AS oid) g",
+        )
+        .persistent(false)
+        .bind(role)
+        .fetch_one(pool)
+        .await?;
+    Ok(Membership {
+        login,
+        exists,
+        member,
+        inherits,
+        noinherit,
+    })
 }

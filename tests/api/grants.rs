@@ -566,20 +566,72 @@ async fn check_as_the_gateways_login_names_each_privilege_it_lacks() {
     assert_eq!(code, Some(0), "{out}");
     assert!(!out.contains("lacks"), "{out}");
 
-    // A login that is a member of the role without inheriting its privileges holds none of
-    // them (`serve` never sets its role): said once, with its fix, not as each grant missing.
+    // A login that does not hold the role's privileges gets one error with the fix that gives
+    // them (a GRANT to the role would change nothing), not each privilege: a member that does
+    // not inherit, directly or through a role between; a login that is no member.
     let user = TestDb::user_of(&url);
+    let short = user.trim_end_matches("_rbac_gateway_serve");
+    let mid = format!("{short}_mid");
+    let lacking_one = |out: &str, fix: &str| {
+        let lines: Vec<&str> = out.lines().filter(|l| l.contains("lacks")).collect();
+        assert_eq!(lines.len(), 1, "{out}");
+        assert!(lines[0].contains(fix), "{fix}\n{out}");
+    };
     run(&db, &format!("ALTER ROLE \"{user}\" NOINHERIT")).await;
     let (code, out) = check();
     assert_eq!(code, Some(1), "{out}");
-    assert!(
-        out.contains(&format!("this role ({user}) is a member of rbac_gateway_serve that does not inherit its privileges (NOINHERIT)")),
-        "{out}"
-    );
-    assert!(!out.contains("lacks"), "{out}");
+    lacking_one(&out, &format!("this role ({user}) lacks "));
+    lacking_one(&out, &format!("it is a member that does not inherit them, and `serve` never sets its role (NOINHERIT on {user}: `ALTER ROLE \"{user}\" INHERIT`)"));
     run(&db, &format!("ALTER ROLE \"{user}\" INHERIT")).await;
     let (code, out) = check();
     assert_eq!(code, Some(0), "{out}");
+
+    run(
+        &db,
+        &format!(
+            "REVOKE rbac_gateway_serve FROM \"{user}\"; CREATE ROLE \"{mid}\" NOINHERIT IN ROLE rbac_gateway_serve; \
+             GRANT \"{mid}\" TO \"{user}\""
+        ),
+    )
+    .await;
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    lacking_one(
+        &out,
+        &format!("(NOINHERIT on {mid}: `ALTER ROLE \"{mid}\" INHERIT`)"),
+    );
+    run(&db, &format!("REVOKE \"{mid}\" FROM \"{user}\"")).await;
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    let grant = format!("`GRANT rbac_gateway_serve TO \"{user}\"`");
+    lacking_one(&out, &format!("this role ({user}) lacks "));
+    lacking_one(&out, &format!("and is not a member of it: {grant}"));
+    run(&db, grant.trim_matches('`')).await;
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+
+    // A table's name held by a composite type: named as such, not given a GRANT that fails.
+    run(
+        &db,
+        "ALTER TABLE rbac_gateway_deploy_windows RENAME TO rbac_gateway_deploy_windows_away; \
+         CREATE TYPE rbac_gateway_deploy_windows AS (id bigint)",
+    )
+    .await;
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(
+            "database: rbac_gateway_deploy_windows is a composite type, not the table `serve` uses"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("lacks"), "{out}");
+    run(
+        &db,
+        "DROP TYPE rbac_gateway_deploy_windows; \
+         ALTER TABLE rbac_gateway_deploy_windows_away RENAME TO rbac_gateway_deploy_windows",
+    )
+    .await;
 
     // A sequence the file grants on, replaced by a table: named, and the rest of the check
     // goes on (has_sequence_privilege refuses what is not a sequence).

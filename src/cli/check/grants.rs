@@ -152,10 +152,29 @@ pub(super) fn granted_on(table: &str) -> bool {
         .any(|g| g.on == On::Table && g.objects.iter().any(|o| o == table))
 }
 
+/// `name` as an SQL identifier, double-quoted (a `"` in it doubled).
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// What PostgreSQL's `relkind` names, said.
+fn relation_kind(relkind: &str) -> &'static str {
+    match relkind {
+        "c" => "a composite type",
+        "i" | "I" => "an index",
+        "S" => "a sequence",
+        "m" => "a materialized view",
+        "t" => "a TOAST table",
+        _ => "a relation of another kind",
+    }
+}
+
 /// Each privilege deploy/gateway-grants.sql gives `serve`'s login that this role lacks, an error
 /// in `out`, one per object and privilege (a column privilege's columns together), with the
-/// `GRANT` that mends it; or, where this role is a member of `rbac_gateway_serve` that does not
-/// inherit its privileges, that one error (the grants are there; the login does not use them).
+/// `GRANT` that mends it. Where this role does not hold `rbac_gateway_serve`'s privileges at all
+/// (the role does not exist, this one is no member of it, or a role on the way does not inherit),
+/// that one error with its fix instead: a `GRANT` to the role would change nothing. A sequence
+/// missing or a table's name held by another kind of relation is named as such.
 pub(super) async fn lacking(
     pool: &crate::stores::db::Db,
     file: &str,
@@ -163,37 +182,91 @@ pub(super) async fn lacking(
 ) -> Result<(), Exit> {
     let privileges =
         |e| failure(anyhow::Error::new(e).context("cannot read this role's privileges"));
-    if let Some(login) = crate::stores::privileges::member_without_inheriting(pool, ROLE)
+    let error = |out: &mut Vec<_>, message: String| {
+        out.push(diag(
+            file,
+            0,
+            0,
+            Severity::Error,
+            format!("database: {message}"),
+        ));
+    };
+    let asked = asked();
+    let mut said: Vec<(On, &str, &str, Vec<&str>)> = Vec::new();
+    for (i, found) in crate::stores::privileges::lacking(pool, &asked)
         .await
         .map_err(privileges)?
     {
-        out.push(diag(file, 0, 0, Severity::Error, format!(
-            "database: this role ({login}) is a member of {ROLE} that does not inherit its privileges (NOINHERIT), and `serve` never sets its role: it holds none of deploy/gateway-grants.sql's grants (`ALTER ROLE {login} INHERIT`; from PostgreSQL 16, `GRANT {ROLE} TO {login} WITH INHERIT TRUE`)"
-        )));
+        let p = &asked[i];
+        match found {
+            Found::NoSequence => error(out, format!(
+                "sequence {} is missing, or is not a sequence: `serve`'s writes that take a value of it fail (make it again as the role that ran `migrate`, as its migration made it)",
+                p.object
+            )),
+            Found::NotATable(relkind) => {
+                if !said.iter().any(|s| s.1 == p.object) {
+                    error(out, format!(
+                        "{} is {}, not the table `serve` uses (rename it away and run `rbac-gateway migrate`?)",
+                        p.object,
+                        relation_kind(&relkind)
+                    ));
+                    said.push((p.on, &p.object, "", Vec::new()));
+                }
+            }
+            Found::Lacking => {
+                let column = p.column.as_deref();
+                match said
+                    .iter_mut()
+                    .find(|s| s.0 == p.on && s.1 == p.object && s.2 == p.privilege)
+                {
+                    Some(s) => s.3.extend(column),
+                    None => said.push((p.on, &p.object, &p.privilege, column.into_iter().collect())),
+                }
+            }
+        }
+    }
+    // Not a table: said above.
+    said.retain(|s| !s.2.is_empty());
+    if said.is_empty() {
         return Ok(());
     }
-    let asked = asked();
-    let lacking = crate::stores::privileges::lacking(pool, &asked)
+    let m = crate::stores::privileges::membership(pool, ROLE)
         .await
         .map_err(privileges)?;
-    let mut said: Vec<(On, &str, &str, Vec<&str>)> = Vec::new();
-    for (i, found) in lacking {
-        let p = &asked[i];
-        if found == Found::NoSequence {
-            out.push(diag(file, 0, 0, Severity::Error, format!(
-                "database: sequence {} is missing, or is not a sequence (run `rbac-gateway migrate`?)",
-                p.object
-            )));
-            continue;
-        }
-        let column = p.column.as_deref();
-        match said
-            .iter_mut()
-            .find(|s| s.0 == p.on && s.1 == p.object && s.2 == p.privilege)
-        {
-            Some(s) => s.3.extend(column),
-            None => said.push((p.on, &p.object, &p.privilege, column.into_iter().collect())),
-        }
+    let (login, n) = (quoted(&m.login), said.len());
+    if !m.exists {
+        error(out, format!(
+            "this role lacks {n} of the privileges deploy/gateway-grants.sql gives `serve`'s login, and role {ROLE} does not exist: run deploy/gateway-grants.sql as the tables' owner, then `GRANT {ROLE} TO {login}`"
+        ));
+        return Ok(());
+    }
+    if !m.member {
+        error(out, format!(
+            "this role ({}) lacks {n} of the privileges deploy/gateway-grants.sql gives {ROLE}, and is not a member of it: `GRANT {ROLE} TO {login}`",
+            m.login
+        ));
+        return Ok(());
+    }
+    if !m.inherits {
+        let fix = if m.noinherit.is_empty() {
+            format!("from PostgreSQL 16, `GRANT {ROLE} TO {login} WITH INHERIT TRUE`")
+        } else {
+            let alter: Vec<String> = m
+                .noinherit
+                .iter()
+                .map(|r| format!("`ALTER ROLE {} INHERIT`", quoted(r)))
+                .collect();
+            format!(
+                "NOINHERIT on {}: {}",
+                m.noinherit.join(", "),
+                alter.join(", ")
+            )
+        };
+        error(out, format!(
+            "this role ({}) lacks {n} of the privileges deploy/gateway-grants.sql gives {ROLE}: it is a member that does not inherit them, and `serve` never sets its role ({fix})",
+            m.login
+        ));
+        return Ok(());
     }
     let schema = crate::stores::db::quoted_schema();
     for (on, object, privilege, columns) in said {
@@ -207,12 +280,9 @@ pub(super) async fn lacking(
             On::Function => "function ",
             On::Sequence => "sequence ",
         };
-        out.push(diag(
-            file,
-            0,
-            0,
-            Severity::Error,
-            format!("database: this role lacks {privilege}{columns} on {on}{object}, which `serve` uses: `GRANT {privilege}{columns} ON {}{schema}.{object} TO {ROLE}` (deploy/gateway-grants.sql)", on.to_uppercase()),
+        error(out, format!(
+            "this role lacks {privilege}{columns} on {on}{object}, which `serve` uses: `GRANT {privilege}{columns} ON {}{schema}.{object} TO {ROLE}` (deploy/gateway-grants.sql)",
+            on.to_uppercase()
         ));
     }
     Ok(())
@@ -275,6 +345,30 @@ mod tests {
             })
         );
         assert_eq!(parse("GRANT SELECT ON t TO rbac_gateway_reader"), None);
+    }
+
+    /// What `check` asks is what the database can answer: each privilege one PostgreSQL names
+    /// on its own (not `ALL`), each function's arguments types alone (`to_regprocedure` refuses
+    /// an argument's name).
+    #[test]
+    fn each_privilege_asked_is_one_the_database_answers() {
+        let known = ["SELECT", "INSERT", "UPDATE", "DELETE", "EXECUTE", "USAGE"];
+        for p in asked() {
+            assert!(known.contains(&p.privilege.as_str()), "{p:?}");
+            if p.on == On::Function {
+                let (_, args) = p.object.split_once('(').expect("a signature");
+                for arg in args.trim_end_matches(')').split(',') {
+                    let arg = arg.trim();
+                    assert!(
+                        !arg.is_empty()
+                            && arg
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "_[]".contains(c)),
+                        "{p:?}"
+                    );
+                }
+            }
+        }
     }
 
     /// A function's signature keeps its commas, a table list is split, a column list is kept
