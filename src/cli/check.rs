@@ -334,6 +334,10 @@ async fn check_database(
     schema: Schema,
 ) -> Result<Vec<crate::policy::mapping::Diagnostic>, Exit> {
     let mut out = Vec::new();
+    // Without USAGE on the schema no name of the gateway's resolves: said alone.
+    if schema == Schema::Whole && !grants::uses_schema(pool, file, &mut out).await? {
+        return Ok(out);
+    }
     // First: a migration not applied explains the missing columns and functions named after it.
     if schema == Schema::Whole {
         database::migrations(pool, file, &mut out).await;
@@ -363,9 +367,12 @@ async fn check_database(
             }
         }
     }
-    // Run as `serve`'s login: each privilege deploy/gateway-grants.sql gives it.
+    // Run as `serve`'s login: each privilege deploy/gateway-grants.sql gives it, and the
+    // gateway's own tables as tables.
     if schema == Schema::Whole {
         grants::lacking(pool, file, &mut out).await?;
+        let gateways: Vec<&str> = GATEWAY_SCHEMA.iter().map(|(t, _)| *t).collect();
+        grants::not_tables(pool, file, &gateways, &mut out).await?;
     }
     // The trust boundary (docs/design/security.md), as Supabase's splinter lints it: what
     // another role may plant where the gateway's names resolve, and what of the gateway's it

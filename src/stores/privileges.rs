@@ -164,3 +164,33 @@ pub async fn membership(pool: &Db, role: &str) -> Result<Membership, sqlx::Error
         noinherit,
     })
 }
+
+/// Whether this role may use the gateway's schema (`USAGE`): without it no name of the
+/// gateway's resolves for it. PUBLIC holds it on `public` by default; another schema's owner
+/// grants it.
+pub async fn uses_schema(pool: &Db) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(pg_catalog.has_schema_privilege(pg_catalog.to_regnamespace(pg_catalog.quote_ident($1)), 'USAGE'), false)",
+    )
+    .persistent(false)
+    .bind(crate::stores::db::schema())
+    .fetch_one(pool)
+    .await
+}
+
+/// Those of `tables` in the gateway's schema that are a view, a foreign table or a materialized
+/// view (`serve`'s session opens none of them in a table's place where the server can refuse
+/// it; another kind of relation [`lacking`] names), each with its `relkind`.
+pub async fn not_tables(pool: &Db, tables: &[&str]) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.relname::text, c.relkind::text FROM pg_catalog.pg_class c \
+         WHERE c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($2))::oid \
+           AND c.relname::text OPERATOR(pg_catalog.=) ANY ($1::text[]) \
+           AND c.relkind OPERATOR(pg_catalog.=) ANY ('{v,f,m}'::\"char\"[]) ORDER BY 1",
+    )
+    .persistent(false)
+    .bind(tables)
+    .bind(crate::stores::db::schema())
+    .fetch_all(pool)
+    .await
+}

@@ -680,6 +680,7 @@ pub const BUILTINS: &[&str] = &[
     "has_any_column_privilege",
     "has_column_privilege",
     "has_function_privilege",
+    "has_schema_privilege",
     "has_sequence_privilege",
     "has_table_privilege",
     "hashtext",

@@ -633,6 +633,46 @@ async fn check_as_the_gateways_login_names_each_privilege_it_lacks() {
     )
     .await;
 
+    // A view in place of a table of the gateway's: named (serve's session refuses to open it).
+    run(
+        &db,
+        "ALTER TABLE rbac_gateway_deploy_windows RENAME TO rbac_gateway_deploy_windows_away; \
+         CREATE VIEW rbac_gateway_deploy_windows AS SELECT * FROM rbac_gateway_deploy_windows_away; \
+         GRANT SELECT ON rbac_gateway_deploy_windows TO rbac_gateway_serve",
+    )
+    .await;
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("database: rbac_gateway_deploy_windows is a view, not the table `serve` uses"),
+        "{out}"
+    );
+    run(
+        &db,
+        "DROP VIEW rbac_gateway_deploy_windows; \
+         ALTER TABLE rbac_gateway_deploy_windows_away RENAME TO rbac_gateway_deploy_windows",
+    )
+    .await;
+
+    // Without USAGE on the schema nothing of the gateway's resolves: that alone is said, and
+    // the check does not stop on the first statement that needs it.
+    run(&db, "REVOKE USAGE ON SCHEMA public FROM PUBLIC").await;
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    let fix = "`GRANT USAGE ON SCHEMA \"public\" TO rbac_gateway_serve`";
+    assert!(
+        out.contains("database: this role may not use schema \"public\"") && out.contains(fix),
+        "{out}"
+    );
+    assert!(
+        out.contains(" routes, version ") && !out.contains("lacks"),
+        "{out}"
+    );
+    run(&db, fix.trim_matches('`')).await;
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    run(&db, "GRANT USAGE ON SCHEMA public TO PUBLIC").await;
+
     // A sequence the file grants on, replaced by a table: named, and the rest of the check
     // goes on (has_sequence_privilege refuses what is not a sequence).
     run(

@@ -288,6 +288,51 @@ pub(super) async fn lacking(
     Ok(())
 }
 
+/// Whether this role may use the gateway's schema; where it may not, that error in `out`.
+pub(super) async fn uses_schema(
+    pool: &crate::stores::db::Db,
+    file: &str,
+    out: &mut Vec<crate::policy::mapping::Diagnostic>,
+) -> Result<bool, Exit> {
+    let uses = crate::stores::privileges::uses_schema(pool)
+        .await
+        .map_err(|e| {
+            failure(anyhow::Error::new(e).context("cannot read this role's privileges"))
+        })?;
+    if !uses {
+        let schema = crate::stores::db::quoted_schema();
+        out.push(diag(file, 0, 0, Severity::Error, format!(
+            "database: this role may not use schema {schema} (missing, or no USAGE), where `serve` finds every table and function: `GRANT USAGE ON SCHEMA {schema} TO {ROLE}` as its owner (RBAC_GATEWAY_DATABASE_SCHEMA names it)"
+        )));
+    }
+    Ok(uses)
+}
+
+/// Each of the gateway's own `tables` that is a view, a foreign table or a materialized view,
+/// an error in `out`: `serve`'s session refuses to open one in a table's place where the server
+/// can (`restrict_nonsystem_relation_kind`), and elsewhere would run its owner's query.
+pub(super) async fn not_tables(
+    pool: &crate::stores::db::Db,
+    file: &str,
+    tables: &[&str],
+    out: &mut Vec<crate::policy::mapping::Diagnostic>,
+) -> Result<(), Exit> {
+    let found = crate::stores::privileges::not_tables(pool, tables)
+        .await
+        .map_err(|e| failure(anyhow::Error::new(e).context("cannot read the tables")))?;
+    for (table, relkind) in found {
+        let kind = match relkind.as_str() {
+            "v" => "a view",
+            "f" => "a foreign table",
+            other => relation_kind(other),
+        };
+        out.push(diag(file, 0, 0, Severity::Error, format!(
+            "database: {table} is {kind}, not the table `serve` uses: `serve`'s statements on it fail, or run what its owner wrote (rename it away and run `rbac-gateway migrate`?)"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
