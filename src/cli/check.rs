@@ -279,9 +279,10 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
     if let Some(url) = &args.database_url {
         let (found, held) = runtime()?.block_on(async {
             let pool = super::toolbox::command_pool(url, 1, Duration::from_secs(10)).await?;
-            let found = check_database(&pool, &mapping, &file, schema).await?;
+            let (found, usable) = check_database(&pool, &mapping, &file, schema).await?;
             let held = match schema {
-                Schema::Whole => Some(
+                // Where the schema cannot be used, every read of the invariants fails alike.
+                Schema::Whole if usable => Some(
                     super::invariants::invariants(
                         &pool,
                         &args.decision.settings(),
@@ -289,7 +290,7 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
                     )
                     .await,
                 ),
-                Schema::Readable => None,
+                _ => None,
             };
             Ok::<_, Exit>((found, held))
         })?;
@@ -327,16 +328,18 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
     Ok(mapping)
 }
 
+/// The database's problems for `mapping`, and whether the gateway's schema could be used at all
+/// (where it cannot, nothing else of it is read).
 async fn check_database(
     pool: &crate::stores::db::Db,
     mapping: &Mapping,
     file: &str,
     schema: Schema,
-) -> Result<Vec<crate::policy::mapping::Diagnostic>, Exit> {
+) -> Result<(Vec<crate::policy::mapping::Diagnostic>, bool), Exit> {
     let mut out = Vec::new();
     // Without USAGE on the schema no name of the gateway's resolves: said alone.
     if schema == Schema::Whole && !grants::uses_schema(pool, file, &mut out).await? {
-        return Ok(out);
+        return Ok((out, false));
     }
     // First: a migration not applied explains the missing columns and functions named after it.
     if schema == Schema::Whole {
@@ -367,12 +370,10 @@ async fn check_database(
             }
         }
     }
-    // Run as `serve`'s login: each privilege deploy/gateway-grants.sql gives it, and the
-    // gateway's own tables as tables.
+    // Run as `serve`'s login: each privilege deploy/gateway-grants.sql gives it, and each table
+    // it names a table.
     if schema == Schema::Whole {
         grants::lacking(pool, file, &mut out).await?;
-        let gateways: Vec<&str> = GATEWAY_SCHEMA.iter().map(|(t, _)| *t).collect();
-        grants::not_tables(pool, file, &gateways, &mut out).await?;
     }
     // The trust boundary (docs/design/security.md), as Supabase's splinter lints it: what
     // another role may plant where the gateway's names resolve, and what of the gateway's it
@@ -381,7 +382,7 @@ async fn check_database(
     database::console_code(pool, file, &mut out).await?;
     database::functions(pool, file, &mut out).await?;
     if out.iter().any(|d| d.severity == Severity::Error) {
-        return Ok(out);
+        return Ok((out, true));
     }
     let unknown = crate::stores::catalogue::unknown_names(pool, mapping)
         .await
@@ -391,7 +392,7 @@ async fn check_database(
             .into_iter()
             .map(|u| diag(file, u.line, u.col, Severity::Error, u.to_string())),
     );
-    Ok(out)
+    Ok((out, true))
 }
 
 /// The tables of [`all_tables`] this role may not read (their columns are then not checked), each

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+mod triggers;
+
 use super::db::{quoted_schema, Db};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -199,7 +201,7 @@ pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
         match MIGRATOR.run(&mut *conn).await {
             Ok(()) => {
                 restrict_functions(&mut conn).await?;
-                remake_silent_triggers(&mut conn).await?;
+                triggers::remake_silent(&mut conn).await?;
                 return after_migrations(&mut conn).await.map_err(Into::into);
             }
             Err(e) if lock_timed_out(&e) && attempt < MIGRATE_ATTEMPTS => {
@@ -622,43 +624,6 @@ async fn restrict_functions(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::E
     }
     for (function, owner) in left {
         tracing::warn!(function = %function, owner = %owner, concat!("migrate: this function of the gateway's still opens a view or foreign table in a table's place, and this role may not change it: run `rbac-gateway migrate` as its owner, or `ALTER ROUTINE ... SET restrict_nonsystem_relation_kind = '", super::pool::restricted_kinds!(), "'` as that role"));
-    }
-    Ok(())
-}
-
-/// The gateway's triggers that do not fire as the migrations made them (disabled or dropped by
-/// the owner of Console's tables, or gone with a table a migration of Console's made again:
-/// [`super::schema::silent_triggers`]) made again ([`super::schema::remake_trigger`]), each in a
-/// transaction of its own whose lock is not waited for past `lock_timeout` (tried again after a
-/// pause, as a migration is). One this role may not make again (it does not act as the table's
-/// owner), whose table is gone, or whose lock stayed held is logged with the fix and left:
-/// `check` and the alert pass name it until it is made.
-async fn remake_silent_triggers(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-    for trigger in super::schema::silent_triggers(&mut *conn).await? {
-        let Some(remake) = super::schema::remake_trigger(&trigger) else {
-            continue;
-        };
-        let mut waited = 0;
-        loop {
-            let Err(e) = sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&remake)).await else {
-                tracing::info!(trigger = %trigger, "migrate: a trigger of the gateway's that did not fire as migrate made it (disabled, dropped, or its table made again) is made again");
-                break;
-            };
-            // The statements' transaction, where the error left it open.
-            sqlx::Executor::execute(&mut *conn, sqlx::raw_sql("ROLLBACK")).await?;
-            if lock_timeout(&e) && waited < MIGRATE_ATTEMPTS {
-                waited += 1;
-                tokio::time::sleep(pause(waited)).await;
-                continue;
-            }
-            let refused = matches!(&e, sqlx::Error::Database(d)
-                if d.code().is_some_and(|c| c.starts_with("42")));
-            if !refused && !lock_timeout(&e) {
-                return Err(e);
-            }
-            tracing::warn!(trigger = %trigger, error = %e, "migrate: a trigger of the gateway's does not fire as migrate made it, and was not made again: run `rbac-gateway migrate` again as a role that acts as its table's owner and owns the gateway's functions (the role that first ran it), once the table is there and no transaction holds it");
-            break;
-        }
     }
     Ok(())
 }

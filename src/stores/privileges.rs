@@ -48,8 +48,10 @@ pub enum Found {
     /// A sequence that is not there, or not a sequence (no other part of `check` names it;
     /// `has_sequence_privilege` raises an error on what is not a sequence).
     NoSequence,
-    /// A table's name held by a relation of another kind (`pg_class.relkind`: an index, a
-    /// sequence, a composite type), on which no statement of `serve`'s runs.
+    /// A table's name held by a relation of another kind (`pg_class.relkind`: a view, a
+    /// foreign table, an index, a composite type), which `serve`'s statements cannot use or whose
+    /// reads would run what its owner wrote (`serve`'s session refuses to open a view where the
+    /// server can: `restrict_nonsystem_relation_kind`).
     NotATable(String),
 }
 
@@ -66,7 +68,7 @@ pub async fn lacking(pool: &Db, asked: &[Privilege]) -> Result<Vec<(usize, Found
         .map(|p| p.column.as_deref().unwrap_or(""))
         .collect();
     // `relkind` of what holds the name ('' for nothing); a table's name held by a relation that
-    // is no table, view or foreign table is said as such, its privileges not asked. A column by
+    // is no table is said as such, whatever its privileges. A column by
     // its number: `has_column_privilege` by name raises an error for a column that does not
     // exist; by a number it finds no column for, NULL.
     let found: Vec<(i64, String)> = sqlx::query_as(
@@ -84,7 +86,7 @@ pub async fn lacking(pool: &Db, asked: &[Privilege]) -> Result<Vec<(usize, Found
            WHEN w.kind OPERATOR(pg_catalog.=) 'sequence' THEN \
              CASE WHEN o.relkind OPERATOR(pg_catalog.=) 'S'::\"char\" \
                THEN pg_catalog.has_sequence_privilege(o.r, w.privilege) ELSE false END \
-           WHEN NOT o.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,v,f}'::\"char\"[]) THEN false \
+           WHEN NOT o.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::\"char\"[]) THEN false \
            WHEN w.col OPERATOR(pg_catalog.=) '' THEN \
              pg_catalog.has_table_privilege(o.r, w.privilege) \
              OR (w.privilege OPERATOR(pg_catalog.=) ANY ('{SELECT,INSERT,UPDATE,REFERENCES}'::text[]) \
@@ -112,9 +114,7 @@ pub async fn lacking(pool: &Db, asked: &[Privilege]) -> Result<Vec<(usize, Found
             let i = i as usize - 1;
             let found = match asked[i].on {
                 On::Sequence if relkind != "S" => Found::NoSequence,
-                On::Table if !["r", "p", "v", "f"].contains(&relkind.as_str()) => {
-                    Found::NotATable(relkind)
-                }
+                On::Table if !["r", "p"].contains(&relkind.as_str()) => Found::NotATable(relkind),
                 _ => Found::Lacking,
             };
             (i, found)
@@ -134,63 +134,52 @@ pub struct Membership {
     /// This role holds its privileges (`pg_has_role(..., 'USAGE')`).
     pub inherits: bool,
     /// The roles between this one and it (this one among them) that do not inherit
-    /// (`NOINHERIT`): each keeps the privileges from reaching this role.
+    /// (`NOINHERIT`): before PostgreSQL 16, each keeps the privileges from reaching this role.
     pub noinherit: Vec<String>,
+    /// The server is PostgreSQL 16 or later, where whether a membership passes on privileges is
+    /// its grant's (`WITH INHERIT`), the role's `INHERIT` only the default of new grants.
+    pub per_grant: bool,
 }
 
 /// How this role stands to `role`: whether it exists, this role is a member, and holds its
 /// privileges, and which roles on the way do not inherit.
 pub async fn membership(pool: &Db, role: &str) -> Result<Membership, sqlx::Error> {
-    let (login, exists, member, inherits, noinherit): (String, bool, bool, bool, Vec<String>) =
-        sqlx::query_as(
-            "SELECT pg_catalog.current_user()::text, g.oid IS NOT NULL, \
-               coalesce(pg_catalog.pg_has_role(pg_catalog.current_user(), g.oid, 'MEMBER'), false), \
-               coalesce(pg_catalog.pg_has_role(pg_catalog.current_user(), g.oid, 'USAGE'), false), \
-               ARRAY(SELECT r.rolname::text FROM pg_catalog.pg_roles r \
-                      WHERE NOT r.rolinherit AND r.oid OPERATOR(pg_catalog.<>) g.oid \
-                        AND pg_catalog.pg_has_role(pg_catalog.current_user(), r.oid, 'MEMBER') \
-                        AND pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER') ORDER BY 1) \
-             FROM (SELECT pg_catalog.to_regrole($1)::oid AS oid) g",
-        )
-        .persistent(false)
-        .bind(role)
-        .fetch_one(pool)
-        .await?;
+    type Row = (String, bool, bool, bool, Vec<String>, bool);
+    let (login, exists, member, inherits, noinherit, per_grant): Row = sqlx::query_as(
+        "SELECT pg_catalog.current_user()::text, g.oid IS NOT NULL, \
+           coalesce(pg_catalog.pg_has_role(pg_catalog.current_user(), g.oid, 'MEMBER'), false), \
+           coalesce(pg_catalog.pg_has_role(pg_catalog.current_user(), g.oid, 'USAGE'), false), \
+           ARRAY(SELECT r.rolname::text FROM pg_catalog.pg_roles r \
+                  WHERE NOT r.rolinherit AND r.oid OPERATOR(pg_catalog.<>) g.oid \
+                    AND pg_catalog.pg_has_role(pg_catalog.current_user(), r.oid, 'MEMBER') \
+                    AND pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER') ORDER BY 1), \
+           pg_catalog.current_setting('server_version_num')::int4 OPERATOR(pg_catalog.>=) 160000 \
+         FROM (SELECT pg_catalog.to_regrole($1)::oid AS oid) g",
+    )
+    .persistent(false)
+    .bind(role)
+    .fetch_one(pool)
+    .await?;
     Ok(Membership {
         login,
         exists,
         member,
         inherits,
         noinherit,
+        per_grant,
     })
 }
 
-/// Whether this role may use the gateway's schema (`USAGE`): without it no name of the
-/// gateway's resolves for it. PUBLIC holds it on `public` by default; another schema's owner
-/// grants it.
-pub async fn uses_schema(pool: &Db) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT coalesce(pg_catalog.has_schema_privilege(pg_catalog.to_regnamespace(pg_catalog.quote_ident($1)), 'USAGE'), false)",
+/// Whether the gateway's schema exists, and whether this role may use it (`USAGE`): without
+/// it no name of the gateway's resolves for it. PUBLIC holds it on `public` by default; another
+/// schema's owner grants it.
+pub async fn uses_schema(pool: &Db) -> Result<(bool, bool), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE'), false) \
+           FROM (SELECT pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::oid AS oid) n",
     )
     .persistent(false)
     .bind(crate::stores::db::schema())
     .fetch_one(pool)
-    .await
-}
-
-/// Those of `tables` in the gateway's schema that are a view, a foreign table or a materialized
-/// view (`serve`'s session opens none of them in a table's place where the server can refuse
-/// it; another kind of relation [`lacking`] names), each with its `relkind`.
-pub async fn not_tables(pool: &Db, tables: &[&str]) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT c.relname::text, c.relkind::text FROM pg_catalog.pg_class c \
-         WHERE c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($2))::oid \
-           AND c.relname::text OPERATOR(pg_catalog.=) ANY ($1::text[]) \
-           AND c.relkind OPERATOR(pg_catalog.=) ANY ('{v,f,m}'::\"char\"[]) ORDER BY 1",
-    )
-    .persistent(false)
-    .bind(tables)
-    .bind(crate::stores::db::schema())
-    .fetch_all(pool)
     .await
 }

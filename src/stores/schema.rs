@@ -44,14 +44,15 @@ pub async fn invisible_tables(pool: &Db, tables: &[&str]) -> Result<Vec<String>,
 
 /// Every (table, column) of the gateway's schema, whatever this role's privileges on it
 /// (`pg_attribute`: `information_schema.columns` leaves out a column this role holds no privilege
-/// on, which is not a missing column), of the kinds of relation `information_schema` lists.
+/// on, which is not a missing column), of every kind of relation that has columns (one that is
+/// not a table `check` names as such, not by its columns).
 pub async fn columns(pool: &Db) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT c.relname::text, a.attname::text FROM pg_catalog.pg_attribute a \
            JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid \
            JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
          WHERE n.nspname::text OPERATOR(pg_catalog.=) $1 AND a.attnum OPERATOR(pg_catalog.>) 0 \
-           AND NOT a.attisdropped AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,v,f}'::\"char\"[])",
+           AND NOT a.attisdropped AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,v,f,m,c}'::\"char\"[])",
     )
     .persistent(false)
     .bind(schema())
@@ -185,12 +186,13 @@ pub async fn silent_trigger_states<'e>(
 }
 
 /// The statements that make `trigger` (`name on table`, as [`silent_triggers`] names it) as
-/// `migrate` made it, in one transaction (a write between them would go unrecorded): the
-/// trigger dropped where it is there (disabled, or not as made), then created as [`TRIGGERS`]
-/// has it. Run as the role that ran `migrate`: it owns the trigger's function (its table's
-/// owner alone may not execute it) and acts as the table's owner. `check` gives them as the
-/// fix; `tests/api/planted.rs` runs them for every trigger and holds [`silent_triggers`] empty.
-pub fn remake_trigger(trigger: &str) -> Option<String> {
+/// `migrate` made it, to run in one transaction (a write between them would go unrecorded:
+/// [`remake_trigger`]): the trigger dropped where it is there (disabled, or not as made), then
+/// created as [`TRIGGERS`] has it. Run as the role that ran `migrate`: it owns the trigger's
+/// function (its table's owner alone may not execute it) and acts as the table's owner. `check`
+/// gives them as the fix; `tests/api/planted.rs` runs them for every trigger and holds
+/// [`silent_triggers`] empty.
+pub fn remake_statements(trigger: &str) -> Option<String> {
     let (name, table) = trigger.split_once(" on ")?;
     let &(_, _, function, tgtype, arguments) = TRIGGERS
         .iter()
@@ -215,10 +217,15 @@ pub fn remake_trigger(trigger: &str) -> Option<String> {
         .collect();
     let schema = super::db::quoted_schema();
     Some(format!(
-        "BEGIN; DROP TRIGGER IF EXISTS {name} ON {schema}.{table}; CREATE TRIGGER {name} {when} {} ON {schema}.{table} FOR EACH {each} EXECUTE FUNCTION {schema}.{function}({}); COMMIT;",
+        "DROP TRIGGER IF EXISTS {name} ON {schema}.{table}; CREATE TRIGGER {name} {when} {} ON {schema}.{table} FOR EACH {each} EXECUTE FUNCTION {schema}.{function}({});",
         events.join(" OR "),
         arguments.join(", ")
     ))
+}
+
+/// [`remake_statements`] in a transaction of its own.
+pub fn remake_trigger(trigger: &str) -> Option<String> {
+    remake_statements(trigger).map(|s| format!("BEGIN; {s} COMMIT;"))
 }
 
 /// Whether the function `signature` (`name(type, ...)`) exists, runs as its owner (`SECURITY

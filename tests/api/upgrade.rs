@@ -511,7 +511,7 @@ async fn a_binary_newer_than_its_schema_is_not_ready_until_migrated() {
         .unwrap();
     assert!(migrated.status.success(), "{migrated:?}");
     assert!(
-        String::from_utf8_lossy(&migrated.stderr).contains("is made again"),
+        String::from_utf8_lossy(&migrated.stderr).contains("are made again"),
         "{migrated:?}"
     );
     readyz_until(&gw, 200, "ready mapping=").await;

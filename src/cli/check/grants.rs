@@ -160,6 +160,8 @@ fn quoted(name: &str) -> String {
 /// What PostgreSQL's `relkind` names, said.
 fn relation_kind(relkind: &str) -> &'static str {
     match relkind {
+        "v" => "a view",
+        "f" => "a foreign table",
         "c" => "a composite type",
         "i" | "I" => "an index",
         "S" => "a sequence",
@@ -205,8 +207,13 @@ pub(super) async fn lacking(
             )),
             Found::NotATable(relkind) => {
                 if !said.iter().any(|s| s.1 == p.object) {
+                    let whose = if crate::stores::schema::CONSOLE_TABLES.iter().any(|(t, _)| *t == p.object) {
+                        "Console's table must be put back in its place"
+                    } else {
+                        "the gateway's table must be put back in its place, as the role that ran `migrate`: its migration made it, and `migrate` does not make it again"
+                    };
                     error(out, format!(
-                        "{} is {}, not the table `serve` uses (rename it away and run `rbac-gateway migrate`?)",
+                        "{} is {}, not the table `serve` uses: `serve`'s statements on it fail, or run what its owner wrote ({whose})",
                         p.object,
                         relation_kind(&relkind)
                     ));
@@ -233,39 +240,14 @@ pub(super) async fn lacking(
     let m = crate::stores::privileges::membership(pool, ROLE)
         .await
         .map_err(privileges)?;
-    let (login, n) = (quoted(&m.login), said.len());
-    if !m.exists {
-        error(out, format!(
-            "this role lacks {n} of the privileges deploy/gateway-grants.sql gives `serve`'s login, and role {ROLE} does not exist: run deploy/gateway-grants.sql as the tables' owner, then `GRANT {ROLE} TO {login}`"
-        ));
-        return Ok(());
-    }
-    if !m.member {
-        error(out, format!(
-            "this role ({}) lacks {n} of the privileges deploy/gateway-grants.sql gives {ROLE}, and is not a member of it: `GRANT {ROLE} TO {login}`",
-            m.login
-        ));
-        return Ok(());
-    }
-    if !m.inherits {
-        let fix = if m.noinherit.is_empty() {
-            format!("from PostgreSQL 16, `GRANT {ROLE} TO {login} WITH INHERIT TRUE`")
-        } else {
-            let alter: Vec<String> = m
-                .noinherit
-                .iter()
-                .map(|r| format!("`ALTER ROLE {} INHERIT`", quoted(r)))
-                .collect();
+    if let Some(why) = holds_none(&m) {
+        error(
+            out,
             format!(
-                "NOINHERIT on {}: {}",
-                m.noinherit.join(", "),
-                alter.join(", ")
-            )
-        };
-        error(out, format!(
-            "this role ({}) lacks {n} of the privileges deploy/gateway-grants.sql gives {ROLE}: it is a member that does not inherit them, and `serve` never sets its role ({fix})",
-            m.login
-        ));
+                "this role lacks {} of the privileges deploy/gateway-grants.sql gives {ROLE}: {why}",
+                said.len()
+            ),
+        );
         return Ok(());
     }
     let schema = crate::stores::db::quoted_schema();
@@ -288,49 +270,82 @@ pub(super) async fn lacking(
     Ok(())
 }
 
-/// Whether this role may use the gateway's schema; where it may not, that error in `out`.
+/// Whether this role may use the gateway's schema; where it may not, that error in `out`, with
+/// its fix: the schema named, `USAGE` granted to `rbac_gateway_serve`, or this role given that
+/// role's privileges.
 pub(super) async fn uses_schema(
     pool: &crate::stores::db::Db,
     file: &str,
     out: &mut Vec<crate::policy::mapping::Diagnostic>,
 ) -> Result<bool, Exit> {
-    let uses = crate::stores::privileges::uses_schema(pool)
+    let privileges =
+        |e| failure(anyhow::Error::new(e).context("cannot read this role's privileges"));
+    let (exists, uses) = crate::stores::privileges::uses_schema(pool)
         .await
-        .map_err(|e| {
-            failure(anyhow::Error::new(e).context("cannot read this role's privileges"))
-        })?;
-    if !uses {
-        let schema = crate::stores::db::quoted_schema();
-        out.push(diag(file, 0, 0, Severity::Error, format!(
-            "database: this role may not use schema {schema} (missing, or no USAGE), where `serve` finds every table and function: `GRANT USAGE ON SCHEMA {schema} TO {ROLE}` as its owner (RBAC_GATEWAY_DATABASE_SCHEMA names it)"
-        )));
+        .map_err(privileges)?;
+    if uses {
+        return Ok(true);
     }
-    Ok(uses)
+    let schema = crate::stores::db::quoted_schema();
+    let message = if !exists {
+        format!("schema {schema} does not exist, or this role may not see it: RBAC_GATEWAY_DATABASE_SCHEMA names the schema that holds the gateway's tables (default public)")
+    } else {
+        let m = crate::stores::privileges::membership(pool, ROLE)
+            .await
+            .map_err(privileges)?;
+        let grant = format!("`GRANT USAGE ON SCHEMA {schema} TO {ROLE}` as the schema's owner");
+        match holds_none(&m) {
+            Some(why) => format!("this role may not use schema {schema}, where `serve` finds every table and function, and {why}; then, where {ROLE} lacks it too, {grant}"),
+            None => format!("this role may not use schema {schema}, where `serve` finds every table and function: {grant}"),
+        }
+    };
+    out.push(diag(
+        file,
+        0,
+        0,
+        Severity::Error,
+        format!("database: {message}"),
+    ));
+    Ok(false)
 }
 
-/// Each of the gateway's own `tables` that is a view, a foreign table or a materialized view,
-/// an error in `out`: `serve`'s session refuses to open one in a table's place where the server
-/// can (`restrict_nonsystem_relation_kind`), and elsewhere would run its owner's query.
-pub(super) async fn not_tables(
-    pool: &crate::stores::db::Db,
-    file: &str,
-    tables: &[&str],
-    out: &mut Vec<crate::policy::mapping::Diagnostic>,
-) -> Result<(), Exit> {
-    let found = crate::stores::privileges::not_tables(pool, tables)
-        .await
-        .map_err(|e| failure(anyhow::Error::new(e).context("cannot read the tables")))?;
-    for (table, relkind) in found {
-        let kind = match relkind.as_str() {
-            "v" => "a view",
-            "f" => "a foreign table",
-            other => relation_kind(other),
-        };
-        out.push(diag(file, 0, 0, Severity::Error, format!(
-            "database: {table} is {kind}, not the table `serve` uses: `serve`'s statements on it fail, or run what its owner wrote (rename it away and run `rbac-gateway migrate`?)"
-        )));
+/// Why this role holds none of `rbac_gateway_serve`'s privileges, with the fix; `None` where it
+/// holds them. A `GRANT` to that role would change nothing for it.
+fn holds_none(m: &crate::stores::privileges::Membership) -> Option<String> {
+    let login = quoted(&m.login);
+    let admin = "by a role with CREATEROLE or ADMIN OPTION on it";
+    if !m.exists {
+        return Some(format!(
+            "role {ROLE} does not exist: make it by running deploy/gateway-grants.sql as the tables' owner (it creates the role where the owner has CREATEROLE; otherwise first `CREATE ROLE {ROLE} NOLOGIN` as a role that has), then `GRANT {ROLE} TO {login}` {admin}"
+        ));
     }
-    Ok(())
+    if !m.member {
+        return Some(format!(
+            "this role ({}) is not a member of {ROLE}: `GRANT {ROLE} TO {login}` {admin}",
+            m.login
+        ));
+    }
+    if m.inherits {
+        return None;
+    }
+    let fix = if m.per_grant {
+        format!("a grant on the way is WITH INHERIT FALSE: `GRANT {ROLE} TO {login} WITH INHERIT TRUE` {admin} (and so for each role between)")
+    } else {
+        let alter: Vec<String> = m
+            .noinherit
+            .iter()
+            .map(|r| format!("`ALTER ROLE {} INHERIT`", quoted(r)))
+            .collect();
+        format!(
+            "NOINHERIT on {}: {}",
+            m.noinherit.join(", "),
+            alter.join(", ")
+        )
+    };
+    Some(format!(
+        "this role ({}) is a member of {ROLE} that does not inherit its privileges, and `serve` never sets its role ({fix})",
+        m.login
+    ))
 }
 
 #[cfg(test)]

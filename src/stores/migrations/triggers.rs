@@ -1,0 +1,78 @@
+//! `migrate`'s last look at the gateway's triggers, after the migrations: each that does not
+//! fire as the migrations made it (disabled or dropped by the owner of Console's tables, made
+//! for replicas only, or gone with a table a migration of Console's made again:
+//! [`schema::silent_triggers`]) is made again ([`schema::remake_statements`]). A trigger disabled
+//! on purpose is made to fire too: the gateway's guarantees stand on them (README, Upgrade).
+
+use std::collections::BTreeMap;
+
+use super::{lock_timeout, oldest_transactions, pause};
+use crate::stores::schema;
+
+/// How many times one table's triggers are tried where its lock was not granted within
+/// `lock_timeout` (200 ms, the wait Console's writes may see at each): about 6.5 s in all, fewer
+/// than a migration's tries (a later `migrate`, or `check`'s statements by hand, makes them once
+/// the lock is free; `check` and the alert pass name them until then).
+const ATTEMPTS: u32 = 10;
+
+/// Makes the silent triggers again, a table's together in one transaction (its lock taken once;
+/// no write lands between a trigger's drop and its creation). One this role may not make (it
+/// does not act as the table's owner, the table is gone) or whose table's lock stayed held is
+/// logged with the fix and left, and `migrate` goes on. An error of the connection ends it (the
+/// migrations are applied; it says so).
+pub(super) async fn remake_silent(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for trigger in schema::silent_triggers(&mut *conn).await? {
+        if let Some((_, table)) = trigger.split_once(" on ") {
+            tables.entry(table.to_string()).or_default().push(trigger);
+        }
+    }
+    for (table, triggers) in tables {
+        let statements: Vec<String> = triggers
+            .iter()
+            .filter_map(|t| schema::remake_statements(t))
+            .collect();
+        // A trigger already gone is no news: its "does not exist, skipping" is not logged.
+        let remake = format!(
+            "BEGIN; SET LOCAL client_min_messages = warning; {} COMMIT;",
+            statements.join(" ")
+        );
+        let mut attempt = 1;
+        loop {
+            let Err(e) = sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&remake)).await else {
+                tracing::info!(table, triggers = ?triggers, "migrate: triggers of the gateway's that did not fire as migrate made them (disabled, dropped, or their table made again) are made again");
+                break;
+            };
+            if !matches!(e, sqlx::Error::Database(_)) {
+                tracing::error!(table, error = %e, "migrate: the migrations are applied; making the gateway's triggers again failed: run `rbac-gateway migrate` again");
+                return Err(e);
+            }
+            // The transaction the error left open.
+            if let Err(rollback) =
+                sqlx::Executor::execute(&mut *conn, sqlx::raw_sql("ROLLBACK")).await
+            {
+                tracing::error!(table, error = %e, rollback = %rollback, "migrate: the migrations are applied; making the gateway's triggers again failed: run `rbac-gateway migrate` again");
+                return Err(e);
+            }
+            if lock_timeout(&e) && attempt < ATTEMPTS {
+                if attempt == 1 {
+                    tracing::warn!(table, "migrate: a lock on the table was not granted within {} ms to make the gateway's triggers again (Console's writes are not kept waiting behind it); trying again", super::MIGRATE_LOCK_TIMEOUT.as_millis());
+                }
+                tokio::time::sleep(pause(attempt)).await;
+                attempt += 1;
+                continue;
+            }
+            let holders = if lock_timeout(&e) {
+                oldest_transactions(&mut *conn)
+                    .await
+                    .unwrap_or_default()
+                    .join("; ")
+            } else {
+                String::new()
+            };
+            tracing::warn!(table, triggers = ?triggers, error = %e, oldest_transactions = %holders, "migrate: triggers of the gateway's do not fire as migrate made them, and were not made again: run `rbac-gateway migrate` again as a role that acts as the table's owner and owns the gateway's functions (the role that first ran it), once the table is there and no transaction holds it (`rbac-gateway check --database-url` gives the statements)");
+            break;
+        }
+    }
+    Ok(())
+}
