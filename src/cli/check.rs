@@ -363,9 +363,11 @@ async fn check_database(
                     0,
                     0,
                     Severity::Error,
-                    format!(
-                        "database: column {table}.{col} is missing (run `rbac-gateway migrate`?)"
-                    ),
+                    if db_schema::CONSOLE_TABLES.iter().any(|(t, _)| t == table) {
+                        format!("database: column {table}.{col} of Console's is missing (004 §3 gives it; Console's migrations make it, `migrate` does not)")
+                    } else {
+                        format!("database: column {table}.{col} is missing (run `rbac-gateway migrate`?)")
+                    },
                 ));
             }
         }

@@ -183,3 +183,20 @@ pub async fn uses_schema(pool: &Db) -> Result<(bool, bool), sqlx::Error> {
     .fetch_one(pool)
     .await
 }
+
+/// The `relkind` of each of `tables` that the gateway's schema holds (one missing is left out).
+pub async fn relation_kinds(
+    pool: &Db,
+    tables: &[&str],
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.relname::text, c.relkind::text FROM pg_catalog.pg_class c \
+         WHERE c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($2))::oid \
+           AND c.relname::text OPERATOR(pg_catalog.=) ANY ($1::text[]) ORDER BY 1",
+    )
+    .persistent(false)
+    .bind(tables)
+    .bind(crate::stores::db::schema())
+    .fetch_all(pool)
+    .await
+}

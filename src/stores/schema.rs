@@ -223,9 +223,12 @@ pub fn remake_statements(trigger: &str) -> Option<String> {
     ))
 }
 
-/// [`remake_statements`] in a transaction of its own.
+/// [`remake_statements`] in a transaction of its own, whose lock is not waited for past 200 ms
+/// (`DROP TRIGGER` takes the table's `ACCESS EXCLUSIVE` lock: Console's reads and writes of it
+/// would queue behind the wait; it fails instead, to be run again).
 pub fn remake_trigger(trigger: &str) -> Option<String> {
-    remake_statements(trigger).map(|s| format!("BEGIN; {s} COMMIT;"))
+    remake_statements(trigger)
+        .map(|s| format!("BEGIN; SET LOCAL lock_timeout = '200ms'; {s} COMMIT;"))
 }
 
 /// Whether the function `signature` (`name(type, ...)`) exists, runs as its owner (`SECURITY
@@ -772,11 +775,11 @@ mod tests {
         let schema = crate::stores::db::quoted_schema();
         assert_eq!(
             remake_trigger("rbac_gateway_change on admin_sessions").unwrap(),
-            format!("BEGIN; DROP TRIGGER IF EXISTS rbac_gateway_change ON {schema}.admin_sessions; CREATE TRIGGER rbac_gateway_change AFTER INSERT OR DELETE OR UPDATE ON {schema}.admin_sessions FOR EACH ROW EXECUTE FUNCTION {schema}.rbac_gateway_log_change('admin_id'); COMMIT;")
+            format!("BEGIN; SET LOCAL lock_timeout = '200ms'; DROP TRIGGER IF EXISTS rbac_gateway_change ON {schema}.admin_sessions; CREATE TRIGGER rbac_gateway_change AFTER INSERT OR DELETE OR UPDATE ON {schema}.admin_sessions FOR EACH ROW EXECUTE FUNCTION {schema}.rbac_gateway_log_change('admin_id'); COMMIT;")
         );
         assert_eq!(
             remake_trigger("access_audit_events_no_truncate on access_audit_events").unwrap(),
-            format!("BEGIN; DROP TRIGGER IF EXISTS access_audit_events_no_truncate ON {schema}.access_audit_events; CREATE TRIGGER access_audit_events_no_truncate BEFORE TRUNCATE ON {schema}.access_audit_events FOR EACH STATEMENT EXECUTE FUNCTION {schema}.access_audit_events_append_only(); COMMIT;")
+            format!("BEGIN; SET LOCAL lock_timeout = '200ms'; DROP TRIGGER IF EXISTS access_audit_events_no_truncate ON {schema}.access_audit_events; CREATE TRIGGER access_audit_events_no_truncate BEFORE TRUNCATE ON {schema}.access_audit_events FOR EACH STATEMENT EXECUTE FUNCTION {schema}.access_audit_events_append_only(); COMMIT;")
         );
         assert_eq!(remake_trigger("rbac_gateway_change on nothing"), None);
         // No trigger of the gateway's is INSTEAD OF (64), which the statements do not say.

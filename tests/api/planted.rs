@@ -1418,26 +1418,38 @@ async fn migrate_makes_the_gateways_silent_triggers_again() {
     drop(owner);
 }
 
-/// A table whose lock Console holds (a write left open): `migrate` tries its silent trigger
-/// again a bounded number of times, each wait cut at `lock_timeout`, then leaves it, naming
-/// the oldest open transactions, and succeeds; once the write ends, the next `migrate` makes
-/// it.
+/// A table whose lock Console holds (a write left open): `migrate`, run as the tables' owner (not
+/// a superuser), tries its silent trigger again a bounded number of times, each wait cut at
+/// `lock_timeout`, then leaves it, naming the session that holds the lock, and succeeds; once
+/// the write ends, the next `migrate` makes it.
 #[tokio::test]
 async fn migrate_leaves_a_trigger_whose_table_console_holds_and_says_who() {
-    let db = TestDb::new().await;
+    let (db, owner) = TestDb::migrated_by_a_login().await;
+    let (_, name) = db.url.rsplit_once('/').unwrap();
+    let owner_url = db.url_as(&format!("{}_owner", name.trim_start_matches("rbacgw_")));
+    drop(owner);
+    let migrate_as = || {
+        let out = crate::cli::bin()
+            .args(["migrate", "--database-url", &owner_url])
+            .output()
+            .unwrap();
+        code_and_output(&out)
+    };
     run_sql(
         &db,
         "ALTER TABLE rbac_groups DISABLE TRIGGER rbac_gateway_change",
     )
     .await;
     let mut holder = db.pool.acquire().await.unwrap();
-    sqlx::raw_sql(
-        "SET application_name = 'console-writer'; BEGIN; LOCK TABLE rbac_groups IN ROW EXCLUSIVE MODE",
-    )
-    .execute(&mut *holder)
-    .await
-    .unwrap();
-    let (code, text) = migrate(&db);
+    let (pid, user): (i32, String) = sqlx::query_as("SELECT pg_backend_pid(), current_user::text")
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE rbac_groups IN ROW EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let (code, text) = migrate_as();
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(
         text.matches("a lock on the table was not granted within 200 ms")
@@ -1453,7 +1465,7 @@ async fn migrate_leaves_a_trigger_whose_table_console_holds_and_says_who() {
     assert!(
         left[0].contains("table=\"rbac_groups\"")
             && left[0].contains("lock timeout")
-            && left[0].contains("(console-writer, idle in transaction, open since"),
+            && left[0].contains(&format!("held_by=pid {pid} (user {user}, ")),
         "{text}"
     );
     let silent = rbac_gateway::stores::schema::silent_triggers(&db.pool)
@@ -1462,11 +1474,55 @@ async fn migrate_leaves_a_trigger_whose_table_console_holds_and_says_who() {
     assert_eq!(silent, ["rbac_gateway_change on rbac_groups"]);
 
     sqlx::raw_sql("COMMIT").execute(&mut *holder).await.unwrap();
-    let (code, text) = migrate(&db);
+    let (code, text) = migrate_as();
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(text.matches("are made again").count(), 1, "{text}");
     let silent = rbac_gateway::stores::schema::silent_triggers(&db.pool)
         .await
         .unwrap();
     assert!(silent.is_empty(), "{silent:?}");
+}
+
+/// A table of Console's replaced by a view, or dropped: `check` names the view once (as
+/// Console's code), its triggers as waiting for the table to be back (not as `migrate`'s to
+/// make now), and a dropped table's columns as Console's to make.
+#[tokio::test]
+async fn check_names_a_table_of_consoles_gone_once_and_its_triggers_with_it() {
+    let db = TestDb::new().await;
+    run_sql(
+        &db,
+        "ALTER TABLE rbac_roles RENAME TO rbac_roles_away; \
+         CREATE VIEW rbac_roles AS SELECT * FROM rbac_roles_away; \
+         DROP TABLE admin_sessions CASCADE",
+    )
+    .await;
+    let (code, text) = check(&db);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(text.matches("rbac_roles is a view").count(), 1, "{text}");
+    let triggers: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("database: trigger ") && l.contains(" on rbac_roles "))
+        .collect();
+    assert!(!triggers.is_empty(), "{text}");
+    for line in triggers {
+        assert!(
+            line.contains("is missing: its table is not a table (a view)")
+                && line.contains("once the table is back in its place"),
+            "{line}"
+        );
+    }
+    assert!(
+        text.lines()
+            .filter(|l| l.contains(" on admin_sessions "))
+            .all(|l| l.contains("is missing: its table is missing")),
+        "{text}"
+    );
+    assert!(
+        text.contains("database: column admin_sessions.token_sha256 of Console's is missing (004 §3 gives it; Console's migrations make it, `migrate` does not)"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("admin_sessions.token_sha256 is missing (run"),
+        "{text}"
+    );
 }

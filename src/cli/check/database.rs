@@ -69,11 +69,39 @@ pub(super) async fn functions(
     }
     // Every trigger of the gateway's, as migrate made it: the owner of Console's tables may
     // drop, disable or re-create those on its tables.
-    for trigger in db_schema::silent_triggers(pool)
+    let silent = db_schema::silent_triggers(pool)
         .await
         .context("cannot read the triggers")
-        .map_err(failure)?
-    {
+        .map_err(failure)?;
+    let tables: Vec<&str> = silent
+        .iter()
+        .filter_map(|t| t.split_once(" on ").map(|(_, table)| table))
+        .collect();
+    let kinds = crate::stores::privileges::relation_kinds(pool, &tables)
+        .await
+        .context("cannot read the tables")
+        .map_err(failure)?;
+    for trigger in silent {
+        // A trigger whose table is gone, or is no table, is made only once the table is back.
+        let table = trigger.split_once(" on ").map_or("", |(_, t)| t);
+        let kind = kinds
+            .iter()
+            .find(|(t, _)| t == table)
+            .map(|(_, k)| k.as_str());
+        if !matches!(kind, Some("r" | "p")) {
+            let what = match kind {
+                None => "is missing".to_string(),
+                Some(k) => format!("is not a table ({})", super::grants::relation_kind(k)),
+            };
+            out.push(diag(
+                file,
+                0,
+                0,
+                Severity::Error,
+                format!("database: trigger {trigger} is missing: its table {what}, so what it records or refuses goes unrecorded or unrefused (once the table is back in its place, `rbac-gateway migrate`, run again as the role that first ran it, makes the trigger again)"),
+            ));
+            continue;
+        }
         out.push(diag(
             file,
             0,

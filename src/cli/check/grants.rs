@@ -158,7 +158,7 @@ fn quoted(name: &str) -> String {
 }
 
 /// What PostgreSQL's `relkind` names, said.
-fn relation_kind(relkind: &str) -> &'static str {
+pub(super) fn relation_kind(relkind: &str) -> &'static str {
     match relkind {
         "v" => "a view",
         "f" => "a foreign table",
@@ -205,15 +205,15 @@ pub(super) async fn lacking(
                 "sequence {} is missing, or is not a sequence: `serve`'s writes that take a value of it fail (make it again as the role that ran `migrate`, as its migration made it)",
                 p.object
             )),
+            // Console's: named by `rbac_gateway_console_code` (`database::console_code`).
+            Found::NotATable(_)
+                if crate::stores::schema::CONSOLE_TABLES
+                    .iter()
+                    .any(|(t, _)| *t == p.object) => {}
             Found::NotATable(relkind) => {
                 if !said.iter().any(|s| s.1 == p.object) {
-                    let whose = if crate::stores::schema::CONSOLE_TABLES.iter().any(|(t, _)| *t == p.object) {
-                        "Console's table must be put back in its place"
-                    } else {
-                        "the gateway's table must be put back in its place, as the role that ran `migrate`: its migration made it, and `migrate` does not make it again"
-                    };
                     error(out, format!(
-                        "{} is {}, not the table `serve` uses: `serve`'s statements on it fail, or run what its owner wrote ({whose})",
+                        "{} is {}, not the table `serve` uses: `serve`'s statements on it fail, or run what its owner wrote (the gateway's table must be put back in its place, as the role that ran `migrate`: its migration made it, and `migrate` does not make it again)",
                         p.object,
                         relation_kind(&relkind)
                     ));
@@ -313,7 +313,7 @@ pub(super) async fn uses_schema(
 /// holds them. A `GRANT` to that role would change nothing for it.
 fn holds_none(m: &crate::stores::privileges::Membership) -> Option<String> {
     let login = quoted(&m.login);
-    let admin = "by a role with CREATEROLE or ADMIN OPTION on it";
+    let admin = "by a role with ADMIN OPTION on it (before PostgreSQL 16, CREATEROLE is enough)";
     if !m.exists {
         return Some(format!(
             "role {ROLE} does not exist: make it by running deploy/gateway-grants.sql as the tables' owner (it creates the role where the owner has CREATEROLE; otherwise first `CREATE ROLE {ROLE} NOLOGIN` as a role that has), then `GRANT {ROLE} TO {login}` {admin}"

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{lock_timeout, oldest_transactions, pause};
+use super::{lock_timeout, pause};
 use crate::stores::schema;
 
 /// How many times one table's triggers are tried where its lock was not granted within
@@ -63,16 +63,41 @@ pub(super) async fn remake_silent(conn: &mut sqlx::PgConnection) -> Result<(), s
                 continue;
             }
             let holders = if lock_timeout(&e) {
-                oldest_transactions(&mut *conn)
-                    .await
-                    .unwrap_or_default()
-                    .join("; ")
+                match lock_holders(&mut *conn, &table).await {
+                    Ok(held) if held.is_empty() => "none now".to_string(),
+                    Ok(held) => held.join("; "),
+                    Err(e) => format!("not read: {e}"),
+                }
             } else {
                 String::new()
             };
-            tracing::warn!(table, triggers = ?triggers, error = %e, oldest_transactions = %holders, "migrate: triggers of the gateway's do not fire as migrate made them, and were not made again: run `rbac-gateway migrate` again as a role that acts as the table's owner and owns the gateway's functions (the role that first ran it), once the table is there and no transaction holds it (`rbac-gateway check --database-url` gives the statements)");
+            tracing::warn!(table, triggers = ?triggers, error = %e, held_by = %holders, "migrate: triggers of the gateway's do not fire as migrate made them, and were not made again: run `rbac-gateway migrate` again as a role that acts as the table's owner and owns the gateway's functions (the role that first ran it), once the table is there and no transaction holds it (`rbac-gateway check --database-url` gives the statements)");
             break;
         }
     }
     Ok(())
+}
+
+/// The sessions holding a lock on `table` (of the gateway's schema), each as `pid N (user U,
+/// application A, in a transaction since T)`. From `pg_locks`, which any role reads: the
+/// migrating role, not a superuser, sees another login's `pg_stat_activity` row without its
+/// application and times (each then `?`), but its pid and user.
+async fn lock_holders(
+    conn: &mut sqlx::PgConnection,
+    table: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT pg_catalog.format('pid %s (user %s, application %s, in a transaction since %s)', l.pid, \
+                coalesce(a.usename::text, '?'), coalesce(NULLIF(a.application_name, ''), '?'), \
+                coalesce(pg_catalog.to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS UTC'), '?')) \
+           FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid \
+          WHERE l.granted AND l.locktype OPERATOR(pg_catalog.=) 'relation' \
+            AND l.relation OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.quote_ident($1)) \
+            AND l.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
+          ORDER BY l.pid",
+    )
+    .persistent(false)
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
 }
