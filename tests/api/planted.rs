@@ -1526,3 +1526,47 @@ async fn check_names_a_table_of_consoles_gone_once_and_its_triggers_with_it() {
         "{text}"
     );
 }
+
+/// The sessions `migrate` names as holding a table's lock are this database's only: a copy of
+/// it (`CREATE DATABASE ... TEMPLATE`) has its tables under the same oids, and a session there
+/// holding its `rbac_groups` is not named.
+#[tokio::test]
+async fn migrate_names_only_this_databases_lock_holders() {
+    let mut db = TestDb::new().await;
+    let (_, name) = db.url.rsplit_once('/').unwrap();
+    let name = name.to_string();
+    db.pool.close().await;
+    let copy = TestDb::created_with(&format!("TEMPLATE {name}")).await;
+    db.pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    run_sql(
+        &db,
+        "ALTER TABLE rbac_groups DISABLE TRIGGER rbac_gateway_change",
+    )
+    .await;
+    let hold = |pool: &sqlx::PgPool| {
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.acquire().await.unwrap();
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            sqlx::raw_sql("BEGIN; LOCK TABLE rbac_groups IN ROW EXCLUSIVE MODE")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            (conn, pid)
+        }
+    };
+    let (_here, here) = hold(&db.pool).await;
+    let (_there, there) = hold(&copy.pool).await;
+    let (code, text) = migrate(&db);
+    assert_eq!(code, Some(0), "{text}");
+    let left: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("were not made again"))
+        .collect();
+    assert_eq!(left.len(), 1, "{text}");
+    assert!(left[0].contains(&format!("held_by=pid {here} (")), "{text}");
+    assert!(!left[0].contains(&format!("pid {there} ")), "{text}");
+}

@@ -78,22 +78,28 @@ pub(super) async fn remake_silent(conn: &mut sqlx::PgConnection) -> Result<(), s
     Ok(())
 }
 
-/// The sessions holding a lock on `table` (of the gateway's schema), each as `pid N (user U,
-/// application A, in a transaction since T)`. From `pg_locks`, which any role reads: the
-/// migrating role, not a superuser, sees another login's `pg_stat_activity` row without its
-/// application and times (each then `?`), but its pid and user.
+/// The sessions of this database holding a lock on `table` (of the gateway's schema) or one of
+/// its partitions (dropping a trigger of a partitioned table locks each), each as `pid N (user U,
+/// application A, in a transaction since T)`, and a prepared transaction as such. From
+/// `pg_locks`, which any role reads: the migrating role, not a superuser, sees another login's
+/// `pg_stat_activity` row without its times (then `?`), but its pid, user and application.
 async fn lock_holders(
     conn: &mut sqlx::PgConnection,
     table: &str,
 ) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT pg_catalog.format('pid %s (user %s, application %s, in a transaction since %s)', l.pid, \
+        "SELECT CASE WHEN l.pid IS NULL THEN pg_catalog.format('a prepared transaction (%s)', l.virtualtransaction) \
+           ELSE pg_catalog.format('pid %s (user %s, application %s, in a transaction since %s)', l.pid, \
                 coalesce(a.usename::text, '?'), coalesce(NULLIF(a.application_name, ''), '?'), \
-                coalesce(pg_catalog.to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS UTC'), '?')) \
+                coalesce(pg_catalog.to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS UTC'), '?')) END \
            FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid \
           WHERE l.granted AND l.locktype OPERATOR(pg_catalog.=) 'relation' \
-            AND l.relation OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.quote_ident($1)) \
-            AND l.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
+            AND l.database OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database d \
+                 WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) \
+            AND l.relation OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT pg_catalog.to_regclass(pg_catalog.quote_ident($1))::oid \
+                 UNION SELECT t.relid::oid \
+                 FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(pg_catalog.quote_ident($1))) t)) \
+            AND coalesce(l.pid, 0) OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
           ORDER BY l.pid",
     )
     .persistent(false)
