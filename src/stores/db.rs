@@ -637,7 +637,12 @@ pub fn schema() -> &'static str {
 /// transaction's `BEGIN` names it.
 pub(crate) fn quoted_schema() -> &'static str {
     static QUOTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    QUOTED.get_or_init(|| format!("\"{}\"", schema().replace('"', "\"\"")))
+    QUOTED.get_or_init(|| quote_ident(schema()))
+}
+
+/// `name` as an SQL identifier: double-quoted, a `"` in it doubled.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// [`Db::one_round_trip`] on a connection the caller keeps (the audit writer's), bounded by

@@ -7,9 +7,10 @@
 //! ([`audit_outbox`], I-5) and the statements of the jobs that sweep them and raise alerts
 //! ([`sweep`], [`alerts`]; the jobs themselves are in [`crate::jobs`]), mapping versions pushed to
 //! the database ([`mapping_store`]) and run by the fleet ([`rollout`]), what the schema holds for
-//! `check` ([`schema`]) and the privileges a role lacks ([`privileges`]); cold lookups behind a pooler sent together ([`session_batch`]); each
-//! request-path lookup written once, bound or written in ([`lookup`]); values written into the SQL
-//! text of one-round-trip statements ([`sql_text`]).
+//! `check` ([`schema`]) and the privileges a role lacks ([`privileges`]); cold lookups behind a
+//! pooler sent together ([`session_batch`]); each request-path lookup written once, bound or
+//! written in ([`lookup`]); values written into the SQL text of one-round-trip statements
+//! ([`sql_text`]).
 
 pub mod alerts;
 pub mod audit;

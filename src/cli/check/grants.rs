@@ -4,6 +4,8 @@
 //! grant added there is checked without a second list to keep.
 
 use super::{diag, failure, Exit, Severity};
+use crate::policy::mapping::Diagnostic;
+use crate::stores::db::quote_ident;
 use crate::stores::privileges::{Found, On, Privilege};
 
 /// The grants an operator runs as the tables' owner (README, "Grants").
@@ -152,11 +154,6 @@ pub(super) fn granted_on(table: &str) -> bool {
         .any(|g| g.on == On::Table && g.objects.iter().any(|o| o == table))
 }
 
-/// `name` as an SQL identifier, double-quoted (a `"` in it doubled).
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// What PostgreSQL's `relkind` names, said.
 pub(super) fn relation_kind(relkind: &str) -> &'static str {
     match relkind {
@@ -171,6 +168,22 @@ pub(super) fn relation_kind(relkind: &str) -> &'static str {
     }
 }
 
+/// `message` about the database, an error of `file` in `out`.
+fn error(out: &mut Vec<Diagnostic>, file: &str, message: String) {
+    out.push(diag(
+        file,
+        0,
+        0,
+        Severity::Error,
+        format!("database: {message}"),
+    ));
+}
+
+/// A read of this role's privileges that failed: `check` cannot go on.
+fn unread(e: sqlx::Error) -> Exit {
+    failure(anyhow::Error::new(e).context("cannot read this role's privileges"))
+}
+
 /// Each privilege deploy/gateway-grants.sql gives `serve`'s login that this role lacks, an error
 /// in `out`, one per object and privilege (a column privilege's columns together), with the
 /// `GRANT` that mends it. Where this role does not hold `rbac_gateway_serve`'s privileges at all
@@ -180,28 +193,19 @@ pub(super) fn relation_kind(relkind: &str) -> &'static str {
 pub(super) async fn lacking(
     pool: &crate::stores::db::Db,
     file: &str,
-    out: &mut Vec<crate::policy::mapping::Diagnostic>,
+    out: &mut Vec<Diagnostic>,
 ) -> Result<(), Exit> {
-    let privileges =
-        |e| failure(anyhow::Error::new(e).context("cannot read this role's privileges"));
-    let error = |out: &mut Vec<_>, message: String| {
-        out.push(diag(
-            file,
-            0,
-            0,
-            Severity::Error,
-            format!("database: {message}"),
-        ));
-    };
     let asked = asked();
+    // (on, object, privilege, columns): a column privilege's columns together.
     let mut said: Vec<(On, &str, &str, Vec<&str>)> = Vec::new();
+    let mut not_tables: Vec<&str> = Vec::new();
     for (i, found) in crate::stores::privileges::lacking(pool, &asked)
         .await
-        .map_err(privileges)?
+        .map_err(unread)?
     {
         let p = &asked[i];
         match found {
-            Found::NoSequence => error(out, format!(
+            Found::NoSequence => error(out, file, format!(
                 "sequence {} is missing, or is not a sequence: `serve`'s writes that take a value of it fail (make it again as the role that ran `migrate`, as its migration made it)",
                 p.object
             )),
@@ -211,13 +215,13 @@ pub(super) async fn lacking(
                     .iter()
                     .any(|(t, _)| *t == p.object) => {}
             Found::NotATable(relkind) => {
-                if !said.iter().any(|s| s.1 == p.object) {
-                    error(out, format!(
+                if !not_tables.contains(&p.object.as_str()) {
+                    error(out, file, format!(
                         "{} is {}, not the table `serve` uses: `serve`'s statements on it fail, or run what its owner wrote (the gateway's table must be put back in its place, as the role that ran `migrate`: its migration made it, and `migrate` does not make it again)",
                         p.object,
                         relation_kind(&relkind)
                     ));
-                    said.push((p.on, &p.object, "", Vec::new()));
+                    not_tables.push(&p.object);
                 }
             }
             Found::Lacking => {
@@ -232,17 +236,16 @@ pub(super) async fn lacking(
             }
         }
     }
-    // Not a table: said above.
-    said.retain(|s| !s.2.is_empty());
     if said.is_empty() {
         return Ok(());
     }
     let m = crate::stores::privileges::membership(pool, ROLE)
         .await
-        .map_err(privileges)?;
+        .map_err(unread)?;
     if let Some(why) = holds_none(&m) {
         error(
             out,
+            file,
             format!(
                 "this role lacks {} of the privileges deploy/gateway-grants.sql gives {ROLE}: {why}",
                 said.len()
@@ -262,7 +265,7 @@ pub(super) async fn lacking(
             On::Function => "function ",
             On::Sequence => "sequence ",
         };
-        error(out, format!(
+        error(out, file, format!(
             "this role lacks {privilege}{columns} on {on}{object}, which `serve` uses: `GRANT {privilege}{columns} ON {}{schema}.{object} TO {ROLE}` (deploy/gateway-grants.sql)",
             on.to_uppercase()
         ));
@@ -276,13 +279,11 @@ pub(super) async fn lacking(
 pub(super) async fn uses_schema(
     pool: &crate::stores::db::Db,
     file: &str,
-    out: &mut Vec<crate::policy::mapping::Diagnostic>,
+    out: &mut Vec<Diagnostic>,
 ) -> Result<bool, Exit> {
-    let privileges =
-        |e| failure(anyhow::Error::new(e).context("cannot read this role's privileges"));
     let (exists, uses) = crate::stores::privileges::uses_schema(pool)
         .await
-        .map_err(privileges)?;
+        .map_err(unread)?;
     if uses {
         return Ok(true);
     }
@@ -292,27 +293,21 @@ pub(super) async fn uses_schema(
     } else {
         let m = crate::stores::privileges::membership(pool, ROLE)
             .await
-            .map_err(privileges)?;
+            .map_err(unread)?;
         let grant = format!("`GRANT USAGE ON SCHEMA {schema} TO {ROLE}` as the schema's owner");
         match holds_none(&m) {
             Some(why) => format!("this role may not use schema {schema}, where `serve` finds every table and function, and {why}; then, where {ROLE} lacks it too, {grant}"),
             None => format!("this role may not use schema {schema}, where `serve` finds every table and function: {grant}"),
         }
     };
-    out.push(diag(
-        file,
-        0,
-        0,
-        Severity::Error,
-        format!("database: {message}"),
-    ));
+    error(out, file, message);
     Ok(false)
 }
 
 /// Why this role holds none of `rbac_gateway_serve`'s privileges, with the fix; `None` where it
 /// holds them. A `GRANT` to that role would change nothing for it.
 fn holds_none(m: &crate::stores::privileges::Membership) -> Option<String> {
-    let login = quoted(&m.login);
+    let login = quote_ident(&m.login);
     let admin = "by a role with ADMIN OPTION on it (before PostgreSQL 16, CREATEROLE is enough)";
     if !m.exists {
         return Some(format!(
@@ -334,7 +329,7 @@ fn holds_none(m: &crate::stores::privileges::Membership) -> Option<String> {
         let alter: Vec<String> = m
             .noinherit
             .iter()
-            .map(|r| format!("`ALTER ROLE {} INHERIT`", quoted(r)))
+            .map(|r| format!("`ALTER ROLE {} INHERIT`", quote_ident(r)))
             .collect();
         format!(
             "NOINHERIT on {}: {}",

@@ -43,14 +43,18 @@ pub(super) async fn remake_silent(conn: &mut sqlx::PgConnection) -> Result<(), s
                 tracing::info!(table, triggers = ?triggers, "migrate: triggers of the gateway's that did not fire as migrate made them (disabled, dropped, or their table made again) are made again");
                 break;
             };
-            if !matches!(e, sqlx::Error::Database(_)) {
-                tracing::error!(table, error = %e, "migrate: the migrations are applied; making the gateway's triggers again failed: run `rbac-gateway migrate` again");
-                return Err(e);
-            }
-            // The transaction the error left open.
-            if let Err(rollback) =
-                sqlx::Executor::execute(&mut *conn, sqlx::raw_sql("ROLLBACK")).await
-            {
+            // The server refused: the transaction the error left open is rolled back. Otherwise,
+            // or where that fails too, the connection is gone.
+            let answers = matches!(e, sqlx::Error::Database(_));
+            let rollback = if answers {
+                sqlx::Executor::execute(&mut *conn, sqlx::raw_sql("ROLLBACK"))
+                    .await
+                    .err()
+            } else {
+                None
+            };
+            if !answers || rollback.is_some() {
+                let rollback = rollback.map_or(String::new(), |r| r.to_string());
                 tracing::error!(table, error = %e, rollback = %rollback, "migrate: the migrations are applied; making the gateway's triggers again failed: run `rbac-gateway migrate` again");
                 return Err(e);
             }
