@@ -16,6 +16,9 @@
 
 use crate::stores::db::{schema, Db};
 
+mod triggers;
+pub use triggers::*;
+
 /// Those of `tables` that exist and this role may not read (`has_table_privilege`).
 pub async fn unreadable_tables(pool: &Db, tables: &[&str]) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
@@ -58,177 +61,6 @@ pub async fn columns(pool: &Db) -> Result<Vec<(String, String)>, sqlx::Error> {
     .bind(schema())
     .fetch_all(pool)
     .await
-}
-
-/// SQL text: trigger `t` fires in an ordinary session. `O` (origin, the default) and `A`
-/// (always); not `D` (disabled) nor `R`, which fires only where `session_replication_role` is
-/// `replica`: both are what `ALTER TABLE ... DISABLE TRIGGER` and `ENABLE REPLICA TRIGGER` make
-/// of it, which the owner of Console's tables may do.
-macro_rules! fires {
-    () => {
-        "t.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::\"char\"[])"
-    };
-}
-
-/// Every trigger of the gateway's, as migrate leaves it: `(table, trigger, function, tgtype,
-/// arguments)`, `tgtype` as `pg_trigger` encodes when and on what it fires, the arguments as
-/// `encode(tgargs, 'escape')` writes them. The change feed's (migration 0004: each row's admin,
-/// and a `TRUNCATE`), the break-glass group's recorded changes (0007), the erasure (0019), the
-/// audit table's append-only guard (0001), the mapping store's (0009) and the alerts' session
-/// (0033).
-#[rustfmt::skip]
-pub const TRIGGERS: &[(&str, &str, &str, i16, &str)] = &[
-    ("access_audit_events", "access_audit_events_no_truncate", "access_audit_events_append_only", 34, ""),
-    ("access_audit_events", "access_audit_events_no_update", "access_audit_events_append_only", 27, ""),
-    ("rbac_gateway_alerts", "rbac_gateway_alert_session", "rbac_gateway_alert_session", 7, ""),
-    ("rbac_group_roles", "rbac_gateway_break_glass", "rbac_gateway_break_glass_change", 29, ""),
-    ("rbac_groups", "rbac_gateway_break_glass", "rbac_gateway_break_glass_change", 29, ""),
-    ("rbac_permissions", "rbac_gateway_break_glass", "rbac_gateway_break_glass_change", 29, ""),
-    ("rbac_role_inheritance", "rbac_gateway_break_glass", "rbac_gateway_break_glass_change", 29, ""),
-    ("rbac_role_permissions", "rbac_gateway_break_glass", "rbac_gateway_break_glass_change", 29, ""),
-    ("rbac_roles", "rbac_gateway_break_glass", "rbac_gateway_break_glass_change", 29, ""),
-    ("rbac_user_groups", "rbac_gateway_break_glass", "rbac_gateway_break_glass_change", 29, ""),
-    ("rbac_group_roles", "rbac_gateway_break_glass_truncate", "rbac_gateway_break_glass_change", 32, ""),
-    ("rbac_groups", "rbac_gateway_break_glass_truncate", "rbac_gateway_break_glass_change", 32, ""),
-    ("rbac_permissions", "rbac_gateway_break_glass_truncate", "rbac_gateway_break_glass_change", 32, ""),
-    ("rbac_role_inheritance", "rbac_gateway_break_glass_truncate", "rbac_gateway_break_glass_change", 32, ""),
-    ("rbac_role_permissions", "rbac_gateway_break_glass_truncate", "rbac_gateway_break_glass_change", 32, ""),
-    ("rbac_roles", "rbac_gateway_break_glass_truncate", "rbac_gateway_break_glass_change", 32, ""),
-    ("rbac_user_groups", "rbac_gateway_break_glass_truncate", "rbac_gateway_break_glass_change", 32, ""),
-    ("admins", "rbac_gateway_erase_admin", "rbac_gateway_erase_admin", 11, ""),
-    ("admin_sessions", "rbac_gateway_change", "rbac_gateway_log_change", 29, "admin_id\\000"),
-    ("admins", "rbac_gateway_change", "rbac_gateway_log_change", 29, "id\\000"),
-    ("rbac_break_glass_sessions", "rbac_gateway_change", "rbac_gateway_log_change", 29, "user_id\\000"),
-    ("rbac_group_roles", "rbac_gateway_change", "rbac_gateway_log_change", 28, ""),
-    ("rbac_groups", "rbac_gateway_change", "rbac_gateway_log_change", 28, ""),
-    ("rbac_permissions", "rbac_gateway_change", "rbac_gateway_log_change", 28, ""),
-    ("rbac_role_inheritance", "rbac_gateway_change", "rbac_gateway_log_change", 28, ""),
-    ("rbac_role_permissions", "rbac_gateway_change", "rbac_gateway_log_change", 28, ""),
-    ("rbac_roles", "rbac_gateway_change", "rbac_gateway_log_change", 28, ""),
-    ("rbac_ticket_grants", "rbac_gateway_change", "rbac_gateway_log_change", 29, "user_id\\000"),
-    ("rbac_user_groups", "rbac_gateway_change", "rbac_gateway_log_change", 29, "user_id\\000"),
-    ("admin_sessions", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
-    ("admins", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
-    ("rbac_break_glass_sessions", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
-    ("rbac_group_roles", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
-    ("rbac_groups", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
-    ("rbac_permissions", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
-    ("rbac_role_inheritance", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
-    ("rbac_role_permissions", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
-    ("rbac_roles", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
-    ("rbac_ticket_grants", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
-    ("rbac_user_groups", "rbac_gateway_change_truncate", "rbac_gateway_log_change", 32, ""),
-    ("rbac_mapping_activations", "rbac_mapping_append_only", "rbac_mapping_append_only", 27, ""),
-    ("rbac_mapping_store", "rbac_mapping_append_only", "rbac_mapping_append_only", 27, ""),
-    ("rbac_mapping_activations", "rbac_mapping_notify", "rbac_mapping_notify", 4, ""),
-];
-
-/// Those of [`TRIGGERS`] missing from the gateway's schema, or not as migrate made them (another
-/// function, other events, other arguments, a `WHEN` condition, an `UPDATE OF` column list, a
-/// constraint trigger), or not firing in an ordinary session (`fires!`), as `trigger on table`:
-/// `check`'s error.
-pub async fn silent_triggers<'e>(
-    db: impl sqlx::PgExecutor<'e>,
-) -> Result<Vec<String>, sqlx::Error> {
-    let silent = silent_trigger_states(db).await?;
-    Ok(silent.into_iter().map(|(trigger, _)| trigger).collect())
-}
-
-/// [`silent_triggers`], each with its state: its table's oid and the version of its
-/// `pg_trigger` row (`xmin`; empty where it is missing), which change when the table is made
-/// again or the trigger disabled, dropped or made again. The alert pass's alert
-/// (`stores::alerts`, each second) is keyed by them, so a trigger silenced again is alerted
-/// again.
-pub async fn silent_trigger_states<'e>(
-    db: impl sqlx::PgExecutor<'e>,
-) -> Result<Vec<(String, String)>, sqlx::Error> {
-    let mut tables = Vec::new();
-    let mut names = Vec::new();
-    let mut functions = Vec::new();
-    let mut types = Vec::new();
-    let mut args = Vec::new();
-    for (table, name, function, tgtype, arguments) in TRIGGERS {
-        tables.push(*table);
-        names.push(*name);
-        functions.push(*function);
-        types.push(*tgtype);
-        args.push(*arguments);
-    }
-    sqlx::query_as(concat!(
-        "SELECT w.g OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) w.r, \
-                pg_catalog.concat(tc.oid, ':', (SELECT t.xmin FROM pg_catalog.pg_trigger t \
-                                                 WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
-                                                   AND t.tgname::text OPERATOR(pg_catalog.=) w.g)) \
-           FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), \
-                           pg_catalog.unnest($4::int2[]), pg_catalog.unnest($5::text[])) w(r, g, f, k, a) \
-           LEFT JOIN pg_catalog.pg_class tc ON tc.relname::text OPERATOR(pg_catalog.=) w.r \
-                AND tc.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($6))::oid \
-          WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid \
-                              JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid \
-                             WHERE c.relname::text OPERATOR(pg_catalog.=) w.r AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
-                               AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($6))::oid \
-                               AND p.pronamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($6))::oid \
-                               AND p.proname::text OPERATOR(pg_catalog.=) w.f AND t.tgtype OPERATOR(pg_catalog.=) w.k \
-                               AND pg_catalog.encode(t.tgargs, 'escape') OPERATOR(pg_catalog.=) w.a AND t.tgqual IS NULL \
-                               AND t.tgattr OPERATOR(pg_catalog.=) ''::pg_catalog.int2vector AND t.tgconstraint OPERATOR(pg_catalog.=) 0 AND ",
-        fires!(),
-        ") ORDER BY 1"
-    ))
-    .persistent(false)
-    .bind(tables)
-    .bind(names)
-    .bind(functions)
-    .bind(types)
-    .bind(args)
-    .bind(schema())
-    .fetch_all(db)
-    .await
-}
-
-/// The statements that make `trigger` (`name on table`, as [`silent_triggers`] names it) as
-/// `migrate` made it, to run in one transaction (a write between them would go unrecorded:
-/// [`remake_trigger`]): the trigger dropped where it is there (disabled, or not as made), then
-/// created as [`TRIGGERS`] has it. Run as the role that ran `migrate`: it owns the trigger's
-/// function (its table's owner alone may not execute it) and acts as the table's owner. `check`
-/// gives them as the fix; `tests/api/planted.rs` runs them for every trigger and holds
-/// [`silent_triggers`] empty.
-pub fn remake_statements(trigger: &str) -> Option<String> {
-    let (name, table) = trigger.split_once(" on ")?;
-    let &(_, _, function, tgtype, arguments) = TRIGGERS
-        .iter()
-        .find(|(t, g, ..)| *t == table && *g == name)?;
-    // pg_trigger.tgtype's bits (PostgreSQL's `TRIGGER_TYPE_*`).
-    let when = if tgtype & 2 != 0 { "BEFORE" } else { "AFTER" };
-    let events: Vec<&str> = [
-        (4, "INSERT"),
-        (8, "DELETE"),
-        (16, "UPDATE"),
-        (32, "TRUNCATE"),
-    ]
-    .into_iter()
-    .filter(|(bit, _)| tgtype & bit != 0)
-    .map(|(_, event)| event)
-    .collect();
-    let each = if tgtype & 1 != 0 { "ROW" } else { "STATEMENT" };
-    // tgargs as `encode(tgargs, 'escape')` writes it: each argument ends in `\000`.
-    let arguments: Vec<String> = arguments
-        .split_terminator("\\000")
-        .map(|a| format!("'{}'", a.replace('\'', "''")))
-        .collect();
-    let schema = super::db::quoted_schema();
-    Some(format!(
-        "DROP TRIGGER IF EXISTS {name} ON {schema}.{table}; CREATE TRIGGER {name} {when} {} ON {schema}.{table} FOR EACH {each} EXECUTE FUNCTION {schema}.{function}({});",
-        events.join(" OR "),
-        arguments.join(", ")
-    ))
-}
-
-/// [`remake_statements`] in a transaction of its own, whose lock is not waited for past 200 ms
-/// (`DROP TRIGGER` takes the table's `ACCESS EXCLUSIVE` lock: Console's reads and writes of it
-/// would queue behind the wait; it fails instead, to be run again).
-pub fn remake_trigger(trigger: &str) -> Option<String> {
-    remake_statements(trigger)
-        .map(|s| format!("BEGIN; SET LOCAL lock_timeout = '200ms'; {s} COMMIT;"))
 }
 
 /// Whether the function `signature` (`name(type, ...)`) exists, runs as its owner (`SECURITY
@@ -767,24 +599,5 @@ mod tests {
             migration.contains(&format!("f, '{value}');")),
             "0036 does not set {value:?}"
         );
-    }
-
-    /// The statements `check` gives for a silent trigger: its events, timing, level and
-    /// arguments from `pg_trigger.tgtype`'s bits and `tgargs` (`tests/api/planted.rs` runs them
-    /// all against PostgreSQL).
-    #[test]
-    fn a_silent_trigger_is_made_again_as_migrate_made_it() {
-        let schema = crate::stores::db::quoted_schema();
-        assert_eq!(
-            remake_trigger("rbac_gateway_change on admin_sessions").unwrap(),
-            format!("BEGIN; SET LOCAL lock_timeout = '200ms'; DROP TRIGGER IF EXISTS rbac_gateway_change ON {schema}.admin_sessions; CREATE TRIGGER rbac_gateway_change AFTER INSERT OR DELETE OR UPDATE ON {schema}.admin_sessions FOR EACH ROW EXECUTE FUNCTION {schema}.rbac_gateway_log_change('admin_id'); COMMIT;")
-        );
-        assert_eq!(
-            remake_trigger("access_audit_events_no_truncate on access_audit_events").unwrap(),
-            format!("BEGIN; SET LOCAL lock_timeout = '200ms'; DROP TRIGGER IF EXISTS access_audit_events_no_truncate ON {schema}.access_audit_events; CREATE TRIGGER access_audit_events_no_truncate BEFORE TRUNCATE ON {schema}.access_audit_events FOR EACH STATEMENT EXECUTE FUNCTION {schema}.access_audit_events_append_only(); COMMIT;")
-        );
-        assert_eq!(remake_trigger("rbac_gateway_change on nothing"), None);
-        // No trigger of the gateway's is INSTEAD OF (64), which the statements do not say.
-        assert!(TRIGGERS.iter().all(|t| t.3 & 64 == 0));
     }
 }

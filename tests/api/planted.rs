@@ -293,18 +293,21 @@ async fn check_names_the_gateways_triggers_that_do_not_fire() {
     .unwrap();
     let (code, text) = check(&db);
     assert_ne!(code, Some(0), "{text}");
-    for trigger in [
-        "rbac_gateway_break_glass on rbac_user_groups",
-        "rbac_gateway_erase_admin on admins",
-        "access_audit_events_no_update on access_audit_events",
-        "rbac_gateway_change_truncate on admin_sessions",
-        "rbac_gateway_break_glass on rbac_roles",
-        "rbac_gateway_break_glass on rbac_groups",
+    let off = "does not fire (disabled, or for replicas only): ";
+    let altered = "is not as migrate made it (another function";
+    for (trigger, how) in [
+        ("rbac_gateway_break_glass on rbac_user_groups", off),
+        ("rbac_gateway_erase_admin on admins", off),
+        (
+            "access_audit_events_no_update on access_audit_events",
+            "is missing: ",
+        ),
+        ("rbac_gateway_change_truncate on admin_sessions", off),
+        ("rbac_gateway_break_glass on rbac_roles", altered),
+        ("rbac_gateway_break_glass on rbac_groups", altered),
     ] {
         assert!(
-            text.contains(&format!(
-                "database: trigger {trigger} is missing, not as migrate made it"
-            )),
+            text.contains(&format!("database: trigger {trigger} {how}")),
             "{trigger}\n{text}"
         );
     }
@@ -320,7 +323,7 @@ async fn check_names_the_gateways_triggers_that_do_not_fire() {
         !text.contains("rbac_gateway_break_glass on rbac_user_groups")
             && !text.contains("rbac_gateway_erase_admin on admins")
             && text.contains("access_audit_events_no_update on access_audit_events is missing")
-            && text.contains("rbac_gateway_break_glass on rbac_roles is missing"),
+            && text.contains("rbac_gateway_break_glass on rbac_roles is not as migrate made it"),
         "{text}"
     );
 }
@@ -1130,7 +1133,11 @@ async fn a_finding_delivered_late_is_raised_again_when_it_comes_back() {
         delivered(&hook, silenced) >= 1
     })
     .await;
-    let remake = rbac_gateway::stores::schema::remake_trigger(silenced).unwrap();
+    let remake = rbac_gateway::stores::schema::remake_trigger(
+        silenced,
+        rbac_gateway::stores::schema::Silence::Missing,
+    )
+    .unwrap();
     run_sql(&db, &remake).await;
     eventually(within, "the log says the trigger fires again", || async {
         gw.log()
@@ -1302,7 +1309,7 @@ async fn run_sql(db: &TestDb, sql: &str) {
 /// gives, after which `check` names none.
 #[tokio::test]
 async fn checks_fix_makes_every_silent_trigger_again() {
-    use rbac_gateway::stores::schema::{remake_trigger, TRIGGERS};
+    use rbac_gateway::stores::schema::{remake_trigger, Silence, TRIGGERS};
     let db = TestDb::new().await;
     let mut silence = String::new();
     for (table, name, ..) in TRIGGERS {
@@ -1316,7 +1323,17 @@ async fn checks_fix_makes_every_silent_trigger_again() {
     let (code, text) = check(&db);
     assert_ne!(code, Some(0), "{text}");
     for (table, name, ..) in TRIGGERS {
-        let fix = remake_trigger(&format!("{name} on {table}")).unwrap();
+        let trigger = format!("{name} on {table}");
+        let dropped = [
+            "rbac_gateway_change on admin_sessions",
+            "access_audit_events_no_update on access_audit_events",
+        ];
+        let silence = if dropped.contains(&trigger.as_str()) {
+            Silence::Missing
+        } else {
+            Silence::Off
+        };
+        let fix = remake_trigger(&trigger, silence).unwrap();
         assert!(text.contains(&fix), "{fix}\n{text}");
         sqlx::raw_sql(&fix).execute(&db.pool).await.unwrap();
     }
@@ -1380,7 +1397,7 @@ async fn migrate_makes_the_gateways_silent_triggers_again() {
     assert_eq!(left.len(), 1, "{text}");
     assert!(
         left[0].contains("table=\"rbac_permissions\"")
-            && left[0].contains("must be owner of relation rbac_permissions")
+            && left[0].contains("must be owner of table rbac_permissions")
             && theirs.iter().all(|t| left[0].contains(&format!("{t:?}"))),
         "{text}"
     );
@@ -1397,7 +1414,7 @@ async fn migrate_makes_the_gateways_silent_triggers_again() {
     let (code, text) = check(&db);
     assert_ne!(code, Some(0), "{text}");
     assert!(
-        text.contains("database: trigger rbac_gateway_break_glass on rbac_permissions is missing, not as migrate made it"),
+        text.contains("database: trigger rbac_gateway_break_glass on rbac_permissions does not fire (disabled, or for replicas only): "),
         "{text}"
     );
 
@@ -1474,6 +1491,93 @@ async fn migrate_leaves_a_trigger_whose_table_console_holds_and_says_who() {
     assert_eq!(silent, ["rbac_gateway_change on rbac_groups"]);
 
     sqlx::raw_sql("COMMIT").execute(&mut *holder).await.unwrap();
+    let (code, text) = migrate_as();
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(text.matches("are made again").count(), 1, "{text}");
+    let silent = rbac_gateway::stores::schema::silent_triggers(&db.pool)
+        .await
+        .unwrap();
+    assert!(silent.is_empty(), "{silent:?}");
+}
+
+/// Console's readers do not wait for `migrate`'s trigger fixes, nor they for them: a disabled
+/// trigger (or one for replicas only) is enabled and a dropped one created under `SHARE ROW
+/// EXCLUSIVE`, which an open read's `ACCESS SHARE` (or a `FOR UPDATE`'s `ROW SHARE`) does not
+/// hold back. Only a trigger altered in place is dropped first (`ACCESS EXCLUSIVE`): behind the
+/// same read it is left, naming the reader. Before, each was dropped and made again, and every
+/// one waited.
+#[tokio::test]
+async fn migrate_makes_a_disabled_or_dropped_trigger_while_console_reads_the_table() {
+    let (db, owner) = TestDb::migrated_by_a_login().await;
+    let (_, name) = db.url.rsplit_once('/').unwrap();
+    let owner_url = db.url_as(&format!("{}_owner", name.trim_start_matches("rbacgw_")));
+    drop(owner);
+    let migrate_as = || {
+        let out = crate::cli::bin()
+            .args(["migrate", "--database-url", &owner_url])
+            .output()
+            .unwrap();
+        code_and_output(&out)
+    };
+    run_sql(
+        &db,
+        "ALTER TABLE rbac_groups DISABLE TRIGGER rbac_gateway_change; \
+         DROP TRIGGER rbac_gateway_change_truncate ON rbac_groups; \
+         ALTER TABLE rbac_roles ENABLE REPLICA TRIGGER rbac_gateway_break_glass; \
+         DROP TRIGGER rbac_gateway_change ON rbac_permissions; \
+         CREATE TRIGGER rbac_gateway_change AFTER INSERT OR UPDATE OR DELETE ON rbac_permissions \
+             FOR EACH ROW WHEN (false) EXECUTE FUNCTION rbac_gateway_log_change()",
+    )
+    .await;
+    let mut reader = db.pool.acquire().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *reader)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "BEGIN; SELECT count(*) FROM rbac_groups; SELECT count(*) FROM rbac_permissions; \
+         SELECT id FROM rbac_roles FOR UPDATE",
+    )
+    .execute(&mut *reader)
+    .await
+    .unwrap();
+    let (code, text) = migrate_as();
+    assert_eq!(code, Some(0), "{text}");
+    let made: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("are made again"))
+        .collect();
+    assert_eq!(made.len(), 2, "{text}");
+    assert!(
+        made.iter().any(|l| l.contains("table=\"rbac_groups\""))
+            && made.iter().any(|l| l.contains("table=\"rbac_roles\"")),
+        "{text}"
+    );
+    let waited: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("a lock on the table was not granted within 200 ms"))
+        .collect();
+    assert_eq!(waited.len(), 1, "{text}");
+    assert!(waited[0].contains("table=\"rbac_permissions\""), "{text}");
+    let left: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("were not made again"))
+        .collect();
+    assert_eq!(left.len(), 1, "{text}");
+    assert!(
+        left[0].contains("table=\"rbac_permissions\"")
+            && left[0].contains(&format!("held_by=pid {pid} (")),
+        "{text}"
+    );
+    let silent = rbac_gateway::stores::schema::silent_triggers(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(silent, ["rbac_gateway_change on rbac_permissions"]);
+    // The reader's transaction went on beside it.
+    sqlx::raw_sql("SELECT count(*) FROM rbac_groups; COMMIT")
+        .execute(&mut *reader)
+        .await
+        .unwrap();
     let (code, text) = migrate_as();
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(text.matches("are made again").count(), 1, "{text}");

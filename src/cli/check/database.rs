@@ -69,19 +69,19 @@ pub(super) async fn functions(
     }
     // Every trigger of the gateway's, as migrate made it: the owner of Console's tables may
     // drop, disable or re-create those on its tables.
-    let silent = db_schema::silent_triggers(pool)
+    let silent = db_schema::silenced_triggers(pool)
         .await
         .context("cannot read the triggers")
         .map_err(failure)?;
     let tables: Vec<&str> = silent
         .iter()
-        .filter_map(|t| t.split_once(" on ").map(|(_, table)| table))
+        .filter_map(|(t, _)| t.split_once(" on ").map(|(_, table)| table))
         .collect();
     let kinds = crate::stores::privileges::relation_kinds(pool, &tables)
         .await
         .context("cannot read the tables")
         .map_err(failure)?;
-    for trigger in silent {
+    for (trigger, silence) in silent {
         // A trigger whose table is gone, or is no table, is made only once the table is back.
         let table = trigger.split_once(" on ").map_or("", |(_, t)| t);
         let kind = kinds
@@ -102,12 +102,17 @@ pub(super) async fn functions(
             ));
             continue;
         }
+        let how = match silence {
+            db_schema::Silence::Missing => "is missing",
+            db_schema::Silence::Off => "does not fire (disabled, or for replicas only)",
+            db_schema::Silence::Altered => "is not as migrate made it (another function, other events or arguments, a WHEN condition)",
+        };
         out.push(diag(
             file,
             0,
             0,
             Severity::Error,
-            format!("database: trigger {trigger} is missing, not as migrate made it (another function, other events or arguments, a WHEN condition), or does not fire (disabled, or for replicas only): what it records or refuses goes unrecorded or unrefused (`rbac-gateway migrate`, run again as the role that first ran it, which owns the trigger's function and must act as the table's owner, makes it again; or, as that role: `{}`)", db_schema::remake_trigger(&trigger).unwrap_or_default()),
+            format!("database: trigger {trigger} {how}: what it records or refuses goes unrecorded or unrefused (`rbac-gateway migrate`, run again as the role that first ran it, which owns the trigger's function and must act as the table's owner, makes it again; or, as that role: `{}`)", db_schema::remake_trigger(&trigger, silence).unwrap_or_default()),
         ));
     }
     // The functions the lookups call (migrations 0011, 0012, 0014), and the guard of the

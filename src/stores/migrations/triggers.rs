@@ -1,7 +1,7 @@
 //! `migrate`'s last look at the gateway's triggers, after the migrations: each that does not
 //! fire as the migrations made it (disabled or dropped by the owner of Console's tables, made
 //! for replicas only, or gone with a table a migration of Console's made again:
-//! [`schema::silent_triggers`]) is made again ([`schema::remake_statements`]). A trigger disabled
+//! [`schema::silenced_triggers`]) is made again ([`schema::remake_statements`]). A trigger disabled
 //! on purpose is made to fire too: the gateway's guarantees stand on them (README, Upgrade).
 
 use std::collections::BTreeMap;
@@ -16,22 +16,28 @@ use crate::stores::schema;
 const ATTEMPTS: u32 = 10;
 
 /// Makes the silent triggers again, a table's together in one transaction (its lock taken once;
-/// no write lands between a trigger's drop and its creation). One this role may not make (it
+/// no write lands between a trigger's drop and its creation), each with the lightest lock that
+/// does it: a disabled or dropped trigger's `SHARE ROW EXCLUSIVE` leaves Console's reads of the
+/// table alone; only one altered is dropped, under `ACCESS EXCLUSIVE`. One this role may not make (it
 /// does not act as the table's owner, the table is gone) or whose table's lock stayed held is
 /// logged with the fix and left, and `migrate` goes on. An error of the connection ends it (the
 /// migrations are applied; it says so).
 pub(super) async fn remake_silent(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-    let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for trigger in schema::silent_triggers(&mut *conn).await? {
+    let mut tables: BTreeMap<String, Vec<(String, schema::Silence)>> = BTreeMap::new();
+    for (trigger, silence) in schema::silenced_triggers(&mut *conn).await? {
         if let Some((_, table)) = trigger.split_once(" on ") {
-            tables.entry(table.to_string()).or_default().push(trigger);
+            tables
+                .entry(table.to_string())
+                .or_default()
+                .push((trigger, silence));
         }
     }
-    for (table, triggers) in tables {
-        let statements: Vec<String> = triggers
+    for (table, silenced) in tables {
+        let statements: Vec<String> = silenced
             .iter()
-            .filter_map(|t| schema::remake_statements(t))
+            .filter_map(|(t, silence)| schema::remake_statements(t, *silence))
             .collect();
+        let triggers: Vec<&str> = silenced.iter().map(|(t, _)| t.as_str()).collect();
         // A trigger already gone is no news: its "does not exist, skipping" is not logged.
         let remake = format!(
             "BEGIN; SET LOCAL client_min_messages = warning; {} COMMIT;",
