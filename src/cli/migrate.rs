@@ -13,11 +13,11 @@ pub fn migrate(args: MigrateArgs) -> Result<(), Exit> {
     init_logging("text");
     runtime()?.block_on(async {
         let pool = command_pool(&args.database_url, 1, Duration::from_secs(30)).await?;
-        // Each of sqlx's errors writes its cause into its own text: the outermost says it all
-        // once (as a chain, the cause would be repeated at each level).
+        // Its text says whether the migrations were applied, and the cause once (as a chain,
+        // sqlx's cause would be repeated at each level).
         migrations::migrate(&pool)
             .await
-            .map_err(|e| failure(anyhow::anyhow!("migration failed: {e}")))?;
+            .map_err(|e| failure(anyhow::anyhow!("{e}")))?;
         say!("migrations applied");
         Ok(())
     })

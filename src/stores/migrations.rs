@@ -178,31 +178,26 @@ pub(crate) fn latest_definition(function: &str) -> String {
 /// No statement waits for a lock longer than [`MIGRATE_LOCK_TIMEOUT`] (`lock_timeout`): Console's
 /// writes queue behind a lock `migrate` waits for, so a wait is cut short, the migration rolled
 /// back, and tried again after a pause ([`MIGRATE_ATTEMPTS`] times), rather than stall Console.
-pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
+pub async fn migrate(db: &Db) -> Result<(), MigrateFailed> {
     let mut attempt = 1;
     loop {
-        let mut conn = db.pool().acquire().await?;
-        same_schema(&mut conn).await?;
-        let pin = format!(
-            "SET search_path = {}; SET lock_timeout = {}; SET row_security = off; \
-             SET idle_in_transaction_session_timeout = {}",
-            quoted_schema(),
-            MIGRATE_LOCK_TIMEOUT.as_millis(),
-            MIGRATE_IDLE_TIMEOUT.as_millis()
-        );
-        sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&pin)).await?;
-        sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(RESTRICT_SESSION)).await?;
-        // One migrate at a time builds indexes: another's build in progress is not taken for a
-        // cancelled one (dropped and built again) nor for a finished one.
-        migrate_lock(&mut conn).await?;
-        no_planted_namesakes(&mut conn).await?;
-        before_migrations(&mut conn).await?;
-        no_planted_namesakes(&mut conn).await?;
+        let mut conn = db.pool().acquire().await.map_err(MigrateFailed::Before)?;
+        before_migrating(&mut conn)
+            .await
+            .map_err(MigrateFailed::Before)?;
         match MIGRATOR.run(&mut *conn).await {
             Ok(()) => {
-                restrict_functions(&mut conn).await?;
-                triggers::remake_silent(&mut conn).await?;
-                return after_migrations(&mut conn).await.map_err(Into::into);
+                use MigrateFailed::After;
+                let restricting = "giving the gateway's functions restrict_nonsystem_relation_kind";
+                restrict_functions(&mut conn)
+                    .await
+                    .map_err(|e| After(restricting, e))?;
+                triggers::remake_silent(&mut conn)
+                    .await
+                    .map_err(|e| After("making the gateway's triggers again", e))?;
+                return after_migrations(&mut conn)
+                    .await
+                    .map_err(|e| After("building the erasure's indexes and keying its rows", e));
             }
             Err(e) if lock_timed_out(&e) && attempt < MIGRATE_ATTEMPTS => {
                 tracing::warn!(error = %e, attempt, "migrate: a lock was not granted within {} ms (Console's writes are not kept waiting behind it); trying again", MIGRATE_LOCK_TIMEOUT.as_millis());
@@ -219,11 +214,63 @@ pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
                     (1..attempt).map(|a| pause(a) + MIGRATE_LOCK_TIMEOUT).sum::<Duration>().as_secs(),
                     if oldest.is_empty() { "none now".to_string() } else { oldest.join("; ") },
                 );
-                return Err(e);
+                return Err(MigrateFailed::Migrations(e));
             }
-            other => return other,
+            Err(e) => return Err(MigrateFailed::Migrations(e)),
         }
     }
+}
+
+/// Why `migrate` failed, told by where: whether this run's migrations were applied.
+#[derive(Debug)]
+pub enum MigrateFailed {
+    /// Before the migrations ran: the connection, the session's settings, the migration lock,
+    /// a schema `migrate` refuses, the indexes built ahead of them.
+    Before(sqlx::Error),
+    /// A migration failed (rolled back; those before it stay applied), or sqlx refused them.
+    Migrations(sqlx::migrate::MigrateError),
+    /// Every migration is applied; the step after them that is named failed.
+    After(&'static str, sqlx::Error),
+}
+
+impl std::fmt::Display for MigrateFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Each of sqlx's errors writes its cause into its own text: said once, here.
+        match self {
+            MigrateFailed::Before(e) => write!(f, "migration failed before the migrations ran: {e}"),
+            MigrateFailed::Migrations(e) => write!(f, "migration failed: {e}"),
+            MigrateFailed::After(step, e) => write!(
+                f,
+                "the migrations are applied, but {step} failed: {e} (run `rbac-gateway migrate` again)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for MigrateFailed {}
+
+/// What `migrate` does on its connection before the migrations: the session pinned and bound
+/// (its path, `lock_timeout`, row security, idle timeout, relation kinds), the migration lock
+/// taken, the schema checked for planted namesakes before and after the indexes built ahead of
+/// the migrations.
+async fn before_migrating(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    same_schema(conn).await?;
+    let pin = format!(
+        "SET search_path = {}; SET lock_timeout = {}; SET row_security = off; \
+         SET idle_in_transaction_session_timeout = {}",
+        quoted_schema(),
+        MIGRATE_LOCK_TIMEOUT.as_millis(),
+        MIGRATE_IDLE_TIMEOUT.as_millis()
+    );
+    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&pin)).await?;
+    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(RESTRICT_SESSION)).await?;
+    // One migrate at a time builds indexes: another's build in progress is not taken for a
+    // cancelled one (dropped and built again) nor for a finished one.
+    migrate_lock(conn).await?;
+    no_planted_namesakes(conn).await?;
+    before_migrations(conn).await?;
+    no_planted_namesakes(conn).await?;
+    Ok(())
 }
 
 /// The key of the session lock one `migrate` holds while it runs.

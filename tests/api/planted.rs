@@ -1587,6 +1587,69 @@ async fn migrate_makes_a_disabled_or_dropped_trigger_while_console_reads_the_tab
     assert!(silent.is_empty(), "{silent:?}");
 }
 
+/// The connection lost while `migrate` makes a trigger again (its session ended while it waits
+/// for the table's lock): `migrate` fails, saying the migrations are applied and which step
+/// failed, not sqlx's "while executing migrations"; run again, it makes the trigger.
+#[tokio::test]
+async fn migrate_says_the_migrations_are_applied_when_the_trigger_step_fails() {
+    let db = TestDb::new().await;
+    run_sql(
+        &db,
+        "ALTER TABLE rbac_groups DISABLE TRIGGER rbac_gateway_change",
+    )
+    .await;
+    let mut holder = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE rbac_groups IN ROW EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .args(["migrate", "--database-url", &db.url])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::spawn(out);
+    let pid: i32 = eventually_some(
+        std::time::Duration::from_secs(30),
+        || "migrate waiting for the table's lock".to_string(),
+        || async {
+            sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'rbac-gateway' \
+                   AND datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), out)
+        .await
+        .expect("migrate ended within 60 s")
+        .unwrap()
+        .unwrap();
+    let (code, text) = code_and_output(&out);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(
+            "the migrations are applied, but making the gateway's triggers again failed: "
+        ) && text.contains("(run `rbac-gateway migrate` again)")
+            && !text.contains("while executing migrations"),
+        "{text}"
+    );
+    sqlx::raw_sql("COMMIT").execute(&mut *holder).await.unwrap();
+    let (code, text) = migrate(&db);
+    assert_eq!(code, Some(0), "{text}");
+    let silent = rbac_gateway::stores::schema::silent_triggers(&db.pool)
+        .await
+        .unwrap();
+    assert!(silent.is_empty(), "{silent:?}");
+}
+
 /// A table of Console's replaced by a view, or dropped: `check` names the view once (as
 /// Console's code), its triggers as waiting for the table to be back (not as `migrate`'s to
 /// make now), and a dropped table's columns as Console's to make.

@@ -61,7 +61,7 @@ pub(super) async fn remake_silent(conn: &mut sqlx::PgConnection) -> Result<(), s
             };
             if !answers || rollback.is_some() {
                 let rollback = rollback.map_or(String::new(), |r| r.to_string());
-                tracing::error!(table, error = %e, rollback = %rollback, "migrate: the migrations are applied; making the gateway's triggers again failed: run `rbac-gateway migrate` again");
+                tracing::error!(table, error = %e, rollback = %rollback, "migrate: the connection was lost while the table's triggers were made again (rolled back with it)");
                 return Err(e);
             }
             if lock_timeout(&e) && attempt < ATTEMPTS {
