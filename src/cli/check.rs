@@ -342,9 +342,11 @@ async fn check_database(
         return Ok((out, false));
     }
     // First: a migration not applied explains the missing columns and functions named after it.
-    if schema == Schema::Whole {
-        database::migrations(pool, file, &mut out).await;
-    }
+    let migrations_unread = if schema == Schema::Whole {
+        database::migrations(pool, file, &mut out).await
+    } else {
+        None
+    };
     // Tables that exist but this role may not read: each named once, with its grant, rather than
     // by the privileges it lacks.
     let unreadable = unreadable(pool, file, schema, &mut out).await?;
@@ -374,8 +376,10 @@ async fn check_database(
     }
     // Run as `serve`'s login: each privilege deploy/gateway-grants.sql gives it, and each table
     // it names a table.
-    if schema == Schema::Whole {
-        grants::lacking(pool, file, &mut out).await?;
+    if schema == Schema::Whole && grants::lacking(pool, file, &mut out).await? {
+        if let Some((at, e)) = &migrations_unread {
+            out[*at].message = database::unreadable_as_no_member(e);
+        }
     }
     // The trust boundary (docs/design/security.md), as Supabase's splinter lints it: what
     // another role may plant where the gateway's names resolve, and what of the gateway's it

@@ -10,12 +10,13 @@ use crate::stores::schema as db_schema;
 /// The schema against this binary's migrations, as `/readyz` compares them: one not applied as
 /// this binary has it, or failed, is an error (this binary's statements need it); a newer
 /// release's, or a table this role may not read, a warning. `check` only: a `mapping push`
-/// needs none of it.
+/// needs none of it. Where the table was refused to this role, the warning's place in `out` and the error,
+/// for a better fix than the grant file's once the membership is known ([`unreadable_as_no_member`]).
 pub(super) async fn migrations(
     pool: &crate::stores::db::Db,
     file: &str,
     out: &mut Vec<crate::policy::mapping::Diagnostic>,
-) {
+) -> Option<(usize, sqlx::Error)> {
     match crate::stores::migrations::schema_state(pool).await {
         Ok(state) => {
             for line in state.blocking() {
@@ -24,15 +25,30 @@ pub(super) async fn migrations(
             if let Some(ahead) = state.ahead() {
                 out.push(diag(file, 0, 0, Severity::Warning, ahead));
             }
+            None
         }
-        Err(e) => out.push(diag(
-            file,
-            0,
-            0,
-            Severity::Warning,
-            crate::stores::migrations::schema_unreadable(&e),
-        )),
+        Err(e) => {
+            out.push(diag(
+                file,
+                0,
+                0,
+                Severity::Warning,
+                crate::stores::migrations::schema_unreadable(&e),
+            ));
+            let refused =
+                matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42501"));
+            refused.then(|| (out.len() - 1, e))
+        }
     }
+}
+
+/// The warning of [`migrations`] said again for a role that holds none of `serve`'s role's
+/// privileges (no member, a role on the way that does not inherit): the grant file's `SELECT`
+/// would change nothing for it; the membership's error names the fix.
+pub(super) fn unreadable_as_no_member(e: &sqlx::Error) -> String {
+    format!(
+        "database schema: its migrations were not read, so not compared with this binary's: {e} (this role holds none of rbac_gateway_serve's privileges: the error on its membership names the fix)"
+    )
 }
 
 /// The gateway's functions: the triggers' run as their owner with a pinned search_path, the

@@ -189,12 +189,13 @@ fn unread(e: sqlx::Error) -> Exit {
 /// `GRANT` that mends it. Where this role does not hold `rbac_gateway_serve`'s privileges at all
 /// (the role does not exist, this one is no member of it, or a role on the way does not inherit),
 /// that one error with its fix instead: a `GRANT` to the role would change nothing. A sequence
-/// missing or a table's name held by another kind of relation is named as such.
+/// missing or a table's name held by another kind of relation is named as such. Whether this
+/// role holds none of the role's privileges (that one error said).
 pub(super) async fn lacking(
     pool: &crate::stores::db::Db,
     file: &str,
     out: &mut Vec<Diagnostic>,
-) -> Result<(), Exit> {
+) -> Result<bool, Exit> {
     let asked = asked();
     // (on, object, privilege, columns): a column privilege's columns together.
     let mut said: Vec<(On, &str, &str, Vec<&str>)> = Vec::new();
@@ -237,7 +238,7 @@ pub(super) async fn lacking(
         }
     }
     if said.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let m = crate::stores::privileges::membership(pool, ROLE)
         .await
@@ -251,7 +252,7 @@ pub(super) async fn lacking(
                 said.len()
             ),
         );
-        return Ok(());
+        return Ok(true);
     }
     let schema = crate::stores::db::quoted_schema();
     for (on, object, privilege, columns) in said {
@@ -270,7 +271,7 @@ pub(super) async fn lacking(
             on.to_uppercase()
         ));
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Whether this role may use the gateway's schema; where it may not, that error in `out`, with
