@@ -550,6 +550,7 @@ pub const BUILTINS: &[&str] = &[
     "quote_ident",
     "set_config",
     "sha256",
+    "string_agg",
     "substr",
     "sum",
     "to_char",

@@ -286,14 +286,18 @@ async fn check_names_the_gateways_triggers_that_do_not_fire() {
              FOR EACH ROW WHEN (false) EXECUTE FUNCTION rbac_gateway_break_glass_change(); \
          DROP TRIGGER rbac_gateway_break_glass ON rbac_groups; \
          CREATE TRIGGER rbac_gateway_break_glass AFTER INSERT OR UPDATE OF id OR DELETE ON rbac_groups \
-             FOR EACH ROW EXECUTE FUNCTION rbac_gateway_break_glass_change()",
+             FOR EACH ROW EXECUTE FUNCTION rbac_gateway_break_glass_change(); \
+         DROP TRIGGER rbac_gateway_change ON rbac_permissions; \
+         CREATE CONSTRAINT TRIGGER rbac_gateway_change AFTER INSERT OR UPDATE OR DELETE ON rbac_permissions \
+             FOR EACH ROW EXECUTE FUNCTION rbac_gateway_log_change()",
     )
     .execute(&db.pool)
     .await
     .unwrap();
     let (code, text) = check(&db);
     assert_ne!(code, Some(0), "{text}");
-    let off = "does not fire (disabled, or for replicas only): ";
+    let off =
+        "does not fire (disabled, or for replicas only, on its table or one of its partitions): ";
     let altered = "is not as migrate made it (another function";
     for (trigger, how) in [
         ("rbac_gateway_break_glass on rbac_user_groups", off),
@@ -305,6 +309,10 @@ async fn check_names_the_gateways_triggers_that_do_not_fire() {
         ("rbac_gateway_change_truncate on admin_sessions", off),
         ("rbac_gateway_break_glass on rbac_roles", altered),
         ("rbac_gateway_break_glass on rbac_groups", altered),
+        (
+            "rbac_gateway_change on rbac_permissions",
+            "is not as migrate made it (a constraint trigger under its name): ",
+        ),
     ] {
         assert!(
             text.contains(&format!("database: trigger {trigger} {how}")),
@@ -1133,11 +1141,7 @@ async fn a_finding_delivered_late_is_raised_again_when_it_comes_back() {
         delivered(&hook, silenced) >= 1
     })
     .await;
-    let remake = rbac_gateway::stores::schema::remake_trigger(
-        silenced,
-        rbac_gateway::stores::schema::Silence::Missing,
-    )
-    .unwrap();
+    let remake = rbac_gateway::stores::schema::remake_trigger(silenced, false).unwrap();
     run_sql(&db, &remake).await;
     eventually(within, "the log says the trigger fires again", || async {
         gw.log()
@@ -1309,7 +1313,7 @@ async fn run_sql(db: &TestDb, sql: &str) {
 /// gives, after which `check` names none.
 #[tokio::test]
 async fn checks_fix_makes_every_silent_trigger_again() {
-    use rbac_gateway::stores::schema::{remake_trigger, Silence, TRIGGERS};
+    use rbac_gateway::stores::schema::{remake_trigger, TRIGGERS};
     let db = TestDb::new().await;
     let mut silence = String::new();
     for (table, name, ..) in TRIGGERS {
@@ -1323,17 +1327,7 @@ async fn checks_fix_makes_every_silent_trigger_again() {
     let (code, text) = check(&db);
     assert_ne!(code, Some(0), "{text}");
     for (table, name, ..) in TRIGGERS {
-        let trigger = format!("{name} on {table}");
-        let dropped = [
-            "rbac_gateway_change on admin_sessions",
-            "access_audit_events_no_update on access_audit_events",
-        ];
-        let silence = if dropped.contains(&trigger.as_str()) {
-            Silence::Missing
-        } else {
-            Silence::Off
-        };
-        let fix = remake_trigger(&trigger, silence).unwrap();
+        let fix = remake_trigger(&format!("{name} on {table}"), false).unwrap();
         assert!(text.contains(&fix), "{fix}\n{text}");
         sqlx::raw_sql(&fix).execute(&db.pool).await.unwrap();
     }
@@ -1397,7 +1391,7 @@ async fn migrate_makes_the_gateways_silent_triggers_again() {
     assert_eq!(left.len(), 1, "{text}");
     assert!(
         left[0].contains("table=\"rbac_permissions\"")
-            && left[0].contains("must be owner of table rbac_permissions")
+            && left[0].contains("permission denied for table rbac_permissions")
             && theirs.iter().all(|t| left[0].contains(&format!("{t:?}"))),
         "{text}"
     );
@@ -1414,7 +1408,7 @@ async fn migrate_makes_the_gateways_silent_triggers_again() {
     let (code, text) = check(&db);
     assert_ne!(code, Some(0), "{text}");
     assert!(
-        text.contains("database: trigger rbac_gateway_break_glass on rbac_permissions does not fire (disabled, or for replicas only): "),
+        text.contains("database: trigger rbac_gateway_break_glass on rbac_permissions does not fire (disabled, or for replicas only, "),
         "{text}"
     );
 
@@ -1500,14 +1494,14 @@ async fn migrate_leaves_a_trigger_whose_table_console_holds_and_says_who() {
     assert!(silent.is_empty(), "{silent:?}");
 }
 
-/// Console's readers do not wait for `migrate`'s trigger fixes, nor they for them: a disabled
-/// trigger (or one for replicas only) is enabled and a dropped one created under `SHARE ROW
-/// EXCLUSIVE`, which an open read's `ACCESS SHARE` (or a `FOR UPDATE`'s `ROW SHARE`) does not
-/// hold back. Only a trigger altered in place is dropped first (`ACCESS EXCLUSIVE`): behind the
-/// same read it is left, naming the reader. Before, each was dropped and made again, and every
-/// one waited.
+/// Console's readers do not wait for `migrate`'s trigger fixes: a disabled trigger (or one for
+/// replicas only), a dropped one and one altered in place are each made with `CREATE OR REPLACE
+/// TRIGGER` under `SHARE ROW EXCLUSIVE`, which an open read's `ACCESS SHARE` (or a `FOR
+/// UPDATE`'s `ROW SHARE`) does not hold back. Only a constraint trigger under the name is
+/// dropped first (`ACCESS EXCLUSIVE`): behind the same read it is left, naming the reader.
+/// Before, each was dropped and made again, and every one waited.
 #[tokio::test]
-async fn migrate_makes_a_disabled_or_dropped_trigger_while_console_reads_the_table() {
+async fn migrate_makes_a_silent_trigger_again_while_console_reads_the_table() {
     let (db, owner) = TestDb::migrated_by_a_login().await;
     let (_, name) = db.url.rsplit_once('/').unwrap();
     let owner_url = db.url_as(&format!("{}_owner", name.trim_start_matches("rbacgw_")));
@@ -1524,9 +1518,13 @@ async fn migrate_makes_a_disabled_or_dropped_trigger_while_console_reads_the_tab
         "ALTER TABLE rbac_groups DISABLE TRIGGER rbac_gateway_change; \
          DROP TRIGGER rbac_gateway_change_truncate ON rbac_groups; \
          ALTER TABLE rbac_roles ENABLE REPLICA TRIGGER rbac_gateway_break_glass; \
+         DROP TRIGGER rbac_gateway_change ON rbac_role_permissions; \
+         CREATE TRIGGER rbac_gateway_change AFTER INSERT OR UPDATE OR DELETE ON rbac_role_permissions \
+             FOR EACH ROW WHEN (false) EXECUTE FUNCTION rbac_gateway_log_change(); \
+         ALTER TABLE rbac_role_permissions DISABLE TRIGGER rbac_gateway_change; \
          DROP TRIGGER rbac_gateway_change ON rbac_permissions; \
-         CREATE TRIGGER rbac_gateway_change AFTER INSERT OR UPDATE OR DELETE ON rbac_permissions \
-             FOR EACH ROW WHEN (false) EXECUTE FUNCTION rbac_gateway_log_change()",
+         CREATE CONSTRAINT TRIGGER rbac_gateway_change AFTER INSERT OR UPDATE OR DELETE ON rbac_permissions \
+             FOR EACH ROW EXECUTE FUNCTION rbac_gateway_log_change()",
     )
     .await;
     let mut reader = db.pool.acquire().await.unwrap();
@@ -1536,7 +1534,7 @@ async fn migrate_makes_a_disabled_or_dropped_trigger_while_console_reads_the_tab
         .unwrap();
     sqlx::raw_sql(
         "BEGIN; SELECT count(*) FROM rbac_groups; SELECT count(*) FROM rbac_permissions; \
-         SELECT id FROM rbac_roles FOR UPDATE",
+         SELECT count(*) FROM rbac_role_permissions; SELECT id FROM rbac_roles FOR UPDATE",
     )
     .execute(&mut *reader)
     .await
@@ -1547,12 +1545,11 @@ async fn migrate_makes_a_disabled_or_dropped_trigger_while_console_reads_the_tab
         .lines()
         .filter(|l| l.contains("are made again"))
         .collect();
-    assert_eq!(made.len(), 2, "{text}");
-    assert!(
-        made.iter().any(|l| l.contains("table=\"rbac_groups\""))
-            && made.iter().any(|l| l.contains("table=\"rbac_roles\"")),
-        "{text}"
-    );
+    assert_eq!(made.len(), 3, "{text}");
+    for table in ["rbac_groups", "rbac_roles", "rbac_role_permissions"] {
+        let table = format!("table=\"{table}\"");
+        assert!(made.iter().any(|l| l.contains(&table)), "{table}\n{text}");
+    }
     let waited: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("a lock on the table was not granted within 200 ms"))
@@ -1585,6 +1582,58 @@ async fn migrate_makes_a_disabled_or_dropped_trigger_while_console_reads_the_tab
         .await
         .unwrap();
     assert!(silent.is_empty(), "{silent:?}");
+}
+
+/// A trigger of the gateway's on a table Console partitioned is cloned to each partition, and
+/// a clone disabled there alone leaves the partition's rows unrecorded while the parent's
+/// trigger still reads as firing. `check` names it, `migrate` makes it fire again (`CREATE OR
+/// REPLACE TRIGGER` on the parent replaces its clones), and `check` then passes on it.
+#[tokio::test]
+async fn a_trigger_disabled_on_one_partition_is_named_and_made_again() {
+    let db = TestDb::new().await;
+    run_sql(
+        &db,
+        "ALTER TABLE rbac_ticket_grants RENAME TO rbac_ticket_grants_before; \
+         CREATE TABLE rbac_ticket_grants (LIKE rbac_ticket_grants_before INCLUDING DEFAULTS) \
+             PARTITION BY LIST (customer_id); \
+         CREATE TABLE rbac_ticket_grants_c1 PARTITION OF rbac_ticket_grants FOR VALUES IN (1); \
+         CREATE TABLE rbac_ticket_grants_rest PARTITION OF rbac_ticket_grants DEFAULT",
+    )
+    .await;
+    let (code, text) = migrate(&db);
+    assert_eq!(code, Some(0), "{text}");
+    let silent = rbac_gateway::stores::schema::silent_triggers(&db.pool)
+        .await
+        .unwrap();
+    assert!(silent.is_empty(), "{silent:?}");
+    run_sql(
+        &db,
+        "ALTER TABLE rbac_ticket_grants_c1 DISABLE TRIGGER rbac_gateway_change",
+    )
+    .await;
+    let silent = rbac_gateway::stores::schema::silent_triggers(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(silent, ["rbac_gateway_change on rbac_ticket_grants"]);
+    let (_, text) = check(&db);
+    assert!(
+        text.contains("database: trigger rbac_gateway_change on rbac_ticket_grants does not fire (disabled, or for replicas only, on its table or one of its partitions)"),
+        "{text}"
+    );
+    let (code, text) = migrate(&db);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(text.matches("are made again").count(), 1, "{text}");
+    let enabled: Vec<String> = sqlx::query_scalar(
+        "SELECT tgenabled::text FROM pg_trigger \
+          WHERE tgname = 'rbac_gateway_change' AND tgrelid::regclass::text LIKE 'rbac_ticket_grants%' \
+            AND tgrelid::regclass::text <> 'rbac_ticket_grants_before' ORDER BY tgrelid::regclass::text",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(enabled, ["O", "O", "O"]);
+    let (_, text) = check(&db);
+    assert!(!text.contains("on rbac_ticket_grants "), "{text}");
 }
 
 /// The connection lost while `migrate` makes a trigger again (its session ended while it waits

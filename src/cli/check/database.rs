@@ -91,13 +91,14 @@ pub(super) async fn functions(
         .map_err(failure)?;
     let tables: Vec<&str> = silent
         .iter()
-        .filter_map(|(t, _)| t.split_once(" on ").map(|(_, table)| table))
+        .filter_map(|s| s.trigger.split_once(" on ").map(|(_, table)| table))
         .collect();
     let kinds = crate::stores::privileges::relation_kinds(pool, &tables)
         .await
         .context("cannot read the tables")
         .map_err(failure)?;
-    for (trigger, silence) in silent {
+    for silenced in &silent {
+        let trigger = &silenced.trigger;
         // A trigger whose table is gone, or is no table, is made only once the table is back.
         let table = trigger.split_once(" on ").map_or("", |(_, t)| t);
         let kind = kinds
@@ -118,17 +119,18 @@ pub(super) async fn functions(
             ));
             continue;
         }
-        let how = match silence {
+        let how = match silenced.silence {
             db_schema::Silence::Missing => "is missing",
-            db_schema::Silence::Off => "does not fire (disabled, or for replicas only)",
-            db_schema::Silence::Altered => "is not as migrate made it (another function, other events or arguments, a WHEN condition)",
+            db_schema::Silence::Off => "does not fire (disabled, or for replicas only, on its table or one of its partitions)",
+            db_schema::Silence::Altered => "is not as migrate made it (another function, other events or arguments, a WHEN condition or an UPDATE OF list)",
+            db_schema::Silence::Constraint => "is not as migrate made it (a constraint trigger under its name)",
         };
         out.push(diag(
             file,
             0,
             0,
             Severity::Error,
-            format!("database: trigger {trigger} {how}: what it records or refuses goes unrecorded or unrefused (`rbac-gateway migrate`, run again as the role that first ran it, which owns the trigger's function and must act as the table's owner, makes it again; or, as that role: `{}`)", db_schema::remake_trigger(&trigger, silence).unwrap_or_default()),
+            format!("database: trigger {trigger} {how}: what it records or refuses goes unrecorded or unrefused (`rbac-gateway migrate`, run again as the role that first ran it, which owns the trigger's function and must act as the table's owner, makes it again; or, as that role: `{}`)", silenced.fix().unwrap_or_default()),
         ));
     }
     // The functions the lookups call (migrations 0011, 0012, 0014), and the guard of the

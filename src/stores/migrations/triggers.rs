@@ -17,27 +17,22 @@ const ATTEMPTS: u32 = 10;
 
 /// Makes the silent triggers again, a table's together in one transaction (its lock taken once;
 /// no write lands between a trigger's drop and its creation), each with the lightest lock that
-/// does it: a disabled or dropped trigger's `SHARE ROW EXCLUSIVE` leaves Console's reads of the
-/// table alone; only one altered is dropped, under `ACCESS EXCLUSIVE`. One this role may not make (it
+/// does it (`CREATE OR REPLACE TRIGGER`'s `SHARE ROW EXCLUSIVE` leaves Console's reads of the
+/// table alone; only a constraint trigger under the name is dropped first, under `ACCESS
+/// EXCLUSIVE`) and whatever its state by then: the look is not trusted past a lock wait. One this role may not make (it
 /// does not act as the table's owner, the table is gone) or whose table's lock stayed held is
 /// logged with the fix and left, and `migrate` goes on. An error of the connection ends it (the
 /// migrations are applied; it says so).
 pub(super) async fn remake_silent(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-    let mut tables: BTreeMap<String, Vec<(String, schema::Silence)>> = BTreeMap::new();
-    for (trigger, silence) in schema::silenced_triggers(&mut *conn).await? {
-        if let Some((_, table)) = trigger.split_once(" on ") {
-            tables
-                .entry(table.to_string())
-                .or_default()
-                .push((trigger, silence));
+    let mut tables: BTreeMap<String, Vec<schema::Silenced>> = BTreeMap::new();
+    for silenced in schema::silenced_triggers(&mut *conn).await? {
+        if let Some((_, table)) = silenced.trigger.split_once(" on ") {
+            tables.entry(table.to_string()).or_default().push(silenced);
         }
     }
     for (table, silenced) in tables {
-        let statements: Vec<String> = silenced
-            .iter()
-            .filter_map(|(t, silence)| schema::remake_statements(t, *silence))
-            .collect();
-        let triggers: Vec<&str> = silenced.iter().map(|(t, _)| t.as_str()).collect();
+        let statements: Vec<String> = silenced.iter().filter_map(|s| s.statements()).collect();
+        let triggers: Vec<&str> = silenced.iter().map(|s| s.trigger.as_str()).collect();
         // A trigger already gone is no news: its "does not exist, skipping" is not logged.
         let remake = format!(
             "BEGIN; SET LOCAL client_min_messages = warning; {} COMMIT;",

@@ -1,7 +1,8 @@
 //! The gateway's triggers on its and Console's tables ([`TRIGGERS`]): which do not fire as
-//! `migrate` made them ([`silent_triggers`]), and how ([`Silence`]), and the statements that make
-//! each again with the lightest lock that does it ([`remake_statements`]): `check`'s fix,
-//! `migrate`'s last step (`stores::migrations::triggers`), the alert pass's finding.
+//! `migrate` made them ([`silent_triggers`]), and how ([`Silence`]), and the statement that makes
+//! each again whatever its state, with the lightest lock that does it ([`remake_statements`]):
+//! `check`'s fix, `migrate`'s last step (`stores::migrations::triggers`), the alert pass's
+//! finding.
 
 use crate::stores::db::schema;
 
@@ -68,6 +69,18 @@ pub const TRIGGERS: &[(&str, &str, &str, i16, &str)] = &[
     ("rbac_mapping_activations", "rbac_mapping_notify", "rbac_mapping_notify", 4, ""),
 ];
 
+/// SQL text: trigger `k` is a clone of trigger `t` (of a partitioned table) on one of its
+/// table's partitions that does not fire: disabled there alone, the parent's row still fires,
+/// and the partition's rows go unrecorded.
+macro_rules! silent_clone {
+    () => {
+        "k.tgname OPERATOR(pg_catalog.=) t.tgname AND k.tgparentid OPERATOR(pg_catalog.<>) 0 \
+         AND k.tgrelid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT r.relid::oid \
+               FROM pg_catalog.pg_partition_tree(t.tgrelid::pg_catalog.regclass) r)) \
+         AND NOT (k.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::\"char\"[]))"
+    };
+}
+
 /// SQL text: the subquery's body that finds trigger `w.g` on table `w.r` of the gateway's schema
 /// (`$6`) as migrate made it (function `w.f`, `tgtype` `w.k`, arguments `w.a`; no `WHEN`
 /// condition, no `UPDATE OF` column list, no constraint trigger), whether or not it fires.
@@ -86,8 +99,8 @@ macro_rules! as_made {
 
 /// Those of [`TRIGGERS`] missing from the gateway's schema, or not as migrate made them (another
 /// function, other events, other arguments, a `WHEN` condition, an `UPDATE OF` column list, a
-/// constraint trigger), or not firing in an ordinary session (`fires!`), as `trigger on table`:
-/// `check`'s error.
+/// constraint trigger), or not firing in an ordinary session (`fires!`), there or on one of its
+/// table's partitions (`silent_clone!`), as `trigger on table`: `check`'s error.
 pub async fn silent_triggers<'e>(
     db: impl sqlx::PgExecutor<'e>,
 ) -> Result<Vec<String>, sqlx::Error> {
@@ -95,21 +108,54 @@ pub async fn silent_triggers<'e>(
     Ok(silent.into_iter().map(|(trigger, ..)| trigger).collect())
 }
 
+/// A trigger of [`silent_triggers`], with how it does not fire as made and what its fix must
+/// do: `check`'s and `migrate`'s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Silenced {
+    /// `trigger on table`.
+    pub trigger: String,
+    pub silence: Silence,
+    /// The fix drops the trigger first ([`remake_statements`]): a constraint trigger stands
+    /// under its name, or the server is older than PostgreSQL 14 (no `CREATE OR REPLACE
+    /// TRIGGER`).
+    pub drop_first: bool,
+}
+
+impl Silenced {
+    /// [`remake_trigger`] for it.
+    pub fn fix(&self) -> Option<String> {
+        remake_trigger(&self.trigger, self.drop_first)
+    }
+
+    /// [`remake_statements`] for it.
+    pub fn statements(&self) -> Option<String> {
+        remake_statements(&self.trigger, self.drop_first)
+    }
+}
+
 /// [`silent_triggers`], each with how it does not fire as made, which decides its fix
-/// ([`remake_statements`]): `check`'s and `migrate`'s.
+/// ([`remake_statements`]).
 pub async fn silenced_triggers<'e>(
     db: impl sqlx::PgExecutor<'e>,
-) -> Result<Vec<(String, Silence)>, sqlx::Error> {
+) -> Result<Vec<Silenced>, sqlx::Error> {
     let silent = silent_rows(db).await?;
     Ok(silent
         .into_iter()
-        .map(|(trigger, _, how)| (trigger, Silence::read(&how)))
+        .map(|(trigger, _, how, replaces)| {
+            let silence = Silence::read(&how);
+            Silenced {
+                trigger,
+                silence,
+                drop_first: silence == Silence::Constraint || !replaces,
+            }
+        })
         .collect())
 }
 
 /// [`silent_triggers`], each with its state: its table's oid and the version of its
-/// `pg_trigger` row (`xmin`; empty where it is missing), which change when the table is made
-/// again or the trigger disabled, dropped or made again. The alert pass's alert
+/// `pg_trigger` row (`xmin`; empty where it is missing), then those of its clones that do not
+/// fire on the table's partitions (none, nothing), which change when the table is made again or
+/// the trigger disabled, dropped or made again. The alert pass's alert
 /// (`stores::alerts`, each second) is keyed by them, so a trigger silenced again is alerted
 /// again.
 pub async fn silent_trigger_states<'e>(
@@ -118,14 +164,15 @@ pub async fn silent_trigger_states<'e>(
     let silent = silent_rows(db).await?;
     Ok(silent
         .into_iter()
-        .map(|(trigger, state, _)| (trigger, state))
+        .map(|(trigger, state, ..)| (trigger, state))
         .collect())
 }
 
-/// The silent triggers, each as `(trigger on table, state, how)`: one statement.
+/// The silent triggers, each as `(trigger on table, state, how, whether the server has CREATE
+/// OR REPLACE TRIGGER)`: one statement.
 async fn silent_rows<'e>(
     db: impl sqlx::PgExecutor<'e>,
-) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+) -> Result<Vec<(String, String, String, bool)>, sqlx::Error> {
     let mut tables = Vec::new();
     let mut names = Vec::new();
     let mut functions = Vec::new();
@@ -142,12 +189,20 @@ async fn silent_rows<'e>(
         "SELECT w.g OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) w.r, \
                 pg_catalog.concat(tc.oid, ':', (SELECT t.xmin FROM pg_catalog.pg_trigger t \
                                                  WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
-                                                   AND t.tgname::text OPERATOR(pg_catalog.=) w.g)), \
+                                                   AND t.tgname::text OPERATOR(pg_catalog.=) w.g), \
+                                  (SELECT ':' OPERATOR(pg_catalog.||) pg_catalog.string_agg(k.xmin::text, ',' ORDER BY k.oid) \
+                                     FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_trigger k ON ",
+        silent_clone!(),
+        " WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid AND t.tgname::text OPERATOR(pg_catalog.=) w.g)), \
                 CASE WHEN NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
                                          AND t.tgname::text OPERATOR(pg_catalog.=) w.g) THEN 'missing' \
+                     WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
+                                     AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
+                                     AND t.tgconstraint OPERATOR(pg_catalog.<>) 0) THEN 'constraint' \
                      WHEN EXISTS (",
         as_made!(),
-        ") THEN 'off' ELSE 'altered' END \
+        ") THEN 'off' ELSE 'altered' END, \
+                pg_catalog.current_setting('server_version_num')::int4 OPERATOR(pg_catalog.>=) 140000 \
            FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), \
                            pg_catalog.unnest($4::int2[]), pg_catalog.unnest($5::text[])) w(r, g, f, k, a) \
            LEFT JOIN pg_catalog.pg_class tc ON tc.relname::text OPERATOR(pg_catalog.=) w.r \
@@ -156,7 +211,9 @@ async fn silent_rows<'e>(
         as_made!(),
         " AND ",
         fires!(),
-        ") ORDER BY 1"
+        " AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger k WHERE ",
+        silent_clone!(),
+        ")) ORDER BY 1"
     ))
     .persistent(false)
     .bind(tables)
@@ -169,54 +226,53 @@ async fn silent_rows<'e>(
     .await
 }
 
-/// How a trigger of [`TRIGGERS`] does not fire as `migrate` made it, which decides the
-/// statements that make it again and the lock they take on its table.
+/// How a trigger of [`TRIGGERS`] does not fire as `migrate` made it: what `check` says of it.
+/// Its fix ([`remake_statements`]) does not depend on it, but for a constraint trigger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Silence {
     /// No trigger of its name on its table (dropped, or gone with the table Console made
-    /// again): `CREATE TRIGGER`, under `SHARE ROW EXCLUSIVE` (Console's writes of the table wait
-    /// for it, its reads do not).
+    /// again).
     Missing,
-    /// There as made, but disabled or made for replicas only: `ALTER TABLE ... ENABLE TRIGGER`,
-    /// under `SHARE ROW EXCLUSIVE` too.
+    /// There as made, but disabled or made for replicas only, there or on one of its table's
+    /// partitions.
     Off,
-    /// Another trigger under its name (another function, events or arguments, a condition):
-    /// dropped and made again, under `ACCESS EXCLUSIVE` (Console's reads wait too).
+    /// Another trigger under its name (another function, events or arguments, a `WHEN`
+    /// condition, an `UPDATE OF` list).
     Altered,
+    /// A constraint trigger under its name, which only a `DROP TRIGGER` removes.
+    Constraint,
 }
 
 impl Silence {
-    /// The query's word for it; one it does not know is [`Silence::Altered`], whose fix makes
-    /// the trigger whatever stands in its place.
+    /// The query's word for it; one it does not know is [`Silence::Altered`].
     fn read(how: &str) -> Silence {
         match how {
             "missing" => Silence::Missing,
             "off" => Silence::Off,
+            "constraint" => Silence::Constraint,
             _ => Silence::Altered,
         }
     }
 }
 
-/// The statements that make `trigger` (`name on table`, as [`silent_triggers`] names it) as
-/// `migrate` made it, by how it is `silence`d, to run in one transaction ([`remake_trigger`]; a
-/// table's together: a write between a drop and a creation would go unrecorded): one disabled
-/// or for replicas only is enabled, one missing created as [`TRIGGERS`] has it, one altered
-/// dropped and created. Each takes the lightest lock that does it: only an altered trigger's
-/// `DROP TRIGGER` keeps Console's reads of the table waiting. Run as the role that ran
-/// `migrate`: it owns the trigger's function (its table's owner alone may not execute it) and
-/// acts as the table's owner. `check` gives them as the fix; `tests/api/planted.rs` runs them
-/// for every trigger and holds [`silent_triggers`] empty.
-pub fn remake_statements(trigger: &str, silence: Silence) -> Option<String> {
+/// The statement that makes `trigger` (`name on table`, as [`silent_triggers`] names it) as
+/// `migrate` made it, whatever stands under its name (missing, disabled, for replicas only,
+/// altered; its clones on the table's partitions with it): `CREATE OR REPLACE TRIGGER`, which
+/// takes the table's `SHARE ROW EXCLUSIVE` lock (Console's writes of it wait, its reads and
+/// `SELECT ... FOR UPDATE` do not). Where it must `drop_first` (a constraint trigger under the
+/// name, or a server before PostgreSQL 14), `DROP TRIGGER IF EXISTS` then `CREATE TRIGGER`,
+/// under `ACCESS EXCLUSIVE` (Console's reads wait too), to run in one transaction
+/// ([`remake_trigger`]: a write between them would go unrecorded). Not by the state read before:
+/// a change between the look and the fix is made right by the same statement. Run as the role
+/// that ran `migrate`: it owns the trigger's function (its table's owner alone may not execute
+/// it) and acts as the table's owner. `check` gives it as the fix; `tests/api/planted.rs` runs
+/// it for every trigger and holds [`silent_triggers`] empty.
+pub fn remake_statements(trigger: &str, drop_first: bool) -> Option<String> {
     let (name, table) = trigger.split_once(" on ")?;
     let &(_, _, function, tgtype, arguments) = TRIGGERS
         .iter()
         .find(|(t, g, ..)| *t == table && *g == name)?;
     let schema = crate::stores::db::quoted_schema();
-    if silence == Silence::Off {
-        return Some(format!(
-            "ALTER TABLE {schema}.{table} ENABLE TRIGGER {name};"
-        ));
-    }
     // pg_trigger.tgtype's bits (PostgreSQL's `TRIGGER_TYPE_*`).
     let when = if tgtype & 2 != 0 { "BEFORE" } else { "AFTER" };
     let events: Vec<&str> = [
@@ -235,22 +291,23 @@ pub fn remake_statements(trigger: &str, silence: Silence) -> Option<String> {
         .split_terminator("\\000")
         .map(|a| format!("'{}'", a.replace('\'', "''")))
         .collect();
-    let drop = match silence {
-        Silence::Altered => format!("DROP TRIGGER IF EXISTS {name} ON {schema}.{table}; "),
-        Silence::Missing | Silence::Off => String::new(),
+    let create = if drop_first {
+        format!("DROP TRIGGER IF EXISTS {name} ON {schema}.{table}; CREATE TRIGGER")
+    } else {
+        "CREATE OR REPLACE TRIGGER".to_string()
     };
     Some(format!(
-        "{drop}CREATE TRIGGER {name} {when} {} ON {schema}.{table} FOR EACH {each} EXECUTE FUNCTION {schema}.{function}({});",
+        "{create} {name} {when} {} ON {schema}.{table} FOR EACH {each} EXECUTE FUNCTION {schema}.{function}({});",
         events.join(" OR "),
         arguments.join(", ")
     ))
 }
 
 /// [`remake_statements`] in a transaction of its own, whose lock is not waited for past 200 ms
-/// (Console's writes of the table, and its reads where the trigger is dropped, would queue
-/// behind the wait; it fails instead, to be run again).
-pub fn remake_trigger(trigger: &str, silence: Silence) -> Option<String> {
-    remake_statements(trigger, silence)
+/// (Console's writes of the table, and its reads where the trigger is dropped first, would
+/// queue behind the wait; it fails instead, to be run again).
+pub fn remake_trigger(trigger: &str, drop_first: bool) -> Option<String> {
+    remake_statements(trigger, drop_first)
         .map(|s| format!("BEGIN; SET LOCAL lock_timeout = '200ms'; {s} COMMIT;"))
 }
 
@@ -260,29 +317,25 @@ mod tests {
 
     /// The statements `check` gives for a silent trigger: its events, timing, level and
     /// arguments from `pg_trigger.tgtype`'s bits and `tgargs` (`tests/api/planted.rs` runs them
-    /// all against PostgreSQL); a disabled one enabled, a dropped one created, and only an
-    /// altered one dropped first.
+    /// all against PostgreSQL); replaced in place, or dropped first where it must be.
     #[test]
     fn a_silent_trigger_is_made_again_as_migrate_made_it() {
         let schema = crate::stores::db::quoted_schema();
         assert_eq!(
-            remake_trigger("rbac_gateway_change on admin_sessions", Silence::Altered).unwrap(),
+            remake_trigger("rbac_gateway_change on admin_sessions", true).unwrap(),
             format!("BEGIN; SET LOCAL lock_timeout = '200ms'; DROP TRIGGER IF EXISTS rbac_gateway_change ON {schema}.admin_sessions; CREATE TRIGGER rbac_gateway_change AFTER INSERT OR DELETE OR UPDATE ON {schema}.admin_sessions FOR EACH ROW EXECUTE FUNCTION {schema}.rbac_gateway_log_change('admin_id'); COMMIT;")
         );
         assert_eq!(
-            remake_trigger("access_audit_events_no_truncate on access_audit_events", Silence::Missing).unwrap(),
-            format!("BEGIN; SET LOCAL lock_timeout = '200ms'; CREATE TRIGGER access_audit_events_no_truncate BEFORE TRUNCATE ON {schema}.access_audit_events FOR EACH STATEMENT EXECUTE FUNCTION {schema}.access_audit_events_append_only(); COMMIT;")
+            remake_trigger("access_audit_events_no_truncate on access_audit_events", false).unwrap(),
+            format!("BEGIN; SET LOCAL lock_timeout = '200ms'; CREATE OR REPLACE TRIGGER access_audit_events_no_truncate BEFORE TRUNCATE ON {schema}.access_audit_events FOR EACH STATEMENT EXECUTE FUNCTION {schema}.access_audit_events_append_only(); COMMIT;")
         );
         assert_eq!(
-            remake_trigger("rbac_gateway_change on admins", Silence::Off).unwrap(),
-            format!("BEGIN; SET LOCAL lock_timeout = '200ms'; ALTER TABLE {schema}.admins ENABLE TRIGGER rbac_gateway_change; COMMIT;")
-        );
-        assert_eq!(
-            remake_trigger("rbac_gateway_change on nothing", Silence::Off),
+            remake_trigger("rbac_gateway_change on nothing", false),
             None
         );
         assert_eq!(Silence::read("missing"), Silence::Missing);
         assert_eq!(Silence::read("off"), Silence::Off);
+        assert_eq!(Silence::read("constraint"), Silence::Constraint);
         assert_eq!(Silence::read("altered"), Silence::Altered);
         // No trigger of the gateway's is INSTEAD OF (64), which the statements do not say.
         assert!(TRIGGERS.iter().all(|t| t.3 & 64 == 0));
