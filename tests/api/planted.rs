@@ -1303,6 +1303,25 @@ fn delivered(hook: &Upstream, text: &str) -> usize {
     hook.requests().iter().filter(said).count()
 }
 
+/// `rbac-gateway migrate` as the owner login of [`TestDb::migrated_by_a_login`]: its exit code
+/// and output.
+fn migrate_as_owner(db: &TestDb) -> (Option<i32>, String) {
+    let (_, name) = db.url.rsplit_once('/').unwrap();
+    let owner_url = db.url_as(&format!("{}_owner", name.trim_start_matches("rbacgw_")));
+    let out = crate::cli::bin()
+        .args(["migrate", "--database-url", &owner_url])
+        .output()
+        .unwrap();
+    code_and_output(&out)
+}
+
+/// The gateway's triggers on `db` that do not fire as `migrate` made them.
+async fn silent_of(db: &TestDb) -> Vec<String> {
+    rbac_gateway::stores::schema::silent_triggers(&db.pool)
+        .await
+        .unwrap()
+}
+
 /// Runs `sql` on `db` as its owner.
 async fn run_sql(db: &TestDb, sql: &str) {
     sqlx::raw_sql(sql).execute(&db.pool).await.unwrap();
@@ -1342,7 +1361,7 @@ async fn checks_fix_makes_every_silent_trigger_again() {
 /// succeeds; as the table's owner, the next `migrate` makes it.
 #[tokio::test]
 async fn migrate_makes_the_gateways_silent_triggers_again() {
-    use rbac_gateway::stores::schema::{silent_triggers, TRIGGERS};
+    use rbac_gateway::stores::schema::TRIGGERS;
     let (db, owner) = TestDb::migrated_by_a_login().await;
     let (_, name) = db.url.rsplit_once('/').unwrap();
     let short = name.trim_start_matches("rbacgw_");
@@ -1363,8 +1382,12 @@ async fn migrate_makes_the_gateways_silent_triggers_again() {
          CREATE ROLE \"{short}_other\"; ALTER TABLE rbac_permissions OWNER TO \"{short}_other\""
     ));
     run_sql(&db, &silence).await;
-    let silent = || async { silent_triggers(&db.pool).await.unwrap() };
-    assert_eq!(silent().await.len(), TRIGGERS.len(), "{:?}", silent().await);
+    assert_eq!(
+        silent_of(&db).await.len(),
+        TRIGGERS.len(),
+        "{:?}",
+        silent_of(&db).await
+    );
 
     let migrate_as = |url: &str| {
         let out = crate::cli::bin()
@@ -1383,7 +1406,7 @@ async fn migrate_makes_the_gateways_silent_triggers_again() {
         .collect();
     theirs.sort();
     assert_eq!(theirs.len(), 4);
-    assert_eq!(silent().await, theirs, "{text}");
+    assert_eq!(silent_of(&db).await, theirs, "{text}");
     let left: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("migrate: triggers of the gateway's do not fire as migrate made them, and were not made again"))
@@ -1421,7 +1444,7 @@ async fn migrate_makes_the_gateways_silent_triggers_again() {
     .await;
     let (code, text) = migrate_as(&owner_url);
     assert_eq!(code, Some(0), "{text}");
-    assert!(silent().await.is_empty(), "{text}");
+    assert!(silent_of(&db).await.is_empty(), "{text}");
     assert_eq!(text.matches("are made again").count(), 1, "{text}");
     let (code, text) = check(&db);
     assert!(!text.contains("database: trigger"), "{text}");
@@ -1436,16 +1459,8 @@ async fn migrate_makes_the_gateways_silent_triggers_again() {
 #[tokio::test]
 async fn migrate_leaves_a_trigger_whose_table_console_holds_and_says_who() {
     let (db, owner) = TestDb::migrated_by_a_login().await;
-    let (_, name) = db.url.rsplit_once('/').unwrap();
-    let owner_url = db.url_as(&format!("{}_owner", name.trim_start_matches("rbacgw_")));
     drop(owner);
-    let migrate_as = || {
-        let out = crate::cli::bin()
-            .args(["migrate", "--database-url", &owner_url])
-            .output()
-            .unwrap();
-        code_and_output(&out)
-    };
+    let migrate_as = || migrate_as_owner(&db);
     run_sql(
         &db,
         "ALTER TABLE rbac_groups DISABLE TRIGGER rbac_gateway_change",
@@ -1479,18 +1494,14 @@ async fn migrate_leaves_a_trigger_whose_table_console_holds_and_says_who() {
             && left[0].contains(&format!("held_by=pid {pid} (user {user}, ")),
         "{text}"
     );
-    let silent = rbac_gateway::stores::schema::silent_triggers(&db.pool)
-        .await
-        .unwrap();
+    let silent = silent_of(&db).await;
     assert_eq!(silent, ["rbac_gateway_change on rbac_groups"]);
 
     sqlx::raw_sql("COMMIT").execute(&mut *holder).await.unwrap();
     let (code, text) = migrate_as();
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(text.matches("are made again").count(), 1, "{text}");
-    let silent = rbac_gateway::stores::schema::silent_triggers(&db.pool)
-        .await
-        .unwrap();
+    let silent = silent_of(&db).await;
     assert!(silent.is_empty(), "{silent:?}");
 }
 
@@ -1503,16 +1514,8 @@ async fn migrate_leaves_a_trigger_whose_table_console_holds_and_says_who() {
 #[tokio::test]
 async fn migrate_makes_a_silent_trigger_again_while_console_reads_the_table() {
     let (db, owner) = TestDb::migrated_by_a_login().await;
-    let (_, name) = db.url.rsplit_once('/').unwrap();
-    let owner_url = db.url_as(&format!("{}_owner", name.trim_start_matches("rbacgw_")));
     drop(owner);
-    let migrate_as = || {
-        let out = crate::cli::bin()
-            .args(["migrate", "--database-url", &owner_url])
-            .output()
-            .unwrap();
-        code_and_output(&out)
-    };
+    let migrate_as = || migrate_as_owner(&db);
     run_sql(
         &db,
         "ALTER TABLE rbac_groups DISABLE TRIGGER rbac_gateway_change; \
@@ -1566,9 +1569,7 @@ async fn migrate_makes_a_silent_trigger_again_while_console_reads_the_table() {
             && left[0].contains(&format!("held_by=pid {pid} (")),
         "{text}"
     );
-    let silent = rbac_gateway::stores::schema::silent_triggers(&db.pool)
-        .await
-        .unwrap();
+    let silent = silent_of(&db).await;
     assert_eq!(silent, ["rbac_gateway_change on rbac_permissions"]);
     // The reader's transaction went on beside it.
     sqlx::raw_sql("SELECT count(*) FROM rbac_groups; COMMIT")
@@ -1578,9 +1579,7 @@ async fn migrate_makes_a_silent_trigger_again_while_console_reads_the_table() {
     let (code, text) = migrate_as();
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(text.matches("are made again").count(), 1, "{text}");
-    let silent = rbac_gateway::stores::schema::silent_triggers(&db.pool)
-        .await
-        .unwrap();
+    let silent = silent_of(&db).await;
     assert!(silent.is_empty(), "{silent:?}");
 }
 
@@ -1602,18 +1601,14 @@ async fn a_trigger_disabled_on_one_partition_is_named_and_made_again() {
     .await;
     let (code, text) = migrate(&db);
     assert_eq!(code, Some(0), "{text}");
-    let silent = rbac_gateway::stores::schema::silent_triggers(&db.pool)
-        .await
-        .unwrap();
+    let silent = silent_of(&db).await;
     assert!(silent.is_empty(), "{silent:?}");
     run_sql(
         &db,
         "ALTER TABLE rbac_ticket_grants_c1 DISABLE TRIGGER rbac_gateway_change",
     )
     .await;
-    let silent = rbac_gateway::stores::schema::silent_triggers(&db.pool)
-        .await
-        .unwrap();
+    let silent = silent_of(&db).await;
     assert_eq!(silent, ["rbac_gateway_change on rbac_ticket_grants"]);
     let (_, text) = check(&db);
     assert!(
@@ -1693,9 +1688,7 @@ async fn migrate_says_the_migrations_are_applied_when_the_trigger_step_fails() {
     sqlx::raw_sql("COMMIT").execute(&mut *holder).await.unwrap();
     let (code, text) = migrate(&db);
     assert_eq!(code, Some(0), "{text}");
-    let silent = rbac_gateway::stores::schema::silent_triggers(&db.pool)
-        .await
-        .unwrap();
+    let silent = silent_of(&db).await;
     assert!(silent.is_empty(), "{silent:?}");
 }
 
