@@ -540,7 +540,6 @@ pub const BUILTINS: &[&str] = &[
     "pg_has_role",
     "pg_is_in_recovery",
     "pg_notify",
-    "pg_partition_tree",
     "pg_postmaster_start_time",
     "pg_snapshot_xip",
     "pg_snapshot_xmax",

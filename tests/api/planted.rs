@@ -1141,7 +1141,8 @@ async fn a_finding_delivered_late_is_raised_again_when_it_comes_back() {
         delivered(&hook, silenced) >= 1
     })
     .await;
-    let remake = rbac_gateway::stores::schema::remake_trigger(silenced, false).unwrap();
+    use rbac_gateway::stores::schema::{remake_trigger, Fix};
+    let remake = remake_trigger(silenced, Fix::Create).unwrap();
     run_sql(&db, &remake).await;
     eventually(within, "the log says the trigger fires again", || async {
         gw.log()
@@ -1332,7 +1333,7 @@ async fn run_sql(db: &TestDb, sql: &str) {
 /// gives, after which `check` names none.
 #[tokio::test]
 async fn checks_fix_makes_every_silent_trigger_again() {
-    use rbac_gateway::stores::schema::{remake_trigger, TRIGGERS};
+    use rbac_gateway::stores::schema::{remake_trigger, Fix, TRIGGERS};
     let db = TestDb::new().await;
     let mut silence = String::new();
     for (table, name, ..) in TRIGGERS {
@@ -1340,13 +1341,28 @@ async fn checks_fix_makes_every_silent_trigger_again() {
     }
     silence.push_str(
         "DROP TRIGGER rbac_gateway_change ON admin_sessions; \
-         DROP TRIGGER access_audit_events_no_update ON access_audit_events",
+         DROP TRIGGER access_audit_events_no_update ON access_audit_events; \
+         DROP TRIGGER rbac_gateway_break_glass ON rbac_roles; \
+         CREATE TRIGGER rbac_gateway_break_glass AFTER INSERT OR UPDATE OR DELETE ON rbac_roles \
+             FOR EACH ROW WHEN (false) EXECUTE FUNCTION rbac_gateway_break_glass_change(); \
+         DROP TRIGGER rbac_gateway_change ON rbac_permissions; \
+         CREATE CONSTRAINT TRIGGER rbac_gateway_change AFTER INSERT OR UPDATE OR DELETE ON rbac_permissions \
+             FOR EACH ROW EXECUTE FUNCTION rbac_gateway_log_change()",
     );
     sqlx::raw_sql(&silence).execute(&db.pool).await.unwrap();
     let (code, text) = check(&db);
     assert_ne!(code, Some(0), "{text}");
+    // Each by the lightest statement its state asks, every kind run against the server.
     for (table, name, ..) in TRIGGERS {
-        let fix = remake_trigger(&format!("{name} on {table}"), false).unwrap();
+        let trigger = format!("{name} on {table}");
+        let fix = match trigger.as_str() {
+            "rbac_gateway_change on admin_sessions"
+            | "access_audit_events_no_update on access_audit_events" => Fix::Create,
+            "rbac_gateway_break_glass on rbac_roles" => Fix::Replace,
+            "rbac_gateway_change on rbac_permissions" => Fix::DropAndCreate,
+            _ => Fix::Enable,
+        };
+        let fix = remake_trigger(&trigger, fix).unwrap();
         assert!(text.contains(&fix), "{fix}\n{text}");
         sqlx::raw_sql(&fix).execute(&db.pool).await.unwrap();
     }
@@ -1581,6 +1597,87 @@ async fn migrate_makes_a_silent_trigger_again_while_console_reads_the_table() {
     assert_eq!(text.matches("are made again").count(), 1, "{text}");
     let silent = silent_of(&db).await;
     assert!(silent.is_empty(), "{silent:?}");
+}
+
+/// A trigger changed while `migrate` waits for its table: seen disabled, then made a constraint
+/// trigger by a transaction that held the table and committed during the waits. `migrate`
+/// looks again once it holds the table, and drops and makes it (before, the fix chosen from the
+/// first look, enabling it, ran on the constraint trigger: "made again", still silent).
+#[tokio::test]
+async fn migrate_looks_at_a_trigger_again_once_it_holds_the_table() {
+    let db = TestDb::new().await;
+    run_sql(
+        &db,
+        "ALTER TABLE rbac_groups DISABLE TRIGGER rbac_gateway_change",
+    )
+    .await;
+    let mut holder = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql(
+        "BEGIN; DROP TRIGGER rbac_gateway_change ON rbac_groups; \
+         CREATE CONSTRAINT TRIGGER rbac_gateway_change AFTER INSERT OR UPDATE OR DELETE ON rbac_groups \
+             FOR EACH ROW EXECUTE FUNCTION rbac_gateway_log_change()",
+    )
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut migrate = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+        .args(["migrate", "--database-url", &db.url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Committed once `migrate` has looked (the trigger disabled) and its lock has timed out.
+    let mut lines = tokio::io::BufReader::new(migrate.stderr.take().unwrap()).lines();
+    let mut text = String::new();
+    let waited = "a lock on the table was not granted within 200 ms";
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            text.push_str(&line);
+            text.push('\n');
+            if line.contains(waited) {
+                return;
+            }
+        }
+        panic!("migrate ended without waiting for the table:\n{text}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no wait for the table said within 30 s"));
+    // Committed while a later try waits for the lock, its state read before: the look that
+    // counts is the one taken after the lock.
+    eventually(
+        std::time::Duration::from_secs(30),
+        "migrate waiting for the table's lock again",
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = 'rbac-gateway' \
+                   AND datname = current_database() AND wait_event_type = 'Lock' \
+                   AND query LIKE '%LOCK TABLE%')",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    sqlx::raw_sql("COMMIT").execute(&mut *holder).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    })
+    .await
+    .expect("migrate ended within 60 s");
+    let code = migrate.wait().await.unwrap().code();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("table=\"rbac_groups\"") && text.contains("are made again"),
+        "{text}"
+    );
+    let silent = silent_of(&db).await;
+    assert!(silent.is_empty(), "{silent:?}\n{text}");
 }
 
 /// A trigger of the gateway's on a table Console partitioned is cloned to each partition, and

@@ -15,34 +15,34 @@ use crate::stores::schema;
 /// the lock is free; `check` and the alert pass name them until then).
 const ATTEMPTS: u32 = 10;
 
-/// Makes the silent triggers again, a table's together in one transaction (its lock taken once;
-/// no write lands between a trigger's drop and its creation), each with the lightest lock that
-/// does it (`CREATE OR REPLACE TRIGGER`'s `SHARE ROW EXCLUSIVE` leaves Console's reads of the
-/// table alone; only a constraint trigger under the name is dropped first, under `ACCESS
-/// EXCLUSIVE`) and whatever its state by then: the look is not trusted past a lock wait. One this role may not make (it
-/// does not act as the table's owner, the table is gone) or whose table's lock stayed held is
-/// logged with the fix and left, and `migrate` goes on. An error of the connection ends it (the
-/// migrations are applied; it says so).
+/// Makes the silent triggers again, a table's together in one transaction: its `SHARE ROW
+/// EXCLUSIVE` lock taken first (`LOCK TABLE`, its partitions with it), then its triggers looked
+/// at again and each made by the lightest statement its state asks ([`schema::Fix`]): no
+/// other session changes them between the look and the fix, and no write lands between a drop
+/// and a creation. Console's reads of the table wait only where a trigger is dropped first.
+/// One this role may not make (it does not act as the table's owner, the table is gone) or
+/// whose table's lock stayed held is logged with the fix and left, and `migrate` goes on. An
+/// error of the connection ends it (the migrations are applied; it says so).
 pub(super) async fn remake_silent(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-    let mut tables: BTreeMap<String, Vec<schema::Silenced>> = BTreeMap::new();
+    let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for silenced in schema::silenced_triggers(&mut *conn).await? {
         if let Some((_, table)) = silenced.trigger.split_once(" on ") {
-            tables.entry(table.to_string()).or_default().push(silenced);
+            tables
+                .entry(table.to_string())
+                .or_default()
+                .push(silenced.trigger);
         }
     }
-    for (table, silenced) in tables {
-        let statements: Vec<String> = silenced.iter().filter_map(|s| s.statements()).collect();
-        let triggers: Vec<&str> = silenced.iter().map(|s| s.trigger.as_str()).collect();
-        // A trigger already gone is no news: its "does not exist, skipping" is not logged.
-        let remake = format!(
-            "BEGIN; SET LOCAL client_min_messages = warning; {} COMMIT;",
-            statements.join(" ")
-        );
+    for (table, triggers) in tables {
         let mut attempt = 1;
         loop {
-            let Err(e) = sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&remake)).await else {
-                tracing::info!(table, triggers = ?triggers, "migrate: triggers of the gateway's that did not fire as migrate made them (disabled, dropped, or their table made again) are made again");
-                break;
+            let e = match remake_table(&mut *conn, &table).await {
+                Ok(made) if made.is_empty() => break,
+                Ok(made) => {
+                    tracing::info!(table, triggers = ?made, "migrate: triggers of the gateway's that did not fire as migrate made them (disabled, dropped, altered, or their table made again) are made again");
+                    break;
+                }
+                Err(e) => e,
             };
             // The server refused: the transaction the error left open is rolled back. Otherwise,
             // or where that fails too, the connection is gone.
@@ -76,15 +76,42 @@ pub(super) async fn remake_silent(conn: &mut sqlx::PgConnection) -> Result<(), s
             } else {
                 String::new()
             };
-            tracing::warn!(table, triggers = ?triggers, error = %e, held_by = %holders, "migrate: triggers of the gateway's do not fire as migrate made them, and were not made again: run `rbac-gateway migrate` again as a role that acts as the table's owner and owns the gateway's functions (the role that first ran it), once the table is there and no transaction holds it (`rbac-gateway check --database-url` gives the statements)");
+            tracing::warn!(table, triggers = ?triggers, error = %e, held_by = %holders, "migrate: triggers of the gateway's do not fire as migrate made them, and were not made again: run `rbac-gateway migrate` again as a role that acts as the table's owner (with the owner's privileges on it) and owns the gateway's functions (the role that first ran it), once the table is there and no transaction holds it (`rbac-gateway check --database-url` gives the statements)");
             break;
         }
     }
     Ok(())
 }
 
+/// One table's silent triggers made again in a transaction: the table locked, its triggers
+/// looked at under the lock, each made by its fix, committed. The triggers made (none where
+/// another session made them meanwhile). An error leaves the transaction for the caller to
+/// roll back.
+async fn remake_table(
+    conn: &mut sqlx::PgConnection,
+    table: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    // A trigger already gone is no news: its "does not exist, skipping" is not logged.
+    let lock = format!(
+        "BEGIN; SET LOCAL client_min_messages = warning; LOCK TABLE {}.{} IN SHARE ROW EXCLUSIVE MODE",
+        crate::stores::db::quoted_schema(),
+        crate::stores::db::quote_ident(table)
+    );
+    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&lock)).await?;
+    let on_table = format!(" on {table}");
+    let silenced: Vec<schema::Silenced> = schema::silenced_triggers(&mut *conn)
+        .await?
+        .into_iter()
+        .filter(|s| s.trigger.ends_with(&on_table))
+        .collect();
+    let statements: Vec<String> = silenced.iter().filter_map(|s| s.statements()).collect();
+    let remake = format!("{} COMMIT;", statements.join(" "));
+    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&remake)).await?;
+    Ok(silenced.into_iter().map(|s| s.trigger).collect())
+}
+
 /// The sessions of this database holding a lock on `table` (of the gateway's schema) or one of
-/// its partitions (dropping a trigger of a partitioned table locks each), each as `pid N (user U,
+/// its partitions (`pg_inherits`, followed down without a lock: locking the table locks each), each as `pid N (user U,
 /// application A, in a transaction since T)`, and a prepared transaction as such. From
 /// `pg_locks`, which any role reads: the migrating role, not a superuser, sees another login's
 /// `pg_stat_activity` row without its times (then `?`), but its pid, user and application.
@@ -101,9 +128,10 @@ async fn lock_holders(
           WHERE l.granted AND l.locktype OPERATOR(pg_catalog.=) 'relation' \
             AND l.database OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database d \
                  WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) \
-            AND l.relation OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT pg_catalog.to_regclass(pg_catalog.quote_ident($1))::oid \
-                 UNION SELECT t.relid::oid \
-                 FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(pg_catalog.quote_ident($1))) t)) \
+            AND l.relation OPERATOR(pg_catalog.=) ANY (ARRAY(WITH RECURSIVE p(oid) AS ( \
+                   SELECT pg_catalog.to_regclass(pg_catalog.quote_ident($1))::oid \
+                   UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN p ON i.inhparent OPERATOR(pg_catalog.=) p.oid) \
+                 SELECT p.oid FROM p)) \
             AND coalesce(l.pid, 0) OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
           ORDER BY l.pid",
     )

@@ -1,6 +1,6 @@
 //! The gateway's triggers on its and Console's tables ([`TRIGGERS`]): which do not fire as
 //! `migrate` made them ([`silent_triggers`]), and how ([`Silence`]), and the statement that makes
-//! each again whatever its state, with the lightest lock that does it ([`remake_statements`]):
+//! each again by its state, with the lightest lock that does it ([`Fix`], [`remake_statements`]):
 //! `check`'s fix, `migrate`'s last step (`stores::migrations::triggers`), the alert pass's
 //! finding.
 
@@ -69,15 +69,24 @@ pub const TRIGGERS: &[(&str, &str, &str, i16, &str)] = &[
     ("rbac_mapping_activations", "rbac_mapping_notify", "rbac_mapping_notify", 4, ""),
 ];
 
-/// SQL text: trigger `k` is a clone of trigger `t` (of a partitioned table) on one of its
-/// table's partitions that does not fire: disabled there alone, the parent's row still fires,
-/// and the partition's rows go unrecorded.
-macro_rules! silent_clone {
-    () => {
-        "k.tgname OPERATOR(pg_catalog.=) t.tgname AND k.tgparentid OPERATOR(pg_catalog.<>) 0 \
-         AND k.tgrelid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT r.relid::oid \
-               FROM pg_catalog.pg_partition_tree(t.tgrelid::pg_catalog.regclass) r)) \
-         AND NOT (k.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::\"char\"[]))"
+/// SQL text: a query over the clones of trigger `t` (of a partitioned table) on its table's
+/// partitions, and theirs on sub-partitions (`pg_trigger.tgparentid`, followed down), that do
+/// not fire: disabled there alone, the parent's row still fires, and the partition's rows go
+/// unrecorded. `$select` of `c(oid, x, enabled)`, `x` the clone's `xmin`. From the catalogue
+/// alone: no lock on a table (`pg_partition_tree` takes one, and would wait behind Console's
+/// DDL).
+macro_rules! silent_clones {
+    ($select:literal) => {
+        concat!(
+            "WITH RECURSIVE c(oid, x, enabled) AS ( \
+                 SELECT k.oid, k.xmin, k.tgenabled FROM pg_catalog.pg_trigger k \
+                  WHERE k.tgparentid OPERATOR(pg_catalog.=) t.oid \
+                 UNION ALL SELECT k.oid, k.xmin, k.tgenabled FROM pg_catalog.pg_trigger k \
+                  JOIN c ON k.tgparentid OPERATOR(pg_catalog.=) c.oid) \
+             SELECT ",
+            $select,
+            " FROM c WHERE NOT (c.enabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::\"char\"[]))"
+        )
     };
 }
 
@@ -100,7 +109,7 @@ macro_rules! as_made {
 /// Those of [`TRIGGERS`] missing from the gateway's schema, or not as migrate made them (another
 /// function, other events, other arguments, a `WHEN` condition, an `UPDATE OF` column list, a
 /// constraint trigger), or not firing in an ordinary session (`fires!`), there or on one of its
-/// table's partitions (`silent_clone!`), as `trigger on table`: `check`'s error.
+/// table's partitions (`silent_clones!`), as `trigger on table`: `check`'s error.
 pub async fn silent_triggers<'e>(
     db: impl sqlx::PgExecutor<'e>,
 ) -> Result<Vec<String>, sqlx::Error> {
@@ -108,53 +117,58 @@ pub async fn silent_triggers<'e>(
     Ok(silent.into_iter().map(|(trigger, ..)| trigger).collect())
 }
 
-/// A trigger of [`silent_triggers`], with how it does not fire as made and what its fix must
-/// do: `check`'s and `migrate`'s.
+/// A trigger of [`silent_triggers`], with how it does not fire as made and the statement that
+/// makes it again: `check`'s and `migrate`'s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Silenced {
     /// `trigger on table`.
     pub trigger: String,
     pub silence: Silence,
-    /// The fix drops the trigger first ([`remake_statements`]): a constraint trigger stands
-    /// under its name, or the server is older than PostgreSQL 14 (no `CREATE OR REPLACE
-    /// TRIGGER`).
-    pub drop_first: bool,
+    pub fix: Fix,
 }
 
 impl Silenced {
     /// [`remake_trigger`] for it.
     pub fn fix(&self) -> Option<String> {
-        remake_trigger(&self.trigger, self.drop_first)
+        remake_trigger(&self.trigger, self.fix)
     }
 
     /// [`remake_statements`] for it.
     pub fn statements(&self) -> Option<String> {
-        remake_statements(&self.trigger, self.drop_first)
+        remake_statements(&self.trigger, self.fix)
     }
 }
 
-/// [`silent_triggers`], each with how it does not fire as made, which decides its fix
-/// ([`remake_statements`]).
+/// [`silent_triggers`], each with how it does not fire as made and its fix. Read under the
+/// table's `SHARE ROW EXCLUSIVE` lock (`migrate`: `LOCK TABLE` first), no other session changes
+/// a trigger of the table or its partitions before the fix runs.
 pub async fn silenced_triggers<'e>(
     db: impl sqlx::PgExecutor<'e>,
 ) -> Result<Vec<Silenced>, sqlx::Error> {
     let silent = silent_rows(db).await?;
     Ok(silent
         .into_iter()
-        .map(|(trigger, _, how, replaces)| {
+        .map(|(trigger, _, how, in_place)| {
             let silence = Silence::read(&how);
+            let fix = match silence {
+                Silence::Missing => Fix::Create,
+                Silence::Off => Fix::Enable,
+                Silence::Altered if in_place => Fix::Replace,
+                Silence::Altered | Silence::Constraint => Fix::DropAndCreate,
+            };
             Silenced {
                 trigger,
                 silence,
-                drop_first: silence == Silence::Constraint || !replaces,
+                fix,
             }
         })
         .collect())
 }
 
 /// [`silent_triggers`], each with its state: its table's oid and the version of its
-/// `pg_trigger` row (`xmin`; empty where it is missing), then those of its clones that do not
-/// fire on the table's partitions (none, nothing), which change when the table is made again or
+/// `pg_trigger` row (`xmin`; empty where it is missing), then, where that row fires, those of
+/// its clones that do not on the table's partitions (none, nothing: a state without clones reads
+/// as before them, and a partition added later, whose clone fires, changes nothing), which change when the table is made again or
 /// the trigger disabled, dropped or made again. The alert pass's alert
 /// (`stores::alerts`, each second) is keyed by them, so a trigger silenced again is alerted
 /// again.
@@ -168,8 +182,11 @@ pub async fn silent_trigger_states<'e>(
         .collect())
 }
 
-/// The silent triggers, each as `(trigger on table, state, how, whether the server has CREATE
-/// OR REPLACE TRIGGER)`: one statement.
+/// The silent triggers, each as `(trigger on table, state, how, whether one altered is replaced
+/// in place)`: one statement. In place where the server has `CREATE OR REPLACE TRIGGER`
+/// (PostgreSQL 14) and neither is the table partitioned (a row trigger made a statement
+/// trigger there would leave its clones on the partitions) nor the trigger a clone of a parent's
+/// (which only the parent's statements change).
 async fn silent_rows<'e>(
     db: impl sqlx::PgExecutor<'e>,
 ) -> Result<Vec<(String, String, String, bool)>, sqlx::Error> {
@@ -190,10 +207,12 @@ async fn silent_rows<'e>(
                 pg_catalog.concat(tc.oid, ':', (SELECT t.xmin FROM pg_catalog.pg_trigger t \
                                                  WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
                                                    AND t.tgname::text OPERATOR(pg_catalog.=) w.g), \
-                                  (SELECT ':' OPERATOR(pg_catalog.||) pg_catalog.string_agg(k.xmin::text, ',' ORDER BY k.oid) \
-                                     FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_trigger k ON ",
-        silent_clone!(),
-        " WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid AND t.tgname::text OPERATOR(pg_catalog.=) w.g)), \
+                                  (SELECT (",
+        silent_clones!("':' OPERATOR(pg_catalog.||) pg_catalog.string_agg(c.x::text, ',' ORDER BY c.oid)"),
+        ") FROM pg_catalog.pg_trigger t \
+                                    WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid AND t.tgname::text OPERATOR(pg_catalog.=) w.g AND ",
+        fires!(),
+        ")), \
                 CASE WHEN NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
                                          AND t.tgname::text OPERATOR(pg_catalog.=) w.g) THEN 'missing' \
                      WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
@@ -203,6 +222,9 @@ async fn silent_rows<'e>(
         as_made!(),
         ") THEN 'off' ELSE 'altered' END, \
                 pg_catalog.current_setting('server_version_num')::int4 OPERATOR(pg_catalog.>=) 140000 \
+                    AND coalesce(tc.relkind OPERATOR(pg_catalog.<>) 'p', true) \
+                    AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
+                                     AND t.tgname::text OPERATOR(pg_catalog.=) w.g AND t.tgparentid OPERATOR(pg_catalog.<>) 0) \
            FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), \
                            pg_catalog.unnest($4::int2[]), pg_catalog.unnest($5::text[])) w(r, g, f, k, a) \
            LEFT JOIN pg_catalog.pg_class tc ON tc.relname::text OPERATOR(pg_catalog.=) w.r \
@@ -211,8 +233,8 @@ async fn silent_rows<'e>(
         as_made!(),
         " AND ",
         fires!(),
-        " AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger k WHERE ",
-        silent_clone!(),
+        " AND NOT EXISTS (",
+        silent_clones!("1"),
         ")) ORDER BY 1"
     ))
     .persistent(false)
@@ -227,14 +249,13 @@ async fn silent_rows<'e>(
 }
 
 /// How a trigger of [`TRIGGERS`] does not fire as `migrate` made it: what `check` says of it.
-/// Its fix ([`remake_statements`]) does not depend on it, but for a constraint trigger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Silence {
     /// No trigger of its name on its table (dropped, or gone with the table Console made
     /// again).
     Missing,
-    /// There as made, but disabled or made for replicas only, there or on one of its table's
-    /// partitions.
+    /// There as made, but disabled or made for replicas only, there or (a row trigger's clone)
+    /// on one of its table's partitions.
     Off,
     /// Another trigger under its name (another function, events or arguments, a `WHEN`
     /// condition, an `UPDATE OF` list).
@@ -255,24 +276,50 @@ impl Silence {
     }
 }
 
-/// The statement that makes `trigger` (`name on table`, as [`silent_triggers`] names it) as
-/// `migrate` made it, whatever stands under its name (missing, disabled, for replicas only,
-/// altered; its clones on the table's partitions with it): `CREATE OR REPLACE TRIGGER`, which
-/// takes the table's `SHARE ROW EXCLUSIVE` lock (Console's writes of it wait, its reads and
-/// `SELECT ... FOR UPDATE` do not). Where it must `drop_first` (a constraint trigger under the
-/// name, or a server before PostgreSQL 14), `DROP TRIGGER IF EXISTS` then `CREATE TRIGGER`,
-/// under `ACCESS EXCLUSIVE` (Console's reads wait too), to run in one transaction
-/// ([`remake_trigger`]: a write between them would go unrecorded). Not by the state read before:
-/// a change between the look and the fix is made right by the same statement. Run as the role
-/// that ran `migrate`: it owns the trigger's function (its table's owner alone may not execute
-/// it) and acts as the table's owner. `check` gives it as the fix; `tests/api/planted.rs` runs
-/// it for every trigger and holds [`silent_triggers`] empty.
-pub fn remake_statements(trigger: &str, drop_first: bool) -> Option<String> {
+/// The statement that makes a silent trigger again, the lightest that does it. All but
+/// [`Fix::DropAndCreate`] take the table's `SHARE ROW EXCLUSIVE` lock: Console's writes of it
+/// wait for them, its reads and `SELECT ... FOR UPDATE` do not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fix {
+    /// `CREATE TRIGGER`, for one missing (`TRIGGER` on the table, which its owner holds).
+    Create,
+    /// `ALTER TABLE ... ENABLE TRIGGER`, for one there as made (its clones on the table's
+    /// partitions with it; a clone itself on its partition), as the table's owner.
+    Enable,
+    /// `CREATE OR REPLACE TRIGGER`, for one altered in place (`TRIGGER` on the table).
+    Replace,
+    /// `DROP TRIGGER IF EXISTS` then `CREATE TRIGGER`, as the table's owner, under `ACCESS
+    /// EXCLUSIVE` (Console's reads wait too): a constraint trigger under the name, or one
+    /// altered where it may not be replaced in place (`silent_rows`).
+    DropAndCreate,
+}
+
+/// The statements that make `trigger` (`name on table`, as [`silent_triggers`] names it) as
+/// `migrate` made it, by its [`Fix`], to run in one transaction ([`remake_trigger`]: a write
+/// between a drop and a creation would go unrecorded). Chosen from the trigger's state: where
+/// that may change before they run, the table is locked first (`migrate`) or a failure says to
+/// look again (`check`'s statements, run by hand). Run as the role that ran `migrate`: it owns
+/// the trigger's function (its table's owner alone may not execute it) and acts as the table's
+/// owner. `tests/api/planted.rs` runs `check`'s for every trigger and holds
+/// [`silent_triggers`] empty.
+pub fn remake_statements(trigger: &str, fix: Fix) -> Option<String> {
     let (name, table) = trigger.split_once(" on ")?;
     let &(_, _, function, tgtype, arguments) = TRIGGERS
         .iter()
         .find(|(t, g, ..)| *t == table && *g == name)?;
     let schema = crate::stores::db::quoted_schema();
+    let create = match fix {
+        Fix::Enable => {
+            return Some(format!(
+                "ALTER TABLE {schema}.{table} ENABLE TRIGGER {name};"
+            ))
+        }
+        Fix::Create => "CREATE TRIGGER".to_string(),
+        Fix::Replace => "CREATE OR REPLACE TRIGGER".to_string(),
+        Fix::DropAndCreate => {
+            format!("DROP TRIGGER IF EXISTS {name} ON {schema}.{table}; CREATE TRIGGER")
+        }
+    };
     // pg_trigger.tgtype's bits (PostgreSQL's `TRIGGER_TYPE_*`).
     let when = if tgtype & 2 != 0 { "BEFORE" } else { "AFTER" };
     let events: Vec<&str> = [
@@ -291,11 +338,6 @@ pub fn remake_statements(trigger: &str, drop_first: bool) -> Option<String> {
         .split_terminator("\\000")
         .map(|a| format!("'{}'", a.replace('\'', "''")))
         .collect();
-    let create = if drop_first {
-        format!("DROP TRIGGER IF EXISTS {name} ON {schema}.{table}; CREATE TRIGGER")
-    } else {
-        "CREATE OR REPLACE TRIGGER".to_string()
-    };
     Some(format!(
         "{create} {name} {when} {} ON {schema}.{table} FOR EACH {each} EXECUTE FUNCTION {schema}.{function}({});",
         events.join(" OR "),
@@ -306,8 +348,8 @@ pub fn remake_statements(trigger: &str, drop_first: bool) -> Option<String> {
 /// [`remake_statements`] in a transaction of its own, whose lock is not waited for past 200 ms
 /// (Console's writes of the table, and its reads where the trigger is dropped first, would
 /// queue behind the wait; it fails instead, to be run again).
-pub fn remake_trigger(trigger: &str, drop_first: bool) -> Option<String> {
-    remake_statements(trigger, drop_first)
+pub fn remake_trigger(trigger: &str, fix: Fix) -> Option<String> {
+    remake_statements(trigger, fix)
         .map(|s| format!("BEGIN; SET LOCAL lock_timeout = '200ms'; {s} COMMIT;"))
 }
 
@@ -317,20 +359,31 @@ mod tests {
 
     /// The statements `check` gives for a silent trigger: its events, timing, level and
     /// arguments from `pg_trigger.tgtype`'s bits and `tgargs` (`tests/api/planted.rs` runs them
-    /// all against PostgreSQL); replaced in place, or dropped first where it must be.
+    /// all against PostgreSQL), by its fix.
     #[test]
     fn a_silent_trigger_is_made_again_as_migrate_made_it() {
         let schema = crate::stores::db::quoted_schema();
+        let lock = "BEGIN; SET LOCAL lock_timeout = '200ms';";
+        let change = "rbac_gateway_change on admin_sessions";
+        let made = format!("rbac_gateway_change AFTER INSERT OR DELETE OR UPDATE ON {schema}.admin_sessions FOR EACH ROW EXECUTE FUNCTION {schema}.rbac_gateway_log_change('admin_id'); COMMIT;");
         assert_eq!(
-            remake_trigger("rbac_gateway_change on admin_sessions", true).unwrap(),
-            format!("BEGIN; SET LOCAL lock_timeout = '200ms'; DROP TRIGGER IF EXISTS rbac_gateway_change ON {schema}.admin_sessions; CREATE TRIGGER rbac_gateway_change AFTER INSERT OR DELETE OR UPDATE ON {schema}.admin_sessions FOR EACH ROW EXECUTE FUNCTION {schema}.rbac_gateway_log_change('admin_id'); COMMIT;")
+            remake_trigger(change, Fix::DropAndCreate).unwrap(),
+            format!("{lock} DROP TRIGGER IF EXISTS rbac_gateway_change ON {schema}.admin_sessions; CREATE TRIGGER {made}")
         );
         assert_eq!(
-            remake_trigger("access_audit_events_no_truncate on access_audit_events", false).unwrap(),
-            format!("BEGIN; SET LOCAL lock_timeout = '200ms'; CREATE OR REPLACE TRIGGER access_audit_events_no_truncate BEFORE TRUNCATE ON {schema}.access_audit_events FOR EACH STATEMENT EXECUTE FUNCTION {schema}.access_audit_events_append_only(); COMMIT;")
+            remake_trigger(change, Fix::Replace).unwrap(),
+            format!("{lock} CREATE OR REPLACE TRIGGER {made}")
         );
         assert_eq!(
-            remake_trigger("rbac_gateway_change on nothing", false),
+            remake_trigger(change, Fix::Enable).unwrap(),
+            format!("{lock} ALTER TABLE {schema}.admin_sessions ENABLE TRIGGER rbac_gateway_change; COMMIT;")
+        );
+        assert_eq!(
+            remake_trigger("access_audit_events_no_truncate on access_audit_events", Fix::Create).unwrap(),
+            format!("{lock} CREATE TRIGGER access_audit_events_no_truncate BEFORE TRUNCATE ON {schema}.access_audit_events FOR EACH STATEMENT EXECUTE FUNCTION {schema}.access_audit_events_append_only(); COMMIT;")
+        );
+        assert_eq!(
+            remake_trigger("rbac_gateway_change on nothing", Fix::Create),
             None
         );
         assert_eq!(Silence::read("missing"), Silence::Missing);
