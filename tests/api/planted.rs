@@ -1357,8 +1357,8 @@ async fn checks_fix_makes_every_silent_trigger_again() {
         let trigger = format!("{name} on {table}");
         let fix = match trigger.as_str() {
             "rbac_gateway_change on admin_sessions"
-            | "access_audit_events_no_update on access_audit_events" => Fix::Create,
-            "rbac_gateway_break_glass on rbac_roles" => Fix::Replace,
+            | "access_audit_events_no_update on access_audit_events"
+            | "rbac_gateway_break_glass on rbac_roles" => Fix::Replace,
             "rbac_gateway_change on rbac_permissions" => Fix::DropAndCreate,
             _ => Fix::Enable,
         };
@@ -1693,13 +1693,30 @@ async fn a_trigger_disabled_on_one_partition_is_named_and_made_again() {
          CREATE TABLE rbac_ticket_grants (LIKE rbac_ticket_grants_before INCLUDING DEFAULTS) \
              PARTITION BY LIST (customer_id); \
          CREATE TABLE rbac_ticket_grants_c1 PARTITION OF rbac_ticket_grants FOR VALUES IN (1); \
-         CREATE TABLE rbac_ticket_grants_rest PARTITION OF rbac_ticket_grants DEFAULT",
+         ALTER TABLE rbac_ticket_grants ATTACH PARTITION rbac_ticket_grants_before DEFAULT",
     )
     .await;
+    // The new parent's triggers are missing, the table attached under it keeps its own:
+    // `CREATE OR REPLACE` takes those as the parent's clones (a `CREATE TRIGGER` fails there).
+    let (_, text) = check(&db);
+    assert!(
+        text.contains("database: trigger rbac_gateway_change on rbac_ticket_grants is missing: ")
+            && text.contains("CREATE OR REPLACE TRIGGER rbac_gateway_change AFTER"),
+        "{text}"
+    );
     let (code, text) = migrate(&db);
     assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("were not made again"), "{text}");
     let silent = silent_of(&db).await;
     assert!(silent.is_empty(), "{silent:?}");
+    let cloned: bool = sqlx::query_scalar(
+        "SELECT tgparentid <> 0 FROM pg_trigger \
+          WHERE tgname = 'rbac_gateway_change' AND tgrelid = 'rbac_ticket_grants_before'::regclass",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(cloned);
     run_sql(
         &db,
         "ALTER TABLE rbac_ticket_grants_c1 DISABLE TRIGGER rbac_gateway_change",
@@ -1718,7 +1735,7 @@ async fn a_trigger_disabled_on_one_partition_is_named_and_made_again() {
     let enabled: Vec<String> = sqlx::query_scalar(
         "SELECT tgenabled::text FROM pg_trigger \
           WHERE tgname = 'rbac_gateway_change' AND tgrelid::regclass::text LIKE 'rbac_ticket_grants%' \
-            AND tgrelid::regclass::text <> 'rbac_ticket_grants_before' ORDER BY tgrelid::regclass::text",
+          ORDER BY tgrelid::regclass::text",
     )
     .fetch_all(&db.pool)
     .await
@@ -1726,6 +1743,42 @@ async fn a_trigger_disabled_on_one_partition_is_named_and_made_again() {
     assert_eq!(enabled, ["O", "O", "O"]);
     let (_, text) = check(&db);
     assert!(!text.contains("on rbac_ticket_grants "), "{text}");
+}
+
+/// A trigger of the gateway's altered as a clone: Console made the table a partition of its own
+/// partitioned table, whose trigger of the name stands in for the gateway's. No statement on
+/// the table changes a clone, so `check` and `migrate` say to change the parent's, and print
+/// no fix that fails.
+#[tokio::test]
+async fn a_trigger_that_is_a_clone_of_consoles_parent_is_named_with_the_parent() {
+    let db = TestDb::new().await;
+    run_sql(
+        &db,
+        "CREATE TABLE console_all_groups (LIKE rbac_groups) PARTITION BY LIST (id); \
+         CREATE FUNCTION console_noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'; \
+         CREATE TRIGGER rbac_gateway_change AFTER INSERT OR UPDATE OR DELETE ON console_all_groups \
+             FOR EACH ROW EXECUTE FUNCTION console_noop(); \
+         DROP TRIGGER rbac_gateway_change ON rbac_groups; \
+         ALTER TABLE console_all_groups ATTACH PARTITION rbac_groups DEFAULT",
+    )
+    .await;
+    let clone = "is not as migrate made it, and is a clone of the trigger of its name on the table's parent";
+    let (code, text) = check(&db);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "database: trigger rbac_gateway_change on rbac_groups {clone}"
+        )) && !text
+            .contains("DROP TRIGGER IF EXISTS rbac_gateway_change ON \"public\".rbac_groups"),
+        "{text}"
+    );
+    let (code, text) = migrate(&db);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(clone) && !text.contains("were not made again"),
+        "{text}"
+    );
+    assert_eq!(silent_of(&db).await, ["rbac_gateway_change on rbac_groups"]);
 }
 
 /// The connection lost while `migrate` makes a trigger again (its session ended while it waits

@@ -124,6 +124,16 @@ pub(super) async fn functions(
             db_schema::Silence::Off => "does not fire (disabled, or for replicas only, on its table or one of its partitions)",
             db_schema::Silence::Altered => "is not as migrate made it (another function, other events or arguments, a WHEN condition or an UPDATE OF list)",
             db_schema::Silence::Constraint => "is not as migrate made it (a constraint trigger under its name)",
+            db_schema::Silence::Clone => {
+                out.push(diag(
+                    file,
+                    0,
+                    0,
+                    Severity::Error,
+                    format!("database: trigger {trigger} is not as migrate made it, and is a clone of the trigger of its name on the table's parent (Console made the table a partition): what it records or refuses goes unrecorded or unrefused; only that trigger changes it (drop the parent's trigger, or detach the table, then run `rbac-gateway migrate`)"),
+                ));
+                continue;
+            }
         };
         out.push(diag(
             file,

@@ -107,7 +107,11 @@ async fn remake_table(
     let statements: Vec<String> = silenced.iter().filter_map(|s| s.statements()).collect();
     let remake = format!("{} COMMIT;", statements.join(" "));
     sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&remake)).await?;
-    Ok(silenced.into_iter().map(|s| s.trigger).collect())
+    let (made, clones): (Vec<_>, Vec<_>) = silenced.into_iter().partition(|s| s.fix.is_some());
+    for clone in clones {
+        tracing::warn!(table, trigger = %clone.trigger, "migrate: a trigger of the gateway's is not as migrate made it, and is a clone of the trigger of its name on the table's parent (Console made the table a partition): only that trigger changes it, so it was not made again; drop the parent's trigger, or detach the table, and run `rbac-gateway migrate` again");
+    }
+    Ok(made.into_iter().map(|s| s.trigger).collect())
 }
 
 /// The sessions of this database holding a lock on `table` (of the gateway's schema) or one of

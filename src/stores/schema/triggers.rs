@@ -124,18 +124,20 @@ pub struct Silenced {
     /// `trigger on table`.
     pub trigger: String,
     pub silence: Silence,
-    pub fix: Fix,
+    /// None for a clone of a parent's trigger ([`Silence::Clone`]): only the parent's
+    /// statements change it.
+    pub fix: Option<Fix>,
 }
 
 impl Silenced {
     /// [`remake_trigger`] for it.
     pub fn fix(&self) -> Option<String> {
-        remake_trigger(&self.trigger, self.fix)
+        remake_trigger(&self.trigger, self.fix?)
     }
 
     /// [`remake_statements`] for it.
     pub fn statements(&self) -> Option<String> {
-        remake_statements(&self.trigger, self.fix)
+        remake_statements(&self.trigger, self.fix?)
     }
 }
 
@@ -148,13 +150,17 @@ pub async fn silenced_triggers<'e>(
     let silent = silent_rows(db).await?;
     Ok(silent
         .into_iter()
-        .map(|(trigger, _, how, in_place)| {
+        .map(|(trigger, _, how, replaces, partitioned)| {
             let silence = Silence::read(&how);
             let fix = match silence {
-                Silence::Missing => Fix::Create,
-                Silence::Off => Fix::Enable,
-                Silence::Altered if in_place => Fix::Replace,
-                Silence::Altered | Silence::Constraint => Fix::DropAndCreate,
+                // Also where a partition holds a trigger of the name (Console attached the
+                // table it had under a new parent): `CREATE OR REPLACE` takes it as the clone.
+                Silence::Missing if replaces => Some(Fix::Replace),
+                Silence::Missing => Some(Fix::Create),
+                Silence::Off => Some(Fix::Enable),
+                Silence::Altered if replaces && !partitioned => Some(Fix::Replace),
+                Silence::Altered | Silence::Constraint => Some(Fix::DropAndCreate),
+                Silence::Clone => None,
             };
             Silenced {
                 trigger,
@@ -182,14 +188,13 @@ pub async fn silent_trigger_states<'e>(
         .collect())
 }
 
-/// The silent triggers, each as `(trigger on table, state, how, whether one altered is replaced
-/// in place)`: one statement. In place where the server has `CREATE OR REPLACE TRIGGER`
-/// (PostgreSQL 14) and neither is the table partitioned (a row trigger made a statement
-/// trigger there would leave its clones on the partitions) nor the trigger a clone of a parent's
-/// (which only the parent's statements change).
+/// The silent triggers, each as `(trigger on table, state, how, whether the server has CREATE
+/// OR REPLACE TRIGGER (PostgreSQL 14), whether the table is partitioned)`: one statement. One
+/// altered on a partitioned table is not replaced in place: a row trigger made a statement
+/// trigger there would leave its clones on the partitions.
 async fn silent_rows<'e>(
     db: impl sqlx::PgExecutor<'e>,
-) -> Result<Vec<(String, String, String, bool)>, sqlx::Error> {
+) -> Result<Vec<(String, String, String, bool, bool)>, sqlx::Error> {
     let mut tables = Vec::new();
     let mut names = Vec::new();
     let mut functions = Vec::new();
@@ -220,11 +225,13 @@ async fn silent_rows<'e>(
                                      AND t.tgconstraint OPERATOR(pg_catalog.<>) 0) THEN 'constraint' \
                      WHEN EXISTS (",
         as_made!(),
-        ") THEN 'off' ELSE 'altered' END, \
-                pg_catalog.current_setting('server_version_num')::int4 OPERATOR(pg_catalog.>=) 140000 \
-                    AND coalesce(tc.relkind OPERATOR(pg_catalog.<>) 'p', true) \
-                    AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
-                                     AND t.tgname::text OPERATOR(pg_catalog.=) w.g AND t.tgparentid OPERATOR(pg_catalog.<>) 0) \
+        ") THEN 'off' \
+                     WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
+                                     AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
+                                     AND t.tgparentid OPERATOR(pg_catalog.<>) 0) THEN 'clone' \
+                     ELSE 'altered' END, \
+                pg_catalog.current_setting('server_version_num')::int4 OPERATOR(pg_catalog.>=) 140000, \
+                coalesce(tc.relkind OPERATOR(pg_catalog.=) 'p', false) \
            FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), \
                            pg_catalog.unnest($4::int2[]), pg_catalog.unnest($5::text[])) w(r, g, f, k, a) \
            LEFT JOIN pg_catalog.pg_class tc ON tc.relname::text OPERATOR(pg_catalog.=) w.r \
@@ -262,6 +269,10 @@ pub enum Silence {
     Altered,
     /// A constraint trigger under its name, which only a `DROP TRIGGER` removes.
     Constraint,
+    /// Altered, and a clone of a trigger of its table's parent (Console made the table a
+    /// partition of its own partitioned table): only the parent's trigger changes it, which is
+    /// not the gateway's to make.
+    Clone,
 }
 
 impl Silence {
@@ -271,6 +282,7 @@ impl Silence {
             "missing" => Silence::Missing,
             "off" => Silence::Off,
             "constraint" => Silence::Constraint,
+            "clone" => Silence::Clone,
             _ => Silence::Altered,
         }
     }
@@ -278,15 +290,18 @@ impl Silence {
 
 /// The statement that makes a silent trigger again, the lightest that does it. All but
 /// [`Fix::DropAndCreate`] take the table's `SHARE ROW EXCLUSIVE` lock: Console's writes of it
-/// wait for them, its reads and `SELECT ... FOR UPDATE` do not.
+/// wait for them, its reads and `SELECT ... FOR UPDATE` do not. `migrate` takes that lock first
+/// (`LOCK TABLE`), which asks `UPDATE`, `DELETE` or `TRUNCATE` on the table, as its owner holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fix {
-    /// `CREATE TRIGGER`, for one missing (`TRIGGER` on the table, which its owner holds).
+    /// `CREATE TRIGGER`, for one missing before PostgreSQL 14 (`TRIGGER` on the table, which
+    /// its owner holds).
     Create,
     /// `ALTER TABLE ... ENABLE TRIGGER`, for one there as made (its clones on the table's
     /// partitions with it; a clone itself on its partition), as the table's owner.
     Enable,
-    /// `CREATE OR REPLACE TRIGGER`, for one altered in place (`TRIGGER` on the table).
+    /// `CREATE OR REPLACE TRIGGER`, for one missing (a partition's trigger of the name taken as
+    /// its clone) or altered in place (`TRIGGER` on the table).
     Replace,
     /// `DROP TRIGGER IF EXISTS` then `CREATE TRIGGER`, as the table's owner, under `ACCESS
     /// EXCLUSIVE` (Console's reads wait too): a constraint trigger under the name, or one
@@ -390,6 +405,7 @@ mod tests {
         assert_eq!(Silence::read("off"), Silence::Off);
         assert_eq!(Silence::read("constraint"), Silence::Constraint);
         assert_eq!(Silence::read("altered"), Silence::Altered);
+        assert_eq!(Silence::read("clone"), Silence::Clone);
         // No trigger of the gateway's is INSTEAD OF (64), which the statements do not say.
         assert!(TRIGGERS.iter().all(|t| t.3 & 64 == 0));
     }
