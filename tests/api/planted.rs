@@ -1359,7 +1359,7 @@ async fn checks_fix_makes_every_silent_trigger_again() {
             "rbac_gateway_change on admin_sessions"
             | "access_audit_events_no_update on access_audit_events"
             | "rbac_gateway_break_glass on rbac_roles" => Fix::Replace,
-            "rbac_gateway_change on rbac_permissions" => Fix::DropAndCreate,
+            "rbac_gateway_change on rbac_permissions" => Fix::DropAndReplace,
             _ => Fix::Enable,
         };
         let fix = remake_trigger(&trigger, fix).unwrap();
@@ -1682,8 +1682,8 @@ async fn migrate_looks_at_a_trigger_again_once_it_holds_the_table() {
 
 /// A trigger of the gateway's on a table Console partitioned is cloned to each partition, and
 /// a clone disabled there alone leaves the partition's rows unrecorded while the parent's
-/// trigger still reads as firing. `check` names it, `migrate` makes it fire again (`CREATE OR
-/// REPLACE TRIGGER` on the parent replaces its clones), and `check` then passes on it.
+/// trigger still reads as firing. `check` names it, `migrate` makes it fire again (`ALTER TABLE
+/// ... ENABLE TRIGGER` on the parent reaches its clones), and `check` then passes on it.
 #[tokio::test]
 async fn a_trigger_disabled_on_one_partition_is_named_and_made_again() {
     let db = TestDb::new().await;
@@ -1756,13 +1756,15 @@ async fn a_trigger_that_is_a_clone_of_consoles_parent_is_named_with_the_parent()
         &db,
         "CREATE TABLE console_all_groups (LIKE rbac_groups) PARTITION BY LIST (id); \
          CREATE FUNCTION console_noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'; \
-         CREATE TRIGGER rbac_gateway_change AFTER INSERT OR UPDATE OR DELETE ON console_all_groups \
+         CREATE CONSTRAINT TRIGGER rbac_gateway_change AFTER INSERT OR UPDATE OR DELETE ON console_all_groups \
              FOR EACH ROW EXECUTE FUNCTION console_noop(); \
          DROP TRIGGER rbac_gateway_change ON rbac_groups; \
-         ALTER TABLE console_all_groups ATTACH PARTITION rbac_groups DEFAULT",
+         ALTER TABLE console_all_groups ATTACH PARTITION rbac_groups DEFAULT; \
+         ALTER TABLE rbac_groups DISABLE TRIGGER rbac_gateway_break_glass",
     )
     .await;
-    let clone = "is not as migrate made it, and is a clone of the trigger of its name on the table's parent";
+    // A clone of a constraint trigger too: the parent's to change, not dropped here.
+    let clone = "is not as migrate made it, and is a clone of the trigger of its name on console_all_groups";
     let (code, text) = check(&db);
     assert_ne!(code, Some(0), "{text}");
     assert!(
@@ -1778,7 +1780,60 @@ async fn a_trigger_that_is_a_clone_of_consoles_parent_is_named_with_the_parent()
         text.contains(clone) && !text.contains("were not made again"),
         "{text}"
     );
+    // The table's other trigger is made beside it.
+    assert!(
+        text.contains("are made again table=\"rbac_groups\" triggers=[\"rbac_gateway_break_glass on rbac_groups\"]"),
+        "{text}"
+    );
     assert_eq!(silent_of(&db).await, ["rbac_gateway_change on rbac_groups"]);
+}
+
+/// A table Console attached under a new parent, its own trigger of the gateway's name made a
+/// constraint trigger: the parent's missing trigger cannot take it as its clone. That one is
+/// named with the server's reason and left; the table's other trigger is made beside it (a
+/// savepoint each); once Console's trigger is gone, the next `migrate` makes it.
+#[tokio::test]
+async fn a_trigger_refused_on_a_partition_is_named_and_the_tables_others_made() {
+    let db = TestDb::new().await;
+    run_sql(
+        &db,
+        "ALTER TABLE rbac_ticket_grants RENAME TO rbac_ticket_grants_before; \
+         DROP TRIGGER rbac_gateway_change ON rbac_ticket_grants_before; \
+         CREATE CONSTRAINT TRIGGER rbac_gateway_change AFTER INSERT OR UPDATE OR DELETE ON rbac_ticket_grants_before \
+             FOR EACH ROW EXECUTE FUNCTION rbac_gateway_log_change('user_id'); \
+         CREATE TABLE rbac_ticket_grants (LIKE rbac_ticket_grants_before INCLUDING DEFAULTS) \
+             PARTITION BY LIST (customer_id); \
+         ALTER TABLE rbac_ticket_grants ATTACH PARTITION rbac_ticket_grants_before DEFAULT",
+    )
+    .await;
+    let (code, text) = migrate(&db);
+    assert_eq!(code, Some(0), "{text}");
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("was not made again: the error says why"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{text}");
+    assert!(
+        refused[0].contains("trigger=rbac_gateway_change on rbac_ticket_grants")
+            && refused[0].contains("is a constraint trigger"),
+        "{text}"
+    );
+    assert!(
+        text.contains("are made again table=\"rbac_ticket_grants\" triggers=[\"rbac_gateway_change_truncate on rbac_ticket_grants\"]"),
+        "{text}"
+    );
+    assert_eq!(
+        silent_of(&db).await,
+        ["rbac_gateway_change on rbac_ticket_grants"]
+    );
+    run_sql(
+        &db,
+        "DROP TRIGGER rbac_gateway_change ON rbac_ticket_grants_before",
+    )
+    .await;
+    let (code, text) = migrate(&db);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(silent_of(&db).await.is_empty(), "{text}");
 }
 
 /// The connection lost while `migrate` makes a trigger again (its session ended while it waits

@@ -130,7 +130,7 @@ pub(super) async fn functions(
                     0,
                     0,
                     Severity::Error,
-                    format!("database: trigger {trigger} is not as migrate made it, and is a clone of the trigger of its name on the table's parent (Console made the table a partition): what it records or refuses goes unrecorded or unrefused; only that trigger changes it (drop the parent's trigger, or detach the table, then run `rbac-gateway migrate`)"),
+                    format!("database: trigger {trigger} is not as migrate made it, and is a clone of the trigger of its name on {} (Console made the table its partition): what it records or refuses goes unrecorded or unrefused; only that trigger changes it (drop it, or detach the table, then run `rbac-gateway migrate`)", silenced.parent.as_deref().unwrap_or("the table's parent")),
                 ));
                 continue;
             }

@@ -84,9 +84,11 @@ pub(super) async fn remake_silent(conn: &mut sqlx::PgConnection) -> Result<(), s
 }
 
 /// One table's silent triggers made again in a transaction: the table locked, its triggers
-/// looked at under the lock, each made by its fix, committed. The triggers made (none where
-/// another session made them meanwhile). An error leaves the transaction for the caller to
-/// roll back.
+/// looked at under the lock, each made by its fix behind a savepoint (one the server refuses,
+/// such as a trigger of Console's under the name on a partition, is rolled back alone and
+/// named, the others made), committed. The triggers made (none where another session made them
+/// meanwhile). A lock not granted, or an error of the connection, ends the transaction's work
+/// and leaves it for the caller to roll back.
 async fn remake_table(
     conn: &mut sqlx::PgConnection,
     table: &str,
@@ -104,14 +106,26 @@ async fn remake_table(
         .into_iter()
         .filter(|s| s.trigger.ends_with(&on_table))
         .collect();
-    let statements: Vec<String> = silenced.iter().filter_map(|s| s.statements()).collect();
-    let remake = format!("{} COMMIT;", statements.join(" "));
-    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&remake)).await?;
-    let (made, clones): (Vec<_>, Vec<_>) = silenced.into_iter().partition(|s| s.fix.is_some());
-    for clone in clones {
-        tracing::warn!(table, trigger = %clone.trigger, "migrate: a trigger of the gateway's is not as migrate made it, and is a clone of the trigger of its name on the table's parent (Console made the table a partition): only that trigger changes it, so it was not made again; drop the parent's trigger, or detach the table, and run `rbac-gateway migrate` again");
+    let mut made = Vec::new();
+    for silenced in silenced {
+        let Some(statements) = silenced.statements() else {
+            let parent = silenced.parent.as_deref().unwrap_or("?");
+            tracing::warn!(table, trigger = %silenced.trigger, parent, "migrate: a trigger of the gateway's is not as migrate made it, and is a clone of the trigger of its name on {parent} (Console made the table its partition): only that trigger changes it, so it was not made again; drop that trigger, or detach the table, and run `rbac-gateway migrate` again");
+            continue;
+        };
+        let step = format!("SAVEPOINT remake; {statements} RELEASE SAVEPOINT remake");
+        match sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&step)).await {
+            Ok(_) => made.push(silenced.trigger),
+            Err(e) if matches!(e, sqlx::Error::Database(_)) && !lock_timeout(&e) => {
+                sqlx::Executor::execute(&mut *conn, sqlx::raw_sql("ROLLBACK TO SAVEPOINT remake"))
+                    .await?;
+                tracing::warn!(table, trigger = %silenced.trigger, error = %e, "migrate: a trigger of the gateway's does not fire as migrate made it, and was not made again: the error says why (the migrating role must act as the table's owner; a trigger of Console's under its name on a partition must go first); `rbac-gateway check --database-url` names it until it is made");
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(made.into_iter().map(|s| s.trigger).collect())
+    sqlx::Executor::execute(&mut *conn, sqlx::raw_sql("COMMIT")).await?;
+    Ok(made)
 }
 
 /// The sessions of this database holding a lock on `table` (of the gateway's schema) or one of

@@ -127,6 +127,8 @@ pub struct Silenced {
     /// None for a clone of a parent's trigger ([`Silence::Clone`]): only the parent's
     /// statements change it.
     pub fix: Option<Fix>,
+    /// For a clone, the table its parent trigger is on.
+    pub parent: Option<String>,
 }
 
 impl Silenced {
@@ -150,7 +152,7 @@ pub async fn silenced_triggers<'e>(
     let silent = silent_rows(db).await?;
     Ok(silent
         .into_iter()
-        .map(|(trigger, _, how, replaces, partitioned)| {
+        .map(|(trigger, _, how, replaces, partitioned, parent)| {
             let silence = Silence::read(&how);
             let fix = match silence {
                 // Also where a partition holds a trigger of the name (Console attached the
@@ -159,6 +161,8 @@ pub async fn silenced_triggers<'e>(
                 Silence::Missing => Some(Fix::Create),
                 Silence::Off => Some(Fix::Enable),
                 Silence::Altered if replaces && !partitioned => Some(Fix::Replace),
+                // A partition's own trigger of the name is taken as the clone.
+                Silence::Altered | Silence::Constraint if replaces => Some(Fix::DropAndReplace),
                 Silence::Altered | Silence::Constraint => Some(Fix::DropAndCreate),
                 Silence::Clone => None,
             };
@@ -166,6 +170,7 @@ pub async fn silenced_triggers<'e>(
                 trigger,
                 silence,
                 fix,
+                parent,
             }
         })
         .collect())
@@ -189,12 +194,15 @@ pub async fn silent_trigger_states<'e>(
 }
 
 /// The silent triggers, each as `(trigger on table, state, how, whether the server has CREATE
-/// OR REPLACE TRIGGER (PostgreSQL 14), whether the table is partitioned)`: one statement. One
+/// OR REPLACE TRIGGER (PostgreSQL 14), whether the table is partitioned, the table of the
+/// trigger it is a clone of)`: one statement. A clone is told apart before a constraint trigger
+/// (a clone of a parent's constraint trigger is the parent's to change). One
 /// altered on a partitioned table is not replaced in place: a row trigger made a statement
 /// trigger there would leave its clones on the partitions.
+#[allow(clippy::type_complexity)]
 async fn silent_rows<'e>(
     db: impl sqlx::PgExecutor<'e>,
-) -> Result<Vec<(String, String, String, bool, bool)>, sqlx::Error> {
+) -> Result<Vec<(String, String, String, bool, bool, Option<String>)>, sqlx::Error> {
     let mut tables = Vec::new();
     let mut names = Vec::new();
     let mut functions = Vec::new();
@@ -220,18 +228,21 @@ async fn silent_rows<'e>(
         ")), \
                 CASE WHEN NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
                                          AND t.tgname::text OPERATOR(pg_catalog.=) w.g) THEN 'missing' \
-                     WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
-                                     AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
-                                     AND t.tgconstraint OPERATOR(pg_catalog.<>) 0) THEN 'constraint' \
                      WHEN EXISTS (",
         as_made!(),
         ") THEN 'off' \
                      WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
                                      AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
                                      AND t.tgparentid OPERATOR(pg_catalog.<>) 0) THEN 'clone' \
+                     WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
+                                     AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
+                                     AND t.tgconstraint OPERATOR(pg_catalog.<>) 0) THEN 'constraint' \
                      ELSE 'altered' END, \
                 pg_catalog.current_setting('server_version_num')::int4 OPERATOR(pg_catalog.>=) 140000, \
-                coalesce(tc.relkind OPERATOR(pg_catalog.=) 'p', false) \
+                coalesce(tc.relkind OPERATOR(pg_catalog.=) 'p', false), \
+                (SELECT pt.tgrelid::pg_catalog.regclass::text FROM pg_catalog.pg_trigger t \
+                   JOIN pg_catalog.pg_trigger pt ON pt.oid OPERATOR(pg_catalog.=) t.tgparentid \
+                  WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid AND t.tgname::text OPERATOR(pg_catalog.=) w.g) \
            FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), \
                            pg_catalog.unnest($4::int2[]), pg_catalog.unnest($5::text[])) w(r, g, f, k, a) \
            LEFT JOIN pg_catalog.pg_class tc ON tc.relname::text OPERATOR(pg_catalog.=) w.r \
@@ -288,8 +299,8 @@ impl Silence {
     }
 }
 
-/// The statement that makes a silent trigger again, the lightest that does it. All but
-/// [`Fix::DropAndCreate`] take the table's `SHARE ROW EXCLUSIVE` lock: Console's writes of it
+/// The statement that makes a silent trigger again, the lightest that does it. All but the
+/// drops take the table's `SHARE ROW EXCLUSIVE` lock: Console's writes of it
 /// wait for them, its reads and `SELECT ... FOR UPDATE` do not. `migrate` takes that lock first
 /// (`LOCK TABLE`), which asks `UPDATE`, `DELETE` or `TRUNCATE` on the table, as its owner holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -303,9 +314,12 @@ pub enum Fix {
     /// `CREATE OR REPLACE TRIGGER`, for one missing (a partition's trigger of the name taken as
     /// its clone) or altered in place (`TRIGGER` on the table).
     Replace,
-    /// `DROP TRIGGER IF EXISTS` then `CREATE TRIGGER`, as the table's owner, under `ACCESS
-    /// EXCLUSIVE` (Console's reads wait too): a constraint trigger under the name, or one
-    /// altered where it may not be replaced in place (`silent_rows`).
+    /// `DROP TRIGGER IF EXISTS` then `CREATE OR REPLACE TRIGGER` (a partition's own trigger of
+    /// the name taken as the clone), as the table's owner, under `ACCESS EXCLUSIVE` (Console's
+    /// reads wait too): a constraint trigger under the name, or one altered where it may not be
+    /// replaced in place (`silent_rows`).
+    DropAndReplace,
+    /// [`Fix::DropAndReplace`] before PostgreSQL 14: `CREATE TRIGGER` after the drop.
     DropAndCreate,
 }
 
@@ -331,6 +345,9 @@ pub fn remake_statements(trigger: &str, fix: Fix) -> Option<String> {
         }
         Fix::Create => "CREATE TRIGGER".to_string(),
         Fix::Replace => "CREATE OR REPLACE TRIGGER".to_string(),
+        Fix::DropAndReplace => {
+            format!("DROP TRIGGER IF EXISTS {name} ON {schema}.{table}; CREATE OR REPLACE TRIGGER")
+        }
         Fix::DropAndCreate => {
             format!("DROP TRIGGER IF EXISTS {name} ON {schema}.{table}; CREATE TRIGGER")
         }
@@ -384,6 +401,10 @@ mod tests {
         assert_eq!(
             remake_trigger(change, Fix::DropAndCreate).unwrap(),
             format!("{lock} DROP TRIGGER IF EXISTS rbac_gateway_change ON {schema}.admin_sessions; CREATE TRIGGER {made}")
+        );
+        assert_eq!(
+            remake_trigger(change, Fix::DropAndReplace).unwrap(),
+            format!("{lock} DROP TRIGGER IF EXISTS rbac_gateway_change ON {schema}.admin_sessions; CREATE OR REPLACE TRIGGER {made}")
         );
         assert_eq!(
             remake_trigger(change, Fix::Replace).unwrap(),
