@@ -1620,30 +1620,11 @@ async fn migrate_looks_at_a_trigger_again_once_it_holds_the_table() {
     .execute(&mut *holder)
     .await
     .unwrap();
-    use tokio::io::AsyncBufReadExt;
-    let mut migrate = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
-        .args(["migrate", "--database-url", &db.url])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
     // Committed once `migrate` has looked (the trigger disabled) and its lock has timed out.
-    let mut lines = tokio::io::BufReader::new(migrate.stderr.take().unwrap()).lines();
-    let mut text = String::new();
-    let waited = "a lock on the table was not granted within 200 ms";
-    tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            text.push_str(&line);
-            text.push('\n');
-            if line.contains(waited) {
-                return;
-            }
-        }
-        panic!("migrate ended without waiting for the table:\n{text}");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no wait for the table said within 30 s"));
+    let mut migrate = Migrating::start(&db.url);
+    migrate
+        .said("a lock on the table was not granted within 200 ms")
+        .await;
     // Committed while a later try waits for the lock, its state read before: the look that
     // counts is the one taken after the lock.
     eventually(
@@ -1662,15 +1643,7 @@ async fn migrate_looks_at_a_trigger_again_once_it_holds_the_table() {
     )
     .await;
     sqlx::raw_sql("COMMIT").execute(&mut *holder).await.unwrap();
-    tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            text.push_str(&line);
-            text.push('\n');
-        }
-    })
-    .await
-    .expect("migrate ended within 60 s");
-    let code = migrate.wait().await.unwrap().code();
+    let (code, text) = migrate.end().await;
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("table=\"rbac_groups\"") && text.contains("are made again"),

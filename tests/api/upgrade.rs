@@ -266,7 +266,6 @@ async fn a_first_install_in_front_of_consoles_tables_stalls_none_of_its_writes()
 /// due to lock timeout").
 #[tokio::test]
 async fn a_second_migrate_waits_for_the_first_and_says_so() {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let db = TestDb::at_version(0).await;
     let mut holder = db.pool.acquire().await.unwrap();
     sqlx::raw_sql(
@@ -275,60 +274,24 @@ async fn a_second_migrate_waits_for_the_first_and_says_so() {
     .execute(&mut *holder)
     .await
     .unwrap();
-    let mut second = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
-        .args(["migrate", "--database-url", &db.url])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = tokio::spawn({
-        let mut out = second.stdout.take().unwrap();
-        async move {
-            let mut text = String::new();
-            out.read_to_string(&mut text).await.unwrap();
-            text
-        }
-    });
     // The lock is held until the second `migrate` has said whom it waits for: its own log line,
     // not the server's view of its session (sqlx parses a statement before it runs it, and the
     // session reads as idle with the lookup's text in between).
-    let mut lines = tokio::io::BufReader::new(second.stderr.take().unwrap()).lines();
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            text.push_str(&line);
-            text.push('\n');
-            if line.contains("is running; waiting for it") {
-                return;
-            }
-        }
-        panic!("migrate ended without waiting for the lock:\n{text}");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no wait for the lock said within 30 s"));
+    let mut second = Migrating::start(&db.url);
+    second.said("is running; waiting for it").await;
     sqlx::raw_sql("SELECT pg_advisory_unlock(7285402519317433201)")
         .execute(&mut *holder)
         .await
         .unwrap();
-    let waited = text.clone();
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            text.push_str(&line);
-            text.push('\n');
-        }
-    })
-    .await
-    .expect("migrate ended within 120 s");
-    let code = second.wait().await.unwrap().code();
+    let waited = second.text.clone();
+    let (code, text) = second.end().await;
     assert_eq!(code, Some(0), "{text}");
     assert!(
         waited.contains("another `rbac-gateway migrate` (pid ")
             && waited.contains("(the first migrate, idle since"),
         "{text}"
     );
-    let said = stdout.await.unwrap();
-    assert!(said.contains("migrations applied"), "{said}{text}");
+    assert!(text.contains("migrations applied"), "{text}");
 }
 
 /// A database that has run every migration: `migrate` under Console's writes is a no-op that
