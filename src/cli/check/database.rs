@@ -10,8 +10,9 @@ use crate::stores::schema as db_schema;
 /// The schema against this binary's migrations, as `/readyz` compares them: one not applied as
 /// this binary has it, or failed, is an error (this binary's statements need it); a newer
 /// release's, or a table this role may not read, a warning. `check` only: a `mapping push`
-/// needs none of it. Where the table was refused to this role, the warning's place in `out` and the error,
-/// for a better fix than the grant file's once the membership is known ([`unreadable_as_no_member`]).
+/// needs none of it. Where the table was refused to this role, the warning's place in `out`
+/// and the error, for a better fix than the grant file's once the membership is known
+/// ([`unreadable_as_no_member`]).
 pub(super) async fn migrations(
     pool: &crate::stores::db::Db,
     file: &str,

@@ -129,10 +129,11 @@ async fn remake_table(
 }
 
 /// The sessions of this database holding a lock on `table` (of the gateway's schema) or one of
-/// its partitions (`pg_inherits`, followed down without a lock: locking the table locks each), each as `pid N (user U,
-/// application A, in a transaction since T)`, and a prepared transaction as such. From
-/// `pg_locks`, which any role reads: the migrating role, not a superuser, sees another login's
-/// `pg_stat_activity` row without its times (then `?`), but its pid, user and application.
+/// its partitions (`pg_inherits`, followed down without a lock: locking the table locks each),
+/// each as `pid N (user U, application A, in a transaction since T)`, and a prepared
+/// transaction as such. From `pg_locks`, which any role reads: the migrating role, not a
+/// superuser, sees another login's `pg_stat_activity` row without its times (then `?`), but its
+/// pid, user and application.
 async fn lock_holders(
     conn: &mut sqlx::PgConnection,
     table: &str,

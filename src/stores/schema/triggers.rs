@@ -178,11 +178,11 @@ pub async fn silenced_triggers<'e>(
 
 /// [`silent_triggers`], each with its state: its table's oid and the version of its
 /// `pg_trigger` row (`xmin`; empty where it is missing), then, where that row fires, those of
-/// its clones that do not on the table's partitions (none, nothing: a state without clones reads
-/// as before them, and a partition added later, whose clone fires, changes nothing), which change when the table is made again or
-/// the trigger disabled, dropped or made again. The alert pass's alert
-/// (`stores::alerts`, each second) is keyed by them, so a trigger silenced again is alerted
-/// again.
+/// its clones that do not on the table's partitions (none, nothing: a state without clones
+/// reads as before them, and a partition added later, whose clone fires, changes nothing),
+/// which change when the table is made again or the trigger disabled, dropped or made again.
+/// The alert pass's alert (`stores::alerts`, each second) is keyed by them, so a trigger
+/// silenced again is alerted again.
 pub async fn silent_trigger_states<'e>(
     db: impl sqlx::PgExecutor<'e>,
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
