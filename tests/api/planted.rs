@@ -1825,11 +1825,7 @@ async fn migrate_says_the_migrations_are_applied_when_the_trigger_step_fails() {
         .execute(&mut *holder)
         .await
         .unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
-        .args(["migrate", "--database-url", &db.url])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::spawn(out);
+    let migrating = Migrating::start(&db.url);
     let pid: i32 = eventually_some(
         std::time::Duration::from_secs(30),
         || "migrate waiting for the table's lock".to_string(),
@@ -1849,12 +1845,7 @@ async fn migrate_says_the_migrations_are_applied_when_the_trigger_step_fails() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(60), out)
-        .await
-        .expect("migrate ended within 60 s")
-        .unwrap()
-        .unwrap();
-    let (code, text) = code_and_output(&out);
+    let (code, text) = migrating.end().await;
     assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains(

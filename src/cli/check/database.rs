@@ -141,7 +141,7 @@ pub(super) async fn functions(
             0,
             0,
             Severity::Error,
-            format!("database: trigger {trigger} {how}: what it records or refuses goes unrecorded or unrefused (`rbac-gateway migrate`, run again as the role that first ran it, which owns the trigger's function and must act as the table's owner, makes it again; or, as that role: `{}`)", silenced.fix().unwrap_or_default()),
+            format!("database: trigger {trigger} {how}: what it records or refuses goes unrecorded or unrefused (`rbac-gateway migrate`, run again as the role that first ran it, which owns the trigger's function and must act as the table's owner, makes it again; or, as that role: `{}`)", silenced.remake_trigger().unwrap_or_default()),
         ));
     }
     // The functions the lookups call (migrations 0011, 0012, 0014), and the guard of the

@@ -1,7 +1,7 @@
 //! `migrate`'s last look at the gateway's triggers, after the migrations: each that does not
 //! fire as the migrations made it (disabled or dropped by the owner of Console's tables, made
 //! for replicas only, or gone with a table a migration of Console's made again:
-//! [`schema::silenced_triggers`]) is made again ([`schema::remake_statements`]). A trigger disabled
+//! [`schema::silent_triggers`]) is made again ([`schema::remake_statements`]). A trigger disabled
 //! on purpose is made to fire too: the gateway's guarantees stand on them (README, Upgrade).
 
 use std::collections::BTreeMap;
@@ -25,12 +25,10 @@ const ATTEMPTS: u32 = 10;
 /// error of the connection ends it (the migrations are applied; it says so).
 pub(super) async fn remake_silent(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for silenced in schema::silenced_triggers(&mut *conn).await? {
-        if let Some((_, table)) = silenced.trigger.split_once(" on ") {
-            tables
-                .entry(table.to_string())
-                .or_default()
-                .push(silenced.trigger);
+    // Which tables to visit: each is looked at again under its lock.
+    for trigger in schema::silent_triggers(&mut *conn).await? {
+        if let Some((_, table)) = trigger.split_once(" on ") {
+            tables.entry(table.to_string()).or_default().push(trigger);
         }
     }
     for (table, triggers) in tables {
@@ -108,7 +106,7 @@ async fn remake_table(
         .collect();
     let mut made = Vec::new();
     for silenced in silenced {
-        let Some(statements) = silenced.statements() else {
+        let Some(statements) = silenced.remake_statements() else {
             let parent = silenced.parent.as_deref().unwrap_or("?");
             tracing::warn!(table, trigger = %silenced.trigger, parent, "migrate: a trigger of the gateway's is not as migrate made it, and is a clone of the trigger of its name on {parent} (Console made the table its partition): only that trigger changes it, so it was not made again; drop that trigger, or detach the table, and run `rbac-gateway migrate` again");
             continue;

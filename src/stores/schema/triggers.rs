@@ -6,13 +6,16 @@
 
 use crate::stores::db::schema;
 
-/// SQL text: trigger `t` fires in an ordinary session. `O` (origin, the default) and `A`
-/// (always); not `D` (disabled) nor `R`, which fires only where `session_replication_role` is
-/// `replica`: both are what `ALTER TABLE ... DISABLE TRIGGER` and `ENABLE REPLICA TRIGGER` make
-/// of it, which the owner of Console's tables may do.
+/// SQL text: trigger `$t` (an alias with a `tgenabled` column) fires in an ordinary session.
+/// `O` (origin, the default) and `A` (always); not `D` (disabled) nor `R`, which fires only
+/// where `session_replication_role` is `replica`: both are what `ALTER TABLE ... DISABLE
+/// TRIGGER` and `ENABLE REPLICA TRIGGER` make of it, which the owner of Console's tables may do.
 macro_rules! fires {
-    () => {
-        "t.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::\"char\"[])"
+    ($t:literal) => {
+        concat!(
+            $t,
+            ".tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::\"char\"[])"
+        )
     };
 }
 
@@ -72,20 +75,22 @@ pub const TRIGGERS: &[(&str, &str, &str, i16, &str)] = &[
 /// SQL text: a query over the clones of trigger `t` (of a partitioned table) on its table's
 /// partitions, and theirs on sub-partitions (`pg_trigger.tgparentid`, followed down), that do
 /// not fire: disabled there alone, the parent's row still fires, and the partition's rows go
-/// unrecorded. `$select` of `c(oid, x, enabled)`, `x` the clone's `xmin`. From the catalogue
+/// unrecorded. `$select` of `c(oid, x, tgenabled)`, `x` the clone's `xmin`. From the catalogue
 /// alone: no lock on a table (`pg_partition_tree` takes one, and would wait behind Console's
 /// DDL).
 macro_rules! silent_clones {
     ($select:literal) => {
         concat!(
-            "WITH RECURSIVE c(oid, x, enabled) AS ( \
+            "WITH RECURSIVE c(oid, x, tgenabled) AS ( \
                  SELECT k.oid, k.xmin, k.tgenabled FROM pg_catalog.pg_trigger k \
                   WHERE k.tgparentid OPERATOR(pg_catalog.=) t.oid \
                  UNION ALL SELECT k.oid, k.xmin, k.tgenabled FROM pg_catalog.pg_trigger k \
                   JOIN c ON k.tgparentid OPERATOR(pg_catalog.=) c.oid) \
              SELECT ",
             $select,
-            " FROM c WHERE NOT (c.enabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::\"char\"[]))"
+            " FROM c WHERE NOT (",
+            fires!("c"),
+            ")"
         )
     };
 }
@@ -132,13 +137,13 @@ pub struct Silenced {
 }
 
 impl Silenced {
-    /// [`remake_trigger`] for it.
-    pub fn fix(&self) -> Option<String> {
+    /// [`remake_trigger`] for it, by its fix (none for a clone).
+    pub fn remake_trigger(&self) -> Option<String> {
         remake_trigger(&self.trigger, self.fix?)
     }
 
-    /// [`remake_statements`] for it.
-    pub fn statements(&self) -> Option<String> {
+    /// [`remake_statements`] for it, by its fix (none for a clone).
+    pub fn remake_statements(&self) -> Option<String> {
         remake_statements(&self.trigger, self.fix?)
     }
 }
@@ -217,40 +222,32 @@ async fn silent_rows<'e>(
     }
     sqlx::query_as(concat!(
         "SELECT w.g OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) w.r, \
-                pg_catalog.concat(tc.oid, ':', (SELECT t.xmin FROM pg_catalog.pg_trigger t \
-                                                 WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
-                                                   AND t.tgname::text OPERATOR(pg_catalog.=) w.g), \
-                                  (SELECT (",
+                pg_catalog.concat(tc.oid, ':', t.xmin, CASE WHEN ",
+        fires!("t"),
+        " THEN (",
         silent_clones!("':' OPERATOR(pg_catalog.||) pg_catalog.string_agg(c.x::text, ',' ORDER BY c.oid)"),
-        ") FROM pg_catalog.pg_trigger t \
-                                    WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid AND t.tgname::text OPERATOR(pg_catalog.=) w.g AND ",
-        fires!(),
-        ")), \
-                CASE WHEN NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
-                                         AND t.tgname::text OPERATOR(pg_catalog.=) w.g) THEN 'missing' \
+        ") END), \
+                CASE WHEN t.oid IS NULL THEN 'missing' \
                      WHEN EXISTS (",
         as_made!(),
         ") THEN 'off' \
-                     WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
-                                     AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
-                                     AND t.tgparentid OPERATOR(pg_catalog.<>) 0) THEN 'clone' \
-                     WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
-                                     AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
-                                     AND t.tgconstraint OPERATOR(pg_catalog.<>) 0) THEN 'constraint' \
+                     WHEN t.tgparentid OPERATOR(pg_catalog.<>) 0 THEN 'clone' \
+                     WHEN t.tgconstraint OPERATOR(pg_catalog.<>) 0 THEN 'constraint' \
                      ELSE 'altered' END, \
                 pg_catalog.current_setting('server_version_num')::int4 OPERATOR(pg_catalog.>=) 140000, \
                 coalesce(tc.relkind OPERATOR(pg_catalog.=) 'p', false), \
-                (SELECT pt.tgrelid::pg_catalog.regclass::text FROM pg_catalog.pg_trigger t \
-                   JOIN pg_catalog.pg_trigger pt ON pt.oid OPERATOR(pg_catalog.=) t.tgparentid \
-                  WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid AND t.tgname::text OPERATOR(pg_catalog.=) w.g) \
+                (SELECT pt.tgrelid::pg_catalog.regclass::text FROM pg_catalog.pg_trigger pt \
+                  WHERE pt.oid OPERATOR(pg_catalog.=) t.tgparentid) \
            FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), \
                            pg_catalog.unnest($4::int2[]), pg_catalog.unnest($5::text[])) w(r, g, f, k, a) \
            LEFT JOIN pg_catalog.pg_class tc ON tc.relname::text OPERATOR(pg_catalog.=) w.r \
                 AND tc.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($6))::oid \
+           LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
+                AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
           WHERE NOT EXISTS (",
         as_made!(),
         " AND ",
-        fires!(),
+        fires!("t"),
         " AND NOT EXISTS (",
         silent_clones!("1"),
         ")) ORDER BY 1"
