@@ -5,6 +5,7 @@
 # PG_FSYNC=off (the default: a throwaway server for tests and benchmarks) or on: commits reach
 # the disk before they are acknowledged, as on a production server (`scripts/bench/load.sh`'s denied
 # path, whose audit rows are committed before each 403, is measured both ways in docs/performance-log.md).
+# PG_OPTS: more server options, as `-c name=value ...` (a bench's `shared_preload_libraries`).
 set -euo pipefail
 cmd=${1:?start|stop}
 dir=${2:?data directory}
@@ -22,7 +23,7 @@ start)
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   fi
   as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-off} -c max_connections=300" start >/dev/null
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-off} -c max_connections=300 ${PG_OPTS:-}" start >/dev/null
   echo "$port" >"$dir/port"
   echo "export PG_DIR=$dir"
   echo "export DATABASE_URL=postgres://postgres@127.0.0.1:$port/postgres"

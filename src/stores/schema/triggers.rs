@@ -72,49 +72,10 @@ pub const TRIGGERS: &[(&str, &str, &str, i16, &str)] = &[
     ("rbac_mapping_activations", "rbac_mapping_notify", "rbac_mapping_notify", 4, ""),
 ];
 
-/// SQL text: a query over the clones of trigger `t` (of a partitioned table) on its table's
-/// partitions, and theirs on sub-partitions (`pg_trigger.tgparentid`, followed down), that do
-/// not fire: disabled there alone, the parent's row still fires, and the partition's rows go
-/// unrecorded. `$select` of `c(oid, x, tgenabled)`, `x` the clone's `xmin`. From the catalogue
-/// alone: no lock on a table (`pg_partition_tree` takes one, and would wait behind Console's
-/// DDL).
-macro_rules! silent_clones {
-    ($select:literal) => {
-        concat!(
-            "WITH RECURSIVE c(oid, x, tgenabled) AS ( \
-                 SELECT k.oid, k.xmin, k.tgenabled FROM pg_catalog.pg_trigger k \
-                  WHERE k.tgparentid OPERATOR(pg_catalog.=) t.oid \
-                 UNION ALL SELECT k.oid, k.xmin, k.tgenabled FROM pg_catalog.pg_trigger k \
-                  JOIN c ON k.tgparentid OPERATOR(pg_catalog.=) c.oid) \
-             SELECT ",
-            $select,
-            " FROM c WHERE NOT (",
-            fires!("c"),
-            ")"
-        )
-    };
-}
-
-/// SQL text: the subquery's body that finds trigger `w.g` on table `w.r` of the gateway's schema
-/// (`$6`) as migrate made it (function `w.f`, `tgtype` `w.k`, arguments `w.a`; no `WHEN`
-/// condition, no `UPDATE OF` column list, no constraint trigger), whether or not it fires.
-macro_rules! as_made {
-    () => {
-        "SELECT FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid \
-           JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid \
-          WHERE c.relname::text OPERATOR(pg_catalog.=) w.r AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
-            AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($6))::oid \
-            AND p.pronamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($6))::oid \
-            AND p.proname::text OPERATOR(pg_catalog.=) w.f AND t.tgtype OPERATOR(pg_catalog.=) w.k \
-            AND pg_catalog.encode(t.tgargs, 'escape') OPERATOR(pg_catalog.=) w.a AND t.tgqual IS NULL \
-            AND t.tgattr OPERATOR(pg_catalog.=) ''::pg_catalog.int2vector AND t.tgconstraint OPERATOR(pg_catalog.=) 0"
-    };
-}
-
 /// Those of [`TRIGGERS`] missing from the gateway's schema, or not as migrate made them (another
 /// function, other events, other arguments, a `WHEN` condition, an `UPDATE OF` column list, a
 /// constraint trigger), or not firing in an ordinary session (`fires!`), there or on one of its
-/// table's partitions (`silent_clones!`), as `trigger on table`: `check`'s error.
+/// table's partitions (a clone, [`SILENT_ROWS`]), as `trigger on table`: `check`'s error.
 pub async fn silent_triggers<'e>(
     db: impl sqlx::PgExecutor<'e>,
 ) -> Result<Vec<String>, sqlx::Error> {
@@ -198,12 +159,78 @@ pub async fn silent_trigger_states<'e>(
         .collect())
 }
 
-/// The silent triggers, each as `(trigger on table, state, how, whether the server has CREATE
-/// OR REPLACE TRIGGER (PostgreSQL 14), whether the table is partitioned, the table of the
-/// trigger it is a clone of)`: one statement. A clone is told apart before a constraint trigger
-/// (a clone of a parent's constraint trigger is the parent's to change). One
-/// altered on a partitioned table is not replaced in place: a row trigger made a statement
-/// trigger there would leave its clones on the partitions.
+/// SQL text: the silent triggers, each as `(trigger on table, state, how, whether the server
+/// has CREATE OR REPLACE TRIGGER (PostgreSQL 14), whether the table is partitioned, the table of
+/// the trigger it is a clone of)`, of [`TRIGGERS`] given as five arrays (`$1`..`$5`: table,
+/// trigger, function, `tgtype`, arguments) in the schema named `$6`.
+///
+/// Each of [`TRIGGERS`] is found once (`g`: its table, its trigger of the name, whether that is
+/// as migrate made it), and the clones of all of them on their tables' partitions, and theirs
+/// on sub-partitions, in one recursive look from there (`c`, `pg_trigger.tgparentid` followed
+/// down; `q`: those that do not fire, by the trigger they come from). From the catalogue alone:
+/// no lock on a table (`pg_partition_tree` takes one, and would wait behind Console's DDL).
+///
+/// # Architecture Invariant: the look reads the catalogue a bounded number of times
+/// It runs each second in the alert pass (and in `check`, and in `migrate` under each table's
+/// lock), in a database where Console may have thousands of tables, each with triggers. No
+/// subquery runs per trigger of the database: `g` is materialized (one row for each of
+/// [`TRIGGERS`]: its table and trigger found by name, by index; `OFFSET 0` keeps the planner
+/// from reading every trigger of the table for the name) and `pg_trigger` is read once for
+/// the clones and once per level of partitions. The
+/// clones' join also asks `tgparentid <> 0` (which every clone has): with the catalogue
+/// analyzed, `tgparentid` is nearly all 0, and the join's estimate would otherwise be every
+/// trigger times every other, a cost past `jit_above_cost` (tens of milliseconds compiling a
+/// statement that runs in two). `tests/api/planted.rs`, `the_trigger_look_reads_pg_trigger_*`,
+/// counts the rows the plan reads.
+///
+/// A clone is told apart before a constraint trigger (a clone of a parent's constraint trigger
+/// is the parent's to change). One altered on a partitioned table is not replaced in place: a
+/// row trigger made a statement trigger there would leave its clones on the partitions.
+pub const SILENT_ROWS: &str = concat!(
+    "WITH RECURSIVE s(oid) AS (SELECT pg_catalog.to_regnamespace(pg_catalog.quote_ident($6))::oid), \
+     g AS MATERIALIZED ( \
+       SELECT w.r, w.g, tc.oid AS rel, tc.relkind, t.oid, t.xmin, t.tgparentid, t.tgconstraint, \
+              coalesce(",
+    fires!("t"),
+    ", false) AS fires, \
+              coalesce(p.pronamespace OPERATOR(pg_catalog.=) s.oid AND p.proname::text OPERATOR(pg_catalog.=) w.f \
+                   AND t.tgtype OPERATOR(pg_catalog.=) w.k AND pg_catalog.encode(t.tgargs, 'escape') OPERATOR(pg_catalog.=) w.a \
+                   AND t.tgqual IS NULL AND t.tgattr OPERATOR(pg_catalog.=) ''::pg_catalog.int2vector \
+                   AND t.tgconstraint OPERATOR(pg_catalog.=) 0, false) AS made \
+         FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), \
+                         pg_catalog.unnest($4::int2[]), pg_catalog.unnest($5::text[])) w(r, g, f, k, a) \
+        CROSS JOIN s \
+         LEFT JOIN pg_catalog.pg_class tc ON tc.relname OPERATOR(pg_catalog.=) w.r::pg_catalog.name \
+              AND tc.relnamespace OPERATOR(pg_catalog.=) s.oid \
+         LEFT JOIN LATERAL (SELECT t.oid, t.xmin, t.tgenabled, t.tgparentid, t.tgconstraint, t.tgfoid, t.tgtype, \
+                                   t.tgargs, t.tgqual, t.tgattr FROM pg_catalog.pg_trigger t \
+                             WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
+                               AND t.tgname OPERATOR(pg_catalog.=) w.g::pg_catalog.name OFFSET 0) t ON true \
+         LEFT JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid), \
+     c(root, oid, xmin, tgenabled) AS ( \
+       SELECT g.oid, k.oid, k.xmin, k.tgenabled FROM g JOIN pg_catalog.pg_trigger k \
+           ON k.tgparentid OPERATOR(pg_catalog.=) g.oid AND k.tgparentid OPERATOR(pg_catalog.<>) 0 \
+       UNION ALL \
+       SELECT c.root, k.oid, k.xmin, k.tgenabled FROM c JOIN pg_catalog.pg_trigger k \
+           ON k.tgparentid OPERATOR(pg_catalog.=) c.oid AND k.tgparentid OPERATOR(pg_catalog.<>) 0), \
+     q(root, xmins) AS ( \
+       SELECT c.root, pg_catalog.string_agg(c.xmin::text, ',' ORDER BY c.oid) FROM c WHERE NOT (",
+    fires!("c"),
+    ") GROUP BY c.root) \
+     SELECT g.g OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) g.r, \
+            pg_catalog.concat(g.rel, ':', g.xmin, CASE WHEN g.fires THEN ':' OPERATOR(pg_catalog.||) q.xmins END), \
+            CASE WHEN g.oid IS NULL THEN 'missing' WHEN g.made THEN 'off' \
+                 WHEN g.tgparentid OPERATOR(pg_catalog.<>) 0 THEN 'clone' \
+                 WHEN g.tgconstraint OPERATOR(pg_catalog.<>) 0 THEN 'constraint' ELSE 'altered' END, \
+            pg_catalog.current_setting('server_version_num')::int4 OPERATOR(pg_catalog.>=) 140000, \
+            coalesce(g.relkind OPERATOR(pg_catalog.=) 'p', false), \
+            (SELECT pt.tgrelid::pg_catalog.regclass::text FROM pg_catalog.pg_trigger pt \
+              WHERE pt.oid OPERATOR(pg_catalog.=) g.tgparentid) \
+       FROM g LEFT JOIN q ON q.root OPERATOR(pg_catalog.=) g.oid \
+      WHERE NOT (g.made AND g.fires AND q.root IS NULL) ORDER BY 1"
+);
+
+/// [`SILENT_ROWS`], read: one statement.
 #[allow(clippy::type_complexity)]
 async fn silent_rows<'e>(
     db: impl sqlx::PgExecutor<'e>,
@@ -220,47 +247,16 @@ async fn silent_rows<'e>(
         types.push(*tgtype);
         args.push(*arguments);
     }
-    sqlx::query_as(concat!(
-        "SELECT w.g OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) w.r, \
-                pg_catalog.concat(tc.oid, ':', t.xmin, CASE WHEN ",
-        fires!("t"),
-        " THEN (",
-        silent_clones!("':' OPERATOR(pg_catalog.||) pg_catalog.string_agg(c.x::text, ',' ORDER BY c.oid)"),
-        ") END), \
-                CASE WHEN t.oid IS NULL THEN 'missing' \
-                     WHEN EXISTS (",
-        as_made!(),
-        ") THEN 'off' \
-                     WHEN t.tgparentid OPERATOR(pg_catalog.<>) 0 THEN 'clone' \
-                     WHEN t.tgconstraint OPERATOR(pg_catalog.<>) 0 THEN 'constraint' \
-                     ELSE 'altered' END, \
-                pg_catalog.current_setting('server_version_num')::int4 OPERATOR(pg_catalog.>=) 140000, \
-                coalesce(tc.relkind OPERATOR(pg_catalog.=) 'p', false), \
-                (SELECT pt.tgrelid::pg_catalog.regclass::text FROM pg_catalog.pg_trigger pt \
-                  WHERE pt.oid OPERATOR(pg_catalog.=) t.tgparentid) \
-           FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), \
-                           pg_catalog.unnest($4::int2[]), pg_catalog.unnest($5::text[])) w(r, g, f, k, a) \
-           LEFT JOIN pg_catalog.pg_class tc ON tc.relname::text OPERATOR(pg_catalog.=) w.r \
-                AND tc.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($6))::oid \
-           LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
-                AND t.tgname::text OPERATOR(pg_catalog.=) w.g \
-          WHERE NOT EXISTS (",
-        as_made!(),
-        " AND ",
-        fires!("t"),
-        " AND NOT EXISTS (",
-        silent_clones!("1"),
-        ")) ORDER BY 1"
-    ))
-    .persistent(false)
-    .bind(tables)
-    .bind(names)
-    .bind(functions)
-    .bind(types)
-    .bind(args)
-    .bind(schema())
-    .fetch_all(db)
-    .await
+    sqlx::query_as(SILENT_ROWS)
+        .persistent(false)
+        .bind(tables)
+        .bind(names)
+        .bind(functions)
+        .bind(types)
+        .bind(args)
+        .bind(schema())
+        .fetch_all(db)
+        .await
 }
 
 /// How a trigger of [`TRIGGERS`] does not fire as `migrate` made it: what `check` says of it.
