@@ -3,19 +3,21 @@
 # Console's code on its tables (`rbac_gateway_console_code`), the gateway's silent triggers
 # (`stores::schema::SILENT_ROWS`) and Console's tables' shape (`rbac_gateway_plain`). On a
 # database where Console has EXTRA more tables (each with a trigger of its own and a foreign
-# key to `admins`, so four more triggers besides), with the catalogue analyzed as autovacuum
+# key to `admins`, so four more triggers besides) and a partitioned table with a row trigger
+# and PARTS partitions (a clone of it on each), with the catalogue analyzed as autovacuum
 # leaves it (ANALYZE=0: as made, before autovacuum reaches it), each BIN in turn serves for
 # DURATION seconds with no traffic; pg_stat_statements counts what its statements cost the
 # server. Prints, per binary, the statements by the server's time, and the server's
 # milliseconds per second of the idle gateway (pg_stat_statements counts no statement that was
 # cancelled, as by the gateway's statement timeout) and PostgreSQL's CPU from /proc, which does.
 #
-# Usage: [EXTRA=1500] [DURATION=20] [ANALYZE=1] scripts/bench/alert-pass.sh [[NAME=]BIN ...]
+# Usage: [EXTRA=1500] [PARTS=1000] [DURATION=20] [ANALYZE=1] scripts/bench/alert-pass.sh [[NAME=]BIN ...]
 #   BIN      the gateways to measure, in turn, on the same database (default
 #            target/release/rbac-gateway, built if missing)
 #   KEEP=1   keep the temporary directory
 set -euo pipefail
 EXTRA=${EXTRA:-1500}
+PARTS=${PARTS:-1000}
 DURATION=${DURATION:-20}
 ANALYZE=${ANALYZE:-1}
 KEEP=${KEEP:-0}
@@ -24,6 +26,7 @@ cd "$root"
 log() { printf '[alert-pass] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 [[ $EXTRA =~ ^[0-9]+$ ]] || die "EXTRA must be a whole number of tables"
+[[ $PARTS =~ ^[0-9]+$ ]] || die "PARTS must be a whole number of partitions"
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a whole number of seconds"
 . "$root/scripts/bench/bench-lib.sh"
 need_tools curl psql python3 initdb
@@ -40,14 +43,20 @@ eval "$(PG_OPTS="-c shared_preload_libraries=pg_stat_statements" \
 first=${bins[0]#*=}
 "$first" migrate --database-url "$DATABASE_URL" >/dev/null 2>"$tmp/migrate.log" || die "migrate: $(tail -3 "$tmp/migrate.log")"
 q() { PGOPTIONS="-c client_min_messages=warning" psql "$DATABASE_URL" -X -q -At -v ON_ERROR_STOP=1 "$@"; }
-log "making $EXTRA more tables of Console's"
-q -v extra="$EXTRA" <<'SQL'
+log "making $EXTRA more tables of Console's, and a partitioned one of $PARTS partitions"
+q -v extra="$EXTRA" -v parts="$PARTS" <<'SQL'
 CREATE EXTENSION pg_stat_statements;
 CREATE FUNCTION public.consoles_own() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;
 SET bench.extra = :'extra';
+SET bench.parts = :'parts';
 DO $$ BEGIN FOR i IN 1..current_setting('bench.extra')::int LOOP
   EXECUTE format('CREATE TABLE console_extra_%s (id int PRIMARY KEY, admin_id text REFERENCES admins (id))', i);
   EXECUTE format('CREATE TRIGGER consoles_own BEFORE INSERT ON console_extra_%s FOR EACH ROW EXECUTE FUNCTION public.consoles_own()', i);
+END LOOP; END $$;
+CREATE TABLE console_parted (id int) PARTITION BY RANGE (id);
+CREATE TRIGGER consoles_own AFTER INSERT ON console_parted FOR EACH ROW EXECUTE FUNCTION public.consoles_own();
+DO $$ BEGIN FOR i IN 1..current_setting('bench.parts')::int LOOP
+  EXECUTE format('CREATE TABLE console_parted_%s PARTITION OF console_parted FOR VALUES FROM (%s) TO (%s)', i, i * 10, i * 10 + 10);
 END LOOP; END $$;
 SQL
 if [ "$ANALYZE" = 1 ]; then q -c "ANALYZE"; fi

@@ -165,23 +165,27 @@ pub async fn silent_trigger_states<'e>(
 /// trigger, function, `tgtype`, arguments) in the schema named `$6`.
 ///
 /// Each of [`TRIGGERS`] is found once (`g`: its table, its trigger of the name, whether that is
-/// as migrate made it), and the clones of all of them on their tables' partitions, and theirs
-/// on sub-partitions, in one recursive look from there (`c`, `pg_trigger.tgparentid` followed
-/// down; `q`: those that do not fire, by the trigger they come from). From the catalogue alone:
-/// no lock on a table (`pg_partition_tree` takes one, and would wait behind Console's DDL).
+/// as migrate made it), and the clones of those on partitioned tables in one recursive look
+/// from there (`c`: a level of partitions at a time, each partition by `pg_inherits`' index on
+/// the parent, its clone of the level above by `pg_trigger`'s on the table; `q`: those that do
+/// not fire, by the trigger they come from). From the catalogue alone: no lock on a table
+/// (`pg_partition_tree` takes one, and would wait behind Console's DDL).
 ///
-/// # Architecture Invariant: the look reads the catalogue a bounded number of times
+/// # Architecture Invariant: the look reads the catalogue once a level of partitions
 /// It runs each second in the alert pass (and in `check`, and in `migrate` under each table's
-/// lock), in a database where Console may have thousands of tables, each with triggers. No
-/// subquery runs per trigger of the database: `g` is materialized (one row for each of
-/// [`TRIGGERS`]: its table and trigger found by name, by index; `OFFSET 0` keeps the planner
-/// from reading every trigger of the table for the name) and `pg_trigger` is read once for
-/// the clones and once per level of partitions. The
-/// clones' join also asks `tgparentid <> 0` (which every clone has): with the catalogue
-/// analyzed, `tgparentid` is nearly all 0, and the join's estimate would otherwise be every
-/// trigger times every other, a cost past `jit_above_cost` (tens of milliseconds compiling a
-/// statement that runs in two). `tests/api/planted.rs`, `the_trigger_look_reads_pg_trigger_*`,
-/// counts the rows the plan reads.
+/// lock), in a database where Console may have thousands of tables, triggers and partitions
+/// of its own. `g` is materialized (one row for each of [`TRIGGERS`], its trigger found by
+/// table and name, by index; `OFFSET 0` keeps the planner from reading every trigger of the
+/// table for the name), and the clones are reached through the partitions of the gateway's own
+/// partitioned tables: `pg_inherits` and `pg_trigger` are read at most once a level of them
+/// (a hash join), or by index where the planner finds that cheaper, and the estimates stay
+/// those of the gateway's partitions. Not by
+/// `pg_trigger.tgparentid`, which has no index: a scan of every trigger per level, and, the
+/// catalogue analyzed with many clones of Console's, an estimate past `jit_above_cost` (the
+/// server compiled for most of a second a statement that runs in milliseconds), or, analyzed
+/// before they were made, a join of every clone with every other.
+/// `tests/api/planted.rs`, `the_trigger_look_reads_the_catalogue_once_a_level_of_partitions`,
+/// counts the rows its plan reads and its cost.
 ///
 /// A clone is told apart before a constraint trigger (a clone of a parent's constraint trigger
 /// is the parent's to change). One altered on a partitioned table is not replaced in place: a
@@ -207,12 +211,17 @@ pub const SILENT_ROWS: &str = concat!(
                              WHERE t.tgrelid OPERATOR(pg_catalog.=) tc.oid \
                                AND t.tgname OPERATOR(pg_catalog.=) w.g::pg_catalog.name OFFSET 0) t ON true \
          LEFT JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid), \
-     c(root, oid, xmin, tgenabled) AS ( \
-       SELECT g.oid, k.oid, k.xmin, k.tgenabled FROM g JOIN pg_catalog.pg_trigger k \
-           ON k.tgparentid OPERATOR(pg_catalog.=) g.oid AND k.tgparentid OPERATOR(pg_catalog.<>) 0 \
+     c(root, oid, xmin, tgenabled, rel) AS ( \
+       SELECT g.oid, k.oid, k.xmin, k.tgenabled, k.tgrelid FROM g \
+         JOIN pg_catalog.pg_inherits i ON i.inhparent OPERATOR(pg_catalog.=) g.rel \
+         JOIN pg_catalog.pg_trigger k ON k.tgrelid OPERATOR(pg_catalog.=) i.inhrelid \
+              AND k.tgparentid OPERATOR(pg_catalog.=) g.oid \
+        WHERE g.relkind OPERATOR(pg_catalog.=) 'p' \
        UNION ALL \
-       SELECT c.root, k.oid, k.xmin, k.tgenabled FROM c JOIN pg_catalog.pg_trigger k \
-           ON k.tgparentid OPERATOR(pg_catalog.=) c.oid AND k.tgparentid OPERATOR(pg_catalog.<>) 0), \
+       SELECT c.root, k.oid, k.xmin, k.tgenabled, k.tgrelid FROM c \
+         JOIN pg_catalog.pg_inherits i ON i.inhparent OPERATOR(pg_catalog.=) c.rel \
+         JOIN pg_catalog.pg_trigger k ON k.tgrelid OPERATOR(pg_catalog.=) i.inhrelid \
+              AND k.tgparentid OPERATOR(pg_catalog.=) c.oid), \
      q(root, xmins) AS ( \
        SELECT c.root, pg_catalog.string_agg(c.xmin::text, ',' ORDER BY c.oid) FROM c WHERE NOT (",
     fires!("c"),
