@@ -137,11 +137,16 @@ impl AlertPass {
     /// transaction's `lock_timeout` is set to half the limit: a lock Console holds on its
     /// tables (a migration, a session idle in a transaction after DDL) is answered by the
     /// server (55P03, [`Met::Passes`]) before the client gives up on the pass at the limit.
+    /// And `jit` is off for it: its reads of the catalogue (`schema::SILENT_ROWS`) are planned
+    /// from statistics, and where those are missing (a new database, autovacuum behind
+    /// Console's DDL) the estimate of thousands of partitions passed `jit_above_cost`, and the
+    /// server compiled, each pass, a statement that runs in milliseconds.
     pub async fn begin(pool: &Db, limit: Duration) -> Result<Option<AlertPass>, sqlx::Error> {
         let mut tx = pool.begin().bounded(limit).await?;
-        let (locked, at, _): (bool, chrono::DateTime<chrono::Utc>, String) = sqlx::query_as(
-            "SELECT pg_catalog.pg_try_advisory_xact_lock($1), pg_catalog.now(), \
-             pg_catalog.set_config('lock_timeout', $2, true)",
+        let (locked, at): (bool, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+            "SELECT pg_catalog.pg_try_advisory_xact_lock($1), pg_catalog.now() \
+              FROM (SELECT pg_catalog.set_config('lock_timeout', $2, true), \
+                           pg_catalog.set_config('jit', 'off', true)) s",
         )
         .persistent(false)
         .bind(ALERT_LOCK_KEY)

@@ -250,14 +250,16 @@ impl std::fmt::Display for MigrateFailed {
 impl std::error::Error for MigrateFailed {}
 
 /// What `migrate` does on its connection before the migrations: the session pinned and bound
-/// (its path, `lock_timeout`, row security, idle timeout, relation kinds), the migration lock
+/// (its path, `lock_timeout`, row security, idle timeout, relation kinds; `jit` off, as its
+/// reads of the catalogue are planned from statistics a new table's partitions have not
+/// reached yet: `schema::SILENT_ROWS`), the migration lock
 /// taken, the schema checked for planted namesakes before and after the indexes built ahead of
 /// the migrations.
 async fn before_migrating(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     same_schema(conn).await?;
     let pin = format!(
         "SET search_path = {}; SET lock_timeout = {}; SET row_security = off; \
-         SET idle_in_transaction_session_timeout = {}",
+         SET idle_in_transaction_session_timeout = {}; SET jit = off",
         quoted_schema(),
         MIGRATE_LOCK_TIMEOUT.as_millis(),
         MIGRATE_IDLE_TIMEOUT.as_millis()

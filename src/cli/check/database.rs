@@ -86,7 +86,7 @@ pub(super) async fn functions(
     }
     // Every trigger of the gateway's, as migrate made it: the owner of Console's tables may
     // drop, disable or re-create those on its tables.
-    let silent = db_schema::silenced_triggers(pool)
+    let silent = db_schema::silenced_triggers_without_jit(pool)
         .await
         .context("cannot read the triggers")
         .map_err(failure)?;
