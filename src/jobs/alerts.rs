@@ -45,10 +45,6 @@ pub struct AlertReport {
     /// What the server said of a step undone because it waited on a lock of Console's, or was
     /// cancelled ([`Met::Passes`]).
     pub waited: Option<String>,
-    /// What the server said of the look for the gateway's silent triggers where it was undone
-    /// (it waited on a lock of the catalogue's, was cancelled or refused): `silent_triggers`
-    /// is then `NotLooked`.
-    pub triggers_unread: Option<String>,
     /// When the pass began, by the database's clock (None: skipped).
     pub at: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -106,30 +102,18 @@ pub async fn alerts_once(
         report.skipped = true;
         return Ok(report);
     };
+    // Read from the catalogue: nothing of Console's runs.
+    if this_binarys {
+        report.silent_triggers = pass
+            .raise_silent_triggers(gone.silent_triggers.as_ref())
+            .await?;
+    }
     report.at = Some(pass.at);
     // A finding raised again is stamped (migration 0037): on another release's schema, found
     // again, it waits for the next day's key as before.
     let none = Gone::default();
     let gone = if this_binarys { gone } else { &none };
     let mut raised = consoles_tables(&mut pass, &mut report, gone, this_binarys).await?;
-    // Read from the catalogue (nothing of Console's runs), after Console's tables and in a
-    // step of its own: a look that waits past the pass's `lock_timeout` on a catalogue (a
-    // superuser's maintenance, DDL holding `pg_inherits`) or is cancelled is undone alone, and
-    // holds back neither the alerts recorded above nor the deliveries below.
-    if this_binarys {
-        pass.step().await?;
-        match pass
-            .raise_silent_triggers(gone.silent_triggers.as_ref())
-            .await
-        {
-            Ok(look) => report.silent_triggers = look,
-            Err(e) if !matches!(Met::of(&e), Met::Fails) => {
-                report.triggers_unread = Some(said(&e));
-                pass.undo_step().await?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
     for look in [
         &report.silent_triggers,
         &report.console_code,
@@ -248,20 +232,16 @@ struct Answer<'a> {
 impl Answer<'_> {
     /// Undoes the step after `e`, keeping what the server said; or fails the pass.
     async fn undo(&mut self, pass: &mut AlertPass, e: sqlx::Error) -> Result<(), sqlx::Error> {
+        let said = |e: &sqlx::Error| match e {
+            sqlx::Error::Database(d) => d.message().to_string(),
+            other => other.to_string(),
+        };
         match Met::of(&e) {
             Met::Stands if self.this_binarys => self.refused.push(said(&e)),
             Met::Passes => *self.waited = Some(said(&e)),
             Met::Stands | Met::Fails => return Err(e),
         }
         pass.undo_step().await
-    }
-}
-
-/// What the server said of `e` (its message alone), or the client's error.
-fn said(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Database(d) => d.message().to_string(),
-        other => other.to_string(),
     }
 }
 
@@ -430,7 +410,7 @@ pub async fn alerts_forever(
     // again if it comes back.
     let (mut said_code, mut said_triggers, mut said_unread) = (None, None, None);
     let mut gone = Gone::default();
-    let (mut waiting, mut unread) = (false, false);
+    let mut waiting = false;
     loop {
         tokio::time::sleep(interval).await;
         match alerts_once(&pool, webhook.as_deref(), limit, &gone).await {
@@ -469,16 +449,6 @@ pub async fn alerts_forever(
                         _ => {}
                     }
                     waiting = r.waited.is_some();
-                    match (&r.triggers_unread, unread) {
-                        (Some(e), false) => {
-                            tracing::warn!(error = %e, "alert pass: the look for the gateway's silent triggers waited past the lock timeout, or was cancelled or refused; undone, and tried again by each pass (alerts are still raised and delivered; said once while it lasts)")
-                        }
-                        (None, true) if r.silent_triggers != Look::NotLooked => {
-                            tracing::info!("alert pass: the gateway's triggers are looked at again")
-                        }
-                        _ => {}
-                    }
-                    unread = r.triggers_unread.is_some();
                 }
                 for k in &r.raised {
                     tracing::warn!(alert = %k, "alert raised");

@@ -1125,60 +1125,6 @@ async fn a_lock_console_holds_holds_back_no_alert() {
     .await;
 }
 
-/// A lock on a catalogue the gateway's trigger look reads (`pg_inherits`, held by a
-/// superuser's maintenance or DDL) holds back no alert: the look waits only for the pass's
-/// `lock_timeout`, is undone on its own and said once in the log, and an alert recorded
-/// meanwhile is delivered; released, the log says the triggers are looked at again. Before,
-/// the look ran first and outside any step: its wait failed the whole pass, each pass, and
-/// nothing was delivered while the lock stood.
-#[tokio::test]
-async fn a_lock_on_the_catalogue_holds_back_no_alert() {
-    let (db, up, hook, login) = alert_setup().await;
-    let gw = alerting(&db, &up, &hook, &login).await;
-    let passes = || gw.metric(DONE);
-    let within = std::time::Duration::from_secs(10);
-
-    let mut holder = db.pool.acquire().await.unwrap();
-    sqlx::raw_sql("BEGIN; LOCK TABLE pg_catalog.pg_inherits IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    run_sql(
-        &db,
-        "INSERT INTO rbac_gateway_alerts (key, text) VALUES ('test:held', 'recorded while pg_inherits is held')",
-    )
-    .await;
-    eventually(within, "the alert recorded, the lock held", || async {
-        delivered(&hook, "recorded while pg_inherits is held") == 1
-    })
-    .await;
-    let from = passes().await;
-    eventually(within, "three more alert passes, the lock held", || async {
-        passes().await >= from + 3.0
-    })
-    .await;
-    let unread =
-        "alert pass: the look for the gateway's silent triggers waited past the lock timeout";
-    let log = gw.log();
-    assert_eq!(log.matches(unread).count(), 1, "{log}");
-    assert!(
-        log.contains("canceling statement due to lock timeout"),
-        "{log}"
-    );
-
-    sqlx::raw_sql("COMMIT").execute(&mut *holder).await.unwrap();
-    eventually(
-        within,
-        "the log says the triggers are looked at again",
-        || async {
-            gw.log()
-                .contains("alert pass: the gateway's triggers are looked at again")
-        },
-    )
-    .await;
-    assert!(!gw.log().contains("alert pass failed"), "{}", gw.log());
-}
-
 /// A finding's first alert delivered late (the webhook failing while the finding stood, and
 /// answering only after it was gone) does not hold back the alert of its return the same day.
 #[tokio::test]
