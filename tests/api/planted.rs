@@ -2107,6 +2107,35 @@ async fn the_trigger_look_reads_the_catalogue_once_a_level_of_partitions() {
     );
 }
 
+/// `check`'s look at the gateway's triggers (a transaction of its own, with `jit` off) is
+/// bounded by the database timeout as its other statements are: a server that stops answering
+/// it (here, its `jit` setting's answer held back) holds `check` no longer; it says so and
+/// exits 1.
+#[tokio::test]
+async fn check_gives_up_on_a_trigger_look_the_server_does_not_answer() {
+    let db = TestDb::new().await;
+    let link = PgLink::new(&db.url).await;
+    link.hold_next(b"jit_off");
+    let mut cmd = crate::cli::bin();
+    cmd.args(["check", "--routes"])
+        .arg(root().join("routes.toml"))
+        .args(["--database-url", &link.url]);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cmd.output());
+    });
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), rx)
+        .await
+        .expect("check still waits on the held answer after 60 s")
+        .unwrap()
+        .unwrap();
+    link.held().await;
+    let (code, text) = code_and_output(&out);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("cannot read the triggers"), "{text}");
+    assert!(text.contains("did not answer within"), "{text}");
+}
+
 /// The trigger look is never compiled (JIT), in `migrate` nor in the alert pass: each runs it
 /// with `jit` off. Its plan is estimated from the catalogue's statistics, which a new
 /// database's partitions, or autovacuum behind Console's DDL, have not reached: with thousands

@@ -143,17 +143,21 @@ pub async fn silenced_triggers<'e>(
 }
 
 /// [`silenced_triggers`] in a transaction of its own with `jit` off (`check`'s; the alert pass
-/// and `migrate` set it for their own): see [`SILENT_ROWS`].
+/// and `migrate` set it for their own): see [`SILENT_ROWS`]. Each step bounded by the
+/// database timeout, as a statement on the pool is: a silent server holds `check` no longer.
 pub async fn silenced_triggers_without_jit(
     pool: &crate::stores::db::Db,
 ) -> Result<Vec<Silenced>, sqlx::Error> {
+    use crate::stores::db::Bounded as _;
+    let limit = pool.limit();
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_catalog.set_config('jit', 'off', true)")
+    sqlx::query("SELECT pg_catalog.set_config('jit', 'off', true) AS jit_off")
         .persistent(false)
         .execute(&mut *tx)
+        .bounded(limit)
         .await?;
-    let silent = silenced_triggers(&mut *tx).await?;
-    tx.commit().await?;
+    let silent = silenced_triggers(&mut *tx).bounded(limit).await?;
+    tx.commit().bounded(limit).await?;
     Ok(silent)
 }
 
