@@ -79,7 +79,6 @@ pg_ticks() { # user and system ticks of the postmaster, its children (backends, 
 for b in "${bins[@]}"; do
   name=${b%%=*}; bin=${b#*=}; [ "$name" = "$b" ] && name=$(basename "$bin")
   adm_port=$(free_port)
-  q -c "SELECT pg_stat_statements_reset()" >/dev/null
   "$bin" serve --listen 127.0.0.1:0 --admin-listen "127.0.0.1:$adm_port" --upstream 127.0.0.1:9 \
     --routes "$root/routes.toml" --database-url "$DATABASE_URL" --audit-spool "$tmp/$name.spool" \
     --log-format json >"$tmp/$name.log" 2>&1 &
@@ -100,8 +99,8 @@ for b in "${bins[@]}"; do
                      FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
                       ORDER BY total_exec_time DESC LIMIT 6" | sed 's/^/  /'
     q -c "SELECT 'server ms per second of the idle gateway: ' || round(sum(total_exec_time)::numeric / $DURATION, 2)
-            FROM pg_stat_statements WHERE true
-             AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            FROM pg_stat_statements
+           WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
   } >>"$report"
 done
 echo "calls | mean ms | ms per second | statement"

@@ -1323,6 +1323,11 @@ async fn silent_of(db: &TestDb) -> Vec<String> {
         .unwrap()
 }
 
+/// The lines of `text` (a command's output, a log) that say `phrase`.
+fn lines_with<'t>(text: &'t str, phrase: &str) -> Vec<&'t str> {
+    text.lines().filter(|l| l.contains(phrase)).collect()
+}
+
 /// Runs `sql` on `db` as its owner.
 async fn run_sql(db: &TestDb, sql: &str) {
     sqlx::raw_sql(sql).execute(&db.pool).await.unwrap();
@@ -1423,10 +1428,7 @@ async fn migrate_makes_the_gateways_silent_triggers_again() {
     theirs.sort();
     assert_eq!(theirs.len(), 4);
     assert_eq!(silent_of(&db).await, theirs, "{text}");
-    let left: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("migrate: triggers of the gateway's do not fire as migrate made them, and were not made again"))
-        .collect();
+    let left: Vec<&str> = lines_with(&text, "migrate: triggers of the gateway's do not fire as migrate made them, and were not made again");
     assert_eq!(left.len(), 1, "{text}");
     assert!(
         left[0].contains("table=\"rbac_permissions\"")
@@ -1499,10 +1501,7 @@ async fn migrate_leaves_a_trigger_whose_table_console_holds_and_says_who() {
         1,
         "{text}"
     );
-    let left: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("were not made again"))
-        .collect();
+    let left: Vec<&str> = lines_with(&text, "were not made again");
     assert_eq!(left.len(), 1, "{text}");
     assert!(
         left[0].contains("table=\"rbac_groups\"")
@@ -1560,25 +1559,16 @@ async fn migrate_makes_a_silent_trigger_again_while_console_reads_the_table() {
     .unwrap();
     let (code, text) = migrate_as();
     assert_eq!(code, Some(0), "{text}");
-    let made: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("are made again"))
-        .collect();
+    let made: Vec<&str> = lines_with(&text, "are made again");
     assert_eq!(made.len(), 3, "{text}");
     for table in ["rbac_groups", "rbac_roles", "rbac_role_permissions"] {
         let table = format!("table=\"{table}\"");
         assert!(made.iter().any(|l| l.contains(&table)), "{table}\n{text}");
     }
-    let waited: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("a lock on the table was not granted within 200 ms"))
-        .collect();
+    let waited: Vec<&str> = lines_with(&text, "a lock on the table was not granted within 200 ms");
     assert_eq!(waited.len(), 1, "{text}");
     assert!(waited[0].contains("table=\"rbac_permissions\""), "{text}");
-    let left: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("were not made again"))
-        .collect();
+    let left: Vec<&str> = lines_with(&text, "were not made again");
     assert_eq!(left.len(), 1, "{text}");
     assert!(
         left[0].contains("table=\"rbac_permissions\"")
@@ -1781,10 +1771,7 @@ async fn a_trigger_refused_on_a_partition_is_named_and_the_tables_others_made() 
     .await;
     let (code, text) = migrate(&db);
     assert_eq!(code, Some(0), "{text}");
-    let refused: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("was not made again: the error says why"))
-        .collect();
+    let refused: Vec<&str> = lines_with(&text, "was not made again: the error says why");
     assert_eq!(refused.len(), 1, "{text}");
     assert!(
         refused[0].contains("trigger=rbac_gateway_change on rbac_ticket_grants")
@@ -1940,10 +1927,7 @@ async fn migrate_names_only_this_databases_lock_holders() {
     let (_there, there) = hold(&copy.pool).await;
     let (code, text) = migrate(&db);
     assert_eq!(code, Some(0), "{text}");
-    let left: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("were not made again"))
-        .collect();
+    let left: Vec<&str> = lines_with(&text, "were not made again");
     assert_eq!(left.len(), 1, "{text}");
     assert!(left[0].contains(&format!("held_by=pid {here} (")), "{text}");
     assert!(!left[0].contains(&format!("pid {there} ")), "{text}");
@@ -1967,7 +1951,7 @@ async fn migrate_names_only_this_databases_lock_holders() {
 /// seconds; and `check` names the disabled clone.
 #[tokio::test]
 async fn the_trigger_look_reads_the_catalogue_once_a_level_of_partitions() {
-    use rbac_gateway::stores::schema::{SILENT_ROWS, TRIGGERS};
+    use rbac_gateway::stores::schema::{trigger_columns, SILENT_ROWS, TRIGGERS};
     let db = TestDb::new().await;
     run_sql(
         &db,
@@ -2029,25 +2013,14 @@ async fn the_trigger_look_reads_the_catalogue_once_a_level_of_partitions() {
     } else {
         jit_above
     };
-    let column = |i: usize| -> Vec<String> {
-        TRIGGERS
-            .iter()
-            .map(|t| match i {
-                0 => t.0.to_string(),
-                1 => t.1.to_string(),
-                2 => t.2.to_string(),
-                _ => t.4.to_string(),
-            })
-            .collect()
-    };
-    let types: Vec<i16> = TRIGGERS.iter().map(|t| t.3).collect();
+    let (tables, names, functions, types, args) = trigger_columns();
     let explained: serde_json::Value =
         sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {SILENT_ROWS}"))
-            .bind(column(0))
-            .bind(column(1))
-            .bind(column(2))
+            .bind(tables)
+            .bind(names)
+            .bind(functions)
             .bind(types)
-            .bind(column(4))
+            .bind(args)
             .bind("public")
             .fetch_one(&db.pool)
             .await

@@ -264,23 +264,33 @@ pub const SILENT_ROWS: &str = concat!(
       WHERE NOT (g.made AND g.fires AND q.root IS NULL) ORDER BY 1"
 );
 
+/// [`TRIGGERS`] as [`SILENT_ROWS`]' first five parameters: its tables, names, functions,
+/// `tgtype`s and arguments, each an array.
+#[allow(clippy::type_complexity)]
+pub fn trigger_columns() -> (
+    Vec<&'static str>,
+    Vec<&'static str>,
+    Vec<&'static str>,
+    Vec<i16>,
+    Vec<&'static str>,
+) {
+    let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for &(table, name, function, tgtype, arguments) in TRIGGERS {
+        columns.0.push(table);
+        columns.1.push(name);
+        columns.2.push(function);
+        columns.3.push(tgtype);
+        columns.4.push(arguments);
+    }
+    columns
+}
+
 /// [`SILENT_ROWS`], read: one statement.
 #[allow(clippy::type_complexity)]
 async fn silent_rows<'e>(
     db: impl sqlx::PgExecutor<'e>,
 ) -> Result<Vec<(String, String, String, bool, bool, Option<String>)>, sqlx::Error> {
-    let mut tables = Vec::new();
-    let mut names = Vec::new();
-    let mut functions = Vec::new();
-    let mut types = Vec::new();
-    let mut args = Vec::new();
-    for (table, name, function, tgtype, arguments) in TRIGGERS {
-        tables.push(*table);
-        names.push(*name);
-        functions.push(*function);
-        types.push(*tgtype);
-        args.push(*arguments);
-    }
+    let (tables, names, functions, types, args) = trigger_columns();
     sqlx::query_as(SILENT_ROWS)
         .persistent(false)
         .bind(tables)
