@@ -159,9 +159,12 @@ impl AlertPass {
 
     /// Records an alert for each break-glass session that is active, or was active and ended
     /// within a day of being granted, with the session as it alerts it (its admin, its start,
-    /// its end); and raises again, undelivered, the alert of a session changed since (another
-    /// admin, another start, a later end: migration 0033), which counts again once that is
-    /// delivered (`break_glass_alerted!`). The keys recorded or raised again now.
+    /// its end: a revocation's time where it was revoked first, `break_glass_ended!`); and
+    /// raises again, undelivered, the alert of a session changed since (another admin, another
+    /// start, a later end: migration 0033), which counts again once that is delivered
+    /// (`break_glass_alerted!`). A session alerted as ended and then restored (its revocation
+    /// cleared) has a later end than its alert told, so it is alerted again as live before it
+    /// counts. The keys recorded or raised again now.
     pub async fn raise_break_glass_sessions(&mut self) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(concat!(
             "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys, session_user_id, session_granted_at_utc, session_ends_at_utc) \
@@ -170,11 +173,11 @@ impl AlertPass {
                            a.email, b.user_id, b.justification, pg_catalog.to_char(",
             crate::break_glass_end!(),
             " AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
-                           CASE WHEN b.revoked_at_utc IS NOT NULL OR ",
-            crate::break_glass_end!(),
+                           CASE WHEN ",
+            crate::break_glass_ended!(),
             " <= pg_catalog.now() THEN ' It ended before this alert was raised.' ELSE '' END), \
                     ARRAY[b.user_id], b.user_id, b.granted_at_utc, ",
-            crate::break_glass_end!(),
+            crate::break_glass_ended!(),
             " \
              FROM rbac_break_glass_sessions b JOIN admins a ON a.id = b.user_id \
              WHERE (b.revoked_at_utc IS NULL AND ",

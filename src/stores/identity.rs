@@ -118,6 +118,17 @@ macro_rules! break_glass_end {
     };
 }
 
+/// SQL text: when session `b` ended, or ends: its revocation, where that comes before its
+/// capped end ([`break_glass_end`]), else that end (`least` passes over a NULL revocation). The
+/// sweep's `break_glass_expire` rows date an episode by it, and a break-glass alert records it as
+/// the end it told (a session revoked before its alert was raised is told as ended).
+#[macro_export]
+macro_rules! break_glass_ended {
+    () => {
+        concat!("least(b.revoked_at_utc, ", $crate::break_glass_end!(), ")")
+    };
+}
+
 /// SQL text: whether break-glass session `b`'s alert was delivered, and told the session as it
 /// stands: its admin, its start and no later end than [`break_glass_end`] gives it now (I-4,
 /// migration 0033: a row changed after its alert counts again once the alert the pass raises

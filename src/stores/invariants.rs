@@ -135,40 +135,100 @@ const ROW_READS: [&str; 5] = [
     row_read!("key"),
 ];
 
+/// SQL text: `console_flag_promotions` as the catalogue describes it ([`Described`]), in the
+/// gateway's schema `$1`.
+const DESCRIBE_PROMOTIONS: &str = "SELECT c.relkind::pg_catalog.text, c.relrowsecurity, \
+        pg_catalog.has_table_privilege(c.oid, 'SELECT'), \
+        coalesce((SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
+                   WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped), '{}'), \
+        coalesce((SELECT pg_catalog.array_agg(t.typnamespace::pg_catalog.regnamespace::pg_catalog.text ORDER BY a.attnum) \
+                    FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid \
+                   WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped), '{}') \
+   FROM pg_catalog.pg_class c \
+  WHERE c.relname OPERATOR(pg_catalog.=) 'console_flag_promotions' \
+    AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::pg_catalog.oid";
+
+/// SQL text: `console_flag_promotions` held as it is described until the transaction ends: a
+/// new column type, a policy, a rule or a view in its place waits for the read. It runs nothing
+/// of the table's owner's.
+const LOCK_PROMOTIONS: &str = "LOCK TABLE console_flag_promotions IN ACCESS SHARE MODE";
+
 /// FLAG_RBAC_V2's row of `console_flag_promotions` (I-11). Console's role owns that table, so
 /// it is described from the catalogue first and read only when reading it runs nothing of its
 /// owner's: a plain table, no row-level security, every column the read names of a built-in
-/// type. A table unlike 002's is reported, never a failed statement.
+/// type. The description that decides is taken under a lock the read holds too, in one
+/// transaction: between a description and a read apart, Console's role could give a column a
+/// type of its own whose cast then ran as the gateway's login (a review forged a delivered
+/// break-glass alert so). A table unlike 002's is reported, never a failed statement.
 pub async fn flag_promotion(pool: &Db, flag: &str) -> Result<Promotion, sqlx::Error> {
-    let described: Described = sqlx::query_as(
-        "SELECT c.relkind::pg_catalog.text, c.relrowsecurity, \
-                pg_catalog.has_table_privilege(c.oid, 'SELECT'), \
-                coalesce((SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
-                           WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped), '{}'), \
-                coalesce((SELECT pg_catalog.array_agg(t.typnamespace::pg_catalog.regnamespace::pg_catalog.text ORDER BY a.attnum) \
-                            FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid \
-                           WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped), '{}') \
-           FROM pg_catalog.pg_class c \
-          WHERE c.relname OPERATOR(pg_catalog.=) 'console_flag_promotions' \
-            AND c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::pg_catalog.oid",
-    )
-    .persistent(false)
-    .bind(schema())
-    .fetch_optional(pool)
-    .await?;
+    use crate::stores::db::Bounded;
+    let limit = pool.limit();
+    let mut tx = pool.begin().await?;
+    // A table that may be read is locked, then described again: that description decides.
+    if let Err(told) = judged(described(&mut tx, limit).await?) {
+        tx.rollback().await?;
+        return Ok(told);
+    }
+    sqlx::query(LOCK_PROMOTIONS)
+        .persistent(false)
+        .execute(&mut *tx)
+        .bounded(limit)
+        .await?;
+    let name_column = match judged(described(&mut tx, limit).await?) {
+        Ok(name_column) => name_column,
+        Err(told) => {
+            tx.rollback().await?;
+            return Ok(told);
+        }
+    };
+    let row: Option<(Option<String>, Option<String>, Option<String>)> =
+        sqlx::query_as(ROW_READS[name_column])
+            .persistent(false)
+            .bind(flag)
+            .fetch_optional(&mut *tx)
+            .bounded(limit)
+            .await?;
+    tx.commit().await?;
+    Ok(match row {
+        None => Promotion::Absent,
+        Some((risk, current_env, promoted_by)) => Promotion::Present {
+            risk: risk.unwrap_or_default(),
+            current_env: current_env.unwrap_or_default(),
+            promoted_by: promoted_by.unwrap_or_default(),
+        },
+    })
+}
+
+/// `console_flag_promotions` as the catalogue describes it, in `tx`.
+async fn described(
+    tx: &mut crate::stores::db::Tx,
+    limit: std::time::Duration,
+) -> Result<Described, sqlx::Error> {
+    use crate::stores::db::Bounded;
+    sqlx::query_as(DESCRIBE_PROMOTIONS)
+        .persistent(false)
+        .bind(schema())
+        .fetch_optional(&mut **tx)
+        .bounded(limit)
+        .await
+}
+
+/// What a description of `console_flag_promotions` allows: the index in [`FLAG_NAME_COLUMNS`]
+/// (and [`ROW_READS`]) of the flag's column where the row may be read, or what to report.
+fn judged(described: Described) -> Result<usize, Promotion> {
     let Some((kind, rls, readable, columns, type_schemas)) = described else {
-        return Ok(Promotion::NoTable);
+        return Err(Promotion::NoTable);
     };
     if !readable {
-        return Ok(Promotion::Unreadable);
+        return Err(Promotion::Unreadable);
     }
     if kind != "r" && kind != "p" {
-        return Ok(Promotion::Unsafe(format!(
+        return Err(Promotion::Unsafe(format!(
             "it is not a table (relkind {kind}): a view would run its owner's code"
         )));
     }
     if rls {
-        return Ok(Promotion::Unsafe(
+        return Err(Promotion::Unsafe(
             "it has row-level security, whose policies would run as the gateway".into(),
         ));
     }
@@ -186,7 +246,7 @@ pub async fn flag_promotion(pool: &Db, flag: &str) -> Result<Promotion, sqlx::Er
         )
         .collect();
     let Some(name_column) = name_column.filter(|_| missing.is_empty()) else {
-        return Ok(Promotion::Columns {
+        return Err(Promotion::Columns {
             found: columns,
             missing,
         });
@@ -198,25 +258,12 @@ pub async fn flag_promotion(pool: &Db, flag: &str) -> Result<Promotion, sqlx::Er
         let at = columns.iter().position(|c| c == column);
         let schema_of = at.and_then(|i| type_schemas.get(i));
         if schema_of.map(String::as_str) != Some("pg_catalog") {
-            return Ok(Promotion::Unsafe(format!(
+            return Err(Promotion::Unsafe(format!(
                 "column {column} is of a type outside pg_catalog (its owner's cast or output function would run as the gateway)"
             )));
         }
     }
-    let row: Option<(Option<String>, Option<String>, Option<String>)> =
-        sqlx::query_as(ROW_READS[name_column])
-            .persistent(false)
-            .bind(flag)
-            .fetch_optional(pool)
-            .await?;
-    Ok(match row {
-        None => Promotion::Absent,
-        Some((risk, current_env, promoted_by)) => Promotion::Present {
-            risk: risk.unwrap_or_default(),
-            current_env: current_env.unwrap_or_default(),
-            promoted_by: promoted_by.unwrap_or_default(),
-        },
-    })
+    Ok(name_column)
 }
 
 /// I-6's erasure cascade: the tables that name an admin (`admin_sessions`, `rbac_user_groups`,

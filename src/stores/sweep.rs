@@ -21,22 +21,13 @@ macro_rules! break_glass_episode_id {
     () => {
         crate::audit_row_id_of!(
             "'break_glass_expire:' || b.id",
-            crate::episode_at!(break_glass_ended!())
+            crate::episode_at!(crate::break_glass_ended!())
         )
     };
 }
 
-/// SQL text: when session `b` ended, as far as the sweep can tell: its revocation, where that
-/// came before its capped end ([`crate::break_glass_end`]), else that end (`least` passes over a
-/// NULL revocation).
-macro_rules! break_glass_ended {
-    () => {
-        concat!("least(b.revoked_at_utc, ", crate::break_glass_end!(), ")")
-    };
-}
-
 /// SQL text: session `b`'s end has its `break_glass_expire` row: the row of this end
-/// ([`break_glass_ended`]); or the row of its first end where that recorded the end it has now
+/// ([`crate::break_glass_ended`]); or the row of its first end where that recorded the end it has now
 /// (its capped end, or the session's own, as a row before the cap may have, or no end at all)
 /// and was written after a revocation that ended it (a session revoked, restored and revoked
 /// again ended twice; one revoked after its end, once); or a row under the id used before

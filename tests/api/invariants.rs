@@ -742,3 +742,139 @@ async fn the_librarys_defaults_wait_for_the_alert_too() {
     let principal = waived.principal(&admin).await.unwrap();
     assert_eq!(principal.roles(), at_once.roles());
 }
+
+/// Console's role changes `console_flag_promotions` between the gateway's description of it and
+/// its read (here, while the description's answer is held back): the flag's column given an enum
+/// of its own, whose cast to text records that it ran. The description that decides is taken
+/// again under the lock the read holds, in one transaction, so the cast never runs as the
+/// gateway's login: the table is reported as unsafe to read. Before, the read ran the cast (a
+/// review forged a delivered break-glass alert so, as the serve login).
+#[tokio::test]
+async fn console_flag_promotions_changed_after_its_description_is_never_read() {
+    use rbac_gateway::stores::invariants::{flag_promotion, Promotion};
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "CREATE TABLE console_flag_promotions (flag_name TEXT, risk TEXT, current_env TEXT, promoted_by TEXT); \
+         INSERT INTO console_flag_promotions VALUES ('FLAG_RBAC_V2', 'high', 'production', 'migration'); \
+         CREATE TABLE planted_ran (at timestamptz DEFAULT now()); \
+         CREATE TYPE planted_flag AS ENUM ('FLAG_RBAC_V2'); \
+         CREATE FUNCTION planted_flag_text(planted_flag) RETURNS text LANGUAGE plpgsql AS \
+             $$BEGIN INSERT INTO planted_ran DEFAULT VALUES; RETURN format('%s', $1); END$$; \
+         CREATE CAST (planted_flag AS text) WITH FUNCTION planted_flag_text(planted_flag)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let link = PgLink::new(&db.url).await;
+    let pool =
+        rbac_gateway::stores::db::Db::connect(&link.url, None, 1, Duration::from_secs(10)).unwrap();
+    // Read as described, undisturbed.
+    assert!(
+        matches!(flag_promotion(&pool, "FLAG_RBAC_V2").await.unwrap(), Promotion::Present { ref risk, .. } if risk == "high")
+    );
+    // The description's rows (the schemas of its columns' types), once it ran.
+    link.hold_next(b"pg_catalog");
+    let read = tokio::spawn(async move { flag_promotion(&pool, "FLAG_RBAC_V2").await });
+    link.held().await;
+    sqlx::raw_sql(
+        "ALTER TABLE console_flag_promotions ALTER COLUMN flag_name TYPE planted_flag USING flag_name::planted_flag",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    link.release();
+    let promotion = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the read ended")
+        .unwrap()
+        .unwrap();
+    let ran: i64 = sqlx::query_scalar("SELECT count(*) FROM planted_ran")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(ran, 0, "the planted cast ran as the gateway: {promotion:?}");
+    assert!(
+        matches!(&promotion, Promotion::Unsafe(why) if why.contains("column flag_name is of a type outside pg_catalog")),
+        "{promotion:?}"
+    );
+}
+
+/// A break-glass session revoked before its alert was raised is alerted as ended ("It ended
+/// before this alert was raised.") and its alert records the revocation as its end: restored
+/// afterwards (its revocation cleared, the rest of its hour ahead), it counts only once the
+/// alert the pass raises again for it, naming it as it now stands, is delivered. Before, the
+/// first alert covered the restored session, ops told only that it had ended.
+#[tokio::test]
+async fn a_break_glass_session_alerted_as_ended_counts_only_once_alerted_as_live() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    let (admin, token) = db.admin_with_roles(&[]).await;
+    let session = db.break_glass(&admin, 600.0).await;
+    sqlx::query(
+        "UPDATE rbac_break_glass_sessions SET granted_at_utc = now() - interval '2 minutes', \
+         revoked_at_utc = now() - interval '1 minute' WHERE id = $1",
+    )
+    .bind(&session)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let gw = alerting_gateway(&db, &up, &hook).await;
+    let key = format!("break_glass:{session}");
+    eventually(
+        Duration::from_secs(10),
+        "the ended session's alert delivered",
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT delivered_at_utc IS NOT NULL FROM rbac_gateway_alerts WHERE key = $1",
+            )
+            .bind(&key)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap()
+                == Some(true)
+        },
+    )
+    .await;
+    assert!(
+        hook.requests().iter().any(|r| {
+            let body = String::from_utf8_lossy(&r.body);
+            body.contains("It ended before this alert was raised") && body.contains(&admin)
+        }),
+        "the alert told the session as ended"
+    );
+    assert_eq!(gw.status("/ops", Some(&token)).await, 403);
+
+    // The webhook now refuses; the session is restored.
+    *hook.status.lock().unwrap() = 503;
+    sqlx::query("UPDATE rbac_break_glass_sessions SET revoked_at_utc = NULL WHERE id = $1")
+        .bind(&session)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the restored session's alert raised again",
+        || async {
+            hook.requests().iter().any(|r| {
+                let body = String::from_utf8_lossy(&r.body);
+                body.contains("changed after its alert")
+                    && body.contains(&admin)
+                    && !body.contains("It ended before")
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        gw.status("/ops", Some(&token)).await,
+        403,
+        "the restored session counted on the alert that told it ended"
+    );
+    *hook.status.lock().unwrap() = 200;
+    eventually(
+        Duration::from_secs(10),
+        "the restored session honoured once alerted as live",
+        || async { gw.status("/ops", Some(&token)).await == 200 },
+    )
+    .await;
+}
