@@ -428,8 +428,8 @@ pub enum Asked {
 }
 
 /// What the gateway answers `method` and `path` (exactly as a client sends them) for the
-/// principal of `authority` (None: a request without a session): the method and target checks
-/// of every door, the reader API with `rbac_api` (`serve --rbac-api`, the default:
+/// principal of `authority` (None: a request without a session): the HTTP layer's parse of the
+/// target, the method and target checks of every door, the reader API with `rbac_api` (`serve --rbac-api`, the default:
 /// [`crate::policy::reader::outline`]'s answer, as `serve` gives it), then [`decide`]. The one
 /// way `matrix`, `diff` and `test` ask.
 pub async fn ask(
@@ -440,7 +440,19 @@ pub async fn ask(
     method: &str,
     path: &str,
 ) -> Asked {
+    use crate::policy::target::Refusal;
+    // The doors' HTTP layer (hyper, with the `http` crate's URI parser: a raw `<`, `>` or
+    // backtick in the path, a raw `"`, `<` or `>` in the query) answers 400 before the gateway
+    // sees the request: decided here as the refusal of what could not be parsed. CONNECT:
+    // refused by every door as not origin-form (`doors::proxy::checks`).
+    if path.parse::<http::Uri>().is_err() {
+        return Asked::Refused(Refusal::Unparsed);
+    }
     let target = match crate::policy::target::check_method(method.as_bytes())
+        .and(match method {
+            "CONNECT" => Err(Refusal::NotOriginForm),
+            _ => Ok(()),
+        })
         .and_then(|_| crate::policy::target::parse_target(path.as_bytes()))
     {
         Ok(t) => t,

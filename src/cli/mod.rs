@@ -40,6 +40,9 @@ pub use toolbox::init_logging;
 pub const EXIT_USAGE: i32 = 64;
 /// Exit code when `check` found problems.
 pub const EXIT_PROBLEMS: i32 = 1;
+/// Exit code of `test` when the database it was given could not be read: nothing was decided,
+/// which CI must not take for a case that failed (sysexits EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: i32 = 69;
 
 /// A command's failure, with the exit code it maps to.
 #[derive(Debug)]

@@ -586,3 +586,106 @@ expect = "deny"
         "{err}"
     );
 }
+
+/// An admin of the database in a break-glass session is decided in `test` as `serve` decides
+/// by default (I-4): the session's roles count once its alert was delivered. Before, `test`
+/// counted them at once, and a case allowing the admin passed where `serve` answered 403.
+#[tokio::test]
+async fn an_admin_in_break_glass_counts_in_test_once_alerted_as_in_serve() {
+    let db = TestDb::new().await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let session = db.break_glass(&admin, 600.0).await;
+    let tests = format!(
+        r#"[[case]]
+name = "the on-call admin in break-glass lists the secrets"
+who = {{ admin = "{admin}" }}
+request = "GET /secrets"
+expect = "allow"
+"#
+    );
+    let dir = project(MAPPING, &tests);
+    let (code, out, err) = with_db(&db.url, dir.path(), &["test"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("not honoured until its alert is delivered"),
+        "{out}"
+    );
+    // The alert delivered, for the session as it stands: the case passes.
+    sqlx::query(
+        "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys, delivered_at_utc) \
+         VALUES ($1, 'opened', ARRAY[$2], now())",
+    )
+    .bind(format!("break_glass:{session}"))
+    .bind(&admin)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (code, out, err) = with_db(&db.url, dir.path(), &["test"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+}
+
+/// Targets the doors' HTTP layer cannot parse (hyper, with the `http` crate's URI rules), and
+/// CONNECT, are refused in `test` as `serve` answers them: 400, before a rule is asked. Each is
+/// sent to a real gateway too. Before, `test` decided them by the rules (allow, public).
+#[tokio::test]
+async fn targets_the_http_layer_refuses_are_refused_in_test_as_in_serve() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let dir = project(MAPPING, TESTS);
+    let gw = Gateway::start(GatewayOpts::new(
+        dir.path().join("routes.toml"),
+        &db,
+        up.addr,
+    ))
+    .await;
+    let refused = [
+        ("GET", "/secrets?filter=\"open\"", "unparsed"),
+        ("GET", "/secrets?q=<b>", "unparsed"),
+        ("GET", "/secrets/a`b/sop", "unparsed"),
+        ("GET", "/health?x=\"1\"", "unparsed"),
+        ("GET", "/secrets/a<b>/sop", "unparsed"),
+        ("CONNECT", "/secrets", "not_origin_form"),
+    ];
+    let mut tests = String::from("[principal.admins]\ngroups = [\"raxx-platform-admins\"]\n");
+    for (i, (method, target, reason)) in refused.iter().enumerate() {
+        let target = target.replace('"', "\\\"");
+        tests.push_str(&format!(
+            "\n[[case]]\nname = \"refused {i}\"\nwho = \"admins\"\nrequest = \"{method} {target}\"\nexpect = \"refused\"\nreason = \"{reason}\"\n"
+        ));
+    }
+    std::fs::write(dir.path().join("routes.test.toml"), &tests).unwrap();
+    let (code, out, err) = test_cmd(dir.path(), &[]);
+    assert_eq!(code, Some(0), "{tests}\n{out}{err}");
+    for (method, target, _) in refused {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(
+            format!("{method} {target} HTTP/1.1\r\nHost: console\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+            .await
+            .expect("the gateway answered and closed")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{method} {target}: {answer}"
+        );
+    }
+    assert_eq!(up.requests().len(), 0, "a refused request was forwarded");
+}
+
+/// A database `test` is given that cannot be read exits 69, not 1 (a case that failed): CI
+/// tells a broken database from a regression of the mapping.
+#[test]
+fn a_database_test_cannot_read_exits_69() {
+    let dir = project(MAPPING, TESTS);
+    let (code, out, err) = with_db("postgres://rbac@127.0.0.1:1/nothing", dir.path(), &["test"]);
+    assert_eq!(code, Some(69), "{out}{err}");
+    assert!(err.contains("cannot connect to the database"), "{err}");
+}

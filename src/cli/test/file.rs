@@ -78,6 +78,31 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// A statement's `methods`, each one a rule may have (the mapping's own list): a misspelt
+    /// one beside a right one would narrow the statement silently to the rules of the other.
+    fn known_methods(&mut self, select: &Spanned<Select>) -> Option<()> {
+        use crate::policy::mapping::KNOWN_METHODS;
+        let unknown: Vec<&str> = select
+            .get_ref()
+            .methods
+            .iter()
+            .map(String::as_str)
+            .filter(|m| !KNOWN_METHODS.contains(m))
+            .collect();
+        if unknown.is_empty() {
+            return Some(());
+        }
+        self.problem(
+            select.span().start,
+            format!(
+                "unknown method {} in `methods` (expected {}; methods are upper-case)",
+                unknown.join(", "),
+                KNOWN_METHODS.join(", ")
+            ),
+        );
+        None
+    }
+
     fn problem(&mut self, offset: usize, message: String) {
         let (line, col) = self.lines.at(offset);
         self.problems.push(crate::cli::toolbox::diag(
@@ -319,6 +344,7 @@ impl Reader<'_> {
                 }
             }
             (None, Some(select), None) => {
+                self.known_methods(select)?;
                 if let Some(r) = &raw.rule {
                     self.problem(r.span().start, "`rule` on a statement over every rule: each selected rule decides its own requests (select it with `every = { path = ... }`)".into());
                     return None;
@@ -332,6 +358,7 @@ impl Reader<'_> {
                 }
             }
             (None, Some(select), Some(roles)) => {
+                self.known_methods(select)?;
                 if raw.who.is_some()
                     || raw.expect.is_some()
                     || raw.rule.is_some()
@@ -629,6 +656,19 @@ requires_one_of = ["a"]
         );
         assert!(
             all[0].starts_with("t.test.toml:5:8: `rule` on a statement"),
+            "{all:#?}"
+        );
+        // A misspelt method beside a right one would narrow a statement silently.
+        let all = problems(
+            "[[case]]\nwho = \"no-session\"\nevery = { cluster = \"S8\", methods = [\"GET\", \"Post\"] }\nexpect = \"deny\"\n\n[[case]]\nevery = { methods = [\"POTS\"] }\nrequires_one_of = [\"a\"]\n",
+        );
+        assert_eq!(all.len(), 2, "{all:#?}");
+        assert!(
+            all[0].starts_with("t.test.toml:3:9: unknown method Post in `methods`"),
+            "{all:#?}"
+        );
+        assert!(
+            all[1].starts_with("t.test.toml:7:9: unknown method POTS"),
             "{all:#?}"
         );
         // An `expect` any decision passes, and a name given twice.

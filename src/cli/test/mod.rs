@@ -3,7 +3,7 @@
 //! `matrix` asks), never a second implementation. A case names who asks (a principal given by
 //! its groups and roles, an admin of the database, or no session), one request or every rule a
 //! statement selects, and the outcome expected. Exit 0: every case passed; 1: one failed; 64: a
-//! test file (or the mapping) does not load. `mapping push` runs the same suite before it stores
+//! test file (or the mapping) does not load; 69: the database given could not be read. `mapping push` runs the same suite before it stores
 //! a version ([`suite`]).
 //!
 //! The file format: `file.rs`; the run: `run.rs`; `explain`'s why of a failure: `why.rs`; the
@@ -36,9 +36,22 @@ pub use report::Report;
 pub use world::Settings;
 
 pub fn test(args: TestArgs) -> Result<(), Exit> {
+    // A database that cannot be read (1 from the pool and the suite's reads) is 69: exit 1 is a
+    // case that failed, and nothing was decided.
+    let unavailable = |e: Exit| match e.code {
+        crate::cli::EXIT_PROBLEMS => Exit {
+            code: crate::cli::EXIT_UNAVAILABLE,
+            error: e.error,
+        },
+        _ => e,
+    };
     let report = runtime()?.block_on(async {
         let pool = match &args.database_url {
-            Some(url) => Some(command_pool(url, 1, Duration::from_secs(10)).await?),
+            Some(url) => Some(
+                command_pool(url, 1, Duration::from_secs(10))
+                    .await
+                    .map_err(unavailable)?,
+            ),
             None => None,
         };
         let mapping = match (stored_ref(&args.routes), &pool) {
@@ -47,7 +60,9 @@ pub fn test(args: TestArgs) -> Result<(), Exit> {
             (None, _) => load_mapping(&args.routes)?,
         };
         let paths = tests_of(&args.routes, &args.tests)?;
-        suite(&mapping, &paths, pool.as_ref(), args.coverage).await
+        suite(&mapping, &paths, pool.as_ref(), args.coverage)
+            .await
+            .map_err(unavailable)
     })?;
     let shown = match args.format.as_str() {
         "json" => serde_json::to_string_pretty(&report).map_err(failure)?,
@@ -125,7 +140,7 @@ fn find_admin<'l>(
 /// Runs the test files `paths` on `mapping`: with `pool`, the groups as the database holds
 /// them and the admins the cases name; without, the catalogue `migrate` seeds. Err: a file
 /// that does not load (64, every problem `FILE:LINE:COL: why`), or a database that cannot be
-/// read (1).
+/// read (1; `test` exits 69 for it).
 pub(crate) async fn suite(
     mapping: &Mapping,
     paths: &[PathBuf],
@@ -238,7 +253,9 @@ async fn named_admins(
             a.id.clone(),
             a.email.clone(),
             a.groups.clone(),
-            false,
+            // As `serve` decides by default (I-4): a break-glass session counts once its alert
+            // was delivered.
+            true,
         )
         .await
         .map_err(|e| failure(anyhow!("cannot read admin {name:?}: {e}")))?;
@@ -286,6 +303,75 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(suite(m, &[path], None, true))
+    }
+
+    /// Two principals of a file holding the same groups are resolved once; a failure names the
+    /// one its case asked as, in a request and in a statement.
+    #[test]
+    fn a_failure_names_the_principal_its_case_asked_as() {
+        let r = run_on(
+            &mapping(s8()),
+            r#"
+[principal.alpha]
+groups = ["raxx-support-team"]
+[principal.beta]
+groups = ["raxx-support-team"]
+[[case]]
+who = "alpha"
+request = "GET /secrets"
+expect = "deny"
+[[case]]
+who = "beta"
+request = "GET /secrets"
+expect = "allow"
+[[case]]
+who = ["alpha", "beta"]
+every = { path = "/secrets" }
+expect = "allow"
+"#,
+        )
+        .unwrap();
+        assert_eq!((r.total, r.failed), (3, 2), "{r:#?}");
+        let who: Vec<Vec<&str>> = r
+            .cases
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.failures.iter().map(|f| f.who.as_str()).collect())
+            .collect();
+        assert_eq!(who, vec![vec!["beta"], vec!["alpha", "beta"]], "{r:#?}");
+    }
+
+    /// What the doors' HTTP layer cannot parse, and CONNECT, are refused before a rule is asked.
+    #[test]
+    fn targets_the_http_layer_refuses_are_refused() {
+        let r = run_on(
+            &mapping(s8()),
+            r#"
+[principal.admins]
+groups = ["raxx-platform-admins"]
+[[case]]
+who = "admins"
+request = "GET /secrets?q=<b>"
+expect = "refused"
+reason = "unparsed"
+[[case]]
+who = "admins"
+request = "GET /static/a`b.css"
+expect = "refused"
+reason = "unparsed"
+[[case]]
+who = "admins"
+request = "CONNECT /secrets"
+expect = "refused"
+reason = "not_origin_form"
+[[case]]
+who = "admins"
+request = "GET /secrets?q=a{b}|c"
+expect = "allow"
+"#,
+        )
+        .unwrap();
+        assert_eq!((r.total, r.failed), (4, 0), "{r:#?}");
     }
 
     #[test]

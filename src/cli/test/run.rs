@@ -230,19 +230,24 @@ fn check_access(case: &Case, problems: &mut Problems) {
     }
 }
 
-/// The principals `who` names, resolved, with the case's ticket grants added to each.
+/// The principals `who` names, resolved, with the case's ticket grants added to each, and each
+/// with the name this case gives it (two principals of a file may hold the same: each is
+/// resolved once, and a failure names the one the case asked as).
 fn subjects_of<'p>(
     p: &'p Prepared<'_>,
     case: &Case,
     who: &Subjects,
     i: usize,
-) -> Vec<(&'p Resolved, InMemory)> {
-    let whos: Vec<&Who> = match who {
-        Subjects::List(l) => l.iter().map(|s| &s.who).collect(),
-        Subjects::EveryGroup { .. } => p.every_group[&(case.file, case.line)].iter().collect(),
+) -> Vec<(String, &'p Resolved, InMemory)> {
+    let whos: Vec<(String, &Who)> = match who {
+        Subjects::List(l) => l.iter().map(|s| (s.label.clone(), &s.who)).collect(),
+        Subjects::EveryGroup { .. } => p.every_group[&(case.file, case.line)]
+            .iter()
+            .map(|w| (super::file::describe(w), w))
+            .collect(),
     };
     whos.into_iter()
-        .map(|w| {
+        .map(|(label, w)| {
             let r = &p.resolved[w];
             let mut tickets = r.tickets.clone();
             for (c, (roles, perms)) in &p.tickets[i] {
@@ -254,7 +259,7 @@ fn subjects_of<'p>(
                 principal: r.principal.clone(),
                 tickets,
             };
-            (r, authority)
+            (label, r, authority)
         })
         .collect()
 }
@@ -311,21 +316,21 @@ pub(crate) async fn run(
 /// A `request` case: the one request asked as each subject, a failure explained with why.
 async fn request(
     world: &World<'_>,
-    subjects: &[(&Resolved, InMemory)],
+    subjects: &[(String, &Resolved, InMemory)],
     method: &str,
     path: &str,
     expect: &Expect,
     touched: &mut [bool],
 ) -> Vec<Failure> {
     let mut failures = Vec::new();
-    for (r, authority) in subjects {
+    for (label, r, authority) in subjects {
         let d = decide_one(world, authority, method, path).await;
         if let Some(rule) = d.rule {
             touched[rule] = true;
         }
         if let Some(problem) = differs(world.mapping, expect, &d) {
             failures.push(Failure {
-                who: r.label.clone(),
+                who: label.clone(),
                 method: method.to_string(),
                 path: Some(path.to_string()),
                 rule: d.rule.map(|x| world.mapping.routes[x].label().to_string()),
@@ -344,7 +349,7 @@ async fn request(
 /// made and the failures.
 async fn every(
     world: &World<'_>,
-    subjects: &[(&Resolved, InMemory)],
+    subjects: &[(String, &Resolved, InMemory)],
     select: &Select,
     customers: &[i32],
     expect: &Expect,
@@ -352,7 +357,7 @@ async fn every(
 ) -> (usize, Vec<Failure>) {
     let (probes, mut failures) = super::every::selected(world.mapping, select, customers);
     let mut decisions = 0;
-    for (r, authority) in subjects {
+    for (label, _, authority) in subjects {
         for (route, method, path) in &probes {
             touched[*route] = true;
             let d = decide_one(world, authority, method, path).await;
@@ -361,7 +366,7 @@ async fn every(
                 failures.push(offender(
                     world.mapping,
                     *route,
-                    &r.label,
+                    label,
                     method,
                     path,
                     expect,

@@ -74,6 +74,9 @@ pub(crate) fn why(
                     ""
                 }
             ));
+            if r.alert_waits {
+                out.push("break-glass: a session is active, not honoured until its alert is delivered (as `serve` decides by default)".into());
+            }
             out.push("effective roles:".into());
             for role in p.roles() {
                 match r.how.get(role) {

@@ -46,6 +46,8 @@ pub(crate) struct Resolved {
     pub principal: Option<Arc<Principal>>,
     pub how: BTreeMap<String, String>,
     pub tickets: Grants,
+    /// An admin's break-glass session waits for its alert ([`crate::cli::matrix::Reviewed`]).
+    pub alert_waits: bool,
 }
 
 /// What the principals of a suite are resolved against.
@@ -92,6 +94,7 @@ impl World<'_> {
                 principal: None,
                 how: BTreeMap::new(),
                 tickets: BTreeMap::new(),
+                alert_waits: false,
             }),
             Who::Synthetic {
                 groups,
@@ -150,6 +153,7 @@ impl World<'_> {
                     principal: Some(Arc::new(principal)),
                     how,
                     tickets: BTreeMap::new(),
+                    alert_waits: false,
                 })
             }
             Who::Admin(a) => {
@@ -168,6 +172,7 @@ impl World<'_> {
                     principal: x.principal.clone(),
                     how: x.how.clone(),
                     tickets: x.tickets.clone(),
+                    alert_waits: x.alert_waits,
                 })
             }
         }

@@ -143,7 +143,9 @@ struct RawRoute {
     unknown: Unknown,
 }
 
-const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+/// The methods a rule may have (upper-case, as a request line writes them).
+pub(crate) const KNOWN_METHODS: &[&str] =
+    &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 struct Lines<'a> {
     file: &'a str,

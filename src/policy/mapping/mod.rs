@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 
 use matcher::{Match, Matcher};
 
+pub(crate) use load::KNOWN_METHODS;
+
 /// What a route requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
