@@ -32,7 +32,8 @@ macro_rules! break_glass_episode_id {
 /// and was written after a revocation that ended it (a session revoked, restored and revoked
 /// again ended twice; one revoked after its end, once); or a row under the id used before
 /// 2026-11-27 (those record no end: the session is taken as ended once). A revocation dated in
-/// the future gets the first end's row at once and one more when it comes.
+/// the future is an end once it comes ([`ended_break_glass_sessions`]): before, the first end's
+/// row was written at once and a second at the next sweep, both owed to Console's audit writer.
 macro_rules! break_glass_end_recorded {
     () => {
         concat!(
@@ -136,9 +137,11 @@ pub async fn active_grants(pool: &Db, limit: Duration) -> Result<Vec<ActiveGrant
         .collect())
 }
 
-/// The break-glass sessions that ended (revoked, or past [`crate::break_glass_end`]) and whose
-/// end has no `break_glass_expire` row yet, by id: the first end of each, and an end Console
-/// moved after its row was written (the session counted again, and ended again).
+/// The break-glass sessions that ended (revoked, or past [`crate::break_glass_end`]: by
+/// [`crate::break_glass_ended`], so a revocation dated in the future is an end once it comes,
+/// though the session counts no longer from when it was set) and whose end has no
+/// `break_glass_expire` row yet, by id: the first end of each, and an end Console moved after
+/// its row was written (the session counted again, and ended again).
 pub async fn ended_break_glass_sessions(
     pool: &Db,
     limit: Duration,
@@ -151,9 +154,9 @@ pub async fn ended_break_glass_sessions(
     )
     .await?;
     let ended = sqlx::query_scalar(concat!(
-        "SELECT b.id FROM rbac_break_glass_sessions b WHERE (b.revoked_at_utc IS NOT NULL OR ",
-        crate::break_glass_end!(),
-        " <= pg_catalog.now()) AND NOT ",
+        "SELECT b.id FROM rbac_break_glass_sessions b WHERE ",
+        crate::break_glass_ended!(),
+        " <= pg_catalog.now() AND NOT ",
         break_glass_end_recorded!(),
         " ORDER BY b.id"
     ))

@@ -823,3 +823,54 @@ async fn sweep_rows_have_uuid_ids_and_rows_of_the_old_form_are_not_written_again
     got.sort();
     assert_eq!(got, want);
 }
+
+/// A break-glass revocation dated in the future (Console's clock ahead of the database's)
+/// stops the session counting at once, and its `break_glass_expire` row is written when the
+/// revocation comes: one row. Before, the first end's row was written at once and a second,
+/// under another id, at the next sweep, both owed to Console's audit writer (a review saw two
+/// `operator.rbac.revoke` events for one revocation).
+#[tokio::test]
+async fn a_revocation_dated_in_the_future_gets_one_row_when_it_comes() {
+    let db = TestDb::new().await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let session = db.break_glass(&admin, 3600.0).await;
+    sqlx::query(
+        "UPDATE rbac_break_glass_sessions SET revoked_at_utc = now() + interval '3 seconds' WHERE id = $1",
+    )
+    .bind(&session)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let nowhere = "http://127.0.0.1:9/";
+    let (code, out) = sweep(&db, nowhere).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = sweep(&db, nowhere).await;
+    assert_eq!(code, 0, "{out}");
+    let before: bool = sqlx::query_scalar(
+        "SELECT revoked_at_utc > now() FROM rbac_break_glass_sessions WHERE id = $1",
+    )
+    .bind(&session)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        before,
+        "the machine took over 3 s for two sweeps: the test saw nothing"
+    );
+    assert!(
+        audit_rows(&db, "break_glass_expire").await.is_empty(),
+        "a row before the revocation came"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the break_glass_expire row once the revocation came",
+        || async {
+            sweep(&db, nowhere).await;
+            !audit_rows(&db, "break_glass_expire").await.is_empty()
+        },
+    )
+    .await;
+    let (code, out) = sweep(&db, nowhere).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(audit_rows(&db, "break_glass_expire").await.len(), 1);
+}
