@@ -1,0 +1,158 @@
+-- rbac_gateway_console_code (0034) found Console's tables in pg_class by a text comparison
+-- (relname::text = ANY (...)), which no index serves: each call read the whole of pg_class. The
+-- alert pass calls it every second on every replica, and rbac_gateway_plain and
+-- rbac_gateway_guard_writes call it under their locks, so its cost grew with the catalogue,
+-- whatever Console's schema holds besides its RBAC tables: some 5-11 ms a call at 300-1,500 more
+-- tables of Console's once autovacuum has analyzed them, and about 110 ms before
+-- (scripts/bench/alert-pass.sh; docs/performance-log.md, 2026-11-30).
+--
+-- The same function, its findings unchanged, finds the tables by name through pg_class's index
+-- on (relname, relnamespace): the names cast to `name`, and compared as text too, so a name over
+-- 63 bytes (which the cast would cut) still matches nothing. And its dependency look goes from
+-- the written tables' defaults, constraints and indexes to pg_depend, never the other way: with
+-- the catalogue's statistics taken before Console's objects were made (autovacuum behind its
+-- DDL), the planner started from every dependency on an object of Console's (5,000 at 1,500
+-- tables), 140 ms a call. CREATE OR REPLACE keeps its grants
+-- and drops restrict_nonsystem_relation_kind (0036), given again below where the server has it.
+-- tests/api/planted.rs, console_code_reads_the_catalogue_by_index, holds the plan.
+--
+-- Changing it: a new migration (never edit this one).
+DO $migration$
+BEGIN
+    EXECUTE pg_catalog.replace($sql$
+CREATE OR REPLACE FUNCTION @s.rbac_gateway_console_code(p_schema oid, p_tables text[], p_columns text[], p_written text[])
+RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET row_security = off AS $fn$
+    WITH t AS (
+        SELECT c.oid, c.relname::text AS name, c.relkind, c.relrowsecurity, c.relforcerowsecurity,
+               c.relname::text = ANY (p_written) AS written
+          FROM pg_class c
+         WHERE c.relnamespace = p_schema AND c.relname = ANY ((p_tables || p_written)::name[])
+           AND c.relname::text = ANY (p_tables || p_written)
+    ), superusers(role) AS (
+        SELECT r.oid FROM pg_roles r WHERE r.rolsuper
+    ), gateways(owner) AS (
+        SELECT c.relowner FROM pg_class c WHERE c.relnamespace = p_schema AND c.relname = 'rbac_change_log'
+    ), calls(pattern) AS (
+        -- A name followed by "(" once the syntax that reads so is taken out: a function call.
+        SELECT '[A-Za-z0-9_"$]\s*\(|OPERATOR\(|::[^ ,()\[\]]*\.'
+    )
+    SELECT format('%s is a %s, not a table: what it calls runs as the role that reads it', t.name,
+                  CASE t.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
+                                 WHEN 'p' THEN 'partitioned table' ELSE format('relation of kind %s', t.relkind) END)
+      FROM t WHERE t.relkind <> 'r'
+    UNION ALL
+    SELECT format('%s has row-level security (%s): its policies would run as the role that reads it, the gateway''s among them, so the gateway reads it with row_security off and every statement of the gateway''s through it fails (ALTER TABLE %I DISABLE ROW LEVEL SECURITY, NO FORCE ROW LEVEL SECURITY, and drop its policies)',
+                  t.name,
+                  concat_ws(', ', CASE WHEN t.relrowsecurity THEN 'enabled' END, CASE WHEN t.relforcerowsecurity THEN 'forced' END,
+                            (SELECT format('policies: %s', count(*)) FROM pg_policy p WHERE p.polrelid = t.oid HAVING count(*) > 0)),
+                  t.name)
+      FROM t WHERE t.relrowsecurity OR t.relforcerowsecurity OR EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = t.oid)
+    UNION ALL
+    -- What the owner of the gateway's tables (as which rbac_gateway_plain and
+    -- rbac_gateway_guard_writes lock) may not lock: those reads and writes would fail.
+    SELECT format('the owner of the gateway''s tables (%s) may not lock %s: it needs %s on it, table-wide (GRANT %s ON %I TO %I, as its owner)',
+                  pg_get_userbyid(g.owner), t.name, x.needs, x.needs, t.name, pg_get_userbyid(g.owner))
+      FROM t CROSS JOIN gateways g
+      CROSS JOIN LATERAL (SELECT CASE WHEN t.written THEN 'SELECT, INSERT, UPDATE' ELSE 'SELECT' END AS needs) x
+     WHERE NOT has_table_privilege(g.owner, t.oid, 'SELECT')
+        OR (t.written AND NOT has_table_privilege(g.owner, t.oid, 'INSERT, UPDATE'))
+    UNION ALL
+    SELECT format('rule %s on %s rewrites what the gateway reads or writes there, and what it calls runs as the gateway', r.rulename, t.name)
+      FROM t JOIN pg_rewrite r ON r.ev_class = t.oid WHERE r.rulename <> '_RETURN'
+    UNION ALL
+    SELECT format('%s has %s under it: its rows and what runs on them are read or written as the gateway''s', t.name,
+                  string_agg(h.inhrelid::regclass::text, ', ' ORDER BY h.inhrelid::regclass::text))
+      FROM t JOIN pg_inherits h ON h.inhparent = t.oid GROUP BY t.name
+    UNION ALL
+    SELECT format('column %s.%s is of type %s (%s, owned by %s): only a built-in base type is read or written as the gateway (a cast or check of another type runs its owner''s code)',
+                  t.name, a.attname, a.atttypid::regtype,
+                  CASE ty.typtype WHEN 'e' THEN 'an enum' WHEN 'd' THEN 'a domain' WHEN 'r' THEN 'a range' WHEN 'm' THEN 'a multirange'
+                                  WHEN 'c' THEN 'a composite' WHEN 'p' THEN 'a pseudo-type' ELSE 'a base type' END,
+                  pg_get_userbyid(ty.typowner))
+      FROM t JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped
+             JOIN pg_type ty ON ty.oid = a.atttypid
+     WHERE (ty.typtype <> 'b' OR ty.typowner NOT IN (SELECT role FROM superusers))
+       AND (t.written OR format('%s.%s', t.name, a.attname) = ANY (p_columns))
+    UNION ALL
+    -- A column the gateway compares has exactly the interface's type: with another built-in
+    -- (varchar, an integer for a text id) the comparison needs an operator pg_catalog has not
+    -- for exactly those types, and one Console's role made in the schema would match better.
+    SELECT format('column %s.%s is of type %s where the interface gives it %s: the gateway''s comparisons of it then take an operator another role may define (ALTER TABLE %I ALTER COLUMN %I TYPE %s)',
+                  t.name, a.attname, format_type(a.atttypid, NULL), x.expected, t.name, a.attname, x.expected)
+      FROM t JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped
+             CROSS JOIN LATERAL (SELECT CASE WHEN a.attname::text LIKE '%\_at\_utc' THEN 'timestamp with time zone'
+                                             WHEN a.attname::text = 'customer_id' THEN 'integer'
+                                             ELSE 'text' END AS expected) x
+     WHERE format('%s.%s', t.name, a.attname) = ANY (p_columns)
+       AND format_type(a.atttypid, NULL) <> x.expected
+    UNION ALL
+    SELECT format('trigger %s on %s runs %s as the role that writes %s, the gateway among them (only the gateway''s own triggers, and a built-in trigger function without a WHEN, run there): drop it, or put what it does in Console''s own statements',
+                  tg.tgname, t.name, p.oid::regprocedure, t.name)
+      FROM t JOIN pg_trigger tg ON tg.tgrelid = t.oid AND NOT tg.tgisinternal
+             JOIN pg_proc p ON p.oid = tg.tgfoid
+     WHERE t.written
+       AND NOT (p.pronamespace = p_schema AND p.proname::text LIKE 'rbac\_gateway\_%' AND p.proowner IN (SELECT owner FROM gateways)
+                AND tg.tgqual IS NULL)
+       AND NOT (p.pronamespace = 'pg_catalog'::regnamespace AND p.oid < 16384 AND tg.tgqual IS NULL)
+    UNION ALL
+    SELECT format('the default of %s.%s is %s: only a constant, now() or a sequence runs as the role that writes %s, the gateway among them',
+                  t.name, a.attname, pg_get_expr(ad.adbin, ad.adrelid), t.name)
+      FROM t JOIN pg_attrdef ad ON ad.adrelid = t.oid
+             JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ad.adnum
+     WHERE t.written
+       AND pg_get_expr(ad.adbin, ad.adrelid) !~ ('^(now\(\)|CURRENT_TIMESTAMP|nextval\(''[^'']*''::regclass\)|NULL(::[a-z ]+(\[\])?)?|''[^'']*''(::[a-z ]+(\[\])?)?|-?[0-9.]+|true|false)$')
+    UNION ALL
+    SELECT format('constraint %s on %s (%s) calls what runs as the role that writes %s, the gateway among them: only a CHECK that calls nothing runs there',
+                  co.conname, t.name, pg_get_constraintdef(co.oid), t.name)
+      FROM t JOIN pg_constraint co ON co.conrelid = t.oid
+     WHERE t.written
+       AND (co.contype = 'x'
+            OR (co.contype = 'c' AND regexp_replace(pg_get_constraintdef(co.oid), '\m(CHECK|ANY|ALL|IN|NOT|AND|OR)\s*\(', '(', 'g')
+                                     ~ (SELECT pattern FROM calls)))
+    UNION ALL
+    -- What a default, constraint or index of a written table refers to that is not built in
+    -- (built-ins are pinned, and have no pg_depend row): an operator IS DISTINCT FROM or CASE
+    -- prints without its name, a function, a type, a collation another role made.
+    SELECT format('%s of %s refers to %s, which is not built in: it runs, or decides, as the role that writes %s, the gateway among them',
+                  x.what, t.name, pg_describe_object(d.refclassid, d.refobjid, d.refobjsubid), t.name)
+      FROM t
+      JOIN LATERAL (
+            SELECT 'a default' AS what, 'pg_attrdef'::regclass AS classid, ad.oid AS objid
+              FROM pg_attrdef ad WHERE ad.adrelid = t.oid
+            UNION ALL
+            SELECT format('constraint %s', co.conname), 'pg_constraint'::regclass, co.oid
+              FROM pg_constraint co WHERE co.conrelid = t.oid
+            UNION ALL
+            SELECT format('index %s', i.indexrelid::regclass), 'pg_class'::regclass, i.indexrelid
+              FROM pg_index i WHERE i.indrelid = t.oid
+           ) x ON t.written
+      JOIN pg_depend d ON d.classid = x.classid AND d.objid = x.objid
+     WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass, 'pg_type'::regclass,
+                            'pg_collation'::regclass, 'pg_opclass'::regclass, 'pg_opfamily'::regclass)
+       -- initdb's own objects (below FirstNormalObjectId, 16384): its collations are not pinned.
+       -- Compared as int8, which no index of pg_depend serves: the look goes from the written
+       -- tables' few objects to pg_depend by its index on the depender, whatever the statistics
+       -- say (taken before Console's objects were made, they put none at or above 16384, and
+       -- the planner went from each of them to every default, constraint and index instead).
+       AND d.refobjid::pg_catalog.int8 >= 16384
+    UNION ALL
+    SELECT format('index %s on %s is not on plain columns with built-in operator classes, or its predicate calls what runs as the role that writes %s, the gateway among them',
+                  i.indexrelid::regclass, t.name, t.name)
+      FROM t JOIN pg_index i ON i.indrelid = t.oid
+     WHERE t.written
+       AND (i.indexprs IS NOT NULL
+            OR EXISTS (SELECT FROM unnest(i.indclass::oid[]) oc JOIN pg_opclass o ON o.oid = oc
+                        WHERE o.opcowner NOT IN (SELECT role FROM superusers))
+            OR coalesce(regexp_replace(pg_get_expr(i.indpred, i.indrelid), '\m(ANY|ALL|IN|NOT|AND|OR)\s*\(', '(', 'g')
+                        ~ (SELECT pattern FROM calls), false))
+    ORDER BY 1
+$fn$;
+$sql$, '@s.', pg_catalog.quote_ident(pg_catalog.current_schema()) OPERATOR(pg_catalog.||) '.');
+    -- 0036's setting again, where the server has it (CREATE OR REPLACE dropped it).
+    IF pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL THEN
+        EXECUTE pg_catalog.replace(
+            $sql$ALTER ROUTINE @s.rbac_gateway_console_code(oid, text[], text[], text[]) SET restrict_nonsystem_relation_kind = 'view, foreign-table'$sql$,
+            '@s.', pg_catalog.quote_ident(pg_catalog.current_schema()) OPERATOR(pg_catalog.||) '.');
+    END IF;
+END
+$migration$;
