@@ -6,13 +6,23 @@
 -- tables of Console's once autovacuum has analyzed them, and about 110 ms before
 -- (scripts/bench/alert-pass.sh; docs/performance-log.md, 2026-11-30).
 --
--- The same function, its findings unchanged, finds the tables by name through pg_class's index
+-- The function finds the tables by name through pg_class's index
 -- on (relname, relnamespace): the names cast to `name`, and compared as text too, so a name over
 -- 63 bytes (which the cast would cut) still matches nothing. And its dependency look goes from
 -- the written tables' defaults, constraints and indexes to pg_depend, never the other way: with
 -- the catalogue's statistics taken before Console's objects were made (autovacuum behind its
 -- DDL), the planner started from every dependency on an object of Console's (5,000 at 1,500
--- tables), 140 ms a call. CREATE OR REPLACE keeps its grants
+-- tables), 140 ms a call.
+--
+-- And it names, besides, an index or statistics object of any table the gateway reads (before:
+-- an index of a table it writes) that refers to what is not built in, and rbac_gateway_plain's
+-- quick look asks for one too: the planner evaluates an index's and a statistics object's
+-- expressions (a call of an immutable function with constant arguments) and compares with an
+-- index's operator class as the role that plans a statement on the table, so a read ran such
+-- code of Console's role as the gateway's login, and inside the gateway's functions as their
+-- owner (a review: an expression index on rbac_groups ran as the owner when Console's update of
+-- rbac_permissions fired the break-glass trigger). tests/api/planted.rs,
+-- consoles_code_the_planner_runs_is_named_and_refused. CREATE OR REPLACE keeps its grants
 -- and drops restrict_nonsystem_relation_kind (0036), given again below where the server has it.
 -- tests/api/planted.rs, console_code_reads_the_catalogue_by_index, holds the plan.
 --
@@ -110,28 +120,36 @@ RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET
             OR (co.contype = 'c' AND regexp_replace(pg_get_constraintdef(co.oid), '\m(CHECK|ANY|ALL|IN|NOT|AND|OR)\s*\(', '(', 'g')
                                      ~ (SELECT pattern FROM calls)))
     UNION ALL
-    -- What a default, constraint or index of a written table refers to that is not built in
-    -- (built-ins are pinned, and have no pg_depend row): an operator IS DISTINCT FROM or CASE
-    -- prints without its name, a function, a type, a collation another role made.
-    SELECT format('%s of %s refers to %s, which is not built in: it runs, or decides, as the role that writes %s, the gateway among them',
-                  x.what, t.name, pg_describe_object(d.refclassid, d.refobjid, d.refobjsubid), t.name)
+    -- What a default or constraint of a written table, and an index or statistics object of any
+    -- table the gateway reads or writes, refers to that is not built in (built-ins are pinned,
+    -- and have no pg_depend row): an operator IS DISTINCT FROM or CASE prints without its name,
+    -- a function, a type, a collation, an operator class another role made. The planner itself
+    -- evaluates an index's and a statistics object's expressions (their constant parts, an
+    -- immutable function's call) and compares with an index's operator class, as the role that
+    -- plans a statement on the table: a read runs them too.
+    SELECT format('%s of %s refers to %s, which is not built in: it runs, or decides, as the role that %s %s, the gateway among them',
+                  x.what, t.name, pg_describe_object(d.refclassid, d.refobjid, d.refobjsubid),
+                  CASE WHEN x.on_write THEN 'writes' ELSE 'reads or writes' END, t.name)
       FROM t
       JOIN LATERAL (
-            SELECT 'a default' AS what, 'pg_attrdef'::regclass AS classid, ad.oid AS objid
-              FROM pg_attrdef ad WHERE ad.adrelid = t.oid
+            SELECT 'a default' AS what, 'pg_attrdef'::regclass AS classid, ad.oid AS objid, true AS on_write
+              FROM pg_attrdef ad WHERE ad.adrelid = t.oid AND t.written
             UNION ALL
-            SELECT format('constraint %s', co.conname), 'pg_constraint'::regclass, co.oid
-              FROM pg_constraint co WHERE co.conrelid = t.oid
+            SELECT format('constraint %s', co.conname), 'pg_constraint'::regclass, co.oid, true
+              FROM pg_constraint co WHERE co.conrelid = t.oid AND t.written
             UNION ALL
-            SELECT format('index %s', i.indexrelid::regclass), 'pg_class'::regclass, i.indexrelid
+            SELECT format('index %s', i.indexrelid::regclass), 'pg_class'::regclass, i.indexrelid, false
               FROM pg_index i WHERE i.indrelid = t.oid
-           ) x ON t.written
+            UNION ALL
+            SELECT format('statistics object %s', s.stxname), 'pg_statistic_ext'::regclass, s.oid, false
+              FROM pg_statistic_ext s WHERE s.stxrelid = t.oid
+           ) x ON true
       JOIN pg_depend d ON d.classid = x.classid AND d.objid = x.objid
      WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass, 'pg_type'::regclass,
                             'pg_collation'::regclass, 'pg_opclass'::regclass, 'pg_opfamily'::regclass)
        -- initdb's own objects (below FirstNormalObjectId, 16384): its collations are not pinned.
-       -- Compared as int8, which no index of pg_depend serves: the look goes from the written
-       -- tables' few objects to pg_depend by its index on the depender, whatever the statistics
+       -- Compared as int8, which no index of pg_depend serves: the look goes from the tables'
+       -- own few objects to pg_depend by its index on the depender, whatever the statistics
        -- say (taken before Console's objects were made, they put none at or above 16384, and
        -- the planner went from each of them to every default, constraint and index instead).
        AND d.refobjid::pg_catalog.int8 >= 16384
@@ -147,11 +165,70 @@ RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET
                         ~ (SELECT pattern FROM calls), false))
     ORDER BY 1
 $fn$;
+
+-- 0034's rbac_gateway_plain, its quick look asking besides for an index or statistics object that
+-- refers to what is not built in. Before a function of the gateway's that runs as its owner, or a transaction of the serve
+-- login's (the sweep's and the alert pass's reads), reads tables of Console's (p_tables, the
+-- columns p_columns): the tables locked (ACCESS SHARE, until the transaction
+-- ends: a rename, a view in a table's place or a column's new type waits for it), then nothing
+-- of another role's that the reads would run as the owner may be on them, or the statement
+-- fails (insufficient_privilege) naming it: Console's write that fired the trigger fails. It
+-- runs as its owner to lock (LOCK asks for a table-wide SELECT, which the serve role does not
+-- hold on admins); it reads the catalogues only, and runs nothing of another's.
+CREATE OR REPLACE FUNCTION @s.rbac_gateway_plain(p_tables text[], p_columns text[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET row_security = off AS $fn$
+DECLARE
+    ns    oid := (SELECT c.relnamespace FROM pg_class c WHERE c.oid = '@s.rbac_change_log'::regclass);
+    found text;
+BEGIN
+    BEGIN
+        EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE',
+                       (SELECT string_agg(format('%I.%I', n.nspname, w.name), ', ')
+                          FROM unnest(p_tables) w(name), pg_namespace n WHERE n.oid = ns));
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE EXCEPTION 'the owner of the gateway''s functions (%) may not lock % before the gateway reads them: it needs SELECT on each, table-wide (GRANT SELECT ON ... TO %, as their owner)',
+            current_user, array_to_string(p_tables, ', '), current_user USING ERRCODE = 'insufficient_privilege';
+    END;
+    -- The quick look first (its plan kept for the session: this runs for every row Console
+    -- writes to the break-glass trigger's tables); the whole one only where it finds anything.
+    IF EXISTS (SELECT 1 FROM unnest(p_tables) w(name)
+                 LEFT JOIN pg_class c ON c.relnamespace = ns AND c.relname = w.name::name
+                WHERE c.oid IS NULL OR c.relkind <> 'r' OR c.relrowsecurity OR c.relforcerowsecurity
+                   OR c.relhasrules OR c.relhassubclass)
+       OR EXISTS (SELECT 1 FROM unnest(p_columns) w(col)
+                    JOIN pg_class c ON c.relnamespace = ns AND c.relname = split_part(w.col, '.', 1)::name
+                    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = split_part(w.col, '.', 2)::name
+                                       AND NOT a.attisdropped
+                   WHERE format_type(a.atttypid, NULL)
+                         <> CASE WHEN a.attname::text LIKE '%\_at\_utc' THEN 'timestamp with time zone'
+                                 WHEN a.attname::text = 'customer_id' THEN 'integer' ELSE 'text' END)
+       -- An index or statistics object that refers to what is not built in (0038): the planner
+       -- evaluates its expressions, and compares with its operator class, as the owner here.
+       OR EXISTS (SELECT 1 FROM unnest(p_tables) w(name)
+                    JOIN pg_class c ON c.relnamespace = ns AND c.relname = w.name::name
+                    JOIN LATERAL (SELECT 'pg_class'::regclass AS classid, i.indexrelid AS objid
+                                    FROM pg_index i WHERE i.indrelid = c.oid
+                                  UNION ALL
+                                  SELECT 'pg_statistic_ext'::regclass, s.oid
+                                    FROM pg_statistic_ext s WHERE s.stxrelid = c.oid) x ON true
+                    JOIN pg_depend d ON d.classid = x.classid AND d.objid = x.objid
+                   WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass, 'pg_type'::regclass,
+                                          'pg_collation'::regclass, 'pg_opclass'::regclass, 'pg_opfamily'::regclass)
+                     AND d.refobjid::pg_catalog.int8 >= 16384) THEN
+        SELECT string_agg(w, '; ') INTO found FROM @s.rbac_gateway_console_code(ns::oid, p_tables::text[], p_columns::text[], '{}'::text[]) w;
+        IF found IS NOT NULL THEN
+            RAISE EXCEPTION 'the gateway does not read a table of Console''s as its owner where code of another role would run: %', found
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+END;
+$fn$;
 $sql$, '@s.', pg_catalog.quote_ident(pg_catalog.current_schema()) OPERATOR(pg_catalog.||) '.');
     -- 0036's setting again, where the server has it (CREATE OR REPLACE dropped it).
     IF pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL THEN
         EXECUTE pg_catalog.replace(
-            $sql$ALTER ROUTINE @s.rbac_gateway_console_code(oid, text[], text[], text[]) SET restrict_nonsystem_relation_kind = 'view, foreign-table'$sql$,
+            $sql$ALTER ROUTINE @s.rbac_gateway_console_code(oid, text[], text[], text[]) SET restrict_nonsystem_relation_kind = 'view, foreign-table';
+                 ALTER ROUTINE @s.rbac_gateway_plain(text[], text[]) SET restrict_nonsystem_relation_kind = 'view, foreign-table'$sql$,
             '@s.', pg_catalog.quote_ident(pg_catalog.current_schema()) OPERATOR(pg_catalog.||) '.');
     END IF;
 END

@@ -108,9 +108,10 @@ impl Promotion {
     }
 }
 
-/// The table as the catalogue describes it: (relkind, row-level security, readable, [(column,
-/// type schema)]), or None when the gateway's schema has no such relation.
-type Described = Option<(String, bool, bool, Vec<String>, Vec<String>)>;
+/// The table as the catalogue describes it: (relkind, row-level security, readable, tables
+/// under it, an index or statistics object referring to what is not built in, [(column, type
+/// schema)]), or None when the gateway's schema has no such relation.
+type Described = Option<(String, bool, bool, bool, bool, Vec<String>, Vec<String>)>;
 
 /// The read of the row when the flag's column is `$column`: the name never comes from the
 /// database, and every value is read as `pg_catalog.text` of a `pg_catalog` type (checked first),
@@ -138,7 +139,16 @@ const ROW_READS: [&str; 5] = [
 /// SQL text: `console_flag_promotions` as the catalogue describes it ([`Described`]), in the
 /// gateway's schema `$1`.
 const DESCRIBE_PROMOTIONS: &str = "SELECT c.relkind::pg_catalog.text, c.relrowsecurity, \
-        pg_catalog.has_table_privilege(c.oid, 'SELECT'), \
+        pg_catalog.has_table_privilege(c.oid, 'SELECT'), c.relhassubclass, \
+        EXISTS (SELECT FROM pg_catalog.pg_depend d \
+                 WHERE ((d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+                         AND d.objid OPERATOR(pg_catalog.=) ANY (SELECT i.indexrelid FROM pg_catalog.pg_index i WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid)) \
+                     OR (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass \
+                         AND d.objid OPERATOR(pg_catalog.=) ANY (SELECT s.oid FROM pg_catalog.pg_statistic_ext s WHERE s.stxrelid OPERATOR(pg_catalog.=) c.oid))) \
+                   AND d.refclassid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_operator'::pg_catalog.regclass, \
+                         'pg_catalog.pg_type'::pg_catalog.regclass, 'pg_catalog.pg_collation'::pg_catalog.regclass, \
+                         'pg_catalog.pg_opclass'::pg_catalog.regclass, 'pg_catalog.pg_opfamily'::pg_catalog.regclass]::pg_catalog.oid[]) \
+                   AND d.refobjid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid), \
         coalesce((SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
                    WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped), '{}'), \
         coalesce((SELECT pg_catalog.array_agg(t.typnamespace::pg_catalog.regnamespace::pg_catalog.text ORDER BY a.attnum) \
@@ -155,8 +165,9 @@ const LOCK_PROMOTIONS: &str = "LOCK TABLE console_flag_promotions IN ACCESS SHAR
 
 /// FLAG_RBAC_V2's row of `console_flag_promotions` (I-11). Console's role owns that table, so
 /// it is described from the catalogue first and read only when reading it runs nothing of its
-/// owner's: a plain table, no row-level security, every column the read names of a built-in
-/// type. The description that decides is taken under a lock the read holds too, in one
+/// owner's: a plain table (no partitions, no children), no row-level security, every column the
+/// read names of a built-in type, and no index or statistics object referring to what is not
+/// built in (the planner evaluates their expressions as the reader). The description that decides is taken under a lock the read holds too, in one
 /// transaction: between a description and a read apart, Console's role could give a column a
 /// type of its own whose cast then ran as the gateway's login (a review forged a delivered
 /// break-glass alert so). A table unlike 002's is reported, never a failed statement.
@@ -216,16 +227,27 @@ async fn described(
 /// What a description of `console_flag_promotions` allows: the index in [`FLAG_NAME_COLUMNS`]
 /// (and [`ROW_READS`]) of the flag's column where the row may be read, or what to report.
 fn judged(described: Described) -> Result<usize, Promotion> {
-    let Some((kind, rls, readable, columns, type_schemas)) = described else {
+    let Some((kind, rls, readable, children, planned_code, columns, type_schemas)) = described
+    else {
         return Err(Promotion::NoTable);
     };
     if !readable {
         return Err(Promotion::Unreadable);
     }
-    if kind != "r" && kind != "p" {
+    if kind != "r" {
         return Err(Promotion::Unsafe(format!(
-            "it is not a table (relkind {kind}): a view would run its owner's code"
+            "it is not a plain table (relkind {kind}): a view would run its owner's code, and a partitioned table's key is evaluated by the planner as the role that reads it"
         )));
+    }
+    if children {
+        return Err(Promotion::Unsafe(
+            "it has tables under it (inheritance), whose checks the planner evaluates as the role that reads it".into(),
+        ));
+    }
+    if planned_code {
+        return Err(Promotion::Unsafe(
+            "an index or statistics object of it refers to a function, operator, type or collation that is not built in, which the planner runs as the role that reads it".into(),
+        ));
     }
     if rls {
         return Err(Promotion::Unsafe(

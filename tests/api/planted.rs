@@ -2064,6 +2064,94 @@ async fn the_trigger_look_reads_the_catalogue_once_a_level_of_partitions() {
     );
 }
 
+/// Console's role gives a table the gateway reads (`rbac_groups`), or `console_flag_promotions`,
+/// an index or a statistics object whose expression calls an immutable function of its own:
+/// the planner evaluates such a call (constant arguments) as whoever plans a statement on the
+/// table, a reader too. `check` names it; the break-glass trigger, which reads `rbac_groups` as
+/// the owner of the gateway's functions, refuses it before its read (`rbac_gateway_plain`), so
+/// Console's write that fired it fails; I-11's read reports the table as unsafe, unread. Nothing
+/// of Console's runs as another role. Before migration 0038 only the indexes of the tables the
+/// gateway writes were looked at, and the trigger's read ran the function as the owner (a
+/// review). The request path's lookups, as the serve login, still plan Console's tables: see
+/// docs/design/security.md.
+#[tokio::test]
+async fn consoles_code_the_planner_runs_is_named_and_refused() {
+    use rbac_gateway::stores::invariants::{flag_promotion, Promotion};
+    let db = TestDb::new().await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let break_glass: String =
+        sqlx::query_scalar("SELECT id FROM rbac_groups WHERE name = 'break-glass'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let mut console = as_console(&db).await;
+    run(
+        &mut console,
+        "RESET ROLE; \
+         ALTER TABLE rbac_groups OWNER TO console_app; \
+         SET ROLE console_app; \
+         CREATE FUNCTION public.console_code() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN \
+             INSERT INTO public.shadow_ran VALUES ('planned', current_user); RETURN true; END $$; \
+         CREATE FUNCTION public.console_k(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN \
+             PERFORM public.console_code(); RETURN t; END $$; \
+         CREATE TABLE console_flag_promotions (flag_name text PRIMARY KEY, risk text, current_env text, promoted_by text); \
+         INSERT INTO console_flag_promotions VALUES ('FLAG_RBAC_V2', 'high', 'production', 'migration'); \
+         GRANT SELECT ON console_flag_promotions TO PUBLIC",
+    )
+    .await;
+    let reader =
+        rbac_gateway::stores::db::Db::connect(&db.url, None, 1, std::time::Duration::from_secs(10))
+            .unwrap();
+    for (plant, undo, named) in [
+        (
+            "CREATE INDEX console_expr ON rbac_groups ((name || public.console_k(''))); \
+             CREATE INDEX console_flag_expr ON console_flag_promotions ((flag_name || public.console_k('')))",
+            "DROP INDEX console_expr; DROP INDEX console_flag_expr",
+            "index public.console_expr of rbac_groups refers to function public.console_k(text), which is not built in",
+        ),
+        (
+            "CREATE STATISTICS console_stats ON (name || public.console_k('')) FROM rbac_groups; \
+             CREATE STATISTICS console_flag_stats ON (flag_name || public.console_k('')) FROM console_flag_promotions",
+            "DROP STATISTICS console_stats; DROP STATISTICS console_flag_stats",
+            "statistics object console_stats of rbac_groups refers to function public.console_k(text), which is not built in",
+        ),
+    ] {
+        run(&mut console, plant).await;
+        let (code, text) = check(&db);
+        assert_ne!(code, Some(0), "{plant}\n{text}");
+        assert!(text.contains(named), "{named}\n{text}");
+        assert!(
+            text.contains("Console's tables are not read here: code of another role's on them would run as this role"),
+            "{text}"
+        );
+        assert_eq!(ran_as_others(&db).await, [], "check: {plant}");
+        // Console's own change of a membership fires the break-glass trigger, which refuses
+        // to read rbac_groups as the owner; the change fails.
+        let refused = sqlx::query(
+            "INSERT INTO rbac_user_groups (user_id, group_id, granted_by) VALUES ($1, $2, 'ops')",
+        )
+        .bind(&admin)
+        .bind(&break_glass)
+        .execute(&mut *console)
+        .await
+        .expect_err("a group change read rbac_groups with Console's code on it");
+        assert!(
+            refused.to_string().contains("the gateway does not read a table of Console's as its owner where code of another role would run")
+                && refused.to_string().contains(named),
+            "{named}\n{refused}"
+        );
+        assert_eq!(ran_as_others(&db).await, [], "the trigger: {plant}");
+        // I-11's read: not read, and said why.
+        let promotion = flag_promotion(&reader, "FLAG_RBAC_V2").await.unwrap();
+        assert!(
+            matches!(&promotion, Promotion::Unsafe(why) if why.contains("an index or statistics object of it refers to")),
+            "{plant}\n{promotion:?}"
+        );
+        assert_eq!(ran_as_others(&db).await, [], "I-11: {plant}");
+        run(&mut console, undo).await;
+    }
+}
+
 /// The rows of `relation` the plan `node` (EXPLAIN ANALYZE's JSON) read: those each node returned
 /// and those its filter removed, each an average over its loops.
 fn rows_read(node: &serde_json::Value, relation: &str) -> f64 {
