@@ -878,3 +878,61 @@ async fn a_break_glass_session_alerted_as_ended_counts_only_once_alerted_as_live
     )
     .await;
 }
+
+/// An alert the previous release raised for a break-glass session revoked before it (told as
+/// ended) recorded the session's expiry as the end it told, so the session restored afterwards
+/// counted on it. Migration 0039 gives such an alert the end it told, the revocation: once
+/// upgraded, the restored session counts only once alerted again as live.
+#[tokio::test]
+async fn an_alert_told_as_ended_by_the_previous_release_covers_no_restored_session() {
+    let db = TestDb::at_version(38).await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let session = db.break_glass(&admin, 3000.0).await;
+    sqlx::query(
+        "UPDATE rbac_break_glass_sessions SET granted_at_utc = now() - interval '2 minutes', \
+         revoked_at_utc = now() - interval '1 minute' WHERE id = $1",
+    )
+    .bind(&session)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // As the previous release raised and delivered it: the session's columns from its row
+    // (the alerts' trigger), the capped expiry as its end.
+    sqlx::query(
+        "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys, delivered_at_utc) \
+         VALUES ($1, 'Break-glass session opened for a@b (x). Justification: j. Expires 2026-11-30 12:00:00 UTC. It ended before this alert was raised.', ARRAY[$2], now())",
+    )
+    .bind(format!("break_glass:{session}"))
+    .bind(&admin)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let counted = || async {
+        sqlx::query_scalar::<_, Option<f64>>(
+            "SELECT break_glass_seconds FROM rbac_gateway_principal($1, true)",
+        )
+        .bind(&admin)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+        .is_some()
+    };
+    let out = crate::cli::bin()
+        .args(["migrate", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sqlx::query("UPDATE rbac_break_glass_sessions SET revoked_at_utc = NULL WHERE id = $1")
+        .bind(&session)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        !counted().await,
+        "the restored session counted on the alert that told it ended"
+    );
+}
