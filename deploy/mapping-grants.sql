@@ -37,6 +37,9 @@ END $$;
 -- A principal's roles (migration 0011). No function of the gateway's is PUBLIC's to run
 -- (migration 0022): each role is granted what it calls, here and in gateway-grants.sql.
 GRANT EXECUTE ON FUNCTION rbac_gateway_principal(TEXT, BOOLEAN) TO rbac_gateway_reader;
+-- What of Console's role's would run where Console's tables are read (migration 0038): asked
+-- before I-4 reads them (`rollout`, the cockpit's board).
+GRANT EXECUTE ON FUNCTION rbac_gateway_console_code(OID, TEXT[], TEXT[], TEXT[]) TO rbac_gateway_reader;
 -- A customer's ticket grants, one call (migration 0012).
 GRANT EXECUTE ON FUNCTION rbac_gateway_ticket_grants(TEXT, INTEGER, TEXT[]) TO rbac_gateway_reader;
 -- The cold lookups waiting at one time, one call behind a pooler (migration 0014).

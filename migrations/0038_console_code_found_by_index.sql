@@ -21,7 +21,14 @@
 -- index's operator class as the role that plans a statement on the table, so a read ran such
 -- code of Console's role as the gateway's login, and inside the gateway's functions as their
 -- owner (a review: an expression index on rbac_groups ran as the owner when Console's update of
--- rbac_permissions fired the break-glass trigger). tests/api/planted.rs,
+-- rbac_permissions fired the break-glass trigger). What a superuser owns is trusted there (an
+-- extension's operator class, pg_trgm's or citext's, is no code of Console's role: a second
+-- review found Console's writes refused beside such an index). A table the gateway reads or
+-- writes that is a partition is named too (its parent's key is evaluated on every write to it,
+-- as the writer), and rbac_gateway_plain's quick look asks for one. The erasure trigger (0035)
+-- read admins in its DECLARE, as it was entered and before its look: that read now follows the
+-- look. rbac_gateway_reader may run rbac_gateway_console_code (`rollout` and the cockpit look
+-- before they read Console's tables for I-4). tests/api/planted.rs,
 -- consoles_code_the_planner_runs_is_named_and_refused. CREATE OR REPLACE keeps its grants
 -- and drops restrict_nonsystem_relation_kind (0036), given again below where the server has it.
 -- tests/api/planted.rs, console_code_reads_the_catalogue_by_index, holds the plan.
@@ -33,7 +40,7 @@ BEGIN
 CREATE OR REPLACE FUNCTION @s.rbac_gateway_console_code(p_schema oid, p_tables text[], p_columns text[], p_written text[])
 RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET row_security = off AS $fn$
     WITH t AS (
-        SELECT c.oid, c.relname::text AS name, c.relkind, c.relrowsecurity, c.relforcerowsecurity,
+        SELECT c.oid, c.relname::text AS name, c.relkind, c.relrowsecurity, c.relforcerowsecurity, c.relispartition,
                c.relname::text = ANY (p_written) AS written
           FROM pg_class c
          WHERE c.relnamespace = p_schema AND c.relname = ANY ((p_tables || p_written)::name[])
@@ -69,6 +76,11 @@ RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET
     UNION ALL
     SELECT format('rule %s on %s rewrites what the gateway reads or writes there, and what it calls runs as the gateway', r.rulename, t.name)
       FROM t JOIN pg_rewrite r ON r.ev_class = t.oid WHERE r.rulename <> '_RETURN'
+    UNION ALL
+    -- A partition: its parent's key is evaluated on every write to it, as the writer (0038).
+    SELECT format('%s is a partition of %s: its partition key is evaluated as the role that writes it, the gateway among them', t.name,
+                  (SELECT string_agg(h.inhparent::regclass::text, ', ') FROM pg_inherits h WHERE h.inhrelid = t.oid))
+      FROM t WHERE t.relispartition
     UNION ALL
     SELECT format('%s has %s under it: its rows and what runs on them are read or written as the gateway''s', t.name,
                   string_agg(h.inhrelid::regclass::text, ', ' ORDER BY h.inhrelid::regclass::text))
@@ -147,6 +159,18 @@ RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET
       JOIN pg_depend d ON d.classid = x.classid AND d.objid = x.objid
      WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass, 'pg_type'::regclass,
                             'pg_collation'::regclass, 'pg_opclass'::regclass, 'pg_opfamily'::regclass)
+       -- An index's or statistics object's: what a superuser owns is trusted (an extension's
+       -- operator class, such as pg_trgm's or citext's, is no code of Console's role); a
+       -- default's or constraint's of a written table: only what initdb made.
+       AND (x.on_write OR
+            CASE d.refclassid
+                 WHEN 'pg_proc'::regclass THEN (SELECT o.proowner FROM pg_proc o WHERE o.oid = d.refobjid)
+                 WHEN 'pg_operator'::regclass THEN (SELECT o.oprowner FROM pg_operator o WHERE o.oid = d.refobjid)
+                 WHEN 'pg_type'::regclass THEN (SELECT o.typowner FROM pg_type o WHERE o.oid = d.refobjid)
+                 WHEN 'pg_collation'::regclass THEN (SELECT o.collowner FROM pg_collation o WHERE o.oid = d.refobjid)
+                 WHEN 'pg_opclass'::regclass THEN (SELECT o.opcowner FROM pg_opclass o WHERE o.oid = d.refobjid)
+                 WHEN 'pg_opfamily'::regclass THEN (SELECT o.opfowner FROM pg_opfamily o WHERE o.oid = d.refobjid)
+            END NOT IN (SELECT role FROM superusers))
        -- initdb's own objects (below FirstNormalObjectId, 16384): its collations are not pinned.
        -- Compared as int8, which no index of pg_depend serves: the look goes from the tables'
        -- own few objects to pg_depend by its index on the depender, whatever the statistics
@@ -194,7 +218,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM unnest(p_tables) w(name)
                  LEFT JOIN pg_class c ON c.relnamespace = ns AND c.relname = w.name::name
                 WHERE c.oid IS NULL OR c.relkind <> 'r' OR c.relrowsecurity OR c.relforcerowsecurity
-                   OR c.relhasrules OR c.relhassubclass)
+                   OR c.relhasrules OR c.relhassubclass OR c.relispartition)
        OR EXISTS (SELECT 1 FROM unnest(p_columns) w(col)
                     JOIN pg_class c ON c.relnamespace = ns AND c.relname = split_part(w.col, '.', 1)::name
                     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = split_part(w.col, '.', 2)::name
@@ -214,7 +238,16 @@ BEGIN
                     JOIN pg_depend d ON d.classid = x.classid AND d.objid = x.objid
                    WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass, 'pg_type'::regclass,
                                           'pg_collation'::regclass, 'pg_opclass'::regclass, 'pg_opfamily'::regclass)
-                     AND d.refobjid::pg_catalog.int8 >= 16384) THEN
+                     AND d.refobjid::pg_catalog.int8 >= 16384
+                     -- What a superuser owns is trusted (an extension's operator class).
+                     AND NOT EXISTS (SELECT FROM pg_roles r WHERE r.rolsuper AND r.oid = CASE d.refclassid
+                              WHEN 'pg_proc'::regclass THEN (SELECT o.proowner FROM pg_proc o WHERE o.oid = d.refobjid)
+                              WHEN 'pg_operator'::regclass THEN (SELECT o.oprowner FROM pg_operator o WHERE o.oid = d.refobjid)
+                              WHEN 'pg_type'::regclass THEN (SELECT o.typowner FROM pg_type o WHERE o.oid = d.refobjid)
+                              WHEN 'pg_collation'::regclass THEN (SELECT o.collowner FROM pg_collation o WHERE o.oid = d.refobjid)
+                              WHEN 'pg_opclass'::regclass THEN (SELECT o.opcowner FROM pg_opclass o WHERE o.oid = d.refobjid)
+                              WHEN 'pg_opfamily'::regclass THEN (SELECT o.opfowner FROM pg_opfamily o WHERE o.oid = d.refobjid)
+                         END)) THEN
         SELECT string_agg(w, '; ') INTO found FROM @s.rbac_gateway_console_code(ns::oid, p_tables::text[], p_columns::text[], '{}'::text[]) w;
         IF found IS NOT NULL THEN
             RAISE EXCEPTION 'the gateway does not read a table of Console''s as its owner where code of another role would run: %', found
@@ -223,13 +256,120 @@ BEGIN
     END IF;
 END;
 $fn$;
+
+-- 0035's erasure trigger, its one read of admins before the check moved after it: a DECLARE
+-- initialiser runs as the function is entered, so admins was planned as the owner before
+-- rbac_gateway_plain had looked (a review: a statistics object of Console's ran there, as the
+-- owner, and dropped itself before the look). Otherwise 0035's body.
+CREATE OR REPLACE FUNCTION @s.rbac_gateway_erase_admin() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET row_security = off AS $fn$
+DECLARE
+    -- The email matched with its letter case ignored only if no other admin's differs from it
+    -- in case alone (admins.email is unique as written, not case-blind): read after the check.
+    blind boolean;
+    -- The line as written under the email the admin has now, and as it is erased.
+    named text := 'admin ' || OLD.email || ' (' || OLD.id || ')';
+    erased text := 'admin (erased) (' || OLD.id || ')';
+    -- What the rows that name this admin carry in erasure_keys (found by its GIN index); a row
+    -- written before migration 0025 and not keyed yet (NULL, found by its partial index) is
+    -- searched as before.
+    keys text[] := ARRAY[OLD.id, lower(OLD.id), lower(OLD.email), '*'];
+BEGIN
+    -- What this reads of Console's, as this function's owner: plain tables, built-in types
+    -- (migration 0034).
+    PERFORM @s.rbac_gateway_plain('{admins,rbac_break_glass_sessions}'::text[],
+        '{admins.id,admins.email,rbac_break_glass_sessions.id,rbac_break_glass_sessions.user_id}'::text[]);
+    blind := NOT EXISTS (SELECT 1 FROM @s.admins a
+                          WHERE lower(a.email) = lower(OLD.email) AND a.id <> OLD.id);
+    -- Every recorded line naming this admin, under whatever email it had then.
+    UPDATE @s.rbac_gateway_group_changes
+       SET what = @s.rbac_gateway_erase_named(replace(what, named, erased), OLD.id::text)
+     WHERE (erasure_keys && keys OR erasure_keys IS NULL)
+       AND strpos(what, ' (' || OLD.id || ')') > 0;
+    -- The actor, when Console named this admin by its id or the email it has now (unique among
+    -- admins; an email it had before may be another admin's now, and is left).
+    UPDATE @s.rbac_gateway_group_changes
+       SET actor = '(erased)'
+     WHERE (erasure_keys && keys OR erasure_keys IS NULL)
+       AND (actor = OLD.id OR actor = OLD.email OR (blind AND lower(actor) = lower(OLD.email)));
+    -- A break-glass alert names the admin and quotes the justification: rewritten whole. Found
+    -- by its session (the key), and by the admin's keys for a session Console deleted first.
+    UPDATE @s.rbac_gateway_alerts
+       SET text = format('Break-glass session %s opened for an admin since erased (its text was erased with the admin, I-6).',
+                         substr(key, length('break_glass:') + 1))
+     WHERE key IN (SELECT 'break_glass:' || b.id FROM @s.rbac_break_glass_sessions b WHERE b.user_id = OLD.id);
+    UPDATE @s.rbac_gateway_alerts
+       SET text = format('Break-glass session %s opened for an admin since erased (its text was erased with the admin, I-6).',
+                         substr(key, length('break_glass:') + 1))
+     WHERE (erasure_keys && keys OR erasure_keys IS NULL)
+       AND key LIKE 'break_glass:%'
+       AND strpos(text, ' (' || OLD.id || '). Justification: ') > 0;
+    -- The other alerts quote the recorded lines and the actor.
+    UPDATE @s.rbac_gateway_alerts
+       SET text = replace(@s.rbac_gateway_erase_named(replace(text, named, erased), OLD.id::text),
+                          ', actor ' || OLD.id || ',', ', actor (erased),')
+     WHERE (erasure_keys && keys OR erasure_keys IS NULL)
+       AND (strpos(text, ' (' || OLD.id || ')') > 0
+            OR strpos(text, ', actor ' || OLD.id || ',') > 0);
+    UPDATE @s.rbac_gateway_alerts
+       SET text = CASE WHEN blind
+                       THEN @s.rbac_gateway_erase_token(text, (', actor ' || OLD.email || ',')::text, ', actor (erased),'::text)
+                       ELSE replace(text, ', actor ' || OLD.email || ',', ', actor (erased),') END
+     WHERE (erasure_keys && keys OR erasure_keys IS NULL)
+       AND strpos(lower(text), lower(', actor ' || OLD.email || ',')) > 0;
+    -- The keys themselves name the email (an actor): it is replaced by '*' (the row is then
+    -- searched by its text, as a row whose keys are unknown), never kept. Lower-cased keys of
+    -- two admins whose emails differ in case alone are one key: '*' serves both.
+    UPDATE @s.rbac_gateway_group_changes
+       SET erasure_keys = array_replace(erasure_keys, lower(OLD.email), '*')
+     WHERE erasure_keys && ARRAY[lower(OLD.email)];
+    UPDATE @s.rbac_gateway_alerts
+       SET erasure_keys = array_replace(erasure_keys, lower(OLD.email), '*')
+     WHERE erasure_keys && ARRAY[lower(OLD.email)];
+    UPDATE @s.rbac_gateway_break_glass_snapshots
+       SET members = array_remove(members, OLD.id)
+     WHERE OLD.id = ANY (members);
+    -- A deploy window this admin declared (declared_by is free text: its id or the email it
+    -- has now, the email case-blind where no other admin's differs in case alone), in the
+    -- lines recorded during it and in its alert, then in the window itself (I-6; before this
+    -- migration the three kept the email). Only where the admin declared one: the lines are
+    -- found by their text (no index), which an erasure of anyone else never reads.
+    IF EXISTS (SELECT 1 FROM @s.rbac_gateway_deploy_windows d
+                WHERE d.declared_by = OLD.id OR d.declared_by = OLD.email
+                   OR (blind AND lower(d.declared_by) = lower(OLD.email))) THEN
+        UPDATE @s.rbac_gateway_group_changes g
+           SET deploy_window = replace(g.deploy_window, ' (declared by ' || d.declared_by || ', until ',
+                                       ' (declared by (erased), until ')
+          FROM @s.rbac_gateway_deploy_windows d
+         WHERE (d.declared_by = OLD.id OR d.declared_by = OLD.email OR (blind AND lower(d.declared_by) = lower(OLD.email)))
+           AND g.deploy_window IS NOT NULL
+           AND strpos(g.deploy_window, ' (declared by ' || d.declared_by || ', until ') > 0;
+        UPDATE @s.rbac_gateway_alerts a
+           SET text = replace(a.text, 'Deploy window declared by ' || d.declared_by || ': ',
+                              'Deploy window declared by (erased): ')
+          FROM @s.rbac_gateway_deploy_windows d
+         WHERE (d.declared_by = OLD.id OR d.declared_by = OLD.email OR (blind AND lower(d.declared_by) = lower(OLD.email)))
+           AND a.key = 'deploy_window:' || d.id::text;
+        UPDATE @s.rbac_gateway_deploy_windows d
+           SET declared_by = '(erased)'
+         WHERE d.declared_by = OLD.id OR d.declared_by = OLD.email OR (blind AND lower(d.declared_by) = lower(OLD.email));
+    END IF;
+    RETURN OLD;
+END;
+$fn$;
 $sql$, '@s.', pg_catalog.quote_ident(pg_catalog.current_schema()) OPERATOR(pg_catalog.||) '.');
     -- 0036's setting again, where the server has it (CREATE OR REPLACE dropped it).
     IF pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL THEN
         EXECUTE pg_catalog.replace(
             $sql$ALTER ROUTINE @s.rbac_gateway_console_code(oid, text[], text[], text[]) SET restrict_nonsystem_relation_kind = 'view, foreign-table';
-                 ALTER ROUTINE @s.rbac_gateway_plain(text[], text[]) SET restrict_nonsystem_relation_kind = 'view, foreign-table'$sql$,
+                 ALTER ROUTINE @s.rbac_gateway_plain(text[], text[]) SET restrict_nonsystem_relation_kind = 'view, foreign-table';
+                 ALTER ROUTINE @s.rbac_gateway_erase_admin() SET restrict_nonsystem_relation_kind = 'view, foreign-table'$sql$,
             '@s.', pg_catalog.quote_ident(pg_catalog.current_schema()) OPERATOR(pg_catalog.||) '.');
+    END IF;
+    -- `rollout` and the cockpit, as rbac_gateway_reader, look for Console's code before they
+    -- read Console's tables for I-4 (deploy/mapping-grants.sql grants the same again).
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'rbac_gateway_reader') THEN
+        GRANT EXECUTE ON FUNCTION rbac_gateway_console_code(oid, text[], text[], text[]) TO rbac_gateway_reader;
     END IF;
 END
 $migration$;

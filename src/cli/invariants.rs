@@ -64,17 +64,16 @@ pub async fn invariants(
     // Console's tables carrying code of another role's (an index whose expression calls a
     // function of Console's role: the planner runs it as whoever plans a read of the table,
     // migration 0038) are not read for I-4: the read would run it as this command's role.
-    let planted = match crate::stores::schema::console_code_anywhere(pool).await {
-        Ok(Some(found)) if !found.is_empty() => Some(found.len()),
-        _ => None,
+    // A role that cannot look does not read either.
+    let unread = match crate::stores::schema::console_code_anywhere(pool).await {
+        Ok(Some(found)) if found.is_empty() => None,
+        Ok(Some(found)) => Some(format!("Console's tables are not read here: code of another role's on them would run as this role ({} finding(s); `check --database-url` names each)", found.len())),
+        Ok(None) => Some("Console's tables are not read here: this role may not run rbac_gateway_console_code, which looks first for code of another role's on them that a read would run as this role (deploy/mapping-grants.sql grants it to rbac_gateway_reader)".to_string()),
+        Err(e) => Some(format!("Console's tables are not read here: cannot look for code of another role's on them first: {e}")),
     };
     vec![
-        match planted {
-            Some(found) => Invariant::new(
-                "I-4",
-                State::NotCheckable,
-                format!("Console's tables are not read here: code of another role's on them would run as this role ({found} finding(s); `check --database-url` names each)"),
-            ),
+        match unread {
+            Some(why) => Invariant::new("I-4", State::NotCheckable, why),
             None => i4(pool, decision, posture).await,
         },
         i5(pool, posture).await,

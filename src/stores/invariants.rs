@@ -108,9 +108,10 @@ impl Promotion {
     }
 }
 
-/// The table as the catalogue describes it: (relkind, row-level security, readable, tables
-/// under it, an index or statistics object referring to what is not built in, [(column, type
-/// schema)]), or None when the gateway's schema has no such relation.
+/// The table as the catalogue describes it: (relkind, row-level security, readable, a partition
+/// or tables under it, an index or statistics object referring to what neither initdb nor a
+/// superuser made, [(column, type schema)]), or None when the gateway's schema has no such
+/// relation.
 type Described = Option<(String, bool, bool, bool, bool, Vec<String>, Vec<String>)>;
 
 /// The read of the row when the flag's column is `$column`: the name never comes from the
@@ -139,7 +140,8 @@ const ROW_READS: [&str; 5] = [
 /// SQL text: `console_flag_promotions` as the catalogue describes it ([`Described`]), in the
 /// gateway's schema `$1`.
 const DESCRIBE_PROMOTIONS: &str = "SELECT c.relkind::pg_catalog.text, c.relrowsecurity, \
-        pg_catalog.has_table_privilege(c.oid, 'SELECT'), c.relhassubclass, \
+        pg_catalog.has_table_privilege(c.oid, 'SELECT'), \
+        (c.relispartition OR EXISTS (SELECT FROM pg_catalog.pg_inherits h WHERE h.inhparent OPERATOR(pg_catalog.=) c.oid)), \
         EXISTS (SELECT FROM pg_catalog.pg_depend d \
                  WHERE ((d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
                          AND d.objid OPERATOR(pg_catalog.=) ANY (SELECT i.indexrelid FROM pg_catalog.pg_index i WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid)) \
@@ -148,7 +150,14 @@ const DESCRIBE_PROMOTIONS: &str = "SELECT c.relkind::pg_catalog.text, c.relrowse
                    AND d.refclassid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_operator'::pg_catalog.regclass, \
                          'pg_catalog.pg_type'::pg_catalog.regclass, 'pg_catalog.pg_collation'::pg_catalog.regclass, \
                          'pg_catalog.pg_opclass'::pg_catalog.regclass, 'pg_catalog.pg_opfamily'::pg_catalog.regclass]::pg_catalog.oid[]) \
-                   AND d.refobjid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid), \
+                   AND d.refobjid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid \
+                   AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolsuper AND r.oid OPERATOR(pg_catalog.=) CASE d.refclassid \
+                         WHEN 'pg_catalog.pg_proc'::pg_catalog.regclass THEN (SELECT o.proowner FROM pg_catalog.pg_proc o WHERE o.oid OPERATOR(pg_catalog.=) d.refobjid) \
+                         WHEN 'pg_catalog.pg_operator'::pg_catalog.regclass THEN (SELECT o.oprowner FROM pg_catalog.pg_operator o WHERE o.oid OPERATOR(pg_catalog.=) d.refobjid) \
+                         WHEN 'pg_catalog.pg_type'::pg_catalog.regclass THEN (SELECT o.typowner FROM pg_catalog.pg_type o WHERE o.oid OPERATOR(pg_catalog.=) d.refobjid) \
+                         WHEN 'pg_catalog.pg_collation'::pg_catalog.regclass THEN (SELECT o.collowner FROM pg_catalog.pg_collation o WHERE o.oid OPERATOR(pg_catalog.=) d.refobjid) \
+                         WHEN 'pg_catalog.pg_opclass'::pg_catalog.regclass THEN (SELECT o.opcowner FROM pg_catalog.pg_opclass o WHERE o.oid OPERATOR(pg_catalog.=) d.refobjid) \
+                         WHEN 'pg_catalog.pg_opfamily'::pg_catalog.regclass THEN (SELECT o.opfowner FROM pg_catalog.pg_opfamily o WHERE o.oid OPERATOR(pg_catalog.=) d.refobjid) END)), \
         coalesce((SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
                    WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped), '{}'), \
         coalesce((SELECT pg_catalog.array_agg(t.typnamespace::pg_catalog.regnamespace::pg_catalog.text ORDER BY a.attnum) \
@@ -241,12 +250,12 @@ fn judged(described: Described) -> Result<usize, Promotion> {
     }
     if children {
         return Err(Promotion::Unsafe(
-            "it has tables under it (inheritance), whose checks the planner evaluates as the role that reads it".into(),
+            "it is a partition or has tables under it, whose key or checks are evaluated as the role that reads it".into(),
         ));
     }
     if planned_code {
         return Err(Promotion::Unsafe(
-            "an index or statistics object of it refers to a function, operator, type or collation that is not built in, which the planner runs as the role that reads it".into(),
+            "an index or statistics object of it refers to a function, operator, type or collation neither built in nor a superuser's, which the planner runs as the role that reads it".into(),
         ));
     }
     if rls {
