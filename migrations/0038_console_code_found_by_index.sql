@@ -156,7 +156,11 @@ RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET
             SELECT format('statistics object %s', s.stxname), 'pg_statistic_ext'::regclass, s.oid, false
               FROM pg_statistic_ext s WHERE s.stxrelid = t.oid
            ) x ON true
-      JOIN pg_depend d ON d.classid = x.classid AND d.objid = x.objid
+      -- Each object's dependencies by pg_depend's index on the depender, a lookup of its own
+      -- (OFFSET 0): with statistics taken before Console's objects were made, the planner
+      -- otherwise read all of pg_depend for each table.
+      CROSS JOIN LATERAL (SELECT d.refclassid, d.refobjid, d.refobjsubid FROM pg_depend d
+                           WHERE d.classid = x.classid AND d.objid = x.objid OFFSET 0) d
      WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass, 'pg_type'::regclass,
                             'pg_collation'::regclass, 'pg_opclass'::regclass, 'pg_opfamily'::regclass)
        -- An index's or statistics object's: what a superuser owns is trusted (an extension's
@@ -235,7 +239,8 @@ BEGIN
                                   UNION ALL
                                   SELECT 'pg_statistic_ext'::regclass, s.oid
                                     FROM pg_statistic_ext s WHERE s.stxrelid = c.oid) x ON true
-                    JOIN pg_depend d ON d.classid = x.classid AND d.objid = x.objid
+                    CROSS JOIN LATERAL (SELECT d.refclassid, d.refobjid FROM pg_depend d
+                                         WHERE d.classid = x.classid AND d.objid = x.objid OFFSET 0) d
                    WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass, 'pg_type'::regclass,
                                           'pg_collation'::regclass, 'pg_opclass'::regclass, 'pg_opfamily'::regclass)
                      AND d.refobjid::pg_catalog.int8 >= 16384
