@@ -32,6 +32,16 @@ async fn as_console(db: &TestDb) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
     conn
 }
 
+/// Whether Console's planted code ran as another role than its own: the scenarios' function
+/// draws from `public.ran_as_another` when it does. A sequence, not a table: what ran in a
+/// statement that then failed is still counted.
+async fn ran_as_another(db: &TestDb) -> bool {
+    sqlx::query_scalar("SELECT is_called FROM public.ran_as_another")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
 /// Runs `sql` on Console's session (`as_console`).
 async fn run(console: &mut sqlx::pool::PoolConnection<sqlx::Postgres>, sql: &str) {
     sqlx::raw_sql(sql).execute(&mut **console).await.unwrap();
@@ -472,15 +482,6 @@ async fn consoles_code_the_first_guard_missed_is_refused_too() {
     .execute(&mut *console)
     .await
     .unwrap();
-    let ran = || {
-        let pool = db.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, bool>("SELECT is_called FROM public.ran_as_another")
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
     for (plant, undo, named) in [
         (
             "CREATE TRIGGER console_when BEFORE INSERT ON rbac_grants_audit FOR EACH ROW \
@@ -555,7 +556,7 @@ async fn consoles_code_the_first_guard_missed_is_refused_too() {
             "{named}\n{refused}"
         );
         assert_eq!(crate::lifecycle::revoked(&db, &expired).await, None, "{plant}");
-        assert!(!ran().await, "{plant}: Console's code ran as another role");
+        assert!(!ran_as_another(&db).await, "{plant}: Console's code ran as another role");
         sqlx::raw_sql(undo).execute(&mut *console).await.unwrap();
     }
     // With all of them gone, the sweep revokes the grant.
@@ -589,7 +590,10 @@ async fn consoles_code_the_first_guard_missed_is_refused_too() {
             .contains("the gateway does not read a table of Console's as its owner where code of another role would run: rbac_groups is a view"),
         "{refused}"
     );
-    assert!(!ran().await, "Console's view ran as another role");
+    assert!(
+        !ran_as_another(&db).await,
+        "Console's view ran as another role"
+    );
     // The sweep and the alert pass read none of Console's tables while it stands, and say so.
     let (code, out) = crate::grants::sweep_once(&login, &hook).await;
     assert_ne!(code, Some(0), "{out}");
@@ -597,7 +601,10 @@ async fn consoles_code_the_first_guard_missed_is_refused_too() {
         out.contains("rbac_groups is a view") && out.contains("alert delivered: console_code:"),
         "{out}"
     );
-    assert!(!ran().await, "Console's view ran as another role");
+    assert!(
+        !ran_as_another(&db).await,
+        "Console's view ran as another role"
+    );
     let (code, text) = check(&db);
     assert_ne!(code, Some(0), "{text}");
     assert!(
@@ -2102,16 +2109,6 @@ async fn consoles_code_the_planner_runs_is_named_and_refused() {
          GRANT SELECT ON console_flag_promotions TO PUBLIC",
     )
     .await;
-    // A sequence, not a table: what ran in a statement that then failed is still counted.
-    let ran = || {
-        let pool = db.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, bool>("SELECT is_called FROM public.ran_as_another")
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
     let reader =
         rbac_gateway::stores::db::Db::connect(&db.url, None, 1, std::time::Duration::from_secs(10))
             .unwrap();
@@ -2137,7 +2134,7 @@ async fn consoles_code_the_planner_runs_is_named_and_refused() {
             text.contains("Console's tables are not read here: code of another role's on them would run as this role"),
             "{text}"
         );
-        assert!(!ran().await, "check: {plant}");
+        assert!(!ran_as_another(&db).await, "check: {plant}");
         // Console's own change of a membership fires the break-glass trigger, which refuses
         // to read rbac_groups as the owner; the change fails.
         let refused = sqlx::query(
@@ -2153,14 +2150,14 @@ async fn consoles_code_the_planner_runs_is_named_and_refused() {
                 && refused.to_string().contains(named),
             "{named}\n{refused}"
         );
-        assert!(!ran().await, "the trigger: {plant}");
+        assert!(!ran_as_another(&db).await, "the trigger: {plant}");
         // I-11's read: not read, and said why.
         let promotion = flag_promotion(&reader, "FLAG_RBAC_V2").await.unwrap();
         assert!(
             matches!(&promotion, Promotion::Unsafe(why) if why.contains("an index or statistics object of it refers to")),
             "{plant}\n{promotion:?}"
         );
-        assert!(!ran().await, "I-11: {plant}");
+        assert!(!ran_as_another(&db).await, "I-11: {plant}");
         run(&mut console, undo).await;
     }
 
@@ -2184,7 +2181,10 @@ async fn consoles_code_the_planner_runs_is_named_and_refused() {
         ),
         "{refused}"
     );
-    assert!(!ran().await, "the erasure ran Console's code as the owner");
+    assert!(
+        !ran_as_another(&db).await,
+        "the erasure ran Console's code as the owner"
+    );
     run(&mut console, "DROP STATISTICS console_admin_stats").await;
 
     // An extension's operator class (a superuser's) is no code of Console's: an index of pg_trgm
@@ -2223,7 +2223,10 @@ async fn consoles_code_the_planner_runs_is_named_and_refused() {
         text.contains("rbac_grants_audit is a partition of public.console_audit_parts"),
         "{text}"
     );
-    assert!(!ran().await, "Console's code ran as another role");
+    assert!(
+        !ran_as_another(&db).await,
+        "Console's code ran as another role"
+    );
 }
 
 /// The rows of `relation` the plan `node` (EXPLAIN ANALYZE's JSON) read: those each node returned
