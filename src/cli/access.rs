@@ -427,6 +427,28 @@ pub enum Asked {
     },
 }
 
+/// The target every door decides on for `method` and `path` (exactly as a client sends them),
+/// or why the request is refused before any rule: the doors' HTTP layer (hyper, with the
+/// `http` crate's URI parser: a raw `<`, `>` or backtick in the path, a raw `"`, `<` or `>` in
+/// the query) answers 400 before the gateway sees the request, decided here as the refusal of
+/// what could not be parsed; CONNECT is refused by every door as not origin-form
+/// (`doors::proxy::checks`); then the method and target checks. `ask` (so `matrix`, `diff`
+/// and `test`) and `explain` refuse alike.
+pub fn doors_target(
+    method: &str,
+    path: &str,
+) -> Result<crate::policy::target::Target, crate::policy::target::Refusal> {
+    use crate::policy::target::Refusal;
+    if path.parse::<http::Uri>().is_err() {
+        return Err(Refusal::Unparsed);
+    }
+    crate::policy::target::check_method(method.as_bytes())?;
+    if method == "CONNECT" {
+        return Err(Refusal::NotOriginForm);
+    }
+    crate::policy::target::parse_target(path.as_bytes())
+}
+
 /// What the gateway answers `method` and `path` (exactly as a client sends them) for the
 /// principal of `authority` (None: a request without a session): the HTTP layer's parse of the
 /// target, the method and target checks of every door, the reader API with `rbac_api` (`serve --rbac-api`, the default:
@@ -440,21 +462,7 @@ pub async fn ask(
     method: &str,
     path: &str,
 ) -> Asked {
-    use crate::policy::target::Refusal;
-    // The doors' HTTP layer (hyper, with the `http` crate's URI parser: a raw `<`, `>` or
-    // backtick in the path, a raw `"`, `<` or `>` in the query) answers 400 before the gateway
-    // sees the request: decided here as the refusal of what could not be parsed. CONNECT:
-    // refused by every door as not origin-form (`doors::proxy::checks`).
-    if path.parse::<http::Uri>().is_err() {
-        return Asked::Refused(Refusal::Unparsed);
-    }
-    let target = match crate::policy::target::check_method(method.as_bytes())
-        .and(match method {
-            "CONNECT" => Err(Refusal::NotOriginForm),
-            _ => Ok(()),
-        })
-        .and_then(|_| crate::policy::target::parse_target(path.as_bytes()))
-    {
+    let target = match doors_target(method, path) {
         Ok(t) => t,
         Err(r) => return Asked::Refused(r),
     };

@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use super::toolbox::{command_pool, failure, load_mapping, runtime, say, usage};
 use super::Exit;
-use crate::cli::access::InMemory;
+use crate::cli::access::{doors_target, InMemory};
 use crate::cli::args::ExplainArgs;
 use crate::policy::answer::{Answer, Reply};
 use crate::policy::mapping::Mapping;
 use crate::policy::outcome::{decide, Authority, Facts, Outcome, Unavailable};
 use crate::policy::principal::Principal;
-use crate::policy::target;
 use crate::runtime::metrics::Metrics;
 use crate::stores::identity;
 
@@ -97,9 +96,7 @@ fn explain_into(args: &ExplainArgs, out: &mut Said) -> Result<(), Exit> {
                 );
             }
             // A refused request needs no database, whoever asks.
-            let refused = target::check_method(method.as_bytes())
-                .and_then(|_| target::parse_target(path.as_bytes()))
-                .is_err();
+            let refused = doors_target(method, path).is_err();
             runtime()?.block_on(async {
                 let pool = match admin {
                     Some(_) if !refused => Some(
@@ -380,9 +377,7 @@ async fn explain_request(
         path,
         pool,
     } = *request;
-    let t =
-        target::check_method(method.as_bytes()).and_then(|_| target::parse_target(path.as_bytes()));
-    let t = match t {
+    let t = match doors_target(method, path) {
         Ok(t) => t,
         Err(r) => {
             put!(out, "decision: {}", Outcome::Refuse(r).describe());

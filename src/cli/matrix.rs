@@ -76,9 +76,6 @@ pub struct Reviewed {
     pub how: BTreeMap<String, String>,
     /// customer id -> (roles, permissions) of live ticket grants (admins only).
     pub tickets: BTreeMap<i32, (Vec<String>, Vec<String>)>,
-    /// An admin's active break-glass session is not counted until its alert is delivered
-    /// (`--break-glass-requires-alert`): `explain` and `test` say so.
-    pub alert_waits: bool,
 }
 
 /// The request without a session, then each group of `catalogue`.
@@ -91,7 +88,6 @@ pub fn catalogue_principals(catalogue: &Catalogue) -> Vec<Reviewed> {
         principal: None,
         how: BTreeMap::new(),
         tickets: BTreeMap::new(),
-        alert_waits: false,
     }];
     for (group, roles) in &catalogue.groups {
         out.push(Reviewed {
@@ -102,7 +98,6 @@ pub fn catalogue_principals(catalogue: &Catalogue) -> Vec<Reviewed> {
             principal: Some(Arc::new(catalogue.group_principal(group))),
             how: catalogue.expand(&format!("group {group}"), roles),
             tickets: BTreeMap::new(),
-            alert_waits: false,
         });
     }
     out
@@ -171,8 +166,6 @@ pub(crate) async fn admin_principal(
                 .map(|(r, p)| (r.to_string(), p.to_string()))
         })
         .collect();
-    let alert_waits =
-        requires_alert && !principal.break_glass && identity::break_glass_active(pool, &id).await?;
     let customers = crate::stores::ticket::customers_with_grants(pool, &id).await?;
     let mut tickets = BTreeMap::new();
     for c in customers {
@@ -187,7 +180,6 @@ pub(crate) async fn admin_principal(
         principal: Some(principal),
         how,
         tickets,
-        alert_waits,
     })
 }
 

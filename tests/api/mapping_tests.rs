@@ -626,7 +626,8 @@ expect = "allow"
 
 /// Targets the doors' HTTP layer cannot parse (hyper, with the `http` crate's URI rules), and
 /// CONNECT, are refused in `test` as `serve` answers them: 400, before a rule is asked. Each is
-/// sent to a real gateway too. Before, `test` decided them by the rules (allow, public).
+/// sent to a real gateway too, and asked of `explain`. Before, `test` and `explain` decided them
+/// by the rules (allow, public).
 #[tokio::test]
 async fn targets_the_http_layer_refuses_are_refused_in_test_as_in_serve() {
     use std::time::Duration;
@@ -658,6 +659,24 @@ async fn targets_the_http_layer_refuses_are_refused_in_test_as_in_serve() {
     std::fs::write(dir.path().join("routes.test.toml"), &tests).unwrap();
     let (code, out, err) = test_cmd(dir.path(), &[]);
     assert_eq!(code, Some(0), "{tests}\n{out}{err}");
+    // `explain` refuses them alike (it said "forward (public)" for `/health?x="1"`).
+    for (method, target, reason) in refused {
+        let out = bin()
+            .args(["explain", "--routes"])
+            .arg(dir.path().join("routes.toml"))
+            .args([method, target])
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains("answer: 400"), "{method} {target}: {said}");
+        assert!(said.contains(reason), "{method} {target}: {said}");
+    }
     for (method, target, _) in refused {
         let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
         s.write_all(

@@ -217,13 +217,21 @@ pub(crate) async fn suite(
     })
 }
 
+/// An admin a suite's cases name, as [`named_admins`] reads them.
+pub(crate) struct NamedAdmin {
+    pub reviewed: crate::cli::matrix::Reviewed,
+    /// Their active break-glass session is not counted until its alert is delivered (as `serve`
+    /// decides by default, `--break-glass-requires-alert`): a case's why says so.
+    pub alert_waits: bool,
+}
+
 /// The admins `cases` name, read from the database as `matrix` reads them (roles as they are now,
 /// break-glass included, live ticket grants), by the name the cases use. A name no admin has is
 /// left out (the case's principal then does not resolve: a load error naming it).
 async fn named_admins(
     pool: &crate::stores::db::Db,
     cases: &[file::Case],
-) -> Result<BTreeMap<String, crate::cli::matrix::Reviewed>, Exit> {
+) -> Result<BTreeMap<String, NamedAdmin>, Exit> {
     let mut names = std::collections::BTreeSet::new();
     for c in cases {
         let (file::Kind::Request { who, .. } | file::Kind::Every { who, .. }) = &c.kind else {
@@ -248,18 +256,29 @@ async fn named_admins(
         let Some(a) = find_admin(&list, &name) else {
             continue;
         };
-        let reviewed = crate::cli::matrix::admin_principal(
-            pool,
-            a.id.clone(),
-            a.email.clone(),
-            a.groups.clone(),
+        let read = async {
             // As `serve` decides by default (I-4): a break-glass session counts once its alert
             // was delivered.
-            true,
-        )
-        .await
-        .map_err(|e| failure(anyhow!("cannot read admin {name:?}: {e}")))?;
-        out.insert(name, reviewed);
+            let reviewed = crate::cli::matrix::admin_principal(
+                pool,
+                a.id.clone(),
+                a.email.clone(),
+                a.groups.clone(),
+                true,
+            )
+            .await?;
+            let counted = reviewed.principal.as_ref().is_some_and(|p| p.break_glass);
+            let alert_waits =
+                !counted && crate::stores::identity::break_glass_active(pool, &a.id).await?;
+            Ok::<_, sqlx::Error>(NamedAdmin {
+                reviewed,
+                alert_waits,
+            })
+        };
+        let named = read
+            .await
+            .map_err(|e| failure(anyhow!("cannot read admin {name:?}: {e}")))?;
+        out.insert(name, named);
     }
     Ok(out)
 }

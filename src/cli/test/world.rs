@@ -46,7 +46,7 @@ pub(crate) struct Resolved {
     pub principal: Option<Arc<Principal>>,
     pub how: BTreeMap<String, String>,
     pub tickets: Grants,
-    /// An admin's break-glass session waits for its alert ([`crate::cli::matrix::Reviewed`]).
+    /// An admin's break-glass session waits for its alert ([`super::NamedAdmin`]).
     pub alert_waits: bool,
 }
 
@@ -58,7 +58,7 @@ pub(crate) struct World<'a> {
     pub catalogue_source: &'static str,
     /// The admins the cases name, by the email or id they are named by, read from the database
     /// (None: no `--database-url`; a name missing: no such admin).
-    pub admins: Option<&'a BTreeMap<String, crate::cli::matrix::Reviewed>>,
+    pub admins: Option<&'a BTreeMap<String, super::NamedAdmin>>,
     pub settings: Settings,
 }
 
@@ -169,9 +169,9 @@ impl World<'_> {
                 };
                 Ok(Resolved {
                     label: label.to_string(),
-                    principal: x.principal.clone(),
-                    how: x.how.clone(),
-                    tickets: x.tickets.clone(),
+                    principal: x.reviewed.principal.clone(),
+                    how: x.reviewed.how.clone(),
+                    tickets: x.reviewed.tickets.clone(),
                     alert_waits: x.alert_waits,
                 })
             }
