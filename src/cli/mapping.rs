@@ -72,7 +72,7 @@ fn activated(a: &Activated, how: &str) {
 
 fn push(a: MappingPushArgs) -> Result<(), Exit> {
     // Read once: what is checked is what is stored.
-    let bytes = std::fs::read(&a.file).map_err(|e| {
+    let bytes = crate::policy::mapping::read_bounded(&a.file).map_err(|e| {
         usage(anyhow!(
             "{}: cannot read the mapping: {e}",
             a.file.display()

@@ -244,7 +244,7 @@ pub async fn watch(gw: Arc<Gateway>, path: PathBuf, mut hup: Hangups) {
     // The file may have been replaced since it was loaded (start-up resolves the upstream and
     // waits for the admin port first): it counts as settled only if it is what was loaded.
     let live = gw.mapping.load().version.clone();
-    let mut settled: Option<Vec<u8>> = std::fs::read(&path)
+    let mut settled: Option<Vec<u8>> = crate::policy::mapping::read_bounded(&path)
         .ok()
         .filter(|b| crate::policy::mapping::version_of(b) == live);
     let mut candidate: Option<Vec<u8>> = None;
@@ -253,7 +253,7 @@ pub async fn watch(gw: Arc<Gateway>, path: PathBuf, mut hup: Hangups) {
             _ = tokio::time::sleep(POLL) => false,
             () = hangup(&mut hup) => true,
         };
-        let read = tokio::fs::read(&path).await;
+        let read = crate::policy::mapping::read_bounded_async(&path).await;
         let bytes = match read {
             Ok(b) => b,
             Err(e) => {
@@ -275,7 +275,12 @@ pub async fn watch(gw: Arc<Gateway>, path: PathBuf, mut hup: Hangups) {
             // A signal right after a save in place may find the file half-written: it is
             // applied only if it reads the same once more after a poll interval.
             tokio::time::sleep(POLL).await;
-            if tokio::fs::read(&path).await.ok().as_ref() != Some(&bytes) {
+            if crate::policy::mapping::read_bounded_async(&path)
+                .await
+                .ok()
+                .as_ref()
+                != Some(&bytes)
+            {
                 tracing::info!(file = %path.display(), "SIGHUP: the mapping is still being written; applying it once it settles");
                 candidate = None;
                 continue;

@@ -708,3 +708,55 @@ fn a_database_test_cannot_read_exits_69() {
     assert_eq!(code, Some(69), "{out}{err}");
     assert!(err.contains("cannot connect to the database"), "{err}");
 }
+
+/// A test file or mapping larger than the bound (4 MiB) is refused before it is parsed, with
+/// the bound named: a parse holds many times a file's size (an 18 MB test file took 830 MB).
+/// One of exactly the bound still loads.
+#[test]
+fn a_test_file_or_mapping_past_the_bound_is_refused_before_it_is_parsed() {
+    const BOUND: usize = 4 << 20;
+    // Padded with comment lines to `len` bytes exactly.
+    let padded = |text: &str, len: usize| {
+        let mut s = String::from(text);
+        s.push('\n');
+        while s.len() + 80 < len {
+            s.push_str(&format!("#{}\n", "x".repeat(78)));
+        }
+        s.push('#');
+        s.push_str(&"x".repeat(len - s.len() - 1));
+        s.push('\n');
+        assert_eq!(s.len(), len);
+        s
+    };
+    let dir = project(MAPPING, &padded(TESTS, BOUND));
+    let (code, out, err) = test_cmd(dir.path(), &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    std::fs::write(
+        dir.path().join("routes.test.toml"),
+        padded(TESTS, BOUND + 1),
+    )
+    .unwrap();
+    let (code, out, err) = test_cmd(dir.path(), &[]);
+    assert_eq!(code, Some(64), "{out}{err}");
+    assert!(
+        err.contains("routes.test.toml: cannot read the test file: larger than 4 MiB"),
+        "{err}"
+    );
+    let dir = project(&padded(MAPPING, BOUND + 1), TESTS);
+    let out = bin()
+        .args(["check", "--routes"])
+        .arg(dir.path().join("routes.toml"))
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("cannot read the mapping: larger than 4 MiB"),
+        "{said}"
+    );
+}

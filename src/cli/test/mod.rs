@@ -149,7 +149,7 @@ pub(crate) async fn suite(
 ) -> Result<Report, Exit> {
     let mut files = Vec::with_capacity(paths.len());
     for p in paths {
-        let bytes = std::fs::read(p)
+        let bytes = crate::policy::mapping::read_bounded(p)
             .map_err(|e| usage(anyhow!("{}: cannot read the test file: {e}", p.display())))?;
         files.push(file::TestFile {
             name: p.display().to_string(),

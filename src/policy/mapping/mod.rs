@@ -216,6 +216,48 @@ pub struct Mapping {
     matcher: Matcher,
 }
 
+/// The most a mapping or test file may hold: Console's mapping is some hundred kilobytes, and a
+/// parse holds many times a file's size (an 18 MB test file took 830 MB), so a larger file is
+/// refused before it is parsed, whoever reads it (`serve`, its reload, `check`, `test`,
+/// `mapping push`).
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// `path`'s content, at most [`MAX_FILE_BYTES`] of it: a larger file is an error naming the
+/// bound, read no further than one byte past it.
+pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    within_bound(bytes)
+}
+
+/// [`read_bounded`], on the runtime (the reload watcher).
+pub async fn read_bounded_async(path: &Path) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    tokio::fs::File::open(path)
+        .await?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .await?;
+    within_bound(bytes)
+}
+
+fn within_bound(bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} MiB, the most a mapping or test file may hold",
+                MAX_FILE_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// The version a mapping file's content gets: the first 6 bytes of its SHA-256, in hex.
 pub fn version_of(content: &[u8]) -> String {
     hex::encode(&Sha256::digest(content)[..6])
@@ -225,7 +267,7 @@ impl Mapping {
     /// Reads and compiles a mapping file.
     pub fn load(path: &Path) -> Result<Mapping, LoadError> {
         let display = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| LoadError {
+        let bytes = read_bounded(path).map_err(|e| LoadError {
             diagnostics: vec![Diagnostic {
                 file: display.clone(),
                 line: 0,
