@@ -179,6 +179,28 @@ fn a_test_file_that_does_not_load_exits_64_with_file_line_and_why() {
         err.contains("routes.test.toml:32:1: unknown field `expected`"),
         "{err}"
     );
+    // The report CI reads says so too: an error in it, not an empty file.
+    let (code, out, _) = test_cmd(dir.path(), &["--format", "junit"]);
+    assert_eq!(code, Some(64), "{out}");
+    assert!(out.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"rbac-gateway test\" tests=\"1\" failures=\"0\" errors=\"1\">"), "{out}");
+    assert!(
+        out.contains("<error message=\"the tests do not load\" type=\"not_loaded\">")
+            && out.contains("routes.test.toml:32:1: unknown field `expected`"),
+        "{out}"
+    );
+    assert!(out.ends_with("</testsuites>\n"), "{out}");
+    let (code, out, _) = test_cmd(dir.path(), &["--format", "json"]);
+    assert_eq!(code, Some(64), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["exit"], 64, "{out}");
+    assert_eq!(v["total"], 0, "{out}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("routes.test.toml:32:1: unknown field `expected`"),
+        "{out}"
+    );
     // No tests at all is no pass.
     let empty = tempfile::tempdir().unwrap();
     std::fs::write(empty.path().join("routes.toml"), MAPPING).unwrap();

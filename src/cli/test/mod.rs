@@ -63,6 +63,19 @@ pub fn test(args: TestArgs) -> Result<(), Exit> {
         suite(&mapping, &paths, pool.as_ref(), args.coverage)
             .await
             .map_err(unavailable)
+    });
+    // A report CI reads says why there is none: a run that did not load is an error in it,
+    // never an empty file (the exit code and stderr say it too).
+    let report = report.inspect_err(|e| {
+        let text = e.text();
+        match args.format.as_str() {
+            "json" => say!(
+                "{}",
+                serde_json::json!({ "error": text, "exit": e.code, "total": 0, "passed": 0, "failed": 0 })
+            ),
+            "junit" => say!("{}", report::junit_error(&text, e.code)),
+            _ => {}
+        }
     })?;
     let shown = match args.format.as_str() {
         "json" => serde_json::to_string_pretty(&report).map_err(failure)?,

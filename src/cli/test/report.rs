@@ -202,6 +202,23 @@ pub fn junit(r: &Report) -> String {
     out
 }
 
+/// JUnit XML for a run that did not load (a test file or the mapping, exit 64) or could not
+/// read the database (69): one `testcase` with the `error` and its text, so a CI system that
+/// reads the report shows why there are no cases.
+pub fn junit_error(text: &str, exit: i32) -> String {
+    let kind = match exit {
+        crate::cli::EXIT_USAGE => "not_loaded",
+        crate::cli::EXIT_UNAVAILABLE => "unavailable",
+        _ => "failure",
+    };
+    let message = text.lines().last().unwrap_or_default();
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"rbac-gateway test\" tests=\"1\" failures=\"0\" errors=\"1\">\n  <testsuite name=\"rbac-gateway test\" tests=\"1\" failures=\"0\" errors=\"1\" skipped=\"0\">\n    <testcase classname=\"rbac-gateway test\" name=\"the mapping and its tests load\">\n      <error message=\"{}\" type=\"{kind}\">{}</error>\n    </testcase>\n  </testsuite>\n</testsuites>",
+        xml(message),
+        xml(text)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
