@@ -473,11 +473,26 @@ pub fn read(index: usize, file: &TestFile) -> Result<Vec<Case>, Vec<Problem>> {
             }
         }
     }
-    let cases: Vec<Case> = raw
-        .case
-        .into_iter()
-        .filter_map(|c| r.case(c, &named))
-        .collect();
+    let mut cases = Vec::new();
+    let mut unnamed = Vec::new();
+    for c in raw.case {
+        let given = c.get_ref().name.is_some();
+        if let Some(case) = r.case(c, &named) {
+            unnamed.push(!given);
+            cases.push(case);
+        }
+    }
+    // A name made from an unnamed case's request that another case has too: the line tells them
+    // apart (a report, JUnit's above all, names a case by its name).
+    let mut count = BTreeMap::<String, usize>::new();
+    for c in &cases {
+        *count.entry(c.name.clone()).or_default() += 1;
+    }
+    for (c, unnamed) in cases.iter_mut().zip(unnamed) {
+        if unnamed && count[&c.name] > 1 {
+            c.name = format!("{} (line {})", c.name, c.line);
+        }
+    }
     if cases.is_empty() && r.problems.is_empty() {
         r.problem(
             0,
@@ -691,6 +706,30 @@ requires_one_of = ["a"]
             all[0]
                 .starts_with("t.test.toml:7:1: a second case named \"n\" (the first is on line 1)"),
             "{all:#?}"
+        );
+    }
+
+    /// Two unnamed cases asking the same, or one whose made name another case was given: each
+    /// made name gets its line, so no two cases of a report share a name.
+    #[test]
+    fn an_unnamed_case_whose_name_another_has_gets_its_line() {
+        let case = "[[case]]\nwho = \"no-session\"\nrequest = \"GET /a\"\nexpect = \"login\"\n\n";
+        let text = format!(
+            "{case}{case}[[case]]\nname = \"GET /b as no session: login\"\nwho = \"no-session\"\nrequest = \"GET /c\"\nexpect = \"login\"\n\n[[case]]\nwho = \"no-session\"\nrequest = \"GET /b\"\nexpect = \"login\"\n"
+        );
+        let names: Vec<String> = read(0, &file(&text))
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "GET /a as no session: login (line 1)",
+                "GET /a as no session: login (line 6)",
+                "GET /b as no session: login",
+                "GET /b as no session: login (line 17)",
+            ]
         );
     }
 }
