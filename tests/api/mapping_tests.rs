@@ -466,6 +466,27 @@ async fn push_refuses_a_version_whose_tests_fail_and_records_what_it_ran() {
             (version(&v4), Some("none".into()), None, None, None),
         ]
     );
+    // A file beside it named like a test file but not `*.test.toml`: a suite meant to run
+    // that would not be found. Refused (64), nothing stored; `test` names it too.
+    let v5 = format!("{MAPPING}# v5\n");
+    std::fs::write(lone.path().join("v5.toml"), &v5).unwrap();
+    std::fs::write(lone.path().join("v5.tests.toml"), TESTS).unwrap();
+    let (code, out, err) = with_db(&db.url, lone.path(), &["mapping", "push", "v5.toml"]);
+    assert_eq!(code, Some(64), "{out}{err}");
+    assert!(
+        err.contains(
+            "no *.test.toml beside v5.toml, but v5.tests.toml looks like a test file: rename it"
+        ),
+        "{err}"
+    );
+    assert_eq!(records(&db).await.len(), 4);
+    let (code, out, err) = test_cmd(lone.path(), &["--routes", "v5.toml"]);
+    assert_eq!(code, Some(64), "{out}{err}");
+    assert!(
+        err.contains("no *.test.toml beside v5.toml, but v5.tests.toml looks like a test file"),
+        "{err}"
+    );
+    std::fs::remove_file(lone.path().join("v5.tests.toml")).unwrap();
 
     // History shows the record, as text and JSON; the active version's on rollout's report
     // (the cockpit's board).

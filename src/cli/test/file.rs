@@ -541,6 +541,34 @@ pub fn discover(routes: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>, String
     Ok(out)
 }
 
+/// The files beside `routes` named like a test file but not `*.test.toml`
+/// (`routes.tests.toml`, `routes_test.toml`, `routes.test.TOML`): a suite that was meant to run
+/// and would not be found.
+pub fn near_misses(routes: &Path) -> Result<Vec<PathBuf>, String> {
+    let dir = match routes.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let lower = name.to_lowercase();
+        let file = entry.file_type().is_ok_and(|t| !t.is_dir());
+        if file
+            && lower.contains("test")
+            && lower.contains(".toml")
+            && !name.ends_with(".test.toml")
+            && Some(entry.file_name().as_os_str()) != routes.file_name()
+        {
+            out.push(PathBuf::from(name));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// The `*.test.toml` files of `dir` (and, `deep`, its subdirectories).
 fn beside(dir: &Path, deep: bool, out: &mut Vec<PathBuf>) -> Result<(), String> {
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -105,16 +105,45 @@ pub(crate) fn tests_of(routes: &Path, tests: &[PathBuf]) -> Result<Vec<PathBuf>,
     let found = file::discover(routes, tests).map_err(|e| usage(anyhow!("{e}")))?;
     if found.is_empty() {
         return Err(usage(anyhow!(
-            "no *.test.toml beside {}: name the test files (or directories) to run",
-            routes.display()
+            "no *.test.toml beside {}{}: name the test files (or directories) to run",
+            routes.display(),
+            near_misses(routes)?
         )));
     }
     Ok(found)
 }
 
-/// The `*.test.toml` files beside `routes`, if any (`mapping push` without `--tests`).
+/// The `*.test.toml` files beside `routes`, if any (`mapping push` without `--tests`); none
+/// while a file there is named like one (`routes.tests.toml`) is bad usage (64): a suite meant
+/// to run would not.
 pub(crate) fn beside(routes: &Path) -> Result<Vec<PathBuf>, Exit> {
-    file::discover(routes, &[]).map_err(|e| usage(anyhow!("{e}")))
+    let found = file::discover(routes, &[]).map_err(|e| usage(anyhow!("{e}")))?;
+    let missed = near_misses(routes)?;
+    if found.is_empty() && !missed.is_empty() {
+        return Err(usage(anyhow!(
+            "no *.test.toml beside {}{}: rename it, or name the test files with --tests (--skip-tests stores the mapping untested, and says so)",
+            routes.display(),
+            missed
+        )));
+    }
+    Ok(found)
+}
+
+/// ", but F looks like a test file" for the files beside `routes` named like a test file but not
+/// `*.test.toml`; empty if none.
+fn near_misses(routes: &Path) -> Result<String, Exit> {
+    let missed = file::near_misses(routes).map_err(|e| usage(anyhow!("{e}")))?;
+    Ok(match missed.as_slice() {
+        [] => String::new(),
+        [one] => format!(", but {} looks like a test file", one.display()),
+        more => format!(
+            ", but {} look like test files",
+            more.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
 }
 
 /// The report for a terminal, failures and totals (what `mapping push` prints when it refuses).
