@@ -198,6 +198,7 @@ fn activate(a: MappingActivateArgs) -> Result<(), Exit> {
         match store::activate(&db, &a.version, &change(&a.change)).await {
             Ok(act) => {
                 activated(&act, "activated");
+                say_tests(&db, &act.version).await;
                 Ok(())
             }
             Err(Refused::AlreadyActive(v)) => {
@@ -209,11 +210,25 @@ fn activate(a: MappingActivateArgs) -> Result<(), Exit> {
     })
 }
 
+/// What the version made active gave its tests at its push, as `mapping history` says it: who
+/// activates an untested version sees so. It is active whatever this read gives.
+async fn say_tests(db: &crate::stores::db::Db, version: &str) {
+    match store::tests_record(db, version).await {
+        Ok(Some(record)) => say!("tests at its push: {}", tests_said(record.as_ref())),
+        Ok(None) => say!("tests at its push: version {version} is not stored"),
+        Err(e) => eprintln!(
+            "rbac-gateway: the tests record of version {version} cannot be read (it is active): {}",
+            crate::cli::chain_text(&anyhow::Error::new(e))
+        ),
+    }
+}
+
 fn rollback(a: MappingChangeArgs) -> Result<(), Exit> {
     runtime()?.block_on(async {
         let db = pool(&a.database_url).await?;
         let act = store::rollback(&db, &change(&a)).await.map_err(refused)?;
         activated(&act, "rolled back");
+        say_tests(&db, &act.version).await;
         Ok(())
     })
 }

@@ -471,6 +471,8 @@ async fn push_refuses_a_version_whose_tests_fail_and_records_what_it_ran() {
     let v5 = format!("{MAPPING}# v5\n");
     std::fs::write(lone.path().join("v5.toml"), &v5).unwrap();
     std::fs::write(lone.path().join("v5.tests.toml"), TESTS).unwrap();
+    // Another tool's file, not named after the mapping, is none.
+    std::fs::write(lone.path().join("pytest.toml"), "[pytest]\n").unwrap();
     let (code, out, err) = with_db(&db.url, lone.path(), &["mapping", "push", "v5.toml"]);
     assert_eq!(code, Some(64), "{out}{err}");
     assert!(
@@ -517,6 +519,13 @@ async fn push_refuses_a_version_whose_tests_fail_and_records_what_it_ran() {
         &["mapping", "activate", &version(MAPPING)],
     );
     assert_eq!(code, Some(0), "{out}{err}");
+    // Who activates a version sees what its tests gave at its push.
+    assert!(
+        out.contains(&format!(
+            "tests at its push: passed, 4 cases of routes.test.toml (sha256 {sha})"
+        )),
+        "{out}"
+    );
     let (_, out, _) = with_db(
         &db.url,
         dir.path(),

@@ -541,14 +541,19 @@ pub fn discover(routes: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>, String
     Ok(out)
 }
 
-/// The files beside `routes` named like a test file but not `*.test.toml`
-/// (`routes.tests.toml`, `routes_test.toml`, `routes.test.TOML`): a suite that was meant to run
-/// and would not be found.
+/// The files beside `routes` named after it like a test file but not `*.test.toml`
+/// (`routes.tests.toml`, `routes_test.toml`, `routes.test.TOML` beside `routes.toml`): a suite
+/// that was meant to run and would not be found.
 pub fn near_misses(routes: &Path) -> Result<Vec<PathBuf>, String> {
     let dir = match routes.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    // Named after the mapping (`routes…`): another tool's file (`pytest.toml`) is none.
+    let stem = routes
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut out = Vec::new();
     for entry in entries {
@@ -557,6 +562,7 @@ pub fn near_misses(routes: &Path) -> Result<Vec<PathBuf>, String> {
         let lower = name.to_lowercase();
         let file = entry.file_type().is_ok_and(|t| !t.is_dir());
         if file
+            && lower.starts_with(&stem)
             && lower.contains("test")
             && lower.contains(".toml")
             && !name.ends_with(".test.toml")
