@@ -164,7 +164,10 @@ impl AlertPass {
     /// start, a later end: migration 0033), which counts again once that is delivered
     /// (`break_glass_alerted!`). A session alerted as ended and then restored (its revocation
     /// cleared) has a later end than its alert told, so it is alerted again as live before it
-    /// counts. The keys recorded or raised again now.
+    /// counts; and so is one whose alert says it ended (the text's last sentence, which no
+    /// justification can follow) and that is live now, as where the previous release recorded
+    /// the expiry as the end such an alert told (migration 0039 mends only those of sessions
+    /// still revoked). The keys recorded or raised again now.
     pub async fn raise_break_glass_sessions(&mut self) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(concat!(
             "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys, session_user_id, session_granted_at_utc, session_ends_at_utc) \
@@ -195,6 +198,8 @@ impl AlertPass {
                   OR rbac_gateway_alerts.session_granted_at_utc IS DISTINCT FROM EXCLUDED.session_granted_at_utc \
                   OR rbac_gateway_alerts.session_ends_at_utc < EXCLUDED.session_ends_at_utc \
                   OR rbac_gateway_alerts.session_ends_at_utc IS NULL \
+                  OR (rbac_gateway_alerts.text LIKE '% It ended before this alert was raised.' \
+                      AND EXCLUDED.session_ends_at_utc > pg_catalog.now()) \
              RETURNING key"
         )).persistent(false)
         .fetch_all(&mut *self.tx)

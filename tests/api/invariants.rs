@@ -936,3 +936,55 @@ async fn an_alert_told_as_ended_by_the_previous_release_covers_no_restored_sessi
         "the restored session counted on the alert that told it ended"
     );
 }
+
+/// An alert the previous release raised for a session revoked before it (told as ended, with
+/// the expiry as its end) covered the session restored before the upgrade, which 0039 could not
+/// mend (it mends those of sessions still revoked). The alert pass raises again the alert of a
+/// live session that says it ended: the restored session counts once alerted as live.
+#[tokio::test]
+async fn a_session_restored_before_the_upgrade_counts_once_alerted_as_live() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    *hook.status.lock().unwrap() = 503;
+    let (admin, token) = db.admin_with_roles(&[]).await;
+    let session = db.break_glass(&admin, 3000.0).await;
+    // As the previous release raised and delivered it, the session revoked then: the session's
+    // columns from its row (the alerts' trigger), the capped expiry as its end.
+    sqlx::query(
+        "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys, delivered_at_utc) \
+         VALUES ($1, 'Break-glass session opened for a@b (x). Justification: j. Expires 2026-11-30 12:00:00 UTC. It ended before this alert was raised.', ARRAY[$2], now())",
+    )
+    .bind(format!("break_glass:{session}"))
+    .bind(&admin)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // Restored (never revoked, as it now stands) before the new release starts.
+    let gw = alerting_gateway(&db, &up, &hook).await;
+    eventually(
+        Duration::from_secs(10),
+        "the restored session's alert raised again as live",
+        || async {
+            hook.requests().iter().any(|r| {
+                let body = String::from_utf8_lossy(&r.body);
+                body.contains("changed after its alert")
+                    && body.contains(&admin)
+                    && !body.contains("It ended before")
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        gw.status("/ops", Some(&token)).await,
+        403,
+        "the restored session counted on the alert that told it ended"
+    );
+    *hook.status.lock().unwrap() = 200;
+    eventually(
+        Duration::from_secs(10),
+        "the restored session honoured once alerted as live",
+        || async { gw.status("/ops", Some(&token)).await == 200 },
+    )
+    .await;
+}
