@@ -38,7 +38,7 @@ END $$;
 -- (migration 0022): each role is granted what it calls, here and in gateway-grants.sql.
 GRANT EXECUTE ON FUNCTION rbac_gateway_principal(TEXT, BOOLEAN) TO rbac_gateway_reader;
 -- What of Console's role's would run where Console's tables are read (migration 0038): asked
--- before I-4 reads them (`rollout`, the cockpit's board).
+-- before a command reads them (I-4 in `rollout` and the cockpit's board, `matrix`, `test`).
 GRANT EXECUTE ON FUNCTION rbac_gateway_console_code(OID, TEXT[], TEXT[], TEXT[]) TO rbac_gateway_reader;
 -- A customer's ticket grants, one call (migration 0012).
 GRANT EXECUTE ON FUNCTION rbac_gateway_ticket_grants(TEXT, INTEGER, TEXT[]) TO rbac_gateway_reader;
@@ -56,6 +56,9 @@ GRANT USAGE ON SEQUENCE rbac_mapping_activations_id_seq TO rbac_mapping_pusher;
 -- `mapping history` shows per activation what changed for each group: it reads the groups.
 GRANT SELECT ON rbac_groups, rbac_group_roles, rbac_roles, rbac_role_inheritance,
     rbac_role_permissions, rbac_permissions TO rbac_mapping_pusher;
+-- Before it reads them, a command looks for code of Console's role on Console's tables that the
+-- read would run as the pusher (migrations 0038, 0040): no look, no read.
+GRANT EXECUTE ON FUNCTION rbac_gateway_console_code(OID, TEXT[], TEXT[], TEXT[]) TO rbac_mapping_pusher;
 
 -- `mapping push` validates as `check --database-url` does (same messages), with the role and
 -- permission names read from the catalogue above; of the schema check it covers the tables this

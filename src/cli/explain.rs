@@ -385,6 +385,11 @@ async fn explain_request(
             return Ok(());
         }
     };
+    // The admin's sessions, roles and ticket grants are read from Console's tables: looked at
+    // first, as this command's role runs what the planner evaluates there.
+    if let Some(pool) = pool {
+        super::toolbox::console_looked(pool).await?;
+    }
     // `serve` decides on a session: an admin whose every session expired or was revoked is a
     // request without one (302, or 401 from the reader API), whatever their roles.
     let admin = match (admin, pool) {

@@ -353,6 +353,7 @@ pub(crate) async fn history_report(db: &crate::stores::db::Db) -> Result<History
     let (stored, activations) = store::history(db)
         .await
         .map_err(|e| db_failure("cannot read the mapping history", e))?;
+    super::toolbox::console_looked(db).await?;
     let catalogue = Catalogue::read(db)
         .await
         .context("cannot read the role catalogue")

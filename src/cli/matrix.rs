@@ -113,6 +113,7 @@ pub async fn reviewed(
     let (catalogue, source, admins) = match pool {
         None => (Catalogue::seeded(), "the catalogue migrate seeds", vec![]),
         Some(pool) => {
+            super::toolbox::console_looked(pool).await?;
             let catalogue = Catalogue::read(pool)
                 .await
                 .context("cannot read the role catalogue")

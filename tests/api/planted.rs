@@ -2443,3 +2443,123 @@ async fn the_trigger_look_is_never_compiled() {
         assert!(!look.contains("JIT:"), "{look}");
     }
 }
+
+/// The commands that read Console's tables as their own role (`matrix`, `test`, `explain
+/// --admin`, `mapping push` and `history`) look first, and refuse to read where Console's code
+/// is on them: an index whose expression calls Console's function runs it as whoever plans the
+/// read, and a pusher stores and activates mappings. A role that may not look does not read
+/// either (`check` says so as an error). Before, each read ran Console's function as the
+/// command's role.
+#[tokio::test]
+async fn commands_refuse_to_read_consoles_tables_with_its_code_on_them() {
+    let db = TestDb::new().await;
+    let (admin, _) = db.admin_with_roles(&[]).await;
+    let grants = std::fs::read_to_string(root().join("deploy/mapping-grants.sql")).unwrap();
+    sqlx::raw_sql(&grants).execute(&db.pool).await.unwrap();
+    let pusher = db.login_in_role("rbac_mapping_pusher", "").await;
+    let mut console = as_console(&db).await;
+    run(
+        &mut console,
+        "RESET ROLE; \
+         ALTER TABLE rbac_groups OWNER TO console_app; \
+         SET ROLE console_app; \
+         CREATE SEQUENCE public.ran_as_another; \
+         GRANT USAGE ON SEQUENCE public.ran_as_another TO PUBLIC; \
+         CREATE FUNCTION public.console_code() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN \
+             IF current_user <> 'console_app' THEN PERFORM nextval('public.ran_as_another'); END IF; \
+             RETURN true; END $$; \
+         CREATE FUNCTION public.console_k(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN \
+             PERFORM public.console_code(); RETURN t; END $$; \
+         CREATE INDEX console_expr ON rbac_groups ((name || public.console_k('')))",
+    )
+    .await;
+    let routes = root().join("routes.toml");
+    let routes = routes.to_str().unwrap();
+    let command = |args: &[&str]| {
+        let out = crate::cli::bin().args(args).output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), said)
+    };
+    let named = "index public.console_expr of rbac_groups refers to function public.console_k(text), which is not built in";
+    for (what, args, exit) in [
+        (
+            "matrix",
+            vec!["matrix", "--routes", routes, "--database-url", &db.url],
+            1,
+        ),
+        (
+            "test",
+            vec!["test", "--routes", routes, "--database-url", &db.url],
+            69,
+        ),
+        (
+            "explain --admin",
+            vec![
+                "explain",
+                "--routes",
+                routes,
+                "--database-url",
+                &db.url,
+                "--admin",
+                &admin,
+                "GET",
+                "/ops",
+            ],
+            1,
+        ),
+        (
+            "mapping push",
+            vec!["mapping", "push", routes, "--database-url", &pusher],
+            1,
+        ),
+        (
+            "mapping history",
+            vec!["mapping", "history", "--database-url", &pusher],
+            1,
+        ),
+    ] {
+        let (code, said) = command(&args);
+        assert_eq!(code, Some(exit), "{what}: {said}");
+        assert!(said.contains(named), "{what}: {said}");
+        assert!(
+            !ran_as_another(&db).await,
+            "{what} ran Console's code: {said}"
+        );
+    }
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rbac_mapping_store")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap(),
+        0,
+        "nothing was stored"
+    );
+    // A role that may not look reads nothing: `check` says so, as an error.
+    run(&mut console, "RESET ROLE; DROP INDEX console_expr").await;
+    let stranger = db
+        .login_in_role(
+            "rbac_gateway_reader",
+            "REVOKE rbac_gateway_reader FROM USER",
+        )
+        .await;
+    let (code, said) = command(&["check", "--routes", routes, "--database-url", &stranger]);
+    assert_ne!(code, Some(0), "{said}");
+    assert!(
+        said.contains(
+            "Console's tables are not read here: this role may not run rbac_gateway_console_code"
+        ),
+        "{said}"
+    );
+    let (code, said) = command(&["matrix", "--routes", routes, "--database-url", &stranger]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains(
+            "Console's tables are not read: this role may not run rbac_gateway_console_code"
+        ),
+        "{said}"
+    );
+}

@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 
-use super::{diag, failure, say, Exit, Severity};
+use super::{diag, failure, Exit, Severity};
 use crate::stores::schema as db_schema;
 
 /// The schema against this binary's migrations, as `/readyz` compares them: one not applied as
@@ -177,6 +177,7 @@ pub(super) async fn functions(
 /// each an error in `out`. The owner of Console's tables may attach code to them that runs as
 /// whoever reads or writes them (migration 0034): the gateway's lookups then fail closed (row
 /// security), or its writes refuse to run (`rbac_gateway_guard_writes`); either way named here.
+/// A role that may not look is an error too: the catalogue is read only after the look.
 pub(super) async fn console_code(
     pool: &crate::stores::db::Db,
     file: &str,
@@ -187,7 +188,14 @@ pub(super) async fn console_code(
         .context("cannot read what runs on Console's tables")
         .map_err(failure)?
     else {
-        say!("database: what runs on Console's tables as the gateway is not checked here: this role may not run rbac_gateway_console_code (`rbac-gateway check --database-url` as the gateway's role or the tables' owner checks it)");
+        // No look, no read: the catalogue's names (`unknown_names`) are read only after it.
+        out.push(diag(
+            file,
+            0,
+            0,
+            Severity::Error,
+            "database: Console's tables are not read here: this role may not run rbac_gateway_console_code, which looks first for code of another role's on them that a read would run as this role, so the mapping's role and permission names are not checked against Console's catalogue (deploy/mapping-grants.sql grants it to rbac_gateway_reader and rbac_mapping_pusher; deploy/gateway-grants.sql to rbac_gateway_serve)".to_string(),
+        ));
         return Ok(());
     };
     for finding in findings {

@@ -223,6 +223,7 @@ pub(crate) async fn suite(
     let (catalogue, source, admins) = match pool {
         None => (Catalogue::seeded(), "the catalogue migrate seeds", None),
         Some(pool) => {
+            crate::cli::toolbox::console_looked(pool).await?;
             let catalogue = Catalogue::read(pool)
                 .await
                 .map_err(|e| failure(anyhow!("cannot read the role catalogue: {e}")))?;
