@@ -148,14 +148,13 @@ const DESCRIBE_PROMOTIONS: &str = "SELECT c.relkind::pg_catalog.text, c.relrowse
                      OR (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass \
                          AND d.objid OPERATOR(pg_catalog.=) ANY (SELECT s.oid FROM pg_catalog.pg_statistic_ext s WHERE s.stxrelid OPERATOR(pg_catalog.=) c.oid))) \
                    AND d.refclassid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_operator'::pg_catalog.regclass, \
-                         'pg_catalog.pg_type'::pg_catalog.regclass, 'pg_catalog.pg_collation'::pg_catalog.regclass, \
+                         'pg_catalog.pg_type'::pg_catalog.regclass, \
                          'pg_catalog.pg_opclass'::pg_catalog.regclass, 'pg_catalog.pg_opfamily'::pg_catalog.regclass]::pg_catalog.oid[]) \
                    AND d.refobjid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid \
                    AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolsuper AND r.oid OPERATOR(pg_catalog.=) CASE d.refclassid \
                          WHEN 'pg_catalog.pg_proc'::pg_catalog.regclass THEN (SELECT o.proowner FROM pg_catalog.pg_proc o WHERE o.oid OPERATOR(pg_catalog.=) d.refobjid) \
                          WHEN 'pg_catalog.pg_operator'::pg_catalog.regclass THEN (SELECT o.oprowner FROM pg_catalog.pg_operator o WHERE o.oid OPERATOR(pg_catalog.=) d.refobjid) \
                          WHEN 'pg_catalog.pg_type'::pg_catalog.regclass THEN (SELECT o.typowner FROM pg_catalog.pg_type o WHERE o.oid OPERATOR(pg_catalog.=) d.refobjid) \
-                         WHEN 'pg_catalog.pg_collation'::pg_catalog.regclass THEN (SELECT o.collowner FROM pg_catalog.pg_collation o WHERE o.oid OPERATOR(pg_catalog.=) d.refobjid) \
                          WHEN 'pg_catalog.pg_opclass'::pg_catalog.regclass THEN (SELECT o.opcowner FROM pg_catalog.pg_opclass o WHERE o.oid OPERATOR(pg_catalog.=) d.refobjid) \
                          WHEN 'pg_catalog.pg_opfamily'::pg_catalog.regclass THEN (SELECT o.opfowner FROM pg_catalog.pg_opfamily o WHERE o.oid OPERATOR(pg_catalog.=) d.refobjid) END)), \
         coalesce((SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
@@ -255,7 +254,7 @@ fn judged(described: Described) -> Result<usize, Promotion> {
     }
     if planned_code {
         return Err(Promotion::Unsafe(
-            "an index or statistics object of it refers to a function, operator, type or collation neither built in nor a superuser's, which the planner runs as the role that reads it".into(),
+            "an index or statistics object of it refers to a function, operator or type neither built in nor a superuser's (a collation is no code), which the planner runs as the role that reads it".into(),
         ));
     }
     if rls {

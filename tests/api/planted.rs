@@ -2209,6 +2209,33 @@ async fn consoles_code_the_planner_runs_is_named_and_refused() {
     .await
     .expect("Console's write beside an extension's index");
 
+    // A collation of Console's is no code either (ICU's rules; migration 0041): a case-blind
+    // index on rbac_groups is no finding, and Console's writes go on.
+    run(
+        &mut console,
+        "CREATE COLLATION public.console_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+         CREATE INDEX console_ci_name ON rbac_groups (name COLLATE public.console_ci)",
+    )
+    .await;
+    let (_, text) = check(&db);
+    assert!(!text.contains("console_ci"), "{text}");
+    sqlx::query("DELETE FROM rbac_user_groups WHERE user_id = $1 AND group_id = $2")
+        .bind(&admin)
+        .bind(&break_glass)
+        .execute(&mut *console)
+        .await
+        .expect("Console's write beside its own collation's index");
+    run(
+        &mut console,
+        "CREATE INDEX console_ci_flag ON console_flag_promotions (flag_name COLLATE public.console_ci)",
+    )
+    .await;
+    let promotion = flag_promotion(&reader, "FLAG_RBAC_V2").await.unwrap();
+    assert!(
+        !matches!(&promotion, Promotion::Unsafe(_)),
+        "I-11 beside Console's collation: {promotion:?}"
+    );
+
     // A table the gateway writes made a partition: its parent's key runs as the writer.
     run(
         &mut console,
