@@ -2135,6 +2135,15 @@ async fn consoles_code_the_planner_runs_is_named_and_refused() {
             "{text}"
         );
         assert!(!ran_as_another(&db).await, "check: {plant}");
+        // `migrate` says it at once, before Console's write fails on it.
+        let (code, text) = migrate(&db);
+        assert_eq!(code, Some(0), "{text}");
+        assert!(
+            text.contains(&format!("warning: {named}"))
+                && text.contains("Console's writes that fire its triggers"),
+            "{text}"
+        );
+        assert!(!ran_as_another(&db).await, "migrate: {plant}");
         // Console's own change of a membership fires the break-glass trigger, which refuses
         // to read rbac_groups as the owner; the change fails.
         let refused = sqlx::query(

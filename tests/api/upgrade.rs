@@ -302,6 +302,59 @@ async fn migrate_again_under_consoles_writes_is_a_no_op() {
     migrate_under_writes(&db, false).await;
 }
 
+/// A schema a newer release migrated (a rollback, or Heroku's release phase of the release
+/// before): `migrate` finds every migration of its own applied, says so, names the newer ones
+/// and changes nothing. Before, sqlx refused ("previously applied but is missing") and the
+/// rollback stopped. Where one of its own is not applied, it refuses and says which.
+#[tokio::test]
+async fn migrate_on_a_schema_a_newer_release_migrated_has_nothing_to_do() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'a newer release', true, '\\x00', 1)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let migrate = || {
+        let out = crate::cli::bin()
+            .args(["migrate", "--database-url", &db.url])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, said) = migrate();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("every one of this binary's is; the schema also holds migration(s) 9999 of a newer release"),
+        "{said}"
+    );
+    let latest: i64 =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE version < 9999")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+        .bind(latest)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (code, said) = migrate();
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("of a newer release, and this binary's are not all applied")
+            && said.contains(&format!("migration(s) {latest:04} not applied")),
+        "{said}"
+    );
+}
+
 /// Erasure by index (I-6, migration 0025): deleting an admin finds the rows that name it in
 /// `rbac_gateway_group_changes` and `rbac_gateway_alerts` by their erasure keys' index, not by
 /// reading every row (before: a sequential scan of each table per admin, 1.3-1.7 s at 200,000
