@@ -85,15 +85,53 @@ pub(crate) fn selected(
         } else {
             select.methods.iter().collect()
         };
+        let depth = base.split('/').filter(|s| !s.is_empty()).count();
         for method in methods {
-            for path in extra.iter().filter(|p| p.starts_with(prefix.as_str())) {
+            // And each rule's own paths with their first segments made the prefix's: a rule
+            // whose converter takes the prefix's segment (`/<section>/export`) reaches below it
+            // from elsewhere (a review: `/secrets/export` was forwarded while the statement
+            // passed).
+            let mut tried: Vec<String> = extra.to_vec();
+            for route in mapping.routes.iter().filter(|r| r.methods.contains(method)) {
+                for p in rule_paths(mapping, route, method, customers) {
+                    let (path, query) = match p.split_once('?') {
+                        Some((path, query)) => (path, Some(query)),
+                        None => (p.as_str(), None),
+                    };
+                    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+                    if depth == 0 || segments.len() <= depth {
+                        continue;
+                    }
+                    let mut variant = format!("{base}/{}", segments[depth..].join("/"));
+                    if path.ends_with('/') {
+                        variant.push('/');
+                    }
+                    if let Some(q) = query {
+                        variant = format!("{variant}?{q}");
+                    }
+                    if !tried.contains(&variant) {
+                        tried.push(variant);
+                    }
+                }
+            }
+            for (i, path) in tried.iter().enumerate() {
+                if !path.starts_with(prefix.as_str()) {
+                    continue;
+                }
                 let Some((route, m)) = mapping.find(method, path) else {
                     continue;
                 };
                 let probe = (route.index, method.clone(), path.clone());
+                // A rule the prefix's own paths or an earlier variant reach is asked there
+                // already: one variant more for it would only repeat its failure.
+                let asked = i >= extra.len()
+                    && probes
+                        .iter()
+                        .any(|(r, m2, _)| *r == route.index && m2 == method);
                 if !m.slash_redirect
                     && selects(select, route)
                     && route.methods.contains(method)
+                    && !asked
                     && !probes.contains(&probe)
                 {
                     probes.push(probe);

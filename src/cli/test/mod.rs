@@ -538,6 +538,36 @@ expect = "deny"
         assert_eq!(r.failed, 0, "{r:#?}");
     }
 
+    /// A rule whose converter takes the prefix's segment reaches below it from elsewhere: the
+    /// statement fails, naming it and the path (a review: it passed, and `serve` forwarded
+    /// `/secrets/export` without a session).
+    #[test]
+    fn a_rule_reaching_below_a_prefix_through_a_converter_is_asked() {
+        let export = s8()
+            .route("GET", "/<section>/export")
+            .access("public")
+            .cluster("open");
+        let tests = r#"
+[[case]]
+name = "nothing under /secrets is reached without a session"
+every = { path_prefix = "/secrets" }
+who = "no-session"
+expect = "login"
+"#;
+        let r = run_on(&mapping(export), tests).unwrap();
+        let offending: Vec<(&str, &str)> = r.cases[0]
+            .failures
+            .iter()
+            .map(|f| (f.rule.as_deref().unwrap(), f.path.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            offending,
+            [("GET /<section>/export", "/secrets/export")],
+            "{:#?}",
+            r.cases[0]
+        );
+    }
+
     #[test]
     fn statements_name_each_offending_rule() {
         // A catch-all added under /secrets from elsewhere is found by the prefix's own paths.
