@@ -2,7 +2,7 @@
 //! is swapped. Every method and rule whose access, required roles or permissions, mode or
 //! cluster changes; then, asked of [`crate::policy::outcome::decide`] on both mappings, what each group
 //! (and, with `--database-url`, each admin) gains and loses. Exit 0: access does not change;
-//! 1: it does; 64: a file is unreadable or invalid.
+//! 1: it does; 64: a file is unreadable or invalid; 69: the database cannot be read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -156,13 +156,22 @@ pub fn diff(args: DiffArgs) -> Result<(), Exit> {
             None => Some(load_mapping(side)?),
         });
     }
-    let report = runtime()?.block_on(async {
-        let pool = match &args.database_url {
-            Some(url) => Some(command_pool(url, 1, Duration::from_secs(10)).await?),
-            None => None,
-        };
-        report(pool.as_ref(), [&args.old, &args.new], sides).await
-    })?;
+    let report = runtime()?
+        .block_on(async {
+            let pool = match &args.database_url {
+                Some(url) => Some(command_pool(url, 1, Duration::from_secs(10)).await?),
+                None => None,
+            };
+            report(pool.as_ref(), [&args.old, &args.new], sides).await
+        })
+        // A database that cannot be read is 69, as in `test`: exit 1 says access changes.
+        .map_err(|e| match e.code {
+            EXIT_PROBLEMS => Exit {
+                code: crate::cli::EXIT_UNAVAILABLE,
+                error: e.error,
+            },
+            _ => e,
+        })?;
     if args.json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => say!("{text}"),

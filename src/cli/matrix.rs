@@ -396,7 +396,11 @@ fn markdown(m: &Matrix) {
             say!(
                 "| {} | `{}` | {} | {} | {} |",
                 col.method,
-                col.rule.split_once(' ').map_or(col.rule.as_str(), |x| x.1),
+                // A `|` splits a table's cell even inside a code span (GFM).
+                col.rule
+                    .split_once(' ')
+                    .map_or(col.rule.as_str(), |x| x.1)
+                    .replace('|', "\\|"),
                 col.cluster.as_deref().unwrap_or("-"),
                 col.mode,
                 cells.join(" | ")

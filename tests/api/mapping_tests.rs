@@ -471,8 +471,10 @@ async fn push_refuses_a_version_whose_tests_fail_and_records_what_it_ran() {
     let v5 = format!("{MAPPING}# v5\n");
     std::fs::write(lone.path().join("v5.toml"), &v5).unwrap();
     std::fs::write(lone.path().join("v5.tests.toml"), TESTS).unwrap();
-    // Another tool's file, not named after the mapping, is none.
+    // Another tool's file, not named after the mapping, is none; nor is a name holding "test"
+    // inside a word.
     std::fs::write(lone.path().join("pytest.toml"), "[pytest]\n").unwrap();
+    std::fs::write(lone.path().join("v5.latest.toml"), MAPPING).unwrap();
     let (code, out, err) = with_db(&db.url, lone.path(), &["mapping", "push", "v5.toml"]);
     assert_eq!(code, Some(64), "{out}{err}");
     assert!(
@@ -759,6 +761,14 @@ fn a_database_test_cannot_read_exits_69() {
     let (code, out, err) = with_db("postgres://rbac@127.0.0.1:1/nothing", dir.path(), &["test"]);
     assert_eq!(code, Some(69), "{out}{err}");
     assert!(err.contains("cannot connect to the database"), "{err}");
+    // `diff` alike: its exit 1 says access changes.
+    let (code, out, err) = with_db(
+        "postgres://rbac@127.0.0.1:1/nothing",
+        dir.path(),
+        &["diff", "routes.toml", "routes.toml"],
+    );
+    assert_eq!(code, Some(69), "{out}{err}");
+    assert!(err.contains("cannot connect to the database"), "{err}");
 }
 
 /// A test file or mapping larger than the bound (4 MiB) is refused before it is parsed, with
@@ -811,4 +821,65 @@ fn a_test_file_or_mapping_past_the_bound_is_refused_before_it_is_parsed() {
         said.contains("cannot read the mapping: larger than 4 MiB"),
         "{said}"
     );
+    // A FIFO in a test file's place would hold the run until a writer came: refused.
+    let dir = project(MAPPING, TESTS);
+    let fifo = dir.path().join("routes.test.toml");
+    std::fs::remove_file(&fifo).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut child = bin()
+        .current_dir(dir.path())
+        .arg("test")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("`test` still waits on the FIFO after 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("routes.test.toml: cannot read the test file: not a regular file"),
+        "{err}"
+    );
+}
+
+/// `matrix --format md`: a `|` in a rule's path is escaped, as in a principal's name (GFM splits
+/// a cell at it even inside a code span, and every verdict of the row moved a column).
+#[test]
+fn a_pipe_in_a_rule_is_escaped_in_the_markdown_matrix() {
+    let mapping = format!(
+        "{MAPPING}\n[[route]]\nmethods = [\"GET\"]\npath = \"/a|b/<x>\"\naccess = \"public\"\ncluster = \"public\"\n"
+    );
+    let dir = project(&mapping, TESTS);
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["matrix", "--routes", "routes.toml", "--format", "md"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = text
+        .lines()
+        .find(|l| l.contains("b/<x>`"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("`/a\\|b/<x>`"), "{row}");
+    let header = text.lines().find(|l| l.starts_with("| method |")).unwrap();
+    let cells = |l: &str| l.replace("\\|", "").matches('|').count();
+    assert_eq!(cells(row), cells(header), "{header}\n{row}");
 }

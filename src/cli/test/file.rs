@@ -21,7 +21,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -484,13 +483,32 @@ pub fn read(index: usize, file: &TestFile) -> Result<Vec<Case>, Vec<Problem>> {
     }
     // A name made from an unnamed case's request that another case has too: the line tells them
     // apart (a report, JUnit's above all, names a case by its name).
+    // (An inline array puts two on one line: then its column too; a name a case was given
+    // is never taken.)
     let mut count = BTreeMap::<String, usize>::new();
     for c in &cases {
         *count.entry(c.name.clone()).or_default() += 1;
     }
+    let mut taken: std::collections::BTreeSet<String> = cases
+        .iter()
+        .zip(&unnamed)
+        .filter(|(c, unnamed)| !**unnamed || count[&c.name] == 1)
+        .map(|(c, _)| c.name.clone())
+        .collect();
     for (c, unnamed) in cases.iter_mut().zip(unnamed) {
         if unnamed && count[&c.name] > 1 {
-            c.name = format!("{} (line {})", c.name, c.line);
+            let base = std::mem::take(&mut c.name);
+            let mut name = format!("{base} (line {})", c.line);
+            if taken.contains(&name) {
+                name = format!("{base} (line {}, column {})", c.line, c.col);
+            }
+            let mut n = 2;
+            while taken.contains(&name) {
+                name = format!("{base} (line {}, column {}, {n})", c.line, c.col);
+                n += 1;
+            }
+            taken.insert(name.clone());
+            c.name = name;
         }
     }
     if cases.is_empty() && r.problems.is_empty() {
@@ -504,97 +522,6 @@ pub fn read(index: usize, file: &TestFile) -> Result<Vec<Case>, Vec<Problem>> {
     } else {
         Err(r.problems)
     }
-}
-
-/// The test files `paths` name (a directory: every `*.test.toml` in it, recursively), sorted
-/// and without duplicates; with none named, the `*.test.toml` files beside `routes`.
-pub fn discover(routes: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
-    let mut out = Vec::new();
-    if paths.is_empty() {
-        match routes.parent() {
-            Some(d) if !d.as_os_str().is_empty() => beside(d, false, &mut out)?,
-            // The working directory: the files are named as they are there (`routes.test.toml`).
-            _ => {
-                beside(Path::new("."), false, &mut out)?;
-                for p in &mut out {
-                    if let Ok(name) = p.strip_prefix(".") {
-                        *p = name.to_path_buf();
-                    }
-                }
-            }
-        }
-    }
-    for p in paths {
-        let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        if meta.is_dir() {
-            let before = out.len();
-            beside(p, true, &mut out)?;
-            if out.len() == before {
-                return Err(format!("{}: no *.test.toml in this directory", p.display()));
-            }
-        } else {
-            out.push(p.clone());
-        }
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
-
-/// The files beside `routes` named after it like a test file but not `*.test.toml`
-/// (`routes.tests.toml`, `routes_test.toml`, `routes.test.TOML` beside `routes.toml`): a suite
-/// that was meant to run and would not be found.
-pub fn near_misses(routes: &Path) -> Result<Vec<PathBuf>, String> {
-    let dir = match routes.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    // Named after the mapping (`routes…`): another tool's file (`pytest.toml`) is none.
-    let stem = routes
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let lower = name.to_lowercase();
-        let file = entry.file_type().is_ok_and(|t| !t.is_dir());
-        if file
-            && lower.starts_with(&stem)
-            && lower.contains("test")
-            && lower.contains(".toml")
-            && !name.ends_with(".test.toml")
-            && Some(entry.file_name().as_os_str()) != routes.file_name()
-        {
-            out.push(PathBuf::from(name));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The `*.test.toml` files of `dir` (and, `deep`, its subdirectories).
-fn beside(dir: &Path, deep: bool, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
-        let path = entry.path();
-        let kind = entry
-            .file_type()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if kind.is_dir() && deep {
-            beside(&path, true, out)?;
-        } else if path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(".test.toml"))
-        {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -765,5 +692,23 @@ requires_one_of = ["a"]
                 "GET /b as no session: login (line 17)",
             ]
         );
+        // Two on one line (an inline array), and a name a case was given that a made one
+        // would take.
+        let same = "{ who = \"no-session\", request = \"GET /a\", expect = \"login\" }";
+        let text = format!("case = [{same}, {same}]\n\n[principal.p]\ngroups = []\n");
+        let names: Vec<String> = read(0, &file(&text))
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names.len(), 2);
+        assert_ne!(names[0], names[1], "{names:?}");
+        let text = "[[case]]\nname = \"GET /a as no session: login (line 7)\"\nwho = \"no-session\"\nrequest = \"GET /c\"\nexpect = \"login\"\n\n[[case]]\nwho = \"no-session\"\nrequest = \"GET /a\"\nexpect = \"login\"\n\n[[case]]\nwho = \"no-session\"\nrequest = \"GET /a\"\nexpect = \"login\"\n";
+        let names: std::collections::BTreeSet<String> = read(0, &file(text))
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
     }
 }

@@ -66,6 +66,14 @@ fn failure_lines(c: &CaseReport) -> Vec<String> {
             }
         }
     }
+    if c.failures_not_shown > 0 {
+        out.push(format!(
+            "... and {} more failure(s) not shown (a case shows at most {}, a report {})",
+            c.failures_not_shown,
+            super::run::SHOWN_PER_CASE,
+            super::run::SHOWN_IN_ALL
+        ));
+    }
     out
 }
 
@@ -173,11 +181,10 @@ pub fn junit(r: &Report) -> String {
                 out.push_str(&format!("{open}/>\n"));
                 continue;
             }
-            let message = c
-                .failures
-                .first()
-                .map(|f| f.problem.clone())
-                .unwrap_or_default();
+            let message = c.failures.first().map_or_else(
+                || format!("{} failure(s), not shown", c.failures_not_shown),
+                |f| f.problem.clone(),
+            );
             out.push_str(&format!(
                 "{open}>\n      <failure message=\"{}\" type=\"{}\">{}</failure>\n    </testcase>\n",
                 xml(&message),

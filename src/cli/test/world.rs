@@ -237,7 +237,11 @@ pub struct CaseReport {
     pub passed: bool,
     /// Decisions made for it.
     pub decisions: usize,
+    /// The first of its failures (at most [`super::run::SHOWN_PER_CASE`], and none once the
+    /// suite's reports hold [`super::run::SHOWN_IN_ALL`]).
     pub failures: Vec<Failure>,
+    /// Its failures not shown: a report stays bounded whatever a statement finds.
+    pub failures_not_shown: usize,
 }
 
 /// A rule no case reached.

@@ -226,6 +226,7 @@ pub const MAX_FILE_BYTES: u64 = 4 << 20;
 /// bound, read no further than one byte past it.
 pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
+    regular(&std::fs::metadata(path)?)?;
     let mut bytes = Vec::new();
     std::fs::File::open(path)?
         .take(MAX_FILE_BYTES + 1)
@@ -236,6 +237,7 @@ pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
 /// [`read_bounded`], on the runtime (the reload watcher).
 pub async fn read_bounded_async(path: &Path) -> std::io::Result<Vec<u8>> {
     use tokio::io::AsyncReadExt;
+    regular(&tokio::fs::metadata(path).await?)?;
     let mut bytes = Vec::new();
     tokio::fs::File::open(path)
         .await?
@@ -243,6 +245,18 @@ pub async fn read_bounded_async(path: &Path) -> std::io::Result<Vec<u8>> {
         .read_to_end(&mut bytes)
         .await?;
     within_bound(bytes)
+}
+
+/// A file (a link to one included): a FIFO or a device would hold the reader until a writer
+/// came, or never end.
+fn regular(meta: &std::fs::Metadata) -> std::io::Result<()> {
+    if meta.is_file() {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "not a regular file (a FIFO, device or directory is not read)",
+    ))
 }
 
 fn within_bound(bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
