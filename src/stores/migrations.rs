@@ -328,14 +328,27 @@ async fn lock_holder(conn: &mut sqlx::PgConnection) -> Result<String, sqlx::Erro
 }
 
 /// The three oldest open transactions of other sessions, each as `pid N (application, state,
-/// open since TIME)`: where a lock the migration waited for is likely held.
-async fn oldest_transactions(conn: &mut sqlx::PgConnection) -> Result<Vec<String>, sqlx::Error> {
+/// open since TIME)`: where a lock the migration waited for is likely held. A session of a role
+/// whose activity this role may not see (its start, state and application hidden) is named
+/// too, after them, by the lock every transaction holds on its own id (`pg_locks` hides
+/// nothing): a review found the blocker left out ("none now") where `migrate` ran as no
+/// superuser.
+pub async fn oldest_transactions(
+    conn: &mut sqlx::PgConnection,
+) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT pg_catalog.format('pid %s (%s, %s, open since %s)', a.pid, a.application_name, a.state, \
-                                  pg_catalog.to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS UTC')) \
+        "SELECT CASE WHEN a.xact_start IS NULL \
+                     THEN pg_catalog.format('pid %s (role %s: its transaction is not this role''s to see)', a.pid, a.usename) \
+                     ELSE pg_catalog.format('pid %s (%s, %s, open since %s)', a.pid, a.application_name, a.state, \
+                                  pg_catalog.to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS UTC')) END \
            FROM pg_catalog.pg_stat_activity a \
-          WHERE a.xact_start IS NOT NULL AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
-          ORDER BY a.xact_start LIMIT 3",
+          WHERE a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
+            AND (a.xact_start IS NOT NULL \
+                 OR (a.usename IS NOT NULL \
+                     AND EXISTS (SELECT FROM pg_catalog.pg_locks l \
+                                  WHERE l.pid OPERATOR(pg_catalog.=) a.pid AND l.locktype OPERATOR(pg_catalog.=) 'virtualxid' \
+                                    AND l.granted))) \
+          ORDER BY a.xact_start NULLS LAST, a.pid LIMIT 3",
     )
     .persistent(false)
     .fetch_all(&mut *conn)

@@ -355,6 +355,50 @@ async fn migrate_on_a_schema_a_newer_release_migrated_has_nothing_to_do() {
     );
 }
 
+/// Where `migrate` gives up, it names the open transactions a lock it waited for is likely held
+/// by: one of a role whose activity the migrating role may not see is named too (its start and
+/// state hidden), by the lock every transaction holds on its own id. Before, a non-superuser's
+/// `migrate` said "none now" while Console's transaction held the lock.
+#[tokio::test]
+async fn migrate_names_a_transaction_it_may_not_see() {
+    let db = TestDb::new().await;
+    let (_, name) = db.url.rsplit_once('/').unwrap();
+    let user = format!("{}_unseeing", name.trim_start_matches("rbacgw_"));
+    sqlx::raw_sql(&format!("CREATE ROLE \"{user}\" LOGIN"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut holder = db.pool.begin().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    use sqlx::Connection;
+    let mut unseeing = sqlx::PgConnection::connect(&db.url_as(&user))
+        .await
+        .unwrap();
+    let hidden: Option<String> =
+        sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_one(&mut unseeing)
+            .await
+            .unwrap();
+    assert_eq!(
+        hidden, None,
+        "the role sees the transaction: nothing to test"
+    );
+    let named = rbac_gateway::stores::migrations::oldest_transactions(&mut unseeing)
+        .await
+        .unwrap();
+    assert!(
+        named.contains(&format!(
+            "pid {pid} (role postgres: its transaction is not this role's to see)"
+        )),
+        "{named:?}"
+    );
+    holder.rollback().await.unwrap();
+}
+
 /// Erasure by index (I-6, migration 0025): deleting an admin finds the rows that name it in
 /// `rbac_gateway_group_changes` and `rbac_gateway_alerts` by their erasure keys' index, not by
 /// reading every row (before: a sequential scan of each table per admin, 1.3-1.7 s at 200,000
