@@ -207,7 +207,7 @@ fn check_active(args: &CheckArgs) -> Result<(), Exit> {
         ),
     };
     runtime()?.block_on(async {
-        let pool = super::toolbox::command_pool(&url, 1, Duration::from_secs(10)).await?;
+        let pool = super::toolbox::command_pool(&url, 2, Duration::from_secs(10)).await?;
         let Some((_, version)) = crate::stores::mapping_store::active(&pool)
             .await
             .context("cannot read the active mapping version")
@@ -278,7 +278,8 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
     let mut invariants = None;
     if let Some(url) = &args.database_url {
         let (found, held) = runtime()?.block_on(async {
-            let pool = super::toolbox::command_pool(url, 1, Duration::from_secs(10)).await?;
+            // Two: the catalogue's names are read while Console's tables are held on the other.
+            let pool = super::toolbox::command_pool(url, 2, Duration::from_secs(10)).await?;
             let (found, usable) = check_database(&pool, &mapping, &file, schema).await?;
             let held = match schema {
                 // Where the schema cannot be used, every read of the invariants fails alike.
@@ -390,9 +391,23 @@ async fn check_database(
     if out.iter().any(|d| d.severity == Severity::Error) {
         return Ok((out, true));
     }
+    // Console's tables held, and looked at again under the locks, while the names are read.
+    let held = crate::stores::schema::hold_console_tables(pool)
+        .await
+        .context("cannot hold Console's tables to read the catalogue's names")
+        .map_err(failure)?;
+    if let Some(found) = held.findings.as_ref().filter(|f| !f.is_empty()) {
+        out.extend(
+            found
+                .iter()
+                .map(|f| diag(file, 0, 0, Severity::Error, format!("database: {f}"))),
+        );
+        return Ok((out, true));
+    }
     let unknown = crate::stores::catalogue::unknown_names(pool, mapping)
         .await
         .map_err(failure)?;
+    drop(held);
     out.extend(
         unknown
             .into_iter()

@@ -159,7 +159,7 @@ pub fn diff(args: DiffArgs) -> Result<(), Exit> {
     let report = runtime()?
         .block_on(async {
             let pool = match &args.database_url {
-                Some(url) => Some(command_pool(url, 1, Duration::from_secs(10)).await?),
+                Some(url) => Some(command_pool(url, 2, Duration::from_secs(10)).await?),
                 None => None,
             };
             report(pool.as_ref(), [&args.old, &args.new], sides).await

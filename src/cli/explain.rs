@@ -83,7 +83,7 @@ fn explain_into(args: &ExplainArgs, out: &mut Said) -> Result<(), Exit> {
         (Some(id), _, _, _) => {
             let url = database_url(args, "--request-id")?;
             runtime()?.block_on(async {
-                let pool = command_pool(url, 1, Duration::from_secs(10)).await?;
+                let pool = command_pool(url, 2, Duration::from_secs(10)).await?;
                 from_audit_row(&pool, args, id, out).await
             })
         }
@@ -100,7 +100,7 @@ fn explain_into(args: &ExplainArgs, out: &mut Said) -> Result<(), Exit> {
             runtime()?.block_on(async {
                 let pool = match admin {
                     Some(_) if !refused => Some(
-                        command_pool(database_url(args, "--admin")?, 1, Duration::from_secs(10))
+                        command_pool(database_url(args, "--admin")?, 2, Duration::from_secs(10))
                             .await?,
                     ),
                     _ => None,
@@ -387,9 +387,10 @@ async fn explain_request(
     };
     // The admin's sessions, roles and ticket grants are read from Console's tables: looked at
     // first, as this command's role runs what the planner evaluates there.
-    if let Some(pool) = pool {
-        super::toolbox::console_looked(pool).await?;
-    }
+    let _held = match pool {
+        Some(pool) => Some(super::toolbox::console_looked(pool).await?),
+        None => None,
+    };
     // `serve` decides on a session: an admin whose every session expired or was revoked is a
     // request without one (302, or 401 from the reader API), whatever their roles.
     let admin = match (admin, pool) {

@@ -65,17 +65,21 @@ pub async fn invariants(
     // function of Console's role: the planner runs it as whoever plans a read of the table,
     // migration 0038) are not read for I-4: the read would run it as this command's role.
     // A role that cannot look does not read either.
-    let unread = match crate::stores::schema::console_code_anywhere(pool).await {
+    // The tables are held (locked) from the look to the read (`hold_console_tables`).
+    let held = crate::stores::schema::hold_console_tables(pool).await;
+    let unread = match held.as_ref().map(|h| h.findings.as_ref()) {
         Ok(Some(found)) if found.is_empty() => None,
         Ok(Some(found)) => Some(format!("Console's tables are not read here: code of another role's on them would run as this role ({} finding(s); `check --database-url` names each)", found.len())),
         Ok(None) => Some("Console's tables are not read here: this role may not run rbac_gateway_console_code, which looks first for code of another role's on them that a read would run as this role (deploy/mapping-grants.sql grants it to rbac_gateway_reader)".to_string()),
         Err(e) => Some(format!("Console's tables are not read here: cannot look for code of another role's on them first: {e}")),
     };
+    let i4 = match unread {
+        Some(why) => Invariant::new("I-4", State::NotCheckable, why),
+        None => i4(pool, decision, posture).await,
+    };
+    drop(held);
     vec![
-        match unread {
-            Some(why) => Invariant::new("I-4", State::NotCheckable, why),
-            None => i4(pool, decision, posture).await,
-        },
+        i4,
         i5(pool, posture).await,
         i6(pool).await,
         i11(pool, decision, posture).await,

@@ -40,7 +40,8 @@ fn change(a: &MappingChangeArgs) -> Change {
 }
 
 async fn pool(url: &str) -> Result<crate::stores::db::Db, Exit> {
-    command_pool(url, 1, Duration::from_secs(10)).await
+    // Two: `history` holds Console's tables on one while it reads the catalogue on the other.
+    command_pool(url, 2, Duration::from_secs(10)).await
 }
 
 fn db_failure(what: &str, e: sqlx::Error) -> Exit {
@@ -353,7 +354,7 @@ pub(crate) async fn history_report(db: &crate::stores::db::Db) -> Result<History
     let (stored, activations) = store::history(db)
         .await
         .map_err(|e| db_failure("cannot read the mapping history", e))?;
-    super::toolbox::console_looked(db).await?;
+    let _held = super::toolbox::console_looked(db).await?;
     let catalogue = Catalogue::read(db)
         .await
         .context("cannot read the role catalogue")

@@ -113,7 +113,7 @@ pub async fn reviewed(
     let (catalogue, source, admins) = match pool {
         None => (Catalogue::seeded(), "the catalogue migrate seeds", vec![]),
         Some(pool) => {
-            super::toolbox::console_looked(pool).await?;
+            let _held = super::toolbox::console_looked(pool).await?;
             let catalogue = Catalogue::read(pool)
                 .await
                 .context("cannot read the role catalogue")
@@ -486,7 +486,7 @@ pub fn matrix(args: MatrixArgs) -> Result<(), Exit> {
     let rt = runtime()?;
     let m = rt.block_on(async {
         let pool = match &args.database_url {
-            Some(url) => Some(command_pool(url, 1, Duration::from_secs(10)).await?),
+            Some(url) => Some(command_pool(url, 2, Duration::from_secs(10)).await?),
             None => None,
         };
         report(pool.as_ref(), &args.routes, file, settings).await

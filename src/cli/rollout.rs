@@ -69,7 +69,7 @@ pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
         .filter(|s| *s > 0)
         .ok_or_else(|| usage(anyhow!("--since must be a positive duration")))?;
     let report = runtime()?.block_on(async {
-        let pool = command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
+        let pool = command_pool(&args.database_url, 2, Duration::from_secs(10)).await?;
         report(
             &pool,
             &args.routes,

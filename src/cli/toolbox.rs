@@ -26,23 +26,30 @@ pub(crate) fn failure(e: impl Into<anyhow::Error>) -> Exit {
     }
 }
 
-/// Before a command reads Console's tables as its own role: `rbac_gateway_console_code` finds
-/// nothing of another role's on them that the read would run as this role (the planner
-/// evaluates an index's expression as whoever plans the read: migration 0038), or the command
-/// refuses (1): where the look finds anything, and where this role may not look (no look, no
-/// read; deploy/mapping-grants.sql grants it to the reader and the pusher, migration 0040).
-/// `matrix`, `diff`, `test`, `explain --admin`, `mapping push` and `history`, the cockpit.
-pub(crate) async fn console_looked(pool: &crate::stores::db::Db) -> Result<(), Exit> {
+/// Before a command reads Console's tables as its own role: Console's tables locked (ACCESS
+/// SHARE) and `rbac_gateway_console_code` finding nothing of another role's on them that the
+/// read would run as this role (the planner evaluates an index's expression as whoever plans
+/// the read: migration 0038), or the command refuses (1): where the look finds anything, and
+/// where this role may not look (no look, no read; deploy/mapping-grants.sql grants it to the
+/// reader and the pusher, migration 0040). Keep what it returns until the reads are done: the
+/// locks hold back a change made under a stronger lock (`stores::schema::hold_console_tables`),
+/// on a connection of its own, so `pool` needs two. `matrix`, `diff`, `test`, `explain
+/// --admin`, `mapping push` and `history`, the cockpit.
+pub(crate) async fn console_looked(
+    pool: &crate::stores::db::Db,
+) -> Result<crate::stores::schema::ConsoleHeld, Exit> {
     const NOT_READ: &str = "Console's tables are not read";
-    match crate::stores::schema::console_code_anywhere(pool).await {
-        Ok(Some(found)) if found.is_empty() => Ok(()),
-        Ok(Some(found)) => Err(failure(anyhow!(
-            "{NOT_READ}: code of another role's on them would run as this role: {} (`rbac-gateway check --database-url` names each)",
-            found.join("; ")
-        ))),
-        Ok(None) => Err(failure(anyhow!(
-            "{NOT_READ}: this role may not run rbac_gateway_console_code, which looks first for code of another role's on them that a read would run as this role (deploy/mapping-grants.sql grants it to rbac_gateway_reader and rbac_mapping_pusher)"
-        ))),
+    match crate::stores::schema::hold_console_tables(pool).await {
+        Ok(held) => match &held.findings {
+            Some(found) if found.is_empty() => Ok(held),
+            Some(found) => Err(failure(anyhow!(
+                "{NOT_READ}: code of another role's on them would run as this role: {} (`rbac-gateway check --database-url` names each)",
+                found.join("; ")
+            ))),
+            None => Err(failure(anyhow!(
+                "{NOT_READ}: this role may not run rbac_gateway_console_code, which looks first for code of another role's on them that a read would run as this role (deploy/mapping-grants.sql grants it to rbac_gateway_reader and rbac_mapping_pusher)"
+            ))),
+        },
         Err(e) => Err(failure(anyhow!(
             "{NOT_READ}: cannot look for code of another role's on them first: {e}"
         ))),

@@ -338,6 +338,75 @@ pub async fn plain(
         .map(drop)
 }
 
+/// Console's tables held for a command's reads ([`hold_console_tables`]): while it lives, the
+/// tables this role may read are locked (ACCESS SHARE, in a transaction of a connection of its
+/// own), so a change that needs a stronger lock (an index made in a transaction that holds one,
+/// a view in a table's place, a new column type) waits for the reads to end. Dropped, it is
+/// rolled back.
+pub struct ConsoleHeld {
+    _tx: crate::stores::db::Tx,
+    /// What [`console_code`] found under the locks (`None`: this role may not look).
+    pub findings: Option<Vec<String>>,
+}
+
+/// Locks the tables of [`CONSOLE_TABLES`] this role may read, then looks at them as
+/// [`console_code_anywhere`] does, in one transaction on a connection of its own: the reads that
+/// follow (on other connections of `pool`) see no code of another role's the look did not.
+/// Console's index made in a transaction holding a stronger lock (a review: the look ran
+/// before it committed, the read after, and ran its function as the pusher) is waited for and
+/// seen. Not covered: a `CREATE INDEX` or `CREATE STATISTICS` committed between the look and a
+/// read, which ACCESS SHARE does not hold back (docs/design/security.md).
+pub async fn hold_console_tables(pool: &Db) -> Result<ConsoleHeld, sqlx::Error> {
+    use crate::stores::db::Bounded;
+    let limit = pool.limit();
+    let mut tx = pool.begin().await?;
+    let tables: Vec<&str> = CONSOLE_TABLES.iter().map(|(t, _)| *t).collect();
+    let lockable: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+          WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.name[]) \
+            AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog.char[]) \
+            AND pg_catalog.has_table_privilege(c.oid, 'SELECT') \
+          ORDER BY c.relname",
+    )
+    .persistent(false)
+    .bind(schema())
+    .bind(&tables)
+    .fetch_all(&mut *tx)
+    .bounded(limit)
+    .await?;
+    if !lockable.is_empty() {
+        sqlx::raw_sql(&format!(
+            "LOCK TABLE {} IN ACCESS SHARE MODE",
+            lockable.join(", ")
+        ))
+        .execute(&mut *tx)
+        .bounded(limit)
+        .await?;
+    }
+    let runnable: Option<bool> = sqlx::query_scalar(CONSOLE_CODE_RUNNABLE)
+        .persistent(false)
+        .fetch_optional(&mut *tx)
+        .bounded(limit)
+        .await?;
+    let findings = match runnable {
+        None => Some(Vec::new()),
+        Some(false) => None,
+        Some(true) => Some(
+            sqlx::query_scalar(CONSOLE_CODE)
+                .persistent(false)
+                .bind(schema())
+                .bind(&tables)
+                .bind(console_columns(&tables))
+                .bind(CONSOLE_WRITTEN)
+                .fetch_all(&mut *tx)
+                .bounded(limit)
+                .await?,
+        ),
+    };
+    Ok(ConsoleHeld { _tx: tx, findings })
+}
+
 /// [`console_code`] over every table of [`CONSOLE_TABLES`] and the columns listed there: what
 /// `check`, the sweep and the alert pass look for before they read Console's tables.
 pub async fn console_code_anywhere(pool: &Db) -> Result<Option<Vec<String>>, sqlx::Error> {

@@ -871,8 +871,10 @@ async fn a_break_glass_session_alerted_as_ended_counts_only_once_alerted_as_live
         "the restored session counted on the alert that told it ended"
     );
     *hook.status.lock().unwrap() = 200;
+    // The next attempt comes after the refused ones' backoff (2, 4, 8 s ...: on a loaded
+    // machine the hook refused several before this).
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(40),
         "the restored session honoured once alerted as live",
         || async { gw.status("/ops", Some(&token)).await == 200 },
     )
@@ -981,8 +983,10 @@ async fn a_session_restored_before_the_upgrade_counts_once_alerted_as_live() {
         "the restored session counted on the alert that told it ended"
     );
     *hook.status.lock().unwrap() = 200;
+    // The next attempt comes after the refused ones' backoff (2, 4, 8 s ...: on a loaded
+    // machine the hook refused several before this).
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(40),
         "the restored session honoured once alerted as live",
         || async { gw.status("/ops", Some(&token)).await == 200 },
     )

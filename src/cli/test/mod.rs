@@ -49,7 +49,7 @@ pub fn test(args: TestArgs) -> Result<(), Exit> {
     let report = runtime()?.block_on(async {
         let pool = match &args.database_url {
             Some(url) => Some(
-                command_pool(url, 1, Duration::from_secs(10))
+                command_pool(url, 2, Duration::from_secs(10))
                     .await
                     .map_err(unavailable)?,
             ),
@@ -224,7 +224,7 @@ pub(crate) async fn suite(
     let (catalogue, source, admins) = match pool {
         None => (Catalogue::seeded(), "the catalogue migrate seeds", None),
         Some(pool) => {
-            crate::cli::toolbox::console_looked(pool).await?;
+            let _held = crate::cli::toolbox::console_looked(pool).await?;
             let catalogue = Catalogue::read(pool)
                 .await
                 .map_err(|e| failure(anyhow!("cannot read the role catalogue: {e}")))?;
