@@ -87,10 +87,10 @@ pub(crate) fn selected(
         };
         let depth = base.split('/').filter(|s| !s.is_empty()).count();
         for method in methods {
-            // And each rule's own paths with their first segments made the prefix's: a rule
-            // whose converter takes the prefix's segment (`/<section>/export`) reaches below it
-            // from elsewhere (a review: `/secrets/export` was forwarded while the statement
-            // passed).
+            // And each rule's own paths with their first segments (none, one, ... all but the
+            // last) given up for the prefix: a rule whose converter takes the prefix's segments
+            // (`/<section>/export`, `/<path:p>/export`) reaches below it from elsewhere (a
+            // review: `/secrets/export` was forwarded while the statement passed).
             let mut tried: Vec<String> = extra.to_vec();
             for route in mapping.routes.iter().filter(|r| r.methods.contains(method)) {
                 for p in rule_paths(mapping, route, method, customers) {
@@ -99,18 +99,20 @@ pub(crate) fn selected(
                         None => (p.as_str(), None),
                     };
                     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-                    if depth == 0 || segments.len() <= depth {
+                    if depth == 0 {
                         continue;
                     }
-                    let mut variant = format!("{base}/{}", segments[depth..].join("/"));
-                    if path.ends_with('/') {
-                        variant.push('/');
-                    }
-                    if let Some(q) = query {
-                        variant = format!("{variant}?{q}");
-                    }
-                    if !tried.contains(&variant) {
-                        tried.push(variant);
+                    for k in 0..segments.len() {
+                        let mut variant = format!("{base}/{}", segments[k..].join("/"));
+                        if path.ends_with('/') {
+                            variant.push('/');
+                        }
+                        if let Some(q) = query {
+                            variant = format!("{variant}?{q}");
+                        }
+                        if !tried.contains(&variant) {
+                            tried.push(variant);
+                        }
                     }
                 }
             }

@@ -594,6 +594,28 @@ expect = "login"
             "{:#?}",
             r.cases[0]
         );
+        // A path converter taking a prefix of two segments.
+        let export = s8()
+            .route("GET", "/admin/secrets/<name>")
+            .roles(&["console-secrets-admin"])
+            .cluster("S8")
+            .route("GET", "/<path:p>/export")
+            .access("public")
+            .cluster("open");
+        let tests = r#"
+[[case]]
+name = "nothing under /admin/secrets is reached without a session"
+every = { path_prefix = "/admin/secrets" }
+who = "no-session"
+expect = "login"
+"#;
+        let r = run_on(&mapping(export), tests).unwrap();
+        let offending: Vec<&str> = r.cases[0]
+            .failures
+            .iter()
+            .map(|f| f.rule.as_deref().unwrap())
+            .collect();
+        assert_eq!(offending, ["GET /<path:p>/export"], "{:#?}", r.cases[0]);
     }
 
     #[test]
