@@ -42,6 +42,26 @@ async fn ran_as_another(db: &TestDb) -> bool {
         .unwrap()
 }
 
+/// As Console's role, owning `rbac_groups`: `public.console_k(text)`, an immutable function
+/// an index or statistics object may call, which draws from `public.ran_as_another` whenever
+/// it runs as another role than Console's ([`ran_as_another`]).
+async fn plant_console_k(console: &mut sqlx::pool::PoolConnection<sqlx::Postgres>) {
+    run(
+        console,
+        "RESET ROLE; \
+         ALTER TABLE rbac_groups OWNER TO console_app; \
+         SET ROLE console_app; \
+         CREATE SEQUENCE public.ran_as_another; \
+         GRANT USAGE ON SEQUENCE public.ran_as_another TO PUBLIC; \
+         CREATE FUNCTION public.console_code() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN \
+             IF current_user <> 'console_app' THEN PERFORM nextval('public.ran_as_another'); END IF; \
+             RETURN true; END $$; \
+         CREATE FUNCTION public.console_k(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN \
+             PERFORM public.console_code(); RETURN t; END $$;",
+    )
+    .await;
+}
+
 /// Runs `sql` on Console's session (`as_console`).
 async fn run(console: &mut sqlx::pool::PoolConnection<sqlx::Postgres>, sql: &str) {
     sqlx::raw_sql(sql).execute(&mut **console).await.unwrap();
@@ -2095,19 +2115,10 @@ async fn consoles_code_the_planner_runs_is_named_and_refused() {
             .await
             .unwrap();
     let mut console = as_console(&db).await;
+    plant_console_k(&mut console).await;
     run(
         &mut console,
-        "RESET ROLE; \
-         ALTER TABLE rbac_groups OWNER TO console_app; \
-         SET ROLE console_app; \
-         CREATE SEQUENCE public.ran_as_another; \
-         GRANT USAGE ON SEQUENCE public.ran_as_another TO PUBLIC; \
-         CREATE FUNCTION public.console_code() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN \
-             IF current_user <> 'console_app' THEN PERFORM nextval('public.ran_as_another'); END IF; \
-             RETURN true; END $$; \
-         CREATE FUNCTION public.console_k(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN \
-             PERFORM public.console_code(); RETURN t; END $$; \
-         CREATE TABLE console_flag_promotions (flag_name text PRIMARY KEY, risk text, current_env text, promoted_by text); \
+        "CREATE TABLE console_flag_promotions (flag_name text PRIMARY KEY, risk text, current_env text, promoted_by text); \
          INSERT INTO console_flag_promotions VALUES ('FLAG_RBAC_V2', 'high', 'production', 'migration'); \
          GRANT SELECT ON console_flag_promotions TO PUBLIC",
     )
@@ -2497,19 +2508,10 @@ async fn commands_refuse_to_read_consoles_tables_with_its_code_on_them() {
     sqlx::raw_sql(&grants).execute(&db.pool).await.unwrap();
     let pusher = db.login_in_role("rbac_mapping_pusher", "").await;
     let mut console = as_console(&db).await;
+    plant_console_k(&mut console).await;
     run(
         &mut console,
-        "RESET ROLE; \
-         ALTER TABLE rbac_groups OWNER TO console_app; \
-         SET ROLE console_app; \
-         CREATE SEQUENCE public.ran_as_another; \
-         GRANT USAGE ON SEQUENCE public.ran_as_another TO PUBLIC; \
-         CREATE FUNCTION public.console_code() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN \
-             IF current_user <> 'console_app' THEN PERFORM nextval('public.ran_as_another'); END IF; \
-             RETURN true; END $$; \
-         CREATE FUNCTION public.console_k(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN \
-             PERFORM public.console_code(); RETURN t; END $$; \
-         CREATE INDEX console_expr ON rbac_groups ((name || public.console_k('')))",
+        "CREATE INDEX console_expr ON rbac_groups ((name || public.console_k('')))",
     )
     .await;
     let routes = root().join("routes.toml");
