@@ -2516,15 +2516,7 @@ async fn commands_refuse_to_read_consoles_tables_with_its_code_on_them() {
     .await;
     let routes = root().join("routes.toml");
     let routes = routes.to_str().unwrap();
-    let command = |args: &[&str]| {
-        let out = crate::cli::bin().args(args).output().unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), said)
-    };
+    let command = |args: &[&str]| code_and_output(&crate::cli::bin().args(args).output().unwrap());
     let named = "index public.console_expr of rbac_groups refers to function public.console_k(text), which is not built in";
     for (what, args, exit) in [
         (
@@ -2610,13 +2602,8 @@ async fn commands_refuse_to_read_consoles_tables_with_its_code_on_them() {
     )
     .await;
     run(&mut console, "COMMIT").await;
-    let out = waiting.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(1), "{said}");
+    let (code, said) = code_and_output(&waiting.wait_with_output().unwrap());
+    assert_eq!(code, Some(1), "{said}");
     assert!(said.contains(named), "{said}");
     assert!(
         !ran_as_another(&db).await,

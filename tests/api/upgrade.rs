@@ -309,25 +309,13 @@ async fn migrate_again_under_consoles_writes_is_a_no_op() {
 #[tokio::test]
 async fn migrate_on_a_schema_a_newer_release_migrated_has_nothing_to_do() {
     let db = TestDb::new().await;
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (9999, 'a newer release', true, '\\x00', 1)",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    record_a_newer_release(&db).await;
     let migrate = || {
-        let out = crate::cli::bin()
-            .args(["migrate", "--database-url", &db.url])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
+        code_and_output(
+            &crate::cli::bin()
+                .args(["migrate", "--database-url", &db.url])
+                .output()
+                .unwrap(),
         )
     };
     let (code, said) = migrate();
@@ -397,6 +385,17 @@ async fn migrate_names_a_transaction_it_may_not_see() {
         "{named:?}"
     );
     holder.rollback().await.unwrap();
+}
+
+/// Records migration 9999 as applied by a newer release.
+async fn record_a_newer_release(db: &TestDb) {
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'a newer release', true, '\\x00', 1)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
 }
 
 /// Erasure by index (I-6, migration 0025): deleting an admin finds the rows that name it in
@@ -647,13 +646,7 @@ async fn a_binary_newer_than_its_schema_is_not_ready_until_migrated() {
     }
 
     // A newer release's migration: named, the status unchanged.
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (9999, 'a newer release', true, '\\x00', 1)",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    record_a_newer_release(&db).await;
     let newer = "database schema: migration(s) 9999 applied by a newer release";
     readyz_until(&gw, 200, newer).await;
     let (code, out) = check();

@@ -539,6 +539,14 @@ expect = "deny"
         assert_eq!(r.failed, 0, "{r:#?}");
     }
 
+    /// The (rule, path) of each failure of statement case `c`.
+    fn offenders(c: &world::CaseReport) -> Vec<(&str, &str)> {
+        c.failures
+            .iter()
+            .map(|f| (f.rule.as_deref().unwrap(), f.path.as_deref().unwrap()))
+            .collect()
+    }
+
     /// A statement that fails for every rule and group shows its first failures and counts the
     /// rest: a report stays bounded (a review: 2,000 such cases, 110 KB, took 2.9 GB).
     #[test]
@@ -583,11 +591,7 @@ who = "no-session"
 expect = "login"
 "#;
         let r = run_on(&mapping(export), tests).unwrap();
-        let offending: Vec<(&str, &str)> = r.cases[0]
-            .failures
-            .iter()
-            .map(|f| (f.rule.as_deref().unwrap(), f.path.as_deref().unwrap()))
-            .collect();
+        let offending = offenders(&r.cases[0]);
         assert_eq!(
             offending,
             [("GET /<section>/export", "/secrets/export")],
@@ -610,10 +614,9 @@ who = "no-session"
 expect = "login"
 "#;
         let r = run_on(&mapping(export), tests).unwrap();
-        let offending: Vec<&str> = r.cases[0]
-            .failures
-            .iter()
-            .map(|f| f.rule.as_deref().unwrap())
+        let offending: Vec<&str> = offenders(&r.cases[0])
+            .into_iter()
+            .map(|(rule, _)| rule)
             .collect();
         assert_eq!(offending, ["GET /<path:p>/export"], "{:#?}", r.cases[0]);
     }
@@ -644,11 +647,7 @@ expect = "login"
         let r = run_on(&mapping(with_catch_all), tests).unwrap();
         let by_name = |n: &str| r.cases.iter().find(|c| c.name == n).unwrap();
         let prefix = by_name("no route under /secrets is reached by support");
-        let offending: Vec<(&str, &str)> = prefix
-            .failures
-            .iter()
-            .map(|f| (f.rule.as_deref().unwrap(), f.path.as_deref().unwrap()))
-            .collect();
+        let offending = offenders(prefix);
         assert_eq!(
             offending,
             [
