@@ -1311,6 +1311,174 @@ async fn an_erased_admin_is_erased_in_an_icu_database_and_with_a_colon_in_the_em
     );
 }
 
+/// I-6 and I-4: an admin Console makes to match another admin's break-glass alert (its email is
+/// that admin's id, the erasure keys' other kind; its id is quoted by that admin's justification
+/// as `(<id>). Justification: `, and as an admin's line and an actor) is erased, and the living
+/// admin's alert keeps its text: before migration 0042 it was rewritten as an erased admin's, and
+/// an alert the previous release raised as "ended" lost the last sentence that has it raised
+/// again once the session is restored. The admin recorded with an alert is what its erasure
+/// finds; an alert whose text names another admin than the one recorded with it (as migration
+/// 0033 recorded one raised before it) is found by its text, not by a session Console hands to
+/// an admin it then erases; an admin whose id Console changed after the alert is erased from it
+/// with its session; and the living admin's own erasure rewrites its alert whole.
+#[tokio::test]
+async fn an_admin_console_erases_leaves_another_admins_break_glass_alert() {
+    let db = TestDb::new().await;
+    let living = db.admin("living@example.test").await;
+    let session = db.break_glass(&living, 3600.0).await;
+    sqlx::query(
+        "UPDATE rbac_break_glass_sessions SET justification = \
+         'ticket (mallory). Justification: paged by admin ' || user_id || ' (mallory2), actor ' || user_id || ',' \
+         WHERE id = $1",
+    )
+    .bind(&session)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // Another session, whose alert then records an admin its text does not name (as 0033
+    // recorded the session as it stood for an alert raised before it).
+    let named = db.admin("named@example.test").await;
+    let older = db.break_glass(&named, 3600.0).await;
+    // And one whose admin's id Console changes after its alert.
+    let renamed = db.admin("renamed@example.test").await;
+    let moved = db.break_glass(&renamed, 3600.0).await;
+    sweep_once(&db.url, &[]).await;
+    let text = |key: &str| {
+        let (pool, key) = (db.pool.clone(), format!("break_glass:{key}"));
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT text FROM rbac_gateway_alerts WHERE key = $1")
+                .bind(key)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let console = |sql: String| {
+        let pool = db.pool.clone();
+        async move { sqlx::raw_sql(&sql).execute(&pool).await.unwrap() }
+    };
+    let before = text(&session).await;
+    assert!(
+        before.contains("living@example.test") && before.contains("(mallory2), actor "),
+        "{before}"
+    );
+    // Console's admins made to match the living admin's alert, erased.
+    for id in ["mallory", "mallory2"] {
+        console(format!(
+            "INSERT INTO admins (id, email) VALUES ('{id}', '{living}'); DELETE FROM admins WHERE id = '{id}';"
+        ))
+        .await;
+    }
+    assert_eq!(
+        text(&session).await,
+        before,
+        "erasing an admin Console made rewrote a living admin's break-glass alert"
+    );
+    // The older alert's session handed to an admin Console then erases (the session goes with
+    // it): the text names another admin, left as it is.
+    console(format!(
+        "UPDATE rbac_gateway_alerts SET session_user_id = 'someone else' WHERE key = 'break_glass:{older}'; \
+         INSERT INTO admins (id, email) VALUES ('throwaway', 'throwaway@example.test'); \
+         UPDATE rbac_break_glass_sessions SET user_id = 'throwaway' WHERE id = '{older}'; \
+         DELETE FROM admins WHERE id = 'throwaway';"
+    ))
+    .await;
+    let kept = text(&older).await;
+    assert!(kept.contains("named@example.test"), "{kept}");
+    // The admin the older alert's text names is erased: found by its text.
+    console(format!("DELETE FROM admins WHERE id = '{named}'")).await;
+    let erased = text(&older).await;
+    assert!(
+        erased.contains("since erased") && !erased.contains("named@example.test"),
+        "{erased}"
+    );
+    // The renamed admin (its session with it) is erased: its alert with the session.
+    console(format!(
+        "WITH a AS (UPDATE admins SET id = '{renamed}-new' WHERE id = '{renamed}') \
+         UPDATE rbac_break_glass_sessions SET user_id = '{renamed}-new' WHERE user_id = '{renamed}'; \
+         DELETE FROM admins WHERE id = '{renamed}-new';"
+    ))
+    .await;
+    let erased = text(&moved).await;
+    assert!(
+        erased.contains("since erased") && !erased.contains("renamed@example.test"),
+        "{erased}"
+    );
+    // The living admin's own erasure rewrites its alert whole.
+    console(format!("DELETE FROM admins WHERE id = '{living}'")).await;
+    let after = text(&session).await;
+    assert!(
+        after.contains("since erased")
+            && !after.contains("living@")
+            && !after.contains("ticket (mallory)"),
+        "{after}"
+    );
+}
+
+/// I-6 and I-4 where Console makes `admins.id` case-blind (a nondeterministic collation, which
+/// migration 0041 lets it have): erasing an admin `l` leaves the living admin `L`'s break-glass
+/// alert, its recorded line and its actor as they are, and erasing `L` erases them. Before
+/// (a review of 0042's first version), the erasure compared ids under Console's collation: `l`
+/// rewrote `L`'s alert, and a search of a text for the id failed and refused Console's DELETE.
+#[tokio::test]
+async fn a_case_blind_id_of_consoles_erases_only_its_own_admin() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "CREATE COLLATION blind (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+         ALTER TABLE admins DROP CONSTRAINT admins_pkey CASCADE; \
+         ALTER TABLE admins ALTER COLUMN id TYPE text COLLATE blind; \
+         CREATE UNIQUE INDEX admins_id_exact ON admins (id COLLATE \"C\"); \
+         INSERT INTO admins (id, email) VALUES ('L', 'living@example.test'); \
+         BEGIN; SET LOCAL rbac_gateway.actor = 'L'; \
+         INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
+         SELECT 'L', id, 'test' FROM rbac_groups WHERE name = 'break-glass'; COMMIT;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let session = db.break_glass("L", 3600.0).await;
+    sweep_once(&db.url, &[]).await;
+    let texts = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT what || ' | ' || coalesce(actor, '') FROM rbac_gateway_group_changes \
+             UNION ALL SELECT key || ' | ' || text FROM rbac_gateway_alerts ORDER BY 1",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    let before = texts().await;
+    let living = |ts: &[String]| {
+        ts.iter()
+            .filter(|t| t.contains("living@example.test") || t.ends_with("| L"))
+            .count()
+    };
+    assert!(
+        living(&before) >= 3,
+        "the line, its actor and the alert: {before:#?}"
+    );
+    assert!(
+        before.iter().any(|t| t.starts_with(&format!(
+            "break_glass:{session} | Break-glass session opened for living@"
+        ))),
+        "{before:#?}"
+    );
+    sqlx::raw_sql(
+        "INSERT INTO admins (id, email) VALUES ('l', 'other@example.test'); \
+         DELETE FROM admins WHERE id = 'l' COLLATE \"C\";",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(texts().await, before, "erasing l changed L's");
+    sqlx::raw_sql("DELETE FROM admins WHERE id = 'L' COLLATE \"C\"")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let after = texts().await;
+    assert_eq!(living(&after), 0, "L's email or actor kept: {after:#?}");
+}
+
 /// I-5 for every end: a ticket grant Console restores after the sweep revoked it (its
 /// `revoked_at_utc` cleared) and that the sweep revokes again gets a second `ticket_expire` row
 /// and outbox entry, under its own id; and a grant whose first row's id Console wrote itself
