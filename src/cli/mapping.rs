@@ -167,7 +167,7 @@ async fn tests_of(
         );
         return Ok(TestsRecord::not_run(TestsRecord::NONE));
     }
-    let report = super::test::suite(mapping, &paths, Some(db), false).await?;
+    let report = super::test::suite(mapping, &paths, Some(db), super::test::Run::default()).await?;
     if report.failed > 0 {
         say!("{}", super::test::text(&report));
         return Err(failure(anyhow!(

@@ -641,9 +641,73 @@ expect = "deny"
     );
 }
 
+/// A case expecting `deny` that passes only because no rule has its method and path (a misspelt
+/// path, a rule since removed) says so in each form of the report, and still passes; one that
+/// says `reason = "no_route"`, or that a rule decides, says nothing. Before, such a case passed
+/// silently: `/secerts` "proved" support cannot read the secrets.
+#[test]
+fn a_deny_case_that_passes_by_no_route_alone_says_so() {
+    let tests = r#"[principal.support]
+groups = ["raxx-support-team"]
+
+[[case]]
+name = "support cannot read the secrets (misspelt)"
+who = "support"
+request = "GET /secerts"
+expect = "deny"
+
+[[case]]
+name = "nothing is served under /old"
+who = "support"
+request = "GET /old"
+expect = "deny"
+reason = "no_route"
+
+[[case]]
+name = "support cannot read the secrets"
+who = "support"
+request = "GET /secrets"
+expect = "deny"
+"#;
+    let dir = project(MAPPING, tests);
+    let (code, out, err) = test_cmd(dir.path(), &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let notes: Vec<&str> = out.lines().filter(|l| l.starts_with("NOTE ")).collect();
+    assert_eq!(notes.len(), 1, "{out}");
+    assert!(
+        notes[0].contains("support cannot read the secrets (misspelt): passed as deny by no_route"),
+        "{out}"
+    );
+    let (_, json, _) = test_cmd(dir.path(), &["--format", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let noted: Vec<&str> = json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c.get("notes").is_some())
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        noted,
+        ["support cannot read the secrets (misspelt)"],
+        "{json}"
+    );
+    let (code, junit, _) = test_cmd(dir.path(), &["--format", "junit"]);
+    assert_eq!(code, Some(0), "{junit}");
+    assert_eq!(
+        junit
+            .matches("<system-out>passed as deny by no_route")
+            .count(),
+        1,
+        "{junit}"
+    );
+    assert!(!junit.contains("<failure"), "{junit}");
+}
+
 /// An admin of the database in a break-glass session is decided in `test` as `serve` decides
 /// by default (I-4): the session's roles count once its alert was delivered. Before, `test`
-/// counted them at once, and a case allowing the admin passed where `serve` answered 403.
+/// counted them at once, and a case allowing the admin passed where `serve` answered 403. With
+/// `--break-glass-requires-alert=false` they count at once, as in a `serve` so started.
 #[tokio::test]
 async fn an_admin_in_break_glass_counts_in_test_once_alerted_as_in_serve() {
     let db = TestDb::new().await;
@@ -664,6 +728,28 @@ expect = "allow"
         out.contains("not honoured until its alert is delivered"),
         "{out}"
     );
+    // As a `serve` started with --break-glass-requires-alert=false decides: the session counts
+    // at once, and the report says I-4 is not held. Before, `test` had no such flag.
+    let (code, out, err) = with_db(
+        &db.url,
+        dir.path(),
+        &["test", "--break-glass-requires-alert=false"],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("--break-glass-requires-alert=false"), "{out}");
+    assert!(out.contains("I-4 not held"), "{out}");
+    let (_, json, _) = with_db(
+        &db.url,
+        dir.path(),
+        &[
+            "test",
+            "--break-glass-requires-alert=false",
+            "--format",
+            "json",
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["break_glass_requires_alert"], false, "{json}");
     // The alert delivered, for the session as it stands: the case passes.
     sqlx::query(
         "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys, delivered_at_utc) \

@@ -426,6 +426,13 @@ pub struct TestArgs {
     /// Also list the cases that passed (text).
     #[arg(long, short = 'v')]
     pub verbose: bool,
+    /// An admin's break-glass session counts only once its alert was delivered, as `serve`
+    /// decides by default (I-4). `false`: as a `serve` started with
+    /// `--break-glass-requires-alert=false` decides (the report says so). Never read from the
+    /// environment, as --database-url.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
+    pub break_glass_requires_alert: bool,
     /// Test files (`*.test.toml`) or directories (searched for `*.test.toml`, recursively).
     pub tests: Vec<PathBuf>,
 }

@@ -61,7 +61,11 @@ pub fn test(args: TestArgs) -> Result<(), Exit> {
             (None, _) => load_mapping(&args.routes)?,
         };
         let paths = tests_of(&args.routes, &args.tests)?;
-        suite(&mapping, &paths, pool.as_ref(), args.coverage)
+        let run = Run {
+            coverage: args.coverage,
+            break_glass_requires_alert: args.break_glass_requires_alert,
+        };
+        suite(&mapping, &paths, pool.as_ref(), run)
             .await
             .map_err(unavailable)
     });
@@ -180,6 +184,24 @@ fn find_admin<'l>(
         })
 }
 
+/// How a suite is run: `--coverage`, and whether an admin's break-glass session counts only
+/// once its alert was delivered (`serve`'s default, I-4).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Run {
+    pub coverage: bool,
+    pub break_glass_requires_alert: bool,
+}
+
+impl Default for Run {
+    /// As `serve` decides by default; no coverage.
+    fn default() -> Self {
+        Run {
+            coverage: false,
+            break_glass_requires_alert: true,
+        }
+    }
+}
+
 /// Runs the test files `paths` on `mapping`: with `pool`, the groups as the database holds
 /// them and the admins the cases name; without, the catalogue `migrate` seeds. Err: a file
 /// that does not load (64, every problem `FILE:LINE:COL: why`), or a database that cannot be
@@ -188,8 +210,12 @@ pub(crate) async fn suite(
     mapping: &Mapping,
     paths: &[PathBuf],
     pool: Option<&crate::stores::db::Db>,
-    coverage: bool,
+    run: Run,
 ) -> Result<Report, Exit> {
+    let Run {
+        coverage,
+        break_glass_requires_alert,
+    } = run;
     let mut files = Vec::with_capacity(paths.len());
     for p in paths {
         let bytes = crate::policy::mapping::read_bounded(p)
@@ -231,7 +257,7 @@ pub(crate) async fn suite(
             (
                 catalogue,
                 "the database",
-                Some(named_admins(pool, &cases).await?),
+                Some(named_admins(pool, &cases, break_glass_requires_alert).await?),
             )
         }
     };
@@ -256,6 +282,7 @@ pub(crate) async fn suite(
         passed: results.len() - failed,
         failed,
         cases: results,
+        break_glass_requires_alert,
         uncovered: coverage.then(|| every::uncovered(mapping, &touched)),
         rules: coverage.then_some(mapping.routes.len()),
     })
@@ -272,9 +299,11 @@ pub(crate) struct NamedAdmin {
 /// The admins `cases` name, read from the database as `matrix` reads them (roles as they are now,
 /// break-glass included, live ticket grants), by the name the cases use. A name no admin has is
 /// left out (the case's principal then does not resolve: a load error naming it).
+/// `requires_alert`: a break-glass session counts once its alert was delivered (I-4).
 async fn named_admins(
     pool: &crate::stores::db::Db,
     cases: &[file::Case],
+    requires_alert: bool,
 ) -> Result<BTreeMap<String, NamedAdmin>, Exit> {
     let mut names = std::collections::BTreeSet::new();
     for c in cases {
@@ -301,19 +330,20 @@ async fn named_admins(
             continue;
         };
         let read = async {
-            // As `serve` decides by default (I-4): a break-glass session counts once its alert
-            // was delivered.
+            // As `serve` decides (by default, I-4: a break-glass session counts once its alert
+            // was delivered).
             let reviewed = crate::cli::matrix::admin_principal(
                 pool,
                 a.id.clone(),
                 a.email.clone(),
                 a.groups.clone(),
-                true,
+                requires_alert,
             )
             .await?;
             let counted = reviewed.principal.as_ref().is_some_and(|p| p.break_glass);
-            let alert_waits =
-                !counted && crate::stores::identity::break_glass_active(pool, &a.id).await?;
+            let alert_waits = requires_alert
+                && !counted
+                && crate::stores::identity::break_glass_active(pool, &a.id).await?;
             Ok::<_, sqlx::Error>(NamedAdmin {
                 reviewed,
                 alert_waits,
@@ -365,7 +395,15 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        rt.block_on(suite(m, &[path], None, true))
+        rt.block_on(suite(
+            m,
+            &[path],
+            None,
+            Run {
+                coverage: true,
+                ..Run::default()
+            },
+        ))
     }
 
     /// Two principals of a file holding the same groups are resolved once; a failure names the

@@ -22,6 +22,9 @@ pub struct Report {
     pub passed: usize,
     pub failed: usize,
     pub cases: Vec<CaseReport>,
+    /// An admin's break-glass session counted only once its alert was delivered (`serve`'s
+    /// default, I-4); false with `--break-glass-requires-alert=false`.
+    pub break_glass_requires_alert: bool,
     /// With `--coverage`: every rule no case reached.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uncovered: Option<Vec<Uncovered>>,
@@ -77,6 +80,9 @@ fn failure_lines(c: &CaseReport) -> Vec<String> {
     out
 }
 
+/// What the text report says of a run with `--break-glass-requires-alert=false`.
+const ALERT_NOT_REQUIRED: &str = "break-glass sessions counted before their alert was delivered (--break-glass-requires-alert=false), as a serve so started decides: I-4 not held";
+
 /// The report for a terminal: each failure with what was expected, what was decided and why;
 /// then the totals (and, with `--coverage`, the rules no case reached).
 pub fn text(r: &Report, verbose: bool) -> String {
@@ -88,10 +94,16 @@ pub fn text(r: &Report, verbose: bool) -> String {
         r.catalogue,
         r.tests.join(", ")
     ));
+    if !r.break_glass_requires_alert {
+        out.push(ALERT_NOT_REQUIRED.to_string());
+    }
     for c in &r.cases {
         if c.passed {
             if verbose {
                 out.push(format!("PASS {}:{}: {}", c.file, c.line, c.name));
+            }
+            for n in &c.notes {
+                out.push(format!("NOTE {}:{}: {}: {n}", c.file, c.line, c.name));
             }
             continue;
         }
@@ -162,6 +174,14 @@ pub fn junit(r: &Report) -> String {
             ("mapping_version", r.version.as_str()),
             ("catalogue", r.catalogue),
             ("tests_sha256", r.tests_sha256.as_str()),
+            (
+                "break_glass_requires_alert",
+                if r.break_glass_requires_alert {
+                    "true"
+                } else {
+                    "false"
+                },
+            ),
         ] {
             out.push_str(&format!(
                 "      <property name=\"{name}\" value=\"{}\"/>\n",
@@ -177,8 +197,15 @@ pub fn junit(r: &Report) -> String {
                 xml(file),
                 c.line
             );
-            if c.passed {
+            if c.passed && c.notes.is_empty() {
                 out.push_str(&format!("{open}/>\n"));
+                continue;
+            }
+            if c.passed {
+                out.push_str(&format!(
+                    "{open}>\n      <system-out>{}</system-out>\n    </testcase>\n",
+                    xml(&c.notes.join("\n"))
+                ));
                 continue;
             }
             let message = c.failures.first().map_or_else(

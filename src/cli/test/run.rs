@@ -281,6 +281,7 @@ pub(crate) async fn run(
     let mut out = Vec::with_capacity(p.cases.len());
     let mut shown = 0;
     for (i, case) in p.cases.iter().enumerate() {
+        let mut notes = Vec::new();
         let (kind, decisions, mut failures) = match &case.kind {
             Kind::Request {
                 method,
@@ -289,7 +290,11 @@ pub(crate) async fn run(
                 expect,
             } => {
                 let subjects = subjects_of(p, case, who, i);
-                let failures = request(world, &subjects, method, path, expect, touched).await;
+                let (failures, no_route) =
+                    request(world, &subjects, method, path, expect, touched).await;
+                if no_route && failures.is_empty() {
+                    notes.push(NO_ROUTE_NOTE.to_string());
+                }
                 ("request", subjects.len(), failures)
             }
             Kind::Every {
@@ -323,12 +328,18 @@ pub(crate) async fn run(
             decisions,
             failures,
             failures_not_shown,
+            notes,
         });
     }
     out
 }
 
-/// A `request` case: the one request asked as each subject, a failure explained with why.
+/// What a passing `request` case expecting `deny` without a `reason` or a `rule` says when no
+/// rule has its method and path: it passed by `no_route`, as a misspelt path would.
+pub(crate) const NO_ROUTE_NOTE: &str = "passed as deny by no_route: no rule has this method and path, so a misspelt path passes too (reason = \"no_route\" says it is meant; reason = \"missing_role\" or rule = ... asks for a rule)";
+
+/// A `request` case: the one request asked as each subject, a failure explained with why; and
+/// whether it was denied by `no_route` where the case named neither a `reason` nor a `rule`.
 async fn request(
     world: &World<'_>,
     subjects: &[(String, &Resolved, InMemory)],
@@ -336,13 +347,18 @@ async fn request(
     path: &str,
     expect: &Expect,
     touched: &mut [bool],
-) -> Vec<Failure> {
+) -> (Vec<Failure>, bool) {
     let mut failures = Vec::new();
+    let mut no_route = false;
     for (label, r, authority) in subjects {
         let d = decide_one(world, authority, method, path).await;
         if let Some(rule) = d.rule {
             touched[rule] = true;
         }
+        no_route |= d.label == Label::Deny
+            && d.reason.as_deref() == Some("no_route")
+            && expect.reason.is_none()
+            && expect.rule.is_none();
         if let Some(problem) = differs(world.mapping, expect, &d) {
             failures.push(Failure {
                 who: label.clone(),
@@ -357,7 +373,7 @@ async fn request(
             });
         }
     }
-    failures
+    (failures, no_route)
 }
 
 /// An `every` case: each request its selection generates asked as each subject; the decisions

@@ -242,6 +242,10 @@ pub struct CaseReport {
     pub failures: Vec<Failure>,
     /// Its failures not shown: a report stays bounded whatever a statement finds.
     pub failures_not_shown: usize,
+    /// What a passing case should know (text: a `NOTE` line; as where it passed by `no_route`
+    /// alone, [`super::run::NO_ROUTE_NOTE`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// A rule no case reached.
