@@ -14,7 +14,13 @@
 -- written with its text since 0033) is the one erased; by its text only where its text does not
 -- name the admin recorded with it (0033 recorded, for an alert raised before it, the session's
 -- admin as it stood then); and with this admin's session where its recorded admin is no more
--- (an id Console changed since). The generic rewrites leave break-glass alerts.
+-- (an id Console changed since). The generic rewrites leave break-glass alerts. A rewritten
+-- break-glass alert no longer vouches for a session (its session_user_id is cleared): Console
+-- can still make an admin's id missing or doubled for the moment of a DELETE, and the alert pass
+-- then raises the alert again, whole and undelivered, for a session that lives on (I-4).
+--
+-- The deleted row's columns are read after the look (rbac_gateway_plain), never in a DECLARE:
+-- OLD.id of a type of Console's, read there, ran its cast to text as the owner (0038's body too).
 --
 -- The erased admin's id and email are compared as text of the database's collation: a review
 -- of the first version made admins.id case-blind (CREATE COLLATION ... deterministic = false,
@@ -22,7 +28,8 @@
 -- actor and its lines; a search of a text for the id failed and refused Console's DELETE.
 -- Otherwise 0038's body. tests/api/lifecycle_jobs.rs,
 -- an_admin_console_erases_leaves_another_admins_break_glass_alert and
--- a_case_blind_id_of_consoles_erases_only_its_own_admin.
+-- a_case_blind_id_of_consoles_erases_only_its_own_admin; tests/api/planted.rs,
+-- the_erasure_reads_the_deleted_row_only_after_its_look.
 -- CREATE OR REPLACE keeps the trigger and drops restrict_nonsystem_relation_kind (0036), given
 -- again below where the server has it.
 --
@@ -33,27 +40,36 @@ BEGIN
 CREATE OR REPLACE FUNCTION @s.rbac_gateway_erase_admin() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET row_security = off AS $fn$
 DECLARE
+    -- Nothing here reads the deleted row: its columns are read after the look below, as the
+    -- tables are (a review: OLD.id of a type of Console's, read in a DECLARE, ran its cast to
+    -- text as this function's owner before the look refused the type; so did 0038's body).
+    --
     -- The admin's id and email as text of the database's collation (deterministic), whatever
     -- Console's columns have: where Console makes admins.id case-blind (a nondeterministic
     -- collation), OLD.id compared 'l' equal to another admin's 'L' (a review), and a search in
     -- a text for it failed.
-    old_id text := OLD.id;
-    old_email text := OLD.email;
+    old_id text;
+    old_email text;
     -- The email matched with its letter case ignored only if no other admin's differs from it
     -- in case alone (admins.email is unique as written, not case-blind): read after the check.
     blind boolean;
     -- The line as written under the email the admin has now, and as it is erased.
-    named text := 'admin ' || old_email || ' (' || old_id || ')';
-    erased text := 'admin (erased) (' || old_id || ')';
+    named text;
+    erased text;
     -- What the rows that name this admin carry in erasure_keys (found by its GIN index); a row
     -- written before migration 0025 and not keyed yet (NULL, found by its partial index) is
     -- searched as before.
-    keys text[] := ARRAY[old_id, lower(old_id), lower(old_email), '*'];
+    keys text[];
 BEGIN
     -- What this reads of Console's, as this function's owner: plain tables, built-in types
     -- (migration 0034).
     PERFORM @s.rbac_gateway_plain('{admins,rbac_break_glass_sessions}'::text[],
         '{admins.id,admins.email,rbac_break_glass_sessions.id,rbac_break_glass_sessions.user_id}'::text[]);
+    old_id := OLD.id;
+    old_email := OLD.email;
+    named := 'admin ' || old_email || ' (' || old_id || ')';
+    erased := 'admin (erased) (' || old_id || ')';
+    keys := ARRAY[old_id, lower(old_id), lower(old_email), '*'];
     blind := NOT EXISTS (SELECT 1 FROM @s.admins a
                           WHERE lower(a.email) = lower(old_email) AND a.id <> old_id COLLATE pg_catalog."C");
     -- Every recorded line naming this admin, under whatever email it had then.
@@ -75,10 +91,14 @@ BEGIN
     -- recorded with it (raised before 0033 for a session Console gave to another admin since, or
     -- before the admin was recorded) is still found where its text names this one, as before;
     -- and one of this admin's session whose recorded admin, the one its text names, is no more
-    -- (an id Console changed) is rewritten with the session.
+    -- (an id Console changed) is rewritten with the session. A rewritten alert vouches for no
+    -- session: its recorded admin is cleared, so the session it told of counts no more, and the
+    -- alert pass raises it again, whole and undelivered, should that session live on (a review:
+    -- Console could still have an admin's id missing or doubled for the moment of a DELETE).
     UPDATE @s.rbac_gateway_alerts
        SET text = format('Break-glass session %s opened for an admin since erased (its text was erased with the admin, I-6).',
-                         substr(key, length('break_glass:') + 1))
+                         substr(key, length('break_glass:') + 1)),
+           session_user_id = NULL
      WHERE key IN (SELECT 'break_glass:' || b.id FROM @s.rbac_break_glass_sessions b WHERE b.user_id = old_id COLLATE pg_catalog."C")
        AND (session_user_id = old_id
             OR ((session_user_id IS NULL OR strpos(text, ' (' || session_user_id || '). Justification: ') = 0)
@@ -89,7 +109,8 @@ BEGIN
                 AND NOT EXISTS (SELECT 1 FROM @s.admins a WHERE a.id = session_user_id COLLATE pg_catalog."C")));
     UPDATE @s.rbac_gateway_alerts
        SET text = format('Break-glass session %s opened for an admin since erased (its text was erased with the admin, I-6).',
-                         substr(key, length('break_glass:') + 1))
+                         substr(key, length('break_glass:') + 1)),
+           session_user_id = NULL
      WHERE (erasure_keys && keys OR erasure_keys IS NULL)
        AND key LIKE 'break_glass:%'
        AND (session_user_id = old_id

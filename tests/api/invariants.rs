@@ -941,6 +941,46 @@ async fn a_session_restored_before_the_upgrade_counts_once_alerted_as_live() {
     counts_once_alerted_as_live(&gw, &hook, &admin, &token).await;
 }
 
+/// I-4 against the erasure (a review of migration 0042): Console doubles a living admin's id (its
+/// key dropped) and erases the double, which has the erasure rewrite the living admin's delivered
+/// break-glass alert as an erased admin's. The rewritten alert vouches for no session: the alert
+/// pass raises it again, whole, and the session counts once that is delivered. Before, the
+/// session went on counting behind an alert that named no one.
+#[tokio::test]
+async fn an_alert_the_erasure_rewrote_for_a_living_admin_is_raised_again_before_it_counts() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let hook = Upstream::start().await;
+    let (admin, token) = db.admin_with_roles(&[]).await;
+    let session = db.break_glass(&admin, 3000.0).await;
+    let gw = alerting_gateway(&db, &up, &hook).await;
+    eventually(
+        Duration::from_secs(10),
+        "the session honoured once alerted",
+        || async { gw.status("/ops", Some(&token)).await == 200 },
+    )
+    .await;
+    *hook.status.lock().unwrap() = 503;
+    sqlx::raw_sql(&format!(
+        "ALTER TABLE admins DROP CONSTRAINT admins_pkey CASCADE; \
+         INSERT INTO admins (id, email) VALUES ('{admin}', 'double@example.test'); \
+         DELETE FROM admins WHERE email = 'double@example.test';"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let erased: String = sqlx::query_scalar("SELECT text FROM rbac_gateway_alerts WHERE key = $1")
+        .bind(format!("break_glass:{session}"))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        erased.contains("since erased") || erased.contains("changed after its alert"),
+        "the erasure left the alert: {erased}"
+    );
+    counts_once_alerted_as_live(&gw, &hook, &admin, &token).await;
+}
+
 /// A restored break-glass session of `admin` (`token`) whose alert told it ended, the webhook
 /// refusing: its alert is raised again naming it live, it does not count meanwhile, and it
 /// counts once the webhook takes the alert.

@@ -1404,6 +1404,43 @@ async fn an_admin_console_erases_leaves_another_admins_break_glass_alert() {
         erased.contains("since erased") && !erased.contains("renamed@example.test"),
         "{erased}"
     );
+    // Console hands the living admin's session to an admin it erases while the living admin's
+    // id is away, then puts both back (a review of the second version): the alert, delivered,
+    // may read as erased, but vouches for nothing, and the alert pass raises it again whole.
+    console(format!(
+        "UPDATE rbac_gateway_alerts SET delivered_at_utc = now() WHERE key = 'break_glass:{session}'; \
+         BEGIN; CREATE TEMP TABLE keep AS SELECT * FROM rbac_break_glass_sessions WHERE id = '{session}'; \
+         INSERT INTO admins (id, email) VALUES ('throwaway2', 't2@example.test'); \
+         UPDATE rbac_break_glass_sessions SET user_id = 'throwaway2' WHERE id = '{session}'; \
+         UPDATE admins SET id = '{living}-away' WHERE id = '{living}'; \
+         DELETE FROM admins WHERE id = 'throwaway2'; \
+         UPDATE admins SET id = '{living}' WHERE id = '{living}-away'; \
+         INSERT INTO rbac_break_glass_sessions SELECT * FROM keep; COMMIT;"
+    ))
+    .await;
+    let vouches: Option<String> =
+        sqlx::query_scalar("SELECT session_user_id FROM rbac_gateway_alerts WHERE key = $1")
+            .bind(format!("break_glass:{session}"))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let now = text(&session).await;
+    assert!(
+        now == before || vouches.is_none(),
+        "a rewritten alert still vouches for {vouches:?}: {now}"
+    );
+    sweep_once(&db.url, &[]).await;
+    let (again, delivered): (String, bool) = sqlx::query_as(
+        "SELECT text, delivered_at_utc IS NOT NULL FROM rbac_gateway_alerts WHERE key = $1",
+    )
+    .bind(format!("break_glass:{session}"))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        again.contains("living@example.test") && (again == before || !delivered),
+        "delivered {delivered}: {again}"
+    );
     // The living admin's own erasure rewrites its alert whole.
     console(format!("DELETE FROM admins WHERE id = '{living}'")).await;
     let after = text(&session).await;

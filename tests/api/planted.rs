@@ -2279,6 +2279,40 @@ async fn consoles_code_the_planner_runs_is_named_and_refused() {
     );
 }
 
+/// The erasure trigger reads the deleted row's columns only after its look, as it reads the
+/// tables: `admins.id` made a type of Console's whose cast to text is Console's function, the
+/// erasure refuses the type, and the cast never runs as the trigger's owner. Before (a review; in
+/// migration 0038's body too), the id was read in the function's DECLARE, which ran the cast as
+/// the owner before the look: what it read of the gateway's tables reached Console in a notice.
+#[tokio::test]
+async fn the_erasure_reads_the_deleted_row_only_after_its_look() {
+    let db = TestDb::new().await;
+    let admin = db.admin("leaving@example.test").await;
+    let mut console = as_console(&db).await;
+    plant_console_k(&mut console).await;
+    run(
+        &mut console,
+        "RESET ROLE; ALTER TABLE admins OWNER TO console_app; \
+         ALTER TABLE admins DROP CONSTRAINT admins_pkey CASCADE; SET ROLE console_app; \
+         DO $$ BEGIN EXECUTE (SELECT format('CREATE TYPE public.console_id AS ENUM (%s)', \
+             string_agg(quote_literal(id), ', ')) FROM admins); END $$; \
+         CREATE FUNCTION public.console_id_text(public.console_id) RETURNS text LANGUAGE plpgsql AS $$ BEGIN \
+             PERFORM public.console_code(); RETURN textin(enum_out($1)); END $$; \
+         CREATE CAST (public.console_id AS text) WITH FUNCTION public.console_id_text(public.console_id) AS ASSIGNMENT; \
+         ALTER TABLE admins ALTER COLUMN id TYPE public.console_id USING id::public.console_id",
+    )
+    .await;
+    let refused = sqlx::query(&format!("DELETE FROM admins WHERE id = '{admin}'"))
+        .execute(&mut *console)
+        .await
+        .expect_err("an admin erased with a column of Console's type");
+    assert!(refused.to_string().contains("admins.id"), "{refused}");
+    assert!(
+        !ran_as_another(&db).await,
+        "the erasure ran Console's cast as the owner before its look"
+    );
+}
+
 /// The rows of `relation` the plan `node` (EXPLAIN ANALYZE's JSON) read: those each node returned
 /// and those its filter removed, each an average over its loops.
 fn rows_read(node: &serde_json::Value, relation: &str) -> f64 {
