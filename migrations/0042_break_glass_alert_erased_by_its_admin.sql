@@ -21,6 +21,11 @@
 --
 -- The deleted row's columns are read after the look (rbac_gateway_plain), never in a DECLARE:
 -- OLD.id of a type of Console's, read there, ran its cast to text as the owner (0038's body too).
+-- Everything read of Console's tables is read right after the look, before any statement that
+-- may wait: a third review had Console hold a row lock on a recorded line, so the erasure's
+-- UPDATE of it waited, and create a statistics object meanwhile (ACCESS SHARE does not hold
+-- one back), which the next read of Console's tables, planned after the wait, ran as the owner.
+-- Ids are compared under the database's default collation, which its indexes use.
 --
 -- The erased admin's id and email are compared as text of the database's collation: a review
 -- of the first version made admins.id case-blind (CREATE COLLATION ... deterministic = false,
@@ -60,6 +65,13 @@ DECLARE
     -- written before migration 0025 and not keyed yet (NULL, found by its partial index) is
     -- searched as before.
     keys text[];
+    -- The alerts of this admin's sessions, and the admins recorded with them that are no more:
+    -- read, with blind, right after the look, before any statement that may wait (a review: a
+    -- statement of Console's tables planned after a wait on a row lock saw a statistics object
+    -- Console made meanwhile, which ACCESS SHARE does not hold back, and ran its code as the
+    -- owner).
+    session_keys text[];
+    gone text[];
 BEGIN
     -- What this reads of Console's, as this function's owner: plain tables, built-in types
     -- (migration 0034).
@@ -71,7 +83,14 @@ BEGIN
     erased := 'admin (erased) (' || old_id || ')';
     keys := ARRAY[old_id, lower(old_id), lower(old_email), '*'];
     blind := NOT EXISTS (SELECT 1 FROM @s.admins a
-                          WHERE lower(a.email) = lower(old_email) AND a.id <> old_id COLLATE pg_catalog."C");
+                          WHERE lower(a.email) = lower(old_email) AND a.id <> old_id COLLATE pg_catalog."default");
+    SELECT coalesce(array_agg('break_glass:' || b.id), '{}') INTO session_keys
+      FROM @s.rbac_break_glass_sessions b WHERE b.user_id = old_id COLLATE pg_catalog."default";
+    SELECT coalesce(array_agg(DISTINCT al.session_user_id), '{}') INTO gone
+      FROM @s.rbac_gateway_alerts al
+     WHERE al.key = ANY (session_keys) AND al.session_user_id IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM @s.admins a WHERE a.id = al.session_user_id COLLATE pg_catalog."default");
+    -- Nothing of Console's is read below.
     -- Every recorded line naming this admin, under whatever email it had then.
     UPDATE @s.rbac_gateway_group_changes
        SET what = @s.rbac_gateway_erase_named(replace(what, named, erased), old_id::text)
@@ -99,14 +118,14 @@ BEGIN
        SET text = format('Break-glass session %s opened for an admin since erased (its text was erased with the admin, I-6).',
                          substr(key, length('break_glass:') + 1)),
            session_user_id = NULL
-     WHERE key IN (SELECT 'break_glass:' || b.id FROM @s.rbac_break_glass_sessions b WHERE b.user_id = old_id COLLATE pg_catalog."C")
+     WHERE key = ANY (session_keys)
        AND (session_user_id = old_id
             OR ((session_user_id IS NULL OR strpos(text, ' (' || session_user_id || '). Justification: ') = 0)
                 AND strpos(text, ' (' || old_id || '). Justification: ') > 0)
             -- the admin recorded with it, and named by it, is no more (its id changed since, the
             -- session with it)
             OR (strpos(text, ' (' || session_user_id || '). Justification: ') > 0
-                AND NOT EXISTS (SELECT 1 FROM @s.admins a WHERE a.id = session_user_id COLLATE pg_catalog."C")));
+                AND session_user_id = ANY (gone)));
     UPDATE @s.rbac_gateway_alerts
        SET text = format('Break-glass session %s opened for an admin since erased (its text was erased with the admin, I-6).',
                          substr(key, length('break_glass:') + 1)),

@@ -182,7 +182,7 @@ impl AlertPass {
                     ARRAY[b.user_id], b.user_id, b.granted_at_utc, ",
             crate::break_glass_ended!(),
             " \
-             FROM rbac_break_glass_sessions b JOIN admins a ON a.id = b.user_id \
+             FROM rbac_break_glass_sessions b JOIN admins a ON a.id = b.user_id COLLATE pg_catalog.\"default\" \
              WHERE (b.revoked_at_utc IS NULL AND ",
             crate::break_glass_end!(),
             " > pg_catalog.now()) \

@@ -140,7 +140,7 @@ macro_rules! break_glass_alerted {
         concat!(
             "EXISTS (SELECT 1 FROM rbac_gateway_alerts a \
              WHERE a.key = 'break_glass:' || b.id AND a.delivered_at_utc IS NOT NULL \
-             AND a.session_user_id = b.user_id AND a.session_granted_at_utc = b.granted_at_utc \
+             AND a.session_user_id = b.user_id COLLATE pg_catalog.\"default\" AND a.session_granted_at_utc = b.granted_at_utc \
              AND ",
             $crate::break_glass_end!(),
             " <= a.session_ends_at_utc)"
@@ -606,10 +606,10 @@ pub async fn provenance(
 ) -> Result<Vec<String>, sqlx::Error> {
     let groups: Vec<(String, String, bool)> = sqlx::query_as(
         concat!(
-            r#"SELECT g.id, g.name, false FROM rbac_user_groups ug JOIN rbac_groups g ON g.id = ug.group_id WHERE ug.user_id = $1
+            r#"SELECT g.id, g.name, false FROM rbac_user_groups ug JOIN rbac_groups g ON g.id = ug.group_id WHERE ug.user_id = $1 COLLATE pg_catalog."default"
            UNION
            SELECT g.id, g.name, true FROM rbac_groups g WHERE g.name = 'break-glass' AND EXISTS (
-               SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 AND b.revoked_at_utc IS NULL AND "#,
+               SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 COLLATE pg_catalog."default" AND b.revoked_at_utc IS NULL AND "#,
             break_glass_end!(),
             " > pg_catalog.now() AND ",
             break_glass_started!(),
@@ -675,7 +675,7 @@ pub struct AdminGroups {
 pub async fn admins(pool: &Db) -> Result<Vec<AdminGroups>, sqlx::Error> {
     let admins: Vec<(String, String, Vec<String>)> = sqlx::query_as(
         "SELECT a.id, a.email, COALESCE(pg_catalog.array_agg(g.name ORDER BY g.name) FILTER (WHERE g.name IS NOT NULL), '{}') \
-         FROM admins a LEFT JOIN rbac_user_groups ug ON ug.user_id = a.id \
+         FROM admins a LEFT JOIN rbac_user_groups ug ON ug.user_id = a.id COLLATE pg_catalog.\"default\" \
          LEFT JOIN rbac_groups g ON g.id = ug.group_id GROUP BY a.id, a.email ORDER BY a.email, a.id",
     ).persistent(false)
     .fetch_all(pool)
@@ -716,7 +716,7 @@ pub async fn session_state(pool: &Db, admin: &str) -> Result<SessionState, sqlx:
 /// not its alert was delivered (`explain` says one waits for its alert).
 pub async fn break_glass_active(pool: &Db, admin: &str) -> Result<bool, sqlx::Error> {
     let active: Option<i32> = sqlx::query_scalar(concat!(
-        "SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 \
+        "SELECT 1 FROM rbac_break_glass_sessions b WHERE b.user_id = $1 COLLATE pg_catalog.\"default\" \
              AND b.revoked_at_utc IS NULL AND ",
         crate::break_glass_end!(),
         " > pg_catalog.now() AND ",

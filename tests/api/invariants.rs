@@ -981,6 +981,85 @@ async fn an_alert_the_erasure_rewrote_for_a_living_admin_is_raised_again_before_
     counts_once_alerted_as_live(&gw, &hook, &admin, &token).await;
 }
 
+/// I-4 where Console makes the admin ids of its sessions and memberships case-blind (a
+/// nondeterministic collation, which migration 0041 lets it have): admin `l` holds neither admin
+/// `L`'s break-glass session, counted on the alert that named `L`, nor `L`'s groups; and a
+/// session Console gives from `L` to `l` is alerted again, naming `l`. Before migration 0043 (a
+/// review), `l` counted `L`'s session and held its groups, and the alert pass's join matched
+/// both admins and raised no break-glass alert at all.
+#[tokio::test]
+async fn a_case_blind_id_of_consoles_counts_no_other_admins_session() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "INSERT INTO admins (id, email) VALUES ('L', 'upper@example.test'), ('l', 'lower@example.test'); \
+         INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
+         SELECT 'L', id, 'test' FROM rbac_groups WHERE name = 'raxx-platform-admins';",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let session = db.break_glass("L", 3000.0).await;
+    sweep_once(&db.url, &[]).await;
+    let key = format!("break_glass:{session}");
+    sqlx::query("UPDATE rbac_gateway_alerts SET delivered_at_utc = now() WHERE key = $1")
+        .bind(&key)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let principal = |id: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_as::<_, (Vec<String>, Option<f64>)>(
+                "SELECT roles, break_glass_seconds FROM rbac_gateway_principal($1, true)",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (roles, glass) = principal("L").await;
+    assert!(
+        !roles.is_empty() && glass.is_some(),
+        "L: {roles:?} {glass:?}"
+    );
+    sqlx::raw_sql(
+        "CREATE COLLATION public.blind (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+         ALTER TABLE rbac_break_glass_sessions ALTER COLUMN user_id TYPE text COLLATE public.blind; \
+         ALTER TABLE rbac_user_groups ALTER COLUMN user_id TYPE text COLLATE public.blind;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (roles, glass) = principal("L").await;
+    assert!(
+        !roles.is_empty() && glass.is_some(),
+        "L: {roles:?} {glass:?}"
+    );
+    let (roles, glass) = principal("l").await;
+    assert!(
+        roles.is_empty() && glass.is_none(),
+        "l holds L's: {roles:?} {glass:?}"
+    );
+    // The session given to l: alerted again, naming l.
+    sqlx::query("UPDATE rbac_break_glass_sessions SET user_id = 'l' WHERE id = $1")
+        .bind(&session)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sweep_once(&db.url, &[]).await;
+    let (recorded, delivered): (Option<String>, bool) = sqlx::query_as(
+        "SELECT session_user_id, delivered_at_utc IS NOT NULL FROM rbac_gateway_alerts WHERE key = $1",
+    )
+    .bind(&key)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((recorded.as_deref(), delivered), (Some("l"), false));
+    let (_, glass) = principal("l").await;
+    assert!(glass.is_none(), "l counts before its alert is delivered");
+}
+
 /// A restored break-glass session of `admin` (`token`) whose alert told it ended, the webhook
 /// refusing: its alert is raised again naming it live, it does not count meanwhile, and it
 /// counts once the webhook takes the alert.

@@ -2313,6 +2313,86 @@ async fn the_erasure_reads_the_deleted_row_only_after_its_look() {
     );
 }
 
+/// The erasure reads Console's tables only right after its look, before any statement that may
+/// wait: Console holds a row lock on a recorded line the erasure rewrites (its own erasure of
+/// the line's actor, left open), makes a statistics object calling its function on
+/// `rbac_break_glass_sessions` while the erasure waits (ACCESS SHARE does not hold it back), then
+/// lets go. The erasure ends, and the function never ran as its owner. Before (a third review of
+/// migration 0042), its read of the sessions was planned after the wait and ran the function.
+#[tokio::test]
+async fn the_erasure_reads_consoles_tables_before_it_may_wait() {
+    let db = TestDb::new().await;
+    let mut console = as_console(&db).await;
+    plant_console_k(&mut console).await;
+    run(
+        &mut console,
+        "RESET ROLE; ALTER TABLE rbac_break_glass_sessions OWNER TO console_app; SET ROLE console_app",
+    )
+    .await;
+    let member = db.admin("member@example.test").await;
+    let actor = db.admin("actor@example.test").await;
+    sqlx::raw_sql(&format!(
+        "BEGIN; SET LOCAL rbac_gateway.actor = '{actor}'; \
+         INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
+         SELECT '{member}', id, 'test' FROM rbac_groups WHERE name = 'break-glass'; COMMIT;"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let as_console_app = || async {
+        let mut conn = db.pool.acquire().await.unwrap();
+        sqlx::raw_sql("SET ROLE console_app")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        conn
+    };
+    // Console erases the actor and holds the transaction open: the line is locked.
+    let mut holder = as_console_app().await;
+    sqlx::raw_sql(&format!("BEGIN; DELETE FROM admins WHERE id = '{actor}'"))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    // The member's erasure waits for the line; Console makes a statistics object meanwhile,
+    // then lets go.
+    let mut eraser = as_console_app().await;
+    let erase = format!("DELETE FROM admins WHERE id = '{member}'");
+    let erasing = async { sqlx::raw_sql(&erase).execute(&mut *eraser).await.map(drop) };
+    let meanwhile = async {
+        eventually(
+            std::time::Duration::from_secs(10),
+            "the erasure waits for the line Console holds",
+            || async {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM admins%'",
+                )
+                .fetch_one(&db.pool)
+                .await
+                .unwrap()
+                    > 0
+            },
+        )
+        .await;
+        run(
+            &mut console,
+            "CREATE STATISTICS public.console_late ON (user_id || public.console_k('x')) \
+             FROM rbac_break_glass_sessions",
+        )
+        .await;
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+    };
+    let (erased, ()) = tokio::join!(erasing, meanwhile);
+    erased.expect("the erasure ends once the line is free");
+    assert!(
+        !ran_as_another(&db).await,
+        "the erasure planned Console's table after its wait and ran its function as the owner"
+    );
+}
+
 /// The rows of `relation` the plan `node` (EXPLAIN ANALYZE's JSON) read: those each node returned
 /// and those its filter removed, each an average over its loops.
 fn rows_read(node: &serde_json::Value, relation: &str) -> f64 {
