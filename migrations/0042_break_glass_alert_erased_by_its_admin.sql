@@ -25,7 +25,9 @@
 -- may wait: a third review had Console hold a row lock on a recorded line, so the erasure's
 -- UPDATE of it waited, and create a statistics object meanwhile (ACCESS SHARE does not hold
 -- one back), which the next read of Console's tables, planned after the wait, ran as the owner.
--- Ids are compared under the database's default collation, which its indexes use.
+-- The gateway's alerts are locked before the look (a fourth review: the read of them right after
+-- it waited for a migration's lock, and planned a read of admins after the wait). Ids are
+-- compared under the database's default collation, which its indexes use.
 --
 -- The erased admin's id and email are compared as text of the database's collation: a review
 -- of the first version made admins.id case-blind (CREATE COLLATION ... deterministic = false,
@@ -34,7 +36,9 @@
 -- Otherwise 0038's body. tests/api/lifecycle_jobs.rs,
 -- an_admin_console_erases_leaves_another_admins_break_glass_alert and
 -- a_case_blind_id_of_consoles_erases_only_its_own_admin; tests/api/planted.rs,
--- the_erasure_reads_the_deleted_row_only_after_its_look.
+-- the_erasure_reads_the_deleted_row_only_after_its_look,
+-- the_erasure_reads_consoles_tables_before_it_may_wait and
+-- the_erasure_waits_for_the_alerts_before_its_look.
 -- CREATE OR REPLACE keeps the trigger and drops restrict_nonsystem_relation_kind (0036), given
 -- again below where the server has it.
 --
@@ -73,6 +77,11 @@ DECLARE
     session_keys text[];
     gone text[];
 BEGIN
+    -- The gateway's alerts, locked as the statements below lock them, before the look: the
+    -- read of them right after it would otherwise wait for a lock another holds (a migration's
+    -- ACCESS EXCLUSIVE), and the read of Console's admins in it be planned after the wait, with
+    -- what Console made meanwhile (a fourth review).
+    LOCK TABLE @s.rbac_gateway_alerts IN ROW EXCLUSIVE MODE;
     -- What this reads of Console's, as this function's owner: plain tables, built-in types
     -- (migration 0034).
     PERFORM @s.rbac_gateway_plain('{admins,rbac_break_glass_sessions}'::text[],

@@ -167,11 +167,14 @@ impl AlertPass {
     /// counts; and so is one whose alert says it ended (the text's last sentence, which no
     /// justification can follow) and that is live now, as where the previous release recorded
     /// the expiry as the end such an alert told (migration 0039 mends only those of sessions
-    /// still revoked). The keys recorded or raised again now.
+    /// still revoked). One row a session id, whatever Console's rows hold twice (an admin's id
+    /// or a session's, their keys dropped: a review; two rows of one key failed the statement
+    /// and stopped every break-glass alert), ids compared under the database's default
+    /// collation (migration 0043). The keys recorded or raised again now.
     pub async fn raise_break_glass_sessions(&mut self) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(concat!(
             "INSERT INTO rbac_gateway_alerts (key, text, erasure_keys, session_user_id, session_granted_at_utc, session_ends_at_utc) \
-             SELECT 'break_glass:' || b.id, \
+             SELECT DISTINCT ON (('break_glass:' || b.id) COLLATE pg_catalog.\"default\") 'break_glass:' || b.id, \
                     pg_catalog.format('Break-glass session opened for %s (%s). Justification: %s. Expires %s UTC.%s', \
                            a.email, b.user_id, b.justification, pg_catalog.to_char(",
             crate::break_glass_end!(),
@@ -188,6 +191,7 @@ impl AlertPass {
             " > pg_catalog.now()) \
                 OR (b.granted_at_utc > pg_catalog.now() - interval '1 day' AND b.expires_at_utc > b.granted_at_utc \
                     AND (b.revoked_at_utc IS NULL OR b.revoked_at_utc > b.granted_at_utc)) \
+             ORDER BY ('break_glass:' || b.id) COLLATE pg_catalog.\"default\", b.user_id COLLATE pg_catalog.\"default\", a.email COLLATE pg_catalog.\"default\" \
              ON CONFLICT (key) DO UPDATE SET \
                  text = 'Break-glass session changed after its alert; it counts again once this one is delivered. ' \
                         || EXCLUDED.text, \

@@ -1060,6 +1060,32 @@ async fn a_case_blind_id_of_consoles_counts_no_other_admins_session() {
     assert!(glass.is_none(), "l counts before its alert is delivered");
 }
 
+/// The alert pass where Console holds an admin's id twice (its key dropped, a second row of the
+/// id inserted): the session is alerted, once, naming its admin. Before (a review), the two rows
+/// the join made of one session failed the pass ("ON CONFLICT DO UPDATE command cannot affect row
+/// a second time"), and no break-glass alert went out while they stood.
+#[tokio::test]
+async fn an_admin_id_console_holds_twice_stops_no_break_glass_alert() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "ALTER TABLE admins DROP CONSTRAINT admins_pkey CASCADE; \
+         INSERT INTO admins (id, email) VALUES ('M', 'm@example.test'), ('M', 'm2@example.test');",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let session = db.break_glass("M", 3000.0).await;
+    sweep_once(&db.url, &[]).await;
+    let (recorded, text): (Option<String>, String) =
+        sqlx::query_as("SELECT session_user_id, text FROM rbac_gateway_alerts WHERE key = $1")
+            .bind(format!("break_glass:{session}"))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded.as_deref(), Some("M"), "{text}");
+    assert!(text.contains("(M). Justification: "), "{text}");
+}
+
 /// A restored break-glass session of `admin` (`token`) whose alert told it ended, the webhook
 /// refusing: its alert is raised again naming it live, it does not count meanwhile, and it
 /// counts once the webhook takes the alert.

@@ -2393,6 +2393,63 @@ async fn the_erasure_reads_consoles_tables_before_it_may_wait() {
     );
 }
 
+/// The erasure locks the gateway's alerts before its look: where another holds them (a
+/// migration's ACCESS EXCLUSIVE), it waits before it looks, not between its look and its reads
+/// of Console's tables. Console makes a statistics object calling its function on `admins`
+/// while the erasure waits: the look, after the wait, names it and the erasure is refused, and
+/// the function never ran as the owner. Before (a fourth review of migration 0042), the read of
+/// the alerts after the look waited, and the read of `admins` planned with it ran the function.
+#[tokio::test]
+async fn the_erasure_waits_for_the_alerts_before_its_look() {
+    let db = TestDb::new().await;
+    let mut console = as_console(&db).await;
+    plant_console_k(&mut console).await;
+    run(
+        &mut console,
+        "RESET ROLE; ALTER TABLE admins OWNER TO console_app; SET ROLE console_app",
+    )
+    .await;
+    let leaving = db.admin("leaving@example.test").await;
+    let mut holder = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE rbac_gateway_alerts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut eraser = db.pool.acquire().await.unwrap();
+    let erase = format!("SET ROLE console_app; DELETE FROM admins WHERE id = '{leaving}'");
+    let erasing = async { sqlx::raw_sql(&erase).execute(&mut *eraser).await.map(drop) };
+    let meanwhile = async {
+        eventually(
+            std::time::Duration::from_secs(10),
+            "the erasure waits for the alerts",
+            || async {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE wait_event_type = 'Lock' AND query LIKE '%DELETE FROM admins%'",
+                )
+                .fetch_one(&db.pool)
+                .await
+                .unwrap()
+                    > 0
+            },
+        )
+        .await;
+        run(
+            &mut console,
+            "CREATE STATISTICS public.console_late ON (id || public.console_k('x')) FROM admins",
+        )
+        .await;
+        sqlx::raw_sql("COMMIT").execute(&mut *holder).await.unwrap();
+    };
+    let (erased, ()) = tokio::join!(erasing, meanwhile);
+    let refused = erased.expect_err("the erasure looked after its wait");
+    assert!(refused.to_string().contains("console_late"), "{refused}");
+    assert!(
+        !ran_as_another(&db).await,
+        "the erasure planned Console's table after its wait and ran its function as the owner"
+    );
+}
+
 /// The rows of `relation` the plan `node` (EXPLAIN ANALYZE's JSON) read: those each node returned
 /// and those its filter removed, each an average over its loops.
 fn rows_read(node: &serde_json::Value, relation: &str) -> f64 {
