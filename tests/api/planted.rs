@@ -2339,33 +2339,51 @@ async fn the_erasure_reads_consoles_tables_before_it_may_wait() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let as_console_app = || async {
-        let mut conn = db.pool.acquire().await.unwrap();
-        sqlx::raw_sql("SET ROLE console_app")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        conn
-    };
     // Console erases the actor and holds the transaction open: the line is locked.
-    let mut holder = as_console_app().await;
-    sqlx::raw_sql(&format!("BEGIN; DELETE FROM admins WHERE id = '{actor}'"))
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let mut holder = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "SET ROLE console_app; BEGIN; DELETE FROM admins WHERE id = '{actor}'"
+    ))
+    .execute(&mut *holder)
+    .await
+    .unwrap();
     // The member's erasure waits for the line; Console makes a statistics object meanwhile,
     // then lets go.
-    let mut eraser = as_console_app().await;
-    let erase = format!("DELETE FROM admins WHERE id = '{member}'");
+    let erased = erase_while_it_waits(&db, &member, async {
+        run(
+            &mut console,
+            "CREATE STATISTICS public.console_late ON (user_id || public.console_k('x')) \
+             FROM rbac_break_glass_sessions",
+        )
+        .await;
+        run(&mut holder, "ROLLBACK").await;
+    })
+    .await;
+    erased.expect("the erasure ends once the line is free");
+    assert!(
+        !ran_as_another(&db).await,
+        "the erasure planned Console's table after its wait and ran its function as the owner"
+    );
+}
+
+/// Console's role erases `admin` on a connection of its own and, once the erasure waits for a
+/// lock (`pg_stat_activity`), `meanwhile` runs: the erasure's result.
+async fn erase_while_it_waits(
+    db: &TestDb,
+    admin: &str,
+    meanwhile: impl std::future::Future<Output = ()>,
+) -> Result<(), sqlx::Error> {
+    let mut eraser = db.pool.acquire().await.unwrap();
+    let erase = format!("SET ROLE console_app; DELETE FROM admins WHERE id = '{admin}'");
     let erasing = async { sqlx::raw_sql(&erase).execute(&mut *eraser).await.map(drop) };
-    let meanwhile = async {
+    let then = async {
         eventually(
             std::time::Duration::from_secs(10),
-            "the erasure waits for the line Console holds",
+            "the erasure waits for a lock",
             || async {
                 sqlx::query_scalar::<_, i64>(
                     "SELECT count(*) FROM pg_stat_activity \
-                     WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM admins%'",
+                     WHERE wait_event_type = 'Lock' AND query LIKE '%DELETE FROM admins%'",
                 )
                 .fetch_one(&db.pool)
                 .await
@@ -2374,23 +2392,10 @@ async fn the_erasure_reads_consoles_tables_before_it_may_wait() {
             },
         )
         .await;
-        run(
-            &mut console,
-            "CREATE STATISTICS public.console_late ON (user_id || public.console_k('x')) \
-             FROM rbac_break_glass_sessions",
-        )
-        .await;
-        sqlx::raw_sql("ROLLBACK")
-            .execute(&mut *holder)
-            .await
-            .unwrap();
+        meanwhile.await;
     };
-    let (erased, ()) = tokio::join!(erasing, meanwhile);
-    erased.expect("the erasure ends once the line is free");
-    assert!(
-        !ran_as_another(&db).await,
-        "the erasure planned Console's table after its wait and ran its function as the owner"
-    );
+    let (erased, ()) = tokio::join!(erasing, then);
+    erased
 }
 
 /// The erasure locks the gateway's alerts before its look: where another holds them (a
@@ -2411,37 +2416,20 @@ async fn the_erasure_waits_for_the_alerts_before_its_look() {
     .await;
     let leaving = db.admin("leaving@example.test").await;
     let mut holder = db.pool.acquire().await.unwrap();
-    sqlx::raw_sql("BEGIN; LOCK TABLE rbac_gateway_alerts IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    let mut eraser = db.pool.acquire().await.unwrap();
-    let erase = format!("SET ROLE console_app; DELETE FROM admins WHERE id = '{leaving}'");
-    let erasing = async { sqlx::raw_sql(&erase).execute(&mut *eraser).await.map(drop) };
-    let meanwhile = async {
-        eventually(
-            std::time::Duration::from_secs(10),
-            "the erasure waits for the alerts",
-            || async {
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE wait_event_type = 'Lock' AND query LIKE '%DELETE FROM admins%'",
-                )
-                .fetch_one(&db.pool)
-                .await
-                .unwrap()
-                    > 0
-            },
-        )
-        .await;
+    run(
+        &mut holder,
+        "BEGIN; LOCK TABLE rbac_gateway_alerts IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
+    let erased = erase_while_it_waits(&db, &leaving, async {
         run(
             &mut console,
             "CREATE STATISTICS public.console_late ON (id || public.console_k('x')) FROM admins",
         )
         .await;
-        sqlx::raw_sql("COMMIT").execute(&mut *holder).await.unwrap();
-    };
-    let (erased, ()) = tokio::join!(erasing, meanwhile);
+        run(&mut holder, "COMMIT").await;
+    })
+    .await;
     let refused = erased.expect_err("the erasure looked after its wait");
     assert!(refused.to_string().contains("console_late"), "{refused}");
     assert!(
