@@ -2288,12 +2288,10 @@ async fn consoles_code_the_planner_runs_is_named_and_refused() {
 async fn the_erasure_reads_the_deleted_row_only_after_its_look() {
     let db = TestDb::new().await;
     let admin = db.admin("leaving@example.test").await;
-    let mut console = as_console(&db).await;
-    plant_console_k(&mut console).await;
+    let mut console = console_owning(&db, "admins").await;
     run(
         &mut console,
-        "RESET ROLE; ALTER TABLE admins OWNER TO console_app; \
-         ALTER TABLE admins DROP CONSTRAINT admins_pkey CASCADE; SET ROLE console_app; \
+        "RESET ROLE; ALTER TABLE admins DROP CONSTRAINT admins_pkey CASCADE; SET ROLE console_app; \
          DO $$ BEGIN EXECUTE (SELECT format('CREATE TYPE public.console_id AS ENUM (%s)', \
              string_agg(quote_literal(id), ', ')) FROM admins); END $$; \
          CREATE FUNCTION public.console_id_text(public.console_id) RETURNS text LANGUAGE plpgsql AS $$ BEGIN \
@@ -2322,13 +2320,7 @@ async fn the_erasure_reads_the_deleted_row_only_after_its_look() {
 #[tokio::test]
 async fn the_erasure_reads_consoles_tables_before_it_may_wait() {
     let db = TestDb::new().await;
-    let mut console = as_console(&db).await;
-    plant_console_k(&mut console).await;
-    run(
-        &mut console,
-        "RESET ROLE; ALTER TABLE rbac_break_glass_sessions OWNER TO console_app; SET ROLE console_app",
-    )
-    .await;
+    let mut console = console_owning(&db, "rbac_break_glass_sessions").await;
     let member = db.admin("member@example.test").await;
     let actor = db.admin("actor@example.test").await;
     sqlx::raw_sql(&format!(
@@ -2364,6 +2356,18 @@ async fn the_erasure_reads_consoles_tables_before_it_may_wait() {
         !ran_as_another(&db).await,
         "the erasure planned Console's table after its wait and ran its function as the owner"
     );
+}
+
+/// Console's session ([`as_console`]) with [`plant_console_k`] planted, owning `table` as well.
+async fn console_owning(db: &TestDb, table: &str) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+    let mut console = as_console(db).await;
+    plant_console_k(&mut console).await;
+    run(
+        &mut console,
+        &format!("RESET ROLE; ALTER TABLE {table} OWNER TO console_app; SET ROLE console_app"),
+    )
+    .await;
+    console
 }
 
 /// Console's role erases `admin` on a connection of its own and, once the erasure waits for a
@@ -2407,13 +2411,7 @@ async fn erase_while_it_waits(
 #[tokio::test]
 async fn the_erasure_waits_for_the_alerts_before_its_look() {
     let db = TestDb::new().await;
-    let mut console = as_console(&db).await;
-    plant_console_k(&mut console).await;
-    run(
-        &mut console,
-        "RESET ROLE; ALTER TABLE admins OWNER TO console_app; SET ROLE console_app",
-    )
-    .await;
+    let mut console = console_owning(&db, "admins").await;
     let leaving = db.admin("leaving@example.test").await;
     let mut holder = db.pool.acquire().await.unwrap();
     run(
