@@ -20,6 +20,11 @@
 #            a session lookup in PostgreSQL (load.sh's case e, uncached); a gateway of its own
 #   nginx    nginx `proxy_pass` in front of the same upstream (load.sh's case b), one process
 #            (`master_process off`) under callgrind: the floor the others are read against
+#   idle     not a request: the gateway's own instructions a second with no traffic at all (its
+#            alert pass, change feed, reload watcher, audit outbox), each window DURATION s.
+#            Every case above carries them, divided by its requests: a window that serves fewer
+#            requests (a busier machine) reads higher by them. Only when CASES names it; never
+#            checked against a budget
 #
 #   scripts/bench/instructions.sh [--check | --write] [BIN...]
 #     BIN       default target/release/rbac-gateway, built first when not given; several (a
@@ -252,6 +257,29 @@ if wants allowed || wants denied || wants lone || wants authz; then
   stop "$vg"
 fi
 
+if wants idle; then
+  start_gateway idle 600
+  # Past start-up's own work (the first alert pass, the first reads of the mapping).
+  sleep "$WARMUP"
+  figures=()
+  for w in $(seq "$WINDOWS"); do
+    callgrind_control -i on "$vg" >/dev/null 2>&1
+    sleep "$DURATION"
+    callgrind_control -i off "$vg" >/dev/null 2>&1
+    callgrind_control -d "$vg" >/dev/null 2>&1
+    dumps=$(ls -t "$tmp/idle.out".* | head -1)
+    total=$(awk '/^totals:/ { s += $2 } END { printf "%.0f\n", s }' "$dumps")
+    figures+=("$((total / DURATION))")
+    log "idle$tag window $w: $((total / DURATION)) instructions a second ($total in ${DURATION}s)"
+  done
+  printf '%s\t%s\n' "idle$tag" "${figures[*]}" >>"$report"
+  if [ "$TOP" -gt 0 ]; then
+    callgrind_annotate --inclusive=no "$dumps" 2>/dev/null | awk '/^-+$/ { n++ } n >= 4' |
+      grep -E '^ *[0-9,]+ \(' | head -"$TOP" | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | cut -c1-160 >&2
+  fi
+  stop "$vg"
+fi
+
 if wants cold; then
   start_gateway cold 0
   expect 200 "http://127.0.0.1:$gw$ALLOWED_PATH" -H "Cookie: console_session=$(sed -n 7p "$tmp/cookies.txt")"
@@ -313,8 +341,9 @@ print(f"{'case':<8} {'instr/request':>13} {'spread':>7} {'x nginx':>7}" + (f" {'
 failed = []
 for k, v in rows.items():
     spread = (max(v) - min(v)) / med[k] * 100
-    ratio = f"{med[k] / nginx:.2f}" if nginx else "-"
-    line = f"{k:<8} {med[k]:>13,} {spread:>6.1f}% {ratio:>7}"
+    idle = k.startswith("idle")
+    ratio = f"{med[k] / nginx:.2f}" if nginx and not idle else "-"
+    line = f"{k:<8} {med[k]:>13,} {spread:>6.1f}% {ratio:>7}" + (" (a second, no request)" if idle else "")
     if budget:
         b = budget["nginx"] if k == "nginx" else budget["budget"][k]
         over = (med[k] / b - 1) * 100

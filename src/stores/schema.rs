@@ -274,7 +274,7 @@ pub const CONSOLE_WRITTEN: &[&str] = &["rbac_grants_audit", "rbac_ticket_grants"
 pub async fn console_code(
     pool: &Db,
     tables: &[&str],
-    columns: &[String],
+    columns: &[&str],
 ) -> Result<Option<Vec<String>>, sqlx::Error> {
     let runnable: Option<bool> = sqlx::query_scalar(CONSOLE_CODE_RUNNABLE)
         .persistent(false)
@@ -309,12 +309,20 @@ pub(crate) const CONSOLE_CODE: &str =
     "SELECT f FROM rbac_gateway_console_code(pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::oid, \
      $2::text[], $3::text[], $4::text[]) f";
 
-/// The columns of [`CONSOLE_TABLES`] of `tables`, each `table.column`.
-pub fn console_columns(tables: &[&str]) -> Vec<String> {
-    CONSOLE_TABLES
+/// The columns of [`CONSOLE_TABLES`] of `tables`, each `table.column`. Written once: the alert
+/// pass asks for them each second, and formatting them each time was a tenth of an idle
+/// gateway's instructions (docs/performance-log.md, 2026-12-01, eighteenth session).
+pub fn console_columns(tables: &[&str]) -> Vec<&'static str> {
+    static COLUMNS: std::sync::LazyLock<Vec<(&str, String)>> = std::sync::LazyLock::new(|| {
+        CONSOLE_TABLES
+            .iter()
+            .flat_map(|(t, cols)| cols.iter().map(move |c| (*t, format!("{t}.{c}"))))
+            .collect()
+    });
+    COLUMNS
         .iter()
         .filter(|(t, _)| tables.contains(t))
-        .flat_map(|(t, cols)| cols.iter().map(move |c| format!("{t}.{c}")))
+        .map(|(_, column)| column.as_str())
         .collect()
 }
 

@@ -2476,7 +2476,7 @@ async fn console_code_reads_the_catalogue_by_index() {
     )
     .await;
     let tables: Vec<&str> = CONSOLE_TABLES.iter().map(|(t, _)| *t).collect();
-    let array = |items: &[String]| {
+    let array = |items: &[&str]| {
         format!(
             "ARRAY[{}]::text[]",
             items
@@ -2486,12 +2486,11 @@ async fn console_code_reads_the_catalogue_by_index() {
                 .join(", ")
         )
     };
-    let call =
-        format!(
+    let call = format!(
         "SELECT count(*) FROM rbac_gateway_console_code('public'::regnamespace::oid, {}, {}, {})",
-        array(&tables.iter().map(|t| t.to_string()).collect::<Vec<_>>()),
+        array(&tables),
         array(&console_columns(&tables)),
-        array(&CONSOLE_WRITTEN.iter().map(|t| t.to_string()).collect::<Vec<_>>()),
+        array(CONSOLE_WRITTEN),
     );
     // The plan of the function's statement, said by `auto_explain` to `psql`.
     let plan_of_call = || {

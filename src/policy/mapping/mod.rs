@@ -226,8 +226,13 @@ pub const MAX_FILE_BYTES: u64 = 4 << 20;
 /// bound, read no further than one byte past it.
 pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    regular(&std::fs::metadata(path)?)?;
-    let mut bytes = Vec::new();
+    let meta = std::fs::metadata(path)?;
+    regular(&meta)?;
+    // Room for the whole file at once (the reload watcher reads it five times a second): grown
+    // by doubling from nothing, its copies were a quarter of an idle gateway's instructions
+    // (docs/performance-log.md, 2026-12-01, eighteenth session). A file that grew since is
+    // still read to its end, and the bound still holds.
+    let mut bytes = Vec::with_capacity(meta.len().min(MAX_FILE_BYTES + 1) as usize + 1);
     std::fs::File::open(path)?
         .take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)?;
