@@ -20,7 +20,8 @@ pub struct Holder {
 /// permanent membership of the break-glass group, another group (directly or by inheritance) or
 /// a live ticket grant: per admin and role, the shortest path (inheritance followed to any
 /// depth, each role once per path, as the lookup follows it), by role, then path, then admin
-/// (the same report for the same grants, whatever ids the admins have). A live
+/// (the same report for the same grants, whatever ids the admins have; ids told apart exactly,
+/// under the database's default collation, whatever collation Console gives them). A live
 /// break-glass session is the one path I-4 allows, and it is not a row of any of these tables.
 pub async fn break_glass_roles_outside_sessions(pool: &Db) -> Result<Vec<Holder>, sqlx::Error> {
     sqlx::query_as(
@@ -46,9 +47,9 @@ pub async fn break_glass_roles_outside_sessions(pool: &Db) -> Result<Vec<Holder>
                JOIN rbac_roles p ON p.id = ri.parent_role_id \
               WHERE ri.parent_role_id OPERATOR(pg_catalog.<>) ALL (h.visited)) \
          SELECT admin_id, role, path FROM ( \
-             SELECT DISTINCT ON (h.user_id, r.name) h.user_id AS admin_id, r.name AS role, h.path \
+             SELECT DISTINCT ON (h.user_id COLLATE pg_catalog.\"default\", r.name) h.user_id AS admin_id, r.name AS role, h.path \
                FROM held h JOIN bg ON bg.role_id = h.role_id JOIN rbac_roles r ON r.id = h.role_id \
-              ORDER BY h.user_id, r.name, h.depth, h.path) shortest \
+              ORDER BY h.user_id COLLATE pg_catalog.\"default\", r.name, h.depth, h.path) shortest \
           ORDER BY role, path, admin_id",
     )
     .persistent(false)

@@ -86,7 +86,7 @@ pub use crate::policy::reader::TicketGrant;
 const TICKET_GRANTS_SQL: &str = r#"
 SELECT tg.ticket_id, tg.customer_id, r.name, tg.expires_at_utc
 FROM rbac_ticket_grants tg JOIN rbac_roles r ON r.id = tg.role_id
-WHERE tg.user_id = $1 AND tg.revoked_at_utc IS NULL
+WHERE tg.user_id = $1 COLLATE pg_catalog."default" AND tg.revoked_at_utc IS NULL
   AND (tg.expires_at_utc IS NULL OR tg.expires_at_utc > pg_catalog.now())
 ORDER BY tg.customer_id, tg.ticket_id, r.name
 "#;
@@ -121,7 +121,7 @@ pub async fn active_grants(pool: &Db, admin_id: &str) -> Result<Vec<TicketGrant>
 /// order.
 pub async fn customers_with_grants(pool: &Db, admin_id: &str) -> Result<Vec<i32>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT DISTINCT customer_id FROM rbac_ticket_grants WHERE user_id = $1 \
+        "SELECT DISTINCT customer_id FROM rbac_ticket_grants WHERE user_id = $1 COLLATE pg_catalog.\"default\" \
          AND revoked_at_utc IS NULL AND (expires_at_utc IS NULL OR expires_at_utc > pg_catalog.now()) ORDER BY 1",
     ).persistent(false)
     .bind(admin_id)

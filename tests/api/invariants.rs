@@ -1060,6 +1060,131 @@ async fn a_case_blind_id_of_consoles_counts_no_other_admins_session() {
     assert!(glass.is_none(), "l counts before its alert is delivered");
 }
 
+/// I-5 where Console's ids are case-blind (migration 0041 lets it): a permanent break-glass
+/// membership moved from admin `L` to admin `l` is recorded, each admin named by its own email,
+/// and alerted. Before migration 0044 (a review), the trigger compared the two ids under
+/// Console's collation: the move was not recorded and no alert named `l`, who held the group's
+/// roles (the principal compares ids exactly since 0043); and its read of an admin's email
+/// matched both admins and failed Console's change.
+#[tokio::test]
+async fn a_break_glass_membership_moved_to_a_case_twin_is_recorded() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "INSERT INTO admins (id, email) VALUES ('L', 'upper@example.test'), ('l', 'lower@example.test'); \
+         INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
+         SELECT 'L', id, 'test' FROM rbac_groups WHERE name = 'break-glass'; \
+         CREATE COLLATION public.blind (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+         ALTER TABLE rbac_user_groups ALTER COLUMN user_id TYPE text COLLATE public.blind;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let before: i64 =
+        sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM rbac_gateway_group_changes")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    // On a session of its own, as Console's would be: one that ran the trigger before the
+    // collation changed may keep a plan of its comparison made under the old one.
+    let mut console = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "UPDATE rbac_user_groups SET user_id = 'l' WHERE user_id = 'L' COLLATE \"C\" \
+            AND group_id = (SELECT id FROM rbac_groups WHERE name = 'break-glass')",
+    )
+    .execute(&mut console)
+    .await
+    .expect("Console's change is not refused");
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT what FROM rbac_gateway_group_changes WHERE id > $1 ORDER BY id")
+            .bind(before)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        recorded,
+        [
+            "admin lower@example.test (l) made a permanent member of the break-glass group; \
+          admin upper@example.test (L) no longer a permanent member of the break-glass group"
+        ],
+    );
+    // What the move gave: l holds the group's roles, as the alert now says.
+    let roles: Vec<String> =
+        sqlx::query_scalar("SELECT roles FROM rbac_gateway_principal('l', true)")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(!roles.is_empty(), "l holds no roles: {roles:?}");
+    sweep_once(&db.url, &[]).await;
+    let alerted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM rbac_gateway_alerts \
+          WHERE text LIKE '%admin lower@example.test (l) made a permanent member%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(alerted, 1);
+    // And back: each line names its own admin's email, and neither change is refused (the
+    // email read matched both admins: "more than one row returned by a subquery").
+    let before: i64 = sqlx::query_scalar("SELECT max(id) FROM rbac_gateway_group_changes")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "DELETE FROM rbac_user_groups WHERE user_id = 'l' COLLATE \"C\" \
+            AND group_id = (SELECT id FROM rbac_groups WHERE name = 'break-glass'); \
+         INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
+         SELECT 'L', id, 'test' FROM rbac_groups WHERE name = 'break-glass';",
+    )
+    .execute(&mut console)
+    .await
+    .expect("Console's changes are not refused");
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT what FROM rbac_gateway_group_changes WHERE id > $1 ORDER BY id")
+            .bind(before)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        recorded,
+        [
+            "admin lower@example.test (l) no longer a permanent member of the break-glass group",
+            "admin upper@example.test (L) made a permanent member of the break-glass group",
+        ],
+    );
+    // `check`'s I-4 names each holder of a break-glass role: `l` by a ticket grant beside `L`'s
+    // membership (the holders were told apart under Console's collation, which made them one).
+    grant(&db, "l", "console-secrets-admin", 7, "T-7").await;
+    sqlx::raw_sql(
+        "ALTER TABLE rbac_ticket_grants ALTER COLUMN user_id TYPE text COLLATE public.blind",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // A request's ticket grants are its own admin's alone (before 0044, `L` held `l`'s).
+    for (admin, tickets) in [
+        ("L", vec![]),
+        ("l", vec!["T-7 console-secrets-admin".to_string()]),
+    ] {
+        let held: Vec<String> =
+            sqlx::query_scalar("SELECT tickets FROM rbac_gateway_ticket_grants($1, 7, NULL)")
+                .bind(admin)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(held, tickets, "{admin}");
+    }
+    let text = check(&db, &[]);
+    for holder in [
+        "admin L holds console-secrets-admin through a permanent membership of group break-glass",
+        "admin l holds console-secrets-admin through ticket grant",
+    ] {
+        assert!(text.contains(holder), "{holder}:\n{text}");
+    }
+    assert!(line(&text, "I-4").contains("2 admin(s) hold"), "{text}");
+}
+
 /// The alert pass where Console holds an admin's id twice (its key dropped, a second row of the
 /// id inserted): the session is alerted, once, naming its admin. Before (a review), the two rows
 /// the join made of one session failed the pass ("ON CONFLICT DO UPDATE command cannot affect row

@@ -521,7 +521,7 @@ async fn a_binary_newer_than_its_schema_is_not_ready_until_migrated() {
     let mut opts = GatewayOpts::new(core_routes(), &db, up.addr);
     opts.wait_ready = false;
     let gw = Gateway::start(opts).await;
-    let behind = "database schema: this binary's migration(s) 0034, 0035, 0036, 0037, 0038 and 5 more not applied";
+    let behind = "database schema: this binary's migration(s) 0034, 0035, 0036, 0037, 0038 and 6 more not applied";
     readyz_until(&gw, 503, behind).await;
     // Said by the start-up task, which may write after /readyz first answers.
     eventually(
@@ -545,7 +545,7 @@ async fn a_binary_newer_than_its_schema_is_not_ready_until_migrated() {
     let r = gw.admin_get("/readyz").await;
     assert_eq!(r.status, 503, "{}", r.body_str());
     for said in [
-        "0034, 0035, 0036, 0037, 0038 and 5 more not applied (its statements need them): run `rbac-gateway migrate` with this binary (as last read)",
+        "0034, 0035, 0036, 0037, 0038 and 6 more not applied (its statements need them): run `rbac-gateway migrate` with this binary (as last read)",
         "database schema: its migrations were not read",
     ] {
         assert!(r.body_str().contains(said), "{said:?}: {}", r.body_str());
@@ -556,7 +556,7 @@ async fn a_binary_newer_than_its_schema_is_not_ready_until_migrated() {
     let (code, out) = check();
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains("migration(s) 0034, 0035, 0036, 0037, 0038 and 5 more not applied"),
+        out.contains("migration(s) 0034, 0035, 0036, 0037, 0038 and 6 more not applied"),
         "{out}"
     );
 
@@ -671,7 +671,7 @@ async fn a_mapping_from_an_unmigrated_schema_names_the_migrations_too() {
         || async {
             matches!(starting.readyz().await, Some((503, body))
                 if body.contains("no mapping loaded")
-                    && body.contains("this binary's migration(s) 0034, 0035, 0036, 0037, 0038 and 5 more not applied"))
+                    && body.contains("this binary's migration(s) 0034, 0035, 0036, 0037, 0038 and 6 more not applied"))
         },
     )
     .await;
