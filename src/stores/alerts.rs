@@ -486,12 +486,13 @@ impl AlertPass {
                  UNION \
                  SELECT ri.parent_role_id FROM rbac_role_inheritance ri JOIN e ON ri.child_role_id = e.role_id) \
              SELECT \
-               COALESCE((SELECT pg_catalog.array_agg(r.name ORDER BY r.name) FROM rbac_roles r \
+               COALESCE((SELECT pg_catalog.array_agg(r.name ORDER BY r.name COLLATE pg_catalog.\"default\") FROM rbac_roles r \
                          WHERE r.id IN (SELECT role_id FROM e)), '{}'), \
-               COALESCE((SELECT pg_catalog.array_agg(DISTINCT p.name ORDER BY p.name) FROM rbac_role_permissions rp \
+               COALESCE((SELECT pg_catalog.array_agg(DISTINCT p.name COLLATE pg_catalog.\"default\" \
+                         ORDER BY p.name COLLATE pg_catalog.\"default\") FROM rbac_role_permissions rp \
                          JOIN rbac_permissions p ON p.id = rp.permission_id \
                          WHERE rp.role_id IN (SELECT role_id FROM e)), '{}'), \
-               COALESCE((SELECT pg_catalog.array_agg(ug.user_id ORDER BY ug.user_id) FROM rbac_user_groups ug \
+               COALESCE((SELECT pg_catalog.array_agg(ug.user_id ORDER BY ug.user_id COLLATE pg_catalog.\"default\") FROM rbac_user_groups ug \
                          JOIN rbac_groups g ON g.id = ug.group_id WHERE g.name = 'break-glass'), '{}')",
         ).persistent(false)
         .fetch_one(&mut *self.tx)

@@ -700,9 +700,9 @@ pub struct SessionState {
 /// The [`SessionState`] of `admin` (one statement).
 pub async fn session_state(pool: &Db, admin: &str) -> Result<SessionState, sqlx::Error> {
     let (known, any, live): (bool, bool, bool) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM admins WHERE id = $1), \
-         EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1), \
-         EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1 \
+        "SELECT EXISTS (SELECT 1 FROM admins WHERE id = $1 COLLATE pg_catalog.\"default\"), \
+         EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1 COLLATE pg_catalog.\"default\"), \
+         EXISTS (SELECT 1 FROM admin_sessions WHERE admin_id = $1 COLLATE pg_catalog.\"default\" \
                  AND revoked_at_utc IS NULL AND expires_at_utc > pg_catalog.now())",
     )
     .persistent(false)

@@ -29,14 +29,14 @@ pub async fn break_glass_roles_outside_sessions(pool: &Db) -> Result<Vec<Holder>
              SELECT gr.role_id FROM rbac_group_roles gr JOIN rbac_groups g ON g.id = gr.group_id \
               WHERE g.name = 'break-glass'), \
          held(user_id, role_id, path, depth, visited) AS ( \
-             SELECT ug.user_id, gr.role_id, \
+             SELECT ug.user_id COLLATE pg_catalog.\"default\", gr.role_id, \
                     CASE WHEN g.name = 'break-glass' \
                          THEN pg_catalog.format('a permanent membership of group break-glass (role %s)', r.name) \
                          ELSE pg_catalog.format('group %s grants role %s', g.name, r.name) END, 0, ARRAY[gr.role_id] \
                FROM rbac_user_groups ug JOIN rbac_groups g ON g.id = ug.group_id \
                JOIN rbac_group_roles gr ON gr.group_id = g.id JOIN rbac_roles r ON r.id = gr.role_id \
              UNION ALL \
-             SELECT t.user_id, t.role_id, \
+             SELECT t.user_id COLLATE pg_catalog.\"default\", t.role_id, \
                     pg_catalog.format('ticket grant %s (customer %s, ticket %s) grants role %s', t.id, t.customer_id, t.ticket_id, r.name), 0, ARRAY[t.role_id] \
                FROM rbac_ticket_grants t JOIN rbac_roles r ON r.id = t.role_id \
               WHERE t.revoked_at_utc IS NULL AND (t.expires_at_utc IS NULL OR t.expires_at_utc > pg_catalog.now()) \
@@ -50,7 +50,7 @@ pub async fn break_glass_roles_outside_sessions(pool: &Db) -> Result<Vec<Holder>
              SELECT DISTINCT ON (h.user_id COLLATE pg_catalog.\"default\", r.name) h.user_id AS admin_id, r.name AS role, h.path \
                FROM held h JOIN bg ON bg.role_id = h.role_id JOIN rbac_roles r ON r.id = h.role_id \
               ORDER BY h.user_id COLLATE pg_catalog.\"default\", r.name, h.depth, h.path) shortest \
-          ORDER BY role, path, admin_id",
+          ORDER BY role, path, admin_id COLLATE pg_catalog.\"default\"",
     )
     .persistent(false)
     .fetch_all(pool)

@@ -520,6 +520,37 @@ async fn explain_says_the_gateway_answers_the_reader_api_as_serve_does() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--admin nobody-such: no such admin"));
+    // Nor is an id that differs only in case from one Console holds under a case-blind collation
+    // of its own (before, a review: explained as an admin with sessions).
+    sqlx::raw_sql(
+        "CREATE COLLATION public.blind (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+         ALTER TABLE admins DROP CONSTRAINT admins_pkey CASCADE; \
+         ALTER TABLE admins ALTER COLUMN id TYPE text COLLATE public.blind; \
+         INSERT INTO admins (id, email) VALUES ('twin-x', 'twin-x@example.test');",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let out = bin()
+        .args(["explain", "--routes"])
+        .arg(core_routes())
+        .args([
+            "--database-url",
+            &db.url,
+            "--admin",
+            "TWIN-X",
+            "GET",
+            "/ops",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--admin TWIN-X: no such admin"));
 }
 
 #[tokio::test]

@@ -1156,8 +1156,11 @@ async fn a_break_glass_membership_moved_to_a_case_twin_is_recorded() {
     // `check`'s I-4 names each holder of a break-glass role: `l` by a ticket grant beside `L`'s
     // membership (the holders were told apart under Console's collation, which made them one).
     grant(&db, "l", "console-secrets-admin", 7, "T-7").await;
+    // Another case-blind collation than the memberships' (the holders' list was then not
+    // checkable: "could not determine which collation to use").
     sqlx::raw_sql(
-        "ALTER TABLE rbac_ticket_grants ALTER COLUMN user_id TYPE text COLLATE public.blind",
+        "CREATE COLLATION public.blind2 (provider = icu, locale = 'und-u-ks-level1', deterministic = false); \
+         ALTER TABLE rbac_ticket_grants ALTER COLUMN user_id TYPE text COLLATE public.blind2",
     )
     .execute(&db.pool)
     .await

@@ -992,6 +992,70 @@ async fn the_daily_snapshot_alerts_a_change_the_triggers_did_not_see() {
     );
 }
 
+/// The daily snapshot where Console's admin ids are case-blind (migration 0041 lets it): two
+/// permanent members whose ids differ only in case, their rows rewritten in another order with
+/// no change to the group, raise no alert. Before (a review), the members were listed in the
+/// order Console's collation left them, and the comparison, which is by order, alerted "No change
+/// was recorded as it happened" with nothing changed.
+#[tokio::test]
+async fn case_twin_members_in_another_order_are_no_change_to_the_daily_snapshot() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "INSERT INTO admins (id, email) VALUES ('L', 'upper@example.test'), ('l', 'lower@example.test'); \
+         CREATE COLLATION public.blind (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+         ALTER TABLE rbac_user_groups DROP CONSTRAINT rbac_user_groups_pkey; \
+         ALTER TABLE rbac_user_groups ALTER COLUMN user_id TYPE text COLLATE public.blind; \
+         INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
+         SELECT u, id, 'test' FROM rbac_groups, (VALUES ('L'), ('l')) v(u) WHERE name = 'break-glass';",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let members = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT string_agg(ug.user_id, ',' ORDER BY ug.user_id) FROM rbac_user_groups ug \
+             JOIN rbac_groups g ON g.id = ug.group_id WHERE g.name = 'break-glass'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    let first = members().await;
+    sweep_once(&db.url, &[]).await;
+    // Console's own rewrite of a row, which changes no membership: the rows come back in
+    // another order under its collation.
+    sqlx::query(
+        "UPDATE rbac_user_groups SET granted_by = 'console' WHERE user_id = $1 COLLATE \"C\"",
+    )
+    .bind(&first[..1])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_ne!(members().await, first, "the rows are not in another order");
+    sqlx::query("UPDATE rbac_gateway_break_glass_snapshots SET taken_at_utc = taken_at_utc - interval '25 hours'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sweep_once(&db.url, &[]).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM rbac_gateway_break_glass_snapshots"
+        )
+        .await,
+        2,
+        "no second snapshot was taken"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM rbac_gateway_alerts WHERE key LIKE 'snapshot:%'"
+        )
+        .await,
+        0
+    );
+}
+
 /// I-6: an admin erased from Console who declared a deploy window (by email, in another letter
 /// case) leaves that email nowhere in the gateway's tables: not in the window, not in the line
 /// recorded during it, not in the window's alert; a window another admin declared, whose email
