@@ -1079,29 +1079,18 @@ async fn a_break_glass_membership_moved_to_a_case_twin_is_recorded() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let before: i64 =
-        sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM rbac_gateway_group_changes")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
     // On a session of its own, as Console's would be: one that ran the trigger before the
     // collation changed may keep a plan of its comparison made under the old one.
     let mut console = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
         .await
         .unwrap();
-    sqlx::raw_sql(
+    let recorded = recorded_by(
+        &db,
+        &mut console,
         "UPDATE rbac_user_groups SET user_id = 'l' WHERE user_id = 'L' COLLATE \"C\" \
             AND group_id = (SELECT id FROM rbac_groups WHERE name = 'break-glass')",
     )
-    .execute(&mut console)
-    .await
-    .expect("Console's change is not refused");
-    let recorded: Vec<String> =
-        sqlx::query_scalar("SELECT what FROM rbac_gateway_group_changes WHERE id > $1 ORDER BY id")
-            .bind(before)
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    .await;
     assert_eq!(
         recorded,
         [
@@ -1127,25 +1116,15 @@ async fn a_break_glass_membership_moved_to_a_case_twin_is_recorded() {
     assert_eq!(alerted, 1);
     // And back: each line names its own admin's email, and neither change is refused (the
     // email read matched both admins: "more than one row returned by a subquery").
-    let before: i64 = sqlx::query_scalar("SELECT max(id) FROM rbac_gateway_group_changes")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    sqlx::raw_sql(
+    let recorded = recorded_by(
+        &db,
+        &mut console,
         "DELETE FROM rbac_user_groups WHERE user_id = 'l' COLLATE \"C\" \
             AND group_id = (SELECT id FROM rbac_groups WHERE name = 'break-glass'); \
          INSERT INTO rbac_user_groups (user_id, group_id, granted_by) \
          SELECT 'L', id, 'test' FROM rbac_groups WHERE name = 'break-glass';",
     )
-    .execute(&mut console)
-    .await
-    .expect("Console's changes are not refused");
-    let recorded: Vec<String> =
-        sqlx::query_scalar("SELECT what FROM rbac_gateway_group_changes WHERE id > $1 ORDER BY id")
-            .bind(before)
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    .await;
     assert_eq!(
         recorded,
         [
@@ -1186,6 +1165,24 @@ async fn a_break_glass_membership_moved_to_a_case_twin_is_recorded() {
         assert!(text.contains(holder), "{holder}:\n{text}");
     }
     assert!(line(&text, "I-4").contains("2 admin(s) hold"), "{text}");
+}
+
+/// The lines the break-glass trigger recorded for `sql`, run on `console` (never refused).
+async fn recorded_by(db: &TestDb, console: &mut sqlx::PgConnection, sql: &str) -> Vec<String> {
+    let before: i64 =
+        sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM rbac_gateway_group_changes")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    sqlx::raw_sql(sql)
+        .execute(console)
+        .await
+        .unwrap_or_else(|e| panic!("Console's change was refused: {e}: {sql}"));
+    sqlx::query_scalar("SELECT what FROM rbac_gateway_group_changes WHERE id > $1 ORDER BY id")
+        .bind(before)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
 }
 
 /// The alert pass where Console holds an admin's id twice (its key dropped, a second row of the
