@@ -152,6 +152,20 @@ expect() { # status url curl-args...: one request answered STATUS
 
 report=$tmp/report.tsv
 : >"$report"
+# The dump of profile NAME just written: sets dumps (the newest file) and total (its
+# instructions; it has one `totals:` line, which its `summary:` line may repeat: the totals only).
+dumped() { # name
+  dumps=$(ls -t "$tmp/$1.out".* | head -1)
+  total=$(awk '/^totals:/ { s += $2 } END { printf "%.0f\n", s }' "$dumps")
+}
+
+# The TOP functions of a dump by their own instructions, to stderr (none when TOP=0).
+top_functions() { # dump-file
+  [ "$TOP" -gt 0 ] || return 0
+  callgrind_annotate --inclusive=no "$1" 2>/dev/null | awk '/^-+$/ { n++ } n >= 4' |
+    grep -E '^ *[0-9,]+ \(' | head -"$TOP" | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | cut -c1-160 >&2
+}
+
 # Measures one case against the callgrind process PID: a warm-up, then WINDOWS windows each
 # counted and dumped on its own. wrk's arguments follow; STATUS is what every answer must be.
 measure() { # case profile-name pid status wrk-args...
@@ -178,19 +192,13 @@ measure() { # case profile-name pid status wrk-args...
     else
       [ "${non2xx:-0}" = "$requests" ] || die "$name: $requests requests, ${non2xx:-0} answered other than 2xx"
     fi
-    # The dump just written is the newest file; it has one `totals:` line (its `summary:` line
-    # may repeat it): count the totals only.
-    dumps=$(ls -t "$tmp/$prof.out".* | head -1)
-    total=$(awk '/^totals:/ { s += $2 } END { printf "%.0f\n", s }' "$dumps")
+    dumped "$prof"
     per=$((total / requests))
     figures+=("$per")
     log "$name window $w: $per instructions per request ($total over $requests requests)"
   done
   printf '%s\t%s\n' "$name" "${figures[*]}" >>"$report"
-  if [ "$TOP" -gt 0 ]; then
-    callgrind_annotate --inclusive=no "$dumps" 2>/dev/null | awk '/^-+$/ { n++ } n >= 4' |
-      grep -E '^ *[0-9,]+ \(' | head -"$TOP" | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | cut -c1-160 >&2
-  fi
+  top_functions "$dumps"
 }
 
 wants() { [[ " $CASES " == *" $1 "* ]]; }
@@ -267,16 +275,12 @@ if wants idle; then
     sleep "$DURATION"
     callgrind_control -i off "$vg" >/dev/null 2>&1
     callgrind_control -d "$vg" >/dev/null 2>&1
-    dumps=$(ls -t "$tmp/idle.out".* | head -1)
-    total=$(awk '/^totals:/ { s += $2 } END { printf "%.0f\n", s }' "$dumps")
+    dumped idle
     figures+=("$((total / DURATION))")
     log "idle$tag window $w: $((total / DURATION)) instructions a second ($total in ${DURATION}s)"
   done
   printf '%s\t%s\n' "idle$tag" "${figures[*]}" >>"$report"
-  if [ "$TOP" -gt 0 ]; then
-    callgrind_annotate --inclusive=no "$dumps" 2>/dev/null | awk '/^-+$/ { n++ } n >= 4' |
-      grep -E '^ *[0-9,]+ \(' | head -"$TOP" | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | cut -c1-160 >&2
-  fi
+  top_functions "$dumps"
   stop "$vg"
 fi
 
