@@ -159,11 +159,13 @@ dumped() { # name
   total=$(awk '/^totals:/ { s += $2 } END { printf "%.0f\n", s }' "$dumps")
 }
 
-# The TOP functions of a dump by their own instructions, to stderr (none when TOP=0).
+# The TOP functions of a dump by their own instructions, to stderr (none when TOP=0). Every
+# stage reads its input to the end: `head` closed the pipe early, and under pipefail the
+# SIGPIPE ended the run (exit 141) after the first case.
 top_functions() { # dump-file
   [ "$TOP" -gt 0 ] || return 0
   callgrind_annotate --inclusive=no "$1" 2>/dev/null | awk '/^-+$/ { n++ } n >= 4' |
-    grep -E '^ *[0-9,]+ \(' | head -"$TOP" | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | cut -c1-160 >&2
+    grep -E '^ *[0-9,]+ \(' | awk -v n="$TOP" 'NR <= n' | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | cut -c1-160 >&2
 }
 
 # Measures one case against the callgrind process PID: a warm-up, then WINDOWS windows each
