@@ -19,7 +19,7 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
             concurrency: args.freescout_concurrency.max(1),
             limit,
         };
-        let swept = sweep::sweep_once(&pool, settings).await;
+        let swept = sweep::sweep_once(&pool, settings, args.force).await;
         // Run whatever the sweep met: the alerts it records and delivers (break-glass ones
         // among them) do not wait for the sweep (a table of Console's it could not read).
         let alerts = alerts::alerts_once(
@@ -53,7 +53,7 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
     };
     if report.skipped {
         // The alert pass above ran all the same: its failures still make the exit code.
-        say!("another replica is sweeping right now: nothing done");
+        say!("another replica holds the sweep's lock (a serving gateway keeps it while it runs and sweeps every --sweep-interval seconds): nothing done; --force sweeps now all the same");
     } else {
         for (grant, ticket, reason) in &report.revoked {
             say!("revoked ticket grant {grant} (ticket {ticket}): {reason}");

@@ -113,6 +113,10 @@ pub struct Sweeper {
     /// when `leader` (this process sweeps while it lives).
     lease: Option<PgConnection>,
     leader: bool,
+    /// Sweep without the lock (`sweep --once --force`): an operator's sweep while a serving
+    /// gateway leads. Each grant is still revoked once (row lock, `ON CONFLICT DO NOTHING`), as
+    /// behind a transaction pooler, where every replica sweeps.
+    unlocked: bool,
     in_flight: Arc<Mutex<HashSet<String>>>,
     permits: Arc<tokio::sync::Semaphore>,
     /// Where a ticket's revocations are counted and logged as they are made (`serve`). None:
@@ -130,6 +134,7 @@ impl Sweeper {
             settings: Arc::new(settings),
             lease: None,
             leader: false,
+            unlocked: false,
             in_flight: Default::default(),
             permits,
             metrics,
@@ -143,6 +148,9 @@ impl Sweeper {
     /// the lock with it, and the next tick opens another.
     async fn lead(&mut self) -> Result<bool, sqlx::Error> {
         let limit = self.settings.limit;
+        if self.unlocked {
+            return Ok(true);
+        }
         if !self.pool.has_sessions().await? {
             // Behind a transaction pooler a session lock would stay with a server connection
             // the pooler shares (and outlive this process): every replica sweeps instead. Each
@@ -296,8 +304,13 @@ impl Sweeper {
 
 /// One sweep to the end (`sweep --once`): one tick, then every FreeScout answer it waited for;
 /// the lock is given up afterwards.
-pub async fn sweep_once(pool: &Db, settings: SweepSettings) -> Result<Report, sqlx::Error> {
+pub async fn sweep_once(
+    pool: &Db,
+    settings: SweepSettings,
+    force: bool,
+) -> Result<Report, sqlx::Error> {
     let mut sweeper = Sweeper::new(pool.clone(), settings, None);
+    sweeper.unlocked = force;
     let mut report = sweeper.tick().await;
     if let Ok(r) = &mut report {
         while let Some(joined) = sweeper.tasks.join_next().await {

@@ -356,7 +356,9 @@ async fn break_glass_and_composition_alerts_are_delivered_once_with_retries() {
 
 /// `sweep --once` exits 1 when the alert webhook failed, also when another replica holds the
 /// sweep's lock (the alert pass runs all the same; a cron job watching for undelivered
-/// break-glass alerts must not see success then).
+/// break-glass alerts must not see success then). It says that it swept nothing and why, and
+/// `--force` sweeps all the same (a serving gateway holds the lock for as long as it runs, so
+/// without it an operator could not sweep at all).
 #[tokio::test]
 async fn sweep_once_reports_a_failed_webhook_while_another_replica_sweeps() {
     let db = TestDb::new().await;
@@ -365,34 +367,61 @@ async fn sweep_once_reports_a_failed_webhook_while_another_replica_sweeps() {
     let url = format!("http://{}/services/T000/B000/XXXX", hook.addr);
     let (admin, _) = db.admin_with_roles(&[]).await;
     db.break_glass(&admin, 600.0).await;
+    let ended = db.break_glass(&admin, -60.0).await;
     // Another replica sweeping: it holds the sweep's advisory lock (src/stores/sweep.rs LOCK_KEY).
     let mut other = db.pool.begin().await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock(x'7262616373776570'::bigint)")
         .execute(&mut *other)
         .await
         .unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
-        .args([
-            "sweep",
-            "--once",
-            "--database-url",
-            &db.url,
-            "--alert-webhook-url",
-            &url,
-        ])
-        .output()
+    let sweep = |extra: &'static [&'static str]| {
+        let (db_url, url) = (db.url.clone(), url.clone());
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbac-gateway"))
+                .args(["sweep", "--once", "--database-url", &db_url])
+                .args(["--alert-webhook-url", &url])
+                .args(extra)
+                .output()
+                .await
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.code(), text)
+        }
+    };
+    let expiry_rows = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM rbac_grants_audit WHERE event_type = 'break_glass_expire'",
+        )
+        .fetch_one(&db.pool)
         .await
-        .unwrap();
-    other.rollback().await.unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        .unwrap()
+    };
+    let (code, text) = sweep(&[]).await;
+    assert!(
+        text.contains("another replica holds the sweep's lock")
+            && text.contains("nothing done; --force sweeps now"),
+        "{text}"
     );
-    assert!(text.contains("another replica is sweeping"), "{text}");
     assert!(text.contains("alert delivery failed"), "{text}");
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(code, Some(1), "{text}");
     assert!(hook.count() >= 1, "the webhook was tried");
+    assert_eq!(expiry_rows().await, 0, "nothing swept without the lock");
+    // The lock still held: --force sweeps, once (a second forced run finds it done).
+    for (run, said) in [(1, true), (2, false)] {
+        let (_, text) = sweep(&["--force"]).await;
+        assert!(!text.contains("nothing done"), "run {run}: {text}");
+        assert_eq!(
+            text.contains(&format!("break-glass session {ended} ended")),
+            said,
+            "run {run}: {text}"
+        );
+        assert_eq!(expiry_rows().await, 1, "run {run}: {text}");
+    }
+    other.rollback().await.unwrap();
 }
 
 /// A FreeScout stand-in that answers `status` for every ticket, but only once `release` has a

@@ -193,6 +193,11 @@ pub struct SweepArgs {
     /// Run once and exit (the only mode; for a cron job or a Kubernetes CronJob).
     #[arg(long, default_value_t = true)]
     pub once: bool,
+    /// Sweep even while another process holds the sweep's lock (a serving gateway keeps it while
+    /// it runs): each grant is still revoked once and its row written once; FreeScout may be
+    /// asked about a ticket by both. Without it, such a run does nothing and says so.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The variables whose documented states include "unset" (interface.md: `FLAG_RBAC_V2` "Unset or
