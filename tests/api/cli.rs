@@ -376,6 +376,49 @@ async fn serve_on_port_zero_reports_the_ports_it_bound() {
     assert_eq!(gw.admin_get("/healthz").await.status, 200);
 }
 
+/// A ticket status URL the gateway cannot ask is refused when given, by every command that
+/// takes one, naming what is wrong. An `https://` one was taken, and then every request on a
+/// ticket grant answered 503 and the sweep revoked nothing, each saying so only at its use.
+#[test]
+fn a_ticket_status_url_that_cannot_be_asked_is_refused_when_given() {
+    for (url, says) in [
+        (
+            "https://freescout.example/api/conversations/{ticket_id}",
+            "only http:// is supported",
+        ),
+        (
+            "http://freescout.example/api/conversations",
+            "no {ticket_id}",
+        ),
+        (
+            "ftp://freescout.example/{ticket_id}",
+            "is not an http:// URL",
+        ),
+        ("http:///{ticket_id}", "is not a"),
+    ] {
+        for command in [
+            &["serve", "--routes", "routes.toml"][..],
+            &["sweep", "--once"],
+            &["check", "--routes", "routes.toml"],
+            &["explain", "--routes", "routes.toml", "GET", "/"],
+        ] {
+            let out = bin()
+                .current_dir(root())
+                .args(command)
+                .args(["--database-url", "postgres://127.0.0.1:1/x"])
+                .args(["--ticket-validation-url", url])
+                .env_remove("GATEWAY_TICKET_VALIDATION_URL")
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{command:?} {url}: {err}");
+            assert!(
+                err.contains(says) && err.contains("--ticket-validation-url"),
+                "{command:?} {url}: {err}"
+            );
+        }
+    }
+}
 #[test]
 fn serve_refuses_two_listeners_on_one_port() {
     // A usage error at once, not a bind failure after the restart retry.

@@ -870,7 +870,7 @@ async fn a_revocation_dated_in_the_future_gets_one_row_when_it_comes() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let nowhere = "http://127.0.0.1:9/";
+    let nowhere = "http://127.0.0.1:9/{ticket_id}";
     let (code, out) = sweep(&db, nowhere).await;
     assert_eq!(code, 0, "{out}");
     let (code, out) = sweep(&db, nowhere).await;

@@ -179,7 +179,7 @@ pub struct SweepArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// FreeScout's status URL ({ticket_id} is replaced); unset: only expired grants are revoked.
-    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL", value_parser = posture::ticket_url)]
     pub ticket_validation_url: Option<String>,
     /// The deadline of one FreeScout status request, in milliseconds.
     #[arg(long, env = "GATEWAY_FREESCOUT_TIMEOUT_MS", default_value_t = 5_000)]

@@ -19,6 +19,26 @@ pub(crate) fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
+/// A ticket status URL as the sweep, the webhook and the per-request check ask it: `http://`,
+/// with `{ticket_id}` in it. Refused when given, not at its first use: an `https://` one was
+/// taken, and then every ticket grant answered 503 and the sweep revoked nothing.
+pub(crate) fn ticket_url(s: &str) -> Result<String, String> {
+    if !s.contains("{ticket_id}") {
+        return Err(format!(
+            "{s:?} has no {{ticket_id}}: every ticket would be asked about at the same URL"
+        ));
+    }
+    match s.replace("{ticket_id}", "1").parse::<http::Uri>() {
+        Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => Ok(s.to_string()),
+        Ok(u) if u.scheme_str() == Some("https") => Err(format!(
+            "{s:?}: only http:// is supported (reach an https:// FreeScout through a proxy that \
+             speaks TLS to it)"
+        )),
+        Ok(_) => Err(format!("{s:?} is not an http:// URL")),
+        Err(e) => Err(format!("{s:?} is not a URL: {e}")),
+    }
+}
+
 /// A feature switch as Console's flags are written: `0` (off) or `1` (on), nothing else.
 pub(crate) fn switch() -> impl clap::builder::TypedValueParser<Value = bool> {
     use clap::builder::TypedValueParser;
@@ -39,7 +59,7 @@ pub struct DecisionArgs {
     /// Re-validate ticket-scoped grants on every request against this URL ({ticket_id} is
     /// replaced), e.g. FreeScout's conversation status; unreachable: 503 (T-PEN-6). Unset: ticket
     /// grants grant nothing, unless --ticket-revalidation-waived.
-    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    #[arg(long, env = "GATEWAY_TICKET_VALIDATION_URL", value_parser = ticket_url)]
     pub ticket_validation_url: Option<String>,
     /// Honour ticket grants from rbac_ticket_grants alone when no --ticket-validation-url is set.
     /// This breaks T-PEN-6 (004 §9.3: re-verify the ticket on every request, fail closed); it is
