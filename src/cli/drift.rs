@@ -46,12 +46,24 @@ pub fn drift(args: DriftArgs) -> Result<(), Exit> {
             .and_then(|r| r.meta.cluster.clone())
             .unwrap_or_else(|| "-".to_string())
     };
-    let rows: Vec<(Option<String>, String, String, i64)> = runtime()?.block_on(async {
+    let window_seconds = i64::from(args.since_hours) * 3600;
+    let (rows, soak) = runtime()?.block_on(async {
         let pool = command_pool(&args.database_url, 1, Duration::from_secs(10)).await?;
-        crate::stores::rollout::window(&pool, i64::from(args.since_hours) * 3600)
+        let rows = crate::stores::rollout::window(&pool, window_seconds)
             .await
             .context("cannot read drift events")
-            .map_err(failure)
+            .map_err(failure)?;
+        // The gate (`--cluster`) also asks how long the fleet ran the cluster in shadow: zero
+        // drift over a cluster the fleet never ran in shadow is no soak.
+        let soak = match args.cluster.as_deref() {
+            Some(w) => super::rollout::fleet(&pool, &mapping, &rows, window_seconds)
+                .await?
+                .clusters
+                .into_iter()
+                .find(|c| c.cluster == w),
+            None => None,
+        };
+        Ok::<_, Exit>((rows, soak))
     })?;
     let wanted = |c: &str| args.cluster.as_deref().is_none_or(|w| w == c);
     let mut clusters: std::collections::BTreeMap<String, (usize, i64, i64)> = Default::default();
@@ -92,10 +104,33 @@ pub fn drift(args: DriftArgs) -> Result<(), Exit> {
     for l in &lines {
         say!("{l}");
     }
+    // As `rollout --cluster` judges it: an enforced cluster passes (it was promoted), one the
+    // fleet has not run in shadow for the whole window does not, whatever its drift.
+    let mut unsoaked = Vec::new();
+    if let (Some(w), Some(c)) = (args.cluster.as_deref(), soak) {
+        if c.verdict == crate::policy::cutover::Verdict::Enforced {
+            say!("cluster {w}: the fleet enforces every protected rule of it (no drift is counted in enforce)");
+        }
+        for why in &c.unsoaked {
+            say!("cluster {w}: not in shadow for the whole window: {why}");
+        }
+        unsoaked = c.unsoaked;
+    }
+    let mut failed = Vec::new();
     if drift_total > 0 {
+        failed.push(format!("{drift_total} drift event(s) in the window"));
+    }
+    if !unsoaked.is_empty() {
+        failed.push(format!(
+            "cluster {} has not run in shadow in the fleet for the whole window (`rollout --cluster {}` says since when)",
+            args.cluster.as_deref().unwrap_or_default(),
+            args.cluster.as_deref().unwrap_or_default()
+        ));
+    }
+    if !failed.is_empty() {
         return Err(Exit {
             code: EXIT_PROBLEMS,
-            error: anyhow!("{drift_total} drift event(s) in the window"),
+            error: anyhow!("{}", failed.join("; ")),
         });
     }
     say!("zero drift");

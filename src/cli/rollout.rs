@@ -121,19 +121,17 @@ pub(crate) async fn report(
             m
         }
     };
-    let loads = history(pool)
-        .await
-        .context("cannot read rbac_gateway_mapping_versions (run `rbac-gateway migrate`?)")
-        .map_err(failure)?;
-    let (activations, skipped) = activations(pool).await?;
     let rows = window(pool, window_seconds)
         .await
         .context("cannot read the shadow-mode audit rows")
         .map_err(failure)?;
-    let now = crate::stores::rollout::now(pool).await.map_err(failure)?;
-    let from_activations = !activations.is_empty();
-    let loads = timeline(&loads, &activations);
-    let mut clusters = assess(&mapping, &loads, &rows, window_seconds, now);
+    let Fleet {
+        loads,
+        from_activations,
+        skipped,
+        mut clusters,
+        now,
+    } = fleet(pool, &mapping, &rows, window_seconds).await?;
     if let Some(c) = cluster {
         clusters.retain(|s| s.cluster == c);
     }
@@ -178,6 +176,43 @@ pub(crate) async fn report(
         now,
         tests,
         invariants,
+    })
+}
+
+/// Every cluster of a mapping as the fleet has run it ([`assess`]), and what that was read from.
+pub(crate) struct Fleet {
+    /// The fleet's loads, newest first: from the activations where any were written, else the
+    /// gateways' own records.
+    pub loads: Vec<crate::policy::cutover::Load>,
+    pub from_activations: bool,
+    /// Activations of a version that does not load with this binary (not counted).
+    pub skipped: Vec<String>,
+    pub clusters: Vec<ClusterStatus>,
+    /// The database's clock (soak times are counted to it).
+    pub now: chrono::DateTime<chrono::Utc>,
+}
+
+/// [`Fleet`] for `mapping` over the window's `rows`: what `rollout` and `drift --cluster` judge.
+pub(crate) async fn fleet(
+    pool: &crate::stores::db::Db,
+    mapping: &Mapping,
+    rows: &[crate::policy::cutover::WindowRow],
+    window_seconds: i64,
+) -> Result<Fleet, Exit> {
+    let loads = history(pool)
+        .await
+        .context("cannot read rbac_gateway_mapping_versions (run `rbac-gateway migrate`?)")
+        .map_err(failure)?;
+    let (activations, skipped) = activations(pool).await?;
+    let now = crate::stores::rollout::now(pool).await.map_err(failure)?;
+    let loads = timeline(&loads, &activations);
+    let clusters = assess(mapping, &loads, rows, window_seconds, now);
+    Ok(Fleet {
+        loads,
+        from_activations: !activations.is_empty(),
+        skipped,
+        clusters,
+        now,
     })
 }
 

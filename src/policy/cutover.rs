@@ -183,6 +183,10 @@ pub struct ClusterStatus {
     pub shadow_since: Option<DateTime<Utc>>,
     pub verdict: Verdict,
     pub reasons: Vec<String>,
+    /// The reasons that say the fleet has not run the cluster in shadow for the whole window
+    /// (of `reasons`, those about neither drift nor blockers): `drift --cluster`'s gate.
+    #[serde(skip)]
+    pub unsoaked: Vec<String>,
     /// The file enforces a protected rule the fleet does not enforce yet.
     pub promoted: bool,
 }
@@ -298,19 +302,24 @@ fn cluster_status(
         .filter(|s| s.fleet_mode.as_deref() == Some("shadow"))
         .filter_map(|s| s.since)
         .max();
-    let (verdict, reasons) = if protected.is_empty() {
-        (Verdict::NotApplicable, Vec::new())
+    let (verdict, reasons, unsoaked) = if protected.is_empty() {
+        (Verdict::NotApplicable, Vec::new(), Vec::new())
     } else if pending.is_empty() {
-        (Verdict::Enforced, enforced_reasons(&protected, &blockers))
+        (
+            Verdict::Enforced,
+            enforced_reasons(&protected, &blockers),
+            Vec::new(),
+        )
     } else {
         let recorded = !history.is_empty();
         let reasons = not_ready_reasons(recorded, &pending, shadow_since, drift, &blockers, window);
+        let unsoaked = not_ready_reasons(recorded, &pending, shadow_since, 0, &[], window);
         let verdict = if reasons.is_empty() {
             Verdict::Ready
         } else {
             Verdict::NotReady
         };
-        (verdict, reasons)
+        (verdict, reasons, unsoaked)
     };
     ClusterStatus {
         cluster: name,
@@ -323,6 +332,7 @@ fn cluster_status(
         shadow_since,
         verdict,
         reasons,
+        unsoaked,
         promoted,
     }
 }

@@ -864,6 +864,45 @@ async fn rollout_gives_each_cluster_its_verdict_from_recorded_versions_and_shado
     }
     let (code, _, stderr) = rollout(&staged, &["--since", "soon"]);
     assert_eq!(code, Some(64), "{stderr}");
+    // `drift --cluster`, the "7 days, zero drift" gate, judges the soak as `rollout` does: zero
+    // drift over a cluster the fleet ran in shadow for 2 days of the 7 is no pass, whatever the
+    // file says (before, S2 passed, and so did a cluster the fleet never ran in shadow).
+    let drift = |c: &str| {
+        run(bin()
+            .args([
+                "drift",
+                "--database-url",
+                &db.url,
+                "--cluster",
+                c,
+                "--routes",
+            ])
+            .arg(&staged))
+    };
+    for (c, want, says) in [
+        ("S1", 0, "zero drift"),
+        (
+            "S5",
+            0,
+            "cluster S5: the fleet enforces every protected rule of it",
+        ),
+        (
+            "S2",
+            1,
+            "cluster S2: not in shadow for the whole window: in shadow for 2d of 7d",
+        ),
+        ("S3", 1, "cluster S3: 1 shadow rule(s), 2 drift event(s)"),
+    ] {
+        let (code, stdout, stderr) = drift(c);
+        assert_eq!(code, Some(want), "{c}: {stdout}{stderr}");
+        assert!(stdout.contains(says), "{c}: {stdout}");
+    }
+    let (_, stdout, stderr) = drift("S2");
+    assert!(!stdout.contains("zero drift"), "{stdout}");
+    assert!(
+        stderr.contains("cluster S2 has not run in shadow in the fleet for the whole window"),
+        "{stderr}"
+    );
 }
 
 fn gw_routes(dir: &Path, name: &str, text: &str) -> PathBuf {
