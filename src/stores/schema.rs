@@ -531,6 +531,37 @@ pub async fn open_schemas(pool: &Db, schemas: &[String]) -> Result<Vec<OpenSchem
         .collect())
 }
 
+/// The owner of Console's tables (`admins`'s), where that role may write the gateway's own
+/// records of what it delivered: `rbac_gateway_alerts` (a break-glass session counts once its
+/// alert is marked delivered, I-4) or `rbac_gateway_audit_outbox` (an event marked delivered is
+/// never sent again, I-5). Owning them, being a member of their owner (or a superuser), or a
+/// grant, of the table or of any column: each lets Console's role forge what the gateway reads as
+/// done. With each table it
+/// may write.
+pub async fn console_writes_deliveries(
+    pool: &Db,
+) -> Result<Option<(String, Vec<String>)>, sqlx::Error> {
+    let row: Option<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT pg_catalog.pg_get_userbyid(c.relowner)::text, \
+                pg_catalog.array_agg(t.name ORDER BY t.name) \
+           FROM pg_catalog.pg_class c, \
+                pg_catalog.unnest(ARRAY['rbac_gateway_alerts', 'rbac_gateway_audit_outbox']::text[]) t(name) \
+          WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(\
+                    pg_catalog.quote_ident($1) OPERATOR(pg_catalog.||) '.admins')::oid \
+            AND pg_catalog.to_regclass(pg_catalog.quote_ident($1) OPERATOR(pg_catalog.||) '.' \
+                    OPERATOR(pg_catalog.||) t.name) IS NOT NULL \
+            AND pg_catalog.has_any_column_privilege(c.relowner, \
+                    pg_catalog.quote_ident($1) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) t.name, \
+                    'INSERT, UPDATE') \
+          GROUP BY c.relowner",
+    )
+    .persistent(false)
+    .bind(schema())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row)
+}
+
 /// A schema [`open_schemas`] names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenSchema {

@@ -451,6 +451,58 @@ fn check_as(url: &str) -> (Option<i32>, String) {
     )
 }
 
+/// `check --database-url` warns where the owner of Console's tables may write the gateway's
+/// records of what it delivered (a review, on one login for both as a single Heroku credential
+/// has it, marked a break-glass alert delivered unsent and a session proceeded; `check` said
+/// "I-4 met"): by a grant of a table or of one column. Not where the tables are owned as
+/// README's Upgrade has it. A plain database, one superuser owning all, is warned of too.
+#[tokio::test]
+async fn check_warns_where_consoles_role_may_write_what_the_gateway_delivered() {
+    let (db, owner) = TestDb::migrated_by_a_login().await;
+    drop(owner);
+    let (_, name) = db.url.rsplit_once('/').unwrap();
+    let short = name.trim_start_matches("rbacgw_");
+    let console = format!("{short}_console");
+    let warned = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.contains("the owner of Console's tables, may write"))
+            .map(str::to_string)
+            .collect()
+    };
+    let (_, out) = check_as(&db.url);
+    assert!(warned(&out).is_empty(), "{out}");
+    let mut tables = Vec::new();
+    for (grant, table) in [
+        (
+            format!(
+                "GRANT UPDATE (delivered_at_utc) ON rbac_gateway_audit_outbox TO \"{console}\""
+            ),
+            "may write rbac_gateway_audit_outbox:",
+        ),
+        (
+            format!("GRANT INSERT ON rbac_gateway_alerts TO \"{console}\""),
+            "may write rbac_gateway_alerts and rbac_gateway_audit_outbox:",
+        ),
+    ] {
+        sqlx::raw_sql(&grant).execute(&db.pool).await.unwrap();
+        let (code, out) = check_as(&db.url);
+        let w = warned(&out);
+        assert_eq!(w.len(), 1, "{grant}: {out}");
+        assert!(
+            w[0].contains(&format!(
+                "{console}, the owner of Console's tables, {table}"
+            )) && w[0].contains("I-4")
+                && w[0].contains("I-5"),
+            "{grant}: {out}"
+        );
+        tables.push(code);
+    }
+    assert_eq!(tables[0], tables[1], "a warning, not an error");
+    let plain = TestDb::new().await;
+    let (_, out) = check_as(&plain.url);
+    assert_eq!(warned(&out).len(), 1, "{out}");
+}
+
 /// `check --database-url` as the gateway's login (what README's upgrade step runs): with only
 /// `rbac_gateway_serve` it passes, saying the mapping store is not checked (only a database
 /// mapping source reads it); a table `serve` uses that the role holds no privilege on is named

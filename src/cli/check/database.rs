@@ -288,6 +288,16 @@ pub(super) async fn trust_boundary(
             "database: {shadow} has the name of a built-in the gateway calls: it runs instead of the built-in wherever it matches a call better or its schema comes first on a path (the gateway pins pg_catalog first and qualifies its calls, but other clients may not); drop it unless you know who made it and why"
         )));
     }
+    if let Some((console, tables)) = db_schema::console_writes_deliveries(pool)
+        .await
+        .context("cannot read the privileges on the gateway's tables")
+        .map_err(failure)?
+    {
+        out.push(diag(file, 0, 0, Severity::Warning, format!(
+            "database: {console}, the owner of Console's tables, may write {}: it owns them, is a superuser or a member of their owner, or was granted it (one login for Console and the gateway, as a single Heroku credential is): Console's role can then mark a break-glass alert delivered that was never sent (the session proceeds unalerted, I-4) or an audit event delivered that never reached the writer (I-5), and nothing of the gateway's can tell; give the gateway's tables an owner that role is not a member of (README, Upgrade; on Heroku a credential of its own, `heroku pg:credentials:create`)",
+            tables.join(" and ")
+        )));
+    }
     for open in db_schema::open_schemas(pool, &schemas)
         .await
         .context("cannot read the schemas' privileges")
