@@ -379,6 +379,34 @@ async fn serve_on_port_zero_reports_the_ports_it_bound() {
     assert_eq!(gw.admin_get("/healthz").await.status, 200);
 }
 
+/// An empty `--actor` (`--actor "$USER"` with `USER` unset, as README's push has it) is refused:
+/// it recorded a change by no one.
+#[test]
+fn an_empty_mapping_actor_is_refused() {
+    for command in ["push", "activate", "rollback"] {
+        let mut cmd = bin();
+        cmd.args(["mapping", command]);
+        if command != "rollback" {
+            cmd.arg(if command == "push" {
+                "routes.toml"
+            } else {
+                "3f2a9c0d1e7b"
+            });
+        }
+        let out = cmd
+            .current_dir(root())
+            .args(["--database-url", "postgres://127.0.0.1:1/x", "--actor", ""])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{command}: {err}");
+        assert!(
+            err.contains("a value is required for '--actor <ACTOR>'"),
+            "{command}: {err}"
+        );
+    }
+}
+
 /// A ticket status URL the gateway cannot ask is refused when given, by every command that
 /// takes one, naming what is wrong. An `https://` one was taken, and then every request on a
 /// ticket grant answered 503 and the sweep revoked nothing, each saying so only at its use.

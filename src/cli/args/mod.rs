@@ -106,7 +106,8 @@ pub struct MappingChangeArgs {
     #[arg(long, short = 'm')]
     pub message: Option<String>,
     /// Who, when the database user is shared (a person, a CI job): recorded with the change.
-    #[arg(long, env = "GATEWAY_MAPPING_ACTOR")]
+    /// Empty is refused (`--actor "$USER"` with `USER` unset recorded no one).
+    #[arg(long, env = "GATEWAY_MAPPING_ACTOR", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub actor: Option<String>,
 }
 
