@@ -210,8 +210,7 @@ fn check_active(args: &CheckArgs) -> Result<(), Exit> {
         let pool = super::toolbox::command_pool(&url, 2, Duration::from_secs(10)).await?;
         let Some((_, version)) = crate::stores::mapping_store::active(&pool)
             .await
-            .context("cannot read the active mapping version")
-            .map_err(failure)?
+            .map_err(|e| failure(anyhow!(crate::stores::mapping_store::active_unreadable(&e))))?
         else {
             return Err(failure(anyhow!(
                 "no mapping version is active in the database (`rbac-gateway mapping push FILE`)"

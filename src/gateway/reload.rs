@@ -462,7 +462,7 @@ pub async fn load_active_at_start(
                 "no mapping version is active in the database (`rbac-gateway mapping push FILE`)"
                     .to_string()
             }
-            Err(e) => format!("cannot read the active mapping version from the database: {e}"),
+            Err(e) => crate::stores::mapping_store::active_unreadable(&e),
         };
         if why != last {
             tracing::error!(error = %why, "no mapping loaded: not ready, nothing is served until one is");

@@ -525,6 +525,16 @@ pub async fn activation_times(db: &Db) -> Result<Vec<(i64, String, DateTime<Utc>
         .await
 }
 
+/// Why the active version could not be read, with the fix where the login lacks the store's
+/// privileges (`serve --mapping-source database`'s `/readyz` and log, `check`).
+pub fn active_unreadable(e: &sqlx::Error) -> String {
+    if is_permission_denied(e) {
+        format!("cannot read the active mapping version from the database: {e} (a gateway reading its mapping from the database needs rbac_gateway_reader: run deploy/mapping-grants.sql, then `GRANT rbac_gateway_reader TO` this login)")
+    } else {
+        format!("cannot read the active mapping version from the database: {e}")
+    }
+}
+
 /// Whether `e` is PostgreSQL refusing a statement for want of a privilege (SQLSTATE 42501).
 pub fn is_permission_denied(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42501"))

@@ -503,6 +503,32 @@ async fn check_warns_where_consoles_role_may_write_what_the_gateway_delivered() 
     assert_eq!(warned(&out).len(), 1, "{out}");
 }
 
+/// A login without the mapping store's grant, asked for the database's mapping (`check
+/// --mapping-source database`, what a gateway so started reads) is told the fix, not only
+/// PostgreSQL's "permission denied".
+#[tokio::test]
+async fn the_database_mapping_unreadable_for_want_of_a_grant_names_the_grant() {
+    let db = TestDb::new().await;
+    let url = serve_login(&db).await;
+    let out = crate::cli::bin()
+        .args([
+            "check",
+            "--mapping-source",
+            "database",
+            "--database-url",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("permission denied for table rbac_mapping_activations")
+            && err.contains("run deploy/mapping-grants.sql, then `GRANT rbac_gateway_reader TO`"),
+        "{err}"
+    );
+}
+
 /// `check --database-url` as the gateway's login (what README's upgrade step runs): with only
 /// `rbac_gateway_serve` it passes, saying the mapping store is not checked (only a database
 /// mapping source reads it); a table `serve` uses that the role holds no privilege on is named
