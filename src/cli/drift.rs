@@ -5,38 +5,16 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 
-use super::toolbox::{command_pool, failure, load_mapping, runtime, say, usage};
+use super::toolbox::{command_pool, failure, load_mapping, runtime, say};
 use super::Exit;
 use crate::cli::{args::DriftArgs, EXIT_PROBLEMS};
-
-/// A cluster no rule names would report zero drift: a typo must not pass the go/no-go gate
-/// (`drift --cluster`, `rollout --cluster`).
-pub(crate) fn known_cluster(
-    mapping: &crate::policy::mapping::Mapping,
-    file: &std::path::Path,
-    w: &str,
-) -> Result<(), Exit> {
-    let known: std::collections::BTreeSet<&str> = mapping
-        .routes
-        .iter()
-        .filter_map(|r| r.meta.cluster.as_deref())
-        .collect();
-    if !known.contains(w) {
-        let list = known.into_iter().collect::<Vec<_>>().join(", ");
-        return Err(usage(anyhow!(
-            "--cluster {w}: no rule of {} names this cluster (clusters: {list})",
-            file.display()
-        )));
-    }
-    Ok(())
-}
 
 /// The drift part of `rollout`'s report, over a window in hours: the same rows
 /// ([`crate::stores::rollout::window`]), per cluster and rule; exits 1 on any drift.
 pub fn drift(args: DriftArgs) -> Result<(), Exit> {
     let mapping = load_mapping(&args.routes)?;
     if let Some(w) = args.cluster.as_deref() {
-        known_cluster(&mapping, &args.routes, w)?;
+        super::rollout::known_cluster(&mapping, &args.routes, w)?;
     }
     let cluster_of = |label: &str| {
         mapping

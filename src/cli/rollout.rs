@@ -56,13 +56,35 @@ pub struct Report {
     pub invariants: Vec<super::invariants::Invariant>,
 }
 
+/// A cluster no rule names would report zero drift: a typo must not pass the go/no-go gate
+/// (`drift --cluster`, `rollout --cluster`).
+pub(crate) fn known_cluster(
+    mapping: &crate::policy::mapping::Mapping,
+    file: &std::path::Path,
+    w: &str,
+) -> Result<(), Exit> {
+    let known: std::collections::BTreeSet<&str> = mapping
+        .routes
+        .iter()
+        .filter_map(|r| r.meta.cluster.as_deref())
+        .collect();
+    if !known.contains(w) {
+        let list = known.into_iter().collect::<Vec<_>>().join(", ");
+        return Err(usage(anyhow!(
+            "--cluster {w}: no rule of {} names this cluster (clusters: {list})",
+            file.display()
+        )));
+    }
+    Ok(())
+}
+
 pub fn rollout(args: RolloutArgs) -> Result<(), Exit> {
     let file = match stored_ref(&args.routes) {
         Some(_) => None,
         None => Some(load_mapping(&args.routes)?),
     };
     if let (Some(m), Some(c)) = (&file, &args.cluster) {
-        super::drift::known_cluster(m, &args.routes, c)?;
+        known_cluster(m, &args.routes, c)?;
     }
     let window_seconds = i64::try_from(args.since.as_secs())
         .ok()
@@ -116,7 +138,7 @@ pub(crate) async fn report(
         (None, what) => {
             let m = load_stored_ref(pool, what.unwrap_or("active")).await?;
             if let Some(c) = cluster {
-                super::drift::known_cluster(&m, routes, c)?;
+                known_cluster(&m, routes, c)?;
             }
             m
         }
