@@ -10,7 +10,9 @@ use super::Exit;
 use crate::cli::{args::DriftArgs, EXIT_PROBLEMS};
 
 /// The drift part of `rollout`'s report, over a window in hours: the same rows
-/// ([`crate::stores::rollout::window`]), per cluster and rule; exits 1 on any drift.
+/// ([`crate::stores::rollout::window`]), per cluster and rule; exits 1 on any drift and, with
+/// `--cluster`, where the fleet has not run that cluster in shadow for the whole window (read as
+/// `rollout` reads it, so the login needs what `rollout` needs: deploy/mapping-grants.sql).
 pub fn drift(args: DriftArgs) -> Result<(), Exit> {
     let mapping = load_mapping(&args.routes)?;
     if let Some(w) = args.cluster.as_deref() {
