@@ -354,8 +354,24 @@ async fn check_database(
         .await
         .context("cannot read the schema")
         .map_err(failure)?;
+    // A database none of whose gateway tables exist was never migrated: each missing table is
+    // said once, with `migrate` (its first migration makes Console's tables too where Console
+    // has none). Elsewhere each missing column is named, and Console's are Console's to make.
+    let unmigrated = !GATEWAY_SCHEMA
+        .iter()
+        .any(|(table, _)| columns.iter().any(|(t, _)| t == table));
     for (table, cols) in all_tables() {
         if unreadable.iter().any(|t| t == table) {
+            continue;
+        }
+        if unmigrated && !columns.iter().any(|(t, _)| t == table) {
+            out.push(diag(
+                file,
+                0,
+                0,
+                Severity::Error,
+                format!("database: table {table} is missing (run `rbac-gateway migrate`: it makes the gateway's tables, and Console's where Console has none yet)"),
+            ));
             continue;
         }
         for col in *cols {

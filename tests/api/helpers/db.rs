@@ -50,7 +50,7 @@ impl TestDb {
     }
 
     /// A new database, nothing made in it.
-    async fn created_empty(options: &str) -> TestDb {
+    pub async fn created_empty(options: &str) -> TestDb {
         let base = std::env::var("DATABASE_URL")
             .expect("DATABASE_URL must be set (scripts/test.sh sets it)");
         let name = format!("rbacgw_{}", uuid::Uuid::new_v4().simple());
