@@ -86,7 +86,10 @@ pub fn drift(args: DriftArgs) -> Result<(), Exit> {
     }
     // As `rollout --cluster` judges it: an enforced cluster passes (it was promoted), one the
     // fleet has not run in shadow for the whole window does not, whatever its drift.
-    let mut unsoaked = Vec::new();
+    let mut failed = Vec::new();
+    if drift_total > 0 {
+        failed.push(format!("{drift_total} drift event(s) in the window"));
+    }
     if let (Some(w), Some(c)) = (args.cluster.as_deref(), soak) {
         if c.verdict == crate::policy::cutover::Verdict::Enforced {
             say!("cluster {w}: the fleet enforces every protected rule of it (no drift is counted in enforce)");
@@ -94,18 +97,11 @@ pub fn drift(args: DriftArgs) -> Result<(), Exit> {
         for why in &c.unsoaked {
             say!("cluster {w}: not in shadow for the whole window: {why}");
         }
-        unsoaked = c.unsoaked;
-    }
-    let mut failed = Vec::new();
-    if drift_total > 0 {
-        failed.push(format!("{drift_total} drift event(s) in the window"));
-    }
-    if !unsoaked.is_empty() {
-        failed.push(format!(
-            "cluster {} has not run in shadow in the fleet for the whole window (`rollout --cluster {}` says since when)",
-            args.cluster.as_deref().unwrap_or_default(),
-            args.cluster.as_deref().unwrap_or_default()
-        ));
+        if !c.unsoaked.is_empty() {
+            failed.push(format!(
+                "cluster {w} has not run in shadow in the fleet for the whole window (`rollout --cluster {w}` says since when)"
+            ));
+        }
     }
     if !failed.is_empty() {
         return Err(Exit {

@@ -536,8 +536,7 @@ pub async fn open_schemas(pool: &Db, schemas: &[String]) -> Result<Vec<OpenSchem
 /// alert is marked delivered, I-4) or `rbac_gateway_audit_outbox` (an event marked delivered is
 /// never sent again, I-5). Owning them, being a member of their owner (or a superuser), or a
 /// grant, of the table or of any column: each lets Console's role forge what the gateway reads as
-/// done. With each table it
-/// may write.
+/// done. With each table it may write.
 pub async fn console_writes_deliveries(
     pool: &Db,
 ) -> Result<Option<(String, Vec<String>)>, sqlx::Error> {
