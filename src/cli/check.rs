@@ -297,6 +297,12 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
         problems.extend(found);
         invariants = held;
     }
+    if let Some(url) = &args.lookup_database_url {
+        runtime()?.block_on(async {
+            let pool = super::toolbox::command_pool(url, 1, Duration::from_secs(10)).await?;
+            grants::lookup_login(&pool, &file, &mut problems).await
+        })?;
+    }
     if let Some(app) = &args.app_routes {
         problems.extend(crate::cli::check_app_routes(&mapping, &file, app)?);
     }

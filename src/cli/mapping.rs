@@ -88,6 +88,7 @@ fn push(a: MappingPushArgs) -> Result<(), Exit> {
             app_routes: a.app_routes.clone(),
             mapping_source: "file".to_string(),
             mapping_public_key: None,
+            lookup_database_url: None,
             decision: Default::default(),
             posture: Default::default(),
         },

@@ -136,7 +136,7 @@ pub async fn admin_principals(
     pool: &crate::stores::db::Db,
     requires_alert: bool,
 ) -> Result<Vec<Reviewed>, sqlx::Error> {
-    let admins = identity::admins(pool).await?;
+    let admins = crate::stores::catalogue::admins(pool).await?;
     // Each admin's reads in turn, a few admins side by side (the cockpit's pool has several
     // connections; a command's has one, and a few waiting for it stay well within its timeout).
     use futures_util::{StreamExt, TryStreamExt};

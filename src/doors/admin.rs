@@ -217,7 +217,7 @@ fn not_deciding(gw: &Gateway) -> Option<String> {
 /// catalogue tables), so it is as current as the database.
 async fn unknown_names_state(gw: &Gateway, version: &str, body: &mut String) {
     let mapping = gw.mapping.load_full();
-    let unknown = crate::stores::catalogue::unknown_names(gw.identity.pool(), &mapping);
+    let unknown = crate::stores::catalogue::unknown_names(gw.identity.lookups(), &mapping);
     match crate::stores::db::within(UNKNOWN_NAMES_LIMIT, unknown).await {
         // The status stays 200 (the database answered the probe above): the check of the
         // mapping's names is said not to have run, not left out without a word.

@@ -42,7 +42,7 @@ impl Source for Gateway {
 
     async fn ticket_grants(&self, admin_id: &str) -> Result<Vec<TicketGrant>, Unavailable> {
         self.metrics.db_queries.inc();
-        crate::stores::ticket::active_grants(self.identity.pool(), admin_id)
+        crate::stores::ticket::active_grants(self.identity.lookups(), admin_id)
             .await
             .map_err(|e| self.reader_db_error("ticket grants", e, Unavailable::Tickets))
     }
@@ -53,7 +53,7 @@ impl Source for Gateway {
         permission: &str,
     ) -> Result<Option<String>, Unavailable> {
         self.metrics.db_queries.inc();
-        crate::stores::catalogue::role_granting(self.identity.pool(), roles, permission)
+        crate::stores::catalogue::role_granting(self.identity.lookups(), roles, permission)
             .await
             .map_err(|e| self.reader_db_error("role permissions", e, Unavailable::Identity))
     }
@@ -65,7 +65,7 @@ impl Source for Gateway {
         permission: &str,
         request_id: &str,
     ) -> Result<Option<String>, Unavailable> {
-        let pool = self.identity.pool();
+        let pool = self.identity.lookups();
         let read = |only: Option<Vec<String>>| async move {
             self.metrics.db_queries.inc();
             crate::stores::ticket::grants(pool, &principal.admin_id, customer, only.as_deref())

@@ -318,7 +318,7 @@ impl Authority for Gateway {
         // Boxed: a database read (and maybe FreeScout's) each time anyway, and inline its
         // future would be in every request handler hyper keeps per client connection.
         Box::pin(crate::stores::ticket::ticket_principal(
-            self.identity.pool(),
+            self.identity.lookups(),
             &self.metrics,
             self.ticket_validation_url.as_deref(),
             principal,

@@ -145,3 +145,26 @@ pub async fn unknown_names(
     }
     Ok(out)
 }
+
+/// An admin of Console, with the groups they are a member of (by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminGroups {
+    pub id: String,
+    pub email: String,
+    pub groups: Vec<String>,
+}
+
+/// Every admin of the database with their groups, by email then id (`matrix`'s rows).
+pub async fn admins(pool: &Db) -> Result<Vec<AdminGroups>, sqlx::Error> {
+    let admins: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+        "SELECT a.id, a.email, COALESCE(pg_catalog.array_agg(g.name ORDER BY g.name) FILTER (WHERE g.name IS NOT NULL), '{}') \
+         FROM admins a LEFT JOIN rbac_user_groups ug ON ug.user_id = a.id COLLATE pg_catalog.\"default\" \
+         LEFT JOIN rbac_groups g ON g.id = ug.group_id GROUP BY a.id, a.email ORDER BY a.email, a.id",
+    ).persistent(false)
+    .fetch_all(pool)
+    .await?;
+    Ok(admins
+        .into_iter()
+        .map(|(id, email, groups)| AdminGroups { id, email, groups })
+        .collect())
+}

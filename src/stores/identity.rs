@@ -71,6 +71,8 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(1);
 
 pub struct Identity {
     pool: Db,
+    /// Where the request path reads Console's tables, if not `pool` ([`Identity::lookups`]).
+    lookups: Option<Db>,
     ttl: Duration,
     sessions: Cache<String, Option<Arc<Session>>>,
     principals: Cache<String, Arc<Principal>>,
@@ -225,6 +227,7 @@ impl Identity {
     /// library's too, not only `serve`'s.
     pub fn new(pool: Db, ttl: Duration, capacity: u64, metrics: Arc<Metrics>) -> Identity {
         Identity {
+            lookups: None,
             pool,
             ttl,
             // Invalidation closures: `invalidate_admin` drops every session of one admin.
@@ -269,8 +272,25 @@ impl Identity {
         self
     }
 
+    /// [`Identity::lookups`] on a login of their own (`--lookup-database-url`).
+    pub fn with_lookups(mut self, lookups: Db) -> Identity {
+        self.lookups = Some(lookups);
+        self
+    }
+
     pub fn pool(&self) -> &Db {
         &self.pool
+    }
+
+    /// Where the request path reads Console's tables with no look first (cold lookups, ticket
+    /// grants, the reader API, the mapping's names): [`Identity::pool`] by default.
+    pub fn lookups(&self) -> &Db {
+        self.lookups.as_ref().unwrap_or(&self.pool)
+    }
+
+    /// The login of their own [`Identity::with_lookups`] gave the lookups, if any.
+    pub fn own_lookups(&self) -> Option<&Db> {
+        self.lookups.as_ref()
     }
 
     /// The live session behind a cookie value, or None (unknown, expired, revoked).
@@ -355,7 +375,7 @@ impl Identity {
         let batches = self.batches.get_or_init(|| {
             Batches::start(
                 self.runtime.as_ref(),
-                self.pool.clone(),
+                self.lookups().clone(),
                 self.break_glass_requires_alert,
                 self.metrics.clone(),
             )
@@ -387,7 +407,7 @@ impl Identity {
         let init = async {
             self.metrics.db_queries.inc();
             let lookup = resolve_with(
-                &self.pool,
+                self.lookups(),
                 admin_id,
                 self.ttl,
                 self.break_glass_requires_alert,
@@ -663,29 +683,6 @@ pub async fn provenance(
     Ok(out)
 }
 
-/// An admin of Console, with the groups they are a member of (by name).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminGroups {
-    pub id: String,
-    pub email: String,
-    pub groups: Vec<String>,
-}
-
-/// Every admin of the database with their groups, by email then id (`matrix`'s rows).
-pub async fn admins(pool: &Db) -> Result<Vec<AdminGroups>, sqlx::Error> {
-    let admins: Vec<(String, String, Vec<String>)> = sqlx::query_as(
-        "SELECT a.id, a.email, COALESCE(pg_catalog.array_agg(g.name ORDER BY g.name) FILTER (WHERE g.name IS NOT NULL), '{}') \
-         FROM admins a LEFT JOIN rbac_user_groups ug ON ug.user_id = a.id COLLATE pg_catalog.\"default\" \
-         LEFT JOIN rbac_groups g ON g.id = ug.group_id GROUP BY a.id, a.email ORDER BY a.email, a.id",
-    ).persistent(false)
-    .fetch_all(pool)
-    .await?;
-    Ok(admins
-        .into_iter()
-        .map(|(id, email, groups)| AdminGroups { id, email, groups })
-        .collect())
-}
-
 /// Whether an admin exists and has sessions: what `explain --admin` says before it decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionState {
@@ -739,10 +736,8 @@ mod tests {
         for t in ["", "abc", "a-long-cookie-value-\u{e9}"] {
             assert_eq!(token_hash(t), hex::encode(Sha256::digest(t.as_bytes())));
         }
-        assert_eq!(
-            token_hash("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(token_hash("abc"), abc);
     }
 
     /// The principal's function (the last migration that defines it) ends a break-glass

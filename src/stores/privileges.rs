@@ -200,3 +200,41 @@ pub async fn relation_kinds(
     .fetch_all(pool)
     .await
 }
+
+/// What this login may do to the gateway's objects that the owner of Console's tables (`admins`'s)
+/// may not: each table of the gateway's schema it may insert into, update, delete from or
+/// truncate, and each function of the gateway's it may run but the request path's three lookups,
+/// named (`table rbac_gateway_alerts`, `function rbac_gateway_plain(text[],text[])`). Empty for a
+/// login fit for `--lookup-database-url`: Console's code that runs on its reads (a retyped
+/// column's cast, an index expression; docs/design/security.md) then holds no privilege Console's
+/// role lacks. Where `admins` is not there, every such table and function is named.
+pub async fn beyond_consoles(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH s(oid) AS (SELECT pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::oid), \
+         console(owner) AS (SELECT (SELECT c.relowner FROM pg_catalog.pg_class c \
+             WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass( \
+                 pg_catalog.quote_ident($1) OPERATOR(pg_catalog.||) '.admins')::oid)) \
+         SELECT 'table ' OPERATOR(pg_catalog.||) c.relname::text FROM pg_catalog.pg_class c, s, console \
+          WHERE c.relnamespace OPERATOR(pg_catalog.=) s.oid \
+            AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::\"char\"[]) \
+            AND (pg_catalog.has_any_column_privilege(c.oid, 'INSERT, UPDATE') \
+                 OR pg_catalog.has_table_privilege(c.oid, 'DELETE, TRUNCATE')) \
+            AND (console.owner IS NULL OR NOT ( \
+                 pg_catalog.has_any_column_privilege(console.owner, c.oid, 'INSERT, UPDATE') \
+                 OR pg_catalog.has_table_privilege(console.owner, c.oid, 'DELETE, TRUNCATE'))) \
+         UNION ALL \
+         SELECT 'function ' OPERATOR(pg_catalog.||) p.oid::pg_catalog.regprocedure::text \
+           FROM pg_catalog.pg_proc p, s, console \
+          WHERE p.pronamespace OPERATOR(pg_catalog.=) s.oid \
+            AND pg_catalog.left(p.proname::text, 13) OPERATOR(pg_catalog.=) 'rbac_gateway_' \
+            AND NOT p.proname::text OPERATOR(pg_catalog.=) ANY ('{rbac_gateway_session_principals,rbac_gateway_principal,rbac_gateway_ticket_grants}'::text[]) \
+            AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE') \
+            AND (console.owner IS NULL \
+                 OR NOT pg_catalog.has_function_privilege(console.owner, p.oid, 'EXECUTE')) \
+          ORDER BY 1",
+    )
+    .persistent(false)
+    .bind(crate::stores::db::schema())
+    .fetch_all(pool)
+    .await
+}

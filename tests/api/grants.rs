@@ -807,3 +807,76 @@ async fn check_as_the_gateways_login_names_each_privilege_it_lacks() {
 async fn run(db: &TestDb, sql: &str) {
     sqlx::raw_sql(sql).execute(&db.pool).await.unwrap();
 }
+
+/// `check --lookup-database-url` (deploy/lookup-grants.sql), where Console's role owns its
+/// tables: a login holding `rbac_gateway_lookup` alone passes; `serve`'s own login given as the
+/// lookup login is an error for each table of the gateway's it may write that Console's role may
+/// not (Console's code on a cold lookup could forge a delivered alert or outbox row); a privilege
+/// a lookup uses, revoked from the role, is named with the script that gives it.
+#[tokio::test]
+async fn check_names_what_the_lookup_login_may_write_and_what_it_lacks() {
+    let db = TestDb::new().await;
+    let serve = serve_login(&db).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    console_app_role(&mut conn).await;
+    run(&db, "ALTER TABLE admins OWNER TO console_app").await;
+    let lookup_grants = std::fs::read_to_string(root().join("deploy/lookup-grants.sql")).unwrap();
+    sqlx::raw_sql(&lookup_grants)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let lookup = db.login_in_role("rbac_gateway_lookup", "").await;
+    let check = |url: &str| {
+        let out = crate::cli::bin()
+            .args(["check", "--routes"])
+            .arg(root().join("routes.toml"))
+            .args(["--database-url", &serve, "--lookup-database-url", url])
+            .output()
+            .unwrap();
+        code_and_output(&out)
+    };
+    let said = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.contains("--lookup-database-url's login"))
+            .map(str::to_string)
+            .collect()
+    };
+
+    let (code, out) = check(&lookup);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(said(&out), Vec::<String>::new(), "{out}");
+
+    let (code, out) = check(&serve);
+    assert_eq!(code, Some(1), "{out}");
+    for table in ["rbac_gateway_alerts", "rbac_gateway_audit_outbox"] {
+        let named = format!("--lookup-database-url's login may write or run table {table}, which the owner of Console's tables may not");
+        assert!(
+            said(&out).iter().any(|l| l.contains(&named)),
+            "{named}\n{out}"
+        );
+    }
+    assert!(said(&out).iter().all(|l| !l.contains("lacks")), "{out}");
+
+    run(
+        &db,
+        "REVOKE SELECT ON rbac_ticket_grants FROM rbac_gateway_lookup",
+    )
+    .await;
+    let (code, out) = check(&lookup);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        said(&out).len(),
+        1,
+        "one privilege lacking, one error: {out}"
+    );
+    assert!(
+        said(&out)[0].contains("--lookup-database-url's login lacks SELECT on rbac_ticket_grants, which a lookup uses: run deploy/lookup-grants.sql"),
+        "{out}"
+    );
+    sqlx::raw_sql(&lookup_grants)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (code, out) = check(&lookup);
+    assert_eq!(code, Some(0), "{out}");
+}

@@ -2791,3 +2791,135 @@ async fn commands_refuse_to_read_consoles_tables_with_its_code_on_them() {
         "{said}"
     );
 }
+
+/// Console's code on the request path (docs/design/security.md, "Not covered" until
+/// `--lookup-database-url`): an index on `rbac_groups`, a table Console's role owns, whose
+/// expression calls Console's immutable function, which calls one that writes
+/// `rbac_gateway_alerts` (a delivered alert counts a break-glass session alerted, I-4). The
+/// planner runs it as whoever plans a read of the table: a cold lookup's. As `serve`'s own login
+/// it forges the row; with the lookups on a login holding `rbac_gateway_lookup` alone
+/// (deploy/lookup-grants.sql) the write is refused and nothing is forged, while the request is
+/// answered as before. `serve` says at start-up which of the two its lookup login is.
+#[tokio::test]
+async fn consoles_code_on_a_cold_lookup_forges_nothing_as_the_lookup_login() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let login = crate::grants::serve_login(&db).await;
+    let grants = std::fs::read_to_string(root().join("deploy/lookup-grants.sql")).unwrap();
+    for _ in 0..2 {
+        sqlx::raw_sql(&grants)
+            .execute(&db.pool)
+            .await
+            .expect("deploy/lookup-grants.sql runs as the tables' owner, and again");
+    }
+    let lookup = db.login_in_role("rbac_gateway_lookup", "").await;
+    let (serve_user, lookup_user) = (TestDb::user_of(&login), TestDb::user_of(&lookup));
+    let (_, first) = db.admin_with_roles(&["console-manager"]).await;
+    let (_, second) = db.admin_with_roles(&["console-manager"]).await;
+    let mut console = as_console(&db).await;
+    run(
+        &mut console,
+        "RESET ROLE; \
+         ALTER TABLE rbac_groups OWNER TO console_app; \
+         ALTER TABLE admins OWNER TO console_app; \
+         SET ROLE console_app; \
+         CREATE FUNCTION public.forge() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN \
+             IF current_user <> 'console_app' THEN \
+                 BEGIN \
+                     INSERT INTO public.rbac_gateway_alerts (key, text, delivered_at_utc) \
+                         VALUES ('forged:' || current_user || ':' || pg_backend_pid(), 'forged', now()) \
+                         ON CONFLICT DO NOTHING; \
+                     INSERT INTO public.shadow_ran VALUES ('forged', current_user); \
+                 EXCEPTION WHEN insufficient_privilege THEN \
+                     INSERT INTO public.shadow_ran VALUES ('refused', current_user); \
+                 END; \
+             END IF; \
+             RETURN true; END $$; \
+         CREATE FUNCTION public.console_f(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN \
+             PERFORM public.forge(); RETURN t; END $$; \
+         CREATE INDEX console_expr ON rbac_groups ((name || public.console_f('')))",
+    )
+    .await;
+    let forged_by = |user: String| {
+        let db = &db;
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM rbac_gateway_alerts WHERE key LIKE 'forged:' || $1 || ':%'",
+            )
+            .bind(user)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+        }
+    };
+    let said = |what: &'static str, user: String| {
+        let db = &db;
+        async move {
+            shadows_ran(db)
+                .await
+                .contains(&(what.to_string(), user.clone()))
+        }
+    };
+
+    // As serve's own login (the default), a cold lookup forges a delivered alert.
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr);
+    opts.database_url = login.clone();
+    let gw = Gateway::start(opts).await;
+    assert_eq!(gw.status("/ops", Some(&first)).await, 200, "{}", gw.log());
+    assert!(
+        forged_by(serve_user.clone()).await >= 1,
+        "the cold lookup as {serve_user} ran Console's code: {:?}\n{}",
+        shadows_ran(&db).await,
+        gw.log()
+    );
+    drop(gw);
+    let before = forged_by(serve_user.clone()).await;
+
+    // With the lookups on their own login, the same code is refused and the answer is the same.
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--lookup-database-url")
+        .arg(&lookup);
+    opts.database_url = login.clone();
+    let gw = Gateway::start(opts).await;
+    assert_eq!(gw.status("/ops", Some(&second)).await, 200, "{}", gw.log());
+    assert!(
+        said("refused", lookup_user.clone()).await,
+        "the cold lookup ran as {lookup_user}: {:?}\n{}",
+        shadows_ran(&db).await,
+        gw.log()
+    );
+    assert_eq!(forged_by(lookup_user.clone()).await, 0);
+    assert!(!said("forged", lookup_user.clone()).await);
+    assert_eq!(forged_by(serve_user.clone()).await, before, "{}", gw.log());
+    eventually(
+        std::time::Duration::from_secs(10),
+        "serve says its lookup login writes nothing of the gateway's",
+        || async {
+            gw.log().contains(
+                "which may write or run nothing of the gateway's that Console's role may not",
+            )
+        },
+    )
+    .await;
+    drop(gw);
+
+    // A lookup login that may write the gateway's records (serve's own, given again) is named
+    // at start-up as an error, with what it may write.
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--lookup-database-url")
+        .arg(&login);
+    opts.database_url = login.clone();
+    let gw = Gateway::start(opts).await;
+    eventually(
+        std::time::Duration::from_secs(10),
+        "serve names what its lookup login may write",
+        || async {
+            let log = gw.log();
+            log.contains(
+                "--lookup-database-url's login may write or run what Console's role may not",
+            ) && log.contains("table rbac_gateway_alerts")
+                && log.contains("table rbac_gateway_audit_outbox")
+        },
+    )
+    .await;
+}

@@ -239,6 +239,12 @@ pub struct CheckArgs {
     /// Also check roles, permissions and schema against this database.
     #[arg(long)]
     pub database_url: Option<String>,
+    /// Also check the login `serve --lookup-database-url` reads Console's tables as: an error
+    /// for each thing of the gateway's it may write or run that Console's role may not, and for
+    /// each privilege of deploy/lookup-grants.sql it lacks (not read from the environment, as
+    /// --database-url is not: a reload's check never waits on a database).
+    #[arg(long)]
+    pub lookup_database_url: Option<String>,
     /// JSON dump of the upstream's routes ([{"rule", "methods", "endpoint", "strict_slashes"}],
     /// in registration order; scripts/dump_flask_routes.py): every Console route must be
     /// covered and every gateway rule must exist in Console.

@@ -63,6 +63,14 @@ pub struct ServeArgs {
     /// --database-url is a transaction-pooling PgBouncer (docs/deploy/pgbouncer.md).
     #[arg(long, env = "GATEWAY_DIRECT_DATABASE_URL", hide_env_values = true)]
     pub direct_database_url: Option<String>,
+    /// A login of its own for the request path's reads of Console's tables (a cold session, a
+    /// principal, a rule's live ticket grants, the reader API, the mapping's names), one that may
+    /// write none of the gateway's tables (deploy/lookup-grants.sql): code of Console's role that
+    /// runs on such a read (a retyped column's cast, an index expression) then cannot forge a
+    /// delivered alert or audit row. Default: --database-url's login. Taken to reach a
+    /// transaction pooler where --direct-database-url is set.
+    #[arg(long, env = "GATEWAY_LOOKUP_DATABASE_URL", hide_env_values = true)]
+    pub lookup_database_url: Option<String>,
     /// How the request path's lookups (a cold session, a principal, a rule's live ticket
     /// grants) and the audit writer's INSERT of fresh denial rows reach PostgreSQL. `auto`:
     /// named prepared statements with their values bound, each one round trip planned once per

@@ -31,9 +31,14 @@ pub(super) struct Grant {
 
 /// Every `GRANT ... TO rbac_gateway_serve` of deploy/gateway-grants.sql, in its order.
 pub(super) fn grants() -> Vec<Grant> {
-    statements(GRANTS_SQL)
+    grants_in(GRANTS_SQL, ROLE)
+}
+
+/// Every `GRANT ... TO role` of `sql`, in its order.
+fn grants_in(sql: &str, role: &str) -> Vec<Grant> {
+    statements(sql)
         .iter()
-        .filter_map(|s| parse(&s[grant_at(s)?..]))
+        .filter_map(|s| parse(&s[grant_at(s)?..], role))
         .collect()
 }
 
@@ -57,12 +62,12 @@ fn grant_at(statement: &str) -> Option<usize> {
     statement.to_ascii_uppercase().find("GRANT ")
 }
 
-/// `GRANT <privileges> ON [FUNCTION|SEQUENCE] <objects> TO rbac_gateway_serve`; `None` for a
-/// statement to another role.
-fn parse(statement: &str) -> Option<Grant> {
+/// `GRANT <privileges> ON [FUNCTION|SEQUENCE] <objects> TO <role>`; `None` for a statement to
+/// another role.
+fn parse(statement: &str, role: &str) -> Option<Grant> {
     // Keywords in any case; names as written.
     let upper = statement.to_ascii_uppercase();
-    let to = format!(" TO {}", ROLE.to_ascii_uppercase());
+    let to = format!(" TO {}", role.to_ascii_uppercase());
     if !upper.starts_with("GRANT ") || !upper.ends_with(&to) {
         return None;
     }
@@ -123,8 +128,13 @@ fn split_top(s: &str) -> Vec<&str> {
 
 /// Each privilege of [`grants`] one by one: a column's privilege per column.
 fn asked() -> Vec<Privilege> {
+    asked_of(grants())
+}
+
+/// Each privilege of `grants` one by one, but those [`SAID_ELSEWHERE`].
+fn asked_of(grants: Vec<Grant>) -> Vec<Privilege> {
     let mut out = Vec::new();
-    for grant in grants() {
+    for grant in grants {
         for object in &grant.objects {
             if SAID_ELSEWHERE.contains(&object.as_str()) {
                 continue;
@@ -344,6 +354,52 @@ fn holds_none(m: &crate::stores::privileges::Membership) -> Option<String> {
     ))
 }
 
+/// deploy/lookup-grants.sql, read into the binary as deploy/gateway-grants.sql is.
+const LOOKUP_GRANTS_SQL: &str = include_str!("../../../deploy/lookup-grants.sql");
+
+/// The role deploy/lookup-grants.sql grants to.
+const LOOKUP_ROLE: &str = "rbac_gateway_lookup";
+
+/// `check --lookup-database-url`, connected as that login: each thing of the gateway's it may
+/// write or run that the owner of Console's tables may not
+/// ([`crate::stores::privileges::beyond_consoles`]: Console's code on a cold lookup could, so
+/// the login fences nothing), and each privilege deploy/lookup-grants.sql gives
+/// `rbac_gateway_lookup` that it lacks (a cold lookup would fail), an error each in `out`.
+pub(super) async fn lookup_login(
+    pool: &crate::stores::db::Db,
+    file: &str,
+    out: &mut Vec<Diagnostic>,
+) -> Result<(), Exit> {
+    let beyond = crate::stores::privileges::beyond_consoles(pool)
+        .await
+        .map_err(unread)?;
+    for what in beyond {
+        error(out, file, format!(
+            "--lookup-database-url's login may write or run {what}, which the owner of Console's tables may not: Console's code that runs on a cold lookup (a retyped column's cast, an index expression) could use it, forging a delivered break-glass alert (I-4) or audit row (I-5); give that login `{LOOKUP_ROLE}` alone (deploy/lookup-grants.sql), not the serve login's roles"
+        ));
+    }
+    let asked = asked_of(grants_in(LOOKUP_GRANTS_SQL, LOOKUP_ROLE));
+    let lacking = crate::stores::privileges::lacking(pool, &asked)
+        .await
+        .map_err(unread)?;
+    for (i, found) in lacking {
+        if found != Found::Lacking {
+            continue;
+        }
+        let p = &asked[i];
+        let column = p
+            .column
+            .as_deref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
+        error(out, file, format!(
+            "--lookup-database-url's login lacks {}{column} on {}, which a lookup uses: run deploy/lookup-grants.sql as the tables' owner and `GRANT {LOOKUP_ROLE} TO` the login",
+            p.privilege, p.object
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,8 +416,8 @@ mod tests {
         for statement in statements(GRANTS_SQL) {
             let upper = statement.to_ascii_uppercase();
             if let Some(at) = grant_at(&statement) {
-                let grant =
-                    parse(&statement[at..]).unwrap_or_else(|| panic!("not read: {statement}"));
+                let grant = parse(&statement[at..], ROLE)
+                    .unwrap_or_else(|| panic!("not read: {statement}"));
                 if at > 0 {
                     assert!(
                         upper.starts_with("DO $$ BEGIN IF TO_REGCLASS('CONSOLE_FLAG_PROMOTIONS')"),
@@ -393,14 +449,17 @@ mod tests {
         assert_eq!(grants().len(), read);
         // Keywords in any case; a statement to another role is not asked.
         assert_eq!(
-            parse("grant select, Insert on t to rbac_gateway_serve"),
+            parse("grant select, Insert on t to rbac_gateway_serve", ROLE),
             Some(Grant {
                 on: On::Table,
                 objects: vec!["t".into()],
                 privileges: vec![("SELECT".into(), vec![]), ("INSERT".into(), vec![])],
             })
         );
-        assert_eq!(parse("GRANT SELECT ON t TO rbac_gateway_reader"), None);
+        assert_eq!(
+            parse("GRANT SELECT ON t TO rbac_gateway_reader", ROLE),
+            None
+        );
     }
 
     /// What `check` asks is what the database can answer: each privilege one PostgreSQL names

@@ -110,9 +110,24 @@ pub async fn gateway(
     )
     .map_err(usage)?
     .with_statements(config.database.statements);
+    // The request path's reads of Console's tables as a login of their own: behind a pooler
+    // (`--direct-database-url` set) as the main pool is, so never named statements unprobed.
+    let lookups = match config.database.lookup_url.as_deref() {
+        None => None,
+        Some(url) => Some(
+            Db::connect(
+                url,
+                config.database.direct_url.is_some().then_some(url),
+                config.database.pool_size,
+                db_timeout,
+            )
+            .map_err(|e| usage(anyhow!("--lookup-database-url: {e}")))?
+            .with_statements(config.database.statements),
+        ),
+    };
     let tasks = Arc::new(Tasks::default());
     let supervised = |name, task| supervise::spawn(tasks.clone(), metrics.clone(), name, task);
-    let (gw, active_rx, writing) = state(config, &pool, &metrics, &tasks, &supervised);
+    let (gw, active_rx, writing) = state(config, &pool, lookups, &metrics, &tasks, &supervised);
     if !config.mapping_in_database() {
         report_loaded(config, &gw);
     }
@@ -177,21 +192,24 @@ pub async fn gateway(
 fn state(
     config: &Config,
     pool: &Db,
+    lookups: Option<Db>,
     metrics: &Arc<Metrics>,
     tasks: &Arc<Tasks>,
     supervised: &impl Fn(Task, Job),
 ) -> (Arc<Gateway>, Active, Writing) {
     let db_timeout = config.db_timeout;
-    let identity = Arc::new(
-        Identity::new(
-            pool.clone(),
-            config.cache_ttl,
-            config.cache_capacity,
-            metrics.clone(),
-        )
-        .with_break_glass_requires_alert(config.decision.break_glass_requires_alert)
-        .with_query_timeout(db_timeout),
-    );
+    let identity = Identity::new(
+        pool.clone(),
+        config.cache_ttl,
+        config.cache_capacity,
+        metrics.clone(),
+    )
+    .with_break_glass_requires_alert(config.decision.break_glass_requires_alert)
+    .with_query_timeout(db_timeout);
+    let identity = Arc::new(match lookups {
+        Some(lookups) => identity.with_lookups(lookups),
+        None => identity,
+    });
     let feed = Arc::new(crate::stores::feed::Health::default());
     // With the mapping in the database, the feed's read also reports the active version.
     let (active_tx, active_rx) = tokio::sync::watch::channel(None);

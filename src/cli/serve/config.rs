@@ -86,6 +86,8 @@ pub struct Database {
     pub url: String,
     /// `--direct-database-url`: the session-mode connection, when `url` is a pooler.
     pub direct_url: Option<String>,
+    /// `--lookup-database-url`: the request path's reads of Console's tables, as another login.
+    pub lookup_url: Option<String>,
     pub pool_size: u32,
     pub statements: Statements,
 }
@@ -174,6 +176,7 @@ impl Config {
             database: Database {
                 url: args.database_url,
                 direct_url: args.direct_database_url,
+                lookup_url: args.lookup_database_url,
                 pool_size: args.db_pool_size,
                 statements: match args.db_statements {
                     DbStatements::Simple => Statements::Simple,

@@ -169,9 +169,9 @@ fn sha256_of<'a>(bytes: impl IntoIterator<Item = &'a [u8]>) -> String {
 /// An admin of `list` named `a`: by id, else by email, else by an email differing in letter
 /// case only when exactly one does.
 fn find_admin<'l>(
-    list: &'l [crate::stores::identity::AdminGroups],
+    list: &'l [crate::stores::catalogue::AdminGroups],
     a: &str,
-) -> Option<&'l crate::stores::identity::AdminGroups> {
+) -> Option<&'l crate::stores::catalogue::AdminGroups> {
     list.iter()
         .find(|x| x.id == a)
         .or_else(|| list.iter().find(|x| x.email == a))
@@ -322,7 +322,7 @@ async fn named_admins(
     if names.is_empty() {
         return Ok(out);
     }
-    let list = crate::stores::identity::admins(pool)
+    let list = crate::stores::catalogue::admins(pool)
         .await
         .map_err(|e| failure(anyhow!("cannot read the admins: {e}")))?;
     for name in names {
