@@ -673,8 +673,17 @@ pub async fn begin_on(
 }
 
 /// The connection options of `url`, with nothing a transaction pooler must be told to ignore.
+/// A URL that does not parse is said with the form it needs, never echoed: it may hold a
+/// password.
 fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
-    Ok(PgConnectOptions::from_str(url)?
+    let parsed = PgConnectOptions::from_str(url).map_err(|e| match e {
+        sqlx::Error::Configuration(why) => sqlx::Error::Configuration(
+            format!("not a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE): {why}")
+                .into(),
+        ),
+        e => e,
+    })?;
+    Ok(parsed
         .application_name("rbac-gateway")
         .extra_float_digits(None))
 }

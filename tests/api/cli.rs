@@ -440,6 +440,54 @@ fn an_empty_mapping_actor_is_refused() {
     }
 }
 
+/// A database URL that does not parse is refused by each command that takes one (exit 64), said
+/// with the form it needs, not only the parser's "relative URL without a base", and never echoed
+/// (it may hold a password).
+#[test]
+fn a_database_url_that_does_not_parse_is_said_with_its_form() {
+    let form = "not a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE)";
+    for url in [
+        "s3cret-not-a-url",
+        "postgres://u:s3cret@db.example:99999/console",
+    ] {
+        for args in [
+            &["check", "--routes", "routes.toml", "--database-url"][..],
+            &["migrate", "--database-url"],
+            &["sweep", "--once", "--database-url"],
+            &[
+                "serve",
+                "--routes",
+                "routes.toml",
+                "--upstream",
+                "127.0.0.1:1",
+                "--database-url",
+            ],
+            &["check", "--routes", "routes.toml", "--lookup-database-url"],
+            &[
+                "serve",
+                "--routes",
+                "routes.toml",
+                "--upstream",
+                "127.0.0.1:1",
+                "--database-url",
+                "postgres://127.0.0.1:1/x",
+                "--lookup-database-url",
+            ],
+        ] {
+            let out = bin()
+                .current_dir(root())
+                .args(args)
+                .arg(url)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{args:?} {url}: {err}");
+            assert!(err.contains(form), "{args:?} {url}: {err}");
+            assert!(!err.contains("s3cret"), "{args:?} {url}: {err}");
+        }
+    }
+}
+
 /// A ticket status URL the gateway cannot ask is refused when given, by every command that
 /// takes one, naming what is wrong. An `https://` one was taken, and then every request on a
 /// ticket grant answered 503 and the sweep revoked nothing, each saying so only at its use.
