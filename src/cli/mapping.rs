@@ -59,6 +59,8 @@ fn db_failure(what: &str, e: sqlx::Error) -> Exit {
 fn refused(e: Refused) -> Exit {
     match e {
         Refused::Db(e) => db_failure("cannot change the mapping", e),
+        // Bad input (64), as `mapping show` and `diff db:VERSION` say a version not stored.
+        e @ Refused::UnknownVersion(_) => usage(anyhow!("{e}")),
         other => failure(anyhow!("{other}")),
     }
 }

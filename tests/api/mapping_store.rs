@@ -679,6 +679,13 @@ async fn diff_and_explain_read_versions_from_the_database() {
         out.contains("no stored mapping version \"0123456789ab\""),
         "{out}"
     );
+    // `mapping activate` of a version not stored is bad input too (review A: it exited 1).
+    let (code, out) = run(&["mapping", "activate", "0123456789ab", "--database-url", url]);
+    assert_eq!(code, Some(64), "{out}");
+    assert!(
+        out.contains("no stored mapping version \"0123456789ab\""),
+        "{out}"
+    );
 
     // explain --request-id: the row's version from the store, whatever --routes is (here B,
     // which would forward the request, and then no file at all).
