@@ -241,11 +241,6 @@ async fn i11(pool: &Db, decision: &DecisionSettings, posture: &PostureSettings) 
             State::NotCheckable,
             "the environment is not configured (--environment, GATEWAY_ENVIRONMENT or OTEL_RESOURCE_ATTRIBUTES' deployment.environment.name): whether this is production is unknown",
         ),
-        (Some(e), _, _) if e.kind() == Kind::Other => Invariant::new(
-            "I-11",
-            State::NotCheckable,
-            format!("environment {:?} ({}) is neither a production name (production, prod, prd) nor a known other one (staging, dev, test, qa, ...): set --environment", e.name, e.source),
-        ),
         (Some(e), _, _) if e.kind() == Kind::NotProduction => Invariant::new(
             "I-11",
             State::Met,
@@ -273,6 +268,14 @@ async fn i11(pool: &Db, decision: &DecisionSettings, posture: &PostureSettings) 
         ),
     };
     i.details.push(row);
+    // Judged as production, as `serve` judges it (it reads the row there too): a name that says
+    // neither was "not checkable" here while `serve` said "not met" (review B).
+    if let Some(e) = env.as_ref().filter(|e| e.kind() == Kind::Other) {
+        i.details.push(format!(
+            "environment {:?} ({}) is neither a production name (production, prod, prd, or one followed by - or _) nor a known other one (staging, dev, test, qa, ...): judged as production, as serve judges it; set --environment to say which",
+            e.name, e.source
+        ));
+    }
     i
 }
 

@@ -502,12 +502,13 @@ async fn i11_needs_the_promotion_row_in_production_and_reports_a_table_unlike_00
     .unwrap();
     let text = check(&db, &prod);
     assert!(text.contains("it has row-level security"), "{text}");
-    // An environment whose name says neither: not checkable, never "met".
+    // An environment whose name says neither is judged as production: the same reason.
     let text = check(&db, &[("GATEWAY_ENVIRONMENT", "live")]);
     assert!(
-        line(&text, "I-11").contains("not checkable here: environment \"live\""),
+        line(&text, "I-11").contains("not checkable here: FLAG_RBAC_V2 is on in live"),
         "{text}"
     );
+    assert!(text.contains("it has row-level security"), "{text}");
 
     // 002's table without the row, then with it (002 Phase 2's insert).
     sqlx::raw_sql(
@@ -634,6 +635,59 @@ async fn a_production_gateway_without_the_promotion_row_keeps_enforcing_and_says
         || async { !gw.admin_get("/readyz").await.body_str().contains("I-11") },
     )
     .await;
+}
+
+/// An environment whose name says neither production nor another (`eu-production`) is judged as
+/// production by `check` as by a running gateway: both say I-11 is not met without the row, and
+/// nothing is wrong once it is there. `check` said "not checkable here" where the gateway said
+/// "not met" (review B); it now adds that the name says neither.
+#[tokio::test]
+async fn check_and_serve_judge_a_name_that_says_neither_alike() {
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    sqlx::raw_sql(
+        "CREATE TABLE console_flag_promotions (flag_name TEXT PRIMARY KEY, risk TEXT NOT NULL, \
+             current_env TEXT NOT NULL, promoted_by TEXT NOT NULL)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let env = [("GATEWAY_ENVIRONMENT", "eu-production")];
+    let gw =
+        Gateway::start(GatewayOpts::new(core_routes(), &db, up.addr).env(env[0].0, env[0].1)).await;
+    eventually(Duration::from_secs(10), "the gateway's I-11 line", || async {
+        gw.admin_get("/readyz").await.body_str().contains(
+            "I-11 not met: FLAG_RBAC_V2 is on in eu-production without its console_flag_promotions row",
+        )
+    })
+    .await;
+    let text = check(&db, &env);
+    assert!(
+        line(&text, "I-11").contains("I-11 NOT MET: FLAG_RBAC_V2 is on in eu-production"),
+        "{text}"
+    );
+    assert!(
+        text.contains("environment \"eu-production\" (--environment) is neither a production name"),
+        "{text}"
+    );
+
+    sqlx::query("INSERT INTO console_flag_promotions VALUES ('FLAG_RBAC_V2', 'high', 'production', 'migration')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the gateway's I-11 line gone",
+        || async { !gw.admin_get("/readyz").await.body_str().contains("I-11") },
+    )
+    .await;
+    let text = check(&db, &env);
+    assert!(
+        line(&text, "I-11").contains(
+            "I-11 met: FLAG_RBAC_V2 is on in eu-production and has its console_flag_promotions row"
+        ),
+        "{text}"
+    );
 }
 
 /// The decision of docs/invariants.md: an admin holding a break-glass role outside a session is
