@@ -3,19 +3,22 @@
 -- grants, the reader API, the mapping's role and permission names) and nothing else. Such a
 -- read may run code of Console's role (a column retyped to a type with an implicit cast to
 -- text, an index or statistics expression calling its immutable function:
--- docs/design/security.md), as the reading login: on this one it can write nothing of the
--- gateway's, so it cannot mark a break-glass alert or an audit outbox row delivered unsent.
+-- docs/design/security.md), as the reading login: each read is a read-only transaction, and
+-- on this login the code can write nothing of the gateway's either, so it cannot mark a
+-- break-glass alert or an audit outbox row delivered unsent.
 -- `serve` logs an error at start-up where the login may write or run more of the gateway's than
 -- the owner of Console's tables may (`check --lookup-database-url` says the same, exit 1).
 --
 -- Run once as the owner of the tables, after `rbac-gateway migrate` (again after an upgrade
 -- whose notes say so), e.g. `psql "$OWNER_URL" -v ON_ERROR_STOP=1 -f lookup-grants.sql`. Where
 -- Console's tables have another owner than the gateway's, run it as a member of both owner
--- roles. Then give the role, and only it, to a login of its own:
---   CREATE ROLE gateway_lookup LOGIN PASSWORD '...';
---   GRANT rbac_gateway_lookup TO gateway_lookup;
--- Idempotent and exact, as deploy/gateway-grants.sql is: what the role held on this schema's
--- tables, sequences and functions is revoked first, in the same transaction.
+-- roles. Then give the role, and only it, to a login of its own (or to Console's own login,
+-- which holds nothing beyond Console's role: docs/deploy/heroku.md):
+--   CREATE ROLE rbac_gateway_lookup_login LOGIN PASSWORD '...';
+--   GRANT rbac_gateway_lookup TO rbac_gateway_lookup_login;
+-- Idempotent, as deploy/gateway-grants.sql is: what the role held on this schema's tables,
+-- sequences and functions is revoked first, in the same transaction (roles granted to it are
+-- not: `check --lookup-database-url` names what they give beyond Console's role).
 
 BEGIN;
 

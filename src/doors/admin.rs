@@ -151,11 +151,23 @@ async fn ready(gw: &Gateway) -> (u16, &'static str, String) {
     // the probe one wait, not two.
     let schema =
         crate::stores::db::within(READY_LIMIT, crate::stores::migrations::schema_state(pool));
-    let (database, schema) = tokio::join!(database_state(pool), schema);
+    // `--lookup-database-url`'s pool, where set: every cold lookup reads through it.
+    let lookups = async {
+        match gw.identity.own_lookups() {
+            Some(lookups) => database_state(lookups).await,
+            None => Ok(()),
+        }
+    };
+    let (database, schema, lookups) = tokio::join!(database_state(pool), schema, lookups);
     let (status, mut body) = match database {
         Ok(()) => {
             let (blocking, noted) = gw.schema_read(schema);
             let mut why: String = blocking.into_iter().map(|line| line + "\n").collect();
+            if let Err(e) = lookups {
+                why.push_str(&format!(
+                    "--lookup-database-url unavailable (every cold lookup fails): {e}\n"
+                ));
+            }
             let noted: String = noted.into_iter().map(|line| line + "\n").collect();
             // The database answers, but changes to it are not applied: a revocation would wait
             // for the cache TTL.

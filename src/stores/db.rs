@@ -222,11 +222,6 @@ impl Db {
         self.verdict.load(Ordering::Relaxed) == NAMED
     }
 
-    /// Whether [`Db::lookup`]'s statements wait for [`Db::has_sessions`] to be asked.
-    pub fn statements_undecided(&self) -> bool {
-        self.verdict.load(Ordering::Relaxed) == UNKNOWN
-    }
-
     /// The pool itself (its size and idle count for `/metrics`).
     pub fn pool(&self) -> &Pool {
         &self.pool

@@ -202,9 +202,12 @@ pub async fn relation_kinds(
 }
 
 /// What this login may do to the gateway's objects that the owner of Console's tables (`admins`'s)
-/// may not: each table of the gateway's schema it may insert into, update, delete from or
-/// truncate, and each function of the gateway's it may run but the request path's three lookups,
-/// named (`table rbac_gateway_alerts`, `function rbac_gateway_plain(text[],text[])`). Empty for a
+/// may not: each table of the gateway's schema it may insert into, update, delete from,
+/// truncate or put a trigger on, and each function of the gateway's it may run but the request
+/// path's three lookups, named (`table rbac_gateway_alerts`, `function
+/// rbac_gateway_plain(text[],text[])`); and what reaches past a read-only transaction: the
+/// login a superuser or `CREATEROLE` (`role attribute SUPERUSER`), or a member of
+/// `pg_execute_server_program` or `pg_write_server_files` (`COPY ... TO PROGRAM` runs in one). Empty for a
 /// login fit for `--lookup-database-url`: Console's code that runs on its reads (a retyped
 /// column's cast, an index expression; docs/design/security.md) then holds no privilege Console's
 /// role lacks. Where `admins` is not there, every such table and function is named.
@@ -218,10 +221,10 @@ pub async fn beyond_consoles(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
           WHERE c.relnamespace OPERATOR(pg_catalog.=) s.oid \
             AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::\"char\"[]) \
             AND (pg_catalog.has_any_column_privilege(c.oid, 'INSERT, UPDATE') \
-                 OR pg_catalog.has_table_privilege(c.oid, 'DELETE, TRUNCATE')) \
+                 OR pg_catalog.has_table_privilege(c.oid, 'DELETE, TRUNCATE, TRIGGER')) \
             AND (console.owner IS NULL OR NOT ( \
                  pg_catalog.has_any_column_privilege(console.owner, c.oid, 'INSERT, UPDATE') \
-                 OR pg_catalog.has_table_privilege(console.owner, c.oid, 'DELETE, TRUNCATE'))) \
+                 OR pg_catalog.has_table_privilege(console.owner, c.oid, 'DELETE, TRUNCATE, TRIGGER'))) \
          UNION ALL \
          SELECT 'function ' OPERATOR(pg_catalog.||) p.oid::pg_catalog.regprocedure::text \
            FROM pg_catalog.pg_proc p, s, console \
@@ -231,6 +234,17 @@ pub async fn beyond_consoles(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
             AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE') \
             AND (console.owner IS NULL \
                  OR NOT pg_catalog.has_function_privilege(console.owner, p.oid, 'EXECUTE')) \
+         UNION ALL \
+         SELECT 'role attribute ' OPERATOR(pg_catalog.||) a.name FROM pg_catalog.pg_roles r, \
+             (VALUES ('SUPERUSER'), ('CREATEROLE')) a(name) \
+          WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER \
+            AND (a.name OPERATOR(pg_catalog.=) 'SUPERUSER' AND r.rolsuper \
+                 OR a.name OPERATOR(pg_catalog.=) 'CREATEROLE' AND r.rolcreaterole) \
+         UNION ALL \
+         SELECT 'role ' OPERATOR(pg_catalog.||) g.name FROM \
+             (VALUES ('pg_execute_server_program'), ('pg_write_server_files')) g(name) \
+          WHERE pg_catalog.to_regrole(g.name) IS NOT NULL \
+            AND pg_catalog.pg_has_role(g.name, 'MEMBER') \
           ORDER BY 1",
     )
     .persistent(false)

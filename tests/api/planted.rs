@@ -2792,14 +2792,25 @@ async fn commands_refuse_to_read_consoles_tables_with_its_code_on_them() {
     );
 }
 
-/// Console's code on the request path (docs/design/security.md, "Not covered" until
-/// `--lookup-database-url`): an index on `rbac_groups`, a table Console's role owns, whose
-/// expression calls Console's immutable function, which calls one that writes
-/// `rbac_gateway_alerts` (a delivered alert counts a break-glass session alerted, I-4). The
-/// planner runs it as whoever plans a read of the table: a cold lookup's. As `serve`'s own login
-/// it forges the row; with the lookups on a login holding `rbac_gateway_lookup` alone
-/// (deploy/lookup-grants.sql) the write is refused and nothing is forged, while the request is
-/// answered as before. `serve` says at start-up which of the two its lookup login is.
+/// The next notification on `said`'s channel, within a deadline: what Console's code said.
+async fn next_said(said: &mut sqlx::postgres::PgListener) -> String {
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), said.recv())
+        .await
+        .expect("Console's code ran and said so within 10 s");
+    got.unwrap().payload().to_string()
+}
+
+/// Console's code on the request path (docs/design/security.md, "The request path's own
+/// login"): an index on `rbac_groups`, a table Console's role owns, whose expression calls
+/// Console's immutable function, which writes `rbac_gateway_alerts` (a delivered alert counts a
+/// break-glass session alerted, I-4) and says by a notification (which a read-only transaction
+/// may send) what became of the write. The planner runs it as whoever plans a read of the
+/// table: a cold lookup's. As `serve`'s own login it forges the row. With `--lookup-database-url`
+/// each lookup is a read-only transaction: the write is refused on a login holding
+/// `rbac_gateway_lookup` alone (deploy/lookup-grants.sql), and on one that may write the table
+/// (serve's own login, given again) too, while every request is answered as before. `serve`
+/// says at start-up which of the two its lookup login is, and `/readyz` names a lookup login
+/// that cannot connect.
 #[tokio::test]
 async fn consoles_code_on_a_cold_lookup_forges_nothing_as_the_lookup_login() {
     let db = TestDb::new().await;
@@ -2814,8 +2825,16 @@ async fn consoles_code_on_a_cold_lookup_forges_nothing_as_the_lookup_login() {
     }
     let lookup = db.login_in_role("rbac_gateway_lookup", "").await;
     let (serve_user, lookup_user) = (TestDb::user_of(&login), TestDb::user_of(&lookup));
-    let (_, first) = db.admin_with_roles(&["console-manager"]).await;
-    let (_, second) = db.admin_with_roles(&["console-manager"]).await;
+    let mut said = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    said.listen("console_forge").await.unwrap();
+    // Each session seen by one gateway, cold; made before Console's code (the break-glass
+    // trigger refuses to read a table that has it).
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        tokens.push(db.admin_with_roles(&["console-manager"]).await.1);
+    }
     let mut console = as_console(&db).await;
     run(
         &mut console,
@@ -2829,9 +2848,9 @@ async fn consoles_code_on_a_cold_lookup_forges_nothing_as_the_lookup_login() {
                      INSERT INTO public.rbac_gateway_alerts (key, text, delivered_at_utc) \
                          VALUES ('forged:' || current_user || ':' || pg_backend_pid(), 'forged', now()) \
                          ON CONFLICT DO NOTHING; \
-                     INSERT INTO public.shadow_ran VALUES ('forged', current_user); \
-                 EXCEPTION WHEN insufficient_privilege THEN \
-                     INSERT INTO public.shadow_ran VALUES ('refused', current_user); \
+                     PERFORM pg_notify('console_forge', 'forged ' || current_user); \
+                 EXCEPTION WHEN insufficient_privilege OR read_only_sql_transaction THEN \
+                     PERFORM pg_notify('console_forge', 'refused ' || current_user || ' ' || SQLSTATE); \
                  END; \
              END IF; \
              RETURN true; END $$; \
@@ -2852,73 +2871,84 @@ async fn consoles_code_on_a_cold_lookup_forges_nothing_as_the_lookup_login() {
             .unwrap()
         }
     };
-    let said = |what: &'static str, user: String| {
-        let db = &db;
-        async move {
-            shadows_ran(db)
-                .await
-                .contains(&(what.to_string(), user.clone()))
-        }
-    };
-
     // As serve's own login (the default), a cold lookup forges a delivered alert.
     let mut opts = GatewayOpts::new(core_routes(), &db, up.addr);
     opts.database_url = login.clone();
     let gw = Gateway::start(opts).await;
-    assert_eq!(gw.status("/ops", Some(&first)).await, 200, "{}", gw.log());
-    assert!(
-        forged_by(serve_user.clone()).await >= 1,
-        "the cold lookup as {serve_user} ran Console's code: {:?}\n{}",
-        shadows_ran(&db).await,
+    assert_eq!(
+        gw.status("/ops", Some(&tokens[0])).await,
+        200,
+        "{}",
         gw.log()
     );
+    assert_eq!(next_said(&mut said).await, format!("forged {serve_user}"));
+    assert!(forged_by(serve_user.clone()).await >= 1, "{}", gw.log());
     drop(gw);
     let before = forged_by(serve_user.clone()).await;
 
-    // With the lookups on their own login, the same code is refused and the answer is the same.
-    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
-        .arg("--lookup-database-url")
-        .arg(&lookup);
-    opts.database_url = login.clone();
-    let gw = Gateway::start(opts).await;
-    assert_eq!(gw.status("/ops", Some(&second)).await, 200, "{}", gw.log());
-    assert!(
-        said("refused", lookup_user.clone()).await,
-        "the cold lookup ran as {lookup_user}: {:?}\n{}",
-        shadows_ran(&db).await,
-        gw.log()
-    );
-    assert_eq!(forged_by(lookup_user.clone()).await, 0);
-    assert!(!said("forged", lookup_user.clone()).await);
-    assert_eq!(forged_by(serve_user.clone()).await, before, "{}", gw.log());
-    eventually(
-        std::time::Duration::from_secs(10),
-        "serve says its lookup login writes nothing of the gateway's",
-        || async {
-            gw.log().contains(
-                "which may write or run nothing of the gateway's that Console's role may not",
-            )
-        },
-    )
-    .await;
-    drop(gw);
-
-    // A lookup login that may write the gateway's records (serve's own, given again) is named
-    // at start-up as an error, with what it may write.
-    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
-        .arg("--lookup-database-url")
-        .arg(&login);
-    opts.database_url = login.clone();
-    let gw = Gateway::start(opts).await;
-    eventually(
-        std::time::Duration::from_secs(10),
-        "serve names what its lookup login may write",
-        || async {
+    // With the lookups on a login of their own, the same code is refused, the answer the same.
+    // Then on serve's own login given again as the lookup login: the transaction is read-only.
+    for (url, user, says) in [
+        (
+            &lookup,
+            &lookup_user,
+            "that login may write or run nothing of the gateway's that Console's role may not",
+        ),
+        (
+            &login,
+            &serve_user,
+            "--lookup-database-url's login may write or run what Console's role may not",
+        ),
+    ] {
+        let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--lookup-database-url")
+            .arg(url);
+        opts.database_url = login.clone();
+        let gw = Gateway::start(opts).await;
+        let cold = if *user == serve_user {
+            &tokens[2]
+        } else {
+            &tokens[1]
+        };
+        assert_eq!(gw.status("/ops", Some(cold)).await, 200, "{}", gw.log());
+        assert_eq!(
+            next_said(&mut said).await,
+            format!("refused {user} 25006"),
+            "{}",
+            gw.log()
+        );
+        assert_eq!(
+            forged_by(user.clone()).await,
+            if *user == serve_user { before } else { 0 }
+        );
+        eventually(
+            std::time::Duration::from_secs(10),
+            "serve says what its lookup login may write",
+            || async { gw.log().contains(says) },
+        )
+        .await;
+        if *user == serve_user {
             let log = gw.log();
-            log.contains(
-                "--lookup-database-url's login may write or run what Console's role may not",
-            ) && log.contains("table rbac_gateway_alerts")
-                && log.contains("table rbac_gateway_audit_outbox")
+            assert!(
+                log.contains("table rbac_gateway_alerts")
+                    && log.contains("table rbac_gateway_audit_outbox"),
+                "{log}"
+            );
+        }
+    }
+    assert_eq!(forged_by(serve_user).await, before);
+
+    // A lookup login that cannot connect: /readyz says so (every cold lookup would fail).
+    let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
+        .arg("--lookup-database-url")
+        .arg(&db.url_as("no_such_lookup_login"));
+    opts.database_url = login.clone();
+    let gw = Gateway::start_unready(opts).await;
+    eventually(
+        std::time::Duration::from_secs(10),
+        "/readyz names the lookup login",
+        || async {
+            matches!(gw.readyz().await, Some((503, b)) if b.contains("--lookup-database-url unavailable (every cold lookup fails)"))
         },
     )
     .await;

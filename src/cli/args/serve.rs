@@ -64,11 +64,12 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEWAY_DIRECT_DATABASE_URL", hide_env_values = true)]
     pub direct_database_url: Option<String>,
     /// A login of its own for the request path's reads of Console's tables (a cold session, a
-    /// principal, a rule's live ticket grants, the reader API, the mapping's names), one that may
-    /// write none of the gateway's tables (deploy/lookup-grants.sql): code of Console's role that
-    /// runs on such a read (a retyped column's cast, an index expression) then cannot forge a
-    /// delivered alert or audit row. Default: --database-url's login. Taken to reach a
-    /// transaction pooler where --direct-database-url is set.
+    /// principal, a rule's live ticket grants, the reader API, the mapping's names), each one
+    /// read-only transaction (a simple query, pooler-safe) on a pool of its own of
+    /// --db-pool-size connections, as a login that may write none of the gateway's tables
+    /// (deploy/lookup-grants.sql): code of Console's role that runs on such a read (a retyped
+    /// column's cast, an index expression) then cannot forge a delivered alert or audit row.
+    /// /readyz answers 503 while it cannot connect. Default: --database-url's pool and login
     #[arg(long, env = "GATEWAY_LOOKUP_DATABASE_URL", hide_env_values = true)]
     pub lookup_database_url: Option<String>,
     /// How the request path's lookups (a cold session, a principal, a rule's live ticket
@@ -151,7 +152,8 @@ pub struct ServeArgs {
     /// Database acquire and statement timeout in milliseconds (exceeded: 503).
     #[arg(long, env = "GATEWAY_DB_TIMEOUT_MS", default_value_t = 2_000)]
     pub db_timeout_ms: u64,
-    /// Database connections (the change feed's listener and the sweeper have one more each).
+    /// Database connections (the change feed's listener and the sweeper have one more each;
+    /// --lookup-database-url's pool as many again).
     #[arg(long, env = "GATEWAY_DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: u32,
     /// Append-only file where audit rows wait while the database is unreachable (gateways may

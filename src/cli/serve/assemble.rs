@@ -110,19 +110,19 @@ pub async fn gateway(
     )
     .map_err(usage)?
     .with_statements(config.database.statements);
-    // The request path's reads of Console's tables as a login of their own: behind a pooler
-    // (`--direct-database-url` set) as the main pool is, so never named statements unprobed.
+    // The request path's reads of Console's tables as a login of their own, each in a
+    // transaction that is read-only from its first statement (one simple query, its
+    // `SET LOCAL transaction_read_only` in the same message; `BEGIN READ ONLY`): code of
+    // Console's that runs on such a read can write nothing, whatever the login may, and cannot
+    // turn it read-write once the read began (docs/design/security.md). Simple queries only: a
+    // named statement's transaction would take the session's default, which that code could
+    // change for the next one.
     let lookups = match config.database.lookup_url.as_deref() {
         None => None,
         Some(url) => Some(
-            Db::connect(
-                url,
-                config.database.direct_url.is_some().then_some(url),
-                config.database.pool_size,
-                db_timeout,
-            )
-            .map_err(|e| usage(anyhow!("--lookup-database-url: {e}")))?
-            .with_statements(config.database.statements),
+            Db::connect_read_only(url, config.database.pool_size, db_timeout)
+                .map_err(|e| usage(anyhow!("--lookup-database-url: {e}")))?
+                .with_statements(crate::stores::db::Statements::Simple),
         ),
     };
     let tasks = Arc::new(Tasks::default());
