@@ -57,8 +57,27 @@ impl Exit {
     /// database says its message and has that message as its source too, which `{:#}` printed
     /// twice.
     pub fn text(&self) -> String {
-        chain_text(&self.error)
+        let mut text = chain_text(&self.error);
+        let unmigrated = self
+            .error
+            .chain()
+            .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+            .any(unmigrated);
+        if unmigrated && !text.contains("rbac-gateway migrate") {
+            text.push_str(MIGRATE_HINT);
+        }
+        text
     }
+}
+
+/// What a command says after a database error that names a table or function of the gateway's
+/// schema that is not there ([`unmigrated`]).
+pub(crate) const MIGRATE_HINT: &str = " (the database lacks a table or function this binary reads: run `rbac-gateway migrate` as the tables' owner, or set RBAC_GATEWAY_DATABASE_SCHEMA to the schema that holds them)";
+
+/// Whether `e` is PostgreSQL saying a table (42P01) or function (42883) is not there: a
+/// database never migrated, or one migrated by an older binary, or another schema.
+pub(crate) fn unmigrated(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("42P01" | "42883")))
 }
 
 /// [`Exit::text`] of any error.

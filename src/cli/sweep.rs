@@ -37,6 +37,11 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
     let (report, alerts) = match (swept, alerts) {
         (Ok(report), Ok(alerts)) => (report, alerts),
         (swept, alerts) => {
+            let unmigrated = [swept.as_ref().err(), alerts.as_ref().err()]
+                .into_iter()
+                .flatten()
+                .any(super::unmigrated);
+            let hint = if unmigrated { super::MIGRATE_HINT } else { "" };
             let failed: Vec<String> = [
                 swept.err().map(|e| {
                     format!(
@@ -48,7 +53,7 @@ pub fn sweep(args: SweepArgs) -> Result<(), Exit> {
             .into_iter()
             .flatten()
             .collect();
-            return Err(failure(anyhow!("{}", failed.join("; "))));
+            return Err(failure(anyhow!("{}{hint}", failed.join("; "))));
         }
     };
     if report.skipped {

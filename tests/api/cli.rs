@@ -488,6 +488,44 @@ fn a_database_url_that_does_not_parse_is_said_with_its_form() {
     }
 }
 
+/// On a database never migrated, each command that reads it fails saying to run `migrate`, not
+/// only PostgreSQL's bare "relation ... does not exist" (review A, low).
+#[tokio::test]
+async fn commands_on_an_unmigrated_database_say_to_migrate() {
+    let db = TestDb::created_empty("").await;
+    let routes = root().join("routes.toml");
+    let routes = routes.to_str().unwrap();
+    for args in [
+        &["drift", "--routes", routes][..],
+        &["matrix", "--routes", routes],
+        &["test", "--routes", routes],
+        &["diff", routes, routes],
+        &["sweep", "--once"],
+        &["rollout", "--routes", routes],
+        &[
+            "explain",
+            "--routes",
+            routes,
+            "--admin",
+            "a@example.test",
+            "GET",
+            "/ops",
+        ],
+    ] {
+        let out = bin()
+            .args(args)
+            .args(["--database-url", &db.url])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("does not exist (the database lacks a table or function this binary reads: run `rbac-gateway migrate` as the tables' owner"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// A ticket status URL the gateway cannot ask is refused when given, by every command that
 /// takes one, naming what is wrong. An `https://` one was taken, and then every request on a
 /// ticket grant answered 503 and the sweep revoked nothing, each saying so only at its use.

@@ -251,9 +251,9 @@ pub(crate) async fn suite(
         None => (Catalogue::seeded(), "the catalogue migrate seeds", None),
         Some(pool) => {
             let _held = crate::cli::toolbox::console_looked(pool).await?;
-            let catalogue = Catalogue::read(pool)
-                .await
-                .map_err(|e| failure(anyhow!("cannot read the role catalogue: {e}")))?;
+            let catalogue = Catalogue::read(pool).await.map_err(|e| {
+                failure(anyhow::Error::new(e).context("cannot read the role catalogue"))
+            })?;
             (
                 catalogue,
                 "the database",
