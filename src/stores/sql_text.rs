@@ -3,16 +3,22 @@
 //!
 //! Every text value is written as an escape string constant, `E'...'`, whose meaning does not
 //! depend on `standard_conforming_strings`: inside it a backslash is always an escape, so each
-//! backslash is doubled and each single quote is doubled. Nothing else needs escaping: the
-//! client encoding is UTF-8 (sqlx sets it), where no byte of a multi-byte character is a quote
-//! or a backslash. A NUL cannot be part of a PostgreSQL text value at all and is refused before
-//! any SQL is built ([`Unquotable`]). `tests/api/sql_text.rs` round-trips random strings (quotes,
+//! backslash is doubled and each single quote is doubled. Every byte written is ASCII: a
+//! character beyond it is written as its code point (`\u00e9`, `\U0001f600`), so the text
+//! means the same in every client encoding PostgreSQL has. sqlx sets UTF-8, but code of
+//! Console's that runs on a read may set another for the session, which a pooled connection
+//! keeps, and the server reads each message in it before any statement of the message runs: in
+//! Shift-JIS a UTF-8 character's last byte may lead a character that swallows the backslash
+//! after it. A NUL cannot be part of a PostgreSQL text value at all and is refused before any
+//! SQL is built ([`Unquotable`]). `tests/api/sql_text.rs` round-trips random strings (quotes,
 //! backslashes, every character PostgreSQL's text accepts) through the real server with
-//! `standard_conforming_strings` on and off, and holds the refusal.
+//! `standard_conforming_strings` on and off and with the connection left in Shift-JIS, and
+//! holds the refusal.
 //!
 //! [`push_text`] copies the runs between the bytes it doubles (`memchr3`) instead of pushing one
-//! char at a time (issue 67: 17% of a denial's instructions went there); a property test holds
-//! it to the char-by-char form it replaced.
+//! char at a time (issue 67: 17% of a denial's instructions went there) where the value is
+//! ASCII, as a request's path and headers nearly always are; a property test holds it to the
+//! char-by-char form.
 //!
 //! This is the pgx "simple protocol" and psycopg2 client-side binding answer, used only where
 //! a statement must be one round trip behind any pooler (issue 51): statements elsewhere bind
@@ -43,6 +49,9 @@ pub fn text(s: &str) -> Result<String, Unquotable> {
 /// quote, a backslash; found with `memchr3`, which finds a NUL in the same pass) copied whole.
 /// On a NUL, `out` is left as it was.
 pub fn push_text(out: &mut String, s: &str) -> Result<(), Unquotable> {
+    if !s.is_ascii() {
+        return push_text_escaping(out, s);
+    }
     let bytes = s.as_bytes();
     let len = out.len();
     out.reserve(s.len() + 3);
@@ -63,6 +72,29 @@ pub fn push_text(out: &mut String, s: &str) -> Result<(), Unquotable> {
         start = i + 1;
     }
     out.push_str(&s[start..]);
+    out.push('\'');
+    Ok(())
+}
+
+/// [`push_text`] of a value that is not ASCII: one char at a time, each beyond ASCII as its code
+/// point (`\uXXXX`, `\UXXXXXXXX`). On a NUL, `out` is left as it was.
+fn push_text_escaping(out: &mut String, s: &str) -> Result<(), Unquotable> {
+    use std::fmt::Write as _;
+    if s.contains('\0') {
+        return Err(Unquotable::Nul);
+    }
+    out.reserve(s.len() * 3 + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        // Ignored: writing to a `String` cannot fail (its `fmt::Write` always returns `Ok`).
+        let _ = match c {
+            '\'' => out.write_str("''"),
+            '\\' => out.write_str("\\\\"),
+            c if c.is_ascii() => out.write_char(c),
+            c if u32::from(c) <= 0xFFFF => write!(out, "\\u{:04X}", u32::from(c)),
+            c => write!(out, "\\U{:08X}", u32::from(c)),
+        };
+    }
     out.push('\'');
     Ok(())
 }
@@ -205,7 +237,8 @@ mod tests {
         assert_eq!(out, "'{}'::timestamptz[]x", "left as it was on a NUL");
     }
 
-    /// [`push_text`] as it was until 2026-11-28: one char at a time (the reference).
+    /// [`push_text`] one char at a time (the reference): as it was until 2026-11-28, with each
+    /// char beyond ASCII written as its code point since 2026-12-02.
     fn push_text_by_char(out: &mut String, s: &str) -> Result<(), Unquotable> {
         if s.contains('\0') {
             return Err(Unquotable::Nul);
@@ -215,7 +248,9 @@ mod tests {
             match c {
                 '\'' => out.push_str("''"),
                 '\\' => out.push_str("\\\\"),
-                c => out.push(c),
+                c if c.is_ascii() => out.push(c),
+                c if (c as u32) < 0x10000 => out.push_str(&format!("\\u{:04X}", c as u32)),
+                c => out.push_str(&format!("\\U{:08X}", c as u32)),
             }
         }
         out.push('\'');
@@ -237,6 +272,7 @@ mod tests {
                 prop_assert_eq!(&fast, &prefix);
             } else {
                 prop_assert_eq!(&fast, &slow);
+                prop_assert!(fast.is_ascii(), "{}", fast);
             }
         }
     }
@@ -248,7 +284,8 @@ mod tests {
         assert_eq!(text("a\\b").unwrap(), "E'a\\\\b'");
         assert_eq!(text("\\'").unwrap(), "E'\\\\'''");
         assert_eq!(text("").unwrap(), "E''");
-        assert_eq!(text("é\n\t").unwrap(), "E'é\n\t'");
+        assert_eq!(text("é\n\t").unwrap(), "E'\\u00E9\n\t'");
+        assert_eq!(text("'\u{1F600}\\").unwrap(), "E'''\\U0001F600\\\\'");
         assert_eq!(text("a\0b"), Err(Unquotable::Nul));
         assert_eq!(
             text_array(&["a", "b'"]).unwrap(),

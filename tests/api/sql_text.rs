@@ -82,3 +82,40 @@ async fn a_denials_row_keeps_a_hostile_user_agent_as_sent() {
     assert_eq!(rows[0].user_agent.as_deref(), Some(agent));
     assert!(env.db.audit_count().await >= 2, "nothing was deleted");
 }
+
+/// A server connection left with another `client_encoding` (Console's code that runs on a read
+/// may set one for the session, and a pooled connection keeps it: the server reads each message
+/// in that encoding before any statement of it runs) reads the text as written: every byte of
+/// it is ASCII, which every client encoding PostgreSQL has reads alike. Before, a character
+/// whose UTF-8 bytes end with a Shift-JIS lead byte swallowed the backslash after it, and the
+/// rest of the value ran as SQL (a review, 2026-12-02).
+#[tokio::test]
+async fn quoted_text_means_the_same_whatever_client_encoding_the_connection_was_left_with() {
+    use sha2::Digest;
+    let db = TestDb::new().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql("SET client_encoding = 'SJIS'; SET backslash_quote = on")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let mut runner = TestRunner::deterministic();
+    let mut values: Vec<String> = (0..300)
+        .map(|_| hostile().new_tree(&mut runner).unwrap().current())
+        .collect();
+    values.push("\u{101}\\'; SELECT 4242 AS injected --".to_string());
+    for v in &values {
+        let quoted = sql_text::text(v).unwrap();
+        assert!(quoted.is_ascii(), "{quoted}");
+        let sql = format!(
+            "SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to({quoted}, 'UTF8')), 'hex')"
+        );
+        let rows = sqlx::raw_sql(&sql).fetch_all(&mut *conn).await.unwrap();
+        assert_eq!(rows.len(), 1, "one statement: {sql}");
+        let digest: String = sqlx::Row::get(&rows[0], 0);
+        assert_eq!(
+            digest,
+            hex::encode(sha2::Sha256::digest(v.as_bytes())),
+            "{sql}"
+        );
+    }
+}
