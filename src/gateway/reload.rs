@@ -207,7 +207,7 @@ pub async fn check_database_at_start(gw: Arc<Gateway>, within: Duration) {
 }
 
 /// With `--lookup-database-url`, once the database answers at start-up: what of the gateway's
-/// its login may write or run that Console's role may not
+/// what its login may do that Console's role may not
 /// ([`crate::stores::privileges::beyond_consoles`]), logged as an error. Each lookup's
 /// transaction is read-only whatever the login may (`cli::serve::assemble`); a login that may
 /// write the gateway's records is still not the one deploy/lookup-grants.sql makes, and a
@@ -219,11 +219,11 @@ async fn check_lookup_login(gw: &Gateway) {
     let beyond = crate::stores::privileges::beyond_consoles(lookups);
     match crate::stores::db::within(NAMES_CHECK_LIMIT, beyond).await {
         Ok(beyond) if beyond.is_empty() => tracing::info!(
-            "the request path reads Console's tables as --lookup-database-url's login, in read-only transactions, and that login may write or run nothing of the gateway's that Console's role may not"),
+            "the request path reads Console's tables as --lookup-database-url's login, in read-only transactions, and that login may do nothing of the gateway's beyond Console's role"),
         Ok(beyond) => tracing::error!(beyond = %beyond.join(", "),
-            "--lookup-database-url's login may write or run what Console's role may not: its lookups are read-only transactions, but that is then the only fence between Console's code on a cold lookup and a forged delivered break-glass alert (I-4) or outbox row (I-5); give it rbac_gateway_lookup alone (deploy/lookup-grants.sql)"),
+            "--lookup-database-url's login may do what Console's role may not: Console's code on a cold lookup could use it (a write privilege is held back by the read-only transaction alone; a superuser or server-program role reaches past it, COPY ... TO PROGRAM) to forge a delivered break-glass alert (I-4) or outbox row (I-5); give it rbac_gateway_lookup alone (deploy/lookup-grants.sql)"),
         Err(e) => tracing::error!(error = %e,
-            "cannot ask what --lookup-database-url's login may write or run"),
+            "cannot ask what --lookup-database-url's login may do"),
     }
 }
 

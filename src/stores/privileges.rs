@@ -204,10 +204,13 @@ pub async fn relation_kinds(
 /// What this login may do to the gateway's objects that the owner of Console's tables (`admins`'s)
 /// may not: each table of the gateway's schema it may insert into, update, delete from,
 /// truncate or put a trigger on, and each function of the gateway's it may run but the request
-/// path's three lookups, named (`table rbac_gateway_alerts`, `function
-/// rbac_gateway_plain(text[],text[])`); and what reaches past a read-only transaction: the
-/// login a superuser or `CREATEROLE` (`role attribute SUPERUSER`), or a member of
-/// `pg_execute_server_program` or `pg_write_server_files` (`COPY ... TO PROGRAM` runs in one). Empty for a
+/// path's three lookups, named (`write table rbac_gateway_alerts`, `run function
+/// rbac_gateway_plain(text[],text[])`); and what reaches past a read-only transaction: each
+/// role the login is or is a member of (inheriting or not: `SET ROLE` reaches it) that is a
+/// superuser or may create roles (`become role postgres (SUPERUSER)`; a superuser login names
+/// itself alone), and membership of
+/// `pg_execute_server_program` or `pg_write_server_files` (`COPY ... TO PROGRAM` runs in one,
+/// and its program connects anew). Empty for a
 /// login fit for `--lookup-database-url`: Console's code that runs on its reads (a retyped
 /// column's cast, an index expression; docs/design/security.md) then holds no privilege Console's
 /// role lacks. Where `admins` is not there, every such table and function is named.
@@ -217,7 +220,7 @@ pub async fn beyond_consoles(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
          console(owner) AS (SELECT (SELECT c.relowner FROM pg_catalog.pg_class c \
              WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass( \
                  pg_catalog.quote_ident($1) OPERATOR(pg_catalog.||) '.admins')::oid)) \
-         SELECT 'table ' OPERATOR(pg_catalog.||) c.relname::text FROM pg_catalog.pg_class c, s, console \
+         SELECT 'write table ' OPERATOR(pg_catalog.||) c.relname::text FROM pg_catalog.pg_class c, s, console \
           WHERE c.relnamespace OPERATOR(pg_catalog.=) s.oid \
             AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::\"char\"[]) \
             AND (pg_catalog.has_any_column_privilege(c.oid, 'INSERT, UPDATE') \
@@ -226,7 +229,7 @@ pub async fn beyond_consoles(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
                  pg_catalog.has_any_column_privilege(console.owner, c.oid, 'INSERT, UPDATE') \
                  OR pg_catalog.has_table_privilege(console.owner, c.oid, 'DELETE, TRUNCATE, TRIGGER'))) \
          UNION ALL \
-         SELECT 'function ' OPERATOR(pg_catalog.||) p.oid::pg_catalog.regprocedure::text \
+         SELECT 'run function ' OPERATOR(pg_catalog.||) p.oid::pg_catalog.regprocedure::text \
            FROM pg_catalog.pg_proc p, s, console \
           WHERE p.pronamespace OPERATOR(pg_catalog.=) s.oid \
             AND pg_catalog.left(p.proname::text, 13) OPERATOR(pg_catalog.=) 'rbac_gateway_' \
@@ -235,13 +238,16 @@ pub async fn beyond_consoles(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
             AND (console.owner IS NULL \
                  OR NOT pg_catalog.has_function_privilege(console.owner, p.oid, 'EXECUTE')) \
          UNION ALL \
-         SELECT 'role attribute ' OPERATOR(pg_catalog.||) a.name FROM pg_catalog.pg_roles r, \
-             (VALUES ('SUPERUSER'), ('CREATEROLE')) a(name) \
-          WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER \
+         SELECT 'become role ' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(r.rolname) \
+                OPERATOR(pg_catalog.||) ' (' OPERATOR(pg_catalog.||) a.name OPERATOR(pg_catalog.||) ')' \
+           FROM pg_catalog.pg_roles r, (VALUES ('SUPERUSER'), ('CREATEROLE')) a(name) \
+          WHERE pg_catalog.pg_has_role(r.oid, 'MEMBER') \
+            AND (r.rolname OPERATOR(pg_catalog.=) CURRENT_USER OR NOT (SELECT u.rolsuper \
+                 FROM pg_catalog.pg_roles u WHERE u.rolname OPERATOR(pg_catalog.=) CURRENT_USER)) \
             AND (a.name OPERATOR(pg_catalog.=) 'SUPERUSER' AND r.rolsuper \
                  OR a.name OPERATOR(pg_catalog.=) 'CREATEROLE' AND r.rolcreaterole) \
          UNION ALL \
-         SELECT 'role ' OPERATOR(pg_catalog.||) g.name FROM \
+         SELECT 'use role ' OPERATOR(pg_catalog.||) g.name FROM \
              (VALUES ('pg_execute_server_program'), ('pg_write_server_files')) g(name) \
           WHERE pg_catalog.to_regrole(g.name) IS NOT NULL \
             AND pg_catalog.pg_has_role(g.name, 'MEMBER') \

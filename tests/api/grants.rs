@@ -849,13 +849,31 @@ async fn check_names_what_the_lookup_login_may_write_and_what_it_lacks() {
     let (code, out) = check(&serve);
     assert_eq!(code, Some(1), "{out}");
     for table in ["rbac_gateway_alerts", "rbac_gateway_audit_outbox"] {
-        let named = format!("--lookup-database-url's login may write or run table {table}, which the owner of Console's tables may not");
+        let named = format!("--lookup-database-url's login may write table {table}, which the owner of Console's tables may not");
         assert!(
             said(&out).iter().any(|l| l.contains(&named)),
             "{named}\n{out}"
         );
     }
     assert!(said(&out).iter().all(|l| !l.contains("lacks")), "{out}");
+
+    // A superuser role it may become (even without inheriting it: Console's code may `SET
+    // ROLE`), which reaches past a read-only transaction (`COPY ... TO PROGRAM`).
+    let user = TestDb::user_of(&lookup);
+    let su = format!("su_{user}");
+    run(
+        &db,
+        &format!("CREATE ROLE {su} SUPERUSER NOLOGIN NOINHERIT; GRANT {su} TO \"{user}\""),
+    )
+    .await;
+    let (code, out) = check(&lookup);
+    assert_eq!(code, Some(1), "{out}");
+    let named = format!("--lookup-database-url's login may become role {su} (SUPERUSER), which the owner of Console's tables may not");
+    assert!(
+        said(&out).iter().any(|l| l.contains(&named)),
+        "{named}\n{out}"
+    );
+    run(&db, &format!("DROP ROLE {su}")).await;
 
     run(
         &db,

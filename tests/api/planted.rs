@@ -2892,12 +2892,12 @@ async fn consoles_code_on_a_cold_lookup_forges_nothing_as_the_lookup_login() {
         (
             &lookup,
             &lookup_user,
-            "that login may write or run nothing of the gateway's that Console's role may not",
+            "that login may do nothing of the gateway's beyond Console's role",
         ),
         (
             &login,
             &serve_user,
-            "--lookup-database-url's login may write or run what Console's role may not",
+            "--lookup-database-url's login may do what Console's role may not",
         ),
     ] {
         let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
@@ -2930,8 +2930,8 @@ async fn consoles_code_on_a_cold_lookup_forges_nothing_as_the_lookup_login() {
         if *user == serve_user {
             let log = gw.log();
             assert!(
-                log.contains("table rbac_gateway_alerts")
-                    && log.contains("table rbac_gateway_audit_outbox"),
+                log.contains("write table rbac_gateway_alerts")
+                    && log.contains("write table rbac_gateway_audit_outbox"),
                 "{log}"
             );
         }

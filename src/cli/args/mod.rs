@@ -240,8 +240,8 @@ pub struct CheckArgs {
     #[arg(long)]
     pub database_url: Option<String>,
     /// Also check the login `serve --lookup-database-url` reads Console's tables as: an error
-    /// for each thing of the gateway's it may write or run that Console's role may not, and for
-    /// each privilege of deploy/lookup-grants.sql it lacks (not read from the environment, as
+    /// for each thing of the gateway's it may write or run, or role it may become, that
+    /// Console's role may not, and for each privilege of deploy/lookup-grants.sql it lacks (not read from the environment, as
     /// --database-url is not: a reload's check never waits on a database).
     #[arg(long)]
     pub lookup_database_url: Option<String>,

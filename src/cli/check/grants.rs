@@ -375,7 +375,7 @@ pub(super) async fn lookup_login(
         .map_err(unread)?;
     for what in beyond {
         error(out, file, format!(
-            "--lookup-database-url's login may write or run {what}, which the owner of Console's tables may not: Console's code that runs on a cold lookup (a retyped column's cast, an index expression) could use it, forging a delivered break-glass alert (I-4) or audit row (I-5); give that login `{LOOKUP_ROLE}` alone (deploy/lookup-grants.sql), not the serve login's roles"
+            "--lookup-database-url's login may {what}, which the owner of Console's tables may not: Console's code that runs on a cold lookup (a retyped column's cast, an index expression) could use it, forging a delivered break-glass alert (I-4) or audit row (I-5); give that login `{LOOKUP_ROLE}` alone (deploy/lookup-grants.sql), not the serve login's roles"
         ));
     }
     let asked = asked_of(grants_in(LOOKUP_GRANTS_SQL, LOOKUP_ROLE));
