@@ -352,6 +352,20 @@ macro_rules! restricted_kinds {
 }
 pub(crate) use restricted_kinds;
 
+/// Whether the server's encoding is UTF-8, as it last answered a connection this process opened
+/// (asked with [`refuses_views`]); true until an answer came. Where it is, [`super::sql_text`]
+/// writes a character beyond ASCII as its code point (`\u00E9`), so every byte of the gateway's
+/// SQL text is ASCII whatever `client_encoding` a session was left with; a server of another
+/// encoding refuses such an escape beyond `\u007F` (all of them before PostgreSQL 13,
+/// `SQL_ASCII` always), so there the character is written as sqlx's UTF-8 bytes, as before
+/// 2026-12-02.
+pub fn server_utf8() -> bool {
+    SERVER_UTF8.load(Ordering::Acquire)
+}
+
+/// [`server_utf8`]'s answer.
+static SERVER_UTF8: AtomicBool = AtomicBool::new(true);
+
 /// The server's last answer ([`refuses_views`]); false until one came.
 static REFUSES_VIEWS: AtomicBool = AtomicBool::new(false);
 
@@ -371,12 +385,15 @@ async fn ask_refuses_views(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     let row = sqlx::Executor::fetch_one(
         &mut *conn,
         sqlx::raw_sql(
-            "SELECT pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL",
+            "SELECT pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL, \
+             pg_catalog.current_setting('server_encoding') OPERATOR(pg_catalog.=) 'UTF8'",
         ),
     )
     .await?;
     let has: bool = row.try_get(0)?;
+    let utf8: bool = row.try_get(1)?;
     REFUSES_VIEWS.store(has, Ordering::Release);
+    SERVER_UTF8.store(utf8, Ordering::Release);
     ASK_VIEWS.store(false, Ordering::Release);
     Ok(())
 }

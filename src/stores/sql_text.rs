@@ -5,7 +5,8 @@
 //! depend on `standard_conforming_strings`: inside it a backslash is always an escape, so each
 //! backslash is doubled and each single quote is doubled. Every byte written is ASCII: a
 //! character beyond it is written as its code point (`\u00e9`, `\U0001f600`), so the text
-//! means the same in every client encoding PostgreSQL has. sqlx sets UTF-8, but code of
+//! means the same in every client encoding PostgreSQL has (on a server whose encoding is UTF-8,
+//! [`super::pool::server_utf8`]; another refuses such escapes, and gets the UTF-8 bytes). sqlx sets UTF-8, but code of
 //! Console's that runs on a read may set another for the session, which a pooled connection
 //! keeps, and the server reads each message in it before any statement of the message runs: in
 //! Shift-JIS a UTF-8 character's last byte may lead a character that swallows the backslash
@@ -49,7 +50,7 @@ pub fn text(s: &str) -> Result<String, Unquotable> {
 /// quote, a backslash; found with `memchr3`, which finds a NUL in the same pass) copied whole.
 /// On a NUL, `out` is left as it was.
 pub fn push_text(out: &mut String, s: &str) -> Result<(), Unquotable> {
-    if !s.is_ascii() {
+    if !s.is_ascii() && super::pool::server_utf8() {
         return push_text_escaping(out, s);
     }
     let bytes = s.as_bytes();
