@@ -72,12 +72,20 @@ impl Exit {
 
 /// What a command says after a database error that names a table or function of the gateway's
 /// schema that is not there ([`unmigrated`]).
-pub(crate) const MIGRATE_HINT: &str = " (the database lacks a table or function this binary reads: run `rbac-gateway migrate` as the tables' owner, or set RBAC_GATEWAY_DATABASE_SCHEMA to the schema that holds them)";
+pub(crate) const MIGRATE_HINT: &str = " (the database lacks a table or function this binary reads: run `rbac-gateway migrate` as the tables' owner, or set RBAC_GATEWAY_DATABASE_SCHEMA to the schema that holds them; a table of Console's dropped after migrate ran is Console's to restore)";
 
-/// Whether `e` is PostgreSQL saying a table (42P01) or function (42883) is not there: a
-/// database never migrated, or one migrated by an older binary, or another schema.
+/// Whether `e` is PostgreSQL saying a table (42P01) or function (42883, "function ... does not
+/// exist": not an operator or a call's argument types, which a column retyped gives) is not
+/// there: a database never migrated, or one migrated by an older binary, or another schema.
 pub(crate) fn unmigrated(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("42P01" | "42883")))
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    match d.code().as_deref() {
+        Some("42P01") => true,
+        Some("42883") => d.message().starts_with("function "),
+        _ => false,
+    }
 }
 
 /// [`Exit::text`] of any error.
