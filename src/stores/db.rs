@@ -172,6 +172,18 @@ impl Db {
         Self::with_options(opts, None, size, timeout, true)
     }
 
+    /// `--lookup-database-url`'s pool: every transaction read-only as [`Db::connect_read_only`]'s,
+    /// said by each transaction itself only. Without the startup option, which a PgBouncer
+    /// refuses unless `ignore_startup_parameters` names `options`: the lookups may go through
+    /// one as the main pool's do. Its lookups are simple queries ([`Statements::Simple`]),
+    /// each its own read-only transaction from its first statement.
+    pub fn connect_lookups(url: &str, size: u32, timeout: Duration) -> Result<Db, sqlx::Error> {
+        Ok(
+            Self::with_options(connect_options(url)?, None, size, timeout, true)?
+                .with_statements(Statements::Simple),
+        )
+    }
+
     fn with_options(
         opts: PgConnectOptions,
         direct: Option<&str>,

@@ -202,7 +202,8 @@ pub async fn relation_kinds(
 }
 
 /// What this login may do to the gateway's objects that the owner of Console's tables (`admins`'s)
-/// may not: each table of the gateway's schema it may insert into, update, delete from,
+/// may not, as itself or as any role it may become (a member, inheriting or not: code of
+/// Console's running as it may `SET ROLE`): each table of the gateway's schema it may insert into, update, delete from,
 /// truncate or put a trigger on, and each function of the gateway's it may run but the request
 /// path's three lookups, named (`write table rbac_gateway_alerts`, `run function
 /// rbac_gateway_plain(text[],text[])`); and what reaches past a read-only transaction: each
@@ -223,8 +224,10 @@ pub async fn beyond_consoles(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
          SELECT 'write table ' OPERATOR(pg_catalog.||) c.relname::text FROM pg_catalog.pg_class c, s, console \
           WHERE c.relnamespace OPERATOR(pg_catalog.=) s.oid \
             AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::\"char\"[]) \
-            AND (pg_catalog.has_any_column_privilege(c.oid, 'INSERT, UPDATE') \
-                 OR pg_catalog.has_table_privilege(c.oid, 'DELETE, TRUNCATE, TRIGGER')) \
+            AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles m \
+                 WHERE pg_catalog.pg_has_role(m.oid, 'MEMBER') \
+                   AND (pg_catalog.has_any_column_privilege(m.oid, c.oid, 'INSERT, UPDATE') \
+                        OR pg_catalog.has_table_privilege(m.oid, c.oid, 'DELETE, TRUNCATE, TRIGGER'))) \
             AND (console.owner IS NULL OR NOT ( \
                  pg_catalog.has_any_column_privilege(console.owner, c.oid, 'INSERT, UPDATE') \
                  OR pg_catalog.has_table_privilege(console.owner, c.oid, 'DELETE, TRUNCATE, TRIGGER'))) \
@@ -234,7 +237,9 @@ pub async fn beyond_consoles(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
           WHERE p.pronamespace OPERATOR(pg_catalog.=) s.oid \
             AND pg_catalog.left(p.proname::text, 13) OPERATOR(pg_catalog.=) 'rbac_gateway_' \
             AND NOT p.proname::text OPERATOR(pg_catalog.=) ANY ('{rbac_gateway_session_principals,rbac_gateway_principal,rbac_gateway_ticket_grants}'::text[]) \
-            AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE') \
+            AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles m \
+                 WHERE pg_catalog.pg_has_role(m.oid, 'MEMBER') \
+                   AND pg_catalog.has_function_privilege(m.oid, p.oid, 'EXECUTE')) \
             AND (console.owner IS NULL \
                  OR NOT pg_catalog.has_function_privilege(console.owner, p.oid, 'EXECUTE')) \
          UNION ALL \

@@ -857,13 +857,17 @@ async fn check_names_what_the_lookup_login_may_write_and_what_it_lacks() {
     }
     assert!(said(&out).iter().all(|l| !l.contains("lacks")), "{out}");
 
-    // A superuser role it may become (even without inheriting it: Console's code may `SET
-    // ROLE`), which reaches past a read-only transaction (`COPY ... TO PROGRAM`).
+    // A superuser role it may become through a role that does not inherit it (Console's code
+    // may `SET ROLE` all the same), which reaches past a read-only transaction (`COPY ... TO
+    // PROGRAM`); then the serve role so, which may write the alerts.
     let user = TestDb::user_of(&lookup);
     let su = format!("su_{user}");
     run(
         &db,
-        &format!("CREATE ROLE {su} SUPERUSER NOLOGIN NOINHERIT; GRANT {su} TO \"{user}\""),
+        &format!(
+            "CREATE ROLE {su} SUPERUSER NOLOGIN; CREATE ROLE {su}_mid NOLOGIN NOINHERIT; \
+             GRANT {su} TO {su}_mid; GRANT {su}_mid TO \"{user}\""
+        ),
     )
     .await;
     let (code, out) = check(&lookup);
@@ -873,7 +877,19 @@ async fn check_names_what_the_lookup_login_may_write_and_what_it_lacks() {
         said(&out).iter().any(|l| l.contains(&named)),
         "{named}\n{out}"
     );
-    run(&db, &format!("DROP ROLE {su}")).await;
+    run(
+        &db,
+        &format!("REVOKE {su} FROM {su}_mid; GRANT rbac_gateway_serve TO {su}_mid"),
+    )
+    .await;
+    let (code, out) = check(&lookup);
+    assert_eq!(code, Some(1), "{out}");
+    let named = "--lookup-database-url's login may write table rbac_gateway_alerts, which the owner of Console's tables may not";
+    assert!(
+        said(&out).iter().any(|l| l.contains(named)),
+        "{named}\n{out}"
+    );
+    run(&db, &format!("DROP ROLE {su}; DROP ROLE {su}_mid")).await;
 
     run(
         &db,

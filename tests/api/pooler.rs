@@ -587,3 +587,34 @@ async fn the_cockpits_pool_is_read_only_behind_pgbouncer() {
     assert_eq!(written, 0, "a write through the cockpit's pool committed");
     assert_eq!(show("transaction_read_only").await, "on");
 }
+
+/// `--lookup-database-url` through a transaction-pooling PgBouncer that ignores no startup
+/// parameter (its default): the lookup pool sends none, so it connects and a cold lookup is
+/// answered, and each of its reads is read-only all the same (the transaction says so itself).
+/// With the cockpit's pool's startup option, PgBouncer refused every connection of it.
+#[tokio::test]
+async fn the_lookup_pool_goes_through_a_default_pgbouncer_read_only() {
+    use rbac_gateway::stores::db::Db;
+    let db = TestDb::new().await;
+    let up = Upstream::start().await;
+    let bouncer = PgBouncer::start(&db.url, PoolMode::Transaction, 2).await;
+    let url = bouncer.url(&db);
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--lookup-database-url")
+            .arg(&url),
+    )
+    .await;
+    let (_, token) = db.admin_with_roles(&["console-manager"]).await;
+    assert_eq!(gw.status("/ops", Some(&token)).await, 200, "{}", gw.log());
+    let ro = Db::connect_lookups(&url, 1, Duration::from_secs(10)).unwrap();
+    let e = ro
+        .one_round_trip("INSERT INTO rbac_groups (id, name) VALUES ('w', 'written')")
+        .await
+        .expect_err("a write through the lookup pool");
+    assert_eq!(
+        e.as_database_error().and_then(|d| d.code()).as_deref(),
+        Some("25006"),
+        "{e}"
+    );
+}

@@ -70,7 +70,7 @@ async fn a_denials_row_keeps_a_hostile_user_agent_as_sent() {
     let r = send(
         env.gw.addr,
         format!(
-            "GET /ops HTTP/1.1\r\nHost: c\r\nUser-Agent: {agent}\r\nCookie: console_session={token}\r\nConnection: close\r\n\r\n"
+            "GET /ops/caf%C3%A9 HTTP/1.1\r\nHost: c\r\nUser-Agent: {agent}\r\nCookie: console_session={token}\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
     )

@@ -120,9 +120,8 @@ pub async fn gateway(
     let lookups = match config.database.lookup_url.as_deref() {
         None => None,
         Some(url) => Some(
-            Db::connect_read_only(url, config.database.pool_size, db_timeout)
-                .map_err(|e| usage(anyhow!("--lookup-database-url: {e}")))?
-                .with_statements(crate::stores::db::Statements::Simple),
+            Db::connect_lookups(url, config.database.pool_size, db_timeout)
+                .map_err(|e| usage(anyhow!("--lookup-database-url: {e}")))?,
         ),
     };
     let tasks = Arc::new(Tasks::default());
