@@ -206,9 +206,9 @@ pub async fn check_database_at_start(gw: Arc<Gateway>, within: Duration) {
     check_lookup_login(&gw).await;
 }
 
-/// With `--lookup-database-url`, once the database answers at start-up: what of the gateway's
-/// what its login may do that Console's role may not
-/// ([`crate::stores::privileges::beyond_consoles`]), logged as an error. Each lookup's
+/// With `--lookup-database-url`, once the database answers at start-up: what its login may do
+/// that Console's role may not ([`crate::stores::privileges::beyond_consoles`]), logged as an
+/// error. Each lookup's
 /// transaction is read-only whatever the login may (`cli::serve::assemble`); a login that may
 /// write the gateway's records is still not the one deploy/lookup-grants.sql makes, and a
 /// second fence gone.

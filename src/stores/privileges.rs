@@ -203,18 +203,17 @@ pub async fn relation_kinds(
 
 /// What this login may do to the gateway's objects that the owner of Console's tables (`admins`'s)
 /// may not, as itself or as any role it may become (a member, inheriting or not: code of
-/// Console's running as it may `SET ROLE`): each table of the gateway's schema it may insert into, update, delete from,
-/// truncate or put a trigger on, and each function of the gateway's it may run but the request
-/// path's three lookups, named (`write table rbac_gateway_alerts`, `run function
-/// rbac_gateway_plain(text[],text[])`); and what reaches past a read-only transaction: each
-/// role the login is or is a member of (inheriting or not: `SET ROLE` reaches it) that is a
-/// superuser or may create roles (`become role postgres (SUPERUSER)`; a superuser login names
-/// itself alone), and membership of
+/// Console's running as it may `SET ROLE`): each table of the gateway's schema it may insert
+/// into, update, delete from, truncate or put a trigger on, and each function of the gateway's
+/// it may run but the request path's three lookups, named (`write table rbac_gateway_alerts`,
+/// `run function rbac_gateway_plain(text[],text[])`); and what reaches past a read-only
+/// transaction: each role it is or may become that is a superuser or may create roles (`become
+/// role postgres (SUPERUSER)`; a superuser login names itself alone), and membership of
 /// `pg_execute_server_program` or `pg_write_server_files` (`COPY ... TO PROGRAM` runs in one,
-/// and its program connects anew). Empty for a
-/// login fit for `--lookup-database-url`: Console's code that runs on its reads (a retyped
-/// column's cast, an index expression; docs/design/security.md) then holds no privilege Console's
-/// role lacks. Where `admins` is not there, every such table and function is named.
+/// and its program connects anew). Empty for a login fit for `--lookup-database-url`: Console's
+/// code that runs on its reads (a retyped column's cast, an index expression;
+/// docs/design/security.md) then holds no privilege Console's role lacks. Where `admins` is not
+/// there, every such table and function is named.
 pub async fn beyond_consoles(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "WITH s(oid) AS (SELECT pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::oid), \
