@@ -279,6 +279,12 @@ async fn handle(door: &Share, peer: SocketAddr, req: Request<Incoming>) -> Respo
     let headers = req.headers();
     let ip = client_ip(headers, peer);
     let mut decided = None;
+    let user_agent = headers
+        .get_all(header::USER_AGENT)
+        .iter()
+        .fold(None, |so_far, v| {
+            Some(target::join_user_agent(so_far, v.as_bytes()))
+        });
     let outcome = match question(&req, &gw.cookie) {
         // Logged and counted by `carry_out`, as the proxy's refusals are.
         Err(refusal) => Outcome::Refuse(refusal),
@@ -289,9 +295,7 @@ async fn handle(door: &Share, peer: SocketAddr, req: Request<Incoming>) -> Respo
                 target: &t,
                 token,
                 client_ip: Some(&ip),
-                user_agent: headers
-                    .get(header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok()),
+                user_agent: user_agent.as_deref(),
                 request_id: request_id.as_str(),
                 at: started,
             };

@@ -64,7 +64,8 @@ pub struct Facts<'a> {
     /// The session cookie's value, as Console will read it; None when there is none.
     pub token: Option<&'a str>,
     pub client_ip: Option<&'a str>,
-    pub user_agent: Option<&'a str>,
+    /// The `User-Agent` header's bytes; a row keeps them as Console reads them ([`latin1`]).
+    pub user_agent: Option<&'a [u8]>,
     pub request_id: &'a str,
     /// When the request arrived: a remembered session that had ended by then is not used.
     pub at: Instant,
@@ -299,10 +300,22 @@ pub fn audit_row(
         reason: reason.to_string(),
         request_id: f.request_id.to_string(),
         client_ip: f.client_ip.map(str::to_string),
-        user_agent: f.user_agent.map(str::to_string),
+        user_agent: f.user_agent.map(latin1),
         created_at_utc: crate::policy::audit_event::now(),
         mapping_version: Some(mapping_version.to_string()),
         occurrences: 1,
+    }
+}
+
+/// A header value as Console reads it: gunicorn decodes each header as latin-1 (one character
+/// per byte) and Werkzeug hands that string on. So a user agent beyond ASCII is kept in the row
+/// as Console's own code would see it, and its bytes are had back with
+/// `convert_to(user_agent, 'LATIN1')`; before, such a row's user agent was empty.
+pub fn latin1(bytes: &[u8]) -> String {
+    if bytes.is_ascii() {
+        String::from_utf8_lossy(bytes).into_owned()
+    } else {
+        bytes.iter().map(|&b| char::from(b)).collect()
     }
 }
 

@@ -460,7 +460,7 @@ pub fn check_headers(headers: &http::HeaderMap, http11: bool) -> Result<Seen<'_>
                 Some(_) => seen.more_cookies.push(value.as_bytes()),
             }
         } else if *name == USER_AGENT {
-            seen.user_agent = seen.user_agent.or(Some(value));
+            seen.user_agent = Some(join_user_agent(seen.user_agent.take(), value.as_bytes()));
         } else if *name == CONNECTION {
             connection_tokens(value.as_bytes(), &mut seen.connection_named);
         }
@@ -493,6 +493,24 @@ pub fn check_headers(headers: &http::HeaderMap, http11: bool) -> Result<Seen<'_>
         return Err(Refusal::ConnectionNamesHeader(named.as_str().to_string()));
     }
     Ok(seen)
+}
+
+/// `User-Agent` so far with one more such header's value: gunicorn joins a repeated header's
+/// values with `,` in the order sent (`HTTP_USER_AGENT` of the environ), and Werkzeug hands that
+/// string on, so a denial's row keeps what Console's own code would read.
+pub fn join_user_agent<'a>(
+    so_far: Option<std::borrow::Cow<'a, [u8]>>,
+    value: &'a [u8],
+) -> std::borrow::Cow<'a, [u8]> {
+    match so_far {
+        None => std::borrow::Cow::Borrowed(value),
+        Some(first) => {
+            let mut joined = first.into_owned();
+            joined.push(b',');
+            joined.extend_from_slice(value);
+            std::borrow::Cow::Owned(joined)
+        }
+    }
 }
 
 const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
@@ -536,8 +554,9 @@ pub struct Seen<'a> {
     /// allocation then).
     pub cookie: Option<&'a [u8]>,
     pub more_cookies: Vec<&'a [u8]>,
-    /// The first `User-Agent`.
-    pub user_agent: Option<&'a http::HeaderValue>,
+    /// The `User-Agent` as gunicorn hands it to Console ([`join_user_agent`]): borrowed when
+    /// there is one such header.
+    pub user_agent: Option<std::borrow::Cow<'a, [u8]>>,
     /// The header names the `Connection` headers list ([`connection_tokens`]): hop-by-hop,
     /// not forwarded. Empty (no allocation) without a `Connection` header.
     pub connection_named: Vec<http::HeaderName>,

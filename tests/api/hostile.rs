@@ -1662,3 +1662,71 @@ async fn hostile_corpus_never_runs_a_forbidden_view() {
     );
     assert!(views_total >= 10, "the controls ran views ({views_total})");
 }
+
+/// A denial's row keeps the `User-Agent` as Console reads it, whatever its bytes: the same
+/// header sent on an allowed request is answered by the stand-in with what gunicorn and
+/// Werkzeug made of it (latin-1, one character per byte; a repeated header joined with `,`),
+/// and the row of the same header on a denied request, through the proxy and through the
+/// forward-auth door, holds exactly that. Before, a user agent beyond ASCII left the row's
+/// empty, and a repeated one kept only its first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denials_row_keeps_the_user_agent_console_reads() {
+    let routes_file = root().join("routes.toml");
+    let db = TestDb::new().await;
+    let (_admin, token) = db.admin_with_roles(&["console-user"]).await;
+    let console = Console::start(&routes_file).await;
+    let gw = Gateway::start(
+        GatewayOpts::new(&routes_file, &db, console.addr)
+            .arg("--authz-listen")
+            .arg("127.0.0.1:0"),
+    )
+    .await;
+    let agents: [&[&[u8]]; 5] = [
+        &[b"plain/1.0"],
+        &[b"caf\xc3\xa9 \xe2\x98\x95 \xf0\x9f\x98\x80"],
+        &[b"latin \xe9t\xe9 \xff\x80"],
+        &[b"first \xe9", b"second"],
+        &[b"a'b\\c", b"", b"d"],
+    ];
+    for sent in agents {
+        let lines: Vec<u8> = sent
+            .iter()
+            .flat_map(|v| [&b"User-Agent: "[..], v, b"\r\n"].concat())
+            .collect();
+        let request = |head: &[u8]| -> Vec<u8> {
+            [
+                head,
+                &lines,
+                format!("Cookie: console_session={token}\r\nConnection: close\r\n\r\n").as_bytes(),
+            ]
+            .concat()
+        };
+        let allowed = send(gw.addr, &request(b"GET /dashboard HTTP/1.1\r\nHost: c\r\n"))
+            .await
+            .unwrap();
+        assert_eq!(allowed.status, 200, "{sent:?}: {}", allowed.body_str());
+        let view: serde_json::Value = serde_json::from_slice(&allowed.body).unwrap();
+        let console_reads = view["user_agent"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{sent:?}: the view saw no user agent: {view}"));
+        let proxy = send(gw.addr, &request(b"GET /ops HTTP/1.1\r\nHost: c\r\n"))
+            .await
+            .unwrap();
+        let door = send(
+            gw.authz_addr(),
+            &request(b"GET /authz HTTP/1.1\r\nHost: gw\r\nX-Forwarded-Method: GET\r\nX-Forwarded-Uri: /ops\r\n"),
+        )
+        .await
+        .unwrap();
+        for (name, r) in [("proxy", &proxy), ("forward-auth", &door)] {
+            assert_eq!(r.status, 403, "{name} {sent:?}: {}", r.body_str());
+            let rows = db.audit_rows(&r.request_id()).await;
+            assert_eq!(rows.len(), 1, "{name} {sent:?}: {rows:?}");
+            assert_eq!(
+                rows[0].user_agent.as_deref(),
+                Some(console_reads),
+                "{name}: the row of {sent:?}"
+            );
+        }
+    }
+}

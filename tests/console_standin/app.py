@@ -48,6 +48,7 @@ def make_view(endpoint, rule):
             "x_rbac_roles": request.headers.get("X-Rbac-Roles"),
             "x_request_id": request.headers.get("X-Request-Id"),
             "x_forwarded_for": request.headers.get("X-Forwarded-For"),
+            "user_agent": request.headers.get("User-Agent"),
             "script_name": request.environ.get("SCRIPT_NAME", ""),
             "raw_uri": request.environ.get("RAW_URI"),
             "path": request.path,

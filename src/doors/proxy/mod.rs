@@ -319,7 +319,7 @@ async fn handle(
                 target: &target,
                 token,
                 client_ip: Some(&ctx.client_ip),
-                user_agent: user_agent.and_then(|v| v.to_str().ok()),
+                user_agent: user_agent.as_deref(),
                 request_id: ctx.request_id.as_str(),
                 at: ctx.started,
             };
