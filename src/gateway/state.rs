@@ -190,6 +190,14 @@ impl Gateway {
         m.db_pool
             .with_label_values(&["idle"])
             .set(pool.pool().num_idle() as i64);
+        if let Some(lookups) = self.identity.own_lookups() {
+            m.lookup_pool
+                .with_label_values(&["open"])
+                .set(lookups.pool().size() as i64);
+            m.lookup_pool
+                .with_label_values(&["idle"])
+                .set(lookups.pool().num_idle() as i64);
+        }
     }
 
     /// A gateway whose database is never reached: for `mapping`s whose routes resolve no session

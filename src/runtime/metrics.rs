@@ -147,6 +147,10 @@ metrics! {
     /// Database pool connections by state: open, idle (refreshed when /metrics is read).
     db_pool: IntGaugeVec = "rbac_gateway_db_pool_connections",
         "Database pool connections by state", ["state"];
+    /// The `--lookup-database-url` pool's connections by state: open, idle (refreshed when
+    /// /metrics is read; 0 without the flag, whose lookups use the main pool).
+    lookup_pool: IntGaugeVec = "rbac_gateway_lookup_pool_connections",
+        "Lookup pool (--lookup-database-url) connections by state", ["state"];
     /// Audit rows waiting for the writer.
     audit_queue_depth: IntGauge = "rbac_gateway_audit_queue_depth",
         "Audit rows waiting for the writer", [];
@@ -231,6 +235,7 @@ impl Metrics {
         }
         for s in ["open", "idle"] {
             self.db_pool.with_label_values(&[s]);
+            self.lookup_pool.with_label_values(&[s]);
         }
         for r in ["done", "skipped", "failed"] {
             self.sweeps.with_label_values(&[r]);

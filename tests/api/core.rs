@@ -454,6 +454,11 @@ async fn logs_are_json_one_line_per_decision_and_never_carry_the_token() {
     ] {
         assert!(metrics.contains(name), "{name} in /metrics");
     }
+    // Without --lookup-database-url the lookups use the main pool: none of their own.
+    for state in ["open", "idle"] {
+        let series = format!("rbac_gateway_lookup_pool_connections{{state=\"{state}\"}} 0");
+        assert!(metrics.lines().any(|l| l == series), "{series}");
+    }
 }
 
 /// Issue 11 point 4: every metric the Grafana dashboard queries is on `/metrics` from

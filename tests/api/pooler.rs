@@ -607,6 +607,11 @@ async fn the_lookup_pool_goes_through_a_default_pgbouncer_read_only() {
     .await;
     let (_, token) = db.admin_with_roles(&["console-manager"]).await;
     assert_eq!(gw.status("/ops", Some(&token)).await, 200, "{}", gw.log());
+    // The cold lookup went through the lookup pool, which /metrics counts apart.
+    let open = gw
+        .metric("rbac_gateway_lookup_pool_connections{state=\"open\"}")
+        .await;
+    assert!(open >= 1.0, "the lookup pool's open connections: {open}");
     let ro = Db::connect_lookups(&url, 1, Duration::from_secs(10)).unwrap();
     let e = ro
         .one_round_trip("INSERT INTO rbac_groups (id, name) VALUES ('w', 'written')")
