@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Starts a throwaway PostgreSQL on a free loopback port with a private socket dir.
 # Usage: eval "$(scripts/pg.sh start DIR)"   -> exports DATABASE_URL and PG_DIR
+#        eval "$(scripts/pg.sh standby DIR PRIMARY_URL)"   -> a streaming standby of PRIMARY_URL's
+#        server (pg_basebackup -R), started as `start` does
 #        scripts/pg.sh restart DIR | stop DIR
 # PG_FSYNC=off (the default: a throwaway server for tests and benchmarks) or on: commits reach
 # the disk before they are acknowledged, as on a production server (`scripts/bench/load.sh`'s denied
@@ -27,6 +29,18 @@ start)
   echo "$port" >"$dir/port"
   echo "export PG_DIR=$dir"
   echo "export DATABASE_URL=postgres://postgres@127.0.0.1:$port/postgres"
+  ;;
+standby)
+  primary=${3:?primary URL}
+  mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown postgres "$dir"
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    # initdb may be a link on PATH beside which pg_basebackup is not: the server's own bindir.
+    basebackup=$bindir/pg_basebackup
+    [ -x "$basebackup" ] || basebackup=$(ls /usr/lib/postgresql/*/bin/pg_basebackup | tail -1)
+    as_pg "$basebackup" -d "$primary" -D "$dir/data" -R -X stream >"$dir/basebackup.log" 2>&1
+  fi
+  exec bash "$0" start "$dir"
   ;;
 restart)
   as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -m fast -w -t 60 restart >/dev/null

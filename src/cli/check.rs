@@ -275,8 +275,10 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
     problems.extend(mapping.stage_problems());
     // One connection for the database's checks and (`check` itself) the invariants section.
     let mut invariants = None;
+    // Where `--database-url` reaches, for `--lookup-database-url`'s to be held to.
+    let mut main_reach = None;
     if let Some(url) = &args.database_url {
-        let (found, held) = runtime()?.block_on(async {
+        let (found, held, reach) = runtime()?.block_on(async {
             // Two: the catalogue's names are read while Console's tables are held on the other.
             let pool = super::toolbox::command_pool(url, 2, Duration::from_secs(10)).await?;
             let (found, usable) = check_database(&pool, &mapping, &file, schema).await?;
@@ -292,15 +294,28 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
                 ),
                 _ => None,
             };
-            Ok::<_, Exit>((found, held))
+            let reach = match args.lookup_database_url {
+                Some(_) => crate::stores::reach::reach(&pool).await.map(Some),
+                None => Ok(None),
+            };
+            Ok::<_, Exit>((found, held, reach))
         })?;
         problems.extend(found);
         invariants = held;
+        main_reach = match reach {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(diag(&file, 0, 0, Severity::Warning, format!(
+                    "database: cannot ask which server --database-url reaches ({e}): --lookup-database-url is checked for a standby alone"
+                )));
+                None
+            }
+        };
     }
     if let Some(url) = &args.lookup_database_url {
         runtime()?.block_on(async {
             let pool = super::toolbox::command_pool(url, 1, Duration::from_secs(10)).await?;
-            grants::lookup_login(&pool, &file, &mut problems).await
+            grants::lookup_login(&pool, main_reach.as_ref(), &file, &mut problems).await
         })?;
     }
     if let Some(app) = &args.app_routes {

@@ -207,8 +207,9 @@ pub async fn check_database_at_start(gw: Arc<Gateway>, within: Duration) {
 }
 
 /// With `--lookup-database-url`, once the database answers at start-up: what its login may do
-/// that Console's role may not ([`crate::stores::privileges::beyond_consoles`]), logged as an
-/// error. Each lookup's
+/// that Console's role may not ([`crate::stores::privileges::beyond_consoles`]), and a URL that
+/// reaches a standby or another database than `--database-url`'s
+/// ([`crate::stores::reach::misplaced`]), each logged as an error. Each lookup's
 /// transaction is read-only whatever the login may (`cli::serve::assemble`); a login that may
 /// write the gateway's records is still not the one deploy/lookup-grants.sql makes, and a
 /// second fence gone.
@@ -224,6 +225,26 @@ async fn check_lookup_login(gw: &Gateway) {
             "--lookup-database-url's login may do what Console's role may not: Console's code on a cold lookup could use it (a write privilege is held back by the read-only transaction alone; a superuser or server-program role reaches past it, COPY ... TO PROGRAM) to forge a delivered break-glass alert (I-4) or outbox row (I-5); give it rbac_gateway_lookup alone (deploy/lookup-grants.sql)"),
         Err(e) => tracing::error!(error = %e,
             "cannot ask what --lookup-database-url's login may do"),
+    }
+    let both = async {
+        let lookups = crate::stores::reach::reach(lookups).await?;
+        let main = match crate::stores::reach::reach(gw.identity.pool()).await {
+            Ok(main) => Some(main),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask which server --database-url reaches: --lookup-database-url is checked for a standby alone");
+                None
+            }
+        };
+        Ok::<_, sqlx::Error>(crate::stores::reach::misplaced(main.as_ref(), &lookups))
+    };
+    match crate::stores::db::within(NAMES_CHECK_LIMIT, both).await {
+        Ok(wrong) => {
+            for w in wrong {
+                tracing::error!("{w}");
+            }
+        }
+        Err(e) => tracing::error!(error = %e,
+            "cannot ask which server --lookup-database-url reaches (the primary, --database-url's database)"),
     }
 }
 

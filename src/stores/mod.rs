@@ -26,6 +26,7 @@ pub mod mapping_store;
 pub mod migrations;
 pub mod pool;
 pub mod privileges;
+pub mod reach;
 pub mod revocation;
 pub mod rollout;
 pub mod schema;

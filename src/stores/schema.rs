@@ -642,6 +642,7 @@ pub const BUILTINS: &[&str] = &[
     "now",
     "pg_advisory_xact_lock",
     "pg_backend_pid",
+    "pg_control_system",
     "pg_current_snapshot",
     "pg_get_userbyid",
     "pg_has_role",

@@ -914,3 +914,71 @@ async fn check_names_what_the_lookup_login_may_write_and_what_it_lacks() {
     let (code, out) = check(&lookup);
     assert_eq!(code, Some(0), "{out}");
 }
+
+/// `--lookup-database-url` is held to reach what `--database-url` reaches (`stores::reach`): a
+/// real streaming standby of the primary (pg_basebackup) is named by `check` (exit 1) and
+/// logged by `serve` as an error, as is another database of the same server; the primary's same
+/// database is not. A standby's lag would let a cold lookup cache again what the change feed
+/// had dropped.
+#[tokio::test]
+async fn the_lookup_url_is_held_to_the_primarys_database() {
+    let (primary, db) = PrivatePg::start().await;
+    let standby = primary.standby();
+    sqlx::raw_sql("CREATE DATABASE elsewhere")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let elsewhere = format!("{}/elsewhere", db.url.rsplit_once('/').unwrap().0);
+    let check = |url: &str| {
+        let out = crate::cli::bin()
+            .args(["check", "--routes"])
+            .arg(root().join("routes.toml"))
+            .args(["--database-url", &db.url, "--lookup-database-url", url])
+            .output()
+            .unwrap();
+        code_and_output(&out)
+    };
+    let reaches = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.contains("--lookup-database-url reaches"))
+            .map(str::to_string)
+            .collect()
+    };
+    let (_, out) = check(&db.url);
+    assert_eq!(reaches(&out), Vec::<String>::new(), "{out}");
+    let (code, out) = check(&standby.url);
+    assert_eq!(code, Some(1), "{out}");
+    let said = reaches(&out);
+    assert_eq!(said.len(), 1, "{out}");
+    assert!(
+        said[0].contains("reaches a standby (a server in recovery)"),
+        "{out}"
+    );
+    let (code, out) = check(&elsewhere);
+    assert_eq!(code, Some(1), "{out}");
+    let said = reaches(&out);
+    assert_eq!(said.len(), 1, "{out}");
+    assert!(
+        said[0].contains(r#"reaches database "elsewhere", --database-url database "postgres""#),
+        "{out}"
+    );
+
+    let up = Upstream::start().await;
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--lookup-database-url")
+            .arg(&standby.url),
+    )
+    .await;
+    eventually_explained(
+        Duration::from_secs(20),
+        "serve logs that the lookup URL reaches a standby",
+        || async {
+            gw.log().lines().any(|l| {
+                l.contains("ERROR") && l.contains("--lookup-database-url reaches a standby")
+            })
+        },
+        || async { gw.log() },
+    )
+    .await;
+}

@@ -241,8 +241,9 @@ pub struct CheckArgs {
     pub database_url: Option<String>,
     /// Also check the login `serve --lookup-database-url` reads Console's tables as: an error
     /// for each thing of the gateway's it may write or run, or role it may become, that
-    /// Console's role may not, and for each privilege of deploy/lookup-grants.sql it lacks (not read from the environment, as
-    /// --database-url is not: a reload's check never waits on a database).
+    /// Console's role may not, for each privilege of deploy/lookup-grants.sql it lacks, and for
+    /// a URL that reaches a standby or another database than --database-url's (not read from
+    /// the environment, as --database-url is not: a reload's check never waits on a database).
     #[arg(long)]
     pub lookup_database_url: Option<String>,
     /// JSON dump of the upstream's routes ([{"rule", "methods", "endpoint", "strict_slashes"}],

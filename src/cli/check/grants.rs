@@ -363,13 +363,24 @@ const LOOKUP_ROLE: &str = "rbac_gateway_lookup";
 /// `check --lookup-database-url`, connected as that login: each thing of the gateway's it may
 /// write or run that the owner of Console's tables may not
 /// ([`crate::stores::privileges::beyond_consoles`]: Console's code on a cold lookup could, so
-/// the login fences nothing), and each privilege deploy/lookup-grants.sql gives
-/// `rbac_gateway_lookup` that it lacks (a cold lookup would fail), an error each in `out`.
+/// the login fences nothing), each privilege deploy/lookup-grants.sql gives
+/// `rbac_gateway_lookup` that it lacks (a cold lookup would fail), and a URL that reaches a
+/// standby or another database than `main`, `--database-url`'s where it was given
+/// ([`crate::stores::reach::misplaced`]), an error each in `out`.
 pub(super) async fn lookup_login(
     pool: &crate::stores::db::Db,
+    main: Option<&crate::stores::reach::Reach>,
     file: &str,
     out: &mut Vec<Diagnostic>,
 ) -> Result<(), Exit> {
+    let reach = crate::stores::reach::reach(pool).await.map_err(|e| {
+        failure(
+            anyhow::Error::new(e).context("cannot ask which server --lookup-database-url reaches"),
+        )
+    })?;
+    for wrong in crate::stores::reach::misplaced(main, &reach) {
+        error(out, file, wrong);
+    }
     let beyond = crate::stores::privileges::beyond_consoles(pool)
         .await
         .map_err(unread)?;

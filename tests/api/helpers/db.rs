@@ -589,6 +589,32 @@ impl PrivatePg {
         assert!(ok, "kill -{sig} {pids:?}");
     }
 
+    /// A streaming standby of this server (`scripts/pg.sh standby`: pg_basebackup -R), on a
+    /// port of its own, answering once it is consistent.
+    pub fn standby(&self) -> PrivatePg {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("bash")
+            .arg(root().join("scripts/pg.sh"))
+            .arg("standby")
+            .arg(dir.path().join("pg"))
+            .arg(&self.url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg.sh standby: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.path().join("pg/basebackup.log")).unwrap_or_default()
+        );
+        let url = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("export DATABASE_URL="))
+            .unwrap()
+            .to_string();
+        PrivatePg { dir, url }
+    }
+
     pub async fn start() -> (PrivatePg, TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let out = std::process::Command::new("bash")
