@@ -252,14 +252,16 @@ impl std::error::Error for MigrateFailed {}
 /// What `migrate` does on its connection before the migrations: the session pinned and bound
 /// (its path, `lock_timeout`, row security, idle timeout, relation kinds; `jit` off, as its
 /// reads of the catalogue are planned from statistics a new table's partitions have not
-/// reached yet: `schema::SILENT_ROWS`), the migration lock
+/// reached yet: `schema::SILENT_ROWS`; PostgreSQL's notices not sent, a first run's 45 "does
+/// not exist, skipping" of its `IF EXISTS` drops among them, its warnings still), the migration lock
 /// taken, the schema checked for planted namesakes before and after the indexes built ahead of
 /// the migrations.
 async fn before_migrating(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     same_schema(conn).await?;
     let pin = format!(
         "SET search_path = {}; SET lock_timeout = {}; SET row_security = off; \
-         SET idle_in_transaction_session_timeout = {}; SET jit = off",
+         SET idle_in_transaction_session_timeout = {}; SET jit = off; \
+         SET client_min_messages = warning",
         quoted_schema(),
         MIGRATE_LOCK_TIMEOUT.as_millis(),
         MIGRATE_IDLE_TIMEOUT.as_millis()
@@ -680,6 +682,17 @@ async fn after_migrations(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Err
 /// longer steps of [`after_migrations`], so that a function a migration re-created is not left
 /// without the setting by a step that fails after it.
 async fn restrict_functions(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    // Migration 0036 said this as a notice, which the session no longer receives
+    // ([`before_migrating`]): said at each run instead, until the server is upgraded.
+    let restricts: bool = sqlx::query_scalar(
+        "SELECT pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL",
+    )
+    .persistent(false)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !restricts {
+        tracing::warn!("migrate: this PostgreSQL has no restrict_nonsystem_relation_kind (it came with the minor releases of August 2024: 17, 16.4, 15.8, 14.13, 13.16, 12.20): a view in place of a table of Console's runs as the gateway's login, unseen until the alert pass raises an alert; install the server's latest minor release, then run `rbac-gateway migrate` again");
+    }
     let (restricted, left) = super::schema::restrict_functions(conn).await?;
     if !restricted.is_empty() {
         tracing::info!(functions = %restricted.join(", "), "migrate: these functions now refuse a view or foreign table in a table's place (restrict_nonsystem_relation_kind)");
