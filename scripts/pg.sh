@@ -11,7 +11,8 @@
 set -euo pipefail
 cmd=${1:?start|stop}
 dir=${2:?data directory}
-bindir=$(dirname "$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -1)")
+# The server's own bindir (initdb on PATH may be a link to it): pg_basebackup is beside it.
+bindir=$(dirname "$(readlink -f "$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")")
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 case "$cmd" in
 start)
@@ -35,10 +36,7 @@ standby)
   mkdir -p "$dir"
   [ "$(id -u)" = 0 ] && chown postgres "$dir"
   if [ ! -f "$dir/data/PG_VERSION" ]; then
-    # initdb may be a link on PATH beside which pg_basebackup is not: the server's own bindir.
-    basebackup=$bindir/pg_basebackup
-    [ -x "$basebackup" ] || basebackup=$(ls /usr/lib/postgresql/*/bin/pg_basebackup | tail -1)
-    as_pg "$basebackup" -d "$primary" -D "$dir/data" -R -X stream >"$dir/basebackup.log" 2>&1
+    as_pg "$bindir/pg_basebackup" -d "$primary" -D "$dir/data" -R -X stream >"$dir/basebackup.log" 2>&1
   fi
   exec bash "$0" start "$dir"
   ;;

@@ -313,6 +313,9 @@ pub(crate) fn validate_as(args: &CheckArgs, schema: Schema) -> Result<Mapping, E
         };
     }
     if let Some(url) = &args.lookup_database_url {
+        if args.database_url.is_none() {
+            problems.push(diag(&file, 0, 0, Severity::Warning, "database: --lookup-database-url is not compared with --database-url's database (not given): only checked that it is not a standby's".to_string()));
+        }
         runtime()?.block_on(async {
             let pool = super::toolbox::command_pool(url, 1, Duration::from_secs(10)).await?;
             grants::lookup_login(&pool, main_reach.as_ref(), &file, &mut problems).await

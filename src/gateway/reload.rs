@@ -212,39 +212,56 @@ pub async fn check_database_at_start(gw: Arc<Gateway>, within: Duration) {
 /// ([`crate::stores::reach::misplaced`]), each logged as an error. Each lookup's
 /// transaction is read-only whatever the login may (`cli::serve::assemble`); a login that may
 /// write the gateway's records is still not the one deploy/lookup-grants.sql makes, and a
-/// second fence gone.
+/// second fence gone. Where the lookup login cannot be asked (it cannot connect yet, or its
+/// server is a standby, whose connections its pool refuses: `/readyz` says so), that is logged
+/// once and it is asked again, after 2 s, then twice as long each time up to a minute, until it
+/// answers.
 async fn check_lookup_login(gw: &Gateway) {
     let Some(lookups) = gw.identity.own_lookups() else {
         return;
     };
-    let beyond = crate::stores::privileges::beyond_consoles(lookups);
-    match crate::stores::db::within(NAMES_CHECK_LIMIT, beyond).await {
-        Ok(beyond) if beyond.is_empty() => tracing::info!(
-            "the request path reads Console's tables as --lookup-database-url's login, in read-only transactions, and that login may do nothing of the gateway's beyond Console's role"),
-        Ok(beyond) => tracing::error!(beyond = %beyond.join(", "),
-            "--lookup-database-url's login may do what Console's role may not: Console's code on a cold lookup could use it (a write privilege is held back by the read-only transaction alone; a superuser or server-program role reaches past it, COPY ... TO PROGRAM) to forge a delivered break-glass alert (I-4) or outbox row (I-5); give it rbac_gateway_lookup alone (deploy/lookup-grants.sql)"),
-        Err(e) => tracing::error!(error = %e,
-            "cannot ask what --lookup-database-url's login may do"),
-    }
-    let both = async {
-        let lookups = crate::stores::reach::reach(lookups).await?;
-        let main = match crate::stores::reach::reach(gw.identity.pool()).await {
-            Ok(main) => Some(main),
+    let mut pause = Duration::from_secs(2);
+    let mut failed_before = false;
+    let beyond = loop {
+        let ask = crate::stores::privileges::beyond_consoles(lookups);
+        match crate::stores::db::within(NAMES_CHECK_LIMIT, ask).await {
+            Ok(beyond) => break beyond,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot ask which server --database-url reaches: --lookup-database-url is checked for a standby alone");
-                None
-            }
-        };
-        Ok::<_, sqlx::Error>(crate::stores::reach::misplaced(main.as_ref(), &lookups))
-    };
-    match crate::stores::db::within(NAMES_CHECK_LIMIT, both).await {
-        Ok(wrong) => {
-            for w in wrong {
-                tracing::error!("{w}");
+                if !failed_before {
+                    tracing::error!(error = %e,
+                        "cannot ask what --lookup-database-url's login may do: asked again until it answers");
+                    failed_before = true;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(60));
             }
         }
-        Err(e) => tracing::error!(error = %e,
-            "cannot ask which server --lookup-database-url reaches (the primary, --database-url's database)"),
+    };
+    if beyond.is_empty() {
+        tracing::info!(
+            "the request path reads Console's tables as --lookup-database-url's login, in read-only transactions, and that login may do nothing of the gateway's beyond Console's role");
+    } else {
+        tracing::error!(beyond = %beyond.join(", "),
+            "--lookup-database-url's login may do what Console's role may not: Console's code on a cold lookup could use it (a write privilege is held back by the read-only transaction alone; a superuser or server-program role reaches past it, COPY ... TO PROGRAM) to forge a delivered break-glass alert (I-4) or outbox row (I-5); give it rbac_gateway_lookup alone (deploy/lookup-grants.sql)");
+    }
+    let reach = crate::stores::reach::reach(lookups);
+    let reach = match crate::stores::db::within(NAMES_CHECK_LIMIT, reach).await {
+        Ok(reach) => reach,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot ask which server --lookup-database-url reaches: not checked that it is --database-url's database");
+            return;
+        }
+    };
+    let main = crate::stores::reach::reach(gw.identity.pool());
+    let main = match crate::stores::db::within(NAMES_CHECK_LIMIT, main).await {
+        Ok(main) => Some(main),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask which server --database-url reaches: --lookup-database-url is checked for a standby alone");
+            None
+        }
+    };
+    for wrong in crate::stores::reach::misplaced(main.as_ref(), &reach) {
+        tracing::error!("{wrong}");
     }
 }
 

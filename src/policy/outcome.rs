@@ -309,7 +309,7 @@ pub fn audit_row(
 
 /// A header value as Console reads it: gunicorn decodes each header as latin-1 (one character
 /// per byte) and Werkzeug hands that string on. So a user agent beyond ASCII is kept in the row
-/// as Console's own code would see it, and its bytes are had back with
+/// as Console's own code would see it, and on a UTF-8 server its bytes are had back with
 /// `convert_to(user_agent, 'LATIN1')`; before, such a row's user agent was empty.
 pub fn latin1(bytes: &[u8]) -> String {
     if bytes.is_ascii() {

@@ -128,6 +128,15 @@ pub struct Db {
     read_only: bool,
 }
 
+/// Which of [`Db`]'s constructors made a pool: [`Db::connect`], [`Db::connect_read_only`] (the
+/// cockpit's), [`Db::connect_lookups`] (read-only, and never a standby's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Main,
+    ReadOnly,
+    Lookups,
+}
+
 /// How [`Db::lookup`] and the audit writer's INSERT of fresh rows send their statements
 /// (`--db-statements`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,7 +169,7 @@ impl Db {
         size: u32,
         timeout: Duration,
     ) -> Result<Db, sqlx::Error> {
-        Self::with_options(connect_options(url)?, direct, size, timeout, false)
+        Self::with_options(connect_options(url)?, direct, size, timeout, Kind::Main)
     }
 
     /// The cockpit's pool: as [`Db::connect`]'s, but every transaction says it is read-only
@@ -169,17 +178,18 @@ impl Db {
     /// PgBouncer with `ignore_startup_parameters = options` drops (issue 66, `pooler.rs`).
     pub fn connect_read_only(url: &str, size: u32, timeout: Duration) -> Result<Db, sqlx::Error> {
         let opts = connect_options(url)?.options([("default_transaction_read_only", "on")]);
-        Self::with_options(opts, None, size, timeout, true)
+        Self::with_options(opts, None, size, timeout, Kind::ReadOnly)
     }
 
     /// `--lookup-database-url`'s pool: every transaction read-only as [`Db::connect_read_only`]'s,
     /// said by each transaction itself only. Without the startup option, which a PgBouncer
     /// refuses unless `ignore_startup_parameters` names `options`: the lookups may go through
     /// one as the main pool's do. Its lookups are simple queries ([`Statements::Simple`]),
-    /// each its own read-only transaction from its first statement.
+    /// each its own read-only transaction from its first statement. A connection to a server
+    /// in recovery is refused ([`super::pool::Pool::refusing_standbys`]).
     pub fn connect_lookups(url: &str, size: u32, timeout: Duration) -> Result<Db, sqlx::Error> {
         Ok(
-            Self::with_options(connect_options(url)?, None, size, timeout, true)?
+            Self::with_options(connect_options(url)?, None, size, timeout, Kind::Lookups)?
                 .with_statements(Statements::Simple),
         )
     }
@@ -189,8 +199,9 @@ impl Db {
         direct: Option<&str>,
         size: u32,
         timeout: Duration,
-        read_only: bool,
+        kind: Kind,
     ) -> Result<Db, sqlx::Error> {
+        let read_only = kind != Kind::Main;
         let pool_is_direct = direct.is_none();
         // sqlx warns of a statement past a second by default: the alert pass's lock waits
         // (half the timeout, `stores::alerts`) would be said at every pass. A statement is slow
@@ -202,7 +213,10 @@ impl Db {
             Some(d) => connect_options(d)?,
             None => opts.clone(),
         });
-        let pool = Pool::new(slow(opts), size, timeout);
+        let pool = match kind {
+            Kind::Lookups => Pool::refusing_standbys(slow(opts), size, timeout),
+            Kind::Main | Kind::ReadOnly => Pool::new(slow(opts), size, timeout),
+        };
         Ok(Db {
             pool,
             direct: std::sync::Arc::new(direct),

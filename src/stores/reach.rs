@@ -13,22 +13,33 @@ pub struct Reach {
     /// Whether the server is in recovery: a standby (a promoted one says false).
     pub standby: bool,
     /// The cluster's `system_identifier` (`pg_control_system()`): a physical standby shares
-    /// its primary's, any other cluster has its own.
-    pub system: String,
+    /// its primary's, any other cluster has its own. None where the login may not run that
+    /// function (a server that revoked it from PUBLIC).
+    pub system: Option<String>,
     /// `current_database()` (the server's name of it, whatever alias a pooler gave).
     pub database: String,
 }
 
-/// Asks where `pool` reaches (one statement, unnamed: it runs through any pooler).
+/// Asks where `pool` reaches (unnamed statements: they run through any pooler). The system
+/// identifier is asked only where the login may run `pg_control_system()`: PostgreSQL checks a
+/// call's privilege when the statement starts, whatever branch of a `CASE` it is in.
 pub async fn reach(pool: &Db) -> Result<Reach, sqlx::Error> {
-    let (standby, system, database): (bool, String, String) = sqlx::query_as(
-        "SELECT pg_catalog.pg_is_in_recovery(), \
-                (pg_catalog.pg_control_system()).system_identifier::text, \
-                pg_catalog.current_database()::text",
+    let (standby, database, may_ask): (bool, String, bool) = sqlx::query_as(
+        "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.current_database()::text, \
+                pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')",
     )
     .persistent(false)
     .fetch_one(pool)
     .await?;
+    let system = match may_ask {
+        true => Some(
+            sqlx::query_scalar("SELECT (pg_catalog.pg_control_system()).system_identifier::text")
+                .persistent(false)
+                .fetch_one(pool)
+                .await?,
+        ),
+        false => None,
+    };
     Ok(Reach {
         standby,
         system,
@@ -48,10 +59,13 @@ pub fn misplaced(main: Option<&Reach>, lookups: &Reach) -> Vec<String> {
     let Some(main) = main else {
         return wrong;
     };
-    if lookups.system != main.system {
+    let clusters = match (&lookups.system, &main.system) {
+        (Some(theirs), Some(ours)) if theirs != ours => Some((theirs, ours)),
+        _ => None,
+    };
+    if let Some((theirs, ours)) = clusters {
         wrong.push(format!(
-            "--lookup-database-url reaches another PostgreSQL cluster than --database-url (system identifier {} against {}): cold lookups would read tables that are not Console's live ones",
-            lookups.system, main.system
+            "--lookup-database-url reaches another PostgreSQL cluster than --database-url (system identifier {theirs} against {ours}): cold lookups would read tables that are not Console's live ones"
         ));
     } else if lookups.database != main.database {
         wrong.push(format!(
@@ -69,7 +83,7 @@ mod tests {
     fn at(standby: bool, system: &str, database: &str) -> Reach {
         Reach {
             standby,
-            system: system.into(),
+            system: (!system.is_empty()).then(|| system.into()),
             database: database.into(),
         }
     }
@@ -91,5 +105,10 @@ mod tests {
         let db = misplaced(Some(&main), &at(false, "7", "staging"));
         assert!(db[0].contains("\"staging\""), "{db:?}");
         assert_eq!(misplaced(Some(&main), &at(true, "8", "x")).len(), 2);
+        // A system identifier not asked (the function revoked) compares the database alone.
+        assert!(misplaced(Some(&main), &at(false, "", "console")).is_empty());
+        assert!(
+            misplaced(Some(&at(false, "", "console")), &at(false, "8", "x"))[0].contains("\"x\"")
+        );
     }
 }

@@ -916,14 +916,16 @@ async fn check_names_what_the_lookup_login_may_write_and_what_it_lacks() {
 }
 
 /// `--lookup-database-url` is held to reach what `--database-url` reaches (`stores::reach`): a
-/// real streaming standby of the primary (pg_basebackup) is named by `check` (exit 1) and
-/// logged by `serve` as an error, as is another database of the same server; the primary's same
-/// database is not. A standby's lag would let a cold lookup cache again what the change feed
+/// real streaming standby of the primary (pg_basebackup) is named by `check` (exit 1), as are
+/// another database of the same server and another cluster; the primary's same database is
+/// not. `serve`'s lookup pool refuses the standby's connections (a cold lookup fails closed, and
+/// `/readyz` says why). A standby's lag would let a cold lookup cache again what the change feed
 /// had dropped.
 #[tokio::test]
 async fn the_lookup_url_is_held_to_the_primarys_database() {
     let (primary, db) = PrivatePg::start().await;
     let standby = primary.standby();
+    let (_other, other_db) = PrivatePg::start().await;
     sqlx::raw_sql("CREATE DATABASE elsewhere")
         .execute(&db.pool)
         .await
@@ -946,39 +948,43 @@ async fn the_lookup_url_is_held_to_the_primarys_database() {
     };
     let (_, out) = check(&db.url);
     assert_eq!(reaches(&out), Vec::<String>::new(), "{out}");
-    let (code, out) = check(&standby.url);
-    assert_eq!(code, Some(1), "{out}");
-    let said = reaches(&out);
-    assert_eq!(said.len(), 1, "{out}");
-    assert!(
-        said[0].contains("reaches a standby (a server in recovery)"),
-        "{out}"
-    );
-    let (code, out) = check(&elsewhere);
-    assert_eq!(code, Some(1), "{out}");
-    let said = reaches(&out);
-    assert_eq!(said.len(), 1, "{out}");
-    assert!(
-        said[0].contains(r#"reaches database "elsewhere", --database-url database "postgres""#),
-        "{out}"
-    );
+    for (url, says) in [
+        (
+            &standby.url,
+            "reaches a standby (a server in recovery)".to_string(),
+        ),
+        (
+            &elsewhere,
+            r#"reaches database "elsewhere", --database-url database "postgres""#.to_string(),
+        ),
+        (
+            &other_db.url,
+            "reaches another PostgreSQL cluster than --database-url (system identifier "
+                .to_string(),
+        ),
+    ] {
+        let (code, out) = check(url);
+        assert_eq!(code, Some(1), "{out}");
+        let said = reaches(&out);
+        assert_eq!(said.len(), 1, "{out}");
+        assert!(said[0].contains(&says), "{says}\n{out}");
+    }
 
     let up = Upstream::start().await;
-    let gw = Gateway::start(
+    let gw = Gateway::start_unready(
         GatewayOpts::new(core_routes(), &db, up.addr)
             .arg("--lookup-database-url")
             .arg(&standby.url),
     )
     .await;
-    eventually_explained(
+    eventually(
         Duration::from_secs(20),
-        "serve logs that the lookup URL reaches a standby",
+        "/readyz says the lookup pool refuses the standby",
         || async {
-            gw.log().lines().any(|l| {
-                l.contains("ERROR") && l.contains("--lookup-database-url reaches a standby")
-            })
+            matches!(gw.readyz().await, Some((503, b))
+                if b.contains("--lookup-database-url unavailable (every cold lookup fails)")
+                    && b.contains("the server is a standby (in recovery), refused"))
         },
-        || async { gw.log() },
     )
     .await;
 }

@@ -2941,9 +2941,17 @@ async fn consoles_code_on_a_cold_lookup_forges_nothing_as_the_lookup_login() {
     assert_eq!(forged_by(serve_user).await, before);
 
     // A lookup login that cannot connect: /readyz says so (every cold lookup would fail).
+    let late = format!(
+        "{}_late_lookup",
+        db.url
+            .rsplit_once('/')
+            .unwrap()
+            .1
+            .trim_start_matches("rbacgw_")
+    );
     let mut opts = GatewayOpts::new(core_routes(), &db, up.addr)
         .arg("--lookup-database-url")
-        .arg(&db.url_as("no_such_lookup_login"));
+        .arg(&db.url_as(&late));
     opts.database_url = login.clone();
     let gw = Gateway::start_unready(opts).await;
     eventually(
@@ -2952,6 +2960,33 @@ async fn consoles_code_on_a_cold_lookup_forges_nothing_as_the_lookup_login() {
         || async {
             matches!(gw.readyz().await, Some((503, b)) if b.contains("--lookup-database-url unavailable (every cold lookup fails)"))
         },
+    )
+    .await;
+    eventually_explained(
+        std::time::Duration::from_secs(20),
+        "the start-up check says it cannot ask the lookup login yet",
+        || async { gw.log().contains("cannot ask what --lookup-database-url's login may do: asked again until it answers") },
+        || async { gw.log() },
+    )
+    .await;
+    // Once it exists, the gateway is ready and the start-up check, asked again until it
+    // answers, says what that login may do.
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE \"{late}\" LOGIN IN ROLE rbac_gateway_lookup"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let gw = gw.ready().await;
+    eventually_explained(
+        std::time::Duration::from_secs(30),
+        "the lookup login is asked again once it can connect",
+        || async {
+            let log = gw.log();
+            log.contains("asked again until it answers")
+                && log.contains("that login may do nothing of the gateway's beyond Console's role")
+        },
+        || async { gw.log() },
     )
     .await;
 }

@@ -99,6 +99,12 @@ pub struct Starting {
 }
 
 impl Starting {
+    /// What the gateway logged so far.
+    pub fn log(&self) -> String {
+        let dir = self.dir.as_ref().expect("a started gateway");
+        std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
     /// `/readyz`'s status and body, or None when it cannot be asked.
     pub async fn readyz(&self) -> Option<(u16, String)> {
         admin_get_at(self.admin, "/readyz")
