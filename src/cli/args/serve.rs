@@ -71,8 +71,8 @@ pub struct ServeArgs {
     /// column's cast, an index expression) then cannot forge a delivered alert or audit row.
     /// /readyz answers 503 while it cannot connect. The primary's same database, as
     /// --database-url (a standby's lag would let a cold lookup cache again what the change feed
-    /// dropped): one that is not is logged as an error at start-up. Default: --database-url's
-    /// pool and login
+    /// dropped): a standby's connections are refused, another database is logged as an error at
+    /// start-up. Default: --database-url's pool and login
     #[arg(long, env = "GATEWAY_LOOKUP_DATABASE_URL", hide_env_values = true)]
     pub lookup_database_url: Option<String>,
     /// How the request path's lookups (a cold session, a principal, a rule's live ticket
