@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+mod ahead;
 mod triggers;
 
 use super::db::{quoted_schema, Db};
@@ -479,7 +480,7 @@ fn pause(attempt: u32) -> Duration {
 /// order). Skipped where the table does not exist (a new database: the migration makes it
 /// empty) or the migrating role is no member of its owner (where the migrations skip it or fail
 /// anyway). An index a cancelled build left invalid is dropped (also concurrently) and built
-/// again. The definitions are the migrations'.
+/// again. The definitions are the migrations'. Then [`ahead`]'s work before 0033.
 async fn before_migrations(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     const INDEXES: [(i64, &str, &str, &str); 8] = [
         (
@@ -549,7 +550,7 @@ async fn before_migrations(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Er
             ensure_index(conn, index, table, columns).await?;
         }
     }
-    Ok(())
+    ahead::alert_sessions(conn, &applied).await
 }
 
 /// `index` on `table` (`columns`: the rest of the definition), built with `CREATE INDEX

@@ -676,3 +676,56 @@ async fn a_mapping_from_an_unmigrated_schema_names_the_migrations_too() {
     )
     .await;
 }
+
+/// Migration 0033's alert sessions given ahead of it (`stores::migrations::ahead`), outside its
+/// transaction, so that its `ACCESS EXCLUSIVE` lock on `rbac_gateway_alerts` is held briefly: a
+/// database at 0032 with 12,000 break-glass alerts (more than two batches), 3,000 of another
+/// kind and one whose session is gone is migrated; `migrate` says it gave the 12,000 ahead, and
+/// every alert holds what 0033's `UPDATE` gives (the session's admin, start, and end at most 4
+/// hours after it), the others none.
+#[tokio::test]
+async fn migration_0033s_alert_sessions_are_given_ahead_of_it_in_batches() {
+    let db = TestDb::at_version(32).await;
+    sqlx::raw_sql(
+        "INSERT INTO admins (id, email) SELECT 'a' || i, 'a' || i || '@x' FROM generate_series(1, 100) i; \
+         INSERT INTO rbac_break_glass_sessions (id, user_id, justification, granted_by, granted_at_utc, expires_at_utc) \
+           SELECT 's' || i, 'a' || (1 + i % 100), 'a justification long enough', 'a1', \
+                  now() - interval '30 days' + i * interval '1 second', \
+                  now() - interval '30 days' + (i % 7) * interval '1 hour' \
+             FROM generate_series(1, 12000) i; \
+         INSERT INTO rbac_gateway_alerts (key, text) SELECT 'break_glass:s' || i, 'alert' FROM generate_series(1, 12000) i; \
+         INSERT INTO rbac_gateway_alerts (key, text) SELECT 'deploy_window:' || i, 'alert' FROM generate_series(1, 3000) i; \
+         INSERT INTO rbac_gateway_alerts (key, text) VALUES ('break_glass:gone', 'alert')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let out = crate::cli::bin()
+        .args(["migrate", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    let ahead = said
+        .lines()
+        .find(|l| l.contains("break-glass alerts given their sessions ahead of migration 0033"))
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(ahead.contains("12000"), "{ahead}");
+    let (wrong, given, others): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM rbac_gateway_alerts a JOIN rbac_break_glass_sessions b \
+                   ON a.key = 'break_glass:' || b.id \
+                 WHERE a.session_user_id IS DISTINCT FROM b.user_id \
+                    OR a.session_granted_at_utc IS DISTINCT FROM b.granted_at_utc \
+                    OR a.session_ends_at_utc IS DISTINCT FROM least(b.expires_at_utc, b.granted_at_utc + interval '4 hours')), \
+                (SELECT count(*) FROM rbac_gateway_alerts WHERE session_user_id IS NOT NULL), \
+                (SELECT count(*) FROM rbac_gateway_alerts WHERE key NOT LIKE 'break_glass:s%' AND session_user_id IS NOT NULL)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((wrong, given, others), (0, 12000, 0));
+}
