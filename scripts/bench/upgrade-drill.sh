@@ -2,20 +2,25 @@
 # The upgrade drill (issue 71): a database at the previous release's schema (migrations up to
 # FROM, 0015 by default, recorded as sqlx records them), filled like a Console that ran for a
 # year (SCALE=1: 1,000 admins, 200,000 sessions, 2,000,000 access_audit_events, 200,000
-# rbac_grants_audit, 100,000 rbac_change_log rows, 20,000 ticket grants), Console's write mix
-# under pgbench (4 clients at RATE transactions/s: a session lookup, an audit row, a ticket grant
-# and its grants-audit row, a group change, a login; one admin DELETE a second), and `rbac-gateway
-# migrate` started DELAY seconds in. Reports Console's latency (p50, p99, max) and failed
-# transactions before and during migrate, every lock wait seen on a busy table (sampled every 50
-# ms from pg_locks) with its longest duration, and migrate's duration.
+# rbac_grants_audit, 100,000 rbac_change_log rows, 20,000 ticket grants, 20,000 break-glass
+# sessions each with its alert and ALERTS=20,000 alerts of another kind, 200,000 group changes),
+# Console's write mix under pgbench (4 clients at RATE transactions/s: a session lookup, an audit
+# row, a ticket grant and its grants-audit row, a group change, a login; one admin DELETE a
+# second), and `rbac-gateway migrate` started DELAY seconds in. Reports Console's latency (p50,
+# p99, max) and failed transactions before and during migrate, every lock wait seen on a busy
+# table (sampled every 50 ms from pg_locks) with its longest duration, every lock of a write-
+# blocking mode migrate's own session held on a table with how long it was seen held (the same
+# samples: 50 ms at the least), and migrate's duration. FROM=32 drills an upgrade from a later
+# release (migrations 0033-).
 #
-# Usage: [SCALE=1] [FROM=15] [RATE=100] [DELAY=20] [AFTER=10] [BINARY=path] scripts/bench/upgrade-drill.sh
+# Usage: [SCALE=1] [FROM=15] [RATE=100] [DELAY=20] [AFTER=10] [ALERTS=20000] [BINARY=path] scripts/bench/upgrade-drill.sh
 set -euo pipefail
 SCALE=${SCALE:-1}
 FROM=${FROM:-15}
 RATE=${RATE:-100}
 DELAY=${DELAY:-20}
 AFTER=${AFTER:-10}
+ALERTS=${ALERTS:-20000}
 KEEP=${KEEP:-0}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -62,6 +67,19 @@ q -c "INSERT INTO rbac_change_log (table_name, admin_id) SELECT 'admin_sessions'
 q -c "INSERT INTO rbac_ticket_grants (id, user_id, role_id, ticket_id, customer_id, granted_by)
       SELECT 'tg-' || i, 'a-' || (1 + i % $(n 1000)), r.id, 'T-' || i, i % 500, 'console'
         FROM generate_series(1, $(n 20000)) i, rbac_roles r WHERE r.name = 'console-user'"
+q -c "INSERT INTO rbac_break_glass_sessions (id, user_id, justification, granted_by, granted_at_utc, expires_at_utc)
+      SELECT 'bg-' || i, 'a-' || (1 + i % $(n 1000)), 'an incident that needed it, at length', 'console',
+             now() - (i % 365) * interval '1 day', now() - (i % 365) * interval '1 day' + interval '1 hour'
+        FROM generate_series(1, $(n 20000)) i"
+q -c "INSERT INTO rbac_gateway_alerts (key, text, delivered_at_utc)
+      SELECT 'break_glass:bg-' || i, 'Break-glass session bg-' || i || ' of a-' || (1 + i % $(n 1000)), now()
+        FROM generate_series(1, $(n 20000)) i"
+q -c "INSERT INTO rbac_gateway_alerts (key, text, delivered_at_utc)
+      SELECT 'composition:' || i, 'The break-glass group changed', now() FROM generate_series(1, $(n "$ALERTS")) i"
+q -c "INSERT INTO rbac_gateway_group_changes (what, table_name, operation, actor, alert_key)
+      SELECT 'a-' || (1 + i % $(n 1000)) || ' joined raxx-support-team', 'rbac_user_groups', 'INSERT',
+             'a-' || (1 + i % $(n 1000)), 'composition:' || (1 + i % 1000)
+        FROM generate_series(1, $(n 200000)) i"
 q -c "ANALYZE"
 admins=$(n 1000)
 cat >"$tmp/console.sql" <<SQL
@@ -77,6 +95,13 @@ INSERT INTO rbac_grants_audit (id, event_type, target_user_id, ticket_id, custom
   VALUES (gen_random_uuid()::text, 'ticket_grant', 'a-' || :a, 'T-load', 7, 'console');
 INSERT INTO admin_sessions (id, admin_id, token_sha256, expires_at_utc)
   VALUES (gen_random_uuid()::text, 'a-' || :a, encode(sha256(gen_random_uuid()::text::bytea), 'hex'), now() + interval '1 hour');
+COMMIT;
+BEGIN;
+DELETE FROM rbac_user_groups WHERE user_id = 'a-' || :a
+   AND group_id = (SELECT id FROM rbac_groups WHERE name = 'raxx-support-team');
+INSERT INTO rbac_user_groups (user_id, group_id, granted_by)
+  SELECT 'a-' || :a, id, 'console' FROM rbac_groups WHERE name = 'raxx-support-team'
+  ON CONFLICT DO NOTHING;
 COMMIT;
 SQL
 cat >"$tmp/delete.sql" <<'SQL'
@@ -96,6 +121,16 @@ pids+=("$!")
         extract(epoch FROM now() - a.query_start) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
         WHERE NOT l.granted AND l.relation IS NOT NULL" 2>/dev/null
   done ) >"$tmp/locks.txt" &
+pids+=("$!")
+# What migrate's own session holds (application_name rbac-gateway: no gateway runs here), of the
+# modes that block a write.
+( while sleep 0.05; do
+    psql "$DATABASE_URL" -X -At -F'|' -c "SELECT extract(epoch FROM now()), a.xact_start, l.relation::regclass, l.mode
+        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE a.application_name = 'rbac-gateway' AND l.granted AND l.relation IS NOT NULL
+          AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+          AND l.relation::regclass::text NOT LIKE 'pg_%'" 2>/dev/null
+  done ) >"$tmp/held.txt" &
 pids+=("$!")
 sleep "$DELAY"
 t0=$(date +%s.%N)
@@ -135,6 +170,20 @@ print("lock waits seen during migrate (table, mode: longest wait of the waiting 
 for (rel, mode), w in sorted(waits.items(), key=lambda kv: -kv[1]):
     print(f"  {rel:<32} {mode:<24} {w * 1000:8.0f} ms")
 if not waits: print("  none")
+held = {}
+for line in open(f"{tmp}/held.txt"):
+    p = line.strip().split("|")
+    if len(p) != 4: continue
+    k = (p[1], p[2], p[3])
+    first, last = held.get(k, (float(p[0]), float(p[0])))
+    held[k] = (min(first, float(p[0])), max(last, float(p[0])))
+longest = collections.defaultdict(float)
+for (_, rel, mode), (first, last) in held.items():
+    longest[(rel, mode)] = max(longest[(rel, mode)], last - first)
+print("locks migrate held that block writes (table, mode: longest seen held in one transaction; a lock seen once reads 0, under 50 ms):")
+for (rel, mode), h in sorted(longest.items(), key=lambda kv: -kv[1]):
+    print(f"  {rel:<32} {mode:<24} {h * 1000:8.0f} ms")
+if not longest: print("  none seen")
 PY
 grep -i "error\|abort" "$tmp/pgbench.out" | head -5 || true
 echo "migrate: lock waits cut short and tried again: $(grep -c "lock was not granted" "$tmp/migrate.out" || true)"
