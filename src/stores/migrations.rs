@@ -273,9 +273,9 @@ async fn before_migrating(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Err
     // cancelled one (dropped and built again) nor for a finished one.
     migrate_lock(conn).await?;
     no_planted_namesakes(conn).await?;
-    before_migrations(conn).await?;
+    let applied = before_migrations(conn).await?;
     no_planted_namesakes(conn).await?;
-    Ok(())
+    ahead::alert_sessions(conn, &applied).await
 }
 
 /// The key of the session lock one `migrate` holds while it runs.
@@ -480,8 +480,8 @@ fn pause(attempt: u32) -> Duration {
 /// order). Skipped where the table does not exist (a new database: the migration makes it
 /// empty) or the migrating role is no member of its owner (where the migrations skip it or fail
 /// anyway). An index a cancelled build left invalid is dropped (also concurrently) and built
-/// again. The definitions are the migrations'. Then [`ahead`]'s work before 0033.
-async fn before_migrations(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+/// again. The definitions are the migrations'. The versions applied, for [`ahead`]'s work.
+async fn before_migrations(conn: &mut sqlx::PgConnection) -> Result<Vec<i64>, sqlx::Error> {
     const INDEXES: [(i64, &str, &str, &str); 8] = [
         (
             1,
@@ -550,7 +550,7 @@ async fn before_migrations(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Er
             ensure_index(conn, index, table, columns).await?;
         }
     }
-    ahead::alert_sessions(conn, &applied).await
+    Ok(applied)
 }
 
 /// `index` on `table` (`columns`: the rest of the definition), built with `CREATE INDEX

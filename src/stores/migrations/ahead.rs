@@ -7,24 +7,29 @@
 //! keeps its checksum, so 0033 stays as written: where it has not run, `migrate` first adds the
 //! columns (nullable, no default: no rewrite; each `ALTER` waits for its lock no longer than
 //! `lock_timeout`, and is tried again) and gives the alerts their sessions in batches of
-//! [`BATCH`] keys, each its own transaction. 0033's `ADD COLUMN IF NOT EXISTS` then changes
-//! nothing, and its `UPDATE` only reads: what a gateway of the previous release recorded since
-//! is all it gives.
+//! [`BATCH`] break-glass keys, each its own transaction, each session found by its primary key
+//! (the batches read the table once in all). 0033's `ADD COLUMN IF NOT EXISTS` then changes
+//! nothing, and its `UPDATE` only reads: what a gateway of the previous release recorded since,
+//! and an alert whose row was locked when its batch came (skipped, never waited for), is all it
+//! gives. It runs after the last look for planted namesakes, on the table 0005 made.
 
 use sqlx::PgConnection;
 
 /// Alerts read per batch (by key, in the primary key's order).
 const BATCH: i64 = 5_000;
 
-/// Where migration 0033 is not applied (`applied`) and `rbac_gateway_alerts` is there, owned by
-/// a role the migrating role is a member of: its columns added and its break-glass alerts given
-/// their sessions, as 0033's `UPDATE` gives them (the session's admin, start, and end at most 4
-/// hours after its start).
+/// Where migration 0033 is not applied (`applied`) and 0005 is (so `rbac_gateway_alerts` is the
+/// one 0005 made, never a table of that name another role put there before a first install),
+/// the table owned by a role the migrating role is a member of: its columns added and its
+/// break-glass alerts given their sessions, as 0033's `UPDATE` gives them (the session's admin,
+/// start, and end at most 4 hours after its start). Called after the last look for planted
+/// namesakes (`no_planted_namesakes`), with nothing that waits in between. An alert whose row
+/// is locked (an alert pass of the previous release delivering it) is skipped, left to 0033.
 pub(super) async fn alert_sessions(
     conn: &mut PgConnection,
     applied: &[i64],
 ) -> Result<(), sqlx::Error> {
-    if applied.contains(&33) {
+    if applied.contains(&33) || !applied.contains(&5) {
         return Ok(());
     }
     let owned: bool = sqlx::query_scalar(
@@ -58,9 +63,14 @@ pub(super) async fn alert_sessions(
     }
     let (mut after, mut given) = (String::new(), 0u64);
     loop {
+        // The batch holds break-glass keys alone, in the primary key's order, and finds each
+        // session by its own primary key (`id` is what follows `break_glass:`, 12 bytes): each
+        // batch reads its 5,000 rows, never the whole table.
         let (last, n): (Option<String>, i64) = sqlx::query_as(
             "WITH batch AS (SELECT a.key FROM rbac_gateway_alerts a \
-                             WHERE a.key OPERATOR(pg_catalog.>) $1 ORDER BY a.key LIMIT $2), \
+                             WHERE a.key OPERATOR(pg_catalog.>) $1 \
+                               AND pg_catalog.left(a.key, 12) OPERATOR(pg_catalog.=) 'break_glass:' \
+                             ORDER BY a.key LIMIT $2 FOR UPDATE SKIP LOCKED), \
                   given AS (UPDATE rbac_gateway_alerts a \
                                SET session_user_id = b.user_id, \
                                    session_granted_at_utc = b.granted_at_utc, \
@@ -68,7 +78,7 @@ pub(super) async fn alert_sessions(
                                        b.granted_at_utc OPERATOR(pg_catalog.+) interval '4 hours') \
                               FROM batch, rbac_break_glass_sessions b \
                              WHERE a.key OPERATOR(pg_catalog.=) batch.key \
-                               AND a.key OPERATOR(pg_catalog.=) ('break_glass:' OPERATOR(pg_catalog.||) b.id) \
+                               AND b.id OPERATOR(pg_catalog.=) pg_catalog.substr(batch.key, 13) \
                                AND a.session_user_id IS NULL \
                          RETURNING 1) \
              SELECT (SELECT pg_catalog.max(key) FROM batch), (SELECT pg_catalog.count(*) FROM given)",
