@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Starts a throwaway PostgreSQL on a free loopback port with a private socket dir.
 # Usage: eval "$(scripts/pg.sh start DIR)"   -> exports DATABASE_URL and PG_DIR
-#        eval "$(scripts/pg.sh standby DIR PRIMARY_URL)"   -> a streaming standby of PRIMARY_URL's
-#        server (pg_basebackup -R), started as `start` does
+#        eval "$(scripts/pg.sh standby DIR PRIMARY_URL)"   -> exports STANDBY_URL and STANDBY_DIR:
+#        a streaming standby of PRIMARY_URL's server (pg_basebackup -R), started as `start` does
 #        scripts/pg.sh restart DIR | stop DIR
 # PG_FSYNC=off (the default: a throwaway server for tests and benchmarks) or on: commits reach
 # the disk before they are acknowledged, as on a production server (`scripts/bench/load.sh`'s denied
@@ -38,7 +38,7 @@ standby)
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     as_pg "$bindir/pg_basebackup" -d "$primary" -D "$dir/data" -R -X stream >"$dir/basebackup.log" 2>&1
   fi
-  exec bash "$0" start "$dir"
+  bash "$0" start "$dir" | sed 's/^export PG_DIR=/export STANDBY_DIR=/; s/^export DATABASE_URL=/export STANDBY_URL=/'
   ;;
 restart)
   as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -m fast -w -t 60 restart >/dev/null

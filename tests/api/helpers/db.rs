@@ -609,7 +609,7 @@ impl PrivatePg {
         let url = String::from_utf8(out.stdout)
             .unwrap()
             .lines()
-            .find_map(|l| l.strip_prefix("export DATABASE_URL="))
+            .find_map(|l| l.strip_prefix("export STANDBY_URL="))
             .unwrap()
             .to_string();
         PrivatePg { dir, url }
