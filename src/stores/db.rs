@@ -22,7 +22,7 @@ use sqlx::postgres::PgConnectOptions;
 use super::lookup::Lookup;
 /// What [`Db::acquire`] hands out.
 pub use super::pool::Conn;
-use super::pool::{mark_broken, Pool};
+use super::pool::{mark_broken, Kind, Pool, STANDBY_GUARD};
 
 /// Why the database cannot be reached, as a connection attempt of its own reports it. The pool
 /// only says "pool timed out while waiting for an open connection" whatever the cause (refused,
@@ -126,15 +126,8 @@ pub struct Db {
     pool_is_direct: bool,
     /// Whether every transaction begins `READ ONLY` ([`Db::connect_read_only`]).
     read_only: bool,
-}
-
-/// Which of [`Db`]'s constructors made a pool: [`Db::connect`], [`Db::connect_read_only`] (the
-/// cockpit's), [`Db::connect_lookups`] (read-only, and never a standby's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Main,
-    ReadOnly,
-    Lookups,
+    /// Whether every transaction fails on a standby ([`Db::connect_lookups`]: `STANDBY_GUARD`).
+    primary_only: bool,
 }
 
 /// How [`Db::lookup`] and the audit writer's INSERT of fresh rows send their statements
@@ -229,6 +222,7 @@ impl Db {
             })),
             pool_is_direct,
             read_only,
+            primary_only: kind == Kind::Lookups,
         })
     }
 
@@ -466,9 +460,12 @@ impl Db {
 
     /// `sql` for one simple query: on a read-only pool, its implicit transaction made so first.
     fn ro<'s>(&self, sql: &'s str) -> std::borrow::Cow<'s, str> {
-        match self.read_only {
-            true => format!("SET LOCAL transaction_read_only = on; {sql}").into(),
-            false => sql.into(),
+        match (self.read_only, self.primary_only) {
+            (_, true) => {
+                format!("SET LOCAL transaction_read_only = on; {STANDBY_GUARD}; {sql}").into()
+            }
+            (true, false) => format!("SET LOCAL transaction_read_only = on; {sql}").into(),
+            (false, false) => sql.into(),
         }
     }
 
@@ -477,7 +474,10 @@ impl Db {
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         within(self.limit, async {
             let mut conn = self.pool.acquire().await?;
-            let begin = begin_sql(self.limit, self.read_only);
+            let mut begin = begin_sql(self.limit, self.read_only);
+            if self.primary_only {
+                begin = format!("{begin}; {STANDBY_GUARD}");
+            }
             sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&begin)).await?;
             Ok(Tx {
                 conn: Some(conn),

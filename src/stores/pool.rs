@@ -397,6 +397,23 @@ static REFUSES_VIEWS: AtomicBool = AtomicBool::new(false);
 /// already runs with the last answer.
 static ASK_VIEWS: AtomicBool = AtomicBool::new(true);
 
+/// Which of `Db`'s constructors made a pool: `Db::connect`, `Db::connect_read_only` (the
+/// cockpit's), `Db::connect_lookups` (read-only, and never a standby's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Main,
+    ReadOnly,
+    Lookups,
+}
+
+/// What each transaction of `Db::connect_lookups`' pool runs after its settings: it fails
+/// (P0001, naming [`Standby`]) on a server in recovery. [`Pool::refusing_standbys`] asks once per
+/// connection; a transaction pooler may move a client connection to another server (a host list,
+/// an entry re-pointed and reloaded), so each transaction asks again, in the same message.
+pub(super) const STANDBY_GUARD: &str = "DO $standby$BEGIN IF pg_catalog.pg_is_in_recovery() THEN \
+     RAISE EXCEPTION 'the server is a standby (in recovery), refused: its lag would let a cold lookup cache again what the change feed dropped; give the primary''s URL'; \
+     END IF; END$standby$";
+
 /// Why a [`Pool::refusing_standbys`] connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Standby;

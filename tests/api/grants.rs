@@ -970,7 +970,37 @@ async fn the_lookup_url_is_held_to_the_primarys_database() {
         assert!(said[0].contains(&says), "{says}\n{out}");
     }
 
+    // Through a transaction-pooling PgBouncer whose entry is re-pointed at the standby and
+    // reloaded: the lookup pool's client connections stay open, and each transaction's own
+    // check refuses the standby (a cold lookup fails closed, 503, where it read the lagging
+    // standby as allowed before).
     let up = Upstream::start().await;
+    let bouncer = PgBouncer::start(&db.url, PoolMode::Transaction, 2).await;
+    let gw = Gateway::start(
+        GatewayOpts::new(core_routes(), &db, up.addr)
+            .arg("--lookup-database-url")
+            .arg(&bouncer.url(&db)),
+    )
+    .await;
+    let (_, token) = db.admin_with_roles(&["console-manager"]).await;
+    assert_eq!(gw.status("/ops", Some(&token)).await, 200, "{}", gw.log());
+    bouncer.repoint(&standby.url);
+    let (_, later) = db.admin_with_roles(&["console-manager"]).await;
+    eventually_explained(
+        Duration::from_secs(20),
+        "a cold lookup through the re-pointed pooler fails closed",
+        || async { gw.status("/ops", Some(&later)).await == 503 },
+        || async { gw.log() },
+    )
+    .await;
+    assert!(
+        gw.log()
+            .contains("the server is a standby (in recovery), refused"),
+        "{}",
+        gw.log()
+    );
+    drop(gw);
+
     let gw = Gateway::start_unready(
         GatewayOpts::new(core_routes(), &db, up.addr)
             .arg("--lookup-database-url")

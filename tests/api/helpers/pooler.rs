@@ -205,6 +205,35 @@ impl PgBouncer {
     }
 }
 
+impl PgBouncer {
+    /// Points its entry at the server of `server_url` and reloads its configuration (SIGHUP),
+    /// as an operator re-pointing it at another server would: client connections open stay
+    /// open, and their next transactions reach the new server.
+    pub fn repoint(&self, server_url: &str) {
+        let server = db_host_port(server_url);
+        let (host, port) = server.rsplit_once(':').unwrap();
+        let ini = self.dir.path().join("pgbouncer.ini");
+        let text = std::fs::read_to_string(&ini).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("* = host="))
+            .expect("the ini's entry")
+            .to_string();
+        std::fs::write(
+            &ini,
+            text.replace(&line, &format!("* = host={host} port={port}")),
+        )
+        .unwrap();
+        let ok = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP pgbouncer");
+    }
+}
+
 impl Drop for PgBouncer {
     fn drop(&mut self) {
         let _ = self.child.kill();
