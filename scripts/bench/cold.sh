@@ -19,7 +19,9 @@
 # PostgreSQL and PgBouncer together, g against p; and the requests a statement carried
 # (requests over the gateway's rbac_gateway_db_queries_total). Writes target/cold-report.md.
 # Settings: ROUNDS (3), DURATION (10 s), CONNECTIONS (32), SESSIONS
-# (10000), BUILD=0 (use target/release/rbac-gateway as it is), GW_BIN, KEEP=1, PG_FSYNC.
+# (10000), BUILD=0 (use target/release/rbac-gateway as it is), GW_BIN, KEEP=1, PG_FSYNC,
+# LOOKUPS=1 (the gateways read through `--lookup-database-url`, the same URL as their
+# `--database-url`: its simple read-only transactions, each with its standby check).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -71,13 +73,14 @@ SQL
 start_upstream
 ALLOWED_PATH=/ops
 start_gateway() { # name database-url: sets gw_port_NAME, gw_pid_NAME
-  local port adm
+  local port adm lookups=()
+  [ "${LOOKUPS:-0}" != 0 ] && lookups=(--lookup-database-url "$2")
   port=$(free_port)
   adm=$(free_port)
   "$GW_BIN" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$adm" \
     --upstream "127.0.0.1:$up_port" --routes "$root/routes.toml" --database-url "$2" \
     --audit-spool "$tmp/audit-$1.spool" --cache-ttl 0 --db-pool-size "$CONNECTIONS" \
-    --log-format json >"$tmp/gateway-$1.log" 2>&1 &
+    "${lookups[@]}" --log-format json >"$tmp/gateway-$1.log" 2>&1 &
   pids+=($!)
   eval "gw_pid_$1=$!; gw_port_$1=$port; gw_adm_$1=$adm"
   wait_http "http://127.0.0.1:$adm/readyz" 200 30 || die "gateway $1 not ready: $(tail -5 "$tmp/gateway-$1.log")"
