@@ -213,9 +213,9 @@ pub async fn check_database_at_start(gw: Arc<Gateway>, within: Duration) {
 /// transaction is read-only whatever the login may (`cli::serve::assemble`); a login that may
 /// write the gateway's records is still not the one deploy/lookup-grants.sql makes, and a
 /// second fence gone. Where the lookup login cannot be asked (it cannot connect yet, or its
-/// server is a standby, whose connections its pool refuses: `/readyz` says so), that is logged
-/// once and it is asked again, after 2 s, then twice as long each time up to a minute, until it
-/// answers.
+/// server is a standby, on which each of its transactions fails: `/readyz` says so), that is
+/// logged once and it is asked again, after 2 s, then twice as long each time up to a minute,
+/// until it answers.
 async fn check_lookup_login(gw: &Gateway) {
     let Some(lookups) = gw.identity.own_lookups() else {
         return;

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
 
-use super::lookup::Lookup;
+use super::lookup::{Lookup, STANDBY_GUARD};
 /// What [`Db::acquire`] hands out.
 pub use super::pool::Conn;
-use super::pool::{mark_broken, Kind, Pool, STANDBY_GUARD};
+use super::pool::{mark_broken, Pool};
 
 /// Why the database cannot be reached, as a connection attempt of its own reports it. The pool
 /// only says "pool timed out while waiting for an open connection" whatever the cause (refused,
@@ -162,7 +162,7 @@ impl Db {
         size: u32,
         timeout: Duration,
     ) -> Result<Db, sqlx::Error> {
-        Self::with_options(connect_options(url)?, direct, size, timeout, Kind::Main)
+        Self::with_options(connect_options(url)?, direct, size, timeout, false)
     }
 
     /// The cockpit's pool: as [`Db::connect`]'s, but every transaction says it is read-only
@@ -171,20 +171,21 @@ impl Db {
     /// PgBouncer with `ignore_startup_parameters = options` drops (issue 66, `pooler.rs`).
     pub fn connect_read_only(url: &str, size: u32, timeout: Duration) -> Result<Db, sqlx::Error> {
         let opts = connect_options(url)?.options([("default_transaction_read_only", "on")]);
-        Self::with_options(opts, None, size, timeout, Kind::ReadOnly)
+        Self::with_options(opts, None, size, timeout, true)
     }
 
     /// `--lookup-database-url`'s pool: every transaction read-only as [`Db::connect_read_only`]'s,
     /// said by each transaction itself only. Without the startup option, which a PgBouncer
     /// refuses unless `ignore_startup_parameters` names `options`: the lookups may go through
     /// one as the main pool's do. Its lookups are simple queries ([`Statements::Simple`]),
-    /// each its own read-only transaction from its first statement. A connection to a server
-    /// in recovery is refused ([`super::pool::Pool::refusing_standbys`]).
+    /// each its own read-only transaction from its first statement, failing on a server in
+    /// recovery (`lookup::STANDBY_GUARD`).
     pub fn connect_lookups(url: &str, size: u32, timeout: Duration) -> Result<Db, sqlx::Error> {
-        Ok(
-            Self::with_options(connect_options(url)?, None, size, timeout, Kind::Lookups)?
-                .with_statements(Statements::Simple),
-        )
+        let db = Self::with_options(connect_options(url)?, None, size, timeout, true)?;
+        Ok(Db {
+            primary_only: true,
+            ..db.with_statements(Statements::Simple)
+        })
     }
 
     fn with_options(
@@ -192,9 +193,8 @@ impl Db {
         direct: Option<&str>,
         size: u32,
         timeout: Duration,
-        kind: Kind,
+        read_only: bool,
     ) -> Result<Db, sqlx::Error> {
-        let read_only = kind != Kind::Main;
         let pool_is_direct = direct.is_none();
         // sqlx warns of a statement past a second by default: the alert pass's lock waits
         // (half the timeout, `stores::alerts`) would be said at every pass. A statement is slow
@@ -206,10 +206,7 @@ impl Db {
             Some(d) => connect_options(d)?,
             None => opts.clone(),
         });
-        let pool = match kind {
-            Kind::Lookups => Pool::refusing_standbys(slow(opts), size, timeout),
-            Kind::Main | Kind::ReadOnly => Pool::new(slow(opts), size, timeout),
-        };
+        let pool = Pool::new(slow(opts), size, timeout);
         Ok(Db {
             pool,
             direct: std::sync::Arc::new(direct),
@@ -222,7 +219,7 @@ impl Db {
             })),
             pool_is_direct,
             read_only,
-            primary_only: kind == Kind::Lookups,
+            primary_only: false,
         })
     }
 

@@ -158,6 +158,14 @@ fn push_value(out: &mut String, value: &Value<'_>) -> Result<(), Unquotable> {
     }
 }
 
+/// What each transaction of [`Db::connect_lookups`](super::db::Db::connect_lookups)' pool
+/// runs after its settings, in the same message: it fails (P0001) on a server in recovery,
+/// whichever server a transaction pooler gives it (a host list, an entry re-pointed and
+/// reloaded).
+pub(super) const STANDBY_GUARD: &str = "DO $standby$BEGIN IF pg_catalog.pg_is_in_recovery() THEN \
+     RAISE EXCEPTION 'the server is a standby (in recovery), refused: its lag would let a cold lookup cache again what the change feed dropped; give the primary''s URL'; \
+     END IF; END$standby$";
+
 #[cfg(test)]
 mod tests {
     use super::*;

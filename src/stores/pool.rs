@@ -55,9 +55,6 @@ struct Inner {
     open: AtomicU32,
     /// How long an acquire waits for a permit and a connection together.
     acquire_timeout: Duration,
-    /// Each connection opened is refused where its server is in recovery
-    /// ([`Pool::refusing_standbys`]).
-    primary_only: bool,
 }
 
 struct Idle {
@@ -85,23 +82,8 @@ impl Pool {
                 idle: Mutex::new(Vec::new()),
                 open: AtomicU32::new(0),
                 acquire_timeout,
-                primary_only: false,
             }),
         }
-    }
-
-    /// [`Pool::new`]'s, but a connection whose server is in recovery (a standby) is closed as
-    /// it opens and the acquire fails with [`Standby`]: `--lookup-database-url`'s pool, whose
-    /// cold lookups on a standby's lagging tables would cache again what the change feed
-    /// dropped. Asked once per connection opened, one simple query (`pg_is_in_recovery()`):
-    /// a standby promoted, or a URL that moves to the primary, is taken at the next connection.
-    pub fn refusing_standbys(opts: PgConnectOptions, size: u32, acquire_timeout: Duration) -> Pool {
-        let mut pool = Pool::new(opts, size, acquire_timeout);
-        // Reason: `new` just made it, so nothing else holds the `Arc` yet.
-        Arc::get_mut(&mut pool.inner)
-            .expect("a pool just made is held once")
-            .primary_only = true;
-        pool
     }
 
     /// Where its connections connect.
@@ -199,10 +181,6 @@ impl Inner {
                 Ok(mut conn) => {
                     if ASK_VIEWS.load(Ordering::Acquire) {
                         ask_refuses_views(&mut conn).await?;
-                    }
-                    if self.primary_only && in_recovery(&mut conn).await? {
-                        close(conn, self.acquire_timeout).await;
-                        return Err(sqlx::Error::Configuration(Box::new(Standby)));
                     }
                     self.open.fetch_add(1, Ordering::Relaxed);
                     return Ok(conn);
@@ -396,47 +374,6 @@ static REFUSES_VIEWS: AtomicBool = AtomicBool::new(false);
 /// there). Several opened at once each ask before their first transaction; a connection open
 /// already runs with the last answer.
 static ASK_VIEWS: AtomicBool = AtomicBool::new(true);
-
-/// Which of `Db`'s constructors made a pool: `Db::connect`, `Db::connect_read_only` (the
-/// cockpit's), `Db::connect_lookups` (read-only, and never a standby's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
-    Main,
-    ReadOnly,
-    Lookups,
-}
-
-/// What each transaction of `Db::connect_lookups`' pool runs after its settings: it fails
-/// (P0001, naming [`Standby`]) on a server in recovery. [`Pool::refusing_standbys`] asks once per
-/// connection; a transaction pooler may move a client connection to another server (a host list,
-/// an entry re-pointed and reloaded), so each transaction asks again, in the same message.
-pub(super) const STANDBY_GUARD: &str = "DO $standby$BEGIN IF pg_catalog.pg_is_in_recovery() THEN \
-     RAISE EXCEPTION 'the server is a standby (in recovery), refused: its lag would let a cold lookup cache again what the change feed dropped; give the primary''s URL'; \
-     END IF; END$standby$";
-
-/// Why a [`Pool::refusing_standbys`] connection was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Standby;
-
-impl std::fmt::Display for Standby {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the server is a standby (in recovery), refused: its lag would let a cold lookup cache again what the change feed dropped; give the primary's URL")
-    }
-}
-
-impl std::error::Error for Standby {}
-
-/// Whether the server on `conn`, a connection just opened, is in recovery. One simple query,
-/// as [`ask_refuses_views`]'s.
-async fn in_recovery(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    use sqlx::Row;
-    let row = sqlx::Executor::fetch_one(
-        &mut *conn,
-        sqlx::raw_sql("SELECT pg_catalog.pg_is_in_recovery()"),
-    )
-    .await?;
-    row.try_get(0)
-}
 
 /// Asks the server on `conn`, a connection just opened, whether it has the setting, and keeps
 /// the answer ([`REFUSES_VIEWS`]). One simple query: one message, no statement prepared, so a

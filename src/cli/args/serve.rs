@@ -71,7 +71,7 @@ pub struct ServeArgs {
     /// column's cast, an index expression) then cannot forge a delivered alert or audit row.
     /// /readyz answers 503 while it cannot connect. The primary's same database, as
     /// --database-url (a standby's lag would let a cold lookup cache again what the change feed
-    /// dropped): a standby's connections are refused, another database is logged as an error at
+    /// dropped): each lookup on a standby fails, another database is logged as an error at
     /// start-up. Default: --database-url's pool and login
     #[arg(long, env = "GATEWAY_LOOKUP_DATABASE_URL", hide_env_values = true)]
     pub lookup_database_url: Option<String>,
