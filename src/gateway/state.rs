@@ -183,20 +183,19 @@ impl Gateway {
         m.cache_entries
             .with_label_values(&["principal"])
             .set(principals as i64);
-        let pool = self.identity.pool();
-        m.db_pool
-            .with_label_values(&["open"])
-            .set(pool.pool().size() as i64);
-        m.db_pool
-            .with_label_values(&["idle"])
-            .set(pool.pool().num_idle() as i64);
-        if let Some(lookups) = self.identity.own_lookups() {
-            m.lookup_pool
-                .with_label_values(&["open"])
-                .set(lookups.pool().size() as i64);
-            m.lookup_pool
-                .with_label_values(&["idle"])
-                .set(lookups.pool().num_idle() as i64);
+        let pools = [
+            (&m.db_pool, Some(self.identity.pool())),
+            (&m.lookup_pool, self.identity.own_lookups()),
+        ];
+        for (gauge, db) in pools {
+            if let Some(db) = db {
+                gauge
+                    .with_label_values(&["open"])
+                    .set(db.pool().size() as i64);
+                gauge
+                    .with_label_values(&["idle"])
+                    .set(db.pool().num_idle() as i64);
+            }
         }
     }
 

@@ -685,13 +685,7 @@ async fn after_migrations(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Err
 async fn restrict_functions(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     // Migration 0036 said this as a notice, which the session no longer receives
     // ([`before_migrating`]): said at each run instead, until the server is upgraded.
-    let restricts: bool = sqlx::query_scalar(
-        "SELECT pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL",
-    )
-    .persistent(false)
-    .fetch_one(&mut *conn)
-    .await?;
-    if !restricts {
+    if !super::schema::restricts_relation_kinds(&mut *conn).await? {
         tracing::warn!("migrate: this PostgreSQL has no restrict_nonsystem_relation_kind (it came with the minor releases of August 2024: 17, 16.4, 15.8, 14.13, 13.16, 12.20): a view in place of a table of Console's runs as the gateway's login, unseen until the alert pass raises an alert; install the server's latest minor release, then run `rbac-gateway migrate` again");
     }
     let (restricted, left) = super::schema::restrict_functions(conn).await?;

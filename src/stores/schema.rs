@@ -141,12 +141,14 @@ pub async fn unrestricted_functions(pool: &Db) -> Result<Vec<String>, sqlx::Erro
 
 /// Whether the server has `restrict_nonsystem_relation_kind` (`pool::restricted_kinds!`): not
 /// before the minor releases of August 2024.
-pub async fn restricts_relation_kinds(pool: &Db) -> Result<bool, sqlx::Error> {
+pub async fn restricts_relation_kinds<'e>(
+    on: impl sqlx::Executor<'e, Database = sqlx::Postgres>,
+) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT pg_catalog.current_setting('restrict_nonsystem_relation_kind', true) IS NOT NULL",
     )
     .persistent(false)
-    .fetch_one(pool)
+    .fetch_one(on)
     .await
 }
 

@@ -61,7 +61,7 @@ pub(super) async fn alert_sessions(
             Err(e) => return Err(e),
         }
     }
-    let (mut after, mut given) = (String::new(), 0u64);
+    let (mut after, mut given) = (String::new(), 0i64);
     loop {
         // The batch holds break-glass keys alone, in the primary key's order, and finds each
         // session by its own primary key (`id` is what follows `break_glass:`, 12 bytes): each
@@ -88,7 +88,7 @@ pub(super) async fn alert_sessions(
         .bind(BATCH)
         .fetch_one(&mut *conn)
         .await?;
-        given += u64::try_from(n).unwrap_or(0);
+        given += n;
         match last {
             Some(last) => after = last,
             None => break,
