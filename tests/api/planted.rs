@@ -79,7 +79,7 @@ pub(crate) fn check(db: &TestDb) -> (Option<i32>, String) {
 }
 
 /// `migrate --database-url` on `db`: its exit code and output.
-fn migrate(db: &TestDb) -> (Option<i32>, String) {
+pub(crate) fn migrate(db: &TestDb) -> (Option<i32>, String) {
     let out = crate::cli::bin()
         .args(["migrate", "--database-url", &db.url])
         .output()
